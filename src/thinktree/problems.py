@@ -1,0 +1,55 @@
+"""The problem model: one question with its optional options, context and gold answer."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class AnswerType(StrEnum):
+    """How an answer is compared with the gold."""
+
+    CHOICE = "choice"
+    YESNO = "yesno"
+    NUMERIC = "numeric"
+    FREE = "free"
+
+
+class Problem(BaseModel):
+    """One question. ``answer`` is the gold answer when known."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    id: str = Field(min_length=1)
+    question: str = Field(min_length=1)
+    answer_type: AnswerType = AnswerType.FREE
+    options: dict[str, str] | None = None
+    context: str | None = None
+    answer: str | None = None
+    lower_limit: float | None = None
+    upper_limit: float | None = None
+    benchmark: str | None = None
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("meta", mode="before")
+    @classmethod
+    def _none_meta(cls, value: Any) -> Any:
+        return {} if value is None else value
+
+    @model_validator(mode="after")
+    def _check_consistency(self) -> Problem:
+        if self.answer_type is AnswerType.CHOICE:
+            if not self.options:
+                raise ValueError("a 'choice' problem needs 'options'")
+            if self.answer is not None and self.answer not in self.options:
+                raise ValueError(
+                    f"answer {self.answer!r} is not one of the option letters {sorted(self.options)}"
+                )
+        if self.answer_type is AnswerType.YESNO and self.answer is not None:
+            if self.answer.strip().lower() not in {"yes", "no", "maybe"}:
+                raise ValueError(f"a 'yesno' answer must be yes, no or maybe, not {self.answer!r}")
+        if (self.lower_limit is None) != (self.upper_limit is None):
+            raise ValueError("give both 'lower_limit' and 'upper_limit', or neither")
+        return self
