@@ -1,0 +1,1 @@
+"""Agents: the pieces that produce, score and combine candidate answers."""

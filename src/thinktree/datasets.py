@@ -1,0 +1,119 @@
+"""Loading problems from JSONL files: one JSON object per line, in the ``Problem`` schema.
+
+The whole file is validated before anything is returned. Every failure raises
+``DatasetError`` with a one-line message that names the file (and line) and what to fix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from thinktree.problems import Problem
+
+DEMO_RESOURCE = "data/demo.jsonl"
+"""Where the built-in demo set lives inside the ``thinktree`` package."""
+
+
+class DatasetError(ValueError):
+    """A dataset could not be loaded; the message says where and what to fix."""
+
+
+def load_problems(
+    path: str | os.PathLike[str], *, limit: int | None = None, offset: int = 0
+) -> list[Problem]:
+    """Load and validate every problem in a JSONL file, then return a slice of them.
+
+    Blank lines are skipped. ``offset`` problems are dropped from the front and at most
+    ``limit`` are kept (``None``: all); both count problems, not lines.
+    """
+    if offset < 0:
+        raise DatasetError(f"offset must be 0 or more, not {offset}")
+    if limit is not None and limit < 0:
+        raise DatasetError(f"limit must be 0 or more (or omitted for all), not {limit}")
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(f"dataset not found: {path}")
+    if path.is_dir():
+        raise DatasetError(f"{path}: is a directory; give the path of a .jsonl file")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DatasetError(f"{path}: cannot read the dataset ({exc.strerror or exc})") from exc
+    problems = parse_problems(data, source=str(path))
+    end = None if limit is None else offset + limit
+    return problems[offset:end]
+
+
+def load_demo() -> list[Problem]:
+    """Load the built-in demo set shipped in ``thinktree/data/demo.jsonl``."""
+    resource = files("thinktree") / DEMO_RESOURCE
+    try:
+        data = resource.read_bytes()
+    except OSError as exc:
+        raise DatasetError(
+            f"the built-in demo set thinktree/{DEMO_RESOURCE} is missing; reinstall thinktree"
+        ) from exc
+    return parse_problems(data, source=f"thinktree/{DEMO_RESOURCE}")
+
+
+def parse_problems(data: bytes, *, source: str) -> list[Problem]:
+    """Parse JSONL bytes into problems; ``source`` names the data in error messages."""
+    problems: list[Problem] = []
+    first_line: dict[str, int] = {}
+    for number, raw in enumerate(data.splitlines(), start=1):
+        where = f"{source}:{number}"
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DatasetError(f"{where}: not valid UTF-8 ({exc.reason})") from exc
+        if number == 1:
+            line = line.removeprefix("\ufeff")
+        if not line.strip():
+            continue
+        problem = _parse_line(line, where)
+        if problem.id in first_line:
+            raise DatasetError(
+                f"{where}: duplicate id {problem.id!r} (first on line {first_line[problem.id]}); "
+                "ids must be unique"
+            )
+        first_line[problem.id] = number
+        problems.append(problem)
+    if not problems:
+        raise DatasetError(f"{source}: the dataset is empty; add one JSON object per line")
+    return problems
+
+
+def _parse_line(line: str, where: str) -> Problem:
+    """Decode and validate one non-blank line."""
+    try:
+        record: Any = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DatasetError(
+            f"{where}: not valid JSON ({exc.msg} at column {exc.colno}); "
+            "each line must hold one JSON object"
+        ) from exc
+    if not isinstance(record, dict):
+        raise DatasetError(
+            f"{where}: expected a JSON object, got {type(record).__name__}; "
+            "each line must hold one problem"
+        )
+    try:
+        return Problem.model_validate(record)
+    except ValidationError as exc:
+        raise DatasetError(f"{where}: {_describe(exc)}") from exc
+
+
+def _describe(exc: ValidationError) -> str:
+    """The first validation error as ``field: message``, on one line."""
+    errors = exc.errors(include_url=False, include_input=False)
+    first = errors[0]
+    field = ".".join(str(part) for part in first["loc"]) or "problem"
+    message = " ".join(str(first["msg"]).removeprefix("Value error, ").split())
+    more = f" (and {len(errors) - 1} more error(s))" if len(errors) > 1 else ""
+    return f"{field}: {message}{more}"

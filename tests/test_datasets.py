@@ -1,0 +1,223 @@
+"""Tests for loading problems from JSONL files and the built-in demo set."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from thinktree.datasets import DatasetError, load_demo, load_problems
+from thinktree.problems import AnswerType
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_FILES = sorted(SHARED_DATA.glob("*.jsonl")) if SHARED_DATA.is_dir() else []
+
+
+def record(id: str, **fields: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "id": id,
+        "benchmark": "test",
+        "question": f"Question {id}?",
+        "options": {"A": "one", "B": "two"},
+        "answer": "A",
+        "answer_type": "choice",
+        "context": None,
+        "meta": {},
+    }
+    return base | fields
+
+
+def write(tmp_path: Path, *lines: str | dict[str, Any]) -> Path:
+    path = tmp_path / "set.jsonl"
+    text = "\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines)
+    path.write_text(text + "\n", encoding="utf-8")
+    return path
+
+
+def error_of(path: Path, **kwargs: Any) -> str:
+    with pytest.raises(DatasetError) as info:
+        load_problems(path, **kwargs)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+# --- loading ----------------------------------------------------------------------------
+
+
+def test_loads_all_fields_and_skips_blank_lines(tmp_path: Path) -> None:
+    numeric = record(
+        "n1",
+        question="Dose?",
+        options=None,
+        answer="300",
+        answer_type="numeric",
+        lower_limit=285.0,
+        upper_limit=315.0,
+        meta={"topic": "dosing"},
+    )
+    path = write(tmp_path, "", record("c1"), "   ", numeric, "")
+    problems = load_problems(path)
+    assert [p.id for p in problems] == ["c1", "n1"]
+    assert problems[0].options == {"A": "one", "B": "two"}
+    assert problems[1].answer_type is AnswerType.NUMERIC
+    assert (problems[1].lower_limit, problems[1].upper_limit) == (285.0, 315.0)
+    assert problems[1].meta == {"topic": "dosing"}
+
+
+def test_accepts_str_path_and_crlf_and_bom(tmp_path: Path) -> None:
+    path = tmp_path / "crlf.jsonl"
+    body = "\r\n".join(json.dumps(record(i)) for i in ("a", "b"))
+    path.write_bytes(b"\xef\xbb\xbf" + body.encode())
+    assert [p.id for p in load_problems(str(path))] == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({}, ["p0", "p1", "p2", "p3", "p4"]),
+        ({"limit": 2}, ["p0", "p1"]),
+        ({"offset": 3}, ["p3", "p4"]),
+        ({"offset": 1, "limit": 2}, ["p1", "p2"]),
+        ({"offset": 4, "limit": 10}, ["p4"]),
+        ({"offset": 9}, []),
+        ({"limit": 0}, []),
+    ],
+)
+def test_limit_and_offset_count_problems(
+    tmp_path: Path, kwargs: dict[str, int], expected: list[str]
+) -> None:
+    path = write(tmp_path, record("p0"), "", record("p1"), record("p2"), record("p3"), record("p4"))
+    assert [p.id for p in load_problems(path, **kwargs)] == expected
+
+
+# --- errors -----------------------------------------------------------------------------
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.jsonl"
+    assert error_of(path) == f"dataset not found: {path}"
+
+
+def test_directory(tmp_path: Path) -> None:
+    assert error_of(tmp_path).startswith(f"{tmp_path}: is a directory")
+
+
+def test_invalid_json_names_file_and_line(tmp_path: Path) -> None:
+    path = write(tmp_path, record("a"), "", '{"id": "b", ')
+    assert re.fullmatch(rf"{re.escape(str(path))}:3: not valid JSON \(.+\).*", error_of(path))
+
+
+def test_line_that_is_not_an_object(tmp_path: Path) -> None:
+    path = write(tmp_path, "[1, 2]")
+    assert error_of(path).startswith(f"{path}:1: expected a JSON object, got list")
+
+
+def test_invalid_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(json.dumps(record("a")).encode() + b"\n\xff\xfe\n")
+    assert error_of(path).startswith(f"{path}:2: not valid UTF-8")
+
+
+@pytest.mark.parametrize(
+    ("bad", "expected"),
+    [
+        (record("b", question=""), "question: String should have at least 1 character"),
+        (record("b", answer_type="essay"), "answer_type: Input should be 'choice', "),
+        (record("b", options={"A": 1}), "options.A: Input should be a valid string"),
+        (
+            {k: val for k, val in record("b").items() if k != "id"},
+            "id: Field required",
+        ),
+        (record("b", options=None), "problem: a 'choice' problem needs 'options'"),
+        (
+            record("b", options=None, answer="1", answer_type="numeric", lower_limit=1.0),
+            "problem: give both 'lower_limit' and 'upper_limit', or neither",
+        ),
+    ],
+    ids=["empty-question", "bad-type", "bad-option", "no-id", "no-options", "one-limit"],
+)
+def test_validation_error_names_line_and_field(
+    tmp_path: Path, bad: dict[str, Any], expected: str
+) -> None:
+    path = write(tmp_path, record("a"), bad)
+    assert error_of(path).startswith(f"{path}:2: {expected}")
+
+
+def test_several_validation_errors_report_the_first_and_a_count(tmp_path: Path) -> None:
+    path = write(tmp_path, record("", question=""))
+    message = error_of(path)
+    assert message.startswith(f"{path}:1: id: String should have at least 1 character")
+    assert message.endswith("(and 1 more error(s))")
+
+
+def test_duplicate_id(tmp_path: Path) -> None:
+    path = write(tmp_path, record("x"), record("y"), "", record("x"))
+    assert error_of(path).startswith(f"{path}:4: duplicate id 'x' (first on line 1)")
+
+
+def test_no_partial_results_when_a_late_line_is_bad(tmp_path: Path) -> None:
+    path = write(tmp_path, record("a"), record("b"), "not json")
+    with pytest.raises(DatasetError, match=r":3: not valid JSON"):
+        load_problems(path, limit=1)
+
+
+@pytest.mark.parametrize("content", ["", "\n\n   \n"], ids=["empty", "blank-lines"])
+def test_empty_dataset(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "empty.jsonl"
+    path.write_text(content, encoding="utf-8")
+    assert error_of(path).startswith(f"{path}: the dataset is empty")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [({"limit": -1}, "limit must be 0 or more"), ({"offset": -2}, "offset must be 0 or more")],
+)
+def test_negative_limit_or_offset(tmp_path: Path, kwargs: dict[str, int], expected: str) -> None:
+    path = write(tmp_path, record("a"))
+    assert error_of(path, **kwargs).startswith(expected)
+
+
+def test_dataset_error_is_a_value_error() -> None:
+    assert issubclass(DatasetError, ValueError)
+
+
+# --- the demo set and the shared samples ------------------------------------------------
+
+
+def test_demo_set() -> None:
+    problems = load_demo()
+    assert len(problems) == 20
+    assert Counter(p.answer_type for p in problems) == {
+        AnswerType.CHOICE: 8,
+        AnswerType.YESNO: 6,
+        AnswerType.NUMERIC: 6,
+    }
+    for p in problems:
+        assert p.benchmark == "demo"
+        assert p.id.startswith(f"demo-{p.answer_type.value}-")
+        assert p.answer is not None
+        assert len(p.question) + len(p.context or "") < 250
+        if p.answer_type is AnswerType.CHOICE:
+            assert p.options is not None and sorted(p.options) == ["A", "B", "C", "D"]
+        if p.answer_type is AnswerType.NUMERIC:
+            assert p.lower_limit is not None and p.upper_limit is not None
+            gold = float(p.answer)
+            assert p.lower_limit <= gold <= p.upper_limit
+            assert p.upper_limit - p.lower_limit == pytest.approx(0.1 * gold, rel=0.02)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [pytest.param(f, id=f.name) for f in SHARED_FILES]
+    or [pytest.param(None, marks=pytest.mark.skip(reason=f"no shared data at {SHARED_DATA}"))],
+)
+def test_shared_data_loads(path: Path) -> None:
+    problems = load_problems(path)
+    assert problems
+    lines = [line for line in path.read_bytes().splitlines() if line.strip()]
+    assert len(problems) == len(lines)
