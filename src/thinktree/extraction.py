@@ -1,0 +1,454 @@
+"""Extraction of the final answer from a language model's free-text output.
+
+Rules are tried in priority order, and each rule reads the LAST of its occurrences first:
+
+1. ``boxed``: the content of ``\\boxed{...}`` (nested braces and ``\\text{...}`` allowed).
+2. Answer phrases, one tier ordered by position: ``final-answer`` ("Final Answer: X", "the final
+   answer is X", a "Final Answer" heading with X below it), ``answer-label`` ("Answer: X"),
+   ``answer-is`` ("the (correct) answer is X", "the answer is not A, it is B") and
+   ``correct-option`` ("the correct option is X", "my choice is X", "I would choose X").
+   A choice answer is read as a leading letter ("(B) ...", "B.", "B"), a leading option text,
+   the only "(X)"/"option X" in the phrase, or the only option text it contains.
+3. Fallbacks by answer type: ``bare-letter`` then ``option-text`` (choice), ``yesno-word``
+   (yesno), ``number`` (numeric), ``whole-text`` (free).
+
+Nothing is guessed. An occurrence that says nothing readable ("the answer is not clear") is
+skipped for the one before it; an occurrence that clearly names something invalid (a letter that
+is not an option, an ambiguous number such as ``3-4``, two different bare letters) ends the search
+with None. When the text has a ``</think>`` block, the part after it is read first.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from enum import Enum
+
+from thinktree._numbers import NUMBER_TOKEN, canonical_number, token_value
+from thinktree.problems import AnswerType, Problem
+
+__all__ = ["Extraction", "canonical_number", "extract_answer"]
+
+
+@dataclass(frozen=True, slots=True)
+class Extraction:
+    """A normalised answer and the rule (``method``) that found it."""
+
+    answer: str
+    method: str
+
+
+class _Verdict(Enum):
+    """An occurrence that names an invalid answer: stop and return None."""
+
+    REJECT = "reject"
+
+
+_REJECT = _Verdict.REJECT
+_Reading = str | _Verdict | None
+_Reader = Callable[[str, Problem], _Reading]
+
+# --- text clean-up -------------------------------------------------------------------------
+
+_LATEX_SUBSTITUTIONS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"\\d?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}"), r"\1/\2"),
+    (re.compile(r"\\(?:times|cdot)(?![a-zA-Z])"), "×"),
+    (re.compile(r"\\approx(?![a-zA-Z])"), "≈"),
+    (re.compile(r"\\sim(?![a-zA-Z])"), "~"),
+    (re.compile(r"\\%"), "%"),
+    (re.compile(r"\\[,;:!]"), ""),
+    (re.compile(r"\\[ ()\[\]]"), " "),
+    (re.compile(r"\\[a-zA-Z]+"), ""),
+    (re.compile(r"[{}$]|\*\*|__|`"), ""),
+)
+_BOLD = re.compile(r"\*\*|__")
+_BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_THINK_END = "</think>"
+_NON_SPACE = re.compile(r"\S")
+# Answers are short: a phrase body or boxed content is read up to this length, which also keeps
+# extraction linear in the length of pathological outputs.
+_MAX_BODY = 500
+
+# --- answer phrases ------------------------------------------------------------------------
+
+_IS = r"(?:is|would\s+be|should\s+be|must\s+be|will\s+be|=)(?![\w'’])\s*[:：]?"
+_ANSWER_IS = re.compile(
+    r"\b(?P<qualifiers>(?:(?:correct|final|best|right|most\s+likely|likely|true)\s+)*)"
+    rf"answer(?:\s+to\s+(?:this|the)\s+question)?\s+{_IS}",
+    re.IGNORECASE,
+)
+_ANSWER_LABEL = re.compile(r"\b(?P<final>final\s+)?answer[*_]*\s*[:：]", re.IGNORECASE)
+_FINAL_HEADING = re.compile(
+    r"^[ \t>#*_]*(?:the\s+)?final\s+answer[ \t*_]*$", re.IGNORECASE | re.MULTILINE
+)
+_CORRECT_OPTION = re.compile(
+    r"\b(?:(?:correct|right|best|most\s+appropriate|most\s+likely)\s+(?:option|choice|response)"
+    rf"\s+{_IS}|my\s+(?:final\s+)?(?:choice|selection)\s+{_IS}"
+    r"|I\s+(?:would\s+|will\s+)?(?:choose|select|pick|go\s+with)\b)",
+    re.IGNORECASE,
+)
+
+_LEADING_FILLER = re.compile(
+    r"^(?:[\s:：,>*_—]+|(?:therefore|thus|hence|so|then|likely|probably|most\s+likely|indeed"
+    r"|clearly|definitely|certainly|actually|still|simply|rather|instead|option|choice|letter"
+    r"|to\s+be|it\s+is|it's|it’s)\b)+",
+    re.IGNORECASE,
+)
+_NEGATION = re.compile(r"^not\b", re.IGNORECASE)
+_CORRECTION = re.compile(r"\b(?:but|it\s+is|it's|it’s|rather|instead|it\s+should\s+be)\b", re.I)
+_NOT_AN_ANSWER = re.compile(
+    r"^(?:let(?:'s|’s)?\b|step\b|first(?:ly)?\b|we\s+need\b"
+    r"|to\s+(?:determine|calculate|find|answer|solve)\b)",
+    re.IGNORECASE,
+)
+
+# --- choice --------------------------------------------------------------------------------
+
+_PAREN_LETTER = re.compile(r"[(\[]\s*([A-Za-z])\s*[)\]]")
+_PUNCT_LETTER = re.compile(r"([A-Z])(?=\s*$|[.:;,)\]]+(?:\s|$)|\s+[(\[\-–—:])")
+_SPACED_LETTER = re.compile(r"([A-Z])\s+(\S.*)", re.DOTALL)
+_LETTER_VERB = re.compile(r"(?:is|was|would|seems|appears|because|since)\b")
+_LONE_LOWER_LETTER = re.compile(r"([a-z])[.)]?\s*")
+_SECOND_LETTER = re.compile(
+    r"\s*(?:,|/|&|\bor\b|\band\b)\s*(?:option\s+|choice\s+)?[(\[]?[A-Z][)\]]?(?!\w)"
+)
+_MENTIONED_LETTER = re.compile(
+    r"[(\[]([A-Z])[)\]]|\b(?:[Oo]ption|[Cc]hoice)\s+([A-Z])\b(?![-'’]\w)"
+)
+_OWN_LINE_LETTER = re.compile(r"[(\[]?([A-Z])[)\]]?[.:]?")
+_LINE_START_LETTER = re.compile(r"(?:\(([A-Z])\)|([A-Z])[.)])(?=\s|$)")
+_LINE_DECORATION = re.compile(r"^(?:[\s>#*_]|-(?=\s))+|[\s*_]+$")
+_TAIL_LINES = 3
+_MIN_CONTAINED_OPTION = 4
+
+# --- yes / no / maybe ----------------------------------------------------------------------
+
+_YESNO_WORD = re.compile(r"\b(yes|no|maybe)\b", re.IGNORECASE)
+_YESNO_FIRST = re.compile(r"(yes|no|maybe)\b(?!\s*(?:or|/|,)\s*(?:yes|no|maybe)\b)", re.I)
+_SENTENCE_END = re.compile(r"[.;!?\n]")
+
+# --- numeric -------------------------------------------------------------------------------
+
+_RESULT_SEPARATOR = re.compile(r"=|≈")
+_STATEMENT_SEPARATOR = re.compile(r"=|≈|:|\b(?:is|was|are)\b", re.IGNORECASE)
+
+
+def extract_answer(text: str, problem: Problem) -> Extraction | None:
+    """The final answer in ``text`` normalised for ``problem.answer_type``, or None if unclear."""
+    if not text.strip():
+        return None
+    think_end = text.rfind(_THINK_END)
+    if think_end >= 0:
+        after = text[think_end + len(_THINK_END) :]
+        if after.strip():
+            found = _extract(after, problem)
+            if found is not None:
+                return found if isinstance(found, Extraction) else None
+    found = _extract(text, problem)
+    return found if isinstance(found, Extraction) else None
+
+
+def _extract(text: str, problem: Problem) -> Extraction | _Verdict | None:
+    """Apply the rules in priority order; None when none of them found anything."""
+    read = _READERS[problem.answer_type]
+    for content in reversed(_boxed_contents(text)):
+        if len(content) > _MAX_BODY:
+            continue
+        reading = read(_clean(content).strip(), problem)
+        if reading is not None:
+            return _result(reading, "boxed")
+    for method, body in _phrase_bodies(_BOLD.sub("", text)):
+        reading = read(body, problem)
+        if reading is not None:
+            return _result(reading, method)
+    return _FALLBACKS[problem.answer_type](text, problem)
+
+
+def _result(reading: str | _Verdict, method: str) -> Extraction | _Verdict:
+    return reading if isinstance(reading, _Verdict) else Extraction(reading, method)
+
+
+def _clean(text: str) -> str:
+    """Drop LaTeX commands, braces, math delimiters and bold/code markdown."""
+    for pattern, replacement in _LATEX_SUBSTITUTIONS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _boxed_contents(text: str) -> list[str]:
+    """The contents of every ``\\boxed{...}``, in order, with nested braces matched."""
+    starts = [match.end() for match in _BOXED.finditer(text)]
+    if not starts:
+        return []
+    closing: dict[int, int] = {}  # index after an opening brace -> index of its closing brace
+    open_braces: list[int] = []
+    for index, char in enumerate(text):
+        if char == "{":
+            open_braces.append(index + 1)
+        elif char == "}" and open_braces:
+            closing[open_braces.pop()] = index
+    return [text[start : closing[start]] for start in starts if start in closing]
+
+
+def _phrase_bodies(text: str) -> Iterator[tuple[str, str]]:
+    """(method, prepared body) of each answer phrase, last first; bodies saying nothing skipped."""
+    found: dict[int, tuple[int, str]] = {}
+    for match in _ANSWER_IS.finditer(text):
+        final = "final" in match["qualifiers"].lower()
+        found[match.end()] = (match.start(), "final-answer" if final else "answer-is")
+    for match in _ANSWER_LABEL.finditer(text):
+        found[match.end()] = (match.start(), "final-answer" if match["final"] else "answer-label")
+    for match in _FINAL_HEADING.finditer(text):
+        found[match.end()] = (match.start(), "final-answer")
+    for match in _CORRECT_OPTION.finditer(text):
+        found[match.end()] = (match.start(), "correct-option")
+    for end, (_, method) in sorted(found.items(), key=lambda item: item[1][0], reverse=True):
+        body = _body_at(text, end)
+        if body:
+            yield method, body
+
+
+def _body_at(text: str, position: int) -> str | None:
+    """The answer after a phrase: the rest of its line, or the next non-empty line."""
+    body = _prepare(_line_from(text, position))
+    if body == "":
+        line_end = text.find("\n", position, position + _MAX_BODY)
+        following = _NON_SPACE.search(text, line_end) if line_end >= 0 else None
+        if following is not None:
+            return _prepare(_line_from(text, following.start()))
+    return body
+
+
+def _line_from(text: str, position: int) -> str:
+    """``text`` from ``position`` to the end of that line, at most :data:`_MAX_BODY` characters."""
+    limit = position + _MAX_BODY
+    line_end = text.find("\n", position, limit)
+    return text[position : limit if line_end < 0 else line_end]
+
+
+def _prepare(raw: str) -> str | None:
+    """Clean a phrase body and strip fillers; resolve "not A, it is B"; None if not an answer."""
+    body = _LEADING_FILLER.sub("", _clean(raw).strip())
+    if _NEGATION.match(body):
+        correction = _CORRECTION.search(body)
+        if correction is None:
+            return None
+        body = _LEADING_FILLER.sub("", body[correction.end() :])
+    if _NOT_AN_ANSWER.match(body):
+        return None
+    return body.strip()
+
+
+def _tail_lines(text: str) -> list[str]:
+    """The non-empty lines of ``text`` without markdown decoration."""
+    cleaned = (_LINE_DECORATION.sub("", _clean(line)) for line in text.splitlines())
+    return [line for line in cleaned if line]
+
+
+# --- choice ----------------------------------------------------------------------------------
+
+
+def _read_choice(body: str, problem: Problem) -> _Reading:
+    """The option letter that ``body`` names, tried in the order of the module docstring."""
+    options = problem.options or {}
+    letter = _letter_in(body, options)
+    if letter is not None:
+        return letter
+    text = _normalise(body)
+    return (
+        _option_starting(text, options)
+        or _only_mentioned_letter(body, options)
+        or _only_contained_option(text, options)
+    )
+
+
+def _letter_in(body: str, options: dict[str, str]) -> _Reading:
+    """The letter ``body`` starts with; _REJECT when it is not an option or another follows."""
+    match = (
+        _PAREN_LETTER.match(body)
+        or _PUNCT_LETTER.match(body)
+        or _LONE_LOWER_LETTER.fullmatch(body)
+        or _spaced_letter(body, options)
+    )
+    if match is None:
+        return None
+    if _SECOND_LETTER.match(body, match.end()):
+        return None
+    letter = match[1].upper()
+    return letter if letter in options else _REJECT
+
+
+def _spaced_letter(body: str, options: dict[str, str]) -> re.Match[str] | None:
+    """Match "B Hypotonic lower lip" or "B is correct", but not "I think" or "A patient"."""
+    match = _SPACED_LETTER.match(body)
+    if match is None:
+        return None
+    rest = _normalise(match[2])
+    option = options.get(match[1])
+    if _LETTER_VERB.match(rest) or (option is not None and rest.startswith(_normalise(option))):
+        return match
+    return None
+
+
+def _option_starting(text: str, options: dict[str, str]) -> str | None:
+    """The option whose whole (normalised) text ``text`` is or starts with; the longest wins."""
+    starts = [
+        (len(norm), letter)
+        for letter, option in options.items()
+        if (norm := _normalise(option)) and _starts_with_phrase(text, norm)
+    ]
+    if not starts:
+        return None
+    longest = max(length for length, _ in starts)
+    letters = {letter for length, letter in starts if length == longest}
+    return letters.pop() if len(letters) == 1 else None
+
+
+def _only_mentioned_letter(body: str, options: dict[str, str]) -> str | None:
+    """The one option letter that ``body`` writes as "(X)" or "option X", if just one."""
+    letters = {m[1] or m[2] for m in _MENTIONED_LETTER.finditer(body)} & options.keys()
+    return letters.pop() if len(letters) == 1 else None
+
+
+def _only_contained_option(text: str, options: dict[str, str]) -> str | None:
+    """The single option whose text occurs in ``text`` as a phrase (nested matches dropped)."""
+    spans: list[tuple[int, int, str]] = []
+    for letter, option in options.items():
+        norm = _normalise(option)
+        if len(norm) >= _MIN_CONTAINED_OPTION:
+            spans.extend((start, start + len(norm), letter) for start in _phrases(text, norm))
+    outer = {
+        letter
+        for start, end, letter in spans
+        if not any(s <= start and end <= e and (s, e) != (start, end) for s, e, _ in spans)
+    }
+    return outer.pop() if len(outer) == 1 else None
+
+
+def _phrases(text: str, phrase: str) -> Iterator[int]:
+    """Start indices of ``phrase`` in ``text`` where it is not part of a longer word."""
+    start = text.find(phrase)
+    while start >= 0:
+        end = start + len(phrase)
+        if (start == 0 or not text[start - 1].isalnum()) and (
+            end == len(text) or not text[end].isalnum()
+        ):
+            yield start
+        start = text.find(phrase, start + 1)
+
+
+def _starts_with_phrase(text: str, phrase: str) -> bool:
+    return text.startswith(phrase) and (len(text) == len(phrase) or not text[len(phrase)].isalnum())
+
+
+def _normalise(text: str) -> str:
+    """Case-folded text with single spaces and no trailing full stop."""
+    return " ".join(text.split()).casefold().rstrip(".").strip()
+
+
+def _choice_fallback(text: str, problem: Problem) -> Extraction | _Verdict | None:
+    """A lone letter (or "(C)", "C.", "C)" at line start) near the end, else an option's text."""
+    options = problem.options or {}
+    tail = _tail_lines(text)[-_TAIL_LINES:]
+    own_line = {m[1] for line in tail if (m := _OWN_LINE_LETTER.fullmatch(line))}
+    line_start = {m[1] or m[2] for line in tail if (m := _LINE_START_LETTER.match(line))}
+    for letters in (own_line & options.keys(), line_start & options.keys()):
+        if len(letters) == 1:
+            return Extraction(letters.pop(), "bare-letter")
+        if letters:
+            return _REJECT
+    if not tail:
+        return None
+    last = _normalise(tail[-1])
+    for letter, option in options.items():
+        if last == _normalise(option):
+            return Extraction(letter, "option-text")
+    contained = _only_contained_option(last, options)
+    return None if contained is None else Extraction(contained, "option-text")
+
+
+# --- yes / no / maybe ------------------------------------------------------------------------
+
+
+def _read_yesno(body: str, problem: Problem) -> _Reading:
+    """The yes/no/maybe ``body`` starts with, else the only one in its first sentence."""
+    first = _YESNO_FIRST.match(body)
+    if first is not None:
+        return first[1].lower()
+    sentence = _SENTENCE_END.split(body, maxsplit=1)[0]
+    words = {word.lower() for word in _YESNO_WORD.findall(sentence)}
+    return words.pop() if len(words) == 1 else None
+
+
+def _yesno_fallback(text: str, problem: Problem) -> Extraction | None:
+    """The last yes/no/maybe word of the final line."""
+    tail = _tail_lines(text)
+    words = _YESNO_WORD.findall(tail[-1]) if tail else []
+    return Extraction(words[-1].lower(), "yesno-word") if words else None
+
+
+# --- numeric ---------------------------------------------------------------------------------
+
+
+def _read_numeric(body: str, problem: Problem) -> _Reading:
+    """The first number of ``body`` (after its last ``=``, when that part holds one)."""
+    pieces = _RESULT_SEPARATOR.split(body)
+    segment = pieces[-1] if NUMBER_TOKEN.search(pieces[-1]) else body
+    return _first_number(segment)
+
+
+def _first_number(segment: str) -> _Reading:
+    match = NUMBER_TOKEN.search(segment)
+    if match is None:
+        return None
+    value = token_value(match)
+    return _REJECT if value is None else canonical_number(value)
+
+
+def _numeric_fallback(text: str, problem: Problem) -> Extraction | _Verdict | None:
+    """The number stated at the end of the final line ("... is 1.71"), or its only number."""
+    tail = _tail_lines(text)
+    if not tail:
+        return None
+    line = tail[-1]
+    separators = list(_STATEMENT_SEPARATOR.finditer(line))
+    if separators:
+        reading = _first_number(line[separators[-1].end() :])
+    elif len(NUMBER_TOKEN.findall(line)) == 1:
+        reading = _first_number(line)
+    else:
+        reading = None
+    return None if reading is None else _result(reading, "number")
+
+
+# --- free ------------------------------------------------------------------------------------
+
+
+def _read_free(body: str, problem: Problem) -> str | None:
+    """The body itself, without decoration or a final full stop."""
+    answer = body.strip(" \t*_\"'").rstrip(".").strip()
+    return answer or None
+
+
+def _free_fallback(text: str, problem: Problem) -> Extraction | None:
+    """The whole text, when it is a single line."""
+    lines = _tail_lines(text)
+    if len(lines) != 1:
+        return None
+    answer = _read_free(lines[0], problem)
+    return None if answer is None else Extraction(answer, "whole-text")
+
+
+_READERS: dict[AnswerType, _Reader] = {
+    AnswerType.CHOICE: _read_choice,
+    AnswerType.YESNO: _read_yesno,
+    AnswerType.NUMERIC: _read_numeric,
+    AnswerType.FREE: _read_free,
+}
+_FALLBACKS: dict[AnswerType, Callable[[str, Problem], Extraction | _Verdict | None]] = {
+    AnswerType.CHOICE: _choice_fallback,
+    AnswerType.YESNO: _yesno_fallback,
+    AnswerType.NUMERIC: _numeric_fallback,
+    AnswerType.FREE: _free_fallback,
+}

@@ -1,0 +1,413 @@
+"""Tests for thinktree.extraction: answers read from realistic model outputs."""
+
+from __future__ import annotations
+
+import string
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from thinktree.extraction import Extraction, canonical_number, extract_answer
+from thinktree.grading import grade
+from thinktree.problems import AnswerType, Problem
+
+MEDQA = Problem(
+    id="medqa-test-00786",
+    question="Which of the following factors is most likely defective in this patient?",
+    answer_type=AnswerType.CHOICE,
+    options={"A": "Factor VII", "B": "Factor VIII", "C": "Factor IX", "D": "Factor XII"},
+    answer="D",
+)
+MEDMCQA = Problem(
+    id="medmcqa-98200364",
+    question="The patients with class II division 1 malocclusion have",
+    answer_type=AnswerType.CHOICE,
+    options={
+        "A": "Hypertonic Lower Lip",
+        "B": "Hypotonic Lower lip",
+        "C": "Hypertonic upper Lip",
+        "D": "Hypotonic upper lip",
+    },
+    answer="D",
+)
+MEDBULLETS = Problem(
+    id="medbullets_op5-193",
+    question="Which of the following is the most accurate test to diagnose this condition?",
+    answer_type=AnswerType.CHOICE,
+    options={
+        "A": "Contrast enema",
+        "B": "Genetic testing",
+        "C": "Intraoperative cholangiogram",
+        "D": "Rectal suction biopsy",
+        "E": "Upper gastrointestinal series",
+    },
+    answer="D",
+)
+MEDXPERT = Problem(
+    id="medxpertqa_text-Text-1402",
+    question="What is the most appropriate next step in management?",
+    answer_type=AnswerType.CHOICE,
+    options={
+        "A": "Acetaminophen for symptomatic relief",
+        "B": "Methadone",
+        "C": "Referral to pain management",
+        "D": "Tapering of oxycodone",
+        "E": "Initiation of antibiotics",
+        "F": "Supportive therapy",
+        "G": "Naloxone administration",
+        "H": "Oseltamivir",
+        "I": "Intravenous fluids for dehydration",
+        "J": "Buprenorphine-naloxone",
+    },
+    answer="B",
+)
+PUBMEDQA = Problem(
+    id="pubmedqa-7664228",
+    question="Discharging patients earlier from hospital: does it affect quality of care?",
+    answer_type=AnswerType.YESNO,
+    answer="no",
+)
+MEDCALC = Problem(
+    id="medcalc_bench-468",
+    question="What is the patient's free water deficit in terms of liters?",
+    answer_type=AnswerType.NUMERIC,
+    answer="-1.39",
+    lower_limit=-1.4595,
+    upper_limit=-1.3205,
+)
+FREE = Problem(
+    id="free-1", question="Name the most likely diagnosis.", answer="Hirschsprung disease"
+)
+
+PROBLEMS = {
+    "medqa": MEDQA,
+    "medmcqa": MEDMCQA,
+    "medbullets": MEDBULLETS,
+    "medxpert": MEDXPERT,
+    "pubmedqa": PUBMEDQA,
+    "medcalc": MEDCALC,
+    "free": FREE,
+}
+
+# (problem, model output, expected answer or None, expected method or None)
+CASES: list[tuple[str, str, str | None, str | None]] = [
+    # --- multiple choice, 4 options (MedQA) ---
+    (
+        "medqa",
+        "The prolonged PTT with a normal PT and bleeding time, together with decreased "
+        "bradykinin formation and no clinical bleeding, points to Hageman factor deficiency.\n\n"
+        "Therefore, the answer is D.",
+        "D",
+        "answer-is",
+    ),
+    (
+        "medqa",
+        "Factor XII deficiency prolongs the PTT in vitro but does not cause bleeding.\n\n"
+        "**Final Answer:** (D) Factor XII",
+        "D",
+        "final-answer",
+    ),
+    (
+        "medqa",
+        "Decreased bradykinin formation implicates the contact pathway. $\\boxed{D}$",
+        "D",
+        "boxed",
+    ),
+    (
+        "medqa",
+        "Hemophilia A and B would cause hemarthrosis, but the bleeding time and history "
+        "suggest an isolated PTT abnormality.\n\nAnswer: D",
+        "D",
+        "answer-label",
+    ),
+    ("medqa", "The correct answer is (C).", "C", "answer-is"),
+    (
+        "medqa",
+        "I think the answer is C.\nWait, actually the answer is D.",
+        "D",
+        "answer-is",
+    ),
+    ("medqa", "The answer is not A, it is B.", "B", "answer-is"),
+    (
+        "medqa",
+        "The contact pathway factor is the one that is defective here.\n\nD",
+        "D",
+        "bare-letter",
+    ),
+    (
+        "medqa",
+        "Only one factor affects bradykinin generation.\n(D) Factor XII",
+        "D",
+        "bare-letter",
+    ),
+    (
+        "medqa",
+        "Bradykinin is generated from HMWK by kallikrein, which requires activation by "
+        "Hageman factor.\nThe defective factor is Factor XII.",
+        "D",
+        "option-text",
+    ),
+    ("medqa", "Final answer: Factor XII", "D", "final-answer"),
+    ("medqa", "## Final Answer\n\n**B. Factor VIII**", "B", "final-answer"),
+    ("medqa", "Answer:\n\nC", "C", "answer-label"),
+    ("medqa", "**Answer: C**", "C", "answer-label"),
+    ("medqa", "The correct option is B.", "B", "correct-option"),
+    ("medqa", "$\\boxed{\\text{(C) Factor IX}}$", "C", "boxed"),
+    ("medqa", "Answer: The most likely option is (C)", "C", "correct-option"),
+    ("medqa", "Weighing everything, my choice is option C.", "C", "correct-option"),
+    ("medqa", "Answer: the defect is in (D), since the PT is normal.", "D", "answer-label"),
+    (
+        "medqa",
+        "<think>Maybe the answer is A, since factor VII has the shortest half-life... no, the "
+        "PT is normal.</think>\n\nThe answer is D.",
+        "D",
+        "answer-is",
+    ),
+    ("medqa", "Answer: E", None, None),
+    ("medqa", "The answer is (F) Factor XI.", None, None),
+    ("medqa", "A\nB", None, None),
+    ("medqa", "The answer is A or B; the data do not allow a decision.", None, None),
+    (
+        "medqa",
+        "This patient has an abnormal PTT. Several factors in the intrinsic pathway could be "
+        "responsible, and we would need mixing studies and factor assays to know more.",
+        None,
+        None,
+    ),
+    ("medqa", "", None, None),
+    ("medqa", "   \n\n  ", None, None),
+    # --- multiple choice, 4 options with similar texts (MedMCQA) ---
+    ("medmcqa", "Answer: (B) Hypotonic lower lip", "B", "answer-label"),
+    (
+        "medmcqa",
+        "In class II div 1 the lower lip is trapped behind the upper incisors and the upper "
+        "lip is short and hypotonic. The answer is hypotonic upper lip.",
+        "D",
+        "answer-is",
+    ),
+    ("medmcqa", "The answer is: Hypotonic Lower lip (B)", "B", "answer-is"),
+    ("medmcqa", "The answer is: **D** - Hypotonic upper lip", "D", "answer-is"),
+    # --- multiple choice, 5 options (MedBullets) ---
+    (
+        "medbullets",
+        "Bilious vomiting, delayed meconium and a squirt sign suggest Hirschsprung disease; "
+        "the gold standard is a rectal suction biopsy showing absent ganglion cells.\n\n"
+        "The answer is Rectal suction biopsy.",
+        "D",
+        "answer-is",
+    ),
+    (
+        "medbullets",
+        "Contrast enema may show a transition zone, but the most accurate test is a "
+        "rectal suction biopsy.\n\nFinal Answer: \\boxed{D}",
+        "D",
+        "boxed",
+    ),
+    (
+        "medbullets",
+        "Let's evaluate each choice:\nA. Contrast enema: shows a transition zone.\n"
+        "B. Genetic testing: not diagnostic.\nD. Rectal suction biopsy: gold standard.",
+        None,
+        None,
+    ),
+    # --- multiple choice, 10 options (MedXpertQA) ---
+    ("medxpert", "Opioid withdrawal is the unifying diagnosis. The answer is I.", "I", "answer-is"),
+    ("medxpert", "Answer: I", "I", "answer-label"),
+    (
+        "medxpert",
+        "He is in opioid withdrawal after running out of oxycodone early.\n"
+        "The correct answer is J. Buprenorphine-naloxone",
+        "J",
+        "answer-is",
+    ),
+    ("medxpert", "Answer: (K)", None, None),
+    ("medxpert", "\\boxed{H}\n\nOseltamivir is the best choice for influenza.", "H", "boxed"),
+    (
+        "medxpert",
+        "The symptoms are those of opioid withdrawal, not influenza.\n"
+        "Therefore the best option here is methadone.",
+        "B",
+        "option-text",
+    ),
+    ("medxpert", "Answer: I think it could be several of these.", None, None),
+    # --- yes / no / maybe (PubMedQA) ---
+    ("pubmedqa", "**Answer:** Yes", "yes", "answer-label"),
+    (
+        "pubmedqa",
+        "Readmission rates did not increase while length of stay fell for all four "
+        "categories. Therefore, the answer is no.",
+        "no",
+        "answer-is",
+    ),
+    ("pubmedqa", "Final answer: maybe", "maybe", "final-answer"),
+    (
+        "pubmedqa",
+        "Length of stay fell by 11-22% with stable readmission rates.\n"
+        "In conclusion, earlier discharge did not harm quality of care, so no.",
+        "no",
+        "yesno-word",
+    ),
+    ("pubmedqa", "The answer is not yes, but rather maybe.", "maybe", "answer-is"),
+    (
+        "pubmedqa",
+        "We must decide whether the answer is yes or no.\n\nThe readmission rates were "
+        "unchanged.\nAnswer: no",
+        "no",
+        "answer-label",
+    ),
+    ("pubmedqa", "$\\boxed{\\text{No}}$", "no", "boxed"),
+    (
+        "pubmedqa",
+        "Answer: Yes.\n\nExplanation: there was no significant rise in readmissions.",
+        "yes",
+        "answer-label",
+    ),
+    (
+        "pubmedqa",
+        "The study population is heterogeneous and the authors draw cautious conclusions.",
+        None,
+        None,
+    ),
+    # --- numeric (MedCalc-Bench) ---
+    ("medcalc", "answer: 1,234.5 mL", "1234.5", "answer-label"),
+    ("medcalc", "The answer is -1.39 L", "-1.39", "answer-is"),
+    (
+        "medcalc",
+        "Total body water = 0.5 × 70 kg = 35 L.\nFWD = 35 × (136/140 − 1) = −1.0 L\n\n"
+        "Answer: −1.0 L",
+        "-1",
+        "answer-label",
+    ),
+    (
+        "medcalc",
+        "QTc = QT + 154 × (1 − RR) = 330 + 154 × 0.189 = 359.106 msec\n"
+        "Therefore, the patient's corrected QT interval is 359.106 msec.",
+        "359.106",
+        "number",
+    ),
+    ("medcalc", "The Centor score is 2.\n\n**Final Answer: 2**", "2", "final-answer"),
+    ("medcalc", "The answer is approximately 56.667 mm Hg.", "56.667", "answer-is"),
+    ("medcalc", "Final Answer: ≈ 1.71", "1.71", "final-answer"),
+    ("medcalc", "Answer: ~3.36 mg", "3.36", "answer-label"),
+    ("medcalc", "Answer: The patient's CURB-65 score is 3.", "3", "answer-label"),
+    ("medcalc", "$\\boxed{-2}$", "-2", "boxed"),
+    ("medcalc", "The answer is 1.5e-3 mg/dL", "0.0015", "answer-is"),
+    ("medcalc", "The answer is 1,500 mL/day.", "1500", "answer-is"),
+    ("medcalc", "The answer is 12%.", "12", "answer-is"),
+    ("medcalc", "$\\boxed{1.2 \\times 10^{3}}$", "1200", "boxed"),
+    ("medcalc", "Answer: 3-4 points", None, None),
+    ("medcalc", "The answer is 1,5 L", None, None),
+    (
+        "medcalc",
+        "The patient's HAS-BLED score cannot be determined from the information given.",
+        None,
+        None,
+    ),
+    (
+        "medcalc",
+        "<think>\nChild-Pugh: bilirubin 3, albumin 2, INR 2, ascites 1, encephalopathy 1\n"
+        "</think>\n\nThe patient's Child-Pugh score is 9.",
+        "9",
+        "number",
+    ),
+    # --- free text ---
+    ("free", "Answer: Hirschsprung disease.", "Hirschsprung disease", "answer-label"),
+    ("free", "Hirschsprung disease", "Hirschsprung disease", "whole-text"),
+    ("free", "It could be several things.\nMore tests are needed.", None, None),
+]
+
+
+@pytest.mark.parametrize(
+    ("problem_key", "text", "answer", "method"),
+    CASES,
+    ids=[f"{i:02d}-{case[0]}" for i, case in enumerate(CASES)],
+)
+def test_extract_answer(
+    problem_key: str, text: str, answer: str | None, method: str | None
+) -> None:
+    expected = None if answer is None or method is None else Extraction(answer, method)
+    assert extract_answer(text, PROBLEMS[problem_key]) == expected
+
+
+def test_extraction_is_frozen() -> None:
+    extraction = Extraction("B", "boxed")
+    with pytest.raises(AttributeError):
+        extraction.answer = "C"  # type: ignore[misc]
+
+
+def test_nested_braces_in_boxed() -> None:
+    found = extract_answer(r"\boxed{\text{\textbf{Rectal suction biopsy}}}", MEDBULLETS)
+    assert found == Extraction("D", "boxed")
+
+
+def test_boxed_outranks_a_later_answer_phrase() -> None:
+    assert extract_answer("\\boxed{C}\nSome say the answer is B.", MEDQA) == Extraction(
+        "C", "boxed"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (1.39, "1.39"),
+        (-2.0, "-2"),
+        (1500.0, "1500"),
+        (0.0, "0"),
+        (-0.0, "0"),
+        (0.00001, "0.00001"),
+        (1e16, "1e16"),
+        (1.5e-7, "1.5e-7"),
+        (123456789.125, "123456789.125"),
+    ],
+)
+def test_canonical_number(value: float, text: str) -> None:
+    assert canonical_number(value) == text
+
+
+_LETTERS = string.ascii_uppercase[:10]
+_OPTION_TEXT = st.text(alphabet=string.ascii_letters + " -", min_size=1, max_size=40).filter(
+    str.strip
+)
+
+
+@st.composite
+def _choice_problems(draw: st.DrawFn) -> tuple[Problem, str]:
+    """A choice problem with 2 to 10 options, and one of its option letters."""
+    count = draw(st.integers(min_value=2, max_value=10))
+    texts = draw(st.lists(_OPTION_TEXT, min_size=count, max_size=count))
+    options = dict(zip(_LETTERS, texts, strict=False))
+    problem = Problem(id="p", question="q", answer_type=AnswerType.CHOICE, options=options)
+    return problem, draw(st.sampled_from(sorted(options)))
+
+
+_REASONING = st.sampled_from(
+    [
+        "... reasoning ...",
+        "The PTT is prolonged and the PT is normal, so the intrinsic pathway is involved.",
+        "Let's think step by step.\nFirst, consider the vital signs.\nThey are stable.",
+        "Option A is unlikely. Option C does not explain the rash either.",
+    ]
+)
+
+
+@given(_choice_problems(), _REASONING)
+def test_answer_label_gives_any_option_letter(case: tuple[Problem, str], reasoning: str) -> None:
+    problem, letter = case
+    found = extract_answer(f"{reasoning}\nAnswer: {letter}", problem)
+    assert found is not None
+    assert found.answer == letter
+
+
+_NUMBERS = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.integers(min_value=-(10**15), max_value=10**15),
+)
+
+
+@given(_NUMBERS)
+def test_stated_number_grades_correct(x: float) -> None:
+    problem = Problem(id="n", question="q", answer_type=AnswerType.NUMERIC, answer=str(x))
+    found = extract_answer(f"The answer is {x}", problem)
+    assert found is not None
+    assert grade(found.answer, problem) is True
