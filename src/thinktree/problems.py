@@ -44,12 +44,16 @@ class Problem(BaseModel):
             if not self.options:
                 raise ValueError("a 'choice' problem needs 'options'")
             if self.answer is not None and self.answer not in self.options:
+                letters = sorted(self.options)
                 raise ValueError(
-                    f"answer {self.answer!r} is not one of the option letters {sorted(self.options)}"
+                    f"answer {self.answer!r} is not one of the option letters {letters}"
                 )
-        if self.answer_type is AnswerType.YESNO and self.answer is not None:
-            if self.answer.strip().lower() not in {"yes", "no", "maybe"}:
-                raise ValueError(f"a 'yesno' answer must be yes, no or maybe, not {self.answer!r}")
+        if (
+            self.answer_type is AnswerType.YESNO
+            and self.answer is not None
+            and self.answer.strip().lower() not in {"yes", "no", "maybe"}
+        ):
+            raise ValueError(f"a 'yesno' answer must be yes, no or maybe, not {self.answer!r}")
         if (self.lower_limit is None) != (self.upper_limit is None):
             raise ValueError("give both 'lower_limit' and 'upper_limit', or neither")
         return self

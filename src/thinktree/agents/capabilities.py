@@ -1,0 +1,154 @@
+"""What an endpoint can do, found out by trying it with tiny requests."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import openai
+import structlog
+
+from thinktree.agents.endpoint import EndpointClient
+from thinktree.errors import EndpointError
+
+log = structlog.get_logger(__name__)
+
+Continuation = Literal["chat", "completions", "revision"]
+
+
+@dataclass(slots=True)
+class Capabilities:
+    """The probe's findings for one endpoint and model."""
+
+    native_n: bool = False
+    continuation: Continuation = "revision"
+    completions: bool = False
+    logprobs: bool = False
+    seed: bool = False
+    reasoning: Literal["field", "tags", "none"] = "none"
+    notes: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_PROBE_USER = "Count from one to ten in words, separated by spaces."
+_PROBE_PREFIX = "one two three"
+
+
+async def probe(client: EndpointClient, *, what: set[str] | None = None) -> Capabilities:
+    """Try each capability for real (a few requests of a few tokens each).
+
+    ``what`` limits the probe to some of "n", "continuation", "completions", "logprobs",
+    "seed"; settings forced in the endpoint's config are taken as given.
+    """
+    want = what or {"n", "continuation", "completions", "logprobs", "seed"}
+    caps = Capabilities()
+    cfg = client.config
+    msgs = [{"role": "user", "content": _PROBE_USER}]
+
+    if "completions" in want or cfg.continuation in ("auto", "completions"):
+        caps.completions, caps.notes["completions"] = await _try_completions(client)
+
+    if "n" in want:
+        if cfg.native_n != "auto":
+            caps.native_n = cfg.native_n == "yes"
+            caps.notes["n"] = "set in the endpoint config"
+        else:
+            caps.native_n, caps.notes["n"] = await _try_n(client, msgs)
+
+    if "continuation" in want:
+        if cfg.continuation != "auto":
+            caps.continuation = cfg.continuation
+            caps.notes["continuation"] = "set in the endpoint config"
+        else:
+            chat_ok, note = await _try_chat_continuation(client, msgs)
+            if chat_ok:
+                caps.continuation = "chat"
+            elif caps.completions and cfg.chat_template:
+                caps.continuation = "completions"
+                note += "; using /v1/completions with the configured chat template"
+            else:
+                caps.continuation = "revision"
+                note += "; sequential revision falls back to a new user turn"
+            caps.notes["continuation"] = note
+
+    if "logprobs" in want:
+        caps.logprobs, caps.notes["logprobs"] = await _try_logprobs(client, msgs)
+    if "seed" in want:
+        caps.seed, caps.notes["seed"] = await _try_seed(client, msgs)
+    log.info(
+        "probed endpoint",
+        endpoint=cfg.name,
+        **{k: v for k, v in caps.to_dict().items() if k != "notes"},
+    )
+    return caps
+
+
+async def _try_n(client: EndpointClient, msgs: list[dict[str, str]]) -> tuple[bool, str]:
+    try:
+        result = await client.chat(msgs, max_tokens=4, n=3, temperature=1.0)
+    except EndpointError as exc:
+        return False, f"n=3 refused: {exc}"
+    got = len(result.choices)
+    if got == 3:
+        return True, "n=3 returned 3 choices in one request"
+    return False, f"n=3 returned {got} choice(s); samples fan out as separate requests"
+
+
+async def _try_chat_continuation(
+    client: EndpointClient, msgs: list[dict[str, str]]
+) -> tuple[bool, str]:
+    """Continuation is honoured when the continued prompt is shorter than a closed turn.
+
+    A server that ignores ``continue_final_message`` closes the assistant message and
+    opens a new one, which costs extra prompt tokens; one that honours it does not.
+    """
+    convo = [*msgs, {"role": "assistant", "content": _PROBE_PREFIX}]
+    try:
+        closed = await client.chat(convo, max_tokens=2)
+        cont = await client.chat(convo, max_tokens=2, continue_final=True)
+    except EndpointError as exc:
+        return False, f"continue_final_message refused: {exc}"
+    if closed.prompt_tokens == 0 or cont.prompt_tokens == 0:
+        return False, "no usage reported, so continuation cannot be verified"
+    if cont.prompt_tokens < closed.prompt_tokens:
+        return True, (
+            f"continue_final_message honoured ({cont.prompt_tokens} prompt tokens "
+            f"vs {closed.prompt_tokens} for a closed turn)"
+        )
+    return False, "continue_final_message ignored (the assistant turn was closed)"
+
+
+async def _try_completions(client: EndpointClient) -> tuple[bool, str]:
+    try:
+        await client.complete("The capital of France is", max_tokens=2)
+    except EndpointError as exc:
+        return False, f"/v1/completions unavailable: {exc}"
+    return True, "/v1/completions answers"
+
+
+async def _try_logprobs(client: EndpointClient, msgs: list[dict[str, str]]) -> tuple[bool, str]:
+    try:
+        resp = await client.client.chat.completions.create(
+            model=client.model,
+            messages=msgs,  # type: ignore[arg-type]
+            max_tokens=2,
+            logprobs=True,
+            top_logprobs=2,
+        )
+    except openai.APIError as exc:
+        return False, f"logprobs refused: {type(exc).__name__}"
+    choice = resp.choices[0] if resp.choices else None
+    ok = bool(choice and choice.logprobs and choice.logprobs.content)
+    return ok, "token logprobs returned" if ok else "no logprobs in the response"
+
+
+async def _try_seed(client: EndpointClient, msgs: list[dict[str, str]]) -> tuple[bool, str]:
+    try:
+        a = await client.chat(msgs, max_tokens=8, temperature=1.0, seed=1234)
+        b = await client.chat(msgs, max_tokens=8, temperature=1.0, seed=1234)
+    except EndpointError as exc:
+        return False, f"seed refused: {exc}"
+    same = a.choices[0].text == b.choices[0].text
+    return same, "same seed, same sample" if same else "same seed gave different samples"

@@ -1,0 +1,445 @@
+"""The endpoint layer: one OpenAI-compatible server, its limits, retries and calls.
+
+One :class:`openai.AsyncOpenAI` per endpoint with the SDK's own retries off: tenacity
+owns retries here (429 honours ``Retry-After``; 5xx, timeouts and connection errors
+back off with jitter; other 4xx never retry). A :class:`anyio.CapacityLimiter` bounds
+calls in flight, and every call has its own timeout.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Literal
+
+import anyio
+import openai
+import structlog
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from thinktree.errors import EndpointError
+
+log = structlog.get_logger(__name__)
+
+Message = dict[str, str]
+DeltaHandler = Callable[[int, str], Awaitable[None]]
+RetryHandler = Callable[[int, float, str], Awaitable[None]]
+
+
+class RetryKind(StrEnum):
+    RATE_LIMIT = "rate limited"
+    TRANSIENT = "server error"
+    TIMEOUT = "timed out"
+    CONNECTION = "connection failed"
+
+
+def classify(exc: BaseException) -> RetryKind | None:
+    """Which kind of retry an error deserves, or None when retrying cannot help."""
+    if isinstance(exc, openai.RateLimitError):
+        return RetryKind.RATE_LIMIT
+    if isinstance(exc, openai.APIStatusError):
+        return RetryKind.TRANSIENT if exc.status_code >= 500 else None
+    if isinstance(exc, openai.APITimeoutError | TimeoutError):
+        return RetryKind.TIMEOUT
+    if isinstance(exc, openai.APIConnectionError):
+        return RetryKind.CONNECTION
+    if isinstance(exc, IncompleteResponse):
+        return RetryKind.TRANSIENT
+    return None
+
+
+class IncompleteResponse(Exception):
+    """The server ended a response without its choices or its usage."""
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointConfig:
+    """Where and how to reach one OpenAI-compatible server."""
+
+    name: str
+    base_url: str
+    model: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    max_connections: int = 32
+    timeout_s: float = 600.0
+    max_attempts: int = 5
+    max_backoff_s: float = 60.0
+    continuation: Literal["auto", "chat", "completions", "revision"] = "auto"
+    native_n: Literal["auto", "yes", "no"] = "auto"
+    chat_template: str | None = None
+
+    def describe(self) -> str:
+        return f"'{self.name}' ({self.base_url})"
+
+
+@dataclass(slots=True)
+class Choice:
+    text: str
+    finish_reason: str | None
+    completion_tokens: int
+    reasoning: str = ""
+
+
+@dataclass(slots=True)
+class Completion:
+    """One model call's result: its choices and the server's usage."""
+
+    choices: list[Choice]
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float
+    attempts: int = 1
+    request_id: str | None = None
+
+
+class EndpointClient:
+    """Calls one endpoint. Create inside a run and close with ``aclose``."""
+
+    def __init__(
+        self,
+        config: EndpointConfig,
+        *,
+        on_retry: RetryHandler | None = None,
+        http_client: Any | None = None,
+    ) -> None:
+        self.config = config
+        if http_client is None:
+            http_client = openai.DefaultAioHttpClient(timeout=config.timeout_s)
+        self.client = openai.AsyncOpenAI(
+            base_url=config.base_url,
+            api_key=config.api_key or "EMPTY",
+            max_retries=0,
+            timeout=config.timeout_s,
+            http_client=http_client,
+        )
+        self.limiter = anyio.CapacityLimiter(config.max_connections)
+        self.on_retry = on_retry
+        self.model: str = config.model or ""
+
+    async def aclose(self) -> None:
+        await self.client.close()
+
+    async def resolve_model(self) -> str:
+        """The model to call: the configured one (checked to be served) or the only one."""
+        try:
+            served = [m.id async for m in self.client.models.list()]
+        except openai.APIStatusError as exc:
+            if self.config.model:  # some APIs do not list models; trust the config
+                self.model = self.config.model
+                return self.model
+            raise EndpointError(
+                f"endpoint {self.config.describe()} cannot list its models "
+                f"(HTTP {exc.status_code}); pass --model"
+            ) from None
+        except openai.APIConnectionError:
+            raise EndpointError(
+                f"cannot connect to endpoint {self.config.describe()}: is the server running "
+                "and the URL right?"
+            ) from None
+        if self.config.model:
+            if served and self.config.model not in served:
+                raise EndpointError(
+                    f"model '{self.config.model}' is not served by endpoint "
+                    f"{self.config.describe()}; it serves: {', '.join(served)}"
+                )
+            self.model = self.config.model
+        elif len(served) == 1:
+            self.model = served[0]
+        else:
+            listed = ", ".join(served) if served else "none"
+            raise EndpointError(
+                f"endpoint {self.config.describe()} serves {listed}; choose one with --model"
+            )
+        return self.model
+
+    async def chat(
+        self,
+        messages: list[Message],
+        *,
+        max_tokens: int,
+        n: int = 1,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        stop: list[str] | None = None,
+        continue_final: bool = False,
+        extra: dict[str, Any] | None = None,
+        on_delta: DeltaHandler | None = None,
+    ) -> Completion:
+        """A chat completion; with ``continue_final`` the last assistant message is extended."""
+        body: dict[str, Any] = dict(extra or {})
+        if continue_final:
+            body.update(continue_final_message=True, add_generation_prompt=False)
+        kwargs: dict[str, Any] = {
+            "model": self.model,
+            "messages": messages,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if n > 1:
+            kwargs["n"] = n
+            kwargs["logprobs"] = True  # per-choice token counts: usage is only a total
+        if seed is not None:
+            kwargs["seed"] = seed
+        if stop:
+            kwargs["stop"] = stop
+        if body:
+            kwargs["extra_body"] = body
+        return await self._call(lambda: self._stream_chat(kwargs, n, on_delta))
+
+    async def complete(
+        self,
+        prompt: str,
+        *,
+        max_tokens: int,
+        n: int = 1,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        stop: list[str] | None = None,
+        on_delta: DeltaHandler | None = None,
+    ) -> Completion:
+        """A raw text completion (``/v1/completions``)."""
+        kwargs: dict[str, Any] = {
+            "model": self.model,
+            "prompt": prompt,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if n > 1:
+            kwargs["n"] = n
+            kwargs["logprobs"] = 0
+        if seed is not None:
+            kwargs["seed"] = seed
+        if stop:
+            kwargs["stop"] = stop
+        return await self._call(lambda: self._stream_completion(kwargs, n, on_delta))
+
+    async def _call(self, attempt: Callable[[], Awaitable[Completion]]) -> Completion:
+        async def before_sleep(state: RetryCallState) -> None:
+            exc = state.outcome.exception() if state.outcome else None
+            kind = classify(exc) if exc else None
+            wait = state.next_action.sleep if state.next_action else 0.0
+            reason = str(kind) if kind else "error"
+            log.warning(
+                "call retry",
+                endpoint=self.config.name,
+                attempt=state.attempt_number,
+                wait_s=round(wait, 2),
+                reason=reason,
+            )
+            if self.on_retry is not None:
+                await self.on_retry(state.attempt_number, wait, reason)
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(lambda e: classify(e) is not None),
+            wait=_RetryAfterOrBackoff(self.config.max_backoff_s),
+            stop=stop_after_attempt(self.config.max_attempts),
+            before_sleep=before_sleep,
+            reraise=True,
+        )
+        started = time.monotonic()
+        try:
+            async for trial in retrying:
+                with trial:
+                    async with self.limiter:
+                        with anyio.fail_after(self.config.timeout_s):
+                            result = await attempt()
+                    result.attempts = trial.retry_state.attempt_number
+                    result.latency_s = time.monotonic() - started
+                    return result
+        except Exception as exc:
+            raise self._user_error(exc) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _user_error(self, exc: BaseException) -> EndpointError:
+        where = self.config.describe()
+        kind = classify(exc)
+        if isinstance(exc, openai.NotFoundError):
+            return EndpointError(
+                f"endpoint {where} answered 404 for model '{self.model}': check --model and the URL"
+            )
+        if isinstance(exc, openai.AuthenticationError):
+            return EndpointError(f"endpoint {where} rejected the API key (401): check the key")
+        if isinstance(exc, openai.BadRequestError):
+            detail = _one_line(str(exc.message))
+            return EndpointError(f"endpoint {where} rejected the request (400): {detail}")
+        if kind is RetryKind.CONNECTION:
+            return EndpointError(
+                f"cannot connect to endpoint {where} after {self.config.max_attempts} attempts: "
+                "is the server running?"
+            )
+        if kind is not None:
+            return EndpointError(
+                f"endpoint {where} kept failing ({kind}) after {self.config.max_attempts} attempts"
+            )
+        if isinstance(exc, openai.APIStatusError):
+            return EndpointError(f"endpoint {where} answered HTTP {exc.status_code}")
+        return EndpointError(f"call to endpoint {where} failed: {_one_line(repr(exc))}")
+
+    async def _stream_chat(
+        self, kwargs: dict[str, Any], n: int, on_delta: DeltaHandler | None
+    ) -> Completion:
+        texts = [""] * n
+        reasoning = [""] * n
+        counted = [0] * n
+        finish: list[str | None] = [None] * n
+        usage = None
+        request_id = None
+        stream = await self.client.chat.completions.create(**kwargs)
+        async with stream:
+            async for chunk in stream:
+                request_id = request_id or chunk.id
+                if chunk.usage is not None:
+                    usage = chunk.usage
+                for choice in chunk.choices:
+                    i = choice.index
+                    if i >= n:
+                        continue
+                    delta = choice.delta
+                    if delta is not None:
+                        if delta.content:
+                            texts[i] += delta.content
+                            if on_delta is not None:
+                                await on_delta(i, delta.content)
+                        think = getattr(delta, "reasoning_content", None) or getattr(
+                            delta, "reasoning", None
+                        )
+                        if isinstance(think, str) and think:
+                            reasoning[i] += think
+                    if choice.logprobs is not None and choice.logprobs.content:
+                        counted[i] += len(choice.logprobs.content)
+                    if choice.finish_reason:
+                        finish[i] = choice.finish_reason
+        return _assemble(texts, reasoning, counted, finish, usage, request_id, n)
+
+    async def _stream_completion(
+        self, kwargs: dict[str, Any], n: int, on_delta: DeltaHandler | None
+    ) -> Completion:
+        texts = [""] * n
+        counted = [0] * n
+        finish: list[str | None] = [None] * n
+        usage = None
+        request_id = None
+        stream = await self.client.completions.create(**kwargs)
+        async with stream:
+            async for chunk in stream:
+                request_id = request_id or chunk.id
+                if chunk.usage is not None:
+                    usage = chunk.usage
+                for choice in chunk.choices:
+                    i = choice.index
+                    if i >= n:
+                        continue
+                    if choice.text:
+                        texts[i] += choice.text
+                        if on_delta is not None:
+                            await on_delta(i, choice.text)
+                    if choice.logprobs is not None and choice.logprobs.tokens:
+                        counted[i] += len(choice.logprobs.tokens)
+                    if choice.finish_reason:
+                        finish[i] = choice.finish_reason
+        return _assemble(texts, [""] * n, counted, finish, usage, request_id, n)
+
+
+def _assemble(
+    texts: list[str],
+    reasoning: list[str],
+    counted: list[int],
+    finish: list[str | None],
+    usage: Any,
+    request_id: str | None,
+    n: int,
+) -> Completion:
+    got = sum(1 for f in finish if f is not None)
+    if got == 0:
+        raise IncompleteResponse("the stream ended without a finished choice")
+    if usage is None:
+        # Servers that send no usage in streams: fall back to per-choice token counts.
+        if n > 1 and sum(counted) == 0:
+            raise IncompleteResponse("the stream carried neither usage nor token counts")
+        prompt_tokens, completion_tokens = 0, sum(counted)
+    else:
+        prompt_tokens = int(usage.prompt_tokens or 0)
+        completion_tokens = int(usage.completion_tokens or 0)
+    if n == 1:
+        per_choice = [completion_tokens]
+    elif sum(counted) == completion_tokens:
+        per_choice = counted
+    else:
+        per_choice = _apportion(completion_tokens, counted, texts)
+    choices = [
+        Choice(
+            text=texts[i],
+            finish_reason=finish[i],
+            completion_tokens=per_choice[i],
+            reasoning=reasoning[i],
+        )
+        for i in range(n)
+        if finish[i] is not None
+    ]
+    return Completion(
+        choices=choices,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        latency_s=0.0,
+        request_id=request_id,
+    )
+
+
+def _apportion(total: int, counted: list[int], texts: list[str]) -> list[int]:
+    """Split ``total`` over choices in proportion to what was seen, summing exactly."""
+    weights = counted if sum(counted) > 0 else [max(len(t), 1) for t in texts]
+    scale = total / sum(weights)
+    shares = [int(w * scale) for w in weights]
+    for i in sorted(range(len(shares)), key=lambda i: -(weights[i] * scale - shares[i])):
+        if sum(shares) >= total:
+            break
+        shares[i] += 1
+    return shares
+
+
+class _RetryAfterOrBackoff:
+    """Wait what the server's ``Retry-After`` says, else jittered exponential backoff."""
+
+    def __init__(self, max_wait: float) -> None:
+        self.max_wait = max_wait
+        self.backoff = wait_exponential_jitter(multiplier=0.5, max=max_wait, jitter=0.5)
+
+    def __call__(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, openai.APIStatusError):
+            after = _retry_after(exc.response.headers.get("retry-after"))
+            if after is not None:
+                return min(after, self.max_wait)
+        return float(self.backoff(state))
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        return max(when.timestamp() - time.time(), 0.0)
+
+
+def _one_line(text: str) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= 200 else line[:197] + "..."

@@ -1,0 +1,59 @@
+"""The four scaling modes by name, built from the run's settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from thinktree.agents.strategies import BudgetForcing, Parallel, Sequential, Strategy, hybrid
+from thinktree.errors import ConfigError
+
+MODES = ("budget", "sequential", "parallel", "hybrid")
+DEFAULT_AGGREGATE = {
+    "budget": "majority",
+    "sequential": "majority",
+    "parallel": "shortest-majority",
+    "hybrid": "shortest-majority",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ModeSettings:
+    """The knobs of every mode; each mode reads the ones it needs."""
+
+    mode: str = "budget"
+    budget: int | None = None  # thinking tokens (budget, parallel) or tokens per step
+    min_thinking: int = 0
+    answer_tokens: int = 64
+    n: int = 4
+    steps: int = 2
+    total_budget: int | None = None
+
+
+def build_strategy(s: ModeSettings) -> Strategy:
+    """The strategy for ``s.mode``; a one-line ConfigError for any bad knob."""
+    if s.mode not in MODES:
+        raise ConfigError(f"unknown mode '{s.mode}'; choose one of: {', '.join(MODES)}")
+    for name, value in (("n", s.n), ("steps", s.steps), ("answer-tokens", s.answer_tokens)):
+        if value <= 0:
+            raise ConfigError(f"--{name} must be a positive number, not {value}")
+    if s.budget is not None and s.budget <= 0:
+        raise ConfigError(f"--budget must be a positive number of tokens, not {s.budget}")
+    if s.total_budget is not None and s.total_budget <= 0:
+        raise ConfigError(
+            f"--total-budget must be a positive number of tokens, not {s.total_budget}"
+        )
+    if s.min_thinking < 0:
+        raise ConfigError(f"--min-thinking must be zero or more, not {s.min_thinking}")
+    if s.mode == "budget":
+        return BudgetForcing(
+            budget=s.budget or 1024, min_thinking=s.min_thinking, answer_tokens=s.answer_tokens
+        )
+    if s.mode == "sequential":
+        return Sequential(steps=s.steps, step_tokens=s.budget or 512, answer_tokens=s.answer_tokens)
+    if s.mode == "parallel":
+        inner = BudgetForcing(
+            budget=s.budget or 1024, min_thinking=s.min_thinking, answer_tokens=s.answer_tokens
+        )
+        return Parallel(n=s.n, inner=inner)
+    total = s.total_budget or (s.budget or 512) * s.n * s.steps
+    return hybrid(s.n, s.steps, total, answer_tokens=s.answer_tokens)

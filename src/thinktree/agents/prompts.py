@@ -1,0 +1,47 @@
+"""Prompts: how a problem is put to a model, and the cues that steer its thinking."""
+
+from __future__ import annotations
+
+from thinktree.problems import AnswerType, Problem
+
+SYSTEM_PROMPT = (
+    "You are a careful expert. Reason step by step, then give your final answer on its own line."
+)
+
+WAIT_CUE = "\n\nWait."
+EXTEND_CUE = "\nWait"
+FORCE_ANSWER_CUE = "\n\nFinal Answer:"
+REVISION_PROMPT = (
+    "Re-check your reasoning above step by step. If you find a mistake, correct it. "
+    "Then give your final answer on its own line as 'Answer: ...'."
+)
+
+_ANSWER_FORMAT = {
+    AnswerType.CHOICE: "the letter of the correct option",
+    AnswerType.YESNO: "yes, no or maybe",
+    AnswerType.NUMERIC: "a single number",
+    AnswerType.FREE: "a short answer",
+}
+
+
+def user_prompt(problem: Problem) -> str:
+    """The question, its context and options, and how to state the answer."""
+    parts: list[str] = []
+    if problem.context:
+        parts.append(f"Context:\n{problem.context.strip()}")
+    parts.append(f"Question: {problem.question.strip()}")
+    if problem.options:
+        lines = "\n".join(f"{key}. {text}" for key, text in problem.options.items())
+        parts.append(f"Options:\n{lines}")
+    parts.append(
+        f"Think it through, then end with a line 'Answer: X' where X is "
+        f"{_ANSWER_FORMAT[problem.answer_type]}."
+    )
+    return "\n\n".join(parts)
+
+
+def messages_for(problem: Problem) -> list[dict[str, str]]:
+    return [
+        {"role": "system", "content": SYSTEM_PROMPT},
+        {"role": "user", "content": user_prompt(problem)},
+    ]

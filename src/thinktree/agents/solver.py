@@ -1,0 +1,298 @@
+"""The solver agent: grows one conversation by generating, continuing and forcing answers.
+
+Each call it makes is one node in the problem's tree, announced and finished through
+events; the ledger grants each call its tokens before it is sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import structlog
+
+from thinktree.agents.capabilities import Capabilities
+from thinktree.agents.chat_template import render_continuation
+from thinktree.agents.endpoint import Completion, EndpointClient, Message
+from thinktree.errors import EndpointError
+from thinktree.extraction import extract_answer
+from thinktree.orchestrator.bus import EventBus
+from thinktree.orchestrator.events import NodeDelta, NodeFailed, NodeFinished, NodeKind, NodeStarted
+from thinktree.orchestrator.ledger import Budget
+from thinktree.problems import Problem
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(slots=True)
+class Branch:
+    """A conversation being grown: the prompt turns and the assistant's text so far."""
+
+    messages: list[Message]
+    assistant: str = ""
+
+    def fork(self) -> Branch:
+        return Branch(messages=list(self.messages), assistant=self.assistant)
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentRequest:
+    """One call to make: which node it becomes, what it may spend, how to continue."""
+
+    node_id: str
+    parent_id: str
+    kind: NodeKind
+    label: str
+    budget: Budget
+    max_tokens: int
+    cue: str = ""  # appended to the assistant text before continuing
+    revision_prompt: str | None = None  # the user turn used where continuation is impossible
+    extract_from: str = "segment"  # "segment", "message" (the whole assistant text) or "cue"
+
+
+@dataclass(slots=True)
+class Segment:
+    """What one call produced."""
+
+    node_id: str
+    text: str = ""
+    finish_reason: str | None = None
+    completion_tokens: int = 0
+    answer: str | None = None
+    failed: bool = False
+    error: str | None = None
+
+    @property
+    def capped(self) -> bool:
+        return self.finish_reason == "length"
+
+
+@dataclass(slots=True)
+class Candidate:
+    """A node that carries a final answer (or abstains with ``answer=None``)."""
+
+    node_id: str
+    answer: str | None
+    reasoning_tokens: int
+
+
+@dataclass(slots=True)
+class Sampling:
+    temperature: float = 0.0
+    seed: int | None = None
+
+
+@dataclass(slots=True)
+class Solver:
+    """Makes the calls for one problem on one endpoint."""
+
+    problem: Problem
+    client: EndpointClient
+    caps: Capabilities
+    bus: EventBus
+    sampling: Sampling = field(default_factory=Sampling)
+
+    def seed_for(self, node_id: str) -> int | None:
+        """A seed per node, stable across runs and resumes (None when unseeded)."""
+        if self.sampling.seed is None:
+            return None
+        digest = hashlib.blake2b(
+            f"{self.sampling.seed}:{self.problem.id}:{node_id}".encode(), digest_size=4
+        ).digest()
+        return int.from_bytes(digest, "big") & 0x7FFFFFFF
+
+    async def segment(self, branch: Branch, req: SegmentRequest) -> Segment:
+        """Make one call on ``branch`` and extend it with the result.
+
+        Raises :class:`~thinktree.errors.BudgetExhausted` (before any node exists) when
+        the request's pool has nothing left.
+        """
+        grant = req.budget.reserve(req.max_tokens)
+        mode, messages, prefix = self._shape(branch, req)
+        await self.bus.emit(
+            NodeStarted(
+                node_id=req.node_id,
+                problem_id=self.problem.id,
+                parent_id=req.parent_id,
+                kind=req.kind,
+                label=req.label,
+                max_tokens=grant,
+                continuation=mode,
+            )
+        )
+        try:
+            result = await self._request(mode, messages, prefix, grant, 1, req.node_id, [req])
+        except EndpointError as exc:
+            req.budget.commit(grant, 0)
+            await self.bus.emit(NodeFailed(node_id=req.node_id, error=str(exc)))
+            return Segment(node_id=req.node_id, failed=True, error=str(exc))
+        choice = result.choices[0]
+        req.budget.commit(grant, choice.completion_tokens)
+        _apply(branch, mode, messages, prefix, req, choice.text)
+        return await self._finish(branch, req, result, 0, result.prompt_tokens)
+
+    async def segments_n(
+        self, branch: Branch, reqs: list[SegmentRequest]
+    ) -> list[tuple[Segment, Branch]]:
+        """The first call of several branches as one request with ``n`` choices.
+
+        Returns each branch's segment with its own copy of the grown conversation.
+        """
+        grants = [r.budget.reserve(r.max_tokens) for r in reqs]
+        grant = min(grants)
+        for r, g in zip(reqs, grants, strict=True):
+            r.budget.commit(g, 0)
+            r.budget.reserve(grant)
+        mode, messages, prefix = self._shape(branch, reqs[0])
+        for r in reqs:
+            await self.bus.emit(
+                NodeStarted(
+                    node_id=r.node_id,
+                    problem_id=self.problem.id,
+                    parent_id=r.parent_id,
+                    kind=r.kind,
+                    label=r.label,
+                    max_tokens=grant,
+                    continuation=mode,
+                )
+            )
+        try:
+            result = await self._request(
+                mode, messages, prefix, grant, len(reqs), reqs[0].node_id, reqs
+            )
+        except EndpointError as exc:
+            out = []
+            for r in reqs:
+                r.budget.commit(grant, 0)
+                await self.bus.emit(NodeFailed(node_id=r.node_id, error=str(exc)))
+                out.append((Segment(node_id=r.node_id, failed=True, error=str(exc)), branch.fork()))
+            return out
+        segments: list[tuple[Segment, Branch]] = []
+        by_index = dict(enumerate(result.choices))
+        for i, r in enumerate(reqs):
+            choice = by_index.get(i)
+            if choice is None:
+                r.budget.commit(grant, 0)
+                error = "the server returned fewer choices than asked for"
+                await self.bus.emit(NodeFailed(node_id=r.node_id, error=error))
+                segments.append(
+                    (Segment(node_id=r.node_id, failed=True, error=error), branch.fork())
+                )
+                continue
+            r.budget.commit(grant, choice.completion_tokens)
+            own = branch.fork()
+            _apply(own, mode, messages, prefix, r, choice.text)
+            prompt_tokens = result.prompt_tokens if i == 0 else 0
+            segments.append((await self._finish(own, r, result, i, prompt_tokens), own))
+        return segments
+
+    def _shape(self, branch: Branch, req: SegmentRequest) -> tuple[str, list[Message], str]:
+        """How to send ``req``: the continuation mode, the messages and the assistant prefix."""
+        prefix = branch.assistant + req.cue if branch.assistant else ""
+        if not prefix:
+            return "new", list(branch.messages), ""
+        mode = self.caps.continuation
+        if mode == "revision":
+            prompt = req.revision_prompt or "Continue."
+            messages = [
+                *branch.messages,
+                {"role": "assistant", "content": branch.assistant},
+                {"role": "user", "content": prompt},
+            ]
+            return "revision", messages, ""
+        return mode, list(branch.messages), prefix
+
+    async def _request(
+        self,
+        mode: str,
+        messages: list[Message],
+        prefix: str,
+        max_tokens: int,
+        n: int,
+        first_node: str,
+        reqs: list[SegmentRequest],
+    ) -> Completion:
+        on_delta = None
+        if self.bus.wants_deltas:
+            node_ids = [r.node_id for r in reqs]
+
+            async def on_delta(index: int, text: str) -> None:
+                await self.bus.emit(NodeDelta(node_id=node_ids[index], text=text))
+
+        seed = self.seed_for(first_node)
+        temperature = self.sampling.temperature
+        if mode == "completions":
+            template = self.client.config.chat_template
+            if template is None:
+                raise EndpointError("continuation over /v1/completions needs a chat template")
+            prompt = render_continuation(template, messages, prefix)
+            return await self.client.complete(
+                prompt,
+                max_tokens=max_tokens,
+                n=n,
+                temperature=temperature,
+                seed=seed,
+                on_delta=on_delta,
+            )
+        convo = messages
+        if mode == "chat":
+            convo = [*messages, {"role": "assistant", "content": prefix}]
+        return await self.client.chat(
+            convo,
+            max_tokens=max_tokens,
+            n=n,
+            temperature=temperature,
+            seed=seed,
+            continue_final=mode == "chat",
+            on_delta=on_delta,
+        )
+
+    async def _finish(
+        self,
+        branch: Branch,
+        req: SegmentRequest,
+        result: Completion,
+        index: int,
+        prompt_tokens: int,
+    ) -> Segment:
+        choice = result.choices[index]
+        if req.extract_from == "message":
+            source = branch.assistant
+        elif req.extract_from == "cue":
+            source = req.cue.strip() + " " + choice.text
+        else:
+            source = choice.text
+        found = extract_answer(source, self.problem)
+        await self.bus.emit(
+            NodeFinished(
+                node_id=req.node_id,
+                text=choice.text,
+                finish_reason=choice.finish_reason,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=choice.completion_tokens,
+                answer=found.answer if found else None,
+                extraction=found.method if found else None,
+                latency_s=result.latency_s,
+                call_id=result.request_id,
+            )
+        )
+        return Segment(
+            node_id=req.node_id,
+            text=choice.text,
+            finish_reason=choice.finish_reason,
+            completion_tokens=choice.completion_tokens,
+            answer=found.answer if found else None,
+        )
+
+
+def _apply(
+    branch: Branch, mode: str, messages: list[Message], prefix: str, req: SegmentRequest, text: str
+) -> None:
+    """Extend ``branch`` with a call's text, as the continuation mode shaped it."""
+    if mode == "revision":
+        branch.messages = messages
+        branch.assistant = text
+    elif mode == "new":
+        branch.assistant = text
+    else:
+        branch.assistant = prefix + text

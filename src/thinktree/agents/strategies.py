@@ -1,0 +1,353 @@
+"""The scaling modes as composable values.
+
+A strategy grows candidates under a parent node within a token pool. ``budget`` and
+``sequential`` grow one line of thought; ``parallel`` runs any inner strategy on N
+branches; ``hybrid`` is simply ``parallel(n, sequential(k))`` under one total budget.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import anyio
+
+from thinktree.agents.prompts import EXTEND_CUE, FORCE_ANSWER_CUE, REVISION_PROMPT, WAIT_CUE
+from thinktree.agents.solver import Branch, Candidate, Segment, SegmentRequest, Solver
+from thinktree.errors import BudgetExhausted, ConfigError
+from thinktree.orchestrator.events import NodeFinished, NodeKind, NodeStarted
+from thinktree.orchestrator.ledger import Budget
+
+FORCE_PROMPT = "Stop here and state your final answer now, as 'Answer: ...'."
+
+First = tuple[SegmentRequest, Segment, Branch]
+
+
+class Strategy(Protocol):
+    """Grows candidates for one problem under ``parent`` within ``pool``."""
+
+    @property
+    def name(self) -> str: ...
+
+    def allowed_tokens(self) -> int:
+        """Completion tokens this strategy may spend on one problem."""
+        ...
+
+    def first_request(self, parent: str, pool: Budget) -> SegmentRequest:
+        """The first call it would make (so a parent can batch several with ``n``)."""
+        ...
+
+    async def run(
+        self,
+        solver: Solver,
+        branch: Branch,
+        parent: str,
+        pool: Budget,
+        first: First | None = None,
+    ) -> list[Candidate]: ...
+
+
+def _positive(name: str, value: int) -> int:
+    if value <= 0:
+        raise ConfigError(f"--{name} must be a positive number of tokens or steps, not {value}")
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetForcing:
+    """s1-style budget forcing: think up to ``budget`` tokens, then force the answer.
+
+    When the model stops before ``min_thinking`` tokens, "Wait" is appended and it goes
+    on thinking. When the cap is hit (or it stopped without an answer), the thinking is
+    ended and a short answer is forced in its own node, capped at ``answer_tokens``.
+    """
+
+    budget: int = 1024
+    min_thinking: int = 0
+    answer_tokens: int = 64
+    name: str = "budget"
+
+    def __post_init__(self) -> None:
+        _positive("budget", self.budget)
+        _positive("answer-tokens", self.answer_tokens)
+        if self.min_thinking < 0 or self.min_thinking > self.budget:
+            raise ConfigError(
+                f"--min-thinking must be between 0 and the budget ({self.budget}), "
+                f"not {self.min_thinking}"
+            )
+
+    def allowed_tokens(self) -> int:
+        return self.budget + self.answer_tokens
+
+    def first_request(self, parent: str, pool: Budget) -> SegmentRequest:
+        thinking = pool.child(f"{parent} thinking", self.budget)
+        return SegmentRequest(
+            node_id=f"{parent}/think",
+            parent_id=parent,
+            kind=NodeKind.GENERATION,
+            label="thinking",
+            budget=thinking,
+            max_tokens=self.budget,
+        )
+
+    async def run(
+        self,
+        solver: Solver,
+        branch: Branch,
+        parent: str,
+        pool: Budget,
+        first: First | None = None,
+    ) -> list[Candidate]:
+        if first is None:
+            req = self.first_request(parent, pool)
+            seg = await solver.segment(branch, req)
+        else:
+            req, seg, branch = first
+        thinking = req.budget
+        used = seg.completion_tokens
+        last = seg
+        extensions = 0
+        while not last.failed and not last.capped and used < self.min_thinking:
+            left = thinking.available()
+            if not left:
+                break
+            extensions += 1
+            last = await solver.segment(
+                branch,
+                SegmentRequest(
+                    node_id=f"{parent}/wait{extensions}",
+                    parent_id=parent,
+                    kind=NodeKind.EXTENSION,
+                    label=f"wait {extensions}",
+                    budget=thinking,
+                    max_tokens=left,
+                    cue=EXTEND_CUE,
+                    revision_prompt="Wait. Keep thinking about the problem before you answer.",
+                    extract_from="message",
+                ),
+            )
+            used += last.completion_tokens
+        if last.failed:
+            return [Candidate(node_id=last.node_id, answer=None, reasoning_tokens=used)]
+        answer = _latest_answer(solver, branch)
+        if answer is not None and not last.capped:
+            return [Candidate(node_id=last.node_id, answer=answer, reasoning_tokens=used)]
+        forced = await _force_answer(solver, branch, parent, pool, self.answer_tokens)
+        if forced is None or forced.answer is None:
+            # The forced answer said nothing countable: the thinking's own answer stands.
+            return [Candidate(node_id=last.node_id, answer=answer, reasoning_tokens=used)]
+        return [Candidate(node_id=forced.node_id, answer=forced.answer, reasoning_tokens=used)]
+
+
+@dataclass(frozen=True, slots=True)
+class Sequential:
+    """``steps`` revisions of one line of thought: after each, "Wait." and go on.
+
+    Every step extracts the answer standing at its end, so accuracy by step comes for
+    free. Where the endpoint cannot continue a message, each step after the first is a
+    new user turn asking the model to re-check its reasoning.
+    """
+
+    steps: int = 2
+    step_tokens: int = 512
+    answer_tokens: int = 64
+    force_final: bool = True
+    name: str = "sequential"
+
+    def __post_init__(self) -> None:
+        _positive("steps", self.steps)
+        _positive("budget", self.step_tokens)
+        _positive("answer-tokens", self.answer_tokens)
+
+    def allowed_tokens(self) -> int:
+        return self.steps * self.step_tokens + (self.answer_tokens if self.force_final else 0)
+
+    def _request(self, parent: str, pool: Budget, step: int) -> SegmentRequest:
+        return SegmentRequest(
+            node_id=f"{parent}/step{step}",
+            parent_id=parent,
+            kind=NodeKind.STEP,
+            label=f"step {step}",
+            budget=pool.child(f"{parent} step {step}", self.step_tokens),
+            max_tokens=self.step_tokens,
+            cue=WAIT_CUE if step > 1 else "",
+            revision_prompt=REVISION_PROMPT,
+            extract_from="message" if step > 1 else "segment",
+        )
+
+    def first_request(self, parent: str, pool: Budget) -> SegmentRequest:
+        return self._request(parent, pool, 1)
+
+    async def run(
+        self,
+        solver: Solver,
+        branch: Branch,
+        parent: str,
+        pool: Budget,
+        first: First | None = None,
+    ) -> list[Candidate]:
+        if first is None:
+            seg = await solver.segment(branch, self.first_request(parent, pool))
+        else:
+            _, seg, branch = first
+        used = seg.completion_tokens
+        answer = seg.answer
+        last = seg
+        for step in range(2, self.steps + 1):
+            if last.failed:
+                break
+            try:
+                seg = await solver.segment(branch, self._request(parent, pool, step))
+            except BudgetExhausted:
+                break
+            used += seg.completion_tokens
+            answer = seg.answer if seg.answer is not None else answer
+            last = seg
+        if answer is None and self.force_final and not last.failed:
+            forced = await _force_answer(solver, branch, parent, pool, self.answer_tokens)
+            if forced is not None and forced.answer is not None:
+                return [Candidate(forced.node_id, forced.answer, used)]
+        return [Candidate(node_id=last.node_id, answer=answer, reasoning_tokens=used)]
+
+
+@dataclass(frozen=True, slots=True)
+class Parallel:
+    """``n`` independent branches of ``inner``; the run aggregates their candidates.
+
+    When the endpoint returns ``n`` choices in one request, the branches' first calls
+    go out as one request; otherwise they fan out as separate requests.
+    """
+
+    n: int = 4
+    inner: Strategy = field(default_factory=BudgetForcing)
+    split_budget: bool = False  # give each branch an equal share of the pool
+    name: str = "parallel"
+
+    def __post_init__(self) -> None:
+        if self.n <= 0:
+            raise ConfigError(f"--n must be a positive number of samples, not {self.n}")
+
+    def allowed_tokens(self) -> int:
+        return self.n * self.inner.allowed_tokens()
+
+    def first_request(self, parent: str, pool: Budget) -> SegmentRequest:
+        return self.inner.first_request(f"{parent}/b1", pool)
+
+    async def run(
+        self,
+        solver: Solver,
+        branch: Branch,
+        parent: str,
+        pool: Budget,
+        first: First | None = None,
+    ) -> list[Candidate]:
+        share = None
+        if self.split_budget and pool.limit is not None:
+            share = pool.limit // self.n
+        ids = [f"{parent}/b{i}" for i in range(1, self.n + 1)]
+        pools = [pool.child(node_id, share) for node_id in ids]
+        for i, node_id in enumerate(ids, start=1):
+            await solver.bus.emit(
+                NodeStarted(
+                    node_id=node_id,
+                    problem_id=solver.problem.id,
+                    parent_id=parent,
+                    kind=NodeKind.BRANCH,
+                    label=f"branch {i}",
+                    max_tokens=share,
+                )
+            )
+        firsts: list[First | None] = [None] * self.n
+        if solver.caps.native_n and self.n > 1:
+            reqs = [self.inner.first_request(b, p) for b, p in zip(ids, pools, strict=True)]
+            grown = await solver.segments_n(branch, reqs)
+            firsts = [(r, seg, own) for r, (seg, own) in zip(reqs, grown, strict=True)]
+        results: list[list[Candidate]] = [[] for _ in range(self.n)]
+
+        async def grow(i: int) -> None:
+            own = branch.fork()
+            results[i] = await self.inner.run(solver, own, ids[i], pools[i], firsts[i])
+            best = results[i][-1] if results[i] else None
+            await solver.bus.emit(
+                NodeFinished(
+                    node_id=ids[i],
+                    text="",
+                    finish_reason=None,
+                    prompt_tokens=0,
+                    completion_tokens=0,
+                    answer=best.answer if best else None,
+                    extraction="branch",
+                )
+            )
+
+        async with anyio.create_task_group() as tg:
+            for i in range(self.n):
+                tg.start_soon(grow, i)
+        return [c for branch_candidates in results for c in branch_candidates]
+
+
+def hybrid(
+    n: int,
+    steps: int,
+    total_budget: int,
+    *,
+    step_tokens: int | None = None,
+    answer_tokens: int = 64,
+) -> Parallel:
+    """``n`` branches × ``steps`` revisions within ``total_budget`` tokens in all.
+
+    Each branch gets ``total_budget / n`` and each step ``total_budget / (n·steps)``
+    unless ``step_tokens`` is given; the ledger refuses any call that would pass the total.
+    """
+    _positive("total-budget", total_budget)
+    _positive("n", n)
+    _positive("steps", steps)
+    per_step = step_tokens or total_budget // (n * steps)
+    if per_step <= 0:
+        raise ConfigError(
+            f"--total-budget {total_budget} is too small for {n} branches × {steps} steps"
+        )
+    inner = Sequential(
+        steps=steps, step_tokens=per_step, answer_tokens=answer_tokens, force_final=False
+    )
+    return _Hybrid(n=n, inner=inner, split_budget=True, total=total_budget)
+
+
+@dataclass(frozen=True, slots=True)
+class _Hybrid(Parallel):
+    """Parallel over sequential, capped at one total budget."""
+
+    total: int = 0
+    name: str = "hybrid"
+
+    def allowed_tokens(self) -> int:
+        return self.total
+
+
+async def _force_answer(
+    solver: Solver, branch: Branch, parent: str, pool: Budget, answer_tokens: int
+) -> Segment | None:
+    """End the thinking and make the model state its answer, in a node of its own."""
+    req = SegmentRequest(
+        node_id=f"{parent}/answer",
+        parent_id=parent,
+        kind=NodeKind.FORCED_ANSWER,
+        label="forced answer",
+        budget=pool.child(f"{parent} answer", answer_tokens),
+        max_tokens=answer_tokens,
+        cue=FORCE_ANSWER_CUE,
+        revision_prompt=FORCE_PROMPT,
+        extract_from="cue",
+    )
+    try:
+        seg = await solver.segment(branch, req)
+    except BudgetExhausted:
+        return None
+    return None if seg.failed else seg
+
+
+def _latest_answer(solver: Solver, branch: Branch) -> str | None:
+    from thinktree.extraction import extract_answer
+
+    found = extract_answer(branch.assistant, solver.problem)
+    return found.answer if found else None

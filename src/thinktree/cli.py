@@ -1,0 +1,307 @@
+"""The ``thinktree`` command line."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import anyio
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from thinktree.datasets import DatasetError, load_demo, load_problems
+from thinktree.errors import ThinktreeError
+from thinktree.logging_setup import configure
+
+app = typer.Typer(
+    help="Test-time scaling for language models, with every branch and revision on view.",
+    no_args_is_help=False,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+T = TypeVar("T")
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def _first_user_error(exc: BaseException) -> BaseException | None:
+    """The user-facing error inside ``exc`` (task groups wrap errors in groups)."""
+    if isinstance(exc, ThinktreeError | DatasetError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _first_user_error(inner)
+            if found is not None:
+                return found
+    from thinktree.embedded import EmbeddedServerError
+
+    if isinstance(exc, EmbeddedServerError):
+        return exc
+    return None
+
+
+def _run_async(fn: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return anyio.run(fn, backend="asyncio")
+    except KeyboardInterrupt:
+        raise _fail("interrupted; nothing was written", 130) from None
+    except BaseException as exc:
+        user = _first_user_error(exc)
+        if user is None:
+            raise
+        raise _fail(str(user).splitlines()[0] if str(user) else type(user).__name__) from None
+
+
+@app.command()
+def run(
+    dataset: Annotated[
+        Path | None, typer.Argument(help="JSONL file of problems (default: the built-in demo set)")
+    ] = None,
+    mode: Annotated[str, typer.Option(help="budget | sequential | parallel | hybrid")] = "budget",
+    n: Annotated[int, typer.Option(help="parallel samples / hybrid branches")] = 4,
+    steps: Annotated[int, typer.Option(help="sequential / hybrid revision steps")] = 2,
+    budget: Annotated[
+        int | None,
+        typer.Option(
+            help="thinking tokens (budget, parallel; default 1024) or tokens per "
+            "step (sequential; default 512)"
+        ),
+    ] = None,
+    total_budget: Annotated[
+        int | None, typer.Option(help="hybrid: tokens for all branches and steps together")
+    ] = None,
+    min_thinking: Annotated[int, typer.Option(help="budget: think at least this long")] = 0,
+    answer_tokens: Annotated[int, typer.Option(help="cap of a forced answer")] = 64,
+    aggregate: Annotated[
+        str | None,
+        typer.Option(help="majority | shortest-majority | length-weighted"),
+    ] = None,
+    temperature: Annotated[float | None, typer.Option(help="sampling temperature")] = None,
+    endpoint: Annotated[
+        str | None,
+        typer.Option(help="URL, a name from thinktree.toml, 'openai' or 'embedded' (default)"),
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="model name on the endpoint")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML config of named endpoints")] = None,
+    limit: Annotated[int | None, typer.Option(help="at most this many problems")] = None,
+    offset: Annotated[int, typer.Option(help="skip this many problems first")] = 0,
+    seed: Annotated[int, typer.Option(help="seed for sampling (per node, stable)")] = 0,
+    concurrency: Annotated[int, typer.Option(help="problems solved at once")] = 8,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="run folder (default runs/<run id>)")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
+) -> None:
+    """Run a dataset under one scaling mode and print the results table."""
+    configure(verbose=verbose)
+    from thinktree.agents.modes import ModeSettings
+    from thinktree.config import endpoint_from, load_config
+    from thinktree.orchestrator.run import RunSettings, execute, validate
+
+    settings = RunSettings(
+        modes=ModeSettings(
+            mode=mode,
+            budget=budget,
+            min_thinking=min_thinking,
+            answer_tokens=answer_tokens,
+            n=n,
+            steps=steps,
+            total_budget=total_budget,
+        ),
+        aggregate=aggregate,
+        temperature=temperature,
+        seed=seed,
+        concurrency=concurrency,
+        out=out_dir,
+    )
+    try:
+        validate(settings)
+        if limit is not None and limit <= 0:
+            raise _fail(f"--limit must be positive, not {limit}")
+        if dataset is None:
+            problems = load_demo()
+            problems = problems[offset:][: limit or None]
+        else:
+            problems = load_problems(dataset, limit=limit, offset=offset)
+        if not problems:
+            raise _fail("no problems left after --offset/--limit")
+        cfg = load_config(config)
+        target = endpoint_from(endpoint, model=model, config=cfg)
+    except (ThinktreeError, DatasetError) as exc:
+        raise _fail(str(exc)) from None
+
+    async def main() -> None:
+        from thinktree.agents.endpoint import EndpointConfig
+        from thinktree.embedded import embedded_server
+
+        if target is not None:
+            result = await execute(problems, target, settings)
+        else:
+            err.print("[dim]starting the embedded model server (vLLM, SmolLM2-135M)…[/]")
+            async with embedded_server() as server:
+                local = EndpointConfig(
+                    name="embedded", base_url=server.base_url, model=server.model
+                )
+                result = await execute(problems, local, settings)
+        _print_results(result)
+
+    _run_async(main)
+
+
+def _print_results(result: object) -> None:
+    from thinktree.orchestrator.run import RunResult
+
+    assert isinstance(result, RunResult)
+    table = Table(title=f"run {result.run_id} · {result.model}", show_lines=False)
+    table.add_column("problem", overflow="fold")
+    table.add_column("answer")
+    table.add_column("gold")
+    table.add_column("correct")
+    table.add_column("tokens", justify="right")
+    for tree in result.trees:
+        mark = {True: "[green]✓[/]", False: "[red]✗[/]", None: "–"}[tree.correct]
+        table.add_row(
+            tree.problem_id,
+            tree.answer or "—",
+            tree.gold or "—",
+            mark,
+            str(tree.completion_tokens()),
+        )
+    out.print(table)
+    m = result.metrics
+    summary = Table.grid(padding=(0, 2))
+    summary.add_column(style="bold")
+    summary.add_column()
+
+    def pct(x: float | None) -> str:
+        return "n/a" if x is None else f"{100 * x:.1f} %"
+
+    def secs(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.2f} s"
+
+    summary.add_row("accuracy", f"{pct(m.accuracy)}  ({m.correct}/{m.graded})")
+    summary.add_row("coverage", pct(m.coverage))
+    summary.add_row("answered", f"{m.answered}/{m.problems}")
+    summary.add_row(
+        "tokens",
+        f"prompt {m.prompt_tokens} · completion {m.completion_tokens} · "
+        f"thinking {m.thinking_tokens}",
+    )
+    summary.add_row("budget utilisation", f"{pct(m.utilisation)} of {m.tokens_allowed}")
+    summary.add_row("calls", f"{m.calls} ({m.retries} retries)")
+    summary.add_row("latency", f"p50 {secs(m.latency_p50_s)} · p95 {secs(m.latency_p95_s)}")
+    summary.add_row("continuation", result.capabilities.continuation)
+    summary.add_row("run folder", str(result.folder))
+    out.print(summary)
+
+
+@app.command()
+def probe(
+    endpoint: Annotated[
+        str | None, typer.Argument(help="URL or name (default: the embedded model)")
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="model name on the endpoint")] = None,
+    config: Annotated[Path | None, typer.Option(help="TOML config of named endpoints")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Try each capability of an endpoint for real and print what it can do."""
+    configure()
+    from thinktree.config import endpoint_from, load_config
+
+    try:
+        target = endpoint_from(endpoint, model=model, config=load_config(config))
+    except ThinktreeError as exc:
+        raise _fail(str(exc)) from None
+
+    async def main() -> None:
+        from thinktree.agents.capabilities import probe as run_probe
+        from thinktree.agents.endpoint import EndpointClient, EndpointConfig
+        from thinktree.embedded import embedded_server
+
+        async def go(cfg: EndpointConfig) -> None:
+            cfg = dataclasses.replace(cfg, max_attempts=2)
+            client = EndpointClient(cfg)
+            try:
+                name = await client.resolve_model()
+                caps = await run_probe(client)
+            finally:
+                await client.aclose()
+            if as_json:
+                print(json.dumps({"endpoint": cfg.base_url, "model": name, **caps.to_dict()}))
+                return
+            table = Table(title=f"{cfg.base_url} · {name}")
+            table.add_column("capability")
+            table.add_column("result")
+            table.add_column("evidence", overflow="fold")
+            rows = [
+                ("n > 1 in one request", caps.native_n, "n"),
+                (
+                    f"continuation: {caps.continuation}",
+                    caps.continuation != "revision",
+                    "continuation",
+                ),
+                ("/v1/completions", caps.completions, "completions"),
+                ("logprobs", caps.logprobs, "logprobs"),
+                ("seed reproducible", caps.seed, "seed"),
+            ]
+            for label, ok, key in rows:
+                table.add_row(
+                    label, "[green]yes[/]" if ok else "[yellow]no[/]", caps.notes.get(key, "")
+                )
+            out.print(table)
+
+        if target is not None:
+            await go(target)
+        else:
+            async with embedded_server() as server:
+                await go(
+                    EndpointConfig(name="embedded", base_url=server.base_url, model=server.model)
+                )
+
+    _run_async(main)
+
+
+@app.command()
+def serve(
+    port: Annotated[
+        int | None, typer.Option(help="port on 127.0.0.1 (default: a free one)")
+    ] = None,
+) -> None:
+    """Serve the embedded model for other tools (and for runs, which reuse it) until Ctrl-C."""
+    configure()
+    from thinktree.embedded import embedded_server
+
+    async def main() -> None:
+        async with embedded_server(port=port, reuse=False, record_state=True) as server:
+            out.print(f"serving [bold]{server.model}[/] at {server.base_url} (Ctrl-C to stop)")
+            await anyio.sleep_forever()
+
+    try:
+        _run_async(main)
+    except typer.Exit as exc:
+        if exc.exit_code == 130:
+            err.print("stopped")
+            raise typer.Exit(0) from None
+        raise
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except BrokenPipeError:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

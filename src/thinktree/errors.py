@@ -1,0 +1,19 @@
+"""User-facing errors: each carries a one-line message that says what to fix."""
+
+from __future__ import annotations
+
+
+class ThinktreeError(Exception):
+    """An error the CLI reports as one line and a non-zero exit, without a traceback."""
+
+
+class ConfigError(ThinktreeError):
+    """A bad option, flag or configuration value."""
+
+
+class EndpointError(ThinktreeError):
+    """An endpoint that cannot be reached, refuses the request or does not serve the model."""
+
+
+class BudgetExhausted(ThinktreeError):
+    """A request would pass a token budget."""

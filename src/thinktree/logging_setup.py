@@ -1,0 +1,47 @@
+"""Logging for the command line: configured once, here, and nowhere in the library."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import TextIO
+
+import structlog
+
+_SECRET_KEYS = ("api_key", "authorization", "token", "password", "secret")
+
+
+def _redact(_: object, __: str, event: structlog.types.EventDict) -> structlog.types.EventDict:
+    for key in list(event):
+        if any(s in key.lower() for s in _SECRET_KEYS):
+            event[key] = "***"
+    return event
+
+
+def configure(*, verbose: bool = False, json_file: Path | None = None) -> None:
+    """Readable lines on stderr for a person, JSON lines when logging to a file."""
+    level = logging.DEBUG if verbose else logging.WARNING
+    processors: list[structlog.types.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso"),
+        _redact,
+    ]
+    stream: TextIO
+    if json_file is not None:
+        json_file.parent.mkdir(parents=True, exist_ok=True)
+        stream = json_file.open("a", encoding="utf-8")
+        processors += [structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer()]
+        level = logging.DEBUG if verbose else logging.INFO
+    else:
+        stream = sys.stderr
+        processors.append(structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()))
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        cache_logger_on_first_use=True,
+    )
+    # Third-party libraries log through the standard library; keep them quiet.
+    logging.basicConfig(level=logging.ERROR if not verbose else logging.INFO, stream=sys.stderr)

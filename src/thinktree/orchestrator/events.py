@@ -1,0 +1,149 @@
+"""Typed events: every state change of a run is one of these.
+
+The store, the trace file, the progress bar and the TUI are all subscribers of the
+same events; nothing else carries state from the engine to a view.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, ClassVar
+
+
+class NodeKind(StrEnum):
+    """What a node in a problem's tree stands for."""
+
+    PROBLEM = "problem"
+    BRANCH = "branch"
+    GENERATION = "generation"
+    EXTENSION = "extension"  # "Wait" appended to reach the minimum thinking length
+    STEP = "step"  # one sequential revision step
+    FORCED_ANSWER = "forced-answer"
+    VERDICT = "verdict"
+    VOTE = "vote"
+
+
+class NodeStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """Base of all events. ``at`` is seconds since the run started."""
+
+    type: ClassVar[str] = "event"
+    at: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["type"] = self.type
+        return data
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunStarted(Event):
+    type: ClassVar[str] = "run-started"
+    run_id: str
+    mode: str
+    endpoint: str
+    model: str
+    problems: int
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProblemStarted(Event):
+    type: ClassVar[str] = "problem-started"
+    problem_id: str
+    node_id: str
+    question: str
+    gold: str | None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeStarted(Event):
+    type: ClassVar[str] = "node-started"
+    node_id: str
+    problem_id: str
+    parent_id: str
+    kind: NodeKind
+    label: str
+    max_tokens: int | None = None
+    continuation: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeDelta(Event):
+    """Streamed text for a running node (subscribers coalesce these)."""
+
+    type: ClassVar[str] = "node-delta"
+    node_id: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeFinished(Event):
+    type: ClassVar[str] = "node-finished"
+    node_id: str
+    text: str
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    answer: str | None = None
+    extraction: str | None = None
+    latency_s: float = 0.0
+    call_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeFailed(Event):
+    type: ClassVar[str] = "node-failed"
+    node_id: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CallRetried(Event):
+    """A model call failed transiently and will be retried after ``wait_s``."""
+
+    type: ClassVar[str] = "call-retried"
+    endpoint: str
+    attempt: int
+    wait_s: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VoteCast(Event):
+    """The aggregator's decision for one problem."""
+
+    type: ClassVar[str] = "vote-cast"
+    problem_id: str
+    node_id: str
+    rule: str
+    answer: str | None
+    winner_node: str | None
+    counts: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProblemFinished(Event):
+    type: ClassVar[str] = "problem-finished"
+    problem_id: str
+    answer: str | None
+    correct: bool | None
+    covered: bool | None
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunFinished(Event):
+    type: ClassVar[str] = "run-finished"
+    run_id: str
+    status: str  # "completed", "failed", "cancelled"

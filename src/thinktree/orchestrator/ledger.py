@@ -1,0 +1,66 @@
+"""The budget ledger: tokens reserved before a call and committed after it.
+
+A request asks for ``max_tokens``; the ledger grants at most what is left of every
+budget that covers the node (the node's own cap, its branch's share, the problem's
+total), so no node can ever pass its cap, whatever the model does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from thinktree.errors import BudgetExhausted
+
+
+@dataclass(slots=True)
+class Budget:
+    """A pool of completion tokens, optionally nested in a parent pool."""
+
+    name: str
+    limit: int | None
+    parent: Budget | None = None
+    reserved: int = 0
+    used: int = 0
+    children: list[Budget] = field(default_factory=list)
+
+    def child(self, name: str, limit: int | None) -> Budget:
+        budget = Budget(name=name, limit=limit, parent=self)
+        self.children.append(budget)
+        return budget
+
+    def available(self) -> int | None:
+        """Tokens still grantable here and in every enclosing pool (None: unlimited)."""
+        best: int | None = None
+        pool: Budget | None = self
+        while pool is not None:
+            if pool.limit is not None:
+                left = pool.limit - pool.used - pool.reserved
+                best = left if best is None else min(best, left)
+            pool = pool.parent
+        return None if best is None else max(best, 0)
+
+    def reserve(self, wanted: int) -> int:
+        """Reserve up to ``wanted`` tokens; returns the grant, raises if none is left."""
+        if wanted <= 0:
+            raise ValueError("a reservation must ask for at least one token")
+        left = self.available()
+        grant = wanted if left is None else min(wanted, left)
+        if grant <= 0:
+            raise BudgetExhausted(f"budget '{self.name}' is spent")
+        pool: Budget | None = self
+        while pool is not None:
+            pool.reserved += grant
+            pool = pool.parent
+        return grant
+
+    def commit(self, granted: int, used: int) -> None:
+        """Turn a reservation of ``granted`` into ``used`` tokens (the rest is released)."""
+        pool: Budget | None = self
+        while pool is not None:
+            pool.reserved -= granted
+            pool.used += used
+            pool = pool.parent
+
+    @property
+    def utilisation(self) -> float | None:
+        return None if not self.limit else self.used / self.limit

@@ -1,0 +1,107 @@
+"""The scheduler: runs every problem's strategy, a bounded number at a time.
+
+It only schedules: the strategy grows the tree, the aggregator picks the answer, the
+grader grades it, and every outcome leaves as an event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import anyio
+import structlog
+from structlog.contextvars import bound_contextvars
+
+from thinktree.agents.aggregators import Aggregator, Vote
+from thinktree.agents.prompts import messages_for
+from thinktree.agents.solver import Branch, Solver
+from thinktree.agents.strategies import Strategy
+from thinktree.errors import ThinktreeError
+from thinktree.grading import grade
+from thinktree.orchestrator.bus import EventBus
+from thinktree.orchestrator.events import ProblemFinished, ProblemStarted, VoteCast
+from thinktree.orchestrator.ledger import Budget
+from thinktree.problems import Problem
+
+log = structlog.get_logger(__name__)
+
+SolverFactory = Callable[[Problem], Solver]
+
+
+async def solve_problem(
+    problem: Problem,
+    strategy: Strategy,
+    aggregate: Aggregator,
+    make_solver: SolverFactory,
+    bus: EventBus,
+) -> None:
+    """Grow one problem's tree, vote, grade, and announce the outcome."""
+    root = problem.id
+    await bus.emit(
+        ProblemStarted(
+            problem_id=problem.id, node_id=root, question=problem.question, gold=problem.answer
+        )
+    )
+    solver = make_solver(problem)
+    pool = Budget(name=problem.id, limit=strategy.allowed_tokens())
+    try:
+        candidates = await strategy.run(solver, Branch(messages_for(problem)), root, pool)
+    except ThinktreeError as exc:
+        log.warning("problem failed", problem=problem.id, error=str(exc))
+        await bus.emit(
+            ProblemFinished(
+                problem_id=problem.id, answer=None, correct=None, covered=None, error=str(exc)
+            )
+        )
+        return
+    votes = [Vote(answer=c.answer, reasoning_tokens=c.reasoning_tokens) for c in candidates]
+    decision = aggregate(votes)
+    winner = candidates[decision.winner].node_id if decision.winner is not None else None
+    await bus.emit(
+        VoteCast(
+            problem_id=problem.id,
+            node_id=root,
+            rule=decision.rule,
+            answer=decision.answer,
+            winner_node=winner,
+            counts=dict(decision.counts),
+        )
+    )
+    correct = grade(decision.answer, problem)
+    covered = None
+    if problem.answer is not None:
+        covered = any(grade(c.answer, problem) for c in candidates if c.answer is not None)
+    error = None
+    if candidates and all(c.answer is None for c in candidates):
+        error = "no candidate stated an answer"
+    await bus.emit(
+        ProblemFinished(
+            problem_id=problem.id,
+            answer=decision.answer,
+            correct=correct,
+            covered=covered,
+            error=error,
+        )
+    )
+
+
+async def run_problems(
+    problems: Sequence[Problem],
+    strategy: Strategy,
+    aggregate: Aggregator,
+    make_solver: SolverFactory,
+    bus: EventBus,
+    *,
+    concurrency: int = 8,
+) -> None:
+    """Solve every problem, at most ``concurrency`` at once, all inside one task group."""
+    limiter = anyio.CapacityLimiter(concurrency)
+
+    async def one(problem: Problem) -> None:
+        async with limiter:
+            with bound_contextvars(problem=problem.id):
+                await solve_problem(problem, strategy, aggregate, make_solver, bus)
+
+    async with anyio.create_task_group() as tg:
+        for problem in problems:
+            tg.start_soon(one, problem)

@@ -1,0 +1,103 @@
+"""Subscribers that every run has: the tree recorder, the JSONL trace and the console."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import IO
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from thinktree.orchestrator.events import (
+    CallRetried,
+    Event,
+    ProblemFinished,
+    RunStarted,
+)
+from thinktree.orchestrator.tree import RunTree
+
+
+class TreeRecorder:
+    """Keeps the run's tree current; the results file is written from it."""
+
+    wants_deltas = False
+
+    def __init__(self) -> None:
+        self.tree = RunTree()
+        self.retries = 0
+        self.started: RunStarted | None = None
+
+    def handle(self, event: Event) -> None:
+        if isinstance(event, CallRetried):
+            self.retries += 1
+        elif isinstance(event, RunStarted):
+            self.started = event
+        self.tree.apply(event)
+
+    async def aclose(self) -> None:
+        return None
+
+
+class TraceWriter:
+    """Appends every event as one JSON line (streamed deltas only when asked for)."""
+
+    def __init__(self, path: Path, *, deltas: bool = False) -> None:
+        self.wants_deltas = deltas
+        self._file: IO[str] = path.open("w", encoding="utf-8", buffering=1 << 16)
+
+    def handle(self, event: Event) -> None:
+        self._file.write(json.dumps(event.to_dict(), ensure_ascii=False, default=str))
+        self._file.write("\n")
+
+    async def aclose(self) -> None:
+        self._file.close()
+
+
+class ConsoleProgress:
+    """A rich progress bar of problems done, with retries and waits as they happen."""
+
+    wants_deltas = False
+
+    def __init__(self, console: Console) -> None:
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        )
+        self._task: TaskID | None = None
+        self._correct = 0
+        self._graded = 0
+
+    def handle(self, event: Event) -> None:
+        if isinstance(event, RunStarted):
+            self._progress.start()
+            self._task = self._progress.add_task(
+                f"{event.mode} · {event.model}", total=event.problems, status=""
+            )
+        elif self._task is None:
+            return
+        elif isinstance(event, ProblemFinished):
+            if event.correct is not None:
+                self._graded += 1
+                self._correct += int(event.correct)
+            status = f"{self._correct}/{self._graded} right" if self._graded else ""
+            self._progress.update(self._task, advance=1, status=status)
+        elif isinstance(event, CallRetried):
+            self._progress.update(
+                self._task, status=f"waiting {event.wait_s:.0f} s: {event.reason}"
+            )
+
+    async def aclose(self) -> None:
+        self._progress.stop()

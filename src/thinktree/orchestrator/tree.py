@@ -1,0 +1,185 @@
+"""The problem tree as a projection of events.
+
+Every view of a run (results file, console table, TUI) builds its tree by applying the
+same events in order, so what the user sees is exactly what the engine did.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from thinktree.orchestrator.events import (
+    Event,
+    NodeDelta,
+    NodeFailed,
+    NodeFinished,
+    NodeKind,
+    NodeStarted,
+    NodeStatus,
+    ProblemFinished,
+    ProblemStarted,
+    VoteCast,
+)
+
+
+@dataclass(slots=True)
+class Node:
+    """One step in a problem's tree."""
+
+    id: str
+    problem_id: str
+    parent_id: str | None
+    kind: NodeKind
+    label: str
+    status: NodeStatus = NodeStatus.RUNNING
+    text: str = ""
+    max_tokens: int | None = None
+    continuation: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    answer: str | None = None
+    extraction: str | None = None
+    finish_reason: str | None = None
+    latency_s: float = 0.0
+    started_at: float = 0.0
+    finished_at: float | None = None
+    error: str | None = None
+    call_id: str | None = None
+    children: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "parent": self.parent_id,
+            "kind": str(self.kind),
+            "label": self.label,
+            "status": str(self.status),
+            "text": self.text,
+            "max_tokens": self.max_tokens,
+            "continuation": self.continuation,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "answer": self.answer,
+            "extraction": self.extraction,
+            "finish_reason": self.finish_reason,
+            "latency_s": round(self.latency_s, 4),
+            "error": self.error,
+            "call_id": self.call_id,
+            "children": list(self.children),
+        }
+
+
+@dataclass(slots=True)
+class ProblemTree:
+    """All nodes of one problem, plus its outcome once finished."""
+
+    problem_id: str
+    root_id: str
+    question: str
+    gold: str | None
+    nodes: dict[str, Node] = field(default_factory=dict)
+    answer: str | None = None
+    correct: bool | None = None
+    covered: bool | None = None
+    error: str | None = None
+    finished: bool = False
+    vote: VoteCast | None = None
+
+    @property
+    def root(self) -> Node:
+        return self.nodes[self.root_id]
+
+    def walk(self, node_id: str | None = None) -> list[Node]:
+        """Nodes in depth-first order, starting at ``node_id`` (default: the root)."""
+        out: list[Node] = []
+        stack = [node_id or self.root_id]
+        while stack:
+            node = self.nodes[stack.pop()]
+            out.append(node)
+            stack.extend(reversed(node.children))
+        return out
+
+    def of_kind(self, *kinds: NodeKind) -> list[Node]:
+        return [n for n in self.walk() if n.kind in kinds]
+
+    def completion_tokens(self) -> int:
+        return sum(n.completion_tokens for n in self.nodes.values())
+
+    def prompt_tokens(self) -> int:
+        return sum(n.prompt_tokens for n in self.nodes.values())
+
+
+class RunTree:
+    """Trees of every problem in a run, kept current by :meth:`apply`."""
+
+    def __init__(self) -> None:
+        self.problems: dict[str, ProblemTree] = {}
+        self._node_problem: dict[str, str] = {}
+
+    def node(self, node_id: str) -> Node:
+        return self.problems[self._node_problem[node_id]].nodes[node_id]
+
+    def apply(self, event: Event) -> None:
+        match event:
+            case ProblemStarted(problem_id=pid, node_id=nid, question=q, gold=g):
+                tree = ProblemTree(problem_id=pid, root_id=nid, question=q, gold=g)
+                tree.nodes[nid] = Node(
+                    id=nid,
+                    problem_id=pid,
+                    parent_id=None,
+                    kind=NodeKind.PROBLEM,
+                    label=pid,
+                    started_at=event.at,
+                )
+                self.problems[pid] = tree
+                self._node_problem[nid] = pid
+            case NodeStarted():
+                tree = self.problems[event.problem_id]
+                tree.nodes[event.node_id] = Node(
+                    id=event.node_id,
+                    problem_id=event.problem_id,
+                    parent_id=event.parent_id,
+                    kind=event.kind,
+                    label=event.label,
+                    max_tokens=event.max_tokens,
+                    continuation=event.continuation,
+                    started_at=event.at,
+                )
+                tree.nodes[event.parent_id].children.append(event.node_id)
+                self._node_problem[event.node_id] = event.problem_id
+            case NodeDelta(node_id=nid, text=text):
+                self.node(nid).text += text
+            case NodeFinished():
+                node = self.node(event.node_id)
+                node.status = NodeStatus.DONE
+                node.text = event.text
+                node.finish_reason = event.finish_reason
+                node.prompt_tokens = event.prompt_tokens
+                node.completion_tokens = event.completion_tokens
+                node.answer = event.answer
+                node.extraction = event.extraction
+                node.latency_s = event.latency_s
+                node.call_id = event.call_id
+                node.finished_at = event.at
+            case NodeFailed(node_id=nid, error=err):
+                node = self.node(nid)
+                node.status = NodeStatus.FAILED
+                node.error = err
+                node.finished_at = event.at
+            case VoteCast():
+                self.problems[event.problem_id].vote = event
+            case ProblemFinished():
+                tree = self.problems[event.problem_id]
+                tree.answer = event.answer
+                tree.correct = event.correct
+                tree.covered = event.covered
+                tree.error = event.error
+                tree.finished = True
+                root = tree.root
+                root.status = NodeStatus.FAILED if event.error else NodeStatus.DONE
+                root.answer = event.answer
+                root.error = event.error
+                root.finished_at = event.at
+            case _:
+                pass

@@ -1,0 +1,1 @@
+"""Verifiers: agents that score candidates (LLM judges, reward models, user plugins)."""

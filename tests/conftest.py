@@ -1,0 +1,72 @@
+"""Shared fixtures: the anyio backend and one embedded model server per test session."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def _healthy(base_url: str) -> bool:
+    try:
+        return httpx.get(base_url.removesuffix("/v1") + "/health", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def embedded_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Base URL of a real embedded vLLM server, shared by the whole session.
+
+    Reuses a server recorded by ``thinktree serve`` when one is up; otherwise starts
+    ``thinktree serve`` (the real command) and stops it after the session.
+    """
+    from thinktree.embedded import find_running_server
+
+    running = find_running_server()
+    if running is not None:
+        yield running.base_url
+        return
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "thinktree.cli", "serve"],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f"thinktree serve exited early: {log.read_text()[-2000:]}")
+            server = find_running_server()
+            if server is not None and _healthy(server.base_url):
+                yield server.base_url
+                break
+            time.sleep(2)
+        else:
+            pytest.fail("the embedded server did not become healthy in 15 minutes")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()

@@ -1,0 +1,161 @@
+"""The four modes end to end on the real embedded model: tree shapes and token truth.
+
+The small model is near chance on these questions, so nothing here asserts accuracy:
+only the mechanics (tree shape, caps, continuation, token accounting).
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from pathlib import Path
+
+import httpx
+import pytest
+
+from thinktree.agents.endpoint import EndpointConfig
+from thinktree.agents.modes import ModeSettings
+from thinktree.datasets import load_demo
+from thinktree.orchestrator.events import NodeKind
+from thinktree.orchestrator.run import RunResult, RunSettings, execute
+from thinktree.orchestrator.tree import ProblemTree
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+THINKING = {NodeKind.GENERATION, NodeKind.EXTENSION, NodeKind.STEP}
+
+
+def _server_tokens(base_url: str) -> tuple[float, float]:
+    """(prompt, generation) token counters from vLLM's own Prometheus metrics."""
+    text = httpx.get(base_url.removesuffix("/v1") + "/metrics", timeout=10).text
+
+    def total(name: str) -> float:
+        return sum(
+            float(v) for v in re.findall(rf"^vllm:{name}_total{{[^}}]*}} (\S+)$", text, re.M)
+        )
+
+    return total("prompt_tokens"), total("generation_tokens")
+
+
+async def _run(
+    url: str, tmp_path: Path, modes: ModeSettings, *, problems: int = 2, **endpoint: str
+) -> RunResult:
+    cfg = EndpointConfig(name="embedded", base_url=url, **endpoint)  # type: ignore[arg-type]
+    settings = RunSettings(modes=modes, out=tmp_path / "run", seed=7)
+    demo = load_demo()
+    picked = [demo[0], demo[8], demo[14]][:problems]  # one of each answer type
+    return await execute(picked, cfg, settings)
+
+
+def _thinking(tree: ProblemTree, parent: str) -> int:
+    return sum(n.completion_tokens for n in tree.walk(parent) if n.kind in THINKING)
+
+
+async def test_budget_mode_caps_thinking_and_forces_the_answer(
+    embedded_url: str, tmp_path: Path
+) -> None:
+    budget = 24
+    result = await _run(
+        embedded_url, tmp_path, ModeSettings(mode="budget", budget=budget), problems=3
+    )
+    assert (result.folder / "results.json").is_file()
+    assert (result.folder / "trace.jsonl").is_file()
+    for tree in result.trees:
+        think = tree.nodes[f"{tree.problem_id}/think"]
+        assert think.kind is NodeKind.GENERATION
+        assert think.max_tokens == budget
+        assert _thinking(tree, tree.root_id) <= budget
+        if think.finish_reason == "length":
+            forced = tree.of_kind(NodeKind.FORCED_ANSWER)
+            assert len(forced) == 1, "a capped generation must end in a forced answer"
+            assert forced[0].completion_tokens <= 64
+            assert forced[0].continuation == "chat"
+        assert tree.vote is not None
+
+
+async def test_budget_mode_min_thinking_appends_wait(embedded_url: str, tmp_path: Path) -> None:
+    result = await _run(
+        embedded_url, tmp_path, ModeSettings(mode="budget", budget=200, min_thinking=150)
+    )
+    for tree in result.trees:
+        think = tree.nodes[f"{tree.problem_id}/think"]
+        total = _thinking(tree, tree.root_id)
+        assert total <= 200
+        if think.finish_reason == "stop" and think.completion_tokens < 150:
+            waits = tree.of_kind(NodeKind.EXTENSION)
+            assert waits, "stopping before min_thinking must append 'Wait' and go on"
+            assert all(w.continuation == "chat" for w in waits)
+
+
+async def test_sequential_continues_one_assistant_message(
+    embedded_url: str, tmp_path: Path
+) -> None:
+    steps, per_step = 3, 16
+    result = await _run(
+        embedded_url, tmp_path, ModeSettings(mode="sequential", steps=steps, budget=per_step)
+    )
+    for tree in result.trees:
+        nodes = tree.of_kind(NodeKind.STEP)
+        assert [n.label for n in nodes] == [f"step {i}" for i in range(1, steps + 1)]
+        assert nodes[0].continuation == "new"
+        assert all(n.continuation == "chat" for n in nodes[1:])
+        for before, after in itertools.pairwise(nodes):
+            assert after.completion_tokens <= per_step
+            # The continued prompt holds the whole message so far: it grows by at least
+            # the previous step's tokens (plus the "Wait." cue).
+            assert after.prompt_tokens >= before.prompt_tokens + before.completion_tokens
+        # each step records the answer extracted at its end (None when it states none)
+        assert all(n.extraction is not None or n.answer is None for n in nodes)
+
+
+async def test_parallel_samples_n_candidates_and_votes(embedded_url: str, tmp_path: Path) -> None:
+    n = 4
+    result = await _run(embedded_url, tmp_path, ModeSettings(mode="parallel", n=n, budget=16))
+    assert result.capabilities.native_n
+    for tree in result.trees:
+        branches = tree.of_kind(NodeKind.BRANCH)
+        assert len(branches) == n
+        firsts = [tree.nodes[f"{b.id}/think"] for b in branches]
+        # one request with n=4 for the first call of every branch
+        assert len({f.call_id for f in firsts}) == 1
+        assert tree.vote is not None and tree.vote.rule == "shortest-majority"
+        answered = [b.answer for b in branches if b.answer is not None]
+        assert sum(tree.vote.counts.values()) == len(answered)
+        assert tree.answer == tree.vote.answer
+
+
+async def test_hybrid_grows_n_by_k_within_the_total_budget(
+    embedded_url: str, tmp_path: Path
+) -> None:
+    n, k, total = 2, 2, 96
+    result = await _run(
+        embedded_url, tmp_path, ModeSettings(mode="hybrid", n=n, steps=k, total_budget=total)
+    )
+    for tree in result.trees:
+        assert len(tree.of_kind(NodeKind.BRANCH)) == n
+        assert len(tree.of_kind(NodeKind.STEP)) == n * k
+        assert tree.completion_tokens() <= total
+        assert all(
+            s.max_tokens is not None and s.max_tokens <= total // (n * k)
+            for s in tree.of_kind(NodeKind.STEP)
+        )
+
+
+async def test_tree_tokens_match_the_servers_own_count(embedded_url: str, tmp_path: Path) -> None:
+    before = _server_tokens(embedded_url)
+    # Capabilities are given in the config, so the run makes no probe calls of its own;
+    # samples fan out one request each (vLLM's counter counts an n=3 prompt three times,
+    # while its usage, which is what a provider bills, counts it once).
+    result = await _run(
+        embedded_url,
+        tmp_path,
+        ModeSettings(mode="parallel", n=3, budget=16),
+        continuation="chat",
+        native_n="no",
+    )
+    after = _server_tokens(embedded_url)
+    tree_prompt = sum(t.prompt_tokens() for t in result.trees)
+    tree_completion = sum(t.completion_tokens() for t in result.trees)
+    assert tree_completion == after[1] - before[1]
+    assert tree_prompt == after[0] - before[0]
+    assert result.metrics.completion_tokens == tree_completion
