@@ -31,11 +31,6 @@ from thinktree.embedded import EmbeddedServerError, ServerHandle, embedded_serve
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 def _wait_group_gone(pgid: int, seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -194,6 +189,87 @@ async def test_sigterm_ignored_escalates_to_sigkill(
     async with embedded_server(reuse=False) as server:
         assert server.pid is not None
     assert not embedded._group_alive(server.pid)
+
+
+_CTRL_C_CHILD = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    import anyio
+    from thinktree import embedded
+
+    cache, fake_server = Path(sys.argv[1]), sys.argv[2]
+    embedded._cache_dir = lambda: cache
+    embedded._vllm_package_dir = lambda: cache
+    embedded.ensure_converted_model = lambda **_: cache
+    embedded._server_command = lambda _, port: [
+        sys.executable, "-c", fake_server, "--port", str(port)
+    ]
+
+    async def main() -> None:
+        async with embedded.embedded_server(reuse=False) as server:
+            print("READY", server.pid, flush=True)
+            await anyio.sleep(3600)
+
+    try:
+        anyio.run(main)
+    except KeyboardInterrupt:
+        print("INTERRUPTED", flush=True)
+    """
+)
+
+
+def test_ctrl_c_stops_the_server(tmp_path: Path) -> None:
+    child = subprocess.Popen(
+        [sys.executable, "-c", _CTRL_C_CHILD, str(tmp_path), _FAKE_SERVER],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    server_pid = None
+    try:
+        assert child.stdout is not None
+        for line in child.stdout:
+            if line.startswith("READY "):
+                server_pid = int(line.split()[1])
+                break
+        assert server_pid is not None
+        child.send_signal(signal.SIGINT)
+        rest, _ = child.communicate(timeout=30)
+        assert "INTERRUPTED" in rest
+        assert not embedded._group_alive(server_pid)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        if server_pid is not None:
+            _kill_group(server_pid)
+
+
+def test_atexit_stops_a_server_left_running(tmp_path: Path) -> None:
+    # The event loop lives in a daemon thread the interpreter abandons at exit, so the
+    # context manager never finishes; with PR_SET_PDEATHSIG off, only atexit can stop it.
+    script = _CTRL_C_CHILD.replace(
+        "try:\n    anyio.run(main)",
+        "import threading, time\n"
+        "embedded._death_signal_preexec = lambda: None\n"
+        "threading.Thread(target=anyio.run, args=(main,), daemon=True).start()\n"
+        "try:\n    time.sleep(5)",
+    )
+    assert script != _CTRL_C_CHILD
+    child = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path), _FAKE_SERVER],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    ready = [line for line in child.stdout.splitlines() if line.startswith("READY ")]
+    assert ready, child.stdout + child.stderr
+    server_pid = int(ready[0].split()[1])
+    try:
+        assert _wait_group_gone(server_pid, 5)
+    finally:
+        _kill_group(server_pid)
 
 
 def test_stale_state_file_is_ignored_and_removed(tmp_cache: Path) -> None:
