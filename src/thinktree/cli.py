@@ -34,19 +34,15 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _first_user_error(exc: BaseException) -> BaseException | None:
-    """The user-facing error inside ``exc`` (task groups wrap errors in groups)."""
-    if isinstance(exc, ThinktreeError | DatasetError):
+def _find(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseException | None:
+    """The first error of ``kinds`` inside ``exc`` (task groups wrap errors in groups)."""
+    if isinstance(exc, kinds):
         return exc
     if isinstance(exc, BaseExceptionGroup):
         for inner in exc.exceptions:
-            found = _first_user_error(inner)
+            found = _find(inner, kinds)
             if found is not None:
                 return found
-    from thinktree.embedded import EmbeddedServerError
-
-    if isinstance(exc, EmbeddedServerError):
-        return exc
     return None
 
 
@@ -56,7 +52,12 @@ def _run_async(fn: Callable[[], Awaitable[T]]) -> T:
     except KeyboardInterrupt:
         raise _fail("interrupted; nothing was written", 130) from None
     except BaseException as exc:
-        user = _first_user_error(exc)
+        done = _find(exc, (typer.Exit,))
+        if done is not None:
+            raise done from None
+        if _find(exc, (KeyboardInterrupt,)) is not None:
+            raise _fail("interrupted; nothing was written", 130) from None
+        user = _find(exc, (ThinktreeError, DatasetError))
         if user is None:
             raise
         raise _fail(str(user).splitlines()[0] if str(user) else type(user).__name__) from None
@@ -154,6 +155,12 @@ def run(
                 )
                 result = await execute(problems, local, settings)
         _print_results(result)
+        if result.metrics.answered == 0:
+            raise _fail(
+                f"the model stated no answer on any of the {result.metrics.problems} problems "
+                f"(all counted wrong); check the model and its prompt in {result.folder}",
+                3,
+            )
 
     _run_async(main)
 
@@ -253,6 +260,7 @@ def probe(
                 ("/v1/completions", caps.completions, "completions"),
                 ("logprobs", caps.logprobs, "logprobs"),
                 ("seed reproducible", caps.seed, "seed"),
+                (f"reasoning text: {caps.reasoning}", caps.reasoning != "none", "reasoning"),
             ]
             for label, ok, key in rows:
                 table.add_row(

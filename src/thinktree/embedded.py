@@ -41,6 +41,8 @@ import httpx
 import platformdirs
 import structlog
 
+from thinktree.errors import ThinktreeError
+
 log = structlog.get_logger(__name__)
 
 EMBEDDED_MODEL = "smollm2"
@@ -70,7 +72,7 @@ tok.save_pretrained(out_dir)
 """
 
 
-class EmbeddedServerError(RuntimeError):
+class EmbeddedServerError(ThinktreeError, RuntimeError):
     """The embedded model cannot be prepared or served; the message is one user-facing line."""
 
 

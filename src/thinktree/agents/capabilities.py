@@ -40,9 +40,9 @@ async def probe(client: EndpointClient, *, what: set[str] | None = None) -> Capa
     """Try each capability for real (a few requests of a few tokens each).
 
     ``what`` limits the probe to some of "n", "continuation", "completions", "logprobs",
-    "seed"; settings forced in the endpoint's config are taken as given.
+    "seed", "reasoning"; settings forced in the endpoint's config are taken as given.
     """
-    want = what or {"n", "continuation", "completions", "logprobs", "seed"}
+    want = what or {"n", "continuation", "completions", "logprobs", "seed", "reasoning"}
     caps = Capabilities()
     cfg = client.config
     msgs = [{"role": "user", "content": _PROBE_USER}]
@@ -77,6 +77,8 @@ async def probe(client: EndpointClient, *, what: set[str] | None = None) -> Capa
         caps.logprobs, caps.notes["logprobs"] = await _try_logprobs(client, msgs)
     if "seed" in want:
         caps.seed, caps.notes["seed"] = await _try_seed(client, msgs)
+    if "reasoning" in want:
+        caps.reasoning, caps.notes["reasoning"] = await _try_reasoning(client)
     log.info(
         "probed endpoint",
         endpoint=cfg.name,
@@ -152,3 +154,19 @@ async def _try_seed(client: EndpointClient, msgs: list[dict[str, str]]) -> tuple
         return False, f"seed refused: {exc}"
     same = a.choices[0].text == b.choices[0].text
     return same, "same seed, same sample" if same else "same seed gave different samples"
+
+
+async def _try_reasoning(
+    client: EndpointClient,
+) -> tuple[Literal["field", "tags", "none"], str]:
+    msgs = [{"role": "user", "content": "Is 17 a prime number? Think briefly."}]
+    try:
+        result = await client.chat(msgs, max_tokens=32)
+    except EndpointError as exc:
+        return "none", f"could not ask: {exc}"
+    choice = result.choices[0]
+    if choice.reasoning:
+        return "field", "reasoning text arrives in a separate field (reasoning_content)"
+    if "<think>" in choice.text:
+        return "tags", "reasoning text arrives inside <think> tags"
+    return "none", "no separate reasoning text seen (not a reasoning model, or none emitted)"

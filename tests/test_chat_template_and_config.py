@@ -1,0 +1,82 @@
+"""Client-side continuation prompts and endpoint configuration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from thinktree.agents.chat_template import render_continuation
+from thinktree.config import endpoint_from, load_config
+from thinktree.errors import ConfigError
+
+# The ChatML template SmolLM2 ships with (a reduced form).
+CHATML = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def test_continuation_prompt_stops_inside_the_assistant_turn() -> None:
+    prompt = render_continuation(
+        CHATML, [{"role": "user", "content": "2+2?"}], "Let me think. 2+2 is\n\nWait."
+    )
+    assert prompt == (
+        "<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\nLet me think. 2+2 is\n\nWait."
+    )
+    assert not prompt.endswith("<|im_end|>\n")
+
+
+def test_template_without_content_is_refused() -> None:
+    with pytest.raises(ValueError, match="does not render"):
+        render_continuation("{{ 'fixed' }}", [], "x")
+
+
+def test_endpoint_from_url_takes_key_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-123")
+    cfg = endpoint_from("http://127.0.0.1:9/v1/", model="m", config={})
+    assert cfg is not None
+    assert cfg.base_url == "http://127.0.0.1:9/v1"
+    assert cfg.api_key == "sk-test-123"
+    assert "sk-test" not in repr(cfg)
+
+
+def test_no_endpoint_means_embedded_unless_env_names_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    assert endpoint_from(None, model=None, config={}) is None
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:7/v1")
+    cfg = endpoint_from(None, model=None, config={})
+    assert cfg is not None and cfg.base_url == "http://127.0.0.1:7/v1"
+
+
+def test_named_endpoint_from_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "thinktree.toml"
+    path.write_text(
+        '[endpoints.gpu]\nbase_url = "http://gpu:8000/v1"\nmodel = "m1"\n'
+        'max_connections = 3\napi_key_env = "GPU_KEY"\ncontinuation = "revision"\n'
+    )
+    monkeypatch.setenv("GPU_KEY", "secret")
+    cfg = endpoint_from("gpu", model=None, config=load_config(path))
+    assert cfg is not None
+    assert (cfg.model, cfg.max_connections, cfg.api_key, cfg.continuation) == (
+        "m1",
+        3,
+        "secret",
+        "revision",
+    )
+
+
+def test_config_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[endpoints.gpu\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
+    typo = {"endpoints": {"gpu": {"base_url": "http://x/v1", "modle": "m"}}}
+    with pytest.raises(ConfigError, match="unknown key"):
+        endpoint_from("gpu", model=None, config=typo)
+    monkeypatch.delenv("MISSING_KEY", raising=False)
+    needs = {"endpoints": {"x": {"base_url": "http://x/v1", "api_key_env": "MISSING_KEY"}}}
+    with pytest.raises(ConfigError, match="MISSING_KEY"):
+        endpoint_from("x", model=None, config=needs)
