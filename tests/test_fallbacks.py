@@ -1,0 +1,190 @@
+"""Endpoints that lack ``n`` or continuation: the probe says so and the modes fall back.
+
+The server is a real HTTP server on 127.0.0.1 (thinktree.testing.fake_server) that, like
+llama.cpp, returns one choice for ``n>1`` and ignores ``continue_final_message``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from thinktree.agents.endpoint import EndpointConfig
+from thinktree.agents.modes import ModeSettings
+from thinktree.orchestrator.events import NodeKind
+from thinktree.orchestrator.run import RunResult, RunSettings, execute
+from thinktree.problems import AnswerType, Problem
+from thinktree.testing.fake_server import FakeBehaviour, FakeServer, fake_server_in_thread
+
+pytestmark = pytest.mark.anyio
+
+PROBLEMS = [
+    Problem(
+        id=f"q{i}",
+        question=f"Question {i}?",
+        answer_type=AnswerType.CHOICE,
+        options={"A": "alpha", "B": "beta", "C": "gamma"},
+        answer="B",
+    )
+    for i in range(3)
+]
+LIMITED = FakeBehaviour(native_n=False, continuation=False)
+LONG = "one two three four five six seven eight nine ten eleven twelve Answer: B"
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    return subprocess.run(
+        [sys.executable, "-m", "thinktree.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+
+
+def test_probe_reports_missing_n_and_continuation() -> None:
+    with fake_server_in_thread(LIMITED) as server:
+        proc = cli("probe", server.base_url, "--json")
+    assert proc.returncode == 0, proc.stderr
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert found["native_n"] is False
+    assert "returned 1 choice" in found["notes"]["n"]
+    assert found["continuation"] == "revision"
+    assert "ignored" in found["notes"]["continuation"]
+
+
+def test_probe_reports_what_a_capable_server_can_do() -> None:
+    with fake_server_in_thread(FakeBehaviour()) as server:
+        proc = cli("probe", server.base_url, "--json")
+    assert proc.returncode == 0, proc.stderr
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert found["native_n"] is True
+    assert found["continuation"] == "chat"
+
+
+async def _run(server: FakeServer, tmp_path: Path, modes: ModeSettings, **cfg: str) -> RunResult:
+    endpoint = EndpointConfig(name="fake", base_url=server.base_url, **cfg)  # type: ignore[arg-type]
+    return await execute(PROBLEMS, endpoint, RunSettings(modes=modes, out=tmp_path / "run"))
+
+
+async def test_parallel_fans_out_when_n_is_not_supported(tmp_path: Path) -> None:
+    async with FakeServer(LIMITED) as server:
+        result = await _run(server, tmp_path, ModeSettings(mode="parallel", n=4, budget=64))
+        probe_calls = server.answered - sum(
+            len(t.of_kind(NodeKind.GENERATION)) for t in result.trees
+        )
+    assert result.capabilities.native_n is False
+    for tree in result.trees:
+        thinks = tree.of_kind(NodeKind.GENERATION)
+        assert len(thinks) == 4
+        assert len({t.call_id for t in thinks}) == 4  # one request per sample
+        assert tree.answer == "B"
+    assert probe_calls >= 1  # the probe's own requests, outside the tree
+
+
+async def test_parallel_uses_one_request_with_n_where_supported(tmp_path: Path) -> None:
+    async with FakeServer(FakeBehaviour()) as server:
+        result = await _run(
+            server, tmp_path, ModeSettings(mode="parallel", n=4, budget=64), continuation="chat"
+        )
+        requests = server.answered
+    for tree in result.trees:
+        thinks = tree.of_kind(NodeKind.GENERATION)
+        assert len({t.call_id for t in thinks}) == 1
+    # one probe request for n, then one request per problem
+    assert requests == 1 + len(PROBLEMS)
+
+
+async def test_sequential_falls_back_to_a_revision_turn(tmp_path: Path) -> None:
+    async with FakeServer(LIMITED, record_bodies=True) as server:
+        result = await _run(server, tmp_path, ModeSettings(mode="sequential", steps=3, budget=32))
+        bodies = server.bodies
+    assert result.capabilities.continuation == "revision"
+    for tree in result.trees:
+        steps = tree.of_kind(NodeKind.STEP)
+        assert [s.continuation for s in steps] == ["new", "revision", "revision"]
+        assert all(s.answer == "B" for s in steps)
+    revision_turns = [
+        b
+        for b in bodies
+        if b.get("messages")
+        and b["messages"][-1]["role"] == "user"
+        and "Re-check" in b["messages"][-1]["content"]
+    ]
+    assert len(revision_turns) == 2 * len(PROBLEMS)
+    assert not any(b.get("continue_final_message") for b in revision_turns)
+
+
+async def test_budget_forcing_over_a_revision_turn(tmp_path: Path) -> None:
+    async with FakeServer(FakeBehaviour(native_n=False, continuation=False, reply=LONG)) as s:
+        result = await _run(s, tmp_path, ModeSettings(mode="budget", budget=5))
+    for tree in result.trees:
+        think = tree.nodes[f"{tree.problem_id}/think"]
+        assert think.finish_reason == "length" and think.completion_tokens == 5
+        forced = tree.of_kind(NodeKind.FORCED_ANSWER)
+        assert len(forced) == 1 and forced[0].continuation == "revision"
+        assert tree.answer == "B"
+
+
+async def test_tree_tokens_equal_the_servers_usage(tmp_path: Path) -> None:
+    async with FakeServer(FakeBehaviour(reply=LONG)) as server:
+        result = await _run(
+            server,
+            tmp_path,
+            ModeSettings(mode="hybrid", n=2, steps=2, total_budget=40),
+            continuation="chat",
+            native_n="yes",
+        )
+    tokens = sum(t.completion_tokens() for t in result.trees)
+    assert tokens == result.metrics.completion_tokens
+    for tree in result.trees:
+        assert tree.completion_tokens() <= 40
+        steps = tree.of_kind(NodeKind.STEP)
+        assert len(steps) == 4
+        assert all(s.completion_tokens <= 10 for s in steps)
+
+
+def test_model_not_served_is_one_line(tmp_path: Path) -> None:
+    with fake_server_in_thread(FakeBehaviour(model="served-model")) as server:
+        proc = cli(
+            "run",
+            "--endpoint",
+            server.base_url,
+            "--model",
+            "other-model",
+            "--out",
+            str(tmp_path / "run"),
+        )
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0
+    assert "model 'other-model' is not served" in proc.stderr
+    assert "served-model" in proc.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_model_that_never_answers_fails_the_command(tmp_path: Path) -> None:
+    silent = FakeBehaviour(reply="I am not sure what to say about this at all.")
+    with fake_server_in_thread(silent) as server:
+        proc = cli(
+            "run",
+            "--endpoint",
+            server.base_url,
+            "--limit",
+            "3",
+            "--budget",
+            "8",
+            "--out",
+            str(tmp_path / "run"),
+        )
+    assert proc.returncode == 3
+    assert "stated no answer on any of the 3 problems" in proc.stderr
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["metrics"]["answered"] == 0
+    assert all(p["error"] == "no candidate stated an answer" for p in results["problems"])
