@@ -8,6 +8,7 @@ calls in flight, and every call has its own timeout.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ class RetryKind(StrEnum):
     TRANSIENT = "server error"
     TIMEOUT = "timed out"
     CONNECTION = "connection failed"
+    MALFORMED = "malformed response"
 
 
 def classify(exc: BaseException) -> RetryKind | None:
@@ -51,8 +53,10 @@ def classify(exc: BaseException) -> RetryKind | None:
         return RetryKind.TIMEOUT
     if isinstance(exc, openai.APIConnectionError):
         return RetryKind.CONNECTION
-    if isinstance(exc, IncompleteResponse):
-        return RetryKind.TRANSIENT
+    if isinstance(
+        exc, IncompleteResponse | json.JSONDecodeError | openai.APIResponseValidationError
+    ):
+        return RetryKind.MALFORMED
     return None
 
 

@@ -1,0 +1,143 @@
+"""The endpoint layer's single retry layer, against a real misbehaving HTTP server."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from thinktree.agents.endpoint import EndpointClient, EndpointConfig
+from thinktree.agents.modes import ModeSettings
+from thinktree.errors import EndpointError
+from thinktree.orchestrator.events import NodeKind, NodeStatus
+from thinktree.orchestrator.run import RunSettings, execute
+from thinktree.problems import AnswerType, Problem
+from thinktree.testing.fake_server import FakeBehaviour, FakeServer, Fault
+
+pytestmark = pytest.mark.anyio
+MSGS = [{"role": "user", "content": "hi"}]
+
+
+def client_for(server: FakeServer, **kw: float) -> tuple[EndpointClient, list[tuple[int, str]]]:
+    seen: list[tuple[int, str]] = []
+
+    async def on_retry(attempt: int, wait: float, reason: str) -> None:
+        seen.append((attempt, reason))
+
+    cfg = EndpointConfig(
+        name="fake",
+        base_url=server.base_url,
+        model="fake-model",
+        max_attempts=int(kw.get("max_attempts", 4)),
+        timeout_s=kw.get("timeout_s", 10.0),
+        max_backoff_s=0.2,
+    )
+    return EndpointClient(cfg, on_retry=on_retry), seen
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault.RATE_LIMIT,
+        Fault.SERVER_ERROR,
+        Fault.BAD_GATEWAY,
+        Fault.UNAVAILABLE,
+        Fault.RESET,
+        Fault.TRUNCATED,
+        Fault.INVALID_JSON,
+    ],
+)
+async def test_transient_faults_are_retried_then_succeed(fault: Fault) -> None:
+    async with FakeServer(faults=[fault, fault]) as server:
+        client, seen = client_for(server)
+        try:
+            result = await client.chat(MSGS, max_tokens=8)
+        finally:
+            await client.aclose()
+        assert result.attempts == 3
+        assert [a for a, _ in seen] == [1, 2]
+        assert server.faulted[fault] == 2
+        assert server.answered == 1  # paid once
+
+
+async def test_retry_after_is_honoured() -> None:
+    async with FakeServer(faults=[Fault.RATE_LIMIT], retry_after_s=1.0) as server:
+        client, seen = client_for(server)
+        client.config = EndpointConfig(
+            name="fake", base_url=server.base_url, model="fake-model", max_backoff_s=5.0
+        )
+        start = time.monotonic()
+        try:
+            await client.chat(MSGS, max_tokens=4)
+        finally:
+            await client.aclose()
+        assert time.monotonic() - start >= 0.95
+        assert seen == [(1, "rate limited")]
+
+
+async def test_slow_response_times_out_and_is_retried() -> None:
+    async with FakeServer(faults=[Fault.SLOW], slow_s=5.0) as server:
+        client, seen = client_for(server, timeout_s=0.5)
+        try:
+            result = await client.chat(MSGS, max_tokens=4)
+        finally:
+            await client.aclose()
+        assert result.attempts == 2
+        assert seen[0][1] in ("timed out", "connection failed")
+
+
+async def test_other_4xx_is_never_retried() -> None:
+    async with FakeServer() as server:
+        client, seen = client_for(server)
+        client.model = "no-such-model"
+        with pytest.raises(EndpointError, match="404"):
+            await client.chat(MSGS, max_tokens=4)
+        await client.aclose()
+        assert seen == []
+        assert server.requests == 1
+
+
+async def test_attempts_are_bounded_and_the_error_is_one_line() -> None:
+    async with FakeServer(faults=lambda i: Fault.UNAVAILABLE) as server:
+        client, seen = client_for(server, max_attempts=3)
+        with pytest.raises(EndpointError) as info:
+            await client.chat(MSGS, max_tokens=4)
+        await client.aclose()
+        assert "after 3 attempts" in str(info.value)
+        assert "\n" not in str(info.value)
+        assert server.requests == 3 and len(seen) == 2
+
+
+async def test_a_failed_branch_never_crashes_the_problem(tmp_path: Path) -> None:
+    # every third generation request fails for good; the others answer B
+    problem = Problem(
+        id="q",
+        question="Q?",
+        answer_type=AnswerType.CHOICE,
+        options={"A": "a", "B": "b"},
+        answer="B",
+    )
+
+    def schedule(i: int) -> Fault | None:
+        return Fault.SERVER_ERROR if i >= 1 and i % 2 == 1 else None
+
+    async with FakeServer(FakeBehaviour(native_n=False), faults=schedule) as server:
+        cfg = EndpointConfig(
+            name="fake",
+            base_url=server.base_url,
+            max_attempts=1,
+            continuation="chat",
+            native_n="no",
+        )
+        result = await execute(
+            [problem],
+            cfg,
+            RunSettings(modes=ModeSettings(mode="parallel", n=4, budget=32), out=tmp_path / "run"),
+        )
+    tree = result.trees[0]
+    thinks = tree.of_kind(NodeKind.GENERATION)
+    failed = [t for t in thinks if t.status is NodeStatus.FAILED]
+    assert failed and len(failed) < len(thinks)
+    assert all("after 1 attempts" in (t.error or "") for t in failed)
+    assert tree.answer == "B" and tree.error is None
