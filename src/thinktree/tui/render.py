@@ -1,0 +1,261 @@
+"""Text for every part of the screen, built from the run's state.
+
+Everything that came from the model or the data goes through :mod:`sanitize` and into
+``Text`` objects as plain strings; nothing here is ever parsed as markup.
+"""
+
+from __future__ import annotations
+
+from rich.text import Text
+
+from thinktree.orchestrator.events import NodeKind, NodeStatus
+from thinktree.orchestrator.tree import Node, ProblemTree
+from thinktree.tui.sanitize import clean, one_line
+from thinktree.tui.state import Outcome, RunView, outcome
+
+STATUS_MARKS: dict[NodeStatus, tuple[str, str]] = {
+    NodeStatus.PENDING: ("·", "dim"),
+    NodeStatus.RUNNING: ("…", "yellow"),
+    NodeStatus.DONE: ("✓", "green"),
+    NodeStatus.FAILED: ("✗", "red"),
+    NodeStatus.CANCELLED: ("⊘", "dim"),
+}
+OUTCOME_MARKS: dict[Outcome, tuple[str, str]] = {
+    Outcome.RUNNING: ("…", "yellow"),
+    Outcome.RIGHT: ("✓", "green"),
+    Outcome.WRONG: ("✗", "red"),
+    Outcome.DONE: ("•", "blue"),
+    Outcome.FAILED: ("!", "bold red"),
+}
+WINNER_STYLE = "bold black on green"
+
+
+def clock(seconds: float) -> str:
+    """``m:ss`` or ``h:mm:ss``."""
+    whole = max(int(seconds), 0)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def header(view: RunView, *, elapsed: float, source: str) -> Text:
+    """Two lines: what run this is, then how far it has got."""
+    text = Text(no_wrap=True, overflow="ellipsis")
+    text.append(" thinktree ", style="bold reverse")
+    started = view.started
+    if started is None:
+        text.append("  waiting for the run to start…", style="dim")
+    else:
+        for label, value in (
+            ("run", started.run_id),
+            ("endpoint", started.endpoint),
+            ("model", started.model),
+            ("mode", started.mode),
+        ):
+            text.append(f"  {label} ", style="dim")
+            text.append(one_line(value, 40), style="bold")
+    text.append("\n")
+    running = view.outcomes[Outcome.RUNNING]
+    text.append(" problems ", style="dim")
+    text.append(f"{view.done}/{view.total}", style="bold")
+    if running:
+        text.append(f" ({running} running)", style="yellow")
+    right, wrong = view.outcomes[Outcome.RIGHT], view.outcomes[Outcome.WRONG]
+    if right or wrong:
+        text.append("  ")
+        text.append(f"✓ {right}", style="green")
+        text.append(" ")
+        text.append(f"✗ {wrong}", style="red")
+    failed = view.outcomes[Outcome.FAILED]
+    if failed:
+        text.append(f"  ! {failed} failed", style="bold red")
+    text.append("  tokens ", style="dim")
+    text.append(f"{view.completion_tokens:,}", style="bold")
+    if view.allowed_tokens:
+        text.append(f" / {view.allowed_tokens:,}")
+    text.append("  ⏱ ", style="dim")
+    text.append(clock(elapsed), style="bold")
+    if view.retries:
+        text.append(f"  retries {view.retries}", style="magenta")
+    retry = view.last_retry
+    if retry is not None and view.finished is None and elapsed < retry.at + retry.wait_s:
+        left = retry.at + retry.wait_s - elapsed
+        text.append(f"  waiting {left:.0f} s: {one_line(retry.reason, 40)}", style="bold magenta")
+    text.append("  ·  ", style="dim")
+    text.append(source, style="cyan")
+    if view.finished is not None:
+        style = "green" if view.finished.status == "completed" else "bold red"
+        text.append(f"  run {one_line(view.finished.status, 20)}", style=style)
+    if view.error:
+        text.append(f"  {one_line(view.error, 80)}", style="bold red")
+    return text
+
+
+def problem_row(problem: ProblemTree) -> Text:
+    """One line of the problem list: outcome mark, id, answer."""
+    mark, style = OUTCOME_MARKS[outcome(problem)]
+    text = Text(no_wrap=True, overflow="ellipsis")
+    text.append(mark, style=style)
+    text.append(" ")
+    text.append(one_line(problem.problem_id, 60))
+    if problem.finished:
+        text.append(f" → {one_line(problem.answer or '—', 20)}", style="dim")
+    return text
+
+
+def subtree_tokens(problem: ProblemTree) -> dict[str, int]:
+    """Completion tokens spent under each node (itself included)."""
+    totals: dict[str, int] = {}
+    for node in reversed(problem.walk()):
+        totals[node.id] = node.completion_tokens + sum(totals[c] for c in node.children)
+    return totals
+
+
+def winner_path(problem: ProblemTree) -> set[str]:
+    """The vote's winning node and its ancestors (empty before the vote)."""
+    vote = problem.vote
+    if vote is None or vote.winner_node is None or vote.winner_node not in problem.nodes:
+        return set()
+    path: set[str] = set()
+    node_id: str | None = vote.winner_node
+    while node_id is not None and node_id in problem.nodes:
+        path.add(node_id)
+        node_id = problem.nodes[node_id].parent_id
+    return path
+
+
+def node_label(problem: ProblemTree, node: Node, tokens: int, winners: set[str]) -> Text:
+    """A tree line: status mark, label, tokens, the extracted answer, the vote's pick."""
+    mark, style = STATUS_MARKS[node.status]
+    text = Text(no_wrap=True, overflow="ellipsis")
+    text.append(mark, style=style)
+    text.append(" ")
+    if node.kind is NodeKind.PROBLEM:
+        text.append(one_line(problem.problem_id, 40), style="bold")
+        text.append(f"  {one_line(problem.question, 40)}", style="italic")
+    else:
+        if node.id in winners:
+            text.append("★ ", style="bold green")
+        label = one_line(node.label, 40)
+        if problem.vote is not None and problem.vote.winner_node == node.id:
+            text.append(f" {label} ", style=WINNER_STYLE)
+        else:
+            text.append(label, style="bold" if node.kind is NodeKind.BRANCH else "")
+    leaf = not node.children and node.kind is not NodeKind.PROBLEM
+    if leaf and node.status is NodeStatus.RUNNING:
+        if node.text:
+            text.append(f"  streaming {len(node.text):,} chars", style="dim")
+    elif leaf and node.max_tokens:
+        text.append(f"  {tokens:,}/{node.max_tokens:,} tok", style="dim")
+    elif tokens:
+        text.append(f"  {tokens:,} tok", style="dim")
+    if node.finish_reason == "length":
+        text.append("  capped", style="yellow")
+    if node.kind is NodeKind.PROBLEM and problem.finished:
+        text.append(f"  → {one_line(problem.answer or '—', 30)}", style="bold")
+        if problem.correct is not None:
+            mark, style = OUTCOME_MARKS[outcome(problem)]
+            text.append(f" {mark}", style=style)
+        vote = problem.vote
+        if vote is not None and vote.answer is not None and vote.counts:
+            votes = vote.counts.get(vote.answer, 0)
+            text.append(f"  ({one_line(vote.rule, 20)} {votes}/{sum(vote.counts.values())})")
+    elif node.answer is not None:
+        text.append(f"  → {one_line(node.answer, 30)}")
+    if node.error:
+        text.append(f"  {one_line(node.error, 60)}", style="red")
+    return text
+
+
+def _field(text: Text, name: str, value: str, style: str = "") -> None:
+    text.append(f"{name} ", style="dim")
+    text.append(value, style=style)
+    text.append("   ")
+
+
+def node_detail(problem: ProblemTree, node: Node) -> tuple[Text, Text]:
+    """The detail pane: a few lines about ``node``, then its full text, literally."""
+    meta = Text()
+    mark, style = STATUS_MARKS[node.status]
+    meta.append(f"{mark} {node.status}", style=style)
+    meta.append(f"  {node.kind}  ", style="dim")
+    meta.append(one_line(node.id, 80), style="bold")
+    meta.append("\n")
+    if node.kind is NodeKind.PROBLEM:
+        meta = _problem_meta(meta, problem)
+        meta.rstrip()
+        return meta, literal_body(problem.question)
+    tokens = subtree_tokens(problem)[node.id]
+    cap = f" / {node.max_tokens:,}" if node.max_tokens else ""
+    _field(meta, "tokens", f"{tokens:,}{cap}")
+    if node.prompt_tokens:
+        _field(meta, "prompt", f"{node.prompt_tokens:,}")
+    if node.finish_reason:
+        _field(meta, "finish", one_line(node.finish_reason, 20))
+    if node.latency_s:
+        _field(meta, "latency", f"{node.latency_s:.2f} s")
+    if node.continuation:
+        _field(meta, "via", one_line(node.continuation, 20))
+    meta.append("\n")
+    if node.answer is not None:
+        _field(meta, "answer", one_line(node.answer, 60), "bold")
+        if node.extraction:
+            _field(meta, "from", one_line(node.extraction, 30))
+    if problem.vote is not None and problem.vote.winner_node == node.id:
+        meta.append(" ★ the vote's winner ", style=WINNER_STYLE)
+    if node.error:
+        meta.append("\nerror ", style="bold red")
+        meta.append(clean(node.error), style="red")
+    meta.rstrip()
+    if node.kind is NodeKind.BRANCH or (not node.text and node.children):
+        return meta, _thread(problem, node)
+    return meta, literal_body(node.text, running=node.status is NodeStatus.RUNNING)
+
+
+def _problem_meta(meta: Text, problem: ProblemTree) -> Text:
+    _field(meta, "gold", one_line(problem.gold, 40) if problem.gold is not None else "—")
+    if problem.finished:
+        _field(meta, "answer", one_line(problem.answer or "—", 40), "bold")
+        if problem.correct is not None:
+            mark, style = OUTCOME_MARKS[outcome(problem)]
+            _field(meta, "graded", f"{mark} {'right' if problem.correct else 'wrong'}", style)
+        if problem.covered is not None:
+            _field(meta, "covered", "yes" if problem.covered else "no")
+    _field(meta, "tokens", f"{problem.completion_tokens():,}")
+    vote = problem.vote
+    if vote is not None:
+        meta.append("\n")
+        counts = ", ".join(
+            f"{one_line(k, 20)}×{v}" for k, v in sorted(vote.counts.items(), key=lambda kv: -kv[1])
+        )
+        _field(meta, "vote", f"{one_line(vote.rule, 20)}: {counts or '—'}")
+        if vote.winner_node:
+            _field(meta, "winner", one_line(vote.winner_node, 60), "bold green")
+    if problem.error:
+        meta.append("\nerror ", style="bold red")
+        meta.append(clean(problem.error), style="red")
+    return meta
+
+
+def _thread(problem: ProblemTree, node: Node) -> Text:
+    """A branch's steps one after another: the whole line of thought."""
+    body = Text()
+    for child in problem.walk(node.id)[1:]:
+        if not child.text:
+            continue
+        body.append(f"── {one_line(child.label, 40)} ──\n", style="dim")
+        body.append(clean(child.text))
+        body.append("\n")
+    if not body:
+        body.append("(no text yet)", style="dim")
+    return body
+
+
+def literal_body(text: str, *, running: bool = False) -> Text:
+    """The node's text exactly as the model wrote it (controls made visible)."""
+    if not text:
+        return Text("(streaming…)" if running else "(no text)", style="dim")
+    body = Text(clean(text))
+    if running:
+        body.append(" ▌", style="yellow")
+    return body

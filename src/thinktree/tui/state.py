@@ -1,0 +1,183 @@
+"""What the view knows about a run: the RunTree plus counters, and what changed since
+the screen was last drawn. Applying an event is cheap; drawing happens on a timer."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from thinktree.errors import ThinktreeError
+from thinktree.orchestrator.events import (
+    CallRetried,
+    Event,
+    NodeDelta,
+    NodeFailed,
+    NodeFinished,
+    NodeStarted,
+    ProblemFinished,
+    ProblemStarted,
+    RunFinished,
+    RunStarted,
+    VoteCast,
+)
+from thinktree.orchestrator.tree import ProblemTree, RunTree
+
+
+class Outcome(StrEnum):
+    """Where a problem stands, as the problem list shows it."""
+
+    RUNNING = "running"
+    RIGHT = "right"
+    WRONG = "wrong"
+    DONE = "done"  # finished, no gold to grade against
+    FAILED = "failed"
+
+
+FILTERS: dict[str, frozenset[Outcome]] = {
+    "all": frozenset(Outcome),
+    "running": frozenset({Outcome.RUNNING}),
+    "done": frozenset({Outcome.RIGHT, Outcome.WRONG, Outcome.DONE, Outcome.FAILED}),
+    "right": frozenset({Outcome.RIGHT}),
+    "wrong": frozenset({Outcome.WRONG, Outcome.FAILED}),
+}
+
+
+def outcome(problem: ProblemTree) -> Outcome:
+    if not problem.finished:
+        return Outcome.RUNNING
+    if problem.correct is True:
+        return Outcome.RIGHT
+    if problem.correct is False:
+        return Outcome.WRONG
+    return Outcome.FAILED if problem.error else Outcome.DONE
+
+
+def allowed_tokens(started: RunStarted) -> int | None:
+    """Completion tokens the whole run may spend, from its settings (None if unknown)."""
+    if not started.settings:
+        return None
+    from thinktree.agents.modes import ModeSettings, build_strategy
+
+    names = {f.name for f in dataclasses.fields(ModeSettings)}
+    knobs = {k: v for k, v in started.settings.items() if k in names}
+    knobs["mode"] = started.mode
+    try:
+        per_problem = build_strategy(ModeSettings(**knobs)).allowed_tokens()
+    except (ThinktreeError, TypeError, ValueError):
+        return None
+    return per_problem * started.problems
+
+
+@dataclass(slots=True)
+class Changes:
+    """What changed since the last :meth:`RunView.take_changes`."""
+
+    problems: set[str] = field(default_factory=set)  # trees with new nodes or labels
+    nodes: set[str] = field(default_factory=set)  # nodes whose text or status changed
+    problem_list: bool = False  # a problem appeared or finished
+    header: bool = False
+
+
+class RunView:
+    """The run as far as the events seen so far tell it."""
+
+    def __init__(self) -> None:
+        self.tree = RunTree()
+        self.started: RunStarted | None = None
+        self.finished: RunFinished | None = None
+        self.order: list[str] = []  # problem ids, in the order they started
+        self.outcomes: dict[Outcome, int] = dict.fromkeys(Outcome, 0)
+        self.completion_tokens = 0
+        self.prompt_tokens = 0
+        self.allowed_tokens: int | None = None
+        self.retries = 0
+        self.last_retry: CallRetried | None = None
+        self.elapsed = 0.0  # seconds since the run started, by the latest event
+        self.newest_node: str | None = None
+        self.events = 0
+        self.skipped = 0  # events that referred to nodes never started
+        self.error: str | None = None  # the source failed (a broken trace, say)
+        self._changes = Changes()
+
+    @property
+    def done(self) -> int:
+        return sum(n for o, n in self.outcomes.items() if o is not Outcome.RUNNING)
+
+    @property
+    def total(self) -> int:
+        return self.started.problems if self.started else len(self.order)
+
+    def take_changes(self) -> Changes:
+        changes, self._changes = self._changes, Changes()
+        return changes
+
+    def apply(self, event: Event) -> None:
+        """Fold one event in; events about unknown problems or nodes are counted, not fatal."""
+        self.events += 1
+        self.elapsed = max(self.elapsed, event.at)
+        changes = self._changes
+        changes.header = True
+        known = self.tree.problems
+        new_problem = isinstance(event, ProblemStarted) and event.problem_id not in known
+        first_finish = isinstance(event, ProblemFinished) and not (
+            event.problem_id in known and known[event.problem_id].finished
+        )
+        try:
+            self.tree.apply(event)
+            problem_id = self._problem_of(event)
+        except KeyError:
+            self.skipped += 1
+            return
+        if problem_id is not None:
+            changes.problems.add(problem_id)
+        match event:
+            case RunStarted():
+                self.started = event
+                self.allowed_tokens = allowed_tokens(event)
+            case RunFinished():
+                self.finished = event
+            case CallRetried():
+                self.retries += 1
+                self.last_retry = event
+            case ProblemStarted():
+                if new_problem:
+                    self.order.append(event.problem_id)
+                    self.outcomes[Outcome.RUNNING] += 1
+                self.newest_node = event.node_id
+                changes.nodes.add(event.node_id)
+                changes.problem_list = True
+            case NodeStarted():
+                self.newest_node = event.node_id
+                changes.nodes.add(event.node_id)
+            case NodeDelta() | NodeFailed():
+                changes.nodes.add(event.node_id)
+            case NodeFinished():
+                self.completion_tokens += event.completion_tokens
+                self.prompt_tokens += event.prompt_tokens
+                changes.nodes.add(event.node_id)
+            case VoteCast():
+                changes.nodes.add(event.node_id)
+                if event.winner_node:
+                    changes.nodes.add(event.winner_node)
+            case ProblemFinished():
+                problem = self.tree.problems[event.problem_id]
+                if first_finish:
+                    self.outcomes[Outcome.RUNNING] -= 1
+                    self.outcomes[outcome(problem)] += 1
+                changes.nodes.add(problem.root_id)
+                changes.problem_list = True
+
+    def _problem_of(self, event: Event) -> str | None:
+        match event:
+            case ProblemStarted() | NodeStarted() | VoteCast() | ProblemFinished():
+                return event.problem_id
+            case NodeDelta() | NodeFinished() | NodeFailed():
+                return self.tree.node(event.node_id).problem_id
+        return None
+
+    def problems_in(self, name: str) -> list[str]:
+        """Ids of the problems the filter ``name`` shows, in start order."""
+        wanted = FILTERS[name]
+        problems = self.tree.problems
+        return [pid for pid in self.order if outcome(problems[pid]) in wanted]

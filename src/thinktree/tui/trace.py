@@ -1,0 +1,199 @@
+"""Reading ``trace.jsonl``: events back from their JSON lines, also while still written."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+import types
+import typing
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from thinktree.orchestrator.events import (
+    CallRetried,
+    Event,
+    NodeDelta,
+    NodeFailed,
+    NodeFinished,
+    NodeStarted,
+    ProblemFinished,
+    ProblemStarted,
+    RunFinished,
+    RunStarted,
+    VoteCast,
+)
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.type: cls
+    for cls in (
+        RunStarted,
+        ProblemStarted,
+        NodeStarted,
+        NodeDelta,
+        NodeFinished,
+        NodeFailed,
+        CallRetried,
+        VoteCast,
+        ProblemFinished,
+        RunFinished,
+    )
+}
+TRACE_NAME = "trace.jsonl"
+_CHUNK = 1 << 20
+
+
+class TraceError(ValueError):
+    """A line of a trace that is not an event (and not merely still being written)."""
+
+
+class UnknownEventType(ValueError):
+    """An event type this version does not know (a newer writer); readers skip it."""
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _converter(hint: Any) -> Callable[[Any], Any]:
+    """How to restore a field from JSON: enums (also inside ``X | None``) by value."""
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        enum_type = hint
+        return lambda value: enum_type(value)
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        for arg in typing.get_args(hint):
+            if isinstance(arg, type) and issubclass(arg, enum.Enum):
+                optional = arg
+                return lambda value: None if value is None else optional(value)
+    return _identity
+
+
+_FIELDS: dict[type[Event], dict[str, Callable[[Any], Any]]] = {}
+
+
+def _fields(cls: type[Event]) -> dict[str, Callable[[Any], Any]]:
+    """Each init field of ``cls`` with how to restore it (worked out once per class)."""
+    found = _FIELDS.get(cls)
+    if found is None:
+        hints = typing.get_type_hints(cls)
+        found = {f.name: _converter(hints[f.name]) for f in dataclasses.fields(cls) if f.init}
+        _FIELDS[cls] = found
+    return found
+
+
+def event_from_dict(data: Mapping[str, Any]) -> Event:
+    """The event that ``to_dict`` wrote as ``data`` (keys it does not know are ignored)."""
+    kind = data.get("type")
+    cls = EVENT_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise UnknownEventType(f"unknown event type {kind!r}")
+    kwargs = {name: convert(data[name]) for name, convert in _fields(cls).items() if name in data}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        raise ValueError(f"bad {kind} event: {exc}") from None
+
+
+class TraceDecoder:
+    """Turns chunks of a growing trace file into events; keeps the unfinished last line."""
+
+    def __init__(self, name: str = TRACE_NAME) -> None:
+        self._name = name
+        self._partial = b""
+        self.line = 0
+        self.skipped = 0
+
+    def feed(self, chunk: bytes) -> list[Event]:
+        """Events of every line completed by ``chunk``."""
+        lines = (self._partial + chunk).split(b"\n")
+        self._partial = lines.pop()
+        events: list[Event] = []
+        for raw in lines:
+            self.line += 1
+            event = self._decode(raw)
+            if event is not None:
+                events.append(event)
+        return events
+
+    def finish(self) -> list[Event]:
+        """The last line if it is a whole event; a line still being written is dropped."""
+        raw, self._partial = self._partial, b""
+        try:
+            event = self._decode(raw, line=self.line + 1)
+        except TraceError:
+            return []
+        return [] if event is None else [event]
+
+    def _decode(self, raw: bytes, line: int | None = None) -> Event | None:
+        if not raw.strip():
+            return None
+        where = f"{self._name}:{line or self.line}"
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            raise TraceError(f"{where}: not a JSON event") from None
+        if not isinstance(data, dict):
+            raise TraceError(f"{where}: not a JSON object")
+        try:
+            return event_from_dict(data)
+        except UnknownEventType:
+            self.skipped += 1
+            return None
+        except ValueError as exc:
+            raise TraceError(f"{where}: {exc}") from None
+
+
+def read_trace(path: Path) -> Iterator[Event]:
+    """Every event in ``path``, in order, tolerating a last line still being written.
+
+    Raises :class:`TraceError` for a complete line that is not an event; events of a
+    type this version does not know are skipped.
+    """
+    decoder = TraceDecoder(str(path))
+    with path.open("rb") as file:
+        while chunk := file.read(_CHUNK):
+            yield from decoder.feed(chunk)
+    yield from decoder.finish()
+
+
+def resolve_trace(path: Path) -> Path:
+    """The trace file ``path`` names: a trace, a run folder, or a folder of runs.
+
+    A run still going lives in a hidden ``.NAME.*.partial`` folder beside its final
+    name, so ``runs/ID`` finds it while it is written; a folder of runs gives its
+    newest run (finished or not).
+    """
+    if path.is_file():
+        return path
+    if (path / TRACE_NAME).is_file():
+        return path / TRACE_NAME
+    candidates: list[Path] = []
+    if path.is_dir():
+        candidates = [p / TRACE_NAME for p in path.iterdir() if (p / TRACE_NAME).is_file()]
+    if not candidates and path.parent.is_dir():
+        candidates = [
+            p / TRACE_NAME
+            for p in path.parent.glob(f".{path.name}.*.partial")
+            if (p / TRACE_NAME).is_file()
+        ]
+    if not candidates:
+        raise FileNotFoundError(f"no {TRACE_NAME} at {path}")
+    return max(candidates, key=lambda p: p.stat().st_mtime)
+
+
+def trace_finished(path: Path) -> bool:
+    """Whether the trace's last complete line is the run's end (its writer is done)."""
+    with path.open("rb") as file:
+        size = file.seek(0, 2)
+        file.seek(max(size - 65536, 0))
+        tail = file.read()
+    for raw in reversed(tail.split(b"\n")):
+        if not raw.strip():
+            continue
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            return False
+        return isinstance(data, dict) and data.get("type") == RunFinished.type
+    return False

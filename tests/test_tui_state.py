@@ -1,0 +1,120 @@
+"""The view's state: counters, filters and change tracking, without any widget."""
+
+from __future__ import annotations
+
+from thinktree.orchestrator.events import NodeDelta, NodeFinished, ProblemFinished, RunStarted
+from thinktree.tui.render import header, node_label, problem_row, subtree_tokens, winner_path
+from thinktree.tui.state import Outcome, RunView, allowed_tokens, outcome
+from thinktree.tui.synthetic import synthetic_run
+
+
+def view_of(problems: int, branches: int, running: int = 0) -> RunView:
+    view = RunView()
+    for event in synthetic_run(problems, branches, running=running):
+        view.apply(event)
+    return view
+
+
+def test_counters_follow_the_events() -> None:
+    view = view_of(10, 3, running=2)
+    assert view.total == 10
+    assert view.done == 8
+    assert view.outcomes[Outcome.RUNNING] == 2
+    assert sum(view.outcomes.values()) == 10
+    assert view.retries == 1
+    assert view.last_retry is not None and view.last_retry.reason == "rate limited"
+    assert view.completion_tokens == sum(p.completion_tokens() for p in view.tree.problems.values())
+    assert view.finished is None
+    assert view.elapsed > 0
+    assert view.skipped == 0
+
+
+def test_filters_partition_the_problems() -> None:
+    view = view_of(12, 3, running=2)
+    everything = view.problems_in("all")
+    assert everything == view.order and len(everything) == 12
+    done, running = view.problems_in("done"), view.problems_in("running")
+    assert sorted(done + running) == sorted(everything)
+    right, wrong = view.problems_in("right"), view.problems_in("wrong")
+    assert right and wrong
+    assert not set(right) & set(wrong)
+    problems = view.tree.problems
+    assert all(problems[p].correct is True for p in right)
+    assert all(outcome(problems[p]) in (Outcome.WRONG, Outcome.FAILED) for p in wrong)
+
+
+def test_allowed_tokens_come_from_the_engines_own_strategy() -> None:
+    started = RunStarted(
+        run_id="r",
+        mode="parallel",
+        endpoint="e",
+        model="m",
+        problems=10,
+        settings={"mode": "parallel", "n": 4, "budget": 100, "answer_tokens": 20, "seed": 0},
+    )
+    assert allowed_tokens(started) == 10 * 4 * 120
+    assert (
+        allowed_tokens(RunStarted(run_id="r", mode="budget", endpoint="e", model="m", problems=1))
+        is None
+    )
+    bad = RunStarted(
+        run_id="r", mode="budget", endpoint="e", model="m", problems=1, settings={"budget": -5}
+    )
+    assert allowed_tokens(bad) is None
+
+
+def test_changes_say_what_to_redraw_and_reset() -> None:
+    view = view_of(2, 2)
+    changes = view.take_changes()
+    assert changes.problem_list and changes.header
+    assert changes.problems == {"p1", "p2"}
+    assert view.take_changes().problems == set()
+    view.apply(NodeDelta(node_id="p1/b1/think", text="more"))
+    changes = view.take_changes()
+    assert changes.problems == {"p1"} and changes.nodes == {"p1/b1/think"}
+    assert not changes.problem_list
+
+
+def test_unknown_nodes_and_repeated_finishes_do_not_break_the_counts() -> None:
+    view = view_of(3, 2)
+    before = dict(view.outcomes)
+    view.apply(NodeDelta(node_id="nowhere", text="x"))
+    view.apply(
+        NodeFinished(
+            node_id="nowhere", text="", finish_reason=None, prompt_tokens=0, completion_tokens=5
+        )
+    )
+    view.apply(ProblemFinished(problem_id="p1", answer="1", correct=True, covered=True))
+    view.apply(ProblemFinished(problem_id="ghost", answer="1", correct=True, covered=True))
+    assert view.skipped == 3
+    assert sum(view.outcomes.values()) == sum(before.values())
+
+
+def test_labels_show_status_tokens_answers_and_the_winner() -> None:
+    view = view_of(3, 3)
+    problem = view.tree.problems["p1"]
+    assert problem.vote is not None and problem.vote.winner_node
+    winners = winner_path(problem)
+    assert problem.vote.winner_node in winners and "p1" in winners
+    tokens = subtree_tokens(problem)
+    assert tokens["p1"] == problem.completion_tokens()
+    winner = problem.nodes[problem.vote.winner_node]
+    label = node_label(problem, winner, tokens[winner.id], winners)
+    assert label.plain.startswith("✓ ★ ")
+    assert f"→ {winner.answer}" in label.plain
+    root = node_label(problem, problem.root, tokens["p1"], winners)
+    assert "What is" in root.plain and f"→ {problem.answer}" in root.plain
+    assert problem_row(problem).plain.startswith(("✓ p1", "✗ p1"))
+    top = header(view, elapsed=75.0, source="replay").plain
+    assert "run 20250101-000000-synth" in top and "problems 3/3" in top
+    assert "1:15" in top and "retries 1" in top and "run completed" in top
+
+
+def test_a_pending_retry_shows_its_wait() -> None:
+    view = RunView()
+    for event in synthetic_run(3, 1, running=2):
+        view.apply(event)
+    retry = view.last_retry
+    assert retry is not None
+    assert "waiting 12 s: rate limited" in header(view, elapsed=retry.at, source="live").plain
+    assert "waiting" not in header(view, elapsed=retry.at + 13, source="live").plain
