@@ -125,45 +125,55 @@ def winner_path(problem: ProblemTree) -> set[str]:
 
 
 def node_label(problem: ProblemTree, node: Node, tokens: int, winners: set[str]) -> Text:
-    """A tree line: status mark, label, tokens, the extracted answer, the vote's pick."""
+    """A tree line: status mark, label, the extracted answer, tokens, the vote's pick."""
     mark, style = STATUS_MARKS[node.status]
     text = Text(no_wrap=True, overflow="ellipsis")
     text.append(mark, style=style)
     text.append(" ")
     if node.kind is NodeKind.PROBLEM:
-        text.append(one_line(problem.problem_id, 40), style="bold")
-        text.append(f"  {one_line(problem.question, 40)}", style="italic")
+        return _problem_label(text, problem, tokens)
+    if node.id in winners:
+        text.append("★ ", style="bold green")
+    label = one_line(node.label, 40)
+    if problem.vote is not None and problem.vote.winner_node == node.id:
+        text.append(f" {label} ", style=WINNER_STYLE)
     else:
-        if node.id in winners:
-            text.append("★ ", style="bold green")
-        label = one_line(node.label, 40)
-        if problem.vote is not None and problem.vote.winner_node == node.id:
-            text.append(f" {label} ", style=WINNER_STYLE)
-        else:
-            text.append(label, style="bold" if node.kind is NodeKind.BRANCH else "")
-    leaf = not node.children and node.kind is not NodeKind.PROBLEM
-    if leaf and node.status is NodeStatus.RUNNING:
+        text.append(label, style="bold" if node.kind is NodeKind.BRANCH else "")
+    if node.answer is not None:
+        text.append(f"  → {one_line(node.answer, 30)}")
+    if node.children:
+        if tokens:
+            text.append(f"  {tokens:,} tok", style="dim")
+    elif node.status is NodeStatus.RUNNING:
         if node.text:
             text.append(f"  streaming {len(node.text):,} chars", style="dim")
-    elif leaf and node.max_tokens:
+    elif node.max_tokens:
         text.append(f"  {tokens:,}/{node.max_tokens:,} tok", style="dim")
     elif tokens:
         text.append(f"  {tokens:,} tok", style="dim")
     if node.finish_reason == "length":
         text.append("  capped", style="yellow")
-    if node.kind is NodeKind.PROBLEM and problem.finished:
+    if node.error:
+        text.append(f"  {one_line(node.error, 60)}", style="red")
+    return text
+
+
+def _problem_label(text: Text, problem: ProblemTree, tokens: int) -> Text:
+    text.append(one_line(problem.problem_id, 40), style="bold")
+    if problem.finished:
         text.append(f"  → {one_line(problem.answer or '—', 30)}", style="bold")
         if problem.correct is not None:
             mark, style = OUTCOME_MARKS[outcome(problem)]
             text.append(f" {mark}", style=style)
-        vote = problem.vote
-        if vote is not None and vote.answer is not None and vote.counts:
-            votes = vote.counts.get(vote.answer, 0)
-            text.append(f"  ({one_line(vote.rule, 20)} {votes}/{sum(vote.counts.values())})")
-    elif node.answer is not None:
-        text.append(f"  → {one_line(node.answer, 30)}")
-    if node.error:
-        text.append(f"  {one_line(node.error, 60)}", style="red")
+    if tokens:
+        text.append(f"  {tokens:,} tok", style="dim")
+    vote = problem.vote
+    if vote is not None and vote.answer is not None and vote.counts:
+        votes = vote.counts.get(vote.answer, 0)
+        text.append(f"  {one_line(vote.rule, 20)} {votes}/{sum(vote.counts.values())}")
+    if problem.error:
+        text.append(f"  {one_line(problem.error, 60)}", style="red")
+    text.append(f"  {one_line(problem.question, 60)}", style="italic")
     return text
 
 
@@ -187,7 +197,12 @@ def node_detail(problem: ProblemTree, node: Node) -> tuple[Text, Text]:
         return meta, literal_body(problem.question)
     tokens = subtree_tokens(problem)[node.id]
     cap = f" / {node.max_tokens:,}" if node.max_tokens else ""
-    _field(meta, "tokens", f"{tokens:,}{cap}")
+    if node.status is NodeStatus.RUNNING and not node.children:
+        _field(meta, "streamed", f"{len(node.text):,} chars")
+        if node.max_tokens:
+            _field(meta, "cap", f"{node.max_tokens:,} tok")
+    else:
+        _field(meta, "tokens", f"{tokens:,}{cap}")
     if node.prompt_tokens:
         _field(meta, "prompt", f"{node.prompt_tokens:,}")
     if node.finish_reason:
@@ -230,6 +245,7 @@ def _problem_meta(meta: Text, problem: ProblemTree) -> Text:
         )
         _field(meta, "vote", f"{one_line(vote.rule, 20)}: {counts or '—'}")
         if vote.winner_node:
+            meta.append("\n")
             _field(meta, "winner", one_line(vote.winner_node, 60), "bold green")
     if problem.error:
         meta.append("\nerror ", style="bold red")

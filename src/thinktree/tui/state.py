@@ -82,8 +82,11 @@ class Changes:
 class RunView:
     """The run as far as the events seen so far tell it."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, work_out_budget: bool = True) -> None:
+        """``work_out_budget=False`` leaves :attr:`allowed_tokens` to the caller (working
+        it out imports the engine's strategies, which is slow the first time)."""
         self.tree = RunTree()
+        self._work_out_budget = work_out_budget
         self.started: RunStarted | None = None
         self.finished: RunFinished | None = None
         self.order: list[str] = []  # problem ids, in the order they started
@@ -134,7 +137,8 @@ class RunView:
         match event:
             case RunStarted():
                 self.started = event
-                self.allowed_tokens = allowed_tokens(event)
+                if self._work_out_budget:
+                    self.allowed_tokens = allowed_tokens(event)
             case RunFinished():
                 self.finished = event
             case CallRetried():

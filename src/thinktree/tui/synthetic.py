@@ -62,8 +62,9 @@ def synthetic_run(
     """Events of a parallel run of ``problems`` sums × ``branches`` samples.
 
     Some branches get a "wait" extension or a forced answer; every fifth problem has no
-    gold; every seventh (from the fourth) loses its last branch to a failed call. The last ``running`` problems are left mid-way (and the run unfinished).
-    ``texts`` replaces the generated text of the given node ids.
+    gold; every seventh (from the fourth) loses its last branch to a failed call; every
+    fourth (from the third) is answered wrong. The last ``running`` problems are left
+    mid-way (and the run unfinished). ``texts`` replaces the text of the given node ids.
     """
     rng = random.Random(seed)
     clock = _Clock(random.Random(seed + 1))

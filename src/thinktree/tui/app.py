@@ -1,0 +1,378 @@
+"""The live view of a run: a projection of its events. It never calls a model.
+
+Events are applied to a :class:`~thinktree.tui.state.RunView` as fast as they come (a
+worker drains the source); the widgets are redrawn on a timer from what changed, so a
+burst of tokens costs one redraw, not one per token.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, ClassVar
+
+from anyio.streams.memory import MemoryObjectReceiveStream
+from rich.text import Text
+from textual import work
+from textual.app import App, ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal
+from textual.widgets import Footer, Tree
+
+from thinktree.orchestrator.events import Event, NodeStatus, RunStarted
+from thinktree.orchestrator.tree import ProblemTree
+from thinktree.tui import render
+from thinktree.tui.messages import ProblemHighlighted, ProblemOpened, UserNavigated
+from thinktree.tui.sanitize import one_line
+from thinktree.tui.sources import FollowSource, LiveSource, ReplaySource, Source, source_for
+from thinktree.tui.state import FILTERS, RunView, allowed_tokens
+from thinktree.tui.trace import TraceError
+from thinktree.tui.widgets import DetailPane, ProblemList, ProblemTreeView, RunHeader
+
+_FILTER_KEYS = dict(zip("12345", FILTERS, strict=True))
+_FILTER_GROUP = Binding.Group("filter", compact=True)
+
+
+class ThinktreeApp(App[None]):
+    """Header, problem list, the selected problem's tree, the selected node's text."""
+
+    TITLE = "thinktree"
+    CSS = """
+    #body {
+        height: 1fr;
+    }
+    #body > * {
+        border: round $foreground 30%;
+        border-title-color: $foreground 70%;
+        height: 1fr;
+    }
+    #body > *:focus {
+        border: round $accent;
+        border-title-color: $accent;
+    }
+    #problems {
+        width: 26;
+    }
+    #tree {
+        width: 1fr;
+        overflow-x: hidden;
+    }
+    #detail {
+        width: 1fr;
+        padding: 0 1;
+    }
+    """
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("q", "quit", "Quit"),
+        Binding("f", "follow", "Follow"),
+        Binding("e", "expand", "Expand"),
+        Binding("c", "collapse", "Collapse"),
+        *(
+            Binding(key, f"filter('{name}')", name, group=_FILTER_GROUP)
+            for key, name in _FILTER_KEYS.items()
+        ),
+        Binding("space", "pause", "Pause", priority=True),
+        Binding("plus,equals_sign", "faster", "Faster", key_display="+"),
+        Binding("minus", "slower", "Slower", key_display="-"),
+    ]
+
+    def __init__(
+        self,
+        source: Source | MemoryObjectReceiveStream[Event],
+        *,
+        refresh_hz: float = 15.0,
+    ) -> None:
+        super().__init__()
+        self.source: Source = (
+            LiveSource(source) if isinstance(source, MemoryObjectReceiveStream) else source
+        )
+        self.view = RunView(work_out_budget=False)
+        self.filter = "all"
+        self.follow = False
+        self.selected_problem: str | None = None
+        self.detail_node: str | None = None
+        self.engine_error: BaseException | None = None
+        self.engine_running = False
+        self.source_done = asyncio.Event()
+        self._refresh_hz = refresh_hz
+        self._followed: str | None = None
+        self._last_event_wall = time.monotonic()
+        self._rows_stale = True
+        self._budget_asked = False
+
+    # ── layout ──────────────────────────────────────────────────────────────────
+
+    def compose(self) -> ComposeResult:
+        yield RunHeader(id="header")
+        with Horizontal(id="body"):
+            yield ProblemList(self._problem_row, id="problems")
+            yield ProblemTreeView(id="tree")
+            yield DetailPane(id="detail")
+        yield Footer()
+
+    @property
+    def problem_list(self) -> ProblemList:
+        return self.query_one(ProblemList)
+
+    @property
+    def problem_tree(self) -> ProblemTreeView:
+        return self.query_one(ProblemTreeView)
+
+    @property
+    def detail(self) -> DetailPane:
+        return self.query_one(DetailPane)
+
+    @property
+    def header(self) -> RunHeader:
+        return self.query_one(RunHeader)
+
+    def on_mount(self) -> None:
+        self.problem_list.border_title = "problems"
+        self.problem_tree.border_title = "tree"
+        self.detail.border_title = "node"
+        self.problem_list.focus()
+        self._pump()
+        source = self.source
+        if isinstance(source, LiveSource) and source.engine is not None:
+            self.engine_running = True
+            self.run_worker(self._run_engine(source.engine), name="engine", group="engine")
+        self.set_interval(1 / self._refresh_hz, self.refresh_view, name="redraw")
+        self.refresh_view()
+
+    # ── events in ───────────────────────────────────────────────────────────────
+
+    @work(group="pump")
+    async def _pump(self) -> None:
+        """Apply every event the source gives; drawing is left to the timer."""
+        apply = self.view.apply
+        try:
+            async for batch in self.source.batches():
+                for event in batch:
+                    apply(event)
+                self._last_event_wall = time.monotonic()
+        except (TraceError, OSError) as exc:
+            self.view.error = str(exc)
+        finally:
+            self.source_done.set()
+
+    @work(thread=True, group="budget")
+    def _work_out_budget(self, started: RunStarted) -> None:
+        """The run's token allowance, off the event loop (the first import is slow)."""
+        tokens = allowed_tokens(started)
+        self.call_from_thread(self._set_budget, tokens)
+
+    def _set_budget(self, tokens: int | None) -> None:
+        self.view.allowed_tokens = tokens
+        self.refresh_view()
+
+    async def _run_engine(self, engine: Callable[[], Awaitable[Any]]) -> None:
+        """The run itself, as a worker: its error is kept for the caller, not raised here."""
+        try:
+            await engine()
+        except Exception as exc:
+            self.engine_error = exc
+            if self.view.started is None:
+                self.exit()
+                return
+            message = one_line(str(exc) or type(exc).__name__, 200)
+            self.view.error = f"run failed: {message}"
+            self.notify(message, title="the run failed", severity="error", timeout=30)
+        finally:
+            self.engine_running = False
+
+    # ── drawing ─────────────────────────────────────────────────────────────────
+
+    def _problem_row(self, problem_id: str) -> Text:
+        return render.problem_row(self.view.tree.problems[problem_id])
+
+    def elapsed(self) -> float:
+        """Seconds of the run shown: from event times, ticking between events when live."""
+        view = self.view
+        source = self.source
+        if isinstance(source, ReplaySource):
+            return view.elapsed if source.speed == math.inf else max(view.elapsed, source.clock)
+        if view.started is None or view.finished is not None or self.source_done.is_set():
+            return view.elapsed
+        return view.elapsed + time.monotonic() - self._last_event_wall
+
+    def source_status(self) -> str:
+        status = self.source.status
+        if self.engine_running:
+            status = "live run"
+        return f"{status} · following newest" if self.follow else status
+
+    def refresh_view(self) -> None:
+        """Bring every widget up to date with what changed since the last call."""
+        view = self.view
+        changes = view.take_changes()
+        if view.started is not None and not self._budget_asked:
+            self._budget_asked = True
+            self._work_out_budget(view.started)
+        if changes.problem_list or self._rows_stale:
+            self._rows_stale = False
+            self._set_rows()
+        if self.follow:
+            self._follow_newest()
+        if self.selected_problem is None and self.problem_list.highlighted is not None:
+            self._select_problem(self.problem_list.highlighted)
+        problem = self._problem()
+        if problem is not None and problem.problem_id in changes.problems:
+            self.problem_tree.sync(problem)
+            self._show_detail()
+        self.header.show(render.header(view, elapsed=self.elapsed(), source=self.source_status()))
+
+    def _set_rows(self) -> None:
+        rows = self.view.problems_in(self.filter)
+        self.problem_list.set_rows(rows)
+        self.problem_list.border_title = f"problems · {self.filter} {len(rows)}"
+
+    def _problem(self) -> ProblemTree | None:
+        if self.selected_problem is None:
+            return None
+        return self.view.tree.problems.get(self.selected_problem)
+
+    def _select_problem(self, problem_id: str | None, node_id: str | None = None) -> None:
+        self.selected_problem = problem_id
+        problem = self._problem()
+        self.problem_tree.show(problem)
+        self.problem_tree.border_title = one_line(problem_id or "tree", 40)
+        if problem is None:
+            self.detail_node = None
+        else:
+            self.detail_node = node_id or problem.root_id
+            self.problem_tree.focus_node(self.detail_node)
+        self._show_detail()
+
+    def _show_detail(self) -> None:
+        problem = self._problem()
+        node = None
+        if problem is not None and self.detail_node is not None:
+            node = problem.nodes.get(self.detail_node)
+        if problem is None or node is None:
+            self.detail.border_title = "node"
+            self.detail.show(None, Text("select a node", style="dim"), Text(""))
+            return
+        meta, body = render.node_detail(problem, node)
+        self.detail.border_title = one_line(node.label, 40)
+        self.detail.show(node.id, meta, body, streaming=node.status is NodeStatus.RUNNING)
+
+    def _follow_newest(self) -> None:
+        node_id = self.view.newest_node
+        if node_id is None or node_id == self._followed:
+            return
+        self._followed = node_id
+        try:
+            problem_id = self.view.tree.node(node_id).problem_id
+        except KeyError:
+            return
+        if problem_id not in self.problem_list.rows:
+            self.filter = "all"
+            self._set_rows()
+        self.problem_list.select(problem_id)
+        if problem_id != self.selected_problem:
+            self._select_problem(problem_id, node_id)
+            return
+        problem = self._problem()
+        if problem is not None:
+            self.problem_tree.sync(problem)
+        self.detail_node = node_id
+        self.problem_tree.focus_node(node_id)
+        self._show_detail()
+
+    # ── messages from the widgets ───────────────────────────────────────────────
+
+    def on_problem_highlighted(self, message: ProblemHighlighted) -> None:
+        self.follow = False
+        if message.problem_id != self.selected_problem:
+            self._select_problem(message.problem_id)
+
+    def on_problem_opened(self, message: ProblemOpened) -> None:
+        if message.problem_id != self.selected_problem:
+            self._select_problem(message.problem_id)
+        self.problem_tree.focus()
+
+    def on_tree_node_highlighted(self, message: Tree.NodeHighlighted[str]) -> None:
+        node_id = message.node.data
+        if node_id is not None and node_id != self.detail_node:
+            self.detail_node = node_id
+            self._show_detail()
+
+    def on_tree_node_selected(self, message: Tree.NodeSelected[str]) -> None:
+        node_id = message.node.data
+        if node_id is not None:
+            self.detail_node = node_id
+            self._show_detail()
+            self.detail.focus()
+
+    def on_user_navigated(self, message: UserNavigated) -> None:
+        if message.widget == "detail-back":
+            self.problem_tree.focus()
+        else:
+            self.follow = False
+
+    # ── actions ─────────────────────────────────────────────────────────────────
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in ("pause", "faster", "slower"):
+            return isinstance(self.source, ReplaySource)
+        return True
+
+    def action_follow(self) -> None:
+        """Toggle following the newest node (its problem, its tree line, its text)."""
+        self.follow = not self.follow
+        self._followed = None
+        if self.follow:
+            self._follow_newest()
+        self.refresh_view()
+
+    def action_expand(self) -> None:
+        """Expand the node under the cursor and everything below it."""
+        (self.problem_tree.cursor_node or self.problem_tree.root).expand_all()
+
+    def action_collapse(self) -> None:
+        """Collapse everything below the node under the cursor (the root stays open)."""
+        node = self.problem_tree.cursor_node or self.problem_tree.root
+        if node.is_root:
+            for child in node.children:
+                child.collapse_all()
+        else:
+            node.collapse_all()
+
+    def action_filter(self, name: str) -> None:
+        """Show only the problems that are running / done / right / wrong (or all)."""
+        self.filter = name
+        self._set_rows()
+        highlighted = self.problem_list.highlighted
+        if highlighted != self.selected_problem:
+            self._select_problem(highlighted)
+        self.refresh_view()
+
+    def action_pause(self) -> None:
+        if isinstance(self.source, ReplaySource):
+            self.source.toggle_pause()
+            self.refresh_view()
+
+    def action_faster(self) -> None:
+        if isinstance(self.source, ReplaySource):
+            self.source.faster()
+            self.refresh_view()
+
+    def action_slower(self) -> None:
+        if isinstance(self.source, ReplaySource):
+            self.source.slower()
+            self.refresh_view()
+
+
+def watch_path(path: Path, *, speed: float | None = None) -> None:
+    """``thinktree watch PATH``: follow a run still being written, or browse a finished one
+    (replayed at ``speed`` × real time when given, else shown at once).
+
+    Raises FileNotFoundError when there is no trace at ``path``, ValueError for a bad speed.
+    """
+    ThinktreeApp(source_for(path, speed=speed)).run()
+
+
+__all__ = ["FollowSource", "LiveSource", "ReplaySource", "ThinktreeApp", "watch_path"]

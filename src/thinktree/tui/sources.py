@@ -1,0 +1,153 @@
+"""Where the view's events come from: a live run, a recorded trace, or a trace growing.
+
+Each source yields batches of events; the app applies a batch to its state and draws
+on a timer, so neither the source nor the app ever waits on the other's pace.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from thinktree.orchestrator.events import Event, RunFinished
+from thinktree.tui.trace import TraceDecoder, read_trace, resolve_trace, trace_finished
+
+BATCH = 2000  # events applied between two chances for the screen to draw
+SPEEDS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, math.inf)
+_TICK = 0.05  # seconds a replay sleeps at most before it looks at speed and pause again
+
+
+class LiveSource:
+    """Events of a run in this process, from a :class:`~thinktree.tui.subscriber.TuiSubscriber`.
+
+    ``engine``, when given, is started by the app as a worker: the run itself.
+    """
+
+    def __init__(
+        self,
+        receive: MemoryObjectReceiveStream[Event],
+        engine: Callable[[], Awaitable[Any]] | None = None,
+    ) -> None:
+        self.receive = receive
+        self.engine = engine
+
+    @property
+    def status(self) -> str:
+        return "live"
+
+    async def batches(self) -> AsyncIterator[list[Event]]:
+        async with self.receive:
+            while True:
+                try:
+                    batch = [await self.receive.receive()]
+                except anyio.EndOfStream:
+                    return
+                while len(batch) < BATCH:
+                    try:
+                        batch.append(self.receive.receive_nowait())
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                yield batch
+
+
+class ReplaySource:
+    """A recorded trace played back at ``speed`` × real time (``inf``: all at once)."""
+
+    def __init__(self, path: Path, *, speed: float = math.inf) -> None:
+        if not speed > 0:
+            raise ValueError(f"replay speed must be positive, not {speed}")
+        self.path = path
+        self.speed = speed
+        self.paused = False
+        self.clock = 0.0  # the replay's position, in seconds of the recorded run
+
+    @property
+    def status(self) -> str:
+        if self.paused:
+            return "replay paused"
+        return "replay" if self.speed == math.inf else f"replay {self.speed:g}×"
+
+    def faster(self) -> None:
+        self.speed = next((s for s in SPEEDS if s > self.speed), SPEEDS[-1])
+
+    def slower(self) -> None:
+        self.speed = next((s for s in reversed(SPEEDS) if s < self.speed), SPEEDS[0])
+
+    def toggle_pause(self) -> None:
+        self.paused = not self.paused
+
+    async def batches(self) -> AsyncIterator[list[Event]]:
+        events = await anyio.to_thread.run_sync(lambda: list(read_trace(self.path)))
+        i = 0
+        self.clock = events[0].at if events else 0.0
+        while i < len(events):
+            if self.paused:
+                await anyio.sleep(_TICK)
+                continue
+            if self.speed == math.inf:
+                due = min(i + BATCH, len(events))
+                self.clock = max(self.clock, events[due - 1].at)
+            else:
+                due = i
+                while due < len(events) and due - i < BATCH and events[due].at <= self.clock:
+                    due += 1
+            if due > i:
+                batch, i = events[i:due], due
+                yield batch
+                await anyio.lowlevel.checkpoint()
+                continue
+            step = min((events[i].at - self.clock) / self.speed, _TICK)
+            await anyio.sleep(step)
+            self.clock += step * self.speed
+
+
+class FollowSource:
+    """A trace still being written (``thinktree run`` in another terminal), polled."""
+
+    def __init__(self, path: Path, *, poll_s: float = 0.25) -> None:
+        self.path = path
+        self.poll_s = poll_s
+        self.state = "following"
+
+    @property
+    def status(self) -> str:
+        return self.state
+
+    async def batches(self) -> AsyncIterator[list[Event]]:
+        decoder = TraceDecoder(str(self.path))
+        async with await anyio.open_file(self.path, "rb") as file:
+            while True:
+                chunk = await file.read(1 << 20)
+                if chunk:
+                    events = decoder.feed(chunk)
+                    for start in range(0, len(events), BATCH):
+                        yield events[start : start + BATCH]
+                    if any(isinstance(e, RunFinished) for e in events):
+                        self.state = "finished"
+                        return
+                    continue
+                if os.fstat(file.wrapped.fileno()).st_nlink == 0:
+                    self.state = "trace removed (run failed or cancelled)"
+                    return
+                await anyio.sleep(self.poll_s)
+
+
+Source = LiveSource | ReplaySource | FollowSource
+
+
+def source_for(path: Path, *, speed: float | None = None) -> ReplaySource | FollowSource:
+    """The source for ``thinktree watch PATH``: follow a run still going, else replay.
+
+    A finished run is shown at once unless ``speed`` asks for a replay in time.
+    """
+    trace = resolve_trace(path)
+    if not trace_finished(trace):
+        return FollowSource(trace)
+    return ReplaySource(trace, speed=math.inf if speed is None else speed)

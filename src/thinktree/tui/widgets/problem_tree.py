@@ -1,0 +1,124 @@
+"""The selected problem's tree: problem → branch → step / generation / … → forced answer.
+
+Only the selected problem is built. On each redraw the tree is brought up to date by
+adding the nodes that started since and relabelling the ones whose label changed.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from rich.text import Text
+from textual import events
+from textual.binding import Binding, BindingType
+from textual.widgets import Tree
+from textual.widgets.tree import TreeNode
+
+from thinktree.orchestrator.tree import ProblemTree
+from thinktree.tui.messages import UserNavigated
+from thinktree.tui.render import node_label, subtree_tokens, winner_path
+
+EMPTY = Text("no problem selected", style="dim")
+
+
+class ProblemTreeView(Tree[str]):
+    """A Textual Tree whose nodes carry the run's node ids as data."""
+
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("j", "cursor_down", "Down", show=False),
+        Binding("k", "cursor_up", "Up", show=False),
+        Binding("enter", "select_cursor", "Open", show=True),
+    ]
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(EMPTY, id=id)
+        self.auto_expand = False
+        self.problem_id: str | None = None
+        self._items: dict[str, TreeNode[str]] = {}
+        self._labels: dict[str, Text] = {}
+
+    def item(self, node_id: str) -> TreeNode[str] | None:
+        return self._items.get(node_id)
+
+    def show(self, problem: ProblemTree | None) -> None:
+        """Rebuild for ``problem`` (None: empty)."""
+        self._items.clear()
+        self._labels.clear()
+        if problem is None:
+            self.problem_id = None
+            self.reset(EMPTY)
+            return
+        self.problem_id = problem.problem_id
+        self.reset(Text(""), data=problem.root_id)
+        self._items[problem.root_id] = self.root
+        self.sync(problem)
+        self.root.expand()
+
+    def sync(self, problem: ProblemTree) -> None:
+        """Add nodes that started since the last sync and relabel the changed ones."""
+        if problem.problem_id != self.problem_id:
+            self.show(problem)
+            return
+        tokens = subtree_tokens(problem)
+        winners = winner_path(problem)
+        for node in problem.walk():
+            item = self._items.get(node.id)
+            if item is None:
+                parent = self._items.get(node.parent_id or "")
+                if parent is None:
+                    continue
+                parent.allow_expand = True
+                item = parent.add(Text(""), data=node.id, expand=True, allow_expand=False)
+                self._items[node.id] = item
+            if node.children and not item.allow_expand:
+                item.allow_expand = True
+            label = node_label(problem, node, tokens[node.id], winners)
+            if self._labels.get(node.id) != label:
+                self._labels[node.id] = label
+                item.set_label(label)
+
+    def focus_node(self, node_id: str) -> None:
+        """Move the cursor to ``node_id`` (opening its ancestors) without user input."""
+        item = self._items.get(node_id)
+        if item is None:
+            return
+        parent = item.parent
+        while parent is not None:
+            parent.expand()
+            parent = parent.parent
+        _ = self.last_line  # lay the lines out now, so the node knows its line
+        self.move_cursor(item, animate=False)
+
+    def _user(self) -> None:
+        self.post_message(UserNavigated("tree"))
+
+    def action_cursor_up(self) -> None:
+        super().action_cursor_up()
+        self._user()
+
+    def action_cursor_down(self) -> None:
+        super().action_cursor_down()
+        self._user()
+
+    def action_page_up(self) -> None:
+        super().action_page_up()
+        self._user()
+
+    def action_page_down(self) -> None:
+        super().action_page_down()
+        self._user()
+
+    def action_scroll_home(self) -> None:
+        super().action_scroll_home()
+        self._user()
+
+    def action_scroll_end(self) -> None:
+        super().action_scroll_end()
+        self._user()
+
+    def action_cursor_parent(self) -> None:
+        super().action_cursor_parent()
+        self._user()
+
+    def on_click(self, event: events.Click) -> None:
+        self._user()

@@ -1,0 +1,304 @@
+"""Pilot tests of the live view over synthetic runs: navigation, follow, filters, text."""
+
+from __future__ import annotations
+
+import html
+import re
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+from anyio.streams.memory import MemoryObjectSendStream
+from textual.pilot import Pilot
+
+from thinktree.orchestrator.events import Event, NodeDelta, NodeStarted, NodeStatus
+from thinktree.tui.app import ThinktreeApp
+from thinktree.tui.sources import FollowSource, LiveSource, ReplaySource
+from thinktree.tui.synthetic import synthetic_run, write_trace
+
+pytestmark = pytest.mark.anyio
+SIZE = (120, 40)
+NASTY = "[bold red]not bold[/] \x1b[2J\x1b]0;pwned\x07 :smile: [link=http://x]y[/link]"
+
+
+def replay(tmp_path: Path, *args: int, **kwargs: object) -> ThinktreeApp:
+    trace = write_trace(synthetic_run(*args, **kwargs), tmp_path / "trace.jsonl")  # type: ignore[arg-type]
+    return ThinktreeApp(ReplaySource(trace), refresh_hz=0.001)
+
+
+async def settle(app: ThinktreeApp, pilot: Pilot[None], events: int | None = None) -> None:
+    """Wait until the pump has applied the events, then draw once (the timer is off)."""
+    if events is None:
+        await app.source_done.wait()
+    else:
+        with anyio.fail_after(10):
+            while app.view.events < events:
+                await pilot.pause(0.01)
+    app.refresh_view()
+    await pilot.pause()
+
+
+async def test_problem_list_selects_and_the_tree_follows(tmp_path: Path) -> None:
+    app = replay(tmp_path, 6, 3)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        assert app.problem_list.rows == [f"p{i}" for i in range(1, 7)]
+        assert app.selected_problem == "p1"
+        assert app.problem_tree.root.data == "p1"
+        await pilot.press("j", "j")
+        assert app.selected_problem == "p3"
+        assert app.problem_tree.root.data == "p3"
+        assert app.detail.node_id == "p3"
+        assert "What is" in app.detail.text
+        await pilot.press("k")
+        assert app.selected_problem == "p2"
+        await pilot.press("end")
+        assert app.selected_problem == "p6"
+        await pilot.click("#problems", offset=(3, 4))  # below the border: the fourth row
+        assert app.selected_problem == "p4"
+
+
+async def test_tree_opens_nodes_and_expands_and_collapses(tmp_path: Path) -> None:
+    app = replay(tmp_path, 3, 3)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        await pilot.press("enter")  # open the problem: focus moves to its tree
+        tree = app.problem_tree
+        assert app.focused is tree
+        branches = list(tree.root.children)
+        assert len(branches) == 3 and all(b.is_expanded for b in branches)
+        await pilot.press("c")
+        assert all(not b.is_expanded for b in branches)
+        assert tree.root.is_expanded
+        await pilot.press("e")
+        assert all(b.is_expanded for b in branches)
+        await pilot.press("j", "j")  # root → branch 1 → its thinking
+        assert app.detail.node_id == "p1/b1/think"
+        assert "We need" in app.detail.text
+        await pilot.press("k", "c")  # collapse just branch 1
+        assert not branches[0].is_expanded and branches[1].is_expanded
+        await pilot.press("e", "j", "enter")
+        assert app.focused is app.detail
+        assert app.detail.node_id == "p1/b1/think"
+        await pilot.press("escape")
+        assert app.focused is tree
+
+
+async def test_the_winner_is_marked_after_the_vote(tmp_path: Path) -> None:
+    app = replay(tmp_path, 2, 3)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        vote = app.view.tree.problems["p1"].vote
+        assert vote is not None and vote.winner_node is not None
+        item = app.problem_tree.item(vote.winner_node)
+        assert item is not None
+        assert str(item.label).startswith("✓ ★")
+        app.problem_tree.focus_node(vote.winner_node)
+        await pilot.pause()
+        assert "★ the vote's winner" in app.detail.text
+
+
+async def test_filters_show_problems_by_status(tmp_path: Path) -> None:
+    app = replay(tmp_path, 12, 3, running=2)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        problems = app.view.tree.problems
+        await pilot.press("2")
+        assert app.filter == "running"
+        assert app.problem_list.rows == ["p11", "p12"]
+        assert app.selected_problem == "p11"
+        await pilot.press("4")
+        right = app.problem_list.rows
+        assert right and all(problems[p].correct is True for p in right)
+        assert app.selected_problem == right[0]
+        await pilot.press("5")
+        wrong = app.problem_list.rows
+        assert wrong and all(problems[p].correct is False for p in wrong)
+        await pilot.press("3")
+        assert len(app.problem_list.rows) == 10
+        await pilot.press("1")
+        assert len(app.problem_list.rows) == 12
+        assert app.problem_list.border_title == "problems · all 12"
+
+
+async def test_follow_tracks_the_newest_node_of_a_live_run() -> None:
+    send, receive = anyio.create_memory_object_stream[Event](10_000)
+    app = ThinktreeApp(LiveSource(receive), refresh_hz=0.001)
+    events = synthetic_run(4, 2)
+    async with app.run_test(size=SIZE) as pilot:
+        await feed(send, events[:30])
+        await settle(app, pilot, 30)
+        await pilot.press("f")
+        assert app.follow
+        newest = app.view.newest_node
+        assert newest is not None
+        assert app.problem_tree.cursor_node is not None
+        assert app.problem_tree.cursor_node.data == newest
+        assert app.detail.node_id == newest
+        await feed(send, events[30:120])
+        await settle(app, pilot, 120)
+        newest = app.view.newest_node
+        assert newest is not None
+        assert app.selected_problem == app.view.tree.node(newest).problem_id
+        assert app.detail.node_id == newest
+        assert "following newest" in app.header.plain
+        await pilot.press("k")  # moving by hand stops following
+        assert not app.follow
+        await feed(send, events[120:])
+        await settle(app, pilot, len(events))
+        assert app.detail.node_id != app.view.newest_node
+
+
+def screen_text(app: ThinktreeApp) -> str:
+    """The characters on screen, row after row, from the app's own screenshot."""
+    svg = app.export_screenshot()
+    return html.unescape("".join(re.findall(r">([^<]*)</text>", svg))).replace("\xa0", " ")
+
+
+async def feed(send: MemoryObjectSendStream[Event], events: list[Event]) -> None:
+    for event in events:
+        await send.send(event)
+
+
+async def test_streamed_text_shows_on_the_next_redraw_not_per_token() -> None:
+    send, receive = anyio.create_memory_object_stream[Event](10_000)
+    app = ThinktreeApp(LiveSource(receive), refresh_hz=0.001)
+    events = synthetic_run(1, 1, running=1)
+    started = next(e for e in events if isinstance(e, NodeStarted) and e.node_id.endswith("think"))
+    upto = events.index(started) + 1
+    async with app.run_test(size=SIZE) as pilot:
+        await feed(send, events[:upto])
+        await settle(app, pilot, upto)
+        await pilot.press("f")
+        assert app.detail.node_id == started.node_id
+        node = app.view.tree.node(started.node_id)
+        assert node.status is NodeStatus.RUNNING
+        shown = app.detail.text
+        for i in range(200):
+            await send.send(NodeDelta(node_id=started.node_id, text=f"tok{i} "))
+        with anyio.fail_after(5):
+            while app.view.events < upto + 200:
+                await pilot.pause(0.01)
+        assert node.text.endswith("tok199 ")
+        assert app.detail.text == shown  # applied, not drawn: drawing waits for the timer
+        app.refresh_view()
+        await pilot.pause()
+        assert "tok0 tok1 " in app.detail.text and "tok199" in app.detail.text
+        assert "streaming" in str(app.problem_tree.item(started.node_id).label)
+
+
+async def test_model_text_is_shown_literally(tmp_path: Path) -> None:
+    app = replay(tmp_path, 2, 2, texts={"p1/b1/think": NASTY})
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        app.problem_tree.focus_node("p1/b1/think")
+        await pilot.pause()
+        shown = app.detail.text
+        assert "[bold red]not bold[/]" in shown
+        assert "␛[2J␛]0;pwned␇" in shown
+        assert ":smile:" in shown and "[link=http://x]y[/link]" in shown
+        assert "\x1b" not in shown and "\x07" not in shown
+        screen = screen_text(app)
+        assert "[bold red]not bold[/] ␛[2J␛]0;pwned␇" in screen
+        assert ":smile: [link=http://x]y[/link]" in screen
+        assert "\x1b" not in app.export_screenshot()
+        await pilot.press("q")
+
+
+async def test_replay_speed_and_pause(tmp_path: Path) -> None:
+    trace = write_trace(synthetic_run(3, 2), tmp_path / "trace.jsonl")
+    source = ReplaySource(trace, speed=1.0)
+    app = ThinktreeApp(source, refresh_hz=0.001)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("plus", "plus")
+        assert source.speed == 4.0
+        await pilot.press("minus")
+        assert source.speed == 2.0
+        await pilot.press("space")
+        assert source.paused
+        app.refresh_view()
+        assert "replay paused" in app.header.plain
+        seen, clock = app.view.events, source.clock
+        await pilot.pause(0.2)
+        assert (app.view.events, source.clock) == (seen, clock)
+        await pilot.press("space")
+        assert not source.paused
+        for _ in range(8):
+            await pilot.press("plus")
+        assert source.status == "replay"  # as fast as it goes
+        await settle(app, pilot)
+        assert app.view.done == 3
+
+
+async def test_a_live_only_view_hides_replay_keys() -> None:
+    send, receive = anyio.create_memory_object_stream[Event](10)
+    app = ThinktreeApp(receive, refresh_hz=0.001)
+    async with app.run_test(size=SIZE) as pilot:
+        assert app.check_action("pause", ()) is False
+        await pilot.press("space")
+        assert isinstance(app.source, LiveSource)
+        send.close()
+        await app.source_done.wait()
+
+
+async def test_follow_source_reads_a_trace_as_it_grows(tmp_path: Path) -> None:
+    events = synthetic_run(4, 2)
+    path = tmp_path / "trace.jsonl"
+    write_trace(events, path)
+    data = path.read_bytes()
+    cut = data.index(b"problem-started", len(data) // 2) - 12  # in the middle of a line
+    path.write_bytes(data[:cut])
+    source = FollowSource(path, poll_s=0.02)
+    app = ThinktreeApp(source, refresh_hz=0.001)
+    async with app.run_test(size=SIZE) as pilot:
+        first = data[:cut].count(b"\n")
+        await settle(app, pilot, first)
+        assert app.view.events == first
+        assert source.status == "following"
+        assert 0 < app.view.done < 4
+        with path.open("ab") as file:
+            file.write(data[cut:])
+        await settle(app, pilot)
+        assert app.view.done == 4
+        assert source.status == "finished"
+        assert app.view.events == len(events)
+
+
+async def test_a_thousand_problems_by_sixteen_branches_stay_responsive(tmp_path: Path) -> None:
+    app = replay(tmp_path, 1000, 16, deltas=False)
+    async with app.run_test(size=SIZE) as pilot:
+        with anyio.fail_after(30):
+            await settle(app, pilot)
+        assert len(app.problem_list.rows) == 1000
+        start = time.perf_counter()
+        for _ in range(5):
+            await pilot.press("end", "home", "pagedown")
+            app.refresh_view()
+        await pilot.press("enter", "j", "j", "e", "c")
+        await pilot.pause()
+        assert time.perf_counter() - start < 5
+        start = time.perf_counter()
+        app.refresh_view()
+        assert time.perf_counter() - start < 0.05
+        assert len(app.problem_tree.root.children) == 16
+
+
+async def test_watch_picks_follow_or_replay_from_the_trace(tmp_path: Path) -> None:
+    from thinktree.tui.sources import source_for
+
+    done = tmp_path / "done"
+    done.mkdir()
+    write_trace(synthetic_run(2, 1), done / "trace.jsonl")
+    live = tmp_path / ".going.abc.partial"
+    live.mkdir()
+    write_trace(synthetic_run(2, 1, running=1), live / "trace.jsonl")
+    replayed = source_for(done)
+    assert isinstance(replayed, ReplaySource) and replayed.status == "replay"
+    timed = source_for(done / "trace.jsonl", speed=3)
+    assert isinstance(timed, ReplaySource) and timed.status == "replay 3×"
+    assert isinstance(source_for(tmp_path / "going"), FollowSource)
+    with pytest.raises(ValueError):
+        source_for(done, speed=0)
+    with pytest.raises(FileNotFoundError):
+        source_for(tmp_path / "missing")

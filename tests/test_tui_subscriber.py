@@ -1,0 +1,190 @@
+"""The live path: the bus subscriber never blocks the run and never loses a real event."""
+
+from __future__ import annotations
+
+import anyio
+import anyio.lowlevel
+import pytest
+from textual.pilot import Pilot
+
+from thinktree.orchestrator.bus import Subscriber, event_bus
+from thinktree.orchestrator.events import Event, NodeDelta, NodeFinished, RunFinished
+from thinktree.tui.app import ThinktreeApp
+from thinktree.tui.subscriber import TuiSubscriber, WatchQuit, watch_run
+from thinktree.tui.synthetic import synthetic_run
+
+pytestmark = pytest.mark.anyio
+
+
+def _drain(receive: anyio.abc.ObjectReceiveStream[Event]) -> list[Event]:
+    out: list[Event] = []
+    while True:
+        try:
+            out.append(receive.receive_nowait())
+        except (anyio.WouldBlock, anyio.EndOfStream):
+            return out
+
+
+def _without_deltas(events: list[Event]) -> list[Event]:
+    return [e for e in events if not isinstance(e, NodeDelta)]
+
+
+def _text_by_node(events: list[Event]) -> dict[str, str]:
+    text: dict[str, str] = {}
+    for e in events:
+        if isinstance(e, NodeDelta):
+            text[e.node_id] = text.get(e.node_id, "") + e.text
+    return text
+
+
+async def test_a_full_buffer_merges_deltas_and_keeps_every_other_event() -> None:
+    subscriber, receive = TuiSubscriber.open(buffer=8)
+    assert isinstance(subscriber, Subscriber) and subscriber.wants_deltas
+    events = synthetic_run(6, 4)
+    got: list[Event] = []
+    for i, event in enumerate(events):
+        subscriber.handle(event)  # never blocks, however far behind the view is
+        if i % 50 == 49:
+            got += _drain(receive)  # the view catches up now and then
+    assert subscriber.backlog > 0
+    assert subscriber.merged > 0
+    closing = anyio.Event()
+
+    async def reader() -> None:
+        async with receive:
+            async for event in receive:
+                got.append(event)
+        closing.set()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(reader)
+        await subscriber.aclose()
+    assert closing.is_set()
+    assert _without_deltas(got) == _without_deltas(events)
+    assert _text_by_node(got) == _text_by_node(events)
+    assert subscriber.dropped == 0
+
+
+async def test_deltas_beyond_the_held_limit_are_dropped_but_nothing_else() -> None:
+    send, receive = anyio.create_memory_object_stream[Event](1)
+    subscriber = TuiSubscriber(send, max_held_chars=10)
+    events = synthetic_run(3, 2)
+    for event in events:
+        subscriber.handle(event)
+    assert subscriber.dropped > 0
+    got: list[Event] = []
+
+    async def reader() -> None:
+        async with receive:
+            async for event in receive:
+                got.append(event)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(reader)
+        await subscriber.aclose()
+    assert _without_deltas(got) == _without_deltas(events)
+    finished = {e.node_id: e.text for e in got if isinstance(e, NodeFinished)}
+    assert finished == {e.node_id: e.text for e in events if isinstance(e, NodeFinished)}
+
+
+async def test_a_closed_view_does_not_stop_the_run() -> None:
+    subscriber, receive = TuiSubscriber.open(buffer=2)
+    receive.close()
+    for event in synthetic_run(2, 2):
+        subscriber.handle(event)
+    await subscriber.aclose()
+    assert subscriber.backlog == 0
+
+
+async def _emit_synthetic(subscriber: TuiSubscriber, *, problems: int = 4) -> str:
+    """A stand-in for ``execute``: the real bus, fed synthetic events."""
+    async with event_bus([subscriber], buffer=16) as bus:
+        for event in synthetic_run(problems, 3):
+            await bus.emit(event)
+            await anyio.lowlevel.checkpoint()
+    return "result"
+
+
+async def test_the_live_app_shows_a_run_fed_through_the_bus() -> None:
+    subscriber, receive = TuiSubscriber.open(buffer=4)
+    from thinktree.tui.sources import LiveSource
+
+    async def engine() -> str:
+        return await _emit_synthetic(subscriber, problems=5)
+
+    app = ThinktreeApp(LiveSource(receive, engine=engine))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await app.source_done.wait()
+        app.refresh_view()
+        await pilot.pause()
+        assert not app.engine_running and app.engine_error is None
+        assert app.view.done == 5 and isinstance(app.view.finished, RunFinished)
+        assert app.problem_list.rows == ["p1", "p2", "p3", "p4", "p5"]
+        assert "problems 5/5" in app.header.plain
+        await pilot.press("q")
+
+
+async def test_watch_run_returns_the_runs_result_after_the_user_quits() -> None:
+    async def quit_when_done(pilot: Pilot[object]) -> None:
+        app = pilot.app
+        assert isinstance(app, ThinktreeApp)
+        await app.source_done.wait()
+        await pilot.press("q")
+
+    result = await watch_run(_emit_synthetic, headless=True, auto_pilot=quit_when_done)
+    assert result == "result"
+
+
+async def test_watch_run_cancels_the_run_when_the_view_closes_first() -> None:
+    cleaned = anyio.Event()
+
+    async def slow(subscriber: TuiSubscriber) -> str:
+        try:
+            async with event_bus([subscriber]) as bus:
+                for event in synthetic_run(2, 2, running=1):
+                    await bus.emit(event)
+                await anyio.sleep(3600)
+        finally:
+            cleaned.set()
+        return "never"
+
+    async def quit_soon(pilot: Pilot[object]) -> None:
+        app = pilot.app
+        assert isinstance(app, ThinktreeApp)
+        while app.view.started is None:
+            await pilot.pause(0.01)
+        await pilot.press("q")
+
+    with pytest.raises(WatchQuit):
+        await watch_run(slow, headless=True, auto_pilot=quit_soon)
+    assert cleaned.is_set()
+
+
+async def test_watch_run_raises_the_runs_error() -> None:
+    async def broken(subscriber: TuiSubscriber) -> str:
+        raise RuntimeError("endpoint unreachable")
+
+    with pytest.raises(RuntimeError, match="endpoint unreachable"):
+        await watch_run(broken, headless=True)
+
+
+async def test_a_run_failing_midway_keeps_the_view_open_then_raises() -> None:
+    async def half(subscriber: TuiSubscriber) -> str:
+        async with event_bus([subscriber]) as bus:
+            for event in synthetic_run(3, 2, running=2):
+                await bus.emit(event)
+        raise RuntimeError("the endpoint went away")
+
+    async def look_then_quit(pilot: Pilot[object]) -> None:
+        app = pilot.app
+        assert isinstance(app, ThinktreeApp)
+        await app.source_done.wait()
+        while app.engine_running:
+            await pilot.pause(0.01)
+        app.refresh_view()
+        assert "run failed: the endpoint went away" in app.header.plain
+        assert app.view.done == 1
+        await pilot.press("q")
+
+    with pytest.raises(RuntimeError, match="went away"):
+        await watch_run(half, headless=True, auto_pilot=look_then_quit)
