@@ -59,13 +59,14 @@ class ProblemList(ScrollView, can_focus=True):
 
     def set_rows(self, rows: list[str]) -> None:
         """Show ``rows``; the cursor stays on the same problem when it is still there."""
-        current = self.highlighted
+        current, before = self.highlighted, self.cursor
         self.rows = rows
         if current is not None and current in rows:
             self.cursor = rows.index(current)
         self.cursor = min(self.cursor, max(len(rows) - 1, 0))
         self.virtual_size = Size(0, len(rows))
-        self._reveal()
+        if self.cursor != before:
+            self._reveal()  # otherwise leave the scroll where the user put it
         self.refresh()
 
     def select(self, problem_id: str) -> None:

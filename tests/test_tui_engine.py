@@ -1,0 +1,83 @@
+"""The view over the real engine: ``execute`` as a worker of the app, against the fake
+OpenAI server; what the live view shows must equal the run's results and its trace."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from textual.pilot import Pilot
+
+from thinktree.agents.endpoint import EndpointConfig
+from thinktree.agents.modes import ModeSettings
+from thinktree.orchestrator.events import NodeKind
+from thinktree.orchestrator.run import RunResult, RunSettings, execute
+from thinktree.problems import AnswerType, Problem
+from thinktree.testing.fake_server import FakeBehaviour, FakeServer, Fault
+from thinktree.tui.app import ThinktreeApp
+from thinktree.tui.state import RunView
+from thinktree.tui.subscriber import TuiSubscriber, watch_run
+from thinktree.tui.trace import read_trace
+
+pytestmark = pytest.mark.anyio
+
+PROBLEMS = [
+    Problem(
+        id=f"q{i}",
+        question=f"Question {i}?",
+        answer_type=AnswerType.CHOICE,
+        options={"A": "alpha", "B": "beta", "C": "gamma"},
+        answer="B",
+    )
+    for i in range(4)
+]
+REPLY = "Think [bold red]loud[/] \x1b[2J and on.\nAnswer: B"
+
+
+async def test_run_watch_shows_exactly_what_the_engine_did(tmp_path: Path) -> None:
+    behaviour = FakeBehaviour(reply=REPLY, chunk_delay_s=0.001)
+    seen: dict[str, RunView] = {}
+
+    async def look_then_quit(pilot: Pilot[object]) -> None:
+        app = pilot.app
+        assert isinstance(app, ThinktreeApp)
+        await app.source_done.wait()
+        while app.engine_running:
+            await pilot.pause(0.01)
+        app.refresh_view()
+        await pilot.pause()
+        assert app.engine_error is None
+        assert "problems 4/4" in app.header.plain and "live run" not in app.header.plain
+        app.problem_tree.focus_node("q0/b1/think")
+        await pilot.pause()
+        assert "Think [bold red]loud[/] ␛[2J and on." in app.detail.text
+        seen["view"] = app.view
+        await pilot.press("q")
+
+    async with FakeServer(
+        behaviour, faults=lambda i: Fault.RATE_LIMIT if i == 3 else None, retry_after_s=0.05
+    ) as server:
+        endpoint = EndpointConfig(name="fake", base_url=server.base_url, continuation="chat")
+        settings = RunSettings(
+            modes=ModeSettings(mode="parallel", n=3, budget=64), out=tmp_path / "run"
+        )
+
+        async def run(subscriber: TuiSubscriber) -> RunResult:
+            return await execute(PROBLEMS, endpoint, settings, subscribers=[subscriber])
+
+        result = await watch_run(run, headless=True, auto_pilot=look_then_quit)
+
+    view = seen["view"]
+    assert view.retries == 1
+    assert view.finished is not None and view.finished.status == "completed"
+    replayed = RunView()
+    for event in read_trace(result.folder / "trace.jsonl"):
+        replayed.apply(event)
+    for tree in result.trees:
+        live = view.tree.problems[tree.problem_id]
+        again = replayed.tree.problems[tree.problem_id]
+        assert live.answer == again.answer == tree.answer == "B"
+        assert [n.to_dict() for n in live.walk()] == [n.to_dict() for n in tree.walk()]
+        assert [n.to_dict() for n in again.walk()] == [n.to_dict() for n in tree.walk()]
+        assert len(live.of_kind(NodeKind.GENERATION)) == 3
+    assert view.completion_tokens == replayed.completion_tokens
