@@ -7,7 +7,7 @@ import json
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import anyio
 import typer
@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from thinktree.datasets import DatasetError, load_demo, load_problems
-from thinktree.errors import ThinktreeError
+from thinktree.errors import ConfigError, ThinktreeError
 from thinktree.logging_setup import configure
 
 app = typer.Typer(
@@ -27,6 +27,11 @@ app = typer.Typer(
 out = Console()
 err = Console(stderr=True)
 T = TypeVar("T")
+
+if TYPE_CHECKING:
+    from thinktree.agents.endpoint import EndpointConfig
+    from thinktree.orchestrator.run import ResumeState, RunSettings
+    from thinktree.problems import Problem
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -50,13 +55,13 @@ def _run_async(fn: Callable[[], Awaitable[T]]) -> T:
     try:
         return anyio.run(fn, backend="asyncio")
     except KeyboardInterrupt:
-        raise _fail("interrupted; nothing was written", 130) from None
+        raise _fail("interrupted", 130) from None
     except BaseException as exc:
         done = _find(exc, (typer.Exit,))
         if done is not None:
             raise done from None
         if _find(exc, (KeyboardInterrupt,)) is not None:
-            raise _fail("interrupted; nothing was written", 130) from None
+            raise _fail("interrupted", 130) from None
         user = _find(exc, (ThinktreeError, DatasetError))
         if user is None:
             raise
@@ -68,7 +73,9 @@ def run(
     dataset: Annotated[
         Path | None, typer.Argument(help="JSONL file of problems (default: the built-in demo set)")
     ] = None,
-    mode: Annotated[str, typer.Option(help="budget | sequential | parallel | hybrid")] = "budget",
+    mode: Annotated[
+        str | None, typer.Option(help="budget | sequential | parallel | hybrid [default: budget]")
+    ] = None,
     n: Annotated[int, typer.Option(help="parallel samples / hybrid branches")] = 4,
     steps: Annotated[int, typer.Option(help="sequential / hybrid revision steps")] = 2,
     budget: Annotated[
@@ -101,17 +108,24 @@ def run(
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="run folder (default runs/<run id>)")
     ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(help="continue a killed run from its folder (finished calls are not re-paid)"),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
 ) -> None:
     """Run a dataset under one scaling mode and print the results table."""
     configure(verbose=verbose)
     from thinktree.agents.modes import ModeSettings
     from thinktree.config import endpoint_from, load_config
-    from thinktree.orchestrator.run import RunSettings, execute, validate
+    from thinktree.orchestrator.run import RunSettings, validate
 
+    if resume is not None:
+        _resume(resume, dataset, mode, endpoint, model, config)
+        return
     settings = RunSettings(
         modes=ModeSettings(
-            mode=mode,
+            mode=mode or "budget",
             budget=budget,
             min_thinking=min_thinking,
             answer_tokens=answer_tokens,
@@ -140,20 +154,37 @@ def run(
         target = endpoint_from(endpoint, model=model, config=cfg)
     except (ThinktreeError, DatasetError) as exc:
         raise _fail(str(exc)) from None
+    _execute(problems, target, settings)
+
+
+def _execute(
+    problems: list[Problem],
+    target: EndpointConfig | None,
+    settings: RunSettings,
+    resume: ResumeState | None = None,
+) -> None:
+    """Run (or resume) on ``target``, or on the embedded model when it is None."""
+    from thinktree.agents.endpoint import EndpointConfig
+    from thinktree.orchestrator.run import execute
+
+    folder: list[Path] = []
 
     async def main() -> None:
-        from thinktree.agents.endpoint import EndpointConfig
         from thinktree.embedded import embedded_server
 
         if target is not None:
-            result = await execute(problems, target, settings)
+            result = await execute(
+                problems, target, settings, resume=resume, on_started=folder.append
+            )
         else:
             err.print("[dim]starting the embedded model server (vLLM, SmolLM2-135M)…[/]")
             async with embedded_server() as server:
                 local = EndpointConfig(
                     name="embedded", base_url=server.base_url, model=server.model
                 )
-                result = await execute(problems, local, settings)
+                result = await execute(
+                    problems, local, settings, resume=resume, on_started=folder.append
+                )
         _print_results(result)
         if result.metrics.answered == 0:
             raise _fail(
@@ -162,7 +193,52 @@ def run(
                 3,
             )
 
-    _run_async(main)
+    try:
+        _run_async(main)
+    except typer.Exit as exc:
+        if exc.exit_code == 130 and folder:
+            err.print(f"resume with: thinktree run --resume {folder[0]}", highlight=False)
+        raise
+
+
+def _resume(
+    folder: Path,
+    dataset: Path | None,
+    mode: str | None,
+    endpoint: str | None,
+    model: str | None,
+    config: Path | None,
+) -> None:
+    """Continue a killed run with the settings and problems it was started with."""
+    from thinktree.agents.endpoint import EndpointConfig
+    from thinktree.config import endpoint_from, load_config
+    from thinktree.orchestrator.run import load_resume
+
+    try:
+        state = load_resume(folder)
+        if mode is not None and mode != state.settings.modes.mode:
+            raise ConfigError(
+                f"run {folder} was started in mode '{state.settings.modes.mode}'; "
+                f"it cannot be resumed as '{mode}' (start a new run instead)"
+            )
+        started_with = [p.id for p in state.problems]
+        if dataset is not None and [p.id for p in load_problems(dataset)] != started_with:
+            raise ConfigError(
+                f"{dataset} does not hold the problems run {folder} was started with; "
+                "resume without a dataset, or start a new run"
+            )
+        saved = state.endpoint
+        target: EndpointConfig | None = None
+        if endpoint is not None:
+            target = endpoint_from(endpoint, model=model, config=load_config(config))
+        elif saved["name"] != "embedded":
+            found = endpoint_from(saved["name"], model=saved["model"], config=load_config(config))
+            target = found or EndpointConfig(
+                name=saved["name"], base_url=saved["base_url"], model=saved["model"]
+            )
+    except (ThinktreeError, DatasetError) as exc:
+        raise _fail(str(exc)) from None
+    _execute(state.problems, target, state.settings, resume=state)
 
 
 def _print_results(result: object) -> None:

@@ -8,12 +8,13 @@ calls in flight, and every call has its own timeout.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import anyio
 import openai
@@ -58,6 +59,28 @@ def classify(exc: BaseException) -> RetryKind | None:
     ):
         return RetryKind.MALFORMED
     return None
+
+
+class CallCache(Protocol):
+    """Keeps finished calls (the run store) so a resumed run never pays for one twice."""
+
+    async def lookup(self, fingerprint: str) -> Completion | None: ...
+
+    async def record(
+        self, fingerprint: str, route: str, request: dict[str, Any], completion: Completion
+    ) -> None: ...
+
+
+def fingerprint(base_url: str, model: str, route: str, request: dict[str, Any], key: str) -> str:
+    """A stable hash of everything that decides a call's answer, and the node(s) it is for."""
+    body = {k: v for k, v in request.items() if k not in ("stream", "stream_options")}
+    canonical = json.dumps(
+        {"base_url": base_url, "model": model, "route": route, "request": body, "key": key},
+        sort_keys=True,
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+    return hashlib.blake2b(canonical.encode(), digest_size=16).hexdigest()
 
 
 class IncompleteResponse(Exception):
@@ -127,6 +150,7 @@ class EndpointClient:
         self.limiter = anyio.CapacityLimiter(config.max_connections)
         self.on_retry = on_retry
         self.model: str = config.model or ""
+        self.cache: CallCache | None = None
 
     async def aclose(self) -> None:
         await self.client.close()
@@ -176,8 +200,13 @@ class EndpointClient:
         continue_final: bool = False,
         extra: dict[str, Any] | None = None,
         on_delta: DeltaHandler | None = None,
+        key: str | None = None,
     ) -> Completion:
-        """A chat completion; with ``continue_final`` the last assistant message is extended."""
+        """A chat completion; with ``continue_final`` the last assistant message is extended.
+
+        ``key`` names the node(s) the call is for; with a cache, a call already made for
+        the same key and request is read back instead of sent.
+        """
         body: dict[str, Any] = dict(extra or {})
         if continue_final:
             body.update(continue_final_message=True, add_generation_prompt=False)
@@ -198,7 +227,7 @@ class EndpointClient:
             kwargs["stop"] = stop
         if body:
             kwargs["extra_body"] = body
-        return await self._call(lambda: self._stream_chat(kwargs, n, on_delta))
+        return await self._call(lambda: self._stream_chat(kwargs, n, on_delta), "chat", kwargs, key)
 
     async def complete(
         self,
@@ -210,6 +239,7 @@ class EndpointClient:
         seed: int | None = None,
         stop: list[str] | None = None,
         on_delta: DeltaHandler | None = None,
+        key: str | None = None,
     ) -> Completion:
         """A raw text completion (``/v1/completions``)."""
         kwargs: dict[str, Any] = {
@@ -227,9 +257,30 @@ class EndpointClient:
             kwargs["seed"] = seed
         if stop:
             kwargs["stop"] = stop
-        return await self._call(lambda: self._stream_completion(kwargs, n, on_delta))
+        return await self._call(
+            lambda: self._stream_completion(kwargs, n, on_delta), "completions", kwargs, key
+        )
 
-    async def _call(self, attempt: Callable[[], Awaitable[Completion]]) -> Completion:
+    async def _call(
+        self,
+        attempt: Callable[[], Awaitable[Completion]],
+        route: str,
+        request: dict[str, Any],
+        key: str | None,
+    ) -> Completion:
+        cache = self.cache if key is not None else None
+        fp = ""
+        if cache is not None and key is not None:
+            fp = fingerprint(self.config.base_url, self.model, route, request, key)
+            hit = await cache.lookup(fp)
+            if hit is not None:
+                return hit
+        result = await self._attempts(attempt)
+        if cache is not None:
+            await cache.record(fp, route, request, result)
+        return result
+
+    async def _attempts(self, attempt: Callable[[], Awaitable[Completion]]) -> Completion:
         async def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             kind = classify(exc) if exc else None

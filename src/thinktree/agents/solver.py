@@ -221,6 +221,7 @@ class Solver:
 
         seed = self.seed_for(first_node)
         temperature = self.sampling.temperature
+        key = ",".join(r.node_id for r in reqs)
         if mode == "completions":
             template = self.client.config.chat_template
             if template is None:
@@ -233,6 +234,7 @@ class Solver:
                 temperature=temperature,
                 seed=seed,
                 on_delta=on_delta,
+                key=key,
             )
         convo = messages
         if mode == "chat":
@@ -245,6 +247,7 @@ class Solver:
             seed=seed,
             continue_final=mode == "chat",
             on_delta=on_delta,
+            key=key,
         )
 
     async def _finish(

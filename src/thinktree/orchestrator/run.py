@@ -1,15 +1,17 @@
 """One run: problems × one strategy × one endpoint, from settings to a results folder.
 
-The run folder is written under a temporary name and renamed into place only when the
-run completes, so a failed or interrupted run never leaves a half-written folder.
+Bad input fails before the run folder exists. Once the endpoint answers, the folder
+holds the manifest (``run.json``: settings, capabilities, problems), the call store
+(``calls.sqlite``), the run store (``run.sqlite``) and the trace; ``results.json`` is
+written last, atomically, so its presence means the run completed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import shutil
-import tempfile
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -18,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import anyio
 import structlog
 from structlog.contextvars import bound_contextvars
 
@@ -30,8 +33,10 @@ from thinktree.agents.solver import Sampling, Solver
 from thinktree.errors import ConfigError
 from thinktree.metrics import Metrics, compute
 from thinktree.orchestrator.bus import EventBus, Subscriber, event_bus
+from thinktree.orchestrator.call_cache import SqliteCallCache
 from thinktree.orchestrator.events import CallRetried, RunFinished, RunStarted
 from thinktree.orchestrator.scheduler import run_problems
+from thinktree.orchestrator.store import STORE_NAME, RunStore
 from thinktree.orchestrator.subscribers import TraceWriter, TreeRecorder
 from thinktree.orchestrator.tree import ProblemTree
 from thinktree.problems import Problem
@@ -64,9 +69,10 @@ class RunResult:
     trees: list[ProblemTree]
     model: str
     capabilities: Capabilities
+    cached_calls: int = 0
 
 
-def validate(settings: RunSettings) -> None:
+def validate(settings: RunSettings, *, resuming: bool = False) -> None:
     """Check the settings before anything starts (one-line ConfigError on any problem)."""
     build_strategy(settings.modes)
     aggregate = settings.aggregate or DEFAULT_AGGREGATE[settings.modes.mode]
@@ -83,8 +89,13 @@ def validate(settings: RunSettings) -> None:
         raise ConfigError(f"--concurrency must be positive, not {settings.concurrency}")
     if settings.temperature is not None and not 0 <= settings.temperature <= 2:
         raise ConfigError(f"--temperature must be between 0 and 2, not {settings.temperature}")
-    if settings.out is not None and settings.out.exists():
+    if not resuming and settings.out is not None and settings.out.exists():
         raise ConfigError(f"run folder {settings.out} already exists; choose another --out")
+
+
+MANIFEST = "run.json"
+CALLS = "calls.sqlite"
+MANIFEST_VERSION = 1
 
 
 async def execute(
@@ -93,20 +104,29 @@ async def execute(
     settings: RunSettings,
     *,
     subscribers: Sequence[Subscriber] = (),
-    on_started: Callable[[str], None] | None = None,
+    on_started: Callable[[Path], None] | None = None,
+    resume: ResumeState | None = None,
 ) -> RunResult:
-    """Run every problem and write the run folder; returns the metrics and trees."""
-    validate(settings)
+    """Run every problem and keep the run folder current; returns the metrics and trees.
+
+    The folder appears once the endpoint has answered (bad input leaves nothing). Every
+    finished call is committed to ``calls.sqlite`` before it counts, so a killed run can
+    be resumed (:func:`load_resume`) without paying for any finished call again.
+    """
+    validate(settings, resuming=resume is not None)
     strategy = build_strategy(settings.modes)
     aggregate_name = settings.aggregate or DEFAULT_AGGREGATE[settings.modes.mode]
     aggregate = get_aggregator(aggregate_name)
-    run_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-    final = settings.out or Path("runs") / run_id
-    if final.exists():
-        raise ConfigError(f"run folder {final} already exists; choose another --out")
+    if resume is None:
+        run_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        folder = settings.out or Path("runs") / run_id
+        if folder.exists():
+            raise ConfigError(f"run folder {folder} already exists; choose another --out")
+    else:
+        run_id, folder = resume.run_id, resume.folder
     recorder = TreeRecorder()
 
-    async with _staging(final) as staging, _client(endpoint, None) as client:
+    async with _client(endpoint, None) as client:
         bus_holder: list[EventBus] = []
 
         async def on_retry(attempt: int, wait: float, reason: str) -> None:
@@ -118,43 +138,64 @@ async def execute(
         client.on_retry = on_retry
         with bound_contextvars(run_id=run_id):
             model = await client.resolve_model()
-            caps = await probe(client, what=_needed(settings.modes))
+            if resume is not None:
+                caps = resume.capabilities
+            else:
+                caps = await probe(client, what=_needed(settings.modes))
+                _create_folder(
+                    folder, run_id, problems, endpoint, model, caps, settings, aggregate_name
+                )
+            cache = SqliteCallCache(folder / CALLS)
+            client.cache = cache
+            store_path = folder / STORE_NAME
+            if resume is not None:
+                _discard_store(store_path)
+            store = RunStore(store_path)
             if on_started is not None:
-                on_started(model)
-            trace = TraceWriter(staging / "trace.jsonl")
+                on_started(folder)
+            trace = TraceWriter(folder / "trace.jsonl")
             sampling = Sampling(temperature=settings.temperature_for_mode(), seed=settings.seed)
-            async with event_bus([recorder, trace, *subscribers]) as bus:
-                bus_holder.append(bus)
-                await bus.emit(
-                    RunStarted(
-                        run_id=run_id,
-                        mode=settings.modes.mode,
-                        endpoint=endpoint.name,
-                        model=model,
-                        problems=len(problems),
-                        settings=_settings_dict(settings, aggregate_name),
-                    )
-                )
-
-                def make_solver(problem: Problem) -> Solver:
-                    return Solver(
-                        problem=problem, client=client, caps=caps, bus=bus, sampling=sampling
+            status = "failed"
+            try:
+                async with event_bus([recorder, trace, store, *subscribers]) as bus:
+                    bus_holder.append(bus)
+                    await bus.emit(
+                        RunStarted(
+                            run_id=run_id,
+                            mode=settings.modes.mode,
+                            endpoint=endpoint.name,
+                            model=model,
+                            problems=len(problems),
+                            settings=_settings_dict(settings, aggregate_name),
+                        )
                     )
 
-                await run_problems(
-                    problems,
-                    strategy,
-                    aggregate,
-                    make_solver,
-                    bus,
-                    concurrency=settings.concurrency,
-                )
-                await bus.emit(RunFinished(run_id=run_id, status="completed"))
+                    def make_solver(problem: Problem) -> Solver:
+                        return Solver(
+                            problem=problem, client=client, caps=caps, bus=bus, sampling=sampling
+                        )
+
+                    try:
+                        await run_problems(
+                            problems,
+                            strategy,
+                            aggregate,
+                            make_solver,
+                            bus,
+                            concurrency=settings.concurrency,
+                        )
+                        status = "completed"
+                    finally:
+                        with anyio.CancelScope(shield=True):
+                            if status == "completed":
+                                await bus.emit(RunFinished(run_id=run_id, status=status))
+            finally:
+                cache.close()
 
         trees = [recorder.tree.problems[p.id] for p in problems]
         metrics = compute(trees, tokens_allowed=strategy.allowed_tokens(), retries=recorder.retries)
         _write_results(
-            staging / "results.json",
+            folder / "results.json",
             run_id,
             endpoint,
             model,
@@ -164,10 +205,143 @@ async def execute(
             metrics,
             trees,
         )
-    log.info("run finished", run_id=run_id, folder=str(final), accuracy=metrics.accuracy)
-    return RunResult(
-        run_id=run_id, folder=final, metrics=metrics, trees=trees, model=model, capabilities=caps
+    log.info(
+        "run finished",
+        run_id=run_id,
+        folder=str(folder),
+        accuracy=metrics.accuracy,
+        cached_calls=cache.hits,
     )
+    return RunResult(
+        run_id=run_id,
+        folder=folder,
+        metrics=metrics,
+        trees=trees,
+        model=model,
+        capabilities=caps,
+        cached_calls=cache.hits,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ResumeState:
+    """What a killed run left behind, read back by :func:`load_resume`."""
+
+    run_id: str
+    folder: Path
+    problems: list[Problem]
+    endpoint: dict[str, Any]
+    capabilities: Capabilities
+    settings: RunSettings
+
+
+def load_resume(folder: Path) -> ResumeState:
+    """Read a run folder to resume; one-line ConfigError when it cannot be resumed."""
+    manifest = folder / MANIFEST
+    if not folder.is_dir():
+        raise ConfigError(f"cannot resume {folder}: no such run folder")
+    if not manifest.is_file():
+        raise ConfigError(f"cannot resume {folder}: it holds no {MANIFEST}, so it is no run folder")
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot resume {folder}: {MANIFEST} is unreadable ({exc})") from None
+    version = data.get("manifest_version") if isinstance(data, dict) else None
+    if version != MANIFEST_VERSION:
+        raise ConfigError(
+            f"cannot resume {folder}: written by thinktree {data.get('thinktree', '?')} "
+            f"(run format {version}); this thinktree resumes format {MANIFEST_VERSION}"
+        )
+    if (folder / "results.json").exists():
+        raise ConfigError(f"run {folder} already completed; nothing to resume")
+    _check_calls(folder / CALLS)
+    try:
+        problems = [Problem.model_validate(p) for p in data["problems"]]
+        s = data["settings"]
+        modes = ModeSettings(**{k: s[k] for k in ModeSettings.__dataclass_fields__})
+        settings = RunSettings(
+            modes=modes,
+            aggregate=s["aggregate"],
+            temperature=s["temperature"],
+            seed=s["seed"],
+            concurrency=s["concurrency"],
+            out=folder,
+        )
+        caps = Capabilities(**data["capabilities"])
+        endpoint = dict(data["endpoint"])
+        run_id = str(data["run_id"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"cannot resume {folder}: {MANIFEST} is damaged ({exc})") from None
+    return ResumeState(
+        run_id=run_id,
+        folder=folder,
+        problems=problems,
+        endpoint=endpoint,
+        capabilities=caps,
+        settings=settings,
+    )
+
+
+def _check_calls(path: Path) -> None:
+    if not path.exists():
+        return
+    try:
+        with path.open("rb") as f:
+            head = f.read(16)
+        if head and head != b"SQLite format 3\x00":
+            raise ConfigError(f"cannot resume: {path} is not a SQLite database")
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise ConfigError(f"cannot resume: {path} is not a readable call store ({exc})") from None
+    if tables and "responses" not in tables:
+        raise ConfigError(f"cannot resume: {path} is a SQLite file but not thinktree's call store")
+
+
+def _create_folder(
+    folder: Path,
+    run_id: str,
+    problems: Sequence[Problem],
+    endpoint: EndpointConfig,
+    model: str,
+    caps: Capabilities,
+    settings: RunSettings,
+    aggregate: str,
+) -> None:
+    try:
+        folder.mkdir(parents=True)
+    except FileExistsError:
+        raise ConfigError(f"run folder {folder} already exists; choose another --out") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot create run folder {folder}: {exc.strerror}") from None
+    manifest = {
+        "manifest_version": MANIFEST_VERSION,
+        "thinktree": __version__,
+        "run_id": run_id,
+        "endpoint": {"name": endpoint.name, "base_url": endpoint.base_url, "model": model},
+        "capabilities": caps.to_dict(),
+        "settings": _settings_dict(settings, aggregate),
+        "problems": [p.model_dump(mode="json") for p in problems],
+    }
+    _atomic_write(folder / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False))
+
+
+def _discard_store(path: Path) -> None:
+    """A resumed run rebuilds its store from scratch (the calls come from the cache)."""
+    if path.exists():
+        with contextlib.closing(RunStore.open_readonly(path)):
+            pass  # raises a one-line StoreError for a foreign or damaged file
+    for leftover in (path, *(Path(f"{path}{s}") for s in ("-wal", "-shm", "-lock"))):
+        leftover.unlink(missing_ok=True)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def _needed(modes: ModeSettings) -> set[str]:
@@ -196,22 +370,6 @@ async def _client(
         yield client
     finally:
         await client.aclose()
-
-
-@asynccontextmanager
-async def _staging(final: Path) -> AsyncIterator[Path]:
-    """A temporary folder beside ``final``, renamed to it only if the block succeeds."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=final.parent))
-    try:
-        yield staging
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if final.exists():  # noqa: ASYNC240 - one stat at the very end of a run
-        shutil.rmtree(staging, ignore_errors=True)
-        raise ConfigError(f"run folder {final} appeared while the run was going; not replaced")
-    os.replace(staging, final)
 
 
 def _write_results(
@@ -255,4 +413,4 @@ def _write_results(
             for t in trees
         ],
     }
-    path.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")
+    _atomic_write(path, json.dumps(data, indent=1, ensure_ascii=False))

@@ -1,0 +1,110 @@
+"""The request cache: every finished model call, committed before it counts.
+
+A call's fingerprint hashes the endpoint, the model, the route, the whole request
+(messages or prompt, sampling parameters, seed) and the node(s) it is for, so two
+samples never collapse into one. A resumed run looks each call up first: what was paid
+for once is read back, never paid for again.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from thinktree.agents.endpoint import Choice, Completion
+
+__all__ = ["SqliteCallCache", "completion_from_json", "completion_to_json"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS responses (
+    fingerprint TEXT PRIMARY KEY,
+    route TEXT NOT NULL,
+    request TEXT NOT NULL,
+    response TEXT NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    latency_s REAL NOT NULL,
+    attempts INTEGER NOT NULL,
+    created REAL NOT NULL
+)
+"""
+
+
+def completion_to_json(completion: Completion) -> str:
+    return json.dumps(asdict(completion), ensure_ascii=False)
+
+
+def completion_from_json(text: str) -> Completion:
+    data = json.loads(text)
+    data["choices"] = [Choice(**c) for c in data["choices"]]
+    return Completion(**data)
+
+
+class SqliteCallCache:
+    """The ``responses`` table of a run's SQLite store, written from a worker thread.
+
+    Each record is committed before ``record`` returns, so a call counts only once its
+    response is on disk; a killed run loses at most the calls still in flight.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = anyio.Lock()
+        self._conn = sqlite3.connect(path, timeout=30.0, check_same_thread=False)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        self._conn.execute(_SCHEMA)
+        self._conn.commit()
+        self.hits = 0
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def cached(self) -> int:
+        row = self._conn.execute("SELECT count(*) FROM responses").fetchone()
+        return int(row[0])
+
+    async def lookup(self, fingerprint: str) -> Completion | None:
+        async with self._lock:
+            row = await anyio.to_thread.run_sync(self._get, fingerprint)
+        if row is None:
+            return None
+        self.hits += 1
+        return completion_from_json(row)
+
+    def _get(self, fp: str) -> str | None:
+        row = self._conn.execute(
+            "SELECT response FROM responses WHERE fingerprint = ?", (fp,)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    async def record(
+        self, fingerprint: str, route: str, request: dict[str, Any], completion: Completion
+    ) -> None:
+        row = (
+            fingerprint,
+            route,
+            json.dumps(request, ensure_ascii=False, sort_keys=True),
+            completion_to_json(completion),
+            completion.prompt_tokens,
+            completion.completion_tokens,
+            completion.latency_s,
+            completion.attempts,
+            time.time(),
+        )
+        async with self._lock:
+            with anyio.CancelScope(shield=True):  # a paid-for answer is never dropped
+                await anyio.to_thread.run_sync(self._put, row)
+
+    def _put(self, row: tuple[Any, ...]) -> None:
+        self._conn.execute(
+            "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row
+        )
+        self._conn.commit()

@@ -1,0 +1,261 @@
+"""Kill a run with SIGKILL at many points, resume it, and prove nothing was lost or paid twice.
+
+The server is a real HTTP server on 127.0.0.1 that records every request it answers;
+the run is the real ``thinktree`` command in a child process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from thinktree.testing.fake_server import FakeBehaviour, fake_server_in_thread
+
+REPLY_WORDS = ["Let", "me", "weigh", "each", "option", "in", "turn", "before", "deciding"]
+
+
+def reply(body: dict[str, Any], index: int) -> str:
+    """Deterministic per request, different per seed, so samples and steps differ."""
+    seed = int(body.get("seed") or 0) + index
+    letter = "ABC"[seed % 3]
+    words = REPLY_WORDS[: 4 + seed % 6]
+    return " ".join(words) + f". Answer: {letter}"
+
+
+BEHAVIOUR = FakeBehaviour(reply=reply, chunk_delay_s=0.004)
+RUN_ARGS = [
+    "--mode",
+    "hybrid",
+    "--n",
+    "2",
+    "--steps",
+    "3",
+    "--total-budget",
+    "96",
+    "--concurrency",
+    "2",
+    "--seed",
+    "3",
+]
+
+
+def write_dataset(path: Path, count: int = 5) -> Path:
+    with path.open("w") as f:
+        for i in range(count):
+            f.write(
+                json.dumps(
+                    {
+                        "id": f"q{i}",
+                        "question": f"Which one, case {i}?",
+                        "answer_type": "choice",
+                        "options": {"A": "alpha", "B": "beta", "C": "gamma"},
+                        "answer": "ABC"[i % 3],
+                    }
+                )
+                + "\n"
+            )
+    return path
+
+
+def start(args: list[str]) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "thinktree.cli", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def finish(args: list[str]) -> None:
+    proc = start(args)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out + err
+
+
+def request_key(body: dict[str, Any]) -> str:
+    """What identifies a request on both sides (the run's record and the server's log)."""
+    extra = body.get("extra_body") or {}
+    return json.dumps(
+        [
+            body.get("messages"),
+            body.get("prompt"),
+            body.get("max_tokens"),
+            body.get("seed"),
+            body.get("n", 1),
+            body.get("continue_final_message", extra.get("continue_final_message")),
+        ],
+        sort_keys=True,
+    )
+
+
+def committed(folder: Path) -> set[str]:
+    path = folder / "calls.sqlite"
+    if not path.exists():
+        return set()
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        rows = conn.execute("SELECT request FROM responses").fetchall()
+    except sqlite3.OperationalError:
+        return set()
+    finally:
+        conn.close()
+    return {request_key(json.loads(r[0])) for r in rows}
+
+
+def comparable(results: dict[str, Any]) -> dict[str, Any]:
+    """Everything but wall-clock figures and the server's own response ids."""
+    metrics = {k: v for k, v in results["metrics"].items() if not k.startswith("latency")}
+    problems = [
+        {
+            **p,
+            "nodes": [
+                {k: v for k, v in n.items() if k not in ("latency_s", "call_id")}
+                for n in p["nodes"]
+            ],
+        }
+        for p in results["problems"]
+    ]
+    return {"metrics": metrics, "problems": problems, "settings": results["settings"]}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("reference")
+    data = write_dataset(root / "data.jsonl")
+    with fake_server_in_thread(BEHAVIOUR) as server:
+        finish(
+            ["run", str(data), "--endpoint", server.base_url, *RUN_ARGS, "--out", str(root / "run")]
+        )
+    return comparable(json.loads((root / "run" / "results.json").read_text()))
+
+
+# (calls answered before the kill, extra delay): early, between calls, mid-stream, late.
+KILL_POINTS = [
+    (1, 0.0),
+    (2, 0.01),
+    (3, 0.0),
+    (5, 0.02),
+    (7, 0.0),
+    (9, 0.03),
+    (12, 0.0),
+    (15, 0.015),
+    (18, 0.0),
+    (22, 0.025),
+    (20, 0.01),
+]
+
+
+@pytest.mark.parametrize(("after", "delay"), KILL_POINTS)
+def test_sigkill_then_resume_pays_once_and_matches(
+    tmp_path: Path, reference: dict[str, Any], after: int, delay: float
+) -> None:
+    data = write_dataset(tmp_path / "data.jsonl")
+    folder = tmp_path / "run"
+    with fake_server_in_thread(BEHAVIOUR, record_bodies=True) as server:
+        proc = start(
+            ["run", str(data), "--endpoint", server.base_url, *RUN_ARGS, "--out", str(folder)]
+        )
+        deadline = time.monotonic() + 60
+        while not (folder / "run.json").exists() and proc.poll() is None:
+            assert time.monotonic() < deadline, "the run never started"
+            time.sleep(0.002)
+        base = server.answered  # the capability probe's calls come before the folder
+        while server.answered < base + after and proc.poll() is None:
+            assert time.monotonic() < deadline, "the run made no progress"
+            time.sleep(0.002)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert proc.returncode == -signal.SIGKILL
+        assert not (folder / "results.json").exists()
+        paid_before = committed(folder)
+
+        finish(["run", "--resume", str(folder)])
+
+        answered = Counter(
+            request_key(b) for b in server.bodies if b.get("messages") or b.get("prompt")
+        )
+    # every call that was finished (committed) before the kill was paid exactly once
+    if after >= 3:
+        assert paid_before, "the kill point should leave finished calls behind"
+    for key in paid_before:
+        assert answered[key] == 1, "a finished call was paid for again"
+    results = json.loads((folder / "results.json").read_text())
+    assert comparable(results) == reference
+    status = (
+        sqlite3.connect(f"file:{folder / 'run.sqlite'}?mode=ro", uri=True)
+        .execute("SELECT status FROM run")
+        .fetchone()[0]
+    )
+    assert status == "completed"
+
+
+def test_resume_refuses_foreign_and_finished_folders(tmp_path: Path) -> None:
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "thinktree.cli", "run", *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = run("--resume", str(empty))
+    assert proc.returncode != 0 and "no run.json" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "run.json").write_text(json.dumps({"manifest_version": 99, "thinktree": "9.0"}))
+    proc = run("--resume", str(bad))
+    assert proc.returncode != 0 and "format 99" in proc.stderr
+
+    (bad / "run.json").write_text(json.dumps({"manifest_version": 1}))
+    (bad / "calls.sqlite").write_bytes(b"not a database at all, just text")
+    before = (bad / "calls.sqlite").read_bytes()
+    proc = run("--resume", str(bad))
+    assert proc.returncode != 0 and "not a SQLite database" in proc.stderr
+    assert (bad / "calls.sqlite").read_bytes() == before
+
+
+def test_resume_with_another_mode_or_dataset_is_refused(tmp_path: Path) -> None:
+    data = write_dataset(tmp_path / "data.jsonl", count=2)
+    folder = tmp_path / "run"
+    with fake_server_in_thread(BEHAVIOUR) as server:
+        proc = start(
+            ["run", str(data), "--endpoint", server.base_url, *RUN_ARGS, "--out", str(folder)]
+        )
+        while not (folder / "run.json").exists():
+            time.sleep(0.005)
+        base = server.answered
+        while server.answered < base + 2:
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    other = write_dataset(tmp_path / "other.jsonl", count=3)
+    for args, needle in (
+        (["--mode", "parallel"], "cannot be resumed as 'parallel'"),
+        ([str(other)], "does not hold the problems"),
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "thinktree.cli", "run", "--resume", str(folder), *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode != 0
+        assert needle in done.stderr
+        assert "Traceback" not in done.stderr
