@@ -356,6 +356,39 @@ def probe(
 
 
 @app.command()
+def runs(
+    root: Annotated[Path, typer.Argument(help="folder holding run folders")] = Path("runs"),
+) -> None:
+    """List runs: status, mode, endpoint, progress and tokens."""
+    configure()
+    from thinktree.orchestrator.store import list_runs
+
+    if not root.is_dir():
+        raise _fail(f"no run folder at {root}; runs go to ./runs unless --out says otherwise")
+    found = list_runs(root)
+    if not found:
+        out.print(f"no runs in {root}")
+        return
+    table = Table(title=f"runs in {root}")
+    for column in ("run", "status", "mode", "endpoint", "model", "progress", "right", "tokens"):
+        table.add_column(column, overflow="fold")
+    colours = {"completed": "green", "running": "cyan", "interrupted": "yellow"}
+    for run in found:
+        colour = colours.get(run.status, "red")
+        table.add_row(
+            run.folder.name,
+            f"[{colour}]{run.status}[/]",
+            run.mode or "—",
+            run.endpoint or "—",
+            run.model or "—",
+            f"{run.problems_done}/{run.problems_total}",
+            str(run.problems_correct),
+            str(run.tokens),
+        )
+    out.print(table)
+
+
+@app.command()
 def serve(
     port: Annotated[
         int | None, typer.Option(help="port on 127.0.0.1 (default: a free one)")

@@ -1,0 +1,83 @@
+"""`thinktree runs` lists run folders, and a planted API key appears nowhere a run writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from thinktree.testing.fake_server import FakeBehaviour, fake_server_in_thread
+
+KEY = "sk-planted-4f9b2c7e1d"
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OPENAI_API_KEY": KEY, "COLUMNS": "200"}
+    env.pop("OPENAI_BASE_URL", None)
+    return subprocess.run(
+        [sys.executable, "-m", "thinktree.cli", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_runs_lists_completed_and_unreadable_runs_without_secrets(tmp_path: Path) -> None:
+    data = tmp_path / "d.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps({"id": f"q{i}", "question": "Q?", "answer_type": "yesno", "answer": "yes"})
+            + "\n"
+            for i in range(3)
+        )
+    )
+    with fake_server_in_thread(FakeBehaviour(reply="Yes, it does.\nAnswer: yes")) as server:
+        first = cli(
+            "run",
+            str(data),
+            "--endpoint",
+            server.base_url,
+            "--out",
+            "runs/a",
+            "--verbose",
+            cwd=tmp_path,
+        )
+        second = cli(
+            "run",
+            str(data),
+            "--endpoint",
+            server.base_url,
+            "--mode",
+            "parallel",
+            "--n",
+            "3",
+            "--out",
+            "runs/b",
+            cwd=tmp_path,
+        )
+    assert first.returncode == 0, first.stderr
+    assert second.returncode == 0, second.stderr
+    (tmp_path / "runs" / "broken").mkdir()
+    (tmp_path / "runs" / "broken" / "run.sqlite").write_text("not sqlite")
+
+    listed = cli("runs", cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    rows = {
+        line.split("│")[1].strip(): line
+        for line in listed.stdout.splitlines()
+        if line.startswith("│")
+    }
+    assert "completed" in rows["a"] and "budget" in rows["a"] and "3/3" in rows["a"]
+    assert "completed" in rows["b"] and "parallel" in rows["b"]
+    assert "unreadable" in rows["broken"]
+
+    # the key was in the environment of every command: it must not be in anything written
+    for path in (tmp_path / "runs").rglob("*"):
+        if path.is_file():
+            assert KEY.encode() not in path.read_bytes(), path
+    for proc in (first, second, listed):
+        assert KEY not in proc.stdout + proc.stderr
