@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,11 @@ import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from thinktree.orchestrator.events import Event, RunFinished
-from thinktree.tui.trace import TraceDecoder, read_trace, resolve_trace, trace_finished
+from thinktree.tui.trace import TraceDecoder, resolve_trace, trace_finished
 
 BATCH = 2000  # events applied between two chances for the screen to draw
 SPEEDS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, math.inf)
+_READ = 1 << 20  # bytes of a trace decoded at a time
 _TICK = 0.05  # seconds a replay sleeps at most before it looks at speed and pause again
 
 
@@ -84,28 +86,40 @@ class ReplaySource:
         self.paused = not self.paused
 
     async def batches(self) -> AsyncIterator[list[Event]]:
-        events = await anyio.to_thread.run_sync(lambda: list(read_trace(self.path)))
-        i = 0
-        self.clock = events[0].at if events else 0.0
-        while i < len(events):
-            if self.paused:
-                await anyio.sleep(_TICK)
-                continue
-            if self.speed == math.inf:
-                due = min(i + BATCH, len(events))
-                self.clock = max(self.clock, events[due - 1].at)
-            else:
-                due = i
-                while due < len(events) and due - i < BATCH and events[due].at <= self.clock:
-                    due += 1
-            if due > i:
-                batch, i = events[i:due], due
-                yield batch
-                await anyio.lowlevel.checkpoint()
-                continue
-            step = min((events[i].at - self.clock) / self.speed, _TICK)
-            await anyio.sleep(step)
-            self.clock += step * self.speed
+        pending: deque[Event] = deque()
+        started = False
+        async for chunk in _decoded_chunks(self.path):
+            pending.extend(chunk)
+            if not started and pending:
+                self.clock, started = pending[0].at, True
+            while pending:
+                if self.paused:
+                    await anyio.sleep(_TICK)
+                    continue
+                batch: list[Event] = []
+                while (
+                    pending
+                    and len(batch) < BATCH
+                    and (self.speed == math.inf or pending[0].at <= self.clock)
+                ):
+                    batch.append(pending.popleft())
+                if batch:
+                    self.clock = max(self.clock, batch[-1].at)
+                    yield batch
+                    await anyio.lowlevel.checkpoint()
+                    continue
+                step = min((pending[0].at - self.clock) / self.speed, _TICK)
+                await anyio.sleep(step)
+                self.clock += step * self.speed
+
+
+async def _decoded_chunks(path: Path) -> AsyncIterator[list[Event]]:
+    """The events of a whole trace file, a chunk at a time, decoded off the event loop."""
+    decoder = TraceDecoder(str(path))
+    async with await anyio.open_file(path, "rb") as file:
+        while chunk := await file.read(_READ):
+            yield await anyio.to_thread.run_sync(decoder.feed, chunk)
+    yield decoder.finish()
 
 
 class FollowSource:
