@@ -1,0 +1,728 @@
+"""The run store: what lands in run.sqlite, how it reads back, and how it fails."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from thinktree.errors import ThinktreeError
+from thinktree.orchestrator.bus import Subscriber, event_bus
+from thinktree.orchestrator.events import (
+    CallRetried,
+    Event,
+    NodeDelta,
+    NodeFailed,
+    NodeFinished,
+    NodeKind,
+    NodeStarted,
+    ProblemFinished,
+    ProblemStarted,
+    RunFinished,
+    RunStarted,
+    VoteCast,
+)
+from thinktree.orchestrator.store import (
+    REDACTED,
+    SCHEMA_VERSION,
+    STORE_NAME,
+    RunStore,
+    StoreError,
+    list_runs,
+    redact,
+)
+
+pytestmark = pytest.mark.anyio
+
+API_KEY = "sk-planted-4f9a7c2e1b3d5f6a8c0e"
+BEARER = "Bearer planted-bearer-9c8b7a6f5e4d3c2b"
+SECRET = "planted-client-secret-0a1b2c3d"
+
+SETTINGS = {
+    "mode": "hybrid",
+    "n": 2,
+    "steps": 1,
+    "max_tokens": 256,
+    "answer_tokens": 32,
+    "api_key": API_KEY,
+    "headers": {"Authorization": BEARER, "X-Trace": "keep-me"},
+    "clients": [{"client_secret": SECRET, "token_budget": 512}],
+}
+
+
+def run_started(run_id: str = "20250101-000000-abcdef", problems: int = 2) -> RunStarted:
+    return RunStarted(
+        at=0.0,
+        run_id=run_id,
+        mode="hybrid",
+        endpoint="embedded",
+        model="toy-1",
+        problems=problems,
+        settings=SETTINGS,
+    )
+
+
+def node(nid: str, parent: str, kind: NodeKind, at: float, pid: str = "p1") -> NodeStarted:
+    return NodeStarted(
+        at=at,
+        node_id=nid,
+        problem_id=pid,
+        parent_id=parent,
+        kind=kind,
+        label=nid.rsplit("/", 1)[-1],
+        max_tokens=128,
+        continuation="chat",
+    )
+
+
+def done(nid: str, at: float, call: str | None, prompt: int, completion: int, **kw: object):
+    return NodeFinished(
+        at=at,
+        node_id=nid,
+        text=f"text of {nid}",
+        finish_reason=str(kw.get("finish_reason", "length")),
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        answer=kw.get("answer"),  # type: ignore[arg-type]
+        extraction=kw.get("extraction"),  # type: ignore[arg-type]
+        latency_s=float(kw.get("latency_s", 0.5)),  # type: ignore[arg-type]
+        call_id=call,
+    )
+
+
+def branch_done(nid: str, at: float, answer: str | None) -> NodeFinished:
+    """A branch closing: structural, no call of its own."""
+    return NodeFinished(
+        at=at,
+        node_id=nid,
+        text="",
+        finish_reason=None,
+        prompt_tokens=0,
+        completion_tokens=0,
+        answer=answer,
+        extraction="branch",
+    )
+
+
+def problem_events() -> list[Event]:
+    """Two problems. p1: two branches whose first generations come from one n=2 call,
+    a step each, a failed step, a "Wait" extension whose call has no id, a retry, a
+    forced answer, the branches closing, a vote; p2 fails."""
+    return [
+        ProblemStarted(at=0.1, problem_id="p1", node_id="p1", question="2+2?", gold="4"),
+        node("p1/b0", "p1", NodeKind.BRANCH, 0.2),
+        node("p1/b1", "p1", NodeKind.BRANCH, 0.2),
+        node("p1/b0/think", "p1/b0", NodeKind.GENERATION, 0.2),
+        node("p1/b1/think", "p1/b1", NodeKind.GENERATION, 0.2),
+        NodeDelta(at=0.3, node_id="p1/b0/think", text="text of "),
+        NodeDelta(at=0.3, node_id="p1/b1/think", text="text of "),
+        done("p1/b0/think", 1.0, "call-1", 100, 50, latency_s=0.9),
+        done("p1/b1/think", 1.0, "call-1", 0, 40, latency_s=0.9),
+        node("p1/b0/step1", "p1/b0/think", NodeKind.STEP, 1.1),
+        node("p1/b1/step1", "p1/b1/think", NodeKind.STEP, 1.1),
+        CallRetried(at=1.2, endpoint="embedded", attempt=1, wait_s=0.5, reason=f"429 {BEARER}"),
+        done("p1/b0/step1", 2.0, "call-2", 150, 60, answer="4", extraction="boxed"),
+        NodeFailed(at=2.1, node_id="p1/b1/step1", error=f"endpoint said no to {API_KEY}"),
+        node("p1/b1/wait1", "p1/b1/think", NodeKind.EXTENSION, 2.2),
+        done("p1/b1/wait1", 2.5, None, 90, 20),
+        node("p1/b0/answer", "p1/b0/step1", NodeKind.FORCED_ANSWER, 2.6),
+        done("p1/b0/answer", 3.0, "call-3", 220, 8, answer="4", extraction="forced", latency_s=0.2),
+        branch_done("p1/b0", 3.0, "4"),
+        branch_done("p1/b1", 3.0, None),
+        VoteCast(
+            at=3.1,
+            problem_id="p1",
+            node_id="p1",
+            rule="shortest-majority",
+            answer="4",
+            winner_node="p1/b0/answer",
+            counts={"4": 1, "secret": 1},
+        ),
+        ProblemFinished(at=3.2, problem_id="p1", answer="4", correct=True, covered=True),
+        ProblemStarted(at=3.3, problem_id="p2", node_id="p2", question="3+3?", gold=None),
+        node("p2/think", "p2", NodeKind.GENERATION, 3.4, pid="p2"),
+        NodeFailed(at=3.5, node_id="p2/think", error="connection reset"),
+        ProblemFinished(
+            at=3.6,
+            problem_id="p2",
+            answer=None,
+            correct=None,
+            covered=None,
+            error="no candidate stated an answer",
+        ),
+    ]
+
+
+EVENTS_STORED = 26  # full_run() less its two deltas
+
+
+def full_run(status: str = "completed") -> list[Event]:
+    return [run_started(), *problem_events(), RunFinished(at=3.7, run_id="x", status=status)]
+
+
+def feed(store: RunStore, events: list[Event]) -> None:
+    for event in events:
+        store.handle(event)
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    folder = tmp_path / "run"
+    folder.mkdir()
+    return folder / STORE_NAME
+
+
+@pytest.fixture
+def store(db_path: Path) -> Iterator[RunStore]:
+    store = RunStore(db_path)
+    yield store
+    store.close()
+
+
+def query(path: Path, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+def copy_file(source: Path, target: Path) -> Path:
+    target.write_bytes(source.read_bytes())
+    return target
+
+
+def snapshot(path: Path) -> tuple[bytes, int, list[str]]:
+    return path.read_bytes(), path.stat().st_mtime_ns, sorted(os.listdir(path.parent))
+
+
+# --- contents ------------------------------------------------------------------------------
+
+
+async def test_a_run_lands_in_the_tables(store: RunStore, db_path: Path) -> None:
+    events = full_run()
+    feed(store, events)
+    await store.aclose()
+    assert store.error is None and store.skipped == 0
+
+    (run,) = query(
+        db_path,
+        "SELECT run_id, mode, endpoint, model, problems_total, status, retries, finished_at "
+        "FROM run",
+    )
+    assert run == ("20250101-000000-abcdef", "hybrid", "embedded", "toy-1", 2, "completed", 1, 3.7)
+    (settings,) = query(db_path, "SELECT settings FROM run")[0]
+    assert json.loads(str(settings))["max_tokens"] == 256
+    assert dict(query(db_path, "SELECT key, value FROM meta")) == {
+        "schema_version": str(SCHEMA_VERSION),
+        "thinktree_version": "0.1.0",
+    }
+
+    assert query(
+        db_path,
+        "SELECT id, node_id, status, answer, correct, covered, error FROM problems ORDER BY rowid",
+    ) == [
+        ("p1", "p1", "done", "4", 1, 1, None),
+        ("p2", "p2", "failed", None, None, None, "no candidate stated an answer"),
+    ]
+
+    nodes = query(
+        db_path,
+        "SELECT id, parent_id, kind, status, prompt_tokens, completion_tokens, answer, "
+        "extraction, call_id FROM nodes WHERE problem_id = 'p1' ORDER BY rowid",
+    )
+    assert nodes == [
+        ("p1", None, "problem", "done", 0, 0, "4", None, None),
+        ("p1/b0", "p1", "branch", "done", 0, 0, "4", "branch", None),
+        ("p1/b1", "p1", "branch", "done", 0, 0, None, "branch", None),
+        ("p1/b0/think", "p1/b0", "generation", "done", 100, 50, None, None, "call-1"),
+        ("p1/b1/think", "p1/b1", "generation", "done", 0, 40, None, None, "call-1"),
+        ("p1/b0/step1", "p1/b0/think", "step", "done", 150, 60, "4", "boxed", "call-2"),
+        ("p1/b1/step1", "p1/b1/think", "step", "failed", 0, 0, None, None, None),
+        ("p1/b1/wait1", "p1/b1/think", "extension", "done", 90, 20, None, None, None),
+        ("p1/b0/answer", "p1/b0/step1", "forced-answer", "done", 220, 8, "4", "forced", "call-3"),
+    ]
+    (failed,) = query(db_path, "SELECT error, finished_at FROM nodes WHERE id = 'p1/b1/step1'")
+    assert failed == (f"endpoint said no to sk-{REDACTED}", 2.1)
+    (forced,) = query(
+        db_path,
+        "SELECT label, text, max_tokens, continuation, finish_reason, latency_s, started_at, "
+        "finished_at FROM nodes WHERE id = 'p1/b0/answer'",
+    )
+    assert forced == ("answer", "text of p1/b0/answer", 128, "chat", "length", 0.2, 2.6, 3.0)
+    assert query(db_path, "SELECT id, status, error FROM nodes WHERE problem_id = 'p2'") == [
+        ("p2", "failed", "no candidate stated an answer"),
+        ("p2/think", "failed", "connection reset"),
+    ]
+
+    calls = query(
+        db_path,
+        "SELECT call_id, problem_id, node_ids, prompt_tokens, completion_tokens, latency_s "
+        "FROM calls ORDER BY rowid",
+    )
+    assert [(c[0], c[1], json.loads(str(c[2])), *c[3:]) for c in calls] == [
+        ("call-1", "p1", ["p1/b0/think", "p1/b1/think"], 100, 90, 0.9),
+        ("call-2", "p1", ["p1/b0/step1"], 150, 60, 0.5),
+        ("p1/b1/wait1", "p1", ["p1/b1/wait1"], 90, 20, 0.5),  # no call id: the node's own
+        ("call-3", "p1", ["p1/b0/answer"], 220, 8, 0.2),
+    ]
+
+    (vote,) = query(
+        db_path, "SELECT problem_id, node_id, rule, answer, winner_node, counts FROM votes"
+    )
+    assert vote[:5] == ("p1", "p1", "shortest-majority", "4", "p1/b0/answer")
+    assert json.loads(str(vote[5])) == {"4": 1, "secret": 1}  # counts are data, kept
+
+    stored = query(db_path, "SELECT id, type, at, payload FROM events ORDER BY id")
+    expected = [e for e in events if not isinstance(e, NodeDelta)]
+    assert len(expected) == EVENTS_STORED
+    assert [row[1] for row in stored] == [e.type for e in expected]
+    assert [row[2] for row in stored] == [e.at for e in expected]
+    assert [row[0] for row in stored] == list(range(1, len(expected) + 1))
+    finished = next(e for e in expected if isinstance(e, NodeFinished))
+    payload = json.loads(str(stored[expected.index(finished)][3]))
+    assert payload == json.loads(json.dumps(finished.to_dict()))
+
+
+async def test_reader_api(store: RunStore, db_path: Path) -> None:
+    feed(store, full_run())
+    await store.aclose()
+    with RunStore.open_readonly(db_path) as reader:
+        info = reader.run_info()
+        assert info["run_id"] == "20250101-000000-abcdef"
+        assert info["status"] == reader.status() == "completed"
+        assert info["schema_version"] == SCHEMA_VERSION
+        assert info["settings"]["api_key"] == REDACTED
+        assert info["settings"]["headers"] == {"Authorization": REDACTED, "X-Trace": "keep-me"}
+        problems = reader.problems()
+        assert [p["id"] for p in problems] == ["p1", "p2"]
+        assert problems[0]["correct"] is True and problems[0]["covered"] is True
+        assert problems[0]["vote"]["counts"] == {"4": 1, "secret": 1}
+        assert problems[1]["vote"] is None and problems[1]["correct"] is None
+        assert [n["id"] for n in reader.nodes("p2")] == ["p2", "p2/think"]
+        assert reader.nodes("nope") == []
+        assert reader.calls()[0]["node_ids"] == ["p1/b0/think", "p1/b1/think"]
+        events = reader.events()
+        assert events[0]["type"] == "run-started" and events[0]["id"] == 1
+        assert len(events) == EVENTS_STORED and events[-1]["type"] == "run-finished"
+        assert [e["id"] for e in reader.events(after_id=23)] == [24, 25, 26]
+        assert len(reader.events(after_id=0, limit=3)) == 3
+        assert reader.events(after_id=10_000) == []
+
+
+async def test_wal_mode_and_indexes(store: RunStore, db_path: Path) -> None:
+    feed(store, [run_started(), *problem_events()[:3]])
+    await store.flush()
+    assert query(db_path, "PRAGMA journal_mode") == [("wal",)]
+    assert (db_path.parent / f"{STORE_NAME}-wal").exists()
+    indexes = query(db_path, "SELECT name, tbl_name FROM sqlite_master WHERE type = 'index'")
+    assert ("nodes_problem", "nodes") in indexes
+    # events(id) is the table's INTEGER PRIMARY KEY, i.e. its rowid b-tree.
+    assert ("id", "INTEGER", 1) in [
+        (r[1], r[2], r[5]) for r in query(db_path, "PRAGMA table_info(events)")
+    ]
+    assert query(db_path, "PRAGMA foreign_key_list(nodes)")
+
+
+# --- status -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("final", ["completed", "failed", "cancelled"])
+async def test_status_goes_from_running_to_the_final_one(
+    store: RunStore, db_path: Path, final: str
+) -> None:
+    reader = RunStore.open_readonly(db_path)
+    assert reader.status() == "running"  # created, nothing handled yet, writer alive
+    feed(store, [run_started(), *problem_events()])
+    await store.flush()
+    assert reader.status() == "running"
+    assert query(db_path, "SELECT status FROM run") == [("running",)]
+    store.handle(RunFinished(at=9.0, run_id="x", status=final))
+    await store.flush()
+    assert reader.status() == final
+    await store.aclose()
+    assert reader.status() == final
+    assert query(db_path, "SELECT status FROM run") == [(final,)]
+    reader.close()
+
+
+async def test_a_closed_store_is_whole_without_its_wal(
+    store: RunStore, db_path: Path, tmp_path: Path
+) -> None:
+    reader = RunStore.open_readonly(db_path)  # kept open: SQLite cannot drop the -wal
+    feed(store, full_run())
+    await store.aclose()
+    copy = copy_file(db_path, tmp_path / "copy.sqlite")  # the main file only
+    assert query(copy, "SELECT count(*) FROM events") == [(EVENTS_STORED,)]
+    assert query(copy, "SELECT status FROM run") == [("completed",)]
+    reader.close()
+
+
+async def test_closed_without_run_finished_is_interrupted(store: RunStore, db_path: Path) -> None:
+    feed(store, [run_started(), *problem_events()[:6]])
+    await store.aclose()
+    assert query(db_path, "SELECT status FROM run") == [("interrupted",)]
+    with RunStore.open_readonly(db_path) as reader:
+        assert reader.status() == "interrupted"
+    assert not (db_path.parent / f"{STORE_NAME}-lock").exists()
+
+
+def test_a_writer_that_died_reads_as_interrupted(db_path: Path) -> None:
+    script = f"""
+import os, anyio
+from pathlib import Path
+from thinktree.orchestrator.events import ProblemStarted, RunStarted
+from thinktree.orchestrator.store import RunStore
+
+async def main():
+    store = RunStore(Path({str(db_path)!r}))
+    store.handle(RunStarted(run_id="r", mode="budget", endpoint="e", model="m", problems=1))
+    store.handle(ProblemStarted(problem_id="p", node_id="p", question="q", gold=None))
+    await store.flush()
+    os._exit(0)  # no close: as if the process were killed
+
+anyio.run(main)
+"""
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    assert query(db_path, "SELECT status FROM run") == [("running",)]
+    with RunStore.open_readonly(db_path) as reader:
+        assert reader.status() == "interrupted"
+        assert reader.run_info()["status"] == "interrupted"
+        assert [p["id"] for p in reader.problems()] == ["p"]
+    (summary,) = list_runs(db_path.parent.parent)
+    assert summary.status == "interrupted"
+
+
+# --- live reading -------------------------------------------------------------------------
+
+
+async def test_a_second_reader_follows_the_writer(store: RunStore, db_path: Path) -> None:
+    events = full_run()
+    reader = RunStore.open_readonly(db_path)
+    seen: list[dict[str, object]] = []
+    for start in range(0, len(events), 5):
+        feed(store, events[start : start + 5])
+        await store.flush()
+        new = reader.events(after_id=int(seen[-1]["id"]) if seen else 0)  # type: ignore[call-overload]
+        seen.extend(new)
+        stored = [e for e in events[: start + 5] if not isinstance(e, NodeDelta)]
+        assert [e["type"] for e in seen] == [e.type for e in stored]
+    assert reader.status() == "completed"
+    reader.close()
+
+
+async def test_readers_in_another_thread_while_the_writer_writes(
+    db_path: Path,
+) -> None:
+    store = RunStore(db_path, interval_s=0.005, batch_events=50)
+    store.handle(run_started())
+    store.handle(ProblemStarted(at=0, problem_id="p1", node_id="p1", question="q", gold=None))
+    await store.flush()
+    counts: list[int] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        try:
+            with RunStore.open_readonly(db_path) as reader:
+                while not stop.is_set():
+                    counts.append(len(reader.events()))
+                    reader.nodes("p1")
+                    reader.status()
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    for i in range(2000):
+        store.handle(node(f"p1/b{i}", "p1", NodeKind.BRANCH, 1.0))
+        store.handle(done(f"p1/b{i}", 2.0, f"c{i}", 1, 1))
+        if i % 200 == 0:
+            await store.flush()
+    await store.aclose()
+    stop.set()
+    thread.join()
+    assert not errors
+    assert counts == sorted(counts) and counts[-1] >= 2
+    assert query(db_path, "SELECT count(*) FROM nodes") == [(2001,)]
+
+
+# --- bad input ----------------------------------------------------------------------------
+
+
+def _newer(path: Path) -> None:
+    RunStore(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+
+
+def _older(path: Path) -> None:
+    RunStore(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE meta SET value = '0' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+
+
+def _foreign(path: Path) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE songs (title TEXT)")
+    conn.execute("INSERT INTO songs VALUES ('x')")
+    conn.commit()
+    conn.close()
+
+
+def _text(path: Path) -> None:
+    path.write_text('{"type": "run-started"}\n' * 50)
+
+
+def _empty(path: Path) -> None:
+    path.write_bytes(b"")
+
+
+def _truncated(path: Path) -> None:
+    path.write_bytes(b"SQLite format 3\x00" + b"\x00" * 40)
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (_text, "is not a SQLite database"),
+        (_empty, "is an empty file"),
+        (_foreign, "without thinktree's run schema"),
+        (_newer, "written by a newer thinktree"),
+        (_older, "written by an older thinktree"),
+        (_truncated, "cannot be read as a run store"),
+    ],
+)
+@pytest.mark.parametrize("how", ["read", "create"])
+def test_bad_stores_are_refused_and_left_untouched(
+    db_path: Path, make: object, message: str, how: str
+) -> None:
+    make(db_path)  # type: ignore[operator]
+    before = snapshot(db_path)
+    with pytest.raises(StoreError) as caught:
+        if how == "read":
+            RunStore.open_readonly(db_path)
+        else:
+            RunStore(db_path)
+    text = str(caught.value)
+    assert message in text and "\n" not in text and str(db_path) in text
+    assert isinstance(caught.value, ThinktreeError)
+    assert snapshot(db_path) == before
+
+
+def test_opening_what_is_not_there(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="no run store at"):
+        RunStore.open_readonly(tmp_path / "missing.sqlite")
+    with pytest.raises(StoreError, match="is not a file"):
+        RunStore.open_readonly(tmp_path)
+
+
+def test_creating_over_a_good_store_is_refused(db_path: Path) -> None:
+    with RunStore(db_path) as store:
+        store.handle(run_started())
+    before = snapshot(db_path)
+    with pytest.raises(StoreError, match="already exists"):
+        RunStore(db_path)
+    assert snapshot(db_path) == before
+
+
+def test_creating_in_a_missing_folder(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="does not exist"):
+        RunStore(tmp_path / "nope" / STORE_NAME)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_creating_in_a_read_only_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        with pytest.raises(StoreError, match=r"cannot create run store .*: permission denied"):
+            RunStore(folder / STORE_NAME)
+        assert os.listdir(folder) == []
+    finally:
+        folder.chmod(0o755)
+
+
+def test_a_full_disk_at_creation_leaves_nothing(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = sqlite3.connect
+
+    def full(*args: object, **kwargs: object) -> sqlite3.Connection:
+        conn = real(*args, **kwargs)  # type: ignore[arg-type]
+        conn.execute("PRAGMA max_page_count = 1")  # SQLite's own "disk is full"
+        return conn
+
+    monkeypatch.setattr(sqlite3, "connect", full)
+    with pytest.raises(StoreError) as caught:
+        RunStore(db_path)
+    assert str(caught.value) == f"cannot create run store {db_path}: database or disk is full"
+    assert os.listdir(db_path.parent) == []
+
+
+async def test_a_full_disk_mid_run_stops_the_store_not_the_run(
+    store: RunStore, db_path: Path
+) -> None:
+    store.handle(run_started())
+    await store.flush()
+    (pages,) = query(db_path, "PRAGMA page_count")[0]
+    store._conn.execute(f"PRAGMA max_page_count = {pages}")  # the disk is now full
+    big = "x" * 200_000
+    store.handle(ProblemStarted(at=1, problem_id="p1", node_id="p1", question=big, gold=None))
+    await store.flush()  # does not raise
+    assert store.error is not None and "database or disk is full" in store.error
+    assert "\n" not in store.error
+    store.handle(RunFinished(at=2, run_id="x", status="completed"))  # dropped, not raised
+    await store.aclose()
+    with RunStore.open_readonly(db_path) as reader:
+        assert reader.problems() == []
+        assert reader.status() == "interrupted"
+
+
+# --- listing runs -------------------------------------------------------------------------
+
+
+async def test_list_runs_mixes_good_and_bad_folders(tmp_path: Path) -> None:
+    root = tmp_path / "runs"
+    root.mkdir()
+    for name in ("a-done", "b-interrupted", "c-garbage", "d-foreign", "e-newer", "f-empty"):
+        (root / name).mkdir()
+    with RunStore(root / "a-done" / STORE_NAME) as good:
+        feed(good, full_run())
+    with RunStore(root / "b-interrupted" / STORE_NAME) as cut:
+        feed(cut, [run_started("run-b", problems=5), *problem_events()[:5]])
+    (root / "c-garbage" / STORE_NAME).write_bytes(os.urandom(4096))
+    _foreign(root / "d-foreign" / STORE_NAME)
+    _newer(root / "e-newer" / STORE_NAME)
+    (root / "stray.txt").write_text("not a run")
+
+    runs = {r.folder.name: r for r in list_runs(root)}
+    assert set(runs) == {"a-done", "b-interrupted", "c-garbage", "d-foreign", "e-newer"}
+    good_run = runs["a-done"]
+    assert (good_run.run_id, good_run.status, good_run.mode) == (
+        "20250101-000000-abcdef",
+        "completed",
+        "hybrid",
+    )
+    assert (good_run.endpoint, good_run.model) == ("embedded", "toy-1")
+    assert (good_run.problems_done, good_run.problems_total, good_run.problems_correct) == (2, 2, 1)
+    assert good_run.prompt_tokens == 100 + 150 + 90 + 220
+    assert good_run.tokens == good_run.prompt_tokens + 50 + 40 + 60 + 20 + 8
+    assert good_run.started is not None and good_run.error is None
+    cut_run = runs["b-interrupted"]
+    assert (cut_run.run_id, cut_run.status) == ("run-b", "interrupted")
+    assert (cut_run.problems_done, cut_run.problems_total) == (0, 5)
+    for name in ("c-garbage", "d-foreign", "e-newer"):
+        assert runs[name].status == "unreadable"
+        assert runs[name].error and "\n" not in runs[name].error
+    assert list_runs(tmp_path / "no-such-root") == []
+
+
+# --- secrets ------------------------------------------------------------------------------
+
+
+async def test_planted_keys_never_reach_the_file(store: RunStore, db_path: Path) -> None:
+    feed(store, full_run())
+    await store.aclose()
+    data = b"".join(p.read_bytes() for p in db_path.parent.iterdir() if p.is_file())
+    for secret in (API_KEY, BEARER, BEARER.split()[1], SECRET):
+        assert secret.encode() not in data
+    assert b"keep-me" in data  # the rest of the settings is there
+    (settings,) = query(db_path, "SELECT settings FROM run")[0]
+    assert json.loads(str(settings))["clients"] == [
+        {"client_secret": REDACTED, "token_budget": 512}
+    ]
+
+
+def test_redact() -> None:
+    assert redact(
+        {
+            "api_key": "x",
+            "API-KEY": "x",
+            "token": "x",
+            "hf_token": "x",
+            "password": "x",
+            "max_tokens": 5,
+            "tokens": "x",
+            "secret": None,
+            "url": "https://u:pw@host/v1?key=abc&n=2",
+            "nested": [{"Authorization": {"scheme": "Bearer"}}],
+        }
+    ) == {
+        "api_key": REDACTED,
+        "API-KEY": REDACTED,
+        "token": REDACTED,
+        "hf_token": REDACTED,
+        "password": REDACTED,
+        "max_tokens": 5,
+        "tokens": "x",
+        "secret": None,
+        "url": f"https://u:{REDACTED}@host/v1?key={REDACTED}&n=2",
+        "nested": [{"Authorization": REDACTED}],
+    }
+
+
+# --- cost ---------------------------------------------------------------------------------
+
+
+def synthetic(count: int) -> list[Event]:
+    """``count`` events of one wide problem: per node a start, two deltas and a finish."""
+    events: list[Event] = [
+        run_started(problems=1),
+        ProblemStarted(at=0.0, problem_id="p1", node_id="p1", question="q", gold="1"),
+    ]
+    i = 0
+    while len(events) < count:
+        nid = f"p1/n{i}"
+        events.append(node(nid, "p1", NodeKind.GENERATION, i * 1e-3))
+        events.append(NodeDelta(at=i * 1e-3, node_id=nid, text="one "))
+        events.append(NodeDelta(at=i * 1e-3, node_id=nid, text="two"))
+        events.append(done(nid, i * 1e-3, f"c{i}", 10, 5, answer="1"))
+        i += 1
+    return events[:count]
+
+
+async def test_handle_only_enqueues_and_flush_commits_everything(
+    store: RunStore, db_path: Path
+) -> None:
+    events = synthetic(20_000)
+    start = time.perf_counter()
+    for event in events:
+        store.handle(event)
+    spent = time.perf_counter() - start
+    assert spent < 0.5, f"handle took {spent:.3f} s for 20,000 events"
+    await store.flush()
+    kept = [e for e in events if not isinstance(e, NodeDelta)]
+    assert query(db_path, "SELECT count(*) FROM events") == [(len(kept),)]
+    assert query(db_path, "SELECT count(*) FROM events WHERE type = 'node-delta'") == [(0,)]
+    assert query(db_path, "SELECT count(*) FROM nodes") == [
+        (sum(isinstance(e, NodeStarted) for e in events) + 1,)
+    ]
+    assert store.error is None
+
+
+async def test_the_bus_closes_the_store_with_everything_in_it(db_path: Path) -> None:
+    store = RunStore(db_path)
+    assert isinstance(store, Subscriber) and store.wants_deltas is False
+    events = synthetic(5_000)
+    async with event_bus([store]) as bus:
+        for event in events:
+            await bus.emit(event)
+        await bus.emit(RunFinished(run_id="x", status="completed"))
+    kept = sum(not isinstance(e, NodeDelta) for e in events) + 1
+    assert query(db_path, "SELECT count(*) FROM events") == [(kept,)]
+    assert query(db_path, "SELECT status FROM run") == [("completed",)]
+    assert not (db_path.parent / f"{STORE_NAME}-lock").exists()
