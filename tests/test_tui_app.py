@@ -302,3 +302,54 @@ async def test_watch_picks_follow_or_replay_from_the_trace(tmp_path: Path) -> No
         source_for(done, speed=0)
     with pytest.raises(FileNotFoundError):
         source_for(tmp_path / "missing")
+
+
+async def test_ids_labels_and_answers_are_never_markup() -> None:
+    from thinktree.orchestrator.events import (
+        NodeFinished,
+        NodeKind,
+        ProblemFinished,
+        ProblemStarted,
+        RunStarted,
+    )
+
+    pid = "[bold]p[/"
+    events: list[Event] = [
+        RunStarted(run_id="[r]", mode="budget", endpoint="[e]", model="m[/]", problems=1),
+        ProblemStarted(problem_id=pid, node_id=pid, question="[q]\x1b[2J?", gold="[g]"),
+        NodeStarted(
+            node_id=f"{pid}/think",
+            problem_id=pid,
+            parent_id=pid,
+            kind=NodeKind.GENERATION,
+            label="[/] think",
+        ),
+        NodeFinished(
+            node_id=f"{pid}/think",
+            text="Answer: [x]",
+            finish_reason="stop",
+            prompt_tokens=1,
+            completion_tokens=2,
+            answer="[x][/x",
+        ),
+        ProblemFinished(problem_id=pid, answer="[x][/x", correct=False, covered=False),
+    ]
+    send, receive = anyio.create_memory_object_stream[Event](100)
+    app = ThinktreeApp(receive, refresh_hz=0.001)
+    async with app.run_test(size=SIZE) as pilot:
+        await feed(send, events)
+        send.close()
+        await settle(app, pilot)
+        app.problem_tree.focus_node(f"{pid}/think")
+        await pilot.pause()
+        screen = screen_text(app)
+        for shown in (
+            "run [r]",
+            "endpoint [e]",
+            "model m[/]",
+            "✗ [bold]p[/ → [x][/x",
+            "[/] think",
+            "[q]␛[2J?",
+        ):
+            assert shown in screen, shown
+        assert "Answer: [x]" in app.detail.text

@@ -173,7 +173,7 @@ async def test_a_run_failing_midway_keeps_the_view_open_then_raises() -> None:
         async with event_bus([subscriber]) as bus:
             for event in synthetic_run(3, 2, running=2):
                 await bus.emit(event)
-        raise RuntimeError("the endpoint went away")
+        raise RuntimeError("the endpoint went away [bold]unclosed[/")
 
     async def look_then_quit(pilot: Pilot[object]) -> None:
         app = pilot.app

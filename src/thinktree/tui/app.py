@@ -8,6 +8,7 @@ burst of tokens costs one redraw, not one per token.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import math
 import time
@@ -160,7 +161,8 @@ class ThinktreeApp(App[None]):
     def _work_out_budget(self, started: RunStarted) -> None:
         """The run's token allowance, off the event loop (the first import is slow)."""
         tokens = allowed_tokens(started)
-        self.call_from_thread(self._set_budget, tokens)
+        with contextlib.suppress(RuntimeError):  # the app closed meanwhile
+            self.call_from_thread(self._set_budget, tokens)
 
     def _set_budget(self, tokens: int | None) -> None:
         self.view.allowed_tokens = tokens
@@ -177,7 +179,7 @@ class ThinktreeApp(App[None]):
                 return
             message = one_line(str(exc) or type(exc).__name__, 200)
             self.view.error = f"run failed: {message}"
-            self.notify(message, title="the run failed", severity="error", timeout=30)
+            self.notify(message, title="the run failed", severity="error", timeout=30, markup=False)
         finally:
             self.engine_running = False
 
@@ -238,7 +240,7 @@ class ThinktreeApp(App[None]):
         self.selected_problem = problem_id
         problem = self._problem()
         self.problem_tree.show(problem)
-        self.problem_tree.border_title = one_line(problem_id or "tree", 40)
+        self.problem_tree.border_title = Text(one_line(problem_id or "tree", 40))  # not markup
         if problem is None:
             self.detail_node = None
         else:
@@ -256,7 +258,7 @@ class ThinktreeApp(App[None]):
             self.detail.show(None, Text("select a node", style="dim"), Text(""))
             return
         meta, body = render.node_detail(problem, node)
-        self.detail.border_title = one_line(node.label, 40)
+        self.detail.border_title = Text(one_line(node.label, 40))
         self.detail.show(node.id, meta, body, streaming=node.status is NodeStatus.RUNNING)
 
     def _follow_newest(self) -> None:
