@@ -26,7 +26,19 @@ from thinktree.tui.trace import (
 
 def test_every_event_type_round_trips_with_enums_restored() -> None:
     events = synthetic_run(5, 4, running=1) + synthetic_run(2, 2)
-    assert {e.type for e in events} == set(EVENT_TYPES)
+    assert {e.type for e in events} == {
+        "run-started",
+        "problem-started",
+        "node-started",
+        "node-delta",
+        "node-finished",
+        "node-failed",
+        "call-retried",
+        "vote-cast",
+        "problem-finished",
+        "run-finished",
+    }
+    assert {e.type for e in events} <= set(EVENT_TYPES)
     for event in events:
         back = event_from_dict(json.loads(json.dumps(event.to_dict())))
         assert back == event

@@ -5,41 +5,32 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import sys
 import types
 import typing
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from thinktree.orchestrator.events import (
-    CallRetried,
-    Event,
-    NodeDelta,
-    NodeFailed,
-    NodeFinished,
-    NodeStarted,
-    ProblemFinished,
-    ProblemStarted,
-    RunFinished,
-    RunStarted,
-    VoteCast,
-)
+from thinktree.orchestrator.events import Event, RunFinished
 
-EVENT_TYPES: dict[str, type[Event]] = {
-    cls.type: cls
-    for cls in (
-        RunStarted,
-        ProblemStarted,
-        NodeStarted,
-        NodeDelta,
-        NodeFinished,
-        NodeFailed,
-        CallRetried,
-        VoteCast,
-        ProblemFinished,
-        RunFinished,
-    )
-}
+
+def _event_types() -> dict[str, type[Event]]:
+    """Every event class by its ``type``, new ones in events.py included."""
+    found: dict[str, type[Event]] = {}
+    stack = list(Event.__subclasses__())
+    while stack:
+        cls = stack.pop()
+        stack.extend(cls.__subclasses__())
+        # A slots dataclass replaces its class; the replaced one may linger until
+        # collected, so only the class its module actually exports counts.
+        module = sys.modules.get(cls.__module__)
+        if getattr(module, cls.__qualname__, None) is cls:
+            found[cls.type] = cls
+    return found
+
+
+EVENT_TYPES = _event_types()
 TRACE_NAME = "trace.jsonl"
 _CHUNK = 1 << 20
 
@@ -86,6 +77,9 @@ def event_from_dict(data: Mapping[str, Any]) -> Event:
     """The event that ``to_dict`` wrote as ``data`` (keys it does not know are ignored)."""
     kind = data.get("type")
     cls = EVENT_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None and isinstance(kind, str):
+        EVENT_TYPES.update(_event_types())  # an event class defined since import
+        cls = EVENT_TYPES.get(kind)
     if cls is None:
         raise UnknownEventType(f"unknown event type {kind!r}")
     kwargs = {name: convert(data[name]) for name, convert in _fields(cls).items() if name in data}
