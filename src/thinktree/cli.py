@@ -108,6 +108,16 @@ def run(
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="run folder (default runs/<run id>)")
     ] = None,
+    max_tokens: Annotated[
+        int | None, typer.Option(help="stop the run once it has spent this many tokens")
+    ] = None,
+    max_problem_tokens: Annotated[
+        int | None, typer.Option(help="at most this many tokens on any one problem")
+    ] = None,
+    max_cost: Annotated[
+        float | None,
+        typer.Option(help="stop the run at this cost in USD (needs [prices] for the model)"),
+    ] = None,
     resume: Annotated[
         Path | None,
         typer.Option(help="continue a killed run from its folder (finished calls are not re-paid)"),
@@ -119,6 +129,7 @@ def run(
     from thinktree.agents.modes import ModeSettings
     from thinktree.config import endpoint_from, load_config
     from thinktree.orchestrator.run import RunSettings, validate
+    from thinktree.pricing import prices_from_config
 
     if resume is not None:
         _resume(resume, dataset, mode, endpoint, model, config)
@@ -138,8 +149,13 @@ def run(
         seed=seed,
         concurrency=concurrency,
         out=out_dir,
+        max_run_tokens=max_tokens,
+        max_problem_tokens=max_problem_tokens,
+        max_cost=max_cost,
     )
     try:
+        cfg = load_config(config)
+        settings = dataclasses.replace(settings, prices=prices_from_config(cfg))
         validate(settings)
         if limit is not None and limit <= 0:
             raise _fail(f"--limit must be positive, not {limit}")
@@ -150,7 +166,6 @@ def run(
             problems = load_problems(dataset, limit=limit, offset=offset)
         if not problems:
             raise _fail("no problems left after --offset/--limit")
-        cfg = load_config(config)
         target = endpoint_from(endpoint, model=model, config=cfg)
     except (ThinktreeError, DatasetError) as exc:
         raise _fail(str(exc)) from None
@@ -213,9 +228,10 @@ def _resume(
     from thinktree.agents.endpoint import EndpointConfig
     from thinktree.config import endpoint_from, load_config
     from thinktree.orchestrator.run import load_resume
+    from thinktree.pricing import prices_from_config
 
     try:
-        state = load_resume(folder)
+        state = load_resume(folder, prices=prices_from_config(load_config(config)))
         if mode is not None and mode != state.settings.modes.mode:
             raise ConfigError(
                 f"run {folder} was started in mode '{state.settings.modes.mode}'; "
@@ -282,10 +298,17 @@ def _print_results(result: object) -> None:
     )
     summary.add_row("budget utilisation", f"{pct(m.utilisation)} of {m.tokens_allowed}")
     summary.add_row("calls", f"{m.calls} ({m.retries} retries)")
+    if m.cost_usd is not None:
+        summary.add_row("cost", f"${m.cost_usd:.4f}")
     summary.add_row("latency", f"p50 {secs(m.latency_p50_s)} · p95 {secs(m.latency_p95_s)}")
     summary.add_row("continuation", result.capabilities.continuation)
     summary.add_row("run folder", str(result.folder))
     out.print(summary)
+    if result.stopped_by:
+        err.print(
+            f"[yellow]{result.stopped_by}[/]; problems not finished say so in the results",
+            highlight=False,
+        )
 
 
 @app.command()

@@ -17,3 +17,7 @@ class EndpointError(ThinktreeError):
 
 class BudgetExhausted(ThinktreeError):
     """A request would pass a token budget."""
+
+
+class RunLimitReached(ThinktreeError):
+    """The run's token or money limit is reached: no new call may start."""

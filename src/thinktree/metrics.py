@@ -8,6 +8,7 @@ from typing import Any
 
 from thinktree.orchestrator.events import NodeKind
 from thinktree.orchestrator.tree import ProblemTree
+from thinktree.pricing import Price
 
 _STRUCTURAL = {NodeKind.PROBLEM, NodeKind.BRANCH, NodeKind.VOTE, NodeKind.VERDICT}
 _THINKING = {NodeKind.GENERATION, NodeKind.EXTENSION, NodeKind.STEP}
@@ -31,6 +32,7 @@ class Metrics:
     retries: int
     latency_p50_s: float | None
     latency_p95_s: float | None
+    cost_usd: float | None = None  # None when the model has no price
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -45,7 +47,9 @@ def percentile(values: list[float], q: float) -> float | None:
     return statistics.quantiles(values, n=100, method="inclusive")[max(0, min(98, int(q) - 1))]
 
 
-def compute(trees: list[ProblemTree], *, tokens_allowed: int, retries: int = 0) -> Metrics:
+def compute(
+    trees: list[ProblemTree], *, tokens_allowed: int, retries: int = 0, price: Price | None = None
+) -> Metrics:
     graded = [t for t in trees if t.correct is not None]
     covered = [t for t in trees if t.covered is not None]
     calls = [n for t in trees for n in t.nodes.values() if n.kind not in _STRUCTURAL]
@@ -70,4 +74,7 @@ def compute(trees: list[ProblemTree], *, tokens_allowed: int, retries: int = 0) 
         retries=retries,
         latency_p50_s=percentile(latencies, 50),
         latency_p95_s=percentile(latencies, 95),
+        cost_usd=None
+        if price is None
+        else round(price.cost(sum(n.prompt_tokens for n in calls), completion), 6),
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
+import anyio
 import structlog
 
 from thinktree.agents.capabilities import Capabilities
@@ -19,6 +20,7 @@ from thinktree.extraction import extract_answer
 from thinktree.orchestrator.bus import EventBus
 from thinktree.orchestrator.events import NodeDelta, NodeFailed, NodeFinished, NodeKind, NodeStarted
 from thinktree.orchestrator.ledger import Budget
+from thinktree.pricing import MoneyLimit
 from thinktree.problems import Problem
 
 log = structlog.get_logger(__name__)
@@ -91,6 +93,7 @@ class Solver:
     caps: Capabilities
     bus: EventBus
     sampling: Sampling = field(default_factory=Sampling)
+    money: MoneyLimit | None = None
 
     def seed_for(self, node_id: str) -> int | None:
         """A seed per node, stable across runs and resumes (None when unseeded)."""
@@ -107,6 +110,8 @@ class Solver:
         Raises :class:`~thinktree.errors.BudgetExhausted` (before any node exists) when
         the request's pool has nothing left.
         """
+        if self.money is not None:
+            self.money.check()
         grant = req.budget.reserve(req.max_tokens)
         mode, messages, prefix = self._shape(branch, req)
         await self.bus.emit(
@@ -126,8 +131,13 @@ class Solver:
             req.budget.commit(grant, 0)
             await self.bus.emit(NodeFailed(node_id=req.node_id, error=str(exc)))
             return Segment(node_id=req.node_id, failed=True, error=str(exc))
+        except anyio.get_cancelled_exc_class():
+            await self._cancelled([req], grant)
+            raise
         choice = result.choices[0]
         req.budget.commit(grant, choice.completion_tokens)
+        if self.money is not None:
+            self.money.add(result.prompt_tokens, result.completion_tokens)
         _apply(branch, mode, messages, prefix, req, choice.text)
         return await self._finish(branch, req, result, 0, result.prompt_tokens)
 
@@ -138,6 +148,8 @@ class Solver:
 
         Returns each branch's segment with its own copy of the grown conversation.
         """
+        if self.money is not None:
+            self.money.check()
         grants = [r.budget.reserve(r.max_tokens) for r in reqs]
         grant = min(grants)
         for r, g in zip(reqs, grants, strict=True):
@@ -160,6 +172,9 @@ class Solver:
             result = await self._request(
                 mode, messages, prefix, grant, len(reqs), reqs[0].node_id, reqs
             )
+        except anyio.get_cancelled_exc_class():
+            await self._cancelled(reqs, grant)
+            raise
         except EndpointError as exc:
             out = []
             for r in reqs:
@@ -167,6 +182,8 @@ class Solver:
                 await self.bus.emit(NodeFailed(node_id=r.node_id, error=str(exc)))
                 out.append((Segment(node_id=r.node_id, failed=True, error=str(exc)), branch.fork()))
             return out
+        if self.money is not None:
+            self.money.add(result.prompt_tokens, result.completion_tokens)
         segments: list[tuple[Segment, Branch]] = []
         by_index = dict(enumerate(result.choices))
         for i, r in enumerate(reqs):
@@ -185,6 +202,15 @@ class Solver:
             prompt_tokens = result.prompt_tokens if i == 0 else 0
             segments.append((await self._finish(own, r, result, i, prompt_tokens), own))
         return segments
+
+    async def _cancelled(self, reqs: list[SegmentRequest], grant: int) -> None:
+        """Record calls cut off in flight (the run stopped): released, marked cancelled."""
+        with anyio.CancelScope(shield=True):
+            for r in reqs:
+                r.budget.commit(grant, 0)
+                await self.bus.emit(
+                    NodeFailed(node_id=r.node_id, error="cancelled in flight: the run stopped")
+                )
 
     def _shape(self, branch: Branch, req: SegmentRequest) -> tuple[str, list[Message], str]:
         """How to send ``req``: the continuation mode, the messages and the assistant prefix."""

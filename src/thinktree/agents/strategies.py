@@ -15,7 +15,7 @@ import anyio
 from thinktree.agents.prompts import EXTEND_CUE, FORCE_ANSWER_CUE, REVISION_PROMPT, WAIT_CUE
 from thinktree.agents.solver import Branch, Candidate, Segment, SegmentRequest, Solver
 from thinktree.errors import BudgetExhausted, ConfigError
-from thinktree.orchestrator.events import NodeFinished, NodeKind, NodeStarted
+from thinktree.orchestrator.events import NodeFailed, NodeFinished, NodeKind, NodeStarted
 from thinktree.orchestrator.ledger import Budget
 
 FORCE_PROMPT = "Stop here and state your final answer now, as 'Answer: ...'."
@@ -266,7 +266,18 @@ class Parallel:
 
         async def grow(i: int) -> None:
             own = branch.fork()
-            results[i] = await self.inner.run(solver, own, ids[i], pools[i], firsts[i])
+            try:
+                results[i] = await self.inner.run(solver, own, ids[i], pools[i], firsts[i])
+            except BaseException as exc:
+                # the branch ends with the reason (a stopped run, a cancelled sibling)
+                reason = (
+                    "cancelled: the run stopped"
+                    if isinstance(exc, anyio.get_cancelled_exc_class())
+                    else str(exc) or type(exc).__name__
+                )
+                with anyio.CancelScope(shield=True):
+                    await solver.bus.emit(NodeFailed(node_id=ids[i], error=reason))
+                raise
             best = results[i][-1] if results[i] else None
             await solver.bus.emit(
                 NodeFinished(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from thinktree.errors import BudgetExhausted
+from thinktree.errors import BudgetExhausted, RunLimitReached
 
 
 @dataclass(slots=True)
@@ -19,11 +19,14 @@ class Budget:
     name: str
     limit: int | None
     parent: Budget | None = None
+    stops_run: bool = False  # exhausting this pool stops the whole run
     reserved: int = 0
     used: int = 0
     children: list[Budget] = field(default_factory=list)
 
-    def child(self, name: str, limit: int | None) -> Budget:
+    def child(self, name: str, limit: int | None, *, cap: int | None = None) -> Budget:
+        if cap is not None:
+            limit = cap if limit is None else min(limit, cap)
         budget = Budget(name=name, limit=limit, parent=self)
         self.children.append(budget)
         return budget
@@ -46,8 +49,19 @@ class Budget:
         left = self.available()
         grant = wanted if left is None else min(wanted, left)
         if grant <= 0:
+            pool: Budget | None = self
+            while pool is not None:
+                if (
+                    pool.stops_run
+                    and pool.limit is not None
+                    and pool.limit - pool.used - pool.reserved <= 0
+                ):
+                    raise RunLimitReached(
+                        f"run stopped: its token limit of {pool.limit} is reached"
+                    )
+                pool = pool.parent
             raise BudgetExhausted(f"budget '{self.name}' is spent")
-        pool: Budget | None = self
+        pool = self
         while pool is not None:
             pool.reserved += grant
             pool = pool.parent

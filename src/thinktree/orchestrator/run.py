@@ -35,10 +35,12 @@ from thinktree.metrics import Metrics, compute
 from thinktree.orchestrator.bus import EventBus, Subscriber, event_bus
 from thinktree.orchestrator.call_cache import SqliteCallCache
 from thinktree.orchestrator.events import CallRetried, RunFinished, RunStarted
+from thinktree.orchestrator.ledger import Budget
 from thinktree.orchestrator.scheduler import run_problems
 from thinktree.orchestrator.store import STORE_NAME, RunStore
 from thinktree.orchestrator.subscribers import TraceWriter, TreeRecorder
 from thinktree.orchestrator.tree import ProblemTree
+from thinktree.pricing import MoneyLimit, Price
 from thinktree.problems import Problem
 
 log = structlog.get_logger(__name__)
@@ -54,6 +56,10 @@ class RunSettings:
     seed: int | None = 0
     concurrency: int = 8
     out: Path | None = None
+    max_run_tokens: int | None = None  # completion tokens for the whole run
+    max_problem_tokens: int | None = None
+    max_cost: float | None = None  # USD; needs a price for the model
+    prices: dict[str, Price] = field(default_factory=dict)
 
     def temperature_for_mode(self) -> float:
         if self.temperature is not None:
@@ -70,6 +76,7 @@ class RunResult:
     model: str
     capabilities: Capabilities
     cached_calls: int = 0
+    stopped_by: str | None = None
 
 
 def validate(settings: RunSettings, *, resuming: bool = False) -> None:
@@ -85,6 +92,14 @@ def validate(settings: RunSettings, *, resuming: bool = False) -> None:
             f"--aggregate {aggregate} needs a verifier; use majority, "
             "shortest-majority or length-weighted"
         )
+    for name, value in (
+        ("max-tokens", settings.max_run_tokens),
+        ("max-problem-tokens", settings.max_problem_tokens),
+    ):
+        if value is not None and value <= 0:
+            raise ConfigError(f"--{name} must be a positive number of tokens, not {value}")
+    if settings.max_cost is not None and settings.max_cost <= 0:
+        raise ConfigError(f"--max-cost must be a positive amount, not {settings.max_cost}")
     if settings.concurrency <= 0:
         raise ConfigError(f"--concurrency must be positive, not {settings.concurrency}")
     if settings.temperature is not None and not 0 <= settings.temperature <= 2:
@@ -138,6 +153,15 @@ async def execute(
         client.on_retry = on_retry
         with bound_contextvars(run_id=run_id):
             model = await client.resolve_model()
+            money = None
+            if settings.max_cost is not None:
+                price = settings.prices.get(model)
+                if price is None:
+                    raise ConfigError(
+                        f"--max-cost needs a price for model '{model}': add it under [prices] "
+                        "in thinktree.toml"
+                    )
+                money = MoneyLimit(settings.max_cost, price)
             if resume is not None:
                 caps = resume.capabilities
             else:
@@ -155,6 +179,7 @@ async def execute(
                 on_started(folder)
             trace = TraceWriter(folder / "trace.jsonl")
             sampling = Sampling(temperature=settings.temperature_for_mode(), seed=settings.seed)
+            run_pool = Budget(name="run", limit=settings.max_run_tokens, stops_run=True)
             status = "failed"
             try:
                 async with event_bus([recorder, trace, store, *subscribers]) as bus:
@@ -172,7 +197,12 @@ async def execute(
 
                     def make_solver(problem: Problem) -> Solver:
                         return Solver(
-                            problem=problem, client=client, caps=caps, bus=bus, sampling=sampling
+                            problem=problem,
+                            client=client,
+                            caps=caps,
+                            bus=bus,
+                            sampling=sampling,
+                            money=money,
                         )
 
                     try:
@@ -183,17 +213,25 @@ async def execute(
                             make_solver,
                             bus,
                             concurrency=settings.concurrency,
+                            run_pool=run_pool,
+                            problem_limit=settings.max_problem_tokens,
                         )
-                        status = "completed"
+                        stopped = _stopped_by(recorder)
+                        status = "stopped" if stopped else "completed"
                     finally:
                         with anyio.CancelScope(shield=True):
-                            if status == "completed":
+                            if status in ("completed", "stopped"):
                                 await bus.emit(RunFinished(run_id=run_id, status=status))
             finally:
                 cache.close()
 
         trees = [recorder.tree.problems[p.id] for p in problems]
-        metrics = compute(trees, tokens_allowed=strategy.allowed_tokens(), retries=recorder.retries)
+        metrics = compute(
+            trees,
+            tokens_allowed=strategy.allowed_tokens(),
+            retries=recorder.retries,
+            price=settings.prices.get(model),
+        )
         _write_results(
             folder / "results.json",
             run_id,
@@ -204,6 +242,7 @@ async def execute(
             aggregate_name,
             metrics,
             trees,
+            stopped_by=_stopped_by(recorder),
         )
     log.info(
         "run finished",
@@ -220,6 +259,7 @@ async def execute(
         model=model,
         capabilities=caps,
         cached_calls=cache.hits,
+        stopped_by=_stopped_by(recorder),
     )
 
 
@@ -235,7 +275,7 @@ class ResumeState:
     settings: RunSettings
 
 
-def load_resume(folder: Path) -> ResumeState:
+def load_resume(folder: Path, *, prices: dict[str, Price] | None = None) -> ResumeState:
     """Read a run folder to resume; one-line ConfigError when it cannot be resumed."""
     manifest = folder / MANIFEST
     if not folder.is_dir():
@@ -266,6 +306,10 @@ def load_resume(folder: Path) -> ResumeState:
             seed=s["seed"],
             concurrency=s["concurrency"],
             out=folder,
+            max_run_tokens=s.get("max_run_tokens"),
+            max_problem_tokens=s.get("max_problem_tokens"),
+            max_cost=s.get("max_cost"),
+            prices=dict(prices or {}),
         )
         caps = Capabilities(**data["capabilities"])
         endpoint = dict(data["endpoint"])
@@ -344,6 +388,14 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _stopped_by(recorder: TreeRecorder) -> str | None:
+    """Why the run stopped early (a token or money limit), or None when it did not."""
+    for tree in recorder.tree.problems.values():
+        if tree.error and tree.error.startswith("run stopped"):
+            return tree.error
+    return None
+
+
 def _needed(modes: ModeSettings) -> set[str]:
     need = {"continuation"}
     if modes.mode in ("parallel", "hybrid"):
@@ -358,6 +410,9 @@ def _settings_dict(settings: RunSettings, aggregate: str) -> dict[str, Any]:
         "temperature": settings.temperature_for_mode(),
         "seed": settings.seed,
         "concurrency": settings.concurrency,
+        "max_run_tokens": settings.max_run_tokens,
+        "max_problem_tokens": settings.max_problem_tokens,
+        "max_cost": settings.max_cost,
     }
 
 
@@ -382,10 +437,14 @@ def _write_results(
     aggregate: str,
     metrics: Metrics,
     trees: list[ProblemTree],
+    *,
+    stopped_by: str | None,
 ) -> None:
     data = {
         "thinktree": __version__,
         "run_id": run_id,
+        "status": "stopped" if stopped_by else "completed",
+        "stopped_by": stopped_by,
         "endpoint": {"name": endpoint.name, "base_url": endpoint.base_url},
         "model": model,
         "capabilities": caps.to_dict(),

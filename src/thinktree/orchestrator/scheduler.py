@@ -34,6 +34,8 @@ async def solve_problem(
     aggregate: Aggregator,
     make_solver: SolverFactory,
     bus: EventBus,
+    run_pool: Budget,
+    problem_limit: int | None = None,
 ) -> None:
     """Grow one problem's tree, vote, grade, and announce the outcome."""
     root = problem.id
@@ -43,14 +45,17 @@ async def solve_problem(
         )
     )
     solver = make_solver(problem)
-    pool = Budget(name=problem.id, limit=strategy.allowed_tokens())
+    pool = run_pool.child(problem.id, strategy.allowed_tokens(), cap=problem_limit)
     try:
         candidates = await strategy.run(solver, Branch(messages_for(problem)), root, pool)
-    except ThinktreeError as exc:
-        log.warning("problem failed", problem=problem.id, error=str(exc))
+    except (ThinktreeError, ExceptionGroup) as exc:
+        found = user_error(exc)
+        if found is None:
+            raise
+        log.warning("problem failed", problem=problem.id, error=str(found))
         await bus.emit(
             ProblemFinished(
-                problem_id=problem.id, answer=None, correct=None, covered=None, error=str(exc)
+                problem_id=problem.id, answer=None, correct=None, covered=None, error=str(found)
             )
         )
         return
@@ -93,15 +98,36 @@ async def run_problems(
     bus: EventBus,
     *,
     concurrency: int = 8,
+    run_pool: Budget | None = None,
+    problem_limit: int | None = None,
 ) -> None:
-    """Solve every problem, at most ``concurrency`` at once, all inside one task group."""
+    """Solve every problem, at most ``concurrency`` at once, all inside one task group.
+
+    ``run_pool`` caps the tokens of the whole run: once it is spent no call starts,
+    calls in flight finish, and every problem not done ends with the reason.
+    """
     limiter = anyio.CapacityLimiter(concurrency)
+    pool = run_pool or Budget(name="run", limit=None)
 
     async def one(problem: Problem) -> None:
         async with limiter:
             with bound_contextvars(problem=problem.id):
-                await solve_problem(problem, strategy, aggregate, make_solver, bus)
+                await solve_problem(
+                    problem, strategy, aggregate, make_solver, bus, pool, problem_limit
+                )
 
     async with anyio.create_task_group() as tg:
         for problem in problems:
             tg.start_soon(one, problem)
+
+
+def user_error(exc: BaseException) -> ThinktreeError | None:
+    """The first user-facing error inside ``exc`` (task groups wrap errors in groups)."""
+    if isinstance(exc, ThinktreeError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = user_error(inner)
+            if found is not None:
+                return found
+    return None

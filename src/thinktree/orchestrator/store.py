@@ -637,7 +637,9 @@ class _Projection:
                 row = self._node(p["node_id"])
                 if row is None:
                     return self._skip(p, f"no node {p['node_id']}")
-                row.update(status="failed", error=p["error"], finished_at=p["at"])
+                error = str(p["error"])
+                status = "cancelled" if error.startswith("cancelled") else "failed"
+                row.update(status=status, error=error, finished_at=p["at"])
                 self._nodes_dirty[p["node_id"]] = row
             case "problem-started":
                 pid, nid = p["problem_id"], p["node_id"]

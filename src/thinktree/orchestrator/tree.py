@@ -164,7 +164,9 @@ class RunTree:
                 node.finished_at = event.at
             case NodeFailed(node_id=nid, error=err):
                 node = self.node(nid)
-                node.status = NodeStatus.FAILED
+                node.status = (
+                    NodeStatus.CANCELLED if err.startswith("cancelled") else NodeStatus.FAILED
+                )
                 node.error = err
                 node.finished_at = event.at
             case VoteCast():

@@ -1,0 +1,126 @@
+"""Token and money limits: never passed, and a run stopped by one says so."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from thinktree.agents.endpoint import EndpointConfig
+from thinktree.agents.modes import ModeSettings
+from thinktree.orchestrator.run import RunSettings, execute
+from thinktree.pricing import Price
+from thinktree.problems import AnswerType, Problem
+from thinktree.testing.fake_server import FakeBehaviour, FakeServer, fake_server_in_thread
+
+pytestmark = pytest.mark.anyio
+PROBLEMS = [
+    Problem(
+        id=f"q{i}",
+        question=f"Case {i}?",
+        answer_type=AnswerType.CHOICE,
+        options={"A": "a", "B": "b"},
+        answer="B",
+    )
+    for i in range(10)
+]
+SLOWISH = FakeBehaviour(native_n=False, chunk_delay_s=0.002)
+
+
+def store_tokens(folder: Path) -> int:
+    conn = sqlite3.connect(f"file:{folder / 'run.sqlite'}?mode=ro", uri=True)
+    try:
+        return int(
+            conn.execute("SELECT coalesce(sum(completion_tokens), 0) FROM nodes").fetchone()[0]
+        )
+    finally:
+        conn.close()
+
+
+async def run_with(tmp_path: Path, **limits: object) -> tuple[dict[str, object], Path]:
+    async with FakeServer(SLOWISH) as server:
+        cfg = EndpointConfig(
+            name="fake", base_url=server.base_url, continuation="chat", native_n="no"
+        )
+        settings = RunSettings(
+            modes=ModeSettings(mode="parallel", n=4, budget=16),
+            concurrency=2,
+            out=tmp_path / "run",
+            **limits,
+        )  # type: ignore[arg-type]
+        result = await execute(PROBLEMS, cfg, settings)
+    return json.loads((result.folder / "results.json").read_text()), result.folder
+
+
+async def test_run_token_limit_is_never_passed_and_stops_the_run(tmp_path: Path) -> None:
+    results, folder = await run_with(tmp_path, max_run_tokens=100)
+    assert store_tokens(folder) <= 100
+    assert results["metrics"]["completion_tokens"] <= 100  # type: ignore[index]
+    assert results["status"] == "stopped"
+    assert "token limit of 100" in str(results["stopped_by"])
+    unfinished = [p for p in results["problems"] if p["error"]]  # type: ignore[union-attr]
+    assert unfinished and all("run stopped" in p["error"] for p in unfinished)
+    conn = sqlite3.connect(f"file:{folder / 'run.sqlite'}?mode=ro", uri=True)
+    status = conn.execute("SELECT status FROM run").fetchone()[0]
+    calls = dict(
+        conn.execute(
+            "SELECT status, count(*) FROM nodes WHERE kind NOT IN ('problem', 'branch') "
+            "GROUP BY status"
+        ).fetchall()
+    )
+    running = conn.execute("SELECT count(*) FROM nodes WHERE status = 'running'").fetchone()[0]
+    conn.close()
+    assert status == "stopped"
+    # every call ends done, or cancelled in flight (and marked so): none is left running
+    assert running == 0
+    assert set(calls) <= {"done", "cancelled"}, calls
+
+
+async def test_problem_token_limit(tmp_path: Path) -> None:
+    results, _ = await run_with(tmp_path, max_problem_tokens=20)
+    for problem in results["problems"]:  # type: ignore[union-attr]
+        assert sum(n["completion_tokens"] for n in problem["nodes"]) <= 20
+
+
+async def test_money_limit_stops_the_run(tmp_path: Path) -> None:
+    # 1,000 USD per million completion tokens: 12 tokens cost 0.012
+    prices = {"fake-model": Price(prompt_per_m=0.0, completion_per_m=1000.0)}
+    results, _ = await run_with(tmp_path, max_cost=0.05, prices=prices)
+    assert results["status"] == "stopped"
+    assert "money limit" in str(results["stopped_by"])
+    cost = results["metrics"]["cost_usd"]  # type: ignore[index]
+    assert cost is not None and cost >= 0.05
+    # in-flight calls may finish past the line (at most one call per problem in flight)
+    assert cost < 0.05 + 2 * 4 * 16 * 1000 / 1e6
+
+
+def test_money_limit_without_a_price_is_one_line(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    with fake_server_in_thread() as server:
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "thinktree.cli",
+                "run",
+                "--endpoint",
+                server.base_url,
+                "--max-cost",
+                "1.5",
+                "--out",
+                str(tmp_path / "run"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+    assert proc.returncode != 0
+    assert proc.stderr.strip().startswith("error: --max-cost needs a price for model 'fake-model'")
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "run").exists()
