@@ -122,17 +122,28 @@ def run(
         Path | None,
         typer.Option(help="continue a killed run from its folder (finished calls are not re-paid)"),
     ] = None,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch/--no-tui",
+            help="watch the tree grow live in a terminal view (default: plain progress)",
+        ),
+    ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
 ) -> None:
     """Run a dataset under one scaling mode and print the results table."""
-    configure(verbose=verbose)
+    if watch and not sys.stdout.isatty():
+        err.print("[yellow]--watch needs a terminal; showing plain progress instead[/]")
+        watch = False
+    # While the view owns the terminal, logs go to a file.
+    configure(verbose=verbose, json_file=_watch_log() if watch else None)
     from thinktree.agents.modes import ModeSettings
     from thinktree.config import endpoint_from, load_config
     from thinktree.orchestrator.run import RunSettings, validate
     from thinktree.pricing import prices_from_config
 
     if resume is not None:
-        _resume(resume, dataset, mode, endpoint, model, config)
+        _resume(resume, dataset, mode, endpoint, model, config, watch=watch)
         return
     settings = RunSettings(
         modes=ModeSettings(
@@ -169,7 +180,13 @@ def run(
         target = endpoint_from(endpoint, model=model, config=cfg)
     except (ThinktreeError, DatasetError) as exc:
         raise _fail(str(exc)) from None
-    _execute(problems, target, settings)
+    _execute(problems, target, settings, watch=watch)
+
+
+def _watch_log() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_log_dir("thinktree")) / "thinktree.jsonl"
 
 
 def _execute(
@@ -177,28 +194,52 @@ def _execute(
     target: EndpointConfig | None,
     settings: RunSettings,
     resume: ResumeState | None = None,
+    *,
+    watch: bool = False,
 ) -> None:
     """Run (or resume) on ``target``, or on the embedded model when it is None."""
     from thinktree.agents.endpoint import EndpointConfig
-    from thinktree.orchestrator.run import execute
+    from thinktree.orchestrator.run import RunResult, execute
+    from thinktree.orchestrator.subscribers import ConsoleProgress
 
     folder: list[Path] = []
+
+    async def go(cfg: EndpointConfig) -> RunResult:
+        if not watch:
+            return await execute(
+                problems,
+                cfg,
+                settings,
+                resume=resume,
+                on_started=folder.append,
+                subscribers=[ConsoleProgress(err)],
+            )
+        from thinktree.tui.subscriber import WatchQuit, watch_run
+
+        try:
+            return await watch_run(
+                lambda tui: execute(
+                    problems,
+                    cfg,
+                    settings,
+                    resume=resume,
+                    on_started=folder.append,
+                    subscribers=[tui],
+                )
+            )
+        except WatchQuit:
+            raise _fail("view closed before the run finished; the run was stopped", 130) from None
 
     async def main() -> None:
         from thinktree.embedded import embedded_server
 
         if target is not None:
-            result = await execute(
-                problems, target, settings, resume=resume, on_started=folder.append
-            )
+            result = await go(target)
         else:
             err.print("[dim]starting the embedded model server (vLLM, SmolLM2-135M)…[/]")
             async with embedded_server() as server:
-                local = EndpointConfig(
-                    name="embedded", base_url=server.base_url, model=server.model
-                )
-                result = await execute(
-                    problems, local, settings, resume=resume, on_started=folder.append
+                result = await go(
+                    EndpointConfig(name="embedded", base_url=server.base_url, model=server.model)
                 )
         _print_results(result)
         if result.metrics.answered == 0:
@@ -223,6 +264,8 @@ def _resume(
     endpoint: str | None,
     model: str | None,
     config: Path | None,
+    *,
+    watch: bool = False,
 ) -> None:
     """Continue a killed run with the settings and problems it was started with."""
     from thinktree.agents.endpoint import EndpointConfig
@@ -254,7 +297,7 @@ def _resume(
             )
     except (ThinktreeError, DatasetError) as exc:
         raise _fail(str(exc)) from None
-    _execute(state.problems, target, state.settings, resume=state)
+    _execute(state.problems, target, state.settings, resume=state, watch=watch)
 
 
 def _print_results(result: object) -> None:
@@ -376,6 +419,26 @@ def probe(
                 )
 
     _run_async(main)
+
+
+@app.command()
+def watch(
+    path: Annotated[
+        Path, typer.Argument(help="run folder, its trace.jsonl, or a folder of runs (newest)")
+    ] = Path("runs"),
+    speed: Annotated[
+        float | None,
+        typer.Option(help="replay a finished run at this many × real time (default: at once)"),
+    ] = None,
+) -> None:
+    """Browse a run in the terminal view; a run still being written is followed live."""
+    configure(json_file=_watch_log())
+    from thinktree.tui.app import watch_path
+
+    try:
+        watch_path(path, speed=speed)
+    except (FileNotFoundError, ValueError) as exc:
+        raise _fail(str(exc)) from None
 
 
 @app.command()

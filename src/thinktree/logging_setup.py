@@ -43,5 +43,8 @@ def configure(*, verbose: bool = False, json_file: Path | None = None) -> None:
         logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=True,
     )
-    # Third-party libraries log through the standard library; keep them quiet.
-    logging.basicConfig(level=logging.ERROR if not verbose else logging.INFO, stream=sys.stderr)
+    # Third-party libraries log through the standard library: quiet, and into the same
+    # place (the file while a terminal view owns the screen).
+    logging.basicConfig(
+        level=logging.ERROR if not verbose else logging.INFO, stream=stream, force=True
+    )

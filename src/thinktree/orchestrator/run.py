@@ -218,12 +218,17 @@ async def execute(
                         )
                         stopped = _stopped_by(recorder)
                         status = "stopped" if stopped else "completed"
+                    except (anyio.get_cancelled_exc_class(), KeyboardInterrupt):
+                        status = "cancelled"  # resumable: its finished calls are kept
+                        raise
                     finally:
-                        with anyio.CancelScope(shield=True):
-                            if status in ("completed", "stopped"):
-                                await bus.emit(RunFinished(run_id=run_id, status=status))
+                        # bounded, so a full buffer cannot hang the shutdown
+                        with anyio.move_on_after(2, shield=True):
+                            await bus.emit(RunFinished(run_id=run_id, status=status))
             finally:
                 cache.close()
+            if store.error:
+                log.warning("run store incomplete", error=store.error)
 
         trees = [recorder.tree.problems[p.id] for p in problems]
         metrics = compute(
