@@ -61,6 +61,9 @@ def test_runs_lists_completed_and_unreadable_runs_without_secrets(tmp_path: Path
         )
     assert first.returncode == 0, first.stderr
     assert second.returncode == 0, second.stderr
+    (tmp_path / "thinktree.toml").write_text(
+        '[prices]\n"fake-model" = { prompt = 1.0, completion = 2.0 }\n'
+    )
     (tmp_path / "runs" / "broken").mkdir()
     (tmp_path / "runs" / "broken" / "run.sqlite").write_text("not sqlite")
 
@@ -74,6 +77,10 @@ def test_runs_lists_completed_and_unreadable_runs_without_secrets(tmp_path: Path
     assert "completed" in rows["a"] and "budget" in rows["a"] and "3/3" in rows["a"]
     assert "completed" in rows["b"] and "parallel" in rows["b"]
     assert "unreadable" in rows["broken"]
+    results = json.loads((tmp_path / "runs" / "a" / "results.json").read_text())
+    m = results["metrics"]
+    expected = (m["prompt_tokens"] * 1.0 + m["completion_tokens"] * 2.0) / 1e6
+    assert f"${expected:.4f}" in rows["a"]
 
     # the key was in the environment of every command: it must not be in anything written
     for path in (tmp_path / "runs").rglob("*"):

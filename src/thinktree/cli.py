@@ -31,6 +31,7 @@ T = TypeVar("T")
 if TYPE_CHECKING:
     from thinktree.agents.endpoint import EndpointConfig
     from thinktree.orchestrator.run import ResumeState, RunSettings
+    from thinktree.pricing import Price
     from thinktree.problems import Problem
 
 
@@ -447,8 +448,14 @@ def runs(
 ) -> None:
     """List runs: status, mode, endpoint, progress and tokens."""
     configure()
+    from thinktree.config import load_config
     from thinktree.orchestrator.store import list_runs
+    from thinktree.pricing import prices_from_config
 
+    try:
+        prices = prices_from_config(load_config(None))
+    except ThinktreeError as exc:
+        raise _fail(str(exc)) from None
     if not root.is_dir():
         raise _fail(f"no run folder at {root}; runs go to ./runs unless --out says otherwise")
     found = list_runs(root)
@@ -456,7 +463,17 @@ def runs(
         out.print(f"no runs in {root}")
         return
     table = Table(title=f"runs in {root}")
-    for column in ("run", "status", "mode", "endpoint", "model", "progress", "right", "tokens"):
+    for column in (
+        "run",
+        "status",
+        "mode",
+        "endpoint",
+        "model",
+        "progress",
+        "right",
+        "tokens",
+        "cost",
+    ):
         table.add_column(column, overflow="fold")
     colours = {"completed": "green", "running": "cyan", "interrupted": "yellow"}
     for run in found:
@@ -470,8 +487,13 @@ def runs(
             f"{run.problems_done}/{run.problems_total}",
             str(run.problems_correct),
             str(run.tokens),
+            _cost(prices.get(run.model or ""), run.prompt_tokens, run.completion_tokens),
         )
     out.print(table)
+
+
+def _cost(price: Price | None, prompt: int, completion: int) -> str:
+    return "—" if price is None else f"${price.cost(prompt, completion):.4f}"
 
 
 @app.command()

@@ -19,6 +19,7 @@ import anyio
 import anyio.to_thread
 
 from thinktree.agents.endpoint import Choice, Completion
+from thinktree.errors import ConfigError
 
 __all__ = ["SqliteCallCache", "completion_from_json", "completion_to_json"]
 
@@ -48,7 +49,7 @@ def completion_from_json(text: str) -> Completion:
 
 
 class SqliteCallCache:
-    """The ``responses`` table of a run's SQLite store, written from a worker thread.
+    """The ``responses`` table of a run's call store, written from a worker thread.
 
     Each record is committed before ``record`` returns, so a call counts only once its
     response is on disk; a killed run loses at most the calls still in flight.
@@ -57,11 +58,17 @@ class SqliteCallCache:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = anyio.Lock()
-        self._conn = sqlite3.connect(path, timeout=30.0, check_same_thread=False)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.execute(_SCHEMA)
-        self._conn.commit()
+        try:
+            self._conn = sqlite3.connect(path, timeout=30.0, check_same_thread=False)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute(_SCHEMA)
+            self._conn.commit()
+        except sqlite3.Error as exc:
+            raise ConfigError(
+                f"cannot write the call store {path}: {exc} (is the folder writable and the "
+                "disk not full?)"
+            ) from None
         self.hits = 0
 
     def close(self) -> None:
