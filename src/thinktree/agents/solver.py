@@ -114,17 +114,7 @@ class Solver:
             self.money.check()
         grant = req.budget.reserve(req.max_tokens)
         mode, messages, prefix = self._shape(branch, req)
-        await self.bus.emit(
-            NodeStarted(
-                node_id=req.node_id,
-                problem_id=self.problem.id,
-                parent_id=req.parent_id,
-                kind=req.kind,
-                label=req.label,
-                max_tokens=grant,
-                continuation=mode,
-            )
-        )
+        await self._start([req], grant, mode)
         try:
             result = await self._request(mode, messages, prefix, grant, 1, req.node_id, [req])
         except EndpointError as exc:
@@ -150,24 +140,19 @@ class Solver:
         """
         if self.money is not None:
             self.money.check()
-        grants = [r.budget.reserve(r.max_tokens) for r in reqs]
+        # One request has one max_tokens: every branch gets the smallest grant.
+        grants: list[int] = []
+        try:
+            for r in reqs:
+                grants.append(r.budget.reserve(r.max_tokens))
+        finally:
+            for r, g in zip(reqs, grants, strict=False):
+                r.budget.commit(g, 0)
         grant = min(grants)
-        for r, g in zip(reqs, grants, strict=True):
-            r.budget.commit(g, 0)
+        for r in reqs:
             r.budget.reserve(grant)
         mode, messages, prefix = self._shape(branch, reqs[0])
-        for r in reqs:
-            await self.bus.emit(
-                NodeStarted(
-                    node_id=r.node_id,
-                    problem_id=self.problem.id,
-                    parent_id=r.parent_id,
-                    kind=r.kind,
-                    label=r.label,
-                    max_tokens=grant,
-                    continuation=mode,
-                )
-            )
+        await self._start(reqs, grant, mode)
         try:
             result = await self._request(
                 mode, messages, prefix, grant, len(reqs), reqs[0].node_id, reqs
@@ -202,6 +187,20 @@ class Solver:
             prompt_tokens = result.prompt_tokens if i == 0 else 0
             segments.append((await self._finish(own, r, result, i, prompt_tokens), own))
         return segments
+
+    async def _start(self, reqs: list[SegmentRequest], grant: int, mode: str) -> None:
+        for r in reqs:
+            await self.bus.emit(
+                NodeStarted(
+                    node_id=r.node_id,
+                    problem_id=self.problem.id,
+                    parent_id=r.parent_id,
+                    kind=r.kind,
+                    label=r.label,
+                    max_tokens=grant,
+                    continuation=mode,
+                )
+            )
 
     async def _cancelled(self, reqs: list[SegmentRequest], grant: int) -> None:
         """Record calls cut off in flight (the run stopped): released, marked cancelled."""
