@@ -1,0 +1,693 @@
+"""Client overhead of thinktree against the limit, the raw SDK and its-hub, on one workload.
+
+Workload: P problems x 16 samples (default P=200: 3,200 calls), at most 64 calls in
+flight, a fixed short completion (the fake server's 12-token reply), majority vote.
+
+Run: .venv/bin/python benchmarks/overhead.py [--problems 200] [--rounds 2]
+
+The fake OpenAI-compatible server runs in its own process, and every measured client
+runs in a fresh worker process of its own, so client CPU (``time.process_time``, all
+threads) and peak RSS (``ru_maxrss``) belong to that client alone. The cases alternate
+(A B C ... then ... C B A) for ``--rounds`` rounds, and every ratio is taken between
+cases of the same round, never against fixed times. its-hub is a benchmark-only peer
+(``pip install 'its-hub[lm]'``); without it the script says so and goes on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import os
+import resource
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SAMPLES = 16
+IN_FLIGHT = 64
+MAX_TOKENS = 16
+MODEL = "fake-model"
+QUESTION = "Which letter comes right after A in the alphabet? Options: A, B, C, D."
+ANSWER_RE = r"Answer:\s*(\w+)"
+
+SERVER_CODE = """
+import asyncio, sys
+try:
+    import uvloop
+    uvloop.install()
+except ImportError:
+    pass
+from thinktree.testing.fake_server import FakeBehaviour, FakeServer
+
+async def main() -> None:
+    async with FakeServer(FakeBehaviour(model=%r, native_n=True)) as server:
+        print(server.base_url, flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+
+asyncio.run(main())
+"""
+
+
+# -- the workers: each runs in a fresh process and writes one JSON result ------------
+
+
+@dataclass
+class Sample:
+    """What one worker measured."""
+
+    case: str
+    calls: int
+    samples: int
+    wall_s: float
+    cpu_s: float
+    rss_mib: float
+    base_rss_mib: float
+    note: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _maxrss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _vote(answers: Sequence[str | None]) -> str | None:
+    counts = Counter(a for a in answers if a is not None)
+    return counts.most_common(1)[0][0] if counts else None
+
+
+def _answer(text: str | None) -> str | None:
+    import re
+
+    found = re.search(ANSWER_RE, text or "")
+    return found.group(1) if found else None
+
+
+def _messages() -> list[dict[str, str]]:
+    return [{"role": "user", "content": QUESTION}]
+
+
+async def _bounded(calls: int, one: Callable[[int], Awaitable[str | None]]) -> list[str | None]:
+    sem = asyncio.Semaphore(IN_FLIGHT)
+
+    async def go(i: int) -> str | None:
+        async with sem:
+            return await one(i)
+
+    return list(await asyncio.gather(*(go(i) for i in range(calls))))
+
+
+def _votes(answers: list[str | None], problems: int) -> int:
+    """Majority vote per problem; returns how many problems voted B (the right answer)."""
+    right = 0
+    for p in range(problems):
+        right += _vote(answers[p * SAMPLES : (p + 1) * SAMPLES]) == "B"
+    return right
+
+
+async def case_bare(url: str, problems: int, _: Path) -> tuple[int, int, str]:
+    import aiohttp
+
+    body = {"model": MODEL, "messages": _messages(), "max_tokens": MAX_TOKENS, "temperature": 0.7}
+    calls = problems * SAMPLES
+    connector = aiohttp.TCPConnector(limit=IN_FLIGHT)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def one(_: int) -> str | None:
+            async with session.post(f"{url}/chat/completions", json=body) as resp:
+                resp.raise_for_status()
+                data = await resp.json()
+            return _answer(data["choices"][0]["message"]["content"])
+
+        answers = await _bounded(calls, one)
+    return calls, calls, f"{_votes(answers, problems)}/{problems} right"
+
+
+async def _sdk(
+    url: str, problems: int, *, aiohttp_transport: bool, stream: bool
+) -> tuple[int, int, str]:
+    import openai
+
+    http_client = openai.DefaultAioHttpClient() if aiohttp_transport else None
+    client = openai.AsyncOpenAI(
+        base_url=url, api_key="EMPTY", max_retries=0, http_client=http_client
+    )
+    calls = problems * SAMPLES
+    messages: Any = _messages()
+
+    async def one(_: int) -> str | None:
+        if not stream:
+            resp = await client.chat.completions.create(
+                model=MODEL,
+                messages=messages,
+                max_tokens=MAX_TOKENS,
+                temperature=0.7,
+            )
+            return _answer(resp.choices[0].message.content)
+        chunks = await client.chat.completions.create(
+            model=MODEL,
+            messages=messages,
+            max_tokens=MAX_TOKENS,
+            temperature=0.7,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        text = ""
+        async with chunks:
+            async for chunk in chunks:
+                for choice in chunk.choices:
+                    text += choice.delta.content or ""
+        return _answer(text)
+
+    try:
+        answers = await _bounded(calls, one)
+    finally:
+        await client.close()
+    return calls, calls, f"{_votes(answers, problems)}/{problems} right"
+
+
+async def case_sdk_httpx(url: str, problems: int, _: Path) -> tuple[int, int, str]:
+    return await _sdk(url, problems, aiohttp_transport=False, stream=False)
+
+
+async def case_sdk_aiohttp(url: str, problems: int, _: Path) -> tuple[int, int, str]:
+    return await _sdk(url, problems, aiohttp_transport=True, stream=False)
+
+
+async def case_sdk_aiohttp_stream(url: str, problems: int, _: Path) -> tuple[int, int, str]:
+    return await _sdk(url, problems, aiohttp_transport=True, stream=True)
+
+
+async def case_itshub(url: str, problems: int, _: Path) -> tuple[int, int, str]:
+    import logging
+
+    its_hub = importlib.import_module("its_hub")
+    self_consistency = importlib.import_module("its_hub.core.algorithms.self_consistency")
+    orchestrator = importlib.import_module("its_hub.core.orchestrator")
+
+    logging.disable(logging.WARNING)
+    lm = its_hub.OpenAICompatibleLanguageModel(
+        endpoint=url, api_key="EMPTY", model_name=MODEL, max_tokens=MAX_TOKENS, temperature=0.7
+    )
+    # One orchestrator for every problem: at most 64 calls in flight over the whole run.
+    sc = its_hub.SelfConsistency(
+        consistency_space_projection_func=self_consistency.create_regex_projection_function(
+            ANSWER_RE
+        ),
+        orchestrator=orchestrator.LMOrchestrator(max_concurrency=IN_FLIGHT),
+    )
+    try:
+        results = await asyncio.gather(
+            *(
+                sc.ainfer(lm, QUESTION, budget=SAMPLES, return_response_only=False)
+                for _ in range(problems)
+            )
+        )
+    finally:
+        await lm.close()
+    right = sum(_answer(r.the_one["content"]) == "B" for r in results)
+    samples = sum(len(r.responses) for r in results)
+    return samples, samples, f"{right}/{problems} right"
+
+
+async def _thinktree(url: str, problems: int, tmp: Path, *, native_n: bool) -> tuple[int, int, str]:
+    from thinktree.agents.endpoint import EndpointConfig
+    from thinktree.agents.modes import ModeSettings
+    from thinktree.orchestrator.events import NodeKind, NodeStatus
+    from thinktree.orchestrator.run import CALLS, RunSettings, execute
+    from thinktree.problems import Problem
+
+    items = [Problem(id=f"p{i:04d}", question=QUESTION, answer="B") for i in range(problems)]
+    endpoint = EndpointConfig(
+        name="fake",
+        base_url=url,
+        model=MODEL,
+        max_connections=IN_FLIGHT,
+        native_n="yes" if native_n else "no",
+        continuation="chat",
+    )
+    settings = RunSettings(
+        modes=ModeSettings(mode="parallel", n=SAMPLES, budget=MAX_TOKENS),
+        aggregate="majority",
+        concurrency=IN_FLIGHT,  # problems at once; the endpoint's limiter caps calls at 64
+        out=tmp / "run",
+    )
+    result = await execute(items, endpoint, settings)
+    samples = sum(
+        1
+        for tree in result.trees
+        for node in tree.walk()
+        if node.kind == NodeKind.GENERATION and node.status == NodeStatus.DONE
+    )
+    conn = sqlite3.connect(result.folder / CALLS)
+    try:
+        calls = int(conn.execute("SELECT count(*) FROM responses").fetchone()[0])
+    finally:
+        conn.close()
+    right = sum(1 for t in result.trees if t.correct)
+    return calls, samples, f"{right}/{problems} right"
+
+
+async def case_tt1(url: str, problems: int, tmp: Path) -> tuple[int, int, str]:
+    return await _thinktree(url, problems, tmp, native_n=False)
+
+
+async def case_tt16(url: str, problems: int, tmp: Path) -> tuple[int, int, str]:
+    return await _thinktree(url, problems, tmp, native_n=True)
+
+
+CASES: dict[str, tuple[str, Callable[[str, int, Path], Awaitable[tuple[int, int, str]]]]] = {
+    "bare": ("bare aiohttp (limit)", case_bare),
+    "sdk-httpx": ("openai SDK, httpx", case_sdk_httpx),
+    "sdk-aiohttp": ("openai SDK, aiohttp", case_sdk_aiohttp),
+    "sdk-aiohttp-stream": ("openai SDK, aiohttp, stream", case_sdk_aiohttp_stream),
+    "itshub": ("its-hub self-consistency", case_itshub),
+    "tt1": ("thinktree parallel@16, 1/call", case_tt1),
+    "tt16": ("thinktree parallel@16, n=16", case_tt16),
+}
+
+
+def _synthetic_events(count: int) -> list[Any]:
+    """A run's event mix: per problem 1 start, 16 x (2 starts, 2 finishes), vote, finish."""
+    from thinktree.orchestrator.events import (
+        NodeFinished,
+        NodeKind,
+        NodeStarted,
+        ProblemFinished,
+        ProblemStarted,
+        RunFinished,
+        RunStarted,
+        VoteCast,
+    )
+
+    text = "Let me think step by step. The answer is B.\nAnswer: B"
+    events: list[Any] = [
+        RunStarted(run_id="bench", mode="parallel", endpoint="fake", model=MODEL, problems=0)
+    ]
+    p = 0
+    while len(events) < count - 1:
+        pid = f"p{p:05d}"
+        events.append(ProblemStarted(problem_id=pid, node_id=pid, question=QUESTION, gold="B"))
+        for b in range(1, SAMPLES + 1):
+            branch = f"{pid}/b{b}"
+            events.append(
+                NodeStarted(
+                    node_id=branch,
+                    problem_id=pid,
+                    parent_id=pid,
+                    kind=NodeKind.BRANCH,
+                    label=f"branch {b}",
+                )
+            )
+            events.append(
+                NodeStarted(
+                    node_id=f"{branch}/think",
+                    problem_id=pid,
+                    parent_id=branch,
+                    kind=NodeKind.GENERATION,
+                    label="thinking",
+                    max_tokens=MAX_TOKENS,
+                    continuation="new",
+                )
+            )
+            events.append(
+                NodeFinished(
+                    node_id=f"{branch}/think",
+                    text=text,
+                    finish_reason="stop",
+                    prompt_tokens=40,
+                    completion_tokens=12,
+                    answer="B",
+                    extraction="answer-line",
+                    latency_s=0.01,
+                    call_id=f"{pid}-{b}",
+                )
+            )
+            events.append(
+                NodeFinished(
+                    node_id=branch,
+                    text="",
+                    finish_reason=None,
+                    prompt_tokens=0,
+                    completion_tokens=0,
+                    answer="B",
+                    extraction="branch",
+                )
+            )
+        events.append(
+            VoteCast(
+                problem_id=pid,
+                node_id=pid,
+                rule="majority",
+                answer="B",
+                winner_node=f"{pid}/b1/think",
+                counts={"B": SAMPLES},
+            )
+        )
+        events.append(ProblemFinished(problem_id=pid, answer="B", correct=True, covered=True))
+        p += 1
+    events.append(RunFinished(run_id="bench", status="completed"))
+    return events
+
+
+async def case_bus(events_wanted: int, tmp: Path, *, trace: bool) -> tuple[int, int, str]:
+    from thinktree.orchestrator.bus import Subscriber, event_bus
+    from thinktree.orchestrator.store import RunStore
+    from thinktree.orchestrator.subscribers import TraceWriter, TreeRecorder
+
+    events = _synthetic_events(events_wanted)
+    recorder = TreeRecorder()
+    store = RunStore(tmp / "run.sqlite")
+    subs: list[Subscriber] = [recorder, store]
+    if trace:
+        subs.append(TraceWriter(tmp / "trace.jsonl"))
+    async with event_bus(subs) as bus:  # on exit every event is delivered and committed
+        for event in events:
+            await bus.emit(event)
+    if store.error:
+        raise RuntimeError(f"run store failed: {store.error}")
+    return len(events), len(events), f"{len(recorder.tree.problems)} problems in the tree"
+
+
+def worker(args: argparse.Namespace) -> None:
+    """Run one case in this (fresh) process and write its Sample as JSON."""
+    import anyio
+
+    base_rss = _maxrss_mib()
+    with tempfile.TemporaryDirectory(prefix="tt-overhead-") as tmp_name:
+        tmp = Path(tmp_name)
+
+        async def main() -> tuple[int, int, str]:
+            if args.worker in ("bus", "bus-trace"):
+                return await case_bus(args.bus_events, tmp, trace=args.worker == "bus-trace")
+            return await CASES[args.worker][1](args.url, args.problems, tmp)
+
+        # the heavy imports happen before the clock starts
+        if args.worker.startswith("tt") or args.worker.startswith("bus"):
+            importlib.import_module("thinktree.orchestrator.run")
+        elif args.worker == "itshub":
+            importlib.import_module("its_hub.core.lms.openai_lm")
+        else:
+            importlib.import_module("aiohttp")
+            importlib.import_module("openai")
+        base_rss = _maxrss_mib()
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        if args.profile:
+            profiler = importlib.import_module("pyinstrument").Profiler(
+                interval=0.0005, async_mode="disabled"
+            )
+            profiler.start()
+        calls, samples, note = anyio.run(main, backend="asyncio")
+        wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+        if args.profile:
+            profiler.stop()
+            Path(args.profile).write_text(
+                profiler.output_text(unicode=False, show_all=False, color=False)
+            )
+    sample = Sample(args.worker, calls, samples, wall, cpu, _maxrss_mib(), base_rss, note)
+    Path(args.result).write_text(json.dumps(sample.__dict__))
+
+
+# -- the driver -----------------------------------------------------------------------
+
+
+class Server:
+    """The fake server in its own process; ``cpu_s()`` is its CPU time so far."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", SERVER_CODE % MODEL],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        self.url = self.proc.stdout.readline().strip()
+        if not self.url.startswith("http"):
+            raise RuntimeError("the fake server did not start")
+
+    def cpu_s(self) -> float:
+        with open(f"/proc/{self.proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def run_worker(
+    case: str, args: argparse.Namespace, server: Server | None, profile: str = ""
+) -> Sample:
+    with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as out:
+        result = Path(out.name)
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        case,
+        "--result",
+        str(result),
+        "--problems",
+        str(args.problems),
+        "--bus-events",
+        str(args.bus_events),
+        "--url",
+        server.url if server else "",
+    ]
+    if profile:
+        cmd += ["--profile", profile]
+    before = server.cpu_s() if server else 0.0
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    server_cpu = (server.cpu_s() - before) if server else 0.0
+    try:
+        if done.returncode != 0:
+            raise RuntimeError(f"{case} failed:\n{done.stderr.strip()[-2000:]}")
+        sample = Sample(**json.loads(result.read_text()))
+    finally:
+        result.unlink(missing_ok=True)
+    sample.extra["server_cpu_s"] = server_cpu
+    return sample
+
+
+@dataclass
+class Totals:
+    label: str
+    runs: list[Sample] = field(default_factory=list)
+
+    def _sum(self, attr: str) -> float:
+        return float(sum(getattr(r, attr) for r in self.runs))
+
+    @property
+    def calls_s(self) -> float:
+        return self._sum("calls") / self._sum("wall_s")
+
+    @property
+    def samples_s(self) -> float:
+        return self._sum("samples") / self._sum("wall_s")
+
+    @property
+    def cpu_ms_per_call(self) -> float:
+        return 1000 * self._sum("cpu_s") / self._sum("calls")
+
+    @property
+    def rss(self) -> float:
+        return max(r.rss_mib for r in self.runs)
+
+    @property
+    def rss_growth(self) -> float:
+        return max(r.rss_mib - r.base_rss_mib for r in self.runs)
+
+    @property
+    def server_busy(self) -> float:
+        return float(sum(r.extra["server_cpu_s"] for r in self.runs)) / self._sum("wall_s")
+
+    @property
+    def client_busy(self) -> float:
+        return self._sum("cpu_s") / self._sum("wall_s")
+
+
+def _ratio(
+    totals: dict[str, Totals], a: str, b: str, rate: str
+) -> tuple[float, float, float] | None:
+    """Mean, min and max over rounds of (a's rate / b's rate) within the same round."""
+    if a not in totals or b not in totals:
+        return None
+    per_round = []
+    for ra, rb in zip(totals[a].runs, totals[b].runs, strict=False):
+        ta, tb = Totals("", [ra]), Totals("", [rb])
+        per_round.append(getattr(ta, rate) / getattr(tb, rate))
+    return statistics.fmean(per_round), min(per_round), max(per_round)
+
+
+def _fmt_ratio(found: tuple[float, float, float] | None, target: float, label: str) -> str:
+    if found is None:
+        return f"  {label}: not measured"
+    mean, lo, hi = found
+    verdict = "MET" if mean >= target else "NOT MET"
+    return f"  {label}: {mean:.2f}x (rounds {lo:.2f}-{hi:.2f}); target >= {target:g}x: {verdict}"
+
+
+def driver(args: argparse.Namespace) -> int:
+    calls = args.problems * SAMPLES
+    print(
+        f"workload: {args.problems} problems x {SAMPLES} samples = {calls} calls, "
+        f"<= {IN_FLIGHT} in flight, {MAX_TOKENS}-token cap, 12-token reply, majority vote; "
+        f"{args.rounds} rounds alternating; {os.cpu_count()} cores; python {sys.version.split()[0]}"
+    )
+    cases = list(CASES)
+    itshub_reason = ""
+    try:
+        importlib.import_module("its_hub.core.lms.openai_lm")
+    except ImportError as exc:
+        itshub_reason = f"not installed ({exc}); pip install 'its-hub[lm]' into the venv"
+        cases.remove("itshub")
+    server = Server()
+    totals: dict[str, Totals] = {c: Totals(CASES[c][0]) for c in cases}
+    started = time.perf_counter()
+    try:
+        run_worker("bare", args, server)  # warm-up: the server's first requests
+        for r in range(args.rounds):
+            order = cases if r % 2 == 0 else cases[::-1]
+            for case in list(order):
+                try:
+                    totals[case].runs.append(run_worker(case, args, server))
+                except RuntimeError as exc:
+                    if case != "itshub":
+                        raise
+                    itshub_reason = f"its API could not be driven: {str(exc).splitlines()[-1]}"
+                    cases.remove("itshub")
+                    del totals["itshub"]
+        bus = {k: Totals(k) for k in ("bus", "bus-trace")}
+        for _ in range(args.rounds):
+            for k in bus:
+                bus[k].runs.append(run_worker(k, args, None))
+        profile = ""
+        if args.profile:
+            profile = str(Path(args.profile).resolve())
+            run_worker("tt1", args, server, profile=profile)
+    finally:
+        server.close()
+
+    bare = totals["bare"]
+    print(
+        f"server check (bare aiohttp): server process busy {bare.server_busy:.0%} of wall, "
+        f"client busy {bare.client_busy:.0%} -> "
+        + (
+            "the server is NOT the bottleneck (the client is)"
+            if bare.server_busy < 0.85
+            else "the SERVER may be the bottleneck: ratios against bare are understated"
+        )
+    )
+    print()
+    head = (
+        f"{'case':32} {'calls/s':>8} {'samples/s':>10} {'CPU ms/1k calls':>16} "
+        f"{'peak RSS MiB':>13} {'(+ over import)':>15} {'srv busy':>8}  check"
+    )
+    print(head)
+    print("-" * len(head))
+    for t in totals.values():
+        print(
+            f"{t.label:32} {t.calls_s:8.0f} {t.samples_s:10.0f} {t.cpu_ms_per_call * 1000:16.0f} "
+            f"{t.rss:13.1f} {t.rss_growth:15.1f} {t.server_busy:8.0%}  {t.runs[-1].note}"
+        )
+    if itshub_reason:
+        print(f"its-hub: not measured ({itshub_reason})")
+    for k, t in bus.items():
+        label = "event bus: tree + store" if k == "bus" else "event bus: tree + store + trace"
+        ev_s = t._sum("calls") / t._sum("wall_s")
+        us = 1e6 * t._sum("cpu_s") / t._sum("calls")
+        print(
+            f"{label:32} {ev_s:8.0f} events/s, CPU {us:.1f} us/event, "
+            f"peak RSS {t.rss:.1f} MiB  ({t.runs[-1].calls} events; {t.runs[-1].note})"
+        )
+    print()
+    print("ratios (per round, same run):")
+    print(
+        _fmt_ratio(
+            _ratio(totals, "tt1", "itshub", "calls_s"), 1.0, "thinktree 1/call vs its-hub, calls/s"
+        )
+    )
+    print(
+        _fmt_ratio(
+            _ratio(totals, "tt1", "bare", "calls_s"),
+            0.5,
+            "thinktree 1/call vs bare aiohttp, calls/s",
+        )
+    )
+    print(
+        _fmt_ratio(
+            _ratio(totals, "tt16", "itshub", "samples_s"),
+            5.0,
+            "thinktree n=16 vs its-hub, samples/s",
+        )
+    )
+    print(
+        _fmt_ratio(
+            _ratio(totals, "sdk-aiohttp", "bare", "calls_s"),
+            0.0,
+            "SDK aiohttp vs bare aiohttp, calls/s (info)",
+        )
+    )
+    print(
+        _fmt_ratio(
+            _ratio(totals, "itshub", "bare", "calls_s"),
+            0.0,
+            "its-hub vs bare aiohttp, calls/s (info)",
+        )
+    )
+    tt = totals["tt1"].cpu_ms_per_call
+    for ref, what in (
+        ("sdk-aiohttp-stream", "same streaming request"),
+        ("sdk-aiohttp", "non-streaming"),
+    ):
+        machinery = tt - totals[ref].cpu_ms_per_call
+        verdict = "MET" if machinery <= 0.2 else "NOT MET"
+        print(
+            f"  thinktree machinery CPU/call = {tt:.3f} - SDK aiohttp ({what}) "
+            f"{totals[ref].cpu_ms_per_call:.3f} = {machinery:.3f} ms; target <= 0.2 ms: {verdict}"
+        )
+    ev_s = bus["bus"]._sum("calls") / bus["bus"]._sum("wall_s")
+    verdict = "MET" if ev_s >= 50_000 else "NOT MET"
+    print(f"  event bus with the store: {ev_s:,.0f} events/s; target >= 50,000: {verdict}")
+    if args.profile:
+        print(f"profile of one thinktree 1/call run: {args.profile}")
+    print(f"total {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--problems", type=int, default=200, help="problems (x16 calls each)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds (>= 2)")
+    parser.add_argument("--bus-events", type=int, default=200_000, help="events for the bus test")
+    parser.add_argument(
+        "--profile", default="", help="also profile one thinktree run (pyinstrument) to this file"
+    )
+    parser.add_argument("--worker", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--result", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--url", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        worker(args)
+        return 0
+    if args.problems <= 0 or args.rounds <= 0:
+        parser.error("--problems and --rounds must be positive")
+    return driver(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
