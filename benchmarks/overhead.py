@@ -93,7 +93,11 @@ def _answer(text: str | None) -> str | None:
 
 
 def _messages() -> list[dict[str, str]]:
-    return [{"role": "user", "content": QUESTION}]
+    """thinktree's own prompt for the problem, so every client sends the same request."""
+    from thinktree.agents.prompts import messages_for
+    from thinktree.problems import Problem
+
+    return messages_for(Problem(id="p", question=QUESTION, answer="B"))
 
 
 async def _bounded(calls: int, one: Callable[[int], Awaitable[str | None]]) -> list[str | None]:
@@ -208,7 +212,7 @@ async def case_itshub(url: str, problems: int, _: Path) -> tuple[int, int, str]:
     try:
         results = await asyncio.gather(
             *(
-                sc.ainfer(lm, QUESTION, budget=SAMPLES, return_response_only=False)
+                sc.ainfer(lm, _messages(), budget=SAMPLES, return_response_only=False)
                 for _ in range(problems)
             )
         )
