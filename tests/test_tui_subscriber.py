@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import anyio
 import anyio.lowlevel
 import pytest
 from textual.pilot import Pilot
+from textual.widgets import Static
 
 from thinktree.orchestrator.bus import Subscriber, event_bus
 from thinktree.orchestrator.events import Event, NodeDelta, NodeFinished, RunFinished
 from thinktree.tui.app import ThinktreeApp
+from thinktree.tui.quit_dialog import QuitLiveRun
 from thinktree.tui.subscriber import TuiSubscriber, WatchQuit, watch_run
 from thinktree.tui.synthetic import synthetic_run
 
@@ -135,29 +139,113 @@ async def test_watch_run_returns_the_runs_result_after_the_user_quits() -> None:
     assert result == "result"
 
 
-async def test_watch_run_cancels_the_run_when_the_view_closes_first() -> None:
+async def _slow(subscriber: TuiSubscriber, cleaned: anyio.Event) -> str:
+    try:
+        async with event_bus([subscriber]) as bus:
+            for event in synthetic_run(2, 2, running=1):
+                await bus.emit(event)
+            await anyio.sleep(3600)
+    finally:
+        cleaned.set()
+    return "never"
+
+
+async def _started(pilot: Pilot[object]) -> ThinktreeApp:
+    app = pilot.app
+    assert isinstance(app, ThinktreeApp)
+    while app.view.started is None:
+        await pilot.pause(0.01)
+    return app
+
+
+async def test_quitting_a_live_run_asks_and_esc_goes_back_to_the_view() -> None:
     cleaned = anyio.Event()
+    asked: list[str] = []
 
-    async def slow(subscriber: TuiSubscriber) -> str:
-        try:
-            async with event_bus([subscriber]) as bus:
-                for event in synthetic_run(2, 2, running=1):
-                    await bus.emit(event)
-                await anyio.sleep(3600)
-        finally:
-            cleaned.set()
-        return "never"
+    async def look(pilot: Pilot[object]) -> None:
+        app = await _started(pilot)
+        await pilot.press("q")
+        assert isinstance(app.screen, QuitLiveRun)
+        message = app.screen.query_one("#quit-message", Static).render()
+        asked.append(str(message))
+        await pilot.press("q")  # a second q does not stack another question
+        assert len(app.screen_stack) == 2
+        await pilot.press("escape")
+        assert not isinstance(app.screen, QuitLiveRun)
+        assert app.engine_running and app.quit_choice is None
+        await pilot.press("j")  # the view still answers
+        await pilot.press("q", "s")
 
-    async def quit_soon(pilot: Pilot[object]) -> None:
+    with pytest.raises(WatchQuit):
+        await watch_run(
+            lambda sub: _slow(sub, cleaned),
+            headless=True,
+            auto_pilot=look,
+            folder=lambda: Path("out/my-run"),
+        )
+    assert cleaned.is_set()
+    assert "The run is still going" in asked[0]
+    assert "thinktree run --resume out/my-run" in asked[0]
+
+
+async def test_stop_cancels_the_run() -> None:
+    cleaned = anyio.Event()
+    asked: list[str] = []
+
+    async def stop(pilot: Pilot[object]) -> None:
+        app = await _started(pilot)
+        await pilot.press("q")
+        asked.append(str(app.screen.query_one("#quit-message", Static).render()))
+        await pilot.press("s")
+
+    with pytest.raises(WatchQuit):
+        await watch_run(lambda sub: _slow(sub, cleaned), headless=True, auto_pilot=stop)
+    assert cleaned.is_set()
+    assert "--resume runs/20250101-000000-synth" in asked[0]  # the folder from RunStarted
+
+
+async def test_keep_lets_the_run_finish_without_the_view() -> None:
+    events = synthetic_run(6, 3)
+    first = next(i for i, e in enumerate(events) if isinstance(e, NodeFinished))
+    apps: list[ThinktreeApp] = []
+    emitted: list[Event] = []
+
+    async def run(subscriber: TuiSubscriber) -> str:
+        async with event_bus([subscriber], buffer=2) as bus:
+            for event in events[: first + 1]:
+                await bus.emit(event)
+            while not (apps and apps[0].detached):  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+            for event in events[first + 1 :]:  # far more than the view's buffer holds
+                await bus.emit(event)
+                emitted.append(event)
+        return "finished"
+
+    async def keep(pilot: Pilot[object]) -> None:
+        app = await _started(pilot)
+        apps.append(app)
+        while app.view.events <= first:
+            await pilot.pause(0.01)
+        await pilot.press("q", "k")
+
+    with anyio.fail_after(20):
+        result = await watch_run(run, headless=True, auto_pilot=keep, buffer=2)
+    assert result == "finished"
+    assert apps[0].quit_choice == "keep"
+    assert len(emitted) == len(events) - first - 1
+    assert apps[0].view.events <= first + 1  # the view saw nothing after it closed
+
+
+async def test_a_finished_live_run_quits_without_asking() -> None:
+    async def quit_when_done(pilot: Pilot[object]) -> None:
         app = pilot.app
         assert isinstance(app, ThinktreeApp)
-        while app.view.started is None:
+        await app.source_done.wait()
+        while app.engine_running:
             await pilot.pause(0.01)
         await pilot.press("q")
 
-    with pytest.raises(WatchQuit):
-        await watch_run(slow, headless=True, auto_pilot=quit_soon)
-    assert cleaned.is_set()
+    assert await watch_run(_emit_synthetic, headless=True, auto_pilot=quit_when_done) == "result"
 
 
 async def test_watch_run_raises_the_runs_error() -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gc
 import math
 import time
@@ -28,6 +29,7 @@ from thinktree.orchestrator.events import Event, NodeStatus, RunStarted
 from thinktree.orchestrator.tree import ProblemTree
 from thinktree.tui import render
 from thinktree.tui.messages import ProblemHighlighted, ProblemOpened, UserNavigated
+from thinktree.tui.quit_dialog import QuitChoice, QuitLiveRun
 from thinktree.tui.sanitize import one_line
 from thinktree.tui.sources import FollowSource, LiveSource, ReplaySource, Source, source_for
 from thinktree.tui.state import FILTERS, RunView, allowed_tokens
@@ -99,6 +101,8 @@ class ThinktreeApp(App[None]):
         self.detail_node: str | None = None
         self.engine_error: BaseException | None = None
         self.engine_running = False
+        self.quit_choice: QuitChoice | None = None
+        self.detached = False  # the view has closed; a spawned run may still be going
         self.source_done = asyncio.Event()
         self._refresh_hz = refresh_hz
         self._followed: str | None = None
@@ -129,7 +133,10 @@ class ThinktreeApp(App[None]):
         source = self.source
         if isinstance(source, LiveSource) and source.engine is not None:
             self.engine_running = True
-            self.run_worker(self._run_engine(source.engine), name="engine", group="engine")
+            if source.spawn is not None:
+                source.spawn(functools.partial(self._run_engine, source.engine))
+            else:
+                self.run_worker(self._run_engine(source.engine), name="engine", group="engine")
         self.set_interval(1 / self._refresh_hz, self.refresh_view, name="redraw")
         self.refresh_view()
 
@@ -174,6 +181,8 @@ class ThinktreeApp(App[None]):
             await engine()
         except Exception as exc:
             self.engine_error = exc
+            if self.detached:
+                return  # nobody left to tell: the caller raises it
             if self.view.started is None:
                 self.exit()
                 return
@@ -321,6 +330,35 @@ class ThinktreeApp(App[None]):
         if action in ("pause", "faster", "slower"):
             return isinstance(self.source, ReplaySource)
         return True
+
+    async def action_quit(self) -> None:
+        """Quit; for a live run that can go on without the view, ask first."""
+        if isinstance(self.screen, QuitLiveRun):
+            return
+        if not self._run_can_outlive_view():
+            self.exit()
+            return
+        self.push_screen(QuitLiveRun(self._run_folder()), self._quit_chosen)
+
+    def _run_can_outlive_view(self) -> bool:
+        source = self.source
+        return isinstance(source, LiveSource) and source.spawn is not None and self.engine_running
+
+    def _run_folder(self) -> str | None:
+        source = self.source
+        if isinstance(source, LiveSource) and source.folder is not None:
+            folder = source.folder()
+            if folder is not None:
+                return str(folder)
+        if self.view.started is not None:
+            return str(Path("runs") / self.view.started.run_id)
+        return None
+
+    def _quit_chosen(self, choice: QuitChoice | None) -> None:
+        if choice is None:
+            return  # back to the view
+        self.quit_choice = choice
+        self.exit()
 
     def action_follow(self) -> None:
         """Toggle following the newest node (its problem, its tree line, its text)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import os
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +29,24 @@ _TICK = 0.05  # seconds a replay sleeps at most before it looks at speed and pau
 class LiveSource:
     """Events of a run in this process, from a :class:`~thinktree.tui.subscriber.TuiSubscriber`.
 
-    ``engine``, when given, is started by the app as a worker: the run itself.
+    ``engine``, when given, is the run itself, started by the app once it is up: as one
+    of its workers, or through ``spawn`` (a task outside the app, so that the run can go on
+    after the view closes; the app then asks before quitting). ``folder`` says where the
+    run's folder is, once it is known (for the hint on how to resume it).
     """
 
     def __init__(
         self,
         receive: MemoryObjectReceiveStream[Event],
         engine: Callable[[], Awaitable[Any]] | None = None,
+        *,
+        spawn: Callable[[Callable[[], Coroutine[Any, Any, Any]]], None] | None = None,
+        folder: Callable[[], Path | None] | None = None,
     ) -> None:
         self.receive = receive
         self.engine = engine
+        self.spawn = spawn
+        self.folder = folder
 
     @property
     def status(self) -> str:

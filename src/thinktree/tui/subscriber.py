@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
@@ -66,6 +66,13 @@ class TuiSubscriber:
     @property
     def backlog(self) -> int:
         return len(self._backlog)
+
+    def detach(self) -> None:
+        """The view is gone: from now on drop every event, and let go of what is held."""
+        self._closed = True
+        self._backlog.clear()
+        self._held.clear()
+        self._held_chars = 0
 
     def handle(self, event: Event) -> None:
         if self._closed:
@@ -139,12 +146,16 @@ async def watch_run(
     buffer: int = 4096,
     headless: bool = False,
     auto_pilot: Callable[[Pilot[object]], Coroutine[Any, Any, None]] | None = None,
+    folder: Callable[[], Path | None] | None = None,
 ) -> T:
-    """Run ``run(subscriber)`` as a worker of the live view and return its result.
+    """Run ``run(subscriber)`` beside the live view and return its result.
 
-    The view stays open after the run ends until the user quits. The run's own error
-    is raised once the view has closed (and the terminal is restored); quitting before
-    the run finished cancels it and raises :class:`WatchQuit` once it has wound down.
+    The view stays open after the run ends until the user quits. Quitting while the run
+    is still going asks first: keep the run going without the view (it finishes in this
+    process; its result is returned then), or stop it (it is cancelled and, once wound
+    down, :class:`WatchQuit` is raised). The run's own error is raised once the view has
+    closed (and the terminal is restored). ``folder`` gives the run's folder once known,
+    for the hint on how to resume a stopped run (else ``runs/RUN_ID`` is shown).
     ``headless`` and ``auto_pilot`` are Textual's, for tests.
     """
     from thinktree.tui.app import ThinktreeApp
@@ -152,10 +163,21 @@ async def watch_run(
 
     subscriber, receive = TuiSubscriber.open(buffer)
     engine = _Engine(run, subscriber)
-    app = ThinktreeApp(LiveSource(receive, engine=engine))
-    await app.run_async(headless=headless, auto_pilot=auto_pilot)
-    if engine.started:
-        await engine.finished.wait()  # a cancelled run cleans up before we go on
+    async with anyio.create_task_group() as tg:
+
+        def spawn(task: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+            tg.start_soon(task)
+
+        app = ThinktreeApp(LiveSource(receive, engine=engine, spawn=spawn, folder=folder))
+        try:
+            await app.run_async(headless=headless, auto_pilot=auto_pilot)
+        finally:
+            # From here on the run never waits for the view, nor tells it anything.
+            app.detached = True
+            subscriber.detach()
+            receive.close()
+        if app.quit_choice != "keep":
+            tg.cancel_scope.cancel()  # stopped, or the run already ended: nothing to wait for
     if app.engine_error is not None:
         raise app.engine_error
     if not engine.done:
@@ -171,14 +193,8 @@ class _Engine(Generic[T]):
     def __init__(self, run: Callable[[TuiSubscriber], Awaitable[T]], sub: TuiSubscriber) -> None:
         self._run = run
         self._subscriber = sub
-        self.started = False
         self.done = False
-        self.finished = asyncio.Event()
 
     async def __call__(self) -> None:
-        self.started = True
-        try:
-            self.result = await self._run(self._subscriber)
-            self.done = True
-        finally:
-            self.finished.set()
+        self.result = await self._run(self._subscriber)
+        self.done = True

@@ -1,0 +1,67 @@
+"""Asking before the view of a live run closes: keep the run going without it, or stop it."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Static
+
+QuitChoice = Literal["keep", "stop"]
+
+
+def quit_message(folder: str | None) -> Text:
+    """What the dialog says; ``folder`` is the run folder to resume, when known."""
+    resume = f"thinktree run --resume {folder}" if folder else "thinktree run --resume RUN_DIR"
+    text = Text()
+    text.append("The run is still going.\n\n", style="bold")
+    text.append("[k]", style="bold")
+    text.append(" keep it running without the view\n")
+    text.append("[s]", style="bold")
+    text.append(" stop it (resume later with: ")
+    text.append(resume)  # a path is plain text, never markup
+    text.append(")\n")
+    text.append("[esc]", style="bold")
+    text.append(" back")
+    return text
+
+
+class QuitLiveRun(ModalScreen[QuitChoice | None]):
+    """Dismissed with "keep", "stop", or None (back to the view)."""
+
+    DEFAULT_CSS = """
+    QuitLiveRun {
+        align: center middle;
+    }
+    QuitLiveRun > Vertical {
+        width: auto;
+        max-width: 90%;
+        height: auto;
+        border: round $warning;
+        padding: 1 2;
+        background: $surface;
+    }
+    """
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("k", "choose('keep')", "Keep running"),
+        Binding("s", "choose('stop')", "Stop the run"),
+        Binding("escape", "back", "Back"),
+    ]
+
+    def __init__(self, folder: str | None) -> None:
+        super().__init__()
+        self.folder = folder
+
+    def compose(self) -> ComposeResult:
+        with Vertical():
+            yield Static(quit_message(self.folder), id="quit-message")
+
+    def action_choose(self, choice: QuitChoice) -> None:
+        self.dismiss(choice)
+
+    def action_back(self) -> None:
+        self.dismiss(None)
