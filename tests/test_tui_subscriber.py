@@ -209,6 +209,7 @@ async def test_keep_lets_the_run_finish_without_the_view() -> None:
     first = next(i for i, e in enumerate(events) if isinstance(e, NodeFinished))
     apps: list[ThinktreeApp] = []
     emitted: list[Event] = []
+    kept: list[bool] = []
 
     async def run(subscriber: TuiSubscriber) -> str:
         async with event_bus([subscriber], buffer=2) as bus:
@@ -229,8 +230,10 @@ async def test_keep_lets_the_run_finish_without_the_view() -> None:
         await pilot.press("q", "k")
 
     with anyio.fail_after(20):
-        result = await watch_run(run, headless=True, auto_pilot=keep, buffer=2)
-    assert result == "finished"
+        result = await watch_run(
+            run, headless=True, auto_pilot=keep, buffer=2, on_keep=lambda: kept.append(True)
+        )
+    assert result == "finished" and kept == [True]
     assert apps[0].quit_choice == "keep"
     assert len(emitted) == len(events) - first - 1
     assert apps[0].view.events <= first + 1  # the view saw nothing after it closed

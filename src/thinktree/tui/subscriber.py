@@ -147,6 +147,7 @@ async def watch_run(
     headless: bool = False,
     auto_pilot: Callable[[Pilot[object]], Coroutine[Any, Any, None]] | None = None,
     folder: Callable[[], Path | None] | None = None,
+    on_keep: Callable[[], None] | None = None,
 ) -> T:
     """Run ``run(subscriber)`` beside the live view and return its result.
 
@@ -155,7 +156,8 @@ async def watch_run(
     process; its result is returned then), or stop it (it is cancelled and, once wound
     down, :class:`WatchQuit` is raised). The run's own error is raised once the view has
     closed (and the terminal is restored). ``folder`` gives the run's folder once known,
-    for the hint on how to resume a stopped run (else ``runs/RUN_ID`` is shown).
+    for the hint on how to resume a stopped run (else ``runs/RUN_ID`` is shown);
+    ``on_keep`` is called when the view closes and the run goes on without it.
     ``headless`` and ``auto_pilot`` are Textual's, for tests.
     """
     from thinktree.tui.app import ThinktreeApp
@@ -178,6 +180,8 @@ async def watch_run(
             receive.close()
         if app.quit_choice != "keep":
             tg.cancel_scope.cancel()  # stopped, or the run already ended: nothing to wait for
+        elif on_keep is not None and not engine.done:
+            on_keep()
     if app.engine_error is not None:
         raise app.engine_error
     if not engine.done:
