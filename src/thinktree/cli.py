@@ -226,10 +226,14 @@ def _execute(
                     resume=resume,
                     on_started=folder.append,
                     subscribers=[tui],
-                )
+                ),
+                folder=lambda: folder[-1] if folder else None,
+                on_keep=lambda: err.print(
+                    "[dim]view closed; the run goes on — results when it ends[/]"
+                ),
             )
         except WatchQuit:
-            raise _fail("view closed before the run finished; the run was stopped", 130) from None
+            raise _fail("view closed; the run was stopped", 130) from None
 
     async def main() -> None:
         from thinktree.embedded import embedded_server
