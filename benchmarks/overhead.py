@@ -591,9 +591,10 @@ def driver(args: argparse.Namespace) -> int:
         f"server check (bare aiohttp): server process busy {bare.server_busy:.0%} of wall, "
         f"client busy {bare.client_busy:.0%} -> "
         + (
-            "the server is NOT the bottleneck (the client is)"
-            if bare.server_busy < 0.85
-            else "the SERVER may be the bottleneck: ratios against bare are understated"
+            "the SERVER may be the bottleneck: ratios against bare are understated"
+            if bare.server_busy >= 0.85
+            else "the server is NOT the bottleneck"
+            + (" (the client is)" if bare.client_busy >= 0.85 else "; other load shares the cores")
         )
     )
     print()
