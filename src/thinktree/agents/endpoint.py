@@ -215,8 +215,7 @@ class EndpointClient:
             "messages": messages,
             "max_tokens": max_tokens,
             "temperature": temperature,
-            "stream": True,
-            "stream_options": {"include_usage": True},
+            **_streaming(on_delta),
         }
         if n > 1:
             kwargs["n"] = n
@@ -227,6 +226,8 @@ class EndpointClient:
             kwargs["stop"] = stop
         if body:
             kwargs["extra_body"] = body
+        if on_delta is None:  # nobody watches the text grow: one parse, not one per token
+            return await self._call(lambda: self._plain_chat(kwargs, n), "chat", kwargs, key)
         return await self._call(lambda: self._stream_chat(kwargs, n, on_delta), "chat", kwargs, key)
 
     async def complete(
@@ -247,8 +248,7 @@ class EndpointClient:
             "prompt": prompt,
             "max_tokens": max_tokens,
             "temperature": temperature,
-            "stream": True,
-            "stream_options": {"include_usage": True},
+            **_streaming(on_delta),
         }
         if n > 1:
             kwargs["n"] = n
@@ -257,6 +257,10 @@ class EndpointClient:
             kwargs["seed"] = seed
         if stop:
             kwargs["stop"] = stop
+        if on_delta is None:
+            return await self._call(
+                lambda: self._plain_completion(kwargs, n), "completions", kwargs, key
+            )
         return await self._call(
             lambda: self._stream_completion(kwargs, n, on_delta), "completions", kwargs, key
         )
@@ -342,6 +346,40 @@ class EndpointClient:
             return EndpointError(f"endpoint {where} answered HTTP {exc.status_code}")
         return EndpointError(f"call to endpoint {where} failed: {_one_line(repr(exc))}")
 
+    async def _plain_chat(self, kwargs: dict[str, Any], n: int) -> Completion:
+        resp = await self.client.chat.completions.create(**kwargs)
+        texts, reasoning, counted = [""] * n, [""] * n, [0] * n
+        finish: list[str | None] = [None] * n
+        for choice in resp.choices or []:
+            i = choice.index
+            if i >= n:
+                continue
+            message = choice.message
+            texts[i] = (message.content or "") if message is not None else ""
+            think = getattr(message, "reasoning_content", None) or getattr(
+                message, "reasoning", None
+            )
+            if isinstance(think, str):
+                reasoning[i] = think
+            if choice.logprobs is not None and choice.logprobs.content:
+                counted[i] = len(choice.logprobs.content)
+            finish[i] = choice.finish_reason
+        return _assemble(texts, reasoning, counted, finish, resp.usage, resp.id, n)
+
+    async def _plain_completion(self, kwargs: dict[str, Any], n: int) -> Completion:
+        resp = await self.client.completions.create(**kwargs)
+        texts, counted = [""] * n, [0] * n
+        finish: list[str | None] = [None] * n
+        for choice in resp.choices or []:
+            i = choice.index
+            if i >= n:
+                continue
+            texts[i] = choice.text or ""
+            if choice.logprobs is not None and choice.logprobs.tokens:
+                counted[i] = len(choice.logprobs.tokens)
+            finish[i] = choice.finish_reason
+        return _assemble(texts, [""] * n, counted, finish, resp.usage, resp.id, n)
+
     async def _stream_chat(
         self, kwargs: dict[str, Any], n: int, on_delta: DeltaHandler | None
     ) -> Completion:
@@ -405,6 +443,13 @@ class EndpointClient:
                     if choice.finish_reason:
                         finish[i] = choice.finish_reason
         return _assemble(texts, [""] * n, counted, finish, usage, request_id, n)
+
+
+def _streaming(on_delta: DeltaHandler | None) -> dict[str, Any]:
+    """Stream (with usage at the end) only when someone watches the text arrive."""
+    if on_delta is None:
+        return {"stream": False}
+    return {"stream": True, "stream_options": {"include_usage": True}}
 
 
 def _assemble(
