@@ -32,7 +32,8 @@ def reply(body: dict[str, Any], index: int) -> str:
     return " ".join(words) + f". Answer: {letter}"
 
 
-BEHAVIOUR = FakeBehaviour(reply=reply, chunk_delay_s=0.004)
+# Each reply waits a little before its first byte, so kills land mid-run (25 calls in all).
+BEHAVIOUR = FakeBehaviour(reply=reply, delay_s=0.02, chunk_delay_s=0.004)
 RUN_ARGS = [
     "--mode",
     "hybrid",
@@ -141,31 +142,42 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return comparable(json.loads((root / "run" / "results.json").read_text()))
 
 
-# (calls answered before the kill, extra delay): early, between calls, mid-stream, late.
+# (calls answered before the kill, extra delay, streamed): early, between calls, late.
 KILL_POINTS = [
-    (1, 0.0),
-    (2, 0.01),
-    (3, 0.0),
-    (5, 0.02),
-    (7, 0.0),
-    (9, 0.03),
-    (12, 0.0),
-    (15, 0.015),
-    (18, 0.0),
-    (22, 0.025),
-    (20, 0.01),
+    # streamed runs (--trace-deltas) are killed mid-stream as often as between calls
+    (1, 0.0, False),
+    (2, 0.01, True),
+    (3, 0.0, False),
+    (5, 0.02, True),
+    (7, 0.0, False),
+    (9, 0.03, True),
+    (12, 0.0, False),
+    (15, 0.015, True),
+    (18, 0.0, False),
+    (16, 0.025, True),
+    (20, 0.01, False),
 ]
 
 
-@pytest.mark.parametrize(("after", "delay"), KILL_POINTS)
+@pytest.mark.parametrize(("after", "delay", "stream"), KILL_POINTS)
 def test_sigkill_then_resume_pays_once_and_matches(
-    tmp_path: Path, reference: dict[str, Any], after: int, delay: float
+    tmp_path: Path, reference: dict[str, Any], after: int, delay: float, stream: bool
 ) -> None:
     data = write_dataset(tmp_path / "data.jsonl")
     folder = tmp_path / "run"
     with fake_server_in_thread(BEHAVIOUR, record_bodies=True) as server:
+        streaming = ["--trace-deltas"] if stream else []
         proc = start(
-            ["run", str(data), "--endpoint", server.base_url, *RUN_ARGS, "--out", str(folder)]
+            [
+                "run",
+                str(data),
+                "--endpoint",
+                server.base_url,
+                *RUN_ARGS,
+                *streaming,
+                "--out",
+                str(folder),
+            ]
         )
         deadline = time.monotonic() + 60
         while not (folder / "run.json").exists() and proc.poll() is None:

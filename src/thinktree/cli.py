@@ -123,6 +123,10 @@ def run(
         Path | None,
         typer.Option(help="continue a killed run from its folder (finished calls are not re-paid)"),
     ] = None,
+    trace_deltas: Annotated[
+        bool,
+        typer.Option(help="stream, and write each text delta to trace.jsonl (for `watch`)"),
+    ] = False,
     watch: Annotated[
         bool,
         typer.Option(
@@ -164,6 +168,7 @@ def run(
         max_run_tokens=max_tokens,
         max_problem_tokens=max_problem_tokens,
         max_cost=max_cost,
+        trace_deltas=trace_deltas,
     )
     try:
         cfg = load_config(config)

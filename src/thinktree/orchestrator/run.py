@@ -60,6 +60,7 @@ class RunSettings:
     max_problem_tokens: int | None = None
     max_cost: float | None = None  # USD; needs a price for the model
     prices: dict[str, Price] = field(default_factory=dict)
+    trace_deltas: bool = False  # stream, and write every text delta to the trace
 
     def temperature_for_mode(self) -> float:
         if self.temperature is not None:
@@ -177,7 +178,7 @@ async def execute(
             store = RunStore(store_path)
             if on_started is not None:
                 on_started(folder)
-            trace = TraceWriter(folder / "trace.jsonl")
+            trace = TraceWriter(folder / "trace.jsonl", deltas=settings.trace_deltas)
             sampling = Sampling(temperature=settings.temperature_for_mode(), seed=settings.seed)
             run_pool = Budget(name="run", limit=settings.max_run_tokens, stops_run=True)
             status = "failed"
