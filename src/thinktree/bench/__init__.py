@@ -1,0 +1,1 @@
+"""Benchmarks: grids of runs, their statistics, reports and plots."""

@@ -1,0 +1,141 @@
+"""Statistics for comparing runs on the same problems.
+
+- :func:`bootstrap_ci`: a percentile bootstrap interval for a mean over problems.
+- :func:`paired_bootstrap`: the difference of two means on the same problems, resampling
+  problems (pairs stay together), with an interval and a two-sided p-value.
+- :func:`mcnemar`: McNemar's test on paired right/wrong outcomes: the exact binomial test
+  when fewer than 25 pairs disagree, else the chi-square test with continuity correction.
+
+Every function is deterministic for a given ``seed``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Below this many discordant pairs McNemar's test is exact (binomial), as usually advised.
+EXACT_BELOW = 25
+RESAMPLES = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Interval:
+    """An estimate with its confidence interval."""
+
+    estimate: float
+    low: float
+    high: float
+    confidence: float
+
+
+@dataclass(frozen=True, slots=True)
+class PairedDifference:
+    """mean(a) − mean(b) over the same problems, its interval and two-sided p-value."""
+
+    difference: float
+    low: float
+    high: float
+    p_value: float
+    pairs: int
+
+
+@dataclass(frozen=True, slots=True)
+class McNemar:
+    """McNemar's test: ``a_only`` pairs only A got right, ``b_only`` only B got right."""
+
+    a_only: int
+    b_only: int
+    statistic: float | None  # chi-square (continuity-corrected); None for the exact test
+    p_value: float
+    method: str  # "exact" or "chi-square (continuity-corrected)"
+
+
+def _array(values: Sequence[float] | Sequence[bool]) -> np.ndarray:
+    data = np.asarray(values, dtype=float)
+    if data.ndim != 1:
+        raise ValueError("expected a flat sequence of numbers")
+    return data
+
+
+def _check_confidence(confidence: float) -> None:
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be between 0 and 1, not {confidence}")
+
+
+def bootstrap_ci(
+    values: Sequence[float] | Sequence[bool],
+    *,
+    confidence: float = 0.95,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+) -> Interval:
+    """The mean of ``values`` with a percentile bootstrap interval (problems resampled)."""
+    _check_confidence(confidence)
+    data = _array(values)
+    if data.size == 0:
+        raise ValueError("no values to bootstrap")
+    rng = np.random.default_rng(seed)
+    means = data[rng.integers(0, data.size, size=(resamples, data.size))].mean(axis=1)
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    return Interval(float(data.mean()), float(low), float(high), confidence)
+
+
+def paired_bootstrap(
+    a: Sequence[float] | Sequence[bool],
+    b: Sequence[float] | Sequence[bool],
+    *,
+    confidence: float = 0.95,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+) -> PairedDifference:
+    """mean(a) − mean(b) on the same problems, resampling problems with their pairs.
+
+    The p-value is two-sided: twice the smaller share of resampled differences on either
+    side of zero (capped at 1); a difference that is zero in every resample gives 1.
+    """
+    _check_confidence(confidence)
+    x, y = _array(a), _array(b)
+    if x.size != y.size:
+        raise ValueError(f"paired samples differ in length ({x.size} vs {y.size})")
+    if x.size == 0:
+        raise ValueError("no pairs to bootstrap")
+    diff = x - y
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, diff.size, size=(resamples, diff.size))].mean(axis=1)
+    tail = (1 - confidence) / 2
+    low, high = np.quantile(means, [tail, 1 - tail])
+    at_or_below = float(np.mean(means <= 0))
+    at_or_above = float(np.mean(means >= 0))
+    p = min(1.0, 2 * min(at_or_below, at_or_above))
+    return PairedDifference(float(diff.mean()), float(low), float(high), p, int(diff.size))
+
+
+def mcnemar(a: Sequence[bool], b: Sequence[bool]) -> McNemar:
+    """McNemar's test of whether A and B are right equally often on the same problems."""
+    if len(a) != len(b):
+        raise ValueError(f"paired outcomes differ in length ({len(a)} vs {len(b)})")
+    a_only = sum(1 for x, y in zip(a, b, strict=True) if x and not y)
+    b_only = sum(1 for x, y in zip(a, b, strict=True) if y and not x)
+    return mcnemar_counts(a_only, b_only)
+
+
+def mcnemar_counts(a_only: int, b_only: int) -> McNemar:
+    """McNemar's test from the two discordant counts."""
+    if a_only < 0 or b_only < 0:
+        raise ValueError("discordant counts cannot be negative")
+    n = a_only + b_only
+    if n == 0:
+        return McNemar(a_only, b_only, None, 1.0, "exact")
+    if n < EXACT_BELOW:
+        k = min(a_only, b_only)
+        tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+        return McNemar(a_only, b_only, None, min(1.0, 2 * tail), "exact")
+    statistic = (abs(a_only - b_only) - 1) ** 2 / n
+    # chi-square with one degree of freedom: P(X > s) = erfc(sqrt(s / 2))
+    p = math.erfc(math.sqrt(statistic / 2))
+    return McNemar(a_only, b_only, statistic, p, "chi-square (continuity-corrected)")

@@ -1,0 +1,97 @@
+"""The statistics behind reports, checked against worked examples and on synthetic data."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from thinktree.bench.stats import (
+    bootstrap_ci,
+    mcnemar,
+    mcnemar_counts,
+    paired_bootstrap,
+)
+
+
+def test_mcnemar_exact_matches_the_worked_example() -> None:
+    # Fagerland, Lydersen & Laake (2013), BMC Med Res Methodol 13:91, airway
+    # hyper-responsiveness before/after: discordant pairs 1 and 7, exact p = 0.0703.
+    result = mcnemar_counts(1, 7)
+    assert result.method == "exact"
+    assert result.p_value == pytest.approx(0.0703, abs=5e-5)
+    assert result.p_value == 9 / 128  # 2 * (C(8,0) + C(8,1)) / 2^8
+    # symmetric in which system is A
+    assert mcnemar_counts(7, 1).p_value == result.p_value
+
+
+def test_mcnemar_chi_square_matches_the_textbook_example() -> None:
+    # Agresti, Categorical Data Analysis (2nd ed.), Table 10.1: presidential approval in
+    # two surveys of 1600 people, discordant cells 150 and 86.
+    result = mcnemar_counts(150, 86)
+    assert result.method == "chi-square (continuity-corrected)"
+    assert result.statistic == pytest.approx((64 - 1) ** 2 / 236)  # 16.82
+    assert result.p_value == pytest.approx(4.11e-5, rel=1e-2)
+
+
+def test_mcnemar_from_outcomes_counts_only_discordant_pairs() -> None:
+    a = [True, True, False, False, True, True]
+    b = [True, False, False, True, False, False]
+    result = mcnemar(a, b)
+    assert (result.a_only, result.b_only) == (3, 1)
+    assert result.p_value == pytest.approx(2 * (1 + 4) / 16)
+    assert mcnemar([True, False], [True, False]).p_value == 1.0
+    with pytest.raises(ValueError, match="length"):
+        mcnemar([True], [True, False])
+
+
+def test_chi_square_tail_is_right_at_the_five_percent_point() -> None:
+    # 3.8415 is the 95th percentile of chi-square with one degree of freedom
+    assert math.erfc(math.sqrt(3.841458820694124 / 2)) == pytest.approx(0.05)
+
+
+def test_bootstrap_ci_covers_the_true_accuracy_about_95_percent_of_the_time() -> None:
+    rng = np.random.default_rng(1)
+    truth, trials, hits = 0.7, 400, 0
+    for trial in range(trials):
+        sample = rng.random(120) < truth
+        ci = bootstrap_ci(sample, resamples=2000, seed=trial)
+        assert ci.low <= ci.estimate <= ci.high
+        hits += ci.low <= truth <= ci.high
+    coverage = hits / trials
+    # the binomial sd of the coverage over 400 trials is about 1.1 points
+    assert 0.91 <= coverage <= 0.98, coverage
+
+
+def test_bootstrap_ci_narrows_with_more_problems_and_is_deterministic() -> None:
+    rng = np.random.default_rng(2)
+    small = bootstrap_ci(rng.random(20) < 0.5)
+    large = bootstrap_ci(rng.random(2000) < 0.5)
+    assert (large.high - large.low) < (small.high - small.low) / 5
+    data = [1, 0, 1, 1, 0]
+    assert bootstrap_ci(data, seed=3) == bootstrap_ci(data, seed=3)
+    assert bootstrap_ci([1, 1, 1]) == bootstrap_ci([True, True, True])
+    assert bootstrap_ci([1, 1, 1]).low == 1.0
+    with pytest.raises(ValueError, match="no values"):
+        bootstrap_ci([])
+
+
+def test_paired_bootstrap_false_positive_rate_and_power() -> None:
+    rng = np.random.default_rng(4)
+    false_positives = 0
+    for trial in range(200):
+        a = rng.random(80) < 0.6
+        b = rng.random(80) < 0.6
+        false_positives += paired_bootstrap(a, b, resamples=2000, seed=trial).p_value < 0.05
+    assert false_positives / 200 <= 0.10
+
+    easy = rng.random(200)
+    a = easy < 0.8  # A is right wherever B is, and more often
+    b = easy < 0.5
+    result = paired_bootstrap(a, b, seed=0)
+    assert result.difference == pytest.approx(a.mean() - b.mean())
+    assert result.low > 0 and result.p_value < 0.001
+    assert paired_bootstrap([1, 0, 1], [1, 0, 1]).p_value == 1.0
+    with pytest.raises(ValueError, match="length"):
+        paired_bootstrap([1, 0], [1])
