@@ -2,7 +2,9 @@
 
 Events are applied to a :class:`~thinktree.tui.state.RunView` as fast as they come (a
 worker drains the source); the widgets are redrawn on a timer from what changed, so a
-burst of tokens costs one redraw, not one per token.
+burst of tokens costs one redraw, not one per token. The timer keeps drawing to a small
+share of the time: when a frame (the update and the paint after it) takes long, the next
+one waits longer, so key presses are never stuck behind one frame after another.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import functools
 import gc
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -23,6 +25,7 @@ from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
+from textual.timer import Timer
 from textual.widgets import Footer, Tree
 
 from thinktree.orchestrator.events import Event, NodeStatus, RunStarted
@@ -39,6 +42,9 @@ from thinktree.tui.widgets import DetailPane, ProblemList, ProblemTreeView, RunH
 _FILTER_KEYS = dict(zip("12345", FILTERS, strict=True))
 _FILTER_GROUP = Binding.Group("filter", compact=True)
 _FREEZE_FROM = 20_000  # events applied before the first gc.freeze()
+_FRAME_SHARE = 0.25  # at most this share of the time goes to drawing, when frames are slow
+_SLOWEST_FRAME_GAP_S = 0.5
+KEYS_SETTLE_S = 0.12  # a move this soon after the last one waits for the keys to settle
 
 
 class ThinktreeApp(App[None]):
@@ -109,8 +115,12 @@ class ThinktreeApp(App[None]):
         self._last_event_wall = time.monotonic()
         self._rows_stale = True
         self._budget_asked = False
+        self._highlighted: str | None = None  # the list's cursor, which the tree follows
+        self._last_highlight = -math.inf
+        self.clock: Callable[[], float] = time.monotonic  # for the key-settling rule
+        self._settle_timer: Timer | None = None
         self.header = RunHeader(id="header")
-        self.problem_list = ProblemList(self._problem_row, id="problems")
+        self.problem_list = ProblemList(self._problem_row, self._problem_row_key, id="problems")
         self.problem_tree = ProblemTreeView(id="tree")
         self.detail = DetailPane(id="detail")
 
@@ -137,8 +147,18 @@ class ThinktreeApp(App[None]):
                 source.spawn(functools.partial(self._run_engine, source.engine))
             else:
                 self.run_worker(self._run_engine(source.engine), name="engine", group="engine")
-        self.set_interval(1 / self._refresh_hz, self.refresh_view, name="redraw")
         self.refresh_view()
+        self.set_timer(1 / self._refresh_hz, self._redraw, name="redraw")
+
+    def _redraw(self) -> None:
+        """One frame, then the next one scheduled once this one is on the screen."""
+        self.refresh_view()
+        self.call_after_refresh(self._schedule_redraw, time.perf_counter())
+
+    def _schedule_redraw(self, started: float) -> None:
+        frame = time.perf_counter() - started
+        gap = max(1 / self._refresh_hz, frame * (1 / _FRAME_SHARE - 1))
+        self.set_timer(min(gap, _SLOWEST_FRAME_GAP_S), self._redraw, name="redraw")
 
     # ── events in ───────────────────────────────────────────────────────────────
 
@@ -196,6 +216,9 @@ class ThinktreeApp(App[None]):
 
     def _problem_row(self, problem_id: str) -> Text:
         return render.problem_row(self.view.tree.problems[problem_id])
+
+    def _problem_row_key(self, problem_id: str) -> Hashable:
+        return render.problem_row_key(self.view.tree.problems[problem_id])
 
     def elapsed(self) -> float:
         """Seconds of the run shown: from event times, ticking between events when live."""
@@ -296,11 +319,34 @@ class ThinktreeApp(App[None]):
     # ── messages from the widgets ───────────────────────────────────────────────
 
     def on_problem_highlighted(self, message: ProblemHighlighted) -> None:
+        """The tree follows the list's cursor, once keys held down or typed fast settle.
+
+        Moving the cursor costs two lines of the list; building and drawing a problem's
+        tree costs far more, and nobody reads the trees of the problems skipped over.
+        """
         self.follow = False
-        if message.problem_id != self.selected_problem:
-            self._select_problem(message.problem_id)
+        self._highlighted = message.problem_id
+        now = self.clock()
+        settling = now - self._last_highlight < KEYS_SETTLE_S
+        self._last_highlight = now
+        self._cancel_settle()
+        if settling:
+            self._settle_timer = self.set_timer(KEYS_SETTLE_S, self._select_highlighted)
+        else:
+            self._select_highlighted()
+
+    def _cancel_settle(self) -> None:
+        if self._settle_timer is not None:
+            self._settle_timer.stop()
+            self._settle_timer = None
+
+    def _select_highlighted(self) -> None:
+        self._settle_timer = None
+        if self._highlighted is not None and self._highlighted != self.selected_problem:
+            self._select_problem(self._highlighted)
 
     def on_problem_opened(self, message: ProblemOpened) -> None:
+        self._cancel_settle()
         if message.problem_id != self.selected_problem:
             self._select_problem(message.problem_id)
         self.problem_tree.focus()
@@ -365,6 +411,7 @@ class ThinktreeApp(App[None]):
         self.follow = not self.follow
         self._followed = None
         if self.follow:
+            self._cancel_settle()
             self._follow_newest()
         self.refresh_view()
 

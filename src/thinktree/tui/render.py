@@ -6,6 +6,8 @@ Everything that came from the model or the data goes through :mod:`sanitize` and
 
 from __future__ import annotations
 
+from collections.abc import Hashable
+
 from rich.text import Text
 
 from thinktree.orchestrator.events import NodeKind, NodeStatus
@@ -101,6 +103,11 @@ def problem_row(problem: ProblemTree) -> Text:
     if problem.finished:
         text.append(f" → {one_line(problem.answer or '—', 20)}", style="dim")
     return text
+
+
+def problem_row_key(problem: ProblemTree) -> Hashable:
+    """What :func:`problem_row` shows: when it is unchanged, so is the line."""
+    return (outcome(problem), problem.finished, problem.answer)
 
 
 def subtree_tokens(problem: ProblemTree) -> dict[str, int]:

@@ -1,15 +1,18 @@
 """The problem list: one line per problem, drawn only where it is visible.
 
 A run may have thousands of problems, so this is a line-API widget over a list of ids,
-not a widget per problem: drawing costs the height of the screen, not the run.
+not a widget per problem: drawing costs the height of the screen, not the run. Drawn
+lines are kept with the key of what they show, so a redraw repaints only the visible
+lines whose problem changed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import ClassVar
 
 from rich.segment import Segment
+from rich.style import Style
 from rich.text import Text
 from textual import events
 from textual.binding import Binding, BindingType
@@ -47,9 +50,17 @@ class ProblemList(ScrollView, can_focus=True):
     }
     """
 
-    def __init__(self, render_row: Callable[[str], Text], *, id: str | None = None) -> None:
+    def __init__(
+        self,
+        render_row: Callable[[str], Text],
+        row_key: Callable[[str], Hashable],
+        *,
+        id: str | None = None,
+    ) -> None:
         super().__init__(id=id)
         self._render_row = render_row
+        self._row_key = row_key
+        self._drawn: dict[str, tuple[Hashable, Strip]] = {}  # problem id → (key, line)
         self.rows: list[str] = []
         self.cursor = 0
 
@@ -58,8 +69,13 @@ class ProblemList(ScrollView, can_focus=True):
         return self.rows[self.cursor] if self.rows else None
 
     def set_rows(self, rows: list[str]) -> None:
-        """Show ``rows``; the cursor stays on the same problem when it is still there."""
+        """Show ``rows``; the cursor stays on the same problem when it is still there.
+
+        When the rows are the same problems as before, only the visible lines whose
+        problem changed are repainted.
+        """
         current, before = self.highlighted, self.cursor
+        same = rows == self.rows
         self.rows = rows
         if current is not None and current in rows:
             self.cursor = rows.index(current)
@@ -67,7 +83,29 @@ class ProblemList(ScrollView, can_focus=True):
         self.virtual_size = Size(0, len(rows))
         if self.cursor != before:
             self._reveal()  # otherwise leave the scroll where the user put it
-        self.refresh()
+        if same and self.cursor == before:
+            self._refresh_changed_lines()
+        else:
+            self.refresh()
+
+    def _refresh_changed_lines(self) -> None:
+        top = self.scroll_offset.y
+        width = self.size.width
+        base = self.rich_style
+        for y, problem_id in enumerate(self.rows[top : top + self.size.height]):
+            drawn = self._drawn.get(problem_id)
+            if drawn is None or drawn[0] != self._line_key(problem_id, top + y, base):
+                self.refresh(Region(0, y, width, 1))
+
+    def _line_key(self, problem_id: str, index: int, base: Style) -> Hashable:
+        """What a drawn line depends on: when it is unchanged, so is the line."""
+        return (
+            self._row_key(problem_id),
+            self.size.width,
+            index == self.cursor,
+            self.has_focus,
+            base,
+        )
 
     def select(self, problem_id: str) -> None:
         """Put the cursor on ``problem_id`` without telling anyone (the app asked)."""
@@ -83,13 +121,20 @@ class ProblemList(ScrollView, can_focus=True):
         base = self.rich_style
         if index >= len(self.rows):
             return Strip.blank(width, base)
-        text = self._render_row(self.rows[index])
+        problem_id = self.rows[index]
+        key = self._line_key(problem_id, index, base)
+        drawn = self._drawn.get(problem_id)
+        if drawn is not None and drawn[0] == key:
+            return drawn[1]
+        text = self._render_row(problem_id)
         text.truncate(width, overflow="ellipsis", pad=True)
         text.stylize_before(base)
         if index == self.cursor:
             text.stylize_before(self.get_component_rich_style("problem-list--cursor"))
         segments: list[Segment] = list(text.render(self.app.console))
-        return Strip(segments).adjust_cell_length(width, base)
+        strip = Strip(segments).adjust_cell_length(width, base)
+        self._drawn[problem_id] = (key, strip)
+        return strip
 
     def _reveal(self) -> None:
         if self.rows:

@@ -75,7 +75,23 @@ class ProblemTreeView(Tree[str]):
             label = node_label(problem, node, tokens[node.id], winners)
             if self._labels.get(node.id) != label:
                 self._labels[node.id] = label
-                item.set_label(label)
+                self._relabel(item, label)
+
+    def _relabel(self, item: TreeNode[str], label: Text) -> None:
+        """Give ``item`` a new label, repainting its own line only.
+
+        ``TreeNode.set_label`` repaints every visible line below the node too, and the
+        problem's line (its token count) changes on almost every redraw of a live run,
+        so that would repaint the whole tree each time.
+        """
+        line = getattr(item, "_line", None)
+        if not (hasattr(item, "_label") and hasattr(item, "_updates") and isinstance(line, int)):
+            item.set_label(label)  # a Textual without these internals: correct, just slower
+            return
+        item._label = self.process_label(label)
+        item._updates += 1
+        if line >= 0:
+            self._refresh_line(line)
 
     def focus_node(self, node_id: str) -> None:
         """Move the cursor to ``node_id`` (opening its ancestors) without user input."""
