@@ -337,10 +337,12 @@ def test_conversion_produces_hf_folder_and_is_reused(module_cache: Path) -> None
     assert "quantization_config" not in config
     assert not list(folder.parent.glob(".*.tmp-*"))
 
-    started = time.monotonic()
+    weights = folder / "model.safetensors"
+    written = weights.stat().st_mtime_ns
+    said = len(messages)
     assert embedded.ensure_converted_model(log=messages.append) == folder
-    assert time.monotonic() - started < 1.0
-    assert len(messages) <= 1  # at most the one "converting" line, from the first call
+    assert weights.stat().st_mtime_ns == written  # reused, not converted again
+    assert len(messages) == said <= 1  # at most the one "converting" line, from the first call
 
 
 @pytest.mark.slow
@@ -383,12 +385,10 @@ async def test_recorded_server_is_reused(shared: _SharedServer) -> None:
         shared.handle.pid,
         False,
     )
-    started = time.monotonic()
     async with embedded_server(reuse=True) as reused:
         assert not reused.owned
         assert reused.base_url == shared.handle.base_url
         assert reused.pid == shared.handle.pid
-    assert time.monotonic() - started < 10
     assert shared.handle.pid is not None and embedded._pid_alive(shared.handle.pid)
 
 
