@@ -28,6 +28,7 @@ def test_probe_reports_vllm_capabilities(embedded_url: str) -> None:
     assert found["logprobs"] is True
     assert found["seed"] is True
     assert found["reasoning"] == "none"
+    assert found["constraints"][0] == "vllm"  # structured_outputs, tried for real
     assert "honoured" in found["notes"]["continuation"]
 
 

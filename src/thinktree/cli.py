@@ -127,6 +127,13 @@ def run(
         bool,
         typer.Option(help="stream, and write each text delta to trace.jsonl (for `watch`)"),
     ] = False,
+    answer_format: Annotated[
+        str,
+        typer.Option(
+            help="free (extract the answer) | constrained (generate it under a constraint) "
+            "| json (answer + confidence under a schema)"
+        ),
+    ] = "free",
     watch: Annotated[
         bool,
         typer.Option(
@@ -169,6 +176,7 @@ def run(
         max_problem_tokens=max_problem_tokens,
         max_cost=max_cost,
         trace_deltas=trace_deltas,
+        answer_format=answer_format,
     )
     try:
         cfg = load_config(config)
@@ -413,6 +421,11 @@ def probe(
                 ("logprobs", caps.logprobs, "logprobs"),
                 ("seed reproducible", caps.seed, "seed"),
                 (f"reasoning text: {caps.reasoning}", caps.reasoning != "none", "reasoning"),
+                (
+                    f"constraints: {', '.join(caps.constraints) or 'none'}",
+                    bool(caps.constraints),
+                    "constraints",
+                ),
             ]
             for label, ok, key in rows:
                 table.add_row(

@@ -8,6 +8,7 @@ from typing import Any, Literal
 import openai
 import structlog
 
+from thinktree.agents.constraint_probe import try_constraints
 from thinktree.agents.endpoint import EndpointClient
 from thinktree.errors import EndpointError
 
@@ -26,6 +27,7 @@ class Capabilities:
     logprobs: bool = False
     seed: bool = False
     reasoning: Literal["field", "tags", "none"] = "none"
+    constraints: list[str] = field(default_factory=list)  # dialects honoured, best first
     notes: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -40,9 +42,17 @@ async def probe(client: EndpointClient, *, what: set[str] | None = None) -> Capa
     """Try each capability for real (a few requests of a few tokens each).
 
     ``what`` limits the probe to some of "n", "continuation", "completions", "logprobs",
-    "seed", "reasoning"; settings forced in the endpoint's config are taken as given.
+    "seed", "reasoning", "constraints"; settings forced in the endpoint's config are taken as given.
     """
-    want = what or {"n", "continuation", "completions", "logprobs", "seed", "reasoning"}
+    want = what or {
+        "n",
+        "continuation",
+        "completions",
+        "logprobs",
+        "seed",
+        "reasoning",
+        "constraints",
+    }
     caps = Capabilities()
     cfg = client.config
     msgs = [{"role": "user", "content": _PROBE_USER}]
@@ -79,6 +89,8 @@ async def probe(client: EndpointClient, *, what: set[str] | None = None) -> Capa
         caps.seed, caps.notes["seed"] = await _try_seed(client, msgs)
     if "reasoning" in want:
         caps.reasoning, caps.notes["reasoning"] = await _try_reasoning(client)
+    if "constraints" in want:
+        caps.constraints, caps.notes["constraints"] = await try_constraints(client)
     log.info(
         "probed endpoint",
         endpoint=cfg.name,

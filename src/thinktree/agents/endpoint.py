@@ -239,6 +239,7 @@ class EndpointClient:
         temperature: float = 0.0,
         seed: int | None = None,
         stop: list[str] | None = None,
+        extra: dict[str, Any] | None = None,
         on_delta: DeltaHandler | None = None,
         key: str | None = None,
     ) -> Completion:
@@ -257,6 +258,8 @@ class EndpointClient:
             kwargs["seed"] = seed
         if stop:
             kwargs["stop"] = stop
+        if extra:
+            kwargs["extra_body"] = dict(extra)
         if on_delta is None:
             return await self._call(
                 lambda: self._plain_completion(kwargs, n), "completions", kwargs, key

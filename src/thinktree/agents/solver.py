@@ -15,6 +15,7 @@ import structlog
 from thinktree.agents.capabilities import Capabilities
 from thinktree.agents.chat_template import render_continuation
 from thinktree.agents.endpoint import Completion, EndpointClient, Message
+from thinktree.agents.structured import AnswerFormat, Constraint, validate
 from thinktree.errors import EndpointError
 from thinktree.extraction import extract_answer
 from thinktree.orchestrator.bus import EventBus
@@ -50,6 +51,7 @@ class SegmentRequest:
     cue: str = ""  # appended to the assistant text before continuing
     revision_prompt: str | None = None  # the user turn used where continuation is impossible
     extract_from: str = "segment"  # "segment", "message" (the whole assistant text) or "cue"
+    constraint: Constraint | None = None  # the answer is generated under this constraint
 
 
 @dataclass(slots=True)
@@ -94,6 +96,12 @@ class Solver:
     bus: EventBus
     sampling: Sampling = field(default_factory=Sampling)
     money: MoneyLimit | None = None
+    answer_format: AnswerFormat = "free"
+
+    @property
+    def constrains(self) -> bool:
+        """Whether every candidate's final answer is produced under a constraint."""
+        return self.answer_format != "free"
 
     def seed_for(self, node_id: str) -> int | None:
         """A seed per node, stable across runs and resumes (None when unseeded)."""
@@ -247,6 +255,7 @@ class Solver:
         seed = self.seed_for(first_node)
         temperature = self.sampling.temperature
         key = ",".join(r.node_id for r in reqs)
+        extra = reqs[0].constraint.fields if reqs[0].constraint is not None else None
         if mode == "completions":
             template = self.client.config.chat_template
             if template is None:
@@ -258,6 +267,7 @@ class Solver:
                 n=n,
                 temperature=temperature,
                 seed=seed,
+                extra=extra,
                 on_delta=on_delta,
                 key=key,
             )
@@ -271,6 +281,7 @@ class Solver:
             temperature=temperature,
             seed=seed,
             continue_final=mode == "chat",
+            extra=extra,
             on_delta=on_delta,
             key=key,
         )
@@ -291,6 +302,21 @@ class Solver:
         else:
             source = choice.text
         found = extract_answer(source, self.problem)
+        answer, method = (found.answer, found.method) if found else (None, None)
+        if req.constraint is not None and req.constraint.dialect is None:
+            method = f"fallback: {method or 'nothing'} ({req.constraint.unavailable})"
+        elif req.constraint is not None:
+            parsed = validate(choice.text, req.constraint, self.problem)
+            if parsed is not None:
+                answer, method = parsed.answer, f"constrained ({req.constraint.dialect})"
+            else:
+                method = f"fallback: {method or 'nothing'} (constrained output did not validate)"
+                log.warning(
+                    "constrained answer did not validate",
+                    node=req.node_id,
+                    dialect=req.constraint.dialect,
+                    text=choice.text[:80],
+                )
         await self.bus.emit(
             NodeFinished(
                 node_id=req.node_id,
@@ -298,8 +324,8 @@ class Solver:
                 finish_reason=choice.finish_reason,
                 prompt_tokens=prompt_tokens,
                 completion_tokens=choice.completion_tokens,
-                answer=found.answer if found else None,
-                extraction=found.method if found else None,
+                answer=answer,
+                extraction=method,
                 latency_s=result.latency_s,
                 call_id=result.request_id,
             )
@@ -309,7 +335,7 @@ class Solver:
             text=choice.text,
             finish_reason=choice.finish_reason,
             completion_tokens=choice.completion_tokens,
-            answer=found.answer if found else None,
+            answer=answer,
         )
 
 

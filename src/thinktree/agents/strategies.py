@@ -14,6 +14,7 @@ import anyio
 
 from thinktree.agents.prompts import EXTEND_CUE, FORCE_ANSWER_CUE, REVISION_PROMPT, WAIT_CUE
 from thinktree.agents.solver import Branch, Candidate, Segment, SegmentRequest, Solver
+from thinktree.agents.structured_answer import constrained_answer
 from thinktree.errors import BudgetExhausted, ConfigError
 from thinktree.orchestrator.events import NodeFailed, NodeFinished, NodeKind, NodeStarted
 from thinktree.orchestrator.ledger import Budget
@@ -130,7 +131,7 @@ class BudgetForcing:
         if last.failed:
             return [Candidate(node_id=last.node_id, answer=None, reasoning_tokens=used)]
         answer = _latest_answer(solver, branch)
-        if answer is not None and not last.capped:
+        if answer is not None and not last.capped and not solver.constrains:
             return [Candidate(node_id=last.node_id, answer=answer, reasoning_tokens=used)]
         forced = await _force_answer(solver, branch, parent, pool, self.answer_tokens)
         if forced is None or forced.answer is None:
@@ -203,7 +204,8 @@ class Sequential:
             used += seg.completion_tokens
             answer = seg.answer if seg.answer is not None else answer
             last = seg
-        if answer is None and self.force_final and not last.failed:
+        force = answer is None and self.force_final
+        if (force or solver.constrains) and not last.failed:
             forced = await _force_answer(solver, branch, parent, pool, self.answer_tokens)
             if forced is not None and forced.answer is not None:
                 return [Candidate(forced.node_id, forced.answer, used)]
@@ -338,7 +340,13 @@ class _Hybrid(Parallel):
 async def _force_answer(
     solver: Solver, branch: Branch, parent: str, pool: Budget, answer_tokens: int
 ) -> Segment | None:
-    """End the thinking and make the model state its answer, in a node of its own."""
+    """End the thinking and make the model state its answer, in a node of its own.
+
+    With a constrained answer format the answer is generated under the constraint the
+    endpoint honours (see :mod:`thinktree.agents.structured`).
+    """
+    if solver.constrains:
+        return await constrained_answer(solver, branch, parent, pool, answer_tokens)
     req = SegmentRequest(
         node_id=f"{parent}/answer",
         parent_id=parent,

@@ -30,6 +30,7 @@ from thinktree.agents.capabilities import Capabilities, probe
 from thinktree.agents.endpoint import EndpointClient, EndpointConfig
 from thinktree.agents.modes import DEFAULT_AGGREGATE, ModeSettings, build_strategy
 from thinktree.agents.solver import Sampling, Solver
+from thinktree.agents.structured import check_format
 from thinktree.errors import ConfigError
 from thinktree.metrics import Metrics, compute
 from thinktree.orchestrator.bus import EventBus, Subscriber, event_bus
@@ -61,6 +62,7 @@ class RunSettings:
     max_cost: float | None = None  # USD; needs a price for the model
     prices: dict[str, Price] = field(default_factory=dict)
     trace_deltas: bool = False  # stream, and write every text delta to the trace
+    answer_format: str = "free"  # free | constrained | json (see agents/structured.py)
 
     def temperature_for_mode(self) -> float:
         if self.temperature is not None:
@@ -83,6 +85,7 @@ class RunResult:
 def validate(settings: RunSettings, *, resuming: bool = False) -> None:
     """Check the settings before anything starts (one-line ConfigError on any problem)."""
     build_strategy(settings.modes)
+    check_format(settings.answer_format)
     aggregate = settings.aggregate or DEFAULT_AGGREGATE[settings.modes.mode]
     try:
         get_aggregator(aggregate)
@@ -166,7 +169,7 @@ async def execute(
             if resume is not None:
                 caps = resume.capabilities
             else:
-                caps = await probe(client, what=_needed(settings.modes))
+                caps = await probe(client, what=_needed(settings.modes, settings.answer_format))
                 _create_folder(
                     folder, run_id, problems, endpoint, model, caps, settings, aggregate_name
                 )
@@ -204,6 +207,7 @@ async def execute(
                             bus=bus,
                             sampling=sampling,
                             money=money,
+                            answer_format=check_format(settings.answer_format),
                         )
 
                     try:
@@ -316,6 +320,7 @@ def load_resume(folder: Path, *, prices: dict[str, Price] | None = None) -> Resu
             max_problem_tokens=s.get("max_problem_tokens"),
             max_cost=s.get("max_cost"),
             prices=dict(prices or {}),
+            answer_format=s.get("answer_format", "free"),
         )
         caps = Capabilities(**data["capabilities"])
         endpoint = dict(data["endpoint"])
@@ -402,8 +407,10 @@ def _stopped_by(recorder: TreeRecorder) -> str | None:
     return None
 
 
-def _needed(modes: ModeSettings) -> set[str]:
+def _needed(modes: ModeSettings, answer_format: str = "free") -> set[str]:
     need = {"continuation"}
+    if answer_format != "free":
+        need.add("constraints")
     if modes.mode in ("parallel", "hybrid"):
         need.add("n")
     return need
@@ -419,6 +426,7 @@ def _settings_dict(settings: RunSettings, aggregate: str) -> dict[str, Any]:
         "max_run_tokens": settings.max_run_tokens,
         "max_problem_tokens": settings.max_problem_tokens,
         "max_cost": settings.max_cost,
+        "answer_format": settings.answer_format,
     }
 
 

@@ -116,6 +116,8 @@ class FakeBehaviour:
     """Tokens per streamed content chunk."""
     chunk_delay_s: float = 0.0
     """Pause between streamed events (0: the whole stream goes out in one write)."""
+    reject: Callable[[Body], str | None] | None = None
+    """A request for which this returns a message is answered 400 with it (a refused field)."""
 
 
 class Fault(StrEnum):
@@ -306,6 +308,9 @@ class FakeServer:
         model = body.get("model")
         if model != behaviour.model:
             return _error(404, f"The model `{model}` does not exist.", "NotFoundError")
+        refused = behaviour.reject(body) if behaviour.reject is not None else None
+        if refused:
+            return _error(400, refused, "BadRequestError")
         try:
             choices, prompt_tokens = self._plan(body, chat=chat)
         except (_BadRequest, TypeError, ValueError, KeyError) as exc:
