@@ -519,6 +519,51 @@ def _cost(price: Price | None, prompt: int, completion: int) -> str:
 
 
 @app.command()
+def bench(
+    config: Annotated[Path, typer.Argument(help="bench config (TOML): [[datasets]] and [grid]")],
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="bench folder; the same folder again resumes it")
+    ],
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
+) -> None:
+    """Run a grid of runs (datasets × modes × budgets × endpoints …) into one bench folder."""
+    configure(verbose=verbose)
+    from thinktree.bench.commands import bench_main
+
+    try:
+        main = bench_main(config, out_dir, out, err)
+    except (ThinktreeError, DatasetError) as exc:
+        raise _fail(str(exc)) from None
+    try:
+        _run_async(main)
+    except typer.Exit as exc:
+        if exc.exit_code == 130:
+            err.print(f"resume with: thinktree bench {config} --out {out_dir}", highlight=False)
+        raise
+
+
+@app.command()
+def report(
+    path: Annotated[Path, typer.Argument(help="a run folder or a bench folder")],
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="where report.md/.html go (default: PATH)")
+    ] = None,
+    plots: Annotated[bool, typer.Option("--plots/--no-plots", help="draw the PNG plots")] = True,
+    plot_terminal: Annotated[
+        bool, typer.Option("--plot-terminal", help="draw the scaling curve in the terminal")
+    ] = False,
+) -> None:
+    """Tables, paired comparisons and plots of finished runs: report.md and report.html."""
+    configure()
+    from thinktree.bench.commands import report_main
+
+    try:
+        report_main(path, out_dir, plots=plots, plot_terminal=plot_terminal, out=out)
+    except (ThinktreeError, DatasetError, OSError) as exc:
+        raise _fail(str(exc)) from None
+
+
+@app.command()
 def serve(
     port: Annotated[
         int | None, typer.Option(help="port on 127.0.0.1 (default: a free one)")

@@ -21,7 +21,7 @@ import anyio.to_thread
 from thinktree.agents.endpoint import Choice, Completion
 from thinktree.errors import ConfigError
 
-__all__ = ["SqliteCallCache", "completion_from_json", "completion_to_json"]
+__all__ = ["SharedCallCache", "SqliteCallCache", "completion_from_json", "completion_to_json"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
@@ -110,8 +110,46 @@ class SqliteCallCache:
             with anyio.CancelScope(shield=True):  # a paid-for answer is never dropped
                 await anyio.to_thread.run_sync(self._put, row)
 
+    def _row(self, fp: str) -> tuple[Any, ...] | None:
+        row = self._conn.execute("SELECT * FROM responses WHERE fingerprint = ?", (fp,)).fetchone()
+        return None if row is None else tuple(row)
+
     def _put(self, row: tuple[Any, ...]) -> None:
         self._conn.execute(
             "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row
         )
         self._conn.commit()
+
+
+class SharedCallCache:
+    """A run's own call store, backed by a store several runs share (a bench's).
+
+    A call is looked up in the run's own store first, then in the shared one; a call
+    found only there is copied into the run's own store, so the run folder alone still
+    resumes. Every new call goes into both.
+    """
+
+    def __init__(self, own: SqliteCallCache, shared: SqliteCallCache) -> None:
+        self.own = own
+        self.shared = shared
+
+    async def lookup(self, fingerprint: str) -> Completion | None:
+        hit = await self.own.lookup(fingerprint)
+        if hit is not None:
+            return hit
+        async with self.shared._lock:
+            row = await anyio.to_thread.run_sync(self.shared._row, fingerprint)
+        if row is None:
+            return None
+        async with self.own._lock:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self.own._put, row)
+        self.own.hits += 1
+        self.shared.hits += 1
+        return completion_from_json(row[3])
+
+    async def record(
+        self, fingerprint: str, route: str, request: dict[str, Any], completion: Completion
+    ) -> None:
+        await self.own.record(fingerprint, route, request, completion)
+        await self.shared.record(fingerprint, route, request, completion)

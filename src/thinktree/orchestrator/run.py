@@ -34,7 +34,7 @@ from thinktree.agents.structured import check_format
 from thinktree.errors import ConfigError
 from thinktree.metrics import Metrics, compute
 from thinktree.orchestrator.bus import EventBus, Subscriber, event_bus
-from thinktree.orchestrator.call_cache import SqliteCallCache
+from thinktree.orchestrator.call_cache import SharedCallCache, SqliteCallCache
 from thinktree.orchestrator.events import CallRetried, RunFinished, RunStarted
 from thinktree.orchestrator.ledger import Budget
 from thinktree.orchestrator.scheduler import run_problems
@@ -125,12 +125,15 @@ async def execute(
     subscribers: Sequence[Subscriber] = (),
     on_started: Callable[[Path], None] | None = None,
     resume: ResumeState | None = None,
+    shared_calls: SqliteCallCache | None = None,
 ) -> RunResult:
     """Run every problem and keep the run folder current; returns the metrics and trees.
 
     The folder appears once the endpoint has answered (bad input leaves nothing). Every
     finished call is committed to ``calls.sqlite`` before it counts, so a killed run can
     be resumed (:func:`load_resume`) without paying for any finished call again.
+    ``shared_calls`` is a call store shared with other runs (a bench's): calls found
+    there are not made again.
     """
     validate(settings, resuming=resume is not None)
     strategy = build_strategy(settings.modes)
@@ -174,7 +177,7 @@ async def execute(
                     folder, run_id, problems, endpoint, model, caps, settings, aggregate_name
                 )
             cache = SqliteCallCache(folder / CALLS)
-            client.cache = cache
+            client.cache = cache if shared_calls is None else SharedCallCache(cache, shared_calls)
             store_path = folder / STORE_NAME
             if resume is not None:
                 _discard_store(store_path)

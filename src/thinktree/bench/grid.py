@@ -1,0 +1,279 @@
+"""A bench's config: datasets × a grid of ``run`` options, expanded into cells.
+
+```toml
+[[datasets]]
+path = "data/medqa.jsonl"   # relative to this file; or hub = "medqa" (needs thinktree[hub])
+limit = 20
+
+[grid]                      # every key is a `run` option, each with a list of values
+mode = ["budget", "parallel"]
+budget = [256, 1024]
+endpoint = ["embedded"]     # a URL, 'embedded', or a name under [endpoints] here
+perturbation = ["none", "misleading"]   # robustness (see thinktree.bench.perturb)
+
+[run]                       # options every cell shares
+seed = 0
+concurrency = 8
+
+[prices]                    # USD per million tokens, as in thinktree.toml
+"gpt-4o-mini" = { prompt = 0.15, completion = 0.60 }
+```
+
+Grid and run keys map onto the fields of :class:`RunSettings` and :class:`ModeSettings`
+by name, so a new ``run`` option is a valid key as soon as it exists there.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import re
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from thinktree.agents.modes import ModeSettings
+from thinktree.bench.perturb import NONE, PERTURBATIONS
+from thinktree.errors import ConfigError
+from thinktree.orchestrator.run import RunSettings, validate
+
+#: Keys the bench itself handles (not fields of the run's settings).
+BENCH_KEYS = ("endpoint", "model", "perturbation")
+#: CLI spellings whose settings field has another name.
+ALIASES = {"max_tokens": "max_run_tokens"}
+#: Settings that a bench decides itself, never a grid.
+_NOT_OPTIONS = {"modes", "out", "prices", "trace_deltas"}
+_DATASET_KEYS = {"path", "hub", "split", "name", "limit", "offset"}
+
+
+def _mode_fields() -> dict[str, Any]:
+    return typing.get_type_hints(ModeSettings)
+
+
+def _run_fields() -> dict[str, Any]:
+    hints = typing.get_type_hints(RunSettings)
+    return {k: v for k, v in hints.items() if k not in _NOT_OPTIONS}
+
+
+def valid_keys() -> list[str]:
+    """Every key a grid or ``[run]`` table may hold, in CLI spelling."""
+    names = [*BENCH_KEYS, *_mode_fields(), *_run_fields(), *ALIASES]
+    return sorted({n.replace("_", "-") for n in names})
+
+
+def _field_name(key: str) -> str:
+    name = key.replace("-", "_")
+    return ALIASES.get(name, name)
+
+
+def _check_type(key: str, value: Any, hint: Any) -> Any:
+    """``value`` converted to the field's type, or a one-line error saying what was expected."""
+    allowed = (
+        typing.get_args(hint)
+        if typing.get_origin(hint) in (typing.Union, type(int | None))
+        else (hint,)
+    )
+    if value is None and type(None) in allowed:
+        return None
+    if bool not in allowed and isinstance(value, bool):
+        raise ConfigError(f"{key}: expected {_describe(allowed)}, not {value!r}")
+    for kind in allowed:
+        if kind is float and isinstance(value, int | float):
+            return float(value)
+        if kind is Path and isinstance(value, str):
+            return Path(value)
+        if isinstance(kind, type) and isinstance(value, kind):
+            return value
+    if all(isinstance(k, type) and k in (int, float, str, bool, type(None), Path) for k in allowed):
+        raise ConfigError(f"{key}: expected {_describe(allowed)}, not {value!r}")
+    return value  # a type this module does not know: the run's own validation decides
+
+
+def _describe(kinds: tuple[Any, ...]) -> str:
+    names = {int: "a whole number", float: "a number", str: "a string", bool: "true or false"}
+    return " or ".join(
+        names.get(k, getattr(k, "__name__", str(k))) for k in kinds if k is not type(None)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetSpec:
+    """One dataset of a bench: a JSONL file or a public benchmark by name."""
+
+    name: str
+    path: Path | None = None
+    hub: str | None = None
+    split: str | None = None
+    limit: int | None = None
+    offset: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "path": None if self.path is None else str(self.path),
+            "hub": self.hub,
+            "split": self.split,
+            "limit": self.limit,
+            "offset": self.offset,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Cell:
+    """One run of the bench: a dataset under one combination of grid values."""
+
+    index: int
+    dataset: DatasetSpec
+    options: dict[str, Any]  # grid values of this cell, in the grid's key order
+
+    @property
+    def name(self) -> str:
+        parts = [self.dataset.name, *(f"{k}-{v}" for k, v in self.options.items())]
+        slug = "_".join(re.sub(r"[^A-Za-z0-9.=-]+", "-", str(p)).strip("-") for p in parts)
+        return f"{self.index:03d}_{slug}"[:120]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "dataset": self.dataset.name, "options": self.options}
+
+
+@dataclass(frozen=True, slots=True)
+class BenchConfig:
+    """A parsed bench config; ``raw`` is the TOML as read (it carries no secrets)."""
+
+    path: Path
+    datasets: list[DatasetSpec]
+    grid: dict[str, list[Any]]
+    fixed: dict[str, Any]
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def cells(self) -> list[Cell]:
+        keys = list(self.grid)
+        combos = list(itertools.product(*(self.grid[k] for k in keys)))
+        out: list[Cell] = []
+        for dataset in self.datasets:
+            for combo in combos:
+                out.append(Cell(len(out) + 1, dataset, dict(zip(keys, combo, strict=True))))
+        return out
+
+    def settings_for(self, cell: Cell) -> RunSettings:
+        """The run settings of ``cell``: the ``[run]`` table, then the cell's grid values."""
+        return apply_options(RunSettings(), {**self.fixed, **cell.options})
+
+
+def apply_options(base: RunSettings, options: Mapping[str, Any]) -> RunSettings:
+    """``base`` with ``options`` (keys in CLI or field spelling) set; bench keys are skipped."""
+    modes = _mode_fields()
+    runs = _run_fields()
+    mode_changes: dict[str, Any] = {}
+    run_changes: dict[str, Any] = {}
+    for key, value in options.items():
+        name = _field_name(key)
+        if name in BENCH_KEYS:
+            continue
+        if name in modes:
+            mode_changes[name] = _check_type(key, value, modes[name])
+        elif name in runs:
+            run_changes[name] = _check_type(key, value, runs[name])
+        else:
+            raise ConfigError(f"unknown key '{key}'; valid keys: {', '.join(valid_keys())}")
+    return dataclasses.replace(
+        base, modes=dataclasses.replace(base.modes, **mode_changes), **run_changes
+    )
+
+
+def load_bench_config(path: Path) -> BenchConfig:
+    """Read and check a bench config (one-line ConfigError naming what to fix)."""
+    if not path.is_file():
+        raise ConfigError(f"bench config not found: {path}")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    unknown = set(raw) - {"datasets", "grid", "run", "prices", "endpoints"}
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown table(s) {', '.join(sorted(unknown))}; "
+            "a bench config has [[datasets]], [grid], [run], [prices] and [endpoints]"
+        )
+    datasets = _datasets(path, raw.get("datasets"))
+    grid_raw = raw.get("grid", {})
+    if not isinstance(grid_raw, dict) or not grid_raw:
+        raise ConfigError(f"{path}: [grid] needs at least one key with a list of values")
+    grid: dict[str, list[Any]] = {}
+    for key, values in grid_raw.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"{path}: [grid] {key} must be a non-empty list of values")
+        if len({repr(v) for v in values}) != len(values):
+            raise ConfigError(f"{path}: [grid] {key} lists a value twice")
+        grid[_canonical(key)] = values
+    fixed = {_canonical(k): v for k, v in (raw.get("run") or {}).items()}
+    both = set(grid) & set(fixed)
+    if both:
+        raise ConfigError(f"{path}: {', '.join(sorted(both))} is in both [grid] and [run]")
+    for name in [*grid.get("perturbation", []), fixed.get("perturbation", NONE)]:
+        if name not in PERTURBATIONS:
+            raise ConfigError(
+                f"{path}: unknown perturbation '{name}'; choose from: {', '.join(PERTURBATIONS)}"
+            )
+    config = BenchConfig(path=path, datasets=datasets, grid=grid, fixed=fixed, raw=raw)
+    try:
+        for cell in config.cells():
+            validate(config.settings_for(cell))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return config
+
+
+def _canonical(key: str) -> str:
+    name = _field_name(key)
+    if name not in BENCH_KEYS and name not in _mode_fields() and name not in _run_fields():
+        raise ConfigError(f"unknown key '{key}'; valid keys: {', '.join(valid_keys())}")
+    return name.replace("_", "-")
+
+
+def _datasets(path: Path, tables: Any) -> list[DatasetSpec]:
+    if not isinstance(tables, list) or not tables:
+        raise ConfigError(f"{path}: add at least one [[datasets]] table with a path")
+    out: list[DatasetSpec] = []
+    for i, table in enumerate(tables, start=1):
+        where = f"{path}: dataset {i}"
+        if not isinstance(table, dict):
+            raise ConfigError(f"{where}: must be a table")
+        unknown = set(table) - _DATASET_KEYS
+        if unknown:
+            raise ConfigError(
+                f"{where}: unknown key(s) {', '.join(sorted(unknown))}; "
+                f"known: {', '.join(sorted(_DATASET_KEYS))}"
+            )
+        if ("path" in table) == ("hub" in table):
+            raise ConfigError(f"{where}: give either path (a JSONL file) or hub (a benchmark name)")
+        limit, offset = table.get("limit"), table.get("offset", 0)
+        if limit is not None and (not isinstance(limit, int) or limit <= 0):
+            raise ConfigError(f"{where}: limit must be a positive whole number, not {limit!r}")
+        if not isinstance(offset, int) or offset < 0:
+            raise ConfigError(f"{where}: offset must be 0 or more, not {offset!r}")
+        file = None
+        if "path" in table:
+            file = Path(str(table["path"]))
+            if not file.is_absolute():
+                file = path.parent / file
+            default_name = file.name.removesuffix(".jsonl").removesuffix(".sample")
+        else:
+            default_name = str(table["hub"])
+        name = str(table.get("name", default_name))
+        if any(d.name == name for d in out):
+            raise ConfigError(f"{where}: another dataset is named '{name}'; give it a name")
+        out.append(
+            DatasetSpec(
+                name=name,
+                path=file,
+                hub=table.get("hub"),
+                split=table.get("split"),
+                limit=limit,
+                offset=offset,
+            )
+        )
+    return out

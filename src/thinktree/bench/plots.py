@@ -1,0 +1,315 @@
+"""The report's plots (matplotlib, PNG), drawn without pyplot's global state.
+
+- ``scaling``: accuracy vs completion tokens per problem, one line per mode (the
+  test-time scaling curve), one panel per dataset;
+- ``budget``: accuracy and budget utilisation vs the tokens each mode was allowed;
+- ``coverage``: coverage vs accuracy per cell (the gap is what a better selector gains);
+- ``cost``: accuracy vs cost per problem, per endpoint (tokens when prices are unknown);
+- ``robustness``: accuracy per mode on original and perturbed problems.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from matplotlib.artist import Artist
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from thinktree.bench.report import COMPUTE_KEYS, accuracy_ci, robustness_rows, varying_keys
+from thinktree.bench.results import CellResult, Loaded
+
+_MODE_COLOURS = {
+    "budget": "#1f77b4",
+    "sequential": "#ff7f0e",
+    "parallel": "#2ca02c",
+    "hybrid": "#d62728",
+    "auto": "#9467bd",
+    "adaptive": "#8c564b",
+}
+_OTHER = ["#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
+DPI = 110
+
+
+def colour(mode: str) -> str:
+    if mode in _MODE_COLOURS:
+        return _MODE_COLOURS[mode]
+    return _OTHER[sum(map(ord, mode)) % len(_OTHER)]
+
+
+def _figure(panels: int, title: str) -> tuple[Figure, list[Axes]]:
+    cols = min(3, panels)
+    rows = (panels + cols - 1) // cols
+    size = (5.4 * cols, 4.2 * rows + 1.4) if panels > 1 else (8.0, 6.2)
+    fig = Figure(figsize=size, dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = [fig.add_subplot(rows, cols, i + 1) for i in range(panels)]
+    fig.suptitle(title, fontsize=12 if panels == 1 else 13, fontweight="bold")
+    return fig, axes
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+def _datasets(loaded: Loaded) -> list[str]:
+    return list(dict.fromkeys(c.dataset for c in loaded.cells))
+
+
+def _baseline(loaded: Loaded) -> list[CellResult]:
+    """The cells on unperturbed problems (all cells when every one is perturbed)."""
+    plain = [c for c in loaded.cells if c.perturbation == "none"]
+    return plain or loaded.cells
+
+
+def _shared_legend(fig: Figure, axes: Sequence[Axes], title: str) -> None:
+    """One legend under the panels, with every label any panel drew."""
+    seen: dict[str, Artist] = {}
+    for ax in axes:
+        for handle, text in zip(*ax.get_legend_handles_labels(), strict=True):
+            seen.setdefault(text, handle)
+    if seen:
+        fig.legend(
+            list(seen.values()),
+            list(seen),
+            loc="outside lower center",
+            ncols=min(4 if max(map(len, seen)) < 28 else 2, len(seen)),
+            title=title,
+            fontsize=9,
+            title_fontsize=9,
+        )
+
+
+def _line_label(cell: CellResult, keys: Sequence[str]) -> str:
+    extra = [
+        f"{k}={cell.options.get(k)}"
+        for k in keys
+        if k not in (*COMPUTE_KEYS, "dataset", "perturbation")
+    ]
+    return " · ".join([cell.mode, *extra])
+
+
+def _lines(cells: list[CellResult], keys: Sequence[str]) -> dict[str, list[CellResult]]:
+    out: dict[str, list[CellResult]] = {}
+    for cell in cells:
+        out.setdefault(_line_label(cell, keys), []).append(cell)
+    return out
+
+
+def _accuracy_axis(ax: Axes) -> None:
+    ax.set_ylabel("accuracy (% of problems right)")
+    ax.set_ylim(-3, 103)
+    ax.grid(True, alpha=0.3)
+
+
+def _maybe_log(ax: Axes, xs: list[float]) -> None:
+    positive = [x for x in xs if x > 0]
+    if positive and max(positive) / min(positive) > 8:
+        ax.set_xscale("log")
+
+
+def scaling(loaded: Loaded, path: Path) -> Path:
+    keys = varying_keys(loaded)
+    datasets = _datasets(loaded)
+    fig, axes = _figure(len(datasets), "Test-time scaling: accuracy vs tokens spent")
+    for ax, dataset in zip(axes, datasets, strict=True):
+        cells = [c for c in _baseline(loaded) if c.dataset == dataset and c.accuracy is not None]
+        for name, group in _lines(cells, keys).items():
+            group.sort(key=lambda c: c.tokens_per_problem)
+            xs = [c.tokens_per_problem for c in group]
+            cis = [accuracy_ci(c) for c in group]
+            ys = [100 * ci[0] if ci else 0.0 for ci in cis]
+            low = [100 * (ci[0] - ci[1]) if ci else 0.0 for ci in cis]
+            high = [100 * (ci[2] - ci[0]) if ci else 0.0 for ci in cis]
+            ax.errorbar(
+                xs,
+                ys,
+                yerr=[low, high],
+                marker="o",
+                capsize=3,
+                color=colour(group[0].mode),
+                label=name,
+            )
+        _maybe_log(ax, [c.tokens_per_problem for c in cells])
+        ax.set_xlabel("completion tokens per problem (mean)")
+        _accuracy_axis(ax)
+        ax.set_title(dataset)
+    _shared_legend(fig, axes, "mode (error bars: 95 % bootstrap CI over problems)")
+    return _save(fig, path)
+
+
+def budget(loaded: Loaded, path: Path) -> Path:
+    keys = varying_keys(loaded)
+    datasets = _datasets(loaded)
+    fig, axes = _figure(len(datasets), "Accuracy and budget utilisation vs budget")
+    twins: list[Axes] = []
+    for ax, dataset in zip(axes, datasets, strict=True):
+        cells = [c for c in _baseline(loaded) if c.dataset == dataset]
+        twin = ax.twinx()
+        for name, group in _lines(cells, keys).items():
+            group.sort(key=lambda c: c.tokens_allowed_per_problem)
+            xs = [c.tokens_allowed_per_problem for c in group]
+            c0 = colour(group[0].mode)
+            ax.plot(
+                xs,
+                [100 * (c.accuracy or 0) for c in group],
+                marker="o",
+                color=c0,
+                label=f"{name}: accuracy",
+            )
+            twin.plot(
+                xs,
+                [100 * (c.metrics.get("utilisation") or 0) for c in group],
+                marker="s",
+                markerfacecolor="none",
+                linestyle=":",
+                color=c0,
+                label=f"{name}: utilisation",
+            )
+        _maybe_log(ax, [c.tokens_allowed_per_problem for c in cells])
+        ax.set_xlabel("tokens allowed per problem (the mode's budget)")
+        _accuracy_axis(ax)
+        twin.set_ylabel("budget utilisation (% of allowed tokens used)")
+        twin.set_ylim(-3, 103)
+        ax.set_title(dataset)
+        twins.append(twin)
+    _shared_legend(
+        fig, [*axes, *twins], "solid: accuracy (left axis) · dotted: utilisation (right axis)"
+    )
+    return _save(fig, path)
+
+
+def coverage(loaded: Loaded, path: Path) -> Path:
+    datasets = _datasets(loaded)
+    fig, axes = _figure(1, "Coverage vs accuracy: what a better selector could gain")
+    ax = axes[0]
+    ax.plot([0, 100], [0, 100], linestyle="--", color="grey", label="coverage = accuracy")
+    seen: set[str] = set()
+    for cell in _baseline(loaded):
+        if cell.accuracy is None or cell.coverage is None:
+            continue
+        x, y = 100 * cell.accuracy, 100 * cell.coverage
+        ax.vlines(x, x, y, color=colour(cell.mode), alpha=0.35, linewidth=3)
+        marker = _MARKERS[datasets.index(cell.dataset) % len(_MARKERS)]
+        ax.scatter(
+            [x],
+            [y],
+            color=colour(cell.mode),
+            marker=marker,
+            s=60,
+            edgecolors="black",
+            linewidths=0.5,
+            label=cell.mode if cell.mode not in seen else None,
+            zorder=3,
+        )
+        seen.add(cell.mode)
+    for i, dataset in enumerate(datasets):
+        ax.scatter([], [], color="white", edgecolors="black", marker=_MARKERS[i % 8], label=dataset)
+    ax.set_xlabel("accuracy (% right after voting)")
+    ax.set_ylabel("coverage (% with the gold among any candidate)")
+    ax.set_xlim(-3, 103)
+    ax.set_ylim(-3, 103)
+    ax.set_aspect("equal")
+    ax.grid(True, alpha=0.3)
+    _shared_legend(fig, axes, "colour: mode · marker: dataset · bar: gap a selector could close")
+    return _save(fig, path)
+
+
+def cost(loaded: Loaded, path: Path) -> Path:
+    cells = _baseline(loaded)
+    priced = all(c.cost_per_problem is not None for c in cells)
+    title = "Accuracy vs cost across endpoints" + ("" if priced else " (no prices: tokens)")
+    fig, axes = _figure(1, title)
+    ax = axes[0]
+    endpoints = list(dict.fromkeys(f"{c.endpoint} · {c.model}" for c in cells))
+    modes = list(dict.fromkeys(c.mode for c in cells))
+    palette = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"]
+    xs: list[float] = []
+    for cell in cells:
+        if cell.accuracy is None:
+            continue
+        where = f"{cell.endpoint} · {cell.model}"
+        x = (
+            1000 * float(cell.cost_per_problem or 0)
+            if priced
+            else (cell.metrics["prompt_tokens"] + cell.metrics["completion_tokens"])
+            / max(1, len(cell.problems))
+        )
+        xs.append(x)
+        ax.scatter(
+            [x],
+            [100 * cell.accuracy],
+            color=palette[endpoints.index(where) % len(palette)],
+            marker=_MARKERS[modes.index(cell.mode) % len(_MARKERS)],
+            s=60,
+            edgecolors="black",
+            linewidths=0.5,
+            zorder=3,
+        )
+    for i, where in enumerate(endpoints):
+        ax.scatter([], [], color=palette[i % len(palette)], marker="o", label=where)
+    for i, mode in enumerate(modes):
+        ax.scatter([], [], color="white", edgecolors="black", marker=_MARKERS[i % 8], label=mode)
+    _maybe_log(ax, xs)
+    ax.set_xlabel(
+        "cost per 1,000 problems (USD, prices from the config)"
+        if priced
+        else "tokens per problem (prompt + completion)"
+    )
+    _accuracy_axis(ax)
+    _shared_legend(fig, axes, "colour: endpoint · marker: mode")
+    return _save(fig, path)
+
+
+def robustness(loaded: Loaded, path: Path) -> Path | None:
+    found = robustness_rows(loaded)
+    if not found:
+        return None
+    modes = list(dict.fromkeys(cell.mode for _, cell, _ in found))
+    names = ["none", *dict.fromkeys(cell.perturbation for _, cell, _ in found)]
+    values: dict[tuple[str, str], list[float]] = {}
+    for base, cell, p in found:
+        values.setdefault((cell.mode, "none"), []).append(100 * p.acc_b)
+        values.setdefault((cell.mode, cell.perturbation), []).append(100 * p.acc_a)
+        del base
+    fig, axes = _figure(1, "Robustness: accuracy on original and perturbed problems")
+    ax = axes[0]
+    width = 0.8 / len(names)
+    shades = ["#4c72b0", "#dd8452", "#c44e52", "#8172b3", "#937860"]
+    for j, name in enumerate(names):
+        heights = [
+            sum(values.get((m, name), [0.0])) / max(1, len(values.get((m, name), [])))
+            for m in modes
+        ]
+        bars = ax.bar(
+            [i + (j - (len(names) - 1) / 2) * width for i in range(len(modes))],
+            heights,
+            width=width,
+            label="original" if name == "none" else name,
+            color=shades[j % len(shades)],
+        )
+        ax.bar_label(bars, fmt="%.0f %%", fontsize=8, padding=2)
+    ax.set_xticks(range(len(modes)), modes)
+    ax.set_xlabel("mode (accuracy averaged over its cells with a perturbed twin)")
+    _accuracy_axis(ax)
+    _shared_legend(fig, axes, "problems")
+    return _save(fig, path)
+
+
+def make_plots(loaded: Loaded, folder: Path) -> dict[str, tuple[str, Path]]:
+    """Draw every plot that applies; returns name → (caption, PNG path)."""
+    out: dict[str, tuple[str, Path]] = {
+        "scaling": ("Accuracy vs tokens spent per mode", scaling(loaded, folder / "scaling.png")),
+        "budget": ("Accuracy and utilisation vs budget", budget(loaded, folder / "budget.png")),
+        "coverage": ("Coverage vs accuracy", coverage(loaded, folder / "coverage.png")),
+        "cost": ("Accuracy vs cost across endpoints", cost(loaded, folder / "cost.png")),
+    }
+    drawn = robustness(loaded, folder / "robustness.png")
+    if drawn is not None:
+        out["robustness"] = ("Accuracy under perturbations", drawn)
+    return out

@@ -1,0 +1,469 @@
+"""A report on finished runs: tables, paired comparisons, auto's decisions and robustness.
+
+:func:`build` turns loaded cells into a :class:`Report` (sections of text, tables and
+plots); :mod:`thinktree.bench.render` writes it as Markdown, HTML or terminal tables.
+Accuracy intervals are percentile bootstraps over problems; "A beats B" comes from
+McNemar's test on the problems both were graded on, with a paired bootstrap beside it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from thinktree.bench.results import CellResult, Loaded
+from thinktree.bench.stats import bootstrap_ci, mcnemar, paired_bootstrap
+
+#: Options that set how much compute a cell spends (they vary along a scaling curve).
+COMPUTE_KEYS = ("mode", "budget", "n", "steps", "total-budget", "min-thinking", "answer-tokens")
+MAX_DECISION_ROWS = 30
+
+
+@dataclass(slots=True)
+class Table:
+    title: str
+    headers: list[str]
+    rows: list[list[str]]
+    note: str = ""
+
+
+@dataclass(slots=True)
+class Section:
+    title: str
+    text: list[str] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
+    images: list[tuple[str, Path]] = field(default_factory=list)  # (caption, PNG)
+
+
+@dataclass(slots=True)
+class Report:
+    title: str
+    intro: list[str]
+    sections: list[Section]
+
+
+def pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f} %"
+
+
+def pvalue(p: float) -> str:
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _num(x: float | int | None, digits: int = 2) -> str:
+    if x is None:
+        return "n/a"
+    return f"{x:,.{digits}f}" if isinstance(x, float) else f"{x:,}"
+
+
+def varying_keys(loaded: Loaded) -> list[str]:
+    """The options that differ between cells (what a reader needs to tell them apart)."""
+    keys: list[str] = []
+    if len({c.dataset for c in loaded.cells}) > 1:
+        keys.append("dataset")
+    for key in dict.fromkeys(k for c in loaded.cells for k in c.options):
+        if len({repr(c.options.get(key)) for c in loaded.cells}) > 1:
+            keys.append(key)
+    return keys
+
+
+def label(cell: CellResult, keys: Sequence[str]) -> str:
+    parts = [cell.dataset if k == "dataset" else f"{k}={cell.options.get(k)}" for k in keys]
+    return " · ".join(parts) or cell.name
+
+
+def accuracy_ci(cell: CellResult, seed: int = 0) -> tuple[float, float, float] | None:
+    graded = [bool(p.correct) for p in cell.graded]
+    if not graded:
+        return None
+    ci = bootstrap_ci(graded, seed=seed)
+    return ci.estimate, ci.low, ci.high
+
+
+def _ci_text(ci: tuple[float, float, float] | None) -> str:
+    if ci is None:
+        return "n/a"
+    est, low, high = ci
+    return f"{100 * est:.1f} % [{100 * low:.0f}–{100 * high:.0f}]"
+
+
+def cells_table(loaded: Loaded, keys: Sequence[str]) -> Table:
+    rows = []
+    for cell in loaded.cells:
+        m = cell.metrics
+        cost = m.get("cost_usd")
+        rows.append(
+            [
+                label(cell, keys),
+                str(len(cell.problems)),
+                _ci_text(accuracy_ci(cell)),
+                pct(cell.coverage),
+                f"{m['answered']}/{m['problems']}",
+                _num(m["prompt_tokens"]),
+                _num(m["completion_tokens"]),
+                _num(m["thinking_tokens"]),
+                f"{cell.tokens_per_problem:,.1f}",
+                pct(m.get("utilisation")),
+                _num(m["calls"]),
+                _num(m.get("latency_p50_s")),
+                _num(m.get("latency_p95_s")),
+                "n/a" if cost is None else f"${cost:.4f}",
+            ]
+        )
+    return Table(
+        "Cells",
+        [
+            "cell",
+            "problems",
+            "accuracy [95 % CI]",
+            "coverage",
+            "answered",
+            "prompt tok",
+            "completion tok",
+            "thinking tok",
+            "tok/problem",
+            "utilisation",
+            "calls",
+            "p50 s",
+            "p95 s",
+            "cost",
+        ],
+        rows,
+        note="Accuracy intervals: percentile bootstrap over problems (10,000 resamples). "
+        "Tokens are totals over the cell's problems; tok/problem is mean completion tokens; "
+        "utilisation is completion tokens over the tokens the mode allowed.",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Paired:
+    a: CellResult
+    b: CellResult
+    key: str
+    problems: int
+    acc_a: float
+    acc_b: float
+    diff: float
+    low: float
+    high: float
+    mcnemar_p: float
+    mcnemar_method: str
+    bootstrap_p: float
+
+
+def paired(a: CellResult, b: CellResult, key: str, seed: int = 0) -> Paired | None:
+    """A against B on the problems both were graded on (None when they share none)."""
+    outcome_b = {p.id: p.correct for p in b.graded}
+    pairs = [(bool(p.correct), bool(outcome_b[p.id])) for p in a.graded if p.id in outcome_b]
+    if not pairs:
+        return None
+    xs = [x for x, _ in pairs]
+    ys = [y for _, y in pairs]
+    test = mcnemar(xs, ys)
+    boot = paired_bootstrap(xs, ys, seed=seed)
+    return Paired(
+        a=a,
+        b=b,
+        key=key,
+        problems=len(pairs),
+        acc_a=sum(xs) / len(xs),
+        acc_b=sum(ys) / len(ys),
+        diff=boot.difference,
+        low=boot.low,
+        high=boot.high,
+        mcnemar_p=test.p_value,
+        mcnemar_method=test.method,
+        bootstrap_p=boot.p_value,
+    )
+
+
+def _differs_in_one(a: CellResult, b: CellResult) -> str | None:
+    if a.dataset != b.dataset:
+        return None
+    keys = set(a.options) | set(b.options)
+    diff = [k for k in keys if a.options.get(k) != b.options.get(k)]
+    return diff[0] if len(diff) == 1 else None
+
+
+def _order(a: CellResult, b: CellResult, key: str) -> tuple[CellResult, CellResult]:
+    """The pair with the larger value of ``key`` first (numbers), else in grid order."""
+    va, vb = a.options.get(key), b.options.get(key)
+    if isinstance(va, int | float) and isinstance(vb, int | float) and vb > va:
+        return b, a
+    return a, b
+
+
+def comparisons(loaded: Loaded, seed: int = 0) -> list[Paired]:
+    """Every pair of cells on the same dataset that differ in exactly one option."""
+    out: list[Paired] = []
+    cells = loaded.cells
+    for i, a in enumerate(cells):
+        for b in cells[i + 1 :]:
+            key = _differs_in_one(a, b)
+            if key is None:
+                continue
+            first, second = _order(a, b, key)
+            found = paired(first, second, key, seed=seed)
+            if found is not None:
+                out.append(found)
+    return out
+
+
+def comparisons_table(found: list[Paired], keys: Sequence[str]) -> Table:
+    rows = [
+        [
+            label(p.a, [k for k in keys if k != p.key]),
+            p.key,
+            str(p.a.options.get(p.key)),
+            str(p.b.options.get(p.key)),
+            str(p.problems),
+            pct(p.acc_a),
+            pct(p.acc_b),
+            f"{100 * p.diff:+.1f} [{100 * p.low:+.0f}, {100 * p.high:+.0f}]",
+            f"{pvalue(p.mcnemar_p)} ({p.mcnemar_method.split(' ')[0]})",
+            pvalue(p.bootstrap_p),
+            f"{p.a.tokens_per_problem:,.0f} / {p.b.tokens_per_problem:,.0f}",
+        ]
+        for p in found
+    ]
+    return Table(
+        "Paired comparisons (cells that differ in one option, on the same problems)",
+        [
+            "cells",
+            "varies",
+            "A",
+            "B",
+            "problems",
+            "acc A",
+            "acc B",
+            "A − B, points [95 % CI]",
+            "McNemar p",
+            "bootstrap p",
+            "tok/problem A / B",
+        ],
+        rows,
+        note="McNemar: exact binomial test below 25 discordant problems, else chi-square "
+        "with continuity correction. Bootstrap: paired over problems, two-sided.",
+    )
+
+
+def _context_key(cell: CellResult) -> tuple[Any, ...]:
+    """Everything but the compute knobs: cells with the same context share a scaling curve."""
+    rest = sorted((k, repr(v)) for k, v in cell.options.items() if k not in COMPUTE_KEYS)
+    return (cell.dataset, cell.model, tuple(rest))
+
+
+def interpolate(points: Sequence[tuple[float, float]], x: float) -> float | None:
+    """Linear interpolation of y at ``x`` along ``points`` (None outside their range)."""
+    pts = sorted(points)
+    if not pts or x < pts[0][0] or x > pts[-1][0]:
+        return None
+    for (x0, y0), (x1, y1) in itertools.pairwise(pts):
+        if x0 <= x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return pts[0][1]
+
+
+def auto_section(loaded: Loaded, keys: Sequence[str]) -> Section | None:
+    autos = [c for c in loaded.cells if c.mode == "auto"]
+    if not autos:
+        return None
+    section = Section("The auto mode: its decisions, and fixed modes at equal tokens")
+    section.text.append(
+        "auto runs a cheap pilot per problem (two short samples: do they agree, how much of "
+        "the pilot budget did they use) and picks parallel for easy problems and sequential "
+        "for hard ones, with a larger budget only when the pilot used its budget. Each "
+        "decision and its reason are recorded on the problem."
+    )
+    compare_rows: list[list[str]] = []
+    for auto in autos:
+        decisions = [p for p in auto.problems if p.decision]
+        counts = Counter(
+            f"{p.decision['mode']} @ {p.decision.get('budget')}" for p in decisions if p.decision
+        )
+        section.text.append(
+            f"{label(auto, keys)}: "
+            + ", ".join(f"{k}: {v} problem(s)" for k, v in counts.most_common())
+        )
+        rows = [
+            [
+                p.id,
+                str(p.decision["mode"]),
+                str(p.decision.get("budget")),
+                "—" if p.correct is None else ("✓" if p.correct else "✗"),
+                str(p.completion_tokens),
+                str(p.decision.get("reason", "")),
+            ]
+            for p in decisions[:MAX_DECISION_ROWS]
+            if p.decision
+        ]
+        more = len(decisions) - len(rows)
+        section.tables.append(
+            Table(
+                f"Decisions · {label(auto, keys)}",
+                ["problem", "mode", "budget", "right", "tokens", "reason"],
+                rows,
+                note=f"{more} more in results.json" if more > 0 else "",
+            )
+        )
+        fixed = [
+            c for c in loaded.cells if c.mode != "auto" and _context_key(c) == _context_key(auto)
+        ]
+        by_mode: dict[str, list[CellResult]] = {}
+        for c in fixed:
+            by_mode.setdefault(c.mode, []).append(c)
+        for mode, group in sorted(by_mode.items()):
+            pts = [(c.tokens_per_problem, c.accuracy) for c in group if c.accuracy is not None]
+            at = interpolate([(x, y) for x, y in pts if y is not None], auto.tokens_per_problem)
+            spent = (
+                f"n/a (it spent {min(x for x, _ in pts):,.0f}–{max(x for x, _ in pts):,.0f})"
+                if pts
+                else "n/a"
+            )
+            nearest = min(group, key=lambda c: abs(c.tokens_per_problem - auto.tokens_per_problem))
+            test = paired(auto, nearest, "mode")
+            compare_rows.append(
+                [
+                    label(auto, keys),
+                    f"{auto.tokens_per_problem:,.0f}",
+                    pct(auto.accuracy),
+                    mode,
+                    pct(at) if at is not None else spent,
+                    f"{label(nearest, keys)} ({nearest.tokens_per_problem:,.0f} tok)",
+                    pct(nearest.accuracy),
+                    "n/a" if test is None else pvalue(test.mcnemar_p),
+                ]
+            )
+    if compare_rows:
+        section.tables.append(
+            Table(
+                "auto against the fixed modes at equal tokens",
+                [
+                    "auto cell",
+                    "auto tok/problem",
+                    "auto acc",
+                    "fixed mode",
+                    "its acc at auto's tokens",
+                    "nearest fixed cell",
+                    "its acc",
+                    "McNemar p vs auto",
+                ],
+                compare_rows,
+                note="A fixed mode's accuracy at auto's tokens is interpolated linearly along "
+                "its cells of the same dataset, model and other options.",
+            )
+        )
+    return section
+
+
+def robustness_rows(loaded: Loaded) -> list[tuple[CellResult, CellResult, Paired]]:
+    """(baseline, perturbed, comparison) for each perturbed cell with an unperturbed twin."""
+    out = []
+    for cell in loaded.cells:
+        if cell.perturbation == "none":
+            continue
+        for base in loaded.cells:
+            if base.perturbation == "none" and _differs_in_one(cell, base) == "perturbation":
+                found = paired(cell, base, "perturbation")
+                if found is not None:
+                    out.append((base, cell, found))
+    return out
+
+
+def robustness_section(loaded: Loaded, keys: Sequence[str]) -> Section | None:
+    found = robustness_rows(loaded)
+    if not found:
+        return None
+    others = [k for k in keys if k != "perturbation"]
+    section = Section("Robustness: accuracy under perturbed problems")
+    section.text.append(
+        "misleading: another physician is said to believe a wrong answer; expert-hint: an "
+        "expert states a wrong answer with certainty; shuffle: the options in another order. "
+        "Δ is perturbed minus original accuracy on the same problems."
+    )
+    section.tables.append(
+        Table(
+            "Per cell",
+            ["cell", "perturbation", "original", "perturbed", "Δ points [95 % CI]", "McNemar p"],
+            [
+                [
+                    label(base, others),
+                    cell.perturbation,
+                    pct(p.acc_b),
+                    pct(p.acc_a),
+                    f"{100 * p.diff:+.1f} [{100 * p.low:+.0f}, {100 * p.high:+.0f}]",
+                    pvalue(p.mcnemar_p),
+                ]
+                for base, cell, p in found
+            ],
+        )
+    )
+    groups: dict[tuple[str, str], list[tuple[CellResult, Paired]]] = {}
+    for _, cell, p in found:
+        groups.setdefault((cell.mode, cell.perturbation), []).append((cell, p))
+    rows = []
+    for (mode, name), items in sorted(groups.items()):
+        mean = sum(p.diff for _, p in items) / len(items)
+        ordered = sorted(items, key=lambda item: item[0].tokens_allowed_per_problem)
+        low_drop, high_drop = ordered[0][1].diff, ordered[-1][1].diff
+        recovery = (
+            f"{100 * (high_drop - low_drop):+.1f}"
+            if ordered[-1][0].tokens_allowed_per_problem > ordered[0][0].tokens_allowed_per_problem
+            else "n/a (one budget)"
+        )
+        rows.append([mode, name, str(len(items)), f"{100 * mean:+.1f}", recovery])
+    section.tables.append(
+        Table(
+            "Per mode",
+            ["mode", "perturbation", "cells", "mean Δ points", "recovered with more compute"],
+            rows,
+            note="Recovered: Δ at the mode's largest budget minus Δ at its smallest (positive: "
+            "more test-time compute wins back part of the drop).",
+        )
+    )
+    return section
+
+
+def build(
+    loaded: Loaded,
+    plot_dir: Path | None,
+    *,
+    make_plots: Callable[[Loaded, Path], dict[str, tuple[str, Path]]] | None = None,
+) -> Report:
+    """The report of ``loaded``; plots are drawn into ``plot_dir`` by ``make_plots``."""
+    keys = varying_keys(loaded)
+    models = sorted({c.model for c in loaded.cells})
+    intro = [
+        f"{'Bench' if loaded.kind == 'bench' else 'Run'} {loaded.path.name}: "
+        f"{len(loaded.cells)} finished cell(s), "
+        f"{sum(len(c.problems) for c in loaded.cells)} problem runs, model(s) {', '.join(models)}.",
+    ]
+    if loaded.fixed:
+        intro.append(
+            "Shared options: " + ", ".join(f"{k}={v}" for k, v in sorted(loaded.fixed.items()))
+        )
+    if loaded.unfinished:
+        intro.append(
+            f"Not finished, left out: {', '.join(loaded.unfinished)} "
+            "(run the bench again to finish them)."
+        )
+    plots = make_plots(loaded, plot_dir) if make_plots and plot_dir else {}
+    sections = [Section("Cells", tables=[cells_table(loaded, keys)])]
+    pictures = Section("Plots")
+    for name in ("scaling", "budget", "coverage", "cost", "robustness"):
+        if name in plots:
+            pictures.images.append(plots[name])
+    if pictures.images:
+        sections.append(pictures)
+    found = comparisons(loaded)
+    if found:
+        sections.append(Section("Comparisons", tables=[comparisons_table(found, keys)]))
+    for extra in (auto_section(loaded, keys), robustness_section(loaded, keys)):
+        if extra is not None:
+            sections.append(extra)
+    title = f"thinktree report · {loaded.path.name}"
+    return Report(title=title, intro=intro, sections=sections)

@@ -1,0 +1,182 @@
+"""Reading finished runs back for reports: a run folder, or every cell of a bench folder."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from thinktree.errors import ConfigError
+
+RESULTS = "results.json"
+BENCH_MANIFEST = "bench.json"
+#: Options that describe a run in a report when it is not part of a bench.
+_RUN_KNOBS = ("mode", "budget", "n", "steps", "total_budget", "aggregate")
+
+
+@dataclass(frozen=True, slots=True)
+class ProblemOutcome:
+    """One problem of one cell, as the report needs it."""
+
+    id: str
+    correct: bool | None
+    covered: bool | None
+    answered: bool
+    prompt_tokens: int
+    completion_tokens: int
+    decision: dict[str, Any] | None = None
+
+
+@dataclass(slots=True)
+class CellResult:
+    """One finished run: its options, metrics and per-problem outcomes."""
+
+    name: str
+    folder: Path
+    dataset: str
+    options: dict[str, Any]
+    mode: str
+    model: str
+    endpoint: str
+    settings: dict[str, Any]
+    metrics: dict[str, Any]
+    problems: list[ProblemOutcome]
+    tokens_allowed_per_problem: int
+    status: str = "completed"
+
+    @property
+    def graded(self) -> list[ProblemOutcome]:
+        return [p for p in self.problems if p.correct is not None]
+
+    @property
+    def accuracy(self) -> float | None:
+        value = self.metrics.get("accuracy")
+        return None if value is None else float(value)
+
+    @property
+    def coverage(self) -> float | None:
+        value = self.metrics.get("coverage")
+        return None if value is None else float(value)
+
+    @property
+    def tokens_per_problem(self) -> float:
+        """Mean completion tokens (thinking and answers) spent per problem."""
+        return float(self.metrics["completion_tokens"]) / max(1, len(self.problems))
+
+    @property
+    def cost_per_problem(self) -> float | None:
+        cost = self.metrics.get("cost_usd")
+        return None if cost is None else float(cost) / max(1, len(self.problems))
+
+    @property
+    def perturbation(self) -> str:
+        return str(self.options.get("perturbation", "none"))
+
+
+@dataclass(slots=True)
+class Loaded:
+    """What a report is about: a single run or a bench, its finished cells, and the rest."""
+
+    kind: str  # "run" or "bench"
+    path: Path
+    cells: list[CellResult]
+    unfinished: list[str] = field(default_factory=list)
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    fixed: dict[str, Any] = field(default_factory=dict)
+
+
+def load(path: Path) -> Loaded:
+    """The finished runs under ``path`` (a run folder or a bench folder)."""
+    if not path.is_dir():
+        raise ConfigError(f"no folder at {path}; give a run folder or a bench folder")
+    if (path / BENCH_MANIFEST).is_file():
+        return _load_bench(path)
+    if (path / RESULTS).is_file():
+        cell = _load_cell(path, name=path.name, dataset="run", options=None)
+        return Loaded(kind="run", path=path, cells=[cell])
+    if (path / "run.json").is_file():
+        raise ConfigError(
+            f"run {path} has not finished (no {RESULTS}); resume it with "
+            f"`thinktree run --resume {path}`"
+        )
+    raise ConfigError(f"{path} is neither a run folder ({RESULTS}) nor a bench folder (bench.json)")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from None
+
+
+def _load_bench(path: Path) -> Loaded:
+    manifest = _read_json(path / BENCH_MANIFEST)
+    try:
+        entries = list(manifest["cells"])
+        grid = dict(manifest.get("grid") or {})
+        fixed = dict(manifest.get("run") or {})
+    except (KeyError, TypeError) as exc:
+        raise ConfigError(f"{path / BENCH_MANIFEST} is damaged ({exc})") from None
+    cells: list[CellResult] = []
+    unfinished: list[str] = []
+    for entry in entries:
+        folder = path / entry["name"]
+        if not (folder / RESULTS).is_file():
+            unfinished.append(entry["name"])
+            continue
+        cells.append(
+            _load_cell(
+                folder, name=entry["name"], dataset=entry["dataset"], options=entry["options"]
+            )
+        )
+    if not cells:
+        raise ConfigError(
+            f"bench {path} has no finished cell yet; run `thinktree bench CONFIG --out {path}` "
+            "to go on"
+        )
+    return Loaded(
+        kind="bench", path=path, cells=cells, unfinished=unfinished, grid=grid, fixed=fixed
+    )
+
+
+def _load_cell(
+    folder: Path, *, name: str, dataset: str, options: dict[str, Any] | None
+) -> CellResult:
+    data = _read_json(folder / RESULTS)
+    try:
+        settings = dict(data["settings"])
+        metrics = dict(data["metrics"])
+        problems = [_outcome(p) for p in data["problems"]]
+        if options is None:
+            options = {k.replace("_", "-"): settings.get(k) for k in _RUN_KNOBS}
+        allowed = int(metrics["tokens_allowed"]) // max(1, len(problems))
+        return CellResult(
+            name=name,
+            folder=folder,
+            dataset=dataset,
+            options=dict(options),
+            mode=str(settings["mode"]),
+            model=str(data["model"]),
+            endpoint=str(data["endpoint"]["name"]),
+            settings=settings,
+            metrics=metrics,
+            problems=problems,
+            tokens_allowed_per_problem=allowed,
+            status=str(data.get("status", "completed")),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"{folder / RESULTS} is damaged (missing {exc})") from None
+
+
+def _outcome(problem: dict[str, Any]) -> ProblemOutcome:
+    nodes = problem.get("nodes") or []
+    return ProblemOutcome(
+        id=str(problem["id"]),
+        correct=problem.get("correct"),
+        covered=problem.get("covered"),
+        answered=problem.get("answer") is not None,
+        prompt_tokens=sum(int(n.get("prompt_tokens") or 0) for n in nodes),
+        completion_tokens=sum(int(n.get("completion_tokens") or 0) for n in nodes),
+        decision=problem.get("decision"),
+    )
