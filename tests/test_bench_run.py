@@ -1,0 +1,194 @@
+"""`thinktree bench` on a real local HTTP server: the grid runs, resumes after SIGKILL
+without paying twice for a finished call, and shares calls between cells."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from thinktree.testing.fake_server import FakeBehaviour, fake_server_in_thread
+
+SEEN: list[str] = []
+
+
+def request_key(body: dict[str, Any]) -> str:
+    extra = body.get("extra_body") or {}
+    return json.dumps(
+        [
+            body.get("messages"),
+            body.get("max_tokens"),
+            body.get("seed"),
+            body.get("n", 1),
+            body.get("continue_final_message", extra.get("continue_final_message")),
+        ],
+        sort_keys=True,
+    )
+
+
+def reply(body: dict[str, Any], index: int) -> str:
+    if index == 0:
+        SEEN.append(request_key(body))
+    seed = int(body.get("seed") or 0) + index
+    return "Let me think it over. " * (1 + seed % 3) + f"Answer: {'ABC'[seed % 3]}"
+
+
+def write_dataset(path: Path, prefix: str, count: int = 2) -> None:
+    with path.open("w") as f:
+        for i in range(count):
+            problem = {
+                "id": f"{prefix}{i}",
+                "question": f"Which one, {prefix} case {i}?",
+                "answer_type": "choice",
+                "options": {"A": "alpha", "B": "beta", "C": "gamma"},
+                "answer": "ABC"[i % 3],
+            }
+            f.write(json.dumps(problem) + "\n")
+
+
+def write_config(folder: Path, url: str, grid: str) -> Path:
+    write_dataset(folder / "one.jsonl", "p")
+    write_dataset(folder / "two.jsonl", "q")
+    config = folder / "bench.toml"
+    config.write_text(
+        f"""
+[[datasets]]
+path = "one.jsonl"
+
+[[datasets]]
+path = "two.jsonl"
+limit = 2
+
+[grid]
+{grid}
+
+[run]
+endpoint = "{url}"
+seed = 2
+n = 2
+concurrency = 1
+"""
+    )
+    return config
+
+
+def cli(*args: str, cwd: Path) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    env["COLUMNS"] = "250"
+    return subprocess.Popen(
+        [sys.executable, "-m", "thinktree.cli", *args],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def committed(bench: Path) -> set[str]:
+    keys: set[str] = set()
+    for path in bench.glob("*/calls.sqlite"):
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            rows = conn.execute("SELECT request FROM responses").fetchall()
+        except sqlite3.OperationalError:
+            rows = []
+        finally:
+            conn.close()
+        keys |= {request_key(json.loads(r[0])) for r in rows}
+    return keys
+
+
+def test_bench_resumes_after_a_kill_without_paying_twice(tmp_path: Path) -> None:
+    SEEN.clear()
+    behaviour = FakeBehaviour(reply=reply, delay_s=0.08)
+    with fake_server_in_thread(behaviour) as server:
+        config = write_config(
+            tmp_path, server.base_url, 'mode = ["budget", "parallel"]\nbudget = [16, 32]'
+        )
+        bench = tmp_path / "out"
+        proc = cli("bench", str(config), "--out", str(bench), cwd=tmp_path)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            done = list(bench.glob("*/results.json"))
+            started = list(bench.glob("*/run.json"))
+            if len(done) >= 2 and len(started) > len(done):  # killed inside a cell
+                break
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=30)
+        finished_before = {p.parent.name for p in bench.glob("*/results.json")}
+        assert 2 <= len(finished_before) < 8
+        paid = committed(bench)
+        seen_before = len(SEEN)
+
+        resumed = cli("bench", str(config), "--out", str(bench), cwd=tmp_path)
+        out, err = resumed.communicate(timeout=180)
+        assert resumed.returncode == 0, out + err
+        assert "resuming" in err and "8 cells done" in out
+        assert "(resumed)" in err
+
+    names = sorted(p.name for p in bench.iterdir() if p.is_dir())
+    assert len(names) == 8 and all((bench / n / "results.json").is_file() for n in names)
+    # finished cells were kept as they were; no committed call was requested again
+    again = SEEN[seen_before:]
+    assert not paid & set(again), "a call paid for before the kill was made again"
+    manifest = json.loads((bench / "bench.json").read_text())
+    assert [c["name"] for c in manifest["cells"]] == names
+    cell = json.loads((bench / names[-1] / "results.json").read_text())
+    assert cell["settings"]["mode"] == "parallel" and cell["settings"]["budget"] == 32
+    assert cell["settings"]["n"] == 2 and cell["settings"]["seed"] == 2
+
+
+def test_cells_that_make_the_same_calls_share_them(tmp_path: Path) -> None:
+    SEEN.clear()
+    with fake_server_in_thread(FakeBehaviour(reply=reply)) as server:
+        config = write_config(
+            tmp_path,
+            server.base_url,
+            'mode = ["parallel"]\naggregate = ["majority", "length-weighted"]',
+        )
+        proc = cli("bench", str(config), "--out", "out", cwd=tmp_path)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, out + err
+    # two datasets × two problems, one n=2 request each: the second aggregate pays nothing
+    # (capability probes aside)
+    assert len([key for key in SEEN if "Which one" in key]) == 4
+    results = [json.loads(p.read_text()) for p in sorted((tmp_path / "out").glob("*/results.json"))]
+    assert [r["settings"]["aggregate"] for r in results] == [
+        "majority",
+        "length-weighted",
+        "majority",
+        "length-weighted",
+    ]
+    assert results[0]["metrics"]["completion_tokens"] == results[1]["metrics"]["completion_tokens"]
+    assert "calls from the cache" in err
+
+
+def test_bad_bench_configs_fail_in_one_line_before_anything_runs(tmp_path: Path) -> None:
+    write_dataset(tmp_path / "one.jsonl", "p")
+    cases = {
+        'verifierx = ["a"]': "unknown key 'verifierx'; valid keys: ",
+        'budget = ["lots"]': "budget: expected a whole number",
+        'mode = ["budget", "psychic"]': "unknown mode 'psychic'",
+        'perturbation = ["gaslight"]': "unknown perturbation 'gaslight'",
+        "mode = []": "must be a non-empty list",
+    }
+    for grid, message in cases.items():
+        config = tmp_path / "c.toml"
+        config.write_text(f'[[datasets]]\npath = "one.jsonl"\n[grid]\n{grid}\n')
+        proc = cli("bench", str(config), "--out", "never", cwd=tmp_path)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 2, (grid, out, err)
+        assert message in err, (grid, err)
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert not (tmp_path / "never").exists()
+    (tmp_path / "c.toml").write_text('[grid]\nmode = ["budget"]\n')
+    proc = cli("bench", str(tmp_path / "c.toml"), "--out", "never", cwd=tmp_path)
+    assert "add at least one [[datasets]]" in proc.communicate(timeout=60)[1]

@@ -1,0 +1,237 @@
+"""`thinktree report` on a bench folder written by hand: the tables' numbers are checked."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from thinktree.bench.stats import bootstrap_ci
+
+PROBLEMS = [f"q{i}" for i in range(10)]
+
+
+def cell_results(
+    mode: str,
+    budget: int,
+    right: set[int],
+    tokens: int,
+    *,
+    decisions: dict[int, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """A results.json as a run writes it: ``tokens`` completion tokens on every problem."""
+    problems = []
+    for i, pid in enumerate(PROBLEMS):
+        problems.append(
+            {
+                "id": pid,
+                "question": f"question {i}",
+                "gold": "A",
+                "answer": "A" if i in right else "B",
+                "correct": i in right,
+                "covered": i in right or i == 9,
+                "error": None,
+                "vote": None,
+                "decision": (decisions or {}).get(i),
+                "nodes": [
+                    {"id": pid, "kind": "problem", "prompt_tokens": 0, "completion_tokens": 0},
+                    {
+                        "id": f"{pid}/think",
+                        "kind": "generation",
+                        "prompt_tokens": 100,
+                        "completion_tokens": tokens,
+                    },
+                ],
+            }
+        )
+    n = len(PROBLEMS)
+    return {
+        "run_id": f"{mode}-{budget}",
+        "status": "completed",
+        "endpoint": {"name": "embedded", "base_url": "http://127.0.0.1:1/v1"},
+        "model": "smollm2",
+        "settings": {"mode": mode, "budget": budget, "n": 4, "steps": 2, "aggregate": "majority"},
+        "metrics": {
+            "problems": n,
+            "answered": n,
+            "graded": n,
+            "correct": len(right),
+            "accuracy": len(right) / n,
+            "coverage": len(right | {9}) / n,
+            "failed": 0,
+            "prompt_tokens": 100 * n,
+            "completion_tokens": tokens * n,
+            "thinking_tokens": tokens * n,
+            "tokens_allowed": 2 * budget * n,
+            "utilisation": tokens / (2 * budget),
+            "calls": n,
+            "retries": 0,
+            "latency_p50_s": 0.5,
+            "latency_p95_s": 0.9,
+            "cost_usd": round((100 * n * 1.0 + tokens * n * 2.0) / 1e6, 6),
+        },
+        "problems": problems,
+    }
+
+
+@pytest.fixture
+def bench(tmp_path: Path) -> Path:
+    folder = tmp_path / "bench"
+    folder.mkdir()
+    reason = "the pilot's two samples disagree: hard"
+    cells = {
+        "001_a": ({"mode": "budget", "budget": 64, "perturbation": "none"}, {0, 1}, 30, None),
+        "002_b": (
+            {"mode": "budget", "budget": 128, "perturbation": "none"},
+            {0, 2, 3, 4, 5, 6, 7, 8},
+            90,
+            None,
+        ),
+        "003_auto": (
+            {"mode": "auto", "budget": 64, "perturbation": "none"},
+            {0, 1, 2, 3, 4},
+            60,
+            {i: {"mode": "sequential", "budget": 128, "reason": reason} for i in range(10)},
+        ),
+        "004_d": ({"mode": "budget", "budget": 64, "perturbation": "misleading"}, {0}, 30, None),
+        "005_unfinished": (
+            {"mode": "budget", "budget": 256, "perturbation": "none"},
+            set(),
+            0,
+            None,
+        ),
+    }
+    manifest = {
+        "bench_version": 1,
+        "grid": {
+            "mode": ["budget", "auto"],
+            "budget": [64, 128, 256],
+            "perturbation": ["none", "misleading"],
+        },
+        "run": {"seed": 0},
+        "cells": [
+            {"name": name, "dataset": "set", "options": options}
+            for name, (options, *_rest) in cells.items()
+        ],
+    }
+    (folder / "bench.json").write_text(json.dumps(manifest))
+    for name, (options, right, tokens, decisions) in cells.items():
+        (folder / name).mkdir()
+        if name == "005_unfinished":
+            (folder / name / "run.json").write_text("{}")
+            continue
+        results = cell_results(
+            options["mode"], options["budget"], right, tokens, decisions=decisions
+        )
+        (folder / name / "results.json").write_text(json.dumps(results))
+    return folder
+
+
+def report(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "250"}
+    return subprocess.run(
+        [sys.executable, "-m", "thinktree.cli", "report", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def md_rows(text: str, title: str) -> list[list[str]]:
+    """The body rows of the Markdown table under ``### title``."""
+    lines = text.split(f"### {title}\n", 1)[1].splitlines()[1:]
+    rows = []
+    for line in lines[2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split(" | ")])
+    return rows
+
+
+def test_report_tables_hold_the_right_numbers(bench: Path) -> None:
+    proc = report(str(bench), "--plot-terminal", cwd=bench.parent)
+    assert proc.returncode == 0, proc.stderr
+    md = (bench / "report.md").read_text()
+
+    cells = {row[0]: row for row in md_rows(md, "Cells")}
+    assert set(cells) == {
+        "mode=budget · budget=64 · perturbation=none",
+        "mode=budget · budget=128 · perturbation=none",
+        "mode=auto · budget=64 · perturbation=none",
+        "mode=budget · budget=64 · perturbation=misleading",
+    }
+    b = cells["mode=budget · budget=128 · perturbation=none"]
+    ci = bootstrap_ci([i in {0, 2, 3, 4, 5, 6, 7, 8} for i in range(10)])
+    assert b[2] == f"80.0 % [{100 * ci.low:.0f}–{100 * ci.high:.0f}]"
+    assert b[3] == "90.0 %"  # coverage: right, or q9
+    assert b[4:9] == ["10/10", "1,000", "900", "900", "90.0"]
+    assert b[9] == f"{100 * 90 / 256:.1f} %"
+    assert b[13] == f"${(1000 * 1.0 + 900 * 2.0) / 1e6:.4f}"
+    assert "Not finished, left out: 005_unfinished" in md
+
+    pairs = {
+        (row[1], row[2], row[3]): row
+        for row in md_rows(
+            md, "Paired comparisons (cells that differ in one option, on the same problems)"
+        )
+    }
+    budget = pairs[("budget", "128", "64")]
+    # B right and A wrong on q2..q8 (7), A right and B wrong on q1 (1): exact p = 2·9/256
+    assert budget[4:7] == ["10", "80.0 %", "20.0 %"]
+    assert budget[7].startswith("+60.0 [")
+    assert budget[8] == f"{2 * 9 / 256:.3f} (exact)"
+    assert ("perturbation", "none", "misleading") in pairs
+
+    equal = md_rows(md, "auto against the fixed modes at equal tokens")
+    assert len(equal) == 1
+    # auto spends 60 tokens a problem; budget mode: 20 % at 30, 80 % at 90 → 50 % at 60
+    assert equal[0][1:5] == ["60", "50.0 %", "budget", "50.0 %"]
+    decisions = md_rows(md, "Decisions · mode=auto · budget=64 · perturbation=none")
+    assert decisions[0] == [
+        "q0",
+        "sequential",
+        "128",
+        "✓",
+        "60",
+        "the pilot's two samples disagree: hard",
+    ]
+
+    robust = md_rows(md, "Per cell")
+    assert robust == [
+        ["mode=budget · budget=64", "misleading", "20.0 %", "10.0 %", robust[0][4], "1.000"]
+    ]
+    assert robust[0][4].startswith("-10.0 [")
+    assert md_rows(md, "Per mode") == [["budget", "misleading", "1", "-10.0", "n/a (one budget)"]]
+
+    for name in ("scaling", "budget", "coverage", "cost", "robustness"):
+        png = bench / "plots" / f"{name}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+        assert f"](plots/{name}.png)" in md
+    html = (bench / "report.html").read_text()
+    assert html.count("src='data:image/png;base64,") == 5
+    assert "80.0 % [" in html and "&lt;" not in html.split("<body>")[0]
+    # the terminal shows the same tables, and the scaling curve in characters
+    assert "80.0 % [" in proc.stdout and "tokens" in proc.stdout and "┤" in proc.stdout
+
+
+def test_report_of_a_single_run_and_of_nothing(bench: Path, tmp_path: Path) -> None:
+    run = bench / "002_b"
+    proc = report(str(run), "--no-plots", "--out", str(tmp_path / "r"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    md = (tmp_path / "r" / "report.md").read_text()
+    rows = md_rows(md, "Cells")
+    assert len(rows) == 1 and rows[0][2].startswith("80.0 % [") and "png" not in md
+
+    unfinished = report(str(bench / "005_unfinished"), cwd=tmp_path)
+    assert unfinished.returncode == 2
+    assert "has not finished" in unfinished.stderr and "--resume" in unfinished.stderr
+    nothing = report(str(tmp_path / "nope"), cwd=tmp_path)
+    assert nothing.returncode == 2 and "no folder at" in nothing.stderr
+    assert "Traceback" not in unfinished.stderr + nothing.stderr
