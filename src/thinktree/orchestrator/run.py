@@ -388,12 +388,33 @@ def _create_folder(
 
 
 def _discard_store(path: Path) -> None:
-    """A resumed run rebuilds its store from scratch (the calls come from the cache)."""
-    if path.exists():
+    """A resumed run rebuilds its store from scratch (the calls come from the cache).
+
+    A store the run was killed while creating (empty, or a database without tables yet)
+    is discarded too; anything else that is not a run store is refused.
+    """
+    if path.exists() and not _never_written(path):
         with contextlib.closing(RunStore.open_readonly(path)):
             pass  # raises a one-line StoreError for a foreign or damaged file
     for leftover in (path, *(Path(f"{path}{s}") for s in ("-wal", "-shm", "-lock"))):
         leftover.unlink(missing_ok=True)
+
+
+def _never_written(path: Path) -> bool:
+    """Whether ``path`` is a store cut off at its creation: empty, or SQLite with no tables."""
+    if path.stat().st_size == 0:
+        return True
+    try:
+        with path.open("rb") as f:
+            if f.read(16) != b"SQLite format 3\x00":
+                return False
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            return conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
+        finally:
+            conn.close()
+    except (OSError, sqlite3.Error):
+        return False
 
 
 def _atomic_write(path: Path, text: str) -> None:
