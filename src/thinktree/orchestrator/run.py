@@ -410,7 +410,7 @@ def _never_written(path: Path) -> bool:
                 return False
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
-            return conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0
+            return int(conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]) == 0
         finally:
             conn.close()
     except (OSError, sqlite3.Error):
