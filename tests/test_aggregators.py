@@ -138,6 +138,7 @@ def test_get_aggregator() -> None:
         "length-weighted",
         "best-of-n",
         "verifier-weighted",
+        "verifier-tiebreak",
     }
     with pytest.raises(ValueError, match=r"unknown aggregator 'x'; choose one of: majority, "):
         get_aggregator("x")

@@ -96,7 +96,10 @@ def run(
     answer_tokens: Annotated[int, typer.Option(help="cap of a forced answer")] = 64,
     aggregate: Annotated[
         str | None,
-        typer.Option(help="majority | shortest-majority | length-weighted"),
+        typer.Option(
+            help="majority | shortest-majority | length-weighted; with --verifier also "
+            "best-of-n | verifier-weighted (its default) | verifier-tiebreak"
+        ),
     ] = None,
     temperature: Annotated[float | None, typer.Option(help="sampling temperature")] = None,
     endpoint: Annotated[
@@ -137,6 +140,13 @@ def run(
             "| json (answer + confidence under a schema)"
         ),
     ] = "free",
+    verifier: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="score candidates: judge | pairwise | reward:URL | prm:URL | trained:FILE "
+            "| a plugin's name (repeatable; `thinktree verifier list` shows them)"
+        ),
+    ] = None,
     watch: Annotated[
         bool,
         typer.Option(
@@ -180,10 +190,11 @@ def run(
         max_cost=max_cost,
         trace_deltas=trace_deltas,
         answer_format=answer_format,
+        verifiers=tuple(verifier or ()),
     )
     try:
         cfg = load_config(config)
-        settings = dataclasses.replace(settings, prices=prices_from_config(cfg))
+        settings = dataclasses.replace(settings, prices=prices_from_config(cfg), config=cfg)
         validate(settings)
         if limit is not None and limit <= 0:
             raise _fail(f"--limit must be positive, not {limit}")
@@ -296,6 +307,9 @@ def _resume(
 
     try:
         state = load_resume(folder, prices=prices_from_config(load_config(config)))
+        state = dataclasses.replace(
+            state, settings=dataclasses.replace(state.settings, config=load_config(config))
+        )
         if mode is not None and mode != state.settings.modes.mode:
             raise ConfigError(
                 f"run {folder} was started in mode '{state.settings.modes.mode}'; "
@@ -365,6 +379,11 @@ def _print_results(result: object) -> None:
     if m.cost_usd is not None:
         summary.add_row("cost", f"${m.cost_usd:.4f}")
     summary.add_row("latency", f"p50 {secs(m.latency_p50_s)} · p95 {secs(m.latency_p95_s)}")
+    if m.verifier is not None:
+        from thinktree.verifiers.report import verifier_rows
+
+        for name, value in verifier_rows(m.verifier):
+            summary.add_row(name, value)
     summary.add_row("continuation", result.capabilities.continuation)
     summary.add_row("run folder", str(result.folder))
     out.print(summary)
@@ -588,6 +607,11 @@ def serve(
             err.print("stopped")
             raise typer.Exit(0) from None
         raise
+
+
+from thinktree.verifiers.cli import verifier_app  # noqa: E402
+
+app.add_typer(verifier_app, name="verifier")
 
 
 def main() -> None:

@@ -33,9 +33,107 @@ class Metrics:
     latency_p50_s: float | None
     latency_p95_s: float | None
     cost_usd: float | None = None  # None when the model has no price
+    verifier: VerifierMetrics | None = None  # None when no verifier ran
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class VerifierMetrics:
+    """How well the verifiers picked, over problems with a gold answer and scored candidates.
+
+    ``pick_accuracy``: the best-scored candidate's answer is right; ``vote_accuracy``: the
+    plain majority of the same candidates is right; ``oracle``: any candidate is right
+    (coverage). ``auroc``: how well a candidate's combined score separates right from
+    wrong answers (None when only one kind was seen). Tokens and cost are the verifiers'
+    own, on top of the solver's.
+    """
+
+    problems: int
+    pick_accuracy: float | None
+    vote_accuracy: float | None
+    oracle: float | None
+    auroc: float | None
+    verdicts: int
+    failed_verdicts: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float | None
+
+
+def auroc(scores: list[float], labels: list[bool]) -> float | None:
+    """Area under the ROC curve (Mann-Whitney, ties count half); None without both classes."""
+    pos = [s for s, y in zip(scores, labels, strict=True) if y]
+    neg = [s for s, y in zip(scores, labels, strict=True) if not y]
+    if not pos or not neg:
+        return None
+    ranked = sorted(scores)
+    rank: dict[float, float] = {}
+    i = 0
+    while i < len(ranked):
+        j = i
+        while j < len(ranked) and ranked[j] == ranked[i]:
+            j += 1
+        rank[ranked[i]] = (i + j + 1) / 2  # mean 1-based rank of the tied block
+        i = j
+    total = sum(rank[s] for s in pos)
+    return (total - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg))
+
+
+def verifier_metrics(trees: list[ProblemTree]) -> VerifierMetrics | None:
+    """The verifier block of the metrics, from each tree's verdicts (None without any)."""
+    if not any(t.verdicts for t in trees):
+        return None
+    verdicts = [v for t in trees for v in t.verdicts]
+    picks: list[bool] = []
+    votes: list[bool] = []
+    oracle: list[bool] = []
+    all_scores: list[float] = []
+    all_labels: list[bool] = []
+    for tree in trees:
+        # one entry per candidate: (answer, correct, combined score), in first-scored order
+        seen: dict[str, tuple[str | None, bool | None]] = {}
+        for v in tree.verdicts:
+            seen.setdefault(v.candidate_node, (v.answer, v.correct))
+        if not seen or any(correct is None for _, correct in seen.values()):
+            continue
+        rows = [
+            (answer, bool(correct), tree.nodes[node].combined_score or 0.0)
+            for node, (answer, correct) in seen.items()
+            if node in tree.nodes
+        ]
+        if not rows:
+            continue
+        best = max(range(len(rows)), key=lambda i: (rows[i][2], -i))
+        picks.append(rows[best][1])
+        counts: dict[str | None, int] = {}
+        right: dict[str | None, bool] = {}
+        for answer, correct, _ in rows:
+            counts[answer] = counts.get(answer, 0) + 1
+            right[answer] = correct
+        top = max(counts, key=lambda a: counts[a])  # ties: first seen
+        votes.append(right[top])
+        oracle.append(any(correct for _, correct, _ in rows))
+        all_scores += [score for _, _, score in rows]
+        all_labels += [correct for _, correct, _ in rows]
+    costs = [v.cost_usd for v in verdicts]
+
+    def share(xs: list[bool]) -> float | None:
+        return sum(xs) / len(xs) if xs else None
+
+    return VerifierMetrics(
+        problems=len(picks),
+        pick_accuracy=share(picks),
+        vote_accuracy=share(votes),
+        oracle=share(oracle),
+        auroc=auroc(all_scores, all_labels),
+        verdicts=len(verdicts),
+        failed_verdicts=sum(1 for v in verdicts if v.score is None),
+        prompt_tokens=sum(v.prompt_tokens for v in verdicts),
+        completion_tokens=sum(v.completion_tokens for v in verdicts),
+        cost_usd=None if any(c is None for c in costs) else round(sum(c or 0.0 for c in costs), 6),
+    )
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -77,4 +175,5 @@ def compute(
         cost_usd=None
         if price is None
         else round(price.cost(sum(n.prompt_tokens for n in calls), completion), 6),
+        verifier=verifier_metrics(trees),
     )

@@ -154,13 +154,40 @@ def best_of_n(votes: Sequence[Vote]) -> Decision:
 def verifier_weighted(votes: Sequence[Vote]) -> Decision:
     """Each group scores the sum of its verifier scores; ties go to the answer seen first.
 
+    The representative is the group's best-scored member (the first of equal ones).
     Raises ``ValueError`` if a vote that answers has no score.
     """
     score = _scores(votes, "verifier-weighted")
     groups = _groups(votes)
     scores = {answer: math.fsum(score[i] for i in members) for answer, members in groups.items()}
-    return _decide("verifier-weighted", groups, scores)
 
+    def best(members: list[int]) -> int:
+        return max(members, key=lambda i: score[i])
+
+    return _decide("verifier-weighted", groups, scores, representative=best)
+
+
+def verifier_tiebreak(votes: Sequence[Vote]) -> Decision:
+    """Most votes wins; ties go to the group with the highest summed verifier score.
+
+    Remaining ties go to the answer seen first; the representative is the group's
+    best-scored member. Raises ``ValueError`` if a vote that answers has no score.
+    """
+    score = _scores(votes, "verifier-tiebreak")
+    groups = _groups(votes)
+    sums = {answer: math.fsum(score[i] for i in members) for answer, members in groups.items()}
+
+    def rank(answer: str) -> tuple[float, ...]:
+        return (float(len(groups[answer])), sums[answer])
+
+    def best(members: list[int]) -> int:
+        return max(members, key=lambda i: score[i])
+
+    return _decide("verifier-tiebreak", groups, sums, rank=rank, representative=best)
+
+
+#: Rules that need a verifier score on every vote that answers.
+VERIFIER_RULES = ("best-of-n", "verifier-weighted", "verifier-tiebreak")
 
 AGGREGATORS: dict[str, Aggregator] = {
     "majority": majority,
@@ -168,6 +195,7 @@ AGGREGATORS: dict[str, Aggregator] = {
     "length-weighted": length_weighted,
     "best-of-n": best_of_n,
     "verifier-weighted": verifier_weighted,
+    "verifier-tiebreak": verifier_tiebreak,
 }
 
 

@@ -78,6 +78,9 @@ class Candidate:
     node_id: str
     answer: str | None
     reasoning_tokens: int
+    text: str = ""  # the line of thought's assistant text (what a verifier reads)
+    revisions: int = 0  # "Wait" extensions or revision steps after the first call
+    forced: bool = False  # the answer came from a forced (or constrained) answer node
 
 
 @dataclass(slots=True)

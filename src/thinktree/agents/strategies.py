@@ -129,15 +129,15 @@ class BudgetForcing:
             )
             used += last.completion_tokens
         if last.failed:
-            return [Candidate(node_id=last.node_id, answer=None, reasoning_tokens=used)]
+            return [Candidate(last.node_id, None, used, branch.assistant, extensions)]
         answer = _latest_answer(solver, branch)
         if answer is not None and not last.capped and not solver.constrains:
-            return [Candidate(node_id=last.node_id, answer=answer, reasoning_tokens=used)]
+            return [Candidate(last.node_id, answer, used, branch.assistant, extensions)]
         forced = await _force_answer(solver, branch, parent, pool, self.answer_tokens)
         if forced is None or forced.answer is None:
             # The forced answer said nothing countable: the thinking's own answer stands.
-            return [Candidate(node_id=last.node_id, answer=answer, reasoning_tokens=used)]
-        return [Candidate(node_id=forced.node_id, answer=forced.answer, reasoning_tokens=used)]
+            return [Candidate(last.node_id, answer, used, branch.assistant, extensions)]
+        return [Candidate(forced.node_id, forced.answer, used, branch.assistant, extensions, True)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +194,7 @@ class Sequential:
         used = seg.completion_tokens
         answer = seg.answer
         last = seg
+        steps = 0  # revisions after the first step
         for step in range(2, self.steps + 1):
             if last.failed:
                 break
@@ -204,12 +205,15 @@ class Sequential:
             used += seg.completion_tokens
             answer = seg.answer if seg.answer is not None else answer
             last = seg
+            steps += 1
         force = answer is None and self.force_final
         if (force or solver.constrains) and not last.failed:
             forced = await _force_answer(solver, branch, parent, pool, self.answer_tokens)
             if forced is not None and forced.answer is not None:
-                return [Candidate(forced.node_id, forced.answer, used)]
-        return [Candidate(node_id=last.node_id, answer=answer, reasoning_tokens=used)]
+                return [
+                    Candidate(forced.node_id, forced.answer, used, branch.assistant, steps, True)
+                ]
+        return [Candidate(last.node_id, answer, used, branch.assistant, steps)]
 
 
 @dataclass(frozen=True, slots=True)

@@ -130,6 +130,32 @@ class VoteCast(Event):
     answer: str | None
     winner_node: str | None
     counts: dict[str, int]
+    scores: dict[str, float] = field(default_factory=dict)  # what each answer was ranked by
+    ballots: list[dict[str, Any]] = field(default_factory=list)  # every candidate, in order
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CandidateScored(Event):
+    """A verifier's verdict on one candidate (its node is a child of the candidate).
+
+    ``score`` is None when the verdict failed (``error`` says why); ``correct`` grades the
+    candidate's answer against the gold (None without one) so metrics can judge the
+    verifier; the verifier itself never sees the gold.
+    """
+
+    type: ClassVar[str] = "candidate-scored"
+    problem_id: str
+    node_id: str
+    candidate_node: str
+    verifier: str
+    score: float | None
+    answer: str | None = None
+    correct: bool | None = None
+    rationale: str = ""
+    error: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

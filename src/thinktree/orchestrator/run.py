@@ -25,7 +25,7 @@ import structlog
 from structlog.contextvars import bound_contextvars
 
 from thinktree import __version__
-from thinktree.agents.aggregators import get_aggregator
+from thinktree.agents.aggregators import VERIFIER_RULES, get_aggregator
 from thinktree.agents.capabilities import Capabilities, probe
 from thinktree.agents.endpoint import EndpointClient, EndpointConfig
 from thinktree.agents.modes import DEFAULT_AGGREGATE, ModeSettings, build_strategy
@@ -43,6 +43,8 @@ from thinktree.orchestrator.subscribers import TraceWriter, TreeRecorder
 from thinktree.orchestrator.tree import ProblemTree
 from thinktree.pricing import MoneyLimit, Price
 from thinktree.problems import Problem
+from thinktree.verifiers.registry import check_verifiers
+from thinktree.verifiers.setup import open_panel
 
 log = structlog.get_logger(__name__)
 
@@ -63,6 +65,14 @@ class RunSettings:
     prices: dict[str, Price] = field(default_factory=dict)
     trace_deltas: bool = False  # stream, and write every text delta to the trace
     answer_format: str = "free"  # free | constrained | json (see agents/structured.py)
+    verifiers: tuple[str, ...] = ()  # --verifier specs, NAME[:ARG] (see verifiers/registry.py)
+    config: dict[str, Any] = field(default_factory=dict)  # thinktree.toml (judge endpoints)
+
+    def aggregate_name(self) -> str:
+        """The rule: as given, else verifier-weighted with verifiers, else the mode's."""
+        if self.aggregate is not None:
+            return self.aggregate
+        return "verifier-weighted" if self.verifiers else DEFAULT_AGGREGATE[self.modes.mode]
 
     def temperature_for_mode(self) -> float:
         if self.temperature is not None:
@@ -86,16 +96,17 @@ def validate(settings: RunSettings, *, resuming: bool = False) -> None:
     """Check the settings before anything starts (one-line ConfigError on any problem)."""
     build_strategy(settings.modes)
     check_format(settings.answer_format)
-    aggregate = settings.aggregate or DEFAULT_AGGREGATE[settings.modes.mode]
+    aggregate = settings.aggregate_name()
     try:
         get_aggregator(aggregate)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    if aggregate in ("best-of-n", "verifier-weighted"):
+    if aggregate in VERIFIER_RULES and not settings.verifiers:
         raise ConfigError(
-            f"--aggregate {aggregate} needs a verifier; use majority, "
-            "shortest-majority or length-weighted"
+            f"--aggregate {aggregate} needs a verifier (--verifier NAME); without one use "
+            "majority, shortest-majority or length-weighted"
         )
+    check_verifiers(settings.verifiers)
     for name, value in (
         ("max-tokens", settings.max_run_tokens),
         ("max-problem-tokens", settings.max_problem_tokens),
@@ -137,7 +148,7 @@ async def execute(
     """
     validate(settings, resuming=resume is not None)
     strategy = build_strategy(settings.modes)
-    aggregate_name = settings.aggregate or DEFAULT_AGGREGATE[settings.modes.mode]
+    aggregate_name = settings.aggregate_name()
     aggregate = get_aggregator(aggregate_name)
     if resume is None:
         run_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
@@ -171,8 +182,10 @@ async def execute(
                 money = MoneyLimit(settings.max_cost, price)
             if resume is not None:
                 caps = resume.capabilities
+                panel = await open_panel(settings, client, caps)
             else:
-                caps = await probe(client, what=_needed(settings.modes, settings.answer_format))
+                caps = await probe(client, what=_needed(settings))
+                panel = await open_panel(settings, client, caps)  # bad verifiers: no folder
                 _create_folder(
                     folder, run_id, problems, endpoint, model, caps, settings, aggregate_name
                 )
@@ -223,6 +236,7 @@ async def execute(
                             concurrency=settings.concurrency,
                             run_pool=run_pool,
                             problem_limit=settings.max_problem_tokens,
+                            verify=panel.score if panel is not None else None,
                         )
                         stopped = _stopped_by(recorder)
                         status = "stopped" if stopped else "completed"
@@ -235,6 +249,9 @@ async def execute(
                             await bus.emit(RunFinished(run_id=run_id, status=status))
             finally:
                 cache.close()
+                if panel is not None:
+                    with anyio.CancelScope(shield=True):
+                        await panel.aclose()
             if store.error:
                 log.warning("run store incomplete", error=store.error)
 
@@ -324,6 +341,7 @@ def load_resume(folder: Path, *, prices: dict[str, Price] | None = None) -> Resu
             max_cost=s.get("max_cost"),
             prices=dict(prices or {}),
             answer_format=s.get("answer_format", "free"),
+            verifiers=tuple(s.get("verifiers", ())),
         )
         caps = Capabilities(**data["capabilities"])
         endpoint = dict(data["endpoint"])
@@ -431,10 +449,13 @@ def _stopped_by(recorder: TreeRecorder) -> str | None:
     return None
 
 
-def _needed(modes: ModeSettings, answer_format: str = "free") -> set[str]:
+def _needed(settings: RunSettings) -> set[str]:
+    modes = settings.modes
     need = {"continuation"}
-    if answer_format != "free":
+    if settings.answer_format != "free" or settings.verifiers:
         need.add("constraints")
+    if settings.verifiers:
+        need.add("logprobs")  # a judge on this endpoint reads P("Yes")
     if modes.mode in ("parallel", "hybrid"):
         need.add("n")
     return need
@@ -451,6 +472,7 @@ def _settings_dict(settings: RunSettings, aggregate: str) -> dict[str, Any]:
         "max_problem_tokens": settings.max_problem_tokens,
         "max_cost": settings.max_cost,
         "answer_format": settings.answer_format,
+        "verifiers": list(settings.verifiers),
     }
 
 
@@ -504,6 +526,8 @@ def _write_results(
                     "answer": t.vote.answer,
                     "winner_node": t.vote.winner_node,
                     "counts": t.vote.counts,
+                    "scores": t.vote.scores,
+                    "ballots": t.vote.ballots,
                 },
                 "nodes": [n.to_dict() for n in t.walk()],
             }

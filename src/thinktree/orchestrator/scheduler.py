@@ -6,7 +6,8 @@ grader grades it, and every outcome leaves as an event.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import anyio
 import structlog
@@ -14,7 +15,7 @@ from structlog.contextvars import bound_contextvars
 
 from thinktree.agents.aggregators import Aggregator, Vote
 from thinktree.agents.prompts import messages_for
-from thinktree.agents.solver import Branch, Solver
+from thinktree.agents.solver import Branch, Candidate, Solver
 from thinktree.agents.strategies import Strategy
 from thinktree.errors import ThinktreeError
 from thinktree.grading import grade
@@ -26,6 +27,8 @@ from thinktree.problems import Problem
 log = structlog.get_logger(__name__)
 
 SolverFactory = Callable[[Problem], Solver]
+Verify = Callable[[Solver, list[Candidate]], Awaitable[list[float | None]]]
+"""Scores a problem's candidates (the run's verifiers); None for those that abstain."""
 
 
 async def solve_problem(
@@ -36,8 +39,9 @@ async def solve_problem(
     bus: EventBus,
     run_pool: Budget,
     problem_limit: int | None = None,
+    verify: Verify | None = None,
 ) -> None:
-    """Grow one problem's tree, vote, grade, and announce the outcome."""
+    """Grow one problem's tree, have the verifiers score it, vote, grade, and announce."""
     root = problem.id
     await bus.emit(
         ProblemStarted(
@@ -59,7 +63,13 @@ async def solve_problem(
             )
         )
         return
-    votes = [Vote(answer=c.answer, reasoning_tokens=c.reasoning_tokens) for c in candidates]
+    scores: list[float | None] = [None] * len(candidates)
+    if verify is not None:
+        scores = await verify(solver, candidates)
+    votes = [
+        Vote(answer=c.answer, reasoning_tokens=c.reasoning_tokens, score=s)
+        for c, s in zip(candidates, scores, strict=True)
+    ]
     decision = aggregate(votes)
     winner = candidates[decision.winner].node_id if decision.winner is not None else None
     await bus.emit(
@@ -70,6 +80,8 @@ async def solve_problem(
             answer=decision.answer,
             winner_node=winner,
             counts=dict(decision.counts),
+            scores=dict(decision.scores),
+            ballots=[_ballot(c, s) for c, s in zip(candidates, scores, strict=True)],
         )
     )
     correct = grade(decision.answer, problem)
@@ -100,6 +112,7 @@ async def run_problems(
     concurrency: int = 8,
     run_pool: Budget | None = None,
     problem_limit: int | None = None,
+    verify: Verify | None = None,
 ) -> None:
     """Solve every problem, at most ``concurrency`` at once, all inside one task group.
 
@@ -113,12 +126,24 @@ async def run_problems(
         async with limiter:
             with bound_contextvars(problem=problem.id):
                 await solve_problem(
-                    problem, strategy, aggregate, make_solver, bus, pool, problem_limit
+                    problem, strategy, aggregate, make_solver, bus, pool, problem_limit, verify
                 )
 
     async with anyio.create_task_group() as tg:
         for problem in problems:
             tg.start_soon(one, problem)
+
+
+def _ballot(c: Candidate, score: float | None) -> dict[str, Any]:
+    """One candidate as the vote saw it (what a trained verifier learns from)."""
+    return {
+        "node": c.node_id,
+        "answer": c.answer,
+        "reasoning_tokens": c.reasoning_tokens,
+        "revisions": c.revisions,
+        "forced": c.forced,
+        "score": score,
+    }
 
 
 def user_error(exc: BaseException) -> ThinktreeError | None:

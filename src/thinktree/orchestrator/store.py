@@ -1047,6 +1047,13 @@ class StoreReader:
         )
         return [{"id": row["id"], **json.loads(row["payload"])} for row in rows]
 
+    def verdicts(self) -> list[dict[str, Any]]:
+        """Every verifier verdict (``candidate-scored`` events) in the order given."""
+        rows = self._query(
+            "SELECT payload FROM events WHERE type = 'candidate-scored' ORDER BY id",
+        )
+        return [json.loads(row["payload"]) for row in rows]
+
     def summary(self) -> RunSummary:
         """The run in one line's worth of fields (for ``thinktree runs``)."""
         rows = self._query(

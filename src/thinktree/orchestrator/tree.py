@@ -6,10 +6,12 @@ same events in order, so what the user sees is exactly what the engine did.
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
 from thinktree.orchestrator.events import (
+    CandidateScored,
     Event,
     NodeDelta,
     NodeFailed,
@@ -47,6 +49,13 @@ class Node:
     error: str | None = None
     call_id: str | None = None
     children: list[str] = field(default_factory=list)
+    score: float | None = None  # a verdict node: its verifier's score
+    scores: dict[str, float] = field(default_factory=dict)  # a candidate: score per verifier
+
+    @property
+    def combined_score(self) -> float | None:
+        """A candidate's verifier score: the mean over its verifiers (None if unscored)."""
+        return statistics.fmean(self.scores.values()) if self.scores else None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -67,6 +76,8 @@ class Node:
             "error": self.error,
             "call_id": self.call_id,
             "children": list(self.children),
+            "score": self.score,
+            "scores": dict(self.scores),
         }
 
 
@@ -85,6 +96,7 @@ class ProblemTree:
     error: str | None = None
     finished: bool = False
     vote: VoteCast | None = None
+    verdicts: list[CandidateScored] = field(default_factory=list)
 
     @property
     def root(self) -> Node:
@@ -171,6 +183,14 @@ class RunTree:
                 node.finished_at = event.at
             case VoteCast():
                 self.problems[event.problem_id].vote = event
+            case CandidateScored():
+                tree = self.problems[event.problem_id]
+                tree.verdicts.append(event)
+                if event.node_id in tree.nodes:
+                    tree.nodes[event.node_id].score = event.score
+                candidate = tree.nodes.get(event.candidate_node)
+                if candidate is not None and event.score is not None:
+                    candidate.scores[event.verifier] = event.score
             case ProblemFinished():
                 tree = self.problems[event.problem_id]
                 tree.answer = event.answer

@@ -148,6 +148,9 @@ def node_label(problem: ProblemTree, node: Node, tokens: int, winners: set[str])
         text.append(label, style="bold" if node.kind is NodeKind.BRANCH else "")
     if node.answer is not None:
         text.append(f"  → {one_line(node.answer, 30)}")
+    score = node.score if node.score is not None else node.combined_score
+    if score is not None:
+        text.append(f"  score {score:.2f}", style="cyan")
     if node.children:
         if tokens:
             text.append(f"  {tokens:,} tok", style="dim")

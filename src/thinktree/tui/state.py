@@ -10,6 +10,7 @@ from enum import StrEnum
 from thinktree.errors import ThinktreeError
 from thinktree.orchestrator.events import (
     CallRetried,
+    CandidateScored,
     Event,
     NodeDelta,
     NodeFailed,
@@ -164,6 +165,8 @@ class RunView:
                 changes.nodes.add(event.node_id)
                 if event.winner_node:
                     changes.nodes.add(event.winner_node)
+            case CandidateScored():
+                changes.nodes.update((event.node_id, event.candidate_node))
             case ProblemFinished():
                 problem = self.tree.problems[event.problem_id]
                 if first_finish:
@@ -174,7 +177,13 @@ class RunView:
 
     def _problem_of(self, event: Event) -> str | None:
         match event:
-            case ProblemStarted() | NodeStarted() | VoteCast() | ProblemFinished():
+            case (
+                ProblemStarted()
+                | NodeStarted()
+                | VoteCast()
+                | ProblemFinished()
+                | CandidateScored()
+            ):
                 return event.problem_id
             case NodeDelta() | NodeFinished() | NodeFailed():
                 return self.tree.node(event.node_id).problem_id

@@ -1,0 +1,59 @@
+"""``thinktree verifier …``: list the verifiers, train one from finished runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+verifier_app = typer.Typer(
+    help="Verifiers: list the available ones, train one from runs with gold answers.",
+    no_args_is_help=True,
+)
+out = Console()
+err = Console(stderr=True)
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    return typer.Exit(code)
+
+
+@verifier_app.command("list")
+def list_verifiers() -> None:
+    """The verifier names --verifier accepts: the built-ins and installed plugins."""
+    from thinktree.errors import ThinktreeError
+    from thinktree.verifiers.registry import BUILTIN_VERIFIERS, strategy_names, verifier_names
+
+    try:
+        names = verifier_names()
+        strategies = strategy_names()
+    except ThinktreeError as exc:
+        raise _fail(str(exc)) from None
+    for name in names:
+        typer.echo(f"{name:16} {'built-in' if name in BUILTIN_VERIFIERS else 'plugin'}")
+    for name in strategies:
+        typer.echo(f"{name:16} strategy plugin (--mode {name})")
+
+
+@verifier_app.command("train")
+def train(
+    runs: Annotated[
+        list[Path], typer.Argument(help="run folders whose problems have gold answers")
+    ],
+    out_file: Annotated[Path, typer.Option("--out", help="where to write the verifier file")],
+    force: Annotated[bool, typer.Option(help="overwrite --out if it exists")] = False,
+) -> None:
+    """Fit a verifier on finished runs; use it with --verifier trained:FILE."""
+    from thinktree.errors import ThinktreeError
+    from thinktree.verifiers.trained import train_file
+
+    if out_file.exists() and not force:
+        raise _fail(f"{out_file} already exists; choose another --out or pass --force")
+    try:
+        summary = train_file(runs, out_file)
+    except ThinktreeError as exc:
+        raise _fail(str(exc)) from None
+    out.print(summary)

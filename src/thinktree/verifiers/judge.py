@@ -1,0 +1,258 @@
+"""LLM judges: a model on any endpoint rates candidates (pointwise here; see pairwise.py).
+
+``--verifier judge`` uses the run's own endpoint; ``judge:NAME`` (or ``judge:endpoint=NAME``)
+an endpoint from thinktree.toml or a URL, e.g. a proprietary judge over an open solver.
+``score=yes-prob`` reads P("Yes") from the judge's token logprobs, ``score=rating`` asks
+for a 0–10 rating under a constraint; the default (``auto``) uses P("Yes") where the
+judge endpoint returns logprobs. A rating the judge states unreadably fails the verdict
+with the reason; the run goes on.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+import openai
+
+from thinktree.agents.capabilities import Capabilities, probe
+from thinktree.agents.endpoint import EndpointClient, Message
+from thinktree.errors import ConfigError, EndpointError
+from thinktree.problems import Problem
+from thinktree.verifiers.base import CandidateView, Verdict, VerifierSetup, cost, options
+
+JUDGE_SYSTEM = "You are a strict and careful grader of answers to exam questions."
+MAX_CANDIDATE_CHARS = 4000
+_RATING = re.compile(r"\b(10|[0-9])\b")
+_SCORES = ("auto", "yes-prob", "rating")
+
+
+def question_block(problem: Problem) -> str:
+    parts = []
+    if problem.context:
+        parts.append(f"Context:\n{problem.context.strip()}")
+    parts.append(f"Question: {problem.question.strip()}")
+    if problem.options:
+        parts.append("Options:\n" + "\n".join(f"{k}. {v}" for k, v in problem.options.items()))
+    return "\n\n".join(parts)
+
+
+def response_block(view: CandidateView) -> str:
+    text = view.text.strip()
+    if len(text) > MAX_CANDIDATE_CHARS:
+        text = "…" + text[-MAX_CANDIDATE_CHARS:]
+    return f"{text}\n\nFinal answer: {view.answer}"
+
+
+class JudgeEndpoint:
+    """The judge's endpoint: the run's own, or one it opens (and closes) itself."""
+
+    def __init__(self, arg: str | None, setup: VerifierSetup) -> None:
+        opts = options(arg)
+        self.score = opts.get("score", "auto")
+        if self.score not in _SCORES:
+            raise ConfigError(f"judge score '{self.score}' is unknown; use {', '.join(_SCORES)}")
+        name = opts.get("endpoint") or opts.get("")
+        self._setup = setup
+        self._own = name is not None
+        self.client = EndpointClient(setup.endpoint_for(name)) if name else setup.client
+        self.caps: Capabilities | None = None if name else setup.caps
+        self._lock = anyio.Lock()
+
+    async def ready(self) -> tuple[EndpointClient, Capabilities]:
+        """The client, its model resolved and its logprobs and constraints probed (once)."""
+        async with self._lock:
+            if self.caps is None:
+                try:
+                    await self.client.resolve_model()
+                    self.caps = await probe(self.client, what={"logprobs", "constraints"})
+                except EndpointError as exc:
+                    raise ConfigError(f"judge endpoint: {exc}") from None
+        return self.client, self.caps
+
+    def uses_logprobs(self, caps: Capabilities) -> bool:
+        if self.score == "yes-prob" and not caps.logprobs:
+            raise ConfigError("the judge endpoint returns no logprobs; use score=rating")
+        return self.score == "yes-prob" or (self.score == "auto" and caps.logprobs)
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float | None:
+        price = self._setup.prices.get(self.client.model)
+        return cost(price, prompt_tokens, completion_tokens)
+
+    async def aclose(self) -> None:
+        if self._own:
+            await self.client.aclose()
+
+
+def choice_fields(caps: Capabilities, choices: Sequence[str]) -> dict[str, Any]:
+    """Request fields that limit the reply to one of ``choices`` (none if unsupported)."""
+    if "vllm" in caps.constraints:
+        return {"structured_outputs": {"choice": list(choices)}}
+    if "json_schema" in caps.constraints:
+        schema = {
+            "type": "object",
+            "properties": {"value": {"enum": list(choices)}},
+            "required": ["value"],
+            "additionalProperties": False,
+        }
+        return {
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "verdict", "strict": True, "schema": schema},
+            }
+        }
+    return {}
+
+
+def read_choice(text: str, fields: dict[str, Any]) -> str:
+    """The chosen value of a reply to a :func:`choice_fields` request."""
+    if "response_format" in fields:
+        try:
+            return str(json.loads(text)["value"]).strip()
+        except (ValueError, KeyError, TypeError):
+            return text.strip()
+    return text.strip()
+
+
+async def token_probs(
+    client: EndpointClient,
+    messages: list[Message],
+    fields: dict[str, Any],
+    wanted: Sequence[str],
+) -> tuple[dict[str, float], int, int]:
+    """The probability of each of ``wanted`` as the first token of the reply, renormalised.
+
+    Reads the judge's top logprobs of one generated token; returns the probabilities (an
+    empty dict when none of ``wanted`` is among the top tokens) and the tokens spent.
+    """
+    async with client.limiter:
+        with anyio.fail_after(client.config.timeout_s):
+            resp = await client.client.chat.completions.create(
+                model=client.model,
+                messages=messages,  # type: ignore[arg-type]
+                max_tokens=1,
+                temperature=0.0,
+                logprobs=True,
+                top_logprobs=10,
+                extra_body=fields or None,
+            )
+    usage = resp.usage
+    prompt = int(usage.prompt_tokens or 0) if usage else 0
+    completion = int(usage.completion_tokens or 0) if usage else 0
+    mass = dict.fromkeys(wanted, 0.0)
+    choice = resp.choices[0] if resp.choices else None
+    content = choice.logprobs.content if choice and choice.logprobs else None
+    if content:
+        for top in content[0].top_logprobs:
+            key = top.token.strip().lower()
+            for w in wanted:
+                if key == w.lower():
+                    mass[w] += math.exp(top.logprob)
+    total = sum(mass.values())
+    if total <= 0:
+        return {}, prompt, completion
+    return {w: m / total for w, m in mass.items()}, prompt, completion
+
+
+class PointwiseJudge:
+    """Asks the judge of each candidate on its own: is its final answer correct?"""
+
+    def __init__(self, arg: str | None, setup: VerifierSetup) -> None:
+        self.judge = JudgeEndpoint(arg, setup)
+
+    async def aclose(self) -> None:
+        await self.judge.aclose()
+
+    async def verify(self, problem: Problem, candidates: Sequence[CandidateView]) -> list[Verdict]:
+        client, caps = await self.judge.ready()
+        yes_prob = self.judge.uses_logprobs(caps)
+        verdicts: list[Verdict] = [Verdict.failed("not judged")] * len(candidates)
+
+        async def one(i: int) -> None:
+            view = candidates[i]
+            if yes_prob:
+                verdicts[i] = await self._yes_prob(client, caps, problem, view)
+            else:
+                verdicts[i] = await self._rating(client, caps, problem, view)
+
+        async with anyio.create_task_group() as tg:
+            for i in range(len(candidates)):
+                tg.start_soon(one, i)
+        return verdicts
+
+    async def _yes_prob(
+        self, client: EndpointClient, caps: Capabilities, problem: Problem, view: CandidateView
+    ) -> Verdict:
+        ask = "Is the final answer of this response correct? Reply Yes or No."
+        messages = _messages(problem, view, ask)
+        try:
+            probs, prompt, completion = await token_probs(
+                client, messages, choice_fields(caps, ("Yes", "No")), ("Yes", "No")
+            )
+        except (openai.APIError, TimeoutError) as exc:
+            return Verdict.failed(f"judge call failed: {type(exc).__name__}")
+        spent = {"prompt_tokens": prompt, "completion_tokens": completion}
+        if not probs:
+            return Verdict.failed("the judge put neither Yes nor No among its top tokens", **spent)
+        score = probs["Yes"]
+        return Verdict(
+            score=score,
+            rationale=f'P("Yes") = {score:.3f}',
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            cost_usd=self.judge.cost(prompt, completion),
+        )
+
+    async def _rating(
+        self, client: EndpointClient, caps: Capabilities, problem: Problem, view: CandidateView
+    ) -> Verdict:
+        ask = (
+            "How likely is the final answer of this response to be correct? Rate it from 0 "
+            "(surely wrong) to 10 (surely right). Reply with the number only."
+        )
+        fields = choice_fields(caps, [str(i) for i in range(11)])
+        try:
+            result = await client.chat(
+                _messages(problem, view, ask), max_tokens=8, temperature=0.0, extra=fields
+            )
+        except EndpointError as exc:
+            return Verdict.failed(f"judge call failed: {exc}")
+        text = result.choices[0].text if result.choices else ""
+        spent = {
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+        }
+        found = _RATING.search(read_choice(text, fields))
+        if found is None:
+            return Verdict.failed(f"the judge's rating is unreadable: {text[:60]!r}", **spent)
+        rating = int(found.group(1))
+        return Verdict(
+            score=rating / 10,
+            rationale=f"rating {rating}/10",
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=result.completion_tokens,
+            cost_usd=self.judge.cost(result.prompt_tokens, result.completion_tokens),
+        )
+
+
+def _messages(problem: Problem, view: CandidateView, ask: str) -> list[Message]:
+    user = f"{question_block(problem)}\n\nA response:\n<<<\n{response_block(view)}\n>>>\n\n{ask}"
+    return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}]
+
+
+def pointwise(arg: str | None, setup: VerifierSetup) -> PointwiseJudge:
+    """``--verifier judge[:ENDPOINT][,score=auto|yes-prob|rating]``."""
+    return PointwiseJudge(arg, setup)
+
+
+def _check(arg: str | None) -> None:
+    score = options(arg).get("score", "auto")
+    if score not in _SCORES:
+        raise ConfigError(f"judge score '{score}' is unknown; use {', '.join(_SCORES)}")
+
+
+pointwise.check = _check  # type: ignore[attr-defined]

@@ -1,0 +1,135 @@
+"""The verifiers of a run, scoring each problem's candidates as nodes and events.
+
+For each verifier and each candidate that answers, a verdict node (kind ``verdict``) is
+started under the candidate before the verifier runs and finished (or failed, with the
+reason) after; a :class:`CandidateScored` event carries the score. A verifier that
+raises fails its verdicts; the run goes on. A candidate's combined score is the mean of
+its verifiers' scores; one whose every verdict failed scores 0 and ranks last.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+
+import anyio
+import structlog
+
+from thinktree.agents.solver import Candidate, Solver
+from thinktree.grading import grade
+from thinktree.orchestrator.events import (
+    CandidateScored,
+    NodeFailed,
+    NodeFinished,
+    NodeKind,
+    NodeStarted,
+)
+from thinktree.verifiers.base import CandidateView, Verdict
+from thinktree.verifiers.registry import NamedVerifier
+
+log = structlog.get_logger(__name__)
+
+
+class VerifierPanel:
+    """Runs every verifier of a run on one problem's candidates at a time."""
+
+    def __init__(self, verifiers: Sequence[NamedVerifier]) -> None:
+        self.verifiers = list(verifiers)
+
+    async def aclose(self) -> None:
+        for named in self.verifiers:
+            close = getattr(named.verifier, "aclose", None)
+            if close is not None:
+                await close()
+
+    async def score(self, solver: Solver, candidates: Sequence[Candidate]) -> list[float | None]:
+        """Each candidate's combined score (None for candidates that abstain)."""
+        answering = [i for i, c in enumerate(candidates) if c.answer is not None]
+        views = [_view(candidates[i]) for i in answering]
+        per_candidate: dict[int, list[float]] = {i: [] for i in answering}
+        if views:
+            for named in self.verifiers:
+                verdicts = await self._run(solver, named, views)
+                for i, verdict in zip(answering, verdicts, strict=True):
+                    if verdict.score is not None:
+                        per_candidate[i].append(verdict.score)
+        out: list[float | None] = [None] * len(candidates)
+        for i, scores in per_candidate.items():
+            out[i] = statistics.fmean(scores) if scores else 0.0
+        return out
+
+    async def _run(
+        self, solver: Solver, named: NamedVerifier, views: list[CandidateView]
+    ) -> list[Verdict]:
+        bus, problem = solver.bus, solver.problem
+        ids = [f"{v.node_id}/verdict:{named.name}" for v in views]
+        for view, node_id in zip(views, ids, strict=True):
+            await bus.emit(
+                NodeStarted(
+                    node_id=node_id,
+                    problem_id=problem.id,
+                    parent_id=view.node_id,
+                    kind=NodeKind.VERDICT,
+                    label=named.name,
+                )
+            )
+        try:
+            verdicts = list(await named.verifier.verify(problem, views))
+            if len(verdicts) != len(views):
+                raise ValueError(f"returned {len(verdicts)} verdicts for {len(views)} candidates")
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                for node_id in ids:
+                    await bus.emit(NodeFailed(node_id=node_id, error="cancelled: the run stopped"))
+            raise
+        except Exception as exc:  # a verifier's failure fails its verdicts, not the run
+            detail = " ".join(str(exc).split()) or type(exc).__name__
+            reason = f"verifier {named.name} failed: {detail}"
+            log.warning("verifier failed", verifier=named.name, problem=problem.id, error=reason)
+            verdicts = [Verdict.failed(reason) for _ in views]
+        for view, node_id, verdict in zip(views, ids, verdicts, strict=True):
+            score = verdict.score
+            error = verdict.error
+            if score is not None and not math.isfinite(score):
+                score, error = None, f"verifier {named.name} gave a non-finite score ({score})"
+            if score is None:
+                await bus.emit(NodeFailed(node_id=node_id, error=error or "no score"))
+            else:
+                await bus.emit(
+                    NodeFinished(
+                        node_id=node_id,
+                        text=verdict.rationale,
+                        finish_reason=None,
+                        prompt_tokens=verdict.prompt_tokens,
+                        completion_tokens=verdict.completion_tokens,
+                    )
+                )
+            await bus.emit(
+                CandidateScored(
+                    problem_id=problem.id,
+                    node_id=node_id,
+                    candidate_node=view.node_id,
+                    verifier=named.name,
+                    score=score,
+                    answer=view.answer,
+                    correct=grade(view.answer, problem),
+                    rationale=verdict.rationale,
+                    error=None if score is not None else (error or "no score"),
+                    prompt_tokens=verdict.prompt_tokens,
+                    completion_tokens=verdict.completion_tokens,
+                    cost_usd=verdict.cost_usd,
+                )
+            )
+        return verdicts
+
+
+def _view(c: Candidate) -> CandidateView:
+    return CandidateView(
+        node_id=c.node_id,
+        answer=c.answer,
+        text=c.text,
+        reasoning_tokens=c.reasoning_tokens,
+        revisions=c.revisions,
+        forced=c.forced,
+    )

@@ -1,0 +1,134 @@
+"""Verifiers and strategies by name: the built-ins plus plugins from entry points.
+
+A plugin package registers a verifier factory under the entry-point group
+``thinktree.verifiers`` (a strategy factory under ``thinktree.strategies``); its name is
+then usable as ``--verifier NAME[:ARG]`` (``--mode NAME``). A factory may carry a
+``check(arg)`` attribute that validates the argument before a run starts.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.metadata import entry_points
+from typing import Any
+
+import structlog
+
+from thinktree.errors import ConfigError
+from thinktree.verifiers.base import Verifier, VerifierFactory, VerifierSetup
+
+log = structlog.get_logger(__name__)
+
+VERIFIER_GROUP = "thinktree.verifiers"
+STRATEGY_GROUP = "thinktree.strategies"
+
+BUILTIN_VERIFIERS: dict[str, str] = {
+    "judge": "thinktree.verifiers.judge:pointwise",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class NamedVerifier:
+    """A verifier built from a ``NAME[:ARG]`` spec; ``name`` labels its verdicts."""
+
+    name: str
+    verifier: Verifier
+
+
+def split_spec(spec: str) -> tuple[str, str | None]:
+    """``NAME[:ARG]`` → (NAME, ARG or None)."""
+    name, sep, arg = spec.strip().partition(":")
+    return name.strip(), (arg if sep else None)
+
+
+def _load(target: str) -> Any:
+    module, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def _plugins(group: str) -> dict[str, Any]:
+    return {ep.name: ep for ep in entry_points(group=group)}
+
+
+def verifier_names() -> list[str]:
+    """Every verifier name this installation knows: built-ins, then plugins."""
+    return [*BUILTIN_VERIFIERS, *sorted(set(_plugins(VERIFIER_GROUP)) - set(BUILTIN_VERIFIERS))]
+
+
+def _factory(name: str) -> VerifierFactory:
+    if name in BUILTIN_VERIFIERS:
+        found: VerifierFactory = _load(BUILTIN_VERIFIERS[name])
+        return found
+    plugin = _plugins(VERIFIER_GROUP).get(name)
+    if plugin is None:
+        raise ConfigError(
+            f"unknown verifier '{name}'; available: {', '.join(verifier_names())} "
+            f"(plugins register under the entry-point group '{VERIFIER_GROUP}')"
+        )
+    try:
+        loaded: VerifierFactory = plugin.load()
+    except Exception as exc:  # a broken plugin is the user's to fix, in one line
+        raise ConfigError(
+            f"verifier plugin '{name}' ({plugin.value}) fails to load: {exc}"
+        ) from None
+    if not callable(loaded):
+        raise ConfigError(f"verifier plugin '{name}' ({plugin.value}) is not a factory")
+    return loaded
+
+
+def check_verifiers(specs: tuple[str, ...] | list[str]) -> None:
+    """Check every spec names a known verifier with a valid argument (one-line errors)."""
+    seen: set[str] = set()
+    for spec in specs:
+        name, arg = split_spec(spec)
+        if not name:
+            raise ConfigError(f"--verifier '{spec}' names no verifier; give NAME or NAME:ARG")
+        if spec in seen:
+            raise ConfigError(f"--verifier {spec} is given twice")
+        seen.add(spec)
+        check: Callable[[str | None], None] | None = getattr(_factory(name), "check", None)
+        if check is not None:
+            check(arg)
+
+
+def build_verifiers(
+    specs: tuple[str, ...] | list[str], setup: VerifierSetup
+) -> list[NamedVerifier]:
+    """Build every verifier named in ``specs``; its name labels its verdicts."""
+    built: list[NamedVerifier] = []
+    for spec in specs:
+        name, arg = split_spec(spec)
+        verifier = _factory(name)(arg, setup)
+        if not isinstance(verifier, Verifier):
+            raise ConfigError(f"verifier '{name}' has no async verify(problem, candidates) method")
+        built.append(NamedVerifier(name=_label(name, arg), verifier=verifier))
+    return built
+
+
+def _label(name: str, arg: str | None) -> str:
+    """A short, stable label: ``NAME`` or ``NAME:ARG`` (a path argument by its file name)."""
+    if arg is None:
+        return name
+    if "://" in arg or "/" not in arg:
+        return f"{name}:{arg}"
+    return f"{name}:{arg.rstrip('/').rsplit('/', 1)[-1]}"
+
+
+def strategy_names() -> list[str]:
+    return sorted(_plugins(STRATEGY_GROUP))
+
+
+def plugin_strategy(name: str) -> Callable[[Any], Any] | None:
+    """The factory a plugin registered for mode ``name`` (called with the ModeSettings)."""
+    plugin = _plugins(STRATEGY_GROUP).get(name)
+    if plugin is None:
+        return None
+    try:
+        loaded: Callable[[Any], Any] = plugin.load()
+    except Exception as exc:
+        raise ConfigError(
+            f"strategy plugin '{name}' ({plugin.value}) fails to load: {exc}"
+        ) from None
+    return loaded

@@ -1,0 +1,27 @@
+"""The verifier block of a run's summary, as rows of text."""
+
+from __future__ import annotations
+
+from thinktree.metrics import VerifierMetrics
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f} %"
+
+
+def verifier_rows(m: VerifierMetrics) -> list[tuple[str, str]]:
+    """(name, value) rows: pick vs vote vs oracle, AUROC, what the verifiers spent."""
+    auroc = "n/a" if m.auroc is None else f"{m.auroc:.3f}"
+    spent = f"prompt {m.prompt_tokens} · completion {m.completion_tokens}"
+    if m.cost_usd is not None:
+        spent += f" · ${m.cost_usd:.4f}"
+    return [
+        (
+            "verifier pick",
+            f"{_pct(m.pick_accuracy)}  (vote {_pct(m.vote_accuracy)} · oracle {_pct(m.oracle)}"
+            f" · {m.problems} problems)",
+        ),
+        ("verifier AUROC", auroc),
+        ("verdicts", f"{m.verdicts} ({m.failed_verdicts} failed)"),
+        ("verifier tokens", spent),
+    ]

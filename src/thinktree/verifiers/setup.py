@@ -1,0 +1,38 @@
+"""Builds a run's verifier panel from its settings."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from thinktree.agents.capabilities import Capabilities
+from thinktree.agents.endpoint import EndpointClient, EndpointConfig
+from thinktree.errors import ConfigError
+from thinktree.verifiers.base import VerifierSetup
+from thinktree.verifiers.panel import VerifierPanel
+from thinktree.verifiers.registry import build_verifiers
+
+if TYPE_CHECKING:
+    from thinktree.orchestrator.run import RunSettings
+
+
+async def open_panel(
+    settings: RunSettings, client: EndpointClient, caps: Capabilities
+) -> VerifierPanel | None:
+    """The panel of ``settings.verifiers`` (None when there are none); close with ``aclose``."""
+    if not settings.verifiers:
+        return None
+
+    def endpoint_for(name: str) -> EndpointConfig:
+        from thinktree.config import endpoint_from
+
+        found = endpoint_from(name, model=None, config=settings.config)
+        if found is None:  # "embedded": the run's own endpoint when that is the embedded one
+            if client.config.name != "embedded":
+                raise ConfigError("a judge on 'embedded' needs the run on the embedded model")
+            return client.config
+        return found
+
+    setup = VerifierSetup(
+        client=client, caps=caps, endpoint_for=endpoint_for, prices=dict(settings.prices)
+    )
+    return VerifierPanel(build_verifiers(settings.verifiers, setup))

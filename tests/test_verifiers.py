@@ -1,0 +1,190 @@
+"""Verifiers: the registry, the panel, aggregation with scores, and the verifier metrics.
+
+Judges talk to a real HTTP server on 127.0.0.1 (thinktree.testing.fake_server) that
+plays both the solver and the judge.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from thinktree.agents.aggregators import Vote, verifier_tiebreak
+from thinktree.agents.endpoint import EndpointConfig
+from thinktree.agents.modes import ModeSettings
+from thinktree.errors import ConfigError
+from thinktree.metrics import auroc
+from thinktree.orchestrator.events import NodeKind, NodeStatus
+from thinktree.orchestrator.run import RunResult, RunSettings, execute, validate
+from thinktree.orchestrator.store import StoreReader
+from thinktree.problems import AnswerType, Problem
+from thinktree.testing.fake_server import FakeBehaviour, FakeServer
+from thinktree.verifiers.base import options
+from thinktree.verifiers.judge import JUDGE_SYSTEM
+from thinktree.verifiers.registry import BUILTIN_VERIFIERS, check_verifiers, verifier_names
+
+PROBLEM = Problem(
+    id="q1",
+    question="Which one?",
+    answer_type=AnswerType.CHOICE,
+    options={"A": "alpha", "B": "beta", "C": "gamma"},
+    answer="B",
+)
+
+
+def test_auroc_known_values() -> None:
+    assert auroc([0.9, 0.8, 0.1, 0.2], [True, True, False, False]) == 1.0
+    assert auroc([0.1, 0.2, 0.9], [True, True, False]) == 0.0
+    assert auroc([0.5, 0.5, 0.5, 0.5], [True, False, True, False]) == 0.5
+    # one positive above one of two negatives, tied with the other: (1 + 0.5) / 2
+    assert auroc([0.7, 0.7, 0.3], [True, False, False]) == 0.75
+    assert auroc([0.3, 0.4], [True, True]) is None
+
+
+def test_tiebreak_keeps_the_majority_and_breaks_ties_by_score() -> None:
+    majority = verifier_tiebreak(
+        [Vote("A", 5, 0.1), Vote("A", 5, 0.1), Vote("B", 5, 0.9)]
+    )  # two votes beat one, whatever the scores
+    assert majority.answer == "A"
+    tied = verifier_tiebreak([Vote("A", 5, 0.1), Vote("B", 5, 0.9), Vote("B", 5, 0.2)][:2])
+    assert (tied.answer, tied.winner) == ("B", 1)
+
+
+def test_options_parse_bare_and_keyed_items() -> None:
+    assert options("gpt,score=rating") == {"": "gpt", "score": "rating"}
+    assert options(None) == {}
+
+
+def test_unknown_verifier_lists_the_available_ones() -> None:
+    with pytest.raises(ConfigError) as caught:
+        check_verifiers(["nosuch"])
+    message = str(caught.value)
+    assert "unknown verifier 'nosuch'" in message
+    for name in BUILTIN_VERIFIERS:
+        assert name in message
+    assert verifier_names()[: len(BUILTIN_VERIFIERS)] == list(BUILTIN_VERIFIERS)
+
+
+def test_bad_verifier_settings_fail_before_the_run() -> None:
+    with pytest.raises(ConfigError, match="given twice"):
+        check_verifiers(["judge", "judge"])
+    with pytest.raises(ConfigError, match="judge score 'best' is unknown"):
+        check_verifiers(["judge:score=best"])
+    with pytest.raises(ConfigError, match="needs a verifier"):
+        validate(RunSettings(aggregate="best-of-n"))
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    return subprocess.run(
+        [sys.executable, "-m", "thinktree.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=cwd,
+    )
+
+
+def test_cli_unknown_verifier_is_one_line_and_leaves_no_folder(tmp_path: Path) -> None:
+    proc = cli("run", "--verifier", "oracle", "--out", "r", cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "unknown verifier 'oracle'" in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "r").exists()
+    listed = cli("verifier", "list", cwd=tmp_path)
+    assert listed.returncode == 0
+    assert re.search(r"^judge +built-in$", listed.stdout, re.MULTILINE), listed.stdout
+
+
+def _judging(rating: dict[str, str]) -> Any:
+    """Solver replies A, B, A by choice index; the judge rates by the candidate's answer."""
+
+    def reply(body: dict[str, Any], index: int) -> str:
+        messages = body.get("messages") or []
+        if messages and messages[0].get("content") == JUDGE_SYSTEM:
+            final = messages[-1]["content"].split("Final answer: ")[-1][:1]
+            return rating.get(final, "5")
+        return ["I think A. Answer: A", "It is B. Answer: B", "Surely A. Answer: A"][index % 3]
+
+    return reply
+
+
+async def _run(
+    tmp_path: Path, behaviour: FakeBehaviour, verifiers: tuple[str, ...], aggregate: str | None
+) -> RunResult:
+    async with FakeServer(behaviour) as server:
+        endpoint = EndpointConfig(name="fake", base_url=server.base_url, model="fake-model")
+        settings = RunSettings(
+            modes=ModeSettings(mode="parallel", n=3, budget=32),
+            verifiers=verifiers,
+            aggregate=aggregate,
+            out=tmp_path / "run",
+        )
+        return await execute([PROBLEM], endpoint, settings)
+
+
+@pytest.mark.anyio
+async def test_judge_verdicts_are_nodes_events_and_rerank_the_vote(tmp_path: Path) -> None:
+    behaviour = FakeBehaviour(reply=_judging({"A": "1", "B": "9"}))
+    result = await _run(tmp_path, behaviour, ("judge:score=rating",), None)
+    tree = result.trees[0]
+    assert tree.vote is not None and tree.vote.rule == "verifier-weighted"
+    assert tree.answer == "B" and tree.correct  # majority would have said A
+    assert tree.vote.winner_node == "q1/b2/think"
+    assert tree.vote.scores == pytest.approx({"A": 0.2, "B": 0.9})
+    verdicts = tree.of_kind(NodeKind.VERDICT)
+    assert [v.parent_id for v in verdicts] == ["q1/b1/think", "q1/b2/think", "q1/b3/think"]
+    assert [v.score for v in verdicts] == [0.1, 0.9, 0.1]
+    assert all(v.status is NodeStatus.DONE and v.prompt_tokens > 0 for v in verdicts)
+    assert tree.nodes["q1/b2/think"].scores == {"judge:score=rating": 0.9}
+    m = result.metrics.verifier
+    assert m is not None
+    assert (m.pick_accuracy, m.vote_accuracy, m.oracle, m.auroc) == (1.0, 0.0, 1.0, 1.0)
+    assert m.verdicts == 3 and m.failed_verdicts == 0
+    assert m.prompt_tokens == sum(v.prompt_tokens for v in verdicts)
+    with StoreReader.open(result.folder / "run.sqlite") as store:
+        stored = store.verdicts()
+        nodes = {n["id"]: n for n in store.nodes("q1")}
+    assert [v["score"] for v in stored] == [0.1, 0.9, 0.1]
+    assert nodes["q1/b2/think/verdict:judge:score=rating"]["kind"] == "verdict"
+    results = json.loads((result.folder / "results.json").read_text())
+    assert results["metrics"]["verifier"]["pick_accuracy"] == 1.0
+    assert [b["score"] for b in results["problems"][0]["vote"]["ballots"]] == [0.1, 0.9, 0.1]
+
+
+@pytest.mark.anyio
+async def test_unreadable_ratings_fail_the_verdicts_not_the_run(tmp_path: Path) -> None:
+    behaviour = FakeBehaviour(reply=_judging({"A": "no idea", "B": "cannot say"}))
+    result = await _run(tmp_path, behaviour, ("judge:score=rating",), "best-of-n")
+    tree = result.trees[0]
+    verdicts = tree.of_kind(NodeKind.VERDICT)
+    assert len(verdicts) == 3
+    assert all(v.status is NodeStatus.FAILED for v in verdicts)
+    assert all("rating is unreadable" in (v.error or "") for v in verdicts)
+    assert tree.answer == "A" and tree.error is None  # every score 0: the first candidate
+    m = result.metrics.verifier
+    assert m is not None and m.failed_verdicts == 3
+
+
+@pytest.mark.anyio
+async def test_a_judge_endpoint_that_refuses_fails_the_verdicts(tmp_path: Path) -> None:
+    def refuse(body: dict[str, Any]) -> str | None:
+        messages = body.get("messages") or []
+        judging = messages and messages[0].get("content") == JUDGE_SYSTEM
+        return "judging is not allowed here" if judging else None
+
+    behaviour = FakeBehaviour(reply=_judging({}), reject=refuse)
+    result = await _run(tmp_path, behaviour, ("judge:score=rating",), "verifier-tiebreak")
+    verdicts = result.trees[0].of_kind(NodeKind.VERDICT)
+    assert all("judge call failed" in (v.error or "") for v in verdicts)
+    assert "400" in (verdicts[0].error or "")
+    assert result.trees[0].answer == "A"  # the majority stands when the verifier fails
