@@ -188,3 +188,47 @@ async def test_a_judge_endpoint_that_refuses_fails_the_verdicts(tmp_path: Path) 
     assert all("judge call failed" in (v.error or "") for v in verdicts)
     assert "400" in (verdicts[0].error or "")
     assert result.trees[0].answer == "A"  # the majority stands when the verifier fails
+
+
+def _pairwise_judge(always: str | None = None) -> Any:
+    """Solver replies A, B, A; the judge picks the response whose final answer is B."""
+
+    def reply(body: dict[str, Any], index: int) -> str:
+        messages = body.get("messages") or []
+        if messages and messages[0].get("content") == JUDGE_SYSTEM:
+            if always is not None:
+                return always
+            text = messages[-1]["content"]
+            one = text.split("Response 2:")[0].split("Final answer: ")[-1][:1]
+            return "1" if one == "B" else "2"
+        return ["I think A. Answer: A", "It is B. Answer: B", "Surely A. Answer: A"][index % 3]
+
+    return reply
+
+
+@pytest.mark.anyio
+async def test_pairwise_knockout_swaps_positions_and_scores_groups(tmp_path: Path) -> None:
+    behaviour = FakeBehaviour(reply=_pairwise_judge())
+    result = await _run(tmp_path, behaviour, ("pairwise:score=rating",), "best-of-n")
+    tree = result.trees[0]
+    verdicts = {v.parent_id: v for v in tree.of_kind(NodeKind.VERDICT)}
+    assert {k: v.score for k, v in verdicts.items()} == {
+        "q1/b1/think": 0.0,
+        "q1/b2/think": 1.0,
+        "q1/b3/think": 0.0,
+    }
+    assert tree.answer == "B" and tree.vote is not None
+    assert tree.vote.winner_node == "q1/b2/think"
+    # one match, judged in both orders; A's shortest candidate represents it
+    assert "A vs B: P(A better) = 0.00" in verdicts["q1/b3/think"].text
+    assert "representative, q1/b3/think" in verdicts["q1/b1/think"].text
+    assert verdicts["q1/b3/think"].prompt_tokens > 0
+
+
+@pytest.mark.anyio
+async def test_pairwise_cancels_a_judge_that_always_prefers_the_first(tmp_path: Path) -> None:
+    behaviour = FakeBehaviour(reply=_pairwise_judge(always="1"))
+    result = await _run(tmp_path, behaviour, ("pairwise:score=rating",), "best-of-n")
+    verdicts = result.trees[0].of_kind(NodeKind.VERDICT)
+    assert "P(A better) = 0.50" in verdicts[2].text  # 1 first, 0 swapped: no preference
+    assert result.trees[0].answer == "A"  # the tie goes to the group with more votes

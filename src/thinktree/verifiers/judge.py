@@ -249,10 +249,11 @@ def pointwise(arg: str | None, setup: VerifierSetup) -> PointwiseJudge:
     return PointwiseJudge(arg, setup)
 
 
-def _check(arg: str | None) -> None:
+def check_options(arg: str | None) -> None:
+    """Check a judge's ``score=`` option before the run starts."""
     score = options(arg).get("score", "auto")
     if score not in _SCORES:
         raise ConfigError(f"judge score '{score}' is unknown; use {', '.join(_SCORES)}")
 
 
-pointwise.check = _check  # type: ignore[attr-defined]
+pointwise.check = check_options  # type: ignore[attr-defined]

@@ -26,6 +26,9 @@ STRATEGY_GROUP = "thinktree.strategies"
 
 BUILTIN_VERIFIERS: dict[str, str] = {
     "judge": "thinktree.verifiers.judge:pointwise",
+    "pairwise": "thinktree.verifiers.pairwise:pairwise",
+    "reward": "thinktree.verifiers.reward:reward",
+    "prm": "thinktree.verifiers.reward:process_reward",
 }
 
 

@@ -1,0 +1,225 @@
+"""Reward models: scores from a classification/reward model served by vLLM, or any HTTP
+scorer with the same shape (``/classify``, ``/pooling`` or ``/score``).
+
+``--verifier reward:URL[,route=classify|pooling|score][,model=NAME][,label=K]`` scores
+each whole response (the question, the reasoning, the final answer). ``classify`` takes
+the probability of class ``label`` (default: the last); ``pooling`` the last value,
+squashed by a sigmoid when it is not already in [0, 1]; ``score`` the pair score of
+(question, response). URL is the server (with or without ``/v1``) or a name from
+thinktree.toml; the model is the one it serves unless ``model=`` says.
+
+``--verifier prm:URL[,agg=min|last|product|mean][,…]`` is the process-reward variant:
+the response is split into steps on blank lines, every prefix (the question and steps
+1…k) is scored, and the step scores are aggregated by ``agg`` (default ``min``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import httpx
+
+from thinktree.errors import ConfigError
+from thinktree.problems import Problem
+from thinktree.verifiers.base import CandidateView, Verdict, VerifierSetup, cost, options
+from thinktree.verifiers.judge import question_block, response_block
+
+ROUTES = ("classify", "pooling", "score")
+AGGREGATES = ("min", "last", "product", "mean")
+_STEP_BREAK = re.compile(r"\n\s*\n")
+_TIMEOUT_S = 120.0
+
+
+def split_steps(text: str) -> list[str]:
+    """The reasoning's steps: its paragraphs (split on blank lines), empty ones dropped."""
+    return [s.strip() for s in _STEP_BREAK.split(text) if s.strip()]
+
+
+def aggregate_steps(scores: Sequence[float], how: str) -> float:
+    match how:
+        case "min":
+            return min(scores)
+        case "last":
+            return scores[-1]
+        case "product":
+            return math.prod(scores)
+        case _:
+            return math.fsum(scores) / len(scores)
+
+
+def _squash(value: float) -> float:
+    return value if 0.0 <= value <= 1.0 else 1.0 / (1.0 + math.exp(-value))
+
+
+class RewardClient:
+    """One scoring server: posts texts to its route and reads one score per text."""
+
+    def __init__(self, arg: str | None, setup: VerifierSetup, *, verifier: str) -> None:
+        opts = options(arg)
+        target = opts.get("") or opts.get("url")
+        if not target:
+            raise ConfigError(f"--verifier {verifier} needs the scorer: {verifier}:URL")
+        self.route = opts.get("route", "classify")
+        if self.route not in ROUTES:
+            raise ConfigError(f"reward route '{self.route}' is unknown; use {', '.join(ROUTES)}")
+        base = setup.endpoint_for(target).base_url.rstrip("/")
+        self.root = base.removesuffix("/v1")
+        self.model = opts.get("model")
+        self.label = int(opts["label"]) if opts.get("label") else -1
+        self.prices = setup.prices
+        self.http = httpx.AsyncClient(timeout=_TIMEOUT_S)
+
+    async def aclose(self) -> None:
+        await self.http.aclose()
+
+    async def _model(self) -> str:
+        if self.model is None:
+            resp = await self.http.get(f"{self.root}/v1/models")
+            resp.raise_for_status()
+            served = [m["id"] for m in resp.json().get("data", [])]
+            if len(served) != 1:
+                raise ValueError(f"the scorer serves {served or 'no model'}; pass model=NAME")
+            self.model = served[0]
+        return self.model
+
+    async def score(self, pairs: Sequence[tuple[str, str]]) -> tuple[list[float], int]:
+        """A score per (question, response) pair, and the prompt tokens the server counted."""
+        model = await self._model()
+        body: dict[str, Any]
+        if self.route == "score":
+            body = {"model": model, "text_1": pairs[0][0], "text_2": [r for _, r in pairs]}
+            if any(q != pairs[0][0] for q, _ in pairs):
+                raise ValueError("the score route takes one question per request")
+        else:
+            body = {"model": model, "input": [f"{q}\n\n{r}" for q, r in pairs]}
+        resp = await self.http.post(f"{self.root}/{self.route}", json=body)
+        if resp.status_code != 200:
+            raise ValueError(f"the scorer answered HTTP {resp.status_code} on /{self.route}")
+        data = resp.json()
+        rows = sorted(data.get("data") or [], key=lambda d: d.get("index", 0))
+        if len(rows) != len(pairs):
+            raise ValueError(f"the scorer returned {len(rows)} scores for {len(pairs)} texts")
+        usage = data.get("usage") or {}
+        return [self._read(row) for row in rows], int(usage.get("prompt_tokens") or 0)
+
+    def _read(self, row: dict[str, Any]) -> float:
+        if self.route == "classify":
+            return float(row["probs"][self.label])
+        if self.route == "score":
+            return float(row["score"])
+        values = row["data"]
+        while isinstance(values, list):
+            values = values[-1]
+        return _squash(float(values))
+
+    def cost(self, prompt_tokens: int) -> float | None:
+        return cost(self.prices.get(self.model or ""), prompt_tokens, 0)
+
+
+class RewardModel:
+    """Scores each whole response (outcome reward)."""
+
+    def __init__(self, arg: str | None, setup: VerifierSetup) -> None:
+        self.client = RewardClient(arg, setup, verifier="reward")
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def verify(self, problem: Problem, candidates: Sequence[CandidateView]) -> list[Verdict]:
+        question = question_block(problem)
+        try:
+            scores, tokens = await self.client.score(
+                [(question, response_block(c)) for c in candidates]
+            )
+        except (httpx.HTTPError, ValueError, KeyError, TypeError, IndexError) as exc:
+            reason = f"reward model: {' '.join(str(exc).split()) or type(exc).__name__}"
+            return [Verdict.failed(reason) for _ in candidates]
+        shares = _split(tokens, len(candidates))
+        return [
+            Verdict(
+                score=s,
+                rationale=f"reward {s:.3f} ({self.client.route})",
+                prompt_tokens=t,
+                cost_usd=self.client.cost(t),
+            )
+            for s, t in zip(scores, shares, strict=True)
+        ]
+
+
+class ProcessReward:
+    """Scores each step of each response and aggregates the step scores."""
+
+    def __init__(self, arg: str | None, setup: VerifierSetup) -> None:
+        self.how = options(arg).get("agg", "min")
+        if self.how not in AGGREGATES:
+            raise ConfigError(f"prm agg '{self.how}' is unknown; use {', '.join(AGGREGATES)}")
+        self.client = RewardClient(arg, setup, verifier="prm")
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def verify(self, problem: Problem, candidates: Sequence[CandidateView]) -> list[Verdict]:
+        question = question_block(problem)
+        steps = [split_steps(response_block(c)) for c in candidates]
+        pairs = [(question, "\n\n".join(own[:k])) for own in steps for k in range(1, len(own) + 1)]
+        try:
+            flat, tokens = await self.client.score(pairs)
+        except (httpx.HTTPError, ValueError, KeyError, TypeError, IndexError) as exc:
+            reason = f"process reward model: {' '.join(str(exc).split()) or type(exc).__name__}"
+            return [Verdict.failed(reason) for _ in candidates]
+        verdicts: list[Verdict] = []
+        start = 0
+        shares = _split(tokens, len(candidates))
+        for own, spent in zip(steps, shares, strict=True):
+            mine = flat[start : start + len(own)]
+            start += len(own)
+            score = aggregate_steps(mine, self.how)
+            listed = " ".join(f"{s:.2f}" for s in mine)
+            verdicts.append(
+                Verdict(
+                    score=score,
+                    rationale=f"{len(mine)} steps: {listed} → {self.how} {score:.3f}",
+                    prompt_tokens=spent,
+                    cost_usd=self.client.cost(spent),
+                )
+            )
+        return verdicts
+
+
+def _split(total: int, parts: int) -> list[int]:
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]
+
+
+def _check(arg: str | None) -> None:
+    opts = options(arg)
+    if not (opts.get("") or opts.get("url")):
+        raise ConfigError("a reward verifier needs its scorer: reward:URL or prm:URL")
+    if opts.get("route", "classify") not in ROUTES:
+        raise ConfigError(f"reward route '{opts['route']}' is unknown; use {', '.join(ROUTES)}")
+    if opts.get("agg", "min") not in AGGREGATES:
+        raise ConfigError(f"prm agg '{opts['agg']}' is unknown; use {', '.join(AGGREGATES)}")
+    if opts.get("label"):
+        try:
+            int(opts["label"])
+        except ValueError:
+            raise ConfigError(
+                f"reward label must be a class index, not {opts['label']!r}"
+            ) from None
+
+
+def reward(arg: str | None, setup: VerifierSetup) -> RewardModel:
+    """``--verifier reward:URL[,route=…][,model=…][,label=K]``."""
+    return RewardModel(arg, setup)
+
+
+def process_reward(arg: str | None, setup: VerifierSetup) -> ProcessReward:
+    """``--verifier prm:URL[,agg=min|last|product|mean][,route=…][,model=…]``."""
+    return ProcessReward(arg, setup)
+
+
+reward.check = _check  # type: ignore[attr-defined]
+process_reward.check = _check  # type: ignore[attr-defined]

@@ -1,0 +1,121 @@
+"""Reward-model verifiers against a real HTTP scorer on 127.0.0.1 (vLLM's pooling shapes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from thinktree.agents.endpoint import EndpointConfig
+from thinktree.agents.modes import ModeSettings
+from thinktree.errors import ConfigError
+from thinktree.orchestrator.events import NodeKind, NodeStatus
+from thinktree.orchestrator.run import RunResult, RunSettings, execute
+from thinktree.orchestrator.store import StoreReader
+from thinktree.problems import AnswerType, Problem
+from thinktree.testing.fake_server import FakeBehaviour, FakeServer
+from thinktree.testing.reward_server import RewardServer
+from thinktree.verifiers.registry import check_verifiers
+from thinktree.verifiers.reward import aggregate_steps, split_steps
+
+pytestmark = pytest.mark.anyio
+
+PROBLEM = Problem(
+    id="q1",
+    question="Which one?",
+    answer_type=AnswerType.CHOICE,
+    options={"A": "alpha", "B": "beta"},
+    answer="B",
+)
+REPLIES = [
+    "First I read the question.\n\nThen a wrong turn.\n\nAnswer: A",
+    "First I read the question.\n\nThen a sound step.\n\nAnswer: B",
+    "Quick guess.\n\nAnswer: A",
+]
+
+
+def _solver(body: dict[str, Any], index: int) -> str:
+    return REPLIES[index % 3]
+
+
+def _outcome(text: str) -> float:
+    return 0.9 if "Final answer: B" in text else 0.2
+
+
+def _process(text: str) -> float:
+    return 0.1 if "wrong" in text else 0.6 if "guess" in text else 0.8
+
+
+async def _run(tmp_path: Path, spec: str, aggregate: str = "best-of-n") -> RunResult:
+    async with FakeServer(FakeBehaviour(reply=_solver)) as server:
+        endpoint = EndpointConfig(name="fake", base_url=server.base_url, model="fake-model")
+        settings = RunSettings(
+            modes=ModeSettings(mode="parallel", n=3, budget=64),
+            verifiers=(spec,),
+            aggregate=aggregate,
+            out=tmp_path / "run",
+        )
+        return await execute([PROBLEM], endpoint, settings)
+
+
+def test_steps_split_on_blank_lines_and_aggregate() -> None:
+    assert split_steps("a\n\nb\n  \nc\n") == ["a", "b", "c"]
+    assert split_steps("one line\nsame step") == ["one line\nsame step"]
+    scores = [0.9, 0.5, 0.8]
+    assert aggregate_steps(scores, "min") == 0.5
+    assert aggregate_steps(scores, "last") == 0.8
+    assert aggregate_steps(scores, "product") == pytest.approx(0.36)
+    assert aggregate_steps(scores, "mean") == pytest.approx(2.2 / 3)
+
+
+@pytest.mark.parametrize("route", ["classify", "pooling", "score"])
+async def test_reward_model_scores_every_candidate(tmp_path: Path, route: str) -> None:
+    async with RewardServer(_outcome) as scorer:
+        result = await _run(tmp_path, f"reward:{scorer.url}/v1,route={route}")
+        seen = [r for r, _ in scorer.requests]
+    assert seen == [route]  # the whole problem in one request
+    tree = result.trees[0]
+    verdicts = tree.of_kind(NodeKind.VERDICT)
+    assert [v.score for v in verdicts] == pytest.approx([0.2, 0.9, 0.2])
+    assert all(v.status is NodeStatus.DONE and v.prompt_tokens > 0 for v in verdicts)
+    assert tree.answer == "B" and tree.vote is not None
+    assert tree.vote.winner_node == "q1/b2/think"
+    with StoreReader.open(result.folder / "run.sqlite") as store:
+        assert [round(v["score"], 3) for v in store.verdicts()] == [0.2, 0.9, 0.2]
+    m = result.metrics.verifier
+    assert m is not None and m.auroc == 1.0 and m.pick_accuracy == 1.0
+
+
+@pytest.mark.parametrize(("agg", "expected"), [("min", 0.1), ("last", 0.1), ("mean", 0.275)])
+async def test_process_reward_scores_steps(tmp_path: Path, agg: str, expected: float) -> None:
+    async with RewardServer(_process) as scorer:
+        result = await _run(tmp_path, f"prm:{scorer.url},agg={agg}")
+        inputs = scorer.requests[0][1]["input"]
+    # 4 + 4 + 3 prefixes: every step of every candidate, the final answer being the last
+    assert len(inputs) == 11
+    assert inputs[1].endswith("Then a wrong turn.")
+    verdicts = result.trees[0].of_kind(NodeKind.VERDICT)
+    first = verdicts[0]
+    assert first.score == pytest.approx(expected)  # 0.8, 0.1, 0.1, 0.1 for the wrong turn
+    assert first.text.startswith("4 steps: 0.80 0.10 0.10 0.10")
+    assert verdicts[1].score == pytest.approx(0.8)
+    assert result.trees[0].answer == "B"
+
+
+async def test_a_malformed_scorer_fails_the_verdicts_not_the_run(tmp_path: Path) -> None:
+    async with RewardServer(_outcome, malformed=True) as scorer:
+        result = await _run(tmp_path, f"reward:{scorer.url}", aggregate="verifier-tiebreak")
+    verdicts = result.trees[0].of_kind(NodeKind.VERDICT)
+    assert all(v.status is NodeStatus.FAILED for v in verdicts)
+    assert "returned 0 scores for 3 texts" in (verdicts[0].error or "")
+    assert result.trees[0].answer == "A"  # the majority stands
+
+
+def test_bad_reward_arguments_are_one_line() -> None:
+    with pytest.raises(ConfigError, match="needs its scorer"):
+        check_verifiers(["reward"])
+    with pytest.raises(ConfigError, match="route 'embed' is unknown"):
+        check_verifiers(["reward:http://127.0.0.1:1,route=embed"])
+    with pytest.raises(ConfigError, match="agg 'max' is unknown"):
+        check_verifiers(["prm:http://127.0.0.1:1,agg=max"])
