@@ -12,6 +12,7 @@ import hashlib
 import json
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal, Protocol
@@ -19,6 +20,8 @@ from typing import Any, Literal, Protocol
 import anyio
 import openai
 import structlog
+from openai.types import Completion as TextCompletion
+from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -27,6 +30,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from thinktree.agents.transport import Transport, parse
 from thinktree.errors import EndpointError
 
 log = structlog.get_logger(__name__)
@@ -128,7 +132,11 @@ class Completion:
 
 
 class EndpointClient:
-    """Calls one endpoint. Create inside a run and close with ``aclose``."""
+    """Calls one endpoint. Create inside a run and close with ``aclose``.
+
+    Model calls go through :class:`~thinktree.agents.transport.Transport` (aiohttp, the
+    SDK's types and errors); the SDK client serves the rest (listing models, probes).
+    """
 
     def __init__(
         self,
@@ -138,27 +146,51 @@ class EndpointClient:
         http_client: Any | None = None,
     ) -> None:
         self.config = config
-        if http_client is None:
-            http_client = openai.DefaultAioHttpClient(timeout=config.timeout_s)
-        self.client = openai.AsyncOpenAI(
-            base_url=config.base_url,
-            api_key=config.api_key or "EMPTY",
-            max_retries=0,
-            timeout=config.timeout_s,
-            http_client=http_client,
+        self._http_client = http_client
+        self._client: openai.AsyncOpenAI | None = None
+        self.transport = Transport(
+            config.base_url,
+            config.api_key or "EMPTY",
+            timeout_s=config.timeout_s,
+            max_connections=config.max_connections,
         )
         self.limiter = anyio.CapacityLimiter(config.max_connections)
         self.on_retry = on_retry
         self.model: str = config.model or ""
         self.cache: CallCache | None = None
 
+    @property
+    def client(self) -> openai.AsyncOpenAI:
+        """The SDK's client, made on first use (model calls do not need it)."""
+        if self._client is None:
+            http_client = self._http_client
+            if http_client is None:
+                http_client = openai.DefaultAioHttpClient(timeout=self.config.timeout_s)
+            self._client = openai.AsyncOpenAI(
+                base_url=self.config.base_url,
+                api_key=self.config.api_key or "EMPTY",
+                max_retries=0,
+                timeout=self.config.timeout_s,
+                http_client=http_client,
+            )
+        return self._client
+
     async def aclose(self) -> None:
-        await self.client.close()
+        try:
+            await self.transport.aclose()
+        finally:
+            if self._client is not None:
+                await self._client.close()
 
     async def resolve_model(self) -> str:
         """The model to call: the configured one (checked to be served) or the only one."""
         try:
-            served = [m.id async for m in self.client.models.list()]
+            served = _model_ids(await self.transport.get("models"))
+        except ValueError:
+            raise EndpointError(
+                f"endpoint {self.config.describe()} answered /models with something that is "
+                "not a list of models: is the URL an OpenAI-compatible /v1?"
+            ) from None
         except openai.APIStatusError as exc:
             if self.config.model:  # some APIs do not list models; trust the config
                 self.model = self.config.model
@@ -288,6 +320,23 @@ class EndpointClient:
         return result
 
     async def _attempts(self, attempt: Callable[[], Awaitable[Completion]]) -> Completion:
+        """One attempt; only when it fails in a way worth retrying, the retry loop."""
+        started = time.monotonic()
+        try:
+            async with self.limiter:
+                with anyio.fail_after(self.config.timeout_s):
+                    result = await attempt()
+            result.attempts = 1
+        except Exception as exc:
+            if classify(exc) is None or self.config.max_attempts <= 1:
+                raise self._user_error(exc) from exc
+            result = await self._retry(attempt, exc)
+        result.latency_s = time.monotonic() - started
+        return result
+
+    async def _retry(
+        self, attempt: Callable[[], Awaitable[Completion]], first_error: BaseException
+    ) -> Completion:
         async def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             kind = classify(exc) if exc else None
@@ -310,15 +359,22 @@ class EndpointClient:
             before_sleep=before_sleep,
             reraise=True,
         )
-        started = time.monotonic()
+        # The first attempt of a retried call is replayed (its error, no new request),
+        # so tenacity counts, waits and reports it like any other.
+        replay: list[BaseException] = [first_error]
+
+        async def again() -> Completion:
+            if replay:
+                raise replay.pop()
+            async with self.limiter:
+                with anyio.fail_after(self.config.timeout_s):
+                    return await attempt()
+
         try:
             async for trial in retrying:
                 with trial:
-                    async with self.limiter:
-                        with anyio.fail_after(self.config.timeout_s):
-                            result = await attempt()
+                    result = await again()
                     result.attempts = trial.retry_state.attempt_number
-                    result.latency_s = time.monotonic() - started
                     return result
         except Exception as exc:
             raise self._user_error(exc) from exc
@@ -350,8 +406,19 @@ class EndpointClient:
         return EndpointError(f"call to endpoint {where} failed: {_one_line(repr(exc))}")
 
     async def _plain_chat(self, kwargs: dict[str, Any], n: int) -> Completion:
-        resp = await self.client.chat.completions.create(**kwargs)
-        texts, reasoning, counted = [""] * n, [""] * n, [0] * n
+        raw = await self.transport.post("chat/completions", _wire(kwargs))
+        counted = [0] * n
+        if n > 1:  # count each choice's tokens, then drop the logprobs before parsing
+            data = json.loads(raw)
+            for choice in data.get("choices") or []:
+                i, logprobs = choice.get("index"), choice.get("logprobs")
+                if isinstance(i, int) and 0 <= i < n and isinstance(logprobs, dict):
+                    counted[i] = len(logprobs.get("content") or ())
+                choice["logprobs"] = None
+            resp = parse(ChatCompletion, data, self.transport.base_url)
+        else:
+            resp = parse(ChatCompletion, raw, self.transport.base_url)
+        texts, reasoning = [""] * n, [""] * n
         finish: list[str | None] = [None] * n
         for choice in resp.choices or []:
             i = choice.index
@@ -364,13 +431,12 @@ class EndpointClient:
             )
             if isinstance(think, str):
                 reasoning[i] = think
-            if choice.logprobs is not None and choice.logprobs.content:
-                counted[i] = len(choice.logprobs.content)
             finish[i] = choice.finish_reason
         return _assemble(texts, reasoning, counted, finish, resp.usage, resp.id, n)
 
     async def _plain_completion(self, kwargs: dict[str, Any], n: int) -> Completion:
-        resp = await self.client.completions.create(**kwargs)
+        raw = await self.transport.post("completions", _wire(kwargs))
+        resp = parse(TextCompletion, raw, self.transport.base_url)
         texts, counted = [""] * n, [0] * n
         finish: list[str | None] = [None] * n
         for choice in resp.choices or []:
@@ -392,9 +458,10 @@ class EndpointClient:
         finish: list[str | None] = [None] * n
         usage = None
         request_id = None
-        stream = await self.client.chat.completions.create(**kwargs)
-        async with stream:
-            async for chunk in stream:
+        stream = self.transport.stream("chat/completions", _wire(kwargs))
+        async with aclosing(stream):
+            async for data in stream:
+                chunk = parse(ChatCompletionChunk, data, self.transport.base_url)
                 request_id = request_id or chunk.id
                 if chunk.usage is not None:
                     usage = chunk.usage
@@ -427,9 +494,10 @@ class EndpointClient:
         finish: list[str | None] = [None] * n
         usage = None
         request_id = None
-        stream = await self.client.completions.create(**kwargs)
-        async with stream:
-            async for chunk in stream:
+        stream = self.transport.stream("completions", _wire(kwargs))
+        async with aclosing(stream):
+            async for data in stream:
+                chunk = parse(TextCompletion, data, self.transport.base_url)
                 request_id = request_id or chunk.id
                 if chunk.usage is not None:
                     usage = chunk.usage
@@ -446,6 +514,23 @@ class EndpointClient:
                     if choice.finish_reason:
                         finish[i] = choice.finish_reason
         return _assemble(texts, [""] * n, counted, finish, usage, request_id, n)
+
+
+def _model_ids(raw: bytes) -> list[str]:
+    """The ids in a ``/models`` answer (raises ValueError when it is not one)."""
+    data = json.loads(raw).get("data")
+    if not isinstance(data, list):
+        raise ValueError("no model list")
+    return [str(m["id"]) for m in data if isinstance(m, dict) and "id" in m]
+
+
+def _wire(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The request body as sent: the SDK-style ``extra_body`` merged into the rest."""
+    if "extra_body" not in kwargs:
+        return kwargs
+    body = {k: v for k, v in kwargs.items() if k != "extra_body"}
+    body.update(kwargs["extra_body"])
+    return body
 
 
 def _streaming(on_delta: DeltaHandler | None) -> dict[str, Any]:
