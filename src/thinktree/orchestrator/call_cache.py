@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from dataclasses import asdict
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +38,14 @@ CREATE TABLE IF NOT EXISTS responses (
 """
 
 
+_COMPLETION_FIELDS = tuple(f.name for f in fields(Completion))
+_CHOICE_FIELDS = tuple(f.name for f in fields(Choice))
+
+
 def completion_to_json(completion: Completion) -> str:
-    return json.dumps(asdict(completion), ensure_ascii=False)
+    data = {name: getattr(completion, name) for name in _COMPLETION_FIELDS}
+    data["choices"] = [{n: getattr(c, n) for n in _CHOICE_FIELDS} for c in completion.choices]
+    return json.dumps(data, ensure_ascii=False)
 
 
 def completion_from_json(text: str) -> Completion:
@@ -48,11 +54,26 @@ def completion_from_json(text: str) -> Completion:
     return Completion(**data)
 
 
+class _Batch:
+    """Rows committed together; every caller waiting on it learns the outcome."""
+
+    __slots__ = ("done", "error", "rows")
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[Any, ...]] = []
+        self.done = anyio.Event()
+        self.error: BaseException | None = None
+
+
 class SqliteCallCache:
     """The ``responses`` table of a run's call store, written from a worker thread.
 
     Each record is committed before ``record`` returns, so a call counts only once its
-    response is on disk; a killed run loses at most the calls still in flight.
+    response is on disk; a killed run loses at most the calls still in flight. Records
+    that arrive while a commit is under way are committed together by the next one
+    (group commit), so a busy run pays one transaction and one thread hop per batch,
+    not per call. The fingerprints already stored are kept in memory, so a fresh call
+    is looked up without touching the database.
     """
 
     def __init__(self, path: Path) -> None:
@@ -64,12 +85,17 @@ class SqliteCallCache:
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.execute(_SCHEMA)
             self._conn.commit()
+            self._known = {
+                str(r[0]) for r in self._conn.execute("SELECT fingerprint FROM responses")
+            }
         except sqlite3.Error as exc:
             raise ConfigError(
                 f"cannot write the call store {path}: {exc} (is the folder writable and the "
                 "disk not full?)"
             ) from None
         self.hits = 0
+        self._batch = _Batch()
+        self._writing = False
 
     def close(self) -> None:
         self._conn.close()
@@ -79,6 +105,8 @@ class SqliteCallCache:
         return int(row[0])
 
     async def lookup(self, fingerprint: str) -> Completion | None:
+        if fingerprint not in self._known:
+            return None
         async with self._lock:
             row = await anyio.to_thread.run_sync(self._get, fingerprint)
         if row is None:
@@ -95,6 +123,7 @@ class SqliteCallCache:
     async def record(
         self, fingerprint: str, route: str, request: dict[str, Any], completion: Completion
     ) -> None:
+        """Store one finished call; returns once it is committed (raises if it was not)."""
         row = (
             fingerprint,
             route,
@@ -106,19 +135,46 @@ class SqliteCallCache:
             completion.attempts,
             time.time(),
         )
-        async with self._lock:
-            with anyio.CancelScope(shield=True):  # a paid-for answer is never dropped
-                await anyio.to_thread.run_sync(self._put, row)
+        batch = self._batch
+        batch.rows.append(row)
+        with anyio.CancelScope(shield=True):  # a paid-for answer is never dropped
+            if self._writing:
+                await batch.done.wait()
+            else:
+                await self._commit()
+        if batch.error is not None:
+            raise batch.error
+        self._known.add(fingerprint)
+
+    async def _commit(self) -> None:
+        """Commit batch after batch until no record waits (one writer at a time)."""
+        self._writing = True
+        try:
+            while self._batch.rows:
+                batch, self._batch = self._batch, _Batch()
+                try:
+                    async with self._lock:
+                        await anyio.to_thread.run_sync(self._put, batch.rows)
+                except BaseException as exc:
+                    batch.error = exc
+                finally:
+                    batch.done.set()
+        finally:
+            self._writing = False
+
+    def _put(self, rows: list[tuple[Any, ...]]) -> None:
+        try:
+            self._conn.executemany(
+                "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
+            )
+            self._conn.commit()
+        except BaseException:
+            self._conn.rollback()
+            raise
 
     def _row(self, fp: str) -> tuple[Any, ...] | None:
         row = self._conn.execute("SELECT * FROM responses WHERE fingerprint = ?", (fp,)).fetchone()
         return None if row is None else tuple(row)
-
-    def _put(self, row: tuple[Any, ...]) -> None:
-        self._conn.execute(
-            "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row
-        )
-        self._conn.commit()
 
 
 class SharedCallCache:
@@ -143,7 +199,8 @@ class SharedCallCache:
             return None
         async with self.own._lock:
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self.own._put, row)
+                await anyio.to_thread.run_sync(self.own._put, [row])
+        self.own._known.add(fingerprint)
         self.own.hits += 1
         self.shared.hits += 1
         return completion_from_json(row[3])
