@@ -6,7 +6,10 @@ same events; nothing else carries state from the engine to a view.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import operator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar
@@ -41,9 +44,33 @@ class Event:
     at: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
+        """The event's fields and its ``type``; dicts and lists inside are copies."""
+        shape = _SHAPES.get(type(self))
+        if shape is None:
+            shape = _SHAPES[type(self)] = _shape(type(self))
+        names, values, nested = shape
+        data = dict(zip(names, values(self), strict=True))
+        for name in nested:
+            data[name] = copy.deepcopy(data[name])
         data["type"] = self.type
         return data
+
+
+_Shape = tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]], tuple[str, ...]]
+_SHAPES: dict[type[Event], _Shape] = {}
+_SCALARS = frozenset({"str", "int", "float", "bool", "None", "NodeKind"})
+
+
+def _shape(cls: type[Event]) -> _Shape:
+    """Field names, a getter of their values, and the fields that may hold containers."""
+    fields = dataclasses.fields(cls)
+    names = tuple(f.name for f in fields)
+    getter = operator.attrgetter(*names)
+    values = getter if len(names) > 1 else lambda event: (getter(event),)
+    nested = tuple(
+        f.name for f in fields if not set(str(f.type).replace(" ", "").split("|")) <= _SCALARS
+    )
+    return names, values, nested
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -835,7 +835,7 @@ class RunStore:
             return
         queue = self._queue
         queue.append(event)
-        if len(queue) >= self._batch_events:
+        if len(queue) >= self._batch_events and not self._wake.is_set():
             self._wake.set()
 
     async def flush(self) -> None:

@@ -46,6 +46,9 @@ class TreeRecorder:
         return None
 
 
+_encode = json.JSONEncoder(ensure_ascii=False, default=str).encode
+
+
 class TraceWriter:
     """Appends every event as one JSON line (streamed deltas only when asked for)."""
 
@@ -54,7 +57,7 @@ class TraceWriter:
         self._file: IO[str] = path.open("w", encoding="utf-8", buffering=1 << 16)
 
     def handle(self, event: Event) -> None:
-        self._file.write(json.dumps(event.to_dict(), ensure_ascii=False, default=str))
+        self._file.write(_encode(event.to_dict()))
         self._file.write("\n")
 
     async def aclose(self) -> None:
