@@ -78,9 +78,11 @@ def run(
         Path | None, typer.Argument(help="JSONL file of problems (default: the built-in demo set)")
     ] = None,
     mode: Annotated[
-        str | None, typer.Option(help="budget | sequential | parallel | hybrid [default: budget]")
+        str | None,
+        typer.Option(help="budget | sequential | parallel | hybrid | adaptive [default: budget]"),
     ] = None,
-    n: Annotated[int, typer.Option(help="parallel samples / hybrid branches")] = 4,
+    n: Annotated[int, typer.Option(help="parallel samples / hybrid branches / adaptive most")] = 4,
+    wave: Annotated[int, typer.Option(help="adaptive: samples drawn per wave")] = 4,
     steps: Annotated[int, typer.Option(help="sequential / hybrid revision steps")] = 2,
     budget: Annotated[
         int | None,
@@ -179,6 +181,7 @@ def run(
             n=n,
             steps=steps,
             total_budget=total_budget,
+            wave=wave,
         ),
         aggregate=aggregate,
         temperature=temperature,

@@ -7,12 +7,13 @@ from dataclasses import dataclass
 from thinktree.agents.strategies import BudgetForcing, Parallel, Sequential, Strategy, hybrid
 from thinktree.errors import ConfigError
 
-MODES = ("budget", "sequential", "parallel", "hybrid")
+MODES = ("budget", "sequential", "parallel", "hybrid", "adaptive")
 DEFAULT_AGGREGATE = {
     "budget": "majority",
     "sequential": "majority",
     "parallel": "shortest-majority",
     "hybrid": "shortest-majority",
+    "adaptive": "majority",  # the vote its stopping rule decides
 }
 
 
@@ -27,6 +28,8 @@ class ModeSettings:
     n: int = 4
     steps: int = 2
     total_budget: int | None = None
+    wave: int = 4  # adaptive: samples per wave
+    confidence: float = 0.95  # adaptive: stop once P(leader holds the majority) reaches it
 
 
 def build_strategy(s: ModeSettings) -> Strategy:
@@ -55,5 +58,12 @@ def build_strategy(s: ModeSettings) -> Strategy:
             budget=s.budget or 1024, min_thinking=s.min_thinking, answer_tokens=s.answer_tokens
         )
         return Parallel(n=s.n, inner=inner)
+    if s.mode == "adaptive":
+        from thinktree.agents.adaptive import Adaptive
+
+        inner = BudgetForcing(
+            budget=s.budget or 1024, min_thinking=s.min_thinking, answer_tokens=s.answer_tokens
+        )
+        return Adaptive(n=s.n, wave=min(s.wave, s.n), confidence=s.confidence, inner=inner)
     total = s.total_budget or (s.budget or 512) * s.n * s.steps
     return hybrid(s.n, s.steps, total, answer_tokens=s.answer_tokens)

@@ -130,7 +130,8 @@ class BudgetForcing:
             used += last.completion_tokens
         if last.failed:
             return [Candidate(last.node_id, None, used, branch.assistant, extensions)]
-        answer = _latest_answer(solver, branch)
+        # the last segment's answer came from this very text when it is the whole message
+        answer = last.answer if last.text == branch.assistant else _latest_answer(solver, branch)
         if answer is not None and not last.capped and not solver.constrains:
             return [Candidate(last.node_id, answer, used, branch.assistant, extensions)]
         forced = await _force_answer(solver, branch, parent, pool, self.answer_tokens)
@@ -228,6 +229,7 @@ class Parallel:
     inner: Strategy = field(default_factory=BudgetForcing)
     split_budget: bool = False  # give each branch an equal share of the pool
     name: str = "parallel"
+    start: int = 1  # the first branch's number (a later wave of adaptive sampling)
 
     def __post_init__(self) -> None:
         if self.n <= 0:
@@ -237,7 +239,7 @@ class Parallel:
         return self.n * self.inner.allowed_tokens()
 
     def first_request(self, parent: str, pool: Budget) -> SegmentRequest:
-        return self.inner.first_request(f"{parent}/b1", pool)
+        return self.inner.first_request(f"{parent}/b{self.start}", pool)
 
     async def run(
         self,
@@ -250,9 +252,9 @@ class Parallel:
         share = None
         if self.split_budget and pool.limit is not None:
             share = pool.limit // self.n
-        ids = [f"{parent}/b{i}" for i in range(1, self.n + 1)]
+        ids = [f"{parent}/b{i}" for i in range(self.start, self.start + self.n)]
         pools = [pool.child(node_id, share) for node_id in ids]
-        for i, node_id in enumerate(ids, start=1):
+        for i, node_id in enumerate(ids, start=self.start):
             await solver.bus.emit(
                 NodeStarted(
                     node_id=node_id,

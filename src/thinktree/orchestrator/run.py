@@ -77,7 +77,7 @@ class RunSettings:
     def temperature_for_mode(self) -> float:
         if self.temperature is not None:
             return self.temperature
-        return 0.7 if self.modes.mode in ("parallel", "hybrid") else 0.0
+        return 0.7 if self.modes.mode in ("parallel", "hybrid", "adaptive") else 0.0
 
 
 @dataclass(slots=True)
@@ -328,7 +328,7 @@ def load_resume(folder: Path, *, prices: dict[str, Price] | None = None) -> Resu
     try:
         problems = [Problem.model_validate(p) for p in data["problems"]]
         s = data["settings"]
-        modes = ModeSettings(**{k: s[k] for k in ModeSettings.__dataclass_fields__})
+        modes = ModeSettings(**{k: s[k] for k in ModeSettings.__dataclass_fields__ if k in s})
         settings = RunSettings(
             modes=modes,
             aggregate=s["aggregate"],
@@ -456,7 +456,7 @@ def _needed(settings: RunSettings) -> set[str]:
         need.add("constraints")
     if settings.verifiers:
         need.add("logprobs")  # a judge on this endpoint reads P("Yes")
-    if modes.mode in ("parallel", "hybrid"):
+    if modes.mode in ("parallel", "hybrid", "adaptive"):
         need.add("n")
     return need
 
@@ -534,4 +534,5 @@ def _write_results(
             for t in trees
         ],
     }
-    _atomic_write(path, json.dumps(data, indent=1, ensure_ascii=False))
+    # no indent: json's fast C encoder only serves compact output
+    _atomic_write(path, json.dumps(data, ensure_ascii=False))
