@@ -9,8 +9,9 @@ The fake OpenAI-compatible server runs in its own process, and every measured cl
 runs in a fresh worker process of its own, so client CPU (``time.process_time``, all
 threads) and peak RSS (``ru_maxrss``) belong to that client alone. The cases alternate
 (A B C ... then ... C B A) for ``--rounds`` rounds, and every ratio is taken between
-cases of the same round, never against fixed times. its-hub is a benchmark-only peer
-(``pip install 'its-hub[lm]'``); without it the script says so and goes on.
+cases of the same round, never against fixed times. its-hub is a benchmark-only peer:
+install it with ``.venv/bin/pip install -e '.[bench]'``; without it the script says so,
+leaves its column and ratios out, and goes on.
 """
 
 from __future__ import annotations
@@ -557,7 +558,9 @@ def driver(args: argparse.Namespace) -> int:
     try:
         importlib.import_module("its_hub.core.lms.openai_lm")
     except ImportError as exc:
-        itshub_reason = f"not installed ({exc}); pip install 'its-hub[lm]' into the venv"
+        itshub_reason = (
+            f"not installed ({exc.name}); install it with: .venv/bin/pip install -e '.[bench]'"
+        )
         cases.remove("itshub")
     server = Server()
     totals: dict[str, Totals] = {c: Totals(CASES[c][0]) for c in cases}
@@ -654,17 +657,15 @@ def driver(args: argparse.Namespace) -> int:
             "its-hub vs bare aiohttp, calls/s (info)",
         )
     )
-    tt = totals["tt1"].cpu_ms_per_call
-    for ref, what in (
-        ("sdk-aiohttp-stream", "same streaming request"),
-        ("sdk-aiohttp", "non-streaming"),
-    ):
-        machinery = tt - totals[ref].cpu_ms_per_call
-        verdict = "MET" if machinery <= 0.2 else "NOT MET"
-        print(
-            f"  thinktree machinery CPU/call = {tt:.3f} - SDK aiohttp ({what}) "
-            f"{totals[ref].cpu_ms_per_call:.3f} = {machinery:.3f} ms; target <= 0.2 ms: {verdict}"
-        )
+    # thinktree's calls go out through aiohttp, as the bare client's do: what it spends
+    # beyond the bare client is its own machinery (events, ledger, stores, extraction).
+    tt, bare_cpu = totals["tt1"].cpu_ms_per_call, totals["bare"].cpu_ms_per_call
+    machinery = tt - bare_cpu
+    verdict = "MET" if machinery <= 0.2 else "NOT MET"
+    print(
+        f"  thinktree machinery CPU/call = {tt:.3f} - bare aiohttp {bare_cpu:.3f} "
+        f"= {machinery:.3f} ms; target <= 0.2 ms: {verdict}"
+    )
     ev_s = bus["bus"]._sum("calls") / bus["bus"]._sum("wall_s")
     verdict = "MET" if ev_s >= 50_000 else "NOT MET"
     print(f"  event bus with the store: {ev_s:,.0f} events/s; target >= 50,000: {verdict}")
