@@ -1,0 +1,202 @@
+"""The lean transport, the group-committing call store and the batched bus, on real parts."""
+
+from __future__ import annotations
+
+import socket
+import sqlite3
+from pathlib import Path
+
+import anyio
+import openai
+import pytest
+
+from thinktree.agents.endpoint import (
+    Choice,
+    Completion,
+    EndpointClient,
+    EndpointConfig,
+    RetryKind,
+    classify,
+)
+from thinktree.agents.transport import Transport, parse
+from thinktree.orchestrator.bus import event_bus
+from thinktree.orchestrator.call_cache import SqliteCallCache
+from thinktree.orchestrator.events import Event, RunFinished
+from thinktree.testing.fake_server import FakeBehaviour, FakeServer, Fault
+
+pytestmark = pytest.mark.anyio
+BODY = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+
+
+@pytest.mark.parametrize(
+    ("fault", "error", "kind"),
+    [
+        (Fault.RATE_LIMIT, openai.RateLimitError, RetryKind.RATE_LIMIT),
+        (Fault.SERVER_ERROR, openai.InternalServerError, RetryKind.TRANSIENT),
+        (Fault.UNAVAILABLE, openai.InternalServerError, RetryKind.TRANSIENT),
+    ],
+)
+async def test_http_errors_become_the_sdks_exceptions(
+    fault: Fault, error: type[Exception], kind: RetryKind
+) -> None:
+    async with FakeServer(faults=[fault], retry_after_s=2.0) as server:
+        transport = Transport(server.base_url, "EMPTY", timeout_s=10, max_connections=4)
+        try:
+            with pytest.raises(error) as caught:
+                await transport.post("chat/completions", BODY)
+        finally:
+            await transport.aclose()
+    assert classify(caught.value) is kind
+    assert isinstance(caught.value, openai.APIStatusError)
+    if fault is Fault.RATE_LIMIT:
+        assert caught.value.response.headers.get("Retry-After") is not None
+
+
+async def test_a_bad_request_keeps_the_servers_message() -> None:
+    async with FakeServer() as server:
+        transport = Transport(server.base_url, "EMPTY", timeout_s=10, max_connections=4)
+        try:
+            with pytest.raises(openai.BadRequestError) as caught:
+                await transport.post("chat/completions", {**BODY, "messages": "not a list"})
+        finally:
+            await transport.aclose()
+    assert caught.value.status_code == 400
+    assert "messages" in caught.value.message
+    assert classify(caught.value) is None  # never retried
+
+
+async def test_no_server_is_a_connection_error() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    transport = Transport(f"http://127.0.0.1:{port}/v1", "EMPTY", timeout_s=5, max_connections=4)
+    try:
+        with pytest.raises(openai.APIConnectionError) as caught:
+            await transport.post("chat/completions", BODY)
+    finally:
+        await transport.aclose()
+    assert classify(caught.value) is RetryKind.CONNECTION
+
+
+def test_a_body_that_is_no_completion_is_a_validation_error() -> None:
+    from openai.types.chat import ChatCompletion
+
+    with pytest.raises(openai.APIResponseValidationError) as caught:
+        parse(ChatCompletion, b'{"id": "x", "choices": [ not json')
+    assert classify(caught.value) is RetryKind.MALFORMED
+    good = parse(
+        ChatCompletion,
+        b'{"id":"x","object":"chat.completion","created":1,"model":"m","choices":'
+        b'[{"index":0,"finish_reason":"stop","message":{"role":"assistant","content":"hi",'
+        b'"reasoning_content":"hmm"}}]}',
+    )
+    assert isinstance(good, ChatCompletion)
+    assert good.choices[0].message.content == "hi"
+    assert getattr(good.choices[0].message, "reasoning_content", None) == "hmm"
+
+
+async def test_per_choice_tokens_of_an_n_request_sum_to_the_usage() -> None:
+    replies = ["one", "one two three", "one two"]
+    behaviour = FakeBehaviour(reply=lambda body, i: replies[i])
+    async with FakeServer(behaviour) as server:
+        client = EndpointClient(
+            EndpointConfig(name="fake", base_url=server.base_url, model="fake-model")
+        )
+        try:
+            result = await client.chat(BODY["messages"], max_tokens=8, n=3)  # type: ignore[arg-type]
+        finally:
+            await client.aclose()
+    assert [c.completion_tokens for c in result.choices] == [1, 3, 2]
+    assert result.completion_tokens == 6
+    assert [c.text for c in result.choices] == replies
+
+
+# -- the call store: group commit --------------------------------------------------------
+
+
+def _completion(i: int) -> Completion:
+    return Completion(
+        choices=[Choice(text=f"answer {i}", finish_reason="stop", completion_tokens=i)],
+        prompt_tokens=3,
+        completion_tokens=i,
+        latency_s=0.01,
+    )
+
+
+async def test_concurrent_records_are_all_committed_before_they_return(tmp_path: Path) -> None:
+    path = tmp_path / "calls.sqlite"
+    cache = SqliteCallCache(path)
+    committed: list[int] = []
+
+    async def one(i: int) -> None:
+        await cache.record(f"fp{i}", "chat", {"i": i}, _completion(i))
+        # durable before it counts: another connection sees the row already
+        conn = sqlite3.connect(path)
+        try:
+            row = conn.execute("SELECT response FROM responses WHERE fingerprint = ?", (f"fp{i}",))
+            assert row.fetchone() is not None
+        finally:
+            conn.close()
+        committed.append(i)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for i in range(200):
+                tg.start_soon(one, i)
+        assert sorted(committed) == list(range(200))
+        assert cache.cached() == 200
+        hit = await cache.lookup("fp7")
+        assert hit == _completion(7)
+        assert await cache.lookup("never") is None
+    finally:
+        cache.close()
+    reopened = SqliteCallCache(path)  # a resumed run finds every call
+    try:
+        assert await reopened.lookup("fp199") == _completion(199)
+    finally:
+        reopened.close()
+
+
+async def test_a_failed_commit_fails_every_caller_of_its_batch(tmp_path: Path) -> None:
+    cache = SqliteCallCache(tmp_path / "calls.sqlite")
+    cache.close()  # every commit now fails
+    failures: list[BaseException] = []
+
+    async def one(i: int) -> None:
+        try:
+            await cache.record(f"fp{i}", "chat", {}, _completion(i))
+        except sqlite3.Error as exc:
+            failures.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(20):
+            tg.start_soon(one, i)
+    assert len(failures) == 20
+
+
+# -- the bus: order, bounds, delivery ------------------------------------------------------
+
+
+class _Slow:
+    wants_deltas = False
+
+    def __init__(self) -> None:
+        self.seen: list[Event] = []
+
+    def handle(self, event: Event) -> None:
+        self.seen.append(event)
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_the_bus_delivers_everything_in_order_and_bounds_its_queue() -> None:
+    sub = _Slow()
+    events = [RunFinished(run_id=str(i), status="completed") for i in range(5000)]
+    longest = 0
+    async with event_bus([sub], buffer=64) as bus:
+        for event in events:
+            await bus.emit(event)
+            longest = max(longest, len(bus._queue))
+    assert [e.run_id for e in sub.seen] == [e.run_id for e in events]  # type: ignore[attr-defined]
+    assert longest <= 64
