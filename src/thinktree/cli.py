@@ -79,7 +79,9 @@ def run(
     ] = None,
     mode: Annotated[
         str | None,
-        typer.Option(help="budget | sequential | parallel | hybrid | adaptive [default: budget]"),
+        typer.Option(
+            help="budget | sequential | parallel | hybrid | adaptive | auto [default: budget]"
+        ),
     ] = None,
     n: Annotated[int, typer.Option(help="parallel samples / hybrid branches / adaptive most")] = 4,
     wave: Annotated[int, typer.Option(help="adaptive: samples drawn per wave")] = 4,

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from thinktree.agents.auto import Auto
 from thinktree.agents.strategies import BudgetForcing, Parallel, Sequential, Strategy, hybrid
 from thinktree.errors import ConfigError
 
-MODES = ("budget", "sequential", "parallel", "hybrid", "adaptive")
+MODES = ("budget", "sequential", "parallel", "hybrid", "adaptive", "auto")
 DEFAULT_AGGREGATE = {
     "budget": "majority",
     "sequential": "majority",
     "parallel": "shortest-majority",
     "hybrid": "shortest-majority",
     "adaptive": "majority",  # the vote its stopping rule decides
+    "auto": "shortest-majority",
 }
 
 
@@ -65,5 +67,7 @@ def build_strategy(s: ModeSettings) -> Strategy:
             budget=s.budget or 1024, min_thinking=s.min_thinking, answer_tokens=s.answer_tokens
         )
         return Adaptive(n=s.n, wave=min(s.wave, s.n), confidence=s.confidence, inner=inner)
+    if s.mode == "auto":
+        return Auto(budget=s.budget or 512, n=s.n, steps=s.steps, answer_tokens=s.answer_tokens)
     total = s.total_budget or (s.budget or 512) * s.n * s.steps
     return hybrid(s.n, s.steps, total, answer_tokens=s.answer_tokens)

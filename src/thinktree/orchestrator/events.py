@@ -186,6 +186,20 @@ class CandidateScored(Event):
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class StrategyChosen(Event):
+    """A per-problem choice of strategy (the ``auto`` mode's pilot), with its reason."""
+
+    type: ClassVar[str] = "strategy-chosen"
+    problem_id: str
+    node_id: str
+    mode: str
+    budget: int
+    reason: str
+    agreement: bool | None = None
+    utilisation: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ProblemFinished(Event):
     type: ClassVar[str] = "problem-finished"
     problem_id: str

@@ -77,7 +77,7 @@ class RunSettings:
     def temperature_for_mode(self) -> float:
         if self.temperature is not None:
             return self.temperature
-        return 0.7 if self.modes.mode in ("parallel", "hybrid", "adaptive") else 0.0
+        return 0.7 if self.modes.mode in ("parallel", "hybrid", "adaptive", "auto") else 0.0
 
 
 @dataclass(slots=True)
@@ -456,7 +456,7 @@ def _needed(settings: RunSettings) -> set[str]:
         need.add("constraints")
     if settings.verifiers:
         need.add("logprobs")  # a judge on this endpoint reads P("Yes")
-    if modes.mode in ("parallel", "hybrid", "adaptive"):
+    if modes.mode in ("parallel", "hybrid", "adaptive", "auto"):
         need.add("n")
     return need
 
@@ -528,6 +528,15 @@ def _write_results(
                     "counts": t.vote.counts,
                     "scores": t.vote.scores,
                     "ballots": t.vote.ballots,
+                },
+                "decision": None
+                if t.decision is None
+                else {
+                    "mode": t.decision.mode,
+                    "budget": t.decision.budget,
+                    "reason": t.decision.reason,
+                    "agreement": t.decision.agreement,
+                    "utilisation": t.decision.utilisation,
                 },
                 "nodes": [n.to_dict() for n in t.walk()],
             }

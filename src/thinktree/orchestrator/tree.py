@@ -21,6 +21,7 @@ from thinktree.orchestrator.events import (
     NodeStatus,
     ProblemFinished,
     ProblemStarted,
+    StrategyChosen,
     VoteCast,
 )
 
@@ -97,6 +98,7 @@ class ProblemTree:
     finished: bool = False
     vote: VoteCast | None = None
     verdicts: list[CandidateScored] = field(default_factory=list)
+    decision: StrategyChosen | None = None  # the auto mode's choice for this problem
 
     @property
     def root(self) -> Node:
@@ -191,6 +193,8 @@ class RunTree:
                 candidate = tree.nodes.get(event.candidate_node)
                 if candidate is not None and event.score is not None:
                     candidate.scores[event.verifier] = event.score
+            case StrategyChosen():
+                self.problems[event.problem_id].decision = event
             case ProblemFinished():
                 tree = self.problems[event.problem_id]
                 tree.answer = event.answer
