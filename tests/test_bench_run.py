@@ -192,3 +192,30 @@ def test_bad_bench_configs_fail_in_one_line_before_anything_runs(tmp_path: Path)
     (tmp_path / "c.toml").write_text('[grid]\nmode = ["budget"]\n')
     proc = cli("bench", str(tmp_path / "c.toml"), "--out", "never", cwd=tmp_path)
     assert "add at least one [[datasets]]" in proc.communicate(timeout=60)[1]
+
+
+def test_a_verifier_grid_shares_the_samples_it_judges(tmp_path: Path) -> None:
+    SEEN.clear()
+    with fake_server_in_thread(FakeBehaviour(reply=reply)) as server:
+        config = write_config(tmp_path, server.base_url, 'verifier = [[], ["judge"]]')
+        text = config.read_text().replace("[run]\n", '[run]\nmode = "parallel"\n')
+        config.write_text(text)
+        proc = cli("bench", str(config), "--out", "out", cwd=tmp_path)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, out + err
+    results = {
+        p.parent.name: json.loads(p.read_text())
+        for p in sorted((tmp_path / "out").glob("*/results.json"))
+    }
+    assert sorted(results) == [
+        "001_one_verifier-none",
+        "002_one_verifier-judge",
+        "003_two_verifier-none",
+        "004_two_verifier-judge",
+    ]
+    judged = results["002_one_verifier-judge"]["settings"]
+    assert judged["verifiers"] == ["judge"] and judged["aggregate"] == "verifier-weighted"
+    assert results["001_one_verifier-none"]["settings"]["verifiers"] == []
+    # the samples were drawn once per problem; the judge's own calls come on top
+    sampled = [json.loads(k) for k in SEEN if "Which one" in k]
+    assert sum(1 for request in sampled if request[3] == 2) == 4  # one n=2 request a problem

@@ -43,9 +43,9 @@ from thinktree.orchestrator.run import RunSettings, validate
 #: Keys the bench itself handles (not fields of the run's settings).
 BENCH_KEYS = ("endpoint", "model", "perturbation")
 #: CLI spellings whose settings field has another name.
-ALIASES = {"max_tokens": "max_run_tokens"}
+ALIASES = {"max_tokens": "max_run_tokens", "verifier": "verifiers"}
 #: Settings that a bench decides itself, never a grid.
-_NOT_OPTIONS = {"modes", "out", "prices", "trace_deltas"}
+_NOT_OPTIONS = {"modes", "out", "prices", "trace_deltas", "config"}
 _DATASET_KEYS = {"path", "hub", "split", "name", "limit", "offset"}
 
 
@@ -71,6 +71,14 @@ def _field_name(key: str) -> str:
 
 def _check_type(key: str, value: Any, hint: Any) -> Any:
     """``value`` converted to the field's type, or a one-line error saying what was expected."""
+    if typing.get_origin(hint) is tuple:  # a repeatable flag: one value or a list of them
+        items = value if isinstance(value, list) else [value]
+        inner = typing.get_args(hint)[0] if typing.get_args(hint) else str
+        if not all(isinstance(v, inner) for v in items):
+            raise ConfigError(
+                f"{key}: expected {_describe((inner,))} or a list of them, not {value!r}"
+            )
+        return tuple(items)
     allowed = (
         typing.get_args(hint)
         if typing.get_origin(hint) in (typing.Union, type(int | None))
@@ -97,6 +105,13 @@ def _describe(kinds: tuple[Any, ...]) -> str:
     return " or ".join(
         names.get(k, getattr(k, "__name__", str(k))) for k in kinds if k is not type(None)
     )
+
+
+def show(value: Any) -> str:
+    """A grid value as a cell's name and a report show it (a list: joined, or none)."""
+    if isinstance(value, list | tuple):
+        return "+".join(map(str, value)) or "none"
+    return str(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +146,7 @@ class Cell:
 
     @property
     def name(self) -> str:
-        parts = [self.dataset.name, *(f"{k}-{v}" for k, v in self.options.items())]
+        parts = [self.dataset.name, *(f"{k}-{show(v)}" for k, v in self.options.items())]
         slug = "_".join(re.sub(r"[^A-Za-z0-9.=-]+", "-", str(p)).strip("-") for p in parts)
         return f"{self.index:03d}_{slug}"[:120]
 
@@ -231,7 +246,7 @@ def _canonical(key: str) -> str:
     name = _field_name(key)
     if name not in BENCH_KEYS and name not in _mode_fields() and name not in _run_fields():
         raise ConfigError(f"unknown key '{key}'; valid keys: {', '.join(valid_keys())}")
-    return name.replace("_", "-")
+    return key.replace("_", "-")
 
 
 def _datasets(path: Path, tables: Any) -> list[DatasetSpec]:

@@ -18,6 +18,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from thinktree.bench.grid import show
 from thinktree.bench.report import COMPUTE_KEYS, accuracy_ci, robustness_rows, varying_keys
 from thinktree.bench.results import CellResult, Loaded
 
@@ -87,7 +88,7 @@ def _shared_legend(fig: Figure, axes: Sequence[Axes], title: str) -> None:
 
 def _line_label(cell: CellResult, keys: Sequence[str]) -> str:
     extra = [
-        f"{k}={cell.options.get(k)}"
+        f"{k}={show(cell.options.get(k))}"
         for k in keys
         if k not in (*COMPUTE_KEYS, "dataset", "perturbation")
     ]

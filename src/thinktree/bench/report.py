@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from thinktree.bench.grid import show
 from thinktree.bench.results import CellResult, Loaded
 from thinktree.bench.stats import bootstrap_ci, mcnemar, paired_bootstrap
 
@@ -72,7 +73,7 @@ def varying_keys(loaded: Loaded) -> list[str]:
 
 
 def label(cell: CellResult, keys: Sequence[str]) -> str:
-    parts = [cell.dataset if k == "dataset" else f"{k}={cell.options.get(k)}" for k in keys]
+    parts = [cell.dataset if k == "dataset" else f"{k}={show(cell.options.get(k))}" for k in keys]
     return " · ".join(parts) or cell.name
 
 
@@ -218,8 +219,8 @@ def comparisons_table(found: list[Paired], keys: Sequence[str]) -> Table:
         [
             label(p.a, [k for k in keys if k != p.key]),
             p.key,
-            str(p.a.options.get(p.key)),
-            str(p.b.options.get(p.key)),
+            show(p.a.options.get(p.key)),
+            show(p.b.options.get(p.key)),
             str(p.problems),
             pct(p.acc_a),
             pct(p.acc_b),

@@ -128,13 +128,19 @@ def prepare(config: BenchConfig, out: Path) -> list[Cell]:
     return cells
 
 
-def resolve_endpoints(config: BenchConfig, cells: list[Cell]) -> dict[str, EndpointConfig | None]:
-    """Each cell's endpoint (None: the embedded model), resolved before anything runs."""
+def merged_config(config: BenchConfig) -> dict[str, Any]:
+    """thinktree.toml with the bench config's [endpoints] and [prices] laid over it."""
     merged = load_config(None)
-    merged = {
+    return {
         **merged,
         "endpoints": {**merged.get("endpoints", {}), **config.raw.get("endpoints", {})},
+        "prices": {**merged.get("prices", {}), **config.raw.get("prices", {})},
     }
+
+
+def resolve_endpoints(config: BenchConfig, cells: list[Cell]) -> dict[str, EndpointConfig | None]:
+    """Each cell's endpoint (None: the embedded model), resolved before anything runs."""
+    merged = merged_config(config)
     out: dict[str, EndpointConfig | None] = {}
     for cell in cells:
         options = {**config.fixed, **cell.options}
@@ -218,7 +224,7 @@ async def _run_cell(
             result = await execute(
                 state.problems,
                 target,
-                state.settings,
+                dataclasses.replace(state.settings, config=merged_config(config)),
                 resume=state,
                 subscribers=subscribers,
                 shared_calls=shared,
@@ -229,7 +235,9 @@ async def _run_cell(
                 shutil.rmtree(folder)
             options = {**config.fixed, **cell.options}
             problems = load_cell_problems(cell.dataset, str(options.get("perturbation", NONE)))
-            settings = dataclasses.replace(config.settings_for(cell), out=folder, prices=prices)
+            settings = dataclasses.replace(
+                config.settings_for(cell), out=folder, prices=prices, config=merged_config(config)
+            )
             result = await execute(
                 problems, target, settings, subscribers=subscribers, shared_calls=shared
             )
