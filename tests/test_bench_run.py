@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from thinktree.testing.fake_server import FakeBehaviour, fake_server_in_thread
 
 SEEN: list[str] = []
@@ -219,3 +221,46 @@ def test_a_verifier_grid_shares_the_samples_it_judges(tmp_path: Path) -> None:
     # the samples were drawn once per problem; the judge's own calls come on top
     sampled = [json.loads(k) for k in SEEN if "Which one" in k]
     assert sum(1 for request in sampled if request[3] == 2) == 4  # one n=2 request a problem
+
+
+def test_two_endpoints_side_by_side_with_prices_from_the_bench_config(tmp_path: Path) -> None:
+    open_model = FakeBehaviour(reply=reply, model="open-7b")
+    paid_model = FakeBehaviour(reply="Weighing it up. Answer: A", model="paid-large")
+    with fake_server_in_thread(open_model) as one, fake_server_in_thread(paid_model) as two:
+        config = write_config(tmp_path, one.base_url, 'endpoint = ["open", "paid"]')
+        text = config.read_text().replace(f'endpoint = "{one.base_url}"\n', "")
+        config.write_text(
+            text
+            + f"""
+[endpoints.open]
+base_url = "{one.base_url}"
+
+[endpoints.paid]
+base_url = "{two.base_url}"
+
+[prices]
+"open-7b" = {{ prompt = 0.1, completion = 0.2 }}
+"paid-large" = {{ prompt = 3.0, completion = 15.0 }}
+"""
+        )
+        proc = cli("bench", str(config), "--out", "out", cwd=tmp_path)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, out + err
+    for path in (tmp_path / "out").glob("*/results.json"):
+        results = json.loads(path.read_text())
+        m = results["metrics"]
+        price = {"open-7b": (0.1, 0.2), "paid-large": (3.0, 15.0)}[results["model"]]
+        expected = (m["prompt_tokens"] * price[0] + m["completion_tokens"] * price[1]) / 1e6
+        assert m["cost_usd"] == pytest.approx(expected, abs=1e-6)
+        assert results["endpoint"]["name"] in path.parent.name
+    report = subprocess.run(
+        [sys.executable, "-m", "thinktree.cli", "report", "out", "--no-plots"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert report.returncode == 0, report.stderr
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "| one · endpoint=open | 2 |" in md and "| two · endpoint=paid | 2 |" in md
+    assert "| one | endpoint | open | paid | 2 |" in md
