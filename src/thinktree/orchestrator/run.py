@@ -366,7 +366,7 @@ def _check_calls(path: Path) -> None:
             head = f.read(16)
         if head and head != b"SQLite format 3\x00":
             raise ConfigError(f"cannot resume: {path} is not a SQLite database")
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        conn = sqlite3.connect(path)  # read-write: a killed run may have left a WAL to recover
         try:
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master")}
         finally:
