@@ -221,6 +221,20 @@ def test_a_verifier_grid_shares_the_samples_it_judges(tmp_path: Path) -> None:
     # the samples were drawn once per problem; the judge's own calls come on top
     sampled = [json.loads(k) for k in SEEN if "Which one" in k]
     assert sum(1 for request in sampled if request[3] == 2) == 4  # one n=2 request a problem
+    report = subprocess.run(
+        [sys.executable, "-m", "thinktree.cli", "report", "out", "--no-plots"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert report.returncode == 0, report.stderr
+    md = (tmp_path / "out" / "report.md").read_text()
+    verifier = results["002_one_verifier-judge"]["metrics"]["verifier"]
+    pick = verifier["pick_accuracy"]
+    shown = "n/a" if pick is None else f"{100 * pick:.1f} %"
+    assert f"| one · verifier=judge | {verifier['problems']} | {shown} |" in md
+    assert "| one · verifier=none |" not in md.split("### Verifiers")[1]
 
 
 def test_two_endpoints_side_by_side_with_prices_from_the_bench_config(tmp_path: Path) -> None:

@@ -429,6 +429,39 @@ def robustness_section(loaded: Loaded, keys: Sequence[str]) -> Section | None:
     return section
 
 
+def verifier_table(loaded: Loaded, keys: Sequence[str]) -> Table | None:
+    """How each cell's verifiers picked (cells that ran one), beside its vote and oracle."""
+    rows = []
+    for cell in loaded.cells:
+        v = cell.metrics.get("verifier")
+        if not v:
+            continue
+        auroc = v.get("auroc")
+        cost = v.get("cost_usd")
+        rows.append(
+            [
+                label(cell, keys),
+                str(v["problems"]),
+                pct(v.get("pick_accuracy")),
+                pct(v.get("vote_accuracy")),
+                pct(v.get("oracle")),
+                "n/a" if auroc is None else f"{auroc:.3f}",
+                f"{v['verdicts']} ({v['failed_verdicts']} failed)",
+                _num(v["prompt_tokens"] + v["completion_tokens"]),
+                "n/a" if cost is None else f"${cost:.4f}",
+            ]
+        )
+    if not rows:
+        return None
+    return Table(
+        "Verifiers",
+        ["cell", "problems", "pick", "vote", "oracle", "AUROC", "verdicts", "tokens", "cost"],
+        rows,
+        note="pick: the verifiers' top candidate is right; vote: the plain majority of the same "
+        "candidates; oracle: any candidate is right. Tokens and cost are the verifiers' own.",
+    )
+
+
 def build(
     loaded: Loaded,
     plot_dir: Path | None,
@@ -454,6 +487,9 @@ def build(
         )
     plots = make_plots(loaded, plot_dir) if make_plots and plot_dir else {}
     sections = [Section("Cells", tables=[cells_table(loaded, keys)])]
+    judged = verifier_table(loaded, keys)
+    if judged is not None:
+        sections[0].tables.append(judged)
     pictures = Section("Plots")
     for name in ("scaling", "budget", "coverage", "cost", "robustness"):
         if name in plots:
