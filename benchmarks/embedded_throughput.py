@@ -1,86 +1,261 @@
-"""Tokens per second of the embedded model: one stream, 8 in flight, and n=8 in one request.
+"""Tokens per second of the embedded model, driven by thinktree and by the raw client.
 
-Run: .venv/bin/python benchmarks/embedded_throughput.py [--base-url URL]
+Run: .venv/bin/python benchmarks/embedded_throughput.py [--tokens 32] [--rounds 2]
+     [--in-flight 1,4,8,16] [--base-url URL]
+
+Three measurements, each alternating its cases round by round (A B, then B A) so that
+machine noise hits all of them alike:
+
+1. thinktree vs the raw client: the same chat requests (thinktree's prompt for each
+   problem, the same max_tokens, temperature and seeds), 8 in flight, sent once through
+   the raw ``openai.AsyncOpenAI`` client and once through thinktree's endpoint client
+   (with its call store on, as in a run). Target: thinktree >= 0.95x the raw tok/s.
+2. aggregate tok/s through thinktree at 1, 4, 8 and 16 requests in flight.
+3. parallel@8 as one ``n=8`` request per problem vs 8 requests per problem (both as
+   thinktree runs): tok/s, and the prompt tokens billed (usage), which is the prefill
+   that ``n`` saves; where vLLM reports prefix-cache hits, those are printed too.
+
 Without --base-url it starts the embedded server (or reuses one from `thinktree serve`).
-The three measurements alternate (A B C A B C) so machine noise hits all of them alike.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import re
+import sys
+import tempfile
 import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
 
 import anyio
+import httpx
+import openai
 
 from thinktree.agents.endpoint import EndpointClient, EndpointConfig
+from thinktree.agents.modes import ModeSettings
+from thinktree.agents.prompts import messages_for
+from thinktree.datasets import load_demo
 from thinktree.embedded import embedded_server
+from thinktree.orchestrator.call_cache import SqliteCallCache
+from thinktree.orchestrator.run import RunSettings, execute
+from thinktree.problems import Problem
 
-PROMPT = [{"role": "user", "content": "Explain in detail how the heart pumps blood."}]
-TOKENS = 64
+TEMPERATURE = 0.7
 
-
-async def one_stream(client: EndpointClient) -> tuple[int, float]:
-    start = time.perf_counter()
-    result = await client.chat(PROMPT, max_tokens=TOKENS, temperature=0.8, seed=1)
-    return result.completion_tokens, time.perf_counter() - start
+Request = tuple[list[dict[str, str]], int]  # messages, seed
 
 
-async def eight_in_flight(client: EndpointClient) -> tuple[int, float]:
-    start = time.perf_counter()
-    totals: list[int] = []
+def _requests(problems: list[Problem], count: int) -> list[Request]:
+    """``count`` requests cycling over the problems, each with its own stable seed."""
+    out = []
+    for i in range(count):
+        problem = problems[i % len(problems)]
+        digest = hashlib.blake2b(f"bench:{problem.id}:{i}".encode(), digest_size=4).digest()
+        out.append((messages_for(problem), int.from_bytes(digest, "big") & 0x7FFFFFFF))
+    return out
 
-    async def go(i: int) -> None:
-        result = await client.chat(PROMPT, max_tokens=TOKENS, temperature=0.8, seed=i)
-        totals.append(result.completion_tokens)
 
+async def _bounded(
+    requests: list[Request], in_flight: int, one: Callable[[Request], Awaitable[int]]
+) -> tuple[int, float]:
+    """Completion tokens and seconds for all ``requests``, ``in_flight`` at a time."""
+    limiter = anyio.CapacityLimiter(in_flight)
+    tokens: list[int] = []
+
+    async def go(request: Request) -> None:
+        async with limiter:
+            tokens.append(await one(request))
+
+    started = time.perf_counter()
     async with anyio.create_task_group() as tg:
-        for i in range(8):
-            tg.start_soon(go, i)
-    return sum(totals), time.perf_counter() - start
+        for request in requests:
+            tg.start_soon(go, request)
+    return sum(tokens), time.perf_counter() - started
 
 
-async def n_eight(client: EndpointClient) -> tuple[int, float]:
-    start = time.perf_counter()
-    result = await client.chat(PROMPT, max_tokens=TOKENS, temperature=0.8, seed=1, n=8)
-    return result.completion_tokens, time.perf_counter() - start
+def _raw(
+    client: openai.AsyncOpenAI, model: str, tokens: int
+) -> Callable[[Request], Awaitable[int]]:
+    async def one(request: Request) -> int:
+        messages, seed = request
+        resp = await client.chat.completions.create(
+            model=model,
+            messages=messages,  # type: ignore[arg-type]
+            max_tokens=tokens,
+            temperature=TEMPERATURE,
+            seed=seed,
+        )
+        return resp.usage.completion_tokens if resp.usage else 0
+
+    return one
 
 
-async def measure(base_url: str, model: str, rounds: int) -> None:
-    client = EndpointClient(EndpointConfig(name="bench", base_url=base_url, model=model))
+def _thinktree(client: EndpointClient, tokens: int) -> Callable[[Request], Awaitable[int]]:
+    count = iter(range(1 << 30))
+
+    async def one(request: Request) -> int:
+        messages, seed = request
+        result = await client.chat(
+            messages, max_tokens=tokens, temperature=TEMPERATURE, seed=seed, key=str(next(count))
+        )
+        return result.completion_tokens
+
+    return one
+
+
+def _rate(runs: list[tuple[int, float]]) -> float:
+    return sum(t for t, _ in runs) / sum(s for _, s in runs)
+
+
+def _metric(base_url: str, name: str) -> float | None:
+    """A counter summed over its labels from vLLM's /metrics (None when absent)."""
     try:
-        await client.resolve_model()
-        await one_stream(client)  # warm-up
-        cases = {"1 stream": one_stream, "8 in flight": eight_in_flight, "n=8": n_eight}
-        seen: dict[str, list[tuple[int, float]]] = {name: [] for name in cases}
-        for _ in range(rounds):
-            for name, case in cases.items():
-                seen[name].append(await case(client))
-        base = None
-        for name, runs in seen.items():
-            tokens = sum(t for t, _ in runs)
-            secs = sum(s for _, s in runs)
-            rate = tokens / secs
-            base = base or rate
+        text = httpx.get(base_url.removesuffix("/v1") + "/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return None
+    found = re.findall(rf"^vllm:{name}_total(?:{{[^}}]*}})? (\S+)$", text, re.M)
+    return sum(float(v) for v in found) if found else None
+
+
+async def measure(base_url: str, model: str, args: argparse.Namespace) -> None:
+    problems = load_demo()
+    in_flights = [int(x) for x in args.in_flight.split(",")]
+    with tempfile.TemporaryDirectory(prefix="tt-throughput-") as tmp:
+        client = EndpointClient(
+            EndpointConfig(name="bench", base_url=base_url, model=model, max_connections=64)
+        )
+        client.cache = SqliteCallCache(Path(tmp) / "calls.sqlite")
+        raw = openai.AsyncOpenAI(
+            base_url=base_url,
+            api_key="EMPTY",
+            max_retries=0,
+            http_client=openai.DefaultAioHttpClient(),
+        )
+        try:
+            model = await client.resolve_model()
             print(
-                f"{name:12s} {rate:7.1f} tok/s   ({tokens} tokens in {secs:.1f} s, "
-                f"{rate / base:.1f}x one stream)"
+                f"model '{model}' at {base_url}: {args.tokens}-token cap, temperature "
+                f"{TEMPERATURE}, {args.rounds} rounds alternating"
             )
-    finally:
-        await client.aclose()
+            ours, theirs = _thinktree(client, args.tokens), _raw(raw, client.model, args.tokens)
+            await _bounded(_requests(problems, 2), 2, theirs)  # warm-up
+            # 1. the same requests through thinktree and through the raw client
+            same = _requests(problems, args.requests)
+            seen: dict[str, list[tuple[int, float]]] = {"raw": [], "thinktree": []}
+            for r in range(args.rounds):
+                order = ["raw", "thinktree"] if r % 2 == 0 else ["thinktree", "raw"]
+                for name in order:
+                    one = theirs if name == "raw" else ours
+                    seen[name].append(await _bounded(same, 8, one))
+            ratios = [t[0] / t[1] / (r[0] / r[1]) for r, t in zip(*seen.values(), strict=True)]
+            ratio = sum(ratios) / len(ratios)
+            print(
+                f"raw openai client, 8 in flight:  {_rate(seen['raw']):6.1f} tok/s "
+                f"({args.requests} requests x {args.rounds})"
+            )
+            print(f"thinktree client, 8 in flight:   {_rate(seen['thinktree']):6.1f} tok/s")
+            verdict = "MET" if ratio >= 0.95 else "NOT MET"
+            print(
+                f"  thinktree vs raw: {ratio:.2f}x (rounds {min(ratios):.2f}-{max(ratios):.2f}); "
+                f"target >= 0.95x: {verdict}"
+            )
+            # 2. aggregate tok/s by requests in flight
+            curve: dict[int, list[tuple[int, float]]] = {k: [] for k in in_flights}
+            for r in range(args.rounds):
+                for k in in_flights if r % 2 == 0 else in_flights[::-1]:
+                    batch = _requests(problems, max(2 * k, 4))
+                    curve[k].append(await _bounded(batch, k, ours))
+            base = _rate(curve[in_flights[0]])
+            for k, runs in curve.items():
+                print(
+                    f"thinktree, {k:2d} in flight: {_rate(runs):6.1f} tok/s "
+                    f"({_rate(runs) / base:.1f}x {in_flights[0]} in flight)"
+                )
+        finally:
+            await raw.close()
+            await client.aclose()
+            if client.cache is not None:
+                client.cache.close()  # type: ignore[attr-defined]
+        # 3. parallel@8: one n=8 request vs 8 requests, as thinktree runs
+        picked = problems[: args.problems]
+        runs: dict[str, list[dict[str, Any]]] = {"n=8": [], "8 requests": []}
+        for r in range(args.rounds):
+            order = list(runs) if r % 2 == 0 else list(runs)[::-1]
+            for name in order:
+                hits0 = _metric(base_url, "prefix_cache_hits")
+                endpoint = EndpointConfig(
+                    name="bench",
+                    base_url=base_url,
+                    model=model,
+                    native_n="yes" if name == "n=8" else "no",
+                    continuation="chat",
+                )
+                settings = RunSettings(
+                    modes=ModeSettings(mode="parallel", n=8, budget=args.tokens),
+                    out=Path(tmp) / f"{name}-{r}".replace("=", "").replace(" ", ""),
+                    concurrency=2,
+                    seed=r,
+                )
+                started = time.perf_counter()
+                result = await execute(picked, endpoint, settings)
+                secs = time.perf_counter() - started
+                hits1 = _metric(base_url, "prefix_cache_hits")
+                runs[name].append(
+                    {
+                        "completion": result.metrics.completion_tokens,
+                        "prompt": result.metrics.prompt_tokens,
+                        "calls": result.metrics.calls,
+                        "secs": secs,
+                        "hits": None if hits0 is None or hits1 is None else hits1 - hits0,
+                    }
+                )
+        print(f"parallel@8 on {len(picked)} problems ({args.tokens}-token thinking cap):")
+        rates = {}
+        for name, measured in runs.items():
+            completion = sum(m["completion"] for m in measured)
+            secs = sum(m["secs"] for m in measured)
+            prompt = sum(m["prompt"] for m in measured)
+            calls = sum(m["calls"] for m in measured)
+            hits = [m["hits"] for m in measured]
+            rates[name] = completion / secs
+            cache = (
+                f", vLLM prefix-cache hits {sum(hits):.0f} tokens"
+                if all(h is not None for h in hits)
+                else ""
+            )
+            print(
+                f"  {name:11s} {rates[name]:6.1f} tok/s, {calls} calls, "
+                f"prompt tokens billed {prompt}{cache}"
+            )
+        billed_n = sum(m["prompt"] for m in runs["n=8"])
+        billed_8 = sum(m["prompt"] for m in runs["8 requests"])
+        saving = 1 - billed_n / billed_8 if billed_8 else float("nan")
+        print(
+            f"  n=8 vs 8 requests: {rates['n=8'] / rates['8 requests']:.2f}x tok/s; "
+            f"prefill saving {saving:.0%} of the prompt tokens"
+        )
 
 
-async def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--base-url")
-    parser.add_argument("--model", default="smollm2")
+    parser.add_argument("--model", default=None, help="model name (default: the served one)")
+    parser.add_argument("--tokens", type=int, default=32, help="max tokens per request")
+    parser.add_argument("--requests", type=int, default=16, help="requests per raw/thinktree case")
+    parser.add_argument("--in-flight", default="1,4,8,16", help="comma-separated levels")
+    parser.add_argument("--problems", type=int, default=4, help="problems for parallel@8")
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     if args.base_url:
-        await measure(args.base_url, args.model, args.rounds)
-        return
+        await measure(args.base_url, args.model or "", args)
+        return 0
     async with embedded_server() as server:
-        await measure(server.base_url, server.model, args.rounds)
+        await measure(server.base_url, args.model or server.model, args)
+    return 0
 
 
 if __name__ == "__main__":
-    anyio.run(main)
+    sys.exit(anyio.run(main))

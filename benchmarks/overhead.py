@@ -21,6 +21,7 @@ import asyncio
 import importlib
 import json
 import os
+import re
 import resource
 import sqlite3
 import statistics
@@ -224,7 +225,40 @@ async def case_itshub(url: str, problems: int, _: Path) -> tuple[int, int, str]:
     return samples, samples, f"{right}/{problems} right"
 
 
-async def _thinktree(url: str, problems: int, tmp: Path, *, native_n: bool) -> tuple[int, int, str]:
+class InFlight:
+    """A subscriber counting model calls in flight (generation nodes started, not ended)."""
+
+    wants_deltas = False
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.peak = 0
+        self.failed = 0
+        self._running: set[str] = set()
+
+    def handle(self, event: Any) -> None:
+        from thinktree.orchestrator.events import NodeFailed, NodeFinished, NodeKind, NodeStarted
+
+        if isinstance(event, NodeStarted) and event.kind == NodeKind.GENERATION:
+            self._running.add(event.node_id)
+            self.peak = max(self.peak, len(self._running))
+        elif isinstance(event, NodeFinished | NodeFailed) and event.node_id in self._running:
+            self._running.discard(event.node_id)
+            self.failed += isinstance(event, NodeFailed)
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def _thinktree(
+    url: str,
+    problems: int,
+    tmp: Path,
+    *,
+    native_n: bool,
+    in_flight: int = IN_FLIGHT,
+    watch: InFlight | None = None,
+) -> tuple[int, int, str]:
     from thinktree.agents.endpoint import EndpointConfig
     from thinktree.agents.modes import ModeSettings
     from thinktree.orchestrator.events import NodeKind, NodeStatus
@@ -236,17 +270,18 @@ async def _thinktree(url: str, problems: int, tmp: Path, *, native_n: bool) -> t
         name="fake",
         base_url=url,
         model=MODEL,
-        max_connections=IN_FLIGHT,
+        max_connections=in_flight,
         native_n="yes" if native_n else "no",
         continuation="chat",
     )
     settings = RunSettings(
         modes=ModeSettings(mode="parallel", n=SAMPLES, budget=MAX_TOKENS),
         aggregate="majority",
-        concurrency=IN_FLIGHT,  # problems at once; the endpoint's limiter caps calls at 64
+        # problems at once; the endpoint's limiter caps the calls in flight
+        concurrency=max(IN_FLIGHT, -(-in_flight // SAMPLES) + 1),
         out=tmp / "run",
     )
-    result = await execute(items, endpoint, settings)
+    result = await execute(items, endpoint, settings, subscribers=[watch] if watch else ())
     samples = sum(
         1
         for tree in result.trees
@@ -268,6 +303,16 @@ async def case_tt1(url: str, problems: int, tmp: Path) -> tuple[int, int, str]:
 
 async def case_tt16(url: str, problems: int, tmp: Path) -> tuple[int, int, str]:
     return await _thinktree(url, problems, tmp, native_n=True)
+
+
+async def case_many(url: str, in_flight: int, tmp: Path) -> tuple[int, int, str]:
+    """thinktree 1/call with ``in_flight`` calls allowed at once, on enough problems to fill it."""
+    watch = InFlight()
+    problems = max(2, -(-2 * in_flight // SAMPLES))
+    calls, samples, note = await _thinktree(
+        url, problems, tmp, native_n=False, in_flight=in_flight, watch=watch
+    )
+    return calls, samples, f"peak {watch.peak} in flight, {watch.failed} failed, {note}"
 
 
 CASES: dict[str, tuple[str, Callable[[str, int, Path], Awaitable[tuple[int, int, str]]]]] = {
@@ -394,10 +439,12 @@ def worker(args: argparse.Namespace) -> None:
         async def main() -> tuple[int, int, str]:
             if args.worker in ("bus", "bus-trace"):
                 return await case_bus(args.bus_events, tmp, trace=args.worker == "bus-trace")
+            if args.worker == "many":
+                return await case_many(args.url, args.in_flight, tmp)
             return await CASES[args.worker][1](args.url, args.problems, tmp)
 
         # the heavy imports happen before the clock starts
-        if args.worker.startswith("tt") or args.worker.startswith("bus"):
+        if args.worker.startswith(("tt", "bus", "many")):
             importlib.import_module("thinktree.orchestrator.run")
         elif args.worker == "itshub":
             importlib.import_module("its_hub.core.lms.openai_lm")
@@ -470,6 +517,8 @@ def run_worker(
         str(args.problems),
         "--bus-events",
         str(args.bus_events),
+        "--in-flight",
+        str(args.in_flight),
         "--url",
         server.url if server else "",
     ]
@@ -578,6 +627,7 @@ def driver(args: argparse.Namespace) -> int:
                     itshub_reason = f"its API could not be driven: {str(exc).splitlines()[-1]}"
                     cases.remove("itshub")
                     del totals["itshub"]
+        many = run_worker("many", args, server)
         bus = {k: Totals(k) for k in ("bus", "bus-trace")}
         for _ in range(args.rounds):
             for k in bus:
@@ -622,6 +672,11 @@ def driver(args: argparse.Namespace) -> int:
             f"{label:32} {ev_s:8.0f} events/s, CPU {us:.1f} us/event, "
             f"peak RSS {t.rss:.1f} MiB  ({t.runs[-1].calls} events; {t.runs[-1].note})"
         )
+    print(
+        f"{args.in_flight:,} calls in flight: {many.calls} calls at "
+        f"{many.calls / many.wall_s:.0f} calls/s, peak RSS {many.rss_mib:.1f} MiB "
+        f"(+{many.rss_mib - many.base_rss_mib:.1f} over import), {many.note}"
+    )
     print()
     print("ratios (per round, same run):")
     print(
@@ -666,6 +721,14 @@ def driver(args: argparse.Namespace) -> int:
         f"  thinktree machinery CPU/call = {tt:.3f} - bare aiohttp {bare_cpu:.3f} "
         f"= {machinery:.3f} ms; target <= 0.2 ms: {verdict}"
     )
+    peak, failed = (int(x) for x in re.findall(r"peak (\d+) in flight, (\d+) failed", many.note)[0])
+    verdict = "MET" if failed == 0 and peak >= args.in_flight else "NOT MET"
+    print(
+        f"  {args.in_flight:,} calls allowed in flight: peak {peak} started and unfinished, "
+        f"{failed} failed, "
+        f"peak RSS +{many.rss_mib - many.base_rss_mib:.1f} MiB over import; "
+        f"target all in flight, no errors: {verdict}"
+    )
     ev_s = bus["bus"]._sum("calls") / bus["bus"]._sum("wall_s")
     verdict = "MET" if ev_s >= 50_000 else "NOT MET"
     print(f"  event bus with the store: {ev_s:,.0f} events/s; target >= 50,000: {verdict}")
@@ -680,6 +743,9 @@ def main() -> int:
     parser.add_argument("--problems", type=int, default=200, help="problems (x16 calls each)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds (>= 2)")
     parser.add_argument("--bus-events", type=int, default=200_000, help="events for the bus test")
+    parser.add_argument(
+        "--in-flight", type=int, default=1000, help="calls in flight for the concurrency test"
+    )
     parser.add_argument(
         "--profile", default="", help="also profile one thinktree run (pyinstrument) to this file"
     )
