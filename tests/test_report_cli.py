@@ -99,6 +99,12 @@ def bench(tmp_path: Path) -> Path:
             {i: {"mode": "sequential", "budget": 128, "reason": reason} for i in range(10)},
         ),
         "004_d": ({"mode": "budget", "budget": 64, "perturbation": "misleading"}, {0}, 30, None),
+        "006_e": (
+            {"mode": "budget", "budget": 128, "perturbation": "misleading"},
+            {0, 2, 3, 4, 5, 6, 7, 8},
+            90,
+            None,
+        ),
         "005_unfinished": (
             {"mode": "budget", "budget": 256, "perturbation": "none"},
             set(),
@@ -166,6 +172,7 @@ def test_report_tables_hold_the_right_numbers(bench: Path) -> None:
         "mode=budget · budget=128 · perturbation=none",
         "mode=auto · budget=64 · perturbation=none",
         "mode=budget · budget=64 · perturbation=misleading",
+        "mode=budget · budget=128 · perturbation=misleading",
     }
     b = cells["mode=budget · budget=128 · perturbation=none"]
     ci = bootstrap_ci([i in {0, 2, 3, 4, 5, 6, 7, 8} for i in range(10)])
@@ -177,17 +184,17 @@ def test_report_tables_hold_the_right_numbers(bench: Path) -> None:
     assert "Not finished, left out: 005_unfinished" in md
 
     pairs = {
-        (row[1], row[2], row[3]): row
+        (row[0], row[1], row[2], row[3]): row
         for row in md_rows(
             md, "Paired comparisons (cells that differ in one option, on the same problems)"
         )
     }
-    budget = pairs[("budget", "128", "64")]
+    budget = pairs[("mode=budget · perturbation=none", "budget", "128", "64")]
     # B right and A wrong on q2..q8 (7), A right and B wrong on q1 (1): exact p = 2·9/256
     assert budget[4:7] == ["10", "80.0 %", "20.0 %"]
     assert budget[7].startswith("+60.0 [")
     assert budget[8] == f"{2 * 9 / 256:.3f} (exact)"
-    assert ("perturbation", "none", "misleading") in pairs
+    assert ("mode=budget · budget=64", "perturbation", "none", "misleading") in pairs
 
     equal = md_rows(md, "auto against the fixed modes at equal tokens")
     assert len(equal) == 1
@@ -204,11 +211,13 @@ def test_report_tables_hold_the_right_numbers(bench: Path) -> None:
     ]
 
     robust = md_rows(md, "Per cell")
-    assert robust == [
-        ["mode=budget · budget=64", "misleading", "20.0 %", "10.0 %", robust[0][4], "1.000"]
+    assert [row[:4] for row in robust] == [
+        ["mode=budget · budget=64", "misleading", "20.0 %", "10.0 %"],
+        ["mode=budget · budget=128", "misleading", "80.0 %", "80.0 %"],
     ]
-    assert robust[0][4].startswith("-10.0 [")
-    assert md_rows(md, "Per mode") == [["budget", "misleading", "1", "-10.0", "n/a (one budget)"]]
+    assert robust[0][4].startswith("-10.0 [") and robust[1][4] == "+0.0 [+0, +0]"
+    # Δ is -10 at budget 64 and 0 at budget 128: more compute won back 10 points
+    assert md_rows(md, "Per mode") == [["budget", "misleading", "2", "-5.0", "+10.0"]]
 
     for name in ("scaling", "budget", "coverage", "cost", "robustness"):
         png = bench / "plots" / f"{name}.png"

@@ -17,6 +17,7 @@ from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from thinktree.bench.grid import show
 from thinktree.bench.report import COMPUTE_KEYS, accuracy_ci, robustness_rows, varying_keys
@@ -112,6 +113,9 @@ def _maybe_log(ax: Axes, xs: list[float]) -> None:
     positive = [x for x in xs if x > 0]
     if positive and max(positive) / min(positive) > 8:
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def scaling(loaded: Loaded, path: Path) -> Path:
@@ -203,6 +207,7 @@ def coverage(loaded: Loaded, path: Path) -> Path:
             color=colour(cell.mode),
             marker=marker,
             s=60,
+            alpha=0.8,
             edgecolors="black",
             linewidths=0.5,
             label=cell.mode if cell.mode not in seen else None,
