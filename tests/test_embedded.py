@@ -27,6 +27,7 @@ from openai import AsyncOpenAI
 
 from thinktree import embedded
 from thinktree.embedded import EmbeddedServerError, ServerHandle, embedded_server
+from thinktree.serving import launcher
 
 pytestmark = pytest.mark.anyio
 
@@ -108,7 +109,7 @@ async def test_requested_port_in_use_fails_without_starting(
         raise AssertionError("vLLM must not start")
 
     monkeypatch.setattr(embedded, "ensure_converted_model", must_not_run)
-    monkeypatch.setattr(embedded, "_spawn_server", must_not_run)
+    monkeypatch.setattr(launcher, "spawn", must_not_run)
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -185,7 +186,7 @@ async def test_sigterm_ignored_escalates_to_sigkill(
     tmp_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _use_fake_server(monkeypatch, tmp_path, "--ignore-term")
-    monkeypatch.setattr(embedded, "_STOP_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(launcher, "_STOP_TIMEOUT_S", 1.0)
     async with embedded_server(reuse=False) as server:
         assert server.pid is not None
     assert not embedded._group_alive(server.pid)

@@ -111,6 +111,9 @@ def run(
         typer.Option(help="URL, a name from thinktree.toml, 'openai' or 'embedded' (default)"),
     ] = None,
     model: Annotated[str | None, typer.Option(help="model name on the endpoint")] = None,
+    engine: Annotated[
+        str, typer.Option(help="engine of the embedded model: vllm | llamacpp")
+    ] = "vllm",
     config: Annotated[Path | None, typer.Option(help="TOML config of named endpoints")] = None,
     limit: Annotated[int | None, typer.Option(help="at most this many problems")] = None,
     offset: Annotated[int, typer.Option(help="skip this many problems first")] = 0,
@@ -171,6 +174,8 @@ def run(
     from thinktree.orchestrator.run import RunSettings, validate
     from thinktree.pricing import prices_from_config
 
+    if engine not in ("vllm", "llamacpp"):
+        raise _fail(f"unknown engine '{engine}'; choose vllm or llamacpp")
     if resume is not None:
         _resume(resume, dataset, mode, endpoint, model, config, watch=watch)
         return
@@ -213,7 +218,7 @@ def run(
         target = endpoint_from(endpoint, model=model, config=cfg)
     except (ThinktreeError, DatasetError) as exc:
         raise _fail(str(exc)) from None
-    _execute(problems, target, settings, watch=watch)
+    _execute(problems, target, settings, watch=watch, engine=engine)
 
 
 def _watch_log() -> Path:
@@ -229,9 +234,9 @@ def _execute(
     resume: ResumeState | None = None,
     *,
     watch: bool = False,
+    engine: str = "vllm",
 ) -> None:
     """Run (or resume) on ``target``, or on the embedded model when it is None."""
-    from thinktree.agents.endpoint import EndpointConfig
     from thinktree.orchestrator.run import RunResult, execute
     from thinktree.orchestrator.subscribers import ConsoleProgress
 
@@ -268,16 +273,15 @@ def _execute(
             raise _fail("view closed; the run was stopped", 130) from None
 
     async def main() -> None:
-        from thinktree.embedded import embedded_server
+        from thinktree.embedded import embedded_server, endpoint_for
 
         if target is not None:
             result = await go(target)
         else:
-            err.print("[dim]starting the embedded model server (vLLM, SmolLM2-135M)…[/]")
-            async with embedded_server() as server:
-                result = await go(
-                    EndpointConfig(name="embedded", base_url=server.base_url, model=server.model)
-                )
+            name = "llama.cpp" if engine == "llamacpp" else "vLLM"
+            err.print(f"[dim]starting the embedded model server ({name}, SmolLM2-135M)…[/]")
+            async with embedded_server(engine=engine) as server:
+                result = await go(endpoint_for(server))
         _print_results(result)
         if result.metrics.answered == 0:
             raise _fail(
@@ -330,14 +334,15 @@ def _resume(
         target: EndpointConfig | None = None
         if endpoint is not None:
             target = endpoint_from(endpoint, model=model, config=load_config(config))
-        elif saved["name"] != "embedded":
+        elif saved["name"] not in ("embedded", "embedded-llamacpp"):
             found = endpoint_from(saved["name"], model=saved["model"], config=load_config(config))
             target = found or EndpointConfig(
                 name=saved["name"], base_url=saved["base_url"], model=saved["model"]
             )
     except (ThinktreeError, DatasetError) as exc:
         raise _fail(str(exc)) from None
-    _execute(state.problems, target, state.settings, resume=state, watch=watch)
+    engine = "llamacpp" if state.endpoint["name"] == "embedded-llamacpp" else "vllm"
+    _execute(state.problems, target, state.settings, resume=state, watch=watch, engine=engine)
 
 
 def _print_results(result: object) -> None:
@@ -406,10 +411,15 @@ def probe(
     ] = None,
     model: Annotated[str | None, typer.Option(help="model name on the endpoint")] = None,
     config: Annotated[Path | None, typer.Option(help="TOML config of named endpoints")] = None,
+    engine: Annotated[
+        str, typer.Option(help="engine of the embedded model: vllm | llamacpp")
+    ] = "vllm",
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Try each capability of an endpoint for real and print what it can do."""
     configure()
+    if engine not in ("vllm", "llamacpp"):
+        raise _fail(f"unknown engine '{engine}'; choose vllm or llamacpp")
     from thinktree.config import endpoint_from, load_config
 
     try:
@@ -419,12 +429,12 @@ def probe(
 
     async def main() -> None:
         from thinktree.agents.capabilities import probe as run_probe
-        from thinktree.agents.endpoint import EndpointClient, EndpointConfig
-        from thinktree.embedded import embedded_server
+        from thinktree.agents.pool import client_for
+        from thinktree.embedded import embedded_server, endpoint_for
 
         async def go(cfg: EndpointConfig) -> None:
             cfg = dataclasses.replace(cfg, max_attempts=2)
-            client = EndpointClient(cfg)
+            client = client_for(cfg)
             try:
                 name = await client.resolve_model()
                 caps = await run_probe(client)
@@ -463,10 +473,8 @@ def probe(
         if target is not None:
             await go(target)
         else:
-            async with embedded_server() as server:
-                await go(
-                    EndpointConfig(name="embedded", base_url=server.base_url, model=server.model)
-                )
+            async with embedded_server(engine=engine) as server:
+                await go(endpoint_for(server))
 
     _run_async(main)
 
@@ -590,20 +598,66 @@ def report(
         raise _fail(str(exc)) from None
 
 
-@app.command()
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def serve(
+    ctx: typer.Context,
+    engine: Annotated[str, typer.Argument(help="vllm | llamacpp")] = "vllm",
+    model: Annotated[
+        str | None,
+        typer.Argument(
+            help="vllm: a model folder or id; llamacpp: a .gguf file (default: the embedded model)"
+        ),
+    ] = None,
     port: Annotated[
         int | None, typer.Option(help="port on 127.0.0.1 (default: a free one)")
     ] = None,
+    n_threads: Annotated[
+        int | None, typer.Option(help="llamacpp: CPU threads (default: all cores)")
+    ] = None,
+    served_name: Annotated[str | None, typer.Option(help="the model's name on the server")] = None,
+    reasoning_parser: Annotated[
+        str | None,
+        typer.Option(help="vllm: reasoning parser (default: detected; 'none' for none)"),
+    ] = None,
+    chat_template: Annotated[
+        Path | None, typer.Option(help="vllm: a Jinja chat template file to serve with")
+    ] = None,
+    max_model_len: Annotated[int | None, typer.Option(help="vllm: context length")] = None,
+    startup_timeout: Annotated[
+        float, typer.Option(help="seconds to wait for the server to become healthy")
+    ] = 900,
 ) -> None:
-    """Serve the embedded model for other tools (and for runs, which reuse it) until Ctrl-C."""
+    """Serve a model on 127.0.0.1 until Ctrl-C (runs reuse the embedded one).
+
+    Arguments after `--` go to vllm as they are.
+    """
     configure()
-    from thinktree.embedded import embedded_server
+    from thinktree.serving.commands import ServeRequest, serve_until_stopped
+
+    request = ServeRequest(
+        engine=engine,
+        model=model,
+        port=port,
+        n_threads=n_threads,
+        served_name=served_name,
+        reasoning_parser=reasoning_parser,
+        chat_template=chat_template,
+        max_model_len=max_model_len,
+        startup_timeout=startup_timeout,
+        extra_args=tuple(ctx.args),
+    )
 
     async def main() -> None:
-        async with embedded_server(port=port, reuse=False, record_state=True) as server:
-            out.print(f"serving [bold]{server.model}[/] at {server.base_url} (Ctrl-C to stop)")
-            await anyio.sleep_forever()
+        async with serve_until_stopped(request) as server:
+            took = f" (ready in {server.startup_s:.0f} s)" if server.startup_s is not None else ""
+            out.print(
+                f"serving [bold]{server.model}[/] with {request.engine} at {server.base_url}"
+                f"{took}; log: {server.log_path}; Ctrl-C to stop",
+                soft_wrap=True,
+                highlight=False,
+            )
+            await _until_terminated()
+        err.print("stopped")
 
     try:
         _run_async(main)
@@ -612,6 +666,15 @@ def serve(
             err.print("stopped")
             raise typer.Exit(0) from None
         raise
+
+
+async def _until_terminated() -> None:
+    """Return on SIGTERM or SIGHUP (Ctrl-C raises KeyboardInterrupt as usual)."""
+    import signal
+
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
+        async for _ in signals:
+            return
 
 
 from thinktree.verifiers.cli import verifier_app  # noqa: E402

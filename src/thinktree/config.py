@@ -20,7 +20,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from thinktree.agents.endpoint import EndpointConfig
+from thinktree.agents.endpoint import EndpointConfig, PoolMember
 from thinktree.errors import ConfigError
 
 DEFAULT_CONFIG = Path("thinktree.toml")
@@ -34,6 +34,7 @@ _ENDPOINT_KEYS = {
     "continuation",
     "native_n",
     "chat_template",
+    "members",
 }
 _KNOWN = {"openai": "https://api.openai.com/v1"}
 
@@ -95,19 +96,61 @@ def _from_table(name: str, table: dict[str, Any], model: str | None) -> Endpoint
             f"endpoint '{name}': unknown key(s) {', '.join(sorted(unknown))}; "
             f"known: {', '.join(sorted(_ENDPOINT_KEYS))}"
         )
-    if "base_url" not in table:
-        raise ConfigError(f"endpoint '{name}' needs a base_url")
+    members = pool_members(name, table)
+    if "base_url" not in table and not members:
+        raise ConfigError(f"endpoint '{name}' needs a base_url (or members, for a pool)")
     key_env = table.get("api_key_env")
     api_key = os.environ.get(key_env) if key_env else os.environ.get("OPENAI_API_KEY")
     if key_env and not api_key:
         raise ConfigError(f"endpoint '{name}' needs {key_env} in the environment")
     fields: dict[str, Any] = {
-        k: v for k, v in table.items() if k in _ENDPOINT_KEYS - {"base_url", "api_key_env"}
+        k: v
+        for k, v in table.items()
+        if k in _ENDPOINT_KEYS - {"base_url", "api_key_env", "members"}
     }
     fields["model"] = model or table.get("model")
+    base_url = str(table["base_url"]) if "base_url" in table else f"pool:{name}"
     try:
         return EndpointConfig(
-            name=name, base_url=str(table["base_url"]).rstrip("/"), api_key=api_key, **fields
+            name=name, base_url=base_url.rstrip("/"), api_key=api_key, members=members, **fields
         )
     except TypeError as exc:
         raise ConfigError(f"endpoint '{name}': {exc}") from None
+
+
+def pool_members(name: str, table: dict[str, Any]) -> tuple[PoolMember, ...]:
+    """The ``members`` of a pool endpoint: URLs, or tables with ``base_url``/``max_connections``.
+
+    Each member's limit defaults to the endpoint's ``max_connections``.
+    """
+    raw = table.get("members")
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not raw:
+        raise ConfigError(f"endpoint '{name}': members must be a non-empty list of server URLs")
+    default_limit = table.get("max_connections", 32)
+    members: list[PoolMember] = []
+    for item in raw:
+        entry = {"base_url": item} if isinstance(item, str) else item
+        if not isinstance(entry, dict) or not isinstance(entry.get("base_url"), str):
+            raise ConfigError(
+                f"endpoint '{name}': each member is a URL or a table with a base_url, not {item!r}"
+            )
+        unknown = set(entry) - {"base_url", "max_connections"}
+        if unknown:
+            raise ConfigError(
+                f"endpoint '{name}': unknown member key(s) {', '.join(sorted(unknown))}; "
+                "known: base_url, max_connections"
+            )
+        url = entry["base_url"].rstrip("/")
+        if not url.startswith(("http://", "https://")):
+            raise ConfigError(f"endpoint '{name}': member {url!r} is not an http(s) URL")
+        limit = entry.get("max_connections", default_limit)
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0:
+            raise ConfigError(
+                f"endpoint '{name}': member {url} needs a positive max_connections, not {limit!r}"
+            )
+        if any(m.base_url == url for m in members):
+            raise ConfigError(f"endpoint '{name}': member {url} is listed twice")
+        members.append(PoolMember(base_url=url, max_connections=limit))
+    return tuple(members)

@@ -92,6 +92,14 @@ class IncompleteResponse(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class PoolMember:
+    """One server of an endpoint pool and its own limit on calls in flight."""
+
+    base_url: str
+    max_connections: int = 32
+
+
+@dataclass(frozen=True, slots=True)
 class EndpointConfig:
     """Where and how to reach one OpenAI-compatible server."""
 
@@ -106,6 +114,8 @@ class EndpointConfig:
     continuation: Literal["auto", "chat", "completions", "revision"] = "auto"
     native_n: Literal["auto", "yes", "no"] = "auto"
     chat_template: str | None = None
+    members: tuple[PoolMember, ...] = ()
+    """Several servers of the same model behind this one name (see :mod:`.pool`)."""
 
     def describe(self) -> str:
         return f"'{self.name}' ({self.base_url})"

@@ -29,6 +29,7 @@ from thinktree.agents.aggregators import VERIFIER_RULES, get_aggregator
 from thinktree.agents.capabilities import Capabilities, probe
 from thinktree.agents.endpoint import EndpointClient, EndpointConfig
 from thinktree.agents.modes import DEFAULT_AGGREGATE, ModeSettings, build_strategy
+from thinktree.agents.pool import EndpointPool, client_for
 from thinktree.agents.solver import Sampling, Solver
 from thinktree.agents.structured import check_format
 from thinktree.errors import ConfigError
@@ -273,6 +274,7 @@ async def execute(
             metrics,
             trees,
             stopped_by=_stopped_by(recorder),
+            servers=client.figures() if isinstance(client, EndpointPool) else None,
         )
     log.info(
         "run finished",
@@ -480,7 +482,7 @@ def _settings_dict(settings: RunSettings, aggregate: str) -> dict[str, Any]:
 async def _client(
     endpoint: EndpointConfig, http_client: Any | None
 ) -> AsyncIterator[EndpointClient]:
-    client = EndpointClient(endpoint, http_client=http_client)
+    client = client_for(endpoint, http_client=http_client)
     try:
         yield client
     finally:
@@ -499,8 +501,9 @@ def _write_results(
     trees: list[ProblemTree],
     *,
     stopped_by: str | None,
+    servers: list[dict[str, Any]] | None = None,
 ) -> None:
-    data = {
+    data: dict[str, Any] = {
         "thinktree": __version__,
         "run_id": run_id,
         "status": "stopped" if stopped_by else "completed",
@@ -543,5 +546,7 @@ def _write_results(
             for t in trees
         ],
     }
+    if servers is not None:
+        data["servers"] = servers  # per pool member: calls, failovers, tokens, busy time
     # no indent: json's fast C encoder only serves compact output
     _atomic_write(path, json.dumps(data, ensure_ascii=False))

@@ -1,0 +1,373 @@
+"""Endpoint pools: several servers of one model behind one name.
+
+Each call goes to the healthy member with the fewest calls outstanding relative to its
+limit (least outstanding requests), within that member's own ``max_connections``. A member
+that refuses connections or times out is marked down and the call is sent again to another
+member at once; a down member is checked again (``GET /v1/models``) before it gets more
+calls. Retries live here, in one layer: the members make one attempt each. The pool keeps
+the run's call cache itself, under the pool's name, so a call is recorded once, whichever
+member answered it, and a resumed run finds it again on any member.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+import httpx
+import openai
+import structlog
+
+from thinktree.agents.endpoint import (
+    Completion,
+    DeltaHandler,
+    EndpointClient,
+    EndpointConfig,
+    Message,
+    RetryHandler,
+    RetryKind,
+    classify,
+    fingerprint,
+)
+from thinktree.errors import EndpointError
+
+log = structlog.get_logger(__name__)
+
+_RECHECK_S = 2.0
+_HEALTH_TIMEOUT_S = 5.0
+_FAILOVER = {RetryKind.CONNECTION, RetryKind.TIMEOUT}
+
+
+@dataclass(slots=True)
+class MemberFigures:
+    """What one member did during a run."""
+
+    base_url: str
+    max_connections: int
+    calls: int = 0
+    """Calls it answered."""
+    failed_attempts: int = 0
+    """Attempts that failed on it (and went elsewhere or were retried)."""
+    failovers: int = 0
+    """Calls in flight on it, or sent to it, when it went down, sent again elsewhere."""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    busy_s: float = 0.0
+    """Sum of its answered calls' latencies."""
+    peak_outstanding: int = 0
+    healthy: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class _Member:
+    def __init__(self, client: EndpointClient, limit: int) -> None:
+        self.client = client
+        self.limit = limit
+        self.outstanding = 0
+        self.down_since: float | None = None
+        self.figures = MemberFigures(base_url=client.config.base_url, max_connections=limit)
+
+    @property
+    def load(self) -> float:
+        return self.outstanding / self.limit
+
+
+class EndpointPool(EndpointClient):
+    """An :class:`EndpointClient` whose calls are spread over ``config.members``."""
+
+    def __init__(
+        self,
+        config: EndpointConfig,
+        *,
+        on_retry: RetryHandler | None = None,
+        http_client: Any | None = None,
+    ) -> None:
+        if not config.members:
+            raise EndpointError(f"endpoint {config.describe()} is not a pool (no members)")
+        self.config = config
+        self.members = [
+            _Member(
+                EndpointClient(
+                    dataclasses.replace(
+                        config,
+                        name=f"{config.name}@{member.base_url}",
+                        base_url=member.base_url,
+                        max_connections=member.max_connections,
+                        max_attempts=1,
+                        members=(),
+                    ),
+                    http_client=http_client,
+                ),
+                member.max_connections,
+            )
+            for member in config.members
+        ]
+        # the probe sends a few requests of its own through ``self.client``
+        self.client = self.members[0].client.client
+        self.limiter = anyio.CapacityLimiter(sum(m.limit for m in self.members))
+        self.on_retry = on_retry
+        self.model = config.model or ""
+        self.cache = None
+        self._freed = anyio.Event()
+
+    async def aclose(self) -> None:
+        for member in self.members:
+            await member.client.aclose()
+
+    def figures(self) -> list[dict[str, Any]]:
+        """Per-member figures for the results."""
+        for member in self.members:
+            member.figures.healthy = member.down_since is None
+        return [m.figures.to_dict() for m in self.members]
+
+    async def resolve_model(self) -> str:
+        """Every member must answer and serve the same model; else one line names the culprit."""
+        names: set[str] = set()
+        for member in self.members:
+            try:
+                names.add(await member.client.resolve_model())
+            except EndpointError as exc:
+                raise EndpointError(
+                    f"pool '{self.config.name}': member {member.client.config.base_url} "
+                    f"is not usable ({exc}); start it or remove it from the pool"
+                ) from None
+        if len(names) != 1:
+            raise EndpointError(
+                f"pool '{self.config.name}': members serve different models "
+                f"({', '.join(sorted(names))}); a pool serves one model"
+            )
+        self.model = names.pop()
+        for member in self.members:
+            member.client.model = self.model
+        return self.model
+
+    async def chat(
+        self,
+        messages: list[Message],
+        *,
+        max_tokens: int,
+        n: int = 1,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        stop: list[str] | None = None,
+        continue_final: bool = False,
+        extra: dict[str, Any] | None = None,
+        on_delta: DeltaHandler | None = None,
+        key: str | None = None,
+    ) -> Completion:
+        request = {
+            "messages": messages,
+            "max_tokens": max_tokens,
+            "n": n,
+            "temperature": temperature,
+            "seed": seed,
+            "stop": stop,
+            "continue_final": continue_final,
+            "extra": extra,
+        }
+
+        def call(member: EndpointClient) -> Awaitable[Completion]:
+            return member.chat(
+                messages,
+                max_tokens=max_tokens,
+                n=n,
+                temperature=temperature,
+                seed=seed,
+                stop=stop,
+                continue_final=continue_final,
+                extra=extra,
+                on_delta=on_delta,
+            )
+
+        return await self._pooled(call, "chat", request, key)
+
+    async def complete(
+        self,
+        prompt: str,
+        *,
+        max_tokens: int,
+        n: int = 1,
+        temperature: float = 0.0,
+        seed: int | None = None,
+        stop: list[str] | None = None,
+        on_delta: DeltaHandler | None = None,
+        key: str | None = None,
+    ) -> Completion:
+        request = {
+            "prompt": prompt,
+            "max_tokens": max_tokens,
+            "n": n,
+            "temperature": temperature,
+            "seed": seed,
+            "stop": stop,
+        }
+
+        def call(member: EndpointClient) -> Awaitable[Completion]:
+            return member.complete(
+                prompt,
+                max_tokens=max_tokens,
+                n=n,
+                temperature=temperature,
+                seed=seed,
+                stop=stop,
+                on_delta=on_delta,
+            )
+
+        return await self._pooled(call, "completions", request, key)
+
+    async def _pooled(
+        self,
+        call: Callable[[EndpointClient], Awaitable[Completion]],
+        route: str,
+        request: dict[str, Any],
+        key: str | None,
+    ) -> Completion:
+        cache = self.cache if key is not None else None
+        fp = ""
+        if cache is not None and key is not None:
+            body = {**request, "model": self.model}
+            fp = fingerprint(f"pool:{self.config.name}", self.model, route, body, key)
+            hit = await cache.lookup(fp)
+            if hit is not None:
+                return hit
+        result = await self._route(call)
+        if cache is not None:
+            await cache.record(fp, route, _jsonable(request), result)
+        return result
+
+    async def _route(self, call: Callable[[EndpointClient], Awaitable[Completion]]) -> Completion:
+        started = time.monotonic()
+        attempts = 0
+        failovers = 0
+        limit = self.config.max_attempts + len(self.members)
+        while True:
+            member = await self._pick()
+            attempts += 1
+            member.outstanding += 1
+            figures = member.figures
+            figures.peak_outstanding = max(figures.peak_outstanding, member.outstanding)
+            try:
+                result = await call(member.client)
+            except EndpointError as exc:
+                cause = exc.__cause__ or exc
+                kind = classify(cause)
+                figures.failed_attempts += 1
+                if kind is None:
+                    raise
+                if kind in _FAILOVER:
+                    self._mark_down(member, kind)
+                    figures.failovers += 1
+                    failovers += 1
+                if attempts >= limit or (attempts - failovers) >= self.config.max_attempts:
+                    raise EndpointError(
+                        f"pool '{self.config.name}' kept failing ({kind}) after {attempts} "
+                        f"attempts on its members"
+                    ) from cause
+                wait = 0.0 if kind in _FAILOVER else _backoff(cause, attempts - failovers)
+                await self._retried(attempts, wait, f"{kind} on {member.client.config.base_url}")
+                if wait:
+                    await anyio.sleep(wait)
+                continue
+            finally:
+                member.outstanding -= 1
+                self._freed.set()
+                self._freed = anyio.Event()
+            figures.calls += 1
+            figures.prompt_tokens += result.prompt_tokens
+            figures.completion_tokens += result.completion_tokens
+            figures.busy_s += result.latency_s
+            result.attempts = attempts
+            result.latency_s = time.monotonic() - started
+            return result
+
+    async def _retried(self, attempt: int, wait: float, reason: str) -> None:
+        log.warning("pool retry", pool=self.config.name, attempt=attempt, reason=reason)
+        if self.on_retry is not None:
+            await self.on_retry(attempt, wait, reason)
+
+    def _mark_down(self, member: _Member, kind: RetryKind) -> None:
+        if member.down_since is None:
+            log.warning(
+                "pool member down",
+                pool=self.config.name,
+                member=member.client.config.base_url,
+                reason=str(kind),
+            )
+            member.down_since = time.monotonic()
+
+    async def _pick(self) -> _Member:
+        """The least loaded healthy member with a free slot; waits while all are busy.
+
+        A down member is checked again (by one caller) once its re-check interval is over.
+        """
+        deadline = time.monotonic() + max(self.config.timeout_s, _RECHECK_S)
+        while True:
+            now = time.monotonic()
+            for member in self.members:
+                if member.down_since is not None and now - member.down_since >= _RECHECK_S:
+                    member.down_since = now  # this caller checks; the others wait for it
+                    if await self._healthy(member):
+                        log.info(
+                            "pool member back",
+                            pool=self.config.name,
+                            member=member.client.config.base_url,
+                        )
+                        member.down_since = None
+                    else:
+                        member.down_since = time.monotonic()
+            healthy = [m for m in self.members if m.down_since is None]
+            free = [m for m in healthy if m.outstanding < m.limit]
+            if free:
+                return min(free, key=lambda m: (m.load, random.random()))
+            if healthy:  # all busy: wait for a slot to free anywhere
+                deadline = time.monotonic() + max(self.config.timeout_s, _RECHECK_S)
+                with anyio.move_on_after(_RECHECK_S):
+                    await self._freed.wait()
+                continue
+            if time.monotonic() > deadline:
+                raise EndpointError(
+                    f"pool '{self.config.name}': every member is down "
+                    f"({', '.join(m.client.config.base_url for m in self.members)})"
+                )
+            await anyio.sleep(_RECHECK_S / 4)
+
+    async def _healthy(self, member: _Member) -> bool:
+        url = f"{member.client.config.base_url}/models"
+        try:
+            async with httpx.AsyncClient(timeout=_HEALTH_TIMEOUT_S) as client:
+                return (await client.get(url)).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+
+def _backoff(exc: BaseException, attempt: int) -> float:
+    """Retry-After where the server sent one, else jittered exponential backoff."""
+    if isinstance(exc, openai.APIStatusError):
+        after = exc.response.headers.get("retry-after")
+        if after:
+            try:
+                return min(max(float(after), 0.0), 60.0)
+            except ValueError:
+                pass
+    base: float = min(0.5 * 2 ** (attempt - 1), 30.0)
+    return base + random.uniform(0, 0.5)
+
+
+def _jsonable(request: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(json.dumps(request, default=str))
+    return result
+
+
+def client_for(config: EndpointConfig, *, http_client: Any | None = None) -> EndpointClient:
+    """A pool for a config with members, else a plain client."""
+    if config.members:
+        return EndpointPool(config, http_client=http_client)
+    return EndpointClient(config, http_client=http_client)

@@ -1,0 +1,1 @@
+"""Model servers thinktree starts itself: the process launcher and one profile per engine."""

@@ -1,0 +1,101 @@
+"""``thinktree serve ENGINE [MODEL]``: what to start, checked before anything starts."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from thinktree import embedded
+from thinktree.serving import launcher, llamacpp
+from thinktree.serving import vllm as vllm_profile
+from thinktree.serving.launcher import ServerError, ServerHandle
+
+
+@dataclass(frozen=True)
+class ServeRequest:
+    """The ``serve`` command's arguments."""
+
+    engine: str = "vllm"
+    model: str | None = None
+    port: int | None = None
+    n_threads: int | None = None
+    served_name: str | None = None
+    reasoning_parser: str | None = None
+    chat_template: Path | None = None
+    max_model_len: int | None = None
+    startup_timeout: float = 900
+    extra_args: tuple[str, ...] = ()
+
+
+def _check(request: ServeRequest) -> None:
+    if request.engine not in embedded.ENGINES:
+        raise ServerError(
+            f"unknown engine '{request.engine}'; choose one of: {', '.join(embedded.ENGINES)}"
+        )
+    if request.startup_timeout <= 0:
+        raise ServerError(f"--startup-timeout must be positive, not {request.startup_timeout}")
+    if request.max_model_len is not None and request.max_model_len <= 0:
+        raise ServerError(f"--max-model-len must be positive, not {request.max_model_len}")
+    if request.engine == "llamacpp":
+        for flag, value in (
+            ("--reasoning-parser", request.reasoning_parser),
+            ("--chat-template", request.chat_template),
+            ("--max-model-len", request.max_model_len),
+        ):
+            if value is not None:
+                raise ServerError(f"{flag} is a vllm option; llamacpp does not take it")
+        if request.extra_args:
+            raise ServerError("extra engine arguments are passed to vllm only")
+    elif request.n_threads is not None:
+        raise ServerError("--n-threads is a llamacpp option; vllm does not take it")
+    if request.port is not None:
+        launcher.check_port_free(request.port)
+
+
+@asynccontextmanager
+async def serve_until_stopped(request: ServeRequest) -> AsyncIterator[ServerHandle]:
+    """Start the requested server (recording the embedded one for runs to reuse)."""
+    _check(request)
+    plain = (request.reasoning_parser, request.chat_template, request.max_model_len)
+    if request.model is None and not request.extra_args and plain == (None, None, None):
+        async with embedded.embedded_server(
+            engine=request.engine,
+            port=request.port,
+            reuse=False,
+            record_state=request.served_name is None,
+            startup_timeout=request.startup_timeout,
+            n_threads=request.n_threads,
+        ) as server:
+            yield server
+        return
+    cache = embedded._cache_dir()
+    if request.engine == "llamacpp":
+        gguf = Path(request.model) if request.model else embedded.gguf_path()
+        spec = llamacpp.spec(
+            gguf,
+            request.served_name or gguf.stem,
+            cache,
+            n_threads=request.n_threads,
+        )
+    else:
+        model = request.model or str(embedded.ensure_converted_model())
+        parser = request.reasoning_parser
+        target = vllm_profile.VllmServer(
+            model=model,
+            served_name=request.served_name
+            or (embedded.EMBEDDED_MODEL if request.model is None else None),
+            reasoning_parser="" if parser == "none" else parser,
+            max_model_len=request.max_model_len,
+            chat_template=request.chat_template,
+            extra_args=request.extra_args,
+            offline=request.model is None,
+        )
+        if vllm_profile.package_dir() is None:
+            raise ServerError(f"vLLM is not installed; {vllm_profile.INSTALL_HINT}")
+        spec = target.spec(cache)
+    async with launcher.launch(
+        spec, port=request.port, startup_timeout=request.startup_timeout
+    ) as handle:
+        yield handle

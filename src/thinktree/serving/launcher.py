@@ -1,0 +1,492 @@
+"""Start an OpenAI-compatible model server on 127.0.0.1, wait for it, and stop it.
+
+Every engine (vLLM, llama-cpp-python) goes through :func:`launch`: the server runs in its
+own process group with its output in a log file; it is stopped on exit, on errors, on
+Ctrl-C and cancellation, at interpreter exit, and (through ``PR_SET_PDEATHSIG``) when this
+process dies outright. A server started for ``thinktree serve`` is recorded in a state file
+so that other runs reuse it instead of starting their own.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ctypes
+import errno
+import fcntl
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import anyio
+import httpx
+import structlog
+
+from thinktree.errors import ThinktreeError
+
+log = structlog.get_logger(__name__)
+
+_STOP_TIMEOUT_S = 15.0
+_PR_SET_PDEATHSIG = 1
+
+
+class ServerError(ThinktreeError, RuntimeError):
+    """A model server cannot be prepared, started or reached; one user-facing line."""
+
+
+@dataclass
+class ServerHandle:
+    """A running server.
+
+    ``owned`` is true when this process started it (and will stop it); false when it reuses
+    a server recorded by ``thinktree serve``.
+    """
+
+    base_url: str
+    model: str
+    pid: int | None
+    owned: bool
+    log_path: Path | None
+    engine: str = "vllm"
+    startup_s: float | None = None
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """How to start one server: its command for a port, environment, names and files."""
+
+    engine: str
+    """The engine's name in messages: "vLLM", "llama.cpp"."""
+    model: str
+    """The name the server serves the model under."""
+    command: Callable[[int], list[str]]
+    env: dict[str, str]
+    log_dir: Path
+    log_stem: str
+    """Logs go to ``<log_dir>/<log_stem>.log`` (numbered while another server writes it)."""
+    state_path: Path | None = None
+    """Where ``thinktree serve`` records the server for reuse."""
+    health_paths: tuple[str, ...] = ("/v1/models",)
+    """Paths (from the server root) that must answer 200 before it counts as ready."""
+    engine_key: str = "vllm"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+# --- ports -------------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def check_port_free(port: int) -> None:
+    """Raise a one-line :class:`ServerError` when ``port`` on 127.0.0.1 is taken."""
+    if not 0 < port < 65536:
+        raise ServerError(f"--port must be between 1 and 65535, not {port}")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise ServerError(
+                    f"port {port} on 127.0.0.1 is already in use; pick another with --port"
+                ) from None
+            raise ServerError(f"cannot use port {port} on 127.0.0.1: {exc}") from None
+
+
+# --- processes ---------------------------------------------------------------------------------
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, dead but not yet reaped, counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any live (non-zombie) process remains in process group ``pgid``."""
+    proc = Path("/proc")
+    if not (proc / "self" / "stat").exists():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue
+        # After the command name: state, ppid, pgrp, ...
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
+            return True
+    return False
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, sig)
+
+
+def death_signal_preexec() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has Linux send SIGTERM to the child when this thread dies."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
+_owned: dict[int, subprocess.Popen[bytes]] = {}
+_owned_lock = threading.Lock()
+
+
+def _stop_owned_at_exit() -> None:
+    """atexit fallback: stop every server this process started and has not stopped yet."""
+    with _owned_lock:
+        procs = list(_owned.values())
+        _owned.clear()
+    for proc in procs:
+        stop_sync(proc)
+
+
+atexit.register(_stop_owned_at_exit)
+
+
+def stop_sync(proc: subprocess.Popen[bytes], timeout: float = _STOP_TIMEOUT_S) -> None:
+    """SIGTERM the server's process group, wait up to ``timeout`` seconds, then SIGKILL it."""
+    _signal_group(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        proc.poll()
+        if not group_alive(proc.pid):
+            break
+        time.sleep(0.2)
+    else:
+        _signal_group(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=5)
+
+
+async def stop(proc: subprocess.Popen[bytes]) -> None:
+    """The async form of :func:`stop_sync`; run it shielded from cancellation."""
+    log.info("stopping model server", pid=proc.pid)
+    _signal_group(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + _STOP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        proc.poll()
+        if not group_alive(proc.pid):
+            break
+        await anyio.sleep(0.2)
+    else:
+        log.warning("model server ignored SIGTERM; killing it", pid=proc.pid)
+        _signal_group(proc.pid, signal.SIGKILL)
+        for _ in range(50):
+            if proc.poll() is not None and not group_alive(proc.pid):
+                break
+            await anyio.sleep(0.1)
+    proc.poll()
+    with _owned_lock:
+        _owned.pop(proc.pid, None)
+
+
+def open_log(log_dir: Path, stem: str) -> tuple[Path, IO[bytes]]:
+    """Open ``<stem>.log`` for a new server, or a numbered one while it is in use.
+
+    The open file holds an exclusive ``flock`` that the server inherits with its stdout, so
+    the lock shows that a live server still writes to the file.
+    """
+    log_dir.mkdir(parents=True, exist_ok=True)
+    candidates = [log_dir / f"{stem}.log"]
+    candidates += [log_dir / f"{stem}-{i}.log" for i in range(1, 100)]
+    for path in candidates:
+        handle = path.open("ab")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            continue
+        handle.truncate(0)
+        return path, handle
+    raise ServerError(f"too many model servers write logs in {log_dir}")
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_NOISE = re.compile(
+    r"^(Traceback |File \"|\^+$|~+|During handling|The above exception|\[rank\d+\]:?\s*$)"
+)
+
+
+def last_meaningful_line(text: str) -> str:
+    """The last line of ``text`` that says something (not a traceback frame or marker)."""
+    for raw in reversed(text.splitlines()):
+        line = _ANSI.sub("", raw).strip()
+        if line and not _NOISE.match(line) and not set(line) <= set("^~-= "):
+            return line if len(line) <= 300 else line[:297] + "..."
+    return "(no output)"
+
+
+def tail_of(path: Path, size: int = 64_000) -> str:
+    """The last ``size`` bytes of a log file, decoded."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - size))
+            return handle.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+# --- health and state --------------------------------------------------------------------------
+
+
+def root_url(base_url: str) -> str:
+    return base_url.removesuffix("/v1")
+
+
+def _serves_model(response: httpx.Response, model: str) -> bool:
+    if response.status_code != 200:
+        return False
+    try:
+        data: Any = response.json()
+        return any(m.get("id") == model for m in data.get("data", []))
+    except (ValueError, AttributeError):
+        return False
+
+
+def read_state(path: Path) -> dict[str, Any] | None:
+    """The record of a server left by ``thinktree serve``, or None."""
+    try:
+        data: Any = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("base_url"), str):
+        return None
+    if not isinstance(data.get("pid"), int):
+        return None
+    return data
+
+
+def write_state(path: Path, handle: ServerHandle) -> None:
+    state = {
+        "base_url": handle.base_url,
+        "model": handle.model,
+        "pid": handle.pid,
+        "engine": handle.engine,
+        "log": str(handle.log_path) if handle.log_path else None,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(state) + "\n")
+    os.replace(tmp, path)
+
+
+def remove_state(path: Path, pid: int) -> None:
+    state = read_state(path)
+    if state is not None and state["pid"] == pid:
+        path.unlink(missing_ok=True)
+
+
+def find_recorded(path: Path, default_model: str, engine: str = "vllm") -> ServerHandle | None:
+    """The server recorded in ``path`` if its process is alive and it answers.
+
+    A record whose process is gone is removed.
+    """
+    state = read_state(path)
+    if state is None:
+        return None
+    pid: int = state["pid"]
+    if not pid_alive(pid):
+        remove_state(path, pid)
+        return None
+    base_url: str = state["base_url"]
+    model = str(state.get("model", default_model))
+    try:
+        with httpx.Client(timeout=3.0) as client:
+            if not _serves_model(client.get(f"{base_url}/models"), model):
+                return None
+    except httpx.HTTPError:
+        return None
+    log_path = state.get("log")
+    return ServerHandle(
+        base_url=base_url,
+        model=model,
+        pid=pid,
+        owned=False,
+        log_path=Path(log_path) if isinstance(log_path, str) else None,
+        engine=str(state.get("engine", engine)),
+    )
+
+
+async def wait_healthy(
+    proc: subprocess.Popen[bytes], spec: ServerSpec, base_url: str, log_path: Path, limit_s: float
+) -> None:
+    """Wait until the server answers its health paths and lists the model, or raise.
+
+    A server that exits, or is not ready within ``limit_s``, raises a one-line
+    :class:`ServerError` with the last meaningful line of its log.
+    """
+    deadline = time.monotonic() + limit_s
+    root = root_url(base_url)
+    async with httpx.AsyncClient(timeout=3.0) as client:
+        while True:
+            code = proc.poll()
+            if code is not None:
+                last = last_meaningful_line(tail_of(log_path))
+                raise ServerError(
+                    f"the {spec.engine} server exited (code {code}) before it was ready: "
+                    f"{last} (log: {log_path})"
+                )
+            if time.monotonic() > deadline:
+                last = last_meaningful_line(tail_of(log_path))
+                raise ServerError(
+                    f"the {spec.engine} server was not ready after {limit_s:.0f} s; "
+                    f"its log ends: {last} (log: {log_path})"
+                )
+            with contextlib.suppress(httpx.HTTPError):
+                ok = True
+                for path in spec.health_paths:
+                    if path == "/v1/models":
+                        answer = await client.get(f"{base_url}/models")
+                        ok = _serves_model(answer, spec.model)
+                    else:
+                        ok = (await client.get(f"{root}{path}")).status_code == 200
+                    if not ok:
+                        break
+                if ok:
+                    return
+            await anyio.sleep(0.5)
+
+
+# --- the server --------------------------------------------------------------------------------
+
+
+def spawn(
+    command: list[str],
+    env: dict[str, str],
+    log_dir: Path,
+    log_stem: str,
+    engine: str,
+    preexec: Callable[[], None] | None,
+) -> tuple[subprocess.Popen[bytes], Path]:
+    """Start the server in its own process group, its output going to a log file.
+
+    Call it from the thread that lives as long as the server should: ``PR_SET_PDEATHSIG``
+    fires when the creating thread ends.
+    """
+    log_path, log_file = open_log(log_dir, log_stem)
+    try:
+        proc = subprocess.Popen(
+            command,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=preexec,
+        )
+    except OSError as exc:
+        raise ServerError(f"cannot start the {engine} server: {exc}") from None
+    finally:
+        log_file.close()  # the child holds its own copy, and with it the log's lock
+    with _owned_lock:
+        _owned[proc.pid] = proc
+    return proc, log_path
+
+
+@asynccontextmanager
+async def launch(
+    spec: ServerSpec,
+    *,
+    port: int | None = None,
+    record_state: bool = False,
+    startup_timeout: float = 600,
+    preexec_factory: Callable[[], Callable[[], None] | None] = death_signal_preexec,
+) -> AsyncIterator[ServerHandle]:
+    """Run the server of ``spec`` on 127.0.0.1 for the duration of the block.
+
+    It starts on ``port`` (a free one by default), is waited for, and is stopped when the
+    block ends, however it ends. ``record_state`` records it for other runs to reuse.
+    """
+    if port is not None:
+        check_port_free(port)
+    port = port if port is not None else free_port()
+    command = spec.command(port)
+    base_url = f"http://127.0.0.1:{port}/v1"
+    started = time.monotonic()
+    proc, log_path = spawn(
+        command, spec.env, spec.log_dir, spec.log_stem, spec.engine, preexec_factory()
+    )
+    log.info(
+        "starting model server",
+        engine=spec.engine,
+        base_url=base_url,
+        pid=proc.pid,
+        log=str(log_path),
+        command=" ".join(command),
+    )
+    handle = ServerHandle(
+        base_url=base_url,
+        model=spec.model,
+        pid=proc.pid,
+        owned=True,
+        log_path=log_path,
+        engine=spec.engine_key,
+    )
+    try:
+        await wait_healthy(proc, spec, base_url, log_path, startup_timeout)
+        handle.startup_s = round(time.monotonic() - started, 1)
+        log.info(
+            "model server ready",
+            engine=spec.engine,
+            base_url=base_url,
+            pid=proc.pid,
+            seconds=handle.startup_s,
+        )
+        if record_state and spec.state_path is not None:
+            write_state(spec.state_path, handle)
+        yield handle
+    finally:
+        with anyio.CancelScope(shield=True):
+            if record_state and spec.state_path is not None:
+                remove_state(spec.state_path, proc.pid)
+            await stop(proc)

@@ -1,0 +1,226 @@
+"""Endpoint pools: routing, per-server limits, health, and failover with exact counts.
+
+The members are real HTTP servers on 127.0.0.1 (thinktree.testing.fake_server), so the
+servers' own counters say what was answered; the run's call store says what was paid for.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from thinktree.agents.endpoint import EndpointConfig, PoolMember
+from thinktree.agents.modes import ModeSettings
+from thinktree.agents.pool import EndpointPool, client_for
+from thinktree.config import endpoint_from
+from thinktree.errors import ConfigError, EndpointError
+from thinktree.orchestrator.events import NodeStatus
+from thinktree.orchestrator.run import RunSettings, execute
+from thinktree.problems import AnswerType, Problem
+from thinktree.testing.fake_server import FakeBehaviour, FakeServer, Fault
+
+pytestmark = pytest.mark.anyio
+
+PROBLEMS = [
+    Problem(
+        id=f"q{i}",
+        question=f"Question {i}?",
+        answer_type=AnswerType.CHOICE,
+        options={"A": "alpha", "B": "beta"},
+        answer="B",
+    )
+    for i in range(8)
+]
+
+
+def pool_config(*servers: FakeServer, limit: int = 4, **kw: Any) -> EndpointConfig:
+    return EndpointConfig(
+        name="pool",
+        base_url="pool:pool",
+        members=tuple(PoolMember(s.base_url, limit) for s in servers),
+        **kw,
+    )
+
+
+def store_totals(folder: Path) -> tuple[int, int]:
+    """Calls recorded in the run's call store, and their completion tokens."""
+    with sqlite3.connect(folder / "calls.sqlite") as conn:
+        row = conn.execute("SELECT count(*), sum(completion_tokens) FROM responses").fetchone()
+    return int(row[0]), int(row[1] or 0)
+
+
+async def test_least_outstanding_routing_respects_each_members_limit() -> None:
+    slow = FakeBehaviour(delay_s=0.2)
+    async with FakeServer(slow) as a, FakeServer(slow) as b:
+        cfg = EndpointConfig(
+            name="pool",
+            base_url="pool:pool",
+            members=(PoolMember(a.base_url, 1), PoolMember(b.base_url, 3)),
+        )
+        pool = EndpointPool(cfg)
+        try:
+            await pool.resolve_model()
+            async with anyio.create_task_group() as tg:
+                for _ in range(16):
+                    tg.start_soon(
+                        lambda: pool.chat([{"role": "user", "content": "hi"}], max_tokens=4)
+                    )
+        finally:
+            await pool.aclose()
+    figures = pool.figures()
+    assert a.answered + b.answered == 16
+    assert figures[0]["calls"] == a.answered and figures[1]["calls"] == b.answered
+    assert figures[0]["peak_outstanding"] <= 1
+    assert figures[1]["peak_outstanding"] <= 3
+    # load follows capacity: the member with three slots takes most of the calls
+    assert b.answered >= 2 * a.answered
+
+
+async def test_failover_mid_run_loses_nothing_and_pays_once(tmp_path: Path) -> None:
+    """One member dies mid-run: calls in flight on it reset, new ones are refused.
+
+    The servers' counters and the run's call store agree: every call node is done, each
+    answered once, and the tokens in the results are exactly those the servers answered.
+    """
+    dead = threading.Event()
+    behaviour = FakeBehaviour(delay_s=0.15, native_n=False)
+    a = FakeServer(behaviour, faults=lambda i: Fault.RESET if dead.is_set() else None)
+    async with a, FakeServer(behaviour) as b:
+        a_url, b_url = a.base_url, b.base_url
+        cfg = pool_config(a, b, limit=3)
+        settings = RunSettings(
+            modes=ModeSettings(mode="parallel", n=3, budget=32),
+            out=tmp_path / "run",
+            concurrency=4,
+        )
+
+        async def kill_a_after_some_answers() -> None:
+            while a.answered < 4:  # noqa: ASYNC110 (the fake server has no event to wait on)
+                await anyio.sleep(0.01)
+            # from now on a resets every request mid-response; those it was already
+            # answering finish first (a fake server that is closed answers early)
+            dead.set()
+            await anyio.sleep(0.5)
+            await a.__aexit__(None, None, None)  # and nothing listens on its port any more
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(kill_a_after_some_answers)
+            result = await execute(PROBLEMS, cfg, settings)
+    calls = [
+        n
+        for t in result.trees
+        for n in t.walk()
+        if n.kind.value in ("generation", "forced-answer", "step", "extension")
+    ]
+    assert all(n.status is NodeStatus.DONE for n in calls), [n.error for n in calls]
+    assert a.faulted[Fault.RESET] >= 1, "the kill must catch calls in flight"
+    answered = a.answered + b.answered
+    stored, stored_tokens = store_totals(result.folder)
+    assert stored == len(calls)  # every call recorded once
+    probes = answered - stored
+    assert probes == 4, (a.answered, b.answered, stored)  # the probe's own requests
+    data = json.loads((result.folder / "results.json").read_text())
+    servers = {s["base_url"]: s for s in data["servers"]}
+    assert servers[a_url]["calls"] + servers[b_url]["calls"] == answered
+    assert servers[a_url]["failovers"] >= a.faulted[Fault.RESET]
+    assert servers[a_url]["healthy"] is False
+    # the tokens the run counts are those of the answers it kept, each once
+    counted = sum(n.completion_tokens for n in calls)
+    assert counted == data["metrics"]["completion_tokens"] == stored_tokens
+    assert all(t.answer == "B" for t in result.trees)
+
+
+async def test_a_dead_member_at_start_is_a_one_line_error() -> None:
+    async with FakeServer() as a:
+        dead = FakeServer()
+        async with dead:
+            dead_url = dead.base_url
+        cfg = EndpointConfig(
+            name="pool",
+            base_url="pool:pool",
+            members=(PoolMember(a.base_url), PoolMember(dead_url)),
+            max_attempts=1,
+        )
+        pool = client_for(cfg)
+        try:
+            with pytest.raises(EndpointError) as info:
+                await pool.resolve_model()
+        finally:
+            await pool.aclose()
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"member {dead_url} is not usable" in message
+    assert "start it or remove it from the pool" in message
+
+
+async def test_members_must_serve_the_same_model() -> None:
+    async with (
+        FakeServer(FakeBehaviour(model="m1")) as a,
+        FakeServer(FakeBehaviour(model="m2")) as b,
+    ):
+        pool = EndpointPool(pool_config(a, b))
+        try:
+            with pytest.raises(EndpointError, match="members serve different models"):
+                await pool.resolve_model()
+        finally:
+            await pool.aclose()
+
+
+async def test_a_member_that_comes_back_gets_calls_again() -> None:
+    broken = threading.Event()
+    broken.set()
+    a = FakeServer(faults=lambda i: Fault.RESET if broken.is_set() else None)
+    async with a, FakeServer() as b:
+        pool = EndpointPool(pool_config(a, b))
+        try:
+            await pool.resolve_model()
+            for _ in range(4):
+                await pool.chat([{"role": "user", "content": "hi"}], max_tokens=2)
+            assert pool.figures()[0]["healthy"] is False
+            assert a.faulted[Fault.RESET] == 1  # marked down on the first reset, not sent more
+            broken.clear()
+            await anyio.sleep(2.1)  # past the re-check interval: its health check passes
+            for _ in range(6):
+                await pool.chat([{"role": "user", "content": "hi"}], max_tokens=2)
+            assert a.answered >= 1
+            assert pool.figures()[0]["healthy"] is True
+        finally:
+            await pool.aclose()
+
+
+@pytest.mark.parametrize(
+    ("members", "needle"),
+    [
+        ([], "non-empty list"),
+        (["ftp://x"], "is not an http(s) URL"),
+        (["http://a/v1", "http://a/v1"], "listed twice"),
+        ([{"base_url": "http://a/v1", "max_connections": 0}], "positive max_connections"),
+        ([{"url": "http://a/v1"}], "a URL or a table with a base_url"),
+    ],
+)
+def test_pool_config_errors(members: list[Any], needle: str) -> None:
+    config = {"endpoints": {"p": {"model": "m", "members": members}}}
+    with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        endpoint_from("p", model=None, config=config)
+
+
+def test_pool_config_with_per_member_limits() -> None:
+    config = {
+        "endpoints": {
+            "p": {
+                "model": "m",
+                "max_connections": 8,
+                "members": ["http://a:1/v1/", {"base_url": "http://b:2/v1", "max_connections": 2}],
+            }
+        }
+    }
+    cfg = endpoint_from("p", model=None, config=config)
+    assert cfg is not None
+    assert cfg.members == (PoolMember("http://a:1/v1", 8), PoolMember("http://b:2/v1", 2))
+    assert cfg.base_url == "pool:p"

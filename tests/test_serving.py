@@ -1,0 +1,322 @@
+"""`thinktree serve ENGINE [MODEL]`: the vLLM profile, the launcher, and bad input.
+
+Fast tests check the profile's flags, reasoning-parser detection and every kind of bad
+input (one line, non-zero exit, nothing left running); the launcher is driven with a tiny
+stand-in command. The slow test starts a real vLLM through `thinktree serve vllm` on a
+reasoning-model fixture: the embedded SmolLM2 with a `<think>` chat template written for
+the tests and two unused special tokens renamed `<think>`/`</think>` (no new weights).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from thinktree import embedded
+from thinktree.serving import launcher
+from thinktree.serving.launcher import ServerError, ServerSpec
+from thinktree.serving.vllm import VllmServer, detect_reasoning_parser
+
+DATA = Path(__file__).parent / "data"
+THINK_TEMPLATE = DATA / "think_template.jinja"
+
+
+def thinktree(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    env["COLUMNS"] = "300"
+    return subprocess.run(
+        [sys.executable, "-m", "thinktree.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def one_line_error(proc: subprocess.CompletedProcess[str], *needles: str) -> str:
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ")
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def hf_folder(root: Path, model_type: str, template: str | None = None) -> Path:
+    root.mkdir(parents=True)
+    (root / "config.json").write_text(json.dumps({"model_type": model_type}))
+    if template is not None:
+        (root / "tokenizer_config.json").write_text(json.dumps({"chat_template": template}))
+    return root
+
+
+# --- the profile -------------------------------------------------------------------------------
+
+
+def test_profile_flags_for_a_test_time_scaling_workload(tmp_path: Path) -> None:
+    folder = hf_folder(tmp_path / "Qwen3-0.6B", "qwen3")
+    profile = VllmServer(model=str(folder), extra_args=("--seed", "3")).profile()
+    args = profile.args(8123)
+    assert args[:2] == ["serve", str(folder.resolve())]
+    pairs = dict(itertools.pairwise(args))
+    assert pairs["--host"] == "127.0.0.1"
+    assert pairs["--port"] == "8123"
+    assert pairs["--served-model-name"] == "Qwen3-0.6B"
+    assert pairs["--reasoning-parser"] == "qwen3"
+    assert json.loads(pairs["--structured-outputs-config"]) == {"backend": "xgrammar"}
+    assert "--enable-prefix-caching" in args
+    assert args[-2:] == ["--seed", "3"]
+
+
+def test_reasoning_parser_detection(tmp_path: Path) -> None:
+    assert detect_reasoning_parser(hf_folder(tmp_path / "a", "qwen3_moe")) == "qwen3"
+    distill = hf_folder(tmp_path / "b", "qwen2", "{{ '<|im_start|>assistant\\n<think>\\n' }}")
+    assert detect_reasoning_parser(distill) == "deepseek_r1"
+    plain = hf_folder(tmp_path / "c", "llama", "{{ messages[0]['content'] }}")
+    assert detect_reasoning_parser(plain) is None
+    assert detect_reasoning_parser(None) is None
+    assert embedded.converted_model_dir().name.startswith("SmolLM2")
+
+
+def test_no_parser_when_asked_and_model_ids_pass_through(tmp_path: Path) -> None:
+    folder = hf_folder(tmp_path / "m", "qwen3")
+    assert VllmServer(model=str(folder), reasoning_parser="").profile().reasoning_parser is None
+    hub = VllmServer(model="Qwen/Qwen3-0.6B").profile()
+    assert hub.model == "Qwen/Qwen3-0.6B" and hub.served_name == "Qwen/Qwen3-0.6B"
+    assert hub.reasoning_parser is None  # not on disk: nothing to detect from
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["vllm", "/no/such/model"], ["model path /no/such/model does not exist"]),
+        (["vllm", "./missing-model"], ["does not exist"]),
+        (["llama-server"], ["unknown engine 'llama-server'", "vllm, llamacpp"]),
+        (["vllm", "--n-threads", "2"], ["--n-threads is a llamacpp option"]),
+        (["llamacpp", "--reasoning-parser", "qwen3"], ["--reasoning-parser is a vllm option"]),
+        (["vllm", "--startup-timeout", "0"], ["--startup-timeout must be positive"]),
+    ],
+)
+def test_serve_bad_input(args: list[str], needles: list[str]) -> None:
+    one_line_error(thinktree("serve", *args), *needles)
+
+
+def test_serve_folder_that_is_not_a_model(tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("not a model")
+    one_line_error(thinktree("serve", "vllm", str(tmp_path)), "not a model", "config.json")
+    one_line_error(thinktree("serve", "vllm", str(tmp_path / "notes.txt")), "is a file")
+
+
+def test_serve_port_in_use() -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = thinktree("serve", "vllm", "--port", str(port))
+    one_line_error(proc, f"port {port} on 127.0.0.1 is already in use")
+
+
+def test_engine_not_installed_says_which_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    from thinktree.serving import llamacpp
+    from thinktree.serving import vllm as vllm_profile
+
+    monkeypatch.setattr(llamacpp, "installed", lambda: False)
+    with pytest.raises(ServerError, match=r"thinktree\[llamacpp\]"):
+        llamacpp.spec(embedded.gguf_path(), "m", Path("."))
+    monkeypatch.setattr(vllm_profile, "package_dir", lambda: None)
+    with pytest.raises(ServerError, match="vLLM is not installed"):
+        vllm_profile.launcher_command()
+
+
+_NEVER_READY = textwrap.dedent(
+    """
+    import subprocess, sys, time
+    subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    print("INFO loading weights (this takes forever)", flush=True)
+    time.sleep(600)
+    """
+)
+
+
+@pytest.mark.anyio
+async def test_never_healthy_times_out_with_the_log_tail_and_no_orphans(tmp_path: Path) -> None:
+    spec = ServerSpec(
+        engine="vLLM",
+        model="m",
+        command=lambda port: [sys.executable, "-c", _NEVER_READY, str(port)],
+        env=dict(os.environ),
+        log_dir=tmp_path,
+        log_stem="never",
+    )
+    pids: list[int] = []
+    original = launcher.spawn
+
+    def spawn(*args: object, **kwargs: object) -> object:
+        proc, path = original(*args, **kwargs)  # type: ignore[arg-type]
+        pids.append(proc.pid)
+        return proc, path
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(launcher, "spawn", spawn)
+        with pytest.raises(ServerError) as info:
+            async with launcher.launch(spec, startup_timeout=3):
+                pass
+    message = str(info.value)
+    assert "not ready after 3 s" in message
+    assert "loading weights (this takes forever)" in message
+    assert str(tmp_path / "never.log") in message
+    assert pids and not launcher.group_alive(pids[0])
+
+
+# --- slow: a real vLLM through `thinktree serve vllm` ------------------------------------------
+
+
+def think_model(root: Path) -> Path:
+    """The embedded model as a reasoning model: `<think>` template and think tokens."""
+    source = embedded.ensure_converted_model()
+    root.mkdir(parents=True)
+    (root / "model.safetensors").symlink_to(source / "model.safetensors")
+    for name in ("config.json", "generation_config.json", "tokenizer_config.json"):
+        shutil.copy(source / name, root / name)
+    shutil.copy(THINK_TEMPLATE, root / "chat_template.jinja")
+    tokenizer = json.loads((source / "tokenizer.json").read_text())
+    renamed = {"<jupyter_script>": "<think>", "<empty_output>": "</think>"}
+    for token in tokenizer["added_tokens"]:
+        if token["content"] in renamed:
+            token["content"] = renamed[token["content"]]
+            token["special"] = False  # reasoning models keep their think tags in the text
+    vocab = tokenizer["model"]["vocab"]
+    for old, new in renamed.items():
+        vocab[new] = vocab.pop(old)
+    (root / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False))
+    return root
+
+
+class Served:
+    def __init__(self, proc: subprocess.Popen[str], base_url: str, line: str) -> None:
+        self.proc = proc
+        self.base_url = base_url
+        self.line = line
+
+
+@pytest.fixture(scope="module")
+def think_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """`thinktree serve vllm` on the reasoning fixture, shared by the module."""
+    folder = think_model(tmp_path_factory.mktemp("think") / "smol-think")
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "COLUMNS": "400"}
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "thinktree.cli", "serve", "vllm", str(folder)),
+            *("--served-name", "smol-think", "--max-model-len", "2048"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith("serving "):
+        proc.kill()
+        pytest.fail(f"thinktree serve vllm did not start: {line}{proc.stdout.read()[-3000:]}")
+    print(f"serve vllm (reasoning fixture) ready in {time.monotonic() - started:.0f} s")
+    base_url = next(w for w in line.split() if w.startswith("http://"))
+    try:
+        yield Served(proc, base_url.rstrip(";"), line)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+@pytest.mark.slow
+def test_serve_vllm_profile_is_what_runs(think_server: Served) -> None:
+    assert think_server.base_url.startswith("http://127.0.0.1:")
+    models = httpx.get(f"{think_server.base_url}/models", timeout=10).json()
+    assert [m["id"] for m in models["data"]] == ["smol-think"]
+    log_path = Path(think_server.line.split("log: ")[1].split(";")[0])
+    log_text = log_path.read_text()
+    args_line = next(line for line in log_text.splitlines() if "non-default args" in line)
+    assert "'reasoning_parser': 'deepseek_r1'" in args_line  # detected from the template
+    assert "'enable_prefix_caching': True" in args_line
+    assert "backend='xgrammar'" in args_line
+    assert "'host': '127.0.0.1'" in args_line
+
+
+@pytest.mark.slow
+def test_serve_stops_on_ctrl_c_without_orphans(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "thinktree.cli", "serve", "llamacpp", "--n-threads", "1"]
+        if _llamacpp_installed()
+        else [sys.executable, "-m", "thinktree.cli", "serve", "vllm", "--served-name", "x"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert line.startswith("serving "), line + proc.stdout.read()
+    children = _group_members(proc.pid)
+    assert len(children) >= 2  # thinktree and its server
+    os.killpg(proc.pid, signal.SIGINT)
+    rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, rest
+    assert "stopped" in rest
+    deadline = time.monotonic() + 20
+    while any(launcher.pid_alive(p) for p in children) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(launcher.pid_alive(p) for p in children)
+
+
+def _llamacpp_installed() -> bool:
+    from thinktree.serving import llamacpp
+
+    return llamacpp.installed()
+
+
+def _group_members(pgid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[-1].split()
+            except OSError:
+                continue
+            if fields[2] == str(pgid):
+                found.append(int(entry.name))
+    # the server runs in its own session: add its group too
+    for pid in list(found):
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    fields = (entry / "stat").read_text().rsplit(")", 1)[-1].split()
+                except OSError:
+                    continue
+                if fields[1] == str(pid) and int(entry.name) not in found:
+                    found.append(int(entry.name))
+    return found
