@@ -13,6 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from serving_fixtures import think_server  # noqa: F401  (a session fixture)
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 

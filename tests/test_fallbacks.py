@@ -97,8 +97,8 @@ async def test_parallel_uses_one_request_with_n_where_supported(tmp_path: Path) 
     for tree in result.trees:
         thinks = tree.of_kind(NodeKind.GENERATION)
         assert len({t.call_id for t in thinks}) == 1
-    # one probe request for n, then one request per problem
-    assert requests == 1 + len(PROBLEMS)
+    # probe requests for n and for separate thinking, then one request per problem
+    assert requests == 2 + len(PROBLEMS)
 
 
 async def test_sequential_falls_back_to_a_revision_turn(tmp_path: Path) -> None:

@@ -463,6 +463,11 @@ def probe(
                     bool(caps.constraints),
                     "constraints",
                 ),
+                (
+                    f"thinking budget: {caps.thinking_budget}",
+                    caps.thinking_budget == "server",
+                    "thinking",
+                ),
             ]
             for label, ok, key in rows:
                 table.add_row(

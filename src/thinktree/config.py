@@ -35,6 +35,7 @@ _ENDPOINT_KEYS = {
     "native_n",
     "chat_template",
     "members",
+    "think_end",
 }
 _KNOWN = {"openai": "https://api.openai.com/v1"}
 

@@ -8,6 +8,7 @@ from typing import Any, Literal
 import openai
 import structlog
 
+from thinktree.agents.chat_template import generation_opener, render_prompt
 from thinktree.agents.constraint_probe import try_constraints
 from thinktree.agents.endpoint import EndpointClient
 from thinktree.errors import EndpointError
@@ -15,6 +16,10 @@ from thinktree.errors import EndpointError
 log = structlog.get_logger(__name__)
 
 Continuation = Literal["chat", "completions", "revision"]
+ThinkingBudget = Literal["server", "marker", "cue"]
+"""How budget mode ends the thinking: the server's ``thinking_token_budget``; the client
+writing the model's own end-of-thinking marker; or, for a model that does not think
+apart, an answer cue."""
 
 
 @dataclass(slots=True)
@@ -28,6 +33,9 @@ class Capabilities:
     seed: bool = False
     reasoning: Literal["field", "tags", "none"] = "none"
     constraints: list[str] = field(default_factory=list)  # dialects honoured, best first
+    thinking_budget: ThinkingBudget = "cue"
+    think_end: str = ""
+    """The model's end-of-thinking marker (``</think>``) where it has one."""
     notes: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -42,7 +50,8 @@ async def probe(client: EndpointClient, *, what: set[str] | None = None) -> Capa
     """Try each capability for real (a few requests of a few tokens each).
 
     ``what`` limits the probe to some of "n", "continuation", "completions", "logprobs",
-    "seed", "reasoning", "constraints"; settings forced in the endpoint's config are taken as given.
+    "seed", "reasoning", "constraints", "thinking" (how budget mode ends the thinking);
+    settings forced in the endpoint's config are taken as given.
     """
     want = what or {
         "n",
@@ -53,6 +62,8 @@ async def probe(client: EndpointClient, *, what: set[str] | None = None) -> Capa
         "reasoning",
         "constraints",
     }
+    if "thinking" in want:
+        want = want | {"reasoning", "continuation"}
     caps = Capabilities()
     cfg = client.config
     msgs = [{"role": "user", "content": _PROBE_USER}]
@@ -88,7 +99,11 @@ async def probe(client: EndpointClient, *, what: set[str] | None = None) -> Capa
     if "seed" in want:
         caps.seed, caps.notes["seed"] = await _try_seed(client, msgs)
     if "reasoning" in want:
-        caps.reasoning, caps.notes["reasoning"] = await _try_reasoning(client)
+        caps.reasoning, caps.notes["reasoning"] = await _try_reasoning(client, caps)
+        if caps.reasoning != "none":
+            caps.think_end = cfg.think_end
+        if "thinking" in want or what is None:
+            caps.thinking_budget, caps.notes["thinking"] = await try_thinking_budget(client, caps)
     if "constraints" in want:
         caps.constraints, caps.notes["constraints"] = await try_constraints(client)
     log.info(
@@ -168,17 +183,76 @@ async def _try_seed(client: EndpointClient, msgs: list[dict[str, str]]) -> tuple
     return same, "same seed, same sample" if same else "same seed gave different samples"
 
 
+_REASONING_ASK = [{"role": "user", "content": "Is 17 a prime number? Think briefly."}]
+
+
+def client_template(client: EndpointClient, caps: Capabilities) -> str | None:
+    """The chat template every call is rendered with on the client, when there is one."""
+    if caps.continuation == "completions" and client.config.chat_template:
+        return client.config.chat_template
+    return None
+
+
 async def _try_reasoning(
-    client: EndpointClient,
+    client: EndpointClient, caps: Capabilities
 ) -> tuple[Literal["field", "tags", "none"], str]:
-    msgs = [{"role": "user", "content": "Is 17 a prime number? Think briefly."}]
-    try:
-        result = await client.chat(msgs, max_tokens=32)
-    except EndpointError as exc:
-        return "none", f"could not ask: {exc}"
+    template = client_template(client, caps)
+    if template is not None:
+        opener = generation_opener(template, _REASONING_ASK)
+        if "<think>" in opener:
+            return "tags", "the chat template opens the thinking with <think>"
+        try:
+            result = await client.complete(render_prompt(template, _REASONING_ASK), max_tokens=32)
+        except EndpointError as exc:
+            return "none", f"could not ask: {exc}"
+    else:
+        try:
+            result = await client.chat(_REASONING_ASK, max_tokens=32)
+        except EndpointError as exc:
+            return "none", f"could not ask: {exc}"
     choice = result.choices[0]
     if choice.reasoning:
         return "field", "reasoning text arrives in a separate field (reasoning_content)"
     if "<think>" in choice.text:
         return "tags", "reasoning text arrives inside <think> tags"
     return "none", "no separate reasoning text seen (not a reasoning model, or none emitted)"
+
+
+_PROBE_BUDGET = 4
+
+
+async def try_thinking_budget(
+    client: EndpointClient, caps: Capabilities
+) -> tuple[ThinkingBudget, str]:
+    """Whether the server caps the thinking itself (vLLM's ``thinking_token_budget``).
+
+    Asked for a 4-token thinking budget, a server configured for it (a reasoning parser)
+    ends the thinking there and says how many tokens were reasoning; one that is not
+    answers 400, and the client writes the end-of-thinking marker itself.
+    """
+    if caps.reasoning == "none":
+        return "cue", "not a reasoning model: the thinking ends with an answer cue"
+    marker = client.config.think_end
+    extra = {"thinking_token_budget": _PROBE_BUDGET}
+    template = client_template(client, caps)
+    try:
+        if template is not None:
+            prompt = render_prompt(template, _REASONING_ASK)
+            result = await client.complete(prompt, max_tokens=24, extra=extra)
+        else:
+            result = await client.chat(_REASONING_ASK, max_tokens=24, extra=extra)
+    except EndpointError as exc:
+        return "marker", (
+            f"the server refused thinking_token_budget ({exc}); the client ends the "
+            f"thinking with {marker}"
+        )
+    thought = result.reasoning_tokens
+    if thought is not None and 0 < thought <= _PROBE_BUDGET + 2:
+        return "server", (
+            f"thinking_token_budget={_PROBE_BUDGET} honoured ({thought} reasoning tokens): "
+            "the server ends the thinking"
+        )
+    return "marker", (
+        f"thinking_token_budget={_PROBE_BUDGET} not enforced (reasoning tokens: {thought}); "
+        f"the client ends the thinking with {marker}"
+    )

@@ -12,6 +12,27 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 _SENTINEL = "\x00THINKTREE-CONTINUE\x00"
 
 
+def render_prompt(
+    template: str, messages: list[dict[str, str]], *, bos_token: str = "", eos_token: str = ""
+) -> str:
+    """The raw prompt for a new assistant turn (the template's generation prompt included)."""
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    return env.from_string(template).render(
+        messages=messages, add_generation_prompt=True, bos_token=bos_token, eos_token=eos_token
+    )
+
+
+def generation_opener(template: str, messages: list[dict[str, str]]) -> str:
+    """What the generation prompt adds after the assistant header, such as ``<think>\n``.
+
+    A reasoning model's template may open the thinking itself; the model's text then
+    starts inside it, and continuing that text needs the opener in front of it.
+    """
+    head = render_continuation(template, messages, "")
+    full = render_prompt(template, messages)
+    return full[len(head) :] if full.startswith(head) else ""
+
+
 def render_continuation(
     template: str,
     messages: list[dict[str, str]],

@@ -114,6 +114,8 @@ class EndpointConfig:
     continuation: Literal["auto", "chat", "completions", "revision"] = "auto"
     native_n: Literal["auto", "yes", "no"] = "auto"
     chat_template: str | None = None
+    think_end: str = "</think>"
+    """A reasoning model's end-of-thinking marker."""
     members: tuple[PoolMember, ...] = ()
     """Several servers of the same model behind this one name (see :mod:`.pool`)."""
 
@@ -139,6 +141,9 @@ class Completion:
     latency_s: float
     attempts: int = 1
     request_id: str | None = None
+    reasoning_tokens: int | None = None
+    """Of the completion tokens, those spent thinking, where the server says (vLLM with a
+    reasoning parser does)."""
 
 
 class EndpointClient:
@@ -570,6 +575,8 @@ def _assemble(
     else:
         prompt_tokens = int(usage.prompt_tokens or 0)
         completion_tokens = int(usage.completion_tokens or 0)
+    details = getattr(usage, "completion_tokens_details", None)
+    thought = getattr(details, "reasoning_tokens", None)
     if n == 1:
         per_choice = [completion_tokens]
     elif sum(counted) == completion_tokens:
@@ -592,6 +599,7 @@ def _assemble(
         completion_tokens=completion_tokens,
         latency_s=0.0,
         request_id=request_id,
+        reasoning_tokens=int(thought) if isinstance(thought, int) else None,
     )
 
 

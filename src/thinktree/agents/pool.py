@@ -68,7 +68,8 @@ class MemberFigures:
 
 
 class _Member:
-    def __init__(self, client: EndpointClient, limit: int) -> None:
+    def __init__(self, index: int, client: EndpointClient, limit: int) -> None:
+        self.index = index
         self.client = client
         self.limit = limit
         self.outstanding = 0
@@ -95,6 +96,7 @@ class EndpointPool(EndpointClient):
         self.config = config
         self.members = [
             _Member(
+                index,
                 EndpointClient(
                     dataclasses.replace(
                         config,
@@ -108,7 +110,7 @@ class EndpointPool(EndpointClient):
                 ),
                 member.max_connections,
             )
-            for member in config.members
+            for index, member in enumerate(config.members)
         ]
         # the probe sends a few requests of its own through ``self.client``
         self.client = self.members[0].client.client
@@ -117,6 +119,7 @@ class EndpointPool(EndpointClient):
         self.model = config.model or ""
         self.cache = None
         self._freed = anyio.Event()
+        self._turn = 0
 
     async def aclose(self) -> None:
         for member in self.members:
@@ -198,6 +201,7 @@ class EndpointPool(EndpointClient):
         temperature: float = 0.0,
         seed: int | None = None,
         stop: list[str] | None = None,
+        extra: dict[str, Any] | None = None,
         on_delta: DeltaHandler | None = None,
         key: str | None = None,
     ) -> Completion:
@@ -208,6 +212,7 @@ class EndpointPool(EndpointClient):
             "temperature": temperature,
             "seed": seed,
             "stop": stop,
+            "extra": extra,
         }
 
         def call(member: EndpointClient) -> Awaitable[Completion]:
@@ -218,6 +223,7 @@ class EndpointPool(EndpointClient):
                 temperature=temperature,
                 seed=seed,
                 stop=stop,
+                extra=extra,
                 on_delta=on_delta,
             )
 
@@ -325,8 +331,10 @@ class EndpointPool(EndpointClient):
                         member.down_since = time.monotonic()
             healthy = [m for m in self.members if m.down_since is None]
             free = [m for m in healthy if m.outstanding < m.limit]
-            if free:
-                return min(free, key=lambda m: (m.load, random.random()))
+            if free:  # ties go round the members in turn
+                self._turn += 1
+                size = len(self.members)
+                return min(free, key=lambda m: (m.load, (m.index - self._turn) % size))
             if healthy:  # all busy: wait for a slot to free anywhere
                 deadline = time.monotonic() + max(self.config.timeout_s, _RECHECK_S)
                 with anyio.move_on_after(_RECHECK_S):

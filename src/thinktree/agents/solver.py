@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 import structlog
 
-from thinktree.agents.capabilities import Capabilities
-from thinktree.agents.chat_template import render_continuation
-from thinktree.agents.endpoint import Completion, EndpointClient, Message
+from thinktree.agents.capabilities import Capabilities, client_template
+from thinktree.agents.chat_template import generation_opener, render_continuation
+from thinktree.agents.endpoint import Choice, Completion, EndpointClient, Message
 from thinktree.agents.structured import AnswerFormat, Constraint, validate
 from thinktree.errors import EndpointError
 from thinktree.extraction import extract_answer
@@ -139,8 +140,91 @@ class Solver:
         req.budget.commit(grant, choice.completion_tokens)
         if self.money is not None:
             self.money.add(result.prompt_tokens, result.completion_tokens)
-        _apply(branch, mode, messages, prefix, req, choice.text)
+        _apply(branch, mode, messages, prefix, req, _with_thinking(choice, self.caps))
         return await self._finish(branch, req, result, 0, result.prompt_tokens)
+
+    async def think_and_answer(
+        self, branch: Branch, think: SegmentRequest, answer: SegmentRequest
+    ) -> tuple[Segment, Segment]:
+        """Thinking capped by the server (``thinking_token_budget``) and the answer, in one call.
+
+        The call becomes two nodes: the thinking (its reasoning tokens, at most
+        ``think.max_tokens``) and the answer after it (the rest of the completion).
+        """
+        if self.money is not None:
+            self.money.check()
+        think_grant = think.budget.reserve(think.max_tokens)
+        try:
+            answer_grant = answer.budget.reserve(answer.max_tokens)
+        except BaseException:
+            think.budget.commit(think_grant, 0)
+            raise
+        mode, messages, prefix = self._shape(branch, think)
+        await self._start([think], think_grant, mode)
+        await self._start([answer], answer_grant, mode)
+        try:
+            result = await self._request(
+                mode,
+                messages,
+                prefix,
+                think_grant + answer_grant,
+                1,
+                think.node_id,
+                [think],
+                extra={"thinking_token_budget": think_grant},
+            )
+        except EndpointError as exc:
+            segments = []
+            for req, grant in ((think, think_grant), (answer, answer_grant)):
+                req.budget.commit(grant, 0)
+                await self.bus.emit(NodeFailed(node_id=req.node_id, error=str(exc)))
+                segments.append(Segment(node_id=req.node_id, failed=True, error=str(exc)))
+            return segments[0], segments[1]
+        except anyio.get_cancelled_exc_class():
+            await self._cancelled([think], think_grant)
+            await self._cancelled([answer], answer_grant)
+            raise
+        if self.money is not None:
+            self.money.add(result.prompt_tokens, result.completion_tokens)
+        choice = result.choices[0]
+        thinking, content = _split_thinking(choice, self.caps.think_end)
+        total = choice.completion_tokens
+        thought = result.reasoning_tokens
+        if thought is None:  # not said: the thinking took what it was allowed, at most
+            thought = total if not content else min(total, think_grant)
+        thought = min(thought, total)
+        think.budget.commit(think_grant, thought)
+        answer.budget.commit(answer_grant, total - thought)
+        _apply(branch, mode, messages, prefix, think, _with_thinking(choice, self.caps))
+        finished = []
+        for req, text, tokens, prompt, source in (
+            (think, thinking, thought, result.prompt_tokens, thinking),
+            (answer, content, total - thought, 0, content),
+        ):
+            found = extract_answer(source, self.problem)
+            await self.bus.emit(
+                NodeFinished(
+                    node_id=req.node_id,
+                    text=text,
+                    finish_reason=choice.finish_reason if req is answer else "thinking-budget",
+                    prompt_tokens=prompt,
+                    completion_tokens=tokens,
+                    answer=found.answer if found else None,
+                    extraction=found.method if found else None,
+                    latency_s=result.latency_s,
+                    call_id=result.request_id,
+                )
+            )
+            finished.append(
+                Segment(
+                    node_id=req.node_id,
+                    text=text,
+                    finish_reason=choice.finish_reason,
+                    completion_tokens=tokens,
+                    answer=found.answer if found else None,
+                )
+            )
+        return finished[0], finished[1]
 
     async def segments_n(
         self, branch: Branch, reqs: list[SegmentRequest]
@@ -194,7 +278,7 @@ class Solver:
                 continue
             r.budget.commit(grant, choice.completion_tokens)
             own = branch.fork()
-            _apply(own, mode, messages, prefix, r, choice.text)
+            _apply(own, mode, messages, prefix, r, _with_thinking(choice, self.caps))
             prompt_tokens = result.prompt_tokens if i == 0 else 0
             segments.append((await self._finish(own, r, result, i, prompt_tokens), own))
         return segments
@@ -223,10 +307,16 @@ class Solver:
                 )
 
     def _shape(self, branch: Branch, req: SegmentRequest) -> tuple[str, list[Message], str]:
-        """How to send ``req``: the continuation mode, the messages and the assistant prefix."""
+        """How to send ``req``: the continuation mode, the messages and the assistant prefix.
+
+        Where every call is rendered with a chat template on the client, a new turn's prefix
+        is what the template's generation prompt opens (a reasoning model's ``<think>``).
+        """
         prefix = branch.assistant + req.cue if branch.assistant else ""
         if not prefix:
-            return "new", list(branch.messages), ""
+            template = client_template(self.client, self.caps)
+            opener = generation_opener(template, branch.messages) if template else ""
+            return "new", list(branch.messages), opener
         mode = self.caps.continuation
         if mode == "revision":
             prompt = req.revision_prompt or "Continue."
@@ -247,6 +337,7 @@ class Solver:
         n: int,
         first_node: str,
         reqs: list[SegmentRequest],
+        extra: dict[str, Any] | None = None,
     ) -> Completion:
         on_delta = None
         if self.bus.wants_deltas:
@@ -258,9 +349,11 @@ class Solver:
         seed = self.seed_for(first_node)
         temperature = self.sampling.temperature
         key = ",".join(r.node_id for r in reqs)
-        extra = reqs[0].constraint.fields if reqs[0].constraint is not None else None
-        if mode == "completions":
-            template = self.client.config.chat_template
+        if reqs[0].constraint is not None:
+            extra = {**(extra or {}), **reqs[0].constraint.fields}
+        template = client_template(self.client, self.caps)
+        if mode == "completions" or (mode == "new" and template is not None):
+            template = template or self.client.config.chat_template
             if template is None:
                 raise EndpointError("continuation over /v1/completions needs a chat template")
             prompt = render_continuation(template, messages, prefix)
@@ -323,7 +416,7 @@ class Solver:
         await self.bus.emit(
             NodeFinished(
                 node_id=req.node_id,
-                text=choice.text,
+                text=_with_thinking(choice, self.caps),
                 finish_reason=choice.finish_reason,
                 prompt_tokens=prompt_tokens,
                 completion_tokens=choice.completion_tokens,
@@ -342,6 +435,29 @@ class Solver:
         )
 
 
+def _with_thinking(choice: Choice, caps: Capabilities) -> str:
+    """The assistant's text with its thinking, where the server sent that apart.
+
+    A server with a reasoning parser returns the thinking in its own field; continuing the
+    message (or reading the node) needs it back inside the model's own markers.
+    """
+    if not choice.reasoning:
+        return choice.text
+    end = caps.think_end or "</think>"
+    thinking = f"<think>\n{choice.reasoning}"
+    return f"{thinking}\n{end}\n\n{choice.text}" if choice.text else thinking
+
+
+def _split_thinking(choice: Choice, end: str) -> tuple[str, str]:
+    """(thinking, answer) of a reasoning model's reply, from the field or from the marker."""
+    if choice.reasoning:
+        return choice.reasoning, choice.text
+    if end and end in choice.text:
+        thinking, _, answer = choice.text.partition(end)
+        return thinking, answer.lstrip()
+    return choice.text, ""
+
+
 def _apply(
     branch: Branch, mode: str, messages: list[Message], prefix: str, req: SegmentRequest, text: str
 ) -> None:
@@ -350,6 +466,6 @@ def _apply(
         branch.messages = messages
         branch.assistant = text
     elif mode == "new":
-        branch.assistant = text
+        branch.assistant = prefix + text  # the template's opener, if it has one
     else:
         branch.assistant = prefix + text

@@ -99,6 +99,8 @@ class BudgetForcing:
         pool: Budget,
         first: First | None = None,
     ) -> list[Candidate]:
+        if first is None and _server_thinking(self, solver):
+            return await _think_and_answer(self, solver, branch, parent, pool)
         if first is None:
             req = self.first_request(parent, pool)
             seg = await solver.segment(branch, req)
@@ -113,6 +115,7 @@ class BudgetForcing:
             if not left:
                 break
             extensions += 1
+            _reopen_thinking(solver, branch)
             last = await solver.segment(
                 branch,
                 SegmentRequest(
@@ -266,7 +269,7 @@ class Parallel:
                 )
             )
         firsts: list[First | None] = [None] * self.n
-        if solver.caps.native_n and self.n > 1:
+        if solver.caps.native_n and self.n > 1 and not _server_thinking(self.inner, solver):
             reqs = [self.inner.first_request(b, p) for b, p in zip(ids, pools, strict=True)]
             grown = await solver.segments_n(branch, reqs)
             firsts = [(r, seg, own) for r, (seg, own) in zip(reqs, grown, strict=True)]
@@ -360,7 +363,7 @@ async def _force_answer(
         label="forced answer",
         budget=pool.child(f"{parent} answer", answer_tokens),
         max_tokens=answer_tokens,
-        cue=FORCE_ANSWER_CUE,
+        cue=_answer_cue(solver, branch),
         revision_prompt=FORCE_PROMPT,
         extract_from="cue",
     )
@@ -376,3 +379,54 @@ def _latest_answer(solver: Solver, branch: Branch) -> str | None:
 
     found = extract_answer(branch.assistant, solver.problem)
     return found.answer if found else None
+
+
+# --- reasoning models --------------------------------------------------------------------------
+
+
+def _server_thinking(strategy: Strategy, solver: Solver) -> bool:
+    """Budget forcing the server does itself (``thinking_token_budget``); not for a minimum."""
+    return (
+        isinstance(strategy, BudgetForcing)
+        and strategy.min_thinking == 0
+        and solver.caps.thinking_budget == "server"
+    )
+
+
+async def _think_and_answer(
+    strategy: BudgetForcing, solver: Solver, branch: Branch, parent: str, pool: Budget
+) -> list[Candidate]:
+    """One call: the server ends the thinking at the budget and the model answers."""
+    think = strategy.first_request(parent, pool)
+    answer = SegmentRequest(
+        node_id=f"{parent}/answer",
+        parent_id=parent,
+        kind=NodeKind.FORCED_ANSWER,
+        label="answer",
+        budget=pool.child(f"{parent} answer", strategy.answer_tokens),
+        max_tokens=strategy.answer_tokens,
+    )
+    thought, said = await solver.think_and_answer(branch, think, answer)
+    if said.failed:
+        return [Candidate(node_id=said.node_id, answer=None, reasoning_tokens=0)]
+    found = said.answer if said.answer is not None else thought.answer
+    return [
+        Candidate(node_id=said.node_id, answer=found, reasoning_tokens=thought.completion_tokens)
+    ]
+
+
+def _answer_cue(solver: Solver, branch: Branch) -> str:
+    """The cue that forces the answer: for a reasoning model still thinking, its own
+    end-of-thinking marker first."""
+    end = solver.caps.think_end
+    if solver.caps.thinking_budget != "cue" and end and end not in branch.assistant:
+        return f"\n{end}\n\n{FORCE_ANSWER_CUE.lstrip()}"
+    return FORCE_ANSWER_CUE
+
+
+def _reopen_thinking(solver: Solver, branch: Branch) -> None:
+    """Below the minimum thinking, a reasoning model that closed its thinking goes on:
+    the end marker and what followed it are dropped before "Wait" (as in s1)."""
+    end = solver.caps.think_end
+    if solver.caps.thinking_budget != "cue" and end and end in branch.assistant:
+        branch.assistant = branch.assistant[: branch.assistant.index(end)].rstrip()

@@ -460,6 +460,8 @@ def _needed(settings: RunSettings) -> set[str]:
         need.add("logprobs")  # a judge on this endpoint reads P("Yes")
     if modes.mode in ("parallel", "hybrid", "adaptive", "auto"):
         need.add("n")
+    if modes.mode in ("budget", "parallel"):
+        need.add("thinking")  # how budget forcing ends a reasoning model's thinking
     return need
 
 
