@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from serving_fixtures import think_server  # noqa: F401  (a session fixture)
+from serving_fixtures import llamacpp_url, think_server  # noqa: F401  (session fixtures)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

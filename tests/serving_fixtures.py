@@ -86,3 +86,38 @@ def think_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+@pytest.fixture(scope="session")
+def llamacpp_url() -> Iterator[str]:
+    """Base URL of the embedded GGUF on llama.cpp (`thinktree serve llamacpp`), for the session.
+
+    Reuses a server recorded by an earlier `thinktree serve llamacpp` when one is up.
+    """
+    running = embedded.find_running_server("llamacpp")
+    if running is not None:
+        yield running.base_url
+        return
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "thinktree.cli", "serve", "llamacpp", "--n-threads", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "COLUMNS": "400"},
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line.startswith("serving "):
+        proc.kill()
+        pytest.fail(f"thinktree serve llamacpp did not start: {line}{proc.stdout.read()[-3000:]}")
+    base_url = next(w for w in line.split() if w.startswith("http://"))
+    try:
+        yield base_url
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

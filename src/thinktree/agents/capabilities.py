@@ -33,6 +33,8 @@ class Capabilities:
     seed: bool = False
     reasoning: Literal["field", "tags", "none"] = "none"
     constraints: list[str] = field(default_factory=list)  # dialects honoured, best first
+    stream_usage: bool = True
+    """Whether streams end with token usage (llama.cpp's do not: it is not streamed there)."""
     thinking_budget: ThinkingBudget = "cue"
     think_end: str = ""
     """The model's end-of-thinking marker (``</think>``) where it has one."""
@@ -50,8 +52,8 @@ async def probe(client: EndpointClient, *, what: set[str] | None = None) -> Capa
     """Try each capability for real (a few requests of a few tokens each).
 
     ``what`` limits the probe to some of "n", "continuation", "completions", "logprobs",
-    "seed", "reasoning", "constraints", "thinking" (how budget mode ends the thinking);
-    settings forced in the endpoint's config are taken as given.
+    "seed", "reasoning", "constraints", "thinking" (how budget mode ends the thinking),
+    "stream_usage"; settings forced in the endpoint's config are taken as given.
     """
     want = what or {
         "n",
@@ -61,6 +63,7 @@ async def probe(client: EndpointClient, *, what: set[str] | None = None) -> Capa
         "seed",
         "reasoning",
         "constraints",
+        "stream_usage",
     }
     if "thinking" in want:
         want = want | {"reasoning", "continuation"}
@@ -94,6 +97,8 @@ async def probe(client: EndpointClient, *, what: set[str] | None = None) -> Capa
                 note += "; sequential revision falls back to a new user turn"
             caps.notes["continuation"] = note
 
+    if "stream_usage" in want:
+        caps.stream_usage, caps.notes["stream_usage"] = await _try_stream_usage(client, msgs)
     if "logprobs" in want:
         caps.logprobs, caps.notes["logprobs"] = await _try_logprobs(client, msgs)
     if "seed" in want:
@@ -183,6 +188,27 @@ async def _try_seed(client: EndpointClient, msgs: list[dict[str, str]]) -> tuple
     return same, "same seed, same sample" if same else "same seed gave different samples"
 
 
+async def _try_stream_usage(client: EndpointClient, msgs: list[dict[str, str]]) -> tuple[bool, str]:
+    try:
+        request: dict[str, Any] = {
+            "model": client.model,
+            "messages": msgs,
+            "max_tokens": 2,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        stream = await client.client.chat.completions.create(**request)
+        usage = None
+        async with stream:
+            async for chunk in stream:
+                usage = chunk.usage or usage
+    except openai.APIError as exc:
+        return False, f"streaming refused ({type(exc).__name__}); calls are not streamed"
+    if usage is not None and usage.completion_tokens:
+        return True, "streams end with token usage"
+    return False, "streams carry no usage: calls are not streamed, so token counts stay exact"
+
+
 _REASONING_ASK = [{"role": "user", "content": "Is 17 a prime number? Think briefly."}]
 
 
@@ -227,32 +253,40 @@ async def try_thinking_budget(
     """Whether the server caps the thinking itself (vLLM's ``thinking_token_budget``).
 
     Asked for a 4-token thinking budget, a server configured for it (a reasoning parser)
-    ends the thinking there and says how many tokens were reasoning; one that is not
-    answers 400, and the client writes the end-of-thinking marker itself.
+    ends the thinking there, so greedy thinking comes out shorter than uncapped; one that
+    is not answers 400 (or ignores it), and the client writes the end marker itself.
     """
     if caps.reasoning == "none":
         return "cue", "not a reasoning model: the thinking ends with an answer cue"
     marker = client.config.think_end
-    extra = {"thinking_token_budget": _PROBE_BUDGET}
     template = client_template(client, caps)
-    try:
+
+    async def thinking(extra: dict[str, Any] | None) -> str:
         if template is not None:
             prompt = render_prompt(template, _REASONING_ASK)
-            result = await client.complete(prompt, max_tokens=24, extra=extra)
+            done = await client.complete(prompt, max_tokens=24, extra=extra)
         else:
-            result = await client.chat(_REASONING_ASK, max_tokens=24, extra=extra)
+            done = await client.chat(_REASONING_ASK, max_tokens=24, extra=extra)
+        choice = done.choices[0]
+        return choice.reasoning or choice.text.partition(marker)[0]
+
+    try:
+        capped = await thinking({"thinking_token_budget": _PROBE_BUDGET})
     except EndpointError as exc:
         return "marker", (
             f"the server refused thinking_token_budget ({exc}); the client ends the "
             f"thinking with {marker}"
         )
-    thought = result.reasoning_tokens
-    if thought is not None and 0 < thought <= _PROBE_BUDGET + 2:
+    try:
+        free = await thinking(None)
+    except EndpointError as exc:
+        return "marker", f"could not compare with an uncapped request ({exc})"
+    if len(capped) < len(free) and free.startswith(capped.strip()[:8]):
         return "server", (
-            f"thinking_token_budget={_PROBE_BUDGET} honoured ({thought} reasoning tokens): "
+            f"thinking_token_budget={_PROBE_BUDGET} honoured (the thinking stopped early): "
             "the server ends the thinking"
         )
     return "marker", (
-        f"thinking_token_budget={_PROBE_BUDGET} not enforced (reasoning tokens: {thought}); "
+        f"thinking_token_budget={_PROBE_BUDGET} accepted but not enforced; "
         f"the client ends the thinking with {marker}"
     )

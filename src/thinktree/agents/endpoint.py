@@ -18,6 +18,7 @@ from enum import StrEnum
 from typing import Any, Literal, Protocol
 
 import anyio
+import httpx
 import openai
 import structlog
 from openai.types import Completion as TextCompletion
@@ -234,6 +235,18 @@ class EndpointClient:
                 f"endpoint {self.config.describe()} serves {listed}; choose one with --model"
             )
         return self.model
+
+    async def count_tokens(self, text: str) -> int | None:
+        """Tokens in ``text`` by the server's own tokenizer (vLLM's ``/tokenize``), or None."""
+        url = self.config.base_url.removesuffix("/v1") + "/tokenize"
+        body = {"model": self.model, "prompt": text, "add_special_tokens": False}
+        try:
+            async with httpx.AsyncClient(timeout=30) as client:
+                response = await client.post(url, json=body)
+            count = response.json().get("count") if response.status_code == 200 else None
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return None
+        return count if isinstance(count, int) else None
 
     async def chat(
         self,

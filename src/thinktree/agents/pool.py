@@ -131,6 +131,12 @@ class EndpointPool(EndpointClient):
             member.figures.healthy = member.down_since is None
         return [m.figures.to_dict() for m in self.members]
 
+    async def count_tokens(self, text: str) -> int | None:
+        for member in self.members:
+            if member.down_since is None:
+                return await member.client.count_tokens(text)
+        return None
+
     async def resolve_model(self) -> str:
         """Every member must answer and serve the same model; else one line names the culprit."""
         names: set[str] = set()

@@ -15,7 +15,7 @@ import structlog
 
 from thinktree.agents.capabilities import Capabilities, client_template
 from thinktree.agents.chat_template import generation_opener, render_continuation
-from thinktree.agents.endpoint import Choice, Completion, EndpointClient, Message
+from thinktree.agents.endpoint import Choice, Completion, DeltaHandler, EndpointClient, Message
 from thinktree.agents.structured import AnswerFormat, Constraint, validate
 from thinktree.errors import EndpointError
 from thinktree.extraction import extract_answer
@@ -190,7 +190,12 @@ class Solver:
         thinking, content = _split_thinking(choice, self.caps.think_end)
         total = choice.completion_tokens
         thought = result.reasoning_tokens
-        if thought is None:  # not said: the thinking took what it was allowed, at most
+        if not thought and thinking:
+            # vLLM counts reasoning tokens only after a <think> in the output; where the
+            # template opened the thinking in the prompt it says 0, so count the text.
+            thought = await self.client.count_tokens(thinking)
+        if thought is None:  # nobody can say: the thinking took what it was allowed
+            log.warning("reasoning tokens unknown; counted at the budget", node=think.node_id)
             thought = total if not content else min(total, think_grant)
         thought = min(thought, total)
         think.budget.commit(think_grant, thought)
@@ -340,11 +345,38 @@ class Solver:
         extra: dict[str, Any] | None = None,
     ) -> Completion:
         on_delta = None
-        if self.bus.wants_deltas:
-            node_ids = [r.node_id for r in reqs]
+        node_ids = [r.node_id for r in reqs]
+        if self.bus.wants_deltas and self.caps.stream_usage:
 
             async def on_delta(index: int, text: str) -> None:
                 await self.bus.emit(NodeDelta(node_id=node_ids[index], text=text))
+
+        elif self.bus.wants_deltas:
+            # The server sends no usage in streams: ask without streaming (exact token
+            # counts), and show each choice's text when it arrives.
+            result = await self._send(
+                mode, messages, prefix, max_tokens, n, first_node, reqs, extra
+            )
+            for index, choice in enumerate(result.choices):
+                if choice.text:
+                    await self.bus.emit(NodeDelta(node_id=node_ids[index], text=choice.text))
+            return result
+        return await self._send(
+            mode, messages, prefix, max_tokens, n, first_node, reqs, extra, on_delta
+        )
+
+    async def _send(
+        self,
+        mode: str,
+        messages: list[Message],
+        prefix: str,
+        max_tokens: int,
+        n: int,
+        first_node: str,
+        reqs: list[SegmentRequest],
+        extra: dict[str, Any] | None,
+        on_delta: DeltaHandler | None = None,
+    ) -> Completion:
 
         seed = self.seed_for(first_node)
         temperature = self.sampling.temperature

@@ -185,7 +185,10 @@ async def execute(
                 caps = resume.capabilities
                 panel = await open_panel(settings, client, caps)
             else:
-                caps = await probe(client, what=_needed(settings))
+                need = _needed(settings)
+                if settings.trace_deltas or any(s.wants_deltas for s in subscribers):
+                    need.add("stream_usage")  # text will stream: is usage counted there?
+                caps = await probe(client, what=need)
                 panel = await open_panel(settings, client, caps)  # bad verifiers: no folder
                 _create_folder(
                     folder, run_id, problems, endpoint, model, caps, settings, aggregate_name
