@@ -54,6 +54,7 @@ async def test_a_fault_storm_loses_nothing(tmp_path: Path) -> None:
             max_connections=64,
             continuation="chat",
             native_n="no",
+            thinking="cue",
         )
         settings = RunSettings(
             modes=ModeSettings(mode="parallel", n=SAMPLES, budget=32),

@@ -36,6 +36,7 @@ _ENDPOINT_KEYS = {
     "chat_template",
     "members",
     "think_end",
+    "thinking",
 }
 _KNOWN = {"openai": "https://api.openai.com/v1"}
 

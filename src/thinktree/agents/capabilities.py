@@ -65,10 +65,10 @@ async def probe(client: EndpointClient, *, what: set[str] | None = None) -> Capa
         "constraints",
         "stream_usage",
     }
-    if "thinking" in want:
-        want = want | {"reasoning", "continuation"}
     caps = Capabilities()
     cfg = client.config
+    if "thinking" in want and cfg.thinking == "auto":
+        want = want | {"reasoning", "continuation"}
     msgs = [{"role": "user", "content": _PROBE_USER}]
 
     if "completions" in want or cfg.continuation in ("auto", "completions"):
@@ -103,7 +103,11 @@ async def probe(client: EndpointClient, *, what: set[str] | None = None) -> Capa
         caps.logprobs, caps.notes["logprobs"] = await _try_logprobs(client, msgs)
     if "seed" in want:
         caps.seed, caps.notes["seed"] = await _try_seed(client, msgs)
-    if "reasoning" in want:
+    if "thinking" in want and cfg.thinking != "auto":
+        caps.thinking_budget = cfg.thinking
+        caps.think_end = cfg.think_end if cfg.thinking != "cue" else ""
+        caps.notes["thinking"] = "set in the endpoint config"
+    elif "reasoning" in want:
         caps.reasoning, caps.notes["reasoning"] = await _try_reasoning(client, caps)
         if caps.reasoning != "none":
             caps.think_end = cfg.think_end

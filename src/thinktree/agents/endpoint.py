@@ -117,6 +117,8 @@ class EndpointConfig:
     chat_template: str | None = None
     think_end: str = "</think>"
     """A reasoning model's end-of-thinking marker."""
+    thinking: Literal["auto", "server", "marker", "cue"] = "auto"
+    """How budget mode ends the thinking (see :mod:`.capabilities`); "auto" probes."""
     members: tuple[PoolMember, ...] = ()
     """Several servers of the same model behind this one name (see :mod:`.pool`)."""
 
