@@ -35,6 +35,8 @@ SCHEMA = {
     "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}},
     "required": ["answer"],
 }
+
+
 def response_format(kind: str, schema: dict[str, Any]) -> dict[str, Any]:
     if kind == "json_object":
         return {"type": "json_object", "schema": schema}
