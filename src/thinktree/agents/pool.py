@@ -112,14 +112,17 @@ class EndpointPool(EndpointClient):
             )
             for index, member in enumerate(config.members)
         ]
-        # the probe sends a few requests of its own through ``self.client``
-        self.client = self.members[0].client.client
         self.limiter = anyio.CapacityLimiter(sum(m.limit for m in self.members))
         self.on_retry = on_retry
         self.model = config.model or ""
         self.cache = None
         self._freed = anyio.Event()
         self._turn = 0
+
+    @property
+    def client(self) -> openai.AsyncOpenAI:
+        """The SDK client of the first member (the probe sends a few requests through it)."""
+        return self.members[0].client.client
 
     async def aclose(self) -> None:
         for member in self.members:
