@@ -35,6 +35,7 @@ def test_every_script_is_covered_here() -> None:
         "adaptive_voting.py",
         "embedded_throughput.py",
         "answer_formats.py",
+        "engines.py",
     }
     assert {p.name for p in BENCH.glob("*.py")} <= covered
 
@@ -90,3 +91,10 @@ def test_embedded_throughput_prints_its_three_measurements(embedded_url: str) ->
 def test_answer_formats_prints_its_parse_rates(embedded_url: str) -> None:
     out = _run("answer_formats.py", "--base-url", embedded_url, "--per-set", "1", "--budget", "8")
     assert "% parsed" in out
+
+
+@pytest.mark.slow
+def test_engines_prints_both_engines(embedded_url: str, llamacpp_url: str) -> None:
+    out = _run("engines.py", "--tokens", "4", "--rounds", "1")
+    assert "vllm      reused at" in out and "llamacpp  reused at" in out
+    assert "1 in flight: vLLM" in out and "4 in flight: vLLM" in out
