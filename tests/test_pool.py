@@ -224,3 +224,46 @@ def test_pool_config_with_per_member_limits() -> None:
     assert cfg is not None
     assert cfg.members == (PoolMember("http://a:1/v1", 8), PoolMember("http://b:2/v1", 2))
     assert cfg.base_url == "pool:p"
+
+
+def test_run_on_a_pool_with_a_dead_member_fails_in_one_line(tmp_path: Path) -> None:
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from thinktree.testing.fake_server import fake_server_in_thread
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    with fake_server_in_thread() as alive:
+        (tmp_path / "thinktree.toml").write_text(
+            f'[endpoints.pair]\nmodel = "fake-model"\nmax_attempts = 1\n'
+            f'members = ["{alive.base_url}", "{dead}"]\n'
+        )
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "thinktree.cli",
+                "run",
+                "--endpoint",
+                "pair",
+                "--out",
+                str(tmp_path / "run"),
+                "--limit",
+                "1",
+            ],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={**env, "COLUMNS": "300"},
+        )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in proc.stderr
+    assert f"member {dead} is not usable" in lines[0]
+    assert not (tmp_path / "run").exists()
