@@ -34,11 +34,17 @@ from thinktree.problems import Problem
 
 
 async def _run(
-    url: str, problems: list[Problem], modes: ModeSettings, folder: Path, concurrency: int
+    url: str, problems: list[Problem], modes: ModeSettings, folder: Path, args: argparse.Namespace
 ) -> tuple[RunResult, float]:
-    endpoint = EndpointConfig(name="embedded", base_url=url, native_n="no", continuation="chat")
+    endpoint = EndpointConfig(
+        name="embedded",
+        base_url=url,
+        native_n="no",
+        continuation="chat",
+        max_connections=args.in_flight,
+    )
     settings = RunSettings(
-        modes=modes, aggregate="majority", seed=0, concurrency=concurrency, out=folder
+        modes=modes, aggregate="majority", seed=0, concurrency=args.concurrency, out=folder
     )
     started = time.perf_counter()
     result = await execute(problems, endpoint, settings)
@@ -53,14 +59,14 @@ async def measure(url: str, problems: list[Problem], args: argparse.Namespace) -
             problems,
             ModeSettings(mode="parallel", **common),
             Path(tmp) / "full",
-            args.concurrency,
+            args,
         )
         adaptive, adaptive_s = await _run(
             url,
             problems,
             ModeSettings(mode="adaptive", wave=args.wave, **common),
             Path(tmp) / "adaptive",
-            args.concurrency,
+            args,
         )
     agree = sum(a.answer == f.answer for a, f in zip(adaptive.trees, full.trees, strict=True))
     drawn = [len(t.of_kind(NodeKind.BRANCH)) for t in adaptive.trees]
@@ -116,7 +122,8 @@ async def main() -> int:
     parser.add_argument("--wave", type=int, default=4, help="adaptive samples per wave")
     parser.add_argument("--budget", type=int, default=32, help="thinking tokens per sample")
     parser.add_argument("--answer-tokens", type=int, default=16)
-    parser.add_argument("--concurrency", type=int, default=4, help="problems at once")
+    parser.add_argument("--concurrency", type=int, default=2, help="problems at once")
+    parser.add_argument("--in-flight", type=int, default=8, help="calls in flight at most")
     parser.add_argument("--base-url")
     args = parser.parse_args()
     problems = _problems(args)
