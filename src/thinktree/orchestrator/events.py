@@ -51,7 +51,7 @@ class Event:
         names, values, nested = shape
         data = dict(zip(names, values(self), strict=True))
         for name in nested:
-            data[name] = copy.deepcopy(data[name])
+            data[name] = _copy(data[name])
         data["type"] = self.type
         return data
 
@@ -59,6 +59,22 @@ class Event:
 _Shape = tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]], tuple[str, ...]]
 _SHAPES: dict[type[Event], _Shape] = {}
 _SCALARS = frozenset({"str", "int", "float", "bool", "None", "NodeKind"})
+
+
+def _copy(value: Any) -> Any:
+    """A copy of JSON-like data (dicts, lists, scalars), far cheaper than ``deepcopy``."""
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_copy(v) for v in value)
+    if isinstance(value, _ATOMS):
+        return value
+    return copy.deepcopy(value)
+
+
+_ATOMS = (str, int, float, bool, type(None))
 
 
 def _shape(cls: type[Event]) -> _Shape:
