@@ -37,7 +37,14 @@ class ModeSettings:
 def build_strategy(s: ModeSettings) -> Strategy:
     """The strategy for ``s.mode``; a one-line ConfigError for any bad knob."""
     if s.mode not in MODES:
-        raise ConfigError(f"unknown mode '{s.mode}'; choose one of: {', '.join(MODES)}")
+        from thinktree.verifiers.registry import plugin_strategy, strategy_names
+
+        plugin = plugin_strategy(s.mode)
+        if plugin is None:
+            choices = ", ".join([*MODES, *strategy_names()])
+            raise ConfigError(f"unknown mode '{s.mode}'; choose one of: {choices}")
+        built: Strategy = plugin(s)
+        return built
     for name, value in (("n", s.n), ("steps", s.steps), ("answer-tokens", s.answer_tokens)):
         if value <= 0:
             raise ConfigError(f"--{name} must be a positive number, not {value}")

@@ -73,7 +73,9 @@ class RunSettings:
         """The rule: as given, else verifier-weighted with verifiers, else the mode's."""
         if self.aggregate is not None:
             return self.aggregate
-        return "verifier-weighted" if self.verifiers else DEFAULT_AGGREGATE[self.modes.mode]
+        if self.verifiers:
+            return "verifier-weighted"
+        return DEFAULT_AGGREGATE.get(self.modes.mode, "majority")  # a plugin's mode: majority
 
     def temperature_for_mode(self) -> float:
         if self.temperature is not None:

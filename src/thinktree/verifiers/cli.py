@@ -57,3 +57,24 @@ def train(
     except ThinktreeError as exc:
         raise _fail(str(exc)) from None
     out.print(summary)
+
+
+@verifier_app.command("eval")
+def evaluate(
+    verifier_file: Annotated[Path, typer.Argument(help="a file from `thinktree verifier train`")],
+    runs: Annotated[list[Path], typer.Argument(help="finished run folders to score")],
+) -> None:
+    """AUROC of a trained verifier on the candidates of finished runs (no model calls)."""
+    from thinktree.errors import ThinktreeError
+    from thinktree.verifiers.trained import evaluate as run_eval
+
+    try:
+        found, candidates = run_eval(verifier_file, runs)
+    except ThinktreeError as exc:
+        raise _fail(str(exc)) from None
+    shown = (
+        "n/a (the runs hold only right or only wrong candidates)"
+        if found is None
+        else (f"{found:.3f}")
+    )
+    out.print(f"AUROC {shown} over {candidates} candidates in {len(runs)} run(s)")

@@ -29,6 +29,7 @@ BUILTIN_VERIFIERS: dict[str, str] = {
     "pairwise": "thinktree.verifiers.pairwise:pairwise",
     "reward": "thinktree.verifiers.reward:reward",
     "prm": "thinktree.verifiers.reward:process_reward",
+    "trained": "thinktree.verifiers.trained:trained",
 }
 
 

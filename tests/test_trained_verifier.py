@@ -1,0 +1,181 @@
+"""Trained verifiers: fitted on finished runs, saved in a versioned file, used by name.
+
+The runs are real runs against a scripted HTTP server on 127.0.0.1 whose candidates
+agree more often when they are right, so vote share separates right from wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from thinktree.agents.endpoint import EndpointConfig
+from thinktree.agents.modes import ModeSettings
+from thinktree.errors import ConfigError
+from thinktree.orchestrator.events import NodeKind, NodeStatus
+from thinktree.orchestrator.run import RunSettings, execute
+from thinktree.problems import AnswerType, Problem
+from thinktree.testing.fake_server import FakeBehaviour, FakeServer
+from thinktree.verifiers.base import CandidateView
+from thinktree.verifiers.trained import FEATURES, evaluate, features, load_model, train_file
+
+PROBLEMS = [
+    Problem(
+        id=f"q{i}",
+        question=f"Question {i}?",
+        answer_type=AnswerType.CHOICE,
+        options={"A": "a", "B": "b", "C": "c"},
+        answer="B",
+    )
+    for i in range(4)
+]
+
+
+def _reply(body: dict[str, Any], index: int) -> str:
+    return ["So B. Answer: B", "Answer: B", "Maybe A. Answer: A", "Hmm, C. Answer: C"][index % 4]
+
+
+async def _make_run(folder: Path, verifiers: tuple[str, ...] = ()) -> Any:
+    async with FakeServer(FakeBehaviour(reply=_reply)) as server:
+        endpoint = EndpointConfig(name="fake", base_url=server.base_url, model="fake-model")
+        settings = RunSettings(
+            modes=ModeSettings(mode="parallel", n=4, budget=32), verifiers=verifiers, out=folder
+        )
+        return await execute(PROBLEMS, endpoint, settings)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    root = tmp_path_factory.mktemp("runs")
+
+    async def make() -> None:
+        for name in ("train1", "train2", "heldout"):
+            await _make_run(root / name)
+
+    anyio.run(make, backend="asyncio")
+    return [root / "train1", root / "train2", root / "heldout"]
+
+
+def test_features_of_one_problem() -> None:
+    views = [
+        CandidateView("a", "B", "", 10),
+        CandidateView("b", "B", "", 0, revisions=2, forced=True),
+        CandidateView("c", "A", "", 5),
+        CandidateView("d", None, "", 5),
+    ]
+    rows = features(views)
+    assert len(rows[0]) == len(FEATURES)
+    assert rows[0][:2] == [2 / 3, 1 / 2]  # vote share, agreement of the others
+    assert rows[1][3:] == [2.0, 1.0]
+    assert rows[2][:2] == [1 / 3, 0.0]
+    assert rows[3][:2] == [0.0, 0.0]
+
+
+def test_train_save_load_and_evaluate_on_a_held_out_run(runs: list[Path], tmp_path: Path) -> None:
+    out = tmp_path / "verifier.json"
+    summary = train_file(runs[:2], out)
+    assert "32 candidates (16 right) from 8 problems in 2 run(s)" in summary
+    data = json.loads(out.read_text())
+    assert data["format"] == "thinktree-verifier" and data["version"] == 1
+    assert data["features"] == list(FEATURES)
+    model = load_model(out)
+    right = features([CandidateView("x", "B", "", 5), CandidateView("y", "B", "", 5)])[0]
+    wrong = features([CandidateView("x", "A", "", 5), CandidateView("y", "B", "", 5)])[0]
+    assert model.score(right) > 0.5 > model.score(wrong)
+    found, candidates = evaluate(out, [runs[2]])
+    assert (found, candidates) == (1.0, 16)
+
+
+@pytest.mark.anyio
+async def test_a_trained_verifier_scores_candidates_in_a_run(
+    runs: list[Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "v.json"
+    train_file(runs[:2], out)
+    result = await _make_run(tmp_path / "scored", verifiers=(f"trained:{out}",))
+    tree = result.trees[0]
+    verdicts = tree.of_kind(NodeKind.VERDICT)
+    assert len(verdicts) == 4 and all(v.status is NodeStatus.DONE for v in verdicts)
+    assert verdicts[0].label == "trained:v.json"
+    assert verdicts[0].text.startswith("p(right)")
+    assert tree.answer == "B"
+    m = result.metrics.verifier
+    assert m is not None and m.auroc == 1.0 and m.prompt_tokens == 0
+
+
+def _write(path: Path, data: object) -> Path:
+    path.write_text(json.dumps(data) if not isinstance(data, str) else data)
+    return path
+
+
+def test_bad_verifier_files_are_one_line(runs: list[Path], tmp_path: Path) -> None:
+    good = tmp_path / "good.json"
+    train_file(runs[:1], good)
+    data = json.loads(good.read_text())
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_model(tmp_path / "none.json")
+    with pytest.raises(ConfigError, match=r"is not a thinktree verifier file \(not JSON\)"):
+        load_model(_write(tmp_path / "junk.json", "\x00\x01 not json"))
+    with pytest.raises(ConfigError, match="no 'thinktree-verifier' header"):
+        load_model(_write(tmp_path / "other.json", {"weights": [1, 2]}))
+    with pytest.raises(ConfigError, match="verifier format 99; this thinktree reads format 1"):
+        load_model(_write(tmp_path / "new.json", {**data, "version": 99}))
+    with pytest.raises(ConfigError, match="damaged verifier file"):
+        load_model(_write(tmp_path / "cut.json", {**data, "coef": data["coef"][:2]}))
+    with pytest.raises(ConfigError, match="damaged verifier file"):
+        load_model(_write(tmp_path / "nan.json", {**data, "intercept": "nan"}))
+    with pytest.raises(ConfigError, match="retrain it"):
+        load_model(_write(tmp_path / "feat.json", {**data, "features": ["x"] * len(FEATURES)}))
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    return subprocess.run(
+        [sys.executable, "-m", "thinktree.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        cwd=cwd,
+    )
+
+
+def _one_line_error(proc: subprocess.CompletedProcess[str], text: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and text in lines[0], proc.stderr
+
+
+def test_cli_train_eval_and_its_errors(runs: list[Path], tmp_path: Path) -> None:
+    out = tmp_path / "cli.json"
+    proc = cli("verifier", "train", str(runs[0]), str(runs[1]), "--out", str(out), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "training AUROC 1.000" in proc.stdout
+    proc = cli("verifier", "eval", str(out), str(runs[2]), cwd=tmp_path)
+    assert proc.returncode == 0 and "AUROC 1.000 over 16 candidates" in proc.stdout
+    _one_line_error(
+        cli("verifier", "train", str(runs[0]), "--out", str(out), cwd=tmp_path), "already exists"
+    )
+    _one_line_error(
+        cli("verifier", "train", "nowhere", "--out", "x.json", cwd=tmp_path), "no run folder"
+    )
+    half = tmp_path / "half"
+    half.mkdir()
+    (half / "run.json").write_text((runs[0] / "run.json").read_text())
+    _one_line_error(
+        cli("verifier", "train", str(half), "--out", "x.json", cwd=tmp_path),
+        "has no results.json: the run did not complete",
+    )
+    assert not (tmp_path / "x.json").exists()
+    _one_line_error(
+        cli("run", "--verifier", "trained:missing.json", "--out", "r", cwd=tmp_path),
+        "trained verifier file missing.json does not exist",
+    )
+    assert not (tmp_path / "r").exists()
