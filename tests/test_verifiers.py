@@ -232,3 +232,19 @@ async def test_pairwise_cancels_a_judge_that_always_prefers_the_first(tmp_path: 
     verdicts = result.trees[0].of_kind(NodeKind.VERDICT)
     assert "P(A better) = 0.50" in verdicts[2].text  # 1 first, 0 swapped: no preference
     assert result.trees[0].answer == "A"  # the tie goes to the group with more votes
+
+
+@pytest.mark.anyio
+async def test_the_live_view_labels_show_the_scores(tmp_path: Path) -> None:
+    from thinktree.tui.render import node_label, subtree_tokens, winner_path
+
+    behaviour = FakeBehaviour(reply=_judging({"A": "1", "B": "9"}))
+    result = await _run(tmp_path, behaviour, ("judge:score=rating",), None)
+    tree = result.trees[0]
+    tokens = subtree_tokens(tree)
+    winners = winner_path(tree)
+    verdict = tree.nodes["q1/b2/think/verdict:judge:score=rating"]
+    assert "score 0.90" in node_label(tree, verdict, tokens[verdict.id], winners).plain
+    candidate = tree.nodes["q1/b2/think"]
+    label = node_label(tree, candidate, tokens[candidate.id], winners).plain
+    assert "★" in label and "score 0.90" in label
