@@ -152,6 +152,7 @@ async def test_tree_tokens_match_the_servers_own_count(embedded_url: str, tmp_pa
         ModeSettings(mode="parallel", n=3, budget=16),
         continuation="chat",
         native_n="no",
+        thinking="cue",
     )
     after = _server_tokens(embedded_url)
     tree_prompt = sum(t.prompt_tokens() for t in result.trees)
