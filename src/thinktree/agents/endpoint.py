@@ -31,6 +31,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from thinktree._json import dumps_sorted
 from thinktree.agents.transport import Transport, parse
 from thinktree.errors import EndpointError
 
@@ -79,11 +80,8 @@ class CallCache(Protocol):
 def fingerprint(base_url: str, model: str, route: str, request: dict[str, Any], key: str) -> str:
     """A stable hash of everything that decides a call's answer, and the node(s) it is for."""
     body = {k: v for k, v in request.items() if k not in ("stream", "stream_options")}
-    canonical = json.dumps(
-        {"base_url": base_url, "model": model, "route": route, "request": body, "key": key},
-        sort_keys=True,
-        ensure_ascii=False,
-        separators=(",", ":"),
+    canonical = dumps_sorted(
+        {"base_url": base_url, "model": model, "route": route, "request": body, "key": key}
     )
     return hashlib.blake2b(canonical.encode(), digest_size=16).hexdigest()
 

@@ -20,6 +20,8 @@ import aiohttp
 import openai
 import pydantic
 
+from thinktree._json import dump_bytes
+
 try:  # the HTTP library the SDK's exceptions carry requests and responses of
     import httpx2 as _http  # type: ignore[import-not-found,unused-ignore]
 except ImportError:  # pragma: no cover - SDK releases built on httpx
@@ -38,7 +40,6 @@ _STATUS_ERRORS: dict[int, type[openai.APIStatusError]] = {
     422: openai.UnprocessableEntityError,
     429: openai.RateLimitError,
 }
-_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 class Transport:
@@ -75,7 +76,7 @@ class Transport:
         """POST ``body`` as JSON to ``route``; the answer's raw bytes (status < 400)."""
         url = f"{self.base_url}/{route}"
         try:
-            async with self._open().post(url, data=_encode(body), headers=self._headers) as resp:
+            async with self._open().post(url, data=dump_bytes(body), headers=self._headers) as resp:
                 raw = await resp.read()
                 status, headers = resp.status, resp.headers
         except (aiohttp.ClientError, OSError) as exc:
@@ -101,7 +102,7 @@ class Transport:
         """POST ``body`` and yield each server-sent event's ``data:`` until ``[DONE]``."""
         url = f"{self.base_url}/{route}"
         try:
-            async with self._open().post(url, data=_encode(body), headers=self._headers) as resp:
+            async with self._open().post(url, data=dump_bytes(body), headers=self._headers) as resp:
                 if resp.status >= 400:
                     raise _status_error(url, resp.status, dict(resp.headers), await resp.read())
                 async for line in resp.content:

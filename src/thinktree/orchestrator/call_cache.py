@@ -8,7 +8,6 @@ for once is read back, never paid for again.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import time
 from dataclasses import fields
@@ -18,6 +17,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
+from thinktree._json import dumps, dumps_sorted, loads
 from thinktree.agents.endpoint import Choice, Completion
 from thinktree.errors import ConfigError
 
@@ -45,11 +45,11 @@ _CHOICE_FIELDS = tuple(f.name for f in fields(Choice))
 def completion_to_json(completion: Completion) -> str:
     data = {name: getattr(completion, name) for name in _COMPLETION_FIELDS}
     data["choices"] = [{n: getattr(c, n) for n in _CHOICE_FIELDS} for c in completion.choices]
-    return json.dumps(data, ensure_ascii=False)
+    return dumps(data)
 
 
 def completion_from_json(text: str) -> Completion:
-    data = json.loads(text)
+    data = loads(text)
     data["choices"] = [Choice(**c) for c in data["choices"]]
     return Completion(**data)
 
@@ -127,7 +127,7 @@ class SqliteCallCache:
         row = (
             fingerprint,
             route,
-            json.dumps(request, ensure_ascii=False, sort_keys=True),
+            dumps_sorted(request),
             completion_to_json(completion),
             completion.prompt_tokens,
             completion.completion_tokens,

@@ -37,6 +37,7 @@ from thinktree.metrics import Metrics, compute
 from thinktree.orchestrator.bus import EventBus, Subscriber, event_bus
 from thinktree.orchestrator.call_cache import SharedCallCache, SqliteCallCache
 from thinktree.orchestrator.events import CallRetried, RunFinished, RunStarted
+from thinktree.orchestrator.gc_tuning import run_gc
 from thinktree.orchestrator.ledger import Budget
 from thinktree.orchestrator.scheduler import run_problems
 from thinktree.orchestrator.store import STORE_NAME, RunStore
@@ -149,6 +150,28 @@ async def execute(
     ``shared_calls`` is a call store shared with other runs (a bench's): calls found
     there are not made again.
     """
+    with run_gc():
+        return await _execute(
+            problems,
+            endpoint,
+            settings,
+            subscribers=subscribers,
+            on_started=on_started,
+            resume=resume,
+            shared_calls=shared_calls,
+        )
+
+
+async def _execute(
+    problems: Sequence[Problem],
+    endpoint: EndpointConfig,
+    settings: RunSettings,
+    *,
+    subscribers: Sequence[Subscriber],
+    on_started: Callable[[Path], None] | None,
+    resume: ResumeState | None,
+    shared_calls: SqliteCallCache | None,
+) -> RunResult:
     validate(settings, resuming=resume is not None)
     strategy = build_strategy(settings.modes)
     aggregate_name = settings.aggregate_name()

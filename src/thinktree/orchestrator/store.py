@@ -41,6 +41,7 @@ import anyio
 import structlog
 
 from thinktree import __version__
+from thinktree._json import dumps
 from thinktree.errors import ThinktreeError
 from thinktree.orchestrator.events import Event, NodeDelta, NodeKind
 
@@ -246,7 +247,7 @@ _CALL_ROW = operator.itemgetter(*_CALL_COLUMNS)
 _VOTE_ROW = operator.itemgetter(*_VOTE_COLUMNS)
 _UPDATE_RUN = f"UPDATE run SET {', '.join(f'{c} = :{c}' for c in _RUN_COLUMNS)} WHERE id = 1"
 
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
+_dumps = dumps
 
 
 class StoreError(ThinktreeError):

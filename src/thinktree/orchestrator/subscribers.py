@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import IO
 
@@ -16,6 +15,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from thinktree._json import dump_bytes
 from thinktree.orchestrator.events import (
     CallRetried,
     Event,
@@ -46,19 +46,15 @@ class TreeRecorder:
         return None
 
 
-_encode = json.JSONEncoder(ensure_ascii=False, default=str).encode
-
-
 class TraceWriter:
     """Appends every event as one JSON line (streamed deltas only when asked for)."""
 
     def __init__(self, path: Path, *, deltas: bool = False) -> None:
         self.wants_deltas = deltas
-        self._file: IO[str] = path.open("w", encoding="utf-8", buffering=1 << 16)
+        self._file: IO[bytes] = path.open("wb", buffering=1 << 16)
 
     def handle(self, event: Event) -> None:
-        self._file.write(_encode(event.to_dict()))
-        self._file.write("\n")
+        self._file.write(dump_bytes(event.to_dict()) + b"\n")
 
     async def aclose(self) -> None:
         self._file.close()

@@ -1,0 +1,34 @@
+"""JSON on the hot path (request bodies, fingerprints, the trace, the stores) via orjson.
+
+orjson writes what ``json.dumps(..., ensure_ascii=False, separators=(",", ":"))`` writes
+for the JSON types, several times faster; keys that are not strings are written as
+strings, and anything else JSON cannot hold is written as its ``str()``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+__all__ = ["dump_bytes", "dumps", "dumps_sorted", "loads"]
+
+_OPTS = orjson.OPT_NON_STR_KEYS
+_SORTED = _OPTS | orjson.OPT_SORT_KEYS
+
+loads = orjson.loads
+
+
+def dump_bytes(obj: Any) -> bytes:
+    """``obj`` as compact UTF-8 JSON bytes."""
+    return orjson.dumps(obj, default=str, option=_OPTS)
+
+
+def dumps(obj: Any) -> str:
+    """``obj`` as compact JSON text."""
+    return orjson.dumps(obj, default=str, option=_OPTS).decode()
+
+
+def dumps_sorted(obj: Any) -> str:
+    """``obj`` as compact JSON text with every object's keys sorted (canonical)."""
+    return orjson.dumps(obj, default=str, option=_SORTED).decode()

@@ -1,0 +1,51 @@
+"""The run's garbage-collection settings are restored, and hot-path JSON matches json's."""
+
+from __future__ import annotations
+
+import enum
+import gc
+import json
+from pathlib import Path
+
+from thinktree._json import dump_bytes, dumps, dumps_sorted, loads
+from thinktree.orchestrator.gc_tuning import YOUNG_THRESHOLD, run_gc
+
+
+def test_run_gc_collects_less_and_restores_settings_when_the_outermost_run_ends() -> None:
+    before = gc.get_threshold()
+    with run_gc():
+        assert gc.get_threshold()[0] >= YOUNG_THRESHOLD
+        assert gc.get_freeze_count() > 0
+        with run_gc():  # a run inside a run (a bench's cells) keeps the outer settings
+            assert gc.get_threshold()[0] >= YOUNG_THRESHOLD
+        assert gc.get_threshold()[0] >= YOUNG_THRESHOLD
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
+
+
+def test_run_gc_restores_settings_when_the_run_fails() -> None:
+    before = gc.get_threshold()
+    try:
+        with run_gc():
+            raise RuntimeError("boom")
+    except RuntimeError:
+        pass
+    assert gc.get_threshold() == before
+
+
+class Colour(enum.StrEnum):
+    RED = "red"
+
+
+def test_hot_path_json_writes_what_the_standard_library_writes() -> None:
+    value = {"b": [1, 2.5, None, True], "a": 'é ✓ "q" \n', "c": {"z": 1, "y": Colour.RED}}
+    assert dumps(value) == json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    assert dumps_sorted(value) == json.dumps(
+        value, ensure_ascii=False, separators=(",", ":"), sort_keys=True
+    )
+    assert dump_bytes(value) == dumps(value).encode()
+    assert loads(dumps(value)) == json.loads(json.dumps(value))
+
+
+def test_hot_path_json_writes_odd_values_instead_of_failing() -> None:
+    assert loads(dumps({1: Path("x/y")})) == {"1": "x/y"}
