@@ -2,7 +2,7 @@
 
 One :class:`openai.AsyncOpenAI` per endpoint with the SDK's own retries off: tenacity
 owns retries here (429 honours ``Retry-After``; 5xx, timeouts and connection errors
-back off with jitter; other 4xx never retry). A :class:`anyio.CapacityLimiter` bounds
+back off with jitter; other 4xx never retry). A :class:`anyio.Semaphore` bounds
 calls in flight, and every call has its own timeout.
 """
 
@@ -31,7 +31,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from thinktree._json import dumps_sorted
+from thinktree._json import dumps_sorted, loads
 from thinktree.agents.transport import Transport, parse
 from thinktree.errors import EndpointError
 
@@ -170,7 +170,8 @@ class EndpointClient:
             timeout_s=config.timeout_s,
             max_connections=config.max_connections,
         )
-        self.limiter = anyio.CapacityLimiter(config.max_connections)
+        # fast_acquire: a free slot is taken without a trip through the event loop
+        self.limiter = anyio.Semaphore(config.max_connections, fast_acquire=True)
         self.on_retry = on_retry
         self.model: str = config.model or ""
         self.cache: CallCache | None = None
@@ -287,7 +288,9 @@ class EndpointClient:
         if body:
             kwargs["extra_body"] = body
         if on_delta is None:  # nobody watches the text grow: one parse, not one per token
-            return await self._call(lambda: self._plain_chat(kwargs, n), "chat", kwargs, key)
+            return await self._call(
+                lambda: self._plain_chat(kwargs, n), "chat", kwargs, key, timed=False
+            )
         return await self._call(lambda: self._stream_chat(kwargs, n, on_delta), "chat", kwargs, key)
 
     async def complete(
@@ -322,7 +325,7 @@ class EndpointClient:
             kwargs["extra_body"] = dict(extra)
         if on_delta is None:
             return await self._call(
-                lambda: self._plain_completion(kwargs, n), "completions", kwargs, key
+                lambda: self._plain_completion(kwargs, n), "completions", kwargs, key, timed=False
             )
         return await self._call(
             lambda: self._stream_completion(kwargs, n, on_delta), "completions", kwargs, key
@@ -334,7 +337,11 @@ class EndpointClient:
         route: str,
         request: dict[str, Any],
         key: str | None,
+        *,
+        timed: bool = True,
     ) -> Completion:
+        """Make (or read back) one call. ``timed=False``: the transport's own timeout bounds
+        it (a whole plain request), so no second deadline is kept here."""
         cache = self.cache if key is not None else None
         fp = ""
         if cache is not None and key is not None:
@@ -342,28 +349,38 @@ class EndpointClient:
             hit = await cache.lookup(fp)
             if hit is not None:
                 return hit
-        result = await self._attempts(attempt)
+        result = await self._attempts(attempt, timed=timed)
         if cache is not None:
             await cache.record(fp, route, request, result)
         return result
 
-    async def _attempts(self, attempt: Callable[[], Awaitable[Completion]]) -> Completion:
+    async def _attempts(
+        self, attempt: Callable[[], Awaitable[Completion]], *, timed: bool = True
+    ) -> Completion:
         """One attempt; only when it fails in a way worth retrying, the retry loop."""
         started = time.monotonic()
         try:
-            async with self.limiter:
-                with anyio.fail_after(self.config.timeout_s):
-                    result = await attempt()
+            result = await self._once(attempt, timed)
             result.attempts = 1
         except Exception as exc:
             if classify(exc) is None or self.config.max_attempts <= 1:
                 raise self._user_error(exc) from exc
-            result = await self._retry(attempt, exc)
+            result = await self._retry(attempt, exc, timed)
         result.latency_s = time.monotonic() - started
         return result
 
+    async def _once(self, attempt: Callable[[], Awaitable[Completion]], timed: bool) -> Completion:
+        async with self.limiter:
+            if not timed:
+                return await attempt()
+            with anyio.fail_after(self.config.timeout_s):
+                return await attempt()
+
     async def _retry(
-        self, attempt: Callable[[], Awaitable[Completion]], first_error: BaseException
+        self,
+        attempt: Callable[[], Awaitable[Completion]],
+        first_error: BaseException,
+        timed: bool,
     ) -> Completion:
         async def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
@@ -394,9 +411,7 @@ class EndpointClient:
         async def again() -> Completion:
             if replay:
                 raise replay.pop()
-            async with self.limiter:
-                with anyio.fail_after(self.config.timeout_s):
-                    return await attempt()
+            return await self._once(attempt, timed)
 
         try:
             async for trial in retrying:
@@ -437,7 +452,7 @@ class EndpointClient:
         raw = await self.transport.post("chat/completions", _wire(kwargs))
         counted = [0] * n
         if n > 1:  # count each choice's tokens, then drop the logprobs before parsing
-            data = json.loads(raw)
+            data = loads(raw)
             for choice in data.get("choices") or []:
                 i, logprobs = choice.get("index"), choice.get("logprobs")
                 if isinstance(i, int) and 0 <= i < n and isinstance(logprobs, dict):
@@ -454,9 +469,7 @@ class EndpointClient:
                 continue
             message = choice.message
             texts[i] = (message.content or "") if message is not None else ""
-            think = getattr(message, "reasoning_content", None) or getattr(
-                message, "reasoning", None
-            )
+            think = _reasoning_of(message)
             if isinstance(think, str):
                 reasoning[i] = think
             finish[i] = choice.finish_reason
@@ -503,9 +516,7 @@ class EndpointClient:
                             texts[i] += delta.content
                             if on_delta is not None:
                                 await on_delta(i, delta.content)
-                        think = getattr(delta, "reasoning_content", None) or getattr(
-                            delta, "reasoning", None
-                        )
+                        think = _reasoning_of(delta)
                         if isinstance(think, str) and think:
                             reasoning[i] += think
                     if choice.logprobs is not None and choice.logprobs.content:
@@ -662,3 +673,18 @@ def _retry_after(value: str | None) -> float | None:
 def _one_line(text: str) -> str:
     line = " ".join(text.split())
     return line if len(line) <= 200 else line[:197] + "..."
+
+
+def _reasoning_of(message: Any) -> object:
+    """A message's reasoning text (``reasoning_content`` or ``reasoning``), if the server sent it.
+
+    Read from the model's extra fields: ``getattr`` on a missing pydantic field takes a slow
+    path (an exception inside) on every choice of every call.
+    """
+    if message is None:
+        return None
+    for fields in (message.__dict__, message.model_extra or {}):  # declared, then extra
+        think = fields.get("reasoning_content") or fields.get("reasoning")
+        if think:
+            return think
+    return None

@@ -112,7 +112,7 @@ class EndpointPool(EndpointClient):
             )
             for index, member in enumerate(config.members)
         ]
-        self.limiter = anyio.CapacityLimiter(sum(m.limit for m in self.members))
+        self.limiter = anyio.Semaphore(sum(m.limit for m in self.members), fast_acquire=True)
         self.on_retry = on_retry
         self.model = config.model or ""
         self.cache = None

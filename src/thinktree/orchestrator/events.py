@@ -43,15 +43,20 @@ class Event:
     type: ClassVar[str] = "event"
     at: float = 0.0
 
-    def to_dict(self) -> dict[str, Any]:
-        """The event's fields and its ``type``; dicts and lists inside are copies."""
+    def to_dict(self, *, copied: bool = True) -> dict[str, Any]:
+        """The event's fields and its ``type``; dicts and lists inside are copies.
+
+        ``copied=False`` shares them instead: for a reader that only serialises the dict
+        at once (the trace writer), never for one that keeps or changes it.
+        """
         shape = _SHAPES.get(type(self))
         if shape is None:
             shape = _SHAPES[type(self)] = _shape(type(self))
         names, values, nested = shape
         data = dict(zip(names, values(self), strict=True))
-        for name in nested:
-            data[name] = _copy(data[name])
+        if copied:
+            for name in nested:
+                data[name] = _copy(data[name])
         data["type"] = self.type
         return data
 

@@ -25,6 +25,7 @@ import structlog
 from structlog.contextvars import bound_contextvars
 
 from thinktree import __version__
+from thinktree._json import dumps
 from thinktree.agents.aggregators import VERIFIER_RULES, get_aggregator
 from thinktree.agents.capabilities import Capabilities, probe
 from thinktree.agents.endpoint import EndpointClient, EndpointConfig
@@ -578,5 +579,4 @@ def _write_results(
     }
     if servers is not None:
         data["servers"] = servers  # per pool member: calls, failovers, tokens, busy time
-    # no indent: json's fast C encoder only serves compact output
-    _atomic_write(path, json.dumps(data, ensure_ascii=False))
+    _atomic_write(path, dumps(data))

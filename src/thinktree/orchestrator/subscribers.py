@@ -54,7 +54,7 @@ class TraceWriter:
         self._file: IO[bytes] = path.open("wb", buffering=1 << 16)
 
     def handle(self, event: Event) -> None:
-        self._file.write(dump_bytes(event.to_dict()) + b"\n")
+        self._file.write(dump_bytes(event.to_dict(copied=False)) + b"\n")
 
     async def aclose(self) -> None:
         self._file.close()
