@@ -44,7 +44,12 @@ async def _run(
         max_connections=args.in_flight,
     )
     settings = RunSettings(
-        modes=modes, aggregate="majority", seed=0, concurrency=args.concurrency, out=folder
+        modes=modes,
+        aggregate="majority",
+        seed=0,
+        temperature=args.temperature,
+        concurrency=args.concurrency,
+        out=folder,
     )
     started = time.perf_counter()
     result = await execute(problems, endpoint, settings)
@@ -64,7 +69,7 @@ async def measure(url: str, problems: list[Problem], args: argparse.Namespace) -
         adaptive, adaptive_s = await _run(
             url,
             problems,
-            ModeSettings(mode="adaptive", wave=args.wave, **common),
+            ModeSettings(mode="adaptive", wave=args.wave, confidence=args.confidence, **common),
             Path(tmp) / "adaptive",
             args,
         )
@@ -81,8 +86,8 @@ async def measure(url: str, problems: list[Problem], args: argparse.Namespace) -
     count = len(problems)
     print(
         f"workload: {count} problems, majority@{args.n} vs adaptive (waves of {args.wave}, "
-        f"stop at P(majority) >= 0.95 or an unbeatable leader), {args.budget}-token thinking "
-        f"cap, seed 0, one request per sample"
+        f"stop at P(majority) >= {args.confidence} or an unbeatable leader), {args.budget}-token "
+        f"thinking cap, temperature {args.temperature}, seed 0, one request per sample"
     )
     print(
         f"majority@{args.n}: {tokens_full} completion tokens, {full.metrics.calls} calls, "
@@ -120,6 +125,10 @@ async def main() -> int:
     parser.add_argument("--offset", type=int, default=0)
     parser.add_argument("--n", type=int, default=16, help="samples of the full vote")
     parser.add_argument("--wave", type=int, default=4, help="adaptive samples per wave")
+    parser.add_argument(
+        "--confidence", type=float, default=0.95, help="adaptive: the posterior stop level"
+    )
+    parser.add_argument("--temperature", type=float, default=0.7, help="sampling temperature")
     parser.add_argument("--budget", type=int, default=32, help="thinking tokens per sample")
     parser.add_argument("--answer-tokens", type=int, default=16)
     parser.add_argument("--concurrency", type=int, default=2, help="problems at once")

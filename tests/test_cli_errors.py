@@ -59,6 +59,7 @@ def work(tmp_path: Path) -> Path:
         (["--budget", "0"], ["--budget", "positive"]),
         (["--mode", "parallel", "--n", "0"], ["--n", "positive"]),
         (["--mode", "sequential", "--steps", "-1"], ["--steps", "positive"]),
+        (["--mode", "adaptive", "--stop-confidence", "1.5"], ["--stop-confidence", "below 1"]),
         (["--mode", "hybrid", "--total-budget", "0"], ["--total-budget"]),
         (["--mode", "hybrid", "--n", "8", "--steps", "8", "--total-budget", "10"], ["too small"]),
         (["--aggregate", "loudest"], ["unknown aggregator 'loudest'"]),

@@ -85,6 +85,10 @@ def run(
     ] = None,
     n: Annotated[int, typer.Option(help="parallel samples / hybrid branches / adaptive most")] = 4,
     wave: Annotated[int, typer.Option(help="adaptive: samples drawn per wave")] = 4,
+    stop_confidence: Annotated[
+        float,
+        typer.Option(help="adaptive: stop once P(the leader holds the majority) reaches it"),
+    ] = 0.95,
     steps: Annotated[int, typer.Option(help="sequential / hybrid revision steps")] = 2,
     budget: Annotated[
         int | None,
@@ -189,6 +193,7 @@ def run(
             steps=steps,
             total_budget=total_budget,
             wave=wave,
+            confidence=stop_confidence,
         ),
         aggregate=aggregate,
         temperature=temperature,

@@ -91,7 +91,7 @@ class Adaptive:
             raise ConfigError(f"--wave must be between 1 and --n ({self.n}), not {self.wave}")
         if not 0.5 < self.confidence < 1:
             raise ConfigError(
-                f"the stopping confidence must be above 0.5 and below 1, not {self.confidence}"
+                f"--stop-confidence must be above 0.5 and below 1, not {self.confidence}"
             )
 
     def allowed_tokens(self) -> int:
