@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections import Counter
@@ -218,4 +219,6 @@ def test_the_cli_runs_adaptive_mode(tmp_path: Path) -> None:
         )
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "run" / "results.json").is_file()
-    assert '"mode": "adaptive"' in (tmp_path / "run" / "results.json").read_text()
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["settings"]["mode"] == "adaptive"
+    assert results["settings"]["confidence"] == 0.95
