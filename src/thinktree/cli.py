@@ -569,6 +569,19 @@ def bench(
     out_dir: Annotated[
         Path, typer.Option("--out", help="bench folder; the same folder again resumes it")
     ],
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            metavar="[ADDRESS]",
+            help="split each cell's problems across a Ray cluster: alone, a local one started "
+            "for this command; or HOST:PORT, ray://HOST:PORT, auto (needs thinktree[ray])",
+        ),
+    ] = None,
+    shards: Annotated[
+        int | None,
+        typer.Option("--shards", help="shards per cell with --ray [default: the cluster's CPUs]"),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
 ) -> None:
     """Run a grid of runs (datasets × modes × budgets × endpoints …) into one bench folder."""
@@ -576,7 +589,7 @@ def bench(
     from thinktree.bench.commands import bench_main
 
     try:
-        main = bench_main(config, out_dir, out, err)
+        main = bench_main(config, out_dir, out, err, ray=ray, shards=shards)
     except (ThinktreeError, DatasetError) as exc:
         raise _fail(str(exc)) from None
     try:
@@ -692,10 +705,30 @@ from thinktree.verifiers.cli import verifier_app  # noqa: E402
 app.add_typer(verifier_app, name="verifier")
 
 
+def _ray_alone(args: list[str]) -> list[str]:
+    """``args`` with ``--ray`` given its value when it stands alone (a local cluster).
+
+    typer has no options whose value is optional; what follows ``--ray`` is its address
+    only when it looks like one (``auto``, or something with a port).
+    """
+    if "--ray" not in args:
+        return args
+    from thinktree.bench.commands import LOCAL_RAY
+
+    out: list[str] = []
+    for i, arg in enumerate(args):
+        out.append(arg)
+        if arg == "--ray":
+            following = args[i + 1] if i + 1 < len(args) else ""
+            if following != "auto" and (":" not in following or following.startswith("-")):
+                out.append(LOCAL_RAY)
+    return out
+
+
 def main() -> None:
     """Console-script entry point."""
     try:
-        app()
+        app(args=_ray_alone(sys.argv[1:]))
     except BrokenPipeError:
         sys.exit(1)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -9,26 +10,60 @@ from rich.console import Console
 
 from thinktree.bench.grid import load_bench_config
 from thinktree.bench.results import load
+from thinktree.errors import ConfigError
+
+#: ``--ray`` given without an address: start a local Ray instance for the command.
+LOCAL_RAY = "local"
 
 
 def bench_main(
-    config_path: Path, out_dir: Path, out: Console, err: Console
+    config_path: Path,
+    out_dir: Path,
+    out: Console,
+    err: Console,
+    *,
+    ray: str | None = None,
+    shards: int | None = None,
 ) -> Callable[[], Awaitable[None]]:
-    """Check the config now (bad input fails before anything exists); return the bench to run."""
+    """Check the config now (bad input fails before anything exists); return the bench to run.
+
+    ``ray``: run each cell's problems in shards on a Ray cluster, ``LOCAL_RAY`` for one
+    started here (see :mod:`thinktree.bench.cluster`); ``shards``: how many per cell.
+    """
     from thinktree.bench.progress import BenchProgress
     from thinktree.bench.runner import RESULTS, run_bench
+    from thinktree.bench.sharding import check_shardable
 
     config = load_bench_config(config_path)
     cells = config.cells()
+    if shards is not None and shards < 1:
+        raise ConfigError(f"--shards must be at least 1, not {shards}")
+    if shards is not None and ray is None:
+        raise ConfigError("--shards splits cells across a Ray cluster; give --ray too")
+    if ray is not None:
+        for cell in cells:
+            check_shardable(config.settings_for(cell))
 
     async def main() -> None:
+        from thinktree.bench.cluster import RayCluster
         from thinktree.embedded import embedded_server
 
-        done = sum(1 for c in cells if (out_dir / c.name / RESULTS).is_file())
-        if done:
-            err.print(f"[dim]resuming {out_dir}: {done}/{len(cells)} cells already done[/]")
-        with BenchProgress(err, len(cells), done) as view:
-            outcomes = await run_bench(config, out_dir, watcher=view, embedded=embedded_server)
+        cluster = None
+        if ray is not None:
+            cluster = RayCluster(None if ray == LOCAL_RAY else ray)
+        with cluster or contextlib.nullcontext():
+            done = sum(1 for c in cells if (out_dir / c.name / RESULTS).is_file())
+            if done:
+                err.print(f"[dim]resuming {out_dir}: {done}/{len(cells)} cells already done[/]")
+            with BenchProgress(err, len(cells), done) as view:
+                outcomes = await run_bench(
+                    config,
+                    out_dir,
+                    watcher=view,
+                    embedded=embedded_server,
+                    shards=cluster,
+                    shard_count=shards,
+                )
         ran = sum(1 for o in outcomes if o.status != "done before")
         out.print(
             f"bench {out_dir}: {len(outcomes)} cells done ({ran} now); "

@@ -84,9 +84,10 @@ class BenchProgress(CellWatcher):
         m = result.metrics
         acc = "n/a" if m.accuracy is None else f"{100 * m.accuracy:.0f} %"
         cached = f", {result.cached_calls} calls from the cache" if result.cached_calls else ""
+        note = f"; {outcome.note}" if outcome.note else ""
         self.console.print(
             f"[green]✓[/] {outcome.cell.name} ({outcome.status}): accuracy {acc} "
             f"({m.correct}/{m.graded}), {m.completion_tokens} completion tokens, "
-            f"{outcome.seconds:.1f} s{cached}",
+            f"{outcome.seconds:.1f} s{cached}{note}",
             highlight=False,
         )

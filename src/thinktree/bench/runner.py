@@ -18,22 +18,34 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from thinktree import __version__
+from thinktree.agents.capabilities import Capabilities
 from thinktree.agents.endpoint import EndpointConfig
 from thinktree.bench.grid import BenchConfig, Cell, DatasetSpec
 from thinktree.bench.perturb import NONE, perturb
+from thinktree.bench.sharding import SHARDS, ShardSpec, check_shardable, snapshot_calls, split
 from thinktree.config import endpoint_from, load_config
 from thinktree.datasets import DatasetError, load_problems
 from thinktree.errors import ConfigError
 from thinktree.orchestrator.bus import Subscriber
 from thinktree.orchestrator.call_cache import SqliteCallCache
-from thinktree.orchestrator.run import MANIFEST, RunResult, execute, load_resume
+from thinktree.orchestrator.run import (
+    MANIFEST,
+    RunResult,
+    RunSettings,
+    execute,
+    load_resume,
+    probe_endpoint,
+)
 from thinktree.pricing import Price, prices_from_config
 from thinktree.problems import Problem
+
+if TYPE_CHECKING:
+    from thinktree.bench.cluster import ShardRunner
 
 log = structlog.get_logger(__name__)
 
@@ -52,6 +64,7 @@ class CellOutcome:
     status: str  # "done before", "resumed", "ran"
     result: RunResult | None = None
     seconds: float = 0.0
+    note: str = ""  # how it ran, when not in one piece here (its shards)
 
 
 class CellWatcher:
@@ -161,13 +174,21 @@ async def run_bench(
     *,
     watcher: CellWatcher | None = None,
     embedded: Callable[[], Any] | None = None,
+    shards: ShardRunner | None = None,
+    shard_count: int | None = None,
 ) -> list[CellOutcome]:
     """Run (or resume) every cell of ``config`` into ``out``, one cell after another.
 
     ``embedded`` opens the embedded model's server (an async context manager giving
     ``base_url`` and ``model``); it is entered once, only when a cell left to run needs it.
+    With ``shards`` (a Ray cluster), each cell's problems are split into ``shard_count``
+    shards (default: the runner's CPUs) run side by side, then merged into the cell's
+    run folder. A cell a sharded bench left unfinished is finished in shards too.
     """
     watcher = watcher or CellWatcher()
+    if shards is not None:
+        for cell in config.cells():
+            check_shardable(config.settings_for(cell))
     cells = prepare(config, out)
     endpoints = resolve_endpoints(config, cells)
     prices = bench_prices(config)
@@ -182,9 +203,26 @@ async def run_bench(
                     continue
                 target = endpoints[cell.name] or local
                 assert target is not None
-                outcome = await _run_cell(
-                    config, cell, out, target, prices, shared, watcher, position, len(cells)
-                )
+                sharded = (out / cell.name / SHARDS).is_dir()
+                if sharded or (shards is not None and not (out / cell.name / MANIFEST).is_file()):
+                    from thinktree.bench.cluster import InProcessShards
+
+                    outcome = await _run_cell_sharded(
+                        config,
+                        cell,
+                        out,
+                        target,
+                        prices,
+                        shards or InProcessShards(),
+                        shard_count,
+                        watcher,
+                        position,
+                        len(cells),
+                    )
+                else:
+                    outcome = await _run_cell(
+                        config, cell, out, target, prices, shared, watcher, position, len(cells)
+                    )
                 outcomes.append(outcome)
                 watcher.cell_finished(outcome)
     finally:
@@ -243,3 +281,96 @@ async def _run_cell(
             )
             status = "ran"
     return CellOutcome(cell, folder, status, result, time.monotonic() - started)
+
+
+PLAN = "plan.json"
+
+
+async def _run_cell_sharded(
+    config: BenchConfig,
+    cell: Cell,
+    out: Path,
+    target: EndpointConfig,
+    prices: dict[str, Price],
+    runner: ShardRunner,
+    shard_count: int | None,
+    watcher: CellWatcher,
+    position: int,
+    total: int,
+) -> CellOutcome:
+    """The cell's problems in shards, each run by ``runner``, merged into the cell's folder."""
+    from thinktree.bench.merge import merge_shards
+
+    folder = out / cell.name
+    subscriber = watcher.cell_started(cell, position, total)
+    started = time.monotonic()
+    options = {**config.fixed, **cell.options}
+    problems = load_cell_problems(cell.dataset, str(options.get("perturbation", NONE)))
+    settings = dataclasses.replace(
+        config.settings_for(cell), out=folder, prices=prices, config=merged_config(config)
+    )
+    plan = folder / SHARDS / PLAN
+    count = _planned(plan) or shard_count or runner.cpus
+    parts = split(problems, count)
+    with structlog.contextvars.bound_contextvars(cell=cell.name):
+        caps = _probed(folder) or (await probe_endpoint(target, settings))[1]
+        specs = _plan_shards(out, cell, parts, target, settings, caps)
+        log.info("cell sharded", shards=len(specs), problems=len(problems))
+        reports = await runner.run(specs)
+        result = await merge_shards(
+            folder,
+            [s.folder for s in specs],
+            problems,
+            target,
+            settings,
+            shared_calls=out / SHARED_CALLS,
+            subscribers=[subscriber] if subscriber is not None else [],
+        )
+    result.cached_calls = sum(r.cached_calls for r in reports)
+    shutil.rmtree(folder / SHARDS)
+    status = "ran" if all(r.status == "ran" for r in reports) else "resumed"
+    rerun = sum(1 for r in reports if r.attempt > 1)
+    hosts = len({r.host for r in reports})
+    note = f"{len(reports)} shards on {hosts} host{'s' if hosts > 1 else ''}"
+    if rerun:
+        note += f", {rerun} run again after its worker was lost"
+    return CellOutcome(cell, folder, status, result, time.monotonic() - started, note)
+
+
+def _plan_shards(
+    out: Path,
+    cell: Cell,
+    parts: list[tuple[Problem, ...]],
+    target: EndpointConfig,
+    settings: RunSettings,
+    caps: Capabilities,
+) -> list[ShardSpec]:
+    """The shards' specs; records the split and gives each new shard its call snapshot."""
+    bench = out.resolve()
+    specs = [
+        ShardSpec(bench, cell.name, i, part, target, settings, caps) for i, part in enumerate(parts)
+    ]
+    plan = out / cell.name / SHARDS / PLAN
+    plan.parent.mkdir(parents=True, exist_ok=True)
+    plan.write_text(json.dumps({"shards": len(parts)}), encoding="utf-8")
+    for spec in specs:
+        snapshot_calls(out / SHARED_CALLS, spec)
+    return specs
+
+
+def _planned(plan: Path) -> int | None:
+    """The shard count an earlier, cut-off try of this cell chose (its folders depend on it)."""
+    try:
+        return int(json.loads(plan.read_text(encoding="utf-8"))["shards"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _probed(folder: Path) -> Capabilities | None:
+    """What an earlier try of this cell probed, when one of its shards got that far."""
+    for manifest in sorted((folder / SHARDS).glob(f"*/{MANIFEST}")):
+        try:
+            return Capabilities(**json.loads(manifest.read_text(encoding="utf-8"))["capabilities"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None

@@ -142,6 +142,7 @@ async def execute(
     on_started: Callable[[Path], None] | None = None,
     resume: ResumeState | None = None,
     shared_calls: SqliteCallCache | None = None,
+    capabilities: Capabilities | None = None,
 ) -> RunResult:
     """Run every problem and keep the run folder current; returns the metrics and trees.
 
@@ -149,7 +150,8 @@ async def execute(
     finished call is committed to ``calls.sqlite`` before it counts, so a killed run can
     be resumed (:func:`load_resume`) without paying for any finished call again.
     ``shared_calls`` is a call store shared with other runs (a bench's): calls found
-    there are not made again.
+    there are not made again. ``capabilities`` skips the probe (a bench's shards share
+    the one probe their driver made, see :func:`probe_endpoint`).
     """
     with run_gc():
         return await _execute(
@@ -160,6 +162,7 @@ async def execute(
             on_started=on_started,
             resume=resume,
             shared_calls=shared_calls,
+            capabilities=capabilities,
         )
 
 
@@ -172,6 +175,7 @@ async def _execute(
     on_started: Callable[[Path], None] | None,
     resume: ResumeState | None,
     shared_calls: SqliteCallCache | None,
+    capabilities: Capabilities | None,
 ) -> RunResult:
     validate(settings, resuming=resume is not None)
     strategy = build_strategy(settings.modes)
@@ -211,10 +215,10 @@ async def _execute(
                 caps = resume.capabilities
                 panel = await open_panel(settings, client, caps)
             else:
-                need = _needed(settings)
-                if settings.trace_deltas or any(s.wants_deltas for s in subscribers):
-                    need.add("stream_usage")  # text will stream: is usage counted there?
-                caps = await probe(client, what=need)
+                if capabilities is not None:
+                    caps = capabilities
+                else:
+                    caps = await probe(client, what=_needed(settings, subscribers))
                 panel = await open_panel(settings, client, caps)  # bad verifiers: no folder
                 _create_folder(
                     folder, run_id, problems, endpoint, model, caps, settings, aggregate_name
@@ -292,7 +296,7 @@ async def _execute(
             retries=recorder.retries,
             price=settings.prices.get(model),
         )
-        _write_results(
+        write_results(
             folder / "results.json",
             run_id,
             endpoint,
@@ -480,9 +484,24 @@ def _stopped_by(recorder: TreeRecorder) -> str | None:
     return None
 
 
-def _needed(settings: RunSettings) -> set[str]:
+async def probe_endpoint(
+    endpoint: EndpointConfig, settings: RunSettings
+) -> tuple[str, Capabilities]:
+    """The model name and what a run with ``settings`` needs to know of the endpoint.
+
+    The same probe :func:`execute` makes; a driver that splits one run into shards
+    probes once and hands the result to every shard.
+    """
+    async with _client(endpoint, None) as client:
+        model = await client.resolve_model()
+        return model, await probe(client, what=_needed(settings, ()))
+
+
+def _needed(settings: RunSettings, subscribers: Sequence[Subscriber]) -> set[str]:
     modes = settings.modes
     need = {"continuation"}
+    if settings.trace_deltas or any(s.wants_deltas for s in subscribers):
+        need.add("stream_usage")  # text will stream: is usage counted there?
     if settings.answer_format != "free" or settings.verifiers:
         need.add("constraints")
     if settings.verifiers:
@@ -520,7 +539,7 @@ async def _client(
         await client.aclose()
 
 
-def _write_results(
+def write_results(
     path: Path,
     run_id: str,
     endpoint: EndpointConfig,
@@ -534,6 +553,7 @@ def _write_results(
     stopped_by: str | None,
     servers: list[dict[str, Any]] | None = None,
 ) -> None:
+    """Write ``results.json`` atomically (its presence means the run completed)."""
     data: dict[str, Any] = {
         "thinktree": __version__,
         "run_id": run_id,
