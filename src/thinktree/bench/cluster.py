@@ -151,7 +151,8 @@ class RayCluster:
         try:
             quiet = _stderr_quiet() if self.address is not None else contextlib.nullcontext()
             with _environment(env), quiet:
-                ray.init(address=self.address, **options)
+                # "local": a new instance, even when `ray start` left one to join
+                ray.init(address=self.address or "local", **options)
         except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError …
             with contextlib.suppress(Exception):
                 ray.shutdown()

@@ -50,7 +50,8 @@ def bench_main(
 
         cluster = None
         if ray is not None:
-            cluster = RayCluster(None if ray == LOCAL_RAY else ray)
+            # a local cluster gets one CPU per shard (or the machine's)
+            cluster = RayCluster(None if ray == LOCAL_RAY else ray, num_cpus=shards)
         with cluster or contextlib.nullcontext():
             done = sum(1 for c in cells if (out_dir / c.name / RESULTS).is_file())
             if done:

@@ -170,7 +170,7 @@ async def merge_shards(
         *subscribers,
     ]
     try:
-        for event in (started, *events, finished):
+        for event in (started, *events, finished):  # as the event bus hands them out
             for sink in sinks:
                 sink.handle(event)
     finally:
