@@ -62,7 +62,7 @@ def paid() -> list[str]:
     return [key for key in SEEN if "Which one" in key]
 
 
-def write_config(folder: Path, url: str, grid: str, count: int) -> Path:
+def write_config(folder: Path, url: str, grid: str, count: int, endpoints: str = "") -> Path:
     with (folder / "qs.jsonl").open("w") as f:
         for i in range(count):
             problem = {
@@ -88,6 +88,7 @@ seed = 2
 n = 2
 budget = 16
 concurrency = 1
+{endpoints}
 """
     )
     return config
@@ -126,8 +127,13 @@ def comparable(results: dict[str, Any]) -> dict[str, Any]:
         }
         for p in results["problems"]
     ]
-    rest = {k: v for k, v in results.items() if k not in ("run_id", "metrics", "problems")}
-    return {**rest, "metrics": metrics, "problems": problems}
+    rest = {
+        k: v for k, v in results.items() if k not in ("run_id", "metrics", "problems", "servers")
+    }
+    servers = results.get("servers") or []  # which member answered depends on load
+    answered = sum(m["calls"] for m in servers)
+    tokens = sum(m["completion_tokens"] for m in servers)
+    return {**rest, "metrics": metrics, "problems": problems, "pool": (answered, tokens)}
 
 
 def stored_nodes(folder: Path) -> dict[str, list[tuple[Any, ...]]]:
@@ -279,8 +285,19 @@ def test_a_ray_bench_equals_a_single_process_bench(
     tmp_path: Path, ray_head: tuple[str, dict[str, str]]
 ) -> None:
     address, env = ray_head
-    with fake_server_in_thread(FakeBehaviour(reply=reply, delay_s=0.01)) as server:
-        config = write_config(tmp_path, server.base_url, 'mode = ["budget", "parallel"]', 5)
+    behaviour = FakeBehaviour(reply=reply, delay_s=0.01)
+    with (
+        fake_server_in_thread(behaviour, id_prefix="one") as one,
+        fake_server_in_thread(behaviour, id_prefix="two") as two,
+    ):
+        # every shard against one pool of two servers, as replicas on several nodes would be
+        pool = f"""
+[endpoints.pool]
+model = "fake-model"
+max_connections = 2
+members = ["{one.base_url}", "{two.base_url}"]
+"""
+        config = write_config(tmp_path, "pool", 'mode = ["budget", "parallel"]', 5, pool)
         SEEN.clear()
         finish("bench", str(config), "--out", "single", cwd=tmp_path)
         single_seen = list(SEEN)
@@ -393,3 +410,27 @@ def test_problems_are_dealt_round_robin_and_pool_figures_add_up() -> None:
         other,
     ]
     assert _servers([None, None]) is None
+
+
+@pytest.mark.slow
+def test_a_ray_bench_on_the_embedded_model(tmp_path: Path, embedded_url: str) -> None:
+    """`endpoint = "embedded"`: the driver serves the model (here it finds the session's
+    server) and the shards on the local cluster call it at its address."""
+    before = ray_pids()
+    config = write_config(tmp_path, "embedded", 'mode = ["budget"]', 4)
+    config.write_text(config.read_text().replace("concurrency = 1", "concurrency = 2"))
+    said = finish("bench", str(config), "--out", "sharded", "--ray", "--shards", "2", cwd=tmp_path)
+    assert "2 shards on 1 host" in said
+    (cell,) = (tmp_path / "sharded").glob("*/results.json")
+    results = json.loads(cell.read_text())
+    assert results["endpoint"]["base_url"] == embedded_url
+    assert [p["id"] for p in results["problems"]] == ["q0", "q1", "q2", "q3"]
+    assert results["metrics"]["problems"] == 4 and results["metrics"]["failed"] == 0
+    nodes = [n for p in results["problems"] for n in p["nodes"]]
+    assert all(n["status"] == "done" for n in nodes)
+    call_ids = {n["call_id"] for n in nodes if n["call_id"]}
+    assert len(call_ids) == results["metrics"]["calls"]
+    assert call_count(cell.parent / "calls.sqlite") == len(call_ids)
+    with StoreReader.open(cell.parent / "run.sqlite") as reader:
+        assert reader.status() == "completed" and len(reader.calls()) == len(call_ids)
+    assert not wait_gone(ray_pids() - before)

@@ -140,11 +140,13 @@ async def merge_shards(
     *,
     shared_calls: Path | None = None,
     subscribers: Sequence[Subscriber] = (),
+    probe_servers: list[dict[str, Any]] | None = None,
 ) -> RunResult:
     """Merge finished shard run folders into the run folder ``folder`` (see module doc).
 
     ``problems`` are the cell's, in the dataset's order. ``shared_calls`` (the bench's
-    call store) gets the shards' calls too, so later cells find them.
+    call store) gets the shards' calls too, so later cells find them. ``probe_servers``:
+    a pool's figures for the driver's probe, counted as a single run counts its own.
     """
     run_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     first, shard_results = _start(folder, shards, problems, run_id, shared_calls)
@@ -200,7 +202,7 @@ async def merge_shards(
         metrics,
         trees,
         stopped_by=stopped,
-        servers=_servers([r.get("servers") for r in shard_results]),
+        servers=_servers([probe_servers, *(r.get("servers") for r in shard_results)]),
     )
     return RunResult(
         run_id=run_id,
@@ -214,7 +216,11 @@ async def merge_shards(
 
 
 def _servers(per_shard: Sequence[list[dict[str, Any]] | None]) -> list[dict[str, Any]] | None:
-    """A pool's per-member figures summed over the shards (None when no pool was used)."""
+    """A pool's per-member figures summed over the shards (None when no pool was used).
+
+    Shards run side by side, so the summed ``peak_outstanding`` is an upper bound of the
+    member's peak, not a measurement.
+    """
     merged: dict[str, dict[str, Any]] = {}
     for figures in per_shard:
         for member in figures or []:

@@ -313,7 +313,10 @@ async def _run_cell_sharded(
     count = _planned(plan) or shard_count or runner.cpus
     parts = split(problems, count)
     with structlog.contextvars.bound_contextvars(cell=cell.name):
-        caps = _probed(folder) or (await probe_endpoint(target, settings))[1]
+        caps, probe_servers = _probed(folder), None
+        if caps is None:  # a cell's first try: probe once, for every shard
+            probed = await probe_endpoint(target, settings)
+            caps, probe_servers = probed.capabilities, probed.servers
         specs = _plan_shards(out, cell, parts, target, settings, caps)
         log.info("cell sharded", shards=len(specs), problems=len(problems))
         reports = await runner.run(specs)
@@ -325,6 +328,7 @@ async def _run_cell_sharded(
             settings,
             shared_calls=out / SHARED_CALLS,
             subscribers=[subscriber] if subscriber is not None else [],
+            probe_servers=probe_servers,
         )
     result.cached_calls = sum(r.cached_calls for r in reports)
     shutil.rmtree(folder / SHARDS)

@@ -484,9 +484,16 @@ def _stopped_by(recorder: TreeRecorder) -> str | None:
     return None
 
 
-async def probe_endpoint(
-    endpoint: EndpointConfig, settings: RunSettings
-) -> tuple[str, Capabilities]:
+@dataclass(frozen=True, slots=True)
+class Probed:
+    """What :func:`probe_endpoint` found, and what the probe cost a pool's members."""
+
+    model: str
+    capabilities: Capabilities
+    servers: list[dict[str, Any]] | None = None
+
+
+async def probe_endpoint(endpoint: EndpointConfig, settings: RunSettings) -> Probed:
     """The model name and what a run with ``settings`` needs to know of the endpoint.
 
     The same probe :func:`execute` makes; a driver that splits one run into shards
@@ -494,7 +501,9 @@ async def probe_endpoint(
     """
     async with _client(endpoint, None) as client:
         model = await client.resolve_model()
-        return model, await probe(client, what=_needed(settings, ()))
+        caps = await probe(client, what=_needed(settings, ()))
+        servers = client.figures() if isinstance(client, EndpointPool) else None
+        return Probed(model, caps, servers)
 
 
 def _needed(settings: RunSettings, subscribers: Sequence[Subscriber]) -> set[str]:

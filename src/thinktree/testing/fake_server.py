@@ -181,8 +181,12 @@ class FakeServer:
         retry_after_s: float = 0.0,
         slow_s: float = 30.0,
         record_bodies: bool = False,
+        id_prefix: str = "fake",
     ) -> None:
         self.behaviour = behaviour or FakeBehaviour()
+        self.id_prefix = id_prefix
+        """Response ids are ``chatcmpl-PREFIX-N``: give servers of one pool their own, as
+        real servers' ids never collide."""
         self._faults = faults if callable(faults) else tuple(faults)
         self.retry_after_s = retry_after_s
         self.slow_s = slow_s
@@ -344,7 +348,7 @@ class FakeServer:
             "completion_tokens": completion_tokens,
             "total_tokens": prompt_tokens + completion_tokens,
         }
-        rid = f"{'chatcmpl' if chat else 'cmpl'}-fake-{index}"
+        rid = f"{'chatcmpl' if chat else 'cmpl'}-{self.id_prefix}-{index}"
         if body.get("stream"):
             head, content, tail = self._events(body, rid, choices, usage, chat=chat)
             return await self._send_stream(request, head, content, tail, fault)
