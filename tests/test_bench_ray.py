@@ -23,8 +23,10 @@ from typing import Any
 
 import pytest
 
+from thinktree.bench.follow import ShardFollower
 from thinktree.bench.merge import _servers
 from thinktree.bench.sharding import split
+from thinktree.orchestrator.events import CallRetried, Event, ProblemFinished, RunStarted
 from thinktree.orchestrator.store import StoreReader
 from thinktree.problems import Problem
 from thinktree.testing.fake_server import FakeBehaviour, fake_server_in_thread
@@ -434,3 +436,47 @@ def test_a_ray_bench_on_the_embedded_model(tmp_path: Path, embedded_url: str) ->
     with StoreReader.open(cell.parent / "run.sqlite") as reader:
         assert reader.status() == "completed" and len(reader.calls()) == len(call_ids)
     assert not wait_gone(ray_pids() - before)
+
+
+def test_a_sharded_cell_s_progress_follows_its_shards_traces(tmp_path: Path) -> None:
+    seen: list[Event] = []
+
+    class Sink:
+        wants_deltas = False
+
+        def handle(self, event: Event) -> None:
+            seen.append(event)
+
+        async def aclose(self) -> None:
+            return None
+
+    def write(folder: Path, *events: Event, mode: str = "a") -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        with (folder / "trace.jsonl").open(mode) as f:
+            for event in events:
+                f.write(json.dumps(event.to_dict()) + "\n")
+
+    def done(pid: str) -> ProblemFinished:
+        return ProblemFinished(problem_id=pid, answer="A", correct=True, covered=True)
+
+    a, b = tmp_path / "000", tmp_path / "001"
+    started = RunStarted(run_id="", mode="budget", endpoint="e", model="m", problems=3)
+    follower = ShardFollower(Sink(), [a, b], started)
+    follower.poll()  # no traces yet
+    write(a, started, done("q0"))
+    follower.poll()
+    write(a, done("q2"))
+    write(b, started, CallRetried(endpoint="e", attempt=1, wait_s=0.5, reason="429"))
+    follower.poll()
+    # shard 0 run again after a kill: its trace starts over and repeats q0
+    write(a, started, done("q0"), mode="w")
+    write(b, done("q1"))
+    follower.poll()
+    kinds = [(e.type, getattr(e, "problem_id", None)) for e in seen]
+    assert kinds == [
+        ("run-started", None),
+        ("problem-finished", "q0"),
+        ("problem-finished", "q2"),
+        ("call-retried", None),
+        ("problem-finished", "q1"),
+    ]

@@ -16,7 +16,7 @@ import logging
 import os
 import socket
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -41,7 +41,11 @@ class ShardRunner(Protocol):
     @property
     def cpus(self) -> int: ...
 
-    async def run(self, specs: Sequence[ShardSpec]) -> list[ShardReport]: ...
+    async def run(
+        self, specs: Sequence[ShardSpec], on_poll: Callable[[], None] | None = None
+    ) -> list[ShardReport]:
+        """Run every shard; ``on_poll`` is called every so often while they run."""
+        ...
 
 
 class InProcessShards:
@@ -49,8 +53,15 @@ class InProcessShards:
 
     cpus = 1
 
-    async def run(self, specs: Sequence[ShardSpec]) -> list[ShardReport]:
-        return [await anyio.to_thread.run_sync(run_shard, spec) for spec in specs]
+    async def run(
+        self, specs: Sequence[ShardSpec], on_poll: Callable[[], None] | None = None
+    ) -> list[ShardReport]:
+        reports = []
+        for spec in specs:
+            reports.append(await anyio.to_thread.run_sync(run_shard, spec))
+            if on_poll is not None:
+                on_poll()
+        return reports
 
 
 def _ray() -> Any:
@@ -177,7 +188,9 @@ class RayCluster:
         assert self._ray is not None, "enter the RayCluster first"
         return max(1, int(self._ray.cluster_resources().get("CPU", 1)))
 
-    async def run(self, specs: Sequence[ShardSpec]) -> list[ShardReport]:
+    async def run(
+        self, specs: Sequence[ShardSpec], on_poll: Callable[[], None] | None = None
+    ) -> list[ShardReport]:
         """Run every shard as a Ray task; a shard's error is raised as one line."""
         ray = self._ray
         assert ray is not None, "enter the RayCluster first"
@@ -190,8 +203,10 @@ class RayCluster:
                 done, pending = ray.wait(pending, num_returns=len(pending), timeout=0)
                 for ref in done:
                     reports.append(self._result(ref, spec_of[ref]))
+                if on_poll is not None:
+                    on_poll()
                 if pending:
-                    await anyio.sleep(0.1)
+                    await anyio.sleep(0.2)
         finally:
             for ref in pending:  # cancelled, or another shard failed: stop the rest
                 with contextlib.suppress(Exception):

@@ -25,6 +25,7 @@ import structlog
 from thinktree import __version__
 from thinktree.agents.capabilities import Capabilities
 from thinktree.agents.endpoint import EndpointConfig
+from thinktree.bench.follow import ShardFollower
 from thinktree.bench.grid import BenchConfig, Cell, DatasetSpec
 from thinktree.bench.perturb import NONE, perturb
 from thinktree.bench.sharding import SHARDS, ShardSpec, check_shardable, snapshot_calls, split
@@ -33,6 +34,7 @@ from thinktree.datasets import DatasetError, load_problems
 from thinktree.errors import ConfigError
 from thinktree.orchestrator.bus import Subscriber
 from thinktree.orchestrator.call_cache import SqliteCallCache
+from thinktree.orchestrator.events import RunStarted
 from thinktree.orchestrator.run import (
     MANIFEST,
     RunResult,
@@ -71,7 +73,11 @@ class CellWatcher:
     """Told when each cell starts and ends (the progress view implements it)."""
 
     def cell_started(self, cell: Cell, position: int, total: int) -> Subscriber | None:
-        """Return a subscriber for the cell's run events (or None)."""
+        """Return a subscriber for the cell's run events (or None).
+
+        A cell run in shards tells it only its progress, as the shards write it: one
+        ``run-started``, each ``problem-finished`` once, and ``call-retried``.
+        """
         return None
 
     def cell_finished(self, outcome: CellOutcome) -> None:
@@ -319,7 +325,17 @@ async def _run_cell_sharded(
             caps, probe_servers = probed.capabilities, probed.servers
         specs = _plan_shards(out, cell, parts, target, settings, caps)
         log.info("cell sharded", shards=len(specs), problems=len(problems))
-        reports = await runner.run(specs)
+        follower = None
+        if subscriber is not None:
+            started_event = RunStarted(
+                run_id="",
+                mode=settings.modes.mode,
+                endpoint=target.name,
+                model=target.model or "",
+                problems=len(problems),
+            )
+            follower = ShardFollower(subscriber, [s.folder for s in specs], started_event)
+        reports = await runner.run(specs, None if follower is None else follower.poll)
         result = await merge_shards(
             folder,
             [s.folder for s in specs],
@@ -327,7 +343,6 @@ async def _run_cell_sharded(
             target,
             settings,
             shared_calls=out / SHARED_CALLS,
-            subscribers=[subscriber] if subscriber is not None else [],
             probe_servers=probe_servers,
         )
     result.cached_calls = sum(r.cached_calls for r in reports)
