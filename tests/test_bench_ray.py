@@ -183,6 +183,14 @@ def call_count(path: Path) -> int:
         conn.close()
 
 
+def committed_so_far(path: Path) -> int:
+    """Calls a running shard has committed (0 while its store is not there yet)."""
+    try:
+        return call_count(path) if path.is_file() else 0
+    except sqlite3.Error:
+        return 0
+
+
 def assert_same_bench(single: Path, sharded: Path) -> None:
     cells = sorted(p.parent.name for p in single.glob("*/results.json"))
     assert cells and cells == sorted(p.parent.name for p in sharded.glob("*/results.json"))
@@ -344,12 +352,8 @@ def test_a_killed_worker_s_shard_runs_again_without_paying_twice(tmp_path: Path)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             assert proc.poll() is None, proc.communicate()
-            if worker.is_file() and calls.is_file():
-                try:
-                    if call_count(calls) >= 1:
-                        break
-                except sqlite3.Error:
-                    pass
+            if worker.is_file() and committed_so_far(calls):
+                break
             time.sleep(0.02)
         else:
             pytest.fail("shard 0 never committed a call")
@@ -371,6 +375,29 @@ def test_a_killed_worker_s_shard_runs_again_without_paying_twice(tmp_path: Path)
     assert_same_bench(tmp_path / "single", tmp_path / "sharded")
     left = wait_gone(ray_pids() - before)
     assert not left, f"the command left Ray processes behind: {sorted(left)}"
+
+
+def test_a_ray_bench_cut_off_by_ctrl_c_resumes_without_ray(tmp_path: Path) -> None:
+    before = ray_pids()
+    with fake_server_in_thread(FakeBehaviour(reply=reply, delay_s=0.1)) as server:
+        config = write_config(tmp_path, server.base_url, 'mode = ["budget"]', 6)
+        finish("bench", str(config), "--out", "single", cwd=tmp_path)
+        proc = cli("bench", str(config), "--out", "sharded", "--ray", "--shards", "2", cwd=tmp_path)
+        shards = tmp_path / "sharded" / "001_qs_mode-budget" / "shards"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if all(committed_so_far(shards / f"00{i}" / "calls.sqlite") for i in (0, 1)):
+                break
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, out + err
+        assert "resume with: thinktree bench" in err
+        assert not wait_gone(ray_pids() - before), "Ctrl-C left Ray processes behind"
+        assert not (shards.parent / "results.json").exists() and shards.is_dir()
+        said = finish("bench", str(config), "--out", "sharded", cwd=tmp_path)  # no --ray
+        assert "(resumed)" in said and "calls from the cache" in said
+    assert_same_bench(tmp_path / "single", tmp_path / "sharded")
 
 
 def test_bad_ray_input_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:

@@ -28,7 +28,14 @@ from thinktree.agents.endpoint import EndpointConfig
 from thinktree.bench.follow import ShardFollower
 from thinktree.bench.grid import BenchConfig, Cell, DatasetSpec
 from thinktree.bench.perturb import NONE, perturb
-from thinktree.bench.sharding import SHARDS, ShardSpec, check_shardable, snapshot_calls, split
+from thinktree.bench.sharding import (
+    SHARDS,
+    ShardSpec,
+    attempts,
+    check_shardable,
+    snapshot_calls,
+    split,
+)
 from thinktree.config import endpoint_from, load_config
 from thinktree.datasets import DatasetError, load_problems
 from thinktree.errors import ConfigError
@@ -324,6 +331,7 @@ async def _run_cell_sharded(
             probed = await probe_endpoint(target, settings)
             caps, probe_servers = probed.capabilities, probed.servers
         specs = _plan_shards(out, cell, parts, target, settings, caps)
+        tried = [attempts(spec) for spec in specs]  # by an earlier, cut-off try of the bench
         log.info("cell sharded", shards=len(specs), problems=len(problems))
         follower = None
         if subscriber is not None:
@@ -348,7 +356,7 @@ async def _run_cell_sharded(
     result.cached_calls = sum(r.cached_calls for r in reports)
     shutil.rmtree(folder / SHARDS)
     status = "ran" if all(r.status == "ran" for r in reports) else "resumed"
-    rerun = sum(1 for r in reports if r.attempt > 1)
+    rerun = sum(1 for r, before in zip(reports, tried, strict=True) if r.attempt > before + 1)
     hosts = len({r.host for r in reports})
     note = f"{len(reports)} shards on {hosts} host{'s' if hosts > 1 else ''}"
     if rerun:

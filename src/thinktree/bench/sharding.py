@@ -15,7 +15,6 @@ what is sampled.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -185,12 +184,18 @@ async def _run(spec: ShardSpec) -> tuple[str, int]:
         shared.close()
 
 
+def attempts(spec: ShardSpec) -> int:
+    """How many times a worker has started the shard so far (0: never)."""
+    try:
+        return int(json.loads(spec.worker_file.read_text(encoding="utf-8"))["attempt"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
 def _note_worker(spec: ShardSpec) -> int:
     """Record which process runs the shard (and how many tries it took) beside its folder."""
     path = spec.worker_file
-    attempt = 1
-    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
-        attempt = int(json.loads(path.read_text(encoding="utf-8"))["attempt"]) + 1
+    attempt = attempts(spec) + 1
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     info = {"pid": os.getpid(), "host": socket.gethostname(), "attempt": attempt}
