@@ -507,3 +507,19 @@ def test_a_sharded_cell_s_progress_follows_its_shards_traces(tmp_path: Path) -> 
         ("call-retried", None),
         ("problem-finished", "q1"),
     ]
+
+
+def test_ray_given_alone_means_a_local_cluster() -> None:
+    from thinktree.cli import _ray_alone
+
+    assert _ray_alone(["bench", "b.toml", "--ray"]) == ["bench", "b.toml", "--ray", "local"]
+    assert _ray_alone(["bench", "--ray", "b.toml", "--out", "o"])[:4] == [
+        "bench",
+        "--ray",
+        "local",
+        "b.toml",
+    ]
+    assert _ray_alone(["bench", "b", "--ray", "--shards", "2"])[3] == "local"
+    for value in ("local", "auto", "head:6379", "ray://head:10001"):
+        assert _ray_alone(["bench", "b", "--ray", value]) == ["bench", "b", "--ray", value]
+    assert _ray_alone(["run", "x"]) == ["run", "x"]

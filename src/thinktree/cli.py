@@ -708,8 +708,8 @@ app.add_typer(verifier_app, name="verifier")
 def _ray_alone(args: list[str]) -> list[str]:
     """``args`` with ``--ray`` given its value when it stands alone (a local cluster).
 
-    typer has no options whose value is optional; what follows ``--ray`` is its address
-    only when it looks like one (``auto``, or something with a port).
+    typer has no options whose value is optional; what follows ``--ray`` is its value
+    only when it looks like one (``local``, ``auto``, or an address with a port).
     """
     if "--ray" not in args:
         return args
@@ -720,7 +720,8 @@ def _ray_alone(args: list[str]) -> list[str]:
         out.append(arg)
         if arg == "--ray":
             following = args[i + 1] if i + 1 < len(args) else ""
-            if following != "auto" and (":" not in following or following.startswith("-")):
+            named = following in (LOCAL_RAY, "auto")
+            if not named and (":" not in following or following.startswith("-")):
                 out.append(LOCAL_RAY)
     return out
 
