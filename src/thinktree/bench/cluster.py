@@ -148,13 +148,12 @@ class RayCluster:
         ray = _ray()
         if self.address is not None:
             check_reachable(self.address)
-        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phoning home from a run
         options: dict[str, Any] = {
             "include_dashboard": False,
             "log_to_driver": False,  # workers log to files beside their shards
             "logging_level": logging.ERROR,
         }
-        env: dict[str, str] = {}
+        env = {"RAY_USAGE_STATS_ENABLED": "0"}  # no phoning home from a run
         if self.address is None:
             options["num_cpus"] = self.num_cpus or os.cpu_count() or 1
         else:  # something that answers but is no Ray head: give up in seconds, not 20 s
