@@ -141,3 +141,31 @@ async def test_a_failed_branch_never_crashes_the_problem(tmp_path: Path) -> None
     assert failed and len(failed) < len(thinks)
     assert all("after 1 attempts" in (t.error or "") for t in failed)
     assert tree.answer == "B" and tree.error is None
+
+
+@pytest.mark.parametrize(("cache_as", "paid_again"), [("embedded:vllm", 0), (None, 1)])
+async def test_a_call_store_finds_a_call_made_on_the_same_model_at_another_port(
+    tmp_path: Path, cache_as: str | None, paid_again: int
+) -> None:
+    """The embedded server comes back on a new port: a resumed run must not pay again."""
+    from thinktree.orchestrator.call_cache import SqliteCallCache
+
+    cache = SqliteCallCache(tmp_path / "calls.sqlite")
+    try:
+        answers = []
+        for _ in range(2):  # one server, then another (a restart on a free port)
+            async with FakeServer() as server:
+                cfg = EndpointConfig(
+                    name="embedded", base_url=server.base_url, model="fake-model", cache_as=cache_as
+                )
+                client = EndpointClient(cfg)
+                client.cache = cache
+                try:
+                    answers.append(await client.chat(MSGS, max_tokens=8, key="p1/b1/think"))
+                finally:
+                    await client.aclose()
+                requests = server.requests
+        assert requests == paid_again
+        assert answers[0].choices[0].text == answers[1].choices[0].text
+    finally:
+        cache.close()

@@ -253,13 +253,19 @@ def endpoint_for(server: ServerHandle) -> EndpointConfig:
     with the GGUF's own chat template rendered on the client.
     """
     if server.engine != "llamacpp":
-        return EndpointConfig(name="embedded", base_url=server.base_url, model=server.model)
+        return EndpointConfig(
+            name="embedded",
+            base_url=server.base_url,
+            model=server.model,
+            cache_as="embedded:vllm",
+        )
     template = _gguf_template()
     return EndpointConfig(
         name="embedded-llamacpp",
         base_url=server.base_url,
         model=server.model,
         chat_template=template,
+        cache_as="embedded:llamacpp",
     )
 
 

@@ -119,6 +119,9 @@ class EndpointConfig:
     """How budget mode ends the thinking (see :mod:`.capabilities`); "auto" probes."""
     members: tuple[PoolMember, ...] = ()
     """Several servers of the same model behind this one name (see :mod:`.pool`)."""
+    cache_as: str | None = None
+    """What names this server in call fingerprints instead of its URL: the embedded
+    server gets a new port on every start, and a resumed run must still find its calls."""
 
     def describe(self) -> str:
         return f"'{self.name}' ({self.base_url})"
@@ -345,7 +348,8 @@ class EndpointClient:
         cache = self.cache if key is not None else None
         fp = ""
         if cache is not None and key is not None:
-            fp = fingerprint(self.config.base_url, self.model, route, request, key)
+            where = self.config.cache_as or self.config.base_url
+            fp = fingerprint(where, self.model, route, request, key)
             hit = await cache.lookup(fp)
             if hit is not None:
                 return hit

@@ -251,7 +251,9 @@ async def _maybe_embedded(opener: Callable[[], Any] | None) -> AsyncIterator[End
         yield None
         return
     async with opener() as server:
-        yield EndpointConfig(name="embedded", base_url=server.base_url, model=server.model)
+        from thinktree.embedded import endpoint_for
+
+        yield endpoint_for(server)
 
 
 async def _run_cell(
