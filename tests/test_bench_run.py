@@ -127,6 +127,8 @@ def test_bench_resumes_after_a_kill_without_paying_twice(tmp_path: Path) -> None
         proc.communicate(timeout=30)
         finished_before = {p.parent.name for p in bench.glob("*/results.json")}
         assert 2 <= len(finished_before) < 8
+        # the cell cut off (it can finish between the look and the kill on a busy machine)
+        cut = {p.parent.name for p in bench.glob("*/run.json")} - finished_before
         paid = committed(bench)
         seen_before = len(SEEN)
 
@@ -134,7 +136,7 @@ def test_bench_resumes_after_a_kill_without_paying_twice(tmp_path: Path) -> None
         out, err = resumed.communicate(timeout=180)
         assert resumed.returncode == 0, out + err
         assert "resuming" in err and "8 cells done" in out
-        assert "(resumed)" in err
+        assert ("(resumed)" in err) == bool(cut)
 
     names = sorted(p.name for p in bench.iterdir() if p.is_dir())
     assert len(names) == 8 and all((bench / n / "results.json").is_file() for n in names)

@@ -8,7 +8,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -695,15 +694,11 @@ def synthetic(count: int) -> list[Event]:
     return events[:count]
 
 
-async def test_handle_only_enqueues_and_flush_commits_everything(
-    store: RunStore, db_path: Path
-) -> None:
+async def test_flush_commits_everything_handled(store: RunStore, db_path: Path) -> None:
+    # How fast handle() is, is measured by benchmarks/overhead.py (the event bus), not here.
     events = synthetic(20_000)
-    start = time.perf_counter()
     for event in events:
         store.handle(event)
-    spent = time.perf_counter() - start
-    assert spent < 0.5, f"handle took {spent:.3f} s for 20,000 events"
     await store.flush()
     kept = [e for e in events if not isinstance(e, NodeDelta)]
     assert query(db_path, "SELECT count(*) FROM events") == [(len(kept),)]
