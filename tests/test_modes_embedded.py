@@ -160,3 +160,39 @@ async def test_tree_tokens_match_the_servers_own_count(embedded_url: str, tmp_pa
     assert tree_completion == after[1] - before[1]
     assert tree_prompt == after[0] - before[0]
     assert result.metrics.completion_tokens == tree_completion
+
+
+async def test_seeded_samples_of_long_prompts_in_parallel_keep_the_server_alive(
+    embedded_url: str,
+) -> None:
+    """vLLM's CPU build died on this load while it prefilled prompts in chunks."""
+    import anyio
+    from openai import AsyncOpenAI
+
+    context = " ".join(p.question for p in load_demo()) * 3  # ~1,000 tokens
+    client = AsyncOpenAI(base_url=embedded_url, api_key="EMPTY", max_retries=0, timeout=300)
+    failed: list[BaseException] = []
+
+    async def one(i: int) -> None:
+        try:
+            await client.chat.completions.create(
+                model="smollm2",
+                messages=[{"role": "user", "content": f"{i}: {context}"}],
+                max_tokens=4,
+                temperature=0.7,
+                seed=1000 + i,
+                n=2,
+            )
+        except Exception as exc:
+            failed.append(exc)
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for i in range(24):
+                tg.start_soon(one, i)
+    finally:
+        await client.close()
+    assert not failed, repr(failed[0])
+    async with httpx.AsyncClient(timeout=10) as http:
+        health = await http.get(embedded_url.removesuffix("/v1") + "/health")
+    assert health.status_code == 200

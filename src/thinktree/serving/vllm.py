@@ -151,7 +151,10 @@ class VllmProfile:
         if self.chat_template is not None:
             args += ["--chat-template", str(self.chat_template)]
         if self.cpu:
-            args += ["--dtype", "bfloat16", "--enforce-eager"]
+            # Without chunked prefill: the CPU build rewinds a seeded request's random
+            # generator when its prompt is prefilled in chunks, which CPU generators cannot
+            # do ("CPU Generator does not use offset"), and the engine dies.
+            args += ["--dtype", "bfloat16", "--enforce-eager", "--no-enable-chunked-prefill"]
         if self.max_model_len is not None:
             args += ["--max-model-len", str(self.max_model_len)]
         return [*args, *self.extra_args]
