@@ -129,7 +129,7 @@ async def test_concurrent_records_are_all_committed_before_they_return(tmp_path:
     committed: list[int] = []
 
     async def one(i: int) -> None:
-        await cache.record(f"fp{i}", "chat", {"i": i}, _completion(i))
+        await cache.record(f"fp{i}", "chat", f'{{"i":{i}}}', _completion(i))
         # durable before it counts: another connection sees the row already
         conn = sqlite3.connect(path)
         try:
@@ -164,7 +164,7 @@ async def test_a_failed_commit_fails_every_caller_of_its_batch(tmp_path: Path) -
 
     async def one(i: int) -> None:
         try:
-            await cache.record(f"fp{i}", "chat", {}, _completion(i))
+            await cache.record(f"fp{i}", "chat", "{}", _completion(i))
         except sqlite3.Error as exc:
             failures.append(exc)
 

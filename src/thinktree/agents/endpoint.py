@@ -73,17 +73,26 @@ class CallCache(Protocol):
     async def lookup(self, fingerprint: str) -> Completion | None: ...
 
     async def record(
-        self, fingerprint: str, route: str, request: dict[str, Any], completion: Completion
+        self, fingerprint: str, route: str, request: str, completion: Completion
     ) -> None: ...
 
 
-def fingerprint(base_url: str, model: str, route: str, request: dict[str, Any], key: str) -> str:
-    """A stable hash of everything that decides a call's answer, and the node(s) it is for."""
-    body = {k: v for k, v in request.items() if k not in ("stream", "stream_options")}
-    canonical = dumps_sorted(
-        {"base_url": base_url, "model": model, "route": route, "request": body, "key": key}
-    )
-    return hashlib.blake2b(canonical.encode(), digest_size=16).hexdigest()
+def request_json(request: dict[str, Any]) -> str:
+    """The request as canonical JSON, without its streaming options (they change no answer).
+
+    Made once per call: the fingerprint hashes it and the call store keeps it.
+    """
+    return dumps_sorted({k: v for k, v in request.items() if k not in ("stream", "stream_options")})
+
+
+def fingerprint(where: str, model: str, route: str, request: str, key: str) -> str:
+    """A stable hash of everything that decides a call's answer, and the node(s) it is for.
+
+    ``where`` names the server (its URL, or a stable name), ``request`` is
+    :func:`request_json` of the request.
+    """
+    head = dumps_sorted([where, model, route, key])
+    return hashlib.blake2b(f"{head}\n{request}".encode(), digest_size=16).hexdigest()
 
 
 class IncompleteResponse(Exception):
@@ -346,16 +355,18 @@ class EndpointClient:
         """Make (or read back) one call. ``timed=False``: the transport's own timeout bounds
         it (a whole plain request), so no second deadline is kept here."""
         cache = self.cache if key is not None else None
-        fp = ""
+        fp = text = ""
         if cache is not None and key is not None:
-            where = self.config.cache_as or self.config.base_url
-            fp = fingerprint(where, self.model, route, request, key)
+            text = request_json(request)
+            fp = fingerprint(
+                self.config.cache_as or self.config.base_url, self.model, route, text, key
+            )
             hit = await cache.lookup(fp)
             if hit is not None:
                 return hit
         result = await self._attempts(attempt, timed=timed)
         if cache is not None:
-            await cache.record(fp, route, request, result)
+            await cache.record(fp, route, text, result)
         return result
 
     async def _attempts(

@@ -12,7 +12,6 @@ member answered it, and a resumed run finds it again on any member.
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -34,6 +33,7 @@ from thinktree.agents.endpoint import (
     RetryKind,
     classify,
     fingerprint,
+    request_json,
 )
 from thinktree.errors import EndpointError
 
@@ -246,16 +246,16 @@ class EndpointPool(EndpointClient):
         key: str | None,
     ) -> Completion:
         cache = self.cache if key is not None else None
-        fp = ""
+        fp = text = ""
         if cache is not None and key is not None:
-            body = {**request, "model": self.model}
-            fp = fingerprint(f"pool:{self.config.name}", self.model, route, body, key)
+            text = request_json({**request, "model": self.model})
+            fp = fingerprint(f"pool:{self.config.name}", self.model, route, text, key)
             hit = await cache.lookup(fp)
             if hit is not None:
                 return hit
         result = await self._route(call)
         if cache is not None:
-            await cache.record(fp, route, _jsonable(request), result)
+            await cache.record(fp, route, text, result)
         return result
 
     async def _route(self, call: Callable[[EndpointClient], Awaitable[Completion]]) -> Completion:
@@ -376,11 +376,6 @@ def _backoff(exc: BaseException, attempt: int) -> float:
                 pass
     base: float = min(0.5 * 2 ** (attempt - 1), 30.0)
     return base + random.uniform(0, 0.5)
-
-
-def _jsonable(request: dict[str, Any]) -> dict[str, Any]:
-    result: dict[str, Any] = json.loads(json.dumps(request, default=str))
-    return result
 
 
 def client_for(config: EndpointConfig, *, http_client: Any | None = None) -> EndpointClient:

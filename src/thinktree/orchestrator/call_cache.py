@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 
-from thinktree._json import dumps, dumps_sorted, loads
+from thinktree._json import dumps, loads
 from thinktree.agents.endpoint import Choice, Completion
 from thinktree.errors import ConfigError
 
@@ -46,6 +46,21 @@ def completion_to_json(completion: Completion) -> str:
     data = {name: getattr(completion, name) for name in _COMPLETION_FIELDS}
     data["choices"] = [{n: getattr(c, n) for n in _CHOICE_FIELDS} for c in completion.choices]
     return dumps(data)
+
+
+def call_row(fingerprint: str, route: str, request: str, completion: Completion) -> tuple[Any, ...]:
+    """One finished call as a row of the ``responses`` table."""
+    return (
+        fingerprint,
+        route,
+        request,
+        completion_to_json(completion),
+        completion.prompt_tokens,
+        completion.completion_tokens,
+        completion.latency_s,
+        completion.attempts,
+        time.time(),
+    )
 
 
 def completion_from_json(text: str) -> Completion:
@@ -121,20 +136,14 @@ class SqliteCallCache:
         return None if row is None else str(row[0])
 
     async def record(
-        self, fingerprint: str, route: str, request: dict[str, Any], completion: Completion
+        self, fingerprint: str, route: str, request: str, completion: Completion
     ) -> None:
-        """Store one finished call; returns once it is committed (raises if it was not)."""
-        row = (
-            fingerprint,
-            route,
-            dumps_sorted(request),
-            completion_to_json(completion),
-            completion.prompt_tokens,
-            completion.completion_tokens,
-            completion.latency_s,
-            completion.attempts,
-            time.time(),
-        )
+        """Store one finished call (``request``: its JSON); returns once it is committed."""
+        await self.put(call_row(fingerprint, route, request, completion))
+
+    async def put(self, row: tuple[Any, ...]) -> None:
+        """Store a :func:`call_row`; returns once it is committed (raises if it was not)."""
+        fingerprint = row[0]
         batch = self._batch
         batch.rows.append(row)
         with anyio.CancelScope(shield=True):  # a paid-for answer is never dropped
@@ -206,7 +215,8 @@ class SharedCallCache:
         return completion_from_json(row[3])
 
     async def record(
-        self, fingerprint: str, route: str, request: dict[str, Any], completion: Completion
+        self, fingerprint: str, route: str, request: str, completion: Completion
     ) -> None:
-        await self.own.record(fingerprint, route, request, completion)
-        await self.shared.record(fingerprint, route, request, completion)
+        row = call_row(fingerprint, route, request, completion)  # made once, kept twice
+        await self.own.put(row)
+        await self.shared.put(row)
