@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from request_keys import SEEN, reply, request_key
 from thinktree.bench.follow import ShardFollower
 from thinktree.bench.merge import _servers
 from thinktree.bench.sharding import split
@@ -32,31 +33,6 @@ from thinktree.problems import Problem
 from thinktree.testing.fake_server import FakeBehaviour, fake_server_in_thread
 from thinktree.tui.state import RunView
 from thinktree.tui.trace import read_trace
-
-SEEN: list[str] = []
-
-
-def request_key(body: dict[str, Any]) -> str:
-    extra = body.get("extra_body") or {}
-    return json.dumps(
-        [
-            body.get("messages"),
-            body.get("prompt"),
-            body.get("max_tokens"),
-            body.get("seed"),
-            body.get("n", 1),
-            body.get("continue_final_message", extra.get("continue_final_message")),
-        ],
-        sort_keys=True,
-    )
-
-
-def reply(body: dict[str, Any], index: int) -> str:
-    """Deterministic per request and seed, so two benches get the very same answers."""
-    if index == 0:
-        SEEN.append(request_key(body))
-    seed = int(body.get("seed") or 0) + index
-    return "Let me think it over. " * (1 + seed % 3) + f"Answer: {'ABC'[seed % 3]}"
 
 
 def paid() -> list[str]:

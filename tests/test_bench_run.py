@@ -11,34 +11,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from request_keys import SEEN, reply, request_key
 from thinktree.testing.fake_server import FakeBehaviour, fake_server_in_thread
-
-SEEN: list[str] = []
-
-
-def request_key(body: dict[str, Any]) -> str:
-    extra = body.get("extra_body") or {}
-    return json.dumps(
-        [
-            body.get("messages"),
-            body.get("max_tokens"),
-            body.get("seed"),
-            body.get("n", 1),
-            body.get("continue_final_message", extra.get("continue_final_message")),
-        ],
-        sort_keys=True,
-    )
-
-
-def reply(body: dict[str, Any], index: int) -> str:
-    if index == 0:
-        SEEN.append(request_key(body))
-    seed = int(body.get("seed") or 0) + index
-    return "Let me think it over. " * (1 + seed % 3) + f"Answer: {'ABC'[seed % 3]}"
 
 
 def write_dataset(path: Path, prefix: str, count: int = 2) -> None:
@@ -222,7 +199,7 @@ def test_a_verifier_grid_shares_the_samples_it_judges(tmp_path: Path) -> None:
     assert results["001_one_verifier-none"]["settings"]["verifiers"] == []
     # the samples were drawn once per problem; the judge's own calls come on top
     sampled = [json.loads(k) for k in SEEN if "Which one" in k]
-    assert sum(1 for request in sampled if request[3] == 2) == 4  # one n=2 request a problem
+    assert sum(1 for request in sampled if request[4] == 2) == 4  # one n=2 request a problem
     report = subprocess.run(
         [sys.executable, "-m", "thinktree.cli", "report", "out", "--no-plots"],
         cwd=tmp_path,

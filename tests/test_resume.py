@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from request_keys import request_key
 from thinktree.testing.fake_server import FakeBehaviour, fake_server_in_thread
 
 REPLY_WORDS = ["Let", "me", "weigh", "each", "option", "in", "turn", "before", "deciding"]
@@ -83,22 +84,6 @@ def finish(args: list[str]) -> None:
     proc = start(args)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, out + err
-
-
-def request_key(body: dict[str, Any]) -> str:
-    """What identifies a request on both sides (the run's record and the server's log)."""
-    extra = body.get("extra_body") or {}
-    return json.dumps(
-        [
-            body.get("messages"),
-            body.get("prompt"),
-            body.get("max_tokens"),
-            body.get("seed"),
-            body.get("n", 1),
-            body.get("continue_final_message", extra.get("continue_final_message")),
-        ],
-        sort_keys=True,
-    )
 
 
 def committed(folder: Path) -> set[str]:

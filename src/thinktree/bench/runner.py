@@ -256,6 +256,18 @@ async def _maybe_embedded(opener: Callable[[], Any] | None) -> AsyncIterator[End
         yield endpoint_for(server)
 
 
+def _fresh_cell(
+    config: BenchConfig, cell: Cell, folder: Path, prices: dict[str, Price]
+) -> tuple[list[Problem], RunSettings]:
+    """A cell's problems (under its perturbation) and its run settings, to start it anew."""
+    options = {**config.fixed, **cell.options}
+    problems = load_cell_problems(cell.dataset, str(options.get("perturbation", NONE)))
+    settings = dataclasses.replace(
+        config.settings_for(cell), out=folder, prices=prices, config=merged_config(config)
+    )
+    return problems, settings
+
+
 async def _run_cell(
     config: BenchConfig,
     cell: Cell,
@@ -286,11 +298,7 @@ async def _run_cell(
         else:
             if folder.exists():  # cut off before its manifest was written: nothing to keep
                 shutil.rmtree(folder)
-            options = {**config.fixed, **cell.options}
-            problems = load_cell_problems(cell.dataset, str(options.get("perturbation", NONE)))
-            settings = dataclasses.replace(
-                config.settings_for(cell), out=folder, prices=prices, config=merged_config(config)
-            )
+            problems, settings = _fresh_cell(config, cell, folder, prices)
             result = await execute(
                 problems, target, settings, subscribers=subscribers, shared_calls=shared
             )
@@ -319,11 +327,7 @@ async def _run_cell_sharded(
     folder = out / cell.name
     subscriber = watcher.cell_started(cell, position, total)
     started = time.monotonic()
-    options = {**config.fixed, **cell.options}
-    problems = load_cell_problems(cell.dataset, str(options.get("perturbation", NONE)))
-    settings = dataclasses.replace(
-        config.settings_for(cell), out=folder, prices=prices, config=merged_config(config)
-    )
+    problems, settings = _fresh_cell(config, cell, folder, prices)
     plan = folder / SHARDS / PLAN
     count = _planned(plan) or shard_count or runner.cpus
     parts = split(problems, count)
