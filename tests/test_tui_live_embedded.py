@@ -26,7 +26,7 @@ async def test_tree_gains_nodes_while_the_run_goes(embedded_url: str, tmp_path: 
         assert isinstance(app, ThinktreeApp)
         while not app.source_done.is_set() or app.engine_running:
             counts.append(sum(len(t.nodes) for t in app.view.tree.problems.values()))
-            await pilot.pause(0.05)
+            await pilot.pause(0.02)
         app.refresh_view()
         await pilot.pause()
         assert "problems 2/2" in app.header.plain
@@ -34,7 +34,7 @@ async def test_tree_gains_nodes_while_the_run_goes(embedded_url: str, tmp_path: 
 
     async def run(subscriber: TuiSubscriber) -> RunResult:
         settings = RunSettings(
-            modes=ModeSettings(mode="sequential", steps=3, budget=16), out=tmp_path / "run"
+            modes=ModeSettings(mode="sequential", steps=5, budget=16), out=tmp_path / "run"
         )
         endpoint = EndpointConfig(name="embedded", base_url=embedded_url)
         return await execute(problems, endpoint, settings, subscribers=[subscriber])
@@ -43,5 +43,5 @@ async def test_tree_gains_nodes_while_the_run_goes(embedded_url: str, tmp_path: 
     final = sum(len(t.nodes) for t in result.trees)
     growing = sorted(set(counts))
     # the view saw the tree part-built at several sizes before it was whole
-    assert len([c for c in growing if 0 < c < final]) >= 3, growing
+    assert len([c for c in growing if 0 < c < final]) >= 3, (growing, final)
     assert counts == sorted(counts)  # it only ever grew
