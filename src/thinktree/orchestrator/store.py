@@ -273,6 +273,9 @@ _SECRET_TEXT: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"(://[^/\s:@]+:)[^/\s@]+@"), r"\1" + REDACTED + "@"),
 )
 _TEXT_FIELDS = frozenset({"error", "reason", "endpoint"})
+# What the model said and how it was counted (a vote's counts, scores and ballots): kept
+# as said, like a node's text; scrubbing every ballot cost more than the rest of a vote.
+_MODEL_OUTPUT_FIELDS = frozenset({"counts", "scores", "ballots"})
 
 
 def _scrub(text: str) -> str:
@@ -337,7 +340,11 @@ class _Shape:
             kind=event_type.type,
             names=names,
             values=values,
-            redact=tuple(i for i, n in enumerate(names) if not _plain(hints.get(n, object))),
+            redact=tuple(
+                i
+                for i, n in enumerate(names)
+                if n not in _MODEL_OUTPUT_FIELDS and not _plain(hints.get(n, object))
+            ),
             scrub=tuple(i for i, n in enumerate(names) if n in _TEXT_FIELDS),
         )
 
