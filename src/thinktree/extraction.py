@@ -62,6 +62,7 @@ _LATEX_SUBSTITUTIONS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\\[a-zA-Z]+"), ""),
     (re.compile(r"[{}$]|\*\*|__|`"), ""),
 )
+_MARKUP = _LATEX_SUBSTITUTIONS[-1][0]
 _BOLD = re.compile(r"\*\*|__")
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _THINK_END = "</think>"
@@ -171,9 +172,10 @@ def _result(reading: str | _Verdict, method: str) -> Extraction | _Verdict:
 
 def _clean(text: str) -> str:
     """Drop LaTeX commands, braces, math delimiters and bold/code markdown."""
-    for pattern, replacement in _LATEX_SUBSTITUTIONS:
-        text = pattern.sub(replacement, text)
-    return text
+    if "\\" in text:  # every LaTeX rule starts at a backslash: plain text skips them
+        for pattern, replacement in _LATEX_SUBSTITUTIONS[:-1]:
+            text = pattern.sub(replacement, text)
+    return _MARKUP.sub("", text)
 
 
 def _boxed_contents(text: str) -> list[str]:
