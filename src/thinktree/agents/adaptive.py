@@ -100,6 +100,9 @@ class Adaptive:
     def first_request(self, parent: str, pool: Budget) -> SegmentRequest:
         return self.inner.first_request(f"{parent}/b1", pool)
 
+    def settle(self, solver: Solver, first: First) -> list[Candidate] | None:
+        return None  # its branches settle themselves
+
     async def run(
         self,
         solver: Solver,

@@ -72,6 +72,9 @@ class Auto:
     def first_request(self, parent: str, pool: Budget) -> SegmentRequest:
         return self._pilot().first_request(f"{parent}/pilot", pool)
 
+    def settle(self, solver: Solver, first: First) -> list[Candidate] | None:
+        return None  # its branches settle themselves
+
     def decide(self, pilot: list[Candidate]) -> tuple[str, int, str, bool, float]:
         """(mode, budget, reason, agreement, utilisation) from the pilot's candidates."""
         answers = [c.answer for c in pilot]

@@ -38,6 +38,14 @@ class Strategy(Protocol):
         """The first call it would make (so a parent can batch several with ``n``)."""
         ...
 
+    def settle(self, solver: Solver, first: First) -> list[Candidate] | None:
+        """The candidates when that first call alone decides them (None: ``run`` goes on).
+
+        A parent that made the first calls of its branches at once settles the branches
+        that need nothing more without a task of their own each.
+        """
+        ...
+
     async def run(
         self,
         solver: Solver,
@@ -80,6 +88,18 @@ class BudgetForcing:
     def allowed_tokens(self) -> int:
         return self.budget + self.answer_tokens
 
+    def settle(self, solver: Solver, first: First) -> list[Candidate] | None:
+        """The candidate when the first call alone decides it (no "Wait", nothing to force)."""
+        _, seg, branch = first
+        if seg.failed:
+            return [Candidate(seg.node_id, None, seg.completion_tokens, branch.assistant)]
+        if seg.capped or seg.completion_tokens < self.min_thinking or solver.constrains:
+            return None
+        answer = seg.answer if seg.text == branch.assistant else _latest_answer(solver, branch)
+        if answer is None:
+            return None
+        return [Candidate(seg.node_id, answer, seg.completion_tokens, branch.assistant)]
+
     def first_request(self, parent: str, pool: Budget) -> SegmentRequest:
         thinking = pool.child(f"{parent} thinking", self.budget)
         return SegmentRequest(
@@ -106,6 +126,9 @@ class BudgetForcing:
             seg = await solver.segment(branch, req)
         else:
             req, seg, branch = first
+        settled = self.settle(solver, (req, seg, branch))
+        if settled is not None:
+            return settled
         thinking = req.budget
         used = seg.completion_tokens
         last = seg
@@ -183,6 +206,16 @@ class Sequential:
     def first_request(self, parent: str, pool: Budget) -> SegmentRequest:
         return self._request(parent, pool, 1)
 
+    def settle(self, solver: Solver, first: First) -> list[Candidate] | None:
+        """The candidate when there is one step and its answer needs no forcing."""
+        _, seg, branch = first
+        if self.steps > 1:
+            return None
+        needs_force = (seg.answer is None and self.force_final) or solver.constrains
+        if needs_force and not seg.failed:
+            return None
+        return [Candidate(seg.node_id, seg.answer, seg.completion_tokens, branch.assistant)]
+
     async def run(
         self,
         solver: Solver,
@@ -244,6 +277,9 @@ class Parallel:
     def first_request(self, parent: str, pool: Budget) -> SegmentRequest:
         return self.inner.first_request(f"{parent}/b{self.start}", pool)
 
+    def settle(self, solver: Solver, first: First) -> list[Candidate] | None:
+        return None  # its branches settle themselves
+
     async def run(
         self,
         solver: Solver,
@@ -289,6 +325,9 @@ class Parallel:
                 with anyio.CancelScope(shield=True):
                     await solver.bus.emit(NodeFailed(node_id=ids[i], error=reason))
                 raise
+            await finished(i)
+
+        async def finished(i: int) -> None:
             best = results[i][-1] if results[i] else None
             await solver.bus.emit(
                 NodeFinished(
@@ -304,7 +343,13 @@ class Parallel:
 
         async with anyio.create_task_group() as tg:
             for i in range(self.n):
-                tg.start_soon(grow, i)
+                first_i = firsts[i]
+                settled = None if first_i is None else self.inner.settle(solver, first_i)
+                if settled is None:
+                    tg.start_soon(grow, i)
+                else:
+                    results[i] = settled
+                    await finished(i)
         return [c for branch_candidates in results for c in branch_candidates]
 
 
