@@ -315,14 +315,23 @@ async def case_many(url: str, in_flight: int, tmp: Path) -> tuple[int, int, str]
     return calls, samples, f"peak {watch.peak} in flight, {watch.failed} failed, {note}"
 
 
-CASES: dict[str, tuple[str, Callable[[str, int, Path], Awaitable[tuple[int, int, str]]]]] = {
-    "bare": ("bare aiohttp (limit)", case_bare),
-    "sdk-httpx": ("openai SDK, httpx", case_sdk_httpx),
-    "sdk-aiohttp": ("openai SDK, aiohttp", case_sdk_aiohttp),
-    "sdk-aiohttp-stream": ("openai SDK, aiohttp, stream", case_sdk_aiohttp_stream),
-    "itshub": ("its-hub self-consistency", case_itshub),
-    "tt1": ("thinktree parallel@16, 1/call", case_tt1),
-    "tt16": ("thinktree parallel@16, n=16", case_tt16),
+Case = Callable[[str, int, Path], Awaitable[tuple[int, int, str]]]
+
+# name -> (label, client, event loop). Peers run on asyncio's own loop, as their users
+# run them; thinktree on the loop its CLI starts (thinktree.event_loop: uvloop where
+# installed). The limit and its-hub also run on uvloop, so every judged ratio compares
+# clients on the same loop.
+CASES: dict[str, tuple[str, Case, str]] = {
+    "bare": ("bare aiohttp (limit)", case_bare, "asyncio"),
+    "bare-uvloop": ("bare aiohttp, uvloop (limit)", case_bare, "uvloop"),
+    "sdk-httpx": ("openai SDK, httpx", case_sdk_httpx, "asyncio"),
+    "sdk-aiohttp": ("openai SDK, aiohttp", case_sdk_aiohttp, "asyncio"),
+    "sdk-aiohttp-stream": ("openai SDK, aiohttp, stream", case_sdk_aiohttp_stream, "asyncio"),
+    "itshub": ("its-hub self-consistency", case_itshub, "asyncio"),
+    "itshub-uvloop": ("its-hub self-consistency, uvloop", case_itshub, "uvloop"),
+    "tt1-asyncio": ("thinktree 1/call, asyncio loop", case_tt1, "asyncio"),
+    "tt1": ("thinktree parallel@16, 1/call", case_tt1, "thinktree"),
+    "tt16": ("thinktree parallel@16, n=16", case_tt16, "thinktree"),
 }
 
 
@@ -432,6 +441,8 @@ def worker(args: argparse.Namespace) -> None:
     """Run one case in this (fresh) process and write its Sample as JSON."""
     import anyio
 
+    from thinktree import event_loop
+
     base_rss = _maxrss_mib()
     with tempfile.TemporaryDirectory(prefix="tt-overhead-") as tmp_name:
         tmp = Path(tmp_name)
@@ -443,10 +454,14 @@ def worker(args: argparse.Namespace) -> None:
                 return await case_many(args.url, args.in_flight, tmp)
             return await CASES[args.worker][1](args.url, args.problems, tmp)
 
+        loop = CASES[args.worker][2] if args.worker in CASES else "thinktree"
+        if loop == "thinktree":
+            loop = event_loop.loop_name()
+
         # the heavy imports happen before the clock starts
         if args.worker.startswith(("tt", "bus", "many")):
             importlib.import_module("thinktree.orchestrator.run")
-        elif args.worker == "itshub":
+        elif args.worker.startswith("itshub"):
             importlib.import_module("its_hub.core.lms.openai_lm")
         else:
             importlib.import_module("aiohttp")
@@ -458,7 +473,8 @@ def worker(args: argparse.Namespace) -> None:
                 interval=0.0005, async_mode="disabled"
             )
             profiler.start()
-        calls, samples, note = anyio.run(main, backend="asyncio")
+        options = {"use_uvloop": loop == "uvloop"}
+        calls, samples, note = anyio.run(main, backend="asyncio", backend_options=options)
         wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
         if args.profile:
             profiler.stop()
@@ -610,7 +626,9 @@ def driver(args: argparse.Namespace) -> int:
         itshub_reason = (
             f"not installed ({exc.name}); install it with: .venv/bin/pip install -e '.[bench]'"
         )
-        cases.remove("itshub")
+        cases = [c for c in cases if not c.startswith("itshub")]
+    if importlib.util.find_spec("uvloop") is None:
+        cases = [c for c in cases if CASES[c][2] != "uvloop"]
     server = Server()
     totals: dict[str, Totals] = {c: Totals(CASES[c][0]) for c in cases}
     started = time.perf_counter()
@@ -619,14 +637,17 @@ def driver(args: argparse.Namespace) -> int:
         for r in range(args.rounds):
             order = cases if r % 2 == 0 else cases[::-1]
             for case in list(order):
+                if case not in totals:
+                    continue
                 try:
                     totals[case].runs.append(run_worker(case, args, server))
                 except RuntimeError as exc:
-                    if case != "itshub":
+                    if not case.startswith("itshub"):
                         raise
                     itshub_reason = f"its API could not be driven: {str(exc).splitlines()[-1]}"
-                    cases.remove("itshub")
-                    del totals["itshub"]
+                    cases = [c for c in cases if not c.startswith("itshub")]
+                    for name in ("itshub", "itshub-uvloop"):
+                        totals.pop(name, None)
         many = run_worker("many", args, server)
         bus = {k: Totals(k) for k in ("bus", "bus-trace")}
         for _ in range(args.rounds):
@@ -639,15 +660,15 @@ def driver(args: argparse.Namespace) -> int:
     finally:
         server.close()
 
-    bare = totals["bare"]
+    limit = totals["bare-uvloop"] if "bare-uvloop" in totals else totals["bare"]
     print(
-        f"server check (bare aiohttp): server process busy {bare.server_busy:.0%} of wall, "
-        f"client busy {bare.client_busy:.0%} -> "
+        f"server check ({limit.label}): server process busy {limit.server_busy:.0%} of wall, "
+        f"client busy {limit.client_busy:.0%} -> "
         + (
             "the SERVER may be the bottleneck: ratios against bare are understated"
-            if bare.server_busy >= 0.85
+            if limit.server_busy >= 0.85
             else "the server is NOT the bottleneck"
-            + (" (the client is)" if bare.client_busy >= 0.85 else "; other load shares the cores")
+            + (" (the client is)" if limit.client_busy >= 0.85 else "; other load shares the cores")
         )
     )
     print()
@@ -678,47 +699,50 @@ def driver(args: argparse.Namespace) -> int:
         f"(+{many.rss_mib - many.base_rss_mib:.1f} over import), {many.note}"
     )
     print()
-    print("ratios (per round, same run):")
+    from thinktree import event_loop
+
+    loop = event_loop.loop_name()
+    same = "-uvloop" if loop == "uvloop" else ""
+    bare, hub = f"bare{same}", f"itshub{same}"
+    print(f"ratios (per round, same run; judged on one loop: thinktree's, {loop}):")
     print(
         _fmt_ratio(
-            _ratio(totals, "tt1", "itshub", "calls_s"), 1.0, "thinktree 1/call vs its-hub, calls/s"
+            _ratio(totals, "tt1", hub, "calls_s"),
+            1.0,
+            f"thinktree 1/call vs its-hub, calls/s ({loop} both)",
         )
     )
     print(
         _fmt_ratio(
-            _ratio(totals, "tt1", "bare", "calls_s"),
+            _ratio(totals, "tt1", bare, "calls_s"),
             0.5,
-            "thinktree 1/call vs bare aiohttp, calls/s",
+            f"thinktree 1/call vs bare aiohttp, calls/s ({loop} both)",
         )
     )
     print(
         _fmt_ratio(
-            _ratio(totals, "tt16", "itshub", "samples_s"),
+            _ratio(totals, "tt16", hub, "samples_s"),
             5.0,
-            "thinktree n=16 vs its-hub, samples/s",
+            f"thinktree n=16 vs its-hub, samples/s ({loop} both)",
         )
     )
-    print(
-        _fmt_ratio(
-            _ratio(totals, "sdk-aiohttp", "bare", "calls_s"),
-            0.0,
-            "SDK aiohttp vs bare aiohttp, calls/s (info)",
-        )
-    )
-    print(
-        _fmt_ratio(
-            _ratio(totals, "itshub", "bare", "calls_s"),
-            0.0,
-            "its-hub vs bare aiohttp, calls/s (info)",
-        )
-    )
+    for a, b, label in (
+        ("tt1", "itshub", f"thinktree 1/call ({loop}) vs its-hub as its users run it (asyncio)"),
+        ("tt1-asyncio", "itshub", "thinktree 1/call vs its-hub, both on asyncio"),
+        ("tt1-asyncio", "bare", "thinktree 1/call vs bare aiohttp, both on asyncio"),
+        ("sdk-aiohttp", "bare", "SDK aiohttp vs bare aiohttp, calls/s"),
+        ("itshub", "bare", "its-hub vs bare aiohttp, calls/s"),
+    ):
+        if a in totals and b in totals:
+            print(_fmt_ratio(_ratio(totals, a, b, "calls_s"), 0.0, label).split("; target")[0])
     # thinktree's calls go out through aiohttp, as the bare client's do: what it spends
-    # beyond the bare client is its own machinery (events, ledger, stores, extraction).
-    tt, bare_cpu = totals["tt1"].cpu_ms_per_call, totals["bare"].cpu_ms_per_call
+    # beyond the bare client on the same loop is its own machinery (events, ledger,
+    # stores, extraction).
+    tt, bare_cpu = totals["tt1"].cpu_ms_per_call, totals[bare].cpu_ms_per_call
     machinery = tt - bare_cpu
     verdict = "MET" if machinery <= 0.2 else "NOT MET"
     print(
-        f"  thinktree machinery CPU/call = {tt:.3f} - bare aiohttp {bare_cpu:.3f} "
+        f"  thinktree machinery CPU/call = {tt:.3f} - bare aiohttp {bare_cpu:.3f} ({loop} both) "
         f"= {machinery:.3f} ms; target <= 0.2 ms: {verdict}"
     )
     peak, failed = (int(x) for x in re.findall(r"peak (\d+) in flight, (\d+) failed", many.note)[0])

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from thinktree import event_loop
 from thinktree.datasets import DatasetError, load_demo, load_problems
 from thinktree.errors import ConfigError, ThinktreeError
 from thinktree.logging_setup import configure
@@ -57,7 +58,7 @@ def _find(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseExc
 
 def _run_async(fn: Callable[[], Awaitable[T]]) -> T:
     try:
-        return anyio.run(fn, backend="asyncio")
+        return event_loop.run(fn)
     except KeyboardInterrupt:
         raise _fail("interrupted", 130) from None
     except BaseException as exc:

@@ -26,9 +26,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import anyio
 import structlog
 
+from thinktree import event_loop
 from thinktree.agents.capabilities import Capabilities
 from thinktree.agents.endpoint import EndpointConfig
 from thinktree.errors import ConfigError
@@ -145,7 +145,7 @@ def run_shard(spec: ShardSpec) -> ShardReport:
         return ShardReport(
             spec.index, "done before", len(spec.problems), 0, socket.gethostname(), attempt, 0.0
         )
-    status, cached = anyio.run(_run, spec)
+    status, cached = event_loop.run(_run, spec)
     return ShardReport(
         spec.index,
         status,
