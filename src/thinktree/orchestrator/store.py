@@ -3,8 +3,10 @@
 :class:`RunStore` is a bus subscriber. ``handle`` only appends the event to an
 in-memory queue; one writer thread drains the queue and commits each batch in a single
 transaction, so the store never holds up the run. The database keeps the run's config,
-every problem, every node of every tree, every model call, every event (streamed
-deltas excepted), the votes and the outcomes, and the run's status.
+every problem, every node of every tree, every model call, the votes and the outcomes,
+the run's status, and the events no table holds whole (verifier verdicts, strategy
+choices, retries, votes, the run's start and end). The run's complete event log is its
+``trace.jsonl``: a node's start and finish live in its row, not twice.
 
 Readers open the file read-only (:meth:`RunStore.open_readonly`, :func:`list_runs`) and
 may do so while the run is still being written. A run whose store never saw
@@ -26,6 +28,7 @@ import re
 import sqlite3
 import stat
 import threading
+import time
 import types
 import typing
 from collections import deque
@@ -43,7 +46,16 @@ import structlog
 from thinktree import __version__
 from thinktree._json import dumps
 from thinktree.errors import ThinktreeError
-from thinktree.orchestrator.events import Event, NodeDelta, NodeKind
+from thinktree.orchestrator.events import (
+    Event,
+    NodeDelta,
+    NodeFailed,
+    NodeFinished,
+    NodeKind,
+    NodeStarted,
+    ProblemFinished,
+    ProblemStarted,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -475,14 +487,26 @@ def _open_checked(path: Path) -> sqlite3.Connection:
 _Row = dict[str, Any]
 
 
+# Events the tables hold whole (every field is a column): the ``events`` table leaves them
+# out. A run's complete event log is its trace.jsonl.
+_TABLED: frozenset[type[Event]] = frozenset(
+    {NodeStarted, NodeFinished, NodeFailed, ProblemStarted, ProblemFinished}
+)
+# A node still running is written once it has run this long (seconds), so a reader sees
+# slow calls live; a quick node is written once, when it ends.
+LIVE_AFTER_S: Final = 1.0
+
+
 class _Projection:
     """The writer thread's side: events in, rows out, one transaction per batch.
 
     Rows that may still change (those of problems not finished yet) are kept in memory
     and written whole, each at most once per batch, by a few multi-row INSERTs per table;
     a row no longer in memory is read back from the database when a late event needs it.
-    An event that does not fit the tree so far (a node of an unknown problem or parent)
-    is stored as an event but skipped by the tables, and counted in :attr:`skipped`.
+    A node's row is written when it ends, or once it has been running for
+    :data:`LIVE_AFTER_S`, or when the store closes. An event that does not fit the tree
+    so far (a node of an unknown problem or parent) is skipped by the tables, and counted
+    in :attr:`skipped`.
     """
 
     def __init__(self, conn: sqlite3.Connection) -> None:
@@ -500,29 +524,37 @@ class _Projection:
         self._run_dirty = False
         self._problems_dirty: dict[str, _Row] = {}
         self._nodes_dirty: dict[str, _Row] = {}
+        self._running_since: dict[str, float] = {}  # unwritten running nodes: first seen
         self._calls_dirty: dict[str, _Row] = {}
         self._votes: dict[str, _Row] = {}
         self._done: list[str] = []
 
-    def write(self, events: list[Event]) -> None:
-        """Store ``events`` and their effect on the tables in one transaction."""
-        payloads = [_payload(event) for event in events]
+    def write(self, events: list[Event], *, final: bool = False) -> None:
+        """Store ``events`` and their effect on the tables in one transaction.
+
+        ``final``: the last write; every node is written as it stands.
+        """
+        logged: list[tuple[Any, ...]] = []
+        for event in events:
+            if isinstance(event, NodeStarted):
+                self._node_started(event)
+            elif isinstance(event, NodeFinished):
+                self._node_finished(event)
+            else:
+                payload = _payload(event)
+                self._apply(payload)
+                if type(event) not in _TABLED:
+                    logged.append((payload["type"], payload["at"], _dumps(payload)))
+        nodes = self._due_nodes(final)
+        tables = (self._problems_dirty, self._calls_dirty, self._votes)
+        if not (logged or nodes or self._run_dirty or any(tables)):
+            return  # quick nodes still running: nothing to commit yet
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            _insert(
-                conn,
-                "events",
-                _EVENT_COLUMNS,
-                [(p["type"], p["at"], _dumps(p)) for p in payloads],
-                upsert=False,
-            )
-            for payload in payloads:
-                self._apply(payload)
-            # Parents before children: problems, then nodes in the order they started.
+            _insert(conn, "events", _EVENT_COLUMNS, logged, upsert=False)
             problems = self._problems_dirty.values()
             _insert(conn, "problems", _PROBLEM_COLUMNS, list(map(_PROBLEM_ROW, problems)))
-            nodes = self._nodes_dirty.values()
             _insert(conn, "nodes", _NODE_COLUMNS, list(map(_NODE_ROW, nodes)))
             calls = [{**c, "node_ids": _dumps(c["node_ids"])} for c in self._calls_dirty.values()]
             _insert(conn, "calls", _CALL_COLUMNS, list(map(_CALL_ROW, calls)))
@@ -536,7 +568,6 @@ class _Projection:
                     conn.execute("ROLLBACK")
             self._run_dirty = False
             self._problems_dirty.clear()
-            self._nodes_dirty.clear()
             self._calls_dirty.clear()
             self._votes.clear()
         for pid in self._done:  # a finished problem's rows are final: let them go
@@ -546,6 +577,75 @@ class _Projection:
             for cid in self.problem_calls.pop(pid, ()):
                 self.calls.pop(cid, None)
         self._done.clear()
+
+    @property
+    def waiting(self) -> bool:
+        """Whether node rows wait to be written (a quick running node, see ``write``)."""
+        return bool(self._nodes_dirty)
+
+    def _due_nodes(self, final: bool) -> list[_Row]:
+        """The dirty node rows to write now; a quick running node waits to be written once."""
+        dirty = self._nodes_dirty
+        if final or not self._running_since:
+            self._nodes_dirty = {}
+            self._running_since.clear()
+            return list(dirty.values())
+        now = time.monotonic()
+        done = set(self._done)
+        due: list[_Row] = []
+        waiting: dict[str, _Row] = {}
+        for nid, row in dirty.items():
+            since = self._running_since.get(nid)
+            if since is None or now - since >= LIVE_AFTER_S or row["problem_id"] in done:
+                due.append(row)
+                self._running_since.pop(nid, None)
+            else:
+                waiting[nid] = row
+        self._nodes_dirty = waiting
+        return due
+
+    def _node_started(self, e: NodeStarted) -> None:
+        pid, parent = e.problem_id, e.parent_id
+        if self._problem(pid) is None:
+            return self._skip(e.type, f"no problem {pid}")
+        if parent is None or self._node(parent) is None:
+            return self._skip(e.type, f"no parent node {parent}")
+        row = self._new_node(e.at, e.node_id, pid, parent, str(e.kind), e.label)
+        row["max_tokens"] = e.max_tokens
+        row["continuation"] = e.continuation
+        return None
+
+    def _node_finished(self, e: NodeFinished) -> None:
+        nid = e.node_id
+        row = self._node(nid)
+        if row is None:
+            return self._skip(e.type, f"no node {nid}")
+        row["text"] = e.text
+        row["finish_reason"] = e.finish_reason
+        row["prompt_tokens"] = e.prompt_tokens
+        row["completion_tokens"] = e.completion_tokens
+        row["answer"] = e.answer
+        row["extraction"] = e.extraction
+        row["latency_s"] = e.latency_s
+        row["call_id"] = e.call_id
+        row["status"] = "done"
+        row["finished_at"] = e.at
+        self._ended(nid, row)
+        if e.call_id is not None or row["kind"] not in _STRUCTURAL:
+            self._add_call(
+                e.call_id or nid,
+                row["problem_id"],
+                nid,
+                e.prompt_tokens,
+                e.completion_tokens,
+                e.latency_s,
+                e.at,
+            )
+        return None
+
+    def _ended(self, nid: str, row: _Row) -> None:
+        self._nodes_dirty[nid] = row
+        self._running_since.pop(nid, None)
 
     def interrupted(self) -> None:
         """Record that the writer stops before the run finished."""
@@ -590,65 +690,52 @@ class _Projection:
             self.problem_calls.setdefault(row["problem_id"], []).append(cid)
         return row
 
-    def _skip(self, p: _Row, why: str) -> None:
+    def _skip(self, event_type: str, why: str) -> None:
         self.skipped += 1
-        log.warning("run store: event does not fit the tree so far", event=p["type"], why=why)
+        log.warning("run store: event does not fit the tree so far", event=event_type, why=why)
 
     def _new_node(
-        self, p: _Row, nid: str, pid: str, parent: str | None, kind: str, label: str
+        self, at: float, nid: str, pid: str, parent: str | None, kind: str, label: str
     ) -> _Row:
-        row: _Row = dict.fromkeys(_NODE_COLUMNS)
-        row.update(
-            id=nid,
-            problem_id=pid,
-            parent_id=parent,
-            kind=kind,
-            label=label,
-            status="running",
-            text="",
-            prompt_tokens=0,
-            completion_tokens=0,
-            latency_s=0.0,
-            started_at=p["at"],
-        )
+        row: _Row = {  # every column of _NODE_COLUMNS, in its order
+            "id": nid,
+            "problem_id": pid,
+            "parent_id": parent,
+            "kind": kind,
+            "label": label,
+            "status": "running",
+            "text": "",
+            "max_tokens": None,
+            "continuation": None,
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+            "answer": None,
+            "extraction": None,
+            "finish_reason": None,
+            "latency_s": 0.0,
+            "call_id": None,
+            "error": None,
+            "started_at": at,
+            "finished_at": None,
+        }
         if nid not in self.nodes:
             self.problem_nodes.setdefault(pid, []).append(nid)
         self.nodes[nid] = self._nodes_dirty[nid] = row
+        self._running_since[nid] = time.monotonic()
         return row
 
     # -- events --
 
     def _apply(self, p: _Row) -> None:
         match p["type"]:
-            case "node-started":
-                pid, parent = p["problem_id"], p["parent_id"]
-                if self._problem(pid) is None:
-                    return self._skip(p, f"no problem {pid}")
-                if self._node(parent) is None:
-                    return self._skip(p, f"no parent node {parent}")
-                started = self._new_node(p, p["node_id"], pid, parent, str(p["kind"]), p["label"])
-                started["max_tokens"] = p["max_tokens"]
-                started["continuation"] = p["continuation"]
-            case "node-finished":
-                nid = p["node_id"]
-                row = self._node(nid)
-                if row is None:
-                    return self._skip(p, f"no node {nid}")
-                for name in _FINISHED_FIELDS:
-                    row[name] = p[name]
-                row["status"] = "done"
-                row["finished_at"] = p["at"]
-                self._nodes_dirty[nid] = row
-                if p["call_id"] is not None or row["kind"] not in _STRUCTURAL:
-                    self._add_call(p, row["problem_id"])
             case "node-failed":
                 row = self._node(p["node_id"])
                 if row is None:
-                    return self._skip(p, f"no node {p['node_id']}")
+                    return self._skip(p["type"], f"no node {p['node_id']}")
                 error = str(p["error"])
                 status = "cancelled" if error.startswith("cancelled") else "failed"
                 row.update(status=status, error=error, finished_at=p["at"])
-                self._nodes_dirty[p["node_id"]] = row
+                self._ended(p["node_id"], row)
             case "problem-started":
                 pid, nid = p["problem_id"], p["node_id"]
                 problem: _Row = dict.fromkeys(_PROBLEM_COLUMNS)
@@ -661,18 +748,18 @@ class _Projection:
                     started_at=p["at"],
                 )
                 self.problems[pid] = self._problems_dirty[pid] = problem
-                self._new_node(p, nid, pid, None, "problem", pid)
+                self._new_node(p["at"], nid, pid, None, "problem", pid)
             case "vote-cast":
                 pid = p["problem_id"]
                 if self._problem(pid) is None:
-                    return self._skip(p, f"no problem {pid}")
+                    return self._skip(p["type"], f"no problem {pid}")
                 self._votes[pid] = {c: p[c] for c in _VOTE_COLUMNS if c != "counts"}
                 self._votes[pid]["counts"] = _dumps(p["counts"])
             case "problem-finished":
                 pid = p["problem_id"]
                 problem_row = self._problem(pid)
                 if problem_row is None:
-                    return self._skip(p, f"no problem {pid}")
+                    return self._skip(p["type"], f"no problem {pid}")
                 status = "failed" if p["error"] else "done"
                 outcome = {"answer": p["answer"], "error": p["error"], "finished_at": p["at"]}
                 problem_row.update(outcome, status=status)
@@ -681,7 +768,7 @@ class _Projection:
                 root = self._node(problem_row["node_id"])
                 if root is not None:
                     root.update(outcome, status=status)
-                    self._nodes_dirty[root["id"]] = root
+                    self._ended(root["id"], root)
                 self._done.append(pid)
             case "call-retried":
                 self.run["retries"] += 1
@@ -706,9 +793,17 @@ class _Projection:
                 pass
         return None
 
-    def _add_call(self, p: _Row, pid: str) -> None:
+    def _add_call(
+        self,
+        cid: str,
+        pid: str,
+        nid: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        latency_s: float,
+        at: float,
+    ) -> None:
         """Count a finished node's tokens into its call (one call may serve n nodes)."""
-        cid = p["call_id"] or p["node_id"]
         call = self._call(cid)
         if call is None:
             call = dict.fromkeys(_CALL_COLUMNS)
@@ -719,33 +814,23 @@ class _Projection:
                 prompt_tokens=0,
                 completion_tokens=0,
                 latency_s=0.0,
-                finished_at=p["at"],
+                finished_at=at,
             )
             self.calls[cid] = call
             self.call_ids.add(cid)
             self.problem_calls.setdefault(pid, []).append(cid)
-        if p["node_id"] not in call["node_ids"]:
-            call["node_ids"].append(p["node_id"])
-            call["prompt_tokens"] += p["prompt_tokens"]
-            call["completion_tokens"] += p["completion_tokens"]
-        call["latency_s"] = max(call["latency_s"], p["latency_s"])
-        call["finished_at"] = max(call["finished_at"], p["at"])
+        if nid not in call["node_ids"]:
+            call["node_ids"].append(nid)
+            call["prompt_tokens"] += prompt_tokens
+            call["completion_tokens"] += completion_tokens
+        call["latency_s"] = max(call["latency_s"], latency_s)
+        call["finished_at"] = max(call["finished_at"], at)
         self._calls_dirty[cid] = call
 
 
 # Nodes that only group others: their NodeFinished is no model call unless it names one.
 _STRUCTURAL = frozenset(
     str(k) for k in (NodeKind.PROBLEM, NodeKind.BRANCH, NodeKind.VOTE, NodeKind.VERDICT)
-)
-_FINISHED_FIELDS = (
-    "text",
-    "finish_reason",
-    "prompt_tokens",
-    "completion_tokens",
-    "answer",
-    "extraction",
-    "latency_s",
-    "call_id",
 )
 
 
@@ -815,7 +900,8 @@ class RunStore:
             if str(mode).lower() != "wal":
                 raise sqlite3.OperationalError(f"the file system does not allow WAL ({mode})")
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA foreign_keys=ON")
+            # No foreign-key enforcement: a node's row may be written before its parent's
+            # (a quick child ends first); the projection itself keeps every row in a tree.
             conn.execute("BEGIN IMMEDIATE")
             for statement in _SCHEMA:
                 conn.execute(statement)
@@ -896,8 +982,8 @@ class RunStore:
                 queue = self._queue
                 while queue:
                     batch.append(queue.popleft())
-                if batch:
-                    self._write(batch)
+                if batch or self._projection.waiting:
+                    self._write(batch, final=stopping)
                 if stopping and not queue:
                     break
             if self.error is None:
@@ -907,11 +993,11 @@ class RunStore:
         finally:
             self._release()
 
-    def _write(self, batch: list[Event | threading.Event]) -> None:
+    def _write(self, batch: list[Event | threading.Event], *, final: bool) -> None:
         events = [item for item in batch if isinstance(item, Event)]
-        if events and self.error is None:
-            try:
-                self._projection.write(events)
+        if self.error is None:
+            try:  # a flush (a marker in the batch) writes every node as it stands
+                self._projection.write(events, final=final or len(events) < len(batch))
             except Exception as exc:
                 self._fail(exc)
         for item in batch:
@@ -1038,7 +1124,9 @@ class StoreReader:
 
     def nodes(self, problem_id: str) -> list[dict[str, Any]]:
         """The nodes of one problem in the order they started (the root first)."""
-        return self._query("SELECT * FROM nodes WHERE problem_id = ? ORDER BY rowid", (problem_id,))
+        return self._query(
+            "SELECT * FROM nodes WHERE problem_id = ? ORDER BY started_at, rowid", (problem_id,)
+        )
 
     def calls(self) -> list[dict[str, Any]]:
         """Every model call, in the order its first result arrived."""
@@ -1048,7 +1136,11 @@ class StoreReader:
         return rows
 
     def events(self, after_id: int = 0, limit: int | None = None) -> list[dict[str, Any]]:
-        """Events with ``id > after_id``, each as ``to_dict`` wrote it plus its ``id``."""
+        """Stored events with ``id > after_id``, each as ``to_dict`` wrote it plus its ``id``.
+
+        These are the events no table holds whole (see the module's docstring); every
+        event of the run is in its ``trace.jsonl``.
+        """
         rows = self._query(
             "SELECT id, payload FROM events WHERE id > ? ORDER BY id LIMIT ?",
             (after_id, -1 if limit is None else limit),
