@@ -11,9 +11,10 @@ from typing import Any
 
 import orjson
 
-__all__ = ["dump_bytes", "dumps", "dumps_sorted", "loads"]
+__all__ = ["dump_bytes", "dump_line", "dumps", "dumps_sorted", "loads"]
 
 _OPTS = orjson.OPT_NON_STR_KEYS
+_LINE = _OPTS | orjson.OPT_APPEND_NEWLINE
 _SORTED = _OPTS | orjson.OPT_SORT_KEYS
 
 loads = orjson.loads
@@ -22,6 +23,11 @@ loads = orjson.loads
 def dump_bytes(obj: Any) -> bytes:
     """``obj`` as compact UTF-8 JSON bytes."""
     return orjson.dumps(obj, default=str, option=_OPTS)
+
+
+def dump_line(obj: Any) -> bytes:
+    """``obj`` as one line of JSON Lines: :func:`dump_bytes` and a newline."""
+    return orjson.dumps(obj, default=str, option=_LINE)
 
 
 def dumps(obj: Any) -> str:

@@ -146,10 +146,11 @@ class SqliteCallCache:
         fingerprint = row[0]
         batch = self._batch
         batch.rows.append(row)
-        with anyio.CancelScope(shield=True):  # a paid-for answer is never dropped
-            if self._writing:
-                await batch.done.wait()
-            else:
+        if self._writing:
+            # The writer commits this batch even if this caller is cancelled meanwhile.
+            await batch.done.wait()
+        else:
+            with anyio.CancelScope(shield=True):  # a paid-for answer is never dropped
                 await self._commit()
         if batch.error is not None:
             raise batch.error

@@ -15,7 +15,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from thinktree._json import dump_bytes
+from thinktree._json import dump_line
 from thinktree.orchestrator.events import (
     CallRetried,
     Event,
@@ -54,7 +54,7 @@ class TraceWriter:
         self._file: IO[bytes] = path.open("wb", buffering=1 << 16)
 
     def handle(self, event: Event) -> None:
-        self._file.write(dump_bytes(event.to_dict(copied=False)) + b"\n")
+        self._file.write(dump_line(event.to_dict(copied=False)))
 
     async def aclose(self) -> None:
         self._file.close()
