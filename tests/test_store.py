@@ -736,6 +736,19 @@ async def test_a_quick_node_is_written_when_it_ends_a_slow_one_while_it_runs(
     assert query(db_path, "SELECT status FROM nodes WHERE id = 'p1/b0/think'") == [("done",)]
 
 
+async def test_nodes_read_in_the_order_they_started_whatever_order_they_were_written(
+    db_path: Path,
+) -> None:
+    store = RunStore(db_path, interval_s=0.01)
+    feed(store, [run_started(), *problem_events()[:4]])  # p1, b0, b1, b0/think: all running
+    store.handle(done("p1/b0/think", 1.0, "c1", 5, 5))  # the child ends first
+    await anyio.sleep(0.1)  # the writer has written the child alone
+    assert query(db_path, "SELECT id FROM nodes") == [("p1/b0/think",)]
+    await store.aclose()  # then the rest, as they stand
+    with RunStore.open_readonly(db_path) as reader:
+        assert [n["id"] for n in reader.nodes("p1")] == ["p1", "p1/b0", "p1/b1", "p1/b0/think"]
+
+
 async def test_flush_commits_everything_handled(store: RunStore, db_path: Path) -> None:
     # How fast handle() is, is measured by benchmarks/overhead.py (the event bus), not here.
     events = synthetic(20_000)

@@ -253,7 +253,10 @@ def _insert(
         start += size
 
 
-_NODE_ROW = operator.itemgetter(*_NODE_COLUMNS)
+# A node's row is written with its rowid: the order nodes started in, whenever the row
+# itself is written (a quick child's row goes in before its parent's).
+_NODE_WRITE = (*_NODE_COLUMNS, "rowid")
+_NODE_ROW = operator.itemgetter(*_NODE_WRITE)
 _PROBLEM_ROW = operator.itemgetter(*_PROBLEM_COLUMNS)
 _CALL_ROW = operator.itemgetter(*_CALL_COLUMNS)
 _VOTE_ROW = operator.itemgetter(*_VOTE_COLUMNS)
@@ -525,6 +528,7 @@ class _Projection:
         self._problems_dirty: dict[str, _Row] = {}
         self._nodes_dirty: dict[str, _Row] = {}
         self._running_since: dict[str, float] = {}  # unwritten running nodes: first seen
+        self._started = 0  # nodes started so far: the next one's rowid
         self._calls_dirty: dict[str, _Row] = {}
         self._votes: dict[str, _Row] = {}
         self._done: list[str] = []
@@ -555,7 +559,7 @@ class _Projection:
             _insert(conn, "events", _EVENT_COLUMNS, logged, upsert=False)
             problems = self._problems_dirty.values()
             _insert(conn, "problems", _PROBLEM_COLUMNS, list(map(_PROBLEM_ROW, problems)))
-            _insert(conn, "nodes", _NODE_COLUMNS, list(map(_NODE_ROW, nodes)))
+            _insert(conn, "nodes", _NODE_WRITE, list(map(_NODE_ROW, nodes)))
             calls = [{**c, "node_ids": _dumps(c["node_ids"])} for c in self._calls_dirty.values()]
             _insert(conn, "calls", _CALL_COLUMNS, list(map(_CALL_ROW, calls)))
             _insert(conn, "votes", _VOTE_COLUMNS, list(map(_VOTE_ROW, self._votes.values())))
@@ -659,7 +663,9 @@ class _Projection:
     # -- rows, from memory or read back --
 
     def _load(self, table: str, key: str, value: str) -> _Row | None:
-        cursor = self.conn.execute(f"SELECT * FROM {table} WHERE {key} = ?", (value,))
+        cursor = self.conn.execute(
+            f"SELECT rowid AS rowid, * FROM {table} WHERE {key} = ?", (value,)
+        )
         row = cursor.fetchone()
         if row is None:
             return None
@@ -697,7 +703,8 @@ class _Projection:
     def _new_node(
         self, at: float, nid: str, pid: str, parent: str | None, kind: str, label: str
     ) -> _Row:
-        row: _Row = {  # every column of _NODE_COLUMNS, in its order
+        self._started += 1
+        row: _Row = {  # every column of _NODE_WRITE, in its order
             "id": nid,
             "problem_id": pid,
             "parent_id": parent,
@@ -717,6 +724,7 @@ class _Projection:
             "error": None,
             "started_at": at,
             "finished_at": None,
+            "rowid": self._started,
         }
         if nid not in self.nodes:
             self.problem_nodes.setdefault(pid, []).append(nid)
@@ -1124,9 +1132,7 @@ class StoreReader:
 
     def nodes(self, problem_id: str) -> list[dict[str, Any]]:
         """The nodes of one problem in the order they started (the root first)."""
-        return self._query(
-            "SELECT * FROM nodes WHERE problem_id = ? ORDER BY started_at, rowid", (problem_id,)
-        )
+        return self._query("SELECT * FROM nodes WHERE problem_id = ? ORDER BY rowid", (problem_id,))
 
     def calls(self) -> list[dict[str, Any]]:
         """Every model call, in the order its first result arrived."""
