@@ -90,6 +90,9 @@ _CORRECT_OPTION = re.compile(
     re.IGNORECASE,
 )
 
+# One of these is in every _CORRECT_OPTION match (or "go" and "with", for "go with").
+_OPTION_WORDS = ("option", "choice", "response", "select", "choose", "pick")
+
 _LEADING_FILLER = re.compile(
     r"^(?:[\s:：,>*_—]+|(?:therefore|thus|hence|so|then|likely|probably|most\s+likely|indeed"
     r"|clearly|definitely|certainly|actually|still|simply|rather|instead|option|choice|letter"
@@ -196,15 +199,22 @@ def _boxed_contents(text: str) -> list[str]:
 def _phrase_bodies(text: str) -> Iterator[tuple[str, str]]:
     """(method, prepared body) of each answer phrase, last first; bodies saying nothing skipped."""
     found: dict[int, tuple[int, str]] = {}
-    for match in _ANSWER_IS.finditer(text):
-        final = "final" in match["qualifiers"].lower()
-        found[match.end()] = (match.start(), "final-answer" if final else "answer-is")
-    for match in _ANSWER_LABEL.finditer(text):
-        found[match.end()] = (match.start(), "final-answer" if match["final"] else "answer-label")
-    for match in _FINAL_HEADING.finditer(text):
-        found[match.end()] = (match.start(), "final-answer")
-    for match in _CORRECT_OPTION.finditer(text):
-        found[match.end()] = (match.start(), "correct-option")
+    # Each phrase has a word it cannot do without: a pattern runs only where its word is
+    # (casefold, as the patterns' IGNORECASE folds case), which spares most of the scans.
+    folded = text.casefold()
+    if "answer" in folded:
+        for match in _ANSWER_IS.finditer(text):
+            final = "final" in match["qualifiers"].lower()
+            found[match.end()] = (match.start(), "final-answer" if final else "answer-is")
+        for match in _ANSWER_LABEL.finditer(text):
+            method = "final-answer" if match["final"] else "answer-label"
+            found[match.end()] = (match.start(), method)
+        if "final" in folded:
+            for match in _FINAL_HEADING.finditer(text):
+                found[match.end()] = (match.start(), "final-answer")
+    if any(word in folded for word in _OPTION_WORDS) or ("go" in folded and "with" in folded):
+        for match in _CORRECT_OPTION.finditer(text):
+            found[match.end()] = (match.start(), "correct-option")
     for end, (_, method) in sorted(found.items(), key=lambda item: item[1][0], reverse=True):
         body = _body_at(text, end)
         if body:

@@ -526,8 +526,9 @@ class _Projection:
         self.call_ids: set[str] = set()  # every call written so far (a miss is a new call)
         self._run_dirty = False
         self._problems_dirty: dict[str, _Row] = {}
-        self._nodes_dirty: dict[str, _Row] = {}
-        self._running_since: dict[str, float] = {}  # unwritten running nodes: first seen
+        self._nodes_dirty: dict[str, _Row] = {}  # rows to write with the next batch
+        # Running nodes whose rows are not written yet, oldest first: when first seen, row.
+        self._unwritten: dict[str, tuple[float, _Row]] = {}
         self._started = 0  # nodes started so far: the next one's rowid
         self._calls_dirty: dict[str, _Row] = {}
         self._votes: dict[str, _Row] = {}
@@ -585,27 +586,31 @@ class _Projection:
     @property
     def waiting(self) -> bool:
         """Whether node rows wait to be written (a quick running node, see ``write``)."""
-        return bool(self._nodes_dirty)
+        return bool(self._nodes_dirty or self._unwritten)
 
     def _due_nodes(self, final: bool) -> list[_Row]:
-        """The dirty node rows to write now; a quick running node waits to be written once."""
-        dirty = self._nodes_dirty
-        if final or not self._running_since:
-            self._nodes_dirty = {}
-            self._running_since.clear()
-            return list(dirty.values())
-        now = time.monotonic()
-        done = set(self._done)
-        due: list[_Row] = []
-        waiting: dict[str, _Row] = {}
-        for nid, row in dirty.items():
-            since = self._running_since.get(nid)
-            if since is None or now - since >= LIVE_AFTER_S or row["problem_id"] in done:
-                due.append(row)
-                self._running_since.pop(nid, None)
-            else:
-                waiting[nid] = row
-        self._nodes_dirty = waiting
+        """The node rows to write now: those that changed since written, and running nodes
+        that have run :data:`LIVE_AFTER_S`, belong to a finished problem, or ``final``."""
+        due = list(self._nodes_dirty.values())
+        self._nodes_dirty = {}
+        unwritten = self._unwritten
+        if final:
+            due.extend(row for _, row in unwritten.values())
+            unwritten.clear()
+            return due
+        for pid in self._done:  # its rows leave memory after this batch: write them all
+            for nid in self.problem_nodes.get(pid, ()):
+                left = unwritten.pop(nid, None)
+                if left is not None:
+                    due.append(left[1])
+        cutoff = time.monotonic() - LIVE_AFTER_S
+        while unwritten:  # oldest first: stop at the first one still quick
+            nid = next(iter(unwritten))
+            since, row = unwritten[nid]
+            if since > cutoff:
+                break
+            del unwritten[nid]
+            due.append(row)
         return due
 
     def _node_started(self, e: NodeStarted) -> None:
@@ -649,7 +654,7 @@ class _Projection:
 
     def _ended(self, nid: str, row: _Row) -> None:
         self._nodes_dirty[nid] = row
-        self._running_since.pop(nid, None)
+        self._unwritten.pop(nid, None)
 
     def interrupted(self) -> None:
         """Record that the writer stops before the run finished."""
@@ -728,8 +733,8 @@ class _Projection:
         }
         if nid not in self.nodes:
             self.problem_nodes.setdefault(pid, []).append(nid)
-        self.nodes[nid] = self._nodes_dirty[nid] = row
-        self._running_since[nid] = time.monotonic()
+        self.nodes[nid] = row
+        self._unwritten[nid] = (time.monotonic(), row)
         return row
 
     # -- events --
