@@ -37,8 +37,6 @@ CREATE TABLE IF NOT EXISTS responses (
 """
 
 
-
-
 def completion_to_json(completion: Completion) -> str:
     """The completion and its choices as JSON objects of their fields (orjson writes
     dataclasses itself, field by field in order)."""

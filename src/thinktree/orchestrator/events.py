@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar
 
+from thinktree._json import dump_bytes, dump_line
+
 
 class NodeKind(StrEnum):
     """What a node in a problem's tree stands for."""
@@ -60,7 +62,18 @@ class Event:
         data["type"] = self.type
         return data
 
+    def json_line(self) -> bytes:
+        """The event as one line of JSON Lines: ``to_dict()``'s keys (``type`` first).
 
+        orjson writes the dataclass itself, in C, so no dict is built on the way.
+        """
+        prefix = _PREFIXES.get(type(self))
+        if prefix is None:
+            prefix = _PREFIXES[type(self)] = b'{"type":' + dump_bytes(self.type) + b","
+        return prefix + dump_line(self)[1:]
+
+
+_PREFIXES: dict[type[Event], bytes] = {}
 _Shape = tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]], tuple[str, ...]]
 _SHAPES: dict[type[Event], _Shape] = {}
 _SCALARS = frozenset({"str", "int", "float", "bool", "None", "NodeKind"})

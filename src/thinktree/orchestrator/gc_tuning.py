@@ -6,7 +6,7 @@ default thresholds a young collection runs every 700 allocations and an older on
 few thousand, and each older collection walks the whole live heap: measured on the
 overhead benchmark, about a third of thinktree's CPU per call. While a run is going,
 what existed before it (modules, configuration) is frozen out of the collector and young
-collections run every 50,000 allocations; both are restored when the last run ends.
+collections run every 200,000 allocations; both are restored when the last run ends.
 Reference counting frees acyclic garbage as before, so memory is not held longer.
 """
 
@@ -18,7 +18,7 @@ from contextlib import contextmanager
 
 __all__ = ["YOUNG_THRESHOLD", "run_gc"]
 
-YOUNG_THRESHOLD = 50_000
+YOUNG_THRESHOLD = 200_000
 
 _depth = 0
 _saved: tuple[int, int, int] | None = None

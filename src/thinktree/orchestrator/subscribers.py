@@ -15,7 +15,6 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from thinktree._json import dump_line
 from thinktree.orchestrator.events import (
     CallRetried,
     Event,
@@ -54,7 +53,7 @@ class TraceWriter:
         self._file: IO[bytes] = path.open("wb", buffering=1 << 16)
 
     def handle(self, event: Event) -> None:
-        self._file.write(dump_line(event.to_dict(copied=False)))
+        self._file.write(event.json_line())
 
     async def aclose(self) -> None:
         self._file.close()
