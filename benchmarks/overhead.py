@@ -9,7 +9,10 @@ The fake OpenAI-compatible server runs in its own process, and every measured cl
 runs in a fresh worker process of its own, so client CPU (``time.process_time``, all
 threads) and peak RSS (``ru_maxrss``) belong to that client alone. The cases alternate
 (A B C ... then ... C B A) for ``--rounds`` rounds, and every ratio is taken between
-cases of the same round, never against fixed times. its-hub is a benchmark-only peer:
+cases of the same round, never against fixed times. thinktree runs on the event loop its
+CLI starts (uvloop where installed, see ``thinktree.event_loop``); the limit and its-hub
+run on that loop too, and the targets are judged between clients on one loop, while
+asyncio's own loop is shown beside them. its-hub is a benchmark-only peer:
 install it with ``.venv/bin/pip install -e '.[bench]'``; without it the script says so,
 leaves its column and ratios out, and goes on.
 """
