@@ -16,7 +16,7 @@ import pytest
 
 from thinktree.agents.endpoint import EndpointConfig
 from thinktree.agents.modes import ModeSettings
-from thinktree.orchestrator.events import NodeKind
+from thinktree.orchestrator.events import NodeKind, NodeStatus
 from thinktree.orchestrator.run import RunResult, RunSettings, execute
 from thinktree.problems import AnswerType, Problem
 from thinktree.testing.fake_server import FakeBehaviour, FakeServer, fake_server_in_thread
@@ -188,3 +188,22 @@ def test_a_model_that_never_answers_fails_the_command(tmp_path: Path) -> None:
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["metrics"]["answered"] == 0
     assert all(p["error"] == "no candidate stated an answer" for p in results["problems"])
+
+
+@pytest.mark.parametrize(("reply", "budget", "forced"), [(None, 64, False), (LONG, 8, True)])
+async def test_n_choice_branches_settle_or_go_on_to_a_forced_answer(
+    tmp_path: Path, reply: str | None, budget: int, forced: bool
+) -> None:
+    """Branches whose first call answered settle at once; capped ones force an answer."""
+    behaviour = FakeBehaviour() if reply is None else FakeBehaviour(reply=reply)
+    async with FakeServer(behaviour) as server:
+        result = await _run(
+            server, tmp_path, ModeSettings(mode="parallel", n=4, budget=budget), continuation="chat"
+        )
+    for tree in result.trees:
+        branches = tree.of_kind(NodeKind.BRANCH)
+        assert len(branches) == 4
+        assert all(b.status == NodeStatus.DONE and b.answer == "B" for b in branches)
+        assert len(tree.of_kind(NodeKind.FORCED_ANSWER)) == (4 if forced else 0)
+        assert tree.vote is not None and tree.vote.counts == {"B": 4}
+        assert tree.answer == "B"

@@ -49,3 +49,57 @@ def test_hot_path_json_writes_what_the_standard_library_writes() -> None:
 
 def test_hot_path_json_writes_odd_values_instead_of_failing() -> None:
     assert loads(dumps({1: Path("x/y")})) == {"1": "x/y"}
+
+
+def test_an_events_json_line_holds_what_to_dict_holds() -> None:
+    from thinktree.orchestrator.events import (
+        NodeFinished,
+        NodeKind,
+        NodeStarted,
+        RunStarted,
+        VoteCast,
+    )
+
+    events = [
+        NodeStarted(
+            node_id="p/b1/think",
+            problem_id="p",
+            parent_id="p/b1",
+            kind=NodeKind.GENERATION,
+            label="thinking",
+            max_tokens=16,
+            continuation="chat",
+        ),
+        NodeFinished(
+            node_id="p/b1/think",
+            text='é — \u2028 "quoted"\nAnswer: B',
+            finish_reason="stop",
+            prompt_tokens=3,
+            completion_tokens=5,
+            answer="B",
+            extraction="answer-label",
+            latency_s=0.25,
+        ),
+        RunStarted(
+            run_id="r",
+            mode="parallel",
+            endpoint="e",
+            model="m",
+            problems=1,
+            settings={"n": 4, 7: [1, {"path": Path("/x")}], "none": None},
+        ),
+        VoteCast(
+            problem_id="p",
+            node_id="p",
+            rule="majority",
+            answer="B",
+            winner_node="p/b1/think",
+            counts={"B": 1},
+            ballots=[{"node": "p/b1/think", "answer": "B", "score": None}],
+        ),
+    ]
+    for event in events:
+        line = event.json_line()
+        assert line.endswith(b"\n") and line.count(b"\n") == 1
+        assert loads(line) == json.loads(json.dumps(event.to_dict(), default=str))
+        assert loads(line)["type"] == event.type
