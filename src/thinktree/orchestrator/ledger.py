@@ -7,7 +7,7 @@ total), so no node can ever pass its cap, whatever the model does.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from thinktree.errors import BudgetExhausted, RunLimitReached
 
@@ -22,14 +22,13 @@ class Budget:
     stops_run: bool = False  # exhausting this pool stops the whole run
     reserved: int = 0
     used: int = 0
-    children: list[Budget] = field(default_factory=list)
 
     def child(self, name: str, limit: int | None, *, cap: int | None = None) -> Budget:
+        """A pool nested in this one (it holds its parent, not the other way round, so
+        a finished branch's pools are freed at once)."""
         if cap is not None:
             limit = cap if limit is None else min(limit, cap)
-        budget = Budget(name=name, limit=limit, parent=self)
-        self.children.append(budget)
-        return budget
+        return Budget(name=name, limit=limit, parent=self)
 
     def available(self) -> int | None:
         """Tokens still grantable here and in every enclosing pool (None: unlimited)."""
