@@ -819,16 +819,15 @@ class _Projection:
         """Count a finished node's tokens into its call (one call may serve n nodes)."""
         call = self._call(cid)
         if call is None:
-            call = dict.fromkeys(_CALL_COLUMNS)
-            call.update(
-                call_id=cid,
-                problem_id=pid,
-                node_ids=[],
-                prompt_tokens=0,
-                completion_tokens=0,
-                latency_s=0.0,
-                finished_at=at,
-            )
+            call = {  # every column of _CALL_COLUMNS
+                "call_id": cid,
+                "problem_id": pid,
+                "node_ids": [],
+                "prompt_tokens": 0,
+                "completion_tokens": 0,
+                "latency_s": 0.0,
+                "finished_at": at,
+            }
             self.calls[cid] = call
             self.call_ids.add(cid)
             self.problem_calls.setdefault(pid, []).append(cid)
@@ -859,7 +858,7 @@ class RunStore:
 
     wants_deltas: bool = False
 
-    def __init__(self, path: Path, *, interval_s: float = 0.05, batch_events: int = 500) -> None:
+    def __init__(self, path: Path, *, interval_s: float = 0.2, batch_events: int = 2000) -> None:
         """Create the store at ``path`` (which must not exist yet) and start its writer.
 
         Raises :class:`StoreError` when ``path`` exists (the file is left untouched) or
