@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import gc
 import importlib
+import importlib.util
 import json
 import os
 import re
