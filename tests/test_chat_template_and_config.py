@@ -68,6 +68,16 @@ def test_named_endpoint_from_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     )
 
 
+def test_an_endpoint_names_itself_for_the_call_store() -> None:
+    table = {"base_url": "http://gpu:8000/v1", "cache_as": "gpu-box"}
+    cfg = endpoint_from("gpu", model="m", config={"endpoints": {"gpu": table}})
+    assert cfg is not None and cfg.cache_as == "gpu-box"
+    for bad in ("", "  ", 3):
+        config = {"endpoints": {"gpu": {**table, "cache_as": bad}}}
+        with pytest.raises(ConfigError, match="cache_as must be a non-empty name"):
+            endpoint_from("gpu", model="m", config=config)
+
+
 def test_config_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text("[endpoints.gpu\n")

@@ -37,6 +37,7 @@ _ENDPOINT_KEYS = {
     "members",
     "think_end",
     "thinking",
+    "cache_as",
 }
 _KNOWN = {"openai": "https://api.openai.com/v1"}
 
@@ -110,6 +111,12 @@ def _from_table(name: str, table: dict[str, Any], model: str | None) -> Endpoint
         for k, v in table.items()
         if k in _ENDPOINT_KEYS - {"base_url", "api_key_env", "members"}
     }
+    cache_as = table.get("cache_as")
+    if cache_as is not None and (not isinstance(cache_as, str) or not cache_as.strip()):
+        raise ConfigError(
+            f"endpoint '{name}': cache_as must be a non-empty name (it stands for the server "
+            "in call fingerprints), not {cache_as!r}"
+        )
     fields["model"] = model or table.get("model")
     base_url = str(table["base_url"]) if "base_url" in table else f"pool:{name}"
     try:
