@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from bench_data import without_timing, write_choice_problems
 from request_keys import SEEN, reply, request_key
 from thinktree.bench.follow import ShardFollower
 from thinktree.bench.merge import _servers
@@ -41,16 +42,7 @@ def paid() -> list[str]:
 
 
 def write_config(folder: Path, url: str, grid: str, count: int, endpoints: str = "") -> Path:
-    with (folder / "qs.jsonl").open("w") as f:
-        for i in range(count):
-            problem = {
-                "id": f"q{i}",
-                "question": f"Which one, case {i}?",
-                "answer_type": "choice",
-                "options": {"A": "alpha", "B": "beta", "C": "gamma"},
-                "answer": "ABC"[i % 3],
-            }
-            f.write(json.dumps(problem) + "\n")
+    write_choice_problems(folder / "qs.jsonl", "q", count)
     config = folder / "bench.toml"
     config.write_text(
         f"""
@@ -94,24 +86,13 @@ def finish(*args: str, cwd: Path, env: dict[str, str] | None = None) -> str:
 
 def comparable(results: dict[str, Any]) -> dict[str, Any]:
     """Everything but wall-clock figures, run ids and the server's own response ids."""
-    metrics = {k: v for k, v in results["metrics"].items() if not k.startswith("latency")}
-    problems = [
-        {
-            **p,
-            "nodes": [
-                {k: v for k, v in n.items() if k not in ("latency_s", "call_id")}
-                for n in p["nodes"]
-            ],
-        }
-        for p in results["problems"]
-    ]
     rest = {
         k: v for k, v in results.items() if k not in ("run_id", "metrics", "problems", "servers")
     }
     servers = results.get("servers") or []  # which member answered depends on load
     answered = sum(m["calls"] for m in servers)
     tokens = sum(m["completion_tokens"] for m in servers)
-    return {**rest, "metrics": metrics, "problems": problems, "pool": (answered, tokens)}
+    return {**rest, **without_timing(results), "pool": (answered, tokens)}
 
 
 def stored_nodes(folder: Path) -> dict[str, list[tuple[Any, ...]]]:

@@ -14,26 +14,14 @@ from pathlib import Path
 
 import pytest
 
+from bench_data import write_choice_problems
 from request_keys import SEEN, reply, request_key
 from thinktree.testing.fake_server import FakeBehaviour, fake_server_in_thread
 
 
-def write_dataset(path: Path, prefix: str, count: int = 2) -> None:
-    with path.open("w") as f:
-        for i in range(count):
-            problem = {
-                "id": f"{prefix}{i}",
-                "question": f"Which one, {prefix} case {i}?",
-                "answer_type": "choice",
-                "options": {"A": "alpha", "B": "beta", "C": "gamma"},
-                "answer": "ABC"[i % 3],
-            }
-            f.write(json.dumps(problem) + "\n")
-
-
 def write_config(folder: Path, url: str, grid: str) -> Path:
-    write_dataset(folder / "one.jsonl", "p")
-    write_dataset(folder / "two.jsonl", "q")
+    write_choice_problems(folder / "one.jsonl", "p")
+    write_choice_problems(folder / "two.jsonl", "q")
     config = folder / "bench.toml"
     config.write_text(
         f"""
@@ -153,7 +141,7 @@ def test_cells_that_make_the_same_calls_share_them(tmp_path: Path) -> None:
 
 
 def test_bad_bench_configs_fail_in_one_line_before_anything_runs(tmp_path: Path) -> None:
-    write_dataset(tmp_path / "one.jsonl", "p")
+    write_choice_problems(tmp_path / "one.jsonl", "p")
     cases = {
         'verifierx = ["a"]': "unknown key 'verifierx'; valid keys: ",
         'budget = ["lots"]': "budget: expected a whole number",

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from bench_data import without_timing
 from request_keys import request_key
 from thinktree.testing.fake_server import FakeBehaviour, fake_server_in_thread
 
@@ -102,18 +103,7 @@ def committed(folder: Path) -> set[str]:
 
 def comparable(results: dict[str, Any]) -> dict[str, Any]:
     """Everything but wall-clock figures and the server's own response ids."""
-    metrics = {k: v for k, v in results["metrics"].items() if not k.startswith("latency")}
-    problems = [
-        {
-            **p,
-            "nodes": [
-                {k: v for k, v in n.items() if k not in ("latency_s", "call_id")}
-                for n in p["nodes"]
-            ],
-        }
-        for p in results["problems"]
-    ]
-    return {"metrics": metrics, "problems": problems, "settings": results["settings"]}
+    return {**without_timing(results), "settings": results["settings"]}
 
 
 @pytest.fixture(scope="module")

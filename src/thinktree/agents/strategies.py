@@ -127,9 +127,6 @@ class BudgetForcing:
             seg = await solver.segment(branch, req)
         else:
             req, seg, branch = first
-        settled = self.settle(solver, (req, seg, branch))
-        if settled is not None:
-            return settled
         thinking = req.budget
         used = seg.completion_tokens
         last = seg

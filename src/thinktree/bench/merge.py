@@ -24,7 +24,6 @@ from thinktree.agents.capabilities import Capabilities
 from thinktree.agents.endpoint import EndpointConfig
 from thinktree.agents.modes import build_strategy
 from thinktree.errors import ThinktreeError
-from thinktree.metrics import compute
 from thinktree.orchestrator.bus import Subscriber
 from thinktree.orchestrator.call_cache import SqliteCallCache
 from thinktree.orchestrator.events import Event, RunFinished, RunStarted
@@ -33,7 +32,7 @@ from thinktree.orchestrator.run import (
     MANIFEST,
     RunResult,
     RunSettings,
-    write_results,
+    conclude,
 )
 from thinktree.orchestrator.store import STORE_NAME, RunStore
 from thinktree.orchestrator.subscribers import TraceWriter, TreeRecorder
@@ -180,38 +179,18 @@ async def merge_shards(
             with contextlib.suppress(Exception):
                 await sink.aclose()
 
-    model = str(first["endpoint"]["model"])
-    caps = Capabilities(**first["capabilities"])
-    aggregate = str(first["settings"]["aggregate"])
-    trees = [recorder.tree.problems[p.id] for p in problems]
-    stopped = next((t.error for t in trees if t.error and t.error.startswith("run stopped")), None)
-    metrics = compute(
-        trees,
-        tokens_allowed=build_strategy(settings.modes).allowed_tokens(),
-        retries=recorder.retries,
-        price=settings.prices.get(model),
-    )
-    write_results(
-        folder / "results.json",
+    return conclude(
+        folder,
         run_id,
         endpoint,
-        model,
-        caps,
+        str(first["endpoint"]["model"]),
+        Capabilities(**first["capabilities"]),
         settings,
-        aggregate,
-        metrics,
-        trees,
-        stopped_by=stopped,
+        str(first["settings"]["aggregate"]),
+        problems,
+        recorder,
+        tokens_allowed=build_strategy(settings.modes).allowed_tokens(),
         servers=_servers([probe_servers, *(r.get("servers") for r in shard_results)]),
-    )
-    return RunResult(
-        run_id=run_id,
-        folder=folder,
-        metrics=metrics,
-        trees=trees,
-        model=model,
-        capabilities=caps,
-        stopped_by=stopped,
     )
 
 

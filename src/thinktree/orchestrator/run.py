@@ -289,32 +289,67 @@ async def _execute(
             if store.error:
                 log.warning("run store incomplete", error=store.error)
 
-        trees = [recorder.tree.problems[p.id] for p in problems]
-        metrics = compute(
-            trees,
-            tokens_allowed=strategy.allowed_tokens(),
-            retries=recorder.retries,
-            price=settings.prices.get(model),
-        )
-        write_results(
-            folder / "results.json",
+        result = conclude(
+            folder,
             run_id,
             endpoint,
             model,
             caps,
             settings,
             aggregate_name,
-            metrics,
-            trees,
-            stopped_by=_stopped_by(recorder),
+            problems,
+            recorder,
+            tokens_allowed=strategy.allowed_tokens(),
             servers=client.figures() if isinstance(client, EndpointPool) else None,
+            cached_calls=cache.hits,
         )
     log.info(
         "run finished",
         run_id=run_id,
         folder=str(folder),
-        accuracy=metrics.accuracy,
+        accuracy=result.metrics.accuracy,
         cached_calls=cache.hits,
+    )
+    return result
+
+
+def conclude(
+    folder: Path,
+    run_id: str,
+    endpoint: EndpointConfig,
+    model: str,
+    caps: Capabilities,
+    settings: RunSettings,
+    aggregate: str,
+    problems: Sequence[Problem],
+    recorder: TreeRecorder,
+    *,
+    tokens_allowed: int,
+    servers: list[dict[str, Any]] | None,
+    cached_calls: int = 0,
+) -> RunResult:
+    """A finished run's trees and metrics from its recorder, written to ``results.json``
+    (also for a sharded cell, whose events were replayed into ``recorder``)."""
+    trees = [recorder.tree.problems[p.id] for p in problems]
+    stopped = _stopped_by(recorder)
+    metrics = compute(
+        trees,
+        tokens_allowed=tokens_allowed,
+        retries=recorder.retries,
+        price=settings.prices.get(model),
+    )
+    write_results(
+        folder / "results.json",
+        run_id,
+        endpoint,
+        model,
+        caps,
+        settings,
+        aggregate,
+        metrics,
+        trees,
+        stopped_by=stopped,
+        servers=servers,
     )
     return RunResult(
         run_id=run_id,
@@ -323,8 +358,8 @@ async def _execute(
         trees=trees,
         model=model,
         capabilities=caps,
-        cached_calls=cache.hits,
-        stopped_by=_stopped_by(recorder),
+        cached_calls=cached_calls,
+        stopped_by=stopped,
     )
 
 
