@@ -4,11 +4,15 @@ Run: .venv/bin/python benchmarks/adaptive_voting.py --data FILE.jsonl [--limit 3
      [--n 16] [--wave 4] [--budget 32] [--base-url URL]
 
 Both modes run as ordinary thinktree runs on the same problems, with the same seed and
-one request per sample (``native_n`` off), so every sample has its own per-node seed:
-adaptive's k samples of a problem are exactly the first k samples of parallel@N, and
-the comparison measures the stopping rule alone, not sampling luck. Printed: how often
-adaptive's answer equals majority@N's (target >= 98 %), its completion tokens as a
-share of majority@N's (target <= 50 %), samples drawn, and why each problem stopped.
+one request per sample (``native_n`` off), so every sample has its own per-node seed
+and adaptive's k samples of a problem are meant to be the first k of parallel@N. A
+server batching requests differently can still change some of them (vLLM's CPU build
+does, a few in ten), so adaptive runs twice: live against the server, and replayed on
+majority@N's own samples (its calls read back from majority@N's call store), which
+measures the stopping rule alone. Printed for each: how often adaptive's answer equals
+majority@N's (target >= 98 %), its completion tokens as a share of majority@N's
+(target <= 50 %), samples drawn, and why each problem stopped; and the floor, what a
+clairvoyant rule that knew the full vote would spend.
 Without --base-url it starts the embedded server (or reuses one from `thinktree serve`).
 Without --data it uses the built-in demo set.
 """
@@ -28,14 +32,22 @@ from thinktree.agents.endpoint import EndpointConfig
 from thinktree.agents.modes import ModeSettings
 from thinktree.datasets import load_demo, load_problems
 from thinktree.embedded import embedded_server
+from thinktree.orchestrator.call_cache import SqliteCallCache
 from thinktree.orchestrator.events import NodeKind
-from thinktree.orchestrator.run import RunResult, RunSettings, execute
+from thinktree.orchestrator.run import CALLS, RunResult, RunSettings, execute
+from thinktree.orchestrator.tree import ProblemTree
 from thinktree.problems import Problem
 
 
 async def _run(
-    url: str, problems: list[Problem], modes: ModeSettings, folder: Path, args: argparse.Namespace
+    url: str,
+    problems: list[Problem],
+    modes: ModeSettings,
+    folder: Path,
+    args: argparse.Namespace,
+    replay: Path | None = None,
 ) -> tuple[RunResult, float]:
+    """One ordinary run; with ``replay``, calls found in that call store are read back."""
     endpoint = EndpointConfig(
         name="embedded",
         base_url=url,
@@ -52,65 +64,116 @@ async def _run(
         out=folder,
     )
     started = time.perf_counter()
-    result = await execute(problems, endpoint, settings)
+    if replay is None:
+        result = await execute(problems, endpoint, settings)
+    else:
+        shared = SqliteCallCache(replay)
+        try:
+            result = await execute(problems, endpoint, settings, shared_calls=shared)
+        finally:
+            shared.close()
     return result, time.perf_counter() - started
 
 
 async def measure(url: str, problems: list[Problem], args: argparse.Namespace) -> None:
     common = {"n": args.n, "budget": args.budget, "answer_tokens": args.answer_tokens}
-    with tempfile.TemporaryDirectory(prefix="tt-adaptive-") as tmp:
-        full, full_s = await _run(
-            url,
-            problems,
-            ModeSettings(mode="parallel", **common),
-            Path(tmp) / "full",
-            args,
-        )
-        adaptive, adaptive_s = await _run(
-            url,
-            problems,
-            ModeSettings(mode="adaptive", wave=args.wave, confidence=args.confidence, **common),
-            Path(tmp) / "adaptive",
-            args,
-        )
-    agree = sum(a.answer == f.answer for a, f in zip(adaptive.trees, full.trees, strict=True))
-    drawn = [len(t.of_kind(NodeKind.BRANCH)) for t in adaptive.trees]
-    rules = Counter(
-        t.nodes[f"{t.problem_id}/stop"].finish_reason
-        for t in adaptive.trees
-        if f"{t.problem_id}/stop" in t.nodes
+    adaptive_modes = ModeSettings(
+        mode="adaptive", wave=args.wave, confidence=args.confidence, **common
     )
-    tokens_full = full.metrics.completion_tokens
-    tokens_adaptive = adaptive.metrics.completion_tokens
-    share = tokens_adaptive / tokens_full if tokens_full else float("nan")
+    with tempfile.TemporaryDirectory(prefix="tt-adaptive-") as tmp:
+        full_folder = Path(tmp) / "full"
+        full, full_s = await _run(
+            url, problems, ModeSettings(mode="parallel", **common), full_folder, args
+        )
+        live, live_s = await _run(url, problems, adaptive_modes, Path(tmp) / "live", args)
+        replayed, _ = await _run(
+            url, problems, adaptive_modes, Path(tmp) / "replayed", args, full_folder / CALLS
+        )
     count = len(problems)
     print(
         f"workload: {count} problems, majority@{args.n} vs adaptive (waves of {args.wave}, "
-        f"stop at P(majority) >= {args.confidence} or an unbeatable leader), {args.budget}-token "
-        f"thinking cap, temperature {args.temperature}, seed 0, one request per sample"
+        f"stop at P(the full vote elects the leader) >= {args.confidence} or an unbeatable "
+        f"leader), {args.budget}-token thinking cap, temperature {args.temperature}, seed 0, "
+        "one request per sample"
     )
     print(
-        f"majority@{args.n}: {tokens_full} completion tokens, {full.metrics.calls} calls, "
-        f"{full_s:.0f} s, accuracy {full.metrics.accuracy:.2f}"
+        f"majority@{args.n}: {full.metrics.completion_tokens} completion tokens, "
+        f"{full.metrics.calls} calls, {full_s:.0f} s, accuracy {full.metrics.accuracy:.2f}"
     )
     print(
-        f"adaptive:     {tokens_adaptive} completion tokens, {adaptive.metrics.calls} calls, "
-        f"{adaptive_s:.0f} s, accuracy {adaptive.metrics.accuracy:.2f}"
+        f"adaptive, live: {live.metrics.completion_tokens} completion tokens, "
+        f"{live.metrics.calls} calls, {live_s:.0f} s, accuracy {live.metrics.accuracy:.2f}"
     )
+    _report("live", live, full, args)
     print(
-        f"samples drawn per problem: mean {sum(drawn) / count:.1f} of {args.n} "
+        f"adaptive, replayed on majority@{args.n}'s own samples (its calls read back from "
+        f"majority@{args.n}'s call store, {replayed.cached_calls} of {replayed.metrics.calls}): "
+        "the stopping rule alone, without the server's run-to-run differences"
+    )
+    _report("replayed", replayed, full, args)
+    floor = clairvoyant_tokens(full.trees, args.n, args.wave)
+    print(
+        f"the floor for this model: a clairvoyant rule that stops at the first wave whose "
+        f"leader is majority@{args.n}'s answer would spend {floor:.1%} of its tokens"
+    )
+
+
+def _report(label: str, adaptive: RunResult, full: RunResult, args: argparse.Namespace) -> None:
+    """Agreement, tokens and stops of one adaptive run against majority@n."""
+    count = len(full.trees)
+    agree = sum(a.answer == f.answer for a, f in zip(adaptive.trees, full.trees, strict=True))
+    drawn = [len(t.of_kind(NodeKind.BRANCH)) for t in adaptive.trees]
+    rules = Counter(
+        t.nodes[f"{t.root_id}/stop"].finish_reason
+        for t in adaptive.trees
+        if f"{t.root_id}/stop" in t.nodes
+    )
+    tokens_full = full.metrics.completion_tokens
+    share = adaptive.metrics.completion_tokens / tokens_full if tokens_full else float("nan")
+    agreement = agree / count
+    print(
+        f"  {label}: samples drawn per problem: mean {sum(drawn) / count:.1f} of {args.n} "
         f"(min {min(drawn)}, max {max(drawn)}); stopped by: "
         + ", ".join(f"{rule} {k}" for rule, k in rules.most_common())
     )
-    agreement = agree / count
     print(
-        f"agreement with majority@{args.n}: {agree}/{count} = {agreement:.1%}; "
+        f"  {label}: agreement with majority@{args.n}: {agree}/{count} = {agreement:.1%}; "
         f"target >= 98%: {'MET' if agreement >= 0.98 else 'NOT MET'}"
     )
     print(
-        f"tokens spent vs majority@{args.n}: {share:.1%}; "
+        f"  {label}: tokens spent vs majority@{args.n}: {share:.1%}; "
         f"target <= 50%: {'MET' if share <= 0.5 else 'NOT MET'}"
     )
+
+
+def clairvoyant_tokens(trees: list[ProblemTree], n: int, wave: int) -> float:
+    """Tokens of a stop rule that knows the full vote, as a share of the full vote's.
+
+    It reads majority@n's own samples in branch order and stops at the first wave whose
+    leader is the final answer: no rule that sees only the votes so far can stop sooner
+    and still agree on every problem.
+    """
+    spent = total = 0
+    for tree in trees:
+        branches = [f"{tree.root_id}/b{i}" for i in range(1, n + 1)]
+        answers = [tree.nodes[b].answer if b in tree.nodes else None for b in branches]
+        tokens = [
+            sum(node.completion_tokens for node in tree.walk() if node.id.startswith(b + "/"))
+            for b in branches
+        ]
+        final = _leader(answers)
+        stop = next(
+            (k for k in range(wave, n + wave, wave) if _leader(answers[: min(k, n)]) == final), n
+        )
+        spent += sum(tokens[: min(stop, n)])
+        total += sum(tokens)
+    return spent / total if total else float("nan")
+
+
+def _leader(answers: list[str | None]) -> str | None:
+    """The majority rule's answer: most votes, ties to the one seen first."""
+    counts = Counter(a for a in answers if a is not None)
+    return counts.most_common(1)[0][0] if counts else None
 
 
 def _problems(args: argparse.Namespace) -> list[Problem]:
@@ -126,7 +189,10 @@ async def main() -> int:
     parser.add_argument("--n", type=int, default=16, help="samples of the full vote")
     parser.add_argument("--wave", type=int, default=4, help="adaptive samples per wave")
     parser.add_argument(
-        "--confidence", type=float, default=0.95, help="adaptive: the posterior stop level"
+        "--confidence",
+        type=float,
+        default=0.95,
+        help="adaptive: stop once P(the full vote elects the leader) reaches this",
     )
     parser.add_argument("--temperature", type=float, default=0.7, help="sampling temperature")
     parser.add_argument("--budget", type=int, default=32, help="thinking tokens per sample")

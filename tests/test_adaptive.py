@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from thinktree.agents.adaptive import Adaptive, decide, majority_posterior
+from thinktree.agents.adaptive import Adaptive, decide, leader_holds, overtake_probability
 from thinktree.agents.endpoint import EndpointConfig
 from thinktree.agents.modes import ModeSettings, build_strategy
 from thinktree.errors import ConfigError
@@ -32,41 +32,91 @@ def _majority(votes: list[str | None]) -> str | None:
     return counts.most_common(1)[0][0] if counts else None
 
 
-def _exact(leader: int, others: int) -> Fraction:
-    """P(Beta(1 + leader, 1 + others) > 1/2) by integrating the density exactly."""
-    a, b = leader + 1, others + 1
-    # density of Beta(a, b) for integers: x^(a-1) (1-x)^(b-1) / B(a, b); expand (1-x)^(b-1)
-    from math import comb
+def _urn(
+    weights: dict[Any, Fraction], draws: int, new_weight: Fraction | None = None
+) -> list[tuple[Fraction, dict[Any, Fraction]]]:
+    """Every outcome of ``draws`` Pólya-urn draws with its exact probability.
 
-    def integral(lo: Fraction, hi: Fraction) -> Fraction:
-        total = Fraction(0)
-        for k in range(b):
-            coef = Fraction(comb(b - 1, k) * (-1) ** k, a + k)
-            total += coef * (hi ** (a + k) - lo ** (a + k))
-        return total
-
-    return integral(Fraction(1, 2), Fraction(1)) / integral(Fraction(0), Fraction(1))
-
-
-@given(st.integers(0, 30), st.integers(0, 30))
-def test_posterior_is_the_beta_tail(leader: int, others: int) -> None:
-    assert majority_posterior(leader, others) == pytest.approx(float(_exact(leader, others)))
-
-
-@given(st.integers(0, 40), st.integers(0, 40))
-def test_posterior_is_symmetric_and_monotone(leader: int, others: int) -> None:
-    p = majority_posterior(leader, others)
-    assert p + majority_posterior(others, leader) == pytest.approx(1.0)
-    assert majority_posterior(leader + 1, others) > p
-    assert majority_posterior(leader, others + 1) < p
+    Each draw picks a colour in proportion to its weight and adds one to it; with
+    ``new_weight``, a draw may also (in proportion to it) open a colour never seen.
+    """
+    outcomes = [(Fraction(1), dict(weights))]
+    for _ in range(draws):
+        grown = []
+        for p, state in outcomes:
+            total = sum(state.values()) + (new_weight or 0)
+            for colour, w in state.items():
+                if w:
+                    grown.append((p * w / total, {**state, colour: w + 1}))
+            if new_weight:
+                grown.append((p * new_weight / total, {**state, object(): Fraction(1)}))
+        outcomes = grown
+    return outcomes
 
 
-def test_known_posteriors() -> None:
-    assert majority_posterior(0, 0) == 0.5
-    assert majority_posterior(4, 0) == 31 / 32  # four agreeing votes: stop at 0.95
-    assert majority_posterior(3, 0) == 15 / 16  # three are not enough
+@settings(max_examples=150, deadline=None)
+@given(
+    st.integers(1, 5),
+    st.integers(0, 5),
+    st.integers(0, 4),
+    st.integers(0, 5),
+    st.booleans(),
+)
+def test_overtaking_is_the_exact_urn_sum(
+    leader: int, rival: int, rest: int, remaining: int, wins_ties: bool
+) -> None:
+    start = {"L": Fraction(leader), "R": Fraction(rival), "X": Fraction(rest)}
+    exact = sum(
+        (
+            p
+            for p, end in _urn(start, remaining)
+            if end["R"] > end["L"] or (end["R"] == end["L"] and not wins_ties)
+        ),
+        Fraction(0),
+    )
+    found = overtake_probability(leader, rival, rest, remaining, leader_wins_ties=wins_ties)
+    assert found == pytest.approx(float(exact), abs=1e-12)
+
+
+def _exact_hold(votes: list[str | None], remaining: int) -> Fraction:
+    """P(the full vote elects today's leader) under the Chinese restaurant process, exactly."""
+    leader = _majority(votes)
+    weights = {v: Fraction(votes.count(v)) for v in dict.fromkeys(votes)}  # first-seen order
+    held = Fraction(0)
+    for p, end in _urn(weights, remaining, new_weight=Fraction(1)):
+        tallies = Counter({k: int(w) for k, w in end.items() if k is not None})
+        # most_common keeps first-seen order among ties, as the majority rule does
+        if tallies and tallies.most_common(1)[0][0] == leader:
+            held += p
+    return held
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.lists(ANSWERS, min_size=1, max_size=6), st.integers(0, 4))
+def test_leader_holds_never_overstates_the_exact_chance(
+    votes: list[str | None], remaining: int
+) -> None:
+    bound = leader_holds(votes, remaining)
+    if _majority(votes) is None:
+        assert bound == 0.0
+        return
+    exact = float(_exact_hold(votes, remaining))
+    assert 0.0 <= bound <= exact + 1e-12
+    if remaining == 0:
+        assert bound == pytest.approx(1.0)
+
+
+def test_known_stops() -> None:
+    # four agreeing votes of sixteen: the full vote is theirs with P >= 0.98
+    assert leader_holds(["A"] * 4, 12) == pytest.approx(0.9808, abs=1e-4)
+    assert leader_holds(["A"] * 3, 13) == pytest.approx(0.9375, abs=1e-4)  # three are not enough
+    assert decide(["A"] * 4, 12, 0.95).rule == "posterior"
+    assert not decide(["A"] * 3 + ["B"], 12, 0.95).stop  # P = 0.865
+    # a plurality that a majority rule on p > 1/2 would never stop for: 6 3 2 1 of 16
+    votes = ["A"] * 6 + ["B"] * 3 + ["C"] * 2 + ["D"]
+    assert decide(votes, 4, 0.95).rule == "posterior"
     with pytest.raises(ValueError):
-        majority_posterior(-1, 0)
+        overtake_probability(0, 1, 1, 3, leader_wins_ties=True)
 
 
 @settings(max_examples=300)

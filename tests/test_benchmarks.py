@@ -6,6 +6,7 @@ script completes and prints the lines that carry its figures, so the scripts can
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -73,6 +74,8 @@ def test_adaptive_voting_prints_agreement_and_tokens(embedded_url: str) -> None:
     )
     assert "agreement with majority@4:" in out
     assert "tokens spent vs majority@4:" in out
+    assert re.search(r"replayed on majority@4's own samples .* (\d+) of \1\)", out)
+    assert re.search(r"clairvoyant rule .* would spend \d+\.\d% of its tokens", out)
 
 
 @pytest.mark.slow

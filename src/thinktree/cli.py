@@ -88,7 +88,7 @@ def run(
     wave: Annotated[int, typer.Option(help="adaptive: samples drawn per wave")] = 4,
     stop_confidence: Annotated[
         float,
-        typer.Option(help="adaptive: stop once P(the leader holds the majority) reaches it"),
+        typer.Option(help="adaptive: stop once P(the full vote elects the leader) reaches it"),
     ] = 0.95,
     steps: Annotated[int, typer.Option(help="sequential / hybrid revision steps")] = 2,
     budget: Annotated[

@@ -5,9 +5,12 @@ the first that holds:
 
 - **unbeatable**: the leader is ahead of the runner-up by more than the samples still
   to come, so no outcome of the rest can change the majority;
-- **posterior**: under a uniform Beta prior on the leader's share ``p`` of all votes,
-  the posterior ``Beta(1 + leader, 1 + others)`` gives ``P(p > 1/2) >= confidence``,
-  that is, the leader very probably holds the majority of the full distribution.
+- **posterior**: the probability that the full vote (all ``n`` samples) would elect the
+  leader is at least ``confidence``. The samples still to come are predicted from those
+  drawn so far by a Dirichlet process (a Chinese restaurant process with concentration
+  1): each next sample repeats an answer seen ``c`` times with weight ``c``, and says
+  an answer not seen yet with weight 1. The probability is a lower bound (see
+  :func:`leader_holds`), so the rule errs towards drawing more.
 
 Samples that state no answer abstain: they count as spent, not as votes. Each wave is
 one request with ``n`` choices where the endpoint allows it (as in ``parallel``);
@@ -28,7 +31,7 @@ from thinktree.errors import ConfigError
 from thinktree.orchestrator.events import NodeFinished, NodeKind, NodeStarted
 from thinktree.orchestrator.ledger import Budget
 
-__all__ = ["Adaptive", "Decision", "decide", "majority_posterior"]
+__all__ = ["Adaptive", "Decision", "decide", "leader_holds", "overtake_probability"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,17 +44,84 @@ class Decision:
     posterior: float
 
 
-def majority_posterior(leader: int, others: int) -> float:
-    """``P(p > 1/2)`` for ``p ~ Beta(1 + leader, 1 + others)``, exactly.
+NEW_ANSWER_WEIGHT = 1.0
+"""The Dirichlet process's concentration: the weight of "an answer not seen yet"."""
 
-    For integer parameters the Beta tail is a binomial sum:
-    ``P(Beta(a, b) > 1/2) = P(Binomial(a + b - 1, 1/2) <= a - 1)``.
+
+def overtake_probability(
+    leader: int,
+    rival: int,
+    rest: float,
+    remaining: int,
+    *,
+    leader_wins_ties: bool,
+    rival_weight: float | None = None,
+) -> float:
+    """P(a rival ends level with or ahead of the leader) after ``remaining`` more samples.
+
+    ``leader`` and ``rival`` are their votes so far. The next samples fall to the leader,
+    the rival or anything else like draws from a Pólya urn holding ``leader``,
+    ``rival_weight`` (default: ``rival``) and ``rest`` balls, each draw adding a ball of
+    its colour, so the gains follow a three-way Dirichlet-multinomial, summed here
+    exactly. A final tie counts against the leader unless it wins ties.
     """
-    if leader < 0 or others < 0:
-        raise ValueError("vote counts cannot be negative")
-    trials = leader + others + 1
-    below = sum(math.comb(trials, i) for i in range(leader + 1))
-    return below / (1 << trials)
+    weight = rival if rival_weight is None else rival_weight
+    if leader <= 0 or rival < 0 or weight < 0 or rest < 0 or remaining < 0:
+        raise ValueError("the leader needs a vote, and counts and weights cannot be negative")
+    if weight == 0:
+        return 0.0  # the rival is never drawn
+    total = leader + weight + rest
+    span = range(remaining + 1)
+    # log of each factor of the pmf, per gain k: factorials and rising factorials
+    fact = [math.lgamma(k + 1) for k in span]
+    lead = [math.lgamma(leader + k) - math.lgamma(leader) for k in span]
+    riv = [math.lgamma(weight + k) - math.lgamma(weight) for k in span]
+    if rest > 0:
+        other = [math.lgamma(rest + k) - math.lgamma(rest) - fact[k] for k in span]
+    else:  # nothing else can be drawn: every gain goes to the two
+        other = [0.0] + [-math.inf] * remaining
+    scale = fact[remaining] + math.lgamma(total) - math.lgamma(total + remaining)
+    margin = leader - rival + (1 if leader_wins_ties else 0)  # the rival's gain must beat this
+    probability = 0.0
+    for a in span:  # the leader's gain
+        for b in range(max(0, margin + a), remaining - a + 1):  # the rival's
+            c = remaining - a - b
+            if other[c] != -math.inf:
+                probability += math.exp(scale + lead[a] - fact[a] + riv[b] - fact[b] + other[c])
+    return min(probability, 1.0)
+
+
+def leader_holds(answers: Sequence[str | None], remaining: int) -> float:
+    """A lower bound on P(the vote of these and ``remaining`` more samples elects the leader).
+
+    The leader is the answer with most votes, ties going to the one seen first (as in
+    ``majority``). The chance that it loses is at most the sum, over each rival, of the
+    chance that this rival alone ends level with or ahead of it (exact, by
+    :func:`overtake_probability`); the answers not seen yet count as one rival holding
+    every new answer's votes, which never has fewer than any one of them. Abstentions
+    weigh like any answer in the prediction (they recur) but elect nobody. 0 when there
+    is no leader.
+    """
+    counts = Counter(a for a in answers if a is not None)
+    if not counts:
+        return 0.0
+    order = {answer: i for i, answer in enumerate(counts)}  # first-seen order
+    leader, top = counts.most_common(1)[0]  # stable: ties go to the first seen
+    drawn = len(answers)
+    lose = 0.0
+    for answer, votes in counts.items():
+        if answer != leader:
+            lose += overtake_probability(
+                top,
+                votes,
+                drawn - top - votes + NEW_ANSWER_WEIGHT,
+                remaining,
+                leader_wins_ties=order[leader] < order[answer],
+            )
+    lose += overtake_probability(  # every answer not seen yet, together
+        top, 0, drawn - top, remaining, leader_wins_ties=True, rival_weight=NEW_ANSWER_WEIGHT
+    )
+    return max(0.0, 1.0 - lose)
 
 
 def decide(answers: Sequence[str | None], remaining: int, confidence: float) -> Decision:
@@ -64,11 +134,11 @@ def decide(answers: Sequence[str | None], remaining: int, confidence: float) -> 
     ranked = counts.most_common()  # stable: ties keep first-seen order
     leader, top = ranked[0] if ranked else (None, 0)
     second = ranked[1][1] if len(ranked) > 1 else 0
-    posterior = majority_posterior(top, sum(counts.values()) - top)
     if remaining <= 0:
-        return Decision(True, leader, "exhausted", posterior)
+        return Decision(True, leader, "exhausted", 1.0 if leader is not None else 0.0)
     if leader is not None and top - second > remaining:
-        return Decision(True, leader, "unbeatable", posterior)
+        return Decision(True, leader, "unbeatable", 1.0)
+    posterior = leader_holds(answers, remaining)
     if leader is not None and posterior >= confidence:
         return Decision(True, leader, "posterior", posterior)
     return Decision(False, leader, "undecided", posterior)
@@ -133,7 +203,7 @@ async def _record_stop(
     node_id = f"{parent}/stop"
     why = {
         "unbeatable": "the leader cannot be overtaken by the samples left",
-        "posterior": f"P(leader holds the majority) = {decision.posterior:.3f}",
+        "posterior": f"P(the full vote elects the leader) >= {decision.posterior:.3f}",
         "exhausted": "every sample drawn",
     }.get(decision.rule, decision.rule)
     await solver.bus.emit(

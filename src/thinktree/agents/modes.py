@@ -31,7 +31,7 @@ class ModeSettings:
     steps: int = 2
     total_budget: int | None = None
     wave: int = 4  # adaptive: samples per wave
-    confidence: float = 0.95  # adaptive: stop once P(leader holds the majority) reaches it
+    confidence: float = 0.95  # adaptive: stop once P(the full vote elects the leader) reaches it
 
 
 def build_strategy(s: ModeSettings) -> Strategy:
