@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -22,10 +23,10 @@ from thinktree.agents.modes import ModeSettings
 from thinktree.errors import ConfigError
 from thinktree.metrics import auroc
 from thinktree.orchestrator.events import NodeKind, NodeStatus
-from thinktree.orchestrator.run import RunResult, RunSettings, execute, validate
+from thinktree.orchestrator.run import CALLS, RunResult, RunSettings, execute, validate
 from thinktree.orchestrator.store import StoreReader
 from thinktree.problems import AnswerType, Problem
-from thinktree.testing.fake_server import FakeBehaviour, FakeServer
+from thinktree.testing.fake_server import FakeBehaviour, FakeServer, Fault
 from thinktree.verifiers.base import options
 from thinktree.verifiers.judge import JUDGE_SYSTEM
 from thinktree.verifiers.registry import BUILTIN_VERIFIERS, check_verifiers, verifier_names
@@ -188,6 +189,54 @@ async def test_a_judge_endpoint_that_refuses_fails_the_verdicts(tmp_path: Path) 
     assert all("judge call failed" in (v.error or "") for v in verdicts)
     assert "400" in (verdicts[0].error or "")
     assert result.trees[0].answer == "A"  # the majority stands when the verifier fails
+
+
+@pytest.mark.anyio
+async def test_a_yes_prob_judge_is_retried_and_its_calls_are_kept(tmp_path: Path) -> None:
+    """P("Yes") calls are the client's own: a 503 is retried, the call stored for a resume."""
+
+    def reply(body: dict[str, Any], index: int) -> str:
+        messages = body.get("messages") or []
+        if messages and messages[0].get("content") == JUDGE_SYSTEM:
+            final = messages[-1]["content"].split("Final answer: ")[-1][:1]
+            return "Yes" if final == "B" else "No"
+        return ["I think A. Answer: A", "It is B. Answer: B", "Surely A. Answer: A"][index % 3]
+
+    servers: list[FakeServer] = []
+    judged: set[str] = set()
+
+    def first_judging_fails(_: int) -> Fault | None:
+        body = servers[0].bodies[-1]  # this request's (recorded just before)
+        messages = body.get("messages") or []
+        judging = bool(messages) and messages[0].get("content") == JUDGE_SYSTEM
+        if judging and messages[-1]["content"] not in judged:
+            judged.add(messages[-1]["content"])
+            return Fault.UNAVAILABLE
+        return None
+
+    behaviour = FakeBehaviour(reply=reply)
+    async with FakeServer(behaviour, faults=first_judging_fails, record_bodies=True) as server:
+        servers.append(server)
+        endpoint = EndpointConfig(
+            name="fake", base_url=server.base_url, model="fake-model", max_backoff_s=0.05
+        )
+        settings = RunSettings(
+            modes=ModeSettings(mode="parallel", n=3, budget=32),
+            verifiers=("judge:score=yes-prob",),
+            out=tmp_path / "run",
+        )
+        result = await execute([PROBLEM], endpoint, settings)
+    assert server.faulted[Fault.UNAVAILABLE] == 3  # each judging call failed once
+    tree = result.trees[0]
+    verdicts = tree.of_kind(NodeKind.VERDICT)
+    assert [v.status for v in verdicts] == [NodeStatus.DONE] * 3
+    assert [v.score for v in verdicts] == [0.0, 1.0, 0.0]
+    assert tree.answer == "B" and tree.correct
+    with sqlite3.connect(result.folder / CALLS) as conn:
+        stored = conn.execute(
+            "SELECT attempts FROM responses WHERE request LIKE '%top_logprobs%'"
+        ).fetchall()
+    assert sorted(stored) == [(2,), (2,), (2,)]  # kept, each after its retry
 
 
 def _pairwise_judge(always: str | None = None) -> Any:

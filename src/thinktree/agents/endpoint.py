@@ -142,6 +142,9 @@ class Choice:
     finish_reason: str | None
     completion_tokens: int
     reasoning: str = ""
+    top_logprobs: dict[str, float] | None = None
+    """The first token's most likely alternatives and their logprobs, when asked for
+    (``chat(top_logprobs=k)``): what a judge reads its P("Yes") from."""
 
 
 @dataclass(slots=True)
@@ -274,12 +277,17 @@ class EndpointClient:
         extra: dict[str, Any] | None = None,
         on_delta: DeltaHandler | None = None,
         key: str | None = None,
+        top_logprobs: int | None = None,
     ) -> Completion:
         """A chat completion; with ``continue_final`` the last assistant message is extended.
 
         ``key`` names the node(s) the call is for; with a cache, a call already made for
-        the same key and request is read back instead of sent.
+        the same key and request is read back instead of sent. ``top_logprobs``: each
+        choice also carries its first token's ``top_logprobs`` most likely alternatives
+        (the reply is then read whole, not streamed).
         """
+        if top_logprobs:
+            on_delta = None  # the alternatives are read from the whole reply
         body: dict[str, Any] = dict(extra or {})
         if continue_final:
             body.update(continue_final_message=True, add_generation_prompt=False)
@@ -293,6 +301,8 @@ class EndpointClient:
         if n > 1:
             kwargs["n"] = n
             kwargs["logprobs"] = True  # per-choice token counts: usage is only a total
+        if top_logprobs:
+            kwargs.update(logprobs=True, top_logprobs=top_logprobs)
         if seed is not None:
             kwargs["seed"] = seed
         if stop:
@@ -472,12 +482,14 @@ class EndpointClient:
                 i, logprobs = choice.get("index"), choice.get("logprobs")
                 if isinstance(i, int) and 0 <= i < n and isinstance(logprobs, dict):
                     counted[i] = len(logprobs.get("content") or ())
-                choice["logprobs"] = None
+                if "top_logprobs" not in kwargs:
+                    choice["logprobs"] = None
             resp = parse(ChatCompletion, data, self.transport.base_url)
         else:
             resp = parse(ChatCompletion, raw, self.transport.base_url)
         texts, reasoning = [""] * n, [""] * n
         finish: list[str | None] = [None] * n
+        tops: list[dict[str, float] | None] = [None] * n
         for choice in resp.choices or []:
             i = choice.index
             if i >= n:
@@ -488,7 +500,14 @@ class EndpointClient:
             if isinstance(think, str):
                 reasoning[i] = think
             finish[i] = choice.finish_reason
-        return _assemble(texts, reasoning, counted, finish, resp.usage, resp.id, n)
+            if "top_logprobs" in kwargs:
+                tops[i] = _first_token_tops(choice.logprobs)
+        result = _assemble(texts, reasoning, counted, finish, resp.usage, resp.id, n)
+        if "top_logprobs" in kwargs:  # the choices made are those that finished, in order
+            made = [top for top, f in zip(tops, finish, strict=True) if f is not None]
+            for c, top in zip(result.choices, made, strict=True):
+                c.top_logprobs = top
+        return result
 
     async def _plain_completion(self, kwargs: dict[str, Any], n: int) -> Completion:
         raw = await self.transport.post("completions", _wire(kwargs))
@@ -568,6 +587,14 @@ class EndpointClient:
                     if choice.finish_reason:
                         finish[i] = choice.finish_reason
         return _assemble(texts, [""] * n, counted, finish, usage, request_id, n)
+
+
+def _first_token_tops(logprobs: Any) -> dict[str, float]:
+    """The first generated token's alternatives (token -> logprob); empty when not sent."""
+    content = getattr(logprobs, "content", None) if logprobs is not None else None
+    if not content:
+        return {}
+    return {top.token: float(top.logprob) for top in content[0].top_logprobs or ()}
 
 
 def _model_ids(raw: bytes) -> list[str]:

@@ -174,6 +174,7 @@ class EndpointPool(EndpointClient):
         extra: dict[str, Any] | None = None,
         on_delta: DeltaHandler | None = None,
         key: str | None = None,
+        top_logprobs: int | None = None,
     ) -> Completion:
         request = {
             "messages": messages,
@@ -184,6 +185,7 @@ class EndpointPool(EndpointClient):
             "stop": stop,
             "continue_final": continue_final,
             "extra": extra,
+            "top_logprobs": top_logprobs,
         }
 
         def call(member: EndpointClient) -> Awaitable[Completion]:
@@ -197,6 +199,7 @@ class EndpointPool(EndpointClient):
                 continue_final=continue_final,
                 extra=extra,
                 on_delta=on_delta,
+                top_logprobs=top_logprobs,
             )
 
         return await self._pooled(call, "chat", request, key)

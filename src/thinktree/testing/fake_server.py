@@ -410,7 +410,8 @@ class FakeServer:
             want_logprobs = bool(body.get("logprobs"))
             for c in choices:
                 message = {"role": "assistant", "content": "".join(c.pieces)}
-                logprobs = _chat_logprobs(c.pieces) if want_logprobs else None
+                top = int(body.get("top_logprobs") or 0)
+                logprobs = _chat_logprobs(c.pieces, top) if want_logprobs else None
                 out.append(
                     {
                         "index": c.index,
@@ -589,10 +590,17 @@ class FakeServer:
         return response
 
 
-def _chat_logprobs(pieces: Sequence[str]) -> dict[str, Any]:
+def _chat_logprobs(pieces: Sequence[str], top: int = 0) -> dict[str, Any]:
+    """Each token's logprob; with ``top``, the token itself as its one top alternative."""
     return {
         "content": [
-            {"token": w, "logprob": _LOGPROB, "bytes": None, "top_logprobs": []} for w in pieces
+            {
+                "token": w,
+                "logprob": _LOGPROB,
+                "bytes": None,
+                "top_logprobs": [{"token": w, "logprob": _LOGPROB, "bytes": None}][:top],
+            }
+            for w in pieces
         ]
     }
 

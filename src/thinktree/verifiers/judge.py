@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from typing import Any
 
 import anyio
-import openai
 
 from thinktree.agents.capabilities import Capabilities, probe
 from thinktree.agents.endpoint import EndpointClient, Message
@@ -29,6 +28,7 @@ JUDGE_SYSTEM = "You are a strict and careful grader of answers to exam questions
 MAX_CANDIDATE_CHARS = 4000
 _RATING = re.compile(r"\b(10|[0-9])\b")
 _SCORES = ("auto", "yes-prob", "rating")
+_TOP_TOKENS = 10  # first-token alternatives a judge's P("Yes") is read from
 
 
 def question_block(problem: Problem) -> str:
@@ -123,39 +123,37 @@ async def token_probs(
     messages: list[Message],
     fields: dict[str, Any],
     wanted: Sequence[str],
+    *,
+    key: str | None = None,
 ) -> tuple[dict[str, float], int, int]:
     """The probability of each of ``wanted`` as the first token of the reply, renormalised.
 
     Reads the judge's top logprobs of one generated token; returns the probabilities (an
     empty dict when none of ``wanted`` is among the top tokens) and the tokens spent.
+    The call is an ordinary one of ``client`` (its limiter, retries and typed errors);
+    with a ``key`` and a call store, a resumed run reads it back instead of paying again.
+    Raises :class:`~thinktree.errors.EndpointError` when it fails for good.
     """
-    async with client.limiter:
-        with anyio.fail_after(client.config.timeout_s):
-            resp = await client.client.chat.completions.create(
-                model=client.model,
-                messages=messages,  # type: ignore[arg-type]
-                max_tokens=1,
-                temperature=0.0,
-                logprobs=True,
-                top_logprobs=10,
-                extra_body=fields or None,
-            )
-    usage = resp.usage
-    prompt = int(usage.prompt_tokens or 0) if usage else 0
-    completion = int(usage.completion_tokens or 0) if usage else 0
+    result = await client.chat(
+        messages,
+        max_tokens=1,
+        temperature=0.0,
+        extra=fields or None,
+        key=key,
+        top_logprobs=_TOP_TOKENS,
+    )
     mass = dict.fromkeys(wanted, 0.0)
-    choice = resp.choices[0] if resp.choices else None
-    content = choice.logprobs.content if choice and choice.logprobs else None
-    if content:
-        for top in content[0].top_logprobs:
-            key = top.token.strip().lower()
-            for w in wanted:
-                if key == w.lower():
-                    mass[w] += math.exp(top.logprob)
+    tops = result.choices[0].top_logprobs if result.choices else None
+    for token, logprob in (tops or {}).items():
+        key_token = token.strip().lower()
+        for w in wanted:
+            if key_token == w.lower():
+                mass[w] += math.exp(logprob)
     total = sum(mass.values())
+    spent = result.prompt_tokens, result.completion_tokens
     if total <= 0:
-        return {}, prompt, completion
-    return {w: m / total for w, m in mass.items()}, prompt, completion
+        return {}, *spent
+    return {w: m / total for w, m in mass.items()}, *spent
 
 
 class PointwiseJudge:
@@ -189,12 +187,13 @@ class PointwiseJudge:
     ) -> Verdict:
         ask = "Is the final answer of this response correct? Reply Yes or No."
         messages = _messages(problem, view, ask)
+        fields = choice_fields(caps, ("Yes", "No"))
         try:
             probs, prompt, completion = await token_probs(
-                client, messages, choice_fields(caps, ("Yes", "No")), ("Yes", "No")
+                client, messages, fields, ("Yes", "No"), key=f"{view.node_id}/judge"
             )
-        except (openai.APIError, TimeoutError) as exc:
-            return Verdict.failed(f"judge call failed: {type(exc).__name__}")
+        except EndpointError as exc:
+            return Verdict.failed(f"judge call failed: {exc}")
         spent = {"prompt_tokens": prompt, "completion_tokens": completion}
         if not probs:
             return Verdict.failed("the judge put neither Yes nor No among its top tokens", **spent)
@@ -217,7 +216,11 @@ class PointwiseJudge:
         fields = choice_fields(caps, [str(i) for i in range(11)])
         try:
             result = await client.chat(
-                _messages(problem, view, ask), max_tokens=8, temperature=0.0, extra=fields
+                _messages(problem, view, ask),
+                max_tokens=8,
+                temperature=0.0,
+                extra=fields,
+                key=f"{view.node_id}/judge",
             )
         except EndpointError as exc:
             return Verdict.failed(f"judge call failed: {exc}")

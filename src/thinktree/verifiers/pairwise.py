@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import anyio
-import openai
 
 from thinktree.agents.capabilities import Capabilities
 from thinktree.agents.endpoint import EndpointClient, Message
@@ -84,7 +83,7 @@ class PairwiseJudge:
         rounds = 0
         try:
             rounds = await self._tournament(client, caps, use_logprobs, problem, candidates, groups)
-        except* (MatchFailed, EndpointError, openai.APIError, TimeoutError) as failed:
+        except* (MatchFailed, EndpointError) as failed:
             failure = "; ".join(str(e) or type(e).__name__ for e in failed.exceptions)
         if failure is not None:
             return [Verdict.failed(f"a pairwise match failed: {failure}")] * len(candidates)
@@ -174,14 +173,18 @@ class PairwiseJudge:
         two: _Group,
     ) -> tuple[float, int, int]:
         """P(the judge prefers Response 1), and the tokens it spent."""
-        messages = _messages(problem, candidates[one.rep], candidates[two.rep])
+        first, second = candidates[one.rep], candidates[two.rep]
+        messages = _messages(problem, first, second)
         fields = choice_fields(caps, ("1", "2"))
+        key = f"{first.node_id}/pairwise/{second.node_id}"  # the call store's name for it
         if use_logprobs:
-            probs, prompt, completion = await token_probs(client, messages, fields, ("1", "2"))
+            probs, prompt, completion = await token_probs(
+                client, messages, fields, ("1", "2"), key=key
+            )
             if not probs:
                 raise MatchFailed("the judge put neither 1 nor 2 among its top tokens")
             return probs["1"], prompt, completion
-        result = await client.chat(messages, max_tokens=8, temperature=0.0, extra=fields)
+        result = await client.chat(messages, max_tokens=8, temperature=0.0, extra=fields, key=key)
         text = read_choice(result.choices[0].text if result.choices else "", fields)
         said = _CHOICE.findall(text)
         if not said:
