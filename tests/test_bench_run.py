@@ -245,3 +245,23 @@ base_url = "{two.base_url}"
     md = (tmp_path / "out" / "report.md").read_text()
     assert "| one · endpoint=open | 2 |" in md and "| two · endpoint=paid | 2 |" in md
     assert "| one | endpoint | open | paid | 2 |" in md
+
+
+def test_a_bench_probes_its_endpoint_once_for_every_cell(tmp_path: Path) -> None:
+    SEEN.clear()
+    with fake_server_in_thread(FakeBehaviour(reply=reply)) as server:
+        config = write_config(tmp_path, server.base_url, "budget = [16, 32]")
+        text = config.read_text().replace("[run]\n", '[run]\nmode = "parallel"\n')
+        config.write_text(text)
+        proc = cli("bench", str(config), "--out", "out", cwd=tmp_path)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, out + err
+    assert len(list((tmp_path / "out").glob("*/results.json"))) == 4
+    # the probe's prompts (thinktree.agents.capabilities): chat, and /v1/completions
+    probes = ("Count from one to ten", "The capital of France is")
+    probing = [any(p in key for p in probes) for key in SEEN]
+    first_solving = probing.index(False)
+    assert first_solving > 0  # the first cell probed before it solved anything
+    assert sum(probing) == first_solving  # and no cell after it probed again
+    manifests = [json.loads(p.read_text()) for p in (tmp_path / "out").glob("*/run.json")]
+    assert len({json.dumps(m["capabilities"], sort_keys=True) for m in manifests}) == 1

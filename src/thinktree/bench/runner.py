@@ -9,6 +9,7 @@ and the rest start.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import shutil
@@ -49,6 +50,7 @@ from thinktree.orchestrator.run import (
     execute,
     load_resume,
     probe_endpoint,
+    probe_needs,
 )
 from thinktree.pricing import Price, prices_from_config
 from thinktree.problems import Problem
@@ -181,6 +183,31 @@ def bench_prices(config: BenchConfig) -> dict[str, Price]:
     return {**prices_from_config(load_config(None)), **prices_from_config(config.raw)}
 
 
+class ProbeMemo:
+    """What each endpoint was found to do, so a bench probes it once, not once per cell.
+
+    A cell reuses an earlier probe of its endpoint that covered everything it needs (see
+    :func:`probe_needs`); one that needs more (a verifier's logprobs, say) probes again.
+    """
+
+    def __init__(self) -> None:
+        self._found: dict[tuple[str, str, str | None], list[tuple[frozenset[str], Capabilities]]]
+        self._found = {}
+
+    @staticmethod
+    def _key(target: EndpointConfig) -> tuple[str, str, str | None]:
+        return target.name, target.base_url, target.model
+
+    def get(self, target: EndpointConfig, needs: set[str]) -> Capabilities | None:
+        for probed, caps in self._found.get(self._key(target), ()):
+            if needs <= probed:
+                return copy.deepcopy(caps)  # a run may note things in its own copy
+        return None
+
+    def add(self, target: EndpointConfig, needs: set[str], caps: Capabilities) -> None:
+        self._found.setdefault(self._key(target), []).append((frozenset(needs), caps))
+
+
 async def run_bench(
     config: BenchConfig,
     out: Path,
@@ -209,6 +236,7 @@ async def run_bench(
     outcomes = [CellOutcome(c, out / c.name, "done before") for c in cells if c not in todo]
     needs_embedded = any(endpoints[c.name] is None for c in todo)
     shared = SqliteCallCache(out / SHARED_CALLS)
+    probes = ProbeMemo()
     try:
         async with _maybe_embedded(embedded if needs_embedded else None) as local:
             for position, cell in enumerate(cells, start=1):
@@ -231,10 +259,20 @@ async def run_bench(
                         watcher,
                         position,
                         len(cells),
+                        probes=probes,
                     )
                 else:
                     outcome = await _run_cell(
-                        config, cell, out, target, prices, shared, watcher, position, len(cells)
+                        config,
+                        cell,
+                        out,
+                        target,
+                        prices,
+                        shared,
+                        watcher,
+                        position,
+                        len(cells),
+                        probes=probes,
                     )
                 outcomes.append(outcome)
                 watcher.cell_finished(outcome)
@@ -278,6 +316,8 @@ async def _run_cell(
     watcher: CellWatcher,
     position: int,
     total: int,
+    *,
+    probes: ProbeMemo,
 ) -> CellOutcome:
     folder = out / cell.name
     subscriber = watcher.cell_started(cell, position, total)
@@ -299,9 +339,18 @@ async def _run_cell(
             if folder.exists():  # cut off before its manifest was written: nothing to keep
                 shutil.rmtree(folder)
             problems, settings = _fresh_cell(config, cell, folder, prices)
+            needs = probe_needs(settings, subscribers)
+            known = probes.get(target, needs)
             result = await execute(
-                problems, target, settings, subscribers=subscribers, shared_calls=shared
+                problems,
+                target,
+                settings,
+                subscribers=subscribers,
+                shared_calls=shared,
+                capabilities=known,
             )
+            if known is None:
+                probes.add(target, needs, result.capabilities)
             status = "ran"
     return CellOutcome(cell, folder, status, result, time.monotonic() - started)
 
@@ -320,6 +369,8 @@ async def _run_cell_sharded(
     watcher: CellWatcher,
     position: int,
     total: int,
+    *,
+    probes: ProbeMemo,
 ) -> CellOutcome:
     """The cell's problems in shards, each run by ``runner``, merged into the cell's folder."""
     from thinktree.bench.merge import merge_shards
@@ -333,9 +384,12 @@ async def _run_cell_sharded(
     parts = split(problems, count)
     with structlog.contextvars.bound_contextvars(cell=cell.name):
         caps, probe_servers = _probed(folder), None
-        if caps is None:  # a cell's first try: probe once, for every shard
+        needs = probe_needs(settings, ())
+        caps = caps or probes.get(target, needs)
+        if caps is None:  # the endpoint's first cell: probe once, for every shard
             probed = await probe_endpoint(target, settings)
             caps, probe_servers = probed.capabilities, probed.servers
+            probes.add(target, needs, caps)
         specs = _plan_shards(out, cell, parts, target, settings, caps)
         tried = [attempts(spec) for spec in specs]  # by an earlier, cut-off try of the bench
         log.info("cell sharded", shards=len(specs), problems=len(problems))

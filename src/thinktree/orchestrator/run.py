@@ -218,7 +218,7 @@ async def _execute(
                 if capabilities is not None:
                     caps = capabilities
                 else:
-                    caps = await probe(client, what=_needed(settings, subscribers))
+                    caps = await probe(client, what=probe_needs(settings, subscribers))
                 panel = await open_panel(settings, client, caps)  # bad verifiers: no folder
                 _create_folder(
                     folder, run_id, problems, endpoint, model, caps, settings, aggregate_name
@@ -536,12 +536,13 @@ async def probe_endpoint(endpoint: EndpointConfig, settings: RunSettings) -> Pro
     """
     async with _client(endpoint, None) as client:
         model = await client.resolve_model()
-        caps = await probe(client, what=_needed(settings, ()))
+        caps = await probe(client, what=probe_needs(settings, ()))
         servers = client.figures() if isinstance(client, EndpointPool) else None
         return Probed(model, caps, servers)
 
 
-def _needed(settings: RunSettings, subscribers: Sequence[Subscriber]) -> set[str]:
+def probe_needs(settings: RunSettings, subscribers: Sequence[Subscriber]) -> set[str]:
+    """What a run with ``settings`` (watched by ``subscribers``) probes its endpoint for."""
     modes = settings.modes
     need = {"continuation"}
     if settings.trace_deltas or any(s.wants_deltas for s in subscribers):
