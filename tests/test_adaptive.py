@@ -132,20 +132,32 @@ def test_an_unbeatable_leader_wins_however_the_rest_vote(
 
 
 @settings(max_examples=300)
+@given(st.lists(ANSWERS, max_size=16), st.integers(1, 16))
+def test_a_leader_not_called_unbeatable_can_be_beaten(
+    votes: list[str | None], remaining: int
+) -> None:
+    decision = decide(votes, remaining, confidence=0.999999)
+    if decision.leader is None or decision.rule == "unbeatable":
+        return
+    rivals = [v for v in dict.fromkeys(votes) if v not in (None, decision.leader)] + ["Z"]
+    # one rival taking every sample left wins the vote from the leader
+    assert any(_majority(votes + [r] * remaining) != decision.leader for r in rivals)
+
+
+@settings(max_examples=300)
 @given(st.lists(ANSWERS, max_size=16), st.integers(0, 16), st.floats(0.51, 0.99))
 def test_decide_names_the_current_majority_and_stops_only_for_a_reason(
     votes: list[str | None], remaining: int, confidence: float
 ) -> None:
     decision = decide(votes, remaining, confidence)
     assert decision.leader == _majority(votes)
-    counts = [*sorted(Counter(v for v in votes if v is not None).values(), reverse=True), 0, 0]
     if remaining == 0:
         assert decision.stop and decision.rule == "exhausted"
     elif decision.stop:
-        assert decision.leader is not None
-        assert counts[0] - counts[1] > remaining or decision.posterior >= confidence
+        assert decision.leader is not None and decision.rule in ("unbeatable", "posterior")
+        assert decision.posterior >= confidence
     else:
-        assert counts[0] - counts[1] <= remaining and decision.posterior < confidence
+        assert decision.rule == "undecided" and decision.posterior < confidence
 
 
 def test_all_abstaining_never_stops_early() -> None:

@@ -3,8 +3,9 @@
 After each wave the votes so far are checked against two rules, and sampling stops at
 the first that holds:
 
-- **unbeatable**: the leader is ahead of the runner-up by more than the samples still
-  to come, so no outcome of the rest can change the majority;
+- **unbeatable**: no rival, not even one taking every sample still to come, can end
+  ahead of the leader (or level with it and seen first, as ties go to the answer seen
+  first), so no outcome of the rest can change the majority;
 - **posterior**: the probability that the full vote (all ``n`` samples) would elect the
   leader is at least ``confidence``. The samples still to come are predicted from those
   drawn so far by a Dirichlet process (a Chinese restaurant process with concentration
@@ -131,17 +132,31 @@ def decide(answers: Sequence[str | None], remaining: int, confidence: float) -> 
     with most votes, ties going to the one seen first (as in ``majority``).
     """
     counts = Counter(a for a in answers if a is not None)
-    ranked = counts.most_common()  # stable: ties keep first-seen order
-    leader, top = ranked[0] if ranked else (None, 0)
-    second = ranked[1][1] if len(ranked) > 1 else 0
+    leader = counts.most_common(1)[0][0] if counts else None  # ties: the first seen
     if remaining <= 0:
         return Decision(True, leader, "exhausted", 1.0 if leader is not None else 0.0)
-    if leader is not None and top - second > remaining:
+    if leader is not None and _unbeatable(counts, leader, remaining):
         return Decision(True, leader, "unbeatable", 1.0)
     posterior = leader_holds(answers, remaining)
     if leader is not None and posterior >= confidence:
         return Decision(True, leader, "posterior", posterior)
     return Decision(False, leader, "undecided", posterior)
+
+
+def _unbeatable(counts: Counter[str], leader: str, remaining: int) -> bool:
+    """Whether no rival taking all ``remaining`` samples could win the vote from ``leader``."""
+    top = counts[leader]
+    if remaining > top:  # an answer not seen yet could outnumber it
+        return False
+    seen_before = True  # answers counted before the leader win a tie against it
+    for answer, votes in counts.items():  # first-seen order
+        if answer == leader:
+            seen_before = False
+            continue
+        reach = votes + remaining
+        if reach > top or (reach == top and seen_before):
+            return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)
