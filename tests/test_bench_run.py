@@ -58,6 +58,19 @@ def cli(*args: str, cwd: Path) -> subprocess.Popen[str]:
     )
 
 
+def bench_parallel(folder: Path, grid: str) -> None:
+    """Run a parallel-mode bench over ``grid`` into ``folder/out`` against a fresh fake
+    server, with ``SEEN`` holding the requests it made."""
+    SEEN.clear()
+    with fake_server_in_thread(FakeBehaviour(reply=reply)) as server:
+        config = write_config(folder, server.base_url, grid)
+        text = config.read_text().replace("[run]\n", '[run]\nmode = "parallel"\n')
+        config.write_text(text)
+        proc = cli("bench", str(config), "--out", "out", cwd=folder)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, out + err
+
+
 def committed(bench: Path) -> set[str]:
     keys: set[str] = set()
     for path in bench.glob("*/calls.sqlite"):
@@ -164,14 +177,7 @@ def test_bad_bench_configs_fail_in_one_line_before_anything_runs(tmp_path: Path)
 
 
 def test_a_verifier_grid_shares_the_samples_it_judges(tmp_path: Path) -> None:
-    SEEN.clear()
-    with fake_server_in_thread(FakeBehaviour(reply=reply)) as server:
-        config = write_config(tmp_path, server.base_url, 'verifier = [[], ["judge"]]')
-        text = config.read_text().replace("[run]\n", '[run]\nmode = "parallel"\n')
-        config.write_text(text)
-        proc = cli("bench", str(config), "--out", "out", cwd=tmp_path)
-        out, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, out + err
+    bench_parallel(tmp_path, 'verifier = [[], ["judge"]]')
     results = {
         p.parent.name: json.loads(p.read_text())
         for p in sorted((tmp_path / "out").glob("*/results.json"))
@@ -248,14 +254,7 @@ base_url = "{two.base_url}"
 
 
 def test_a_bench_probes_its_endpoint_once_for_every_cell(tmp_path: Path) -> None:
-    SEEN.clear()
-    with fake_server_in_thread(FakeBehaviour(reply=reply)) as server:
-        config = write_config(tmp_path, server.base_url, "budget = [16, 32]")
-        text = config.read_text().replace("[run]\n", '[run]\nmode = "parallel"\n')
-        config.write_text(text)
-        proc = cli("bench", str(config), "--out", "out", cwd=tmp_path)
-        out, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, out + err
+    bench_parallel(tmp_path, "budget = [16, 32]")
     assert len(list((tmp_path / "out").glob("*/results.json"))) == 4
     # the probe's prompts (thinktree.agents.capabilities): chat, and /v1/completions
     probes = ("Count from one to ten", "The capital of France is")
