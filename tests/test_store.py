@@ -779,3 +779,19 @@ async def test_the_bus_closes_the_store_with_everything_in_it(db_path: Path) -> 
     ]
     assert query(db_path, "SELECT status FROM run") == [("completed",)]
     assert not (db_path.parent / f"{STORE_NAME}-lock").exists()
+
+
+async def test_an_event_that_does_not_fit_the_tree_is_skipped_not_fatal(
+    store: RunStore, db_path: Path
+) -> None:
+    feed(store, [run_started(), *problem_events()[:2]])
+    store.handle(node("elsewhere/b0", "elsewhere", NodeKind.BRANCH, 1.0, pid="elsewhere"))
+    store.handle(done("p1/nowhere", 1.0, "c9", 1, 1))
+    store.handle(node("p1/b9", "p1", NodeKind.BRANCH, 1.5))  # what fits still goes in
+    await store.flush()
+    assert store.error is None and store.skipped == 2
+    assert query(db_path, "SELECT id FROM nodes ORDER BY rowid") == [
+        ("p1",),
+        ("p1/b0",),
+        ("p1/b9",),
+    ]

@@ -703,7 +703,7 @@ class _Projection:
 
     def _skip(self, event_type: str, why: str) -> None:
         self.skipped += 1
-        log.warning("run store: event does not fit the tree so far", event=event_type, why=why)
+        log.warning("run store: event does not fit the tree so far", event_type=event_type, why=why)
 
     def _new_node(
         self, at: float, nid: str, pid: str, parent: str | None, kind: str, label: str
