@@ -30,10 +30,10 @@ from thinktree.bench.merge import _servers
 from thinktree.bench.sharding import split
 from thinktree.orchestrator.events import CallRetried, Event, ProblemFinished, RunStarted
 from thinktree.orchestrator.store import StoreReader
+from thinktree.orchestrator.trace import read_trace
 from thinktree.problems import Problem
 from thinktree.testing.fake_server import FakeBehaviour, fake_server_in_thread
 from thinktree.tui.state import RunView
-from thinktree.tui.trace import read_trace
 
 
 def paid() -> list[str]:

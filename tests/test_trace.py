@@ -10,9 +10,7 @@ from pathlib import Path
 import pytest
 
 from thinktree.orchestrator.events import NodeKind, NodeStarted, RunFinished
-from thinktree.tui.sanitize import clean, literal, one_line
-from thinktree.tui.synthetic import synthetic_run, write_trace
-from thinktree.tui.trace import (
+from thinktree.orchestrator.trace import (
     EVENT_TYPES,
     TraceDecoder,
     TraceError,
@@ -22,6 +20,8 @@ from thinktree.tui.trace import (
     resolve_trace,
     trace_finished,
 )
+from thinktree.tui.sanitize import clean, literal, one_line
+from thinktree.tui.synthetic import synthetic_run, write_trace
 
 
 def test_every_event_type_round_trips_with_enums_restored() -> None:

@@ -12,12 +12,12 @@ from thinktree.agents.endpoint import EndpointConfig
 from thinktree.agents.modes import ModeSettings
 from thinktree.orchestrator.events import NodeKind
 from thinktree.orchestrator.run import RunResult, RunSettings, execute
+from thinktree.orchestrator.trace import read_trace
 from thinktree.problems import AnswerType, Problem
 from thinktree.testing.fake_server import FakeBehaviour, FakeServer, Fault
 from thinktree.tui.app import ThinktreeApp
 from thinktree.tui.state import RunView
 from thinktree.tui.subscriber import TuiSubscriber, watch_run
-from thinktree.tui.trace import read_trace
 
 pytestmark = pytest.mark.anyio
 

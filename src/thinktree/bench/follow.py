@@ -14,7 +14,7 @@ from pathlib import Path
 
 from thinktree.orchestrator.bus import Subscriber
 from thinktree.orchestrator.events import CallRetried, ProblemFinished, RunStarted
-from thinktree.tui.trace import TRACE_NAME, TraceDecoder, TraceError
+from thinktree.orchestrator.trace import TRACE_NAME, TraceDecoder, TraceError
 
 
 class ShardFollower:

@@ -36,8 +36,8 @@ from thinktree.orchestrator.run import (
 )
 from thinktree.orchestrator.store import STORE_NAME, RunStore
 from thinktree.orchestrator.subscribers import TraceWriter, TreeRecorder
+from thinktree.orchestrator.trace import TRACE_NAME, read_trace
 from thinktree.problems import Problem
-from thinktree.tui.trace import TRACE_NAME, read_trace
 
 __all__ = ["copy_calls", "merge_shards"]
 

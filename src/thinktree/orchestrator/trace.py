@@ -60,16 +60,19 @@ def _converter(hint: Any) -> Callable[[Any], Any]:
     return _identity
 
 
-_FIELDS: dict[type[Event], dict[str, Callable[[Any], Any]]] = {}
+_Decoding = tuple[frozenset[str], tuple[tuple[str, Callable[[Any], Any]], ...]]
+_DECODINGS: dict[type[Event], _Decoding] = {}
 
 
-def _fields(cls: type[Event]) -> dict[str, Callable[[Any], Any]]:
-    """Each init field of ``cls`` with how to restore it (worked out once per class)."""
-    found = _FIELDS.get(cls)
+def _decoding(cls: type[Event]) -> _Decoding:
+    """The init fields of ``cls``, and those that need restoring, with how (once per class)."""
+    found = _DECODINGS.get(cls)
     if found is None:
         hints = typing.get_type_hints(cls)
-        found = {f.name: _converter(hints[f.name]) for f in dataclasses.fields(cls) if f.init}
-        _FIELDS[cls] = found
+        fields = [f.name for f in dataclasses.fields(cls) if f.init]
+        converters = ((name, _converter(hints[name])) for name in fields)
+        found = (frozenset(fields), tuple(c for c in converters if c[1] is not _identity))
+        _DECODINGS[cls] = found
     return found
 
 
@@ -82,10 +85,17 @@ def event_from_dict(data: Mapping[str, Any]) -> Event:
         cls = EVENT_TYPES.get(kind)
     if cls is None:
         raise UnknownEventType(f"unknown event type {kind!r}")
-    kwargs = {name: convert(data[name]) for name, convert in _fields(cls).items() if name in data}
+    names, converters = _decoding(cls)
+    kwargs = dict(data)
+    del kwargs["type"]
+    if not kwargs.keys() <= names:
+        kwargs = {name: value for name, value in kwargs.items() if name in names}
+    for name, convert in converters:
+        if name in kwargs:
+            kwargs[name] = convert(kwargs[name])
     try:
         return cls(**kwargs)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise ValueError(f"bad {kind} event: {exc}") from None
 
 

@@ -29,6 +29,7 @@ from textual.timer import Timer
 from textual.widgets import Footer, Tree
 
 from thinktree.orchestrator.events import Event, NodeStatus, RunStarted
+from thinktree.orchestrator.trace import TraceError
 from thinktree.orchestrator.tree import ProblemTree
 from thinktree.tui import render
 from thinktree.tui.messages import ProblemHighlighted, ProblemOpened, UserNavigated
@@ -36,7 +37,6 @@ from thinktree.tui.quit_dialog import QuitChoice, QuitLiveRun
 from thinktree.tui.sanitize import one_line
 from thinktree.tui.sources import FollowSource, LiveSource, ReplaySource, Source, source_for
 from thinktree.tui.state import FILTERS, RunView, allowed_tokens
-from thinktree.tui.trace import TraceError
 from thinktree.tui.widgets import DetailPane, ProblemList, ProblemTreeView, RunHeader
 
 _FILTER_KEYS = dict(zip("12345", FILTERS, strict=True))

@@ -18,7 +18,7 @@ import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from thinktree.orchestrator.events import Event, RunFinished
-from thinktree.tui.trace import TraceDecoder, resolve_trace, trace_finished
+from thinktree.orchestrator.trace import TraceDecoder, resolve_trace, trace_finished
 
 BATCH = 2000  # events applied between two chances for the screen to draw
 SPEEDS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, math.inf)
