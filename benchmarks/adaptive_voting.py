@@ -1,7 +1,8 @@
 """Adaptive voting vs full majority@N on the embedded model: agreement and tokens spent.
 
 Run: .venv/bin/python benchmarks/adaptive_voting.py --data FILE.jsonl [--limit 32]
-     [--n 16] [--wave 4] [--budget 32] [--base-url URL]
+     [--n 16] [--wave 4] [--budget 32] [--confidence 0.95] [--levels 0.9,0.99]
+     [--base-url URL]
 
 Both modes run as ordinary thinktree runs on the same problems, with the same seed and
 one request per sample (``native_n`` off), so every sample has its own per-node seed
@@ -13,6 +14,8 @@ measures the stopping rule alone. Printed for each: how often adaptive's answer 
 majority@N's (target >= 98 %), its completion tokens as a share of majority@N's
 (target <= 50 %), samples drawn, and why each problem stopped; and the floor, what a
 clairvoyant rule that knew the full vote would spend.
+--levels 0.9,0.98 also replays the rule at those stop levels on the same samples (no new
+calls) and prints agreement and tokens for each: the trade-off to choose a level from.
 Without --base-url it starts the embedded server (or reuses one from `thinktree serve`).
 Without --data it uses the built-in demo set.
 """
@@ -29,9 +32,10 @@ from pathlib import Path
 import anyio
 
 from thinktree.agents.endpoint import EndpointConfig
-from thinktree.agents.modes import ModeSettings
+from thinktree.agents.modes import ModeSettings, build_strategy
 from thinktree.datasets import load_demo, load_problems
 from thinktree.embedded import embedded_server
+from thinktree.errors import ConfigError
 from thinktree.orchestrator.call_cache import SqliteCallCache
 from thinktree.orchestrator.events import NodeKind
 from thinktree.orchestrator.run import CALLS, RunResult, RunSettings, execute
@@ -77,18 +81,33 @@ async def _run(
 
 async def measure(url: str, problems: list[Problem], args: argparse.Namespace) -> None:
     common = {"n": args.n, "budget": args.budget, "answer_tokens": args.answer_tokens}
-    adaptive_modes = ModeSettings(
-        mode="adaptive", wave=args.wave, confidence=args.confidence, **common
-    )
+
+    def adaptive(level: float) -> ModeSettings:
+        return ModeSettings(mode="adaptive", wave=args.wave, confidence=level, **common)
+
+    levels = sorted({args.confidence, *args.levels})
     with tempfile.TemporaryDirectory(prefix="tt-adaptive-") as tmp:
         full_folder = Path(tmp) / "full"
         full, full_s = await _run(
             url, problems, ModeSettings(mode="parallel", **common), full_folder, args
         )
-        live, live_s = await _run(url, problems, adaptive_modes, Path(tmp) / "live", args)
-        replayed, _ = await _run(
-            url, problems, adaptive_modes, Path(tmp) / "replayed", args, full_folder / CALLS
+        live, live_s = await _run(
+            url, problems, adaptive(args.confidence), Path(tmp) / "live", args
         )
+        replays = {
+            level: (
+                await _run(
+                    url,
+                    problems,
+                    adaptive(level),
+                    Path(tmp) / f"replayed-{level}",
+                    args,
+                    full_folder / CALLS,
+                )
+            )[0]
+            for level in levels
+        }
+    replayed = replays[args.confidence]
     count = len(problems)
     print(
         f"workload: {count} problems, majority@{args.n} vs adaptive (waves of {args.wave}, "
@@ -111,6 +130,14 @@ async def measure(url: str, problems: list[Problem], args: argparse.Namespace) -
         "the stopping rule alone, without the server's run-to-run differences"
     )
     _report("replayed", replayed, full, args)
+    if len(levels) > 1:
+        print(f"  replayed at each stop level (agreement with majority@{args.n}, tokens spent):")
+        for level, run in replays.items():
+            agree, share, drawn = _standing(run, full)
+            print(
+                f"    {level:<6g} {agree}/{len(full.trees)} = {agree / len(full.trees):6.1%}, "
+                f"tokens {share:6.1%}, samples drawn per problem {drawn:.1f}"
+            )
     floor = clairvoyant_tokens(full.trees, args.n, args.wave)
     print(
         f"the floor for this model: a clairvoyant rule that stops at the first wave whose "
@@ -118,21 +145,28 @@ async def measure(url: str, problems: list[Problem], args: argparse.Namespace) -
     )
 
 
+def _standing(adaptive: RunResult, full: RunResult) -> tuple[int, float, float]:
+    """Problems whose answer is majority@n's, the share of its tokens, mean samples drawn."""
+    agree = sum(a.answer == f.answer for a, f in zip(adaptive.trees, full.trees, strict=True))
+    tokens_full = full.metrics.completion_tokens
+    share = adaptive.metrics.completion_tokens / tokens_full if tokens_full else float("nan")
+    drawn = [len(t.of_kind(NodeKind.BRANCH)) for t in adaptive.trees]
+    return agree, share, sum(drawn) / len(drawn)
+
+
 def _report(label: str, adaptive: RunResult, full: RunResult, args: argparse.Namespace) -> None:
     """Agreement, tokens and stops of one adaptive run against majority@n."""
     count = len(full.trees)
-    agree = sum(a.answer == f.answer for a, f in zip(adaptive.trees, full.trees, strict=True))
+    agree, share, mean_drawn = _standing(adaptive, full)
     drawn = [len(t.of_kind(NodeKind.BRANCH)) for t in adaptive.trees]
     rules = Counter(
         t.nodes[f"{t.root_id}/stop"].finish_reason
         for t in adaptive.trees
         if f"{t.root_id}/stop" in t.nodes
     )
-    tokens_full = full.metrics.completion_tokens
-    share = adaptive.metrics.completion_tokens / tokens_full if tokens_full else float("nan")
     agreement = agree / count
     print(
-        f"  {label}: samples drawn per problem: mean {sum(drawn) / count:.1f} of {args.n} "
+        f"  {label}: samples drawn per problem: mean {mean_drawn:.1f} of {args.n} "
         f"(min {min(drawn)}, max {max(drawn)}); stopped by: "
         + ", ".join(f"{rule} {k}" for rule, k in rules.most_common())
     )
@@ -176,6 +210,26 @@ def _leader(answers: list[str | None]) -> str | None:
     return counts.most_common(1)[0][0] if counts else None
 
 
+def _level(text: str) -> float:
+    """``--confidence``: one stop level."""
+    (level,) = _levels(text) or (float("nan"),)
+    return level
+
+
+def _levels(text: str) -> tuple[float, ...]:
+    """``--levels``: stop levels, comma-separated (each checked as --stop-confidence is)."""
+    try:
+        levels = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
+    for level in levels:
+        try:
+            build_strategy(ModeSettings(mode="adaptive", confidence=level))
+        except ConfigError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return levels
+
+
 def _problems(args: argparse.Namespace) -> list[Problem]:
     items = load_demo() if args.data is None else load_problems(args.data)
     return list(items)[args.offset : args.offset + args.limit]
@@ -190,9 +244,15 @@ async def main() -> int:
     parser.add_argument("--wave", type=int, default=4, help="adaptive samples per wave")
     parser.add_argument(
         "--confidence",
-        type=float,
+        type=_level,
         default=0.95,
         help="adaptive: stop once P(the full vote elects the leader) reaches this",
+    )
+    parser.add_argument(
+        "--levels",
+        type=_levels,
+        default=(),
+        help="more stop levels to replay on majority@n's samples, comma-separated",
     )
     parser.add_argument("--temperature", type=float, default=0.7, help="sampling temperature")
     parser.add_argument("--budget", type=int, default=32, help="thinking tokens per sample")

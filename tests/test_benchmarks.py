@@ -70,9 +70,11 @@ def test_adaptive_voting_prints_agreement_and_tokens(embedded_url: str) -> None:
     out = _run(
         "adaptive_voting.py",
         *("--base-url", embedded_url, "--limit", "2", "--n", "4", "--wave", "2"),
-        *("--budget", "8", "--answer-tokens", "8"),
+        *("--budget", "8", "--answer-tokens", "8", "--levels", "0.6,0.99"),
     )
     assert "agreement with majority@4:" in out
+    levels = re.findall(r"^ +(0\.\d+) +\d/2 = .*, tokens .*%, samples drawn", out, re.MULTILINE)
+    assert levels == ["0.6", "0.95", "0.99"]  # the extra levels and --confidence's, in order
     assert "tokens spent vs majority@4:" in out
     assert re.search(r"replayed on majority@4's own samples .* (\d+) of \1\)", out)
     assert re.search(r"clairvoyant rule .* would spend \d+\.\d% of its tokens", out)
