@@ -130,6 +130,8 @@ async def measure(url: str, problems: list[Problem], args: argparse.Namespace) -
         "the stopping rule alone, without the server's run-to-run differences"
     )
     _report("replayed", replayed, full, args)
+    for line in _disagreements(replayed, full, args.n):
+        print(f"  replayed: {line}")
     if len(levels) > 1:
         print(f"  replayed at each stop level (agreement with majority@{args.n}, tokens spent):")
         for level, run in replays.items():
@@ -202,6 +204,25 @@ def clairvoyant_tokens(trees: list[ProblemTree], n: int, wave: int) -> float:
         spent += sum(tokens[: min(stop, n)])
         total += sum(tokens)
     return spent / total if total else float("nan")
+
+
+def _disagreements(adaptive: RunResult, full: RunResult, n: int) -> list[str]:
+    """Each problem where adaptive's answer is not majority@n's: the votes, and the stop."""
+    lines = []
+    for mine, theirs in zip(adaptive.trees, full.trees, strict=True):
+        if mine.answer == theirs.answer:
+            continue
+        votes = [
+            theirs.nodes[b].answer if b in theirs.nodes else None
+            for b in (f"{theirs.root_id}/b{i}" for i in range(1, n + 1))
+        ]
+        stop = mine.nodes.get(f"{mine.root_id}/stop")
+        where = f"{stop.label} ({stop.finish_reason})" if stop is not None else "no stop node"
+        lines.append(
+            f"differs on {mine.problem_id}: {where} with {mine.answer!r}; majority@{n}'s "
+            f"votes in order: {' '.join(str(v) for v in votes)} -> {theirs.answer!r}"
+        )
+    return lines
 
 
 def _leader(answers: list[str | None]) -> str | None:
