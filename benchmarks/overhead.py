@@ -2,6 +2,8 @@
 
 Workload: P problems x 16 samples (default P=200: 3,200 calls), at most 64 calls in
 flight, a fixed short completion (the fake server's 12-token reply), majority vote.
+thinktree runs as `thinktree run` does, its run store, trace and progress bar on (the
+bar drawn as in a terminal, into memory), the terminal view off.
 
 Run: .venv/bin/python benchmarks/overhead.py [--problems 200] [--rounds 2]
 
@@ -24,6 +26,7 @@ import asyncio
 import gc
 import importlib
 import importlib.util
+import io
 import json
 import os
 import re
@@ -264,10 +267,14 @@ async def _thinktree(
     in_flight: int = IN_FLIGHT,
     watch: InFlight | None = None,
 ) -> tuple[int, int, str]:
+    from rich.console import Console
+
     from thinktree.agents.endpoint import EndpointConfig
     from thinktree.agents.modes import ModeSettings
+    from thinktree.orchestrator.bus import Subscriber
     from thinktree.orchestrator.events import NodeKind, NodeStatus
     from thinktree.orchestrator.run import CALLS, RunSettings, execute
+    from thinktree.orchestrator.subscribers import ConsoleProgress
     from thinktree.problems import Problem
 
     items = [Problem(id=f"p{i:04d}", question=QUESTION, answer="B") for i in range(problems)]
@@ -286,7 +293,10 @@ async def _thinktree(
         concurrency=max(IN_FLIGHT, -(-in_flight // SAMPLES) + 1),
         out=tmp / "run",
     )
-    result = await execute(items, endpoint, settings, subscribers=[watch] if watch else ())
+    # the CLI's progress bar, drawn as in a terminal (10 times a second), into memory
+    bar = ConsoleProgress(Console(file=io.StringIO(), force_terminal=True, width=100))
+    subscribers: list[Subscriber] = [bar, *([watch] if watch else [])]
+    result = await execute(items, endpoint, settings, subscribers=subscribers)
     samples = sum(
         1
         for tree in result.trees
