@@ -5,7 +5,7 @@ from __future__ import annotations
 import string
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from thinktree.extraction import Extraction, canonical_number, extract_answer
@@ -411,3 +411,65 @@ def test_stated_number_grades_correct(x: float) -> None:
     found = extract_answer(f"The answer is {x}", problem)
     assert found is not None
     assert grade(found.answer, problem) is True
+
+
+# Pieces of answer phrases and of what stands near them, mixed at random: the phrase
+# patterns are tried only where "answer" is, and must find what a scan of every position
+# finds, Unicode's case folding and spaces included.
+_PHRASE_PIECES = [
+    "answer", "Answer", "ANSWER", "answers", "unanswered", "final", "Final", "FINAL",
+    "correct", "most", "likely", "most likely", "almost", "best", "right", "true",
+    "x_final", "final_", "9", "is", "would be", "=", ":", "*", "_", "to", "the", "this",
+    "question", "B", "(C)", "not", ".", ",", " ", " ", "  ", "\n", "\t", "\x1c",
+]  # fmt: skip
+_UNICODE_PIECES = [
+    "anſwer", "beſt", "li\u212aely", "İ", "ı", "ß", "：", "\u00a0", "\u2003", "é", "\u0301",
+]  # fmt: skip
+
+
+def _finds(text: str) -> list[tuple[str, int, int, dict[str, str | None]]]:
+    from thinktree import extraction as x
+
+    answer_is, answer_label = x._answer_phrases(text)
+    return [
+        (name, m.start(), m.end(), m.groupdict())
+        for name, matches in (("is", answer_is), ("label", answer_label))
+        for m in matches
+    ]
+
+
+def _scanned(text: str) -> list[tuple[str, int, int, dict[str, str | None]]]:
+    from thinktree import extraction as x
+
+    return [
+        (name, m.start(), m.end(), m.groupdict())
+        for name, pattern in (("is", x._ANSWER_IS), ("label", x._ANSWER_LABEL))
+        for m in pattern.finditer(text)
+    ]
+
+
+@settings(max_examples=400)
+@given(
+    st.lists(st.sampled_from(_PHRASE_PIECES), max_size=40),
+    st.lists(st.sampled_from(_PHRASE_PIECES + _UNICODE_PIECES), max_size=40),
+)
+def test_answer_phrases_are_found_as_a_scan_of_every_position_finds_them(
+    ascii_pieces: list[str], pieces: list[str]
+) -> None:
+    for text in ("".join(ascii_pieces), "".join(pieces)):
+        assert _finds(text) == _scanned(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "The " + "most likely correct " * 40 + "answer is B.",
+        "Answer: A. " + "final " * 60 + "answer: C",
+        "x" * 300 + " true answer = 4",
+        "the answer is the answer is B",
+        "ANSWER：D, or the correct answer would be (C)",
+        "The beſt answer is B; the li\u212aely answer: C",
+    ],
+)
+def test_long_and_repeated_answer_phrases_are_found_whole(text: str) -> None:
+    assert _finds(text) == _scanned(text)

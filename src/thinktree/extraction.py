@@ -80,6 +80,19 @@ _ANSWER_IS = re.compile(
     re.IGNORECASE,
 )
 _ANSWER_LABEL = re.compile(r"\b(?P<final>final\s+)?answer[*_]*\s*[:：]", re.IGNORECASE)
+# Every match of the two patterns above is some words, then "answer" at a word's start, and
+# an "answer" ends a match of one of them at most. Python's regex engine tries a pattern that
+# opens with optional words at every position of a text, which made those two scans most of
+# the cost of a long one: this pattern finds each "answer" that ends a match first, and the
+# match is then taken from where its words start.
+_ANSWER_AT = re.compile(
+    rf"\banswer(?:(?P<is>(?:\s+to\s+(?:this|the)\s+question)?\s+{_IS})|[*_]*\s*[:：])",
+    re.IGNORECASE,
+)
+_QUALIFIER = re.compile(r"correct|final|best|right|likely|true", re.IGNORECASE)
+_LIKELY = re.compile("likely", re.IGNORECASE)
+_MOST = re.compile("most", re.IGNORECASE)
+_FINAL = re.compile("final", re.IGNORECASE)
 _FINAL_HEADING = re.compile(
     r"^[ \t>#*_]*(?:the\s+)?final\s+answer[ \t*_]*$", re.IGNORECASE | re.MULTILINE
 )
@@ -203,10 +216,11 @@ def _phrase_bodies(text: str) -> Iterator[tuple[str, str]]:
     # (casefold, as the patterns' IGNORECASE folds case), which spares most of the scans.
     folded = text.casefold()
     if "answer" in folded:
-        for match in _ANSWER_IS.finditer(text):
+        answer_is, answer_label = _answer_phrases(text)
+        for match in answer_is:
             final = "final" in match["qualifiers"].lower()
             found[match.end()] = (match.start(), "final-answer" if final else "answer-is")
-        for match in _ANSWER_LABEL.finditer(text):
+        for match in answer_label:
             method = "final-answer" if match["final"] else "answer-label"
             found[match.end()] = (match.start(), method)
         if "final" in folded:
@@ -219,6 +233,67 @@ def _phrase_bodies(text: str) -> Iterator[tuple[str, str]]:
         body = _body_at(text, end)
         if body:
             yield method, body
+
+
+def _answer_phrases(text: str) -> tuple[list[re.Match[str]], list[re.Match[str]]]:
+    """``_ANSWER_IS.finditer(text)`` and ``_ANSWER_LABEL.finditer(text)``, as lists."""
+    answer_is: list[re.Match[str]] = []
+    answer_label: list[re.Match[str]] = []
+    for found in _ANSWER_AT.finditer(text):
+        answer = found.start()
+        if found["is"] is not None:  # the scan of each pattern resumes after its last match
+            floor = answer_is[-1].end() if answer_is else 0
+            match = _ANSWER_IS.match(text, _qualifiers_start(text, answer, floor))
+            matches = answer_is
+        else:
+            floor = answer_label[-1].end() if answer_label else 0
+            match = _ANSWER_LABEL.match(text, _final_start(text, answer, floor))
+            matches = answer_label
+        if match is not None:
+            matches.append(match)
+    return answer_is, answer_label
+
+
+def _qualifiers_start(text: str, answer: int, floor: int) -> int:
+    """Where the run of :data:`_ANSWER_IS`'s qualifiers that ends at ``answer`` starts."""
+    start = answer
+    while (word := _word_before(text, start, floor)) is not None:
+        if not _QUALIFIER.fullmatch(text, *word):
+            break
+        word_start = word[0]
+        if _LIKELY.fullmatch(text, *word):  # "most likely" is one qualifier
+            most = _word_before(text, word_start, floor)
+            if most is not None and _MOST.fullmatch(text, *most):
+                word_start = most[0]
+        start = word_start
+    return start
+
+
+def _final_start(text: str, answer: int, floor: int) -> int:
+    """Where the "final" of :data:`_ANSWER_LABEL` before ``answer`` starts, if it is there."""
+    word = _word_before(text, answer, floor)
+    return word[0] if word is not None and _FINAL.fullmatch(text, *word) else answer
+
+
+def _word_before(text: str, position: int, floor: int) -> tuple[int, int] | None:
+    """Start and end of the whole word (``\\w+``) that whitespace (``\\s+``) separates from
+    ``position``, at or above ``floor``; None when there is none."""
+    i = position
+    while i > floor and text[i - 1].isspace():
+        i -= 1
+    if i == position:
+        return None
+    end = i
+    while i > floor and _is_word_char(text[i - 1]):
+        i -= 1
+    if i == end or (i > 0 and _is_word_char(text[i - 1])):
+        return None  # no word, or one that goes on below the floor
+    return i, end
+
+
+def _is_word_char(char: str) -> bool:
+    """What ``\\w`` matches in a ``str`` pattern."""
+    return char.isalnum() or char == "_"
 
 
 def _body_at(text: str, position: int) -> str | None:
