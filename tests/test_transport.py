@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import sqlite3
+from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
@@ -19,9 +21,10 @@ from thinktree.agents.endpoint import (
     classify,
 )
 from thinktree.agents.transport import Transport, parse
-from thinktree.orchestrator.bus import event_bus
+from thinktree.orchestrator.bus import BatchSubscriber, event_bus
 from thinktree.orchestrator.call_cache import SqliteCallCache
-from thinktree.orchestrator.events import Event, RunFinished
+from thinktree.orchestrator.events import Event, NodeDelta, RunFinished
+from thinktree.orchestrator.subscribers import TraceWriter
 from thinktree.testing.fake_server import FakeBehaviour, FakeServer, Fault
 
 pytestmark = pytest.mark.anyio
@@ -200,3 +203,39 @@ async def test_the_bus_delivers_everything_in_order_and_bounds_its_queue() -> No
             longest = max(longest, len(bus._queue))
     assert [e.run_id for e in sub.seen] == [e.run_id for e in events]  # type: ignore[attr-defined]
     assert longest <= 64
+
+
+class _Batches(_Slow):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def handle_batch(self, events: Sequence[Event]) -> None:
+        self.calls += 1
+        self.seen.extend(events)
+
+
+async def test_a_batch_subscriber_gets_batches_beside_one_that_takes_events_one_by_one() -> None:
+    plain, batches = _Slow(), _Batches()
+    assert isinstance(batches, BatchSubscriber) and not isinstance(plain, BatchSubscriber)
+    events = [RunFinished(run_id=str(i), status="completed") for i in range(5000)]
+    async with event_bus([plain, batches], buffer=256) as bus:
+        for event in events:
+            await bus.emit(event)
+    assert plain.seen == events and batches.seen == events
+    assert batches.calls < len(events)  # what was queued together came in one call
+
+
+async def test_the_trace_writes_streamed_text_only_when_asked(tmp_path: Path) -> None:
+    events: list[Event] = [
+        NodeDelta(node_id="p1/b1/think", text="Let me"),
+        RunFinished(run_id="r", status="completed"),
+    ]
+    for deltas, expected in ((False, ["run-finished"]), (True, ["node-delta", "run-finished"])):
+        path = tmp_path / f"trace-{deltas}.jsonl"
+        # another subscriber (the live view) may want deltas when the trace does not
+        async with event_bus([TraceWriter(path, deltas=deltas), _Slow()]) as bus:
+            for event in events:
+                await bus.emit(event)
+        lines = path.read_text().splitlines()
+        assert [json.loads(line)["type"] for line in lines] == expected

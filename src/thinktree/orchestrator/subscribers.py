@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
@@ -18,6 +19,7 @@ from rich.progress import (
 from thinktree.orchestrator.events import (
     CallRetried,
     Event,
+    NodeDelta,
     ProblemFinished,
     RunStarted,
 )
@@ -35,11 +37,16 @@ class TreeRecorder:
         self.started: RunStarted | None = None
 
     def handle(self, event: Event) -> None:
-        if isinstance(event, CallRetried):
-            self.retries += 1
-        elif isinstance(event, RunStarted):
-            self.started = event
-        self.tree.apply(event)
+        self.handle_batch((event,))
+
+    def handle_batch(self, events: Sequence[Event]) -> None:
+        apply = self.tree.apply
+        for event in events:
+            if isinstance(event, CallRetried):
+                self.retries += 1
+            elif isinstance(event, RunStarted):
+                self.started = event
+            apply(event)
 
     async def aclose(self) -> None:
         return None
@@ -53,7 +60,13 @@ class TraceWriter:
         self._file: IO[bytes] = path.open("wb", buffering=1 << 16)
 
     def handle(self, event: Event) -> None:
-        self._file.write(event.json_line())
+        self.handle_batch((event,))
+
+    def handle_batch(self, events: Sequence[Event]) -> None:
+        deltas = self.wants_deltas
+        self._file.write(
+            b"".join([e.json_line() for e in events if deltas or type(e) is not NodeDelta])
+        )
 
     async def aclose(self) -> None:
         self._file.close()
@@ -78,6 +91,11 @@ class ConsoleProgress:
         self._correct = 0
         self._graded = 0
 
+    def handle_batch(self, events: Sequence[Event]) -> None:
+        for event in events:  # most events change nothing the bar shows
+            if type(event) in _SHOWN:
+                self.handle(event)
+
     def handle(self, event: Event) -> None:
         if isinstance(event, RunStarted):
             self._progress.start()
@@ -99,3 +117,6 @@ class ConsoleProgress:
 
     async def aclose(self) -> None:
         self._progress.stop()
+
+
+_SHOWN = frozenset({RunStarted, ProblemFinished, CallRetried})
