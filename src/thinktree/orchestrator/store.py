@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import functools
 import json
 import operator
 import os
@@ -27,6 +28,7 @@ import re
 import sqlite3
 import stat
 import threading
+import time
 import types
 import typing
 from collections import deque
@@ -42,15 +44,17 @@ import anyio
 import structlog
 
 from thinktree import __version__
-from thinktree._json import dump_bytes
+from thinktree._json import dumps
 from thinktree.errors import ThinktreeError
 from thinktree.orchestrator.events import (
     Event,
     NodeDelta,
+    NodeFailed,
     NodeFinished,
     NodeKind,
     NodeStarted,
-    RunFinished,
+    ProblemFinished,
+    ProblemStarted,
 )
 
 log = structlog.get_logger(__name__)
@@ -210,6 +214,55 @@ _RUN_COLUMNS = (
     "finished_utc",
     "finished_at",
 )
+
+
+_VARIABLES = 999  # the lowest limit on ? per statement that any SQLite build has
+
+
+@functools.cache
+def _insert_sql(table: str, columns: tuple[str, ...], rows: int, upsert: bool) -> str:
+    """INSERT of ``rows`` whole rows; with ``upsert``, a row whose key exists is updated."""
+    one = f"({', '.join('?' * len(columns))})"
+    sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([one] * rows)}"
+    if upsert:
+        update = ", ".join(f"{c} = excluded.{c}" for c in columns[1:])
+        sql += f" ON CONFLICT ({columns[0]}) DO UPDATE SET {update}"
+    return sql
+
+
+def _insert(
+    conn: sqlite3.Connection,
+    table: str,
+    columns: tuple[str, ...],
+    rows: Sequence[Sequence[Any]],
+    *,
+    upsert: bool = True,
+) -> None:
+    """Insert ``rows`` with few statements (each statement lets go of the GIL once).
+
+    Rows go in chunks whose sizes are powers of two, so a handful of statements cover
+    every batch size and stay in the connection's statement cache.
+    """
+    size = 1 << ((_VARIABLES // len(columns)).bit_length() - 1)
+    start = 0
+    while start < len(rows):
+        while size > len(rows) - start:
+            size >>= 1
+        chunk = rows[start : start + size]
+        conn.execute(_insert_sql(table, columns, size, upsert), [v for row in chunk for v in row])
+        start += size
+
+
+# A node's row is written with its rowid: the order nodes started in, whenever the row
+# itself is written (a quick child's row goes in before its parent's).
+_NODE_WRITE = (*_NODE_COLUMNS, "rowid")
+_NODE_ROW = operator.itemgetter(*_NODE_WRITE)
+_PROBLEM_ROW = operator.itemgetter(*_PROBLEM_COLUMNS)
+_CALL_ROW = operator.itemgetter(*_CALL_COLUMNS)
+_VOTE_ROW = operator.itemgetter(*_VOTE_COLUMNS)
+_UPDATE_RUN = f"UPDATE run SET {', '.join(f'{c} = :{c}' for c in _RUN_COLUMNS)} WHERE id = 1"
+
+_dumps = dumps
 
 
 class StoreError(ThinktreeError):
@@ -434,194 +487,174 @@ def _open_checked(path: Path) -> sqlite3.Connection:
 
 # --- the writer --------------------------------------------------------------------------
 
+_Row = dict[str, Any]
+
+
 # Events the tables hold whole (every field is a column): the ``events`` table leaves them
 # out. A run's complete event log is its trace.jsonl.
-_TABLED: Final = (
-    "node-started",
-    "node-finished",
-    "node-failed",
-    "problem-started",
-    "problem-finished",
+_TABLED: frozenset[type[Event]] = frozenset(
+    {NodeStarted, NodeFinished, NodeFailed, ProblemStarted, ProblemFinished}
 )
-# Nodes that only group others: their NodeFinished is no model call unless it names one.
-_STRUCTURAL: Final = tuple(
-    str(k) for k in (NodeKind.PROBLEM, NodeKind.BRANCH, NodeKind.VOTE, NodeKind.VERDICT)
-)
-
-
-_NOW_SQL = "strftime('%Y-%m-%dT%H:%M:%S+00:00', 'now')"  # what _now_utc() writes
-
-
-def _sql_list(words: Sequence[str]) -> str:
-    return ", ".join(f"'{w}'" for w in words)
-
-
-# The projection from events to rows, in SQL. A batch of events goes to SQLite as one
-# JSON array in one statement, and these triggers (of the writer's connection only: TEMP)
-# turn each event, in order, into rows. SQLite runs all of it with the GIL released, so
-# the projection costs the run's own thread nothing but the JSON of each event.
-# ``NEW.e`` is the event (a JSON object). An event that does not fit the tree so far (a
-# node of an unknown problem or parent) changes no table (``changes() = 0`` right after
-# the statement that would have changed it) and is noted in ``skips``.
-_PROBLEM_OF_EVENT = "EXISTS (SELECT 1 FROM problems WHERE id = NEW.e ->> 'problem_id')"
-_PARENT_OF_EVENT = "EXISTS (SELECT 1 FROM nodes WHERE id = NEW.e ->> 'parent_id')"
-_DONE_OR_FAILED = "iif(coalesce(NEW.e ->> 'error', '') = '', 'done', 'failed')"
-
-
-def _skip_sql(event_type: str, why: str) -> str:
-    """Note the event in ``skips`` when the statement before it changed nothing."""
-    return f"INSERT INTO skips (event_type, why) SELECT '{event_type}', {why} WHERE changes() = 0;"
-
-
-_NO_NODE = "'no node ' || (NEW.e ->> 'node_id')"
-_NO_PROBLEM = "'no problem ' || (NEW.e ->> 'problem_id')"
-_TRIGGERS: dict[str, str] = {
-    "node-started": f"""
-        INSERT OR REPLACE INTO nodes
-            (id, problem_id, parent_id, kind, label, max_tokens, continuation, started_at)
-        SELECT NEW.e ->> 'node_id', NEW.e ->> 'problem_id', NEW.e ->> 'parent_id',
-            NEW.e ->> 'kind', NEW.e ->> 'label', NEW.e ->> 'max_tokens',
-            NEW.e ->> 'continuation', NEW.e ->> 'at'
-        WHERE {_PROBLEM_OF_EVENT} AND {_PARENT_OF_EVENT};
-        {
-        _skip_sql(
-            "node-started",
-            f"iif({_PROBLEM_OF_EVENT}, "
-            "'no parent node ' || coalesce(NEW.e ->> 'parent_id', 'None'), "
-            f"{_NO_PROBLEM})",
-        )
-    }""",
-    # A node counts into its call once: one call may serve n nodes (an n-choice request).
-    "node-finished": f"""
-        UPDATE nodes SET text = NEW.e ->> 'text', finish_reason = NEW.e ->> 'finish_reason',
-            prompt_tokens = NEW.e ->> 'prompt_tokens',
-            completion_tokens = NEW.e ->> 'completion_tokens',
-            answer = NEW.e ->> 'answer', extraction = NEW.e ->> 'extraction',
-            latency_s = NEW.e ->> 'latency_s', call_id = NEW.e ->> 'call_id', status = 'done',
-            finished_at = NEW.e ->> 'at'
-        WHERE id = NEW.e ->> 'node_id';
-        {_skip_sql("node-finished", _NO_NODE)}
-        INSERT INTO calls (call_id, problem_id, node_ids, prompt_tokens, completion_tokens,
-            latency_s, finished_at)
-        SELECT coalesce(NEW.e ->> 'call_id', id), problem_id, json_array(id),
-            NEW.e ->> 'prompt_tokens', NEW.e ->> 'completion_tokens', NEW.e ->> 'latency_s',
-            NEW.e ->> 'at'
-        FROM nodes
-        WHERE id = NEW.e ->> 'node_id'
-            AND (NEW.e ->> 'call_id' IS NOT NULL OR kind NOT IN ({_sql_list(_STRUCTURAL)}))
-            AND NOT EXISTS (
-                SELECT 1 FROM calls AS c, json_each(c.node_ids) AS counted
-                WHERE c.call_id = coalesce(NEW.e ->> 'call_id', nodes.id)
-                    AND counted.value = nodes.id
-            )
-        ON CONFLICT (call_id) DO UPDATE SET
-            node_ids = json_insert(calls.node_ids, '$[#]', excluded.node_ids ->> 0),
-            prompt_tokens = calls.prompt_tokens + excluded.prompt_tokens,
-            completion_tokens = calls.completion_tokens + excluded.completion_tokens,
-            latency_s = max(calls.latency_s, excluded.latency_s),
-            finished_at = max(calls.finished_at, excluded.finished_at);""",
-    "node-failed": f"""
-        UPDATE nodes SET
-            status = iif(substr(NEW.e ->> 'error', 1, 9) = 'cancelled', 'cancelled', 'failed'),
-            error = NEW.e ->> 'error', finished_at = NEW.e ->> 'at'
-        WHERE id = NEW.e ->> 'node_id';
-        {_skip_sql("node-failed", _NO_NODE)}""",
-    "problem-started": """
-        INSERT OR REPLACE INTO problems (id, node_id, question, gold, status, started_at)
-        VALUES (NEW.e ->> 'problem_id', NEW.e ->> 'node_id', NEW.e ->> 'question',
-            NEW.e ->> 'gold', 'running', NEW.e ->> 'at');
-        INSERT OR REPLACE INTO nodes (id, problem_id, parent_id, kind, label, started_at)
-        VALUES (NEW.e ->> 'node_id', NEW.e ->> 'problem_id', NULL, 'problem',
-            NEW.e ->> 'problem_id', NEW.e ->> 'at');""",
-    "problem-finished": f"""
-        UPDATE problems SET answer = NEW.e ->> 'answer', error = NEW.e ->> 'error',
-            finished_at = NEW.e ->> 'at', status = {_DONE_OR_FAILED},
-            correct = NEW.e ->> 'correct', covered = NEW.e ->> 'covered'
-        WHERE id = NEW.e ->> 'problem_id';
-        {_skip_sql("problem-finished", _NO_PROBLEM)}
-        UPDATE nodes SET answer = NEW.e ->> 'answer', error = NEW.e ->> 'error',
-            finished_at = NEW.e ->> 'at', status = {_DONE_OR_FAILED}
-        WHERE id = (SELECT node_id FROM problems WHERE id = NEW.e ->> 'problem_id');""",
-    "vote-cast": f"""
-        INSERT OR REPLACE INTO votes (problem_id, node_id, rule, answer, winner_node, counts, at)
-        SELECT NEW.e ->> 'problem_id', NEW.e ->> 'node_id', NEW.e ->> 'rule',
-            NEW.e ->> 'answer', NEW.e ->> 'winner_node', NEW.e -> 'counts', NEW.e ->> 'at'
-        WHERE {_PROBLEM_OF_EVENT};
-        {_skip_sql("vote-cast", _NO_PROBLEM)}""",
-    "call-retried": "UPDATE run SET retries = retries + 1 WHERE id = 1;",
-    "run-started": f"""
-        UPDATE run SET run_id = NEW.e ->> 'run_id', mode = NEW.e ->> 'mode',
-            endpoint = NEW.e ->> 'endpoint', model = NEW.e ->> 'model',
-            problems_total = NEW.e ->> 'problems', settings = NEW.e -> 'settings',
-            status = 'running', started_utc = {_NOW_SQL}
-        WHERE id = 1;""",
-    "run-finished": f"""
-        UPDATE run SET status = NEW.e ->> 'status', finished_at = NEW.e ->> 'at',
-            finished_utc = {_NOW_SQL}
-        WHERE id = 1;""",
-}
-
-_FEED = (
-    "INSERT INTO incoming (type, e) SELECT value ->> 'type', value FROM json_each(?) ORDER BY key"
-)
+# A node still running is written once it has run this long (seconds), so a reader sees
+# slow calls live; a quick node is written once, when it ends.
+LIVE_AFTER_S: Final = 1.0
 
 
 class _Projection:
     """The writer thread's side: events in, rows out, one transaction per batch.
 
-    The rows are made by SQLite itself (see :data:`_TRIGGERS`): every node has its row
-    from the moment it starts, and a reader sees it change as the run goes.
+    Rows that may still change (those of problems not finished yet) are kept in memory
+    and written whole, each at most once per batch, by a few multi-row INSERTs per table;
+    a row no longer in memory is read back from the database when a late event needs it.
+    A node's row is written when it ends, or once it has been running for
+    :data:`LIVE_AFTER_S`, or when the store closes. An event that does not fit the tree
+    so far (a node of an unknown problem or parent) is skipped by the tables, and counted
+    in :attr:`skipped`.
     """
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         self.skipped = 0
         self.run_finished = False
-        conn.execute("CREATE TEMP TABLE skips (event_type TEXT NOT NULL, why TEXT NOT NULL)")
-        conn.execute("CREATE TEMP VIEW incoming (type, e) AS SELECT NULL, NULL")
-        for event_type, body in _TRIGGERS.items():
-            conn.execute(
-                f'CREATE TEMP TRIGGER "{event_type}" INSTEAD OF INSERT ON incoming '
-                f"WHEN NEW.type = '{event_type}' BEGIN {body} END"
-            )
-        conn.execute(
-            "CREATE TEMP TRIGGER logged INSTEAD OF INSERT ON incoming "
-            f"WHEN NEW.type NOT IN ({_sql_list(_TABLED)}) BEGIN "
-            "INSERT INTO events (type, at, payload) "
-            "VALUES (NEW.type, NEW.e ->> 'at', NEW.e); END"
-        )
+        self.run: _Row = {c: None for c in _RUN_COLUMNS}
+        self.run.update(settings="{}", status="running", retries=0)
+        self.problems: dict[str, _Row] = {}
+        self.nodes: dict[str, _Row] = {}
+        self.calls: dict[str, _Row] = {}
+        self.problem_nodes: dict[str, list[str]] = {}
+        self.problem_calls: dict[str, list[str]] = {}
+        self.call_ids: set[str] = set()  # every call written so far (a miss is a new call)
+        self._run_dirty = False
+        self._problems_dirty: dict[str, _Row] = {}
+        self._nodes_dirty: dict[str, _Row] = {}  # rows to write with the next batch
+        # Running nodes whose rows are not written yet, oldest first: when first seen, row.
+        self._unwritten: dict[str, tuple[float, _Row]] = {}
+        self._started = 0  # nodes started so far: the next one's rowid
+        self._calls_dirty: dict[str, _Row] = {}
+        self._votes: dict[str, _Row] = {}
+        self._done: list[str] = []
 
-    def write(self, events: Sequence[Event]) -> None:
-        """Store ``events`` and their effect on the tables in one transaction."""
-        if not events:
-            return
-        parts: list[bytes] = []
-        finished = False
+    def write(self, events: list[Event], *, final: bool = False) -> None:
+        """Store ``events`` and their effect on the tables in one transaction.
+
+        ``final``: the last write; every node is written as it stands.
+        """
+        logged: list[tuple[Any, ...]] = []
         for event in events:
-            kind = type(event)
-            if kind is NodeStarted or kind is NodeFinished:
-                parts.append(event.json_line()[:-1])  # nothing in them to redact
+            if isinstance(event, NodeStarted):
+                self._node_started(event)
+            elif isinstance(event, NodeFinished):
+                self._node_finished(event)
             else:
-                parts.append(dump_bytes(_payload(event)))
-                finished = finished or kind is RunFinished
+                payload = _payload(event)
+                self._apply(payload)
+                if type(event) not in _TABLED:
+                    logged.append((payload["type"], payload["at"], _dumps(payload)))
+        nodes = self._due_nodes(final)
+        tables = (self._problems_dirty, self._calls_dirty, self._votes)
+        if not (logged or nodes or self._run_dirty or any(tables)):
+            return  # quick nodes still running: nothing to commit yet
         conn = self.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
-            conn.execute(_FEED, ((b"[" + b",".join(parts) + b"]").decode(),))
-            skips = conn.execute("SELECT event_type, why FROM skips").fetchall()
-            if skips:
-                conn.execute("DELETE FROM skips")
+            _insert(conn, "events", _EVENT_COLUMNS, logged, upsert=False)
+            problems = self._problems_dirty.values()
+            _insert(conn, "problems", _PROBLEM_COLUMNS, list(map(_PROBLEM_ROW, problems)))
+            _insert(conn, "nodes", _NODE_WRITE, list(map(_NODE_ROW, nodes)))
+            calls = [{**c, "node_ids": _dumps(c["node_ids"])} for c in self._calls_dirty.values()]
+            _insert(conn, "calls", _CALL_COLUMNS, list(map(_CALL_ROW, calls)))
+            _insert(conn, "votes", _VOTE_COLUMNS, list(map(_VOTE_ROW, self._votes.values())))
+            if self._run_dirty:
+                conn.execute(_UPDATE_RUN, self.run)
             conn.execute("COMMIT")
         finally:
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("ROLLBACK")
-        self.run_finished = self.run_finished or finished
-        for event_type, why in skips:
-            self.skipped += 1
-            log.warning(
-                "run store: event does not fit the tree so far", event_type=event_type, why=why
+            self._run_dirty = False
+            self._problems_dirty.clear()
+            self._calls_dirty.clear()
+            self._votes.clear()
+        for pid in self._done:  # a finished problem's rows are final: let them go
+            self.problems.pop(pid, None)
+            for nid in self.problem_nodes.pop(pid, ()):
+                self.nodes.pop(nid, None)
+            for cid in self.problem_calls.pop(pid, ()):
+                self.calls.pop(cid, None)
+        self._done.clear()
+
+    @property
+    def waiting(self) -> bool:
+        """Whether node rows wait to be written (a quick running node, see ``write``)."""
+        return bool(self._nodes_dirty or self._unwritten)
+
+    def _due_nodes(self, final: bool) -> list[_Row]:
+        """The node rows to write now: those that changed since written, and running nodes
+        that have run :data:`LIVE_AFTER_S`, belong to a finished problem, or ``final``."""
+        due = list(self._nodes_dirty.values())
+        self._nodes_dirty = {}
+        unwritten = self._unwritten
+        if final:
+            due.extend(row for _, row in unwritten.values())
+            unwritten.clear()
+            return due
+        for pid in self._done:  # its rows leave memory after this batch: write them all
+            for nid in self.problem_nodes.get(pid, ()):
+                left = unwritten.pop(nid, None)
+                if left is not None:
+                    due.append(left[1])
+        cutoff = time.monotonic() - LIVE_AFTER_S
+        while unwritten:  # oldest first: stop at the first one still quick
+            nid = next(iter(unwritten))
+            since, row = unwritten[nid]
+            if since > cutoff:
+                break
+            del unwritten[nid]
+            due.append(row)
+        return due
+
+    def _node_started(self, e: NodeStarted) -> None:
+        pid, parent = e.problem_id, e.parent_id
+        if self._problem(pid) is None:
+            return self._skip(e.type, f"no problem {pid}")
+        if parent is None or self._node(parent) is None:
+            return self._skip(e.type, f"no parent node {parent}")
+        row = self._new_node(e.at, e.node_id, pid, parent, str(e.kind), e.label)
+        row["max_tokens"] = e.max_tokens
+        row["continuation"] = e.continuation
+        return None
+
+    def _node_finished(self, e: NodeFinished) -> None:
+        nid = e.node_id
+        row = self._node(nid)
+        if row is None:
+            return self._skip(e.type, f"no node {nid}")
+        row["text"] = e.text
+        row["finish_reason"] = e.finish_reason
+        row["prompt_tokens"] = e.prompt_tokens
+        row["completion_tokens"] = e.completion_tokens
+        row["answer"] = e.answer
+        row["extraction"] = e.extraction
+        row["latency_s"] = e.latency_s
+        row["call_id"] = e.call_id
+        row["status"] = "done"
+        row["finished_at"] = e.at
+        self._ended(nid, row)
+        if e.call_id is not None or row["kind"] not in _STRUCTURAL:
+            self._add_call(
+                e.call_id or nid,
+                row["problem_id"],
+                nid,
+                e.prompt_tokens,
+                e.completion_tokens,
+                e.latency_s,
+                e.at,
             )
+        return None
+
+    def _ended(self, nid: str, row: _Row) -> None:
+        self._nodes_dirty[nid] = row
+        self._unwritten.pop(nid, None)
 
     def interrupted(self) -> None:
         """Record that the writer stops before the run finished."""
@@ -631,6 +664,186 @@ class _Projection:
                 "WHERE id = 1 AND status = 'running'",
                 (_now_utc(),),
             )
+
+    # -- rows, from memory or read back --
+
+    def _load(self, table: str, key: str, value: str) -> _Row | None:
+        cursor = self.conn.execute(
+            f"SELECT rowid AS rowid, * FROM {table} WHERE {key} = ?", (value,)
+        )
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        return dict(zip([d[0] for d in cursor.description], row, strict=True))
+
+    def _problem(self, pid: str) -> _Row | None:
+        row = self.problems.get(pid)
+        if row is None and (row := self._load("problems", "id", pid)) is not None:
+            self.problems[pid] = row
+        return row
+
+    def _node(self, nid: str) -> _Row | None:
+        row = self.nodes.get(nid)
+        if row is None and (row := self._load("nodes", "id", nid)) is not None:
+            self.nodes[nid] = row
+            self.problem_nodes.setdefault(row["problem_id"], []).append(nid)
+        return row
+
+    def _call(self, cid: str) -> _Row | None:
+        row = self.calls.get(cid)
+        if (
+            row is None
+            and cid in self.call_ids
+            and (row := self._load("calls", "call_id", cid)) is not None
+        ):
+            row["node_ids"] = json.loads(row["node_ids"])
+            self.calls[cid] = row
+            self.problem_calls.setdefault(row["problem_id"], []).append(cid)
+        return row
+
+    def _skip(self, event_type: str, why: str) -> None:
+        self.skipped += 1
+        log.warning("run store: event does not fit the tree so far", event_type=event_type, why=why)
+
+    def _new_node(
+        self, at: float, nid: str, pid: str, parent: str | None, kind: str, label: str
+    ) -> _Row:
+        self._started += 1
+        row: _Row = {  # every column of _NODE_WRITE, in its order
+            "id": nid,
+            "problem_id": pid,
+            "parent_id": parent,
+            "kind": kind,
+            "label": label,
+            "status": "running",
+            "text": "",
+            "max_tokens": None,
+            "continuation": None,
+            "prompt_tokens": 0,
+            "completion_tokens": 0,
+            "answer": None,
+            "extraction": None,
+            "finish_reason": None,
+            "latency_s": 0.0,
+            "call_id": None,
+            "error": None,
+            "started_at": at,
+            "finished_at": None,
+            "rowid": self._started,
+        }
+        if nid not in self.nodes:
+            self.problem_nodes.setdefault(pid, []).append(nid)
+        self.nodes[nid] = row
+        self._unwritten[nid] = (time.monotonic(), row)
+        return row
+
+    # -- events --
+
+    def _apply(self, p: _Row) -> None:
+        match p["type"]:
+            case "node-failed":
+                row = self._node(p["node_id"])
+                if row is None:
+                    return self._skip(p["type"], f"no node {p['node_id']}")
+                error = str(p["error"])
+                status = "cancelled" if error.startswith("cancelled") else "failed"
+                row.update(status=status, error=error, finished_at=p["at"])
+                self._ended(p["node_id"], row)
+            case "problem-started":
+                pid, nid = p["problem_id"], p["node_id"]
+                problem: _Row = dict.fromkeys(_PROBLEM_COLUMNS)
+                problem.update(
+                    id=pid,
+                    node_id=nid,
+                    question=p["question"],
+                    gold=p["gold"],
+                    status="running",
+                    started_at=p["at"],
+                )
+                self.problems[pid] = self._problems_dirty[pid] = problem
+                self._new_node(p["at"], nid, pid, None, "problem", pid)
+            case "vote-cast":
+                pid = p["problem_id"]
+                if self._problem(pid) is None:
+                    return self._skip(p["type"], f"no problem {pid}")
+                self._votes[pid] = {c: p[c] for c in _VOTE_COLUMNS if c != "counts"}
+                self._votes[pid]["counts"] = _dumps(p["counts"])
+            case "problem-finished":
+                pid = p["problem_id"]
+                problem_row = self._problem(pid)
+                if problem_row is None:
+                    return self._skip(p["type"], f"no problem {pid}")
+                status = "failed" if p["error"] else "done"
+                outcome = {"answer": p["answer"], "error": p["error"], "finished_at": p["at"]}
+                problem_row.update(outcome, status=status)
+                problem_row.update(correct=p["correct"], covered=p["covered"])
+                self._problems_dirty[pid] = problem_row
+                root = self._node(problem_row["node_id"])
+                if root is not None:
+                    root.update(outcome, status=status)
+                    self._ended(root["id"], root)
+                self._done.append(pid)
+            case "call-retried":
+                self.run["retries"] += 1
+                self._run_dirty = True
+            case "run-started":
+                self.run.update(
+                    run_id=p["run_id"],
+                    mode=p["mode"],
+                    endpoint=p["endpoint"],
+                    model=p["model"],
+                    problems_total=p["problems"],
+                    settings=_dumps(p["settings"]),
+                    status="running",
+                    started_utc=_now_utc(),
+                )
+                self._run_dirty = True
+            case "run-finished":
+                self.run_finished = True
+                self.run.update(status=p["status"], finished_at=p["at"], finished_utc=_now_utc())
+                self._run_dirty = True
+            case _:
+                pass
+        return None
+
+    def _add_call(
+        self,
+        cid: str,
+        pid: str,
+        nid: str,
+        prompt_tokens: int,
+        completion_tokens: int,
+        latency_s: float,
+        at: float,
+    ) -> None:
+        """Count a finished node's tokens into its call (one call may serve n nodes)."""
+        call = self._call(cid)
+        if call is None:
+            call = {  # every column of _CALL_COLUMNS
+                "call_id": cid,
+                "problem_id": pid,
+                "node_ids": [],
+                "prompt_tokens": 0,
+                "completion_tokens": 0,
+                "latency_s": 0.0,
+                "finished_at": at,
+            }
+            self.calls[cid] = call
+            self.call_ids.add(cid)
+            self.problem_calls.setdefault(pid, []).append(cid)
+        if nid not in call["node_ids"]:
+            call["node_ids"].append(nid)
+            call["prompt_tokens"] += prompt_tokens
+            call["completion_tokens"] += completion_tokens
+        call["latency_s"] = max(call["latency_s"], latency_s)
+        call["finished_at"] = max(call["finished_at"], at)
+        self._calls_dirty[cid] = call
+
+
+# Nodes that only group others: their NodeFinished is no model call unless it names one.
+_STRUCTURAL = frozenset(
+    str(k) for k in (NodeKind.PROBLEM, NodeKind.BRANCH, NodeKind.VOTE, NodeKind.VERDICT)
+)
 
 
 class RunStore:
@@ -724,14 +937,10 @@ class RunStore:
 
     def handle(self, event: Event) -> None:
         """Queue ``event`` for the writer (streamed deltas are not stored)."""
-        self.handle_batch((event,))
-
-    def handle_batch(self, events: Sequence[Event]) -> None:
-        """Queue ``events`` for the writer, in order (streamed deltas are not stored)."""
-        if self._closed:
+        if type(event) is NodeDelta or self._closed:
             return
         queue = self._queue
-        queue.extend([e for e in events if type(e) is not NodeDelta])
+        queue.append(event)
         if len(queue) >= self._batch_events and not self._wake.is_set():
             self._wake.set()
 
@@ -785,8 +994,8 @@ class RunStore:
                 queue = self._queue
                 while queue:
                     batch.append(queue.popleft())
-                if batch:
-                    self._write(batch)
+                if batch or self._projection.waiting:
+                    self._write(batch, final=stopping)
                 if stopping and not queue:
                     break
             if self.error is None:
@@ -796,11 +1005,11 @@ class RunStore:
         finally:
             self._release()
 
-    def _write(self, batch: list[Event | threading.Event]) -> None:
+    def _write(self, batch: list[Event | threading.Event], *, final: bool) -> None:
         events = [item for item in batch if isinstance(item, Event)]
         if self.error is None:
-            try:
-                self._projection.write(events)
+            try:  # a flush (a marker in the batch) writes every node as it stands
+                self._projection.write(events, final=final or len(events) < len(batch))
             except Exception as exc:
                 self._fail(exc)
         for item in batch:
