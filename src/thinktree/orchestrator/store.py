@@ -937,10 +937,14 @@ class RunStore:
 
     def handle(self, event: Event) -> None:
         """Queue ``event`` for the writer (streamed deltas are not stored)."""
-        if type(event) is NodeDelta or self._closed:
+        self.handle_batch((event,))
+
+    def handle_batch(self, events: Sequence[Event]) -> None:
+        """Queue ``events`` for the writer, in order (streamed deltas are not stored)."""
+        if self._closed:
             return
         queue = self._queue
-        queue.append(event)
+        queue.extend([e for e in events if type(e) is not NodeDelta])
         if len(queue) >= self._batch_events and not self._wake.is_set():
             self._wake.set()
 
