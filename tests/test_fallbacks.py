@@ -89,16 +89,23 @@ async def test_parallel_fans_out_when_n_is_not_supported(tmp_path: Path) -> None
 
 
 async def test_parallel_uses_one_request_with_n_where_supported(tmp_path: Path) -> None:
-    async with FakeServer(FakeBehaviour()) as server:
+    async with FakeServer(FakeBehaviour(), record_bodies=True) as server:
         result = await _run(
             server, tmp_path, ModeSettings(mode="parallel", n=4, budget=64), continuation="chat"
         )
         requests = server.answered
+        bodies = server.bodies
+    assert result.capabilities.token_ids is True
     for tree in result.trees:
         thinks = tree.of_kind(NodeKind.GENERATION)
         assert len({t.call_id for t in thinks}) == 1
-    # probe requests for n and for separate thinking, then one request per problem
-    assert requests == 2 + len(PROBLEMS)
+        assert all(t.completion_tokens > 0 for t in thinks)
+    # probe requests for n, token ids and separate thinking, then one request per problem
+    assert requests == 3 + len(PROBLEMS)
+    # each choice is counted from its token ids: no logprobs asked for
+    sampled = [b for b in bodies if b.get("n") == 4]
+    assert len(sampled) == len(PROBLEMS)
+    assert all(b.get("return_token_ids") is True and "logprobs" not in b for b in sampled)
 
 
 async def test_sequential_falls_back_to_a_revision_turn(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ def test_probe_reports_vllm_capabilities(embedded_url: str) -> None:
     found = json.loads(proc.stdout.strip().splitlines()[-1])
     assert found["model"] == "smollm2"
     assert found["native_n"] is True
+    assert found["token_ids"] is True  # n choices are counted by their token ids
     assert found["continuation"] == "chat"
     assert found["completions"] is True
     assert found["logprobs"] is True
@@ -41,5 +42,70 @@ def test_probe_table_is_readable(embedded_url: str) -> None:
         env={**os.environ, "COLUMNS": "160"},
     )
     assert proc.returncode == 0, proc.stderr
-    for row in ("n > 1 in one request", "continuation: chat", "/v1/completions", "logprobs"):
+    for row in (
+        "n > 1 in one request",
+        "token ids of each choice",
+        "continuation: chat",
+        "/v1/completions",
+        "logprobs",
+    ):
         assert row in proc.stdout
+
+
+@pytest.mark.anyio
+async def test_token_ids_count_each_choice_as_its_logprobs_do(embedded_url: str) -> None:
+    """What the counts are taken from instead of logprobs counts the same tokens."""
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=embedded_url, api_key="EMPTY", max_retries=0)
+    try:
+        resp = await client.chat.completions.create(
+            model="smollm2",
+            messages=[{"role": "user", "content": "Name three colours, then explain why."}],
+            max_tokens=24,
+            n=4,
+            temperature=1.0,
+            seed=7,
+            logprobs=True,
+            extra_body={"return_token_ids": True},
+        )
+    finally:
+        await client.close()
+    by_ids = [len(getattr(c, "token_ids", None) or ()) for c in resp.choices]
+    by_logprobs = [len(c.logprobs.content or ()) if c.logprobs else 0 for c in resp.choices]
+    assert by_ids == by_logprobs and all(by_ids)
+    assert resp.usage is not None and sum(by_ids) == resp.usage.completion_tokens
+
+
+@pytest.mark.anyio
+async def test_streamed_choices_are_counted_by_their_token_ids(embedded_url: str) -> None:
+    """A watched run streams: each chunk's token ids add up to what the server reports."""
+    from thinktree.agents.endpoint import EndpointClient, EndpointConfig
+
+    client = EndpointClient(EndpointConfig(name="embedded", base_url=embedded_url))
+    await client.resolve_model()
+    messages = [{"role": "user", "content": "Name three colours, then explain why."}]
+    seen: list[str] = []
+
+    async def on_delta(index: int, text: str) -> None:
+        seen.append(text)
+
+    try:
+        counts = []
+        for token_ids, delta in ((True, on_delta), (False, None)):
+            result = await client.chat(
+                messages,
+                max_tokens=24,
+                n=3,
+                temperature=1.0,
+                seed=11,
+                on_delta=delta,
+                token_ids=token_ids,
+            )
+            counts.append([c.completion_tokens for c in result.choices])
+            assert sum(counts[-1]) == result.completion_tokens
+    finally:
+        await client.aclose()
+    assert seen  # the first call streamed
+    # the same seeded request, counted by token ids while streaming and by logprobs whole
+    assert counts[0] == counts[1]

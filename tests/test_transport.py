@@ -7,6 +7,7 @@ import socket
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import anyio
 import openai
@@ -98,20 +99,45 @@ def test_a_body_that_is_no_completion_is_a_validation_error() -> None:
     assert getattr(good.choices[0].message, "reasoning_content", None) == "hmm"
 
 
-async def test_per_choice_tokens_of_an_n_request_sum_to_the_usage() -> None:
-    replies = ["one", "one two three", "one two"]
+@pytest.mark.parametrize("token_ids", [False, True], ids=["logprobs", "token-ids"])
+@pytest.mark.parametrize("route", ["chat", "completions"])
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+async def test_per_choice_tokens_of_an_n_request_sum_to_the_usage(
+    token_ids: bool, route: str, stream: bool
+) -> None:
+    # splitting the usage by text length would give [2, 4, 1]: only a real count gives this
+    replies = ["a b c d", "abcdefghijklmnop", "x y"]
     behaviour = FakeBehaviour(reply=lambda body, i: replies[i])
-    async with FakeServer(behaviour) as server:
+    async with FakeServer(behaviour, record_bodies=True) as server:
         client = EndpointClient(
             EndpointConfig(name="fake", base_url=server.base_url, model="fake-model")
         )
+        seen: list[str] = []
+
+        async def on_delta(index: int, text: str) -> None:
+            seen.append(text)
+
+        options: dict[str, Any] = {
+            "max_tokens": 8,
+            "n": 3,
+            "token_ids": token_ids,
+            "on_delta": on_delta if stream else None,
+        }
         try:
-            result = await client.chat(BODY["messages"], max_tokens=8, n=3)  # type: ignore[arg-type]
+            if route == "chat":
+                result = await client.chat(BODY["messages"], **options)  # type: ignore[arg-type]
+            else:
+                result = await client.complete("Say something.", **options)
         finally:
             await client.aclose()
-    assert [c.completion_tokens for c in result.choices] == [1, 3, 2]
-    assert result.completion_tokens == 6
+        (body,) = server.bodies
+    assert [c.completion_tokens for c in result.choices] == [4, 1, 2]
+    assert result.completion_tokens == 7
     assert [c.text for c in result.choices] == replies
+    assert bool(seen) is stream
+    # token ids replace the logprobs, which were asked for only to be counted
+    assert body.get("return_token_ids", False) is token_ids
+    assert ("logprobs" in body) is not token_ids
 
 
 # -- the call store: group commit --------------------------------------------------------

@@ -455,6 +455,7 @@ def probe(
             table.add_column("evidence", overflow="fold")
             rows = [
                 ("n > 1 in one request", caps.native_n, "n"),
+                ("token ids of each choice", caps.token_ids, "token_ids"),
                 (
                     f"continuation: {caps.continuation}",
                     caps.continuation != "revision",

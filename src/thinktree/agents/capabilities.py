@@ -27,6 +27,9 @@ class Capabilities:
     """The probe's findings for one endpoint and model."""
 
     native_n: bool = False
+    token_ids: bool = False
+    """Whether ``n`` choices come with their token ids (vLLM's ``return_token_ids``): each
+    choice's tokens are then counted from those, not from per-token logprobs."""
     continuation: Continuation = "revision"
     completions: bool = False
     logprobs: bool = False
@@ -80,6 +83,8 @@ async def probe(client: EndpointClient, *, what: set[str] | None = None) -> Capa
             caps.notes["n"] = "set in the endpoint config"
         else:
             caps.native_n, caps.notes["n"] = await _try_n(client, msgs)
+        if caps.native_n:
+            caps.token_ids, caps.notes["token_ids"] = await _try_token_ids(client, msgs)
 
     if "continuation" in want:
         if cfg.continuation != "auto":
@@ -132,6 +137,34 @@ async def _try_n(client: EndpointClient, msgs: list[dict[str, str]]) -> tuple[bo
     if got == 3:
         return True, "n=3 returned 3 choices in one request"
     return False, f"n=3 returned {got} choice(s); samples fan out as separate requests"
+
+
+async def _try_token_ids(client: EndpointClient, msgs: list[dict[str, str]]) -> tuple[bool, str]:
+    """Whether the server returns each choice's token ids, which count its tokens exactly.
+
+    Otherwise every choice's per-token logprobs are asked for, only to be counted: for long
+    outputs that is most of the reply, and costs the server the logprobs of every token.
+    """
+    try:
+        resp = await client.client.chat.completions.create(
+            model=client.model,
+            messages=msgs,  # type: ignore[arg-type]
+            max_tokens=4,
+            n=2,
+            temperature=1.0,
+            extra_body={"return_token_ids": True},
+        )
+    except openai.APIError as exc:
+        return (
+            False,
+            f"return_token_ids refused ({type(exc).__name__}); choices are counted by logprobs",
+        )
+    ids = [getattr(choice, "token_ids", None) for choice in resp.choices]
+    counted = sum(len(i) for i in ids if isinstance(i, list))
+    total = resp.usage.completion_tokens if resp.usage is not None else None
+    if ids and all(isinstance(i, list) for i in ids) and counted == total:
+        return True, "choices carry their token ids: counted from those, not from logprobs"
+    return False, "no token ids in the choices; choices are counted by their logprobs"
 
 
 async def _try_chat_continuation(

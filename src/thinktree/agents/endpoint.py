@@ -22,6 +22,7 @@ import httpx
 import openai
 import structlog
 from openai.types import Completion as TextCompletion
+from openai.types import CompletionChoice
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from tenacity import (
     AsyncRetrying,
@@ -36,6 +37,20 @@ from thinktree.agents.transport import Transport, parse
 from thinktree.errors import EndpointError
 
 log = structlog.get_logger(__name__)
+
+
+class _TextChunkChoice(CompletionChoice):
+    """A streamed choice of ``/v1/completions``: unfinished until its last chunk."""
+
+    finish_reason: Literal["stop", "length", "content_filter"] | None = None  # type: ignore[assignment]
+
+
+class TextCompletionChunk(TextCompletion):
+    """One event of a ``/v1/completions`` stream (the SDK has no type of its own for it:
+    its ``Completion`` requires a finish reason that every chunk but the last lacks)."""
+
+    choices: list[_TextChunkChoice]  # type: ignore[assignment]
+
 
 Message = dict[str, str]
 DeltaHandler = Callable[[int, str], Awaitable[None]]
@@ -278,13 +293,17 @@ class EndpointClient:
         on_delta: DeltaHandler | None = None,
         key: str | None = None,
         top_logprobs: int | None = None,
+        token_ids: bool = False,
     ) -> Completion:
         """A chat completion; with ``continue_final`` the last assistant message is extended.
 
         ``key`` names the node(s) the call is for; with a cache, a call already made for
         the same key and request is read back instead of sent. ``top_logprobs``: each
         choice also carries its first token's ``top_logprobs`` most likely alternatives
-        (the reply is then read whole, not streamed).
+        (the reply is then read whole, not streamed). ``token_ids``: with ``n`` > 1, each
+        choice's tokens are counted from the token ids the server returns (vLLM's
+        ``return_token_ids``) instead of from per-token logprobs, which cost the server and
+        the reply far more (see :attr:`Capabilities.token_ids`).
         """
         if top_logprobs:
             on_delta = None  # the alternatives are read from the whole reply
@@ -298,9 +317,12 @@ class EndpointClient:
             "temperature": temperature,
             **_streaming(on_delta),
         }
-        if n > 1:
+        if n > 1:  # usage is only a total: count each choice's tokens
             kwargs["n"] = n
-            kwargs["logprobs"] = True  # per-choice token counts: usage is only a total
+            if token_ids:
+                body["return_token_ids"] = True
+            else:
+                kwargs["logprobs"] = True
         if top_logprobs:
             kwargs.update(logprobs=True, top_logprobs=top_logprobs)
         if seed is not None:
@@ -327,8 +349,9 @@ class EndpointClient:
         extra: dict[str, Any] | None = None,
         on_delta: DeltaHandler | None = None,
         key: str | None = None,
+        token_ids: bool = False,
     ) -> Completion:
-        """A raw text completion (``/v1/completions``)."""
+        """A raw text completion (``/v1/completions``); ``token_ids`` as for :meth:`chat`."""
         kwargs: dict[str, Any] = {
             "model": self.model,
             "prompt": prompt,
@@ -336,15 +359,19 @@ class EndpointClient:
             "temperature": temperature,
             **_streaming(on_delta),
         }
-        if n > 1:
+        body: dict[str, Any] = dict(extra or {})
+        if n > 1:  # usage is only a total: count each choice's tokens
             kwargs["n"] = n
-            kwargs["logprobs"] = 0
+            if token_ids:
+                body["return_token_ids"] = True
+            else:
+                kwargs["logprobs"] = 0
         if seed is not None:
             kwargs["seed"] = seed
         if stop:
             kwargs["stop"] = stop
-        if extra:
-            kwargs["extra_body"] = dict(extra)
+        if body:
+            kwargs["extra_body"] = body
         if on_delta is None:
             return await self._call(
                 lambda: self._plain_completion(kwargs, n), "completions", kwargs, key, timed=False
@@ -476,12 +503,17 @@ class EndpointClient:
     async def _plain_chat(self, kwargs: dict[str, Any], n: int) -> Completion:
         raw = await self.transport.post("chat/completions", _wire(kwargs))
         counted = [0] * n
-        if n > 1:  # count each choice's tokens, then drop the logprobs before parsing
+        if n > 1:  # count each choice's tokens, then drop what they were counted from
             data = loads(raw)
+            data.pop("prompt_token_ids", None)
             for choice in data.get("choices") or []:
                 i, logprobs = choice.get("index"), choice.get("logprobs")
-                if isinstance(i, int) and 0 <= i < n and isinstance(logprobs, dict):
-                    counted[i] = len(logprobs.get("content") or ())
+                ids = choice.pop("token_ids", None)
+                if isinstance(i, int) and 0 <= i < n:
+                    if isinstance(ids, list):
+                        counted[i] = len(ids)
+                    elif isinstance(logprobs, dict):
+                        counted[i] = len(logprobs.get("content") or ())
                 if "top_logprobs" not in kwargs:
                     choice["logprobs"] = None
             resp = parse(ChatCompletion, data, self.transport.base_url)
@@ -519,8 +551,7 @@ class EndpointClient:
             if i >= n:
                 continue
             texts[i] = choice.text or ""
-            if choice.logprobs is not None and choice.logprobs.tokens:
-                counted[i] = len(choice.logprobs.tokens)
+            counted[i] = _tokens_of(choice)
             finish[i] = choice.finish_reason
         return _assemble(texts, [""] * n, counted, finish, resp.usage, resp.id, n)
 
@@ -553,8 +584,7 @@ class EndpointClient:
                         think = _reasoning_of(delta)
                         if isinstance(think, str) and think:
                             reasoning[i] += think
-                    if choice.logprobs is not None and choice.logprobs.content:
-                        counted[i] += len(choice.logprobs.content)
+                    counted[i] += _tokens_of(choice)
                     if choice.finish_reason:
                         finish[i] = choice.finish_reason
         return _assemble(texts, reasoning, counted, finish, usage, request_id, n)
@@ -570,7 +600,7 @@ class EndpointClient:
         stream = self.transport.stream("completions", _wire(kwargs))
         async with aclosing(stream):
             async for data in stream:
-                chunk = parse(TextCompletion, data, self.transport.base_url)
+                chunk = parse(TextCompletionChunk, data, self.transport.base_url)
                 request_id = request_id or chunk.id
                 if chunk.usage is not None:
                     usage = chunk.usage
@@ -582,11 +612,23 @@ class EndpointClient:
                         texts[i] += choice.text
                         if on_delta is not None:
                             await on_delta(i, choice.text)
-                    if choice.logprobs is not None and choice.logprobs.tokens:
-                        counted[i] += len(choice.logprobs.tokens)
+                    counted[i] += _tokens_of(choice)
                     if choice.finish_reason:
                         finish[i] = choice.finish_reason
         return _assemble(texts, [""] * n, counted, finish, usage, request_id, n)
+
+
+def _tokens_of(choice: Any) -> int:
+    """The tokens a parsed choice (or a streamed chunk of one) carries: its ``token_ids``
+    where the server returns them, else its per-token logprobs (chat or text)."""
+    ids = getattr(choice, "token_ids", None)
+    if isinstance(ids, list):
+        return len(ids)
+    logprobs = choice.logprobs
+    if logprobs is None:
+        return 0
+    tokens = getattr(logprobs, "content", None) or getattr(logprobs, "tokens", None)
+    return len(tokens or ())
 
 
 def _first_token_tops(logprobs: Any) -> dict[str, float]:

@@ -175,6 +175,7 @@ class EndpointPool(EndpointClient):
         on_delta: DeltaHandler | None = None,
         key: str | None = None,
         top_logprobs: int | None = None,
+        token_ids: bool = False,
     ) -> Completion:
         request = {
             "messages": messages,
@@ -186,6 +187,7 @@ class EndpointPool(EndpointClient):
             "continue_final": continue_final,
             "extra": extra,
             "top_logprobs": top_logprobs,
+            "token_ids": token_ids,
         }
 
         def call(member: EndpointClient) -> Awaitable[Completion]:
@@ -200,6 +202,7 @@ class EndpointPool(EndpointClient):
                 extra=extra,
                 on_delta=on_delta,
                 top_logprobs=top_logprobs,
+                token_ids=token_ids,
             )
 
         return await self._pooled(call, "chat", request, key)
@@ -216,6 +219,7 @@ class EndpointPool(EndpointClient):
         extra: dict[str, Any] | None = None,
         on_delta: DeltaHandler | None = None,
         key: str | None = None,
+        token_ids: bool = False,
     ) -> Completion:
         request = {
             "prompt": prompt,
@@ -225,6 +229,7 @@ class EndpointPool(EndpointClient):
             "seed": seed,
             "stop": stop,
             "extra": extra,
+            "token_ids": token_ids,
         }
 
         def call(member: EndpointClient) -> Awaitable[Completion]:
@@ -237,6 +242,7 @@ class EndpointPool(EndpointClient):
                 stop=stop,
                 extra=extra,
                 on_delta=on_delta,
+                token_ids=token_ids,
             )
 
         return await self._pooled(call, "completions", request, key)

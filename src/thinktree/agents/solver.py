@@ -398,6 +398,7 @@ class Solver:
                 extra=extra,
                 on_delta=on_delta,
                 key=key,
+                token_ids=self.caps.token_ids,
             )
         convo = messages
         if mode == "chat":
@@ -412,6 +413,7 @@ class Solver:
             extra=extra,
             on_delta=on_delta,
             key=key,
+            token_ids=self.caps.token_ids,
         )
 
     async def _finish(

@@ -118,6 +118,8 @@ class FakeBehaviour:
     """Pause between streamed events (0: the whole stream goes out in one write)."""
     reject: Callable[[Body], str | None] | None = None
     """A request for which this returns a message is answered 400 with it (a refused field)."""
+    token_ids: bool = True
+    """False: ignore ``return_token_ids`` (choices carry no token ids, as before vLLM 0.10)."""
 
 
 class Fault(StrEnum):
@@ -400,12 +402,17 @@ class FakeServer:
             choices.append(_Choice(i, pieces, finish))
         return choices, prompt_tokens
 
+    def _with_token_ids(self, body: Body) -> bool:
+        extra = body.get("return_token_ids")
+        return self.behaviour.token_ids and extra is True
+
     def _response(
         self, body: Body, rid: str, choices: list[_Choice], usage: dict[str, int], *, chat: bool
     ) -> bytes:
         """A non-streaming response body."""
         model = self.behaviour.model
         out: list[dict[str, Any]] = []
+        with_ids = self._with_token_ids(body)
         if chat:
             want_logprobs = bool(body.get("logprobs"))
             for c in choices:
@@ -418,6 +425,7 @@ class FakeServer:
                         "message": message,
                         "logprobs": logprobs,
                         "finish_reason": c.finish,
+                        **({"token_ids": _token_ids(c.pieces)} if with_ids else {}),
                     }
                 )
             obj = "chat.completion"
@@ -431,6 +439,7 @@ class FakeServer:
                         "text": "".join(c.pieces),
                         "logprobs": logprobs,
                         "finish_reason": c.finish,
+                        **({"token_ids": _token_ids(c.pieces)} if with_ids else {}),
                     }
                 )
             obj = "text_completion"
@@ -478,6 +487,11 @@ class FakeServer:
         head: list[bytes] = []
         content: list[bytes] = []
         tail: list[bytes] = []
+        with_ids = self._with_token_ids(body)
+
+        def ids(group: Sequence[str]) -> bytes:
+            return b'"token_ids":%s,' % _dumps(_token_ids(group)) if with_ids else b""
+
         if chat:
             want_logprobs = bool(body.get("logprobs"))
             for c in choices:
@@ -491,9 +505,9 @@ class FakeServer:
                         group = cg[k]
                         logprobs = _dumps(_chat_logprobs(group)) if want_logprobs else b"null"
                         content.append(
-                            prefix + b'{"index":%d,"delta":{"content":%s},"logprobs":%s,'
+                            prefix + b'{"index":%d,"delta":{"content":%s},"logprobs":%s,%s'
                             b'"finish_reason":null}]}\n\n'
-                            % (c.index, _dump_str("".join(group)), logprobs)
+                            % (c.index, _dump_str("".join(group)), logprobs, ids(group))
                         )
             for c in choices:
                 tail.append(
@@ -515,8 +529,8 @@ class FakeServer:
                         offsets[j] += len(text)
                         content.append(
                             prefix
-                            + b'{"index":%d,"text":%s,"logprobs":%s,"finish_reason":null}]}\n\n'
-                            % (c.index, _dump_str(text), logprobs)
+                            + b'{"index":%d,"text":%s,"logprobs":%s,%s"finish_reason":null}]}\n\n'
+                            % (c.index, _dump_str(text), logprobs, ids(group))
                         )
             for c in choices:
                 tail.append(
@@ -588,6 +602,11 @@ class FakeServer:
         if transport is not None:
             transport.abort()
         return response
+
+
+def _token_ids(pieces: Sequence[str]) -> list[int]:
+    """Made-up token ids, one per token (what vLLM's ``return_token_ids`` adds to a choice)."""
+    return [1000 + len(piece) for piece in pieces]
 
 
 def _chat_logprobs(pieces: Sequence[str], top: int = 0) -> dict[str, Any]:
