@@ -14,6 +14,9 @@ machine noise hits all of them alike:
 3. parallel@8 as one ``n=8`` request per problem vs 8 requests per problem (both as
    thinktree runs): tok/s, and the prompt tokens billed (usage), which is the prefill
    that ``n`` saves; where vLLM reports prefix-cache hits, those are printed too.
+4. ``n=8`` requests whose choices are counted by their token ids (``return_token_ids``,
+   what thinktree asks where the probe finds it) vs by per-token logprobs (its fallback):
+   tok/s, this client's CPU per call, and the bytes of one reply each way.
 
 Without --base-url it starts the embedded server (or reuses one from `thinktree serve`).
 """
@@ -169,16 +172,16 @@ async def measure(base_url: str, model: str, args: argparse.Namespace) -> None:
                     batch = _requests(problems, max(2 * k, 4))
                     curve[k].append(await _bounded(batch, k, ours))
             base = _rate(curve[in_flights[0]])
-            for k, runs in curve.items():
+            for k, level in curve.items():
                 print(
-                    f"thinktree, {k:2d} in flight: {_rate(runs):6.1f} tok/s "
-                    f"({_rate(runs) / base:.1f}x {in_flights[0]} in flight)"
+                    f"thinktree, {k:2d} in flight: {_rate(level):6.1f} tok/s "
+                    f"({_rate(level) / base:.1f}x {in_flights[0]} in flight)"
                 )
         finally:
             await raw.close()
             await client.aclose()
             if client.cache is not None:
-                client.cache.close()  # type: ignore[attr-defined]
+                client.cache.close()
         # 3. parallel@8: one n=8 request vs 8 requests, as thinktree runs
         picked = problems[: args.problems]
         runs: dict[str, list[dict[str, Any]]] = {"n=8": [], "8 requests": []}
@@ -237,6 +240,69 @@ async def measure(base_url: str, model: str, args: argparse.Namespace) -> None:
             f"  n=8 vs 8 requests: {rates['n=8'] / rates['8 requests']:.2f}x tok/s; "
             f"prefill saving {saving:.0%} of the prompt tokens"
         )
+    # 4. n=8 choices counted by token ids vs by logprobs
+    await _counting(base_url, model, problems, args)
+
+
+async def _counting(
+    base_url: str, model: str, problems: list[Problem], args: argparse.Namespace
+) -> None:
+    """``n=8`` requests whose choices are counted by their token ids vs by logprobs."""
+    requests = _requests(problems, args.requests)
+    client = EndpointClient(EndpointConfig(name="bench", base_url=base_url, model=model))
+    seen: dict[str, list[tuple[int, float, float]]] = {"logprobs": [], "token ids": []}
+    sizes: dict[str, int] = {}
+    try:
+        model = await client.resolve_model()
+        for r in range(args.rounds):
+            for name in list(seen) if r % 2 == 0 else list(seen)[::-1]:
+
+                async def one(request: Request, ids: bool = name == "token ids") -> int:
+                    messages, seed = request
+                    result = await client.chat(
+                        messages,
+                        max_tokens=args.tokens,
+                        n=8,
+                        temperature=TEMPERATURE,
+                        seed=seed,
+                        token_ids=ids,
+                    )
+                    return result.completion_tokens
+
+                cpu = time.process_time()
+                tokens, secs = await _bounded(requests, 4, one)
+                seen[name].append((tokens, secs, time.process_time() - cpu))
+        messages, seed = requests[0]
+        async with httpx.AsyncClient(timeout=600) as http:
+            for name in seen:
+                body: dict[str, Any] = {
+                    "model": model,
+                    "messages": messages,
+                    "max_tokens": args.tokens,
+                    "n": 8,
+                    "temperature": TEMPERATURE,
+                    "seed": seed,
+                    **({"return_token_ids": True} if name == "token ids" else {"logprobs": True}),
+                }
+                resp = await http.post(f"{base_url}/chat/completions", json=body)
+                resp.raise_for_status()
+                sizes[name] = len(resp.content)
+    finally:
+        await client.aclose()
+    calls = len(requests) * args.rounds
+    print(f"n=8 choices counted two ways ({calls} requests each, 4 in flight):")
+    rates = {}
+    for name, runs in seen.items():
+        rates[name] = sum(t for t, _, _ in runs) / sum(s for _, s, _ in runs)
+        cpu_ms = sum(c for _, _, c in runs) / calls * 1e3
+        print(
+            f"  by {name:9s} {rates[name]:6.1f} tok/s, client CPU {cpu_ms:.2f} ms per call, "
+            f"one reply {sizes[name]:,} bytes"
+        )
+    print(
+        f"  token ids vs logprobs: {rates['token ids'] / rates['logprobs']:.2f}x tok/s, "
+        f"{sizes['token ids'] / sizes['logprobs']:.2f}x the reply bytes"
+    )
 
 
 async def main() -> int:

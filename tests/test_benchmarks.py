@@ -81,7 +81,7 @@ def test_adaptive_voting_prints_agreement_and_tokens(embedded_url: str) -> None:
 
 
 @pytest.mark.slow
-def test_embedded_throughput_prints_its_three_measurements(embedded_url: str) -> None:
+def test_embedded_throughput_prints_its_four_measurements(embedded_url: str) -> None:
     out = _run(
         "embedded_throughput.py",
         *("--base-url", embedded_url, "--tokens", "4", "--requests", "2"),
@@ -90,6 +90,7 @@ def test_embedded_throughput_prints_its_three_measurements(embedded_url: str) ->
     assert "thinktree vs raw:" in out
     assert "thinktree,  2 in flight:" in out
     assert "n=8 vs 8 requests:" in out and "prefill saving" in out
+    assert "token ids vs logprobs:" in out and "one reply" in out
 
 
 @pytest.mark.slow
