@@ -105,6 +105,7 @@ _CORRECT_OPTION = re.compile(
 
 # One of these is in every _CORRECT_OPTION match (or "go" and "with", for "go with").
 _OPTION_WORDS = ("option", "choice", "response", "select", "choose", "pick")
+_OPTION_WORD = re.compile("|".join(_OPTION_WORDS))  # searched in casefolded text
 
 _LEADING_FILLER = re.compile(
     r"^(?:[\s:：,>*_—]+|(?:therefore|thus|hence|so|then|likely|probably|most\s+likely|indeed"
@@ -169,13 +170,14 @@ def extract_answer(text: str, problem: Problem) -> Extraction | None:
 def _extract(text: str, problem: Problem) -> Extraction | _Verdict | None:
     """Apply the rules in priority order; None when none of them found anything."""
     read = _READERS[problem.answer_type]
-    for content in reversed(_boxed_contents(text)):
+    for content in reversed(_boxed_contents(text) if "\\" in text else ()):
         if len(content) > _MAX_BODY:
             continue
         reading = read(_clean(content).strip(), problem)
         if reading is not None:
             return _result(reading, "boxed")
-    for method, body in _phrase_bodies(_BOLD.sub("", text)):
+    unbolded = _BOLD.sub("", text) if "**" in text or "__" in text else text
+    for method, body in _phrase_bodies(unbolded):
         reading = read(body, problem)
         if reading is not None:
             return _result(reading, method)
@@ -226,7 +228,7 @@ def _phrase_bodies(text: str) -> Iterator[tuple[str, str]]:
         if "final" in folded:
             for match in _FINAL_HEADING.finditer(text):
                 found[match.end()] = (match.start(), "final-answer")
-    if any(word in folded for word in _OPTION_WORDS) or ("go" in folded and "with" in folded):
+    if _OPTION_WORD.search(folded) or ("go" in folded and "with" in folded):
         for match in _CORRECT_OPTION.finditer(text):
             found[match.end()] = (match.start(), "correct-option")
     for end, (_, method) in sorted(found.items(), key=lambda item: item[1][0], reverse=True):
