@@ -8,6 +8,7 @@ from typing import Any, Literal
 import openai
 import structlog
 
+from thinktree._json import loads
 from thinktree.agents.chat_template import generation_opener, render_prompt
 from thinktree.agents.constraint_probe import try_constraints
 from thinktree.agents.endpoint import EndpointClient
@@ -144,24 +145,28 @@ async def _try_token_ids(client: EndpointClient, msgs: list[dict[str, str]]) -> 
 
     Otherwise every choice's per-token logprobs are asked for, only to be counted: for long
     outputs that is most of the reply, and costs the server the logprobs of every token.
+    Sent on the run's own transport (no SDK client is made for it).
     """
+    body = {
+        "model": client.model,
+        "messages": msgs,
+        "max_tokens": 4,
+        "n": 2,
+        "temperature": 1.0,
+        "return_token_ids": True,
+    }
     try:
-        resp = await client.client.chat.completions.create(
-            model=client.model,
-            messages=msgs,  # type: ignore[arg-type]
-            max_tokens=4,
-            n=2,
-            temperature=1.0,
-            extra_body={"return_token_ids": True},
-        )
-    except openai.APIError as exc:
+        data = loads(await client.transport.post("chat/completions", body))
+    except (openai.APIError, ValueError) as exc:
         return (
             False,
-            f"return_token_ids refused ({type(exc).__name__}); choices are counted by logprobs",
+            f"return_token_ids refused ({type(exc).__name__}); choices counted by logprobs",
         )
-    ids = [getattr(choice, "token_ids", None) for choice in resp.choices]
+    choices = data.get("choices") if isinstance(data, dict) else None
+    usage = data.get("usage") if isinstance(data, dict) else None
+    ids = [c.get("token_ids") for c in choices or () if isinstance(c, dict)]
     counted = sum(len(i) for i in ids if isinstance(i, list))
-    total = resp.usage.completion_tokens if resp.usage is not None else None
+    total = usage.get("completion_tokens") if isinstance(usage, dict) else None
     if ids and all(isinstance(i, list) for i in ids) and counted == total:
         return True, "choices carry their token ids: counted from those, not from logprobs"
     return False, "no token ids in the choices; choices are counted by their logprobs"

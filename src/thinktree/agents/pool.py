@@ -116,6 +116,8 @@ class EndpointPool(EndpointClient):
         self.on_retry = on_retry
         self.model = config.model or ""
         self.cache = None
+        # the first member's: the probe sends a few requests through it
+        self.transport = self.members[0].client.transport
         self._freed = anyio.Event()
         self._turn = 0
 
