@@ -45,7 +45,7 @@ class _TextChunkChoice(CompletionChoice):
     finish_reason: Literal["stop", "length", "content_filter"] | None = None  # type: ignore[assignment]
 
 
-class TextCompletionChunk(TextCompletion):
+class _TextCompletionChunk(TextCompletion):
     """One event of a ``/v1/completions`` stream (the SDK has no type of its own for it:
     its ``Completion`` requires a finish reason that every chunk but the last lacks)."""
 
@@ -600,7 +600,7 @@ class EndpointClient:
         stream = self.transport.stream("completions", _wire(kwargs))
         async with aclosing(stream):
             async for data in stream:
-                chunk = parse(TextCompletionChunk, data, self.transport.base_url)
+                chunk = parse(_TextCompletionChunk, data, self.transport.base_url)
                 request_id = request_id or chunk.id
                 if chunk.usage is not None:
                     usage = chunk.usage

@@ -403,8 +403,7 @@ class FakeServer:
         return choices, prompt_tokens
 
     def _with_token_ids(self, body: Body) -> bool:
-        extra = body.get("return_token_ids")
-        return self.behaviour.token_ids and extra is True
+        return self.behaviour.token_ids and body.get("return_token_ids") is True
 
     def _response(
         self, body: Body, rid: str, choices: list[_Choice], usage: dict[str, int], *, chat: bool
