@@ -32,6 +32,10 @@ pytestmark = pytest.mark.anyio
 BODY = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
 
 
+LEAN = pytest.mark.parametrize("lean", [True, False], ids=["lean", "aiohttp"])
+
+
+@LEAN
 @pytest.mark.parametrize(
     ("fault", "error", "kind"),
     [
@@ -41,10 +45,11 @@ BODY = {"model": "fake-model", "messages": [{"role": "user", "content": "hi"}], 
     ],
 )
 async def test_http_errors_become_the_sdks_exceptions(
-    fault: Fault, error: type[Exception], kind: RetryKind
+    fault: Fault, error: type[Exception], kind: RetryKind, lean: bool
 ) -> None:
     async with FakeServer(faults=[fault], retry_after_s=2.0) as server:
-        transport = Transport(server.base_url, "EMPTY", timeout_s=10, max_connections=4)
+        transport = Transport(server.base_url, "EMPTY", timeout_s=10, max_connections=4, lean=lean)
+        assert transport.lean is lean
         try:
             with pytest.raises(error) as caught:
                 await transport.post("chat/completions", BODY)
@@ -56,9 +61,10 @@ async def test_http_errors_become_the_sdks_exceptions(
         assert caught.value.response.headers.get("Retry-After") is not None
 
 
-async def test_a_bad_request_keeps_the_servers_message() -> None:
+@LEAN
+async def test_a_bad_request_keeps_the_servers_message(lean: bool) -> None:
     async with FakeServer() as server:
-        transport = Transport(server.base_url, "EMPTY", timeout_s=10, max_connections=4)
+        transport = Transport(server.base_url, "EMPTY", timeout_s=10, max_connections=4, lean=lean)
         try:
             with pytest.raises(openai.BadRequestError) as caught:
                 await transport.post("chat/completions", {**BODY, "messages": "not a list"})
@@ -69,17 +75,43 @@ async def test_a_bad_request_keeps_the_servers_message() -> None:
     assert classify(caught.value) is None  # never retried
 
 
-async def test_no_server_is_a_connection_error() -> None:
+@LEAN
+async def test_no_server_is_a_connection_error(lean: bool) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    transport = Transport(f"http://127.0.0.1:{port}/v1", "EMPTY", timeout_s=5, max_connections=4)
+    url = f"http://127.0.0.1:{port}/v1"
+    transport = Transport(url, "EMPTY", timeout_s=5, max_connections=4, lean=lean)
     try:
         with pytest.raises(openai.APIConnectionError) as caught:
             await transport.post("chat/completions", BODY)
     finally:
         await transport.aclose()
     assert classify(caught.value) is RetryKind.CONNECTION
+
+
+async def test_the_lean_and_aiohttp_paths_read_the_same_answers() -> None:
+    body = {**BODY, "n": 2}
+    seen: dict[bool, tuple[list[Any], list[Any]]] = {}
+    async with FakeServer() as server:
+        for lean in (True, False):
+            transport = Transport(
+                server.base_url, "EMPTY", timeout_s=10, max_connections=4, lean=lean
+            )
+            try:
+                whole = json.loads(await transport.post("chat/completions", body))
+                events = [
+                    json.loads(data)
+                    async for data in transport.stream("chat/completions", {**body, "stream": True})
+                ]
+                models = json.loads(await transport.get("models"))
+            finally:
+                await transport.aclose()
+            assert [m["id"] for m in models["data"]] == ["fake-model"]
+            seen[lean] = (whole["choices"], [e["choices"] for e in events])
+    assert seen[True] == seen[False]
+    assert len(seen[True][0]) == 2
+    assert len(seen[True][1]) > 2  # streamed in pieces
 
 
 def test_a_body_that_is_no_completion_is_a_validation_error() -> None:

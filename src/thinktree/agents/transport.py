@@ -1,26 +1,31 @@
-"""The hot path's HTTP: one aiohttp session, the openai SDK's response and error types.
+"""The hot path's HTTP: lean keep-alive connections, the openai SDK's response and error types.
 
 The SDK spends more CPU per call building and parsing a request than the rest of a
 run spends on it (its request options, transforms and models). This transport sends
-the same JSON body straight through aiohttp and parses the answer with pydantic-core
+the same JSON body straight to the server and parses the answer with pydantic-core
 into the SDK's own response models (``ChatCompletion``, ``Completion`` and their
-chunks). Failures become the SDK's own exceptions, so retries and error messages
-built on them (:func:`thinktree.agents.endpoint.classify`) treat both paths alike:
-``APIStatusError`` subclasses by status, ``APIConnectionError``,
-``APIResponseValidationError`` for a body that is not the JSON it should be.
+chunks). A plain ``http://`` endpoint (a local model server) goes through
+:mod:`thinktree.agents.http1`, a third of aiohttp's CPU per call; any other (TLS, a
+query in the URL) through one aiohttp session. Failures become the SDK's own
+exceptions, so retries and error messages built on them
+(:func:`thinktree.agents.endpoint.classify`) treat every path alike: ``APIStatusError``
+subclasses by status, ``APIConnectionError``, ``APIResponseValidationError`` for a body
+that is not the JSON it should be.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncGenerator
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import aiohttp
 import openai
 import pydantic
 
+from thinktree import __version__
 from thinktree._json import dump_bytes
+from thinktree.agents import http1
 
 try:  # the HTTP library the SDK's exceptions carry requests and responses of
     import httpx2 as _http  # type: ignore[import-not-found,unused-ignore]
@@ -43,10 +48,19 @@ _STATUS_ERRORS: dict[int, type[openai.APIStatusError]] = {
 
 
 class Transport:
-    """POSTs to one OpenAI-compatible server. Create inside the run's event loop."""
+    """POSTs to one OpenAI-compatible server. Create inside the run's event loop.
+
+    ``lean=False`` keeps a plain ``http://`` endpoint on aiohttp too.
+    """
 
     def __init__(
-        self, base_url: str, api_key: str, *, timeout_s: float, max_connections: int
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        timeout_s: float,
+        max_connections: int,
+        lean: bool = True,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._headers = {
@@ -57,6 +71,17 @@ class Transport:
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._limit = max_connections
         self._session: aiohttp.ClientSession | None = None
+        self._pool: http1.ConnectionPool | None = None
+        if lean and http1.handles(self.base_url):
+            headers = {**self._headers, "User-Agent": f"thinktree/{__version__}"}
+            self._pool = http1.ConnectionPool(
+                self.base_url, headers=headers, limit=max_connections, timeout_s=timeout_s
+            )
+
+    @property
+    def lean(self) -> bool:
+        """Whether calls go through the lean HTTP/1.1 client (else aiohttp)."""
+        return self._pool is not None
 
     def _open(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -68,54 +93,83 @@ class Transport:
         return self._session
 
     async def aclose(self) -> None:
+        if self._pool is not None:
+            await self._pool.aclose()
         if self._session is not None:
             await self._session.close()
             self._session = None
 
     async def post(self, route: str, body: dict[str, Any]) -> bytes:
         """POST ``body`` as JSON to ``route``; the answer's raw bytes (status < 400)."""
-        url = f"{self.base_url}/{route}"
-        try:
-            async with self._open().post(url, data=dump_bytes(body), headers=self._headers) as resp:
-                raw = await resp.read()
-                status, headers = resp.status, resp.headers
-        except (aiohttp.ClientError, OSError) as exc:
-            raise _connection_error(url, exc) from exc
-        if status >= 400:
-            raise _status_error(url, status, dict(headers), raw)
-        return raw
+        return await self._fetch("POST", route, dump_bytes(body))
 
     async def get(self, route: str) -> bytes:
         """GET ``route``; the answer's raw bytes (status < 400)."""
+        return await self._fetch("GET", route, None)
+
+    async def _fetch(self, method: str, route: str, data: bytes | None) -> bytes:
         url = f"{self.base_url}/{route}"
+        headers: Any
         try:
-            async with self._open().get(url, headers=self._headers) as resp:
-                raw = await resp.read()
-                status, headers = resp.status, resp.headers
+            if self._pool is not None:
+                answer = await self._pool.request(method, route, data)
+                status, headers, raw = answer.status, answer.headers, answer.body
+            else:
+                request = self._open().request(method, url, data=data, headers=self._headers)
+                async with request as resp:
+                    raw = await resp.read()
+                    status, headers = resp.status, resp.headers
         except (aiohttp.ClientError, OSError) as exc:
             raise _connection_error(url, exc) from exc
-        if status >= 400:
+        if status >= 400 or (status >= 300 and self._pool is not None):  # aiohttp redirects
             raise _status_error(url, status, dict(headers), raw)
         return raw
 
     async def stream(self, route: str, body: dict[str, Any]) -> AsyncGenerator[bytes, None]:
         """POST ``body`` and yield each server-sent event's ``data:`` until ``[DONE]``."""
         url = f"{self.base_url}/{route}"
+        data = dump_bytes(body)
         try:
-            async with self._open().post(url, data=dump_bytes(body), headers=self._headers) as resp:
-                if resp.status >= 400:
-                    raise _status_error(url, resp.status, dict(resp.headers), await resp.read())
-                async for line in resp.content:
-                    if not line.startswith(b"data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == b"[DONE]":
-                        return
-                    if data.startswith(b'{"error"'):
-                        raise _stream_error(url, data)
-                    yield data
+            if self._pool is not None:
+                async with self._pool.stream("POST", route, data) as answer:
+                    if answer.status >= 300:
+                        raw = await answer.read()
+                        raise _status_error(url, answer.status, answer.headers, raw)
+                    while lines := await answer.lines():
+                        for line in lines:
+                            event = _event(url, line)
+                            if event is _DONE:
+                                return
+                            if event is not None:
+                                yield event
+            else:
+                async with self._open().post(url, data=data, headers=self._headers) as resp:
+                    if resp.status >= 400:
+                        raw = await resp.read()
+                        raise _status_error(url, resp.status, dict(resp.headers), raw)
+                    async for line in resp.content:
+                        event = _event(url, line)
+                        if event is _DONE:
+                            return
+                        if event is not None:
+                            yield event
         except (aiohttp.ClientError, OSError) as exc:
             raise _connection_error(url, exc) from exc
+
+
+_DONE: Final = b"[DONE]"
+
+
+def _event(url: str, line: bytes) -> bytes | None:
+    """A server-sent event line's ``data:`` (:data:`_DONE` at the end), None for other lines."""
+    if not line.startswith(b"data:"):
+        return None
+    data = line[5:].strip()
+    if data == _DONE:
+        return _DONE
+    if data.startswith(b'{"error"'):
+        raise _stream_error(url, data)
+    return data
 
 
 def parse(model: type[M], raw: bytes | dict[str, Any], url: str = "") -> M:
