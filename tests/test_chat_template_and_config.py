@@ -90,3 +90,29 @@ def test_config_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     needs = {"endpoints": {"x": {"base_url": "http://x/v1", "api_key_env": "MISSING_KEY"}}}
     with pytest.raises(ConfigError, match="MISSING_KEY"):
         endpoint_from("x", model=None, config=needs)
+
+
+@pytest.mark.parametrize(
+    ("key", "good", "bad"),
+    [
+        ("native_n", "no", "maybe"),
+        ("continuation", "completions", "complete"),
+        ("thinking", "cue", True),
+        ("http_client", "aiohttp", "httpx"),
+    ],
+)
+def test_a_key_that_takes_a_word_takes_only_its_words(key: str, good: object, bad: object) -> None:
+    table = {"base_url": "http://gpu:8000/v1"}
+    cfg = endpoint_from("gpu", model="m", config={"endpoints": {"gpu": {**table, key: good}}})
+    assert cfg is not None and getattr(cfg, key) == good
+    with pytest.raises(ConfigError, match=rf"^endpoint 'gpu': {key} must be one of '.*, not "):
+        endpoint_from("gpu", model="m", config={"endpoints": {"gpu": {**table, key: bad}}})
+
+
+def test_http_client_aiohttp_keeps_a_plain_http_server_off_the_lean_client() -> None:
+    from thinktree.agents.endpoint import EndpointClient, EndpointConfig
+
+    url = "http://127.0.0.1:8000/v1"
+    assert EndpointClient(EndpointConfig(name="x", base_url=url)).transport.lean
+    plain = EndpointConfig(name="x", base_url=url, http_client="aiohttp")
+    assert not EndpointClient(plain).transport.lean

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import os
 import tomllib
+import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from thinktree.agents.endpoint import EndpointConfig, PoolMember
 from thinktree.errors import ConfigError
@@ -38,8 +39,15 @@ _ENDPOINT_KEYS = {
     "think_end",
     "thinking",
     "cache_as",
+    "http_client",
 }
 _KNOWN = {"openai": "https://api.openai.com/v1"}
+# the keys that take one of a few words, and those words
+_CHOICES: dict[str, tuple[str, ...]] = {
+    name: typing.get_args(hint)
+    for name, hint in typing.get_type_hints(EndpointConfig).items()
+    if typing.get_origin(hint) is Literal
+}
 
 
 def load_config(path: Path | None) -> dict[str, Any]:
@@ -99,6 +107,12 @@ def _from_table(name: str, table: dict[str, Any], model: str | None) -> Endpoint
             f"endpoint '{name}': unknown key(s) {', '.join(sorted(unknown))}; "
             f"known: {', '.join(sorted(_ENDPOINT_KEYS))}"
         )
+    for key, words in _CHOICES.items():
+        if key in table and table[key] not in words:
+            raise ConfigError(
+                f"endpoint '{name}': {key} must be one of {', '.join(map(repr, words))}, "
+                f"not {table[key]!r}"
+            )
     members = pool_members(name, table)
     if "base_url" not in table and not members:
         raise ConfigError(f"endpoint '{name}' needs a base_url (or members, for a pool)")

@@ -146,6 +146,9 @@ class EndpointConfig:
     cache_as: str | None = None
     """What names this server in call fingerprints instead of its URL: the embedded
     server gets a new port on every start, and a resumed run must still find its calls."""
+    http_client: Literal["auto", "aiohttp"] = "auto"
+    """"auto": a plain ``http://`` server gets the lean HTTP/1.1 client
+    (:mod:`.http1`), any other aiohttp; "aiohttp": aiohttp for every server."""
 
     def describe(self) -> str:
         return f"'{self.name}' ({self.base_url})"
@@ -180,8 +183,9 @@ class Completion:
 class EndpointClient:
     """Calls one endpoint. Create inside a run and close with ``aclose``.
 
-    Model calls go through :class:`~thinktree.agents.transport.Transport` (aiohttp, the
-    SDK's types and errors); the SDK client serves the rest (listing models, probes).
+    Model calls go through :class:`~thinktree.agents.transport.Transport` (a lean HTTP/1.1
+    client or aiohttp, the SDK's types and errors); the SDK client serves the rest
+    (listing models, probes).
     """
 
     def __init__(
@@ -199,6 +203,7 @@ class EndpointClient:
             config.api_key or "EMPTY",
             timeout_s=config.timeout_s,
             max_connections=config.max_connections,
+            lean=config.http_client == "auto",
         )
         # fast_acquire: a free slot is taken without a trip through the event loop
         self.limiter = anyio.Semaphore(config.max_connections, fast_acquire=True)
