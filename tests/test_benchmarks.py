@@ -45,13 +45,16 @@ def test_overhead_prints_every_case_and_ratio() -> None:
     out = _run("overhead.py", "--problems", "2", "--rounds", "1", "--bus-events", "3000")
     for line in (
         "bare aiohttp (limit)",
+        "bare lean HTTP/1.1 (thinktree's)",
+        "thinktree 1/call, aiohttp client",
         "openai SDK, aiohttp",
         "thinktree parallel@16, 1/call",
         "thinktree parallel@16, n=16",
         "event bus: tree + store ",
         "thinktree 1/call vs bare aiohttp, calls/s (",
         "thinktree 1/call vs bare aiohttp, both on asyncio",
-        "thinktree machinery CPU/call",
+        "thinktree 1/call, its lean HTTP/1.1 client vs aiohttp",
+        "thinktree machinery CPU/call = ",
         "event bus with the store:",
         "1,000 calls allowed in flight:",
     ):
