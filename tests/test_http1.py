@@ -421,3 +421,24 @@ async def test_a_stream_cut_by_its_timeout_or_a_close_fails_rather_than_ends() -
             await client.aclose()
     assert got == [b'{"i": 0}']
     assert first == [b'data: {"i": 0}', b""]
+
+
+def test_a_closed_pool_serves_another_event_loop() -> None:
+    results: list[list[bytes]] = []
+
+    async def busy_round(client: http1.ConnectionPool) -> list[bytes]:
+        # more requests than connections: the pool's slots wait, which binds them to a loop
+        answers = await asyncio.gather(*(client.request("POST", "x", b"1") for _ in range(4)))
+        await client.aclose()
+        return [a.body for a in answers]
+
+    async def serve_two_loops() -> None:
+        async with serving(echo) as server:
+            client = pool(server.url, limit=1)
+            results.append(await busy_round(client))
+            # a second loop, in a thread, while this one serves
+            second = await asyncio.to_thread(asyncio.run, busy_round(client))
+            results.append(second)
+
+    asyncio.run(serve_two_loops())
+    assert results == [[b'{"conn": 0, "got": 1}'] * 4, [b'{"conn": 1, "got": 1}'] * 4]

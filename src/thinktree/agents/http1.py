@@ -252,6 +252,7 @@ class ConnectionPool:
         fields = {"Host": parts.netloc, **headers, "Accept-Encoding": "identity"}
         self._fields = "".join(f"{k}: {v}\r\n" for k, v in fields.items()).encode("latin-1")
         self._timeout_s = timeout_s
+        self._limit = limit
         self._slots = asyncio.Semaphore(limit)
         self._idle: list[_Connection] = []
         self._all: set[_Connection] = set()
@@ -288,10 +289,12 @@ class ConnectionPool:
         return Streamed(self, self._request(method, route, body))
 
     async def aclose(self) -> None:
+        """Close every connection; the pool may be used again, in this loop or another."""
         for conn in list(self._all):
             conn.close()
         self._all.clear()
         self._idle.clear()
+        self._slots = asyncio.Semaphore(self._limit)  # one that waited is bound to its loop
 
     # --- the connections --------------------------------------------------------------
 
