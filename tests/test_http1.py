@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gzip
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -442,3 +444,42 @@ def test_a_closed_pool_serves_another_event_loop() -> None:
 
     asyncio.run(serve_two_loops())
     assert results == [[b'{"conn": 0, "got": 1}'] * 4, [b'{"conn": 1, "got": 1}'] * 4]
+
+
+async def test_an_answer_encoded_all_the_same_is_decoded() -> None:
+    whole = b'{"choices": []}'
+    stream = b"".join(sse(b'{"i": 0}', b'{"i": 1}', b"[DONE]"))
+
+    async def encoded(conn: Conn, head: bytes, body: bytes) -> bool:
+        assert b"Accept-Encoding: identity" in head  # asked for none
+        if b"/stream" in head.split(b"\r\n")[0]:
+            packed = gzip.compress(stream)
+            conn.writer.write(
+                b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n"
+            )
+            for start in range(0, len(packed), 5):
+                piece = packed[start : start + 5]
+                conn.writer.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                await conn.writer.drain()
+            conn.writer.write(b"0\r\n\r\n")
+        elif b"/br" in head.split(b"\r\n")[0]:
+            conn.writer.write(ok(b"xx", b"Content-Encoding: br"))
+        else:
+            conn.writer.write(ok(zlib.compress(whole), b"Content-Encoding: deflate"))
+        await conn.writer.drain()
+        return True
+
+    async with serving(encoded) as server:
+        client = pool(server.url)
+        try:
+            answer = await client.request("POST", "whole", b"{}")
+            async with client.stream("POST", "stream", b"{}") as streamed:
+                lines: list[bytes] = []
+                while batch := await streamed.lines():
+                    lines.extend(batch)
+            with pytest.raises(http1.MalformedAnswer, match=r"'br' encoding.*http_client"):
+                await client.request("POST", "br", b"{}")
+        finally:
+            await client.aclose()
+    assert answer.body == whole
+    assert lines == stream.split(b"\n")[:-1]

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Final, cast
+from typing import Final, Protocol, cast
 from urllib.parse import urlsplit
 
 import httptools
@@ -259,30 +260,19 @@ class ConnectionPool:
 
     async def request(self, method: str, route: str, body: bytes | None = None) -> Answer:
         """Send one request; its whole answer."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._timeout_s
+        deadline = asyncio.get_running_loop().time() + self._timeout_s
         request = self._request(method, route, body)
         await self._acquire(deadline)
         try:
-            conn, reused = await self._connection(loop, deadline)
-            while True:
-                try:
-                    conn.send(request, deadline, stream=False)
-                    data = await conn.whole()
-                    break
-                except _LostBeforeAnswer:
-                    self._drop(conn)
-                    if not reused:
-                        raise
-                    conn, reused = await self._connect(loop, deadline), False
-                except BaseException:
-                    self._drop(conn)
-                    raise
-            answer = Answer(conn.status, conn.headers, data)
+            conn = await self._exchange(request, deadline, stream=False)
+            answer = Answer(conn.status, conn.headers, b"".join(conn.body))
             self._release(conn)
-            return answer
         finally:
             self._slots.release()
+        decoder = _decoder(answer.headers)
+        if decoder is None:
+            return answer
+        return Answer(answer.status, answer.headers, _decode(decoder, answer.body, final=True))
 
     def stream(self, method: str, route: str, body: bytes | None = None) -> Streamed:
         """Send one request and read its answer as it comes: ``async with pool.stream(...)``."""
@@ -303,6 +293,27 @@ class ConnectionPool:
         if body is None:
             return start + self._fields + b"\r\n"
         return b"".join((start, self._fields, b"Content-Length: %d\r\n\r\n" % len(body), body))
+
+    async def _exchange(self, request: bytes, deadline: float, *, stream: bool) -> _Connection:
+        """A connection that sent ``request`` and has its answer (its head, for a stream).
+
+        A kept connection the server closed unanswered is replaced once by a new one.
+        """
+        loop = asyncio.get_running_loop()
+        conn, reused = await self._connection(loop, deadline)
+        while True:
+            try:
+                conn.send(request, deadline, stream=stream)
+                await (conn.headers_arrived() if stream else conn.whole())
+                return conn
+            except _LostBeforeAnswer:
+                self._drop(conn)
+                if not reused:
+                    raise
+                conn, reused = await self._connect(loop, deadline), False
+            except BaseException:
+                self._drop(conn)
+                raise
 
     async def _acquire(self, deadline: float) -> None:
         if not self._slots.locked():
@@ -349,29 +360,17 @@ class Streamed:
         self._request = request
         self._conn: _Connection | None = None
         self._rest = b""
+        self._decoder: _Decoder | None = None
         self.status = 0
         self.headers: dict[str, str] = {}
 
     async def __aenter__(self) -> Streamed:
         pool = self._pool
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + pool._timeout_s
+        deadline = asyncio.get_running_loop().time() + pool._timeout_s
         await pool._acquire(deadline)
         try:
-            conn, reused = await pool._connection(loop, deadline)
-            while True:
-                try:
-                    conn.send(self._request, deadline, stream=True)
-                    await conn.headers_arrived()
-                    break
-                except _LostBeforeAnswer:
-                    pool._drop(conn)
-                    if not reused:
-                        raise
-                    conn, reused = await pool._connect(loop, deadline), False
-                except BaseException:
-                    pool._drop(conn)
-                    raise
+            conn = await pool._exchange(self._request, deadline, stream=True)
+            self._decoder = _decoder(conn.headers)
         except BaseException:
             pool._slots.release()
             raise
@@ -406,7 +405,8 @@ class Streamed:
     async def read(self) -> bytes:
         """The rest of the body, whole."""
         assert self._conn is not None, "read inside `async with`"
-        return await self._conn.whole()
+        data = await self._conn.whole()
+        return data if self._decoder is None else _decode(self._decoder, data, final=True)
 
     async def lines(self) -> list[bytes]:
         """The body's next whole lines (without their ``\\n``) as they come; [] at its end.
@@ -418,7 +418,10 @@ class Streamed:
         while True:
             pieces = conn.take()
             if pieces:
-                lines = (self._rest + b"".join(pieces)).split(b"\n")
+                data = b"".join(pieces)
+                if self._decoder is not None:
+                    data = _decode(self._decoder, data, final=False)
+                lines = (self._rest + data).split(b"\n")
                 self._rest = lines.pop()
                 if lines:
                     return lines
@@ -427,3 +430,35 @@ class Streamed:
                 return [rest] if rest else []
             else:
                 await conn.wait()
+
+
+class _Decoder(Protocol):
+    """A zlib decompressobj."""
+
+    def decompress(self, data: bytes, /) -> bytes: ...
+    def flush(self) -> bytes: ...
+
+
+def _decoder(headers: Mapping[str, str]) -> _Decoder | None:
+    """What undoes the answer's ``Content-Encoding``; None for none.
+
+    Requests ask for no encoding, but a server may send gzip or deflate all the same.
+    """
+    coding = headers.get("content-encoding", "").strip().lower()
+    if coding in ("", "identity"):
+        return None
+    if coding in ("gzip", "x-gzip"):
+        return zlib.decompressobj(16 + zlib.MAX_WBITS)
+    if coding == "deflate":
+        return zlib.decompressobj()
+    raise MalformedAnswer(
+        f"the answer comes in the {coding!r} encoding, which this client does not read: "
+        'set http_client = "aiohttp" for this endpoint'
+    )
+
+
+def _decode(decoder: _Decoder, data: bytes, *, final: bool) -> bytes:
+    try:
+        return decoder.decompress(data) + (decoder.flush() if final else b"")
+    except zlib.error as exc:
+        raise MalformedAnswer(f"the answer's encoded body does not decode: {exc}") from None
