@@ -19,7 +19,7 @@ from thinktree.agents.modes import ModeSettings
 from thinktree.orchestrator.events import NodeKind, NodeStatus
 from thinktree.orchestrator.run import RunResult, RunSettings, execute
 from thinktree.problems import AnswerType, Problem
-from thinktree.testing.fake_server import FakeBehaviour, FakeServer, fake_server_in_thread
+from thinktree.testing.fake_server import FakeBehaviour, FakeServer, Fault, fake_server_in_thread
 
 pytestmark = pytest.mark.anyio
 
@@ -214,3 +214,41 @@ async def test_n_choice_branches_settle_or_go_on_to_a_forced_answer(
         assert len(tree.of_kind(NodeKind.FORCED_ANSWER)) == (4 if forced else 0)
         assert tree.vote is not None and tree.vote.counts == {"B": 4}
         assert tree.answer == "B"
+
+
+@pytest.mark.parametrize(
+    ("what", "fault", "found"),
+    [
+        # a 429 or a reset connection says nothing about the feature: asked again
+        ({"n"}, Fault.RATE_LIMIT, True),
+        ({"n"}, Fault.RESET, True),
+        ({"logprobs"}, Fault.RATE_LIMIT, True),
+        ({"stream_usage"}, Fault.RATE_LIMIT, True),
+        # some servers answer an unknown field with a 500: taken as "not supported"
+        ({"n"}, Fault.SERVER_ERROR, False),
+        ({"logprobs"}, Fault.SERVER_ERROR, False),
+    ],
+)
+async def test_a_probe_asks_again_after_a_rate_limit_not_after_a_server_error(
+    what: set[str], fault: Fault, found: bool
+) -> None:
+    from thinktree.agents.capabilities import probe
+    from thinktree.agents.endpoint import EndpointClient
+
+    # the n probe's own request is the first; the token-ids request is the one to fault
+    faulted = 1 if what == {"n"} else 0
+    server = FakeServer(faults=lambda i: fault if i == faulted else None, retry_after_s=0.01)
+    async with server:
+        config = EndpointConfig(
+            name="fake", base_url=server.base_url, model="fake-model", continuation="chat"
+        )
+        client = EndpointClient(config)
+        try:
+            caps = await probe(client, what=what)
+        finally:
+            await client.aclose()
+    feature = {"n": "token_ids", "logprobs": "logprobs", "stream_usage": "stream_usage"}
+    (name,) = (feature[w] for w in what)
+    assert getattr(caps, name) is found, caps.notes
+    assert server.faulted[fault] == 1
+    assert server.requests == faulted + 1 + found  # asked again only when it could help

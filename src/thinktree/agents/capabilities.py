@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import aclosing
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -11,7 +12,7 @@ import structlog
 from thinktree._json import loads
 from thinktree.agents.chat_template import generation_opener, render_prompt
 from thinktree.agents.constraint_probe import try_constraints
-from thinktree.agents.endpoint import EndpointClient
+from thinktree.agents.endpoint import EndpointClient, RetryKind
 from thinktree.errors import EndpointError
 
 log = structlog.get_logger(__name__)
@@ -156,7 +157,7 @@ async def _try_token_ids(client: EndpointClient, msgs: list[dict[str, str]]) -> 
         "return_token_ids": True,
     }
     try:
-        data = loads(await client.transport.post("chat/completions", body))
+        data = await _post(client, body)
     except (openai.APIError, ValueError) as exc:
         return (
             False,
@@ -205,19 +206,33 @@ async def _try_completions(client: EndpointClient) -> tuple[bool, str]:
 
 
 async def _try_logprobs(client: EndpointClient, msgs: list[dict[str, str]]) -> tuple[bool, str]:
+    body = {
+        "model": client.model,
+        "messages": msgs,
+        "max_tokens": 2,
+        "logprobs": True,
+        "top_logprobs": 2,
+    }
     try:
-        resp = await client.client.chat.completions.create(
-            model=client.model,
-            messages=msgs,  # type: ignore[arg-type]
-            max_tokens=2,
-            logprobs=True,
-            top_logprobs=2,
-        )
-    except openai.APIError as exc:
+        data = await _post(client, body)
+    except (openai.APIError, ValueError) as exc:
         return False, f"logprobs refused: {type(exc).__name__}"
-    choice = resp.choices[0] if resp.choices else None
-    ok = bool(choice and choice.logprobs and choice.logprobs.content)
+    choices = data.get("choices") if isinstance(data, dict) else None
+    choice = choices[0] if isinstance(choices, list) and choices else None
+    logprobs = choice.get("logprobs") if isinstance(choice, dict) else None
+    ok = isinstance(logprobs, dict) and bool(logprobs.get("content"))
     return ok, "token logprobs returned" if ok else "no logprobs in the response"
+
+
+async def _post(client: EndpointClient, body: dict[str, Any]) -> Any:
+    """A probe's chat request on the run's own transport (no SDK client is made for it)."""
+    request = client.transport.post
+    return loads(await client.retried(lambda: request("chat/completions", body), kinds=_PASSING))
+
+
+# A probe retries what says nothing about the feature (a rate limit, a lost connection, a
+# timeout), not a 5xx: some servers answer an unknown field with one.
+_PASSING = (RetryKind.RATE_LIMIT, RetryKind.CONNECTION, RetryKind.TIMEOUT)
 
 
 async def _try_seed(client: EndpointClient, msgs: list[dict[str, str]]) -> tuple[bool, str]:
@@ -231,22 +246,28 @@ async def _try_seed(client: EndpointClient, msgs: list[dict[str, str]]) -> tuple
 
 
 async def _try_stream_usage(client: EndpointClient, msgs: list[dict[str, str]]) -> tuple[bool, str]:
-    try:
-        request: dict[str, Any] = {
-            "model": client.model,
-            "messages": msgs,
-            "max_tokens": 2,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-        }
-        stream = await client.client.chat.completions.create(**request)
+    body = {
+        "model": client.model,
+        "messages": msgs,
+        "max_tokens": 2,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+
+    async def usage_of_a_stream() -> Any:
         usage = None
-        async with stream:
-            async for chunk in stream:
-                usage = chunk.usage or usage
-    except openai.APIError as exc:
+        async with aclosing(client.transport.stream("chat/completions", body)) as events:
+            async for data in events:
+                chunk = loads(data)
+                if isinstance(chunk, dict) and chunk.get("usage"):
+                    usage = chunk["usage"]
+        return usage
+
+    try:
+        usage = await client.retried(usage_of_a_stream, kinds=_PASSING)
+    except (openai.APIError, ValueError) as exc:
         return False, f"streaming refused ({type(exc).__name__}); calls are not streamed"
-    if usage is not None and usage.completion_tokens:
+    if isinstance(usage, dict) and usage.get("completion_tokens"):
         return True, "streams end with token usage"
     return False, "streams carry no usage: calls are not streamed, so token counts stay exact"
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar
 
 import anyio
 import httpx
@@ -36,6 +36,7 @@ from thinktree._json import dumps_sorted, loads
 from thinktree.agents.transport import Transport, parse
 from thinktree.errors import EndpointError
 
+T = TypeVar("T")
 log = structlog.get_logger(__name__)
 
 
@@ -63,6 +64,9 @@ class RetryKind(StrEnum):
     TIMEOUT = "timed out"
     CONNECTION = "connection failed"
     MALFORMED = "malformed response"
+
+
+_EVERY_KIND = frozenset(RetryKind)
 
 
 def classify(exc: BaseException) -> RetryKind | None:
@@ -439,6 +443,38 @@ class EndpointClient:
         first_error: BaseException,
         timed: bool,
     ) -> Completion:
+        # The first attempt of a retried call is replayed (its error, no new request),
+        # so tenacity counts, waits and reports it like any other.
+        replay: list[BaseException] = [first_error]
+
+        async def again() -> Completion:
+            if replay:
+                raise replay.pop()
+            return await self._once(attempt, timed)
+
+        try:
+            async for trial in self._retrying():
+                with trial:
+                    result = await again()
+                    result.attempts = trial.retry_state.attempt_number
+                    return result
+        except Exception as exc:
+            raise self._user_error(exc) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def retried(
+        self, request: Callable[[], Awaitable[T]], *, kinds: Collection[RetryKind] = _EVERY_KIND
+    ) -> T:
+        """``request`` (one made outside :meth:`chat` and :meth:`complete`: a probe's) with
+        the endpoint's retries for the errors of ``kinds``; the SDK's error otherwise."""
+        async for trial in self._retrying(kinds):
+            with trial:
+                return await request()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _retrying(self, kinds: Collection[RetryKind] = _EVERY_KIND) -> AsyncRetrying:
+        """The endpoint's retry policy (how long to wait, how often) for errors of ``kinds``."""
+
         async def before_sleep(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
             kind = classify(exc) if exc else None
@@ -454,31 +490,13 @@ class EndpointClient:
             if self.on_retry is not None:
                 await self.on_retry(state.attempt_number, wait, reason)
 
-        retrying = AsyncRetrying(
-            retry=retry_if_exception(lambda e: classify(e) is not None),
+        return AsyncRetrying(
+            retry=retry_if_exception(lambda e: classify(e) in kinds),
             wait=_RetryAfterOrBackoff(self.config.max_backoff_s),
-            stop=stop_after_attempt(self.config.max_attempts),
+            stop=stop_after_attempt(max(1, self.config.max_attempts)),
             before_sleep=before_sleep,
             reraise=True,
         )
-        # The first attempt of a retried call is replayed (its error, no new request),
-        # so tenacity counts, waits and reports it like any other.
-        replay: list[BaseException] = [first_error]
-
-        async def again() -> Completion:
-            if replay:
-                raise replay.pop()
-            return await self._once(attempt, timed)
-
-        try:
-            async for trial in retrying:
-                with trial:
-                    result = await again()
-                    result.attempts = trial.retry_state.attempt_number
-                    return result
-        except Exception as exc:
-            raise self._user_error(exc) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def _user_error(self, exc: BaseException) -> EndpointError:
         where = self.config.describe()
