@@ -11,7 +11,7 @@ import gzip
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import openai
 import pytest
@@ -21,6 +21,7 @@ from thinktree.agents.endpoint import RetryKind, classify
 from thinktree.agents.transport import Transport
 
 pytestmark = pytest.mark.anyio
+E = TypeVar("E", bound=Exception)
 
 
 @pytest.fixture(
@@ -105,8 +106,31 @@ async def echo(conn: Conn, head: bytes, body: bytes) -> bool:
     return True
 
 
+def slow_first(delay_s: float) -> Handler:
+    """Echoes, after ``delay_s`` on the first connection."""
+
+    async def answer(conn: Conn, head: bytes, body: bytes) -> bool:
+        if conn.index == 0:
+            await asyncio.sleep(delay_s)
+        return await echo(conn, head, body)
+
+    return answer
+
+
 def pool(url: str, *, limit: int = 4, timeout_s: float = 5.0) -> http1.ConnectionPool:
     return http1.ConnectionPool(url, headers={"X-Test": "yes"}, limit=limit, timeout_s=timeout_s)
+
+
+async def post_fails(url: str, error: type[E], *, timeout_s: float = 5) -> E:
+    """The SDK error a POST through the lean transport raises."""
+    transport = Transport(url, "EMPTY", timeout_s=timeout_s, max_connections=2)
+    assert transport.lean
+    try:
+        with pytest.raises(error) as caught:
+            await transport.post("chat/completions", {"a": 1})
+    finally:
+        await transport.aclose()
+    return caught.value
 
 
 async def test_requests_reuse_one_keep_alive_connection() -> None:
@@ -203,23 +227,12 @@ async def test_a_malformed_answer_becomes_the_sdks_connection_error() -> None:
                 await client.request("POST", "x", b"{}")
         finally:
             await client.aclose()
-        transport = Transport(server.url, "EMPTY", timeout_s=5, max_connections=2)
-        assert transport.lean
-        try:
-            with pytest.raises(openai.APIConnectionError) as caught:
-                await transport.post("chat/completions", {"a": 1})
-        finally:
-            await transport.aclose()
-    assert classify(caught.value) is RetryKind.CONNECTION
+        error = await post_fails(server.url, openai.APIConnectionError)
+    assert classify(error) is RetryKind.CONNECTION
 
 
 async def test_a_silent_server_times_out_and_its_connection_is_not_reused() -> None:
-    async def slow_first(conn: Conn, head: bytes, body: bytes) -> bool:
-        if conn.index == 0:
-            await asyncio.sleep(2)
-        return await echo(conn, head, body)
-
-    async with serving(slow_first) as server:
+    async with serving(slow_first(2)) as server:
         client = pool(server.url, timeout_s=0.3)
         try:
             loop = asyncio.get_running_loop()
@@ -231,23 +244,13 @@ async def test_a_silent_server_times_out_and_its_connection_is_not_reused() -> N
         finally:
             await client.aclose()
         assert answer.body == b'{"conn": 1, "got": 2}'
-        transport = Transport(server.url, "EMPTY", timeout_s=0.3, max_connections=2)
-        try:
-            server.connections = 0  # the transport's first connection is slow again
-            with pytest.raises(openai.APITimeoutError) as caught:
-                await transport.post("chat/completions", {"a": 1})
-        finally:
-            await transport.aclose()
-    assert classify(caught.value) is RetryKind.TIMEOUT
+        server.connections = 0  # the transport's first connection is slow again
+        error = await post_fails(server.url, openai.APITimeoutError, timeout_s=0.3)
+    assert classify(error) is RetryKind.TIMEOUT
 
 
 async def test_a_cancelled_request_drops_its_connection() -> None:
-    async def slow_first(conn: Conn, head: bytes, body: bytes) -> bool:
-        if conn.index == 0:
-            await asyncio.sleep(0.5)
-        return await echo(conn, head, body)
-
-    async with serving(slow_first) as server:
+    async with serving(slow_first(0.5)) as server:
         client = pool(server.url, limit=1)
         try:
             task = asyncio.ensure_future(client.request("POST", "x", b"1"))
