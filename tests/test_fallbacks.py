@@ -53,6 +53,7 @@ def test_probe_reports_missing_n_and_continuation() -> None:
         proc = cli("probe", server.base_url, "--json")
     assert proc.returncode == 0, proc.stderr
     found = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert found["http_client"] == "lean"  # a plain-http server
     assert found["native_n"] is False
     assert "returned 1 choice" in found["notes"]["n"]
     assert found["continuation"] == "revision"

@@ -48,6 +48,7 @@ def test_probe_table_is_readable(embedded_url: str) -> None:
         "continuation: chat",
         "/v1/completions",
         "logprobs",
+        "calls go through thinktree's lean HTTP/1.1 client",
     ):
         assert row in proc.stdout
 

@@ -446,10 +446,17 @@ def probe(
                 caps = await run_probe(client)
             finally:
                 await client.aclose()
+            http = "lean" if client.transport.lean else "aiohttp"
             if as_json:
-                print(json.dumps({"endpoint": cfg.base_url, "model": name, **caps.to_dict()}))
+                found = {"endpoint": cfg.base_url, "model": name, "http_client": http}
+                print(json.dumps({**found, **caps.to_dict()}))
                 return
             table = Table(title=f"{cfg.base_url} · {name}")
+            table.caption = (
+                "calls go through thinktree's lean HTTP/1.1 client"
+                if http == "lean"
+                else "calls go through aiohttp"
+            )
             table.add_column("capability")
             table.add_column("result")
             table.add_column("evidence", overflow="fold")
