@@ -486,3 +486,28 @@ async def test_an_answer_encoded_all_the_same_is_decoded() -> None:
             await client.aclose()
     assert answer.body == whole
     assert lines == stream.split(b"\n")[:-1]
+
+
+async def test_closing_the_pool_mid_flight_fails_what_it_cut_and_keeps_its_limit() -> None:
+    async def slow(conn: Conn, head: bytes, body: bytes) -> bool:
+        await asyncio.sleep(0.1)
+        return await echo(conn, head, body)
+
+    async with serving(slow) as server:
+        client = pool(server.url, limit=1)
+        try:
+            cut = asyncio.ensure_future(client.request("POST", "x", b"1"))
+            waiting = asyncio.ensure_future(client.request("POST", "x", b"2"))
+            await asyncio.sleep(0.03)  # one in flight, one waiting for the only slot
+            await client.aclose()
+            with pytest.raises(ConnectionError, match="closed before the answer ended"):
+                await cut
+            # the waiting one gets the slot the cut one let go of
+            answer = await asyncio.wait_for(waiting, 5)
+            before = server.connections
+            later = await asyncio.gather(*(client.request("POST", "x", b"3") for _ in range(3)))
+        finally:
+            await client.aclose()
+    assert answer.body.endswith(b'"got": 2}')
+    assert [a.body[-2:] for a in later] == [b"3}"] * 3
+    assert server.connections == before  # one at a time, on the connection kept

@@ -173,11 +173,10 @@ class _Connection(asyncio.Protocol):
         finally:
             self._waiter = None
 
-    async def whole(self) -> bytes:
-        """The rest of the answer's body, once the answer has ended."""
+    async def ended(self) -> None:
+        """Until the answer has ended."""
         while not self.complete:
             await self.wait()
-        return b"".join(self.body)
 
     async def headers_arrived(self) -> None:
         while not self._headers_done and not self.complete:
@@ -262,13 +261,13 @@ class ConnectionPool:
         """Send one request; its whole answer."""
         deadline = asyncio.get_running_loop().time() + self._timeout_s
         request = self._request(method, route, body)
-        await self._acquire(deadline)
+        slots = await self._acquire(deadline)
         try:
             conn = await self._exchange(request, deadline, stream=False)
             answer = Answer(conn.status, conn.headers, b"".join(conn.body))
             self._release(conn)
         finally:
-            self._slots.release()
+            slots.release()
         decoder = _decoder(answer.headers)
         if decoder is None:
             return answer
@@ -304,7 +303,7 @@ class ConnectionPool:
         while True:
             try:
                 conn.send(request, deadline, stream=stream)
-                await (conn.headers_arrived() if stream else conn.whole())
+                await (conn.headers_arrived() if stream else conn.ended())
                 return conn
             except _LostBeforeAnswer:
                 self._drop(conn)
@@ -315,12 +314,16 @@ class ConnectionPool:
                 self._drop(conn)
                 raise
 
-    async def _acquire(self, deadline: float) -> None:
-        if not self._slots.locked():
-            await self._slots.acquire()  # a free slot: no wait, no timer
-            return
+    async def _acquire(self, deadline: float) -> asyncio.Semaphore:
+        """A slot, by ``deadline``; release it on the semaphore returned (aclose makes a
+        new one, which slots taken before must not be released to)."""
+        slots = self._slots
+        if not slots.locked():
+            await slots.acquire()  # a free slot: no wait, no timer
+            return slots
         async with asyncio.timeout_at(deadline):
-            await self._slots.acquire()
+            await slots.acquire()
+        return slots
 
     async def _connection(
         self, loop: asyncio.AbstractEventLoop, deadline: float
@@ -359,6 +362,7 @@ class Streamed:
         self._pool = pool
         self._request = request
         self._conn: _Connection | None = None
+        self._slots: asyncio.Semaphore | None = None
         self._rest = b""
         self._decoder: _Decoder | None = None
         self.status = 0
@@ -367,14 +371,14 @@ class Streamed:
     async def __aenter__(self) -> Streamed:
         pool = self._pool
         deadline = asyncio.get_running_loop().time() + pool._timeout_s
-        await pool._acquire(deadline)
+        slots = await pool._acquire(deadline)
         try:
             conn = await pool._exchange(self._request, deadline, stream=True)
             self._decoder = _decoder(conn.headers)
         except BaseException:
-            pool._slots.release()
+            slots.release()
             raise
-        self._conn = conn
+        self._conn, self._slots = conn, slots
         self.status, self.headers = conn.status, conn.headers
         return self
 
@@ -384,8 +388,8 @@ class Streamed:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        conn, self._conn = self._conn, None
-        if conn is None:
+        conn, slots, self._conn, self._slots = self._conn, self._slots, None, None
+        if conn is None or slots is None:
             return
         keep = False
         try:
@@ -393,19 +397,21 @@ class Streamed:
                 # left at the stream's last event: its end is on its way
                 with contextlib.suppress(OSError):  # late or lost: not reused
                     async with asyncio.timeout(_DRAIN_S):
-                        await conn.whole()
+                        await conn.ended()
             keep = exc_type is None and conn.complete
         finally:
             if keep:
                 self._pool._release(conn)
             else:  # left before the answer ended: the connection cannot be reused
                 self._pool._drop(conn)
-            self._pool._slots.release()
+            slots.release()
 
     async def read(self) -> bytes:
         """The rest of the body, whole."""
-        assert self._conn is not None, "read inside `async with`"
-        data = await self._conn.whole()
+        conn = self._conn
+        assert conn is not None, "read inside `async with`"
+        await conn.ended()
+        data = b"".join(conn.take())
         return data if self._decoder is None else _decode(self._decoder, data, final=True)
 
     async def lines(self) -> list[bytes]:
