@@ -30,6 +30,7 @@ from thinktree.orchestrator.events import Event, RunFinished, RunStarted
 from thinktree.orchestrator.run import (
     CALLS,
     MANIFEST,
+    RunFacts,
     RunResult,
     RunSettings,
     conclude,
@@ -179,14 +180,17 @@ async def merge_shards(
             with contextlib.suppress(Exception):
                 await sink.aclose()
 
-    return conclude(
-        folder,
+    facts = RunFacts(
         run_id,
         endpoint,
         str(first["endpoint"]["model"]),
         Capabilities(**first["capabilities"]),
         settings,
         str(first["settings"]["aggregate"]),
+    )
+    return conclude(
+        folder,
+        facts,
         problems,
         recorder,
         tokens_allowed=build_strategy(settings.modes).allowed_tokens(),

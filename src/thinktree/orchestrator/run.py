@@ -85,6 +85,23 @@ class RunSettings:
         return 0.7 if self.modes.mode in ("parallel", "hybrid", "adaptive", "auto") else 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class RunFacts:
+    """What a run is, as its manifest and its results say: its id, the endpoint and model
+    it ran on, what the endpoint can do, and its settings (with the aggregation rule)."""
+
+    run_id: str
+    endpoint: EndpointConfig
+    model: str
+    capabilities: Capabilities
+    settings: RunSettings
+    aggregate: str
+
+    def settings_dict(self) -> dict[str, Any]:
+        """The settings as ``run.json`` and ``results.json`` record them."""
+        return _settings_dict(self.settings, self.aggregate)
+
+
 @dataclass(slots=True)
 class RunResult:
     run_id: str
@@ -221,7 +238,9 @@ async def _execute(
                     caps = await probe(client, what=probe_needs(settings, subscribers))
                 panel = await open_panel(settings, client, caps)  # bad verifiers: no folder
                 _create_folder(
-                    folder, run_id, problems, endpoint, model, caps, settings, aggregate_name
+                    folder,
+                    RunFacts(run_id, endpoint, model, caps, settings, aggregate_name),
+                    problems,
                 )
             cache = SqliteCallCache(folder / CALLS)
             client.cache = cache if shared_calls is None else SharedCallCache(cache, shared_calls)
@@ -291,12 +310,7 @@ async def _execute(
 
         result = conclude(
             folder,
-            run_id,
-            endpoint,
-            model,
-            caps,
-            settings,
-            aggregate_name,
+            RunFacts(run_id, endpoint, model, caps, settings, aggregate_name),
             problems,
             recorder,
             tokens_allowed=strategy.allowed_tokens(),
@@ -315,12 +329,7 @@ async def _execute(
 
 def conclude(
     folder: Path,
-    run_id: str,
-    endpoint: EndpointConfig,
-    model: str,
-    caps: Capabilities,
-    settings: RunSettings,
-    aggregate: str,
+    facts: RunFacts,
     problems: Sequence[Problem],
     recorder: TreeRecorder,
     *,
@@ -336,28 +345,18 @@ def conclude(
         trees,
         tokens_allowed=tokens_allowed,
         retries=recorder.retries,
-        price=settings.prices.get(model),
+        price=facts.settings.prices.get(facts.model),
     )
     write_results(
-        folder / "results.json",
-        run_id,
-        endpoint,
-        model,
-        caps,
-        settings,
-        aggregate,
-        metrics,
-        trees,
-        stopped_by=stopped,
-        servers=servers,
+        folder / "results.json", facts, metrics, trees, stopped_by=stopped, servers=servers
     )
     return RunResult(
-        run_id=run_id,
+        run_id=facts.run_id,
         folder=folder,
         metrics=metrics,
         trees=trees,
-        model=model,
-        capabilities=caps,
+        model=facts.model,
+        capabilities=facts.capabilities,
         cached_calls=cached_calls,
         stopped_by=stopped,
     )
@@ -447,29 +446,21 @@ def _check_calls(path: Path) -> None:
         raise ConfigError(f"cannot resume: {path} is a SQLite file but not thinktree's call store")
 
 
-def _create_folder(
-    folder: Path,
-    run_id: str,
-    problems: Sequence[Problem],
-    endpoint: EndpointConfig,
-    model: str,
-    caps: Capabilities,
-    settings: RunSettings,
-    aggregate: str,
-) -> None:
+def _create_folder(folder: Path, facts: RunFacts, problems: Sequence[Problem]) -> None:
     try:
         folder.mkdir(parents=True)
     except FileExistsError:
         raise ConfigError(f"run folder {folder} already exists; choose another --out") from None
     except OSError as exc:
         raise ConfigError(f"cannot create run folder {folder}: {exc.strerror}") from None
+    endpoint = facts.endpoint
     manifest = {
         "manifest_version": MANIFEST_VERSION,
         "thinktree": __version__,
-        "run_id": run_id,
-        "endpoint": {"name": endpoint.name, "base_url": endpoint.base_url, "model": model},
-        "capabilities": caps.to_dict(),
-        "settings": _settings_dict(settings, aggregate),
+        "run_id": facts.run_id,
+        "endpoint": {"name": endpoint.name, "base_url": endpoint.base_url, "model": facts.model},
+        "capabilities": facts.capabilities.to_dict(),
+        "settings": facts.settings_dict(),
         "problems": [p.model_dump(mode="json") for p in problems],
     }
     _atomic_write(folder / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False))
@@ -586,12 +577,7 @@ async def _client(
 
 def write_results(
     path: Path,
-    run_id: str,
-    endpoint: EndpointConfig,
-    model: str,
-    caps: Capabilities,
-    settings: RunSettings,
-    aggregate: str,
+    facts: RunFacts,
     metrics: Metrics,
     trees: list[ProblemTree],
     *,
@@ -601,13 +587,13 @@ def write_results(
     """Write ``results.json`` atomically (its presence means the run completed)."""
     data: dict[str, Any] = {
         "thinktree": __version__,
-        "run_id": run_id,
+        "run_id": facts.run_id,
         "status": "stopped" if stopped_by else "completed",
         "stopped_by": stopped_by,
-        "endpoint": {"name": endpoint.name, "base_url": endpoint.base_url},
-        "model": model,
-        "capabilities": caps.to_dict(),
-        "settings": _settings_dict(settings, aggregate),
+        "endpoint": {"name": facts.endpoint.name, "base_url": facts.endpoint.base_url},
+        "model": facts.model,
+        "capabilities": facts.capabilities.to_dict(),
+        "settings": facts.settings_dict(),
         "metrics": metrics.to_dict(),
         "problems": [
             {
