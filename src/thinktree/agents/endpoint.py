@@ -187,9 +187,8 @@ class Completion:
 class EndpointClient:
     """Calls one endpoint. Create inside a run and close with ``aclose``.
 
-    Model calls go through :class:`~thinktree.agents.transport.Transport` (a lean HTTP/1.1
-    client or aiohttp, the SDK's types and errors); the SDK client serves the rest
-    (listing models, probes).
+    Every request goes through :class:`~thinktree.agents.transport.Transport` (a lean
+    HTTP/1.1 client or aiohttp, with the openai SDK's response types and errors).
     """
 
     def __init__(
@@ -197,11 +196,8 @@ class EndpointClient:
         config: EndpointConfig,
         *,
         on_retry: RetryHandler | None = None,
-        http_client: Any | None = None,
     ) -> None:
         self.config = config
-        self._http_client = http_client
-        self._client: openai.AsyncOpenAI | None = None
         self.transport = Transport(
             config.base_url,
             config.api_key or "EMPTY",
@@ -215,28 +211,8 @@ class EndpointClient:
         self.model: str = config.model or ""
         self.cache: CallCache | None = None
 
-    @property
-    def client(self) -> openai.AsyncOpenAI:
-        """The SDK's client, made on first use (model calls do not need it)."""
-        if self._client is None:
-            http_client = self._http_client
-            if http_client is None:
-                http_client = openai.DefaultAioHttpClient(timeout=self.config.timeout_s)
-            self._client = openai.AsyncOpenAI(
-                base_url=self.config.base_url,
-                api_key=self.config.api_key or "EMPTY",
-                max_retries=0,
-                timeout=self.config.timeout_s,
-                http_client=http_client,
-            )
-        return self._client
-
     async def aclose(self) -> None:
-        try:
-            await self.transport.aclose()
-        finally:
-            if self._client is not None:
-                await self._client.close()
+        await self.transport.aclose()
 
     async def resolve_model(self) -> str:
         """The model to call: the configured one (checked to be served) or the only one."""

@@ -89,7 +89,6 @@ class EndpointPool(EndpointClient):
         config: EndpointConfig,
         *,
         on_retry: RetryHandler | None = None,
-        http_client: Any | None = None,
     ) -> None:
         if not config.members:
             raise EndpointError(f"endpoint {config.describe()} is not a pool (no members)")
@@ -106,7 +105,6 @@ class EndpointPool(EndpointClient):
                         max_attempts=1,
                         members=(),
                     ),
-                    http_client=http_client,
                 ),
                 member.max_connections,
             )
@@ -120,11 +118,6 @@ class EndpointPool(EndpointClient):
         self.transport = self.members[0].client.transport
         self._freed = anyio.Event()
         self._turn = 0
-
-    @property
-    def client(self) -> openai.AsyncOpenAI:
-        """The SDK client of the first member (the probe sends a few requests through it)."""
-        return self.members[0].client.client
 
     async def aclose(self) -> None:
         for member in self.members:
@@ -389,8 +382,8 @@ def _backoff(exc: BaseException, attempt: int) -> float:
     return base + random.uniform(0, 0.5)
 
 
-def client_for(config: EndpointConfig, *, http_client: Any | None = None) -> EndpointClient:
+def client_for(config: EndpointConfig) -> EndpointClient:
     """A pool for a config with members, else a plain client."""
     if config.members:
-        return EndpointPool(config, http_client=http_client)
-    return EndpointClient(config, http_client=http_client)
+        return EndpointPool(config)
+    return EndpointClient(config)

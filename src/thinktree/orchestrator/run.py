@@ -207,7 +207,7 @@ async def _execute(
         run_id, folder = resume.run_id, resume.folder
     recorder = TreeRecorder()
 
-    async with _client(endpoint, None) as client:
+    async with _client(endpoint) as client:
         bus_holder: list[EventBus] = []
 
         async def on_retry(attempt: int, wait: float, reason: str) -> None:
@@ -525,7 +525,7 @@ async def probe_endpoint(endpoint: EndpointConfig, settings: RunSettings) -> Pro
     The same probe :func:`execute` makes; a driver that splits one run into shards
     probes once and hands the result to every shard.
     """
-    async with _client(endpoint, None) as client:
+    async with _client(endpoint) as client:
         model = await client.resolve_model()
         caps = await probe(client, what=probe_needs(settings, ()))
         servers = client.figures() if isinstance(client, EndpointPool) else None
@@ -565,10 +565,8 @@ def _settings_dict(settings: RunSettings, aggregate: str) -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def _client(
-    endpoint: EndpointConfig, http_client: Any | None
-) -> AsyncIterator[EndpointClient]:
-    client = client_for(endpoint, http_client=http_client)
+async def _client(endpoint: EndpointConfig) -> AsyncIterator[EndpointClient]:
+    client = client_for(endpoint)
     try:
         yield client
     finally:
