@@ -106,11 +106,11 @@ async def echo(conn: Conn, head: bytes, body: bytes) -> bool:
     return True
 
 
-def slow_first(delay_s: float) -> Handler:
-    """Echoes, after ``delay_s`` on the first connection."""
+def slow(delay_s: float, *, first_only: bool = False) -> Handler:
+    """Echoes after ``delay_s`` (only on the first connection, with ``first_only``)."""
 
     async def answer(conn: Conn, head: bytes, body: bytes) -> bool:
-        if conn.index == 0:
+        if conn.index == 0 or not first_only:
             await asyncio.sleep(delay_s)
         return await echo(conn, head, body)
 
@@ -232,7 +232,7 @@ async def test_a_malformed_answer_becomes_the_sdks_connection_error() -> None:
 
 
 async def test_a_silent_server_times_out_and_its_connection_is_not_reused() -> None:
-    async with serving(slow_first(2)) as server:
+    async with serving(slow(2, first_only=True)) as server:
         client = pool(server.url, timeout_s=0.3)
         try:
             loop = asyncio.get_running_loop()
@@ -250,7 +250,7 @@ async def test_a_silent_server_times_out_and_its_connection_is_not_reused() -> N
 
 
 async def test_a_cancelled_request_drops_its_connection() -> None:
-    async with serving(slow_first(0.5)) as server:
+    async with serving(slow(0.5, first_only=True)) as server:
         client = pool(server.url, limit=1)
         try:
             task = asyncio.ensure_future(client.request("POST", "x", b"1"))
@@ -266,11 +266,7 @@ async def test_a_cancelled_request_drops_its_connection() -> None:
 
 
 async def test_no_more_connections_than_the_limit() -> None:
-    async def slow(conn: Conn, head: bytes, body: bytes) -> bool:
-        await asyncio.sleep(0.05)
-        return await echo(conn, head, body)
-
-    async with serving(slow) as server:
+    async with serving(slow(0.05)) as server:
         client = pool(server.url, limit=2)
         try:
             answers = await asyncio.gather(
@@ -489,11 +485,7 @@ async def test_an_answer_encoded_all_the_same_is_decoded() -> None:
 
 
 async def test_closing_the_pool_mid_flight_fails_what_it_cut_and_keeps_its_limit() -> None:
-    async def slow(conn: Conn, head: bytes, body: bytes) -> bool:
-        await asyncio.sleep(0.1)
-        return await echo(conn, head, body)
-
-    async with serving(slow) as server:
+    async with serving(slow(0.1)) as server:
         client = pool(server.url, limit=1)
         try:
             cut = asyncio.ensure_future(client.request("POST", "x", b"1"))
