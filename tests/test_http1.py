@@ -106,10 +106,15 @@ async def echo(conn: Conn, head: bytes, body: bytes) -> bool:
     return True
 
 
-def slow(delay_s: float, *, first_only: bool = False) -> Handler:
-    """Echoes after ``delay_s`` (only on the first connection, with ``first_only``)."""
+def slow(
+    delay_s: float, *, first_only: bool = False, arrived: asyncio.Event | None = None
+) -> Handler:
+    """Echoes after ``delay_s`` (only on the first connection, with ``first_only``); sets
+    ``arrived`` when a request has come."""
 
     async def answer(conn: Conn, head: bytes, body: bytes) -> bool:
+        if arrived is not None:
+            arrived.set()
         if conn.index == 0 or not first_only:
             await asyncio.sleep(delay_s)
         return await echo(conn, head, body)
@@ -250,11 +255,12 @@ async def test_a_silent_server_times_out_and_its_connection_is_not_reused() -> N
 
 
 async def test_a_cancelled_request_drops_its_connection() -> None:
-    async with serving(slow(0.5, first_only=True)) as server:
+    arrived = asyncio.Event()
+    async with serving(slow(0.5, first_only=True, arrived=arrived)) as server:
         client = pool(server.url, limit=1)
         try:
             task = asyncio.ensure_future(client.request("POST", "x", b"1"))
-            await asyncio.sleep(0.05)
+            await asyncio.wait_for(arrived.wait(), 5)  # sent, its answer not yet come
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
@@ -485,12 +491,13 @@ async def test_an_answer_encoded_all_the_same_is_decoded() -> None:
 
 
 async def test_closing_the_pool_mid_flight_fails_what_it_cut_and_keeps_its_limit() -> None:
-    async with serving(slow(0.1)) as server:
+    arrived = asyncio.Event()
+    async with serving(slow(0.1, arrived=arrived)) as server:
         client = pool(server.url, limit=1)
         try:
             cut = asyncio.ensure_future(client.request("POST", "x", b"1"))
             waiting = asyncio.ensure_future(client.request("POST", "x", b"2"))
-            await asyncio.sleep(0.03)  # one in flight, one waiting for the only slot
+            await asyncio.wait_for(arrived.wait(), 5)  # one sent, one waiting for the slot
             await client.aclose()
             with pytest.raises(ConnectionError, match="closed before the answer ended"):
                 await cut
