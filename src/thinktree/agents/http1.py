@@ -75,7 +75,7 @@ class _Connection(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._error: BaseException | None = None
-        self._busy = False  # a request was sent and its answer has not ended
+        self._busy = False  # a request was sent and its answer has not ended yet
         self._received = False  # a byte of the current answer came
         self._headers_done = False
         self._keep_alive = False
@@ -94,7 +94,7 @@ class _Connection(asyncio.Protocol):
         self._transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
-        if not self._busy or self.complete:  # bytes nobody asked for: the connection is not sane
+        if not self._busy:  # bytes nobody asked for: the connection is not sane
             self._fail(MalformedAnswer("the server sent bytes before any request"))
             return
         self._received = True
@@ -112,7 +112,7 @@ class _Connection(asyncio.Protocol):
         closed_here = self.lost  # close() marks the connection before it aborts it
         self.lost = True
         self._cancel_timer()
-        if not self._busy or self.complete or self._error is not None:
+        if not self._busy or self._error is not None:
             return
         if closed_here:
             self._fail(ConnectionError("the connection was closed before the answer ended"))
@@ -146,7 +146,7 @@ class _Connection(asyncio.Protocol):
             self._wake()
 
     def on_message_complete(self) -> None:
-        self.complete = True
+        self.complete, self._busy = True, False
         self._cancel_timer()
         self._wake()
 
@@ -194,10 +194,7 @@ class _Connection(asyncio.Protocol):
         """Whether the last answer ended cleanly on a connection that stays open."""
         if not self.complete or self.lost or self._transport is None:
             return False
-        if self._transport.is_closing() or not self._keep_alive:
-            return False
-        self._busy = False
-        return True
+        return not self._transport.is_closing() and self._keep_alive
 
     def close(self) -> None:
         self._cancel_timer()
