@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
+import anyio
 import openai
 import structlog
 
@@ -16,6 +18,7 @@ from thinktree.agents.endpoint import EndpointClient, RetryKind
 from thinktree.errors import EndpointError
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 Continuation = Literal["chat", "completions", "revision"]
 ThinkingBudget = Literal["server", "marker", "cue"]
@@ -227,12 +230,27 @@ async def _try_logprobs(client: EndpointClient, msgs: list[dict[str, str]]) -> t
 async def _post(client: EndpointClient, body: dict[str, Any]) -> Any:
     """A probe's chat request on the run's own transport (no SDK client is made for it)."""
     request = client.transport.post
-    return loads(await client.retried(lambda: request("chat/completions", body), kinds=_PASSING))
+    return loads(await _asked(client, lambda: request("chat/completions", body)))
 
 
-# A probe retries what says nothing about the feature (a rate limit, a lost connection, a
-# timeout), not a 5xx: some servers answer an unknown field with one.
+async def _asked(client: EndpointClient, request: Callable[[], Awaitable[T]]) -> T:
+    """``request`` with the endpoint's retries for what says nothing about the feature (a
+    rate limit, a lost connection, a timeout), and one more try after a 5xx.
+
+    Some servers answer a field they do not know with a 5xx, so a second one in a row is
+    the server's answer: the feature is off. One alone may be a server busy for a moment,
+    and a feature switched off for it would stay off for the whole run.
+    """
+    try:
+        return await client.retried(request, kinds=_PASSING)
+    except openai.InternalServerError as exc:
+        log.info("probe: asking again after a server error", status=exc.status_code)
+        await anyio.sleep(_SECOND_ASK_S)
+        return await client.retried(request, kinds=_PASSING)
+
+
 _PASSING = (RetryKind.RATE_LIMIT, RetryKind.CONNECTION, RetryKind.TIMEOUT)
+_SECOND_ASK_S = 0.5
 
 
 async def _try_seed(client: EndpointClient, msgs: list[dict[str, str]]) -> tuple[bool, str]:
@@ -264,7 +282,7 @@ async def _try_stream_usage(client: EndpointClient, msgs: list[dict[str, str]]) 
         return usage
 
     try:
-        usage = await client.retried(usage_of_a_stream, kinds=_PASSING)
+        usage = await _asked(client, usage_of_a_stream)
     except (openai.APIError, ValueError) as exc:
         return False, f"streaming refused ({type(exc).__name__}); calls are not streamed"
     if isinstance(usage, dict) and usage.get("completion_tokens"):
