@@ -17,8 +17,9 @@ import openai
 import pytest
 
 from thinktree.agents import http1
-from thinktree.agents.endpoint import RetryKind, classify
+from thinktree.agents.endpoint import EndpointClient, EndpointConfig, RetryKind, classify
 from thinktree.agents.transport import Transport
+from thinktree.errors import EndpointError
 
 pytestmark = pytest.mark.anyio
 E = TypeVar("E", bound=Exception)
@@ -380,6 +381,35 @@ async def test_error_statuses_keep_their_body_and_headers() -> None:
         assert caught.value.response.headers["retry-after"] == "3"
         assert "slow down" in caught.value.message
     assert server.connections == 1
+
+
+async def test_a_redirect_is_an_error_that_says_where_to_point_the_endpoint() -> None:
+    """The lean client follows no redirect: a POST cannot be replayed safely after one."""
+
+    async def moved(conn: Conn, head: bytes, body: bytes) -> bool:
+        conn.writer.write(
+            b"HTTP/1.1 301 Moved Permanently\r\n"
+            b"Location: https://models.example.org/v1/chat/completions\r\n"
+            b"Content-Length: 0\r\n\r\n"
+        )
+        await conn.writer.drain()
+        return True
+
+    async with serving(moved) as server:
+        error = await post_fails(server.url, openai.APIStatusError)
+        client = EndpointClient(EndpointConfig(name="moved", base_url=server.url, model="m"))
+        try:
+            with pytest.raises(EndpointError) as caught:
+                await client.chat([{"role": "user", "content": "hi"}], max_tokens=2)
+        finally:
+            await client.aclose()
+    assert error.status_code == 301
+    assert classify(error) is None  # never retried
+    for message in (error.message, str(caught.value)):
+        assert "redirects to https://models.example.org/v1/chat/completions" in message
+        assert "base_url" in message
+    assert "\n" not in str(caught.value)
+    assert len(server.heads) == 2  # one request each, no retry
 
 
 @pytest.mark.parametrize(

@@ -496,7 +496,10 @@ class EndpointClient:
                 f"endpoint {where} kept failing ({kind}) after {self.config.max_attempts} attempts"
             )
         if isinstance(exc, openai.APIStatusError):
-            return EndpointError(f"endpoint {where} answered HTTP {exc.status_code}")
+            said = f"endpoint {where} answered HTTP {exc.status_code}"
+            detail = _one_line(str(exc.message).removeprefix(f"Error code: {exc.status_code}"))
+            detail = detail.removeprefix(" - ").strip()
+            return EndpointError(f"{said}: {detail}" if detail else said)
         return EndpointError(f"call to endpoint {where} failed: {_one_line(repr(exc))}")
 
     async def _plain_chat(self, kwargs: dict[str, Any], n: int) -> Completion:

@@ -221,6 +221,10 @@ def _status_error(url: str, status: int, headers: dict[str, str], raw: bytes) ->
         detail = error.get("message") if isinstance(error, dict) else None
         if isinstance(detail, str) and detail:
             message += f" - {detail}"
+    if 300 <= status < 400:
+        location = headers.get("location") or headers.get("Location")
+        where = f"to {location}" if location else "elsewhere"
+        message += f" - the server redirects {where}: set the endpoint's base_url to it"
     data = body.get("error", body) if isinstance(body, dict) else body
     cls = _STATUS_ERRORS.get(status)
     if cls is None:
