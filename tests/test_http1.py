@@ -408,6 +408,11 @@ async def test_a_redirect_is_an_error_that_says_where_to_point_the_endpoint() ->
     for message in (error.message, str(caught.value)):
         assert "redirects to https://models.example.org/v1/chat/completions" in message
         assert "base_url" in message
+    assert str(caught.value).endswith(
+        "answered HTTP 301: the server redirects to https://"
+        "models.example.org/v1/chat/completions: set the "
+        "endpoint's base_url to it"
+    )
     assert "\n" not in str(caught.value)
     assert len(server.heads) == 2  # one request each, no retry
 

@@ -497,8 +497,8 @@ class EndpointClient:
             )
         if isinstance(exc, openai.APIStatusError):
             said = f"endpoint {where} answered HTTP {exc.status_code}"
-            detail = _one_line(str(exc.message).removeprefix(f"Error code: {exc.status_code}"))
-            detail = detail.removeprefix(" - ").strip()
+            detail = str(exc.message).removeprefix(f"Error code: {exc.status_code}")
+            detail = _one_line(detail.strip().removeprefix("-"))
             return EndpointError(f"{said}: {detail}" if detail else said)
         return EndpointError(f"call to endpoint {where} failed: {_one_line(repr(exc))}")
 
