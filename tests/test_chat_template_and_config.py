@@ -99,6 +99,7 @@ def test_config_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         ("continuation", "completions", "complete"),
         ("thinking", "cue", True),
         ("http_client", "aiohttp", "httpx"),
+        ("max_tokens_field", "max_completion_tokens", "max_new_tokens"),
     ],
 )
 def test_a_key_that_takes_a_word_takes_only_its_words(key: str, good: object, bad: object) -> None:

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -67,6 +68,19 @@ def test_probe_reports_what_a_capable_server_can_do() -> None:
     found = json.loads(proc.stdout.strip().splitlines()[-1])
     assert found["native_n"] is True
     assert found["continuation"] == "chat"
+    assert found["max_tokens_field"] == "max_tokens"
+
+
+def test_probe_finds_every_feature_of_a_server_that_refuses_max_tokens() -> None:
+    with fake_server_in_thread(FakeBehaviour(reject=_refuse_max_tokens)) as server:
+        proc = cli("probe", server.base_url, "--json")
+    assert proc.returncode == 0, proc.stderr
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert found["max_tokens_field"] == "max_completion_tokens"
+    # the first refusal teaches the field; no check after it mistakes it for its feature's
+    for feature in ("native_n", "token_ids", "logprobs", "stream_usage", "seed"):
+        assert found[feature] is True, found["notes"]
+    assert found["continuation"] == "chat"
 
 
 async def _run(server: FakeServer, tmp_path: Path, modes: ModeSettings, **cfg: str) -> RunResult:
@@ -107,6 +121,72 @@ async def test_parallel_uses_one_request_with_n_where_supported(tmp_path: Path) 
     sampled = [b for b in bodies if b.get("n") == 4]
     assert len(sampled) == len(PROBLEMS)
     assert all(b.get("return_token_ids") is True and "logprobs" not in b for b in sampled)
+
+
+# what OpenAI's reasoning models answer a chat request with ``max_tokens``
+_NO_MAX_TOKENS = (
+    "Unsupported parameter: 'max_tokens' is not supported with this model. "
+    "Use 'max_completion_tokens' instead."
+)
+
+
+def _refuse_max_tokens(body: dict[str, Any]) -> str | None:
+    return _NO_MAX_TOKENS if "max_tokens" in body else None
+
+
+@pytest.mark.parametrize("field", ["auto", "max_completion_tokens"])
+async def test_a_server_that_refuses_max_tokens_gets_the_field_it_names(
+    tmp_path: Path, field: str
+) -> None:
+    behaviour = FakeBehaviour(reply=LONG, reject=_refuse_max_tokens)
+    async with FakeServer(behaviour, record_bodies=True) as server:
+        result = await _run(
+            server,
+            tmp_path,
+            ModeSettings(mode="parallel", n=4, budget=6),
+            continuation="chat",
+            max_tokens_field=field,
+        )
+        bodies = server.bodies
+    # "auto" learns from the first refusal; set in the config, nothing is refused
+    refused = [b for b in bodies if "max_tokens" in b]
+    assert len(refused) == (1 if field == "auto" else 0)
+    assert all("max_completion_tokens" in b for b in bodies if b not in refused)
+    assert result.capabilities.native_n and result.capabilities.token_ids
+    for tree in result.trees:  # the cap, sent in the other field, still held
+        thinks = tree.of_kind(NodeKind.GENERATION)
+        assert len(thinks) == 4
+        assert all(0 < t.completion_tokens <= 6 for t in thinks)
+    assert result.metrics.answered == len(PROBLEMS)
+
+
+def test_a_server_that_refuses_max_tokens_fails_in_one_line_when_told_to_send_it(
+    tmp_path: Path,
+) -> None:
+    behaviour = FakeBehaviour(reject=_refuse_max_tokens)
+    with fake_server_in_thread(behaviour) as server:
+        config = tmp_path / "thinktree.toml"
+        config.write_text(
+            f'[endpoints.o]\nbase_url = "{server.base_url}"\nmax_tokens_field = "max_tokens"\n'
+            'continuation = "chat"\n'
+        )
+        data = tmp_path / "data.jsonl"
+        data.write_text(json.dumps({"id": "q", "question": "Yes?", "answer": "yes"}) + "\n")
+        done = cli(
+            "run",
+            str(data),
+            "--endpoint",
+            "o",
+            "--config",
+            str(config),
+            "--out",
+            str(tmp_path / "runs"),
+        )
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert "rejected the request (400)" in lines[0] and "max_completion_tokens" in lines[0]
+    assert "Traceback" not in done.stderr
 
 
 async def test_sequential_falls_back_to_a_revision_turn(tmp_path: Path) -> None:

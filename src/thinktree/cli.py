@@ -32,7 +32,7 @@ T = TypeVar("T")
 
 if TYPE_CHECKING:
     from thinktree.agents.endpoint import EndpointConfig
-    from thinktree.orchestrator.run import ResumeState, RunSettings
+    from thinktree.orchestrator.run import ResumeState, RunResult, RunSettings
     from thinktree.pricing import Price
     from thinktree.problems import Problem
 
@@ -243,7 +243,7 @@ def _execute(
     engine: str = "vllm",
 ) -> None:
     """Run (or resume) on ``target``, or on the embedded model when it is None."""
-    from thinktree.orchestrator.run import RunResult, execute
+    from thinktree.orchestrator.run import execute
     from thinktree.orchestrator.subscribers import ConsoleProgress
 
     folder: list[Path] = []
@@ -290,6 +290,13 @@ def _execute(
                 result = await go(endpoint_for(server))
         _print_results(result)
         if result.metrics.answered == 0:
+            failed = _failed_steps(result)
+            if failed:  # the calls failed (a refused request): say so, not "no answer"
+                raise _fail(
+                    f"no problem was answered: {len(failed)} model call(s) failed, the first "
+                    f"with: {failed[0]} (run folder {result.folder})",
+                    3,
+                )
             raise _fail(
                 f"the model stated no answer on any of the {result.metrics.problems} problems "
                 f"(all counted wrong); check the model and its prompt in {result.folder}",
@@ -302,6 +309,18 @@ def _execute(
         if exc.exit_code == 130 and folder:
             err.print(f"resume with: thinktree run --resume {folder[0]}", highlight=False)
         raise
+
+
+def _failed_steps(result: RunResult) -> list[str]:
+    """The errors of a run's failed steps (model calls, not problems), in tree order."""
+    from thinktree.orchestrator.events import NodeKind, NodeStatus
+
+    return [
+        node.error
+        for tree in result.trees
+        for node in tree.walk()
+        if node.status == NodeStatus.FAILED and node.error and node.kind != NodeKind.PROBLEM
+    ]
 
 
 def _resume(
@@ -447,16 +466,17 @@ def probe(
             finally:
                 await client.aclose()
             http = "lean" if client.transport.lean else "aiohttp"
+            cap = client.cap_field()
             if as_json:
                 found = {"endpoint": cfg.base_url, "model": name, "http_client": http}
-                print(json.dumps({**found, **caps.to_dict()}))
+                print(json.dumps({**found, "max_tokens_field": cap, **caps.to_dict()}))
                 return
             table = Table(title=f"{cfg.base_url} · {name}")
             table.caption = (
                 "calls go through thinktree's lean HTTP/1.1 client"
                 if http == "lean"
                 else "calls go through aiohttp"
-            )
+            ) + f"; their token cap goes in {cap}"
             table.add_column("capability")
             table.add_column("result")
             table.add_column("evidence", overflow="fold")

@@ -40,6 +40,7 @@ _ENDPOINT_KEYS = {
     "thinking",
     "cache_as",
     "http_client",
+    "max_tokens_field",
 }
 _KNOWN = {"openai": "https://api.openai.com/v1"}
 # the keys that take one of a few words, and those words

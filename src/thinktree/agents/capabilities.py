@@ -230,23 +230,32 @@ async def _try_logprobs(client: EndpointClient, msgs: list[dict[str, str]]) -> t
 async def _post(client: EndpointClient, body: dict[str, Any]) -> Any:
     """A probe's chat request on the run's own transport (no SDK client is made for it)."""
     request = client.transport.post
-    return loads(await _asked(client, lambda: request("chat/completions", body)))
+    return loads(await _asked(client, lambda: request("chat/completions", client.chat_body(body))))
 
 
 async def _asked(client: EndpointClient, request: Callable[[], Awaitable[T]]) -> T:
     """``request`` with the endpoint's retries for what says nothing about the feature (a
-    rate limit, a lost connection, a timeout), and one more try after a 5xx.
+    rate limit, a lost connection, a timeout), and one more try after a 5xx. ``request``
+    builds its body when called, so a refused ``max_tokens`` is sent again in the field
+    the server named.
 
     Some servers answer a field they do not know with a 5xx, so a second one in a row is
     the server's answer: the feature is off. One alone may be a server busy for a moment,
     and a feature switched off for it would stay off for the whole run.
     """
-    try:
-        return await client.retried(request, kinds=_PASSING)
-    except openai.InternalServerError as exc:
-        log.info("probe: asking again after a server error", status=exc.status_code)
-        await anyio.sleep(_SECOND_ASK_S)
-        return await client.retried(request, kinds=_PASSING)
+    server_errors = 0
+    while True:
+        try:
+            return await client.retried(request, kinds=_PASSING)
+        except openai.BadRequestError as exc:
+            if not client.learned_max_tokens_field(exc):  # else asked again in that field
+                raise
+        except openai.InternalServerError as exc:
+            server_errors += 1
+            if server_errors > 1:
+                raise
+            log.info("probe: asking again after a server error", status=exc.status_code)
+            await anyio.sleep(_SECOND_ASK_S)
 
 
 _PASSING = (RetryKind.RATE_LIMIT, RetryKind.CONNECTION, RetryKind.TIMEOUT)
@@ -274,7 +283,8 @@ async def _try_stream_usage(client: EndpointClient, msgs: list[dict[str, str]]) 
 
     async def usage_of_a_stream() -> Any:
         usage = None
-        async with aclosing(client.transport.stream("chat/completions", body)) as events:
+        sent = client.chat_body(body)
+        async with aclosing(client.transport.stream("chat/completions", sent)) as events:
             async for data in events:
                 chunk = loads(data)
                 if isinstance(chunk, dict) and chunk.get("usage"):

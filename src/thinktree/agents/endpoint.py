@@ -153,6 +153,10 @@ class EndpointConfig:
     http_client: Literal["auto", "aiohttp"] = "auto"
     """"auto": a plain ``http://`` server gets the lean HTTP/1.1 client
     (:mod:`.http1`), any other aiohttp; "aiohttp": aiohttp for every server."""
+    max_tokens_field: Literal["auto", "max_tokens", "max_completion_tokens"] = "auto"
+    """The field a chat request's token cap goes in. "auto": ``max_tokens`` (what vLLM,
+    llama.cpp and most servers read) until the server rejects it and names
+    ``max_completion_tokens`` (OpenAI's reasoning models), then that one."""
 
     def describe(self) -> str:
         return f"'{self.name}' ({self.base_url})"
@@ -210,6 +214,9 @@ class EndpointClient:
         self.on_retry = on_retry
         self.model: str = config.model or ""
         self.cache: CallCache | None = None
+        self._cap_field = (
+            "max_tokens" if config.max_tokens_field == "auto" else config.max_tokens_field
+        )
 
     async def aclose(self) -> None:
         await self.transport.aclose()
@@ -251,6 +258,37 @@ class EndpointClient:
                 f"endpoint {self.config.describe()} serves {listed}; choose one with --model"
             )
         return self.model
+
+    def cap_field(self) -> str:
+        """The field a chat request's token cap goes in (``max_tokens`` unless the server
+        asked for ``max_completion_tokens``, or the config says so)."""
+        return self._cap_field
+
+    def chat_body(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """A chat request's body as sent: ``extra_body`` merged in, and the token cap in
+        the field this endpoint reads (:attr:`EndpointConfig.max_tokens_field`)."""
+        body = _wire(kwargs)
+        if self._cap_field != "max_tokens" and "max_tokens" in body:
+            body = dict(body)
+            body[self._cap_field] = body.pop("max_tokens")
+        return body
+
+    def learned_max_tokens_field(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is a server's refusal of ``max_tokens`` that names the field to
+        use instead; if so, that field is used from now on (only once, and only in "auto")."""
+        if (
+            self.config.max_tokens_field != "auto"
+            or self._cap_field != "max_tokens"
+            or not isinstance(exc, openai.BadRequestError)
+            or "max_completion_tokens" not in str(exc.message)
+        ):
+            return False
+        self._cap_field = "max_completion_tokens"
+        log.info(
+            "endpoint takes max_completion_tokens, not max_tokens",
+            endpoint=self.config.name,
+        )
+        return True
 
     async def count_tokens(self, text: str) -> int | None:
         """Tokens in ``text`` by the server's own tokenizer (vLLM's ``/tokenize``), or None."""
@@ -400,6 +438,8 @@ class EndpointClient:
             result = await self._once(attempt, timed)
             result.attempts = 1
         except Exception as exc:
+            if self.learned_max_tokens_field(exc):  # sent again at once, in that field
+                return await self._attempts(attempt, timed=timed)
             if classify(exc) is None or self.config.max_attempts <= 1:
                 raise self._user_error(exc) from exc
             result = await self._retry(attempt, exc, timed)
@@ -503,7 +543,7 @@ class EndpointClient:
         return EndpointError(f"call to endpoint {where} failed: {_one_line(repr(exc))}")
 
     async def _plain_chat(self, kwargs: dict[str, Any], n: int) -> Completion:
-        raw = await self.transport.post("chat/completions", _wire(kwargs))
+        raw = await self.transport.post("chat/completions", self.chat_body(kwargs))
         counted = [0] * n
         if n > 1:  # count each choice's tokens, then drop what they were counted from
             data = loads(raw)
@@ -566,7 +606,7 @@ class EndpointClient:
         finish: list[str | None] = [None] * n
         usage = None
         request_id = None
-        stream = self.transport.stream("chat/completions", _wire(kwargs))
+        stream = self.transport.stream("chat/completions", self.chat_body(kwargs))
         async with aclosing(stream):
             async for data in stream:
                 chunk = parse(ChatCompletionChunk, data, self.transport.base_url)

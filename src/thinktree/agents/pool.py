@@ -123,6 +123,17 @@ class EndpointPool(EndpointClient):
         for member in self.members:
             await member.client.aclose()
 
+    # The probe's own requests go through the first member (its transport, above); each
+    # member learns for itself which field takes the token cap.
+    def cap_field(self) -> str:
+        return self.members[0].client.cap_field()
+
+    def chat_body(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        return self.members[0].client.chat_body(kwargs)
+
+    def learned_max_tokens_field(self, exc: BaseException) -> bool:
+        return self.members[0].client.learned_max_tokens_field(exc)
+
     def figures(self) -> list[dict[str, Any]]:
         """Per-member figures for the results."""
         for member in self.members:
