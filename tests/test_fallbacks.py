@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 from thinktree.agents.endpoint import EndpointConfig
@@ -158,6 +159,32 @@ async def test_a_server_that_refuses_max_tokens_gets_the_field_it_names(
         assert len(thinks) == 4
         assert all(0 < t.completion_tokens <= 6 for t in thinks)
     assert result.metrics.answered == len(PROBLEMS)
+
+
+async def test_calls_already_sent_when_the_field_is_learned_are_each_sent_again_once() -> None:
+    from thinktree.agents.endpoint import Completion, EndpointClient
+
+    behaviour = FakeBehaviour(reject=_refuse_max_tokens)
+    async with FakeServer(behaviour, record_bodies=True) as server:
+        config = EndpointConfig(name="o", base_url=server.base_url, model="fake-model")
+        client = EndpointClient(config)
+        done: list[Completion] = []
+
+        async def one() -> None:
+            done.append(await client.chat([{"role": "user", "content": "hi"}], max_tokens=4))
+
+        try:
+            async with anyio.create_task_group() as tg:
+                for _ in range(8):
+                    tg.start_soon(one)
+        finally:
+            await client.aclose()
+        bodies = server.bodies
+    assert len(done) == 8 and all(c.choices for c in done)
+    refused = [b for b in bodies if "max_tokens" in b]
+    assert len(refused) > 1  # sent before the first refusal came back
+    assert len(bodies) == len(refused) + 8  # each refused call sent again once
+    assert client.cap_field() == "max_completion_tokens"
 
 
 def test_a_server_that_refuses_max_tokens_fails_in_one_line_when_told_to_send_it(

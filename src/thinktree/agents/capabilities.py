@@ -244,12 +244,14 @@ async def _asked(client: EndpointClient, request: Callable[[], Awaitable[T]]) ->
     and a feature switched off for it would stay off for the whole run.
     """
     server_errors = 0
+    resent = False
     while True:
         try:
             return await client.retried(request, kinds=_PASSING)
         except openai.BadRequestError as exc:
-            if not client.learned_max_tokens_field(exc):  # else asked again in that field
+            if resent or not client.learned_max_tokens_field(exc):
                 raise
+            resent = True  # asked again, once, in the field the server named
         except openai.InternalServerError as exc:
             server_errors += 1
             if server_errors > 1:

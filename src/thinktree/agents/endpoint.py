@@ -275,19 +275,22 @@ class EndpointClient:
 
     def learned_max_tokens_field(self, exc: BaseException) -> bool:
         """Whether ``exc`` is a server's refusal of ``max_tokens`` that names the field to
-        use instead; if so, that field is used from now on (only once, and only in "auto")."""
+        use instead (only in "auto"); that field is then used from now on.
+
+        True also for calls sent before another call taught it: each is sent again once.
+        """
         if (
             self.config.max_tokens_field != "auto"
-            or self._cap_field != "max_tokens"
             or not isinstance(exc, openai.BadRequestError)
             or "max_completion_tokens" not in str(exc.message)
         ):
             return False
-        self._cap_field = "max_completion_tokens"
-        log.info(
-            "endpoint takes max_completion_tokens, not max_tokens",
-            endpoint=self.config.name,
-        )
+        if self._cap_field == "max_tokens":
+            self._cap_field = "max_completion_tokens"
+            log.info(
+                "endpoint takes max_completion_tokens, not max_tokens",
+                endpoint=self.config.name,
+            )
         return True
 
     async def count_tokens(self, text: str) -> int | None:
@@ -430,16 +433,24 @@ class EndpointClient:
         return result
 
     async def _attempts(
-        self, attempt: Callable[[], Awaitable[Completion]], *, timed: bool = True
+        self,
+        attempt: Callable[[], Awaitable[Completion]],
+        *,
+        timed: bool = True,
+        resent: bool = False,
     ) -> Completion:
-        """One attempt; only when it fails in a way worth retrying, the retry loop."""
+        """One attempt; only when it fails in a way worth retrying, the retry loop.
+
+        A call refused for its ``max_tokens`` is sent again once (``resent``) in the field
+        the server named, before any retry.
+        """
         started = time.monotonic()
         try:
             result = await self._once(attempt, timed)
             result.attempts = 1
         except Exception as exc:
-            if self.learned_max_tokens_field(exc):  # sent again at once, in that field
-                return await self._attempts(attempt, timed=timed)
+            if not resent and self.learned_max_tokens_field(exc):
+                return await self._attempts(attempt, timed=timed, resent=True)
             if classify(exc) is None or self.config.max_attempts <= 1:
                 raise self._user_error(exc) from exc
             result = await self._retry(attempt, exc, timed)
