@@ -187,6 +187,31 @@ async def test_calls_already_sent_when_the_field_is_learned_are_each_sent_again_
     assert client.cap_field() == "max_completion_tokens"
 
 
+async def test_a_call_made_after_learning_the_field_is_found_again_by_a_resumed_run(
+    tmp_path: Path,
+) -> None:
+    """The call store's fingerprint is the request's, not the field it was sent in."""
+    from thinktree.agents.endpoint import EndpointClient
+    from thinktree.orchestrator.call_cache import SqliteCallCache
+
+    messages = [{"role": "user", "content": "hi"}]
+    async with FakeServer(FakeBehaviour(reject=_refuse_max_tokens)) as server:
+        config = EndpointConfig(name="o", base_url=server.base_url, model="fake-model")
+        for run in ("first", "resumed"):  # a fresh client each time: the field unknown again
+            client = EndpointClient(config)
+            client.cache = SqliteCallCache(tmp_path / "calls.sqlite")
+            try:
+                made = await client.chat(messages, max_tokens=4, key="q/think")
+            finally:
+                client.cache.close()
+                await client.aclose()
+            assert made.choices[0].text
+            if run == "first":
+                assert client.cap_field() == "max_completion_tokens"
+                sent = server.requests
+        assert server.requests == sent == 2  # refused, sent again; then read back
+
+
 def test_a_server_that_refuses_max_tokens_fails_in_one_line_when_told_to_send_it(
     tmp_path: Path,
 ) -> None:
