@@ -228,36 +228,29 @@ async def _try_logprobs(client: EndpointClient, msgs: list[dict[str, str]]) -> t
 
 
 async def _post(client: EndpointClient, body: dict[str, Any]) -> Any:
-    """A probe's chat request on the run's own transport (no SDK client is made for it)."""
+    """A probe's chat request on the run's own transport (no SDK client is made for it).
+
+    Its body is built on each try, so a token cap the server refused goes in the field
+    it named (see :meth:`EndpointClient.retried`).
+    """
     request = client.transport.post
     return loads(await _asked(client, lambda: request("chat/completions", client.chat_body(body))))
 
 
 async def _asked(client: EndpointClient, request: Callable[[], Awaitable[T]]) -> T:
     """``request`` with the endpoint's retries for what says nothing about the feature (a
-    rate limit, a lost connection, a timeout), and one more try after a 5xx. ``request``
-    builds its body when called, so a refused ``max_tokens`` is sent again in the field
-    the server named.
+    rate limit, a lost connection, a timeout), and one more try after a 5xx.
 
     Some servers answer a field they do not know with a 5xx, so a second one in a row is
     the server's answer: the feature is off. One alone may be a server busy for a moment,
     and a feature switched off for it would stay off for the whole run.
     """
-    server_errors = 0
-    resent = False
-    while True:
-        try:
-            return await client.retried(request, kinds=_PASSING)
-        except openai.BadRequestError as exc:
-            if resent or not client.learned_max_tokens_field(exc):
-                raise
-            resent = True  # asked again, once, in the field the server named
-        except openai.InternalServerError as exc:
-            server_errors += 1
-            if server_errors > 1:
-                raise
-            log.info("probe: asking again after a server error", status=exc.status_code)
-            await anyio.sleep(_SECOND_ASK_S)
+    try:
+        return await client.retried(request, kinds=_PASSING)
+    except openai.InternalServerError as exc:
+        log.info("probe: asking again after a server error", status=exc.status_code)
+        await anyio.sleep(_SECOND_ASK_S)
+        return await client.retried(request, kinds=_PASSING)
 
 
 _PASSING = (RetryKind.RATE_LIMIT, RetryKind.CONNECTION, RetryKind.TIMEOUT)

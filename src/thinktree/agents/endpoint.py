@@ -273,7 +273,7 @@ class EndpointClient:
             body[self._cap_field] = body.pop("max_tokens")
         return body
 
-    def learned_max_tokens_field(self, exc: BaseException) -> bool:
+    def _learned_max_tokens_field(self, exc: BaseException) -> bool:
         """Whether ``exc`` is a server's refusal of ``max_tokens`` that names the field to
         use instead (only in "auto"); that field is then used from now on.
 
@@ -449,7 +449,7 @@ class EndpointClient:
             result = await self._once(attempt, timed)
             result.attempts = 1
         except Exception as exc:
-            if not resent and self.learned_max_tokens_field(exc):
+            if not resent and self._learned_max_tokens_field(exc):
                 return await self._attempts(attempt, timed=timed, resent=True)
             if classify(exc) is None or self.config.max_attempts <= 1:
                 raise self._user_error(exc) from exc
@@ -493,7 +493,21 @@ class EndpointClient:
         self, request: Callable[[], Awaitable[T]], *, kinds: Collection[RetryKind] = _EVERY_KIND
     ) -> T:
         """``request`` (one made outside :meth:`chat` and :meth:`complete`: a probe's) with
-        the endpoint's retries for the errors of ``kinds``; the SDK's error otherwise."""
+        the endpoint's retries for the errors of ``kinds``; the SDK's error otherwise.
+
+        A request refused for its ``max_tokens`` is made once more: ``request`` builds its
+        body (:meth:`chat_body`) when called, so the cap goes in the field the server named.
+        """
+        try:
+            return await self._with_retries(request, kinds)
+        except openai.BadRequestError as exc:
+            if not self._learned_max_tokens_field(exc):
+                raise
+            return await self._with_retries(request, kinds)
+
+    async def _with_retries(
+        self, request: Callable[[], Awaitable[T]], kinds: Collection[RetryKind]
+    ) -> T:
         async for trial in self._retrying(kinds):
             with trial:
                 return await request()

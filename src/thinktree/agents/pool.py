@@ -131,8 +131,8 @@ class EndpointPool(EndpointClient):
     def chat_body(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         return self.members[0].client.chat_body(kwargs)
 
-    def learned_max_tokens_field(self, exc: BaseException) -> bool:
-        return self.members[0].client.learned_max_tokens_field(exc)
+    def _learned_max_tokens_field(self, exc: BaseException) -> bool:
+        return self.members[0].client._learned_max_tokens_field(exc)
 
     def figures(self) -> list[dict[str, Any]]:
         """Per-member figures for the results."""
