@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import gc
 import json
 from pathlib import Path
 
-from thinktree._json import dump_bytes, dumps, dumps_sorted, loads
+from thinktree._json import dump_bytes, dump_bytes_via, dumps, dumps_sorted, loads
 from thinktree.orchestrator.gc_tuning import YOUNG_THRESHOLD, run_gc
 
 
@@ -103,3 +104,22 @@ def test_an_events_json_line_holds_what_to_dict_holds() -> None:
         assert line.endswith(b"\n") and line.count(b"\n") == 1
         assert loads(line) == json.loads(json.dumps(event.to_dict(), default=str))
         assert loads(line)["type"] == event.type
+
+
+def test_dump_bytes_via_writes_each_dataclass_as_convert_says() -> None:
+    @dataclasses.dataclass(slots=True)
+    class Point:
+        x: int
+        y: int
+
+    def convert(value: object) -> object:
+        if isinstance(value, Point):
+            return {"at": [value.x, value.y]}
+        return f"<{type(value).__name__}>"
+
+    data: dict[str, object] = {"points": [Point(1, 2), Point(3, 4)], "odd": {1, 2}, "n": 5}
+    assert loads(dump_bytes_via(data, convert)) == {
+        "points": [{"at": [1, 2]}, {"at": [3, 4]}],
+        "odd": "<set>",
+        "n": 5,
+    }

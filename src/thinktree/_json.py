@@ -7,11 +7,12 @@ strings, and anything else JSON cannot hold is written as its ``str()``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
-__all__ = ["dump_bytes", "dump_line", "dumps", "dumps_sorted", "loads"]
+__all__ = ["dump_bytes", "dump_bytes_via", "dump_line", "dumps", "dumps_sorted", "loads"]
 
 _OPTS = orjson.OPT_NON_STR_KEYS
 _LINE = _OPTS | orjson.OPT_APPEND_NEWLINE
@@ -23,6 +24,16 @@ loads = orjson.loads
 def dump_bytes(obj: Any) -> bytes:
     """``obj`` as compact UTF-8 JSON bytes."""
     return orjson.dumps(obj, default=str, option=_OPTS)
+
+
+def dump_bytes_via(obj: Any, convert: Callable[[Any], Any]) -> bytes:
+    """``obj`` as compact UTF-8 JSON bytes, with every dataclass, and anything else JSON
+    cannot hold, written as what ``convert`` returns for it.
+
+    Each replacement is built only while it is written, so a large document (a run's every
+    node) is never held as a second tree of dicts.
+    """
+    return orjson.dumps(obj, default=convert, option=_OPTS | orjson.OPT_PASSTHROUGH_DATACLASS)
 
 
 def dump_line(obj: Any) -> bytes:

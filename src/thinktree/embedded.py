@@ -28,6 +28,7 @@ import anyio.to_thread
 import platformdirs
 import structlog
 
+from thinktree._files import atomic_write
 from thinktree.agents.endpoint import EndpointConfig
 from thinktree.serving import launcher, llamacpp
 from thinktree.serving import vllm as vllm_profile
@@ -280,9 +281,7 @@ def _gguf_template() -> str | None:
     if found is None:
         return None
     cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_name(f"{cached.name}.{os.getpid()}.tmp")
-    tmp.write_text(found[0], encoding="utf-8")
-    os.replace(tmp, cached)
+    atomic_write(cached, found[0])
     return found[0]
 
 

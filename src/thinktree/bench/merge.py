@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from thinktree._files import atomic_write
 from thinktree.agents.capabilities import Capabilities
 from thinktree.agents.endpoint import EndpointConfig
 from thinktree.agents.modes import build_strategy
@@ -108,7 +109,7 @@ def _start(
         "problems": [p.model_dump(mode="json") for p in problems],
         "shards": len(shards),
     }
-    _atomic_write(folder / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False))
+    atomic_write(folder / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False))
     return first, [_read_json(s / "results.json") for s in shards]
 
 
@@ -222,9 +223,3 @@ def _servers(per_shard: Sequence[list[dict[str, Any]] | None]) -> list[dict[str,
     if not merged:
         return None
     return list(merged.values())
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)

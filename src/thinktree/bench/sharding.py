@@ -29,6 +29,7 @@ from pathlib import Path
 import structlog
 
 from thinktree import event_loop
+from thinktree._files import atomic_write
 from thinktree.agents.capabilities import Capabilities
 from thinktree.agents.endpoint import EndpointConfig
 from thinktree.errors import ConfigError
@@ -197,9 +198,7 @@ def _note_worker(spec: ShardSpec) -> int:
     path = spec.worker_file
     attempt = attempts(spec) + 1
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
     info = {"pid": os.getpid(), "host": socket.gethostname(), "attempt": attempt}
-    tmp.write_text(json.dumps(info), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(info))
     log.info("shard started", cell=spec.cell, shard=spec.index, attempt=attempt)
     return attempt

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,8 @@ import structlog
 from structlog.contextvars import bound_contextvars
 
 from thinktree import __version__
-from thinktree._json import dumps
+from thinktree._files import atomic_file, atomic_write
+from thinktree._json import dump_bytes_via
 from thinktree.agents.aggregators import VERIFIER_RULES, get_aggregator
 from thinktree.agents.capabilities import Capabilities, probe
 from thinktree.agents.endpoint import EndpointClient, EndpointConfig
@@ -43,7 +43,7 @@ from thinktree.orchestrator.ledger import Budget
 from thinktree.orchestrator.scheduler import run_problems
 from thinktree.orchestrator.store import STORE_NAME, RunStore
 from thinktree.orchestrator.subscribers import TraceWriter, TreeRecorder
-from thinktree.orchestrator.tree import ProblemTree
+from thinktree.orchestrator.tree import Node, ProblemTree
 from thinktree.pricing import MoneyLimit, Price
 from thinktree.problems import Problem
 from thinktree.verifiers.registry import check_verifiers
@@ -230,18 +230,14 @@ async def _execute(
                 money = MoneyLimit(settings.max_cost, price)
             if resume is not None:
                 caps = resume.capabilities
-                panel = await open_panel(settings, client, caps)
+            elif capabilities is not None:
+                caps = capabilities
             else:
-                if capabilities is not None:
-                    caps = capabilities
-                else:
-                    caps = await probe(client, what=probe_needs(settings, subscribers))
-                panel = await open_panel(settings, client, caps)  # bad verifiers: no folder
-                _create_folder(
-                    folder,
-                    RunFacts(run_id, endpoint, model, caps, settings, aggregate_name),
-                    problems,
-                )
+                caps = await probe(client, what=probe_needs(settings, subscribers))
+            panel = await open_panel(settings, client, caps)  # bad verifiers: no folder
+            facts = RunFacts(run_id, endpoint, model, caps, settings, aggregate_name)
+            if resume is None:
+                _create_folder(folder, facts, problems)
             cache = SqliteCallCache(folder / CALLS)
             client.cache = cache if shared_calls is None else SharedCallCache(cache, shared_calls)
             store_path = folder / STORE_NAME
@@ -310,7 +306,7 @@ async def _execute(
 
         result = conclude(
             folder,
-            RunFacts(run_id, endpoint, model, caps, settings, aggregate_name),
+            facts,
             problems,
             recorder,
             tokens_allowed=strategy.allowed_tokens(),
@@ -463,7 +459,7 @@ def _create_folder(folder: Path, facts: RunFacts, problems: Sequence[Problem]) -
         "settings": facts.settings_dict(),
         "problems": [p.model_dump(mode="json") for p in problems],
     }
-    _atomic_write(folder / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False))
+    atomic_write(folder / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False))
 
 
 def _discard_store(path: Path) -> None:
@@ -494,12 +490,6 @@ def _never_written(path: Path) -> bool:
             conn.close()
     except (OSError, sqlite3.Error):
         return False
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _stopped_by(recorder: TreeRecorder) -> str | None:
@@ -582,8 +572,12 @@ def write_results(
     stopped_by: str | None,
     servers: list[dict[str, Any]] | None = None,
 ) -> None:
-    """Write ``results.json`` atomically (its presence means the run completed)."""
-    data: dict[str, Any] = {
+    """Write ``results.json`` atomically (its presence means the run completed).
+
+    It is written a problem at a time, so a run of a million samples never holds its
+    whole results file, or a dict per node, in memory at once.
+    """
+    head: dict[str, Any] = {
         "thinktree": __version__,
         "run_id": facts.run_id,
         "status": "stopped" if stopped_by else "completed",
@@ -593,39 +587,57 @@ def write_results(
         "capabilities": facts.capabilities.to_dict(),
         "settings": facts.settings_dict(),
         "metrics": metrics.to_dict(),
-        "problems": [
-            {
-                "id": t.problem_id,
-                "question": t.question,
-                "gold": t.gold,
-                "answer": t.answer,
-                "correct": t.correct,
-                "covered": t.covered,
-                "error": t.error,
-                "vote": None
-                if t.vote is None
-                else {
-                    "rule": t.vote.rule,
-                    "answer": t.vote.answer,
-                    "winner_node": t.vote.winner_node,
-                    "counts": t.vote.counts,
-                    "scores": t.vote.scores,
-                    "ballots": t.vote.ballots,
-                },
-                "decision": None
-                if t.decision is None
-                else {
-                    "mode": t.decision.mode,
-                    "budget": t.decision.budget,
-                    "reason": t.decision.reason,
-                    "agreement": t.decision.agreement,
-                    "utilisation": t.decision.utilisation,
-                },
-                "nodes": [n.to_dict() for n in t.walk()],
-            }
-            for t in trees
-        ],
     }
-    if servers is not None:
-        data["servers"] = servers  # per pool member: calls, failovers, tokens, busy time
-    _atomic_write(path, dumps(data))
+    with atomic_file(path) as f:
+        f.write(dump_bytes_via(head, _results_value)[:-1])  # the object stays open
+        f.write(b',"problems":[')
+        for i, tree in enumerate(trees):
+            if i:
+                f.write(b",")
+            f.write(dump_bytes_via(_problem_results(tree), _results_value))
+        f.write(b"]")
+        if servers is not None:  # per pool member: calls, failovers, tokens, busy time
+            f.write(b',"servers":' + dump_bytes_via(servers, _results_value))
+        f.write(b"}")
+
+
+def _problem_results(t: ProblemTree) -> dict[str, Any]:
+    """One problem's entry in ``results.json``."""
+    return {
+        "id": t.problem_id,
+        "question": t.question,
+        "gold": t.gold,
+        "answer": t.answer,
+        "correct": t.correct,
+        "covered": t.covered,
+        "error": t.error,
+        "vote": None
+        if t.vote is None
+        else {
+            "rule": t.vote.rule,
+            "answer": t.vote.answer,
+            "winner_node": t.vote.winner_node,
+            "counts": t.vote.counts,
+            "scores": t.vote.scores,
+            "ballots": t.vote.ballots,
+        },
+        "decision": None
+        if t.decision is None
+        else {
+            "mode": t.decision.mode,
+            "budget": t.decision.budget,
+            "reason": t.decision.reason,
+            "agreement": t.decision.agreement,
+            "utilisation": t.decision.utilisation,
+        },
+        "nodes": t.walk(),  # each node's dict is made as it is written
+    }
+
+
+def _results_value(value: Any) -> Any:
+    """What ``results.json`` holds for a value JSON has no type for."""
+    if isinstance(value, Node):
+        return value.to_dict()
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    return str(value)

@@ -33,6 +33,7 @@ import anyio
 import httpx
 import structlog
 
+from thinktree._files import atomic_write
 from thinktree.errors import ThinktreeError
 
 log = structlog.get_logger(__name__)
@@ -315,9 +316,7 @@ def write_state(path: Path, handle: ServerHandle) -> None:
         "log": str(handle.log_path) if handle.log_path else None,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(state) + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(state) + "\n")
 
 
 def remove_state(path: Path, pid: int) -> None:

