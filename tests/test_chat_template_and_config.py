@@ -110,6 +110,15 @@ def test_a_key_that_takes_a_word_takes_only_its_words(key: str, good: object, ba
         endpoint_from("gpu", model="m", config={"endpoints": {"gpu": {**table, key: bad}}})
 
 
+@pytest.mark.parametrize("bad", [-0.1, 2.5, "1", True])
+def test_an_endpoints_temperature_is_a_number_from_0_to_2(bad: object) -> None:
+    table = {"base_url": "http://gpu:8000/v1"}
+    cfg = endpoint_from("o", model="m", config={"endpoints": {"o": {**table, "temperature": 1}}})
+    assert cfg is not None and cfg.temperature == 1
+    with pytest.raises(ConfigError, match=r"^endpoint 'o': temperature must be a number from 0"):
+        endpoint_from("o", model="m", config={"endpoints": {"o": {**table, "temperature": bad}}})
+
+
 def test_http_client_aiohttp_keeps_a_plain_http_server_off_the_lean_client() -> None:
     from thinktree.agents.endpoint import EndpointClient, EndpointConfig
 

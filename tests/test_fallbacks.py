@@ -241,6 +241,63 @@ def test_a_server_that_refuses_max_tokens_fails_in_one_line_when_told_to_send_it
     assert "Traceback" not in done.stderr
 
 
+def _only_temperature_one(body: dict[str, Any]) -> str | None:
+    """What OpenAI's reasoning models answer a request at any temperature but 1."""
+    sent = body.get("temperature", 1)
+    if sent == 1:
+        return None
+    return (
+        f"Unsupported value: 'temperature' does not support {sent} with this model. "
+        "Only the default (1) value is supported."
+    )
+
+
+@pytest.mark.parametrize("mode", ["parallel", "budget"])
+async def test_an_endpoint_with_its_own_temperature_sends_only_that_one(
+    tmp_path: Path, mode: str
+) -> None:
+    behaviour = FakeBehaviour(reply=LONG, reject=_only_temperature_one)
+    modes = ModeSettings(mode=mode, n=4, budget=32)
+    async with FakeServer(behaviour, record_bodies=True) as server:
+        endpoint = EndpointConfig(name="o", base_url=server.base_url, temperature=1.0)
+        settings = RunSettings(modes=modes, temperature=0.7, out=tmp_path / "run")
+        result = await execute(PROBLEMS, endpoint, settings)
+        bodies = server.bodies
+    assert bodies and all(b["temperature"] == 1 for b in bodies)
+    assert result.metrics.answered == len(PROBLEMS)
+    if mode == "parallel":  # the probe, sent at 1 too, found what the server can do
+        assert result.capabilities.native_n and result.capabilities.token_ids
+    # the run says what it was sampled at, not what was asked
+    for name in ("results.json", "run.json"):
+        saved = json.loads((tmp_path / "run" / name).read_text())
+        assert saved["settings"]["temperature"] == 1
+
+
+def test_a_refused_temperature_fails_in_one_line_that_names_the_key_to_set(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data.jsonl"
+    data.write_text(json.dumps({"id": "q", "question": "Yes?", "answer": "yes"}) + "\n")
+    config = tmp_path / "thinktree.toml"
+    with fake_server_in_thread(FakeBehaviour(reject=_only_temperature_one)) as server:
+        table = f'[endpoints.o]\nbase_url = "{server.base_url}"\ncontinuation = "chat"\n'
+        runs = []
+        for extra in ("", "temperature = 1\n"):
+            config.write_text(table + extra)
+            out = tmp_path / f"runs{len(runs)}"
+            runs.append(
+                cli("run", str(data), "--endpoint", "o", "--config", str(config), "--out", str(out))
+            )
+    refused, fixed = runs
+    assert refused.returncode != 0
+    lines = refused.stderr.strip().splitlines()
+    assert len(lines) == 1, refused.stderr
+    assert "does not support 0.0" in lines[0]
+    assert "set temperature = 1 for endpoint 'o' in thinktree.toml" in lines[0]
+    assert fixed.returncode == 0, fixed.stderr
+    assert "samples at its own temperature" in fixed.stderr
+
+
 async def test_sequential_falls_back_to_a_revision_turn(tmp_path: Path) -> None:
     async with FakeServer(LIMITED, record_bodies=True) as server:
         result = await _run(server, tmp_path, ModeSettings(mode="sequential", steps=3, budget=32))

@@ -41,6 +41,7 @@ _ENDPOINT_KEYS = {
     "cache_as",
     "http_client",
     "max_tokens_field",
+    "temperature",
 }
 _KNOWN = {"openai": "https://api.openai.com/v1"}
 # the keys that take one of a few words, and those words
@@ -114,6 +115,16 @@ def _from_table(name: str, table: dict[str, Any], model: str | None) -> Endpoint
                 f"endpoint '{name}': {key} must be one of {', '.join(map(repr, words))}, "
                 f"not {table[key]!r}"
             )
+    temperature = table.get("temperature")
+    if temperature is not None and (
+        not isinstance(temperature, int | float)
+        or isinstance(temperature, bool)
+        or not 0 <= temperature <= 2
+    ):
+        raise ConfigError(
+            f"endpoint '{name}': temperature must be a number from 0 to 2 (the one this model "
+            f"takes), not {temperature!r}"
+        )
     members = pool_members(name, table)
     if "base_url" not in table and not members:
         raise ConfigError(f"endpoint '{name}' needs a base_url (or members, for a pool)")

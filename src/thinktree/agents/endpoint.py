@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable, Collection
 from contextlib import aclosing
@@ -67,6 +68,9 @@ class RetryKind(StrEnum):
 
 
 _EVERY_KIND = frozenset(RetryKind)
+# OpenAI's refusal of any temperature but a reasoning model's own: "Unsupported value:
+# 'temperature' does not support 0.7 with this model. Only the default (1) value is supported."
+_ONLY_TEMPERATURE = re.compile(r"only the default \(([\d.]+)\)", re.IGNORECASE)
 
 
 def classify(exc: BaseException) -> RetryKind | None:
@@ -157,6 +161,10 @@ class EndpointConfig:
     """The field a chat request's token cap goes in. "auto": ``max_tokens`` (what vLLM,
     llama.cpp and most servers read) until the server rejects it and names
     ``max_completion_tokens`` (OpenAI's reasoning models), then that one."""
+    temperature: float | None = None
+    """The temperature every call to this endpoint is sent with, whatever the run or a
+    verifier asks: for a model that takes only one (OpenAI's reasoning models take only
+    1). A run on this endpoint records it as its temperature. None: as asked."""
 
     def describe(self) -> str:
         return f"'{self.name}' ({self.base_url})"
@@ -265,13 +273,22 @@ class EndpointClient:
         return self._cap_field
 
     def chat_body(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        """A chat request's body as sent: ``extra_body`` merged in, and the token cap in
-        the field this endpoint reads (:attr:`EndpointConfig.max_tokens_field`)."""
+        """A chat request's body as sent: ``extra_body`` merged in, the token cap in the
+        field this endpoint reads (:attr:`EndpointConfig.max_tokens_field`) and the
+        endpoint's own temperature, if it has one."""
         body = _wire(kwargs)
+        fixed = self.config.temperature
+        if fixed is not None and body.get("temperature", fixed) != fixed:
+            body = {**body, "temperature": fixed}
         if self._cap_field != "max_tokens" and "max_tokens" in body:
             body = dict(body)
             body[self._cap_field] = body.pop("max_tokens")
         return body
+
+    def sent_temperature(self, asked: float) -> float:
+        """The temperature a call that asks for ``asked`` is sent with."""
+        fixed = self.config.temperature
+        return asked if fixed is None else fixed
 
     def _learned_max_tokens_field(self, exc: BaseException) -> bool:
         """Whether ``exc`` is a server's refusal of ``max_tokens`` that names the field to
@@ -340,7 +357,7 @@ class EndpointClient:
             "model": self.model,
             "messages": messages,
             "max_tokens": max_tokens,
-            "temperature": temperature,
+            "temperature": self.sent_temperature(temperature),
             **_streaming(on_delta),
         }
         if n > 1:  # usage is only a total: count each choice's tokens
@@ -382,7 +399,7 @@ class EndpointClient:
             "model": self.model,
             "prompt": prompt,
             "max_tokens": max_tokens,
-            "temperature": temperature,
+            "temperature": self.sent_temperature(temperature),
             **_streaming(on_delta),
         }
         body: dict[str, Any] = dict(extra or {})
@@ -550,7 +567,8 @@ class EndpointClient:
             return EndpointError(f"endpoint {where} rejected the API key (401): check the key")
         if isinstance(exc, openai.BadRequestError):
             detail = _one_line(str(exc.message))
-            return EndpointError(f"endpoint {where} rejected the request (400): {detail}")
+            said = f"endpoint {where} rejected the request (400): {detail}"
+            return EndpointError(said + self._temperature_hint(detail))
         if kind is RetryKind.CONNECTION:
             return EndpointError(
                 f"cannot connect to endpoint {where} after {self.config.max_attempts} attempts: "
@@ -566,6 +584,19 @@ class EndpointClient:
             detail = _one_line(detail.strip().removeprefix("-"))
             return EndpointError(f"{said}: {detail}" if detail else said)
         return EndpointError(f"call to endpoint {where} failed: {_one_line(repr(exc))}")
+
+    def _temperature_hint(self, detail: str) -> str:
+        """What to change when a server refuses the temperature it was sent."""
+        if "temperature" not in detail.lower():
+            return ""
+        if self.config.temperature is not None:
+            return f" (the endpoint's temperature = {self.config.temperature:g} in thinktree.toml)"
+        only = _ONLY_TEMPERATURE.search(detail)
+        value = only.group(1) if only else "<the one it takes>"
+        return (
+            f"; this model takes only its own temperature: set temperature = {value} for "
+            f"endpoint '{self.config.name}' in thinktree.toml"
+        )
 
     async def _plain_chat(self, kwargs: dict[str, Any], n: int) -> Completion:
         raw = await self.transport.post("chat/completions", self.chat_body(kwargs))

@@ -9,6 +9,7 @@ written last, atomically, so its presence means the run completed.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import sqlite3
 import uuid
@@ -195,6 +196,7 @@ async def _execute(
     capabilities: Capabilities | None,
 ) -> RunResult:
     validate(settings, resuming=resume is not None)
+    settings = _on_endpoint(settings, endpoint)
     strategy = build_strategy(settings.modes)
     aggregate_name = settings.aggregate_name()
     aggregate = get_aggregator(aggregate_name)
@@ -520,6 +522,22 @@ async def probe_endpoint(endpoint: EndpointConfig, settings: RunSettings) -> Pro
         caps = await probe(client, what=probe_needs(settings, ()))
         servers = client.figures() if isinstance(client, EndpointPool) else None
         return Probed(model, caps, servers)
+
+
+def _on_endpoint(settings: RunSettings, endpoint: EndpointConfig) -> RunSettings:
+    """``settings`` as they hold on ``endpoint``: at its own temperature, if it has one."""
+    fixed = endpoint.temperature
+    if fixed is None or fixed == settings.temperature:
+        return settings
+    asked = settings.temperature_for_mode()
+    if asked != fixed:
+        log.warning(
+            "the endpoint samples at its own temperature",
+            endpoint=endpoint.name,
+            asked=asked,
+            sent=fixed,
+        )
+    return dataclasses.replace(settings, temperature=fixed)
 
 
 def probe_needs(settings: RunSettings, subscribers: Sequence[Subscriber]) -> set[str]:
