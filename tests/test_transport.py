@@ -22,6 +22,7 @@ from thinktree.agents.endpoint import (
     classify,
 )
 from thinktree.agents.transport import Transport, parse
+from thinktree.errors import RecordingError
 from thinktree.orchestrator.bus import BatchSubscriber, event_bus
 from thinktree.orchestrator.call_cache import SqliteCallCache
 from thinktree.orchestrator.events import Event, NodeDelta, RunFinished
@@ -226,7 +227,7 @@ async def test_a_failed_commit_fails_every_caller_of_its_batch(tmp_path: Path) -
     async def one(i: int) -> None:
         try:
             await cache.record(f"fp{i}", "chat", "{}", _completion(i))
-        except sqlite3.Error as exc:
+        except RecordingError as exc:  # the run stops: it cannot keep what it pays for
             failures.append(exc)
 
     async with anyio.create_task_group() as tg:

@@ -17,7 +17,7 @@ from rich.table import Table
 
 from thinktree import event_loop
 from thinktree.datasets import DatasetError, load_demo, load_problems
-from thinktree.errors import ConfigError, ThinktreeError
+from thinktree.errors import ConfigError, RecordingError, ThinktreeError
 from thinktree.logging_setup import configure
 
 app = typer.Typer(
@@ -70,7 +70,11 @@ def _run_async(fn: Callable[[], Awaitable[T]]) -> T:
         user = _find(exc, (ThinktreeError, DatasetError))
         if user is None:
             raise
-        raise _fail(str(user).splitlines()[0] if str(user) else type(user).__name__) from None
+        code = UNWRITABLE if isinstance(user, RecordingError) else 2
+        raise _fail(str(user).splitlines()[0] if str(user) else type(user).__name__, code) from None
+
+
+UNWRITABLE = 74  # sysexits' EX_IOERR: the run's own files could not be written
 
 
 @app.command()
@@ -308,6 +312,12 @@ def _execute(
     except typer.Exit as exc:
         if exc.exit_code == 130 and folder:
             err.print(f"resume with: thinktree run --resume {folder[0]}", highlight=False)
+        elif exc.exit_code == UNWRITABLE and folder:
+            err.print(
+                f"once it can be written again, resume with: thinktree run --resume {folder[0]}",
+                highlight=False,
+                soft_wrap=True,
+            )
         raise
 
 

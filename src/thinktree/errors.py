@@ -21,3 +21,11 @@ class BudgetExhausted(ThinktreeError):
 
 class RunLimitReached(ThinktreeError):
     """The run's token or money limit is reached: no new call may start."""
+
+
+class RecordingError(ThinktreeError):
+    """A run's own files cannot be written (a full disk, a folder gone read-only).
+
+    The run stops: a run that cannot keep what it pays for must not go on paying. It is
+    never taken for one problem's failure.
+    """

@@ -125,5 +125,11 @@ async def event_bus(
                 bus._close()
     finally:
         with anyio.CancelScope(shield=True):
-            for subscriber in subscribers:
-                await subscriber.aclose()
+            failed: BaseException | None = None
+            for subscriber in subscribers:  # each one, even after one fails to close
+                try:
+                    await subscriber.aclose()
+                except Exception as exc:
+                    failed = failed or exc
+            if failed is not None:
+                raise failed

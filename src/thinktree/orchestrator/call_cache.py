@@ -18,7 +18,7 @@ import anyio.to_thread
 
 from thinktree._json import dumps, loads
 from thinktree.agents.endpoint import Choice, Completion
-from thinktree.errors import ConfigError
+from thinktree.errors import ConfigError, RecordingError
 
 __all__ = ["SharedCallCache", "SqliteCallCache", "completion_from_json", "completion_to_json"]
 
@@ -160,6 +160,8 @@ class SqliteCallCache:
                 try:
                     async with self._lock:
                         await anyio.to_thread.run_sync(self._put, batch.rows)
+                except (sqlite3.Error, OSError) as exc:
+                    batch.error = self.unwritable(exc)
                 except BaseException as exc:
                     batch.error = exc
                 finally:
@@ -176,6 +178,10 @@ class SqliteCallCache:
         except BaseException:
             self._conn.rollback()
             raise
+
+    def unwritable(self, exc: sqlite3.Error | OSError) -> RecordingError:
+        """The one-line error for a call that could not be committed to this store."""
+        return RecordingError(f"cannot record a model call in {self.path}: {exc}")
 
     def _row(self, fp: str) -> tuple[Any, ...] | None:
         row = self._conn.execute("SELECT * FROM responses WHERE fingerprint = ?", (fp,)).fetchone()
@@ -204,7 +210,10 @@ class SharedCallCache:
             return None
         async with self.own._lock:
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self.own._put, [row])
+                try:
+                    await anyio.to_thread.run_sync(self.own._put, [row])
+                except (sqlite3.Error, OSError) as exc:
+                    raise self.own.unwritable(exc) from None
         self.own._known.add(fingerprint)
         self.own.hits += 1
         self.shared.hits += 1

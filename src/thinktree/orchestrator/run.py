@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import shutil
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -34,7 +35,7 @@ from thinktree.agents.modes import DEFAULT_AGGREGATE, ModeSettings, build_strate
 from thinktree.agents.pool import EndpointPool, client_for
 from thinktree.agents.solver import Sampling, Solver
 from thinktree.agents.structured import check_format
-from thinktree.errors import ConfigError
+from thinktree.errors import ConfigError, RecordingError
 from thinktree.metrics import Metrics, compute
 from thinktree.orchestrator.bus import EventBus, Subscriber, event_bus
 from thinktree.orchestrator.call_cache import SharedCallCache, SqliteCallCache
@@ -172,16 +173,34 @@ async def execute(
     the one probe their driver made, see :func:`probe_endpoint`).
     """
     with run_gc():
-        return await _execute(
-            problems,
-            endpoint,
-            settings,
-            subscribers=subscribers,
-            on_started=on_started,
-            resume=resume,
-            shared_calls=shared_calls,
-            capabilities=capabilities,
-        )
+        try:
+            return await _execute(
+                problems,
+                endpoint,
+                settings,
+                subscribers=subscribers,
+                on_started=on_started,
+                resume=resume,
+                shared_calls=shared_calls,
+                capabilities=capabilities,
+            )
+        except BaseExceptionGroup as group:  # the run stopped because it cannot record
+            unwritable = _unwritable(group)
+            if unwritable is None:
+                raise
+            raise unwritable from group
+
+
+def _unwritable(exc: BaseException) -> RecordingError | None:
+    """The first :class:`RecordingError` inside ``exc`` (task groups wrap errors)."""
+    if isinstance(exc, RecordingError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _unwritable(inner)
+            if found is not None:
+                return found
+    return None
 
 
 async def _execute(
@@ -238,17 +257,18 @@ async def _execute(
                 caps = await probe(client, what=probe_needs(settings, subscribers))
             panel = await open_panel(settings, client, caps)  # bad verifiers: no folder
             facts = RunFacts(run_id, endpoint, model, caps, settings, aggregate_name)
-            if resume is None:
-                _create_folder(folder, facts, problems)
-            cache = SqliteCallCache(folder / CALLS)
+            try:
+                if resume is None:
+                    _create_folder(folder, facts, problems)
+                cache, store, trace = _open_records(folder, settings, fresh=resume is None)
+            except BaseException:
+                if panel is not None:
+                    with anyio.CancelScope(shield=True):
+                        await panel.aclose()
+                raise
             client.cache = cache if shared_calls is None else SharedCallCache(cache, shared_calls)
-            store_path = folder / STORE_NAME
-            if resume is not None:
-                _discard_store(store_path)
-            store = RunStore(store_path)
             if on_started is not None:
                 on_started(folder)
-            trace = TraceWriter(folder / "trace.jsonl", deltas=settings.trace_deltas)
             sampling = Sampling(temperature=settings.temperature_for_mode(), seed=settings.seed)
             run_pool = Budget(name="run", limit=settings.max_run_tokens, stops_run=True)
             status = "failed"
@@ -461,7 +481,39 @@ def _create_folder(folder: Path, facts: RunFacts, problems: Sequence[Problem]) -
         "settings": facts.settings_dict(),
         "problems": [p.model_dump(mode="json") for p in problems],
     }
-    atomic_write(folder / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False))
+    try:
+        atomic_write(folder / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False))
+    except OSError as exc:
+        shutil.rmtree(folder, ignore_errors=True)  # a folder without its manifest is no run
+        raise RecordingError(f"cannot write run folder {folder}: {exc.strerror or exc}") from None
+
+
+def _open_records(
+    folder: Path, settings: RunSettings, *, fresh: bool
+) -> tuple[SqliteCallCache, RunStore, TraceWriter]:
+    """The run's call store, run store and trace, opened in ``folder``.
+
+    When one cannot be opened (a full disk, say), those opened are closed again and a
+    ``fresh`` run's folder, which holds nothing yet, is removed: no half-made run is left.
+    """
+    opened: list[Callable[[], None]] = []
+    try:
+        cache = SqliteCallCache(folder / CALLS)
+        opened.append(cache.close)
+        store_path = folder / STORE_NAME
+        if not fresh:
+            _discard_store(store_path)
+        store = RunStore(store_path)
+        opened.append(store.close)
+        trace = TraceWriter(folder / "trace.jsonl", deltas=settings.trace_deltas)
+    except BaseException:
+        for close in reversed(opened):
+            with contextlib.suppress(Exception):
+                close()
+        if fresh:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    return cache, store, trace
 
 
 def _discard_store(path: Path) -> None:
@@ -606,6 +658,18 @@ def write_results(
         "settings": facts.settings_dict(),
         "metrics": metrics.to_dict(),
     }
+    try:
+        _write_results(path, head, trees, servers)
+    except OSError as exc:
+        raise RecordingError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def _write_results(
+    path: Path,
+    head: dict[str, Any],
+    trees: list[ProblemTree],
+    servers: list[dict[str, Any]] | None,
+) -> None:
     with atomic_file(path) as f:
         f.write(dump_bytes_via(head, _results_value)[:-1])  # the object stays open
         f.write(b',"problems":[')

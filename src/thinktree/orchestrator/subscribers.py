@@ -16,6 +16,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from thinktree.errors import RecordingError
 from thinktree.orchestrator.events import (
     CallRetried,
     Event,
@@ -57,19 +58,31 @@ class TraceWriter:
 
     def __init__(self, path: Path, *, deltas: bool = False) -> None:
         self.wants_deltas = deltas
-        self._file: IO[bytes] = path.open("wb", buffering=1 << 16)
+        self.path = path
+        try:
+            self._file: IO[bytes] = path.open("wb", buffering=1 << 16)
+        except OSError as exc:
+            raise self._unwritable(exc) from None
 
     def handle(self, event: Event) -> None:
         self.handle_batch((event,))
 
     def handle_batch(self, events: Sequence[Event]) -> None:
         deltas = self.wants_deltas
-        self._file.write(
-            b"".join([e.json_line() for e in events if deltas or type(e) is not NodeDelta])
-        )
+        lines = b"".join([e.json_line() for e in events if deltas or type(e) is not NodeDelta])
+        try:
+            self._file.write(lines)
+        except OSError as exc:
+            raise self._unwritable(exc) from None
 
     async def aclose(self) -> None:
-        self._file.close()
+        try:
+            self._file.close()
+        except OSError as exc:
+            raise self._unwritable(exc) from None
+
+    def _unwritable(self, exc: OSError) -> RecordingError:
+        return RecordingError(f"cannot write the trace {self.path}: {exc.strerror or exc}")
 
 
 class ConsoleProgress:
