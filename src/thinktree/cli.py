@@ -293,8 +293,15 @@ def _execute(
             async with embedded_server(engine=engine) as server:
                 result = await go(endpoint_for(server))
         _print_results(result)
+        failed = _failed_steps(result)
+        if failed and result.metrics.answered:
+            err.print(
+                f"{len(failed)} model call(s) failed; once the cause is fixed, send them "
+                f"again with: thinktree run --resume {result.folder}",
+                highlight=False,
+                soft_wrap=True,
+            )
         if result.metrics.answered == 0:
-            failed = _failed_steps(result)
             if failed:  # the calls failed (a refused request): say so, not "no answer"
                 raise _fail(
                     f"no problem was answered: {len(failed)} model call(s) failed, the first "
@@ -377,6 +384,13 @@ def _resume(
     except (ThinktreeError, DatasetError) as exc:
         raise _fail(str(exc)) from None
     engine = "llamacpp" if state.endpoint["name"] == "embedded-llamacpp" else "vllm"
+    if state.retrying:
+        err.print(
+            f"run {folder} completed with {state.retrying} failed model call(s): sending "
+            "those again; the calls that succeeded are read back, not paid for again",
+            highlight=False,
+            soft_wrap=True,
+        )
     _execute(state.problems, target, state.settings, resume=state, watch=watch, engine=engine)
 
 

@@ -149,6 +149,7 @@ def validate(settings: RunSettings, *, resuming: bool = False) -> None:
 
 MANIFEST = "run.json"
 CALLS = "calls.sqlite"
+RESULTS = "results.json"
 MANIFEST_VERSION = 1
 
 
@@ -267,6 +268,8 @@ async def _execute(
                         await panel.aclose()
                 raise
             client.cache = cache if shared_calls is None else SharedCallCache(cache, shared_calls)
+            if resume is not None:  # a completed run retrying its failed calls: not yet done
+                (folder / RESULTS).unlink(missing_ok=True)
             if on_started is not None:
                 on_started(folder)
             sampling = Sampling(temperature=settings.temperature_for_mode(), seed=settings.seed)
@@ -365,9 +368,7 @@ def conclude(
         retries=recorder.retries,
         price=facts.settings.prices.get(facts.model),
     )
-    write_results(
-        folder / "results.json", facts, metrics, trees, stopped_by=stopped, servers=servers
-    )
+    write_results(folder / RESULTS, facts, metrics, trees, stopped_by=stopped, servers=servers)
     return RunResult(
         run_id=facts.run_id,
         folder=folder,
@@ -390,6 +391,8 @@ class ResumeState:
     endpoint: dict[str, Any]
     capabilities: Capabilities
     settings: RunSettings
+    retrying: int = 0
+    """For a completed run: its failed model calls, sent again (the rest are read back)."""
 
 
 def load_resume(folder: Path, *, prices: dict[str, Price] | None = None) -> ResumeState:
@@ -409,8 +412,13 @@ def load_resume(folder: Path, *, prices: dict[str, Price] | None = None) -> Resu
             f"cannot resume {folder}: written by thinktree {data.get('thinktree', '?')} "
             f"(run format {version}); this thinktree resumes format {MANIFEST_VERSION}"
         )
-    if (folder / "results.json").exists():
-        raise ConfigError(f"run {folder} already completed; nothing to resume")
+    retrying = 0
+    if (folder / RESULTS).exists():
+        retrying = failed_calls(folder / RESULTS)
+        if not retrying:
+            raise ConfigError(
+                f"run {folder} already completed, with no failed model call; nothing to resume"
+            )
     _check_calls(folder / CALLS)
     try:
         problems = [Problem.model_validate(p) for p in data["problems"]]
@@ -442,7 +450,28 @@ def load_resume(folder: Path, *, prices: dict[str, Price] | None = None) -> Resu
         endpoint=endpoint,
         capabilities=caps,
         settings=settings,
+        retrying=retrying,
     )
+
+
+def failed_calls(results: Path) -> int:
+    """How many model calls of a completed run (its ``results.json``) failed.
+
+    A completed run with failed calls (an endpoint down for a while, a refused request)
+    can be resumed: the calls that succeeded are read back, the failed ones sent again.
+    """
+    try:
+        data = json.loads(results.read_text(encoding="utf-8"))
+        return sum(
+            1
+            for problem in data["problems"]
+            for node in problem["nodes"]
+            if node["status"] == "failed" and node["kind"] != "problem"
+        )
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(
+            f"cannot resume {results.parent}: {RESULTS} is unreadable ({exc})"
+        ) from None
 
 
 def _check_calls(path: Path) -> None:

@@ -1,0 +1,111 @@
+"""A completed run with failed model calls resumes: only the failed calls are sent again.
+
+An endpoint down for a while, or one request it refused, leaves failed calls in an
+otherwise complete run. The server here is a real HTTP server on 127.0.0.1 that refuses
+one problem's requests until it is told it is "back".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from thinktree.agents.endpoint import EndpointConfig
+from thinktree.agents.modes import ModeSettings
+from thinktree.errors import ConfigError
+from thinktree.orchestrator.run import RunSettings, execute, load_resume
+from thinktree.problems import AnswerType, Problem
+from thinktree.testing.fake_server import FakeBehaviour, FakeServer, fake_server_in_thread
+
+pytestmark = pytest.mark.anyio
+
+PROBLEMS = [
+    Problem(
+        id=f"q{i}",
+        question=f"Question {i}?",
+        answer_type=AnswerType.CHOICE,
+        options={"A": "alpha", "B": "beta"},
+        answer="B",
+    )
+    for i in range(6)
+]
+
+
+class Outage:
+    """Refuses every request about ``Question 1?`` while ``down``."""
+
+    def __init__(self) -> None:
+        self.down = True
+
+    def __call__(self, body: dict[str, Any]) -> str | None:
+        if self.down and "Question 1?" in json.dumps(body.get("messages")):
+            return "the model is being reloaded"
+        return None
+
+
+def _behaviour(outage: Outage) -> FakeBehaviour:
+    return FakeBehaviour(reply="It is beta. Answer: B", reject=outage)
+
+
+async def test_resuming_a_completed_run_sends_only_its_failed_calls_again(
+    tmp_path: Path,
+) -> None:
+    outage = Outage()
+    folder = tmp_path / "run"
+    async with FakeServer(_behaviour(outage)) as server:
+        endpoint = EndpointConfig(name="fake", base_url=server.base_url, continuation="chat")
+        settings = RunSettings(modes=ModeSettings(mode="budget", budget=32), out=folder)
+        first = await execute(PROBLEMS, endpoint, settings)
+        assert first.metrics.answered == len(PROBLEMS) - 1
+        assert (folder / "results.json").is_file()  # completed, with one failure
+
+        outage.down = False
+        state = load_resume(folder)
+        assert state.retrying == 1
+        before = server.requests
+        again = await execute(PROBLEMS, endpoint, state.settings, resume=state)
+        sent = server.requests - before
+    assert sent == 1  # only the failed call; the others are read back
+    assert again.cached_calls == len(PROBLEMS) - 1
+    assert again.metrics.answered == len(PROBLEMS) and again.metrics.failed == 0
+    saved = json.loads((folder / "results.json").read_text())
+    assert all(n["status"] != "failed" for p in saved["problems"] for n in p["nodes"])
+    with pytest.raises(ConfigError, match="already completed, with no failed model call"):
+        load_resume(folder)
+
+
+def test_the_command_says_how_to_send_failed_calls_again(tmp_path: Path) -> None:
+    data = tmp_path / "data.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps({"id": p.id, "question": p.question, "options": p.options, "answer": "B"})
+            + "\n"
+            for p in PROBLEMS
+        )
+    )
+    out = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "thinktree.cli", "run", *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+
+    outage = Outage()
+    with fake_server_in_thread(_behaviour(outage)) as server:
+        first = cli(str(data), "--endpoint", server.base_url, "--out", str(out))
+        outage.down = False
+        resumed = cli("--resume", str(out))
+        done = cli("--resume", str(out))
+    assert first.returncode == 0, first.stderr
+    assert f"send them again with: thinktree run --resume {out}" in first.stderr
+    assert resumed.returncode == 0, resumed.stderr
+    assert "completed with 1 failed model call(s): sending those again" in resumed.stderr
+    assert "failed; once the cause is fixed" not in resumed.stderr
+    assert done.returncode == 2
+    assert done.stderr.strip().endswith("with no failed model call; nothing to resume")
