@@ -264,3 +264,36 @@ def test_a_bench_probes_its_endpoint_once_for_every_cell(tmp_path: Path) -> None
     assert sum(probing) == first_solving  # and no cell after it probed again
     manifests = [json.loads(p.read_text()) for p in (tmp_path / "out").glob("*/run.json")]
     assert len({json.dumps(m["capabilities"], sort_keys=True) for m in manifests}) == 1
+
+
+def test_running_a_bench_again_sends_only_the_calls_that_failed(tmp_path: Path) -> None:
+    down = {"on": True}
+
+    def outage(body: dict[str, object]) -> str | None:
+        asks = json.dumps(body.get("messages"))
+        return "the model is being reloaded" if down["on"] and "p case 1" in asks else None
+
+    def bench() -> str:
+        proc = cli("bench", str(config), "--out", "out", cwd=tmp_path)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, out + err
+        return out + err
+
+    SEEN.clear()
+    with fake_server_in_thread(FakeBehaviour(reply=reply, reject=outage)) as server:
+        config = write_config(tmp_path, server.base_url, 'mode = ["budget"]')
+        first = bench()
+        down["on"] = False
+        SEEN.clear()
+        second = bench()
+        again = [key for key in SEEN if "Which one" in key]
+        third = bench()
+    assert "1 cell(s) finished with 1 failed model call(s)" in first
+    assert "resuming out: 1/2 cells already done" in second
+    assert len(again) == 1 and "p case 1" in again[0]  # only the call that failed
+    assert "failed model call" not in second
+    assert "2 cells done (0 now)" in third
+    for path in (tmp_path / "out").glob("*/results.json"):
+        saved = json.loads(path.read_text())
+        assert saved["metrics"]["failed"] == 0
+        assert saved["metrics"]["answered"] == saved["metrics"]["problems"]

@@ -293,7 +293,7 @@ def _execute(
             async with embedded_server(engine=engine) as server:
                 result = await go(endpoint_for(server))
         _print_results(result)
-        failed = _failed_steps(result)
+        failed = [node.error or "failed" for node in result.failed_calls()]
         if failed and result.metrics.answered:
             err.print(
                 f"{len(failed)} model call(s) failed; once the cause is fixed, send them "
@@ -326,18 +326,6 @@ def _execute(
                 soft_wrap=True,
             )
         raise
-
-
-def _failed_steps(result: RunResult) -> list[str]:
-    """The errors of a run's failed steps (model calls, not problems), in tree order."""
-    from thinktree.orchestrator.events import NodeKind, NodeStatus
-
-    return [
-        node.error
-        for tree in result.trees
-        for node in tree.walk()
-        if node.status == NodeStatus.FAILED and node.error and node.kind != NodeKind.PROBLEM
-    ]
 
 
 def _resume(

@@ -31,7 +31,7 @@ def bench_main(
     started here (see :mod:`thinktree.bench.cluster`); ``shards``: how many per cell.
     """
     from thinktree.bench.progress import BenchProgress
-    from thinktree.bench.runner import RESULTS, run_bench
+    from thinktree.bench.runner import cell_done, run_bench
     from thinktree.bench.sharding import check_shardable
 
     config = load_bench_config(config_path)
@@ -53,7 +53,7 @@ def bench_main(
             # a local cluster gets one CPU per shard (or the machine's)
             cluster = RayCluster(None if ray == LOCAL_RAY else ray, num_cpus=shards)
         with cluster or contextlib.nullcontext():
-            done = sum(1 for c in cells if (out_dir / c.name / RESULTS).is_file())
+            done = sum(1 for c in cells if cell_done(out_dir / c.name))
             if done:
                 err.print(f"[dim]resuming {out_dir}: {done}/{len(cells)} cells already done[/]")
             with BenchProgress(err, len(cells), done) as view:
@@ -71,6 +71,15 @@ def bench_main(
             f"report with: thinktree report {out_dir}",
             highlight=False,
         )
+        failing = [o for o in outcomes if o.result is not None and o.result.failed_calls()]
+        if failing:
+            calls = sum(len(o.result.failed_calls()) for o in failing if o.result is not None)
+            err.print(
+                f"{len(failing)} cell(s) finished with {calls} failed model call(s); once the "
+                "cause is fixed, the same command again sends only those",
+                highlight=False,
+                soft_wrap=True,
+            )
 
     return main
 

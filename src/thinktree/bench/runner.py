@@ -48,6 +48,7 @@ from thinktree.orchestrator.run import (
     RunResult,
     RunSettings,
     execute,
+    failed_calls_in,
     load_resume,
     probe_endpoint,
     probe_needs,
@@ -232,7 +233,7 @@ async def run_bench(
     cells = prepare(config, out)
     endpoints = resolve_endpoints(config, cells)
     prices = bench_prices(config)
-    todo = [c for c in cells if not (out / c.name / RESULTS).is_file()]
+    todo = [c for c in cells if not cell_done(out / c.name)]
     outcomes = [CellOutcome(c, out / c.name, "done before") for c in cells if c not in todo]
     needs_embedded = any(endpoints[c.name] is None for c in todo)
     shared = SqliteCallCache(out / SHARED_CALLS)
@@ -281,6 +282,16 @@ async def run_bench(
     order = {c.name: i for i, c in enumerate(cells)}
     outcomes.sort(key=lambda o: order[o.cell.name])
     return outcomes
+
+
+def cell_done(folder: Path) -> bool:
+    """Whether a cell is finished: its results written, and none of its calls failed
+    (a cell with failed calls is resumed: those are sent again, the rest read back).
+    A sharded cell counts as finished once its results are written."""
+    results = folder / RESULTS
+    if not results.is_file():
+        return False
+    return (folder / SHARDS).is_dir() or failed_calls_in(results) == 0
 
 
 @asynccontextmanager

@@ -39,7 +39,13 @@ from thinktree.errors import ConfigError, RecordingError
 from thinktree.metrics import Metrics, compute
 from thinktree.orchestrator.bus import EventBus, Subscriber, event_bus
 from thinktree.orchestrator.call_cache import SharedCallCache, SqliteCallCache
-from thinktree.orchestrator.events import CallRetried, RunFinished, RunStarted
+from thinktree.orchestrator.events import (
+    CallRetried,
+    NodeKind,
+    NodeStatus,
+    RunFinished,
+    RunStarted,
+)
 from thinktree.orchestrator.gc_tuning import run_gc
 from thinktree.orchestrator.ledger import Budget
 from thinktree.orchestrator.scheduler import run_problems
@@ -114,6 +120,24 @@ class RunResult:
     capabilities: Capabilities
     cached_calls: int = 0
     stopped_by: str | None = None
+
+    def failed_calls(self) -> list[Node]:
+        """The solver's model calls that failed, in tree order (see :func:`failed_calls_in`)."""
+        return [
+            node
+            for tree in self.trees
+            for node in tree.walk()
+            if node.status == NodeStatus.FAILED and node.kind in CALL_KINDS
+        ]
+
+
+CALL_KINDS = frozenset(NodeKind) - {
+    NodeKind.PROBLEM,
+    NodeKind.BRANCH,
+    NodeKind.VOTE,
+    NodeKind.VERDICT,  # a verifier's: it may fail to score the same way every time
+}
+"""The nodes that are the solver's model calls."""
 
 
 def validate(settings: RunSettings, *, resuming: bool = False) -> None:
@@ -414,7 +438,7 @@ def load_resume(folder: Path, *, prices: dict[str, Price] | None = None) -> Resu
         )
     retrying = 0
     if (folder / RESULTS).exists():
-        retrying = failed_calls(folder / RESULTS)
+        retrying = failed_calls_in(folder / RESULTS)
         if not retrying:
             raise ConfigError(
                 f"run {folder} already completed, with no failed model call; nothing to resume"
@@ -454,8 +478,8 @@ def load_resume(folder: Path, *, prices: dict[str, Price] | None = None) -> Resu
     )
 
 
-def failed_calls(results: Path) -> int:
-    """How many model calls of a completed run (its ``results.json``) failed.
+def failed_calls_in(results: Path) -> int:
+    """How many of the solver's model calls in a completed run (its ``results.json``) failed.
 
     A completed run with failed calls (an endpoint down for a while, a refused request)
     can be resumed: the calls that succeeded are read back, the failed ones sent again.
@@ -466,7 +490,7 @@ def failed_calls(results: Path) -> int:
             1
             for problem in data["problems"]
             for node in problem["nodes"]
-            if node["status"] == "failed" and node["kind"] != "problem"
+            if node["status"] == "failed" and node["kind"] in CALL_KINDS
         )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ConfigError(
