@@ -189,6 +189,46 @@ def test_sigkill_then_resume_pays_once_and_matches(
     assert status == "completed"
 
 
+def test_sigterm_stops_the_run_in_order_and_it_resumes(
+    tmp_path: Path, reference: dict[str, Any]
+) -> None:
+    """A job scheduler's or a container's stop: the run keeps its trace and says how to go on."""
+    data = write_dataset(tmp_path / "data.jsonl")
+    folder = tmp_path / "run"
+    with fake_server_in_thread(BEHAVIOUR, record_bodies=True) as server:
+        proc = start(
+            ["run", str(data), "--endpoint", server.base_url, *RUN_ARGS, "--out", str(folder)]
+        )
+        deadline = time.monotonic() + 60
+        while not (folder / "run.json").exists() and proc.poll() is None:
+            assert time.monotonic() < deadline, "the run never started"
+            time.sleep(0.002)
+        base = server.answered
+        while server.answered < base + 6 and proc.poll() is None:
+            assert time.monotonic() < deadline, "the run made no progress"
+            time.sleep(0.002)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 143, f"{out}{err}"
+        assert "Traceback" not in err
+        assert err.strip().splitlines()[-2:] == [
+            "error: terminated (SIGTERM)",
+            f"resume with: thinktree run --resume {folder}",
+        ]
+        assert not (folder / "results.json").exists()
+        # the trace was flushed and closed: whole lines, the run's end recorded
+        events = [json.loads(line) for line in (folder / "trace.jsonl").read_text().splitlines()]
+        assert events[0]["type"] == "run-started"
+        assert events[-1] == {**events[-1], "type": "run-finished", "status": "cancelled"}
+        paid_before = committed(folder)
+        finish(["run", "--resume", str(folder)])
+        answered = Counter(
+            request_key(b) for b in server.bodies if b.get("messages") or b.get("prompt")
+        )
+    assert paid_before and all(answered[key] == 1 for key in paid_before)
+    assert comparable(json.loads((folder / "results.json").read_text())) == reference
+
+
 def test_resume_refuses_foreign_and_finished_folders(tmp_path: Path) -> None:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

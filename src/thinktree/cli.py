@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -56,9 +57,13 @@ def _find(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseExc
     return None
 
 
+class _Terminated(Exception):
+    """The process was asked to stop (SIGTERM) and has stopped in order."""
+
+
 def _run_async(fn: Callable[[], Awaitable[T]]) -> T:
     try:
-        return event_loop.run(fn)
+        return event_loop.run(lambda: _stopping_on_sigterm(fn))
     except KeyboardInterrupt:
         raise _fail("interrupted", 130) from None
     except BaseException as exc:
@@ -67,6 +72,8 @@ def _run_async(fn: Callable[[], Awaitable[T]]) -> T:
             raise done from None
         if _find(exc, (KeyboardInterrupt,)) is not None:
             raise _fail("interrupted", 130) from None
+        if _find(exc, (_Terminated,)) is not None:
+            raise _fail("terminated (SIGTERM)", TERMINATED) from None
         user = _find(exc, (ThinktreeError, DatasetError))
         if user is None:
             raise
@@ -75,6 +82,30 @@ def _run_async(fn: Callable[[], Awaitable[T]]) -> T:
 
 
 UNWRITABLE = 74  # sysexits' EX_IOERR: the run's own files could not be written
+TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process SIGTERM ended
+
+
+async def _stopping_on_sigterm(fn: Callable[[], Awaitable[T]]) -> T:
+    """``await fn()``; SIGTERM (a job scheduler's, a container's stop) cancels it as Ctrl-C
+    does, so a run records what it finished, closes its files and can be resumed, and a
+    server it started is stopped, instead of the process dying where it stands."""
+    if sys.platform == "win32":
+        return await fn()
+    outcome: list[T] = []
+    with anyio.open_signal_receiver(signal.SIGTERM) as signals:
+        async with anyio.create_task_group() as tg:
+
+            async def stop_on_signal() -> None:
+                async for _ in signals:
+                    tg.cancel_scope.cancel()
+                    return
+
+            tg.start_soon(stop_on_signal)
+            outcome.append(await fn())
+            tg.cancel_scope.cancel()
+    if not outcome:
+        raise _Terminated
+    return outcome[0]
 
 
 @app.command()
@@ -317,8 +348,10 @@ def _execute(
     try:
         _run_async(main)
     except typer.Exit as exc:
-        if exc.exit_code == 130 and folder:
-            err.print(f"resume with: thinktree run --resume {folder[0]}", highlight=False)
+        if exc.exit_code in (130, TERMINATED) and folder:
+            err.print(
+                f"resume with: thinktree run --resume {folder[0]}", highlight=False, soft_wrap=True
+            )
         elif exc.exit_code == UNWRITABLE and folder:
             err.print(
                 f"once it can be written again, resume with: thinktree run --resume {folder[0]}",
@@ -636,8 +669,12 @@ def bench(
     try:
         _run_async(main)
     except typer.Exit as exc:
-        if exc.exit_code == 130:
-            err.print(f"resume with: thinktree bench {config} --out {out_dir}", highlight=False)
+        if exc.exit_code in (130, TERMINATED):
+            err.print(
+                f"resume with: thinktree bench {config} --out {out_dir}",
+                highlight=False,
+                soft_wrap=True,
+            )
         raise
 
 

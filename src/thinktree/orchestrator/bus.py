@@ -68,6 +68,7 @@ class EventBus:
         self._ready = anyio.Event()  # set when the queue has something (or closed)
         self._room = anyio.Event()  # set when the dispatcher has taken the queue
         self._closed = False
+        self._broken = False  # a subscriber raised: the dispatcher stopped with its error
         self.wants_deltas = any(s.wants_deltas for s in self._subscribers)
 
     def clock(self) -> float:
@@ -103,9 +104,22 @@ class EventBus:
             batch, self._queue = self._queue, deque()
             room, self._room = self._room, anyio.Event()
             room.set()
-            for handle_batch in deliver:
-                handle_batch(batch)
+            try:
+                for handle_batch in deliver:
+                    handle_batch(batch)
+            except BaseException:
+                self._broken = True
+                raise
             await anyio.lowlevel.checkpoint()
+
+    def _drain(self) -> None:
+        """Deliver what is still queued, at once: the last events of a run that was
+        cancelled (Ctrl-C, SIGTERM), whose dispatcher was cancelled with it."""
+        if self._broken or not self._queue:
+            return
+        batch, self._queue = self._queue, deque()
+        for handle_batch in self._deliver:
+            handle_batch(batch)
 
 
 @asynccontextmanager
@@ -126,6 +140,10 @@ async def event_bus(
     finally:
         with anyio.CancelScope(shield=True):
             failed: BaseException | None = None
+            try:
+                bus._drain()
+            except Exception as exc:
+                failed = exc
             for subscriber in subscribers:  # each one, even after one fails to close
                 try:
                     await subscriber.aclose()
