@@ -18,7 +18,7 @@ from rich.table import Table
 
 from thinktree import event_loop
 from thinktree.datasets import DatasetError, load_demo, load_problems
-from thinktree.errors import ConfigError, RecordingError, ThinktreeError
+from thinktree.errors import ConfigError, EndpointDown, RecordingError, ThinktreeError
 from thinktree.logging_setup import configure
 
 app = typer.Typer(
@@ -78,10 +78,12 @@ def _run_async(fn: Callable[[], Awaitable[T]]) -> T:
         if user is None:
             raise
         code = UNWRITABLE if isinstance(user, RecordingError) else 2
+        code = UNAVAILABLE if isinstance(user, EndpointDown) else code
         raise _fail(str(user).splitlines()[0] if str(user) else type(user).__name__, code) from None
 
 
 UNWRITABLE = 74  # sysexits' EX_IOERR: the run's own files could not be written
+UNAVAILABLE = 69  # sysexits' EX_UNAVAILABLE: the endpoint stopped answering
 TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process SIGTERM ended
 
 
@@ -352,9 +354,10 @@ def _execute(
             err.print(
                 f"resume with: thinktree run --resume {folder[0]}", highlight=False, soft_wrap=True
             )
-        elif exc.exit_code == UNWRITABLE and folder:
+        elif exc.exit_code in (UNWRITABLE, UNAVAILABLE) and folder:
+            again = "it can be written" if exc.exit_code == UNWRITABLE else "the endpoint answers"
             err.print(
-                f"once it can be written again, resume with: thinktree run --resume {folder[0]}",
+                f"once {again} again, resume with: thinktree run --resume {folder[0]}",
                 highlight=False,
                 soft_wrap=True,
             )

@@ -42,6 +42,7 @@ _ENDPOINT_KEYS = {
     "http_client",
     "max_tokens_field",
     "temperature",
+    "outage_wait_s",
 }
 _KNOWN = {"openai": "https://api.openai.com/v1"}
 # the keys that take one of a few words, and those words
@@ -124,6 +125,14 @@ def _from_table(name: str, table: dict[str, Any], model: str | None) -> Endpoint
         raise ConfigError(
             f"endpoint '{name}': temperature must be a number from 0 to 2 (the one this model "
             f"takes), not {temperature!r}"
+        )
+    wait = table.get("outage_wait_s")
+    if wait is not None and (
+        not isinstance(wait, int | float) or isinstance(wait, bool) or wait < 0
+    ):
+        raise ConfigError(
+            f"endpoint '{name}': outage_wait_s must be a number of seconds (0 or more), "
+            f"not {wait!r}"
         )
     members = pool_members(name, table)
     if "base_url" not in table and not members:

@@ -23,9 +23,16 @@ class RunLimitReached(ThinktreeError):
     """The run's token or money limit is reached: no new call may start."""
 
 
-class RecordingError(ThinktreeError):
+class RunStopping(ThinktreeError):
+    """An error that stops the whole run (resumable), never taken for one problem's failure."""
+
+
+class RecordingError(RunStopping):
     """A run's own files cannot be written (a full disk, a folder gone read-only).
 
-    The run stops: a run that cannot keep what it pays for must not go on paying. It is
-    never taken for one problem's failure.
+    The run stops: a run that cannot keep what it pays for must not go on paying.
     """
+
+
+class EndpointDown(RunStopping):
+    """The endpoint stopped answering and did not come back within its ``outage_wait_s``."""

@@ -35,7 +35,7 @@ from tenacity import (
 
 from thinktree._json import dumps_sorted, loads
 from thinktree.agents.transport import Transport, parse
-from thinktree.errors import EndpointError
+from thinktree.errors import EndpointDown, EndpointError
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
@@ -68,6 +68,9 @@ class RetryKind(StrEnum):
 
 
 _EVERY_KIND = frozenset(RetryKind)
+# what a server that is down (restarting, unreachable) answers, unlike one that is up
+_OUTAGE = frozenset({RetryKind.CONNECTION, RetryKind.TIMEOUT, RetryKind.TRANSIENT})
+_OUTAGE_POLL_S = 5.0
 # OpenAI's refusal of any temperature but a reasoning model's own: "Unsupported value:
 # 'temperature' does not support 0.7 with this model. Only the default (1) value is supported."
 _ONLY_TEMPERATURE = re.compile(r"only the default \(([\d.]+)\)", re.IGNORECASE)
@@ -161,6 +164,10 @@ class EndpointConfig:
     """The field a chat request's token cap goes in. "auto": ``max_tokens`` (what vLLM,
     llama.cpp and most servers read) until the server rejects it and names
     ``max_completion_tokens`` (OpenAI's reasoning models), then that one."""
+    outage_wait_s: float = 600.0
+    """How long a call whose retries all failed because the endpoint did not answer
+    (refused connections, timeouts, 5xx) waits for it to answer again (a restarting
+    server), asking every few seconds, before the run stops (resumable)."""
     temperature: float | None = None
     """The temperature every call to this endpoint is sent with, whatever the run or a
     verifier asks: for a model that takes only one (OpenAI's reasoning models take only
@@ -222,6 +229,9 @@ class EndpointClient:
         self.on_retry = on_retry
         self.model: str = config.model or ""
         self.cache: CallCache | None = None
+        self._outage = anyio.Lock()  # one call at a time waits for the endpoint to come back
+        self._answered_at = 0.0  # when the endpoint last answered such a wait's check
+        self._gave_up: tuple[float, EndpointDown] | None = None  # when a wait ran out
         self._cap_field = (
             "max_tokens" if config.max_tokens_field == "auto" else config.max_tokens_field
         )
@@ -486,7 +496,12 @@ class EndpointClient:
         attempt: Callable[[], Awaitable[Completion]],
         first_error: BaseException,
         timed: bool,
+        *,
+        waited: bool = False,
     ) -> Completion:
+        """Retry a failed call. When every attempt failed because the endpoint did not
+        answer and it does not answer a check either, wait for it (:meth:`_wait_until_back`)
+        and retry once more (``waited``)."""
         # The first attempt of a retried call is replayed (its error, no new request),
         # so tenacity counts, waits and reports it like any other.
         replay: list[BaseException] = [first_error]
@@ -503,8 +518,53 @@ class EndpointClient:
                     result.attempts = trial.retry_state.attempt_number
                     return result
         except Exception as exc:
-            raise self._user_error(exc) from exc
+            if waited or classify(exc) not in _OUTAGE:
+                raise self._user_error(exc) from exc
+            failed_at = time.monotonic()
+            if await self._reachable():  # the server is up: this request is what fails
+                raise self._user_error(exc) from exc
+            await self._wait_until_back(failed_at, exc)
+            return await self._retry(attempt, exc, timed, waited=True)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _reachable(self) -> bool:
+        """Whether the endpoint answers at all: ``/models`` gets any answer but a 5xx."""
+        try:
+            with anyio.fail_after(min(10.0, self.config.timeout_s)):
+                await self.transport.get("models")
+        except openai.APIStatusError as exc:
+            return exc.status_code < 500
+        except (openai.APIConnectionError, TimeoutError):
+            return False
+        return True
+
+    async def _wait_until_back(self, failed_at: float, exc: BaseException) -> None:
+        """Wait for the endpoint to answer again, at most ``outage_wait_s`` (one call asks,
+        the others wait for its answer); :class:`EndpointDown` when it does not."""
+        async with self._outage:
+            if self._answered_at > failed_at:
+                return  # it came back while this call waited for the lock
+            if self._gave_up is not None and self._gave_up[0] > failed_at:
+                raise self._gave_up[1]  # another call waited as long as allowed, in vain
+            patience = self.config.outage_wait_s
+            reason = f"endpoint not answering ({classify(exc)})"
+            log.warning("endpoint not answering", endpoint=self.config.name, wait_s=patience)
+            if self.on_retry is not None:
+                await self.on_retry(0, patience, reason)
+            deadline = time.monotonic() + patience
+            while time.monotonic() < deadline:
+                pause = min(_OUTAGE_POLL_S, patience / 10, deadline - time.monotonic())
+                await anyio.sleep(max(0.0, pause))
+                if await self._reachable():
+                    self._answered_at = time.monotonic()
+                    log.info("endpoint answering again", endpoint=self.config.name)
+                    return
+            down = EndpointDown(
+                f"endpoint {self.config.describe()} stopped answering ({classify(exc)}) and did "
+                f"not come back within {patience:.0f} s (outage_wait_s)"
+            )
+            self._gave_up = (time.monotonic(), down)
+            raise down
 
     async def retried(
         self, request: Callable[[], Awaitable[T]], *, kinds: Collection[RetryKind] = _EVERY_KIND

@@ -17,7 +17,7 @@ from thinktree.agents.aggregators import Aggregator, Vote
 from thinktree.agents.prompts import messages_for
 from thinktree.agents.solver import Branch, Candidate, Solver
 from thinktree.agents.strategies import Strategy
-from thinktree.errors import RecordingError, ThinktreeError
+from thinktree.errors import RunStopping, ThinktreeError
 from thinktree.grading import grade
 from thinktree.orchestrator.bus import EventBus
 from thinktree.orchestrator.events import ProblemFinished, ProblemStarted, VoteCast
@@ -54,7 +54,7 @@ async def solve_problem(
         candidates = await strategy.run(solver, Branch(messages_for(problem)), root, pool)
     except (ThinktreeError, ExceptionGroup) as exc:
         found = user_error(exc)
-        if found is None or isinstance(found, RecordingError):
+        if found is None or isinstance(found, RunStopping):
             raise  # not this problem's failure: the run cannot go on
         log.warning("problem failed", problem=problem.id, error=str(found))
         await bus.emit(

@@ -184,8 +184,12 @@ class FakeServer:
         slow_s: float = 30.0,
         record_bodies: bool = False,
         id_prefix: str = "fake",
+        port: int = 0,
     ) -> None:
         self.behaviour = behaviour or FakeBehaviour()
+        self._bind_port = port
+        """The port to listen on (0: a free one); a server stopped and started again on its
+        old port is one that went down and came back."""
         self.id_prefix = id_prefix
         """Response ids are ``chatcmpl-PREFIX-N``: give servers of one pool their own, as
         real servers' ids never collide."""
@@ -233,8 +237,9 @@ class FakeServer:
         runner = web.ServerRunner(server, shutdown_timeout=1.0)
         await runner.setup()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind(("127.0.0.1", 0))
+            sock.bind(("127.0.0.1", self._bind_port))
             site = web.SockSite(runner, sock, backlog=1024)
             await site.start()
         except BaseException:

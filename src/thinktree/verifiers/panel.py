@@ -17,6 +17,7 @@ import anyio
 import structlog
 
 from thinktree.agents.solver import Candidate, Solver
+from thinktree.errors import RunStopping
 from thinktree.grading import grade
 from thinktree.orchestrator.events import (
     CandidateScored,
@@ -78,7 +79,7 @@ class VerifierPanel:
             verdicts = list(await named.verifier.verify(problem, views))
             if len(verdicts) != len(views):
                 raise ValueError(f"returned {len(verdicts)} verdicts for {len(views)} candidates")
-        except anyio.get_cancelled_exc_class():
+        except (anyio.get_cancelled_exc_class(), RunStopping):  # the run stops: so does this
             with anyio.CancelScope(shield=True):
                 for node_id in ids:
                     await bus.emit(NodeFailed(node_id=node_id, error="cancelled: the run stopped"))

@@ -1,0 +1,164 @@
+"""An endpoint that goes down mid-run (a restarting server) is waited for, not failed past.
+
+The endpoint is a real HTTP server on 127.0.0.1, stopped mid-run and started again on
+the same port: the client sees refused connections, as from a server being restarted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+import pytest
+
+from thinktree.agents.endpoint import EndpointConfig
+from thinktree.agents.modes import ModeSettings
+from thinktree.errors import EndpointDown
+from thinktree.orchestrator.run import RunResult, RunSettings, execute, load_resume
+from thinktree.orchestrator.subscribers import TreeRecorder
+from thinktree.problems import AnswerType, Problem
+from thinktree.testing.fake_server import FakeBehaviour, FakeServer, fake_server_in_thread
+
+pytestmark = pytest.mark.anyio
+
+PROBLEMS = [
+    Problem(
+        id=f"q{i}",
+        question=f"Question {i}?",
+        answer_type=AnswerType.CHOICE,
+        options={"A": "alpha", "B": "beta"},
+        answer="B",
+    )
+    for i in range(12)
+]
+BEHAVIOUR = FakeBehaviour(reply="It is beta. Answer: B", delay_s=0.05)
+SETTINGS = ModeSettings(mode="budget", budget=32)
+
+
+def endpoint(server: FakeServer, outage_wait_s: float) -> EndpointConfig:
+    return EndpointConfig(
+        name="restarting",
+        base_url=server.base_url,
+        continuation="chat",
+        max_attempts=2,
+        max_backoff_s=0.05,
+        outage_wait_s=outage_wait_s,
+    )
+
+
+async def _until_answered(server: FakeServer, calls: int) -> None:
+    with anyio.fail_after(30):
+        while server.answered < calls:  # noqa: ASYNC110 (the server has no event to wait on)
+            await anyio.sleep(0.01)
+
+
+async def test_a_server_restarted_mid_run_is_waited_for_and_no_call_fails(
+    tmp_path: Path,
+) -> None:
+    first = FakeServer(BEHAVIOUR)
+    await first.__aenter__()
+    port = first.port
+    recorder = TreeRecorder()  # sees the run's events: the wait is one of them
+    results: list[RunResult] = []
+    try:
+        async with anyio.create_task_group() as tg:
+            done = anyio.Event()
+
+            async def run() -> None:
+                settings = RunSettings(modes=SETTINGS, concurrency=2, out=tmp_path / "run")
+                config = endpoint(first, outage_wait_s=30)
+                results.append(await execute(PROBLEMS, config, settings, subscribers=[recorder]))
+                done.set()
+
+            tg.start_soon(run)
+            await _until_answered(first, 4)
+            await first.__aexit__(None, None, None)  # down: connections refused
+            await anyio.sleep(1.0)
+            second = FakeServer(BEHAVIOUR, port=port)  # back, on the same port
+            async with second:
+                with anyio.fail_after(60):
+                    await done.wait()
+    finally:
+        await first.__aexit__(None, None, None)
+    (result,) = results
+    assert result.metrics.answered == len(PROBLEMS)
+    assert result.failed_calls() == []
+    assert second.answered >= len(PROBLEMS) - first.answered  # the rest: after the restart
+    assert recorder.retries >= 1  # the wait was announced (progress bar, TUI)
+
+
+async def test_a_server_that_stays_down_stops_the_run_which_resumes_later(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "run"
+    first = FakeServer(BEHAVIOUR)
+    await first.__aenter__()
+    port = first.port
+    settings = RunSettings(modes=SETTINGS, concurrency=2, out=folder)
+
+    async def stop_soon() -> None:
+        await _until_answered(first, 4)
+        await first.__aexit__(None, None, None)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(stop_soon)
+        with pytest.raises(EndpointDown, match=r"did not come back within 1 s \(outage_wait_s\)"):
+            await execute(PROBLEMS, endpoint(first, outage_wait_s=1), settings)
+    assert not (folder / "results.json").exists()
+    async with FakeServer(BEHAVIOUR, port=port) as second:
+        state = load_resume(folder)
+        result = await execute(PROBLEMS, endpoint(second, 1), state.settings, resume=state)
+    assert result.metrics.answered == len(PROBLEMS) and result.failed_calls() == []
+    # one call a problem: those answered before the outage are read back, not sent again
+    assert result.cached_calls > 0
+    assert second.answered == len(PROBLEMS) - result.cached_calls
+    saved = json.loads((folder / "results.json").read_text())
+    assert saved["metrics"]["failed"] == 0
+
+
+def test_the_command_stops_in_one_line_when_the_endpoint_stays_down(tmp_path: Path) -> None:
+    data = tmp_path / "data.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps({"id": p.id, "question": p.question, "options": p.options, "answer": "B"})
+            + "\n"
+            for p in PROBLEMS
+        )
+    )
+    out = tmp_path / "run"
+    config = tmp_path / "thinktree.toml"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    slow = FakeBehaviour(reply="It is beta. Answer: B", delay_s=0.2)
+    with fake_server_in_thread(slow) as server:
+        config.write_text(
+            f'[endpoints.gpu]\nbase_url = "{server.base_url}"\ncontinuation = "chat"\n'
+            "max_attempts = 2\noutage_wait_s = 1\n"
+        )
+        args = ["run", str(data), "--endpoint", "gpu", "--config", str(config)]
+        args += ["--concurrency", "1", "--out", str(out)]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "thinktree.cli", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        deadline = time.monotonic() + 60
+        while server.answered < 6 and proc.poll() is None:  # the probe's, then the run's
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    # the server is gone for good
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 69, err
+    assert "Traceback" not in err
+    lines = err.strip().splitlines()
+    assert lines[-2].startswith("error: endpoint 'gpu' ")
+    assert "stopped answering (connection failed) and did not come back within 1 s" in lines[-2]
+    hint = f"once the endpoint answers again, resume with: thinktree run --resume {out}"
+    assert lines[-1] == hint
+    assert not (out / "results.json").exists()
