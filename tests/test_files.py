@@ -1,4 +1,4 @@
-"""Files written whole or not at all (results, manifests, a trained verifier, server state)."""
+"""The files thinktree writes: whole or not at all, and a log file that stays bounded."""
 
 from __future__ import annotations
 
@@ -34,3 +34,18 @@ def test_a_failure_before_the_first_write_creates_no_file(tmp_path: Path) -> Non
     with pytest.raises(ValueError), atomic_file(path):
         raise ValueError
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_log_file_starts_afresh_past_its_limit_and_keeps_one_old_one(tmp_path: Path) -> None:
+    from thinktree.logging_setup import _rotate
+
+    log = tmp_path / "thinktree.jsonl"
+    _rotate(log, limit=10)  # no log yet: nothing to do
+    log.write_text("small\n")
+    _rotate(log, limit=10)
+    assert log.read_text() == "small\n"
+    log.write_text("x" * 11)
+    (tmp_path / "thinktree.jsonl.1").write_text("older")
+    _rotate(log, limit=10)
+    assert not log.exists()
+    assert (tmp_path / "thinktree.jsonl.1").read_text() == "x" * 11

@@ -19,6 +19,19 @@ def _redact(_: object, __: str, event: structlog.types.EventDict) -> structlog.t
     return event
 
 
+LOG_FILE_LIMIT = 50 * 1024 * 1024
+
+
+def _rotate(path: Path, limit: int = LOG_FILE_LIMIT) -> None:
+    """Start ``path`` afresh once it has grown past ``limit`` bytes, keeping the old one as
+    ``PATH.1`` (replacing an older one): a log appended to by every run stays bounded."""
+    try:
+        if path.stat().st_size > limit:
+            path.replace(path.with_name(path.name + ".1"))
+    except OSError:
+        pass  # no log yet, or one that cannot be moved: append to it as it is
+
+
 def configure(*, verbose: bool = False, json_file: Path | None = None) -> None:
     """Readable lines on stderr for a person, JSON lines when logging to a file."""
     level = logging.DEBUG if verbose else logging.WARNING
@@ -31,6 +44,7 @@ def configure(*, verbose: bool = False, json_file: Path | None = None) -> None:
     stream: TextIO
     if json_file is not None:
         json_file.parent.mkdir(parents=True, exist_ok=True)
+        _rotate(json_file)
         stream = json_file.open("a", encoding="utf-8")
         processors += [structlog.processors.dict_tracebacks, structlog.processors.JSONRenderer()]
         level = logging.DEBUG if verbose else logging.INFO
