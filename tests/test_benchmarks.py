@@ -37,6 +37,7 @@ def test_every_script_is_covered_here() -> None:
         "embedded_throughput.py",
         "answer_formats.py",
         "engines.py",
+        "rate_limit.py",
     }
     assert {p.name for p in BENCH.glob("*.py")} <= covered
 
@@ -108,3 +109,10 @@ def test_engines_prints_both_engines(embedded_url: str, llamacpp_url: str) -> No
     out = _run("engines.py", "--tokens", "4", "--rounds", "1")
     assert "vllm      reused at" in out and "llamacpp  reused at" in out
     assert "1 in flight: vLLM" in out and "4 in flight: vLLM" in out
+
+
+def test_rate_limit_prints_both_runs() -> None:
+    out = _run("rate_limit.py", "--problems", "24", "--in-flight", "8", "--limit", "2")
+    lines = {line.split(" failed")[0].strip(): line for line in out.splitlines()}
+    assert re.search(r"failed calls +0 of 24", lines["backing off (thinktree)"])
+    assert "retrying only" in lines

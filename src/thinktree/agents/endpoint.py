@@ -34,6 +34,7 @@ from tenacity import (
 )
 
 from thinktree._json import dumps_sorted, loads
+from thinktree.agents.limiter import AdaptiveLimiter
 from thinktree.agents.transport import Transport, parse
 from thinktree.errors import EndpointDown, EndpointError
 
@@ -224,8 +225,7 @@ class EndpointClient:
             max_connections=config.max_connections,
             lean=config.http_client == "auto",
         )
-        # fast_acquire: a free slot is taken without a trip through the event loop
-        self.limiter = anyio.Semaphore(config.max_connections, fast_acquire=True)
+        self.limiter = AdaptiveLimiter(config.max_connections, name=config.name)
         self.on_retry = on_retry
         self.model: str = config.model or ""
         self.cache: CallCache | None = None
@@ -485,11 +485,23 @@ class EndpointClient:
         return result
 
     async def _once(self, attempt: Callable[[], Awaitable[Completion]], timed: bool) -> Completion:
-        async with self.limiter:
+        limiter = self.limiter
+        if not limiter.try_acquire():
+            await limiter.acquire()
+        sent_at = time.monotonic()
+        try:
             if not timed:
-                return await attempt()
-            with anyio.fail_after(self.config.timeout_s):
-                return await attempt()
+                result = await attempt()
+            else:
+                with anyio.fail_after(self.config.timeout_s):
+                    result = await attempt()
+        except openai.RateLimitError:
+            limiter.rate_limited(sent_at)  # fewer calls in flight, not just a later retry
+            raise
+        finally:
+            limiter.release()
+        limiter.answered()
+        return result
 
     async def _retry(
         self,

@@ -35,6 +35,7 @@ from thinktree.agents.endpoint import (
     fingerprint,
     request_json,
 )
+from thinktree.agents.limiter import AdaptiveLimiter
 from thinktree.errors import EndpointError
 
 log = structlog.get_logger(__name__)
@@ -110,7 +111,7 @@ class EndpointPool(EndpointClient):
             )
             for index, member in enumerate(config.members)
         ]
-        self.limiter = anyio.Semaphore(sum(m.limit for m in self.members), fast_acquire=True)
+        self.limiter = AdaptiveLimiter(sum(m.limit for m in self.members), name=config.name)
         self.on_retry = on_retry
         self.model = config.model or ""
         self.cache = None

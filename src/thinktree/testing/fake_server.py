@@ -120,6 +120,9 @@ class FakeBehaviour:
     """A request for which this returns a message is answered 400 with it (a refused field)."""
     token_ids: bool = True
     """False: ignore ``return_token_ids`` (choices carry no token ids, as before vLLM 0.10)."""
+    max_in_flight: int | None = None
+    """A rate limit: a generation request arriving while this many are being answered gets
+    a 429 (with ``retry_after_s``), as an API's concurrency limit answers."""
 
 
 class Fault(StrEnum):
@@ -202,6 +205,11 @@ class FakeServer:
         self.answered = 0
         """Generation requests answered successfully (faulted ones excluded)."""
         self.faulted: Counter[Fault] = Counter()
+        self.in_flight = 0
+        """Generation requests being answered now."""
+        self.peak_in_flight = 0
+        self.rate_limited = 0
+        """Requests refused by ``behaviour.max_in_flight``."""
         self.bodies: list[Body] = []
         """Request bodies received, when ``record_bodies``."""
         self._created = _CREATED
@@ -305,6 +313,21 @@ class FakeServer:
         return faults[index] if index < len(faults) else None
 
     async def _generate(self, request: web.BaseRequest, *, chat: bool) -> web.StreamResponse:
+        cap = self.behaviour.max_in_flight
+        if cap is not None and self.in_flight >= cap:
+            self.requests += 1
+            self.rate_limited += 1
+            headers = {"Retry-After": f"{self.retry_after_s:g}"}
+            message = "Rate limit reached: too many requests in flight."
+            return _error(429, message, "RateLimitError", headers)
+        self.in_flight += 1
+        self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
+        try:
+            return await self._generate_one(request, chat=chat)
+        finally:
+            self.in_flight -= 1
+
+    async def _generate_one(self, request: web.BaseRequest, *, chat: bool) -> web.StreamResponse:
         index = self.requests
         self.requests += 1
         try:
