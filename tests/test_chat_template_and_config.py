@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -117,6 +118,44 @@ def test_an_endpoints_temperature_is_a_number_from_0_to_2(bad: object) -> None:
     assert cfg is not None and cfg.temperature == 1
     with pytest.raises(ConfigError, match=r"^endpoint 'o': temperature must be a number from 0"):
         endpoint_from("o", model="m", config={"endpoints": {"o": {**table, "temperature": bad}}})
+
+
+@pytest.mark.parametrize(
+    ("key", "good", "bad"),
+    [
+        ("max_connections", 64, 0),
+        ("max_connections", 64, "x"),
+        ("max_connections", 64, 2.5),
+        ("max_attempts", 1, 0),
+        ("timeout_s", 0.5, -1),
+        ("timeout_s", 30, "soon"),
+        ("outage_wait_s", 0, -5),
+        ("outage_wait_s", 900, True),
+    ],
+)
+def test_a_key_that_takes_a_number_takes_only_a_sensible_one(
+    key: str, good: object, bad: object
+) -> None:
+    table = {"base_url": "http://gpu:8000/v1"}
+    cfg = endpoint_from("gpu", model="m", config={"endpoints": {"gpu": {**table, key: good}}})
+    assert cfg is not None and getattr(cfg, key) == good
+    with pytest.raises(ConfigError, match=rf"^endpoint 'gpu': {key} must be .*, not "):
+        endpoint_from("gpu", model="m", config={"endpoints": {"gpu": {**table, key: bad}}})
+
+
+@pytest.mark.parametrize(
+    ("key", "bad", "says"),
+    [
+        ("model", 5, "model must be text (in quotes), not 5"),
+        ("api_key_env", 5, "api_key_env must be text (in quotes), not 5"),
+        ("base_url", 5, "base_url must be text (in quotes), not 5"),
+        ("base_url", "gpu:8000/v1", "base_url must be an http:// or https:// URL"),
+    ],
+)
+def test_a_key_that_takes_text_takes_only_text(key: str, bad: object, says: str) -> None:
+    table = {"base_url": "http://gpu:8000/v1", key: bad}
+    with pytest.raises(ConfigError, match=re.escape(f"endpoint 'gpu': {says}")):
+        endpoint_from("gpu", model="m", config={"endpoints": {"gpu": table}})
 
 
 def test_http_client_aiohttp_keeps_a_plain_http_server_off_the_lean_client() -> None:

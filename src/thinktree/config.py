@@ -45,6 +45,15 @@ _ENDPOINT_KEYS = {
     "outage_wait_s",
 }
 _KNOWN = {"openai": "https://api.openai.com/v1"}
+_TEXTS = ("base_url", "model", "api_key_env", "chat_template", "think_end")
+# the keys that take a number: (whole numbers only, lowest, highest, what to write)
+_NUMBERS: dict[str, tuple[bool, float, float | None, str]] = {
+    "max_connections": (True, 1, None, "a whole number of calls, 1 or more"),
+    "max_attempts": (True, 1, None, "a whole number of attempts, 1 or more"),
+    "timeout_s": (False, 1e-3, None, "a number of seconds above 0"),
+    "outage_wait_s": (False, 0, None, "a number of seconds (0 or more)"),
+    "temperature": (False, 0, 2, "a number from 0 to 2 (the one this model takes)"),
+}
 # the keys that take one of a few words, and those words
 _CHOICES: dict[str, tuple[str, ...]] = {
     name: typing.get_args(hint)
@@ -116,24 +125,28 @@ def _from_table(name: str, table: dict[str, Any], model: str | None) -> Endpoint
                 f"endpoint '{name}': {key} must be one of {', '.join(map(repr, words))}, "
                 f"not {table[key]!r}"
             )
-    temperature = table.get("temperature")
-    if temperature is not None and (
-        not isinstance(temperature, int | float)
-        or isinstance(temperature, bool)
-        or not 0 <= temperature <= 2
-    ):
+    for key in _TEXTS:
+        if key in table and not isinstance(table[key], str):
+            raise ConfigError(
+                f"endpoint '{name}': {key} must be text (in quotes), not {table[key]!r}"
+            )
+    if "base_url" in table and not table["base_url"].startswith(("http://", "https://")):
         raise ConfigError(
-            f"endpoint '{name}': temperature must be a number from 0 to 2 (the one this model "
-            f"takes), not {temperature!r}"
+            f"endpoint '{name}': base_url must be an http:// or https:// URL, "
+            f"not {table['base_url']!r}"
         )
-    wait = table.get("outage_wait_s")
-    if wait is not None and (
-        not isinstance(wait, int | float) or isinstance(wait, bool) or wait < 0
-    ):
-        raise ConfigError(
-            f"endpoint '{name}': outage_wait_s must be a number of seconds (0 or more), "
-            f"not {wait!r}"
-        )
+    for key, (whole, low, high, says) in _NUMBERS.items():
+        value = table.get(key)
+        if value is None:
+            continue
+        kind = int if whole else int | float
+        if (
+            not isinstance(value, kind)
+            or isinstance(value, bool)
+            or value < low
+            or (high is not None and value > high)
+        ):
+            raise ConfigError(f"endpoint '{name}': {key} must be {says}, not {value!r}")
     members = pool_members(name, table)
     if "base_url" not in table and not members:
         raise ConfigError(f"endpoint '{name}' needs a base_url (or members, for a pool)")
