@@ -98,3 +98,28 @@ async def test_a_run_against_a_rate_limit_converges_instead_of_failing_calls(
     assert server.peak_in_flight <= 4
     # 32 in flight at first meet a limit of 4: refused at first, far fewer once backed off
     assert 0 < server.rate_limited < len(problems)
+
+
+async def test_a_place_freed_as_its_waiter_is_cancelled_goes_to_the_next_one() -> None:
+    limiter = AdaptiveLimiter(1)
+    await limiter.acquire()
+    got: list[str] = []
+
+    async def wait(name: str) -> None:
+        async with limiter:
+            got.append(name)
+
+    async with anyio.create_task_group() as tg:
+        scope = anyio.CancelScope()
+
+        async def first() -> None:
+            with scope:
+                await wait("first")
+
+        tg.start_soon(first)
+        await anyio.wait_all_tasks_blocked()
+        tg.start_soon(wait, "second")
+        await anyio.wait_all_tasks_blocked()
+        scope.cancel()
+        limiter.release()  # in the same instant: the place passes the cancelled waiter by
+    assert got == ["second"] and limiter.held == 0

@@ -10,11 +10,11 @@ many answered calls as it allows, up to the endpoint's ``max_connections``.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import deque
 from types import TracebackType
 
-import anyio
 import structlog
 
 __all__ = ["AdaptiveLimiter"]
@@ -32,7 +32,7 @@ class AdaptiveLimiter:
         self.limit = ceiling
         self.held = 0
         self.name = name
-        self._waiting: deque[anyio.Event] = deque()
+        self._waiting: deque[asyncio.Future[None]] = deque()
         self._answered = 0  # calls answered since the limit last changed
         self._cut_at = -1.0  # when the limit was last cut (time.monotonic())
 
@@ -58,14 +58,16 @@ class AdaptiveLimiter:
         """Take a place; waits (first come, first served) while the limit is reached."""
         if self.try_acquire():
             return
-        turn = anyio.Event()
+        # a bare future: a run's loop is always asyncio's (or uvloop), and this is the
+        # path every call takes while the limit is reached
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.append(turn)
         try:
-            await turn.wait()
+            await turn
         except BaseException:
-            if turn.is_set():
+            if turn.done() and not turn.cancelled():
                 self.release()  # handed a place just as it was cancelled: give it back
-            else:
+            elif turn in self._waiting:  # (a hand-on may have passed it over already)
                 self._waiting.remove(turn)
             raise
 
@@ -96,5 +98,7 @@ class AdaptiveLimiter:
 
     def _hand_on(self) -> None:
         while self._waiting and self.held < self.limit:
-            self.held += 1
-            self._waiting.popleft().set()
+            turn = self._waiting.popleft()
+            if not turn.done():  # (a cancelled waiter leaves the queue itself)
+                self.held += 1
+                turn.set_result(None)
