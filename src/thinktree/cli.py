@@ -619,7 +619,13 @@ def runs(
         "cost",
     ):
         table.add_column(column, overflow="fold")
-    colours = {"completed": "green", "running": "cyan", "interrupted": "yellow"}
+    colours = {
+        "completed": "green",
+        "running": "cyan",
+        "interrupted": "yellow",  # resumable, as a cancelled one is
+        "cancelled": "yellow",
+        "stopped": "yellow",  # by its own token or money limit: not a failure
+    }
     for run in found:
         colour = colours.get(run.status, "red")
         table.add_row(
