@@ -678,7 +678,7 @@ def bench(
     try:
         _run_async(main)
     except typer.Exit as exc:
-        if exc.exit_code in (130, TERMINATED):
+        if exc.exit_code in (130, TERMINATED, UNWRITABLE, UNAVAILABLE):
             err.print(
                 f"resume with: thinktree bench {config} --out {out_dir}",
                 highlight=False,
