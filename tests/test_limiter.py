@@ -11,12 +11,12 @@ from pathlib import Path
 import anyio
 import pytest
 
+from choice_set import beta_problems
 from thinktree.agents import limiter as limiter_module
 from thinktree.agents.endpoint import EndpointConfig
 from thinktree.agents.limiter import AdaptiveLimiter
 from thinktree.agents.modes import ModeSettings
 from thinktree.orchestrator.run import RunSettings, execute
-from thinktree.problems import AnswerType, Problem
 from thinktree.testing.fake_server import FakeBehaviour, FakeServer
 
 pytestmark = pytest.mark.anyio
@@ -71,16 +71,7 @@ async def test_waiters_are_let_in_first_come_first_served_and_a_cancelled_one_le
 async def test_a_run_against_a_rate_limit_converges_instead_of_failing_calls(
     tmp_path: Path,
 ) -> None:
-    problems = [
-        Problem(
-            id=f"q{i}",
-            question=f"Question {i}?",
-            answer_type=AnswerType.CHOICE,
-            options={"A": "alpha", "B": "beta"},
-            answer="B",
-        )
-        for i in range(64)
-    ]
+    problems = beta_problems(64)
     behaviour = FakeBehaviour(reply="Beta. Answer: B", delay_s=0.02, max_in_flight=4)
     async with FakeServer(behaviour, retry_after_s=0.01) as server:
         endpoint = EndpointConfig(

@@ -16,26 +16,17 @@ from pathlib import Path
 import anyio
 import pytest
 
+from choice_set import beta_problems, write_dataset
 from thinktree.agents.endpoint import EndpointConfig
 from thinktree.agents.modes import ModeSettings
 from thinktree.errors import EndpointDown
 from thinktree.orchestrator.run import RunResult, RunSettings, execute, load_resume
 from thinktree.orchestrator.subscribers import TreeRecorder
-from thinktree.problems import AnswerType, Problem
 from thinktree.testing.fake_server import FakeBehaviour, FakeServer, fake_server_in_thread
 
 pytestmark = pytest.mark.anyio
 
-PROBLEMS = [
-    Problem(
-        id=f"q{i}",
-        question=f"Question {i}?",
-        answer_type=AnswerType.CHOICE,
-        options={"A": "alpha", "B": "beta"},
-        answer="B",
-    )
-    for i in range(12)
-]
+PROBLEMS = beta_problems(12)
 BEHAVIOUR = FakeBehaviour(reply="It is beta. Answer: B", delay_s=0.05)
 SETTINGS = ModeSettings(mode="budget", budget=32)
 
@@ -122,14 +113,7 @@ async def test_a_server_that_stays_down_stops_the_run_which_resumes_later(
 
 
 def test_the_command_stops_in_one_line_when_the_endpoint_stays_down(tmp_path: Path) -> None:
-    data = tmp_path / "data.jsonl"
-    data.write_text(
-        "".join(
-            json.dumps({"id": p.id, "question": p.question, "options": p.options, "answer": "B"})
-            + "\n"
-            for p in PROBLEMS
-        )
-    )
+    data = write_dataset(tmp_path / "data.jsonl", PROBLEMS)
     out = tmp_path / "run"
     config = tmp_path / "thinktree.toml"
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}

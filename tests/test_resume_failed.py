@@ -16,25 +16,16 @@ from typing import Any
 
 import pytest
 
+from choice_set import beta_problems, write_dataset
 from thinktree.agents.endpoint import EndpointConfig
 from thinktree.agents.modes import ModeSettings
 from thinktree.errors import ConfigError
 from thinktree.orchestrator.run import RunSettings, execute, load_resume
-from thinktree.problems import AnswerType, Problem
 from thinktree.testing.fake_server import FakeBehaviour, FakeServer, fake_server_in_thread
 
 pytestmark = pytest.mark.anyio
 
-PROBLEMS = [
-    Problem(
-        id=f"q{i}",
-        question=f"Question {i}?",
-        answer_type=AnswerType.CHOICE,
-        options={"A": "alpha", "B": "beta"},
-        answer="B",
-    )
-    for i in range(6)
-]
+PROBLEMS = beta_problems(6)
 
 
 class Outage:
@@ -81,14 +72,7 @@ async def test_resuming_a_completed_run_sends_only_its_failed_calls_again(
 
 
 def test_the_command_says_how_to_send_failed_calls_again(tmp_path: Path) -> None:
-    data = tmp_path / "data.jsonl"
-    data.write_text(
-        "".join(
-            json.dumps({"id": p.id, "question": p.question, "options": p.options, "answer": "B"})
-            + "\n"
-            for p in PROBLEMS
-        )
-    )
+    data = write_dataset(tmp_path / "data.jsonl", PROBLEMS)
     out = tmp_path / "run"
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
 

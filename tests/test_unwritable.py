@@ -17,26 +17,17 @@ from typing import Any
 
 import pytest
 
+from choice_set import beta_problems, write_dataset
 from thinktree.agents.endpoint import EndpointConfig
 from thinktree.agents.modes import ModeSettings
 from thinktree.errors import RecordingError
 from thinktree.orchestrator import call_cache
 from thinktree.orchestrator.run import RunSettings, execute, load_resume
-from thinktree.problems import AnswerType, Problem
 from thinktree.testing.fake_server import FakeBehaviour, FakeServer, fake_server_in_thread
 
 pytestmark = pytest.mark.anyio
 
-PROBLEMS = [
-    Problem(
-        id=f"q{i}",
-        question=f"Question {i}?",
-        answer_type=AnswerType.CHOICE,
-        options={"A": "alpha", "B": "beta"},
-        answer="B",
-    )
-    for i in range(24)
-]
+PROBLEMS = beta_problems(24)
 REPLY = "Thinking it over at some length, as a model does. Answer: B"
 
 
@@ -79,15 +70,7 @@ def _limited(size: int) -> None:
 
 
 def _dataset(tmp_path: Path) -> Path:
-    data = tmp_path / "data.jsonl"
-    data.write_text(
-        "".join(
-            json.dumps({"id": p.id, "question": p.question, "options": p.options, "answer": "B"})
-            + "\n"
-            for p in PROBLEMS
-        )
-    )
-    return data
+    return write_dataset(tmp_path / "data.jsonl", PROBLEMS)
 
 
 def _cli(*args: str, limit: int | None = None) -> subprocess.CompletedProcess[str]:

@@ -18,7 +18,13 @@ from rich.table import Table
 
 from thinktree import event_loop
 from thinktree.datasets import DatasetError, load_demo, load_problems
-from thinktree.errors import ConfigError, EndpointDown, RecordingError, ThinktreeError
+from thinktree.errors import (
+    ConfigError,
+    EndpointDown,
+    RecordingError,
+    ThinktreeError,
+    find_error,
+)
 from thinktree.logging_setup import configure
 
 app = typer.Typer(
@@ -45,18 +51,6 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _find(exc: BaseException, kinds: tuple[type[BaseException], ...]) -> BaseException | None:
-    """The first error of ``kinds`` inside ``exc`` (task groups wrap errors in groups)."""
-    if isinstance(exc, kinds):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = _find(inner, kinds)
-            if found is not None:
-                return found
-    return None
-
-
 class _Terminated(Exception):
     """The process was asked to stop (SIGTERM) and has stopped in order."""
 
@@ -67,14 +61,14 @@ def _run_async(fn: Callable[[], Awaitable[T]]) -> T:
     except KeyboardInterrupt:
         raise _fail("interrupted", 130) from None
     except BaseException as exc:
-        done = _find(exc, (typer.Exit,))
+        done = find_error(exc, typer.Exit)
         if done is not None:
             raise done from None
-        if _find(exc, (KeyboardInterrupt,)) is not None:
+        if find_error(exc, KeyboardInterrupt) is not None:
             raise _fail("interrupted", 130) from None
-        if _find(exc, (_Terminated,)) is not None:
+        if find_error(exc, _Terminated) is not None:
             raise _fail("terminated (SIGTERM)", TERMINATED) from None
-        user = _find(exc, (ThinktreeError, DatasetError))
+        user = find_error(exc, (ThinktreeError, DatasetError))
         if user is None:
             raise
         code = UNWRITABLE if isinstance(user, RecordingError) else 2

@@ -2,6 +2,23 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+E = TypeVar("E", bound=BaseException)
+
+
+def find_error(exc: BaseException, kind: type[E] | tuple[type[E], ...]) -> E | None:
+    """The first error of ``kind`` in ``exc``, looking inside exception groups (a task
+    group wraps the errors of its tasks in one); None when there is none."""
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = find_error(inner, kind)
+            if found is not None:
+                return found
+    return None
+
 
 class ThinktreeError(Exception):
     """An error the CLI reports as one line and a non-zero exit, without a traceback."""

@@ -35,7 +35,7 @@ from thinktree.agents.modes import DEFAULT_AGGREGATE, ModeSettings, build_strate
 from thinktree.agents.pool import EndpointPool, client_for
 from thinktree.agents.solver import Sampling, Solver
 from thinktree.agents.structured import check_format
-from thinktree.errors import ConfigError, RecordingError, RunStopping
+from thinktree.errors import ConfigError, RecordingError, RunStopping, find_error
 from thinktree.metrics import Metrics, compute
 from thinktree.orchestrator.bus import EventBus, Subscriber, event_bus
 from thinktree.orchestrator.call_cache import SharedCallCache, SqliteCallCache
@@ -210,22 +210,10 @@ async def execute(
                 capabilities=capabilities,
             )
         except BaseExceptionGroup as group:  # stopped: it cannot record, the endpoint is down
-            stopping = _stopping(group)
+            stopping = find_error(group, RunStopping)
             if stopping is None:
                 raise
             raise stopping from group
-
-
-def _stopping(exc: BaseException) -> RunStopping | None:
-    """The first :class:`RunStopping` error inside ``exc`` (task groups wrap errors)."""
-    if isinstance(exc, RunStopping):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = _stopping(inner)
-            if found is not None:
-                return found
-    return None
 
 
 async def _execute(

@@ -17,7 +17,7 @@ from thinktree.agents.aggregators import Aggregator, Vote
 from thinktree.agents.prompts import messages_for
 from thinktree.agents.solver import Branch, Candidate, Solver
 from thinktree.agents.strategies import Strategy
-from thinktree.errors import RunStopping, ThinktreeError
+from thinktree.errors import RunStopping, ThinktreeError, find_error
 from thinktree.grading import grade
 from thinktree.orchestrator.bus import EventBus
 from thinktree.orchestrator.events import ProblemFinished, ProblemStarted, VoteCast
@@ -148,11 +148,4 @@ def _ballot(c: Candidate, score: float | None) -> dict[str, Any]:
 
 def user_error(exc: BaseException) -> ThinktreeError | None:
     """The first user-facing error inside ``exc`` (task groups wrap errors in groups)."""
-    if isinstance(exc, ThinktreeError):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = user_error(inner)
-            if found is not None:
-                return found
-    return None
+    return find_error(exc, ThinktreeError)
