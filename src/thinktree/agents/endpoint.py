@@ -610,7 +610,10 @@ class EndpointClient:
             kind = classify(exc) if exc else None
             wait = state.next_action.sleep if state.next_action else 0.0
             reason = str(kind) if kind else "error"
-            log.warning(
+            # a run shows each retry (progress bar, terminal view) and records it (trace,
+            # store): a warning line per retry would only crowd the terminal beside it
+            logged = log.info if self.on_retry is not None else log.warning
+            logged(
                 "call retry",
                 endpoint=self.config.name,
                 attempt=state.attempt_number,
