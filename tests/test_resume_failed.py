@@ -93,3 +93,37 @@ def test_the_command_says_how_to_send_failed_calls_again(tmp_path: Path) -> None
     assert "failed; once the cause is fixed" not in resumed.stderr
     assert done.returncode == 2
     assert done.stderr.strip().endswith("with no failed model call; nothing to resume")
+
+
+def test_a_run_its_limit_stopped_goes_on_under_a_higher_one(tmp_path: Path) -> None:
+    problems = beta_problems(12)
+    data = write_dataset(tmp_path / "data.jsonl", problems)
+    out = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "thinktree.cli", "run", *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+
+    with fake_server_in_thread(FakeBehaviour(reply="It is beta. Answer: B")) as server:
+        where = ["--endpoint", server.base_url, "--concurrency", "1", "--budget", "16"]
+        stopped = cli(str(data), *where, "--max-tokens", "40", "--out", str(out))
+        first = json.loads((out / "results.json").read_text())
+        refused = cli("--resume", str(out))
+        changed = cli("--resume", str(out), "--n", "8")
+        before = server.answered
+        raised = cli("--resume", str(out), "--max-tokens", "100000")
+        sent = server.answered - before
+    assert stopped.returncode == 0, stopped.stderr
+    assert first["status"] == "stopped" and first["metrics"]["answered"] < len(problems)
+    assert refused.returncode == 2
+    assert "was stopped by its limit" in refused.stderr and "higher --max-tokens" in refused.stderr
+    assert changed.returncode == 2 and "--n cannot change when resuming" in changed.stderr
+    assert raised.returncode == 0, raised.stderr
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["status"] == "completed" and saved["metrics"]["answered"] == len(problems)
+    assert saved["settings"]["max_run_tokens"] == 100000
+    assert json.loads((out / "run.json").read_text())["settings"]["max_run_tokens"] == 100000
+    # calls the old limit did not cut short are read back; one it cut (its request asked
+    # for fewer tokens) is asked again
+    assert 0 < sent < len(problems)

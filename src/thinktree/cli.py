@@ -8,7 +8,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import anyio
 import typer
@@ -106,6 +106,7 @@ async def _stopping_on_sigterm(fn: Callable[[], Awaitable[T]]) -> T:
 
 @app.command()
 def run(
+    ctx: typer.Context,
     dataset: Annotated[
         Path | None, typer.Argument(help="JSONL file of problems (default: the built-in demo set)")
     ] = None,
@@ -213,7 +214,14 @@ def run(
     if engine not in ("vllm", "llamacpp"):
         raise _fail(f"unknown engine '{engine}'; choose vllm or llamacpp")
     if resume is not None:
-        _resume(resume, dataset, mode, endpoint, model, config, watch=watch)
+        _refuse_new_settings(ctx, resume)
+        limits = {
+            "max_run_tokens": max_tokens,
+            "max_problem_tokens": max_problem_tokens,
+            "max_cost": max_cost,
+        }
+        given = {k: v for k, v in limits.items() if _given(ctx, _LIMIT_PARAMS[k])}
+        _resume(resume, dataset, mode, endpoint, model, config, watch=watch, limits=given)
         return
     settings = RunSettings(
         modes=ModeSettings(
@@ -358,6 +366,52 @@ def _execute(
         raise
 
 
+# what a run is: a resumed run keeps these as it was started (its run.json)
+_SETTINGS_PARAMS = (
+    "n",
+    "wave",
+    "stop_confidence",
+    "steps",
+    "budget",
+    "total_budget",
+    "min_thinking",
+    "answer_tokens",
+    "aggregate",
+    "temperature",
+    "limit",
+    "offset",
+    "seed",
+    "concurrency",
+    "out_dir",
+    "trace_deltas",
+    "answer_format",
+    "verifier",
+)
+_LIMIT_PARAMS = {
+    "max_run_tokens": "max_tokens",
+    "max_problem_tokens": "max_problem_tokens",
+    "max_cost": "max_cost",
+}
+
+
+def _given(ctx: typer.Context, param: str) -> bool:
+    """Whether ``param`` was given on the command line (not left at its default)."""
+    source = ctx.get_parameter_source(param)
+    return source is not None and source.name == "COMMANDLINE"
+
+
+def _refuse_new_settings(ctx: typer.Context, folder: Path) -> None:
+    """A setting given with ``--resume`` would be ignored: say so instead."""
+    for param in ctx.command.params:
+        if param.name in _SETTINGS_PARAMS and _given(ctx, param.name):
+            flag = max(param.opts, key=len)
+            raise _fail(
+                f"{flag} cannot change when resuming {folder}: a resumed run keeps the "
+                "settings it was started with (its run.json); start a new run to change it "
+                "(only the limits --max-tokens, --max-problem-tokens and --max-cost can)"
+            )
+
+
 def _resume(
     folder: Path,
     dataset: Path | None,
@@ -367,18 +421,29 @@ def _resume(
     config: Path | None,
     *,
     watch: bool = False,
+    limits: dict[str, Any] | None = None,
 ) -> None:
-    """Continue a killed run with the settings and problems it was started with."""
+    """Continue a killed run with the settings and problems it was started with (and,
+    where given, new token or money limits)."""
     from thinktree.agents.endpoint import EndpointConfig
     from thinktree.config import endpoint_from, load_config
-    from thinktree.orchestrator.run import load_resume
+    from thinktree.orchestrator.run import load_resume, save_limits, validate
     from thinktree.pricing import prices_from_config
 
     try:
-        state = load_resume(folder, prices=prices_from_config(load_config(config)))
-        state = dataclasses.replace(
-            state, settings=dataclasses.replace(state.settings, config=load_config(config))
-        )
+        prices = prices_from_config(load_config(config))
+        state = load_resume(folder, prices=prices, new_limits=bool(limits))
+        settings = dataclasses.replace(state.settings, config=load_config(config))
+        if limits:  # the run goes on under new limits, and keeps them
+            settings = dataclasses.replace(
+                settings,
+                max_run_tokens=limits.get("max_run_tokens", settings.max_run_tokens),
+                max_problem_tokens=limits.get("max_problem_tokens", settings.max_problem_tokens),
+                max_cost=limits.get("max_cost", settings.max_cost),
+            )
+            validate(settings, resuming=True)
+            save_limits(folder, settings)
+        state = dataclasses.replace(state, settings=settings)
         if mode is not None and mode != state.settings.modes.mode:
             raise ConfigError(
                 f"run {folder} was started in mode '{state.settings.modes.mode}'; "

@@ -407,8 +407,14 @@ class ResumeState:
     """For a completed run: its failed model calls, sent again (the rest are read back)."""
 
 
-def load_resume(folder: Path, *, prices: dict[str, Price] | None = None) -> ResumeState:
-    """Read a run folder to resume; one-line ConfigError when it cannot be resumed."""
+def load_resume(
+    folder: Path, *, prices: dict[str, Price] | None = None, new_limits: bool = False
+) -> ResumeState:
+    """Read a run folder to resume; one-line ConfigError when it cannot be resumed.
+
+    A completed run resumes when calls of it failed (they are sent again), or when its
+    token or money limit stopped it and ``new_limits`` will replace those limits.
+    """
     manifest = folder / MANIFEST
     if not folder.is_dir():
         raise ConfigError(f"cannot resume {folder}: no such run folder")
@@ -426,8 +432,13 @@ def load_resume(folder: Path, *, prices: dict[str, Price] | None = None) -> Resu
         )
     retrying = 0
     if (folder / RESULTS).exists():
-        retrying = failed_calls_in(folder / RESULTS)
-        if not retrying:
+        stopped_by, retrying = _completed(folder / RESULTS)
+        if stopped_by is not None and not new_limits and not retrying:
+            raise ConfigError(
+                f"run {folder} was stopped by its limit ({stopped_by}); to go on, resume it "
+                "with a higher --max-tokens, --max-problem-tokens or --max-cost"
+            )
+        if stopped_by is None and not retrying:
             raise ConfigError(
                 f"run {folder} already completed, with no failed model call; nothing to resume"
             )
@@ -472,18 +483,42 @@ def failed_calls_in(results: Path) -> int:
     A completed run with failed calls (an endpoint down for a while, a refused request)
     can be resumed: the calls that succeeded are read back, the failed ones sent again.
     """
+    return _completed(results)[1]
+
+
+def _completed(results: Path) -> tuple[str | None, int]:
+    """A completed run's ``stopped_by`` (None unless a limit stopped it) and failed calls."""
     try:
         data = json.loads(results.read_text(encoding="utf-8"))
-        return sum(
+        failed = sum(
             1
             for problem in data["problems"]
             for node in problem["nodes"]
             if node["status"] == "failed" and node["kind"] in CALL_KINDS
         )
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        stopped = data["status"] == "stopped"
+        stopped_by = str(data.get("stopped_by") or "a limit") if stopped else None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ConfigError(
             f"cannot resume {results.parent}: {RESULTS} is unreadable ({exc})"
         ) from None
+    return stopped_by, failed
+
+
+def save_limits(folder: Path, settings: RunSettings) -> None:
+    """Write ``settings``' token and money limits into the run's manifest, so the run (and
+    any later resume of it) goes on under them."""
+    path = folder / MANIFEST
+    data = json.loads(path.read_text(encoding="utf-8"))
+    data["settings"].update(
+        max_run_tokens=settings.max_run_tokens,
+        max_problem_tokens=settings.max_problem_tokens,
+        max_cost=settings.max_cost,
+    )
+    try:
+        atomic_write(path, json.dumps(data, indent=1, ensure_ascii=False))
+    except OSError as exc:
+        raise RecordingError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def _check_calls(path: Path) -> None:
