@@ -112,7 +112,8 @@ def test_a_run_its_limit_stopped_goes_on_under_a_higher_one(tmp_path: Path) -> N
         refused = cli("--resume", str(out))
         changed = cli("--resume", str(out), "--n", "8")
         before = server.answered
-        raised = cli("--resume", str(out), "--max-tokens", "100000")
+        # more problems at once is allowed too: every node has its own seed
+        raised = cli("--resume", str(out), "--max-tokens", "100000", "--concurrency", "4")
         sent = server.answered - before
     assert stopped.returncode == 0, stopped.stderr
     assert first["status"] == "stopped" and first["metrics"]["answered"] < len(problems)
@@ -123,6 +124,7 @@ def test_a_run_its_limit_stopped_goes_on_under_a_higher_one(tmp_path: Path) -> N
     saved = json.loads((out / "results.json").read_text())
     assert saved["status"] == "completed" and saved["metrics"]["answered"] == len(problems)
     assert saved["settings"]["max_run_tokens"] == 100000
+    assert saved["settings"]["concurrency"] == 4
     assert json.loads((out / "run.json").read_text())["settings"]["max_run_tokens"] == 100000
     # calls the old limit did not cut short are read back; one it cut (its request asked
     # for fewer tokens) is asked again

@@ -221,7 +221,18 @@ def run(
             "max_cost": max_cost,
         }
         given = {k: v for k, v in limits.items() if _given(ctx, _LIMIT_PARAMS[k])}
-        _resume(resume, dataset, mode, endpoint, model, config, watch=watch, limits=given)
+        at_once = concurrency if _given(ctx, "concurrency") else None
+        _resume(
+            resume,
+            dataset,
+            mode,
+            endpoint,
+            model,
+            config,
+            watch=watch,
+            limits=given,
+            concurrency=at_once,
+        )
         return
     settings = RunSettings(
         modes=ModeSettings(
@@ -381,7 +392,6 @@ _SETTINGS_PARAMS = (
     "limit",
     "offset",
     "seed",
-    "concurrency",
     "out_dir",
     "trace_deltas",
     "answer_format",
@@ -408,7 +418,8 @@ def _refuse_new_settings(ctx: typer.Context, folder: Path) -> None:
             raise _fail(
                 f"{flag} cannot change when resuming {folder}: a resumed run keeps the "
                 "settings it was started with (its run.json); start a new run to change it "
-                "(only the limits --max-tokens, --max-problem-tokens and --max-cost can)"
+                "(only --concurrency and the limits --max-tokens, --max-problem-tokens and "
+                "--max-cost can)"
             )
 
 
@@ -422,9 +433,11 @@ def _resume(
     *,
     watch: bool = False,
     limits: dict[str, Any] | None = None,
+    concurrency: int | None = None,
 ) -> None:
     """Continue a killed run with the settings and problems it was started with (and,
-    where given, new token or money limits)."""
+    where given, new token or money limits, or more or fewer problems at once: that
+    changes no answer, as every node has its own seed)."""
     from thinktree.agents.endpoint import EndpointConfig
     from thinktree.config import endpoint_from, load_config
     from thinktree.orchestrator.run import load_resume, save_limits, validate
@@ -434,6 +447,9 @@ def _resume(
         prices = prices_from_config(load_config(config))
         state = load_resume(folder, prices=prices, new_limits=bool(limits))
         settings = dataclasses.replace(state.settings, config=load_config(config))
+        if concurrency is not None:
+            settings = dataclasses.replace(settings, concurrency=concurrency)
+            validate(settings, resuming=True)
         if limits:  # the run goes on under new limits, and keeps them
             settings = dataclasses.replace(
                 settings,
