@@ -280,7 +280,7 @@ async def _execute(
                         await panel.aclose()
                 raise
             client.cache = cache if shared_calls is None else SharedCallCache(cache, shared_calls)
-            if resume is not None:  # a completed run retrying its failed calls: not yet done
+            if resume is not None:  # a completed run opened again (failed calls, new limits)
                 (folder / RESULTS).unlink(missing_ok=True)
             if on_started is not None:
                 on_started(folder)
