@@ -421,19 +421,26 @@ _PHRASE_PIECES = [
     "correct", "most", "likely", "most likely", "almost", "best", "right", "true",
     "x_final", "final_", "9", "is", "would be", "=", ":", "*", "_", "to", "the", "this",
     "question", "B", "(C)", "not", ".", ",", " ", " ", "  ", "\n", "\t", "\x1c",
+    "option", "Option", "choice", "CHOICE", "response", "selection", "select", "choose", "pick",
+    "go", "with", "go with", "I", "i", "my", "My", "would", "will", "appropriate", "adoption",
 ]  # fmt: skip
 _UNICODE_PIECES = [
     "anſwer", "beſt", "li\u212aely", "İ", "ı", "ß", "：", "\u00a0", "\u2003", "é", "\u0301",
+    "choıce", "ſelect", "pic\u212a", "İ would",
 ]  # fmt: skip
 
 
 def _finds(text: str) -> list[tuple[str, int, int, dict[str, str | None]]]:
     from thinktree import extraction as x
 
-    answer_is, answer_label = x._answer_phrases(text)
+    answer_is, answer_label = x._answer_phrases(text, x._lowered(text))
     return [
         (name, m.start(), m.end(), m.groupdict())
-        for name, matches in (("is", answer_is), ("label", answer_label))
+        for name, matches in (
+            ("is", answer_is),
+            ("label", answer_label),
+            ("option", list(x._correct_options(text, x._lowered(text)))),
+        )
         for m in matches
     ]
 
@@ -443,7 +450,11 @@ def _scanned(text: str) -> list[tuple[str, int, int, dict[str, str | None]]]:
 
     return [
         (name, m.start(), m.end(), m.groupdict())
-        for name, pattern in (("is", x._ANSWER_IS), ("label", x._ANSWER_LABEL))
+        for name, pattern in (
+            ("is", x._ANSWER_IS),
+            ("label", x._ANSWER_LABEL),
+            ("option", x._CORRECT_OPTION),
+        )
         for m in pattern.finditer(text)
     ]
 
@@ -469,7 +480,23 @@ def test_answer_phrases_are_found_as_a_scan_of_every_position_finds_them(
         "the answer is the answer is B",
         "ANSWER：D, or the correct answer would be (C)",
         "The beſt answer is B; the li\u212aely answer: C",
+        "I would go   with B, my final  selection is C and the most  appropriate option = D",
+        "The correct option is the correct option is B. I choose I pick C",
+        "Adoption is not my choice; I\tWILL\nGO WITH (A). My choıce is B, I ſelect C",
     ],
 )
 def test_long_and_repeated_answer_phrases_are_found_whole(text: str) -> None:
     assert _finds(text) == _scanned(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "\n\n", "A", "one\n\n  **two**  \n", "1\n2\n3\n4\n\n# 5\n- \n", "x\r\ny\u2028z"],
+)
+def test_tail_lines_are_the_last_non_empty_lines(text: str) -> None:
+    from thinktree import extraction as x
+
+    every = [x._LINE_DECORATION.sub("", x._clean(line)) for line in text.splitlines()]
+    every = [line for line in every if line]
+    for count in (1, 2, 3):
+        assert x._tail_lines(text, count) == every[-count:]

@@ -21,7 +21,7 @@ with None. When the text has a ``</think>`` block, the part after it is read fir
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 
@@ -103,9 +103,16 @@ _CORRECT_OPTION = re.compile(
     re.IGNORECASE,
 )
 
-# One of these is in every _CORRECT_OPTION match (or "go" and "with", for "go with").
+# Every _CORRECT_OPTION match has one of these words, one or two words after its start
+# ("selection" holds "select"; "go" is only one where "with" follows). As with "answer",
+# the pattern is tried only there: a scan of every position of a long text cost it most.
 _OPTION_WORDS = ("option", "choice", "response", "select", "choose", "pick")
 _OPTION_WORD = re.compile("|".join(_OPTION_WORDS))  # searched in casefolded text
+_GO_WITH = re.compile(r"go\s+with")  # searched in lower-cased text
+# Characters that IGNORECASE takes for an ASCII letter though their lower case is none
+# (dotless i, long s) or is two characters (dotted capital I). A text without them has
+# each word of the patterns, case ignored, where its lower case has the word.
+_ODD_CASES = ("\u0131", "\u017f", "\u0130")
 
 _LEADING_FILLER = re.compile(
     r"^(?:[\s:：,>*_—]+|(?:therefore|thus|hence|so|then|likely|probably|most\s+likely|indeed"
@@ -217,8 +224,9 @@ def _phrase_bodies(text: str) -> Iterator[tuple[str, str]]:
     # Each phrase has a word it cannot do without: a pattern runs only where its word is
     # (casefold, as the patterns' IGNORECASE folds case), which spares most of the scans.
     folded = text.casefold()
+    lowered = _lowered(text)
     if "answer" in folded:
-        answer_is, answer_label = _answer_phrases(text)
+        answer_is, answer_label = _answer_phrases(text, lowered)
         for match in answer_is:
             final = "final" in match["qualifiers"].lower()
             found[match.end()] = (match.start(), "final-answer" if final else "answer-is")
@@ -229,7 +237,7 @@ def _phrase_bodies(text: str) -> Iterator[tuple[str, str]]:
             for match in _FINAL_HEADING.finditer(text):
                 found[match.end()] = (match.start(), "final-answer")
     if _OPTION_WORD.search(folded) or ("go" in folded and "with" in folded):
-        for match in _CORRECT_OPTION.finditer(text):
+        for match in _correct_options(text, lowered):
             found[match.end()] = (match.start(), "correct-option")
     for end, (_, method) in sorted(found.items(), key=lambda item: item[1][0], reverse=True):
         body = _body_at(text, end)
@@ -237,11 +245,64 @@ def _phrase_bodies(text: str) -> Iterator[tuple[str, str]]:
             yield method, body
 
 
-def _answer_phrases(text: str) -> tuple[list[re.Match[str]], list[re.Match[str]]]:
+def _lowered(text: str) -> str | None:
+    """``text.lower()``, where each ASCII word of the patterns is exactly where IGNORECASE
+    finds it in ``text``; None for a text with one of :data:`_ODD_CASES` (full scans then)."""
+    if not text.isascii() and any(odd in text for odd in _ODD_CASES):
+        return None
+    lowered = text.lower()
+    return lowered if len(lowered) == len(text) else None
+
+
+def _matches_at(
+    pattern: re.Pattern[str], text: str, starts: Iterable[int]
+) -> Iterator[re.Match[str]]:
+    """What ``pattern.finditer(text)`` finds, where every match starts at one of ``starts``."""
+    floor = 0
+    for start in sorted(set(starts)):
+        if start >= floor and (match := pattern.match(text, start)) is not None:
+            floor = match.end()
+            yield match
+
+
+def _found(lowered: str, word: str) -> Iterator[int]:
+    """Where ``word`` starts in ``lowered``."""
+    at = lowered.find(word)
+    while at >= 0:
+        yield at
+        at = lowered.find(word, at + 1)
+
+
+def _correct_options(text: str, lowered: str | None) -> Iterator[re.Match[str]]:
+    """``_CORRECT_OPTION.finditer(text)``, tried only one and two words before its words."""
+    if lowered is None:
+        yield from _CORRECT_OPTION.finditer(text)
+        return
+    words = [at for word in _OPTION_WORDS for at in _found(lowered, word)]
+    words += [go.start() for go in _GO_WITH.finditer(lowered)]
+    starts: list[int] = []
+    for at in words:
+        before = _word_before(text, at, 0)
+        if before is not None:
+            starts.append(before[0])
+            second = _word_before(text, before[0], 0)
+            if second is not None:
+                starts.append(second[0])
+    yield from _matches_at(_CORRECT_OPTION, text, starts)
+
+
+def _answer_phrases(
+    text: str, lowered: str | None
+) -> tuple[list[re.Match[str]], list[re.Match[str]]]:
     """``_ANSWER_IS.finditer(text)`` and ``_ANSWER_LABEL.finditer(text)``, as lists."""
     answer_is: list[re.Match[str]] = []
     answer_label: list[re.Match[str]] = []
-    for found in _ANSWER_AT.finditer(text):
+    answers = (
+        _ANSWER_AT.finditer(text)
+        if lowered is None
+        else _matches_at(_ANSWER_AT, text, _found(lowered, "answer"))
+    )
+    for found in answers:
         answer = found.start()
         if found["is"] is not None:  # the scan of each pattern resumes after its last match
             floor = answer_is[-1].end() if answer_is else 0
@@ -329,10 +390,16 @@ def _prepare(raw: str) -> str | None:
     return body.strip()
 
 
-def _tail_lines(text: str) -> list[str]:
-    """The non-empty lines of ``text`` without markdown decoration."""
-    cleaned = (_LINE_DECORATION.sub("", _clean(line)) for line in text.splitlines())
-    return [line for line in cleaned if line]
+def _tail_lines(text: str, count: int) -> list[str]:
+    """The last ``count`` non-empty lines of ``text`` without markdown decoration."""
+    tail: list[str] = []
+    for line in reversed(text.splitlines()):
+        if cleaned := _LINE_DECORATION.sub("", _clean(line)):
+            tail.append(cleaned)
+            if len(tail) == count:
+                break
+    tail.reverse()
+    return tail
 
 
 # --- choice ----------------------------------------------------------------------------------
@@ -439,7 +506,7 @@ def _normalise(text: str) -> str:
 def _choice_fallback(text: str, problem: Problem) -> Extraction | _Verdict | None:
     """A lone letter (or "(C)", "C.", "C)" at line start) near the end, else an option's text."""
     options = problem.options or {}
-    tail = _tail_lines(text)[-_TAIL_LINES:]
+    tail = _tail_lines(text, _TAIL_LINES)
     own_line = {m[1] for line in tail if (m := _OWN_LINE_LETTER.fullmatch(line))}
     line_start = {m[1] or m[2] for line in tail if (m := _LINE_START_LETTER.match(line))}
     for letters in (own_line & options.keys(), line_start & options.keys()):
@@ -472,7 +539,7 @@ def _read_yesno(body: str, problem: Problem) -> _Reading:
 
 def _yesno_fallback(text: str, problem: Problem) -> Extraction | None:
     """The last yes/no/maybe word of the final line."""
-    tail = _tail_lines(text)
+    tail = _tail_lines(text, 1)
     words = _YESNO_WORD.findall(tail[-1]) if tail else []
     return Extraction(words[-1].lower(), "yesno-word") if words else None
 
@@ -497,7 +564,7 @@ def _first_number(segment: str) -> _Reading:
 
 def _numeric_fallback(text: str, problem: Problem) -> Extraction | _Verdict | None:
     """The number stated at the end of the final line ("... is 1.71"), or its only number."""
-    tail = _tail_lines(text)
+    tail = _tail_lines(text, 1)
     if not tail:
         return None
     line = tail[-1]
@@ -522,7 +589,7 @@ def _read_free(body: str, problem: Problem) -> str | None:
 
 def _free_fallback(text: str, problem: Problem) -> Extraction | None:
     """The whole text, when it is a single line."""
-    lines = _tail_lines(text)
+    lines = _tail_lines(text, 2)  # two say it is not one line
     if len(lines) != 1:
         return None
     answer = _read_free(lines[0], problem)
