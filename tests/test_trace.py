@@ -134,3 +134,18 @@ def test_clean_makes_controls_visible_and_leaves_text_alone() -> None:
     text = literal("[bold red]x[/] \x1b]0;title\x07")
     assert text.plain == "[bold red]x[/] ␛]0;title␇"
     assert not text.spans
+
+
+def test_the_trace_holds_each_batch_once_it_is_handed_over(tmp_path: Path) -> None:
+    """A run still going is followed from its trace: nothing waits in a buffer."""
+    from thinktree.orchestrator.subscribers import TraceWriter
+
+    path = tmp_path / "trace.jsonl"
+    writer = TraceWriter(path)
+    started = NodeStarted(
+        node_id="p/b0", problem_id="p", parent_id="p", kind=NodeKind.BRANCH, label="branch 0"
+    )
+    writer.handle_batch([started])
+    assert list(read_trace(path)) == [started]
+    writer.handle(RunFinished(run_id="r", status="completed"))
+    assert list(read_trace(path)) == [started, RunFinished(run_id="r", status="completed")]

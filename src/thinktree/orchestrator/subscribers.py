@@ -72,6 +72,7 @@ class TraceWriter:
         lines = b"".join([e.json_line() for e in events if deltas or type(e) is not NodeDelta])
         try:
             self._file.write(lines)
+            self._file.flush()  # `thinktree watch` follows the file as the run writes it
         except OSError as exc:
             raise self._unwritable(exc) from None
 
