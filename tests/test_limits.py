@@ -124,3 +124,24 @@ def test_money_limit_without_a_price_is_one_line(tmp_path: Path) -> None:
     assert proc.stderr.strip().startswith("error: --max-cost needs a price for model 'fake-model'")
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_limit_that_lets_no_call_start_is_named_as_the_cause(tmp_path: Path) -> None:
+    """Four samples of 50 tokens each cannot start under a limit of 150: the run says its
+    limit stopped it (nothing spent), not that the model stated no answer."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    args = ["--mode", "parallel", "--n", "4", "--budget", "50", "--max-tokens", "150"]
+    args += ["--limit", "2", "--concurrency", "1", "--out", str(tmp_path / "run")]
+    with fake_server_in_thread() as server:
+        proc = subprocess.run(
+            [sys.executable, "-m", "thinktree.cli", "run", "--endpoint", server.base_url, *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+    assert proc.returncode == 3, proc.stderr
+    error = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "token limit of 150 is reached (0 spent" in error[0], proc.stderr
+    assert f"thinktree run --resume {tmp_path / 'run'} --max-tokens" in error[0]
+    assert "stated no answer" not in proc.stderr

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from choice_set import beta_problems, write_dataset
+from thinktree._files import folder_lock
 from thinktree.agents.endpoint import EndpointConfig
 from thinktree.agents.modes import ModeSettings
 from thinktree.errors import ConfigError
@@ -111,6 +112,15 @@ def test_a_run_its_limit_stopped_goes_on_under_a_higher_one(tmp_path: Path) -> N
         first = json.loads((out / "results.json").read_text())
         refused = cli("--resume", str(out))
         changed = cli("--resume", str(out), "--n", "8")
+        manifest = (out / "run.json").read_bytes()
+        # refused for another reason: the new limit is not kept either
+        wrong_mode = cli("--resume", str(out), "--max-tokens", "100000", "--mode", "parallel")
+        unreachable = cli(
+            "--resume", str(out), "--max-tokens", "100000", "--endpoint", "http://127.0.0.1:9/v1"
+        )
+        with folder_lock(out, "run"):  # as a run still going holds it
+            busy = cli("--resume", str(out), "--max-tokens", "100000")
+        assert (out / "run.json").read_bytes() == manifest
         before = server.answered
         # more problems at once is allowed too: every node has its own seed
         raised = cli("--resume", str(out), "--max-tokens", "100000", "--concurrency", "4")
@@ -120,6 +130,9 @@ def test_a_run_its_limit_stopped_goes_on_under_a_higher_one(tmp_path: Path) -> N
     assert refused.returncode == 2
     assert "was stopped by its limit" in refused.stderr and "higher --max-tokens" in refused.stderr
     assert changed.returncode == 2 and "--n cannot change when resuming" in changed.stderr
+    assert wrong_mode.returncode == 2 and "cannot be resumed as 'parallel'" in wrong_mode.stderr
+    assert unreachable.returncode != 0 and "cannot connect" in unreachable.stderr
+    assert busy.returncode == 2 and "being written by another thinktree" in busy.stderr
     assert raised.returncode == 0, raised.stderr
     saved = json.loads((out / "results.json").read_text())
     assert saved["status"] == "completed" and saved["metrics"]["answered"] == len(problems)

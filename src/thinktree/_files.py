@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["atomic_file", "atomic_write"]
+from thinktree.errors import ConfigError
+
+__all__ = ["LOCK", "atomic_file", "atomic_write", "folder_lock", "in_use"]
+
+#: The file in a run or bench folder that the process writing the folder holds locked.
+LOCK = ".lock"
 
 
 @contextlib.contextmanager
@@ -34,3 +40,43 @@ def atomic_write(path: Path, content: str | bytes) -> None:
     """Replace ``path`` with ``content`` (text as UTF-8) as :func:`atomic_file` does."""
     with atomic_file(path) as f:
         f.write(content.encode() if isinstance(content, str) else content)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path, what: str) -> Iterator[None]:
+    """Hold ``folder``'s lock for the block: one process writes a run or bench folder.
+
+    A second process (a ``--resume`` of a run still going, the same bench started twice)
+    gets a one-line ConfigError instead of paying for the same calls again. The lock is
+    the kernel's (``flock``): a process that dies, however it dies, releases it.
+    """
+    try:
+        fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise ConfigError(f"cannot lock {what} {folder}: {exc.strerror or exc}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(
+                f"{what} {folder} is being written by another thinktree process; "
+                "wait for it to end, or stop it first"
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # and the lock with it
+
+
+def in_use(folder: Path) -> bool:
+    """Whether a process holds ``folder``'s lock (is writing the run or bench now)."""
+    try:
+        fd = os.open(folder / LOCK, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False

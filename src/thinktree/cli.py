@@ -348,6 +348,13 @@ def _execute(
                 soft_wrap=True,
             )
         if result.metrics.answered == 0:
+            if result.stopped_by:  # its limit, not the model: say which
+                raise _fail(
+                    f"no problem was answered ({result.stopped_by}); go on under a higher "
+                    f"limit with: thinktree run --resume {result.folder} --max-tokens N "
+                    "(or --max-problem-tokens, --max-cost)",
+                    3,
+                )
             if failed:  # the calls failed (a refused request): say so, not "no answer"
                 raise _fail(
                     f"no problem was answered: {len(failed)} model call(s) failed, the first "
@@ -440,7 +447,7 @@ def _resume(
     changes no answer, as every node has its own seed)."""
     from thinktree.agents.endpoint import EndpointConfig
     from thinktree.config import endpoint_from, load_config
-    from thinktree.orchestrator.run import load_resume, save_limits, validate
+    from thinktree.orchestrator.run import load_resume, validate
     from thinktree.pricing import prices_from_config
 
     try:
@@ -450,7 +457,7 @@ def _resume(
         if concurrency is not None:
             settings = dataclasses.replace(settings, concurrency=concurrency)
             validate(settings, resuming=True)
-        if limits:  # the run goes on under new limits, and keeps them
+        if limits:  # the run goes on under new limits, and keeps them once it starts
             settings = dataclasses.replace(
                 settings,
                 max_run_tokens=limits.get("max_run_tokens", settings.max_run_tokens),
@@ -458,7 +465,6 @@ def _resume(
                 max_cost=limits.get("max_cost", settings.max_cost),
             )
             validate(settings, resuming=True)
-            save_limits(folder, settings)
         state = dataclasses.replace(state, settings=settings)
         if mode is not None and mode != state.settings.modes.mode:
             raise ConfigError(

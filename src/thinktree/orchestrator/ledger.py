@@ -56,7 +56,8 @@ class Budget:
                     and pool.limit - pool.used - pool.reserved <= 0
                 ):
                     raise RunLimitReached(
-                        f"run stopped: its token limit of {pool.limit} is reached"
+                        f"run stopped: its token limit of {pool.limit} is reached ({pool.used} "
+                        f"spent, {pool.reserved} held for calls under way)"
                     )
                 pool = pool.parent
             raise BudgetExhausted(f"budget '{self.name}' is spent")

@@ -26,7 +26,7 @@ import structlog
 from structlog.contextvars import bound_contextvars
 
 from thinktree import __version__
-from thinktree._files import atomic_file, atomic_write
+from thinktree._files import atomic_file, atomic_write, folder_lock
 from thinktree._json import dump_bytes_via
 from thinktree.agents.aggregators import VERIFIER_RULES, get_aggregator
 from thinktree.agents.capabilities import Capabilities, probe
@@ -40,8 +40,8 @@ from thinktree.metrics import Metrics, compute
 from thinktree.orchestrator.bus import EventBus, Subscriber, event_bus
 from thinktree.orchestrator.call_cache import SharedCallCache, SqliteCallCache
 from thinktree.orchestrator.events import (
+    CALL_KINDS,
     CallRetried,
-    NodeKind,
     NodeStatus,
     RunFinished,
     RunStarted,
@@ -122,22 +122,13 @@ class RunResult:
     stopped_by: str | None = None
 
     def failed_calls(self) -> list[Node]:
-        """The solver's model calls that failed, in tree order (see :func:`failed_calls_in`)."""
+        """The solver's model calls that failed, in tree order (see :func:`run_outcome`)."""
         return [
             node
             for tree in self.trees
             for node in tree.walk()
             if node.status == NodeStatus.FAILED and node.kind in CALL_KINDS
         ]
-
-
-CALL_KINDS = frozenset(NodeKind) - {
-    NodeKind.PROBLEM,
-    NodeKind.BRANCH,
-    NodeKind.VOTE,
-    NodeKind.VERDICT,  # a verifier's: it may fail to score the same way every time
-}
-"""The nodes that are the solver's model calls."""
 
 
 def validate(settings: RunSettings, *, resuming: bool = False) -> None:
@@ -197,7 +188,9 @@ async def execute(
     there are not made again. ``capabilities`` skips the probe (a bench's shards share
     the one probe their driver made, see :func:`probe_endpoint`).
     """
-    with run_gc():
+    with run_gc(), contextlib.ExitStack() as held:
+        if resume is not None:  # no other process may write it meanwhile
+            held.enter_context(folder_lock(resume.folder, "run"))
         try:
             return await _execute(
                 problems,
@@ -208,6 +201,7 @@ async def execute(
                 resume=resume,
                 shared_calls=shared_calls,
                 capabilities=capabilities,
+                held=held,
             )
         except BaseExceptionGroup as group:  # stopped: it cannot record, the endpoint is down
             stopping = find_error(group, RunStopping)
@@ -226,6 +220,7 @@ async def _execute(
     resume: ResumeState | None,
     shared_calls: SqliteCallCache | None,
     capabilities: Capabilities | None,
+    held: contextlib.ExitStack,
 ) -> RunResult:
     validate(settings, resuming=resume is not None)
     settings = _on_endpoint(settings, endpoint)
@@ -273,6 +268,9 @@ async def _execute(
             try:
                 if resume is None:
                     _create_folder(folder, facts, problems)
+                    held.enter_context(folder_lock(folder, "run"))
+                elif limits_of(settings) != run_limits(folder):
+                    save_limits(folder, settings)  # it goes on under these, and keeps them
                 cache, store, trace = _open_records(folder, settings, fresh=resume is None)
             except BaseException:
                 if panel is not None:
@@ -432,7 +430,7 @@ def load_resume(
         )
     retrying = 0
     if (folder / RESULTS).exists():
-        stopped_by, retrying = _completed(folder / RESULTS)
+        stopped_by, retrying = run_outcome(folder / RESULTS)
         if stopped_by is not None and not new_limits and not retrying:
             raise ConfigError(
                 f"run {folder} was stopped by its limit ({stopped_by}); to go on, resume it "
@@ -477,17 +475,23 @@ def load_resume(
     )
 
 
-def failed_calls_in(results: Path) -> int:
-    """How many of the solver's model calls in a completed run (its ``results.json``) failed.
+def run_limits(folder: Path) -> tuple[int | None, int | None, float | None]:
+    """The token and money limits a run goes on under (its manifest's)."""
+    try:
+        s = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))["settings"]
+        return s.get("max_run_tokens"), s.get("max_problem_tokens"), s.get("max_cost")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"cannot resume {folder}: {MANIFEST} is unreadable ({exc})") from None
 
-    A completed run with failed calls (an endpoint down for a while, a refused request)
-    can be resumed: the calls that succeeded are read back, the failed ones sent again.
-    """
-    return _completed(results)[1]
+
+def limits_of(settings: RunSettings) -> tuple[int | None, int | None, float | None]:
+    """``settings``' token and money limits, as :func:`run_limits` gives a run's."""
+    return settings.max_run_tokens, settings.max_problem_tokens, settings.max_cost
 
 
-def _completed(results: Path) -> tuple[str | None, int]:
-    """A completed run's ``stopped_by`` (None unless a limit stopped it) and failed calls."""
+def run_outcome(results: Path) -> tuple[str | None, int]:
+    """A completed run's ``stopped_by`` (None unless a limit stopped it) and how many of
+    its solver's model calls failed, from its ``results.json``."""
     try:
         data = json.loads(results.read_text(encoding="utf-8"))
         failed = sum(
