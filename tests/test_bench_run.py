@@ -113,7 +113,7 @@ def test_bench_resumes_after_a_kill_without_paying_twice(tmp_path: Path) -> None
         resumed = cli("bench", str(config), "--out", str(bench), cwd=tmp_path)
         out, err = resumed.communicate(timeout=180)
         assert resumed.returncode == 0, out + err
-        assert "resuming" in err and "8 cells done" in out
+        assert "resuming" in err and "8 of 8 cells done" in out
         assert ("(resumed)" in err) == bool(cut)
 
     names = sorted(p.name for p in bench.iterdir() if p.is_dir())
@@ -292,8 +292,95 @@ def test_running_a_bench_again_sends_only_the_calls_that_failed(tmp_path: Path) 
     assert "resuming out: 1/2 cells already done" in second
     assert len(again) == 1 and "p case 1" in again[0]  # only the call that failed
     assert "failed model call" not in second
-    assert "2 cells done (0 now)" in third
+    assert "2 of 2 cells done (0 run now)" in third
     for path in (tmp_path / "out").glob("*/results.json"):
         saved = json.loads(path.read_text())
         assert saved["metrics"]["failed"] == 0
         assert saved["metrics"]["answered"] == saved["metrics"]["problems"]
+
+
+def _bench(config: Path, cwd: Path, out: str = "out") -> tuple[int, str, str]:
+    proc = cli("bench", str(config), "--out", out, cwd=cwd)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert "Traceback" not in stderr, stderr
+    return proc.returncode, stdout, stderr
+
+
+def test_a_bench_run_again_with_other_run_settings_is_refused(tmp_path: Path) -> None:
+    with fake_server_in_thread(FakeBehaviour(reply=reply)) as server:
+        config = write_config(tmp_path, server.base_url, 'mode = ["budget"]')
+        assert _bench(config, tmp_path)[0] == 0
+        before = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*")}
+        config.write_text(config.read_text().replace("seed = 2\nn = 2", "seed = 7\nn = 4"))
+        code, _, err = _bench(config, tmp_path)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert "other [run] settings (n, seed)" in err
+        assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*")} == before
+        # a new concurrency changes no answer: that one is taken
+        config.write_text(config.read_text().replace("concurrency = 1", "concurrency = 3"))
+        config.write_text(config.read_text().replace("seed = 7\nn = 4", "seed = 2\nn = 2"))
+        code, _out, err = _bench(config, tmp_path)
+    assert code == 0, err
+    assert json.loads((tmp_path / "out" / "bench.json").read_text())["run"]["concurrency"] == 3
+
+
+def test_a_cell_its_limit_stopped_goes_on_when_the_bench_raises_it(tmp_path: Path) -> None:
+    with fake_server_in_thread(FakeBehaviour(reply=reply)) as server:
+        config = write_config(tmp_path, server.base_url, 'mode = ["budget"]')
+        text = config.read_text()
+        config.write_text(text.replace("[run]\n", "[run]\nmax-tokens = 5\n"))
+        code, out, err = _bench(config, tmp_path)
+        assert code == 0, err
+        assert "0 of 2 cells done" in out
+        assert "2 cell(s) stopped by their limit" in err and "[run]" in err
+        report = cli("report", "out", cwd=tmp_path).communicate(timeout=120)[0]
+        assert "Stopped by their limit" in report and "(stopped)" in report
+        again = _bench(config, tmp_path)  # the same limits: nothing to go on with
+        assert "resuming out: 2/2 cells already done" in again[2], again
+        config.write_text(text.replace("[run]\n", "[run]\nmax-tokens = 5000\n"))
+        code, out, err = _bench(config, tmp_path)
+    assert code == 0, err
+    assert "2 of 2 cells done (2 run now)" in out and "stopped" not in err
+    for path in (tmp_path / "out").glob("*/results.json"):
+        saved = json.loads(path.read_text())
+        assert saved["status"] == "completed"
+        assert saved["metrics"]["answered"] == saved["metrics"]["problems"]
+        assert (
+            json.loads((path.parent / "run.json").read_text())["settings"]["max_run_tokens"] == 5000
+        )
+
+
+def test_a_bench_checks_every_cell_before_it_makes_its_folder(tmp_path: Path) -> None:
+    write_choice_problems(tmp_path / "one.jsonl", "p")
+    (tmp_path / "bad.jsonl").write_text('{"id": "x", "question": "?"\n')
+    with fake_server_in_thread(FakeBehaviour(reply=reply)) as server:
+        up = server.base_url
+        cases = {
+            "unreachable": (f'endpoint = ["{up}", "http://127.0.0.1:9/v1"]', "one.jsonl"),
+            "unknown model": (f'endpoint = ["{up}"]\nmodel = ["no-such-model"]', "one.jsonl"),
+            "malformed dataset": (f'endpoint = ["{up}"]', "bad.jsonl"),
+        }
+        for name, (grid, dataset) in cases.items():
+            config = tmp_path / "c.toml"
+            config.write_text(
+                f'[[datasets]]\npath = "one.jsonl"\n[[datasets]]\npath = "{dataset}"\n'
+                f"[grid]\n{grid}\n[run]\nconcurrency = 1\n"
+            )
+            SEEN.clear()
+            code, _out, err = _bench(config, tmp_path, out="never")
+            assert code != 0 and len(err.strip().splitlines()) == 1, (name, err)
+            assert not (tmp_path / "never").exists(), name
+            assert not [key for key in SEEN if "Which one" in key], name  # no cell ran
+
+
+def test_a_bench_folder_is_written_by_one_bench_at_a_time(tmp_path: Path) -> None:
+    from thinktree._files import folder_lock
+
+    with fake_server_in_thread(FakeBehaviour(reply=reply)) as server:
+        config = write_config(tmp_path, server.base_url, 'mode = ["budget"]')
+        assert _bench(config, tmp_path)[0] == 0
+        (tmp_path / "out" / "001_one_mode-budget" / "results.json").unlink()
+        with folder_lock(tmp_path / "out", "bench"):  # as a bench still going holds it
+            code, _out, err = _bench(config, tmp_path)
+        assert code == 2 and "is being written by another thinktree process" in err, err
+        assert _bench(config, tmp_path)[0] == 0

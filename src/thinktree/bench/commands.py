@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from thinktree.bench.grid import load_bench_config
 from thinktree.bench.results import load
@@ -31,7 +32,7 @@ def bench_main(
     started here (see :mod:`thinktree.bench.cluster`); ``shards``: how many per cell.
     """
     from thinktree.bench.progress import BenchProgress
-    from thinktree.bench.runner import cell_done, run_bench
+    from thinktree.bench.runner import cell_stopped, failed_calls, plan_bench, run_bench
     from thinktree.bench.sharding import check_shardable
 
     config = load_bench_config(config_path)
@@ -53,7 +54,8 @@ def bench_main(
             # a local cluster gets one CPU per shard (or the machine's)
             cluster = RayCluster(None if ray == LOCAL_RAY else ray, num_cpus=shards)
         with cluster or contextlib.nullcontext():
-            done = sum(1 for c in cells if cell_done(out_dir / c.name))
+            plan = await plan_bench(config, out_dir, sharded=cluster is not None)
+            done = len(cells) - len(plan.todo)
             if done:
                 err.print(f"[dim]resuming {out_dir}: {done}/{len(cells)} cells already done[/]")
             with BenchProgress(err, len(cells), done) as view:
@@ -64,19 +66,30 @@ def bench_main(
                     embedded=embedded_server,
                     shards=cluster,
                     shard_count=shards,
+                    plan=plan,
                 )
         ran = sum(1 for o in outcomes if o.status != "done before")
+        stopped = [(o, why) for o in outcomes if (why := cell_stopped(o.folder))]
+        failing = [(o, n) for o in outcomes if (n := failed_calls(o))]
+        whole = len(outcomes) - len(stopped) - len(failing)
         out.print(
-            f"bench {out_dir}: {len(outcomes)} cells done ({ran} now); "
+            f"bench {out_dir}: {whole} of {len(outcomes)} cells done ({ran} run now); "
             f"report with: thinktree report {out_dir}",
             highlight=False,
         )
-        failing = [o for o in outcomes if o.result is not None and o.result.failed_calls()]
-        if failing:
-            calls = sum(len(o.result.failed_calls()) for o in failing if o.result is not None)
+        if stopped:
             err.print(
-                f"{len(failing)} cell(s) finished with {calls} failed model call(s); once the "
-                "cause is fixed, the same command again sends only those",
+                f"[yellow]{len(stopped)} cell(s) stopped by their limit[/] (the first: "
+                f"{escape(stopped[0][1])}); raise it in \\[run] of {escape(str(config_path))} "
+                "and run the same command again to go on",
+                highlight=False,
+                soft_wrap=True,
+            )
+        if failing:
+            calls = sum(n for _, n in failing)
+            err.print(
+                f"[yellow]{len(failing)} cell(s) finished with {calls} failed model call(s)[/]; "
+                "once the cause is fixed, the same command again sends only those",
                 highlight=False,
                 soft_wrap=True,
             )

@@ -64,7 +64,7 @@ def valid_keys() -> list[str]:
     return sorted({n.replace("_", "-") for n in names})
 
 
-def _field_name(key: str) -> str:
+def field_name(key: str) -> str:
     name = key.replace("-", "_")
     return ALIASES.get(name, name)
 
@@ -185,7 +185,7 @@ def apply_options(base: RunSettings, options: Mapping[str, Any]) -> RunSettings:
     mode_changes: dict[str, Any] = {}
     run_changes: dict[str, Any] = {}
     for key, value in options.items():
-        name = _field_name(key)
+        name = field_name(key)
         if name in BENCH_KEYS:
             continue
         if name in modes:
@@ -243,7 +243,7 @@ def load_bench_config(path: Path) -> BenchConfig:
 
 
 def _canonical(key: str) -> str:
-    name = _field_name(key)
+    name = field_name(key)
     if name not in BENCH_KEYS and name not in _mode_fields() and name not in _run_fields():
         raise ConfigError(f"unknown key '{key}'; valid keys: {', '.join(valid_keys())}")
     return key.replace("_", "-")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -85,9 +86,16 @@ class BenchProgress(CellWatcher):
         acc = "n/a" if m.accuracy is None else f"{100 * m.accuracy:.0f} %"
         cached = f", {result.cached_calls} calls from the cache" if result.cached_calls else ""
         note = f"; {outcome.note}" if outcome.note else ""
+        failed = len(result.failed_calls())
+        if result.stopped_by:  # what it shows covers only what ran
+            mark, note = "[yellow]■ stopped[/]", f"{note}; {result.stopped_by}"
+        elif failed:
+            mark, note = "[yellow]![/]", f"{note}; {failed} model call(s) failed"
+        else:
+            mark = "[green]✓[/]"
         self.console.print(
-            f"[green]✓[/] {outcome.cell.name} ({outcome.status}): accuracy {acc} "
+            f"{mark} {escape(outcome.cell.name)} ({outcome.status}): accuracy {acc} "
             f"({m.correct}/{m.graded}), {m.completion_tokens} completion tokens, "
-            f"{outcome.seconds:.1f} s{cached}{note}",
+            f"{outcome.seconds:.1f} s{cached}{escape(note)}",
             highlight=False,
         )

@@ -97,9 +97,10 @@ def cells_table(loaded: Loaded, keys: Sequence[str]) -> Table:
     for cell in loaded.cells:
         m = cell.metrics
         cost = m.get("cost_usd")
+        flag = " (stopped)" if cell.stopped_by else " (failed calls)" if cell.failed_calls else ""
         rows.append(
             [
-                label(cell, keys),
+                label(cell, keys) + flag,
                 str(len(cell.problems)),
                 _ci_text(accuracy_ci(cell)),
                 pct(cell.coverage),
@@ -489,6 +490,21 @@ def build(
         intro.append(
             f"Not finished, left out: {', '.join(loaded.unfinished)} "
             "(run the bench again to finish them)."
+        )
+    stopped = [c for c in loaded.cells if c.stopped_by]
+    if stopped:
+        intro.append(
+            "Stopped by their limit, so their figures cover only what ran: "
+            + ", ".join(f"{label(c, keys)} ({c.stopped_by})" for c in stopped)
+            + " (raise the limit and run again to go on)."
+        )
+    failing = [c for c in loaded.cells if c.failed_calls]
+    if failing:
+        intro.append(
+            "With failed model calls (a problem has fewer samples where they failed, and is "
+            "unanswered where all did): "
+            + ", ".join(f"{label(c, keys)} ({c.failed_calls})" for c in failing)
+            + " (run again to send them)."
         )
     plots = make_plots(loaded, plot_dir) if make_plots and plot_dir else {}
     sections = [Section("Cells", tables=[cells_table(loaded, keys)])]

@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from thinktree._files import in_use
 from thinktree.errors import ConfigError
+from thinktree.orchestrator.events import CALL_KINDS
 
 RESULTS = "results.json"
 BENCH_MANIFEST = "bench.json"
@@ -44,6 +46,8 @@ class CellResult:
     problems: list[ProblemOutcome]
     tokens_allowed_per_problem: int
     status: str = "completed"
+    stopped_by: str | None = None  # the limit that stopped it before every problem ran
+    failed_calls: int = 0  # solver calls that failed (the bench sends them again)
 
     @property
     def graded(self) -> list[ProblemOutcome]:
@@ -95,6 +99,8 @@ def load(path: Path) -> Loaded:
     if (path / RESULTS).is_file():
         cell = _load_cell(path, name=path.name, dataset="run", options=None)
         return Loaded(kind="run", path=path, cells=[cell])
+    if (path / "run.json").is_file() and in_use(path):
+        raise ConfigError(f"run {path} is still running; report it once it has finished")
     if (path / "run.json").is_file():
         raise ConfigError(
             f"run {path} has not finished (no {RESULTS}); resume it with "
@@ -164,6 +170,13 @@ def _load_cell(
             problems=problems,
             tokens_allowed_per_problem=allowed,
             status=str(data.get("status", "completed")),
+            stopped_by=data.get("stopped_by"),
+            failed_calls=sum(
+                1
+                for p in data["problems"]
+                for n in p.get("nodes") or ()
+                if n.get("status") == "failed" and n.get("kind") in CALL_KINDS
+            ),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"{folder / RESULTS} is damaged (missing {exc})") from None

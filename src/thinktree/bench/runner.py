@@ -24,10 +24,11 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from thinktree import __version__
+from thinktree._files import atomic_write, folder_lock
 from thinktree.agents.capabilities import Capabilities
 from thinktree.agents.endpoint import EndpointConfig
 from thinktree.bench.follow import ShardFollower
-from thinktree.bench.grid import BenchConfig, Cell, DatasetSpec
+from thinktree.bench.grid import BenchConfig, Cell, DatasetSpec, field_name
 from thinktree.bench.perturb import NONE, perturb
 from thinktree.bench.sharding import (
     SHARDS,
@@ -48,10 +49,12 @@ from thinktree.orchestrator.run import (
     RunResult,
     RunSettings,
     execute,
-    failed_calls_in,
+    limits_of,
     load_resume,
     probe_endpoint,
     probe_needs,
+    run_limits,
+    run_outcome,
 )
 from thinktree.pricing import Price, prices_from_config
 from thinktree.problems import Problem
@@ -122,39 +125,72 @@ def _manifest(config: BenchConfig, cells: list[Cell]) -> dict[str, Any]:
     }
 
 
+def _stored_bench(config: BenchConfig, out: Path) -> dict[str, Any] | None:
+    """The manifest of the bench ``out`` holds, checked to be ``config``'s (None: a new
+    bench); one-line ConfigError when ``out`` holds something else."""
+    manifest = out / BENCH_MANIFEST
+    if not out.exists():
+        return None
+    if not manifest.is_file():
+        if out.is_dir() and not any(out.iterdir()):
+            return None
+        raise ConfigError(f"{out} exists and is no bench folder; choose another --out")
+    try:
+        stored: dict[str, Any] = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot resume {out}: {BENCH_MANIFEST} is unreadable ({exc})") from None
+    if stored.get("cells") != [c.to_dict() for c in config.cells()] or stored.get("datasets") != [
+        d.to_dict() for d in config.datasets
+    ]:
+        raise ConfigError(
+            f"{out} holds a bench with another grid or datasets; "
+            "give the config it was started with, or another --out"
+        )
+    _check_same_run(out, stored, config)
+    return stored
+
+
 def prepare(config: BenchConfig, out: Path) -> list[Cell]:
     """Create the bench folder, or check that ``out`` holds this very bench to resume."""
     cells = config.cells()
+    stored = _stored_bench(config, out)
     manifest = out / BENCH_MANIFEST
-    if out.exists():
-        if not manifest.is_file():
-            if out.is_dir() and not any(out.iterdir()):
-                out.rmdir()
-            else:
-                raise ConfigError(f"{out} exists and is no bench folder; choose another --out")
-        else:
-            try:
-                stored = json.loads(manifest.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as exc:
-                raise ConfigError(
-                    f"cannot resume {out}: {BENCH_MANIFEST} is unreadable ({exc})"
-                ) from None
-            if stored.get("cells") != [c.to_dict() for c in cells] or stored.get("datasets") != [
-                d.to_dict() for d in config.datasets
-            ]:
-                raise ConfigError(
-                    f"{out} holds a bench with another grid or datasets; "
-                    "give the config it was started with, or another --out"
-                )
-            return cells
+    if stored is not None:
+        if stored.get("run") != config.fixed:  # new limits or concurrency: kept from now on
+            stored["run"] = config.fixed
+            atomic_write(manifest, json.dumps(stored, indent=1, ensure_ascii=False))
+        return cells
     try:
-        out.mkdir(parents=True)
+        out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"cannot create bench folder {out}: {exc.strerror}") from None
-    tmp = out / f".{BENCH_MANIFEST}.tmp"
-    tmp.write_text(json.dumps(_manifest(config, cells), indent=1, ensure_ascii=False))
-    tmp.replace(manifest)
+    atomic_write(manifest, json.dumps(_manifest(config, cells), indent=1, ensure_ascii=False))
     return cells
+
+
+#: [run] settings a bench may change when it is run again: they change no answer.
+MAY_CHANGE = ("max_run_tokens", "max_problem_tokens", "max_cost", "concurrency")
+
+
+def _check_same_run(out: Path, stored: dict[str, Any], config: BenchConfig) -> None:
+    """One-line ConfigError when ``config``'s [run] or [prices] is not the stored bench's
+    (its limits and concurrency may change: a cell its limit stopped goes on)."""
+    if (stored.get("prices") or {}) != config.raw.get("prices", {}):
+        raise ConfigError(
+            f"{out} holds a bench started with other [prices]; its cells' costs would not "
+            "compare: give the config it was started with, or another --out"
+        )
+    before = {field_name(k): v for k, v in (stored.get("run") or {}).items()}
+    now = {field_name(k): v for k, v in config.fixed.items()}
+    changed = sorted(
+        k for k in before.keys() | now.keys() if before.get(k) != now.get(k) and k not in MAY_CHANGE
+    )
+    if changed:
+        raise ConfigError(
+            f"{out} holds a bench started with other [run] settings ({', '.join(changed)}); "
+            "give the config it was started with, or another --out (only concurrency and the "
+            "limits max-tokens, max-problem-tokens and max-cost may change)"
+        )
 
 
 def merged_config(config: BenchConfig) -> dict[str, Any]:
@@ -209,6 +245,41 @@ class ProbeMemo:
         self._found.setdefault(self._key(target), []).append((frozenset(needs), caps))
 
 
+@dataclass(slots=True)
+class BenchPlan:
+    """A bench checked before anything of it is written: its cells, those left to run,
+    their endpoints (None: the embedded model), prices, problems and probes."""
+
+    cells: list[Cell]
+    todo: list[Cell]
+    endpoints: dict[str, EndpointConfig | None]
+    prices: dict[str, Price]
+    problems: ProblemMemo
+    probes: ProbeMemo
+
+
+async def plan_bench(config: BenchConfig, out: Path, *, sharded: bool = False) -> BenchPlan:
+    """Check everything a cell left to run needs before the folder is made or any cell
+    runs: that ``out`` holds this bench (or nothing), each dataset, each endpoint and
+    model (probed once), the prices. Bad input fails here in one line."""
+    if sharded:
+        for cell in config.cells():
+            check_shardable(config.settings_for(cell))
+    _stored_bench(config, out)
+    cells = config.cells()
+    endpoints = resolve_endpoints(config, cells)
+    prices = bench_prices(config)
+    todo = [c for c in cells if not cell_done(out / c.name, config.settings_for(c))]
+    plan = BenchPlan(cells, todo, endpoints, prices, ProblemMemo(), ProbeMemo())
+    for cell in todo:
+        if not (out / cell.name / MANIFEST).is_file():  # a cell started before has its own
+            _fresh_cell(config, cell, out / cell.name, prices, plan.problems)
+            target = endpoints[cell.name]
+            if target is not None:
+                await _probe(target, config.settings_for(cell), plan.probes)
+    return plan
+
+
 async def run_bench(
     config: BenchConfig,
     out: Path,
@@ -217,6 +288,7 @@ async def run_bench(
     embedded: Callable[[], Any] | None = None,
     shards: ShardRunner | None = None,
     shard_count: int | None = None,
+    plan: BenchPlan | None = None,
 ) -> list[CellOutcome]:
     """Run (or resume) every cell of ``config`` into ``out``, one cell after another.
 
@@ -227,71 +299,93 @@ async def run_bench(
     run folder. A cell a sharded bench left unfinished is finished in shards too.
     """
     watcher = watcher or CellWatcher()
-    if shards is not None:
-        for cell in config.cells():
-            check_shardable(config.settings_for(cell))
-    cells = prepare(config, out)
-    endpoints = resolve_endpoints(config, cells)
-    prices = bench_prices(config)
-    todo = [c for c in cells if not cell_done(out / c.name)]
+    plan = plan or await plan_bench(config, out, sharded=shards is not None)
+    cells, todo, endpoints, prices = plan.cells, plan.todo, plan.endpoints, plan.prices
+    loaded, probes = plan.problems, plan.probes
+    prepare(config, out)
     outcomes = [CellOutcome(c, out / c.name, "done before") for c in cells if c not in todo]
     needs_embedded = any(endpoints[c.name] is None for c in todo)
-    shared = SqliteCallCache(out / SHARED_CALLS)
-    probes = ProbeMemo()
-    try:
-        async with _maybe_embedded(embedded if needs_embedded else None) as local:
-            for position, cell in enumerate(cells, start=1):
-                if cell not in todo:
-                    continue
-                target = endpoints[cell.name] or local
-                assert target is not None
-                sharded = (out / cell.name / SHARDS).is_dir()
-                if sharded or (shards is not None and not (out / cell.name / MANIFEST).is_file()):
-                    from thinktree.bench.cluster import InProcessShards
+    with folder_lock(out, "bench"):
+        shared = SqliteCallCache(out / SHARED_CALLS)
+        try:
+            async with _maybe_embedded(embedded if needs_embedded else None) as local:
+                for position, cell in enumerate(cells, start=1):
+                    if cell not in todo:
+                        continue
+                    target = endpoints[cell.name] or local
+                    assert target is not None
+                    sharded = (out / cell.name / SHARDS).is_dir()
+                    if sharded or (
+                        shards is not None and not (out / cell.name / MANIFEST).is_file()
+                    ):
+                        from thinktree.bench.cluster import InProcessShards
 
-                    outcome = await _run_cell_sharded(
-                        config,
-                        cell,
-                        out,
-                        target,
-                        prices,
-                        shards or InProcessShards(),
-                        shard_count,
-                        watcher,
-                        position,
-                        len(cells),
-                        probes=probes,
-                    )
-                else:
-                    outcome = await _run_cell(
-                        config,
-                        cell,
-                        out,
-                        target,
-                        prices,
-                        shared,
-                        watcher,
-                        position,
-                        len(cells),
-                        probes=probes,
-                    )
-                outcomes.append(outcome)
-                watcher.cell_finished(outcome)
-    finally:
-        shared.close()
+                        outcome = await _run_cell_sharded(
+                            config,
+                            cell,
+                            out,
+                            target,
+                            prices,
+                            shards or InProcessShards(),
+                            shard_count,
+                            watcher,
+                            position,
+                            len(cells),
+                            probes=probes,
+                            loaded=loaded,
+                        )
+                    else:
+                        outcome = await _run_cell(
+                            config,
+                            cell,
+                            out,
+                            target,
+                            prices,
+                            shared,
+                            watcher,
+                            position,
+                            len(cells),
+                            probes=probes,
+                            loaded=loaded,
+                        )
+                    outcomes.append(outcome)
+                    watcher.cell_finished(outcome)
+        finally:
+            shared.close()
     order = {c.name: i for i, c in enumerate(cells)}
     outcomes.sort(key=lambda o: order[o.cell.name])
     return outcomes
 
 
-def cell_done(folder: Path) -> bool:
-    """Whether a cell is finished: its results written, and none of its calls failed
-    (a cell with failed calls is resumed: those are sent again, the rest read back).
-    A sharded cell counts as finished once its results are written."""
+def cell_done(folder: Path, settings: RunSettings) -> bool:
+    """Whether a cell is finished: its results written and none of its calls failed (a
+    cell with failed calls is resumed: those are sent again, the rest read back). A cell
+    its limit stopped is finished while the bench's limits (``settings``) are the ones it
+    ran under; under others it goes on. A sharded cell is finished once its results are."""
     results = folder / RESULTS
     if not results.is_file():
         return False
-    return (folder / SHARDS).is_dir() or failed_calls_in(results) == 0
+    if (folder / SHARDS).is_dir():
+        return True
+    stopped_by, failed = run_outcome(results)
+    if failed:
+        return False
+    return stopped_by is None or run_limits(folder) == limits_of(settings)
+
+
+def failed_calls(outcome: CellOutcome) -> int:
+    """How many of a cell's solver calls failed (0 for a cell not run in this invocation
+    unless its results say so)."""
+    if outcome.result is not None:
+        return len(outcome.result.failed_calls())
+    results = outcome.folder / RESULTS
+    return run_outcome(results)[1] if results.is_file() else 0
+
+
+def cell_stopped(folder: Path) -> str | None:
+    """Why a finished cell's limit stopped it (None when none did, or it has not finished)."""
+    results = folder / RESULTS
+    return run_outcome(results)[0] if results.is_file() else None
 
 
 @asynccontextmanager
@@ -305,12 +399,36 @@ async def _maybe_embedded(opener: Callable[[], Any] | None) -> AsyncIterator[End
         yield endpoint_for(server)
 
 
+class ProblemMemo:
+    """Each dataset slice under each perturbation, loaded once for every cell that uses it."""
+
+    def __init__(self) -> None:
+        self._loaded: dict[tuple[str, str], list[Problem]] = {}
+
+    def get(self, spec: DatasetSpec, perturbation: str) -> list[Problem]:
+        key = (json.dumps(spec.to_dict(), sort_keys=True), perturbation)
+        if key not in self._loaded:
+            self._loaded[key] = load_cell_problems(spec, perturbation)
+        return self._loaded[key]
+
+
+async def _probe(target: EndpointConfig, settings: RunSettings, probes: ProbeMemo) -> None:
+    """Probe ``target`` for what a run with ``settings`` needs, unless that is known."""
+    needs = probe_needs(settings, ())
+    if probes.get(target, needs) is None:
+        probes.add(target, needs, (await probe_endpoint(target, settings)).capabilities)
+
+
 def _fresh_cell(
-    config: BenchConfig, cell: Cell, folder: Path, prices: dict[str, Price]
+    config: BenchConfig,
+    cell: Cell,
+    folder: Path,
+    prices: dict[str, Price],
+    loaded: ProblemMemo,
 ) -> tuple[list[Problem], RunSettings]:
     """A cell's problems (under its perturbation) and its run settings, to start it anew."""
     options = {**config.fixed, **cell.options}
-    problems = load_cell_problems(cell.dataset, str(options.get("perturbation", NONE)))
+    problems = loaded.get(cell.dataset, str(options.get("perturbation", NONE)))
     settings = dataclasses.replace(
         config.settings_for(cell), out=folder, prices=prices, config=merged_config(config)
     )
@@ -329,6 +447,7 @@ async def _run_cell(
     total: int,
     *,
     probes: ProbeMemo,
+    loaded: ProblemMemo,
 ) -> CellOutcome:
     folder = out / cell.name
     subscriber = watcher.cell_started(cell, position, total)
@@ -336,11 +455,21 @@ async def _run_cell(
     started = time.monotonic()
     with structlog.contextvars.bound_contextvars(cell=cell.name):
         if (folder / MANIFEST).is_file():
-            state = load_resume(folder, prices=prices)
+            # a limit-stopped cell goes on only under other limits (see cell_done)
+            state = load_resume(folder, prices=prices, new_limits=True)
+            now = config.settings_for(cell)
+            settings = dataclasses.replace(
+                state.settings,
+                config=merged_config(config),
+                concurrency=now.concurrency,
+                max_run_tokens=now.max_run_tokens,
+                max_problem_tokens=now.max_problem_tokens,
+                max_cost=now.max_cost,
+            )
             result = await execute(
                 state.problems,
                 target,
-                dataclasses.replace(state.settings, config=merged_config(config)),
+                settings,
                 resume=state,
                 subscribers=subscribers,
                 shared_calls=shared,
@@ -349,7 +478,7 @@ async def _run_cell(
         else:
             if folder.exists():  # cut off before its manifest was written: nothing to keep
                 shutil.rmtree(folder)
-            problems, settings = _fresh_cell(config, cell, folder, prices)
+            problems, settings = _fresh_cell(config, cell, folder, prices, loaded)
             needs = probe_needs(settings, subscribers)
             known = probes.get(target, needs)
             result = await execute(
@@ -382,6 +511,7 @@ async def _run_cell_sharded(
     total: int,
     *,
     probes: ProbeMemo,
+    loaded: ProblemMemo,
 ) -> CellOutcome:
     """The cell's problems in shards, each run by ``runner``, merged into the cell's folder."""
     from thinktree.bench.merge import merge_shards
@@ -389,7 +519,7 @@ async def _run_cell_sharded(
     folder = out / cell.name
     subscriber = watcher.cell_started(cell, position, total)
     started = time.monotonic()
-    problems, settings = _fresh_cell(config, cell, folder, prices)
+    problems, settings = _fresh_cell(config, cell, folder, prices, loaded)
     plan = folder / SHARDS / PLAN
     count = _planned(plan) or shard_count or runner.cpus
     parts = split(problems, count)

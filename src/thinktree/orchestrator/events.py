@@ -30,6 +30,15 @@ class NodeKind(StrEnum):
     VOTE = "vote"
 
 
+CALL_KINDS = frozenset(NodeKind) - {
+    NodeKind.PROBLEM,
+    NodeKind.BRANCH,
+    NodeKind.VOTE,
+    NodeKind.VERDICT,  # a verifier's: it may fail to score the same way every time
+}
+"""The nodes that are the solver's model calls."""
+
+
 class NodeStatus(StrEnum):
     PENDING = "pending"
     RUNNING = "running"
