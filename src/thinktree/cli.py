@@ -27,6 +27,7 @@ from thinktree.errors import (
 )
 from thinktree.logging_setup import configure
 
+# typer shows help texts as Rich markup: brackets in one go through escape()
 app = typer.Typer(
     help="Test-time scaling for language models, with every branch and revision on view.",
     no_args_is_help=False,
@@ -113,7 +114,9 @@ def run(
     mode: Annotated[
         str | None,
         typer.Option(
-            help="budget | sequential | parallel | hybrid | adaptive | auto [default: budget]"
+            help=escape(
+                "budget | sequential | parallel | hybrid | adaptive | auto [default: budget]"
+            )
         ),
     ] = None,
     n: Annotated[int, typer.Option(help="parallel samples / hybrid branches / adaptive most")] = 4,
@@ -167,7 +170,9 @@ def run(
     ] = None,
     max_cost: Annotated[
         float | None,
-        typer.Option(help="stop the run at this cost in USD (needs [prices] for the model)"),
+        typer.Option(
+            help=escape("stop the run at this cost in USD (needs [prices] for the model)")
+        ),
     ] = None,
     resume: Annotated[
         Path | None,
@@ -723,7 +728,9 @@ def _cost(price: Price | None, prompt: int, completion: int) -> str:
 
 @app.command()
 def bench(
-    config: Annotated[Path, typer.Argument(help="bench config (TOML): [[datasets]] and [grid]")],
+    config: Annotated[
+        Path, typer.Argument(help=escape("bench config (TOML): [[datasets]] and [grid]"))
+    ],
     out_dir: Annotated[
         Path, typer.Option("--out", help="bench folder; the same folder again resumes it")
     ],
@@ -732,13 +739,17 @@ def bench(
         typer.Option(
             "--ray",
             metavar="[ADDRESS]",
-            help="split each cell's problems across a Ray cluster: alone, a local one started "
-            "for this command; or HOST:PORT, ray://HOST:PORT, auto (needs thinktree[ray])",
+            help=escape(
+                "split each cell's problems across a Ray cluster: alone, a local one started "
+                "for this command; or HOST:PORT, ray://HOST:PORT, auto (needs thinktree[ray])"
+            ),
         ),
     ] = None,
     shards: Annotated[
         int | None,
-        typer.Option("--shards", help="shards per cell with --ray [default: the cluster's CPUs]"),
+        typer.Option(
+            "--shards", help=escape("shards per cell with --ray [default: the cluster's CPUs]")
+        ),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
 ) -> None:
