@@ -36,6 +36,9 @@ app = typer.Typer(
 )
 out = Console()
 err = Console(stderr=True)
+# Rich reads a printed str, and a table's cells and titles, as markup: text from a user, a
+# dataset, a file path or a server goes through escape() (or is printed with markup=False),
+# so "[/]" in it cannot crash a command and "[bold]" in it is shown as written.
 T = TypeVar("T")
 
 if TYPE_CHECKING:
@@ -350,6 +353,7 @@ def _execute(
                 f"{len(failed)} model call(s) failed; once the cause is fixed, send them "
                 f"again with: thinktree run --resume {result.folder}",
                 highlight=False,
+                markup=False,
                 soft_wrap=True,
             )
         if result.metrics.answered == 0:
@@ -370,13 +374,17 @@ def _execute(
     except typer.Exit as exc:
         if exc.exit_code in (130, TERMINATED) and folder:
             err.print(
-                f"resume with: thinktree run --resume {folder[0]}", highlight=False, soft_wrap=True
+                f"resume with: thinktree run --resume {folder[0]}",
+                highlight=False,
+                markup=False,
+                soft_wrap=True,
             )
         elif exc.exit_code in (UNWRITABLE, UNAVAILABLE) and folder:
             again = "it can be written" if exc.exit_code == UNWRITABLE else "the endpoint answers"
             err.print(
                 f"once {again} again, resume with: thinktree run --resume {folder[0]}",
                 highlight=False,
+                markup=False,
                 soft_wrap=True,
             )
         raise
@@ -493,6 +501,7 @@ def _resume(
             f"run {folder} completed with {state.retrying} failed model call(s): sending "
             "those again; the calls that succeeded are read back, not paid for again",
             highlight=False,
+            markup=False,
             soft_wrap=True,
         )
     _execute(state.problems, target, state.settings, resume=state, watch=watch, engine=engine)
@@ -502,7 +511,7 @@ def _print_results(result: object) -> None:
     from thinktree.orchestrator.run import RunResult
 
     assert isinstance(result, RunResult)
-    table = Table(title=f"run {result.run_id} · {result.model}", show_lines=False)
+    table = Table(title=escape(f"run {result.run_id} · {result.model}"), show_lines=False)
     table.add_column("problem", overflow="fold")
     table.add_column("answer")
     table.add_column("gold")
@@ -511,9 +520,9 @@ def _print_results(result: object) -> None:
     for tree in result.trees:
         mark = {True: "[green]✓[/]", False: "[red]✗[/]", None: "–"}[tree.correct]
         table.add_row(
-            tree.problem_id,
-            tree.answer or "—",
-            tree.gold or "—",
+            escape(tree.problem_id),
+            escape(tree.answer or "—"),
+            escape(tree.gold or "—"),
             mark,
             str(tree.completion_tokens()),
         )
@@ -546,13 +555,13 @@ def _print_results(result: object) -> None:
         from thinktree.verifiers.report import verifier_rows
 
         for name, value in verifier_rows(m.verifier):
-            summary.add_row(name, value)
-    summary.add_row("continuation", result.capabilities.continuation)
-    summary.add_row("run folder", str(result.folder))
+            summary.add_row(escape(name), escape(value))
+    summary.add_row("continuation", escape(result.capabilities.continuation))
+    summary.add_row("run folder", escape(str(result.folder)))
     out.print(summary)
     if result.stopped_by:
         err.print(
-            f"[yellow]{result.stopped_by}[/]; problems not finished say so in the results",
+            f"[yellow]{escape(result.stopped_by)}[/]; problems not finished say so in the results",
             highlight=False,
         )
 
@@ -599,12 +608,12 @@ def probe(
                 found = {"endpoint": cfg.base_url, "model": name, "http_client": http}
                 print(json.dumps({**found, "max_tokens_field": cap, **caps.to_dict()}))
                 return
-            table = Table(title=f"{cfg.base_url} · {name}")
+            table = Table(title=escape(f"{cfg.base_url} · {name}"))
             table.caption = (
                 "calls go through thinktree's lean HTTP/1.1 client"
                 if http == "lean"
                 else "calls go through aiohttp"
-            ) + f"; their token cap goes in {cap}"
+            ) + f"; their token cap goes in {escape(cap)}"
             table.add_column("capability")
             table.add_column("result")
             table.add_column("evidence", overflow="fold")
@@ -633,7 +642,9 @@ def probe(
             ]
             for label, ok, key in rows:
                 table.add_row(
-                    label, "[green]yes[/]" if ok else "[yellow]no[/]", caps.notes.get(key, "")
+                    escape(label),
+                    "[green]yes[/]" if ok else "[yellow]no[/]",
+                    escape(caps.notes.get(key, "")),
                 )
             out.print(table)
 
@@ -684,9 +695,9 @@ def runs(
         raise _fail(f"no run folder at {root}; runs go to ./runs unless --out says otherwise")
     found = list_runs(root)
     if not found:
-        out.print(f"no runs in {root}")
+        out.print(f"no runs in {root}", markup=False)
         return
-    table = Table(title=f"runs in {root}")
+    table = Table(title=escape(f"runs in {root}"))
     for column in (
         "run",
         "status",
@@ -709,11 +720,11 @@ def runs(
     for run in found:
         colour = colours.get(run.status, "red")
         table.add_row(
-            run.folder.name,
-            f"[{colour}]{run.status}[/]",
-            run.mode or "—",
-            run.endpoint or "—",
-            run.model or "—",
+            escape(run.folder.name),
+            f"[{colour}]{escape(run.status)}[/]",
+            escape(run.mode or "—"),
+            escape(run.endpoint or "—"),
+            escape(run.model or "—"),
             f"{run.problems_done}/{run.problems_total}",
             str(run.problems_correct),
             str(run.tokens),
@@ -768,6 +779,7 @@ def bench(
             err.print(
                 f"resume with: thinktree bench {config} --out {out_dir}",
                 highlight=False,
+                markup=False,
                 soft_wrap=True,
             )
         raise
@@ -847,8 +859,9 @@ def serve(
         async with serve_until_stopped(request) as server:
             took = f" (ready in {server.startup_s:.0f} s)" if server.startup_s is not None else ""
             out.print(
-                f"serving [bold]{server.model}[/] with {request.engine} at {server.base_url}"
-                f"{took}; log: {server.log_path}; Ctrl-C to stop",
+                f"serving [bold]{escape(server.model)}[/] with {request.engine} at "
+                f"{escape(server.base_url)}{took}; log: {escape(str(server.log_path))}; "
+                "Ctrl-C to stop",
                 soft_wrap=True,
                 highlight=False,
             )
