@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 from rich.console import Console
 
+from thinktree.bench.grid import Cell, DatasetSpec
+from thinktree.bench.progress import BenchProgress
 from thinktree.orchestrator.events import CallRetried, RunStarted
 from thinktree.orchestrator.subscribers import ConsoleProgress
 from thinktree.testing.fake_server import FakeBehaviour, fake_server_in_thread
@@ -62,7 +64,7 @@ def assert_ok(proc: subprocess.CompletedProcess[str]) -> None:
     assert "Traceback" not in proc.stdout + proc.stderr
 
 
-def test_run_and_runs_show_ids_models_and_folders_as_written(tmp_path: Path) -> None:
+def test_run_runs_and_report_show_ids_models_and_folders_as_written(tmp_path: Path) -> None:
     data = write_problems(tmp_path / "d.jsonl", IDS)
     behaviour = FakeBehaviour(reply="Yes.\nAnswer: yes", model="m[red]x", reject=refuse_one)
     with fake_server_in_thread(behaviour) as server:
@@ -80,6 +82,12 @@ def test_run_and_runs_show_ids_models_and_folders_as_written(tmp_path: Path) -> 
     assert_ok(listed)
     assert "│ r[red]x " in listed.stdout and "│ m[red]x " in listed.stdout, listed.stdout
 
+    reported = cli("report", "root/r[red]x", "--no-plots", cwd=tmp_path)
+    assert_ok(reported)
+    assert "thinktree report · r[red]x" in reported.stdout, reported.stdout
+    assert "model(s) m[red]x" in reported.stdout
+    assert "wrote root/r[red]x/report.md" in reported.stdout
+
 
 def test_an_out_folder_with_a_closing_tag_does_not_crash_the_summary(tmp_path: Path) -> None:
     data = write_problems(tmp_path / "d.jsonl", ["a"])
@@ -95,6 +103,31 @@ def test_probe_shows_a_server_message_as_written(tmp_path: Path) -> None:
         probed = cli("probe", server.base_url, cwd=tmp_path)
     assert_ok(probed)
     assert "bad value [/] here, nope [bad] field" in probed.stdout, probed.stdout
+
+
+def test_bench_lines_show_the_bench_folder_as_written(tmp_path: Path) -> None:
+    write_problems(tmp_path / "d.jsonl", ["a", "b"])
+    with fake_server_in_thread(FakeBehaviour(reply="Answer: yes")) as server:
+        config = tmp_path / "bench.toml"
+        config.write_text(
+            f"""
+[[datasets]]
+path = "d.jsonl"
+
+[grid]
+mode = ["budget"]
+
+[run]
+endpoint = "{server.base_url}"
+"""
+        )
+        ran = cli("bench", str(config), "--out", "b[red]x", cwd=tmp_path)
+        again = cli("bench", str(config), "--out", "b[red]x", cwd=tmp_path)
+    assert_ok(ran)
+    assert "bench b[red]x: 1 cells done" in ran.stdout, ran.stdout
+    assert "thinktree report b[red]x" in ran.stdout
+    assert_ok(again)
+    assert "resuming b[red]x: 1/1 cells already done" in again.stderr, again.stderr
 
 
 def test_an_error_line_shows_a_path_as_written(tmp_path: Path) -> None:
@@ -124,4 +157,12 @@ async def test_the_run_progress_bar_shows_a_model_and_a_retry_reason_as_written(
     bar.handle(RETRIED)
     await bar.aclose()  # draws the bar a last time
     assert "budget · m[/]x[bold]" in shown.getvalue()
+    assert "waiting 2 s: 429: slow [/] down [bold]now" in shown.getvalue()
+
+
+def test_the_bench_progress_bar_shows_a_retry_reason_as_written() -> None:
+    console, shown = terminal()
+    cell = Cell(index=1, dataset=DatasetSpec(name="d"), options={})
+    with BenchProgress(console, cells=1) as view:
+        view.cell_started(cell, 1, 1).handle(RETRIED)
     assert "waiting 2 s: 429: slow [/] down [bold]now" in shown.getvalue()

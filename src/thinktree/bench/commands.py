@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from thinktree.bench.grid import load_bench_config
 from thinktree.bench.results import load
@@ -55,7 +56,8 @@ def bench_main(
         with cluster or contextlib.nullcontext():
             done = sum(1 for c in cells if cell_done(out_dir / c.name))
             if done:
-                err.print(f"[dim]resuming {out_dir}: {done}/{len(cells)} cells already done[/]")
+                where = escape(str(out_dir))
+                err.print(f"[dim]resuming {where}: {done}/{len(cells)} cells already done[/]")
             with BenchProgress(err, len(cells), done) as view:
                 outcomes = await run_bench(
                     config,
@@ -70,6 +72,7 @@ def bench_main(
             f"bench {out_dir}: {len(outcomes)} cells done ({ran} now); "
             f"report with: thinktree report {out_dir}",
             highlight=False,
+            markup=False,
         )
         failing = [o for o in outcomes if o.result is not None and o.result.failed_calls()]
         if failing:
@@ -105,4 +108,4 @@ def report_main(
 
         out.print(scaling_curve(loaded), highlight=False, markup=False)
     md, page = render.write(report, folder)
-    out.print(f"wrote {md} and {page}", highlight=False)
+    out.print(f"wrote {md} and {page}", highlight=False, markup=False)

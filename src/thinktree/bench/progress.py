@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -39,7 +40,7 @@ class _CellEvents:
             status = f"{self._correct}/{self._graded} right" if self._graded else ""
             progress.update(task, advance=1, status=status)
         elif isinstance(event, CallRetried):
-            progress.update(task, status=f"waiting {event.wait_s:.0f} s: {event.reason}")
+            progress.update(task, status=f"waiting {event.wait_s:.0f} s: {escape(event.reason)}")
 
     async def aclose(self) -> None:
         return None
@@ -72,7 +73,8 @@ class BenchProgress(CellWatcher):
         self.progress.stop()
 
     def cell_started(self, cell: Cell, position: int, total: int) -> Subscriber:
-        self.progress.update(self.cell_task, description=cell.name, completed=0, total=None)
+        # the columns read their text as markup
+        self.progress.update(self.cell_task, description=escape(cell.name), completed=0, total=None)
         self.progress.update(self.bench_task, status=f"cell {position}/{total}")
         return _CellEvents(self)
 
@@ -84,9 +86,9 @@ class BenchProgress(CellWatcher):
         m = result.metrics
         acc = "n/a" if m.accuracy is None else f"{100 * m.accuracy:.0f} %"
         cached = f", {result.cached_calls} calls from the cache" if result.cached_calls else ""
-        note = f"; {outcome.note}" if outcome.note else ""
+        note = f"; {escape(outcome.note)}" if outcome.note else ""
         self.console.print(
-            f"[green]✓[/] {outcome.cell.name} ({outcome.status}): accuracy {acc} "
+            f"[green]✓[/] {escape(outcome.cell.name)} ({outcome.status}): accuracy {acc} "
             f"({m.correct}/{m.graded}), {m.completion_tokens} completion tokens, "
             f"{outcome.seconds:.1f} s{cached}{note}",
             highlight=False,
