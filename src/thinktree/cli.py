@@ -27,6 +27,7 @@ from thinktree.errors import (
 )
 from thinktree.logging_setup import configure
 
+# typer shows help texts as Rich markup: brackets in one go through escape()
 app = typer.Typer(
     help="Test-time scaling for language models, with every branch and revision on view.",
     no_args_is_help=False,
@@ -35,6 +36,9 @@ app = typer.Typer(
 )
 out = Console()
 err = Console(stderr=True)
+# Rich reads a printed str, and a table's cells and titles, as markup: text from a user, a
+# dataset, a file path or a server goes through escape() (or is printed with markup=False),
+# so "[/]" in it cannot crash a command and "[bold]" in it is shown as written.
 T = TypeVar("T")
 
 if TYPE_CHECKING:
@@ -113,7 +117,9 @@ def run(
     mode: Annotated[
         str | None,
         typer.Option(
-            help="budget | sequential | parallel | hybrid | adaptive | auto [default: budget]"
+            help=escape(
+                "budget | sequential | parallel | hybrid | adaptive | auto [default: budget]"
+            )
         ),
     ] = None,
     n: Annotated[int, typer.Option(help="parallel samples / hybrid branches / adaptive most")] = 4,
@@ -167,7 +173,9 @@ def run(
     ] = None,
     max_cost: Annotated[
         float | None,
-        typer.Option(help="stop the run at this cost in USD (needs [prices] for the model)"),
+        typer.Option(
+            help=escape("stop the run at this cost in USD (needs [prices] for the model)")
+        ),
     ] = None,
     resume: Annotated[
         Path | None,
@@ -345,6 +353,7 @@ def _execute(
                 f"{len(failed)} model call(s) failed; once the cause is fixed, send them "
                 f"again with: thinktree run --resume {result.folder}",
                 highlight=False,
+                markup=False,
                 soft_wrap=True,
             )
         if result.metrics.answered == 0:
@@ -372,13 +381,17 @@ def _execute(
     except typer.Exit as exc:
         if exc.exit_code in (130, TERMINATED) and folder:
             err.print(
-                f"resume with: thinktree run --resume {folder[0]}", highlight=False, soft_wrap=True
+                f"resume with: thinktree run --resume {folder[0]}",
+                highlight=False,
+                markup=False,
+                soft_wrap=True,
             )
         elif exc.exit_code in (UNWRITABLE, UNAVAILABLE) and folder:
             again = "it can be written" if exc.exit_code == UNWRITABLE else "the endpoint answers"
             err.print(
                 f"once {again} again, resume with: thinktree run --resume {folder[0]}",
                 highlight=False,
+                markup=False,
                 soft_wrap=True,
             )
         raise
@@ -494,6 +507,7 @@ def _resume(
             f"run {folder} completed with {state.retrying} failed model call(s): sending "
             "those again; the calls that succeeded are read back, not paid for again",
             highlight=False,
+            markup=False,
             soft_wrap=True,
         )
     _execute(state.problems, target, state.settings, resume=state, watch=watch, engine=engine)
@@ -503,7 +517,7 @@ def _print_results(result: object) -> None:
     from thinktree.orchestrator.run import RunResult
 
     assert isinstance(result, RunResult)
-    table = Table(title=f"run {result.run_id} · {result.model}", show_lines=False)
+    table = Table(title=escape(f"run {result.run_id} · {result.model}"), show_lines=False)
     table.add_column("problem", overflow="fold")
     table.add_column("answer")
     table.add_column("gold")
@@ -512,9 +526,9 @@ def _print_results(result: object) -> None:
     for tree in result.trees:
         mark = {True: "[green]✓[/]", False: "[red]✗[/]", None: "–"}[tree.correct]
         table.add_row(
-            tree.problem_id,
-            tree.answer or "—",
-            tree.gold or "—",
+            escape(tree.problem_id),
+            escape(tree.answer or "—"),
+            escape(tree.gold or "—"),
             mark,
             str(tree.completion_tokens()),
         )
@@ -547,13 +561,13 @@ def _print_results(result: object) -> None:
         from thinktree.verifiers.report import verifier_rows
 
         for name, value in verifier_rows(m.verifier):
-            summary.add_row(name, value)
-    summary.add_row("continuation", result.capabilities.continuation)
-    summary.add_row("run folder", str(result.folder))
+            summary.add_row(escape(name), escape(value))
+    summary.add_row("continuation", escape(result.capabilities.continuation))
+    summary.add_row("run folder", escape(str(result.folder)))
     out.print(summary)
     if result.stopped_by:
         err.print(
-            f"[yellow]{result.stopped_by}[/]; problems not finished say so in the results",
+            f"[yellow]{escape(result.stopped_by)}[/]; problems not finished say so in the results",
             highlight=False,
         )
 
@@ -600,12 +614,12 @@ def probe(
                 found = {"endpoint": cfg.base_url, "model": name, "http_client": http}
                 print(json.dumps({**found, "max_tokens_field": cap, **caps.to_dict()}))
                 return
-            table = Table(title=f"{cfg.base_url} · {name}")
+            table = Table(title=escape(f"{cfg.base_url} · {name}"))
             table.caption = (
                 "calls go through thinktree's lean HTTP/1.1 client"
                 if http == "lean"
                 else "calls go through aiohttp"
-            ) + f"; their token cap goes in {cap}"
+            ) + f"; their token cap goes in {escape(cap)}"
             table.add_column("capability")
             table.add_column("result")
             table.add_column("evidence", overflow="fold")
@@ -634,7 +648,9 @@ def probe(
             ]
             for label, ok, key in rows:
                 table.add_row(
-                    label, "[green]yes[/]" if ok else "[yellow]no[/]", caps.notes.get(key, "")
+                    escape(label),
+                    "[green]yes[/]" if ok else "[yellow]no[/]",
+                    escape(caps.notes.get(key, "")),
                 )
             out.print(table)
 
@@ -685,9 +701,9 @@ def runs(
         raise _fail(f"no run folder at {root}; runs go to ./runs unless --out says otherwise")
     found = list_runs(root)
     if not found:
-        out.print(f"no runs in {root}")
+        out.print(f"no runs in {root}", markup=False)
         return
-    table = Table(title=f"runs in {root}")
+    table = Table(title=escape(f"runs in {root}"))
     for column in (
         "run",
         "status",
@@ -710,11 +726,11 @@ def runs(
     for run in found:
         colour = colours.get(run.status, "red")
         table.add_row(
-            run.folder.name,
-            f"[{colour}]{run.status}[/]",
-            run.mode or "—",
-            run.endpoint or "—",
-            run.model or "—",
+            escape(run.folder.name),
+            f"[{colour}]{escape(run.status)}[/]",
+            escape(run.mode or "—"),
+            escape(run.endpoint or "—"),
+            escape(run.model or "—"),
             f"{run.problems_done}/{run.problems_total}",
             str(run.problems_correct),
             str(run.tokens),
@@ -729,7 +745,9 @@ def _cost(price: Price | None, prompt: int, completion: int) -> str:
 
 @app.command()
 def bench(
-    config: Annotated[Path, typer.Argument(help="bench config (TOML): [[datasets]] and [grid]")],
+    config: Annotated[
+        Path, typer.Argument(help=escape("bench config (TOML): [[datasets]] and [grid]"))
+    ],
     out_dir: Annotated[
         Path, typer.Option("--out", help="bench folder; the same folder again resumes it")
     ],
@@ -738,13 +756,17 @@ def bench(
         typer.Option(
             "--ray",
             metavar="[ADDRESS]",
-            help="split each cell's problems across a Ray cluster: alone, a local one started "
-            "for this command; or HOST:PORT, ray://HOST:PORT, auto (needs thinktree[ray])",
+            help=escape(
+                "split each cell's problems across a Ray cluster: alone, a local one started "
+                "for this command; or HOST:PORT, ray://HOST:PORT, auto (needs thinktree[ray])"
+            ),
         ),
     ] = None,
     shards: Annotated[
         int | None,
-        typer.Option("--shards", help="shards per cell with --ray [default: the cluster's CPUs]"),
+        typer.Option(
+            "--shards", help=escape("shards per cell with --ray [default: the cluster's CPUs]")
+        ),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
 ) -> None:
@@ -763,6 +785,7 @@ def bench(
             err.print(
                 f"resume with: thinktree bench {config} --out {out_dir}",
                 highlight=False,
+                markup=False,
                 soft_wrap=True,
             )
         raise
@@ -842,8 +865,9 @@ def serve(
         async with serve_until_stopped(request) as server:
             took = f" (ready in {server.startup_s:.0f} s)" if server.startup_s is not None else ""
             out.print(
-                f"serving [bold]{server.model}[/] with {request.engine} at {server.base_url}"
-                f"{took}; log: {server.log_path}; Ctrl-C to stop",
+                f"serving [bold]{escape(server.model)}[/] with {request.engine} at "
+                f"{escape(server.base_url)}{took}; log: {escape(str(server.log_path))}; "
+                "Ctrl-C to stop",
                 soft_wrap=True,
                 highlight=False,
             )

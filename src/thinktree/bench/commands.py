@@ -57,7 +57,8 @@ def bench_main(
             plan = await plan_bench(config, out_dir, sharded=cluster is not None)
             done = len(cells) - len(plan.todo)
             if done:
-                err.print(f"[dim]resuming {out_dir}: {done}/{len(cells)} cells already done[/]")
+                where = escape(str(out_dir))
+                err.print(f"[dim]resuming {where}: {done}/{len(cells)} cells already done[/]")
             with BenchProgress(err, len(cells), done) as view:
                 outcomes = await run_bench(
                     config,
@@ -76,6 +77,7 @@ def bench_main(
             f"bench {out_dir}: {whole} of {len(outcomes)} cells done ({ran} run now); "
             f"report with: thinktree report {out_dir}",
             highlight=False,
+            markup=False,
         )
         if stopped:
             err.print(
@@ -118,4 +120,4 @@ def report_main(
 
         out.print(scaling_curve(loaded), highlight=False, markup=False)
     md, page = render.write(report, folder)
-    out.print(f"wrote {md} and {page}", highlight=False)
+    out.print(f"wrote {md} and {page}", highlight=False, markup=False)

@@ -40,7 +40,7 @@ class _CellEvents:
             status = f"{self._correct}/{self._graded} right" if self._graded else ""
             progress.update(task, advance=1, status=status)
         elif isinstance(event, CallRetried):
-            progress.update(task, status=f"waiting {event.wait_s:.0f} s: {event.reason}")
+            progress.update(task, status=f"waiting {event.wait_s:.0f} s: {escape(event.reason)}")
 
     async def aclose(self) -> None:
         return None
@@ -73,7 +73,8 @@ class BenchProgress(CellWatcher):
         self.progress.stop()
 
     def cell_started(self, cell: Cell, position: int, total: int) -> Subscriber:
-        self.progress.update(self.cell_task, description=cell.name, completed=0, total=None)
+        # the columns read their text as markup
+        self.progress.update(self.cell_task, description=escape(cell.name), completed=0, total=None)
         self.progress.update(self.bench_task, status=f"cell {position}/{total}")
         return _CellEvents(self)
 

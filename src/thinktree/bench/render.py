@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table as RichTable
 
 from thinktree.bench.report import Report, Table
@@ -91,23 +92,33 @@ def html_page(report: Report) -> str:
 
 
 def terminal(report: Report, console: Console) -> None:
-    """The report's text and tables in the terminal (plots are named, not drawn)."""
-    console.print(f"[bold]{report.title}[/]", highlight=False)
+    """The report's text and tables in the terminal (plots are named, not drawn).
+
+    Everything in a report (dataset, cell and model names, run folders) is shown as written,
+    never read as Rich markup.
+    """
+    console.print(f"[bold]{escape(report.title)}[/]", highlight=False)
     for paragraph in report.intro:
-        console.print(paragraph, highlight=False)
+        console.print(paragraph, highlight=False, markup=False)
     for section in report.sections:
-        console.rule(section.title)
+        console.rule(escape(section.title))
         for paragraph in section.text:
-            console.print(paragraph, highlight=False)
+            console.print(paragraph, highlight=False, markup=False)
         for table in section.tables:
-            rich = RichTable(title=table.title, caption=table.note or None, caption_justify="left")
+            rich = RichTable(
+                title=escape(table.title),
+                caption=escape(table.note) if table.note else None,
+                caption_justify="left",
+            )
             for i, header in enumerate(table.headers):
-                rich.add_column(header, justify="left" if i == 0 else "right", overflow="fold")
+                rich.add_column(
+                    escape(header), justify="left" if i == 0 else "right", overflow="fold"
+                )
             for row in table.rows:
-                rich.add_row(*row)
+                rich.add_row(*(escape(cell) for cell in row))
             console.print(rich)
         for caption, image in section.images:
-            console.print(f"{caption}: {image}", highlight=False)
+            console.print(f"{caption}: {image}", highlight=False, markup=False)
 
 
 def write(report: Report, folder: Path) -> tuple[Path, Path]:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import IO
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -114,7 +115,7 @@ class ConsoleProgress:
         if isinstance(event, RunStarted):
             self._progress.start()
             self._task = self._progress.add_task(
-                f"{event.mode} · {event.model}", total=event.problems, status=""
+                escape(f"{event.mode} · {event.model}"), total=event.problems, status=""
             )
         elif self._task is None:
             return
@@ -126,7 +127,7 @@ class ConsoleProgress:
             self._progress.update(self._task, advance=1, status=status)
         elif isinstance(event, CallRetried):
             self._progress.update(
-                self._task, status=f"waiting {event.wait_s:.0f} s: {event.reason}"
+                self._task, status=f"waiting {event.wait_s:.0f} s: {escape(event.reason)}"
             )
 
     async def aclose(self) -> None:

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 verifier_app = typer.Typer(
     help="Verifiers: list the available ones, train one from runs with gold answers.",
@@ -17,7 +18,9 @@ err = Console(stderr=True)
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    err.print(
+        f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True, soft_wrap=True
+    )
     return typer.Exit(code)
 
 
@@ -56,7 +59,7 @@ def train(
         summary = train_file(runs, out_file)
     except ThinktreeError as exc:
         raise _fail(str(exc)) from None
-    out.print(summary)
+    out.print(summary, markup=False)
 
 
 @verifier_app.command("eval")
@@ -77,4 +80,4 @@ def evaluate(
         if found is None
         else (f"{found:.3f}")
     )
-    out.print(f"AUROC {shown} over {candidates} candidates in {len(runs)} run(s)")
+    out.print(f"AUROC {shown} over {candidates} candidates in {len(runs)} run(s)", markup=False)
