@@ -124,7 +124,7 @@ endpoint = "{server.base_url}"
         ran = cli("bench", str(config), "--out", "b[red]x", cwd=tmp_path)
         again = cli("bench", str(config), "--out", "b[red]x", cwd=tmp_path)
     assert_ok(ran)
-    assert "bench b[red]x: 1 cells done" in ran.stdout, ran.stdout
+    assert "bench b[red]x: 1 of 1 cells done" in ran.stdout, ran.stdout
     assert "thinktree report b[red]x" in ran.stdout
     assert_ok(again)
     assert "resuming b[red]x: 1/1 cells already done" in again.stderr, again.stderr
