@@ -30,12 +30,21 @@ def test_runs_lists_completed_and_unreadable_runs_without_secrets(tmp_path: Path
     data = tmp_path / "d.jsonl"
     data.write_text(
         "".join(
-            json.dumps({"id": f"q{i}", "question": "Q?", "answer_type": "yesno", "answer": "yes"})
+            json.dumps(
+                {"id": f"q{i}", "question": f"q{i} Q?", "answer_type": "yesno", "answer": "yes"}
+            )
             + "\n"
             for i in range(3)
         )
     )
-    with fake_server_in_thread(FakeBehaviour(reply="Yes, it does.\nAnswer: yes")) as server:
+
+    def refuse_q1(body: dict[str, object]) -> str | None:
+        return "refused" if "q1 " in json.dumps(body) else None
+
+    with (
+        fake_server_in_thread(FakeBehaviour(reply="Yes, it does.\nAnswer: yes")) as server,
+        fake_server_in_thread(FakeBehaviour(reply="Answer: yes", reject=refuse_q1)) as refusing,
+    ):
         first = cli(
             "run",
             str(data),
@@ -59,8 +68,13 @@ def test_runs_lists_completed_and_unreadable_runs_without_secrets(tmp_path: Path
             "runs/b",
             cwd=tmp_path,
         )
+        # one problem's calls are refused: the run completes with failed calls
+        third = cli(
+            "run", str(data), "--endpoint", refusing.base_url, "--out", "runs/c", cwd=tmp_path
+        )
     assert first.returncode == 0, first.stderr
     assert second.returncode == 0, second.stderr
+    assert third.returncode == 0, third.stderr
     (tmp_path / "thinktree.toml").write_text(
         '[prices]\n"fake-model" = { prompt = 1.0, completion = 2.0 }\n'
     )
@@ -76,7 +90,9 @@ def test_runs_lists_completed_and_unreadable_runs_without_secrets(tmp_path: Path
     }
     assert "completed" in rows["a"] and "budget" in rows["a"] and "3/3" in rows["a"]
     assert "completed" in rows["b"] and "parallel" in rows["b"]
-    assert "unreadable" in rows["broken"]
+    assert "unreadable" in rows["broken"] and "not a SQLite database" in rows["broken"]
+    assert "completed" in rows["c"] and "1 problem(s) failed, 1 model call(s) failed" in rows["c"]
+    assert "failed" not in rows["a"]
     results = json.loads((tmp_path / "runs" / "a" / "results.json").read_text())
     m = results["metrics"]
     expected = (m["prompt_tokens"] * 1.0 + m["completion_tokens"] * 2.0) / 1e6

@@ -44,6 +44,7 @@ T = TypeVar("T")
 if TYPE_CHECKING:
     from thinktree.agents.endpoint import EndpointConfig
     from thinktree.orchestrator.run import ResumeState, RunResult, RunSettings
+    from thinktree.orchestrator.store import RunSummary
     from thinktree.pricing import Price
     from thinktree.problems import Problem
 
@@ -714,6 +715,7 @@ def runs(
         "right",
         "tokens",
         "cost",
+        "note",
     ):
         table.add_column(column, overflow="fold")
     colours = {
@@ -735,8 +737,21 @@ def runs(
             str(run.problems_correct),
             str(run.tokens),
             _cost(prices.get(run.model or ""), run.prompt_tokens, run.completion_tokens),
+            escape(_run_note(run)),
         )
     out.print(table)
+
+
+def _run_note(run: RunSummary) -> str:
+    """Why a run is unreadable, or what of it failed."""
+    if run.error:
+        return run.error
+    failed = []
+    if run.problems_failed:
+        failed.append(f"{run.problems_failed} problem(s) failed")
+    if run.calls_failed:
+        failed.append(f"{run.calls_failed} model call(s) failed")
+    return ", ".join(failed)
 
 
 def _cost(price: Price | None, prompt: int, completion: int) -> str:

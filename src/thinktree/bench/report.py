@@ -215,10 +215,16 @@ def comparisons(loaded: Loaded, seed: int = 0) -> list[Paired]:
     return out
 
 
+def _shared(cell: CellResult, keys: Sequence[str]) -> str:
+    """What the two cells of a comparison share: their other varying options, else their
+    dataset (a cell's folder name would repeat the option compared)."""
+    return label(cell, keys) if keys else cell.dataset
+
+
 def comparisons_table(found: list[Paired], keys: Sequence[str]) -> Table:
     rows = [
         [
-            label(p.a, [k for k in keys if k != p.key]),
+            _shared(p.a, [k for k in keys if k != p.key]),
             p.key,
             show(p.a.options.get(p.key)),
             show(p.b.options.get(p.key)),

@@ -17,7 +17,7 @@ from thinktree.agents.aggregators import Aggregator, Vote
 from thinktree.agents.prompts import messages_for
 from thinktree.agents.solver import Branch, Candidate, Solver
 from thinktree.agents.strategies import Strategy
-from thinktree.errors import RunStopping, ThinktreeError, find_error
+from thinktree.errors import RunLimitReached, RunStopping, ThinktreeError, find_error
 from thinktree.grading import grade
 from thinktree.orchestrator.bus import EventBus
 from thinktree.orchestrator.events import ProblemFinished, ProblemStarted, VoteCast
@@ -56,7 +56,10 @@ async def solve_problem(
         found = user_error(exc)
         if found is None or isinstance(found, RunStopping):
             raise  # not this problem's failure: the run cannot go on
-        log.warning("problem failed", problem=problem.id, error=str(found))
+        if isinstance(found, RunLimitReached):  # the run's end says so once, not per problem
+            log.info("problem not run", problem=problem.id, reason=str(found))
+        else:
+            log.warning("problem failed", problem=problem.id, error=str(found))
         await bus.emit(
             ProblemFinished(
                 problem_id=problem.id, answer=None, correct=None, covered=None, error=str(found)

@@ -47,6 +47,7 @@ from thinktree import __version__
 from thinktree._json import dumps
 from thinktree.errors import ThinktreeError
 from thinktree.orchestrator.events import (
+    CALL_KINDS,
     Event,
     NodeDelta,
     NodeFailed,
@@ -1177,8 +1178,13 @@ class StoreReader:
                 (SELECT count(*) FROM problems WHERE finished_at IS NOT NULL) AS done,
                 (SELECT count(*) FROM problems WHERE correct = 1) AS correct,
                 (SELECT coalesce(sum(prompt_tokens), 0) FROM nodes) AS prompt_tokens,
-                (SELECT coalesce(sum(completion_tokens), 0) FROM nodes) AS completion_tokens
-            FROM run AS r WHERE r.id = 1"""
+                (SELECT coalesce(sum(completion_tokens), 0) FROM nodes) AS completion_tokens,
+                (SELECT count(*) FROM problems WHERE error IS NOT NULL) AS problems_failed,
+                (SELECT count(*) FROM nodes WHERE status = 'failed' AND kind IN ({kinds}))
+                    AS calls_failed
+            FROM run AS r WHERE r.id = 1""".format(
+                kinds=", ".join(f"'{kind}'" for kind in sorted(CALL_KINDS))
+            )
         )
         if not rows:
             raise StoreError(f"{self.path} is a damaged run store: no run row")
@@ -1198,6 +1204,8 @@ class StoreReader:
             prompt_tokens=row["prompt_tokens"],
             completion_tokens=row["completion_tokens"],
             started=row["started"],
+            problems_failed=row["problems_failed"],
+            calls_failed=row["calls_failed"],
         )
 
 
@@ -1221,6 +1229,8 @@ class RunSummary:
     completion_tokens: int = 0
     started: str | None = None
     error: str | None = None
+    problems_failed: int = 0  # ended with an error (a limit's stop included)
+    calls_failed: int = 0  # the solver's model calls that failed
 
     @property
     def tokens(self) -> int:
