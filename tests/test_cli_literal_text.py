@@ -98,11 +98,24 @@ def test_an_out_folder_with_a_closing_tag_does_not_crash_the_summary(tmp_path: P
 
 
 def test_probe_shows_a_server_message_as_written(tmp_path: Path) -> None:
-    refuse = FakeBehaviour(reject=lambda body: "bad value [/] here, nope [bad] field")
-    with fake_server_in_thread(refuse) as server:
+    def refuse_logprobs(body: dict[str, object]) -> str | None:
+        return "bad value [/] here, nope [bad] field" if body.get("logprobs") else None
+
+    with fake_server_in_thread(FakeBehaviour(reject=refuse_logprobs)) as server:
         probed = cli("probe", server.base_url, cwd=tmp_path)
     assert_ok(probed)
     assert "bad value [/] here, nope [bad] field" in probed.stdout, probed.stdout
+
+
+def test_probe_of_a_server_that_cannot_generate_fails_in_one_line(tmp_path: Path) -> None:
+    """Every capability would read "no"; the probe says the server refuses to generate."""
+    refuse = FakeBehaviour(reject=lambda body: "bad value [/] here, nope [bad] field")
+    with fake_server_in_thread(refuse) as server:
+        probed = cli("probe", server.base_url, cwd=tmp_path)
+    assert probed.returncode == 2, probed.stdout + probed.stderr
+    lines = probed.stderr.strip().splitlines()
+    assert len(lines) == 1 and "failed a plain chat request" in lines[0], probed.stderr
+    assert "bad value [/] here, nope [bad] field" in lines[0]
 
 
 def test_bench_lines_show_the_bench_folder_as_written(tmp_path: Path) -> None:
