@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections import Counter
 from pathlib import Path
@@ -146,6 +147,33 @@ def test_validation_error_names_line_and_field(
 ) -> None:
     path = write(tmp_path, record("a"), bad)
     assert error_of(path).startswith(f"{path}:2: {expected}")
+
+
+def numeric(id: str, answer: str, **fields: Any) -> dict[str, Any]:
+    return record(id, options=None, answer_type="numeric", answer=answer) | fields
+
+
+@pytest.mark.parametrize(
+    ("bad", "expected"),
+    [
+        (numeric("n7", "1,5"), "a 'numeric' answer must be one number (like 1.39, -2 or 1,500), "),
+        (numeric("n8", "lots"), "a 'numeric' answer must be one number"),
+        (
+            numeric("n9", "5", lower_limit=10, upper_limit=1),
+            "problem: 'lower_limit' (10.0) is above 'upper_limit' (1.0)",
+        ),
+        (numeric("n10", "5", lower_limit=math.nan, upper_limit=6), "lower_limit: "),
+        (numeric("n11", "5", lower_limit=4, upper_limit=math.inf), "upper_limit: "),
+    ],
+    ids=["ambiguous-gold", "word-gold", "limits-reversed", "nan-limit", "inf-limit"],
+)
+def test_a_numeric_gold_that_cannot_be_graded_is_refused_at_load(
+    tmp_path: Path, bad: dict[str, Any], expected: str
+) -> None:
+    path = write(tmp_path, numeric("n1", "1.39", lower_limit=1.32, upper_limit=1.46), bad)
+    message = error_of(path)
+    assert message.startswith(f"{path}:2: ")
+    assert expected in message and "\n" not in message
 
 
 def test_several_validation_errors_report_the_first_and_a_count(tmp_path: Path) -> None:
