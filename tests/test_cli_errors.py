@@ -6,9 +6,13 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from choice_set import beta_problems, write_dataset
+from thinktree.testing.fake_server import FakeBehaviour, fake_server_in_thread
 
 
 def thinktree(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -49,6 +53,69 @@ def work(tmp_path: Path) -> Path:
     folder = tmp_path / "work"
     folder.mkdir()
     return folder
+
+
+@pytest.fixture(scope="module")
+def fake_url() -> Iterator[str]:
+    """A fake endpoint that answers every question "B": where a check is missing, the run
+    goes ahead on it (and the test fails) instead of starting the embedded model."""
+    with fake_server_in_thread(FakeBehaviour(reply="It is beta. Answer: B")) as server:
+        yield server.base_url
+
+
+HUGE = "100000000000000000000"  # past the 64-bit integers a run's records hold
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["--budget", HUGE], ["--budget must be at most 1000000000000", HUGE]),
+        (
+            ["--seed", "99999999999999999999999"],
+            ["--seed must be between", "99999999999999999999999"],
+        ),
+        (["--seed", "-" + HUGE], ["--seed must be between"]),
+        (["--mode", "parallel", "--n", HUGE], ["--n must be at most"]),
+        (["--mode", "sequential", "--steps", HUGE], ["--steps must be at most"]),
+        (["--mode", "hybrid", "--total-budget", HUGE], ["--total-budget must be at most"]),
+        (["--answer-tokens", HUGE], ["--answer-tokens must be at most"]),
+        (["--min-thinking", HUGE], ["--min-thinking must be at most"]),
+        (["--mode", "adaptive", "--wave", HUGE], ["--wave"]),
+        (["--concurrency", HUGE], ["--concurrency must be at most"]),
+        (["--max-tokens", HUGE], ["--max-tokens must be at most"]),
+        (["--max-problem-tokens", HUGE], ["--max-problem-tokens must be at most"]),
+        (["--limit", HUGE], ["limit must be at most"]),
+        (["--offset", HUGE], ["offset must be at most"]),
+        # each setting in range, their product not
+        (["--mode", "parallel", "--n", "100000000000"], ["tokens on one problem", "--n"]),
+        (["--max-cost", "nan"], ["--max-cost must be a positive amount"]),
+    ],
+)
+def test_settings_out_of_range_fail_before_the_run_folder_exists(
+    work: Path, tmp_path: Path, fake_url: str, args: list[str], needles: list[str]
+) -> None:
+    data = write_dataset(tmp_path / "data.jsonl", beta_problems(2))
+    proc = thinktree(
+        "run", str(data), "--endpoint", fake_url, *args, "--out", str(work / "run"), cwd=work
+    )
+    assert_one_line_error(proc, *needles)
+    assert_nothing_written(work)
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["--offset", "-3"], ["offset must be 0 or more, not -3"]),
+        (["--limit", "-1"], ["--limit must be positive"]),
+        (["--offset", HUGE], ["offset must be at most"]),
+    ],
+)
+def test_the_demo_set_checks_offset_and_limit_as_a_dataset_does(
+    work: Path, fake_url: str, args: list[str], needles: list[str]
+) -> None:
+    proc = thinktree("run", "--endpoint", fake_url, *args, "--out", str(work / "run"), cwd=work)
+    assert_one_line_error(proc, *needles)
+    assert_nothing_written(work)
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from thinktree.datasets import DatasetError, load_demo, load_problems
+from thinktree.datasets import DatasetError, load_demo, load_problems, select
 from thinktree.problems import AnswerType
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -208,6 +208,38 @@ def test_empty_dataset(tmp_path: Path, content: str) -> None:
 def test_negative_limit_or_offset(tmp_path: Path, kwargs: dict[str, int], expected: str) -> None:
     path = write(tmp_path, record("a"))
     assert error_of(path, **kwargs).startswith(expected)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"limit": 10**20}, "limit must be at most 1000000000000, not 10"),
+        ({"offset": 10**20}, "offset must be at most 1000000000000, not 10"),
+    ],
+)
+def test_absurdly_large_limit_or_offset(
+    tmp_path: Path, kwargs: dict[str, int], expected: str
+) -> None:
+    path = write(tmp_path, record("a"))
+    assert error_of(path, **kwargs).startswith(expected)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"offset": -3}, "offset must be 0 or more, not -3"),
+        ({"limit": -1}, "limit must be 0 or more"),
+        ({"offset": 10**20}, "offset must be at most"),
+    ],
+)
+def test_selecting_from_the_demo_set_checks_as_loading_a_file_does(
+    kwargs: dict[str, int], expected: str
+) -> None:
+    with pytest.raises(DatasetError, match=re.escape(expected)):
+        select(load_demo(), **{"limit": None, **kwargs})
+    assert [p.id for p in select(load_demo(), limit=2, offset=18)] == [
+        p.id for p in load_demo()[18:]
+    ]
 
 
 def test_dataset_error_is_a_value_error() -> None:

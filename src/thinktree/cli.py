@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from thinktree import event_loop
-from thinktree.datasets import DatasetError, load_demo, load_problems
+from thinktree.datasets import DatasetError, load_demo, load_problems, select
 from thinktree.errors import (
     ConfigError,
     EndpointDown,
@@ -265,8 +265,7 @@ def run(
         if limit is not None and limit <= 0:
             raise _fail(f"--limit must be positive, not {limit}")
         if dataset is None:
-            problems = load_demo()
-            problems = problems[offset:][: limit or None]
+            problems = select(load_demo(), limit=limit, offset=offset)
         else:
             problems = load_problems(dataset, limit=limit, offset=offset)
         if not problems:

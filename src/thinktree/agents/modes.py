@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from thinktree._numbers import LARGEST_SETTING
 from thinktree.agents.auto import Auto
 from thinktree.agents.strategies import BudgetForcing, Parallel, Sequential, Strategy, hybrid
 from thinktree.errors import ConfigError
@@ -36,6 +37,29 @@ class ModeSettings:
 
 def build_strategy(s: ModeSettings) -> Strategy:
     """The strategy for ``s.mode``; a one-line ConfigError for any bad knob."""
+    for name, value in (
+        ("n", s.n),
+        ("steps", s.steps),
+        ("wave", s.wave),
+        ("budget", s.budget),
+        ("total-budget", s.total_budget),
+        ("min-thinking", s.min_thinking),
+        ("answer-tokens", s.answer_tokens),
+    ):
+        if value is not None and abs(value) > LARGEST_SETTING:
+            bound = f"at most {LARGEST_SETTING}" if value > 0 else "a positive number"
+            raise ConfigError(f"--{name} must be {bound}, not {value}")
+    strategy = _strategy(s)
+    allowed = strategy.allowed_tokens()
+    if allowed > LARGEST_SETTING:
+        raise ConfigError(
+            f"mode '{s.mode}' may spend {allowed} tokens on one problem with these settings, "
+            f"more than the {LARGEST_SETTING} a run can hold; lower --budget, --n or --steps"
+        )
+    return strategy
+
+
+def _strategy(s: ModeSettings) -> Strategy:
     if s.mode not in MODES:
         from thinktree.verifiers.registry import plugin_strategy, strategy_names
 
