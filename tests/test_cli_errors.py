@@ -121,6 +121,58 @@ def test_the_demo_set_checks_offset_and_limit_as_a_dataset_does(
 @pytest.mark.parametrize(
     ("args", "needles"),
     [
+        (
+            ["--mode", "adaptive", "--n", "4", "--wave", "8"],
+            ["--wave must be between 1 and --n (4)"],
+        ),
+        (["--mode", "adaptive", "--wave", "5"], ["--wave must be between 1 and --n (4), not 5"]),
+        (
+            ["--mode", "budget", "--n", "8", "--steps", "5", "--wave", "3"],
+            ["--n is not used in mode 'budget'", "parallel, hybrid, adaptive, auto"],
+        ),
+        (["--mode", "budget", "--total-budget", "100"], ["--total-budget", "mode 'budget'"]),
+        (["--steps", "3"], ["--steps is not used in mode 'budget'"]),  # budget is the default
+        (["--mode", "parallel", "--steps", "3"], ["--steps is not used in mode 'parallel'"]),
+        (["--mode", "sequential", "--n", "3"], ["--n is not used in mode 'sequential'"]),
+        (["--mode", "sequential", "--min-thinking", "5"], ["--min-thinking", "'sequential'"]),
+        (["--mode", "hybrid", "--wave", "2"], ["--wave is not used in mode 'hybrid'", "adaptive"]),
+        (["--mode", "auto", "--stop-confidence", "0.9"], ["--stop-confidence", "'auto'"]),
+        (["--mode", "parallel", "--total-budget", "512"], ["--total-budget", "'parallel'"]),
+        (
+            ["--mode", "hybrid", "--budget", "64", "--total-budget", "512"],
+            ["--budget is not used in mode 'hybrid' when --total-budget is given"],
+        ),
+    ],
+)
+def test_an_option_the_mode_does_not_use_is_refused(
+    work: Path, tmp_path: Path, fake_url: str, args: list[str], needles: list[str]
+) -> None:
+    data = write_dataset(tmp_path / "data.jsonl", beta_problems(2))
+    proc = thinktree(
+        "run", str(data), "--endpoint", fake_url, *args, "--out", str(work / "run"), cwd=work
+    )
+    assert_one_line_error(proc, *needles)
+    assert_nothing_written(work)
+
+
+def test_defaults_a_mode_does_not_use_are_not_refused(
+    work: Path, tmp_path: Path, fake_url: str
+) -> None:
+    data = write_dataset(tmp_path / "data.jsonl", beta_problems(1))
+    # --wave's default (4) shrinks to a smaller --n; --n, --steps and the rest are unused
+    # by budget mode but not given, so they are no reason to refuse a run
+    for args in (["--mode", "adaptive", "--n", "2"], ["--mode", "budget", "--budget", "16"]):
+        out = work / args[1]
+        proc = thinktree(
+            "run", str(data), "--endpoint", fake_url, *args, "--out", str(out), cwd=work
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert (out / "results.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
         (["--mode", "tree-search"], ["unknown mode 'tree-search'", "budget, sequential"]),
         (["--budget", "-5"], ["--budget", "-5"]),
         (["--budget", "0"], ["--budget", "positive"]),

@@ -206,7 +206,7 @@ def run(
         watch = False
     # While the view owns the terminal, logs go to a file.
     configure(verbose=verbose, json_file=_watch_log() if watch else None)
-    from thinktree.agents.modes import ModeSettings
+    from thinktree.agents.modes import ModeSettings, check_given
     from thinktree.config import endpoint_from, load_config
     from thinktree.orchestrator.run import RunSettings, validate
     from thinktree.pricing import prices_from_config
@@ -259,6 +259,8 @@ def run(
         verifiers=tuple(verifier or ()),
     )
     try:
+        explicit = [p.replace("_", "-") for p in _MODE_PARAMS if _given(ctx, p)]
+        check_given(settings.modes, explicit)
         cfg = load_config(config)
         settings = dataclasses.replace(settings, prices=prices_from_config(cfg), config=cfg)
         validate(settings)
@@ -396,6 +398,8 @@ _SETTINGS_PARAMS = (
     "answer_format",
     "verifier",
 )
+# the mode options, which a mode that does not read them refuses when given
+_MODE_PARAMS = ("n", "wave", "stop_confidence", "steps", "budget", "total_budget", "min_thinking")
 _LIMIT_PARAMS = {
     "max_run_tokens": "max_tokens",
     "max_problem_tokens": "max_problem_tokens",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from thinktree._numbers import LARGEST_SETTING
@@ -19,6 +20,17 @@ DEFAULT_AGGREGATE = {
     "auto": "shortest-majority",
 }
 
+#: The built-in modes that read each mode option (CLI spelling); every one of them reads
+#: ``--budget`` and ``--answer-tokens``. A plugin's mode gets all of them.
+USED_BY: dict[str, tuple[str, ...]] = {
+    "n": ("parallel", "hybrid", "adaptive", "auto"),
+    "steps": ("sequential", "hybrid", "auto"),
+    "wave": ("adaptive",),
+    "stop-confidence": ("adaptive",),
+    "total-budget": ("hybrid",),
+    "min-thinking": ("budget", "parallel", "adaptive"),
+}
+
 
 @dataclass(frozen=True, slots=True)
 class ModeSettings:
@@ -33,6 +45,32 @@ class ModeSettings:
     total_budget: int | None = None
     wave: int = 4  # adaptive: samples per wave
     confidence: float = 0.95  # adaptive: stop once P(the full vote elects the leader) reaches it
+
+
+def check_given(s: ModeSettings, given: Collection[str]) -> None:
+    """A one-line ConfigError for an option given explicitly (``given``, CLI spelling) that
+    ``s.mode`` would ignore, or that breaks a rule only an explicit value can break.
+
+    Defaults are never refused (an adaptive run's default ``--wave`` shrinks to a smaller
+    ``--n``); a bench's ``[run]`` table, which sets options for several modes at once, does
+    not come here.
+    """
+    if s.mode not in MODES:
+        return  # a plugin's mode: it may read any of them
+    for option in given:
+        users = USED_BY.get(option)
+        if users is not None and s.mode not in users:
+            raise ConfigError(
+                f"--{option} is not used in mode '{s.mode}'; leave it out (the modes that "
+                f"use it: {', '.join(users)})"
+            )
+    if s.mode == "hybrid" and "budget" in given and "total-budget" in given:
+        raise ConfigError(
+            "--budget is not used in mode 'hybrid' when --total-budget is given (it only "
+            "sets the total, as --budget × --n × --steps); give one of them"
+        )
+    if s.mode == "adaptive" and "wave" in given and not 0 < s.wave <= s.n:
+        raise ConfigError(f"--wave must be between 1 and --n ({s.n}), not {s.wave}")
 
 
 def build_strategy(s: ModeSettings) -> Strategy:
