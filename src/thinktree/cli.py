@@ -227,7 +227,6 @@ def run(
             dataset,
             mode,
             endpoint,
-            model,
             config,
             watch=watch,
             limits=given,
@@ -397,6 +396,8 @@ _SETTINGS_PARAMS = (
     "trace_deltas",
     "answer_format",
     "verifier",
+    "model",
+    "engine",
 )
 # the mode options, which a mode that does not read them refuses when given
 _MODE_PARAMS = ("n", "wave", "stop_confidence", "steps", "budget", "total_budget", "min_thinking")
@@ -421,8 +422,8 @@ def _refuse_new_settings(ctx: typer.Context, folder: Path) -> None:
             raise _fail(
                 f"{flag} cannot change when resuming {folder}: a resumed run keeps the "
                 "settings it was started with (its run.json); start a new run to change it "
-                "(only --concurrency and the limits --max-tokens, --max-problem-tokens and "
-                "--max-cost can)"
+                "(only --endpoint, --concurrency and the limits --max-tokens, "
+                "--max-problem-tokens and --max-cost can)"
             )
 
 
@@ -431,7 +432,6 @@ def _resume(
     dataset: Path | None,
     mode: str | None,
     endpoint: str | None,
-    model: str | None,
     config: Path | None,
     *,
     watch: bool = False,
@@ -476,8 +476,8 @@ def _resume(
             )
         saved = state.endpoint
         target: EndpointConfig | None = None
-        if endpoint is not None:
-            target = endpoint_from(endpoint, model=model, config=load_config(config))
+        if endpoint is not None:  # the server moved: the run goes on with the model it had
+            target = endpoint_from(endpoint, model=saved["model"], config=load_config(config))
         elif saved["name"] not in ("embedded", "embedded-llamacpp"):
             found = endpoint_from(saved["name"], model=saved["model"], config=load_config(config))
             target = found or EndpointConfig(
