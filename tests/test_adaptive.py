@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from thinktree.agents.adaptive import Adaptive, decide, leader_holds, overtake_probability
 from thinktree.agents.endpoint import EndpointConfig
-from thinktree.agents.modes import ModeSettings, build_strategy
+from thinktree.agents.modes import MODES, USED_BY, ModeSettings, build_strategy, check_given
 from thinktree.errors import ConfigError
 from thinktree.orchestrator.events import NodeKind
 from thinktree.orchestrator.run import RunResult, RunSettings, execute
@@ -163,6 +163,40 @@ def test_decide_names_the_current_majority_and_stops_only_for_a_reason(
 def test_all_abstaining_never_stops_early() -> None:
     decision = decide([None] * 8, 8, 0.95)
     assert not decision.stop and decision.leader is None
+
+
+def test_an_explicit_wave_must_fit_in_n_a_default_one_shrinks() -> None:
+    with pytest.raises(ConfigError, match=r"--wave must be between 1 and --n \(4\), not 8"):
+        check_given(ModeSettings(mode="adaptive", n=4, wave=8), ["n", "wave"])
+    check_given(ModeSettings(mode="adaptive", n=2), ["n"])  # the default wave (4): no error
+    assert build_strategy(ModeSettings(mode="adaptive", n=2)).name == "adaptive"
+
+
+@pytest.mark.parametrize(
+    ("mode", "option"),
+    [
+        ("budget", "n"),
+        ("budget", "steps"),
+        ("budget", "wave"),
+        ("budget", "total-budget"),
+        ("sequential", "min-thinking"),
+        ("parallel", "stop-confidence"),
+        ("hybrid", "min-thinking"),
+        ("auto", "wave"),
+    ],
+)
+def test_an_option_given_for_a_mode_that_ignores_it_is_refused(mode: str, option: str) -> None:
+    with pytest.raises(ConfigError, match=f"--{option} is not used in mode '{mode}'"):
+        check_given(ModeSettings(mode=mode), [option])
+
+
+def test_every_mode_takes_the_options_it_uses() -> None:
+    for option, modes in USED_BY.items():
+        for mode in modes:
+            check_given(ModeSettings(mode=mode), [option])
+    for mode in MODES:
+        check_given(ModeSettings(mode=mode), ["budget", "answer-tokens"])
+    check_given(ModeSettings(mode="a-plugins-mode"), list(USED_BY))  # a plugin reads any
 
 
 def test_bad_knobs_are_one_line_config_errors() -> None:

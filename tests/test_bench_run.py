@@ -16,6 +16,8 @@ import pytest
 
 from bench_data import write_choice_problems
 from request_keys import SEEN, reply, request_key
+from thinktree.bench.grid import load_bench_config
+from thinktree.errors import ConfigError
 from thinktree.testing.fake_server import FakeBehaviour, fake_server_in_thread
 
 
@@ -174,6 +176,37 @@ def test_bad_bench_configs_fail_in_one_line_before_anything_runs(tmp_path: Path)
     (tmp_path / "c.toml").write_text('[grid]\nmode = ["budget"]\n')
     proc = cli("bench", str(tmp_path / "c.toml"), "--out", "never", cwd=tmp_path)
     assert "add at least one [[datasets]]" in proc.communicate(timeout=60)[1]
+
+
+@pytest.mark.parametrize(
+    ("tables", "message"),
+    [
+        ("[grid]\nbudget = [100000000000000000000]", "budget must be at most 1000000000000"),
+        ('[grid]\nmode = ["budget"]\n[run]\nseed = -99999999999999999999', "seed must be between"),
+        ('[grid]\nmode = ["parallel"]\n[run]\nn = 10000000000000', "n must be at most"),
+        ('[grid]\nmode = ["budget"]\n[run]\nconcurrency = 10000000000000', "concurrency"),
+    ],
+)
+def test_a_bench_config_checks_the_range_of_its_settings(
+    tmp_path: Path, tables: str, message: str
+) -> None:
+    write_choice_problems(tmp_path / "one.jsonl", "p")
+    config = tmp_path / "c.toml"
+    config.write_text(f'[[datasets]]\npath = "one.jsonl"\n{tables}\n')
+    with pytest.raises(ConfigError, match=message):
+        load_bench_config(config)
+
+
+@pytest.mark.parametrize("key", ["limit", "offset"])
+def test_a_bench_dataset_checks_the_range_of_its_limit_and_offset(tmp_path: Path, key: str) -> None:
+    write_choice_problems(tmp_path / "one.jsonl", "p")
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'[[datasets]]\npath = "one.jsonl"\n{key} = 100000000000000000000\n'
+        '[grid]\nmode = ["budget"]\n'
+    )
+    with pytest.raises(ConfigError, match=f"{key} must be a whole number from"):
+        load_bench_config(config)
 
 
 def test_a_verifier_grid_shares_the_samples_it_judges(tmp_path: Path) -> None:

@@ -6,9 +6,13 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from choice_set import beta_problems, write_dataset
+from thinktree.testing.fake_server import FakeBehaviour, fake_server_in_thread
 
 
 def thinktree(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -49,6 +53,121 @@ def work(tmp_path: Path) -> Path:
     folder = tmp_path / "work"
     folder.mkdir()
     return folder
+
+
+@pytest.fixture(scope="module")
+def fake_url() -> Iterator[str]:
+    """A fake endpoint that answers every question "B": where a check is missing, the run
+    goes ahead on it (and the test fails) instead of starting the embedded model."""
+    with fake_server_in_thread(FakeBehaviour(reply="It is beta. Answer: B")) as server:
+        yield server.base_url
+
+
+HUGE = "100000000000000000000"  # past the 64-bit integers a run's records hold
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["--budget", HUGE], ["--budget must be at most 1000000000000", HUGE]),
+        (
+            ["--seed", "99999999999999999999999"],
+            ["--seed must be between", "99999999999999999999999"],
+        ),
+        (["--seed", "-" + HUGE], ["--seed must be between"]),
+        (["--mode", "parallel", "--n", HUGE], ["--n must be at most"]),
+        (["--mode", "sequential", "--steps", HUGE], ["--steps must be at most"]),
+        (["--mode", "hybrid", "--total-budget", HUGE], ["--total-budget must be at most"]),
+        (["--answer-tokens", HUGE], ["--answer-tokens must be at most"]),
+        (["--min-thinking", HUGE], ["--min-thinking must be at most"]),
+        (["--mode", "adaptive", "--wave", HUGE], ["--wave"]),
+        (["--concurrency", HUGE], ["--concurrency must be at most"]),
+        (["--max-tokens", HUGE], ["--max-tokens must be at most"]),
+        (["--max-problem-tokens", HUGE], ["--max-problem-tokens must be at most"]),
+        (["--limit", HUGE], ["limit must be at most"]),
+        (["--offset", HUGE], ["offset must be at most"]),
+        # each setting in range, their product not
+        (["--mode", "parallel", "--n", "100000000000"], ["tokens on one problem", "--n"]),
+        (["--max-cost", "nan"], ["--max-cost must be a positive amount"]),
+    ],
+)
+def test_settings_out_of_range_fail_before_the_run_folder_exists(
+    work: Path, tmp_path: Path, fake_url: str, args: list[str], needles: list[str]
+) -> None:
+    data = write_dataset(tmp_path / "data.jsonl", beta_problems(2))
+    proc = thinktree(
+        "run", str(data), "--endpoint", fake_url, *args, "--out", str(work / "run"), cwd=work
+    )
+    assert_one_line_error(proc, *needles)
+    assert_nothing_written(work)
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["--offset", "-3"], ["offset must be 0 or more, not -3"]),
+        (["--limit", "-1"], ["--limit must be positive"]),
+        (["--offset", HUGE], ["offset must be at most"]),
+    ],
+)
+def test_the_demo_set_checks_offset_and_limit_as_a_dataset_does(
+    work: Path, fake_url: str, args: list[str], needles: list[str]
+) -> None:
+    proc = thinktree("run", "--endpoint", fake_url, *args, "--out", str(work / "run"), cwd=work)
+    assert_one_line_error(proc, *needles)
+    assert_nothing_written(work)
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (
+            ["--mode", "adaptive", "--n", "4", "--wave", "8"],
+            ["--wave must be between 1 and --n (4)"],
+        ),
+        (["--mode", "adaptive", "--wave", "5"], ["--wave must be between 1 and --n (4), not 5"]),
+        (
+            ["--mode", "budget", "--n", "8", "--steps", "5", "--wave", "3"],
+            ["--n is not used in mode 'budget'", "parallel, hybrid, adaptive, auto"],
+        ),
+        (["--mode", "budget", "--total-budget", "100"], ["--total-budget", "mode 'budget'"]),
+        (["--steps", "3"], ["--steps is not used in mode 'budget'"]),  # budget is the default
+        (["--mode", "parallel", "--steps", "3"], ["--steps is not used in mode 'parallel'"]),
+        (["--mode", "sequential", "--n", "3"], ["--n is not used in mode 'sequential'"]),
+        (["--mode", "sequential", "--min-thinking", "5"], ["--min-thinking", "'sequential'"]),
+        (["--mode", "hybrid", "--wave", "2"], ["--wave is not used in mode 'hybrid'", "adaptive"]),
+        (["--mode", "auto", "--stop-confidence", "0.9"], ["--stop-confidence", "'auto'"]),
+        (["--mode", "parallel", "--total-budget", "512"], ["--total-budget", "'parallel'"]),
+        (
+            ["--mode", "hybrid", "--budget", "64", "--total-budget", "512"],
+            ["--budget is not used in mode 'hybrid' when --total-budget is given"],
+        ),
+    ],
+)
+def test_an_option_the_mode_does_not_use_is_refused(
+    work: Path, tmp_path: Path, fake_url: str, args: list[str], needles: list[str]
+) -> None:
+    data = write_dataset(tmp_path / "data.jsonl", beta_problems(2))
+    proc = thinktree(
+        "run", str(data), "--endpoint", fake_url, *args, "--out", str(work / "run"), cwd=work
+    )
+    assert_one_line_error(proc, *needles)
+    assert_nothing_written(work)
+
+
+def test_defaults_a_mode_does_not_use_are_not_refused(
+    work: Path, tmp_path: Path, fake_url: str
+) -> None:
+    data = write_dataset(tmp_path / "data.jsonl", beta_problems(1))
+    # --wave's default (4) shrinks to a smaller --n; --n, --steps and the rest are unused
+    # by budget mode but not given, so they are no reason to refuse a run
+    for args in (["--mode", "adaptive", "--n", "2"], ["--mode", "budget", "--budget", "16"]):
+        out = work / args[1]
+        proc = thinktree(
+            "run", str(data), "--endpoint", fake_url, *args, "--out", str(out), cwd=work
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert (out / "results.json").is_file()
 
 
 @pytest.mark.parametrize(

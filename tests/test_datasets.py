@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections import Counter
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from thinktree.datasets import DatasetError, load_demo, load_problems
+from thinktree.datasets import DatasetError, load_demo, load_problems, select
 from thinktree.problems import AnswerType
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -148,6 +149,33 @@ def test_validation_error_names_line_and_field(
     assert error_of(path).startswith(f"{path}:2: {expected}")
 
 
+def numeric(id: str, answer: str, **fields: Any) -> dict[str, Any]:
+    return record(id, options=None, answer_type="numeric", answer=answer) | fields
+
+
+@pytest.mark.parametrize(
+    ("bad", "expected"),
+    [
+        (numeric("n7", "1,5"), "a 'numeric' answer must be one number (like 1.39, -2 or 1,500), "),
+        (numeric("n8", "lots"), "a 'numeric' answer must be one number"),
+        (
+            numeric("n9", "5", lower_limit=10, upper_limit=1),
+            "problem: 'lower_limit' (10.0) is above 'upper_limit' (1.0)",
+        ),
+        (numeric("n10", "5", lower_limit=math.nan, upper_limit=6), "lower_limit: "),
+        (numeric("n11", "5", lower_limit=4, upper_limit=math.inf), "upper_limit: "),
+    ],
+    ids=["ambiguous-gold", "word-gold", "limits-reversed", "nan-limit", "inf-limit"],
+)
+def test_a_numeric_gold_that_cannot_be_graded_is_refused_at_load(
+    tmp_path: Path, bad: dict[str, Any], expected: str
+) -> None:
+    path = write(tmp_path, numeric("n1", "1.39", lower_limit=1.32, upper_limit=1.46), bad)
+    message = error_of(path)
+    assert message.startswith(f"{path}:2: ")
+    assert expected in message and "\n" not in message
+
+
 def test_several_validation_errors_report_the_first_and_a_count(tmp_path: Path) -> None:
     path = write(tmp_path, record("", question=""))
     message = error_of(path)
@@ -180,6 +208,38 @@ def test_empty_dataset(tmp_path: Path, content: str) -> None:
 def test_negative_limit_or_offset(tmp_path: Path, kwargs: dict[str, int], expected: str) -> None:
     path = write(tmp_path, record("a"))
     assert error_of(path, **kwargs).startswith(expected)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"limit": 10**20}, "limit must be at most 1000000000000, not 10"),
+        ({"offset": 10**20}, "offset must be at most 1000000000000, not 10"),
+    ],
+)
+def test_absurdly_large_limit_or_offset(
+    tmp_path: Path, kwargs: dict[str, int], expected: str
+) -> None:
+    path = write(tmp_path, record("a"))
+    assert error_of(path, **kwargs).startswith(expected)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "expected"),
+    [
+        ({"offset": -3}, "offset must be 0 or more, not -3"),
+        ({"limit": -1}, "limit must be 0 or more"),
+        ({"offset": 10**20}, "offset must be at most"),
+    ],
+)
+def test_selecting_from_the_demo_set_checks_as_loading_a_file_does(
+    kwargs: dict[str, int], expected: str
+) -> None:
+    with pytest.raises(DatasetError, match=re.escape(expected)):
+        select(load_demo(), **{"limit": None, **kwargs})
+    assert [p.id for p in select(load_demo(), limit=2, offset=18)] == [
+        p.id for p in load_demo()[18:]
+    ]
 
 
 def test_dataset_error_is_a_value_error() -> None:

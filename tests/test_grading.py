@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import math
+import re
+
 import pytest
+from pydantic import ValidationError
 
 from thinktree.grading import RELATIVE_TOLERANCE, ZERO_TOLERANCE, grade, parse_number
 from thinktree.problems import AnswerType, Problem
@@ -117,8 +121,26 @@ def test_numeric_limits_override_tolerance() -> None:
     assert grade("9.4", problem) is False
 
 
+def _unchecked_numeric(
+    answer: str, lower: float | None = None, upper: float | None = None
+) -> Problem:
+    """A numeric problem whose gold is not a number: datasets refuse one, code may build one."""
+    return Problem.model_construct(
+        id="n",
+        question="q",
+        answer_type=AnswerType.NUMERIC,
+        options=None,
+        context=None,
+        answer=answer,
+        lower_limit=lower,
+        upper_limit=upper,
+        benchmark=None,
+        meta={},
+    )
+
+
 def test_numeric_limits_apply_even_when_gold_is_not_a_number() -> None:
-    assert grade("5", _numeric("five", 4.0, 6.0)) is True
+    assert grade("5", _unchecked_numeric("five", 4.0, 6.0)) is True
 
 
 # --- numeric with relative tolerance --------------------------------------------------------
@@ -166,7 +188,28 @@ def test_numeric_gold_with_thousands_separator() -> None:
 
 
 def test_numeric_gold_that_is_not_a_number_gives_none() -> None:
-    assert grade("5", _numeric("five")) is None
+    assert grade("5", _unchecked_numeric("five")) is None
+
+
+@pytest.mark.parametrize("gold", ["five", "lots", "1,5", "3-4", ""])
+def test_numeric_gold_that_is_not_a_number_is_refused(gold: str) -> None:
+    with pytest.raises(ValidationError, match="a 'numeric' answer must be one number"):
+        _numeric(gold)
+
+
+@pytest.mark.parametrize(
+    ("lower", "upper", "message"),
+    [
+        (10.0, 1.0, "'lower_limit' (10.0) is above 'upper_limit' (1.0)"),
+        (math.nan, 1.0, "finite number"),
+        (1.0, math.inf, "finite number"),
+    ],
+)
+def test_numeric_limits_that_grade_nothing_right_are_refused(
+    lower: float, upper: float, message: str
+) -> None:
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        _numeric("5", lower, upper)
 
 
 # --- parse_number ---------------------------------------------------------------------------

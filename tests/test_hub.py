@@ -139,6 +139,19 @@ def test_every_source_maps_its_own_rows() -> None:
     }
 
 
+def test_a_negative_medcalc_gold_keeps_its_limits_in_order() -> None:
+    # MedCalc-Bench writes gold ± 5 % as lower and upper limit: for a negative gold the
+    # "lower" is the larger; the interval is the same, and a problem wants it in order
+    row = MEDCALC | {
+        "Ground Truth Answer": "-2.0",
+        "Lower Limit": "-1.9",
+        "Upper Limit": "-2.1",
+    }
+    (calc,) = map_rows("medcalc_bench", [row])
+    assert (calc.lower_limit, calc.upper_limit) == (-2.1, -1.9)
+    assert grade("-2", calc) and not grade("2", calc)
+
+
 def test_rows_in_another_format_and_unknown_names_fail_in_one_line() -> None:
     with pytest.raises(DatasetError, match=r"medqa row 0: not in the format of GBaker"):
         map_rows("medqa", [{"question": "Q?"}])

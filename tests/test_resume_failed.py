@@ -142,3 +142,37 @@ def test_a_run_its_limit_stopped_goes_on_under_a_higher_one(tmp_path: Path) -> N
     # calls the old limit did not cut short are read back; one it cut (its request asked
     # for fewer tokens) is asked again
     assert 0 < sent < len(problems)
+
+
+def test_resume_refuses_another_model_or_engine_but_takes_a_moved_endpoint(
+    tmp_path: Path,
+) -> None:
+    data = write_dataset(tmp_path / "data.jsonl", beta_problems(12))
+    out = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "thinktree.cli", "run", *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+
+    with fake_server_in_thread(FakeBehaviour(reply="It is beta. Answer: B")) as server:
+        where = ["--endpoint", server.base_url, "--concurrency", "1", "--budget", "16"]
+        stopped = cli(str(data), *where, "--max-tokens", "40", "--out", str(out))
+        higher = ["--resume", str(out), "--max-tokens", "100000"]
+        refused = {
+            flag: cli(*higher, flag, value)
+            for flag, value in (("--model", "bogus-model"), ("--engine", "llamacpp"))
+        }
+        before = server.answered
+        moved = cli(*higher, "--endpoint", server.base_url)
+        sent = server.answered - before
+    assert stopped.returncode == 0, stopped.stderr
+    assert "stopped" in stopped.stderr  # by its token limit: --resume may raise it
+    for flag, proc in refused.items():
+        assert proc.returncode == 2, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: {flag} cannot change"), lines
+    assert moved.returncode == 0, moved.stderr
+    assert sent > 0  # the refused attempts sent nothing; this one finished the run
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["status"] == "completed" and saved["model"] == "fake-model"

@@ -13,7 +13,21 @@ import math
 import re
 from decimal import Decimal
 
-__all__ = ["NUMBER_TOKEN", "canonical_number", "parse_number", "token_value"]
+__all__ = [
+    "LARGEST_SETTING",
+    "NUMBER_TOKEN",
+    "SEED_RANGE",
+    "canonical_number",
+    "parse_number",
+    "token_value",
+]
+
+#: The most any count a run's settings hold may be: tokens, samples, steps, problems, the tokens
+#: one problem may spend. Far past any real run, and small enough that the totals a run records
+#: (tokens allowed over all its problems) stay inside the 64-bit integers of its JSON and SQLite.
+LARGEST_SETTING = 10**12
+#: The seeds a run may be given: a signed 64-bit integer, as its records hold it.
+SEED_RANGE = (-(2**63), 2**63 - 1)
 
 _SIGNS = "+−–-"  # "-" last, so that it stays literal inside a character class
 _NEGATIVE_SIGNS = "-−–"

@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from thinktree import event_loop
-from thinktree.datasets import DatasetError, load_demo, load_problems
+from thinktree.datasets import DatasetError, load_demo, load_problems, select
 from thinktree.errors import (
     ConfigError,
     EndpointDown,
@@ -216,7 +216,7 @@ def run(
         watch = False
     # While the view owns the terminal, logs go to a file.
     configure(verbose=verbose, json_file=_watch_log() if watch else None)
-    from thinktree.agents.modes import ModeSettings
+    from thinktree.agents.modes import ModeSettings, check_given
     from thinktree.config import endpoint_from, load_config
     from thinktree.orchestrator.run import RunSettings, validate
     from thinktree.pricing import prices_from_config
@@ -237,7 +237,6 @@ def run(
             dataset,
             mode,
             endpoint,
-            model,
             config,
             watch=watch,
             limits=given,
@@ -269,14 +268,15 @@ def run(
         verifiers=tuple(verifier or ()),
     )
     try:
+        explicit = [p.replace("_", "-") for p in _MODE_PARAMS if _given(ctx, p)]
+        check_given(settings.modes, explicit)
         cfg = load_config(config)
         settings = dataclasses.replace(settings, prices=prices_from_config(cfg), config=cfg)
         validate(settings)
         if limit is not None and limit <= 0:
             raise _fail(f"--limit must be positive, not {limit}")
         if dataset is None:
-            problems = load_demo()
-            problems = problems[offset:][: limit or None]
+            problems = select(load_demo(), limit=limit, offset=offset)
         else:
             problems = load_problems(dataset, limit=limit, offset=offset)
         if not problems:
@@ -418,7 +418,11 @@ _SETTINGS_PARAMS = (
     "trace_deltas",
     "answer_format",
     "verifier",
+    "model",
+    "engine",
 )
+# the mode options, which a mode that does not read them refuses when given
+_MODE_PARAMS = ("n", "wave", "stop_confidence", "steps", "budget", "total_budget", "min_thinking")
 _LIMIT_PARAMS = {
     "max_run_tokens": "max_tokens",
     "max_problem_tokens": "max_problem_tokens",
@@ -440,8 +444,8 @@ def _refuse_new_settings(ctx: typer.Context, folder: Path) -> None:
             raise _fail(
                 f"{flag} cannot change when resuming {folder}: a resumed run keeps the "
                 "settings it was started with (its run.json); start a new run to change it "
-                "(only --concurrency and the limits --max-tokens, --max-problem-tokens and "
-                "--max-cost can)"
+                "(only --endpoint, --concurrency and the limits --max-tokens, "
+                "--max-problem-tokens and --max-cost can)"
             )
 
 
@@ -450,7 +454,6 @@ def _resume(
     dataset: Path | None,
     mode: str | None,
     endpoint: str | None,
-    model: str | None,
     config: Path | None,
     *,
     watch: bool = False,
@@ -494,8 +497,8 @@ def _resume(
             )
         saved = state.endpoint
         target: EndpointConfig | None = None
-        if endpoint is not None:
-            target = endpoint_from(endpoint, model=model, config=load_config(config))
+        if endpoint is not None:  # the server moved: the run goes on with the model it had
+            target = endpoint_from(endpoint, model=saved["model"], config=load_config(config))
         elif saved["name"] not in ("embedded", "embedded-llamacpp"):
             found = endpoint_from(saved["name"], model=saved["model"], config=load_config(config))
             target = found or EndpointConfig(

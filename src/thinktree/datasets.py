@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from thinktree._numbers import LARGEST_SETTING
 from thinktree.problems import Problem
 
 DEMO_RESOURCE = "data/demo.jsonl"
@@ -32,10 +33,7 @@ def load_problems(
     Blank lines are skipped. ``offset`` problems are dropped from the front and at most
     ``limit`` are kept (``None``: all); both count problems, not lines.
     """
-    if offset < 0:
-        raise DatasetError(f"offset must be 0 or more, not {offset}")
-    if limit is not None and limit < 0:
-        raise DatasetError(f"limit must be 0 or more (or omitted for all), not {limit}")
+    check_slice(limit=limit, offset=offset)
     path = Path(path)
     if not path.exists():
         raise DatasetError(f"dataset not found: {path}")
@@ -45,7 +43,23 @@ def load_problems(
         data = path.read_bytes()
     except OSError as exc:
         raise DatasetError(f"{path}: cannot read the dataset ({exc.strerror or exc})") from exc
-    problems = parse_problems(data, source=str(path))
+    return select(parse_problems(data, source=str(path)), limit=limit, offset=offset)
+
+
+def check_slice(*, limit: int | None, offset: int) -> None:
+    """A one-line DatasetError unless ``limit`` and ``offset`` can slice a list of problems."""
+    if not 0 <= offset <= LARGEST_SETTING:
+        bound = f"at most {LARGEST_SETTING}" if offset > 0 else "0 or more"
+        raise DatasetError(f"offset must be {bound}, not {offset}")
+    if limit is not None and not 0 <= limit <= LARGEST_SETTING:
+        bound = f"at most {LARGEST_SETTING}" if limit > 0 else "0 or more (or omitted for all)"
+        raise DatasetError(f"limit must be {bound}, not {limit}")
+
+
+def select(problems: list[Problem], *, limit: int | None, offset: int = 0) -> list[Problem]:
+    """``problems`` less the first ``offset``, at most ``limit`` of them (``None``: all);
+    a one-line DatasetError for a negative or absurdly large ``limit`` or ``offset``."""
+    check_slice(limit=limit, offset=offset)
     end = None if limit is None else offset + limit
     return problems[offset:end]
 

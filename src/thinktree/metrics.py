@@ -148,8 +148,8 @@ def percentile(values: list[float], q: float) -> float | None:
 def compute(
     trees: list[ProblemTree], *, tokens_allowed: int, retries: int = 0, price: Price | None = None
 ) -> Metrics:
-    graded = [t for t in trees if t.correct is not None]
-    covered = [t for t in trees if t.covered is not None]
+    # one denominator for accuracy and coverage, so that accuracy never exceeds coverage
+    graded = [t for t in trees if t.correct is not None and t.covered is not None]
     calls = [n for t in trees for n in t.nodes.values() if n.kind not in _STRUCTURAL]
     finished_calls = [n for n in calls if n.finished_at is not None and n.error is None]
     completion = sum(n.completion_tokens for n in calls)
@@ -161,7 +161,7 @@ def compute(
         graded=len(graded),
         correct=sum(1 for t in graded if t.correct),
         accuracy=(sum(1 for t in graded if t.correct) / len(graded)) if graded else None,
-        coverage=(sum(1 for t in covered if t.covered) / len(covered)) if covered else None,
+        coverage=(sum(1 for t in graded if t.covered) / len(graded)) if graded else None,
         failed=sum(1 for t in trees if t.error),
         prompt_tokens=sum(n.prompt_tokens for n in calls),
         completion_tokens=completion,

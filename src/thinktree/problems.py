@@ -7,6 +7,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from thinktree._numbers import parse_number
+
 
 class AnswerType(StrEnum):
     """How an answer is compared with the gold."""
@@ -28,8 +30,8 @@ class Problem(BaseModel):
     options: dict[str, str] | None = None
     context: str | None = None
     answer: str | None = None
-    lower_limit: float | None = None
-    upper_limit: float | None = None
+    lower_limit: float | None = Field(default=None, allow_inf_nan=False)
+    upper_limit: float | None = Field(default=None, allow_inf_nan=False)
     benchmark: str | None = None
     meta: dict[str, Any] = Field(default_factory=dict)
 
@@ -54,6 +56,24 @@ class Problem(BaseModel):
             and self.answer.strip().lower() not in {"yes", "no", "maybe"}
         ):
             raise ValueError(f"a 'yesno' answer must be yes, no or maybe, not {self.answer!r}")
+        if (
+            self.answer_type is AnswerType.NUMERIC
+            and self.answer is not None
+            and parse_number(self.answer) is None
+        ):
+            raise ValueError(
+                f"a 'numeric' answer must be one number (like 1.39, -2 or 1,500), "
+                f"not {self.answer!r}"
+            )
         if (self.lower_limit is None) != (self.upper_limit is None):
             raise ValueError("give both 'lower_limit' and 'upper_limit', or neither")
+        if (
+            self.lower_limit is not None
+            and self.upper_limit is not None
+            and self.lower_limit > self.upper_limit
+        ):
+            raise ValueError(
+                f"'lower_limit' ({self.lower_limit}) is above 'upper_limit' "
+                f"({self.upper_limit}); give the smaller first"
+            )
         return self

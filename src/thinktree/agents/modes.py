@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 
+from thinktree._numbers import LARGEST_SETTING
 from thinktree.agents.auto import Auto
 from thinktree.agents.strategies import BudgetForcing, Parallel, Sequential, Strategy, hybrid
 from thinktree.errors import ConfigError
@@ -16,6 +18,17 @@ DEFAULT_AGGREGATE = {
     "hybrid": "shortest-majority",
     "adaptive": "majority",  # the vote its stopping rule decides
     "auto": "shortest-majority",
+}
+
+#: The built-in modes that read each mode option (CLI spelling); every one of them reads
+#: ``--budget`` and ``--answer-tokens``. A plugin's mode gets all of them.
+USED_BY: dict[str, tuple[str, ...]] = {
+    "n": ("parallel", "hybrid", "adaptive", "auto"),
+    "steps": ("sequential", "hybrid", "auto"),
+    "wave": ("adaptive",),
+    "stop-confidence": ("adaptive",),
+    "total-budget": ("hybrid",),
+    "min-thinking": ("budget", "parallel", "adaptive"),
 }
 
 
@@ -34,8 +47,57 @@ class ModeSettings:
     confidence: float = 0.95  # adaptive: stop once P(the full vote elects the leader) reaches it
 
 
+def check_given(s: ModeSettings, given: Collection[str]) -> None:
+    """A one-line ConfigError for an option given explicitly (``given``, CLI spelling) that
+    ``s.mode`` would ignore, or that breaks a rule only an explicit value can break.
+
+    Defaults are never refused (an adaptive run's default ``--wave`` shrinks to a smaller
+    ``--n``); a bench's ``[run]`` table, which sets options for several modes at once, does
+    not come here.
+    """
+    if s.mode not in MODES:
+        return  # a plugin's mode: it may read any of them
+    for option in given:
+        users = USED_BY.get(option)
+        if users is not None and s.mode not in users:
+            raise ConfigError(
+                f"--{option} is not used in mode '{s.mode}'; leave it out (the modes that "
+                f"use it: {', '.join(users)})"
+            )
+    if s.mode == "hybrid" and "budget" in given and "total-budget" in given:
+        raise ConfigError(
+            "--budget is not used in mode 'hybrid' when --total-budget is given (it only "
+            "sets the total, as --budget × --n × --steps); give one of them"
+        )
+    if s.mode == "adaptive" and "wave" in given and not 0 < s.wave <= s.n:
+        raise ConfigError(f"--wave must be between 1 and --n ({s.n}), not {s.wave}")
+
+
 def build_strategy(s: ModeSettings) -> Strategy:
     """The strategy for ``s.mode``; a one-line ConfigError for any bad knob."""
+    for name, value in (
+        ("n", s.n),
+        ("steps", s.steps),
+        ("wave", s.wave),
+        ("budget", s.budget),
+        ("total-budget", s.total_budget),
+        ("min-thinking", s.min_thinking),
+        ("answer-tokens", s.answer_tokens),
+    ):
+        if value is not None and abs(value) > LARGEST_SETTING:
+            bound = f"at most {LARGEST_SETTING}" if value > 0 else "a positive number"
+            raise ConfigError(f"--{name} must be {bound}, not {value}")
+    strategy = _strategy(s)
+    allowed = strategy.allowed_tokens()
+    if allowed > LARGEST_SETTING:
+        raise ConfigError(
+            f"mode '{s.mode}' may spend {allowed} tokens on one problem with these settings, "
+            f"more than the {LARGEST_SETTING} a run can hold; lower --budget, --n or --steps"
+        )
+    return strategy
+
+
+def _strategy(s: ModeSettings) -> Strategy:
     if s.mode not in MODES:
         from thinktree.verifiers.registry import plugin_strategy, strategy_names
 

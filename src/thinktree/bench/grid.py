@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from thinktree._numbers import LARGEST_SETTING as LARGEST
 from thinktree.agents.modes import ModeSettings
 from thinktree.bench.perturb import NONE, PERTURBATIONS
 from thinktree.errors import ConfigError
@@ -266,10 +267,16 @@ def _datasets(path: Path, tables: Any) -> list[DatasetSpec]:
         if ("path" in table) == ("hub" in table):
             raise ConfigError(f"{where}: give either path (a JSONL file) or hub (a benchmark name)")
         limit, offset = table.get("limit"), table.get("offset", 0)
-        if limit is not None and (not isinstance(limit, int) or limit <= 0):
-            raise ConfigError(f"{where}: limit must be a positive whole number, not {limit!r}")
-        if not isinstance(offset, int) or offset < 0:
-            raise ConfigError(f"{where}: offset must be 0 or more, not {offset!r}")
+        if limit is not None and (
+            not isinstance(limit, int) or isinstance(limit, bool) or not 0 < limit <= LARGEST
+        ):
+            raise ConfigError(
+                f"{where}: limit must be a whole number from 1 to {LARGEST}, not {limit!r}"
+            )
+        if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= LARGEST:
+            raise ConfigError(
+                f"{where}: offset must be a whole number from 0 to {LARGEST}, not {offset!r}"
+            )
         file = None
         if "path" in table:
             file = Path(str(table["path"]))

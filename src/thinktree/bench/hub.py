@@ -137,6 +137,8 @@ def medcalc(row: Row, index: int) -> Problem:
         parse_number(str(row.get("Upper Limit", ""))),
     )
     numeric = parse_number(gold) is not None and row.get("Category") != "date"
+    if low is not None and high is not None and low > high:  # a negative gold's ±5 %
+        low, high = high, low
     return Problem(
         id=f"medcalc_bench-{row['Row Number']}",
         benchmark="medcalc_bench",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import shutil
 import sqlite3
 import uuid
@@ -28,6 +29,7 @@ from structlog.contextvars import bound_contextvars
 from thinktree import __version__
 from thinktree._files import atomic_file, atomic_write, folder_lock
 from thinktree._json import dump_bytes_via
+from thinktree._numbers import LARGEST_SETTING, SEED_RANGE
 from thinktree.agents.aggregators import VERIFIER_RULES, get_aggregator
 from thinktree.agents.capabilities import Capabilities, probe
 from thinktree.agents.endpoint import EndpointClient, EndpointConfig
@@ -152,10 +154,21 @@ def validate(settings: RunSettings, *, resuming: bool = False) -> None:
     ):
         if value is not None and value <= 0:
             raise ConfigError(f"--{name} must be a positive number of tokens, not {value}")
-    if settings.max_cost is not None and settings.max_cost <= 0:
+        if value is not None and value > LARGEST_SETTING:
+            raise ConfigError(f"--{name} must be at most {LARGEST_SETTING} tokens, not {value}")
+    if settings.max_cost is not None and not (
+        math.isfinite(settings.max_cost) and settings.max_cost > 0
+    ):
         raise ConfigError(f"--max-cost must be a positive amount, not {settings.max_cost}")
     if settings.concurrency <= 0:
         raise ConfigError(f"--concurrency must be positive, not {settings.concurrency}")
+    if settings.concurrency > LARGEST_SETTING:
+        raise ConfigError(
+            f"--concurrency must be at most {LARGEST_SETTING}, not {settings.concurrency}"
+        )
+    low, high = SEED_RANGE
+    if settings.seed is not None and not low <= settings.seed <= high:
+        raise ConfigError(f"--seed must be between {low} and {high}, not {settings.seed}")
     if settings.temperature is not None and not 0 <= settings.temperature <= 2:
         raise ConfigError(f"--temperature must be between 0 and 2, not {settings.temperature}")
     if not resuming and settings.out is not None and settings.out.exists():

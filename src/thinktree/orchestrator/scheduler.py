@@ -89,7 +89,7 @@ async def solve_problem(
     )
     correct = grade(decision.answer, problem)
     covered = None
-    if problem.answer is not None:
+    if correct is not None:  # a gold that cannot be graded counts in neither metric
         covered = any(grade(c.answer, problem) for c in candidates if c.answer is not None)
     error = None
     if candidates and all(c.answer is None for c in candidates):
