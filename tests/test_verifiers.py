@@ -171,9 +171,11 @@ async def test_unreadable_ratings_fail_the_verdicts_not_the_run(tmp_path: Path) 
     assert len(verdicts) == 3
     assert all(v.status is NodeStatus.FAILED for v in verdicts)
     assert all("rating is unreadable" in (v.error or "") for v in verdicts)
-    assert tree.answer == "A" and tree.error is None  # every score 0: the first candidate
+    assert tree.answer == "A" and tree.error is None
+    assert tree.vote is not None and tree.vote.rule == "majority"  # no score: the plain vote
     m = result.metrics.verifier
     assert m is not None and m.failed_verdicts == 3
+    assert (m.problems, m.pick_accuracy, m.auroc) == (0, None, None)
 
 
 @pytest.mark.anyio

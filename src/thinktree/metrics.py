@@ -46,7 +46,9 @@ class VerifierMetrics:
     ``pick_accuracy``: the best-scored candidate's answer is right; ``vote_accuracy``: the
     plain majority of the same candidates is right; ``oracle``: any candidate is right
     (coverage). ``auroc``: how well a candidate's combined score separates right from
-    wrong answers (None when only one kind was seen). Tokens and cost are the verifiers'
+    wrong answers (None when only one kind was seen). Candidates whose every verdict
+    failed have no score: they count in neither, and a problem without a scored
+    candidate counts in none of the figures. Tokens and cost are the verifiers'
     own, on top of the solver's.
     """
 
@@ -99,13 +101,14 @@ def verifier_metrics(trees: list[ProblemTree]) -> VerifierMetrics | None:
         if not seen or any(correct is None for _, correct in seen.values()):
             continue
         rows = [
-            (answer, bool(correct), tree.nodes[node].combined_score or 0.0)
+            (answer, bool(correct), tree.nodes[node].combined_score)
             for node, (answer, correct) in seen.items()
             if node in tree.nodes
         ]
-        if not rows:
-            continue
-        best = max(range(len(rows)), key=lambda i: (rows[i][2], -i))
+        scored = [(i, score) for i, (_, _, score) in enumerate(rows) if score is not None]
+        if not scored:
+            continue  # every verdict failed: the verifiers picked nothing here
+        best = max(scored, key=lambda item: (item[1], -item[0]))[0]
         picks.append(rows[best][1])
         counts: dict[str | None, int] = {}
         right: dict[str | None, bool] = {}
@@ -115,8 +118,8 @@ def verifier_metrics(trees: list[ProblemTree]) -> VerifierMetrics | None:
         top = max(counts, key=lambda a: counts[a])  # ties: first seen
         votes.append(right[top])
         oracle.append(any(correct for _, correct, _ in rows))
-        all_scores += [score for _, _, score in rows]
-        all_labels += [correct for _, correct, _ in rows]
+        all_scores += [score for _, _, score in rows if score is not None]
+        all_labels += [correct for _, correct, score in rows if score is not None]
     costs = [v.cost_usd for v in verdicts]
 
     def share(xs: list[bool]) -> float | None:
