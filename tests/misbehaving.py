@@ -56,11 +56,11 @@ class _RaisingClose(Misbehaving):
         raise RuntimeError("close went wrong")
 
 
-class _PlainClose(Misbehaving):
+class PlainClose(Misbehaving):
     closed = False
 
     def aclose(self) -> None:  # not async: still called
-        _PlainClose.closed = True
+        PlainClose.closed = True
 
 
 def brittle(arg: str | None, setup: VerifierSetup) -> Misbehaving:
@@ -69,7 +69,7 @@ def brittle(arg: str | None, setup: VerifierSetup) -> Misbehaving:
     if arg == "close":
         return _RaisingClose("ok")
     if arg == "plain-close":
-        return _PlainClose("ok")
+        return PlainClose("ok")
     return Misbehaving("ok")
 
 

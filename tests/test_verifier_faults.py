@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
-from misbehaving import register
+from misbehaving import PlainClose, register
 from thinktree.agents.endpoint import EndpointConfig
 from thinktree.agents.modes import ModeSettings
+from thinktree.errors import ConfigError
 from thinktree.orchestrator.events import NodeKind, NodeStatus
 from thinktree.orchestrator.run import RunResult, RunSettings, execute
 from thinktree.orchestrator.store import StoreReader
@@ -123,3 +125,38 @@ async def test_a_valid_verifier_alongside_a_failing_one_still_decides(tmp_path: 
     assert tree.vote is not None and tree.vote.rule == "best-of-n"
     assert tree.answer == "B"
     assert tree.nodes["q1/b2/think"].scores == {"misbehave:negative": -1.0}
+
+
+@pytest.mark.anyio
+async def test_a_factory_that_raises_is_one_line_before_the_run_folder(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        await _run(tmp_path, ("brittle:factory",))
+    assert (
+        str(caught.value) == "verifier 'brittle:factory' could not be built: the factory exploded"
+    )
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.anyio
+async def test_a_close_that_raises_is_logged_and_the_run_is_kept(tmp_path: Path) -> None:
+    with capture_logs() as logs:
+        result = await _run(tmp_path, ("brittle:close",))
+    closing = [e for e in logs if e["event"] == "verifier failed to close"]
+    assert closing == [
+        {
+            "event": "verifier failed to close",
+            "verifier": "brittle:close",
+            "error": "close went wrong",
+            "log_level": "warning",
+        }
+    ]
+    assert result.trees[0].answer == "B"
+    assert _results(result)["problems"][0]["answer"] == "B"
+
+
+@pytest.mark.anyio
+async def test_a_plain_close_is_called(tmp_path: Path) -> None:
+    PlainClose.closed = False
+    result = await _run(tmp_path, ("brittle:plain-close",))
+    assert PlainClose.closed
+    assert (result.folder / "results.json").exists()

@@ -11,6 +11,7 @@ verdict failed has none (None) and ranks below every scored candidate.
 
 from __future__ import annotations
 
+import inspect
 import math
 import numbers
 import statistics
@@ -42,10 +43,22 @@ class VerifierPanel:
         self.verifiers = list(verifiers)
 
     async def aclose(self) -> None:
+        """Close every verifier that has ``aclose`` (async or not); a failure is logged.
+
+        The run's calls are done by then: a verifier that cannot close must not take
+        the finished run with it.
+        """
         for named in self.verifiers:
             close = getattr(named.verifier, "aclose", None)
-            if close is not None:
-                await close()
+            if close is None:
+                continue
+            try:
+                closing = close()
+                if inspect.isawaitable(closing):
+                    await closing
+            except Exception as exc:
+                detail = " ".join(str(exc).split()) or type(exc).__name__
+                log.warning("verifier failed to close", verifier=named.name, error=detail)
 
     async def score(self, solver: Solver, candidates: Sequence[Candidate]) -> list[float | None]:
         """Each candidate's combined score (None for candidates that abstain)."""

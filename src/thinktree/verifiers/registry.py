@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from thinktree.errors import ConfigError
+from thinktree.errors import ConfigError, ThinktreeError
 from thinktree.verifiers.base import Verifier, VerifierFactory, VerifierSetup
 
 log = structlog.get_logger(__name__)
@@ -104,7 +104,14 @@ def build_verifiers(
     built: list[NamedVerifier] = []
     for spec in specs:
         name, arg = split_spec(spec)
-        verifier = _factory(name)(arg, setup)
+        factory = _factory(name)
+        try:
+            verifier = factory(arg, setup)
+        except ThinktreeError:
+            raise
+        except Exception as exc:  # a plugin's bug is the user's to fix, in one line
+            detail = " ".join(str(exc).split()) or type(exc).__name__
+            raise ConfigError(f"verifier '{spec}' could not be built: {detail}") from None
         if not isinstance(verifier, Verifier):
             raise ConfigError(f"verifier '{name}' has no async verify(problem, candidates) method")
         built.append(NamedVerifier(name=_label(name, arg), verifier=verifier))
