@@ -19,6 +19,7 @@ import pytest
 from thinktree.agents.endpoint import EndpointConfig
 from thinktree.agents.modes import ModeSettings
 from thinktree.errors import ConfigError
+from thinktree.metrics import auroc
 from thinktree.orchestrator.events import NodeKind, NodeStatus
 from thinktree.orchestrator.run import RunSettings, execute
 from thinktree.problems import AnswerType, Problem
@@ -179,3 +180,54 @@ def test_cli_train_eval_and_its_errors(runs: list[Path], tmp_path: Path) -> None
         "trained verifier file missing.json does not exist",
     )
     assert not (tmp_path / "r").exists()
+
+
+def _weights(mean: list[float], scale: list[float], coef: list[float]) -> dict[str, Any]:
+    return {
+        "format": "thinktree-verifier",
+        "version": 1,
+        "model": "logistic-regression",
+        "features": list(FEATURES),
+        "mean": mean,
+        "scale": scale,
+        "coef": coef,
+        "intercept": 0.0,
+    }
+
+
+def test_auroc_leaves_nan_scores_out() -> None:
+    nan = float("nan")
+    assert auroc([nan, 0.9, nan, 0.1], [True, True, False, False]) == 1.0
+    assert auroc([nan, nan], [True, False]) is None
+
+
+def test_weights_that_overflow_are_a_damaged_file(tmp_path: Path) -> None:
+    tiny = _weights([0.0] * 5, [1e-300, 1e-300, 1, 1, 1], [1e10, -1e10, 0, 0, 0])
+    with pytest.raises(ConfigError, match=r"damaged verifier file .*overflow"):
+        load_model(_write(tmp_path / "tiny.json", tiny))
+
+
+# finite and loadable, yet every candidate's score is inf - inf: NaN
+NAN_SCORES = _weights([-1e308, 0, -1e308, 0, 0], [1.0] * 5, [-1e308, 0, 1e308, 0, 0])
+
+
+def test_eval_of_a_file_that_scores_nan_is_one_line(runs: list[Path], tmp_path: Path) -> None:
+    path = _write(tmp_path / "nan.json", NAN_SCORES)
+    with pytest.raises(ConfigError, match=r"damaged verifier file .*no score"):
+        evaluate(path, [runs[2]])
+    _one_line_error(
+        cli("verifier", "eval", str(path), str(runs[2]), cwd=tmp_path), "damaged verifier file"
+    )
+
+
+@pytest.mark.anyio
+async def test_a_trained_verifier_scoring_nan_fails_its_verdicts_not_the_run(
+    tmp_path: Path,
+) -> None:
+    path = _write(tmp_path / "nan.json", NAN_SCORES)
+    result = await _make_run(tmp_path / "scored", verifiers=(f"trained:{path}",))
+    tree = result.trees[0]
+    verdicts = tree.of_kind(NodeKind.VERDICT)
+    assert all("non-finite score (nan)" in (v.error or "") for v in verdicts)
+    assert tree.answer == "B" and tree.vote is not None and tree.vote.rule == "majority"
+    assert (result.folder / "results.json").exists()

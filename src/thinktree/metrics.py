@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -65,12 +66,16 @@ class VerifierMetrics:
 
 
 def auroc(scores: list[float], labels: list[bool]) -> float | None:
-    """Area under the ROC curve (Mann-Whitney, ties count half); None without both classes."""
-    pos = [s for s, y in zip(scores, labels, strict=True) if y]
-    neg = [s for s, y in zip(scores, labels, strict=True) if not y]
+    """Area under the ROC curve (Mann-Whitney, ties count half); None without both classes.
+
+    A NaN score ranks nowhere: it is left out (it would never equal itself when ranked).
+    """
+    kept = [(s, y) for s, y in zip(scores, labels, strict=True) if not math.isnan(s)]
+    pos = [s for s, y in kept if y]
+    neg = [s for s, y in kept if not y]
     if not pos or not neg:
         return None
-    ranked = sorted(scores)
+    ranked = sorted(s for s, _ in kept)
     rank: dict[float, float] = {}
     i = 0
     while i < len(ranked):

@@ -128,6 +128,11 @@ def load_model(path: Path) -> TrainedModel:
     values = [*mean, *scale, *coef, intercept]
     if not all(math.isfinite(v) for v in values):
         raise ConfigError(f"{path} is a damaged verifier file (a weight is not a finite number)")
+    ratios = [(c / s, m / s) for c, m, s in zip(coef, mean, scale, strict=True)]
+    if not all(math.isfinite(a) and math.isfinite(b) for a, b in ratios):
+        raise ConfigError(
+            f"{path} is a damaged verifier file (its scaling and weights overflow: no finite score)"
+        )
     return TrainedModel(names, mean, scale, coef, intercept, meta)
 
 
@@ -260,6 +265,8 @@ def evaluate(path: Path, runs: Sequence[Path]) -> tuple[float | None, int]:
         rows, y, _ = examples(run)
         scores += [model.score(r) for r in rows]
         labels += y
+    if any(math.isnan(s) for s in scores):
+        raise ConfigError(f"{path} is a damaged verifier file (it gives candidates no score)")
     return auroc(scores, labels), len(labels)
 
 
