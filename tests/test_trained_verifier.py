@@ -231,3 +231,15 @@ async def test_a_trained_verifier_scoring_nan_fails_its_verdicts_not_the_run(
     assert all("non-finite score (nan)" in (v.error or "") for v in verdicts)
     assert tree.answer == "B" and tree.vote is not None and tree.vote.rule == "majority"
     assert (result.folder / "results.json").exists()
+
+
+@pytest.mark.anyio
+async def test_two_files_of_the_same_name_both_score(runs: list[Path], tmp_path: Path) -> None:
+    for folder in ("d1", "d2"):
+        (tmp_path / folder).mkdir()
+        train_file(runs[:1], tmp_path / folder / "my.json")
+    specs = (f"trained:{tmp_path / 'd1/my.json'}", f"trained:{tmp_path / 'd2/my.json'}")
+    result = await _make_run(tmp_path / "scored", verifiers=specs)
+    tree = result.trees[0]
+    assert len(tree.of_kind(NodeKind.VERDICT)) == 8  # 4 candidates, 2 verifiers
+    assert sorted(tree.nodes["q0/b1/think"].scores) == sorted(specs)

@@ -29,7 +29,13 @@ from thinktree.problems import AnswerType, Problem
 from thinktree.testing.fake_server import FakeBehaviour, FakeServer, Fault
 from thinktree.verifiers.base import options
 from thinktree.verifiers.judge import JUDGE_SYSTEM
-from thinktree.verifiers.registry import BUILTIN_VERIFIERS, check_verifiers, verifier_names
+from thinktree.verifiers.registry import (
+    BUILTIN_VERIFIERS,
+    check_verifiers,
+    labels,
+    split_spec,
+    verifier_names,
+)
 
 PROBLEM = Problem(
     id="q1",
@@ -299,3 +305,31 @@ async def test_the_live_view_labels_show_the_scores(tmp_path: Path) -> None:
     candidate = tree.nodes["q1/b2/think"]
     label = node_label(tree, candidate, tokens[candidate.id], winners).plain
     assert "★" in label and "score 0.90" in label
+
+
+def test_judge_options_without_an_endpoint_read_as_documented() -> None:
+    assert split_spec("judge,score=rating") == ("judge", "score=rating")
+    assert split_spec("reward:http://127.0.0.1:1/v1,route=score") == (
+        "reward",
+        "http://127.0.0.1:1/v1,route=score",
+    )
+    check_verifiers(["judge,score=rating"])
+    with pytest.raises(ConfigError, match="judge score 'best' is unknown"):
+        check_verifiers(["judge,score=best"])
+    with pytest.raises(ConfigError, match="names the same as judge,score=rating"):
+        check_verifiers(["judge,score=rating", "judge:score=rating"])
+
+
+def test_verifiers_on_files_of_the_same_name_get_distinct_labels() -> None:
+    found = labels(["trained:d1/my.json", "trained:d2/my.json", "trained:other/v.json"])
+    assert found == ["trained:d1/my.json", "trained:d2/my.json", "trained:v.json"]
+    assert len(set(labels(["trained:my.json", "trained:d1/my.json"]))) == 2
+
+
+@pytest.mark.anyio
+async def test_a_judge_given_options_without_an_endpoint_judges(tmp_path: Path) -> None:
+    behaviour = FakeBehaviour(reply=_judging({"A": "1", "B": "9"}))
+    result = await _run(tmp_path, behaviour, ("judge,score=rating",), None)
+    tree = result.trees[0]
+    assert tree.answer == "B"
+    assert tree.nodes["q1/b2/think"].scores == {"judge:score=rating": 0.9}
