@@ -25,6 +25,7 @@ from thinktree.metrics import auroc
 from thinktree.orchestrator.events import NodeKind, NodeStatus
 from thinktree.orchestrator.run import CALLS, RunResult, RunSettings, execute, validate
 from thinktree.orchestrator.store import StoreReader
+from thinktree.pricing import Price
 from thinktree.problems import AnswerType, Problem
 from thinktree.testing.fake_server import FakeBehaviour, FakeServer, Fault
 from thinktree.verifiers.base import options
@@ -333,3 +334,24 @@ async def test_a_judge_given_options_without_an_endpoint_judges(tmp_path: Path) 
     tree = result.trees[0]
     assert tree.answer == "B"
     assert tree.nodes["q1/b2/think"].scores == {"judge:score=rating": 0.9}
+
+
+@pytest.mark.anyio
+async def test_failed_judge_verdicts_still_cost_what_they_spent(tmp_path: Path) -> None:
+    price = Price(prompt_per_m=0.15, completion_per_m=0.60)
+    behaviour = FakeBehaviour(reply=_judging({"A": "no idea", "B": "9"}))
+    async with FakeServer(behaviour) as server:
+        endpoint = EndpointConfig(name="fake", base_url=server.base_url, model="fake-model")
+        settings = RunSettings(
+            modes=ModeSettings(mode="parallel", n=3, budget=32),
+            verifiers=("judge:score=rating",),
+            out=tmp_path / "run",
+            prices={"fake-model": price},
+        )
+        result = await execute([PROBLEM], endpoint, settings)
+    verdicts = result.trees[0].verdicts
+    assert [v.score is None for v in verdicts] == [True, False, True]
+    assert all(v.cost_usd is not None and v.cost_usd > 0 for v in verdicts)
+    m = result.metrics.verifier
+    assert m is not None and m.failed_verdicts == 2
+    assert m.cost_usd == round(price.cost(m.prompt_tokens, m.completion_tokens), 6)

@@ -125,7 +125,12 @@ def verifier_metrics(trees: list[ProblemTree]) -> VerifierMetrics | None:
         oracle.append(any(correct for _, correct, _ in rows))
         all_scores += [score for _, _, score in rows if score is not None]
         all_labels += [correct for _, correct, score in rows if score is not None]
-    costs = [v.cost_usd for v in verdicts]
+    # a verdict that spent tokens at no known price leaves the total unknown; one that
+    # spent nothing (a failure before any call, a verifier that makes none) costs nothing
+    unpriced = any(
+        v.cost_usd is None and (v.prompt_tokens or v.completion_tokens) for v in verdicts
+    )
+    costs = [v.cost_usd for v in verdicts if v.cost_usd is not None]
 
     def share(xs: list[bool]) -> float | None:
         return sum(xs) / len(xs) if xs else None
@@ -140,7 +145,7 @@ def verifier_metrics(trees: list[ProblemTree]) -> VerifierMetrics | None:
         failed_verdicts=sum(1 for v in verdicts if v.score is None),
         prompt_tokens=sum(v.prompt_tokens for v in verdicts),
         completion_tokens=sum(v.completion_tokens for v in verdicts),
-        cost_usd=None if any(c is None for c in costs) else round(sum(c or 0.0 for c in costs), 6),
+        cost_usd=None if unpriced or not costs else round(math.fsum(costs), 6),
     )
 
 
