@@ -243,3 +243,79 @@ async def test_two_files_of_the_same_name_both_score(runs: list[Path], tmp_path:
     tree = result.trees[0]
     assert len(tree.of_kind(NodeKind.VERDICT)) == 8  # 4 candidates, 2 verifiers
     assert sorted(tree.nodes["q0/b1/think"].scores) == sorted(specs)
+
+
+def _edited(run: Path, to: Path, edit: Any, name: str = "results.json") -> Path:
+    """A copy of ``run`` whose ``name`` (results.json or run.json) ``edit`` changed."""
+    to.mkdir()
+    for file in ("run.json", "results.json"):
+        data = json.loads((run / file).read_text())
+        if file == name:
+            edit(data)  # in place
+        (to / file).write_text(json.dumps(data))
+    return to
+
+
+def _ballots(data: dict[str, Any]) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = [b for p in data["problems"] for b in p["vote"]["ballots"]]
+    return found
+
+
+@pytest.mark.parametrize(
+    ("damage", "detail"),
+    [
+        (lambda d: [b.pop("reasoning_tokens") for b in _ballots(d)], "KeyError"),
+        (lambda d: [b.update(reasoning_tokens=None) for b in _ballots(d)], "TypeError"),
+        (lambda d: d["problems"].__setitem__(0, "q0"), "AttributeError"),
+    ],
+    ids=["no-reasoning-tokens", "null-reasoning-tokens", "entry-is-text"],
+)
+def test_a_damaged_run_is_one_line(
+    runs: list[Path], tmp_path: Path, damage: Any, detail: str
+) -> None:
+    damaged = _edited(runs[0], tmp_path / "damaged", damage)
+    with pytest.raises(ConfigError, match=f"holds a damaged run \\({detail}"):
+        train_file([damaged], tmp_path / "v.json")
+    _one_line_error(
+        cli("verifier", "train", str(damaged), "--out", "v.json", cwd=tmp_path),
+        "holds a damaged run",
+    )
+    assert not (tmp_path / "v.json").exists()
+
+
+def test_runs_with_nothing_to_learn_are_refused(runs: list[Path], tmp_path: Path) -> None:
+    def alike(data: dict[str, Any]) -> None:  # one answer per problem, all as long
+        for i, problem in enumerate(data["problems"]):
+            for ballot in problem["vote"]["ballots"]:
+                ballot.update(answer="B" if i < 2 else "A", reasoning_tokens=10)
+
+    same = _edited(runs[0], tmp_path / "same", alike)
+    with pytest.raises(ConfigError, match=r"have the same features.*nothing to learn from"):
+        train_file([same], tmp_path / "v.json")
+    with pytest.raises(ConfigError, match="is given twice: its candidates would count twice"):
+        train_file([runs[0], runs[0]], tmp_path / "v.json")
+    with pytest.raises(ConfigError, match="given twice"):
+        train_file([runs[0], runs[0].parent / "." / runs[0].name], tmp_path / "v.json")
+    assert not (tmp_path / "v.json").exists()
+
+
+def test_runs_without_answers_or_gold_say_so(runs: list[Path], tmp_path: Path) -> None:
+    model = tmp_path / "v.json"
+    train_file(runs[:1], model)
+    silent = _edited(
+        runs[0], tmp_path / "silent", lambda d: [b.update(answer=None) for b in _ballots(d)]
+    )
+    with pytest.raises(ConfigError, match="no candidate of the runs' 4 problems with gold"):
+        train_file([silent], tmp_path / "x.json")
+
+    def no_gold(data: dict[str, Any]) -> None:
+        for problem in data["problems"]:
+            problem["answer"] = None
+
+    nogold = _edited(runs[0], tmp_path / "nogold", no_gold, name="run.json")
+    with pytest.raises(ConfigError, match="problems need gold answers"):
+        evaluate(model, [nogold])
+    _one_line_error(
+        cli("verifier", "eval", str(model), str(nogold), cwd=tmp_path),
+        "no graded candidates (problems need gold answers): nothing to evaluate",
+    )
