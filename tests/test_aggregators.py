@@ -10,12 +10,14 @@ from thinktree.agents.aggregators import (
     AGGREGATORS,
     Aggregator,
     Decision,
+    MissingScores,
     Vote,
     best_of_n,
     get_aggregator,
     length_weighted,
     majority,
     shortest_majority,
+    verifier_tiebreak,
     verifier_weighted,
 )
 
@@ -99,10 +101,27 @@ def test_best_of_n_allows_abstentions_without_score() -> None:
     assert (d.answer, d.winner) == ("A", 1)
 
 
-@pytest.mark.parametrize("aggregate", [best_of_n, verifier_weighted])
-def test_score_rules_reject_missing_scores(aggregate: Aggregator) -> None:
-    with pytest.raises(ValueError, match=r"needs a verifier score.*votes \[1\] have none"):
-        aggregate([v("A", score=0.5), v("B")])
+SCORE_RULES = [best_of_n, verifier_weighted, verifier_tiebreak]
+
+
+@pytest.mark.parametrize("aggregate", SCORE_RULES)
+def test_score_rules_reject_votes_without_any_score(aggregate: Aggregator) -> None:
+    with pytest.raises(MissingScores, match=r"needs a verifier score.*votes \[0, 2\] have none"):
+        aggregate([v("A"), v(None), v("B")])
+
+
+@pytest.mark.parametrize("aggregate", SCORE_RULES)
+@pytest.mark.parametrize("scale", [1.0, -1.0], ids=["positive", "negative"])
+def test_a_vote_without_a_score_ranks_below_every_scored_one(
+    aggregate: Aggregator, scale: float
+) -> None:
+    # A's only verdict failed; B's two scored, below zero on the negative scale
+    d = aggregate([v("A"), v("B", score=0.25 * scale), v("B", score=0.5 * scale), v("C")])
+    assert d.answer == "B"
+    assert d.winner == (2 if scale > 0 else 1)  # B's best-scored member
+    assert set(d.scores) == {"B"}  # unscored groups were ranked by nothing
+    single = aggregate([v("A"), v("B", score=-5.0)])
+    assert (single.answer, single.winner) == ("B", 1)
 
 
 def test_verifier_weighted_sums_scores() -> None:

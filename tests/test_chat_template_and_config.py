@@ -75,8 +75,9 @@ def test_an_endpoint_names_itself_for_the_call_store() -> None:
     assert cfg is not None and cfg.cache_as == "gpu-box"
     for bad in ("", "  ", 3):
         config = {"endpoints": {"gpu": {**table, "cache_as": bad}}}
-        with pytest.raises(ConfigError, match="cache_as must be a non-empty name"):
+        with pytest.raises(ConfigError, match="cache_as must be a non-empty name") as caught:
             endpoint_from("gpu", model="m", config=config)
+        assert str(caught.value).endswith(f"not {bad!r}")  # the value, not its placeholder
 
 
 def test_config_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -119,3 +119,17 @@ def test_bad_reward_arguments_are_one_line() -> None:
         check_verifiers(["reward:http://127.0.0.1:1,route=embed"])
     with pytest.raises(ConfigError, match="agg 'max' is unknown"):
         check_verifiers(["prm:http://127.0.0.1:1,agg=max"])
+
+
+async def test_a_scorer_that_answers_nan_fails_those_verdicts_not_the_run(tmp_path: Path) -> None:
+    def nan_for_b(text: str) -> float:
+        return float("nan") if "Final answer: B" in text else 0.2
+
+    async with RewardServer(nan_for_b) as scorer:
+        result = await _run(tmp_path, f"reward:{scorer.url}/v1,route=classify")
+    tree = result.trees[0]
+    verdicts = tree.of_kind(NodeKind.VERDICT)
+    assert [v.status for v in verdicts] == [NodeStatus.DONE, NodeStatus.FAILED, NodeStatus.DONE]
+    assert "gave a non-finite score (nan)" in (verdicts[1].error or "")
+    assert tree.answer == "A"  # B's only candidate has no score: it ranks below A's
+    assert (result.folder / "results.json").exists()

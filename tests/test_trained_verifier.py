@@ -19,6 +19,7 @@ import pytest
 from thinktree.agents.endpoint import EndpointConfig
 from thinktree.agents.modes import ModeSettings
 from thinktree.errors import ConfigError
+from thinktree.metrics import auroc
 from thinktree.orchestrator.events import NodeKind, NodeStatus
 from thinktree.orchestrator.run import RunSettings, execute
 from thinktree.problems import AnswerType, Problem
@@ -179,3 +180,142 @@ def test_cli_train_eval_and_its_errors(runs: list[Path], tmp_path: Path) -> None
         "trained verifier file missing.json does not exist",
     )
     assert not (tmp_path / "r").exists()
+
+
+def _weights(mean: list[float], scale: list[float], coef: list[float]) -> dict[str, Any]:
+    return {
+        "format": "thinktree-verifier",
+        "version": 1,
+        "model": "logistic-regression",
+        "features": list(FEATURES),
+        "mean": mean,
+        "scale": scale,
+        "coef": coef,
+        "intercept": 0.0,
+    }
+
+
+def test_auroc_leaves_nan_scores_out() -> None:
+    nan = float("nan")
+    assert auroc([nan, 0.9, nan, 0.1], [True, True, False, False]) == 1.0
+    assert auroc([nan, nan], [True, False]) is None
+
+
+def test_weights_that_overflow_are_a_damaged_file(tmp_path: Path) -> None:
+    tiny = _weights([0.0] * 5, [1e-300, 1e-300, 1, 1, 1], [1e10, -1e10, 0, 0, 0])
+    with pytest.raises(ConfigError, match=r"damaged verifier file .*overflow"):
+        load_model(_write(tmp_path / "tiny.json", tiny))
+
+
+# finite and loadable, yet every candidate's score is inf - inf: NaN
+NAN_SCORES = _weights([-1e308, 0, -1e308, 0, 0], [1.0] * 5, [-1e308, 0, 1e308, 0, 0])
+
+
+def test_eval_of_a_file_that_scores_nan_is_one_line(runs: list[Path], tmp_path: Path) -> None:
+    path = _write(tmp_path / "nan.json", NAN_SCORES)
+    with pytest.raises(ConfigError, match=r"damaged verifier file .*no score"):
+        evaluate(path, [runs[2]])
+    _one_line_error(
+        cli("verifier", "eval", str(path), str(runs[2]), cwd=tmp_path), "damaged verifier file"
+    )
+
+
+@pytest.mark.anyio
+async def test_a_trained_verifier_scoring_nan_fails_its_verdicts_not_the_run(
+    tmp_path: Path,
+) -> None:
+    path = _write(tmp_path / "nan.json", NAN_SCORES)
+    result = await _make_run(tmp_path / "scored", verifiers=(f"trained:{path}",))
+    tree = result.trees[0]
+    verdicts = tree.of_kind(NodeKind.VERDICT)
+    assert all("non-finite score (nan)" in (v.error or "") for v in verdicts)
+    assert tree.answer == "B" and tree.vote is not None and tree.vote.rule == "majority"
+    assert (result.folder / "results.json").exists()
+
+
+@pytest.mark.anyio
+async def test_two_files_of_the_same_name_both_score(runs: list[Path], tmp_path: Path) -> None:
+    for folder in ("d1", "d2"):
+        (tmp_path / folder).mkdir()
+        train_file(runs[:1], tmp_path / folder / "my.json")
+    specs = (f"trained:{tmp_path / 'd1/my.json'}", f"trained:{tmp_path / 'd2/my.json'}")
+    result = await _make_run(tmp_path / "scored", verifiers=specs)
+    tree = result.trees[0]
+    assert len(tree.of_kind(NodeKind.VERDICT)) == 8  # 4 candidates, 2 verifiers
+    assert sorted(tree.nodes["q0/b1/think"].scores) == sorted(specs)
+
+
+def _edited(run: Path, to: Path, edit: Any, name: str = "results.json") -> Path:
+    """A copy of ``run`` whose ``name`` (results.json or run.json) ``edit`` changed."""
+    to.mkdir()
+    for file in ("run.json", "results.json"):
+        data = json.loads((run / file).read_text())
+        if file == name:
+            edit(data)  # in place
+        (to / file).write_text(json.dumps(data))
+    return to
+
+
+def _ballots(data: dict[str, Any]) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = [b for p in data["problems"] for b in p["vote"]["ballots"]]
+    return found
+
+
+@pytest.mark.parametrize(
+    ("damage", "detail"),
+    [
+        (lambda d: [b.pop("reasoning_tokens") for b in _ballots(d)], "KeyError"),
+        (lambda d: [b.update(reasoning_tokens=None) for b in _ballots(d)], "TypeError"),
+        (lambda d: d["problems"].__setitem__(0, "q0"), "AttributeError"),
+    ],
+    ids=["no-reasoning-tokens", "null-reasoning-tokens", "entry-is-text"],
+)
+def test_a_damaged_run_is_one_line(
+    runs: list[Path], tmp_path: Path, damage: Any, detail: str
+) -> None:
+    damaged = _edited(runs[0], tmp_path / "damaged", damage)
+    with pytest.raises(ConfigError, match=f"holds a damaged run \\({detail}"):
+        train_file([damaged], tmp_path / "v.json")
+    _one_line_error(
+        cli("verifier", "train", str(damaged), "--out", "v.json", cwd=tmp_path),
+        "holds a damaged run",
+    )
+    assert not (tmp_path / "v.json").exists()
+
+
+def test_runs_with_nothing_to_learn_are_refused(runs: list[Path], tmp_path: Path) -> None:
+    def alike(data: dict[str, Any]) -> None:  # one answer per problem, all as long
+        for i, problem in enumerate(data["problems"]):
+            for ballot in problem["vote"]["ballots"]:
+                ballot.update(answer="B" if i < 2 else "A", reasoning_tokens=10)
+
+    same = _edited(runs[0], tmp_path / "same", alike)
+    with pytest.raises(ConfigError, match=r"have the same features.*nothing to learn from"):
+        train_file([same], tmp_path / "v.json")
+    with pytest.raises(ConfigError, match="is given twice: its candidates would count twice"):
+        train_file([runs[0], runs[0]], tmp_path / "v.json")
+    with pytest.raises(ConfigError, match="given twice"):
+        train_file([runs[0], runs[0].parent / "." / runs[0].name], tmp_path / "v.json")
+    assert not (tmp_path / "v.json").exists()
+
+
+def test_runs_without_answers_or_gold_say_so(runs: list[Path], tmp_path: Path) -> None:
+    model = tmp_path / "v.json"
+    train_file(runs[:1], model)
+    silent = _edited(
+        runs[0], tmp_path / "silent", lambda d: [b.update(answer=None) for b in _ballots(d)]
+    )
+    with pytest.raises(ConfigError, match="no candidate of the runs' 4 problems with gold"):
+        train_file([silent], tmp_path / "x.json")
+
+    def no_gold(data: dict[str, Any]) -> None:
+        for problem in data["problems"]:
+            problem["answer"] = None
+
+    nogold = _edited(runs[0], tmp_path / "nogold", no_gold, name="run.json")
+    with pytest.raises(ConfigError, match="problems need gold answers"):
+        evaluate(model, [nogold])
+    _one_line_error(
+        cli("verifier", "eval", str(model), str(nogold), cwd=tmp_path),
+        "no graded candidates (problems need gold answers): nothing to evaluate",
+    )

@@ -25,11 +25,18 @@ from thinktree.metrics import auroc
 from thinktree.orchestrator.events import NodeKind, NodeStatus
 from thinktree.orchestrator.run import CALLS, RunResult, RunSettings, execute, validate
 from thinktree.orchestrator.store import StoreReader
+from thinktree.pricing import Price
 from thinktree.problems import AnswerType, Problem
 from thinktree.testing.fake_server import FakeBehaviour, FakeServer, Fault
 from thinktree.verifiers.base import options
 from thinktree.verifiers.judge import JUDGE_SYSTEM
-from thinktree.verifiers.registry import BUILTIN_VERIFIERS, check_verifiers, verifier_names
+from thinktree.verifiers.registry import (
+    BUILTIN_VERIFIERS,
+    check_verifiers,
+    labels,
+    split_spec,
+    verifier_names,
+)
 
 PROBLEM = Problem(
     id="q1",
@@ -171,9 +178,11 @@ async def test_unreadable_ratings_fail_the_verdicts_not_the_run(tmp_path: Path) 
     assert len(verdicts) == 3
     assert all(v.status is NodeStatus.FAILED for v in verdicts)
     assert all("rating is unreadable" in (v.error or "") for v in verdicts)
-    assert tree.answer == "A" and tree.error is None  # every score 0: the first candidate
+    assert tree.answer == "A" and tree.error is None
+    assert tree.vote is not None and tree.vote.rule == "majority"  # no score: the plain vote
     m = result.metrics.verifier
     assert m is not None and m.failed_verdicts == 3
+    assert (m.problems, m.pick_accuracy, m.auroc) == (0, None, None)
 
 
 @pytest.mark.anyio
@@ -297,3 +306,52 @@ async def test_the_live_view_labels_show_the_scores(tmp_path: Path) -> None:
     candidate = tree.nodes["q1/b2/think"]
     label = node_label(tree, candidate, tokens[candidate.id], winners).plain
     assert "★" in label and "score 0.90" in label
+
+
+def test_judge_options_without_an_endpoint_read_as_documented() -> None:
+    assert split_spec("judge,score=rating") == ("judge", "score=rating")
+    assert split_spec("reward:http://127.0.0.1:1/v1,route=score") == (
+        "reward",
+        "http://127.0.0.1:1/v1,route=score",
+    )
+    check_verifiers(["judge,score=rating"])
+    with pytest.raises(ConfigError, match="judge score 'best' is unknown"):
+        check_verifiers(["judge,score=best"])
+    with pytest.raises(ConfigError, match="names the same as judge,score=rating"):
+        check_verifiers(["judge,score=rating", "judge:score=rating"])
+
+
+def test_verifiers_on_files_of_the_same_name_get_distinct_labels() -> None:
+    found = labels(["trained:d1/my.json", "trained:d2/my.json", "trained:other/v.json"])
+    assert found == ["trained:d1/my.json", "trained:d2/my.json", "trained:v.json"]
+    assert len(set(labels(["trained:my.json", "trained:d1/my.json"]))) == 2
+
+
+@pytest.mark.anyio
+async def test_a_judge_given_options_without_an_endpoint_judges(tmp_path: Path) -> None:
+    behaviour = FakeBehaviour(reply=_judging({"A": "1", "B": "9"}))
+    result = await _run(tmp_path, behaviour, ("judge,score=rating",), None)
+    tree = result.trees[0]
+    assert tree.answer == "B"
+    assert tree.nodes["q1/b2/think"].scores == {"judge:score=rating": 0.9}
+
+
+@pytest.mark.anyio
+async def test_failed_judge_verdicts_still_cost_what_they_spent(tmp_path: Path) -> None:
+    price = Price(prompt_per_m=0.15, completion_per_m=0.60)
+    behaviour = FakeBehaviour(reply=_judging({"A": "no idea", "B": "9"}))
+    async with FakeServer(behaviour) as server:
+        endpoint = EndpointConfig(name="fake", base_url=server.base_url, model="fake-model")
+        settings = RunSettings(
+            modes=ModeSettings(mode="parallel", n=3, budget=32),
+            verifiers=("judge:score=rating",),
+            out=tmp_path / "run",
+            prices={"fake-model": price},
+        )
+        result = await execute([PROBLEM], endpoint, settings)
+    verdicts = result.trees[0].verdicts
+    assert [v.score is None for v in verdicts] == [True, False, True]
+    assert all(v.cost_usd is not None and v.cost_usd > 0 for v in verdicts)
+    m = result.metrics.verifier
+    assert m is not None and m.failed_verdicts == 2
+    assert m.cost_usd == round(price.cost(m.prompt_tokens, m.completion_tokens), 6)

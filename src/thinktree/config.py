@@ -163,7 +163,7 @@ def _from_table(name: str, table: dict[str, Any], model: str | None) -> Endpoint
     if cache_as is not None and (not isinstance(cache_as, str) or not cache_as.strip()):
         raise ConfigError(
             f"endpoint '{name}': cache_as must be a non-empty name (it stands for the server "
-            "in call fingerprints), not {cache_as!r}"
+            f"in call fingerprints), not {cache_as!r}"
         )
     fields["model"] = model or table.get("model")
     base_url = str(table["base_url"]) if "base_url" in table else f"pool:{name}"

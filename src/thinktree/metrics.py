@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -46,7 +47,9 @@ class VerifierMetrics:
     ``pick_accuracy``: the best-scored candidate's answer is right; ``vote_accuracy``: the
     plain majority of the same candidates is right; ``oracle``: any candidate is right
     (coverage). ``auroc``: how well a candidate's combined score separates right from
-    wrong answers (None when only one kind was seen). Tokens and cost are the verifiers'
+    wrong answers (None when only one kind was seen). Candidates whose every verdict
+    failed have no score: they count in neither, and a problem without a scored
+    candidate counts in none of the figures. Tokens and cost are the verifiers'
     own, on top of the solver's.
     """
 
@@ -63,12 +66,16 @@ class VerifierMetrics:
 
 
 def auroc(scores: list[float], labels: list[bool]) -> float | None:
-    """Area under the ROC curve (Mann-Whitney, ties count half); None without both classes."""
-    pos = [s for s, y in zip(scores, labels, strict=True) if y]
-    neg = [s for s, y in zip(scores, labels, strict=True) if not y]
+    """Area under the ROC curve (Mann-Whitney, ties count half); None without both classes.
+
+    A NaN score ranks nowhere: it is left out (it would never equal itself when ranked).
+    """
+    kept = [(s, y) for s, y in zip(scores, labels, strict=True) if not math.isnan(s)]
+    pos = [s for s, y in kept if y]
+    neg = [s for s, y in kept if not y]
     if not pos or not neg:
         return None
-    ranked = sorted(scores)
+    ranked = sorted(s for s, _ in kept)
     rank: dict[float, float] = {}
     i = 0
     while i < len(ranked):
@@ -99,13 +106,14 @@ def verifier_metrics(trees: list[ProblemTree]) -> VerifierMetrics | None:
         if not seen or any(correct is None for _, correct in seen.values()):
             continue
         rows = [
-            (answer, bool(correct), tree.nodes[node].combined_score or 0.0)
+            (answer, bool(correct), tree.nodes[node].combined_score)
             for node, (answer, correct) in seen.items()
             if node in tree.nodes
         ]
-        if not rows:
-            continue
-        best = max(range(len(rows)), key=lambda i: (rows[i][2], -i))
+        scored = [(i, score) for i, (_, _, score) in enumerate(rows) if score is not None]
+        if not scored:
+            continue  # every verdict failed: the verifiers picked nothing here
+        best = max(scored, key=lambda item: (item[1], -item[0]))[0]
         picks.append(rows[best][1])
         counts: dict[str | None, int] = {}
         right: dict[str | None, bool] = {}
@@ -115,9 +123,14 @@ def verifier_metrics(trees: list[ProblemTree]) -> VerifierMetrics | None:
         top = max(counts, key=lambda a: counts[a])  # ties: first seen
         votes.append(right[top])
         oracle.append(any(correct for _, correct, _ in rows))
-        all_scores += [score for _, _, score in rows]
-        all_labels += [correct for _, correct, _ in rows]
-    costs = [v.cost_usd for v in verdicts]
+        all_scores += [score for _, _, score in rows if score is not None]
+        all_labels += [correct for _, correct, score in rows if score is not None]
+    # a verdict that spent tokens at no known price leaves the total unknown; one that
+    # spent nothing (a failure before any call, a verifier that makes none) costs nothing
+    unpriced = any(
+        v.cost_usd is None and (v.prompt_tokens or v.completion_tokens) for v in verdicts
+    )
+    costs = [v.cost_usd for v in verdicts if v.cost_usd is not None]
 
     def share(xs: list[bool]) -> float | None:
         return sum(xs) / len(xs) if xs else None
@@ -132,7 +145,7 @@ def verifier_metrics(trees: list[ProblemTree]) -> VerifierMetrics | None:
         failed_verdicts=sum(1 for v in verdicts if v.score is None),
         prompt_tokens=sum(v.prompt_tokens for v in verdicts),
         completion_tokens=sum(v.completion_tokens for v in verdicts),
-        cost_usd=None if any(c is None for c in costs) else round(sum(c or 0.0 for c in costs), 6),
+        cost_usd=None if unpriced or not costs else round(math.fsum(costs), 6),
     )
 
 

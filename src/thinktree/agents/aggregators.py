@@ -42,7 +42,8 @@ class Decision:
     counts: dict[str, int]
     """Votes per answer, in first-seen order."""
     scores: dict[str, float]
-    """The score each answer group was ranked by, in first-seen order."""
+    """The score each answer group was ranked by, in first-seen order (a verifier rule
+    leaves out groups none of whose votes has a score)."""
     rule: str
     """Name of the rule that decided (a key of ``AGGREGATORS``)."""
 
@@ -78,18 +79,43 @@ def _decide(
     return Decision(answer=answer, winner=winner, counts=counts, scores=scores, rule=rule)
 
 
-def _scores(votes: Sequence[Vote], rule: str) -> list[float]:
-    """Each vote's verifier score (0.0 for abstentions, which never count).
+class MissingScores(ValueError):
+    """A verifier rule met votes that answer but none with a score (every verdict failed)."""
 
-    Raises ``ValueError`` if a vote that answers has no score.
+
+def _scores(votes: Sequence[Vote], rule: str) -> list[float | None]:
+    """Each vote's verifier score; None for abstentions and for votes whose verdicts failed.
+
+    A vote that answers without a score ranks below every scored one, whatever the scale.
+    Raises :class:`MissingScores` if votes answer but none has a score: such a rule has
+    nothing to rank by (run a verifier first, or fall back to ``majority``).
     """
-    missing = [i for i, v in enumerate(votes) if v.answer is not None and v.score is None]
-    if missing:
-        raise ValueError(
-            f"the {rule!r} aggregator needs a verifier score on every vote that answers; "
-            f"votes {missing} have none (run a verifier first, or use 'majority')"
+    answering = [i for i, v in enumerate(votes) if v.answer is not None]
+    if answering and all(votes[i].score is None for i in answering):
+        raise MissingScores(
+            f"the {rule!r} aggregator needs a verifier score on the votes that answer; "
+            f"votes {answering} have none (run a verifier first, or use 'majority')"
         )
-    return [0.0 if v.score is None else v.score for v in votes]
+    return [v.score if v.answer is not None else None for v in votes]
+
+
+def _ranked(score: float | None) -> tuple[float, float]:
+    """A score as a sort key: any score above none at all."""
+    return (0.0, 0.0) if score is None else (1.0, score)
+
+
+def _best(score: list[float | None], members: list[int]) -> int:
+    """The best-scored member (the first of equal ones; the first when none is scored)."""
+    return max(members, key=lambda i: _ranked(score[i]))
+
+
+def _summed(score: list[float | None], groups: dict[str, list[int]]) -> dict[str, float]:
+    """Each group's sum of its members' scores; groups without a scored member are left out."""
+    return {
+        answer: math.fsum(s for i in members if (s := score[i]) is not None)
+        for answer, members in groups.items()
+        if any(score[i] is not None for i in members)
+    }
 
 
 def majority(votes: Sequence[Vote]) -> Decision:
@@ -134,56 +160,61 @@ def best_of_n(votes: Sequence[Vote]) -> Decision:
     """The single highest verifier score wins; ties go to the vote seen first.
 
     Each group is ranked by its best score, and the representative is that best-scored
-    member rather than the group's first. Raises ``ValueError`` if a vote that answers has
-    no score.
+    member rather than the group's first. A vote without a score ranks below every scored
+    one; raises :class:`MissingScores` if no vote that answers has a score.
     """
     score = _scores(votes, "best-of-n")
     groups = _groups(votes)
 
-    def best(members: list[int]) -> int:
-        return max(members, key=lambda i: score[i])
-
     def rank(answer: str) -> tuple[float, ...]:
-        top = best(groups[answer])
-        return (score[top], -top)
+        top = _best(score, groups[answer])
+        return (*_ranked(score[top]), -top)
 
-    scores = {answer: score[best(members)] for answer, members in groups.items()}
-    return _decide("best-of-n", groups, scores, rank=rank, representative=best)
+    scores = {
+        answer: top_score
+        for answer, members in groups.items()
+        if (top_score := score[_best(score, members)]) is not None
+    }
+    return _decide("best-of-n", groups, scores, rank=rank, representative=lambda m: _best(score, m))
 
 
 def verifier_weighted(votes: Sequence[Vote]) -> Decision:
     """Each group scores the sum of its verifier scores; ties go to the answer seen first.
 
-    The representative is the group's best-scored member (the first of equal ones).
-    Raises ``ValueError`` if a vote that answers has no score.
+    The representative is the group's best-scored member (the first of equal ones). Votes
+    without a score add nothing, and a group with none scored ranks below every scored
+    group; raises :class:`MissingScores` if no vote that answers has a score.
     """
     score = _scores(votes, "verifier-weighted")
     groups = _groups(votes)
-    scores = {answer: math.fsum(score[i] for i in members) for answer, members in groups.items()}
+    scores = _summed(score, groups)
 
-    def best(members: list[int]) -> int:
-        return max(members, key=lambda i: score[i])
+    def rank(answer: str) -> tuple[float, ...]:
+        return _ranked(scores.get(answer))
 
-    return _decide("verifier-weighted", groups, scores, representative=best)
+    return _decide(
+        "verifier-weighted", groups, scores, rank=rank, representative=lambda m: _best(score, m)
+    )
 
 
 def verifier_tiebreak(votes: Sequence[Vote]) -> Decision:
     """Most votes wins; ties go to the group with the highest summed verifier score.
 
     Remaining ties go to the answer seen first; the representative is the group's
-    best-scored member. Raises ``ValueError`` if a vote that answers has no score.
+    best-scored member. Votes without a score add nothing, and a group with none scored
+    loses a tie to a scored group; raises :class:`MissingScores` if no vote that answers
+    has a score.
     """
     score = _scores(votes, "verifier-tiebreak")
     groups = _groups(votes)
-    sums = {answer: math.fsum(score[i] for i in members) for answer, members in groups.items()}
+    sums = _summed(score, groups)
 
     def rank(answer: str) -> tuple[float, ...]:
-        return (float(len(groups[answer])), sums[answer])
+        return (float(len(groups[answer])), *_ranked(sums.get(answer)))
 
-    def best(members: list[int]) -> int:
-        return max(members, key=lambda i: score[i])
-
-    return _decide("verifier-tiebreak", groups, sums, rank=rank, representative=best)
+    return _decide(
+        "verifier-tiebreak", groups, sums, rank=rank, representative=lambda m: _best(score, m)
+    )
 
 
 #: Rules that need a verifier score on every vote that answers.

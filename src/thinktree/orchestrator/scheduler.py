@@ -13,7 +13,7 @@ import anyio
 import structlog
 from structlog.contextvars import bound_contextvars
 
-from thinktree.agents.aggregators import Aggregator, Vote
+from thinktree.agents.aggregators import Aggregator, MissingScores, Vote, majority
 from thinktree.agents.prompts import messages_for
 from thinktree.agents.solver import Branch, Candidate, Solver
 from thinktree.agents.strategies import Strategy
@@ -28,7 +28,8 @@ log = structlog.get_logger(__name__)
 
 SolverFactory = Callable[[Problem], Solver]
 Verify = Callable[[Solver, list[Candidate]], Awaitable[list[float | None]]]
-"""Scores a problem's candidates (the run's verifiers); None for those that abstain."""
+"""Scores a problem's candidates (the run's verifiers); None for those that abstain and
+for those whose every verdict failed."""
 
 
 async def solve_problem(
@@ -73,7 +74,11 @@ async def solve_problem(
         Vote(answer=c.answer, reasoning_tokens=c.reasoning_tokens, score=s)
         for c, s in zip(candidates, scores, strict=True)
     ]
-    decision = aggregate(votes)
+    try:
+        decision = aggregate(votes)
+    except MissingScores:  # every verdict failed: the plain vote decides, and says so
+        log.warning("no verifier score; the majority decides", problem=problem.id)
+        decision = majority(votes)
     winner = candidates[decision.winner].node_id if decision.winner is not None else None
     await bus.emit(
         VoteCast(

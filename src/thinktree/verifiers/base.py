@@ -42,12 +42,21 @@ class Verdict:
     cost_usd: float | None = None
 
     @classmethod
-    def failed(cls, reason: str, *, prompt_tokens: int = 0, completion_tokens: int = 0) -> Verdict:
+    def failed(
+        cls,
+        reason: str,
+        *,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        cost_usd: float | None = None,
+    ) -> Verdict:
+        """No score, with the reason; what reaching it spent still counts."""
         return cls(
             score=None,
             error=reason,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
+            cost_usd=cost_usd,
         )
 
 

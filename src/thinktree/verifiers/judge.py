@@ -196,7 +196,11 @@ class PointwiseJudge:
             return Verdict.failed(f"judge call failed: {exc}")
         spent = {"prompt_tokens": prompt, "completion_tokens": completion}
         if not probs:
-            return Verdict.failed("the judge put neither Yes nor No among its top tokens", **spent)
+            return Verdict.failed(
+                "the judge put neither Yes nor No among its top tokens",
+                **spent,
+                cost_usd=self.judge.cost(prompt, completion),
+            )
         score = probs["Yes"]
         return Verdict(
             score=score,
@@ -231,7 +235,11 @@ class PointwiseJudge:
         }
         found = _RATING.search(read_choice(text, fields))
         if found is None:
-            return Verdict.failed(f"the judge's rating is unreadable: {text[:60]!r}", **spent)
+            return Verdict.failed(
+                f"the judge's rating is unreadable: {text[:60]!r}",
+                **spent,
+                cost_usd=self.judge.cost(result.prompt_tokens, result.completion_tokens),
+            )
         rating = int(found.group(1))
         return Verdict(
             score=rating / 10,

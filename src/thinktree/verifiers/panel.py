@@ -3,13 +3,17 @@
 For each verifier and each candidate that answers, a verdict node (kind ``verdict``) is
 started under the candidate before the verifier runs and finished (or failed, with the
 reason) after; a :class:`CandidateScored` event carries the score. A verifier that
-raises fails its verdicts; the run goes on. A candidate's combined score is the mean of
-its verifiers' scores; one whose every verdict failed scores 0 and ranks last.
+raises, or returns what is not a verdict (a score that is not a finite number, a token
+count that is not a count, …), fails its verdicts with a one-line reason; the run goes on.
+A candidate's combined score is the mean of its verifiers' valid scores; one whose every
+verdict failed has none (None) and ranks below every scored candidate.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
+import numbers
 import statistics
 from collections.abc import Sequence
 
@@ -39,10 +43,22 @@ class VerifierPanel:
         self.verifiers = list(verifiers)
 
     async def aclose(self) -> None:
+        """Close every verifier that has ``aclose`` (async or not); a failure is logged.
+
+        The run's calls are done by then: a verifier that cannot close must not take
+        the finished run with it.
+        """
         for named in self.verifiers:
             close = getattr(named.verifier, "aclose", None)
-            if close is not None:
-                await close()
+            if close is None:
+                continue
+            try:
+                closing = close()
+                if inspect.isawaitable(closing):
+                    await closing
+            except Exception as exc:
+                detail = " ".join(str(exc).split()) or type(exc).__name__
+                log.warning("verifier failed to close", verifier=named.name, error=detail)
 
     async def score(self, solver: Solver, candidates: Sequence[Candidate]) -> list[float | None]:
         """Each candidate's combined score (None for candidates that abstain)."""
@@ -57,12 +73,13 @@ class VerifierPanel:
                         per_candidate[i].append(verdict.score)
         out: list[float | None] = [None] * len(candidates)
         for i, scores in per_candidate.items():
-            out[i] = statistics.fmean(scores) if scores else 0.0
+            out[i] = statistics.fmean(scores) if scores else None  # every verdict failed
         return out
 
     async def _run(
         self, solver: Solver, named: NamedVerifier, views: list[CandidateView]
     ) -> list[Verdict]:
+        """Run one verifier; its verdicts, each valid or failed with the reason."""
         bus, problem = solver.bus, solver.problem
         ids = [f"{v.node_id}/verdict:{named.name}" for v in views]
         for view, node_id in zip(views, ids, strict=True):
@@ -89,11 +106,10 @@ class VerifierPanel:
             reason = f"verifier {named.name} failed: {detail}"
             log.warning("verifier failed", verifier=named.name, problem=problem.id, error=reason)
             verdicts = [Verdict.failed(reason) for _ in views]
+        verdicts = [_checked(named.name, verdict) for verdict in verdicts]
         for view, node_id, verdict in zip(views, ids, verdicts, strict=True):
             score = verdict.score
             error = verdict.error
-            if score is not None and not math.isfinite(score):
-                score, error = None, f"verifier {named.name} gave a non-finite score ({score})"
             if score is None:
                 await bus.emit(NodeFailed(node_id=node_id, error=error or "no score"))
             else:
@@ -133,4 +149,54 @@ def _view(c: Candidate) -> CandidateView:
         reasoning_tokens=c.reasoning_tokens,
         revisions=c.revisions,
         forced=c.forced,
+    )
+
+
+def _checked(name: str, verdict: object) -> Verdict:
+    """``verdict`` with its fields as the protocol says, or a failed one saying what is wrong.
+
+    Anything else would crash the vote, the metrics or the run store far from its cause.
+    """
+    if not isinstance(verdict, Verdict):
+        return Verdict.failed(f"verifier {name} returned a {type(verdict).__name__}, not a Verdict")
+
+    def bad(what: str, value: object) -> Verdict:
+        return Verdict.failed(f"verifier {name} gave {what} {value!r} ({type(value).__name__})")
+
+    score, cost = verdict.score, verdict.cost_usd
+    if score is not None:
+        if isinstance(score, bool) or not isinstance(score, numbers.Real):
+            return bad("a score that is not a number:", score)
+        score = float(score)
+        if not math.isfinite(score):
+            return Verdict.failed(f"verifier {name} gave a non-finite score ({score})")
+    tokens = (verdict.prompt_tokens, verdict.completion_tokens)
+    for field, count in zip(("prompt_tokens", "completion_tokens"), tokens, strict=True):
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            return bad(f"{field} that is not a count:", count)
+    if cost is not None:
+        if isinstance(cost, bool) or not isinstance(cost, numbers.Real):
+            return bad("cost_usd that is not a number:", cost)
+        cost = float(cost)
+        if not math.isfinite(cost) or cost < 0:
+            return bad("cost_usd that is not a finite amount:", cost)
+
+    def failed(reason: str) -> Verdict:  # what was spent still counts
+        return Verdict.failed(
+            reason, prompt_tokens=tokens[0], completion_tokens=tokens[1], cost_usd=cost
+        )
+
+    if not isinstance(verdict.rationale, str):
+        return failed(f"verifier {name} gave a rationale that is not text")
+    if verdict.error is not None and not isinstance(verdict.error, str):
+        return failed(f"verifier {name} gave an error that is not text")
+    if score is None:  # failed by the verifier itself, with its reason
+        return failed(verdict.error or "no score")
+    return Verdict(
+        score=score,
+        rationale=verdict.rationale,
+        error=verdict.error,
+        prompt_tokens=tokens[0],
+        completion_tokens=tokens[1],
+        cost_usd=cost,
     )

@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from thinktree.errors import ConfigError
+from thinktree.errors import ConfigError, ThinktreeError
 from thinktree.verifiers.base import Verifier, VerifierFactory, VerifierSetup
 
 log = structlog.get_logger(__name__)
@@ -42,9 +42,16 @@ class NamedVerifier:
 
 
 def split_spec(spec: str) -> tuple[str, str | None]:
-    """``NAME[:ARG]`` → (NAME, ARG or None)."""
-    name, sep, arg = spec.strip().partition(":")
-    return name.strip(), (arg if sep else None)
+    """``NAME[:ARG]`` → (NAME, ARG or None); ``NAME,OPTIONS`` is ``NAME:OPTIONS``.
+
+    So ``judge,score=rating`` (no endpoint, then options) is ``judge:score=rating``.
+    """
+    spec = spec.strip()
+    colon, comma = spec.find(":"), spec.find(",")
+    cut = comma if comma >= 0 and (colon < 0 or comma < colon) else colon
+    if cut < 0:
+        return spec, None
+    return spec[:cut].strip(), spec[cut + 1 :]
 
 
 def _load(target: str) -> Any:
@@ -84,14 +91,13 @@ def _factory(name: str) -> VerifierFactory:
 
 def check_verifiers(specs: tuple[str, ...] | list[str]) -> None:
     """Check every spec names a known verifier with a valid argument (one-line errors)."""
-    seen: set[str] = set()
     for spec in specs:
         name, arg = split_spec(spec)
         if not name:
             raise ConfigError(f"--verifier '{spec}' names no verifier; give NAME or NAME:ARG")
-        if spec in seen:
-            raise ConfigError(f"--verifier {spec} is given twice")
-        seen.add(spec)
+    labels(specs)
+    for spec in specs:
+        name, arg = split_spec(spec)
         check: Callable[[str | None], None] | None = getattr(_factory(name), "check", None)
         if check is not None:
             check(arg)
@@ -102,13 +108,37 @@ def build_verifiers(
 ) -> list[NamedVerifier]:
     """Build every verifier named in ``specs``; its name labels its verdicts."""
     built: list[NamedVerifier] = []
-    for spec in specs:
+    for spec, label in zip(specs, labels(specs), strict=True):
         name, arg = split_spec(spec)
-        verifier = _factory(name)(arg, setup)
+        factory = _factory(name)
+        try:
+            verifier = factory(arg, setup)
+        except ThinktreeError:
+            raise
+        except Exception as exc:  # a plugin's bug is the user's to fix, in one line
+            detail = " ".join(str(exc).split()) or type(exc).__name__
+            raise ConfigError(f"verifier '{spec}' could not be built: {detail}") from None
         if not isinstance(verifier, Verifier):
             raise ConfigError(f"verifier '{name}' has no async verify(problem, candidates) method")
-        built.append(NamedVerifier(name=_label(name, arg), verifier=verifier))
+        built.append(NamedVerifier(name=label, verifier=verifier))
     return built
+
+
+def labels(specs: tuple[str, ...] | list[str]) -> list[str]:
+    """Each spec's label, distinct: a path argument by its file name unless two share it.
+
+    Raises a one-line ConfigError when two specs name the same verifier.
+    """
+    split = [split_spec(spec) for spec in specs]
+    short = [_label(name, arg) for name, arg in split]
+    full = [name if arg is None else f"{name}:{arg}" for name, arg in split]
+    found = [s if short.count(s) == 1 else f for s, f in zip(short, full, strict=True)]
+    for i, label in enumerate(found):
+        if label in found[:i]:
+            first = specs[found.index(label)]
+            same = "is given twice" if first == specs[i] else f"names the same as {first}"
+            raise ConfigError(f"--verifier {specs[i]} {same}")
+    return found
 
 
 def _label(name: str, arg: str | None) -> str:

@@ -128,6 +128,11 @@ def load_model(path: Path) -> TrainedModel:
     values = [*mean, *scale, *coef, intercept]
     if not all(math.isfinite(v) for v in values):
         raise ConfigError(f"{path} is a damaged verifier file (a weight is not a finite number)")
+    ratios = [(c / s, m / s) for c, m, s in zip(coef, mean, scale, strict=True)]
+    if not all(math.isfinite(a) and math.isfinite(b) for a, b in ratios):
+        raise ConfigError(
+            f"{path} is a damaged verifier file (its scaling and weights overflow: no finite score)"
+        )
     return TrainedModel(names, mean, scale, coef, intercept, meta)
 
 
@@ -154,18 +159,33 @@ def examples(run: Path) -> tuple[list[list[float]], list[bool], int]:
         entries = results["problems"]
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"{run} holds a damaged run ({type(exc).__name__})") from None
+    try:
+        rows, labels, graded, recorded = _examples(problems, entries)
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        detail = " ".join(str(exc).split())
+        raise ConfigError(f"{run} holds a damaged run ({type(exc).__name__}: {detail})") from None
+    if not recorded:
+        raise ConfigError(f"{run} records no candidates (written by an older thinktree?); rerun it")
+    return rows, labels, graded
+
+
+def _examples(
+    problems: dict[str, Problem], entries: Any
+) -> tuple[list[list[float]], list[bool], int, bool]:
     rows: list[list[float]] = []
     labels: list[bool] = []
     graded = 0
+    recorded = False
     for entry in entries:
         problem = problems.get(entry.get("id"))
         ballots = (entry.get("vote") or {}).get("ballots")
+        recorded = recorded or bool(ballots)
         if problem is None or problem.answer is None or not ballots:
             continue
         views = [
             CandidateView(
                 node_id=str(b["node"]),
-                answer=b["answer"],
+                answer=None if b["answer"] is None else str(b["answer"]),
                 text="",
                 reasoning_tokens=int(b["reasoning_tokens"]),
                 revisions=int(b.get("revisions", 0)),
@@ -179,9 +199,29 @@ def examples(run: Path) -> tuple[list[list[float]], list[bool], int]:
                 continue  # abstentions never win, so there is nothing to rank
             rows.append(row)
             labels.append(bool(grade(view.answer, problem)))
-    if not any(e.get("vote", {}) and e["vote"].get("ballots") for e in entries if e):
-        raise ConfigError(f"{run} records no candidates (written by an older thinktree?); rerun it")
-    return rows, labels, graded
+    return rows, labels, graded, recorded
+
+
+def _nothing_graded(problems: int, doing: str) -> ConfigError:
+    """Why runs gave no candidate to learn from (``doing``) or to score."""
+    if problems:
+        return ConfigError(
+            f"no candidate of the runs' {problems} problems with gold answers stated an "
+            f"answer: nothing to {doing}"
+        )
+    return ConfigError(
+        f"the runs hold no graded candidates (problems need gold answers): nothing to {doing}"
+    )
+
+
+def _distinct(runs: Sequence[Path]) -> None:
+    seen: dict[Path, Path] = {}
+    for run in runs:
+        key = Path(run).resolve()
+        if key in seen:
+            again = "twice" if str(seen[key]) == str(run) else f"twice (also as {seen[key]})"
+            raise ConfigError(f"run {run} is given {again}: its candidates would count twice")
+        seen[key] = run
 
 
 def train(runs: Sequence[Path]) -> TrainedModel:
@@ -195,6 +235,7 @@ def train(runs: Sequence[Path]) -> TrainedModel:
         ) from None
     from thinktree.metrics import auroc
 
+    _distinct(runs)
     rows: list[list[float]] = []
     labels: list[bool] = []
     problems = 0
@@ -204,11 +245,16 @@ def train(runs: Sequence[Path]) -> TrainedModel:
         labels += y
         problems += n
     if not rows:
-        raise ConfigError("the runs hold no graded candidates (problems need gold answers)")
+        raise _nothing_graded(problems, "learn from")
     if all(labels) or not any(labels):
         kind = "right" if all(labels) else "wrong"
         raise ConfigError(
             f"all {len(labels)} candidates in these runs are {kind}: nothing to learn from"
+        )
+    if all(row == rows[0] for row in rows):
+        raise ConfigError(
+            f"all {len(rows)} candidates in these runs have the same features (vote share, "
+            "agreement, reasoning length, revisions, forced): nothing to learn from"
         )
     scaler = StandardScaler().fit(rows)
     scale = [float(s) if s > 0 else 1.0 for s in scaler.scale_]
@@ -254,12 +300,19 @@ def evaluate(path: Path, runs: Sequence[Path]) -> tuple[float | None, int]:
     from thinktree.metrics import auroc
 
     model = load_model(path)
+    _distinct(runs)
     scores: list[float] = []
     labels: list[bool] = []
+    problems = 0
     for run in runs:
-        rows, y, _ = examples(run)
+        rows, y, n = examples(run)
         scores += [model.score(r) for r in rows]
         labels += y
+        problems += n
+    if not labels:
+        raise _nothing_graded(problems, "evaluate")
+    if any(math.isnan(s) for s in scores):
+        raise ConfigError(f"{path} is a damaged verifier file (it gives candidates no score)")
     return auroc(scores, labels), len(labels)
 
 

@@ -1,0 +1,79 @@
+"""Verifiers that misbehave on purpose, registered by name for one test at a time.
+
+``register(monkeypatch)`` makes ``--verifier misbehave:KIND`` (and ``brittle:HOW`` for
+factories and closes that fail) usable in-process, as a plugin's entry point would be.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from thinktree.problems import Problem
+from thinktree.verifiers.base import CandidateView, Verdict, VerifierSetup
+from thinktree.verifiers.registry import BUILTIN_VERIFIERS
+
+
+def _verdicts(kind: str, n: int) -> Any:
+    if kind == "raise":
+        raise RuntimeError("boom from a verifier")
+    bad: dict[str, Any] = {
+        "nan": Verdict(score=float("nan")),
+        "inf": Verdict(score=float("-inf")),
+        "str": Verdict(score="0.9"),  # type: ignore[arg-type]
+        "bool": Verdict(score=True),
+        "float": 0.5,
+        "dict": {"score": 0.5},
+        "tokens": Verdict(score=0.5, prompt_tokens="ten"),  # type: ignore[arg-type]
+        "rationale": Verdict(score=0.5, rationale=None),  # type: ignore[arg-type]
+        "cost": Verdict(score=0.5, cost_usd=float("nan")),
+        "failed": Verdict.failed("cannot tell"),
+    }
+    if kind in bad:
+        return [bad[kind] for _ in range(n)]
+    if kind == "negative":  # the first candidate fails, the others score below zero
+        return [Verdict.failed("cannot tell") if i == 0 else Verdict(score=-1.0) for i in range(n)]
+    return [Verdict(score=0.5) for _ in range(n)]
+
+
+class Misbehaving:
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    async def verify(self, problem: Problem, candidates: Sequence[CandidateView]) -> list[Verdict]:
+        found: list[Verdict] = _verdicts(self.kind, len(candidates))
+        return found
+
+
+def misbehave(arg: str | None, setup: VerifierSetup) -> Misbehaving:
+    return Misbehaving(arg or "ok")
+
+
+class _RaisingClose(Misbehaving):
+    async def aclose(self) -> None:
+        raise RuntimeError("close went wrong")
+
+
+class PlainClose(Misbehaving):
+    closed = False
+
+    def aclose(self) -> None:  # not async: still called
+        PlainClose.closed = True
+
+
+def brittle(arg: str | None, setup: VerifierSetup) -> Misbehaving:
+    if arg == "factory":
+        raise ValueError("the factory exploded")
+    if arg == "close":
+        return _RaisingClose("ok")
+    if arg == "plain-close":
+        return PlainClose("ok")
+    return Misbehaving("ok")
+
+
+def register(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make ``misbehave:KIND`` and ``brittle:HOW`` known verifier names for this test."""
+    monkeypatch.setitem(BUILTIN_VERIFIERS, "misbehave", f"{__name__}:misbehave")
+    monkeypatch.setitem(BUILTIN_VERIFIERS, "brittle", f"{__name__}:brittle")

@@ -1,0 +1,162 @@
+"""A verifier that misbehaves fails its verdicts with a one-line reason; the run goes on.
+
+The verifiers are registered by name for one test (tests/misbehaving.py), as a plugin's
+entry point would register them; the solver is a scripted HTTP server on 127.0.0.1 whose
+candidates answer A, B, B, B (the gold is B).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from misbehaving import PlainClose, register
+from thinktree.agents.endpoint import EndpointConfig
+from thinktree.agents.modes import ModeSettings
+from thinktree.errors import ConfigError
+from thinktree.orchestrator.events import NodeKind, NodeStatus
+from thinktree.orchestrator.run import RunResult, RunSettings, execute
+from thinktree.orchestrator.store import StoreReader
+from thinktree.problems import AnswerType, Problem
+from thinktree.testing.fake_server import FakeBehaviour, FakeServer
+
+PROBLEM = Problem(
+    id="q1",
+    question="Which one?",
+    answer_type=AnswerType.CHOICE,
+    options={"A": "alpha", "B": "beta"},
+    answer="B",
+)
+
+
+def _reply(body: dict[str, Any], index: int) -> str:
+    return ["Surely A. Answer: A", "Answer: B", "It is B. Answer: B", "B. Answer: B"][index % 4]
+
+
+async def _run(
+    tmp_path: Path, verifiers: tuple[str, ...], aggregate: str | None = None
+) -> RunResult:
+    async with FakeServer(FakeBehaviour(reply=_reply)) as server:
+        endpoint = EndpointConfig(name="fake", base_url=server.base_url, model="fake-model")
+        settings = RunSettings(
+            modes=ModeSettings(mode="parallel", n=4, budget=32),
+            verifiers=verifiers,
+            aggregate=aggregate,
+            out=tmp_path / "run",
+        )
+        return await execute([PROBLEM], endpoint, settings)
+
+
+def _results(result: RunResult) -> dict[str, Any]:
+    found: dict[str, Any] = json.loads((result.folder / "results.json").read_text())
+    return found
+
+
+@pytest.fixture(autouse=True)
+def _misbehaving(monkeypatch: pytest.MonkeyPatch) -> None:
+    register(monkeypatch)
+
+
+BAD_VERDICTS = {
+    "nan": "gave a non-finite score (nan)",
+    "inf": "gave a non-finite score (-inf)",
+    "str": "gave a score that is not a number: '0.9' (str)",
+    "bool": "gave a score that is not a number: True (bool)",
+    "float": "returned a float, not a Verdict",
+    "dict": "returned a dict, not a Verdict",
+    "tokens": "gave prompt_tokens that is not a count: 'ten' (str)",
+    "rationale": "gave a rationale that is not text",
+    "cost": "gave cost_usd that is not a finite amount: nan (float)",
+    "raise": "failed: boom from a verifier",
+    "failed": "cannot tell",
+}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", list(BAD_VERDICTS))
+async def test_a_bad_verdict_fails_with_its_reason_and_the_majority_decides(
+    tmp_path: Path, kind: str
+) -> None:
+    result = await _run(tmp_path, (f"misbehave:{kind}",))
+    tree = result.trees[0]
+    verdicts = tree.of_kind(NodeKind.VERDICT)
+    assert len(verdicts) == 4
+    assert all(v.status is NodeStatus.FAILED for v in verdicts)
+    assert all(BAD_VERDICTS[kind] in (v.error or "") for v in verdicts), verdicts[0].error
+    assert all("\n" not in (v.error or "") for v in verdicts)
+    # no valid verdict: the plain vote decides, recorded as such
+    assert tree.vote is not None and tree.vote.rule == "majority"
+    assert tree.answer == "B" and tree.correct and tree.error is None
+    assert tree.vote.counts == {"A": 1, "B": 3}
+    m = result.metrics.verifier
+    assert m is not None and m.failed_verdicts == 4
+    assert (m.problems, m.pick_accuracy, m.auroc) == (0, None, None)  # nothing to judge
+    results = _results(result)
+    assert results["problems"][0]["vote"]["rule"] == "majority"
+    assert [b["score"] for b in results["problems"][0]["vote"]["ballots"]] == [None] * 4
+    with StoreReader.open(result.folder / "run.sqlite") as store:
+        assert [v["score"] for v in store.verdicts()] == [None] * 4
+        assert store.nodes("q1")  # the store kept recording
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("aggregate", ["best-of-n", "verifier-weighted", "verifier-tiebreak"])
+async def test_a_failed_verdict_ranks_below_negative_scores(tmp_path: Path, aggregate: str) -> None:
+    # A's verdict fails; B's three score -1: a failure is no better than any score
+    result = await _run(tmp_path, ("misbehave:negative",), aggregate)
+    tree = result.trees[0]
+    assert tree.vote is not None and tree.vote.rule == aggregate
+    assert tree.answer == "B" and tree.vote.winner_node == "q1/b2/think"
+    assert "A" not in tree.vote.scores
+    assert tree.nodes["q1/b1/think"].combined_score is None
+    m = result.metrics.verifier
+    assert m is not None and m.pick_accuracy == 1.0
+    assert m.auroc is None  # the scored candidates are all right: no AUROC
+
+
+@pytest.mark.anyio
+async def test_a_valid_verifier_alongside_a_failing_one_still_decides(tmp_path: Path) -> None:
+    result = await _run(tmp_path, ("misbehave:nan", "misbehave:negative"), "best-of-n")
+    tree = result.trees[0]
+    assert tree.vote is not None and tree.vote.rule == "best-of-n"
+    assert tree.answer == "B"
+    assert tree.nodes["q1/b2/think"].scores == {"misbehave:negative": -1.0}
+
+
+@pytest.mark.anyio
+async def test_a_factory_that_raises_is_one_line_before_the_run_folder(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        await _run(tmp_path, ("brittle:factory",))
+    assert (
+        str(caught.value) == "verifier 'brittle:factory' could not be built: the factory exploded"
+    )
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.anyio
+async def test_a_close_that_raises_is_logged_and_the_run_is_kept(tmp_path: Path) -> None:
+    with capture_logs() as logs:
+        result = await _run(tmp_path, ("brittle:close",))
+    closing = [e for e in logs if e["event"] == "verifier failed to close"]
+    assert closing == [
+        {
+            "event": "verifier failed to close",
+            "verifier": "brittle:close",
+            "error": "close went wrong",
+            "log_level": "warning",
+        }
+    ]
+    assert result.trees[0].answer == "B"
+    assert _results(result)["problems"][0]["answer"] == "B"
+
+
+@pytest.mark.anyio
+async def test_a_plain_close_is_called(tmp_path: Path) -> None:
+    PlainClose.closed = False
+    result = await _run(tmp_path, ("brittle:plain-close",))
+    assert PlainClose.closed
+    assert (result.folder / "results.json").exists()
