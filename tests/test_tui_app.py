@@ -10,9 +10,11 @@ import anyio
 import pytest
 from anyio.streams.memory import MemoryObjectSendStream
 from textual.pilot import Pilot
+from textual.widgets import Footer
 
 from thinktree.orchestrator.events import Event, NodeDelta, NodeStarted, NodeStatus
 from thinktree.tui.app import KEYS_SETTLE_S, ThinktreeApp
+from thinktree.tui.quit_dialog import QuitLiveRun
 from thinktree.tui.sources import FollowSource, LiveSource, ReplaySource
 from thinktree.tui.synthetic import synthetic_run, write_trace
 
@@ -372,3 +374,25 @@ async def test_ids_labels_and_answers_are_never_markup() -> None:
         ):
             assert shown in screen, shown
         assert "Answer: [x]" in app.detail.text
+
+
+@pytest.mark.parametrize("size", [(120, 40), (80, 24), (40, 12)])
+async def test_the_quit_dialog_shows_its_text_and_its_keys(
+    tmp_path: Path, size: tuple[int, int]
+) -> None:
+    app = replay(tmp_path, 2, 2)
+    async with app.run_test(size=size) as pilot:
+        await settle(app, pilot)
+        app.push_screen(QuitLiveRun("runs/r1"))
+        await pilot.pause()
+        message = app.screen.query_one("#quit-message")
+        assert message.region.width > 20 and message.region.height >= 4
+        shown = screen_text(app)
+        for words in ("The run is still going.", "[k]", "[s]", "[esc]", "keep", "stop"):
+            assert words in shown
+        assert "runs/r1" in shown.replace(" ", "")  # the resume hint may wrap, never vanish
+        footer = app.screen.query_one(Footer)
+        assert footer.region.height == 1 and footer.region.y == size[1] - 1
+        assert "Filter" not in shown and "Expand" not in shown  # not the view's keys
+        await pilot.press("escape")
+        assert not isinstance(app.screen, QuitLiveRun)
