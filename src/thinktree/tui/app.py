@@ -78,6 +78,9 @@ class ThinktreeApp(App[None]):
     """
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("q", "quit", "Quit"),
+        # Ctrl-C reaches a full-screen view as a key, not as SIGINT: it stops the run as
+        # Ctrl-C stops one without the view (over the quit dialog too), never asks.
+        Binding("ctrl+c", "interrupt", "Stop", show=False, priority=True),
         Binding("f", "follow", "Follow"),
         Binding("e", "expand", "Expand"),
         Binding("c", "collapse", "Collapse"),
@@ -385,6 +388,12 @@ class ThinktreeApp(App[None]):
             self.exit()
             return
         self.push_screen(QuitLiveRun(self._run_folder()), self._quit_chosen)
+
+    def action_interrupt(self) -> None:
+        """Ctrl-C: close the view; a live run is stopped (as the quit dialog's "stop")."""
+        if self.engine_running:
+            self.quit_choice = "stop"
+        self.exit()
 
     def _run_can_outlive_view(self) -> bool:
         source = self.source
