@@ -134,3 +134,20 @@ def test_clean_makes_controls_visible_and_leaves_text_alone() -> None:
     text = literal("[bold red]x[/] \x1b]0;title\x07")
     assert text.plain == "[bold red]x[/] ␛]0;title␇"
     assert not text.spans
+
+
+def test_a_restarted_delta_round_trips_and_older_deltas_still_read() -> None:
+    from thinktree.orchestrator.events import NodeDelta
+
+    plain = NodeDelta(at=1.5, node_id="p1/b1/think", text="tok")
+    assert b"restart" not in plain.json_line()  # no room spent on the usual case
+    assert json.loads(plain.json_line()) == {
+        k: v for k, v in plain.to_dict().items() if k != "restart"
+    }
+    again = NodeDelta(at=2.0, node_id="p1/b1/think", text="fresh", restart=True)
+    for event in (plain, again):
+        back = event_from_dict(json.loads(event.json_line()))
+        assert back == event
+    old = {"type": "node-delta", "at": 1.0, "node_id": "p1/b1/think", "text": "x"}  # a 0.x trace
+    back = event_from_dict(old)
+    assert isinstance(back, NodeDelta) and back.restart is False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import re
 from pathlib import Path
@@ -396,3 +397,20 @@ async def test_the_quit_dialog_shows_its_text_and_its_keys(
         assert "Filter" not in shown and "Expand" not in shown  # not the view's keys
         await pilot.press("escape")
         assert not isinstance(app.screen, QuitLiveRun)
+
+
+async def test_a_retried_nodes_text_starts_afresh_in_replay(tmp_path: Path) -> None:
+    events = synthetic_run(1, 1, running=1)
+    first = next(e for e in events if isinstance(e, NodeDelta))
+    at = events.index(first)
+    cut = NodeDelta(at=first.at, node_id=first.node_id, text="CUT-OFF ATTEMPT ")
+    events[at : at + 1] = [cut, dataclasses.replace(first, restart=True)]
+    trace = write_trace(events, tmp_path / "trace.jsonl")
+    app = ThinktreeApp(ReplaySource(trace), refresh_hz=0.001)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        app.problem_tree.focus_node(first.node_id)
+        await pilot.pause()
+        assert app.detail.node_id == first.node_id
+        assert first.text in app.detail.text
+        assert "CUT-OFF" not in app.detail.text

@@ -118,3 +118,16 @@ def test_a_pending_retry_shows_its_wait() -> None:
     assert retry is not None
     assert "waiting 12 s: rate limited" in header(view, elapsed=retry.at, source="live").plain
     assert "waiting" not in header(view, elapsed=retry.at + 13, source="live").plain
+
+
+def test_a_restarted_delta_replaces_the_nodes_streamed_text() -> None:
+    view = RunView()
+    for event in synthetic_run(1, 1, running=1):
+        view.apply(event)
+    node = next(n for n in view.tree.problems["p1"].walk() if n.status.value == "running")
+    node.text = ""
+    view.apply(NodeDelta(node_id=node.id, text="cut off mid-"))
+    view.apply(NodeDelta(node_id=node.id, text="Let me ", restart=True))
+    view.apply(NodeDelta(node_id=node.id, text="think."))
+    assert node.text == "Let me think."
+    assert node.id in view.take_changes().nodes

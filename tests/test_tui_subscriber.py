@@ -309,3 +309,26 @@ async def test_ctrl_c_closes_a_view_without_a_run(tmp_path: Path) -> None:
         await pilot.press("ctrl+c")
         await pilot.pause()
         assert not app.is_running
+
+
+async def test_held_text_of_a_cut_off_attempt_gives_way_to_the_retrys() -> None:
+    send, receive = anyio.create_memory_object_stream[Event](1)
+    subscriber = TuiSubscriber(send)
+    nid = "p1/b1/think"
+    subscriber.handle(RunFinished(run_id="r", status="placeholder"))  # fills the stream
+    for text in ("cut ", "off "):
+        subscriber.handle(NodeDelta(node_id=nid, text=text))
+    subscriber.handle(NodeDelta(node_id=nid, text="fresh ", restart=True))
+    subscriber.handle(NodeDelta(node_id=nid, text="text"))
+    got: list[Event] = []
+
+    async def reader() -> None:
+        async with receive:
+            async for event in receive:
+                got.append(event)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(reader)
+        await subscriber.aclose()
+    deltas = [e for e in got if isinstance(e, NodeDelta)]
+    assert [(e.text, e.restart) for e in deltas] == [("fresh text", True)]
