@@ -414,3 +414,18 @@ async def test_a_retried_nodes_text_starts_afresh_in_replay(tmp_path: Path) -> N
         assert app.detail.node_id == first.node_id
         assert first.text in app.detail.text
         assert "CUT-OFF" not in app.detail.text
+
+
+@pytest.mark.parametrize("size", [(80, 24), (100, 30)])
+async def test_each_header_line_is_cut_never_wrapped(tmp_path: Path, size: tuple[int, int]) -> None:
+    app = replay(tmp_path, 3, 2, run_id="20250101-000000-a-rather-long-run-name-to-show")
+    async with app.run_test(size=size) as pilot:
+        await settle(app, pilot)
+        header = app.header
+        lines = [
+            "".join(s.text for s in strip).rstrip()
+            for strip in header.render_lines(header.region.reset_offset)
+        ]
+        assert len(lines) == 2
+        assert lines[0].startswith(" thinktree") and lines[0].endswith("…")
+        assert lines[1].startswith(" problems 3/3")  # the progress line is always in view
