@@ -429,3 +429,20 @@ async def test_each_header_line_is_cut_never_wrapped(tmp_path: Path, size: tuple
         assert len(lines) == 2
         assert lines[0].startswith(" thinktree") and lines[0].endswith("…")
         assert lines[1].startswith(" problems 3/3")  # the progress line is always in view
+
+
+async def test_esc_goes_back_from_the_tree_to_the_problem_list(tmp_path: Path) -> None:
+    app = replay(tmp_path, 3, 2)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        await pilot.press("j")
+        await pilot.pause(KEYS_SETTLE_S * 2)
+        await pilot.press("enter")
+        assert app.focused is app.problem_tree
+        await pilot.pause()
+        assert "Back" in screen_text(app)  # the footer says esc goes back
+        await pilot.press("escape")
+        assert app.focused is app.problem_list
+        assert app.selected_problem == "p2"  # back where the user was
+        await pilot.press("enter", "j", "enter", "escape", "escape")  # detail → tree → list
+        assert app.focused is app.problem_list

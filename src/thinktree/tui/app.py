@@ -370,6 +370,8 @@ class ThinktreeApp(App[None]):
     def on_user_navigated(self, message: UserNavigated) -> None:
         if message.widget == "detail-back":
             self.problem_tree.focus()
+        elif message.widget == "tree-back":
+            self.problem_list.focus()
         else:
             self.follow = False
 
