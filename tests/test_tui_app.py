@@ -13,7 +13,7 @@ from anyio.streams.memory import MemoryObjectSendStream
 from textual.pilot import Pilot
 from textual.widgets import Footer
 
-from thinktree.orchestrator.events import Event, NodeDelta, NodeStarted, NodeStatus
+from thinktree.orchestrator.events import Event, NodeDelta, NodeStarted, NodeStatus, ProblemStarted
 from thinktree.tui.app import KEYS_SETTLE_S, ThinktreeApp
 from thinktree.tui.quit_dialog import QuitLiveRun
 from thinktree.tui.sources import FollowSource, LiveSource, ReplaySource
@@ -446,3 +446,28 @@ async def test_esc_goes_back_from_the_tree_to_the_problem_list(tmp_path: Path) -
         assert app.selected_problem == "p2"  # back where the user was
         await pilot.press("enter", "j", "enter", "escape", "escape")  # detail → tree → list
         assert app.focused is app.problem_list
+
+
+async def test_a_running_problems_detail_opens_at_its_top(tmp_path: Path) -> None:
+    events = synthetic_run(2, 2, running=1)
+    long = "A 45-year-old presents with a long history. " * 60 + "Which is most likely?"
+    at = next(
+        i for i, e in enumerate(events) if isinstance(e, ProblemStarted) and e.problem_id == "p2"
+    )
+    events[at] = dataclasses.replace(events[at], question=long)
+    trace = write_trace(events, tmp_path / "trace.jsonl")
+    app = ThinktreeApp(ReplaySource(trace), refresh_hz=0.001)
+    async with app.run_test(size=(120, 24)) as pilot:
+        await settle(app, pilot)
+        await pilot.press("j")
+        await pilot.pause()
+        app.refresh_view()
+        await pilot.pause()
+        assert (
+            app.detail.node_id == "p2"
+            and app.view.tree.problems["p2"].root.status is NodeStatus.RUNNING
+        )
+        assert app.detail.max_scroll_y > 0  # the question is longer than the pane
+        assert app.detail.scroll_y == 0
+        shown = screen_text(app)
+        assert "running" in shown and "gold" in shown

@@ -294,7 +294,9 @@ class ThinktreeApp(App[None]):
             return
         meta, body = render.node_detail(problem, node)
         self.detail.border_title = Text(one_line(node.label, 40))
-        self.detail.show(node.id, meta, body, streaming=node.status is NodeStatus.RUNNING)
+        # following the newest node, its text is read as it arrives: open it at its end
+        tail = self.follow and node.status is NodeStatus.RUNNING and not node.children
+        self.detail.show(node.id, meta, body, tail=tail)
 
     def _follow_newest(self) -> None:
         node_id = self.view.newest_node
