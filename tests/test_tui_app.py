@@ -471,3 +471,29 @@ async def test_a_running_problems_detail_opens_at_its_top(tmp_path: Path) -> Non
         assert app.detail.scroll_y == 0
         shown = screen_text(app)
         assert "running" in shown and "gold" in shown
+
+
+async def test_a_narrow_terminal_shows_one_pane_at_a_time(tmp_path: Path) -> None:
+    app = replay(tmp_path, 3, 2)
+    async with app.run_test(size=(40, 12)) as pilot:
+        await settle(app, pilot)
+        panes = (app.problem_list, app.problem_tree, app.detail)
+
+        def shown() -> list[object]:
+            return [pane for pane in panes if pane.display]
+
+        assert shown() == [app.problem_list] and app.problem_list.region.width == 40
+        await pilot.press("enter")
+        assert shown() == [app.problem_tree] and app.focused is app.problem_tree
+        await pilot.press("j", "enter")
+        assert shown() == [app.detail] and app.focused is app.detail
+        assert app.detail.region.width == 40
+        lines = [line for line in screen_text(app).splitlines() if line.strip()]
+        assert lines  # text reads across the width, not a letter a line
+        await pilot.press("escape")
+        assert shown() == [app.problem_tree]
+        await pilot.press("escape")
+        assert shown() == [app.problem_list] and app.focused is app.problem_list
+        await pilot.resize_terminal(120, 40)
+        await pilot.pause()
+        assert shown() == list(panes)  # wide again: side by side

@@ -21,11 +21,12 @@ from typing import Any, ClassVar
 
 from anyio.streams.memory import MemoryObjectReceiveStream
 from rich.text import Text
-from textual import work
+from textual import events, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
 from textual.timer import Timer
+from textual.widget import Widget
 from textual.widgets import Footer, Tree
 
 from thinktree.orchestrator.events import Event, NodeStatus, RunStarted
@@ -45,6 +46,7 @@ _FREEZE_FROM = 20_000  # events applied before the first gc.freeze()
 _FRAME_SHARE = 0.25  # at most this share of the time goes to drawing, when frames are slow
 _SLOWEST_FRAME_GAP_S = 0.5
 KEYS_SETTLE_S = 0.12  # a move this soon after the last one waits for the keys to settle
+NARROW_COLUMNS = 80  # below this width one pane at a time is shown, the whole width
 
 
 class ThinktreeApp(App[None]):
@@ -66,6 +68,9 @@ class ThinktreeApp(App[None]):
     }
     #problems {
         width: 26;
+    }
+    #problems.-narrow {
+        width: 1fr;
     }
     #tree {
         width: 1fr;
@@ -126,6 +131,7 @@ class ThinktreeApp(App[None]):
         self.problem_list = ProblemList(self._problem_row, self._problem_row_key, id="problems")
         self.problem_tree = ProblemTreeView(id="tree")
         self.detail = DetailPane(id="detail")
+        self._pane: Widget = self.problem_list  # the one shown on a narrow terminal
 
     # ── layout ──────────────────────────────────────────────────────────────────
 
@@ -141,6 +147,7 @@ class ThinktreeApp(App[None]):
         self.problem_list.border_title = "problems"
         self.problem_tree.border_title = "tree"
         self.detail.border_title = "node"
+        self._layout()
         self.problem_list.focus()
         self._pump()
         source = self.source
@@ -152,6 +159,27 @@ class ThinktreeApp(App[None]):
                 self.run_worker(self._run_engine(source.engine), name="engine", group="engine")
         self.refresh_view()
         self.set_timer(1 / self._refresh_hz, self._redraw, name="redraw")
+
+    def on_resize(self, event: events.Resize) -> None:
+        focused = self.focused
+        if focused in (self.problem_list, self.problem_tree, self.detail):
+            self._pane = focused  # it may have moved by hand (a click, tab) while wide
+        self._layout(event.size.width)  # self.size is the old one until this event is done
+
+    def _layout(self, width: int | None = None) -> None:
+        """Side by side; on a narrow terminal only the pane in use, at the full width
+        (three panes there would leave the text a few letters a line)."""
+        narrow = (self.size.width if width is None else width) < NARROW_COLUMNS
+        panes = (self.problem_list, self.problem_tree, self.detail)
+        for pane in panes:
+            pane.display = not narrow or pane is self._pane
+        self.problem_list.set_class(narrow, "-narrow")
+
+    def _show_pane(self, pane: Widget) -> None:
+        """Move to ``pane`` (the only one shown, on a narrow terminal)."""
+        self._pane = pane
+        self._layout()
+        pane.focus()
 
     def _redraw(self) -> None:
         """One frame, then the next one scheduled once this one is on the screen."""
@@ -354,7 +382,7 @@ class ThinktreeApp(App[None]):
         self._cancel_settle()
         if message.problem_id != self.selected_problem:
             self._select_problem(message.problem_id)
-        self.problem_tree.focus()
+        self._show_pane(self.problem_tree)
 
     def on_tree_node_highlighted(self, message: Tree.NodeHighlighted[str]) -> None:
         node_id = message.node.data
@@ -367,13 +395,13 @@ class ThinktreeApp(App[None]):
         if node_id is not None:
             self.detail_node = node_id
             self._show_detail()
-            self.detail.focus()
+            self._show_pane(self.detail)
 
     def on_user_navigated(self, message: UserNavigated) -> None:
         if message.widget == "detail-back":
-            self.problem_tree.focus()
+            self._show_pane(self.problem_tree)
         elif message.widget == "tree-back":
-            self.problem_list.focus()
+            self._show_pane(self.problem_list)
         else:
             self.follow = False
 
