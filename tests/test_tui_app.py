@@ -497,3 +497,21 @@ async def test_a_narrow_terminal_shows_one_pane_at_a_time(tmp_path: Path) -> Non
         await pilot.resize_terminal(120, 40)
         await pilot.pause()
         assert shown() == list(panes)  # wide again: side by side
+
+
+async def test_a_problem_shown_before_its_text_was_laid_out_still_opens_at_its_top() -> None:
+    send, receive = anyio.create_memory_object_stream[Event](10_000)
+    app = ThinktreeApp(LiveSource(receive), refresh_hz=0.001)
+    events = synthetic_run(1, 2, running=1)
+    long = "A 45-year-old presents with a long history. " * 60 + "Which is most likely?"
+    events[1] = dataclasses.replace(events[1], question=long)
+    assert isinstance(events[1], ProblemStarted)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await feed(send, events[:2])
+        await settle(app, pilot, 2)  # shown at once, before the pane has laid the text out
+        await feed(send, events)
+        await settle(app, pilot, 2 + len(events))
+        app.refresh_view()
+        await pilot.pause()
+        assert app.detail.node_id == "p1" and app.detail.max_scroll_y > 0
+        assert app.detail.scroll_y == 0

@@ -29,7 +29,7 @@ from textual.timer import Timer
 from textual.widget import Widget
 from textual.widgets import Footer, Tree
 
-from thinktree.orchestrator.events import Event, NodeStatus, RunStarted
+from thinktree.orchestrator.events import Event, NodeKind, NodeStatus, RunStarted
 from thinktree.orchestrator.trace import TraceError
 from thinktree.orchestrator.tree import ProblemTree
 from thinktree.tui import render
@@ -323,8 +323,12 @@ class ThinktreeApp(App[None]):
         meta, body = render.node_detail(problem, node)
         self.detail.border_title = Text(one_line(node.label, 40))
         # following the newest node, its text is read as it arrives: open it at its end
-        tail = self.follow and node.status is NodeStatus.RUNNING and not node.children
-        self.detail.show(node.id, meta, body, tail=tail)
+        streaming = (
+            node.status is NodeStatus.RUNNING
+            and node.kind is not NodeKind.PROBLEM
+            and not node.children
+        )
+        self.detail.show(node.id, meta, body, streaming=streaming, tail=self.follow and streaming)
 
     def _follow_newest(self) -> None:
         node_id = self.view.newest_node
