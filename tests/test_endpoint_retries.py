@@ -169,3 +169,55 @@ async def test_a_call_store_finds_a_call_made_on_the_same_model_at_another_port(
         assert answers[0].choices[0].text == answers[1].choices[0].text
     finally:
         cache.close()
+
+
+@pytest.mark.parametrize("fault", [Fault.TRUNCATED, Fault.RESET])
+async def test_a_retried_stream_marks_where_its_text_starts_again(fault: Fault) -> None:
+    async with FakeServer(FakeBehaviour(reply="one two three four five six"), faults=[fault]) as s:
+        client, seen = client_for(s)
+        pieces: list[tuple[str, bool]] = []
+
+        async def on_delta(index: int, text: str, *, first: bool) -> None:
+            pieces.append((text, first))
+
+        try:
+            result = await client.chat(MSGS, max_tokens=16, on_delta=on_delta)
+        finally:
+            await client.aclose()
+    assert [a for a, _ in seen] == [1]
+    starts = [i for i, (_, first) in enumerate(pieces) if first]
+    assert len(starts) == 2 and starts[0] == 0  # the cut-off attempt, then the retry
+    assert "".join(text for text, _ in pieces[: starts[1]])  # text the first attempt streamed
+    assert "".join(text for text, _ in pieces[starts[1] :]) == result.choices[0].text
+
+
+async def test_a_retried_calls_node_streams_its_text_afresh(tmp_path: Path) -> None:
+    from thinktree.orchestrator.events import NodeDelta, NodeFinished
+    from thinktree.orchestrator.trace import read_trace
+    from thinktree.orchestrator.tree import RunTree
+
+    problem = Problem(id="q1", question="Q?", answer_type=AnswerType.FREE, answer="yes")
+    reply = "Let me think about it step by step.\nAnswer: yes"
+    # requests 1-3 are the probe's: the run's first call is cut off mid-stream, then retried
+    faults = lambda i: Fault.TRUNCATED if i == 4 else None  # noqa: E731
+    async with FakeServer(FakeBehaviour(reply=reply), faults=faults) as server:
+        endpoint = EndpointConfig(
+            name="fake", base_url=server.base_url, continuation="chat", max_backoff_s=0.1
+        )
+        settings = RunSettings(
+            modes=ModeSettings(mode="parallel", n=1, budget=64),
+            out=tmp_path / "run",
+            trace_deltas=True,
+        )
+        result = await execute([problem], endpoint, settings)
+    events = list(read_trace(result.folder / "trace.jsonl"))
+    deltas = [e for e in events if isinstance(e, NodeDelta)]
+    assert [e.restart for e in deltas].count(True) == 1
+    node_id = deltas[0].node_id
+    tree = RunTree()
+    for event in events:
+        if isinstance(event, NodeFinished) and event.node_id == node_id:
+            break
+        tree.apply(event)
+    streamed = tree.node(node_id).text
+    assert streamed == next(e.text for e in events if isinstance(e, NodeFinished))

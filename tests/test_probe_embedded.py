@@ -88,7 +88,7 @@ async def test_streamed_choices_are_counted_by_their_token_ids(embedded_url: str
     messages = [{"role": "user", "content": "Name three colours, then explain why."}]
     seen: list[str] = []
 
-    async def on_delta(index: int, text: str) -> None:
+    async def on_delta(index: int, text: str, *, first: bool) -> None:
         seen.append(text)
 
     try:

@@ -149,3 +149,20 @@ def test_the_trace_holds_each_batch_once_it_is_handed_over(tmp_path: Path) -> No
     assert list(read_trace(path)) == [started]
     writer.handle(RunFinished(run_id="r", status="completed"))
     assert list(read_trace(path)) == [started, RunFinished(run_id="r", status="completed")]
+
+
+def test_a_restarted_delta_round_trips_and_older_deltas_still_read() -> None:
+    from thinktree.orchestrator.events import NodeDelta
+
+    plain = NodeDelta(at=1.5, node_id="p1/b1/think", text="tok")
+    assert b"restart" not in plain.json_line()  # no room spent on the usual case
+    assert json.loads(plain.json_line()) == {
+        k: v for k, v in plain.to_dict().items() if k != "restart"
+    }
+    again = NodeDelta(at=2.0, node_id="p1/b1/think", text="fresh", restart=True)
+    for event in (plain, again):
+        back = event_from_dict(json.loads(event.json_line()))
+        assert back == event
+    old = {"type": "node-delta", "at": 1.0, "node_id": "p1/b1/think", "text": "x"}  # a 0.x trace
+    back = event_from_dict(old)
+    assert isinstance(back, NodeDelta) and back.restart is False

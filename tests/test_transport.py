@@ -147,7 +147,7 @@ async def test_per_choice_tokens_of_an_n_request_sum_to_the_usage(
         )
         seen: list[str] = []
 
-        async def on_delta(index: int, text: str) -> None:
+        async def on_delta(index: int, text: str, *, first: bool) -> None:
             seen.append(text)
 
         options: dict[str, Any] = {

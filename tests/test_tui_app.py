@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import re
 from pathlib import Path
@@ -10,9 +11,11 @@ import anyio
 import pytest
 from anyio.streams.memory import MemoryObjectSendStream
 from textual.pilot import Pilot
+from textual.widgets import Footer
 
-from thinktree.orchestrator.events import Event, NodeDelta, NodeStarted, NodeStatus
+from thinktree.orchestrator.events import Event, NodeDelta, NodeStarted, NodeStatus, ProblemStarted
 from thinktree.tui.app import KEYS_SETTLE_S, ThinktreeApp
+from thinktree.tui.quit_dialog import QuitLiveRun
 from thinktree.tui.sources import FollowSource, LiveSource, ReplaySource
 from thinktree.tui.synthetic import synthetic_run, write_trace
 
@@ -372,3 +375,143 @@ async def test_ids_labels_and_answers_are_never_markup() -> None:
         ):
             assert shown in screen, shown
         assert "Answer: [x]" in app.detail.text
+
+
+@pytest.mark.parametrize("size", [(120, 40), (80, 24), (40, 12)])
+async def test_the_quit_dialog_shows_its_text_and_its_keys(
+    tmp_path: Path, size: tuple[int, int]
+) -> None:
+    app = replay(tmp_path, 2, 2)
+    async with app.run_test(size=size) as pilot:
+        await settle(app, pilot)
+        app.push_screen(QuitLiveRun("runs/r1"))
+        await pilot.pause()
+        message = app.screen.query_one("#quit-message")
+        assert message.region.width > 20 and message.region.height >= 4
+        shown = screen_text(app)
+        for words in ("The run is still going.", "[k]", "[s]", "[esc]", "keep", "stop"):
+            assert words in shown
+        assert "runs/r1" in shown.replace(" ", "")  # the resume hint may wrap, never vanish
+        footer = app.screen.query_one(Footer)
+        assert footer.region.height == 1 and footer.region.y == size[1] - 1
+        assert "Filter" not in shown and "Expand" not in shown  # not the view's keys
+        await pilot.press("escape")
+        assert not isinstance(app.screen, QuitLiveRun)
+
+
+async def test_a_retried_nodes_text_starts_afresh_in_replay(tmp_path: Path) -> None:
+    events = synthetic_run(1, 1, running=1)
+    first = next(e for e in events if isinstance(e, NodeDelta))
+    at = events.index(first)
+    cut = NodeDelta(at=first.at, node_id=first.node_id, text="CUT-OFF ATTEMPT ")
+    events[at : at + 1] = [cut, dataclasses.replace(first, restart=True)]
+    trace = write_trace(events, tmp_path / "trace.jsonl")
+    app = ThinktreeApp(ReplaySource(trace), refresh_hz=0.001)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        app.problem_tree.focus_node(first.node_id)
+        await pilot.pause()
+        assert app.detail.node_id == first.node_id
+        assert first.text in app.detail.text
+        assert "CUT-OFF" not in app.detail.text
+
+
+@pytest.mark.parametrize("size", [(80, 24), (100, 30)])
+async def test_each_header_line_is_cut_never_wrapped(tmp_path: Path, size: tuple[int, int]) -> None:
+    app = replay(tmp_path, 3, 2, run_id="20250101-000000-a-rather-long-run-name-to-show")
+    async with app.run_test(size=size) as pilot:
+        await settle(app, pilot)
+        header = app.header
+        lines = [
+            "".join(s.text for s in strip).rstrip()
+            for strip in header.render_lines(header.region.reset_offset)
+        ]
+        assert len(lines) == 2
+        assert lines[0].startswith(" thinktree") and lines[0].endswith("…")
+        assert lines[1].startswith(" problems 3/3")  # the progress line is always in view
+
+
+async def test_esc_goes_back_from_the_tree_to_the_problem_list(tmp_path: Path) -> None:
+    app = replay(tmp_path, 3, 2)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        await pilot.press("j")
+        await pilot.pause(KEYS_SETTLE_S * 2)
+        await pilot.press("enter")
+        assert app.focused is app.problem_tree
+        await pilot.pause()
+        assert "Back" in screen_text(app)  # the footer says esc goes back
+        await pilot.press("escape")
+        assert app.focused is app.problem_list
+        assert app.selected_problem == "p2"  # back where the user was
+        await pilot.press("enter", "j", "enter", "escape", "escape")  # detail → tree → list
+        assert app.focused is app.problem_list
+
+
+async def test_a_running_problems_detail_opens_at_its_top(tmp_path: Path) -> None:
+    events = synthetic_run(2, 2, running=1)
+    long = "A 45-year-old presents with a long history. " * 60 + "Which is most likely?"
+    at = next(
+        i for i, e in enumerate(events) if isinstance(e, ProblemStarted) and e.problem_id == "p2"
+    )
+    events[at] = dataclasses.replace(events[at], question=long)
+    trace = write_trace(events, tmp_path / "trace.jsonl")
+    app = ThinktreeApp(ReplaySource(trace), refresh_hz=0.001)
+    async with app.run_test(size=(120, 24)) as pilot:
+        await settle(app, pilot)
+        await pilot.press("j")
+        await pilot.pause()
+        app.refresh_view()
+        await pilot.pause()
+        assert (
+            app.detail.node_id == "p2"
+            and app.view.tree.problems["p2"].root.status is NodeStatus.RUNNING
+        )
+        assert app.detail.max_scroll_y > 0  # the question is longer than the pane
+        assert app.detail.scroll_y == 0
+        shown = screen_text(app)
+        assert "running" in shown and "gold" in shown
+
+
+async def test_a_narrow_terminal_shows_one_pane_at_a_time(tmp_path: Path) -> None:
+    app = replay(tmp_path, 3, 2)
+    async with app.run_test(size=(40, 12)) as pilot:
+        await settle(app, pilot)
+        panes = (app.problem_list, app.problem_tree, app.detail)
+
+        def shown() -> list[object]:
+            return [pane for pane in panes if pane.display]
+
+        assert shown() == [app.problem_list] and app.problem_list.region.width == 40
+        await pilot.press("enter")
+        assert shown() == [app.problem_tree] and app.focused is app.problem_tree
+        await pilot.press("j", "enter")
+        assert shown() == [app.detail] and app.focused is app.detail
+        assert app.detail.region.width == 40
+        lines = [line for line in screen_text(app).splitlines() if line.strip()]
+        assert lines  # text reads across the width, not a letter a line
+        await pilot.press("escape")
+        assert shown() == [app.problem_tree]
+        await pilot.press("escape")
+        assert shown() == [app.problem_list] and app.focused is app.problem_list
+        await pilot.resize_terminal(120, 40)
+        await pilot.pause()
+        assert shown() == list(panes)  # wide again: side by side
+
+
+async def test_a_problem_shown_before_its_text_was_laid_out_still_opens_at_its_top() -> None:
+    send, receive = anyio.create_memory_object_stream[Event](10_000)
+    app = ThinktreeApp(LiveSource(receive), refresh_hz=0.001)
+    events = synthetic_run(1, 2, running=1)
+    long = "A 45-year-old presents with a long history. " * 60 + "Which is most likely?"
+    events[1] = dataclasses.replace(events[1], question=long)
+    assert isinstance(events[1], ProblemStarted)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await feed(send, events[:2])
+        await settle(app, pilot, 2)  # shown at once, before the pane has laid the text out
+        await feed(send, events)
+        await settle(app, pilot, 2 + len(events))
+        app.refresh_view()
+        await pilot.pause()
+        assert app.detail.node_id == "p1" and app.detail.max_scroll_y > 0
+        assert app.detail.scroll_y == 0

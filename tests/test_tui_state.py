@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from thinktree.orchestrator.events import NodeDelta, NodeFinished, ProblemFinished, RunStarted
+from thinktree.orchestrator.events import (
+    NodeDelta,
+    NodeFinished,
+    NodeStatus,
+    ProblemFinished,
+    ProblemStarted,
+    RunFinished,
+    RunStarted,
+)
 from thinktree.tui.render import header, node_label, problem_row, subtree_tokens, winner_path
 from thinktree.tui.state import Outcome, RunView, allowed_tokens, outcome
 from thinktree.tui.synthetic import synthetic_run
@@ -118,3 +126,54 @@ def test_a_pending_retry_shows_its_wait() -> None:
     assert retry is not None
     assert "waiting 12 s: rate limited" in header(view, elapsed=retry.at, source="live").plain
     assert "waiting" not in header(view, elapsed=retry.at + 13, source="live").plain
+
+
+def test_a_restarted_delta_replaces_the_nodes_streamed_text() -> None:
+    view = RunView()
+    for event in synthetic_run(1, 1, running=1):
+        view.apply(event)
+    node = next(n for n in view.tree.problems["p1"].walk() if n.status.value == "running")
+    node.text = ""
+    view.apply(NodeDelta(node_id=node.id, text="cut off mid-"))
+    view.apply(NodeDelta(node_id=node.id, text="Let me ", restart=True))
+    view.apply(NodeDelta(node_id=node.id, text="think."))
+    assert node.text == "Let me think."
+    assert node.id in view.take_changes().nodes
+
+
+def test_a_finished_run_leaves_nothing_running() -> None:
+    view = view_of(4, 2, running=2)
+    assert view.outcomes[Outcome.RUNNING] == 2
+    view.take_changes()
+    view.apply(RunFinished(run_id="r", status="cancelled"))
+    assert view.outcomes[Outcome.RUNNING] == 0
+    assert view.outcomes[Outcome.STOPPED] == 2
+    assert view.done == 2 and sum(view.outcomes.values()) == 4
+    nodes = [n for p in view.tree.problems.values() for n in p.nodes.values()]
+    assert not [n for n in nodes if n.status is NodeStatus.RUNNING]
+    stopped = [p for p in view.order if outcome(view.tree.problems[p]) is Outcome.STOPPED]
+    assert stopped == ["p3", "p4"] and view.problems_in("running") == []
+    changes = view.take_changes()
+    assert changes.problem_list and set(stopped) <= changes.problems
+    line = header(view, elapsed=1.0, source="replay").plain.splitlines()[1]
+    assert "running" not in line and "(2 stopped)" in line and "problems 2/4" in line
+    assert problem_row(view.tree.problems["p3"]).plain.startswith("⊘ p3")
+
+
+def test_failed_problems_count_as_failed_not_wrong() -> None:
+    view = RunView()
+    view.apply(RunStarted(run_id="r", mode="parallel", endpoint="e", model="m", problems=2))
+    for pid in ("q1", "q2"):
+        view.apply(ProblemStarted(problem_id=pid, node_id=pid, question="?", gold="yes"))
+    # what the scheduler reports when no candidate stated an answer: graded wrong, failed
+    error = "no candidate stated an answer"
+    view.apply(
+        ProblemFinished(problem_id="q1", answer=None, correct=False, covered=False, error=error)
+    )
+    view.apply(ProblemFinished(problem_id="q2", answer="yes", correct=True, covered=True))
+    assert outcome(view.tree.problems["q1"]) is Outcome.FAILED
+    assert view.outcomes[Outcome.FAILED] == 1 and view.outcomes[Outcome.WRONG] == 0
+    line = header(view, elapsed=1.0, source="replay").plain.splitlines()[1]
+    assert "✓ 1 ✗ 0" in line and "! 1 failed" in line
+    assert problem_row(view.tree.problems["q1"]).plain.startswith("! q1")
+    assert view.problems_in("wrong") == ["q1"]  # the wrong filter still shows it

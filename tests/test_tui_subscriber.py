@@ -279,3 +279,56 @@ async def test_a_run_failing_midway_keeps_the_view_open_then_raises() -> None:
 
     with pytest.raises(RuntimeError, match="went away"):
         await watch_run(half, headless=True, auto_pilot=look_then_quit)
+
+
+@pytest.mark.parametrize("keys", [("ctrl+c",), ("q", "ctrl+c")])
+async def test_ctrl_c_stops_a_live_run_as_stop_does(keys: tuple[str, ...]) -> None:
+    cleaned = anyio.Event()
+    choices: list[str | None] = []
+
+    async def interrupt(pilot: Pilot[object]) -> None:
+        app = await _started(pilot)
+        await pilot.press(*keys)
+        await pilot.pause()
+        choices.append(app.quit_choice)
+
+    with pytest.raises(WatchQuit):
+        with anyio.fail_after(20):
+            await watch_run(lambda sub: _slow(sub, cleaned), headless=True, auto_pilot=interrupt)
+    assert cleaned.is_set()
+    assert choices == ["stop"]
+
+
+async def test_ctrl_c_closes_a_view_without_a_run(tmp_path: Path) -> None:
+    from thinktree.tui.sources import ReplaySource
+    from thinktree.tui.synthetic import write_trace
+
+    app = ThinktreeApp(ReplaySource(write_trace(synthetic_run(2, 2), tmp_path / "t.jsonl")))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await app.source_done.wait()
+        await pilot.press("ctrl+c")
+        await pilot.pause()
+        assert not app.is_running
+
+
+async def test_held_text_of_a_cut_off_attempt_gives_way_to_the_retrys() -> None:
+    send, receive = anyio.create_memory_object_stream[Event](1)
+    subscriber = TuiSubscriber(send)
+    nid = "p1/b1/think"
+    subscriber.handle(RunFinished(run_id="r", status="placeholder"))  # fills the stream
+    for text in ("cut ", "off "):
+        subscriber.handle(NodeDelta(node_id=nid, text=text))
+    subscriber.handle(NodeDelta(node_id=nid, text="fresh ", restart=True))
+    subscriber.handle(NodeDelta(node_id=nid, text="text"))
+    got: list[Event] = []
+
+    async def reader() -> None:
+        async with receive:
+            async for event in receive:
+                got.append(event)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(reader)
+        await subscriber.aclose()
+    deltas = [e for e in got if isinstance(e, NodeDelta)]
+    assert [(e.text, e.restart) for e in deltas] == [("fresh text", True)]

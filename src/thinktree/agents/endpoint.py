@@ -56,7 +56,20 @@ class _TextCompletionChunk(TextCompletion):
 
 
 Message = dict[str, str]
-DeltaHandler = Callable[[int, str], Awaitable[None]]
+
+
+class DeltaHandler(Protocol):
+    """Takes each piece of streamed ``text`` of choice ``index`` as it arrives.
+
+    ``first`` marks a choice's first piece in one attempt at the call. A call whose stream
+    was cut off and was sent again (a retry, the max_tokens field resent, another server
+    of a pool) streams its text again from the start: from a piece marked ``first`` on,
+    what an earlier attempt streamed for that choice is void.
+    """
+
+    def __call__(self, index: int, text: str, *, first: bool) -> Awaitable[None]: ...
+
+
 RetryHandler = Callable[[int, float, str], Awaitable[None]]
 
 
@@ -751,9 +764,10 @@ class EndpointClient:
                     delta = choice.delta
                     if delta is not None:
                         if delta.content:
+                            first = not texts[i]
                             texts[i] += delta.content
                             if on_delta is not None:
-                                await on_delta(i, delta.content)
+                                await on_delta(i, delta.content, first=first)
                         think = _reasoning_of(delta)
                         if isinstance(think, str) and think:
                             reasoning[i] += think
@@ -782,9 +796,10 @@ class EndpointClient:
                     if i >= n:
                         continue
                     if choice.text:
+                        first = not texts[i]
                         texts[i] += choice.text
                         if on_delta is not None:
-                            await on_delta(i, choice.text)
+                            await on_delta(i, choice.text, first=first)
                     counted[i] += _tokens_of(choice)
                     if choice.finish_reason:
                         finish[i] = choice.finish_reason

@@ -347,9 +347,14 @@ class Solver:
         on_delta = None
         node_ids = [r.node_id for r in reqs]
         if self.bus.wants_deltas and self.caps.stream_usage:
+            streamed: set[int] = set()  # choices whose text some attempt has streamed
 
-            async def on_delta(index: int, text: str) -> None:
-                await self.bus.emit(NodeDelta(node_id=node_ids[index], text=text))
+            async def on_delta(index: int, text: str, *, first: bool) -> None:
+                # a new attempt at the call (the stream was cut off): its text replaces
+                # the cut-off attempt's, which the node must not show glued before it
+                restart = first and index in streamed
+                streamed.add(index)
+                await self.bus.emit(NodeDelta(node_id=node_ids[index], text=text, restart=restart))
 
         elif self.bus.wants_deltas:
             # The server sends no usage in streams: ask without streaming (exact token

@@ -150,11 +150,29 @@ class NodeStarted(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NodeDelta(Event):
-    """Streamed text for a running node (subscribers coalesce these)."""
+    """Streamed text for a running node (subscribers coalesce these).
+
+    ``restart``: the call was sent again after its stream was cut off, and this text
+    starts the node's streamed text afresh (it replaces, not extends, what came before).
+    Traces written before the field existed read as False, and a line leaves it out
+    when False, so every other delta costs no more room in the trace.
+    """
 
     type: ClassVar[str] = "node-delta"
     node_id: str
     text: str
+    restart: bool = False
+
+    def json_line(self) -> bytes:
+        if self.restart:
+            return Event.json_line(self)
+        return (
+            _DELTA_PREFIX
+            + dump_line({"at": self.at, "node_id": self.node_id, "text": self.text})[1:]
+        )
+
+
+_DELTA_PREFIX = b'{"type":"node-delta",'
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -162,8 +162,9 @@ class RunTree:
                 )
                 tree.nodes[event.parent_id].children.append(event.node_id)
                 self._node_problem[event.node_id] = event.problem_id
-            case NodeDelta(node_id=nid, text=text):
-                self.node(nid).text += text
+            case NodeDelta(node_id=nid, text=text, restart=restart):
+                node = self.node(nid)
+                node.text = text if restart else node.text + text
             case NodeFinished():
                 node = self.node(event.node_id)
                 node.status = NodeStatus.DONE

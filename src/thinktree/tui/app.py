@@ -21,14 +21,15 @@ from typing import Any, ClassVar
 
 from anyio.streams.memory import MemoryObjectReceiveStream
 from rich.text import Text
-from textual import work
+from textual import events, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
 from textual.timer import Timer
+from textual.widget import Widget
 from textual.widgets import Footer, Tree
 
-from thinktree.orchestrator.events import Event, NodeStatus, RunStarted
+from thinktree.orchestrator.events import Event, NodeKind, NodeStatus, RunStarted
 from thinktree.orchestrator.trace import TraceError
 from thinktree.orchestrator.tree import ProblemTree
 from thinktree.tui import render
@@ -45,6 +46,7 @@ _FREEZE_FROM = 20_000  # events applied before the first gc.freeze()
 _FRAME_SHARE = 0.25  # at most this share of the time goes to drawing, when frames are slow
 _SLOWEST_FRAME_GAP_S = 0.5
 KEYS_SETTLE_S = 0.12  # a move this soon after the last one waits for the keys to settle
+NARROW_COLUMNS = 80  # below this width one pane at a time is shown, the whole width
 
 
 class ThinktreeApp(App[None]):
@@ -67,6 +69,9 @@ class ThinktreeApp(App[None]):
     #problems {
         width: 26;
     }
+    #problems.-narrow {
+        width: 1fr;
+    }
     #tree {
         width: 1fr;
         overflow-x: hidden;
@@ -78,6 +83,9 @@ class ThinktreeApp(App[None]):
     """
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("q", "quit", "Quit"),
+        # Ctrl-C reaches a full-screen view as a key, not as SIGINT: it stops the run as
+        # Ctrl-C stops one without the view (over the quit dialog too), never asks.
+        Binding("ctrl+c", "interrupt", "Stop", show=False, priority=True),
         Binding("f", "follow", "Follow"),
         Binding("e", "expand", "Expand"),
         Binding("c", "collapse", "Collapse"),
@@ -123,6 +131,7 @@ class ThinktreeApp(App[None]):
         self.problem_list = ProblemList(self._problem_row, self._problem_row_key, id="problems")
         self.problem_tree = ProblemTreeView(id="tree")
         self.detail = DetailPane(id="detail")
+        self._pane: Widget = self.problem_list  # the one shown on a narrow terminal
 
     # ── layout ──────────────────────────────────────────────────────────────────
 
@@ -138,6 +147,7 @@ class ThinktreeApp(App[None]):
         self.problem_list.border_title = "problems"
         self.problem_tree.border_title = "tree"
         self.detail.border_title = "node"
+        self._layout()
         self.problem_list.focus()
         self._pump()
         source = self.source
@@ -149,6 +159,27 @@ class ThinktreeApp(App[None]):
                 self.run_worker(self._run_engine(source.engine), name="engine", group="engine")
         self.refresh_view()
         self.set_timer(1 / self._refresh_hz, self._redraw, name="redraw")
+
+    def on_resize(self, event: events.Resize) -> None:
+        focused = self.focused
+        if focused in (self.problem_list, self.problem_tree, self.detail):
+            self._pane = focused  # it may have moved by hand (a click, tab) while wide
+        self._layout(event.size.width)  # self.size is the old one until this event is done
+
+    def _layout(self, width: int | None = None) -> None:
+        """Side by side; on a narrow terminal only the pane in use, at the full width
+        (three panes there would leave the text a few letters a line)."""
+        narrow = (self.size.width if width is None else width) < NARROW_COLUMNS
+        panes = (self.problem_list, self.problem_tree, self.detail)
+        for pane in panes:
+            pane.display = not narrow or pane is self._pane
+        self.problem_list.set_class(narrow, "-narrow")
+
+    def _show_pane(self, pane: Widget) -> None:
+        """Move to ``pane`` (the only one shown, on a narrow terminal)."""
+        self._pane = pane
+        self._layout()
+        pane.focus()
 
     def _redraw(self) -> None:
         """One frame, then the next one scheduled once this one is on the screen."""
@@ -291,7 +322,13 @@ class ThinktreeApp(App[None]):
             return
         meta, body = render.node_detail(problem, node)
         self.detail.border_title = Text(one_line(node.label, 40))
-        self.detail.show(node.id, meta, body, streaming=node.status is NodeStatus.RUNNING)
+        # following the newest node, its text is read as it arrives: open it at its end
+        streaming = (
+            node.status is NodeStatus.RUNNING
+            and node.kind is not NodeKind.PROBLEM
+            and not node.children
+        )
+        self.detail.show(node.id, meta, body, streaming=streaming, tail=self.follow and streaming)
 
     def _follow_newest(self) -> None:
         node_id = self.view.newest_node
@@ -349,7 +386,7 @@ class ThinktreeApp(App[None]):
         self._cancel_settle()
         if message.problem_id != self.selected_problem:
             self._select_problem(message.problem_id)
-        self.problem_tree.focus()
+        self._show_pane(self.problem_tree)
 
     def on_tree_node_highlighted(self, message: Tree.NodeHighlighted[str]) -> None:
         node_id = message.node.data
@@ -362,11 +399,13 @@ class ThinktreeApp(App[None]):
         if node_id is not None:
             self.detail_node = node_id
             self._show_detail()
-            self.detail.focus()
+            self._show_pane(self.detail)
 
     def on_user_navigated(self, message: UserNavigated) -> None:
         if message.widget == "detail-back":
-            self.problem_tree.focus()
+            self._show_pane(self.problem_tree)
+        elif message.widget == "tree-back":
+            self._show_pane(self.problem_list)
         else:
             self.follow = False
 
@@ -385,6 +424,12 @@ class ThinktreeApp(App[None]):
             self.exit()
             return
         self.push_screen(QuitLiveRun(self._run_folder()), self._quit_chosen)
+
+    def action_interrupt(self) -> None:
+        """Ctrl-C: close the view; a live run is stopped (as the quit dialog's "stop")."""
+        if self.engine_running:
+            self.quit_choice = "stop"
+        self.exit()
 
     def _run_can_outlive_view(self) -> bool:
         source = self.source

@@ -9,7 +9,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Static
+from textual.widgets import Footer, Static
 
 QuitChoice = Literal["keep", "stop"]
 
@@ -41,9 +41,15 @@ class QuitLiveRun(ModalScreen[QuitChoice | None]):
         width: auto;
         max-width: 90%;
         height: auto;
+        max-height: 100%;
+        overflow-y: auto;
         border: round $warning;
-        padding: 1 2;
+        padding: 0 1;
         background: $surface;
+    }
+    QuitLiveRun #quit-message {
+        width: auto;
+        max-width: 100%;
     }
     """
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -58,7 +64,8 @@ class QuitLiveRun(ModalScreen[QuitChoice | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Static(quit_message(self.folder), id="quit-message")
+            yield Static(quit_message(self.folder), markup=False, id="quit-message")
+        yield Footer()  # this dialog's keys, not the view's beneath it
 
     def action_choose(self, choice: QuitChoice) -> None:
         self.dismiss(choice)

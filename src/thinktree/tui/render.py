@@ -28,6 +28,7 @@ OUTCOME_MARKS: dict[Outcome, tuple[str, str]] = {
     Outcome.WRONG: ("✗", "red"),
     Outcome.DONE: ("•", "blue"),
     Outcome.FAILED: ("!", "bold red"),
+    Outcome.STOPPED: ("⊘", "dim"),
 }
 WINNER_STYLE = "bold black on green"
 
@@ -62,6 +63,9 @@ def header(view: RunView, *, elapsed: float, source: str) -> Text:
     text.append(f"{view.done}/{view.total}", style="bold")
     if running:
         text.append(f" ({running} running)", style="yellow")
+    stopped = view.outcomes[Outcome.STOPPED]
+    if stopped:
+        text.append(f" ({stopped} stopped)", style="dim")
     right, wrong = view.outcomes[Outcome.RIGHT], view.outcomes[Outcome.WRONG]
     if right or wrong:
         text.append("  ")
@@ -242,7 +246,7 @@ def _problem_meta(meta: Text, problem: ProblemTree) -> Text:
     if problem.finished:
         _field(meta, "answer", one_line(problem.answer or "—", 40), "bold")
         if problem.correct is not None:
-            mark, style = OUTCOME_MARKS[outcome(problem)]
+            mark, style = OUTCOME_MARKS[Outcome.RIGHT if problem.correct else Outcome.WRONG]
             _field(meta, "graded", f"{mark} {'right' if problem.correct else 'wrong'}", style)
         if problem.covered is not None:
             _field(meta, "covered", "yes" if problem.covered else "no")

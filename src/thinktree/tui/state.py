@@ -16,6 +16,7 @@ from thinktree.orchestrator.events import (
     NodeFailed,
     NodeFinished,
     NodeStarted,
+    NodeStatus,
     ProblemFinished,
     ProblemStarted,
     RunFinished,
@@ -32,7 +33,8 @@ class Outcome(StrEnum):
     RIGHT = "right"
     WRONG = "wrong"
     DONE = "done"  # finished, no gold to grade against
-    FAILED = "failed"
+    FAILED = "failed"  # finished with an error (results.json counts it as failed)
+    STOPPED = "stopped"  # the run ended (stopped, cancelled, failed) before it finished
 
 
 FILTERS: dict[str, frozenset[Outcome]] = {
@@ -46,12 +48,15 @@ FILTERS: dict[str, frozenset[Outcome]] = {
 
 def outcome(problem: ProblemTree) -> Outcome:
     if not problem.finished:
-        return Outcome.RUNNING
+        stopped = problem.root.status is NodeStatus.CANCELLED
+        return Outcome.STOPPED if stopped else Outcome.RUNNING
+    if problem.error:  # graded wrong too when it has a gold, but failed first of all
+        return Outcome.FAILED
     if problem.correct is True:
         return Outcome.RIGHT
     if problem.correct is False:
         return Outcome.WRONG
-    return Outcome.FAILED if problem.error else Outcome.DONE
+    return Outcome.DONE
 
 
 def allowed_tokens(started: RunStarted) -> int | None:
@@ -106,7 +111,9 @@ class RunView:
 
     @property
     def done(self) -> int:
-        return sum(n for o, n in self.outcomes.items() if o is not Outcome.RUNNING)
+        """Problems finished (right, wrong, failed or ungraded)."""
+        unfinished = (Outcome.RUNNING, Outcome.STOPPED)
+        return sum(n for o, n in self.outcomes.items() if o not in unfinished)
 
     @property
     def total(self) -> int:
@@ -124,9 +131,9 @@ class RunView:
         changes.header = True
         known = self.tree.problems
         new_problem = isinstance(event, ProblemStarted) and event.problem_id not in known
-        first_finish = isinstance(event, ProblemFinished) and not (
-            event.problem_id in known and known[event.problem_id].finished
-        )
+        before: Outcome | None = None  # the outcome a problem event may change
+        if isinstance(event, ProblemStarted | ProblemFinished) and event.problem_id in known:
+            before = outcome(known[event.problem_id])
         try:
             self.tree.apply(event)
             problem_id = self._problem_of(event)
@@ -142,13 +149,14 @@ class RunView:
                     self.allowed_tokens = allowed_tokens(event)
             case RunFinished():
                 self.finished = event
+                self._stop_unfinished()
             case CallRetried():
                 self.retries += 1
                 self.last_retry = event
             case ProblemStarted():
                 if new_problem:
                     self.order.append(event.problem_id)
-                    self.outcomes[Outcome.RUNNING] += 1
+                self._recount(before, outcome(known[event.problem_id]))
                 self.newest_node = event.node_id
                 changes.nodes.add(event.node_id)
                 changes.problem_list = True
@@ -169,11 +177,31 @@ class RunView:
                 changes.nodes.update((event.node_id, event.candidate_node))
             case ProblemFinished():
                 problem = self.tree.problems[event.problem_id]
-                if first_finish:
-                    self.outcomes[Outcome.RUNNING] -= 1
-                    self.outcomes[outcome(problem)] += 1
+                self._recount(before, outcome(problem))
                 changes.nodes.add(problem.root_id)
                 changes.problem_list = True
+
+    def _recount(self, before: Outcome | None, after: Outcome) -> None:
+        if before is not after:
+            if before is not None:
+                self.outcomes[before] -= 1
+            self.outcomes[after] += 1
+
+    def _stop_unfinished(self) -> None:
+        """The run has ended: nothing in it is running any more. Problems it left
+        unfinished, and their nodes still open, are shown stopped, not running."""
+        changes = self._changes
+        for problem in self.tree.problems.values():
+            open_nodes = [n for n in problem.nodes.values() if n.status is NodeStatus.RUNNING]
+            if not open_nodes:
+                continue
+            before = outcome(problem)
+            for node in open_nodes:
+                node.status = NodeStatus.CANCELLED
+                changes.nodes.add(node.id)
+            self._recount(before, outcome(problem))
+            changes.problems.add(problem.problem_id)
+            changes.problem_list = True
 
     def _problem_of(self, event: Event) -> str | None:
         match event:

@@ -25,15 +25,17 @@ class WatchQuit(Exception):
 class _Deltas:
     """Streamed text of one node held back while the view catches up."""
 
-    __slots__ = ("at", "node_id", "parts")
+    __slots__ = ("at", "node_id", "parts", "restart")
 
     def __init__(self, event: NodeDelta) -> None:
         self.node_id = event.node_id
         self.parts = [event.text]
         self.at = event.at
+        self.restart = event.restart  # the held text replaces what the view has
 
     def event(self) -> NodeDelta:
-        return NodeDelta(node_id=self.node_id, text="".join(self.parts), at=self.at)
+        text = "".join(self.parts)
+        return NodeDelta(node_id=self.node_id, text=text, at=self.at, restart=self.restart)
 
 
 class TuiSubscriber:
@@ -111,7 +113,13 @@ class TuiSubscriber:
             self._backlog.append(event)
             return
         held = self._held.get(event.node_id)
-        if held is not None:
+        if held is not None and event.restart:  # what is held was streamed in vain
+            self._held_chars -= sum(map(len, held.parts))
+            held.parts = [event.text]
+            held.at = event.at
+            held.restart = True
+            self.merged += 1
+        elif held is not None:
             held.parts.append(event.text)
             held.at = event.at
             self.merged += 1

@@ -42,9 +42,18 @@ class DetailPane(VerticalScroll):
         """What the pane shows, as plain text."""
         return self._meta.plain + "\n" + self._body.plain
 
-    def show(self, node_id: str | None, meta: Text, body: Text, *, streaming: bool = False) -> None:
-        """Show ``node_id``: a new node from its top (its end while it streams); the same
-        node keeps its place, and keeps to the end as text arrives if it was there."""
+    def show(
+        self,
+        node_id: str | None,
+        meta: Text,
+        body: Text,
+        *,
+        streaming: bool = False,
+        tail: bool = False,
+    ) -> None:
+        """Show ``node_id``: a new node from its top, where its status and facts are (from
+        its end with ``tail``: following a node as it streams); the same node keeps its
+        place, and while ``streaming`` keeps to the end as text arrives if it was there."""
         same = node_id == self.node_id
         at_end = self.scroll_y >= self.max_scroll_y
         self.node_id = node_id
@@ -54,9 +63,11 @@ class DetailPane(VerticalScroll):
         if body != self._body:
             self._body = body
             self.query_one("#detail-body", Static).update(body)
-        if not same and not streaming:
+        if not same and not tail:
             self.scroll_home(animate=False)
-        elif at_end or not same:
+        elif (streaming and at_end) or not same:
+            # only text that grows is followed: a node shown again before its text was
+            # laid out is "at the end" too, and must not be sent there
             self.call_after_refresh(self.scroll_end, animate=False)
 
     def action_back(self) -> None:

@@ -14,6 +14,8 @@ class RunHeader(Static):
         dock: top;
         height: 2;
         background: $panel;
+        text-wrap: nowrap;  /* a line too long is cut with "…": it never pushes the */
+        text-overflow: ellipsis;  /* progress line out of the two rows */
     }
     """
 

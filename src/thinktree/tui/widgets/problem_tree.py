@@ -28,6 +28,7 @@ class ProblemTreeView(Tree[str]):
         Binding("j", "cursor_down", "Down", show=False),
         Binding("k", "cursor_up", "Up", show=False),
         Binding("enter", "select_cursor", "Open", show=True),
+        Binding("escape", "back", "Back", show=True),
     ]
 
     def __init__(self, *, id: str | None = None) -> None:
@@ -104,6 +105,10 @@ class ProblemTreeView(Tree[str]):
             parent = parent.parent
         _ = self.last_line  # lay the lines out now, so the node knows its line
         self.move_cursor(item, animate=False)
+
+    def action_back(self) -> None:
+        """Back to the problem list."""
+        self.post_message(UserNavigated("tree-back"))
 
     def _user(self) -> None:
         self.post_message(UserNavigated("tree"))
