@@ -177,3 +177,29 @@ def test_failed_problems_count_as_failed_not_wrong() -> None:
     assert "✓ 1 ✗ 0" in line and "! 1 failed" in line
     assert problem_row(view.tree.problems["q1"]).plain.startswith("! q1")
     assert view.problems_in("wrong") == ["q1"]  # the wrong filter still shows it
+
+
+def test_a_choice_problems_detail_shows_its_options() -> None:
+    """'→ D' means something only beside option D: the problem's detail lists them."""
+    from thinktree.orchestrator.trace import event_from_dict
+    from thinktree.tui.render import node_detail
+
+    view = RunView()
+    view.apply(RunStarted(run_id="r", mode="budget", endpoint="e", model="m", problems=2))
+    options = {"A": "Aspirin", "B": "Heparin"}
+    view.apply(
+        ProblemStarted(problem_id="q", node_id="q", question="Which?", gold="B", options=options)
+    )
+    # a trace written before options were recorded reads as a problem without them
+    old = {
+        "type": "problem-started",
+        "problem_id": "o",
+        "node_id": "o",
+        "question": "Old?",
+        "gold": None,
+    }
+    view.apply(event_from_dict(old))
+    tree = view.tree.problems["q"]
+    assert node_detail(tree, tree.root)[1].plain == "Which?\n\nA. Aspirin\nB. Heparin"
+    old_tree = view.tree.problems["o"]
+    assert node_detail(old_tree, old_tree.root)[1].plain == "Old?"

@@ -134,6 +134,7 @@ class ProblemStarted(Event):
     node_id: str
     question: str
     gold: str | None
+    options: dict[str, str] | None = None  # a choice problem's options, by letter
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -46,7 +46,11 @@ async def solve_problem(
     root = problem.id
     await bus.emit(
         ProblemStarted(
-            problem_id=problem.id, node_id=root, question=problem.question, gold=problem.answer
+            problem_id=problem.id,
+            node_id=root,
+            question=problem.question,
+            gold=problem.answer,
+            options=dict(problem.options) if problem.options else None,
         )
     )
     solver = make_solver(problem)

@@ -99,6 +99,7 @@ class ProblemTree:
     vote: VoteCast | None = None
     verdicts: list[CandidateScored] = field(default_factory=list)
     decision: StrategyChosen | None = None  # the auto mode's choice for this problem
+    options: dict[str, str] | None = None  # a choice problem's options, by letter
 
     @property
     def root(self) -> Node:
@@ -137,7 +138,9 @@ class RunTree:
     def apply(self, event: Event) -> None:
         match event:
             case ProblemStarted(problem_id=pid, node_id=nid, question=q, gold=g):
-                tree = ProblemTree(problem_id=pid, root_id=nid, question=q, gold=g)
+                tree = ProblemTree(
+                    problem_id=pid, root_id=nid, question=q, gold=g, options=event.options
+                )
                 tree.nodes[nid] = Node(
                     id=nid,
                     problem_id=pid,

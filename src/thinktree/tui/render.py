@@ -208,7 +208,7 @@ def node_detail(problem: ProblemTree, node: Node) -> tuple[Text, Text]:
     if node.kind is NodeKind.PROBLEM:
         meta = _problem_meta(meta, problem)
         meta.rstrip()
-        return meta, literal_body(problem.question)
+        return meta, literal_body(problem_text(problem))
     tokens = subtree_tokens(problem)[node.id]
     cap = f" / {node.max_tokens:,}" if node.max_tokens else ""
     if node.status is NodeStatus.RUNNING and not node.children:
@@ -279,6 +279,14 @@ def _thread(problem: ProblemTree, node: Node) -> Text:
     if not body:
         body.append("(no text yet)", style="dim")
     return body
+
+
+def problem_text(problem: ProblemTree) -> str:
+    """The question as the model was asked it: with a choice problem's options below it."""
+    if not problem.options:
+        return problem.question
+    options = "\n".join(f"{letter}. {text}" for letter, text in problem.options.items())
+    return f"{problem.question}\n\n{options}"
 
 
 def literal_body(text: str, *, running: bool = False) -> Text:
