@@ -164,8 +164,12 @@ def numeric(id: str, answer: str, **fields: Any) -> dict[str, Any]:
         ),
         (numeric("n10", "5", lower_limit=math.nan, upper_limit=6), "lower_limit: "),
         (numeric("n11", "5", lower_limit=4, upper_limit=math.inf), "upper_limit: "),
+        (
+            numeric("n12", "5", lower_limit=6, upper_limit=7),
+            "answer '5' lies outside its own limits [6.0, 7.0]",
+        ),
     ],
-    ids=["ambiguous-gold", "word-gold", "limits-reversed", "nan-limit", "inf-limit"],
+    ids=["ambiguous-gold", "word-gold", "limits-reversed", "nan-limit", "inf-limit", "gold-out"],
 )
 def test_a_numeric_gold_that_cannot_be_graded_is_refused_at_load(
     tmp_path: Path, bad: dict[str, Any], expected: str

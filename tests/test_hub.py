@@ -152,6 +152,15 @@ def test_a_negative_medcalc_gold_keeps_its_limits_in_order() -> None:
     assert grade("-2", calc) and not grade("2", calc)
 
 
+def test_a_medcalc_row_whose_range_misses_its_gold_is_graded_on_the_gold() -> None:
+    # a JSONL line like it is refused (the gold would be graded wrong); a benchmark's own
+    # row cannot be fixed by the user, so the range goes and the gold alone decides
+    row = MEDCALC | {"Ground Truth Answer": "5", "Lower Limit": "6", "Upper Limit": "7"}
+    (calc,) = map_rows("medcalc_bench", [row])
+    assert (calc.lower_limit, calc.upper_limit) == (None, None)
+    assert grade("5", calc) and not grade("6.5", calc)
+
+
 def test_rows_in_another_format_and_unknown_names_fail_in_one_line() -> None:
     with pytest.raises(DatasetError, match=r"medqa row 0: not in the format of GBaker"):
         map_rows("medqa", [{"question": "Q?"}])

@@ -76,4 +76,16 @@ class Problem(BaseModel):
                 f"'lower_limit' ({self.lower_limit}) is above 'upper_limit' "
                 f"({self.upper_limit}); give the smaller first"
             )
+        gold = parse_number(self.answer) if self.answer is not None else None
+        if (
+            self.answer_type is AnswerType.NUMERIC
+            and gold is not None
+            and self.lower_limit is not None
+            and self.upper_limit is not None
+            and not self.lower_limit <= gold <= self.upper_limit
+        ):
+            raise ValueError(
+                f"answer {self.answer!r} lies outside its own limits "
+                f"[{self.lower_limit}, {self.upper_limit}]: the gold itself would be graded wrong"
+            )
         return self

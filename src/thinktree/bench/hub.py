@@ -139,6 +139,9 @@ def medcalc(row: Row, index: int) -> Problem:
     numeric = parse_number(gold) is not None and row.get("Category") != "date"
     if low is not None and high is not None and low > high:  # a negative gold's ±5 %
         low, high = high, low
+    value = parse_number(gold)
+    if value is not None and low is not None and high is not None and not low <= value <= high:
+        low = high = None  # a row whose range misses its own gold: graded on the gold alone
     return Problem(
         id=f"medcalc_bench-{row['Row Number']}",
         benchmark="medcalc_bench",
