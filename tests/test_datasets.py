@@ -113,6 +113,41 @@ def test_invalid_json_names_file_and_line(tmp_path: Path) -> None:
     assert re.fullmatch(rf"{re.escape(str(path))}:3: not valid JSON \(.+\).*", error_of(path))
 
 
+@pytest.mark.parametrize(
+    ("line", "reason"),
+    [
+        (
+            '{"id": "b", "question": "?", "answer_type": "free", "meta": {"n": '
+            + "9" * 5000
+            + "}}",
+            "Exceeds the limit",
+        ),
+        ('{"meta":' * 100_000 + "1" + "}" * 100_000, "nested too deeply"),
+    ],
+    ids=["huge-integer", "deep-nesting"],
+)
+def test_json_that_python_will_not_read_is_one_line_too(
+    tmp_path: Path, line: str, reason: str
+) -> None:
+    path = write(tmp_path, record("a"), line)
+    message = error_of(path)
+    assert message.startswith(f"{path}:2: not valid JSON for a problem (") and reason in message
+
+
+def test_option_keys_that_are_not_capital_letters_are_refused(tmp_path: Path) -> None:
+    """An answer is read as a letter: options keyed "a", "1" or "AB" could never be right."""
+    for options, answer in (
+        ({"a": "x", "b": "y"}, "a"),
+        ({"1": "x", "2": "y"}, "1"),
+        ({"A": "x", "AB": "y"}, "A"),
+    ):
+        path = write(tmp_path, record("a"), record("b", options=options, answer=answer))
+        message = error_of(path)
+        assert (
+            message.startswith(f"{path}:2: ") and "option keys must be capital letters" in message
+        )
+
+
 def test_line_that_is_not_an_object(tmp_path: Path) -> None:
     path = write(tmp_path, "[1, 2]")
     assert error_of(path).startswith(f"{path}:1: expected a JSON object, got list")
