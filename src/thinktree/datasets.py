@@ -115,8 +115,7 @@ def _parse_line(line: str, where: str) -> Problem:
     except (ValueError, RecursionError) as exc:  # a number of 4,300+ digits, deep nesting
         reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
         raise DatasetError(
-            f"{where}: not valid JSON for a problem ({reason}); "
-            "each line must hold one JSON object"
+            f"{where}: not valid JSON for a problem ({reason}); each line must hold one JSON object"
         ) from None
     if not isinstance(record, dict):
         raise DatasetError(

@@ -47,9 +47,7 @@ class Problem(BaseModel):
                 raise ValueError("a 'choice' problem needs 'options'")
             odd = [key for key in self.options if len(key) != 1 or not "A" <= key <= "Z"]
             if odd:  # answers are read as letters ("B.", "(C)", "option D")
-                raise ValueError(
-                    f"option keys must be capital letters A, B, C, …, not {odd[0]!r}"
-                )
+                raise ValueError(f"option keys must be capital letters A, B, C, …, not {odd[0]!r}")
             if self.answer is not None and self.answer not in self.options:
                 letters = sorted(self.options)
                 raise ValueError(

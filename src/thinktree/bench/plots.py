@@ -114,8 +114,16 @@ def _maybe_log(ax: Axes, xs: list[float]) -> None:
     if positive and max(positive) / min(positive) > 8:
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _tick(v)))
         ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def _tick(value: float) -> str:
+    """A log axis's tick: tokens as whole numbers, dollars below 10 as written (0.05)."""
+    return f"{value:,.0f}" if value >= 10 else f"{value:g}"
+
+
+_LINE_STYLES = ["-", "--", ":", "-."]
 
 
 def scaling(loaded: Loaded, path: Path) -> Path:
@@ -124,7 +132,9 @@ def scaling(loaded: Loaded, path: Path) -> Path:
     fig, axes = _figure(len(datasets), "Test-time scaling: accuracy vs tokens spent")
     for ax, dataset in zip(axes, datasets, strict=True):
         cells = [c for c in _baseline(loaded) if c.dataset == dataset and c.accuracy is not None]
+        of_mode: dict[str, int] = {}  # lines of one mode (other endpoints, …) so far
         for name, group in _lines(cells, keys).items():
+            k = of_mode[group[0].mode] = of_mode.get(group[0].mode, -1) + 1
             group.sort(key=lambda c: c.tokens_per_problem)
             xs = [c.tokens_per_problem for c in group]
             cis = [accuracy_ci(c) for c in group]
@@ -135,7 +145,8 @@ def scaling(loaded: Loaded, path: Path) -> Path:
                 xs,
                 ys,
                 yerr=[low, high],
-                marker="o",
+                marker=_MARKERS[k % len(_MARKERS)],
+                linestyle=_LINE_STYLES[k % len(_LINE_STYLES)],
                 capsize=3,
                 color=colour(group[0].mode),
                 label=name,

@@ -1,0 +1,57 @@
+"""The report's plots: what tells their series and their axes apart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from thinktree.bench import plots
+from thinktree.bench.results import CellResult, Loaded, ProblemOutcome
+
+
+def _cell(name: str, endpoint: str, budget: int, right: int) -> CellResult:
+    problems = [
+        ProblemOutcome(f"q{i}", correct=i < right, covered=i < right, answered=True,
+                       prompt_tokens=10, completion_tokens=budget // 2)
+        for i in range(4)
+    ]  # fmt: skip
+    return CellResult(
+        name=name,
+        folder=Path(name),
+        dataset="d",
+        options={"mode": "budget", "budget": budget, "endpoint": endpoint},
+        mode="budget",
+        model="m",
+        endpoint=endpoint,
+        settings={},
+        metrics={"completion_tokens": 4 * budget // 2, "accuracy": right / 4},
+        problems=problems,
+        tokens_allowed_per_problem=budget,
+    )
+
+
+def test_lines_of_one_mode_on_two_endpoints_are_drawn_apart(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cells = [
+        _cell(f"{i}", endpoint, budget, right)
+        for i, (endpoint, budget, right) in enumerate(
+            [("e1", 64, 1), ("e1", 128, 2), ("e2", 64, 2), ("e2", 128, 3)]
+        )
+    ]
+    loaded = Loaded(kind="bench", path=tmp_path, cells=cells)
+    drawn: list[Any] = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.append(fig) or path)
+    plots.scaling(loaded, tmp_path / "scaling.png")
+    lines = [line for line in drawn[0].axes[0].get_lines() if line.get_linestyle() != "None"]
+    assert len(lines) == 2
+    styles = {(line.get_marker(), line.get_linestyle()) for line in lines}
+    assert len(styles) == 2  # same mode, same colour: the marker and line tell them apart
+
+
+def test_a_log_axis_of_dollars_reads_below_one() -> None:
+    assert [plots._tick(v) for v in (0.01, 0.1, 0.2, 0.5, 1, 2, 50, 1500)] == [
+        "0.01", "0.1", "0.2", "0.5", "1", "2", "50", "1,500",
+    ]  # fmt: skip
