@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from choice_set import beta_problems, write_dataset
 from thinktree.agents.endpoint import EndpointConfig
 from thinktree.agents.modes import ModeSettings
 from thinktree.orchestrator.run import RunSettings, execute
@@ -126,22 +127,42 @@ def test_money_limit_without_a_price_is_one_line(tmp_path: Path) -> None:
     assert not (tmp_path / "run").exists()
 
 
-def test_a_limit_that_lets_no_call_start_is_named_as_the_cause(tmp_path: Path) -> None:
-    """Four samples of 50 tokens each cannot start under a limit of 150: the run says its
-    limit stopped it (nothing spent), not that the model stated no answer."""
+def _cli_run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
-    args = ["--mode", "parallel", "--n", "4", "--budget", "50", "--max-tokens", "150"]
-    args += ["--limit", "2", "--concurrency", "1", "--out", str(tmp_path / "run")]
     with fake_server_in_thread() as server:
-        proc = subprocess.run(
+        return subprocess.run(
             [sys.executable, "-m", "thinktree.cli", "run", "--endpoint", server.base_url, *args],
             capture_output=True,
             text=True,
             timeout=60,
             env=env,
         )
+
+
+def test_a_limit_that_lets_no_call_start_is_named_as_the_cause(tmp_path: Path) -> None:
+    """Four samples cannot share three tokens: the run says its limit stopped it (nothing
+    spent), not that the model stated no answer."""
+    args = ["--mode", "parallel", "--n", "4", "--budget", "50", "--max-tokens", "3"]
+    proc = _cli_run(tmp_path, *args, "--limit", "2", "--out", str(tmp_path / "run"))
     assert proc.returncode == 3, proc.stderr
     error = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(error) == 1 and "token limit of 150 is reached (0 spent" in error[0], proc.stderr
+    assert len(error) == 1 and "token limit of 3 is reached (0 spent" in error[0], proc.stderr
     assert f"thinktree run --resume {tmp_path / 'run'} --max-tokens" in error[0]
     assert "stated no answer" not in proc.stderr
+
+
+def test_tokens_held_by_calls_under_way_do_not_stop_the_run(tmp_path: Path) -> None:
+    """Calls under way reserve their whole max_tokens and give back what they do not use:
+    a call that finds the rest held waits for them, and the run stops only once its
+    limit is spent (here it never is: ten problems of four 12-token samples need 480).
+    Two problems under way hold 2 × 4 × 64 = 512 of the 520 at once."""
+    data = write_dataset(tmp_path / "data.jsonl", beta_problems(10))
+    args = ["--mode", "parallel", "--n", "4", "--budget", "64", "--max-tokens", "520"]
+    proc = _cli_run(
+        tmp_path, str(data), *args, "--concurrency", "3", "--out", str(tmp_path / "run")
+    )
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["status"] == "completed", results.get("stopped_by")
+    assert results["metrics"]["answered"] == 10
+    assert results["metrics"]["completion_tokens"] == 480

@@ -17,11 +17,18 @@ from thinktree.agents.capabilities import Capabilities, client_template
 from thinktree.agents.chat_template import generation_opener, render_continuation
 from thinktree.agents.endpoint import Choice, Completion, DeltaHandler, EndpointClient, Message
 from thinktree.agents.structured import AnswerFormat, Constraint, validate
-from thinktree.errors import EndpointError
+from thinktree.errors import EndpointError, RunLimitReached
 from thinktree.extraction import extract_answer
 from thinktree.orchestrator.bus import EventBus
-from thinktree.orchestrator.events import NodeDelta, NodeFailed, NodeFinished, NodeKind, NodeStarted
-from thinktree.orchestrator.ledger import Budget
+from thinktree.orchestrator.events import (
+    CONSTRAINT_REFUSED,
+    NodeDelta,
+    NodeFailed,
+    NodeFinished,
+    NodeKind,
+    NodeStarted,
+)
+from thinktree.orchestrator.ledger import Budget, LimitHeld
 from thinktree.pricing import MoneyLimit
 from thinktree.problems import Problem
 
@@ -124,15 +131,18 @@ class Solver:
         """
         if self.money is not None:
             self.money.check()
-        grant = req.budget.reserve(req.max_tokens)
+        grant = (await _reserved([(req.budget, req.max_tokens)]))[0]
         mode, messages, prefix = self._shape(branch, req)
         await self._start([req], grant, mode)
         try:
             result = await self._request(mode, messages, prefix, grant, 1, req.node_id, [req])
         except EndpointError as exc:
             req.budget.commit(grant, 0)
-            await self.bus.emit(NodeFailed(node_id=req.node_id, error=str(exc)))
-            return Segment(node_id=req.node_id, failed=True, error=str(exc))
+            error = str(exc)
+            if req.constraint is not None and req.constraint.dialect and "(400)" in error:
+                error = f"{CONSTRAINT_REFUSED}: {error}"  # the answer is asked for freely
+            await self.bus.emit(NodeFailed(node_id=req.node_id, error=error))
+            return Segment(node_id=req.node_id, failed=True, error=error)
         except anyio.get_cancelled_exc_class():
             await self._cancelled([req], grant)
             raise
@@ -153,12 +163,9 @@ class Solver:
         """
         if self.money is not None:
             self.money.check()
-        think_grant = think.budget.reserve(think.max_tokens)
-        try:
-            answer_grant = answer.budget.reserve(answer.max_tokens)
-        except BaseException:
-            think.budget.commit(think_grant, 0)
-            raise
+        think_grant, answer_grant = await _reserved(
+            [(think.budget, think.max_tokens), (answer.budget, answer.max_tokens)]
+        )
         mode, messages, prefix = self._shape(branch, think)
         await self._start([think], think_grant, mode)
         await self._start([answer], answer_grant, mode)
@@ -241,13 +248,9 @@ class Solver:
         if self.money is not None:
             self.money.check()
         # One request has one max_tokens: every branch gets the smallest grant.
-        grants: list[int] = []
-        try:
-            for r in reqs:
-                grants.append(r.budget.reserve(r.max_tokens))
-        finally:
-            for r, g in zip(reqs, grants, strict=False):
-                r.budget.commit(g, 0)
+        grants = await _reserved([(r.budget, r.max_tokens) for r in reqs])
+        for r, g in zip(reqs, grants, strict=True):
+            r.budget.commit(g, 0)
         grant = min(grants)
         for r in reqs:
             r.budget.reserve(grant)
@@ -472,6 +475,56 @@ class Solver:
             completion_tokens=choice.completion_tokens,
             answer=answer,
         )
+
+
+async def _reserved(asks: list[tuple[Budget, int]]) -> list[int]:
+    """Each pool's grant for its ask, all or none.
+
+    While the run's limit is held by other calls under way (not spent), this holds
+    nothing, waits for one of them to settle and asks again, so waiters never wait on
+    each other. Where this call's own asks alone take what is left (n samples in one
+    request), what is left is shared out between them.
+    """
+    while True:
+        grants: list[int] = []
+        try:
+            for budget, wanted in asks:
+                grants.append(budget.reserve(wanted))
+            return grants
+        except LimitHeld as held:
+            _settle(asks, grants)
+            if held.pool.reserved > 0:
+                await held.wait()
+                continue
+            return _shared(asks, held.pool)
+        except BaseException:
+            _settle(asks, grants)
+            raise
+
+
+def _shared(asks: list[tuple[Budget, int]], pool: Budget) -> list[int]:
+    """Grants for ``asks`` out of what is left of ``pool``, in equal shares."""
+    left = pool.available() or 0
+    share = left // len(asks)
+    if share <= 0:
+        raise RunLimitReached(
+            f"run stopped: its token limit of {pool.limit} is reached ({pool.used} spent; "
+            f"the {left} left cannot be shared between {len(asks)} calls)"
+        )
+    grants: list[int] = []
+    try:
+        for budget, wanted in asks:
+            grants.append(budget.reserve(min(wanted, share)))
+    except BaseException:
+        _settle(asks, grants)
+        raise
+    return grants
+
+
+def _settle(asks: list[tuple[Budget, int]], grants: list[int]) -> None:
+    """Give back ``grants`` unused (the first ones of ``asks``)."""
+    for (budget, _), granted in zip(asks, grants, strict=False):
+        budget.commit(granted, 0)
 
 
 def _with_thinking(choice: Choice, caps: Capabilities) -> str:

@@ -9,7 +9,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import anyio
+
 from thinktree.errors import BudgetExhausted, RunLimitReached
+
+
+class LimitHeld(Exception):  # a state to wait out, not a failure
+    """The run's limit has nothing left to grant now, but calls under way hold some of it
+    and may give back what they do not use: wait (:meth:`wait`) and ask again."""
+
+    def __init__(self, pool: Budget) -> None:
+        super().__init__(f"the tokens left of '{pool.name}' are held by calls under way")
+        self.pool = pool
+
+    async def wait(self) -> None:
+        """Until a call under way gives its reservation back (settles)."""
+        if self.pool.released is None:
+            self.pool.released = anyio.Event()
+        await self.pool.released.wait()
 
 
 @dataclass(slots=True)
@@ -22,6 +39,7 @@ class Budget:
     stops_run: bool = False  # exhausting this pool stops the whole run
     reserved: int = 0
     used: int = 0
+    released: anyio.Event | None = None  # set when a reservation settles (a waiter's)
 
     def child(self, name: str, limit: int | None, *, cap: int | None = None) -> Budget:
         """A pool nested in this one (it holds its parent, not the other way round, so
@@ -42,7 +60,12 @@ class Budget:
         return None if best is None else max(best, 0)
 
     def reserve(self, wanted: int) -> int:
-        """Reserve up to ``wanted`` tokens; returns the grant, raises if none is left."""
+        """Reserve up to ``wanted`` tokens; returns the grant, raises if none is left.
+
+        Raises :class:`LimitHeld` when the run's limit is not spent but calls under way
+        hold what is left (the caller waits and asks again), and
+        :class:`~thinktree.errors.RunLimitReached` once it is spent.
+        """
         if wanted <= 0:
             raise ValueError("a reservation must ask for at least one token")
         left = self.available()
@@ -55,9 +78,11 @@ class Budget:
                     and pool.limit is not None
                     and pool.limit - pool.used - pool.reserved <= 0
                 ):
+                    if pool.reserved > 0:  # not spent: what calls under way leave is granted
+                        raise LimitHeld(pool)
                     raise RunLimitReached(
-                        f"run stopped: its token limit of {pool.limit} is reached ({pool.used} "
-                        f"spent, {pool.reserved} held for calls under way)"
+                        f"run stopped: its token limit of {pool.limit} is reached "
+                        f"({pool.used} spent)"
                     )
                 pool = pool.parent
             raise BudgetExhausted(f"budget '{self.name}' is spent")
@@ -73,6 +98,9 @@ class Budget:
         while pool is not None:
             pool.reserved -= granted
             pool.used += used
+            if pool.released is not None:  # a call waits for what this one held
+                pool.released.set()
+                pool.released = None
             pool = pool.parent
 
     @property
