@@ -18,8 +18,8 @@ from thinktree.agents.endpoint import EndpointClient, EndpointConfig
 from thinktree.agents.modes import ModeSettings
 from thinktree.agents.structured import check_format, constraint_for, validate
 from thinktree.errors import ConfigError
-from thinktree.orchestrator.events import NodeKind
-from thinktree.orchestrator.run import RunSettings, execute
+from thinktree.orchestrator.events import CONSTRAINT_REFUSED, NodeKind
+from thinktree.orchestrator.run import RunSettings, execute, run_outcome
 from thinktree.problems import AnswerType, Problem
 from thinktree.testing.fake_server import FakeBehaviour, FakeServer
 
@@ -184,3 +184,50 @@ async def test_a_refused_constraint_falls_back_and_the_run_goes_on(tmp_path: Pat
     free = next(n for n in nodes if n["id"].endswith("/answer-free"))
     assert "refused the vllm constraint" in free["extraction"]
     assert data["problems"][0]["answer"] == "A"
+    # answered as documented: not a failed call that a resume would send again, forever
+    assert refused["error"].startswith(CONSTRAINT_REFUSED)
+    assert run_outcome(tmp_path / "run" / "results.json") == (None, 0)
+
+
+@pytest.mark.anyio
+async def test_answers_over_completions_count_only_dialects_that_path_honours() -> None:
+    def chat_only(body: dict[str, Any], index: int) -> str:
+        return _honouring(body, index) if "messages" in body else "Let me think."
+
+    async with FakeServer(FakeBehaviour(reply=chat_only)) as server:
+        for continuation, found in (("chat", ["vllm"]), ("completions", [])):
+            config = EndpointConfig(
+                name="f",
+                base_url=server.base_url,
+                continuation=continuation,  # type: ignore[arg-type]
+            )
+            client = EndpointClient(config)
+            try:
+                await client.resolve_model()
+                caps = await probe(client, what={"continuation", "constraints"})
+            finally:
+                await client.aclose()
+            assert caps.constraints == found, caps.notes["constraints"]
+    assert "vllm ignored over /v1/completions" in caps.notes["constraints"]
+
+
+@pytest.mark.anyio
+async def test_a_constraint_a_server_errors_on_is_asked_twice_not_retried_away() -> None:
+    asked: list[str] = []
+
+    def error_on_constraints(body: dict[str, Any]) -> str | None:
+        if "structured_outputs" in body:
+            asked.append("vllm")
+            return "boom"
+        return None
+
+    behaviour = FakeBehaviour(reject=error_on_constraints, reject_status=500)
+    async with FakeServer(behaviour) as server:
+        client = EndpointClient(EndpointConfig(name="f", base_url=server.base_url))
+        try:
+            await client.resolve_model()
+            caps = await probe(client, what={"constraints"})
+        finally:
+            await client.aclose()
+    assert "vllm" not in caps.constraints
+    assert len(asked) == 2  # once more after a 5xx; two in a row turn it off

@@ -124,7 +124,13 @@ async def probe(client: EndpointClient, *, what: set[str] | None = None) -> Capa
         if "thinking" in want or what is None:
             caps.thinking_budget, caps.notes["thinking"] = await try_thinking_budget(client, caps)
     if "constraints" in want:
-        caps.constraints, caps.notes["constraints"] = await try_constraints(client)
+        # answers go where the continuation does: over /v1/completions, that path must
+        # honour the constraint too
+        caps.constraints, caps.notes["constraints"] = await try_constraints(
+            client,
+            lambda path, body: _post(client, body, path=path),
+            over_completions=caps.continuation == "completions",
+        )
     log.info(
         "probed endpoint",
         endpoint=cfg.name,
@@ -227,14 +233,18 @@ async def _try_logprobs(client: EndpointClient, msgs: list[dict[str, str]]) -> t
     return ok, "token logprobs returned" if ok else "no logprobs in the response"
 
 
-async def _post(client: EndpointClient, body: dict[str, Any]) -> Any:
-    """A probe's chat request on the run's own transport (no SDK client is made for it).
+async def _post(
+    client: EndpointClient, body: dict[str, Any], path: str = "chat/completions"
+) -> Any:
+    """A probe's request on the run's own transport (no SDK client is made for it).
 
-    Its body is built on each try, so a token cap the server refused goes in the field
+    A chat body is built on each try, so a token cap the server refused goes in the field
     it named (see :meth:`EndpointClient.retried`).
     """
     request = client.transport.post
-    return loads(await _asked(client, lambda: request("chat/completions", client.chat_body(body))))
+    if path != "chat/completions":
+        return loads(await _asked(client, lambda: request(path, body)))
+    return loads(await _asked(client, lambda: request(path, client.chat_body(body))))
 
 
 async def _asked(client: EndpointClient, request: Callable[[], Awaitable[T]]) -> T:

@@ -9,8 +9,10 @@ and so are servers that refuse it.
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
+import openai
 from pydantic import BaseModel
 
 from thinktree.agents.endpoint import EndpointClient
@@ -46,22 +48,66 @@ def _honoured(dialect: Dialect, text: str) -> bool:
         return False
 
 
-async def try_constraints(client: EndpointClient) -> tuple[list[str], str]:
-    """The dialects ``client``'s endpoint honours (best first) and what was seen."""
+Post = Callable[[str, dict[str, Any]], Awaitable[Any]]
+
+
+async def try_constraints(
+    client: EndpointClient, post: Post, *, over_completions: bool = False
+) -> tuple[list[str], str]:
+    """The dialects ``client``'s endpoint honours (best first) and what was seen.
+
+    ``post(path, body)`` sends one probe request (the probe's own retries) and returns its
+    JSON. With ``over_completions`` (answers continue over ``/v1/completions``) a dialect
+    counts only when that path honours it too: some servers constrain chat requests only.
+    """
     honoured: list[str] = []
     seen: list[str] = []
     for dialect in DIALECTS:
-        try:
-            result = await client.chat(
-                _MESSAGES, max_tokens=24, temperature=0.0, extra=_fields(dialect)
-            )
-        except EndpointError as exc:
-            seen.append(f"{dialect} refused ({exc})")
-            continue
-        text = result.choices[0].text if result.choices else ""
-        if _honoured(dialect, text):
+        paths = ["chat/completions", "completions"] if over_completions else ["chat/completions"]
+        verdict = ""
+        for path in paths:
+            body: dict[str, Any] = {"model": client.model, "max_tokens": 24, "temperature": 0.0}
+            if path == "completions":
+                body["prompt"] = _PROMPT
+            else:
+                body["messages"] = _MESSAGES
+            try:
+                data = await post(path, {**body, **_fields(dialect)})
+            except (openai.APIError, EndpointError, ValueError) as exc:
+                verdict = f"{dialect} refused{_on(path)} ({_reason(exc)})"
+                break
+            text = _text(data, path)
+            if not _honoured(dialect, text):
+                verdict = f"{dialect} ignored{_on(path)} (got {text[:30]!r})"
+                break
+        if verdict:
+            seen.append(verdict)
+        else:
             honoured.append(dialect)
             seen.append(f"{dialect} honoured")
-        else:
-            seen.append(f"{dialect} ignored (got {text[:30]!r})")
     return honoured, "; ".join(seen)
+
+
+_PROMPT = "Name a colour.\n"
+
+
+def _on(path: str) -> str:
+    return " over /v1/completions" if path == "completions" else ""
+
+
+def _reason(exc: Exception) -> str:
+    return " ".join(str(exc).split())[:200] or type(exc).__name__
+
+
+def _text(data: Any, path: str) -> str:
+    """The first choice's text of a chat or a completions reply (empty when it has none)."""
+    choices = data.get("choices") if isinstance(data, dict) else None
+    choice = choices[0] if isinstance(choices, list) and choices else None
+    if not isinstance(choice, dict):
+        return ""
+    if path == "completions":
+        text = choice.get("text")
+    else:
+        message = choice.get("message")
+        text = message.get("content") if isinstance(message, dict) else None
+    return text if isinstance(text, str) else ""

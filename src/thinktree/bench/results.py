@@ -9,7 +9,7 @@ from typing import Any
 
 from thinktree._files import in_use
 from thinktree.errors import ConfigError
-from thinktree.orchestrator.events import CALL_KINDS
+from thinktree.orchestrator.events import failed_call
 
 RESULTS = "results.json"
 BENCH_MANIFEST = "bench.json"
@@ -175,7 +175,7 @@ def _load_cell(
                 1
                 for p in data["problems"]
                 for n in p.get("nodes") or ()
-                if n.get("status") == "failed" and n.get("kind") in CALL_KINDS
+                if failed_call(str(n.get("kind")), str(n.get("status")), n.get("error"))
             ),
         )
     except (KeyError, TypeError, ValueError) as exc:

@@ -38,6 +38,19 @@ CALL_KINDS = frozenset(NodeKind) - {
 }
 """The nodes that are the solver's model calls."""
 
+#: How a call's error starts when the endpoint refused its answer constraint: the answer
+#: was then asked for without it, so the call is not one to send again.
+CONSTRAINT_REFUSED = "refused its constraint, answered without it"
+
+
+def failed_call(kind: str, status: str, error: str | None) -> bool:
+    """Whether a node is a solver call that failed and a resume would send again."""
+    return (
+        status == "failed"
+        and kind in CALL_KINDS
+        and not (error or "").startswith(CONSTRAINT_REFUSED)
+    )
+
 
 class NodeStatus(StrEnum):
     PENDING = "pending"

@@ -42,11 +42,10 @@ from thinktree.metrics import Metrics, compute
 from thinktree.orchestrator.bus import EventBus, Subscriber, event_bus
 from thinktree.orchestrator.call_cache import SharedCallCache, SqliteCallCache
 from thinktree.orchestrator.events import (
-    CALL_KINDS,
     CallRetried,
-    NodeStatus,
     RunFinished,
     RunStarted,
+    failed_call,
 )
 from thinktree.orchestrator.gc_tuning import run_gc
 from thinktree.orchestrator.ledger import Budget
@@ -129,7 +128,7 @@ class RunResult:
             node
             for tree in self.trees
             for node in tree.walk()
-            if node.status == NodeStatus.FAILED and node.kind in CALL_KINDS
+            if failed_call(node.kind, node.status, node.error)
         ]
 
 
@@ -511,7 +510,7 @@ def run_outcome(results: Path) -> tuple[str | None, int]:
             1
             for problem in data["problems"]
             for node in problem["nodes"]
-            if node["status"] == "failed" and node["kind"] in CALL_KINDS
+            if failed_call(node["kind"], node["status"], node.get("error"))
         )
         stopped = data["status"] == "stopped"
         stopped_by = str(data.get("stopped_by") or "a limit") if stopped else None

@@ -48,6 +48,7 @@ from thinktree._json import dumps
 from thinktree.errors import ThinktreeError
 from thinktree.orchestrator.events import (
     CALL_KINDS,
+    CONSTRAINT_REFUSED,
     Event,
     NodeDelta,
     NodeFailed,
@@ -1180,10 +1181,12 @@ class StoreReader:
                 (SELECT coalesce(sum(prompt_tokens), 0) FROM nodes) AS prompt_tokens,
                 (SELECT coalesce(sum(completion_tokens), 0) FROM nodes) AS completion_tokens,
                 (SELECT count(*) FROM problems WHERE error IS NOT NULL) AS problems_failed,
-                (SELECT count(*) FROM nodes WHERE status = 'failed' AND kind IN ({kinds}))
-                    AS calls_failed
+                (SELECT count(*) FROM nodes WHERE status = 'failed' AND kind IN ({kinds})
+                    AND substr(coalesce(error, ''), 1, {n}) != '{refused}') AS calls_failed
             FROM run AS r WHERE r.id = 1""".format(
-                kinds=", ".join(f"'{kind}'" for kind in sorted(CALL_KINDS))
+                kinds=", ".join(f"'{kind}'" for kind in sorted(CALL_KINDS)),
+                n=len(CONSTRAINT_REFUSED),
+                refused=CONSTRAINT_REFUSED,
             )
         )
         if not rows:

@@ -118,6 +118,9 @@ class FakeBehaviour:
     """Pause between streamed events (0: the whole stream goes out in one write)."""
     reject: Callable[[Body], str | None] | None = None
     """A request for which this returns a message is answered 400 with it (a refused field)."""
+    reject_status: int = 400
+    """The status ``reject`` answers with (some servers answer a field they do not know
+    with a 500)."""
     token_ids: bool = True
     """False: ignore ``return_token_ids`` (choices carry no token ids, as before vLLM 0.10)."""
     max_in_flight: int | None = None
@@ -344,7 +347,8 @@ class FakeServer:
             return _error(404, f"The model `{model}` does not exist.", "NotFoundError")
         refused = behaviour.reject(body) if behaviour.reject is not None else None
         if refused:
-            return _error(400, refused, "BadRequestError")
+            kind = "BadRequestError" if behaviour.reject_status < 500 else "InternalServerError"
+            return _error(behaviour.reject_status, refused, kind)
         try:
             choices, prompt_tokens = self._plan(body, chat=chat)
         except (_BadRequest, TypeError, ValueError, KeyError) as exc:
