@@ -142,6 +142,8 @@ def test_the_demo_set_checks_offset_and_limit_as_a_dataset_does(
             ["--mode", "hybrid", "--budget", "64", "--total-budget", "512"],
             ["--budget is not used in mode 'hybrid' when --total-budget is given"],
         ),
+        # the embedded model's engine, with another endpoint named
+        (["--engine", "llamacpp"], ["--engine picks the embedded model's engine"]),
     ],
 )
 def test_an_option_the_mode_does_not_use_is_refused(

@@ -210,6 +210,13 @@ def test_pool_config_errors(members: list[Any], needle: str) -> None:
         endpoint_from("p", model=None, config=config)
 
 
+def test_a_pool_with_a_base_url_too_is_refused() -> None:
+    """Its calls would all go to the members while run.json named the base_url."""
+    table = {"model": "m", "base_url": "http://a:1/v1", "members": ["http://b:2/v1"]}
+    with pytest.raises(ConfigError, match="has both a base_url and members"):
+        endpoint_from("p", model=None, config={"endpoints": {"p": table}})
+
+
 def test_pool_config_with_per_member_limits() -> None:
     config = {
         "endpoints": {

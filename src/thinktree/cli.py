@@ -284,6 +284,11 @@ def run(
         target = endpoint_from(endpoint, model=model, config=cfg)
     except (ThinktreeError, DatasetError) as exc:
         raise _fail(str(exc)) from None
+    if target is not None and _given(ctx, "engine"):
+        raise _fail(
+            f"--engine picks the embedded model's engine; it changes nothing for endpoint "
+            f"'{target.name}': leave it out"
+        )
     _execute(problems, target, settings, watch=watch, engine=engine)
 
 

@@ -150,6 +150,11 @@ def _from_table(name: str, table: dict[str, Any], model: str | None) -> Endpoint
     members = pool_members(name, table)
     if "base_url" not in table and not members:
         raise ConfigError(f"endpoint '{name}' needs a base_url (or members, for a pool)")
+    if "base_url" in table and members:  # a pool's calls go to its members only
+        raise ConfigError(
+            f"endpoint '{name}' has both a base_url and members; a pool has members only "
+            "(add the base_url's server to them)"
+        )
     key_env = table.get("api_key_env")
     api_key = os.environ.get(key_env) if key_env else os.environ.get("OPENAI_API_KEY")
     if key_env and not api_key:
