@@ -96,6 +96,32 @@ def test_the_command_says_how_to_send_failed_calls_again(tmp_path: Path) -> None
     assert done.stderr.strip().endswith("with no failed model call; nothing to resume")
 
 
+def test_the_resume_command_names_the_config_its_endpoint_came_from(tmp_path: Path) -> None:
+    data = write_dataset(tmp_path / "data.jsonl", PROBLEMS)
+    out = tmp_path / "run"
+    config = tmp_path / "servers.toml"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "thinktree.cli", "run", *args]
+        return subprocess.run(
+            command, capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path
+        )
+
+    outage = Outage()
+    with fake_server_in_thread(_behaviour(outage)) as server:
+        config.write_text(f'[endpoints.lab]\nbase_url = "{server.base_url}"\n')
+        first = cli(str(data), "--config", str(config), "--endpoint", "lab", "--out", str(out))
+        outage.down = False
+        without = cli("--resume", str(out))
+        resumed = cli("--resume", str(out), "--config", str(config))
+    assert first.returncode == 0, first.stderr
+    assert f"thinktree run --resume {out} --config {config}" in first.stderr
+    assert without.returncode == 2 and len(without.stderr.strip().splitlines()) == 1
+    assert "started on endpoint 'lab', which no config names here" in without.stderr
+    assert resumed.returncode == 0, resumed.stderr
+
+
 def test_a_run_its_limit_stopped_goes_on_under_a_higher_one(tmp_path: Path) -> None:
     problems = beta_problems(12)
     data = write_dataset(tmp_path / "data.jsonl", problems)

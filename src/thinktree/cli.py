@@ -289,7 +289,7 @@ def run(
             f"--engine picks the embedded model's engine; it changes nothing for endpoint "
             f"'{target.name}': leave it out"
         )
-    _execute(problems, target, settings, watch=watch, engine=engine)
+    _execute(problems, target, settings, watch=watch, engine=engine, config=config)
 
 
 def _watch_log() -> Path:
@@ -306,8 +306,17 @@ def _execute(
     *,
     watch: bool = False,
     engine: str = "vllm",
+    config: Path | None = None,
 ) -> None:
-    """Run (or resume) on ``target``, or on the embedded model when it is None."""
+    """Run (or resume) on ``target``, or on the embedded model when it is None.
+
+    ``config``: the config file the endpoint was named in, which resuming needs again.
+    """
+
+    def resume_command(folder: Path) -> str:
+        named = f" --config {config}" if config is not None else ""
+        return f"thinktree run --resume {folder}{named}"
+
     from thinktree.orchestrator.run import execute
     from thinktree.orchestrator.subscribers import ConsoleProgress
 
@@ -358,7 +367,7 @@ def _execute(
         if failed and result.metrics.answered:
             err.print(
                 f"{len(failed)} model call(s) failed; once the cause is fixed, send them "
-                f"again with: thinktree run --resume {result.folder}",
+                f"again with: {resume_command(result.folder)}",
                 highlight=False,
                 markup=False,
                 soft_wrap=True,
@@ -367,7 +376,7 @@ def _execute(
             if result.stopped_by:  # its limit, not the model: say which
                 raise _fail(
                     f"no problem was answered ({result.stopped_by}); go on under a higher "
-                    f"limit with: thinktree run --resume {result.folder} --max-tokens N "
+                    f"limit with: {resume_command(result.folder)} --max-tokens N "
                     "(or --max-problem-tokens, --max-cost)",
                     3,
                 )
@@ -388,7 +397,7 @@ def _execute(
     except typer.Exit as exc:
         if exc.exit_code in (130, TERMINATED) and folder:
             err.print(
-                f"resume with: thinktree run --resume {folder[0]}",
+                f"resume with: {resume_command(folder[0])}",
                 highlight=False,
                 markup=False,
                 soft_wrap=True,
@@ -396,7 +405,7 @@ def _execute(
         elif exc.exit_code in (UNWRITABLE, UNAVAILABLE) and folder:
             again = "it can be written" if exc.exit_code == UNWRITABLE else "the endpoint answers"
             err.print(
-                f"once {again} again, resume with: thinktree run --resume {folder[0]}",
+                f"once {again} again, resume with: {resume_command(folder[0])}",
                 highlight=False,
                 markup=False,
                 soft_wrap=True,
@@ -505,7 +514,18 @@ def _resume(
         if endpoint is not None:  # the server moved: the run goes on with the model it had
             target = endpoint_from(endpoint, model=saved["model"], config=load_config(config))
         elif saved["name"] not in ("embedded", "embedded-llamacpp"):
-            found = endpoint_from(saved["name"], model=saved["model"], config=load_config(config))
+            try:
+                found = endpoint_from(
+                    saved["name"], model=saved["model"], config=load_config(config)
+                )
+            except ConfigError as exc:
+                if not str(exc).startswith("unknown endpoint"):
+                    raise
+                raise ConfigError(
+                    f"run {folder} was started on endpoint '{saved['name']}', which no config "
+                    f"names here; resume it with the config it was named in: thinktree run "
+                    f"--resume {folder} --config FILE (or --endpoint URL)"
+                ) from None
             target = found or EndpointConfig(
                 name=saved["name"], base_url=saved["base_url"], model=saved["model"]
             )
@@ -520,7 +540,15 @@ def _resume(
             markup=False,
             soft_wrap=True,
         )
-    _execute(state.problems, target, state.settings, resume=state, watch=watch, engine=engine)
+    _execute(
+        state.problems,
+        target,
+        state.settings,
+        resume=state,
+        watch=watch,
+        engine=engine,
+        config=config,
+    )
 
 
 def _print_results(result: object) -> None:
