@@ -416,4 +416,5 @@ def test_a_bench_folder_is_written_by_one_bench_at_a_time(tmp_path: Path) -> Non
         with folder_lock(tmp_path / "out", "bench"):  # as a bench still going holds it
             code, _out, err = _bench(config, tmp_path)
         assert code == 2 and "is being written by another thinktree process" in err, err
+        assert len(err.splitlines()) == 1, err  # no blank line from a progress view before it
         assert _bench(config, tmp_path)[0] == 0

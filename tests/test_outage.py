@@ -143,6 +143,7 @@ def test_the_command_stops_in_one_line_when_the_endpoint_stays_down(tmp_path: Pa
     lines = err.strip().splitlines()
     assert lines[-2].startswith("error: endpoint 'gpu' ")
     assert "stopped answering (connection failed) and did not come back within 1 s" in lines[-2]
-    hint = f"once the endpoint answers again, resume with: thinktree run --resume {out}"
-    assert lines[-1] == hint
+    # the endpoint is named in the config: resuming needs it again
+    hint = "once the endpoint answers again, resume with: "
+    assert lines[-1] == f"{hint}thinktree run --resume {out} --config {config}"
     assert not (out / "results.json").exists()

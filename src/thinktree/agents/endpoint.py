@@ -188,7 +188,9 @@ class EndpointConfig:
     1). A run on this endpoint records it as its temperature. None: as asked."""
 
     def describe(self) -> str:
-        return f"'{self.name}' ({self.base_url})"
+        """The endpoint in a message: its name, and its URL where the name is another."""
+        same = self.name.rstrip("/") == self.base_url.rstrip("/")
+        return f"'{self.name}'" if same else f"'{self.name}' ({self.base_url})"
 
 
 @dataclass(slots=True)
