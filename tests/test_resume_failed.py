@@ -18,11 +18,12 @@ import pytest
 
 from choice_set import beta_problems, write_dataset
 from thinktree._files import folder_lock
+from thinktree.agents.capabilities import Capabilities
 from thinktree.agents.endpoint import EndpointConfig
 from thinktree.agents.modes import ModeSettings
 from thinktree.errors import ConfigError
 from thinktree.orchestrator.run import RunSettings, execute, load_resume
-from thinktree.testing.fake_server import FakeBehaviour, FakeServer, fake_server_in_thread
+from thinktree.testing.fake_server import FakeBehaviour, FakeServer, Fault, fake_server_in_thread
 
 pytestmark = pytest.mark.anyio
 
@@ -202,3 +203,22 @@ def test_resume_refuses_another_model_or_engine_but_takes_a_moved_endpoint(
     assert sent > 0  # the refused attempts sent nothing; this one finished the run
     saved = json.loads((out / "results.json").read_text())
     assert saved["status"] == "completed" and saved["model"] == "fake-model"
+
+
+async def test_a_resumed_run_counts_the_retries_behind_the_calls_it_reads_back(
+    tmp_path: Path,
+) -> None:
+    folder = tmp_path / "run"
+    caps = Capabilities(continuation="chat")
+    async with FakeServer(_behaviour(Outage()), faults=[Fault.SERVER_ERROR]) as server:
+        endpoint = EndpointConfig(
+            name="fake", base_url=server.base_url, continuation="chat", max_backoff_s=0.01
+        )
+        settings = RunSettings(modes=ModeSettings(mode="budget", budget=32), out=folder)
+        first = await execute(PROBLEMS[2:], endpoint, settings, capabilities=caps)
+        assert first.metrics.retries == 1  # the first call's 500, answered on its retry
+        (folder / "results.json").unlink()  # as if the run was killed before its end
+        state = load_resume(folder)
+        again = await execute(state.problems, endpoint, state.settings, resume=state)
+    assert again.cached_calls == len(PROBLEMS) - 2
+    assert again.metrics.retries == 1  # made in the first session, behind a call kept

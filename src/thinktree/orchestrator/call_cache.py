@@ -104,6 +104,7 @@ class SqliteCallCache:
                 "disk not full?)"
             ) from None
         self.hits = 0
+        self.hit_retries = 0  # the retries behind the calls read back (their attempts - 1)
         self._batch = _Batch()
         self._writing = False
 
@@ -122,7 +123,9 @@ class SqliteCallCache:
         if row is None:
             return None
         self.hits += 1
-        return completion_from_json(row)
+        completion = completion_from_json(row)
+        self.hit_retries += max(0, completion.attempts - 1)
+        return completion
 
     def _get(self, fp: str) -> str | None:
         row = self._conn.execute(
@@ -217,7 +220,9 @@ class SharedCallCache:
         self.own._known.add(fingerprint)
         self.own.hits += 1
         self.shared.hits += 1
-        return completion_from_json(row[3])
+        completion = completion_from_json(row[3])
+        self.own.hit_retries += max(0, completion.attempts - 1)
+        return completion
 
     async def record(
         self, fingerprint: str, route: str, request: str, completion: Completion

@@ -359,6 +359,7 @@ async def _execute(
             tokens_allowed=strategy.allowed_tokens(),
             servers=client.figures() if isinstance(client, EndpointPool) else None,
             cached_calls=cache.hits,
+            read_back_retries=cache.hit_retries,
         )
     log.info(
         "run finished",
@@ -379,15 +380,19 @@ def conclude(
     tokens_allowed: int,
     servers: list[dict[str, Any]] | None,
     cached_calls: int = 0,
+    read_back_retries: int = 0,
 ) -> RunResult:
     """A finished run's trees and metrics from its recorder, written to ``results.json``
-    (also for a sharded cell, whose events were replayed into ``recorder``)."""
+    (also for a sharded cell, whose events were replayed into ``recorder``).
+
+    ``read_back_retries``: the retries behind calls read back from a call store (a
+    resumed run's earlier sessions made them), counted with this session's own."""
     trees = [recorder.tree.problems[p.id] for p in problems]
     stopped = _stopped_by(recorder)
     metrics = compute(
         trees,
         tokens_allowed=tokens_allowed,
-        retries=recorder.retries,
+        retries=recorder.retries + read_back_retries,
         price=facts.settings.prices.get(facts.model),
     )
     write_results(folder / RESULTS, facts, metrics, trees, stopped_by=stopped, servers=servers)
