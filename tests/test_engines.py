@@ -131,7 +131,10 @@ async def test_probe_matches_reality_on_llamacpp(llamacpp_url: str) -> None:
     assert found["stream_usage"] is seen["stream_usage"] is False
     assert seen["structured"][0] == ("json_schema", "500")
     assert seen["structured"][1] == ("json_object", "ok")
-    assert "json_object" in found["constraints"] and "json_schema" not in found["constraints"]
+    # answers continue over /v1/completions, which ignores response_format: only the
+    # grammar field holds there
+    assert found["constraints"] == ["gbnf"], found["notes"]["constraints"]
+    assert "json_object ignored over /v1/completions" in found["notes"]["constraints"]
     assert found["completions"] is True
     assert found["thinking_budget"] == "cue"
 
@@ -194,6 +197,24 @@ async def test_budget_mode_on_llamacpp(llamacpp_url: str, tmp_path: Path) -> Non
             assert forced.continuation == "completions"
     trace = (result.folder / "trace.jsonl").read_text()
     assert '"node-delta"' in trace  # the text still reaches the trace, call by call
+
+
+async def test_constrained_answers_on_llamacpp_hold_their_grammar(
+    llamacpp_url: str, tmp_path: Path
+) -> None:
+    demo = load_demo()
+    for fmt in ("constrained", "json"):
+        settings = RunSettings(
+            modes=ModeSettings(mode="budget", budget=16),
+            answer_format=fmt,
+            out=tmp_path / fmt,
+            seed=5,
+        )
+        result = await execute(demo[:2], llamacpp_endpoint(llamacpp_url), settings)
+        answers = [n for t in result.trees for n in t.of_kind(NodeKind.FORCED_ANSWER)]
+        assert answers and all(n.extraction == "constrained (gbnf)" for n in answers), [
+            (n.text, n.extraction) for n in answers
+        ]
 
 
 async def test_sequential_mode_on_llamacpp(llamacpp_url: str, tmp_path: Path) -> None:

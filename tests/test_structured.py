@@ -32,6 +32,7 @@ CHOICE = Problem(
 )
 YESNO = Problem(id="y1", question="Is it?", answer_type=AnswerType.YESNO, answer="maybe")
 NUMBER = Problem(id="n1", question="How much?", answer_type=AnswerType.NUMERIC, answer="1.5")
+FREE = Problem(id="f1", question="Which drug?", answer_type=AnswerType.FREE, answer="aspirin")
 
 
 def test_vllm_constrains_the_bare_answer_of_each_type() -> None:
@@ -61,6 +62,18 @@ def test_json_format_and_json_only_dialects_use_the_schema() -> None:
     llamacpp = constraint_for(NUMBER, "constrained", "json_object")
     assert llamacpp.fields["response_format"]["type"] == "json_object"
     assert llamacpp.fields["response_format"]["schema"]["properties"]["answer"]["pattern"]
+
+
+def test_llamacpp_grammars_spell_the_answer_shapes() -> None:
+    """Their parse by a real llama.cpp is checked in test_engines; here, what they say."""
+    letters = constraint_for(CHOICE, "constrained", "gbnf")
+    assert letters.fields == {"grammar": 'root ::= "A" | "B" | "C"'} and not letters.json
+    yesno = constraint_for(YESNO, "json", "gbnf")
+    rules = yesno.fields["grammar"].splitlines()
+    assert rules[0] == 'root ::= "{\\"answer\\": \\"" answer "\\"" confidence? "}"'
+    assert rules[1] == 'answer ::= "yes" | "no" | "maybe"' and yesno.json
+    free = constraint_for(FREE, "json", "gbnf").fields["grammar"].splitlines()[1]
+    assert free == 'answer ::= [^"\\\\\\n]+'  # no quote, backslash or newline in the string
 
 
 @pytest.mark.parametrize(

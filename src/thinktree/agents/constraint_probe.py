@@ -35,12 +35,14 @@ def _fields(dialect: Dialect) -> dict[str, Any]:
         return VLLMTypeAdapter().format_output_type(Literal["kiwi-42"])
     if dialect == "json_schema":
         return OpenAITypeAdapter().format_output_type(_Probe)
+    if dialect == "gbnf":
+        return {"grammar": f'root ::= "{_TOKEN}"'}
     return {"response_format": {"type": "json_object", "schema": _Probe.model_json_schema()}}
 
 
 def _honoured(dialect: Dialect, text: str) -> bool:
     text = text.strip()
-    if dialect == "vllm":
+    if dialect in ("vllm", "gbnf"):
         return text == _TOKEN
     try:
         return bool(json.loads(text).get("answer") == _TOKEN)

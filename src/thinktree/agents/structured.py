@@ -8,7 +8,10 @@ fields:
 
 - ``vllm``: ``structured_outputs`` (``choice``/``regex``/``json``; vLLM ≥ 0.12);
 - ``json_schema``: OpenAI's ``response_format`` of type ``json_schema``;
-- ``json_object``: ``response_format`` of type ``json_object`` with a ``schema`` (llama.cpp).
+- ``json_object``: ``response_format`` of type ``json_object`` with a ``schema`` (llama.cpp's
+  chat requests);
+- ``gbnf``: a ``grammar`` field in llama.cpp's GBNF, written here for the few answer shapes
+  (llama.cpp honours it on ``/v1/completions`` too, where its answers continue).
 
 Whatever the path, the output is validated here: an endpoint that silently ignores the
 constraint is caught, and the answer then comes from extraction, recorded on the node.
@@ -28,8 +31,8 @@ from thinktree.problems import AnswerType, Problem
 
 AnswerFormat = Literal["free", "constrained", "json"]
 ANSWER_FORMATS: tuple[str, ...] = ("free", "constrained", "json")
-Dialect = Literal["vllm", "json_schema", "json_object"]
-DIALECTS: tuple[Dialect, ...] = ("vllm", "json_schema", "json_object")
+Dialect = Literal["vllm", "json_schema", "json_object", "gbnf"]
+DIALECTS: tuple[Dialect, ...] = ("vllm", "json_schema", "json_object", "gbnf")
 
 # Bounded, so a constrained number always ends inside a small token cap.
 NUMBER_PATTERN = r"-?(0|[1-9][0-9]{0,11})(\.[0-9]{1,6})?"
@@ -120,9 +123,12 @@ def constraint_for(problem: Problem, fmt: AnswerFormat, dialect: Dialect) -> Con
     from outlines.models.vllm import VLLMTypeAdapter
 
     kind, value_type = _value_type(problem)
-    as_json = fmt == "json" or dialect != "vllm"
+    as_json = fmt == "json" or dialect not in ("vllm", "gbnf")
     output: Any = answer_model(problem) if as_json else value_type
-    if dialect == "vllm" and as_json:
+    fields: dict[str, Any]
+    if dialect == "gbnf":
+        fields = {"grammar": _gbnf(kind, problem, as_json=as_json)}
+    elif dialect == "vllm" and as_json:
         # The schema as a bounded regex: a small model otherwise pads JSON with
         # whitespace, or a confidence with digits, until the token cap cuts it off.
         fields = {"structured_outputs": {"regex": _json_regex(kind, value_type)}}
@@ -144,6 +150,25 @@ def constraint_for(problem: Problem, fmt: AnswerFormat, dialect: Dialect) -> Con
 
 
 CONFIDENCE_PATTERN = r"(0(\.[0-9]{1,3})?|1(\.0{1,3})?|null)"
+
+
+def _gbnf(kind: str, problem: Problem, *, as_json: bool) -> str:
+    """The answer of ``kind`` as a GBNF grammar (the JSON form: :func:`answer_model`'s)."""
+    values = {
+        "letters": " | ".join(f'"{letter}"' for letter in sorted(problem.options or {})),
+        "yesno": " | ".join(f'"{word}"' for word in _YESNO),
+        "number": '"-"? ("0" | [1-9] [0-9]?[0-9]?[0-9]?[0-9]?[0-9]?) ("." [0-9] [0-9]?[0-9]?)?',
+        "line": "[^\\n]+" if not as_json else '[^"\\\\\\n]+',
+    }
+    if not as_json:
+        return f"root ::= {values[kind]}"
+    return "\n".join(
+        [
+            'root ::= "{\\"answer\\": \\"" answer "\\"" confidence? "}"',
+            f"answer ::= {values[kind]}",
+            'confidence ::= ", \\"confidence\\": " ("0" ("." [0-9] [0-9]?)? | "1" | "null")',
+        ]
+    )
 
 
 def _json_regex(kind: str, value_type: Any) -> str:
