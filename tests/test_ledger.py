@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from thinktree.errors import BudgetExhausted
-from thinktree.orchestrator.ledger import Budget
+from thinktree.orchestrator.ledger import Budget, LimitHeld
 
 
 def test_grant_is_capped_by_every_enclosing_pool() -> None:
@@ -17,8 +17,18 @@ def test_grant_is_capped_by_every_enclosing_pool() -> None:
     assert step.reserve(80) == 50
     other = branch.child("step 2", 50)
     assert other.reserve(50) == 10  # the branch has 60 - 50 reserved left
-    with pytest.raises(BudgetExhausted):
+    # nothing left, but calls under way hold it: wait for them rather than give up
+    with pytest.raises(LimitHeld) as held:
         branch.child("step 3", 50).reserve(1)
+    assert held.value.pool is branch
+    step.commit(50, 45)  # a call settles, giving back 5
+    other.commit(10, 10)
+    last = branch.child("step 3", 50)
+    assert last.reserve(50) == 5
+    last.commit(5, 5)
+    # spent, and nobody holds any: no waiting helps
+    with pytest.raises(BudgetExhausted):
+        branch.child("step 4", 50).reserve(1)
 
 
 def test_commit_releases_the_unused_part_of_a_reservation() -> None:

@@ -88,6 +88,22 @@ async def test_problem_token_limit(tmp_path: Path) -> None:
         assert sum(n["completion_tokens"] for n in problem["nodes"]) <= 20
 
 
+async def test_a_branch_the_problem_limit_leaves_nothing_does_not_sink_the_others(
+    tmp_path: Path,
+) -> None:
+    """Four branches of 16 under a problem limit of 40: the fourth finds nothing left
+    once the others have spent it. It ends without a candidate; the three that ran still
+    decide the problem (it used to fail whole, its answered branches cancelled)."""
+    results, _ = await run_with(tmp_path, max_problem_tokens=40)
+    for problem in results["problems"]:  # type: ignore[union-attr]
+        assert sum(n["completion_tokens"] for n in problem["nodes"]) <= 40
+        assert problem["answer"] == "B" and problem["error"] is None
+        branches = [n for n in problem["nodes"] if n["kind"] == "branch"]
+        assert sum(n["status"] == "done" for n in branches) >= 2
+        starved = [n for n in branches if n["status"] == "failed"]
+        assert all(n["error"].startswith("no tokens left") for n in starved)
+
+
 async def test_money_limit_stops_the_run(tmp_path: Path) -> None:
     # 1,000 USD per million completion tokens: 12 tokens cost 0.012
     prices = {"fake-model": Price(prompt_per_m=0.0, completion_per_m=1000.0)}

@@ -17,7 +17,7 @@ from thinktree.agents.capabilities import Capabilities, client_template
 from thinktree.agents.chat_template import generation_opener, render_continuation
 from thinktree.agents.endpoint import Choice, Completion, DeltaHandler, EndpointClient, Message
 from thinktree.agents.structured import AnswerFormat, Constraint, validate
-from thinktree.errors import EndpointError, RunLimitReached
+from thinktree.errors import BudgetExhausted, EndpointError, RunLimitReached
 from thinktree.extraction import extract_answer
 from thinktree.orchestrator.bus import EventBus
 from thinktree.orchestrator.events import (
@@ -480,10 +480,10 @@ class Solver:
 async def _reserved(asks: list[tuple[Budget, int]]) -> list[int]:
     """Each pool's grant for its ask, all or none.
 
-    While the run's limit is held by other calls under way (not spent), this holds
-    nothing, waits for one of them to settle and asks again, so waiters never wait on
-    each other. Where this call's own asks alone take what is left (n samples in one
-    request), what is left is shared out between them.
+    While a limit is held by other calls under way (not spent), this holds nothing,
+    waits for one of them to settle and asks again, so waiters never wait on each other.
+    Where this call's own asks alone take what is left (n samples in one request), what
+    is left is shared out between them.
     """
     while True:
         grants: list[int] = []
@@ -493,10 +493,13 @@ async def _reserved(asks: list[tuple[Budget, int]]) -> list[int]:
             return grants
         except LimitHeld as held:
             _settle(asks, grants)
-            if held.pool.reserved > 0:
-                await held.wait()
-                continue
-            return _shared(asks, held.pool)
+            waiting = held
+            if held.pool.reserved == 0:  # it was this call's own asks that held it
+                try:
+                    return _shared(asks, held.pool)
+                except LimitHeld as other:  # another pool of theirs, held by others
+                    waiting = other
+            await waiting.wait()
         except BaseException:
             _settle(asks, grants)
             raise
@@ -506,11 +509,13 @@ def _shared(asks: list[tuple[Budget, int]], pool: Budget) -> list[int]:
     """Grants for ``asks`` out of what is left of ``pool``, in equal shares."""
     left = pool.available() or 0
     share = left // len(asks)
-    if share <= 0:
+    if share <= 0 and pool.stops_run:
         raise RunLimitReached(
             f"run stopped: its token limit of {pool.limit} is reached ({pool.used} spent; "
             f"the {left} left cannot be shared between {len(asks)} calls)"
         )
+    if share <= 0:
+        raise BudgetExhausted(f"budget '{pool.name}' is spent")
     grants: list[int] = []
     try:
         for budget, wanted in asks:

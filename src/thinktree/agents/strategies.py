@@ -313,6 +313,11 @@ class Parallel:
             own = branch.fork()
             try:
                 results[i] = await self.inner.run(solver, own, ids[i], pools[i], firsts[i])
+            except BudgetExhausted as exc:
+                # the problem's tokens ran out before this branch could make a call: it
+                # has no candidate, and the other branches' still decide the problem
+                await solver.bus.emit(NodeFailed(node_id=ids[i], error=f"no tokens left: {exc}"))
+                return
             except BaseException as exc:
                 # the branch ends with the reason (a stopped run, a cancelled sibling)
                 reason = (

@@ -15,8 +15,8 @@ from thinktree.errors import BudgetExhausted, RunLimitReached
 
 
 class LimitHeld(Exception):  # a state to wait out, not a failure
-    """The run's limit has nothing left to grant now, but calls under way hold some of it
-    and may give back what they do not use: wait (:meth:`wait`) and ask again."""
+    """A limit has nothing left to grant now, but calls under way hold some of it and may
+    give back what they do not use: wait (:meth:`wait`) and ask again."""
 
     def __init__(self, pool: Budget) -> None:
         super().__init__(f"the tokens left of '{pool.name}' are held by calls under way")
@@ -62,29 +62,32 @@ class Budget:
     def reserve(self, wanted: int) -> int:
         """Reserve up to ``wanted`` tokens; returns the grant, raises if none is left.
 
-        Raises :class:`LimitHeld` when the run's limit is not spent but calls under way
-        hold what is left (the caller waits and asks again), and
-        :class:`~thinktree.errors.RunLimitReached` once it is spent.
+        Raises :class:`LimitHeld` when no pool is spent but calls under way hold what is
+        left of one (the run's, a problem's shared by its branches): the caller waits and
+        asks again. Once the run's limit is spent, :class:`~thinktree.errors.RunLimitReached`;
+        once another pool is, :class:`~thinktree.errors.BudgetExhausted`.
         """
         if wanted <= 0:
             raise ValueError("a reservation must ask for at least one token")
         left = self.available()
         grant = wanted if left is None else min(wanted, left)
         if grant <= 0:
+            spent = held = None
             pool: Budget | None = self
             while pool is not None:
-                if (
-                    pool.stops_run
-                    and pool.limit is not None
-                    and pool.limit - pool.used - pool.reserved <= 0
-                ):
+                if pool.limit is not None and pool.limit - pool.used - pool.reserved <= 0:
                     if pool.reserved > 0:  # not spent: what calls under way leave is granted
-                        raise LimitHeld(pool)
-                    raise RunLimitReached(
-                        f"run stopped: its token limit of {pool.limit} is reached "
-                        f"({pool.used} spent)"
-                    )
+                        held = held or pool
+                    elif pool.stops_run:
+                        raise RunLimitReached(
+                            f"run stopped: its token limit of {pool.limit} is reached "
+                            f"({pool.used} spent)"
+                        )
+                    else:
+                        spent = spent or pool
                 pool = pool.parent
+            if held is not None and spent is None:
+                raise LimitHeld(held)
             raise BudgetExhausted(f"budget '{self.name}' is spent")
         pool = self
         while pool is not None:
