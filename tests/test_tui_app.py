@@ -290,6 +290,23 @@ async def test_follow_source_reads_a_trace_as_it_grows(tmp_path: Path) -> None:
         assert app.view.events == len(events)
 
 
+async def test_a_follower_says_when_the_run_it_showed_is_resumed(tmp_path: Path) -> None:
+    """A resumed run writes its trace anew: a view still open on the old one says so."""
+    events = synthetic_run(2, 2)
+    path = tmp_path / "trace.jsonl"
+    write_trace(events, path)
+    source = FollowSource(path, poll_s=0.02)
+    app = ThinktreeApp(source, refresh_hz=0.001)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        assert source.status == "finished"
+        path.write_bytes(path.read_bytes()[:100])  # the resume truncates it, then writes
+        with anyio.fail_after(5):
+            while "out of date" not in source.status:
+                await pilot.pause(0.02)
+        assert "the run was resumed" in source.status
+
+
 async def test_a_thousand_problems_by_sixteen_branches_stay_responsive(tmp_path: Path) -> None:
     app = replay(tmp_path, 1000, 16, deltas=False)
     async with app.run_test(size=SIZE) as pilot:

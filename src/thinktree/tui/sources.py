@@ -144,21 +144,36 @@ class FollowSource:
 
     async def batches(self) -> AsyncIterator[list[Event]]:
         decoder = TraceDecoder(str(self.path))
+        read = 0
         async with await anyio.open_file(self.path, "rb") as file:
             while True:
                 chunk = await file.read(1 << 20)
                 if chunk:
+                    read += len(chunk)
                     events = decoder.feed(chunk)
                     for start in range(0, len(events), BATCH):
                         yield events[start : start + BATCH]
                     if any(isinstance(e, RunFinished) for e in events):
                         self.state = "finished"
+                        await self._until_rewritten(file.wrapped.fileno(), read)
                         return
                     continue
                 if os.fstat(file.wrapped.fileno()).st_nlink == 0:
                     self.state = "trace removed (run failed or cancelled)"
                     return
                 await anyio.sleep(self.poll_s)
+
+    async def _until_rewritten(self, fileno: int, read: int) -> None:
+        """Wait while the finished run's trace stays as read; a resume of the run writes
+        it anew (shorter at first), and this view then says it is out of date."""
+        while True:
+            await anyio.sleep(self.poll_s)
+            stat = os.fstat(fileno)
+            if stat.st_nlink == 0:
+                return
+            if stat.st_size < read:
+                self.state = "the run was resumed: this view is out of date (watch it again)"
+                return
 
 
 Source = LiveSource | ReplaySource | FollowSource
