@@ -214,6 +214,8 @@ class ThinktreeApp(App[None]):
             self.view.error = str(exc)
         finally:
             self.source_done.set()
+        if isinstance(self.source, FollowSource):  # a resume may write the trace anew
+            await self.source.until_rewritten()
 
     @work(thread=True, group="budget")
     def _work_out_budget(self, started: RunStarted) -> None:

@@ -137,6 +137,8 @@ class FollowSource:
         self.path = path
         self.poll_s = poll_s
         self.state = "following"
+        self._read = 0  # bytes of the trace read so far
+        self._inode = 0
 
     @property
     def status(self) -> str:
@@ -144,18 +146,17 @@ class FollowSource:
 
     async def batches(self) -> AsyncIterator[list[Event]]:
         decoder = TraceDecoder(str(self.path))
-        read = 0
         async with await anyio.open_file(self.path, "rb") as file:
+            self._inode = os.fstat(file.wrapped.fileno()).st_ino
             while True:
                 chunk = await file.read(1 << 20)
                 if chunk:
-                    read += len(chunk)
+                    self._read += len(chunk)
                     events = decoder.feed(chunk)
                     for start in range(0, len(events), BATCH):
                         yield events[start : start + BATCH]
                     if any(isinstance(e, RunFinished) for e in events):
                         self.state = "finished"
-                        await self._until_rewritten(file.wrapped.fileno(), read)
                         return
                     continue
                 if os.fstat(file.wrapped.fileno()).st_nlink == 0:
@@ -163,17 +164,17 @@ class FollowSource:
                     return
                 await anyio.sleep(self.poll_s)
 
-    async def _until_rewritten(self, fileno: int, read: int) -> None:
-        """Wait while the finished run's trace stays as read; a resume of the run writes
-        it anew (shorter at first), and this view then says it is out of date."""
-        while True:
+    async def until_rewritten(self) -> None:
+        """After the run's end, wait while its trace stays as read: a resume of the run
+        writes it anew, and this view then says it is out of date."""
+        while self.state == "finished":
             await anyio.sleep(self.poll_s)
-            stat = os.fstat(fileno)
-            if stat.st_nlink == 0:
+            try:
+                stat = self.path.stat()
+            except OSError:
                 return
-            if stat.st_size < read:
+            if stat.st_size < self._read or stat.st_ino != self._inode:
                 self.state = "the run was resumed: this view is out of date (watch it again)"
-                return
 
 
 Source = LiveSource | ReplaySource | FollowSource
