@@ -182,3 +182,23 @@ def test_tokens_held_by_calls_under_way_do_not_stop_the_run(tmp_path: Path) -> N
     assert results["status"] == "completed", results.get("stopped_by")
     assert results["metrics"]["answered"] == 10
     assert results["metrics"]["completion_tokens"] == 480
+
+
+async def test_a_run_its_limit_stopped_leaves_no_node_running(tmp_path: Path) -> None:
+    """Problems whose n-sample call could not start once the limit was spent end their
+    branches with the reason; none is left 'running' in the results."""
+    async with FakeServer(FakeBehaviour()) as server:
+        cfg = EndpointConfig(name="fake", base_url=server.base_url, continuation="chat")
+        settings = RunSettings(
+            modes=ModeSettings(mode="parallel", n=4, budget=16),
+            concurrency=1,
+            out=tmp_path / "run",
+            max_run_tokens=60,
+        )
+        result = await execute(PROBLEMS[:5], cfg, settings)
+    results = json.loads((result.folder / "results.json").read_text())
+    assert results["status"] == "stopped"
+    nodes = [n for p in results["problems"] for n in p["nodes"]]
+    assert not [n["id"] for n in nodes if n["status"] == "running"]
+    stopped = [n for n in nodes if n["kind"] == "branch" and n["status"] == "failed"]
+    assert stopped and all("token limit of 60" in n["error"] for n in stopped)

@@ -305,7 +305,20 @@ class Parallel:
         firsts: list[First | None] = [None] * self.n
         if solver.caps.native_n and self.n > 1 and not _server_thinking(self.inner, solver):
             reqs = [self.inner.first_request(b, p) for b, p in zip(ids, pools, strict=True)]
-            grown = await solver.segments_n(branch, reqs)
+            try:
+                grown = await solver.segments_n(branch, reqs)
+            except BaseException as exc:
+                # no branch could start (the run stopped, its limit is spent): each ends
+                # with the reason, none is left "running"
+                starved = isinstance(exc, BudgetExhausted)
+                reason = _ended_by(exc)
+                with anyio.CancelScope(shield=True):
+                    for node_id in ids:
+                        error = f"no tokens left: {reason}" if starved else reason
+                        await solver.bus.emit(NodeFailed(node_id=node_id, error=error))
+                if starved:
+                    return []
+                raise
             firsts = [(r, seg, own) for r, (seg, own) in zip(reqs, grown, strict=True)]
         results: list[list[Candidate]] = [[] for _ in range(self.n)]
 
@@ -320,13 +333,8 @@ class Parallel:
                 return
             except BaseException as exc:
                 # the branch ends with the reason (a stopped run, a cancelled sibling)
-                reason = (
-                    "cancelled: the run stopped"
-                    if isinstance(exc, anyio.get_cancelled_exc_class())
-                    else str(exc) or type(exc).__name__
-                )
                 with anyio.CancelScope(shield=True):
-                    await solver.bus.emit(NodeFailed(node_id=ids[i], error=reason))
+                    await solver.bus.emit(NodeFailed(node_id=ids[i], error=_ended_by(exc)))
                 raise
             await finished(i)
 
@@ -356,6 +364,13 @@ class Parallel:
                     results[i] = settled
                     await finished(i)
         return [c for branch_candidates in results for c in branch_candidates]
+
+
+def _ended_by(exc: BaseException) -> str:
+    """Why a branch ended early, as its node says."""
+    if isinstance(exc, anyio.get_cancelled_exc_class()):
+        return "cancelled: the run stopped"
+    return str(exc) or type(exc).__name__
 
 
 def hybrid(
