@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sqlite3
@@ -202,3 +203,38 @@ async def test_a_run_its_limit_stopped_leaves_no_node_running(tmp_path: Path) ->
     assert not [n["id"] for n in nodes if n["status"] == "running"]
     stopped = [n for n in nodes if n["kind"] == "branch" and n["status"] == "failed"]
     assert stopped and all("token limit of 60" in n["error"] for n in stopped)
+
+
+async def test_a_problem_its_own_limit_cut_says_so_and_goes_on_under_a_higher_one(
+    tmp_path: Path,
+) -> None:
+    """Budget 100 under a problem limit of 60: the thinking is cut to 60 and no forced
+    answer fits. The problem says its limit did it, the run is 'stopped' (not a silent
+    'completed'), and a resume under a higher limit finishes it."""
+    from thinktree.orchestrator.run import load_resume
+
+    long_reply = "Answer: B. " + "word " * 300
+    async with FakeServer(FakeBehaviour(reply=long_reply)) as server:
+        cfg = EndpointConfig(name="fake", base_url=server.base_url, continuation="chat")
+        settings = RunSettings(
+            modes=ModeSettings(mode="budget", budget=100),
+            out=tmp_path / "run",
+            max_problem_tokens=60,
+        )
+        first = await execute(PROBLEMS[:2], cfg, settings)
+        assert first.stopped_by == "problem stopped: its token limit of 60 cut its calls short"
+        results = json.loads((first.folder / "results.json").read_text())
+        assert results["status"] == "stopped"
+        assert all(p["stopped"] == first.stopped_by for p in results["problems"])
+        assert results["metrics"]["tokens_allowed"] == 2 * 60
+        state = load_resume(first.folder, new_limits=True)
+        raised = dataclasses.replace(state.settings, max_problem_tokens=500)
+        again = await execute(state.problems, cfg, raised, resume=state)
+    assert again.stopped_by is None
+    saved = json.loads((again.folder / "results.json").read_text())
+    assert saved["status"] == "completed" and saved["metrics"]["answered"] == 2
+    for problem in saved["problems"]:  # the forced answer the cut left out is there now
+        assert [n for n in problem["nodes"] if n["kind"] == "forced-answer"]
+    assert (
+        json.loads((again.folder / "run.json").read_text())["settings"]["max_problem_tokens"] == 500
+    )

@@ -282,6 +282,7 @@ class ProblemFinished(Event):
     correct: bool | None
     covered: bool | None
     error: str | None = None
+    stopped: str | None = None  # its own token limit cut its calls (what a resume raises)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -40,6 +40,7 @@ class Budget:
     reserved: int = 0
     used: int = 0
     released: anyio.Event | None = None  # set when a reservation settles (a waiter's)
+    cut: bool = False  # its limit granted a call less than it asked for, or nothing
 
     def child(self, name: str, limit: int | None, *, cap: int | None = None) -> Budget:
         """A pool nested in this one (it holds its parent, not the other way round, so
@@ -71,6 +72,12 @@ class Budget:
             raise ValueError("a reservation must ask for at least one token")
         left = self.available()
         grant = wanted if left is None else min(wanted, left)
+        if grant < wanted:  # note which pools' limits did it
+            pool_: Budget | None = self
+            while pool_ is not None:
+                if pool_.limit is not None and pool_.limit - pool_.used - pool_.reserved < wanted:
+                    pool_.cut = True
+                pool_ = pool_.parent
         if grant <= 0:
             spent = held = None
             pool: Budget | None = self

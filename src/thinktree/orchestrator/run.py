@@ -356,7 +356,9 @@ async def _execute(
             facts,
             problems,
             recorder,
-            tokens_allowed=strategy.allowed_tokens(),
+            tokens_allowed=min(
+                strategy.allowed_tokens(), settings.max_problem_tokens or strategy.allowed_tokens()
+            ),
             servers=client.figures() if isinstance(client, EndpointPool) else None,
             cached_calls=cache.hits,
             read_back_retries=cache.hit_retries,
@@ -648,6 +650,9 @@ def _stopped_by(recorder: TreeRecorder) -> str | None:
     for tree in recorder.tree.problems.values():
         if tree.error and tree.error.startswith("run stopped"):
             return tree.error
+    for tree in recorder.tree.problems.values():
+        if tree.stopped:  # a problem's own limit: the run goes on under a higher one too
+            return tree.stopped
     return None
 
 
@@ -790,6 +795,7 @@ def _problem_results(t: ProblemTree) -> dict[str, Any]:
         "correct": t.correct,
         "covered": t.covered,
         "error": t.error,
+        "stopped": t.stopped,
         "vote": None
         if t.vote is None
         else {

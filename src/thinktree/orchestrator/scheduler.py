@@ -103,6 +103,9 @@ async def solve_problem(
     error = None
     if candidates and all(c.answer is None for c in candidates):
         error = "no candidate stated an answer"
+    stopped = None
+    if problem_limit is not None and problem_limit < strategy.allowed_tokens() and pool.cut:
+        stopped = f"problem stopped: its token limit of {problem_limit} cut its calls short"
     await bus.emit(
         ProblemFinished(
             problem_id=problem.id,
@@ -110,6 +113,7 @@ async def solve_problem(
             correct=correct,
             covered=covered,
             error=error,
+            stopped=stopped,
         )
     )
 

@@ -100,6 +100,7 @@ class ProblemTree:
     verdicts: list[CandidateScored] = field(default_factory=list)
     decision: StrategyChosen | None = None  # the auto mode's choice for this problem
     options: dict[str, str] | None = None  # a choice problem's options, by letter
+    stopped: str | None = None  # its own token limit cut its calls
 
     @property
     def root(self) -> Node:
@@ -205,6 +206,7 @@ class RunTree:
                 tree.correct = event.correct
                 tree.covered = event.covered
                 tree.error = event.error
+                tree.stopped = event.stopped
                 tree.finished = True
                 root = tree.root
                 root.status = NodeStatus.FAILED if event.error else NodeStatus.DONE
