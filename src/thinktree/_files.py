@@ -11,7 +11,7 @@ from typing import BinaryIO
 
 from thinktree.errors import ConfigError
 
-__all__ = ["LOCK", "atomic_file", "atomic_write", "folder_lock", "in_use"]
+__all__ = ["LOCK", "atomic_file", "atomic_write", "busy", "folder_lock", "held", "in_use"]
 
 #: The file in a run or bench folder that the process writing the folder holds locked.
 LOCK = ".lock"
@@ -58,25 +58,37 @@ def folder_lock(folder: Path, what: str) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise ConfigError(
-                f"{what} {folder} is being written by another thinktree process; "
-                "wait for it to end, or stop it first"
-            ) from None
+            raise busy(what, folder) from None
         yield
     finally:
         os.close(fd)  # and the lock with it
 
 
+def busy(what: str, folder: Path) -> ConfigError:
+    """The one-line error for a folder another process is writing."""
+    return ConfigError(
+        f"{what} {folder} is being written by another thinktree process; "
+        "wait for it to end, or stop it first"
+    )
+
+
 def in_use(folder: Path) -> bool:
     """Whether a process holds ``folder``'s lock (is writing the run or bench now)."""
+    return held(folder / LOCK)
+
+
+def held(lock_file: Path) -> bool:
+    """Whether a live process holds ``lock_file``'s flock (read-only: takes no lasting lock)."""
     try:
-        fd = os.open(folder / LOCK, os.O_RDONLY)
+        fd = os.open(lock_file, os.O_RDONLY)
     except OSError:
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         return True
+    except OSError:
+        return False
     finally:
         os.close(fd)
     return False

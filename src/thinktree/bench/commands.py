@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 
-from thinktree._files import in_use
+from thinktree._files import busy, in_use
 from thinktree.bench.grid import load_bench_config
 from thinktree.bench.results import load
 from thinktree.errors import ConfigError
@@ -56,10 +56,7 @@ def bench_main(
             cluster = RayCluster(None if ray == LOCAL_RAY else ray, num_cpus=shards)
         with cluster or contextlib.nullcontext():
             if in_use(out_dir):  # said before the progress view starts (the lock is taken later)
-                raise ConfigError(
-                    f"bench {out_dir} is being written by another thinktree process; "
-                    "wait for it to end, or stop it first"
-                )
+                raise busy("bench", out_dir)
             plan = await plan_bench(config, out_dir, sharded=cluster is not None)
             done = len(cells) - len(plan.todo)
             if done:

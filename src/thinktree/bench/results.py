@@ -9,7 +9,7 @@ from typing import Any
 
 from thinktree._files import in_use
 from thinktree.errors import ConfigError
-from thinktree.orchestrator.events import failed_call
+from thinktree.orchestrator.events import failed_calls_in
 
 RESULTS = "results.json"
 BENCH_MANIFEST = "bench.json"
@@ -171,12 +171,7 @@ def _load_cell(
             tokens_allowed_per_problem=allowed,
             status=str(data.get("status", "completed")),
             stopped_by=data.get("stopped_by"),
-            failed_calls=sum(
-                1
-                for p in data["problems"]
-                for n in p.get("nodes") or ()
-                if failed_call(str(n.get("kind")), str(n.get("status")), n.get("error"))
-            ),
+            failed_calls=failed_calls_in(data["problems"]),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"{folder / RESULTS} is damaged (missing {exc})") from None

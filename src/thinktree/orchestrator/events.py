@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import operator
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar
@@ -49,6 +49,16 @@ def failed_call(kind: str, status: str, error: str | None) -> bool:
         status == "failed"
         and kind in CALL_KINDS
         and not (error or "").startswith(CONSTRAINT_REFUSED)
+    )
+
+
+def failed_calls_in(problems: Iterable[dict[str, Any]]) -> int:
+    """How many failed solver calls (:func:`failed_call`) a results file's problems hold."""
+    return sum(
+        1
+        for problem in problems
+        for node in problem.get("nodes") or ()
+        if failed_call(str(node.get("kind")), str(node.get("status")), node.get("error"))
     )
 
 

@@ -46,6 +46,7 @@ from thinktree.orchestrator.events import (
     RunFinished,
     RunStarted,
     failed_call,
+    failed_calls_in,
 )
 from thinktree.orchestrator.gc_tuning import run_gc
 from thinktree.orchestrator.ledger import Budget
@@ -513,12 +514,7 @@ def run_outcome(results: Path) -> tuple[str | None, int]:
     its solver's model calls failed, from its ``results.json``."""
     try:
         data = json.loads(results.read_text(encoding="utf-8"))
-        failed = sum(
-            1
-            for problem in data["problems"]
-            for node in problem["nodes"]
-            if failed_call(node["kind"], node["status"], node.get("error"))
-        )
+        failed = failed_calls_in(data["problems"])
         stopped = data["status"] == "stopped"
         stopped_by = str(data.get("stopped_by") or "a limit") if stopped else None
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:

@@ -44,6 +44,7 @@ import anyio
 import structlog
 
 from thinktree import __version__
+from thinktree._files import held
 from thinktree._json import dumps
 from thinktree.errors import ThinktreeError
 from thinktree.orchestrator.events import (
@@ -399,19 +400,7 @@ def _lock_path(path: Path) -> Path:
 
 def _writer_alive(path: Path) -> bool:
     """Whether a live writer holds the store's lock (read-only: takes no lasting lock)."""
-    try:
-        fd = os.open(_lock_path(path), os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-    return False
+    return held(_lock_path(path))
 
 
 def _reason(exc: BaseException) -> str:
