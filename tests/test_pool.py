@@ -274,3 +274,101 @@ def test_run_on_a_pool_with_a_dead_member_fails_in_one_line(tmp_path: Path) -> N
     assert len(lines) == 1 and "Traceback" not in proc.stderr
     assert f"member {dead} is not usable" in lines[0]
     assert not (tmp_path / "run").exists()
+
+
+OUTAGE_PROBLEMS = PROBLEMS[:6]
+OUTAGE_MODES = ModeSettings(mode="budget", budget=32)
+
+
+async def _until(condition: Any, seconds: float = 30) -> None:
+    with anyio.fail_after(seconds):
+        while not condition():  # noqa: ASYNC110 (the fake servers have no event to wait on)
+            await anyio.sleep(0.01)
+
+
+async def test_a_pool_whose_members_all_restart_is_waited_for(tmp_path: Path) -> None:
+    """Every member goes down mid-run and comes back on its port: no call fails."""
+    from thinktree.orchestrator.subscribers import TreeRecorder
+
+    slow = FakeBehaviour(delay_s=0.05)
+    a, b = FakeServer(slow), FakeServer(slow)
+    await a.__aenter__()
+    await b.__aenter__()
+    ports = a.port, b.port
+    # a call's own timeout is short: the outage is waited for as long as outage_wait_s
+    cfg = pool_config(
+        a, b, limit=1, max_attempts=2, max_backoff_s=0.05, timeout_s=1, outage_wait_s=30
+    )
+    recorder = TreeRecorder()
+    settings = RunSettings(modes=OUTAGE_MODES, concurrency=2, out=tmp_path / "run")
+    try:
+        async with anyio.create_task_group() as tg:
+            results: list[Any] = []
+
+            async def run() -> None:
+                results.append(
+                    await execute(OUTAGE_PROBLEMS, cfg, settings, subscribers=[recorder])
+                )
+
+            tg.start_soon(run)
+            await _until(lambda: a.answered + b.answered >= 6)  # the probe's and 1-2 calls
+            await a.__aexit__(None, None, None)
+            await b.__aexit__(None, None, None)  # every member down: connections refused
+            await anyio.sleep(3.0)  # longer than a call's timeout
+            async with FakeServer(slow, port=ports[0]), FakeServer(slow, port=ports[1]):
+                await _until(lambda: bool(results), 60)
+    finally:
+        await a.__aexit__(None, None, None)
+        await b.__aexit__(None, None, None)
+    (result,) = results
+    assert result.failed_calls() == []
+    assert result.metrics.answered == len(OUTAGE_PROBLEMS)
+    assert recorder.retries >= 1  # the wait was announced (progress bar, terminal view)
+
+
+async def test_a_pool_that_stays_down_stops_the_run_resumably(tmp_path: Path) -> None:
+    from thinktree.errors import EndpointDown
+    from thinktree.orchestrator.run import load_resume
+
+    folder = tmp_path / "run"
+    slow = FakeBehaviour(delay_s=0.05)
+    a, b = FakeServer(slow), FakeServer(slow)
+    await a.__aenter__()
+    await b.__aenter__()
+    ports = a.port, b.port
+    cfg = pool_config(
+        a, b, limit=1, max_attempts=2, max_backoff_s=0.05, timeout_s=2, outage_wait_s=1
+    )
+    settings = RunSettings(modes=OUTAGE_MODES, concurrency=2, out=folder)
+
+    async def stop_both() -> None:
+        await _until(lambda: a.answered + b.answered >= 6)
+        await a.__aexit__(None, None, None)
+        await b.__aexit__(None, None, None)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(stop_both)
+        pattern = r"pool 'pool': every member stopped answering .* within 1 s \(outage_wait_s\)"
+        with pytest.raises(EndpointDown, match=pattern):
+            await execute(OUTAGE_PROBLEMS, cfg, settings)
+    assert not (folder / "results.json").exists()
+    async with FakeServer(slow, port=ports[0]) as a2, FakeServer(slow, port=ports[1]) as b2:
+        state = load_resume(folder)
+        result = await execute(
+            OUTAGE_PROBLEMS, pool_config(a2, b2, limit=1), state.settings, resume=state
+        )
+    assert result.failed_calls() == [] and result.metrics.answered == len(OUTAGE_PROBLEMS)
+    assert result.cached_calls > 0  # those answered before the outage are not paid again
+
+
+async def test_a_request_that_fails_on_answering_members_is_not_waited_for() -> None:
+    """5xx on every attempt while the members answer their checks: the call fails."""
+    a = FakeServer(faults=lambda i: Fault.SERVER_ERROR)
+    async with a:
+        pool = EndpointPool(pool_config(a, max_attempts=2, max_backoff_s=0.01, outage_wait_s=30))
+        try:
+            await pool.resolve_model()
+            with anyio.fail_after(10), pytest.raises(EndpointError, match="kept failing"):
+                await pool.chat([{"role": "user", "content": "hi"}], max_tokens=2)
+        finally:
+            await pool.aclose()

@@ -83,7 +83,8 @@ class RetryKind(StrEnum):
 
 _EVERY_KIND = frozenset(RetryKind)
 # what a server that is down (restarting, unreachable) answers, unlike one that is up
-_OUTAGE = frozenset({RetryKind.CONNECTION, RetryKind.TIMEOUT, RetryKind.TRANSIENT})
+OUTAGE = frozenset({RetryKind.CONNECTION, RetryKind.TIMEOUT, RetryKind.TRANSIENT})
+"""Failures that may mean the server is down (restarting), not that the request is bad."""
 _OUTAGE_POLL_S = 5.0
 # OpenAI's refusal of any temperature but a reasoning model's own: "Unsupported value:
 # 'temperature' does not support 0.7 with this model. Only the default (1) value is supported."
@@ -545,7 +546,7 @@ class EndpointClient:
                     result.attempts = trial.retry_state.attempt_number
                     return result
         except Exception as exc:
-            if waited or classify(exc) not in _OUTAGE:
+            if waited or classify(exc) not in OUTAGE:
                 raise self._user_error(exc) from exc
             failed_at = time.monotonic()
             if await self._reachable():  # the server is up: this request is what fails

@@ -24,6 +24,7 @@ import openai
 import structlog
 
 from thinktree.agents.endpoint import (
+    OUTAGE,
     Completion,
     DeltaHandler,
     EndpointClient,
@@ -36,7 +37,7 @@ from thinktree.agents.endpoint import (
     request_json,
 )
 from thinktree.agents.limiter import AdaptiveLimiter
-from thinktree.errors import EndpointError
+from thinktree.errors import EndpointDown, EndpointError
 
 log = structlog.get_logger(__name__)
 
@@ -119,6 +120,8 @@ class EndpointPool(EndpointClient):
         self.transport = self.members[0].client.transport
         self._freed = anyio.Event()
         self._turn = 0
+        self._all_down_since: float | None = None  # when calls began to wait for any member
+        self._pool_gave_up: EndpointDown | None = None  # the wait ran out: the run stops
 
     async def aclose(self) -> None:
         for member in self.members:
@@ -278,6 +281,7 @@ class EndpointPool(EndpointClient):
         started = time.monotonic()
         attempts = 0
         failovers = 0
+        waited = False  # for the pool to come back, once, after every attempt failed
         limit = self.config.max_attempts + len(self.members)
         while True:
             member = await self._pick()
@@ -298,6 +302,11 @@ class EndpointPool(EndpointClient):
                     figures.failovers += 1
                     failovers += 1
                 if attempts >= limit or (attempts - failovers) >= self.config.max_attempts:
+                    if not waited and kind in OUTAGE and not await self._any_healthy():
+                        # nothing answers a check: an outage, not this request's fault;
+                        # the next pick waits for a member to come back
+                        waited, attempts, failovers = True, 0, 0
+                        continue
                     raise EndpointError(
                         f"pool '{self.config.name}' kept failing ({kind}) after {attempts} "
                         f"attempts on its members"
@@ -335,11 +344,11 @@ class EndpointPool(EndpointClient):
             member.down_since = time.monotonic()
 
     async def _pick(self) -> _Member:
-        """The least loaded healthy member with a free slot; waits while all are busy.
+        """The least loaded healthy member with a free slot; waits while all are busy, and
+        while all are down, up to ``outage_wait_s`` (then :class:`EndpointDown`).
 
         A down member is checked again (by one caller) once its re-check interval is over.
         """
-        deadline = time.monotonic() + max(self.config.timeout_s, _RECHECK_S)
         while True:
             now = time.monotonic()
             for member in self.members:
@@ -355,22 +364,50 @@ class EndpointPool(EndpointClient):
                     else:
                         member.down_since = time.monotonic()
             healthy = [m for m in self.members if m.down_since is None]
+            if healthy:
+                self._all_down_since = None
             free = [m for m in healthy if m.outstanding < m.limit]
             if free:  # ties go round the members in turn
                 self._turn += 1
                 size = len(self.members)
                 return min(free, key=lambda m: (m.load, (m.index - self._turn) % size))
             if healthy:  # all busy: wait for a slot to free anywhere
-                deadline = time.monotonic() + max(self.config.timeout_s, _RECHECK_S)
                 with anyio.move_on_after(_RECHECK_S):
                     await self._freed.wait()
                 continue
-            if time.monotonic() > deadline:
-                raise EndpointError(
-                    f"pool '{self.config.name}': every member is down "
-                    f"({', '.join(m.client.config.base_url for m in self.members)})"
-                )
-            await anyio.sleep(_RECHECK_S / 4)
+            await self._wait_for_any()
+
+    async def _wait_for_any(self) -> None:
+        """A short wait while every member is down; the first caller announces the outage,
+        and a caller past ``outage_wait_s`` since it began stops the run."""
+        if self._pool_gave_up is not None:
+            raise self._pool_gave_up
+        now = time.monotonic()
+        patience = self.config.outage_wait_s
+        if self._all_down_since is None:
+            self._all_down_since = now
+            reason = f"every member of pool '{self.config.name}' is down"
+            log.warning("pool down", pool=self.config.name, wait_s=patience)
+            if self.on_retry is not None:
+                await self.on_retry(0, patience, reason)
+        elif now - self._all_down_since > patience:
+            urls = ", ".join(m.client.config.base_url for m in self.members)
+            self._pool_gave_up = EndpointDown(
+                f"pool '{self.config.name}': every member stopped answering ({urls}) and "
+                f"none came back within {patience:.0f} s (outage_wait_s)"
+            )
+            raise self._pool_gave_up
+        await anyio.sleep(min(_RECHECK_S / 4, max(patience, 0.01)))
+
+    async def _any_healthy(self) -> bool:
+        """Whether some member answers a check now; those that do not are marked down."""
+        answering = False
+        for member in self.members:
+            if await self._healthy(member):
+                answering = True
+            elif member.down_since is None:
+                self._mark_down(member, RetryKind.TRANSIENT)
+        return answering
 
     async def _healthy(self, member: _Member) -> bool:
         url = f"{member.client.config.base_url}/models"
