@@ -30,11 +30,15 @@ def _verdicts(kind: str, n: int) -> Any:
         "rationale": Verdict(score=0.5, rationale=None),  # type: ignore[arg-type]
         "cost": Verdict(score=0.5, cost_usd=float("nan")),
         "failed": Verdict.failed("cannot tell"),
+        "scored-error": Verdict(score=0.9, error="judge timed out; score is a guess"),
     }
     if kind in bad:
         return [bad[kind] for _ in range(n)]
     if kind == "negative":  # the first candidate fails, the others score below zero
         return [Verdict.failed("cannot tell") if i == 0 else Verdict(score=-1.0) for i in range(n)]
+    if kind == "negative-scored-error":  # as "negative", the failure carrying a top score
+        first = Verdict(score=1.0, error="cannot tell")
+        return [first if i == 0 else Verdict(score=-1.0) for i in range(n)]
     return [Verdict(score=0.5) for _ in range(n)]
 
 

@@ -15,7 +15,8 @@ import pytest
 from choice_set import beta_problems, write_dataset
 from thinktree.agents.endpoint import EndpointConfig
 from thinktree.agents.modes import ModeSettings
-from thinktree.orchestrator.run import RunSettings, execute
+from thinktree.orchestrator.events import NodeKind
+from thinktree.orchestrator.run import RunResult, RunSettings, execute
 from thinktree.pricing import Price
 from thinktree.problems import AnswerType, Problem
 from thinktree.testing.fake_server import FakeBehaviour, FakeServer, fake_server_in_thread
@@ -238,3 +239,58 @@ async def test_a_problem_its_own_limit_cut_says_so_and_goes_on_under_a_higher_on
     assert (
         json.loads((again.folder / "run.json").read_text())["settings"]["max_problem_tokens"] == 500
     )
+
+
+async def _parallel_under(tmp_path: Path, limit: int, native_n: bool) -> RunResult:
+    """Three problems, four 16-token branches each (12-token replies), under ``limit``."""
+    async with FakeServer(FakeBehaviour(native_n=native_n, chunk_delay_s=0.002)) as server:
+        cfg = EndpointConfig(
+            name="fake",
+            base_url=server.base_url,
+            continuation="chat",
+            native_n="yes" if native_n else "no",
+        )
+        settings = RunSettings(
+            modes=ModeSettings(mode="parallel", n=4, budget=16),
+            out=tmp_path / "run",
+            max_problem_tokens=limit,
+        )
+        return await execute(PROBLEMS[:3], cfg, settings)
+
+
+async def test_branches_that_wait_for_the_problem_limit_and_get_their_ask_are_not_stopped(
+    tmp_path: Path,
+) -> None:
+    """Four branches of 16 cannot hold 52 at once: the fourth waits for its siblings to
+    settle (12 tokens each), then gets its whole 16. Nothing was cut: not 'stopped'."""
+    result = await _parallel_under(tmp_path, 52, native_n=False)
+    assert result.stopped_by is None
+    results = json.loads((result.folder / "results.json").read_text())
+    assert results["status"] == "completed"
+    for tree in result.trees:
+        assert tree.stopped is None and tree.answer == "B"
+        calls = [n for n in tree.walk() if n.kind is NodeKind.GENERATION]
+        assert len(calls) == 4 and all(n.max_tokens == 16 for n in calls)
+        # the last call started only once another had finished: it waited
+        assert max(n.started_at for n in calls) >= min(n.finished_at or 0.0 for n in calls)
+    assert all(p["stopped"] is None for p in results["problems"])
+
+
+@pytest.mark.parametrize(("native_n", "limit", "least"), [(False, 48, 12), (True, 52, 13)])
+async def test_branches_the_problem_limit_cuts_short_are_stopped(
+    tmp_path: Path, native_n: bool, limit: int, least: int
+) -> None:
+    """The four branches' calls cannot all have 16: under 48 the fourth gets the 12 its
+    siblings leave, and one request's 52 is shared out as 13 each. Every reply still fits
+    (12 tokens), but a call got less than it asked for: the problem says its limit did it."""
+    result = await _parallel_under(tmp_path, limit, native_n=native_n)
+    stopped = f"problem stopped: its token limit of {limit} cut its calls short"
+    assert result.stopped_by == stopped
+    results = json.loads((result.folder / "results.json").read_text())
+    assert results["status"] == "stopped"
+    assert all(p["stopped"] == stopped for p in results["problems"])
+    for tree in result.trees:
+        assert tree.answer == "B"
+        calls = [n for n in tree.walk() if n.kind is NodeKind.GENERATION]
+        assert len(calls) == 4 and min(n.max_tokens or 0 for n in calls) == least
+        assert all(n.finish_reason == "stop" for n in calls)

@@ -73,6 +73,7 @@ BAD_VERDICTS = {
     "cost": "gave cost_usd that is not a finite amount: nan (float)",
     "raise": "failed: boom from a verifier",
     "failed": "cannot tell",
+    "scored-error": "judge timed out; score is a guess",  # an error fails it, score or not
 }
 
 
@@ -104,17 +105,23 @@ async def test_a_bad_verdict_fails_with_its_reason_and_the_majority_decides(
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("kind", ["negative", "negative-scored-error"])
 @pytest.mark.parametrize("aggregate", ["best-of-n", "verifier-weighted", "verifier-tiebreak"])
-async def test_a_failed_verdict_ranks_below_negative_scores(tmp_path: Path, aggregate: str) -> None:
-    # A's verdict fails; B's three score -1: a failure is no better than any score
-    result = await _run(tmp_path, ("misbehave:negative",), aggregate)
+async def test_a_failed_verdict_ranks_below_negative_scores(
+    tmp_path: Path, aggregate: str, kind: str
+) -> None:
+    # A's verdict fails (with no score, or an error beside a score of 1); B's three score
+    # -1: a failure is no better than any score
+    result = await _run(tmp_path, (f"misbehave:{kind}",), aggregate)
     tree = result.trees[0]
     assert tree.vote is not None and tree.vote.rule == aggregate
     assert tree.answer == "B" and tree.vote.winner_node == "q1/b2/think"
     assert "A" not in tree.vote.scores
     assert tree.nodes["q1/b1/think"].combined_score is None
+    failed = [v for v in tree.of_kind(NodeKind.VERDICT) if v.status is NodeStatus.FAILED]
+    assert [v.parent_id for v in failed] == ["q1/b1/think"] and failed[0].error == "cannot tell"
     m = result.metrics.verifier
-    assert m is not None and m.pick_accuracy == 1.0
+    assert m is not None and m.pick_accuracy == 1.0 and m.failed_verdicts == 1
     assert m.auroc is None  # the scored candidates are all right: no AUROC
 
 

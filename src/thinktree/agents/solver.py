@@ -480,10 +480,10 @@ class Solver:
 async def _reserved(asks: list[tuple[Budget, int]]) -> list[int]:
     """Each pool's grant for its ask, all or none.
 
-    While a limit is held by other calls under way (not spent), this holds nothing,
-    waits for one of them to settle and asks again, so waiters never wait on each other.
-    Where this call's own asks alone take what is left (n samples in one request), what
-    is left is shared out between them.
+    While a limit that cannot grant an ask whole is held by other calls under way (not
+    spent), this holds nothing, waits for one of them to settle and asks again, so waiters
+    never wait on each other. Where this call's own asks alone take more than is left (n
+    samples in one request), what is left is shared out between them.
     """
     while True:
         grants: list[int] = []
@@ -509,6 +509,8 @@ def _shared(asks: list[tuple[Budget, int]], pool: Budget) -> list[int]:
     """Grants for ``asks`` out of what is left of ``pool``, in equal shares."""
     left = pool.available() or 0
     share = left // len(asks)
+    if any(wanted > share for _, wanted in asks):  # its limit cuts them, not calls under way
+        pool.cut = True
     if share <= 0 and pool.stops_run:
         raise RunLimitReached(
             f"run stopped: its token limit of {pool.limit} is reached ({pool.used} spent; "

@@ -15,8 +15,8 @@ from thinktree.errors import BudgetExhausted, RunLimitReached
 
 
 class LimitHeld(Exception):  # a state to wait out, not a failure
-    """A limit has nothing left to grant now, but calls under way hold some of it and may
-    give back what they do not use: wait (:meth:`wait`) and ask again."""
+    """A limit cannot grant a call's whole ask now, but calls under way hold some of it and
+    may give back what they do not use: wait (:meth:`wait`) and ask again."""
 
     def __init__(self, pool: Budget) -> None:
         super().__init__(f"the tokens left of '{pool.name}' are held by calls under way")
@@ -40,7 +40,7 @@ class Budget:
     reserved: int = 0
     used: int = 0
     released: anyio.Event | None = None  # set when a reservation settles (a waiter's)
-    cut: bool = False  # its limit granted a call less than it asked for, or nothing
+    cut: bool = False  # its limit, spent (not held), granted a call less than asked, or none
 
     def child(self, name: str, limit: int | None, *, cap: int | None = None) -> Budget:
         """A pool nested in this one (it holds its parent, not the other way round, so
@@ -61,41 +61,43 @@ class Budget:
         return None if best is None else max(best, 0)
 
     def reserve(self, wanted: int) -> int:
-        """Reserve up to ``wanted`` tokens; returns the grant, raises if none is left.
+        """Reserve ``wanted`` tokens, or less where a limit is spent down to less.
 
-        Raises :class:`LimitHeld` when no pool is spent but calls under way hold what is
-        left of one (the run's, a problem's shared by its branches): the caller waits and
-        asks again. Once the run's limit is spent, :class:`~thinktree.errors.RunLimitReached`;
-        once another pool is, :class:`~thinktree.errors.BudgetExhausted`.
+        A call gets its whole ask or waits for it: where a pool short of the ask has
+        tokens held by calls under way (the run's, a problem's shared by its branches)
+        and they could grant more than now, this raises :class:`LimitHeld`; the caller
+        waits and asks again. Only a limit nobody holds grants less than the ask (and is
+        marked ``cut``); once one has nothing left, the run's raises
+        :class:`~thinktree.errors.RunLimitReached` and another
+        :class:`~thinktree.errors.BudgetExhausted`.
         """
         if wanted <= 0:
             raise ValueError("a reservation must ask for at least one token")
-        left = self.available()
-        grant = wanted if left is None else min(wanted, left)
-        if grant < wanted:  # note which pools' limits did it
-            pool_: Budget | None = self
-            while pool_ is not None:
-                if pool_.limit is not None and pool_.limit - pool_.used - pool_.reserved < wanted:
-                    pool_.cut = True
-                pool_ = pool_.parent
-        if grant <= 0:
-            spent = held = None
-            pool: Budget | None = self
-            while pool is not None:
-                if pool.limit is not None and pool.limit - pool.used - pool.reserved <= 0:
-                    if pool.reserved > 0:  # not spent: what calls under way leave is granted
-                        held = held or pool
-                    elif pool.stops_run:
-                        raise RunLimitReached(
-                            f"run stopped: its token limit of {pool.limit} is reached "
-                            f"({pool.used} spent)"
-                        )
-                    else:
-                        spent = spent or pool
-                pool = pool.parent
-            if held is not None and spent is None:
-                raise LimitHeld(held)
-            raise BudgetExhausted(f"budget '{self.name}' is spent")
+        short: list[tuple[Budget, int]] = []  # pools that cannot grant the whole ask now
+        pool: Budget | None = self
+        while pool is not None:
+            if pool.limit is not None and pool.limit - pool.used - pool.reserved < wanted:
+                short.append((pool, pool.limit - pool.used - pool.reserved))
+            pool = pool.parent
+        if short:
+            free = [(p, left) for p, left in short if p.reserved == 0]  # what is left stays
+            most = min((left for _, left in free), default=wanted)
+            for held, left in short:
+                if held.reserved > 0 and left < most:  # settling may grant more: wait
+                    raise LimitHeld(held)
+            for p, _ in free:
+                p.cut = True
+            grant = max(most, 0)
+            if grant == 0:
+                spent = [p for p, left in free if left <= 0]
+                run = next((p for p in spent if p.stops_run), None)
+                if run is not None:
+                    raise RunLimitReached(
+                        f"run stopped: its token limit of {run.limit} is reached ({run.used} spent)"
+                    )
+                raise BudgetExhausted(f"budget '{self.name}' is spent")
+        else:
+            grant = wanted
         pool = self
         while pool is not None:
             pool.reserved += grant

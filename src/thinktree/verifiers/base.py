@@ -3,7 +3,8 @@
 A verifier is any object with ``async verify(problem, candidates) -> list[Verdict]``
 (and optionally ``async aclose()``). Scores are floats where higher means more likely
 right, by convention in [0, 1]; a verdict that could not be reached has ``score=None``
-and says why in ``error``: the run goes on without it. Verifiers never see the gold.
+and says why in ``error``: the run goes on without it. A verdict with an error has
+failed, whatever its score. Verifiers never see the gold.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ class CandidateView:
 
 @dataclass(slots=True)
 class Verdict:
-    """One candidate's score (None: failed, with the reason), rationale and cost."""
+    """One candidate's score, rationale and cost; failed (not scored) where ``score`` is
+    None or ``error`` gives a reason."""
 
     score: float | None
     rationale: str = ""

@@ -5,6 +5,7 @@ started under the candidate before the verifier runs and finished (or failed, wi
 reason) after; a :class:`CandidateScored` event carries the score. A verifier that
 raises, or returns what is not a verdict (a score that is not a finite number, a token
 count that is not a count, …), fails its verdicts with a one-line reason; the run goes on.
+A verdict that carries an error has failed, whatever score it also carries.
 A candidate's combined score is the mean of its verifiers' valid scores; one whose every
 verdict failed has none (None) and ranks below every scored candidate.
 """
@@ -190,12 +191,12 @@ def _checked(name: str, verdict: object) -> Verdict:
         return failed(f"verifier {name} gave a rationale that is not text")
     if verdict.error is not None and not isinstance(verdict.error, str):
         return failed(f"verifier {name} gave an error that is not text")
-    if score is None:  # failed by the verifier itself, with its reason
+    if score is None or verdict.error:  # failed by the verifier itself, whatever it scored
         return failed(verdict.error or "no score")
     return Verdict(
         score=score,
         rationale=verdict.rationale,
-        error=verdict.error,
+        error=None,
         prompt_tokens=tokens[0],
         completion_tokens=tokens[1],
         cost_usd=cost,
