@@ -31,6 +31,7 @@ def _verdicts(kind: str, n: int) -> Any:
         "cost": Verdict(score=0.5, cost_usd=float("nan")),
         "failed": Verdict.failed("cannot tell"),
         "scored-error": Verdict(score=0.9, error="judge timed out; score is a guess"),
+        "multiline-error": Verdict.failed("judge said:\n  no answer\n\tin time"),
     }
     if kind in bad:
         return [bad[kind] for _ in range(n)]

@@ -74,6 +74,7 @@ BAD_VERDICTS = {
     "raise": "failed: boom from a verifier",
     "failed": "cannot tell",
     "scored-error": "judge timed out; score is a guess",  # an error fails it, score or not
+    "multiline-error": "judge said: no answer in time",  # one line, as every error
 }
 
 

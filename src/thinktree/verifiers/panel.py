@@ -191,8 +191,9 @@ def _checked(name: str, verdict: object) -> Verdict:
         return failed(f"verifier {name} gave a rationale that is not text")
     if verdict.error is not None and not isinstance(verdict.error, str):
         return failed(f"verifier {name} gave an error that is not text")
-    if score is None or verdict.error:  # failed by the verifier itself, whatever it scored
-        return failed(verdict.error or "no score")
+    error = " ".join((verdict.error or "").split())  # one line, as every error
+    if score is None or error:  # failed by the verifier itself, whatever it scored
+        return failed(error or "no score")
     return Verdict(
         score=score,
         rationale=verdict.rationale,
