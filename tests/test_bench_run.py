@@ -197,6 +197,37 @@ def test_a_bench_config_checks_the_range_of_its_settings(
         load_bench_config(config)
 
 
+@pytest.mark.parametrize(
+    ("tables", "cell", "where"),
+    [
+        (
+            '[grid]\nmode = ["budget", "adaptive"]\nwave = [2, 8]\n[run]\nn = 4',
+            "004_one_mode-adaptive_wave-8",
+            "[grid]",
+        ),
+        (
+            '[grid]\nmode = ["parallel", "adaptive"]\n[run]\nn = 4\nwave = 8',
+            "002_one_mode-adaptive",
+            "[run]",
+        ),
+    ],
+)
+def test_a_bench_refuses_a_wave_above_its_n(
+    tmp_path: Path, tables: str, cell: str, where: str
+) -> None:
+    write_choice_problems(tmp_path / "one.jsonl", "p")
+    config = tmp_path / "c.toml"
+    nowhere = 'endpoint = "http://127.0.0.1:9/v1"'  # never reached: refused before
+    config.write_text(f'[[datasets]]\npath = "one.jsonl"\n{tables}\n{nowhere}\n')
+    proc = cli("bench", str(config), "--out", "never", cwd=tmp_path)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"cell {cell}: wave must be between 1 and n (4), not 8" in err, err
+    assert f"lower wave in {where} or raise n" in err
+    assert not (tmp_path / "never").exists()
+
+
 @pytest.mark.parametrize("key", ["limit", "offset"])
 def test_a_bench_dataset_checks_the_range_of_its_limit_and_offset(tmp_path: Path, key: str) -> None:
     write_choice_problems(tmp_path / "one.jsonl", "p")
