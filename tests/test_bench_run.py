@@ -3,21 +3,31 @@ without paying twice for a finished call, and shares calls between cells."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
+from typing import Any
 
+import anyio
 import pytest
 
 from bench_data import write_choice_problems
 from request_keys import SEEN, reply, request_key
+from thinktree.bench.cluster import InProcessShards, ShardRunner
 from thinktree.bench.grid import load_bench_config
+from thinktree.bench.runner import run_bench
+from thinktree.bench.sharding import SHARDS, ShardReport, ShardSpec
 from thinktree.errors import ConfigError
+from thinktree.orchestrator.run import run_outcome
 from thinktree.testing.fake_server import FakeBehaviour, fake_server_in_thread
 
 
@@ -195,6 +205,37 @@ def test_a_bench_config_checks_the_range_of_its_settings(
     config.write_text(f'[[datasets]]\npath = "one.jsonl"\n{tables}\n')
     with pytest.raises(ConfigError, match=message):
         load_bench_config(config)
+
+
+@pytest.mark.parametrize(
+    ("tables", "cell", "where"),
+    [
+        (
+            '[grid]\nmode = ["budget", "adaptive"]\nwave = [2, 8]\n[run]\nn = 4',
+            "004_one_mode-adaptive_wave-8",
+            "[grid]",
+        ),
+        (
+            '[grid]\nmode = ["parallel", "adaptive"]\n[run]\nn = 4\nwave = 8',
+            "002_one_mode-adaptive",
+            "[run]",
+        ),
+    ],
+)
+def test_a_bench_refuses_a_wave_above_its_n(
+    tmp_path: Path, tables: str, cell: str, where: str
+) -> None:
+    write_choice_problems(tmp_path / "one.jsonl", "p")
+    config = tmp_path / "c.toml"
+    nowhere = 'endpoint = "http://127.0.0.1:9/v1"'  # never reached: refused before
+    config.write_text(f'[[datasets]]\npath = "one.jsonl"\n{tables}\n{nowhere}\n')
+    proc = cli("bench", str(config), "--out", "never", cwd=tmp_path)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert f"cell {cell}: wave must be between 1 and n (4), not 8" in err, err
+    assert f"lower wave in {where} or raise n" in err
+    assert not (tmp_path / "never").exists()
 
 
 @pytest.mark.parametrize("key", ["limit", "offset"])
@@ -418,3 +459,79 @@ def test_a_bench_folder_is_written_by_one_bench_at_a_time(tmp_path: Path) -> Non
         assert code == 2 and "is being written by another thinktree process" in err, err
         assert len(err.splitlines()) == 1, err  # no blank line from a progress view before it
         assert _bench(config, tmp_path)[0] == 0
+
+
+_rmtree = shutil.rmtree
+
+
+class _CutOff(Exception):
+    """The bench stopped here, as a Ctrl-C or a lost Ray node stops it."""
+
+
+class _ShardsThenCutOff:
+    """Runs a cell's shards in this process, then cuts the bench off before their merge."""
+
+    cpus = 2
+
+    async def run(
+        self, specs: Sequence[ShardSpec], on_poll: Callable[[], None] | None = None
+    ) -> list[ShardReport]:
+        await InProcessShards().run(specs, on_poll)
+        raise _CutOff
+
+
+@pytest.mark.parametrize("cut", ["before the merge", "after the merge", "nowhere"])
+def test_a_sharded_cell_with_failed_calls_sends_them_again_on_the_next_bench(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cut: str
+) -> None:
+    down = {"on": True}
+
+    def outage(body: dict[str, object]) -> str | None:
+        asks = json.dumps(body.get("messages"))
+        return "the model is being reloaded" if down["on"] and "p case 1" in asks else None
+
+    def cut_off(path: str | os.PathLike[str], *args: Any, **kwargs: Any) -> None:
+        if Path(path).name == SHARDS:  # the merged cell's shard folders are not removed yet
+            raise _CutOff
+        _rmtree(path, *args, **kwargs)
+
+    cell = tmp_path / "out" / "001_one_mode-budget"
+    with fake_server_in_thread(FakeBehaviour(reply=reply, reject=outage)) as server:
+        config = write_config(tmp_path, server.base_url, 'mode = ["budget"]')
+        runner: ShardRunner = InProcessShards()
+        if cut == "before the merge":
+            runner = _ShardsThenCutOff()
+        elif cut == "after the merge":
+            monkeypatch.setattr(shutil, "rmtree", cut_off)
+        # every cell in two shards, the first cell's one problem each
+        with pytest.raises(_CutOff) if cut != "nowhere" else contextlib.nullcontext():
+            anyio.run(
+                partial(
+                    run_bench,
+                    load_bench_config(config),
+                    tmp_path / "out",
+                    shards=runner,
+                    shard_count=2,
+                )
+            )
+        monkeypatch.undo()
+        if cut == "nowhere":  # merged: the cell's own results hold the failed call
+            assert run_outcome(cell / "results.json") == (None, 1)
+        else:
+            shards = [cell / SHARDS / f"00{i}" / "results.json" for i in (0, 1)]
+            assert [run_outcome(path) for path in shards] == [(None, 0), (None, 1)]
+        down["on"] = False
+        SEEN.clear()
+        code, out, err = _bench(config, tmp_path)  # without Ray: its shards in this process
+        again = [key for key in SEEN if "Which one" in key]
+    assert code == 0, err
+    # the failed call is sent again (and the calls of a cell not run yet), nothing else
+    assert [key for key in again if "p case" in key]
+    assert not [key for key in again if "p case" in key and "p case 1" not in key]
+    assert "001_one_mode-budget (resumed)" in err
+    assert ("2 shards on 1 host" in err) == (cut != "nowhere")  # a merged cell is one run
+    assert "failed" not in err and "2 of 2 cells done" in out
+    saved = json.loads((cell / "results.json").read_text())
+    assert saved["metrics"]["failed"] == 0
+    assert saved["metrics"]["answered"] == saved["metrics"]["problems"] == 2
+    assert not (cell / SHARDS).exists()

@@ -53,7 +53,7 @@ def check_given(s: ModeSettings, given: Collection[str]) -> None:
 
     Defaults are never refused (an adaptive run's default ``--wave`` shrinks to a smaller
     ``--n``); a bench's ``[run]`` table, which sets options for several modes at once, does
-    not come here.
+    not come here (a bench checks only :func:`check_wave`).
     """
     if s.mode not in MODES:
         return  # a plugin's mode: it may read any of them
@@ -69,8 +69,15 @@ def check_given(s: ModeSettings, given: Collection[str]) -> None:
             "--budget is not used in mode 'hybrid' when --total-budget is given (it only "
             "sets the total, as --budget × --n × --steps); give one of them"
         )
-    if s.mode == "adaptive" and "wave" in given and not 0 < s.wave <= s.n:
-        raise ConfigError(f"--wave must be between 1 and --n ({s.n}), not {s.wave}")
+    if "wave" in given:
+        check_wave(s)
+
+
+def check_wave(s: ModeSettings, flag: str = "--") -> None:
+    """A one-line ConfigError for an adaptive run's wave outside 1 to its n, for a wave
+    given explicitly (a default one shrinks to a smaller n); ``flag`` prefixes the names."""
+    if s.mode == "adaptive" and not 0 < s.wave <= s.n:
+        raise ConfigError(f"{flag}wave must be between 1 and {flag}n ({s.n}), not {s.wave}")
 
 
 def build_strategy(s: ModeSettings) -> Strategy:

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from thinktree._numbers import LARGEST_SETTING as LARGEST
-from thinktree.agents.modes import ModeSettings
+from thinktree.agents.modes import ModeSettings, check_wave
 from thinktree.bench.perturb import NONE, PERTURBATIONS
 from thinktree.errors import ConfigError
 from thinktree.orchestrator.run import RunSettings, validate
@@ -240,7 +240,22 @@ def load_bench_config(path: Path) -> BenchConfig:
             validate(config.settings_for(cell))
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
+    for cell in config.cells():
+        _check_wave(config, cell)
     return config
+
+
+def _check_wave(config: BenchConfig, cell: Cell) -> None:
+    """A wave the bench gives must fit in the cell's n, as ``run --wave`` must."""
+    if "wave" not in cell.options and "wave" not in config.fixed:
+        return  # the default wave shrinks to a smaller n
+    try:
+        check_wave(config.settings_for(cell).modes, flag="")
+    except ConfigError as exc:
+        table = "[grid]" if "wave" in cell.options else "[run]"
+        raise ConfigError(
+            f"{config.path}: cell {cell.name}: {exc}; lower wave in {table} or raise n"
+        ) from None
 
 
 def _canonical(key: str) -> str:

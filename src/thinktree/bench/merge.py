@@ -31,6 +31,7 @@ from thinktree.orchestrator.events import Event, RunFinished, RunStarted
 from thinktree.orchestrator.run import (
     CALLS,
     MANIFEST,
+    RESULTS,
     RunFacts,
     RunResult,
     RunSettings,
@@ -70,7 +71,9 @@ def copy_calls(sources: Sequence[Path], target: Path) -> int:
 
 
 def _clear(folder: Path) -> None:
-    """Remove what an earlier, cut-off merge left in the cell folder."""
+    """Remove what an earlier merge left in the cell folder (one cut off, or one done
+    again after shards resumed their failed calls); its results first: they say it completed."""
+    (folder / RESULTS).unlink(missing_ok=True)
     for name in (CALLS, STORE_NAME, MANIFEST, TRACE_NAME):
         for suffix in ("", "-wal", "-shm", "-lock", "-journal"):
             (folder / f"{name}{suffix}").unlink(missing_ok=True)

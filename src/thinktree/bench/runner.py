@@ -361,12 +361,11 @@ def cell_done(folder: Path, settings: RunSettings) -> bool:
     """Whether a cell is finished: its results written and none of its calls failed (a
     cell with failed calls is resumed: those are sent again, the rest read back). A cell
     its limit stopped is finished while the bench's limits (``settings``) are the ones it
-    ran under; under others it goes on. A sharded cell is finished once its results are."""
+    ran under; under others it goes on. A sharded cell's results are its shards' merge:
+    one whose shards are still there resumes in shards (those with failed calls run)."""
     results = folder / RESULTS
     if not results.is_file():
         return False
-    if (folder / SHARDS).is_dir():
-        return True
     stopped_by, failed = run_outcome(results)
     if failed:
         return False

@@ -34,7 +34,7 @@ from thinktree.agents.capabilities import Capabilities
 from thinktree.agents.endpoint import EndpointConfig
 from thinktree.errors import ConfigError
 from thinktree.orchestrator.call_cache import SqliteCallCache
-from thinktree.orchestrator.run import MANIFEST, RunSettings, execute, load_resume
+from thinktree.orchestrator.run import MANIFEST, RunSettings, execute, load_resume, run_outcome
 from thinktree.problems import Problem
 
 log = structlog.get_logger(__name__)
@@ -131,7 +131,9 @@ def snapshot_calls(shared: Path, spec: ShardSpec) -> None:
 def run_shard(spec: ShardSpec) -> ShardReport:
     """Run (or resume, or skip when done) one shard; the body of a Ray task.
 
-    Blocking: it runs its own event loop, as a Ray worker has none.
+    A shard that finished with failed calls is resumed, as an unsharded cell is: those
+    calls are sent again, the rest read back. Blocking: it runs its own event loop, as a
+    Ray worker has none.
     """
     if not (spec.bench / "bench.json").is_file():
         raise ConfigError(
@@ -142,7 +144,7 @@ def run_shard(spec: ShardSpec) -> ShardReport:
     attempt = _note_worker(spec)
     started = time.monotonic()
     folder = spec.folder
-    if (folder / RESULTS).is_file():
+    if (folder / RESULTS).is_file() and not run_outcome(folder / RESULTS)[1]:
         return ShardReport(
             spec.index, "done before", len(spec.problems), 0, socket.gethostname(), attempt, 0.0
         )
