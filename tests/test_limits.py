@@ -294,3 +294,25 @@ async def test_branches_the_problem_limit_cuts_short_are_stopped(
         calls = [n for n in tree.walk() if n.kind is NodeKind.GENERATION]
         assert len(calls) == 4 and min(n.max_tokens or 0 for n in calls) == least
         assert all(n.finish_reason == "stop" for n in calls)
+
+
+async def test_a_hybrid_problem_whose_branch_shares_its_limit_cuts_is_stopped(
+    tmp_path: Path,
+) -> None:
+    """Hybrid splits the problem's limit between its branches: 40 gives each 20, so a
+    branch's second 16-token step gets 8. The problem's own pool still had room, but its
+    limit cut the calls short all the same: the problem says so."""
+    async with FakeServer(FakeBehaviour()) as server:
+        cfg = EndpointConfig(name="fake", base_url=server.base_url, continuation="chat")
+        settings = RunSettings(
+            modes=ModeSettings(mode="hybrid", n=2, steps=2, total_budget=64),
+            out=tmp_path / "run",
+            max_problem_tokens=40,
+        )
+        result = await execute(PROBLEMS[:2], cfg, settings)
+    stopped = "problem stopped: its token limit of 40 cut its calls short"
+    assert result.stopped_by == stopped
+    for tree in result.trees:
+        assert tree.stopped == stopped
+        steps = [n for n in tree.walk() if n.kind is NodeKind.STEP]
+        assert sorted(n.max_tokens or 0 for n in steps) == [8, 8, 16, 16]

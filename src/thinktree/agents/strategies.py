@@ -363,6 +363,8 @@ class Parallel:
                 else:
                     results[i] = settled
                     await finished(i)
+        if share is not None and any(p.cut for p in pools):
+            pool.cut = True  # a branch's share of the limit cut it: the limit did
         return [c for branch_candidates in results for c in branch_candidates]
 
 
