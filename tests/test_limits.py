@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -316,3 +317,88 @@ async def test_a_hybrid_problem_whose_branch_shares_its_limit_cuts_is_stopped(
         assert tree.stopped == stopped
         steps = [n for n in tree.walk() if n.kind is NodeKind.STEP]
         assert sorted(n.max_tokens or 0 for n in steps) == [8, 8, 16, 16]
+
+
+class _LedgerSolver:
+    """Just what budget forcing asks of a solver: each call reserves its ask through the
+    solver's own ledger rule (waiting while calls under way hold the limit), and the model
+    thinks 12 tokens and stops without an answer."""
+
+    def __init__(self, problem: Problem) -> None:
+        from thinktree.agents.capabilities import Capabilities
+
+        self.problem = problem
+        self.caps = Capabilities()
+        self.constrains = False
+        self.asked: list[tuple[str, int]] = []  # (node, max_tokens) as each call asked
+        self.granted: list[tuple[str, int]] = []
+
+    async def segment(self, branch: Any, req: Any) -> Any:
+        from thinktree.agents.solver import Segment, _reserved
+
+        self.asked.append((req.node_id, req.max_tokens))
+        (grant,) = await _reserved([(req.budget, req.max_tokens)])
+        self.granted.append((req.node_id, grant))
+        used = min(12, grant)
+        req.budget.commit(grant, used)
+        text = " thinking" * used
+        branch.assistant += text
+        finish = "length" if used == grant else "stop"
+        return Segment(node_id=req.node_id, text=text, finish_reason=finish, completion_tokens=used)
+
+
+async def test_a_wait_extension_waits_for_the_tokens_its_siblings_hold() -> None:
+    """Below min_thinking, "Wait" asks for the rest of the thinking budget (20 of 32). A
+    sibling's call under way holds 30 of the problem's 56, leaving 14: the extension
+    waits for it to settle and then gets its whole 20, instead of 14 taken at once."""
+    import anyio
+
+    from thinktree.agents.solver import Branch
+    from thinktree.agents.strategies import BudgetForcing
+    from thinktree.orchestrator.ledger import Budget
+
+    problem_pool = Budget("q0", 56)
+    sibling = problem_pool.child("q0/b1", None)
+    solver = _LedgerSolver(PROBLEMS[0])
+    strategy = BudgetForcing(budget=32, min_thinking=20, answer_tokens=8)
+    first_call_made = anyio.Event()
+    real_segment = solver.segment
+
+    async def segment(branch: Any, req: Any) -> Any:
+        seg = await real_segment(branch, req)
+        if not first_call_made.is_set():  # the sibling's call starts as this one ends
+            sibling.reserve(30)
+            first_call_made.set()
+        return seg
+
+    solver.segment = segment  # type: ignore[method-assign]
+
+    async def sibling_settles() -> None:
+        await first_call_made.wait()
+        await anyio.sleep(0.1)
+        sibling.commit(30, 10)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(sibling_settles)
+        with anyio.fail_after(5):
+            await strategy.run(solver, Branch([]), "q0", problem_pool)  # type: ignore[arg-type]
+    assert solver.asked[:2] == [("q0/think", 32), ("q0/wait1", 20)]
+    assert solver.granted[:2] == [("q0/think", 32), ("q0/wait1", 20)]
+    assert not problem_pool.cut
+
+
+async def test_a_wait_extension_a_spent_limit_refuses_keeps_the_thinking() -> None:
+    """The problem's limit is spent after the first call: no extension is made, and the
+    thinking stands as it was (the forced answer, refused too, leaves it the candidate)."""
+    from thinktree.agents.solver import Branch
+    from thinktree.agents.strategies import BudgetForcing
+    from thinktree.orchestrator.ledger import Budget
+
+    problem_pool = Budget("q0", 12)
+    solver = _LedgerSolver(PROBLEMS[0])
+    strategy = BudgetForcing(budget=32, min_thinking=20, answer_tokens=8)
+    branch = Branch([])
+    (candidate,) = await strategy.run(solver, branch, "q0", problem_pool)  # type: ignore[arg-type]
+    assert [node for node, _ in solver.granted] == ["q0/think"]
+    assert candidate.node_id == "q0/think" and candidate.revisions == 0
+    assert branch.assistant == " thinking" * 12

@@ -132,25 +132,33 @@ class BudgetForcing:
         last = seg
         extensions = 0
         while not last.failed and not last.capped and used < self.min_thinking:
-            left = thinking.available()
-            if not left:
+            # the rest of its own budget: the ledger grants it whole, waits while calls
+            # under way hold what it needs, or grants what a spent limit leaves
+            left = (thinking.limit or 0) - thinking.used - thinking.reserved
+            if left <= 0:
+                break
+            before = branch.assistant
+            _reopen_thinking(solver, branch)
+            try:
+                extension = await solver.segment(
+                    branch,
+                    SegmentRequest(
+                        node_id=f"{parent}/wait{extensions + 1}",
+                        parent_id=parent,
+                        kind=NodeKind.EXTENSION,
+                        label=f"wait {extensions + 1}",
+                        budget=thinking,
+                        max_tokens=left,
+                        cue=EXTEND_CUE,
+                        revision_prompt="Wait. Keep thinking about the problem before you answer.",
+                        extract_from="message",
+                    ),
+                )
+            except BudgetExhausted:  # a limit above it is spent: the thinking stands as is
+                branch.assistant = before
                 break
             extensions += 1
-            _reopen_thinking(solver, branch)
-            last = await solver.segment(
-                branch,
-                SegmentRequest(
-                    node_id=f"{parent}/wait{extensions}",
-                    parent_id=parent,
-                    kind=NodeKind.EXTENSION,
-                    label=f"wait {extensions}",
-                    budget=thinking,
-                    max_tokens=left,
-                    cue=EXTEND_CUE,
-                    revision_prompt="Wait. Keep thinking about the problem before you answer.",
-                    extract_from="message",
-                ),
-            )
+            last = extension
             used += last.completion_tokens
         if last.failed:
             return [Candidate(last.node_id, None, used, branch.assistant, extensions)]
