@@ -46,14 +46,15 @@ from thinktree.orchestrator.call_cache import SqliteCallCache
 from thinktree.orchestrator.events import RunStarted
 from thinktree.orchestrator.run import (
     MANIFEST,
+    MAY_CHANGE,
     RunResult,
     RunSettings,
     execute,
-    limits_of,
+    going_on,
     load_resume,
     probe_endpoint,
     probe_needs,
-    run_limits,
+    run_done,
     run_outcome,
 )
 from thinktree.pricing import Price, prices_from_config
@@ -166,10 +167,6 @@ def prepare(config: BenchConfig, out: Path) -> list[Cell]:
         raise ConfigError(f"cannot create bench folder {out}: {exc.strerror}") from None
     atomic_write(manifest, json.dumps(_manifest(config, cells), indent=1, ensure_ascii=False))
     return cells
-
-
-#: [run] settings a bench may change when it is run again: they change no answer.
-MAY_CHANGE = ("max_run_tokens", "max_problem_tokens", "max_cost", "concurrency")
 
 
 def _check_same_run(out: Path, stored: dict[str, Any], config: BenchConfig) -> None:
@@ -363,13 +360,7 @@ def cell_done(folder: Path, settings: RunSettings) -> bool:
     its limit stopped is finished while the bench's limits (``settings``) are the ones it
     ran under; under others it goes on. A sharded cell's results are its shards' merge:
     one whose shards are still there resumes in shards (those with failed calls run)."""
-    results = folder / RESULTS
-    if not results.is_file():
-        return False
-    stopped_by, failed = run_outcome(results)
-    if failed:
-        return False
-    return stopped_by is None or run_limits(folder) == limits_of(settings)
+    return run_done(folder, settings)
 
 
 def failed_calls(outcome: CellOutcome) -> int:
@@ -456,14 +447,8 @@ async def _run_cell(
         if (folder / MANIFEST).is_file():
             # a limit-stopped cell goes on only under other limits (see cell_done)
             state = load_resume(folder, prices=prices, new_limits=True)
-            now = config.settings_for(cell)
             settings = dataclasses.replace(
-                state.settings,
-                config=merged_config(config),
-                concurrency=now.concurrency,
-                max_run_tokens=now.max_run_tokens,
-                max_problem_tokens=now.max_problem_tokens,
-                max_cost=now.max_cost,
+                going_on(state.settings, config.settings_for(cell)), config=merged_config(config)
             )
             result = await execute(
                 state.problems,
