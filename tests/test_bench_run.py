@@ -605,3 +605,29 @@ def test_a_resumed_shard_goes_on_under_the_bench_s_new_limits_and_concurrency(
     assert (resumed["concurrency"], resumed["max_problem_tokens"]) == (3, 5000)
     assert shard_manifest["settings"]["max_problem_tokens"] == 5000  # kept from now on
     assert code == 0, err
+    merged = json.loads((cell / "run.json").read_text())["settings"]  # the cell's limits
+    assert merged["max_problem_tokens"] == 5000 and merged["max_cost"] is None
+
+
+def test_a_sharded_cell_a_raised_limit_stops_again_is_done_under_it(tmp_path: Path) -> None:
+    """A shard done before keeps the limits it ran under; the merged cell says the bench's."""
+
+    def long_for_p1(body: dict[str, Any], index: int) -> str:
+        long = "p case 1" in json.dumps(body.get("messages"))
+        return "word " * 200 + "Answer: B" if long else "Answer: A"
+
+    cell = tmp_path / "out" / "001_one_mode-budget"
+    with fake_server_in_thread(FakeBehaviour(reply=long_for_p1)) as server:
+        config = write_config(tmp_path, server.base_url, 'mode = ["budget"]')
+        text = config.read_text()
+        _limited(config, text, 40)
+        _bench_in_shards(config, "before the merge")
+        outcomes = [run_outcome(cell / SHARDS / f"00{i}" / "results.json") for i in (0, 1)]
+        _limited(config, text, 60)
+        raised = _bench(config, tmp_path)
+        again = _bench(config, tmp_path)
+    assert outcomes[0] == (None, 0) and outcomes[1][0], outcomes  # p1 alone stopped
+    assert raised[0] == 0 and "001_one_mode-budget (resumed)" in raised[2], raised
+    assert "token limit of 60" in raised[2]  # stopped again, under the raised limit
+    assert "resuming out: 2/2 cells already done" in again[2], again
+    assert "(0 run now)" in again[1] and "1 cell(s) stopped by their limit" in again[2]
