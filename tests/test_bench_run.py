@@ -592,6 +592,10 @@ def test_a_resumed_shard_goes_on_under_the_bench_s_new_limits_and_concurrency(
         _bench_in_shards(config, "before the merge")
         (cell / SHARDS / "001" / "results.json").unlink()  # cut off before its results
         raised = text.replace("concurrency = 1", "concurrency = 3\nmax-problem-tokens = 5000")
+        config.write_text(raised + "max-tokens = 100000\n")  # shards cannot share one total
+        code, _out, err = _bench(config, tmp_path)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert "left in shards, which cannot split a run-wide limit" in err
         config.write_text(raised)
         _bench_in_shards(config, "before the merge")
         kept, resumed = (

@@ -267,6 +267,9 @@ async def plan_bench(config: BenchConfig, out: Path, *, sharded: bool = False) -
     endpoints = resolve_endpoints(config, cells)
     prices = bench_prices(config)
     todo = [c for c in cells if not cell_done(out / c.name, config.settings_for(c))]
+    for cell in todo:  # finished in shards, with or without --ray
+        if (out / cell.name / SHARDS).is_dir():
+            check_shardable(config.settings_for(cell), resumed=cell.name)
     plan = BenchPlan(cells, todo, endpoints, prices, ProblemMemo(), ProbeMemo())
     for cell in todo:
         if not (out / cell.name / MANIFEST).is_file():  # a cell started before has its own
@@ -359,7 +362,7 @@ def cell_done(folder: Path, settings: RunSettings) -> bool:
     cell with failed calls is resumed: those are sent again, the rest read back). A cell
     its limit stopped is finished while the bench's limits (``settings``) are the ones it
     ran under; under others it goes on. A sharded cell's results are its shards' merge:
-    one whose shards are still there resumes in shards (those with failed calls run)."""
+    one whose shards are still there resumes in shards, each shard judged the same way."""
     return run_done(folder, settings)
 
 

@@ -106,13 +106,23 @@ def split(problems: Sequence[Problem], shards: int) -> list[tuple[Problem, ...]]
     return [tuple(problems[i::count]) for i in range(count)]
 
 
-def check_shardable(settings: RunSettings) -> None:
-    """Refuse limits that span the whole run: shards cannot share one running total."""
-    if settings.max_run_tokens is not None or settings.max_cost is not None:
+def check_shardable(settings: RunSettings, *, resumed: str | None = None) -> None:
+    """Refuse limits that span the whole run: shards cannot share one running total.
+
+    ``resumed``: the name of a cell left in shards, which finishes in shards even
+    without ``--ray``.
+    """
+    if settings.max_run_tokens is None and settings.max_cost is None:
+        return
+    if resumed is None:
         raise ConfigError(
             "--ray cannot split a run-wide limit (max-tokens, max-cost) across shards; "
             "use max-problem-tokens, or run the bench without --ray"
         )
+    raise ConfigError(
+        f"cell {resumed} was left in shards, which cannot split a run-wide limit "
+        "(max-tokens, max-cost); use max-problem-tokens until its shards are merged"
+    )
 
 
 def snapshot_calls(shared: Path, spec: ShardSpec) -> None:
