@@ -480,9 +480,31 @@ class _ShardsThenCutOff:
         raise _CutOff
 
 
-@pytest.mark.parametrize("cut", ["before the merge", "after the merge", "nowhere"])
+def _rmtree_but_shards(path: str | os.PathLike[str], *args: Any, **kwargs: Any) -> None:
+    """``shutil.rmtree`` that cuts the bench off before a merged cell's shards are removed."""
+    if Path(path).name == SHARDS:
+        raise _CutOff
+    _rmtree(path, *args, **kwargs)
+
+
+CUTS = ["before the merge", "after the merge", "nowhere"]
+
+
+def _bench_in_shards(config: Path, cut: str) -> None:
+    """Run ``config``'s bench into ``out`` beside it, every cell in two shards in this
+    process, cut off where ``cut`` (one of ``CUTS``) says."""
+    runner: ShardRunner = _ShardsThenCutOff() if cut == "before the merge" else InProcessShards()
+    with pytest.MonkeyPatch.context() as patch:
+        if cut == "after the merge":
+            patch.setattr(shutil, "rmtree", _rmtree_but_shards)
+        with pytest.raises(_CutOff) if cut != "nowhere" else contextlib.nullcontext():
+            bench = partial(run_bench, shards=runner, shard_count=2)
+            anyio.run(bench, load_bench_config(config), config.parent / "out")
+
+
+@pytest.mark.parametrize("cut", CUTS)
 def test_a_sharded_cell_with_failed_calls_sends_them_again_on_the_next_bench(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cut: str
+    tmp_path: Path, cut: str
 ) -> None:
     down = {"on": True}
 
@@ -490,31 +512,10 @@ def test_a_sharded_cell_with_failed_calls_sends_them_again_on_the_next_bench(
         asks = json.dumps(body.get("messages"))
         return "the model is being reloaded" if down["on"] and "p case 1" in asks else None
 
-    def cut_off(path: str | os.PathLike[str], *args: Any, **kwargs: Any) -> None:
-        if Path(path).name == SHARDS:  # the merged cell's shard folders are not removed yet
-            raise _CutOff
-        _rmtree(path, *args, **kwargs)
-
     cell = tmp_path / "out" / "001_one_mode-budget"
     with fake_server_in_thread(FakeBehaviour(reply=reply, reject=outage)) as server:
         config = write_config(tmp_path, server.base_url, 'mode = ["budget"]')
-        runner: ShardRunner = InProcessShards()
-        if cut == "before the merge":
-            runner = _ShardsThenCutOff()
-        elif cut == "after the merge":
-            monkeypatch.setattr(shutil, "rmtree", cut_off)
-        # every cell in two shards, the first cell's one problem each
-        with pytest.raises(_CutOff) if cut != "nowhere" else contextlib.nullcontext():
-            anyio.run(
-                partial(
-                    run_bench,
-                    load_bench_config(config),
-                    tmp_path / "out",
-                    shards=runner,
-                    shard_count=2,
-                )
-            )
-        monkeypatch.undo()
+        _bench_in_shards(config, cut)  # the first cell's one problem a shard
         if cut == "nowhere":  # merged: the cell's own results hold the failed call
             assert run_outcome(cell / "results.json") == (None, 1)
         else:
@@ -535,3 +536,102 @@ def test_a_sharded_cell_with_failed_calls_sends_them_again_on_the_next_bench(
     assert saved["metrics"]["failed"] == 0
     assert saved["metrics"]["answered"] == saved["metrics"]["problems"] == 2
     assert not (cell / SHARDS).exists()
+
+
+def _limited(config: Path, text: str, limit: int) -> None:
+    """Write ``text`` (a config from ``write_config``) with budget 16 and a problem limit."""
+    config.write_text(
+        text.replace("[run]\n", f"[run]\nbudget = 16\nmax-problem-tokens = {limit}\n")
+    )
+
+
+@pytest.mark.parametrize("cut", CUTS)
+def test_a_sharded_cell_its_limit_stopped_goes_on_when_the_bench_raises_it(
+    tmp_path: Path, cut: str
+) -> None:
+    cell = tmp_path / "out" / "001_one_mode-budget"
+    with fake_server_in_thread(FakeBehaviour(reply=reply)) as server:
+        config = write_config(tmp_path, server.base_url, 'mode = ["budget"]')
+        text = config.read_text()
+        _limited(config, text, 3)
+        SEEN.clear()
+        _bench_in_shards(config, cut)  # the first cell's one problem a shard
+        paid = {key for key in SEEN if "p case" in key}
+        if cut != "nowhere":  # each shard stopped by the limit, none with a failed call
+            outcomes = [run_outcome(cell / SHARDS / f"00{i}" / "results.json") for i in (0, 1)]
+            assert all(stopped and not failed for stopped, failed in outcomes), outcomes
+        _limited(config, text, 500)
+        SEEN.clear()
+        code, out, err = _bench(config, tmp_path)  # without Ray: its shards in this process
+        again = [key for key in SEEN if "p case" in key]
+        report = cli("report", "out", cwd=tmp_path).communicate(timeout=120)[0]
+        same = _bench(config, tmp_path)
+    assert code == 0, err
+    # the stopped problems go on: each makes the calls the raised limit lets it, once
+    assert len(again) == len(set(again)) == 4 and not paid & set(again), again
+    assert "001_one_mode-budget (resumed)" in err and "stopped" not in err
+    assert ("2 shards on 1 host" in err) == (cut != "nowhere")  # a merged cell is one run
+    assert "2 of 2 cells done" in out
+    assert "(stopped)" not in report and "Stopped by their limit" not in report
+    saved = json.loads((cell / "results.json").read_text())
+    assert saved["status"] == "completed" and saved["stopped_by"] is None
+    assert saved["metrics"]["answered"] == saved["metrics"]["problems"] == 2
+    assert saved["settings"]["max_problem_tokens"] == 500
+    assert json.loads((cell / "run.json").read_text())["settings"]["max_problem_tokens"] == 500
+    assert not (cell / SHARDS).exists()
+    assert "2 of 2 cells done (0 run now)" in same[1], same  # the same limit: nothing to do
+
+
+def test_a_resumed_shard_goes_on_under_the_bench_s_new_limits_and_concurrency(
+    tmp_path: Path,
+) -> None:
+    cell = tmp_path / "out" / "001_one_mode-budget"
+    with fake_server_in_thread(FakeBehaviour(reply=reply)) as server:
+        config = write_config(tmp_path, server.base_url, 'mode = ["budget"]')
+        text = config.read_text()
+        _bench_in_shards(config, "before the merge")
+        (cell / SHARDS / "001" / "results.json").unlink()  # cut off before its results
+        raised = text.replace("concurrency = 1", "concurrency = 3\nmax-problem-tokens = 5000")
+        config.write_text(raised + "max-tokens = 100000\n")  # shards cannot share one total
+        code, _out, err = _bench(config, tmp_path)
+        assert code == 2 and len(err.strip().splitlines()) == 1, err
+        assert "left in shards, which cannot split a run-wide limit" in err
+        config.write_text(raised)
+        _bench_in_shards(config, "before the merge")
+        kept, resumed = (
+            json.loads((cell / SHARDS / f"00{i}" / "results.json").read_text())["settings"]
+            for i in (0, 1)
+        )
+        shard_manifest = json.loads((cell / SHARDS / "001" / "run.json").read_text())
+        code, _out, err = _bench(config, tmp_path)
+    # a shard done before is kept as it ran; the one resumed takes the bench's [run] now
+    assert (kept["concurrency"], kept["max_problem_tokens"]) == (1, None)
+    assert (resumed["concurrency"], resumed["max_problem_tokens"]) == (3, 5000)
+    assert shard_manifest["settings"]["max_problem_tokens"] == 5000  # kept from now on
+    assert code == 0, err
+    merged = json.loads((cell / "run.json").read_text())["settings"]  # the cell's limits
+    assert merged["max_problem_tokens"] == 5000 and merged["max_cost"] is None
+
+
+def test_a_sharded_cell_a_raised_limit_stops_again_is_done_under_it(tmp_path: Path) -> None:
+    """A shard done before keeps the limits it ran under; the merged cell says the bench's."""
+
+    def long_for_p1(body: dict[str, Any], index: int) -> str:
+        long = "p case 1" in json.dumps(body.get("messages"))
+        return "word " * 200 + "Answer: B" if long else "Answer: A"
+
+    cell = tmp_path / "out" / "001_one_mode-budget"
+    with fake_server_in_thread(FakeBehaviour(reply=long_for_p1)) as server:
+        config = write_config(tmp_path, server.base_url, 'mode = ["budget"]')
+        text = config.read_text()
+        _limited(config, text, 40)
+        _bench_in_shards(config, "before the merge")
+        outcomes = [run_outcome(cell / SHARDS / f"00{i}" / "results.json") for i in (0, 1)]
+        _limited(config, text, 60)
+        raised = _bench(config, tmp_path)
+        again = _bench(config, tmp_path)
+    assert outcomes[0] == (None, 0) and outcomes[1][0], outcomes  # p1 alone stopped
+    assert raised[0] == 0 and "001_one_mode-budget (resumed)" in raised[2], raised
+    assert "token limit of 60" in raised[2]  # stopped again, under the raised limit
+    assert "resuming out: 2/2 cells already done" in again[2], again
+    assert "(0 run now)" in again[1] and "1 cell(s) stopped by their limit" in again[2]

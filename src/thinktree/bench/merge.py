@@ -36,6 +36,7 @@ from thinktree.orchestrator.run import (
     RunResult,
     RunSettings,
     conclude,
+    save_limits,
 )
 from thinktree.orchestrator.store import STORE_NAME, RunStore
 from thinktree.orchestrator.subscribers import TraceWriter, TreeRecorder
@@ -94,9 +95,11 @@ def _start(
     shards: Sequence[Path],
     problems: Sequence[Problem],
     run_id: str,
+    settings: RunSettings,
     shared_calls: Path | None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The merged call store and manifest; returns the first shard's manifest and results."""
+    """The merged call store and manifest, with the cell's limits (a shard done before may
+    have others); returns the first shard's manifest and results."""
     for shard in shards:
         if not (shard / "results.json").is_file():
             raise MergeError(f"cannot merge: shard {shard} has not finished")
@@ -113,6 +116,7 @@ def _start(
         "shards": len(shards),
     }
     atomic_write(folder / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False))
+    save_limits(folder, settings)  # what the cell ran under, as cell_done compares
     return first, [_read_json(s / "results.json") for s in shards]
 
 
@@ -153,7 +157,7 @@ async def merge_shards(
     a pool's figures for the driver's probe, counted as a single run counts its own.
     """
     run_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
-    first, shard_results = _start(folder, shards, problems, run_id, shared_calls)
+    first, shard_results = _start(folder, shards, problems, run_id, settings, shared_calls)
     shard_started, events, statuses = _events(shards)
     started = RunStarted(
         run_id=run_id,

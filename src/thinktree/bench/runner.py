@@ -46,14 +46,15 @@ from thinktree.orchestrator.call_cache import SqliteCallCache
 from thinktree.orchestrator.events import RunStarted
 from thinktree.orchestrator.run import (
     MANIFEST,
+    MAY_CHANGE,
     RunResult,
     RunSettings,
     execute,
-    limits_of,
+    going_on,
     load_resume,
     probe_endpoint,
     probe_needs,
-    run_limits,
+    run_done,
     run_outcome,
 )
 from thinktree.pricing import Price, prices_from_config
@@ -168,10 +169,6 @@ def prepare(config: BenchConfig, out: Path) -> list[Cell]:
     return cells
 
 
-#: [run] settings a bench may change when it is run again: they change no answer.
-MAY_CHANGE = ("max_run_tokens", "max_problem_tokens", "max_cost", "concurrency")
-
-
 def _check_same_run(out: Path, stored: dict[str, Any], config: BenchConfig) -> None:
     """One-line ConfigError when ``config``'s [run] or [prices] is not the stored bench's
     (its limits and concurrency may change: a cell its limit stopped goes on)."""
@@ -270,6 +267,9 @@ async def plan_bench(config: BenchConfig, out: Path, *, sharded: bool = False) -
     endpoints = resolve_endpoints(config, cells)
     prices = bench_prices(config)
     todo = [c for c in cells if not cell_done(out / c.name, config.settings_for(c))]
+    for cell in todo:  # finished in shards, with or without --ray
+        if (out / cell.name / SHARDS).is_dir():
+            check_shardable(config.settings_for(cell), resumed=cell.name)
     plan = BenchPlan(cells, todo, endpoints, prices, ProblemMemo(), ProbeMemo())
     for cell in todo:
         if not (out / cell.name / MANIFEST).is_file():  # a cell started before has its own
@@ -362,14 +362,8 @@ def cell_done(folder: Path, settings: RunSettings) -> bool:
     cell with failed calls is resumed: those are sent again, the rest read back). A cell
     its limit stopped is finished while the bench's limits (``settings``) are the ones it
     ran under; under others it goes on. A sharded cell's results are its shards' merge:
-    one whose shards are still there resumes in shards (those with failed calls run)."""
-    results = folder / RESULTS
-    if not results.is_file():
-        return False
-    stopped_by, failed = run_outcome(results)
-    if failed:
-        return False
-    return stopped_by is None or run_limits(folder) == limits_of(settings)
+    one whose shards are still there resumes in shards, each shard judged the same way."""
+    return run_done(folder, settings)
 
 
 def failed_calls(outcome: CellOutcome) -> int:
@@ -456,14 +450,8 @@ async def _run_cell(
         if (folder / MANIFEST).is_file():
             # a limit-stopped cell goes on only under other limits (see cell_done)
             state = load_resume(folder, prices=prices, new_limits=True)
-            now = config.settings_for(cell)
             settings = dataclasses.replace(
-                state.settings,
-                config=merged_config(config),
-                concurrency=now.concurrency,
-                max_run_tokens=now.max_run_tokens,
-                max_problem_tokens=now.max_problem_tokens,
-                max_cost=now.max_cost,
+                going_on(state.settings, config.settings_for(cell)), config=merged_config(config)
             )
             result = await execute(
                 state.problems,

@@ -34,13 +34,19 @@ from thinktree.agents.capabilities import Capabilities
 from thinktree.agents.endpoint import EndpointConfig
 from thinktree.errors import ConfigError
 from thinktree.orchestrator.call_cache import SqliteCallCache
-from thinktree.orchestrator.run import MANIFEST, RunSettings, execute, load_resume, run_outcome
+from thinktree.orchestrator.run import (
+    MANIFEST,
+    RunSettings,
+    execute,
+    going_on,
+    load_resume,
+    run_done,
+)
 from thinktree.problems import Problem
 
 log = structlog.get_logger(__name__)
 
 SHARDS = "shards"
-RESULTS = "results.json"
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,13 +106,23 @@ def split(problems: Sequence[Problem], shards: int) -> list[tuple[Problem, ...]]
     return [tuple(problems[i::count]) for i in range(count)]
 
 
-def check_shardable(settings: RunSettings) -> None:
-    """Refuse limits that span the whole run: shards cannot share one running total."""
-    if settings.max_run_tokens is not None or settings.max_cost is not None:
+def check_shardable(settings: RunSettings, *, resumed: str | None = None) -> None:
+    """Refuse limits that span the whole run: shards cannot share one running total.
+
+    ``resumed``: the name of a cell left in shards, which finishes in shards even
+    without ``--ray``.
+    """
+    if settings.max_run_tokens is None and settings.max_cost is None:
+        return
+    if resumed is None:
         raise ConfigError(
             "--ray cannot split a run-wide limit (max-tokens, max-cost) across shards; "
             "use max-problem-tokens, or run the bench without --ray"
         )
+    raise ConfigError(
+        f"cell {resumed} was left in shards, which cannot split a run-wide limit "
+        "(max-tokens, max-cost); use max-problem-tokens until its shards are merged"
+    )
 
 
 def snapshot_calls(shared: Path, spec: ShardSpec) -> None:
@@ -131,9 +147,10 @@ def snapshot_calls(shared: Path, spec: ShardSpec) -> None:
 def run_shard(spec: ShardSpec) -> ShardReport:
     """Run (or resume, or skip when done) one shard; the body of a Ray task.
 
-    A shard that finished with failed calls is resumed, as an unsharded cell is: those
-    calls are sent again, the rest read back. Blocking: it runs its own event loop, as a
-    Ray worker has none.
+    A shard is done, or resumed, as an unsharded cell is (:func:`run_done`): one that
+    finished with failed calls sends those again, one its limit stopped goes on under
+    the cell's other limits, the rest read back; a resumed shard takes the cell's limits
+    and concurrency. Blocking: it runs its own event loop, as a Ray worker has none.
     """
     if not (spec.bench / "bench.json").is_file():
         raise ConfigError(
@@ -144,7 +161,7 @@ def run_shard(spec: ShardSpec) -> ShardReport:
     attempt = _note_worker(spec)
     started = time.monotonic()
     folder = spec.folder
-    if (folder / RESULTS).is_file() and not run_outcome(folder / RESULTS)[1]:
+    if run_done(folder, spec.settings):
         return ShardReport(
             spec.index, "done before", len(spec.problems), 0, socket.gethostname(), attempt, 0.0
         )
@@ -166,8 +183,10 @@ async def _run(spec: ShardSpec) -> tuple[str, int]:
     try:
         with structlog.contextvars.bound_contextvars(cell=spec.cell, shard=spec.index):
             if (folder / MANIFEST).is_file():
-                state = load_resume(folder, prices=spec.settings.prices)
-                settings = dataclasses.replace(state.settings, config=spec.settings.config)
+                state = load_resume(folder, prices=spec.settings.prices, new_limits=True)
+                settings = dataclasses.replace(
+                    going_on(state.settings, spec.settings), config=spec.settings.config
+                )
                 result = await execute(
                     state.problems, spec.endpoint, settings, resume=state, shared_calls=shared
                 )

@@ -509,6 +509,29 @@ def limits_of(settings: RunSettings) -> tuple[int | None, int | None, float | No
     return settings.max_run_tokens, settings.max_problem_tokens, settings.max_cost
 
 
+#: Settings a resumed run may take anew (a bench's [run], ``run --resume``): they change
+#: no answer, as every node has its own seed.
+MAY_CHANGE = ("max_run_tokens", "max_problem_tokens", "max_cost", "concurrency")
+
+
+def going_on(resumed: RunSettings, now: RunSettings) -> RunSettings:
+    """A resumed run's own settings with ``now``'s limits and concurrency (:data:`MAY_CHANGE`)."""
+    return dataclasses.replace(resumed, **{name: getattr(now, name) for name in MAY_CHANGE})
+
+
+def run_done(folder: Path, settings: RunSettings) -> bool:
+    """Whether the run in ``folder`` has nothing left to do under ``settings``' limits: its
+    results written, none of its calls failed (those would be sent again), and no limit
+    stopped it but these very ones (under others it goes on, see :func:`load_resume`)."""
+    results = folder / RESULTS
+    if not results.is_file():
+        return False
+    stopped_by, failed = run_outcome(results)
+    if failed:
+        return False
+    return stopped_by is None or run_limits(folder) == limits_of(settings)
+
+
 def run_outcome(results: Path) -> tuple[str | None, int]:
     """A completed run's ``stopped_by`` (None unless a limit stopped it) and how many of
     its solver's model calls failed, from its ``results.json``."""
