@@ -425,7 +425,8 @@ class ThinktreeApp(App[None]):
         if not self._run_can_outlive_view():
             self.exit()
             return
-        self.push_screen(QuitLiveRun(self._run_folder()), self._quit_chosen)
+        config = self.source.config if isinstance(self.source, LiveSource) else None
+        self.push_screen(QuitLiveRun(self._run_folder(), config), self._quit_chosen)
 
     def action_interrupt(self) -> None:
         """Ctrl-C: close the view; a live run is stopped (as the quit dialog's "stop")."""
