@@ -108,8 +108,12 @@ def test_labels_show_status_tokens_answers_and_the_winner() -> None:
     assert tokens["p1"] == problem.completion_tokens()
     winner = problem.nodes[problem.vote.winner_node]
     label = node_label(problem, winner, tokens[winner.id], winners)
-    assert label.plain.startswith("✓ ★ ")
-    assert f"→ {winner.answer}" in label.plain
+    # laid out as any other line: the label right after the star, the answer 2 later
+    assert label.plain.startswith(f"✓ ★ {winner.label}  → {winner.answer}")
+    branch = problem.nodes[winner.parent_id or ""]
+    assert node_label(problem, branch, tokens[branch.id], winners).plain.startswith(
+        f"✓ ★ {branch.label}  → {branch.answer}"
+    )
     root = node_label(problem, problem.root, tokens["p1"], winners)
     assert "What is" in root.plain and f"→ {problem.answer}" in root.plain
     assert problem_row(problem).plain.startswith(("✓ p1", "✗ p1"))

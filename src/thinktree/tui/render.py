@@ -147,7 +147,7 @@ def node_label(problem: ProblemTree, node: Node, tokens: int, winners: set[str])
         text.append("★ ", style="bold green")
     label = one_line(node.label, 40)
     if problem.vote is not None and problem.vote.winner_node == node.id:
-        text.append(f" {label} ", style=WINNER_STYLE)
+        text.append(label, style=WINNER_STYLE)  # no padding: it lines up with the others
     else:
         text.append(label, style="bold" if node.kind is NodeKind.BRANCH else "")
     if node.answer is not None:
