@@ -294,7 +294,9 @@ class ThinktreeApp(App[None]):
     def _set_rows(self) -> None:
         rows = self.view.problems_in(self.filter)
         self.problem_list.set_rows(rows)
-        self.problem_list.border_title = f"problems · {self.filter} {len(rows)}"
+        # "all" counts the run's every problem, the ones yet to start too (not listed yet)
+        count = max(self.view.total, len(rows)) if self.filter == "all" else len(rows)
+        self.problem_list.border_title = f"problems · {self.filter} {count}"
 
     def _problem(self) -> ProblemTree | None:
         if self.selected_problem is None:

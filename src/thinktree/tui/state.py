@@ -145,6 +145,7 @@ class RunView:
         match event:
             case RunStarted():
                 self.started = event
+                changes.problem_list = True  # its "all" counts the run's problems
                 if self._work_out_budget:
                     self.allowed_tokens = allowed_tokens(event)
             case RunFinished():
