@@ -247,8 +247,8 @@ class ThinktreeApp(App[None]):
 
     # ── drawing ─────────────────────────────────────────────────────────────────
 
-    def _problem_row(self, problem_id: str) -> Text:
-        return render.problem_row(self.view.tree.problems[problem_id])
+    def _problem_row(self, problem_id: str, width: int) -> Text:
+        return render.problem_row(self.view.tree.problems[problem_id], width)
 
     def _problem_row_key(self, problem_id: str) -> Hashable:
         return render.problem_row_key(self.view.tree.problems[problem_id])
