@@ -249,3 +249,17 @@ def test_tree_lines_cut_to_a_pane_keep_their_status_and_answer() -> None:
     for width in range(len(listed) - 1, len(listed) + 2):
         line = problem_row(problem, width).plain
         assert len(line) <= width and line.endswith(f" → {problem.answer}")  # the id gives way
+
+
+def test_retries_behind_calls_read_back_count_once_the_run_ends() -> None:
+    """A resumed run's results count the retries behind the calls it read back: the view
+    learns them from the run's end; a trace written before it said so reads as none."""
+    from thinktree.orchestrator.trace import event_from_dict
+
+    view = view_of(2, 1, running=1)  # one retry of its own (synthetic_run's rate limit)
+    assert view.retries == 1
+    view.apply(RunFinished(run_id="r", status="completed", read_back_retries=3))
+    assert view.retries == 4
+    assert "retries 4" in header(view, elapsed=1.0, source="replay").plain
+    old = event_from_dict({"type": "run-finished", "at": 1.0, "run_id": "r", "status": "done"})
+    assert isinstance(old, RunFinished) and old.read_back_retries == 0
