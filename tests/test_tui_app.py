@@ -11,9 +11,22 @@ import anyio
 import pytest
 from anyio.streams.memory import MemoryObjectSendStream
 from textual.pilot import Pilot
+from textual.widget import Widget
 from textual.widgets import Footer
 
-from thinktree.orchestrator.events import Event, NodeDelta, NodeStarted, NodeStatus, ProblemStarted
+from thinktree.orchestrator.events import (
+    Event,
+    NodeDelta,
+    NodeFinished,
+    NodeKind,
+    NodeStarted,
+    NodeStatus,
+    ProblemFinished,
+    ProblemStarted,
+    RunFinished,
+    RunStarted,
+    VoteCast,
+)
 from thinktree.tui.app import KEYS_SETTLE_S, ThinktreeApp
 from thinktree.tui.quit_dialog import QuitLiveRun
 from thinktree.tui.sources import FollowSource, LiveSource, ReplaySource
@@ -110,6 +123,127 @@ async def test_tree_opens_nodes_and_expands_and_collapses(tmp_path: Path) -> Non
         assert app.focused is tree
 
 
+LONG_ID = "arithmetic-word-problem-0001-with-a-long-identifier"
+LONG_ANSWER = "1234567890"
+
+
+def long_run() -> list[Event]:
+    """One problem with a long id, question and answer, in two branches, the vote cast."""
+    question = "A train leaves at noon and travels across the plains; how far does it go? " * 2
+    events: list[Event] = [
+        RunStarted(run_id="r", mode="parallel", endpoint="e", model="m", problems=1),
+        ProblemStarted(problem_id=LONG_ID, node_id=LONG_ID, question=question, gold=LONG_ANSWER),
+    ]
+    for j in (1, 2):
+        branch, think = f"{LONG_ID}/b{j}", f"{LONG_ID}/b{j}/think"
+        events += [
+            NodeStarted(
+                node_id=branch,
+                problem_id=LONG_ID,
+                parent_id=LONG_ID,
+                kind=NodeKind.BRANCH,
+                label=f"branch {j}",
+            ),
+            NodeStarted(
+                node_id=think,
+                problem_id=LONG_ID,
+                parent_id=branch,
+                kind=NodeKind.GENERATION,
+                label="thinking",
+                max_tokens=1024,
+            ),
+            NodeFinished(
+                node_id=think,
+                text=f"Answer: {LONG_ANSWER}",
+                finish_reason="stop",
+                prompt_tokens=40,
+                completion_tokens=77,
+                answer=LONG_ANSWER,
+            ),
+            NodeFinished(
+                node_id=branch,
+                text="",
+                finish_reason=None,
+                prompt_tokens=0,
+                completion_tokens=0,
+                answer=LONG_ANSWER,
+            ),
+        ]
+    return [
+        *events,
+        VoteCast(
+            problem_id=LONG_ID,
+            node_id=LONG_ID,
+            rule="shortest-majority",
+            answer=LONG_ANSWER,
+            winner_node=f"{LONG_ID}/b1/think",
+            counts={LONG_ANSWER: 2},
+        ),
+        ProblemFinished(problem_id=LONG_ID, answer=LONG_ANSWER, correct=True, covered=True),
+        RunFinished(run_id="r", status="completed"),
+    ]
+
+
+def pane_lines(pane: Widget) -> list[str]:
+    """The lines a pane draws, without its border."""
+    return [pane.render_line(y).text.rstrip() for y in range(pane.size.height)]
+
+
+@pytest.mark.parametrize("size", [(80, 24), (60, 20), (100, 30)])
+async def test_lines_too_long_keep_their_answer_and_cut_their_label(
+    tmp_path: Path, size: tuple[int, int]
+) -> None:
+    """A narrow pane cuts the id, label or question with "…", never the status or answer."""
+    app = ThinktreeApp(
+        ReplaySource(write_trace(long_run(), tmp_path / "t.jsonl")), refresh_hz=0.001
+    )
+    async with app.run_test(size=size) as pilot:
+        await settle(app, pilot)
+        [row] = [line for line in pane_lines(app.problem_list) if line]
+        assert row.startswith("✓ arith") and row.endswith(f"… → {LONG_ANSWER}")
+        await pilot.press("enter")  # the tree (the only pane shown below 80 columns)
+        lines = [line for line in pane_lines(app.problem_tree) if line]
+        assert len(lines) == 5
+        for line in lines:
+            assert len(line) <= app.problem_tree.size.width
+            assert "✓" in line and "→ 1234567" in line  # the status and the answer
+            assert LONG_ANSWER in line or line.endswith("…")
+        root = lines[0]
+        assert root.endswith(f"  → {LONG_ANSWER} ✓") and "…" in root  # its id is cut
+        if size[0] >= 100:  # room for the labels whole, not for the token counts
+            assert lines[2].endswith(f"└── ✓ ★ thinking  → {LONG_ANSWER}")
+
+
+async def test_lines_fit_beside_the_scrollbar(tmp_path: Path) -> None:
+    """A list or tree taller than its pane has a scrollbar: lines fit in what it leaves."""
+    events = [
+        dataclasses.replace(e, problem_id=f"{e.problem_id}-{LONG_ID}")
+        if isinstance(e, ProblemStarted | ProblemFinished)
+        else e
+        for e in synthetic_run(30, 1)
+    ]
+    app = ThinktreeApp(ReplaySource(write_trace(events, tmp_path / "t.jsonl")), refresh_hz=0.001)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        listed = app.problem_list
+        room = listed.scrollable_content_region.width
+        assert room < listed.size.width  # the scrollbar is shown
+        problems = app.view.tree.problems
+        shown = [line for line in pane_lines(listed) if line]
+        assert len(shown) == listed.size.height
+        for line, pid in zip(shown, listed.rows, strict=False):
+            assert len(line) <= room and line.endswith(f"… → {problems[pid].answer}")
+    app = replay(tmp_path, 1, 12)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        tree = app.problem_tree
+        room = tree.scrollable_content_region.width
+        assert room < tree.size.width  # the scrollbar is shown
+        lines = [line for line in pane_lines(tree) if line]
+        assert lines and all(len(line) <= room for line in lines)
+        assert lines[1].endswith("→ 122")  # branch 1's answer, whole
+
+
 async def test_the_winner_is_marked_after_the_vote(tmp_path: Path) -> None:
     app = replay(tmp_path, 2, 3)
     async with app.run_test(size=SIZE) as pilot:
@@ -145,6 +279,32 @@ async def test_filters_show_problems_by_status(tmp_path: Path) -> None:
         await pilot.press("1")
         assert len(app.problem_list.rows) == 12
         assert app.problem_list.border_title == "problems · all 12"
+
+
+async def test_all_counts_the_problems_yet_to_start_too(tmp_path: Path) -> None:
+    """The run-started event says how many problems the run has: "all" counts them all."""
+    events = synthetic_run(10, 2, running=7)
+    fifth = next(
+        i for i, e in enumerate(events) if isinstance(e, ProblemStarted) and e.problem_id == "p05"
+    )
+    trace = write_trace(events[:fifth], tmp_path / "trace.jsonl")  # p01 to p04 started
+    app = ThinktreeApp(ReplaySource(trace), refresh_hz=0.001)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        assert app.problem_list.rows == ["p01", "p02", "p03", "p04"]
+        assert app.problem_list.border_title == "problems · all 10"
+        await pilot.press("2")
+        assert app.problem_list.border_title == "problems · running 1"
+        await pilot.press("3")
+        assert app.problem_list.border_title == "problems · done 3"
+        await pilot.press("1")
+        assert app.problem_list.border_title == "problems · all 10"
+    before_any = write_trace(events[:1], tmp_path / "started.jsonl")  # the run-started only
+    app = ThinktreeApp(ReplaySource(before_any), refresh_hz=0.001)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        assert app.problem_list.rows == []
+        assert app.problem_list.border_title == "problems · all 10"
 
 
 async def test_follow_tracks_the_newest_node_of_a_live_run() -> None:

@@ -8,14 +8,16 @@ from pathlib import Path
 import pytest
 from textual.pilot import Pilot
 
+from thinktree.agents.capabilities import Capabilities
 from thinktree.agents.endpoint import EndpointConfig
 from thinktree.agents.modes import ModeSettings
-from thinktree.orchestrator.events import NodeKind
-from thinktree.orchestrator.run import RunResult, RunSettings, execute
+from thinktree.orchestrator.events import Event, NodeKind
+from thinktree.orchestrator.run import RunResult, RunSettings, execute, load_resume
 from thinktree.orchestrator.trace import read_trace
 from thinktree.problems import AnswerType, Problem
 from thinktree.testing.fake_server import FakeBehaviour, FakeServer, Fault
 from thinktree.tui.app import ThinktreeApp
+from thinktree.tui.render import header
 from thinktree.tui.state import RunView
 from thinktree.tui.subscriber import TuiSubscriber, watch_run
 
@@ -82,3 +84,44 @@ async def test_run_watch_shows_exactly_what_the_engine_did(tmp_path: Path) -> No
         assert [n.to_dict() for n in again.walk()] == [n.to_dict() for n in tree.walk()]
         assert len(live.of_kind(NodeKind.GENERATION)) == 3
     assert view.completion_tokens == replayed.completion_tokens
+
+
+class _Viewing:
+    """A bus subscriber that folds the run's events into a view's state, as the app does."""
+
+    wants_deltas = False
+
+    def __init__(self) -> None:
+        self.view = RunView(work_out_budget=False)
+
+    def handle(self, event: Event) -> None:
+        self.view.apply(event)
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_a_resumed_runs_view_counts_the_retries_its_results_count(tmp_path: Path) -> None:
+    """results.json counts the retries behind the calls a resume reads back; so does the view."""
+    folder = tmp_path / "run"
+    async with FakeServer(FakeBehaviour(reply=REPLY), faults=[Fault.SERVER_ERROR]) as server:
+        endpoint = EndpointConfig(
+            name="fake", base_url=server.base_url, continuation="chat", max_backoff_s=0.01
+        )
+        settings = RunSettings(modes=ModeSettings(mode="budget", budget=32), out=folder)
+        caps = Capabilities(continuation="chat")  # no probe: the run's first call gets the 500
+        first = await execute(PROBLEMS, endpoint, settings, capabilities=caps)
+        assert first.metrics.retries == 1
+        (folder / "results.json").unlink()  # as if the run was killed before its end
+        state = load_resume(folder)
+        viewing = _Viewing()
+        again = await execute(
+            state.problems, endpoint, state.settings, resume=state, subscribers=[viewing]
+        )
+    assert again.cached_calls == len(PROBLEMS) and again.metrics.retries == 1
+    assert viewing.view.retries == again.metrics.retries
+    assert "retries 1" in header(viewing.view, elapsed=1.0, source="live").plain
+    replayed = RunView(work_out_budget=False)
+    for event in read_trace(folder / "trace.jsonl"):
+        replayed.apply(event)
+    assert replayed.retries == again.metrics.retries  # `thinktree watch` of its trace too

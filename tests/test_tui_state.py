@@ -108,8 +108,12 @@ def test_labels_show_status_tokens_answers_and_the_winner() -> None:
     assert tokens["p1"] == problem.completion_tokens()
     winner = problem.nodes[problem.vote.winner_node]
     label = node_label(problem, winner, tokens[winner.id], winners)
-    assert label.plain.startswith("✓ ★ ")
-    assert f"→ {winner.answer}" in label.plain
+    # laid out as any other line: the label right after the star, the answer 2 later
+    assert label.plain.startswith(f"✓ ★ {winner.label}  → {winner.answer}")
+    branch = problem.nodes[winner.parent_id or ""]
+    assert node_label(problem, branch, tokens[branch.id], winners).plain.startswith(
+        f"✓ ★ {branch.label}  → {branch.answer}"
+    )
     root = node_label(problem, problem.root, tokens["p1"], winners)
     assert "What is" in root.plain and f"→ {problem.answer}" in root.plain
     assert problem_row(problem).plain.startswith(("✓ p1", "✗ p1"))
@@ -203,3 +207,59 @@ def test_a_choice_problems_detail_shows_its_options() -> None:
     assert node_detail(tree, tree.root)[1].plain == "Which?\n\nA. Aspirin\nB. Heparin"
     old_tree = view.tree.problems["o"]
     assert node_detail(old_tree, old_tree.root)[1].plain == "Old?"
+
+
+def test_a_row_too_wide_gives_way_in_its_order_and_takes_back_what_it_can() -> None:
+    from thinktree.tui.rows import RowBuilder
+
+    row = RowBuilder()
+    row.add("✓ ")
+    label = row.add("abcdefghij")
+    count = row.add("123 tok", lead="  ", least=0)  # whole or not at all
+    answer = row.add("日本語の答え", lead="  → ")  # wide characters: 12 cells
+    fitted = row.row((count, 0), (label, 6), (label, 1), (answer, 1))
+    assert fitted.fit().plain == fitted.plain == "✓ abcdefghij  123 tok  → 日本語の答え"
+    # the count goes whole, and the label cut first takes back the room it left
+    assert fitted.fit(30).plain == "✓ abcdefghij  → 日本語の答え"
+    assert fitted.fit(25).plain == "✓ abcdef…  → 日本語の答え"
+    assert fitted.fit(19).plain == "✓ …  → 日本語の答え"
+    for width in range(1, 40):
+        assert fitted.fit(width).cell_len <= width
+
+
+def test_tree_lines_cut_to_a_pane_keep_their_status_and_answer() -> None:
+    view = view_of(3, 3)
+    problem = view.tree.problems["p1"]
+    tokens, winners = subtree_tokens(problem), winner_path(problem)
+    for node in problem.walk():
+        whole = node_label(problem, node, tokens[node.id], winners).plain
+        answer = f"→ {problem.answer}" if node is problem.root else f"→ {node.answer}"
+        for width in range(12, len(whole) + 2):
+            line = node_label(problem, node, tokens[node.id], winners, width).plain
+            assert len(line) <= width
+            assert line[0] == whole[0]  # the status mark
+            if node.answer is not None or node is problem.root:
+                assert answer in line
+            assert line == whole or "…" in line or "tok" in whole  # cut, or a count left out
+    root = problem.root
+    line = node_label(problem, root, tokens["p1"], winners, 30).plain
+    assert line.startswith("✓ p1  → ") and line.endswith("…")  # the question is cut
+    listed = problem_row(problem).plain
+    assert listed == f"✓ p1 → {problem.answer}"
+    for width in range(len(listed) - 1, len(listed) + 2):
+        line = problem_row(problem, width).plain
+        assert len(line) <= width and line.endswith(f" → {problem.answer}")  # the id gives way
+
+
+def test_retries_behind_calls_read_back_count_once_the_run_ends() -> None:
+    """A resumed run's results count the retries behind the calls it read back: the view
+    learns them from the run's end; a trace written before it said so reads as none."""
+    from thinktree.orchestrator.trace import event_from_dict
+
+    view = view_of(2, 1, running=1)  # one retry of its own (synthetic_run's rate limit)
+    assert view.retries == 1
+    view.apply(RunFinished(run_id="r", status="completed", read_back_retries=3))
+    assert view.retries == 4
+    assert "retries 4" in header(view, elapsed=1.0, source="replay").plain
+    old = event_from_dict({"type": "run-finished", "at": 1.0, "run_id": "r", "status": "done"})
+    assert isinstance(old, RunFinished) and old.read_back_retries == 0

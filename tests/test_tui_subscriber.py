@@ -10,6 +10,7 @@ import pytest
 from textual.pilot import Pilot
 from textual.widgets import Static
 
+from thinktree.hints import resume_command
 from thinktree.orchestrator.bus import Subscriber, event_bus
 from thinktree.orchestrator.events import Event, NodeDelta, NodeFinished, RunFinished
 from thinktree.tui.app import ThinktreeApp
@@ -202,6 +203,29 @@ async def test_stop_cancels_the_run() -> None:
         await watch_run(lambda sub: _slow(sub, cleaned), headless=True, auto_pilot=stop)
     assert cleaned.is_set()
     assert "--resume runs/20250101-000000-synth" in asked[0]  # the folder from RunStarted
+
+
+async def test_the_stop_hint_names_the_config_as_the_clis_hint_does() -> None:
+    """A run on an endpoint named in a config file resumes only with that file again."""
+    asked: list[str] = []
+
+    async def stop(pilot: Pilot[object]) -> None:
+        app = await _started(pilot)
+        await pilot.press("q")
+        asked.append(str(app.screen.query_one("#quit-message", Static).render()))
+        await pilot.press("s")
+
+    with pytest.raises(WatchQuit):
+        await watch_run(
+            lambda sub: _slow(sub, anyio.Event()),
+            headless=True,
+            auto_pilot=stop,
+            folder=lambda: Path("out/my-run"),
+            config=Path("endpoints.toml"),
+        )
+    hint = resume_command(Path("out/my-run"), Path("endpoints.toml"))
+    assert hint == "thinktree run --resume out/my-run --config endpoints.toml"
+    assert hint in " ".join(asked[0].split())
 
 
 async def test_keep_lets_the_run_finish_without_the_view() -> None:

@@ -26,6 +26,7 @@ from thinktree.errors import (
     ThinktreeError,
     find_error,
 )
+from thinktree.hints import resume_command
 from thinktree.logging_setup import configure
 
 # typer shows help texts as Rich markup: brackets in one go through escape()
@@ -313,10 +314,6 @@ def _execute(
     ``config``: the config file the endpoint was named in, which resuming needs again.
     """
 
-    def resume_command(folder: Path) -> str:
-        named = f" --config {config}" if config is not None else ""
-        return f"thinktree run --resume {folder}{named}"
-
     from thinktree.orchestrator.run import execute
     from thinktree.orchestrator.subscribers import ConsoleProgress
 
@@ -345,6 +342,7 @@ def _execute(
                     subscribers=[tui],
                 ),
                 folder=lambda: folder[-1] if folder else None,
+                config=config,
                 on_keep=lambda: err.print(
                     "[dim]view closed; the run goes on — results when it ends[/]"
                 ),
@@ -367,7 +365,7 @@ def _execute(
         if failed and result.metrics.answered:
             err.print(
                 f"{len(failed)} model call(s) failed; once the cause is fixed, send them "
-                f"again with: {resume_command(result.folder)}",
+                f"again with: {resume_command(result.folder, config)}",
                 highlight=False,
                 markup=False,
                 soft_wrap=True,
@@ -376,7 +374,7 @@ def _execute(
             if result.stopped_by:  # its limit, not the model: say which
                 raise _fail(
                     f"no problem was answered ({result.stopped_by}); go on under a higher "
-                    f"limit with: {resume_command(result.folder)} --max-tokens N "
+                    f"limit with: {resume_command(result.folder, config)} --max-tokens N "
                     "(or --max-problem-tokens, --max-cost)",
                     3,
                 )
@@ -397,7 +395,7 @@ def _execute(
     except typer.Exit as exc:
         if exc.exit_code in (130, TERMINATED) and folder:
             err.print(
-                f"resume with: {resume_command(folder[0])}",
+                f"resume with: {resume_command(folder[0], config)}",
                 highlight=False,
                 markup=False,
                 soft_wrap=True,
@@ -405,7 +403,7 @@ def _execute(
         elif exc.exit_code in (UNWRITABLE, UNAVAILABLE) and folder:
             again = "it can be written" if exc.exit_code == UNWRITABLE else "the endpoint answers"
             err.print(
-                f"once {again} again, resume with: {resume_command(folder[0])}",
+                f"once {again} again, resume with: {resume_command(folder[0], config)}",
                 highlight=False,
                 markup=False,
                 soft_wrap=True,
@@ -523,8 +521,8 @@ def _resume(
                     raise
                 raise ConfigError(
                     f"run {folder} was started on endpoint '{saved['name']}', which no config "
-                    f"names here; resume it with the config it was named in: thinktree run "
-                    f"--resume {folder} --config FILE (or --endpoint URL)"
+                    "names here; resume it with the config it was named in: "
+                    f"{resume_command(folder, 'FILE')} (or --endpoint URL)"
                 ) from None
             target = found or EndpointConfig(
                 name=saved["name"], base_url=saved["base_url"], model=saved["model"]

@@ -343,7 +343,13 @@ async def _execute(
                     finally:
                         # bounded, so a full buffer cannot hang the shutdown
                         with anyio.move_on_after(2, shield=True):
-                            await bus.emit(RunFinished(run_id=run_id, status=status))
+                            await bus.emit(
+                                RunFinished(
+                                    run_id=run_id,
+                                    status=status,
+                                    read_back_retries=cache.hit_retries,
+                                )
+                            )
             finally:
                 cache.close()
                 if panel is not None:

@@ -247,8 +247,8 @@ class ThinktreeApp(App[None]):
 
     # ── drawing ─────────────────────────────────────────────────────────────────
 
-    def _problem_row(self, problem_id: str) -> Text:
-        return render.problem_row(self.view.tree.problems[problem_id])
+    def _problem_row(self, problem_id: str, width: int) -> Text:
+        return render.problem_row(self.view.tree.problems[problem_id], width)
 
     def _problem_row_key(self, problem_id: str) -> Hashable:
         return render.problem_row_key(self.view.tree.problems[problem_id])
@@ -294,7 +294,9 @@ class ThinktreeApp(App[None]):
     def _set_rows(self) -> None:
         rows = self.view.problems_in(self.filter)
         self.problem_list.set_rows(rows)
-        self.problem_list.border_title = f"problems · {self.filter} {len(rows)}"
+        # "all" counts the run's every problem, the ones yet to start too (not listed yet)
+        count = max(self.view.total, len(rows)) if self.filter == "all" else len(rows)
+        self.problem_list.border_title = f"problems · {self.filter} {count}"
 
     def _problem(self) -> ProblemTree | None:
         if self.selected_problem is None:
@@ -425,7 +427,8 @@ class ThinktreeApp(App[None]):
         if not self._run_can_outlive_view():
             self.exit()
             return
-        self.push_screen(QuitLiveRun(self._run_folder()), self._quit_chosen)
+        config = self.source.config if isinstance(self.source, LiveSource) else None
+        self.push_screen(QuitLiveRun(self._run_folder(), config), self._quit_chosen)
 
     def action_interrupt(self) -> None:
         """Ctrl-C: close the view; a live run is stopped (as the quit dialog's "stop")."""

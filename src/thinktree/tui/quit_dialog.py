@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar, Literal
 
 from rich.text import Text
@@ -11,12 +12,15 @@ from textual.containers import Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Footer, Static
 
+from thinktree.hints import resume_command
+
 QuitChoice = Literal["keep", "stop"]
 
 
-def quit_message(folder: str | None) -> Text:
-    """What the dialog says; ``folder`` is the run folder to resume, when known."""
-    resume = f"thinktree run --resume {folder}" if folder else "thinktree run --resume RUN_DIR"
+def quit_message(folder: str | None, config: Path | str | None = None) -> Text:
+    """What the dialog says; ``folder`` is the run folder to resume, when known, and
+    ``config`` the config file the run's endpoint was named in."""
+    resume = resume_command(folder or "RUN_DIR", config)
     text = Text()
     text.append("The run is still going.\n\n", style="bold")
     text.append("[k]", style="bold")
@@ -58,13 +62,14 @@ class QuitLiveRun(ModalScreen[QuitChoice | None]):
         Binding("escape", "back", "Back"),
     ]
 
-    def __init__(self, folder: str | None) -> None:
+    def __init__(self, folder: str | None, config: Path | str | None = None) -> None:
         super().__init__()
         self.folder = folder
+        self.config = config
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Static(quit_message(self.folder), markup=False, id="quit-message")
+            yield Static(quit_message(self.folder, self.config), markup=False, id="quit-message")
         yield Footer()  # this dialog's keys, not the view's beneath it
 
     def action_choose(self, choice: QuitChoice) -> None:

@@ -12,6 +12,7 @@ from rich.text import Text
 
 from thinktree.orchestrator.events import NodeKind, NodeStatus
 from thinktree.orchestrator.tree import Node, ProblemTree
+from thinktree.tui.rows import Row, RowBuilder
 from thinktree.tui.sanitize import clean, one_line
 from thinktree.tui.state import Outcome, RunView, outcome
 
@@ -97,16 +98,18 @@ def header(view: RunView, *, elapsed: float, source: str) -> Text:
     return text
 
 
-def problem_row(problem: ProblemTree) -> Text:
-    """One line of the problem list: outcome mark, id, answer."""
+def problem_row(problem: ProblemTree, width: int | None = None) -> Text:
+    """One line of the problem list: outcome mark, id, answer (in ``width`` cells: the
+    id gives way first)."""
     mark, style = OUTCOME_MARKS[outcome(problem)]
-    text = Text(no_wrap=True, overflow="ellipsis")
-    text.append(mark, style=style)
-    text.append(" ")
-    text.append(one_line(problem.problem_id, 60))
+    row = RowBuilder()
+    row.add(mark, style)
+    row.add(" ")
+    pid = row.add(one_line(problem.problem_id, 60))
+    answer = None
     if problem.finished:
-        text.append(f" → {one_line(problem.answer or '—', 20)}", style="dim")
-    return text
+        answer = row.add(one_line(problem.answer or "—", 20), "dim", lead=" → ")
+    return row.row((pid, 6), (answer, 8), (pid, 1), (answer, 1)).fit(width)
 
 
 def problem_row_key(problem: ProblemTree) -> Hashable:
@@ -135,60 +138,101 @@ def winner_path(problem: ProblemTree) -> set[str]:
     return path
 
 
-def node_label(problem: ProblemTree, node: Node, tokens: int, winners: set[str]) -> Text:
-    """A tree line: status mark, label, the extracted answer, tokens, the vote's pick."""
-    mark, style = STATUS_MARKS[node.status]
-    text = Text(no_wrap=True, overflow="ellipsis")
-    text.append(mark, style=style)
-    text.append(" ")
+def node_label(
+    problem: ProblemTree, node: Node, tokens: int, winners: set[str], width: int | None = None
+) -> Text:
+    """A tree line: status mark, label, the extracted answer, tokens, the vote's pick (in
+    ``width`` cells: see :func:`node_row`)."""
+    return node_row(problem, node, tokens, winners).fit(width)
+
+
+def node_row(problem: ProblemTree, node: Node, tokens: int, winners: set[str]) -> Row:
+    """A tree line in pieces. Cut to a narrow pane, the status mark and the answer stay;
+    token counts go first, then the label is cut (to "…" at worst)."""
     if node.kind is NodeKind.PROBLEM:
-        return _problem_label(text, problem, tokens)
+        return _problem_line(problem, node, tokens)
+    mark, style = STATUS_MARKS[node.status]
+    row = RowBuilder()
+    row.add(mark, style)
+    row.add(" ")
     if node.id in winners:
-        text.append("★ ", style="bold green")
-    label = one_line(node.label, 40)
+        row.add("★ ", "bold green")
     if problem.vote is not None and problem.vote.winner_node == node.id:
-        text.append(f" {label} ", style=WINNER_STYLE)
+        label_style = WINNER_STYLE
     else:
-        text.append(label, style="bold" if node.kind is NodeKind.BRANCH else "")
+        label_style = "bold" if node.kind is NodeKind.BRANCH else ""
+    label = row.add(one_line(node.label, 40), label_style)
+    answer = None
     if node.answer is not None:
-        text.append(f"  → {one_line(node.answer, 30)}")
+        answer = row.add(one_line(node.answer, 30), lead="  → ")
     score = node.score if node.score is not None else node.combined_score
+    scored = None
     if score is not None:
-        text.append(f"  score {score:.2f}", style="cyan")
+        scored = row.add(f"score {score:.2f}", "cyan", lead="  ", least=0)
+    count = None
     if node.children:
         if tokens:
-            text.append(f"  {tokens:,} tok", style="dim")
+            count = row.add(f"{tokens:,} tok", "dim", lead="  ", least=0)
     elif node.status is NodeStatus.RUNNING:
         if node.text:
-            text.append(f"  streaming {len(node.text):,} chars", style="dim")
+            count = row.add(f"streaming {len(node.text):,} chars", "dim", lead="  ", least=0)
     elif node.max_tokens:
-        text.append(f"  {tokens:,}/{node.max_tokens:,} tok", style="dim")
+        count = row.add(f"{tokens:,}/{node.max_tokens:,} tok", "dim", lead="  ", least=0)
     elif tokens:
-        text.append(f"  {tokens:,} tok", style="dim")
+        count = row.add(f"{tokens:,} tok", "dim", lead="  ", least=0)
+    capped = None
     if node.finish_reason == "length":
-        text.append("  capped", style="yellow")
+        capped = row.add("capped", "yellow", lead="  ", least=0)
+    error = None
     if node.error:
-        text.append(f"  {one_line(node.error, 60)}", style="red")
-    return text
+        error = row.add(one_line(node.error, 60), "red", lead="  ", least=4)
+    return row.row(
+        (count, 0),
+        (error, 16),
+        (label, 6),
+        (scored, 0),
+        (capped, 0),
+        (error, 0),
+        (label, 1),
+        (answer, 1),
+    )
 
 
-def _problem_label(text: Text, problem: ProblemTree, tokens: int) -> Text:
-    text.append(one_line(problem.problem_id, 40), style="bold")
+def _problem_line(problem: ProblemTree, node: Node, tokens: int) -> Row:
+    """The problem's own tree line: the question gives way first, then the counts."""
+    mark, style = STATUS_MARKS[node.status]
+    row = RowBuilder()
+    row.add(mark, style)
+    row.add(" ")
+    pid = row.add(one_line(problem.problem_id, 40), "bold")
+    answer = None
     if problem.finished:
-        text.append(f"  → {one_line(problem.answer or '—', 30)}", style="bold")
+        answer = row.add(one_line(problem.answer or "—", 30), "bold", lead="  → ")
         if problem.correct is not None:
-            mark, style = OUTCOME_MARKS[outcome(problem)]
-            text.append(f" {mark}", style=style)
-    if tokens:
-        text.append(f"  {tokens:,} tok", style="dim")
+            graded, graded_style = OUTCOME_MARKS[outcome(problem)]
+            row.add(f" {graded}", graded_style)
+    count = row.add(f"{tokens:,} tok", "dim", lead="  ", least=0) if tokens else None
+    votes = None
     vote = problem.vote
     if vote is not None and vote.answer is not None and vote.counts:
-        votes = vote.counts.get(vote.answer, 0)
-        text.append(f"  {one_line(vote.rule, 20)} {votes}/{sum(vote.counts.values())}")
+        won = vote.counts.get(vote.answer, 0)
+        summary = f"{one_line(vote.rule, 20)} {won}/{sum(vote.counts.values())}"
+        votes = row.add(summary, lead="  ", least=0)
+    error = None
     if problem.error:
-        text.append(f"  {one_line(problem.error, 60)}", style="red")
-    text.append(f"  {one_line(problem.question, 60)}", style="italic")
-    return text
+        error = row.add(one_line(problem.error, 60), "red", lead="  ", least=4)
+    question = row.add(one_line(problem.question, 60), "italic", lead="  ", least=4)
+    return row.row(
+        (question, 12),
+        (count, 0),
+        (votes, 0),
+        (question, 0),
+        (error, 16),
+        (pid, 8),
+        (error, 0),
+        (pid, 1),
+        (answer, 1),
+    )
 
 
 def _field(text: Text, name: str, value: str, style: str = "") -> None:

@@ -32,7 +32,8 @@ class LiveSource:
     ``engine``, when given, is the run itself, started by the app once it is up: as one
     of its workers, or through ``spawn`` (a task outside the app, so that the run can go on
     after the view closes; the app then asks before quitting). ``folder`` says where the
-    run's folder is, once it is known (for the hint on how to resume it).
+    run's folder is, once it is known, and ``config`` the config file its endpoint was
+    named in (for the hint on how to resume it).
     """
 
     def __init__(
@@ -42,11 +43,13 @@ class LiveSource:
         *,
         spawn: Callable[[Callable[[], Coroutine[Any, Any, Any]]], None] | None = None,
         folder: Callable[[], Path | None] | None = None,
+        config: Path | None = None,
     ) -> None:
         self.receive = receive
         self.engine = engine
         self.spawn = spawn
         self.folder = folder
+        self.config = config
 
     @property
     def status(self) -> str:

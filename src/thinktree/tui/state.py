@@ -100,7 +100,7 @@ class RunView:
         self.completion_tokens = 0
         self.prompt_tokens = 0
         self.allowed_tokens: int | None = None
-        self.retries = 0
+        self.retries = 0  # this session's, and at the end those behind calls read back
         self.last_retry: CallRetried | None = None
         self.elapsed = 0.0  # seconds since the run started, by the latest event
         self.newest_node: str | None = None
@@ -145,10 +145,12 @@ class RunView:
         match event:
             case RunStarted():
                 self.started = event
+                changes.problem_list = True  # its "all" counts the run's problems
                 if self._work_out_budget:
                     self.allowed_tokens = allowed_tokens(event)
             case RunFinished():
                 self.finished = event
+                self.retries += event.read_back_retries  # as the results count them
                 self._stop_unfinished()
             case CallRetried():
                 self.retries += 1

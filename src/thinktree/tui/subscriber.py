@@ -155,6 +155,7 @@ async def watch_run(
     headless: bool = False,
     auto_pilot: Callable[[Pilot[object]], Coroutine[Any, Any, None]] | None = None,
     folder: Callable[[], Path | None] | None = None,
+    config: Path | None = None,
     on_keep: Callable[[], None] | None = None,
 ) -> T:
     """Run ``run(subscriber)`` beside the live view and return its result.
@@ -164,7 +165,8 @@ async def watch_run(
     process; its result is returned then), or stop it (it is cancelled and, once wound
     down, :class:`WatchQuit` is raised). The run's own error is raised once the view has
     closed (and the terminal is restored). ``folder`` gives the run's folder once known,
-    for the hint on how to resume a stopped run (else ``runs/RUN_ID`` is shown);
+    for the hint on how to resume a stopped run (else ``runs/RUN_ID`` is shown), and
+    ``config`` the config file the run's endpoint was named in (the hint names it too);
     ``on_keep`` is called when the view closes and the run goes on without it.
     ``headless`` and ``auto_pilot`` are Textual's, for tests.
     """
@@ -178,7 +180,9 @@ async def watch_run(
         def spawn(task: Callable[[], Coroutine[Any, Any, Any]]) -> None:
             tg.start_soon(task)
 
-        app = ThinktreeApp(LiveSource(receive, engine=engine, spawn=spawn, folder=folder))
+        app = ThinktreeApp(
+            LiveSource(receive, engine=engine, spawn=spawn, folder=folder, config=config)
+        )
         try:
             await app.run_async(headless=headless, auto_pilot=auto_pilot)
         finally:

@@ -24,7 +24,10 @@ from thinktree.tui.messages import ProblemHighlighted, ProblemOpened
 
 
 class ProblemList(ScrollView, can_focus=True):
-    """Problem ids with a cursor; posts :class:`ProblemHighlighted` when the user moves it."""
+    """Problem ids with a cursor; posts :class:`ProblemHighlighted` when the user moves it.
+
+    ``render_row(problem_id, width)`` draws a problem's line in ``width`` cells.
+    """
 
     COMPONENT_CLASSES: ClassVar[set[str]] = {"problem-list--cursor"}
     BINDINGS: ClassVar[list[BindingType]] = [
@@ -52,7 +55,7 @@ class ProblemList(ScrollView, can_focus=True):
 
     def __init__(
         self,
-        render_row: Callable[[str], Text],
+        render_row: Callable[[str, int], Text],
         row_key: Callable[[str], Hashable],
         *,
         id: str | None = None,
@@ -102,6 +105,7 @@ class ProblemList(ScrollView, can_focus=True):
         return (
             self._row_key(problem_id),
             self.size.width,
+            self.scrollable_content_region.width,
             index == self.cursor,
             self.has_focus,
             base,
@@ -126,7 +130,8 @@ class ProblemList(ScrollView, can_focus=True):
         drawn = self._drawn.get(problem_id)
         if drawn is not None and drawn[0] == key:
             return drawn[1]
-        text = self._render_row(problem_id)
+        room = self.scrollable_content_region.width  # less the scrollbar, when shown
+        text = self._render_row(problem_id, room)  # fitted: the answer is never cut off
         text.truncate(width, overflow="ellipsis", pad=True)
         text.stylize_before(base)
         if index == self.cursor:

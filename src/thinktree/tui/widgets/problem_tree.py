@@ -1,13 +1,16 @@
 """The selected problem's tree: problem → branch → step / generation / … → forced answer.
 
 Only the selected problem is built. On each redraw the tree is brought up to date by
-adding the nodes that started since and relabelling the ones whose label changed.
+adding the nodes that started since and relabelling the ones whose label changed. Each
+label is fitted to the room its line has (the pane's width less its indent), so a narrow
+pane cuts the label, not the answer at the line's end.
 """
 
 from __future__ import annotations
 
 from typing import ClassVar
 
+from rich.style import Style
 from rich.text import Text
 from textual import events
 from textual.binding import Binding, BindingType
@@ -16,9 +19,11 @@ from textual.widgets.tree import TreeNode
 
 from thinktree.orchestrator.tree import ProblemTree
 from thinktree.tui.messages import UserNavigated
-from thinktree.tui.render import node_label, subtree_tokens, winner_path
+from thinktree.tui.render import node_row, subtree_tokens, winner_path
+from thinktree.tui.rows import Row
 
 EMPTY = Text("no problem selected", style="dim")
+_TOGGLE = Style.from_meta({"toggle": True})  # as Tree marks its expand arrow (clickable)
 
 
 class ProblemTreeView(Tree[str]):
@@ -36,7 +41,7 @@ class ProblemTreeView(Tree[str]):
         self.auto_expand = False
         self.problem_id: str | None = None
         self._items: dict[str, TreeNode[str]] = {}
-        self._labels: dict[str, Text] = {}
+        self._rows: dict[str, Row] = {}  # each node's line, fitted when drawn
 
     def item(self, node_id: str) -> TreeNode[str] | None:
         return self._items.get(node_id)
@@ -44,7 +49,7 @@ class ProblemTreeView(Tree[str]):
     def show(self, problem: ProblemTree | None) -> None:
         """Rebuild for ``problem`` (None: empty)."""
         self._items.clear()
-        self._labels.clear()
+        self._rows.clear()
         if problem is None:
             self.problem_id = None
             self.reset(EMPTY)
@@ -73,10 +78,10 @@ class ProblemTreeView(Tree[str]):
                 self._items[node.id] = item
             if node.children and not item.allow_expand:
                 item.allow_expand = True
-            label = node_label(problem, node, tokens[node.id], winners)
-            if self._labels.get(node.id) != label:
-                self._labels[node.id] = label
-                self._relabel(item, label)
+            row = node_row(problem, node, tokens[node.id], winners)
+            if self._rows.get(node.id) != row:
+                self._rows[node.id] = row
+                self._relabel(item, row.fit())
 
     def _relabel(self, item: TreeNode[str], label: Text) -> None:
         """Give ``item`` a new label, repainting its own line only.
@@ -93,6 +98,33 @@ class ProblemTreeView(Tree[str]):
         item._updates += 1
         if line >= 0:
             self._refresh_line(line)
+
+    def render_label(self, node: TreeNode[str], base_style: Style, style: Style) -> Text:
+        """The node's line fitted to the room left beside its indent and arrow."""
+        row = self._rows.get(node.data) if node.data is not None else None
+        if row is None:
+            return super().render_label(node, base_style, style)
+        if node.allow_expand:
+            arrow = self.ICON_NODE_EXPANDED if node.is_expanded else self.ICON_NODE
+            prefix = Text(arrow, style=base_style + _TOGGLE)
+        else:
+            prefix = Text("", style=base_style)
+        width = self.scrollable_content_region.width  # less the scrollbar, when shown
+        room = width - self._indent(node) - prefix.cell_len if width > 0 else None
+        label = row.fit(room)
+        label.stylize(style)
+        return Text.assemble(prefix, label)
+
+    def _indent(self, node: TreeNode[str]) -> int:
+        """Cells of guides before ``node``'s line (as Tree draws them)."""
+        depth = 0
+        parent = node.parent
+        while parent is not None:
+            depth += 1
+            parent = parent.parent
+        if not self.show_root:
+            depth -= 1
+        return max(depth, 0) * self.guide_depth
 
     def focus_node(self, node_id: str) -> None:
         """Move the cursor to ``node_id`` (opening its ancestors) without user input."""
