@@ -76,7 +76,7 @@ def test_run_runs_and_report_show_ids_models_and_folders_as_written(tmp_path: Pa
     for shown in (*IDS, "m[red]x", "run folder          root/r[red]x"):
         assert shown in ran.stdout, ran.stdout
     # the one refused call: the hint names the folder as it is
-    assert "thinktree run --resume root/r[red]x" in ran.stderr, ran.stderr
+    assert "thinktree run --resume 'root/r[red]x'" in ran.stderr, ran.stderr
 
     listed = cli("runs", "root", cwd=tmp_path)
     assert_ok(listed)
@@ -138,7 +138,7 @@ endpoint = "{server.base_url}"
         again = cli("bench", str(config), "--out", "b[red]x", cwd=tmp_path)
     assert_ok(ran)
     assert "bench b[red]x: 1 of 1 cells done" in ran.stdout, ran.stdout
-    assert "thinktree report b[red]x" in ran.stdout
+    assert "thinktree report 'b[red]x'" in ran.stdout
     assert_ok(again)
     assert "resuming b[red]x: 1/1 cells already done" in again.stderr, again.stderr
 
@@ -179,3 +179,17 @@ def test_the_bench_progress_bar_shows_a_retry_reason_as_written() -> None:
     with BenchProgress(console, cells=1) as view:
         view.cell_started(cell, 1, 1).handle(RETRIED)
     assert "waiting 2 s: 429: slow [/] down [bold]now" in shown.getvalue()
+
+
+def test_commands_printed_for_the_user_paste_back_into_a_shell() -> None:
+    """A folder or config with a space (or brackets) is quoted; a plain one is not."""
+    import shlex
+
+    from thinktree.hints import resume_command, shell_command
+
+    hint = resume_command("my runs/r 1", "lab [gpu].toml")
+    assert shlex.split(hint) == [
+        "thinktree", "run", "--resume", "my runs/r 1", "--config", "lab [gpu].toml",
+    ]  # fmt: skip
+    assert resume_command("runs/r1") == "thinktree run --resume runs/r1"
+    assert shell_command("thinktree", "report", "b 2") == "thinktree report 'b 2'"

@@ -26,7 +26,7 @@ from thinktree.errors import (
     ThinktreeError,
     find_error,
 )
-from thinktree.hints import resume_command
+from thinktree.hints import resume_command, shell_command
 from thinktree.logging_setup import configure
 
 # typer shows help texts as Rich markup: brackets in one go through escape()
@@ -837,7 +837,7 @@ def bench(
     except typer.Exit as exc:
         if exc.exit_code in (130, TERMINATED, UNWRITABLE, UNAVAILABLE):
             err.print(
-                f"resume with: thinktree bench {config} --out {out_dir}",
+                f"resume with: {shell_command('thinktree', 'bench', config, '--out', out_dir)}",
                 highlight=False,
                 markup=False,
                 soft_wrap=True,

@@ -13,6 +13,7 @@ from thinktree._files import busy, in_use
 from thinktree.bench.grid import load_bench_config
 from thinktree.bench.results import load
 from thinktree.errors import ConfigError
+from thinktree.hints import shell_command
 
 #: ``--ray`` given without an address: start a local Ray instance for the command.
 LOCAL_RAY = "local"
@@ -78,7 +79,7 @@ def bench_main(
         whole = len(outcomes) - len(stopped) - len(failing)
         out.print(
             f"bench {out_dir}: {whole} of {len(outcomes)} cells done ({ran} run now); "
-            f"report with: thinktree report {out_dir}",
+            f"report with: {shell_command('thinktree', 'report', out_dir)}",
             highlight=False,
             markup=False,
         )

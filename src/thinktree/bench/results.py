@@ -9,6 +9,7 @@ from typing import Any
 
 from thinktree._files import in_use
 from thinktree.errors import ConfigError
+from thinktree.hints import resume_command, shell_command
 from thinktree.orchestrator.events import failed_calls_in
 
 RESULTS = "results.json"
@@ -103,8 +104,7 @@ def load(path: Path) -> Loaded:
         raise ConfigError(f"run {path} is still running; report it once it has finished")
     if (path / "run.json").is_file():
         raise ConfigError(
-            f"run {path} has not finished (no {RESULTS}); resume it with "
-            f"`thinktree run --resume {path}`"
+            f"run {path} has not finished (no {RESULTS}); resume it with `{resume_command(path)}`"
         )
     raise ConfigError(f"{path} is neither a run folder ({RESULTS}) nor a bench folder (bench.json)")
 
@@ -138,7 +138,8 @@ def _load_bench(path: Path) -> Loaded:
         )
     if not cells:
         raise ConfigError(
-            f"bench {path} has no finished cell yet; run `thinktree bench CONFIG --out {path}` "
+            f"bench {path} has no finished cell yet; run "
+            f"`{shell_command('thinktree', 'bench', 'CONFIG', '--out', path)}` "
             "to go on"
         )
     return Loaded(
