@@ -1,6 +1,8 @@
-"""Parse rate of free vs constrained answers on samples of the shared benchmark sets.
+"""Parse rate of free vs constrained answers on samples of five medical benchmark sets.
 
-Run: .venv/bin/python benchmarks/answer_formats.py [--base-url URL] [--per-set 5]
+Run: .venv/bin/python benchmarks/answer_formats.py [--data DIR] [--base-url URL] [--per-set 5]
+DIR holds one JSONL file per set in thinktree's dataset schema, named ``<set>.sample.jsonl``
+for each of :data:`SETS` (default: ``shared/data`` beside the repository).
 Without --base-url it starts the embedded server (or reuses one from `thinktree serve`).
 For each set, the same problems run with ``--answer-format free`` and ``constrained``
 (alternating per set); it prints, per set and in all, the share of candidates whose
@@ -48,12 +50,14 @@ def rates(trees: list[ProblemTree], constrained: bool) -> tuple[int, int, int]:
     return candidates, parsed, correct
 
 
-async def measure(base_url: str, model: str, per_set: int, budget: int, out: Path) -> None:
+async def measure(
+    base_url: str, model: str, data: Path, per_set: int, budget: int, out: Path
+) -> None:
     endpoint = EndpointConfig(name="bench", base_url=base_url, model=model)
     totals = {"free": [0, 0, 0], "constrained": [0, 0, 0]}
     print(f"{'set':16} {'format':12} {'parsed':>10} {'accuracy':>9}")
     for name in SETS:
-        problems = load_problems(DATA / f"{name}.sample.jsonl", limit=per_set)
+        problems = load_problems(data / f"{name}.sample.jsonl", limit=per_set)
         for fmt in ("free", "constrained"):
             settings = RunSettings(
                 modes=ModeSettings(mode="budget", budget=budget),
@@ -74,17 +78,29 @@ async def measure(base_url: str, model: str, per_set: int, budget: int, out: Pat
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", type=Path, default=DATA, help="folder of the sample sets")
     parser.add_argument("--base-url")
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--per-set", type=int, default=5)
     parser.add_argument("--budget", type=int, default=128)
     args = parser.parse_args()
+    missing = [
+        f"{name}.sample.jsonl"
+        for name in SETS
+        if not (args.data / f"{name}.sample.jsonl").is_file()
+    ]
+    if missing:
+        parser.error(f"{args.data} lacks {', '.join(missing)}; point --data at the sample sets")
     with tempfile.TemporaryDirectory() as tmp:
         if args.base_url:
-            await measure(args.base_url, args.model, args.per_set, args.budget, Path(tmp))
+            await measure(
+                args.base_url, args.model, args.data, args.per_set, args.budget, Path(tmp)
+            )
             return
         async with embedded_server() as server:
-            await measure(server.base_url, server.model, args.per_set, args.budget, Path(tmp))
+            await measure(
+                server.base_url, server.model, args.data, args.per_set, args.budget, Path(tmp)
+            )
 
 
 if __name__ == "__main__":

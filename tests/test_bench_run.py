@@ -635,3 +635,17 @@ def test_a_sharded_cell_a_raised_limit_stops_again_is_done_under_it(tmp_path: Pa
     assert "token limit of 60" in raised[2]  # stopped again, under the raised limit
     assert "resuming out: 2/2 cells already done" in again[2], again
     assert "(0 run now)" in again[1] and "1 cell(s) stopped by their limit" in again[2]
+
+
+def test_every_run_flag_spelling_a_grid_takes(tmp_path: Path) -> None:
+    """The `run` flags whose settings have other names are bench keys by their flag names."""
+    write_choice_problems(tmp_path / "one.jsonl", "p")
+    config = tmp_path / "c.toml"
+    config.write_text(
+        '[[datasets]]\npath = "one.jsonl"\n[grid]\nmode = ["adaptive"]\n'
+        "stop-confidence = [0.9, 0.99]\n[run]\nmax-tokens = 5000\n"
+    )
+    bench = load_bench_config(config)
+    settings = [bench.settings_for(cell) for cell in bench.cells()]
+    assert [s.modes.confidence for s in settings] == [0.9, 0.99]
+    assert {s.max_run_tokens for s in settings} == {5000}

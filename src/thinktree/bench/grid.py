@@ -2,7 +2,7 @@
 
 ```toml
 [[datasets]]
-path = "data/medqa.jsonl"   # relative to this file; or hub = "medqa" (needs thinktree[hub])
+path = "data/medqa.jsonl"   # relative to this file; or hub = "medqa" (needs the hub extra)
 limit = 20
 
 [grid]                      # every key is a `run` option, each with a list of values
@@ -44,7 +44,11 @@ from thinktree.orchestrator.run import RunSettings, validate
 #: Keys the bench itself handles (not fields of the run's settings).
 BENCH_KEYS = ("endpoint", "model", "perturbation")
 #: CLI spellings whose settings field has another name.
-ALIASES = {"max_tokens": "max_run_tokens", "verifier": "verifiers"}
+ALIASES = {
+    "max_tokens": "max_run_tokens",
+    "verifier": "verifiers",
+    "stop_confidence": "confidence",
+}
 #: Settings that a bench decides itself, never a grid.
 _NOT_OPTIONS = {"modes", "out", "prices", "trace_deltas", "config"}
 _DATASET_KEYS = {"path", "hub", "split", "name", "limit", "offset"}

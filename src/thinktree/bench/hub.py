@@ -201,7 +201,8 @@ def load_hub(
         import datasets  # type: ignore[import-not-found, unused-ignore]
     except ImportError:
         raise DatasetError(
-            f"loading '{name}' by name needs the hub extra: pip install 'thinktree[hub]'"
+            f"loading '{name}' by name needs the hub extra (Hugging Face datasets): "
+            ".venv/bin/pip install -e '.[hub]' in thinktree's folder"
         ) from None
     try:
         table = datasets.load_dataset(source.repo, source.config, split=split or source.split)
