@@ -263,3 +263,19 @@ def test_retries_behind_calls_read_back_count_once_the_run_ends() -> None:
     assert "retries 4" in header(view, elapsed=1.0, source="replay").plain
     old = event_from_dict({"type": "run-finished", "at": 1.0, "run_id": "r", "status": "done"})
     assert isinstance(old, RunFinished) and old.read_back_retries == 0
+
+
+def test_an_id_is_cut_in_its_middle_so_ids_sharing_a_start_stay_apart() -> None:
+    from thinktree.tui.rows import RowBuilder
+
+    shown = []
+    for pid in ("medqa-test-0001", "medqa-test-0417"):
+        row = RowBuilder()
+        row.add("✓ ")
+        cut = row.add(pid, middle=True)
+        answer = row.add("B", lead=" → ")
+        shown.append(row.row((cut, 1), (answer, 1)).fit(14).plain)
+    assert shown == ["✓ med…0001 → B", "✓ med…0417 → B"]
+    wide = RowBuilder()
+    wide.add("日本語の問題0417", middle=True)
+    assert wide.row((0, 1)).fit(7).plain == "日…417"  # cut by cells, not characters

@@ -105,7 +105,7 @@ def problem_row(problem: ProblemTree, width: int | None = None) -> Text:
     row = RowBuilder()
     row.add(mark, style)
     row.add(" ")
-    pid = row.add(one_line(problem.problem_id, 60))
+    pid = row.add(one_line(problem.problem_id), middle=True)
     answer = None
     if problem.finished:
         answer = row.add(one_line(problem.answer or "—", 20), "dim", lead=" → ")
@@ -204,7 +204,7 @@ def _problem_line(problem: ProblemTree, node: Node, tokens: int) -> Row:
     row = RowBuilder()
     row.add(mark, style)
     row.add(" ")
-    pid = row.add(one_line(problem.problem_id, 40), "bold")
+    pid = row.add(one_line(problem.problem_id), "bold", middle=True)
     answer = None
     if problem.finished:
         answer = row.add(one_line(problem.answer or "—", 30), "bold", lead="  → ")

@@ -28,6 +28,8 @@ class Piece:
     style: str = ""
     lead: str = ""
     least: int = 1
+    middle: bool = False
+    """Cut in the middle ("case-0…0417"): for ids, which often share a long prefix."""
 
     def cells(self, shown: str | None) -> int:
         """Cells it takes showing ``shown`` (None: left out)."""
@@ -39,6 +41,8 @@ class Piece:
             return self.text
         if self.least == 0 or cells < self.least:
             return None
+        if self.middle and cells >= 3:
+            return _middle_cut(self.text, cells)
         cut = Text(self.text)
         cut.truncate(cells, overflow="ellipsis")
         return cut.plain
@@ -103,10 +107,33 @@ class RowBuilder:
     def __init__(self) -> None:
         self.pieces: list[Piece] = []
 
-    def add(self, text: str, style: str = "", *, lead: str = "", least: int = 1) -> int:
-        self.pieces.append(Piece(text, style, lead, least))
+    def add(
+        self, text: str, style: str = "", *, lead: str = "", least: int = 1, middle: bool = False
+    ) -> int:
+        self.pieces.append(Piece(text, style, lead, least, middle))
         return len(self.pieces) - 1
 
     def row(self, *cuts: tuple[int | None, int]) -> Row:
         """The row; steps naming a piece never added (None) are skipped."""
         return Row(tuple(self.pieces), tuple((i, c) for i, c in cuts if i is not None))
+
+
+def _middle_cut(text: str, cells: int) -> str:
+    """``text`` in ``cells`` cells (at least 3): its start, "…", and its end (the larger
+    half: where ids differ)."""
+    room = cells - cell_len(ELLIPSIS)
+    tail_room = room - room // 2
+    head, used = [], 0
+    for char in text:
+        if used + cell_len(char) > room - tail_room:
+            break
+        head.append(char)
+        used += cell_len(char)
+    tail: list[str] = []
+    used = 0
+    for char in reversed(text):
+        if used + cell_len(char) > tail_room:
+            break
+        tail.append(char)
+        used += cell_len(char)
+    return "".join(head) + ELLIPSIS + "".join(reversed(tail))
