@@ -649,3 +649,52 @@ def test_every_run_flag_spelling_a_grid_takes(tmp_path: Path) -> None:
     settings = [bench.settings_for(cell) for cell in bench.cells()]
     assert [s.modes.confidence for s in settings] == [0.9, 0.99]
     assert {s.max_run_tokens for s in settings} == {5000}
+
+
+@pytest.mark.anyio
+async def test_a_merged_cell_counts_the_retries_behind_its_shards_read_back_calls(
+    tmp_path: Path,
+) -> None:
+    """A resumed shard reads back a call that took a retry in its first session: its
+    results count that retry, and so does the merge of the cell (results and run store)."""
+    from thinktree.agents.capabilities import Capabilities
+    from thinktree.agents.endpoint import EndpointConfig
+    from thinktree.agents.modes import ModeSettings
+    from thinktree.bench.merge import merge_shards
+    from thinktree.orchestrator.run import RunSettings, execute, load_resume
+    from thinktree.orchestrator.store import StoreReader
+    from thinktree.problems import AnswerType, Problem
+    from thinktree.testing.fake_server import FakeServer, Fault
+
+    problems = [
+        Problem(
+            id=f"q{i}",
+            question=f"Case {i}?",
+            answer_type=AnswerType.CHOICE,
+            options={"A": "a", "B": "b"},
+            answer="B",
+        )
+        for i in range(2)
+    ]
+    caps = Capabilities(continuation="chat")  # no probe: a shard's first call gets the 500
+    shards = [tmp_path / "cell" / SHARDS / f"00{i}" for i in (0, 1)]
+    async with FakeServer(FakeBehaviour(reply="Answer: B"), faults=[Fault.SERVER_ERROR]) as server:
+        endpoint = EndpointConfig(
+            name="fake", base_url=server.base_url, continuation="chat", max_backoff_s=0.01
+        )
+        modes = ModeSettings(mode="budget", budget=16)
+        for shard, problem in zip(shards, problems, strict=True):
+            settings = RunSettings(modes=modes, out=shard)
+            await execute([problem], endpoint, settings, capabilities=caps)
+        (shards[0] / "results.json").unlink()  # as if cut off before its end: resumed
+        state = load_resume(shards[0])
+        resumed = await execute(state.problems, endpoint, state.settings, resume=state)
+        assert resumed.cached_calls == 1 and resumed.metrics.retries == 1
+        merged = await merge_shards(
+            tmp_path / "cell", shards, problems, endpoint, RunSettings(modes=modes)
+        )
+    assert merged.metrics.retries == 1
+    saved = json.loads((tmp_path / "cell" / "results.json").read_text())
+    assert saved["metrics"]["retries"] == 1
+    with StoreReader.open(tmp_path / "cell" / "run.sqlite") as store:
+        assert store.run_info()["retries"] == 1

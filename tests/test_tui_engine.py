@@ -13,6 +13,7 @@ from thinktree.agents.endpoint import EndpointConfig
 from thinktree.agents.modes import ModeSettings
 from thinktree.orchestrator.events import Event, NodeKind
 from thinktree.orchestrator.run import RunResult, RunSettings, execute, load_resume
+from thinktree.orchestrator.store import StoreReader
 from thinktree.orchestrator.trace import read_trace
 from thinktree.problems import AnswerType, Problem
 from thinktree.testing.fake_server import FakeBehaviour, FakeServer, Fault
@@ -125,3 +126,5 @@ async def test_a_resumed_runs_view_counts_the_retries_its_results_count(tmp_path
     for event in read_trace(folder / "trace.jsonl"):
         replayed.apply(event)
     assert replayed.retries == again.metrics.retries  # `thinktree watch` of its trace too
+    with StoreReader.open(folder / "run.sqlite") as store:  # and the run store
+        assert store.run_info()["retries"] == again.metrics.retries

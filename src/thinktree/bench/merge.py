@@ -120,23 +120,24 @@ def _start(
     return first, [_read_json(s / "results.json") for s in shards]
 
 
-def _events(shards: Sequence[Path]) -> tuple[RunStarted, list[Event], list[str]]:
-    """The first shard's ``run-started``, every other event in time order, each status."""
+def _events(shards: Sequence[Path]) -> tuple[RunStarted, list[Event], list[RunFinished]]:
+    """The first shard's ``run-started``, every other event in time order, and each
+    shard's ``run-finished``."""
     started: RunStarted | None = None
     timed: list[tuple[float, int, int, Event]] = []
-    statuses: list[str] = []
+    ends: list[RunFinished] = []
     for index, shard in enumerate(shards):
         for seq, event in enumerate(read_trace(shard / TRACE_NAME)):
             if isinstance(event, RunStarted):
                 started = started or event
             elif isinstance(event, RunFinished):
-                statuses.append(event.status)
+                ends.append(event)
             else:
                 timed.append((event.at, index, seq, event))
     if started is None:
         raise MergeError(f"cannot merge: {shards[0] / TRACE_NAME} has no run-started event")
     timed.sort(key=lambda t: t[:3])  # each shard's own order is kept (its clock only grows)
-    return started, [t[3] for t in timed], statuses
+    return started, [t[3] for t in timed], ends
 
 
 async def merge_shards(
@@ -158,7 +159,9 @@ async def merge_shards(
     """
     run_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
     first, shard_results = _start(folder, shards, problems, run_id, settings, shared_calls)
-    shard_started, events, statuses = _events(shards)
+    shard_started, events, ends = _events(shards)
+    # a resumed shard's calls read back carry the retries its earlier sessions made
+    read_back = sum(end.read_back_retries for end in ends)
     started = RunStarted(
         run_id=run_id,
         mode=shard_started.mode,
@@ -168,9 +171,12 @@ async def merge_shards(
         settings=shard_started.settings,
         at=0.0,
     )
-    status = "completed" if all(s == "completed" for s in statuses) else "stopped"
+    status = "completed" if all(end.status == "completed" for end in ends) else "stopped"
     finished = RunFinished(
-        run_id=run_id, status=status, at=max((e.at for e in events), default=0.0)
+        run_id=run_id,
+        status=status,
+        at=max((e.at for e in events), default=0.0),
+        read_back_retries=read_back,
     )
     recorder = TreeRecorder()
     sinks: list[Subscriber] = [
@@ -203,6 +209,7 @@ async def merge_shards(
         recorder,
         tokens_allowed=build_strategy(settings.modes).allowed_tokens(),
         servers=_servers([probe_servers, *(r.get("servers") for r in shard_results)]),
+        read_back_retries=read_back,
     )
 
 

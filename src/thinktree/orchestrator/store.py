@@ -792,6 +792,8 @@ class _Projection:
             case "run-finished":
                 self.run_finished = True
                 self.run.update(status=p["status"], finished_at=p["at"], finished_utc=_now_utc())
+                # the retries behind calls read back, as results.json counts them
+                self.run["retries"] += p.get("read_back_retries", 0)
                 self._run_dirty = True
             case _:
                 pass
