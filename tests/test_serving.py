@@ -185,6 +185,61 @@ async def test_never_healthy_times_out_with_the_log_tail_and_no_orphans(tmp_path
     assert pids and not launcher.group_alive(pids[0])
 
 
+_STAND_IN = textwrap.dedent(
+    """
+    import http.server, json, sys
+    host, port = sys.argv[1], int(sys.argv[2])
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps({"data": [{"id": "m"}]}).encode()
+            self.send_response(200 if self.path == "/v1/models" else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    http.server.HTTPServer((host, port), Handler).serve_forever()
+    """
+)
+
+
+@pytest.mark.anyio
+async def test_a_server_on_every_interface_is_checked_on_loopback(tmp_path: Path) -> None:
+    spec = ServerSpec(
+        engine="vLLM",
+        model="m",
+        command=lambda port: [sys.executable, "-c", _STAND_IN, "0.0.0.0", str(port)],
+        env=dict(os.environ),
+        log_dir=tmp_path,
+        log_stem="stand-in",
+        host="0.0.0.0",
+    )
+    async with launcher.launch(spec, startup_timeout=30) as handle:
+        port = int(handle.base_url.rsplit(":", 1)[1].removesuffix("/v1"))
+        assert handle.base_url == f"http://127.0.0.1:{port}/v1"
+        assert handle.remote_url == f"http://{socket.gethostname()}:{port}/v1"
+        with socket.socket() as probe:  # it took the port on every interface
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            with pytest.raises(OSError):
+                probe.bind(("0.0.0.0", port))
+
+
+def test_hosts_and_the_urls_that_reach_them() -> None:
+    assert launcher.connect_host("0.0.0.0") == "127.0.0.1"
+    assert launcher.connect_host("::") == "::1"
+    assert launcher.connect_host("10.1.2.3") == "10.1.2.3"
+    assert launcher.server_url("::1", 8000) == "http://[::1]:8000/v1"
+    assert launcher.remote_url("127.0.0.1", 8000) is None
+    assert launcher.remote_url("localhost", 8000) is None
+    assert launcher.remote_url("10.1.2.3", 8000) == "http://10.1.2.3:8000/v1"
+    assert launcher.remote_url("::", 8000) == f"http://{socket.gethostname()}:8000/v1"
+    with pytest.raises(ServerError, match="not an IP address"):
+        launcher.check_host("no-such-host.invalid")
+
+
 # --- slow: a real vLLM through `thinktree serve vllm` ------------------------------------------
 
 
