@@ -25,7 +25,7 @@ import pytest
 
 from serving_fixtures import Served
 from thinktree import embedded
-from thinktree.serving import launcher
+from thinktree.serving import launcher, llamacpp
 from thinktree.serving.launcher import ServerError, ServerSpec
 from thinktree.serving.vllm import VllmServer, detect_reasoning_parser
 
@@ -80,6 +80,19 @@ def test_profile_flags_for_a_test_time_scaling_workload(tmp_path: Path) -> None:
     assert json.loads(pairs["--structured-outputs-config"]) == {"backend": "xgrammar"}
     assert "--enable-prefix-caching" in args
     assert args[-2:] == ["--seed", "3"]
+
+
+def test_engines_listen_on_the_host_asked_for(tmp_path: Path) -> None:
+    folder = hf_folder(tmp_path / "Qwen3-0.6B", "qwen3")
+    vllm_args = VllmServer(model=str(folder), host="0.0.0.0").profile().args(8123)
+    assert dict(itertools.pairwise(vllm_args))["--host"] == "0.0.0.0"
+    assert vllm_args.count("--host") == 1
+    gguf = tmp_path / "m.gguf"
+    llama_args = llamacpp.server_args(gguf, "m", 8123, n_threads=1, host="::")
+    assert dict(itertools.pairwise(llama_args))["--host"] == "::"
+    assert llama_args.count("--host") == 1
+    default = llamacpp.server_args(gguf, "m", 8123, n_threads=1)
+    assert dict(itertools.pairwise(default))["--host"] == "127.0.0.1"
 
 
 def test_reasoning_parser_detection(tmp_path: Path) -> None:
