@@ -125,6 +125,12 @@ def test_no_parser_when_asked_and_model_ids_pass_through(tmp_path: Path) -> None
         (["vllm", "--n-threads", "2"], ["--n-threads is a llamacpp option"]),
         (["llamacpp", "--reasoning-parser", "qwen3"], ["--reasoning-parser is a vllm option"]),
         (["vllm", "--startup-timeout", "0"], ["--startup-timeout must be positive"]),
+        (["vllm", "--host", "no-such-host.invalid"], ["--host no-such-host.invalid is not"]),
+        (["llamacpp", "--host", ""], ["--host '' is not an IP address"]),
+        (["llamacpp", "--host", "203.0.113.7"], ["not an address of this machine"]),
+        (["vllm", "--host", "0.0.0.0", "--", "--host", "::"], ["two hosts", "0.0.0.0"]),
+        (["vllm", "/m", "--", "--host=0.0.0.0"], ["two hosts", "127.0.0.1"]),
+        (["llamacpp", "--", "--host", "0.0.0.0"], ["two hosts"]),
     ],
 )
 def test_serve_bad_input(args: list[str], needles: list[str]) -> None:
@@ -144,6 +150,16 @@ def test_serve_port_in_use() -> None:
         port = busy.getsockname()[1]
         proc = thinktree("serve", "vllm", "--port", str(port))
     one_line_error(proc, f"port {port} on 127.0.0.1 is already in use")
+
+
+@pytest.mark.parametrize("busy_on", ["0.0.0.0", "127.0.0.1"])
+def test_serve_port_in_use_on_the_host_asked_for(busy_on: str) -> None:
+    with socket.socket() as busy:
+        busy.bind((busy_on, 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = thinktree("serve", "llamacpp", "--host", "0.0.0.0", "--port", str(port))
+    one_line_error(proc, f"port {port} on 0.0.0.0 is already in use")
 
 
 def test_engine_not_installed_says_which_extra(monkeypatch: pytest.MonkeyPatch) -> None:
