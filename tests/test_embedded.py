@@ -88,7 +88,7 @@ def tmp_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def _use_fake_server(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *extra: str) -> None:
-    def command(model_dir: Path, port: int) -> list[str]:
+    def command(model_dir: Path, port: int, host: str = "127.0.0.1") -> list[str]:
         return [sys.executable, "-c", _FAKE_SERVER, "--port", str(port), *extra]
 
     monkeypatch.setattr(embedded, "_vllm_package_dir", lambda: tmp_path)
@@ -203,7 +203,7 @@ _CTRL_C_CHILD = textwrap.dedent(
     embedded._cache_dir = lambda: cache
     embedded._vllm_package_dir = lambda: cache
     embedded.ensure_converted_model = lambda **_: cache
-    embedded._server_command = lambda _, port: [
+    embedded._server_command = lambda _, port, host: [
         sys.executable, "-c", fake_server, "--port", str(port)
     ]
 

@@ -25,7 +25,7 @@ import pytest
 
 from serving_fixtures import Served
 from thinktree import embedded
-from thinktree.serving import launcher
+from thinktree.serving import launcher, llamacpp
 from thinktree.serving.launcher import ServerError, ServerSpec
 from thinktree.serving.vllm import VllmServer, detect_reasoning_parser
 
@@ -82,6 +82,19 @@ def test_profile_flags_for_a_test_time_scaling_workload(tmp_path: Path) -> None:
     assert args[-2:] == ["--seed", "3"]
 
 
+def test_engines_listen_on_the_host_asked_for(tmp_path: Path) -> None:
+    folder = hf_folder(tmp_path / "Qwen3-0.6B", "qwen3")
+    vllm_args = VllmServer(model=str(folder), host="0.0.0.0").profile().args(8123)
+    assert dict(itertools.pairwise(vllm_args))["--host"] == "0.0.0.0"
+    assert vllm_args.count("--host") == 1
+    gguf = tmp_path / "m.gguf"
+    llama_args = llamacpp.server_args(gguf, "m", 8123, n_threads=1, host="::")
+    assert dict(itertools.pairwise(llama_args))["--host"] == "::"
+    assert llama_args.count("--host") == 1
+    default = llamacpp.server_args(gguf, "m", 8123, n_threads=1)
+    assert dict(itertools.pairwise(default))["--host"] == "127.0.0.1"
+
+
 def test_reasoning_parser_detection(tmp_path: Path) -> None:
     assert detect_reasoning_parser(hf_folder(tmp_path / "a", "qwen3_moe")) == "qwen3"
     distill = hf_folder(tmp_path / "b", "qwen2", "{{ '<|im_start|>assistant\\n<think>\\n' }}")
@@ -112,6 +125,12 @@ def test_no_parser_when_asked_and_model_ids_pass_through(tmp_path: Path) -> None
         (["vllm", "--n-threads", "2"], ["--n-threads is a llamacpp option"]),
         (["llamacpp", "--reasoning-parser", "qwen3"], ["--reasoning-parser is a vllm option"]),
         (["vllm", "--startup-timeout", "0"], ["--startup-timeout must be positive"]),
+        (["vllm", "--host", "no-such-host.invalid"], ["--host no-such-host.invalid is not"]),
+        (["llamacpp", "--host", ""], ["--host '' is not an IP address"]),
+        (["llamacpp", "--host", "203.0.113.7"], ["not an address of this machine"]),
+        (["vllm", "--host", "0.0.0.0", "--", "--host", "::"], ["two hosts", "0.0.0.0"]),
+        (["vllm", "/m", "--", "--host=0.0.0.0"], ["two hosts", "127.0.0.1"]),
+        (["llamacpp", "--", "--host", "0.0.0.0"], ["two hosts"]),
     ],
 )
 def test_serve_bad_input(args: list[str], needles: list[str]) -> None:
@@ -131,6 +150,16 @@ def test_serve_port_in_use() -> None:
         port = busy.getsockname()[1]
         proc = thinktree("serve", "vllm", "--port", str(port))
     one_line_error(proc, f"port {port} on 127.0.0.1 is already in use")
+
+
+@pytest.mark.parametrize("busy_on", ["0.0.0.0", "127.0.0.1"])
+def test_serve_port_in_use_on_the_host_asked_for(busy_on: str) -> None:
+    with socket.socket() as busy:
+        busy.bind((busy_on, 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = thinktree("serve", "llamacpp", "--host", "0.0.0.0", "--port", str(port))
+    one_line_error(proc, f"port {port} on 0.0.0.0 is already in use")
 
 
 def test_engine_not_installed_says_which_extra(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -183,6 +212,61 @@ async def test_never_healthy_times_out_with_the_log_tail_and_no_orphans(tmp_path
     assert "loading weights (this takes forever)" in message
     assert str(tmp_path / "never.log") in message
     assert pids and not launcher.group_alive(pids[0])
+
+
+_STAND_IN = textwrap.dedent(
+    """
+    import http.server, json, sys
+    host, port = sys.argv[1], int(sys.argv[2])
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = json.dumps({"data": [{"id": "m"}]}).encode()
+            self.send_response(200 if self.path == "/v1/models" else 404)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    http.server.HTTPServer((host, port), Handler).serve_forever()
+    """
+)
+
+
+@pytest.mark.anyio
+async def test_a_server_on_every_interface_is_checked_on_loopback(tmp_path: Path) -> None:
+    spec = ServerSpec(
+        engine="vLLM",
+        model="m",
+        command=lambda port: [sys.executable, "-c", _STAND_IN, "0.0.0.0", str(port)],
+        env=dict(os.environ),
+        log_dir=tmp_path,
+        log_stem="stand-in",
+        host="0.0.0.0",
+    )
+    async with launcher.launch(spec, startup_timeout=30) as handle:
+        port = int(handle.base_url.rsplit(":", 1)[1].removesuffix("/v1"))
+        assert handle.base_url == f"http://127.0.0.1:{port}/v1"
+        assert handle.remote_url == f"http://{socket.gethostname()}:{port}/v1"
+        with socket.socket() as probe:  # it took the port on every interface
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            with pytest.raises(OSError):
+                probe.bind(("0.0.0.0", port))
+
+
+def test_hosts_and_the_urls_that_reach_them() -> None:
+    assert launcher.connect_host("0.0.0.0") == "127.0.0.1"
+    assert launcher.connect_host("::") == "::1"
+    assert launcher.connect_host("10.1.2.3") == "10.1.2.3"
+    assert launcher.server_url("::1", 8000) == "http://[::1]:8000/v1"
+    assert launcher.remote_url("127.0.0.1", 8000) is None
+    assert launcher.remote_url("localhost", 8000) is None
+    assert launcher.remote_url("10.1.2.3", 8000) == "http://10.1.2.3:8000/v1"
+    assert launcher.remote_url("::", 8000) == f"http://{socket.gethostname()}:8000/v1"
+    with pytest.raises(ServerError, match="not an IP address"):
+        launcher.check_host("no-such-host.invalid")
 
 
 # --- slow: a real vLLM through `thinktree serve vllm` ------------------------------------------

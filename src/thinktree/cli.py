@@ -877,8 +877,15 @@ def serve(
         ),
     ] = None,
     port: Annotated[
-        int | None, typer.Option(help="port on 127.0.0.1 (default: a free one)")
+        int | None, typer.Option(help="port to listen on (default: a free one)")
     ] = None,
+    host: Annotated[
+        str,
+        typer.Option(
+            help="address to listen on: 127.0.0.1 for this machine only, 0.0.0.0 for every "
+            "interface (other machines can reach it, without authentication)"
+        ),
+    ] = "127.0.0.1",
     n_threads: Annotated[
         int | None, typer.Option(help="llamacpp: CPU threads (default: all cores)")
     ] = None,
@@ -895,9 +902,9 @@ def serve(
         float, typer.Option(help="seconds to wait for the server to become healthy")
     ] = 900,
 ) -> None:
-    """Serve a model on 127.0.0.1 until Ctrl-C (runs reuse the embedded one).
+    """Serve a model on 127.0.0.1, or on --host, until Ctrl-C (runs reuse the embedded one).
 
-    Arguments after `--` go to vllm as they are.
+    Arguments after `--` go to vllm as they are (except --host: use thinktree's).
     """
     configure()
     from thinktree.serving.commands import ServeRequest, serve_until_stopped
@@ -906,6 +913,7 @@ def serve(
         engine=engine,
         model=model,
         port=port,
+        host=host,
         n_threads=n_threads,
         served_name=served_name,
         reasoning_parser=reasoning_parser,
@@ -918,9 +926,19 @@ def serve(
     async def main() -> None:
         async with serve_until_stopped(request) as server:
             took = f" (ready in {server.startup_s:.0f} s)" if server.startup_s is not None else ""
+            where = escape(server.base_url)
+            if server.remote_url is not None:
+                err.print(
+                    f"warning: the server listens on {escape(request.host)} without "
+                    "authentication; anyone who can reach it can use it",
+                    soft_wrap=True,
+                    highlight=False,
+                )
+                if server.remote_url != server.base_url:
+                    where += f"; from other machines: {escape(server.remote_url)}"
             out.print(
                 f"serving [bold]{escape(server.model)}[/] with {request.engine} at "
-                f"{escape(server.base_url)}{took}; log: {escape(str(server.log_path))}; "
+                f"{where}{took}; log: {escape(str(server.log_path))}; "
                 "Ctrl-C to stop",
                 soft_wrap=True,
                 highlight=False,

@@ -190,19 +190,20 @@ def _vllm_package_dir() -> Path | None:
     return vllm_profile.package_dir()
 
 
-def _server_command(model_dir: Path, port: int) -> list[str]:
-    """The ``vllm serve`` command line for the converted model."""
-    profile = _embedded_vllm(model_dir).profile()
+def _server_command(model_dir: Path, port: int, host: str = launcher.LOOPBACK) -> list[str]:
+    """The ``vllm serve`` command line for the converted model on ``host``."""
+    profile = _embedded_vllm(model_dir, host).profile()
     return [*vllm_profile.launcher_command(), *profile.args(port)]
 
 
-def _embedded_vllm(model_dir: Path) -> vllm_profile.VllmServer:
+def _embedded_vllm(model_dir: Path, host: str = launcher.LOOPBACK) -> vllm_profile.VllmServer:
     return vllm_profile.VllmServer(
         model=str(model_dir),
         served_name=EMBEDDED_MODEL,
         reasoning_parser="",
         max_model_len=4096,
         offline=True,
+        host=host,
     )
 
 
@@ -219,8 +220,8 @@ def find_running_server(engine: str = "vllm") -> ServerHandle | None:
     return launcher.find_recorded(_state_path(engine), EMBEDDED_MODEL, engine)
 
 
-def _spec(engine: str, *, n_threads: int | None) -> ServerSpec:
-    """How to start the embedded model on ``engine``."""
+def _spec(engine: str, *, n_threads: int | None, host: str = launcher.LOOPBACK) -> ServerSpec:
+    """How to start the embedded model on ``engine``, listening on ``host``."""
     if engine == "llamacpp":
         return llamacpp.embedded_spec(
             gguf_path(),
@@ -228,6 +229,7 @@ def _spec(engine: str, *, n_threads: int | None) -> ServerSpec:
             _cache_dir(),
             n_threads=n_threads,
             state_path=_state_path(engine),
+            host=host,
         )
     if _vllm_package_dir() is None:
         raise EmbeddedServerError(f"vLLM is not installed; {_INSTALL_HINT}")
@@ -238,12 +240,13 @@ def _spec(engine: str, *, n_threads: int | None) -> ServerSpec:
         engine="vLLM",
         engine_key="vllm",
         model=EMBEDDED_MODEL,
-        command=lambda port: server_command(model_dir, port),
+        command=lambda port: server_command(model_dir, port, host),
         env=vllm_profile.server_env(cache, offline=True),
         log_dir=cache,
         log_stem="embedded-server",
         state_path=_state_path(engine),
         health_paths=("/health", "/v1/models"),
+        host=host,
     )
 
 
@@ -297,8 +300,11 @@ async def embedded_server(
     record_state: bool = False,
     startup_timeout: float = 600,
     n_threads: int | None = None,
+    host: str = launcher.LOOPBACK,
 ) -> AsyncIterator[ServerHandle]:
-    """Serve the embedded model on 127.0.0.1 with ``engine`` for the duration of the block.
+    """Serve the embedded model with ``engine`` for the duration of the block.
+
+    It listens on ``host`` (127.0.0.1 unless ``thinktree serve --host`` asks for another).
 
     With ``reuse``, a healthy server recorded by ``thinktree serve`` for the same engine (on
     ``port``, when one is given) is used as is and left running. Otherwise the server is
@@ -314,8 +320,8 @@ async def embedded_server(
             yield running
             return
     if port is not None:
-        launcher.check_port_free(port)
-    spec = await anyio.to_thread.run_sync(lambda: _spec(engine, n_threads=n_threads))
+        launcher.check_port_free(port, host)
+    spec = await anyio.to_thread.run_sync(lambda: _spec(engine, n_threads=n_threads, host=host))
     async with launcher.launch(
         spec,
         port=port,

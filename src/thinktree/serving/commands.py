@@ -20,6 +20,7 @@ class ServeRequest:
     engine: str = "vllm"
     model: str | None = None
     port: int | None = None
+    host: str = launcher.LOOPBACK
     n_threads: int | None = None
     served_name: str | None = None
     reasoning_parser: str | None = None
@@ -33,6 +34,14 @@ def _check(request: ServeRequest) -> None:
     if request.engine not in embedded.ENGINES:
         raise ServerError(
             f"unknown engine '{request.engine}'; choose one of: {', '.join(embedded.ENGINES)}"
+        )
+    launcher.check_host(request.host)
+    # without a MODEL, the first engine argument lands in MODEL's place
+    engine_args = (request.model or "", *request.extra_args)
+    if any(arg == "--host" or arg.startswith("--host=") for arg in engine_args):
+        raise ServerError(
+            f"--host after `--` would give the server two hosts (thinktree's is "
+            f"{request.host}); give it once, as thinktree serve --host HOST"
         )
     if request.startup_timeout <= 0:
         raise ServerError(f"--startup-timeout must be positive, not {request.startup_timeout}")
@@ -51,7 +60,9 @@ def _check(request: ServeRequest) -> None:
     elif request.n_threads is not None:
         raise ServerError("--n-threads is a llamacpp option; vllm does not take it")
     if request.port is not None:
-        launcher.check_port_free(request.port)
+        launcher.check_port_free(request.port, request.host)
+    else:
+        launcher.free_port(request.host)  # the host is one this machine can listen on
 
 
 @asynccontextmanager
@@ -67,6 +78,7 @@ async def serve_until_stopped(request: ServeRequest) -> AsyncIterator[ServerHand
             record_state=request.served_name is None,
             startup_timeout=request.startup_timeout,
             n_threads=request.n_threads,
+            host=request.host,
         ) as server:
             yield server
         return
@@ -78,6 +90,7 @@ async def serve_until_stopped(request: ServeRequest) -> AsyncIterator[ServerHand
             request.served_name or gguf.stem,
             cache,
             n_threads=request.n_threads,
+            host=request.host,
         )
     else:
         model = request.model or str(embedded.ensure_converted_model())
@@ -91,6 +104,7 @@ async def serve_until_stopped(request: ServeRequest) -> AsyncIterator[ServerHand
             chat_template=request.chat_template,
             extra_args=request.extra_args,
             offline=request.model is None,
+            host=request.host,
         )
         if vllm_profile.package_dir() is None:
             raise ServerError(f"vLLM is not installed; {vllm_profile.INSTALL_HINT}")

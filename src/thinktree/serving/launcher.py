@@ -1,4 +1,7 @@
-"""Start an OpenAI-compatible model server on 127.0.0.1, wait for it, and stop it.
+"""Start an OpenAI-compatible model server, wait for it, and stop it.
+
+A server listens on 127.0.0.1 unless its spec names another host (``thinktree serve
+--host``); it is always checked through an address of this machine.
 
 Every engine (vLLM, llama-cpp-python) goes through :func:`launch`: the server runs in its
 own process group with its output in a log file; it is stopped on exit, on errors, on
@@ -14,6 +17,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import ipaddress
 import json
 import os
 import re
@@ -40,6 +44,7 @@ log = structlog.get_logger(__name__)
 
 _STOP_TIMEOUT_S = 15.0
 _PR_SET_PDEATHSIG = 1
+LOOPBACK = "127.0.0.1"
 
 
 class ServerError(ThinktreeError, RuntimeError):
@@ -55,12 +60,15 @@ class ServerHandle:
     """
 
     base_url: str
+    """The URL to reach it at from this machine."""
     model: str
     pid: int | None
     owned: bool
     log_path: Path | None
     engine: str = "vllm"
     startup_s: float | None = None
+    remote_url: str | None = None
+    """The URL other machines reach it at; None when it listens on loopback only."""
 
 
 @dataclass(frozen=True)
@@ -82,33 +90,119 @@ class ServerSpec:
     """Paths (from the server root) that must answer 200 before it counts as ready."""
     engine_key: str = "vllm"
     extra: dict[str, Any] = field(default_factory=dict)
+    host: str = LOOPBACK
+    """The address the server listens on; ``command`` must pass the same one."""
 
 
-# --- ports -------------------------------------------------------------------------------------
+# --- hosts and ports ---------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    """A port on 127.0.0.1 that nothing listens on now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+def _family(host: str) -> socket.AddressFamily:
+    """The socket family vLLM and uvicorn bind ``host`` with: IPv6 when it has a colon."""
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
-def check_port_free(port: int) -> None:
-    """Raise a one-line :class:`ServerError` when ``port`` on 127.0.0.1 is taken."""
+def check_host(host: str) -> str:
+    """``host`` when it is an IP address or a name that resolves; else a one-line error."""
+    if not host or host != host.strip():
+        raise ServerError(f"--host {host!r} is not an IP address or a host name")
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        pass
+    try:
+        socket.getaddrinfo(host, None, _family(host), socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ServerError(
+            f"--host {host} is not an IP address or a name this machine resolves ({why})"
+        ) from None
+    return host
+
+
+def _addresses(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    try:
+        return [ipaddress.ip_address(host)]
+    except ValueError:
+        pass
+    try:
+        found = socket.getaddrinfo(host, None, _family(host), socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return []
+    return [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in found]
+
+
+def is_wildcard(host: str) -> bool:
+    """Whether ``host`` means every interface (0.0.0.0, ::)."""
+    addresses = _addresses(host)
+    return bool(addresses) and all(a.is_unspecified for a in addresses)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only (127.0.0.1, ::1, localhost)."""
+    addresses = _addresses(host)
+    return bool(addresses) and all(a.is_loopback for a in addresses)
+
+
+def connect_host(host: str) -> str:
+    """The address that reaches a server listening on ``host`` from this machine."""
+    if is_wildcard(host):
+        return "::1" if _family(host) == socket.AF_INET6 else LOOPBACK
+    return host
+
+
+def server_url(host: str, port: int) -> str:
+    """``http://HOST:PORT/v1``, with an IPv6 address in brackets."""
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}/v1"
+
+
+def remote_url(host: str, port: int) -> str | None:
+    """The URL other machines reach a server on ``host`` at; None for a loopback host.
+
+    A server on every interface is named by this machine's host name.
+    """
+    if is_loopback(host):
+        return None
+    return server_url(socket.gethostname() if is_wildcard(host) else host, port)
+
+
+def _bind(host: str, port: int) -> int:
+    """Bind (and release) ``host:port``, as the server would; the port it got."""
+    with socket.socket(_family(host), socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        bound: int = sock.getsockname()[1]
+        return bound
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A port on ``host`` that nothing listens on now."""
+    try:
+        return _bind(host, 0)
+    except OSError as exc:
+        raise ServerError(f"cannot listen on {host}: {_reason(exc)}") from None
+
+
+def check_port_free(port: int, host: str = LOOPBACK) -> None:
+    """Raise a one-line :class:`ServerError` when ``port`` on ``host`` is taken."""
     if not 0 < port < 65536:
         raise ServerError(f"--port must be between 1 and 65535, not {port}")
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise ServerError(
-                    f"port {port} on 127.0.0.1 is already in use; pick another with --port"
-                ) from None
-            raise ServerError(f"cannot use port {port} on 127.0.0.1: {exc}") from None
+    try:
+        _bind(host, port)
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ServerError(
+                f"port {port} on {host} is already in use; pick another with --port"
+            ) from None
+        raise ServerError(f"cannot use port {port} on {host}: {_reason(exc)}") from None
+
+
+def _reason(exc: OSError) -> str:
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return "it is not an address of this machine"
+    return exc.strerror or str(exc)
 
 
 # --- processes ---------------------------------------------------------------------------------
@@ -441,16 +535,17 @@ async def launch(
     startup_timeout: float = 600,
     preexec_factory: Callable[[], Callable[[], None] | None] = death_signal_preexec,
 ) -> AsyncIterator[ServerHandle]:
-    """Run the server of ``spec`` on 127.0.0.1 for the duration of the block.
+    """Run the server of ``spec`` on its host for the duration of the block.
 
-    It starts on ``port`` (a free one by default), is waited for, and is stopped when the
-    block ends, however it ends. ``record_state`` records it for other runs to reuse.
+    It starts on ``port`` (a free one by default), is waited for through an address of this
+    machine, and is stopped when the block ends, however it ends. ``record_state`` records
+    it for other runs to reuse.
     """
     if port is not None:
-        check_port_free(port)
-    port = port if port is not None else free_port()
+        check_port_free(port, spec.host)
+    port = port if port is not None else free_port(spec.host)
     command = spec.command(port)
-    base_url = f"http://127.0.0.1:{port}/v1"
+    base_url = server_url(connect_host(spec.host), port)
     started = time.monotonic()
     proc, log_path = spawn(
         command, spec.env, spec.log_dir, spec.log_stem, spec.engine, preexec_factory()
@@ -470,6 +565,7 @@ async def launch(
         owned=True,
         log_path=log_path,
         engine=spec.engine_key,
+        remote_url=remote_url(spec.host, port),
     )
     try:
         await wait_healthy(proc, spec, base_url, log_path, startup_timeout)

@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from thinktree.serving.launcher import ServerError, ServerSpec
+from thinktree.serving.launcher import LOOPBACK, ServerError, ServerSpec
 
 INSTALL_HINT = (
     "install the llamacpp extra: "
@@ -42,9 +42,15 @@ def check_gguf(path: Path) -> Path:
 
 
 def server_args(
-    gguf: Path, served_name: str, port: int, *, n_threads: int | None, n_ctx: int = 4096
+    gguf: Path,
+    served_name: str,
+    port: int,
+    *,
+    n_threads: int | None,
+    n_ctx: int = 4096,
+    host: str = LOOPBACK,
 ) -> list[str]:
-    """The arguments of ``python -m llama_cpp.server`` for one model on 127.0.0.1."""
+    """The arguments of ``python -m llama_cpp.server`` for one model on ``host``."""
     threads = n_threads if n_threads is not None else max(1, os.cpu_count() or 1)
     return [
         "--model",
@@ -52,7 +58,7 @@ def server_args(
         "--model_alias",
         served_name,
         "--host",
-        "127.0.0.1",
+        host,
         "--port",
         str(port),
         "--n_threads",
@@ -75,8 +81,9 @@ def spec(
     n_ctx: int = 4096,
     state_path: Path | None = None,
     log_stem: str = "llamacpp-server",
+    host: str = LOOPBACK,
 ) -> ServerSpec:
-    """The launcher's spec for serving ``gguf`` under ``served_name``."""
+    """The launcher's spec for serving ``gguf`` under ``served_name`` on ``host``."""
     if n_threads is not None and n_threads <= 0:
         raise ServerError(f"--n-threads must be positive, not {n_threads}")
     if not installed():
@@ -85,7 +92,7 @@ def spec(
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
     def command(port: int) -> list[str]:
-        args = server_args(model, served_name, port, n_threads=n_threads, n_ctx=n_ctx)
+        args = server_args(model, served_name, port, n_threads=n_threads, n_ctx=n_ctx, host=host)
         return [sys.executable, "-m", "llama_cpp.server", *args]
 
     return ServerSpec(
@@ -97,11 +104,18 @@ def spec(
         log_dir=cache,
         log_stem=log_stem,
         state_path=state_path,
+        host=host,
     )
 
 
 def embedded_spec(
-    gguf: Path, served_name: str, cache: Path, *, n_threads: int | None, state_path: Path
+    gguf: Path,
+    served_name: str,
+    cache: Path,
+    *,
+    n_threads: int | None,
+    state_path: Path,
+    host: str = LOOPBACK,
 ) -> ServerSpec:
     """The embedded model's GGUF on llama.cpp, recorded for reuse at ``state_path``."""
     return spec(
@@ -111,6 +125,7 @@ def embedded_spec(
         n_threads=n_threads,
         state_path=state_path,
         log_stem="embedded-llamacpp-server",
+        host=host,
     )
 
 

