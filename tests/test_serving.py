@@ -339,3 +339,12 @@ def _group_members(pgid: int) -> list[int]:
                 if fields[1] == str(pid) and int(entry.name) not in found:
                     found.append(int(entry.name))
     return found
+
+
+def test_engine_arguments_without_a_model_are_the_engines_not_a_model_path() -> None:
+    from thinktree.serving.commands import ServeRequest
+
+    request = ServeRequest(engine="vllm", model="--seed", extra_args=("3",))
+    assert request.model is None and request.extra_args == ("--seed", "3")
+    named = ServeRequest(engine="vllm", model="org/model", extra_args=("--seed", "3"))
+    assert named.model == "org/model" and named.extra_args == ("--seed", "3")

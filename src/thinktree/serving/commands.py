@@ -29,6 +29,13 @@ class ServeRequest:
     startup_timeout: float = 900
     extra_args: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        # without a MODEL, the first engine argument (`serve vllm -- --seed 3`) lands in
+        # MODEL's place: it is the engine's, and the embedded model is served
+        if self.model is not None and self.model.startswith("-"):
+            object.__setattr__(self, "extra_args", (self.model, *self.extra_args))
+            object.__setattr__(self, "model", None)
+
 
 def _check(request: ServeRequest) -> None:
     if request.engine not in embedded.ENGINES:
@@ -36,9 +43,7 @@ def _check(request: ServeRequest) -> None:
             f"unknown engine '{request.engine}'; choose one of: {', '.join(embedded.ENGINES)}"
         )
     launcher.check_host(request.host)
-    # without a MODEL, the first engine argument lands in MODEL's place
-    engine_args = (request.model or "", *request.extra_args)
-    if any(arg == "--host" or arg.startswith("--host=") for arg in engine_args):
+    if any(arg == "--host" or arg.startswith("--host=") for arg in request.extra_args):
         raise ServerError(
             f"--host after `--` would give the server two hosts (thinktree's is "
             f"{request.host}); give it once, as thinktree serve --host HOST"
