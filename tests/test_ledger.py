@@ -86,3 +86,96 @@ def test_used_never_passes_the_limit(limit: int, asks: list[tuple[int, float]]) 
         pool.commit(grant, int(grant * fraction))
         assert root.used <= limit
     assert root.reserved == 0
+
+
+@pytest.mark.anyio
+async def test_waiters_whose_asks_partly_fit_do_not_wake_each_other(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two requests of two samples each wait for the run's tokens a call under way holds.
+    Each reserves what fits of its asks, finds the rest held, and undoes its grants: that
+    must not wake the other (it finds nothing new), or the two wake each other in turn for
+    as long as the call is under way."""
+    import anyio
+
+    from thinktree.agents.solver import _reserved
+
+    waits = 0
+    real_wait = LimitHeld.wait
+
+    async def counted(self: LimitHeld) -> None:
+        nonlocal waits
+        waits += 1
+        await real_wait(self)
+
+    monkeypatch.setattr(LimitHeld, "wait", counted)
+    run = Budget("run", 100, stops_run=True)
+    under_way = run.child("q0", None)
+    assert under_way.reserve(68) == 68  # 32 left: one ask of 32 fits, not two
+    problems = [run.child(f"q{i}", None) for i in (1, 2)]
+    grants: list[list[int]] = []
+
+    async def request(problem: Budget) -> None:
+        asks = [(problem.child(f"{problem.name}/b{i}", 32), 32) for i in (0, 1)]
+        granted = await _reserved(asks)
+        grants.append(granted)
+        await anyio.sleep(0.05)  # its call
+        for (pool, _), grant in zip(asks, granted, strict=True):
+            pool.commit(grant, grant)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            for problem in problems:
+                tg.start_soon(request, problem)
+            await anyio.sleep(0.2)  # the call under way takes a while
+            assert waits <= 2  # each waiter waits once, and sleeps
+            under_way.commit(68, 4)  # it settles, having used 4
+    assert sorted(map(sum, grants)) == [32, 64]  # one request whole, the other shares 32
+    assert waits <= 4
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("native_n", [False, True])
+async def test_a_call_cut_off_before_it_is_sent_gives_back_its_reservation(
+    native_n: bool,
+) -> None:
+    """The run stops while a call is being announced (the bus full, the task cancelled):
+    what it reserved goes back, or the run's pool would stay held and a call waiting on it
+    would wait forever."""
+    from types import SimpleNamespace
+
+    from thinktree.agents.capabilities import Capabilities
+    from thinktree.agents.solver import Branch, SegmentRequest, Solver
+    from thinktree.orchestrator.events import NodeKind
+    from thinktree.problems import Problem
+
+    class StoppingBus:
+        wants_deltas = False
+
+        async def emit(self, event: object) -> None:
+            raise RuntimeError("the run stops")
+
+    run = Budget("run", 100, stops_run=True)
+    solver = Solver(
+        problem=Problem(id="q0", question="Which?", answer="B"),
+        client=SimpleNamespace(config=SimpleNamespace(chat_template=None)),  # type: ignore[arg-type]
+        caps=Capabilities(continuation="chat", native_n=native_n),
+        bus=StoppingBus(),  # type: ignore[arg-type]
+    )
+    reqs = [
+        SegmentRequest(
+            node_id=f"q0/b{i}/think",
+            parent_id=f"q0/b{i}",
+            kind=NodeKind.GENERATION,
+            label="thinking",
+            budget=run.child(f"q0/b{i}", 32),
+            max_tokens=32,
+        )
+        for i in range(2)
+    ]
+    with pytest.raises(RuntimeError, match="the run stops"):
+        if native_n:
+            await solver.segments_n(Branch([]), reqs)
+        else:
+            await solver.segment(Branch([]), reqs[0])
+    assert run.reserved == 0 and run.used == 0

@@ -21,6 +21,7 @@ from thinktree.agents.endpoint import EndpointConfig
 from thinktree.agents.modes import ModeSettings
 from thinktree.errors import EndpointDown
 from thinktree.orchestrator.run import RunResult, RunSettings, execute, load_resume
+from thinktree.orchestrator.store import StoreReader
 from thinktree.orchestrator.subscribers import TreeRecorder
 from thinktree.testing.fake_server import FakeBehaviour, FakeServer, fake_server_in_thread
 
@@ -101,6 +102,12 @@ async def test_a_server_that_stays_down_stops_the_run_which_resumes_later(
         with pytest.raises(EndpointDown, match=r"did not come back within 1 s \(outage_wait_s\)"):
             await execute(PROBLEMS, endpoint(first, outage_wait_s=1), settings)
     assert not (folder / "results.json").exists()
+    with StoreReader.open(folder / "run.sqlite") as store:  # the calls it stopped ended too
+        calls = [
+            n for p in store.problems() for n in store.nodes(p["id"]) if n["kind"] == "generation"
+        ]
+    assert calls and not [n["id"] for n in calls if n["status"] == "running"]
+    assert any("did not come back" in (n["error"] or "") for n in calls)
     async with FakeServer(BEHAVIOUR, port=port) as second:
         state = load_resume(folder)
         result = await execute(PROBLEMS, endpoint(second, 1), state.settings, resume=state)

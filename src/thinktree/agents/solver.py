@@ -17,7 +17,7 @@ from thinktree.agents.capabilities import Capabilities, client_template
 from thinktree.agents.chat_template import generation_opener, render_continuation
 from thinktree.agents.endpoint import Choice, Completion, DeltaHandler, EndpointClient, Message
 from thinktree.agents.structured import AnswerFormat, Constraint, validate
-from thinktree.errors import BudgetExhausted, EndpointError, RunLimitReached
+from thinktree.errors import BudgetExhausted, EndpointError, RunLimitReached, RunStopping
 from thinktree.extraction import extract_answer
 from thinktree.orchestrator.bus import EventBus
 from thinktree.orchestrator.events import (
@@ -146,6 +146,9 @@ class Solver:
         except anyio.get_cancelled_exc_class():
             await self._cancelled([req], grant)
             raise
+        except RunStopping as exc:  # the endpoint stayed down, the files cannot be written
+            await self._cancelled([req], grant, str(exc))
+            raise
         choice = result.choices[0]
         req.budget.commit(grant, choice.completion_tokens)
         if self.money is not None:
@@ -168,7 +171,11 @@ class Solver:
         )
         mode, messages, prefix = self._shape(branch, think)
         await self._start([think], think_grant, mode)
-        await self._start([answer], answer_grant, mode)
+        try:
+            await self._start([answer], answer_grant, mode)
+        except BaseException:
+            think.budget.commit(think_grant, 0)
+            raise
         try:
             result = await self._request(
                 mode,
@@ -190,6 +197,10 @@ class Solver:
         except anyio.get_cancelled_exc_class():
             await self._cancelled([think], think_grant)
             await self._cancelled([answer], answer_grant)
+            raise
+        except RunStopping as exc:
+            await self._cancelled([think], think_grant, str(exc))
+            await self._cancelled([answer], answer_grant, str(exc))
             raise
         if self.money is not None:
             self.money.add(result.prompt_tokens, result.completion_tokens)
@@ -263,6 +274,9 @@ class Solver:
         except anyio.get_cancelled_exc_class():
             await self._cancelled(reqs, grant)
             raise
+        except RunStopping as exc:
+            await self._cancelled(reqs, grant, str(exc))
+            raise
         except EndpointError as exc:
             out = []
             for r in reqs:
@@ -292,27 +306,39 @@ class Solver:
         return segments
 
     async def _start(self, reqs: list[SegmentRequest], grant: int, mode: str) -> None:
-        for r in reqs:
-            await self.bus.emit(
-                NodeStarted(
-                    node_id=r.node_id,
-                    problem_id=self.problem.id,
-                    parent_id=r.parent_id,
-                    kind=r.kind,
-                    label=r.label,
-                    max_tokens=grant,
-                    continuation=mode,
+        """Announce the calls about to be sent; if that is cut off (the run stops), give
+        back what they reserved: a reservation never settled would hold its pools for good,
+        and a call waiting on the run's pool would wait forever."""
+        try:
+            for r in reqs:
+                await self.bus.emit(
+                    NodeStarted(
+                        node_id=r.node_id,
+                        problem_id=self.problem.id,
+                        parent_id=r.parent_id,
+                        kind=r.kind,
+                        label=r.label,
+                        max_tokens=grant,
+                        continuation=mode,
+                    )
                 )
-            )
+        except BaseException:
+            for r in reqs:
+                r.budget.commit(grant, 0)
+            raise
 
-    async def _cancelled(self, reqs: list[SegmentRequest], grant: int) -> None:
-        """Record calls cut off in flight (the run stopped): released, marked cancelled."""
+    async def _cancelled(
+        self,
+        reqs: list[SegmentRequest],
+        grant: int,
+        reason: str = "cancelled in flight: the run stopped",
+    ) -> None:
+        """Record calls cut off in flight (the run stopped): released, marked failed with
+        ``reason``, so none is left running."""
         with anyio.CancelScope(shield=True):
             for r in reqs:
                 r.budget.commit(grant, 0)
-                await self.bus.emit(
-                    NodeFailed(node_id=r.node_id, error="cancelled in flight: the run stopped")
-                )
+                await self.bus.emit(NodeFailed(node_id=r.node_id, error=reason))
 
     def _shape(self, branch: Branch, req: SegmentRequest) -> tuple[str, list[Message], str]:
         """How to send ``req``: the continuation mode, the messages and the assistant prefix.
@@ -529,9 +555,13 @@ def _shared(asks: list[tuple[Budget, int]], pool: Budget) -> list[int]:
 
 
 def _settle(asks: list[tuple[Budget, int]], grants: list[int]) -> None:
-    """Give back ``grants`` unused (the first ones of ``asks``)."""
+    """Undo ``grants`` (the first ones of ``asks``), made in one go and never used.
+
+    Waiters are not woken: the pools are as they found them, and two waiters whose asks
+    partly fit would otherwise wake each other in turn for as long as a call holds the pool.
+    """
     for (budget, _), granted in zip(asks, grants, strict=False):
-        budget.commit(granted, 0)
+        budget.unreserve(granted)
 
 
 def _with_thinking(choice: Choice, caps: Capabilities) -> str:

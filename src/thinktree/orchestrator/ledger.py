@@ -104,6 +104,14 @@ class Budget:
             pool = pool.parent
         return grant
 
+    def unreserve(self, granted: int) -> None:
+        """Undo a reservation this caller made and never used (no await in between): the
+        pools are as they were, so no waiter is woken (it would find nothing new)."""
+        pool: Budget | None = self
+        while pool is not None:
+            pool.reserved -= granted
+            pool = pool.parent
+
     def commit(self, granted: int, used: int) -> None:
         """Turn a reservation of ``granted`` into ``used`` tokens (the rest is released)."""
         pool: Budget | None = self
