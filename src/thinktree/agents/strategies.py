@@ -68,8 +68,9 @@ class BudgetForcing:
     """s1-style budget forcing: think up to ``budget`` tokens, then force the answer.
 
     When the model stops before ``min_thinking`` tokens, "Wait" is appended and it goes
-    on thinking. When the cap is hit (or it stopped without an answer), the thinking is
-    ended and a short answer is forced in its own node, capped at ``answer_tokens``.
+    on thinking (until it adds nothing: then the thinking stands as it was). When the
+    cap is hit (or it stopped without an answer), the thinking is ended and a short
+    answer is forced in its own node, capped at ``answer_tokens``.
     """
 
     budget: int = 1024
@@ -137,7 +138,7 @@ class BudgetForcing:
             left = (thinking.limit or 0) - thinking.used - thinking.reserved
             if left <= 0:
                 break
-            before = branch.assistant
+            before = (branch.messages, branch.assistant)
             _reopen_thinking(solver, branch)
             try:
                 extension = await solver.segment(
@@ -155,11 +156,17 @@ class BudgetForcing:
                     ),
                 )
             except BudgetExhausted:  # a limit above it is spent: the thinking stands as is
-                branch.assistant = before
+                branch.messages, branch.assistant = before
                 break
             extensions += 1
+            used += extension.completion_tokens
+            if not extension.failed and not extension.text.strip():
+                # "Wait" got nothing back, and would again: the thinking stands as is
+                branch.messages, branch.assistant = before
+                break
             last = extension
-            used += last.completion_tokens
+            if extension.completion_tokens <= 0:  # no progress towards the minimum
+                break
         if last.failed:
             return [Candidate(last.node_id, None, used, branch.assistant, extensions)]
         # the last segment's answer came from this very text when it is the whole message
