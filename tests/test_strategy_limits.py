@@ -13,6 +13,7 @@ import pytest
 from thinktree.agents.endpoint import EndpointConfig
 from thinktree.agents.modes import ModeSettings
 from thinktree.orchestrator.run import RunSettings, execute
+from thinktree.pricing import Price
 from thinktree.problems import AnswerType, Problem
 from thinktree.testing.fake_server import FakeBehaviour, FakeServer
 
@@ -94,3 +95,79 @@ async def test_a_wait_the_model_answers_with_nothing_ends_the_extending(
     assert len(sent) == (2 if states_answer else 3)
     if not states_answer:  # the answer is forced after the thinking, not after "Wait"
         assert sent[-1] == "Let me think about it.\n\nFinal Answer:"
+
+
+PRICES = {"fake-model": Price(prompt_per_m=0.0, completion_per_m=1000.0)}  # 12 tokens: $0.012
+RUN_LIMITS = [
+    pytest.param({"max_run_tokens": 36}, "token limit of 36", id="tokens"),
+    pytest.param({"max_cost": 0.03, "prices": PRICES}, "money limit of $0.0300", id="money"),
+]
+
+
+def _stopped_by_the_run(results: dict[str, Any], limit: str) -> None:
+    """The run says its limit stopped it, and the problem it never reached was not run."""
+    assert results["status"] == "stopped" and limit in results["stopped_by"]
+    last = results["problems"][-1]
+    assert (
+        last["answer"] is None
+        and last["error"].startswith("run stopped")
+        and limit in last["error"]
+    )
+    assert not [n for n in last["nodes"] if n["kind"] not in ("problem", "branch")]
+
+
+@pytest.mark.parametrize(("limits", "limit"), RUN_LIMITS)
+async def test_a_step_the_run_limit_refuses_keeps_the_answer_stated_before(
+    tmp_path: Path, limits: dict[str, Any], limit: str
+) -> None:
+    """Two 12-token steps for q0, then q1's first: the limit is reached, and q1's second
+    step is refused. q1 keeps the answer its first step stated (it used to end with none,
+    as 'run stopped'), and says the run's limit cut it short; q2 is not run."""
+    modes = ModeSettings(mode="sequential", steps=2, budget=16, answer_tokens=8)
+    results = await run(tmp_path, modes, FakeBehaviour(), PROBLEMS[:3], **limits)
+    q0, q1, _ = results["problems"]
+    assert q0["answer"] == "B" and q0["stopped"] is None
+    assert q1["answer"] == "B" and q1["error"] is None and q1["correct"] is True
+    assert q1["stopped"].startswith("run stopped") and limit in q1["stopped"]
+    assert [n["id"] for n in q1["nodes"] if n["kind"] == "step"] == ["q1/step1"]
+    _stopped_by_the_run(results, limit)
+
+
+@pytest.mark.parametrize(("limits", "limit"), RUN_LIMITS)
+async def test_a_wait_the_run_limit_refuses_keeps_the_thinking_and_its_answer(
+    tmp_path: Path, limits: dict[str, Any], limit: str
+) -> None:
+    """Budget forcing below --min-thinking: q0 thinks 12 tokens and waits 12 more, q1
+    thinks 12 and the limit is reached, so its "Wait" is refused (it used to drop the
+    answer its thinking stated). The thinking's answer decides q1; q2 is not run."""
+    modes = ModeSettings(mode="budget", budget=32, min_thinking=20, answer_tokens=8)
+    results = await run(tmp_path, modes, FakeBehaviour(), PROBLEMS[:3], **limits)
+    q0, q1, _ = results["problems"]
+    assert q0["answer"] == "B" and q0["stopped"] is None
+    assert q1["answer"] == "B" and q1["error"] is None
+    assert q1["stopped"].startswith("run stopped") and limit in q1["stopped"]
+    assert [n["id"] for n in q1["nodes"] if n["kind"] != "problem"] == ["q1/think"]
+    _stopped_by_the_run(results, limit)
+
+
+@pytest.mark.parametrize(
+    ("limits", "limit"),
+    [
+        pytest.param({"max_run_tokens": 12}, "token limit of 12", id="tokens"),
+        pytest.param({"max_cost": 0.012, "prices": PRICES}, "money limit of $0.0120", id="money"),
+    ],
+)
+async def test_a_constrained_answer_the_run_limit_refuses_leaves_the_thinking_answer(
+    tmp_path: Path, limits: dict[str, Any], limit: str
+) -> None:
+    """With a constrained answer format the answer is always asked for in a node of its
+    own; the run's limit refuses it after q0's thinking, which stated B: B decides q0."""
+    modes = ModeSettings(mode="budget", budget=32, answer_tokens=8)
+    results = await run(
+        tmp_path, modes, FakeBehaviour(), PROBLEMS[:2], answer_format="constrained", **limits
+    )
+    q0, _ = results["problems"]
+    assert q0["answer"] == "B" and q0["error"] is None
+    assert q0["stopped"].startswith("run stopped") and limit in q0["stopped"]
+    assert [n["kind"] for n in q0["nodes"] if n["kind"] != "problem"] == ["generation"]
+    _stopped_by_the_run(results, limit)

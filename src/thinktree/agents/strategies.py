@@ -16,7 +16,7 @@ import anyio
 from thinktree.agents.prompts import EXTEND_CUE, FORCE_ANSWER_CUE, REVISION_PROMPT, WAIT_CUE
 from thinktree.agents.solver import Branch, Candidate, Segment, SegmentRequest, Solver
 from thinktree.agents.structured_answer import constrained_answer
-from thinktree.errors import BudgetExhausted, ConfigError
+from thinktree.errors import BudgetExhausted, ConfigError, RunLimitReached
 from thinktree.orchestrator.events import NodeFailed, NodeFinished, NodeKind, NodeStarted
 from thinktree.orchestrator.ledger import Budget
 
@@ -155,7 +155,9 @@ class BudgetForcing:
                         extract_from="message",
                     ),
                 )
-            except BudgetExhausted:  # a limit above it is spent: the thinking stands as is
+            except (BudgetExhausted, RunLimitReached) as exc:
+                # a limit above it is spent: the thinking stands as is
+                _refused(pool, exc)
                 branch.messages, branch.assistant = before
                 break
             extensions += 1
@@ -250,7 +252,8 @@ class Sequential:
                 break
             try:
                 seg = await solver.segment(branch, self._request(parent, pool, step))
-            except BudgetExhausted:
+            except (BudgetExhausted, RunLimitReached) as exc:  # the answer so far stands
+                _refused(pool, exc)
                 break
             used += seg.completion_tokens
             answer = seg.answer if seg.answer is not None else answer
@@ -451,9 +454,17 @@ async def _force_answer(
     )
     try:
         seg = await solver.segment(branch, req)
-    except BudgetExhausted:
+    except (BudgetExhausted, RunLimitReached) as exc:
+        _refused(pool, exc)
         return None
     return None if seg.failed else seg
+
+
+def _refused(pool: Budget, exc: BudgetExhausted | RunLimitReached) -> None:
+    """A later call of a line of thought was refused by a limit, and it goes on with what it
+    has: where the run's limit did it, its problem is marked as cut short by the run."""
+    if isinstance(exc, RunLimitReached):
+        pool.stopped_by_run(str(exc))
 
 
 def _latest_answer(solver: Solver, branch: Branch) -> str | None:
