@@ -3,6 +3,7 @@ answers already stated survive a limit that stops the rest."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -171,3 +172,155 @@ async def test_a_constrained_answer_the_run_limit_refuses_leaves_the_thinking_an
     assert q0["stopped"].startswith("run stopped") and limit in q0["stopped"]
     assert [n["kind"] for n in q0["nodes"] if n["kind"] != "problem"] == ["generation"]
     _stopped_by_the_run(results, limit)
+
+
+class _Bus:
+    """The events a strategy emits, in order."""
+
+    def __init__(self, refuse: type[Exception] | None = None) -> None:
+        self.events: list[Any] = []
+        self.refuse = refuse  # raised for a branch's NodeFinished (a store that broke)
+
+    async def emit(self, event: Any) -> None:
+        if self.refuse is not None and type(event).__name__ == "NodeFinished":
+            raise self.refuse("the run store stopped recording")
+        self.events.append(event)
+
+    def ended(self) -> dict[str, str]:
+        """Each node that ended: 'done', or its error."""
+        return {
+            e.node_id: getattr(e, "error", None) or "done"
+            for e in self.events
+            if type(e).__name__ in ("NodeFinished", "NodeFailed")
+        }
+
+
+class _StubSolver:
+    """Calls as ``calls`` scripts them, by node: an error to raise, or (seconds, reply)."""
+
+    def __init__(self, calls: dict[str, Any], bus: _Bus, *, native_n: bool = False) -> None:
+        from thinktree.agents.capabilities import Capabilities
+
+        self.problem = PROBLEMS[0]
+        self.caps = Capabilities(native_n=native_n)
+        self.constrains = False
+        self.bus = bus
+        self.calls = calls
+        self.finished: list[str] = []  # the calls that ran to their end
+
+    async def _call(self, branch: Any, req: Any) -> Any:
+        from thinktree.agents.solver import Segment
+
+        script = self.calls[req.node_id]
+        if isinstance(script, Exception):
+            raise script
+        seconds, text = script
+        await anyio.sleep(seconds)
+        branch.assistant += text
+        self.finished.append(req.node_id)
+        answer = "B" if "Answer: B" in text else None
+        return Segment(req.node_id, text, "stop", len(text.split()), answer)
+
+    async def segment(self, branch: Any, req: Any) -> Any:
+        return await self._call(branch, req)
+
+    async def segments_n(self, branch: Any, reqs: list[Any]) -> list[Any]:
+        out = []
+        for req in reqs:
+            own = branch.fork()
+            out.append((await self._call(own, req), own))
+        return out
+
+
+async def test_a_branch_the_run_limit_refuses_ends_itself_and_its_siblings_call_finishes() -> None:
+    """b1's call is refused by the run's money limit while b2's is under way: b1 ends with
+    the reason, and b2's call finishes and decides (it used to be cancelled mid-stream,
+    its tokens counted 0 and paid again on resume)."""
+    from thinktree.agents.solver import Branch
+    from thinktree.agents.strategies import BudgetForcing, Parallel
+    from thinktree.errors import RunLimitReached
+    from thinktree.orchestrator.ledger import Budget
+
+    reason = "run stopped: its money limit of $0.0030 is reached ($0.0040 spent)"
+    bus = _Bus()
+    solver = _StubSolver(
+        {"q0/b1/think": RunLimitReached(reason), "q0/b2/think": (0.2, "Hmm. Answer: B")}, bus
+    )
+    pool = Budget("q0", None, parent=Budget("run", None, stops_run=True))
+    strategy = Parallel(n=2, inner=BudgetForcing(budget=32, answer_tokens=8))
+    with anyio.fail_after(5):
+        candidates = await strategy.run(solver, Branch([]), "q0", pool)  # type: ignore[arg-type]
+    assert [(c.node_id, c.answer) for c in candidates] == [("q0/b2/think", "B")]
+    assert solver.finished == ["q0/b2/think"]
+    assert bus.ended() == {"q0/b1": reason, "q0/b2": "done"}
+    assert pool.run_stopped == reason
+
+
+async def test_a_branch_task_cancelled_before_it_ran_does_not_stay_running() -> None:
+    """The branches' first calls went out as one request; b1 needs more calls (a task of
+    its own), b2 is settled at once, and recording b2's end fails: the problem ends with
+    the error, and b1, whose task never ran, ends with it too, not left 'running'."""
+    from thinktree.agents.solver import Branch
+    from thinktree.agents.strategies import BudgetForcing, Parallel
+    from thinktree.errors import RecordingError
+    from thinktree.orchestrator.ledger import Budget
+
+    bus = _Bus(refuse=RecordingError)
+    solver = _StubSolver(
+        {"q0/b1/think": (0, "Hmm."), "q0/b2/think": (0, "Answer: B")}, bus, native_n=True
+    )
+    strategy = Parallel(n=2, inner=BudgetForcing(budget=32, answer_tokens=8))
+    with pytest.raises(BaseExceptionGroup) as raised, anyio.fail_after(5):
+        await strategy.run(solver, Branch([]), "q0", Budget("q0", None))  # type: ignore[arg-type]
+    assert raised.group_contains(RecordingError)
+    error = "the run store stopped recording"
+    assert bus.ended() == {"q0/b1": error, "q0/b2": error}
+
+
+async def test_the_money_limit_reached_by_one_branch_lets_its_siblings_calls_finish(
+    tmp_path: Path,
+) -> None:
+    """Two of four branches think 4 tokens and stop without an answer; the other two
+    stream 25 slowly. The short ones spend past --max-cost, so their forced answers are
+    refused: the long calls under way finish and count (they used to be cancelled
+    mid-stream, counted 0, and sent again by a resume), and their answer decides."""
+    from thinktree.orchestrator.run import load_resume
+
+    firsts: list[str] = []
+
+    def reply(body: dict[str, Any], index: int) -> str:
+        if _last_assistant(body) or "Case 0?" not in json.dumps(body.get("messages")):
+            return "Answer: B"
+        firsts.append("call")
+        return (
+            "Hmm let me see." if len(firsts) % 2 else "Let me think " + "hard " * 20 + "Answer: B"
+        )
+
+    behaviour = FakeBehaviour(reply=reply, native_n=False, chunk_delay_s=0.02)
+    modes = ModeSettings(mode="parallel", n=4, budget=32, answer_tokens=8)
+    async with FakeServer(behaviour) as server:
+        cfg = EndpointConfig(
+            name="fake", base_url=server.base_url, continuation="chat", native_n="no"
+        )
+        settings = RunSettings(
+            modes=modes,
+            out=tmp_path / "run",
+            max_cost=0.003,
+            prices=PRICES,
+            trace_deltas=True,
+        )
+        with anyio.fail_after(20):
+            first = await execute(PROBLEMS[:1], cfg, settings)
+        results = json.loads((first.folder / "results.json").read_text())
+        (problem,) = results["problems"]
+        assert problem["answer"] == "B" and problem["stopped"].startswith("run stopped")
+        thinking = [n for n in problem["nodes"] if n["kind"] == "generation"]
+        assert all(n["status"] == "done" for n in problem["nodes"]), problem["nodes"]
+        assert sorted(n["completion_tokens"] for n in thinking) == [4, 4, 25, 25]
+        sent = server.requests
+        state = load_resume(first.folder, prices=PRICES, new_limits=True)
+        raised = dataclasses.replace(state.settings, max_cost=10.0)
+        with anyio.fail_after(20):
+            again = await execute(state.problems, cfg, raised, resume=state)
+        assert server.requests - sent == 2  # the two forced answers; the rest read back
+    assert again.stopped_by is None and again.cached_calls == 4
