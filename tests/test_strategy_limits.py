@@ -324,3 +324,50 @@ async def test_the_money_limit_reached_by_one_branch_lets_its_siblings_calls_fin
             again = await execute(state.problems, cfg, raised, resume=state)
         assert server.requests - sent == 2  # the two forced answers; the rest read back
     assert again.stopped_by is None and again.cached_calls == 4
+
+
+def _alternating(first: str, second: str) -> Any:
+    """A reply that states ``first``, then ``second``, in turn (2 tokens each)."""
+    said: list[str] = []
+
+    def reply(body: dict[str, Any], index: int) -> str:
+        if "Case " not in json.dumps(body.get("messages")):
+            return "Answer: B"  # the probe's
+        said.append(first if len(said) % 2 == 0 else second)
+        return f"Answer: {said[-1]}"
+
+    return reply
+
+
+@pytest.mark.parametrize(
+    ("limits", "limit", "drawn", "branches"),
+    [
+        pytest.param({"max_run_tokens": 6}, "token limit of 6", 3, 4, id="tokens"),
+        pytest.param(
+            {"max_cost": 0.005, "prices": PRICES}, "money limit of $0.0050", 4, 6, id="money"
+        ),
+    ],
+)
+async def test_adaptive_sampling_the_run_limit_stops_keeps_the_samples_drawn(
+    tmp_path: Path, limits: dict[str, Any], limit: str, drawn: int, branches: int
+) -> None:
+    """Waves of two 2-token samples: after B, A the vote is open. Under --max-tokens 6 the
+    next wave gets 2 tokens for b3 and none for b4; under --max-cost the next wave is
+    drawn whole and the one after is refused. The samples drawn decide (they used to be
+    dropped), and sampling stops there, saying why, instead of drawing wave after wave of
+    refused samples."""
+    modes = ModeSettings(mode="adaptive", n=8, wave=2, budget=16, answer_tokens=8)
+    behaviour = FakeBehaviour(reply=_alternating("B", "A"), native_n=False)
+    results = await run(tmp_path, modes, behaviour, PROBLEMS[:2], **limits)
+    q0, _ = results["problems"]
+    assert q0["answer"] == "B" and q0["stopped"].startswith("run stopped")
+    nodes = nodes_of(q0)
+    sampled = [n for n in nodes.values() if n["kind"] == "branch"]
+    assert [n["id"] for n in sampled] == [f"q0/b{i}" for i in range(1, branches + 1)]
+    refused = [n for n in sampled if n["status"] == "failed"]
+    assert len(refused) == branches - drawn
+    assert all(limit in n["error"] for n in refused)
+    stop = nodes["q0/stop"]
+    assert stop["finish_reason"] == "limit" and stop["label"] == f"stopped at {drawn}/8"
+    assert "limit refused more samples" in stop["text"]
+    _stopped_by_the_run(results, limit)
