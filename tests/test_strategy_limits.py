@@ -371,3 +371,22 @@ async def test_adaptive_sampling_the_run_limit_stops_keeps_the_samples_drawn(
     assert stop["finish_reason"] == "limit" and stop["label"] == f"stopped at {drawn}/8"
     assert "limit refused more samples" in stop["text"]
     _stopped_by_the_run(results, limit)
+
+
+async def test_a_hybrid_branch_the_run_limit_refuses_leaves_its_sibling_to_decide(
+    tmp_path: Path,
+) -> None:
+    """Hybrid, two branches of two 16-token steps, under --max-tokens 60: q0 spends 48;
+    q1's b1 gets the 12 left for its first step (which answers B) and b2 gets nothing.
+    b2 ends with the reason, b1's answer decides q1, and q2 is not run."""
+    modes = ModeSettings(mode="hybrid", n=2, steps=2, total_budget=64)
+    results = await run(tmp_path, modes, FakeBehaviour(), PROBLEMS[:3], max_run_tokens=60)
+    q0, q1, _ = results["problems"]
+    assert q0["answer"] == "B" and q0["stopped"] is None
+    assert q1["answer"] == "B" and q1["error"] is None
+    assert q1["stopped"].startswith("run stopped: its token limit of 60")
+    nodes = nodes_of(q1)
+    assert [n for n in nodes if "/step" in n] == ["q1/b1/step1"]
+    assert nodes["q1/b1"]["status"] == "done"
+    assert nodes["q1/b2"]["status"] == "failed" and "token limit of 60" in nodes["q1/b2"]["error"]
+    _stopped_by_the_run(results, "token limit of 60")
