@@ -390,3 +390,24 @@ async def test_a_hybrid_branch_the_run_limit_refuses_leaves_its_sibling_to_decid
     assert nodes["q1/b1"]["status"] == "done"
     assert nodes["q1/b2"]["status"] == "failed" and "token limit of 60" in nodes["q1/b2"]["error"]
     _stopped_by_the_run(results, "token limit of 60")
+
+
+async def test_a_pilot_that_raises_ends_its_node_with_the_reason() -> None:
+    """The endpoint goes down under auto's pilot: the error stops the run, and the pilot's
+    node ends failed with it (it was left 'running' in the results and the store)."""
+    from thinktree.agents.auto import Auto
+    from thinktree.agents.solver import Branch
+    from thinktree.errors import EndpointDown
+    from thinktree.orchestrator.ledger import Budget
+
+    down = EndpointDown("the endpoint stopped answering")
+    bus = _Bus()
+    solver = _StubSolver({"q0/pilot/b1/think": down, "q0/pilot/b2/think": down}, bus)
+    with pytest.raises(BaseExceptionGroup) as raised, anyio.fail_after(5):
+        await Auto(budget=16, n=2).run(solver, Branch([]), "q0", Budget("q0", None))  # type: ignore[arg-type]
+    assert raised.group_contains(EndpointDown)
+    assert bus.ended() == {
+        "q0/pilot/b1": str(down),
+        "q0/pilot/b2": str(down),
+        "q0/pilot": str(down),
+    }

@@ -17,10 +17,25 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import anyio
+
 from thinktree.agents.solver import Branch, Candidate, SegmentRequest, Solver
-from thinktree.agents.strategies import BudgetForcing, First, Parallel, Sequential, Strategy
+from thinktree.agents.strategies import (
+    BudgetForcing,
+    First,
+    Parallel,
+    Sequential,
+    Strategy,
+    _ended_by,
+)
 from thinktree.errors import ConfigError
-from thinktree.orchestrator.events import NodeFinished, NodeKind, NodeStarted, StrategyChosen
+from thinktree.orchestrator.events import (
+    NodeFailed,
+    NodeFinished,
+    NodeKind,
+    NodeStarted,
+    StrategyChosen,
+)
 from thinktree.orchestrator.ledger import Budget
 
 PILOT_SAMPLES = 2
@@ -112,7 +127,12 @@ class Auto:
                 max_tokens=self._pilot().allowed_tokens(),
             )
         )
-        pilot = await self._pilot().run(solver, branch.fork(), pilot_id, pool, first)
+        try:
+            pilot = await self._pilot().run(solver, branch.fork(), pilot_id, pool, first)
+        except BaseException as exc:  # the pilot's node ends with the reason, whatever it is
+            with anyio.CancelScope(shield=True):
+                await solver.bus.emit(NodeFailed(node_id=pilot_id, error=_ended_by(exc)))
+            raise
         mode, budget, reason, agree, used = self.decide(pilot)
         await solver.bus.emit(
             NodeFinished(
