@@ -16,7 +16,7 @@ from thinktree.agents.modes import ModeSettings
 from thinktree.orchestrator.run import RunSettings, execute
 from thinktree.pricing import Price
 from thinktree.problems import AnswerType, Problem
-from thinktree.testing.fake_server import FakeBehaviour, FakeServer
+from thinktree.testing.fake_server import DEFAULT_REPLY, FakeBehaviour, FakeServer
 
 pytestmark = pytest.mark.anyio
 PROBLEMS = [
@@ -411,3 +411,50 @@ async def test_a_pilot_that_raises_ends_its_node_with_the_reason() -> None:
         "q0/pilot/b2": str(down),
         "q0/pilot": str(down),
     }
+
+
+@pytest.mark.parametrize(
+    ("reply", "mode", "answer", "error"),
+    [
+        pytest.param(DEFAULT_REPLY, "parallel", "B", None, id="agree"),
+        pytest.param(
+            "Let me think step by step.",
+            "sequential",
+            None,
+            "no candidate stated an answer",
+            id="none",
+        ),
+    ],
+)
+async def test_when_the_pilot_spends_the_problem_limit_the_pilot_decides(
+    tmp_path: Path, reply: str, mode: str, answer: str | None, error: str | None
+) -> None:
+    """--max-problem-tokens 24: the pilot's two samples spend it all, so the strategy
+    chosen after them can make no call. The pilot's samples decide, and the problem says
+    its limit stopped it (it used to fail with "budget 'q0 step 1' is spent", or end with
+    no answer, and the run read 'completed')."""
+    modes = ModeSettings(mode="auto", budget=16, n=2, steps=2, answer_tokens=8)
+    behaviour = FakeBehaviour(reply=reply)
+    results = await run(tmp_path, modes, behaviour, PROBLEMS[:2], max_problem_tokens=24)
+    stopped = "problem stopped: its token limit of 24 cut its calls short"
+    assert results["status"] == "stopped" and results["stopped_by"] == stopped
+    for problem in results["problems"]:
+        assert problem["decision"]["mode"] == mode
+        assert problem["answer"] == answer and problem["stopped"] == stopped
+        assert problem["error"] == error
+        assert all(n["status"] != "running" for n in problem["nodes"])
+
+
+async def test_auto_under_the_run_limit_keeps_answers_and_ends_the_pilot(tmp_path: Path) -> None:
+    """--max-tokens 36: q0's pilot spends 24 and agrees, its parallel gets 12 for b1 and
+    nothing for b2, so b1's answer decides q0. q1's pilot is refused whole: its node ends
+    with the reason (it was left 'running'), nothing is chosen, and q1 is not run."""
+    modes = ModeSettings(mode="auto", budget=16, n=2, steps=2, answer_tokens=8)
+    results = await run(tmp_path, modes, FakeBehaviour(), PROBLEMS[:2], max_run_tokens=36)
+    q0, q1 = results["problems"]
+    assert q0["answer"] == "B" and q0["decision"]["mode"] == "parallel"
+    assert q0["stopped"].startswith("run stopped: its token limit of 36")
+    pilot = nodes_of(q1)["q1/pilot"]
+    assert pilot["status"] == "failed" and "token limit of 36" in pilot["error"]
+    assert q1["decision"] is None
+    _stopped_by_the_run(results, "token limit of 36")
