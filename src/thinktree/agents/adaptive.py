@@ -13,6 +13,9 @@ the first that holds:
   an answer not seen yet with weight 1. The probability is a lower bound (see
   :func:`leader_holds`), so the rule errs towards drawing more.
 
+A wave whose samples a token or money limit refuses stops the sampling too (rule
+``limit``): a later wave would be refused as well, and the samples drawn decide.
+
 Samples that state no answer abstain: they count as spent, not as votes. Each wave is
 one request with ``n`` choices where the endpoint allows it (as in ``parallel``);
 branches keep the node ids ``b1, b2, …`` that ``parallel`` gives them, so with per-node
@@ -41,7 +44,7 @@ class Decision:
 
     stop: bool
     leader: str | None
-    rule: str  # "unbeatable", "posterior", "exhausted" or "undecided"
+    rule: str  # "unbeatable", "posterior", "exhausted", "limit" or "undecided"
     posterior: float
 
 
@@ -202,13 +205,28 @@ class Adaptive:
         while drawn < self.n:
             size = min(self.wave, self.n - drawn)
             wave = Parallel(n=size, inner=self.inner, start=drawn + 1)
-            candidates += await wave.run(solver, branch, parent, pool)
+            drew = await wave.run(solver, branch, parent, pool)
+            candidates += drew
             drawn += size
+            if not drew or pool.run_stopped is not None:
+                # a limit refused samples of this wave: every later one would be refused
+                # too, so the samples drawn decide
+                decision = _limited([c.answer for c in candidates], self.n)
+                drawn = len(candidates)
+                break
             decision = decide([c.answer for c in candidates], self.n - drawn, self.confidence)
             if decision.stop:
                 break
-        await _record_stop(solver, parent, decision, drawn, self.n)
+        if candidates:  # none: not one sample could be drawn, nothing to say
+            await _record_stop(solver, parent, decision, drawn, self.n)
         return candidates
+
+
+def _limited(answers: Sequence[str | None], most: int) -> Decision:
+    """Sampling stopped by a token or money limit after ``answers`` of ``most`` samples."""
+    counts = Counter(a for a in answers if a is not None)
+    leader = counts.most_common(1)[0][0] if counts else None  # ties: the first seen
+    return Decision(True, leader, "limit", leader_holds(answers, most - len(answers)))
 
 
 async def _record_stop(
@@ -220,6 +238,7 @@ async def _record_stop(
         "unbeatable": "the leader cannot be overtaken by the samples left",
         "posterior": f"P(the full vote elects the leader) >= {decision.posterior:.3f}",
         "exhausted": "every sample drawn",
+        "limit": "a token or money limit refused more samples",
     }.get(decision.rule, decision.rule)
     await solver.bus.emit(
         NodeStarted(

@@ -10,18 +10,38 @@ nothing from a larger one. The pilot is two short samples:
   ``scale`` × the budget; below it, the base budget (more would go unused).
 
 The decision and its reason go out as a :class:`StrategyChosen` event, so they are in
-the trace, the run store and the results, next to the problem.
+the trace, the run store and the results, next to the problem. Where a limit leaves the
+chosen strategy no call (the pilot spent the problem's tokens), the pilot's samples
+decide; where the run's limit refuses the pilot's own calls, nothing is chosen.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import anyio
+import structlog
+
 from thinktree.agents.solver import Branch, Candidate, SegmentRequest, Solver
-from thinktree.agents.strategies import BudgetForcing, First, Parallel, Sequential, Strategy
-from thinktree.errors import ConfigError
-from thinktree.orchestrator.events import NodeFinished, NodeKind, NodeStarted, StrategyChosen
+from thinktree.agents.strategies import (
+    BudgetForcing,
+    First,
+    Parallel,
+    Sequential,
+    Strategy,
+    _ended_by,
+)
+from thinktree.errors import BudgetExhausted, ConfigError, RunLimitReached
+from thinktree.orchestrator.events import (
+    NodeFailed,
+    NodeFinished,
+    NodeKind,
+    NodeStarted,
+    StrategyChosen,
+)
 from thinktree.orchestrator.ledger import Budget
+
+log = structlog.get_logger(__name__)
 
 PILOT_SAMPLES = 2
 
@@ -112,19 +132,22 @@ class Auto:
                 max_tokens=self._pilot().allowed_tokens(),
             )
         )
-        pilot = await self._pilot().run(solver, branch.fork(), pilot_id, pool, first)
+        try:
+            pilot = await self._pilot().run(solver, branch.fork(), pilot_id, pool, first)
+        except BaseException as exc:  # the pilot's node ends with the reason, whatever it is
+            with anyio.CancelScope(shield=True):
+                await solver.bus.emit(NodeFailed(node_id=pilot_id, error=_ended_by(exc)))
+            raise
+        if pool.run_stopped is not None:
+            # the run's limit refused pilot calls: nothing chosen could run, and what the
+            # pilot's samples stated decides
+            if pilot:
+                await solver.bus.emit(_pilot_ended(pilot_id, pool.run_stopped))
+            else:
+                await solver.bus.emit(NodeFailed(node_id=pilot_id, error=pool.run_stopped))
+            return pilot
         mode, budget, reason, agree, used = self.decide(pilot)
-        await solver.bus.emit(
-            NodeFinished(
-                node_id=pilot_id,
-                text=reason,
-                finish_reason=None,
-                prompt_tokens=0,
-                completion_tokens=0,
-                answer=None,
-                extraction="pilot",
-            )
-        )
+        await solver.bus.emit(_pilot_ended(pilot_id, reason))
         await solver.bus.emit(
             StrategyChosen(
                 problem_id=solver.problem.id,
@@ -136,4 +159,26 @@ class Auto:
                 utilisation=round(used, 4),
             )
         )
-        return await self._choice(mode, budget).run(solver, branch, parent, pool)
+        try:
+            chosen = await self._choice(mode, budget).run(solver, branch, parent, pool)
+        except (BudgetExhausted, RunLimitReached) as exc:  # its first call was refused
+            if isinstance(exc, RunLimitReached):
+                pool.stopped_by_run(str(exc))
+            chosen = []
+        if not chosen:  # a limit left the chosen strategy no call: the pilot's samples decide
+            log.info("the chosen strategy made no call; the pilot decides", node=parent)
+            return pilot
+        return chosen
+
+
+def _pilot_ended(pilot_id: str, text: str) -> NodeFinished:
+    """The pilot's node, ended with what it decided (or why nothing was)."""
+    return NodeFinished(
+        node_id=pilot_id,
+        text=text,
+        finish_reason=None,
+        prompt_tokens=0,
+        completion_tokens=0,
+        answer=None,
+        extraction="pilot",
+    )

@@ -16,7 +16,7 @@ import anyio
 from thinktree.agents.prompts import EXTEND_CUE, FORCE_ANSWER_CUE, REVISION_PROMPT, WAIT_CUE
 from thinktree.agents.solver import Branch, Candidate, Segment, SegmentRequest, Solver
 from thinktree.agents.structured_answer import constrained_answer
-from thinktree.errors import BudgetExhausted, ConfigError
+from thinktree.errors import BudgetExhausted, ConfigError, RunLimitReached
 from thinktree.orchestrator.events import NodeFailed, NodeFinished, NodeKind, NodeStarted
 from thinktree.orchestrator.ledger import Budget
 
@@ -68,8 +68,9 @@ class BudgetForcing:
     """s1-style budget forcing: think up to ``budget`` tokens, then force the answer.
 
     When the model stops before ``min_thinking`` tokens, "Wait" is appended and it goes
-    on thinking. When the cap is hit (or it stopped without an answer), the thinking is
-    ended and a short answer is forced in its own node, capped at ``answer_tokens``.
+    on thinking (until it adds nothing: then the thinking stands as it was). When the
+    cap is hit (or it stopped without an answer), the thinking is ended and a short
+    answer is forced in its own node, capped at ``answer_tokens``.
     """
 
     budget: int = 1024
@@ -137,7 +138,7 @@ class BudgetForcing:
             left = (thinking.limit or 0) - thinking.used - thinking.reserved
             if left <= 0:
                 break
-            before = branch.assistant
+            before = (branch.messages, branch.assistant)
             _reopen_thinking(solver, branch)
             try:
                 extension = await solver.segment(
@@ -154,12 +155,20 @@ class BudgetForcing:
                         extract_from="message",
                     ),
                 )
-            except BudgetExhausted:  # a limit above it is spent: the thinking stands as is
-                branch.assistant = before
+            except (BudgetExhausted, RunLimitReached) as exc:
+                # a limit above it is spent: the thinking stands as is
+                _refused(pool, exc)
+                branch.messages, branch.assistant = before
                 break
             extensions += 1
+            used += extension.completion_tokens
+            if not extension.failed and not extension.text.strip():
+                # "Wait" got nothing back, and would again: the thinking stands as is
+                branch.messages, branch.assistant = before
+                break
             last = extension
-            used += last.completion_tokens
+            if extension.completion_tokens <= 0:  # no progress towards the minimum
+                break
         if last.failed:
             return [Candidate(last.node_id, None, used, branch.assistant, extensions)]
         # the last segment's answer came from this very text when it is the whole message
@@ -243,7 +252,8 @@ class Sequential:
                 break
             try:
                 seg = await solver.segment(branch, self._request(parent, pool, step))
-            except BudgetExhausted:
+            except (BudgetExhausted, RunLimitReached) as exc:  # the answer so far stands
+                _refused(pool, exc)
                 break
             used += seg.completion_tokens
             answer = seg.answer if seg.answer is not None else answer
@@ -316,33 +326,37 @@ class Parallel:
             try:
                 grown = await solver.segments_n(branch, reqs)
             except BaseException as exc:
-                # no branch could start (the run stopped, its limit is spent): each ends
+                # no branch could start (the run stopped, a limit is spent): each ends
                 # with the reason, none is left "running"
-                starved = isinstance(exc, BudgetExhausted)
-                reason = _ended_by(exc)
+                refused = exc if isinstance(exc, (BudgetExhausted, RunLimitReached)) else None
+                error = _ended_by(exc) if refused is None else _refusal(refused)
                 with anyio.CancelScope(shield=True):
                     for node_id in ids:
-                        error = f"no tokens left: {reason}" if starved else reason
                         await solver.bus.emit(NodeFailed(node_id=node_id, error=error))
-                if starved:
-                    return []
-                raise
+                if refused is None:
+                    raise
+                _refused(pool, refused)
+                return []
             firsts = [(r, seg, own) for r, (seg, own) in zip(reqs, grown, strict=True)]
         results: list[list[Candidate]] = [[] for _ in range(self.n)]
+        ended: set[int] = set()  # the branches whose node has ended
 
         async def grow(i: int) -> None:
             own = branch.fork()
             try:
                 results[i] = await self.inner.run(solver, own, ids[i], pools[i], firsts[i])
-            except BudgetExhausted as exc:
-                # the problem's tokens ran out before this branch could make a call: it
-                # has no candidate, and the other branches' still decide the problem
-                await solver.bus.emit(NodeFailed(node_id=ids[i], error=f"no tokens left: {exc}"))
+            except (BudgetExhausted, RunLimitReached) as exc:
+                # a limit left this branch no call: it has no candidate, and the other
+                # branches (their calls under way finish and count) still decide the problem
+                _refused(pool, exc)
+                await solver.bus.emit(NodeFailed(node_id=ids[i], error=_refusal(exc)))
+                ended.add(i)
                 return
             except BaseException as exc:
                 # the branch ends with the reason (a stopped run, a cancelled sibling)
                 with anyio.CancelScope(shield=True):
                     await solver.bus.emit(NodeFailed(node_id=ids[i], error=_ended_by(exc)))
+                    ended.add(i)
                 raise
             await finished(i)
 
@@ -359,18 +373,26 @@ class Parallel:
                     extraction="branch",
                 )
             )
+            ended.add(i)
 
         # asyncio's own task group: a branch task costs a fifth of an anyio one, and a
         # run's every task runs on asyncio (anyio's cancel scopes work inside it).
-        async with asyncio.TaskGroup() as tg:
-            for i in range(self.n):
-                first_i = firsts[i]
-                settled = None if first_i is None else self.inner.settle(solver, first_i)
-                if settled is None:
-                    tg.create_task(grow(i))
-                else:
-                    results[i] = settled
-                    await finished(i)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                for i in range(self.n):
+                    first_i = firsts[i]
+                    settled = None if first_i is None else self.inner.settle(solver, first_i)
+                    if settled is None:
+                        tg.create_task(grow(i))
+                    else:
+                        results[i] = settled
+                        await finished(i)
+        except BaseException as exc:
+            # a branch task cancelled before it ran ends here, not left "running"
+            with anyio.CancelScope(shield=True):
+                for i in sorted(set(range(self.n)) - ended):
+                    await solver.bus.emit(NodeFailed(node_id=ids[i], error=_ended_by(exc)))
+            raise
         if share is not None and any(p.cut for p in pools):
             pool.cut = True  # a branch's share of the limit cut it: the limit did
         return [c for branch_candidates in results for c in branch_candidates]
@@ -378,9 +400,16 @@ class Parallel:
 
 def _ended_by(exc: BaseException) -> str:
     """Why a branch ended early, as its node says."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]  # a task group's: the first error inside it
     if isinstance(exc, anyio.get_cancelled_exc_class()):
         return "cancelled: the run stopped"
     return str(exc) or type(exc).__name__
+
+
+def _refusal(exc: BudgetExhausted | RunLimitReached) -> str:
+    """Why a branch a limit left no call ends, as its node says."""
+    return f"no tokens left: {exc}" if isinstance(exc, BudgetExhausted) else str(exc)
 
 
 def hybrid(
@@ -444,9 +473,17 @@ async def _force_answer(
     )
     try:
         seg = await solver.segment(branch, req)
-    except BudgetExhausted:
+    except (BudgetExhausted, RunLimitReached) as exc:
+        _refused(pool, exc)
         return None
     return None if seg.failed else seg
+
+
+def _refused(pool: Budget, exc: BudgetExhausted | RunLimitReached) -> None:
+    """A later call of a line of thought was refused by a limit, and it goes on with what it
+    has: where the run's limit did it, its problem is marked as cut short by the run."""
+    if isinstance(exc, RunLimitReached):
+        pool.stopped_by_run(str(exc))
 
 
 def _latest_answer(solver: Solver, branch: Branch) -> str | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from thinktree.agents.prompts import FORCE_ANSWER_CUE
 from thinktree.agents.solver import Branch, Segment, SegmentRequest, Solver
 from thinktree.agents.structured import Constraint, constraint_for, unconstrained
-from thinktree.errors import BudgetExhausted
+from thinktree.errors import BudgetExhausted, RunLimitReached
 from thinktree.orchestrator.events import NodeKind
 from thinktree.orchestrator.ledger import Budget
 
@@ -69,4 +69,7 @@ async def _answer(
     try:
         return await solver.segment(branch, req)
     except BudgetExhausted:
+        return None
+    except RunLimitReached as exc:  # the thinking's answer stands; its problem says why
+        pool.stopped_by_run(str(exc))
         return None

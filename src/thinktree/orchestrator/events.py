@@ -292,7 +292,7 @@ class ProblemFinished(Event):
     correct: bool | None
     covered: bool | None
     error: str | None = None
-    stopped: str | None = None  # its own token limit cut its calls (what a resume raises)
+    stopped: str | None = None  # its own or the run's limit cut it short
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -41,6 +41,7 @@ class Budget:
     used: int = 0
     released: anyio.Event | None = None  # set when a reservation settles (a waiter's)
     cut: bool = False  # its limit, spent (not held), granted a call less than asked, or none
+    run_stopped: str | None = None  # why the run's limit refused a call under it (see below)
 
     def child(self, name: str, limit: int | None, *, cap: int | None = None) -> Budget:
         """A pool nested in this one (it holds its parent, not the other way round, so
@@ -121,6 +122,16 @@ class Budget:
             if pool.released is not None:  # a call waits for what this one held
                 pool.released.set()
                 pool.released = None
+            pool = pool.parent
+
+    def stopped_by_run(self, reason: str) -> None:
+        """Record that the run's token or money limit (``reason``) refused a call under this
+        pool, here and in every pool above: the caller goes on with the answers it has, and
+        its problem says the run's limit cut it short."""
+        pool: Budget | None = self
+        while pool is not None:
+            if pool.run_stopped is None:
+                pool.run_stopped = reason
             pool = pool.parent
 
     @property

@@ -65,11 +65,11 @@ async def solve_problem(
             log.info("problem not run", problem=problem.id, reason=str(found))
         else:
             log.warning("problem failed", problem=problem.id, error=str(found))
-        await bus.emit(
-            ProblemFinished(
-                problem_id=problem.id, answer=None, correct=None, covered=None, error=str(found)
-            )
-        )
+        await _unanswered(bus, problem, str(found))
+        return
+    if not candidates and pool.run_stopped is not None:  # the run's limit refused every start
+        log.info("problem not run", problem=problem.id, reason=pool.run_stopped)
+        await _unanswered(bus, problem, pool.run_stopped)
         return
     scores: list[float | None] = [None] * len(candidates)
     if verify is not None:
@@ -103,8 +103,11 @@ async def solve_problem(
     error = None
     if candidates and all(c.answer is None for c in candidates):
         error = "no candidate stated an answer"
-    stopped = None
-    if problem_limit is not None and problem_limit < strategy.allowed_tokens() and pool.cut:
+    # the run's limit refused later calls of it (the answers it stated decide it), or its own
+    # limit cut its calls short
+    stopped = pool.run_stopped
+    cut = problem_limit is not None and problem_limit < strategy.allowed_tokens() and pool.cut
+    if stopped is None and cut:
         stopped = f"problem stopped: its token limit of {problem_limit} cut its calls short"
     await bus.emit(
         ProblemFinished(
@@ -148,6 +151,13 @@ async def run_problems(
     async with anyio.create_task_group() as tg:
         for problem in problems:
             tg.start_soon(one, problem)
+
+
+async def _unanswered(bus: EventBus, problem: Problem, error: str) -> None:
+    """A problem that ends with no answer at all: failed, or not run (the run's limit)."""
+    await bus.emit(
+        ProblemFinished(problem_id=problem.id, answer=None, correct=None, covered=None, error=error)
+    )
 
 
 def _ballot(c: Candidate, score: float | None) -> dict[str, Any]:

@@ -100,7 +100,7 @@ class ProblemTree:
     verdicts: list[CandidateScored] = field(default_factory=list)
     decision: StrategyChosen | None = None  # the auto mode's choice for this problem
     options: dict[str, str] | None = None  # a choice problem's options, by letter
-    stopped: str | None = None  # its own token limit cut its calls
+    stopped: str | None = None  # its own or the run's limit cut it short
 
     @property
     def root(self) -> Node:
