@@ -179,3 +179,20 @@ async def test_a_call_cut_off_before_it_is_sent_gives_back_its_reservation(
         else:
             await solver.segment(Branch([]), reqs[0])
     assert run.reserved == 0 and run.used == 0
+
+
+def test_the_run_limit_cutting_a_call_says_so_on_the_pools_under_it() -> None:
+    """The run's limit (the one that stops the run) granting less than asked marks every
+    pool under it up to the call's, so the problem's pool can say the run's limit cut it;
+    a narrower limit below that cuts deeper leaves them unmarked."""
+    run = Budget("run", 30, stops_run=True)
+    problem = run.child("q0", None)
+    branch = problem.child("q0/b0", 8)
+    assert branch.reserve(16) == 8  # the branch's own limit cut it, not the run's
+    branch.commit(8, 8)
+    assert problem.run_cut is None and branch.run_cut is None
+    other = run.child("q1", None)
+    step = other.child("q1/b0", None)
+    assert step.reserve(40) == 22  # the run had 22 left
+    assert step.run_cut == other.run_cut == "run stopped: its token limit of 30 cut calls short"
+    assert run.run_cut is None and problem.run_cut is None

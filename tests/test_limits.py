@@ -174,10 +174,11 @@ def test_a_limit_that_lets_no_call_start_is_named_as_the_cause(tmp_path: Path) -
 def test_tokens_held_by_calls_under_way_do_not_stop_the_run(tmp_path: Path) -> None:
     """Calls under way reserve their whole max_tokens and give back what they do not use:
     a call that finds the rest held waits for them, and the run stops only once its
-    limit is spent (here it never is: ten problems of four 12-token samples need 480).
-    Two problems under way hold 2 × 4 × 64 = 512 of the 520 at once."""
+    limit cuts a call (here none is: ten problems of four 12-token samples need 480, and
+    688 leaves a problem's whole ask of 4 × 64 = 256 after all but the last problem's 48).
+    Two problems under way hold 2 × 4 × 64 = 512 of the 688 at once: a third waits."""
     data = write_dataset(tmp_path / "data.jsonl", beta_problems(10))
-    args = ["--mode", "parallel", "--n", "4", "--budget", "64", "--max-tokens", "520"]
+    args = ["--mode", "parallel", "--n", "4", "--budget", "64", "--max-tokens", "688"]
     proc = _cli_run(
         tmp_path, str(data), *args, "--concurrency", "3", "--out", str(tmp_path / "run")
     )
@@ -403,3 +404,72 @@ async def test_a_wait_extension_a_spent_limit_refuses_keeps_the_thinking() -> No
     assert [node for node, _ in solver.granted] == ["q0/think"]
     assert candidate.node_id == "q0/think" and candidate.revisions == 0
     assert branch.assistant == " thinking" * 12
+
+
+async def _budget_under(
+    tmp_path: Path, cfg: EndpointConfig, **limits: Any
+) -> tuple[RunResult, dict[str, Any]]:
+    """Three problems of one 16-token call each (12-token replies), one at a time."""
+    settings = RunSettings(
+        modes=ModeSettings(mode="budget", budget=16),
+        concurrency=1,
+        out=tmp_path / "run",
+        **limits,
+    )
+    result = await execute(PROBLEMS[:3], cfg, settings)
+    return result, json.loads((result.folder / "results.json").read_text())
+
+
+PRICES = {"fake-model": Price(prompt_per_m=0.0, completion_per_m=1000.0)}  # 12 tokens: $0.012
+
+
+@pytest.mark.parametrize(
+    ("limits", "raised", "stopped"),
+    [
+        ({"max_run_tokens": 38}, {"max_run_tokens": 100}, "token limit of 38"),
+    ],
+)
+async def test_a_call_the_run_limit_cuts_short_stops_the_run_and_is_asked_again(
+    tmp_path: Path, limits: dict[str, Any], raised: dict[str, Any], stopped: str
+) -> None:
+    """The third problem's call finds 14 of its 16 tokens left (38 tokens, or $0.038 at
+    $0.001 a token): it gets 14, and its reply still fits, but the run's limit cut it.
+    The run says so ('stopped', not 'completed'), the problem too, and a resume under a
+    higher limit asks that call again whole, reading the other two back."""
+    from thinktree.orchestrator.run import load_resume
+
+    async with FakeServer(FakeBehaviour()) as server:
+        cfg = EndpointConfig(name="fake", base_url=server.base_url, continuation="chat")
+        first, results = await _budget_under(tmp_path, cfg, **limits)
+        why = f"run stopped: its {stopped} cut calls short"
+        assert first.stopped_by == why and results["status"] == "stopped"
+        assert [p["stopped"] for p in results["problems"]] == [None, None, why]
+        q2 = first.trees[2].nodes["q2/think"]
+        assert q2.max_tokens == 14 and q2.completion_tokens == 12
+        assert results["metrics"]["completion_tokens"] == 36
+        state = load_resume(first.folder, prices=PRICES, new_limits=True)
+        raised_settings = dataclasses.replace(state.settings, **raised)
+        again = await execute(state.problems, cfg, raised_settings, resume=state)
+    assert again.stopped_by is None and again.cached_calls == 2
+    saved = json.loads((again.folder / "results.json").read_text())
+    assert saved["status"] == "completed"
+    assert again.trees[2].nodes["q2/think"].max_tokens == 16
+
+
+async def test_n_samples_the_run_limit_shares_out_stop_the_run(tmp_path: Path) -> None:
+    """One request of four samples finds 52 of the run's 148 tokens left, nobody holding
+    any: each sample gets 13 of its 16. The run's limit cut them: the run says so."""
+    async with FakeServer(FakeBehaviour(native_n=True)) as server:
+        cfg = EndpointConfig(name="fake", base_url=server.base_url, continuation="chat")
+        settings = RunSettings(
+            modes=ModeSettings(mode="parallel", n=4, budget=16),
+            concurrency=1,
+            out=tmp_path / "run",
+            max_run_tokens=148,
+        )
+        result = await execute(PROBLEMS[:3], cfg, settings)
+    why = "run stopped: its token limit of 148 cut calls short"
+    assert result.stopped_by == why
+    assert [t.stopped for t in result.trees] == [None, None, why]
+    calls = [n for n in result.trees[2].walk() if n.kind is NodeKind.GENERATION]
+    assert [n.max_tokens for n in calls] == [13] * 4

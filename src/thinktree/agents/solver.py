@@ -28,7 +28,7 @@ from thinktree.orchestrator.events import (
     NodeKind,
     NodeStarted,
 )
-from thinktree.orchestrator.ledger import Budget, LimitHeld
+from thinktree.orchestrator.ledger import Budget, LimitHeld, token_cut
 from thinktree.pricing import MoneyLimit
 from thinktree.problems import Problem
 
@@ -537,6 +537,9 @@ def _shared(asks: list[tuple[Budget, int]], pool: Budget) -> list[int]:
     share = left // len(asks)
     if any(wanted > share for _, wanted in asks):  # its limit cuts them, not calls under way
         pool.cut = True
+        if pool.stops_run and share > 0:
+            for budget, _ in asks:
+                budget.note_run_cut(token_cut(pool.limit))
     if share <= 0 and pool.stops_run:
         raise RunLimitReached(
             f"run stopped: its token limit of {pool.limit} is reached ({pool.used} spent; "

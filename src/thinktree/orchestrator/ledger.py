@@ -14,6 +14,11 @@ import anyio
 from thinktree.errors import BudgetExhausted, RunLimitReached
 
 
+def token_cut(limit: int | None) -> str:
+    """What a problem says when the run's token limit cut one of its calls short."""
+    return f"run stopped: its token limit of {limit} cut calls short"
+
+
 class LimitHeld(Exception):  # a state to wait out, not a failure
     """A limit cannot grant a call's whole ask now, but calls under way hold some of it and
     may give back what they do not use: wait (:meth:`wait`) and ask again."""
@@ -42,6 +47,7 @@ class Budget:
     released: anyio.Event | None = None  # set when a reservation settles (a waiter's)
     cut: bool = False  # its limit, spent (not held), granted a call less than asked, or none
     run_stopped: str | None = None  # why the run's limit refused a call under it (see below)
+    run_cut: str | None = None  # why a run-wide limit granted a call under it less than asked
 
     def child(self, name: str, limit: int | None, *, cap: int | None = None) -> Budget:
         """A pool nested in this one (it holds its parent, not the other way round, so
@@ -68,7 +74,8 @@ class Budget:
         tokens held by calls under way (the run's, a problem's shared by its branches)
         and they could grant more than now, this raises :class:`LimitHeld`; the caller
         waits and asks again. Only a limit nobody holds grants less than the ask (and is
-        marked ``cut``); once one has nothing left, the run's raises
+        marked ``cut``; where the run's does, the pools under it say so, see
+        :meth:`note_run_cut`); once one has nothing left, the run's raises
         :class:`~thinktree.errors.RunLimitReached` and another
         :class:`~thinktree.errors.BudgetExhausted`.
         """
@@ -97,6 +104,9 @@ class Budget:
                         f"run stopped: its token limit of {run.limit} is reached ({run.used} spent)"
                     )
                 raise BudgetExhausted(f"budget '{self.name}' is spent")
+            run = next((p for p, left in free if p.stops_run and left <= most), None)
+            if run is not None:  # the run's limit is (one of) those that cut it
+                self.note_run_cut(token_cut(run.limit))
         else:
             grant = wanted
         pool = self
@@ -132,6 +142,16 @@ class Budget:
         while pool is not None:
             if pool.run_stopped is None:
                 pool.run_stopped = reason
+            pool = pool.parent
+
+    def note_run_cut(self, reason: str) -> None:
+        """Say on this pool and those above it, up to the run's, that a limit of the whole
+        run (``reason``) granted a call under them less than it asked: the problem whose
+        pool it is was stopped by it, and goes on under a higher one. Unlike a refusal
+        (:meth:`stopped_by_run`), it tells the strategies nothing: later calls may fit."""
+        pool: Budget | None = self
+        while pool is not None and not pool.stops_run:
+            pool.run_cut = reason
             pool = pool.parent
 
     @property

@@ -103,9 +103,9 @@ async def solve_problem(
     error = None
     if candidates and all(c.answer is None for c in candidates):
         error = "no candidate stated an answer"
-    # the run's limit refused later calls of it (the answers it stated decide it), or its own
-    # limit cut its calls short
-    stopped = pool.run_stopped
+    # the run's limit refused later calls of it (the answers it stated decide it) or cut
+    # its calls short, or its own limit cut them short
+    stopped = pool.run_stopped or pool.run_cut
     cut = problem_limit is not None and problem_limit < strategy.allowed_tokens() and pool.cut
     if stopped is None and cut:
         stopped = f"problem stopped: its token limit of {problem_limit} cut its calls short"
