@@ -6,8 +6,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from thinktree.errors import BudgetExhausted
+from thinktree.errors import BudgetExhausted, RunLimitReached
 from thinktree.orchestrator.ledger import Budget, LimitHeld
+from thinktree.pricing import MoneyLimit, Price
 
 
 def test_grant_is_capped_by_every_enclosing_pool() -> None:
@@ -196,3 +197,48 @@ def test_the_run_limit_cutting_a_call_says_so_on_the_pools_under_it() -> None:
     assert step.reserve(40) == 22  # the run had 22 left
     assert step.run_cut == other.run_cut == "run stopped: its token limit of 30 cut calls short"
     assert run.run_cut is None and problem.run_cut is None
+
+
+@pytest.mark.anyio
+async def test_the_money_limit_holds_the_worst_case_and_waits_for_calls_under_way() -> None:
+    """$0.001 a completion token, $0.0001 a prompt token, $0.03 in all. A call holds its
+    worst case; one that finds the rest held waits for it to settle; only a limit nobody
+    holds affords less (cut) or nothing (the run stops); nothing is ever spent past it."""
+    import anyio
+
+    money = MoneyLimit(0.03, Price(prompt_per_m=100.0, completion_per_m=1000.0))
+    first = await money.hold(10, 16)  # 0.001 + 0.016
+    assert first.max_tokens == 16 and money.held == pytest.approx(0.017)
+    got: list[int] = []
+
+    async def second() -> None:
+        bill = await money.hold(10, 16)
+        got.append(bill.max_tokens)
+        bill.settle(8, 16)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(second)
+        await anyio.sleep(0.05)
+        assert not got  # 0.013 left of 0.03 is held by the first: it waits
+        first.settle(8, 12)  # cost 0.0128: 0.0172 left, and the second gets its 16
+    assert got == [16] and not money.cut
+    assert money.spent == pytest.approx(0.0128 + 0.0168) and money.held == 0
+    with pytest.raises(RunLimitReached, match=r"the \$0.0004 left is less than"):
+        await money.hold(10, 16)  # the prompt alone may cost 0.001
+
+
+@pytest.mark.anyio
+async def test_the_money_limit_cuts_what_it_cannot_pay_and_learns_a_longer_prompt() -> None:
+    """Two samples of 16 on a prompt of at most 10 tokens: $0.02 pays for 9 each. The
+    endpoint then counts 20 more prompt tokens than the bound (a chat template's own):
+    the limit is passed by their cost, once; later calls are held for them too."""
+    money = MoneyLimit(0.02, Price(prompt_per_m=100.0, completion_per_m=1000.0))
+    bill = await money.hold(10, 16, choices=2)  # 0.001 + 2 × 16 × 0.001 > 0.02: cut to 9 each
+    assert bill.max_tokens == 9 and money.cut
+    bill.settle(30, 18)  # the endpoint counted 20 more prompt tokens than held for
+    assert money.excess == 20 and money.spent == pytest.approx(0.021)
+    money.limit = 1.0
+    later = await money.hold(10, 1)
+    assert later.prompt_tokens == 30 and later.held == pytest.approx(0.004)
+    later.release()  # a call that failed costs nothing
+    assert money.spent == pytest.approx(0.021) and money.held == 0 and money.calls == 0

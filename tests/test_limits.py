@@ -115,9 +115,8 @@ async def test_money_limit_stops_the_run(tmp_path: Path) -> None:
     assert results["status"] == "stopped"
     assert "money limit" in str(results["stopped_by"])
     cost = results["metrics"]["cost_usd"]  # type: ignore[index]
-    assert cost is not None and cost >= 0.05
-    # in-flight calls may finish past the line (at most one call per problem in flight)
-    assert cost < 0.05 + 2 * 4 * 16 * 1000 / 1e6
+    # calls under way hold their worst case: none finishes past the line
+    assert cost is not None and 0.05 - 0.016 < cost <= 0.05 + 1e-12
 
 
 def test_money_limit_without_a_price_is_one_line(tmp_path: Path) -> None:
@@ -427,6 +426,7 @@ PRICES = {"fake-model": Price(prompt_per_m=0.0, completion_per_m=1000.0)}  # 12 
     ("limits", "raised", "stopped"),
     [
         ({"max_run_tokens": 38}, {"max_run_tokens": 100}, "token limit of 38"),
+        ({"max_cost": 0.038, "prices": PRICES}, {"max_cost": 1.0}, "money limit of $0.0380"),
     ],
 )
 async def test_a_call_the_run_limit_cuts_short_stops_the_run_and_is_asked_again(
@@ -473,3 +473,56 @@ async def test_n_samples_the_run_limit_shares_out_stop_the_run(tmp_path: Path) -
     assert [t.stopped for t in result.trees] == [None, None, why]
     calls = [n for n in result.trees[2].walk() if n.kind is NodeKind.GENERATION]
     assert [n.max_tokens for n in calls] == [13] * 4
+
+
+@pytest.mark.parametrize("native_n", [False, True])
+async def test_the_money_limit_holds_calls_under_way_and_is_never_passed(
+    tmp_path: Path, native_n: bool
+) -> None:
+    """Three problems of four 16-token samples at once under $0.018 (18 tokens at $0.001,
+    the prompt at $0.00001 a token): calls under way used to finish far past it
+    ($0.144). Now each call holds its worst case before it is sent: the run spends at most
+    the limit, prompt included, and says the limit stopped it."""
+    prices = {"fake-model": Price(prompt_per_m=10.0, completion_per_m=1000.0)}
+    async with FakeServer(FakeBehaviour(native_n=native_n, chunk_delay_s=0.002)) as server:
+        cfg = EndpointConfig(
+            name="fake",
+            base_url=server.base_url,
+            continuation="chat",
+            native_n="yes" if native_n else "no",
+        )
+        settings = RunSettings(
+            modes=ModeSettings(mode="parallel", n=4, budget=16),
+            concurrency=8,
+            out=tmp_path / "run",
+            max_cost=0.018,
+            prices=prices,
+        )
+        result = await execute(PROBLEMS[:3], cfg, settings)
+    results = json.loads((result.folder / "results.json").read_text())
+    assert results["status"] == "stopped" and "money limit of $0.0180" in result.stopped_by
+    assert 0 < results["metrics"]["cost_usd"] <= 0.018 + 1e-12
+
+
+async def test_a_money_limit_that_makes_calls_wait_but_cuts_none_stops_nothing(
+    tmp_path: Path,
+) -> None:
+    """$0.160 pays for the 144 tokens three problems of four samples need plus one
+    call's 16 held: calls wait for those under way to settle, none is cut, and the run
+    completes within the limit."""
+    async with FakeServer(SLOWISH) as server:
+        cfg = EndpointConfig(
+            name="fake", base_url=server.base_url, continuation="chat", native_n="no"
+        )
+        settings = RunSettings(
+            modes=ModeSettings(mode="parallel", n=4, budget=16),
+            concurrency=8,
+            out=tmp_path / "run",
+            max_cost=0.160,
+            prices=PRICES,
+        )
+        result = await execute(PROBLEMS[:3], cfg, settings)
+    assert result.stopped_by is None
+    calls = [n for t in result.trees for n in t.walk() if n.kind is NodeKind.GENERATION]
+    assert len(calls) == 12 and all(n.max_tokens == 16 for n in calls)
+    assert result.metrics.cost_usd == pytest.approx(0.144)

@@ -101,7 +101,7 @@ async def test_a_wait_the_model_answers_with_nothing_ends_the_extending(
 PRICES = {"fake-model": Price(prompt_per_m=0.0, completion_per_m=1000.0)}  # 12 tokens: $0.012
 RUN_LIMITS = [
     pytest.param({"max_run_tokens": 36}, "token limit of 36", id="tokens"),
-    pytest.param({"max_cost": 0.03, "prices": PRICES}, "money limit of $0.0300", id="money"),
+    pytest.param({"max_cost": 0.036, "prices": PRICES}, "money limit of $0.0360", id="money"),
 ]
 
 
@@ -281,20 +281,22 @@ async def test_the_money_limit_reached_by_one_branch_lets_its_siblings_calls_fin
     tmp_path: Path,
 ) -> None:
     """Two of four branches think 4 tokens and stop without an answer; the other two
-    stream 25 slowly. The short ones spend past --max-cost, so their forced answers are
-    refused: the long calls under way finish and count (they used to be cancelled
-    mid-stream, counted 0, and sent again by a resume), and their answer decides."""
+    stream 25 slowly. $0.066 cannot hold four 32-token calls at once: calls that do not fit
+    wait for those under way (none is refused, or cancelled mid-stream, while others hold
+    the limit: they used to be, counted 0, and sent again by a resume), and the last gets
+    what is left, which its reply still fits. Every call ends done and counts, the run
+    spends at most its limit and says the limit cut a call, and a resume under a higher one
+    asks that call again only."""
     from thinktree.orchestrator.run import load_resume
 
-    firsts: list[str] = []
+    short: dict[object, bool] = {}  # by the call's seed: a call asked again replies the same
 
     def reply(body: dict[str, Any], index: int) -> str:
         if _last_assistant(body) or "Case 0?" not in json.dumps(body.get("messages")):
             return "Answer: B"
-        firsts.append("call")
-        return (
-            "Hmm let me see." if len(firsts) % 2 else "Let me think " + "hard " * 20 + "Answer: B"
-        )
+        seed = body.get("seed")
+        short.setdefault(seed, len(short) % 2 == 0)
+        return "Hmm let me see." if short[seed] else "Let me think " + "hard " * 20 + "Answer: B"
 
     behaviour = FakeBehaviour(reply=reply, native_n=False, chunk_delay_s=0.02)
     modes = ModeSettings(mode="parallel", n=4, budget=32, answer_tokens=8)
@@ -305,7 +307,7 @@ async def test_the_money_limit_reached_by_one_branch_lets_its_siblings_calls_fin
         settings = RunSettings(
             modes=modes,
             out=tmp_path / "run",
-            max_cost=0.003,
+            max_cost=0.066,
             prices=PRICES,
             trace_deltas=True,
         )
@@ -313,17 +315,19 @@ async def test_the_money_limit_reached_by_one_branch_lets_its_siblings_calls_fin
             first = await execute(PROBLEMS[:1], cfg, settings)
         results = json.loads((first.folder / "results.json").read_text())
         (problem,) = results["problems"]
-        assert problem["answer"] == "B" and problem["stopped"].startswith("run stopped")
+        why = "run stopped: its money limit of $0.0660 cut calls short"
+        assert problem["answer"] == "B" and problem["stopped"] == why
         thinking = [n for n in problem["nodes"] if n["kind"] == "generation"]
         assert all(n["status"] == "done" for n in problem["nodes"]), problem["nodes"]
         assert sorted(n["completion_tokens"] for n in thinking) == [4, 4, 25, 25]
+        assert results["metrics"]["cost_usd"] <= 0.066 + 1e-12
         sent = server.requests
         state = load_resume(first.folder, prices=PRICES, new_limits=True)
         raised = dataclasses.replace(state.settings, max_cost=10.0)
         with anyio.fail_after(20):
             again = await execute(state.problems, cfg, raised, resume=state)
-        assert server.requests - sent == 2  # the two forced answers; the rest read back
-    assert again.stopped_by is None and again.cached_calls == 4
+        assert server.requests - sent == 1  # the call it cut; the rest read back
+    assert again.stopped_by is None and again.cached_calls == 5
 
 
 def _alternating(first: str, second: str) -> Any:
@@ -344,18 +348,17 @@ def _alternating(first: str, second: str) -> Any:
     [
         pytest.param({"max_run_tokens": 6}, "token limit of 6", 3, 4, id="tokens"),
         pytest.param(
-            {"max_cost": 0.005, "prices": PRICES}, "money limit of $0.0050", 4, 6, id="money"
+            {"max_cost": 0.006, "prices": PRICES}, "money limit of $0.0060", 3, 4, id="money"
         ),
     ],
 )
 async def test_adaptive_sampling_the_run_limit_stops_keeps_the_samples_drawn(
     tmp_path: Path, limits: dict[str, Any], limit: str, drawn: int, branches: int
 ) -> None:
-    """Waves of two 2-token samples: after B, A the vote is open. Under --max-tokens 6 the
-    next wave gets 2 tokens for b3 and none for b4; under --max-cost the next wave is
-    drawn whole and the one after is refused. The samples drawn decide (they used to be
-    dropped), and sampling stops there, saying why, instead of drawing wave after wave of
-    refused samples."""
+    """Waves of two 2-token samples: after B, A the vote is open. Under --max-tokens 6 (or
+    --max-cost $0.006, $0.001 a token) the next wave gets 2 tokens for b3 and none for b4.
+    The samples drawn decide (they used to be dropped), and sampling stops there, saying
+    why, instead of drawing wave after wave of refused samples."""
     modes = ModeSettings(mode="adaptive", n=8, wave=2, budget=16, answer_tokens=8)
     behaviour = FakeBehaviour(reply=_alternating("B", "A"), native_n=False)
     results = await run(tmp_path, modes, behaviour, PROBLEMS[:2], **limits)

@@ -7,14 +7,30 @@ Prices are USD per million tokens, from the ``[prices]`` table of ``thinktree.to
 "gpt-4o-mini" = { prompt = 0.15, completion = 0.60 }
 ```
 A model without a price has no cost figure (never a made-up one).
+
+The money limit (``--max-cost``) is kept like the token ledger: a call holds its worst
+case before it is sent and settles at what it cost (see :class:`MoneyLimit`).
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
+import structlog
+
 from thinktree.errors import ConfigError, RunLimitReached
+
+log = structlog.get_logger(__name__)
+
+#: What a prompt's bound allows for a chat template's own tokens (role markers, a default
+#: system prompt): per request, and per message.
+TEMPLATE_TOKENS = 256
+MESSAGE_TOKENS = 16
+_ROUNDING = 1e-12  # USD: sums of float costs are exact to far less than this
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,20 +61,128 @@ def prices_from_config(config: dict[str, Any]) -> dict[str, Price]:
     return out
 
 
+def prompt_bound(texts: Iterable[str], messages: int) -> int:
+    """At most how many prompt tokens a request of ``texts`` in ``messages`` messages counts.
+
+    No tokenizer makes more tokens of a text than it has UTF-8 bytes (a byte-level BPE
+    token is at least one byte, a SentencePiece one at least one character); the chat
+    template's own tokens come on top, allowed for by :data:`TEMPLATE_TOKENS` and
+    :data:`MESSAGE_TOKENS` per message.
+    """
+    return sum(len(t.encode()) for t in texts) + TEMPLATE_TOKENS + MESSAGE_TOKENS * messages
+
+
+@dataclass(slots=True)
+class Bill:
+    """The money one call holds, from before it is sent until it settles."""
+
+    limit: MoneyLimit
+    prompt_tokens: int  # the prompt's bound the call is held for (with the learned excess)
+    excess: int  # of which the excess learned from earlier calls
+    max_tokens: int  # per choice: what the call may be sent with
+    held: float
+    open: bool = True
+
+    def settle(self, prompt_tokens: int, completion_tokens: int) -> None:
+        """The call came back: it costs what its usage says."""
+        self.limit.settle(self, prompt_tokens, completion_tokens)
+
+    def release(self) -> None:
+        """The call failed or was cut off: it counts at nothing (as in the token ledger)."""
+        self.limit.settle(self, 0, 0)
+
+
 class MoneyLimit:
-    """Spent money so far; refuses new calls once ``limit`` is reached (in-flight ones finish)."""
+    """The run's money limit, never passed by calls under way.
+
+    Before it is sent, a call holds its worst case (:meth:`hold`): its prompt's bound at
+    the prompt price and every completion token it may make at the completion price; it
+    settles at what it cost. A call that finds the rest held by calls under way waits for
+    them; only a limit nobody holds affords a call less than it asked (it is then ``cut``)
+    or none (:class:`~thinktree.errors.RunLimitReached`).
+    """
 
     def __init__(self, limit: float, price: Price) -> None:
         self.limit = limit
         self.price = price
         self.spent = 0.0
+        self.held = 0.0
+        self.calls = 0  # calls holding money now
+        self.excess = 0  # prompt tokens an endpoint counted beyond the bound, at most
+        self.cut = False
+        self._released: anyio.Event | None = None
 
-    def check(self) -> None:
-        if self.spent >= self.limit:
-            raise RunLimitReached(
-                f"run stopped: its money limit of ${self.limit:.4f} is reached "
-                f"(${self.spent:.4f} spent)"
-            )
+    @property
+    def cut_reason(self) -> str:
+        return f"run stopped: its money limit of ${self.limit:.4f} cut calls short"
 
-    def add(self, prompt_tokens: int, completion_tokens: int) -> None:
+    async def hold(
+        self, prompt_tokens: int, max_tokens: int, *, choices: int = 1, least: int = 1
+    ) -> Bill:
+        """Hold the worst case of a call of ``choices`` × ``max_tokens`` completion tokens
+        on a prompt of at most ``prompt_tokens``.
+
+        The bill's ``max_tokens`` is the ask, or, where the limit held by no call affords
+        less, the most it affords (``least`` at the least; less raises
+        :class:`~thinktree.errors.RunLimitReached`).
+        """
+        while True:
+            prompt = prompt_tokens + self.excess
+            left = self.limit - self.spent - self.held
+            need = self.price.cost(prompt, choices * max_tokens)
+            if need <= left + _ROUNDING:
+                return self._held(prompt, max_tokens, need)
+            if self.calls:  # calls under way hold some: they may leave enough
+                if self._released is None:
+                    self._released = anyio.Event()
+                await self._released.wait()
+                continue
+            most = self._affords(left, prompt, choices, max_tokens)
+            if most < least:
+                raise RunLimitReached(self._reached(left, prompt, choices * least))
+            self.cut = True
+            return self._held(prompt, most, self.price.cost(prompt, choices * most))
+
+    def settle(self, bill: Bill, prompt_tokens: int, completion_tokens: int) -> None:
+        """Turn ``bill``'s hold into what the call cost (once; a second settle is ignored)."""
+        if not bill.open:
+            return
+        bill.open = False
+        self.calls -= 1
+        self.held = self.held - bill.held if self.calls else 0.0
         self.spent += self.price.cost(prompt_tokens, completion_tokens)
+        if prompt_tokens > bill.prompt_tokens:  # the template added more than allowed for
+            log.warning(
+                "the endpoint counted more prompt tokens than the money limit held for",
+                counted=prompt_tokens,
+                held_for=bill.prompt_tokens,
+            )
+            self.excess = max(self.excess, bill.excess + prompt_tokens - bill.prompt_tokens)
+        if self._released is not None:
+            self._released.set()
+            self._released = None
+
+    def _reached(self, left: float, prompt_tokens: int, completion_tokens: int) -> str:
+        spent = f"${self.spent:.4f} spent"
+        if left > _ROUNDING:  # some is left, but not what the next call may cost
+            least = self.price.cost(prompt_tokens, completion_tokens)
+            spent += f"; the ${left:.4f} left is less than the next call may cost, ${least:.4f}"
+        return f"run stopped: its money limit of ${self.limit:.4f} is reached ({spent})"
+
+    def _held(self, prompt_tokens: int, max_tokens: int, cost: float) -> Bill:
+        self.held += cost
+        self.calls += 1
+        return Bill(self, prompt_tokens, self.excess, max_tokens, cost)
+
+    def _affords(self, left: float, prompt_tokens: int, choices: int, asked: int) -> int:
+        """The most completion tokens per choice (at most ``asked``) ``left`` pays for."""
+        rest = left - self.price.cost(prompt_tokens, 0)
+        per_token = choices * self.price.completion_per_m / 1e6
+        if rest + _ROUNDING < 0:
+            return 0
+        if per_token == 0:
+            return asked
+        most = min(asked, math.floor(rest / per_token + 1e-9))
+        while most > 0 and self.price.cost(prompt_tokens, choices * most) > left + _ROUNDING:
+            most -= 1
+        return max(most, 0)

@@ -29,7 +29,7 @@ from thinktree.orchestrator.events import (
     NodeStarted,
 )
 from thinktree.orchestrator.ledger import Budget, LimitHeld, token_cut
-from thinktree.pricing import MoneyLimit
+from thinktree.pricing import Bill, MoneyLimit, prompt_bound
 from thinktree.problems import Problem
 
 log = structlog.get_logger(__name__)
@@ -129,13 +129,18 @@ class Solver:
         Raises :class:`~thinktree.errors.BudgetExhausted` (before any node exists) when
         the request's pool has nothing left.
         """
-        if self.money is not None:
-            self.money.check()
         grant = (await _reserved([(req.budget, req.max_tokens)]))[0]
         mode, messages, prefix = self._shape(branch, req)
-        await self._start([req], grant, mode)
+        (grant,), bill = await self._afford([(req.budget, grant)], 1, messages, prefix)
         try:
-            result = await self._request(mode, messages, prefix, grant, 1, req.node_id, [req])
+            await self._start([req], grant, mode)
+        except BaseException:
+            _unsent(bill)
+            raise
+        try:
+            result = await self._request(
+                mode, messages, prefix, grant, 1, req.node_id, [req], bill=bill
+            )
         except EndpointError as exc:
             req.budget.commit(grant, 0)
             error = str(exc)
@@ -151,8 +156,6 @@ class Solver:
             raise
         choice = result.choices[0]
         req.budget.commit(grant, choice.completion_tokens)
-        if self.money is not None:
-            self.money.add(result.prompt_tokens, result.completion_tokens)
         _apply(branch, mode, messages, prefix, req, _with_thinking(choice, self.caps))
         return await self._finish(branch, req, result, 0, result.prompt_tokens)
 
@@ -164,17 +167,24 @@ class Solver:
         The call becomes two nodes: the thinking (its reasoning tokens, at most
         ``think.max_tokens``) and the answer after it (the rest of the completion).
         """
-        if self.money is not None:
-            self.money.check()
         think_grant, answer_grant = await _reserved(
             [(think.budget, think.max_tokens), (answer.budget, answer.max_tokens)]
         )
         mode, messages, prefix = self._shape(branch, think)
-        await self._start([think], think_grant, mode)
+        (think_grant, answer_grant), bill = await self._afford(
+            [(think.budget, think_grant), (answer.budget, answer_grant)], 1, messages, prefix
+        )
+        try:
+            await self._start([think], think_grant, mode)
+        except BaseException:
+            answer.budget.commit(answer_grant, 0)
+            _unsent(bill)
+            raise
         try:
             await self._start([answer], answer_grant, mode)
         except BaseException:
             think.budget.commit(think_grant, 0)
+            _unsent(bill)
             raise
         try:
             result = await self._request(
@@ -186,6 +196,7 @@ class Solver:
                 think.node_id,
                 [think],
                 extra={"thinking_token_budget": think_grant},
+                bill=bill,
             )
         except EndpointError as exc:
             segments = []
@@ -202,8 +213,6 @@ class Solver:
             await self._cancelled([think], think_grant, str(exc))
             await self._cancelled([answer], answer_grant, str(exc))
             raise
-        if self.money is not None:
-            self.money.add(result.prompt_tokens, result.completion_tokens)
         choice = result.choices[0]
         thinking, content = _split_thinking(choice, self.caps.think_end)
         total = choice.completion_tokens
@@ -256,8 +265,6 @@ class Solver:
 
         Returns each branch's segment with its own copy of the grown conversation.
         """
-        if self.money is not None:
-            self.money.check()
         # One request has one max_tokens: every branch gets the smallest grant.
         grants = await _reserved([(r.budget, r.max_tokens) for r in reqs])
         for r, g in zip(reqs, grants, strict=True):
@@ -266,10 +273,17 @@ class Solver:
         for r in reqs:
             r.budget.reserve(grant)
         mode, messages, prefix = self._shape(branch, reqs[0])
-        await self._start(reqs, grant, mode)
+        asks = [(r.budget, grant) for r in reqs]
+        grants, bill = await self._afford(asks, len(reqs), messages, prefix)
+        grant = grants[0]
+        try:
+            await self._start(reqs, grant, mode)
+        except BaseException:
+            _unsent(bill)
+            raise
         try:
             result = await self._request(
-                mode, messages, prefix, grant, len(reqs), reqs[0].node_id, reqs
+                mode, messages, prefix, grant, len(reqs), reqs[0].node_id, reqs, bill=bill
             )
         except anyio.get_cancelled_exc_class():
             await self._cancelled(reqs, grant)
@@ -284,8 +298,6 @@ class Solver:
                 await self.bus.emit(NodeFailed(node_id=r.node_id, error=str(exc)))
                 out.append((Segment(node_id=r.node_id, failed=True, error=str(exc)), branch.fork()))
             return out
-        if self.money is not None:
-            self.money.add(result.prompt_tokens, result.completion_tokens)
         segments: list[tuple[Segment, Branch]] = []
         by_index = dict(enumerate(result.choices))
         for i, r in enumerate(reqs):
@@ -362,7 +374,65 @@ class Solver:
             return "revision", messages, ""
         return mode, list(branch.messages), prefix
 
+    async def _afford(
+        self, asks: list[tuple[Budget, int]], choices: int, messages: list[Message], prefix: str
+    ) -> tuple[list[int], Bill | None]:
+        """A call's grants as the run's money limit affords them, and the money it holds.
+
+        ``asks`` are the call's pools and grants: ``choices`` of them share one
+        ``max_tokens`` (n samples), or one choice's grants add up to it. The call holds its
+        worst case (its prompt's bound at the prompt price, ``max_tokens`` per choice at the
+        completion price) until it settles; where the limit, held by no call under way,
+        affords less, the grants are cut to it (the rest given back) and the pools say the
+        run's money limit cut them. Nothing is held (the grants are given back) on failure.
+        """
+        grants = [granted for _, granted in asks]
+        if self.money is None:
+            return grants, None
+        texts = [str(m.get("content") or "") for m in messages]
+        bound = prompt_bound([*texts, prefix], len(messages) + 1)
+        per_choice = grants[0] if choices > 1 else sum(grants)
+        try:
+            bill = await self.money.hold(
+                bound, per_choice, choices=choices, least=1 if choices > 1 else len(grants)
+            )
+        except BaseException:  # others may have come to wait for these grants meanwhile
+            for budget, granted in asks:
+                budget.commit(granted, 0)
+            raise
+        if bill.max_tokens < per_choice:
+            cut = [bill.max_tokens] * len(asks) if choices > 1 else _split(grants, bill.max_tokens)
+            for (budget, granted), less in zip(asks, cut, strict=True):
+                budget.commit(granted - less, 0)  # gives the rest back
+                budget.note_run_cut(self.money.cut_reason)
+            grants = cut
+        return grants, bill
+
     async def _request(
+        self,
+        mode: str,
+        messages: list[Message],
+        prefix: str,
+        max_tokens: int,
+        n: int,
+        first_node: str,
+        reqs: list[SegmentRequest],
+        extra: dict[str, Any] | None = None,
+        *,
+        bill: Bill | None = None,
+    ) -> Completion:
+        """Send the call; ``bill`` (the money it holds) settles at what it cost, or at
+        nothing where it fails or is cut off."""
+        try:
+            result = await self._ask(mode, messages, prefix, max_tokens, n, first_node, reqs, extra)
+        except BaseException:
+            _unsent(bill)
+            raise
+        if bill is not None:
+            bill.settle(result.prompt_tokens, result.completion_tokens)
+        return result
+
+    async def _ask(
         self,
         mode: str,
         messages: list[Message],
@@ -555,6 +625,21 @@ def _shared(asks: list[tuple[Budget, int]], pool: Budget) -> list[int]:
         _settle(asks, grants)
         raise
     return grants
+
+
+def _split(grants: list[int], total: int) -> list[int]:
+    """``grants`` cut down to ``total`` (at least one each) in proportion, the rounding's
+    rest to the last (an answer after its thinking)."""
+    whole = sum(grants)
+    cut = [max(1, granted * total // whole) for granted in grants]
+    cut[-1] = total - sum(cut[:-1])
+    return cut
+
+
+def _unsent(bill: Bill | None) -> None:
+    """Give back the money of a call never sent (or cut off): it cost nothing."""
+    if bill is not None:
+        bill.release()
 
 
 def _settle(asks: list[tuple[Budget, int]], grants: list[int]) -> None:
