@@ -133,3 +133,40 @@ async def test_a_scorer_that_answers_nan_fails_those_verdicts_not_the_run(tmp_pa
     assert "gave a non-finite score (nan)" in (verdicts[1].error or "")
     assert tree.answer == "A"  # B's only candidate has no score: it ranks below A's
     assert (result.folder / "results.json").exists()
+
+
+async def test_a_priced_scorer_counts_under_the_money_limit(tmp_path: Path) -> None:
+    """The solver's model is free; the scorer costs $0.0001 a prompt token. Its one
+    request could cost up to its prompt's bound (every byte a token, about $0.07), which
+    $0.001 does not pay for (its words alone would have passed it): the request is
+    refused, the verdicts fail saying so, the run is 'stopped', and a resume under a
+    higher limit scores them."""
+    import dataclasses
+
+    from thinktree.orchestrator.run import load_resume
+    from thinktree.pricing import Price
+
+    prices = {"fake-model": Price(0.0, 0.0), "fake-reward": Price(100.0, 0.0)}
+    async with RewardServer(_outcome) as scorer, FakeServer(FakeBehaviour(reply=_solver)) as server:
+        endpoint = EndpointConfig(name="fake", base_url=server.base_url, model="fake-model")
+        settings = RunSettings(
+            modes=ModeSettings(mode="parallel", n=3, budget=64),
+            verifiers=(f"reward:{scorer.url}/v1",),
+            out=tmp_path / "run",
+            prices=prices,
+            max_cost=0.001,
+        )
+        first = await execute([PROBLEM], endpoint, settings)
+        assert not scorer.requests
+        verdicts = first.trees[0].of_kind(NodeKind.VERDICT)
+        assert all("money limit of $0.0010 is reached" in str(v.error) for v in verdicts)
+        assert first.stopped_by is not None and "money limit of $0.0010" in first.stopped_by
+        state = load_resume(first.folder, prices=prices, new_limits=True)
+        raised = dataclasses.replace(state.settings, max_cost=1.0)
+        again = await execute(state.problems, endpoint, raised, resume=state)
+    assert again.stopped_by is None
+    assert [v.score for v in again.trees[0].of_kind(NodeKind.VERDICT)] == pytest.approx(
+        [0.2, 0.9, 0.2]
+    )
+    spent = again.metrics.verifier.cost_usd if again.metrics.verifier else None
+    assert spent is not None and 0.001 < spent < 0.07

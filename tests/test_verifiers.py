@@ -6,6 +6,7 @@ plays both the solver and the judge.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -355,3 +356,65 @@ async def test_failed_judge_verdicts_still_cost_what_they_spent(tmp_path: Path) 
     m = result.metrics.verifier
     assert m is not None and m.failed_verdicts == 2
     assert m.cost_usd == round(price.cost(m.prompt_tokens, m.completion_tokens), 6)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("limits", "raised", "limit"),
+    [
+        ({"max_run_tokens": 45}, {"max_run_tokens": 1000}, "token limit of 45"),
+        ({"max_cost": 0.045}, {"max_cost": 1.0}, "money limit of $0.0450"),
+    ],
+)
+async def test_judge_calls_count_under_the_run_limits(
+    tmp_path: Path, limits: dict[str, Any], raised: dict[str, Any], limit: str
+) -> None:
+    """Two problems of three 6-token samples (14 tokens spent), each judged in 4 tokens
+    ("9 out of ten"), under 45 tokens or $0.045 ($0.001 a token). The second problem's
+    samples leave 5: its first verdict gets them, its second the 1 left, its third none.
+    Solver and judge together stay within the limit (the judge's calls used to come on
+    top), the run says the limit stopped it, and a resume under a higher one judges again
+    what the limit cut or refused, reading the rest back."""
+    from thinktree.orchestrator.run import load_resume
+
+    prices = {"fake-model": Price(prompt_per_m=0.0, completion_per_m=1000.0)}
+
+    def reply(body: dict[str, Any], index: int) -> str:
+        messages = body.get("messages") or []
+        if messages and messages[0].get("content") == JUDGE_SYSTEM:
+            final = messages[-1]["content"].split("Final answer: ")[-1][:1]
+            return ("9" if final == "B" else "1") + " out of ten"
+        return ["I think A. Answer: A", "It is B. Answer: B", "Surely A. Answer: A"][index % 3]
+
+    problems = [PROBLEM, PROBLEM.model_copy(update={"id": "q2"})]
+    async with FakeServer(FakeBehaviour(reply=reply)) as server:
+        endpoint = EndpointConfig(name="fake", base_url=server.base_url, model="fake-model")
+        settings = RunSettings(
+            modes=ModeSettings(mode="parallel", n=3, budget=6),
+            verifiers=("judge:score=rating",),
+            concurrency=1,
+            out=tmp_path / "run",
+            prices=prices,
+            **limits,
+        )
+        first = await execute(problems, endpoint, settings)
+        m, v = first.metrics, first.metrics.verifier
+        assert v is not None and m.completion_tokens == 28
+        assert m.completion_tokens + v.completion_tokens <= 45
+        if m.cost_usd is not None:
+            assert v.cost_usd is not None and m.cost_usd + v.cost_usd <= 0.045 + 1e-12
+        why = f"run stopped: its {limit} cut calls short"
+        assert first.stopped_by == why and [t.stopped for t in first.trees] == [None, why]
+        refused = [
+            n for n in first.trees[1].of_kind(NodeKind.VERDICT) if n.status is not NodeStatus.DONE
+        ]
+        assert len(refused) == 1 and f"run stopped: its {limit} is reached" in str(refused[0].error)
+        state = load_resume(first.folder, prices=prices, new_limits=True)
+        again = await execute(
+            state.problems, endpoint, dataclasses.replace(state.settings, **raised), resume=state
+        )
+    # read back: each problem's samples (one request of three), the first one's verdicts
+    assert again.stopped_by is None and again.cached_calls == 2 + 3
+    verdicts = [n for t in again.trees for n in t.of_kind(NodeKind.VERDICT)]
+    assert len(verdicts) == 6 and all(n.status is NodeStatus.DONE for n in verdicts)
+    assert again.metrics.verifier is not None and again.metrics.verifier.completion_tokens == 24

@@ -77,6 +77,7 @@ class Bill:
     """The money one call holds, from before it is sent until it settles."""
 
     limit: MoneyLimit
+    price: Price
     prompt_tokens: int  # the prompt's bound the call is held for (with the learned excess)
     excess: int  # of which the excess learned from earlier calls
     max_tokens: int  # per choice: what the call may be sent with
@@ -117,31 +118,39 @@ class MoneyLimit:
         return f"run stopped: its money limit of ${self.limit:.4f} cut calls short"
 
     async def hold(
-        self, prompt_tokens: int, max_tokens: int, *, choices: int = 1, least: int = 1
+        self,
+        prompt_tokens: int,
+        max_tokens: int,
+        *,
+        choices: int = 1,
+        least: int = 1,
+        price: Price | None = None,
     ) -> Bill:
         """Hold the worst case of a call of ``choices`` × ``max_tokens`` completion tokens
-        on a prompt of at most ``prompt_tokens``.
+        on a prompt of at most ``prompt_tokens``, at ``price`` (the run's model's unless
+        given: a verifier's model has its own).
 
         The bill's ``max_tokens`` is the ask, or, where the limit held by no call affords
-        less, the most it affords (``least`` at the least; less raises
-        :class:`~thinktree.errors.RunLimitReached`).
+        less, the most it affords (``least`` at the least; less, or a prompt it cannot
+        pay for, raises :class:`~thinktree.errors.RunLimitReached`).
         """
+        price = price or self.price
         while True:
             prompt = prompt_tokens + self.excess
             left = self.limit - self.spent - self.held
-            need = self.price.cost(prompt, choices * max_tokens)
+            need = price.cost(prompt, choices * max_tokens)
             if need <= left + _ROUNDING:
-                return self._held(prompt, max_tokens, need)
+                return self._held(price, prompt, max_tokens, need)
             if self.calls:  # calls under way hold some: they may leave enough
                 if self._released is None:
                     self._released = anyio.Event()
                 await self._released.wait()
                 continue
-            most = self._affords(left, prompt, choices, max_tokens)
-            if most < least:
-                raise RunLimitReached(self._reached(left, prompt, choices * least))
+            most = _affords(price, left, prompt, choices, max_tokens)
+            if most is None or most < least:
+                raise RunLimitReached(self._reached(price.cost(prompt, choices * least), left))
             self.cut = True
-            return self._held(prompt, most, self.price.cost(prompt, choices * most))
+            return self._held(price, prompt, most, price.cost(prompt, choices * most))
 
     def settle(self, bill: Bill, prompt_tokens: int, completion_tokens: int) -> None:
         """Turn ``bill``'s hold into what the call cost (once; a second settle is ignored)."""
@@ -150,7 +159,7 @@ class MoneyLimit:
         bill.open = False
         self.calls -= 1
         self.held = self.held - bill.held if self.calls else 0.0
-        self.spent += self.price.cost(prompt_tokens, completion_tokens)
+        self.spent += bill.price.cost(prompt_tokens, completion_tokens)
         if prompt_tokens > bill.prompt_tokens:  # the template added more than allowed for
             log.warning(
                 "the endpoint counted more prompt tokens than the money limit held for",
@@ -162,27 +171,28 @@ class MoneyLimit:
             self._released.set()
             self._released = None
 
-    def _reached(self, left: float, prompt_tokens: int, completion_tokens: int) -> str:
+    def _reached(self, least: float, left: float) -> str:
         spent = f"${self.spent:.4f} spent"
         if left > _ROUNDING:  # some is left, but not what the next call may cost
-            least = self.price.cost(prompt_tokens, completion_tokens)
             spent += f"; the ${left:.4f} left is less than the next call may cost, ${least:.4f}"
         return f"run stopped: its money limit of ${self.limit:.4f} is reached ({spent})"
 
-    def _held(self, prompt_tokens: int, max_tokens: int, cost: float) -> Bill:
+    def _held(self, price: Price, prompt_tokens: int, max_tokens: int, cost: float) -> Bill:
         self.held += cost
         self.calls += 1
-        return Bill(self, prompt_tokens, self.excess, max_tokens, cost)
+        return Bill(self, price, prompt_tokens, self.excess, max_tokens, cost)
 
-    def _affords(self, left: float, prompt_tokens: int, choices: int, asked: int) -> int:
-        """The most completion tokens per choice (at most ``asked``) ``left`` pays for."""
-        rest = left - self.price.cost(prompt_tokens, 0)
-        per_token = choices * self.price.completion_per_m / 1e6
-        if rest + _ROUNDING < 0:
-            return 0
-        if per_token == 0:
-            return asked
-        most = min(asked, math.floor(rest / per_token + 1e-9))
-        while most > 0 and self.price.cost(prompt_tokens, choices * most) > left + _ROUNDING:
-            most -= 1
-        return max(most, 0)
+
+def _affords(price: Price, left: float, prompt_tokens: int, choices: int, asked: int) -> int | None:
+    """The most completion tokens per choice (at most ``asked``) ``left`` pays for on a
+    prompt of ``prompt_tokens``; None where it cannot pay for the prompt."""
+    rest = left - price.cost(prompt_tokens, 0)
+    if rest + _ROUNDING < 0:
+        return None
+    per_token = choices * price.completion_per_m / 1e6
+    if per_token == 0:
+        return asked
+    most = min(asked, math.floor(rest / per_token + 1e-9))
+    while most > 0 and price.cost(prompt_tokens, choices * most) > left + _ROUNDING:
+        most -= 1
+    return max(most, 0)

@@ -56,6 +56,7 @@ from thinktree.orchestrator.subscribers import TraceWriter, TreeRecorder
 from thinktree.orchestrator.tree import Node, ProblemTree
 from thinktree.pricing import MoneyLimit, Price
 from thinktree.problems import Problem
+from thinktree.verifiers.base import Spending
 from thinktree.verifiers.registry import check_verifiers
 from thinktree.verifiers.setup import open_panel
 
@@ -276,7 +277,9 @@ async def _execute(
                 caps = capabilities
             else:
                 caps = await probe(client, what=probe_needs(settings, subscribers))
-            panel = await open_panel(settings, client, caps)  # bad verifiers: no folder
+            run_pool = Budget(name="run", limit=settings.max_run_tokens, stops_run=True)
+            spending = Spending(run_pool, money)  # the verifiers' calls count under them too
+            panel = await open_panel(settings, client, caps, spending)  # bad ones: no folder
             facts = RunFacts(run_id, endpoint, model, caps, settings, aggregate_name)
             try:
                 if resume is None:
@@ -296,7 +299,6 @@ async def _execute(
             if on_started is not None:
                 on_started(folder)
             sampling = Sampling(temperature=settings.temperature_for_mode(), seed=settings.seed)
-            run_pool = Budget(name="run", limit=settings.max_run_tokens, stops_run=True)
             status = "failed"
             try:
                 async with event_bus([recorder, trace, store, *subscribers]) as bus:
@@ -676,7 +678,7 @@ def _stopped_by(recorder: TreeRecorder) -> str | None:
         if tree.error and tree.error.startswith("run stopped"):
             return tree.error
     for tree in recorder.tree.problems.values():
-        if tree.stopped:  # a problem's own limit: the run goes on under a higher one too
+        if tree.stopped:  # a limit cut its calls short: the run goes on under a higher one
             return tree.stopped
     return None
 

@@ -27,9 +27,10 @@ from thinktree.problems import Problem
 log = structlog.get_logger(__name__)
 
 SolverFactory = Callable[[Problem], Solver]
-Verify = Callable[[Solver, list[Candidate]], Awaitable[list[float | None]]]
+Verify = Callable[[Solver, list[Candidate], Budget], Awaitable[list[float | None]]]
 """Scores a problem's candidates (the run's verifiers); None for those that abstain and
-for those whose every verdict failed."""
+for those whose every verdict failed. Where a run limit cut or refused a verifier's call,
+it says so on the problem's pool (the last argument)."""
 
 
 async def solve_problem(
@@ -73,7 +74,7 @@ async def solve_problem(
         return
     scores: list[float | None] = [None] * len(candidates)
     if verify is not None:
-        scores = await verify(solver, candidates)
+        scores = await verify(solver, candidates, pool)
     votes = [
         Vote(answer=c.answer, reasoning_tokens=c.reasoning_tokens, score=s)
         for c, s in zip(candidates, scores, strict=True)

@@ -9,14 +9,21 @@ failed, whatever its score. Verifiers never see the gold.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+import structlog
+
 from thinktree.agents.capabilities import Capabilities
 from thinktree.agents.endpoint import EndpointClient, EndpointConfig
-from thinktree.pricing import Price
+from thinktree.errors import RunLimitReached
+from thinktree.orchestrator.ledger import Budget, LimitHeld, token_cut
+from thinktree.pricing import Bill, MoneyLimit, Price, prompt_bound
 from thinktree.problems import Problem
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +79,103 @@ class Verifier(Protocol):
 
 
 @dataclass(slots=True)
+class Metered:
+    """One verifier call under the run's limits: send it with ``max_tokens`` (its grant,
+    perhaps less than asked) and :meth:`settle` it with its usage once it came back."""
+
+    max_tokens: int
+    tokens: Budget
+    bill: Bill | None
+    settled: bool = False
+
+    def settle(self, prompt_tokens: int, completion_tokens: int) -> None:
+        if not self.settled:
+            self.settled = True
+            if self.max_tokens:
+                self.tokens.commit(self.max_tokens, completion_tokens)
+            if self.bill is not None:
+                self.bill.settle(prompt_tokens, completion_tokens)
+
+    def release(self) -> None:
+        """The call failed or was never sent: it counts at nothing."""
+        if not self.settled:
+            self.settled = True
+            if self.max_tokens:
+                self.tokens.commit(self.max_tokens, 0)
+            if self.bill is not None:
+                self.bill.release()
+
+
+@dataclass(slots=True)
+class Spending:
+    """The run's token and money limits, which verifiers' model calls count under too.
+
+    A call (:meth:`call`) reserves its ``max_tokens`` from the run's tokens and holds its
+    worst-case cost (at its model's price) as the solver's calls do, waiting while calls
+    under way hold what it needs. Where a limit cuts it or refuses it, the problem it was
+    made for says so (:attr:`stopped`, read by the panel): the run reads 'stopped', and a
+    resume under a higher limit asks it again.
+    """
+
+    tokens: Budget
+    money: MoneyLimit | None = None
+    stopped: dict[str, str] = field(default_factory=dict)  # problem id → the limit's reason
+    _unpriced: set[str] = field(default_factory=set)
+
+    @asynccontextmanager
+    async def call(
+        self,
+        problem_id: str,
+        model: str,
+        price: Price | None,
+        texts: Sequence[str],
+        max_tokens: int,
+    ) -> AsyncIterator[Metered]:
+        """A call of ``model`` on a prompt of ``texts`` (its messages) asking for
+        ``max_tokens`` completion tokens (0: a scorer's, prompt only), made for the
+        problem ``problem_id``; settled at nothing unless :meth:`Metered.settle` says."""
+        grant = 0
+        if max_tokens > 0:
+            while True:
+                try:
+                    grant = self.tokens.reserve(max_tokens)
+                    break
+                except LimitHeld as held:
+                    await held.wait()
+                except RunLimitReached as exc:
+                    self._stop(problem_id, str(exc))
+                    raise
+            if grant < max_tokens:
+                self._stop(problem_id, token_cut(self.tokens.limit))
+        metered = Metered(grant, self.tokens, None)
+        try:
+            if self.money is not None and price is None and model not in self._unpriced:
+                self._unpriced.add(model)
+                log.warning(
+                    "no price for a verifier's model: --max-cost counts its calls at nothing",
+                    model=model,
+                )
+            if self.money is not None and price is not None:
+                bound = prompt_bound(texts, len(texts))
+                try:
+                    bill = await self.money.hold(bound, grant, price=price, least=min(grant, 1))
+                except RunLimitReached as exc:
+                    self._stop(problem_id, str(exc))
+                    raise
+                metered.bill = bill
+                if bill.max_tokens < grant:
+                    self.tokens.commit(grant - bill.max_tokens, 0)  # gives the rest back
+                    metered.max_tokens = bill.max_tokens
+                    self._stop(problem_id, self.money.cut_reason)
+            yield metered
+        finally:
+            metered.release()
+
+    def _stop(self, problem_id: str, reason: str) -> None:
+        self.stopped.setdefault(problem_id, reason)
+
+
+@dataclass(slots=True)
 class VerifierSetup:
     """What a verifier factory may use: the run's endpoint and the user's configuration."""
 
@@ -84,6 +188,8 @@ class VerifierSetup:
     )
     """A name from thinktree.toml, or a URL, as an endpoint config."""
     prices: dict[str, Price] = field(default_factory=dict)
+    spending: Spending | None = None
+    """The run's limits, for a verifier's model calls to count under (:meth:`Spending.call`)."""
 
 
 VerifierFactory = Callable[[str | None, VerifierSetup], Verifier]

@@ -5,7 +5,8 @@ an endpoint from thinktree.toml or a URL, e.g. a proprietary judge over an open 
 ``score=yes-prob`` reads P("Yes") from the judge's token logprobs, ``score=rating`` asks
 for a 0–10 rating under a constraint; the default (``auto``) uses P("Yes") where the
 judge endpoint returns logprobs. A rating the judge states unreadably fails the verdict
-with the reason; the run goes on.
+with the reason; the run goes on. Its calls count under the run's token and money limits
+(:class:`~thinktree.verifiers.base.Spending`).
 """
 
 from __future__ import annotations
@@ -14,15 +15,24 @@ import json
 import math
 import re
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import anyio
 
 from thinktree.agents.capabilities import Capabilities, probe
-from thinktree.agents.endpoint import EndpointClient, Message
-from thinktree.errors import ConfigError, EndpointError
+from thinktree.agents.endpoint import Completion, EndpointClient, Message
+from thinktree.errors import ConfigError, EndpointError, RunLimitReached
+from thinktree.pricing import Price
 from thinktree.problems import Problem
-from thinktree.verifiers.base import CandidateView, Verdict, VerifierSetup, cost, options
+from thinktree.verifiers.base import (
+    CandidateView,
+    Spending,
+    Verdict,
+    VerifierSetup,
+    cost,
+    options,
+)
 
 JUDGE_SYSTEM = "You are a strict and careful grader of answers to exam questions."
 MAX_CANDIDATE_CHARS = 4000
@@ -46,6 +56,59 @@ def response_block(view: CandidateView) -> str:
     if len(text) > MAX_CANDIDATE_CHARS:
         text = "…" + text[-MAX_CANDIDATE_CHARS:]
     return f"{text}\n\nFinal answer: {view.answer}"
+
+
+class JudgeClient(Protocol):
+    """What a judge sends its calls through: its endpoint's client, or :class:`MeteredJudge`."""
+
+    async def chat(
+        self,
+        messages: list[Message],
+        *,
+        max_tokens: int,
+        temperature: float = 0.0,
+        extra: dict[str, Any] | None = None,
+        key: str | None = None,
+        top_logprobs: int | None = None,
+    ) -> Completion: ...
+
+
+@dataclass(slots=True)
+class MeteredJudge:
+    """A judge's client whose calls for one problem count under the run's limits: each
+    may be cut (it is sent with less ``max_tokens``) or refused
+    (:class:`~thinktree.errors.RunLimitReached`), and the problem then says so."""
+
+    client: EndpointClient
+    spending: Spending
+    problem_id: str
+    price: Price | None
+
+    async def chat(
+        self,
+        messages: list[Message],
+        *,
+        max_tokens: int,
+        temperature: float = 0.0,
+        extra: dict[str, Any] | None = None,
+        key: str | None = None,
+        top_logprobs: int | None = None,
+    ) -> Completion:
+        texts = [str(m.get("content") or "") for m in messages]
+        model = self.client.model
+        async with self.spending.call(
+            self.problem_id, model, self.price, texts, max_tokens
+        ) as call:
+            result = await self.client.chat(
+                messages,
+                max_tokens=call.max_tokens,
+                temperature=temperature,
+                extra=extra,
+                key=key,
+                top_logprobs=top_logprobs,
+            )
+            call.settle(result.prompt_tokens, result.completion_tokens)
+        return result
 
 
 class JudgeEndpoint:
@@ -73,6 +136,14 @@ class JudgeEndpoint:
                 except EndpointError as exc:
                     raise ConfigError(f"judge endpoint: {exc}") from None
         return self.client, self.caps
+
+    def calls_for(self, problem: Problem, client: EndpointClient) -> JudgeClient:
+        """``client`` (from :meth:`ready`) as the judge's calls for ``problem`` go through:
+        counted under the run's limits where it has them."""
+        spending = self._setup.spending
+        if spending is None:
+            return client
+        return MeteredJudge(client, spending, problem.id, self._setup.prices.get(client.model))
 
     def uses_logprobs(self, caps: Capabilities) -> bool:
         if self.score == "yes-prob" and not caps.logprobs:
@@ -119,7 +190,7 @@ def read_choice(text: str, fields: dict[str, Any]) -> str:
 
 
 async def token_probs(
-    client: EndpointClient,
+    client: JudgeClient,
     messages: list[Message],
     fields: dict[str, Any],
     wanted: Sequence[str],
@@ -132,7 +203,8 @@ async def token_probs(
     empty dict when none of ``wanted`` is among the top tokens) and the tokens spent.
     The call is an ordinary one of ``client`` (its limiter, retries and typed errors);
     with a ``key`` and a call store, a resumed run reads it back instead of paying again.
-    Raises :class:`~thinktree.errors.EndpointError` when it fails for good.
+    Raises :class:`~thinktree.errors.EndpointError` when it fails for good, and
+    :class:`~thinktree.errors.RunLimitReached` where the run's limits refuse it.
     """
     result = await client.chat(
         messages,
@@ -166,7 +238,8 @@ class PointwiseJudge:
         await self.judge.aclose()
 
     async def verify(self, problem: Problem, candidates: Sequence[CandidateView]) -> list[Verdict]:
-        client, caps = await self.judge.ready()
+        endpoint, caps = await self.judge.ready()
+        client = self.judge.calls_for(problem, endpoint)
         yes_prob = self.judge.uses_logprobs(caps)
         verdicts: list[Verdict] = [Verdict.failed("not judged")] * len(candidates)
 
@@ -183,7 +256,7 @@ class PointwiseJudge:
         return verdicts
 
     async def _yes_prob(
-        self, client: EndpointClient, caps: Capabilities, problem: Problem, view: CandidateView
+        self, client: JudgeClient, caps: Capabilities, problem: Problem, view: CandidateView
     ) -> Verdict:
         ask = "Is the final answer of this response correct? Reply Yes or No."
         messages = _messages(problem, view, ask)
@@ -192,7 +265,7 @@ class PointwiseJudge:
             probs, prompt, completion = await token_probs(
                 client, messages, fields, ("Yes", "No"), key=f"{view.node_id}/judge"
             )
-        except EndpointError as exc:
+        except (EndpointError, RunLimitReached) as exc:
             return Verdict.failed(f"judge call failed: {exc}")
         spent = {"prompt_tokens": prompt, "completion_tokens": completion}
         if not probs:
@@ -211,7 +284,7 @@ class PointwiseJudge:
         )
 
     async def _rating(
-        self, client: EndpointClient, caps: Capabilities, problem: Problem, view: CandidateView
+        self, client: JudgeClient, caps: Capabilities, problem: Problem, view: CandidateView
     ) -> Verdict:
         ask = (
             "How likely is the final answer of this response to be correct? Rate it from 0 "
@@ -226,7 +299,7 @@ class PointwiseJudge:
                 extra=fields,
                 key=f"{view.node_id}/judge",
             )
-        except EndpointError as exc:
+        except (EndpointError, RunLimitReached) as exc:
             return Verdict.failed(f"judge call failed: {exc}")
         text = result.choices[0].text if result.choices else ""
         spent = {

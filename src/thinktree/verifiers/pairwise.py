@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 import anyio
 
 from thinktree.agents.capabilities import Capabilities
-from thinktree.agents.endpoint import EndpointClient, Message
-from thinktree.errors import EndpointError
+from thinktree.agents.endpoint import Message
+from thinktree.errors import EndpointError, RunLimitReached
 from thinktree.problems import Problem
 from thinktree.verifiers.base import CandidateView, Verdict, VerifierSetup
 from thinktree.verifiers.judge import (
     JUDGE_SYSTEM,
+    JudgeClient,
     JudgeEndpoint,
     check_options,
     choice_fields,
@@ -77,13 +78,14 @@ class PairwiseJudge:
             return [Verdict(score=1.0, rationale="the only answer: no match needed")] * len(
                 candidates
             )
-        client, caps = await self.judge.ready()
+        endpoint, caps = await self.judge.ready()
+        client = self.judge.calls_for(problem, endpoint)
         use_logprobs = self.judge.uses_logprobs(caps)
         failure: str | None = None
         rounds = 0
         try:
             rounds = await self._tournament(client, caps, use_logprobs, problem, candidates, groups)
-        except* (MatchFailed, EndpointError) as failed:
+        except* (MatchFailed, EndpointError, RunLimitReached) as failed:
             failure = "; ".join(str(e) or type(e).__name__ for e in failed.exceptions)
         if failure is not None:
             return [Verdict.failed(f"a pairwise match failed: {failure}")] * len(candidates)
@@ -107,7 +109,7 @@ class PairwiseJudge:
 
     async def _tournament(
         self,
-        client: EndpointClient,
+        client: JudgeClient,
         caps: Capabilities,
         use_logprobs: bool,
         problem: Problem,
@@ -136,7 +138,7 @@ class PairwiseJudge:
 
     async def _match(
         self,
-        client: EndpointClient,
+        client: JudgeClient,
         caps: Capabilities,
         use_logprobs: bool,
         problem: Problem,
@@ -164,7 +166,7 @@ class PairwiseJudge:
 
     async def _prefer_first(
         self,
-        client: EndpointClient,
+        client: JudgeClient,
         caps: Capabilities,
         use_logprobs: bool,
         problem: Problem,

@@ -7,7 +7,9 @@ raises, or returns what is not a verdict (a score that is not a finite number, a
 count that is not a count, …), fails its verdicts with a one-line reason; the run goes on.
 A verdict that carries an error has failed, whatever score it also carries.
 A candidate's combined score is the mean of its verifiers' valid scores; one whose every
-verdict failed has none (None) and ranks below every scored candidate.
+verdict failed has none (None) and ranks below every scored candidate. Where the run's
+limits cut or refused a verifier's call (see :class:`~thinktree.verifiers.base.Spending`),
+the problem's pool says so: the problem was stopped by the limit.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from thinktree.orchestrator.events import (
     NodeKind,
     NodeStarted,
 )
-from thinktree.verifiers.base import CandidateView, Verdict
+from thinktree.orchestrator.ledger import Budget
+from thinktree.verifiers.base import CandidateView, Spending, Verdict
 from thinktree.verifiers.registry import NamedVerifier
 
 log = structlog.get_logger(__name__)
@@ -40,8 +43,11 @@ log = structlog.get_logger(__name__)
 class VerifierPanel:
     """Runs every verifier of a run on one problem's candidates at a time."""
 
-    def __init__(self, verifiers: Sequence[NamedVerifier]) -> None:
+    def __init__(
+        self, verifiers: Sequence[NamedVerifier], spending: Spending | None = None
+    ) -> None:
         self.verifiers = list(verifiers)
+        self.spending = spending
 
     async def aclose(self) -> None:
         """Close every verifier that has ``aclose`` (async or not); a failure is logged.
@@ -61,8 +67,21 @@ class VerifierPanel:
                 detail = " ".join(str(exc).split()) or type(exc).__name__
                 log.warning("verifier failed to close", verifier=named.name, error=detail)
 
-    async def score(self, solver: Solver, candidates: Sequence[Candidate]) -> list[float | None]:
-        """Each candidate's combined score (None for candidates that abstain)."""
+    async def score(
+        self, solver: Solver, candidates: Sequence[Candidate], pool: Budget | None = None
+    ) -> list[float | None]:
+        """Each candidate's combined score (None for candidates that abstain); ``pool``, the
+        problem's, says so where a run limit cut or refused a verifier's call."""
+        try:
+            return await self._score(solver, candidates)
+        finally:
+            stopped = None
+            if self.spending is not None:
+                stopped = self.spending.stopped.pop(solver.problem.id, None)
+            if stopped is not None and pool is not None:
+                pool.note_run_cut(stopped)
+
+    async def _score(self, solver: Solver, candidates: Sequence[Candidate]) -> list[float | None]:
         answering = [i for i, c in enumerate(candidates) if c.answer is not None]
         views = [_view(candidates[i]) for i in answering]
         per_candidate: dict[int, list[float]] = {i: [] for i in answering}

@@ -6,7 +6,8 @@ each whole response (the question, the reasoning, the final answer). ``classify`
 the probability of class ``label`` (default: the last); ``pooling`` the last value,
 squashed by a sigmoid when it is not already in [0, 1]; ``score`` the pair score of
 (question, response). URL is the server (with or without ``/v1``) or a name from
-thinktree.toml; the model is the one it serves unless ``model=`` says.
+thinktree.toml; the model is the one it serves unless ``model=`` says. Where the model has
+a price, its prompt tokens count under the run's money limit.
 
 ``--verifier prm:URL[,agg=min|last|product|mean][,…]`` is the process-reward variant:
 the response is split into steps on blank lines, every prefix (the question and steps
@@ -17,14 +18,22 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 
-from thinktree.errors import ConfigError
+from thinktree.errors import ConfigError, RunLimitReached
 from thinktree.problems import Problem
-from thinktree.verifiers.base import CandidateView, Verdict, VerifierSetup, cost, options
+from thinktree.verifiers.base import (
+    CandidateView,
+    Metered,
+    Verdict,
+    VerifierSetup,
+    cost,
+    options,
+)
 from thinktree.verifiers.judge import question_block, response_block
 
 ROUTES = ("classify", "pooling", "score")
@@ -70,6 +79,7 @@ class RewardClient:
         self.model = opts.get("model")
         self.label = int(opts["label"]) if opts.get("label") else -1
         self.prices = setup.prices
+        self.spending = setup.spending
         self.http = httpx.AsyncClient(timeout=_TIMEOUT_S)
 
     async def aclose(self) -> None:
@@ -85,8 +95,11 @@ class RewardClient:
             self.model = served[0]
         return self.model
 
-    async def score(self, pairs: Sequence[tuple[str, str]]) -> tuple[list[float], int]:
-        """A score per (question, response) pair, and the prompt tokens the server counted."""
+    async def score(
+        self, pairs: Sequence[tuple[str, str]], problem_id: str = ""
+    ) -> tuple[list[float], int]:
+        """A score per (question, response) pair, and the prompt tokens the server counted
+        (under the run's money limit, for ``problem_id``)."""
         model = await self._model()
         body: dict[str, Any]
         if self.route == "score":
@@ -95,15 +108,31 @@ class RewardClient:
                 raise ValueError("the score route takes one question per request")
         else:
             body = {"model": model, "input": [f"{q}\n\n{r}" for q, r in pairs]}
-        resp = await self.http.post(f"{self.root}/{self.route}", json=body)
-        if resp.status_code != 200:
-            raise ValueError(f"the scorer answered HTTP {resp.status_code} on /{self.route}")
-        data = resp.json()
+        async with self._metered(problem_id, model, [t for pair in pairs for t in pair]) as call:
+            resp = await self.http.post(f"{self.root}/{self.route}", json=body)
+            if resp.status_code != 200:
+                raise ValueError(f"the scorer answered HTTP {resp.status_code} on /{self.route}")
+            data = resp.json()
+            usage = data.get("usage") or {}
+            tokens = int(usage.get("prompt_tokens") or 0)
+            if call is not None:
+                call.settle(tokens, 0)
         rows = sorted(data.get("data") or [], key=lambda d: d.get("index", 0))
         if len(rows) != len(pairs):
             raise ValueError(f"the scorer returned {len(rows)} scores for {len(pairs)} texts")
-        usage = data.get("usage") or {}
-        return [self._read(row) for row in rows], int(usage.get("prompt_tokens") or 0)
+        return [self._read(row) for row in rows], tokens
+
+    @asynccontextmanager
+    async def _metered(
+        self, problem_id: str, model: str, texts: Sequence[str]
+    ) -> AsyncIterator[Metered | None]:
+        """The scoring call under the run's money limit (a scorer makes no completion tokens)."""
+        if self.spending is None:
+            yield None
+            return
+        price = self.prices.get(model)
+        async with self.spending.call(problem_id, model, price, texts, 0) as call:
+            yield call
 
     def _read(self, row: dict[str, Any]) -> float:
         if self.route == "classify":
@@ -132,9 +161,16 @@ class RewardModel:
         question = question_block(problem)
         try:
             scores, tokens = await self.client.score(
-                [(question, response_block(c)) for c in candidates]
+                [(question, response_block(c)) for c in candidates], problem.id
             )
-        except (httpx.HTTPError, ValueError, KeyError, TypeError, IndexError) as exc:
+        except (
+            httpx.HTTPError,
+            ValueError,
+            KeyError,
+            TypeError,
+            IndexError,
+            RunLimitReached,
+        ) as exc:
             reason = f"reward model: {' '.join(str(exc).split()) or type(exc).__name__}"
             return [Verdict.failed(reason) for _ in candidates]
         shares = _split(tokens, len(candidates))
@@ -166,8 +202,15 @@ class ProcessReward:
         steps = [split_steps(response_block(c)) for c in candidates]
         pairs = [(question, "\n\n".join(own[:k])) for own in steps for k in range(1, len(own) + 1)]
         try:
-            flat, tokens = await self.client.score(pairs)
-        except (httpx.HTTPError, ValueError, KeyError, TypeError, IndexError) as exc:
+            flat, tokens = await self.client.score(pairs, problem.id)
+        except (
+            httpx.HTTPError,
+            ValueError,
+            KeyError,
+            TypeError,
+            IndexError,
+            RunLimitReached,
+        ) as exc:
             reason = f"process reward model: {' '.join(str(exc).split()) or type(exc).__name__}"
             return [Verdict.failed(reason) for _ in candidates]
         verdicts: list[Verdict] = []

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from thinktree.agents.capabilities import Capabilities
 from thinktree.agents.endpoint import EndpointClient, EndpointConfig
 from thinktree.errors import ConfigError
-from thinktree.verifiers.base import VerifierSetup
+from thinktree.verifiers.base import Spending, VerifierSetup
 from thinktree.verifiers.panel import VerifierPanel
 from thinktree.verifiers.registry import build_verifiers
 
@@ -16,9 +16,15 @@ if TYPE_CHECKING:
 
 
 async def open_panel(
-    settings: RunSettings, client: EndpointClient, caps: Capabilities
+    settings: RunSettings,
+    client: EndpointClient,
+    caps: Capabilities,
+    spending: Spending | None = None,
 ) -> VerifierPanel | None:
-    """The panel of ``settings.verifiers`` (None when there are none); close with ``aclose``."""
+    """The panel of ``settings.verifiers`` (None when there are none); close with ``aclose``.
+
+    ``spending``: the run's limits, which the verifiers' model calls count under too.
+    """
     if not settings.verifiers:
         return None
 
@@ -33,6 +39,10 @@ async def open_panel(
         return found
 
     setup = VerifierSetup(
-        client=client, caps=caps, endpoint_for=endpoint_for, prices=dict(settings.prices)
+        client=client,
+        caps=caps,
+        endpoint_for=endpoint_for,
+        prices=dict(settings.prices),
+        spending=spending,
     )
-    return VerifierPanel(build_verifiers(settings.verifiers, setup))
+    return VerifierPanel(build_verifiers(settings.verifiers, setup), spending)
