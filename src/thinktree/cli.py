@@ -603,7 +603,8 @@ def _print_results(result: object) -> None:
     out.print(summary)
     if result.stopped_by:
         err.print(
-            f"[yellow]{escape(result.stopped_by)}[/]; problems not finished say so in the results",
+            f"[yellow]{escape(result.stopped_by)}[/]; the problems it cut short or left "
+            "unfinished say so in the results",
             highlight=False,
         )
 
