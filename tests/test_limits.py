@@ -526,3 +526,26 @@ async def test_a_money_limit_that_makes_calls_wait_but_cuts_none_stops_nothing(
     calls = [n for t in result.trees for n in t.walk() if n.kind is NodeKind.GENERATION]
     assert len(calls) == 12 and all(n.max_tokens == 16 for n in calls)
     assert result.metrics.cost_usd == pytest.approx(0.144)
+
+
+async def test_a_constrained_call_holds_its_answer_schema_as_prompt_too() -> None:
+    """An API that constrains an answer to a JSON schema adds the schema to the prompt:
+    the call's prompt bound counts the schema's bytes with its messages'."""
+    from thinktree.agents.capabilities import Capabilities
+    from thinktree.agents.solver import Solver
+    from thinktree.agents.structured import constraint_for
+    from thinktree.orchestrator.ledger import Budget
+    from thinktree.pricing import MESSAGE_TOKENS, TEMPLATE_TOKENS, MoneyLimit
+
+    money = MoneyLimit(1e4, Price(prompt_per_m=1e6, completion_per_m=0.0))  # $1 a token
+    solver = Solver(PROBLEMS[0], None, Capabilities(), None, money=money)  # type: ignore[arg-type]
+    messages = [{"role": "user", "content": "Case 0?"}]
+    constraint = constraint_for(PROBLEMS[0], "json", "json_schema")
+    pool = Budget("q0", None)
+    pool.reserve(8)
+    _, free = await solver._afford([(pool, 8)], 1, messages, "")
+    pool.reserve(8)
+    _, schema = await solver._afford([(pool, 8)], 1, messages, "", constraint)
+    assert free is not None and schema is not None
+    assert free.prompt_tokens == len("Case 0?") + TEMPLATE_TOKENS + 2 * MESSAGE_TOKENS
+    assert schema.prompt_tokens == free.prompt_tokens + len(json.dumps(constraint.fields))

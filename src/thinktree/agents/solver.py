@@ -7,6 +7,7 @@ events; the ledger grants each call its tokens before it is sent.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -131,7 +132,9 @@ class Solver:
         """
         grant = (await _reserved([(req.budget, req.max_tokens)]))[0]
         mode, messages, prefix = self._shape(branch, req)
-        (grant,), bill = await self._afford([(req.budget, grant)], 1, messages, prefix)
+        (grant,), bill = await self._afford(
+            [(req.budget, grant)], 1, messages, prefix, req.constraint
+        )
         try:
             await self._start([req], grant, mode)
         except BaseException:
@@ -172,7 +175,11 @@ class Solver:
         )
         mode, messages, prefix = self._shape(branch, think)
         (think_grant, answer_grant), bill = await self._afford(
-            [(think.budget, think_grant), (answer.budget, answer_grant)], 1, messages, prefix
+            [(think.budget, think_grant), (answer.budget, answer_grant)],
+            1,
+            messages,
+            prefix,
+            think.constraint,
         )
         try:
             await self._start([think], think_grant, mode)
@@ -274,7 +281,7 @@ class Solver:
             r.budget.reserve(grant)
         mode, messages, prefix = self._shape(branch, reqs[0])
         asks = [(r.budget, grant) for r in reqs]
-        grants, bill = await self._afford(asks, len(reqs), messages, prefix)
+        grants, bill = await self._afford(asks, len(reqs), messages, prefix, reqs[0].constraint)
         grant = grants[0]
         try:
             await self._start(reqs, grant, mode)
@@ -375,22 +382,30 @@ class Solver:
         return mode, list(branch.messages), prefix
 
     async def _afford(
-        self, asks: list[tuple[Budget, int]], choices: int, messages: list[Message], prefix: str
+        self,
+        asks: list[tuple[Budget, int]],
+        choices: int,
+        messages: list[Message],
+        prefix: str,
+        constraint: Constraint | None = None,
     ) -> tuple[list[int], Bill | None]:
         """A call's grants as the run's money limit affords them, and the money it holds.
 
         ``asks`` are the call's pools and grants: ``choices`` of them share one
         ``max_tokens`` (n samples), or one choice's grants add up to it. The call holds its
-        worst case (its prompt's bound at the prompt price, ``max_tokens`` per choice at the
-        completion price) until it settles; where the limit, held by no call under way,
-        affords less, the grants are cut to it (the rest given back) and the pools say the
-        run's money limit cut them. Nothing is held (the grants are given back) on failure.
+        worst case (its prompt's bound, with the answer schema an API may add to the prompt,
+        at the prompt price, ``max_tokens`` per choice at the completion price) until it
+        settles; where the limit, held by no call under way, affords less, the grants are
+        cut to it (the rest given back) and the pools say the run's money limit cut them.
+        Nothing is held (the grants are given back) on failure.
         """
         grants = [granted for _, granted in asks]
         if self.money is None:
             return grants, None
-        texts = [str(m.get("content") or "") for m in messages]
-        bound = prompt_bound([*texts, prefix], len(messages) + 1)
+        texts = [str(m.get("content") or "") for m in messages] + [prefix]
+        if constraint is not None:
+            texts.append(json.dumps(constraint.fields))
+        bound = prompt_bound(texts, len(messages) + 1)
         per_choice = grants[0] if choices > 1 else sum(grants)
         try:
             bill = await self.money.hold(

@@ -95,6 +95,8 @@ class MeteredJudge:
         top_logprobs: int | None = None,
     ) -> Completion:
         texts = [str(m.get("content") or "") for m in messages]
+        if extra:  # an answer schema an API may add to the prompt
+            texts.append(json.dumps(extra))
         model = self.client.model
         async with self.spending.call(
             self.problem_id, model, self.price, texts, max_tokens
