@@ -21,6 +21,7 @@ import anyio
 import pytest
 
 from bench_data import write_choice_problems
+from choice_set import beta_problems
 from request_keys import SEEN, reply, request_key
 from thinktree.bench.cluster import InProcessShards, ShardRunner
 from thinktree.bench.grid import load_bench_config
@@ -663,19 +664,9 @@ async def test_a_merged_cell_counts_the_retries_behind_its_shards_read_back_call
     from thinktree.bench.merge import merge_shards
     from thinktree.orchestrator.run import RunSettings, execute, load_resume
     from thinktree.orchestrator.store import StoreReader
-    from thinktree.problems import AnswerType, Problem
     from thinktree.testing.fake_server import FakeServer, Fault
 
-    problems = [
-        Problem(
-            id=f"q{i}",
-            question=f"Case {i}?",
-            answer_type=AnswerType.CHOICE,
-            options={"A": "a", "B": "b"},
-            answer="B",
-        )
-        for i in range(2)
-    ]
+    problems = beta_problems(2)
     caps = Capabilities(continuation="chat")  # no probe: a shard's first call gets the 500
     shards = [tmp_path / "cell" / SHARDS / f"00{i}" for i in (0, 1)]
     async with FakeServer(FakeBehaviour(reply="Answer: B"), faults=[Fault.SERVER_ERROR]) as server:

@@ -63,6 +63,11 @@ def _squash(value: float) -> float:
     return value if 0.0 <= value <= 1.0 else 1.0 / (1.0 + math.exp(-value))
 
 
+#: What a scoring request may fail with: the server, a reply that does not parse, or the
+#: run's limit refusing it. Each fails the verdicts with the reason; the run goes on.
+_SCORING_FAILED = (httpx.HTTPError, ValueError, KeyError, TypeError, IndexError, RunLimitReached)
+
+
 class RewardClient:
     """One scoring server: posts texts to its route and reads one score per text."""
 
@@ -163,14 +168,7 @@ class RewardModel:
             scores, tokens = await self.client.score(
                 [(question, response_block(c)) for c in candidates], problem.id
             )
-        except (
-            httpx.HTTPError,
-            ValueError,
-            KeyError,
-            TypeError,
-            IndexError,
-            RunLimitReached,
-        ) as exc:
+        except _SCORING_FAILED as exc:
             reason = f"reward model: {' '.join(str(exc).split()) or type(exc).__name__}"
             return [Verdict.failed(reason) for _ in candidates]
         shares = _split(tokens, len(candidates))
@@ -203,14 +201,7 @@ class ProcessReward:
         pairs = [(question, "\n\n".join(own[:k])) for own in steps for k in range(1, len(own) + 1)]
         try:
             flat, tokens = await self.client.score(pairs, problem.id)
-        except (
-            httpx.HTTPError,
-            ValueError,
-            KeyError,
-            TypeError,
-            IndexError,
-            RunLimitReached,
-        ) as exc:
+        except _SCORING_FAILED as exc:
             reason = f"process reward model: {' '.join(str(exc).split()) or type(exc).__name__}"
             return [Verdict.failed(reason) for _ in candidates]
         verdicts: list[Verdict] = []
