@@ -62,17 +62,26 @@ class _Terminated(Exception):
     """The process was asked to stop (SIGTERM) and has stopped in order."""
 
 
-def _run_async(fn: Callable[[], Awaitable[T]]) -> T:
+def _run_async(fn: Callable[[], Awaitable[T]], *, ctrl_c_stops: bool = False) -> T:
+    """Run ``fn`` on the CLI's event loop; errors end the command in one line.
+
+    ``ctrl_c_stops``: Ctrl-C is how the command ends (a server kept up until then), so it
+    exits 130 without an error line.
+    """
+
+    def interrupted() -> typer.Exit:
+        return typer.Exit(130) if ctrl_c_stops else _fail("interrupted", 130)
+
     try:
         return event_loop.run(lambda: _stopping_on_sigterm(fn))
     except KeyboardInterrupt:
-        raise _fail("interrupted", 130) from None
+        raise interrupted() from None
     except BaseException as exc:
         done = find_error(exc, typer.Exit)
         if done is not None:
             raise done from None
         if find_error(exc, KeyboardInterrupt) is not None:
-            raise _fail("interrupted", 130) from None
+            raise interrupted() from None
         if find_error(exc, _Terminated) is not None:
             raise _fail("terminated (SIGTERM)", TERMINATED) from None
         user = find_error(exc, (ThinktreeError, DatasetError))
@@ -948,7 +957,7 @@ def serve(
         err.print("stopped")
 
     try:
-        _run_async(main)
+        _run_async(main, ctrl_c_stops=True)
     except typer.Exit as exc:
         if exc.exit_code == 130:
             err.print("stopped")
