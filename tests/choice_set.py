@@ -24,6 +24,21 @@ def beta_problems(count: int) -> list[Problem]:
     ]
 
 
+def case_problems(count: int) -> list[Problem]:
+    """``q0 … q{count-1}``: "Case i?", options A (a) and B (b), answer B (fake servers in
+    the limit tests tell the problems apart by the "Case i?" in a request)."""
+    return [
+        Problem(
+            id=f"q{i}",
+            question=f"Case {i}?",
+            answer_type=AnswerType.CHOICE,
+            options={"A": "a", "B": "b"},
+            answer="B",
+        )
+        for i in range(count)
+    ]
+
+
 def write_dataset(path: Path, problems: Sequence[Problem]) -> Path:
     """``problems`` as a JSONL dataset at ``path``."""
     lines = (

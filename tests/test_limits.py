@@ -13,26 +13,17 @@ from typing import Any
 
 import pytest
 
-from choice_set import beta_problems, write_dataset
+from choice_set import beta_problems, case_problems, write_dataset
 from thinktree.agents.endpoint import EndpointConfig
 from thinktree.agents.modes import ModeSettings
 from thinktree.orchestrator.events import NodeKind
 from thinktree.orchestrator.run import RunResult, RunSettings, execute
 from thinktree.pricing import Price
-from thinktree.problems import AnswerType, Problem
+from thinktree.problems import Problem
 from thinktree.testing.fake_server import FakeBehaviour, FakeServer, fake_server_in_thread
 
 pytestmark = pytest.mark.anyio
-PROBLEMS = [
-    Problem(
-        id=f"q{i}",
-        question=f"Case {i}?",
-        answer_type=AnswerType.CHOICE,
-        options={"A": "a", "B": "b"},
-        answer="B",
-    )
-    for i in range(10)
-]
+PROBLEMS = case_problems(10)
 SLOWISH = FakeBehaviour(native_n=False, chunk_delay_s=0.002)
 
 
@@ -243,8 +234,9 @@ async def test_a_problem_its_own_limit_cut_says_so_and_goes_on_under_a_higher_on
     )
 
 
-async def _parallel_under(tmp_path: Path, limit: int, native_n: bool) -> RunResult:
-    """Three problems, four 16-token branches each (12-token replies), under ``limit``."""
+async def _parallel_under(tmp_path: Path, native_n: bool, **limits: Any) -> RunResult:
+    """Three problems, four 16-token branches each (12-token replies), under ``limits``
+    (RunSettings fields)."""
     async with FakeServer(FakeBehaviour(native_n=native_n, chunk_delay_s=0.002)) as server:
         cfg = EndpointConfig(
             name="fake",
@@ -253,9 +245,7 @@ async def _parallel_under(tmp_path: Path, limit: int, native_n: bool) -> RunResu
             native_n="yes" if native_n else "no",
         )
         settings = RunSettings(
-            modes=ModeSettings(mode="parallel", n=4, budget=16),
-            out=tmp_path / "run",
-            max_problem_tokens=limit,
+            modes=ModeSettings(mode="parallel", n=4, budget=16), out=tmp_path / "run", **limits
         )
         return await execute(PROBLEMS[:3], cfg, settings)
 
@@ -265,7 +255,7 @@ async def test_branches_that_wait_for_the_problem_limit_and_get_their_ask_are_no
 ) -> None:
     """Four branches of 16 cannot hold 52 at once: the fourth waits for its siblings to
     settle (12 tokens each), then gets its whole 16. Nothing was cut: not 'stopped'."""
-    result = await _parallel_under(tmp_path, 52, native_n=False)
+    result = await _parallel_under(tmp_path, native_n=False, max_problem_tokens=52)
     assert result.stopped_by is None
     results = json.loads((result.folder / "results.json").read_text())
     assert results["status"] == "completed"
@@ -285,7 +275,7 @@ async def test_branches_the_problem_limit_cuts_short_are_stopped(
     """The four branches' calls cannot all have 16: under 48 the fourth gets the 12 its
     siblings leave, and one request's 52 is shared out as 13 each. Every reply still fits
     (12 tokens), but a call got less than it asked for: the problem says its limit did it."""
-    result = await _parallel_under(tmp_path, limit, native_n=native_n)
+    result = await _parallel_under(tmp_path, native_n=native_n, max_problem_tokens=limit)
     stopped = f"problem stopped: its token limit of {limit} cut its calls short"
     assert result.stopped_by == stopped
     results = json.loads((result.folder / "results.json").read_text())
@@ -484,21 +474,7 @@ async def test_the_money_limit_holds_calls_under_way_and_is_never_passed(
     ($0.144). Now each call holds its worst case before it is sent: the run spends at most
     the limit, prompt included, and says the limit stopped it."""
     prices = {"fake-model": Price(prompt_per_m=10.0, completion_per_m=1000.0)}
-    async with FakeServer(FakeBehaviour(native_n=native_n, chunk_delay_s=0.002)) as server:
-        cfg = EndpointConfig(
-            name="fake",
-            base_url=server.base_url,
-            continuation="chat",
-            native_n="yes" if native_n else "no",
-        )
-        settings = RunSettings(
-            modes=ModeSettings(mode="parallel", n=4, budget=16),
-            concurrency=8,
-            out=tmp_path / "run",
-            max_cost=0.018,
-            prices=prices,
-        )
-        result = await execute(PROBLEMS[:3], cfg, settings)
+    result = await _parallel_under(tmp_path, native_n, concurrency=8, max_cost=0.018, prices=prices)
     results = json.loads((result.folder / "results.json").read_text())
     assert results["status"] == "stopped" and "money limit of $0.0180" in result.stopped_by
     assert 0 < results["metrics"]["cost_usd"] <= 0.018 + 1e-12

@@ -11,24 +11,16 @@ from typing import Any
 import anyio
 import pytest
 
+from choice_set import case_problems
 from thinktree.agents.endpoint import EndpointConfig
 from thinktree.agents.modes import ModeSettings
 from thinktree.orchestrator.run import RunSettings, execute
 from thinktree.pricing import Price
-from thinktree.problems import AnswerType, Problem
+from thinktree.problems import Problem
 from thinktree.testing.fake_server import DEFAULT_REPLY, FakeBehaviour, FakeServer
 
 pytestmark = pytest.mark.anyio
-PROBLEMS = [
-    Problem(
-        id=f"q{i}",
-        question=f"Case {i}?",
-        answer_type=AnswerType.CHOICE,
-        options={"A": "a", "B": "b"},
-        answer="B",
-    )
-    for i in range(4)
-]
+PROBLEMS = case_problems(4)
 
 
 async def run(
