@@ -73,6 +73,108 @@ async def test_resuming_a_completed_run_sends_only_its_failed_calls_again(
         load_resume(folder)
 
 
+class FailingWait:
+    """While ``down``, every "Wait" extension fails on each attempt: answered with a 500
+    (``how="500"``) or its connection cut mid-answer (``how="reset"``). The thinking,
+    the one problem's first request, is answered."""
+
+    def __init__(self, how: str) -> None:
+        self.how = how
+        self.down = True
+
+    def reject(self, body: dict[str, Any]) -> str | None:
+        messages = body.get("messages") or [{}]
+        waits = str(messages[-1].get("content", "")).endswith("Wait")
+        return "the server broke" if self.down and self.how == "500" and waits else None
+
+    def fault(self, index: int) -> Fault | None:
+        return Fault.RESET if self.down and self.how == "reset" and index > 0 else None
+
+
+def _thinks_then_waits(body: dict[str, Any], index: int) -> str:
+    """5 tokens that state B, and after "Wait" 5 more that state it again."""
+    messages = body.get("messages") or [{}]
+    if str(messages[-1].get("content", "")).endswith("Wait"):
+        return " I am sure. Answer: B"
+    return "It is beta. Answer: B"
+
+
+@pytest.mark.parametrize("how", ["500", "reset"])
+async def test_a_failed_wait_keeps_the_thinkings_answer_and_is_sent_again_on_resume(
+    tmp_path: Path, how: str
+) -> None:
+    """Budget forcing below --min-thinking: the thinking states B, and its "Wait" fails
+    on every retry. The extension's node fails with the error and B, the thinking's
+    answer, decides the problem (it used to end with no answer). The failed extension is
+    still a failed call: a resume sends it, and only it, again, and it then decides."""
+    wait = FailingWait(how)
+    folder = tmp_path / "run"
+    behaviour = FakeBehaviour(
+        reply=_thinks_then_waits, reject=wait.reject, reject_status=500, native_n=False
+    )
+    async with FakeServer(behaviour, faults=wait.fault) as server:
+        endpoint = EndpointConfig(
+            name="fake",
+            base_url=server.base_url,
+            continuation="chat",
+            max_attempts=2,
+            max_backoff_s=0.01,
+        )
+        modes = ModeSettings(mode="budget", budget=32, min_thinking=8, answer_tokens=8)
+        settings = RunSettings(modes=modes, out=folder)
+        caps = Capabilities(continuation="chat")
+        first = await execute(PROBLEMS[:1], endpoint, settings, capabilities=caps)
+        (tree,) = json.loads((folder / "results.json").read_text())["problems"]
+        assert tree["answer"] == "B" and tree["error"] is None and tree["correct"] is True
+        assert tree["vote"]["winner_node"] == "q0/think"
+        nodes = {n["id"]: n for n in tree["nodes"]}
+        assert nodes["q0/think"]["status"] == "done"
+        assert nodes["q0/wait1"]["status"] == "failed" and nodes["q0/wait1"]["error"]
+        assert "q0/answer" not in nodes  # the thinking's answer needs no forcing
+        assert [n.id for n in first.failed_calls()] == ["q0/wait1"]
+
+        wait.down = False
+        state = load_resume(folder)
+        assert state.retrying == 1
+        before = server.requests
+        again = await execute(state.problems, endpoint, state.settings, resume=state)
+        sent = server.requests - before
+    assert sent == 1 and again.cached_calls == 1  # the extension; the thinking read back
+    (tree,) = json.loads((folder / "results.json").read_text())["problems"]
+    assert tree["answer"] == "B" and tree["vote"]["winner_node"] == "q0/wait1"
+    assert all(n["status"] == "done" for n in tree["nodes"])
+    assert again.failed_calls() == []
+
+
+async def test_after_a_failed_wait_the_answer_is_forced_after_the_thinking(
+    tmp_path: Path,
+) -> None:
+    """The thinking states no answer and its "Wait" fails: as when a limit refuses the
+    extension, the answer is forced after the thinking as it was, not after "Wait"."""
+    wait = FailingWait("500")
+    asked: list[str] = []
+
+    def reply(body: dict[str, Any], index: int) -> str:
+        last = body["messages"][-1]
+        asked.append(last["content"] if last["role"] == "assistant" else "")
+        return " B" if asked[-1].endswith("Final Answer:") else "Let me think about it."
+
+    behaviour = FakeBehaviour(reply=reply, reject=wait.reject, reject_status=500)
+    async with FakeServer(behaviour) as server:
+        endpoint = EndpointConfig(
+            name="fake", base_url=server.base_url, continuation="chat", max_attempts=1
+        )
+        modes = ModeSettings(mode="budget", budget=32, min_thinking=8, answer_tokens=8)
+        settings = RunSettings(modes=modes, out=tmp_path / "run")
+        caps = Capabilities(continuation="chat")
+        result = await execute(PROBLEMS[:1], endpoint, settings, capabilities=caps)
+    (tree,) = result.trees
+    assert tree.answer == "B" and tree.vote is not None
+    assert tree.vote.winner_node == "q0/answer"
+    assert asked == ["", "Let me think about it.\n\nFinal Answer:"]
+    assert [n.id for n in result.failed_calls()] == ["q0/wait1"]
+
+
 def test_the_command_says_how_to_send_failed_calls_again(tmp_path: Path) -> None:
     data = write_dataset(tmp_path / "data.jsonl", PROBLEMS)
     out = tmp_path / "run"

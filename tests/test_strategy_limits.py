@@ -3,6 +3,7 @@ answers already stated survive a limit that stops the rest."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from choice_set import case_problems
 from thinktree.agents.endpoint import EndpointConfig
 from thinktree.agents.modes import ModeSettings
+from thinktree.errors import RecordingError
 from thinktree.orchestrator.run import RunSettings, execute
 from thinktree.pricing import Price
 from thinktree.problems import Problem
@@ -222,6 +224,88 @@ class _StubSolver:
             own = branch.fork()
             out.append((await self._call(own, req), own))
         return out
+
+
+class _StartRefused(_Bus):
+    """A bus that raises ``error`` when ``node`` is announced (the run is stopping)."""
+
+    def __init__(self, node: str, error: BaseException) -> None:
+        super().__init__()
+        self.node = node
+        self.error = error
+
+    async def emit(self, event: Any) -> None:
+        if type(event).__name__ == "NodeStarted" and event.node_id == self.node:
+            raise self.error
+        await super().emit(event)
+
+    def running(self) -> set[str]:
+        """The nodes announced that never ended."""
+        started = {e.node_id for e in self.events if type(e).__name__ == "NodeStarted"}
+        return started - set(self.ended())
+
+
+def _solver(bus: _Bus, **caps: Any) -> Any:
+    """A real solver; its calls are never sent (nothing is opened until one is)."""
+    from thinktree.agents.capabilities import Capabilities
+    from thinktree.agents.endpoint import EndpointClient
+    from thinktree.agents.solver import Solver
+
+    client = EndpointClient(EndpointConfig(name="nowhere", base_url="http://127.0.0.1:9/v1"))
+    found = Capabilities(continuation="chat", **caps)
+    return Solver(problem=PROBLEMS[0], client=client, caps=found, bus=bus)  # type: ignore[arg-type]
+
+
+STOPPING = [
+    pytest.param(RecordingError("the run store stopped recording"), None, id="recording"),
+    pytest.param(
+        asyncio.CancelledError(),  # the run's tests run on asyncio
+        "cancelled before it was sent: the run stopped",
+        id="cancelled",
+    ),
+    pytest.param(anyio.ClosedResourceError(), "not sent: ClosedResourceError", id="closed"),
+]
+"""How announcing a call fails as the run stops, and what its node says then (None: the
+error's own message)."""
+
+
+@pytest.mark.parametrize(("error", "reason"), STOPPING)
+async def test_a_thinking_whose_answer_cannot_be_announced_does_not_stay_running(
+    error: BaseException, reason: str | None
+) -> None:
+    """The server caps the thinking, and its one call is two nodes: the thinking is
+    announced, then announcing the answer fails (the run is stopping). Nothing is sent,
+    the thinking ends failed with the reason (it was left 'running' for good), and the
+    tokens both held are given back."""
+    from thinktree.agents.solver import Branch
+    from thinktree.agents.strategies import BudgetForcing
+    from thinktree.orchestrator.ledger import Budget
+
+    bus = _StartRefused("q0/answer", error)
+    pool = Budget("q0", 40)
+    solver = _solver(bus, thinking_budget="server")
+    with pytest.raises(type(error)), anyio.fail_after(5):
+        await BudgetForcing(budget=32, answer_tokens=8).run(solver, Branch([]), "q0", pool)
+    assert bus.ended() == {"q0/think": reason or str(error)} and not bus.running()
+    assert pool.reserved == 0 and pool.used == 0
+
+
+async def test_n_samples_whose_last_cannot_be_announced_leave_none_running() -> None:
+    """The branches' first calls go out as one request with n choices; announcing the
+    second fails: the first, announced, ends failed with the reason, as do both branches."""
+    from thinktree.agents.solver import Branch
+    from thinktree.agents.strategies import BudgetForcing, Parallel
+    from thinktree.orchestrator.ledger import Budget
+
+    error = RecordingError("the run store stopped recording")
+    bus = _StartRefused("q0/b2/think", error)
+    pool = Budget("q0", 80)
+    solver = _solver(bus, native_n=True)
+    strategy = Parallel(n=2, inner=BudgetForcing(budget=32, answer_tokens=8))
+    with pytest.raises(RecordingError), anyio.fail_after(5):
+        await strategy.run(solver, Branch([]), "q0", pool)
+    assert bus.ended() == {n: str(error) for n in ("q0/b1/think", "q0/b1", "q0/b2")}
+    assert not bus.running() and pool.reserved == 0
 
 
 async def test_a_branch_the_run_limit_refuses_ends_itself_and_its_siblings_call_finishes() -> None:

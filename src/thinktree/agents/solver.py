@@ -136,7 +136,7 @@ class Solver:
             [(req.budget, grant)], 1, messages, prefix, req.constraint
         )
         try:
-            await self._start([req], grant, mode)
+            await self._start([(req, grant)], mode)
         except BaseException:
             _unsent(bill)
             raise
@@ -182,15 +182,8 @@ class Solver:
             think.constraint,
         )
         try:
-            await self._start([think], think_grant, mode)
+            await self._start([(think, think_grant), (answer, answer_grant)], mode)
         except BaseException:
-            answer.budget.commit(answer_grant, 0)
-            _unsent(bill)
-            raise
-        try:
-            await self._start([answer], answer_grant, mode)
-        except BaseException:
-            think.budget.commit(think_grant, 0)
             _unsent(bill)
             raise
         try:
@@ -284,7 +277,7 @@ class Solver:
         grants, bill = await self._afford(asks, len(reqs), messages, prefix, reqs[0].constraint)
         grant = grants[0]
         try:
-            await self._start(reqs, grant, mode)
+            await self._start([(r, grant) for r in reqs], mode)
         except BaseException:
             _unsent(bill)
             raise
@@ -324,12 +317,17 @@ class Solver:
             segments.append((await self._finish(own, r, result, i, prompt_tokens), own))
         return segments
 
-    async def _start(self, reqs: list[SegmentRequest], grant: int, mode: str) -> None:
-        """Announce the calls about to be sent; if that is cut off (the run stops), give
-        back what they reserved: a reservation never settled would hold its pools for good,
-        and a call waiting on the run's pool would wait forever."""
+    async def _start(self, calls: list[tuple[SegmentRequest, int]], mode: str) -> None:
+        """Announce the calls about to be sent, each with its grant.
+
+        If that is cut off (the run stops), every call gives back what it reserved (a
+        reservation never settled would hold its pools for good, and a call waiting on the
+        run's pool would wait forever), and those already announced end failed with the
+        reason: none is sent, and none may be left running.
+        """
+        announced = 0
         try:
-            for r in reqs:
+            for r, grant in calls:
                 await self.bus.emit(
                     NodeStarted(
                         node_id=r.node_id,
@@ -341,9 +339,13 @@ class Solver:
                         continuation=mode,
                     )
                 )
-        except BaseException:
-            for r in reqs:
+                announced += 1
+        except BaseException as exc:
+            for r, grant in calls:
                 r.budget.commit(grant, 0)
+            with anyio.CancelScope(shield=True):
+                for r, _ in calls[:announced]:
+                    await self.bus.emit(NodeFailed(node_id=r.node_id, error=_unsent_because(exc)))
             raise
 
     async def _cancelled(
@@ -649,6 +651,13 @@ def _split(grants: list[int], total: int) -> list[int]:
     cut = [max(1, granted * total // whole) for granted in grants]
     cut[-1] = total - sum(cut[:-1])
     return cut
+
+
+def _unsent_because(exc: BaseException) -> str:
+    """Why an announced call was never sent, as its node says."""
+    if isinstance(exc, anyio.get_cancelled_exc_class()):
+        return "cancelled before it was sent: the run stopped"
+    return str(exc) or f"not sent: {type(exc).__name__}"
 
 
 def _unsent(bill: Bill | None) -> None:

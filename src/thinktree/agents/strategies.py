@@ -68,9 +68,10 @@ class BudgetForcing:
     """s1-style budget forcing: think up to ``budget`` tokens, then force the answer.
 
     When the model stops before ``min_thinking`` tokens, "Wait" is appended and it goes
-    on thinking (until it adds nothing: then the thinking stands as it was). When the
-    cap is hit (or it stopped without an answer), the thinking is ended and a short
-    answer is forced in its own node, capped at ``answer_tokens``.
+    on thinking (until it adds nothing, a limit refuses it or the call fails: then the
+    thinking stands as it was, with its answer). When the cap is hit (or it stopped
+    without an answer), the thinking is ended and a short answer is forced in its own
+    node, capped at ``answer_tokens``.
     """
 
     budget: int = 1024
@@ -160,9 +161,14 @@ class BudgetForcing:
                 _refused(pool, exc)
                 branch.messages, branch.assistant = before
                 break
+            if extension.failed:
+                # its node says why, and a resume sends it again; meanwhile the answer
+                # the thinking stated is not lost with it (as when a limit refuses it)
+                branch.messages, branch.assistant = before
+                break
             extensions += 1
             used += extension.completion_tokens
-            if not extension.failed and not extension.text.strip():
+            if not extension.text.strip():
                 # "Wait" got nothing back, and would again: the thinking stands as is
                 branch.messages, branch.assistant = before
                 break
