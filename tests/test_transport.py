@@ -298,3 +298,22 @@ async def test_the_trace_writes_streamed_text_only_when_asked(tmp_path: Path) ->
                 await bus.emit(event)
         lines = path.read_text().splitlines()
         assert [json.loads(line)["type"] for line in lines] == expected
+
+
+async def test_nodes_ended_as_the_run_is_cancelled_never_wait_for_a_gone_dispatcher() -> None:
+    # Ctrl-C with many calls in flight: the dispatcher is cancelled with the run, while each
+    # call ends its node in a shielded scope; more of them than the queue holds used to
+    # wait forever for room nobody would make.
+    sub = _Slow()
+    events = [RunFinished(run_id=str(i), status="completed") for i in range(10)]
+    with anyio.CancelScope() as run:
+        async with event_bus([sub], buffer=2) as bus:
+            try:
+                run.cancel()
+                await anyio.sleep(1)
+            finally:
+                with anyio.CancelScope(shield=True), anyio.fail_after(5):
+                    for event in events:
+                        await bus.emit(event)
+    assert run.cancelled_caught
+    assert sub.seen == events  # the bus's exit delivered what was queued

@@ -69,6 +69,9 @@ class EventBus:
         self._room = anyio.Event()  # set when the dispatcher has taken the queue
         self._closed = False
         self._broken = False  # a subscriber raised: the dispatcher stopped with its error
+        # the dispatcher has ended (cancelled with the run, or broken): nobody makes room
+        # any more, so producers queue without waiting (the bus's exit delivers the rest)
+        self._stopped = False
         self.wants_deltas = any(s.wants_deltas for s in self._subscribers)
 
     def clock(self) -> float:
@@ -77,7 +80,7 @@ class EventBus:
 
     async def emit(self, event: Event) -> None:
         object.__setattr__(event, "at", round(time.monotonic() - self._started, 4))
-        while len(self._queue) >= self._buffer:
+        while len(self._queue) >= self._buffer and not self._stopped:
             if self._closed:
                 raise anyio.ClosedResourceError
             await self._room.wait()
@@ -93,6 +96,15 @@ class EventBus:
         self._ready.set()
 
     async def _dispatch(self) -> None:
+        try:
+            await self._dispatch_until_closed()
+        finally:
+            # a producer waiting for room (one ending its node in a shielded scope as
+            # the run is cancelled) would otherwise wait forever
+            self._stopped = True
+            self._room.set()
+
+    async def _dispatch_until_closed(self) -> None:
         deliver = self._deliver
         while True:
             if not self._queue:
