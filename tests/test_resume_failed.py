@@ -324,3 +324,42 @@ async def test_a_resumed_run_counts_the_retries_behind_the_calls_it_reads_back(
         again = await execute(state.problems, endpoint, state.settings, resume=state)
     assert again.cached_calls == len(PROBLEMS) - 2
     assert again.metrics.retries == 1  # made in the first session, behind a call kept
+
+
+async def test_a_failed_revision_step_leaves_the_line_ending_at_the_last_step_back(
+    tmp_path: Path,
+) -> None:
+    """sequential: step 1 states B and step 2 fails on every retry. The vote's winner is
+    step 1, whose answer stands (it named the failed step), the revision count leaves
+    the failed step out, and a resume sends only step 2 again."""
+    down = [True]
+
+    def reject(body: dict[str, Any]) -> str | None:
+        revising = str(body["messages"][-1].get("content", "")).endswith("Wait.")
+        return "the server broke" if down[0] and revising else None
+
+    folder = tmp_path / "run"
+    behaviour = FakeBehaviour(reply="It is beta. Answer: B", reject=reject, reject_status=500)
+    async with FakeServer(behaviour) as server:
+        endpoint = EndpointConfig(
+            name="fake", base_url=server.base_url, continuation="chat", max_attempts=1
+        )
+        modes = ModeSettings(mode="sequential", steps=2, budget=32)
+        settings = RunSettings(modes=modes, out=folder)
+        caps = Capabilities(continuation="chat")
+        first = await execute(PROBLEMS[:1], endpoint, settings, capabilities=caps)
+        (tree,) = first.trees
+        assert tree.answer == "B" and tree.vote is not None
+        assert tree.vote.winner_node == "q0/step1"
+        assert [b["revisions"] for b in tree.vote.ballots] == [0]
+        assert [n.id for n in first.failed_calls()] == ["q0/step2"]
+
+        down[0] = False
+        state = load_resume(folder)
+        before = server.requests
+        again = await execute(state.problems, endpoint, state.settings, resume=state)
+        sent = server.requests - before
+    assert sent == 1 and again.failed_calls() == []
+    (tree,) = again.trees
+    assert tree.vote is not None and tree.vote.winner_node == "q0/step2"
+    assert [b["revisions"] for b in tree.vote.ballots] == [1]

@@ -261,6 +261,10 @@ class Sequential:
             except (BudgetExhausted, RunLimitReached) as exc:  # the answer so far stands
                 _refused(pool, exc)
                 break
+            if seg.failed:
+                # its node says why, and a resume sends it again; the line ends at the
+                # last step that came back, as when a limit refuses the next one
+                break
             used += seg.completion_tokens
             answer = seg.answer if seg.answer is not None else answer
             last = seg
