@@ -131,10 +131,28 @@ def test_no_parser_when_asked_and_model_ids_pass_through(tmp_path: Path) -> None
         (["vllm", "--host", "0.0.0.0", "--", "--host", "::"], ["two hosts", "0.0.0.0"]),
         (["vllm", "/m", "--", "--host=0.0.0.0"], ["two hosts", "127.0.0.1"]),
         (["llamacpp", "--", "--host", "0.0.0.0"], ["two hosts"]),
+        (["vllm", "/m", "--", "--hos=0.0.0.0"], ["two hosts"]),  # argparse abbreviates
+        (["vllm", "/m", "--hos", "0.0.0.0"], ["two hosts"]),  # click passes it on
+        (["vllm", "/m", "--", "--port", "9000"], ["--port after `--`", "two ports", "free"]),
+        (["vllm", "/m", "--port", "8123", "--", "--port=9000"], ["two ports", "8123"]),
+        (["vllm", "/m", "--", "--seed", "3", "--por", "9000"], ["two ports"]),
+        (["llamacpp", "--", "--port", "9000"], ["two ports"]),
     ],
 )
 def test_serve_bad_input(args: list[str], needles: list[str]) -> None:
     one_line_error(thinktree("serve", *args), *needles)
+
+
+def test_engine_arguments_that_move_the_server_are_refused_before_anything_starts() -> None:
+    # checked on the request itself: through the command line, a check that let these
+    # through would go on to start the embedded model
+    from thinktree.serving.commands import ServeRequest, _check
+
+    for extra in (("--port", "9000"), ("--port=9000",), ("--por", "9000")):
+        with pytest.raises(ServerError, match="two ports"):
+            _check(ServeRequest(engine="vllm", model=extra[0], extra_args=extra[1:]))
+    # options that only share a beginning with --host or --port are the engine's to take
+    _check(ServeRequest(engine="vllm", extra_args=("--pooler-config", "{}", "--hostname", "x")))
 
 
 def test_serve_folder_that_is_not_a_model(tmp_path: Path) -> None:

@@ -914,7 +914,7 @@ def serve(
 ) -> None:
     """Serve a model on 127.0.0.1, or on --host, until Ctrl-C (runs reuse the embedded one).
 
-    Arguments after `--` go to vllm as they are (except --host: use thinktree's).
+    Arguments after `--` go to vllm as they are (except --host and --port: use thinktree's).
     """
     configure()
     from thinktree.serving.commands import ServeRequest, serve_until_stopped

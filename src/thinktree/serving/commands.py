@@ -37,16 +37,36 @@ class ServeRequest:
             object.__setattr__(self, "model", None)
 
 
+def _gives(args: tuple[str, ...], option: str, shortest: str) -> bool:
+    """Whether the engine arguments ``args`` give the engine option ``option``.
+
+    The engines parse with argparse, which also takes ``--option=VALUE`` and abbreviations
+    down to ``shortest``, the shortest one vLLM's other options leave unambiguous (``--por``
+    for ``--port``); vLLM reads ``_`` in a name as ``-``.
+    """
+    for arg in args:
+        name = arg.split("=", 1)[0].replace("_", "-")
+        if name.startswith(shortest) and option.startswith(name):
+            return True
+    return False
+
+
 def _check(request: ServeRequest) -> None:
     if request.engine not in embedded.ENGINES:
         raise ServerError(
             f"unknown engine '{request.engine}'; choose one of: {', '.join(embedded.ENGINES)}"
         )
     launcher.check_host(request.host)
-    if any(arg == "--host" or arg.startswith("--host=") for arg in request.extra_args):
+    if _gives(request.extra_args, "--host", "--ho"):
         raise ServerError(
             f"--host after `--` would give the server two hosts (thinktree's is "
             f"{request.host}); give it once, as thinktree serve --host HOST"
+        )
+    if _gives(request.extra_args, "--port", "--por"):
+        ours = request.port if request.port is not None else "a free one it picks"
+        raise ServerError(
+            f"--port after `--` would give the server two ports (thinktree's is {ours}); "
+            "give it once, as thinktree serve --port PORT"
         )
     if request.startup_timeout <= 0:
         raise ServerError(f"--startup-timeout must be positive, not {request.startup_timeout}")
