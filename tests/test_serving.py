@@ -128,6 +128,7 @@ def test_no_parser_when_asked_and_model_ids_pass_through(tmp_path: Path) -> None
         (["vllm", "--host", "no-such-host.invalid"], ["--host no-such-host.invalid is not"]),
         (["llamacpp", "--host", ""], ["--host '' is not an IP address"]),
         (["llamacpp", "--host", "203.0.113.7"], ["not an address of this machine"]),
+        (["vllm", "/m", "--host", "fe80::1%eth0"], ["zone id (%eth0)", "global address"]),
         (["vllm", "--host", "0.0.0.0", "--", "--host", "::"], ["two hosts", "0.0.0.0"]),
         (["vllm", "/m", "--", "--host=0.0.0.0"], ["two hosts", "127.0.0.1"]),
         (["llamacpp", "--", "--host", "0.0.0.0"], ["two hosts"]),
@@ -283,6 +284,11 @@ def test_hosts_and_the_urls_that_reach_them() -> None:
     assert launcher.remote_url("localhost", 8000) is None
     assert launcher.remote_url("10.1.2.3", 8000) == "http://10.1.2.3:8000/v1"
     assert launcher.remote_url("::", 8000) == f"http://{socket.gethostname()}:8000/v1"
+    assert launcher.remote_url("::1", 8000) is None
+    assert launcher.remote_url("fd00::2", 8000) == "http://[fd00::2]:8000/v1"
+    assert launcher.check_host("::1") == "::1"
+    with pytest.raises(ServerError, match=r"zone id \(%eth0\).*use a global address"):
+        launcher.check_host("fe80::1%eth0")
     with pytest.raises(ServerError, match="not an IP address"):
         launcher.check_host("no-such-host.invalid")
 
