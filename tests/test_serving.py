@@ -235,7 +235,7 @@ async def test_never_healthy_times_out_with_the_log_tail_and_no_orphans(tmp_path
 
 _STAND_IN = textwrap.dedent(
     """
-    import http.server, json, sys
+    import http.server, json, socket, sys
     host, port = sys.argv[1], int(sys.argv[2])
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -249,30 +249,48 @@ _STAND_IN = textwrap.dedent(
         def log_message(self, *args):
             pass
 
-    http.server.HTTPServer((host, port), Handler).serve_forever()
+    class Server(http.server.HTTPServer):  # IPv6 for an address with a colon, as vLLM does
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    Server((host, port), Handler).serve_forever()
     """
 )
 
 
 @pytest.mark.anyio
-async def test_a_server_on_every_interface_is_checked_on_loopback(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("every", "loopback"), [("0.0.0.0", "127.0.0.1"), ("::", "[::1]")])
+async def test_a_server_on_every_interface_is_checked_on_loopback(
+    tmp_path: Path, every: str, loopback: str
+) -> None:
+    if ":" in every and not _ipv6_loopback():
+        pytest.skip("this machine has no IPv6 loopback")
     spec = ServerSpec(
         engine="vLLM",
         model="m",
-        command=lambda port: [sys.executable, "-c", _STAND_IN, "0.0.0.0", str(port)],
+        command=lambda port: [sys.executable, "-c", _STAND_IN, every, str(port)],
         env=dict(os.environ),
         log_dir=tmp_path,
         log_stem="stand-in",
-        host="0.0.0.0",
+        host=every,
     )
     async with launcher.launch(spec, startup_timeout=30) as handle:
         port = int(handle.base_url.rsplit(":", 1)[1].removesuffix("/v1"))
-        assert handle.base_url == f"http://127.0.0.1:{port}/v1"
+        assert handle.base_url == f"http://{loopback}:{port}/v1"
         assert handle.remote_url == f"http://{socket.gethostname()}:{port}/v1"
-        with socket.socket() as probe:  # it took the port on every interface
+        family = socket.AF_INET6 if ":" in every else socket.AF_INET
+        with socket.socket(family) as probe:  # it took the port on every interface
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             with pytest.raises(OSError):
-                probe.bind(("0.0.0.0", port))
+                probe.bind((every, port))
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
 
 
 def test_hosts_and_the_urls_that_reach_them() -> None:
