@@ -193,6 +193,21 @@ def test_engine_not_installed_says_which_extra(monkeypatch: pytest.MonkeyPatch) 
         vllm_profile.launcher_command()
 
 
+def test_llamacpp_server_ignores_variables_that_would_move_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(28))
+    monkeypatch.setattr(llamacpp, "installed", lambda: True)
+    moving = {"HOST": "0.0.0.0", "PORT": "9000", "CONFIG_FILE": "s.json", "ssl_certfile": "c"}
+    for name, value in moving.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("THINKTREE_TEST_KEPT", "1")
+    env = llamacpp.spec(gguf, "m", tmp_path, host="127.0.0.1").env
+    assert not set(moving) & set(env)
+    assert env["THINKTREE_TEST_KEPT"] == "1"
+
+
 _NEVER_READY = textwrap.dedent(
     """
     import subprocess, sys, time
