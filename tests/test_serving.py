@@ -138,6 +138,12 @@ def test_no_parser_when_asked_and_model_ids_pass_through(tmp_path: Path) -> None
         (["vllm", "/m", "--port", "8123", "--", "--port=9000"], ["two ports", "8123"]),
         (["vllm", "/m", "--", "--seed", "3", "--por", "9000"], ["two ports"]),
         (["llamacpp", "--", "--port", "9000"], ["two ports"]),
+        (["vllm", "/m", "--", "--uds", "/tmp/s"], ["--uds after `--`", "Unix socket"]),
+        (["vllm", "/m", "--", "--ssl_certfile=c.pem"], ["--ssl-certfile", "HTTPS"]),
+        (["vllm", "/m", "--", "--ssl-keyfile", "k.pem"], ["--ssl-keyfile", "HTTPS"]),
+        (["vllm", "/m", "--", "--grpc"], ["--grpc", "gRPC", "leave it out"]),
+        (["vllm", "/m", "--", "--headless"], ["--headless", "no API server"]),
+        (["vllm", "/m", "--", "--served-model-name", "x"], ["--served-name NAME"]),
     ],
 )
 def test_serve_bad_input(args: list[str], needles: list[str]) -> None:
@@ -154,6 +160,9 @@ def test_engine_arguments_that_move_the_server_are_refused_before_anything_start
             _check(ServeRequest(engine="vllm", model=extra[0], extra_args=extra[1:]))
     # options that only share a beginning with --host or --port are the engine's to take
     _check(ServeRequest(engine="vllm", extra_args=("--pooler-config", "{}", "--hostname", "x")))
+    _check(ServeRequest(engine="vllm", extra_args=("--grpc-port", "50051", "--seed", "3")))
+    with pytest.raises(ServerError, match="Unix socket"):
+        _check(ServeRequest(engine="vllm", model="--uds", extra_args=("/tmp/s",)))
 
 
 def test_serve_folder_that_is_not_a_model(tmp_path: Path) -> None:

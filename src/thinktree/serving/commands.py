@@ -37,6 +37,17 @@ class ServeRequest:
             object.__setattr__(self, "model", None)
 
 
+# vLLM options that would have the server answer other than at the URL thinktree checks and
+# prints: the option, its shortest abbreviation, and what vLLM would do instead
+_ELSEWHERE = (
+    ("--uds", "--ud", "listen on a Unix socket"),
+    ("--ssl-certfile", "--ssl-certf", "serve HTTPS"),
+    ("--ssl-keyfile", "--ssl-k", "serve HTTPS"),
+    ("--grpc", "--grpc", "serve gRPC"),  # exact: --grpc-port keeps HTTP on --port
+    ("--headless", "--hea", "start no API server"),
+)
+
+
 def _gives(args: tuple[str, ...], option: str, shortest: str) -> bool:
     """Whether the engine arguments ``args`` give the engine option ``option``.
 
@@ -84,6 +95,18 @@ def _check(request: ServeRequest) -> None:
             raise ServerError("extra engine arguments are passed to vllm only")
     elif request.n_threads is not None:
         raise ServerError("--n-threads is a llamacpp option; vllm does not take it")
+    for option, shortest, instead in _ELSEWHERE:  # only vllm gets here with engine arguments
+        if _gives(request.extra_args, option, shortest):
+            raise ServerError(
+                f"{option} after `--` would have vLLM {instead} instead of the plain HTTP "
+                "API that thinktree checks and prints; leave it out"
+            )
+    if _gives(request.extra_args, "--served-model-name", "--ser"):
+        # thinktree waits for the model under its own name
+        raise ServerError(
+            "--served-model-name after `--` would give the model a name thinktree does not "
+            "wait for; give it as thinktree serve --served-name NAME"
+        )
     if request.port is not None:
         launcher.check_port_free(request.port, request.host)
     else:
