@@ -128,13 +128,41 @@ def test_no_parser_when_asked_and_model_ids_pass_through(tmp_path: Path) -> None
         (["vllm", "--host", "no-such-host.invalid"], ["--host no-such-host.invalid is not"]),
         (["llamacpp", "--host", ""], ["--host '' is not an IP address"]),
         (["llamacpp", "--host", "203.0.113.7"], ["not an address of this machine"]),
+        (["vllm", "/m", "--host", "fe80::1%eth0"], ["zone id (%eth0)", "global address"]),
         (["vllm", "--host", "0.0.0.0", "--", "--host", "::"], ["two hosts", "0.0.0.0"]),
         (["vllm", "/m", "--", "--host=0.0.0.0"], ["two hosts", "127.0.0.1"]),
         (["llamacpp", "--", "--host", "0.0.0.0"], ["two hosts"]),
+        (["vllm", "/m", "--", "--hos=0.0.0.0"], ["two hosts"]),  # argparse abbreviates
+        (["vllm", "/m", "--hos", "0.0.0.0"], ["two hosts"]),  # click passes it on
+        (["vllm", "/m", "--", "--port", "9000"], ["--port after `--`", "two ports", "free"]),
+        (["vllm", "/m", "--port", "8123", "--", "--port=9000"], ["two ports", "8123"]),
+        (["vllm", "/m", "--", "--seed", "3", "--por", "9000"], ["two ports"]),
+        (["llamacpp", "--", "--port", "9000"], ["two ports"]),
+        (["vllm", "/m", "--", "--uds", "/tmp/s"], ["--uds after `--`", "Unix socket"]),
+        (["vllm", "/m", "--", "--ssl_certfile=c.pem"], ["--ssl-certfile", "HTTPS"]),
+        (["vllm", "/m", "--", "--ssl-keyfile", "k.pem"], ["--ssl-keyfile", "HTTPS"]),
+        (["vllm", "/m", "--", "--grpc"], ["--grpc", "gRPC", "leave it out"]),
+        (["vllm", "/m", "--", "--headless"], ["--headless", "no API server"]),
+        (["vllm", "/m", "--", "--served-model-name", "x"], ["--served-name NAME"]),
     ],
 )
 def test_serve_bad_input(args: list[str], needles: list[str]) -> None:
     one_line_error(thinktree("serve", *args), *needles)
+
+
+def test_engine_arguments_that_move_the_server_are_refused_before_anything_starts() -> None:
+    # checked on the request itself: through the command line, a check that let these
+    # through would go on to start the embedded model
+    from thinktree.serving.commands import ServeRequest, _check
+
+    for extra in (("--port", "9000"), ("--port=9000",), ("--por", "9000")):
+        with pytest.raises(ServerError, match="two ports"):
+            _check(ServeRequest(engine="vllm", model=extra[0], extra_args=extra[1:]))
+    # options that only share a beginning with --host or --port are the engine's to take
+    _check(ServeRequest(engine="vllm", extra_args=("--pooler-config", "{}", "--hostname", "x")))
+    _check(ServeRequest(engine="vllm", extra_args=("--grpc-port", "50051", "--seed", "3")))
+    with pytest.raises(ServerError, match="Unix socket"):
+        _check(ServeRequest(engine="vllm", model="--uds", extra_args=("/tmp/s",)))
 
 
 def test_serve_folder_that_is_not_a_model(tmp_path: Path) -> None:
@@ -172,6 +200,21 @@ def test_engine_not_installed_says_which_extra(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(vllm_profile, "package_dir", lambda: None)
     with pytest.raises(ServerError, match="vLLM is not installed"):
         vllm_profile.launcher_command()
+
+
+def test_llamacpp_server_ignores_variables_that_would_move_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(28))
+    monkeypatch.setattr(llamacpp, "installed", lambda: True)
+    moving = {"HOST": "0.0.0.0", "PORT": "9000", "CONFIG_FILE": "s.json", "ssl_certfile": "c"}
+    for name, value in moving.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("THINKTREE_TEST_KEPT", "1")
+    env = llamacpp.spec(gguf, "m", tmp_path, host="127.0.0.1").env
+    assert not set(moving) & set(env)
+    assert env["THINKTREE_TEST_KEPT"] == "1"
 
 
 _NEVER_READY = textwrap.dedent(
@@ -216,7 +259,7 @@ async def test_never_healthy_times_out_with_the_log_tail_and_no_orphans(tmp_path
 
 _STAND_IN = textwrap.dedent(
     """
-    import http.server, json, sys
+    import http.server, json, socket, sys
     host, port = sys.argv[1], int(sys.argv[2])
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -230,30 +273,48 @@ _STAND_IN = textwrap.dedent(
         def log_message(self, *args):
             pass
 
-    http.server.HTTPServer((host, port), Handler).serve_forever()
+    class Server(http.server.HTTPServer):  # IPv6 for an address with a colon, as vLLM does
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    Server((host, port), Handler).serve_forever()
     """
 )
 
 
 @pytest.mark.anyio
-async def test_a_server_on_every_interface_is_checked_on_loopback(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("every", "loopback"), [("0.0.0.0", "127.0.0.1"), ("::", "[::1]")])
+async def test_a_server_on_every_interface_is_checked_on_loopback(
+    tmp_path: Path, every: str, loopback: str
+) -> None:
+    if ":" in every and not _ipv6_loopback():
+        pytest.skip("this machine has no IPv6 loopback")
     spec = ServerSpec(
         engine="vLLM",
         model="m",
-        command=lambda port: [sys.executable, "-c", _STAND_IN, "0.0.0.0", str(port)],
+        command=lambda port: [sys.executable, "-c", _STAND_IN, every, str(port)],
         env=dict(os.environ),
         log_dir=tmp_path,
         log_stem="stand-in",
-        host="0.0.0.0",
+        host=every,
     )
     async with launcher.launch(spec, startup_timeout=30) as handle:
         port = int(handle.base_url.rsplit(":", 1)[1].removesuffix("/v1"))
-        assert handle.base_url == f"http://127.0.0.1:{port}/v1"
+        assert handle.base_url == f"http://{loopback}:{port}/v1"
         assert handle.remote_url == f"http://{socket.gethostname()}:{port}/v1"
-        with socket.socket() as probe:  # it took the port on every interface
+        family = socket.AF_INET6 if ":" in every else socket.AF_INET
+        with socket.socket(family) as probe:  # it took the port on every interface
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             with pytest.raises(OSError):
-                probe.bind(("0.0.0.0", port))
+                probe.bind((every, port))
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
 
 
 def test_hosts_and_the_urls_that_reach_them() -> None:
@@ -265,6 +326,11 @@ def test_hosts_and_the_urls_that_reach_them() -> None:
     assert launcher.remote_url("localhost", 8000) is None
     assert launcher.remote_url("10.1.2.3", 8000) == "http://10.1.2.3:8000/v1"
     assert launcher.remote_url("::", 8000) == f"http://{socket.gethostname()}:8000/v1"
+    assert launcher.remote_url("::1", 8000) is None
+    assert launcher.remote_url("fd00::2", 8000) == "http://[fd00::2]:8000/v1"
+    assert launcher.check_host("::1") == "::1"
+    with pytest.raises(ServerError, match=r"zone id \(%eth0\).*use a global address"):
+        launcher.check_host("fe80::1%eth0")
     with pytest.raises(ServerError, match="not an IP address"):
         launcher.check_host("no-such-host.invalid")
 

@@ -914,7 +914,9 @@ def serve(
 ) -> None:
     """Serve a model on 127.0.0.1, or on --host, until Ctrl-C (runs reuse the embedded one).
 
-    Arguments after `--` go to vllm as they are (except --host: use thinktree's).
+    Arguments after `--` go to vllm as they are, except --host, --port and
+    --served-model-name (use thinktree's) and those that leave the plain HTTP API
+    thinktree checks (--uds, --ssl-certfile, --ssl-keyfile, --grpc, --headless).
     """
     configure()
     from thinktree.serving.commands import ServeRequest, serve_until_stopped

@@ -37,16 +37,47 @@ class ServeRequest:
             object.__setattr__(self, "model", None)
 
 
+# vLLM options that would have the server answer other than at the URL thinktree checks and
+# prints: the option, its shortest abbreviation, and what vLLM would do instead
+_ELSEWHERE = (
+    ("--uds", "--ud", "listen on a Unix socket"),
+    ("--ssl-certfile", "--ssl-certf", "serve HTTPS"),
+    ("--ssl-keyfile", "--ssl-k", "serve HTTPS"),
+    ("--grpc", "--grpc", "serve gRPC"),  # exact: --grpc-port keeps HTTP on --port
+    ("--headless", "--hea", "start no API server"),
+)
+
+
+def _gives(args: tuple[str, ...], option: str, shortest: str) -> bool:
+    """Whether the engine arguments ``args`` give the engine option ``option``.
+
+    The engines parse with argparse, which also takes ``--option=VALUE`` and abbreviations
+    down to ``shortest``, the shortest one vLLM's other options leave unambiguous (``--por``
+    for ``--port``); vLLM reads ``_`` in a name as ``-``.
+    """
+    for arg in args:
+        name = arg.split("=", 1)[0].replace("_", "-")
+        if name.startswith(shortest) and option.startswith(name):
+            return True
+    return False
+
+
 def _check(request: ServeRequest) -> None:
     if request.engine not in embedded.ENGINES:
         raise ServerError(
             f"unknown engine '{request.engine}'; choose one of: {', '.join(embedded.ENGINES)}"
         )
     launcher.check_host(request.host)
-    if any(arg == "--host" or arg.startswith("--host=") for arg in request.extra_args):
+    if _gives(request.extra_args, "--host", "--ho"):
         raise ServerError(
             f"--host after `--` would give the server two hosts (thinktree's is "
             f"{request.host}); give it once, as thinktree serve --host HOST"
+        )
+    if _gives(request.extra_args, "--port", "--por"):
+        ours = request.port if request.port is not None else "a free one it picks"
+        raise ServerError(
+            f"--port after `--` would give the server two ports (thinktree's is {ours}); "
+            "give it once, as thinktree serve --port PORT"
         )
     if request.startup_timeout <= 0:
         raise ServerError(f"--startup-timeout must be positive, not {request.startup_timeout}")
@@ -64,6 +95,18 @@ def _check(request: ServeRequest) -> None:
             raise ServerError("extra engine arguments are passed to vllm only")
     elif request.n_threads is not None:
         raise ServerError("--n-threads is a llamacpp option; vllm does not take it")
+    for option, shortest, instead in _ELSEWHERE:  # only vllm gets here with engine arguments
+        if _gives(request.extra_args, option, shortest):
+            raise ServerError(
+                f"{option} after `--` would have vLLM {instead} instead of the plain HTTP "
+                "API that thinktree checks and prints; leave it out"
+            )
+    if _gives(request.extra_args, "--served-model-name", "--ser"):
+        # thinktree waits for the model under its own name
+        raise ServerError(
+            "--served-model-name after `--` would give the model a name thinktree does not "
+            "wait for; give it as thinktree serve --served-name NAME"
+        )
     if request.port is not None:
         launcher.check_port_free(request.port, request.host)
     else:

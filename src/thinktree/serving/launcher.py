@@ -107,10 +107,19 @@ def check_host(host: str) -> str:
     if not host or host != host.strip():
         raise ServerError(f"--host {host!r} is not an IP address or a host name")
     try:
-        ipaddress.ip_address(host)
-        return host
+        address = ipaddress.ip_address(host)
     except ValueError:
         pass
+    else:
+        # A URL writes the zone as %25 (RFC 6874), which httpx passes to the resolver as
+        # is and cannot connect to; Python's two-part bind() also drops the zone.
+        if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
+            raise ServerError(
+                f"--host {host} has a zone id (%{address.scope_id}) that thinktree cannot "
+                "reach the server through; use a global address of this machine, or :: "
+                "for every interface"
+            )
+        return host
     try:
         socket.getaddrinfo(host, None, _family(host), socket.SOCK_STREAM)
     except (OSError, UnicodeError) as exc:

@@ -20,6 +20,12 @@ INSTALL_HINT = (
     "(bash scripts/install.sh does it)"
 )
 
+# llama_cpp.server lets HOST and PORT override its --host and --port, reads its whole
+# command line from CONFIG_FILE instead, and takes the settings it is not given (HTTPS
+# among them) from the environment. Each would have it answer elsewhere than the URL
+# thinktree checks and prints, and such generic names are most likely set for another use.
+_MOVING_ENV = frozenset({"HOST", "PORT", "CONFIG_FILE", "SSL_KEYFILE", "SSL_CERTFILE"})
+
 
 def installed() -> bool:
     """Whether llama-cpp-python and its server extra are importable (without importing)."""
@@ -89,7 +95,9 @@ def spec(
     if not installed():
         raise ServerError(f"llama-cpp-python is not installed; {INSTALL_HINT}")
     model = check_gguf(gguf)
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # pydantic-settings matches names in any case
+    env = {k: v for k, v in os.environ.items() if k.upper() not in _MOVING_ENV}
+    env["PYTHONUNBUFFERED"] = "1"
 
     def command(port: int) -> list[str]:
         args = server_args(model, served_name, port, n_threads=n_threads, n_ctx=n_ctx, host=host)
