@@ -247,6 +247,46 @@ async def test_lines_fit_beside_the_scrollbar(tmp_path: Path) -> None:
         assert lines[1].endswith("→ 122  …")  # branch 1's answer, whole; its count left out
 
 
+SHARED_START = "medqa-test-us-4-option-shared-by-every-problem-of-the-dataset"
+
+
+def pane_titles(app: ThinktreeApp) -> list[str]:
+    """The titles on the panes' top borders as drawn, but the problem list's."""
+    return re.findall(r"╭─ (\S+) ─", screen_text(app))
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40), (60, 20)])
+async def test_pane_titles_cut_ids_in_their_middle(tmp_path: Path, size: tuple[int, int]) -> None:
+    """Ids of one dataset share their start: a tree's or a problem's title too long for
+    its border is cut in the middle, as the rows cut ids, so two problems' titles differ."""
+    events = [
+        dataclasses.replace(e, problem_id=f"{SHARED_START}-{e.problem_id}")
+        if isinstance(e, ProblemStarted | ProblemFinished)
+        else e
+        for e in synthetic_run(2, 1)
+    ]
+    app = ThinktreeApp(ReplaySource(write_trace(events, tmp_path / "t.jsonl")), refresh_hz=0.001)
+    async with app.run_test(size=size) as pilot:
+        await settle(app, pilot)
+        narrow = size[0] < 80
+        seen = []
+        for pid in app.problem_list.rows:
+            if narrow:
+                await pilot.press("enter")  # to the tree, the only pane shown, full width
+            await pilot.pause()
+            titles = pane_titles(app)
+            assert len(titles) == (1 if narrow else 2)  # the tree's, the problem node's
+            for title in titles:
+                assert len(title) < len(pid) and title.startswith("medqa-") and "…" in title
+                assert title.endswith(pid[-3:])  # "-p1", "-p2": where the ids differ
+            seen.append(titles[0])
+            if narrow:
+                await pilot.press("escape")
+            await pilot.press("j")
+            await pilot.pause(KEYS_SETTLE_S * 2)
+        assert len(set(seen)) == 2
+
+
 async def test_the_winner_is_marked_after_the_vote(tmp_path: Path) -> None:
     app = replay(tmp_path, 2, 3)
     async with app.run_test(size=SIZE) as pilot:

@@ -45,11 +45,7 @@ class Piece:
             return self.text
         if self.least == 0 or cells < self.least:
             return None
-        if self.middle and cells >= 3:
-            return _middle_cut(self.text, cells)
-        cut = Text(self.text)
-        cut.truncate(cells, overflow="ellipsis")
-        return cut.plain
+        return middle_cut(self.text, cells) if self.middle else _end_cut(self.text, cells)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,9 +153,22 @@ class RowBuilder:
         return Row(tuple(self.pieces), tuple((i, c) for i, c in cuts if i is not None))
 
 
-def _middle_cut(text: str, cells: int) -> str:
-    """``text`` in ``cells`` cells (at least 3): its start, "…", and its end (the larger
-    half: where ids differ)."""
+def _end_cut(text: str, cells: int) -> str:
+    """``text`` in at most ``cells`` cells: whole, or its start and "…"."""
+    if cell_len(text) <= cells:
+        return text
+    cut = Text(text)
+    cut.truncate(max(cells, 0), overflow="ellipsis")
+    return cut.plain
+
+
+def middle_cut(text: str, cells: int) -> str:
+    """``text`` in at most ``cells`` cells: whole, or its start, "…", and its end (the
+    larger half: ids of one dataset share their start and differ at the end)."""
+    if cell_len(text) <= cells:
+        return text
+    if cells < 3:  # no room for both ends
+        return _end_cut(text, cells)
     room = cells - cell_len(ELLIPSIS)
     tail_room = room - room // 2
     head, used = [], 0
