@@ -210,8 +210,8 @@ async def test_lines_too_long_keep_their_answer_and_cut_their_label(
             assert "✓" in line and "→ 1234567" in line  # the status and the answer
             assert LONG_ANSWER in line or line.endswith("…")
         root = lines[0]
-        # its id is cut; its token count and vote, left out, leave a "…"
-        assert root.endswith(f"  → {LONG_ANSWER} ✓  …") and "…" in root.split("→")[0]
+        # its id is cut (its token count and vote left out, with no room for their "…")
+        assert root.endswith(f"  → {LONG_ANSWER} ✓") and "…" in root.split("→")[0]
         if size[0] >= 100:  # room for the labels, not for the token counts
             assert lines[1].endswith(f"├── ▼ ✓ ★ branch 1  → {LONG_ANSWER}  …")
 
@@ -244,7 +244,10 @@ async def test_lines_fit_beside_the_scrollbar(tmp_path: Path) -> None:
         assert room < tree.size.width  # the scrollbar is shown
         lines = [line for line in pane_lines(tree) if line]
         assert lines and all(len(line) <= room for line in lines)
-        assert lines[1].endswith("→ 122  …")  # branch 1's answer, whole; its count left out
+        # branch 1's answer, whole; its count left out, and no room for the "…" beside a
+        # label that is cut already; where there is room, the "…" stands for the count
+        assert lines[1] == "├── ▼ ✓ ★ branc…  → 122"
+        assert "│   ├── ✓ thinking  …" in lines
 
 
 SHARED_START = "medqa-test-us-4-option-shared-by-every-problem-of-the-dataset"

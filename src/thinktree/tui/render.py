@@ -190,12 +190,12 @@ def node_row(problem: ProblemTree, node: Node, tokens: int, winners: set[str]) -
     return row.row(
         (count, 0),
         (error, 16),
+        (DROP_MARKS, 0),  # the label is worth more than the mark of what went
         (label, 6),
         (scored, 0),
         (capped, 0),
         (error, 0),
         (label, 1),
-        (DROP_MARKS, 0),
         (answer, 1),
     )
 
@@ -230,10 +230,10 @@ def _problem_line(problem: ProblemTree, node: Node, tokens: int) -> Row:
         (votes, 0),
         (question, 0),
         (error, 16),
+        (DROP_MARKS, 0),  # the id is worth more than the mark of what went
         (pid, 8),
         (error, 0),
         (pid, 1),
-        (DROP_MARKS, 0),
         (answer, 1),
     )
 
