@@ -210,9 +210,10 @@ async def test_lines_too_long_keep_their_answer_and_cut_their_label(
             assert "✓" in line and "→ 1234567" in line  # the status and the answer
             assert LONG_ANSWER in line or line.endswith("…")
         root = lines[0]
-        assert root.endswith(f"  → {LONG_ANSWER} ✓") and "…" in root  # its id is cut
-        if size[0] >= 100:  # room for the labels whole, not for the token counts
-            assert lines[2].endswith(f"└── ✓ ★ thinking  → {LONG_ANSWER}")
+        # its id is cut (its token count and vote left out, with no room for their "…")
+        assert root.endswith(f"  → {LONG_ANSWER} ✓") and "…" in root.split("→")[0]
+        if size[0] >= 100:  # room for the labels, not for the token counts
+            assert lines[1].endswith(f"├── ▼ ✓ ★ branch 1  → {LONG_ANSWER}  …")
 
 
 async def test_lines_fit_beside_the_scrollbar(tmp_path: Path) -> None:
@@ -243,7 +244,50 @@ async def test_lines_fit_beside_the_scrollbar(tmp_path: Path) -> None:
         assert room < tree.size.width  # the scrollbar is shown
         lines = [line for line in pane_lines(tree) if line]
         assert lines and all(len(line) <= room for line in lines)
-        assert lines[1].endswith("→ 122")  # branch 1's answer, whole
+        # branch 1's answer, whole; its count left out, and no room for the "…" beside a
+        # label that is cut already; where there is room, the "…" stands for the count
+        assert lines[1] == "├── ▼ ✓ ★ branc…  → 122"
+        assert "│   ├── ✓ thinking  …" in lines
+
+
+SHARED_START = "medqa-test-us-4-option-shared-by-every-problem-of-the-dataset"
+
+
+def pane_titles(app: ThinktreeApp) -> list[str]:
+    """The titles on the panes' top borders as drawn, but the problem list's."""
+    return re.findall(r"╭─ (\S+) ─", screen_text(app))
+
+
+@pytest.mark.parametrize("size", [(80, 24), (120, 40), (60, 20)])
+async def test_pane_titles_cut_ids_in_their_middle(tmp_path: Path, size: tuple[int, int]) -> None:
+    """Ids of one dataset share their start: a tree's or a problem's title too long for
+    its border is cut in the middle, as the rows cut ids, so two problems' titles differ."""
+    events = [
+        dataclasses.replace(e, problem_id=f"{SHARED_START}-{e.problem_id}")
+        if isinstance(e, ProblemStarted | ProblemFinished)
+        else e
+        for e in synthetic_run(2, 1)
+    ]
+    app = ThinktreeApp(ReplaySource(write_trace(events, tmp_path / "t.jsonl")), refresh_hz=0.001)
+    async with app.run_test(size=size) as pilot:
+        await settle(app, pilot)
+        narrow = size[0] < 80
+        seen = []
+        for pid in app.problem_list.rows:
+            if narrow:
+                await pilot.press("enter")  # to the tree, the only pane shown, full width
+            await pilot.pause()
+            titles = pane_titles(app)
+            assert len(titles) == (1 if narrow else 2)  # the tree's, the problem node's
+            for title in titles:
+                assert len(title) < len(pid) and title.startswith("medqa-") and "…" in title
+                assert title.endswith(pid[-3:])  # "-p1", "-p2": where the ids differ
+            seen.append(titles[0])
+            if narrow:
+                await pilot.press("escape")
+            await pilot.press("j")
+            await pilot.pause(KEYS_SETTLE_S * 2)
+        assert len(set(seen)) == 2
 
 
 async def test_the_winner_is_marked_after_the_vote(tmp_path: Path) -> None:

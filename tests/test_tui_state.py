@@ -210,21 +210,45 @@ def test_a_choice_problems_detail_shows_its_options() -> None:
 
 
 def test_a_row_too_wide_gives_way_in_its_order_and_takes_back_what_it_can() -> None:
-    from thinktree.tui.rows import RowBuilder
+    from thinktree.tui.rows import DROP_MARKS, RowBuilder
 
     row = RowBuilder()
     row.add("✓ ")
     label = row.add("abcdefghij")
     count = row.add("123 tok", lead="  ", least=0)  # whole or not at all
     answer = row.add("日本語の答え", lead="  → ")  # wide characters: 12 cells
-    fitted = row.row((count, 0), (label, 6), (label, 1), (answer, 1))
+    fitted = row.row((count, 0), (label, 6), (label, 1), (DROP_MARKS, 0), (answer, 1))
     assert fitted.fit().plain == fitted.plain == "✓ abcdefghij  123 tok  → 日本語の答え"
-    # the count goes whole, and the label cut first takes back the room it left
-    assert fitted.fit(30).plain == "✓ abcdefghij  → 日本語の答え"
-    assert fitted.fit(25).plain == "✓ abcdef…  → 日本語の答え"
+    # the count goes whole, a "…" in its place
+    assert fitted.fit(35).plain == "✓ abcdefghij  …  → 日本語の答え"
+    assert fitted.fit(25).plain == "✓ abc…  …  → 日本語の答え"
+    assert fitted.fit(22).plain == "✓ …  …  → 日本語の答え"
+    # the mark goes before the answer is cut, and the label takes back the room it left
+    assert fitted.fit(21).plain == "✓ ab…  → 日本語の答え"
     assert fitted.fit(19).plain == "✓ …  → 日本語の答え"
     for width in range(1, 40):
         assert fitted.fit(width).cell_len <= width
+
+
+def test_pieces_left_out_leave_one_mark_where_they_were() -> None:
+    """A count or a vote left out of a narrow row shows "…" in its place, as a cut label
+    does; a run of them shows one."""
+    from thinktree.tui.rows import DROP_MARKS, RowBuilder
+
+    row = RowBuilder()
+    row.add("✓ p1")
+    answer = row.add("42", lead="  → ")
+    count = row.add("1,234 tok", "dim", lead="  ", least=0)
+    votes = row.add("majority 3/4", lead="  ", least=0)
+    capped = row.add("capped", lead="  ", least=0)
+    fitted = row.row((count, 0), (votes, 0), (capped, 0), (DROP_MARKS, 0), (answer, 1))
+    assert fitted.fit(43).plain == "✓ p1  → 42  1,234 tok  majority 3/4  capped"
+    assert fitted.fit(40).plain == "✓ p1  → 42  …  majority 3/4  capped"
+    shown = fitted.fit(20)
+    assert shown.plain == "✓ p1  → 42  …"  # three left out, one mark
+    assert [shown.plain[s.start : s.end] for s in shown.spans] == ["  …"]  # in the count's dim
+    assert fitted.fit(12).plain == "✓ p1  → 42"  # no room for the mark: the answer stays
+    assert fitted.fit(9).plain == "✓ p1  → …"
 
 
 def test_tree_lines_cut_to_a_pane_keep_their_status_and_answer() -> None:
@@ -240,7 +264,8 @@ def test_tree_lines_cut_to_a_pane_keep_their_status_and_answer() -> None:
             assert line[0] == whole[0]  # the status mark
             if node.answer is not None or node is problem.root:
                 assert answer in line
-            assert line == whole or "…" in line or "tok" in whole  # cut, or a count left out
+            # whatever gives way leaves a "…", where there is room for one beside the answer
+            assert line == whole or "…" in line or len(line) + 3 > width
     root = problem.root
     line = node_label(problem, root, tokens["p1"], winners, 30).plain
     assert line.startswith("✓ p1  → ") and line.endswith("…")  # the question is cut

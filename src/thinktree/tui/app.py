@@ -145,8 +145,8 @@ class ThinktreeApp(App[None]):
 
     def on_mount(self) -> None:
         self.problem_list.border_title = "problems"
-        self.problem_tree.border_title = "tree"
-        self.detail.border_title = "node"
+        self.problem_tree.set_title("tree")
+        self.detail.set_title("node")
         self._layout()
         self.problem_list.focus()
         self._pump()
@@ -307,7 +307,7 @@ class ThinktreeApp(App[None]):
         self.selected_problem = problem_id
         problem = self._problem()
         self.problem_tree.show(problem)
-        self.problem_tree.border_title = Text(one_line(problem_id or "tree", 40))  # not markup
+        self.problem_tree.set_title(problem_id or "tree", is_id=problem_id is not None)
         if problem is None:
             self.detail_node = None
         else:
@@ -321,11 +321,12 @@ class ThinktreeApp(App[None]):
         if problem is not None and self.detail_node is not None:
             node = problem.nodes.get(self.detail_node)
         if problem is None or node is None:
-            self.detail.border_title = "node"
+            self.detail.set_title("node")
             self.detail.show(None, Text("select a node", style="dim"), Text(""))
             return
         meta, body = render.node_detail(problem, node)
-        self.detail.border_title = Text(one_line(node.label, 40))
+        # the problem's own node is labelled with its id
+        self.detail.set_title(node.label, is_id=node.kind is NodeKind.PROBLEM)
         # following the newest node, its text is read as it arrives: open it at its end
         streaming = (
             node.status is NodeStatus.RUNNING

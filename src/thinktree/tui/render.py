@@ -12,7 +12,7 @@ from rich.text import Text
 
 from thinktree.orchestrator.events import NodeKind, NodeStatus
 from thinktree.orchestrator.tree import Node, ProblemTree
-from thinktree.tui.rows import Row, RowBuilder
+from thinktree.tui.rows import DROP_MARKS, Row, RowBuilder
 from thinktree.tui.sanitize import clean, one_line
 from thinktree.tui.state import Outcome, RunView, outcome
 
@@ -148,7 +148,8 @@ def node_label(
 
 def node_row(problem: ProblemTree, node: Node, tokens: int, winners: set[str]) -> Row:
     """A tree line in pieces. Cut to a narrow pane, the status mark and the answer stay;
-    token counts go first, then the label is cut (to "…" at worst)."""
+    token counts go first (a "…" stands where they were), then the label is cut (to "…"
+    at worst)."""
     if node.kind is NodeKind.PROBLEM:
         return _problem_line(problem, node, tokens)
     mark, style = STATUS_MARKS[node.status]
@@ -189,6 +190,7 @@ def node_row(problem: ProblemTree, node: Node, tokens: int, winners: set[str]) -
     return row.row(
         (count, 0),
         (error, 16),
+        (DROP_MARKS, 0),  # the label is worth more than the mark of what went
         (label, 6),
         (scored, 0),
         (capped, 0),
@@ -228,6 +230,7 @@ def _problem_line(problem: ProblemTree, node: Node, tokens: int) -> Row:
         (votes, 0),
         (question, 0),
         (error, 16),
+        (DROP_MARKS, 0),  # the id is worth more than the mark of what went
         (pid, 8),
         (error, 0),
         (pid, 1),

@@ -11,9 +11,10 @@ from textual.containers import VerticalScroll
 from textual.widgets import Static
 
 from thinktree.tui.messages import UserNavigated
+from thinktree.tui.widgets.titled import TitledPane
 
 
-class DetailPane(VerticalScroll):
+class DetailPane(VerticalScroll, TitledPane):
     """Scrollable meta + body; keeps to the bottom while a node streams, if it was there."""
 
     BINDINGS: ClassVar[list[BindingType]] = [

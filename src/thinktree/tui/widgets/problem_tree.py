@@ -21,12 +21,13 @@ from thinktree.orchestrator.tree import ProblemTree
 from thinktree.tui.messages import UserNavigated
 from thinktree.tui.render import node_row, subtree_tokens, winner_path
 from thinktree.tui.rows import Row
+from thinktree.tui.widgets.titled import TitledPane
 
 EMPTY = Text("no problem selected", style="dim")
 _TOGGLE = Style.from_meta({"toggle": True})  # as Tree marks its expand arrow (clickable)
 
 
-class ProblemTreeView(Tree[str]):
+class ProblemTreeView(Tree[str], TitledPane):
     """A Textual Tree whose nodes carry the run's node ids as data."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
