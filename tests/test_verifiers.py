@@ -418,3 +418,83 @@ async def test_judge_calls_count_under_the_run_limits(
     verdicts = [n for t in again.trees for n in t.of_kind(NodeKind.VERDICT)]
     assert len(verdicts) == 6 and all(n.status is NodeStatus.DONE for n in verdicts)
     assert again.metrics.verifier is not None and again.metrics.verifier.completion_tokens == 24
+
+
+FOUR = PROBLEM.model_copy(update={"options": {"A": "alpha", "B": "beta", "C": "gamma", "D": "d"}})
+SAMPLES = ["Surely A. Answer: A", "Surely B. Answer: B", "Maybe C. Answer: C", "Maybe D. Answer: D"]
+
+
+def _preferring(order: str, samples: int, second: str = "2") -> Any:
+    """Solver replies A, B, C… by choice index; the judge prefers answers in ``order``,
+    saying "1" or ``second``."""
+
+    def reply(body: dict[str, Any], index: int) -> str:
+        messages = body.get("messages") or []
+        if messages and messages[0].get("content") == JUDGE_SYSTEM:
+            one, two = (
+                part.split("Final answer: ")[-1][:1]
+                for part in messages[-1]["content"].split("Response 2:")
+            )
+            return "1" if order.index(one) < order.index(two) else second
+        return SAMPLES[index % samples]
+
+    return reply
+
+
+def _judge_usage(server: FakeServer) -> tuple[int, int]:
+    """The prompt and completion tokens the fake server counted for the judge's calls."""
+    prompt = completion = 0
+    reply = server.behaviour.reply
+    assert callable(reply)
+    for body in server.bodies:
+        messages = body.get("messages") or []
+        if messages and messages[0].get("content") == JUDGE_SYSTEM:
+            prompt += sum(len(str(m["content"]).split()) + 4 for m in messages) + 3
+            completion += min(len(reply(body, 0).split()), body["max_tokens"])
+    return prompt, completion
+
+
+@pytest.mark.anyio
+async def test_a_failed_pairwise_match_still_counts_what_the_judge_spent(tmp_path: Path) -> None:
+    """Round 1 (A vs B) is judged; the final's choice is unreadable, which fails every
+    verdict, but the verdicts still carry every token the judge spent, as the limits count them."""
+
+    def reply(body: dict[str, Any], index: int) -> str:
+        messages = body.get("messages") or []
+        if messages and messages[0].get("content") == JUDGE_SYSTEM:
+            if "Final answer: C" in messages[-1]["content"]:
+                return "neither"
+            return _preferring("BCDA", 3)(body, index)
+        return SAMPLES[index % 3]
+
+    async with FakeServer(FakeBehaviour(reply=reply), record_bodies=True) as server:
+        endpoint = EndpointConfig(name="fake", base_url=server.base_url, model="fake-model")
+        settings = RunSettings(
+            modes=ModeSettings(mode="parallel", n=3, budget=4),
+            verifiers=("pairwise:score=rating",),
+            out=tmp_path / "run",
+        )
+        result = await execute([FOUR], endpoint, settings)
+    verdicts = result.trees[0].of_kind(NodeKind.VERDICT)
+    assert all("the judge's choice is unreadable: 'neither'" in str(v.error) for v in verdicts)
+    m = result.metrics.verifier
+    assert m is not None and m.failed_verdicts == 3
+    assert (m.prompt_tokens, m.completion_tokens) == _judge_usage(server)
+
+
+@pytest.mark.anyio
+async def test_pairwise_verdicts_count_every_token_the_judge_spent(tmp_path: Path) -> None:
+    """A match's tokens are split between its two groups with none lost to rounding: here
+    each match spends 3 completion tokens ("1", and "pick 2" swapped)."""
+    behaviour = FakeBehaviour(reply=_preferring("BCDA", 3, second="pick 2"))
+    async with FakeServer(behaviour, record_bodies=True) as server:
+        endpoint = EndpointConfig(name="fake", base_url=server.base_url, model="fake-model")
+        settings = RunSettings(
+            modes=ModeSettings(mode="parallel", n=3, budget=4),
+            verifiers=("pairwise:score=rating",),
+            out=tmp_path / "run",
+        )
+        result = await execute([FOUR], endpoint, settings)
+    assert result.trees[0].answer == "B"
+    m = result.metrics.verifier
+    assert m is not None and (m.prompt_tokens, m.completion_tokens) == _judge_usage(server)

@@ -52,8 +52,21 @@ class _Group:
     notes: list[str] = field(default_factory=list)
 
 
+def _share(a: _Group, b: _Group, prompt_tokens: int, completion_tokens: int) -> None:
+    """Split a call's tokens between the two groups of its match, none lost to rounding."""
+    a.prompt_tokens += prompt_tokens - prompt_tokens // 2
+    b.prompt_tokens += prompt_tokens // 2
+    a.completion_tokens += completion_tokens - completion_tokens // 2
+    b.completion_tokens += completion_tokens // 2
+
+
 class MatchFailed(Exception):
-    """A match could not be judged (the reason is the message)."""
+    """A match could not be judged (the reason is the message); what its call spent."""
+
+    def __init__(self, reason: str, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
+        super().__init__(reason)
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = completion_tokens
 
 
 class PairwiseJudge:
@@ -88,7 +101,7 @@ class PairwiseJudge:
         except* (MatchFailed, EndpointError, RunLimitReached) as failed:
             failure = "; ".join(str(e) or type(e).__name__ for e in failed.exceptions)
         if failure is not None:
-            return [Verdict.failed(f"a pairwise match failed: {failure}")] * len(candidates)
+            return self._failed(candidates, groups, f"a pairwise match failed: {failure}")
         verdicts: list[Verdict] = [Verdict(score=None)] * len(candidates)
         for group in groups.values():
             reached = rounds + 1 if group.eliminated_in is None else group.eliminated_in
@@ -105,6 +118,21 @@ class PairwiseJudge:
                 else:
                     note = f"scored as its answer's representative, {candidates[group.rep].node_id}"
                     verdicts[i] = Verdict(score=score, rationale=note)
+        return verdicts
+
+    def _failed(
+        self, candidates: Sequence[CandidateView], groups: dict[str, _Group], reason: str
+    ) -> list[Verdict]:
+        """Every verdict failed with ``reason``; each representative's still counts what
+        its group's matches spent."""
+        verdicts = [Verdict.failed(reason)] * len(candidates)
+        for group in groups.values():
+            verdicts[group.rep] = Verdict.failed(
+                reason,
+                prompt_tokens=group.prompt_tokens,
+                completion_tokens=group.completion_tokens,
+                cost_usd=self.judge.cost(group.prompt_tokens, group.completion_tokens),
+            )
         return verdicts
 
     async def _tournament(
@@ -147,18 +175,25 @@ class PairwiseJudge:
         b: _Group,
         round_: int,
     ) -> _Group:
-        """Judge ``a`` against ``b`` in both orders; the winner (ties to ``a``)."""
-        first = await self._prefer_first(client, caps, use_logprobs, problem, candidates, a, b)
-        second = await self._prefer_first(client, caps, use_logprobs, problem, candidates, b, a)
-        p_a = (first[0] + (1.0 - second[0])) / 2
-        spent_p, spent_c = first[1] + second[1], first[2] + second[2]
-        for g in (a, b):
-            g.prompt_tokens += spent_p // 2
-            g.completion_tokens += spent_c // 2
+        """Judge ``a`` against ``b`` in both orders; the winner (ties to ``a``). What each
+        call spent counts on the two groups as it comes back, also where the match fails."""
+        preferred: list[float] = []
+        for one, two in ((a, b), (b, a)):
+            try:
+                p, spent_p, spent_c = await self._prefer_first(
+                    client, caps, use_logprobs, problem, candidates, one, two
+                )
+            except MatchFailed as exc:
+                _share(a, b, exc.prompt_tokens, exc.completion_tokens)
+                raise
+            _share(a, b, spent_p, spent_c)
+            preferred.append(p)
+        first, second = preferred
+        p_a = (first + (1.0 - second)) / 2
         winner = a if p_a >= 0.5 else b
         line = (
             f"round {round_}: {a.answer} vs {b.answer}: P({a.answer} better) = {p_a:.2f} "
-            f"(first {first[0]:.2f}, swapped {1 - second[0]:.2f}) → {winner.answer}"
+            f"(first {first:.2f}, swapped {1 - second:.2f}) → {winner.answer}"
         )
         a.notes.append(line)
         b.notes.append(line)
@@ -184,13 +219,19 @@ class PairwiseJudge:
                 client, messages, fields, ("1", "2"), key=key
             )
             if not probs:
-                raise MatchFailed("the judge put neither 1 nor 2 among its top tokens")
+                raise MatchFailed(
+                    "the judge put neither 1 nor 2 among its top tokens", prompt, completion
+                )
             return probs["1"], prompt, completion
         result = await client.chat(messages, max_tokens=8, temperature=0.0, extra=fields, key=key)
         text = read_choice(result.choices[0].text if result.choices else "", fields)
         said = _CHOICE.findall(text)
         if not said:
-            raise MatchFailed(f"the judge's choice is unreadable: {text[:40]!r}")
+            raise MatchFailed(
+                f"the judge's choice is unreadable: {text[:40]!r}",
+                result.prompt_tokens,
+                result.completion_tokens,
+            )
         return (1.0 if said[-1] == "1" else 0.0), result.prompt_tokens, result.completion_tokens
 
 
