@@ -455,6 +455,82 @@ def _judge_usage(server: FakeServer) -> tuple[int, int]:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("samples", "limits", "limit"),
+    [
+        (3, {"max_run_tokens": 14}, "token limit of 14"),
+        (3, {"max_cost": 0.014}, "money limit of $0.0140"),
+        (4, {"max_run_tokens": 19}, "token limit of 19"),
+    ],
+)
+async def test_a_limit_refusing_a_pairwise_match_keeps_the_matches_judged(
+    tmp_path: Path, samples: int, limits: dict[str, Any], limit: str
+) -> None:
+    """Samples A, B, C(, D) of 4 tokens each use 12 (16) of the limit's tokens or
+    thousandths of a dollar (a token costs $0.001), which leaves the judge (one token a
+    call, P("1") from logprobs) two (three).
+
+    Three answers: round 1 (A vs B, B wins; C has a bye) is judged, the final is refused.
+    Four: both round-1 matches start at once; one is judged, the other's swapped call is
+    refused. The match judged keeps its verdict; the refused one says why; a group scores
+    the round its judged wins took it to, so the winner B, never the loser A, is picked
+    (a failed verdict for B would rank it below A). The problem reads stopped, and the
+    verdicts count every token the judge spent."""
+    prices = {"fake-model": Price(prompt_per_m=0.0, completion_per_m=1000.0)}
+    behaviour = FakeBehaviour(reply=_preferring("BCDA", samples))
+    async with FakeServer(behaviour, record_bodies=True) as server:
+        endpoint = EndpointConfig(name="fake", base_url=server.base_url, model="fake-model")
+        settings = RunSettings(
+            modes=ModeSettings(mode="parallel", n=samples, budget=4),
+            verifiers=("pairwise:score=yes-prob",),
+            out=tmp_path / "run",
+            prices=prices,
+            **limits,
+        )
+        result = await execute([FOUR], endpoint, settings)
+    tree = result.trees[0]
+    assert tree.stopped is not None and tree.stopped.startswith(f"run stopped: its {limit}")
+    assert result.stopped_by == tree.stopped
+    verdicts = {v.parent_id: v for v in tree.of_kind(NodeKind.VERDICT)}
+    assert all(v.status is NodeStatus.DONE for v in verdicts.values())
+    a, b = verdicts["q1/b1/think"], verdicts["q1/b2/think"]
+    assert "round 1: A vs B: P(A better) = 0.00" in a.text and a.score == 0.0
+    assert b.score == 0.5 and "not decided: a run limit stopped the tournament" in b.text
+    refused = "round 2: B vs C" if samples == 3 else "round 1: C vs D"
+    assert f"{refused}: not judged: run stopped: its {limit} is reached" in b.text + str(
+        verdicts["q1/b3/think"].text
+    )
+    assert verdicts["q1/b3/think"].score == (0.5 if samples == 3 else 0.0)  # a bye in round 1
+    assert tree.answer == "B" and tree.vote is not None and tree.vote.rule == "verifier-weighted"
+    m = result.metrics.verifier
+    assert m is not None and (m.prompt_tokens, m.completion_tokens) == _judge_usage(server)
+    assert m.failed_verdicts == 0
+
+
+@pytest.mark.anyio
+async def test_a_limit_refusing_every_pairwise_match_fails_the_verdicts(tmp_path: Path) -> None:
+    """The samples spend the whole limit: no match is judged, so nothing was decided; the
+    verdicts fail with the limit's reason and the plain vote decides."""
+    behaviour = FakeBehaviour(reply=_preferring("BCDA", 3))
+    async with FakeServer(behaviour) as server:
+        endpoint = EndpointConfig(name="fake", base_url=server.base_url, model="fake-model")
+        settings = RunSettings(
+            modes=ModeSettings(mode="parallel", n=3, budget=4),
+            verifiers=("pairwise:score=yes-prob",),
+            out=tmp_path / "run",
+            max_run_tokens=12,
+        )
+        result = await execute([FOUR], endpoint, settings)
+    tree = result.trees[0]
+    assert tree.stopped is not None and tree.stopped.startswith("run stopped: its token limit")
+    verdicts = tree.of_kind(NodeKind.VERDICT)
+    assert [v.status for v in verdicts] == [NodeStatus.FAILED] * 3
+    why = "no pairwise match was judged: run stopped: its token limit of 12 is reached"
+    assert all(why in str(v.error) for v in verdicts)
+    assert tree.vote is not None and tree.vote.rule == "majority" and tree.answer == "A"
+
+
+@pytest.mark.anyio
 async def test_a_failed_pairwise_match_still_counts_what_the_judge_spent(tmp_path: Path) -> None:
     """Round 1 (A vs B) is judged; the final's choice is unreadable, which fails every
     verdict, but the verdicts still carry every token the judge spent, as the limits count them."""
