@@ -574,3 +574,65 @@ async def test_pairwise_verdicts_count_every_token_the_judge_spent(tmp_path: Pat
     assert result.trees[0].answer == "B"
     m = result.metrics.verifier
     assert m is not None and (m.prompt_tokens, m.completion_tokens) == _judge_usage(server)
+
+
+@pytest.mark.anyio
+async def test_a_judge_on_its_own_endpoint_is_probed_before_the_run_starts(tmp_path: Path) -> None:
+    """The judge's endpoint is probed when the run's is, before the run and its limits
+    start: the probe's few requests count under no limit, for the judge as for the run's
+    own endpoint, and none goes out once a limit is reached. Here the samples spend the
+    whole token limit, so every judge call is refused; the judge's endpoint heard only the
+    probe, before the first sample was asked for."""
+    seen: list[str] = []
+
+    def solver(body: dict[str, Any], index: int) -> str:
+        if "Which one?" in json.dumps(body.get("messages")):
+            seen.append("sample")
+        return SAMPLES[index % 3]
+
+    def judge(body: dict[str, Any], index: int) -> str:
+        messages = body.get("messages") or []
+        judging = bool(messages) and messages[0].get("content") == JUDGE_SYSTEM
+        seen.append("judged" if judging else "judge probed")
+        return "9"
+
+    async with (
+        FakeServer(FakeBehaviour(reply=solver)) as server,
+        FakeServer(FakeBehaviour(reply=judge, model="judge-model")) as judge_server,
+    ):
+        endpoint = EndpointConfig(name="fake", base_url=server.base_url, model="fake-model")
+        settings = RunSettings(
+            modes=ModeSettings(mode="parallel", n=3, budget=4),
+            verifiers=("judge:grader,score=rating",),
+            out=tmp_path / "run",
+            max_run_tokens=12,
+            config={"endpoints": {"grader": {"base_url": judge_server.base_url}}},
+        )
+        result = await execute([FOUR], endpoint, settings)
+    assert "judge probed" in seen and "judged" not in seen
+    assert seen.index("sample") > max(i for i, s in enumerate(seen) if s == "judge probed")
+    verdicts = result.trees[0].of_kind(NodeKind.VERDICT)
+    assert all("token limit of 12 is reached" in str(v.error) for v in verdicts)
+    assert result.stopped_by is not None
+
+
+@pytest.mark.anyio
+async def test_a_judge_endpoint_that_cannot_be_probed_is_one_line_before_the_folder(
+    tmp_path: Path,
+) -> None:
+    """As the run's own endpoint: not a run whose every verdict fails."""
+    async with (
+        FakeServer(FakeBehaviour(reply=_judging({}))) as server,
+        FakeServer(FakeBehaviour(model="judge-model")) as judge_server,
+    ):
+        endpoint = EndpointConfig(name="fake", base_url=server.base_url, model="fake-model")
+        grader = {"base_url": judge_server.base_url, "model": "other-model"}
+        settings = RunSettings(
+            modes=ModeSettings(mode="parallel", n=3, budget=32),
+            verifiers=("pairwise:grader",),
+            out=tmp_path / "run",
+            config={"endpoints": {"grader": grader}},
+        )
+        with pytest.raises(ConfigError, match="judge endpoint: model 'other-model' is not served"):
+            await execute([PROBLEM], endpoint, settings)
+    assert not (tmp_path / "run").exists()

@@ -101,6 +101,10 @@ class PairwiseJudge:
     def __init__(self, arg: str | None, setup: VerifierSetup) -> None:
         self.judge = JudgeEndpoint(arg, setup)
 
+    async def prepare(self) -> None:
+        """Probe the judge's endpoint before the run starts (see :meth:`JudgeEndpoint.ready`)."""
+        await self.judge.ready()
+
     async def aclose(self) -> None:
         await self.judge.aclose()
 
