@@ -68,7 +68,16 @@ class PlainClose(Misbehaving):
         PlainClose.closed = True
 
 
+class _RaisingPrepare(PlainClose):
+    """Cannot get ready before the run (say its endpoint is down); closed all the same."""
+
+    def prepare(self) -> None:  # not async: still called
+        raise RuntimeError("the scorer is\n  not up")
+
+
 def brittle(arg: str | None, setup: VerifierSetup) -> Misbehaving:
+    if arg == "prepare":
+        return _RaisingPrepare("ok")
     if arg == "factory":
         raise ValueError("the factory exploded")
     if arg == "close":

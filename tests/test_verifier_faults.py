@@ -146,6 +146,17 @@ async def test_a_factory_that_raises_is_one_line_before_the_run_folder(tmp_path:
 
 
 @pytest.mark.anyio
+async def test_a_prepare_that_raises_is_one_line_before_the_run_folder(tmp_path: Path) -> None:
+    PlainClose.closed = False
+    with pytest.raises(ConfigError) as caught:
+        await _run(tmp_path, ("brittle:prepare",))
+    why = "verifier brittle:prepare could not be prepared: the scorer is not up"
+    assert str(caught.value) == why
+    assert PlainClose.closed  # what it opened is closed
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.anyio
 async def test_a_close_that_raises_is_logged_and_the_run_is_kept(tmp_path: Path) -> None:
     with capture_logs() as logs:
         result = await _run(tmp_path, ("brittle:close",))

@@ -418,3 +418,221 @@ async def test_judge_calls_count_under_the_run_limits(
     verdicts = [n for t in again.trees for n in t.of_kind(NodeKind.VERDICT)]
     assert len(verdicts) == 6 and all(n.status is NodeStatus.DONE for n in verdicts)
     assert again.metrics.verifier is not None and again.metrics.verifier.completion_tokens == 24
+
+
+FOUR = PROBLEM.model_copy(update={"options": {"A": "alpha", "B": "beta", "C": "gamma", "D": "d"}})
+SAMPLES = ["Surely A. Answer: A", "Surely B. Answer: B", "Maybe C. Answer: C", "Maybe D. Answer: D"]
+
+
+def _preferring(order: str, samples: int, second: str = "2") -> Any:
+    """Solver replies A, B, C… by choice index; the judge prefers answers in ``order``,
+    saying "1" or ``second``."""
+
+    def reply(body: dict[str, Any], index: int) -> str:
+        messages = body.get("messages") or []
+        if messages and messages[0].get("content") == JUDGE_SYSTEM:
+            one, two = (
+                part.split("Final answer: ")[-1][:1]
+                for part in messages[-1]["content"].split("Response 2:")
+            )
+            return "1" if order.index(one) < order.index(two) else second
+        return SAMPLES[index % samples]
+
+    return reply
+
+
+def _judge_usage(server: FakeServer) -> tuple[int, int]:
+    """The prompt and completion tokens the fake server counted for the judge's calls."""
+    prompt = completion = 0
+    reply = server.behaviour.reply
+    assert callable(reply)
+    for body in server.bodies:
+        messages = body.get("messages") or []
+        if messages and messages[0].get("content") == JUDGE_SYSTEM:
+            prompt += sum(len(str(m["content"]).split()) + 4 for m in messages) + 3
+            completion += min(len(reply(body, 0).split()), body["max_tokens"])
+    return prompt, completion
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("samples", "limits", "limit"),
+    [
+        (3, {"max_run_tokens": 14}, "token limit of 14"),
+        (3, {"max_cost": 0.014}, "money limit of $0.0140"),
+        (4, {"max_run_tokens": 19}, "token limit of 19"),
+    ],
+)
+async def test_a_limit_refusing_a_pairwise_match_keeps_the_matches_judged(
+    tmp_path: Path, samples: int, limits: dict[str, Any], limit: str
+) -> None:
+    """Samples A, B, C(, D) of 4 tokens each use 12 (16) of the limit's tokens or
+    thousandths of a dollar (a token costs $0.001), which leaves the judge (one token a
+    call, P("1") from logprobs) two (three).
+
+    Three answers: round 1 (A vs B, B wins; C has a bye) is judged, the final is refused.
+    Four: both round-1 matches start at once; one is judged, the other's swapped call is
+    refused. The match judged keeps its verdict; the refused one says why; a group scores
+    the round its judged wins took it to, so the winner B, never the loser A, is picked
+    (a failed verdict for B would rank it below A). The problem reads stopped, and the
+    verdicts count every token the judge spent."""
+    prices = {"fake-model": Price(prompt_per_m=0.0, completion_per_m=1000.0)}
+    behaviour = FakeBehaviour(reply=_preferring("BCDA", samples))
+    async with FakeServer(behaviour, record_bodies=True) as server:
+        endpoint = EndpointConfig(name="fake", base_url=server.base_url, model="fake-model")
+        settings = RunSettings(
+            modes=ModeSettings(mode="parallel", n=samples, budget=4),
+            verifiers=("pairwise:score=yes-prob",),
+            out=tmp_path / "run",
+            prices=prices,
+            **limits,
+        )
+        result = await execute([FOUR], endpoint, settings)
+    tree = result.trees[0]
+    assert tree.stopped is not None and tree.stopped.startswith(f"run stopped: its {limit}")
+    assert result.stopped_by == tree.stopped
+    verdicts = {v.parent_id: v for v in tree.of_kind(NodeKind.VERDICT)}
+    assert all(v.status is NodeStatus.DONE for v in verdicts.values())
+    a, b = verdicts["q1/b1/think"], verdicts["q1/b2/think"]
+    assert "round 1: A vs B: P(A better) = 0.00" in a.text and a.score == 0.0
+    assert b.score == 0.5 and "not decided: a run limit stopped the tournament" in b.text
+    refused = "round 2: B vs C" if samples == 3 else "round 1: C vs D"
+    assert f"{refused}: not judged: run stopped: its {limit} is reached" in b.text + str(
+        verdicts["q1/b3/think"].text
+    )
+    assert verdicts["q1/b3/think"].score == (0.5 if samples == 3 else 0.0)  # a bye in round 1
+    assert tree.answer == "B" and tree.vote is not None and tree.vote.rule == "verifier-weighted"
+    m = result.metrics.verifier
+    assert m is not None and (m.prompt_tokens, m.completion_tokens) == _judge_usage(server)
+    assert m.failed_verdicts == 0
+
+
+@pytest.mark.anyio
+async def test_a_limit_refusing_every_pairwise_match_fails_the_verdicts(tmp_path: Path) -> None:
+    """The samples spend the whole limit: no match is judged, so nothing was decided; the
+    verdicts fail with the limit's reason and the plain vote decides."""
+    behaviour = FakeBehaviour(reply=_preferring("BCDA", 3))
+    async with FakeServer(behaviour) as server:
+        endpoint = EndpointConfig(name="fake", base_url=server.base_url, model="fake-model")
+        settings = RunSettings(
+            modes=ModeSettings(mode="parallel", n=3, budget=4),
+            verifiers=("pairwise:score=yes-prob",),
+            out=tmp_path / "run",
+            max_run_tokens=12,
+        )
+        result = await execute([FOUR], endpoint, settings)
+    tree = result.trees[0]
+    assert tree.stopped is not None and tree.stopped.startswith("run stopped: its token limit")
+    verdicts = tree.of_kind(NodeKind.VERDICT)
+    assert [v.status for v in verdicts] == [NodeStatus.FAILED] * 3
+    why = "no pairwise match was judged: run stopped: its token limit of 12 is reached"
+    assert all(why in str(v.error) for v in verdicts)
+    assert tree.vote is not None and tree.vote.rule == "majority" and tree.answer == "A"
+
+
+@pytest.mark.anyio
+async def test_a_failed_pairwise_match_still_counts_what_the_judge_spent(tmp_path: Path) -> None:
+    """Round 1 (A vs B) is judged; the final's choice is unreadable, which fails every
+    verdict, but the verdicts still carry every token the judge spent, as the limits count them."""
+
+    def reply(body: dict[str, Any], index: int) -> str:
+        messages = body.get("messages") or []
+        if messages and messages[0].get("content") == JUDGE_SYSTEM:
+            if "Final answer: C" in messages[-1]["content"]:
+                return "neither"
+            return _preferring("BCDA", 3)(body, index)
+        return SAMPLES[index % 3]
+
+    async with FakeServer(FakeBehaviour(reply=reply), record_bodies=True) as server:
+        endpoint = EndpointConfig(name="fake", base_url=server.base_url, model="fake-model")
+        settings = RunSettings(
+            modes=ModeSettings(mode="parallel", n=3, budget=4),
+            verifiers=("pairwise:score=rating",),
+            out=tmp_path / "run",
+        )
+        result = await execute([FOUR], endpoint, settings)
+    verdicts = result.trees[0].of_kind(NodeKind.VERDICT)
+    assert all("the judge's choice is unreadable: 'neither'" in str(v.error) for v in verdicts)
+    m = result.metrics.verifier
+    assert m is not None and m.failed_verdicts == 3
+    assert (m.prompt_tokens, m.completion_tokens) == _judge_usage(server)
+
+
+@pytest.mark.anyio
+async def test_pairwise_verdicts_count_every_token_the_judge_spent(tmp_path: Path) -> None:
+    """A match's tokens are split between its two groups with none lost to rounding: here
+    each match spends 3 completion tokens ("1", and "pick 2" swapped)."""
+    behaviour = FakeBehaviour(reply=_preferring("BCDA", 3, second="pick 2"))
+    async with FakeServer(behaviour, record_bodies=True) as server:
+        endpoint = EndpointConfig(name="fake", base_url=server.base_url, model="fake-model")
+        settings = RunSettings(
+            modes=ModeSettings(mode="parallel", n=3, budget=4),
+            verifiers=("pairwise:score=rating",),
+            out=tmp_path / "run",
+        )
+        result = await execute([FOUR], endpoint, settings)
+    assert result.trees[0].answer == "B"
+    m = result.metrics.verifier
+    assert m is not None and (m.prompt_tokens, m.completion_tokens) == _judge_usage(server)
+
+
+@pytest.mark.anyio
+async def test_a_judge_on_its_own_endpoint_is_probed_before_the_run_starts(tmp_path: Path) -> None:
+    """The judge's endpoint is probed when the run's is, before the run and its limits
+    start: the probe's few requests count under no limit, for the judge as for the run's
+    own endpoint, and none goes out once a limit is reached. Here the samples spend the
+    whole token limit, so every judge call is refused; the judge's endpoint heard only the
+    probe, before the first sample was asked for."""
+    seen: list[str] = []
+
+    def solver(body: dict[str, Any], index: int) -> str:
+        if "Which one?" in json.dumps(body.get("messages")):
+            seen.append("sample")
+        return SAMPLES[index % 3]
+
+    def judge(body: dict[str, Any], index: int) -> str:
+        messages = body.get("messages") or []
+        judging = bool(messages) and messages[0].get("content") == JUDGE_SYSTEM
+        seen.append("judged" if judging else "judge probed")
+        return "9"
+
+    async with (
+        FakeServer(FakeBehaviour(reply=solver)) as server,
+        FakeServer(FakeBehaviour(reply=judge, model="judge-model")) as judge_server,
+    ):
+        endpoint = EndpointConfig(name="fake", base_url=server.base_url, model="fake-model")
+        settings = RunSettings(
+            modes=ModeSettings(mode="parallel", n=3, budget=4),
+            verifiers=("judge:grader,score=rating",),
+            out=tmp_path / "run",
+            max_run_tokens=12,
+            config={"endpoints": {"grader": {"base_url": judge_server.base_url}}},
+        )
+        result = await execute([FOUR], endpoint, settings)
+    assert "judge probed" in seen and "judged" not in seen
+    assert seen.index("sample") > max(i for i, s in enumerate(seen) if s == "judge probed")
+    verdicts = result.trees[0].of_kind(NodeKind.VERDICT)
+    assert all("token limit of 12 is reached" in str(v.error) for v in verdicts)
+    assert result.stopped_by is not None
+
+
+@pytest.mark.anyio
+async def test_a_judge_endpoint_that_cannot_be_probed_is_one_line_before_the_folder(
+    tmp_path: Path,
+) -> None:
+    """As the run's own endpoint: not a run whose every verdict fails."""
+    async with (
+        FakeServer(FakeBehaviour(reply=_judging({}))) as server,
+        FakeServer(FakeBehaviour(model="judge-model")) as judge_server,
+    ):
+        endpoint = EndpointConfig(name="fake", base_url=server.base_url, model="fake-model")
+        grader = {"base_url": judge_server.base_url, "model": "other-model"}
+        settings = RunSettings(
+            modes=ModeSettings(mode="parallel", n=3, budget=32),
+            verifiers=("pairwise:grader",),
+            out=tmp_path / "run",
+            config={"endpoints": {"grader": grader}},
+        )
+        with pytest.raises(ConfigError, match="judge endpoint: model 'other-model' is not served"):
+            await execute([PROBLEM], endpoint, settings)
+    assert not (tmp_path / "run").exists()

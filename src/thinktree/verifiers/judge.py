@@ -129,7 +129,11 @@ class JudgeEndpoint:
         self._lock = anyio.Lock()
 
     async def ready(self) -> tuple[EndpointClient, Capabilities]:
-        """The client, its model resolved and its logprobs and constraints probed (once)."""
+        """The client, its model resolved and its logprobs and constraints probed (once).
+
+        A run probes here before it starts (:meth:`VerifierPanel.prepare
+        <thinktree.verifiers.panel.VerifierPanel.prepare>`), as it probes its own endpoint:
+        the probe's few requests are the run's set-up, counted under none of its limits."""
         async with self._lock:
             if self.caps is None:
                 try:
@@ -235,6 +239,10 @@ class PointwiseJudge:
 
     def __init__(self, arg: str | None, setup: VerifierSetup) -> None:
         self.judge = JudgeEndpoint(arg, setup)
+
+    async def prepare(self) -> None:
+        """Probe the judge's endpoint before the run starts (see :meth:`JudgeEndpoint.ready`)."""
+        await self.judge.ready()
 
     async def aclose(self) -> None:
         await self.judge.aclose()

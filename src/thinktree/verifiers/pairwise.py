@@ -8,6 +8,16 @@ is P("1") vs P("2") from its logprobs where the endpoint returns them, else its
 constrained choice. A group's score is how far it got: a first-round loser 0, the
 champion 1; every candidate of a group gets its group's score.
 
+Where the run's limits refuse a match (:class:`~thinktree.errors.RunLimitReached`), the
+other matches of that round still finish (their calls count), and no later round is
+played. Every group then scores the round it is known to have reached: a group a judged
+match eliminated keeps its score, one still in scores the round its judged wins took it
+to (a bye or a refused match in the cut round takes it no further), so a group always
+outranks those it beat. Failing the groups still in instead would rank each below every
+loser, those it beat included (a failed verdict ranks below every scored one).
+Where no match was judged at all, nothing was decided: every verdict fails with the
+limit's reason, and the plain vote decides. Either way the problem reads stopped.
+
 ``--verifier pairwise[:ENDPOINT][,score=auto|yes-prob|rating]`` (as for ``judge``;
 ``rating`` here means the constrained choice, without logprobs).
 """
@@ -46,19 +56,54 @@ class _Group:
     answer: str
     members: list[int]
     rep: int
-    eliminated_in: int | None = None
+    reached: int = 1  # the round it got to (a loser: the one it fell in)
+    eliminated: bool = False
     prompt_tokens: int = 0
     completion_tokens: int = 0
     notes: list[str] = field(default_factory=list)
 
 
+def _share(a: _Group, b: _Group, prompt_tokens: int, completion_tokens: int) -> None:
+    """Split a call's tokens between the two groups of its match, none lost to rounding."""
+    a.prompt_tokens += prompt_tokens - prompt_tokens // 2
+    b.prompt_tokens += prompt_tokens // 2
+    a.completion_tokens += completion_tokens - completion_tokens // 2
+    b.completion_tokens += completion_tokens // 2
+
+
+def knockout_rounds(groups: int) -> int:
+    """How many rounds a knockout of ``groups`` takes (each halves them, a bye rounding up)."""
+    rounds = 0
+    while groups > 1:
+        groups = (groups + 1) // 2
+        rounds += 1
+    return rounds
+
+
+@dataclass(frozen=True, slots=True)
+class _Cut:
+    """Where a run limit refused a match, and its reason."""
+
+    round: int
+    reason: str
+
+
 class MatchFailed(Exception):
-    """A match could not be judged (the reason is the message)."""
+    """A match could not be judged (the reason is the message); what its call spent."""
+
+    def __init__(self, reason: str, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
+        super().__init__(reason)
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = completion_tokens
 
 
 class PairwiseJudge:
     def __init__(self, arg: str | None, setup: VerifierSetup) -> None:
         self.judge = JudgeEndpoint(arg, setup)
+
+    async def prepare(self) -> None:
+        """Probe the judge's endpoint before the run starts (see :meth:`JudgeEndpoint.ready`)."""
+        await self.judge.ready()
 
     async def aclose(self) -> None:
         await self.judge.aclose()
@@ -82,17 +127,24 @@ class PairwiseJudge:
         client = self.judge.calls_for(problem, endpoint)
         use_logprobs = self.judge.uses_logprobs(caps)
         failure: str | None = None
-        rounds = 0
+        cut: _Cut | None = None
         try:
-            rounds = await self._tournament(client, caps, use_logprobs, problem, candidates, groups)
-        except* (MatchFailed, EndpointError, RunLimitReached) as failed:
+            cut = await self._tournament(client, caps, use_logprobs, problem, candidates, groups)
+        except* (MatchFailed, EndpointError) as failed:
             failure = "; ".join(str(e) or type(e).__name__ for e in failed.exceptions)
         if failure is not None:
-            return [Verdict.failed(f"a pairwise match failed: {failure}")] * len(candidates)
+            return self._failed(candidates, groups, f"a pairwise match failed: {failure}")
+        if cut is not None and all(g.reached == 1 for g in groups.values()):
+            return self._failed(candidates, groups, f"no pairwise match was judged: {cut.reason}")
+        rounds = knockout_rounds(len(groups))
         verdicts: list[Verdict] = [Verdict(score=None)] * len(candidates)
         for group in groups.values():
-            reached = rounds + 1 if group.eliminated_in is None else group.eliminated_in
-            score = (reached - 1) / rounds
+            if cut is not None and not group.eliminated:
+                group.notes.append(
+                    f"not decided: a run limit stopped the tournament in round {cut.round}; "
+                    f"scored by the round it reached, {group.reached}"
+                )
+            score = (group.reached - 1) / rounds
             for i in group.members:
                 if i == group.rep:
                     verdicts[i] = Verdict(
@@ -107,6 +159,21 @@ class PairwiseJudge:
                     verdicts[i] = Verdict(score=score, rationale=note)
         return verdicts
 
+    def _failed(
+        self, candidates: Sequence[CandidateView], groups: dict[str, _Group], reason: str
+    ) -> list[Verdict]:
+        """Every verdict failed with ``reason``; each representative's still counts what
+        its group's matches spent."""
+        verdicts = [Verdict.failed(reason)] * len(candidates)
+        for group in groups.values():
+            verdicts[group.rep] = Verdict.failed(
+                reason,
+                prompt_tokens=group.prompt_tokens,
+                completion_tokens=group.completion_tokens,
+                cost_usd=self.judge.cost(group.prompt_tokens, group.completion_tokens),
+            )
+        return verdicts
+
     async def _tournament(
         self,
         client: JudgeClient,
@@ -115,26 +182,49 @@ class PairwiseJudge:
         problem: Problem,
         candidates: Sequence[CandidateView],
         groups: dict[str, _Group],
-    ) -> int:
-        """Play the knockout; marks the round each loser fell in; returns the rounds played."""
+    ) -> _Cut | None:
+        """Play the knockout, marking how far each group got; None, or where and why a run
+        limit refused a match: the round it came in is then the last played."""
         alive = sorted(groups.values(), key=lambda g: -len(g.members))  # stable: first seen
-        rounds = 0
+        round_ = 0
         while len(alive) > 1:
-            rounds += 1
+            round_ += 1
             byes: list[_Group] = [alive[-1]] if len(alive) % 2 else []
             pairs = list(zip(alive[0::2], alive[1::2], strict=False))
-            won: list[_Group] = [a for a, _ in pairs]
+            outcome: list[_Group | RunLimitReached | None] = [None] * len(pairs)
 
-            async def play(k: int, a: _Group, b: _Group, r: int, out: list[_Group]) -> None:
-                out[k] = await self._match(client, caps, use_logprobs, problem, candidates, a, b, r)
+            async def play(
+                k: int, a: _Group, b: _Group, r: int, out: list[_Group | RunLimitReached | None]
+            ) -> None:
+                try:
+                    out[k] = await self._match(
+                        client, caps, use_logprobs, problem, candidates, a, b, r
+                    )
+                except RunLimitReached as refused:  # the round's other matches finish and count
+                    out[k] = refused
 
             async with anyio.create_task_group() as tg:
                 for k, (a, b) in enumerate(pairs):
-                    tg.start_soon(play, k, a, b, rounds, won)
-            for (a, b), winner in zip(pairs, won, strict=True):
-                (b if winner is a else a).eliminated_in = rounds
+                    tg.start_soon(play, k, a, b, round_, outcome)
+            won: list[_Group] = []
+            cut: _Cut | None = None
+            for (a, b), result in zip(pairs, outcome, strict=True):
+                if isinstance(result, _Group):
+                    loser = b if result is a else a
+                    loser.eliminated = True
+                    result.reached = round_ + 1
+                    won.append(result)
+                else:
+                    cut = cut or _Cut(round_, str(result))
+                    line = f"round {round_}: {a.answer} vs {b.answer}: not judged: {result}"
+                    a.notes.append(line)
+                    b.notes.append(line)
+            if cut is not None:
+                return cut
+            for bye in byes:
+                bye.reached = round_ + 1
             alive = [*won, *byes]
-        return rounds
+        return None
 
     async def _match(
         self,
@@ -147,18 +237,25 @@ class PairwiseJudge:
         b: _Group,
         round_: int,
     ) -> _Group:
-        """Judge ``a`` against ``b`` in both orders; the winner (ties to ``a``)."""
-        first = await self._prefer_first(client, caps, use_logprobs, problem, candidates, a, b)
-        second = await self._prefer_first(client, caps, use_logprobs, problem, candidates, b, a)
-        p_a = (first[0] + (1.0 - second[0])) / 2
-        spent_p, spent_c = first[1] + second[1], first[2] + second[2]
-        for g in (a, b):
-            g.prompt_tokens += spent_p // 2
-            g.completion_tokens += spent_c // 2
+        """Judge ``a`` against ``b`` in both orders; the winner (ties to ``a``). What each
+        call spent counts on the two groups as it comes back, also where the match fails."""
+        preferred: list[float] = []
+        for one, two in ((a, b), (b, a)):
+            try:
+                p, spent_p, spent_c = await self._prefer_first(
+                    client, caps, use_logprobs, problem, candidates, one, two
+                )
+            except MatchFailed as exc:
+                _share(a, b, exc.prompt_tokens, exc.completion_tokens)
+                raise
+            _share(a, b, spent_p, spent_c)
+            preferred.append(p)
+        first, second = preferred
+        p_a = (first + (1.0 - second)) / 2
         winner = a if p_a >= 0.5 else b
         line = (
             f"round {round_}: {a.answer} vs {b.answer}: P({a.answer} better) = {p_a:.2f} "
-            f"(first {first[0]:.2f}, swapped {1 - second[0]:.2f}) → {winner.answer}"
+            f"(first {first:.2f}, swapped {1 - second:.2f}) → {winner.answer}"
         )
         a.notes.append(line)
         b.notes.append(line)
@@ -184,13 +281,19 @@ class PairwiseJudge:
                 client, messages, fields, ("1", "2"), key=key
             )
             if not probs:
-                raise MatchFailed("the judge put neither 1 nor 2 among its top tokens")
+                raise MatchFailed(
+                    "the judge put neither 1 nor 2 among its top tokens", prompt, completion
+                )
             return probs["1"], prompt, completion
         result = await client.chat(messages, max_tokens=8, temperature=0.0, extra=fields, key=key)
         text = read_choice(result.choices[0].text if result.choices else "", fields)
         said = _CHOICE.findall(text)
         if not said:
-            raise MatchFailed(f"the judge's choice is unreadable: {text[:40]!r}")
+            raise MatchFailed(
+                f"the judge's choice is unreadable: {text[:40]!r}",
+                result.prompt_tokens,
+                result.completion_tokens,
+            )
         return (1.0 if said[-1] == "1" else 0.0), result.prompt_tokens, result.completion_tokens
 
 

@@ -24,7 +24,7 @@ import anyio
 import structlog
 
 from thinktree.agents.solver import Candidate, Solver
-from thinktree.errors import RunStopping
+from thinktree.errors import ConfigError, RunStopping, ThinktreeError
 from thinktree.grading import grade
 from thinktree.orchestrator.events import (
     CandidateScored,
@@ -48,6 +48,26 @@ class VerifierPanel:
     ) -> None:
         self.verifiers = list(verifiers)
         self.spending = spending
+
+    async def prepare(self) -> None:
+        """Run every verifier's ``prepare`` (async or not) where it has one, before the run
+        starts: a judge probes its own endpoint there, as the run probes its own, so the
+        probe comes before the run's limits and a failing one stops the run before its
+        folder exists. An error there is a one-line :class:`ConfigError`."""
+        for named in self.verifiers:
+            prepare = getattr(named.verifier, "prepare", None)
+            if prepare is None:
+                continue
+            try:
+                preparing = prepare()
+                if inspect.isawaitable(preparing):
+                    await preparing
+            except ThinktreeError:
+                raise
+            except Exception as exc:  # a plugin's bug is the user's to fix, in one line
+                detail = " ".join(str(exc).split()) or type(exc).__name__
+                reason = f"verifier {named.name} could not be prepared: {detail}"
+                raise ConfigError(reason) from None
 
     async def aclose(self) -> None:
         """Close every verifier that has ``aclose`` (async or not); a failure is logged.

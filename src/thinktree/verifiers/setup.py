@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import anyio
+
 from thinktree.agents.capabilities import Capabilities
 from thinktree.agents.endpoint import EndpointClient, EndpointConfig
 from thinktree.errors import ConfigError
@@ -21,7 +23,8 @@ async def open_panel(
     caps: Capabilities,
     spending: Spending | None = None,
 ) -> VerifierPanel | None:
-    """The panel of ``settings.verifiers`` (None when there are none); close with ``aclose``.
+    """The panel of ``settings.verifiers``, prepared (None when there are none); close it
+    with ``aclose``.
 
     ``spending``: the run's limits, which the verifiers' model calls count under too.
     """
@@ -45,4 +48,11 @@ async def open_panel(
         prices=dict(settings.prices),
         spending=spending,
     )
-    return VerifierPanel(build_verifiers(settings.verifiers, setup), spending)
+    panel = VerifierPanel(build_verifiers(settings.verifiers, setup), spending)
+    try:
+        await panel.prepare()
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await panel.aclose()
+        raise
+    return panel
