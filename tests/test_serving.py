@@ -308,6 +308,33 @@ async def test_a_server_on_every_interface_is_checked_on_loopback(
                 probe.bind((every, port))
 
 
+@pytest.mark.anyio
+async def test_a_server_that_wants_an_api_key_is_refused_at_once(tmp_path: Path) -> None:
+    """vLLM given --api-key (or VLLM_API_KEY) answers 401 on /v1: it would never count as
+    ready, and serve used to wait out its whole startup timeout (15 minutes by default)."""
+    guarded = _STAND_IN.replace(
+        'self.send_response(200 if self.path == "/v1/models" else 404)',
+        'self.send_response(401 if self.path.startswith("/v1/") else 200)',
+    )
+    assert guarded != _STAND_IN
+    spec = ServerSpec(
+        engine="vLLM",
+        model="m",
+        command=lambda port: [sys.executable, "-c", guarded, "127.0.0.1", str(port)],
+        env=dict(os.environ),
+        log_dir=tmp_path,
+        log_stem="guarded",
+    )
+    started = time.monotonic()
+    with pytest.raises(ServerError) as info:
+        async with launcher.launch(spec, startup_timeout=60):
+            pass
+    assert time.monotonic() - started < 30
+    message = str(info.value)
+    assert "asks for an API key (it answered 401 to /v1/models)" in message
+    assert "VLLM_API_KEY" in message and "\n" not in message
+
+
 def _ipv6_loopback() -> bool:
     try:
         with socket.socket(socket.AF_INET6) as sock:

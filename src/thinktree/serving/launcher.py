@@ -487,16 +487,33 @@ async def wait_healthy(
             with contextlib.suppress(httpx.HTTPError):
                 ok = True
                 for path in spec.health_paths:
+                    url = f"{base_url}/models" if path == "/v1/models" else f"{root}{path}"
+                    answer = await client.get(url)
+                    _check_open(answer, spec, path)
                     if path == "/v1/models":
-                        answer = await client.get(f"{base_url}/models")
                         ok = _serves_model(answer, spec.model)
                     else:
-                        ok = (await client.get(f"{root}{path}")).status_code == 200
+                        ok = answer.status_code == 200
                     if not ok:
                         break
                 if ok:
                     return
             await anyio.sleep(0.5)
+
+
+def _check_open(answer: httpx.Response, spec: ServerSpec, path: str) -> None:
+    """A server that wants an API key would never count as ready: say so at once.
+
+    thinktree starts its servers without authentication (its clients send no key), so a
+    key can only come from an engine argument or the environment the engine reads.
+    """
+    if answer.status_code in (401, 403):
+        raise ServerError(
+            f"the {spec.engine} server asks for an API key (it answered "
+            f"{answer.status_code} to {path}): thinktree serves without one; leave out "
+            "--api-key and unset the engine's key variable (VLLM_API_KEY, or API_KEY for "
+            "llama.cpp)"
+        )
 
 
 # --- the server --------------------------------------------------------------------------------
