@@ -208,13 +208,30 @@ def test_llamacpp_server_ignores_variables_that_would_move_it(
     gguf = tmp_path / "m.gguf"
     gguf.write_bytes(b"GGUF" + bytes(28))
     monkeypatch.setattr(llamacpp, "installed", lambda: True)
-    moving = {"HOST": "0.0.0.0", "PORT": "9000", "CONFIG_FILE": "s.json", "ssl_certfile": "c"}
+    moving = {
+        "HOST": "0.0.0.0",
+        "PORT": "9000",
+        "CONFIG_FILE": "s.json",
+        "ssl_certfile": "c",
+        "API_KEY": "k",
+    }
     for name, value in moving.items():
         monkeypatch.setenv(name, value)
     monkeypatch.setenv("THINKTREE_TEST_KEPT", "1")
     env = llamacpp.spec(gguf, "m", tmp_path, host="127.0.0.1").env
     assert not set(moving) & set(env)
     assert env["THINKTREE_TEST_KEPT"] == "1"
+
+
+def test_vllm_server_runs_without_a_key_set_for_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from thinktree.serving import vllm as vllm_profile
+
+    monkeypatch.setenv("VLLM_API_KEY", "for-another-server")
+    monkeypatch.setenv("THINKTREE_TEST_KEPT", "1")
+    env = vllm_profile.server_env(tmp_path, offline=True)
+    assert "VLLM_API_KEY" not in env and env["THINKTREE_TEST_KEPT"] == "1"
 
 
 _NEVER_READY = textwrap.dedent(
@@ -332,7 +349,7 @@ async def test_a_server_that_wants_an_api_key_is_refused_at_once(tmp_path: Path)
     assert time.monotonic() - started < 30
     message = str(info.value)
     assert "asks for an API key (it answered 401 to /v1/models)" in message
-    assert "VLLM_API_KEY" in message and "\n" not in message
+    assert "leave out --api-key" in message and "\n" not in message
 
 
 def _ipv6_loopback() -> bool:

@@ -504,15 +504,15 @@ async def wait_healthy(
 def _check_open(answer: httpx.Response, spec: ServerSpec, path: str) -> None:
     """A server that wants an API key would never count as ready: say so at once.
 
-    thinktree starts its servers without authentication (its clients send no key), so a
-    key can only come from an engine argument or the environment the engine reads.
+    thinktree starts its servers without authentication (its clients send no key, and the
+    engines' key variables are left out of their environment), so a key can only come
+    from an engine argument.
     """
     if answer.status_code in (401, 403):
         raise ServerError(
             f"the {spec.engine} server asks for an API key (it answered "
             f"{answer.status_code} to {path}): thinktree serves without one; leave out "
-            "--api-key and unset the engine's key variable (VLLM_API_KEY, or API_KEY for "
-            "llama.cpp)"
+            "--api-key"
         )
 
 

@@ -22,9 +22,10 @@ INSTALL_HINT = (
 
 # llama_cpp.server lets HOST and PORT override its --host and --port, reads its whole
 # command line from CONFIG_FILE instead, and takes the settings it is not given (HTTPS
-# among them) from the environment. Each would have it answer elsewhere than the URL
-# thinktree checks and prints, and such generic names are most likely set for another use.
-_MOVING_ENV = frozenset({"HOST", "PORT", "CONFIG_FILE", "SSL_KEYFILE", "SSL_CERTFILE"})
+# and an API key among them) from the environment. Each would have it answer elsewhere,
+# or otherwise, than at the URL thinktree checks and prints without a key, and such
+# generic names are most likely set for another use.
+_MOVING_ENV = frozenset({"HOST", "PORT", "CONFIG_FILE", "SSL_KEYFILE", "SSL_CERTFILE", "API_KEY"})
 
 
 def installed() -> bool:

@@ -97,6 +97,9 @@ def _metadata_alias(cache: Path, version: str) -> Path:
 def server_env(cache: Path, *, offline: bool) -> dict[str, str]:
     """The environment for a vLLM server (the CPU build's settings where it is the one)."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # a key set for another vLLM server would guard this one, which thinktree serves and
+    # checks without one
+    env.pop("VLLM_API_KEY", None)
     if offline:
         env["HF_HUB_OFFLINE"] = "1"
     version = cpu_version()
