@@ -308,6 +308,51 @@ async def test_n_samples_whose_last_cannot_be_announced_leave_none_running() -> 
     assert not bus.running() and pool.reserved == 0
 
 
+class _ClosedAtFailure(_Bus):
+    """A bus closed by the time calls cut off in flight are marked failed."""
+
+    wants_deltas = False
+
+    async def emit(self, event: Any) -> None:
+        if type(event).__name__ == "NodeFailed":
+            raise anyio.ClosedResourceError
+        await super().emit(event)
+
+
+@pytest.mark.parametrize("fails", ["cut off", "endpoint error"])
+async def test_n_samples_that_fail_give_back_every_reservation(fails: str) -> None:
+    """n samples in one request are cut off in flight (the run stops) or fail on the
+    endpoint, and marking the first failed finds the bus closed: every sample still gives
+    back what it reserved (the later ones used to keep it, and a call waiting on the
+    run's pool would wait for good)."""
+    from thinktree.agents.capabilities import Capabilities
+    from thinktree.agents.endpoint import EndpointClient
+    from thinktree.agents.solver import Branch, Solver
+    from thinktree.agents.strategies import BudgetForcing
+    from thinktree.orchestrator.ledger import Budget
+
+    bus = _ClosedAtFailure()
+    pool = Budget("q0", 80)
+    inner = BudgetForcing(budget=32, answer_tokens=8)
+    behaviour = FakeBehaviour(delay_s=30)
+    if fails == "endpoint error":
+        behaviour = FakeBehaviour(reject=lambda body: "down", reject_status=500)
+    async with FakeServer(behaviour) as server:
+        config = EndpointConfig(
+            name="slow", base_url=server.base_url, model="fake-model", max_attempts=1
+        )
+        client = EndpointClient(config)
+        caps = Capabilities(continuation="chat", native_n=True)
+        solver = Solver(problem=PROBLEMS[0], client=client, caps=caps, bus=bus)  # type: ignore[arg-type]
+        reqs = [inner.first_request(f"q0/b{i}", pool.child(f"q0/b{i}", None)) for i in (1, 2)]
+        try:
+            with anyio.move_on_after(0.5), pytest.raises(anyio.ClosedResourceError):
+                await solver.segments_n(Branch([]), reqs)
+        finally:
+            await client.aclose()
+    assert pool.reserved == 0 and pool.used == 0
+
+
 async def test_a_branch_the_run_limit_refuses_ends_itself_and_its_siblings_call_finishes() -> None:
     """b1's call is refused by the run's money limit while b2's is under way: b1 ends with
     the reason, and b2's call finishes and decides (it used to be cancelled mid-stream,

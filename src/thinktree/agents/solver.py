@@ -200,8 +200,9 @@ class Solver:
             )
         except EndpointError as exc:
             segments = []
-            for req, grant in ((think, think_grant), (answer, answer_grant)):
-                req.budget.commit(grant, 0)
+            think.budget.commit(think_grant, 0)  # both first: announcing may fail
+            answer.budget.commit(answer_grant, 0)
+            for req in (think, answer):
                 await self.bus.emit(NodeFailed(node_id=req.node_id, error=str(exc)))
                 segments.append(Segment(node_id=req.node_id, failed=True, error=str(exc)))
             return segments[0], segments[1]
@@ -293,8 +294,9 @@ class Solver:
             raise
         except EndpointError as exc:
             out = []
-            for r in reqs:
+            for r in reqs:  # all first: announcing one may fail
                 r.budget.commit(grant, 0)
+            for r in reqs:
                 await self.bus.emit(NodeFailed(node_id=r.node_id, error=str(exc)))
                 out.append((Segment(node_id=r.node_id, failed=True, error=str(exc)), branch.fork()))
             return out
@@ -355,10 +357,12 @@ class Solver:
         reason: str = "cancelled in flight: the run stopped",
     ) -> None:
         """Record calls cut off in flight (the run stopped): released, marked failed with
-        ``reason``, so none is left running."""
+        ``reason``, so none is left running. All are released first: announcing one may
+        fail (the bus closed), and must not keep the others' reservations."""
+        for r in reqs:
+            r.budget.commit(grant, 0)
         with anyio.CancelScope(shield=True):
             for r in reqs:
-                r.budget.commit(grant, 0)
                 await self.bus.emit(NodeFailed(node_id=r.node_id, error=reason))
 
     def _shape(self, branch: Branch, req: SegmentRequest) -> tuple[str, list[Message], str]:
