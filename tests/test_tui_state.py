@@ -5,6 +5,8 @@ from __future__ import annotations
 from thinktree.orchestrator.events import (
     NodeDelta,
     NodeFinished,
+    NodeKind,
+    NodeStarted,
     NodeStatus,
     ProblemFinished,
     ProblemStarted,
@@ -207,6 +209,31 @@ def test_a_choice_problems_detail_shows_its_options() -> None:
     assert node_detail(tree, tree.root)[1].plain == "Which?\n\nA. Aspirin\nB. Heparin"
     old_tree = view.tree.problems["o"]
     assert node_detail(old_tree, old_tree.root)[1].plain == "Old?"
+
+
+def test_a_long_node_id_in_the_detail_keeps_its_tail() -> None:
+    """A node's id starts with its problem's: cut at its end, a long one lost the part
+    that says which node it is."""
+    from thinktree.tui.render import node_detail
+
+    pid = "medqa-test-us-4-option-" + "x" * 80
+    view = RunView()
+    view.apply(RunStarted(run_id="r", mode="parallel", endpoint="e", model="m", problems=1))
+    view.apply(ProblemStarted(problem_id=pid, node_id=pid, question="Which?", gold="B"))
+    node_id = f"{pid}/b12/think"
+    view.apply(
+        NodeStarted(
+            node_id=node_id,
+            problem_id=pid,
+            parent_id=pid,
+            kind=NodeKind.GENERATION,
+            label="thinking",
+        )
+    )
+    tree = view.tree.problems[pid]
+    first_line = node_detail(tree, tree.nodes[node_id])[0].plain.splitlines()[0]
+    shown = first_line.split("generation", 1)[1].strip()
+    assert len(shown) == 80 and shown.startswith("medqa-test") and shown.endswith("/b12/think")
 
 
 def test_a_row_too_wide_gives_way_in_its_order_and_takes_back_what_it_can() -> None:

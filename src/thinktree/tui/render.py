@@ -12,7 +12,7 @@ from rich.text import Text
 
 from thinktree.orchestrator.events import NodeKind, NodeStatus
 from thinktree.orchestrator.tree import Node, ProblemTree
-from thinktree.tui.rows import DROP_MARKS, Row, RowBuilder
+from thinktree.tui.rows import DROP_MARKS, Row, RowBuilder, middle_cut
 from thinktree.tui.sanitize import clean, one_line
 from thinktree.tui.state import Outcome, RunView, outcome
 
@@ -250,7 +250,7 @@ def node_detail(problem: ProblemTree, node: Node) -> tuple[Text, Text]:
     mark, style = STATUS_MARKS[node.status]
     meta.append(f"{mark} {node.status}", style=style)
     meta.append(f"  {node.kind}  ", style="dim")
-    meta.append(one_line(node.id, 80), style="bold")
+    meta.append(middle_cut(one_line(node.id), 80), style="bold")  # its tail says which node
     meta.append("\n")
     if node.kind is NodeKind.PROBLEM:
         meta = _problem_meta(meta, problem)
