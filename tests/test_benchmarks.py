@@ -38,6 +38,7 @@ def test_every_script_is_covered_here() -> None:
         "answer_formats.py",
         "engines.py",
         "rate_limit.py",
+        "run_memory.py",
     }
     assert {p.name for p in BENCH.glob("*.py")} <= covered
 
@@ -116,3 +117,9 @@ def test_rate_limit_prints_both_runs() -> None:
     lines = {line.split(" failed")[0].strip(): line for line in out.splitlines()}
     assert re.search(r"failed calls +0 of 24", lines["backing off (thinktree)"])
     assert "retrying only" in lines
+
+
+def test_run_memory_prints_a_figure_per_reply_length() -> None:
+    out = _run("run_memory.py", "--problems", "2,6", "--reply-chars", "0,200")
+    lines = [line for line in out.splitlines() if "KiB per sample" in line]
+    assert [line.split(" chars")[0] for line in lines] == ["replies of 0", "replies of 200"]
