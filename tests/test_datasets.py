@@ -174,8 +174,20 @@ def test_invalid_utf8(tmp_path: Path) -> None:
             record("b", options=None, answer="1", answer_type="numeric", lower_limit=1.0),
             "problem: give both 'lower_limit' and 'upper_limit', or neither",
         ),
+        # "a/think" would name problem a's thinking node, and overwrite its records
+        (record("a/think"), "id: 'a/think' holds '/', which names the nodes under a problem"),
+        (record("b", question=" \n\t"), "question: 'question' is only whitespace"),
     ],
-    ids=["empty-question", "bad-type", "bad-option", "no-id", "no-options", "one-limit"],
+    ids=[
+        "empty-question",
+        "bad-type",
+        "bad-option",
+        "no-id",
+        "no-options",
+        "one-limit",
+        "slash-in-id",
+        "blank-question",
+    ],
 )
 def test_validation_error_names_line_and_field(
     tmp_path: Path, bad: dict[str, Any], expected: str

@@ -35,6 +35,25 @@ class Problem(BaseModel):
     benchmark: str | None = None
     meta: dict[str, Any] = Field(default_factory=dict)
 
+    @field_validator("id")
+    @classmethod
+    def _id_names_no_path(cls, value: str) -> str:
+        # a node is named by its path under the problem ("q1/b2/think"): an id holding
+        # "/" could name another problem's node, whose records it would overwrite
+        if "/" in value:
+            raise ValueError(
+                f"{value!r} holds '/', which names the nodes under a problem; "
+                "use another character there (such as '-')"
+            )
+        return value
+
+    @field_validator("question")
+    @classmethod
+    def _question_says_something(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("'question' is only whitespace")
+        return value
+
     @field_validator("meta", mode="before")
     @classmethod
     def _none_meta(cls, value: Any) -> Any:
