@@ -179,6 +179,8 @@ def test_defaults_a_mode_does_not_use_are_not_refused(
         (["--budget", "-5"], ["--budget", "-5"]),
         (["--budget", "0"], ["--budget", "positive"]),
         (["--mode", "parallel", "--n", "0"], ["--n", "positive"]),
+        # every branch is set up before the first call: a slip would fill the memory
+        (["--mode", "parallel", "--n", "100000000"], ["--n must be at most 10,000 samples"]),
         (["--mode", "sequential", "--steps", "-1"], ["--steps", "positive"]),
         (["--mode", "adaptive", "--stop-confidence", "1.5"], ["--stop-confidence", "below 1"]),
         (["--mode", "hybrid", "--total-budget", "0"], ["--total-budget"]),

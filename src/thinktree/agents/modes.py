@@ -80,8 +80,15 @@ def check_wave(s: ModeSettings, flag: str = "--") -> None:
         raise ConfigError(f"{flag}wave must be between 1 and {flag}n ({s.n}), not {s.wave}")
 
 
+MOST_SAMPLES = 10_000
+"""The most samples a problem may ask for: every branch is set up before the first call,
+so a slip of the keyboard (``--n 100000000``) would fill the machine's memory."""
+
+
 def build_strategy(s: ModeSettings) -> Strategy:
     """The strategy for ``s.mode``; a one-line ConfigError for any bad knob."""
+    if s.n > MOST_SAMPLES:
+        raise ConfigError(f"--n must be at most {MOST_SAMPLES:,} samples per problem, not {s.n}")
     for name, value in (
         ("n", s.n),
         ("steps", s.steps),
