@@ -87,7 +87,10 @@ HUGE = "100000000000000000000"  # past the 64-bit integers a run's records hold
         (["--limit", HUGE], ["limit must be at most"]),
         (["--offset", HUGE], ["offset must be at most"]),
         # each setting in range, their product not
-        (["--mode", "parallel", "--n", "100000000000"], ["tokens on one problem", "--n"]),
+        (
+            ["--mode", "parallel", "--n", "10000", "--budget", "1000000000"],
+            ["tokens on one problem", "--n"],
+        ),
         (["--max-cost", "nan"], ["--max-cost must be a positive amount"]),
     ],
 )

@@ -363,3 +363,50 @@ async def test_a_failed_revision_step_leaves_the_line_ending_at_the_last_step_ba
     (tree,) = again.trees
     assert tree.vote is not None and tree.vote.winner_node == "q0/step2"
     assert [b["revisions"] for b in tree.vote.ballots] == [1]
+
+
+async def test_a_problem_whose_calls_all_failed_is_failed_not_graded_wrong(
+    tmp_path: Path,
+) -> None:
+    """Question 1's every call is refused: it has no answer because of the endpoint, not
+    the model, so it is not counted wrong (accuracy is over the problems graded, and a
+    bench report pairs only those); its error gives the calls' reason. Where one of its
+    samples still answers, the answers decide it and it is graded as usual."""
+    outage = Outage()
+    async with FakeServer(_behaviour(outage)) as server:
+        endpoint = EndpointConfig(
+            name="fake", base_url=server.base_url, continuation="chat", max_attempts=1
+        )
+        settings = RunSettings(modes=ModeSettings(mode="budget", budget=32), out=tmp_path / "a")
+        result = await execute(PROBLEMS, endpoint, settings)
+    failed = next(t for t in result.trees if t.question.startswith("Question 1?"))
+    assert failed.answer is None and failed.correct is None and failed.covered is None
+    assert failed.error is not None
+    assert failed.error.startswith("1 model call(s) failed, the first with: ")
+    assert "the model is being reloaded" in failed.error
+    metrics = result.metrics
+    assert (metrics.graded, metrics.correct, metrics.failed) == (5, 5, 1)
+    assert metrics.accuracy == 1.0
+
+    class OneDown:
+        """Refuses Question 1's first sample only."""
+
+        def __init__(self) -> None:
+            self.refused = False
+
+        def __call__(self, body: dict[str, Any]) -> str | None:
+            if not self.refused and "Question 1?" in json.dumps(body.get("messages")):
+                self.refused = True
+                return "the model is being reloaded"
+            return None
+
+    behaviour = FakeBehaviour(reply="It is beta. Answer: B", reject=OneDown(), native_n=False)
+    async with FakeServer(behaviour) as server:
+        endpoint = EndpointConfig(
+            name="fake", base_url=server.base_url, continuation="chat", max_attempts=1
+        )
+        modes = ModeSettings(mode="parallel", n=2, budget=32)
+        settings = RunSettings(modes=modes, concurrency=1, out=tmp_path / "b")
+        result = await execute(PROBLEMS, endpoint, settings)
+    assert all(t.correct for t in result.trees) and result.metrics.failed == 0
+    assert len(result.failed_calls()) == 1

@@ -109,6 +109,9 @@ class Solver:
     sampling: Sampling = field(default_factory=Sampling)
     money: MoneyLimit | None = None
     answer_format: AnswerFormat = "free"
+    failures: list[str] = field(default_factory=list)
+    """The errors of this problem's calls that failed and a resume sends again: where no
+    candidate states an answer, they, not the model, are why."""
 
     @property
     def constrains(self) -> bool:
@@ -149,13 +152,15 @@ class Solver:
             error = str(exc)
             if req.constraint is not None and req.constraint.dialect and "(400)" in error:
                 error = f"{CONSTRAINT_REFUSED}: {error}"  # the answer is asked for freely
+            else:
+                self.failures.append(error)
             await self.bus.emit(NodeFailed(node_id=req.node_id, error=error))
             return Segment(node_id=req.node_id, failed=True, error=error)
         except anyio.get_cancelled_exc_class():
-            await self._cancelled([req], grant)
+            await self._cancelled([(req, grant)])
             raise
         except RunStopping as exc:  # the endpoint stayed down, the files cannot be written
-            await self._cancelled([req], grant, str(exc))
+            await self._cancelled([(req, grant)], str(exc))
             raise
         choice = result.choices[0]
         req.budget.commit(grant, choice.completion_tokens)
@@ -202,17 +207,16 @@ class Solver:
             segments = []
             think.budget.commit(think_grant, 0)  # both first: announcing may fail
             answer.budget.commit(answer_grant, 0)
+            self.failures += [str(exc)] * 2
             for req in (think, answer):
                 await self.bus.emit(NodeFailed(node_id=req.node_id, error=str(exc)))
                 segments.append(Segment(node_id=req.node_id, failed=True, error=str(exc)))
             return segments[0], segments[1]
         except anyio.get_cancelled_exc_class():
-            await self._cancelled([think], think_grant)
-            await self._cancelled([answer], answer_grant)
+            await self._cancelled([(think, think_grant), (answer, answer_grant)])
             raise
         except RunStopping as exc:
-            await self._cancelled([think], think_grant, str(exc))
-            await self._cancelled([answer], answer_grant, str(exc))
+            await self._cancelled([(think, think_grant), (answer, answer_grant)], str(exc))
             raise
         choice = result.choices[0]
         thinking, content = _split_thinking(choice, self.caps.think_end)
@@ -287,15 +291,16 @@ class Solver:
                 mode, messages, prefix, grant, len(reqs), reqs[0].node_id, reqs, bill=bill
             )
         except anyio.get_cancelled_exc_class():
-            await self._cancelled(reqs, grant)
+            await self._cancelled([(r, grant) for r in reqs])
             raise
         except RunStopping as exc:
-            await self._cancelled(reqs, grant, str(exc))
+            await self._cancelled([(r, grant) for r in reqs], str(exc))
             raise
         except EndpointError as exc:
             out = []
             for r in reqs:  # all first: announcing one may fail
                 r.budget.commit(grant, 0)
+            self.failures += [str(exc)] * len(reqs)
             for r in reqs:
                 await self.bus.emit(NodeFailed(node_id=r.node_id, error=str(exc)))
                 out.append((Segment(node_id=r.node_id, failed=True, error=str(exc)), branch.fork()))
@@ -307,6 +312,7 @@ class Solver:
             if choice is None:
                 r.budget.commit(grant, 0)
                 error = "the server returned fewer choices than asked for"
+                self.failures.append(error)
                 await self.bus.emit(NodeFailed(node_id=r.node_id, error=error))
                 segments.append(
                     (Segment(node_id=r.node_id, failed=True, error=error), branch.fork())
@@ -352,17 +358,16 @@ class Solver:
 
     async def _cancelled(
         self,
-        reqs: list[SegmentRequest],
-        grant: int,
+        calls: list[tuple[SegmentRequest, int]],
         reason: str = "cancelled in flight: the run stopped",
     ) -> None:
-        """Record calls cut off in flight (the run stopped): released, marked failed with
-        ``reason``, so none is left running. All are released first: announcing one may
-        fail (the bus closed), and must not keep the others' reservations."""
-        for r in reqs:
+        """Record calls cut off in flight (the run stopped), each with its grant: released,
+        marked failed with ``reason``, so none is left running. All are released first:
+        announcing one may fail (the bus closed), and must not keep the others' tokens."""
+        for r, grant in calls:
             r.budget.commit(grant, 0)
         with anyio.CancelScope(shield=True):
-            for r in reqs:
+            for r, _ in calls:
                 await self.bus.emit(NodeFailed(node_id=r.node_id, error=reason))
 
     def _shape(self, branch: Branch, req: SegmentRequest) -> tuple[str, list[Message], str]:

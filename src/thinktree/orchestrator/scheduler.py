@@ -104,6 +104,12 @@ async def solve_problem(
     error = None
     if candidates and all(c.answer is None for c in candidates):
         error = "no candidate stated an answer"
+        if solver.failures:
+            # its calls failed, not the model: it is not graded (it would count as wrong),
+            # and a resume sends them again
+            count = len(solver.failures)
+            error = f"{count} model call(s) failed, the first with: {solver.failures[0]}"
+            correct = covered = None
     # the run's limit refused later calls of it (the answers it stated decide it) or cut
     # its calls short, or its own limit cut them short
     stopped = pool.run_stopped or pool.run_cut
