@@ -56,6 +56,19 @@ _PROBE_USER = "Count from one to ten in words, separated by spaces."
 _PROBE_PREFIX = "one two three"
 
 
+async def check_generates(client: EndpointClient) -> None:
+    """One line (EndpointError) for an endpoint that cannot answer a plain chat request.
+
+    Every capability would read "no" from such a server, and a run on it would pay for
+    nothing but failed calls: it is refused before anything starts.
+    """
+    try:
+        await client.chat([{"role": "user", "content": "Say OK."}], max_tokens=4)
+    except EndpointError as exc:
+        url = client.config.base_url
+        raise EndpointError(f"{url} failed a plain chat request: {exc}") from None
+
+
 async def probe(client: EndpointClient, *, what: set[str] | None = None) -> Capabilities:
     """Try each capability for real (a few requests of a few tokens each).
 
@@ -73,6 +86,7 @@ async def probe(client: EndpointClient, *, what: set[str] | None = None) -> Capa
         "constraints",
         "stream_usage",
     }
+    await check_generates(client)
     caps = Capabilities()
     cfg = client.config
     if "thinking" in want and cfg.thinking == "auto":
