@@ -9,7 +9,7 @@ import pytest
 
 from thinktree.agents.endpoint import EndpointConfig
 from thinktree.agents.modes import ModeSettings
-from thinktree.errors import ConfigError
+from thinktree.errors import ConfigError, EndpointError
 from thinktree.orchestrator.events import NodeKind, NodeStatus
 from thinktree.orchestrator.run import RunResult, RunSettings, execute
 from thinktree.orchestrator.store import StoreReader
@@ -74,7 +74,9 @@ async def test_reward_model_scores_every_candidate(tmp_path: Path, route: str) -
     async with RewardServer(_outcome) as scorer:
         result = await _run(tmp_path, f"reward:{scorer.url}/v1,route={route}")
         seen = [r for r, _ in scorer.requests]
-    assert seen == [route]  # the whole problem in one request
+    # one tiny pair before the run starts (the scorer's check), then the whole problem
+    # in one request
+    assert seen == [route, route]
     tree = result.trees[0]
     verdicts = tree.of_kind(NodeKind.VERDICT)
     assert [v.score for v in verdicts] == pytest.approx([0.2, 0.9, 0.2])
@@ -91,7 +93,8 @@ async def test_reward_model_scores_every_candidate(tmp_path: Path, route: str) -
 async def test_process_reward_scores_steps(tmp_path: Path, agg: str, expected: float) -> None:
     async with RewardServer(_process) as scorer:
         result = await _run(tmp_path, f"prm:{scorer.url},agg={agg}")
-        inputs = scorer.requests[0][1]["input"]
+        assert len(scorer.requests) == 2  # the scorer's check, then the problem
+        inputs = scorer.requests[1][1]["input"]
     # 4 + 4 + 3 prefixes: every step of every candidate, the final answer being the last
     assert len(inputs) == 11
     assert inputs[1].endswith("Then a wrong turn.")
@@ -103,8 +106,17 @@ async def test_process_reward_scores_steps(tmp_path: Path, agg: str, expected: f
     assert result.trees[0].answer == "B"
 
 
-async def test_a_malformed_scorer_fails_the_verdicts_not_the_run(tmp_path: Path) -> None:
-    async with RewardServer(_outcome, malformed=True) as scorer:
+async def test_a_scorer_that_breaks_mid_run_fails_the_verdicts_not_the_run(
+    tmp_path: Path,
+) -> None:
+    scorers: list[RewardServer] = []
+
+    def breaks_after_the_check(text: str) -> float:
+        scorers[0].malformed = True  # every request after the check before the run
+        return _outcome(text)
+
+    async with RewardServer(breaks_after_the_check) as scorer:
+        scorers.append(scorer)
         result = await _run(tmp_path, f"reward:{scorer.url}", aggregate="verifier-tiebreak")
     verdicts = result.trees[0].of_kind(NodeKind.VERDICT)
     assert all(v.status is NodeStatus.FAILED for v in verdicts)
@@ -157,7 +169,7 @@ async def test_a_priced_scorer_counts_under_the_money_limit(tmp_path: Path) -> N
             max_cost=0.001,
         )
         first = await execute([PROBLEM], endpoint, settings)
-        assert not scorer.requests
+        assert len(scorer.requests) == 1  # only the check before the run, unmetered
         verdicts = first.trees[0].of_kind(NodeKind.VERDICT)
         assert all("money limit of $0.0010 is reached" in str(v.error) for v in verdicts)
         assert first.stopped_by is not None and "money limit of $0.0010" in first.stopped_by
@@ -170,3 +182,20 @@ async def test_a_priced_scorer_counts_under_the_money_limit(tmp_path: Path) -> N
     )
     spent = again.metrics.verifier.cost_usd if again.metrics.verifier else None
     assert spent is not None and 0.001 < spent < 0.07
+
+
+@pytest.mark.parametrize("broken", ["malformed", "unreachable", "not a scorer"])
+async def test_a_scorer_that_cannot_score_stops_the_run_before_its_folder(
+    tmp_path: Path, broken: str
+) -> None:
+    """Every verdict would fail and the vote fall back to majority, unnoticed: the run
+    is refused in one line, as for a judge whose endpoint cannot be probed."""
+    async with RewardServer(_outcome, malformed=broken == "malformed") as scorer:
+        url = {"malformed": scorer.url, "unreachable": "http://127.0.0.1:9"}.get(broken)
+        async with FakeServer(FakeBehaviour(reply=_solver)) as solver:
+            with pytest.raises(EndpointError) as raised:
+                await _run(tmp_path, f"prm:{url or solver.base_url}")
+    message = str(raised.value)
+    assert message.startswith("the scorer at http://127.0.0.1:") and "cannot score" in message
+    assert "\n" not in message
+    assert not (tmp_path / "run").exists()

@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from thinktree.errors import ConfigError, RunLimitReached
+from thinktree.errors import ConfigError, EndpointError, RunLimitReached
 from thinktree.problems import Problem
 from thinktree.verifiers.base import (
     CandidateView,
@@ -100,12 +100,31 @@ class RewardClient:
             self.model = served[0]
         return self.model
 
+    async def ready(self) -> None:
+        """Score one tiny pair, unmetered, before the run starts (as the run probes its own
+        endpoint): a scorer that cannot be reached, serves no single model or answers
+        nothing readable on its route is a one-line error, not every verdict failed."""
+        try:
+            model = await self._model()
+            await self._post(model, [("Is this a test?", "Yes.")])
+        except _SCORING_FAILED as exc:
+            detail = " ".join(str(exc).split()) or type(exc).__name__
+            raise EndpointError(f"the scorer at {self.root} cannot score: {detail}") from None
+
     async def score(
         self, pairs: Sequence[tuple[str, str]], problem_id: str = ""
     ) -> tuple[list[float], int]:
         """A score per (question, response) pair, and the prompt tokens the server counted
         (under the run's money limit, for ``problem_id``)."""
         model = await self._model()
+        async with self._metered(problem_id, model, [t for pair in pairs for t in pair]) as call:
+            scores, tokens = await self._post(model, pairs)
+            if call is not None:
+                call.settle(tokens, 0)
+        return scores, tokens
+
+    async def _post(self, model: str, pairs: Sequence[tuple[str, str]]) -> tuple[list[float], int]:
+        """One scoring request: a score per pair, and the prompt tokens it counted."""
         body: dict[str, Any]
         if self.route == "score":
             body = {"model": model, "text_1": pairs[0][0], "text_2": [r for _, r in pairs]}
@@ -113,15 +132,12 @@ class RewardClient:
                 raise ValueError("the score route takes one question per request")
         else:
             body = {"model": model, "input": [f"{q}\n\n{r}" for q, r in pairs]}
-        async with self._metered(problem_id, model, [t for pair in pairs for t in pair]) as call:
-            resp = await self.http.post(f"{self.root}/{self.route}", json=body)
-            if resp.status_code != 200:
-                raise ValueError(f"the scorer answered HTTP {resp.status_code} on /{self.route}")
-            data = resp.json()
-            usage = data.get("usage") or {}
-            tokens = int(usage.get("prompt_tokens") or 0)
-            if call is not None:
-                call.settle(tokens, 0)
+        resp = await self.http.post(f"{self.root}/{self.route}", json=body)
+        if resp.status_code != 200:
+            raise ValueError(f"the scorer answered HTTP {resp.status_code} on /{self.route}")
+        data = resp.json()
+        usage = data.get("usage") or {}
+        tokens = int(usage.get("prompt_tokens") or 0)
         rows = sorted(data.get("data") or [], key=lambda d: d.get("index", 0))
         if len(rows) != len(pairs):
             raise ValueError(f"the scorer returned {len(rows)} scores for {len(pairs)} texts")
@@ -159,6 +175,9 @@ class RewardModel:
     def __init__(self, arg: str | None, setup: VerifierSetup) -> None:
         self.client = RewardClient(arg, setup, verifier="reward")
 
+    async def prepare(self) -> None:
+        await self.client.ready()
+
     async def aclose(self) -> None:
         await self.client.aclose()
 
@@ -191,6 +210,9 @@ class ProcessReward:
         if self.how not in AGGREGATES:
             raise ConfigError(f"prm agg '{self.how}' is unknown; use {', '.join(AGGREGATES)}")
         self.client = RewardClient(arg, setup, verifier="prm")
+
+    async def prepare(self) -> None:
+        await self.client.ready()
 
     async def aclose(self) -> None:
         await self.client.aclose()
