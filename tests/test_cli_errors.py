@@ -188,6 +188,8 @@ def test_defaults_a_mode_does_not_use_are_not_refused(
         (["--mode", "adaptive", "--stop-confidence", "1.5"], ["--stop-confidence", "below 1"]),
         (["--mode", "hybrid", "--total-budget", "0"], ["--total-budget"]),
         (["--mode", "hybrid", "--n", "8", "--steps", "8", "--total-budget", "10"], ["too small"]),
+        # 1 token a step: no step could state an answer, and the model would be blamed
+        (["--mode", "hybrid", "--total-budget", "10"], ["too small", "would get 1 token(s)"]),
         (["--aggregate", "loudest"], ["unknown aggregator 'loudest'"]),
         (["--min-thinking", "5000", "--budget", "100"], ["--min-thinking"]),
         (["--limit", "0"], ["--limit"]),

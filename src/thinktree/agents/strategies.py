@@ -422,6 +422,10 @@ def _refusal(exc: BudgetExhausted | RunLimitReached) -> str:
     return f"no tokens left: {exc}" if isinstance(exc, BudgetExhausted) else str(exc)
 
 
+_LEAST_STEP_TOKENS = 4
+"""The fewest tokens a hybrid step may get: enough to state a short answer ("Answer: B")."""
+
+
 def hybrid(
     n: int,
     steps: int,
@@ -439,9 +443,11 @@ def hybrid(
     _positive("n", n)
     _positive("steps", steps)
     per_step = step_tokens or total_budget // (n * steps)
-    if per_step <= 0:
+    if per_step < _LEAST_STEP_TOKENS:  # no step could state an answer: nothing would decide
         raise ConfigError(
-            f"--total-budget {total_budget} is too small for {n} branches × {steps} steps"
+            f"--total-budget {total_budget} is too small for {n} branches × {steps} steps: "
+            f"each step would get {per_step} token(s), and needs {_LEAST_STEP_TOKENS} or more "
+            "to state an answer"
         )
     inner = Sequential(
         steps=steps, step_tokens=per_step, answer_tokens=answer_tokens, force_final=False
