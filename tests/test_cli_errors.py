@@ -254,3 +254,23 @@ def test_serve_on_a_port_in_use(work: Path) -> None:
 def test_unknown_config_file(work: Path) -> None:
     proc = thinktree("run", "--config", str(work / "none.toml"), cwd=work)
     assert_one_line_error(proc, "config file not found")
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        # (the command path is the program's name: here "python -m thinktree.cli")
+        (["run", "--budget", "abc"], ["Invalid value for '--budget'", " run --help)"]),
+        (["run", "--bugdet", "5"], ["No such option: --bugdet", " run --help)"]),
+        (["rnu"], ["No such command 'rnu'", "cli --help)"]),
+        (["report"], ["Missing argument", " report --help)"]),
+    ],
+)
+def test_a_flag_or_command_the_cli_does_not_know_is_one_line(
+    work: Path, args: list[str], needles: list[str]
+) -> None:
+    """They used to be a box of five lines with a usage line above it."""
+    proc = thinktree(*args, cwd=work)
+    assert proc.returncode == 2
+    assert_one_line_error(proc, *needles)
+    assert_nothing_written(work)

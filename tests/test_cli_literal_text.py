@@ -1,7 +1,8 @@
 """Text from users, datasets, file paths and servers is printed as written, never as markup.
 
-Rich reads the text it prints as markup: "[/]" in a problem id or a folder name would
-crash a command after its run finished, and "[bold]" would vanish from what is shown.
+Rich reads the text it prints as markup: "[/]" in a folder name (or an error message)
+would crash a command after its run finished, and "[bold]" in a problem id would vanish
+from what is shown (an id cannot hold "/", which names the nodes under a problem).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from thinktree.orchestrator.events import CallRetried, RunStarted
 from thinktree.orchestrator.subscribers import ConsoleProgress
 from thinktree.testing.fake_server import FakeBehaviour, fake_server_in_thread
 
-IDS = ["q[/]", "q[bold]x", "q[red]refused"]
+IDS = ["q[i]", "q[bold]x", "q[red]refused"]
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

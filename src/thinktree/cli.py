@@ -997,12 +997,32 @@ def _ray_alone(args: list[str]) -> list[str]:
     return out
 
 
+def _click_error(name: str) -> type[Exception]:
+    """click's exception class ``name``, as the installed typer raises it (newer typers
+    carry their own copy of click, older ones use click itself)."""
+    return next(c for c in typer.BadParameter.__mro__ if c.__name__ == name)
+
+
 def main() -> None:
     """Console-script entry point."""
+    usage_error, click_error = _click_error("UsageError"), _click_error("ClickException")
     try:
-        app(args=_ray_alone(sys.argv[1:]))
+        code = app(args=_ray_alone(sys.argv[1:]), standalone_mode=False)
     except BrokenPipeError:
         sys.exit(1)
+    except usage_error as exc:
+        # a bad flag or value is one line, as every other error: what is wrong, and where
+        # the command's flags are listed
+        ctx = getattr(exc, "ctx", None)
+        where = ctx.command_path if ctx is not None else "thinktree"
+        message = getattr(exc, "format_message", exc.__str__)()
+        sys.exit(_fail(f"{message} (see {where} --help)").exit_code)
+    except click_error as exc:
+        message = getattr(exc, "format_message", exc.__str__)()
+        sys.exit(_fail(message, getattr(exc, "exit_code", 1)).exit_code)
+    except typer.Abort:
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
