@@ -247,3 +247,11 @@ def test_serve_on_a_port_in_use(work: Path) -> None:
 def test_unknown_config_file(work: Path) -> None:
     proc = thinktree("run", "--config", str(work / "none.toml"), cwd=work)
     assert_one_line_error(proc, "config file not found")
+
+
+@pytest.mark.parametrize("content", ["hello\n", '{"question": "1+1?", "answer": "2"}\n', ""])
+def test_watch_refuses_a_file_that_is_not_a_trace(work: Path, content: str) -> None:
+    (work / "afile").write_text(content)
+    proc = thinktree("watch", "afile", cwd=work, timeout=30)
+    assert_one_line_error(proc, "afile is not a run folder or a trace")
+    assert proc.returncode == 2 and proc.stdout == ""

@@ -513,6 +513,15 @@ async def test_a_follower_says_when_the_run_it_showed_is_resumed(tmp_path: Path)
         assert "the run was resumed" in source.status
 
 
+def run_folder(tmp_path: Path, events: list[Event]) -> Path:
+    """A run folder as a run leaves it: its manifest, and its trace so far."""
+    folder = tmp_path / "r1"
+    folder.mkdir()
+    (folder / "run.json").write_text("{}")
+    write_trace(events, folder / "trace.jsonl")
+    return folder
+
+
 async def test_a_thousand_problems_by_sixteen_branches_stay_responsive(tmp_path: Path) -> None:
     app = replay(tmp_path, 1000, 16, deltas=False)
     async with app.run_test(size=SIZE) as pilot:
@@ -547,6 +556,32 @@ async def test_watch_picks_follow_or_replay_from_the_trace(tmp_path: Path) -> No
         source_for(done, speed=0)
     with pytest.raises(FileNotFoundError):
         source_for(tmp_path / "missing")
+
+
+async def test_watch_refuses_a_file_that_is_not_a_trace(tmp_path: Path) -> None:
+    from thinktree.tui.sources import source_for
+
+    for name, content in [
+        ("afile", b"hello\n"),
+        ("data.jsonl", b'{"question": "1+1?", "answer": "2"}\n'),
+        ("typed.jsonl", b'{"type": ["run-started"]}\n'),
+        ("empty.jsonl", b""),
+        ("cut", b'{"type": "run-st'),
+    ]:
+        (tmp_path / name).write_bytes(content)
+        refused = re.escape(f"{tmp_path / name} is not a run folder or a trace")
+        with pytest.raises(ValueError, match=f"^{refused}$"):
+            source_for(tmp_path / name)
+    # a run that has just started: its trace has no whole line yet, beside its run.json
+    folder = run_folder(tmp_path, [])
+    assert isinstance(source_for(folder), FollowSource)
+    (folder / "trace.jsonl").write_bytes(b'{"type": "run-started", "run_id"')
+    assert isinstance(source_for(folder / "trace.jsonl"), FollowSource)
+    # a folder whose trace.jsonl is another program's
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "trace.jsonl").write_bytes(b"[1, 2]\n")
+    with pytest.raises(ValueError, match=r"trace\.jsonl is not a trace$"):
+        source_for(tmp_path / "other")
 
 
 async def test_ids_labels_and_answers_are_never_markup() -> None:

@@ -18,7 +18,7 @@ import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from thinktree.orchestrator.events import Event, RunFinished
-from thinktree.orchestrator.trace import TraceDecoder, resolve_trace, trace_finished
+from thinktree.orchestrator.trace import TraceDecoder, is_trace, resolve_trace, trace_finished
 
 BATCH = 2000  # events applied between two chances for the screen to draw
 SPEEDS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, math.inf)
@@ -186,9 +186,14 @@ Source = LiveSource | ReplaySource | FollowSource
 def source_for(path: Path, *, speed: float | None = None) -> ReplaySource | FollowSource:
     """The source for ``thinktree watch PATH``: follow a run still going, else replay.
 
-    A finished run is shown at once unless ``speed`` asks for a replay in time.
+    A finished run is shown at once unless ``speed`` asks for a replay in time. Raises
+    FileNotFoundError when there is no trace at ``path``, ValueError for a file that is
+    not a trace, or a bad speed.
     """
     trace = resolve_trace(path)
+    if not is_trace(trace):
+        what = "a run folder or a trace" if trace == path else "a trace"
+        raise ValueError(f"{trace} is not {what}")
     if not trace_finished(trace):
         return FollowSource(trace)
     return ReplaySource(trace, speed=math.inf if speed is None else speed)
