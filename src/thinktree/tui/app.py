@@ -37,7 +37,7 @@ from thinktree.tui import render
 from thinktree.tui.messages import ProblemHighlighted, ProblemOpened, UserNavigated
 from thinktree.tui.quit_dialog import QuitChoice, QuitLiveRun
 from thinktree.tui.sanitize import one_line
-from thinktree.tui.sources import FollowSource, LiveSource, ReplaySource, Source, source_for
+from thinktree.tui.sources import FollowSource, LiveSource, ReplaySource, Source
 from thinktree.tui.state import FILTERS, RunView, allowed_tokens
 from thinktree.tui.widgets import DetailPane, ProblemList, ProblemTreeView, RunHeader
 
@@ -534,13 +534,4 @@ class ThinktreeApp(App[None]):
             self.refresh_view()
 
 
-def watch_path(path: Path, *, speed: float | None = None) -> None:
-    """``thinktree watch PATH``: follow a run still being written, or browse a finished one
-    (replayed at ``speed`` × real time when given, else shown at once).
-
-    Raises FileNotFoundError when there is no trace at ``path``, ValueError for a bad speed.
-    """
-    ThinktreeApp(source_for(path, speed=speed)).run()
-
-
-__all__ = ["FollowSource", "LiveSource", "ReplaySource", "ThinktreeApp", "watch_path"]
+__all__ = ["FollowSource", "LiveSource", "ReplaySource", "ThinktreeApp"]
