@@ -13,6 +13,7 @@ import pytest
 
 from choice_set import beta_problems, write_dataset
 from thinktree.testing.fake_server import FakeBehaviour, fake_server_in_thread
+from thinktree.tui.synthetic import synthetic_run, write_trace
 
 
 def thinktree(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -22,6 +23,7 @@ def thinktree(*args: str, cwd: Path, timeout: float = 120) -> subprocess.Complet
         [sys.executable, "-m", "thinktree.cli", *args],
         cwd=cwd,
         env=env,
+        stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -274,3 +276,43 @@ def test_a_flag_or_command_the_cli_does_not_know_is_one_line(
     assert proc.returncode == 2
     assert_one_line_error(proc, *needles)
     assert_nothing_written(work)
+
+
+@pytest.mark.parametrize("content", ["hello\n", '{"question": "1+1?", "answer": "2"}\n', ""])
+def test_watch_refuses_a_file_that_is_not_a_trace(work: Path, content: str) -> None:
+    (work / "afile").write_text(content)
+    proc = thinktree("watch", "afile", cwd=work, timeout=30)
+    assert_one_line_error(proc, "afile is not a run folder or a trace")
+    assert proc.returncode == 2 and proc.stdout == ""
+
+
+def test_watch_refuses_to_start_without_a_terminal(work: Path) -> None:
+    """Its output sent to a file and nothing to read keys from: it says so and ends, rather
+    than fill the file with escape codes and wait for a key that never comes."""
+    (work / "r1").mkdir()
+    (work / "r1" / "run.json").write_text("{}")
+    write_trace(synthetic_run(2, 2), work / "r1" / "trace.jsonl")
+    proc = thinktree("watch", "r1", cwd=work, timeout=30)
+    assert_one_line_error(proc, "watch needs a terminal")
+    assert proc.returncode == 2 and proc.stdout == ""
+
+
+@pytest.mark.parametrize("redirected", ["stdin", "stdout", "stderr"])
+def test_the_view_needs_a_terminal_on_every_stream(
+    monkeypatch: pytest.MonkeyPatch, redirected: str
+) -> None:
+    """Keys come from stdin and the view is drawn on stderr; results go to stdout."""
+    from thinktree import cli
+
+    class Stream:
+        def __init__(self, tty: bool) -> None:
+            self.tty = tty
+
+        def isatty(self) -> bool:
+            return self.tty
+
+    for name in ("stdin", "stdout", "stderr"):
+        monkeypatch.setattr(sys, name, Stream(True))
+    assert cli._terminal()
+    monkeypatch.setattr(sys, redirected, Stream(False))
+    assert not cli._terminal()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import html
 import re
@@ -14,6 +15,7 @@ from textual.pilot import Pilot
 from textual.widget import Widget
 from textual.widgets import Footer
 
+from thinktree._files import folder_lock
 from thinktree.orchestrator.events import (
     Event,
     NodeDelta,
@@ -30,6 +32,7 @@ from thinktree.orchestrator.events import (
 from thinktree.tui.app import KEYS_SETTLE_S, ThinktreeApp
 from thinktree.tui.quit_dialog import QuitLiveRun
 from thinktree.tui.sources import FollowSource, LiveSource, ReplaySource
+from thinktree.tui.state import Outcome
 from thinktree.tui.synthetic import synthetic_run, write_trace
 
 pytestmark = pytest.mark.anyio
@@ -513,6 +516,95 @@ async def test_a_follower_says_when_the_run_it_showed_is_resumed(tmp_path: Path)
         assert "the run was resumed" in source.status
 
 
+def run_folder(tmp_path: Path, events: list[Event]) -> Path:
+    """A run folder as a run leaves it: its manifest, and its trace so far."""
+    folder = tmp_path / "r1"
+    folder.mkdir()
+    (folder / "run.json").write_text("{}")
+    write_trace(events, folder / "trace.jsonl")
+    return folder
+
+
+def assert_interrupted(app: ThinktreeApp, source: FollowSource) -> None:
+    """Shown as a run that ended: nothing running, the clock still, the way to go on."""
+    assert source.interrupted and source.status == FollowSource.GONE
+    assert app.view.outcomes[Outcome.RUNNING] == 0 and app.view.outcomes[Outcome.STOPPED] == 1
+    assert all(
+        node.status is not NodeStatus.RUNNING
+        for problem in app.view.tree.problems.values()
+        for node in problem.nodes.values()
+    )
+    app.refresh_view()
+    assert "run interrupted" in app.header.plain and "running" not in app.header.plain
+    assert f"resume with: thinktree run --resume {source.folder}" in app.header.plain
+    assert app.elapsed() == app.view.elapsed  # the clock no longer ticks
+
+
+async def test_watching_a_run_whose_process_died_says_it_was_interrupted(tmp_path: Path) -> None:
+    """Nobody holds the run folder's lock (its process was killed): the view says so."""
+    folder = run_folder(tmp_path, synthetic_run(3, 2, running=1))
+    source = FollowSource(folder / "trace.jsonl", poll_s=0.02)
+    app = ThinktreeApp(source, refresh_hz=0.001)
+    async with app.run_test(size=SIZE) as pilot:
+        with anyio.fail_after(5):
+            await settle(app, pilot)
+        assert_interrupted(app, source)
+        # a resume writes the trace anew: the view is out of date, the hint to resume goes
+        (folder / "trace.jsonl").write_bytes(b"")
+        with anyio.fail_after(5):
+            while "out of date" not in source.status:
+                await pilot.pause(0.02)
+        app.refresh_view()
+        assert "--resume" not in app.header.plain
+
+
+async def test_a_run_killed_before_its_first_event_is_not_waited_for(tmp_path: Path) -> None:
+    folder = run_folder(tmp_path, [])  # its trace created, and nothing in it yet
+    source = FollowSource(folder / "trace.jsonl", poll_s=0.02)
+    app = ThinktreeApp(source, refresh_hz=0.001)
+    async with app.run_test(size=SIZE) as pilot:
+        with anyio.fail_after(5):
+            await settle(app, pilot)
+        assert source.interrupted
+        assert "waiting" not in app.header.plain
+        assert "the run ended before it started" in app.header.plain
+        assert "run interrupted" in app.header.plain
+
+
+async def test_a_run_whose_process_dies_while_watched_is_no_longer_followed(
+    tmp_path: Path,
+) -> None:
+    events = synthetic_run(3, 2, running=1)
+    lines = write_trace(events, tmp_path / "whole.jsonl").read_bytes().splitlines(keepends=True)
+    folder = run_folder(tmp_path, events[:10])
+    source = FollowSource(folder / "trace.jsonl", poll_s=0.02)
+    app = ThinktreeApp(source, refresh_hz=0.001)
+    with contextlib.ExitStack() as writer:
+        writer.enter_context(folder_lock(folder, "run"))  # held while the run's process lives
+        async with app.run_test(size=SIZE) as pilot:
+            await settle(app, pilot, 10)
+            await pilot.pause(0.1)
+            assert source.status == "following" and not app.source_done.is_set()
+            with (folder / "trace.jsonl").open("ab") as file:  # its last events, then it dies
+                file.writelines(lines[10:])
+            writer.close()
+            with anyio.fail_after(5):
+                await settle(app, pilot)
+            assert app.view.events == len(events)  # what it wrote before it died is shown
+            assert_interrupted(app, source)
+
+
+async def test_a_trace_on_its_own_is_followed_while_the_view_is_open(tmp_path: Path) -> None:
+    """Outside a run folder nothing tells whether its writer lives: it is never called dead."""
+    path = write_trace(synthetic_run(3, 2, running=1), tmp_path / "trace.jsonl")
+    source = FollowSource(path, poll_s=0.02)
+    app = ThinktreeApp(source, refresh_hz=0.001)
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause(0.3)
+        assert source.status == "following" and not source.interrupted
+        assert not app.source_done.is_set()
+
+
 async def test_a_thousand_problems_by_sixteen_branches_stay_responsive(tmp_path: Path) -> None:
     app = replay(tmp_path, 1000, 16, deltas=False)
     async with app.run_test(size=SIZE) as pilot:
@@ -547,6 +639,32 @@ async def test_watch_picks_follow_or_replay_from_the_trace(tmp_path: Path) -> No
         source_for(done, speed=0)
     with pytest.raises(FileNotFoundError):
         source_for(tmp_path / "missing")
+
+
+async def test_watch_refuses_a_file_that_is_not_a_trace(tmp_path: Path) -> None:
+    from thinktree.tui.sources import source_for
+
+    for name, content in [
+        ("afile", b"hello\n"),
+        ("data.jsonl", b'{"question": "1+1?", "answer": "2"}\n'),
+        ("typed.jsonl", b'{"type": ["run-started"]}\n'),
+        ("empty.jsonl", b""),
+        ("cut", b'{"type": "run-st'),
+    ]:
+        (tmp_path / name).write_bytes(content)
+        refused = re.escape(f"{tmp_path / name} is not a run folder or a trace")
+        with pytest.raises(ValueError, match=f"^{refused}$"):
+            source_for(tmp_path / name)
+    # a run that has just started: its trace has no whole line yet, beside its run.json
+    folder = run_folder(tmp_path, [])
+    assert isinstance(source_for(folder), FollowSource)
+    (folder / "trace.jsonl").write_bytes(b'{"type": "run-started", "run_id"')
+    assert isinstance(source_for(folder / "trace.jsonl"), FollowSource)
+    # a folder whose trace.jsonl is another program's
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "trace.jsonl").write_bytes(b"[1, 2]\n")
+    with pytest.raises(ValueError, match=r"trace\.jsonl is not a trace$"):
+        source_for(tmp_path / "other")
 
 
 async def test_ids_labels_and_answers_are_never_markup() -> None:

@@ -220,7 +220,7 @@ def run(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
 ) -> None:
     """Run a dataset under one scaling mode and print the results table."""
-    if watch and not sys.stdout.isatty():
+    if watch and not _terminal():
         err.print("[yellow]--watch needs a terminal; showing plain progress instead[/]")
         watch = False
     # While the view owns the terminal, logs go to a file.
@@ -299,6 +299,12 @@ def run(
             f"'{target.name}': leave it out"
         )
     _execute(problems, target, settings, watch=watch, engine=engine, config=config)
+
+
+def _terminal() -> bool:
+    """Whether the terminal view can run: it reads keys from stdin and draws on stderr,
+    and stdout (where results go) is not sent to a file either."""
+    return all(s is not None and s.isatty() for s in (sys.stdin, sys.stdout, sys.stderr))
 
 
 def _watch_log() -> Path:
@@ -720,12 +726,17 @@ def watch(
 ) -> None:
     """Browse a run in the terminal view; a run still being written is followed live."""
     configure(json_file=_watch_log())
-    from thinktree.tui.app import watch_path
+    from thinktree.tui.sources import source_for
 
     try:
-        watch_path(path, speed=speed)
+        source = source_for(path, speed=speed)
     except (FileNotFoundError, ValueError) as exc:
         raise _fail(str(exc)) from None
+    if not _terminal():
+        raise _fail("watch needs a terminal; `thinktree runs` lists runs without one")
+    from thinktree.tui.app import ThinktreeApp
+
+    ThinktreeApp(source).run()
 
 
 @app.command()

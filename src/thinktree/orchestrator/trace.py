@@ -32,6 +32,7 @@ def _event_types() -> dict[str, type[Event]]:
 
 EVENT_TYPES = _event_types()
 TRACE_NAME = "trace.jsonl"
+RUN_MANIFEST = "run.json"  # what makes a folder a run folder (orchestrator.run writes it first)
 _CHUNK = 1 << 20
 
 
@@ -184,6 +185,28 @@ def resolve_trace(path: Path) -> Path:
     if not candidates:
         raise FileNotFoundError(f"no {TRACE_NAME} at {path}")
     return max(candidates, key=lambda p: p.stat().st_mtime)
+
+
+def run_folder(trace: Path) -> Path | None:
+    """The run folder ``trace`` is the trace of, or None for a trace on its own."""
+    folder = trace.parent
+    return folder if (folder / RUN_MANIFEST).is_file() else None
+
+
+def is_trace(path: Path) -> bool:
+    """Whether ``path`` reads as a trace: its first line is an event. In a run folder a
+    trace may have no whole line yet (the run has just started): that one is a trace too."""
+    with path.open("rb") as file:
+        head = file.read(_CHUNK)
+    line, newline, _ = head.partition(b"\n")
+    if not newline and run_folder(path) is not None:
+        return True
+    try:
+        data = json.loads(line)
+    except ValueError:
+        return False
+    kind = data.get("type") if isinstance(data, dict) else None
+    return isinstance(kind, str) and kind in EVENT_TYPES
 
 
 def trace_finished(path: Path) -> bool:

@@ -29,6 +29,7 @@ from textual.timer import Timer
 from textual.widget import Widget
 from textual.widgets import Footer, Tree
 
+from thinktree.hints import resume_command
 from thinktree.orchestrator.events import Event, NodeKind, NodeStatus, RunStarted
 from thinktree.orchestrator.trace import TraceError
 from thinktree.orchestrator.tree import ProblemTree
@@ -36,7 +37,7 @@ from thinktree.tui import render
 from thinktree.tui.messages import ProblemHighlighted, ProblemOpened, UserNavigated
 from thinktree.tui.quit_dialog import QuitChoice, QuitLiveRun
 from thinktree.tui.sanitize import one_line
-from thinktree.tui.sources import FollowSource, LiveSource, ReplaySource, Source, source_for
+from thinktree.tui.sources import FollowSource, LiveSource, ReplaySource, Source
 from thinktree.tui.state import FILTERS, RunView, allowed_tokens
 from thinktree.tui.widgets import DetailPane, ProblemList, ProblemTreeView, RunHeader
 
@@ -198,8 +199,9 @@ class ThinktreeApp(App[None]):
         """Apply every event the source gives; drawing is left to the timer."""
         apply = self.view.apply
         freeze_at = _FREEZE_FROM
+        source = self.source
         try:
-            async for batch in self.source.batches():
+            async for batch in source.batches():
                 for event in batch:
                     apply(event)
                 self._last_event_wall = time.monotonic()
@@ -212,10 +214,31 @@ class ThinktreeApp(App[None]):
                     freeze_at = self.view.events * 2
         except (TraceError, OSError) as exc:
             self.view.error = str(exc)
+        else:
+            if isinstance(source, FollowSource) and source.interrupted:
+                self._interrupted(source)
         finally:
             self.source_done.set()
-        if isinstance(self.source, FollowSource):  # a resume may write the trace anew
-            await self.source.until_rewritten()
+        if isinstance(source, FollowSource):  # a resume may write the trace anew
+            await source.until_rewritten()
+
+    def _interrupted(self, source: FollowSource) -> None:
+        """The followed run's process ended before the run did: say so, and how to go on."""
+        self.view.interrupt()
+        self.notify(
+            f"its process ended before the run did; {self._resume_hint()}",
+            title="the run was interrupted",
+            severity="warning",
+            timeout=30,
+            markup=False,
+        )
+
+    def _resume_hint(self) -> str | None:
+        """How to resume the run shown, while it is interrupted and not resumed yet."""
+        source = self.source
+        if not isinstance(source, FollowSource) or source.state != source.GONE:
+            return None
+        return None if source.folder is None else f"resume with: {resume_command(source.folder)}"
 
     @work(thread=True, group="budget")
     def _work_out_budget(self, started: RunStarted) -> None:
@@ -289,7 +312,14 @@ class ThinktreeApp(App[None]):
         if problem is not None and problem.problem_id in changes.problems:
             self.problem_tree.sync(problem)
             self._show_detail()
-        self.header.show(render.header(view, elapsed=self.elapsed(), source=self.source_status()))
+        self.header.show(
+            render.header(
+                view,
+                elapsed=self.elapsed(),
+                source=self.source_status(),
+                hint=self._resume_hint(),
+            )
+        )
 
     def _set_rows(self) -> None:
         rows = self.view.problems_in(self.filter)
@@ -504,13 +534,4 @@ class ThinktreeApp(App[None]):
             self.refresh_view()
 
 
-def watch_path(path: Path, *, speed: float | None = None) -> None:
-    """``thinktree watch PATH``: follow a run still being written, or browse a finished one
-    (replayed at ``speed`` × real time when given, else shown at once).
-
-    Raises FileNotFoundError when there is no trace at ``path``, ValueError for a bad speed.
-    """
-    ThinktreeApp(source_for(path, speed=speed)).run()
-
-
-__all__ = ["FollowSource", "LiveSource", "ReplaySource", "ThinktreeApp", "watch_path"]
+__all__ = ["FollowSource", "LiveSource", "ReplaySource", "ThinktreeApp"]

@@ -42,13 +42,16 @@ def clock(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def header(view: RunView, *, elapsed: float, source: str) -> Text:
-    """Two lines: what run this is, then how far it has got."""
+def header(view: RunView, *, elapsed: float, source: str, hint: str | None = None) -> Text:
+    """Two lines: what run this is, then how far it has got (and ``hint``: what to do
+    next, last)."""
     text = Text(no_wrap=True, overflow="ellipsis")
     text.append(" thinktree ", style="bold reverse")
     started = view.started
-    if started is None:
+    if started is None and view.ended is None:
         text.append("  waiting for the run to start…", style="dim")
+    elif started is None:
+        text.append("  the run ended before it started", style="dim")
     else:
         for label, value in (
             ("run", started.run_id),
@@ -85,16 +88,19 @@ def header(view: RunView, *, elapsed: float, source: str) -> Text:
     if view.retries:
         text.append(f"  retries {view.retries}", style="magenta")
     retry = view.last_retry
-    if retry is not None and view.finished is None and elapsed < retry.at + retry.wait_s:
+    if retry is not None and view.ended is None and elapsed < retry.at + retry.wait_s:
         left = retry.at + retry.wait_s - elapsed
         text.append(f"  waiting {left:.0f} s: {one_line(retry.reason, 40)}", style="bold magenta")
     text.append("  ·  ", style="dim")
     text.append(source, style="cyan")
-    if view.finished is not None:
-        style = "green" if view.finished.status == "completed" else "bold red"
-        text.append(f"  run {one_line(view.finished.status, 20)}", style=style)
+    ended = view.ended
+    if ended is not None:
+        style = "green" if ended == "completed" else "bold red"
+        text.append(f"  run {one_line(ended, 20)}", style=style)
     if view.error:
         text.append(f"  {one_line(view.error, 80)}", style="bold red")
+    if hint:
+        text.append(f"  {one_line(hint)}", style="yellow")
     return text
 
 

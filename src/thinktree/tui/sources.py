@@ -17,8 +17,15 @@ import anyio
 import anyio.lowlevel
 from anyio.streams.memory import MemoryObjectReceiveStream
 
+from thinktree._files import in_use
 from thinktree.orchestrator.events import Event, RunFinished
-from thinktree.orchestrator.trace import TraceDecoder, resolve_trace, trace_finished
+from thinktree.orchestrator.trace import (
+    TraceDecoder,
+    is_trace,
+    resolve_trace,
+    run_folder,
+    trace_finished,
+)
 
 BATCH = 2000  # events applied between two chances for the screen to draw
 SPEEDS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, math.inf)
@@ -134,12 +141,22 @@ async def _decoded_chunks(path: Path) -> AsyncIterator[list[Event]]:
 
 
 class FollowSource:
-    """A trace still being written (``thinktree run`` in another terminal), polled."""
+    """A trace still being written (``thinktree run`` in another terminal), polled.
+
+    The process writing a run folder holds its lock as long as it lives (what ``runs``
+    reads too): once the lock is free and the trace read to its end without the run's
+    end, that process died, and following stops with the run :attr:`interrupted`. A
+    trace outside a run folder is followed as long as the view stays open.
+    """
+
+    GONE = "its process ended"
 
     def __init__(self, path: Path, *, poll_s: float = 0.25) -> None:
         self.path = path
         self.poll_s = poll_s
         self.state = "following"
+        self.folder = run_folder(path)  # None: nothing tells when its writer is gone
+        self.interrupted = False  # the run's process ended before the run did
         self._read = 0  # bytes of the trace read so far
         self._inode = 0
 
@@ -149,6 +166,7 @@ class FollowSource:
 
     async def batches(self) -> AsyncIterator[list[Event]]:
         decoder = TraceDecoder(str(self.path))
+        writer_gone = False
         async with await anyio.open_file(self.path, "rb") as file:
             self._inode = os.fstat(file.wrapped.fileno()).st_ino
             while True:
@@ -165,12 +183,21 @@ class FollowSource:
                 if os.fstat(file.wrapped.fileno()).st_nlink == 0:
                     self.state = "trace removed (run failed or cancelled)"
                     return
-                await anyio.sleep(self.poll_s)
+                if writer_gone:  # and all it wrote before it went has been read since
+                    if last := decoder.finish():
+                        yield last
+                    self.state, self.interrupted = self.GONE, True
+                    return
+                writer_gone = self.folder is not None and not in_use(self.folder)
+                if not writer_gone:
+                    await anyio.sleep(self.poll_s)
 
     async def until_rewritten(self) -> None:
-        """After the run's end, wait while its trace stays as read: a resume of the run
-        writes it anew, and this view then says it is out of date."""
-        while self.state == "finished":
+        """After the run's end (or its process's), wait while its trace stays as read: a
+        resume of the run writes it anew, and this view then says it is out of date."""
+        if self.state not in ("finished", self.GONE):
+            return
+        while True:
             await anyio.sleep(self.poll_s)
             try:
                 stat = self.path.stat()
@@ -178,6 +205,7 @@ class FollowSource:
                 return
             if stat.st_size < self._read or stat.st_ino != self._inode:
                 self.state = "the run was resumed: this view is out of date (watch it again)"
+                return
 
 
 Source = LiveSource | ReplaySource | FollowSource
@@ -186,9 +214,14 @@ Source = LiveSource | ReplaySource | FollowSource
 def source_for(path: Path, *, speed: float | None = None) -> ReplaySource | FollowSource:
     """The source for ``thinktree watch PATH``: follow a run still going, else replay.
 
-    A finished run is shown at once unless ``speed`` asks for a replay in time.
+    A finished run is shown at once unless ``speed`` asks for a replay in time. Raises
+    FileNotFoundError when there is no trace at ``path``, ValueError for a file that is
+    not a trace, or a bad speed.
     """
     trace = resolve_trace(path)
+    if not is_trace(trace):
+        what = "a run folder or a trace" if trace == path else "a trace"
+        raise ValueError(f"{trace} is not {what}")
     if not trace_finished(trace):
         return FollowSource(trace)
     return ReplaySource(trace, speed=math.inf if speed is None else speed)

@@ -95,6 +95,7 @@ class RunView:
         self._work_out_budget = work_out_budget
         self.started: RunStarted | None = None
         self.finished: RunFinished | None = None
+        self.interrupted = False  # its process ended before the run did (no RunFinished)
         self.order: list[str] = []  # problem ids, in the order they started
         self.outcomes: dict[Outcome, int] = dict.fromkeys(Outcome, 0)
         self.completion_tokens = 0
@@ -114,6 +115,13 @@ class RunView:
         """Problems finished (right, wrong, failed or ungraded)."""
         unfinished = (Outcome.RUNNING, Outcome.STOPPED)
         return sum(n for o, n in self.outcomes.items() if o not in unfinished)
+
+    @property
+    def ended(self) -> str | None:
+        """How the run ended (its RunFinished's status, or "interrupted"); None while it goes."""
+        if self.finished is not None:
+            return self.finished.status
+        return "interrupted" if self.interrupted else None
 
     @property
     def total(self) -> int:
@@ -182,6 +190,14 @@ class RunView:
                 self._recount(before, outcome(problem))
                 changes.nodes.add(problem.root_id)
                 changes.problem_list = True
+
+    def interrupt(self) -> None:
+        """The run's process ended before the run did: nothing in it runs any more, and
+        what it left open is shown stopped, as when a run ends."""
+        if self.finished is None and not self.interrupted:
+            self.interrupted = True
+            self._changes.header = True
+            self._stop_unfinished()
 
     def _recount(self, before: Outcome | None, after: Outcome) -> None:
         if before is not after:
