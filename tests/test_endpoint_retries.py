@@ -198,8 +198,8 @@ async def test_a_retried_calls_node_streams_its_text_afresh(tmp_path: Path) -> N
 
     problem = Problem(id="q1", question="Q?", answer_type=AnswerType.FREE, answer="yes")
     reply = "Let me think about it step by step.\nAnswer: yes"
-    # requests 1-3 are the probe's: the run's first call is cut off mid-stream, then retried
-    faults = lambda i: Fault.TRUNCATED if i == 4 else None  # noqa: E731
+    # requests 1-4 are the probe's: the run's first call is cut off mid-stream, then retried
+    faults = lambda i: Fault.TRUNCATED if i == 5 else None  # noqa: E731
     async with FakeServer(FakeBehaviour(reply=reply), faults=faults) as server:
         endpoint = EndpointConfig(
             name="fake", base_url=server.base_url, continuation="chat", max_backoff_s=0.1

@@ -116,8 +116,9 @@ async def test_parallel_uses_one_request_with_n_where_supported(tmp_path: Path) 
         thinks = tree.of_kind(NodeKind.GENERATION)
         assert len({t.call_id for t in thinks}) == 1
         assert all(t.completion_tokens > 0 for t in thinks)
-    # probe requests for n, token ids and separate thinking, then one request per problem
-    assert requests == 3 + len(PROBLEMS)
+    # probe requests (a plain chat, n, token ids and separate thinking), then one request
+    # per problem
+    assert requests == 4 + len(PROBLEMS)
     # each choice is counted from its token ids: no logprobs asked for
     sampled = [b for b in bodies if b.get("n") == 4]
     assert len(sampled) == len(PROBLEMS)
@@ -430,8 +431,9 @@ async def test_a_probe_asks_again_after_a_passing_fault_and_once_after_a_server_
     from thinktree.agents.capabilities import probe
     from thinktree.agents.endpoint import EndpointClient
 
-    # the n probe's own request is the first; the token-ids request is the one to fault
-    first = 1 if what == {"n"} else 0
+    # a plain chat request comes first (can the server generate at all?), then the n
+    # probe's own request; the token-ids request is the one to fault
+    first = 2 if what == {"n"} else 1
     faulted = range(first, first + faults)
     server = FakeServer(faults=lambda i: fault if i in faulted else None, retry_after_s=0.01)
     async with server:

@@ -124,7 +124,7 @@ async def test_failover_mid_run_loses_nothing_and_pays_once(tmp_path: Path) -> N
     stored, stored_tokens = store_totals(result.folder)
     assert stored == len(calls)  # every call recorded once
     probes = answered - stored
-    assert probes == 5, (a.answered, b.answered, stored)  # the probe's own requests
+    assert probes == 6, (a.answered, b.answered, stored)  # the probe's own requests
     data = json.loads((result.folder / "results.json").read_text())
     servers = {s["base_url"]: s for s in data["servers"]}
     assert servers[a_url]["calls"] + servers[b_url]["calls"] == answered

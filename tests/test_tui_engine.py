@@ -57,9 +57,10 @@ async def test_run_watch_shows_exactly_what_the_engine_did(tmp_path: Path) -> No
         seen["view"] = app.view
         await pilot.press("q")
 
-    # requests 1-3 are the probe's (n, token ids, reasoning): the run's first call is refused
+    # requests 1-4 are the probe's (a plain chat, n, token ids, reasoning): the run's first
+    # call is refused
     async with FakeServer(
-        behaviour, faults=lambda i: Fault.RATE_LIMIT if i == 4 else None, retry_after_s=0.05
+        behaviour, faults=lambda i: Fault.RATE_LIMIT if i == 5 else None, retry_after_s=0.05
     ) as server:
         endpoint = EndpointConfig(name="fake", base_url=server.base_url, continuation="chat")
         settings = RunSettings(

@@ -63,7 +63,7 @@ async def check_generates(client: EndpointClient) -> None:
     nothing but failed calls: it is refused before anything starts.
     """
     try:
-        await client.chat([{"role": "user", "content": "Say OK."}], max_tokens=4)
+        await client.chat([{"role": "user", "content": _PROBE_USER}], max_tokens=4)
     except EndpointError as exc:
         url = client.config.base_url
         raise EndpointError(f"{url} failed a plain chat request: {exc}") from None
