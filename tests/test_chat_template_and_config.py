@@ -166,3 +166,52 @@ def test_http_client_aiohttp_keeps_a_plain_http_server_off_the_lean_client() -> 
     assert EndpointClient(EndpointConfig(name="x", base_url=url)).transport.lean
     plain = EndpointConfig(name="x", base_url=url, http_client="aiohttp")
     assert not EndpointClient(plain).transport.lean
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8000/v1",
+        "https://api.openai.com/v1",
+        "http://gpu-box/v1",
+        "http://[::1]:8000/v1",
+        "http://user:secret@10.0.0.5:65535/v1",
+    ],
+)
+def test_a_wellformed_endpoint_url_is_taken(url: str) -> None:
+    cfg = endpoint_from(url, model="m", config={})
+    assert cfg is not None and cfg.base_url == url
+    table = endpoint_from("x", model="m", config={"endpoints": {"x": {"base_url": url}}})
+    assert table is not None and table.base_url == url
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("http://127.0.0.1:99999/v1", "the port must be a number from 1 to 65535, not '99999'"),
+        ("http://127.0.0.1:8000a/v1", "the port must be a number from 1 to 65535, not '8000a'"),
+        ("http://127.0.0.1:-1/v1", "not '-1'"),
+        ("http://h:80:90/v1", "not '80:90'"),
+        ("http://[bad/v1", "is not a URL"),
+        ("http://[::1]x/v1", "'[::1]x' is not a host and port"),
+        ("http://ho<st/v1", "'ho<st' is not a host and port"),
+        ("http:///v1", "names no host"),
+        ("http://host/v1 x", "holds a space"),
+    ],
+)
+def test_a_malformed_endpoint_url_is_refused_wherever_it_is_given(
+    url: str, says: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(
+        ConfigError, match=re.escape(f"endpoint URL {url!r}") + ".*" + re.escape(says)
+    ):
+        endpoint_from(url, model="m", config={})
+    monkeypatch.setenv("OPENAI_BASE_URL", url)
+    with pytest.raises(ConfigError, match=re.escape(f"OPENAI_BASE_URL {url!r}")):
+        endpoint_from(None, model="m", config={})
+    table = {"endpoints": {"gpu": {"base_url": url}}}
+    with pytest.raises(ConfigError, match=re.escape(f"endpoint 'gpu': base_url {url!r}")):
+        endpoint_from("gpu", model="m", config=table)
+    pool = {"endpoints": {"gpu": {"members": ["http://127.0.0.1:8000/v1", url]}}}
+    with pytest.raises(ConfigError, match=re.escape(f"endpoint 'gpu': member {url!r}")):
+        endpoint_from("gpu", model="m", config=pool)

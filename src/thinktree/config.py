@@ -16,10 +16,12 @@ api_key_env = "OPENAI_API_KEY"   # the key itself never goes in the file
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 import typing
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from thinktree.agents.endpoint import EndpointConfig, PoolMember
 from thinktree.errors import ConfigError
@@ -83,14 +85,16 @@ def endpoint_from(
 
     With no ``--endpoint``, ``OPENAI_BASE_URL`` in the environment names the endpoint.
     """
+    given = "endpoint URL"
     if spec is None:
         env_url = os.environ.get("OPENAI_BASE_URL")
         if not env_url:
             return None
-        spec = env_url
+        spec, given = env_url, "OPENAI_BASE_URL"
     if spec == "embedded":
         return None
     if spec.startswith(("http://", "https://")):
+        check_url(spec, f"{given} {spec!r}")
         return EndpointConfig(
             name=spec,
             base_url=spec.rstrip("/"),
@@ -135,6 +139,8 @@ def _from_table(name: str, table: dict[str, Any], model: str | None) -> Endpoint
             f"endpoint '{name}': base_url must be an http:// or https:// URL, "
             f"not {table['base_url']!r}"
         )
+    if "base_url" in table:
+        check_url(table["base_url"], f"endpoint '{name}': base_url {table['base_url']!r}")
     for key, (whole, low, high, says) in _NUMBERS.items():
         value = table.get(key)
         if value is None:
@@ -207,6 +213,7 @@ def pool_members(name: str, table: dict[str, Any]) -> tuple[PoolMember, ...]:
         url = entry["base_url"].rstrip("/")
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"endpoint '{name}': member {url!r} is not an http(s) URL")
+        check_url(url, f"endpoint '{name}': member {url!r}")
         limit = entry.get("max_connections", default_limit)
         if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0:
             raise ConfigError(
@@ -216,3 +223,35 @@ def pool_members(name: str, table: dict[str, Any]) -> tuple[PoolMember, ...]:
             raise ConfigError(f"endpoint '{name}': member {url} is listed twice")
         members.append(PoolMember(base_url=url, max_connections=limit))
     return tuple(members)
+
+
+# what may stand between "//" and the path: a host name or an [IPv6] address, then a port
+_HOST_PORT = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+(?:%[\w.~-]+)?\]|[\w.~%-]*)(?::(?P<port>.*))?")
+
+
+def check_url(url: str, what: str) -> None:
+    """Refuse ``url`` (an endpoint's base URL, ``what`` in the message) when no request could
+    be sent to it: a scheme other than http(s), no host, a port outside 1-65535, stray text.
+
+    Checked here, where every endpoint is resolved, so that a bad URL fails in one line
+    before a run folder exists instead of deep in the HTTP client.
+    """
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise ConfigError(f"{what} holds a space or a control character; give the URL alone")
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # an unclosed "[" of an IPv6 address
+        raise ConfigError(f"{what} is not a URL ({exc})") from None
+    if parts.scheme not in ("http", "https"):
+        raise ConfigError(f"{what} must start with http:// or https://")
+    host_port = parts.netloc.rpartition("@")[2]  # past any user:password@
+    where = _HOST_PORT.fullmatch(host_port)
+    if where is None:
+        raise ConfigError(
+            f"{what}: {host_port!r} is not a host and port; write it as http://HOST:PORT/v1"
+        )
+    if not where["host"]:
+        raise ConfigError(f"{what} names no host: write it as http://HOST:PORT/v1")
+    port = where["port"]
+    if port and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise ConfigError(f"{what}: the port must be a number from 1 to 65535, not {port!r}")
