@@ -132,6 +132,13 @@ def test_an_endpoints_temperature_is_a_number_from_0_to_2(bad: object) -> None:
         ("timeout_s", 30, "soon"),
         ("outage_wait_s", 0, -5),
         ("outage_wait_s", 900, True),
+        # TOML writes nan and inf: no timeout, wait or temperature is either
+        ("timeout_s", 30, float("nan")),
+        ("timeout_s", 30, float("inf")),
+        ("timeout_s", 30, 0),
+        ("outage_wait_s", 0, float("nan")),
+        ("outage_wait_s", 0, float("inf")),
+        ("temperature", 1, float("nan")),
     ],
 )
 def test_a_key_that_takes_a_number_takes_only_a_sensible_one(
@@ -215,3 +222,29 @@ def test_a_malformed_endpoint_url_is_refused_wherever_it_is_given(
     pool = {"endpoints": {"gpu": {"members": ["http://127.0.0.1:8000/v1", url]}}}
     with pytest.raises(ConfigError, match=re.escape(f"endpoint 'gpu': member {url!r}")):
         endpoint_from("gpu", model="m", config=pool)
+
+
+def test_nan_in_a_config_file_fails_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "thinktree.toml"
+    path.write_text('[endpoints.gpu]\nbase_url = "http://gpu:8000/v1"\ntemperature = nan\n')
+    with pytest.raises(ConfigError, match=r"^endpoint 'gpu': temperature must be .*, not nan$"):
+        endpoint_from("gpu", model="m", config=load_config(path))
+
+
+@pytest.mark.parametrize(
+    ("entry", "says"),
+    [
+        ("{ prompt = nan, completion = 0.6 }", "needs finite numbers"),
+        ("{ prompt = 0.15, completion = inf }", "needs finite numbers"),
+        pytest.param(
+            "{ prompt = 0.15, completion = 1" + "0" * 400 + " }", "needs numbers", id="huge"
+        ),
+    ],
+)
+def test_a_price_is_a_finite_number(tmp_path: Path, entry: str, says: str) -> None:
+    from thinktree.pricing import prices_from_config
+
+    path = tmp_path / "thinktree.toml"
+    path.write_text(f'[prices]\n"m" = {entry}\n')
+    with pytest.raises(ConfigError, match=f'^price of "m" {says}'):
+        prices_from_config(load_config(path))

@@ -318,3 +318,25 @@ def test_resuming_on_a_malformed_url_fails_in_one_line(
     assert proc.returncode == 2
     assert_one_line_error(proc, f"endpoint URL '{bad}': the port must be")
     assert sorted(p.name for p in folder.iterdir()) == before
+
+
+@pytest.mark.parametrize(
+    ("table", "says"),
+    [
+        (
+            "temperature = nan",
+            "temperature must be a number from 0 to 2 (the one this model takes), not nan",
+        ),
+        ("timeout_s = nan", "timeout_s must be a number of seconds above 0, not nan"),
+        ("timeout_s = inf", "timeout_s must be a number of seconds above 0, not inf"),
+    ],
+)
+def test_a_bad_endpoint_setting_in_the_config_fails_in_one_line(
+    work: Path, tmp_path: Path, fake_url: str, table: str, says: str
+) -> None:
+    data = write_dataset(tmp_path / "data.jsonl", beta_problems(1))
+    (work / "thinktree.toml").write_text(f'[endpoints.gpu]\nbase_url = "{fake_url}"\n{table}\n')
+    proc = thinktree("run", str(data), "--endpoint", "gpu", "--out", "r", cwd=work)
+    assert proc.returncode == 2
+    assert_one_line_error(proc, f"endpoint 'gpu': {says}")
+    assert sorted(p.name for p in work.iterdir()) == ["thinktree.toml"]

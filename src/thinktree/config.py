@@ -15,6 +15,7 @@ api_key_env = "OPENAI_API_KEY"   # the key itself never goes in the file
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -149,6 +150,7 @@ def _from_table(name: str, table: dict[str, Any], model: str | None) -> Endpoint
         if (
             not isinstance(value, kind)
             or isinstance(value, bool)
+            or (isinstance(value, float) and not math.isfinite(value))  # TOML has nan and inf
             or value < low
             or (high is not None and value > high)
         ):
