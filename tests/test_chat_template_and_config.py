@@ -98,7 +98,7 @@ def test_config_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     ("key", "good", "bad"),
     [
         ("native_n", "no", "maybe"),
-        ("continuation", "completions", "complete"),
+        ("continuation", "revision", "complete"),
         ("thinking", "cue", True),
         ("http_client", "aiohttp", "httpx"),
         ("max_tokens_field", "max_completion_tokens", "max_new_tokens"),
@@ -248,3 +248,17 @@ def test_a_price_is_a_finite_number(tmp_path: Path, entry: str, says: str) -> No
     path.write_text(f'[prices]\n"m" = {entry}\n')
     with pytest.raises(ConfigError, match=f'^price of "m" {says}'):
         prices_from_config(load_config(path))
+
+
+def test_completions_continuation_needs_a_chat_template() -> None:
+    table = {"base_url": "http://gpu:8000/v1", "continuation": "completions"}
+    with pytest.raises(ConfigError, match=r"^endpoint 'gpu': continuation = \"completions\" .*"):
+        endpoint_from("gpu", model="m", config={"endpoints": {"gpu": table}})
+    with pytest.raises(ConfigError, match="give it as chat_template"):
+        endpoint_from(
+            "gpu", model="m", config={"endpoints": {"gpu": {**table, "chat_template": ""}}}
+        )
+    cfg = endpoint_from(
+        "gpu", model="m", config={"endpoints": {"gpu": {**table, "chat_template": CHATML}}}
+    )
+    assert cfg is not None and (cfg.continuation, cfg.chat_template) == ("completions", CHATML)

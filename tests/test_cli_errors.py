@@ -329,6 +329,7 @@ def test_resuming_on_a_malformed_url_fails_in_one_line(
         ),
         ("timeout_s = nan", "timeout_s must be a number of seconds above 0, not nan"),
         ("timeout_s = inf", "timeout_s must be a number of seconds above 0, not inf"),
+        ('continuation = "completions"', 'continuation = "completions" renders prompts'),
     ],
 )
 def test_a_bad_endpoint_setting_in_the_config_fails_in_one_line(

@@ -142,6 +142,14 @@ def _from_table(name: str, table: dict[str, Any], model: str | None) -> Endpoint
         )
     if "base_url" in table:
         check_url(table["base_url"], f"endpoint '{name}': base_url {table['base_url']!r}")
+    # the probe takes a template from the config only: without one, every call that
+    # continues over /v1/completions would fail in the middle of the run
+    if table.get("continuation") == "completions" and not table.get("chat_template"):
+        raise ConfigError(
+            f"endpoint '{name}': continuation = \"completions\" renders prompts with the "
+            "model's chat template: give it as chat_template, or choose continuation "
+            '"auto", "chat" or "revision"'
+        )
     for key, (whole, low, high, says) in _NUMBERS.items():
         value = table.get(key)
         if value is None:
