@@ -262,3 +262,40 @@ def test_completions_continuation_needs_a_chat_template() -> None:
         "gpu", model="m", config={"endpoints": {"gpu": {**table, "chat_template": CHATML}}}
     )
     assert cfg is not None and (cfg.continuation, cfg.chat_template) == ("completions", CHATML)
+
+
+@pytest.mark.parametrize(
+    ("template", "says"),
+    [
+        ("{{ bad", "unexpected end of template"),
+        ("{% for m in messages %}{{ m.content }}", "looking for the following tags: 'endfor'"),
+        ("{{ messages | no_such_filter }}", "No filter named 'no_such_filter'"),
+    ],
+)
+def test_a_chat_template_that_does_not_parse_fails_in_one_line(template: str, says: str) -> None:
+    table = {"base_url": "http://gpu:8000/v1", "chat_template": template}
+    with pytest.raises(ConfigError) as caught:
+        endpoint_from("gpu", model="m", config={"endpoints": {"gpu": table}})
+    message = str(caught.value)
+    assert message.startswith("endpoint 'gpu': chat_template does not parse: ")
+    assert says in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        (
+            '[endpoints]\nfoo = "http://gpu:8000/v1"\n',
+            "endpoint 'foo' must be a table of its settings: write [endpoints.foo] with base_url",
+        ),
+        ('endpoints = "x"\n', "endpoints must be a table of named endpoints"),
+        ("endpoints = [1, 2]\n", "endpoints must be a table of named endpoints"),
+    ],
+)
+def test_endpoints_of_the_wrong_shape_fail_in_one_line(
+    tmp_path: Path, text: str, says: str
+) -> None:
+    path = tmp_path / "thinktree.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        endpoint_from("foo", model="m", config=load_config(path))

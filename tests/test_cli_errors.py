@@ -330,6 +330,7 @@ def test_resuming_on_a_malformed_url_fails_in_one_line(
         ("timeout_s = nan", "timeout_s must be a number of seconds above 0, not nan"),
         ("timeout_s = inf", "timeout_s must be a number of seconds above 0, not inf"),
         ('continuation = "completions"', 'continuation = "completions" renders prompts'),
+        ('chat_template = "{{ bad"', "chat_template does not parse: unexpected end of template"),
     ],
 )
 def test_a_bad_endpoint_setting_in_the_config_fails_in_one_line(
@@ -341,3 +342,32 @@ def test_a_bad_endpoint_setting_in_the_config_fails_in_one_line(
     assert proc.returncode == 2
     assert_one_line_error(proc, f"endpoint 'gpu': {says}")
     assert sorted(p.name for p in work.iterdir()) == ["thinktree.toml"]
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ('[endpoints]\ngpu = "{url}"\n', "endpoint 'gpu' must be a table of its settings"),
+        ('endpoints = "{url}"\n', "endpoints must be a table of named endpoints"),
+    ],
+)
+def test_endpoints_of_the_wrong_shape_fail_in_one_line(
+    work: Path, tmp_path: Path, fake_url: str, text: str, says: str
+) -> None:
+    data = write_dataset(tmp_path / "data.jsonl", beta_problems(1))
+    config = tmp_path / "thinktree.toml"
+    config.write_text(text.format(url=fake_url))
+    run = thinktree(
+        "run", str(data), "--endpoint", "gpu", "--config", str(config), "--out", "r", cwd=work
+    )
+    assert run.returncode == 2
+    assert_one_line_error(run, says)
+    bench = tmp_path / "bench.toml"
+    bench.write_text(
+        text.format(url=fake_url)
+        + f'\n[[datasets]]\npath = "{data}"\n\n[grid]\nendpoint = ["gpu"]\n'
+    )
+    grid = thinktree("bench", str(bench), "--out", str(work / "bench"), cwd=work)
+    assert grid.returncode == 2
+    assert_one_line_error(grid, says)
+    assert_nothing_written(work)

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from thinktree.agents.chat_template import template_error
 from thinktree.agents.endpoint import EndpointConfig, PoolMember
 from thinktree.errors import ConfigError
 
@@ -102,19 +103,35 @@ def endpoint_from(
             model=model,
             api_key=os.environ.get("OPENAI_API_KEY"),
         )
-    table = config.get("endpoints", {}).get(spec)
+    table = endpoint_tables(config).get(spec)
     if table is None:
         if spec in _KNOWN:
             key = os.environ.get("OPENAI_API_KEY")
             if not key:
                 raise ConfigError(f"endpoint '{spec}' needs OPENAI_API_KEY in the environment")
             return EndpointConfig(name=spec, base_url=_KNOWN[spec], model=model, api_key=key)
-        names = ", ".join(sorted(config.get("endpoints", {}))) or "none configured"
+        names = ", ".join(sorted(endpoint_tables(config))) or "none configured"
         raise ConfigError(
             f"unknown endpoint '{spec}': give a URL (http://host:port/v1), 'embedded', "
             f"or a name from thinktree.toml ({names})"
         )
+    if not isinstance(table, dict):
+        raise ConfigError(
+            f"endpoint '{spec}' must be a table of its settings: write [endpoints.{spec}] "
+            f'with base_url = "http://HOST:PORT/v1" under it, not {spec} = {table!r}'
+        )
     return _from_table(spec, table, model)
+
+
+def endpoint_tables(config: dict[str, Any]) -> dict[str, Any]:
+    """The config's ``[endpoints]``: a table of named endpoints (empty when there is none)."""
+    tables = config.get("endpoints", {})
+    if not isinstance(tables, dict):
+        raise ConfigError(
+            "endpoints must be a table of named endpoints, each [endpoints.NAME] with "
+            f'base_url = "http://HOST:PORT/v1" under it, not endpoints = {tables!r}'
+        )
+    return tables
 
 
 def _from_table(name: str, table: dict[str, Any], model: str | None) -> EndpointConfig:
@@ -142,6 +159,8 @@ def _from_table(name: str, table: dict[str, Any], model: str | None) -> Endpoint
         )
     if "base_url" in table:
         check_url(table["base_url"], f"endpoint '{name}': base_url {table['base_url']!r}")
+    if "chat_template" in table and (problem := template_error(table["chat_template"])):
+        raise ConfigError(f"endpoint '{name}': chat_template does not parse: {problem}")
     # the probe takes a template from the config only: without one, every call that
     # continues over /v1/completions would fail in the middle of the run
     if table.get("continuation") == "completions" and not table.get("chat_template"):
