@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from choice_set import beta_problems, write_dataset
-from thinktree.testing.fake_server import FakeBehaviour, fake_server_in_thread
+from thinktree.testing.fake_server import FakeBehaviour, Fault, fake_server_in_thread
 
 
 def thinktree(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -370,4 +370,54 @@ def test_endpoints_of_the_wrong_shape_fail_in_one_line(
     grid = thinktree("bench", str(bench), "--out", str(work / "bench"), cwd=work)
     assert grid.returncode == 2
     assert_one_line_error(grid, says)
+    assert_nothing_written(work)
+
+
+def test_an_endpoint_that_never_answers_fails_in_one_line_within_its_check_time(
+    work: Path, tmp_path: Path, silent_url: str
+) -> None:
+    data = write_dataset(tmp_path / "data.jsonl", beta_problems(1))
+    config = tmp_path / "thinktree.toml"
+    config.write_text(f'[endpoints.mute]\nbase_url = "{silent_url}"\ncheck_timeout_s = 1\n')
+    for args in (["run", str(data), "--endpoint", "mute", "--out", "r"], ["probe", "mute"]):
+        proc = thinktree(*args, "--config", str(config), cwd=work, timeout=30)
+        assert proc.returncode == 2
+        assert_one_line_error(
+            proc,
+            "endpoint 'mute'",
+            "accepted the connection but sent no answer to /models within 1 s",
+        )
+    assert_nothing_written(work)
+
+
+def test_an_endpoint_whose_generation_never_answers_fails_the_probe_in_one_line(
+    work: Path, tmp_path: Path
+) -> None:
+    data = write_dataset(tmp_path / "data.jsonl", beta_problems(1))
+    config = tmp_path / "thinktree.toml"
+    with fake_server_in_thread(faults=lambda i: Fault.SLOW, slow_s=60) as server:
+        config.write_text(
+            f'[endpoints.slow]\nbase_url = "{server.base_url}"\ncheck_timeout_s = 1\n'
+        )
+        run = thinktree(
+            "run",
+            str(data),
+            "--endpoint",
+            "slow",
+            "--config",
+            str(config),
+            "--out",
+            "r",
+            cwd=work,
+            timeout=30,
+        )
+        probe = thinktree("probe", "slow", "--config", str(config), cwd=work, timeout=30)
+    for proc in (run, probe):
+        assert proc.returncode == 2
+        assert_one_line_error(
+            proc,
+            "endpoint 'slow'",
+            "answered /models but sent no answer to a check request",
+            "within 1 s",
+        )
     assert_nothing_written(work)

@@ -221,3 +221,102 @@ async def test_a_retried_calls_node_streams_its_text_afresh(tmp_path: Path) -> N
         tree.apply(event)
     streamed = tree.node(node_id).text
     assert streamed == next(e.text for e in events if isinstance(e, NodeFinished))
+
+
+def test_checks_before_a_run_wait_seconds_not_a_calls_timeout() -> None:
+    url = "http://127.0.0.1:9/v1"
+    assert EndpointClient(EndpointConfig(name="x", base_url=url)).check_timeout_s() == 30
+    short = EndpointConfig(name="x", base_url=url, timeout_s=5)
+    assert EndpointClient(short).check_timeout_s() == 5  # never past a call's own limit
+
+
+@pytest.mark.parametrize("http_client", ["auto", "aiohttp"])
+async def test_a_server_that_takes_the_connection_and_never_answers_fails_in_seconds(
+    silent_url: str, http_client: str
+) -> None:
+    cfg = EndpointConfig(
+        name=silent_url,
+        base_url=silent_url,
+        model="fake-model",
+        check_timeout_s=0.5,
+        http_client=http_client,  # type: ignore[arg-type]
+    )
+    client = EndpointClient(cfg)
+    started = time.monotonic()
+    try:
+        with pytest.raises(EndpointError) as caught:
+            await client.resolve_model()
+    finally:
+        await client.aclose()
+    assert time.monotonic() - started < 8  # not the call's timeout (600 s)
+    said = str(caught.value)
+    assert said.startswith(f"endpoint '{silent_url}' accepted the connection but sent no answer")
+    assert "to /models within 0.5 s" in said and "raise check_timeout_s" in said
+    assert "cannot connect" not in said
+
+
+async def test_no_connection_within_the_check_says_it_cannot_connect(
+    silent_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def never(self: EndpointClient) -> bool:
+        return False  # as a host that drops every packet does
+
+    monkeypatch.setattr(EndpointClient, "_connects", never)
+    cfg = EndpointConfig(name="x", base_url=silent_url, model="m", check_timeout_s=0.3)
+    client = EndpointClient(cfg)
+    try:
+        with pytest.raises(EndpointError, match=r"^cannot connect to endpoint .*within 0\.3 s"):
+            await client.resolve_model()
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize("pool", [False, True])
+async def test_a_probe_request_left_unanswered_stops_the_probe_in_seconds(pool: bool) -> None:
+    from thinktree.agents.capabilities import probe
+    from thinktree.agents.endpoint import PoolMember
+    from thinktree.agents.pool import client_for as pooled
+    from thinktree.errors import EndpointSilent
+
+    # /models answers; every generation request sleeps far past the check's limit
+    async with FakeServer(faults=lambda i: Fault.SLOW, slow_s=60) as server:
+        where = {"members": (PoolMember(server.base_url),)} if pool else {}
+        cfg = EndpointConfig(
+            name="slow",
+            base_url=server.base_url,
+            model="fake-model",
+            check_timeout_s=0.5,
+            max_backoff_s=0.1,
+            **where,  # type: ignore[arg-type]
+        )
+        client = pooled(cfg)
+        started = time.monotonic()
+        try:
+            await client.resolve_model()
+            with pytest.raises(EndpointSilent) as caught:
+                await probe(client, what={"n", "continuation"})
+        finally:
+            await client.aclose()
+    assert time.monotonic() - started < 8
+    said = str(caught.value)
+    assert "answered /models but sent no answer to a check request" in said
+    assert "within 0.5 s" in said and "check_timeout_s" in said
+    assert server.requests == 1  # not retried: another would wait as long in vain
+
+
+async def test_calls_after_the_checks_wait_as_long_as_a_call_may() -> None:
+    async with FakeServer(FakeBehaviour(delay_s=0.6)) as server:
+        cfg = EndpointConfig(
+            name="x", base_url=server.base_url, model="fake-model", check_timeout_s=0.3
+        )
+        client = EndpointClient(cfg)
+        try:
+            with client.checking():
+                with client.checking():
+                    pass
+                assert client._checking  # the outer one still holds
+            assert not client._checking
+            done = await client.chat(MSGS, max_tokens=4)
+        finally:
+            await client.aclose()
+    assert done.choices

@@ -652,7 +652,8 @@ def probe(
             try:
                 name = await client.resolve_model()
                 try:  # every capability would read "no" from a server that cannot generate
-                    await client.chat([{"role": "user", "content": "Say OK."}], max_tokens=4)
+                    with client.checking():
+                        await client.chat([{"role": "user", "content": "Say OK."}], max_tokens=4)
                 except EndpointError as exc:
                     raise _fail(f"{cfg.base_url} failed a plain chat request: {exc}") from None
                 caps = await run_probe(client)

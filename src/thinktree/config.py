@@ -47,6 +47,7 @@ _ENDPOINT_KEYS = {
     "max_tokens_field",
     "temperature",
     "outage_wait_s",
+    "check_timeout_s",
 }
 _KNOWN = {"openai": "https://api.openai.com/v1"}
 _TEXTS = ("base_url", "model", "api_key_env", "chat_template", "think_end")
@@ -56,6 +57,7 @@ _NUMBERS: dict[str, tuple[bool, float, float | None, str]] = {
     "max_attempts": (True, 1, None, "a whole number of attempts, 1 or more"),
     "timeout_s": (False, 1e-3, None, "a number of seconds above 0"),
     "outage_wait_s": (False, 0, None, "a number of seconds (0 or more)"),
+    "check_timeout_s": (False, 1e-3, None, "a number of seconds above 0"),
     "temperature": (False, 0, 2, "a number from 0 to 2 (the one this model takes)"),
 }
 # the keys that take one of a few words, and those words

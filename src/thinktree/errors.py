@@ -32,6 +32,12 @@ class EndpointError(ThinktreeError):
     """An endpoint that cannot be reached, refuses the request or does not serve the model."""
 
 
+class EndpointSilent(ThinktreeError):
+    """An endpoint that took a check's request before the run (the probe's) and sent no
+    answer in time. Not an :class:`EndpointError`: the probe must not take a server that
+    does not answer for one that lacks the feature it asked about."""
+
+
 class BudgetExhausted(ThinktreeError):
     """A request would pass a token budget."""
 

@@ -61,8 +61,15 @@ async def probe(client: EndpointClient, *, what: set[str] | None = None) -> Capa
 
     ``what`` limits the probe to some of "n", "continuation", "completions", "logprobs",
     "seed", "reasoning", "constraints", "thinking" (how budget mode ends the thinking),
-    "stream_usage"; settings forced in the endpoint's config are taken as given.
+    "stream_usage"; settings forced in the endpoint's config are taken as given. Each
+    request is a check: one the server does not answer within its ``check_timeout_s``
+    stops the probe (:class:`~thinktree.errors.EndpointSilent`), rather than read as "no".
     """
+    with client.checking():
+        return await _probe(client, what)
+
+
+async def _probe(client: EndpointClient, what: set[str] | None) -> Capabilities:
     want = what or {
         "n",
         "continuation",

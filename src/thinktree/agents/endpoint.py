@@ -12,11 +12,12 @@ import hashlib
 import json
 import re
 import time
-from collections.abc import Awaitable, Callable, Collection
-from contextlib import aclosing
+from collections.abc import Awaitable, Callable, Collection, Iterator
+from contextlib import aclosing, contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal, Protocol, TypeVar
+from urllib.parse import urlsplit
 
 import anyio
 import httpx
@@ -36,7 +37,7 @@ from tenacity import (
 from thinktree._json import dumps_sorted, loads
 from thinktree.agents.limiter import AdaptiveLimiter
 from thinktree.agents.transport import Transport, parse
-from thinktree.errors import EndpointDown, EndpointError
+from thinktree.errors import EndpointDown, EndpointError, EndpointSilent
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
@@ -179,6 +180,10 @@ class EndpointConfig:
     """The field a chat request's token cap goes in. "auto": ``max_tokens`` (what vLLM,
     llama.cpp and most servers read) until the server rejects it and names
     ``max_completion_tokens`` (OpenAI's reasoning models), then that one."""
+    check_timeout_s: float = 30.0
+    """How long the checks before a run (the ``/models`` listing, the probe's requests of a
+    few tokens) wait for an answer, at most ``timeout_s``: a server that takes the
+    connection and never answers fails in one line in seconds, not after a call's timeout."""
     outage_wait_s: float = 600.0
     """How long a call whose retries all failed because the endpoint did not answer
     (refused connections, timeouts, 5xx) waits for it to answer again (a restarting
@@ -251,14 +256,85 @@ class EndpointClient:
         self._cap_field = (
             "max_tokens" if config.max_tokens_field == "auto" else config.max_tokens_field
         )
+        self._checking = False  # inside checking(): the probe's requests
 
     async def aclose(self) -> None:
         await self.transport.aclose()
 
+    def check_timeout_s(self) -> float:
+        """How long a check before the run waits for an answer (see ``check_timeout_s``)."""
+        return min(self.config.check_timeout_s, self.config.timeout_s)
+
+    @contextmanager
+    def checking(self) -> Iterator[None]:
+        """Requests made inside are checks (the probe's): each waits at most
+        :meth:`check_timeout_s`, and one that gets no answer raises :class:`EndpointSilent`
+        at once, never retried (another would wait as long in vain)."""
+        before, self._checking = self._checking, True
+        try:
+            yield
+        finally:
+            self._checking = before
+
+    async def _checked(self, request: Callable[[], Awaitable[T]]) -> T:
+        """``request``, answered within :meth:`check_timeout_s` or :class:`EndpointSilent`."""
+        limit = self.check_timeout_s()
+        try:
+            with anyio.fail_after(limit):
+                return await request()
+        except (TimeoutError, openai.APITimeoutError):
+            raise EndpointSilent(
+                f"endpoint {self.config.describe()} answered /models but sent no answer to a "
+                f"check request of a few tokens within {limit:g} s; if it is just slow, "
+                f"{self._slow_hint()}"
+            ) from None
+
+    def _slow_hint(self) -> str:
+        """What to raise for a server that is just slow to answer a check."""
+        key = "check_timeout_s"
+        if self.config.timeout_s < self.config.check_timeout_s:  # the call's limit bounds it
+            key = "timeout_s"
+        return f"raise {key} in its [endpoints.NAME] table in thinktree.toml"
+
+    async def _silence(self, limit: float) -> EndpointError:
+        """The error for ``/models`` unanswered within ``limit``: the server took the
+        connection and said nothing, or no connection was made at all."""
+        where = self.config.describe()
+        if not await self._connects():
+            return EndpointError(
+                f"cannot connect to endpoint {where}: no connection within {limit:g} s; is the "
+                "host reachable and the URL right?"
+            )
+        return EndpointError(
+            f"endpoint {where} accepted the connection but sent no answer to /models within "
+            f"{limit:g} s: is it an OpenAI-compatible server? If it is just slow, "
+            f"{self._slow_hint()}"
+        )
+
+    async def _connects(self) -> bool:
+        """Whether a TCP connection to the endpoint's host opens (within a few seconds)."""
+        parts = urlsplit(self.config.base_url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        if parts.hostname is None:
+            return False
+        with anyio.move_on_after(5.0):
+            try:
+                stream = await anyio.connect_tcp(parts.hostname, port)
+            except OSError:
+                return False
+            await stream.aclose()
+            return True
+        return False
+
     async def resolve_model(self) -> str:
         """The model to call: the configured one (checked to be served) or the only one."""
+        limit = self.check_timeout_s()
         try:
-            served = _model_ids(await self.transport.get("models"))
+            with anyio.fail_after(limit):
+                listing = await self.transport.get("models")
+            served = _model_ids(listing)
+        except (TimeoutError, openai.APITimeoutError):  # a connection error, but a timeout
+            raise await self._silence(limit) from None
         except ValueError:
             raise EndpointError(
                 f"endpoint {self.config.describe()} answered /models with something that is "
@@ -491,6 +567,8 @@ class EndpointClient:
         try:
             result = await self._once(attempt, timed)
             result.attempts = 1
+        except EndpointSilent:
+            raise
         except Exception as exc:
             if not resent and self._learned_max_tokens_field(exc):
                 return await self._attempts(attempt, timed=timed, resent=True)
@@ -506,7 +584,9 @@ class EndpointClient:
             await limiter.acquire()
         sent_at = time.monotonic()
         try:
-            if not timed:
+            if self._checking:
+                result = await self._checked(attempt)
+            elif not timed:
                 result = await attempt()
             else:
                 with anyio.fail_after(self.config.timeout_s):
@@ -545,6 +625,8 @@ class EndpointClient:
                     result = await again()
                     result.attempts = trial.retry_state.attempt_number
                     return result
+        except EndpointSilent:
+            raise
         except Exception as exc:
             if waited or classify(exc) not in OUTAGE:
                 raise self._user_error(exc) from exc
@@ -615,7 +697,7 @@ class EndpointClient:
     ) -> T:
         async for trial in self._retrying(kinds):
             with trial:
-                return await request()
+                return await (self._checked(request) if self._checking else request())
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _retrying(self, kinds: Collection[RetryKind] = _EVERY_KIND) -> AsyncRetrying:

@@ -14,7 +14,8 @@ from __future__ import annotations
 import dataclasses
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,10 +123,20 @@ class EndpointPool(EndpointClient):
         self._turn = 0
         self._all_down_since: float | None = None  # when calls began to wait for any member
         self._pool_gave_up: EndpointDown | None = None  # the wait ran out: the run stops
+        self._checking = False
 
     async def aclose(self) -> None:
         for member in self.members:
             await member.client.aclose()
+
+    @contextmanager
+    def checking(self) -> Iterator[None]:
+        """As for one server; a pool's checks go to its members, so they check too."""
+        with ExitStack() as checks:
+            for member in self.members:
+                checks.enter_context(member.client.checking())
+            checks.enter_context(super().checking())
+            yield
 
     # The probe's own requests go through the first member (its transport, above); each
     # member learns for itself which field takes the token cap.

@@ -22,7 +22,7 @@ import anyio
 
 from thinktree.agents.capabilities import Capabilities, probe
 from thinktree.agents.endpoint import Completion, EndpointClient, Message
-from thinktree.errors import ConfigError, EndpointError, RunLimitReached
+from thinktree.errors import ConfigError, EndpointError, EndpointSilent, RunLimitReached
 from thinktree.pricing import Price
 from thinktree.problems import Problem
 from thinktree.verifiers.base import (
@@ -139,7 +139,7 @@ class JudgeEndpoint:
                 try:
                     await self.client.resolve_model()
                     self.caps = await probe(self.client, what={"logprobs", "constraints"})
-                except EndpointError as exc:
+                except (EndpointError, EndpointSilent) as exc:
                     raise ConfigError(f"judge endpoint: {exc}") from None
         return self.client, self.caps
 
