@@ -98,7 +98,7 @@ def test_config_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     ("key", "good", "bad"),
     [
         ("native_n", "no", "maybe"),
-        ("continuation", "completions", "complete"),
+        ("continuation", "revision", "complete"),
         ("thinking", "cue", True),
         ("http_client", "aiohttp", "httpx"),
         ("max_tokens_field", "max_completion_tokens", "max_new_tokens"),
@@ -132,6 +132,13 @@ def test_an_endpoints_temperature_is_a_number_from_0_to_2(bad: object) -> None:
         ("timeout_s", 30, "soon"),
         ("outage_wait_s", 0, -5),
         ("outage_wait_s", 900, True),
+        # TOML writes nan and inf: no timeout, wait or temperature is either
+        ("timeout_s", 30, float("nan")),
+        ("timeout_s", 30, float("inf")),
+        ("timeout_s", 30, 0),
+        ("outage_wait_s", 0, float("nan")),
+        ("outage_wait_s", 0, float("inf")),
+        ("temperature", 1, float("nan")),
     ],
 )
 def test_a_key_that_takes_a_number_takes_only_a_sensible_one(
@@ -166,3 +173,129 @@ def test_http_client_aiohttp_keeps_a_plain_http_server_off_the_lean_client() -> 
     assert EndpointClient(EndpointConfig(name="x", base_url=url)).transport.lean
     plain = EndpointConfig(name="x", base_url=url, http_client="aiohttp")
     assert not EndpointClient(plain).transport.lean
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8000/v1",
+        "https://api.openai.com/v1",
+        "http://gpu-box/v1",
+        "http://[::1]:8000/v1",
+        "http://user:secret@10.0.0.5:65535/v1",
+    ],
+)
+def test_a_wellformed_endpoint_url_is_taken(url: str) -> None:
+    cfg = endpoint_from(url, model="m", config={})
+    assert cfg is not None and cfg.base_url == url
+    table = endpoint_from("x", model="m", config={"endpoints": {"x": {"base_url": url}}})
+    assert table is not None and table.base_url == url
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("http://127.0.0.1:99999/v1", "the port must be a number from 1 to 65535, not '99999'"),
+        ("http://127.0.0.1:8000a/v1", "the port must be a number from 1 to 65535, not '8000a'"),
+        ("http://127.0.0.1:-1/v1", "not '-1'"),
+        ("http://h:80:90/v1", "not '80:90'"),
+        ("http://[bad/v1", "is not a URL"),
+        ("http://[::1]x/v1", "'[::1]x' is not a host and port"),
+        ("http://ho<st/v1", "'ho<st' is not a host and port"),
+        ("http:///v1", "names no host"),
+        ("http://host/v1 x", "holds a space"),
+    ],
+)
+def test_a_malformed_endpoint_url_is_refused_wherever_it_is_given(
+    url: str, says: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(
+        ConfigError, match=re.escape(f"endpoint URL {url!r}") + ".*" + re.escape(says)
+    ):
+        endpoint_from(url, model="m", config={})
+    monkeypatch.setenv("OPENAI_BASE_URL", url)
+    with pytest.raises(ConfigError, match=re.escape(f"OPENAI_BASE_URL {url!r}")):
+        endpoint_from(None, model="m", config={})
+    table = {"endpoints": {"gpu": {"base_url": url}}}
+    with pytest.raises(ConfigError, match=re.escape(f"endpoint 'gpu': base_url {url!r}")):
+        endpoint_from("gpu", model="m", config=table)
+    pool = {"endpoints": {"gpu": {"members": ["http://127.0.0.1:8000/v1", url]}}}
+    with pytest.raises(ConfigError, match=re.escape(f"endpoint 'gpu': member {url!r}")):
+        endpoint_from("gpu", model="m", config=pool)
+
+
+def test_nan_in_a_config_file_fails_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "thinktree.toml"
+    path.write_text('[endpoints.gpu]\nbase_url = "http://gpu:8000/v1"\ntemperature = nan\n')
+    with pytest.raises(ConfigError, match=r"^endpoint 'gpu': temperature must be .*, not nan$"):
+        endpoint_from("gpu", model="m", config=load_config(path))
+
+
+@pytest.mark.parametrize(
+    ("entry", "says"),
+    [
+        ("{ prompt = nan, completion = 0.6 }", "needs finite numbers"),
+        ("{ prompt = 0.15, completion = inf }", "needs finite numbers"),
+        pytest.param(
+            "{ prompt = 0.15, completion = 1" + "0" * 400 + " }", "needs numbers", id="huge"
+        ),
+    ],
+)
+def test_a_price_is_a_finite_number(tmp_path: Path, entry: str, says: str) -> None:
+    from thinktree.pricing import prices_from_config
+
+    path = tmp_path / "thinktree.toml"
+    path.write_text(f'[prices]\n"m" = {entry}\n')
+    with pytest.raises(ConfigError, match=f'^price of "m" {says}'):
+        prices_from_config(load_config(path))
+
+
+def test_completions_continuation_needs_a_chat_template() -> None:
+    table = {"base_url": "http://gpu:8000/v1", "continuation": "completions"}
+    with pytest.raises(ConfigError, match=r"^endpoint 'gpu': continuation = \"completions\" .*"):
+        endpoint_from("gpu", model="m", config={"endpoints": {"gpu": table}})
+    with pytest.raises(ConfigError, match="give it as chat_template"):
+        endpoint_from(
+            "gpu", model="m", config={"endpoints": {"gpu": {**table, "chat_template": ""}}}
+        )
+    cfg = endpoint_from(
+        "gpu", model="m", config={"endpoints": {"gpu": {**table, "chat_template": CHATML}}}
+    )
+    assert cfg is not None and (cfg.continuation, cfg.chat_template) == ("completions", CHATML)
+
+
+@pytest.mark.parametrize(
+    ("template", "says"),
+    [
+        ("{{ bad", "unexpected end of template"),
+        ("{% for m in messages %}{{ m.content }}", "looking for the following tags: 'endfor'"),
+        ("{{ messages | no_such_filter }}", "No filter named 'no_such_filter'"),
+    ],
+)
+def test_a_chat_template_that_does_not_parse_fails_in_one_line(template: str, says: str) -> None:
+    table = {"base_url": "http://gpu:8000/v1", "chat_template": template}
+    with pytest.raises(ConfigError) as caught:
+        endpoint_from("gpu", model="m", config={"endpoints": {"gpu": table}})
+    message = str(caught.value)
+    assert message.startswith("endpoint 'gpu': chat_template does not parse: ")
+    assert says in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        (
+            '[endpoints]\nfoo = "http://gpu:8000/v1"\n',
+            "endpoint 'foo' must be a table of its settings: write [endpoints.foo] with base_url",
+        ),
+        ('endpoints = "x"\n', "endpoints must be a table of named endpoints"),
+        ("endpoints = [1, 2]\n", "endpoints must be a table of named endpoints"),
+    ],
+)
+def test_endpoints_of_the_wrong_shape_fail_in_one_line(
+    tmp_path: Path, text: str, says: str
+) -> None:
+    path = tmp_path / "thinktree.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        endpoint_from("foo", model="m", config=load_config(path))

@@ -316,3 +316,144 @@ def test_the_view_needs_a_terminal_on_every_stream(
     assert cli._terminal()
     monkeypatch.setattr(sys, redirected, Stream(False))
     assert not cli._terminal()
+
+
+BAD_URLS = [
+    ("http://127.0.0.1:99999/v1", "the port must be a number from 1 to 65535, not '99999'"),
+    ("http://127.0.0.1:8000a/v1", "not '8000a'"),
+    ("http://127.0.0.1:-1/v1", "not '-1'"),
+    ("http://127.0.0.1:0/v1", "not '0'"),
+    ("http://[bad/v1", "is not a URL"),
+    ("http://:8000/v1", "names no host"),
+    ("https://127.0.0.1:99999/v1", "not '99999'"),
+]
+
+
+@pytest.mark.parametrize(("url", "says"), BAD_URLS)
+def test_a_malformed_endpoint_url_fails_in_one_line(
+    work: Path, tmp_path: Path, url: str, says: str
+) -> None:
+    data = write_dataset(tmp_path / "data.jsonl", beta_problems(1))
+    run = thinktree(
+        "run", str(data), "--endpoint", url, "--model", "fake-model", "--out", "r", cwd=work
+    )
+    assert run.returncode == 2
+    assert_one_line_error(run, f"endpoint URL '{url}'", says)
+    probe = thinktree("probe", url, "--model", "fake-model", cwd=work)
+    assert probe.returncode == 2
+    assert_one_line_error(probe, f"endpoint URL '{url}'", says)
+    assert_nothing_written(work)
+
+
+def test_a_malformed_url_in_the_config_or_a_bench_fails_in_one_line(
+    work: Path, tmp_path: Path
+) -> None:
+    bad = "http://127.0.0.1:99999/v1"
+    data = write_dataset(tmp_path / "data.jsonl", beta_problems(1))
+    config = tmp_path / "thinktree.toml"
+    config.write_text(f'[endpoints.gpu]\nbase_url = "{bad}"\n')
+    run = thinktree(
+        "run", str(data), "--endpoint", "gpu", "--config", str(config), "--out", "r", cwd=work
+    )
+    assert run.returncode == 2
+    assert_one_line_error(run, f"endpoint 'gpu': base_url '{bad}': the port must be")
+    config.write_text('[endpoints.gpu]\nmembers = ["http://127.0.0.1:8000/v1", "http://h:1x/v1"]\n')
+    pool = thinktree(
+        "run", str(data), "--endpoint", "gpu", "--config", str(config), "--out", "r", cwd=work
+    )
+    assert_one_line_error(pool, "endpoint 'gpu': member 'http://h:1x/v1': the port must be")
+    bench = tmp_path / "bench.toml"
+    bench.write_text(
+        f'[[datasets]]\npath = "{data}"\n\n[grid]\nmode = ["budget"]\nendpoint = ["{bad}"]\n\n'
+        '[run]\nmodel = "fake-model"\n'
+    )
+    grid = thinktree("bench", str(bench), "--out", str(work / "bench"), cwd=work)
+    assert grid.returncode == 2
+    assert_one_line_error(grid, f"endpoint URL '{bad}': the port must be")
+    assert_nothing_written(work)
+
+
+def test_resuming_on_a_malformed_url_fails_in_one_line(
+    work: Path, tmp_path: Path, fake_url: str
+) -> None:
+    data = write_dataset(tmp_path / "data.jsonl", beta_problems(1))
+    folder = tmp_path / "run"
+    done = thinktree("run", str(data), "--endpoint", fake_url, "--out", str(folder), cwd=work)
+    assert done.returncode == 0, done.stderr
+    (folder / "results.json").unlink()  # as a killed run leaves it
+    before = sorted(p.name for p in folder.iterdir())
+    bad = "http://127.0.0.1:99999/v1"
+    proc = thinktree("run", "--resume", str(folder), "--endpoint", bad, cwd=work)
+    assert proc.returncode == 2
+    assert_one_line_error(proc, f"endpoint URL '{bad}': the port must be")
+    assert sorted(p.name for p in folder.iterdir()) == before
+
+
+@pytest.mark.parametrize(
+    ("table", "says"),
+    [
+        (
+            "temperature = nan",
+            "temperature must be a number from 0 to 2 (the one this model takes), not nan",
+        ),
+        ("timeout_s = nan", "timeout_s must be a number of seconds above 0, not nan"),
+        ("timeout_s = inf", "timeout_s must be a number of seconds above 0, not inf"),
+        ('continuation = "completions"', 'continuation = "completions" renders prompts'),
+        ('chat_template = "{{ bad"', "chat_template does not parse: unexpected end of template"),
+    ],
+)
+def test_a_bad_endpoint_setting_in_the_config_fails_in_one_line(
+    work: Path, tmp_path: Path, fake_url: str, table: str, says: str
+) -> None:
+    data = write_dataset(tmp_path / "data.jsonl", beta_problems(1))
+    (work / "thinktree.toml").write_text(f'[endpoints.gpu]\nbase_url = "{fake_url}"\n{table}\n')
+    proc = thinktree("run", str(data), "--endpoint", "gpu", "--out", "r", cwd=work)
+    assert proc.returncode == 2
+    assert_one_line_error(proc, f"endpoint 'gpu': {says}")
+    assert sorted(p.name for p in work.iterdir()) == ["thinktree.toml"]
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ('[endpoints]\ngpu = "{url}"\n', "endpoint 'gpu' must be a table of its settings"),
+        ('endpoints = "{url}"\n', "endpoints must be a table of named endpoints"),
+    ],
+)
+def test_endpoints_of_the_wrong_shape_fail_in_one_line(
+    work: Path, tmp_path: Path, fake_url: str, text: str, says: str
+) -> None:
+    data = write_dataset(tmp_path / "data.jsonl", beta_problems(1))
+    config = tmp_path / "thinktree.toml"
+    config.write_text(text.format(url=fake_url))
+    run = thinktree(
+        "run", str(data), "--endpoint", "gpu", "--config", str(config), "--out", "r", cwd=work
+    )
+    assert run.returncode == 2
+    assert_one_line_error(run, says)
+    bench = tmp_path / "bench.toml"
+    bench.write_text(
+        text.format(url=fake_url)
+        + f'\n[[datasets]]\npath = "{data}"\n\n[grid]\nendpoint = ["gpu"]\n'
+    )
+    grid = thinktree("bench", str(bench), "--out", str(work / "bench"), cwd=work)
+    assert grid.returncode == 2
+    assert_one_line_error(grid, says)
+    assert_nothing_written(work)
+
+
+def test_an_endpoint_that_never_answers_fails_in_one_line_within_its_check_time(
+    work: Path, tmp_path: Path, silent_url: str
+) -> None:
+    data = write_dataset(tmp_path / "data.jsonl", beta_problems(1))
+    config = tmp_path / "thinktree.toml"
+    config.write_text(f'[endpoints.mute]\nbase_url = "{silent_url}"\ncheck_timeout_s = 1\n')
+    for args in (["run", str(data), "--endpoint", "mute", "--out", "r"], ["probe", "mute"]):
+        proc = thinktree(*args, "--config", str(config), cwd=work, timeout=30)
+        assert proc.returncode == 2
+        assert_one_line_error(
+            proc,
+            "endpoint 'mute'",
+            "accepted the connection but sent no answer to /models within 1 s",
+        )
+    assert_nothing_written(work)

@@ -221,3 +221,70 @@ async def test_a_retried_calls_node_streams_its_text_afresh(tmp_path: Path) -> N
         tree.apply(event)
     streamed = tree.node(node_id).text
     assert streamed == next(e.text for e in events if isinstance(e, NodeFinished))
+
+
+def test_checks_before_a_run_wait_seconds_not_a_calls_timeout() -> None:
+    url = "http://127.0.0.1:9/v1"
+    assert EndpointClient(EndpointConfig(name="x", base_url=url)).check_timeout_s() == 30
+    short = EndpointConfig(name="x", base_url=url, timeout_s=5)
+    assert EndpointClient(short).check_timeout_s() == 5  # never past a call's own limit
+
+
+@pytest.mark.parametrize("http_client", ["auto", "aiohttp"])
+async def test_a_server_that_takes_the_connection_and_never_answers_fails_in_seconds(
+    silent_url: str, http_client: str
+) -> None:
+    cfg = EndpointConfig(
+        name=silent_url,
+        base_url=silent_url,
+        model="fake-model",
+        check_timeout_s=0.5,
+        http_client=http_client,  # type: ignore[arg-type]
+    )
+    client = EndpointClient(cfg)
+    started = time.monotonic()
+    try:
+        with pytest.raises(EndpointError) as caught:
+            await client.resolve_model()
+    finally:
+        await client.aclose()
+    assert time.monotonic() - started < 8  # not the call's timeout (600 s)
+    said = str(caught.value)
+    assert said.startswith(f"endpoint '{silent_url}' accepted the connection but sent no answer")
+    assert "to /models within 0.5 s" in said and "raise check_timeout_s" in said
+    assert "cannot connect" not in said
+
+
+async def test_no_connection_within_the_check_says_it_cannot_connect(
+    silent_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def never(self: EndpointClient) -> bool:
+        return False  # as a host that drops every packet does
+
+    monkeypatch.setattr(EndpointClient, "_connects", never)
+    cfg = EndpointConfig(name="x", base_url=silent_url, model="m", check_timeout_s=0.3)
+    client = EndpointClient(cfg)
+    try:
+        with pytest.raises(EndpointError, match=r"^cannot connect to endpoint .*within 0\.3 s"):
+            await client.resolve_model()
+    finally:
+        await client.aclose()
+
+
+async def test_the_probe_and_the_calls_wait_as_long_as_a_call_may() -> None:
+    """Only /models has the check's short limit: a probe request (or a call) on a busy
+    server queues behind its generations, and is not refused for it."""
+    from thinktree.agents.capabilities import probe
+
+    async with FakeServer(FakeBehaviour(delay_s=0.6)) as server:
+        cfg = EndpointConfig(
+            name="x", base_url=server.base_url, model="fake-model", check_timeout_s=0.3
+        )
+        client = EndpointClient(cfg)
+        try:
+            await client.resolve_model()
+            caps = await probe(client, what={"n"})
+            done = await client.chat(MSGS, max_tokens=4)
+        finally:
+            await client.aclose()
+    assert caps.native_n and done.choices

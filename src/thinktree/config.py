@@ -15,12 +15,16 @@ api_key_env = "OPENAI_API_KEY"   # the key itself never goes in the file
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import tomllib
 import typing
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
+from thinktree.agents.chat_template import template_error
 from thinktree.agents.endpoint import EndpointConfig, PoolMember
 from thinktree.errors import ConfigError
 
@@ -43,6 +47,7 @@ _ENDPOINT_KEYS = {
     "max_tokens_field",
     "temperature",
     "outage_wait_s",
+    "check_timeout_s",
 }
 _KNOWN = {"openai": "https://api.openai.com/v1"}
 _TEXTS = ("base_url", "model", "api_key_env", "chat_template", "think_end")
@@ -52,6 +57,7 @@ _NUMBERS: dict[str, tuple[bool, float, float | None, str]] = {
     "max_attempts": (True, 1, None, "a whole number of attempts, 1 or more"),
     "timeout_s": (False, 1e-3, None, "a number of seconds above 0"),
     "outage_wait_s": (False, 0, None, "a number of seconds (0 or more)"),
+    "check_timeout_s": (False, 1e-3, None, "a number of seconds above 0"),
     "temperature": (False, 0, 2, "a number from 0 to 2 (the one this model takes)"),
 }
 # the keys that take one of a few words, and those words
@@ -83,33 +89,51 @@ def endpoint_from(
 
     With no ``--endpoint``, ``OPENAI_BASE_URL`` in the environment names the endpoint.
     """
+    given = "endpoint URL"
     if spec is None:
         env_url = os.environ.get("OPENAI_BASE_URL")
         if not env_url:
             return None
-        spec = env_url
+        spec, given = env_url, "OPENAI_BASE_URL"
     if spec == "embedded":
         return None
     if spec.startswith(("http://", "https://")):
+        check_url(spec, f"{given} {spec!r}")
         return EndpointConfig(
             name=spec,
             base_url=spec.rstrip("/"),
             model=model,
             api_key=os.environ.get("OPENAI_API_KEY"),
         )
-    table = config.get("endpoints", {}).get(spec)
+    table = endpoint_tables(config).get(spec)
     if table is None:
         if spec in _KNOWN:
             key = os.environ.get("OPENAI_API_KEY")
             if not key:
                 raise ConfigError(f"endpoint '{spec}' needs OPENAI_API_KEY in the environment")
             return EndpointConfig(name=spec, base_url=_KNOWN[spec], model=model, api_key=key)
-        names = ", ".join(sorted(config.get("endpoints", {}))) or "none configured"
+        names = ", ".join(sorted(endpoint_tables(config))) or "none configured"
         raise ConfigError(
             f"unknown endpoint '{spec}': give a URL (http://host:port/v1), 'embedded', "
             f"or a name from thinktree.toml ({names})"
         )
+    if not isinstance(table, dict):
+        raise ConfigError(
+            f"endpoint '{spec}' must be a table of its settings: write [endpoints.{spec}] "
+            f'with base_url = "http://HOST:PORT/v1" under it, not {spec} = {table!r}'
+        )
     return _from_table(spec, table, model)
+
+
+def endpoint_tables(config: dict[str, Any]) -> dict[str, Any]:
+    """The config's ``[endpoints]``: a table of named endpoints (empty when there is none)."""
+    tables = config.get("endpoints", {})
+    if not isinstance(tables, dict):
+        raise ConfigError(
+            "endpoints must be a table of named endpoints, each [endpoints.NAME] with "
+            f'base_url = "http://HOST:PORT/v1" under it, not endpoints = {tables!r}'
+        )
+    return tables
 
 
 def _from_table(name: str, table: dict[str, Any], model: str | None) -> EndpointConfig:
@@ -135,6 +159,18 @@ def _from_table(name: str, table: dict[str, Any], model: str | None) -> Endpoint
             f"endpoint '{name}': base_url must be an http:// or https:// URL, "
             f"not {table['base_url']!r}"
         )
+    if "base_url" in table:
+        check_url(table["base_url"], f"endpoint '{name}': base_url {table['base_url']!r}")
+    if "chat_template" in table and (problem := template_error(table["chat_template"])):
+        raise ConfigError(f"endpoint '{name}': chat_template does not parse: {problem}")
+    # the probe takes a template from the config only: without one, every call that
+    # continues over /v1/completions would fail in the middle of the run
+    if table.get("continuation") == "completions" and not table.get("chat_template"):
+        raise ConfigError(
+            f"endpoint '{name}': continuation = \"completions\" renders prompts with the "
+            "model's chat template: give it as chat_template, or choose continuation "
+            '"auto", "chat" or "revision"'
+        )
     for key, (whole, low, high, says) in _NUMBERS.items():
         value = table.get(key)
         if value is None:
@@ -143,6 +179,7 @@ def _from_table(name: str, table: dict[str, Any], model: str | None) -> Endpoint
         if (
             not isinstance(value, kind)
             or isinstance(value, bool)
+            or (isinstance(value, float) and not math.isfinite(value))  # TOML has nan and inf
             or value < low
             or (high is not None and value > high)
         ):
@@ -207,6 +244,7 @@ def pool_members(name: str, table: dict[str, Any]) -> tuple[PoolMember, ...]:
         url = entry["base_url"].rstrip("/")
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"endpoint '{name}': member {url!r} is not an http(s) URL")
+        check_url(url, f"endpoint '{name}': member {url!r}")
         limit = entry.get("max_connections", default_limit)
         if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0:
             raise ConfigError(
@@ -216,3 +254,35 @@ def pool_members(name: str, table: dict[str, Any]) -> tuple[PoolMember, ...]:
             raise ConfigError(f"endpoint '{name}': member {url} is listed twice")
         members.append(PoolMember(base_url=url, max_connections=limit))
     return tuple(members)
+
+
+# what may stand between "//" and the path: a host name or an [IPv6] address, then a port
+_HOST_PORT = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+(?:%[\w.~-]+)?\]|[\w.~%-]*)(?::(?P<port>.*))?")
+
+
+def check_url(url: str, what: str) -> None:
+    """Refuse ``url`` (an endpoint's base URL, ``what`` in the message) when no request could
+    be sent to it: a scheme other than http(s), no host, a port outside 1-65535, stray text.
+
+    Checked here, where every endpoint is resolved, so that a bad URL fails in one line
+    before a run folder exists instead of deep in the HTTP client.
+    """
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise ConfigError(f"{what} holds a space or a control character; give the URL alone")
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # an unclosed "[" of an IPv6 address
+        raise ConfigError(f"{what} is not a URL ({exc})") from None
+    if parts.scheme not in ("http", "https"):
+        raise ConfigError(f"{what} must start with http:// or https://")
+    host_port = parts.netloc.rpartition("@")[2]  # past any user:password@
+    where = _HOST_PORT.fullmatch(host_port)
+    if where is None:
+        raise ConfigError(
+            f"{what}: {host_port!r} is not a host and port; write it as http://HOST:PORT/v1"
+        )
+    if not where["host"]:
+        raise ConfigError(f"{what} names no host: write it as http://HOST:PORT/v1")
+    port = where["port"]
+    if port and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise ConfigError(f"{what}: the port must be a number from 1 to 65535, not {port!r}")

@@ -50,11 +50,16 @@ def prices_from_config(config: dict[str, Any]) -> dict[str, Price]:
     for model, entry in table.items():
         try:
             price = Price(float(entry["prompt"]), float(entry["completion"]))
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, OverflowError):  # overflow: a huge integer
             raise ConfigError(
                 f'price of "{model}" needs numbers: {{ prompt = 0.15, completion = 0.60 }} '
                 "(USD per million tokens)"
             ) from None
+        if not all(math.isfinite(p) for p in (price.prompt_per_m, price.completion_per_m)):
+            raise ConfigError(
+                f'price of "{model}" needs finite numbers (USD per million tokens), not '
+                f"prompt = {price.prompt_per_m:g}, completion = {price.completion_per_m:g}"
+            )
         if price.prompt_per_m < 0 or price.completion_per_m < 0:
             raise ConfigError(f'price of "{model}" cannot be negative')
         out[str(model)] = price

@@ -7,9 +7,21 @@ right after the assistant's text, and send that as a completion prompt.
 
 from __future__ import annotations
 
+from jinja2 import TemplateSyntaxError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 _SENTINEL = "\x00THINKTREE-CONTINUE\x00"
+
+
+def template_error(template: str) -> str | None:
+    """Why ``template`` does not compile as a chat template, in one line; None when it does."""
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    try:
+        env.from_string(template)
+    except TemplateSyntaxError as exc:  # an unknown filter or test too
+        said = " ".join(str(exc.message or exc).split()).rstrip(".")
+        return f"{said} (line {exc.lineno})"
+    return None
 
 
 def render_prompt(

@@ -17,6 +17,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal, Protocol, TypeVar
+from urllib.parse import urlsplit
 
 import anyio
 import httpx
@@ -179,6 +180,12 @@ class EndpointConfig:
     """The field a chat request's token cap goes in. "auto": ``max_tokens`` (what vLLM,
     llama.cpp and most servers read) until the server rejects it and names
     ``max_completion_tokens`` (OpenAI's reasoning models), then that one."""
+    check_timeout_s: float = 30.0
+    """How long the ``/models`` listing before a run waits for an answer, at most
+    ``timeout_s``: a server that takes the connection and never answers (not an
+    OpenAI-compatible server) fails in one line in seconds, not after a call's timeout.
+    The probe's own requests wait as calls do: on a busy server they queue behind its
+    generations."""
     outage_wait_s: float = 600.0
     """How long a call whose retries all failed because the endpoint did not answer
     (refused connections, timeouts, 5xx) waits for it to answer again (a restarting
@@ -255,10 +262,56 @@ class EndpointClient:
     async def aclose(self) -> None:
         await self.transport.aclose()
 
+    def check_timeout_s(self) -> float:
+        """How long the ``/models`` check before a run waits (see ``check_timeout_s``)."""
+        return min(self.config.check_timeout_s, self.config.timeout_s)
+
+    def _slow_hint(self) -> str:
+        """What to raise for a server that is just slow to answer a check."""
+        key = "check_timeout_s"
+        if self.config.timeout_s < self.config.check_timeout_s:  # the call's limit bounds it
+            key = "timeout_s"
+        return f"raise {key} in its [endpoints.NAME] table in thinktree.toml"
+
+    async def _silence(self, limit: float) -> EndpointError:
+        """The error for ``/models`` unanswered within ``limit``: the server took the
+        connection and said nothing, or no connection was made at all."""
+        where = self.config.describe()
+        if not await self._connects():
+            return EndpointError(
+                f"cannot connect to endpoint {where}: no connection within {limit:g} s; is the "
+                "host reachable and the URL right?"
+            )
+        return EndpointError(
+            f"endpoint {where} accepted the connection but sent no answer to /models within "
+            f"{limit:g} s: is it an OpenAI-compatible server? If it is just slow, "
+            f"{self._slow_hint()}"
+        )
+
+    async def _connects(self) -> bool:
+        """Whether a TCP connection to the endpoint's host opens (within a few seconds)."""
+        parts = urlsplit(self.config.base_url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        if parts.hostname is None:
+            return False
+        with anyio.move_on_after(5.0):
+            try:
+                stream = await anyio.connect_tcp(parts.hostname, port)
+            except OSError:
+                return False
+            await stream.aclose()
+            return True
+        return False
+
     async def resolve_model(self) -> str:
         """The model to call: the configured one (checked to be served) or the only one."""
+        limit = self.check_timeout_s()
         try:
-            served = _model_ids(await self.transport.get("models"))
+            with anyio.fail_after(limit):
+                listing = await self.transport.get("models")
+            served = _model_ids(listing)
+        except (TimeoutError, openai.APITimeoutError):  # a connection error, but a timeout
+            raise await self._silence(limit) from None
         except ValueError:
             raise EndpointError(
                 f"endpoint {self.config.describe()} answered /models with something that is "

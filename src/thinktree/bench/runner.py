@@ -38,7 +38,7 @@ from thinktree.bench.sharding import (
     snapshot_calls,
     split,
 )
-from thinktree.config import endpoint_from, load_config
+from thinktree.config import endpoint_from, endpoint_tables, load_config
 from thinktree.datasets import DatasetError, load_problems
 from thinktree.errors import ConfigError
 from thinktree.orchestrator.bus import Subscriber
@@ -195,7 +195,7 @@ def merged_config(config: BenchConfig) -> dict[str, Any]:
     merged = load_config(None)
     return {
         **merged,
-        "endpoints": {**merged.get("endpoints", {}), **config.raw.get("endpoints", {})},
+        "endpoints": {**endpoint_tables(merged), **endpoint_tables(config.raw)},
         "prices": {**merged.get("prices", {}), **config.raw.get("prices", {})},
     }
 
