@@ -40,6 +40,7 @@ from thinktree.agents.modes import ModeSettings, check_wave
 from thinktree.bench.perturb import NONE, PERTURBATIONS
 from thinktree.errors import ConfigError
 from thinktree.orchestrator.run import RunSettings, validate
+from thinktree.pricing import prices_from_config
 
 #: Keys the bench itself handles (not fields of the run's settings).
 BENCH_KEYS = ("endpoint", "model", "perturbation")
@@ -218,6 +219,10 @@ def load_bench_config(path: Path) -> BenchConfig:
             f"{path}: unknown table(s) {', '.join(sorted(unknown))}; "
             "a bench config has [[datasets]], [grid], [run], [prices] and [endpoints]"
         )
+    try:
+        prices_from_config(raw)  # a bad price fails here, not once the cells run
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     datasets = _datasets(path, raw.get("datasets"))
     grid_raw = raw.get("grid", {})
     if not isinstance(grid_raw, dict) or not grid_raw:

@@ -54,7 +54,7 @@ from thinktree.orchestrator.scheduler import run_problems
 from thinktree.orchestrator.store import STORE_NAME, RunStore
 from thinktree.orchestrator.subscribers import TraceWriter, TreeRecorder
 from thinktree.orchestrator.tree import Node, ProblemTree
-from thinktree.pricing import MoneyLimit, Price
+from thinktree.pricing import MoneyLimit, Price, check_prices
 from thinktree.problems import Problem
 from thinktree.verifiers.base import Spending
 from thinktree.verifiers.registry import check_verifiers
@@ -161,6 +161,7 @@ def validate(settings: RunSettings, *, resuming: bool = False) -> None:
         math.isfinite(settings.max_cost) and settings.max_cost > 0
     ):
         raise ConfigError(f"--max-cost must be a positive amount, not {settings.max_cost}")
+    check_prices(settings.prices)  # a verifier's model is charged at these too
     if settings.concurrency <= 0:
         raise ConfigError(f"--concurrency must be positive, not {settings.concurrency}")
     if settings.concurrency > LARGEST_SETTING:
