@@ -689,3 +689,43 @@ async def test_a_merged_cell_counts_the_retries_behind_its_shards_read_back_call
     assert saved["metrics"]["retries"] == 1
     with StoreReader.open(tmp_path / "cell" / "run.sqlite") as store:
         assert store.run_info()["retries"] == 1
+
+
+@pytest.mark.parametrize(
+    ("top", "tables", "message"),
+    [
+        ('run = "x"', "", "[run] must be a table of run options, not"),
+        ("endpoints = 3", "", "[endpoints] must be a table"),
+        ("endpoints = { e = 3 }", "", "endpoint 'e' must be a table"),
+        ("prices = 3", "", "[prices] must be a table"),
+        ("", "[grid]\nperturbation = [[1]]", "perturbation: expected a string, not [1]"),
+        ("", "[run]\nperturbation = [1]", "perturbation: expected a string, not [1]"),
+        ("", "[grid]\nendpoint = [3]", "endpoint: expected a string, not 3"),
+        ("", '[run]\nendpoint = ["a"]', "endpoint: expected a string, not ['a']"),
+        ("", "[run]\nmodel = true", "model: expected a string, not True"),
+        ("", "[[datasets]]\npath = 3", "dataset 2: path must be a string, not 3"),
+        ("", "[[datasets]]\nhub = 3", "dataset 2: hub must be a string, not 3"),
+        ("", '[[datasets]]\npath = "one.jsonl"\nname = ["a"]', "dataset 2: name must be a"),
+        ("", "[grid]\ntemperature = [1, 1.0]", "temperature lists the same value twice (1 and"),
+        ("", '[grid]\nverifier = ["judge", ["judge"]]', "verifier lists the same value twice"),
+        ("", '[grid]\nmode = ["budget", "budget"]', "mode lists the same value twice ('budget')"),
+        (
+            "",
+            '[prices]\n"m" = { prompt = nan, completion = 1 }',
+            'price of "m": prompt must be a number of USD per million tokens',
+        ),
+    ],
+)
+def test_each_key_of_a_bench_config_is_checked_for_its_type(
+    tmp_path: Path, top: str, tables: str, message: str
+) -> None:
+    """Each in one line naming the key and what it takes: never a traceback, and never a
+    value taken for what it is not (a grid of two identical cells compared in the report)."""
+    write_choice_problems(tmp_path / "one.jsonl", "p")
+    config = tmp_path / "c.toml"
+    grid = "" if "[grid]" in tables else '[grid]\nmode = ["budget"]\n'
+    config.write_text(f'{top}\n[[datasets]]\npath = "one.jsonl"\nname = "first"\n{grid}{tables}\n')
+    with pytest.raises(ConfigError) as refused:
+        load_bench_config(config)
+    assert str(refused.value).startswith(f"{config}: "), refused.value
+    assert message in str(refused.value) and "\n" not in str(refused.value), refused.value

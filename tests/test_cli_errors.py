@@ -285,3 +285,22 @@ def test_a_price_that_is_no_amount_is_refused_before_anything_starts(
     )
     assert_one_line_error(proc, 'price of "fake-model"', needle)
     assert_nothing_written(work)
+
+
+@pytest.mark.parametrize(
+    ("config", "needle"),
+    [
+        ("endpoints = 3\n", "[endpoints] must be a table of named endpoints, not 3"),
+        ("[endpoints]\ngpu = 3\n", "endpoint 'gpu' must be a table ([endpoints.gpu]"),
+    ],
+)
+def test_an_endpoints_table_of_the_wrong_shape_is_one_line(
+    work: Path, tmp_path: Path, config: str, needle: str
+) -> None:
+    path = tmp_path / "endpoints.toml"
+    path.write_text(config)
+    proc = thinktree(
+        "run", "--endpoint", "gpu", "--config", str(path), "--out", str(work / "run"), cwd=work
+    )
+    assert_one_line_error(proc, f"{path}: {needle}")
+    assert_nothing_written(work)

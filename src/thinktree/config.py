@@ -71,9 +71,28 @@ def load_config(path: Path | None) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        config = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    try:
+        check_endpoint_tables(config)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return config
+
+
+def check_endpoint_tables(config: dict[str, Any]) -> None:
+    """A one-line ConfigError unless ``[endpoints]`` is a table of tables (their keys are
+    checked when an endpoint is named)."""
+    tables = config.get("endpoints", {})
+    if not isinstance(tables, dict):
+        raise ConfigError(f"[endpoints] must be a table of named endpoints, not {tables!r}")
+    for name, table in tables.items():
+        if not isinstance(table, dict):
+            raise ConfigError(
+                f"endpoint '{name}' must be a table ([endpoints.{name}] with a base_url), "
+                f"not {table!r}"
+            )
 
 
 def endpoint_from(
