@@ -729,3 +729,15 @@ def test_each_key_of_a_bench_config_is_checked_for_its_type(
         load_bench_config(config)
     assert str(refused.value).startswith(f"{config}: "), refused.value
     assert message in str(refused.value) and "\n" not in str(refused.value), refused.value
+
+
+def test_progress_off_a_terminal_prints_no_empty_line(tmp_path: Path) -> None:
+    with fake_server_in_thread(FakeBehaviour(reply=reply)) as server:
+        config = write_config(tmp_path, server.base_url, 'mode = ["budget"]')
+        code, _out, err = _bench(config, tmp_path)
+        assert code == 0, err
+        assert "" not in err.splitlines(), err
+        proc = cli("run", "one.jsonl", "--endpoint", server.base_url, "--out", "run", cwd=tmp_path)
+        _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert err == "", err
