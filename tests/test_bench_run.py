@@ -741,3 +741,20 @@ def test_progress_off_a_terminal_prints_no_empty_line(tmp_path: Path) -> None:
         _out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert err == "", err
+
+
+def test_a_damaged_shared_call_store_says_so_and_what_moving_it_loses(tmp_path: Path) -> None:
+    with fake_server_in_thread(FakeBehaviour(reply=reply)) as server:
+        config = write_config(tmp_path, server.base_url, 'mode = ["budget"]')
+        assert _bench(config, tmp_path)[0] == 0
+        bench = tmp_path / "out"
+        (bench / "001_one_mode-budget" / "results.json").unlink()  # a cell left to run
+        for leftover in bench.glob("calls.sqlite*"):
+            leftover.unlink()
+        (bench / "calls.sqlite").write_bytes(b"not a database at all, just text" * 200)
+        before = {p: p.read_bytes() for p in bench.rglob("*") if p.is_file()}
+        code, _out, err = _bench(config, tmp_path)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "the call store out/calls.sqlite is damaged or no database" in err, err
+    assert "move it aside" in err and "only reading back the calls it holds is lost" in err
+    assert {p: p.read_bytes() for p in bench.rglob("*") if p.is_file()} == before
