@@ -758,3 +758,70 @@ def test_a_damaged_shared_call_store_says_so_and_what_moving_it_loses(tmp_path: 
     assert "the call store out/calls.sqlite is damaged or no database" in err, err
     assert "move it aside" in err and "only reading back the calls it holds is lost" in err
     assert {p: p.read_bytes() for p in bench.rglob("*") if p.is_file()} == before
+
+
+def test_a_bench_checks_its_verifiers_and_prices_before_it_makes_its_folder(
+    tmp_path: Path,
+) -> None:
+    """A verifier that cannot be built or reached, or a money limit on a model with no
+    price, fails in one line with no folder left: the fixed config then runs in it."""
+    nowhere = f"http://127.0.0.1:{_free_port()}/v1"
+    with fake_server_in_thread(FakeBehaviour(reply=reply)) as server:
+        config = write_config(tmp_path, server.base_url, 'verifier = [["judge:nowhere"]]')
+        text = config.read_text().replace("[run]\n", '[run]\nmode = "parallel"\n')
+        cases = {
+            'verifier = [["judge:nowhere"]]': ["unknown endpoint 'nowhere'"],
+            f'verifier = [["judge:{nowhere}"]]': ["judge endpoint: cannot connect", nowhere],
+            'verifier = [["judge"]]\nmax-cost = [1.0]': ["--max-cost needs a price for model"],
+        }
+        for grid, needles in cases.items():
+            config.write_text(text.replace('verifier = [["judge:nowhere"]]', grid))
+            SEEN.clear()
+            code, _out, err = _bench(config, tmp_path)
+            assert code == 2 and err.count("\n") == 1, (grid, err)  # one line, none blank
+            assert err.startswith("error: "), (grid, err)
+            assert all(needle in err for needle in needles), (grid, err)
+            assert not (tmp_path / "out").exists(), grid
+            assert not [key for key in SEEN if "Which one" in key], grid  # no cell ran
+        config.write_text(text.replace('verifier = [["judge:nowhere"]]', 'verifier = [["judge"]]'))
+        code, out, err = _bench(config, tmp_path)
+    assert code == 0, err
+    assert "2 of 2 cells done (2 run now)" in out
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.anyio
+async def test_a_bench_on_the_embedded_model_checks_its_verifiers_before_its_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cells on the embedded model are checked once it is up, still before the folder."""
+    from types import SimpleNamespace
+
+    from thinktree.testing.fake_server import FakeServer
+
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    write_choice_problems(tmp_path / "one.jsonl", "p")
+    nowhere = f"http://127.0.0.1:{_free_port()}/v1"
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'[[datasets]]\npath = "one.jsonl"\n[grid]\nverifier = [["judge:{nowhere}"]]\n'
+        '[run]\nendpoint = "embedded"\nmode = "parallel"\nn = 2\n'
+    )
+    started: list[str] = []
+    async with FakeServer(FakeBehaviour(reply=reply)) as server:
+
+        @contextlib.asynccontextmanager
+        async def embedded() -> Any:  # the embedded model's server, as the fake one
+            started.append(server.base_url)
+            yield SimpleNamespace(engine="vllm", base_url=server.base_url, model="fake-model")
+
+        with pytest.raises(ConfigError, match="judge endpoint: cannot connect"):
+            await run_bench(load_bench_config(config), tmp_path / "out", embedded=embedded)
+    assert started and not (tmp_path / "out").exists()

@@ -263,15 +263,7 @@ async def _execute(
         client.on_retry = on_retry
         with bound_contextvars(run_id=run_id):
             model = await client.resolve_model()
-            money = None
-            if settings.max_cost is not None:
-                price = settings.prices.get(model)
-                if price is None:
-                    raise ConfigError(
-                        f"--max-cost needs a price for model '{model}': add it under [prices] "
-                        "in thinktree.toml"
-                    )
-                money = MoneyLimit(settings.max_cost, price)
+            money = money_limit(settings, model)
             if resume is not None:
                 caps = resume.capabilities
             elif capabilities is not None:
@@ -418,6 +410,19 @@ def conclude(
         cached_calls=cached_calls,
         stopped_by=stopped,
     )
+
+
+def money_limit(settings: RunSettings, model: str) -> MoneyLimit | None:
+    """The run's money limit on ``model`` (None without ``--max-cost``); a one-line
+    ConfigError when the model has no price to keep it in."""
+    if settings.max_cost is None:
+        return None
+    price = settings.prices.get(model)
+    if price is None:
+        raise ConfigError(
+            f"--max-cost needs a price for model '{model}': add it under [prices] in thinktree.toml"
+        )
+    return MoneyLimit(settings.max_cost, price)
 
 
 @dataclass(frozen=True, slots=True)
