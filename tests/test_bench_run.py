@@ -825,3 +825,22 @@ async def test_a_bench_on_the_embedded_model_checks_its_verifiers_before_its_fol
         with pytest.raises(ConfigError, match="judge endpoint: cannot connect"):
             await run_bench(load_bench_config(config), tmp_path / "out", embedded=embedded)
     assert started and not (tmp_path / "out").exists()
+
+
+def test_a_bench_folder_of_another_version_says_so(tmp_path: Path) -> None:
+    from thinktree.bench.runner import prepare
+
+    write_choice_problems(tmp_path / "one.jsonl", "p")
+    config = tmp_path / "c.toml"
+    config.write_text('[[datasets]]\npath = "one.jsonl"\n[grid]\nmode = ["budget"]\n')
+    bench = load_bench_config(config)
+    prepare(bench, tmp_path / "out")
+    manifest = json.loads((tmp_path / "out" / "bench.json").read_text())
+    (tmp_path / "out" / "bench.json").write_text(
+        json.dumps({**manifest, "bench_version": 99, "thinktree": "9.0"})
+    )
+    with pytest.raises(ConfigError, match=r"written by thinktree 9\.0 \(bench format 99\)"):
+        prepare(bench, tmp_path / "out")
+    (tmp_path / "out" / "bench.json").write_text("[]")
+    with pytest.raises(ConfigError, match=r"bench\.json is damaged"):
+        prepare(bench, tmp_path / "out")

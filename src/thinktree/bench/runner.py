@@ -141,9 +141,17 @@ def _stored_bench(config: BenchConfig, out: Path) -> dict[str, Any] | None:
             return None
         raise ConfigError(f"{out} exists and is no bench folder; choose another --out")
     try:
-        stored: dict[str, Any] = json.loads(manifest.read_text(encoding="utf-8"))
+        stored: Any = json.loads(manifest.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot resume {out}: {BENCH_MANIFEST} is unreadable ({exc})") from None
+    if not isinstance(stored, dict) or not isinstance(stored.get("run") or {}, dict):
+        raise ConfigError(f"cannot resume {out}: {BENCH_MANIFEST} is damaged (not a bench's)")
+    if stored.get("bench_version") != BENCH_VERSION:  # its cells are not this version's to read
+        raise ConfigError(
+            f"cannot resume {out}: written by thinktree {stored.get('thinktree', '?')} "
+            f"(bench format {stored.get('bench_version')}); this thinktree resumes format "
+            f"{BENCH_VERSION}: run it with that version, or give another --out"
+        )
     if stored.get("cells") != [c.to_dict() for c in config.cells()] or stored.get("datasets") != [
         d.to_dict() for d in config.datasets
     ]:
