@@ -689,3 +689,158 @@ async def test_a_merged_cell_counts_the_retries_behind_its_shards_read_back_call
     assert saved["metrics"]["retries"] == 1
     with StoreReader.open(tmp_path / "cell" / "run.sqlite") as store:
         assert store.run_info()["retries"] == 1
+
+
+@pytest.mark.parametrize(
+    ("top", "tables", "message"),
+    [
+        ('run = "x"', "", "[run] must be a table of run options, not"),
+        ("endpoints = 3", "", "endpoints must be a table of named endpoints"),
+        ("endpoints = { e = 3 }", "", "endpoint 'e' must be a table"),
+        ("prices = 3", "", "[prices] must be a table"),
+        ("", "[grid]\nperturbation = [[1]]", "perturbation: expected a string, not [1]"),
+        ("", "[run]\nperturbation = [1]", "perturbation: expected a string, not [1]"),
+        ("", "[grid]\nendpoint = [3]", "endpoint: expected a string, not 3"),
+        ("", '[run]\nendpoint = ["a"]', "endpoint: expected a string, not ['a']"),
+        ("", "[run]\nmodel = true", "model: expected a string, not True"),
+        ("", "[[datasets]]\npath = 3", "dataset 2: path must be a string, not 3"),
+        ("", "[[datasets]]\nhub = 3", "dataset 2: hub must be a string, not 3"),
+        ("", '[[datasets]]\npath = "one.jsonl"\nname = ["a"]', "dataset 2: name must be a"),
+        ("", "[grid]\ntemperature = [1, 1.0]", "temperature lists the same value twice (1 and"),
+        ("", '[grid]\nverifier = ["judge", ["judge"]]', "verifier lists the same value twice"),
+        ("", '[grid]\nmode = ["budget", "budget"]', "mode lists the same value twice ('budget')"),
+        (
+            "",
+            '[prices]\n"m" = { prompt = nan, completion = 1 }',
+            'price of "m": prompt must be a number of USD per million tokens',
+        ),
+    ],
+)
+def test_each_key_of_a_bench_config_is_checked_for_its_type(
+    tmp_path: Path, top: str, tables: str, message: str
+) -> None:
+    """Each in one line naming the key and what it takes: never a traceback, and never a
+    value taken for what it is not (a grid of two identical cells compared in the report)."""
+    write_choice_problems(tmp_path / "one.jsonl", "p")
+    config = tmp_path / "c.toml"
+    grid = "" if "[grid]" in tables else '[grid]\nmode = ["budget"]\n'
+    config.write_text(f'{top}\n[[datasets]]\npath = "one.jsonl"\nname = "first"\n{grid}{tables}\n')
+    with pytest.raises(ConfigError) as refused:
+        load_bench_config(config)
+    assert str(refused.value).startswith(f"{config}: "), refused.value
+    assert message in str(refused.value) and "\n" not in str(refused.value), refused.value
+
+
+def test_progress_off_a_terminal_prints_no_empty_line(tmp_path: Path) -> None:
+    with fake_server_in_thread(FakeBehaviour(reply=reply)) as server:
+        config = write_config(tmp_path, server.base_url, 'mode = ["budget"]')
+        code, _out, err = _bench(config, tmp_path)
+        assert code == 0, err
+        assert "" not in err.splitlines(), err
+        proc = cli("run", "one.jsonl", "--endpoint", server.base_url, "--out", "run", cwd=tmp_path)
+        _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert err == "", err
+
+
+def test_a_damaged_shared_call_store_says_so_and_what_moving_it_loses(tmp_path: Path) -> None:
+    with fake_server_in_thread(FakeBehaviour(reply=reply)) as server:
+        config = write_config(tmp_path, server.base_url, 'mode = ["budget"]')
+        assert _bench(config, tmp_path)[0] == 0
+        bench = tmp_path / "out"
+        (bench / "001_one_mode-budget" / "results.json").unlink()  # a cell left to run
+        for leftover in bench.glob("calls.sqlite*"):
+            leftover.unlink()
+        (bench / "calls.sqlite").write_bytes(b"not a database at all, just text" * 200)
+        before = {p: p.read_bytes() for p in bench.rglob("*") if p.is_file()}
+        code, _out, err = _bench(config, tmp_path)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "the call store out/calls.sqlite is damaged or no database" in err, err
+    assert "move it aside" in err and "only reading back the calls it holds is lost" in err
+    assert {p: p.read_bytes() for p in bench.rglob("*") if p.is_file()} == before
+
+
+def test_a_bench_checks_its_verifiers_and_prices_before_it_makes_its_folder(
+    tmp_path: Path,
+) -> None:
+    """A verifier that cannot be built or reached, or a money limit on a model with no
+    price, fails in one line with no folder left: the fixed config then runs in it."""
+    nowhere = f"http://127.0.0.1:{_free_port()}/v1"
+    with fake_server_in_thread(FakeBehaviour(reply=reply)) as server:
+        config = write_config(tmp_path, server.base_url, 'verifier = [["judge:nowhere"]]')
+        text = config.read_text().replace("[run]\n", '[run]\nmode = "parallel"\n')
+        cases = {
+            'verifier = [["judge:nowhere"]]': ["unknown endpoint 'nowhere'"],
+            f'verifier = [["judge:{nowhere}"]]': ["judge endpoint: cannot connect", nowhere],
+            'verifier = [["judge"]]\nmax-cost = [1.0]': ["--max-cost needs a price for model"],
+        }
+        for grid, needles in cases.items():
+            config.write_text(text.replace('verifier = [["judge:nowhere"]]', grid))
+            SEEN.clear()
+            code, _out, err = _bench(config, tmp_path)
+            assert code == 2 and err.count("\n") == 1, (grid, err)  # one line, none blank
+            assert err.startswith("error: "), (grid, err)
+            assert all(needle in err for needle in needles), (grid, err)
+            assert not (tmp_path / "out").exists(), grid
+            assert not [key for key in SEEN if "Which one" in key], grid  # no cell ran
+        config.write_text(text.replace('verifier = [["judge:nowhere"]]', 'verifier = [["judge"]]'))
+        code, out, err = _bench(config, tmp_path)
+    assert code == 0, err
+    assert "2 of 2 cells done (2 run now)" in out
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.anyio
+async def test_a_bench_on_the_embedded_model_checks_its_verifiers_before_its_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cells on the embedded model are checked once it is up, still before the folder."""
+    from types import SimpleNamespace
+
+    from thinktree.testing.fake_server import FakeServer
+
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    write_choice_problems(tmp_path / "one.jsonl", "p")
+    nowhere = f"http://127.0.0.1:{_free_port()}/v1"
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'[[datasets]]\npath = "one.jsonl"\n[grid]\nverifier = [["judge:{nowhere}"]]\n'
+        '[run]\nendpoint = "embedded"\nmode = "parallel"\nn = 2\n'
+    )
+    started: list[str] = []
+    async with FakeServer(FakeBehaviour(reply=reply)) as server:
+
+        @contextlib.asynccontextmanager
+        async def embedded() -> Any:  # the embedded model's server, as the fake one
+            started.append(server.base_url)
+            yield SimpleNamespace(engine="vllm", base_url=server.base_url, model="fake-model")
+
+        with pytest.raises(ConfigError, match="judge endpoint: cannot connect"):
+            await run_bench(load_bench_config(config), tmp_path / "out", embedded=embedded)
+    assert started and not (tmp_path / "out").exists()
+
+
+def test_a_bench_folder_of_another_version_says_so(tmp_path: Path) -> None:
+    from thinktree.bench.runner import prepare
+
+    write_choice_problems(tmp_path / "one.jsonl", "p")
+    config = tmp_path / "c.toml"
+    config.write_text('[[datasets]]\npath = "one.jsonl"\n[grid]\nmode = ["budget"]\n')
+    bench = load_bench_config(config)
+    prepare(bench, tmp_path / "out")
+    manifest = json.loads((tmp_path / "out" / "bench.json").read_text())
+    (tmp_path / "out" / "bench.json").write_text(
+        json.dumps({**manifest, "bench_version": 99, "thinktree": "9.0"})
+    )
+    with pytest.raises(ConfigError, match=r"written by thinktree 9\.0 \(bench format 99\)"):
+        prepare(bench, tmp_path / "out")
+    (tmp_path / "out" / "bench.json").write_text("[]")
+    with pytest.raises(ConfigError, match=r"bench\.json is damaged"):
+        prepare(bench, tmp_path / "out")

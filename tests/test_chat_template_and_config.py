@@ -234,10 +234,13 @@ def test_nan_in_a_config_file_fails_in_one_line(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("entry", "says"),
     [
-        ("{ prompt = nan, completion = 0.6 }", "needs finite numbers"),
-        ("{ prompt = 0.15, completion = inf }", "needs finite numbers"),
+        ("{ prompt = nan, completion = 0.6 }", "prompt must be a number"),
+        ("{ prompt = 0.15, completion = inf }", "completion must be a number"),
+        # an integer too large for a float
         pytest.param(
-            "{ prompt = 0.15, completion = 1" + "0" * 400 + " }", "needs numbers", id="huge"
+            "{ prompt = 0.15, completion = 1" + "0" * 400 + " }",
+            "completion must be a number",
+            id="huge",
         ),
     ],
 )
@@ -246,7 +249,7 @@ def test_a_price_is_a_finite_number(tmp_path: Path, entry: str, says: str) -> No
 
     path = tmp_path / "thinktree.toml"
     path.write_text(f'[prices]\n"m" = {entry}\n')
-    with pytest.raises(ConfigError, match=f'^price of "m" {says}'):
+    with pytest.raises(ConfigError, match=f'^price of "m": {says}'):
         prices_from_config(load_config(path))
 
 

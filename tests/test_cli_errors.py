@@ -457,3 +457,60 @@ def test_an_endpoint_that_never_answers_fails_in_one_line_within_its_check_time(
             "accepted the connection but sent no answer to /models within 1 s",
         )
     assert_nothing_written(work)
+
+
+@pytest.mark.parametrize(
+    ("price", "needle"),
+    [
+        ("{ prompt = nan, completion = nan }", "prompt must be a number of USD per million"),
+        ('{ prompt = "nan", completion = 1 }', "not 'nan'"),
+        ("{ prompt = 1, completion = inf }", "completion must be a number"),
+        ("{ prompt = 1e308, completion = 1 }", "from 0 to 1000000, not 1e+308"),
+        ("{ prompt = -1, completion = 1 }", "not -1"),
+        ("{ prompt = true, completion = 1 }", "not True"),
+        ("{ prompt = 1 }", "needs both numbers"),
+        ("{ prompt = 1, completion = 2, cached = 1 }", "unknown key(s) cached"),
+    ],
+)
+@pytest.mark.parametrize("limit", [[], ["--max-cost", "1"]])
+def test_a_price_that_is_no_amount_is_refused_before_anything_starts(
+    work: Path, tmp_path: Path, fake_url: str, price: str, needle: str, limit: list[str]
+) -> None:
+    data = write_dataset(tmp_path / "data.jsonl", beta_problems(1))
+    config = tmp_path / "prices.toml"
+    config.write_text(f'[prices]\n"fake-model" = {price}\n')
+    proc = thinktree(
+        "run",
+        str(data),
+        "--endpoint",
+        fake_url,
+        "--model",
+        "fake-model",
+        "--config",
+        str(config),
+        *limit,
+        "--out",
+        str(work / "run"),
+        cwd=work,
+    )
+    assert_one_line_error(proc, 'price of "fake-model"', needle)
+    assert_nothing_written(work)
+
+
+@pytest.mark.parametrize(
+    ("config", "needle"),
+    [
+        ("endpoints = 3\n", "endpoints must be a table of named endpoints, each"),
+        ("[endpoints]\ngpu = 3\n", "endpoint 'gpu' must be a table of its settings"),
+    ],
+)
+def test_an_endpoints_table_of_the_wrong_shape_is_one_line(
+    work: Path, tmp_path: Path, config: str, needle: str
+) -> None:
+    path = tmp_path / "endpoints.toml"
+    path.write_text(config)
+    proc = thinktree(
+        "run", "--endpoint", "gpu", "--config", str(path), "--out", str(work / "run"), cwd=work
+    )
+    assert_one_line_error(proc, f"{path}: {needle}")
+    assert_nothing_written(work)

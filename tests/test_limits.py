@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import sqlite3
 import subprocess
@@ -16,6 +17,7 @@ import pytest
 from choice_set import beta_problems, case_problems, write_dataset
 from thinktree.agents.endpoint import EndpointConfig
 from thinktree.agents.modes import ModeSettings
+from thinktree.errors import ConfigError
 from thinktree.orchestrator.events import NodeKind
 from thinktree.orchestrator.run import RunResult, RunSettings, execute
 from thinktree.pricing import Price
@@ -108,6 +110,18 @@ async def test_money_limit_stops_the_run(tmp_path: Path) -> None:
     cost = results["metrics"]["cost_usd"]  # type: ignore[index]
     # calls under way hold their worst case: none finishes past the line
     assert cost is not None and 0.05 - 0.016 < cost <= 0.05 + 1e-12
+
+
+@pytest.mark.parametrize("price", [Price(math.nan, 1.0), Price(0.0, math.inf), Price(-1.0, 0.0)])
+async def test_a_price_given_in_code_is_checked_before_the_run_folder_exists(
+    tmp_path: Path, price: Price
+) -> None:
+    """Prices that reach a run other than through a config (the Python API; a judge's
+    model is charged at them too) are checked as a config's are."""
+    prices = {"fake-model": Price(0.0, 1.0), "judge-model": price}
+    with pytest.raises(ConfigError, match=r'price of "judge-model": \w+ must be a number'):
+        await run_with(tmp_path, max_cost=1.0, prices=prices)
+    assert not (tmp_path / "run").exists()
 
 
 def test_money_limit_without_a_price_is_one_line(tmp_path: Path) -> None:

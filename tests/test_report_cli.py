@@ -244,3 +244,23 @@ def test_report_of_a_single_run_and_of_nothing(bench: Path, tmp_path: Path) -> N
     nothing = report(str(tmp_path / "nope"), cwd=tmp_path)
     assert nothing.returncode == 2 and "no folder at" in nothing.stderr
     assert "Traceback" not in unfinished.stderr + nothing.stderr
+
+
+@pytest.mark.parametrize(
+    ("out", "message"),
+    [
+        ("afile", "--out afile is a file; give a folder"),
+        ("afile/r", "--out afile/r is in afile, a file; give a folder"),
+    ],
+)
+def test_report_out_that_is_a_file_is_refused_before_anything_is_written(
+    bench: Path, tmp_path: Path, out: str, message: str
+) -> None:
+    (tmp_path / "afile").write_text("keep me")
+    before = sorted(bench.rglob("*"))
+    proc = report(str(bench / "002_b"), "--out", out, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.strip() == f"error: {message}", proc.stderr
+    assert proc.stdout == ""  # not even the tables: nothing was done
+    assert (tmp_path / "afile").read_text() == "keep me"
+    assert sorted(bench.rglob("*")) == before

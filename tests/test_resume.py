@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -286,3 +287,59 @@ def test_resume_with_another_mode_or_dataset_is_refused(tmp_path: Path) -> None:
         assert done.returncode != 0
         assert needle in done.stderr
         assert "Traceback" not in done.stderr
+
+
+@pytest.fixture(scope="module")
+def cut_off_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder as a run killed before its end leaves it (its server gone since)."""
+    root = tmp_path_factory.mktemp("cut")
+    data = write_dataset(root / "data.jsonl", count=2)
+    folder = root / "run"
+    with fake_server_in_thread(BEHAVIOUR) as server:
+        finish(["run", str(data), "--endpoint", server.base_url, *RUN_ARGS, "--out", str(folder)])
+    (folder / "results.json").unlink()
+    return folder
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    ("damage", "field"),
+    [
+        (lambda m: m.update(problems="x"), "problems: expected a non-empty list"),
+        (lambda m: m.update(problems=[]), "problems: expected a non-empty list"),
+        (lambda m: m["problems"].append(m["problems"][0]), "problems: the id 'q0' is given twice"),
+        (lambda m: m["problems"][1].pop("question"), "problems[1]: question"),
+        (lambda m: m["settings"].update(concurrency="x"), "settings.concurrency: expected a whole"),
+        (
+            lambda m: m["settings"].update(concurrency=-1),
+            "settings: --concurrency must be positive",
+        ),
+        (lambda m: m["settings"].update(verifiers="judge"), "settings.verifiers"),
+        (lambda m: m["settings"].pop("seed"), "settings: no seed"),
+        (lambda m: m["capabilities"].update(continuation=3), "capabilities.continuation"),
+        (lambda m: m["endpoint"].pop("base_url"), "endpoint: no base_url"),
+        (lambda m: m.update(settings="x"), "settings: expected an object"),
+    ],
+)
+def test_a_damaged_run_json_is_named_in_one_line_and_the_folder_left_alone(
+    cut_off_run: Path, tmp_path: Path, damage: Any, field: str
+) -> None:
+    folder = tmp_path / "run"
+    shutil.copytree(cut_off_run, folder)
+    manifest = json.loads((folder / "run.json").read_text())
+    damage(manifest)
+    (folder / "run.json").write_text(json.dumps(manifest))
+    before = _files(folder)
+    proc = subprocess.run(
+        [sys.executable, "-m", "thinktree.cli", "run", "--resume", str(folder)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"cannot resume {folder}: run.json is damaged ({field}" in proc.stderr, proc.stderr
+    assert _files(folder) == before

@@ -77,9 +77,14 @@ def load_config(path: Path | None) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        config = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    try:
+        endpoint_tables(config)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return config
 
 
 def endpoint_from(
@@ -117,22 +122,25 @@ def endpoint_from(
             f"unknown endpoint '{spec}': give a URL (http://host:port/v1), 'embedded', "
             f"or a name from thinktree.toml ({names})"
         )
-    if not isinstance(table, dict):
-        raise ConfigError(
-            f"endpoint '{spec}' must be a table of its settings: write [endpoints.{spec}] "
-            f'with base_url = "http://HOST:PORT/v1" under it, not {spec} = {table!r}'
-        )
     return _from_table(spec, table, model)
 
 
-def endpoint_tables(config: dict[str, Any]) -> dict[str, Any]:
-    """The config's ``[endpoints]``: a table of named endpoints (empty when there is none)."""
+def endpoint_tables(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The config's ``[endpoints]``: a table of named endpoint tables (empty when there is
+    none); a one-line ConfigError for any other shape (the keys of each are checked when
+    the endpoint is named)."""
     tables = config.get("endpoints", {})
     if not isinstance(tables, dict):
         raise ConfigError(
             "endpoints must be a table of named endpoints, each [endpoints.NAME] with "
             f'base_url = "http://HOST:PORT/v1" under it, not endpoints = {tables!r}'
         )
+    for name, table in tables.items():
+        if not isinstance(table, dict):
+            raise ConfigError(
+                f"endpoint '{name}' must be a table of its settings: write [endpoints.{name}] "
+                f'with base_url = "http://HOST:PORT/v1" under it, not {name} = {table!r}'
+            )
     return tables
 
 

@@ -125,10 +125,10 @@ def _parse_line(line: str, where: str) -> Problem:
     try:
         return Problem.model_validate(record)
     except ValidationError as exc:
-        raise DatasetError(f"{where}: {_describe(exc)}") from exc
+        raise DatasetError(f"{where}: {describe_validation_error(exc)}") from exc
 
 
-def _describe(exc: ValidationError) -> str:
+def describe_validation_error(exc: ValidationError) -> str:
     """The first validation error as ``field: message``, on one line."""
     errors = exc.errors(include_url=False, include_input=False)
     first = errors[0]

@@ -15,7 +15,7 @@ case before it is sent and settles at what it cost (see :class:`MoneyLimit`).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,28 +42,54 @@ class Price:
         return (prompt_tokens * self.prompt_per_m + completion_tokens * self.completion_per_m) / 1e6
 
 
+#: The highest price taken, in USD per million tokens ($1 a token): far above any model's,
+#: and low enough that no run's cost can overflow (10**12 tokens at it are $10**12).
+MAX_PRICE = 1e6
+_PRICE_KEYS = ("prompt", "completion")
+_PRICE_FORMAT = "{ prompt = 0.15, completion = 0.60 } (USD per million tokens)"
+
+
 def prices_from_config(config: dict[str, Any]) -> dict[str, Price]:
+    """The ``[prices]`` table of a config; a one-line ConfigError for any price that is not
+    a number from 0 to :data:`MAX_PRICE` (NaN, infinity, text), checked before anything
+    starts, since a money limit or a cost total cannot be kept in such a price."""
     table = config.get("prices", {})
     if not isinstance(table, dict):
-        raise ConfigError("[prices] must be a table of model = { prompt = …, completion = … }")
+        raise ConfigError(f"[prices] must be a table of model = {_PRICE_FORMAT}")
     out: dict[str, Price] = {}
     for model, entry in table.items():
-        try:
-            price = Price(float(entry["prompt"]), float(entry["completion"]))
-        except (KeyError, TypeError, ValueError, OverflowError):  # overflow: a huge integer
+        if not isinstance(entry, dict) or not set(_PRICE_KEYS) <= set(entry):
+            raise ConfigError(f'price of "{model}" needs both numbers: {_PRICE_FORMAT}')
+        unknown = set(entry) - set(_PRICE_KEYS)
+        if unknown:  # a price it does not know would be left out of every cost, unsaid
             raise ConfigError(
-                f'price of "{model}" needs numbers: {{ prompt = 0.15, completion = 0.60 }} '
-                "(USD per million tokens)"
-            ) from None
-        if not all(math.isfinite(p) for p in (price.prompt_per_m, price.completion_per_m)):
-            raise ConfigError(
-                f'price of "{model}" needs finite numbers (USD per million tokens), not '
-                f"prompt = {price.prompt_per_m:g}, completion = {price.completion_per_m:g}"
+                f'price of "{model}": unknown key(s) {", ".join(sorted(unknown))}; '
+                f"known: {', '.join(_PRICE_KEYS)}"
             )
-        if price.prompt_per_m < 0 or price.completion_per_m < 0:
-            raise ConfigError(f'price of "{model}" cannot be negative')
-        out[str(model)] = price
+        for key in _PRICE_KEYS:
+            _check_amount(f'price of "{model}": {key}', entry[key])
+        out[str(model)] = Price(float(entry["prompt"]), float(entry["completion"]))
     return out
+
+
+def check_prices(prices: Mapping[str, Price]) -> None:
+    """A one-line ConfigError for a price outside 0 to :data:`MAX_PRICE` (given other than
+    through a config, which :func:`prices_from_config` checks)."""
+    for model, price in prices.items():
+        _check_amount(f'price of "{model}": prompt', price.prompt_per_m)
+        _check_amount(f'price of "{model}": completion', price.completion_per_m)
+
+
+def _check_amount(what: str, value: Any) -> None:
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or not 0 <= value <= MAX_PRICE  # NaN compares false too
+    ):
+        raise ConfigError(
+            f"{what} must be a number of USD per million tokens from 0 to {MAX_PRICE:.0f}, "
+            f"not {value!r}"
+        )
 
 
 def prompt_bound(texts: Iterable[str], messages: int) -> int:

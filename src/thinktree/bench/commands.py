@@ -110,6 +110,8 @@ def report_main(
     from thinktree.bench import render
     from thinktree.bench.report import build
 
+    if out_dir is not None:
+        _check_out(out_dir)
     loaded = load(path)
     folder = out_dir or path
     make = None
@@ -125,3 +127,14 @@ def report_main(
         out.print(scaling_curve(loaded), highlight=False, markup=False)
     md, page = render.write(report, folder)
     out.print(f"wrote {md} and {page}", highlight=False, markup=False)
+
+
+def _check_out(out_dir: Path) -> None:
+    """A one-line ConfigError, before anything is written, when ``--out`` (or a folder it
+    would be made in) is a file."""
+    for folder in (out_dir, *out_dir.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                where = "is a file" if folder == out_dir else f"is in {folder}, a file"
+                raise ConfigError(f"--out {out_dir} {where}; give a folder")
+            return

@@ -38,8 +38,10 @@ from typing import Any
 from thinktree._numbers import LARGEST_SETTING as LARGEST
 from thinktree.agents.modes import ModeSettings, check_wave
 from thinktree.bench.perturb import NONE, PERTURBATIONS
+from thinktree.config import endpoint_tables
 from thinktree.errors import ConfigError
 from thinktree.orchestrator.run import RunSettings, validate
+from thinktree.pricing import prices_from_config
 
 #: Keys the bench itself handles (not fields of the run's settings).
 BENCH_KEYS = ("endpoint", "model", "perturbation")
@@ -218,6 +220,11 @@ def load_bench_config(path: Path) -> BenchConfig:
             f"{path}: unknown table(s) {', '.join(sorted(unknown))}; "
             "a bench config has [[datasets]], [grid], [run], [prices] and [endpoints]"
         )
+    try:
+        endpoint_tables(raw)
+        prices_from_config(raw)  # a bad price fails here, not once the cells run
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
     datasets = _datasets(path, raw.get("datasets"))
     grid_raw = raw.get("grid", {})
     if not isinstance(grid_raw, dict) or not grid_raw:
@@ -226,10 +233,17 @@ def load_bench_config(path: Path) -> BenchConfig:
     for key, values in grid_raw.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{path}: [grid] {key} must be a non-empty list of values")
-        if len({repr(v) for v in values}) != len(values):
-            raise ConfigError(f"{path}: [grid] {key} lists a value twice")
-        grid[_canonical(key)] = values
-    fixed = {_canonical(k): v for k, v in (raw.get("run") or {}).items()}
+        name = _canonical(key)
+        for value in values:
+            _check_bench_key(path, name, value)
+        _refuse_twice(path, name, values)
+        grid[name] = values
+    run_raw = raw.get("run") or {}
+    if not isinstance(run_raw, dict):
+        raise ConfigError(f"{path}: [run] must be a table of run options, not {run_raw!r}")
+    fixed = {_canonical(k): v for k, v in run_raw.items()}
+    for key, value in fixed.items():
+        _check_bench_key(path, key, value)
     both = set(grid) & set(fixed)
     if both:
         raise ConfigError(f"{path}: {', '.join(sorted(both))} is in both [grid] and [run]")
@@ -262,6 +276,33 @@ def _check_wave(config: BenchConfig, cell: Cell) -> None:
         ) from None
 
 
+def _check_bench_key(path: Path, key: str, value: Any) -> None:
+    """The keys the bench handles itself (endpoint, model, perturbation) each take text."""
+    if field_name(key) in BENCH_KEYS and not isinstance(value, str):
+        raise ConfigError(f"{path}: {key}: expected a string, not {value!r}")
+
+
+def _refuse_twice(path: Path, key: str, values: list[Any]) -> None:
+    """One-line ConfigError when a grid axis gives one value twice, as written or once
+    converted (1 and 1.0 for a temperature, "judge" and ["judge"] for a verifier): the two
+    cells would be the same run, and the report would compare it with itself."""
+    hints = {**_mode_fields(), **_run_fields()}
+    name = field_name(key)
+    try:
+        seen = [_check_type(key, v, hints[name]) if name in hints else v for v in values]
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    for i, value in enumerate(seen):
+        for j in range(i):
+            if seen[j] == value:
+                first, again = values[j], values[i]
+                shown = repr(first) if repr(first) == repr(again) else f"{first!r} and {again!r}"
+                raise ConfigError(
+                    f"{path}: [grid] {key} lists the same value twice ({shown}); "
+                    "the two cells would be one run"
+                )
+
+
 def _canonical(key: str) -> str:
     name = field_name(key)
     if name not in BENCH_KEYS and name not in _mode_fields() and name not in _run_fields():
@@ -283,6 +324,9 @@ def _datasets(path: Path, tables: Any) -> list[DatasetSpec]:
                 f"{where}: unknown key(s) {', '.join(sorted(unknown))}; "
                 f"known: {', '.join(sorted(_DATASET_KEYS))}"
             )
+        for key in ("path", "hub", "split", "name"):
+            if key in table and not isinstance(table[key], str):
+                raise ConfigError(f"{where}: {key} must be a string, not {table[key]!r}")
         if ("path" in table) == ("hub" in table):
             raise ConfigError(f"{where}: give either path (a JSONL file) or hub (a benchmark name)")
         limit, offset = table.get("limit"), table.get("offset", 0)

@@ -59,6 +59,8 @@ class BenchProgress(CellWatcher):
             TimeElapsedColumn(),
             console=console,
             transient=True,
+            # off a terminal nothing would show, but stopping would print an empty line
+            disable=not console.is_terminal,
         )
         self.bench_task: TaskID = self.progress.add_task(
             "cells", total=cells, completed=done, status=""

@@ -16,7 +16,7 @@ import shutil
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +27,7 @@ from thinktree import __version__
 from thinktree._files import atomic_write, folder_lock
 from thinktree.agents.capabilities import Capabilities
 from thinktree.agents.endpoint import EndpointConfig
+from thinktree.agents.pool import client_for
 from thinktree.bench.follow import ShardFollower
 from thinktree.bench.grid import BenchConfig, Cell, DatasetSpec, field_name
 from thinktree.bench.perturb import NONE, perturb
@@ -42,16 +43,18 @@ from thinktree.config import endpoint_from, endpoint_tables, load_config
 from thinktree.datasets import DatasetError, load_problems
 from thinktree.errors import ConfigError
 from thinktree.orchestrator.bus import Subscriber
-from thinktree.orchestrator.call_cache import SqliteCallCache
+from thinktree.orchestrator.call_cache import SqliteCallCache, check_call_store
 from thinktree.orchestrator.events import RunStarted
 from thinktree.orchestrator.run import (
     MANIFEST,
     MAY_CHANGE,
+    ResumeState,
     RunResult,
     RunSettings,
     execute,
     going_on,
     load_resume,
+    money_limit,
     probe_endpoint,
     probe_needs,
     run_done,
@@ -59,6 +62,7 @@ from thinktree.orchestrator.run import (
 )
 from thinktree.pricing import Price, prices_from_config
 from thinktree.problems import Problem
+from thinktree.verifiers.setup import open_panel
 
 if TYPE_CHECKING:
     from thinktree.bench.cluster import ShardRunner
@@ -137,9 +141,17 @@ def _stored_bench(config: BenchConfig, out: Path) -> dict[str, Any] | None:
             return None
         raise ConfigError(f"{out} exists and is no bench folder; choose another --out")
     try:
-        stored: dict[str, Any] = json.loads(manifest.read_text(encoding="utf-8"))
+        stored: Any = json.loads(manifest.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ConfigError(f"cannot resume {out}: {BENCH_MANIFEST} is unreadable ({exc})") from None
+    if not isinstance(stored, dict) or not isinstance(stored.get("run") or {}, dict):
+        raise ConfigError(f"cannot resume {out}: {BENCH_MANIFEST} is damaged (not a bench's)")
+    if stored.get("bench_version") != BENCH_VERSION:  # its cells are not this version's to read
+        raise ConfigError(
+            f"cannot resume {out}: written by thinktree {stored.get('thinktree', '?')} "
+            f"(bench format {stored.get('bench_version')}); this thinktree resumes format "
+            f"{BENCH_VERSION}: run it with that version, or give another --out"
+        )
     if stored.get("cells") != [c.to_dict() for c in config.cells()] or stored.get("datasets") != [
         d.to_dict() for d in config.datasets
     ]:
@@ -227,6 +239,7 @@ class ProbeMemo:
     def __init__(self) -> None:
         self._found: dict[tuple[str, str, str | None], list[tuple[frozenset[str], Capabilities]]]
         self._found = {}
+        self._models: dict[tuple[str, str, str | None], str] = {}
 
     @staticmethod
     def _key(target: EndpointConfig) -> tuple[str, str, str | None]:
@@ -238,8 +251,16 @@ class ProbeMemo:
                 return copy.deepcopy(caps)  # a run may note things in its own copy
         return None
 
-    def add(self, target: EndpointConfig, needs: set[str], caps: Capabilities) -> None:
+    def add(
+        self, target: EndpointConfig, needs: set[str], caps: Capabilities, model: str | None = None
+    ) -> None:
         self._found.setdefault(self._key(target), []).append((frozenset(needs), caps))
+        if model is not None:
+            self._models[self._key(target)] = model
+
+    def model(self, target: EndpointConfig) -> str | None:
+        """The model ``target`` was found to serve, where a probe here found it."""
+        return self._models.get(self._key(target))
 
 
 @dataclass(slots=True)
@@ -253,16 +274,22 @@ class BenchPlan:
     prices: dict[str, Price]
     problems: ProblemMemo
     probes: ProbeMemo
+    verified: set[tuple[Any, ...]] = field(default_factory=set)  # see _check_verifiers
 
 
 async def plan_bench(config: BenchConfig, out: Path, *, sharded: bool = False) -> BenchPlan:
     """Check everything a cell left to run needs before the folder is made or any cell
-    runs: that ``out`` holds this bench (or nothing), each dataset, each endpoint and
-    model (probed once), the prices. Bad input fails here in one line."""
+    runs: that ``out`` holds this bench (or nothing) and a call store that opens, each
+    dataset, each endpoint and model (probed once), the prices (one for each model a
+    money limit needs), the verifiers (a judge's own endpoint named and probed), and the
+    run folder of each cell to resume. Bad input fails here in one line. A cell on the
+    embedded model has its endpoint and verifiers checked once that model is up, still
+    before the folder is made (see :func:`run_bench`)."""
     if sharded:
         for cell in config.cells():
             check_shardable(config.settings_for(cell))
     _stored_bench(config, out)
+    check_call_store(out / SHARED_CALLS)
     cells = config.cells()
     endpoints = resolve_endpoints(config, cells)
     prices = bench_prices(config)
@@ -271,13 +298,68 @@ async def plan_bench(config: BenchConfig, out: Path, *, sharded: bool = False) -
         if (out / cell.name / SHARDS).is_dir():
             check_shardable(config.settings_for(cell), resumed=cell.name)
     plan = BenchPlan(cells, todo, endpoints, prices, ProblemMemo(), ProbeMemo())
-    for cell in todo:
-        if not (out / cell.name / MANIFEST).is_file():  # a cell started before has its own
-            _fresh_cell(config, cell, out / cell.name, prices, plan.problems)
-            target = endpoints[cell.name]
-            if target is not None:
-                await _probe(target, config.settings_for(cell), plan.probes)
+    await _check_cells(config, out, plan, todo)
     return plan
+
+
+async def _check_cells(
+    config: BenchConfig,
+    out: Path,
+    plan: BenchPlan,
+    cells: list[Cell],
+    local: EndpointConfig | None = None,
+) -> None:
+    """Check what each of ``cells`` needs to run (see :func:`plan_bench`); ``local``: the
+    embedded model's endpoint, once it is up (a cell on it is checked only then)."""
+    for cell in cells:
+        folder = out / cell.name
+        target = plan.endpoints[cell.name] or local
+        if not (folder / MANIFEST).is_file():
+            _problems, settings = _fresh_cell(config, cell, folder, plan.prices, plan.problems)
+            if target is not None:
+                await _check_cell(target, settings, plan)
+        elif not (folder / SHARDS).is_dir():  # resumed from its own run folder: read it now
+            state = load_resume(folder, prices=plan.prices, new_limits=True)
+            settings = _resumed_settings(config, cell, state)
+            money_limit(settings, state.endpoint["model"])
+            if target is not None:
+                await _check_verifiers(target, settings, state.capabilities, plan)
+
+
+async def _check_cell(target: EndpointConfig, settings: RunSettings, plan: BenchPlan) -> None:
+    """Probe ``target`` for a fresh cell (once per endpoint), check it has a price where the
+    cell has a money limit, and check the cell's verifiers."""
+    model = await _probe(target, settings, plan.probes)
+    money_limit(settings, model)
+    caps = plan.probes.get(target, probe_needs(settings, ()))
+    assert caps is not None  # _probe found them
+    await _check_verifiers(target, settings, caps, plan)
+
+
+async def _check_verifiers(
+    target: EndpointConfig, settings: RunSettings, caps: Capabilities, plan: BenchPlan
+) -> None:
+    """Build and prepare a cell's verifiers as its run will (a judge's own endpoint named,
+    reached and probed), then close them: a bad one fails before the bench writes anything.
+    Each set of verifiers is checked once per endpoint."""
+    key = (ProbeMemo._key(target), settings.verifiers)
+    if not settings.verifiers or key in plan.verified:
+        return
+    client = client_for(target)
+    try:
+        panel = await open_panel(settings, client, caps)
+        if panel is not None:
+            await panel.aclose()
+    finally:
+        await client.aclose()
+    plan.verified.add(key)
+
+
+def _resumed_settings(config: BenchConfig, cell: Cell, state: ResumeState) -> RunSettings:
+    """A started cell's settings as it goes on: its own, under the bench's limits now."""
+    return dataclasses.replace(
+        going_on(state.settings, config.settings_for(cell)), config=merged_config(config)
+    )
 
 
 async def run_bench(
@@ -302,13 +384,16 @@ async def run_bench(
     plan = plan or await plan_bench(config, out, sharded=shards is not None)
     cells, todo, endpoints, prices = plan.cells, plan.todo, plan.endpoints, plan.prices
     loaded, probes = plan.problems, plan.probes
-    prepare(config, out)
-    outcomes = [CellOutcome(c, out / c.name, "done before") for c in cells if c not in todo]
-    needs_embedded = any(endpoints[c.name] is None for c in todo)
-    with folder_lock(out, "bench"):
-        shared = SqliteCallCache(out / SHARED_CALLS)
-        try:
-            async with _maybe_embedded(embedded if needs_embedded else None) as local:
+    on_embedded = [c for c in todo if endpoints[c.name] is None]
+    # the embedded model starts before the folder is made: its cells are checked then
+    async with _maybe_embedded(embedded if on_embedded else None) as local:
+        if local is not None:
+            await _check_cells(config, out, plan, on_embedded, local)
+        prepare(config, out)
+        outcomes = [CellOutcome(c, out / c.name, "done before") for c in cells if c not in todo]
+        with folder_lock(out, "bench"):
+            shared = SqliteCallCache(out / SHARED_CALLS)
+            try:
                 for position, cell in enumerate(cells, start=1):
                     if cell not in todo:
                         continue
@@ -350,8 +435,8 @@ async def run_bench(
                         )
                     outcomes.append(outcome)
                     watcher.cell_finished(outcome)
-        finally:
-            shared.close()
+            finally:
+                shared.close()
     order = {c.name: i for i, c in enumerate(cells)}
     outcomes.sort(key=lambda o: order[o.cell.name])
     return outcomes
@@ -405,11 +490,16 @@ class ProblemMemo:
         return self._loaded[key]
 
 
-async def _probe(target: EndpointConfig, settings: RunSettings, probes: ProbeMemo) -> None:
-    """Probe ``target`` for what a run with ``settings`` needs, unless that is known."""
+async def _probe(target: EndpointConfig, settings: RunSettings, probes: ProbeMemo) -> str:
+    """Probe ``target`` for what a run with ``settings`` needs, unless that is known;
+    the model it serves."""
     needs = probe_needs(settings, ())
-    if probes.get(target, needs) is None:
-        probes.add(target, needs, (await probe_endpoint(target, settings)).capabilities)
+    model = probes.model(target)
+    if probes.get(target, needs) is None or model is None:
+        probed = await probe_endpoint(target, settings)
+        probes.add(target, needs, probed.capabilities, probed.model)
+        model = probed.model
+    return model
 
 
 def _fresh_cell(
@@ -450,9 +540,7 @@ async def _run_cell(
         if (folder / MANIFEST).is_file():
             # a limit-stopped cell goes on only under other limits (see cell_done)
             state = load_resume(folder, prices=prices, new_limits=True)
-            settings = dataclasses.replace(
-                going_on(state.settings, config.settings_for(cell)), config=merged_config(config)
-            )
+            settings = _resumed_settings(config, cell, state)
             result = await execute(
                 state.problems,
                 target,

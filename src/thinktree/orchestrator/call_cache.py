@@ -20,7 +20,13 @@ from thinktree._json import dumps, loads
 from thinktree.agents.endpoint import Choice, Completion
 from thinktree.errors import ConfigError, RecordingError
 
-__all__ = ["SharedCallCache", "SqliteCallCache", "completion_from_json", "completion_to_json"]
+__all__ = [
+    "SharedCallCache",
+    "SqliteCallCache",
+    "check_call_store",
+    "completion_from_json",
+    "completion_to_json",
+]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS responses (
@@ -99,10 +105,7 @@ class SqliteCallCache:
                 str(r[0]) for r in self._conn.execute("SELECT fingerprint FROM responses")
             }
         except sqlite3.Error as exc:
-            raise ConfigError(
-                f"cannot write the call store {path}: {exc} (is the folder writable and the "
-                "disk not full?)"
-            ) from None
+            raise _unopenable(path, exc) from None
         self.hits = 0
         self.hit_retries = 0  # the retries behind the calls read back (their attempts - 1)
         self._batch = _Batch()
@@ -189,6 +192,35 @@ class SqliteCallCache:
     def _row(self, fp: str) -> tuple[Any, ...] | None:
         row = self._conn.execute("SELECT * FROM responses WHERE fingerprint = ?", (fp,)).fetchone()
         return None if row is None else tuple(row)
+
+
+def check_call_store(path: Path) -> None:
+    """A one-line ConfigError when ``path`` exists but is no call store to open (a damaged
+    file, or one that is no database): checked before anything is written beside it."""
+    if not path.exists():
+        return
+    try:
+        conn = sqlite3.connect(path, timeout=30.0)
+        try:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        raise _unopenable(path, exc) from None
+
+
+def _unopenable(path: Path, exc: sqlite3.Error) -> ConfigError:
+    """Why the call store at ``path`` cannot be opened, and what to do about it."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary code of an extended one
+    if code in (sqlite3.SQLITE_NOTADB, sqlite3.SQLITE_CORRUPT):
+        return ConfigError(
+            f"the call store {path} is damaged or no database ({exc}); move it aside and "
+            "run again: only reading back the calls it holds is lost (a call that only it "
+            "holds is made, and paid for, again)"
+        )
+    return ConfigError(
+        f"cannot write the call store {path}: {exc} (is the folder writable and the disk not full?)"
+    )
 
 
 class SharedCallCache:

@@ -14,16 +14,19 @@ import json
 import math
 import shutil
 import sqlite3
+import types
+import typing
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field, is_dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import anyio
 import structlog
+from pydantic import ValidationError
 from structlog.contextvars import bound_contextvars
 
 from thinktree import __version__
@@ -33,10 +36,11 @@ from thinktree._numbers import LARGEST_SETTING, SEED_RANGE
 from thinktree.agents.aggregators import VERIFIER_RULES, get_aggregator
 from thinktree.agents.capabilities import Capabilities, probe
 from thinktree.agents.endpoint import EndpointClient, EndpointConfig
-from thinktree.agents.modes import DEFAULT_AGGREGATE, ModeSettings, build_strategy
+from thinktree.agents.modes import DEFAULT_AGGREGATE, MODES, ModeSettings, build_strategy
 from thinktree.agents.pool import EndpointPool, client_for
 from thinktree.agents.solver import Sampling, Solver
 from thinktree.agents.structured import check_format
+from thinktree.datasets import describe_validation_error
 from thinktree.errors import ConfigError, RecordingError, RunStopping, find_error
 from thinktree.metrics import Metrics, compute
 from thinktree.orchestrator.bus import EventBus, Subscriber, event_bus
@@ -54,7 +58,7 @@ from thinktree.orchestrator.scheduler import run_problems
 from thinktree.orchestrator.store import STORE_NAME, RunStore
 from thinktree.orchestrator.subscribers import TraceWriter, TreeRecorder
 from thinktree.orchestrator.tree import Node, ProblemTree
-from thinktree.pricing import MoneyLimit, Price
+from thinktree.pricing import MoneyLimit, Price, check_prices
 from thinktree.problems import Problem
 from thinktree.verifiers.base import Spending
 from thinktree.verifiers.registry import check_verifiers
@@ -136,6 +140,17 @@ class RunResult:
 
 def validate(settings: RunSettings, *, resuming: bool = False) -> None:
     """Check the settings before anything starts (one-line ConfigError on any problem)."""
+    check_values(settings)
+    check_verifiers(settings.verifiers)
+    check_prices(settings.prices)  # a verifier's model is charged at these too
+    if not resuming and settings.out is not None and settings.out.exists():
+        raise ConfigError(f"run folder {settings.out} already exists; choose another --out")
+
+
+def check_values(settings: RunSettings) -> None:
+    """The checks of :func:`validate` on what the settings hold themselves: the mode and its
+    numbers, the answer format, the rule, the limits, concurrency, seed and temperature
+    (not the verifiers, prices or run folder, which come from outside a run's manifest)."""
     build_strategy(settings.modes)
     check_format(settings.answer_format)
     aggregate = settings.aggregate_name()
@@ -148,7 +163,6 @@ def validate(settings: RunSettings, *, resuming: bool = False) -> None:
             f"--aggregate {aggregate} needs a verifier (--verifier NAME); without one use "
             "majority, shortest-majority or length-weighted"
         )
-    check_verifiers(settings.verifiers)
     for name, value in (
         ("max-tokens", settings.max_run_tokens),
         ("max-problem-tokens", settings.max_problem_tokens),
@@ -172,8 +186,6 @@ def validate(settings: RunSettings, *, resuming: bool = False) -> None:
         raise ConfigError(f"--seed must be between {low} and {high}, not {settings.seed}")
     if settings.temperature is not None and not 0 <= settings.temperature <= 2:
         raise ConfigError(f"--temperature must be between 0 and 2, not {settings.temperature}")
-    if not resuming and settings.out is not None and settings.out.exists():
-        raise ConfigError(f"run folder {settings.out} already exists; choose another --out")
 
 
 MANIFEST = "run.json"
@@ -262,15 +274,7 @@ async def _execute(
         client.on_retry = on_retry
         with bound_contextvars(run_id=run_id):
             model = await client.resolve_model()
-            money = None
-            if settings.max_cost is not None:
-                price = settings.prices.get(model)
-                if price is None:
-                    raise ConfigError(
-                        f"--max-cost needs a price for model '{model}': add it under [prices] "
-                        "in thinktree.toml"
-                    )
-                money = MoneyLimit(settings.max_cost, price)
+            money = money_limit(settings, model)
             if resume is not None:
                 caps = resume.capabilities
             elif capabilities is not None:
@@ -419,6 +423,19 @@ def conclude(
     )
 
 
+def money_limit(settings: RunSettings, model: str) -> MoneyLimit | None:
+    """The run's money limit on ``model`` (None without ``--max-cost``); a one-line
+    ConfigError when the model has no price to keep it in."""
+    if settings.max_cost is None:
+        return None
+    price = settings.prices.get(model)
+    if price is None:
+        raise ConfigError(
+            f"--max-cost needs a price for model '{model}': add it under [prices] in thinktree.toml"
+        )
+    return MoneyLimit(settings.max_cost, price)
+
+
 @dataclass(frozen=True, slots=True)
 class ResumeState:
     """What a killed run left behind, read back by :func:`load_resume`."""
@@ -453,7 +470,8 @@ def load_resume(
     version = data.get("manifest_version") if isinstance(data, dict) else None
     if version != MANIFEST_VERSION:
         raise ConfigError(
-            f"cannot resume {folder}: written by thinktree {data.get('thinktree', '?')} "
+            f"cannot resume {folder}: written by thinktree "
+            f"{data.get('thinktree', '?') if isinstance(data, dict) else '?'} "
             f"(run format {version}); this thinktree resumes format {MANIFEST_VERSION}"
         )
     retrying = 0
@@ -470,8 +488,14 @@ def load_resume(
             )
     _check_calls(folder / CALLS)
     try:
-        problems = [Problem.model_validate(p) for p in data["problems"]]
+        problems = _manifest_problems(data.get("problems"))
         s = data["settings"]
+        _check_fields(
+            "settings",
+            s,
+            {**typing.get_type_hints(ModeSettings), **_RUN_FIELDS},
+            required=("aggregate", "temperature", "seed", "concurrency"),
+        )
         modes = ModeSettings(**{k: s[k] for k in ModeSettings.__dataclass_fields__ if k in s})
         settings = RunSettings(
             modes=modes,
@@ -487,10 +511,22 @@ def load_resume(
             answer_format=s.get("answer_format", "free"),
             verifiers=tuple(s.get("verifiers", ())),
         )
+        _check_fields("capabilities", data["capabilities"], typing.get_type_hints(Capabilities))
         caps = Capabilities(**data["capabilities"])
-        endpoint = dict(data["endpoint"])
-        run_id = str(data["run_id"])
-    except (KeyError, TypeError, ValueError) as exc:
+        endpoint = data["endpoint"]
+        fields = ("name", "base_url", "model")
+        _check_fields("endpoint", endpoint, dict.fromkeys(fields, str), required=fields)
+        run_id = data["run_id"]
+        if not isinstance(run_id, str) or not run_id:
+            raise ValueError(f"run_id: expected the run's id, not {run_id!r}")
+        if settings.modes.mode in MODES:  # a plugin's mode may be missing here: no damage
+            try:
+                check_values(settings)
+            except ConfigError as exc:
+                raise ValueError(f"settings: {exc}") from None
+    except KeyError as exc:
+        raise ConfigError(f"cannot resume {folder}: {MANIFEST} is damaged (no {exc})") from None
+    except (TypeError, ValueError) as exc:
         raise ConfigError(f"cannot resume {folder}: {MANIFEST} is damaged ({exc})") from None
     return ResumeState(
         run_id=run_id,
@@ -501,6 +537,86 @@ def load_resume(
         settings=settings,
         retrying=retrying,
     )
+
+
+#: The settings a manifest records beside the modes', by type.
+_RUN_FIELDS = {
+    "aggregate": str,
+    "temperature": float,
+    "seed": int | None,
+    "concurrency": int,
+    "max_run_tokens": int | None,
+    "max_problem_tokens": int | None,
+    "max_cost": float | None,
+    "answer_format": str,
+    "verifiers": list[str],
+}
+
+
+def _manifest_problems(raw: Any) -> list[Problem]:
+    """A manifest's problems: a non-empty list, each a valid problem with an id of its own
+    (a run of none would "resume" into a completed run of nothing)."""
+    if not isinstance(raw, list) or not raw:
+        raise ValueError(f"problems: expected a non-empty list of problems, not {raw!r:.60}")
+    problems: list[Problem] = []
+    for i, item in enumerate(raw):
+        try:
+            problems.append(Problem.model_validate(item))
+        except ValidationError as exc:
+            raise ValueError(f"problems[{i}]: {describe_validation_error(exc)}") from None
+    ids = [p.id for p in problems]
+    if len(set(ids)) != len(ids):
+        twice = next(i for i in ids if ids.count(i) > 1)
+        raise ValueError(f"problems: the id {twice!r} is given twice")
+    return problems
+
+
+def _check_fields(
+    where: str, table: Any, hints: dict[str, Any], required: Sequence[str] = ()
+) -> None:
+    """A ValueError naming the first field of ``table`` (a JSON object) that is missing
+    (of ``required``) or whose value is not of its type in ``hints``."""
+    if not isinstance(table, dict):
+        raise ValueError(f"{where}: expected an object, not {table!r:.60}")
+    for name in required:
+        if name not in table:
+            raise ValueError(f"{where}: no {name}")
+    for name, hint in hints.items():
+        if name in table and not _fits(table[name], hint):
+            raise ValueError(f"{where}.{name}: expected {_kind(hint)}, not {table[name]!r:.60}")
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON value is of type ``hint`` (a field's; a list stands for a tuple)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        return isinstance(value, str) and value in args
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in args)
+    if origin in (list, tuple):
+        return isinstance(value, list) and all(_fits(v, args[0]) for v in value)
+    if origin is dict:
+        return isinstance(value, dict) and all(
+            _fits(k, args[0]) and _fits(v, args[1]) for k, v in value.items()
+        )
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint in (int, float, str):
+        kinds = (int,) if hint is int else (int, float) if hint is float else (str,)
+        return isinstance(value, kinds) and not isinstance(value, bool)
+    return True  # no other type is read from a manifest
+
+
+def _kind(hint: Any) -> str:
+    """``hint`` in words, for a message."""
+    if typing.get_origin(hint) is Literal:
+        return "one of " + ", ".join(map(repr, typing.get_args(hint)))
+    words = {int: "a whole number", float: "a number", str: "text", bool: "true or false"}
+    if hint in words:
+        return words[hint]
+    return str(hint).replace("typing.", "")
 
 
 def run_limits(folder: Path) -> tuple[int | None, int | None, float | None]:

@@ -101,6 +101,8 @@ class ConsoleProgress:
             TimeElapsedColumn(),
             console=console,
             transient=True,
+            # off a terminal nothing would show, but stopping would print an empty line
+            disable=not console.is_terminal,
         )
         self._task: TaskID | None = None
         self._correct = 0
