@@ -450,3 +450,27 @@ async def test_a_probe_asks_again_after_a_passing_fault_and_once_after_a_server_
     assert getattr(caps, name) is found, caps.notes
     assert server.faulted[fault] == faults
     assert server.requests == first + faults + found  # asked again only while it could help
+
+
+async def test_a_probe_whose_answers_are_all_configured_sends_nothing() -> None:
+    """Not even the plain chat check: it goes before the probe's first request, and a run
+    whose endpoint config sets what it needs makes none."""
+    from thinktree.agents.capabilities import probe
+    from thinktree.agents.endpoint import EndpointClient
+
+    async with FakeServer() as server:
+        config = EndpointConfig(
+            name="fake",
+            base_url=server.base_url,
+            model="fake-model",
+            continuation="chat",
+            native_n="no",
+            thinking="cue",
+        )
+        client = EndpointClient(config)
+        try:
+            caps = await probe(client, what={"n", "continuation", "thinking"})
+        finally:
+            await client.aclose()
+    assert (caps.native_n, caps.continuation, caps.thinking_budget) == (False, "chat", "cue")
+    assert server.requests == 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import asdict, dataclass, field
@@ -86,7 +87,22 @@ async def probe(client: EndpointClient, *, what: set[str] | None = None) -> Capa
         "constraints",
         "stream_usage",
     }
-    await check_generates(client)
+    checked = False
+
+    async def asked(step: Awaitable[T]) -> T:
+        """``step``, one of the probe's requests: the first goes after the plain chat check
+        (a probe whose every answer is set in the endpoint's config sends nothing at all)."""
+        nonlocal checked
+        if not checked:
+            try:
+                await check_generates(client)
+            except BaseException:
+                if inspect.iscoroutine(step):
+                    step.close()  # never sent
+                raise
+            checked = True
+        return await step
+
     caps = Capabilities()
     cfg = client.config
     if "thinking" in want and cfg.thinking == "auto":
@@ -94,23 +110,23 @@ async def probe(client: EndpointClient, *, what: set[str] | None = None) -> Capa
     msgs = [{"role": "user", "content": _PROBE_USER}]
 
     if "completions" in want or cfg.continuation in ("auto", "completions"):
-        caps.completions, caps.notes["completions"] = await _try_completions(client)
+        caps.completions, caps.notes["completions"] = await asked(_try_completions(client))
 
     if "n" in want:
         if cfg.native_n != "auto":
             caps.native_n = cfg.native_n == "yes"
             caps.notes["n"] = "set in the endpoint config"
         else:
-            caps.native_n, caps.notes["n"] = await _try_n(client, msgs)
+            caps.native_n, caps.notes["n"] = await asked(_try_n(client, msgs))
         if caps.native_n:
-            caps.token_ids, caps.notes["token_ids"] = await _try_token_ids(client, msgs)
+            caps.token_ids, caps.notes["token_ids"] = await asked(_try_token_ids(client, msgs))
 
     if "continuation" in want:
         if cfg.continuation != "auto":
             caps.continuation = cfg.continuation
             caps.notes["continuation"] = "set in the endpoint config"
         else:
-            chat_ok, note = await _try_chat_continuation(client, msgs)
+            chat_ok, note = await asked(_try_chat_continuation(client, msgs))
             if chat_ok:
                 caps.continuation = "chat"
             elif caps.completions and cfg.chat_template:
@@ -122,28 +138,32 @@ async def probe(client: EndpointClient, *, what: set[str] | None = None) -> Capa
             caps.notes["continuation"] = note
 
     if "stream_usage" in want:
-        caps.stream_usage, caps.notes["stream_usage"] = await _try_stream_usage(client, msgs)
+        caps.stream_usage, caps.notes["stream_usage"] = await asked(_try_stream_usage(client, msgs))
     if "logprobs" in want:
-        caps.logprobs, caps.notes["logprobs"] = await _try_logprobs(client, msgs)
+        caps.logprobs, caps.notes["logprobs"] = await asked(_try_logprobs(client, msgs))
     if "seed" in want:
-        caps.seed, caps.notes["seed"] = await _try_seed(client, msgs)
+        caps.seed, caps.notes["seed"] = await asked(_try_seed(client, msgs))
     if "thinking" in want and cfg.thinking != "auto":
         caps.thinking_budget = cfg.thinking
         caps.think_end = cfg.think_end if cfg.thinking != "cue" else ""
         caps.notes["thinking"] = "set in the endpoint config"
     elif "reasoning" in want:
-        caps.reasoning, caps.notes["reasoning"] = await _try_reasoning(client, caps)
+        caps.reasoning, caps.notes["reasoning"] = await asked(_try_reasoning(client, caps))
         if caps.reasoning != "none":
             caps.think_end = cfg.think_end
         if "thinking" in want or what is None:
-            caps.thinking_budget, caps.notes["thinking"] = await try_thinking_budget(client, caps)
+            caps.thinking_budget, caps.notes["thinking"] = await asked(
+                try_thinking_budget(client, caps)
+            )
     if "constraints" in want:
         # answers go where the continuation does: over /v1/completions, that path must
         # honour the constraint too
-        caps.constraints, caps.notes["constraints"] = await try_constraints(
-            client,
-            lambda path, body: _post(client, body, path=path),
-            over_completions=caps.continuation == "completions",
+        caps.constraints, caps.notes["constraints"] = await asked(
+            try_constraints(
+                client,
+                lambda path, body: _post(client, body, path=path),
+                over_completions=caps.continuation == "completions",
+            )
         )
     log.info(
         "probed endpoint",
