@@ -530,6 +530,17 @@ async def test_a_limit_refusing_every_pairwise_match_fails_the_verdicts(tmp_path
     assert tree.vote is not None and tree.vote.rule == "majority" and tree.answer == "A"
 
 
+async def _pairwise_four(server: FakeServer, tmp_path: Path) -> RunResult:
+    """parallel@3 on FOUR against ``server``, re-ranked by the pairwise judge's choices."""
+    endpoint = EndpointConfig(name="fake", base_url=server.base_url, model="fake-model")
+    settings = RunSettings(
+        modes=ModeSettings(mode="parallel", n=3, budget=4),
+        verifiers=("pairwise:score=rating",),
+        out=tmp_path / "run",
+    )
+    return await execute([FOUR], endpoint, settings)
+
+
 @pytest.mark.anyio
 async def test_a_failed_pairwise_match_still_counts_what_the_judge_spent(tmp_path: Path) -> None:
     """Round 1 (A vs B) is judged; the final's choice is unreadable, which fails every
@@ -544,13 +555,7 @@ async def test_a_failed_pairwise_match_still_counts_what_the_judge_spent(tmp_pat
         return SAMPLES[index % 3]
 
     async with FakeServer(FakeBehaviour(reply=reply), record_bodies=True) as server:
-        endpoint = EndpointConfig(name="fake", base_url=server.base_url, model="fake-model")
-        settings = RunSettings(
-            modes=ModeSettings(mode="parallel", n=3, budget=4),
-            verifiers=("pairwise:score=rating",),
-            out=tmp_path / "run",
-        )
-        result = await execute([FOUR], endpoint, settings)
+        result = await _pairwise_four(server, tmp_path)
     verdicts = result.trees[0].of_kind(NodeKind.VERDICT)
     assert all("the judge's choice is unreadable: 'neither'" in str(v.error) for v in verdicts)
     m = result.metrics.verifier
@@ -564,13 +569,7 @@ async def test_pairwise_verdicts_count_every_token_the_judge_spent(tmp_path: Pat
     each match spends 3 completion tokens ("1", and "pick 2" swapped)."""
     behaviour = FakeBehaviour(reply=_preferring("BCDA", 3, second="pick 2"))
     async with FakeServer(behaviour, record_bodies=True) as server:
-        endpoint = EndpointConfig(name="fake", base_url=server.base_url, model="fake-model")
-        settings = RunSettings(
-            modes=ModeSettings(mode="parallel", n=3, budget=4),
-            verifiers=("pairwise:score=rating",),
-            out=tmp_path / "run",
-        )
-        result = await execute([FOUR], endpoint, settings)
+        result = await _pairwise_four(server, tmp_path)
     assert result.trees[0].answer == "B"
     m = result.metrics.verifier
     assert m is not None and (m.prompt_tokens, m.completion_tokens) == _judge_usage(server)
