@@ -41,7 +41,13 @@ from thinktree.agents.pool import EndpointPool, client_for
 from thinktree.agents.solver import Sampling, Solver
 from thinktree.agents.structured import check_format
 from thinktree.datasets import describe_validation_error
-from thinktree.errors import ConfigError, RecordingError, RunStopping, find_error
+from thinktree.errors import (
+    ConfigError,
+    RecordingError,
+    RunStopping,
+    ThinktreeError,
+    find_error,
+)
 from thinktree.metrics import Metrics, compute
 from thinktree.orchestrator.bus import EventBus, Subscriber, event_bus
 from thinktree.orchestrator.call_cache import SharedCallCache, SqliteCallCache
@@ -736,7 +742,9 @@ def _open_records(
     """The run's call store, run store and trace, opened in ``folder``.
 
     When one cannot be opened (a full disk, say), those opened are closed again and a
-    ``fresh`` run's folder, which holds nothing yet, is removed: no half-made run is left.
+    ``fresh`` run's folder, which holds nothing yet, is removed: no half-made run is left,
+    and the run cannot write its files (a :class:`RecordingError`, as when its manifest
+    cannot be written).
     """
     opened: list[Callable[[], None]] = []
     try:
@@ -748,13 +756,20 @@ def _open_records(
         store = RunStore(store_path)
         opened.append(store.close)
         trace = TraceWriter(folder / "trace.jsonl", deltas=settings.trace_deltas)
-    except BaseException:
+    except BaseException as exc:
         for close in reversed(opened):
             with contextlib.suppress(Exception):
                 close()
-        if fresh:
-            shutil.rmtree(folder, ignore_errors=True)
-        raise
+        if not fresh:
+            raise
+        shutil.rmtree(folder, ignore_errors=True)
+        if isinstance(exc, RunStopping) or not isinstance(exc, Exception):
+            raise
+        # a new folder's files exist only as this run creates them: not writing them is it
+        if isinstance(exc, ThinktreeError):
+            raise RecordingError(str(exc)) from None
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise RecordingError(f"cannot write run folder {folder}: {reason}") from None
     return cache, store, trace
 
 
