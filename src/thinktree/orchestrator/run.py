@@ -794,7 +794,9 @@ def _never_written(path: Path) -> bool:
         with path.open("rb") as f:
             if f.read(16) != b"SQLite format 3\x00":
                 return False
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        # a writer killed mid-write leaves a WAL to recover: wait for that, as the store's
+        # own reader does, rather than take a busy database for a written one
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
         try:
             return int(conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]) == 0
         finally:
