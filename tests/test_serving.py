@@ -129,6 +129,10 @@ def test_no_parser_when_asked_and_model_ids_pass_through(tmp_path: Path) -> None
         (["llamacpp", "--host", ""], ["--host '' is not an IP address"]),
         (["llamacpp", "--host", "203.0.113.7"], ["not an address of this machine"]),
         (["vllm", "/m", "--host", "fe80::1%eth0"], ["zone id (%eth0)", "global address"]),
+        (["vllm", "--host", "[127.0.0.1]"], ["brackets are for IPv6", "write 127.0.0.1"]),
+        (["vllm", "--host", "0.0.0.0:8000"], ["has a port", "(0.0.0.0)", "--port 8000"]),
+        (["vllm", "--host", "[::1]:8000"], ["has a port", "(::1)", "--port 8000"]),
+        (["llamacpp", "--host", "http://127.0.0.1:8000/v1"], ["is a URL", "--port"]),
         (["vllm", "--host", "0.0.0.0", "--", "--host", "::"], ["two hosts", "0.0.0.0"]),
         (["vllm", "/m", "--", "--host=0.0.0.0"], ["two hosts", "127.0.0.1"]),
         (["llamacpp", "--", "--host", "0.0.0.0"], ["two hosts"]),
@@ -299,12 +303,17 @@ _STAND_IN = textwrap.dedent(
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize(("every", "loopback"), [("0.0.0.0", "127.0.0.1"), ("::", "[::1]")])
+@pytest.mark.parametrize(
+    ("every", "loopback"),
+    [("0.0.0.0", "127.0.0.1"), ("::", "[::1]"), ("::ffff:0.0.0.0", "127.0.0.1")],
+)
 async def test_a_server_on_every_interface_is_checked_on_loopback(
     tmp_path: Path, every: str, loopback: str
 ) -> None:
-    if ":" in every and not _ipv6_loopback():
+    if every == "::" and not _ipv6_loopback():
         pytest.skip("this machine has no IPv6 loopback")
+    if every.startswith("::ffff:") and not _ipv4_mapped():
+        pytest.skip("this machine takes no IPv4-mapped addresses")
     spec = ServerSpec(
         engine="vLLM",
         model="m",
@@ -323,6 +332,26 @@ async def test_a_server_on_every_interface_is_checked_on_loopback(
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             with pytest.raises(OSError):
                 probe.bind((every, port))
+
+
+@pytest.mark.anyio
+async def test_a_server_on_ipv4_mapped_loopback_is_loopback(tmp_path: Path) -> None:
+    """--host ::ffff:127.0.0.1 listens on 127.0.0.1 only: no URL for other machines (and so no
+    warning that anyone can use it), and it is checked and named as 127.0.0.1."""
+    if not _ipv4_mapped():
+        pytest.skip("this machine takes no IPv4-mapped addresses")
+    spec = ServerSpec(
+        engine="vLLM",
+        model="m",
+        command=lambda port: [sys.executable, "-c", _STAND_IN, "::ffff:127.0.0.1", str(port)],
+        env=dict(os.environ),
+        log_dir=tmp_path,
+        log_stem="stand-in",
+        host="::ffff:127.0.0.1",
+    )
+    async with launcher.launch(spec, startup_timeout=30) as handle:
+        assert handle.base_url.startswith("http://127.0.0.1:")
+        assert handle.remote_url is None
 
 
 @pytest.mark.anyio
@@ -361,6 +390,15 @@ def _ipv6_loopback() -> bool:
     return True
 
 
+def _ipv4_mapped() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::ffff:127.0.0.1", 0))
+    except OSError:
+        return False
+    return True
+
+
 def test_hosts_and_the_urls_that_reach_them() -> None:
     assert launcher.connect_host("0.0.0.0") == "127.0.0.1"
     assert launcher.connect_host("::") == "::1"
@@ -377,6 +415,73 @@ def test_hosts_and_the_urls_that_reach_them() -> None:
         launcher.check_host("fe80::1%eth0")
     with pytest.raises(ServerError, match="not an IP address"):
         launcher.check_host("no-such-host.invalid")
+
+
+def test_ipv4_mapped_addresses_are_their_ipv4_address() -> None:
+    assert launcher.is_loopback("::ffff:127.0.0.1")
+    assert launcher.is_loopback("::FFFF:7f00:1")
+    assert launcher.remote_url("::ffff:127.0.0.1", 8000) is None
+    assert launcher.connect_host("::ffff:127.0.0.1") == "127.0.0.1"
+    assert launcher.is_wildcard("::ffff:0.0.0.0")
+    assert launcher.connect_host("::ffff:0.0.0.0") == "127.0.0.1"  # not ::1: IPv4 only
+    assert launcher.remote_url("::ffff:0.0.0.0", 8000) == f"http://{socket.gethostname()}:8000/v1"
+    assert not launcher.is_loopback("::ffff:10.1.2.3")
+    assert launcher.remote_url("::ffff:10.1.2.3", 8000) == "http://10.1.2.3:8000/v1"
+    assert not launcher.is_loopback("::127.0.0.1")  # IPv4-compatible: another address
+
+
+def test_hosts_in_the_brackets_of_a_url_are_ipv6_addresses() -> None:
+    from thinktree.serving.commands import ServeRequest
+
+    assert launcher.bare_host("[::1]") == "::1"
+    assert launcher.bare_host("[::]") == "::"
+    assert launcher.bare_host("[127.0.0.1]") == "[127.0.0.1]"  # refused by check_host
+    assert launcher.bare_host("[]") == "[]"
+    assert launcher.check_host("[::1]") == "::1"
+    # the request holds the address as the engines take it and the printed URL brackets it
+    request = ServeRequest(engine="vllm", host="[::1]")
+    assert request.host == "::1"
+    assert launcher.server_url(launcher.connect_host(request.host), 8000) == "http://[::1]:8000/v1"
+    assert launcher.remote_url(request.host, 8000) is None
+    assert ServeRequest(engine="vllm", host="[::]").host == "::"
+    with pytest.raises(ServerError, match=r"zone id \(%eth0\)"):
+        launcher.check_host(ServeRequest(host="[fe80::1%eth0]").host)
+
+
+def test_a_name_with_ipv6_addresses_only_is_refused_with_its_address(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The engines bind a host name through IPv4: name the IPv6 address to give instead."""
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host: str, *args: object, **kwargs: object) -> object:
+        if host != "v6only.test":
+            return real(host, *args, **kwargs)  # type: ignore[arg-type]
+        if args[1] == socket.AF_INET6:  # (host, port, family, type)
+            return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", 0, 0, 0))]
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    with pytest.raises(ServerError, match=r"IPv6 addresses only.*--host ::1$"):
+        launcher.check_host("v6only.test")
+
+
+def test_request_values_that_would_serve_something_else_are_refused() -> None:
+    """Checked on the request itself, not through the command line: before these checks,
+    `serve vllm ""`, `--served-name ""` and `--startup-timeout nan` went on to start the
+    embedded model (the last never timing out)."""
+    from thinktree.serving.commands import ServeRequest, _check
+
+    for model in ("", "  "):
+        with pytest.raises(ServerError, match="MODEL is empty"):
+            _check(ServeRequest(engine="vllm", model=model))
+    for name in ("", " ", " x", "x\n"):
+        for engine in ("vllm", "llamacpp"):
+            with pytest.raises(ServerError, match=r"--served-name .* is empty or has spaces"):
+                _check(ServeRequest(engine=engine, served_name=name))
+    with pytest.raises(ServerError, match="--startup-timeout must be positive, not nan"):
+        _check(ServeRequest(engine="vllm", startup_timeout=float("nan")))
+    _check(ServeRequest(engine="vllm", host="[::1]" if _ipv6_loopback() else "127.0.0.1"))
 
 
 # --- slow: a real vLLM through `thinktree serve vllm` ------------------------------------------
@@ -458,3 +563,65 @@ def test_engine_arguments_without_a_model_are_the_engines_not_a_model_path() -> 
     assert request.model is None and request.extra_args == ("--seed", "3")
     named = ServeRequest(engine="vllm", model="org/model", extra_args=("--seed", "3"))
     assert named.model == "org/model" and named.extra_args == ("--seed", "3")
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("engine", ["vllm", "llamacpp"])
+async def test_the_embedded_model_under_another_name_is_served_under_that_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, engine: str
+) -> None:
+    """`serve ENGINE --served-name x` without a MODEL serves the embedded model as x (it
+    used to start the embedded server as smollm2, the name dropped), and does not record it
+    for runs, which look for the embedded model under its own name. Nothing is started:
+    the launcher is replaced by one that hands back the spec it was given."""
+    from contextlib import asynccontextmanager
+
+    from thinktree.serving import commands
+    from thinktree.serving import vllm as vllm_profile
+    from thinktree.serving.commands import ServeRequest
+    from thinktree.serving.launcher import ServerHandle
+
+    folder = hf_folder(tmp_path / "SmolLM2-converted", "llama")
+    gguf = tmp_path / "smollm2.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(28))
+    monkeypatch.setattr(embedded, "ensure_converted_model", lambda **_: folder)
+    monkeypatch.setattr(embedded, "gguf_path", lambda: gguf)
+    monkeypatch.setattr(embedded, "_cache_dir", lambda: tmp_path / "cache")
+    monkeypatch.setattr(vllm_profile, "package_dir", lambda: tmp_path)
+    monkeypatch.setattr(vllm_profile, "launcher_command", lambda: ["vllm"])
+    monkeypatch.setattr(llamacpp, "installed", lambda: True)
+    specs: list[ServerSpec] = []
+    embedded_calls: list[dict[str, object]] = []
+
+    @asynccontextmanager
+    async def launch(spec: ServerSpec, **kwargs: object):  # type: ignore[no-untyped-def]
+        specs.append(spec)
+        assert not kwargs.get("record_state")
+        yield ServerHandle("http://127.0.0.1:1/v1", spec.model, None, True, None)
+
+    @asynccontextmanager
+    async def embedded_server(**kwargs: object):  # type: ignore[no-untyped-def]
+        embedded_calls.append(kwargs)
+        yield ServerHandle("http://127.0.0.1:1/v1", embedded.EMBEDDED_MODEL, None, True, None)
+
+    monkeypatch.setattr(commands.launcher, "launch", launch)
+    monkeypatch.setattr(embedded, "embedded_server", embedded_server)
+
+    async with commands.serve_until_stopped(ServeRequest(engine=engine, served_name="x")) as s:
+        assert s.model == "x"
+    assert not embedded_calls
+    (spec,) = specs
+    assert spec.model == "x" and spec.state_path is None
+    args = dict(itertools.pairwise(spec.command(8123)))
+    if engine == "vllm":
+        assert args["serve"] == str(folder.resolve()) and args["--served-model-name"] == "x"
+        assert spec.env.get("HF_HUB_OFFLINE") == "1"
+    else:
+        assert args["--model"] == str(gguf.resolve()) and args["--model_alias"] == "x"
+
+    # without a name, the embedded server itself, recorded for runs to reuse
+    async with commands.serve_until_stopped(ServeRequest(engine=engine)) as s:
+        assert s.model == embedded.EMBEDDED_MODEL
+    (call,) = embedded_calls
+    assert call["engine"] == engine and call["record_state"] is True and call["reuse"] is False
+    assert len(specs) == 1

@@ -899,13 +899,20 @@ def serve(
         str,
         typer.Option(
             help="address to listen on: 127.0.0.1 for this machine only, 0.0.0.0 for every "
-            "interface (other machines can reach it, without authentication)"
+            "interface (other machines can reach it, without authentication); an IPv6 "
+            "address with or without brackets ([::1])"
         ),
     ] = "127.0.0.1",
     n_threads: Annotated[
         int | None, typer.Option(help="llamacpp: CPU threads (default: all cores)")
     ] = None,
-    served_name: Annotated[str | None, typer.Option(help="the model's name on the server")] = None,
+    served_name: Annotated[
+        str | None,
+        typer.Option(
+            help="the model's name on the server (runs reuse the embedded model only under "
+            "its own name)"
+        ),
+    ] = None,
     reasoning_parser: Annotated[
         str | None,
         typer.Option(help="vllm: reasoning parser (default: detected; 'none' for none)"),

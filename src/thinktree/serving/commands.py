@@ -30,6 +30,8 @@ class ServeRequest:
     extra_args: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        # [::1], as a URL writes it, is the address ::1 (the printed URL adds the brackets)
+        object.__setattr__(self, "host", launcher.bare_host(self.host))
         # without a MODEL, the first engine argument (`serve vllm -- --seed 3`) lands in
         # MODEL's place: it is the engine's, and the embedded model is served
         if self.model is not None and self.model.startswith("-"):
@@ -68,6 +70,17 @@ def _check(request: ServeRequest) -> None:
             f"unknown engine '{request.engine}'; choose one of: {', '.join(embedded.ENGINES)}"
         )
     launcher.check_host(request.host)
+    if request.model is not None and not request.model.strip():
+        raise ServerError(
+            "MODEL is empty; give a model (a folder, a model id or a .gguf file), or leave "
+            "it out for the embedded model"
+        )
+    name = request.served_name
+    if name is not None and (not name or name != name.strip()):
+        raise ServerError(
+            f"--served-name {name!r} is empty or has spaces around it; clients ask for the "
+            "model by this name"
+        )
     if _gives(request.extra_args, "--host", "--ho"):
         raise ServerError(
             f"--host after `--` would give the server two hosts (thinktree's is "
@@ -79,7 +92,7 @@ def _check(request: ServeRequest) -> None:
             f"--port after `--` would give the server two ports (thinktree's is {ours}); "
             "give it once, as thinktree serve --port PORT"
         )
-    if request.startup_timeout <= 0:
+    if not request.startup_timeout > 0:  # NaN too: it would never time out
         raise ServerError(f"--startup-timeout must be positive, not {request.startup_timeout}")
     if request.max_model_len is not None and request.max_model_len <= 0:
         raise ServerError(f"--max-model-len must be positive, not {request.max_model_len}")
@@ -115,15 +128,20 @@ def _check(request: ServeRequest) -> None:
 
 @asynccontextmanager
 async def serve_until_stopped(request: ServeRequest) -> AsyncIterator[ServerHandle]:
-    """Start the requested server (recording the embedded one for runs to reuse)."""
+    """Start the requested server (recording the embedded one for runs to reuse).
+
+    The embedded model under another name (``--served-name``), or with other settings, is
+    not recorded: runs start or reuse the embedded model under its own name.
+    """
     _check(request)
     plain = (request.reasoning_parser, request.chat_template, request.max_model_len)
-    if request.model is None and not request.extra_args and plain == (None, None, None):
+    as_is = request.served_name is None and not request.extra_args and plain == (None,) * 3
+    if request.model is None and as_is:
         async with embedded.embedded_server(
             engine=request.engine,
             port=request.port,
             reuse=False,
-            record_state=request.served_name is None,
+            record_state=True,
             startup_timeout=request.startup_timeout,
             n_threads=request.n_threads,
             host=request.host,
@@ -141,6 +159,8 @@ async def serve_until_stopped(request: ServeRequest) -> AsyncIterator[ServerHand
             host=request.host,
         )
     else:
+        if vllm_profile.package_dir() is None:  # before converting the embedded model
+            raise ServerError(f"vLLM is not installed; {vllm_profile.INSTALL_HINT}")
         model = request.model or str(embedded.ensure_converted_model())
         parser = request.reasoning_parser
         target = vllm_profile.VllmServer(
@@ -154,8 +174,6 @@ async def serve_until_stopped(request: ServeRequest) -> AsyncIterator[ServerHand
             offline=request.model is None,
             host=request.host,
         )
-        if vllm_profile.package_dir() is None:
-            raise ServerError(f"vLLM is not installed; {vllm_profile.INSTALL_HINT}")
         spec = target.spec(cache)
     async with launcher.launch(
         spec, port=request.port, startup_timeout=request.startup_timeout

@@ -102,10 +102,61 @@ def _family(host: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in host else socket.AF_INET
 
 
+_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _unmapped(address: _Address) -> _Address:
+    """The IPv4 address behind an IPv4-mapped IPv6 one (``::ffff:127.0.0.1``), else itself.
+
+    A server bound to a mapped address listens on that IPv4 address (Python before 3.13
+    does not count ``::ffff:127.0.0.1`` as loopback, nor ``::ffff:0.0.0.0`` as unspecified).
+    """
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def bare_host(host: str) -> str:
+    """``host`` without the brackets a URL writes around an IPv6 address (``[::1]``)."""
+    if len(host) > 2 and host[0] == "[" and host[-1] == "]":
+        try:
+            inner = ipaddress.ip_address(host[1:-1])
+        except ValueError:
+            return host
+        if isinstance(inner, ipaddress.IPv6Address):
+            return host[1:-1]
+    return host
+
+
+def _not_a_host(host: str) -> str | None:
+    """What is wrong with a ``--host`` written as a URL, with a port or in brackets."""
+    if "://" in host:
+        return (
+            f"--host {host} is a URL; give the address alone (such as 127.0.0.1 or ::1), "
+            "and the port with --port"
+        )
+    address, colon, port = host.rpartition(":")
+    if colon and port.isdigit() and address and (":" not in address or address[0] == "["):
+        return (
+            f"--host {host} has a port; give the address alone ({bare_host(address)}) "
+            f"and the port as --port {port}"
+        )
+    if host.startswith("[") or host.endswith("]"):
+        return (
+            f"--host {host}: brackets are for IPv6 addresses; write "
+            f"{host.removeprefix('[').removesuffix(']')}"
+        )
+    return None
+
+
 def check_host(host: str) -> str:
-    """``host`` when it is an IP address or a name that resolves; else a one-line error."""
+    """``host`` when it is an IP address or a name that resolves; else a one-line error.
+
+    An IPv6 address may come in the brackets of a URL (``[::1]``).
+    """
     if not host or host != host.strip():
         raise ServerError(f"--host {host!r} is not an IP address or a host name")
+    host = bare_host(host)
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
@@ -120,45 +171,69 @@ def check_host(host: str) -> str:
                 "for every interface"
             )
         return host
+    wrong = _not_a_host(host)
+    if wrong is not None:
+        raise ServerError(wrong)
     try:
         socket.getaddrinfo(host, None, _family(host), socket.SOCK_STREAM)
     except (OSError, UnicodeError) as exc:
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        v6 = _resolved(host, socket.AF_INET6) if _family(host) == socket.AF_INET else []
+        if v6:
+            # the engines listen on a name through IPv4 only (uvicorn binds a host without
+            # a colon as AF_INET)
+            raise ServerError(
+                f"--host {host} has IPv6 addresses only, and the engines listen on a host "
+                f"name through IPv4; give its address instead: --host {v6[0]}"
+            ) from None
         raise ServerError(
             f"--host {host} is not an IP address or a name this machine resolves ({why})"
         ) from None
     return host
 
 
-def _addresses(host: str) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+def _resolved(host: str, family: socket.AddressFamily) -> list[str]:
     try:
-        return [ipaddress.ip_address(host)]
-    except ValueError:
-        pass
-    try:
-        found = socket.getaddrinfo(host, None, _family(host), socket.SOCK_STREAM)
+        found = socket.getaddrinfo(host, None, family, socket.SOCK_STREAM)
     except (OSError, UnicodeError):
         return []
-    return [ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in found]
+    return [str(info[4][0]).split("%")[0] for info in found]
+
+
+def _addresses(host: str) -> list[_Address]:
+    """The addresses ``host`` listens on, an IPv4-mapped one as its IPv4 address."""
+    try:
+        return [_unmapped(ipaddress.ip_address(host))]
+    except ValueError:
+        pass
+    return [_unmapped(ipaddress.ip_address(a)) for a in _resolved(host, _family(host))]
 
 
 def is_wildcard(host: str) -> bool:
-    """Whether ``host`` means every interface (0.0.0.0, ::)."""
+    """Whether ``host`` means every interface (0.0.0.0, ::, ::ffff:0.0.0.0)."""
     addresses = _addresses(host)
     return bool(addresses) and all(a.is_unspecified for a in addresses)
 
 
 def is_loopback(host: str) -> bool:
-    """Whether ``host`` is reachable from this machine only (127.0.0.1, ::1, localhost)."""
+    """Whether ``host`` is reachable from this machine only (127.0.0.1, ::1, localhost,
+    ::ffff:127.0.0.1)."""
     addresses = _addresses(host)
     return bool(addresses) and all(a.is_loopback for a in addresses)
 
 
 def connect_host(host: str) -> str:
-    """The address that reaches a server listening on ``host`` from this machine."""
+    """The address that reaches a server listening on ``host`` from this machine.
+
+    An IPv4-mapped address is reached through its IPv4 address, as other clients write it.
+    """
     if is_wildcard(host):
-        return "::1" if _family(host) == socket.AF_INET6 else LOOPBACK
-    return host
+        ipv4 = all(isinstance(a, ipaddress.IPv4Address) for a in _addresses(host))
+        return LOOPBACK if ipv4 else "::1"
+    try:
+        return str(_unmapped(ipaddress.ip_address(host)))
+    except ValueError:
+        return host
 
 
 def server_url(host: str, port: int) -> str:
@@ -174,7 +249,7 @@ def remote_url(host: str, port: int) -> str | None:
     """
     if is_loopback(host):
         return None
-    return server_url(socket.gethostname() if is_wildcard(host) else host, port)
+    return server_url(socket.gethostname() if is_wildcard(host) else connect_host(host), port)
 
 
 def _bind(host: str, port: int) -> int:
