@@ -302,8 +302,8 @@ def test_a_malformed_endpoint_url_is_refused_wherever_it_is_given(
 def test_a_url_with_a_user_or_password_is_refused_without_repeating_it(
     url: str, shown: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """They would never be sent (the key goes as a bearer token; aiohttp refuses both at
-    once on every request), and the URL is written into run.json and messages."""
+    """No request could be sent with them (the key goes as a bearer token, and aiohttp
+    refuses both at once), and the URL shows in messages and run.json."""
     monkeypatch.setenv("OPENAI_BASE_URL", url)
     givens = [
         (url, {}, f"endpoint URL {shown!r}"),

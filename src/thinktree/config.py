@@ -355,7 +355,8 @@ def check_url(url: str, what: str) -> None:
     """Refuse ``url`` (an endpoint's base URL, ``what`` in the message) when no request could
     be sent to it: a scheme other than http(s), no host, a port outside 1-65535, stray text;
     or when requests would go astray: a query or fragment (each route is added at the end of
-    the URL), a user name or password (never sent, yet written to run.json).
+    the URL), a user name or password (the HTTP client refuses them beside the bearer
+    token, so every request would fail, and messages and run.json would show them).
 
     Checked here, where every endpoint is resolved, so that a bad URL fails in one line
     before a run folder exists instead of deep in the HTTP client.
@@ -364,10 +365,10 @@ def check_url(url: str, what: str) -> None:
     if shown != url:  # never repeat the password: the message may end up in a log
         what = what.replace(url, shown).replace(repr(url)[1:-1], repr(shown)[1:-1])
         raise ConfigError(
-            f"{what} holds a user name or password before its host: thinktree never sends "
-            "them (each request carries the API key as a bearer token) and would write them "
-            "into run.json; give the URL without them, and the key with api_key_env in "
-            "thinktree.toml (or OPENAI_API_KEY)"
+            f"{what} holds a user name or password before its host: no request could be "
+            "sent with them (thinktree sends the API key as a bearer token), and they would "
+            "show in messages and run records; give the URL without them, and the key with "
+            "api_key_env in thinktree.toml (or OPENAI_API_KEY)"
         )
     if any(c.isspace() or not c.isprintable() for c in url):
         raise ConfigError(f"{what} holds a space or a control character; give the URL alone")
