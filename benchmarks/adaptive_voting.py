@@ -33,6 +33,7 @@ import anyio
 
 from thinktree.agents.endpoint import EndpointConfig
 from thinktree.agents.modes import ModeSettings, build_strategy
+from thinktree.config import url_option
 from thinktree.datasets import load_demo, load_problems
 from thinktree.embedded import embedded_server
 from thinktree.errors import ConfigError
@@ -280,7 +281,7 @@ async def main() -> int:
     parser.add_argument("--answer-tokens", type=int, default=16)
     parser.add_argument("--concurrency", type=int, default=2, help="problems at once")
     parser.add_argument("--in-flight", type=int, default=8, help="calls in flight at most")
-    parser.add_argument("--base-url")
+    parser.add_argument("--base-url", type=url_option)
     args = parser.parse_args()
     problems = _problems(args)
     if not problems:

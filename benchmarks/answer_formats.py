@@ -20,6 +20,7 @@ import anyio
 
 from thinktree.agents.endpoint import EndpointConfig
 from thinktree.agents.modes import ModeSettings
+from thinktree.config import url_option
 from thinktree.datasets import load_problems
 from thinktree.embedded import embedded_server
 from thinktree.orchestrator.events import NodeKind
@@ -79,7 +80,7 @@ async def measure(
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", type=Path, default=DATA, help="folder of the sample sets")
-    parser.add_argument("--base-url")
+    parser.add_argument("--base-url", type=url_option)
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--per-set", type=int, default=5)
     parser.add_argument("--budget", type=int, default=128)

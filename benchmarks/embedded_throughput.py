@@ -40,6 +40,7 @@ import openai
 from thinktree.agents.endpoint import EndpointClient, EndpointConfig
 from thinktree.agents.modes import ModeSettings
 from thinktree.agents.prompts import messages_for
+from thinktree.config import url_option
 from thinktree.datasets import load_demo
 from thinktree.embedded import embedded_server
 from thinktree.orchestrator.call_cache import SqliteCallCache
@@ -307,7 +308,7 @@ async def _counting(
 
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--base-url")
+    parser.add_argument("--base-url", type=url_option)
     parser.add_argument("--model", default=None, help="model name (default: the served one)")
     parser.add_argument("--tokens", type=int, default=32, help="max tokens per request")
     parser.add_argument("--requests", type=int, default=16, help="requests per raw/thinktree case")

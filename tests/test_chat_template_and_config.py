@@ -139,6 +139,19 @@ def test_an_endpoints_temperature_is_a_number_from_0_to_2(bad: object) -> None:
         ("outage_wait_s", 0, float("nan")),
         ("outage_wait_s", 0, float("inf")),
         ("temperature", 1, float("nan")),
+        ("check_timeout_s", 0.5, 0),
+        ("check_timeout_s", 30, float("inf")),
+        # a digit too many, or milliseconds for seconds: each bound is far past any need
+        ("max_connections", 10_000, 10_001),
+        ("max_connections", 10_000, 1_000_000),
+        ("max_attempts", 100, 101),
+        ("max_attempts", 100, 100_000),
+        ("timeout_s", 86_400, 86_401),
+        ("timeout_s", 86_400, 600_000.0),
+        ("timeout_s", 86_400, 1e300),
+        ("timeout_s", 86_400, 10**400),  # an integer too large for a float
+        ("outage_wait_s", 86_400, 86_400.5),
+        ("check_timeout_s", 3_600, 3_601),
     ],
 )
 def test_a_key_that_takes_a_number_takes_only_a_sensible_one(
@@ -149,6 +162,51 @@ def test_a_key_that_takes_a_number_takes_only_a_sensible_one(
     assert cfg is not None and getattr(cfg, key) == good
     with pytest.raises(ConfigError, match=rf"^endpoint 'gpu': {key} must be .*, not "):
         endpoint_from("gpu", model="m", config={"endpoints": {"gpu": {**table, key: bad}}})
+
+
+@pytest.mark.parametrize(
+    ("key", "bad", "says"),
+    [
+        (
+            "max_connections",
+            1_000_000,
+            "max_connections must be a whole number of calls from 1 to 10000, not 1000000: "
+            "each call in flight holds a connection (an open file) of its own",
+        ),
+        (
+            "max_attempts",
+            100_000,
+            "max_attempts must be a whole number of attempts from 1 to 100, not 100000: after "
+            "the 8th, each retry waits the backoff's longest (60 s)",
+        ),
+        (
+            "timeout_s",
+            600_000,
+            "timeout_s must be a number of seconds above 0, at most 86400 (a day), not 600000: "
+            "it is how long one call may take",
+        ),
+        (
+            "outage_wait_s",
+            1e9,
+            "outage_wait_s must be a number of seconds from 0 to 86400 (a day), not 1000000000.0: "
+            "a run that stops for an endpoint that is down resumes later",
+        ),
+        (
+            "check_timeout_s",
+            86_400,
+            "check_timeout_s must be a number of seconds above 0, at most 3600 (an hour), "
+            "not 86400: it is how long the /models listing",
+        ),
+    ],
+)
+def test_a_number_past_its_bound_is_refused_with_the_reason(
+    key: str, bad: object, says: str
+) -> None:
+    table = {"base_url": "http://gpu:8000/v1", key: bad}
+    with pytest.raises(ConfigError) as caught:
+        endpoint_from("gpu", model="m", config={"endpoints": {"gpu": table}})
+    assert str(caught.value).startswith(f"endpoint 'gpu': {says}"), caught.value
+    assert "\n" not in str(caught.value)
 
 
 @pytest.mark.parametrize(
@@ -182,7 +240,8 @@ def test_http_client_aiohttp_keeps_a_plain_http_server_off_the_lean_client() -> 
         "https://api.openai.com/v1",
         "http://gpu-box/v1",
         "http://[::1]:8000/v1",
-        "http://user:secret@10.0.0.5:65535/v1",
+        "http://10.0.0.5:65535/v1",
+        "http://gpu:8000/v1/@team",  # an "@" in the path names no user
     ],
 )
 def test_a_wellformed_endpoint_url_is_taken(url: str) -> None:
@@ -204,6 +263,12 @@ def test_a_wellformed_endpoint_url_is_taken(url: str) -> None:
         ("http://ho<st/v1", "'ho<st' is not a host and port"),
         ("http:///v1", "names no host"),
         ("http://host/v1 x", "holds a space"),
+        # each route is added at the end of the URL: into the query, or cut off by the "#"
+        ("http://127.0.0.1:8000/v1?x=1", "has a query ('?x=1'): thinktree adds each route"),
+        ("http://127.0.0.1:8000/v1?", "has a query ('?')"),
+        ("http://127.0.0.1:8000/v1#frag", "has a fragment ('#frag')"),
+        ("https://api.example.com/v1?key=1#x", "has a query ('?key=1#x')"),
+        ("http://127.0.0.1:8000#/v1", "has a fragment ('#/v1')"),
     ],
 )
 def test_a_malformed_endpoint_url_is_refused_wherever_it_is_given(
@@ -222,6 +287,50 @@ def test_a_malformed_endpoint_url_is_refused_wherever_it_is_given(
     pool = {"endpoints": {"gpu": {"members": ["http://127.0.0.1:8000/v1", url]}}}
     with pytest.raises(ConfigError, match=re.escape(f"endpoint 'gpu': member {url!r}")):
         endpoint_from("gpu", model="m", config=pool)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("http://user:s3cret@10.0.0.5:8000/v1", "http://***@10.0.0.5:8000/v1"),
+        ("https://s3cret@api.example.com/v1", "https://***@api.example.com/v1"),
+        ("http://user:s3cret@h:99999/v1", "http://***@h:99999/v1"),  # before the port
+        ("http://user:s3cret@h/v1?x=1", "http://***@h/v1?x=1"),
+        ("http://a@b:s3cret@h/v1", "http://***@h/v1"),
+    ],
+)
+def test_a_url_with_a_user_or_password_is_refused_without_repeating_it(
+    url: str, shown: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No request could be sent with them (the key goes as a bearer token, and aiohttp
+    refuses both at once), and the URL shows in messages and run.json."""
+    monkeypatch.setenv("OPENAI_BASE_URL", url)
+    givens = [
+        (url, {}, f"endpoint URL {shown!r}"),
+        (None, {}, f"OPENAI_BASE_URL {shown!r}"),
+        ("gpu", {"endpoints": {"gpu": {"base_url": url}}}, f"endpoint 'gpu': base_url {shown!r}"),
+        (
+            "gpu",
+            {"endpoints": {"gpu": {"members": ["http://127.0.0.1:8000/v1", url]}}},
+            f"endpoint 'gpu': member {shown!r}",
+        ),
+    ]
+    for spec, config, where in givens:
+        with pytest.raises(ConfigError) as caught:
+            endpoint_from(spec, model="m", config=config)
+        message = str(caught.value)
+        assert message.startswith(f"{where} holds a user name or password"), message
+        assert "s3cret" not in message and "api_key_env" in message and "\n" not in message
+
+
+def test_a_url_of_another_scheme_is_not_repeated_with_its_password() -> None:
+    for table in (
+        {"base_url": "ftp://user:s3cret@h/v1"},
+        {"members": ["ftp://user:s3cret@h/v1"]},
+    ):
+        with pytest.raises(ConfigError, match=re.escape("'ftp://***@h/v1'")) as caught:
+            endpoint_from("gpu", model="m", config={"endpoints": {"gpu": table}})
+        assert "s3cret" not in str(caught.value)
 
 
 def test_nan_in_a_config_file_fails_in_one_line(tmp_path: Path) -> None:
@@ -282,6 +391,110 @@ def test_a_chat_template_that_does_not_parse_fails_in_one_line(template: str, sa
     message = str(caught.value)
     assert message.startswith("endpoint 'gpu': chat_template does not parse: ")
     assert says in message and "\n" not in message
+
+
+# A Gemma-style template: no system turn, and the turns must alternate; thinktree's prompts
+# open with a system turn, so every call of a run would fail on it.
+NO_SYSTEM = (
+    "{% if messages[0]['role'] == 'system' %}"
+    "{{ raise_exception('System role not supported') }}{% endif %}"
+    "{% for message in messages %}"
+    "{{ '<start_of_turn>' + message['role'] + '\n' + message['content'] + '<end_of_turn>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+
+
+@pytest.mark.parametrize(
+    ("template", "says"),
+    [
+        (NO_SYSTEM, "the template raised 'System role not supported' (line 1)"),
+        (
+            "{% for m in messages %}{{ m.content }}{{ nothing.here }}{% endfor %}",
+            "'nothing' is undefined (line 1)",
+        ),
+        # an unknown filter in a branch is only found when the branch is taken
+        (
+            "{% for m in messages %}{% if m.role %}{{ m.content | no_such_filter }}{% endif %}"
+            "{% endfor %}",
+            "No filter named 'no_such_filter'",
+        ),
+        (
+            "{% for m in messages %}\n{{ m.content }}\n{% endfor %}\n"
+            "{% if add_generation_prompt %}{{ 1 / 0 }}{% endif %}",
+            "division by zero (line 4)",
+        ),
+        ("{% for m in messages %}{{ m.content + 1 }}{% endfor %}", "(line 1)"),
+        # nothing to continue: the assistant's text is never rendered
+        ("{% for m in messages %}{{ m.role }}{% endfor %}", "does not render the assistant"),
+    ],
+    ids=["raise_exception", "undefined", "filter", "generation-prompt", "type", "no-content"],
+)
+@pytest.mark.parametrize("continuation", ["completions", "auto"])
+def test_a_chat_template_that_fails_on_a_runs_conversation_fails_in_one_line(
+    template: str, says: str, continuation: str
+) -> None:
+    """It compiles, yet would fail every call of the run (or of the probe, which picks
+    "completions" under "auto" where the server cannot continue a chat message)."""
+    table = {
+        "base_url": "http://gpu:8000/v1",
+        "continuation": continuation,
+        "chat_template": template,
+    }
+    with pytest.raises(ConfigError) as caught:
+        endpoint_from("gpu", model="m", config={"endpoints": {"gpu": table}})
+    message = str(caught.value)
+    assert message.startswith(
+        "endpoint 'gpu': chat_template fails on a conversation like a run's "
+        "(system, user, the assistant's text to continue): "
+    ), message
+    assert says in message and "\n" not in message
+
+
+def test_a_chat_template_that_renders_a_runs_conversation_is_taken() -> None:
+    """Templates that refuse only what a run never sends (a tool turn) are fine, and so are
+    the ones thinktree's own tests and the embedded model use."""
+    picky = (
+        "{% for m in messages %}{% if m.role == 'tool' %}{{ raise_exception('no tools') }}"
+        "{% endif %}{{ m.role + ': ' + m.content + '\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}assistant: {% endif %}"
+    )
+    think = (Path(__file__).parent / "data" / "think_template.jinja").read_text()
+    for template in (CHATML, picky, think):
+        table = {"base_url": "http://gpu:8000/v1", "continuation": "completions"}
+        table["chat_template"] = template
+        cfg = endpoint_from("gpu", model="m", config={"endpoints": {"gpu": table}})
+        assert cfg is not None and cfg.chat_template == template
+
+
+def test_raise_exception_in_a_chat_template_says_the_templates_reason() -> None:
+    from jinja2 import TemplateError
+
+    from thinktree.agents.chat_template import render_prompt
+
+    with pytest.raises(TemplateError, match="raised 'System role not supported'"):
+        render_prompt(NO_SYSTEM, [{"role": "system", "content": "x"}])
+    assert render_prompt(NO_SYSTEM, [{"role": "user", "content": "hi"}]).endswith(
+        "<start_of_turn>model\n"
+    )
+
+
+@pytest.mark.parametrize("file", ["thinktree.toml", "bench.toml"])
+def test_a_number_too_long_to_read_in_a_toml_file_fails_in_one_line(
+    tmp_path: Path, file: str
+) -> None:
+    """Python reads no integer of 4300 digits or more: tomllib raises a bare ValueError."""
+    from thinktree.bench.grid import load_bench_config
+
+    path = tmp_path / file
+    path.write_text(
+        '[endpoints.gpu]\nbase_url = "http://gpu:8000/v1"\nmax_connections = 1' + "0" * 5000 + "\n"
+    )
+    load = load_config if file == "thinktree.toml" else load_bench_config
+    with pytest.raises(
+        ConfigError, match=r"holds a number too long to read \(4300 digits or more\)$"
+    ):
+        load(path)
 
 
 @pytest.mark.parametrize(

@@ -221,6 +221,17 @@ def test_malformed_jsonl_line_names_file_and_line(work: Path, tmp_path: Path) ->
     assert_nothing_written(work)
 
 
+def test_a_misspelt_key_in_a_dataset_line_is_one_line(work: Path, tmp_path: Path) -> None:
+    data = tmp_path / "typo.jsonl"
+    data.write_text(
+        '{"id": "a", "question": "Q?", "answer_type": "yesno", "answer": "yes"}\n'
+        '{"id": "b", "question": "Q?", "answer_type": "yesno", "anwser": "no"}\n'
+    )
+    proc = thinktree("run", str(data), "--out", str(work / "run"), cwd=work)
+    assert_one_line_error(proc, "typo.jsonl:2: unknown key 'anwser' — did you mean 'answer'?")
+    assert_nothing_written(work)
+
+
 def test_invalid_problem_line_names_the_field(work: Path, tmp_path: Path) -> None:
     data = tmp_path / "bad.jsonl"
     data.write_text('{"id": "a", "question": "Q?", "answer_type": "choice", "answer": "A"}\n')
@@ -326,6 +337,8 @@ BAD_URLS = [
     ("http://[bad/v1", "is not a URL"),
     ("http://:8000/v1", "names no host"),
     ("https://127.0.0.1:99999/v1", "not '99999'"),
+    ("http://127.0.0.1:8000/v1?x=1", "has a query ('?x=1')"),
+    ("http://127.0.0.1:8000/v1#frag", "has a fragment ('#frag')"),
 ]
 
 
@@ -373,6 +386,29 @@ def test_a_malformed_url_in_the_config_or_a_bench_fails_in_one_line(
     assert_nothing_written(work)
 
 
+def test_a_url_with_a_password_fails_in_one_line_that_does_not_repeat_it(
+    work: Path, tmp_path: Path, fake_url: str
+) -> None:
+    url = fake_url.replace("http://", "http://user:s3cret@")
+    data = write_dataset(tmp_path / "data.jsonl", beta_problems(1))
+    bench = tmp_path / "bench.toml"
+    bench.write_text(
+        f'[[datasets]]\npath = "{data}"\n\n[grid]\nmode = ["budget"]\nendpoint = ["{url}"]\n\n'
+        '[run]\nmodel = "fake-model"\n'
+    )
+    shown = fake_url.replace("http://", "http://***@")
+    for args in (
+        ["run", str(data), "--endpoint", url, "--model", "fake-model", "--out", "r"],
+        ["probe", url, "--model", "fake-model"],
+        ["bench", str(bench), "--out", str(work / "bench")],
+    ):
+        proc = thinktree(*args, cwd=work)
+        assert proc.returncode == 2
+        assert_one_line_error(proc, f"endpoint URL '{shown}' holds a user name or password")
+        assert "s3cret" not in proc.stdout + proc.stderr
+    assert_nothing_written(work)
+
+
 def test_resuming_on_a_malformed_url_fails_in_one_line(
     work: Path, tmp_path: Path, fake_url: str
 ) -> None:
@@ -396,10 +432,33 @@ def test_resuming_on_a_malformed_url_fails_in_one_line(
             "temperature = nan",
             "temperature must be a number from 0 to 2 (the one this model takes), not nan",
         ),
-        ("timeout_s = nan", "timeout_s must be a number of seconds above 0, not nan"),
-        ("timeout_s = inf", "timeout_s must be a number of seconds above 0, not inf"),
+        ("timeout_s = nan", "timeout_s must be a number of seconds above 0, at most 86400"),
+        (
+            "timeout_s = inf",
+            "timeout_s must be a number of seconds above 0, at most 86400 (a day), not inf",
+        ),
         ('continuation = "completions"', 'continuation = "completions" renders prompts'),
         ('chat_template = "{{ bad"', "chat_template does not parse: unexpected end of template"),
+        (
+            "max_connections = 1000000",
+            "max_connections must be a whole number of calls from 1 to 10000, not 1000000: ",
+        ),
+        (
+            "max_attempts = 100000",
+            "max_attempts must be a whole number of attempts from 1 to 100, not 100000: ",
+        ),
+        (
+            "timeout_s = 600000",
+            "timeout_s must be a number of seconds above 0, at most 86400 (a day), not 600000",
+        ),
+        (
+            'continuation = "completions"\n'
+            'chat_template = \'{% if messages[0].role == "system" %}'
+            '{{ raise_exception("System role not supported") }}{% endif %}'
+            "{% for m in messages %}{{ m.content }}{% endfor %}'",
+            "chat_template fails on a conversation like a run's (system, user, the assistant's "
+            "text to continue): the template raised 'System role not supported' (line 1)",
+        ),
     ],
 )
 def test_a_bad_endpoint_setting_in_the_config_fails_in_one_line(

@@ -196,6 +196,64 @@ def test_validation_error_names_line_and_field(
     assert error_of(path).startswith(f"{path}:2: {expected}")
 
 
+def without(line: dict[str, Any], key: str, instead: str) -> dict[str, Any]:
+    """``line`` with ``key`` written as ``instead`` (its value unchanged)."""
+    return {(instead if k == key else k): v for k, v in line.items()}
+
+
+@pytest.mark.parametrize(
+    ("bad", "key", "meant"),
+    [
+        (without(record("b"), "answer", "anwser"), "anwser", "answer"),
+        (without(record("b"), "answer", "answr"), "answr", "answer"),
+        (without(record("b"), "answer", "Answer"), "Answer", "answer"),
+        (without(record("b"), "answer", "answers"), "answers", "answer"),
+        (without(record("b"), "question", "questoin"), "questoin", "question"),
+        (without(record("b"), "options", "optons"), "optons", "options"),
+        (without(record("b"), "answer_type", "answertype"), "answertype", "answer_type"),
+        (without(record("b", context="c"), "context", "contexts"), "contexts", "context"),
+        (without(record("b"), "id", "ID"), "ID", "id"),
+        (
+            without(
+                record("n", options=None, answer_type="numeric", answer="3")
+                | {"lower_limit": 2, "upper_limit": 4},
+                "upper_limit",
+                "upper_limt",
+            ),
+            "upper_limt",
+            "upper_limit",
+        ),
+    ],
+)
+def test_a_misspelt_known_key_is_refused_with_the_key_it_looks_like(
+    tmp_path: Path, bad: dict[str, Any], key: str, meant: str
+) -> None:
+    """It would be ignored like a field of the dataset's own: a problem without its gold
+    (or options, context, limits) changes the run's accuracy without a word."""
+    path = write(tmp_path, record("a"), bad)
+    assert error_of(path) == (
+        f"{path}:2: unknown key {key!r} — did you mean {meant!r}? (a field of the dataset's "
+        "own that is meant to be there can go under 'meta')"
+    )
+
+
+@pytest.mark.parametrize(
+    "own",
+    [
+        {"answers": ["A", "one"]},  # beside "answer": not a misspelling of a key it lacks
+        {"Answer": "A"},
+        {"text": "…"},  # not "context"
+        {"answer_idx": 0},  # not "answer" (MedQA's own field)
+        {"explanation": "…", "subject_name": "Dental", "choice_type": "single"},
+        {"question_id": "q-1", "benchmark_name": "medqa"},
+    ],
+)
+def test_fields_of_a_datasets_own_are_still_ignored(tmp_path: Path, own: dict[str, Any]) -> None:
+    path = write(tmp_path, record("a") | own)
+    (problem,) = load_problems(path)
+    assert problem.answer == "A" and problem.question == "Question a?"
+
+
 def numeric(id: str, answer: str, **fields: Any) -> dict[str, Any]:
     return record(id, options=None, answer_type="numeric", answer=answer) | fields
 

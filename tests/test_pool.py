@@ -200,7 +200,17 @@ async def test_a_member_that_comes_back_gets_calls_again() -> None:
         ([], "non-empty list"),
         (["ftp://x"], "is not an http(s) URL"),
         (["http://a/v1", "http://a/v1"], "listed twice"),
-        ([{"base_url": "http://a/v1", "max_connections": 0}], "positive max_connections"),
+        (
+            [{"base_url": "http://a/v1", "max_connections": 0}],
+            "member http://a/v1: max_connections must be a whole number of calls from 1 to "
+            "10000, not 0",
+        ),
+        (
+            [{"base_url": "http://a/v1", "max_connections": 100_000}],
+            "member http://a/v1: max_connections must be a whole number of calls from 1 to "
+            "10000, not 100000: each call in flight holds a connection",
+        ),
+        ([{"base_url": "http://a/v1", "max_connections": True}], "not True"),
         ([{"url": "http://a/v1"}], "a URL or a table with a base_url"),
     ],
 )

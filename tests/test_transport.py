@@ -115,6 +115,68 @@ async def test_the_lean_and_aiohttp_paths_read_the_same_answers() -> None:
     assert len(seen[True][1]) > 2  # streamed in pieces
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:{port}/v1",
+        "http://127.0.0.1:{port}/v1/",
+        "http://127.0.0.1:{port}/v1?api-version=1",
+        "http://127.0.0.1:{port}/v1?",
+        "http://127.0.0.1:{port}/v1#frag",
+        "http://user:secret@127.0.0.1:{port}/v1",
+        "http://token@127.0.0.1:{port}/v1",
+    ],
+)
+async def test_the_endpoint_urls_the_config_takes_are_those_the_transport_reaches(
+    url: str,
+) -> None:
+    """A base URL that ``check_url`` takes gets each route at the end of its path, with the
+    key as a bearer token, on both clients; each one it refuses would not on one client at
+    least: the route goes into the query or is cut off by the fragment, or no request is
+    sent at all (aiohttp refuses credentials in the URL beside the bearer token)."""
+    from aiohttp import web
+
+    from thinktree.config import check_url
+    from thinktree.errors import ConfigError
+
+    seen: list[tuple[str, str | None]] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        seen.append((request.path_qs, request.headers.get("Authorization")))
+        return web.json_response({"object": "list", "data": []})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    base = url.format(port=port).rstrip("/")  # as endpoint_from passes it on
+    reached: list[bool] = []
+    try:
+        for lean in (True, False):
+            seen.clear()
+            transport = Transport(base, "KEY", timeout_s=5, max_connections=2, lean=lean)
+            try:
+                await transport.get("models")
+            except Exception:  # any failure is not reaching it
+                reached.append(False)
+            else:
+                reached.append(seen == [("/v1/models", "Bearer KEY")])
+            finally:
+                await transport.aclose()
+    finally:
+        await runner.cleanup()
+    try:
+        check_url(base, "url")
+    except ConfigError:
+        taken = False
+    else:
+        taken = True
+    assert all(reached) is taken, (base, reached)  # "…/v1?" reaches it on the lean client only
+
+
 def test_a_body_that_is_no_completion_is_a_validation_error() -> None:
     from openai.types.chat import ChatCompletion
 

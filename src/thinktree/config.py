@@ -15,6 +15,7 @@ api_key_env = "OPENAI_API_KEY"   # the key itself never goes in the file
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import re
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from thinktree.agents.chat_template import template_error
+from thinktree.agents.chat_template import render_error, template_error
 from thinktree.agents.endpoint import EndpointConfig, PoolMember
 from thinktree.errors import ConfigError
 
@@ -51,14 +52,68 @@ _ENDPOINT_KEYS = {
 }
 _KNOWN = {"openai": "https://api.openai.com/v1"}
 _TEXTS = ("base_url", "model", "api_key_env", "chat_template", "think_end")
-# the keys that take a number: (whole numbers only, lowest, highest, what to write)
-_NUMBERS: dict[str, tuple[bool, float, float | None, str]] = {
-    "max_connections": (True, 1, None, "a whole number of calls, 1 or more"),
-    "max_attempts": (True, 1, None, "a whole number of attempts, 1 or more"),
-    "timeout_s": (False, 1e-3, None, "a number of seconds above 0"),
-    "outage_wait_s": (False, 0, None, "a number of seconds (0 or more)"),
-    "check_timeout_s": (False, 1e-3, None, "a number of seconds above 0"),
-    "temperature": (False, 0, 2, "a number from 0 to 2 (the one this model takes)"),
+# The largest number each key takes. Each is far past what any endpoint needs, so a larger
+# one is a typo (a digit too many, milliseconds for seconds), which would otherwise be
+# taken as it is and show only in the middle of a run, or never.
+MOST_CONNECTIONS = 10_000
+MOST_ATTEMPTS = 100
+LONGEST_WAIT_S = 86_400  # a day
+LONGEST_CHECK_S = 3_600  # an hour
+
+
+class _Number(typing.NamedTuple):
+    """What a key that takes a number takes, and what the message says of it."""
+
+    whole: bool  # whole numbers only
+    low: float
+    high: float
+    says: str  # what to write
+    why: str = ""  # why nothing above ``high``: what the key does with it
+
+
+_NUMBERS: dict[str, _Number] = {
+    "max_connections": _Number(
+        True,
+        1,
+        MOST_CONNECTIONS,
+        f"a whole number of calls from 1 to {MOST_CONNECTIONS}",
+        "each call in flight holds a connection (an open file) of its own, and that many "
+        "at once is far past what one server batches; a pool (members) spreads more calls "
+        "over several servers",
+    ),
+    "max_attempts": _Number(
+        True,
+        1,
+        MOST_ATTEMPTS,
+        f"a whole number of attempts from 1 to {MOST_ATTEMPTS}",
+        "after the 8th, each retry waits the backoff's longest (60 s), so 100 attempts "
+        "already retry one failing call for an hour and a half; a server that is down is "
+        "waited for by outage_wait_s instead",
+    ),
+    "timeout_s": _Number(
+        False,
+        1e-3,
+        LONGEST_WAIT_S,
+        f"a number of seconds above 0, at most {LONGEST_WAIT_S} (a day)",
+        "it is how long one call may take, and no call takes a day (milliseconds?)",
+    ),
+    "outage_wait_s": _Number(
+        False,
+        0,
+        LONGEST_WAIT_S,
+        f"a number of seconds from 0 to {LONGEST_WAIT_S} (a day)",
+        "a run that stops for an endpoint that is down resumes later without paying again "
+        "for what it finished (thinktree run --resume FOLDER)",
+    ),
+    "check_timeout_s": _Number(
+        False,
+        1e-3,
+        LONGEST_CHECK_S,
+        f"a number of seconds above 0, at most {LONGEST_CHECK_S} (an hour)",
+        "it is how long the /models listing before a run may take, which a working server "
+        "answers at once (30 s by default)",
+    ),
+    "temperature": _Number(False, 0, 2, "a number from 0 to 2 (the one this model takes)"),
 }
 # the keys that take one of a few words, and those words
 _CHOICES: dict[str, tuple[str, ...]] = {
@@ -80,6 +135,10 @@ def load_config(path: Path | None) -> dict[str, Any]:
         config = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    except ValueError:  # an integer of 4,300 digits or more, which Python will not read
+        raise ConfigError(
+            f"{path}: holds a number too long to read (4300 digits or more)"
+        ) from None
     try:
         endpoint_tables(config)
     except ConfigError as exc:
@@ -165,12 +224,19 @@ def _from_table(name: str, table: dict[str, Any], model: str | None) -> Endpoint
     if "base_url" in table and not table["base_url"].startswith(("http://", "https://")):
         raise ConfigError(
             f"endpoint '{name}': base_url must be an http:// or https:// URL, "
-            f"not {table['base_url']!r}"
+            f"not {redacted(table['base_url'])!r}"
         )
     if "base_url" in table:
         check_url(table["base_url"], f"endpoint '{name}': base_url {table['base_url']!r}")
     if "chat_template" in table and (problem := template_error(table["chat_template"])):
         raise ConfigError(f"endpoint '{name}': chat_template does not parse: {problem}")
+    # one that parses may still fail on every call of the run: render a conversation like
+    # the run's now, before a run folder exists, rather than fail in the middle of the run
+    if table.get("chat_template") and (problem := render_error(table["chat_template"])):
+        raise ConfigError(
+            f"endpoint '{name}': chat_template fails on a conversation like a run's "
+            f"(system, user, the assistant's text to continue): {problem}"
+        )
     # the probe takes a template from the config only: without one, every call that
     # continues over /v1/completions would fail in the middle of the run
     if table.get("continuation") == "completions" and not table.get("chat_template"):
@@ -179,19 +245,10 @@ def _from_table(name: str, table: dict[str, Any], model: str | None) -> Endpoint
             "model's chat template: give it as chat_template, or choose continuation "
             '"auto", "chat" or "revision"'
         )
-    for key, (whole, low, high, says) in _NUMBERS.items():
+    for key, number in _NUMBERS.items():
         value = table.get(key)
-        if value is None:
-            continue
-        kind = int if whole else int | float
-        if (
-            not isinstance(value, kind)
-            or isinstance(value, bool)
-            or (isinstance(value, float) and not math.isfinite(value))  # TOML has nan and inf
-            or value < low
-            or (high is not None and value > high)
-        ):
-            raise ConfigError(f"endpoint '{name}': {key} must be {says}, not {value!r}")
+        if value is not None:
+            check_number(name, key, value, number)
     members = pool_members(name, table)
     if "base_url" not in table and not members:
         raise ConfigError(f"endpoint '{name}' needs a base_url (or members, for a pool)")
@@ -225,6 +282,34 @@ def _from_table(name: str, table: dict[str, Any], model: str | None) -> Endpoint
         raise ConfigError(f"endpoint '{name}': {exc}") from None
 
 
+def check_number(name: str, key: str, value: object, number: _Number, *, what: str = "") -> None:
+    """Refuse ``value`` of endpoint ``name``'s ``key`` unless ``number`` takes it; ``what``
+    names where it was given when that is not the endpoint's own table (a pool member)."""
+    kind = int if number.whole else int | float
+    if (
+        not isinstance(value, kind)
+        or isinstance(value, bool)
+        or (isinstance(value, float) and not math.isfinite(value))  # TOML has nan and inf
+        or value < number.low
+    ):
+        raise ConfigError(
+            f"endpoint '{name}': {what}{key} must be {number.says}, not {_shown(value)}"
+        )
+    if value > number.high:
+        why = f": {number.why}" if number.why else ""
+        raise ConfigError(
+            f"endpoint '{name}': {what}{key} must be {number.says}, not {_shown(value)}{why}"
+        )
+
+
+def _shown(value: object) -> str:
+    """``value`` in a message: a whole number of many digits by its first and its length."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**30:
+        digits = str(abs(value))
+        return f"{'-' if value < 0 else ''}{digits[:6]}… (a number of {len(digits)} digits)"
+    return repr(value)
+
+
 def pool_members(name: str, table: dict[str, Any]) -> tuple[PoolMember, ...]:
     """The ``members`` of a pool endpoint: URLs, or tables with ``base_url``/``max_connections``.
 
@@ -251,13 +336,11 @@ def pool_members(name: str, table: dict[str, Any]) -> tuple[PoolMember, ...]:
             )
         url = entry["base_url"].rstrip("/")
         if not url.startswith(("http://", "https://")):
-            raise ConfigError(f"endpoint '{name}': member {url!r} is not an http(s) URL")
+            raise ConfigError(f"endpoint '{name}': member {redacted(url)!r} is not an http(s) URL")
         check_url(url, f"endpoint '{name}': member {url!r}")
         limit = entry.get("max_connections", default_limit)
-        if not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0:
-            raise ConfigError(
-                f"endpoint '{name}': member {url} needs a positive max_connections, not {limit!r}"
-            )
+        number = _NUMBERS["max_connections"]
+        check_number(name, "max_connections", limit, number, what=f"member {url}: ")
         if any(m.base_url == url for m in members):
             raise ConfigError(f"endpoint '{name}': member {url} is listed twice")
         members.append(PoolMember(base_url=url, max_connections=limit))
@@ -270,11 +353,23 @@ _HOST_PORT = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+(?:%[\w.~-]+)?\]|[\w.~%-]*)(?
 
 def check_url(url: str, what: str) -> None:
     """Refuse ``url`` (an endpoint's base URL, ``what`` in the message) when no request could
-    be sent to it: a scheme other than http(s), no host, a port outside 1-65535, stray text.
+    be sent to it: a scheme other than http(s), no host, a port outside 1-65535, stray text;
+    or when requests would go astray: a query or fragment (each route is added at the end of
+    the URL), a user name or password (the HTTP client refuses them beside the bearer
+    token, so every request would fail, and messages and run.json would show them).
 
     Checked here, where every endpoint is resolved, so that a bad URL fails in one line
     before a run folder exists instead of deep in the HTTP client.
     """
+    shown = redacted(url)
+    if shown != url:  # never repeat the password: the message may end up in a log
+        what = what.replace(url, shown).replace(repr(url)[1:-1], repr(shown)[1:-1])
+        raise ConfigError(
+            f"{what} holds a user name or password before its host: no request could be "
+            "sent with them (thinktree sends the API key as a bearer token), and they would "
+            "show in messages and run records; give the URL without them, and the key with "
+            "api_key_env in thinktree.toml (or OPENAI_API_KEY)"
+        )
     if any(c.isspace() or not c.isprintable() for c in url):
         raise ConfigError(f"{what} holds a space or a control character; give the URL alone")
     try:
@@ -283,14 +378,41 @@ def check_url(url: str, what: str) -> None:
         raise ConfigError(f"{what} is not a URL ({exc})") from None
     if parts.scheme not in ("http", "https"):
         raise ConfigError(f"{what} must start with http:// or https://")
-    host_port = parts.netloc.rpartition("@")[2]  # past any user:password@
-    where = _HOST_PORT.fullmatch(host_port)
+    marks = [at for at in (url.find("?"), url.find("#")) if at >= 0]
+    if marks:
+        tail = url[min(marks) :]
+        part = "a query" if tail.startswith("?") else "a fragment"
+        raise ConfigError(
+            f"{what} has {part} ({tail!r}): thinktree adds each route (/chat/completions, "
+            "/models) at the end of the base URL, so every request would go astray; give "
+            "the URL up to its path, as http://HOST:PORT/v1"
+        )
+    where = _HOST_PORT.fullmatch(parts.netloc)
     if where is None:
         raise ConfigError(
-            f"{what}: {host_port!r} is not a host and port; write it as http://HOST:PORT/v1"
+            f"{what}: {parts.netloc!r} is not a host and port; write it as http://HOST:PORT/v1"
         )
     if not where["host"]:
         raise ConfigError(f"{what} names no host: write it as http://HOST:PORT/v1")
     port = where["port"]
     if port and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
         raise ConfigError(f"{what}: the port must be a number from 1 to 65535, not {port!r}")
+
+
+def url_option(text: str) -> str:
+    """``text`` given to a script's ``--base-url``, checked as :func:`check_url` checks an
+    endpoint's URL (argparse's ``type=``: a bad one is argparse's one-line error)."""
+    try:
+        check_url(text, repr(text))
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text.rstrip("/")
+
+
+def redacted(url: str) -> str:
+    """``url`` with any user name and password before its host shown as ``***``."""
+    scheme, sep, rest = url.partition("://")
+    end = min((at for mark in "/?#" if (at := rest.find(mark)) >= 0), default=len(rest))
+    if not sep or "@" not in rest[:end]:
+        return url
+    return f"{scheme}://***@{rest[:end].rpartition('@')[2]}{rest[end:]}"

@@ -6,6 +6,8 @@ The whole file is validated before anything is returned. Every failure raises
 
 from __future__ import annotations
 
+import difflib
+import functools
 import json
 import os
 from importlib.resources import files
@@ -122,10 +124,52 @@ def _parse_line(line: str, where: str) -> Problem:
             f"{where}: expected a JSON object, got {type(record).__name__}; "
             "each line must hold one problem"
         )
+    misspelt = misspelt_key(record)
+    if misspelt is not None:
+        key, meant = misspelt
+        raise DatasetError(
+            f"{where}: unknown key {key!r} — did you mean {meant!r}? (a field of the "
+            "dataset's own that is meant to be there can go under 'meta')"
+        )
     try:
         return Problem.model_validate(record)
     except ValidationError as exc:
         raise DatasetError(f"{where}: {describe_validation_error(exc)}") from exc
+
+
+def misspelt_key(record: dict[str, Any]) -> tuple[str, str] | None:
+    """An unknown key of ``record`` and the known key it looks like a misspelling of, where
+    the record lacks that known key; None when it has no such key.
+
+    A line may carry fields of its own, which loading ignores; but one that is a known key
+    misspelt (``anwser``, ``questoin``, ``Options``) would leave a problem without its gold,
+    options or context, and change the run's accuracy without a word.
+    """
+    unknown = [key for key in record if key not in _KNOWN]
+    if not unknown:
+        return None
+    missing = tuple(key for key in _KNOWN_KEYS if key not in record)
+    for key in unknown:
+        meant = _looks_like(key, missing)
+        if meant is not None:
+            return key, meant
+    return None
+
+
+_KNOWN_KEYS = tuple(Problem.model_fields)
+_KNOWN = frozenset(_KNOWN_KEYS)
+# how alike a key and a known one must be (difflib's ratio): one letter missing, added,
+# swapped or changed in a key of 5 letters or more, or the same key in other capitals; not
+# "text" for "context" (0.73) or "answer_idx" for "answer" (0.75)
+_ALIKE = 0.8
+
+
+@functools.lru_cache(maxsize=4096)
+def _looks_like(key: str, missing: tuple[str, ...]) -> str | None:
+    """The known key among ``missing`` that ``key`` is most like, if alike enough (cached:
+    the lines of a dataset mostly carry the same keys)."""
+    close = difflib.get_close_matches(key.lower(), missing, n=1, cutoff=_ALIKE)
+    return close[0] if close else None
 
 
 def describe_validation_error(exc: ValidationError) -> str:

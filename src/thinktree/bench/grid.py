@@ -214,6 +214,10 @@ def load_bench_config(path: Path) -> BenchConfig:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    except ValueError:  # an integer of 4,300 digits or more, which Python will not read
+        raise ConfigError(
+            f"{path}: holds a number too long to read (4300 digits or more)"
+        ) from None
     unknown = set(raw) - {"datasets", "grid", "run", "prices", "endpoints"}
     if unknown:
         raise ConfigError(
