@@ -110,8 +110,8 @@ class Solver:
     money: MoneyLimit | None = None
     answer_format: AnswerFormat = "free"
     failures: list[str] = field(default_factory=list)
-    """The errors of this problem's calls that failed and a resume sends again: where no
-    candidate states an answer, they, not the model, are why."""
+    """The errors of this problem's calls that failed and a resume sends again, one per
+    request: where no candidate states an answer, they, not the model, are why."""
 
     @property
     def constrains(self) -> bool:
@@ -154,7 +154,7 @@ class Solver:
                 error = f"{CONSTRAINT_REFUSED}: {error}"  # the answer is asked for freely
             else:
                 self.failures.append(error)
-            await self.bus.emit(NodeFailed(node_id=req.node_id, error=error))
+            await self.bus.emit(NodeFailed(node_id=req.node_id, error=error, call_id=req.node_id))
             return Segment(node_id=req.node_id, failed=True, error=error)
         except anyio.get_cancelled_exc_class():
             await self._cancelled([(req, grant)])
@@ -207,9 +207,11 @@ class Solver:
             segments = []
             think.budget.commit(think_grant, 0)  # both first: announcing may fail
             answer.budget.commit(answer_grant, 0)
-            self.failures += [str(exc)] * 2
+            self.failures.append(str(exc))
             for req in (think, answer):
-                await self.bus.emit(NodeFailed(node_id=req.node_id, error=str(exc)))
+                await self.bus.emit(
+                    NodeFailed(node_id=req.node_id, error=str(exc), call_id=think.node_id)
+                )
                 segments.append(Segment(node_id=req.node_id, failed=True, error=str(exc)))
             return segments[0], segments[1]
         except anyio.get_cancelled_exc_class():
@@ -300,20 +302,26 @@ class Solver:
             out = []
             for r in reqs:  # all first: announcing one may fail
                 r.budget.commit(grant, 0)
-            self.failures += [str(exc)] * len(reqs)
+            self.failures.append(str(exc))
             for r in reqs:
-                await self.bus.emit(NodeFailed(node_id=r.node_id, error=str(exc)))
+                await self.bus.emit(
+                    NodeFailed(node_id=r.node_id, error=str(exc), call_id=reqs[0].node_id)
+                )
                 out.append((Segment(node_id=r.node_id, failed=True, error=str(exc)), branch.fork()))
             return out
         segments: list[tuple[Segment, Branch]] = []
+        short = len(self.failures)
         by_index = dict(enumerate(result.choices))
         for i, r in enumerate(reqs):
             choice = by_index.get(i)
             if choice is None:
                 r.budget.commit(grant, 0)
                 error = "the server returned fewer choices than asked for"
-                self.failures.append(error)
-                await self.bus.emit(NodeFailed(node_id=r.node_id, error=error))
+                if error not in self.failures[short:]:  # once for the request
+                    self.failures.append(error)
+                await self.bus.emit(
+                    NodeFailed(node_id=r.node_id, error=error, call_id=result.request_id)
+                )
                 segments.append(
                     (Segment(node_id=r.node_id, failed=True, error=error), branch.fork())
                 )
@@ -366,9 +374,10 @@ class Solver:
         announcing one may fail (the bus closed), and must not keep the others' tokens."""
         for r, grant in calls:
             r.budget.commit(grant, 0)
+        sent_as = calls[0][0].node_id  # the request they were sent in
         with anyio.CancelScope(shield=True):
             for r, _ in calls:
-                await self.bus.emit(NodeFailed(node_id=r.node_id, error=reason))
+                await self.bus.emit(NodeFailed(node_id=r.node_id, error=reason, call_id=sent_as))
 
     def _shape(self, branch: Branch, req: SegmentRequest) -> tuple[str, list[Message], str]:
         """How to send ``req``: the continuation mode, the messages and the assistant prefix.

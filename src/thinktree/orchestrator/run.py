@@ -48,7 +48,7 @@ from thinktree.errors import (
     ThinktreeError,
     find_error,
 )
-from thinktree.metrics import Metrics, compute
+from thinktree.metrics import Metrics, compute, tokens_allowed
 from thinktree.orchestrator.bus import EventBus, Subscriber, event_bus
 from thinktree.orchestrator.call_cache import SharedCallCache, SqliteCallCache
 from thinktree.orchestrator.events import (
@@ -57,6 +57,7 @@ from thinktree.orchestrator.events import (
     RunStarted,
     failed_call,
     failed_calls_in,
+    requests_of,
 )
 from thinktree.orchestrator.gc_tuning import run_gc
 from thinktree.orchestrator.ledger import Budget
@@ -135,13 +136,18 @@ class RunResult:
     stopped_by: str | None = None
 
     def failed_calls(self) -> list[Node]:
-        """The solver's model calls that failed, in tree order (see :func:`run_outcome`)."""
+        """The nodes of the solver's model calls that failed, in tree order (see
+        :func:`run_outcome`)."""
         return [
             node
             for tree in self.trees
             for node in tree.walk()
             if failed_call(node.kind, node.status, node.error)
         ]
+
+    def failed_requests(self) -> int:
+        """How many of the solver's requests failed (one of n samples counts once)."""
+        return requests_of((node.id, node.call_id) for node in self.failed_calls())
 
 
 def validate(settings: RunSettings, *, resuming: bool = False) -> None:
@@ -375,9 +381,6 @@ async def _execute(
             facts,
             problems,
             recorder,
-            tokens_allowed=min(
-                strategy.allowed_tokens(), settings.max_problem_tokens or strategy.allowed_tokens()
-            ),
             servers=client.figures() if isinstance(client, EndpointPool) else None,
             cached_calls=cache.hits,
             read_back_retries=cache.hit_retries,
@@ -398,7 +401,6 @@ def conclude(
     problems: Sequence[Problem],
     recorder: TreeRecorder,
     *,
-    tokens_allowed: int,
     servers: list[dict[str, Any]] | None,
     cached_calls: int = 0,
     read_back_retries: int = 0,
@@ -410,11 +412,17 @@ def conclude(
     resumed run's earlier sessions made them), counted with this session's own."""
     trees = [recorder.tree.problems[p.id] for p in problems]
     stopped = _stopped_by(recorder)
+    settings = facts.settings
     metrics = compute(
         trees,
-        tokens_allowed=tokens_allowed,
+        tokens_allowed=tokens_allowed(
+            build_strategy(settings.modes).allowed_tokens(),
+            len(trees),
+            max_problem_tokens=settings.max_problem_tokens,
+            max_run_tokens=settings.max_run_tokens,
+        ),
         retries=recorder.retries + read_back_retries,
-        price=facts.settings.prices.get(facts.model),
+        price=settings.prices.get(facts.model),
     )
     write_results(folder / RESULTS, facts, metrics, trees, stopped_by=stopped, servers=servers)
     return RunResult(
