@@ -60,7 +60,7 @@ from thinktree.orchestrator.events import (
     requests_of,
 )
 from thinktree.orchestrator.gc_tuning import run_gc
-from thinktree.orchestrator.ledger import Budget
+from thinktree.orchestrator.ledger import Budget, RecordedCalls
 from thinktree.orchestrator.scheduler import run_problems
 from thinktree.orchestrator.store import STORE_NAME, RunStore
 from thinktree.orchestrator.subscribers import TraceWriter, TreeRecorder
@@ -297,12 +297,15 @@ async def _execute(
             spending = Spending(run_pool, money)  # the verifiers' calls count under them too
             panel = await open_panel(settings, client, caps, spending)  # bad ones: no folder
             facts = RunFacts(run_id, endpoint, model, caps, settings, aggregate_name)
+            same_limits = False  # a resumed run under the limits it was made under
             try:
                 if resume is None:
                     _create_folder(folder, facts, problems)
                     held.enter_context(folder_lock(folder, "run"))
-                elif limits_of(settings) != run_limits(folder):
-                    save_limits(folder, settings)  # it goes on under these, and keeps them
+                else:
+                    same_limits = limits_of(settings) == run_limits(folder)
+                    if not same_limits:
+                        save_limits(folder, settings)  # it goes on under these, and keeps them
                 cache, store, trace = _open_records(folder, settings, fresh=resume is None)
             except BaseException:
                 if panel is not None:
@@ -310,8 +313,13 @@ async def _execute(
                         await panel.aclose()
                 raise
             client.cache = cache if shared_calls is None else SharedCallCache(cache, shared_calls)
+            recorded = None
             if resume is not None:  # a completed run opened again (failed calls, new limits)
                 (folder / RESULTS).unlink(missing_ok=True)
+                # its calls are held under its limits until it reads them back
+                recorded = RecordedCalls(
+                    cache.recorded_usage(), run_pool, money, same_limits=same_limits
+                )
             if on_started is not None:
                 on_started(folder)
             sampling = Sampling(temperature=settings.temperature_for_mode(), seed=settings.seed)
@@ -339,6 +347,7 @@ async def _execute(
                             sampling=sampling,
                             money=money,
                             answer_format=check_format(settings.answer_format),
+                            recorded=recorded,
                         )
 
                     try:

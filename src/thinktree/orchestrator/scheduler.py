@@ -56,6 +56,8 @@ async def solve_problem(
     )
     solver = make_solver(problem)
     pool = run_pool.child(problem.id, strategy.allowed_tokens(), cap=problem_limit)
+    if solver.recorded:  # a resumed run: the problem's recorded calls are held for it
+        solver.recorded.problem_pool(problem.id, pool)
     try:
         candidates = await strategy.run(solver, Branch(messages_for(problem)), root, pool)
     except (ThinktreeError, ExceptionGroup) as exc:
