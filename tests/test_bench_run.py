@@ -4,6 +4,7 @@ without paying twice for a finished call, and shares calls between cells."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import shutil
@@ -689,6 +690,32 @@ async def test_a_merged_cell_counts_the_retries_behind_its_shards_read_back_call
     assert saved["metrics"]["retries"] == 1
     with StoreReader.open(tmp_path / "cell" / "run.sqlite") as store:
         assert store.run_info()["retries"] == 1
+
+
+@pytest.mark.anyio
+async def test_merged_shards_allow_the_tokens_one_run_allows(tmp_path: Path) -> None:
+    """Under --max-problem-tokens a merged cell allows what one run of it allows (it took
+    the mode's allowance alone: 1,536 tokens for 160, and a tenth of the utilisation)."""
+    from thinktree.agents.endpoint import EndpointConfig
+    from thinktree.agents.modes import ModeSettings
+    from thinktree.bench.merge import merge_shards
+    from thinktree.orchestrator.run import RunSettings, execute
+    from thinktree.testing.fake_server import FakeServer
+
+    problems = beta_problems(4)
+    shards = [tmp_path / "cell" / SHARDS / f"00{i}" for i in (0, 1)]
+    settings = RunSettings(
+        modes=ModeSettings(mode="parallel", n=4, budget=96), max_problem_tokens=40
+    )
+    async with FakeServer(FakeBehaviour(native_n=True)) as server:
+        endpoint = EndpointConfig(name="fake", base_url=server.base_url, native_n="yes")
+        one = await execute(problems, endpoint, dataclasses.replace(settings, out=tmp_path / "one"))
+        for shard, part in zip(shards, (problems[:2], problems[2:]), strict=True):
+            await execute(part, endpoint, dataclasses.replace(settings, out=shard))
+        merged = await merge_shards(tmp_path / "cell", shards, problems, endpoint, settings)
+    assert one.metrics.tokens_allowed == 4 * 40
+    assert merged.metrics.tokens_allowed == one.metrics.tokens_allowed
+    assert merged.metrics.utilisation == one.metrics.utilisation
 
 
 @pytest.mark.parametrize(

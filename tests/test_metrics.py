@@ -1,16 +1,22 @@
-"""Accuracy and coverage count the same problems: a gold that cannot be graded is in neither."""
+"""Run metrics: accuracy and coverage count the same problems, a call is a request, and the
+tokens allowed take every limit."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from choice_set import case_problems
 from thinktree.agents.endpoint import EndpointConfig
 from thinktree.agents.modes import ModeSettings
-from thinktree.metrics import compute
+from thinktree.metrics import compute, tokens_allowed
+from thinktree.orchestrator.events import NodeKind, NodeStatus, failed_calls_in
 from thinktree.orchestrator.run import RunSettings, execute
-from thinktree.orchestrator.tree import ProblemTree
+from thinktree.orchestrator.store import list_runs
+from thinktree.orchestrator.tree import Node, ProblemTree
 from thinktree.problems import AnswerType, Problem
 from thinktree.testing.fake_server import FakeBehaviour, FakeServer
 
@@ -60,3 +66,96 @@ async def test_a_gold_that_cannot_be_graded_counts_in_neither_metric(tmp_path: P
     assert tree.correct is None and tree.covered is None
     assert result.metrics.graded == 2
     assert result.metrics.accuracy == result.metrics.coverage == 0.5
+
+
+def _call_node(nid: str, call_id: str | None, status: NodeStatus, latency: float = 0.0) -> Node:
+    return Node(
+        id=nid,
+        problem_id="a",
+        parent_id="a",
+        kind=NodeKind.GENERATION,
+        label=nid,
+        status=status,
+        completion_tokens=10 if status == NodeStatus.DONE else 0,
+        latency_s=latency,
+        call_id=call_id,
+        finished_at=1.0,
+        error=None if status == NodeStatus.DONE else "failed",
+    )
+
+
+def test_a_call_is_one_request_with_one_latency() -> None:
+    """Four samples of one slow request and four quick single calls: eight nodes, five
+    calls, and the latencies are the five calls' (the slow request used to count four
+    times, so p50 read as the slow one's)."""
+    tree = _tree("a", True, True)
+    nodes = [_call_node(f"a/b{i}/think", "slow", NodeStatus.DONE, 0.5) for i in range(4)]
+    nodes += [_call_node(f"a/q{i}/think", f"quick{i}", NodeStatus.DONE, 0.001) for i in range(4)]
+    # one failed request of two samples, and a node a limit refused before it was sent
+    nodes += [_call_node(f"a/f{i}/think", "a/f0/think", NodeStatus.FAILED) for i in range(2)]
+    nodes.append(_call_node("a/never/think", None, NodeStatus.FAILED))
+    tree.nodes = {n.id: n for n in nodes}
+    metrics = compute([tree], tokens_allowed=1000)
+    assert metrics.calls == 6  # slow, four quick ones, the failed request
+    assert metrics.latency_p50_s == pytest.approx(0.001)
+    assert metrics.latency_p95_s is not None and metrics.latency_p95_s > 0.4
+    assert metrics.completion_tokens == 80
+
+
+def test_failed_counts_problems_an_error_left_ungraded() -> None:
+    """A problem the model left without an answer is graded (wrong): it is not also
+    failed, so graded and failed never add up to more than the problems."""
+    wrong = _tree("a", False, False)
+    wrong.error = "no candidate stated an answer"
+    failed = _tree("b", None, None)
+    failed.error = "1 model call(s) failed, the first with: HTTP 500"
+    metrics = compute([wrong, failed, _tree("c", True, True)], tokens_allowed=30)
+    assert (metrics.graded, metrics.failed, metrics.problems) == (2, 1, 3)
+
+
+@pytest.mark.parametrize(
+    ("problem_limit", "run_limit", "allowed"),
+    [(None, None, 400), (60, None, 240), (None, 150, 150), (60, 1000, 240), (60, 200, 200)],
+)
+def test_tokens_allowed_take_every_limit(
+    problem_limit: int | None, run_limit: int | None, allowed: int
+) -> None:
+    """Four problems of 100 tokens each, under a problem and a run limit."""
+    assert (
+        tokens_allowed(100, 4, max_problem_tokens=problem_limit, max_run_tokens=run_limit)
+        == allowed
+    )
+
+
+async def test_one_failed_n_sample_request_is_one_failed_call(tmp_path: Path) -> None:
+    """Three problems of four samples in one request each; the server refuses q1's. The
+    run made three calls and one failed (it said six calls, four of them failed)."""
+
+    def refuse_q1(body: dict[str, Any]) -> str | None:
+        return "refused" if "Case 1?" in str(body.get("messages")) else None
+
+    behaviour = FakeBehaviour(native_n=True, reject=refuse_q1)
+    async with FakeServer(behaviour) as server:
+        cfg = EndpointConfig(name="fake", base_url=server.base_url, native_n="yes")
+        settings = RunSettings(modes=ModeSettings(mode="parallel", n=4), out=tmp_path / "run")
+        result = await execute(case_problems(3), cfg, settings)
+    assert result.metrics.calls == 3
+    assert len(result.failed_calls()) == 4 and result.failed_requests() == 1
+    saved = json.loads((result.folder / "results.json").read_text())
+    assert failed_calls_in(saved["problems"]) == 1
+    (summary,) = list_runs(tmp_path)
+    assert summary.calls_failed == 1 and summary.problems_failed == 1
+
+
+async def test_a_run_limit_shows_in_the_tokens_allowed(tmp_path: Path) -> None:
+    """A run that spent its whole --max-tokens used all it was allowed (it said 6.5 %)."""
+    async with FakeServer(FakeBehaviour(native_n=False)) as server:
+        cfg = EndpointConfig(name="fake", base_url=server.base_url, native_n="no")
+        settings = RunSettings(
+            modes=ModeSettings(mode="parallel", n=4, budget=16),
+            out=tmp_path / "run",
+            max_run_tokens=40,
+        )
+        result = await execute(case_problems(4), cfg, settings)
+    assert result.metrics.tokens_allowed == 40
+    assert result.metrics.utilisation == pytest.approx(result.metrics.completion_tokens / 40)

@@ -545,7 +545,8 @@ async def test_a_pilot_that_raises_ends_its_node_with_the_reason() -> None:
             "Let me think step by step.",
             "sequential",
             None,
-            "no candidate stated an answer",
+            # the limit stopped it before any answer: not graded, a resume goes on
+            "no answer before problem stopped: its token limit of 24 cut its calls short",
             id="none",
         ),
     ],
@@ -566,6 +567,7 @@ async def test_when_the_pilot_spends_the_problem_limit_the_pilot_decides(
         assert problem["decision"]["mode"] == mode
         assert problem["answer"] == answer and problem["stopped"] == stopped
         assert problem["error"] == error
+        assert (problem["correct"] is None) == (answer is None)
         assert all(n["status"] != "running" for n in problem["nodes"])
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
+
 from thinktree.orchestrator.events import (
     NodeDelta,
     NodeFinished,
@@ -71,6 +75,24 @@ def test_allowed_tokens_come_from_the_engines_own_strategy() -> None:
         run_id="r", mode="budget", endpoint="e", model="m", problems=1, settings={"budget": -5}
     )
     assert allowed_tokens(bad) is None
+
+
+@pytest.mark.parametrize(
+    ("limits", "allowed"),
+    [
+        ({"max_problem_tokens": 200}, 10 * 200),
+        ({"max_run_tokens": 1000}, 1000),
+        ({"max_problem_tokens": 200, "max_run_tokens": 100_000}, 10 * 200),
+        ({"max_problem_tokens": None, "max_run_tokens": None}, 10 * 4 * 120),
+    ],
+)
+def test_the_view_allows_what_results_json_allows(limits: dict[str, Any], allowed: int) -> None:
+    """The header's budget takes the run's limits as results.json does (it ignored them)."""
+    settings = {"mode": "parallel", "n": 4, "budget": 100, "answer_tokens": 20, **limits}
+    started = RunStarted(
+        run_id="r", mode="parallel", endpoint="e", model="m", problems=10, settings=settings
+    )
+    assert allowed_tokens(started) == allowed
 
 
 def test_changes_say_what_to_redraw_and_reset() -> None:

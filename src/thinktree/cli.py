@@ -376,9 +376,10 @@ def _execute(
                 result = await go(endpoint_for(server))
         _print_results(result)
         failed = [node.error or "failed" for node in result.failed_calls()]
+        requests = result.failed_requests()
         if failed and result.metrics.answered:
             err.print(
-                f"{len(failed)} model call(s) failed; once the cause is fixed, send them "
+                f"{requests} model call(s) failed; once the cause is fixed, send them "
                 f"again with: {resume_command(result.folder, config)}",
                 highlight=False,
                 markup=False,
@@ -394,7 +395,7 @@ def _execute(
                 )
             if failed:  # the calls failed (a refused request): say so, not "no answer"
                 raise _fail(
-                    f"no problem was answered: {len(failed)} model call(s) failed, the first "
+                    f"no problem was answered: {requests} model call(s) failed, the first "
                     f"with: {failed[0]} (run folder {result.folder})",
                     3,
                 )

@@ -7,7 +7,7 @@ import statistics
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from thinktree.orchestrator.events import NodeKind
+from thinktree.orchestrator.events import NodeKind, NodeStatus
 from thinktree.orchestrator.tree import ProblemTree
 from thinktree.pricing import Price
 
@@ -158,16 +158,42 @@ def percentile(values: list[float], q: float) -> float | None:
     return statistics.quantiles(values, n=100, method="inclusive")[max(0, min(98, int(q) - 1))]
 
 
+def tokens_allowed(
+    per_problem: int,
+    problems: int,
+    *,
+    max_problem_tokens: int | None = None,
+    max_run_tokens: int | None = None,
+) -> int:
+    """Completion tokens a run may spend: each problem's allowance (its mode's, under its
+    own limit) over every problem, under the run's own limit."""
+    each = per_problem if max_problem_tokens is None else min(per_problem, max_problem_tokens)
+    total = each * problems
+    return total if max_run_tokens is None else min(total, max_run_tokens)
+
+
 def compute(
     trees: list[ProblemTree], *, tokens_allowed: int, retries: int = 0, price: Price | None = None
 ) -> Metrics:
+    """The run's metrics; ``tokens_allowed`` is the whole run's (see :func:`tokens_allowed`).
+
+    A call is one request: the n samples of one request, or the thinking and answer of
+    one, are one call, with one latency. A node never sent (a limit refused it, the run
+    stopped first) is no call; a failed one names its request by ``call_id``. A problem
+    counts as failed when an error left it ungraded (its calls failed, a limit stopped
+    it before any answer): one the model left without an answer is graded, as wrong.
+    """
     # one denominator for accuracy and coverage, so that accuracy never exceeds coverage
     graded = [t for t in trees if t.correct is not None and t.covered is not None]
     calls = [n for t in trees for n in t.nodes.values() if n.kind not in _STRUCTURAL]
-    finished_calls = [n for n in calls if n.finished_at is not None and n.error is None]
+    sent = {n.call_id or n.id: n for n in calls if n.status == NodeStatus.DONE or n.call_id}
+    answered_calls = {
+        n.call_id or n.id: n.latency_s
+        for n in calls
+        if n.status == NodeStatus.DONE and n.error is None and n.latency_s > 0
+    }
     completion = sum(n.completion_tokens for n in calls)
-    latencies = sorted(n.latency_s for n in finished_calls if n.latency_s > 0)
-    allowed = tokens_allowed * len(trees)
+    latencies = sorted(answered_calls.values())
     return Metrics(
         problems=len(trees),
         answered=sum(1 for t in trees if t.answer is not None),
@@ -175,13 +201,13 @@ def compute(
         correct=sum(1 for t in graded if t.correct),
         accuracy=(sum(1 for t in graded if t.correct) / len(graded)) if graded else None,
         coverage=(sum(1 for t in graded if t.covered) / len(graded)) if graded else None,
-        failed=sum(1 for t in trees if t.error),
+        failed=sum(1 for t in trees if t.error and t.correct is None),
         prompt_tokens=sum(n.prompt_tokens for n in calls),
         completion_tokens=completion,
         thinking_tokens=sum(n.completion_tokens for n in calls if n.kind in _THINKING),
-        tokens_allowed=allowed,
-        utilisation=(completion / allowed) if allowed else None,
-        calls=len({n.call_id or n.id for n in calls}),
+        tokens_allowed=tokens_allowed,
+        utilisation=(completion / tokens_allowed) if tokens_allowed else None,
+        calls=len(sent),
         retries=retries,
         latency_p50_s=percentile(latencies, 50),
         latency_p95_s=percentile(latencies, 95),

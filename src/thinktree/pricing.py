@@ -139,6 +139,7 @@ class MoneyLimit:
         self.price = price
         self.spent = 0.0
         self.held = 0.0
+        self.recorded = 0.0  # a resumed run's recorded calls not read back yet
         self.calls = 0  # calls holding money now
         self.excess = 0  # prompt tokens an endpoint counted beyond the bound, at most
         self.cut = False
@@ -168,7 +169,7 @@ class MoneyLimit:
         price = price or self.price
         while True:
             prompt = prompt_tokens + self.excess
-            left = self.limit - self.spent - self.held
+            left = self.limit - self.spent - self.held - self.recorded
             need = price.cost(prompt, choices * max_tokens)
             if need <= left + _ROUNDING:
                 return self._held(price, prompt, max_tokens, need)
@@ -202,8 +203,21 @@ class MoneyLimit:
             self._released.set()
             self._released = None
 
+    def hold_recorded(self, prompt_tokens: int, completion_tokens: int) -> None:
+        """Hold what a recorded call cost, until the run reads it back or asks anew."""
+        self.recorded += self.price.cost(prompt_tokens, completion_tokens)
+
+    def release_recorded(self, prompt_tokens: int, completion_tokens: int) -> None:
+        """Stop holding a recorded call's cost (see :meth:`hold_recorded`)."""
+        self.recorded = max(0.0, self.recorded - self.price.cost(prompt_tokens, completion_tokens))
+
+    def read_back(self, prompt_tokens: int, completion_tokens: int) -> None:
+        """Count a call read back from the run's own call store as spent: it was paid for,
+        and its cost was held for it, so it is never cut or refused."""
+        self.spent += self.price.cost(prompt_tokens, completion_tokens)
+
     def _reached(self, least: float, left: float) -> str:
-        spent = f"${self.spent:.4f} spent"
+        spent = f"${self.spent + self.recorded:.4f} spent"  # recorded calls were spent too
         if left > _ROUNDING:  # some is left, but not what the next call may cost
             spent += f"; the ${left:.4f} left is less than the next call may cost, ${least:.4f}"
         return f"run stopped: its money limit of ${self.limit:.4f} is reached ({spent})"

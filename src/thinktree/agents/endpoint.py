@@ -115,7 +115,12 @@ class CallCache(Protocol):
     async def lookup(self, fingerprint: str) -> Completion | None: ...
 
     async def record(
-        self, fingerprint: str, route: str, request: str, completion: Completion
+        self,
+        fingerprint: str,
+        route: str,
+        request: str,
+        completion: Completion,
+        key: str | None = None,
     ) -> None: ...
 
 
@@ -525,7 +530,7 @@ class EndpointClient:
                 return hit
         result = await self._attempts(attempt, timed=timed)
         if cache is not None:
-            await cache.record(fp, route, text, result)
+            await cache.record(fp, route, text, result, key)
         return result
 
     async def _attempts(

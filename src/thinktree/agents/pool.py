@@ -274,7 +274,7 @@ class EndpointPool(EndpointClient):
                 return hit
         result = await self._route(call)
         if cache is not None:
-            await cache.record(fp, route, text, result)
+            await cache.record(fp, route, text, result, key)
         return result
 
     async def _route(self, call: Callable[[EndpointClient], Awaitable[Completion]]) -> Completion:

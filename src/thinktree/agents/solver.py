@@ -21,6 +21,7 @@ from thinktree.agents.structured import AnswerFormat, Constraint, validate
 from thinktree.errors import BudgetExhausted, EndpointError, RunLimitReached, RunStopping
 from thinktree.extraction import extract_answer
 from thinktree.orchestrator.bus import EventBus
+from thinktree.orchestrator.call_cache import NotRecorded, only_recorded, solver_call
 from thinktree.orchestrator.events import (
     CONSTRAINT_REFUSED,
     NodeDelta,
@@ -29,7 +30,7 @@ from thinktree.orchestrator.events import (
     NodeKind,
     NodeStarted,
 )
-from thinktree.orchestrator.ledger import Budget, LimitHeld, token_cut
+from thinktree.orchestrator.ledger import Budget, LimitHeld, RecordedCalls, token_cut
 from thinktree.pricing import Bill, MoneyLimit, prompt_bound
 from thinktree.problems import Problem
 
@@ -109,9 +110,11 @@ class Solver:
     sampling: Sampling = field(default_factory=Sampling)
     money: MoneyLimit | None = None
     answer_format: AnswerFormat = "free"
+    recorded: RecordedCalls | None = None
+    """A resumed run's recorded calls, read back whatever its limits have left."""
     failures: list[str] = field(default_factory=list)
-    """The errors of this problem's calls that failed and a resume sends again: where no
-    candidate states an answer, they, not the model, are why."""
+    """The errors of this problem's calls that failed and a resume sends again, one per
+    request: where no candidate states an answer, they, not the model, are why."""
 
     @property
     def constrains(self) -> bool:
@@ -133,20 +136,27 @@ class Solver:
         Raises :class:`~thinktree.errors.BudgetExhausted` (before any node exists) when
         the request's pool has nothing left.
         """
-        grant = (await _reserved([(req.budget, req.max_tokens)]))[0]
         mode, messages, prefix = self._shape(branch, req)
-        (grant,), bill = await self._afford(
-            [(req.budget, grant)], 1, messages, prefix, req.constraint
-        )
+        read_back = await self._recorded(mode, messages, prefix, req.max_tokens, [req])
+        recorded, cut = None, frozenset[tuple[str, str]]()
+        if read_back is not None:
+            (recorded, grant), bill = read_back, None
+        else:
+            grant = (await _reserved([(req.budget, req.max_tokens)]))[0]
+            (grant,), bill = await self._afford(
+                [(req.budget, grant)], 1, messages, prefix, req.constraint
+            )
+            cut = _marks([req]) if grant < req.max_tokens else cut
         try:
             await self._start([(req, grant)], mode)
         except BaseException:
             _unsent(bill)
             raise
         try:
-            result = await self._request(
-                mode, messages, prefix, grant, 1, req.node_id, [req], bill=bill
-            )
+            with solver_call(tuple(sorted(cut))):
+                result = recorded or await self._request(
+                    mode, messages, prefix, grant, 1, req.node_id, [req], bill=bill
+                )
         except EndpointError as exc:
             req.budget.commit(grant, 0)
             error = str(exc)
@@ -154,7 +164,7 @@ class Solver:
                 error = f"{CONSTRAINT_REFUSED}: {error}"  # the answer is asked for freely
             else:
                 self.failures.append(error)
-            await self.bus.emit(NodeFailed(node_id=req.node_id, error=error))
+            await self.bus.emit(NodeFailed(node_id=req.node_id, error=error, call_id=req.node_id))
             return Segment(node_id=req.node_id, failed=True, error=error)
         except anyio.get_cancelled_exc_class():
             await self._cancelled([(req, grant)])
@@ -175,41 +185,59 @@ class Solver:
         The call becomes two nodes: the thinking (its reasoning tokens, at most
         ``think.max_tokens``) and the answer after it (the rest of the completion).
         """
-        think_grant, answer_grant = await _reserved(
-            [(think.budget, think.max_tokens), (answer.budget, answer.max_tokens)]
-        )
         mode, messages, prefix = self._shape(branch, think)
-        (think_grant, answer_grant), bill = await self._afford(
-            [(think.budget, think_grant), (answer.budget, answer_grant)],
-            1,
+        read_back = await self._recorded(
+            mode,
             messages,
             prefix,
-            think.constraint,
+            think.max_tokens + answer.max_tokens,
+            [think],
+            extra={"thinking_token_budget": think.max_tokens},
+            covers=[think, answer],
         )
+        recorded = None
+        if read_back is not None:
+            recorded, bill = read_back[0], None
+            think_grant, answer_grant = think.max_tokens, answer.max_tokens
+        else:
+            think_grant, answer_grant = await _reserved(
+                [(think.budget, think.max_tokens), (answer.budget, answer.max_tokens)]
+            )
+            (think_grant, answer_grant), bill = await self._afford(
+                [(think.budget, think_grant), (answer.budget, answer_grant)],
+                1,
+                messages,
+                prefix,
+                think.constraint,
+            )
         try:
             await self._start([(think, think_grant), (answer, answer_grant)], mode)
         except BaseException:
             _unsent(bill)
             raise
         try:
-            result = await self._request(
-                mode,
-                messages,
-                prefix,
-                think_grant + answer_grant,
-                1,
-                think.node_id,
-                [think],
-                extra={"thinking_token_budget": think_grant},
-                bill=bill,
-            )
+            # recorded as the solver's: only its whole ask is read back (see _recorded)
+            with solver_call():
+                result = recorded or await self._request(
+                    mode,
+                    messages,
+                    prefix,
+                    think_grant + answer_grant,
+                    1,
+                    think.node_id,
+                    [think],
+                    extra={"thinking_token_budget": think_grant},
+                    bill=bill,
+                )
         except EndpointError as exc:
             segments = []
             think.budget.commit(think_grant, 0)  # both first: announcing may fail
             answer.budget.commit(answer_grant, 0)
-            self.failures += [str(exc)] * 2
+            self.failures.append(str(exc))
             for req in (think, answer):
-                await self.bus.emit(NodeFailed(node_id=req.node_id, error=str(exc)))
+                await self.bus.emit(
+                    NodeFailed(node_id=req.node_id, error=str(exc), call_id=think.node_id)
+                )
                 segments.append(Segment(node_id=req.node_id, failed=True, error=str(exc)))
             return segments[0], segments[1]
         except anyio.get_cancelled_exc_class():
@@ -271,25 +299,33 @@ class Solver:
         Returns each branch's segment with its own copy of the grown conversation.
         """
         # One request has one max_tokens: every branch gets the smallest grant.
-        grants = await _reserved([(r.budget, r.max_tokens) for r in reqs])
-        for r, g in zip(reqs, grants, strict=True):
-            r.budget.commit(g, 0)
-        grant = min(grants)
-        for r in reqs:
-            r.budget.reserve(grant)
         mode, messages, prefix = self._shape(branch, reqs[0])
-        asks = [(r.budget, grant) for r in reqs]
-        grants, bill = await self._afford(asks, len(reqs), messages, prefix, reqs[0].constraint)
-        grant = grants[0]
+        ask = min(r.max_tokens for r in reqs)
+        read_back = await self._recorded(mode, messages, prefix, ask, reqs)
+        recorded, cut = None, frozenset[tuple[str, str]]()
+        if read_back is not None:
+            (recorded, grant), bill = read_back, None
+        else:
+            grants = await _reserved([(r.budget, r.max_tokens) for r in reqs])
+            for r, g in zip(reqs, grants, strict=True):
+                r.budget.commit(g, 0)
+            grant = min(grants)
+            for r in reqs:
+                r.budget.reserve(grant)
+            asks = [(r.budget, grant) for r in reqs]
+            grants, bill = await self._afford(asks, len(reqs), messages, prefix, reqs[0].constraint)
+            grant = grants[0]
+            cut = _marks(reqs) if grant < ask else cut
         try:
             await self._start([(r, grant) for r in reqs], mode)
         except BaseException:
             _unsent(bill)
             raise
         try:
-            result = await self._request(
-                mode, messages, prefix, grant, len(reqs), reqs[0].node_id, reqs, bill=bill
-            )
+            with solver_call(tuple(sorted(cut))):
+                result = recorded or await self._request(
+                    mode, messages, prefix, grant, len(reqs), reqs[0].node_id, reqs, bill=bill
+                )
         except anyio.get_cancelled_exc_class():
             await self._cancelled([(r, grant) for r in reqs])
             raise
@@ -300,20 +336,26 @@ class Solver:
             out = []
             for r in reqs:  # all first: announcing one may fail
                 r.budget.commit(grant, 0)
-            self.failures += [str(exc)] * len(reqs)
+            self.failures.append(str(exc))
             for r in reqs:
-                await self.bus.emit(NodeFailed(node_id=r.node_id, error=str(exc)))
+                await self.bus.emit(
+                    NodeFailed(node_id=r.node_id, error=str(exc), call_id=reqs[0].node_id)
+                )
                 out.append((Segment(node_id=r.node_id, failed=True, error=str(exc)), branch.fork()))
             return out
         segments: list[tuple[Segment, Branch]] = []
+        short = len(self.failures)
         by_index = dict(enumerate(result.choices))
         for i, r in enumerate(reqs):
             choice = by_index.get(i)
             if choice is None:
                 r.budget.commit(grant, 0)
                 error = "the server returned fewer choices than asked for"
-                self.failures.append(error)
-                await self.bus.emit(NodeFailed(node_id=r.node_id, error=error))
+                if error not in self.failures[short:]:  # once for the request
+                    self.failures.append(error)
+                await self.bus.emit(
+                    NodeFailed(node_id=r.node_id, error=error, call_id=result.request_id)
+                )
                 segments.append(
                     (Segment(node_id=r.node_id, failed=True, error=error), branch.fork())
                 )
@@ -324,6 +366,52 @@ class Solver:
             prompt_tokens = result.prompt_tokens if i == 0 else 0
             segments.append((await self._finish(own, r, result, i, prompt_tokens), own))
         return segments
+
+    async def _recorded(
+        self,
+        mode: str,
+        messages: list[Message],
+        prefix: str,
+        ask: int,
+        reqs: list[SegmentRequest],
+        extra: dict[str, Any] | None = None,
+        *,
+        covers: list[SegmentRequest] | None = None,
+    ) -> tuple[Completion, int] | None:
+        """The call of ``reqs`` as this run recorded it before (a resumed run), and its
+        grant, read back whatever its limits have left: its tokens and cost were held for
+        it (:class:`~thinktree.orchestrator.ledger.RecordedCalls`) and are reserved for it
+        now, for each node it ``covers`` (default ``reqs``).
+
+        It is looked up at its whole ``ask``, and, under the limits it was made under, at
+        the grant one of them cut it to (the marks that cut made are made again, so the
+        problem says what stopped it). A call of two nodes (``covers``) is read back at
+        its whole ask only. None when none is found: the hold goes, and the call asks as
+        a new one does (one a limit cut short, under a raised limit).
+        """
+        if not self.recorded:
+            return None
+        key = ",".join(r.node_id for r in reqs)
+        for grant in self.recorded.grants(key, ask)[: 1 if covers else None]:
+            try:
+                with only_recorded():
+                    first = reqs[0].node_id
+                    found = await self._send(
+                        mode, messages, prefix, grant, len(reqs), first, reqs, extra
+                    )
+            except NotRecorded:
+                continue
+            # its hold becomes its reservation at once: no call may take the tokens between
+            marks = self.recorded.release(key)
+            for r in covers or reqs:
+                r.budget.reserve_recorded(r.max_tokens if covers else grant)
+                if grant < ask:
+                    _mark(r.budget, marks)
+            if self.money is not None:
+                self.money.read_back(found.prompt_tokens, found.completion_tokens)
+            return found, grant
+        self.recorded.release(key)
+        return None
 
     async def _start(self, calls: list[tuple[SegmentRequest, int]], mode: str) -> None:
         """Announce the calls about to be sent, each with its grant.
@@ -366,9 +454,10 @@ class Solver:
         announcing one may fail (the bus closed), and must not keep the others' tokens."""
         for r, grant in calls:
             r.budget.commit(grant, 0)
+        sent_as = calls[0][0].node_id  # the request they were sent in
         with anyio.CancelScope(shield=True):
             for r, _ in calls:
-                await self.bus.emit(NodeFailed(node_id=r.node_id, error=reason))
+                await self.bus.emit(NodeFailed(node_id=r.node_id, error=reason, call_id=sent_as))
 
     def _shape(self, branch: Branch, req: SegmentRequest) -> tuple[str, list[Message], str]:
         """How to send ``req``: the continuation mode, the messages and the assistant prefix.
@@ -638,7 +727,8 @@ def _shared(asks: list[tuple[Budget, int]], pool: Budget) -> list[int]:
                 budget.note_run_cut(token_cut(pool.limit))
     if share <= 0 and pool.stops_run:
         raise RunLimitReached(
-            f"run stopped: its token limit of {pool.limit} is reached ({pool.used} spent; "
+            f"run stopped: its token limit of {pool.limit} is reached "
+            f"({pool.used + pool.held} spent; "
             f"the {left} left cannot be shared between {len(asks)} calls)"
         )
     if share <= 0:
@@ -660,6 +750,37 @@ def _split(grants: list[int], total: int) -> list[int]:
     cut = [max(1, granted * total // whole) for granted in grants]
     cut[-1] = total - sum(cut[:-1])
     return cut
+
+
+def _marks(reqs: list[SegmentRequest]) -> frozenset[tuple[str, str]]:
+    """The marks the limits over ``reqs`` carry: ``("cut", pool)`` for each pool a limit
+    cut, ``("run-cut", reason)`` where a limit of the whole run did (see :class:`Budget`).
+
+    Taken when a call is cut, they are made again when it is read back cut: those an
+    earlier call made, it makes again too, as every recorded call is reached again."""
+    marks: set[tuple[str, str]] = set()
+    for r in reqs:
+        pool: Budget | None = r.budget
+        while pool is not None:
+            if pool.cut:
+                marks.add(("cut", pool.name))
+            if pool.run_cut is not None:
+                marks.add(("run-cut", pool.run_cut))
+            pool = pool.parent
+    return frozenset(marks)
+
+
+def _mark(budget: Budget, marks: tuple[tuple[str, str], ...]) -> None:
+    """Make ``marks`` (see :func:`_marks`) again on ``budget`` and the pools above it."""
+    for kind, what in marks:
+        if kind == "run-cut":
+            budget.note_run_cut(what)
+    pool: Budget | None = budget
+    cut = {what for kind, what in marks if kind == "cut"}
+    while pool is not None:
+        if pool.name in cut:
+            pool.cut = True
+        pool = pool.parent
 
 
 def _unsent_because(exc: BaseException) -> str:

@@ -23,7 +23,6 @@ from typing import Any
 from thinktree._files import atomic_write
 from thinktree.agents.capabilities import Capabilities
 from thinktree.agents.endpoint import EndpointConfig
-from thinktree.agents.modes import build_strategy
 from thinktree.errors import ThinktreeError
 from thinktree.orchestrator.bus import Subscriber
 from thinktree.orchestrator.call_cache import SqliteCallCache
@@ -207,7 +206,6 @@ async def merge_shards(
         facts,
         problems,
         recorder,
-        tokens_allowed=build_strategy(settings.modes).allowed_tokens(),
         servers=_servers([probe_servers, *(r.get("servers") for r in shard_results)]),
         read_back_retries=read_back,
     )

@@ -89,7 +89,7 @@ class BenchProgress(CellWatcher):
         acc = "n/a" if m.accuracy is None else f"{100 * m.accuracy:.0f} %"
         cached = f", {result.cached_calls} calls from the cache" if result.cached_calls else ""
         note = f"; {outcome.note}" if outcome.note else ""
-        failed = len(result.failed_calls())
+        failed = result.failed_requests()
         if result.stopped_by:  # what it shows covers only what ran
             mark, note = "[yellow]■ stopped[/]", f"{note}; {result.stopped_by}"
         elif failed:

@@ -455,7 +455,7 @@ def failed_calls(outcome: CellOutcome) -> int:
     """How many of a cell's solver calls failed (0 for a cell not run in this invocation
     unless its results say so)."""
     if outcome.result is not None:
-        return len(outcome.result.failed_calls())
+        return outcome.result.failed_requests()
     results = outcome.folder / RESULTS
     return run_outcome(results)[1] if results.is_file() else 0
 

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +25,15 @@ from thinktree.agents.endpoint import Choice, Completion
 from thinktree.errors import ConfigError, RecordingError
 
 __all__ = [
+    "NotRecorded",
+    "Recorded",
     "SharedCallCache",
     "SqliteCallCache",
     "check_call_store",
     "completion_from_json",
     "completion_to_json",
+    "only_recorded",
+    "solver_call",
 ]
 
 _SCHEMA = """
@@ -38,9 +46,76 @@ CREATE TABLE IF NOT EXISTS responses (
     completion_tokens INTEGER NOT NULL,
     latency_s REAL NOT NULL,
     attempts INTEGER NOT NULL,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    node_key TEXT,
+    cut TEXT
 )
 """
+# A solver's call also keeps ``node_key``, the node(s) it was for (the fingerprint's key:
+# a resumed run holds its tokens under the limits of its problem), and ``cut``, the marks
+# its limits made where they granted it less than it asked (JSON, see `Recorded`).
+# Stores from before them lack them: they are added.
+_ADDED_COLUMNS = ("node_key", "cut")
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """What a recorded solver call spent, the ``max_tokens`` it was granted, and where its
+    limits granted less than it asked, the marks they made: ``("cut", pool name)`` or
+    ``("run-cut", reason)`` (see :class:`~thinktree.orchestrator.ledger.Budget`)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    grant: int | None = None
+    cut: tuple[tuple[str, str], ...] = ()
+
+
+def _grant(value: object) -> int | None:
+    """The ``max_tokens`` a recorded request asked for (None where it is no count)."""
+    return value if type(value) is int else None
+
+
+def _marks(cut: str | None) -> tuple[tuple[str, str], ...]:
+    """A recorded call's ``cut`` column as marks (none where it is empty or unreadable)."""
+    try:
+        return tuple((str(kind), str(what)) for kind, what in loads(cut or "[]"))
+    except (ValueError, TypeError):
+        return ()
+
+
+class NotRecorded(Exception):  # a state, not a failure: the call is to be made
+    """Raised by a lookup under :func:`only_recorded` that finds no recorded call."""
+
+
+_ONLY_RECORDED: ContextVar[bool] = ContextVar("thinktree_only_recorded", default=False)
+_SOLVER_CALL: ContextVar[tuple[tuple[str, str], ...] | None] = ContextVar(
+    "thinktree_solver_call", default=None
+)
+
+
+@contextmanager
+def solver_call(cut: tuple[tuple[str, str], ...] = ()) -> Iterator[None]:
+    """A call made inside is the solver's: it is recorded with its node key, so a resumed
+    run holds its tokens under its limits (a verifier's are not held), and with ``cut``,
+    the marks its limits made where they granted it less than it asked."""
+    token = _SOLVER_CALL.set(cut)
+    try:
+        yield
+    finally:
+        _SOLVER_CALL.reset(token)
+
+
+@contextmanager
+def only_recorded() -> Iterator[None]:
+    """Calls made inside only read back what this run's own call store recorded: a
+    lookup that finds nothing raises :class:`NotRecorded` (nothing is sent), and a
+    store several runs share is not consulted (what it holds was never held for this
+    run, see :meth:`SqliteCallCache.recorded_usage`)."""
+    token = _ONLY_RECORDED.set(True)
+    try:
+        yield
+    finally:
+        _ONLY_RECORDED.reset(token)
 
 
 def completion_to_json(completion: Completion) -> str:
@@ -49,8 +124,10 @@ def completion_to_json(completion: Completion) -> str:
     return dumps(completion)
 
 
-def call_row(fingerprint: str, route: str, request: str, completion: Completion) -> tuple[Any, ...]:
-    """One finished call as a row of the ``responses`` table."""
+def call_row(
+    fingerprint: str, route: str, request: str, completion: Completion, key: str | None = None
+) -> tuple[Any, ...]:
+    """One finished call as a row of the ``responses`` table (``key``: its node(s))."""
     return (
         fingerprint,
         route,
@@ -61,7 +138,16 @@ def call_row(fingerprint: str, route: str, request: str, completion: Completion)
         completion.latency_s,
         completion.attempts,
         time.time(),
+        *_solver_columns(key),
     )
+
+
+def _solver_columns(key: str | None) -> tuple[str | None, str | None]:
+    """A solver call's ``node_key`` and ``cut`` (both None for any other call)."""
+    cut = _SOLVER_CALL.get()
+    if cut is None or key is None:
+        return None, None
+    return key, dumps([list(mark) for mark in cut]) if cut else None
 
 
 def completion_from_json(text: str) -> Completion:
@@ -100,6 +186,10 @@ class SqliteCallCache:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=NORMAL")
             self._conn.execute(_SCHEMA)
+            columns = {str(r[1]) for r in self._conn.execute("PRAGMA table_info(responses)")}
+            for column in _ADDED_COLUMNS:
+                if column not in columns:  # a store from before it
+                    self._conn.execute(f"ALTER TABLE responses ADD COLUMN {column} TEXT")
             self._conn.commit()
             self._known = {
                 str(r[0]) for r in self._conn.execute("SELECT fingerprint FROM responses")
@@ -118,12 +208,30 @@ class SqliteCallCache:
         row = self._conn.execute("SELECT count(*) FROM responses").fetchone()
         return int(row[0])
 
+    def recorded_usage(self) -> dict[str, Recorded]:
+        """Each recorded solver call by its node key: what a resumed run holds under its
+        limits for the calls it may read back (see
+        :class:`~thinktree.orchestrator.ledger.RecordedCalls`)."""
+        rows = self._conn.execute(  # the latest of a node's calls last: it is the one kept
+            "SELECT node_key, prompt_tokens, completion_tokens, "
+            "json_extract(request, '$.max_tokens'), cut FROM responses "
+            "WHERE node_key IS NOT NULL ORDER BY created"
+        )
+        return {
+            str(key): Recorded(int(prompt), int(done), _grant(grant), _marks(cut))
+            for key, prompt, done, grant, cut in rows
+        }
+
     async def lookup(self, fingerprint: str) -> Completion | None:
         if fingerprint not in self._known:
+            if _ONLY_RECORDED.get():
+                raise NotRecorded
             return None
         async with self._lock:
             row = await anyio.to_thread.run_sync(self._get, fingerprint)
         if row is None:
+            if _ONLY_RECORDED.get():
+                raise NotRecorded
             return None
         self.hits += 1
         completion = completion_from_json(row)
@@ -137,10 +245,16 @@ class SqliteCallCache:
         return None if row is None else str(row[0])
 
     async def record(
-        self, fingerprint: str, route: str, request: str, completion: Completion
+        self,
+        fingerprint: str,
+        route: str,
+        request: str,
+        completion: Completion,
+        key: str | None = None,
     ) -> None:
-        """Store one finished call (``request``: its JSON); returns once it is committed."""
-        await self.put(call_row(fingerprint, route, request, completion))
+        """Store one finished call (``request``: its JSON, ``key``: its node(s)); returns
+        once it is committed."""
+        await self.put(call_row(fingerprint, route, request, completion, key))
 
     async def put(self, row: tuple[Any, ...]) -> None:
         """Store a :func:`call_row`; returns once it is committed (raises if it was not)."""
@@ -178,7 +292,7 @@ class SqliteCallCache:
     def _put(self, rows: list[tuple[Any, ...]]) -> None:
         try:
             self._conn.executemany(
-                "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
+                "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
             )
             self._conn.commit()
         except BaseException:
@@ -235,8 +349,11 @@ class SharedCallCache:
         self.own = own
         self.shared = shared
 
+    def recorded_usage(self) -> dict[str, Recorded]:
+        return self.own.recorded_usage()
+
     async def lookup(self, fingerprint: str) -> Completion | None:
-        hit = await self.own.lookup(fingerprint)
+        hit = await self.own.lookup(fingerprint)  # under only_recorded: raises on a miss
         if hit is not None:
             return hit
         async with self.shared._lock:
@@ -257,8 +374,13 @@ class SharedCallCache:
         return completion
 
     async def record(
-        self, fingerprint: str, route: str, request: str, completion: Completion
+        self,
+        fingerprint: str,
+        route: str,
+        request: str,
+        completion: Completion,
+        key: str | None = None,
     ) -> None:
-        row = call_row(fingerprint, route, request, completion)  # made once, kept twice
+        row = call_row(fingerprint, route, request, completion, key)  # made once, kept twice
         await self.own.put(row)
         await self.shared.put(row)

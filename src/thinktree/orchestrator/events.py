@@ -54,12 +54,18 @@ def failed_call(kind: str, status: str, error: str | None) -> bool:
 
 def failed_calls_in(problems: Iterable[dict[str, Any]]) -> int:
     """How many failed solver calls (:func:`failed_call`) a results file's problems hold."""
-    return sum(
-        1
+    return requests_of(
+        (str(node.get("id")), node.get("call_id"))
         for problem in problems
         for node in problem.get("nodes") or ()
         if failed_call(str(node.get("kind")), str(node.get("status")), node.get("error"))
     )
+
+
+def requests_of(nodes: Iterable[tuple[str, str | None]]) -> int:
+    """How many requests the (node id, call id) pairs of call nodes came from: the nodes
+    of one request (n samples, a thinking and its answer) share its call id."""
+    return len({call_id or node_id for node_id, call_id in nodes})
 
 
 class NodeStatus(StrEnum):
@@ -218,6 +224,9 @@ class NodeFailed(Event):
     type: ClassVar[str] = "node-failed"
     node_id: str
     error: str
+    call_id: str | None = None
+    """The request the node was sent in (shared by the nodes of one request); None for a
+    node never sent."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -8,10 +8,15 @@ total), so no node can ever pass its cap, whatever the model does.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import anyio
 
 from thinktree.errors import BudgetExhausted, RunLimitReached
+
+if TYPE_CHECKING:
+    from thinktree.orchestrator.call_cache import Recorded
+    from thinktree.pricing import MoneyLimit
 
 
 def token_cut(limit: int | None) -> str:
@@ -44,6 +49,7 @@ class Budget:
     stops_run: bool = False  # exhausting this pool stops the whole run
     reserved: int = 0
     used: int = 0
+    held: int = 0  # a resumed run's recorded calls not read back yet (see RecordedCalls)
     released: anyio.Event | None = None  # set when a reservation settles (a waiter's)
     cut: bool = False  # its limit, spent (not held), granted a call less than asked, or none
     run_stopped: str | None = None  # why the run's limit refused a call under it (see below)
@@ -62,7 +68,7 @@ class Budget:
         pool: Budget | None = self
         while pool is not None:
             if pool.limit is not None:
-                left = pool.limit - pool.used - pool.reserved
+                left = pool.limit - pool.used - pool.reserved - pool.held
                 best = left if best is None else min(best, left)
             pool = pool.parent
         return None if best is None else max(best, 0)
@@ -84,8 +90,10 @@ class Budget:
         short: list[tuple[Budget, int]] = []  # pools that cannot grant the whole ask now
         pool: Budget | None = self
         while pool is not None:
-            if pool.limit is not None and pool.limit - pool.used - pool.reserved < wanted:
-                short.append((pool, pool.limit - pool.used - pool.reserved))
+            if pool.limit is not None:
+                left = pool.limit - pool.used - pool.reserved - pool.held
+                if left < wanted:
+                    short.append((pool, left))
             pool = pool.parent
         if short:
             free = [(p, left) for p, left in short if p.reserved == 0]  # what is left stays
@@ -101,7 +109,8 @@ class Budget:
                 run = next((p for p in spent if p.stops_run), None)
                 if run is not None:
                     raise RunLimitReached(
-                        f"run stopped: its token limit of {run.limit} is reached ({run.used} spent)"
+                        f"run stopped: its token limit of {run.limit} is reached "
+                        f"({run.used + run.held} spent)"  # recorded calls were spent too
                     )
                 raise BudgetExhausted(f"budget '{self.name}' is spent")
             run = next((p for p, left in free if p.stops_run and left <= most), None)
@@ -114,6 +123,15 @@ class Budget:
             pool.reserved += grant
             pool = pool.parent
         return grant
+
+    def reserve_recorded(self, granted: int) -> None:
+        """Reserve what a call read back from the run's own call store was granted when it
+        was made, whatever is left: it was paid for then, and its tokens were held for it
+        (:class:`RecordedCalls`), so it is never cut or refused on a resume."""
+        pool: Budget | None = self
+        while pool is not None:
+            pool.reserved += granted
+            pool = pool.parent
 
     def unreserve(self, granted: int) -> None:
         """Undo a reservation this caller made and never used (no await in between): the
@@ -157,3 +175,77 @@ class Budget:
     @property
     def utilisation(self) -> float | None:
         return None if not self.limit else self.used / self.limit
+
+
+class RecordedCalls:
+    """The calls a resumed run's own call store recorded, held under its token limits until
+    the run reaches them.
+
+    A call's grant depends on which calls hold a shared limit when it asks, so a resumed
+    run, whose calls come in another order (those read back return at once), could grant
+    a recorded call less than before (a new fingerprint: paid again) or spend the limit
+    on new calls before reaching it (its answer lost). Instead each recorded call's
+    tokens stay held in the run's pool and its problem's until its node(s) ask again:
+    then it is read back whatever is left (:meth:`Budget.reserve_recorded`), at its
+    whole ask, or, under the limits it was made under (``same_limits``), at the grant
+    one of them cut it to. Not found, its hold goes and it asks as a new call does (one
+    a limit cut short, asked again whole under a raised limit). New calls never take
+    what recorded ones will need, so no limit is passed; recorded calls never reached
+    stay counted, as they were paid for.
+    """
+
+    def __init__(
+        self,
+        recorded: dict[str, Recorded],
+        run_pool: Budget,
+        money: MoneyLimit | None = None,
+        *,
+        same_limits: bool = False,
+    ) -> None:
+        self._recorded = dict(recorded)  # node key -> what its call spent and was granted
+        self._same_limits = same_limits
+        self._by_problem: dict[str, int] = {}
+        for key, call in self._recorded.items():
+            problem = problem_of(key)
+            self._by_problem[problem] = self._by_problem.get(problem, 0) + call.completion_tokens
+            if money is not None:
+                money.hold_recorded(call.prompt_tokens, call.completion_tokens)
+        self._run = run_pool
+        self._money = money
+        run_pool.held += sum(self._by_problem.values())
+        self._problems: dict[str, Budget] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._recorded)
+
+    def grants(self, key: str, ask: int) -> list[int]:
+        """The grants to look the call of ``key`` up at, in order (none if not recorded)."""
+        call = self._recorded.get(key)
+        if call is None:
+            return []
+        if self._same_limits and call.grant is not None and call.grant < ask:
+            return [ask, call.grant]  # a limit that is still there cut it
+        return [ask]
+
+    def problem_pool(self, problem: str, pool: Budget) -> None:
+        """Hold the problem's recorded calls in its pool (made when the problem starts)."""
+        pool.held += self._by_problem.get(problem, 0)
+        self._problems[problem] = pool
+
+    def release(self, key: str) -> tuple[tuple[str, str], ...]:
+        """Stop holding the call recorded for ``key`` (it is read back now, or asked anew);
+        the marks its limits made where they cut it (see :class:`Recorded`)."""
+        call = self._recorded.pop(key, None)
+        if call is None:
+            return ()
+        for pool in (self._problems.get(problem_of(key)), self._run):
+            if pool is not None:
+                pool.held = max(0, pool.held - call.completion_tokens)
+        if self._money is not None:
+            self._money.release_recorded(call.prompt_tokens, call.completion_tokens)
+        return call.cut
+
+
+def problem_of(key: str) -> str:
+    """The problem a call's node key belongs to (a node id starts with its problem's)."""
+    return key.split("/", 1)[0].split(",", 1)[0]

@@ -48,7 +48,7 @@ from thinktree.errors import (
     ThinktreeError,
     find_error,
 )
-from thinktree.metrics import Metrics, compute
+from thinktree.metrics import Metrics, compute, tokens_allowed
 from thinktree.orchestrator.bus import EventBus, Subscriber, event_bus
 from thinktree.orchestrator.call_cache import SharedCallCache, SqliteCallCache
 from thinktree.orchestrator.events import (
@@ -57,9 +57,10 @@ from thinktree.orchestrator.events import (
     RunStarted,
     failed_call,
     failed_calls_in,
+    requests_of,
 )
 from thinktree.orchestrator.gc_tuning import run_gc
-from thinktree.orchestrator.ledger import Budget
+from thinktree.orchestrator.ledger import Budget, RecordedCalls
 from thinktree.orchestrator.scheduler import run_problems
 from thinktree.orchestrator.store import STORE_NAME, RunStore
 from thinktree.orchestrator.subscribers import TraceWriter, TreeRecorder
@@ -135,13 +136,18 @@ class RunResult:
     stopped_by: str | None = None
 
     def failed_calls(self) -> list[Node]:
-        """The solver's model calls that failed, in tree order (see :func:`run_outcome`)."""
+        """The nodes of the solver's model calls that failed, in tree order (see
+        :func:`run_outcome`)."""
         return [
             node
             for tree in self.trees
             for node in tree.walk()
             if failed_call(node.kind, node.status, node.error)
         ]
+
+    def failed_requests(self) -> int:
+        """How many of the solver's requests failed (one of n samples counts once)."""
+        return requests_of((node.id, node.call_id) for node in self.failed_calls())
 
 
 def validate(settings: RunSettings, *, resuming: bool = False) -> None:
@@ -291,12 +297,15 @@ async def _execute(
             spending = Spending(run_pool, money)  # the verifiers' calls count under them too
             panel = await open_panel(settings, client, caps, spending)  # bad ones: no folder
             facts = RunFacts(run_id, endpoint, model, caps, settings, aggregate_name)
+            same_limits = False  # a resumed run under the limits it was made under
             try:
                 if resume is None:
                     _create_folder(folder, facts, problems)
                     held.enter_context(folder_lock(folder, "run"))
-                elif limits_of(settings) != run_limits(folder):
-                    save_limits(folder, settings)  # it goes on under these, and keeps them
+                else:
+                    same_limits = limits_of(settings) == run_limits(folder)
+                    if not same_limits:
+                        save_limits(folder, settings)  # it goes on under these, and keeps them
                 cache, store, trace = _open_records(folder, settings, fresh=resume is None)
             except BaseException:
                 if panel is not None:
@@ -304,8 +313,13 @@ async def _execute(
                         await panel.aclose()
                 raise
             client.cache = cache if shared_calls is None else SharedCallCache(cache, shared_calls)
+            recorded = None
             if resume is not None:  # a completed run opened again (failed calls, new limits)
                 (folder / RESULTS).unlink(missing_ok=True)
+                # its calls are held under its limits until it reads them back
+                recorded = RecordedCalls(
+                    cache.recorded_usage(), run_pool, money, same_limits=same_limits
+                )
             if on_started is not None:
                 on_started(folder)
             sampling = Sampling(temperature=settings.temperature_for_mode(), seed=settings.seed)
@@ -333,6 +347,7 @@ async def _execute(
                             sampling=sampling,
                             money=money,
                             answer_format=check_format(settings.answer_format),
+                            recorded=recorded,
                         )
 
                     try:
@@ -375,9 +390,6 @@ async def _execute(
             facts,
             problems,
             recorder,
-            tokens_allowed=min(
-                strategy.allowed_tokens(), settings.max_problem_tokens or strategy.allowed_tokens()
-            ),
             servers=client.figures() if isinstance(client, EndpointPool) else None,
             cached_calls=cache.hits,
             read_back_retries=cache.hit_retries,
@@ -398,7 +410,6 @@ def conclude(
     problems: Sequence[Problem],
     recorder: TreeRecorder,
     *,
-    tokens_allowed: int,
     servers: list[dict[str, Any]] | None,
     cached_calls: int = 0,
     read_back_retries: int = 0,
@@ -410,11 +421,17 @@ def conclude(
     resumed run's earlier sessions made them), counted with this session's own."""
     trees = [recorder.tree.problems[p.id] for p in problems]
     stopped = _stopped_by(recorder)
+    settings = facts.settings
     metrics = compute(
         trees,
-        tokens_allowed=tokens_allowed,
+        tokens_allowed=tokens_allowed(
+            build_strategy(settings.modes).allowed_tokens(),
+            len(trees),
+            max_problem_tokens=settings.max_problem_tokens,
+            max_run_tokens=settings.max_run_tokens,
+        ),
         retries=recorder.retries + read_back_retries,
-        price=facts.settings.prices.get(facts.model),
+        price=settings.prices.get(facts.model),
     )
     write_results(folder / RESULTS, facts, metrics, trees, stopped_by=stopped, servers=servers)
     return RunResult(

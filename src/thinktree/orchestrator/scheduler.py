@@ -56,6 +56,8 @@ async def solve_problem(
     )
     solver = make_solver(problem)
     pool = run_pool.child(problem.id, strategy.allowed_tokens(), cap=problem_limit)
+    if solver.recorded:  # a resumed run: the problem's recorded calls are held for it
+        solver.recorded.problem_pool(problem.id, pool)
     try:
         candidates = await strategy.run(solver, Branch(messages_for(problem)), root, pool)
     except (ThinktreeError, ExceptionGroup) as exc:
@@ -101,6 +103,12 @@ async def solve_problem(
     covered = None
     if correct is not None:  # a gold that cannot be graded counts in neither metric
         covered = any(grade(c.answer, problem) for c in candidates if c.answer is not None)
+    # the run's limit refused later calls of it (the answers it stated decide it) or cut
+    # its calls short, or its own limit cut them short
+    stopped = pool.run_stopped or pool.run_cut
+    cut = problem_limit is not None and problem_limit < strategy.allowed_tokens() and pool.cut
+    if stopped is None and cut:
+        stopped = f"problem stopped: its token limit of {problem_limit} cut its calls short"
     error = None
     if candidates and all(c.answer is None for c in candidates):
         error = "no candidate stated an answer"
@@ -110,12 +118,11 @@ async def solve_problem(
             count = len(solver.failures)
             error = f"{count} model call(s) failed, the first with: {solver.failures[0]}"
             correct = covered = None
-    # the run's limit refused later calls of it (the answers it stated decide it) or cut
-    # its calls short, or its own limit cut them short
-    stopped = pool.run_stopped or pool.run_cut
-    cut = problem_limit is not None and problem_limit < strategy.allowed_tokens() and pool.cut
-    if stopped is None and cut:
-        stopped = f"problem stopped: its token limit of {problem_limit} cut its calls short"
+        elif stopped is not None:
+            # a limit cut it short before any answer: not graded either, as a resume
+            # under a higher limit asks it again
+            error = f"no answer before {stopped}"
+            correct = covered = None
     await bus.emit(
         ProblemFinished(
             problem_id=problem.id,

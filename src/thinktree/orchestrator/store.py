@@ -738,7 +738,9 @@ class _Projection:
                     return self._skip(p["type"], f"no node {p['node_id']}")
                 error = str(p["error"])
                 status = "cancelled" if error.startswith("cancelled") else "failed"
-                row.update(status=status, error=error, finished_at=p["at"])
+                row.update(
+                    status=status, error=error, finished_at=p["at"], call_id=p.get("call_id")
+                )
                 self._ended(p["node_id"], row)
             case "problem-started":
                 pid, nid = p["problem_id"], p["node_id"]
@@ -1171,8 +1173,10 @@ class StoreReader:
                 (SELECT count(*) FROM problems WHERE correct = 1) AS correct,
                 (SELECT coalesce(sum(prompt_tokens), 0) FROM nodes) AS prompt_tokens,
                 (SELECT coalesce(sum(completion_tokens), 0) FROM nodes) AS completion_tokens,
-                (SELECT count(*) FROM problems WHERE error IS NOT NULL) AS problems_failed,
-                (SELECT count(*) FROM nodes WHERE status = 'failed' AND kind IN ({kinds})
+                (SELECT count(*) FROM problems WHERE error IS NOT NULL AND correct IS NULL)
+                    AS problems_failed,
+                (SELECT count(DISTINCT coalesce(call_id, id)) FROM nodes
+                    WHERE status = 'failed' AND kind IN ({kinds})
                     AND substr(coalesce(error, ''), 1, {n}) != '{refused}') AS calls_failed
             FROM run AS r WHERE r.id = 1""".format(
                 kinds=", ".join(f"'{kind}'" for kind in sorted(CALL_KINDS)),
@@ -1223,8 +1227,8 @@ class RunSummary:
     completion_tokens: int = 0
     started: str | None = None
     error: str | None = None
-    problems_failed: int = 0  # ended with an error (a limit's stop included)
-    calls_failed: int = 0  # the solver's model calls that failed
+    problems_failed: int = 0  # an error left them ungraded (failed calls, a limit's stop)
+    calls_failed: int = 0  # the solver's model calls (requests) that failed
 
     @property
     def tokens(self) -> int:

@@ -187,6 +187,7 @@ class RunTree:
                     NodeStatus.CANCELLED if err.startswith("cancelled") else NodeStatus.FAILED
                 )
                 node.error = err
+                node.call_id = event.call_id
                 node.finished_at = event.at
             case VoteCast():
                 self.problems[event.problem_id].vote = event

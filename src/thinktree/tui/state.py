@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from thinktree.errors import ThinktreeError
+from thinktree.metrics import tokens_allowed
 from thinktree.orchestrator.events import (
     CallRetried,
     CandidateScored,
@@ -72,7 +73,18 @@ def allowed_tokens(started: RunStarted) -> int | None:
         per_problem = build_strategy(ModeSettings(**knobs)).allowed_tokens()
     except (ThinktreeError, TypeError, ValueError):
         return None
-    return per_problem * started.problems
+    limits = started.settings
+    return tokens_allowed(
+        per_problem,
+        started.problems,
+        max_problem_tokens=_limit(limits.get("max_problem_tokens")),
+        max_run_tokens=_limit(limits.get("max_run_tokens")),
+    )
+
+
+def _limit(value: object) -> int | None:
+    """A token limit from a run's settings (None when unset or not a whole number)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 @dataclass(slots=True)

@@ -1,0 +1,190 @@
+"""Resuming under a token or money limit that binds: what was paid for is read back.
+
+A call's grant depends on which calls hold a shared limit when it asks, and a resumed run's
+calls come in another order (those read back return at once). These runs are killed just
+before their end (``results.json`` removed) and resumed: every recorded call is read back,
+none is paid for again, none is dropped for a new one, and the answers stay.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from thinktree.agents.endpoint import EndpointConfig
+from thinktree.agents.modes import ModeSettings
+from thinktree.orchestrator.run import RunResult, RunSettings, execute, load_resume
+from thinktree.pricing import Price
+from thinktree.problems import AnswerType, Problem
+from thinktree.testing.fake_server import FakeBehaviour, FakeServer
+
+pytestmark = pytest.mark.anyio
+
+WORDS = (
+    *("Let", "me", "weigh", "each", "option", "in", "turn", "before"),
+    *("deciding", "and", "then", "some", "more", "words", "here"),
+)
+PRICES = {"fake-model": Price(1.0, 1000.0)}
+
+
+def reply(body: dict[str, Any], index: int) -> str:
+    """Replies of 4 to 15 words and answers that vary with the seed."""
+    seed = int(body.get("seed") or 0) + index
+    return " ".join(WORDS[: 4 + seed % 12]) + f". Answer: {'ABC'[seed % 3]}"
+
+
+def problems(count: int) -> list[Problem]:
+    return [
+        Problem(
+            id=f"q{i}",
+            question=f"Which one, case {i}?",
+            answer_type=AnswerType.CHOICE,
+            options={"A": "alpha", "B": "beta", "C": "gamma"},
+            answer="ABC"[i % 3],
+        )
+        for i in range(count)
+    ]
+
+
+def calls(result: RunResult) -> dict[str, tuple[int | None, int]]:
+    """Each call node's grant and tokens."""
+    return {
+        n.id: (n.max_tokens, n.completion_tokens)
+        for tree in result.trees
+        for n in tree.walk()
+        if n.kind.value in ("generation", "step", "extension", "forced-answer", "answer")
+    }
+
+
+def paid(folder: Path) -> int:
+    conn = sqlite3.connect(folder / "calls.sqlite")
+    try:
+        return int(conn.execute("SELECT sum(completion_tokens) FROM responses").fetchone()[0])
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize(
+    ("modes", "native", "limits"),
+    [
+        pytest.param(
+            ModeSettings(mode="parallel", n=8, budget=12),
+            False,
+            {"max_problem_tokens": 70},
+            id="parallel-problem-limit",
+        ),
+        pytest.param(
+            ModeSettings(mode="adaptive", n=8, wave=4, budget=12),
+            False,
+            {"max_problem_tokens": 70},
+            id="adaptive-problem-limit",
+        ),
+        pytest.param(
+            ModeSettings(mode="parallel", n=8, budget=12),
+            False,
+            {"max_run_tokens": 400},
+            id="parallel-run-limit",
+        ),
+        pytest.param(
+            ModeSettings(mode="parallel", n=8, budget=12),
+            False,
+            {"max_cost": 0.4, "prices": PRICES},
+            id="parallel-money-limit",
+        ),
+        pytest.param(
+            ModeSettings(mode="parallel", n=8, budget=12),
+            True,
+            {"max_problem_tokens": 70},
+            id="parallel-n-problem-limit",
+        ),
+    ],
+)
+async def test_a_killed_run_under_a_binding_limit_resumes_paying_nothing_again(
+    tmp_path: Path, modes: ModeSettings, native: bool, limits: dict[str, Any]
+) -> None:
+    """Resumed with the same settings, it sends no request and ends as the uninterrupted
+    run did (it re-sent 5 to 24 calls, dropped paid ones and changed answers)."""
+    behaviour = FakeBehaviour(reply=reply, delay_s=0.01, native_n=native)
+    async with FakeServer(behaviour) as server:
+        cfg = EndpointConfig(name="fake", base_url=server.base_url, continuation="chat")
+        settings = RunSettings(modes=modes, concurrency=4, seed=3, out=tmp_path / "run", **limits)
+        first = await execute(problems(10), cfg, settings)
+        assert first.stopped_by is not None  # the limit binds
+        before = json.loads((first.folder / "results.json").read_text())
+        sent = server.requests
+        (first.folder / "results.json").unlink()  # killed just before its end
+        state = load_resume(first.folder, prices=limits.get("prices"))
+        again = await execute(state.problems, cfg, state.settings, resume=state)
+        assert server.requests == sent
+    after = json.loads((again.folder / "results.json").read_text())
+    assert calls(again) == calls(first)
+    assert [(p["answer"], p["stopped"]) for p in after["problems"]] == [
+        (p["answer"], p["stopped"]) for p in before["problems"]
+    ]
+    assert after["status"] == before["status"] == "stopped"
+    assert {k: v for k, v in after["metrics"].items() if "latency" not in k} == {
+        k: v for k, v in before["metrics"].items() if "latency" not in k
+    }
+
+
+async def test_a_raised_limit_reads_back_what_it_did_not_cut_and_is_never_passed(
+    tmp_path: Path,
+) -> None:
+    """Sequential steps under --max-tokens 60, resumed under 64 with more problems at once:
+    every step the old limit did not cut is read back (two paid steps were dropped and
+    41 more tokens paid), only the cut one is asked again whole, and the new limit holds."""
+    behaviour = FakeBehaviour(reply=reply, delay_s=0.01)
+    async with FakeServer(behaviour, record_bodies=True) as server:
+        cfg = EndpointConfig(name="fake", base_url=server.base_url, continuation="chat")
+        modes = ModeSettings(mode="sequential", steps=2, budget=16)
+        settings = RunSettings(
+            modes=modes, concurrency=1, seed=3, out=tmp_path / "run", max_run_tokens=60
+        )
+        first = await execute(problems(8), cfg, settings)
+        assert first.stopped_by is not None
+        kept = {k: v for k, v in calls(first).items() if v[0] == 16}  # not cut
+        cut = {k: v for k, v in calls(first).items() if v[0] != 16}
+        sent = server.requests
+        state = load_resume(first.folder, new_limits=True)
+        raised = dataclasses.replace(state.settings, max_run_tokens=64, concurrency=6)
+        again = await execute(state.problems, cfg, raised, resume=state)
+        asked = server.bodies[sent:]
+    assert {k: v for k, v in calls(again).items() if k in kept} == kept
+    assert len([b for b in asked if b.get("messages")]) <= len(cut) + 1
+    assert again.metrics.completion_tokens <= 64
+    assert paid(again.folder) <= 64 + sum(tokens for _, tokens in cut.values())
+
+
+def test_a_call_store_from_before_node_keys_opens_and_holds_nothing(tmp_path: Path) -> None:
+    """A store written before calls kept their node key gains the columns on opening; its
+    calls still read back by fingerprint, and none is held (nothing says whose it is)."""
+    from thinktree.orchestrator.call_cache import SqliteCallCache
+
+    path = tmp_path / "calls.sqlite"
+    conn = sqlite3.connect(path)
+    conn.execute(
+        "CREATE TABLE responses (fingerprint TEXT PRIMARY KEY, route TEXT NOT NULL, "
+        "request TEXT NOT NULL, response TEXT NOT NULL, prompt_tokens INTEGER NOT NULL, "
+        "completion_tokens INTEGER NOT NULL, latency_s REAL NOT NULL, "
+        "attempts INTEGER NOT NULL, created REAL NOT NULL)"
+    )
+    response = '{"choices": [], "prompt_tokens": 3, "completion_tokens": 5}'
+    conn.execute(
+        "INSERT INTO responses VALUES ('fp', 'chat', '{}', ?, 3, 5, 0.1, 1, 0)", (response,)
+    )
+    conn.commit()
+    conn.close()
+    cache = SqliteCallCache(path)
+    try:
+        assert cache.cached() == 1 and cache.recorded_usage() == {}
+    finally:
+        cache.close()
+    conn = sqlite3.connect(path)
+    columns = [r[1] for r in conn.execute("PRAGMA table_info(responses)")]
+    conn.close()
+    assert columns[-2:] == ["node_key", "cut"]
