@@ -343,3 +343,28 @@ def test_a_damaged_run_json_is_named_in_one_line_and_the_folder_left_alone(
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert f"cannot resume {folder}: run.json is damaged ({field}" in proc.stderr, proc.stderr
     assert _files(folder) == before
+
+
+def test_a_run_resumed_on_a_server_that_moved_reads_its_calls_back(tmp_path: Path) -> None:
+    """Started with --endpoint on one address and resumed with --endpoint on another (the
+    README's "a server that moved"): its calls are read back, none is sent again (every
+    one was: the fingerprints named the server by its old URL)."""
+    data = write_dataset(tmp_path / "set.jsonl", 3)
+    with fake_server_in_thread(BEHAVIOUR) as first:
+        finish(
+            [
+                "run",
+                str(data),
+                "--endpoint",
+                first.base_url,
+                "--out",
+                str(tmp_path / "r"),
+                *RUN_ARGS,
+            ]
+        )
+    (tmp_path / "r" / "results.json").unlink()  # cut off just before its end
+    with fake_server_in_thread(BEHAVIOUR) as moved:
+        finish(["run", "--resume", str(tmp_path / "r"), "--endpoint", moved.base_url])
+        assert moved.requests == 0
+    saved = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert saved["status"] == "completed" and len(saved["problems"]) == 3

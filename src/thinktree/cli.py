@@ -542,6 +542,8 @@ def _resume(
             target = found or EndpointConfig(
                 name=saved["name"], base_url=saved["base_url"], model=saved["model"]
             )
+        if target is not None:
+            target = _named_as_before(target, saved)
     except (ThinktreeError, DatasetError) as exc:
         raise _fail(str(exc)) from None
     engine = "llamacpp" if state.endpoint["name"] == "embedded-llamacpp" else "vllm"
@@ -562,6 +564,19 @@ def _resume(
         engine=engine,
         config=config,
     )
+
+
+def _named_as_before(target: EndpointConfig, saved: dict[str, Any]) -> EndpointConfig:
+    """``target`` naming its server in call fingerprints as the run's first session did,
+    where it moved (a new URL, another pool): its calls are read back, not paid again."""
+    from thinktree.agents.endpoint import server_name
+
+    before = saved.get("server_name")
+    if not isinstance(before, str) or not before:  # a run.json from before it was kept
+        before = None if target.members or target.cache_as else saved["base_url"]
+    if before is None or server_name(target) == before:
+        return target
+    return dataclasses.replace(target, cache_as=before)
 
 
 def _print_results(result: object) -> None:

@@ -132,6 +132,14 @@ def request_json(request: dict[str, Any]) -> str:
     return dumps_sorted({k: v for k, v in request.items() if k not in ("stream", "stream_options")})
 
 
+def server_name(config: EndpointConfig) -> str:
+    """What names the server(s) of ``config`` in call fingerprints: its ``cache_as``, or
+    its URL (a pool: its name). A resumed run keeps the name its calls were made under."""
+    if config.cache_as:
+        return config.cache_as
+    return f"pool:{config.name}" if config.members else config.base_url
+
+
 def fingerprint(where: str, model: str, route: str, request: str, key: str) -> str:
     """A stable hash of everything that decides a call's answer, and the node(s) it is for.
 
@@ -523,7 +531,7 @@ class EndpointClient:
         if cache is not None and key is not None:
             text = request_json(request)
             fp = fingerprint(
-                self.config.cache_as or self.config.base_url, self.model, route, text, key
+                server_name(self.config), self.model, route, text, key
             )
             hit = await cache.lookup(fp)
             if hit is not None:

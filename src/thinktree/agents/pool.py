@@ -35,6 +35,7 @@ from thinktree.agents.endpoint import (
     classify,
     fingerprint,
     request_json,
+    server_name,
 )
 from thinktree.agents.limiter import AdaptiveLimiter
 from thinktree.errors import EndpointDown, EndpointError
@@ -268,7 +269,7 @@ class EndpointPool(EndpointClient):
         fp = text = ""
         if cache is not None and key is not None:
             text = request_json({**request, "model": self.model})
-            fp = fingerprint(f"pool:{self.config.name}", self.model, route, text, key)
+            fp = fingerprint(server_name(self.config), self.model, route, text, key)
             hit = await cache.lookup(fp)
             if hit is not None:
                 return hit

@@ -35,7 +35,7 @@ from thinktree._json import dump_bytes_via
 from thinktree._numbers import LARGEST_SETTING, SEED_RANGE
 from thinktree.agents.aggregators import VERIFIER_RULES, get_aggregator
 from thinktree.agents.capabilities import Capabilities, probe
-from thinktree.agents.endpoint import EndpointClient, EndpointConfig
+from thinktree.agents.endpoint import EndpointClient, EndpointConfig, server_name
 from thinktree.agents.modes import DEFAULT_AGGREGATE, MODES, ModeSettings, build_strategy
 from thinktree.agents.pool import EndpointPool, client_for
 from thinktree.agents.solver import Sampling, Solver
@@ -741,7 +741,14 @@ def _create_folder(folder: Path, facts: RunFacts, problems: Sequence[Problem]) -
         "manifest_version": MANIFEST_VERSION,
         "thinktree": __version__,
         "run_id": facts.run_id,
-        "endpoint": {"name": endpoint.name, "base_url": endpoint.base_url, "model": facts.model},
+        "endpoint": {
+            "name": endpoint.name,
+            "base_url": endpoint.base_url,
+            "model": facts.model,
+            # what its calls' fingerprints name the server by: a resume on a server that
+            # moved keeps it, and reads them back
+            "server_name": server_name(endpoint),
+        },
         "capabilities": facts.capabilities.to_dict(),
         "settings": facts.settings_dict(),
         "problems": [p.model_dump(mode="json") for p in problems],
