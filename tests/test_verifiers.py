@@ -571,11 +571,11 @@ async def test_a_limit_refusing_every_pairwise_match_fails_the_verdicts(tmp_path
     assert tree.vote is not None and tree.vote.rule == "majority" and tree.answer == "A"
 
 
-async def _pairwise_four(server: FakeServer, tmp_path: Path) -> RunResult:
-    """parallel@3 on FOUR against ``server``, re-ranked by the pairwise judge's choices."""
+async def _pairwise_four(server: FakeServer, tmp_path: Path, samples: int = 3) -> RunResult:
+    """parallel@samples on FOUR against ``server``, re-ranked by the pairwise judge's choices."""
     endpoint = EndpointConfig(name="fake", base_url=server.base_url, model="fake-model")
     settings = RunSettings(
-        modes=ModeSettings(mode="parallel", n=3, budget=4),
+        modes=ModeSettings(mode="parallel", n=samples, budget=4),
         verifiers=("pairwise:score=rating",),
         out=tmp_path / "run",
     )
@@ -634,15 +634,8 @@ async def test_a_pairwise_match_that_fails_leaves_the_other_matches_of_its_round
         text = json.dumps(body.get("messages"))
         return "no judging of D" if JUDGE_SYSTEM in text and "Final answer: D" in text else None
 
-    behaviour = FakeBehaviour(reply=_preferring("BCDA", 4), reject=refuse)
-    async with FakeServer(behaviour) as server:
-        endpoint = EndpointConfig(name="fake", base_url=server.base_url, model="fake-model")
-        settings = RunSettings(
-            modes=ModeSettings(mode="parallel", n=4, budget=4),
-            verifiers=("pairwise:score=rating",),
-            out=tmp_path / "run",
-        )
-        result = await execute([FOUR], endpoint, settings)
+    async with FakeServer(FakeBehaviour(reply=_preferring("BCDA", 4), reject=refuse)) as server:
+        result = await _pairwise_four(server, tmp_path, samples=4)
     tree = result.trees[0]
     verdicts = {v.parent_id: v for v in tree.of_kind(NodeKind.VERDICT)}
     assert [verdicts[f"q1/b{i}/think"].score for i in (1, 2, 3, 4)] == [0.0, 0.5, 0.0, 0.0]
@@ -657,15 +650,8 @@ async def test_a_pairwise_tournament_with_no_match_judged_fails_its_verdicts(
 ) -> None:
     """Two answers, and the one match's choice unreadable: nothing was decided; the verdicts
     fail with why, still counting what the judge spent, and the plain vote decides."""
-    behaviour = FakeBehaviour(reply=_unreadable_for("B", 2))
-    async with FakeServer(behaviour, record_bodies=True) as server:
-        endpoint = EndpointConfig(name="fake", base_url=server.base_url, model="fake-model")
-        settings = RunSettings(
-            modes=ModeSettings(mode="parallel", n=2, budget=4),
-            verifiers=("pairwise:score=rating",),
-            out=tmp_path / "run",
-        )
-        result = await execute([FOUR], endpoint, settings)
+    async with FakeServer(FakeBehaviour(reply=_unreadable_for("B", 2)), record_bodies=True) as s:
+        result = await _pairwise_four(s, tmp_path, samples=2)
     tree = result.trees[0]
     verdicts = tree.of_kind(NodeKind.VERDICT)
     why = "no pairwise match was judged: the judge's choice is unreadable: 'neither'"
@@ -673,7 +659,7 @@ async def test_a_pairwise_tournament_with_no_match_judged_fails_its_verdicts(
     assert all(why in str(v.error) for v in verdicts)
     assert tree.vote is not None and tree.vote.rule == "majority"
     m = result.metrics.verifier
-    assert m is not None and (m.prompt_tokens, m.completion_tokens) == _judge_usage(server)
+    assert m is not None and (m.prompt_tokens, m.completion_tokens) == _judge_usage(s)
 
 
 @pytest.mark.anyio
