@@ -75,9 +75,34 @@ class _RaisingPrepare(PlainClose):
         raise RuntimeError("the scorer is\n  not up")
 
 
+#: What ``brittle:checking`` verifiers did, in order: "prepared" for each prepare(),
+#: "checked" for each check made through ``setup.checked``.
+PREPARED: list[str] = []
+
+
+class _Checking(Misbehaving):
+    """Prepares as a plugin that checks a server would: the check once for every run that
+    shares ``setup.checked`` (a bench's cells), whatever else it prepares per run."""
+
+    def __init__(self, setup: VerifierSetup) -> None:
+        super().__init__("ok")
+        self.setup = setup
+
+    async def prepare(self) -> None:
+        PREPARED.append("prepared")
+
+        async def check() -> str:
+            PREPARED.append("checked")
+            return "the server answers"
+
+        await self.setup.checked.get("brittle:checking", check)
+
+
 def brittle(arg: str | None, setup: VerifierSetup) -> Misbehaving:
     if arg == "prepare":
         return _RaisingPrepare("ok")
+    if arg == "checking":
+        return _Checking(setup)
     if arg == "factory":
         raise ValueError("the factory exploded")
     if arg == "close":

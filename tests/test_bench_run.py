@@ -13,6 +13,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
@@ -30,7 +31,7 @@ from thinktree.bench.runner import run_bench
 from thinktree.bench.sharding import SHARDS, ShardReport, ShardSpec
 from thinktree.errors import ConfigError
 from thinktree.orchestrator.run import run_outcome
-from thinktree.testing.fake_server import FakeBehaviour, fake_server_in_thread
+from thinktree.testing.fake_server import FakeBehaviour, FakeServer, fake_server_in_thread
 
 
 def write_config(folder: Path, url: str, grid: str) -> Path:
@@ -214,7 +215,7 @@ def test_a_bench_config_checks_the_range_of_its_settings(
     [
         (
             '[grid]\nmode = ["budget", "adaptive"]\nwave = [2, 8]\n[run]\nn = 4',
-            "004_one_mode-adaptive_wave-8",
+            "003_one_mode-adaptive_wave-8",  # budget reads no wave: one cell
             "[grid]",
         ),
         (
@@ -871,3 +872,205 @@ def test_a_bench_folder_of_another_version_says_so(tmp_path: Path) -> None:
     (tmp_path / "out" / "bench.json").write_text("[]")
     with pytest.raises(ConfigError, match=r"bench\.json is damaged"):
         prepare(bench, tmp_path / "out")
+
+
+def _unread_grid(folder: Path, url: str, grid: str, run: str = "") -> Path:
+    write_choice_problems(folder / "one.jsonl", "p")
+    config = folder / "bench.toml"
+    config.write_text(
+        f'[[datasets]]\npath = "one.jsonl"\n[grid]\n{grid}\n'
+        f'[run]\nendpoint = "{url}"\nseed = 2\nconcurrency = 1\n{run}'
+    )
+    return config
+
+
+def test_grid_values_a_mode_does_not_read_make_one_cell(tmp_path: Path) -> None:
+    """budget does not read n: `mode = ["budget", "parallel"]` with `n = [2, 3]` runs budget
+    once, in a cell named without n, says so, and the report compares that one cell with
+    parallel at each n (both would have been budget run twice, compared with itself)."""
+    with fake_server_in_thread(FakeBehaviour(reply=reply)) as server:
+        config = _unread_grid(
+            tmp_path, server.base_url, 'mode = ["budget", "parallel"]\nn = [2, 3]'
+        )
+        code, out, err = _bench(config, tmp_path)
+        assert code == 0, err
+        assert "3 of 3 cells done (3 run now)" in out
+        assert "4 grid combinations make 3 cells: mode budget does not read n" in err
+        assert _bench(config, tmp_path)[0] == 0  # run again: resumes, all done
+    bench = tmp_path / "out"
+    names = ["001_one_mode-budget", "002_one_mode-parallel_n-2", "003_one_mode-parallel_n-3"]
+    assert sorted(p.name for p in bench.iterdir() if p.is_dir()) == names
+    manifest = json.loads((bench / "bench.json").read_text())
+    assert manifest["bench_version"] == 2
+    assert [c["options"] for c in manifest["cells"]][:2] == [
+        {"mode": "budget"},
+        {"mode": "parallel", "n": 2},
+    ]
+    report = cli("report", "out", "--no-plots", cwd=tmp_path)
+    assert report.communicate(timeout=120)[0] and report.returncode == 0
+    md = (bench / "report.md").read_text()
+    assert "| mode=budget | 2 |" in md and "| mode=parallel · n=2 | 2 |" in md
+    assert "| n=2 | mode | budget | parallel | 2 |" in md
+    assert "| n=3 | mode | budget | parallel | 2 |" in md
+    assert "| mode=budget | n |" not in md  # no cell compared with itself
+
+
+@pytest.mark.parametrize(
+    ("grid", "run", "cells"),
+    [
+        # hybrid reads no budget when total-budget is given, in [run] or [grid]
+        (
+            'mode = ["budget", "hybrid"]\nbudget = [8, 16]',
+            "total-budget = 64\n",
+            ["mode-budget_budget-8", "mode-budget_budget-16", "mode-hybrid"],
+        ),
+        # a key by its settings name as by its flag name; only adaptive reads it
+        (
+            'mode = ["parallel", "adaptive"]\nconfidence = [0.9, 0.99]',
+            "",
+            ["mode-parallel", "mode-adaptive_confidence-0.9", "mode-adaptive_confidence-0.99"],
+        ),
+        # one value: no two cells to make one, so the name keeps it (as before)
+        ('mode = ["budget", "parallel"]\nn = [2]', "", ["mode-budget_n-2", "mode-parallel_n-2"]),
+        # a plugin's mode may read any option: nothing is left out
+        (
+            'mode = ["a-plugin-mode"]\nn = [2, 3]',
+            "",
+            ["mode-a-plugin-mode_n-2", "mode-a-plugin-mode_n-3"],
+        ),
+    ],
+)
+def test_which_grid_values_make_one_cell(
+    tmp_path: Path, grid: str, run: str, cells: list[str]
+) -> None:
+    from thinktree.bench.grid import BenchConfig, DatasetSpec
+
+    config = BenchConfig(
+        path=tmp_path / "c.toml",
+        datasets=[DatasetSpec(name="one")],
+        grid=tomllib.loads(grid),
+        fixed=tomllib.loads(run),
+    )
+    assert [c.name for c in config.cells()] == [f"{i:03d}_one_{c}" for i, c in enumerate(cells, 1)]
+
+
+def test_a_bench_folder_of_format_1_resumes_unless_its_cells_are_now_one(tmp_path: Path) -> None:
+    """A folder an earlier thinktree wrote (format 1) resumes where its grid has no value a
+    mode does not read (its cells are the same); where it has, it is refused in one line
+    (its cells would now be one), before anything is written."""
+    from thinktree.bench.runner import prepare
+
+    write_choice_problems(tmp_path / "one.jsonl", "p")
+    config = tmp_path / "c.toml"
+    for grid, resumes in (('mode = ["budget", "parallel"]', True), ("n = [2, 3]", False)):
+        config.write_text(f'[[datasets]]\npath = "one.jsonl"\n[grid]\n{grid}\n')
+        bench = load_bench_config(config)
+        out = tmp_path / f"out-{resumes}"
+        out.mkdir()
+        old = {
+            "bench_version": 1,
+            "thinktree": "0.0.9",
+            "grid": bench.grid,
+            "run": bench.fixed,
+            "datasets": [d.to_dict() for d in bench.datasets],
+            "prices": {},
+            "cells": [c.to_dict() for c in bench.cells(collapse=False)],
+        }
+        (out / "bench.json").write_text(json.dumps(old))
+        if resumes:
+            assert [c.name for c in prepare(bench, out)] == [c["name"] for c in old["cells"]]
+            continue
+        before = (out / "bench.json").read_bytes()
+        with pytest.raises(ConfigError) as caught:
+            prepare(bench, out)
+        assert str(caught.value) == (
+            f"cannot resume {out}: thinktree 0.0.9 started it with a cell for each grid value "
+            "a mode does not read, which this thinktree runs once (bench format 1); finish it "
+            "with that version, or give another --out"
+        )
+        assert (out / "bench.json").read_bytes() == before
+
+
+def _judge_server_log(log: list[str]) -> Callable[[dict[str, Any], int], str]:
+    """A judge's server: rates every candidate 7, and logs "judged" for each judging call
+    and "probed" for each probe of it (the probe's first request, its plain chat check)."""
+    from thinktree.agents.capabilities import _PROBE_USER
+    from thinktree.verifiers.judge import JUDGE_SYSTEM
+
+    def judge(body: dict[str, Any], index: int) -> str:
+        messages = body.get("messages") or []
+        if index == 0 and messages and messages[0].get("content") == JUDGE_SYSTEM:
+            log.append("judged")
+        elif index == 0 and messages == [{"role": "user", "content": _PROBE_USER}]:
+            plain = not body.get("n") and not body.get("logprobs")
+            log.append("probed" if plain and body.get("max_tokens") == 4 else "probe step")
+        return "7"
+
+    return judge
+
+
+def test_a_bench_probes_a_judge_s_own_endpoint_once(tmp_path: Path) -> None:
+    """Its preflight probes it; no cell probes it again (each cell's judge takes what the
+    probe found), and a cell left in shards that resumes in this process does not either.
+    Shards a shard runner runs (Ray's workers, here one in this process) each probe it for
+    themselves, from where they run."""
+    log: list[str] = []
+    down = {"on": True}
+
+    def outage(body: dict[str, object]) -> str | None:
+        asks = json.dumps(body.get("messages"))
+        return "the model is being reloaded" if down["on"] and "p case 1" in asks else None
+
+    with (
+        fake_server_in_thread(FakeBehaviour(reply=reply, reject=outage)) as server,
+        fake_server_in_thread(FakeBehaviour(reply=_judge_server_log(log), model="j")) as judge,
+    ):
+        config = write_config(tmp_path, server.base_url, "budget = [16, 32]")
+        text = config.read_text().replace("[run]\n", '[run]\nmode = "parallel"\n')
+        config.write_text(f'{text}verifier = ["judge:{judge.base_url},score=rating"]\n')
+        _bench_in_shards(config, "before the merge")  # p case 1 failed: its shard resumes
+        assert log.count("probed") == 3 and "judged" in log  # the preflight's, each shard's
+        log.clear()
+        down["on"] = False
+        code, out, err = _bench(config, tmp_path)  # the first cell's shards in this process
+    assert code == 0 and "4 of 4 cells done" in out, err
+    assert "001_one_budget-16 (resumed)" in err and "2 shards on 1 host" in err
+    assert log.count("probed") == 1 and log.index("probed") == 0, log
+    assert log.count("judged") > 1
+
+
+def test_a_yes_prob_judge_on_an_endpoint_without_logprobs_fails_a_bench_before_its_folder(
+    tmp_path: Path,
+) -> None:
+    from test_verifiers import refuse_logprobs
+
+    with fake_server_in_thread(FakeBehaviour(reply=reply, reject=refuse_logprobs)) as server:
+        url = server.base_url
+        config = write_config(tmp_path, url, 'verifier = [["judge,score=yes-prob"]]')
+        config.write_text(config.read_text().replace("[run]\n", '[run]\nmode = "parallel"\n'))
+        SEEN.clear()
+        code, _out, err = _bench(config, tmp_path)
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"judge score=yes-prob reads token logprobs, which the judge's endpoint '{url}'" in err
+    assert not (tmp_path / "out").exists()
+    assert not [key for key in SEEN if "Which one" in key]  # no cell ran
+
+
+@pytest.mark.anyio
+async def test_a_plugin_verifier_is_prepared_per_cell_and_checks_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each cell builds its own verifiers, and prepare() runs on each (and once before the
+    bench starts, to fail before its folder); a check made through ``setup.checked`` is
+    made once for the whole bench."""
+    import misbehaving
+
+    misbehaving.register(monkeypatch)
+    misbehaving.PREPARED.clear()
+    async with FakeServer(FakeBehaviour(reply=reply)) as server:
+        config = write_config(tmp_path, server.base_url, "budget = [16, 32]")
+        text = config.read_text().replace("[run]\n", '[run]\nmode = "parallel"\n')
+        config.write_text(f'{text}verifier = ["brittle:checking"]\n')
+        outcomes = await run_bench(load_bench_config(config), tmp_path / "out")
+    assert [o.status for o in outcomes] == ["ran"] * 4
+    assert ["prepared", "checked", *["prepared"] * 4] == misbehaving.PREPARED

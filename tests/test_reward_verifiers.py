@@ -16,6 +16,7 @@ from thinktree.orchestrator.store import StoreReader
 from thinktree.problems import AnswerType, Problem
 from thinktree.testing.fake_server import FakeBehaviour, FakeServer
 from thinktree.testing.reward_server import RewardServer
+from thinktree.verifiers.base import CheckedOnce
 from thinktree.verifiers.registry import check_verifiers
 from thinktree.verifiers.reward import aggregate_steps, split_steps
 
@@ -87,6 +88,24 @@ async def test_reward_model_scores_every_candidate(tmp_path: Path, route: str) -
         assert [round(v["score"], 3) for v in store.verdicts()] == [0.2, 0.9, 0.2]
     m = result.metrics.verifier
     assert m is not None and m.auroc == 1.0 and m.pick_accuracy == 1.0
+
+
+async def test_runs_that_share_their_checks_try_the_scorer_once(tmp_path: Path) -> None:
+    """As a bench's cells: the second run's verifier takes what the first one's check found."""
+    checked = CheckedOnce()
+    async with RewardServer(_outcome) as scorer, FakeServer(FakeBehaviour(reply=_solver)) as server:
+        endpoint = EndpointConfig(name="fake", base_url=server.base_url, model="fake-model")
+        for run in ("one", "two"):
+            settings = RunSettings(
+                modes=ModeSettings(mode="parallel", n=3, budget=64),
+                verifiers=(f"reward:{scorer.url}",),
+                aggregate="best-of-n",
+                out=tmp_path / run,
+            )
+            result = await execute([PROBLEM], endpoint, settings, verifier_checks=checked)
+            assert result.trees[0].answer == "B"
+        inputs = [len(body["input"]) for _, body in scorer.requests]
+    assert inputs == [1, 3, 3]  # the check's one tiny pair, then each run's problem
 
 
 @pytest.mark.parametrize(("agg", "expected"), [("min", 0.1), ("last", 0.1), ("mean", 0.275)])

@@ -28,7 +28,12 @@ from thinktree.orchestrator.run import CALLS, RunResult, RunSettings, execute, v
 from thinktree.orchestrator.store import StoreReader
 from thinktree.pricing import Price
 from thinktree.problems import AnswerType, Problem
-from thinktree.testing.fake_server import FakeBehaviour, FakeServer, Fault
+from thinktree.testing.fake_server import (
+    FakeBehaviour,
+    FakeServer,
+    Fault,
+    fake_server_in_thread,
+)
 from thinktree.verifiers.base import options
 from thinktree.verifiers.judge import JUDGE_SYSTEM
 from thinktree.verifiers.registry import (
@@ -112,6 +117,42 @@ def test_cli_unknown_verifier_is_one_line_and_leaves_no_folder(tmp_path: Path) -
     listed = cli("verifier", "list", cwd=tmp_path)
     assert listed.returncode == 0
     assert re.search(r"^judge +built-in$", listed.stdout, re.MULTILINE), listed.stdout
+
+
+def refuse_logprobs(body: dict[str, Any]) -> str | None:
+    """A server with no token logprobs (as many APIs): it refuses a request for them."""
+    return "logprobs are not supported" if body.get("logprobs") else None
+
+
+@pytest.mark.parametrize(
+    "verifier",
+    ["judge,score=yes-prob", "pairwise:score=yes-prob", "judge:{url},score=yes-prob"],
+)
+def test_a_yes_prob_judge_on_an_endpoint_without_logprobs_is_refused_before_the_run(
+    tmp_path: Path, verifier: str
+) -> None:
+    """Not a run whose every verdict fails once its samples are paid for: one line, exit 2,
+    no folder and no sample asked for; it says to use another score or another endpoint."""
+    asked: list[str] = []
+
+    def reply(body: dict[str, Any], index: int) -> str:
+        asked.append(json.dumps(body.get("messages")))
+        return ["Answer: A", "Answer: B"][index % 2]
+
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"id": "q1", "question": "Which one?", "answer": "A"}) + "\n")
+    with fake_server_in_thread(FakeBehaviour(reply=reply, reject=refuse_logprobs)) as server:
+        url = server.base_url
+        args = ("run", str(data), "--endpoint", url, "--mode", "parallel", "--n", "2")
+        spec = verifier.format(url=url)
+        proc = cli(*args, "--verifier", spec, "--out", "r", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert f"which the judge's endpoint '{url}' does not return" in lines[0]
+    assert "use score=rating or score=auto, or a judge endpoint that returns logprobs" in lines[0]
+    assert not (tmp_path / "r").exists()
+    assert not [m for m in asked if "Which one?" in m]  # no sample was paid for
 
 
 def _judging(rating: dict[str, str]) -> Any:
@@ -530,37 +571,95 @@ async def test_a_limit_refusing_every_pairwise_match_fails_the_verdicts(tmp_path
     assert tree.vote is not None and tree.vote.rule == "majority" and tree.answer == "A"
 
 
-async def _pairwise_four(server: FakeServer, tmp_path: Path) -> RunResult:
-    """parallel@3 on FOUR against ``server``, re-ranked by the pairwise judge's choices."""
+async def _pairwise_four(server: FakeServer, tmp_path: Path, samples: int = 3) -> RunResult:
+    """parallel@samples on FOUR against ``server``, re-ranked by the pairwise judge's choices."""
     endpoint = EndpointConfig(name="fake", base_url=server.base_url, model="fake-model")
     settings = RunSettings(
-        modes=ModeSettings(mode="parallel", n=3, budget=4),
+        modes=ModeSettings(mode="parallel", n=samples, budget=4),
         verifiers=("pairwise:score=rating",),
         out=tmp_path / "run",
     )
     return await execute([FOUR], endpoint, settings)
 
 
-@pytest.mark.anyio
-async def test_a_failed_pairwise_match_still_counts_what_the_judge_spent(tmp_path: Path) -> None:
-    """Round 1 (A vs B) is judged; the final's choice is unreadable, which fails every
-    verdict, but the verdicts still carry every token the judge spent, as the limits count them."""
+def _unreadable_for(answer: str, samples: int) -> Any:
+    """As ``_preferring("BCDA", samples)``, but a match with ``answer`` gets "neither"."""
 
     def reply(body: dict[str, Any], index: int) -> str:
         messages = body.get("messages") or []
         if messages and messages[0].get("content") == JUDGE_SYSTEM:
-            if "Final answer: C" in messages[-1]["content"]:
+            if f"Final answer: {answer}" in messages[-1]["content"]:
                 return "neither"
-            return _preferring("BCDA", 3)(body, index)
-        return SAMPLES[index % 3]
+            return _preferring("BCDA", samples)(body, index)
+        return SAMPLES[index % samples]
 
-    async with FakeServer(FakeBehaviour(reply=reply), record_bodies=True) as server:
-        result = await _pairwise_four(server, tmp_path)
-    verdicts = result.trees[0].of_kind(NodeKind.VERDICT)
-    assert all("the judge's choice is unreadable: 'neither'" in str(v.error) for v in verdicts)
+    return reply
+
+
+@pytest.mark.anyio
+async def test_an_unreadable_pairwise_match_keeps_the_matches_judged(tmp_path: Path) -> None:
+    """Round 1 (A vs B, B wins; C has a bye) is judged; the final's choice is unreadable.
+    That match is undecided, as one a limit refused: the tournament ends there, A keeps
+    the round it lost in, B and C score the round they reached, and their rationale says
+    which match was not judged and why. The verdicts still carry every token the judge
+    spent, and the problem is not stopped (no limit refused anything)."""
+    async with FakeServer(FakeBehaviour(reply=_unreadable_for("C", 3)), record_bodies=True) as s:
+        result = await _pairwise_four(s, tmp_path)
+    tree = result.trees[0]
+    verdicts = {v.parent_id: v for v in tree.of_kind(NodeKind.VERDICT)}
+    assert all(v.status is NodeStatus.DONE for v in verdicts.values())
+    a, b, c = (verdicts[f"q1/b{i}/think"] for i in (1, 2, 3))
+    assert (a.score, b.score, c.score) == (0.0, 0.5, 0.5)
+    assert "round 1: A vs B: P(A better) = 0.00" in a.text
+    unreadable = "round 2: B vs C: not judged: the judge's choice is unreadable: 'neither'"
+    ended = "not decided: the tournament ended in round 2, where a match was not judged"
+    assert unreadable in b.text and unreadable in c.text
+    assert ended in b.text and ended in c.text and "not decided" not in a.text
+    assert tree.stopped is None and result.stopped_by is None
+    assert tree.vote is not None and tree.vote.rule == "verifier-weighted"
     m = result.metrics.verifier
-    assert m is not None and m.failed_verdicts == 3
-    assert (m.prompt_tokens, m.completion_tokens) == _judge_usage(server)
+    assert m is not None and m.failed_verdicts == 0
+    assert (m.prompt_tokens, m.completion_tokens) == _judge_usage(s)
+
+
+@pytest.mark.anyio
+async def test_a_pairwise_match_that_fails_leaves_the_other_matches_of_its_round(
+    tmp_path: Path,
+) -> None:
+    """Four answers: round 1 is A vs B and C vs D. A vs B is judged (B wins); every call of
+    C vs D fails for good (the server refuses it). B scores the round it won, C and D the
+    round they stayed in, A the one it lost: B is picked."""
+
+    def refuse(body: dict[str, Any]) -> str | None:
+        text = json.dumps(body.get("messages"))
+        return "no judging of D" if JUDGE_SYSTEM in text and "Final answer: D" in text else None
+
+    async with FakeServer(FakeBehaviour(reply=_preferring("BCDA", 4), reject=refuse)) as server:
+        result = await _pairwise_four(server, tmp_path, samples=4)
+    tree = result.trees[0]
+    verdicts = {v.parent_id: v for v in tree.of_kind(NodeKind.VERDICT)}
+    assert [verdicts[f"q1/b{i}/think"].score for i in (1, 2, 3, 4)] == [0.0, 0.5, 0.0, 0.0]
+    d = verdicts["q1/b4/think"].text
+    assert "round 1: C vs D: not judged: " in d and "no judging of D" in d, d
+    assert tree.answer == "B" and tree.stopped is None
+
+
+@pytest.mark.anyio
+async def test_a_pairwise_tournament_with_no_match_judged_fails_its_verdicts(
+    tmp_path: Path,
+) -> None:
+    """Two answers, and the one match's choice unreadable: nothing was decided; the verdicts
+    fail with why, still counting what the judge spent, and the plain vote decides."""
+    async with FakeServer(FakeBehaviour(reply=_unreadable_for("B", 2)), record_bodies=True) as s:
+        result = await _pairwise_four(s, tmp_path, samples=2)
+    tree = result.trees[0]
+    verdicts = tree.of_kind(NodeKind.VERDICT)
+    why = "no pairwise match was judged: the judge's choice is unreadable: 'neither'"
+    assert [v.status for v in verdicts] == [NodeStatus.FAILED] * 2
+    assert all(why in str(v.error) for v in verdicts)
+    assert tree.vote is not None and tree.vote.rule == "majority"
+    m = result.metrics.verifier
+    assert m is not None and (m.prompt_tokens, m.completion_tokens) == _judge_usage(s)
 
 
 @pytest.mark.anyio

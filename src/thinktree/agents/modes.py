@@ -53,24 +53,34 @@ def check_given(s: ModeSettings, given: Collection[str]) -> None:
 
     Defaults are never refused (an adaptive run's default ``--wave`` shrinks to a smaller
     ``--n``); a bench's ``[run]`` table, which sets options for several modes at once, does
-    not come here (a bench checks only :func:`check_wave`).
+    not come here (a bench checks only :func:`check_wave`, and runs the cells of a grid that
+    differ only in what their mode does not read, :func:`unread`, once).
     """
-    if s.mode not in MODES:
-        return  # a plugin's mode: it may read any of them
-    for option in given:
-        users = USED_BY.get(option)
-        if users is not None and s.mode not in users:
+    for option in unread(s.mode, given):
+        if option in USED_BY:
             raise ConfigError(
                 f"--{option} is not used in mode '{s.mode}'; leave it out (the modes that "
-                f"use it: {', '.join(users)})"
+                f"use it: {', '.join(USED_BY[option])})"
             )
-    if s.mode == "hybrid" and "budget" in given and "total-budget" in given:
         raise ConfigError(
             "--budget is not used in mode 'hybrid' when --total-budget is given (it only "
             "sets the total, as --budget × --n × --steps); give one of them"
         )
     if "wave" in given:
         check_wave(s)
+
+
+def unread(mode: str, given: Collection[str]) -> list[str]:
+    """The options of ``given`` (CLI spelling, without ``--``) that ``mode`` does not read:
+    those its :data:`USED_BY` entry leaves it out of, and ``budget`` in mode ``hybrid``
+    when ``total-budget`` is given too (it only sets the total). A plugin's mode may read
+    any of them: none is unread there."""
+    if mode not in MODES:
+        return []
+    found = [o for o in given if o in USED_BY and mode not in USED_BY[o]]
+    if mode == "hybrid" and "budget" in given and "total-budget" in given:
+        found.append("budget")
+    return found
 
 
 def check_wave(s: ModeSettings, flag: str = "--") -> None:

@@ -26,6 +26,7 @@ import structlog
 
 from thinktree.bench.sharding import ShardReport, ShardSpec, run_shard
 from thinktree.errors import ConfigError, ThinktreeError
+from thinktree.verifiers.base import CheckedOnce
 
 log = structlog.get_logger(__name__)
 
@@ -49,16 +50,20 @@ class ShardRunner(Protocol):
 
 
 class InProcessShards:
-    """One shard after another in this process (resuming a Ray bench without Ray)."""
+    """One shard after another in this process (resuming a Ray bench without Ray); the
+    shards share the bench's ``checked`` (a judge's endpoint is not probed per shard)."""
 
     cpus = 1
+
+    def __init__(self, checked: CheckedOnce | None = None) -> None:
+        self.checked = checked
 
     async def run(
         self, specs: Sequence[ShardSpec], on_poll: Callable[[], None] | None = None
     ) -> list[ShardReport]:
         reports = []
         for spec in specs:
-            reports.append(await anyio.to_thread.run_sync(run_shard, spec))
+            reports.append(await anyio.to_thread.run_sync(run_shard, spec, self.checked))
             if on_poll is not None:
                 on_poll()
         return reports

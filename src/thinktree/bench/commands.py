@@ -59,6 +59,9 @@ def bench_main(
             if in_use(out_dir):  # said before the progress view starts (the lock is taken later)
                 raise busy("bench", out_dir)
             plan = await plan_bench(config, out_dir, sharded=cluster is not None)
+            note = config.unread_note()
+            if note is not None:
+                err.print(note, style="dim", highlight=False, markup=False, soft_wrap=True)
             done = len(cells) - len(plan.todo)
             if done:
                 where = escape(str(out_dir))

@@ -20,7 +20,9 @@ concurrency = 8
 ```
 
 Grid and run keys map onto the fields of :class:`RunSettings` and :class:`ModeSettings`
-by name, so a new ``run`` option is a valid key as soon as it exists there.
+by name, so a new ``run`` option is a valid key as soon as it exists there. Values a
+cell's mode does not read make no cells of their own (:meth:`BenchConfig.cells`): above,
+``mode = ["budget", "parallel"]`` with ``n = [4, 16]`` would run budget once.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from thinktree._numbers import LARGEST_SETTING as LARGEST
-from thinktree.agents.modes import ModeSettings, check_wave
+from thinktree.agents.modes import ModeSettings, check_wave, unread
 from thinktree.bench.perturb import NONE, PERTURBATIONS
 from thinktree.config import endpoint_tables
 from thinktree.errors import ConfigError
@@ -74,6 +76,13 @@ def valid_keys() -> list[str]:
 def field_name(key: str) -> str:
     name = key.replace("-", "_")
     return ALIASES.get(name, name)
+
+
+def flag_name(key: str) -> str:
+    """``key`` (CLI or field spelling) as ``run``'s flag, without ``--``: ``stop-confidence``
+    for ``confidence`` (the names :func:`~thinktree.agents.modes.unread` takes)."""
+    name = field_name(key)
+    return next((cli for cli, f in ALIASES.items() if f == name), name).replace("_", "-")
 
 
 def _check_type(key: str, value: Any, hint: Any) -> Any:
@@ -171,14 +180,57 @@ class BenchConfig:
     fixed: dict[str, Any]
     raw: dict[str, Any] = field(default_factory=dict)
 
-    def cells(self) -> list[Cell]:
+    def cells(self, *, collapse: bool = True) -> list[Cell]:
+        """Every dataset under every combination of grid values, numbered in that order.
+
+        A grid key with several values that a cell's mode does not read (``n`` in mode
+        ``budget``: see :func:`~thinktree.agents.modes.unread`) is left out of that cell,
+        so the combinations that differ only in it are one cell, run once and named
+        without it. ``collapse=False``: every combination, as benches of format 1 made them.
+        """
         keys = list(self.grid)
         combos = list(itertools.product(*(self.grid[k] for k in keys)))
         out: list[Cell] = []
+        seen: set[tuple[str, str]] = set()
         for dataset in self.datasets:
             for combo in combos:
-                out.append(Cell(len(out) + 1, dataset, dict(zip(keys, combo, strict=True))))
+                options = dict(zip(keys, combo, strict=True))
+                if collapse:
+                    for key in self.unread(options):
+                        del options[key]
+                    same = (dataset.name, repr(options))
+                    if same in seen:
+                        continue
+                    seen.add(same)
+                out.append(Cell(len(out) + 1, dataset, options))
         return out
+
+    def unread(self, options: Mapping[str, Any]) -> list[str]:
+        """The keys of a combination of grid values (``options``) with more than one value
+        in the grid that its mode does not read, with the ``[run]`` table's keys in view
+        (``total-budget`` there leaves ``budget`` unread in mode ``hybrid``)."""
+        both = {**self.fixed, **options}
+        skipped = unread(self._mode(options), [flag_name(k) for k in both])
+        return [k for k in options if len(self.grid[k]) > 1 and flag_name(k) in skipped]
+
+    def unread_note(self) -> str | None:
+        """One line on the grid combinations run once as one cell (None: there are none)."""
+        by_mode: dict[str, list[str]] = {}
+        for combo in itertools.product(*self.grid.values()):
+            options = dict(zip(self.grid, combo, strict=True))
+            for key in self.unread(options):
+                keys = by_mode.setdefault(self._mode(options), [])
+                if key not in keys:
+                    keys.append(key)
+        if not by_mode:
+            return None
+        made, every = len(self.cells()), len(self.cells(collapse=False))
+        unused = "; ".join(f"mode {m} does not read {', '.join(k)}" for m, k in by_mode.items())
+        cells = f"{made} cell" + ("s" if made > 1 else "")
+        return f"{every} grid combinations make {cells}: {unused} (each such cell runs once)"
+
+    def _mode(self, options: Mapping[str, Any]) -> str:
+        return str({**self.fixed, **options}.get("mode", ModeSettings().mode))
 
     def settings_for(self, cell: Cell) -> RunSettings:
         """The run settings of ``cell``: the ``[run]`` table, then the cell's grid values."""

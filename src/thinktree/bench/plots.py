@@ -91,7 +91,7 @@ def _line_label(cell: CellResult, keys: Sequence[str]) -> str:
     extra = [
         f"{k}={show(cell.options.get(k))}"
         for k in keys
-        if k not in (*COMPUTE_KEYS, "dataset", "perturbation")
+        if k not in (*COMPUTE_KEYS, "dataset", "perturbation") and k in cell.options
     ]
     return " · ".join([cell.mode, *extra])
 

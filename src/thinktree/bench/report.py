@@ -67,14 +67,23 @@ def varying_keys(loaded: Loaded) -> list[str]:
     if len({c.dataset for c in loaded.cells}) > 1:
         keys.append("dataset")
     for key in dict.fromkeys(k for c in loaded.cells for k in c.options):
-        if len({repr(c.options.get(key)) for c in loaded.cells}) > 1:
+        if len({repr(c.options[key]) for c in loaded.cells if key in c.options}) > 1:
             keys.append(key)
     return keys
 
 
 def label(cell: CellResult, keys: Sequence[str]) -> str:
-    parts = [cell.dataset if k == "dataset" else f"{k}={show(cell.options.get(k))}" for k in keys]
-    return " · ".join(parts) or cell.name
+    return _values(cell.dataset, cell.options, keys) or cell.name
+
+
+def _values(dataset: str, options: dict[str, Any], keys: Sequence[str]) -> str:
+    """The values of ``keys``; an option a cell's mode does not read (not among its
+    options: see :meth:`~thinktree.bench.grid.BenchConfig.cells`) is left out."""
+    return " · ".join(
+        dataset if k == "dataset" else f"{k}={show(options[k])}"
+        for k in keys
+        if k == "dataset" or k in options
+    )
 
 
 def accuracy_ci(cell: CellResult, seed: int = 0) -> tuple[float, float, float] | None:
@@ -184,10 +193,12 @@ def paired(a: CellResult, b: CellResult, key: str, seed: int = 0) -> Paired | No
 
 
 def _differs_in_one(a: CellResult, b: CellResult) -> str | None:
+    """The one option two cells of a dataset differ in (None: none, or several). A cell
+    without an option its mode does not read (a budget cell in a grid over ``n``) ran as
+    it would have with any value of it, so only the options both have count."""
     if a.dataset != b.dataset:
         return None
-    keys = set(a.options) | set(b.options)
-    diff = [k for k in keys if a.options.get(k) != b.options.get(k)]
+    diff = [k for k in a.options if k in b.options and a.options[k] != b.options[k]]
     return diff[0] if len(diff) == 1 else None
 
 
@@ -215,16 +226,17 @@ def comparisons(loaded: Loaded, seed: int = 0) -> list[Paired]:
     return out
 
 
-def _shared(cell: CellResult, keys: Sequence[str]) -> str:
-    """What the two cells of a comparison share: their other varying options, else their
-    dataset (a cell's folder name would repeat the option compared)."""
-    return label(cell, keys) if keys else cell.dataset
+def _shared(p: Paired, keys: Sequence[str]) -> str:
+    """What the two cells of a comparison share: their other varying options (where one
+    cell's mode does not read one, the other's value), else their dataset (a cell's folder
+    name would repeat the option compared)."""
+    return _values(p.a.dataset, {**p.b.options, **p.a.options}, keys) or p.a.dataset
 
 
 def comparisons_table(found: list[Paired], keys: Sequence[str]) -> Table:
     rows = [
         [
-            _shared(p.a, [k for k in keys if k != p.key]),
+            _shared(p, [k for k in keys if k != p.key]),
             p.key,
             show(p.a.options.get(p.key)),
             show(p.b.options.get(p.key)),

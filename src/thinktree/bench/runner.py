@@ -62,6 +62,7 @@ from thinktree.orchestrator.run import (
 )
 from thinktree.pricing import Price, prices_from_config
 from thinktree.problems import Problem
+from thinktree.verifiers.base import CheckedOnce
 from thinktree.verifiers.setup import open_panel
 
 if TYPE_CHECKING:
@@ -70,7 +71,9 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 BENCH_MANIFEST = "bench.json"
-BENCH_VERSION = 1
+#: 2: a cell leaves out the grid values its mode does not read (one cell for them all);
+#: a folder of format 1 resumes where its grid has no such values (its cells are the same).
+BENCH_VERSION = 2
 SHARED_CALLS = "calls.sqlite"
 RESULTS = "results.json"
 
@@ -146,13 +149,25 @@ def _stored_bench(config: BenchConfig, out: Path) -> dict[str, Any] | None:
         raise ConfigError(f"cannot resume {out}: {BENCH_MANIFEST} is unreadable ({exc})") from None
     if not isinstance(stored, dict) or not isinstance(stored.get("run") or {}, dict):
         raise ConfigError(f"cannot resume {out}: {BENCH_MANIFEST} is damaged (not a bench's)")
-    if stored.get("bench_version") != BENCH_VERSION:  # its cells are not this version's to read
+    version = stored.get("bench_version")
+    if version not in (1, BENCH_VERSION):  # its cells are not this version's to read
         raise ConfigError(
             f"cannot resume {out}: written by thinktree {stored.get('thinktree', '?')} "
-            f"(bench format {stored.get('bench_version')}); this thinktree resumes format "
+            f"(bench format {version}); this thinktree resumes formats 1 and "
             f"{BENCH_VERSION}: run it with that version, or give another --out"
         )
-    if stored.get("cells") != [c.to_dict() for c in config.cells()] or stored.get("datasets") != [
+    cells = [c.to_dict() for c in config.cells()]
+    if (
+        version == 1
+        and stored.get("cells") != cells
+        and stored.get("cells") == [c.to_dict() for c in config.cells(collapse=False)]
+    ):
+        raise ConfigError(
+            f"cannot resume {out}: thinktree {stored.get('thinktree', '?')} started it with a "
+            "cell for each grid value a mode does not read, which this thinktree runs once "
+            "(bench format 1); finish it with that version, or give another --out"
+        )
+    if stored.get("cells") != cells or stored.get("datasets") != [
         d.to_dict() for d in config.datasets
     ]:
         raise ConfigError(
@@ -275,6 +290,7 @@ class BenchPlan:
     problems: ProblemMemo
     probes: ProbeMemo
     verified: set[tuple[Any, ...]] = field(default_factory=set)  # see _check_verifiers
+    checked: CheckedOnce = field(default_factory=CheckedOnce)  # what the verifiers found
 
 
 async def plan_bench(config: BenchConfig, out: Path, *, sharded: bool = False) -> BenchPlan:
@@ -341,13 +357,14 @@ async def _check_verifiers(
 ) -> None:
     """Build and prepare a cell's verifiers as its run will (a judge's own endpoint named,
     reached and probed), then close them: a bad one fails before the bench writes anything.
-    Each set of verifiers is checked once per endpoint."""
+    Each set of verifiers is checked once per endpoint; what their checks found
+    (``plan.checked``) the cells' own verifiers take instead of checking again."""
     key = (ProbeMemo._key(target), settings.verifiers)
     if not settings.verifiers or key in plan.verified:
         return
     client = client_for(target)
     try:
-        panel = await open_panel(settings, client, caps)
+        panel = await open_panel(settings, client, caps, checked=plan.checked)
         if panel is not None:
             await panel.aclose()
     finally:
@@ -383,7 +400,7 @@ async def run_bench(
     watcher = watcher or CellWatcher()
     plan = plan or await plan_bench(config, out, sharded=shards is not None)
     cells, todo, endpoints, prices = plan.cells, plan.todo, plan.endpoints, plan.prices
-    loaded, probes = plan.problems, plan.probes
+    loaded, probes, checked = plan.problems, plan.probes, plan.checked
     on_embedded = [c for c in todo if endpoints[c.name] is None]
     # the embedded model starts before the folder is made: its cells are checked then
     async with _maybe_embedded(embedded if on_embedded else None) as local:
@@ -411,7 +428,7 @@ async def run_bench(
                             out,
                             target,
                             prices,
-                            shards or InProcessShards(),
+                            shards or InProcessShards(checked),
                             shard_count,
                             watcher,
                             position,
@@ -432,6 +449,7 @@ async def run_bench(
                             len(cells),
                             probes=probes,
                             loaded=loaded,
+                            checked=checked,
                         )
                     outcomes.append(outcome)
                     watcher.cell_finished(outcome)
@@ -531,6 +549,7 @@ async def _run_cell(
     *,
     probes: ProbeMemo,
     loaded: ProblemMemo,
+    checked: CheckedOnce,
 ) -> CellOutcome:
     folder = out / cell.name
     subscriber = watcher.cell_started(cell, position, total)
@@ -548,6 +567,7 @@ async def _run_cell(
                 resume=state,
                 subscribers=subscribers,
                 shared_calls=shared,
+                verifier_checks=checked,
             )
             status = "resumed"
         else:
@@ -563,6 +583,7 @@ async def _run_cell(
                 subscribers=subscribers,
                 shared_calls=shared,
                 capabilities=known,
+                verifier_checks=checked,
             )
             if known is None:
                 probes.add(target, needs, result.capabilities)

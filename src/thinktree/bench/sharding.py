@@ -43,6 +43,7 @@ from thinktree.orchestrator.run import (
     run_done,
 )
 from thinktree.problems import Problem
+from thinktree.verifiers.base import CheckedOnce
 
 log = structlog.get_logger(__name__)
 
@@ -144,13 +145,15 @@ def snapshot_calls(shared: Path, spec: ShardSpec) -> None:
     os.replace(tmp, spec.snapshot)
 
 
-def run_shard(spec: ShardSpec) -> ShardReport:
+def run_shard(spec: ShardSpec, checked: CheckedOnce | None = None) -> ShardReport:
     """Run (or resume, or skip when done) one shard; the body of a Ray task.
 
     A shard is done, or resumed, as an unsharded cell is (:func:`run_done`): one that
     finished with failed calls sends those again, one its limit stopped goes on under
     the cell's other limits, the rest read back; a resumed shard takes the cell's limits
     and concurrency. Blocking: it runs its own event loop, as a Ray worker has none.
+    ``checked``: what the bench's verifiers found before (a shard run in the bench's own
+    process); a shard in a Ray worker checks its verifiers' endpoints itself, from there.
     """
     if not (spec.bench / "bench.json").is_file():
         raise ConfigError(
@@ -165,7 +168,7 @@ def run_shard(spec: ShardSpec) -> ShardReport:
         return ShardReport(
             spec.index, "done before", len(spec.problems), 0, socket.gethostname(), attempt, 0.0
         )
-    status, cached = event_loop.run(_run, spec)
+    status, cached = event_loop.run(_run, spec, checked)
     return ShardReport(
         spec.index,
         status,
@@ -177,7 +180,7 @@ def run_shard(spec: ShardSpec) -> ShardReport:
     )
 
 
-async def _run(spec: ShardSpec) -> tuple[str, int]:
+async def _run(spec: ShardSpec, checked: CheckedOnce | None) -> tuple[str, int]:
     folder = spec.folder
     shared = SqliteCallCache(spec.snapshot)
     try:
@@ -188,7 +191,12 @@ async def _run(spec: ShardSpec) -> tuple[str, int]:
                     going_on(state.settings, spec.settings), config=spec.settings.config
                 )
                 result = await execute(
-                    state.problems, spec.endpoint, settings, resume=state, shared_calls=shared
+                    state.problems,
+                    spec.endpoint,
+                    settings,
+                    resume=state,
+                    shared_calls=shared,
+                    verifier_checks=checked,
                 )
                 return "resumed", result.cached_calls
             if folder.exists():  # cut off before its manifest was written: nothing to keep
@@ -200,6 +208,7 @@ async def _run(spec: ShardSpec) -> tuple[str, int]:
                 settings,
                 shared_calls=shared,
                 capabilities=spec.capabilities,
+                verifier_checks=checked,
             )
             return "ran", result.cached_calls
     finally:

@@ -67,7 +67,7 @@ from thinktree.orchestrator.subscribers import TraceWriter, TreeRecorder
 from thinktree.orchestrator.tree import Node, ProblemTree
 from thinktree.pricing import MoneyLimit, Price, check_prices
 from thinktree.problems import Problem
-from thinktree.verifiers.base import Spending
+from thinktree.verifiers.base import CheckedOnce, Spending
 from thinktree.verifiers.registry import check_verifiers
 from thinktree.verifiers.setup import open_panel
 
@@ -216,6 +216,7 @@ async def execute(
     resume: ResumeState | None = None,
     shared_calls: SqliteCallCache | None = None,
     capabilities: Capabilities | None = None,
+    verifier_checks: CheckedOnce | None = None,
 ) -> RunResult:
     """Run every problem and keep the run folder current; returns the metrics and trees.
 
@@ -224,7 +225,9 @@ async def execute(
     be resumed (:func:`load_resume`) without paying for any finished call again.
     ``shared_calls`` is a call store shared with other runs (a bench's): calls found
     there are not made again. ``capabilities`` skips the probe (a bench's shards share
-    the one probe their driver made, see :func:`probe_endpoint`).
+    the one probe their driver made, see :func:`probe_endpoint`); ``verifier_checks``,
+    what earlier runs' verifiers found before they ran (a bench's cells share it), skips
+    the checks made there (a judge's endpoint probed once, not once per run).
     """
     with run_gc(), contextlib.ExitStack() as held:
         if resume is not None:  # no other process may write it meanwhile
@@ -239,6 +242,7 @@ async def execute(
                 resume=resume,
                 shared_calls=shared_calls,
                 capabilities=capabilities,
+                verifier_checks=verifier_checks,
                 held=held,
             )
         except BaseExceptionGroup as group:  # stopped: it cannot record, the endpoint is down
@@ -258,6 +262,7 @@ async def _execute(
     resume: ResumeState | None,
     shared_calls: SqliteCallCache | None,
     capabilities: Capabilities | None,
+    verifier_checks: CheckedOnce | None,
     held: contextlib.ExitStack,
 ) -> RunResult:
     validate(settings, resuming=resume is not None)
@@ -295,7 +300,8 @@ async def _execute(
                 caps = await probe(client, what=probe_needs(settings, subscribers))
             run_pool = Budget(name="run", limit=settings.max_run_tokens, stops_run=True)
             spending = Spending(run_pool, money)  # the verifiers' calls count under them too
-            panel = await open_panel(settings, client, caps, spending)  # bad ones: no folder
+            # a bad verifier fails here, before the folder exists
+            panel = await open_panel(settings, client, caps, spending, verifier_checks)
             facts = RunFacts(run_id, endpoint, model, caps, settings, aggregate_name)
             same_limits = False  # a resumed run under the limits it was made under
             try:

@@ -9,10 +9,10 @@ failed, whatever its score. Verifiers never see the gold.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import structlog
 
@@ -24,6 +24,7 @@ from thinktree.pricing import Bill, MoneyLimit, Price, prompt_bound
 from thinktree.problems import Problem
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +176,27 @@ class Spending:
         self.stopped.setdefault(problem_id, reason)
 
 
+class CheckedOnce:
+    """What verifiers' checks before a run found (a judge's endpoint probed, a scorer
+    tried), for every run that shares this: a bench's cells in one process, each with its
+    own verifiers, check an endpoint once, not once per cell. A run of its own has its own.
+
+    What a check returns is shared by those runs: plain values (a model name, what an
+    endpoint can do), never a connection, which belongs to one run's event loop.
+    """
+
+    def __init__(self) -> None:
+        self._found: dict[Hashable, Any] = {}
+
+    async def get(self, key: Hashable, check: Callable[[], Awaitable[T]]) -> T:
+        """What ``check()`` found, called only when no run here found it under ``key`` (a
+        check that raises is made again by the next run that asks)."""
+        if key not in self._found:
+            self._found[key] = await check()
+        found: T = self._found[key]
+        return found
+
+
 @dataclass(slots=True)
 class VerifierSetup:
     """What a verifier factory may use: the run's endpoint and the user's configuration."""
@@ -190,6 +212,8 @@ class VerifierSetup:
     prices: dict[str, Price] = field(default_factory=dict)
     spending: Spending | None = None
     """The run's limits, for a verifier's model calls to count under (:meth:`Spending.call`)."""
+    checked: CheckedOnce = field(default_factory=CheckedOnce)
+    """Checks made before the run, kept for the other runs of a bench (:class:`CheckedOnce`)."""
 
 
 VerifierFactory = Callable[[str | None, VerifierSetup], Verifier]

@@ -11,6 +11,7 @@ with the reason; the run goes on. Its calls count under the run's token and mone
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
@@ -131,17 +132,32 @@ class JudgeEndpoint:
     async def ready(self) -> tuple[EndpointClient, Capabilities]:
         """The client, its model resolved and its logprobs and constraints probed (once).
 
-        A run probes here before it starts (:meth:`VerifierPanel.prepare
-        <thinktree.verifiers.panel.VerifierPanel.prepare>`), as it probes its own endpoint:
-        the probe's few requests are the run's set-up, counted under none of its limits."""
+        A run probes here before it starts (:meth:`prepare`), as it probes its own endpoint:
+        the probe's few requests are the run's set-up, counted under none of its limits.
+        The other runs that share the setup's :class:`~thinktree.verifiers.base.CheckedOnce`
+        (a bench's cells) take what it found instead of probing again."""
         async with self._lock:
             if self.caps is None:
+                cfg = self.client.config
                 try:
-                    await self.client.resolve_model()
-                    self.caps = await probe(self.client, what={"logprobs", "constraints"})
+                    model, caps = await self._setup.checked.get(
+                        ("judge endpoint", cfg.name, cfg.base_url, cfg.model), self._probe
+                    )
                 except EndpointError as exc:
                     raise ConfigError(f"judge endpoint: {exc}") from None
+                self.client.model = model
+                self.caps = copy.deepcopy(caps)  # a run may note things in its own copy
         return self.client, self.caps
+
+    async def _probe(self) -> tuple[str, Capabilities]:
+        model = await self.client.resolve_model()
+        return model, await probe(self.client, what={"logprobs", "constraints"})
+
+    async def prepare(self) -> None:
+        """Before the run starts: the endpoint probed (:meth:`ready`), and a score it
+        cannot give refused in one line, not in every verdict once the run has paid."""
+        _, caps = await self.ready()
+        self.uses_logprobs(caps)
 
     def calls_for(self, problem: Problem, client: EndpointClient) -> JudgeClient:
         """``client`` (from :meth:`ready`) as the judge's calls for ``problem`` go through:
@@ -152,8 +168,14 @@ class JudgeEndpoint:
         return MeteredJudge(client, spending, problem.id, self._setup.prices.get(client.model))
 
     def uses_logprobs(self, caps: Capabilities) -> bool:
+        """Whether the judge reads its logprobs; a one-line ConfigError for ``yes-prob`` on
+        an endpoint that returns none."""
         if self.score == "yes-prob" and not caps.logprobs:
-            raise ConfigError("the judge endpoint returns no logprobs; use score=rating")
+            raise ConfigError(
+                f"judge score=yes-prob reads token logprobs, which the judge's endpoint "
+                f"{self.client.config.describe()} does not return; use score=rating or "
+                "score=auto, or a judge endpoint that returns logprobs"
+            )
         return self.score == "yes-prob" or (self.score == "auto" and caps.logprobs)
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float | None:
@@ -241,8 +263,8 @@ class PointwiseJudge:
         self.judge = JudgeEndpoint(arg, setup)
 
     async def prepare(self) -> None:
-        """Probe the judge's endpoint before the run starts (see :meth:`JudgeEndpoint.ready`)."""
-        await self.judge.ready()
+        """Probe the judge's endpoint before the run starts (see :meth:`JudgeEndpoint.prepare`)."""
+        await self.judge.prepare()
 
     async def aclose(self) -> None:
         await self.judge.aclose()

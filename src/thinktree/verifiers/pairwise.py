@@ -8,15 +8,18 @@ is P("1") vs P("2") from its logprobs where the endpoint returns them, else its
 constrained choice. A group's score is how far it got: a first-round loser 0, the
 champion 1; every candidate of a group gets its group's score.
 
-Where the run's limits refuse a match (:class:`~thinktree.errors.RunLimitReached`), the
-other matches of that round still finish (their calls count), and no later round is
-played. Every group then scores the round it is known to have reached: a group a judged
-match eliminated keeps its score, one still in scores the round its judged wins took it
-to (a bye or a refused match in the cut round takes it no further), so a group always
-outranks those it beat. Failing the groups still in instead would rank each below every
-loser, those it beat included (a failed verdict ranks below every scored one).
-Where no match was judged at all, nothing was decided: every verdict fails with the
-limit's reason, and the plain vote decides. Either way the problem reads stopped.
+Where the run's limits refuse a match (:class:`~thinktree.errors.RunLimitReached`), or
+a match cannot be judged (a call that fails for good, a reply that names neither
+response), that match is undecided: the other matches of its round still finish (their
+calls count), and no later round is played. Every group then scores the round it is
+known to have reached: a group a judged match eliminated keeps its score, one still in
+scores the round its judged wins took it to (a bye or an undecided match in the last
+round takes it no further), so a group always outranks those it beat, and its rationale
+says which match was not judged and why. Failing the groups still in instead would rank
+each below every loser, those it beat included (a failed verdict ranks below every scored
+one), and one unreadable reply would throw away every match judged. Where no match was
+judged at all, nothing was decided: every verdict fails with the reason, and the plain
+vote decides. Where a limit refused a match, the problem reads stopped.
 
 ``--verifier pairwise[:ENDPOINT][,score=auto|yes-prob|rating]`` (as for ``judge``;
 ``rating`` here means the constrained choice, without logprobs).
@@ -82,10 +85,12 @@ def knockout_rounds(groups: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class _Cut:
-    """Where a run limit refused a match, and its reason."""
+    """The round a match went undecided in (the last played), and why: a run limit
+    refused it (``limit``), or it could not be judged."""
 
     round: int
     reason: str
+    limit: bool
 
 
 class MatchFailed(Exception):
@@ -102,8 +107,8 @@ class PairwiseJudge:
         self.judge = JudgeEndpoint(arg, setup)
 
     async def prepare(self) -> None:
-        """Probe the judge's endpoint before the run starts (see :meth:`JudgeEndpoint.ready`)."""
-        await self.judge.ready()
+        """Probe the judge's endpoint before the run starts (see :meth:`JudgeEndpoint.prepare`)."""
+        await self.judge.prepare()
 
     async def aclose(self) -> None:
         await self.judge.aclose()
@@ -126,23 +131,20 @@ class PairwiseJudge:
         endpoint, caps = await self.judge.ready()
         client = self.judge.calls_for(problem, endpoint)
         use_logprobs = self.judge.uses_logprobs(caps)
-        failure: str | None = None
-        cut: _Cut | None = None
-        try:
-            cut = await self._tournament(client, caps, use_logprobs, problem, candidates, groups)
-        except* (MatchFailed, EndpointError) as failed:
-            failure = "; ".join(str(e) or type(e).__name__ for e in failed.exceptions)
-        if failure is not None:
-            return self._failed(candidates, groups, f"a pairwise match failed: {failure}")
+        cut = await self._tournament(client, caps, use_logprobs, problem, candidates, groups)
         if cut is not None and all(g.reached == 1 for g in groups.values()):
             return self._failed(candidates, groups, f"no pairwise match was judged: {cut.reason}")
         rounds = knockout_rounds(len(groups))
         verdicts: list[Verdict] = [Verdict(score=None)] * len(candidates)
         for group in groups.values():
             if cut is not None and not group.eliminated:
+                ended = (
+                    f"a run limit stopped the tournament in round {cut.round}"
+                    if cut.limit
+                    else f"the tournament ended in round {cut.round}, where a match was not judged"
+                )
                 group.notes.append(
-                    f"not decided: a run limit stopped the tournament in round {cut.round}; "
-                    f"scored by the round it reached, {group.reached}"
+                    f"not decided: {ended}; scored by the round it reached, {group.reached}"
                 )
             score = (group.reached - 1) / rounds
             for i in group.members:
@@ -183,25 +185,26 @@ class PairwiseJudge:
         candidates: Sequence[CandidateView],
         groups: dict[str, _Group],
     ) -> _Cut | None:
-        """Play the knockout, marking how far each group got; None, or where and why a run
-        limit refused a match: the round it came in is then the last played."""
+        """Play the knockout, marking how far each group got; None, or where and why a
+        match went undecided (a run limit refused it, or it could not be judged): the round
+        it came in is then the last played."""
         alive = sorted(groups.values(), key=lambda g: -len(g.members))  # stable: first seen
         round_ = 0
         while len(alive) > 1:
             round_ += 1
             byes: list[_Group] = [alive[-1]] if len(alive) % 2 else []
             pairs = list(zip(alive[0::2], alive[1::2], strict=False))
-            outcome: list[_Group | RunLimitReached | None] = [None] * len(pairs)
+            outcome: list[_Group | Exception | None] = [None] * len(pairs)
 
             async def play(
-                k: int, a: _Group, b: _Group, r: int, out: list[_Group | RunLimitReached | None]
+                k: int, a: _Group, b: _Group, r: int, out: list[_Group | Exception | None]
             ) -> None:
                 try:
                     out[k] = await self._match(
                         client, caps, use_logprobs, problem, candidates, a, b, r
                     )
-                except RunLimitReached as refused:  # the round's other matches finish and count
-                    out[k] = refused
+                except (RunLimitReached, MatchFailed, EndpointError) as undecided:
+                    out[k] = undecided  # the round's other matches finish and count
 
             async with anyio.create_task_group() as tg:
                 for k, (a, b) in enumerate(pairs):
@@ -215,8 +218,10 @@ class PairwiseJudge:
                     result.reached = round_ + 1
                     won.append(result)
                 else:
-                    cut = cut or _Cut(round_, str(result))
-                    line = f"round {round_}: {a.answer} vs {b.answer}: not judged: {result}"
+                    why = str(result) or type(result).__name__
+                    if cut is None or (isinstance(result, RunLimitReached) and not cut.limit):
+                        cut = _Cut(round_, why, isinstance(result, RunLimitReached))
+                    line = f"round {round_}: {a.answer} vs {b.answer}: not judged: {why}"
                     a.notes.append(line)
                     b.notes.append(line)
             if cut is not None:

@@ -85,6 +85,7 @@ class RewardClient:
         self.label = int(opts["label"]) if opts.get("label") else -1
         self.prices = setup.prices
         self.spending = setup.spending
+        self.checked = setup.checked
         self.http = httpx.AsyncClient(timeout=_TIMEOUT_S)
 
     async def aclose(self) -> None:
@@ -103,13 +104,19 @@ class RewardClient:
     async def ready(self) -> None:
         """Score one tiny pair, unmetered, before the run starts (as the run probes its own
         endpoint): a scorer that cannot be reached, serves no single model or answers
-        nothing readable on its route is a one-line error, not every verdict failed."""
+        nothing readable on its route is a one-line error, not every verdict failed. The
+        other runs that share the setup's ``checked`` (a bench's cells) do not try again."""
+        key = ("scorer", self.root, self.route, self.model, self.label)
         try:
-            model = await self._model()
-            await self._post(model, [("Is this a test?", "Yes.")])
+            self.model = await self.checked.get(key, self._try)
         except _SCORING_FAILED as exc:
             detail = " ".join(str(exc).split()) or type(exc).__name__
             raise EndpointError(f"the scorer at {self.root} cannot score: {detail}") from None
+
+    async def _try(self) -> str:
+        model = await self._model()
+        await self._post(model, [("Is this a test?", "Yes.")])
+        return model
 
     async def score(
         self, pairs: Sequence[tuple[str, str]], problem_id: str = ""

@@ -9,7 +9,7 @@ import anyio
 from thinktree.agents.capabilities import Capabilities
 from thinktree.agents.endpoint import EndpointClient, EndpointConfig
 from thinktree.errors import ConfigError
-from thinktree.verifiers.base import Spending, VerifierSetup
+from thinktree.verifiers.base import CheckedOnce, Spending, VerifierSetup
 from thinktree.verifiers.panel import VerifierPanel
 from thinktree.verifiers.registry import build_verifiers
 
@@ -22,11 +22,13 @@ async def open_panel(
     client: EndpointClient,
     caps: Capabilities,
     spending: Spending | None = None,
+    checked: CheckedOnce | None = None,
 ) -> VerifierPanel | None:
     """The panel of ``settings.verifiers``, prepared (None when there are none); close it
     with ``aclose``.
 
-    ``spending``: the run's limits, which the verifiers' model calls count under too.
+    ``spending``: the run's limits, which the verifiers' model calls count under too;
+    ``checked``: what other runs' verifiers found before them (a bench's), not checked again.
     """
     if not settings.verifiers:
         return None
@@ -47,6 +49,7 @@ async def open_panel(
         endpoint_for=endpoint_for,
         prices=dict(settings.prices),
         spending=spending,
+        checked=checked or CheckedOnce(),
     )
     panel = VerifierPanel(build_verifiers(settings.verifiers, setup), spending)
     try:
