@@ -530,9 +530,7 @@ class EndpointClient:
         fp = text = ""
         if cache is not None and key is not None:
             text = request_json(request)
-            fp = fingerprint(
-                server_name(self.config), self.model, route, text, key
-            )
+            fp = fingerprint(server_name(self.config), self.model, route, text, key)
             hit = await cache.lookup(fp)
             if hit is not None:
                 return hit
