@@ -179,3 +179,50 @@ async def test_a_plain_close_is_called(tmp_path: Path) -> None:
     result = await _run(tmp_path, ("brittle:plain-close",))
     assert PlainClose.closed
     assert (result.folder / "results.json").exists()
+
+
+@pytest.mark.anyio
+async def test_a_judge_call_that_failed_is_sent_again_on_resume(tmp_path: Path) -> None:
+    """The judge's endpoint refused its calls (retries spent): the run says its calls
+    failed and resumes, scoring them then (it said none failed and refused to resume,
+    so the judge's work was lost for good)."""
+    from thinktree.orchestrator.run import load_resume
+    from thinktree.orchestrator.store import list_runs
+
+    judging = {"down": True}
+
+    def judge_down(body: dict[str, Any]) -> str | None:
+        asked = json.dumps(body.get("messages"))
+        return "reloading" if judging["down"] and "Reply Yes or No" in asked else None
+
+    def reply(body: dict[str, Any], index: int) -> str:
+        return "Yes" if "Reply Yes or No" in json.dumps(body.get("messages")) else "Answer: B"
+
+    problems = [
+        Problem(
+            id=f"q{i}",
+            question="Which?",
+            answer_type=AnswerType.CHOICE,
+            options={"A": "a", "B": "b"},
+            answer="B",
+        )
+        for i in range(2)
+    ]
+    behaviour = FakeBehaviour(reply=reply, reject=judge_down)
+    async with FakeServer(behaviour) as server:
+        cfg = EndpointConfig(name="fake", base_url=server.base_url, continuation="chat")
+        settings = RunSettings(
+            modes=ModeSettings(mode="parallel", n=2, budget=16),
+            out=tmp_path / "run",
+            verifiers=("judge:score=yes-prob",),
+        )
+        first = await execute(problems, cfg, settings)
+        assert first.failed_requests() == 4  # two candidates of two problems
+        (summary,) = list_runs(tmp_path)
+        assert summary.calls_failed == 4
+        judging["down"] = False
+        state = load_resume(first.folder)
+        assert state.retrying == 4
+        again = await execute(state.problems, cfg, state.settings, resume=state)
+    assert again.failed_calls() == []
+    assert all(t.vote is not None and t.vote.rule != "majority" for t in again.trees)

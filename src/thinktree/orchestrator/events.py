@@ -43,13 +43,22 @@ CALL_KINDS = frozenset(NodeKind) - {
 CONSTRAINT_REFUSED = "refused its constraint, answered without it"
 
 
+#: How a judge's verdict error starts when its model call failed (its retries spent):
+#: not the judge's answer, so a resume sends the call again.
+JUDGE_CALL_FAILED = "judge call failed: "
+#: ... unless a limit refused it (a resume under a higher one asks it again anyway).
+_REFUSED_BY_LIMIT = JUDGE_CALL_FAILED + "run stopped"
+
+
 def failed_call(kind: str, status: str, error: str | None) -> bool:
-    """Whether a node is a solver call that failed and a resume would send again."""
-    return (
-        status == "failed"
-        and kind in CALL_KINDS
-        and not (error or "").startswith(CONSTRAINT_REFUSED)
-    )
+    """Whether a node is a model call that failed and a resume would send again: the
+    solver's, or a judge's whose call (not its reading) failed."""
+    if status != "failed":
+        return False
+    error = error or ""
+    if kind == NodeKind.VERDICT:
+        return error.startswith(JUDGE_CALL_FAILED) and not error.startswith(_REFUSED_BY_LIMIT)
+    return kind in CALL_KINDS and not error.startswith(CONSTRAINT_REFUSED)
 
 
 def failed_calls_in(problems: Iterable[dict[str, Any]]) -> int:

@@ -48,8 +48,6 @@ from thinktree._files import held
 from thinktree._json import dumps
 from thinktree.errors import ThinktreeError
 from thinktree.orchestrator.events import (
-    CALL_KINDS,
-    CONSTRAINT_REFUSED,
     Event,
     NodeDelta,
     NodeFailed,
@@ -58,6 +56,7 @@ from thinktree.orchestrator.events import (
     NodeStarted,
     ProblemFinished,
     ProblemStarted,
+    failed_call,
 )
 
 log = structlog.get_logger(__name__)
@@ -1060,6 +1059,8 @@ class StoreReader:
         self.path = path
         self._conn = conn
         self._lock = threading.Lock()
+        # what counts as a failed call is said once, in Python
+        conn.create_function("failed_call", 3, failed_call, deterministic=True)
 
     @classmethod
     def open(cls, path: Path) -> StoreReader:
@@ -1176,13 +1177,8 @@ class StoreReader:
                 (SELECT count(*) FROM problems WHERE error IS NOT NULL AND correct IS NULL)
                     AS problems_failed,
                 (SELECT count(DISTINCT coalesce(call_id, id)) FROM nodes
-                    WHERE status = 'failed' AND kind IN ({kinds})
-                    AND substr(coalesce(error, ''), 1, {n}) != '{refused}') AS calls_failed
-            FROM run AS r WHERE r.id = 1""".format(
-                kinds=", ".join(f"'{kind}'" for kind in sorted(CALL_KINDS)),
-                n=len(CONSTRAINT_REFUSED),
-                refused=CONSTRAINT_REFUSED,
-            )
+                    WHERE failed_call(kind, status, error)) AS calls_failed
+            FROM run AS r WHERE r.id = 1"""
         )
         if not rows:
             raise StoreError(f"{self.path} is a damaged run store: no run row")

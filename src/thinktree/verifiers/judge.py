@@ -24,6 +24,7 @@ import anyio
 from thinktree.agents.capabilities import Capabilities, probe
 from thinktree.agents.endpoint import Completion, EndpointClient, Message
 from thinktree.errors import ConfigError, EndpointError, RunLimitReached
+from thinktree.orchestrator.events import JUDGE_CALL_FAILED
 from thinktree.pricing import Price
 from thinktree.problems import Problem
 from thinktree.verifiers.base import (
@@ -298,7 +299,7 @@ class PointwiseJudge:
                 client, messages, fields, ("Yes", "No"), key=f"{view.node_id}/judge"
             )
         except (EndpointError, RunLimitReached) as exc:
-            return Verdict.failed(f"judge call failed: {exc}")
+            return Verdict.failed(f"{JUDGE_CALL_FAILED}{exc}")
         spent = {"prompt_tokens": prompt, "completion_tokens": completion}
         if not probs:
             return Verdict.failed(
@@ -332,7 +333,7 @@ class PointwiseJudge:
                 key=f"{view.node_id}/judge",
             )
         except (EndpointError, RunLimitReached) as exc:
-            return Verdict.failed(f"judge call failed: {exc}")
+            return Verdict.failed(f"{JUDGE_CALL_FAILED}{exc}")
         text = result.choices[0].text if result.choices else ""
         spent = {
             "prompt_tokens": result.prompt_tokens,
