@@ -220,6 +220,9 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     latency_s: float
+    """What the server took for the attempt that answered, from sending it to its last
+    byte: not the time the call queued for a connection, backed off or waited out an
+    outage in the client."""
     attempts: int = 1
     request_id: str | None = None
     reasoning_tokens: int | None = None
@@ -540,7 +543,6 @@ class EndpointClient:
         A call refused for its ``max_tokens`` is sent again once (``resent``) in the field
         the server named, before any retry.
         """
-        started = time.monotonic()
         try:
             result = await self._once(attempt, timed)
             result.attempts = 1
@@ -550,10 +552,10 @@ class EndpointClient:
             if classify(exc) is None or self.config.max_attempts <= 1:
                 raise self._user_error(exc) from exc
             result = await self._retry(attempt, exc, timed)
-        result.latency_s = time.monotonic() - started
         return result
 
     async def _once(self, attempt: Callable[[], Awaitable[Completion]], timed: bool) -> Completion:
+        """One request, once a connection slot is free; its latency is the request's own."""
         limiter = self.limiter
         if not limiter.try_acquire():
             await limiter.acquire()
@@ -569,6 +571,7 @@ class EndpointClient:
             raise
         finally:
             limiter.release()
+        result.latency_s = time.monotonic() - sent_at
         limiter.answered()
         return result
 

@@ -278,7 +278,8 @@ class EndpointPool(EndpointClient):
         return result
 
     async def _route(self, call: Callable[[EndpointClient], Awaitable[Completion]]) -> Completion:
-        started = time.monotonic()
+        """The call on the members, sent again (elsewhere, or after a wait) as it fails; its
+        latency is the answering member's for its one attempt."""
         attempts = 0
         failovers = 0
         waited = False  # for the pool to come back, once, after every attempt failed
@@ -325,7 +326,6 @@ class EndpointPool(EndpointClient):
             figures.completion_tokens += result.completion_tokens
             figures.busy_s += result.latency_s
             result.attempts = attempts
-            result.latency_s = time.monotonic() - started
             return result
 
     async def _retried(self, attempt: int, wait: float, reason: str) -> None:
