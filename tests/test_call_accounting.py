@@ -1,23 +1,35 @@
-"""Each call counted as the server answered it: its latency.
+"""Each call counted as the server answered it: its latency and its identity.
 
 A call's latency is the server's time for the attempt that answered, not time
-spent queued in the client.
+spent queued in the client; calls are told apart by ids of their own, not by the
+server's response ids.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 
 from choice_set import beta_problems
+from thinktree.agents.capabilities import Capabilities
 from thinktree.agents.endpoint import (
+    Choice,
+    Completion,
     EndpointClient,
     EndpointConfig,
     PoolMember,
 )
+from thinktree.agents.modes import ModeSettings
 from thinktree.agents.pool import EndpointPool
+from thinktree.orchestrator.call_cache import completion_from_json, completion_to_json
+from thinktree.orchestrator.events import Event, NodeFinished
+from thinktree.orchestrator.run import RunSettings, execute, load_resume
+from thinktree.orchestrator.store import StoreReader
 from thinktree.testing.fake_server import FakeBehaviour, FakeServer
 
 pytestmark = pytest.mark.anyio
@@ -74,3 +86,82 @@ async def test_a_pools_latency_is_the_answering_members_too() -> None:
             await pool.aclose()
     assert len(latencies) == 3
     assert all(0.2 <= s < 0.35 for s in latencies), latencies
+
+
+# -- call ids --------------------------------------------------------------------------
+
+
+class SameIds(FakeServer):
+    """Every response has the same id, as a server whose ids come from a few values."""
+
+    def _response(
+        self, body: Any, rid: str, choices: Any, usage: dict[str, int], *, chat: bool
+    ) -> bytes:
+        return super()._response(body, "chatcmpl-7", choices, usage, chat=chat)
+
+
+class Finished:
+    """Keeps every NodeFinished of a run."""
+
+    wants_deltas = False
+
+    def __init__(self) -> None:
+        self.nodes: list[NodeFinished] = []
+
+    def handle(self, event: Event) -> None:
+        if isinstance(event, NodeFinished):
+            self.nodes.append(event)
+
+    def handle_batch(self, events: Sequence[Event]) -> None:
+        for event in events:
+            self.handle(event)
+
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("native_n", [False, True])
+async def test_calls_are_told_apart_when_the_server_reuses_its_ids(
+    tmp_path: Path, native_n: bool
+) -> None:
+    folder = tmp_path / "run"
+    seen = Finished()
+    async with SameIds(FakeBehaviour(reply=REPLY, native_n=native_n)) as server:
+        endpoint = EndpointConfig(name="fake", base_url=server.base_url)
+        settings = RunSettings(modes=ModeSettings(mode="parallel", n=4, budget=32), out=folder)
+        result = await execute(PROBLEMS, endpoint, settings, subscribers=[seen])
+    requests = len(PROBLEMS) * (1 if native_n else 4)
+    assert result.metrics.calls == requests
+    with StoreReader.open(folder / "run.sqlite") as store:
+        assert len(store.calls()) == requests
+    calls = [n for n in seen.nodes if n.call_id is not None]
+    assert len({n.call_id for n in calls}) == requests  # the n of one request share one
+    assert {n.request_id for n in calls} == {"chatcmpl-7"}  # the server's own, kept
+
+
+async def test_a_resumed_run_reads_back_the_ids_its_calls_had(tmp_path: Path) -> None:
+    folder = tmp_path / "run"
+    async with SameIds(FakeBehaviour(reply=REPLY)) as server:
+        endpoint = EndpointConfig(name="fake", base_url=server.base_url)
+        settings = RunSettings(modes=ModeSettings(mode="budget", budget=32), out=folder)
+        caps = Capabilities(continuation="chat")
+        await execute(PROBLEMS, endpoint, settings, capabilities=caps)
+        before = _call_ids(folder)
+        (folder / "results.json").unlink()  # as if killed before its end
+        state = load_resume(folder)
+        again = await execute(state.problems, endpoint, state.settings, resume=state)
+    assert again.cached_calls == len(set(before.values())) >= len(PROBLEMS)
+    assert _call_ids(folder) == before
+
+
+def _call_ids(folder: Path) -> dict[str, str]:
+    saved = json.loads((folder / "results.json").read_text())
+    return {n["id"]: n["call_id"] for p in saved["problems"] for n in p["nodes"] if n["call_id"]}
+
+
+def test_a_call_recorded_before_calls_had_ids_reads_back_with_its_fingerprint() -> None:
+    made = Completion([Choice("B", "stop", 3)], 10, 3, 0.1, request_id="chatcmpl-7")
+    old = json.loads(completion_to_json(made))
+    del old["call_id"]  # as an earlier thinktree wrote it
+    read = completion_from_json(json.dumps(old), "fp-1")
+    assert read.call_id == "fp-1" and read.request_id == "chatcmpl-7"

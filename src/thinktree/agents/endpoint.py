@@ -12,6 +12,7 @@ import hashlib
 import json
 import re
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Collection
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -225,9 +226,19 @@ class Completion:
     outage in the client."""
     attempts: int = 1
     request_id: str | None = None
+    """The server's own id for its response (what its logs name it by). Servers may reuse
+    them (Ollama's come from a few hundred values): :attr:`call_id` tells calls apart."""
     reasoning_tokens: int | None = None
     """Of the completion tokens, those spent thinking, where the server says (vLLM with a
     reasoning parser does)."""
+    call_id: str | None = None
+    """The call's own id, unique to it (its n choices share it): made when the call is
+    made and kept with it in the call store, so a resumed run reads the same id back."""
+
+
+def new_call_id() -> str:
+    """A fresh id for a call just made (see :attr:`Completion.call_id`)."""
+    return uuid.uuid4().hex
 
 
 class EndpointClient:
@@ -527,6 +538,7 @@ class EndpointClient:
             if hit is not None:
                 return hit
         result = await self._attempts(attempt, timed=timed)
+        result.call_id = new_call_id()
         if cache is not None:
             await cache.record(fp, route, text, result)
         return result

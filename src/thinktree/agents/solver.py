@@ -249,7 +249,8 @@ class Solver:
                     answer=found.answer if found else None,
                     extraction=found.method if found else None,
                     latency_s=result.latency_s,
-                    call_id=result.request_id,
+                    call_id=result.call_id,
+                    request_id=result.request_id,
                 )
             )
             finished.append(
@@ -587,7 +588,8 @@ class Solver:
                 answer=answer,
                 extraction=method,
                 latency_s=result.latency_s,
-                call_id=result.request_id,
+                call_id=result.call_id,
+                request_id=result.request_id,
             )
         )
         return Segment(

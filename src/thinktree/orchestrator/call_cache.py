@@ -64,10 +64,15 @@ def call_row(fingerprint: str, route: str, request: str, completion: Completion)
     )
 
 
-def completion_from_json(text: str) -> Completion:
+def completion_from_json(text: str, fingerprint: str | None = None) -> Completion:
+    """The recorded completion; one recorded before calls had ids of their own takes its
+    ``fingerprint`` as its call id (unique to the call, and the same on every read)."""
     data = loads(text)
     data["choices"] = [Choice(**c) for c in data["choices"]]
-    return Completion(**data)
+    completion = Completion(**data)
+    if completion.call_id is None:
+        completion.call_id = fingerprint
+    return completion
 
 
 class _Batch:
@@ -126,7 +131,7 @@ class SqliteCallCache:
         if row is None:
             return None
         self.hits += 1
-        completion = completion_from_json(row)
+        completion = completion_from_json(row, fingerprint)
         self.hit_retries += max(0, completion.attempts - 1)
         return completion
 
@@ -252,7 +257,7 @@ class SharedCallCache:
         self.own._known.add(fingerprint)
         self.own.hits += 1
         self.shared.hits += 1
-        completion = completion_from_json(row[3])
+        completion = completion_from_json(row[3], fingerprint)
         self.own.hit_retries += max(0, completion.attempts - 1)
         return completion
 

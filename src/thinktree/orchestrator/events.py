@@ -211,6 +211,10 @@ class NodeFinished(Event):
     extraction: str | None = None
     latency_s: float = 0.0
     call_id: str | None = None
+    """The model call that made the node (the n nodes of one request share it)."""
+    request_id: str | None = None
+    """The server's own id for that call's response, to find it in the server's logs
+    (servers may reuse them: ``call_id`` is what tells calls apart)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
