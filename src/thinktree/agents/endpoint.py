@@ -73,6 +73,8 @@ class DeltaHandler(Protocol):
 
 
 RetryHandler = Callable[[int, float, str], Awaitable[None]]
+"""Told ``(attempt, wait_s, reason)`` before a call is sent again after ``wait_s``; an
+``attempt`` of 0 is a wait for an endpoint that stopped answering, which sends nothing."""
 
 
 class RetryKind(StrEnum):
@@ -225,6 +227,7 @@ class Completion:
     byte: not the time the call queued for a connection, backed off or waited out an
     outage in the client."""
     attempts: int = 1
+    """Requests sent for the call: its retries plus one."""
     request_id: str | None = None
     """The server's own id for its response (what its logs name it by). Servers may reuse
     them (Ollama's come from a few hundred values): :attr:`call_id` tells calls apart."""
@@ -593,25 +596,29 @@ class EndpointClient:
         first_error: BaseException,
         timed: bool,
         *,
+        sent: int = 1,
         waited: bool = False,
     ) -> Completion:
-        """Retry a failed call. When every attempt failed because the endpoint did not
-        answer and it does not answer a check either, wait for it (:meth:`_wait_until_back`)
-        and retry once more (``waited``)."""
-        # The first attempt of a retried call is replayed (its error, no new request),
-        # so tenacity counts, waits and reports it like any other.
+        """Retry a failed call (``sent`` requests sent for it so far). When every attempt
+        failed because the endpoint did not answer and it does not answer a check either,
+        wait for it (:meth:`_wait_until_back`) and retry once more (``waited``)."""
+        # The last failed attempt is replayed (its error, no new request), so tenacity
+        # waits before the next one and reports it like any other: each report is
+        # followed by a request sent again.
         replay: list[BaseException] = [first_error]
 
         async def again() -> Completion:
+            nonlocal sent
             if replay:
                 raise replay.pop()
+            sent += 1
             return await self._once(attempt, timed)
 
         try:
             async for trial in self._retrying():
                 with trial:
                     result = await again()
-                    result.attempts = trial.retry_state.attempt_number
+                    result.attempts = sent
                     return result
         except Exception as exc:
             if waited or classify(exc) not in OUTAGE:
@@ -620,7 +627,7 @@ class EndpointClient:
             if await self._reachable():  # the server is up: this request is what fails
                 raise self._user_error(exc) from exc
             await self._wait_until_back(failed_at, exc)
-            return await self._retry(attempt, exc, timed, waited=True)
+            return await self._retry(attempt, exc, timed, sent=sent, waited=True)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _reachable(self) -> bool:
@@ -645,7 +652,7 @@ class EndpointClient:
             patience = self.config.outage_wait_s
             reason = f"endpoint not answering ({classify(exc)})"
             log.warning("endpoint not answering", endpoint=self.config.name, wait_s=patience)
-            if self.on_retry is not None:
+            if self.on_retry is not None:  # attempt 0: a wait, no request sent
                 await self.on_retry(0, patience, reason)
             deadline = time.monotonic() + patience
             while time.monotonic() < deadline:

@@ -226,13 +226,22 @@ class NodeFailed(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CallRetried(Event):
-    """A model call failed transiently and will be retried after ``wait_s``."""
+    """A model call failed transiently and will be sent again after ``wait_s``.
+
+    ``attempt`` 0 is no retry but a wait: the endpoint stopped answering, and calls wait
+    up to ``wait_s`` for it to come back; each call sent again after it is a retry of its own.
+    """
 
     type: ClassVar[str] = "call-retried"
     endpoint: str
     attempt: int
     wait_s: float
     reason: str
+
+    @property
+    def resent(self) -> bool:
+        """Whether a request is sent again (a retry, which the run counts), not a wait."""
+        return self.attempt > 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
