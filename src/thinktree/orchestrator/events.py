@@ -310,10 +310,10 @@ class ProblemFinished(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunFinished(Event):
-    """The run's end. ``read_back_retries``: the retries behind the calls this session
-    read back from the call store (an earlier session of a resumed run made them), which
-    the results count with the session's own :class:`CallRetried`; traces written before
-    the field existed read as 0."""
+    """The run's end. ``read_back_retries``: the retries the results count beside the
+    session's own :class:`CallRetried`: those an earlier session of a resumed run made
+    (whatever became of their calls), and those behind calls read back from another run's
+    call store (a bench's); traces written before the field existed read as 0."""
 
     type: ClassVar[str] = "run-finished"
     run_id: str

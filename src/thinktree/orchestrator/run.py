@@ -303,6 +303,7 @@ async def _execute(
                     with anyio.CancelScope(shield=True):
                         await panel.aclose()
                 raise
+            cache.session_retries = lambda: recorder.retries  # kept for a later resume
             client.cache = cache if shared_calls is None else SharedCallCache(cache, shared_calls)
             if resume is not None:  # a completed run opened again (failed calls, new limits)
                 (folder / RESULTS).unlink(missing_ok=True)
@@ -359,7 +360,7 @@ async def _execute(
                                 RunFinished(
                                     run_id=run_id,
                                     status=status,
-                                    read_back_retries=cache.hit_retries,
+                                    read_back_retries=cache.carried_retries(),
                                 )
                             )
             finally:
@@ -380,7 +381,7 @@ async def _execute(
             ),
             servers=client.figures() if isinstance(client, EndpointPool) else None,
             cached_calls=cache.hits,
-            read_back_retries=cache.hit_retries,
+            read_back_retries=cache.carried_retries(),
         )
     log.info(
         "run finished",
@@ -406,8 +407,9 @@ def conclude(
     """A finished run's trees and metrics from its recorder, written to ``results.json``
     (also for a sharded cell, whose events were replayed into ``recorder``).
 
-    ``read_back_retries``: the retries behind calls read back from a call store (a
-    resumed run's earlier sessions made them), counted with this session's own."""
+    ``read_back_retries``: the run's retries its recorder did not see (those of a resumed
+    run's earlier sessions, those behind calls read back from a bench's call store),
+    counted with this session's own."""
     trees = [recorder.tree.problems[p.id] for p in problems]
     stopped = _stopped_by(recorder)
     metrics = compute(
