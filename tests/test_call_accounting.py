@@ -1,18 +1,20 @@
-"""Each call counted as the server answered it: its latency and its identity.
+"""Each call counted as the server answered it: its tokens, its latency and its identity.
 
-A call's latency is the server's time for the attempt that answered, not time
-spent queued in the client; calls are told apart by ids of their own, not by the
-server's response ids.
+A reply without token usage is never counted as 0 tokens; a call's latency is the
+server's time for the attempt that answered, not time spent queued in the client; and
+calls are told apart by ids of their own, not by the server's response ids.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
 import anyio
+import orjson
 import pytest
 
 from choice_set import beta_problems
@@ -26,6 +28,7 @@ from thinktree.agents.endpoint import (
 )
 from thinktree.agents.modes import ModeSettings
 from thinktree.agents.pool import EndpointPool
+from thinktree.errors import EndpointError
 from thinktree.orchestrator.call_cache import completion_from_json, completion_to_json
 from thinktree.orchestrator.events import Event, NodeFinished
 from thinktree.orchestrator.run import RunSettings, execute, load_resume
@@ -43,6 +46,101 @@ def config(server: FakeServer, **kw: Any) -> EndpointConfig:
     return EndpointConfig(
         name="fake", base_url=server.base_url, model="fake-model", max_backoff_s=0.01, **kw
     )
+
+
+# -- usage -----------------------------------------------------------------------------
+
+
+class NoUsage(FakeServer):
+    """Plain replies carry no ``usage``: all of them, or those of the requests in ``bare``."""
+
+    def __init__(self, *args: Any, bare: Collection[int] | None = None, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.bare = bare
+
+    def _response(
+        self, body: Any, rid: str, choices: Any, usage: dict[str, int], *, chat: bool
+    ) -> bytes:
+        data = orjson.loads(super()._response(body, rid, choices, usage, chat=chat))
+        if self.bare is None or self.requests - 1 in self.bare:
+            del data["usage"]
+        return orjson.dumps(data)
+
+
+async def test_an_endpoint_that_reports_no_usage_is_refused_before_the_run(tmp_path: Path) -> None:
+    folder = tmp_path / "run"
+    async with NoUsage(FakeBehaviour(reply=REPLY)) as server:
+        settings = RunSettings(modes=ModeSettings(mode="budget", budget=32), out=folder)
+        with pytest.raises(EndpointError, match="answers without token usage") as caught:
+            await execute(PROBLEMS, config(server), settings)
+        asked = server.requests
+    assert "\n" not in str(caught.value)
+    assert not folder.exists()
+    assert asked == 1  # the probe's plain chat check, not sent again: no usage is its way
+
+
+async def test_a_reply_without_usage_mid_run_is_sent_again_not_counted_as_zero() -> None:
+    async with NoUsage(FakeBehaviour(reply=REPLY), bare={1}) as server:
+        client = EndpointClient(config(server))
+        try:
+            first = await client.chat(MSGS, max_tokens=16)
+            second = await client.chat(MSGS, max_tokens=16)  # its first reply had no usage
+        finally:
+            await client.aclose()
+    assert first.completion_tokens == second.completion_tokens == len(REPLY.split())
+    assert second.prompt_tokens > 0
+    assert second.attempts == 2 and server.requests == 3
+
+
+async def test_a_call_whose_replies_never_carry_usage_fails_in_one_line() -> None:
+    async with NoUsage(FakeBehaviour(reply=REPLY), bare=range(1, 100)) as server:
+        client = EndpointClient(config(server, max_attempts=3))
+        try:
+            await client.chat(MSGS, max_tokens=16)
+            with pytest.raises(EndpointError, match="answered without token usage"):
+                await client.chat(MSGS, max_tokens=16)
+        finally:
+            await client.aclose()
+    assert server.requests == 1 + 3
+
+
+class Watching:
+    """A subscriber that wants the text as it streams (as ``--watch`` does)."""
+
+    wants_deltas = True
+
+    def handle(self, event: Event) -> None:
+        pass
+
+    def handle_batch(self, events: Sequence[Event]) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_a_resume_that_streams_asks_whether_streams_carry_usage(tmp_path: Path) -> None:
+    """The first session did not stream, so its probe never asked; the resumed one shows
+    live text on a server whose streams carry no usage: it asks, and does not stream."""
+    folder = tmp_path / "run"
+    behaviour = FakeBehaviour(reply=REPLY, usage_in_stream=False)
+    async with FakeServer(behaviour) as server:
+        endpoint = EndpointConfig(name="fake", base_url=server.base_url)
+        modes = ModeSettings(mode="sequential", steps=2, budget=16)
+        settings = RunSettings(modes=modes, out=folder, max_run_tokens=20)
+        first = await execute(PROBLEMS, endpoint, settings)
+        assert first.stopped_by is not None
+        assert "stream_usage" not in first.capabilities.notes
+        state = load_resume(folder, new_limits=True)
+        unlimited = dataclasses.replace(state.settings, max_run_tokens=None)
+        again = await execute(
+            state.problems, endpoint, unlimited, resume=state, subscribers=[Watching()]
+        )
+    assert again.capabilities.stream_usage is False
+    calls = [n for t in again.trees for n in t.nodes.values() if n.call_id is not None]
+    assert calls and all(n.completion_tokens > 0 and n.prompt_tokens > 0 for n in calls)
+    assert again.metrics.failed == 0
+    assert again.metrics.completion_tokens == sum(n.completion_tokens for n in calls)
 
 
 # -- latency ---------------------------------------------------------------------------

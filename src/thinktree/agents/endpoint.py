@@ -144,6 +144,10 @@ class IncompleteResponse(Exception):
     """The server ended a response without its choices or its usage."""
 
 
+class MissingUsage(IncompleteResponse):
+    """A reply without token usage: its tokens cannot be counted (never taken as 0)."""
+
+
 @dataclass(frozen=True, slots=True)
 class PoolMember:
     """One server of an endpoint pool and its own limit on calls in flight."""
@@ -272,6 +276,7 @@ class EndpointClient:
         self._outage = anyio.Lock()  # one call at a time waits for the endpoint to come back
         self._answered_at = 0.0  # when the endpoint last answered such a wait's check
         self._gave_up: tuple[float, EndpointDown] | None = None  # when a wait ran out
+        self.sent_usage = False  # whether any reply has come back (each carries usage)
         self._cap_field = (
             "max_tokens" if config.max_tokens_field == "auto" else config.max_tokens_field
         )
@@ -564,10 +569,21 @@ class EndpointClient:
         except Exception as exc:
             if not resent and self._learned_max_tokens_field(exc):
                 return await self._attempts(attempt, timed=timed, resent=True)
-            if classify(exc) is None or self.config.max_attempts <= 1:
+            if not self._worth_retrying(exc):
                 raise self._user_error(exc) from exc
             result = await self._retry(attempt, exc, timed)
         return result
+
+    def _worth_retrying(self, exc: BaseException) -> bool:
+        """Whether a call whose first attempt failed with ``exc`` is sent again.
+
+        A reply without usage is, only from an endpoint that has sent usage before: one
+        that never has is taken to send none, and fails at once (the probe's first request
+        refuses it before a run).
+        """
+        if classify(exc) is None or self.config.max_attempts <= 1:
+            return False
+        return self.sent_usage or not isinstance(exc, MissingUsage)
 
     async def _once(self, attempt: Callable[[], Awaitable[Completion]], timed: bool) -> Completion:
         """One request, once a connection slot is free; its latency is the request's own."""
@@ -588,6 +604,7 @@ class EndpointClient:
             limiter.release()
         result.latency_s = time.monotonic() - sent_at
         limiter.answered()
+        self.sent_usage = True  # every answer carries usage (see _assemble)
         return result
 
     async def _retry(
@@ -735,6 +752,11 @@ class EndpointClient:
             detail = _one_line(str(exc.message))
             said = f"endpoint {where} rejected the request (400): {detail}"
             return EndpointError(said + self._temperature_hint(detail))
+        if isinstance(exc, MissingUsage):
+            return EndpointError(
+                f"endpoint {where} answered without token usage, so the call's tokens cannot "
+                "be counted; thinktree needs an OpenAI-compatible server that reports usage"
+            )
         if kind is RetryKind.CONNECTION:
             return EndpointError(
                 f"cannot connect to endpoint {where} after {self.config.max_attempts} attempts: "
@@ -941,14 +963,10 @@ def _assemble(
     got = sum(1 for f in finish if f is not None)
     if got == 0:
         raise IncompleteResponse("the stream ended without a finished choice")
-    if usage is None:
-        # Servers that send no usage in streams: fall back to per-choice token counts.
-        if n > 1 and sum(counted) == 0:
-            raise IncompleteResponse("the stream carried neither usage nor token counts")
-        prompt_tokens, completion_tokens = 0, sum(counted)
-    else:
-        prompt_tokens = int(usage.prompt_tokens or 0)
-        completion_tokens = int(usage.completion_tokens or 0)
+    if usage is None:  # the prompt's tokens are unknown, and never counted as 0
+        raise MissingUsage("the reply carried no token usage")
+    prompt_tokens = int(usage.prompt_tokens or 0)
+    completion_tokens = int(usage.completion_tokens or 0)
     details = getattr(usage, "completion_tokens_details", None)
     thought = getattr(details, "reasoning_tokens", None)
     if n == 1:

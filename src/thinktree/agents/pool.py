@@ -30,6 +30,7 @@ from thinktree.agents.endpoint import (
     EndpointClient,
     EndpointConfig,
     Message,
+    MissingUsage,
     RetryHandler,
     RetryKind,
     classify,
@@ -122,6 +123,7 @@ class EndpointPool(EndpointClient):
         self._turn = 0
         self._all_down_since: float | None = None  # when calls began to wait for any member
         self._pool_gave_up: EndpointDown | None = None  # the wait ran out: the run stops
+        self.sent_usage = False
 
     async def aclose(self) -> None:
         for member in self.members:
@@ -300,8 +302,8 @@ class EndpointPool(EndpointClient):
                 cause = exc.__cause__ or exc
                 kind = classify(cause)
                 figures.failed_attempts += 1
-                if kind is None:
-                    raise
+                if kind is None or (isinstance(cause, MissingUsage) and not self.sent_usage):
+                    raise  # not worth sending again (see EndpointClient._worth_retrying)
                 if kind in _FAILOVER:
                     self._mark_down(member, kind)
                     figures.failovers += 1
@@ -330,6 +332,7 @@ class EndpointPool(EndpointClient):
             figures.completion_tokens += result.completion_tokens
             figures.busy_s += result.latency_s
             result.attempts = sent
+            self.sent_usage = True
             return result
 
     async def _retried(self, attempt: int, wait: float, reason: str) -> None:

@@ -34,7 +34,7 @@ from thinktree._files import atomic_file, atomic_write, folder_lock
 from thinktree._json import dump_bytes_via
 from thinktree._numbers import LARGEST_SETTING, SEED_RANGE
 from thinktree.agents.aggregators import VERIFIER_RULES, get_aggregator
-from thinktree.agents.capabilities import Capabilities, probe
+from thinktree.agents.capabilities import Capabilities, probe, probe_unprobed
 from thinktree.agents.endpoint import EndpointClient, EndpointConfig
 from thinktree.agents.modes import DEFAULT_AGGREGATE, MODES, ModeSettings, build_strategy
 from thinktree.agents.pool import EndpointPool, client_for
@@ -282,7 +282,8 @@ async def _execute(
             model = await client.resolve_model()
             money = money_limit(settings, model)
             if resume is not None:
-                caps = resume.capabilities
+                needs = probe_needs(settings, subscribers)
+                caps = await probe_unprobed(client, resume.capabilities, needs)
             elif capabilities is not None:
                 caps = capabilities
             else:
