@@ -6,24 +6,31 @@ the same port: the client sees refused connections, as from a server being resta
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
 
 from choice_set import beta_problems, write_dataset
-from thinktree.agents.endpoint import EndpointConfig
+from thinktree.agents.endpoint import Completion, EndpointClient, EndpointConfig
 from thinktree.agents.modes import ModeSettings
 from thinktree.errors import EndpointDown
+from thinktree.orchestrator.events import CallRetried, Event, RunFinished, RunStarted
 from thinktree.orchestrator.run import RunResult, RunSettings, execute, load_resume
-from thinktree.orchestrator.store import StoreReader
+from thinktree.orchestrator.store import RunStore, StoreReader
 from thinktree.orchestrator.subscribers import TreeRecorder
 from thinktree.testing.fake_server import FakeBehaviour, FakeServer, fake_server_in_thread
+from thinktree.tui.render import header
+from thinktree.tui.state import RunView
 
 pytestmark = pytest.mark.anyio
 
@@ -81,7 +88,7 @@ async def test_a_server_restarted_mid_run_is_waited_for_and_no_call_fails(
     assert result.metrics.answered == len(PROBLEMS)
     assert result.failed_calls() == []
     assert second.answered >= len(PROBLEMS) - first.answered  # the rest: after the restart
-    assert recorder.retries >= 1  # the wait was announced (progress bar, TUI)
+    assert recorder.retries >= 1  # the calls sent again once it was back
 
 
 async def test_a_server_that_stays_down_stops_the_run_which_resumes_later(
@@ -154,3 +161,72 @@ def test_the_command_stops_in_one_line_when_the_endpoint_stays_down(tmp_path: Pa
     hint = "once the endpoint answers again, resume with: "
     assert lines[-1] == f"{hint}thinktree run --resume {out} --config {config}"
     assert not (out / "results.json").exists()
+
+
+async def test_a_call_that_waits_out_an_outage_counts_the_requests_it_sent_again() -> None:
+    """Two attempts refused, a wait until the server is back, one more attempt: three
+    requests sent, two of them again. The wait itself sends nothing and is no retry."""
+    server = FakeServer(BEHAVIOUR)
+    await server.__aenter__()
+    port = server.port
+    config = endpoint(server, outage_wait_s=30)
+    await server.__aexit__(None, None, None)  # down before the call: connections refused
+    told: list[int] = []
+
+    async def on_retry(attempt: int, wait: float, reason: str) -> None:
+        told.append(attempt)
+
+    client = EndpointClient(dataclasses.replace(config, model="fake-model"), on_retry=on_retry)
+    sent = 0
+    once = client._once
+
+    async def counted(attempt: Any, timed: bool) -> Completion:
+        nonlocal sent
+        sent += 1
+        return await once(attempt, timed)
+
+    client._once = counted  # type: ignore[method-assign]
+    results: list[Completion] = []
+    try:
+        async with anyio.create_task_group() as tg:
+
+            async def call() -> None:
+                results.append(await client.chat([{"role": "user", "content": "hi"}], max_tokens=8))
+
+            tg.start_soon(call)
+            with anyio.fail_after(30):
+                while 0 not in told:  # noqa: ASYNC110 (waiting on the client's own report)
+                    await anyio.sleep(0.01)
+            async with FakeServer(BEHAVIOUR, port=port) as back:
+                with anyio.fail_after(30):
+                    while not results:  # noqa: ASYNC110
+                        await anyio.sleep(0.01)
+    finally:
+        await client.aclose()
+    (result,) = results
+    assert back.answered == 1
+    assert sent == 3 and result.attempts == 3
+    assert len([a for a in told if a > 0]) == sent - 1  # each a request sent again
+
+
+async def test_a_wait_for_the_endpoint_is_shown_but_not_counted_as_a_retry(
+    tmp_path: Path,
+) -> None:
+    events: list[Event] = [
+        RunStarted(run_id="r", mode="budget", endpoint="e", model="m", problems=1),
+        CallRetried(at=0.1, endpoint="e", attempt=1, wait_s=0.1, reason="connection failed"),
+        CallRetried(at=0.2, endpoint="e", attempt=0, wait_s=600, reason="endpoint not answering"),
+        CallRetried(at=4.0, endpoint="e", attempt=1, wait_s=0.1, reason="connection failed"),
+    ]
+    recorder, view, store = TreeRecorder(), RunView(), RunStore(tmp_path / "run.sqlite")
+    for event in events[:3]:
+        view.apply(event)
+    assert "waiting" in header(view, elapsed=1.0, source="live").plain  # shown while it waits
+    view.apply(events[3])
+    for event in [*events, RunFinished(at=5.0, run_id="r", status="completed")]:
+        recorder.handle(event)
+        store.handle(event)
+    await store.aclose()
+    assert recorder.retries == view.retries == 2
+    with contextlib.closing(sqlite3.connect(tmp_path / "run.sqlite")) as conn:
+        assert conn.execute("SELECT retries FROM run").fetchone() == (2,)

@@ -14,6 +14,7 @@ from typing import Any
 
 import anyio
 import pytest
+from aiohttp import web
 
 from thinktree.agents.endpoint import EndpointConfig, PoolMember
 from thinktree.agents.modes import ModeSettings
@@ -382,3 +383,48 @@ async def test_a_request_that_fails_on_answering_members_is_not_waited_for() -> 
                 await pool.chat([{"role": "user", "content": "hi"}], max_tokens=2)
         finally:
             await pool.aclose()
+
+
+class Reloading(FakeServer):
+    """Answers 503 to its checks (``/models``) while ``reloading``."""
+
+    reloading = False
+
+    async def _models(self, request: web.BaseRequest) -> web.Response:
+        if self.reloading:
+            return web.Response(status=503)
+        return await super()._models(request)
+
+
+async def test_a_call_sent_again_after_the_pool_came_back_counts_each_request() -> None:
+    """Two 503s, then the member stops answering its checks too: the call waits for the
+    pool and is sent once more. Three requests, two of them sent again."""
+    server = Reloading(faults=[Fault.UNAVAILABLE, Fault.UNAVAILABLE])
+    told: list[int] = []
+
+    async def on_retry(attempt: int, wait: float, reason: str) -> None:
+        told.append(attempt)
+        if len(told) == 1:
+            server.reloading = True  # the member's checks fail from its second 503 on
+
+    async with server:
+        cfg = pool_config(server, max_attempts=2, max_backoff_s=0.01, outage_wait_s=30)
+        pool = EndpointPool(cfg, on_retry=on_retry)
+        try:
+            await pool.resolve_model()
+            async with anyio.create_task_group() as tg:
+                results: list[Any] = []
+
+                async def call() -> None:
+                    chat = pool.chat([{"role": "user", "content": "hi"}], max_tokens=2)
+                    results.append(await chat)
+
+                tg.start_soon(call)
+                await _until(lambda: 0 in told)  # waiting for the pool
+                server.reloading = False
+        finally:
+            await pool.aclose()
+    (result,) = results
+    assert server.requests == 3 and server.answered == 1
+    assert result.attempts == 3
+    assert len([a for a in told if a > 0]) == 2  # each a request sent again

@@ -7,8 +7,11 @@ one problem's requests until it is told it is "back".
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +25,7 @@ from thinktree.agents.capabilities import Capabilities
 from thinktree.agents.endpoint import EndpointConfig
 from thinktree.agents.modes import ModeSettings
 from thinktree.errors import ConfigError
+from thinktree.orchestrator.call_cache import SqliteCallCache
 from thinktree.orchestrator.run import RunSettings, execute, load_resume
 from thinktree.testing.fake_server import FakeBehaviour, FakeServer, Fault, fake_server_in_thread
 
@@ -410,3 +414,86 @@ async def test_a_problem_whose_calls_all_failed_is_failed_not_graded_wrong(
         result = await execute(PROBLEMS, endpoint, settings)
     assert all(t.correct for t in result.trees) and result.metrics.failed == 0
     assert len(result.failed_calls()) == 1
+
+
+def _run_retries(folder: Path) -> tuple[int, int]:
+    """The retries results.json and the run store count."""
+    saved = json.loads((folder / "results.json").read_text())
+    with contextlib.closing(sqlite3.connect(folder / "run.sqlite")) as conn:
+        stored = conn.execute("SELECT retries FROM run").fetchone()[0]
+    return saved["metrics"]["retries"], stored
+
+
+async def test_a_resumed_run_counts_the_retries_of_a_call_that_failed_before(
+    tmp_path: Path,
+) -> None:
+    """Question 1's call fails on both its attempts (one retry), and on resume is sent
+    again and answered: the run still took that retry."""
+    outage = Outage()
+    folder = tmp_path / "run"
+    behaviour = FakeBehaviour(reply="It is beta. Answer: B", reject=outage, reject_status=500)
+    async with FakeServer(behaviour) as server:
+        endpoint = EndpointConfig(
+            name="fake",
+            base_url=server.base_url,
+            continuation="chat",
+            max_attempts=2,
+            max_backoff_s=0.01,
+        )
+        settings = RunSettings(modes=ModeSettings(mode="budget", budget=32), out=folder)
+        first = await execute(PROBLEMS, endpoint, settings)
+        assert first.metrics.failed == 1 and first.metrics.retries == 1
+        outage.down = False
+        state = load_resume(folder)
+        again = await execute(PROBLEMS, endpoint, state.settings, resume=state)
+    assert again.metrics.failed == 0
+    assert again.metrics.retries == 1
+    assert _run_retries(folder) == (1, 1)
+
+
+async def test_a_resumed_run_counts_the_retries_of_a_call_a_limit_cut_short(
+    tmp_path: Path,
+) -> None:
+    """The second call, capped at what the token limit left, is answered on its retry;
+    resumed under no limit it is asked again with a higher cap (another request, not read
+    back): the run still took that retry."""
+    folder = tmp_path / "run"
+    behaviour = FakeBehaviour(reply="It is beta, I think. Answer: B")  # 7 tokens
+    async with FakeServer(behaviour, faults=[None, Fault.SERVER_ERROR]) as server:
+        endpoint = EndpointConfig(
+            name="fake", base_url=server.base_url, continuation="chat", max_backoff_s=0.01
+        )
+        modes = ModeSettings(mode="budget", budget=32)
+        settings = RunSettings(modes=modes, out=folder, concurrency=1, max_run_tokens=10)
+        caps = Capabilities(continuation="chat")
+        first = await execute(PROBLEMS[:3], endpoint, settings, capabilities=caps)
+        assert first.stopped_by is not None and first.metrics.retries == 1
+        state = load_resume(folder, new_limits=True)
+        unlimited = dataclasses.replace(state.settings, max_run_tokens=None)
+        again = await execute(state.problems, endpoint, unlimited, resume=state)
+    assert again.stopped_by is None and again.metrics.answered == 3
+    assert again.metrics.retries == 1
+    assert _run_retries(folder) == (1, 1)
+
+
+def test_a_call_store_from_before_retries_were_kept_counts_those_behind_its_calls(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "calls.sqlite"
+    with contextlib.closing(sqlite3.connect(path)) as conn:  # as an earlier thinktree made it
+        conn.execute(
+            "CREATE TABLE responses (fingerprint TEXT PRIMARY KEY, route TEXT NOT NULL, "
+            "request TEXT NOT NULL, response TEXT NOT NULL, prompt_tokens INTEGER NOT NULL, "
+            "completion_tokens INTEGER NOT NULL, latency_s REAL NOT NULL, "
+            "attempts INTEGER NOT NULL, created REAL NOT NULL)"
+        )
+        rows = [(f"fp{a}", "chat", "{}", "{}", 1, 1, 0.1, a, 0.0) for a in (1, 3, 2)]
+        conn.executemany("INSERT INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        conn.commit()
+    store = SqliteCallCache(path)
+    store.session_retries = lambda: 4
+    assert store.retries_before == 3
+    store.close()
+    again = SqliteCallCache(path)
+    assert again.retries_before == 3 + 4  # kept from now on
+    again.close()

@@ -244,6 +244,7 @@ def _completion(i: int) -> Completion:
         prompt_tokens=3,
         completion_tokens=i,
         latency_s=0.01,
+        call_id=f"call-{i}",
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
@@ -15,7 +16,7 @@ import structlog
 from thinktree._json import loads
 from thinktree.agents.chat_template import generation_opener, render_prompt
 from thinktree.agents.constraint_probe import try_constraints
-from thinktree.agents.endpoint import EndpointClient, RetryKind
+from thinktree.agents.endpoint import EndpointClient, MissingUsage, RetryKind
 from thinktree.errors import EndpointError
 
 log = structlog.get_logger(__name__)
@@ -43,7 +44,8 @@ class Capabilities:
     reasoning: Literal["field", "tags", "none"] = "none"
     constraints: list[str] = field(default_factory=list)  # dialects honoured, best first
     stream_usage: bool = True
-    """Whether streams end with token usage (llama.cpp's do not: it is not streamed there)."""
+    """Whether streams end with token usage (llama.cpp's do not: it is not streamed there).
+    Probed only for a run that streams; ``notes`` has no "stream_usage" where it was not."""
     thinking_budget: ThinkingBudget = "cue"
     think_end: str = ""
     """The model's end-of-thinking marker (``</think>``) where it has one."""
@@ -58,16 +60,42 @@ _PROBE_PREFIX = "one two three"
 
 
 async def check_generates(client: EndpointClient) -> None:
-    """One line (EndpointError) for an endpoint that cannot answer a plain chat request.
+    """One line (EndpointError) for an endpoint that cannot answer a plain chat request,
+    or answers it without token usage.
 
     Every capability would read "no" from such a server, and a run on it would pay for
-    nothing but failed calls: it is refused before anything starts.
+    nothing but failed calls: it is refused before anything starts. A run on one that
+    reports no usage could count neither its tokens nor its cost, nor keep its limits.
     """
     try:
         await client.chat([{"role": "user", "content": _PROBE_USER}], max_tokens=4)
     except EndpointError as exc:
         url = client.config.base_url
+        if isinstance(exc.__cause__, MissingUsage):
+            raise EndpointError(
+                f'{url} answers without token usage (no "usage" in its replies), so '
+                "thinktree can count neither a run's tokens nor its cost; use a server "
+                "that reports usage"
+            ) from None
         raise EndpointError(f"{url} failed a plain chat request: {exc}") from None
+
+
+async def probe_unprobed(
+    client: EndpointClient, caps: Capabilities, what: set[str]
+) -> Capabilities:
+    """``caps`` (a resumed run's, from its manifest) with what ``what`` needs that they
+    never probed: whether streams carry usage, for a run that streams now (``--watch``,
+    ``--trace-deltas``) where it did not before. Without it a stream with no usage
+    would be taken to have one."""
+    if "stream_usage" not in what or "stream_usage" in caps.notes:
+        return caps
+    await check_generates(client)
+    msgs = [{"role": "user", "content": _PROBE_USER}]
+    usable, note = await _try_stream_usage(client, msgs)
+    log.info("probed endpoint", endpoint=client.config.name, stream_usage=usable)
+    return dataclasses.replace(
+        caps, stream_usage=usable, notes={**caps.notes, "stream_usage": note}
+    )
 
 
 async def probe(client: EndpointClient, *, what: set[str] | None = None) -> Capabilities:

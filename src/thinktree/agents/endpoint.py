@@ -12,6 +12,7 @@ import hashlib
 import json
 import re
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Collection
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -72,6 +73,8 @@ class DeltaHandler(Protocol):
 
 
 RetryHandler = Callable[[int, float, str], Awaitable[None]]
+"""Told ``(attempt, wait_s, reason)`` before a call is sent again after ``wait_s``; an
+``attempt`` of 0 is a wait for an endpoint that stopped answering, which sends nothing."""
 
 
 class RetryKind(StrEnum):
@@ -154,6 +157,10 @@ class IncompleteResponse(Exception):
     """The server ended a response without its choices or its usage."""
 
 
+class MissingUsage(IncompleteResponse):
+    """A reply without token usage: its tokens cannot be counted (never taken as 0)."""
+
+
 @dataclass(frozen=True, slots=True)
 class PoolMember:
     """One server of an endpoint pool and its own limit on calls in flight."""
@@ -233,11 +240,25 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     latency_s: float
+    """What the server took for the attempt that answered, from sending it to its last
+    byte: not the time the call queued for a connection, backed off or waited out an
+    outage in the client."""
     attempts: int = 1
+    """Requests sent for the call: its retries plus one."""
     request_id: str | None = None
+    """The server's own id for its response (what its logs name it by). Servers may reuse
+    them (Ollama's come from a few hundred values): :attr:`call_id` tells calls apart."""
     reasoning_tokens: int | None = None
     """Of the completion tokens, those spent thinking, where the server says (vLLM with a
     reasoning parser does)."""
+    call_id: str | None = None
+    """The call's own id, unique to it (its n choices share it): made when the call is
+    made and kept with it in the call store, so a resumed run reads the same id back."""
+
+
+def new_call_id() -> str:
+    """A fresh id for a call just made (see :attr:`Completion.call_id`)."""
+    return uuid.uuid4().hex
 
 
 class EndpointClient:
@@ -268,6 +289,7 @@ class EndpointClient:
         self._outage = anyio.Lock()  # one call at a time waits for the endpoint to come back
         self._answered_at = 0.0  # when the endpoint last answered such a wait's check
         self._gave_up: tuple[float, EndpointDown] | None = None  # when a wait ran out
+        self.sent_usage = False  # whether any reply has come back (each carries usage)
         self._cap_field = (
             "max_tokens" if config.max_tokens_field == "auto" else config.max_tokens_field
         )
@@ -535,6 +557,7 @@ class EndpointClient:
             if hit is not None:
                 return hit
         result = await self._attempts(attempt, timed=timed)
+        result.call_id = new_call_id()
         if cache is not None:
             await cache.record(fp, route, text, result, key)
         return result
@@ -551,20 +574,30 @@ class EndpointClient:
         A call refused for its ``max_tokens`` is sent again once (``resent``) in the field
         the server named, before any retry.
         """
-        started = time.monotonic()
         try:
             result = await self._once(attempt, timed)
             result.attempts = 1
         except Exception as exc:
             if not resent and self._learned_max_tokens_field(exc):
                 return await self._attempts(attempt, timed=timed, resent=True)
-            if classify(exc) is None or self.config.max_attempts <= 1:
+            if not self._worth_retrying(exc):
                 raise self._user_error(exc) from exc
             result = await self._retry(attempt, exc, timed)
-        result.latency_s = time.monotonic() - started
         return result
 
+    def _worth_retrying(self, exc: BaseException) -> bool:
+        """Whether a call whose first attempt failed with ``exc`` is sent again.
+
+        A reply without usage is, only from an endpoint that has sent usage before: one
+        that never has is taken to send none, and fails at once (the probe's first request
+        refuses it before a run).
+        """
+        if classify(exc) is None or self.config.max_attempts <= 1:
+            return False
+        return self.sent_usage or not isinstance(exc, MissingUsage)
+
     async def _once(self, attempt: Callable[[], Awaitable[Completion]], timed: bool) -> Completion:
+        """One request, once a connection slot is free; its latency is the request's own."""
         limiter = self.limiter
         if not limiter.try_acquire():
             await limiter.acquire()
@@ -580,7 +613,9 @@ class EndpointClient:
             raise
         finally:
             limiter.release()
+        result.latency_s = time.monotonic() - sent_at
         limiter.answered()
+        self.sent_usage = True  # every answer carries usage (see _assemble)
         return result
 
     async def _retry(
@@ -589,25 +624,29 @@ class EndpointClient:
         first_error: BaseException,
         timed: bool,
         *,
+        sent: int = 1,
         waited: bool = False,
     ) -> Completion:
-        """Retry a failed call. When every attempt failed because the endpoint did not
-        answer and it does not answer a check either, wait for it (:meth:`_wait_until_back`)
-        and retry once more (``waited``)."""
-        # The first attempt of a retried call is replayed (its error, no new request),
-        # so tenacity counts, waits and reports it like any other.
+        """Retry a failed call (``sent`` requests sent for it so far). When every attempt
+        failed because the endpoint did not answer and it does not answer a check either,
+        wait for it (:meth:`_wait_until_back`) and retry once more (``waited``)."""
+        # The last failed attempt is replayed (its error, no new request), so tenacity
+        # waits before the next one and reports it like any other: each report is
+        # followed by a request sent again.
         replay: list[BaseException] = [first_error]
 
         async def again() -> Completion:
+            nonlocal sent
             if replay:
                 raise replay.pop()
+            sent += 1
             return await self._once(attempt, timed)
 
         try:
             async for trial in self._retrying():
                 with trial:
                     result = await again()
-                    result.attempts = trial.retry_state.attempt_number
+                    result.attempts = sent
                     return result
         except Exception as exc:
             if waited or classify(exc) not in OUTAGE:
@@ -616,7 +655,7 @@ class EndpointClient:
             if await self._reachable():  # the server is up: this request is what fails
                 raise self._user_error(exc) from exc
             await self._wait_until_back(failed_at, exc)
-            return await self._retry(attempt, exc, timed, waited=True)
+            return await self._retry(attempt, exc, timed, sent=sent, waited=True)
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _reachable(self) -> bool:
@@ -641,7 +680,7 @@ class EndpointClient:
             patience = self.config.outage_wait_s
             reason = f"endpoint not answering ({classify(exc)})"
             log.warning("endpoint not answering", endpoint=self.config.name, wait_s=patience)
-            if self.on_retry is not None:
+            if self.on_retry is not None:  # attempt 0: a wait, no request sent
                 await self.on_retry(0, patience, reason)
             deadline = time.monotonic() + patience
             while time.monotonic() < deadline:
@@ -724,6 +763,11 @@ class EndpointClient:
             detail = _one_line(str(exc.message))
             said = f"endpoint {where} rejected the request (400): {detail}"
             return EndpointError(said + self._temperature_hint(detail))
+        if isinstance(exc, MissingUsage):
+            return EndpointError(
+                f"endpoint {where} answered without token usage, so the call's tokens cannot "
+                "be counted; thinktree needs an OpenAI-compatible server that reports usage"
+            )
         if kind is RetryKind.CONNECTION:
             return EndpointError(
                 f"cannot connect to endpoint {where} after {self.config.max_attempts} attempts: "
@@ -930,14 +974,10 @@ def _assemble(
     got = sum(1 for f in finish if f is not None)
     if got == 0:
         raise IncompleteResponse("the stream ended without a finished choice")
-    if usage is None:
-        # Servers that send no usage in streams: fall back to per-choice token counts.
-        if n > 1 and sum(counted) == 0:
-            raise IncompleteResponse("the stream carried neither usage nor token counts")
-        prompt_tokens, completion_tokens = 0, sum(counted)
-    else:
-        prompt_tokens = int(usage.prompt_tokens or 0)
-        completion_tokens = int(usage.completion_tokens or 0)
+    if usage is None:  # the prompt's tokens are unknown, and never counted as 0
+        raise MissingUsage("the reply carried no token usage")
+    prompt_tokens = int(usage.prompt_tokens or 0)
+    completion_tokens = int(usage.completion_tokens or 0)
     details = getattr(usage, "completion_tokens_details", None)
     thought = getattr(details, "reasoning_tokens", None)
     if n == 1:

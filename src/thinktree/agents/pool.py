@@ -30,6 +30,7 @@ from thinktree.agents.endpoint import (
     EndpointClient,
     EndpointConfig,
     Message,
+    MissingUsage,
     RetryHandler,
     RetryKind,
     classify,
@@ -123,6 +124,7 @@ class EndpointPool(EndpointClient):
         self._turn = 0
         self._all_down_since: float | None = None  # when calls began to wait for any member
         self._pool_gave_up: EndpointDown | None = None  # the wait ran out: the run stops
+        self.sent_usage = False
 
     async def aclose(self) -> None:
         for member in self.members:
@@ -279,14 +281,19 @@ class EndpointPool(EndpointClient):
         return result
 
     async def _route(self, call: Callable[[EndpointClient], Awaitable[Completion]]) -> Completion:
-        started = time.monotonic()
+        """The call on the members, sent again (elsewhere, or after a wait) as it fails; its
+        latency is the answering member's for its one attempt."""
         attempts = 0
         failovers = 0
+        sent = 0  # requests sent for the call, over the wait too
         waited = False  # for the pool to come back, once, after every attempt failed
         limit = self.config.max_attempts + len(self.members)
         while True:
             member = await self._pick()
+            if waited and attempts == 0 and sent:  # the pool is back: sent again after it
+                await self._retried(sent, 0.0, "sent again after the pool came back")
             attempts += 1
+            sent += 1
             member.outstanding += 1
             figures = member.figures
             figures.peak_outstanding = max(figures.peak_outstanding, member.outstanding)
@@ -296,8 +303,8 @@ class EndpointPool(EndpointClient):
                 cause = exc.__cause__ or exc
                 kind = classify(cause)
                 figures.failed_attempts += 1
-                if kind is None:
-                    raise
+                if kind is None or (isinstance(cause, MissingUsage) and not self.sent_usage):
+                    raise  # not worth sending again (see EndpointClient._worth_retrying)
                 if kind in _FAILOVER:
                     self._mark_down(member, kind)
                     figures.failovers += 1
@@ -305,7 +312,7 @@ class EndpointPool(EndpointClient):
                 if attempts >= limit or (attempts - failovers) >= self.config.max_attempts:
                     if not waited and kind in OUTAGE and not await self._any_healthy():
                         # nothing answers a check: an outage, not this request's fault;
-                        # the next pick waits for a member to come back
+                        # the next pick waits for a member to come back, then sends again
                         waited, attempts, failovers = True, 0, 0
                         continue
                     raise EndpointError(
@@ -325,8 +332,8 @@ class EndpointPool(EndpointClient):
             figures.prompt_tokens += result.prompt_tokens
             figures.completion_tokens += result.completion_tokens
             figures.busy_s += result.latency_s
-            result.attempts = attempts
-            result.latency_s = time.monotonic() - started
+            result.attempts = sent
+            self.sent_usage = True
             return result
 
     async def _retried(self, attempt: int, wait: float, reason: str) -> None:
@@ -389,7 +396,7 @@ class EndpointPool(EndpointClient):
             self._all_down_since = now
             reason = f"every member of pool '{self.config.name}' is down"
             log.warning("pool down", pool=self.config.name, wait_s=patience)
-            if self.on_retry is not None:
+            if self.on_retry is not None:  # attempt 0: a wait, no request sent
                 await self.on_retry(0, patience, reason)
         elif now - self._all_down_since > patience:
             urls = ", ".join(m.client.config.base_url for m in self.members)

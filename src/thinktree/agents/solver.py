@@ -277,7 +277,8 @@ class Solver:
                     answer=found.answer if found else None,
                     extraction=found.method if found else None,
                     latency_s=result.latency_s,
-                    call_id=result.request_id,
+                    call_id=result.call_id,
+                    request_id=result.request_id,
                 )
             )
             finished.append(
@@ -354,7 +355,7 @@ class Solver:
                 if error not in self.failures[short:]:  # once for the request
                     self.failures.append(error)
                 await self.bus.emit(
-                    NodeFailed(node_id=r.node_id, error=error, call_id=result.request_id)
+                    NodeFailed(node_id=r.node_id, error=error, call_id=result.call_id)
                 )
                 segments.append(
                     (Segment(node_id=r.node_id, failed=True, error=error), branch.fork())
@@ -676,7 +677,8 @@ class Solver:
                 answer=answer,
                 extraction=method,
                 latency_s=result.latency_s,
-                call_id=result.request_id,
+                call_id=result.call_id,
+                request_id=result.request_id,
             )
         )
         return Segment(

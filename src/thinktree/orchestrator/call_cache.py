@@ -4,13 +4,16 @@ A call's fingerprint hashes the endpoint, the model, the route, the whole reques
 (messages or prompt, sampling parameters, seed) and the node(s) it is for, so two
 samples never collapse into one. A resumed run looks each call up first: what was paid
 for once is read back, never paid for again.
+
+A run's own store also keeps the count of the run's retries so far (every request sent
+again, in every session), so a resumed run counts those of calls it makes again too.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -19,10 +22,13 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
+import structlog
 
 from thinktree._json import dumps, loads
 from thinktree.agents.endpoint import Choice, Completion
 from thinktree.errors import ConfigError, RecordingError
+
+log = structlog.get_logger(__name__)
 
 __all__ = [
     "NotRecorded",
@@ -116,6 +122,14 @@ def only_recorded() -> Iterator[None]:
         yield
     finally:
         _ONLY_RECORDED.reset(token)
+# One row: the run's retries so far (absent from a store written before it was kept).
+_RETRIES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS retries (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    total INTEGER NOT NULL
+)
+"""
+_TALLY = "INSERT OR REPLACE INTO retries VALUES (1, ?)"
 
 
 def completion_to_json(completion: Completion) -> str:
@@ -150,10 +164,15 @@ def _solver_columns(key: str | None) -> tuple[str | None, str | None]:
     return key, dumps([list(mark) for mark in cut]) if cut else None
 
 
-def completion_from_json(text: str) -> Completion:
+def completion_from_json(text: str, fingerprint: str | None = None) -> Completion:
+    """The recorded completion; one recorded before calls had ids of their own takes its
+    ``fingerprint`` as its call id (unique to the call, and the same on every read)."""
     data = loads(text)
     data["choices"] = [Choice(**c) for c in data["choices"]]
-    return Completion(**data)
+    completion = Completion(**data)
+    if completion.call_id is None:
+        completion.call_id = fingerprint
+    return completion
 
 
 class _Batch:
@@ -176,6 +195,9 @@ class SqliteCallCache:
     (group commit), so a busy run pays one transaction and one thread hop per batch,
     not per call. The fingerprints already stored are kept in memory, so a fresh call
     is looked up without touching the database.
+
+    A run's own store keeps the run's retries so far: once :attr:`session_retries` is
+    set, each commit and :meth:`close` write :meth:`retries_total` beside the calls.
     """
 
     def __init__(self, path: Path) -> None:
@@ -190,19 +212,51 @@ class SqliteCallCache:
             for column in _ADDED_COLUMNS:
                 if column not in columns:  # a store from before it
                     self._conn.execute(f"ALTER TABLE responses ADD COLUMN {column} TEXT")
+            self._conn.execute(_RETRIES_SCHEMA)
             self._conn.commit()
             self._known = {
                 str(r[0]) for r in self._conn.execute("SELECT fingerprint FROM responses")
             }
+            self.retries_before = self._retries_so_far()
         except sqlite3.Error as exc:
             raise _unopenable(path, exc) from None
         self.hits = 0
-        self.hit_retries = 0  # the retries behind the calls read back (their attempts - 1)
+        self.hit_retries = 0
+        """Retries behind the calls read back from another run's store (a bench's)."""
+        self.session_retries: Callable[[], int] | None = None
+        """This session's retries so far (its run's count); None: keep no count here."""
         self._batch = _Batch()
         self._writing = False
 
+    def _retries_so_far(self) -> int:
+        """The retries earlier sessions counted; for a store from before they were kept
+        (or one filled by copying calls), the retries behind the calls it holds."""
+        row = self._conn.execute("SELECT total FROM retries WHERE id = 1").fetchone()
+        if row is None:
+            row = self._conn.execute(
+                "SELECT coalesce(sum(max(attempts - 1, 0)), 0) FROM responses"
+            ).fetchone()
+        return int(row[0])
+
+    def retries_total(self) -> int:
+        """The run's retries: earlier sessions', this session's and those read back."""
+        mine = self.session_retries() if self.session_retries is not None else 0
+        return self.retries_before + self.hit_retries + mine
+
+    def carried_retries(self) -> int:
+        """The run's retries that this session's own retry events do not show."""
+        return self.retries_before + self.hit_retries
+
     def close(self) -> None:
-        self._conn.close()
+        """Close the store, writing the run's retries last (see :attr:`session_retries`)."""
+        try:
+            if self.session_retries is not None:
+                self._conn.execute(_TALLY, (self.retries_total(),))
+                self._conn.commit()
+        except sqlite3.Error as exc:  # the results still count them; a resume would not
+            log.warning("cannot record the run's retries", store=str(self.path), error=str(exc))
+        finally:
+            self._conn.close()
 
     def cached(self) -> int:
         row = self._conn.execute("SELECT count(*) FROM responses").fetchone()
@@ -233,10 +287,8 @@ class SqliteCallCache:
             if _ONLY_RECORDED.get():
                 raise NotRecorded
             return None
-        self.hits += 1
-        completion = completion_from_json(row)
-        self.hit_retries += max(0, completion.attempts - 1)
-        return completion
+        self.hits += 1  # its retries are counted in retries_before already
+        return completion_from_json(row, fingerprint)
 
     def _get(self, fp: str) -> str | None:
         row = self._conn.execute(
@@ -290,10 +342,14 @@ class SqliteCallCache:
             self._writing = False
 
     def _put(self, rows: list[tuple[Any, ...]]) -> None:
+        """Commit ``rows``, and the run's retries so far where this store keeps them."""
+        tally = self.retries_total() if self.session_retries is not None else None
         try:
             self._conn.executemany(
                 "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
             )
+            if tally is not None:
+                self._conn.execute(_TALLY, (tally,))
             self._conn.commit()
         except BaseException:
             self._conn.rollback()
@@ -360,6 +416,9 @@ class SharedCallCache:
             row = await anyio.to_thread.run_sync(self.shared._row, fingerprint)
         if row is None:
             return None
+        completion = completion_from_json(row[3], fingerprint)
+        # another run's retries, counted as this run's from now (in its own store's tally)
+        self.own.hit_retries += max(0, completion.attempts - 1)
         async with self.own._lock:
             with anyio.CancelScope(shield=True):
                 try:
@@ -369,8 +428,6 @@ class SharedCallCache:
         self.own._known.add(fingerprint)
         self.own.hits += 1
         self.shared.hits += 1
-        completion = completion_from_json(row[3])
-        self.own.hit_retries += max(0, completion.attempts - 1)
         return completion
 
     async def record(

@@ -226,6 +226,10 @@ class NodeFinished(Event):
     extraction: str | None = None
     latency_s: float = 0.0
     call_id: str | None = None
+    """The model call that made the node (the n nodes of one request share it)."""
+    request_id: str | None = None
+    """The server's own id for that call's response, to find it in the server's logs
+    (servers may reuse them: ``call_id`` is what tells calls apart)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -240,13 +244,22 @@ class NodeFailed(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class CallRetried(Event):
-    """A model call failed transiently and will be retried after ``wait_s``."""
+    """A model call failed transiently and will be sent again after ``wait_s``.
+
+    ``attempt`` 0 is no retry but a wait: the endpoint stopped answering, and calls wait
+    up to ``wait_s`` for it to come back; each call sent again after it is a retry of its own.
+    """
 
     type: ClassVar[str] = "call-retried"
     endpoint: str
     attempt: int
     wait_s: float
     reason: str
+
+    @property
+    def resent(self) -> bool:
+        """Whether a request is sent again (a retry, which the run counts), not a wait."""
+        return self.attempt > 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -315,10 +328,10 @@ class ProblemFinished(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunFinished(Event):
-    """The run's end. ``read_back_retries``: the retries behind the calls this session
-    read back from the call store (an earlier session of a resumed run made them), which
-    the results count with the session's own :class:`CallRetried`; traces written before
-    the field existed read as 0."""
+    """The run's end. ``read_back_retries``: the retries the results count beside the
+    session's own :class:`CallRetried`: those an earlier session of a resumed run made
+    (whatever became of their calls), and those behind calls read back from another run's
+    call store (a bench's); traces written before the field existed read as 0."""
 
     type: ClassVar[str] = "run-finished"
     run_id: str

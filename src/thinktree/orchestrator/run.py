@@ -34,7 +34,7 @@ from thinktree._files import atomic_file, atomic_write, folder_lock
 from thinktree._json import dump_bytes_via
 from thinktree._numbers import LARGEST_SETTING, SEED_RANGE
 from thinktree.agents.aggregators import VERIFIER_RULES, get_aggregator
-from thinktree.agents.capabilities import Capabilities, probe
+from thinktree.agents.capabilities import Capabilities, probe, probe_unprobed
 from thinktree.agents.endpoint import EndpointClient, EndpointConfig, server_name
 from thinktree.agents.modes import DEFAULT_AGGREGATE, MODES, ModeSettings, build_strategy
 from thinktree.agents.pool import EndpointPool, client_for
@@ -293,7 +293,8 @@ async def _execute(
             model = await client.resolve_model()
             money = money_limit(settings, model)
             if resume is not None:
-                caps = resume.capabilities
+                needs = probe_needs(settings, subscribers)
+                caps = await probe_unprobed(client, resume.capabilities, needs)
             elif capabilities is not None:
                 caps = capabilities
             else:
@@ -318,6 +319,7 @@ async def _execute(
                     with anyio.CancelScope(shield=True):
                         await panel.aclose()
                 raise
+            cache.session_retries = lambda: recorder.retries  # kept for a later resume
             client.cache = cache if shared_calls is None else SharedCallCache(cache, shared_calls)
             recorded = None
             if resume is not None:  # a completed run opened again (failed calls, new limits)
@@ -380,7 +382,7 @@ async def _execute(
                                 RunFinished(
                                     run_id=run_id,
                                     status=status,
-                                    read_back_retries=cache.hit_retries,
+                                    read_back_retries=cache.carried_retries(),
                                 )
                             )
             finally:
@@ -398,7 +400,7 @@ async def _execute(
             recorder,
             servers=client.figures() if isinstance(client, EndpointPool) else None,
             cached_calls=cache.hits,
-            read_back_retries=cache.hit_retries,
+            read_back_retries=cache.carried_retries(),
         )
     log.info(
         "run finished",
@@ -423,8 +425,9 @@ def conclude(
     """A finished run's trees and metrics from its recorder, written to ``results.json``
     (also for a sharded cell, whose events were replayed into ``recorder``).
 
-    ``read_back_retries``: the retries behind calls read back from a call store (a
-    resumed run's earlier sessions made them), counted with this session's own."""
+    ``read_back_retries``: the run's retries its recorder did not see (those of a resumed
+    run's earlier sessions, those behind calls read back from a bench's call store),
+    counted with this session's own."""
     trees = [recorder.tree.problems[p.id] for p in problems]
     stopped = _stopped_by(recorder)
     settings = facts.settings

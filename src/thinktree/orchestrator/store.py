@@ -776,7 +776,7 @@ class _Projection:
                     self._ended(root["id"], root)
                 self._done.append(pid)
             case "call-retried":
-                self.run["retries"] += 1
+                self.run["retries"] += p["attempt"] > 0  # attempt 0: a wait, nothing sent
                 self._run_dirty = True
             case "run-started":
                 self.run.update(

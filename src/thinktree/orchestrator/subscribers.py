@@ -45,7 +45,7 @@ class TreeRecorder:
         apply = self.tree.apply
         for event in events:
             if isinstance(event, CallRetried):
-                self.retries += 1
+                self.retries += event.resent  # a wait for the endpoint sends nothing
             elif isinstance(event, RunStarted):
                 self.started = event
             apply(event)

@@ -173,7 +173,7 @@ class RunView:
                 self.retries += event.read_back_retries  # as the results count them
                 self._stop_unfinished()
             case CallRetried():
-                self.retries += 1
+                self.retries += event.resent  # a wait for the endpoint sends nothing
                 self.last_retry = event
             case ProblemStarted():
                 if new_problem:

@@ -1,0 +1,265 @@
+"""Each call counted as the server answered it: its tokens, its latency and its identity.
+
+A reply without token usage is never counted as 0 tokens; a call's latency is the
+server's time for the attempt that answered, not time spent queued in the client; and
+calls are told apart by ids of their own, not by the server's response ids.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Collection, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+import orjson
+import pytest
+
+from choice_set import beta_problems
+from thinktree.agents.capabilities import Capabilities
+from thinktree.agents.endpoint import (
+    Choice,
+    Completion,
+    EndpointClient,
+    EndpointConfig,
+    PoolMember,
+)
+from thinktree.agents.modes import ModeSettings
+from thinktree.agents.pool import EndpointPool
+from thinktree.errors import EndpointError
+from thinktree.orchestrator.call_cache import completion_from_json, completion_to_json
+from thinktree.orchestrator.events import Event, NodeFinished
+from thinktree.orchestrator.run import RunSettings, execute, load_resume
+from thinktree.orchestrator.store import StoreReader
+from thinktree.testing.fake_server import FakeBehaviour, FakeServer
+
+pytestmark = pytest.mark.anyio
+
+MSGS = [{"role": "user", "content": "hi"}]
+REPLY = "one two three four five six seven eight. Answer: B"
+PROBLEMS = beta_problems(3)
+
+
+def config(server: FakeServer, **kw: Any) -> EndpointConfig:
+    return EndpointConfig(
+        name="fake", base_url=server.base_url, model="fake-model", max_backoff_s=0.01, **kw
+    )
+
+
+# -- usage -----------------------------------------------------------------------------
+
+
+class NoUsage(FakeServer):
+    """Plain replies carry no ``usage``: all of them, or those of the requests in ``bare``."""
+
+    def __init__(self, *args: Any, bare: Collection[int] | None = None, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.bare = bare
+
+    def _response(
+        self, body: Any, rid: str, choices: Any, usage: dict[str, int], *, chat: bool
+    ) -> bytes:
+        data = orjson.loads(super()._response(body, rid, choices, usage, chat=chat))
+        if self.bare is None or self.requests - 1 in self.bare:
+            del data["usage"]
+        return orjson.dumps(data)
+
+
+async def test_an_endpoint_that_reports_no_usage_is_refused_before_the_run(tmp_path: Path) -> None:
+    folder = tmp_path / "run"
+    async with NoUsage(FakeBehaviour(reply=REPLY)) as server:
+        settings = RunSettings(modes=ModeSettings(mode="budget", budget=32), out=folder)
+        with pytest.raises(EndpointError, match="answers without token usage") as caught:
+            await execute(PROBLEMS, config(server), settings)
+        asked = server.requests
+    assert "\n" not in str(caught.value)
+    assert not folder.exists()
+    assert asked == 1  # the probe's plain chat check, not sent again: no usage is its way
+
+
+async def test_a_reply_without_usage_mid_run_is_sent_again_not_counted_as_zero() -> None:
+    async with NoUsage(FakeBehaviour(reply=REPLY), bare={1}) as server:
+        client = EndpointClient(config(server))
+        try:
+            first = await client.chat(MSGS, max_tokens=16)
+            second = await client.chat(MSGS, max_tokens=16)  # its first reply had no usage
+        finally:
+            await client.aclose()
+    assert first.completion_tokens == second.completion_tokens == len(REPLY.split())
+    assert second.prompt_tokens > 0
+    assert second.attempts == 2 and server.requests == 3
+
+
+async def test_a_call_whose_replies_never_carry_usage_fails_in_one_line() -> None:
+    async with NoUsage(FakeBehaviour(reply=REPLY), bare=range(1, 100)) as server:
+        client = EndpointClient(config(server, max_attempts=3))
+        try:
+            await client.chat(MSGS, max_tokens=16)
+            with pytest.raises(EndpointError, match="answered without token usage"):
+                await client.chat(MSGS, max_tokens=16)
+        finally:
+            await client.aclose()
+    assert server.requests == 1 + 3
+
+
+class Watching:
+    """A subscriber that wants the text as it streams (as ``--watch`` does)."""
+
+    wants_deltas = True
+
+    def handle(self, event: Event) -> None:
+        pass
+
+    def handle_batch(self, events: Sequence[Event]) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        pass
+
+
+async def test_a_resume_that_streams_asks_whether_streams_carry_usage(tmp_path: Path) -> None:
+    """The first session did not stream, so its probe never asked; the resumed one shows
+    live text on a server whose streams carry no usage: it asks, and does not stream."""
+    folder = tmp_path / "run"
+    behaviour = FakeBehaviour(reply=REPLY, usage_in_stream=False)
+    async with FakeServer(behaviour) as server:
+        endpoint = EndpointConfig(name="fake", base_url=server.base_url)
+        modes = ModeSettings(mode="sequential", steps=2, budget=16)
+        settings = RunSettings(modes=modes, out=folder, max_run_tokens=20)
+        first = await execute(PROBLEMS, endpoint, settings)
+        assert first.stopped_by is not None
+        assert "stream_usage" not in first.capabilities.notes
+        state = load_resume(folder, new_limits=True)
+        unlimited = dataclasses.replace(state.settings, max_run_tokens=None)
+        again = await execute(
+            state.problems, endpoint, unlimited, resume=state, subscribers=[Watching()]
+        )
+    assert again.capabilities.stream_usage is False
+    calls = [n for t in again.trees for n in t.nodes.values() if n.call_id is not None]
+    assert calls and all(n.completion_tokens > 0 and n.prompt_tokens > 0 for n in calls)
+    assert again.metrics.failed == 0
+    assert again.metrics.completion_tokens == sum(n.completion_tokens for n in calls)
+
+
+# -- latency ---------------------------------------------------------------------------
+
+
+async def test_latency_is_the_servers_time_not_the_wait_for_a_connection() -> None:
+    async with FakeServer(FakeBehaviour(reply=REPLY, delay_s=0.2)) as server:
+        client = EndpointClient(config(server, max_connections=1))
+        latencies: list[float] = []
+
+        async def one() -> None:
+            latencies.append((await client.chat(MSGS, max_tokens=16)).latency_s)
+
+        try:
+            async with anyio.create_task_group() as tg:
+                for _ in range(4):
+                    tg.start_soon(one)  # one at a time on the wire: three of them queue
+        finally:
+            await client.aclose()
+    assert len(latencies) == 4
+    assert all(0.2 <= s < 0.35 for s in latencies), latencies
+
+
+async def test_a_pools_latency_is_the_answering_members_too() -> None:
+    async with FakeServer(FakeBehaviour(reply=REPLY, delay_s=0.2)) as server:
+        member = PoolMember(server.base_url, max_connections=1)
+        pool = EndpointPool(
+            EndpointConfig(name="pool", base_url=server.base_url, members=(member,))
+        )
+        await pool.resolve_model()
+        latencies: list[float] = []
+
+        async def one() -> None:
+            latencies.append((await pool.chat(MSGS, max_tokens=16)).latency_s)
+
+        try:
+            async with anyio.create_task_group() as tg:
+                for _ in range(3):
+                    tg.start_soon(one)
+        finally:
+            await pool.aclose()
+    assert len(latencies) == 3
+    assert all(0.2 <= s < 0.35 for s in latencies), latencies
+
+
+# -- call ids --------------------------------------------------------------------------
+
+
+class SameIds(FakeServer):
+    """Every response has the same id, as a server whose ids come from a few values."""
+
+    def _response(
+        self, body: Any, rid: str, choices: Any, usage: dict[str, int], *, chat: bool
+    ) -> bytes:
+        return super()._response(body, "chatcmpl-7", choices, usage, chat=chat)
+
+
+class Finished:
+    """Keeps every NodeFinished of a run."""
+
+    wants_deltas = False
+
+    def __init__(self) -> None:
+        self.nodes: list[NodeFinished] = []
+
+    def handle(self, event: Event) -> None:
+        if isinstance(event, NodeFinished):
+            self.nodes.append(event)
+
+    def handle_batch(self, events: Sequence[Event]) -> None:
+        for event in events:
+            self.handle(event)
+
+    async def aclose(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("native_n", [False, True])
+async def test_calls_are_told_apart_when_the_server_reuses_its_ids(
+    tmp_path: Path, native_n: bool
+) -> None:
+    folder = tmp_path / "run"
+    seen = Finished()
+    async with SameIds(FakeBehaviour(reply=REPLY, native_n=native_n)) as server:
+        endpoint = EndpointConfig(name="fake", base_url=server.base_url)
+        settings = RunSettings(modes=ModeSettings(mode="parallel", n=4, budget=32), out=folder)
+        result = await execute(PROBLEMS, endpoint, settings, subscribers=[seen])
+    requests = len(PROBLEMS) * (1 if native_n else 4)
+    assert result.metrics.calls == requests
+    with StoreReader.open(folder / "run.sqlite") as store:
+        assert len(store.calls()) == requests
+    calls = [n for n in seen.nodes if n.call_id is not None]
+    assert len({n.call_id for n in calls}) == requests  # the n of one request share one
+    assert {n.request_id for n in calls} == {"chatcmpl-7"}  # the server's own, kept
+
+
+async def test_a_resumed_run_reads_back_the_ids_its_calls_had(tmp_path: Path) -> None:
+    folder = tmp_path / "run"
+    async with SameIds(FakeBehaviour(reply=REPLY)) as server:
+        endpoint = EndpointConfig(name="fake", base_url=server.base_url)
+        settings = RunSettings(modes=ModeSettings(mode="budget", budget=32), out=folder)
+        caps = Capabilities(continuation="chat")
+        await execute(PROBLEMS, endpoint, settings, capabilities=caps)
+        before = _call_ids(folder)
+        (folder / "results.json").unlink()  # as if killed before its end
+        state = load_resume(folder)
+        again = await execute(state.problems, endpoint, state.settings, resume=state)
+    assert again.cached_calls == len(set(before.values())) >= len(PROBLEMS)
+    assert _call_ids(folder) == before
+
+
+def _call_ids(folder: Path) -> dict[str, str]:
+    saved = json.loads((folder / "results.json").read_text())
+    return {n["id"]: n["call_id"] for p in saved["problems"] for n in p["nodes"] if n["call_id"]}
+
+
+def test_a_call_recorded_before_calls_had_ids_reads_back_with_its_fingerprint() -> None:
+    made = Completion([Choice("B", "stop", 3)], 10, 3, 0.1, request_id="chatcmpl-7")
+    old = json.loads(completion_to_json(made))
+    del old["call_id"]  # as an earlier thinktree wrote it
+    read = completion_from_json(json.dumps(old), "fp-1")
+    assert read.call_id == "fp-1" and read.request_id == "chatcmpl-7"
