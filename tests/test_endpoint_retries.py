@@ -288,3 +288,20 @@ async def test_the_probe_and_the_calls_wait_as_long_as_a_call_may() -> None:
         finally:
             await client.aclose()
     assert caps.native_n and done.choices
+
+
+def test_a_reply_short_of_a_choice_is_incomplete_and_retried() -> None:
+    """n=3 asked, the middle choice never finished: the reply is incomplete (retried, then
+    the call fails and a resume asks it again) rather than recorded with two choices
+    that the solver would have given to the first two branches, shifting the third's
+    text onto the second."""
+    from types import SimpleNamespace
+
+    from thinktree.agents.endpoint import IncompleteResponse, RetryKind, _assemble, classify
+
+    usage = SimpleNamespace(prompt_tokens=5, completion_tokens=6, completion_tokens_details=None)
+    with pytest.raises(IncompleteResponse, match="finished 2 of the 3 choices") as caught:
+        _assemble(["a", "", "c"], [""] * 3, [3, 0, 3], ["stop", None, "stop"], usage, "id", 3)
+    assert classify(caught.value) == RetryKind.MALFORMED
+    whole = _assemble(["a", "b", "c"], [""] * 3, [2, 2, 2], ["stop"] * 3, usage, "id", 3)
+    assert [c.text for c in whole.choices] == ["a", "b", "c"]

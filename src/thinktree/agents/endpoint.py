@@ -974,6 +974,8 @@ def _assemble(
     got = sum(1 for f in finish if f is not None)
     if got == 0:
         raise IncompleteResponse("the stream ended without a finished choice")
+    if got < n:  # a sample short: asked again whole, never recorded short (or shifted)
+        raise IncompleteResponse(f"the reply finished {got} of the {n} choices asked for")
     if usage is None:  # the prompt's tokens are unknown, and never counted as 0
         raise MissingUsage("the reply carried no token usage")
     prompt_tokens = int(usage.prompt_tokens or 0)
