@@ -122,6 +122,8 @@ def only_recorded() -> Iterator[None]:
         yield
     finally:
         _ONLY_RECORDED.reset(token)
+
+
 # One row: the run's retries so far (absent from a store written before it was kept).
 _RETRIES_SCHEMA = """
 CREATE TABLE IF NOT EXISTS retries (
