@@ -368,3 +368,51 @@ def test_a_run_resumed_on_a_server_that_moved_reads_its_calls_back(tmp_path: Pat
         assert moved.requests == 0
     saved = json.loads((tmp_path / "r" / "results.json").read_text())
     assert saved["status"] == "completed" and len(saved["problems"]) == 3
+
+
+def test_a_resume_whose_endpoint_now_fixes_another_temperature_is_refused(
+    tmp_path: Path,
+) -> None:
+    """The endpoint's table gained `temperature = 1` between the run and its resume: one
+    line, nothing sent (it sent every call again at the new temperature, and results.json
+    said 1 where run.json said 0.7)."""
+    data = write_dataset(tmp_path / "set.jsonl", 2)
+    config = tmp_path / "thinktree.toml"
+    folder = tmp_path / "r"
+    with fake_server_in_thread(BEHAVIOUR) as server:
+        config.write_text(f'[endpoints.lab]\nbase_url = "{server.base_url}"\n')
+        finish(
+            [
+                "run",
+                str(data),
+                "--endpoint",
+                "lab",
+                "--config",
+                str(config),
+                "--out",
+                str(folder),
+                *RUN_ARGS,
+            ]
+        )
+        (folder / "results.json").unlink()
+        config.write_text(f'[endpoints.lab]\nbase_url = "{server.base_url}"\ntemperature = 1\n')
+        sent = server.requests
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "thinktree.cli",
+                "run",
+                "--resume",
+                str(folder),
+                "--config",
+                str(config),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert server.requests == sent
+    assert done.returncode == 2, done.stderr
+    assert "now samples at temperature 1; the run was made at 0.7" in done.stderr
+    assert "Traceback" not in done.stderr and not (folder / "results.json").exists()

@@ -266,6 +266,8 @@ async def _execute(
     held: contextlib.ExitStack,
 ) -> RunResult:
     validate(settings, resuming=resume is not None)
+    if resume is not None:
+        _check_temperature(settings, endpoint)
     settings = _on_endpoint(settings, endpoint)
     strategy = build_strategy(settings.modes)
     aggregate_name = settings.aggregate_name()
@@ -869,6 +871,19 @@ async def probe_endpoint(endpoint: EndpointConfig, settings: RunSettings) -> Pro
         caps = await probe(client, what=probe_needs(settings, ()))
         servers = client.figures() if isinstance(client, EndpointPool) else None
         return Probed(model, caps, servers)
+
+
+def _check_temperature(settings: RunSettings, endpoint: EndpointConfig) -> None:
+    """A one-line ConfigError where a resumed run's endpoint now samples at a temperature
+    of its own other than the run's: every call would be another (paid again), and the
+    run's answers would mix two temperatures."""
+    fixed, made = endpoint.temperature, settings.temperature_for_mode()
+    if fixed is not None and fixed != made:
+        raise ConfigError(
+            f"endpoint '{endpoint.name}' now samples at temperature {fixed:g}; the run was "
+            f"made at {made:g}: resume it with the endpoint as it was (its config), or "
+            "start a new run"
+        )
 
 
 def _on_endpoint(settings: RunSettings, endpoint: EndpointConfig) -> RunSettings:
