@@ -16,7 +16,7 @@ import structlog
 from thinktree._json import loads
 from thinktree.agents.chat_template import generation_opener, render_prompt
 from thinktree.agents.constraint_probe import try_constraints
-from thinktree.agents.endpoint import EndpointClient, MissingUsage, RetryKind
+from thinktree.agents.endpoint import EndpointClient, MissingUsage, RetryKind, short_replies
 from thinktree.errors import EndpointError
 
 log = structlog.get_logger(__name__)
@@ -203,7 +203,8 @@ async def probe(client: EndpointClient, *, what: set[str] | None = None) -> Capa
 
 async def _try_n(client: EndpointClient, msgs: list[dict[str, str]]) -> tuple[bool, str]:
     try:
-        result = await client.chat(msgs, max_tokens=4, n=3, temperature=1.0)
+        with short_replies():  # how many it returns is the answer
+            result = await client.chat(msgs, max_tokens=4, n=3, temperature=1.0)
     except EndpointError as exc:
         return False, f"n=3 refused: {exc}"
     got = len(result.choices)

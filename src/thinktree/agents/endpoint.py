@@ -13,8 +13,9 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Collection
-from contextlib import aclosing
+from collections.abc import Awaitable, Callable, Collection, Iterator
+from contextlib import aclosing, contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal, Protocol, TypeVar
@@ -962,6 +963,20 @@ def _streaming(on_delta: DeltaHandler | None) -> dict[str, Any]:
     return {"stream": True, "stream_options": {"include_usage": True}}
 
 
+_SHORT_REPLIES: ContextVar[bool] = ContextVar("thinktree_short_replies", default=False)
+
+
+@contextmanager
+def short_replies() -> Iterator[None]:
+    """Replies with fewer choices than asked for are taken as they come (a probe of ``n``
+    asks to see them); elsewhere such a reply is incomplete."""
+    token = _SHORT_REPLIES.set(True)
+    try:
+        yield
+    finally:
+        _SHORT_REPLIES.reset(token)
+
+
 def _assemble(
     texts: list[str],
     reasoning: list[str],
@@ -974,7 +989,9 @@ def _assemble(
     got = sum(1 for f in finish if f is not None)
     if got == 0:
         raise IncompleteResponse("the stream ended without a finished choice")
-    if got < n:  # a sample short: asked again whole, never recorded short (or shifted)
+    if got < n and not _SHORT_REPLIES.get():
+        # a sample short: asked again whole, never recorded short (or shifted onto the
+        # wrong node by the choices that follow it)
         raise IncompleteResponse(f"the reply finished {got} of the {n} choices asked for")
     if usage is None:  # the prompt's tokens are unknown, and never counted as 0
         raise MissingUsage("the reply carried no token usage")
