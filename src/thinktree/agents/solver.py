@@ -137,8 +137,12 @@ class Solver:
         the request's pool has nothing left.
         """
         mode, messages, prefix = self._shape(branch, req)
-        read_back = await self._recorded(mode, messages, prefix, req.max_tokens, [req])
-        recorded, cut = None, frozenset[tuple[str, str]]()
+        read_back = (
+            await self._recorded(mode, messages, prefix, req.max_tokens, [req])
+            if self.recorded
+            else None
+        )
+        recorded, cut = None, _NO_MARKS
         if read_back is not None:
             (recorded, grant), bill = read_back, None
         else:
@@ -153,7 +157,7 @@ class Solver:
             _unsent(bill)
             raise
         try:
-            with solver_call(tuple(sorted(cut))):
+            with solver_call(cut):
                 result = recorded or await self._request(
                     mode, messages, prefix, grant, 1, req.node_id, [req], bill=bill
                 )
@@ -302,8 +306,10 @@ class Solver:
         # One request has one max_tokens: every branch gets the smallest grant.
         mode, messages, prefix = self._shape(branch, reqs[0])
         ask = min(r.max_tokens for r in reqs)
-        read_back = await self._recorded(mode, messages, prefix, ask, reqs)
-        recorded, cut = None, frozenset[tuple[str, str]]()
+        read_back = (
+            await self._recorded(mode, messages, prefix, ask, reqs) if self.recorded else None
+        )
+        recorded, cut = None, _NO_MARKS
         if read_back is not None:
             (recorded, grant), bill = read_back, None
         else:
@@ -323,7 +329,7 @@ class Solver:
             _unsent(bill)
             raise
         try:
-            with solver_call(tuple(sorted(cut))):
+            with solver_call(cut):
                 result = recorded or await self._request(
                     mode, messages, prefix, grant, len(reqs), reqs[0].node_id, reqs, bill=bill
                 )
@@ -754,7 +760,10 @@ def _split(grants: list[int], total: int) -> list[int]:
     return cut
 
 
-def _marks(reqs: list[SegmentRequest]) -> frozenset[tuple[str, str]]:
+_NO_MARKS: tuple[tuple[str, str], ...] = ()
+
+
+def _marks(reqs: list[SegmentRequest]) -> tuple[tuple[str, str], ...]:
     """The marks the limits over ``reqs`` carry: ``("cut", pool)`` for each pool a limit
     cut, ``("run-cut", reason)`` where a limit of the whole run did (see :class:`Budget`).
 
@@ -769,7 +778,7 @@ def _marks(reqs: list[SegmentRequest]) -> frozenset[tuple[str, str]]:
             if pool.run_cut is not None:
                 marks.add(("run-cut", pool.run_cut))
             pool = pool.parent
-    return frozenset(marks)
+    return tuple(sorted(marks))
 
 
 def _mark(budget: Budget, marks: tuple[tuple[str, str], ...]) -> None:

@@ -99,16 +99,23 @@ _SOLVER_CALL: ContextVar[tuple[tuple[str, str], ...] | None] = ContextVar(
 )
 
 
-@contextmanager
-def solver_call(cut: tuple[tuple[str, str], ...] = ()) -> Iterator[None]:
+class solver_call:  # named as the context manager it is
     """A call made inside is the solver's: it is recorded with its node key, so a resumed
     run holds its tokens under its limits (a verifier's are not held), and with ``cut``,
-    the marks its limits made where they granted it less than it asked."""
-    token = _SOLVER_CALL.set(cut)
-    try:
-        yield
-    finally:
-        _SOLVER_CALL.reset(token)
+    the marks its limits made where they granted it less than it asked.
+
+    A class, not a generator: it wraps every solver call, and costs a third as much."""
+
+    __slots__ = ("_cut", "_token")
+
+    def __init__(self, cut: tuple[tuple[str, str], ...] = ()) -> None:
+        self._cut = cut
+
+    def __enter__(self) -> None:
+        self._token = _SOLVER_CALL.set(self._cut)
+
+    def __exit__(self, *exc: object) -> None:
+        _SOLVER_CALL.reset(self._token)
 
 
 @contextmanager
