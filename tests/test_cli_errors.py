@@ -297,6 +297,44 @@ def test_watch_refuses_a_file_that_is_not_a_trace(work: Path, content: str) -> N
     assert proc.returncode == 2 and proc.stdout == ""
 
 
+@pytest.mark.parametrize(
+    ("make", "says"),
+    [
+        ("folder", "no trace.jsonl at r1"),
+        ("fifo", "no trace.jsonl at r1"),
+        ("latin1", "r1/trace.jsonl is not a"),
+        ("nested", "r1/trace.jsonl is not a"),
+    ],
+)
+def test_watch_says_in_one_line_that_it_cannot_read_a_trace(
+    work: Path, make: str, says: str
+) -> None:
+    """Said before it asks for a terminal: no traceback, whatever is where the trace is."""
+    folder = work / "r1"
+    folder.mkdir()
+    (folder / "run.json").write_text("{}")
+    trace = folder / "trace.jsonl"
+    if make == "folder":
+        trace.mkdir()
+    elif make == "fifo":
+        os.mkfifo(trace)
+    elif make == "latin1":
+        trace.write_bytes(b'{"type": "run-started", "run_id": "caf\xe9"}\n')
+    else:
+        trace.write_bytes(b"[" * 100_000 + b"]" * 100_000 + b"\n")
+    for path in ("r1", "r1/trace.jsonl"):
+        proc = thinktree("watch", path, cwd=work, timeout=30)
+        assert_one_line_error(proc, says)
+        assert proc.returncode == 2 and "terminal" not in proc.stderr
+
+
+def test_watch_and_runs_say_so_of_a_path_too_long_to_open(work: Path) -> None:
+    for command in ("watch", "runs", "report"):
+        proc = thinktree(command, "x" * 300, cwd=work, timeout=30)
+        assert_one_line_error(proc, "name too long")
+        assert "Errno" not in proc.stderr
+
+
 def test_watch_refuses_to_start_without_a_terminal(work: Path) -> None:
     """Its output sent to a file and nothing to read keys from: it says so and ends, rather
     than fill the file with escape codes and wait for a key that never comes."""

@@ -264,3 +264,71 @@ def test_report_out_that_is_a_file_is_refused_before_anything_is_written(
     assert proc.stdout == ""  # not even the tables: nothing was done
     assert (tmp_path / "afile").read_text() == "keep me"
     assert sorted(bench.rglob("*")) == before
+
+
+@pytest.mark.parametrize(
+    ("damage", "says"),
+    [
+        (
+            lambda r: r["metrics"].update(accuracy="high"),
+            "metrics.accuracy is 'high', not a number",
+        ),
+        (lambda r: r["metrics"].update(accuracy=-1), "metrics.accuracy is -1, not a share from 0"),
+        (lambda r: r["metrics"].pop("calls"), "no metrics.calls"),
+        (lambda r: r["metrics"].update(verifier="x"), "metrics.verifier is 'x', not an object"),
+        (lambda r: r.update(problems=5), "problems is 5, not a list"),
+        (lambda r: r["problems"].append("q10"), "a problem is 'q10', not an object"),
+        (lambda r: r["problems"][0].update(nodes="x"), "a problem's nodes is 'x', not a list"),
+        (lambda r: r["problems"][0].update(decision=[]), "a problem's decision is [], not an"),
+        (lambda r: r.clear(), "no 'settings'"),
+    ],
+)
+def test_a_damaged_results_file_is_one_line_not_a_traceback(
+    bench: Path, damage: Any, says: str
+) -> None:
+    path = bench / "001_a" / "results.json"
+    results = json.loads(path.read_text())
+    damage(results)
+    path.write_text(json.dumps(results))
+    for folder in ("bench", "bench/001_a"):  # in a bench, and as a run of its own
+        proc = report(folder, "--plot-terminal", cwd=bench.parent)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert "Traceback" not in proc.stderr
+        (line,) = proc.stderr.strip().splitlines()
+        assert line.startswith("error: bench/001_a/results.json is damaged ("), line
+        assert says in line
+
+
+@pytest.mark.parametrize(
+    ("cells", "says"),
+    [
+        (["001_a"], "a cell is '001_a', not an object"),
+        ([{"name": "001_a"}], "cell 001_a's dataset is None, not a name"),
+        ([{"name": "../x", "dataset": "d", "options": {}}], "a cell's name is '../x'"),
+        ([{"name": "001_a", "dataset": "d", "options": 3}], "cell 001_a's options is 3"),
+        ("001_a", "cells is '001_a', not a list"),
+        (None, "cells is None, not a list"),
+    ],
+)
+def test_a_damaged_bench_manifest_is_one_line(bench: Path, cells: Any, says: str) -> None:
+    manifest = json.loads((bench / "bench.json").read_text())
+    (bench / "bench.json").write_text(json.dumps({**manifest, "cells": cells}))
+    proc = report("bench", cwd=bench.parent)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(f"error: bench/bench.json is damaged ({says}"), line
+
+
+def test_an_unfinished_run_is_told_to_resume_with_the_config_it_was_started_with(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "servers.toml"
+    config.write_text("")
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "run.json").write_text(json.dumps({"config_file": str(config)}))
+    proc = report("r", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert f"resume it with `thinktree run --resume r --config {config}`" in proc.stderr
+    config.unlink()  # gone since: a hint that names it would fail
+    proc = report("r", cwd=tmp_path)
+    assert "resume it with `thinktree run --resume r`" in proc.stderr

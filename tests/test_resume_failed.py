@@ -226,6 +226,9 @@ def test_the_resume_command_names_the_config_its_endpoint_came_from(tmp_path: Pa
     assert f"thinktree run --resume {out} --config {config}" in first.stderr
     assert without.returncode == 2 and len(without.stderr.strip().splitlines()) == 1
     assert "started on endpoint 'lab', which no config names here" in without.stderr
+    # the run folder records the config (`watch` and `report` name it in their hints too)
+    assert json.loads((out / "run.json").read_text())["config_file"] == str(config)
+    assert f"thinktree run --resume {out} --config {config} (or" in without.stderr
     assert resumed.returncode == 0, resumed.stderr
 
 

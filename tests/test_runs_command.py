@@ -104,3 +104,66 @@ def test_runs_lists_completed_and_unreadable_runs_without_secrets(tmp_path: Path
             assert KEY.encode() not in path.read_bytes(), path
     for proc in (first, second, listed):
         assert KEY not in proc.stdout + proc.stderr
+
+
+def test_runs_says_which_run_folders_are_damaged_and_never_calls_them_completed(
+    tmp_path: Path,
+) -> None:
+    import shutil
+
+    data = tmp_path / "d.jsonl"
+    data.write_text(
+        json.dumps({"id": "q0", "question": "q0 Q?", "answer_type": "yesno", "answer": "yes"})
+        + "\n"
+    )
+    with fake_server_in_thread(FakeBehaviour(reply="Answer: yes")) as server:
+        made = cli("run", str(data), "--endpoint", server.base_url, "--out", "runs/a", cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    runs = tmp_path / "runs"
+
+    def variant(name: str, *, drop: tuple[str, ...] = (), **files: bytes) -> None:
+        shutil.copytree(runs / "a", runs / name)
+        for gone in drop:
+            (runs / name / gone).unlink()
+        for file, content in files.items():
+            (runs / name / file.replace("_", ".")).write_bytes(content)
+
+    whole = (runs / "a" / "results.json").read_bytes()
+    variant("empty-results", results_json=b"")
+    variant("cut-results", results_json=whole[: len(whole) // 2])
+    variant("list-results", results_json=b"[]")
+    variant("no-results", drop=("results.json",))
+    variant("garbage-manifest", run_json=b"\x00\x00 not json")
+    variant("no-manifest", drop=("run.json",))
+    variant("no-store", drop=("run.sqlite",))
+    variant("manifest-only", drop=("run.sqlite", "results.json", "trace.jsonl", "calls.sqlite"))
+    (runs / "store-a-folder").mkdir()
+    (runs / "store-a-folder" / "run.sqlite").mkdir()
+    (runs / "not-a-run").mkdir()  # no run.sqlite, no run.json: not listed
+
+    listed = cli("runs", cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert "Traceback" not in listed.stdout + listed.stderr
+    rows = {
+        line.split("│")[1].strip(): [cell.strip() for cell in line.split("│")[2:-1]]
+        for line in listed.stdout.splitlines()
+        if line.startswith("│")
+    }
+    assert rows["a"][0] == "completed" and rows["a"][-1] == ""
+    expected = {
+        "empty-results": ("damaged", "results.json is empty"),
+        "cut-results": ("damaged", "results.json is cut off or damaged"),
+        "list-results": ("damaged", "results.json is cut off or damaged"),
+        "no-results": ("interrupted", "results.json is missing: a resume writes it"),
+        "garbage-manifest": ("damaged", "run.json is cut off or damaged"),
+        "no-manifest": ("damaged", "run.json is missing: it cannot be resumed"),
+        "no-store": ("damaged", "no run.sqlite"),
+        "manifest-only": ("interrupted", "no run.sqlite yet: a resume makes it"),
+        "store-a-folder": ("unreadable", "is not a file, so not a run store"),
+    }
+    for name, (status, note) in expected.items():
+        assert rows[name][0] == status, (name, rows[name])
+        assert note in rows[name][-1], (name, rows[name])
+    assert set(rows) == {"a", *expected}
+    # what the manifest says of a run without a store
+    assert rows["manifest-only"][1:4] == rows["a"][1:4]  # mode, endpoint, model

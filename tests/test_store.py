@@ -404,6 +404,7 @@ anyio.run(main)
         assert reader.status() == "interrupted"
         assert reader.run_info()["status"] == "interrupted"
         assert [p["id"] for p in reader.problems()] == ["p"]
+    (db_path.parent / "run.json").write_text("{}")  # a run's folder holds its manifest too
     (summary,) = list_runs(db_path.parent.parent)
     assert summary.status == "interrupted"
 
@@ -614,6 +615,9 @@ async def test_list_runs_mixes_good_and_bad_folders(tmp_path: Path) -> None:
         feed(good, full_run())
     with RunStore(root / "b-interrupted" / STORE_NAME) as cut:
         feed(cut, [run_started("run-b", problems=5), *problem_events()[:5]])
+    for name in ("a-done", "b-interrupted"):  # the rest of a run folder, as a run leaves it
+        (root / name / "run.json").write_text("{}")
+    (root / "a-done" / "results.json").write_text('{"status": "completed"}')
     (root / "c-garbage" / STORE_NAME).write_bytes(os.urandom(4096))
     _foreign(root / "d-foreign" / STORE_NAME)
     _newer(root / "e-newer" / STORE_NAME)

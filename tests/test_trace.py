@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 
 import pytest
 
-from thinktree.orchestrator.events import NodeKind, NodeStarted, RunFinished
+from thinktree.orchestrator.events import NodeDelta, NodeKind, NodeStarted, RunFinished
 from thinktree.orchestrator.trace import (
     EVENT_TYPES,
     TraceDecoder,
     TraceError,
     UnknownEventType,
     event_from_dict,
+    is_trace,
     read_trace,
     resolve_trace,
     trace_finished,
@@ -152,8 +154,6 @@ def test_the_trace_holds_each_batch_once_it_is_handed_over(tmp_path: Path) -> No
 
 
 def test_a_restarted_delta_round_trips_and_older_deltas_still_read() -> None:
-    from thinktree.orchestrator.events import NodeDelta
-
     plain = NodeDelta(at=1.5, node_id="p1/b1/think", text="tok")
     assert b"restart" not in plain.json_line()  # no room spent on the usual case
     assert json.loads(plain.json_line()) == {
@@ -166,3 +166,114 @@ def test_a_restarted_delta_round_trips_and_older_deltas_still_read() -> None:
     old = {"type": "node-delta", "at": 1.0, "node_id": "p1/b1/think", "text": "x"}  # a 0.x trace
     back = event_from_dict(old)
     assert isinstance(back, NodeDelta) and back.restart is False
+
+
+@pytest.mark.parametrize(
+    ("change", "says"),
+    [
+        ({"at": "soon"}, "at is text, not a number"),
+        ({"prompt_tokens": None}, "prompt_tokens is null, not a number"),
+        ({"text": ["a"]}, "text is a list, not text"),
+        ({"answer": {"x": 1}}, "answer is an object, not text or null"),
+        ({"node_id": 7}, "node_id is a number, not text"),
+    ],
+)
+def test_an_event_whose_fields_have_the_wrong_type_is_a_broken_line(
+    change: dict[str, object], says: str
+) -> None:
+    """Read as it was, it would break whatever shows it later (sums, formats, lookups)."""
+    finished = {
+        "type": "node-finished",
+        "at": 1.0,
+        "node_id": "p/think",
+        "text": "t",
+        "finish_reason": "stop",
+        "prompt_tokens": 3,
+        "completion_tokens": 2,
+    }
+    assert event_from_dict({**finished, "prompt_tokens": 3.0}).prompt_tokens == 3  # a number
+    with pytest.raises(ValueError, match=re.escape(says)):
+        event_from_dict({**finished, **change})
+    decoder = TraceDecoder("t.jsonl")
+    with pytest.raises(TraceError, match=re.escape(f"t.jsonl:2: bad node-finished event: {says}")):
+        decoder.feed(
+            json.dumps(finished).encode()
+            + b"\n"
+            + json.dumps({**finished, **change}).encode()
+            + b"\n"
+        )
+
+
+def test_what_a_field_holds_is_checked_too() -> None:
+    vote = {
+        "type": "vote-cast",
+        "problem_id": "p",
+        "node_id": "p/vote",
+        "rule": "majority",
+        "answer": "A",
+        "winner_node": None,
+        "counts": {"A": 2},
+    }
+    assert event_from_dict(vote).counts == {"A": 2}  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="counts holds text, not a number"):
+        event_from_dict({**vote, "counts": {"A": "two"}})
+    with pytest.raises(ValueError, match="counts is text, not an object"):
+        event_from_dict({**vote, "counts": "A"})
+    with pytest.raises(ValueError, match="ballots holds a number, not an object"):
+        event_from_dict({**vote, "ballots": [1]})
+    started = {"type": "problem-started", "problem_id": "p", "node_id": "p", "question": "q"}
+    with pytest.raises(ValueError, match="bad problem-started event: no gold"):
+        event_from_dict(started)
+    with pytest.raises(ValueError, match="options holds true or false, not text"):
+        event_from_dict({**started, "gold": None, "options": {"A": True}})
+    with pytest.raises(ValueError, match=r"bad node-started event: .*NodeKind"):
+        event_from_dict(
+            {"type": "node-started", "node_id": "p/b", "problem_id": "p", "parent_id": "p"}
+            | {"kind": ["branch"], "label": "b"}
+        )
+
+
+def test_the_events_before_a_broken_line_are_read_before_it_is_reported(tmp_path: Path) -> None:
+    events = synthetic_run(2, 2)
+    lines = [e.json_line() for e in events]
+    path = tmp_path / "trace.jsonl"
+    path.write_bytes(b"".join([*lines[:5], b'{"type": "node-delta", "at": null}\n', *lines[5:]]))
+    read: list[object] = []
+    with pytest.raises(TraceError, match=r"trace.jsonl:6: bad node-delta event: at is null"):
+        read.extend(read_trace(path))
+    assert read == events[:5]
+
+
+@pytest.mark.parametrize("depth", [100, 30_000, 200_000])
+def test_a_line_nested_too_deep_is_a_broken_line_not_a_crash(tmp_path: Path, depth: int) -> None:
+    """json recurses into nested lists: deep enough, that is a RecursionError."""
+    nested = b"[" * depth + b"]" * depth
+    decoder = TraceDecoder("t.jsonl")
+    with pytest.raises(TraceError, match=r"t\.jsonl:1: not a"):
+        decoder.feed(nested + b"\n")
+    path = tmp_path / "trace.jsonl"
+    path.write_bytes(nested + b"\n")
+    assert not is_trace(path)
+    path.write_bytes(synthetic_run(1, 1)[0].json_line() + nested + b"\n")
+    assert not trace_finished(path)
+    assert TraceDecoder().finish() == []
+
+
+def test_a_long_line_coming_in_many_chunks_is_one_event() -> None:
+    text = "x" * (3 << 20)
+    line = NodeDelta(at=1.0, node_id="p/think", text=text).json_line()
+    decoder = TraceDecoder()
+    got = []
+    for start in range(0, len(line), 4096):
+        got += decoder.feed(line[start : start + 4096])
+    assert got == [NodeDelta(at=1.0, node_id="p/think", text=text)]
+    assert decoder.line == 1
+
+
+@pytest.mark.parametrize("at", [b"NaN", b"Infinity", b"-Infinity", b"1e999"])
+def test_a_time_that_is_no_number_is_a_broken_line(at: bytes) -> None:
+    """Python's json reads NaN and Infinity (JSON has neither), and 1e999 as infinity: a
+    view would stop at such a time (its clock cannot show it)."""
+    line = b'{"type": "node-delta", "at": ' + at + b', "node_id": "p/think", "text": "x"}\n'
+    with pytest.raises(TraceError, match=r"t\.jsonl:1: bad node-delta event: at is .*, not a time"):
+        TraceDecoder("t.jsonl").feed(line)

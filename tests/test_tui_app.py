@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import html
+import json
+import os
 import re
 from pathlib import Path
 
@@ -856,3 +858,84 @@ async def test_a_problem_shown_before_its_text_was_laid_out_still_opens_at_its_t
         await pilot.pause()
         assert app.detail.node_id == "p1" and app.detail.max_scroll_y > 0
         assert app.detail.scroll_y == 0
+
+
+async def test_watch_says_in_one_line_what_it_cannot_read(tmp_path: Path) -> None:
+    """Before the view starts (and before it asks for a terminal): each a ValueError or
+    FileNotFoundError that ``thinktree watch`` prints as one line."""
+    from thinktree.tui.sources import source_for
+
+    folder = run_folder(tmp_path, synthetic_run(2, 1))
+    trace = folder / "trace.jsonl"
+    cases: list[tuple[Path, str]] = []
+    trace.unlink()
+    trace.mkdir()  # a folder where the trace should be
+    cases += [(folder, "no trace.jsonl at"), (trace, "no trace.jsonl at")]
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # reading it would wait for a writer for ever
+    cases.append((fifo, "no trace.jsonl at"))
+    for name, content in [
+        ("latin1.jsonl", b'{"type": "run-started", "run_id": "\xff\xfe"}\n'),
+        ("nested.jsonl", b"[" * 100_000 + b"]" * 100_000 + b"\n"),
+        ("nul.jsonl", b"\0" * 5000 + b"\n"),
+    ]:
+        (tmp_path / name).write_bytes(content)
+        cases.append((tmp_path / name, "is not a run folder or a trace"))
+    cases.append((tmp_path / ("x" * 300), "file name too long"))
+    for path, says in cases:
+        with anyio.fail_after(5), pytest.raises((ValueError, FileNotFoundError)) as caught:
+            await anyio.to_thread.run_sync(source_for, path, abandon_on_cancel=True)  # no hang
+        assert says in str(caught.value) and "\n" not in str(caught.value), (path, caught.value)
+        assert "Errno" not in str(caught.value)
+
+
+@pytest.mark.parametrize("follow", [False, True])
+async def test_a_broken_line_stops_the_view_after_what_came_before_it(
+    tmp_path: Path, follow: bool
+) -> None:
+    """The events before it are shown; the line's error is too, and kept for the command
+    to end with (one line, exit status 2) once the view has closed."""
+    events = synthetic_run(3, 2)
+    lines = [e.json_line() for e in events]
+    folder = run_folder(tmp_path, [])
+    trace = folder / "trace.jsonl"
+    trace.write_bytes(b"".join([*lines[:9], b'{"type": "node-finished", "at": "x"}\n', *lines[9:]]))
+    source = FollowSource(trace, poll_s=0.02) if follow else ReplaySource(trace)
+    app = ThinktreeApp(source, refresh_hz=0.001)
+    async with app.run_test(size=SIZE) as pilot:
+        with anyio.fail_after(5):
+            await settle(app, pilot)
+        assert app.view.events == 9
+        said = f"{trace}:10: bad node-finished event: at is text, not a number"
+        assert app.source_error == said
+        assert said[:40] in app.header.plain
+    if follow:
+        assert source.status == "stopped reading" and not source.interrupted
+
+
+async def test_an_interrupted_runs_hint_names_the_config_it_was_started_with(
+    tmp_path: Path,
+) -> None:
+    folder = run_folder(tmp_path, synthetic_run(2, 1, running=1))
+    config = tmp_path / "lab servers.toml"
+    config.write_text("")
+    (folder / "run.json").write_text(json.dumps({"run_id": "r1", "config_file": str(config)}))
+    source = FollowSource(folder / "trace.jsonl", poll_s=0.02)
+    app = ThinktreeApp(source, refresh_hz=0.001)
+    async with app.run_test(size=SIZE) as pilot:
+        with anyio.fail_after(5):
+            await settle(app, pilot)
+        assert source.interrupted
+        app.refresh_view()
+        hint = f"resume with: thinktree run --resume {folder} --config '{config}'"
+        assert hint in app.header.plain
+    # a manifest that cannot be read: no hint to a resume that would be refused
+    (folder / "run.json").write_text("{not json")
+    source = FollowSource(folder / "trace.jsonl", poll_s=0.02)
+    app = ThinktreeApp(source, refresh_hz=0.001)
+    async with app.run_test(size=SIZE) as pilot:
+        with anyio.fail_after(5):
+            await settle(app, pilot)
+        app.refresh_view()
+        assert "--resume" not in app.header.plain
+        assert f"it cannot be resumed: {folder / 'run.json'} cannot be read" in app.header.plain

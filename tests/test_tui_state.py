@@ -353,3 +353,40 @@ def test_an_id_is_cut_in_its_middle_so_ids_sharing_a_start_stay_apart() -> None:
     wide = RowBuilder()
     wide.add("日本語の問題0417", middle=True)
     assert wide.row((0, 1)).fit(7).plain == "日…417"  # cut by cells, not characters
+
+
+def test_events_that_do_not_fit_the_tree_are_skipped_not_looped_on() -> None:
+    """An edited trace, or two runs' put together: a node under itself, or started twice
+    (its parent would list it again, a node its own ancestor), or a problem on a node of
+    another's. Applied, walking the tree would never end."""
+    view = view_of(2, 2)
+    problem = view.tree.problems["p1"]
+    before = {pid: list(p.walk()) for pid, p in view.tree.problems.items()}
+    misfits = [
+        NodeStarted(
+            node_id="p1/x", problem_id="p1", parent_id="p1/x", kind=NodeKind.STEP, label="x"
+        ),
+        NodeStarted(
+            node_id="p1", problem_id="p1", parent_id="p1/b1", kind=NodeKind.STEP, label="y"
+        ),
+        NodeStarted(
+            node_id="p1/b1", problem_id="p1", parent_id="p1/b2", kind=NodeKind.STEP, label="z"
+        ),
+        NodeStarted(
+            node_id="p2/b1", problem_id="p1", parent_id="p1", kind=NodeKind.STEP, label="w"
+        ),
+        NodeStarted(
+            node_id="q/a", problem_id="nowhere", parent_id="q", kind=NodeKind.STEP, label="v"
+        ),
+        ProblemStarted(problem_id="p3", node_id="p1/b1", question="?", gold=None),
+    ]
+    for event in misfits:
+        view.apply(event)
+    assert view.skipped == len(misfits)
+    assert {pid: list(p.walk()) for pid, p in view.tree.problems.items()} == before
+    assert "p3" not in view.tree.problems and view.tree.node("p1/b1").problem_id == "p1"
+    for node in problem.walk():
+        node_label(problem, node, subtree_tokens(problem)[node.id], winner_path(problem))
+    # a problem started again on its own root is the problem anew, as before
+    view.apply(ProblemStarted(problem_id="p1", node_id="p1", question="again", gold=None))
+    assert view.tree.problems["p1"].question == "again"

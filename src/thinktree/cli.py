@@ -280,7 +280,9 @@ def run(
         explicit = [p.replace("_", "-") for p in _MODE_PARAMS if _given(ctx, p)]
         check_given(settings.modes, explicit)
         cfg = load_config(config)
-        settings = dataclasses.replace(settings, prices=prices_from_config(cfg), config=cfg)
+        settings = dataclasses.replace(
+            settings, prices=prices_from_config(cfg), config=cfg, config_file=config
+        )
         validate(settings)
         if limit is not None and limit <= 0:
             raise _fail(f"--limit must be positive, not {limit}")
@@ -534,10 +536,11 @@ def _resume(
             except ConfigError as exc:
                 if not str(exc).startswith("unknown endpoint"):
                     raise
+                recorded = None if config is not None else _recorded_config(folder)
                 raise ConfigError(
                     f"run {folder} was started on endpoint '{saved['name']}', which no config "
                     "names here; resume it with the config it was named in: "
-                    f"{resume_command(folder, 'FILE')} (or --endpoint URL)"
+                    f"{resume_command(folder, recorded or 'FILE')} (or --endpoint URL)"
                 ) from None
             target = found or EndpointConfig(
                 name=saved["name"], base_url=saved["base_url"], model=saved["model"]
@@ -562,7 +565,7 @@ def _resume(
         resume=state,
         watch=watch,
         engine=engine,
-        config=config,
+        config=config if config is not None else _recorded_config(folder),  # for the hints
     )
 
 
@@ -577,6 +580,17 @@ def _named_as_before(target: EndpointConfig, saved: dict[str, Any]) -> EndpointC
     if before is None or server_name(target) == before:
         return target
     return dataclasses.replace(target, cache_as=before)
+
+
+def _recorded_config(folder: Path) -> Path | None:
+    """The config file the run in ``folder`` was started with, for the hints on resuming it
+    (None where its manifest records none; a damaged manifest is refused on its own)."""
+    from thinktree.hints import recorded_config
+
+    try:
+        return recorded_config(folder)
+    except ValueError:
+        return None
 
 
 def _print_results(result: object) -> None:
@@ -752,7 +766,10 @@ def watch(
         raise _fail("watch needs a terminal; `thinktree runs` lists runs without one")
     from thinktree.tui.app import ThinktreeApp
 
-    ThinktreeApp(source).run()
+    view = ThinktreeApp(source)
+    view.run()
+    if view.source_error is not None:  # shown in the view; said again once it has closed
+        raise _fail(view.source_error)
 
 
 @app.command()
@@ -769,9 +786,12 @@ def runs(
         prices = prices_from_config(load_config(None))
     except ThinktreeError as exc:
         raise _fail(str(exc)) from None
-    if not root.is_dir():
-        raise _fail(f"no run folder at {root}; runs go to ./runs unless --out says otherwise")
-    found = list_runs(root)
+    try:
+        if not root.is_dir():
+            raise _fail(f"no run folder at {root}; runs go to ./runs unless --out says otherwise")
+        found = list_runs(root)
+    except OSError as exc:
+        raise _fail(f"cannot read {_cannot(exc, root)}") from None
     if not found:
         out.print(f"no runs in {root}", markup=False)
         return
@@ -813,16 +833,20 @@ def runs(
     out.print(table)
 
 
+def _cannot(exc: OSError, path: Path) -> str:
+    """One line for a file the command could not read or write: which, and why."""
+    where = exc.filename if exc.filename is not None else path
+    return f"{where}: {(exc.strerror or str(exc)).lower()}"
+
+
 def _run_note(run: RunSummary) -> str:
-    """Why a run is unreadable, or what of it failed."""
-    if run.error:
-        return run.error
+    """Why a run is unreadable or damaged, and what of it failed."""
     failed = []
     if run.problems_failed:
         failed.append(f"{run.problems_failed} problem(s) failed")
     if run.calls_failed:
         failed.append(f"{run.calls_failed} model call(s) failed")
-    return ", ".join(failed)
+    return "; ".join(part for part in (run.error, ", ".join(failed)) if part)
 
 
 def _cost(price: Price | None, prompt: int, completion: int) -> str:
@@ -894,8 +918,10 @@ def report(
 
     try:
         report_main(path, out_dir, plots=plots, plot_terminal=plot_terminal, out=out)
-    except (ThinktreeError, DatasetError, OSError) as exc:
+    except (ThinktreeError, DatasetError) as exc:
         raise _fail(str(exc)) from None
+    except OSError as exc:
+        raise _fail(_cannot(exc, path)) from None
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

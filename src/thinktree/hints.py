@@ -3,8 +3,15 @@ quoted where a shell would read a path otherwise (spaces, brackets)."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import shlex
 from pathlib import Path
+
+#: A run folder's manifest (``orchestrator.run`` writes it), and its key that names the
+#: config file the run was started with (``--config``), which resuming it needs again.
+MANIFEST = "run.json"
+CONFIG_FILE = "config_file"
 
 
 def shell_command(*words: str | Path) -> str:
@@ -17,3 +24,38 @@ def resume_command(folder: Path | str, config: Path | str | None = None) -> str:
     (``config``), which the resumed run needs again to find that endpoint."""
     named = ("--config", config) if config is not None else ()
     return shell_command("thinktree", "run", "--resume", folder, *named)
+
+
+def resume_command_for(folder: Path | str, config: Path | str | None = None) -> str:
+    """:func:`resume_command`, with the config file the run recorded where ``config`` is
+    None (as far as its manifest can be read: a run whose manifest cannot is refused by
+    the command anyway, in a line that says why)."""
+    if config is None:
+        with contextlib.suppress(ValueError):
+            config = recorded_config(folder)
+    return resume_command(folder, config)
+
+
+def recorded_config(folder: Path | str) -> Path | None:
+    """The config file the run in ``folder`` was started with (``run --config``), as its
+    manifest records it; None when it was started without one, or that file is gone.
+
+    Raises ValueError when the manifest cannot be read (such a run cannot be resumed).
+    """
+    path = Path(folder) / MANIFEST
+    try:
+        if not path.is_file():  # not a FIFO, say, that would hang the read
+            raise ValueError(f"{path} is missing")
+        manifest = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError):
+        raise ValueError(f"{path} cannot be read") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path} is not a run's manifest")
+    named = manifest.get(CONFIG_FILE)
+    if not isinstance(named, str) or not named:
+        return None
+    config = Path(named)
+    try:
+        return config if config.is_file() else None
+    except OSError:
+        return None

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from thinktree._files import in_use
 from thinktree.errors import ConfigError
-from thinktree.hints import resume_command, shell_command
+from thinktree.hints import resume_command_for, shell_command
 from thinktree.orchestrator.events import failed_calls_in
 
 RESULTS = "results.json"
@@ -104,7 +105,8 @@ def load(path: Path) -> Loaded:
         raise ConfigError(f"run {path} is still running; report it once it has finished")
     if (path / "run.json").is_file():
         raise ConfigError(
-            f"run {path} has not finished (no {RESULTS}); resume it with `{resume_command(path)}`"
+            f"run {path} has not finished (no {RESULTS}); resume it with "
+            f"`{resume_command_for(path)}`"
         )
     raise ConfigError(f"{path} is neither a run folder ({RESULTS}) nor a bench folder (bench.json)")
 
@@ -119,23 +121,24 @@ def _read_json(path: Path) -> Any:
 def _load_bench(path: Path) -> Loaded:
     manifest = _read_json(path / BENCH_MANIFEST)
     try:
-        entries = list(manifest["cells"])
-        grid = dict(manifest.get("grid") or {})
-        fixed = dict(manifest.get("run") or {})
-    except (KeyError, TypeError) as exc:
+        manifest = _object(manifest, "the manifest")
+        entries = _list(manifest.get("cells"), "cells")
+        grid = _object(manifest.get("grid") or {}, "grid")
+        fixed = _object(manifest.get("run") or {}, "run")
+    except ValueError as exc:
         raise ConfigError(f"{path / BENCH_MANIFEST} is damaged ({exc})") from None
     cells: list[CellResult] = []
     unfinished: list[str] = []
     for entry in entries:
-        folder = path / entry["name"]
+        try:
+            name, dataset, options = _cell_entry(entry)
+        except ValueError as exc:
+            raise ConfigError(f"{path / BENCH_MANIFEST} is damaged ({exc})") from None
+        folder = path / name
         if not (folder / RESULTS).is_file():
-            unfinished.append(entry["name"])
+            unfinished.append(name)
             continue
-        cells.append(
-            _load_cell(
-                folder, name=entry["name"], dataset=entry["dataset"], options=entry["options"]
-            )
-        )
+        cells.append(_load_cell(folder, name=name, dataset=dataset, options=options))
     if not cells:
         raise ConfigError(
             f"bench {path} has no finished cell yet; run "
@@ -147,14 +150,27 @@ def _load_bench(path: Path) -> Loaded:
     )
 
 
+def _cell_entry(entry: Any) -> tuple[str, str, dict[str, Any]]:
+    """A bench manifest's entry for a cell: its folder's name, its dataset, its options."""
+    cell = _object(entry, "a cell")
+    name, dataset, options = cell.get("name"), cell.get("dataset"), cell.get("options")
+    if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+        raise ValueError(f"a cell's name is {name!r:.40}, not a folder's")
+    if not isinstance(dataset, str):
+        raise ValueError(f"cell {name}'s dataset is {dataset!r:.40}, not a name")
+    return name, dataset, _object(options, f"cell {name}'s options")
+
+
 def _load_cell(
     folder: Path, *, name: str, dataset: str, options: dict[str, Any] | None
 ) -> CellResult:
     data = _read_json(folder / RESULTS)
     try:
-        settings = dict(data["settings"])
-        metrics = dict(data["metrics"])
-        problems = [_outcome(p) for p in data["problems"]]
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        settings = _object(data["settings"], "settings")
+        metrics = _metrics(data["metrics"])
+        problems = [_outcome(p) for p in _list(data["problems"], "problems")]
         if options is None:
             options = {k.replace("_", "-"): settings.get(k) for k in _RUN_KNOBS}
         allowed = int(metrics["tokens_allowed"]) // max(1, len(problems))
@@ -165,7 +181,7 @@ def _load_cell(
             options=dict(options),
             mode=str(settings["mode"]),
             model=str(data["model"]),
-            endpoint=str(data["endpoint"]["name"]),
+            endpoint=str(_object(data["endpoint"], "endpoint")["name"]),
             settings=settings,
             metrics=metrics,
             problems=problems,
@@ -174,18 +190,87 @@ def _load_cell(
             stopped_by=data.get("stopped_by"),
             failed_calls=failed_calls_in(data["problems"]),
         )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ConfigError(f"{folder / RESULTS} is damaged (missing {exc})") from None
+    except KeyError as exc:
+        raise ConfigError(f"{folder / RESULTS} is damaged (no {exc})") from None
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ConfigError(f"{folder / RESULTS} is damaged ({exc})") from None
 
 
-def _outcome(problem: dict[str, Any]) -> ProblemOutcome:
-    nodes = problem.get("nodes") or []
+#: The figures of a run's metrics a report reads: those always there, those that may be null.
+_COUNTS = (
+    "problems",
+    "answered",
+    "prompt_tokens",
+    "completion_tokens",
+    "thinking_tokens",
+    "calls",
+    "tokens_allowed",
+)
+_FIGURES = ("accuracy", "coverage", "utilisation", "latency_p50_s", "latency_p95_s", "cost_usd")
+_VERIFIER_COUNTS = ("problems", "verdicts", "failed_verdicts", "prompt_tokens", "completion_tokens")
+_VERIFIER_FIGURES = ("pick_accuracy", "vote_accuracy", "oracle", "auroc", "cost_usd")
+_SHARES = frozenset({"accuracy", "coverage", "pick_accuracy", "vote_accuracy", "oracle", "auroc"})
+
+
+def _metrics(value: Any) -> dict[str, Any]:
+    """A results file's metrics, each figure a report reads checked to be a number."""
+    metrics = _object(value, "metrics")
+    _numbers(metrics, "metrics", _COUNTS, _FIGURES)
+    verifier = metrics.get("verifier")
+    if verifier is not None:
+        _numbers(
+            _object(verifier, "metrics.verifier"),
+            "metrics.verifier",
+            _VERIFIER_COUNTS,
+            _VERIFIER_FIGURES,
+        )
+    return metrics
+
+
+def _numbers(
+    table: dict[str, Any], where: str, counts: tuple[str, ...], figures: tuple[str, ...]
+) -> None:
+    for key in counts:
+        if key not in table:
+            raise ValueError(f"no {where}.{key}")
+    for key in (*counts, *figures):
+        value = table.get(key)
+        if value is None and key in figures:
+            continue
+        if (
+            not isinstance(value, int | float)
+            or isinstance(value, bool)
+            or not math.isfinite(value)
+        ):
+            raise ValueError(f"{where}.{key} is {value!r:.40}, not a number")
+        if key in _SHARES and not 0 <= value <= 1:
+            raise ValueError(f"{where}.{key} is {value!r:.40}, not a share from 0 to 1")
+
+
+def _object(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{where} is {value!r:.40}, not an object")
+    return value
+
+
+def _list(value: Any, where: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise ValueError(f"{where} is {value!r:.40}, not a list")
+    return value
+
+
+def _outcome(problem: Any) -> ProblemOutcome:
+    problem = _object(problem, "a problem")
+    nodes = _list(problem.get("nodes") or [], "a problem's nodes")
+    decision = problem.get("decision")
+    if decision is not None and "mode" not in _object(decision, "a problem's decision"):
+        raise ValueError("a problem's decision has no mode")
     return ProblemOutcome(
         id=str(problem["id"]),
         correct=problem.get("correct"),
         covered=problem.get("covered"),
         answered=problem.get("answer") is not None,
-        prompt_tokens=sum(int(n.get("prompt_tokens") or 0) for n in nodes),
+        prompt_tokens=sum(int(_object(n, "a node").get("prompt_tokens") or 0) for n in nodes),
         completion_tokens=sum(int(n.get("completion_tokens") or 0) for n in nodes),
-        decision=problem.get("decision"),
+        decision=decision,
     )

@@ -48,6 +48,7 @@ from thinktree.errors import (
     ThinktreeError,
     find_error,
 )
+from thinktree.hints import CONFIG_FILE
 from thinktree.metrics import Metrics, compute, tokens_allowed
 from thinktree.orchestrator.bus import EventBus, Subscriber, event_bus
 from thinktree.orchestrator.call_cache import SharedCallCache, SqliteCallCache
@@ -92,6 +93,9 @@ class RunSettings:
     answer_format: str = "free"  # free | constrained | json (see agents/structured.py)
     verifiers: tuple[str, ...] = ()  # --verifier specs, NAME[:ARG] (see verifiers/registry.py)
     config: dict[str, Any] = field(default_factory=dict)  # thinktree.toml (judge endpoints)
+    # the config file named with --config, which resuming the run needs again: its run.json
+    # records it (absolute), for the commands that say how to resume it (see hints.py)
+    config_file: Path | None = None
 
     def aggregate_name(self) -> str:
         """The rule: as given, else verifier-weighted with verifiers, else the mode's."""
@@ -760,6 +764,11 @@ def _create_folder(folder: Path, facts: RunFacts, problems: Sequence[Problem]) -
             # moved keeps it, and reads them back
             "server_name": server_name(endpoint),
         },
+        **(
+            {CONFIG_FILE: str(facts.settings.config_file.absolute())}
+            if facts.settings.config_file is not None
+            else {}
+        ),
         "capabilities": facts.capabilities.to_dict(),
         "settings": facts.settings_dict(),
         "problems": [p.model_dump(mode="json") for p in problems],

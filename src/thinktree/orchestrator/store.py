@@ -44,7 +44,7 @@ import anyio
 import structlog
 
 from thinktree import __version__
-from thinktree._files import held
+from thinktree._files import held, in_use
 from thinktree._json import dumps
 from thinktree.errors import ThinktreeError
 from thinktree.orchestrator.events import (
@@ -1208,7 +1208,9 @@ class StoreReader:
 
 @dataclass(frozen=True, slots=True)
 class RunSummary:
-    """One run folder as ``thinktree runs`` lists it; ``status`` is "unreadable" with ``error``."""
+    """One run folder as ``thinktree runs`` lists it. ``status`` is the store's, or
+    "unreadable" (its store cannot be read) or "damaged" (another of its files is broken);
+    ``error`` then says why."""
 
     run_id: str
     folder: Path
@@ -1231,32 +1233,149 @@ class RunSummary:
         return self.prompt_tokens + self.completion_tokens
 
 
-def _iter_stores(root: Path) -> Iterator[Path]:
+# A run folder's other files, as orchestrator.run names them (it imports this module).
+_MANIFEST: Final = "run.json"  # written first: what makes a folder a run folder
+_RESULTS: Final = "results.json"  # written last, whole: its presence means the run ended
+_ENDED: Final = ("completed", "stopped")  # a run that ended so has written its results
+
+
+def _run_folders(root: Path) -> Iterator[Path]:
+    """The folders in ``root`` that hold a run store or a run manifest (a run begun);
+    none when there is no folder ``root``."""
     try:
-        yield from root.glob(f"*/{STORE_NAME}")
-    except OSError:
+        folders = sorted(root.iterdir())
+    except (FileNotFoundError, NotADirectoryError):
         return
+    for folder in folders:
+        try:
+            if folder.is_dir() and any(
+                os.path.lexists(folder / name) for name in (STORE_NAME, _MANIFEST)
+            ):
+                yield folder
+        except OSError:
+            continue
 
 
 def list_runs(root: Path) -> list[RunSummary]:
-    """Every ``root/*/run.sqlite`` (runs in progress included), oldest first.
+    """Every run folder in ``root`` (runs in progress included), oldest first.
 
-    Opens each read-only; a store that cannot be read is listed as "unreadable".
+    Opens each store read-only; a store that cannot be read is listed as "unreadable".
+    A run whose process is gone is checked against its other files: a run that ended
+    without its ``results.json`` is "interrupted" (a resume writes it), and one whose
+    manifest or results are not whole is "damaged". Raises OSError when ``root`` cannot
+    be read.
     """
     out: list[RunSummary] = []
-    for path in _iter_stores(Path(root)):
+    for folder in _run_folders(Path(root)):
+        path = folder / STORE_NAME
+        if not os.path.lexists(path):
+            out.append(_without_store(folder))
+            continue
         try:
             with StoreReader.open(path) as reader:
-                out.append(reader.summary())
+                summary = reader.summary()
         except (StoreError, sqlite3.Error, OSError) as exc:
             message = str(exc) if isinstance(exc, StoreError) else _reason(exc)
-            out.append(
-                RunSummary(
-                    run_id=path.parent.name,
-                    folder=path.parent,
-                    status="unreadable",
-                    error=message,
-                )
+            summary = RunSummary(
+                run_id=folder.name, folder=folder, status="unreadable", error=message
             )
+        else:
+            summary = _checked(summary)
+        out.append(summary)
     out.sort(key=lambda s: (s.started or "", s.folder.name))
     return out
+
+
+def _checked(summary: RunSummary) -> RunSummary:
+    """``summary`` as the run folder's other files bear it out (see :func:`list_runs`)."""
+    folder = summary.folder
+    if summary.status == "running" or in_use(folder):
+        return summary  # its files are still being written
+    status, notes = summary.status, []
+    if (broken := _not_whole(folder / _MANIFEST)) is not None:
+        status = "damaged"
+        notes.append(f"{_MANIFEST} {broken}: it cannot be resumed")
+    if summary.status in _ENDED and (broken := _not_whole(folder / _RESULTS)) is not None:
+        if broken == _MISSING:
+            status = "interrupted" if status != "damaged" else status
+            notes.append(f"{_RESULTS} {_MISSING}: a resume writes it")
+        else:
+            status = "damaged"
+            notes.append(f"{_RESULTS} {broken}")
+    if not notes:
+        return summary
+    return dataclasses.replace(summary, status=status, error="; ".join(notes))
+
+
+def _without_store(folder: Path) -> RunSummary:
+    """A run folder with a manifest and no run store: its process died as the run began
+    (a resume makes the store), or the store was lost. What it is comes from its manifest."""
+    manifest: dict[str, Any] = {}
+    broken = _not_whole(folder / _MANIFEST)
+    if broken is None:
+        try:
+            loaded = json.loads((folder / _MANIFEST).read_bytes())
+            manifest = loaded if isinstance(loaded, dict) else {}
+        except (OSError, ValueError, RecursionError):
+            manifest = {}
+    endpoint = manifest.get("endpoint")
+    endpoint = endpoint if isinstance(endpoint, dict) else {}
+    settings = manifest.get("settings")
+    settings = settings if isinstance(settings, dict) else {}
+    problems = manifest.get("problems")
+
+    def text(value: Any) -> str | None:
+        return value if isinstance(value, str) else None
+
+    if in_use(folder):
+        status, note = "running", None
+    elif broken is not None:
+        status, note = "damaged", f"{_MANIFEST} {broken}; no {STORE_NAME}"
+    elif _not_whole(folder / _RESULTS) is None:
+        status, note = "damaged", f"no {STORE_NAME}"  # it ended, and its store is gone
+    else:
+        status, note = "interrupted", f"no {STORE_NAME} yet: a resume makes it"
+    return RunSummary(
+        run_id=text(manifest.get("run_id")) or folder.name,
+        folder=folder,
+        status=status,
+        mode=text(settings.get("mode")),
+        endpoint=text(endpoint.get("name")),
+        model=text(endpoint.get("model")),
+        problems_total=len(problems) if isinstance(problems, list) else 0,
+        error=note,
+    )
+
+
+_MISSING: Final = "is missing"
+_EDGE = 64  # bytes read at each end of a file to tell whether it holds a whole JSON object
+
+
+def _not_whole(path: Path) -> str | None:
+    """Why the JSON file ``path`` (a run's manifest or results) is not whole, or None.
+
+    A results file can hold a run's every node (gigabytes): only its size and its two
+    ends are read. Written whole or not at all, it is empty or cut off only when something
+    else damaged it (a full disk while copying it, a crash of the machine): those the ends
+    tell. ``report`` and ``run --resume`` read it all, and say so of any other damage.
+    """
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return _MISSING
+    except OSError as exc:
+        return f"cannot be read ({_reason(exc)})"
+    if not stat.S_ISREG(info.st_mode):
+        return "is not a file"
+    if info.st_size == 0:
+        return "is empty"
+    try:
+        with path.open("rb") as file:
+            head = file.read(_EDGE)
+            file.seek(max(info.st_size - _EDGE, 0))
+            tail = file.read()
+    except OSError as exc:
+        return f"cannot be read ({_reason(exc)})"
+    if not head.lstrip().startswith(b"{") or not tail.rstrip().endswith(b"}"):
+        return "is cut off or damaged (not a whole JSON object)"
+    return None

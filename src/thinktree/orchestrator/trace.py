@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import json
+import math
 import sys
 import types
 import typing
@@ -37,7 +38,15 @@ _CHUNK = 1 << 20
 
 
 class TraceError(ValueError):
-    """A line of a trace that is not an event (and not merely still being written)."""
+    """A line of a trace that is not an event (and not merely still being written).
+
+    ``events``: those of the lines before it in the chunk :meth:`TraceDecoder.feed` was
+    given, which a reader shows before it reports the broken line.
+    """
+
+    def __init__(self, message: str, events: list[Event] | None = None) -> None:
+        super().__init__(message)
+        self.events: list[Event] = events or []
 
 
 class UnknownEventType(ValueError):
@@ -46,6 +55,26 @@ class UnknownEventType(ValueError):
 
 def _identity(value: Any) -> Any:
     return value
+
+
+#: What parsing a line of JSON raises for one that is not: json recurses into nested
+#: lists and objects, so a line nested deeply enough raises RecursionError, not ValueError.
+JSON_ERRORS = (ValueError, RecursionError)
+
+_JSON_KINDS: dict[type, str] = {
+    str: "text",
+    int: "a number",
+    float: "a number",
+    bool: "true or false",
+    type(None): "null",
+    dict: "an object",
+    list: "a list",
+}
+
+
+def _json_kind(value: Any) -> str:
+    """What a JSON value is, in words (for a message)."""
+    return next((w for t, w in reversed(_JSON_KINDS.items()) if isinstance(value, t)), "?")
 
 
 def _converter(hint: Any) -> Callable[[Any], Any]:
@@ -61,24 +90,99 @@ def _converter(hint: Any) -> Callable[[Any], Any]:
     return _identity
 
 
-_Decoding = tuple[frozenset[str], tuple[tuple[str, Callable[[Any], Any]], ...]]
+def _json_types(hint: Any) -> tuple[type, ...] | None:
+    """The Python types JSON gives for a value of type ``hint``; None: any (or not known)."""
+    if hint is Any:
+        return None
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        found: list[type] = []
+        for arg in typing.get_args(hint):
+            inner = _json_types(arg)
+            if inner is None:
+                return None
+            found.extend(inner)
+        return tuple(found)
+    origin = typing.get_origin(hint) or hint
+    if origin in (int, float):
+        return (int, float)  # a number is a number: what reads it takes either
+    if origin in (str, bool, dict, list, type(None)):
+        return (origin,)
+    return None  # an enum: its converter checks it
+
+
+class _Decoding(typing.NamedTuple):
+    """How to make an event of one class from its JSON (worked out once per class)."""
+
+    names: frozenset[str]  # its init fields
+    required: frozenset[str]  # those without a default
+    converters: tuple[tuple[str, Callable[[Any], Any]], ...]  # those that need restoring
+    types: dict[str, tuple[type, ...]]  # the types a field's value may be (checked ones)
+    inner: tuple[tuple[str, tuple[type, ...]], ...]  # the types of a dict's values/list's items
+
+
 _DECODINGS: dict[type[Event], _Decoding] = {}
 
 
+def _items(hint: Any) -> Any | None:
+    """The type of the values in a dict (or list) of type ``hint`` (also ``dict[...] | None``)."""
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    for arm in typing.get_args(hint) if union else (hint,):
+        if typing.get_origin(arm) in (dict, list):
+            return typing.get_args(arm)[-1]  # a dict's keys are text in JSON
+    return None
+
+
 def _decoding(cls: type[Event]) -> _Decoding:
-    """The init fields of ``cls``, and those that need restoring, with how (once per class)."""
+    """How to decode an event of class ``cls`` (worked out on its first event)."""
     found = _DECODINGS.get(cls)
     if found is None:
         hints = typing.get_type_hints(cls)
-        fields = [f.name for f in dataclasses.fields(cls) if f.init]
-        converters = ((name, _converter(hints[name])) for name in fields)
-        found = (frozenset(fields), tuple(c for c in converters if c[1] is not _identity))
+        fields = [f for f in dataclasses.fields(cls) if f.init]
+        required = frozenset(
+            f.name
+            for f in fields
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        )
+        converters = ((f.name, _converter(hints[f.name])) for f in fields)
+        checked = {f.name: t for f in fields if (t := _json_types(hints[f.name])) is not None}
+        inner = [
+            (name, item_types)
+            for name in checked
+            if (item := _items(hints[name])) is not None
+            and (item_types := _json_types(item)) is not None
+        ]
+        found = _Decoding(
+            frozenset(f.name for f in fields),
+            required,
+            tuple(c for c in converters if c[1] is not _identity),
+            checked,
+            tuple(inner),
+        )
         _DECODINGS[cls] = found
     return found
 
 
+def _wrong_inside(data: Mapping[str, Any], decoding: _Decoding) -> str | None:
+    """The first field of ``data`` holding a value (a dict's, a list's) of the wrong type."""
+    for name, accepted in decoding.inner:
+        value = data.get(name)
+        for item in value.values() if isinstance(value, dict) else value or ():
+            if not isinstance(item, accepted):
+                return f"{name} holds {_json_kind(item)}, not {_kinds(accepted)}"
+    return None
+
+
+def _kinds(accepted: tuple[type, ...]) -> str:
+    """``accepted`` in words (JSON's: a number, text, an object…)."""
+    return " or ".join(dict.fromkeys(_JSON_KINDS[t] for t in accepted))
+
+
 def event_from_dict(data: Mapping[str, Any]) -> Event:
-    """The event that ``to_dict`` wrote as ``data`` (keys it does not know are ignored)."""
+    """The event that ``to_dict`` wrote as ``data`` (keys it does not know are ignored).
+
+    Raises ValueError for one with a field missing or of the wrong type (an event a
+    reader would trip over later), UnknownEventType for a type this version does not know.
+    """
     kind = data.get("type")
     cls = EVENT_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None and isinstance(kind, str):
@@ -86,18 +190,30 @@ def event_from_dict(data: Mapping[str, Any]) -> Event:
         cls = EVENT_TYPES.get(kind)
     if cls is None:
         raise UnknownEventType(f"unknown event type {kind!r}")
-    names, converters = _decoding(cls)
+    decoding = _decoding(cls)
     kwargs = dict(data)
     del kwargs["type"]
-    if not kwargs.keys() <= names:
-        kwargs = {name: value for name, value in kwargs.items() if name in names}
-    for name, convert in converters:
-        if name in kwargs:
-            kwargs[name] = convert(kwargs[name])
+    if not kwargs.keys() <= decoding.names:
+        kwargs = {name: value for name, value in kwargs.items() if name in decoding.names}
+    types = decoding.types
+    for name, value in kwargs.items():  # for every line of a trace: kept a plain loop
+        if not isinstance(value, types.get(name, object)):
+            raise ValueError(
+                f"bad {kind} event: {name} is {_json_kind(value)}, not {_kinds(types[name])}"
+            )
+    if decoding.inner and (inside := _wrong_inside(kwargs, decoding)) is not None:
+        raise ValueError(f"bad {kind} event: {inside}")
+    if not math.isfinite(kwargs.get("at", 0.0)):  # json reads NaN, Infinity, 1e999 as floats
+        raise ValueError(f"bad {kind} event: at is {kwargs['at']}, not a time")
     try:
+        for name, convert in decoding.converters:
+            if name in kwargs:
+                kwargs[name] = convert(kwargs[name])
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
-        raise ValueError(f"bad {kind} event: {exc}") from None
+        missing = sorted(decoding.required - kwargs.keys())
+        why = f"no {', '.join(missing)}" if missing else str(exc)
+        raise ValueError(f"bad {kind} event: {why}") from None
 
 
 class TraceDecoder:
@@ -105,25 +221,41 @@ class TraceDecoder:
 
     def __init__(self, name: str = TRACE_NAME) -> None:
         self._name = name
-        self._partial = b""
+        self._partial: list[bytes] = []  # the unfinished last line, in the pieces it came in
         self.line = 0
         self.skipped = 0
 
     def feed(self, chunk: bytes) -> list[Event]:
-        """Events of every line completed by ``chunk``."""
-        lines = (self._partial + chunk).split(b"\n")
-        self._partial = lines.pop()
+        """Events of every line completed by ``chunk``.
+
+        Raises :class:`TraceError` for a complete line that is not an event, with the
+        events of the lines before it in ``chunk``.
+        """
+        if b"\n" not in chunk:
+            if chunk:  # a long line, still coming: joined once it is whole, not per chunk
+                self._partial.append(chunk)
+            return []
+        lines = chunk.split(b"\n")
+        if self._partial:
+            self._partial.append(lines[0])
+            lines[0] = b"".join(self._partial)
+        last = lines.pop()
+        self._partial = [last] if last else []
         events: list[Event] = []
         for raw in lines:
             self.line += 1
-            event = self._decode(raw)
+            try:
+                event = self._decode(raw)
+            except TraceError as exc:
+                exc.events = events
+                raise
             if event is not None:
                 events.append(event)
         return events
 
     def finish(self) -> list[Event]:
         """The last line if it is a whole event; a line still being written is dropped."""
-        raw, self._partial = self._partial, b""
+        raw, self._partial = b"".join(self._partial), []
         try:
             event = self._decode(raw, line=self.line + 1)
         except TraceError:
@@ -136,7 +268,7 @@ class TraceDecoder:
         where = f"{self._name}:{line or self.line}"
         try:
             data = json.loads(raw)
-        except ValueError:
+        except JSON_ERRORS:
             raise TraceError(f"{where}: not a JSON event") from None
         if not isinstance(data, dict):
             raise TraceError(f"{where}: not a JSON object")
@@ -158,7 +290,12 @@ def read_trace(path: Path) -> Iterator[Event]:
     decoder = TraceDecoder(str(path))
     with path.open("rb") as file:
         while chunk := file.read(_CHUNK):
-            yield from decoder.feed(chunk)
+            try:
+                events = decoder.feed(chunk)
+            except TraceError as exc:
+                yield from exc.events
+                raise
+            yield from events
     yield from decoder.finish()
 
 
@@ -203,7 +340,7 @@ def is_trace(path: Path) -> bool:
         return True
     try:
         data = json.loads(line)
-    except ValueError:
+    except JSON_ERRORS:
         return False
     kind = data.get("type") if isinstance(data, dict) else None
     return isinstance(kind, str) and kind in EVENT_TYPES
@@ -220,7 +357,7 @@ def trace_finished(path: Path) -> bool:
             continue
         try:
             data = json.loads(raw)
-        except ValueError:
+        except JSON_ERRORS:
             return False
         return isinstance(data, dict) and data.get("type") == RunFinished.type
     return False

@@ -136,6 +136,10 @@ class RunTree:
     def node(self, node_id: str) -> Node:
         return self.problems[self._node_problem[node_id]].nodes[node_id]
 
+    def problem_of(self, node_id: str) -> str | None:
+        """The problem the node ``node_id`` was started in, or None for a node never seen."""
+        return self._node_problem.get(node_id)
+
     def apply(self, event: Event) -> None:
         match event:
             case ProblemStarted(problem_id=pid, node_id=nid, question=q, gold=g):

@@ -29,7 +29,7 @@ from textual.timer import Timer
 from textual.widget import Widget
 from textual.widgets import Footer, Tree
 
-from thinktree.hints import resume_command
+from thinktree.hints import recorded_config, resume_command
 from thinktree.orchestrator.events import Event, NodeKind, NodeStatus, RunStarted
 from thinktree.orchestrator.trace import TraceError
 from thinktree.orchestrator.tree import ProblemTree
@@ -37,7 +37,13 @@ from thinktree.tui import render
 from thinktree.tui.messages import ProblemHighlighted, ProblemOpened, UserNavigated
 from thinktree.tui.quit_dialog import QuitChoice, QuitLiveRun
 from thinktree.tui.sanitize import one_line
-from thinktree.tui.sources import FollowSource, LiveSource, ReplaySource, Source
+from thinktree.tui.sources import (
+    FollowSource,
+    LiveSource,
+    ReplaySource,
+    Source,
+    unreadable,
+)
 from thinktree.tui.state import FILTERS, RunView, allowed_tokens
 from thinktree.tui.widgets import DetailPane, ProblemList, ProblemTreeView, RunHeader
 
@@ -115,6 +121,8 @@ class ThinktreeApp(App[None]):
         self.selected_problem: str | None = None
         self.detail_node: str | None = None
         self.engine_error: BaseException | None = None
+        self.source_error: str | None = None  # why the trace could not be read to its end
+        self._resume_advice: str | None = None  # how to resume a followed run that died
         self.engine_running = False
         self.quit_choice: QuitChoice | None = None
         self.detached = False  # the view has closed; a spawned run may still be going
@@ -213,7 +221,7 @@ class ThinktreeApp(App[None]):
                     gc.freeze()
                     freeze_at = self.view.events * 2
         except (TraceError, OSError) as exc:
-            self.view.error = str(exc)
+            self._source_failed(exc)
         else:
             if isinstance(source, FollowSource) and source.interrupted:
                 self._interrupted(source)
@@ -222,9 +230,29 @@ class ThinktreeApp(App[None]):
         if isinstance(source, FollowSource):  # a resume may write the trace anew
             await source.until_rewritten()
 
+    def _source_failed(self, exc: TraceError | OSError) -> None:
+        """The trace could not be read on: what came before stays on view, and the error
+        is said (and kept, for ``thinktree watch`` to end with once the view is closed)."""
+        source = self.source
+        if isinstance(exc, OSError) and isinstance(source, ReplaySource | FollowSource):
+            message = unreadable(source.path, exc)
+        else:
+            message = str(exc) or type(exc).__name__
+        self.source_error = self.view.error = message
+        self.notify(
+            message, title="the trace cannot be read on", severity="error", timeout=30, markup=False
+        )
+
     def _interrupted(self, source: FollowSource) -> None:
         """The followed run's process ended before the run did: say so, and how to go on."""
         self.view.interrupt()
+        if source.folder is not None:  # its manifest read once: the hint is drawn per frame
+            try:
+                config = recorded_config(source.folder)
+            except ValueError as exc:
+                self._resume_advice = f"it cannot be resumed: {exc}"
+            else:
+                self._resume_advice = f"resume with: {resume_command(source.folder, config)}"
         self.notify(
             f"its process ended before the run did; {self._resume_hint()}",
             title="the run was interrupted",
@@ -238,7 +266,7 @@ class ThinktreeApp(App[None]):
         source = self.source
         if not isinstance(source, FollowSource) or source.state != source.GONE:
             return None
-        return None if source.folder is None else f"resume with: {resume_command(source.folder)}"
+        return self._resume_advice
 
     @work(thread=True, group="budget")
     def _work_out_budget(self, started: RunStarted) -> None:

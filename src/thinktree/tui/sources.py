@@ -21,6 +21,7 @@ from thinktree._files import in_use
 from thinktree.orchestrator.events import Event, RunFinished
 from thinktree.orchestrator.trace import (
     TraceDecoder,
+    TraceError,
     is_trace,
     resolve_trace,
     run_folder,
@@ -132,11 +133,19 @@ class ReplaySource:
 
 
 async def _decoded_chunks(path: Path) -> AsyncIterator[list[Event]]:
-    """The events of a whole trace file, a chunk at a time, decoded off the event loop."""
+    """The events of a whole trace file, a chunk at a time, decoded off the event loop.
+
+    A line that is no event raises :class:`TraceError` once the events before it are given.
+    """
     decoder = TraceDecoder(str(path))
     async with await anyio.open_file(path, "rb") as file:
         while chunk := await file.read(_READ):
-            yield await anyio.to_thread.run_sync(decoder.feed, chunk)
+            try:
+                events = await anyio.to_thread.run_sync(decoder.feed, chunk)
+            except TraceError as exc:
+                yield exc.events
+                raise
+            yield events
     yield decoder.finish()
 
 
@@ -173,7 +182,13 @@ class FollowSource:
                 chunk = await file.read(1 << 20)
                 if chunk:
                     self._read += len(chunk)
-                    events = decoder.feed(chunk)
+                    try:
+                        events = decoder.feed(chunk)
+                    except TraceError as exc:  # what came before it is shown
+                        self.state = "stopped reading"
+                        if exc.events:
+                            yield exc.events
+                        raise
                     for start in range(0, len(events), BATCH):
                         yield events[start : start + BATCH]
                     if any(isinstance(e, RunFinished) for e in events):
@@ -216,12 +231,23 @@ def source_for(path: Path, *, speed: float | None = None) -> ReplaySource | Foll
 
     A finished run is shown at once unless ``speed`` asks for a replay in time. Raises
     FileNotFoundError when there is no trace at ``path``, ValueError for a file that is
-    not a trace, or a bad speed.
+    not a trace, one that cannot be read, or a bad speed (each with a one-line message).
     """
-    trace = resolve_trace(path)
-    if not is_trace(trace):
-        what = "a run folder or a trace" if trace == path else "a trace"
-        raise ValueError(f"{trace} is not {what}")
-    if not trace_finished(trace):
+    try:
+        trace = resolve_trace(path)
+        if not is_trace(trace):
+            what = "a run folder or a trace" if trace == path else "a trace"
+            raise ValueError(f"{trace} is not {what}")
+        finished = trace_finished(trace)
+    except OSError as exc:
+        if exc.errno is None:  # resolve_trace's own: no trace there
+            raise
+        raise ValueError(unreadable(Path(exc.filename or path), exc)) from None
+    if not finished:
         return FollowSource(trace)
     return ReplaySource(trace, speed=math.inf if speed is None else speed)
+
+
+def unreadable(path: Path, exc: OSError) -> str:
+    """The one-line message for a trace (or the folder it is in) that cannot be read."""
+    return f"cannot read {path}: {(exc.strerror or str(exc)).lower()}"

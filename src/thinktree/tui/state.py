@@ -154,6 +154,9 @@ class RunView:
         before: Outcome | None = None  # the outcome a problem event may change
         if isinstance(event, ProblemStarted | ProblemFinished) and event.problem_id in known:
             before = outcome(known[event.problem_id])
+        if not self._fits(event):
+            self.skipped += 1
+            return
         try:
             self.tree.apply(event)
             problem_id = self._problem_of(event)
@@ -202,6 +205,22 @@ class RunView:
                 self._recount(before, outcome(problem))
                 changes.nodes.add(problem.root_id)
                 changes.problem_list = True
+
+    def _fits(self, event: Event) -> bool:
+        """Whether ``event`` fits the tree as far as it has grown. A trace not as its run
+        wrote it (edited, or two runs' put together) may start a node twice, under itself
+        or under a node never started, or start a problem on another one's node: applied,
+        those would make a node its own ancestor, or leave one in two problems."""
+        tree = self.tree
+        match event:
+            case NodeStarted(node_id=nid, problem_id=pid, parent_id=parent):
+                problem = tree.problems.get(pid)
+                return (
+                    problem is not None and parent in problem.nodes and tree.problem_of(nid) is None
+                )
+            case ProblemStarted(node_id=nid, problem_id=pid):
+                return tree.problem_of(nid) in (None, pid)
+        return True
 
     def interrupt(self) -> None:
         """The run's process ended before the run did: nothing in it runs any more, and
