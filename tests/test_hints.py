@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from thinktree.hints import recorded_config, resume_command_for
+from thinktree.hints import hint_config, recorded_config, resume_command
 
 
 def test_a_runs_recorded_config_names_it_in_the_resume_command(tmp_path: Path) -> None:
@@ -18,14 +18,14 @@ def test_a_runs_recorded_config_names_it_in_the_resume_command(tmp_path: Path) -
     config.write_text("")
     (run / "run.json").write_text(json.dumps({"run_id": "r", "config_file": str(config)}))
     assert recorded_config(run) == config
-    assert resume_command_for(run) == f"thinktree run --resume '{run}' --config {config}"
-    assert resume_command_for(run, "other.toml").endswith("--config other.toml")
+    assert resume_command(run, hint_config(run)) == (
+        f"thinktree run --resume '{run}' --config {config}"
+    )
     config.unlink()
     assert recorded_config(run) is None
     for manifest in ({"run_id": "r"}, {"config_file": 3}, {"config_file": ""}):
         (run / "run.json").write_text(json.dumps(manifest))
-        assert recorded_config(run) is None
-        assert resume_command_for(run) == f"thinktree run --resume '{run}'"
+        assert recorded_config(run) is None and hint_config(run) is None
 
 
 @pytest.mark.parametrize("damage", ["garbage", "list", "folder", "fifo", "missing"])
@@ -41,4 +41,4 @@ def test_a_manifest_that_cannot_be_read_says_so(tmp_path: Path, damage: str) -> 
         os.mkfifo(manifest)  # read, it would wait for a writer for ever
     with pytest.raises(ValueError, match=r"run\.json"):
         recorded_config(tmp_path)
-    assert resume_command_for(tmp_path) == f"thinktree run --resume {tmp_path}"
+    assert hint_config(tmp_path) is None

@@ -919,23 +919,20 @@ async def test_an_interrupted_runs_hint_names_the_config_it_was_started_with(
     folder = run_folder(tmp_path, synthetic_run(2, 1, running=1))
     config = tmp_path / "lab servers.toml"
     config.write_text("")
-    (folder / "run.json").write_text(json.dumps({"run_id": "r1", "config_file": str(config)}))
-    source = FollowSource(folder / "trace.jsonl", poll_s=0.02)
-    app = ThinktreeApp(source, refresh_hz=0.001)
-    async with app.run_test(size=SIZE) as pilot:
-        with anyio.fail_after(5):
-            await settle(app, pilot)
-        assert source.interrupted
-        app.refresh_view()
-        hint = f"resume with: thinktree run --resume {folder} --config '{config}'"
-        assert hint in app.header.plain
-    # a manifest that cannot be read: no hint to a resume that would be refused
-    (folder / "run.json").write_text("{not json")
-    source = FollowSource(folder / "trace.jsonl", poll_s=0.02)
-    app = ThinktreeApp(source, refresh_hz=0.001)
-    async with app.run_test(size=SIZE) as pilot:
-        with anyio.fail_after(5):
-            await settle(app, pilot)
-        app.refresh_view()
-        assert "--resume" not in app.header.plain
-        assert f"it cannot be resumed: {folder / 'run.json'} cannot be read" in app.header.plain
+    for manifest, shown in [
+        (
+            json.dumps({"run_id": "r1", "config_file": str(config)}),
+            f"resume with: thinktree run --resume {folder} --config '{config}'",
+        ),
+        # a manifest that cannot be read: no hint to a resume that would be refused
+        ("{not json", f"it cannot be resumed: {folder / 'run.json'} cannot be read"),
+    ]:
+        (folder / "run.json").write_text(manifest)
+        source = FollowSource(folder / "trace.jsonl", poll_s=0.02)
+        app = ThinktreeApp(source, refresh_hz=0.001)
+        async with app.run_test(size=SIZE) as pilot:
+            with anyio.fail_after(5):
+                await settle(app, pilot)
+            assert source.interrupted
+            app.refresh_view()
+            assert shown in app.header.plain

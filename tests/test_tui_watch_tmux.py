@@ -9,34 +9,12 @@ import shlex
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from test_tui_tmux_e2e import SOCKET, tmux, wait_for
 from thinktree.tui.synthetic import synthetic_run
-
-SOCKET = f"thinktree-watch-{os.getpid()}"
-
-
-def tmux(*args: str) -> str:
-    return subprocess.run(
-        ["tmux", "-L", SOCKET, "-f", "/dev/null", *args],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-
-
-def wait_for(session: str, needle: str, timeout: float) -> str:
-    deadline = time.monotonic() + timeout
-    text = ""
-    while time.monotonic() < deadline:
-        text = tmux("capture-pane", "-p", "-J", "-t", session)
-        if needle in text:
-            return text
-        time.sleep(0.3)
-    raise AssertionError(f"{needle!r} never appeared; last screen:\n{text}")
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
@@ -76,10 +54,10 @@ def test_watch_shows_a_broken_trace_then_ends_with_its_error(tmp_path: Path) -> 
         f"{command}; echo EXIT=$?; sleep 600",
     )
     try:
-        shown = wait_for(session, "bad node-finished event", timeout=60)
+        shown, _ = wait_for(session, "bad node-finished event", timeout=60)
         assert "run 20250101-000000-synth" in shown  # what came before the broken line
         tmux("send-keys", "-t", session, "q")
-        after = wait_for(session, "EXIT=", timeout=30)
+        after, _ = wait_for(session, "EXIT=", timeout=30)
         assert "EXIT=2" in after
         said = "error: r1/trace.jsonl:7: bad node-finished event: at is text, not a number"
         assert said in after

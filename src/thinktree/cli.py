@@ -25,7 +25,7 @@ from thinktree.errors import (
     ThinktreeError,
     find_error,
 )
-from thinktree.hints import resume_command, shell_command
+from thinktree.hints import hint_config, resume_command, shell_command
 from thinktree.logging_setup import configure
 
 # typer shows help texts as Rich markup: brackets in one go through escape()
@@ -536,7 +536,7 @@ def _resume(
             except ConfigError as exc:
                 if not str(exc).startswith("unknown endpoint"):
                     raise
-                recorded = None if config is not None else _recorded_config(folder)
+                recorded = None if config is not None else hint_config(folder)
                 raise ConfigError(
                     f"run {folder} was started on endpoint '{saved['name']}', which no config "
                     "names here; resume it with the config it was named in: "
@@ -565,7 +565,7 @@ def _resume(
         resume=state,
         watch=watch,
         engine=engine,
-        config=config if config is not None else _recorded_config(folder),  # for the hints
+        config=config if config is not None else hint_config(folder),  # for the hints
     )
 
 
@@ -580,17 +580,6 @@ def _named_as_before(target: EndpointConfig, saved: dict[str, Any]) -> EndpointC
     if before is None or server_name(target) == before:
         return target
     return dataclasses.replace(target, cache_as=before)
-
-
-def _recorded_config(folder: Path) -> Path | None:
-    """The config file the run in ``folder`` was started with, for the hints on resuming it
-    (None where its manifest records none; a damaged manifest is refused on its own)."""
-    from thinktree.hints import recorded_config
-
-    try:
-        return recorded_config(folder)
-    except ValueError:
-        return None
 
 
 def _print_results(result: object) -> None:

@@ -3,7 +3,6 @@ quoted where a shell would read a path otherwise (spaces, brackets)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shlex
 from pathlib import Path
@@ -26,14 +25,13 @@ def resume_command(folder: Path | str, config: Path | str | None = None) -> str:
     return shell_command("thinktree", "run", "--resume", folder, *named)
 
 
-def resume_command_for(folder: Path | str, config: Path | str | None = None) -> str:
-    """:func:`resume_command`, with the config file the run recorded where ``config`` is
-    None (as far as its manifest can be read: a run whose manifest cannot is refused by
-    the command anyway, in a line that says why)."""
-    if config is None:
-        with contextlib.suppress(ValueError):
-            config = recorded_config(folder)
-    return resume_command(folder, config)
+def hint_config(folder: Path | str) -> Path | None:
+    """:func:`recorded_config` for a command to give the user: None where the manifest
+    cannot be read (the command refuses such a run anyway, in a line that says why)."""
+    try:
+        return recorded_config(folder)
+    except ValueError:
+        return None
 
 
 def recorded_config(folder: Path | str) -> Path | None:

@@ -10,7 +10,7 @@ from typing import Any
 
 from thinktree._files import in_use
 from thinktree.errors import ConfigError
-from thinktree.hints import resume_command_for, shell_command
+from thinktree.hints import hint_config, resume_command, shell_command
 from thinktree.orchestrator.events import failed_calls_in
 
 RESULTS = "results.json"
@@ -106,7 +106,7 @@ def load(path: Path) -> Loaded:
     if (path / "run.json").is_file():
         raise ConfigError(
             f"run {path} has not finished (no {RESULTS}); resume it with "
-            f"`{resume_command_for(path)}`"
+            f"`{resume_command(path, hint_config(path))}`"
         )
     raise ConfigError(f"{path} is neither a run folder ({RESULTS}) nor a bench folder (bench.json)")
 
