@@ -11,7 +11,14 @@ from typing import Any
 
 import pytest
 
+from choice_set import case_problems
+from thinktree.agents.endpoint import EndpointConfig
+from thinktree.agents.modes import ModeSettings
+from thinktree.bench.results import load
 from thinktree.bench.stats import bootstrap_ci
+from thinktree.orchestrator.run import RunSettings, execute
+from thinktree.pricing import Price
+from thinktree.testing.fake_server import FakeBehaviour, FakeServer
 
 PROBLEMS = [f"q{i}" for i in range(10)]
 
@@ -332,3 +339,44 @@ def test_an_unfinished_run_is_told_to_resume_with_the_config_it_was_started_with
     config.unlink()  # gone since: a hint that names it would fail
     proc = report("r", cwd=tmp_path)
     assert "resume it with `thinktree run --resume r`" in proc.stderr
+
+
+@pytest.mark.anyio
+async def test_a_cell_its_limit_stopped_counts_per_problem_over_the_problems_that_ran(
+    tmp_path: Path,
+) -> None:
+    """A stopped run's unrun problems are in its results (with no call): its tokens and
+    cost per problem are over those that ran, as a whole run's are over all of them."""
+    price = Price(prompt_per_m=1.0, completion_per_m=2.0)
+    folders: dict[str, Path] = {}
+    async with FakeServer(FakeBehaviour(native_n=False)) as server:
+        endpoint = EndpointConfig(
+            name="fake", base_url=server.base_url, continuation="chat", native_n="no"
+        )
+        for name, limit in (("whole", None), ("stopped", 60)):
+            settings = RunSettings(
+                modes=ModeSettings(mode="budget", budget=16),
+                concurrency=1,
+                out=tmp_path / name,
+                max_run_tokens=limit,
+                prices={"fake-model": price},
+            )
+            folders[name] = (await execute(case_problems(10), endpoint, settings)).folder
+    whole, stopped = (load(folders[name]).cells[0] for name in ("whole", "stopped"))
+    assert whole.stopped_by is None and stopped.stopped_by is not None
+    ran = [p for p in stopped.problems if p.completion_tokens]
+    assert 0 < len(ran) < len(stopped.problems) == len(whole.problems)
+    assert stopped.tokens_per_problem == whole.tokens_per_problem
+    assert stopped.cost_per_problem == pytest.approx(whole.cost_per_problem)
+    assert stopped.problems_run == len(ran) and whole.problems_run == len(whole.problems)
+
+    md: dict[str, str] = {}
+    for name, folder in folders.items():
+        out = tmp_path / f"report-{name}"
+        proc = report(str(folder), "--no-plots", "--out", str(out), cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        md[name] = (out / "report.md").read_text()
+    (stopped_row,), (whole_row,) = md_rows(md["stopped"], "Cells"), md_rows(md["whole"], "Cells")
+    # still flagged as stopped, its tok/problem the whole run's
+    assert stopped_row[0].endswith("(stopped)") and "Stopped by their limit" in md["stopped"]
+    assert stopped_row[8] == whole_row[8] == f"{whole.tokens_per_problem:,.1f}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -167,3 +168,73 @@ def test_runs_says_which_run_folders_are_damaged_and_never_calls_them_completed(
     assert set(rows) == {"a", *expected}
     # what the manifest says of a run without a store
     assert rows["manifest-only"][1:4] == rows["a"][1:4]  # mode, endpoint, model
+
+
+def test_runs_prices_a_judge_s_tokens_at_the_judge_model_s_price(tmp_path: Path) -> None:
+    """A judge on another model: the list's cost is what the run reported, the solver's
+    tokens at its price and the judge's at the judge model's, not all at the solver's;
+    where the judge's model had no price, it gives no cost, and says why."""
+    data = tmp_path / "d.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "id": f"q{i}",
+                    "question": f"q{i} Q?",
+                    "answer_type": "choice",
+                    "options": {"A": "a", "B": "b"},
+                    "answer": "B",
+                }
+            )
+            + "\n"
+            for i in range(2)
+        )
+    )
+    solver_price = '"fake-model" = { prompt = 1.0, completion = 2.0 }\n'
+    judge_price = '"judge-model" = { prompt = 100.0, completion = 200.0 }\n'
+    with (
+        fake_server_in_thread(FakeBehaviour(reply="Let me think.\nAnswer: B")) as server,
+        fake_server_in_thread(FakeBehaviour(reply="9", model="judge-model")) as judge,
+    ):
+        grader = f'[endpoints.grader]\nbase_url = "{judge.base_url}"\n\n[prices]\n'
+        made = {}
+        for name, prices in (("priced", solver_price + judge_price), ("unpriced", solver_price)):
+            (tmp_path / "thinktree.toml").write_text(grader + prices)
+            made[name] = cli(
+                "run",
+                str(data),
+                "--endpoint",
+                server.base_url,
+                "--mode",
+                "parallel",
+                "--n",
+                "3",
+                "--verifier",
+                "judge:grader,score=rating",
+                "--out",
+                f"runs/{name}",
+                cwd=tmp_path,
+            )
+            assert made[name].returncode == 0, made[name].stderr
+    listed = cli("runs", cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    header, *lines = [line for line in listed.stdout.splitlines() if line[:1] in "┃│"]
+    columns = [cell.strip() for cell in header.split("┃")[1:-1]]
+    rows = {
+        cells[0]: dict(zip(columns, cells, strict=True))
+        for cells in ([c.strip() for c in line.split("│")[1:-1]] for line in lines)
+    }
+    m = json.loads((tmp_path / "runs" / "priced" / "results.json").read_text())["metrics"]
+    judged = m["verifier"]
+    assert judged["cost_usd"] and judged["prompt_tokens"]  # the judge spent, at its price
+    reported = m["cost_usd"] + judged["cost_usd"]
+    said = made["priced"].stdout  # the run's own summary: its cost, then its verifiers'
+    assert re.search(rf"^cost +\${m['cost_usd']:.4f}", said, re.MULTILINE), said
+    assert re.search(rf"^verifier tokens .* \${judged['cost_usd']:.4f}", said, re.MULTILINE)
+    assert rows["priced"]["cost"] == f"${reported:.4f}"
+    spent = sum(m[k] + judged[k] for k in ("prompt_tokens", "completion_tokens"))
+    assert rows["priced"]["tokens"] == str(spent)
+    assert rows["priced"]["note"] == ""
+    # the run gave no cost for its judge: neither does the list, and it says why
+    assert rows["unpriced"]["cost"] == "—"
+    assert rows["unpriced"]["note"] == "no price for a verifier's model"

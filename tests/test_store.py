@@ -18,6 +18,7 @@ from thinktree.errors import ThinktreeError
 from thinktree.orchestrator.bus import Subscriber, event_bus
 from thinktree.orchestrator.events import (
     CallRetried,
+    CandidateScored,
     Event,
     NodeDelta,
     NodeFailed,
@@ -39,6 +40,7 @@ from thinktree.orchestrator.store import (
     list_runs,
     redact,
 )
+from thinktree.pricing import Price
 
 pytestmark = pytest.mark.anyio
 
@@ -643,6 +645,49 @@ async def test_list_runs_mixes_good_and_bad_folders(tmp_path: Path) -> None:
         assert runs[name].status == "unreadable"
         assert runs[name].error and "\n" not in runs[name].error
     assert list_runs(tmp_path / "no-such-root") == []
+
+
+async def test_list_runs_counts_verdicts_at_their_own_cost_and_says_a_damaged_one(
+    tmp_path: Path,
+) -> None:
+    """A verdict's tokens and cost come from its event (a failed one's node holds none),
+    beside the solver's; one whose event is not whole makes the store unreadable."""
+    folder = tmp_path / "runs" / "judged"
+    folder.mkdir(parents=True)
+    verdicts = [
+        CandidateScored(
+            at=3.0,
+            problem_id="p1",
+            node_id=f"p1/b1/verdict:{i}",
+            candidate_node="p1/b1",
+            verifier="judge:grader",
+            score=score,
+            prompt_tokens=30,
+            completion_tokens=2,
+            cost_usd=0.25,
+        )
+        for i, score in enumerate((0.9, None))
+    ]
+    *events, finished = full_run()
+    with RunStore(folder / STORE_NAME) as store:
+        feed(store, [*events, *verdicts, finished])
+    (folder / "run.json").write_text("{}")
+    (folder / "results.json").write_text('{"status": "completed"}')
+    (solo,) = list_runs(folder.parent)
+    assert solo.status == "completed"
+    assert (solo.verifier_prompt_tokens, solo.verifier_completion_tokens) == (60, 4)
+    assert solo.tokens == solo.prompt_tokens + solo.completion_tokens + 64
+    price = Price(prompt_per_m=1.0, completion_per_m=2.0)
+    solver = price.cost(solo.prompt_tokens, solo.completion_tokens)
+    assert solo.cost_usd(price) == pytest.approx(solver + 0.5)
+    assert solo.cost_usd(None) is None
+
+    conn = sqlite3.connect(folder / STORE_NAME)
+    with conn:
+        conn.execute("UPDATE events SET payload = '[1]' WHERE type = 'candidate-scored'")
+    conn.close()
+    (damaged,) = list_runs(folder.parent)
+    assert damaged.status == "unreadable" and "a verdict is damaged" in str(damaged.error)
 
 
 # --- secrets ------------------------------------------------------------------------------

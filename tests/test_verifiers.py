@@ -734,3 +734,40 @@ async def test_a_judge_endpoint_that_cannot_be_probed_is_one_line_before_the_fol
         with pytest.raises(ConfigError, match="judge endpoint: model 'other-model' is not served"):
             await execute([PROBLEM], endpoint, settings)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_problem_s_tokens_add_up_to_the_run_s_without_the_judge_s(tmp_path: Path) -> None:
+    """The per-problem tokens `run` prints, and the terminal view's header and problem
+    lines, are the solver's, as the summary's completion tokens are: a judge's are its
+    own line (they used to be in the problems', and not in the summary's)."""
+    from thinktree.orchestrator.trace import read_trace
+    from thinktree.tui.render import header, subtree_tokens
+    from thinktree.tui.state import RunView
+
+    data = tmp_path / "d.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps({**PROBLEM.model_dump(mode="json"), "id": f"q{i}"}) + "\n" for i in range(3)
+        )
+    )
+    behaviour = FakeBehaviour(reply=_judging({"A": "2 out of ten", "B": "9 out of ten"}))
+    with fake_server_in_thread(behaviour) as server:
+        args = ("run", str(data), "--endpoint", server.base_url, "--mode", "parallel", "--n", "3")
+        proc = cli(*args, "--verifier", "judge:score=rating", "--out", "r", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    metrics = json.loads((tmp_path / "r" / "results.json").read_text())["metrics"]
+    assert metrics["verifier"]["completion_tokens"] > 0  # the judge spent some of its own
+    rows = [line.split("│") for line in proc.stdout.splitlines() if line.startswith("│ q")]
+    assert len(rows) == 3
+    said = re.search(r"completion (\d+)", proc.stdout)
+    assert said is not None
+    assert sum(int(row[5]) for row in rows) == int(said[1]) == metrics["completion_tokens"]
+
+    view = RunView(work_out_budget=False)
+    for event in read_trace(tmp_path / "r" / "trace.jsonl"):
+        view.apply(event)
+    assert view.completion_tokens == metrics["completion_tokens"]
+    top = header(view, elapsed=1.0, source="trace").plain
+    assert f"tokens {metrics['completion_tokens']:,}" in top
+    for problem in view.tree.problems.values():
+        assert subtree_tokens(problem)[problem.root_id] == problem.completion_tokens()

@@ -46,7 +46,6 @@ if TYPE_CHECKING:
     from thinktree.agents.endpoint import EndpointConfig
     from thinktree.orchestrator.run import ResumeState, RunResult, RunSettings
     from thinktree.orchestrator.store import RunSummary
-    from thinktree.pricing import Price
     from thinktree.problems import Problem
 
 
@@ -816,8 +815,8 @@ def runs(
             f"{run.problems_done}/{run.problems_total}",
             str(run.problems_correct),
             str(run.tokens),
-            _cost(prices.get(run.model or ""), run.prompt_tokens, run.completion_tokens),
-            escape(_run_note(run)),
+            _cost(run.cost_usd(prices.get(run.model or ""))),
+            escape(_run_note(run, priced=run.model in prices)),
         )
     out.print(table)
 
@@ -828,18 +827,20 @@ def _cannot(exc: OSError, path: Path) -> str:
     return f"{where}: {(exc.strerror or str(exc)).lower()}"
 
 
-def _run_note(run: RunSummary) -> str:
-    """Why a run is unreadable or damaged, and what of it failed."""
+def _run_note(run: RunSummary, *, priced: bool) -> str:
+    """Why a run is unreadable or damaged, what of it failed, and why a priced model's
+    run has no cost."""
     failed = []
     if run.problems_failed:
         failed.append(f"{run.problems_failed} problem(s) failed")
     if run.calls_failed:
         failed.append(f"{run.calls_failed} model call(s) failed")
-    return "; ".join(part for part in (run.error, ", ".join(failed)) if part)
+    unpriced = "no price for a verifier's model" if priced and run.verifier_cost_usd is None else ""
+    return "; ".join(part for part in (run.error, ", ".join(failed), unpriced) if part)
 
 
-def _cost(price: Price | None, prompt: int, completion: int) -> str:
-    return "—" if price is None else f"${price.cost(prompt, completion):.4f}"
+def _cost(cost: float | None) -> str:
+    return "—" if cost is None else f"${cost:.4f}"
 
 
 @app.command()

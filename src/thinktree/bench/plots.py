@@ -255,7 +255,7 @@ def cost(loaded: Loaded, path: Path) -> Path:
             1000 * float(cell.cost_per_problem or 0)
             if priced
             else (cell.metrics["prompt_tokens"] + cell.metrics["completion_tokens"])
-            / max(1, len(cell.problems))
+            / max(1, cell.problems_run)
         )
         xs.append(x)
         ax.scatter(

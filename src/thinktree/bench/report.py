@@ -145,7 +145,8 @@ def cells_table(loaded: Loaded, keys: Sequence[str]) -> Table:
         ],
         rows,
         note="Accuracy intervals: percentile bootstrap over problems (10,000 resamples). "
-        "Tokens are totals over the cell's problems; tok/problem is mean completion tokens; "
+        "Tokens are totals over the cell's problems; tok/problem is mean completion tokens "
+        "per problem that ran (a stopped cell's problems its limit left unrun are left out); "
         "utilisation is completion tokens over the tokens the mode allowed.",
     )
 

@@ -11,7 +11,7 @@ from typing import Any
 from thinktree._files import in_use
 from thinktree.errors import ConfigError
 from thinktree.hints import hint_config, resume_command, shell_command
-from thinktree.orchestrator.events import failed_calls_in
+from thinktree.orchestrator.events import CALL_KINDS, failed_calls_in
 
 RESULTS = "results.json"
 BENCH_MANIFEST = "bench.json"
@@ -30,6 +30,7 @@ class ProblemOutcome:
     prompt_tokens: int
     completion_tokens: int
     decision: dict[str, Any] | None = None
+    ran: bool = True  # False where the run's limit stopped the run before any call of it
 
 
 @dataclass(slots=True)
@@ -66,14 +67,21 @@ class CellResult:
         return None if value is None else float(value)
 
     @property
+    def problems_run(self) -> int:
+        """How many problems ran: every one but those the run's limit stopped it before."""
+        return sum(1 for p in self.problems if p.ran)
+
+    @property
     def tokens_per_problem(self) -> float:
-        """Mean completion tokens (thinking and answers) spent per problem."""
-        return float(self.metrics["completion_tokens"]) / max(1, len(self.problems))
+        """Mean completion tokens (thinking and answers) spent per problem that ran, so that
+        a cell its limit stopped compares with a whole one."""
+        return float(self.metrics["completion_tokens"]) / max(1, self.problems_run)
 
     @property
     def cost_per_problem(self) -> float | None:
+        """Mean cost per problem that ran (see :attr:`tokens_per_problem`)."""
         cost = self.metrics.get("cost_usd")
-        return None if cost is None else float(cost) / max(1, len(self.problems))
+        return None if cost is None else float(cost) / max(1, self.problems_run)
 
     @property
     def perturbation(self) -> str:
@@ -273,4 +281,16 @@ def _outcome(problem: Any) -> ProblemOutcome:
         prompt_tokens=sum(int(_object(n, "a node").get("prompt_tokens") or 0) for n in nodes),
         completion_tokens=sum(int(n.get("completion_tokens") or 0) for n in nodes),
         decision=decision,
+        ran=_ran(problem, nodes),
+    )
+
+
+def _ran(problem: dict[str, Any], nodes: list[Any]) -> bool:
+    """Whether a problem ran: False only where the run's limit refused it before any of its
+    calls was sent (it is then in the results, with no call, and the run's reason)."""
+    if not str(problem.get("error") or "").startswith("run stopped"):
+        return True
+    return any(
+        n.get("kind") in CALL_KINDS and (n.get("status") == "done" or n.get("call_id"))
+        for n in nodes
     )

@@ -22,6 +22,7 @@ import dataclasses
 import fcntl
 import functools
 import json
+import math
 import operator
 import os
 import re
@@ -58,6 +59,7 @@ from thinktree.orchestrator.events import (
     ProblemStarted,
     failed_call,
 )
+from thinktree.pricing import Price
 
 log = structlog.get_logger(__name__)
 
@@ -1172,8 +1174,10 @@ class StoreReader:
                 (SELECT count(*) FROM problems) AS seen,
                 (SELECT count(*) FROM problems WHERE finished_at IS NOT NULL) AS done,
                 (SELECT count(*) FROM problems WHERE correct = 1) AS correct,
-                (SELECT coalesce(sum(prompt_tokens), 0) FROM nodes) AS prompt_tokens,
-                (SELECT coalesce(sum(completion_tokens), 0) FROM nodes) AS completion_tokens,
+                (SELECT coalesce(sum(prompt_tokens), 0) FROM nodes WHERE kind != 'verdict')
+                    AS prompt_tokens,
+                (SELECT coalesce(sum(completion_tokens), 0) FROM nodes WHERE kind != 'verdict')
+                    AS completion_tokens,
                 (SELECT count(*) FROM problems WHERE error IS NOT NULL AND correct IS NULL)
                     AS problems_failed,
                 (SELECT count(DISTINCT coalesce(call_id, id)) FROM nodes
@@ -1183,6 +1187,13 @@ class StoreReader:
         if not rows:
             raise StoreError(f"{self.path} is a damaged run store: no run row")
         row = rows[0]
+        # the verifiers' tokens and cost as the run's metrics count them: from every verdict
+        # (a failed one's node holds none), each priced at its own model's price
+        try:
+            verdicts = [_spent(v) for v in self.verdicts()]
+        except (ValueError, TypeError, AttributeError):
+            raise StoreError(f"{self.path} is a damaged run store: a verdict is damaged") from None
+        unpriced = any(cost is None and (p or c) for p, c, cost in verdicts)
         return RunSummary(
             run_id=row["run_id"] or self.path.parent.name,
             folder=self.path.parent,
@@ -1200,7 +1211,22 @@ class StoreReader:
             started=row["started"],
             problems_failed=row["problems_failed"],
             calls_failed=row["calls_failed"],
+            verifier_prompt_tokens=sum(p for p, _, _ in verdicts),
+            verifier_completion_tokens=sum(c for _, c, _ in verdicts),
+            verifier_cost_usd=None
+            if unpriced
+            else math.fsum(cost for _, _, cost in verdicts if cost is not None),
         )
+
+
+def _spent(verdict: dict[str, Any]) -> tuple[int, int, float | None]:
+    """A verdict's prompt and completion tokens and its cost (None: no known price)."""
+    cost = verdict.get("cost_usd")
+    return (
+        int(verdict.get("prompt_tokens") or 0),
+        int(verdict.get("completion_tokens") or 0),
+        None if cost is None else float(cost),
+    )
 
 
 # --- listing runs ------------------------------------------------------------------------
@@ -1227,10 +1253,27 @@ class RunSummary:
     error: str | None = None
     problems_failed: int = 0  # an error left them ungraded (failed calls, a limit's stop)
     calls_failed: int = 0  # the solver's model calls (requests) that failed
+    # the verifiers' own, on top of the solver's tokens above (as in the run's metrics)
+    verifier_prompt_tokens: int = 0
+    verifier_completion_tokens: int = 0
+    verifier_cost_usd: float | None = 0.0  # None: a verdict spent tokens at no known price
 
     @property
     def tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
+        """Every token the run spent: the solver's and its verifiers'."""
+        return (
+            self.prompt_tokens
+            + self.completion_tokens
+            + self.verifier_prompt_tokens
+            + self.verifier_completion_tokens
+        )
+
+    def cost_usd(self, price: Price | None) -> float | None:
+        """What the run cost, its solver's tokens at ``price`` (its model's) and its
+        verifiers' at their own models' prices; None where either price is unknown."""
+        if price is None or self.verifier_cost_usd is None:
+            return None
+        return price.cost(self.prompt_tokens, self.completion_tokens) + self.verifier_cost_usd
 
 
 # A run folder's other files, as orchestrator.run names them (it imports this module).

@@ -120,10 +120,13 @@ class ProblemTree:
         return [n for n in self.walk() if n.kind in kinds]
 
     def completion_tokens(self) -> int:
-        return sum(n.completion_tokens for n in self.nodes.values())
+        """The solver's completion tokens (its verifiers' are counted apart, as in the run's
+        metrics): what the problem adds to the run's completion tokens."""
+        return sum(n.completion_tokens for n in self.nodes.values() if n.kind != NodeKind.VERDICT)
 
     def prompt_tokens(self) -> int:
-        return sum(n.prompt_tokens for n in self.nodes.values())
+        """The solver's prompt tokens (see :meth:`completion_tokens`)."""
+        return sum(n.prompt_tokens for n in self.nodes.values() if n.kind != NodeKind.VERDICT)
 
 
 class RunTree:

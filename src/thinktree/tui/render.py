@@ -124,10 +124,12 @@ def problem_row_key(problem: ProblemTree) -> Hashable:
 
 
 def subtree_tokens(problem: ProblemTree) -> dict[str, int]:
-    """Completion tokens spent under each node (itself included)."""
+    """Completion tokens spent under each node (itself included): the solver's, so the
+    problem's are those the run's summary counts; a verdict shows its verifier's own."""
     totals: dict[str, int] = {}
     for node in reversed(problem.walk()):
-        totals[node.id] = node.completion_tokens + sum(totals[c] for c in node.children)
+        below = sum(totals[c] for c in node.children if problem.nodes[c].kind != NodeKind.VERDICT)
+        totals[node.id] = node.completion_tokens + below
     return totals
 
 

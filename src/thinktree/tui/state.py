@@ -16,6 +16,7 @@ from thinktree.orchestrator.events import (
     NodeDelta,
     NodeFailed,
     NodeFinished,
+    NodeKind,
     NodeStarted,
     NodeStatus,
     ProblemFinished,
@@ -191,8 +192,10 @@ class RunView:
             case NodeDelta() | NodeFailed():
                 changes.nodes.add(event.node_id)
             case NodeFinished():
-                self.completion_tokens += event.completion_tokens
-                self.prompt_tokens += event.prompt_tokens
+                # the solver's, as the run's summary counts them (not its verifiers')
+                if self.tree.node(event.node_id).kind != NodeKind.VERDICT:
+                    self.completion_tokens += event.completion_tokens
+                    self.prompt_tokens += event.prompt_tokens
                 changes.nodes.add(event.node_id)
             case VoteCast():
                 changes.nodes.add(event.node_id)
