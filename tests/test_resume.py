@@ -322,6 +322,8 @@ def _files(folder: Path) -> dict[str, bytes]:
         (lambda m: m["capabilities"].update(continuation=3), "capabilities.continuation"),
         (lambda m: m["endpoint"].pop("base_url"), "endpoint: no base_url"),
         (lambda m: m.update(settings="x"), "settings: expected an object"),
+        (lambda m: m.update(prices=[]), "prices: expected a table of model prices"),
+        (lambda m: m.update(prices={"m": {"prompt": 1}}), 'prices: price of "m" needs both'),
     ],
 )
 def test_a_damaged_run_json_is_named_in_one_line_and_the_folder_left_alone(
@@ -416,3 +418,52 @@ def test_a_resume_whose_endpoint_now_fixes_another_temperature_is_refused(
     assert done.returncode == 2, done.stderr
     assert "now samples at temperature 1; the run was made at 0.7" in done.stderr
     assert "Traceback" not in done.stderr and not (folder / "results.json").exists()
+
+
+def test_a_resume_at_other_prices_is_refused_and_one_without_keeps_the_runs(
+    tmp_path: Path,
+) -> None:
+    """The config's [prices] changed between the run and its resume: one line, nothing
+    sent or written (it counted what the run had paid at the new price under --max-cost,
+    and its cost mixed two prices). Resumed with no [prices], the run counts at the prices
+    it was made at (it was refused: --max-cost had no price)."""
+    data = write_dataset(tmp_path / "set.jsonl", 2)
+    config = tmp_path / "thinktree.toml"
+    folder = tmp_path / "r"
+    priced = '[prices]\n"fake-model" = { prompt = 1.0, completion = 1000.0 }\n'
+
+    def resume() -> subprocess.CompletedProcess[str]:
+        args = ["run", "--resume", str(folder), "--config", str(config)]
+        return subprocess.run(
+            [sys.executable, "-m", "thinktree.cli", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    with fake_server_in_thread(BEHAVIOUR) as server:
+        config.write_text(priced)
+        finish(
+            [
+                *("run", str(data), "--endpoint", server.base_url, "--config", str(config)),
+                *("--out", str(folder), "--max-cost", "100", *RUN_ARGS),
+            ]
+        )
+        made = json.loads((folder / "results.json").read_text())["metrics"]["cost_usd"]
+        (folder / "results.json").unlink()  # cut off just before its end
+        kept = _files(folder)
+        sent = server.requests
+        config.write_text(priced.replace("1000.0", "2000.0"))
+        refused = resume()
+        assert server.requests == sent
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert refused.stderr.count("\n") == 1 and "Traceback" not in refused.stderr
+        assert "was made at other prices" in refused.stderr, refused.stderr
+        assert "'fake-model' at 1/1000, now 1/2000" in refused.stderr, refused.stderr
+        assert _files(folder) == kept
+        config.write_text("")  # no prices given: the run keeps its own
+        again = resume()
+        assert again.returncode == 0, again.stdout + again.stderr
+        assert server.requests == sent  # every call read back
+    assert made is not None and made > 0
+    assert json.loads((folder / "results.json").read_text())["metrics"]["cost_usd"] == made

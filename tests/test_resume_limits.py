@@ -18,6 +18,7 @@ import pytest
 
 from thinktree.agents.endpoint import EndpointConfig
 from thinktree.agents.modes import ModeSettings
+from thinktree.errors import ConfigError
 from thinktree.orchestrator.run import RunResult, RunSettings, execute, load_resume
 from thinktree.pricing import Price
 from thinktree.problems import AnswerType, Problem
@@ -188,3 +189,36 @@ def test_a_call_store_from_before_node_keys_opens_and_holds_nothing(tmp_path: Pa
     columns = [r[1] for r in conn.execute("PRAGMA table_info(responses)")]
     conn.close()
     assert columns[-2:] == ["node_key", "cut"]
+
+
+async def test_a_run_json_from_before_prices_were_kept_resumes_as_before(
+    tmp_path: Path,
+) -> None:
+    """A manifest without the run's prices (written before runs recorded them) resumes at
+    the prices given, as it did, nothing paid again; it records them from then on, so a
+    later resume at other prices is refused."""
+    behaviour = FakeBehaviour(reply=reply, delay_s=0.01)
+    async with FakeServer(behaviour) as server:
+        cfg = EndpointConfig(name="fake", base_url=server.base_url, continuation="chat")
+        modes = ModeSettings(mode="parallel", n=4, budget=12)
+        settings = RunSettings(
+            modes=modes, seed=3, out=tmp_path / "run", prices=PRICES, max_cost=100.0
+        )
+        first = await execute(problems(3), cfg, settings)
+        manifest_path = first.folder / "run.json"
+        manifest = json.loads(manifest_path.read_text())
+        manifest.pop("prices", None)
+        manifest_path.write_text(json.dumps(manifest))
+        (first.folder / "results.json").unlink()  # killed just before its end
+        sent = server.requests
+        doubled = {"fake-model": Price(2.0, 2000.0)}
+        state = load_resume(first.folder, prices=doubled)
+        again = await execute(state.problems, cfg, state.settings, resume=state)
+        assert server.requests == sent
+    assert first.metrics.cost_usd is not None and again.metrics.cost_usd is not None
+    assert again.metrics.cost_usd == pytest.approx(2 * first.metrics.cost_usd, abs=2e-6)
+    recorded = json.loads(manifest_path.read_text())["prices"]
+    assert recorded == {"fake-model": {"prompt": 2.0, "completion": 2000.0}}
+    (first.folder / "results.json").unlink()
+    with pytest.raises(ConfigError, match="was made at other prices"):
+        load_resume(first.folder, prices=PRICES)

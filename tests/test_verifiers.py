@@ -771,3 +771,50 @@ def test_a_problem_s_tokens_add_up_to_the_run_s_without_the_judge_s(tmp_path: Pa
     assert f"tokens {metrics['completion_tokens']:,}" in top
     for problem in view.tree.problems.values():
         assert subtree_tokens(problem)[problem.root_id] == problem.completion_tokens()
+
+
+@pytest.mark.anyio
+async def test_a_run_records_its_judges_price_and_a_resume_at_another_is_refused(
+    tmp_path: Path,
+) -> None:
+    """run.json records the prices of the run's model and of its judge's, not of a model
+    the run does not use; a resume whose prices give the judge's model another is refused
+    in one line (its verdicts' costs would mix two prices: it was accepted), and one
+    that leaves the run's models unpriced goes on at the recorded prices."""
+    from thinktree.orchestrator.run import load_resume
+
+    prices = {
+        "fake-model": Price(1.0, 2.0),
+        "judge-model": Price(3.0, 4.0),
+        "unused": Price(5.0, 6.0),
+    }
+    async with (
+        FakeServer(FakeBehaviour(reply=lambda body, i: SAMPLES[i % 3])) as server,
+        FakeServer(FakeBehaviour(reply="9", model="judge-model")) as judge_server,
+    ):
+        endpoint = EndpointConfig(name="fake", base_url=server.base_url, model="fake-model")
+        settings = RunSettings(
+            modes=ModeSettings(mode="parallel", n=3, budget=8),
+            verifiers=("judge:grader,score=rating",),
+            out=tmp_path / "run",
+            prices=prices,
+            config={"endpoints": {"grader": {"base_url": judge_server.base_url}}},
+        )
+        first = await execute([FOUR], endpoint, settings)
+        manifest = json.loads((first.folder / "run.json").read_text())
+        assert manifest["prices"] == {
+            "fake-model": {"prompt": 1.0, "completion": 2.0},
+            "judge-model": {"prompt": 3.0, "completion": 4.0},
+        }
+        (first.folder / "results.json").unlink()  # killed just before its end
+        other = {**prices, "judge-model": Price(3.0, 8.0)}
+        with pytest.raises(ConfigError, match=r"'judge-model' at 3/4, now 3/8\): resume it"):
+            load_resume(first.folder, prices=other)
+        state = load_resume(first.folder, prices={"unused": Price(7.0, 8.0)})
+        assert state.settings.prices == {**prices, "unused": Price(7.0, 8.0)}
+        resumed = dataclasses.replace(state.settings, config=settings.config)
+        again = await execute(state.problems, endpoint, resumed, resume=state)
+    assert first.metrics.verifier is not None and again.metrics.verifier is not None
+    assert first.metrics.verifier.cost_usd is not None and first.metrics.cost_usd is not None
+    assert again.metrics.verifier.cost_usd == first.metrics.verifier.cost_usd
+    assert again.metrics.cost_usd == first.metrics.cost_usd

@@ -80,6 +80,24 @@ def check_prices(prices: Mapping[str, Price]) -> None:
         _check_amount(f'price of "{model}": completion', price.completion_per_m)
 
 
+def price_table(prices: Mapping[str, Price]) -> dict[str, dict[str, float]]:
+    """``prices`` as a ``[prices]`` table holds them (a run's manifest records its own so)."""
+    return {
+        model: {"prompt": price.prompt_per_m, "completion": price.completion_per_m}
+        for model, price in sorted(prices.items())
+    }
+
+
+def changed_prices(
+    before: Mapping[str, Any], now: Mapping[str, Any], models: Iterable[str] | None = None
+) -> list[str]:
+    """The models (of ``models``; else of either table) whose price ``now`` is not the one
+    ``before`` gave: a bench or a run resumed at other prices would count what it already
+    paid for at the new ones, and report costs at two prices as one."""
+    names = set(before) | set(now) if models is None else set(models)
+    return sorted(model for model in names if before.get(model) != now.get(model))
+
+
 def _check_amount(what: str, value: Any) -> None:
     if (
         not isinstance(value, int | float)

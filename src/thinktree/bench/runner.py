@@ -60,7 +60,7 @@ from thinktree.orchestrator.run import (
     run_done,
     run_outcome,
 )
-from thinktree.pricing import Price, prices_from_config
+from thinktree.pricing import Price, changed_prices, prices_from_config
 from thinktree.problems import Problem
 from thinktree.verifiers.base import CheckedOnce
 from thinktree.verifiers.setup import open_panel
@@ -199,7 +199,8 @@ def prepare(config: BenchConfig, out: Path) -> list[Cell]:
 def _check_same_run(out: Path, stored: dict[str, Any], config: BenchConfig) -> None:
     """One-line ConfigError when ``config``'s [run] or [prices] is not the stored bench's
     (its limits and concurrency may change: a cell its limit stopped goes on)."""
-    if (stored.get("prices") or {}) != config.raw.get("prices", {}):
+    priced = stored.get("prices") or {}
+    if not isinstance(priced, dict) or changed_prices(priced, config.raw.get("prices", {})):
         raise ConfigError(
             f"{out} holds a bench started with other [prices]; its cells' costs would not "
             "compare: give the config it was started with, or another --out"

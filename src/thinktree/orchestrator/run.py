@@ -17,7 +17,7 @@ import sqlite3
 import types
 import typing
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field, is_dataclass
 from datetime import UTC, datetime
@@ -66,7 +66,14 @@ from thinktree.orchestrator.scheduler import run_problems
 from thinktree.orchestrator.store import STORE_NAME, RunStore
 from thinktree.orchestrator.subscribers import TraceWriter, TreeRecorder
 from thinktree.orchestrator.tree import Node, ProblemTree
-from thinktree.pricing import MoneyLimit, Price, check_prices
+from thinktree.pricing import (
+    MoneyLimit,
+    Price,
+    changed_prices,
+    check_prices,
+    price_table,
+    prices_from_config,
+)
 from thinktree.problems import Problem
 from thinktree.verifiers.base import CheckedOnce, Spending
 from thinktree.verifiers.registry import check_verifiers
@@ -205,6 +212,7 @@ def check_values(settings: RunSettings) -> None:
 
 
 MANIFEST = "run.json"
+PRICES = "prices"  # the manifest's table of the prices the run's calls count at
 CALLS = "calls.sqlite"
 RESULTS = "results.json"
 MANIFEST_VERSION = 1
@@ -310,15 +318,17 @@ async def _execute(
             # a bad verifier fails here, before the folder exists
             panel = await open_panel(settings, client, caps, spending, verifier_checks)
             facts = RunFacts(run_id, endpoint, model, caps, settings, aggregate_name)
+            priced = used_prices(settings, model, panel.models() if panel is not None else ())
             same_limits = False  # a resumed run under the limits it was made under
             try:
                 if resume is None:
-                    _create_folder(folder, facts, problems)
+                    _create_folder(folder, facts, problems, priced)
                     held.enter_context(folder_lock(folder, "run"))
                 else:
                     same_limits = limits_of(settings) == run_limits(folder)
                     if not same_limits:
                         save_limits(folder, settings)  # it goes on under these, and keeps them
+                    save_prices(folder, priced)  # those it had none for, kept from now on
                 cache, store, trace = _open_records(folder, settings, fresh=resume is None)
             except BaseException:
                 if panel is not None:
@@ -461,6 +471,15 @@ def conclude(
     )
 
 
+def used_prices(
+    settings: RunSettings, model: str, verifier_models: Iterable[str] = ()
+) -> dict[str, Price]:
+    """The prices a run on ``model`` counts its calls at: its model's and its verifiers'
+    models', those of them ``settings`` has (its ``run.json`` records them)."""
+    models = {model, *verifier_models}
+    return {name: price for name, price in settings.prices.items() if name in models}
+
+
 def money_limit(settings: RunSettings, model: str) -> MoneyLimit | None:
     """The run's money limit on ``model`` (None without ``--max-cost``); a one-line
     ConfigError when the model has no price to keep it in."""
@@ -545,7 +564,7 @@ def load_resume(
             max_run_tokens=s.get("max_run_tokens"),
             max_problem_tokens=s.get("max_problem_tokens"),
             max_cost=s.get("max_cost"),
-            prices=dict(prices or {}),
+            prices=_resumed_prices(folder, data, prices or {}),
             answer_format=s.get("answer_format", "free"),
             verifiers=tuple(s.get("verifiers", ())),
         )
@@ -575,6 +594,36 @@ def load_resume(
         settings=settings,
         retrying=retrying,
     )
+
+
+def _resumed_prices(
+    folder: Path, manifest: dict[str, Any], given: dict[str, Price]
+) -> dict[str, Price]:
+    """The prices a resumed run goes on at: those ``given`` (a config's [prices]), with the
+    ones its manifest records for the models it priced; a one-line ConfigError where
+    ``given`` prices one of those models otherwise (what it paid would count at the new
+    price). A manifest from before runs recorded their prices records none."""
+    if PRICES not in manifest:
+        return dict(given)
+    try:
+        if not isinstance(manifest[PRICES], dict):
+            raise ConfigError(f"expected a table of model prices, not {manifest[PRICES]!r:.60}")
+        recorded = prices_from_config({"prices": manifest[PRICES]})
+    except ConfigError as exc:
+        raise ValueError(f"{PRICES}: {exc}") from None
+    changed = changed_prices(recorded, given, recorded.keys() & given.keys())
+    if changed:
+        was = "; ".join(f"'{m}' at {_per_m(recorded[m])}, now {_per_m(given[m])}" for m in changed)
+        raise ConfigError(
+            f"run {folder} was made at other prices (USD per million tokens, prompt/completion: "
+            f"{was}): resume it with the [prices] it was made under (or none for that model: "
+            "the run keeps its own), or start a new run"
+        )
+    return {**given, **recorded}
+
+
+def _per_m(price: Price) -> str:
+    return f"{price.prompt_per_m:g}/{price.completion_per_m:g}"
 
 
 #: The settings a manifest records beside the modes', by type.
@@ -725,6 +774,23 @@ def save_limits(folder: Path, settings: RunSettings) -> None:
         raise RecordingError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
+def save_prices(folder: Path, prices: dict[str, Price]) -> None:
+    """Record ``prices`` in the run's manifest where it has none for their models (a run
+    resumed with a price for a model it had none for, or one from before runs recorded
+    theirs), so any later resume counts its calls at them too."""
+    path = folder / MANIFEST
+    data = json.loads(path.read_text(encoding="utf-8"))
+    recorded = data.get(PRICES) or {}
+    table = {**price_table(prices), **recorded}
+    if PRICES in data and table == recorded:
+        return
+    data[PRICES] = table
+    try:
+        atomic_write(path, json.dumps(data, indent=1, ensure_ascii=False))
+    except OSError as exc:
+        raise RecordingError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
 def _check_calls(path: Path) -> None:
     if not path.exists():
         return
@@ -744,7 +810,9 @@ def _check_calls(path: Path) -> None:
         raise ConfigError(f"cannot resume: {path} is a SQLite file but not thinktree's call store")
 
 
-def _create_folder(folder: Path, facts: RunFacts, problems: Sequence[Problem]) -> None:
+def _create_folder(
+    folder: Path, facts: RunFacts, problems: Sequence[Problem], prices: dict[str, Price]
+) -> None:
     try:
         folder.mkdir(parents=True)
     except FileExistsError:
@@ -771,6 +839,8 @@ def _create_folder(folder: Path, facts: RunFacts, problems: Sequence[Problem]) -
         ),
         "capabilities": facts.capabilities.to_dict(),
         "settings": facts.settings_dict(),
+        # what its calls cost: a resume at other prices is refused (see load_resume)
+        PRICES: price_table(prices),
         "problems": [p.model_dump(mode="json") for p in problems],
     }
     try:

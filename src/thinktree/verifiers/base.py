@@ -1,7 +1,8 @@
 """The verifier protocol: given a problem and its candidates, a verdict per candidate.
 
 A verifier is any object with ``async verify(problem, candidates) -> list[Verdict]``
-(and optionally ``async aclose()``). Scores are floats where higher means more likely
+(and optionally ``async aclose()``, and ``models()``: the models its calls are priced by,
+whose prices its run records). Scores are floats where higher means more likely
 right, by convention in [0, 1]; a verdict that could not be reached has ``score=None``
 and says why in ``error``: the run goes on without it. A verdict with an error has
 failed, whatever its score. Verifiers never see the gold.

@@ -168,6 +168,10 @@ class JudgeEndpoint:
             return client
         return MeteredJudge(client, spending, problem.id, self._setup.prices.get(client.model))
 
+    def models(self) -> list[str]:
+        """The model the judge's calls are priced by, once :meth:`ready` resolved it."""
+        return [self.client.model] if self.client.model else []
+
     def uses_logprobs(self, caps: Capabilities) -> bool:
         """Whether the judge reads its logprobs; a one-line ConfigError for ``yes-prob`` on
         an endpoint that returns none."""
@@ -266,6 +270,9 @@ class PointwiseJudge:
     async def prepare(self) -> None:
         """Probe the judge's endpoint before the run starts (see :meth:`JudgeEndpoint.prepare`)."""
         await self.judge.prepare()
+
+    def models(self) -> list[str]:
+        return self.judge.models()
 
     async def aclose(self) -> None:
         await self.judge.aclose()

@@ -110,6 +110,9 @@ class PairwiseJudge:
         """Probe the judge's endpoint before the run starts (see :meth:`JudgeEndpoint.prepare`)."""
         await self.judge.prepare()
 
+    def models(self) -> list[str]:
+        return self.judge.models()
+
     async def aclose(self) -> None:
         await self.judge.aclose()
 

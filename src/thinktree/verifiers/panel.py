@@ -69,6 +69,16 @@ class VerifierPanel:
                 reason = f"verifier {named.name} could not be prepared: {detail}"
                 raise ConfigError(reason) from None
 
+    def models(self) -> set[str]:
+        """The models the verifiers' calls are priced by, where a prepared verifier names
+        them (its ``models()``, as the built-in judges and scorers have)."""
+        found: set[str] = set()
+        for named in self.verifiers:
+            models = getattr(named.verifier, "models", None)
+            if callable(models):
+                found.update(str(model) for model in models())
+        return found
+
     async def aclose(self) -> None:
         """Close every verifier that has ``aclose`` (async or not); a failure is logged.
 

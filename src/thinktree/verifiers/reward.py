@@ -91,6 +91,10 @@ class RewardClient:
     async def aclose(self) -> None:
         await self.http.aclose()
 
+    def models(self) -> list[str]:
+        """The scorer's model, which its calls are priced by, once :meth:`ready` found it."""
+        return [self.model] if self.model else []
+
     async def _model(self) -> str:
         if self.model is None:
             resp = await self.http.get(f"{self.root}/v1/models")
@@ -185,6 +189,9 @@ class RewardModel:
     async def prepare(self) -> None:
         await self.client.ready()
 
+    def models(self) -> list[str]:
+        return self.client.models()
+
     async def aclose(self) -> None:
         await self.client.aclose()
 
@@ -220,6 +227,9 @@ class ProcessReward:
 
     async def prepare(self) -> None:
         await self.client.ready()
+
+    def models(self) -> list[str]:
+        return self.client.models()
 
     async def aclose(self) -> None:
         await self.client.aclose()
