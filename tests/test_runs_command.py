@@ -216,14 +216,7 @@ def test_runs_prices_a_judge_s_tokens_at_the_judge_model_s_price(tmp_path: Path)
                 cwd=tmp_path,
             )
             assert made[name].returncode == 0, made[name].stderr
-    listed = cli("runs", cwd=tmp_path)
-    assert listed.returncode == 0, listed.stderr
-    header, *lines = [line for line in listed.stdout.splitlines() if line[:1] in "┃│"]
-    columns = [cell.strip() for cell in header.split("┃")[1:-1]]
-    rows = {
-        cells[0]: dict(zip(columns, cells, strict=True))
-        for cells in ([c.strip() for c in line.split("│")[1:-1]] for line in lines)
-    }
+    rows = _listed(tmp_path)
     m = json.loads((tmp_path / "runs" / "priced" / "results.json").read_text())["metrics"]
     judged = m["verifier"]
     assert judged["cost_usd"] and judged["prompt_tokens"]  # the judge spent, at its price
@@ -238,3 +231,20 @@ def test_runs_prices_a_judge_s_tokens_at_the_judge_model_s_price(tmp_path: Path)
     # the run gave no cost for its judge: neither does the list, and it says why
     assert rows["unpriced"]["cost"] == "—"
     assert rows["unpriced"]["note"] == "no price for a verifier's model"
+    # each run is priced as it was made (its run.json keeps its prices), not at today's
+    (tmp_path / "thinktree.toml").write_text(
+        '[prices]\n"fake-model" = { prompt = 50.0, completion = 50.0 }\n'
+    )
+    assert _listed(tmp_path)["priced"]["cost"] == f"${reported:.4f}"
+
+
+def _listed(cwd: Path) -> dict[str, dict[str, str]]:
+    """``thinktree runs`` in ``cwd``: each run's row by its folder's name."""
+    listed = cli("runs", cwd=cwd)
+    assert listed.returncode == 0, listed.stderr
+    header, *lines = [line for line in listed.stdout.splitlines() if line[:1] in "┃│"]
+    columns = [cell.strip() for cell in header.split("┃")[1:-1]]
+    return {
+        cells[0]: dict(zip(columns, cells, strict=True))
+        for cells in ([c.strip() for c in line.split("│")[1:-1]] for line in lines)
+    }

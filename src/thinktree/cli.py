@@ -767,6 +767,7 @@ def runs(
     """List runs: status, mode, endpoint, progress and tokens."""
     configure()
     from thinktree.config import load_config
+    from thinktree.orchestrator.run import recorded_prices
     from thinktree.orchestrator.store import list_runs
     from thinktree.pricing import prices_from_config
 
@@ -806,6 +807,9 @@ def runs(
     }
     for run in found:
         colour = colours.get(run.status, "red")
+        # the price the run was made at (its run.json keeps it), else today's config's
+        model = run.model or ""
+        price = recorded_prices(run.folder).get(model) or prices.get(model)
         table.add_row(
             escape(run.folder.name),
             f"[{colour}]{escape(run.status)}[/]",
@@ -815,8 +819,8 @@ def runs(
             f"{run.problems_done}/{run.problems_total}",
             str(run.problems_correct),
             str(run.tokens),
-            _cost(run.cost_usd(prices.get(run.model or ""))),
-            escape(_run_note(run, priced=run.model in prices)),
+            _cost(run.cost_usd(price)),
+            escape(_run_note(run, priced=price is not None)),
         )
     out.print(table)
 

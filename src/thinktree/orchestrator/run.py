@@ -622,6 +622,19 @@ def _resumed_prices(
     return {**given, **recorded}
 
 
+def recorded_prices(folder: Path) -> dict[str, Price]:
+    """The prices the run in ``folder`` counts its calls at, as its manifest records them:
+    {} where it records none (made before runs recorded theirs) or cannot be read."""
+    path = folder / MANIFEST
+    try:
+        if not path.is_file():  # not a FIFO, say, that would hang the read
+            return {}
+        table = json.loads(path.read_bytes()).get(PRICES)
+        return prices_from_config({PRICES: table}) if isinstance(table, dict) else {}
+    except (OSError, ValueError, RecursionError, AttributeError, ConfigError):
+        return {}
+
+
 def _per_m(price: Price) -> str:
     return f"{price.prompt_per_m:g}/{price.completion_per_m:g}"
 
