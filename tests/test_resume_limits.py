@@ -214,7 +214,9 @@ def verdicts(result: RunResult) -> dict[str, tuple[str, str | None, float | None
     ("limits", "cut"),
     [
         pytest.param({"max_run_tokens": 400}, False, id="run-limit"),
+        pytest.param({"max_run_tokens": 500}, True, id="run-limit-cut"),
         pytest.param({"max_cost": 0.4, "prices": PRICES}, False, id="money-limit"),
+        pytest.param({"max_cost": 0.35, "prices": PRICES}, True, id="money-limit-cut"),
     ],
 )
 async def test_a_judged_run_killed_under_a_binding_limit_resumes_paying_nothing_again(
@@ -223,7 +225,9 @@ async def test_a_judged_run_killed_under_a_binding_limit_resumes_paying_nothing_
     """A judge's calls count under the run's limits too, and are held and read back at their
     grants as the solver's are: resumed with the same settings, the run sends no request
     and ends as the uninterrupted run did (judge calls were paid again, at the fewer tokens
-    the calls read back before them had left)."""
+    the calls read back before them had left). In the "-cut" runs the limit cut some judge
+    calls and refused others of the same problem: read back late, the cut ones still say
+    what stopped it, as in the first run."""
     behaviour = FakeBehaviour(reply=judged, delay_s=0.01, native_n=False)
     async with FakeServer(behaviour, record_bodies=True) as server:
         cfg = EndpointConfig(name="fake", base_url=server.base_url, continuation="chat")

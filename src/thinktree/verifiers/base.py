@@ -127,6 +127,7 @@ class Spending:
     money: MoneyLimit | None = None
     stopped: dict[str, str] = field(default_factory=dict)  # problem id → the limit's reason
     _unpriced: set[str] = field(default_factory=set)
+    _refused: set[str] = field(default_factory=set)  # problems whose reason is a refusal
     recorded: RecordedCalls | None = None
     """A resumed run's recorded calls, held under its limits until they are read back."""
 
@@ -188,7 +189,7 @@ class Spending:
                 except LimitHeld as held:
                     await held.wait()
                 except RunLimitReached as exc:
-                    self._stop(problem_id, str(exc))
+                    self._stop(problem_id, str(exc), refused=True)
                     raise
         metered = Metered(grant, self.tokens, None)
         if grant < max_tokens:
@@ -206,7 +207,7 @@ class Spending:
                 try:
                     bill = await self.money.hold(bound, grant, price=price, least=min(grant, 1))
                 except RunLimitReached as exc:
-                    self._stop(problem_id, str(exc))
+                    self._stop(problem_id, str(exc), refused=True)
                     raise
                 metered.bill = bill
                 if bill.max_tokens < grant:
@@ -218,8 +219,21 @@ class Spending:
         finally:
             metered.release()
 
-    def _stop(self, problem_id: str, reason: str) -> None:
-        self.stopped.setdefault(problem_id, reason)
+    def _stop(self, problem_id: str, reason: str, *, refused: bool = False) -> None:
+        """Say a limit (``reason``) cut or refused a call for the problem: the first that
+        cut one says so, else the first that refused one. A limit cuts calls while it has
+        some left and refuses them once it has none, so a run meets the cuts first; a
+        resumed run reads a cut call back (:meth:`read_back`) only once it has looked it
+        up, after calls refused meanwhile, and still says what the first run said."""
+        if problem_id not in self.stopped:
+            self.stopped[problem_id] = reason
+            if refused:
+                self._refused.add(problem_id)
+            else:
+                self._refused.discard(problem_id)
+        elif not refused and problem_id in self._refused:
+            self.stopped[problem_id] = reason
+            self._refused.discard(problem_id)
 
 
 class CheckedOnce:
