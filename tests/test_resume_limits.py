@@ -19,10 +19,12 @@ import pytest
 from thinktree.agents.endpoint import EndpointConfig
 from thinktree.agents.modes import ModeSettings
 from thinktree.errors import ConfigError
+from thinktree.orchestrator.events import NodeKind
 from thinktree.orchestrator.run import RunResult, RunSettings, execute, load_resume
 from thinktree.pricing import Price
 from thinktree.problems import AnswerType, Problem
 from thinktree.testing.fake_server import FakeBehaviour, FakeServer
+from thinktree.verifiers.judge import JUDGE_SYSTEM
 
 pytestmark = pytest.mark.anyio
 
@@ -222,3 +224,105 @@ async def test_a_run_json_from_before_prices_were_kept_resumes_as_before(
     (first.folder / "results.json").unlink()
     with pytest.raises(ConfigError, match="was made at other prices"):
         load_resume(first.folder, prices=PRICES)
+
+
+def judged(body: dict[str, Any], index: int) -> str:
+    """The judge rates answer A 9, B 5 and C 1 (in 1 to 3 tokens); the solver says `reply`."""
+    messages = body.get("messages") or []
+    if messages and messages[0].get("content") == JUDGE_SYSTEM:
+        final = messages[-1]["content"].split("Final answer: ")[-1][:1]
+        return {"A": "9 of ten", "B": "5 of", "C": "1"}[final]
+    return reply(body, index)
+
+
+def verdicts(result: RunResult) -> dict[str, tuple[str, str | None, float | None, int]]:
+    """Each verdict node's status, error, score and tokens."""
+    return {
+        n.id: (n.status.value, n.error, n.score, n.completion_tokens)
+        for tree in result.trees
+        for n in tree.of_kind(NodeKind.VERDICT)
+    }
+
+
+@pytest.mark.parametrize(
+    ("limits", "cut"),
+    [
+        pytest.param({"max_run_tokens": 400}, False, id="run-limit"),
+        pytest.param({"max_run_tokens": 500}, True, id="run-limit-cut"),
+        pytest.param({"max_cost": 0.4, "prices": PRICES}, False, id="money-limit"),
+        pytest.param({"max_cost": 0.35, "prices": PRICES}, True, id="money-limit-cut"),
+    ],
+)
+async def test_a_judged_run_killed_under_a_binding_limit_resumes_paying_nothing_again(
+    tmp_path: Path, limits: dict[str, Any], cut: bool
+) -> None:
+    """A judge's calls count under the run's limits too, and are held and read back at their
+    grants as the solver's are: resumed with the same settings, the run sends no request
+    and ends as the uninterrupted run did (judge calls were paid again, at the fewer tokens
+    the calls read back before them had left). In the "-cut" runs the limit cut some judge
+    calls and refused others of the same problem: read back late, the cut ones still say
+    what stopped it, as in the first run."""
+    behaviour = FakeBehaviour(reply=judged, delay_s=0.01, native_n=False)
+    async with FakeServer(behaviour, record_bodies=True) as server:
+        cfg = EndpointConfig(name="fake", base_url=server.base_url, continuation="chat")
+        modes = ModeSettings(mode="parallel", n=8, budget=12)
+        settings = RunSettings(
+            modes=modes,
+            verifiers=("judge:score=rating",),
+            concurrency=1,
+            seed=3,
+            out=tmp_path / "run",
+            **limits,
+        )
+        first = await execute(problems(10), cfg, settings)
+        assert first.stopped_by is not None  # the limit binds
+        judging = [b for b in server.bodies if b["messages"][0]["content"] == JUDGE_SYSTEM]
+        assert any(b["max_tokens"] < 8 for b in judging) == cut  # the limit cut the judge
+        assert any("is reached" in str(v[1]) for v in verdicts(first).values())  # refused
+        before = json.loads((first.folder / "results.json").read_text())
+        sent = server.requests
+        (first.folder / "results.json").unlink()  # killed just before its end
+        state = load_resume(first.folder, prices=limits.get("prices"))
+        again = await execute(state.problems, cfg, state.settings, resume=state)
+        assert server.requests == sent
+    after = json.loads((again.folder / "results.json").read_text())
+    assert calls(again) == calls(first)
+    assert verdicts(again) == verdicts(first)
+    assert [(p["answer"], p["stopped"]) for p in after["problems"]] == [
+        (p["answer"], p["stopped"]) for p in before["problems"]
+    ]
+    assert {k: v for k, v in after["metrics"].items() if "latency" not in k} == {
+        k: v for k, v in before["metrics"].items() if "latency" not in k
+    }
+
+
+async def test_a_judge_call_is_held_under_the_run_limits_only(tmp_path: Path) -> None:
+    """A judge's recorded call is held in the run's pool until it is read back, not in its
+    problem's (--max-problem-tokens never counted it), while a solver's is held in both."""
+    from thinktree.agents.endpoint import Choice, Completion
+    from thinktree.orchestrator.call_cache import SqliteCallCache, solver_call, verifier_call
+    from thinktree.orchestrator.ledger import Budget, RecordedCalls
+
+    def spent(tokens: int) -> Completion:
+        return Completion([Choice("text", "stop", tokens)], 10, tokens, 0.1)
+
+    cache = SqliteCallCache(tmp_path / "calls.sqlite")
+    try:
+        with solver_call():
+            await cache.record("fp1", "chat", '{"max_tokens": 12}', spent(7), "q0/b1/think")
+        with verifier_call((("run-cut", "cut short"),)):
+            await cache.record("fp2", "chat", '{"max_tokens": 5}', spent(3), "q0/b1/think/judge")
+        usage = cache.recorded_usage()
+    finally:
+        cache.close()
+    assert usage["q0/b1/think/judge"].cut == (("run-cut", "cut short"),)
+    run = Budget(name="run", limit=100, stops_run=True)
+    problem = run.child("q0", 50)
+    recorded = RecordedCalls(usage, run, same_limits=True)
+    recorded.problem_pool("q0", problem)
+    assert (run.held, problem.held) == (10, 7)
+    assert recorded.grants("q0/b1/think/judge", 8) == [8, 5]
+    assert recorded.release("q0/b1/think/judge") == (("run-cut", "cut short"),)
+    assert (run.held, problem.held) == (7, 7)
+    recorded.release("q0/b1/think")
+    assert (run.held, problem.held) == (0, 0)

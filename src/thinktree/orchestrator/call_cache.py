@@ -40,6 +40,7 @@ __all__ = [
     "completion_to_json",
     "only_recorded",
     "solver_call",
+    "verifier_call",
 ]
 
 _SCHEMA = """
@@ -57,23 +58,30 @@ CREATE TABLE IF NOT EXISTS responses (
     cut TEXT
 )
 """
-# A solver's call also keeps ``node_key``, the node(s) it was for (the fingerprint's key:
-# a resumed run holds its tokens under the limits of its problem), and ``cut``, the marks
-# its limits made where they granted it less than it asked (JSON, see `Recorded`).
-# Stores from before them lack them: they are added.
+# A solver's or a judge's call also keeps ``node_key``, the node(s) it was for (the
+# fingerprint's key: a resumed run holds its tokens under its limits), and ``cut``, the
+# marks its limits made where they granted it less than it asked (JSON, see `Recorded`),
+# with, for a verifier's call, `VERIFIER_MARK`. Stores from before them lack them: they
+# are added.
 _ADDED_COLUMNS = ("node_key", "cut")
 
 
 @dataclass(frozen=True, slots=True)
 class Recorded:
-    """What a recorded solver call spent, the ``max_tokens`` it was granted, and where its
-    limits granted less than it asked, the marks they made: ``("cut", pool name)`` or
-    ``("run-cut", reason)`` (see :class:`~thinktree.orchestrator.ledger.Budget`)."""
+    """What a recorded solver (or verifier) call spent, the ``max_tokens`` it was granted,
+    and where its limits granted less than it asked, the marks they made: ``("cut", pool
+    name)`` or ``("run-cut", reason)`` (see :class:`~thinktree.orchestrator.ledger.Budget`).
+    A ``verifier``'s call counts under the run's limits only, not under its problem's."""
 
     prompt_tokens: int
     completion_tokens: int
     grant: int | None = None
     cut: tuple[tuple[str, str], ...] = ()
+    verifier: bool = False
+
+
+VERIFIER_MARK = ("verifier", "run")
+"""Kept with a verifier's call's marks: it counts under the run's limits only."""
 
 
 def _grant(value: object) -> int | None:
@@ -89,6 +97,14 @@ def _marks(cut: str | None) -> tuple[tuple[str, str], ...]:
         return ()
 
 
+def _recorded(prompt: int, done: int, grant: object, cut: str | None) -> Recorded:
+    """One row of :meth:`SqliteCallCache.recorded_usage` as what the call spent and was granted."""
+    marks = _marks(cut)
+    verifier = VERIFIER_MARK in marks
+    marks = tuple(mark for mark in marks if mark != VERIFIER_MARK)
+    return Recorded(prompt, done, _grant(grant), marks, verifier)
+
+
 class NotRecorded(Exception):  # a state, not a failure: the call is to be made
     """Raised by a lookup under :func:`only_recorded` that finds no recorded call."""
 
@@ -101,8 +117,8 @@ _SOLVER_CALL: ContextVar[tuple[tuple[str, str], ...] | None] = ContextVar(
 
 class solver_call:  # named as the context manager it is
     """A call made inside is the solver's: it is recorded with its node key, so a resumed
-    run holds its tokens under its limits (a verifier's are not held), and with ``cut``,
-    the marks its limits made where they granted it less than it asked.
+    run holds its tokens under its limits (see :class:`verifier_call` for a verifier's),
+    and with ``cut``, the marks its limits made where they granted it less than it asked.
 
     A class, not a generator: it wraps every solver call, and costs a third as much."""
 
@@ -116,6 +132,17 @@ class solver_call:  # named as the context manager it is
 
     def __exit__(self, *exc: object) -> None:
         _SOLVER_CALL.reset(self._token)
+
+
+class verifier_call(solver_call):
+    """A call made inside is a verifier's (a judge's) under the run's limits: recorded as a
+    solver's call is, with :data:`VERIFIER_MARK` among its marks, so a resumed run holds
+    its tokens under the run's limits only (its problem's never counted it)."""
+
+    __slots__ = ()
+
+    def __init__(self, cut: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__((VERIFIER_MARK, *cut))
 
 
 @contextmanager
@@ -166,7 +193,7 @@ def call_row(
 
 
 def _solver_columns(key: str | None) -> tuple[str | None, str | None]:
-    """A solver call's ``node_key`` and ``cut`` (both None for any other call)."""
+    """A solver's or verifier's call's ``node_key`` and ``cut`` (both None for any other)."""
     cut = _SOLVER_CALL.get()
     if cut is None or key is None:
         return None, None
@@ -272,8 +299,8 @@ class SqliteCallCache:
         return int(row[0])
 
     def recorded_usage(self) -> dict[str, Recorded]:
-        """Each recorded solver call by its node key: what a resumed run holds under its
-        limits for the calls it may read back (see
+        """Each recorded solver or verifier call by its node key: what a resumed run holds
+        under its limits for the calls it may read back (see
         :class:`~thinktree.orchestrator.ledger.RecordedCalls`)."""
         rows = self._conn.execute(  # the latest of a node's calls last: it is the one kept
             "SELECT node_key, prompt_tokens, completion_tokens, "
@@ -281,7 +308,7 @@ class SqliteCallCache:
             "WHERE node_key IS NOT NULL ORDER BY created"
         )
         return {
-            str(key): Recorded(int(prompt), int(done), _grant(grant), _marks(cut))
+            str(key): _recorded(int(prompt), int(done), grant, cut)
             for key, prompt, done, grant, cut in rows
         }
 

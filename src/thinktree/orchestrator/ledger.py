@@ -178,8 +178,8 @@ class Budget:
 
 
 class RecordedCalls:
-    """The calls a resumed run's own call store recorded, held under its token limits until
-    the run reaches them.
+    """The calls a resumed run's own call store recorded (the solver's, and a judge's on the
+    run's endpoint), held under its token limits until the run reaches them.
 
     A call's grant depends on which calls hold a shared limit when it asks, so a resumed
     run, whose calls come in another order (those read back return at once), could grant
@@ -191,7 +191,8 @@ class RecordedCalls:
     one of them cut it to. Not found, its hold goes and it asks as a new call does (one
     a limit cut short, asked again whole under a raised limit). New calls never take
     what recorded ones will need, so no limit is passed; recorded calls never reached
-    stay counted, as they were paid for.
+    stay counted, as they were paid for. A verifier's call counts under the run's limits
+    only, so only they hold it (its problem's pool never counted it).
     """
 
     def __init__(
@@ -206,13 +207,15 @@ class RecordedCalls:
         self._same_limits = same_limits
         self._by_problem: dict[str, int] = {}
         for key, call in self._recorded.items():
-            problem = problem_of(key)
-            self._by_problem[problem] = self._by_problem.get(problem, 0) + call.completion_tokens
+            if not call.verifier:
+                problem = problem_of(key)
+                done = self._by_problem.get(problem, 0) + call.completion_tokens
+                self._by_problem[problem] = done
             if money is not None:
                 money.hold_recorded(call.prompt_tokens, call.completion_tokens)
         self._run = run_pool
         self._money = money
-        run_pool.held += sum(self._by_problem.values())
+        run_pool.held += sum(call.completion_tokens for call in self._recorded.values())
         self._problems: dict[str, Budget] = {}
 
     def __bool__(self) -> bool:
@@ -238,7 +241,8 @@ class RecordedCalls:
         call = self._recorded.pop(key, None)
         if call is None:
             return ()
-        for pool in (self._problems.get(problem_of(key)), self._run):
+        problem = None if call.verifier else self._problems.get(problem_of(key))
+        for pool in (problem, self._run):
             if pool is not None:
                 pool.held = max(0, pool.held - call.completion_tokens)
         if self._money is not None:

@@ -344,6 +344,7 @@ async def _execute(
                 recorded = RecordedCalls(
                     cache.recorded_usage(), run_pool, money, same_limits=same_limits
                 )
+                spending.recorded = recorded  # a judge's calls are read back as the solver's
             if on_started is not None:
                 on_started(folder)
             sampling = Sampling(temperature=settings.temperature_for_mode(), seed=settings.seed)

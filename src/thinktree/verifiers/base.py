@@ -18,9 +18,10 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 import structlog
 
 from thinktree.agents.capabilities import Capabilities
-from thinktree.agents.endpoint import EndpointClient, EndpointConfig
+from thinktree.agents.endpoint import Completion, EndpointClient, EndpointConfig
 from thinktree.errors import RunLimitReached
-from thinktree.orchestrator.ledger import Budget, LimitHeld, token_cut
+from thinktree.orchestrator.call_cache import NotRecorded, only_recorded
+from thinktree.orchestrator.ledger import Budget, LimitHeld, RecordedCalls, token_cut
 from thinktree.pricing import Bill, MoneyLimit, Price, prompt_bound
 from thinktree.problems import Problem
 
@@ -83,12 +84,15 @@ class Verifier(Protocol):
 @dataclass(slots=True)
 class Metered:
     """One verifier call under the run's limits: send it with ``max_tokens`` (its grant,
-    perhaps less than asked) and :meth:`settle` it with its usage once it came back."""
+    perhaps less than asked) and :meth:`settle` it with its usage once it came back.
+    ``cut``: the marks the limits that cut it made, ``("run-cut", reason)``, kept with
+    the call (see :class:`~thinktree.orchestrator.call_cache.verifier_call`)."""
 
     max_tokens: int
     tokens: Budget
     bill: Bill | None
     settled: bool = False
+    cut: tuple[tuple[str, str], ...] = ()
 
     def settle(self, prompt_tokens: int, completion_tokens: int) -> None:
         if not self.settled:
@@ -116,13 +120,54 @@ class Spending:
     worst-case cost (at its model's price) as the solver's calls do, waiting while calls
     under way hold what it needs. Where a limit cuts it or refuses it, the problem it was
     made for says so (:attr:`stopped`, read by the panel): the run reads 'stopped', and a
-    resume under a higher limit asks it again.
+    resume under a higher limit asks it again. A resumed run reads a call it recorded
+    back first (:meth:`read_back`), at its recorded grant, whatever the limits have left.
     """
 
     tokens: Budget
     money: MoneyLimit | None = None
     stopped: dict[str, str] = field(default_factory=dict)  # problem id → the limit's reason
     _unpriced: set[str] = field(default_factory=set)
+    _refused: set[str] = field(default_factory=set)  # problems whose reason is a refusal
+    recorded: RecordedCalls | None = None
+    """A resumed run's recorded calls, held under its limits until they are read back."""
+
+    async def read_back(
+        self,
+        problem_id: str,
+        key: str,
+        max_tokens: int,
+        send: Callable[[int], Awaitable[Completion]],
+    ) -> Completion | None:
+        """The call of ``key`` asking for ``max_tokens``, as this run recorded it before (a
+        resumed run), read back as the solver's are: its tokens and cost were held for it
+        (:class:`~thinktree.orchestrator.ledger.RecordedCalls`), so it is never cut or
+        refused now. ``send(grant)`` makes the call with that ``max_tokens``; here it only
+        looks it up: at the whole ask, and under the limits it was made under, at the
+        grant one of them cut it to (the problem then says that limit stopped it again).
+        None when none is found: the hold goes, and the call asks as a new one does.
+        """
+        recorded = self.recorded
+        if not recorded:
+            return None
+        for grant in recorded.grants(key, max_tokens):
+            try:
+                with only_recorded():
+                    found = await send(grant)
+            except NotRecorded:
+                continue
+            marks = recorded.release(key)  # its hold becomes what it spent, at once
+            self.tokens.reserve_recorded(grant)
+            self.tokens.commit(grant, found.completion_tokens)
+            if self.money is not None:
+                self.money.read_back(found.prompt_tokens, found.completion_tokens)
+            if grant < max_tokens:
+                for kind, reason in marks:
+                    if kind == "run-cut":
+                        self._stop(problem_id, reason)
+            return found
+        recorded.release(key)
+        return None
 
     @asynccontextmanager
     async def call(
@@ -145,11 +190,12 @@ class Spending:
                 except LimitHeld as held:
                     await held.wait()
                 except RunLimitReached as exc:
-                    self._stop(problem_id, str(exc))
+                    self._stop(problem_id, str(exc), refused=True)
                     raise
-            if grant < max_tokens:
-                self._stop(problem_id, token_cut(self.tokens.limit))
         metered = Metered(grant, self.tokens, None)
+        if grant < max_tokens:
+            metered.cut = (("run-cut", token_cut(self.tokens.limit)),)
+            self._stop(problem_id, token_cut(self.tokens.limit))
         try:
             if self.money is not None and price is None and model not in self._unpriced:
                 self._unpriced.add(model)
@@ -162,19 +208,33 @@ class Spending:
                 try:
                     bill = await self.money.hold(bound, grant, price=price, least=min(grant, 1))
                 except RunLimitReached as exc:
-                    self._stop(problem_id, str(exc))
+                    self._stop(problem_id, str(exc), refused=True)
                     raise
                 metered.bill = bill
                 if bill.max_tokens < grant:
                     self.tokens.commit(grant - bill.max_tokens, 0)  # gives the rest back
                     metered.max_tokens = bill.max_tokens
+                    metered.cut += (("run-cut", self.money.cut_reason),)
                     self._stop(problem_id, self.money.cut_reason)
             yield metered
         finally:
             metered.release()
 
-    def _stop(self, problem_id: str, reason: str) -> None:
-        self.stopped.setdefault(problem_id, reason)
+    def _stop(self, problem_id: str, reason: str, *, refused: bool = False) -> None:
+        """Say a limit (``reason``) cut or refused a call for the problem: the first that
+        cut one says so, else the first that refused one. A limit cuts calls while it has
+        some left and refuses them once it has none, so a run meets the cuts first; a
+        resumed run reads a cut call back (:meth:`read_back`) only once it has looked it
+        up, after calls refused meanwhile, and still says what the first run said."""
+        if problem_id not in self.stopped:
+            self.stopped[problem_id] = reason
+            if refused:
+                self._refused.add(problem_id)
+            else:
+                self._refused.discard(problem_id)
+        elif not refused and problem_id in self._refused:
+            self.stopped[problem_id] = reason
+            self._refused.discard(problem_id)
 
 
 class CheckedOnce:

@@ -24,6 +24,7 @@ import anyio
 from thinktree.agents.capabilities import Capabilities, probe
 from thinktree.agents.endpoint import Completion, EndpointClient, Message
 from thinktree.errors import ConfigError, EndpointError, RunLimitReached
+from thinktree.orchestrator.call_cache import verifier_call
 from thinktree.orchestrator.events import JUDGE_CALL_FAILED
 from thinktree.pricing import Price
 from thinktree.problems import Problem
@@ -79,7 +80,9 @@ class JudgeClient(Protocol):
 class MeteredJudge:
     """A judge's client whose calls for one problem count under the run's limits: each
     may be cut (it is sent with less ``max_tokens``) or refused
-    (:class:`~thinktree.errors.RunLimitReached`), and the problem then says so."""
+    (:class:`~thinktree.errors.RunLimitReached`), and the problem then says so. Where the
+    client keeps a call store (the run's own endpoint), a resumed run reads a call recorded
+    with its ``key`` back at its recorded grant (:meth:`Spending.read_back`)."""
 
     client: EndpointClient
     spending: Spending
@@ -96,6 +99,21 @@ class MeteredJudge:
         key: str | None = None,
         top_logprobs: int | None = None,
     ) -> Completion:
+
+        async def send(grant: int) -> Completion:
+            return await self.client.chat(
+                messages,
+                max_tokens=grant,
+                temperature=temperature,
+                extra=extra,
+                key=key,
+                top_logprobs=top_logprobs,
+            )
+
+        if key is not None and self.client.cache is not None:  # only a kept call reads back
+            found = await self.spending.read_back(self.problem_id, key, max_tokens, send)
+            if found is not None:
+                return found
         texts = [str(m.get("content") or "") for m in messages]
         if extra:  # an answer schema an API may add to the prompt
             texts.append(json.dumps(extra))
@@ -103,14 +121,8 @@ class MeteredJudge:
         async with self.spending.call(
             self.problem_id, model, self.price, texts, max_tokens
         ) as call:
-            result = await self.client.chat(
-                messages,
-                max_tokens=call.max_tokens,
-                temperature=temperature,
-                extra=extra,
-                key=key,
-                top_logprobs=top_logprobs,
-            )
+            with verifier_call(call.cut):
+                result = await send(call.max_tokens)
             call.settle(result.prompt_tokens, result.completion_tokens)
         return result
 
