@@ -50,6 +50,7 @@ from thinktree.errors import (
 )
 from thinktree.hints import CONFIG_FILE
 from thinktree.metrics import Metrics, compute, tokens_allowed
+from thinktree.open_files import make_room
 from thinktree.orchestrator.bus import EventBus, Subscriber, event_bus
 from thinktree.orchestrator.call_cache import SharedCallCache, SqliteCallCache
 from thinktree.orchestrator.events import (
@@ -278,6 +279,7 @@ async def _execute(
     held: contextlib.ExitStack,
 ) -> RunResult:
     validate(settings, resuming=resume is not None)
+    make_room(endpoint)  # its connections fit among the files this process may open
     if resume is not None:
         _check_temperature(settings, endpoint)
     settings = _on_endpoint(settings, endpoint)
