@@ -16,6 +16,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -203,11 +204,10 @@ def ray_head(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
     """A one-node Ray cluster (2 CPUs) started for the test; stopped and checked after."""
     before = ray_pids()
     port = free_port()
-    env = {
-        **os.environ,
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "RAY_AUTH_MODE": "token",  # Ray's default for `ray start`; the driver needs it too
-    }
+    # Ray's default for `ray start`; the driver needs it too, and its token (a machine
+    # that never ran Ray has none in ~/.ray/auth_token, and `ray start` makes none)
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex}
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", **auth}
     head = subprocess.Popen(
         [
             str(Path(sys.executable).parent / "ray"),
@@ -233,7 +233,7 @@ def ray_head(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
                 break
             except OSError:
                 time.sleep(0.2)
-        yield f"127.0.0.1:{port}", {"RAY_AUTH_MODE": "token"}
+        yield f"127.0.0.1:{port}", auth
     finally:
         started = ray_pids() - before
         head.send_signal(signal.SIGTERM)
