@@ -16,8 +16,11 @@ from thinktree.testing.fake_server import FakeBehaviour, fake_server_in_thread
 from thinktree.tui.synthetic import synthetic_run, write_trace
 
 
-def thinktree(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+def thinktree(
+    *args: str, cwd: Path, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``thinktree ARGS`` in ``cwd``, with no OPENAI_ variable but those in ``env``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")} | (env or {})
     env["COLUMNS"] = "200"
     return subprocess.run(
         [sys.executable, "-m", "thinktree.cli", *args],
@@ -377,6 +380,7 @@ BAD_URLS = [
     ("https://127.0.0.1:99999/v1", "not '99999'"),
     ("http://127.0.0.1:8000/v1?x=1", "has a query ('?x=1')"),
     ("http://127.0.0.1:8000/v1#frag", "has a fragment ('#frag')"),
+    ("http://жж..local:8000/v1", "'жж..local' is not a host name (Empty Label)"),
 ]
 
 
@@ -611,3 +615,79 @@ def test_an_endpoints_table_of_the_wrong_shape_is_one_line(
     )
     assert_one_line_error(proc, f"{path}: {needle}")
     assert_nothing_written(work)
+
+
+SECRET = "Zq81VvT0pS3cr3t"  # the key's body: it must never show
+
+
+@pytest.mark.parametrize(
+    ("key", "says"),
+    [
+        (f"sk-{SECRET}…", f"holds '…' (U+2026) at position {len(SECRET) + 4}"),
+        (f"sk-{SECRET}\x01x", f"holds '\\x01' (U+0001) at position {len(SECRET) + 4}"),
+        (f"sk-{SECRET}\r\nx", f"holds '\\r' (U+000D) at position {len(SECRET) + 4}"),
+        (f"  sk-{SECRET} x", f"holds ' ' (U+0020) at position {len(SECRET) + 6}"),
+        (f"sk-{SECRET}é", f"holds 'é' (U+00E9) at position {len(SECRET) + 4}"),
+    ],
+)
+def test_an_api_key_no_request_can_carry_fails_in_one_line_without_the_key(
+    work: Path, tmp_path: Path, fake_url: str, key: str, says: str
+) -> None:
+    """A key past printable ASCII would end the run in a traceback (no request head holds
+    "…"), or break each request so that the server's message repeats the key: it is
+    refused before anything starts, in one line that names the variable, never the key."""
+    data = write_dataset(tmp_path / "data.jsonl", beta_problems(1))
+    config = tmp_path / "thinktree.toml"
+    config.write_text(f'[endpoints.gpu]\nbase_url = "{fake_url}"\napi_key_env = "GPU_KEY"\n')
+    for args, env, where in (
+        (["--endpoint", fake_url], {"OPENAI_API_KEY": key}, "OPENAI_API_KEY"),
+        (
+            ["--endpoint", fake_url, "--model", "fake-model"],
+            {"OPENAI_API_KEY": key},
+            "OPENAI_API_KEY",
+        ),
+        (
+            ["--endpoint", "gpu", "--config", str(config)],
+            {"GPU_KEY": key},
+            "endpoint 'gpu': the API key in GPU_KEY",
+        ),
+    ):
+        proc = thinktree("run", str(data), *args, "--out", "r", cwd=work, env=env)
+        assert proc.returncode == 2, proc.stderr
+        assert_one_line_error(proc, where, says)
+        assert SECRET not in proc.stdout + proc.stderr
+    assert_nothing_written(work)
+
+
+@pytest.mark.parametrize("end", ["\r", "\r\n", "\n", " "])
+def test_an_api_key_read_with_its_line_end_is_sent_without_it(
+    work: Path, tmp_path: Path, fake_url: str, end: str
+) -> None:
+    """A key read from a (CRLF) file keeps its line end: sent as it is, it broke every
+    request, and the server's 400 message showed the key."""
+    data = write_dataset(tmp_path / "data.jsonl", beta_problems(1))
+    env = {"OPENAI_API_KEY": f"sk-{SECRET}{end}"}
+    for args in (["--model", "fake-model"], []):  # without one, the models are listed
+        out = work / f"r{len(args)}"
+        proc = thinktree(
+            "run", str(data), "--endpoint", fake_url, *args, "--out", str(out), cwd=work, env=env
+        )
+        assert proc.returncode == 0, proc.stderr
+        assert (out / "results.json").is_file()
+        assert SECRET not in proc.stdout + proc.stderr
+
+
+def test_a_host_in_another_script_is_reached_idna_encoded(
+    work: Path, tmp_path: Path, fake_url: str
+) -> None:
+    """A host name past ASCII goes into each request's head IDNA-encoded, as a browser
+    sends it, on the lean client and on aiohttp: full-width "ｌｏｃａｌｈｏｓｔ" is "localhost"."""
+    wide = fake_url.replace("127.0.0.1", "ｌｏｃａｌｈｏｓｔ")
+    data = write_dataset(tmp_path / "data.jsonl", beta_problems(1))
+    config = tmp_path / "thinktree.toml"
+    config.write_text(f'[endpoints.gpu]\nbase_url = "{wide}"\nhttp_client = "aiohttp"\n')
+    for args in (["--endpoint", wide], ["--endpoint", "gpu", "--config", str(config)]):
+        out = work / f"r{len(args)}"
+        proc = thinktree("run", str(data), *args, "--out", str(out), cwd=work)
+        assert proc.returncode == 0, proc.stderr
+        assert (out / "results.json").is_file()

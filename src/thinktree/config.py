@@ -23,7 +23,9 @@ import tomllib
 import typing
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit, urlunsplit
+
+import idna
 
 from thinktree.agents.chat_template import render_error, template_error
 from thinktree.agents.endpoint import EndpointConfig, PoolMember
@@ -162,17 +164,17 @@ def endpoint_from(
     if spec == "embedded":
         return None
     if spec.startswith(("http://", "https://")):
-        check_url(spec, f"{given} {spec!r}")
+        base_url = check_url(spec, f"{given} {spec!r}")
         return EndpointConfig(
             name=spec,
-            base_url=spec.rstrip("/"),
+            base_url=base_url.rstrip("/"),
             model=model,
-            api_key=os.environ.get("OPENAI_API_KEY"),
+            api_key=api_key("OPENAI_API_KEY"),
         )
     table = endpoint_tables(config).get(spec)
     if table is None:
         if spec in _KNOWN:
-            key = os.environ.get("OPENAI_API_KEY")
+            key = api_key("OPENAI_API_KEY")
             if not key:
                 raise ConfigError(f"endpoint '{spec}' needs OPENAI_API_KEY in the environment")
             return EndpointConfig(name=spec, base_url=_KNOWN[spec], model=model, api_key=key)
@@ -226,8 +228,9 @@ def _from_table(name: str, table: dict[str, Any], model: str | None) -> Endpoint
             f"endpoint '{name}': base_url must be an http:// or https:// URL, "
             f"not {redacted(table['base_url'])!r}"
         )
+    url = f"pool:{name}"  # a pool's calls go to its members
     if "base_url" in table:
-        check_url(table["base_url"], f"endpoint '{name}': base_url {table['base_url']!r}")
+        url = check_url(table["base_url"], f"endpoint '{name}': base_url {table['base_url']!r}")
     if "chat_template" in table and (problem := template_error(table["chat_template"])):
         raise ConfigError(f"endpoint '{name}': chat_template does not parse: {problem}")
     # one that parses may still fail on every call of the run: render a conversation like
@@ -258,8 +261,11 @@ def _from_table(name: str, table: dict[str, Any], model: str | None) -> Endpoint
             "(add the base_url's server to them)"
         )
     key_env = table.get("api_key_env")
-    api_key = os.environ.get(key_env) if key_env else os.environ.get("OPENAI_API_KEY")
-    if key_env and not api_key:
+    try:
+        secret = api_key(key_env or "OPENAI_API_KEY")
+    except ConfigError as exc:
+        raise ConfigError(f"endpoint '{name}': {exc}") from None
+    if key_env and not secret:
         raise ConfigError(f"endpoint '{name}' needs {key_env} in the environment")
     fields: dict[str, Any] = {
         k: v
@@ -273,10 +279,9 @@ def _from_table(name: str, table: dict[str, Any], model: str | None) -> Endpoint
             f"in call fingerprints), not {cache_as!r}"
         )
     fields["model"] = model or table.get("model")
-    base_url = str(table["base_url"]) if "base_url" in table else f"pool:{name}"
     try:
         return EndpointConfig(
-            name=name, base_url=base_url.rstrip("/"), api_key=api_key, members=members, **fields
+            name=name, base_url=url.rstrip("/"), api_key=secret, members=members, **fields
         )
     except TypeError as exc:
         raise ConfigError(f"endpoint '{name}': {exc}") from None
@@ -337,7 +342,7 @@ def pool_members(name: str, table: dict[str, Any]) -> tuple[PoolMember, ...]:
         url = entry["base_url"].rstrip("/")
         if not url.startswith(("http://", "https://")):
             raise ConfigError(f"endpoint '{name}': member {redacted(url)!r} is not an http(s) URL")
-        check_url(url, f"endpoint '{name}': member {url!r}")
+        url = check_url(url, f"endpoint '{name}': member {url!r}")
         limit = entry.get("max_connections", default_limit)
         number = _NUMBERS["max_connections"]
         check_number(name, "max_connections", limit, number, what=f"member {url}: ")
@@ -351,12 +356,17 @@ def pool_members(name: str, table: dict[str, Any]) -> tuple[PoolMember, ...]:
 _HOST_PORT = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+(?:%[\w.~-]+)?\]|[\w.~%-]*)(?::(?P<port>.*))?")
 
 
-def check_url(url: str, what: str) -> None:
-    """Refuse ``url`` (an endpoint's base URL, ``what`` in the message) when no request could
-    be sent to it: a scheme other than http(s), no host, a port outside 1-65535, stray text;
-    or when requests would go astray: a query or fragment (each route is added at the end of
-    the URL), a user name or password (the HTTP client refuses them beside the bearer
-    token, so every request would fail, and messages and run.json would show them).
+def check_url(url: str, what: str) -> str:
+    """``url`` (an endpoint's base URL, ``what`` in the message) as the HTTP clients take it:
+    a host in another script IDNA-encoded (``http://жж.local/v1`` is
+    ``http://xn--f1aa.local/v1``, as a browser sends it) and any other letter past ASCII in
+    its path percent-encoded, since a request's head is ASCII.
+
+    Refused when no request could be sent to it: a scheme other than http(s), no host, a
+    host no IDNA encoding takes, a port outside 1-65535, stray text; or when requests would
+    go astray: a query or fragment (each route is added at the end of the URL), a user name
+    or password (the HTTP client refuses them beside the bearer token, so every request
+    would fail, and messages and run.json would show them).
 
     Checked here, where every endpoint is resolved, so that a bad URL fails in one line
     before a run folder exists instead of deep in the HTTP client.
@@ -397,16 +407,53 @@ def check_url(url: str, what: str) -> None:
     port = where["port"]
     if port and not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
         raise ConfigError(f"{what}: the port must be a number from 1 to 65535, not {port!r}")
+    if url.isascii():
+        return url
+    host = where["host"]
+    if not host.isascii():
+        if host.startswith("["):
+            raise ConfigError(f"{what}: an IPv6 address is written in ASCII, not {host!r}")
+        try:
+            host = idna.encode(host, uts46=True).decode("ascii")
+        except idna.IDNAError as exc:
+            raise ConfigError(f"{what}: {host!r} is not a host name ({exc})") from None
+    netloc = host + parts.netloc[len(where["host"]) :]
+    path = quote(parts.path, safe="".join(map(chr, range(0x21, 0x7F))))
+    return str(urlunsplit((parts.scheme, netloc, path, "", "")))
 
 
 def url_option(text: str) -> str:
     """``text`` given to a script's ``--base-url``, checked as :func:`check_url` checks an
     endpoint's URL (argparse's ``type=``: a bad one is argparse's one-line error)."""
     try:
-        check_url(text, repr(text))
+        url = check_url(text, repr(text))
     except ConfigError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-    return text.rstrip("/")
+    return url.rstrip("/")
+
+
+def api_key(variable: str) -> str | None:
+    """The API key in the environment variable ``variable``; None when it is unset or blank.
+
+    Whitespace around it is dropped (the line end of a key read from a file, CR and LF
+    from a Windows one): a key holds none, so what is left is the key. Any other character
+    outside printable ASCII (a "…" copied with a shortened key, a control character) is
+    refused in one line that names the variable and the character, never the key: it
+    would break or garble every request's head, and the server's answer may repeat it.
+    """
+    given = os.environ.get(variable)
+    if given is None or not given.strip():
+        return None
+    key = given.strip()
+    before = len(given) - len(given.lstrip())
+    for at, char in enumerate(key, start=before + 1):
+        if not "!" <= char <= "~":
+            raise ConfigError(
+                f"the API key in {variable} holds {char!r} (U+{ord(char):04X}) at position "
+                f"{at}: a key is printable ASCII with no spaces; set {variable} to the key "
+                "alone, copied whole"
+            )
+    return key
 
 
 def redacted(url: str) -> str:
