@@ -42,7 +42,15 @@ def case_problems(count: int) -> list[Problem]:
 def write_dataset(path: Path, problems: Sequence[Problem]) -> Path:
     """``problems`` as a JSONL dataset at ``path``."""
     lines = (
-        json.dumps({"id": p.id, "question": p.question, "options": p.options, "answer": p.answer})
+        json.dumps(
+            {
+                "id": p.id,
+                "question": p.question,
+                "answer_type": p.answer_type.value,
+                "options": p.options,
+                "answer": p.answer,
+            }
+        )
         for p in problems
     )
     path.write_text("".join(line + "\n" for line in lines))

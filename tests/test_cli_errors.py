@@ -235,6 +235,30 @@ def test_a_misspelt_key_in_a_dataset_line_is_one_line(work: Path, tmp_path: Path
     assert_nothing_written(work)
 
 
+@pytest.mark.parametrize(
+    ("line", "fix"),
+    [
+        ('"options": {"A": "a", "B": "b"}, "answer": "B"', '"answer_type": "choice"'),
+        ('"answer": "Maybe"', '"answer_type": "yesno"'),
+    ],
+    ids=["options", "yesno-gold"],
+)
+def test_a_line_that_needs_an_answer_type_is_one_line_and_starts_no_run(
+    work: Path, tmp_path: Path, line: str, fix: str
+) -> None:
+    """Without its answer type the line would be graded as free text: wrong numbers. The
+    dataset is refused before the endpoint is tried (nothing listens there)."""
+    data = tmp_path / "untyped.jsonl"
+    data.write_text(
+        '{"id": "a", "question": "Q?", "answer_type": "yesno", "answer": "yes"}\n'
+        f'{{"id": "b", "question": "Q?", {line}}}\n'
+    )
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    proc = thinktree("run", str(data), "--endpoint", url, "--out", str(work / "run"), cwd=work)
+    assert_one_line_error(proc, "untyped.jsonl:2: ", "no 'answer_type'", f"add {fix}")
+    assert_nothing_written(work)
+
+
 def test_invalid_problem_line_names_the_field(work: Path, tmp_path: Path) -> None:
     data = tmp_path / "bad.jsonl"
     data.write_text('{"id": "a", "question": "Q?", "answer_type": "choice", "answer": "A"}\n')

@@ -254,6 +254,60 @@ def test_fields_of_a_datasets_own_are_still_ignored(tmp_path: Path, own: dict[st
     assert problem.answer == "A" and problem.question == "Question a?"
 
 
+def untyped(line: dict[str, Any]) -> dict[str, Any]:
+    """``line`` without its ``answer_type``."""
+    return {k: v for k, v in line.items() if k != "answer_type"}
+
+
+def test_options_without_an_answer_type_are_refused(tmp_path: Path) -> None:
+    """Graded as free text, a choice question's "(B) Factor VIII" never matches its gold
+    "B": the run's accuracy would be wrong without a word."""
+    path = write(tmp_path, record("a"), untyped(record("b", answer="B")))
+    assert error_of(path) == (
+        f"{path}:2: the line has 'options' but no 'answer_type', so it would be graded as "
+        'free text; add "answer_type": "choice"'
+    )
+
+
+def test_a_free_problem_with_options_is_refused(tmp_path: Path) -> None:
+    """Free-text grading never reads an answer as one of the options."""
+    path = write(tmp_path, record("a"), record("b", answer_type="free", answer="two"))
+    message = error_of(path)
+    assert message.startswith(f"{path}:2: a 'free' problem has 'options'")
+    assert '"answer_type": "choice"' in message and "drop 'options'" in message
+
+
+@pytest.mark.parametrize("gold", ["yes", "no", "maybe", "Yes", " MAYBE ", "No"])
+def test_a_yes_no_gold_without_an_answer_type_is_refused(tmp_path: Path, gold: str) -> None:
+    """Graded as free text, "Yes, it does." would not match the gold "yes"; whether the
+    problem is yes/no/maybe or really free text, only its author can say."""
+    line = untyped(record("b", options=None, answer=gold))
+    path = write(tmp_path, record("a"), line)
+    assert error_of(path) == (
+        f"{path}:2: the answer {gold!r} reads as yes/no/maybe but the line has no "
+        """'answer_type'; add "answer_type": "yesno" (or "free" if it really is free text)"""
+    )
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        {"id": "f", "question": "Which enzyme?", "answer": "lactase"},
+        {"id": "f", "question": "Which enzyme?", "answer": "lactase", "options": None},
+        {"id": "f", "question": "Which enzyme?"},
+        {"id": "f", "question": "Is it?", "answer_type": "free", "answer": "yes"},
+        {"id": "f", "question": "Is it?", "answer_type": "free", "answer": "Yes, it is."},
+    ],
+    ids=["free-gold", "null-options", "no-gold", "yes-said-free", "free-sentence"],
+)
+def test_a_free_text_line_without_options_still_loads_as_free(
+    tmp_path: Path, line: dict[str, Any]
+) -> None:
+    (problem,) = load_problems(write(tmp_path, line))
+    assert problem.answer_type is AnswerType.FREE
+    assert problem.answer == line.get("answer")
+
+
 def numeric(id: str, answer: str, **fields: Any) -> dict[str, Any]:
     return record(id, options=None, answer_type="numeric", answer=answer) | fields
 

@@ -224,7 +224,10 @@ def test_a_server_that_refuses_max_tokens_fails_in_one_line_when_told_to_send_it
             'continuation = "chat"\n'
         )
         data = tmp_path / "data.jsonl"
-        data.write_text(json.dumps({"id": "q", "question": "Yes?", "answer": "yes"}) + "\n")
+        data.write_text(
+            json.dumps({"id": "q", "question": "Yes?", "answer_type": "yesno", "answer": "yes"})
+            + "\n"
+        )
         done = cli(
             "run",
             str(data),
@@ -278,9 +281,12 @@ def test_a_refused_temperature_fails_in_one_line_that_names_the_key_to_set(
     tmp_path: Path,
 ) -> None:
     data = tmp_path / "data.jsonl"
-    data.write_text(json.dumps({"id": "q", "question": "Yes?", "answer": "yes"}) + "\n")
+    data.write_text(
+        json.dumps({"id": "q", "question": "Yes?", "answer_type": "yesno", "answer": "yes"}) + "\n"
+    )
     config = tmp_path / "thinktree.toml"
-    with fake_server_in_thread(FakeBehaviour(reject=_only_temperature_one)) as server:
+    behaviour = FakeBehaviour(reply="It is.\nAnswer: yes", reject=_only_temperature_one)
+    with fake_server_in_thread(behaviour) as server:
         table = f'[endpoints.o]\nbase_url = "{server.base_url}"\ncontinuation = "chat"\n'
         runs = []
         for extra in ("", "temperature = 1\n"):

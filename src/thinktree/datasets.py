@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from thinktree._numbers import LARGEST_SETTING
-from thinktree.problems import Problem
+from thinktree.problems import YESNO_ANSWERS, AnswerType, Problem
 
 DEMO_RESOURCE = "data/demo.jsonl"
 """Where the built-in demo set lives inside the ``thinktree`` package."""
@@ -132,9 +132,41 @@ def _parse_line(line: str, where: str) -> Problem:
             "dataset's own that is meant to be there can go under 'meta')"
         )
     try:
-        return Problem.model_validate(record)
+        problem = Problem.model_validate(record)
     except ValidationError as exc:
         raise DatasetError(f"{where}: {describe_validation_error(exc)}") from exc
+    unclear = _unclear_answer_type(problem, given="answer_type" in record)
+    if unclear is not None:
+        raise DatasetError(f"{where}: {unclear}")
+    return problem
+
+
+def _unclear_answer_type(problem: Problem, *, given: bool) -> str | None:
+    """What to fix where a line's answer type is not what its options or gold say (``given``:
+    whether the line names its ``answer_type``); None when it is clear.
+
+    A line without ``answer_type`` would be graded as free text, compared with the gold as
+    a string: a choice question's "(B) Factor VIII" against the gold "B", or a yes/no
+    question's "Yes, it does." against "yes", would count wrong, and the run's accuracy
+    would be wrong without a word. Free text has no use for options either: its answer is
+    never read as one of them.
+    """
+    if problem.options and not given:
+        return (
+            "the line has 'options' but no 'answer_type', so it would be graded as free "
+            'text; add "answer_type": "choice"'
+        )
+    if problem.options and problem.answer_type is AnswerType.FREE:
+        return (
+            "a 'free' problem has 'options', which free-text grading never reads; "
+            """make it "answer_type": "choice", or drop 'options'"""
+        )
+    if not given and problem.answer is not None and problem.answer.strip().lower() in YESNO_ANSWERS:
+        return (
+            f"the answer {problem.answer!r} reads as yes/no/maybe but the line has no "
+            """'answer_type'; add "answer_type": "yesno" (or "free" if it really is free text)"""
+        )
+    return None
 
 
 def misspelt_key(record: dict[str, Any]) -> tuple[str, str] | None:

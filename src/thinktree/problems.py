@@ -19,6 +19,10 @@ class AnswerType(StrEnum):
     FREE = "free"
 
 
+YESNO_ANSWERS = frozenset({"yes", "no", "maybe"})
+"""The answers of a 'yesno' problem (compared in lower case)."""
+
+
 class Problem(BaseModel):
     """One question. ``answer`` is the gold answer when known."""
 
@@ -75,7 +79,7 @@ class Problem(BaseModel):
         if (
             self.answer_type is AnswerType.YESNO
             and self.answer is not None
-            and self.answer.strip().lower() not in {"yes", "no", "maybe"}
+            and self.answer.strip().lower() not in YESNO_ANSWERS
         ):
             raise ValueError(f"a 'yesno' answer must be yes, no or maybe, not {self.answer!r}")
         if (
