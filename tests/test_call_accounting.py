@@ -1,6 +1,7 @@
 """Each call counted as the server answered it: its tokens, its latency and its identity.
 
-A reply without token usage is never counted as 0 tokens; a call's latency is the
+A reply without token usage is never counted as 0 tokens, nor one with impossible usage
+(below 0, past any context window, no whole number) as it came; a call's latency is the
 server's time for the attempt that answered, not time spent queued in the client; and
 calls are told apart by ids of their own, not by the server's response ids.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sqlite3
 from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
@@ -102,6 +104,136 @@ async def test_a_call_whose_replies_never_carry_usage_fails_in_one_line() -> Non
         finally:
             await client.aclose()
     assert server.requests == 1 + 3
+
+
+class OddUsage(FakeServer):
+    """Plain replies whose usage has ``value`` for its ``field``: all of them, or those of
+    the requests in ``odd``."""
+
+    def __init__(
+        self, *args: Any, field: str, value: object, odd: Collection[int] | None = None, **kw: Any
+    ) -> None:
+        super().__init__(*args, **kw)
+        self.field, self.value, self.odd = field, value, odd
+
+    def _response(
+        self, body: Any, rid: str, choices: Any, usage: dict[str, int], *, chat: bool
+    ) -> bytes:
+        data = orjson.loads(super()._response(body, rid, choices, usage, chat=chat))
+        if self.odd is None or self.requests - 1 in self.odd:
+            data["usage"][self.field] = self.value
+        return json.dumps(data).encode()  # orjson writes no integer past 64 bits
+
+
+# what no server that counts tokens reports: below 0, past any context window, no number
+IMPOSSIBLE = [
+    pytest.param("completion_tokens", -5, id="negative-completion"),
+    pytest.param("prompt_tokens", -100, id="negative-prompt"),
+    pytest.param("completion_tokens", 10**20, id="huge-past-64-bits"),
+    pytest.param("completion_tokens", 10**15, id="huge"),
+    pytest.param("completion_tokens", True, id="bool"),
+    pytest.param("prompt_tokens", "12", id="string"),
+    pytest.param("completion_tokens", 3.7, id="fraction"),
+    pytest.param("prompt_tokens", None, id="null"),
+]
+
+
+@pytest.mark.parametrize(("field", "value"), IMPOSSIBLE)
+async def test_an_endpoint_that_reports_impossible_usage_is_refused_before_the_run(
+    tmp_path: Path, field: str, value: object
+) -> None:
+    folder = tmp_path / "run"
+    async with OddUsage(FakeBehaviour(reply=REPLY), field=field, value=value) as server:
+        settings = RunSettings(modes=ModeSettings(mode="budget", budget=32), out=folder)
+        with pytest.raises(EndpointError, match="answers with impossible token usage") as caught:
+            await execute(PROBLEMS, config(server), settings)
+        asked = server.requests
+    assert "\n" not in str(caught.value)
+    assert f"{field} is " in str(caught.value)  # it says which count is wrong
+    assert not folder.exists()
+    assert asked == 1  # as for a reply without usage: the probe's first request says it
+
+
+@pytest.mark.parametrize(("field", "value"), IMPOSSIBLE)
+async def test_a_reply_with_impossible_usage_mid_run_is_sent_again_then_fails_in_one_line(
+    field: str, value: object
+) -> None:
+    reply = FakeBehaviour(reply=REPLY)
+    async with OddUsage(reply, field=field, value=value, odd={1, *range(3, 100)}) as server:
+        client = EndpointClient(config(server, max_attempts=3))
+        try:
+            await client.chat(MSGS, max_tokens=16)
+            second = await client.chat(MSGS, max_tokens=16)  # its first reply was odd
+            with pytest.raises(EndpointError, match="answered with impossible token usage") as e:
+                await client.chat(MSGS, max_tokens=16)  # every reply odd
+        finally:
+            await client.aclose()
+    assert second.attempts == 2
+    assert second.completion_tokens == len(REPLY.split()) and second.prompt_tokens > 0
+    assert "\n" not in str(e.value) and f"{field} is " in str(e.value)
+    assert server.requests == 3 + 3
+
+
+@pytest.mark.parametrize(("field", "value"), IMPOSSIBLE[:3])
+async def test_a_run_whose_replies_turn_impossible_ends_with_those_calls_failed(
+    tmp_path: Path, field: str, value: object
+) -> None:
+    """Every reply after the first has impossible usage: the run ends, its results written,
+    those calls failed, no count below 0 and none stored."""
+    folder = tmp_path / "run"
+    reply = FakeBehaviour(reply=REPLY)
+    async with OddUsage(reply, field=field, value=value, odd=range(1, 10**6)) as server:
+        modes = ModeSettings(mode="parallel", n=3, budget=32)
+        settings = RunSettings(modes=modes, out=folder)
+        caps = Capabilities(continuation="chat")
+        result = await execute(PROBLEMS, config(server), settings, capabilities=caps)
+    saved = json.loads((folder / "results.json").read_text())
+    nodes = [n for p in saved["problems"] for n in p["nodes"]]
+    failed = [n for n in nodes if n["status"] == "failed"]
+    assert failed and result.metrics.failed > 0
+    assert all("impossible token usage" in n["error"] for n in failed)
+    assert all(n["prompt_tokens"] >= 0 and n["completion_tokens"] >= 0 for n in nodes)
+    assert 0 < result.metrics.completion_tokens <= 32 and result.metrics.prompt_tokens > 0
+    with sqlite3.connect(folder / "calls.sqlite") as db:
+        stored = db.execute("SELECT prompt_tokens, completion_tokens FROM responses").fetchall()
+    ((prompt, done),) = stored  # the first call's, the one that counted
+    assert prompt > 0 and 0 < done <= 32
+
+
+async def test_a_stored_call_with_impossible_usage_is_asked_again_on_resume(
+    tmp_path: Path,
+) -> None:
+    """A call store written before usage was checked may hold a call counted below 0: a
+    resumed run takes it as never recorded and makes that call again."""
+    folder = tmp_path / "run"
+    async with FakeServer(FakeBehaviour(reply=REPLY)) as server:
+        endpoint = EndpointConfig(name="fake", base_url=server.base_url)
+        modes = ModeSettings(mode="parallel", n=3, budget=32)
+        settings = RunSettings(modes=modes, out=folder)
+        caps = Capabilities(continuation="chat")
+        await execute(PROBLEMS, endpoint, settings, capabilities=caps)
+        with sqlite3.connect(folder / "calls.sqlite") as db:
+            db.execute(
+                "UPDATE responses SET completion_tokens = -5, "
+                "response = json_set(response, '$.completion_tokens', -5, "
+                "'$.choices[0].completion_tokens', -5) "
+                "WHERE rowid = (SELECT min(rowid) FROM responses)"
+            )
+        db.close()
+        (folder / "results.json").unlink()  # as if killed before its end
+        state = load_resume(folder)
+        before = server.requests
+        again = await execute(state.problems, endpoint, state.settings, resume=state)
+        asked = server.requests - before
+    assert asked == 1  # that call, made again; the others read back
+    assert again.metrics.failed == 0
+    saved = json.loads((folder / "results.json").read_text())
+    nodes = [n for p in saved["problems"] for n in p["nodes"]]
+    assert all(n["completion_tokens"] >= 0 for n in nodes)
+    with sqlite3.connect(folder / "calls.sqlite") as db:
+        lowest = db.execute("SELECT min(completion_tokens) FROM responses").fetchone()[0]
+    db.close()
+    assert lowest > 0  # recorded anew over the old row
 
 
 class Watching:

@@ -16,7 +16,14 @@ import structlog
 from thinktree._json import loads
 from thinktree.agents.chat_template import generation_opener, render_prompt
 from thinktree.agents.constraint_probe import try_constraints
-from thinktree.agents.endpoint import EndpointClient, MissingUsage, RetryKind, short_replies
+from thinktree.agents.endpoint import (
+    EndpointClient,
+    MissingUsage,
+    RetryKind,
+    UnusableUsage,
+    is_token_count,
+    short_replies,
+)
 from thinktree.errors import EndpointError
 
 log = structlog.get_logger(__name__)
@@ -61,7 +68,7 @@ _PROBE_PREFIX = "one two three"
 
 async def check_generates(client: EndpointClient) -> None:
     """One line (EndpointError) for an endpoint that cannot answer a plain chat request,
-    or answers it without token usage.
+    or answers it without token usage (or with usage that counts no tokens).
 
     Every capability would read "no" from such a server, and a run on it would pay for
     nothing but failed calls: it is refused before anything starts. A run on one that
@@ -71,6 +78,12 @@ async def check_generates(client: EndpointClient) -> None:
         await client.chat([{"role": "user", "content": _PROBE_USER}], max_tokens=4)
     except EndpointError as exc:
         url = client.config.base_url
+        if isinstance(exc.__cause__, UnusableUsage):
+            raise EndpointError(
+                f"{url} answers with impossible token usage ({exc.__cause__}), so thinktree "
+                "can count neither a run's tokens nor its cost; use a server that reports "
+                "true usage"
+            ) from None
         if isinstance(exc.__cause__, MissingUsage):
             raise EndpointError(
                 f'{url} answers without token usage (no "usage" in its replies), so '
@@ -363,7 +376,8 @@ async def _try_stream_usage(client: EndpointClient, msgs: list[dict[str, str]]) 
         usage = await _asked(client, usage_of_a_stream)
     except (openai.APIError, ValueError) as exc:
         return False, f"streaming refused ({type(exc).__name__}); calls are not streamed"
-    if isinstance(usage, dict) and usage.get("completion_tokens"):
+    done = usage.get("completion_tokens") if isinstance(usage, dict) else None
+    if is_token_count(done) and done:  # one that counts nothing (or is none) is no usage
         return True, "streams end with token usage"
     return False, "streams carry no usage: calls are not streamed, so token counts stay exact"
 

@@ -19,7 +19,7 @@ from contextlib import aclosing, contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeGuard, TypeVar
 from urllib.parse import urlsplit
 
 import anyio
@@ -27,7 +27,7 @@ import httpx
 import openai
 import structlog
 from openai.types import Completion as TextCompletion
-from openai.types import CompletionChoice
+from openai.types import CompletionChoice, CompletionUsage
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from tenacity import (
     AsyncRetrying,
@@ -46,13 +46,46 @@ T = TypeVar("T")
 log = structlog.get_logger(__name__)
 
 
+MOST_USAGE_TOKENS = 10**9
+"""The most tokens a reply's usage may count in one field: a hundred times the longest
+context window served today, so no true count comes near it, and a run's totals of such
+counts stay far inside the 64-bit integers of its JSON and SQLite."""
+
+
+def is_token_count(value: object) -> TypeGuard[int]:
+    """Whether ``value`` is a count of tokens one reply may report: a whole number (not a
+    bool) from 0 to :data:`MOST_USAGE_TOKENS`."""
+    return type(value) is int and 0 <= value <= MOST_USAGE_TOKENS
+
+
+class _Usage(CompletionUsage):
+    """A reply's usage with its counts as the server wrote them (the SDK's own type reads
+    ``true`` as 1 and ``"12"`` as 12): :func:`_assemble` checks them."""
+
+    prompt_tokens: Any = None
+    completion_tokens: Any = None
+
+
+# the SDK's response types, with the usage as the server wrote it
+class _ChatCompletion(ChatCompletion):
+    usage: _Usage | None = None
+
+
+class _ChatCompletionChunk(ChatCompletionChunk):
+    usage: _Usage | None = None
+
+
+class _TextCompletion(TextCompletion):
+    usage: _Usage | None = None
+
+
 class _TextChunkChoice(CompletionChoice):
     """A streamed choice of ``/v1/completions``: unfinished until its last chunk."""
 
     finish_reason: Literal["stop", "length", "content_filter"] | None = None  # type: ignore[assignment]
 
 
-class _TextCompletionChunk(TextCompletion):
+class _TextCompletionChunk(_TextCompletion):
     """One event of a ``/v1/completions`` stream (the SDK has no type of its own for it:
     its ``Completion`` requires a finish reason that every chunk but the last lacks)."""
 
@@ -161,6 +194,11 @@ class IncompleteResponse(Exception):
 
 class MissingUsage(IncompleteResponse):
     """A reply without token usage: its tokens cannot be counted (never taken as 0)."""
+
+
+class UnusableUsage(MissingUsage):
+    """A reply whose usage is no count of tokens: a count that is not a whole number, is
+    below 0 or is past :data:`MOST_USAGE_TOKENS` (never taken as it comes, nor as 0)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -771,6 +809,12 @@ class EndpointClient:
             detail = _one_line(str(exc.message))
             said = f"endpoint {where} rejected the request (400): {detail}"
             return EndpointError(said + self._temperature_hint(detail))
+        if isinstance(exc, UnusableUsage):
+            return EndpointError(
+                f"endpoint {where} answered with impossible token usage ({exc}), so the "
+                "call's tokens cannot be counted; thinktree needs a server that reports "
+                "true usage"
+            )
         if isinstance(exc, MissingUsage):
             return EndpointError(
                 f"endpoint {where} answered without token usage, so the call's tokens cannot "
@@ -821,9 +865,9 @@ class EndpointClient:
                         counted[i] = len(logprobs.get("content") or ())
                 if "top_logprobs" not in kwargs:
                     choice["logprobs"] = None
-            resp = parse(ChatCompletion, data, self.transport.base_url)
+            resp = parse(_ChatCompletion, data, self.transport.base_url)
         else:
-            resp = parse(ChatCompletion, raw, self.transport.base_url)
+            resp = parse(_ChatCompletion, raw, self.transport.base_url)
         texts, reasoning = [""] * n, [""] * n
         finish: list[str | None] = [None] * n
         tops: list[dict[str, float] | None] = [None] * n
@@ -848,7 +892,7 @@ class EndpointClient:
 
     async def _plain_completion(self, kwargs: dict[str, Any], n: int) -> Completion:
         raw = await self.transport.post("completions", _wire(kwargs))
-        resp = parse(TextCompletion, raw, self.transport.base_url)
+        resp = parse(_TextCompletion, raw, self.transport.base_url)
         texts, counted = [""] * n, [0] * n
         finish: list[str | None] = [None] * n
         for choice in resp.choices or []:
@@ -872,7 +916,7 @@ class EndpointClient:
         stream = self.transport.stream("chat/completions", self.chat_body(kwargs))
         async with aclosing(stream):
             async for data in stream:
-                chunk = parse(ChatCompletionChunk, data, self.transport.base_url)
+                chunk = parse(_ChatCompletionChunk, data, self.transport.base_url)
                 request_id = request_id or chunk.id
                 if chunk.usage is not None:
                     usage = chunk.usage
@@ -1002,10 +1046,12 @@ def _assemble(
         raise IncompleteResponse(f"the reply finished {got} of the {n} choices asked for")
     if usage is None:  # the prompt's tokens are unknown, and never counted as 0
         raise MissingUsage("the reply carried no token usage")
-    prompt_tokens = int(usage.prompt_tokens or 0)
-    completion_tokens = int(usage.completion_tokens or 0)
+    prompt_tokens = _count(usage, "prompt_tokens")
+    completion_tokens = _count(usage, "completion_tokens")
     details = getattr(usage, "completion_tokens_details", None)
     thought = getattr(details, "reasoning_tokens", None)
+    if isinstance(thought, int) and not is_token_count(thought):
+        raise UnusableUsage(_not_a_count("reasoning_tokens", thought))
     if n == 1:
         per_choice = [completion_tokens]
     elif sum(counted) == completion_tokens:
@@ -1030,6 +1076,20 @@ def _assemble(
         request_id=request_id,
         reasoning_tokens=int(thought) if isinstance(thought, int) else None,
     )
+
+
+def _count(usage: Any, name: str) -> int:
+    """The count ``name`` of a reply's usage (:class:`UnusableUsage` where it is none)."""
+    value = getattr(usage, name, None)
+    if not is_token_count(value):
+        raise UnusableUsage(_not_a_count(name, value))
+    return value
+
+
+def _not_a_count(name: str, value: object) -> str:
+    """Why ``value``, the usage's ``name``, is no count of tokens."""
+    shown = "missing or null" if value is None else json.dumps(value)[:40]
+    return f"{name} is {shown}, not a whole number from 0 to {MOST_USAGE_TOKENS:,}"
 
 
 def _apportion(total: int, counted: list[int], texts: list[str]) -> list[int]:

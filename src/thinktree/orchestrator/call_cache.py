@@ -25,7 +25,7 @@ import anyio.to_thread
 import structlog
 
 from thinktree._json import dumps, loads
-from thinktree.agents.endpoint import Choice, Completion
+from thinktree.agents.endpoint import Choice, Completion, is_token_count
 from thinktree.errors import ConfigError, RecordingError
 
 log = structlog.get_logger(__name__)
@@ -211,6 +211,17 @@ def completion_from_json(text: str, fingerprint: str | None = None) -> Completio
     return completion
 
 
+def _counts_tokens(completion: Completion) -> bool:
+    """Whether a recorded call's token counts are counts (a store written before replies'
+    usage was checked may hold one that is below 0 or impossibly large): one that is not
+    is taken as never recorded, and made again."""
+    counts = [completion.prompt_tokens, completion.completion_tokens]
+    counts += [choice.completion_tokens for choice in completion.choices]
+    if completion.reasoning_tokens is not None:
+        counts.append(completion.reasoning_tokens)
+    return all(is_token_count(count) for count in counts)
+
+
 class _Batch:
     """Rows committed together; every caller waiting on it learns the outcome."""
 
@@ -310,6 +321,7 @@ class SqliteCallCache:
         return {
             str(key): _recorded(int(prompt), int(done), grant, cut)
             for key, prompt, done, grant, cut in rows
+            if is_token_count(prompt) and is_token_count(done)  # else not recorded, see lookup
         }
 
     async def lookup(self, fingerprint: str) -> Completion | None:
@@ -319,12 +331,13 @@ class SqliteCallCache:
             return None
         async with self._lock:
             row = await anyio.to_thread.run_sync(self._get, fingerprint)
-        if row is None:
+        completion = None if row is None else completion_from_json(row, fingerprint)
+        if completion is None or not _counts_tokens(completion):
             if _ONLY_RECORDED.get():
                 raise NotRecorded
             return None
         self.hits += 1  # its retries are counted in retries_before already
-        return completion_from_json(row, fingerprint)
+        return completion
 
     def _get(self, fp: str) -> str | None:
         row = self._conn.execute(
@@ -453,6 +466,8 @@ class SharedCallCache:
         if row is None:
             return None
         completion = completion_from_json(row[3], fingerprint)
+        if not _counts_tokens(completion):
+            return None
         # another run's retries, counted as this run's from now (in its own store's tally)
         self.own.hit_retries += max(0, completion.attempts - 1)
         async with self.own._lock:
