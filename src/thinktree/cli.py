@@ -779,6 +779,8 @@ def runs(
     except ThinktreeError as exc:
         raise _fail(str(exc)) from None
     try:
+        if root.exists() and not root.is_dir():
+            raise _fail(f"{root} is a file, not a folder; give the folder that holds run folders")
         if not root.is_dir():
             raise _fail(f"no run folder at {root}; runs go to ./runs unless --out says otherwise")
         found = list_runs(root)
