@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -20,8 +21,10 @@ def thinktree(
     *args: str, cwd: Path, timeout: float = 120, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """``thinktree ARGS`` in ``cwd``, with no OPENAI_ variable but those in ``env``."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")} | (env or {})
+    given = env
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
     env["COLUMNS"] = "200"
+    env.update(given or {})
     return subprocess.run(
         [sys.executable, "-m", "thinktree.cli", *args],
         cwd=cwd,
@@ -715,3 +718,94 @@ def test_a_host_in_another_script_is_reached_idna_encoded(
         proc = thinktree("run", str(data), *args, "--out", str(out), cwd=work)
         assert proc.returncode == 0, proc.stderr
         assert (out / "results.json").is_file()
+
+
+def test_a_config_saved_with_a_byte_order_mark_is_read(
+    work: Path, tmp_path: Path, fake_url: str
+) -> None:
+    """Windows Notepad saves UTF-8 with a byte order mark, which TOML does not allow."""
+    data = write_dataset(tmp_path / "data.jsonl", beta_problems(1))
+    endpoint = f'[endpoints.fake]\nbase_url = "{fake_url}"\n'
+    config = tmp_path / "thinktree.toml"
+    config.write_text("\ufeff" + endpoint, encoding="utf-8")
+    run = thinktree(
+        "run", str(data), "--config", str(config), "--endpoint", "fake", "--out", "run", cwd=work
+    )
+    assert run.returncode == 0, run.stderr
+    assert json.loads((work / "run" / "results.json").read_text())["metrics"]["answered"] == 1
+    bench = tmp_path / "bench.toml"
+    grid = f'\n[[datasets]]\npath = "{data}"\n\n[grid]\nendpoint = ["fake"]\n'
+    bench.write_text("\ufeff" + endpoint + grid, encoding="utf-8")
+    cells = thinktree("bench", str(bench), "--out", "bench", cwd=work)
+    assert cells.returncode == 0, cells.stderr
+    assert len(list((work / "bench").glob("*/results.json"))) == 1
+
+
+def test_a_bad_openai_base_url_is_named_as_the_environments(work: Path, tmp_path: Path) -> None:
+    data = write_dataset(tmp_path / "data.jsonl", beta_problems(1))
+    proc = thinktree(
+        "run", str(data), "--out", "run", cwd=work, env={"OPENAI_BASE_URL": "localhost:8000"}
+    )
+    assert proc.returncode == 2
+    assert_one_line_error(proc, "OPENAI_BASE_URL 'localhost:8000'", "http://host:port/v1")
+    assert "--endpoint" not in proc.stderr and "unknown endpoint" not in proc.stderr
+    assert_nothing_written(work)
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["run", "DATA", "--config", "ADIR"], "ADIR is a directory, not a config file"),
+        (["bench", "ADIR", "--out", "bench"], "ADIR is a directory, not a bench config"),
+        (["run", "--resume", "AFILE"], "cannot resume AFILE: it is a file, not a run folder"),
+        (["runs", "AFILE"], "AFILE is a file, not a folder"),
+        (["report", "AFILE"], "AFILE is a file, not a folder"),
+        (["run", "DATA", "--out", "AFILE"], "--out AFILE is a file, not a run folder"),
+    ],
+)
+def test_a_path_of_the_wrong_kind_is_said_to_be_one(
+    work: Path, tmp_path: Path, fake_url: str, args: list[str], says: str
+) -> None:
+    """A directory given for a file, or a file for a folder: the message says which it is,
+    not that nothing is there."""
+    paths = {
+        "DATA": str(write_dataset(tmp_path / "data.jsonl", beta_problems(1))),
+        "ADIR": str(tmp_path / "adir"),
+        "AFILE": str(tmp_path / "afile"),
+    }
+    (tmp_path / "adir").mkdir()
+    (tmp_path / "afile").write_text("notes\n")
+    given = [paths.get(arg, arg) for arg in args]
+    if given[0] == "run" and "--resume" not in given:
+        given += ["--endpoint", fake_url]
+    proc = thinktree(*given, cwd=work)
+    assert proc.returncode == 2
+    for name, path in paths.items():
+        says = says.replace(name, path)
+    assert_one_line_error(proc, says)
+    assert_nothing_written(work)
+    assert (tmp_path / "afile").read_text() == "notes\n"
+
+
+@pytest.mark.parametrize(
+    ("table", "misspelt"),
+    [
+        ('[endpoint.fake]\nbase_url = "{url}"\n', "endpoint"),
+        ('[endpoints.fake]\nbase_url = "{url}"\n\n[price]\nfake = {{ prompt = 1 }}\n', "price"),
+    ],
+)
+def test_a_misspelt_table_of_a_config_is_refused(
+    work: Path, tmp_path: Path, fake_url: str, table: str, misspelt: str
+) -> None:
+    """Left unread, its endpoints or prices would be missed with no word of why."""
+    data = write_dataset(tmp_path / "data.jsonl", beta_problems(1))
+    config = tmp_path / "thinktree.toml"
+    config.write_text(table.format(url=fake_url))
+    run = thinktree(
+        "run", str(data), "--config", str(config), "--endpoint", "fake", "--out", "run", cwd=work
+    )
+    assert run.returncode == 2
+    assert_one_line_error(
+        run, f"{config}: unknown table(s) {misspelt}; a config has [endpoints] and [prices]"
+    )
+    assert_nothing_written(work)

@@ -194,7 +194,8 @@ def test_the_command_says_how_to_send_failed_calls_again(tmp_path: Path) -> None
         outage.down = False
         resumed = cli("--resume", str(out))
         done = cli("--resume", str(out))
-    assert first.returncode == 0, first.stderr
+    # the results are written but incomplete: a script or CI job can tell from the status
+    assert first.returncode == 4, first.stderr
     assert f"send them again with: thinktree run --resume {out}" in first.stderr
     assert resumed.returncode == 0, resumed.stderr
     assert "completed with 1 failed model call(s): sending those again" in resumed.stderr
@@ -222,7 +223,7 @@ def test_the_resume_command_names_the_config_its_endpoint_came_from(tmp_path: Pa
         outage.down = False
         without = cli("--resume", str(out))
         resumed = cli("--resume", str(out), "--config", str(config))
-    assert first.returncode == 0, first.stderr
+    assert first.returncode == 4, first.stderr
     assert f"thinktree run --resume {out} --config {config}" in first.stderr
     assert without.returncode == 2 and len(without.stderr.strip().splitlines()) == 1
     assert "started on endpoint 'lab', which no config names here" in without.stderr

@@ -93,6 +93,8 @@ def _run_async(fn: Callable[[], Awaitable[T]], *, ctrl_c_stops: bool = False) ->
 UNWRITABLE = 74  # sysexits' EX_IOERR: the run's own files could not be written
 UNAVAILABLE = 69  # sysexits' EX_UNAVAILABLE: the endpoint stopped answering
 TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process SIGTERM ended
+NOTHING_ANSWERED = 3  # the run ended with no problem answered
+INCOMPLETE = 4  # the run ended, but model calls of it failed: a resume sends them again
 
 
 async def _stopping_on_sigterm(fn: Callable[[], Awaitable[T]]) -> T:
@@ -386,24 +388,25 @@ def _execute(
                 markup=False,
                 soft_wrap=True,
             )
+            raise typer.Exit(INCOMPLETE)  # results.json is written, but some are ungraded
         if result.metrics.answered == 0:
             if result.stopped_by:  # its limit, not the model: say which
                 raise _fail(
                     f"no problem was answered ({result.stopped_by}); go on under a higher "
                     f"limit with: {resume_command(result.folder, config)} --max-tokens N "
                     "(or --max-problem-tokens, --max-cost)",
-                    3,
+                    NOTHING_ANSWERED,
                 )
             if failed:  # the calls failed (a refused request): say so, not "no answer"
                 raise _fail(
                     f"no problem was answered: {requests} model call(s) failed, the first "
                     f"with: {failed[0]} (run folder {result.folder})",
-                    3,
+                    NOTHING_ANSWERED,
                 )
             raise _fail(
                 f"the model stated no answer on any of the {result.metrics.problems} problems "
                 f"(all counted wrong); check the model and its prompt in {result.folder}",
-                3,
+                NOTHING_ANSWERED,
             )
 
     try:
@@ -776,6 +779,8 @@ def runs(
     except ThinktreeError as exc:
         raise _fail(str(exc)) from None
     try:
+        if root.exists() and not root.is_dir():
+            raise _fail(f"{root} is a file, not a folder; give the folder that holds run folders")
         if not root.is_dir():
             raise _fail(f"no run folder at {root}; runs go to ./runs unless --out says otherwise")
         found = list_runs(root)
@@ -883,7 +888,7 @@ def bench(
     except (ThinktreeError, DatasetError) as exc:
         raise _fail(str(exc)) from None
     try:
-        _run_async(main)
+        failed = _run_async(main)
     except typer.Exit as exc:
         if exc.exit_code in (130, TERMINATED, UNWRITABLE, UNAVAILABLE):
             err.print(
@@ -893,6 +898,8 @@ def bench(
                 soft_wrap=True,
             )
         raise
+    if failed:  # as a run whose calls failed: its cells' results are incomplete
+        raise typer.Exit(INCOMPLETE)
 
 
 @app.command()

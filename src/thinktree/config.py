@@ -32,6 +32,8 @@ from thinktree.agents.endpoint import EndpointConfig, PoolMember
 from thinktree.errors import ConfigError
 
 DEFAULT_CONFIG = Path("thinktree.toml")
+#: The top-level tables of a config file: named endpoints, and prices per model.
+CONFIG_TABLES = ("endpoints", "prices")
 _ENDPOINT_KEYS = {
     "base_url",
     "model",
@@ -131,16 +133,26 @@ def load_config(path: Path | None) -> dict[str, Any]:
         if not DEFAULT_CONFIG.is_file():
             return {}
         path = DEFAULT_CONFIG
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory, not a config file; give a TOML file")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    try:
-        config = tomllib.loads(path.read_text(encoding="utf-8"))
+    try:  # utf-8-sig: an editor may have saved it with a byte order mark (Windows Notepad)
+        config = tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
     except ValueError:  # an integer of 4,300 digits or more, which Python will not read
         raise ConfigError(
             f"{path}: holds a number too long to read (4300 digits or more)"
         ) from None
+    # a misspelt table ([endpoint.gpu], [price]) would be ignored, and its endpoints or
+    # prices missed with no word of why
+    unknown = set(config) - set(CONFIG_TABLES)
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown table(s) {', '.join(sorted(unknown))}; a config has "
+            f"{' and '.join(f'[{name}]' for name in CONFIG_TABLES)}"
+        )
     try:
         endpoint_tables(config)
     except ConfigError as exc:
@@ -179,6 +191,12 @@ def endpoint_from(
                 raise ConfigError(f"endpoint '{spec}' needs OPENAI_API_KEY in the environment")
             return EndpointConfig(name=spec, base_url=_KNOWN[spec], model=model, api_key=key)
         names = ", ".join(sorted(endpoint_tables(config))) or "none configured"
+        if given == "OPENAI_BASE_URL":  # the environment's, not --endpoint's
+            raise ConfigError(
+                f"OPENAI_BASE_URL {spec!r} (in the environment) is not an endpoint: give it "
+                f"as a URL (http://host:port/v1), or a name from thinktree.toml ({names}), "
+                "or unset it"
+            )
         raise ConfigError(
             f"unknown endpoint '{spec}': give a URL (http://host:port/v1), 'embedded', "
             f"or a name from thinktree.toml ({names})"

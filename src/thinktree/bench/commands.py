@@ -27,8 +27,9 @@ def bench_main(
     *,
     ray: str | None = None,
     shards: int | None = None,
-) -> Callable[[], Awaitable[None]]:
-    """Check the config now (bad input fails before anything exists); return the bench to run.
+) -> Callable[[], Awaitable[int]]:
+    """Check the config now (bad input fails before anything exists); return the bench to run,
+    which returns how many of its cells' model calls failed (a run again sends those).
 
     ``ray``: run each cell's problems in shards on a Ray cluster, ``LOCAL_RAY`` for one
     started here (see :mod:`thinktree.bench.cluster`); ``shards``: how many per cell.
@@ -47,7 +48,7 @@ def bench_main(
         for cell in cells:
             check_shardable(config.settings_for(cell))
 
-    async def main() -> None:
+    async def main() -> int:
         from thinktree.bench.cluster import RayCluster
         from thinktree.embedded import embedded_server
 
@@ -94,14 +95,15 @@ def bench_main(
                 highlight=False,
                 soft_wrap=True,
             )
+        calls = sum(n for _, n in failing)
         if failing:
-            calls = sum(n for _, n in failing)
             err.print(
                 f"[yellow]{len(failing)} cell(s) finished with {calls} failed model call(s)[/]; "
                 "once the cause is fixed, the same command again sends only those",
                 highlight=False,
                 soft_wrap=True,
             )
+        return calls
 
     return main
 

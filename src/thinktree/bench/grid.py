@@ -260,10 +260,12 @@ def apply_options(base: RunSettings, options: Mapping[str, Any]) -> RunSettings:
 
 def load_bench_config(path: Path) -> BenchConfig:
     """Read and check a bench config (one-line ConfigError naming what to fix)."""
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory, not a bench config; give a TOML file")
     if not path.is_file():
         raise ConfigError(f"bench config not found: {path}")
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    try:  # utf-8-sig: an editor may have saved it with a byte order mark (Windows Notepad)
+        raw = tomllib.loads(path.read_text(encoding="utf-8-sig"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
     except ValueError:  # an integer of 4,300 digits or more, which Python will not read

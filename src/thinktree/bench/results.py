@@ -102,6 +102,8 @@ class Loaded:
 
 def load(path: Path) -> Loaded:
     """The finished runs under ``path`` (a run folder or a bench folder)."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{path} is a file, not a folder; give a run folder or a bench folder")
     if not path.is_dir():
         raise ConfigError(f"no folder at {path}; give a run folder or a bench folder")
     if (path / BENCH_MANIFEST).is_file():

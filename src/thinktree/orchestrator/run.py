@@ -168,7 +168,14 @@ def validate(settings: RunSettings, *, resuming: bool = False) -> None:
     check_verifiers(settings.verifiers)
     check_prices(settings.prices)  # a verifier's model is charged at these too
     if not resuming and settings.out is not None and settings.out.exists():
-        raise ConfigError(f"run folder {settings.out} already exists; choose another --out")
+        raise ConfigError(taken_folder(settings.out))
+
+
+def taken_folder(folder: Path) -> str:
+    """Why a new run cannot be written to ``folder``, which exists."""
+    if not folder.is_dir():
+        return f"--out {folder} is a file, not a run folder; choose another --out"
+    return f"run folder {folder} already exists; choose another --out"
 
 
 def check_values(settings: RunSettings) -> None:
@@ -290,7 +297,7 @@ async def _execute(
         run_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         folder = settings.out or Path("runs") / run_id
         if folder.exists():
-            raise ConfigError(f"run folder {folder} already exists; choose another --out")
+            raise ConfigError(taken_folder(folder))
     else:
         run_id, folder = resume.run_id, resume.folder
     recorder = TreeRecorder()
@@ -519,6 +526,8 @@ def load_resume(
     token or money limit stopped it and ``new_limits`` will replace those limits.
     """
     manifest = folder / MANIFEST
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"cannot resume {folder}: it is a file, not a run folder")
     if not folder.is_dir():
         raise ConfigError(f"cannot resume {folder}: no such run folder")
     if not manifest.is_file():
@@ -832,7 +841,7 @@ def _create_folder(
     try:
         folder.mkdir(parents=True)
     except FileExistsError:
-        raise ConfigError(f"run folder {folder} already exists; choose another --out") from None
+        raise ConfigError(taken_folder(folder)) from None
     except OSError as exc:
         raise ConfigError(f"cannot create run folder {folder}: {exc.strerror}") from None
     endpoint = facts.endpoint
