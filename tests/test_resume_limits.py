@@ -73,6 +73,17 @@ def outcomes(results: dict[str, Any]) -> list[tuple[str | None, str | None]]:
     ]
 
 
+async def killed_and_resumed(
+    first: RunResult, cfg: EndpointConfig, prices: dict[str, Price] | None
+) -> tuple[dict[str, Any], RunResult]:
+    """``first`` killed just before its end (its results.json gone), then resumed with the
+    same settings: the results it had, and the resumed run."""
+    before = json.loads((first.folder / "results.json").read_text())
+    (first.folder / "results.json").unlink()
+    state = load_resume(first.folder, prices=prices)
+    return before, await execute(state.problems, cfg, state.settings, resume=state)
+
+
 def paid(folder: Path) -> int:
     conn = sqlite3.connect(folder / "calls.sqlite")
     try:
@@ -127,11 +138,8 @@ async def test_a_killed_run_under_a_binding_limit_resumes_paying_nothing_again(
         settings = RunSettings(modes=modes, concurrency=4, seed=3, out=tmp_path / "run", **limits)
         first = await execute(problems(10), cfg, settings)
         assert first.stopped_by is not None  # the limit binds
-        before = json.loads((first.folder / "results.json").read_text())
         sent = server.requests
-        (first.folder / "results.json").unlink()  # killed just before its end
-        state = load_resume(first.folder, prices=limits.get("prices"))
-        again = await execute(state.problems, cfg, state.settings, resume=state)
+        before, again = await killed_and_resumed(first, cfg, limits.get("prices"))
         assert server.requests == sent
     after = json.loads((again.folder / "results.json").read_text())
     assert calls(again) == calls(first)
@@ -286,11 +294,8 @@ async def test_a_judged_run_killed_under_a_binding_limit_resumes_paying_nothing_
         judging = [b for b in server.bodies if b["messages"][0]["content"] == JUDGE_SYSTEM]
         assert any(b["max_tokens"] < 8 for b in judging) == cut  # the limit cut the judge
         assert any("is reached" in str(v[1]) for v in verdicts(first).values())  # refused
-        before = json.loads((first.folder / "results.json").read_text())
         sent = server.requests
-        (first.folder / "results.json").unlink()  # killed just before its end
-        state = load_resume(first.folder, prices=limits.get("prices"))
-        again = await execute(state.problems, cfg, state.settings, resume=state)
+        before, again = await killed_and_resumed(first, cfg, limits.get("prices"))
         assert server.requests == sent
     after = json.loads((again.folder / "results.json").read_text())
     assert calls(again) == calls(first)
