@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shlex
 from pathlib import Path
+from typing import Any
 
 #: A run folder's manifest (``orchestrator.run`` writes it), and its key that names the
 #: config file the run was started with (``--config``), which resuming it needs again.
@@ -34,11 +35,10 @@ def hint_config(folder: Path | str) -> Path | None:
         return None
 
 
-def recorded_config(folder: Path | str) -> Path | None:
-    """The config file the run in ``folder`` was started with (``run --config``), as its
-    manifest records it; None when it was started without one, or that file is gone.
+def read_manifest(folder: Path | str) -> dict[str, Any]:
+    """The manifest (``run.json``) of the run in ``folder``, as JSON.
 
-    Raises ValueError when the manifest cannot be read (such a run cannot be resumed).
+    Raises ValueError when it cannot be read or is no manifest.
     """
     path = Path(folder) / MANIFEST
     try:
@@ -49,7 +49,16 @@ def recorded_config(folder: Path | str) -> Path | None:
         raise ValueError(f"{path} cannot be read") from None
     if not isinstance(manifest, dict):
         raise ValueError(f"{path} is not a run's manifest")
-    named = manifest.get(CONFIG_FILE)
+    return manifest
+
+
+def recorded_config(folder: Path | str) -> Path | None:
+    """The config file the run in ``folder`` was started with (``run --config``), as its
+    manifest records it; None when it was started without one, or that file is gone.
+
+    Raises ValueError when the manifest cannot be read (such a run cannot be resumed).
+    """
+    named = read_manifest(folder).get(CONFIG_FILE)
     if not isinstance(named, str) or not named:
         return None
     config = Path(named)

@@ -48,7 +48,7 @@ from thinktree.errors import (
     ThinktreeError,
     find_error,
 )
-from thinktree.hints import CONFIG_FILE
+from thinktree.hints import CONFIG_FILE, read_manifest
 from thinktree.metrics import Metrics, compute, tokens_allowed
 from thinktree.open_files import make_room
 from thinktree.orchestrator.bus import EventBus, Subscriber, event_bus
@@ -637,13 +637,10 @@ def _resumed_prices(
 def recorded_prices(folder: Path) -> dict[str, Price]:
     """The prices the run in ``folder`` counts its calls at, as its manifest records them:
     {} where it records none (made before runs recorded theirs) or cannot be read."""
-    path = folder / MANIFEST
     try:
-        if not path.is_file():  # not a FIFO, say, that would hang the read
-            return {}
-        table = json.loads(path.read_bytes()).get(PRICES)
+        table = read_manifest(folder).get(PRICES)
         return prices_from_config({PRICES: table}) if isinstance(table, dict) else {}
-    except (OSError, ValueError, RecursionError, AttributeError, ConfigError):
+    except (ValueError, ConfigError):
         return {}
 
 
