@@ -289,16 +289,51 @@ def test_a_yes_no_gold_without_an_answer_type_is_refused(tmp_path: Path, gold: s
     )
 
 
+@pytest.mark.parametrize("gold", ["12", "-1.5", " 0.25 ", "1,500", "2e-3"])
+def test_a_numeric_gold_without_an_answer_type_is_refused(tmp_path: Path, gold: str) -> None:
+    """Graded as free text, a calculator's "12.0" would not match the gold "12", nor "12 mg"."""
+    line = untyped(record("b", options=None, answer=gold))
+    path = write(tmp_path, record("a"), line)
+    assert error_of(path) == (
+        f"{path}:2: the answer {gold!r} is a number but the line has no 'answer_type', so it "
+        'would be graded as free text (12.0 would not match 12); add "answer_type": '
+        '"numeric" (or "free" if it really is free text)'
+    )
+
+
+def test_limits_without_an_answer_type_are_refused(tmp_path: Path) -> None:
+    """Free-text grading never reads a line's limits."""
+    line = untyped(record("b", options=None, answer="about five", lower_limit=4, upper_limit=6))
+    path = write(tmp_path, line)
+    assert error_of(path) == (
+        f"{path}:1: the line has 'lower_limit' and 'upper_limit' but no 'answer_type', so it "
+        "would be graded as free text and its limits never read; "
+        'add "answer_type": "numeric"'
+    )
+
+
 @pytest.mark.parametrize(
     "line",
     [
+        {"id": "f", "question": "How long?", "answer": "3 days"},
+        {"id": "f", "question": "Which?", "answer": "1-2"},
+        {"id": "f", "question": "Which?", "answer_type": "free", "answer": "12"},
         {"id": "f", "question": "Which enzyme?", "answer": "lactase"},
         {"id": "f", "question": "Which enzyme?", "answer": "lactase", "options": None},
         {"id": "f", "question": "Which enzyme?"},
         {"id": "f", "question": "Is it?", "answer_type": "free", "answer": "yes"},
         {"id": "f", "question": "Is it?", "answer_type": "free", "answer": "Yes, it is."},
     ],
-    ids=["free-gold", "null-options", "no-gold", "yes-said-free", "free-sentence"],
+    ids=[
+        "number-and-unit",
+        "range",
+        "number-said-free",
+        "free-gold",
+        "null-options",
+        "no-gold",
+        "yes-said-free",
+        "free-sentence",
+    ],
 )
 def test_a_free_text_line_without_options_still_loads_as_free(
     tmp_path: Path, line: dict[str, Any]

@@ -18,6 +18,7 @@ __all__ = [
     "NUMBER_TOKEN",
     "SEED_RANGE",
     "canonical_number",
+    "is_bare_number",
     "parse_number",
     "token_value",
 ]
@@ -84,6 +85,14 @@ def parse_number(text: str) -> float | None:
     position = start.end() if start else 0
     match = NUMBER_TOKEN.match(cleaned, position)
     return token_value(match) if match else None
+
+
+def is_bare_number(text: str) -> bool:
+    """Whether ``text`` is one number and nothing else (``"12"``, ``" -1.5e3 "``, ``"1,500"``):
+    no unit, no words, no ``≈``."""
+    stripped = text.strip()
+    match = NUMBER_TOKEN.match(stripped)
+    return match is not None and match.end() == len(stripped) and token_value(match) is not None
 
 
 def canonical_number(x: float) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from thinktree._numbers import LARGEST_SETTING
+from thinktree._numbers import LARGEST_SETTING, is_bare_number
 from thinktree.problems import YESNO_ANSWERS, AnswerType, Problem
 
 DEMO_RESOURCE = "data/demo.jsonl"
@@ -165,6 +165,17 @@ def _unclear_answer_type(problem: Problem, *, given: bool) -> str | None:
         return (
             f"the answer {problem.answer!r} reads as yes/no/maybe but the line has no "
             """'answer_type'; add "answer_type": "yesno" (or "free" if it really is free text)"""
+        )
+    if not given and problem.lower_limit is not None:
+        return (
+            "the line has 'lower_limit' and 'upper_limit' but no 'answer_type', so it would "
+            'be graded as free text and its limits never read; add "answer_type": "numeric"'
+        )
+    if not given and problem.answer is not None and is_bare_number(problem.answer):
+        return (
+            f"the answer {problem.answer!r} is a number but the line has no 'answer_type', "
+            "so it would be graded as free text (12.0 would not match 12); add "
+            """"answer_type": "numeric" (or "free" if it really is free text)"""
         )
     return None
 
