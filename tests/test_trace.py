@@ -22,7 +22,7 @@ from thinktree.orchestrator.trace import (
     resolve_trace,
     trace_finished,
 )
-from thinktree.tui.sanitize import clean, literal, one_line
+from thinktree.sanitize import clean, literal, one_line
 from thinktree.tui.synthetic import synthetic_run, write_trace
 
 

@@ -7,13 +7,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from rich.console import Console
-from rich.markup import escape
 
 from thinktree._files import busy, in_use
 from thinktree.bench.grid import load_bench_config
 from thinktree.bench.results import load
 from thinktree.errors import ConfigError
 from thinktree.hints import shell_command
+from thinktree.sanitize import printable
 
 #: ``--ray`` given without an address: start a local Ray instance for the command.
 LOCAL_RAY = "local"
@@ -65,7 +65,7 @@ def bench_main(
                 err.print(note, style="dim", highlight=False, markup=False, soft_wrap=True)
             done = len(cells) - len(plan.todo)
             if done:
-                where = escape(str(out_dir))
+                where = printable(str(out_dir))
                 err.print(f"[dim]resuming {where}: {done}/{len(cells)} cells already done[/]")
             with BenchProgress(err, len(cells), done) as view:
                 outcomes = await run_bench(
@@ -90,8 +90,8 @@ def bench_main(
         if stopped:
             err.print(
                 f"[yellow]{len(stopped)} cell(s) stopped by their limit[/] (the first: "
-                f"{escape(stopped[0][1])}); raise it in \\[run] of {escape(str(config_path))} "
-                "and run the same command again to go on",
+                f"{printable(stopped[0][1])}); raise it in \\[run] of "
+                f"{printable(str(config_path))} and run the same command again to go on",
                 highlight=False,
                 soft_wrap=True,
             )

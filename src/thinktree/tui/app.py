@@ -33,10 +33,10 @@ from thinktree.hints import recorded_config, resume_command
 from thinktree.orchestrator.events import Event, NodeKind, NodeStatus, RunStarted
 from thinktree.orchestrator.trace import TraceError
 from thinktree.orchestrator.tree import ProblemTree
+from thinktree.sanitize import one_line
 from thinktree.tui import render
 from thinktree.tui.messages import ProblemHighlighted, ProblemOpened, UserNavigated
 from thinktree.tui.quit_dialog import QuitChoice, QuitLiveRun
-from thinktree.tui.sanitize import one_line
 from thinktree.tui.sources import (
     FollowSource,
     LiveSource,

@@ -12,8 +12,8 @@ from rich.text import Text
 
 from thinktree.orchestrator.events import NodeKind, NodeStatus
 from thinktree.orchestrator.tree import Node, ProblemTree
+from thinktree.sanitize import clean, one_line
 from thinktree.tui.rows import DROP_MARKS, Row, RowBuilder, middle_cut
-from thinktree.tui.sanitize import clean, one_line
 from thinktree.tui.state import Outcome, RunView, outcome
 
 STATUS_MARKS: dict[NodeStatus, tuple[str, str]] = {

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import re
 
+from rich.markup import escape
 from rich.text import Text
 
 # C0 controls except tab and newline, DEL, C1 controls, and the Unicode bidi overrides
 # and isolates (which can make text read differently from what it is).
-_UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 _SPACES = re.compile(r"\s+")
 
 
@@ -29,7 +30,7 @@ def _stand_in(match: re.Match[str]) -> str:
 
 def clean(text: str) -> str:
     """``text`` with every terminal control character replaced by a visible stand-in."""
-    return _UNSAFE.sub(_stand_in, text.replace("\r\n", "\n"))
+    return UNSAFE.sub(_stand_in, text.replace("\r\n", "\n"))
 
 
 def one_line(text: str, limit: int | None = None) -> str:
@@ -38,6 +39,11 @@ def one_line(text: str, limit: int | None = None) -> str:
     if limit is not None and len(flat) > limit:
         return flat[: max(limit - 1, 0)] + "…"
     return flat
+
+
+def printable(text: str) -> str:
+    """``text`` for a string rich reads as markup: shown as written, controls made visible."""
+    return escape(clean(text))
 
 
 def literal(text: str, style: str = "") -> Text:
