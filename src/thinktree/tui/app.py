@@ -25,6 +25,7 @@ from textual import events, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
+from textual.notifications import SeverityLevel
 from textual.timer import Timer
 from textual.widget import Widget
 from textual.widgets import Footer, Tree
@@ -33,7 +34,7 @@ from thinktree.hints import recorded_config, resume_command
 from thinktree.orchestrator.events import Event, NodeKind, NodeStatus, RunStarted
 from thinktree.orchestrator.trace import TraceError
 from thinktree.orchestrator.tree import ProblemTree
-from thinktree.sanitize import one_line
+from thinktree.sanitize import clean, one_line
 from thinktree.tui import render
 from thinktree.tui.messages import ProblemHighlighted, ProblemOpened, UserNavigated
 from thinktree.tui.quit_dialog import QuitChoice, QuitLiveRun
@@ -229,6 +230,21 @@ class ThinktreeApp(App[None]):
             self.source_done.set()
         if isinstance(source, FollowSource):  # a resume may write the trace anew
             await source.until_rewritten()
+
+    def notify(
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity: SeverityLevel = "information",
+        timeout: float | None = None,
+        markup: bool = False,
+    ) -> None:
+        """A notice, never markup, its controls made visible: what it says holds paths and
+        a run's own text, which Textual would send to the terminal as they are."""
+        super().notify(
+            clean(message), title=clean(title), severity=severity, timeout=timeout, markup=False
+        )
 
     def _source_failed(self, exc: TraceError | OSError) -> None:
         """The trace could not be read on: what came before stays on view, and the error
