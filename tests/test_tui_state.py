@@ -390,3 +390,23 @@ def test_events_that_do_not_fit_the_tree_are_skipped_not_looped_on() -> None:
     # a problem started again on its own root is the problem anew, as before
     view.apply(ProblemStarted(problem_id="p1", node_id="p1", question="again", gold=None))
     assert view.tree.problems["p1"].question == "again"
+
+
+def test_a_text_of_megabytes_is_shown_by_its_start_and_end() -> None:
+    """The pane lays out all it is given on every change: a node's text of megabytes
+    (or a branch of many long steps) stalled the view for seconds a keypress."""
+    from thinktree.tui.render import node_detail
+
+    huge = "START " + "reasoning, " * 200_000 + "Answer: B END"
+    texts = {"p1/b1/think": huge}
+    view = RunView()
+    for event in synthetic_run(1, 2, texts=texts, deltas=False):
+        view.apply(event)
+    tree = view.tree.problems["p1"]
+    node = tree.nodes["p1/b1/think"]
+    assert node.text == huge  # the state keeps it all; only what is laid out is bounded
+    for shown in (node, tree.nodes["p1/b1"]):  # the node, and its branch's thread
+        body = node_detail(tree, shown)[1].plain
+        assert len(body) < 50_000, (shown.id, len(body))
+        assert "START reasoning" in body and "Answer: B END" in body, shown.id
+        assert "characters left out here" in body
