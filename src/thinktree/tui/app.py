@@ -206,13 +206,12 @@ class ThinktreeApp(App[None]):
     @work(group="pump")
     async def _pump(self) -> None:
         """Apply every event the source gives; drawing is left to the timer."""
-        apply = self.view.apply
+        apply = self.view.apply_batch
         freeze_at = _FREEZE_FROM
         source = self.source
         try:
             async for batch in source.batches():
-                for event in batch:
-                    apply(event)
+                apply(batch)
                 self._last_event_wall = time.monotonic()
                 if self.view.events >= freeze_at:
                     # The run's tree so far lives as long as the view: move it out of the
