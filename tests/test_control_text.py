@@ -126,3 +126,15 @@ def test_a_hint_with_a_control_character_still_pastes_back_into_a_shell(tmp_path
         env={**os.environ, "LC_ALL": "C.UTF-8"},
     )
     assert echoed.stdout.decode() == folder
+
+
+def test_report_shows_a_models_name_inert(tmp_path: Path) -> None:
+    data = write_problems(tmp_path / "d.jsonl")
+    reply = FakeBehaviour(reply="Answer: yes", model="m" + HOSTILE)
+    with fake_server_in_thread(reply) as server:
+        ran = cli("run", str(data), "--endpoint", server.base_url, "--out", "r", cwd=tmp_path)
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+    reported = cli("report", "r", "--no-plots", cwd=tmp_path)
+    assert reported.returncode == 0, reported.stdout + reported.stderr
+    assert "model(s) m␛[2J␛]0;owned␇" in reported.stdout, reported.stdout
+    assert_inert(reported.stdout + reported.stderr)

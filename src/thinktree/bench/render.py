@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table as RichTable
 
 from thinktree.bench.report import Report, Table
-from thinktree.sanitize import printable
+from thinktree.sanitize import clean, printable
 
 
 def _md_cell(text: str) -> str:
@@ -95,15 +95,15 @@ def terminal(report: Report, console: Console) -> None:
     """The report's text and tables in the terminal (plots are named, not drawn).
 
     Everything in a report (dataset, cell and model names, run folders) is shown as written,
-    never read as Rich markup.
+    never read as Rich markup, and with its control characters made visible.
     """
     console.print(f"[bold]{printable(report.title)}[/]", highlight=False)
     for paragraph in report.intro:
-        console.print(paragraph, highlight=False, markup=False)
+        console.print(clean(paragraph), highlight=False, markup=False)
     for section in report.sections:
         console.rule(printable(section.title))
         for paragraph in section.text:
-            console.print(paragraph, highlight=False, markup=False)
+            console.print(clean(paragraph), highlight=False, markup=False)
         for table in section.tables:
             rich = RichTable(
                 title=printable(table.title),
@@ -118,7 +118,7 @@ def terminal(report: Report, console: Console) -> None:
                 rich.add_row(*(printable(cell) for cell in row))
             console.print(rich)
         for caption, image in section.images:
-            console.print(f"{caption}: {image}", highlight=False, markup=False)
+            console.print(clean(f"{caption}: {image}"), highlight=False, markup=False)
 
 
 def write(report: Report, folder: Path) -> tuple[Path, Path]:
