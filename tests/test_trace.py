@@ -277,3 +277,14 @@ def test_a_time_that_is_no_number_is_a_broken_line(at: bytes) -> None:
     line = b'{"type": "node-delta", "at": ' + at + b', "node_id": "p/think", "text": "x"}\n'
     with pytest.raises(TraceError, match=r"t\.jsonl:1: bad node-delta event: at is .*, not a time"):
         TraceDecoder("t.jsonl").feed(line)
+
+
+def test_a_whole_line_past_the_limit_is_a_broken_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from thinktree.orchestrator import trace as trace_module
+
+    monkeypatch.setattr(trace_module, "MAX_LINE", 1 << 20)
+    first = synthetic_run(1, 1)[0]
+    decoder = TraceDecoder("t.jsonl")
+    with pytest.raises(TraceError, match=r"t\.jsonl:2: a line over 1 MiB long") as caught:
+        decoder.feed(first.json_line() + b'{"x": "' + b"y" * (2 << 20) + b'"}\n')
+    assert caught.value.events == [first]
