@@ -34,11 +34,28 @@ def clean(text: str) -> str:
 
 
 def one_line(text: str, limit: int | None = None) -> str:
-    """Clean ``text`` and fold it onto one line, cut to ``limit`` characters with '…'."""
-    flat = _SPACES.sub(" ", clean(text)).strip()
+    """Clean ``text`` and fold it onto one line, cut to ``limit`` characters with '…'.
+
+    With a ``limit``, only as much of a long text is read as fills it (a row is drawn
+    often, and an answer or an error may be megabytes long).
+    """
+    if limit is not None:
+        size = 2 * limit + 16
+        while size < len(text):
+            flat = _flat(text[:size])
+            # its end may differ from the whole text's (a space, a "\r" of a "\r\n" cut in
+            # two): what is shown before it does not
+            if len(flat) > limit + 2:
+                return flat[: max(limit - 1, 0)] + "…"
+            size *= 8
+    flat = _flat(text)
     if limit is not None and len(flat) > limit:
         return flat[: max(limit - 1, 0)] + "…"
     return flat
+
+
+def _flat(text: str) -> str:
+    return _SPACES.sub(" ", clean(text)).strip()
 
 
 def printable(text: str) -> str:
