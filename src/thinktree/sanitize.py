@@ -3,7 +3,8 @@
 Text reaches the screen only through :class:`rich.text.Text` built from the cleaned
 string, never through markup, so ``[bold red]`` stays literal. Control characters are
 replaced by visible stand-ins, so an ESC sequence in model output shows as ``␛[2J``
-instead of clearing the screen.
+instead of clearing the screen. The commands' console output uses the same cleaning
+(:func:`printable` for a string rich reads as markup).
 """
 
 from __future__ import annotations
