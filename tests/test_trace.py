@@ -22,7 +22,7 @@ from thinktree.orchestrator.trace import (
     resolve_trace,
     trace_finished,
 )
-from thinktree.tui.sanitize import clean, literal, one_line
+from thinktree.sanitize import clean, literal, one_line
 from thinktree.tui.synthetic import synthetic_run, write_trace
 
 
@@ -136,6 +136,29 @@ def test_clean_makes_controls_visible_and_leaves_text_alone() -> None:
     text = literal("[bold red]x[/] \x1b]0;title\x07")
     assert text.plain == "[bold red]x[/] ␛]0;title␇"
     assert not text.spans
+
+
+def test_one_line_of_a_megabyte_text_reads_only_what_it_shows() -> None:
+    """Tree rows cut an answer or an error to a few dozen characters, each time a row is
+    drawn: cleaning the whole text first took a tenth of a second a row per megabyte."""
+    huge = "word\r\n  " * 1_000_000
+    started = time.perf_counter()
+    for _ in range(20):
+        shown = one_line(huge, 60)
+    assert time.perf_counter() - started < 0.5
+    assert shown == one_line(huge[:1000], 60) == ("word " * 12)[:59] + "…"
+    # text that folds to little stays whole: a cut prefix cannot tell what follows it
+    spaced = "a" + " " * 100_000 + "b" + " \n" * 100_000
+    assert one_line(spaced, 60) == "a b"
+    assert one_line("x" * 59 + "\r" + "\n" * 9 + " y", 60) == "x" * 59 + "…"
+    for cut in range(50, 80):
+        text = "ab\r\n" * 40
+        assert one_line(text, cut) == _slow_one_line(text, cut), cut
+
+
+def _slow_one_line(text: str, limit: int) -> str:
+    flat = re.sub(r"\s+", " ", clean(text)).strip()
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 def test_the_trace_holds_each_batch_once_it_is_handed_over(tmp_path: Path) -> None:
@@ -277,3 +300,14 @@ def test_a_time_that_is_no_number_is_a_broken_line(at: bytes) -> None:
     line = b'{"type": "node-delta", "at": ' + at + b', "node_id": "p/think", "text": "x"}\n'
     with pytest.raises(TraceError, match=r"t\.jsonl:1: bad node-delta event: at is .*, not a time"):
         TraceDecoder("t.jsonl").feed(line)
+
+
+def test_a_whole_line_past_the_limit_is_a_broken_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    from thinktree.orchestrator import trace as trace_module
+
+    monkeypatch.setattr(trace_module, "MAX_LINE", 1 << 20)
+    first = synthetic_run(1, 1)[0]
+    decoder = TraceDecoder("t.jsonl")
+    with pytest.raises(TraceError, match=r"t\.jsonl:2: a line over 1 MiB long") as caught:
+        decoder.feed(first.json_line() + b'{"x": "' + b"y" * (2 << 20) + b'"}\n')
+    assert caught.value.events == [first]

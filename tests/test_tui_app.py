@@ -936,3 +936,50 @@ async def test_an_interrupted_runs_hint_names_the_config_it_was_started_with(
             assert source.interrupted
             app.refresh_view()
             assert shown in app.header.plain
+
+
+async def test_notices_show_a_folders_control_characters_inert(tmp_path: Path) -> None:
+    """A run folder's name goes into the notices (the broken line's place, the resume
+    hint): an escape sequence in it must not retitle the terminal or clear its screen."""
+    hostile = tmp_path / "r\x1b]0;pwned\x07\x1b[2J\u202ex"
+    hostile.mkdir()
+    folder = run_folder(hostile, synthetic_run(2, 1, running=1))
+    trace = folder / "trace.jsonl"
+    for broken in (True, False):
+        lines = [e.json_line() for e in synthetic_run(2, 1, running=1)]
+        trace.write_bytes(b"".join([*lines[:5], b"garbage\n" if broken else b"", *lines[5:]]))
+        source = FollowSource(trace, poll_s=0.02)
+        app = ThinktreeApp(source, refresh_hz=0.001)
+        async with app.run_test(size=SIZE) as pilot:
+            with anyio.fail_after(5):
+                await settle(app, pilot)
+            notices = [(n.title, n.message) for n in app._notifications]
+            assert notices, "nothing was said"
+            for title, message in notices:
+                shown = "r␛]0;pwned␇␛[2J" if broken else "r\\x1b]0;pwned\\x07\\x1b[2J"
+                assert shown in message, message
+                assert not re.search("[\x00-\x1f\x7f\u202a-\u202e]", title + message), message
+
+
+async def test_a_line_that_never_ends_is_not_held_without_bound(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A trace's last line is held until its newline comes: one past the limit (a file
+    that only starts as a trace, say) stops the view in one line instead of filling the
+    memory."""
+    from thinktree.orchestrator import trace as trace_module
+
+    monkeypatch.setattr(trace_module, "MAX_LINE", 1 << 20, raising=False)
+    folder = run_folder(tmp_path, synthetic_run(2, 1, running=1))
+    trace = folder / "trace.jsonl"
+    with trace.open("ab") as file:
+        file.write(b'{"type": "node-delta", "text": "' + b"x" * (3 << 20))
+    for source in (FollowSource(trace, poll_s=0.02), ReplaySource(trace)):
+        app = ThinktreeApp(source, refresh_hz=0.001)
+        async with app.run_test(size=SIZE) as pilot:
+            with anyio.fail_after(5):
+                await settle(app, pilot)
+            assert app.view.started is not None  # what came before it is shown
+            assert app.source_error is not None, source
+            said = app.source_error
+            assert said.endswith(":26: a line over 1 MiB long, not an event"), said

@@ -27,6 +27,7 @@ from thinktree.errors import (
 )
 from thinktree.hints import hint_config, resume_command, shell_command
 from thinktree.logging_setup import configure
+from thinktree.sanitize import clean, printable
 
 # typer shows help texts as Rich markup: brackets in one go through escape()
 app = typer.Typer(
@@ -38,8 +39,9 @@ app = typer.Typer(
 out = Console()
 err = Console(stderr=True)
 # Rich reads a printed str, and a table's cells and titles, as markup: text from a user, a
-# dataset, a file path or a server goes through escape() (or is printed with markup=False),
-# so "[/]" in it cannot crash a command and "[bold]" in it is shown as written.
+# dataset, a file path, a server or a model goes through printable() (or is printed with
+# markup=False after clean()), so "[/]" in it cannot crash a command, "[bold]" in it is shown
+# as written, and an escape sequence in it shows as text instead of driving the terminal.
 T = TypeVar("T")
 
 if TYPE_CHECKING:
@@ -51,7 +53,7 @@ if TYPE_CHECKING:
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
     err.print(
-        f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True, soft_wrap=True
+        f"[bold red]error:[/] {printable(message)}", highlight=False, markup=True, soft_wrap=True
     )
     return typer.Exit(code)
 
@@ -554,8 +556,8 @@ def _resume(
     engine = "llamacpp" if state.endpoint["name"] == "embedded-llamacpp" else "vllm"
     if state.retrying:
         err.print(
-            f"run {folder} completed with {state.retrying} failed model call(s): sending "
-            "those again; the calls that succeeded are read back, not paid for again",
+            f"run {clean(str(folder))} completed with {state.retrying} failed model call(s): "
+            "sending those again; the calls that succeeded are read back, not paid for again",
             highlight=False,
             markup=False,
             soft_wrap=True,
@@ -588,7 +590,7 @@ def _print_results(result: object) -> None:
     from thinktree.orchestrator.run import RunResult
 
     assert isinstance(result, RunResult)
-    table = Table(title=escape(f"run {result.run_id} · {result.model}"), show_lines=False)
+    table = Table(title=printable(f"run {result.run_id} · {result.model}"), show_lines=False)
     table.add_column("problem", overflow="fold")
     table.add_column("answer")
     table.add_column("gold")
@@ -597,9 +599,9 @@ def _print_results(result: object) -> None:
     for tree in result.trees:
         mark = {True: "[green]✓[/]", False: "[red]✗[/]", None: "–"}[tree.correct]
         table.add_row(
-            escape(tree.problem_id),
-            escape(tree.answer or "—"),
-            escape(tree.gold or "—"),
+            printable(tree.problem_id),
+            printable(tree.answer or "—"),
+            printable(tree.gold or "—"),
             mark,
             str(tree.completion_tokens()),
         )
@@ -632,13 +634,13 @@ def _print_results(result: object) -> None:
         from thinktree.verifiers.report import verifier_rows
 
         for name, value in verifier_rows(m.verifier):
-            summary.add_row(escape(name), escape(value))
-    summary.add_row("continuation", escape(result.capabilities.continuation))
-    summary.add_row("run folder", escape(str(result.folder)))
+            summary.add_row(printable(name), printable(value))
+    summary.add_row("continuation", printable(result.capabilities.continuation))
+    summary.add_row("run folder", printable(str(result.folder)))
     out.print(summary)
     if result.stopped_by:
         err.print(
-            f"[yellow]{escape(result.stopped_by)}[/]; the problems it cut short or left "
+            f"[yellow]{printable(result.stopped_by)}[/]; the problems it cut short or left "
             "unfinished say so in the results",
             highlight=False,
         )
@@ -686,12 +688,12 @@ def probe(
                 found = {"endpoint": cfg.base_url, "model": name, "http_client": http}
                 print(json.dumps({**found, "max_tokens_field": cap, **caps.to_dict()}))
                 return
-            table = Table(title=escape(f"{cfg.base_url} · {name}"))
+            table = Table(title=printable(f"{cfg.base_url} · {name}"))
             table.caption = (
                 "calls go through thinktree's lean HTTP/1.1 client"
                 if http == "lean"
                 else "calls go through aiohttp"
-            ) + f"; their token cap goes in {escape(cap)}"
+            ) + f"; their token cap goes in {printable(cap)}"
             table.add_column("capability")
             table.add_column("result")
             table.add_column("evidence", overflow="fold")
@@ -720,9 +722,9 @@ def probe(
             ]
             for label, ok, key in rows:
                 table.add_row(
-                    escape(label),
+                    printable(label),
                     "[green]yes[/]" if ok else "[yellow]no[/]",
-                    escape(caps.notes.get(key, "")),
+                    printable(caps.notes.get(key, "")),
                 )
             out.print(table)
 
@@ -787,9 +789,9 @@ def runs(
     except OSError as exc:
         raise _fail(f"cannot read {_cannot(exc, root)}") from None
     if not found:
-        out.print(f"no runs in {root}", markup=False)
+        out.print(f"no runs in {clean(str(root))}", markup=False)
         return
-    table = Table(title=escape(f"runs in {root}"))
+    table = Table(title=printable(f"runs in {root}"))
     for column in (
         "run",
         "status",
@@ -816,16 +818,16 @@ def runs(
         model = run.model or ""
         price = recorded_prices(run.folder).get(model) or prices.get(model)
         table.add_row(
-            escape(run.folder.name),
-            f"[{colour}]{escape(run.status)}[/]",
-            escape(run.mode or "—"),
-            escape(run.endpoint or "—"),
-            escape(run.model or "—"),
+            printable(run.folder.name),
+            f"[{colour}]{printable(run.status)}[/]",
+            printable(run.mode or "—"),
+            printable(run.endpoint or "—"),
+            printable(run.model or "—"),
             f"{run.problems_done}/{run.problems_total}",
             str(run.problems_correct),
             str(run.tokens),
             _cost(run.cost_usd(price)),
-            escape(_run_note(run, priced=price is not None)),
+            printable(_run_note(run, priced=price is not None)),
         )
     out.print(table)
 
@@ -994,19 +996,19 @@ def serve(
     async def main() -> None:
         async with serve_until_stopped(request) as server:
             took = f" (ready in {server.startup_s:.0f} s)" if server.startup_s is not None else ""
-            where = escape(server.base_url)
+            where = printable(server.base_url)
             if server.remote_url is not None:
                 err.print(
-                    f"warning: the server listens on {escape(request.host)} without "
+                    f"warning: the server listens on {printable(request.host)} without "
                     "authentication; anyone who can reach it can use it",
                     soft_wrap=True,
                     highlight=False,
                 )
                 if server.remote_url != server.base_url:
-                    where += f"; from other machines: {escape(server.remote_url)}"
+                    where += f"; from other machines: {printable(server.remote_url)}"
             out.print(
-                f"serving [bold]{escape(server.model)}[/] with {request.engine} at "
-                f"{where}{took}; log: {escape(str(server.log_path))}; "
+                f"serving [bold]{printable(server.model)}[/] with {request.engine} at "
+                f"{where}{took}; log: {printable(str(server.log_path))}; "
                 "Ctrl-C to stop",
                 soft_wrap=True,
                 highlight=False,

@@ -1,5 +1,5 @@
 """Commands the user is told to type next: one wording for the CLI and the view alike,
-quoted where a shell would read a path otherwise (spaces, brackets)."""
+quoted where a shell would read a path otherwise (spaces, brackets, control characters)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import json
 import shlex
 from pathlib import Path
 from typing import Any
+
+from thinktree.sanitize import UNSAFE
 
 #: A run folder's manifest (``orchestrator.run`` writes it), and its key that names the
 #: config file the run was started with (``--config``), which resuming it needs again.
@@ -16,7 +18,24 @@ CONFIG_FILE = "config_file"
 
 def shell_command(*words: str | Path) -> str:
     """``words`` as one line a shell reads back as those words."""
-    return " ".join(shlex.quote(str(word)) for word in words)
+    return " ".join(_quote(str(word)) for word in words)
+
+
+def _quote(word: str) -> str:
+    """``word`` quoted for a shell; one holding a control character (which printed as it
+    is would drive the terminal) in ``$'...'``, that character written as an escape."""
+    if not UNSAFE.search(word):
+        return shlex.quote(word)
+    return "$'" + "".join(_c_escape(char) for char in word) + "'"
+
+
+def _c_escape(char: str) -> str:
+    if char in "\\'":
+        return "\\" + char
+    if not UNSAFE.match(char):
+        return char
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x80 else f"\\u{code:04x}"
 
 
 def resume_command(folder: Path | str, config: Path | str | None = None) -> str:

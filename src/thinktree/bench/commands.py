@@ -7,13 +7,13 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from rich.console import Console
-from rich.markup import escape
 
 from thinktree._files import busy, in_use
 from thinktree.bench.grid import load_bench_config
 from thinktree.bench.results import load
 from thinktree.errors import ConfigError
 from thinktree.hints import shell_command
+from thinktree.sanitize import clean, printable
 
 #: ``--ray`` given without an address: start a local Ray instance for the command.
 LOCAL_RAY = "local"
@@ -62,10 +62,10 @@ def bench_main(
             plan = await plan_bench(config, out_dir, sharded=cluster is not None)
             note = config.unread_note()
             if note is not None:
-                err.print(note, style="dim", highlight=False, markup=False, soft_wrap=True)
+                err.print(clean(note), style="dim", highlight=False, markup=False, soft_wrap=True)
             done = len(cells) - len(plan.todo)
             if done:
-                where = escape(str(out_dir))
+                where = printable(str(out_dir))
                 err.print(f"[dim]resuming {where}: {done}/{len(cells)} cells already done[/]")
             with BenchProgress(err, len(cells), done) as view:
                 outcomes = await run_bench(
@@ -82,7 +82,7 @@ def bench_main(
         failing = [(o, n) for o in outcomes if (n := failed_calls(o))]
         whole = len(outcomes) - len(stopped) - len(failing)
         out.print(
-            f"bench {out_dir}: {whole} of {len(outcomes)} cells done ({ran} run now); "
+            f"bench {clean(str(out_dir))}: {whole} of {len(outcomes)} cells done ({ran} run now); "
             f"report with: {shell_command('thinktree', 'report', out_dir)}",
             highlight=False,
             markup=False,
@@ -90,8 +90,8 @@ def bench_main(
         if stopped:
             err.print(
                 f"[yellow]{len(stopped)} cell(s) stopped by their limit[/] (the first: "
-                f"{escape(stopped[0][1])}); raise it in \\[run] of {escape(str(config_path))} "
-                "and run the same command again to go on",
+                f"{printable(stopped[0][1])}); raise it in \\[run] of "
+                f"{printable(str(config_path))} and run the same command again to go on",
                 highlight=False,
                 soft_wrap=True,
             )
@@ -131,7 +131,7 @@ def report_main(
 
         out.print(scaling_curve(loaded), highlight=False, markup=False)
     md, page = render.write(report, folder)
-    out.print(f"wrote {md} and {page}", highlight=False, markup=False)
+    out.print(clean(f"wrote {md} and {page}"), highlight=False, markup=False)
 
 
 def _check_out(out_dir: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -17,6 +16,7 @@ from thinktree.bench.grid import Cell
 from thinktree.bench.runner import CellOutcome, CellWatcher
 from thinktree.orchestrator.bus import Subscriber
 from thinktree.orchestrator.events import CallRetried, Event, ProblemFinished, RunStarted
+from thinktree.sanitize import printable
 
 
 class _CellEvents:
@@ -40,7 +40,7 @@ class _CellEvents:
             status = f"{self._correct}/{self._graded} right" if self._graded else ""
             progress.update(task, advance=1, status=status)
         elif isinstance(event, CallRetried):
-            progress.update(task, status=f"waiting {event.wait_s:.0f} s: {escape(event.reason)}")
+            progress.update(task, status=f"waiting {event.wait_s:.0f} s: {printable(event.reason)}")
 
     async def aclose(self) -> None:
         return None
@@ -76,7 +76,9 @@ class BenchProgress(CellWatcher):
 
     def cell_started(self, cell: Cell, position: int, total: int) -> Subscriber:
         # the columns read their text as markup
-        self.progress.update(self.cell_task, description=escape(cell.name), completed=0, total=None)
+        self.progress.update(
+            self.cell_task, description=printable(cell.name), completed=0, total=None
+        )
         self.progress.update(self.bench_task, status=f"cell {position}/{total}")
         return _CellEvents(self)
 
@@ -97,8 +99,8 @@ class BenchProgress(CellWatcher):
         else:
             mark = "[green]✓[/]"
         self.console.print(
-            f"{mark} {escape(outcome.cell.name)} ({outcome.status}): accuracy {acc} "
+            f"{mark} {printable(outcome.cell.name)} ({outcome.status}): accuracy {acc} "
             f"({m.correct}/{m.graded}), {m.completion_tokens} completion tokens, "
-            f"{outcome.seconds:.1f} s{cached}{escape(note)}",
+            f"{outcome.seconds:.1f} s{cached}{printable(note)}",
             highlight=False,
         )

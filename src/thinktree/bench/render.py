@@ -8,10 +8,10 @@ import os
 from pathlib import Path
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table as RichTable
 
 from thinktree.bench.report import Report, Table
+from thinktree.sanitize import clean, printable
 
 
 def _md_cell(text: str) -> str:
@@ -95,30 +95,30 @@ def terminal(report: Report, console: Console) -> None:
     """The report's text and tables in the terminal (plots are named, not drawn).
 
     Everything in a report (dataset, cell and model names, run folders) is shown as written,
-    never read as Rich markup.
+    never read as Rich markup, and with its control characters made visible.
     """
-    console.print(f"[bold]{escape(report.title)}[/]", highlight=False)
+    console.print(f"[bold]{printable(report.title)}[/]", highlight=False)
     for paragraph in report.intro:
-        console.print(paragraph, highlight=False, markup=False)
+        console.print(clean(paragraph), highlight=False, markup=False)
     for section in report.sections:
-        console.rule(escape(section.title))
+        console.rule(printable(section.title))
         for paragraph in section.text:
-            console.print(paragraph, highlight=False, markup=False)
+            console.print(clean(paragraph), highlight=False, markup=False)
         for table in section.tables:
             rich = RichTable(
-                title=escape(table.title),
-                caption=escape(table.note) if table.note else None,
+                title=printable(table.title),
+                caption=printable(table.note) if table.note else None,
                 caption_justify="left",
             )
             for i, header in enumerate(table.headers):
                 rich.add_column(
-                    escape(header), justify="left" if i == 0 else "right", overflow="fold"
+                    printable(header), justify="left" if i == 0 else "right", overflow="fold"
                 )
             for row in table.rows:
-                rich.add_row(*(escape(cell) for cell in row))
+                rich.add_row(*(printable(cell) for cell in row))
             console.print(rich)
         for caption, image in section.images:
-            console.print(f"{caption}: {image}", highlight=False, markup=False)
+            console.print(clean(f"{caption}: {image}"), highlight=False, markup=False)
 
 
 def write(report: Report, folder: Path) -> tuple[Path, Path]:

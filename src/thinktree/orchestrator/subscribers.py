@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import IO
 
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -26,6 +25,7 @@ from thinktree.orchestrator.events import (
     RunStarted,
 )
 from thinktree.orchestrator.tree import RunTree
+from thinktree.sanitize import printable
 
 
 class TreeRecorder:
@@ -117,7 +117,7 @@ class ConsoleProgress:
         if isinstance(event, RunStarted):
             self._progress.start()
             self._task = self._progress.add_task(
-                escape(f"{event.mode} · {event.model}"), total=event.problems, status=""
+                printable(f"{event.mode} · {event.model}"), total=event.problems, status=""
             )
         elif self._task is None:
             return
@@ -129,7 +129,7 @@ class ConsoleProgress:
             self._progress.update(self._task, advance=1, status=status)
         elif isinstance(event, CallRetried):
             self._progress.update(
-                self._task, status=f"waiting {event.wait_s:.0f} s: {escape(event.reason)}"
+                self._task, status=f"waiting {event.wait_s:.0f} s: {printable(event.reason)}"
             )
 
     async def aclose(self) -> None:

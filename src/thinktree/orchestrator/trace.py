@@ -35,6 +35,9 @@ EVENT_TYPES = _event_types()
 TRACE_NAME = "trace.jsonl"
 RUN_MANIFEST = "run.json"  # what makes a folder a run folder (orchestrator.run writes it first)
 _CHUNK = 1 << 20
+#: Bytes a line of a trace may hold: a reader holds a line whole until its newline comes,
+#: and a node's whole text (a megabyte or so at most) is its longest.
+MAX_LINE = 64 << 20
 
 
 class TraceError(ValueError):
@@ -222,6 +225,7 @@ class TraceDecoder:
     def __init__(self, name: str = TRACE_NAME) -> None:
         self._name = name
         self._partial: list[bytes] = []  # the unfinished last line, in the pieces it came in
+        self._held = 0  # its bytes
         self.line = 0
         self.skipped = 0
 
@@ -229,11 +233,14 @@ class TraceDecoder:
         """Events of every line completed by ``chunk``.
 
         Raises :class:`TraceError` for a complete line that is not an event, with the
-        events of the lines before it in ``chunk``.
+        events of the lines before it in ``chunk``, and for a line past :data:`MAX_LINE`
+        bytes, whole or not.
         """
         if b"\n" not in chunk:
             if chunk:  # a long line, still coming: joined once it is whole, not per chunk
                 self._partial.append(chunk)
+                self._held += len(chunk)
+                self._check_length(self._held, self.line + 1)
             return []
         lines = chunk.split(b"\n")
         if self._partial:
@@ -241,10 +248,12 @@ class TraceDecoder:
             lines[0] = b"".join(self._partial)
         last = lines.pop()
         self._partial = [last] if last else []
+        self._held = len(last)
         events: list[Event] = []
         for raw in lines:
             self.line += 1
             try:
+                self._check_length(len(raw), self.line)
                 event = self._decode(raw)
             except TraceError as exc:
                 exc.events = events
@@ -253,9 +262,14 @@ class TraceDecoder:
                 events.append(event)
         return events
 
+    def _check_length(self, size: int, line: int) -> None:
+        if size > MAX_LINE:
+            limit = f"{MAX_LINE / (1 << 20):g} MiB"
+            raise TraceError(f"{self._name}:{line}: a line over {limit} long, not an event")
+
     def finish(self) -> list[Event]:
         """The last line if it is a whole event; a line still being written is dropped."""
-        raw, self._partial = b"".join(self._partial), []
+        raw, self._partial, self._held = b"".join(self._partial), [], 0
         try:
             event = self._decode(raw, line=self.line + 1)
         except TraceError:

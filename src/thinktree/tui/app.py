@@ -25,6 +25,7 @@ from textual import events, work
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
+from textual.notifications import SeverityLevel
 from textual.timer import Timer
 from textual.widget import Widget
 from textual.widgets import Footer, Tree
@@ -33,10 +34,10 @@ from thinktree.hints import recorded_config, resume_command
 from thinktree.orchestrator.events import Event, NodeKind, NodeStatus, RunStarted
 from thinktree.orchestrator.trace import TraceError
 from thinktree.orchestrator.tree import ProblemTree
+from thinktree.sanitize import clean, one_line
 from thinktree.tui import render
 from thinktree.tui.messages import ProblemHighlighted, ProblemOpened, UserNavigated
 from thinktree.tui.quit_dialog import QuitChoice, QuitLiveRun
-from thinktree.tui.sanitize import one_line
 from thinktree.tui.sources import (
     FollowSource,
     LiveSource,
@@ -205,13 +206,12 @@ class ThinktreeApp(App[None]):
     @work(group="pump")
     async def _pump(self) -> None:
         """Apply every event the source gives; drawing is left to the timer."""
-        apply = self.view.apply
+        apply = self.view.apply_batch
         freeze_at = _FREEZE_FROM
         source = self.source
         try:
             async for batch in source.batches():
-                for event in batch:
-                    apply(event)
+                apply(batch)
                 self._last_event_wall = time.monotonic()
                 if self.view.events >= freeze_at:
                     # The run's tree so far lives as long as the view: move it out of the
@@ -229,6 +229,21 @@ class ThinktreeApp(App[None]):
             self.source_done.set()
         if isinstance(source, FollowSource):  # a resume may write the trace anew
             await source.until_rewritten()
+
+    def notify(
+        self,
+        message: str,
+        *,
+        title: str = "",
+        severity: SeverityLevel = "information",
+        timeout: float | None = None,
+        markup: bool = False,
+    ) -> None:
+        """A notice, never markup, its controls made visible: what it says holds paths and
+        a run's own text, which Textual would send to the terminal as they are."""
+        super().notify(
+            clean(message), title=clean(title), severity=severity, timeout=timeout, markup=False
+        )
 
     def _source_failed(self, exc: TraceError | OSError) -> None:
         """The trace could not be read on: what came before stays on view, and the error

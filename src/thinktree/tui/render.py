@@ -12,8 +12,8 @@ from rich.text import Text
 
 from thinktree.orchestrator.events import NodeKind, NodeStatus
 from thinktree.orchestrator.tree import Node, ProblemTree
+from thinktree.sanitize import clean, one_line
 from thinktree.tui.rows import DROP_MARKS, Row, RowBuilder, middle_cut
-from thinktree.tui.sanitize import clean, one_line
 from thinktree.tui.state import Outcome, RunView, outcome
 
 STATUS_MARKS: dict[NodeStatus, tuple[str, str]] = {
@@ -32,6 +32,10 @@ OUTCOME_MARKS: dict[Outcome, tuple[str, str]] = {
     Outcome.STOPPED: ("⊘", "dim"),
 }
 WINNER_STYLE = "bold black on green"
+#: Characters of a node's text the detail pane lays out: its start and its end, half each.
+#: The pane lays out all it holds on each change, so a text of megabytes would stall the
+#: view for seconds per keypress; the trace keeps every character.
+TEXT_SHOWN = 40_000
 
 
 def clock(seconds: float) -> str:
@@ -325,11 +329,10 @@ def _problem_meta(meta: Text, problem: ProblemTree) -> Text:
 def _thread(problem: ProblemTree, node: Node) -> Text:
     """A branch's steps one after another: the whole line of thought."""
     body = Text()
-    for child in problem.walk(node.id)[1:]:
-        if not child.text:
-            continue
+    steps = [child for child in problem.walk(node.id)[1:] if child.text]
+    for child in steps:
         body.append(f"── {one_line(child.label, 40)} ──\n", style="dim")
-        body.append(clean(child.text))
+        _append_bounded(body, child.text, max(TEXT_SHOWN // len(steps), 2000))
         body.append("\n")
     if not body:
         body.append("(no text yet)", style="dim")
@@ -348,7 +351,21 @@ def literal_body(text: str, *, running: bool = False) -> Text:
     """The node's text exactly as the model wrote it (controls made visible)."""
     if not text:
         return Text("(streaming…)" if running else "(no text)", style="dim")
-    body = Text(clean(text))
+    body = Text()
+    _append_bounded(body, text, TEXT_SHOWN)
     if running:
         body.append(" ▌", style="yellow")
     return body
+
+
+def _append_bounded(body: Text, text: str, limit: int) -> None:
+    """``text`` (controls made visible) onto ``body``; past ``limit`` characters only its
+    start and its end, with a line that says how much is left out between them."""
+    if len(text) <= limit:
+        body.append(clean(text))
+        return
+    half = limit // 2
+    body.append(clean(text[:half]))
+    left_out = len(text) - 2 * half
+    body.append(f"\n[… {left_out:,} characters left out here: the trace has them all …]\n", "dim")
+    body.append(clean(text[-half:]))

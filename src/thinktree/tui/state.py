@@ -4,6 +4,7 @@ the screen was last drawn. Applying an event is cheap; drawing happens on a time
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -143,6 +144,36 @@ class RunView:
     def take_changes(self) -> Changes:
         changes, self._changes = self._changes, Changes()
         return changes
+
+    def apply_batch(self, events: Sequence[Event]) -> None:
+        """Fold ``events`` in as :meth:`apply` does, a node's streamed pieces joined first:
+        added one at a time, each copied the node's text so far (minutes for megabytes)."""
+        pieces: dict[str, list[NodeDelta]] = {}  # per node, those since its text was set
+        for event in events:
+            if type(event) is NodeDelta:
+                held = pieces.setdefault(event.node_id, [])
+                if event.restart and held:  # the text starts afresh: what came before goes
+                    self._apply_pieces({event.node_id: held[:]})
+                    held.clear()
+                held.append(event)
+                continue
+            if pieces:
+                self._apply_pieces(pieces)
+            self.apply(event)
+        self._apply_pieces(pieces)
+
+    def _apply_pieces(self, pieces: dict[str, list[NodeDelta]]) -> None:
+        for node_id, deltas in pieces.items():
+            text = "".join(d.text for d in deltas)
+            joined = NodeDelta(
+                at=deltas[-1].at, node_id=node_id, text=text, restart=deltas[0].restart
+            )
+            skipped = self.skipped
+            self.apply(joined)
+            self.events += len(deltas) - 1
+            if self.skipped > skipped:
+                self.skipped += len(deltas) - 1
+        pieces.clear()
 
     def apply(self, event: Event) -> None:
         """Fold one event in; events about unknown problems or nodes are counted, not fatal."""

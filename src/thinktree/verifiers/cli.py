@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.markup import escape
+
+from thinktree.sanitize import printable
 
 verifier_app = typer.Typer(
     help="Verifiers: list the available ones, train one from runs with gold answers.",
@@ -19,7 +20,7 @@ err = Console(stderr=True)
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
     err.print(
-        f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True, soft_wrap=True
+        f"[bold red]error:[/] {printable(message)}", highlight=False, markup=True, soft_wrap=True
     )
     return typer.Exit(code)
 

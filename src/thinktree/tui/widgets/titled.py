@@ -6,8 +6,8 @@ from rich.text import Text
 from textual import events
 from textual.widget import Widget
 
+from thinktree.sanitize import one_line
 from thinktree.tui.rows import middle_cut
-from thinktree.tui.sanitize import one_line
 
 TITLE_MARGIN = 6
 """Cells of a pane's width a title cannot have: the corners, the edge either side of the
