@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import anyio
 import pytest
 
 from thinktree.problems import Problem
@@ -35,6 +36,15 @@ def _verdicts(kind: str, n: int) -> Any:
     }
     if kind in bad:
         return [bad[kind] for _ in range(n)]
+    if kind == "none":  # verify returned nothing at all
+        return None
+    if kind == "numpy":  # numpy numbers, as a model's outputs are: valid
+        import numpy as np
+
+        return [
+            Verdict(score=np.float32(i), prompt_tokens=np.int64(3), completion_tokens=np.int32(0))
+            for i in range(n)
+        ]
     if kind == "negative":  # the first candidate fails, the others score below zero
         return [Verdict.failed("cannot tell") if i == 0 else Verdict(score=-1.0) for i in range(n)]
     if kind == "negative-scored-error":  # as "negative", the failure carrying a top score
@@ -52,8 +62,53 @@ class Misbehaving:
         return found
 
 
-def misbehave(arg: str | None, setup: VerifierSetup) -> Misbehaving:
+class _NotAsync:
+    """A verify written without ``async``."""
+
+    def verify(self, problem: Problem, candidates: Sequence[CandidateView]) -> list[Verdict]:
+        return [Verdict(score=0.5) for _ in candidates]
+
+
+class _Models(Misbehaving):
+    """A verifier whose ``models()`` is ``kind``: "raise", or what it returns."""
+
+    def models(self) -> Any:
+        if self.kind == "raise":
+            raise RuntimeError("no model\n  configured")
+        return {"str": "judge-model", "none": None, "ints": [1, 2]}[self.kind]
+
+
+class _Hanging(Misbehaving):
+    """Never answers: ``hang`` within its own timeout_s, ``hang-default`` within the
+    panel's; ``timeout-KIND`` has the bad timeout_s KIND."""
+
+    @property
+    def timeout_s(self) -> Any:
+        if self.kind == "hang-default":
+            raise AttributeError("timeout_s")  # as a verifier that sets none
+        return {"hang": 0.2, "timeout-negative": -1.0, "timeout-str": "10"}[self.kind]
+
+    async def verify(self, problem: Problem, candidates: Sequence[CandidateView]) -> list[Verdict]:
+        await anyio.sleep(3600)
+        return []
+
+
+def misbehave(arg: str | None, setup: VerifierSetup) -> Any:
+    if arg == "not-async":
+        return _NotAsync()
+    if arg and arg.startswith(("hang", "timeout-")):
+        return _Hanging(arg)
+    if arg and arg.startswith("models-"):
+        return _Models(arg.removeprefix("models-"))
     return Misbehaving(arg or "ok")
+
+
+def _check_arg(arg: str | None) -> None:
+    if arg == "check-raises":
+        raise ValueError("the check\n  exploded")
+
+
+misbehave.check = _check_arg  # type: ignore[attr-defined]
 
 
 class _RaisingClose(Misbehaving):

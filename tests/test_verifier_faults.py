@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from structlog.testing import capture_logs
 
@@ -75,6 +76,9 @@ BAD_VERDICTS = {
     "failed": "cannot tell",
     "scored-error": "judge timed out; score is a guess",  # an error fails it, score or not
     "multiline-error": "judge said: no answer in time",  # one line, as every error
+    "none": "verifier misbehave:none returned None, not a list of verdicts",
+    "not-async": "verifier misbehave:not-async returned a list, not an awaitable: "
+    "define its verify with async def",
 }
 
 
@@ -133,6 +137,85 @@ async def test_a_valid_verifier_alongside_a_failing_one_still_decides(tmp_path: 
     assert tree.vote is not None and tree.vote.rule == "best-of-n"
     assert tree.answer == "B"
     assert tree.nodes["q1/b2/think"].scores == {"misbehave:negative": -1.0}
+
+
+@pytest.mark.anyio
+async def test_numpy_scores_and_counts_are_valid(tmp_path: Path) -> None:
+    # a model's outputs are numpy numbers: a float32 score and int64 token counts count
+    result = await _run(tmp_path, ("misbehave:numpy",), "best-of-n")
+    tree = result.trees[0]
+    verdicts = tree.of_kind(NodeKind.VERDICT)
+    assert [v.status for v in verdicts] == [NodeStatus.DONE] * 4, verdicts[0].error
+    assert tree.vote is not None and tree.vote.rule == "best-of-n"
+    assert tree.vote.winner_node == "q1/b4/think"  # scored 3, the highest
+    results = _results(result)
+    assert [b["score"] for b in results["problems"][0]["vote"]["ballots"]] == [0, 1, 2, 3]
+    m = result.metrics.verifier
+    assert m is not None and m.prompt_tokens == 12
+
+
+@pytest.mark.anyio
+async def test_a_check_that_raises_is_one_line_before_the_run_folder(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        await _run(tmp_path, ("misbehave:check-raises",))
+    why = "verifier 'misbehave:check-raises' refused its argument: the check exploded"
+    assert str(caught.value) == why
+    assert not (tmp_path / "run").exists()
+
+
+MODELS_ERRORS = {
+    "raise": "verifier misbehave:models-raise could not name its models: no model configured",
+    "str": "verifier misbehave:models-str gave models() 'judge-model' (str); "
+    "return a list of model names",
+    "none": "verifier misbehave:models-none gave models() None (NoneType); "
+    "return a list of model names",
+    "ints": "verifier misbehave:models-ints gave models() [1, 2] (list); "
+    "return a list of model names",
+}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", list(MODELS_ERRORS))
+async def test_bad_models_is_one_line_before_the_run_folder(tmp_path: Path, kind: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        await _run(tmp_path, (f"misbehave:models-{kind}",))
+    assert str(caught.value) == MODELS_ERRORS[kind]
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", ["hang", "hang-default"])
+async def test_a_verifier_that_hangs_fails_its_verdicts_in_time(
+    tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from thinktree.verifiers import panel
+
+    monkeypatch.setattr(panel, "VERIFY_TIMEOUT_S", 0.2)  # the default, for "hang-default"
+    with anyio.fail_after(30):
+        result = await _run(tmp_path, (f"misbehave:{kind}",), "best-of-n")
+    tree = result.trees[0]
+    verdicts = tree.of_kind(NodeKind.VERDICT)
+    why = (
+        f"verifier misbehave:{kind} took longer than 0.2 s on 4 candidates; "
+        "give it a longer timeout_s (None: no limit)"
+    )
+    assert [v.error for v in verdicts] == [why] * 4
+    assert tree.vote is not None and tree.vote.rule == "majority" and tree.answer == "B"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("kind", "shown"), [("negative", "-1.0"), ("str", "'10'")])
+async def test_a_bad_timeout_is_one_line_before_the_run_folder(
+    tmp_path: Path, kind: str, shown: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        await _run(tmp_path, (f"misbehave:timeout-{kind}",))
+    why = (
+        f"verifier misbehave:timeout-{kind} has timeout_s {shown}; give seconds above 0, "
+        "or None for no limit"
+    )
+    assert str(caught.value) == why
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.anyio

@@ -276,6 +276,8 @@ async def token_probs(
 class PointwiseJudge:
     """Asks the judge of each candidate on its own: is its final answer correct?"""
 
+    timeout_s = None  # its calls have their endpoint's timeouts, and wait on the run's limits
+
     def __init__(self, arg: str | None, setup: VerifierSetup) -> None:
         self.judge = JudgeEndpoint(arg, setup)
 

@@ -18,7 +18,7 @@ import inspect
 import math
 import numbers
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import anyio
 import structlog
@@ -34,10 +34,14 @@ from thinktree.orchestrator.events import (
     NodeStarted,
 )
 from thinktree.orchestrator.ledger import Budget
+from thinktree.problems import Problem
 from thinktree.verifiers.base import CandidateView, Spending, Verdict
 from thinktree.verifiers.registry import NamedVerifier
 
 log = structlog.get_logger(__name__)
+
+VERIFY_TIMEOUT_S = 600.0
+"""How long one ``verify`` call of a verifier that sets no ``timeout_s`` may take."""
 
 
 class VerifierPanel:
@@ -48,6 +52,7 @@ class VerifierPanel:
     ) -> None:
         self.verifiers = list(verifiers)
         self.spending = spending
+        self._models: dict[str, list[str]] | None = None  # each verifier's, once prepared
 
     async def prepare(self) -> None:
         """Run every verifier's ``prepare`` (async or not) where it has one, before the run
@@ -55,6 +60,7 @@ class VerifierPanel:
         probe comes before the run's limits and a failing one stops the run before its
         folder exists. An error there is a one-line :class:`ConfigError`."""
         for named in self.verifiers:
+            _check_timeout(named)
             prepare = getattr(named.verifier, "prepare", None)
             if prepare is None:
                 continue
@@ -68,16 +74,14 @@ class VerifierPanel:
                 detail = " ".join(str(exc).split()) or type(exc).__name__
                 reason = f"verifier {named.name} could not be prepared: {detail}"
                 raise ConfigError(reason) from None
+        self._models = {named.name: _models(named) for named in self.verifiers}
 
     def models(self) -> set[str]:
         """The models the verifiers' calls are priced by, where a prepared verifier names
         them (its ``models()``, as the built-in judges and scorers have)."""
-        found: set[str] = set()
-        for named in self.verifiers:
-            models = getattr(named.verifier, "models", None)
-            if callable(models):
-                found.update(str(model) for model in models())
-        return found
+        if self._models is None:
+            self._models = {named.name: _models(named) for named in self.verifiers}
+        return {model for models in self._models.values() for model in models}
 
     async def aclose(self) -> None:
         """Close every verifier that has ``aclose`` (async or not); a failure is logged.
@@ -143,20 +147,32 @@ class VerifierPanel:
                 )
             )
         try:
-            verdicts = list(await named.verifier.verify(problem, views))
-            if len(verdicts) != len(views):
-                raise ValueError(f"returned {len(verdicts)} verdicts for {len(views)} candidates")
+            with anyio.fail_after(_timeout(named)):
+                found = await _verify(named, problem, views)
+            if len(found) != len(views):
+                raise ValueError(f"returned {len(found)} verdicts for {len(views)} candidates")
         except (anyio.get_cancelled_exc_class(), RunStopping):  # the run stops: so does this
             with anyio.CancelScope(shield=True):
                 for node_id in ids:
                     await bus.emit(NodeFailed(node_id=node_id, error="cancelled: the run stopped"))
             raise
+        except TimeoutError:
+            reason = (
+                f"verifier {named.name} took longer than {_timeout(named):g} s on "
+                f"{len(views)} candidates; give it a longer timeout_s (None: no limit)"
+            )
+            log.warning("verifier failed", verifier=named.name, problem=problem.id, error=reason)
+            found = [Verdict.failed(reason) for _ in views]
         except Exception as exc:  # a verifier's failure fails its verdicts, not the run
             detail = " ".join(str(exc).split()) or type(exc).__name__
-            reason = f"verifier {named.name} failed: {detail}"
+            reason = (
+                detail
+                if isinstance(exc, _NotVerdicts)
+                else f"verifier {named.name} failed: {detail}"
+            )
             log.warning("verifier failed", verifier=named.name, problem=problem.id, error=reason)
-            verdicts = [Verdict.failed(reason) for _ in views]
-        verdicts = [_checked(named.name, verdict) for verdict in verdicts]
+            found = [Verdict.failed(reason) for _ in views]
+        verdicts = [_checked(named.name, verdict) for verdict in found]
         for view, node_id, verdict in zip(views, ids, verdicts, strict=True):
             score = verdict.score
             error = verdict.error
@@ -191,6 +207,71 @@ class VerifierPanel:
         return verdicts
 
 
+async def _verify(
+    named: NamedVerifier, problem: Problem, views: list[CandidateView]
+) -> list[object]:
+    """What ``verify`` returned, as a list; a ValueError says how it is not one."""
+    verifying = named.verifier.verify(problem, views)
+    if not inspect.isawaitable(verifying):
+        kind = type(verifying).__name__
+        raise _NotVerdicts(
+            f"verifier {named.name} returned a {kind}, not an awaitable: "
+            "define its verify with async def"
+        )
+    found = await verifying
+    if found is None or isinstance(found, str | bytes) or not isinstance(found, Iterable):
+        kind = "None" if found is None else f"a {type(found).__name__}"
+        raise _NotVerdicts(f"verifier {named.name} returned {kind}, not a list of verdicts")
+    return list(found)
+
+
+def _models(named: NamedVerifier) -> list[str]:
+    """The models ``named`` says its calls are priced by (none without ``models()``); a
+    one-line ConfigError where ``models()`` raises or gives what is not a list of names."""
+    models = getattr(named.verifier, "models", None)
+    if not callable(models):
+        return []
+    try:
+        found = models()
+    except ThinktreeError:
+        raise
+    except Exception as exc:  # a plugin's bug is the user's to fix, in one line
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        raise ConfigError(f"verifier {named.name} could not name its models: {detail}") from None
+    if isinstance(found, Iterable) and not isinstance(found, str | bytes):
+        found = list(found)
+        if all(isinstance(model, str) for model in found):
+            return found
+    raise ConfigError(
+        f"verifier {named.name} gave models() {found!r} ({type(found).__name__}); "
+        "return a list of model names"
+    )
+
+
+def _check_timeout(named: NamedVerifier) -> None:
+    """A one-line ConfigError where the verifier's ``timeout_s`` is not None or seconds."""
+    timeout = _timeout(named)
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not timeout > 0:
+        raise ConfigError(
+            f"verifier {named.name} has timeout_s {timeout!r}; give seconds above 0, "
+            "or None for no limit"
+        )
+
+
+def _timeout(named: NamedVerifier) -> float | None:
+    """How long one ``verify`` may take: the verifier's ``timeout_s`` where it has one
+    (None: no limit, as for the built-ins, whose model calls have their own), else
+    :data:`VERIFY_TIMEOUT_S`."""
+    found: float | None = getattr(named.verifier, "timeout_s", VERIFY_TIMEOUT_S)
+    return found
+
+
+class _NotVerdicts(ValueError):
+    """A verifier's ``verify`` broke the protocol: the message says how, whole."""
+
+
 def _view(c: Candidate) -> CandidateView:
     return CandidateView(
         node_id=c.node_id,
@@ -220,10 +301,11 @@ def _checked(name: str, verdict: object) -> Verdict:
         score = float(score)
         if not math.isfinite(score):
             return Verdict.failed(f"verifier {name} gave a non-finite score ({score})")
-    tokens = (verdict.prompt_tokens, verdict.completion_tokens)
-    for field, count in zip(("prompt_tokens", "completion_tokens"), tokens, strict=True):
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+    counts = (verdict.prompt_tokens, verdict.completion_tokens)
+    for field, count in zip(("prompt_tokens", "completion_tokens"), counts, strict=True):
+        if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 0:
             return bad(f"{field} that is not a count:", count)
+    tokens = (int(counts[0]), int(counts[1]))  # a numpy integer is a count too
     if cost is not None:
         if isinstance(cost, bool) or not isinstance(cost, numbers.Real):
             return bad("cost_usd that is not a number:", cost)

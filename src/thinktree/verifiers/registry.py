@@ -99,8 +99,15 @@ def check_verifiers(specs: tuple[str, ...] | list[str]) -> None:
     for spec in specs:
         name, arg = split_spec(spec)
         check: Callable[[str | None], None] | None = getattr(_factory(name), "check", None)
-        if check is not None:
+        if check is None:
+            continue
+        try:
             check(arg)
+        except ThinktreeError:
+            raise
+        except Exception as exc:  # a plugin's check that raises is the user's to fix
+            detail = " ".join(str(exc).split()) or type(exc).__name__
+            raise ConfigError(f"verifier '{spec}' refused its argument: {detail}") from None
 
 
 def build_verifiers(
