@@ -45,6 +45,15 @@ def _verdicts(kind: str, n: int) -> Any:
             Verdict(score=np.float32(i), prompt_tokens=np.int64(3), completion_tokens=np.int32(0))
             for i in range(n)
         ]
+    if kind == "spends":  # tokens on a model it names, at no cost it knows
+        return [
+            Verdict(score=float(i), prompt_tokens=100, completion_tokens=10, model="judge-x")
+            for i in range(n)
+        ]
+    if kind == "spends-unnamed":  # tokens, but no model named: its models() says
+        return [Verdict(score=float(i), prompt_tokens=100, completion_tokens=10) for i in range(n)]
+    if kind == "model-int":
+        return [Verdict(score=0.5, model=7) for _ in range(n)]  # type: ignore[arg-type]
     if kind == "negative":  # the first candidate fails, the others score below zero
         return [Verdict.failed("cannot tell") if i == 0 else Verdict(score=-1.0) for i in range(n)]
     if kind == "negative-scored-error":  # as "negative", the failure carrying a top score
@@ -75,7 +84,17 @@ class _Models(Misbehaving):
     def models(self) -> Any:
         if self.kind == "raise":
             raise RuntimeError("no model\n  configured")
-        return {"str": "judge-model", "none": None, "ints": [1, 2]}[self.kind]
+        return {
+            "str": "judge-model",
+            "none": None,
+            "ints": [1, 2],
+            "one": ["judge-y"],
+            "two": ["judge-y", "judge-z"],
+        }[self.kind]
+
+    async def verify(self, problem: Problem, candidates: Sequence[CandidateView]) -> list[Verdict]:
+        found: list[Verdict] = _verdicts("spends-unnamed", len(candidates))
+        return found
 
 
 class _Hanging(Misbehaving):

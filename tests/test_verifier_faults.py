@@ -22,6 +22,7 @@ from thinktree.errors import ConfigError
 from thinktree.orchestrator.events import NodeKind, NodeStatus
 from thinktree.orchestrator.run import RunResult, RunSettings, execute
 from thinktree.orchestrator.store import StoreReader
+from thinktree.pricing import Price
 from thinktree.problems import AnswerType, Problem
 from thinktree.testing.fake_server import FakeBehaviour, FakeServer
 
@@ -39,7 +40,10 @@ def _reply(body: dict[str, Any], index: int) -> str:
 
 
 async def _run(
-    tmp_path: Path, verifiers: tuple[str, ...], aggregate: str | None = None
+    tmp_path: Path,
+    verifiers: tuple[str, ...],
+    aggregate: str | None = None,
+    prices: dict[str, Price] | None = None,
 ) -> RunResult:
     async with FakeServer(FakeBehaviour(reply=_reply)) as server:
         endpoint = EndpointConfig(name="fake", base_url=server.base_url, model="fake-model")
@@ -48,6 +52,7 @@ async def _run(
             verifiers=verifiers,
             aggregate=aggregate,
             out=tmp_path / "run",
+            prices=prices or {},
         )
         return await execute([PROBLEM], endpoint, settings)
 
@@ -77,6 +82,7 @@ BAD_VERDICTS = {
     "scored-error": "judge timed out; score is a guess",  # an error fails it, score or not
     "multiline-error": "judge said: no answer in time",  # one line, as every error
     "none": "verifier misbehave:none returned None, not a list of verdicts",
+    "model-int": "gave a model that is not a name: 7 (int)",
     "not-async": "verifier misbehave:not-async returned a list, not an awaitable: "
     "define its verify with async def",
 }
@@ -216,6 +222,37 @@ async def test_a_bad_timeout_is_one_line_before_the_run_folder(
     )
     assert str(caught.value) == why
     assert not (tmp_path / "run").exists()
+
+
+PRICE = Price(prompt_per_m=1.0, completion_per_m=2.0)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("kind", "model"),
+    [("spends", "judge-x"), ("models-one", "judge-y"), ("models-two", None), ("ok", None)],
+)
+async def test_a_verdict_records_its_model_and_is_priced_at_it(
+    tmp_path: Path, kind: str, model: str | None
+) -> None:
+    # a plugin without models() names the model of its verdicts, or its models() names
+    # the one model they are all priced at; the run prices them and keeps that price
+    prices = {"fake-model": PRICE, "judge-x": PRICE, "judge-y": PRICE, "judge-z": PRICE}
+    result = await _run(tmp_path, (f"misbehave:{kind}",), "best-of-n", prices)
+    with StoreReader.open(result.folder / "run.sqlite") as store:
+        verdicts = store.verdicts()
+    assert [v["model"] for v in verdicts] == [model] * 4
+    spent = kind != "ok"
+    each = PRICE.cost(100, 10) if model is not None else None
+    assert [v["cost_usd"] for v in verdicts] == [each if spent else None] * 4
+    m = result.metrics.verifier
+    assert m is not None
+    assert m.cost_usd == (None if each is None else pytest.approx(4 * each))
+    manifest = json.loads((result.folder / "run.json").read_text())
+    recorded = {"fake-model", *([model] if model else []), *(["judge-z"] if "two" in kind else [])}
+    if kind == "models-two":
+        recorded.add("judge-y")
+    assert set(manifest["prices"]) == recorded
 
 
 @pytest.mark.anyio

@@ -321,7 +321,7 @@ class PointwiseJudge:
             )
         except (EndpointError, RunLimitReached) as exc:
             return Verdict.failed(f"{JUDGE_CALL_FAILED}{exc}")
-        spent = {"prompt_tokens": prompt, "completion_tokens": completion}
+        spent: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion}
         if not probs:
             return Verdict.failed(
                 "the judge put neither Yes nor No among its top tokens",
@@ -356,7 +356,7 @@ class PointwiseJudge:
         except (EndpointError, RunLimitReached) as exc:
             return Verdict.failed(f"{JUDGE_CALL_FAILED}{exc}")
         text = result.choices[0].text if result.choices else ""
-        spent = {
+        spent: dict[str, Any] = {
             "prompt_tokens": result.prompt_tokens,
             "completion_tokens": result.completion_tokens,
         }

@@ -14,11 +14,12 @@ the problem's pool says so: the problem was stopped by the limit.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 import numbers
 import statistics
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import anyio
 import structlog
@@ -34,6 +35,7 @@ from thinktree.orchestrator.events import (
     NodeStarted,
 )
 from thinktree.orchestrator.ledger import Budget
+from thinktree.pricing import Price
 from thinktree.problems import Problem
 from thinktree.verifiers.base import CandidateView, Spending, Verdict
 from thinktree.verifiers.registry import NamedVerifier
@@ -48,11 +50,17 @@ class VerifierPanel:
     """Runs every verifier of a run on one problem's candidates at a time."""
 
     def __init__(
-        self, verifiers: Sequence[NamedVerifier], spending: Spending | None = None
+        self,
+        verifiers: Sequence[NamedVerifier],
+        spending: Spending | None = None,
+        prices: Mapping[str, Price] | None = None,
     ) -> None:
         self.verifiers = list(verifiers)
         self.spending = spending
+        self.prices = dict(prices or {})
+        """The run's prices, which price a verdict's tokens where it gave no cost."""
         self._models: dict[str, list[str]] | None = None  # each verifier's, once prepared
+        self._seen: set[str] = set()  # the models verdicts named
 
     async def prepare(self) -> None:
         """Run every verifier's ``prepare`` (async or not) where it has one, before the run
@@ -78,10 +86,10 @@ class VerifierPanel:
 
     def models(self) -> set[str]:
         """The models the verifiers' calls are priced by, where a prepared verifier names
-        them (its ``models()``, as the built-in judges and scorers have)."""
-        if self._models is None:
-            self._models = {named.name: _models(named) for named in self.verifiers}
-        return {model for models in self._models.values() for model in models}
+        them (its ``models()``, as the built-in judges and scorers have), and those its
+        verdicts named so far."""
+        declared = {model for named in self.verifiers for model in self._declared(named)}
+        return declared | self._seen
 
     async def aclose(self) -> None:
         """Close every verifier that has ``aclose`` (async or not); a failure is logged.
@@ -172,7 +180,7 @@ class VerifierPanel:
             )
             log.warning("verifier failed", verifier=named.name, problem=problem.id, error=reason)
             found = [Verdict.failed(reason) for _ in views]
-        verdicts = [_checked(named.name, verdict) for verdict in found]
+        verdicts = [self._priced(named, _checked(named.name, verdict)) for verdict in found]
         for view, node_id, verdict in zip(views, ids, verdicts, strict=True):
             score = verdict.score
             error = verdict.error
@@ -202,9 +210,34 @@ class VerifierPanel:
                     prompt_tokens=verdict.prompt_tokens,
                     completion_tokens=verdict.completion_tokens,
                     cost_usd=verdict.cost_usd,
+                    model=verdict.model,
                 )
             )
         return verdicts
+
+    def _priced(self, named: NamedVerifier, verdict: Verdict) -> Verdict:
+        """``verdict`` with its model (the verifier's one model where it names none) and,
+        where it spent tokens at no cost it gave, their cost at that model's price."""
+        model = verdict.model
+        if model is None:
+            models = self._declared(named)
+            model = models[0] if len(models) == 1 else None
+        cost = verdict.cost_usd
+        price = self.prices.get(model) if model is not None else None
+        if (
+            cost is None
+            and price is not None
+            and (verdict.prompt_tokens or verdict.completion_tokens)
+        ):
+            cost = price.cost(verdict.prompt_tokens, verdict.completion_tokens)
+        if model is not None:
+            self._seen.add(model)
+        return dataclasses.replace(verdict, model=model, cost_usd=cost)
+
+    def _declared(self, named: NamedVerifier) -> list[str]:
+        if self._models is None:
+            self._models = {n.name: _models(n) for n in self.verifiers}
+        return self._models[named.name]
 
 
 async def _verify(
@@ -313,18 +346,23 @@ def _checked(name: str, verdict: object) -> Verdict:
         if not math.isfinite(cost) or cost < 0:
             return bad("cost_usd that is not a finite amount:", cost)
 
-    def failed(reason: str) -> Verdict:  # what was spent still counts
+    def failed(reason: str, model: str | None = None) -> Verdict:  # what was spent counts
         return Verdict.failed(
-            reason, prompt_tokens=tokens[0], completion_tokens=tokens[1], cost_usd=cost
+            reason, prompt_tokens=tokens[0], completion_tokens=tokens[1], cost_usd=cost, model=model
         )
 
+    model = verdict.model
+    if model is not None and (not isinstance(model, str) or not model.strip()):
+        return failed(
+            f"verifier {name} gave a model that is not a name: {model!r} ({type(model).__name__})"
+        )
     if not isinstance(verdict.rationale, str):
         return failed(f"verifier {name} gave a rationale that is not text")
     if verdict.error is not None and not isinstance(verdict.error, str):
         return failed(f"verifier {name} gave an error that is not text")
     error = " ".join((verdict.error or "").split())  # one line, as every error
     if score is None or error:  # failed by the verifier itself, whatever it scored
-        return failed(error or "no score")
+        return failed(error or "no score", model)
     return Verdict(
         score=score,
         rationale=verdict.rationale,
@@ -332,4 +370,5 @@ def _checked(name: str, verdict: object) -> Verdict:
         prompt_tokens=tokens[0],
         completion_tokens=tokens[1],
         cost_usd=cost,
+        model=model,
     )
