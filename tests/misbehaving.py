@@ -30,6 +30,9 @@ def _verdicts(kind: str, n: int) -> Any:
         "tokens": Verdict(score=0.5, prompt_tokens="ten"),  # type: ignore[arg-type]
         "rationale": Verdict(score=0.5, rationale=None),  # type: ignore[arg-type]
         "cost": Verdict(score=0.5, cost_usd=float("nan")),
+        "huge-score": Verdict(score=1e308),  # finite, but sums of such overflow
+        "huge-cost": Verdict(score=0.5, cost_usd=1e308),
+        "huge-tokens": Verdict(score=0.5, prompt_tokens=10**20),  # no store holds it
         "failed": Verdict.failed("cannot tell"),
         "scored-error": Verdict(score=0.9, error="judge timed out; score is a guess"),
         "multiline-error": Verdict.failed("judge said:\n  no answer\n\tin time"),

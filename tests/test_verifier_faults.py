@@ -77,6 +77,9 @@ BAD_VERDICTS = {
     "tokens": "gave prompt_tokens that is not a count: 'ten' (str)",
     "rationale": "gave a rationale that is not text",
     "cost": "gave cost_usd that is not a finite amount: nan (float)",
+    "huge-score": "gave a score too large to add up (1e+308); scale scores to about [0, 1]",
+    "huge-cost": "gave cost_usd that is not a finite amount: 1e+308 (float)",
+    "huge-tokens": "gave prompt_tokens 100000000000000000000, more than any call spends",
     "raise": "failed: boom from a verifier",
     "failed": "cannot tell",
     "scored-error": "judge timed out; score is a guess",  # an error fails it, score or not

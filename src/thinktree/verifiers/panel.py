@@ -44,6 +44,10 @@ log = structlog.get_logger(__name__)
 
 VERIFY_TIMEOUT_S = 600.0
 """How long one ``verify`` call of a verifier that sets no ``timeout_s`` may take."""
+LARGEST = 1e300
+"""The largest score or cost a verdict may give: the sums of a run's stay finite."""
+MOST_TOKENS = 10**12
+"""The most tokens a verdict may say it spent: the sums of a run's fit its store."""
 
 
 class VerifierPanel:
@@ -334,16 +338,25 @@ def _checked(name: str, verdict: object) -> Verdict:
         score = float(score)
         if not math.isfinite(score):
             return Verdict.failed(f"verifier {name} gave a non-finite score ({score})")
+        if abs(score) > LARGEST:
+            return Verdict.failed(
+                f"verifier {name} gave a score too large to add up ({score:g}); "
+                "scale scores to about [0, 1]"
+            )
     counts = (verdict.prompt_tokens, verdict.completion_tokens)
     for field, count in zip(("prompt_tokens", "completion_tokens"), counts, strict=True):
         if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 0:
             return bad(f"{field} that is not a count:", count)
+        if count > MOST_TOKENS:
+            return Verdict.failed(
+                f"verifier {name} gave {field} {count}, more than any call spends"
+            )
     tokens = (int(counts[0]), int(counts[1]))  # a numpy integer is a count too
     if cost is not None:
         if isinstance(cost, bool) or not isinstance(cost, numbers.Real):
             return bad("cost_usd that is not a number:", cost)
         cost = float(cost)
-        if not math.isfinite(cost) or cost < 0:
+        if not math.isfinite(cost) or not 0 <= cost <= LARGEST:
             return bad("cost_usd that is not a finite amount:", cost)
 
     def failed(reason: str, model: str | None = None) -> Verdict:  # what was spent counts
