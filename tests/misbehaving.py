@@ -115,7 +115,27 @@ class _Hanging(Misbehaving):
         return []
 
 
+class _Reversing(Misbehaving):
+    """Reverses the candidates it is given in place (to read them last first)."""
+
+    async def verify(self, problem: Problem, candidates: Sequence[CandidateView]) -> list[Verdict]:
+        assert isinstance(candidates, list)
+        candidates.reverse()
+        return [Verdict(score=0.5) for _ in candidates]
+
+
+class _PrefersA(Misbehaving):
+    """Scores the candidates that answer A 1, the others 0."""
+
+    async def verify(self, problem: Problem, candidates: Sequence[CandidateView]) -> list[Verdict]:
+        return [Verdict(score=1.0 if c.answer == "A" else 0.0) for c in candidates]
+
+
 def misbehave(arg: str | None, setup: VerifierSetup) -> Any:
+    if arg == "reverses":
+        return _Reversing("ok")
+    if arg == "prefers-a":
+        return _PrefersA("ok")
     if arg == "not-async":
         return _NotAsync()
     if arg and arg.startswith(("hang", "timeout-")):

@@ -227,6 +227,21 @@ async def test_a_bad_timeout_is_one_line_before_the_run_folder(
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.anyio
+async def test_a_verifier_that_reorders_its_candidates_leaves_the_others_theirs(
+    tmp_path: Path,
+) -> None:
+    # the first verifier reverses the list it was given; the second still gets the
+    # candidates in order, and its top score goes to the one that answers A, not to the
+    # candidate at its place in the reversed list
+    result = await _run(tmp_path, ("misbehave:reverses", "misbehave:prefers-a"), "best-of-n")
+    tree = result.trees[0]
+    assert tree.vote is not None and tree.vote.winner_node == "q1/b1/think"
+    assert tree.answer == "A"
+    scored = [(v.candidate_node, v.node_id) for v in tree.verdicts]
+    assert all(node_id.startswith(f"{candidate}/") for candidate, node_id in scored)
+
+
 PRICE = Price(prompt_per_m=1.0, completion_per_m=2.0)
 
 

@@ -248,7 +248,7 @@ async def _verify(
     named: NamedVerifier, problem: Problem, views: list[CandidateView]
 ) -> list[object]:
     """What ``verify`` returned, as a list; a ValueError says how it is not one."""
-    verifying = named.verifier.verify(problem, views)
+    verifying = named.verifier.verify(problem, list(views))  # its own: it may reorder it
     if not inspect.isawaitable(verifying):
         kind = type(verifying).__name__
         raise _NotVerdicts(
