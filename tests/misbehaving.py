@@ -131,7 +131,16 @@ class _PrefersA(Misbehaving):
         return [Verdict(score=1.0 if c.answer == "A" else 0.0) for c in candidates]
 
 
+class _Pick(Misbehaving):
+    """Scores the candidate at place ``kind`` 1, the others 0."""
+
+    async def verify(self, problem: Problem, candidates: Sequence[CandidateView]) -> list[Verdict]:
+        return [Verdict(score=float(i == int(self.kind))) for i in range(len(candidates))]
+
+
 def misbehave(arg: str | None, setup: VerifierSetup) -> Any:
+    if arg and arg.startswith("pick-"):
+        return _Pick(arg.removeprefix("pick-"))
     if arg == "reverses":
         return _Reversing("ok")
     if arg == "prefers-a":

@@ -242,6 +242,22 @@ async def test_a_verifier_that_reorders_its_candidates_leaves_the_others_theirs(
     assert all(node_id.startswith(f"{candidate}/") for candidate, node_id in scored)
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize("k", range(4))
+@pytest.mark.parametrize("aggregate", ["best-of-n", "verifier-weighted", "verifier-tiebreak"])
+async def test_the_candidate_a_verifier_scores_highest_wins(
+    tmp_path: Path, aggregate: str, k: int
+) -> None:
+    # candidates answer A, B, B, B; the verifier scores candidate k 1 and the others 0:
+    # k wins, except under the tiebreak rule, where the majority (B) still does
+    result = await _run(tmp_path, (f"misbehave:pick-{k}",), aggregate)
+    tree = result.trees[0]
+    assert tree.vote is not None and tree.vote.rule == aggregate
+    tiebreak_lost = aggregate == "verifier-tiebreak" and k == 0
+    assert tree.vote.winner_node == ("q1/b2/think" if tiebreak_lost else f"q1/b{k + 1}/think")
+    assert tree.answer == ("A" if k == 0 and not tiebreak_lost else "B")
+
+
 PRICE = Price(prompt_per_m=1.0, completion_per_m=2.0)
 
 
