@@ -1293,10 +1293,10 @@ class RunSummary:
         return math.fsum(total)
 
     def unpriced_models(self, prices: Mapping[str, Price] | None = None) -> list[str]:
-        """The verifier models whose tokens ``prices`` cannot price ("unknown" where a
-        verdict recorded none)."""
+        """The verifier models whose tokens ``prices`` cannot price ("not recorded" where
+        a verdict recorded none: a run from before verdicts recorded their model)."""
         return [
-            model or "unknown"
+            model or "not recorded"
             for model in self.verifier_unpriced
             if model is None or model not in (prices or {})
         ]
