@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import anyio
 import pytest
 
 from thinktree.problems import Problem
@@ -29,12 +30,33 @@ def _verdicts(kind: str, n: int) -> Any:
         "tokens": Verdict(score=0.5, prompt_tokens="ten"),  # type: ignore[arg-type]
         "rationale": Verdict(score=0.5, rationale=None),  # type: ignore[arg-type]
         "cost": Verdict(score=0.5, cost_usd=float("nan")),
+        "huge-score": Verdict(score=1e308),  # finite, but sums of such overflow
+        "huge-cost": Verdict(score=0.5, cost_usd=1e308),
+        "huge-tokens": Verdict(score=0.5, prompt_tokens=10**20),  # no store holds it
         "failed": Verdict.failed("cannot tell"),
         "scored-error": Verdict(score=0.9, error="judge timed out; score is a guess"),
         "multiline-error": Verdict.failed("judge said:\n  no answer\n\tin time"),
     }
     if kind in bad:
         return [bad[kind] for _ in range(n)]
+    if kind == "none":  # verify returned nothing at all
+        return None
+    if kind == "numpy":  # numpy numbers, as a model's outputs are: valid
+        import numpy as np
+
+        return [
+            Verdict(score=np.float32(i), prompt_tokens=np.int64(3), completion_tokens=np.int32(0))
+            for i in range(n)
+        ]
+    if kind == "spends":  # tokens on a model it names, at no cost it knows
+        return [
+            Verdict(score=float(i), prompt_tokens=100, completion_tokens=10, model="judge-x")
+            for i in range(n)
+        ]
+    if kind == "spends-unnamed":  # tokens, but no model named: its models() says
+        return [Verdict(score=float(i), prompt_tokens=100, completion_tokens=10) for i in range(n)]
+    if kind == "model-int":
+        return [Verdict(score=0.5, model=7) for _ in range(n)]  # type: ignore[arg-type]
     if kind == "negative":  # the first candidate fails, the others score below zero
         return [Verdict.failed("cannot tell") if i == 0 else Verdict(score=-1.0) for i in range(n)]
     if kind == "negative-scored-error":  # as "negative", the failure carrying a top score
@@ -52,8 +74,92 @@ class Misbehaving:
         return found
 
 
-def misbehave(arg: str | None, setup: VerifierSetup) -> Misbehaving:
+class _NotAsync:
+    """A verify written without ``async``."""
+
+    def verify(self, problem: Problem, candidates: Sequence[CandidateView]) -> list[Verdict]:
+        return [Verdict(score=0.5) for _ in candidates]
+
+
+class _Models(Misbehaving):
+    """A verifier whose ``models()`` is ``kind``: "raise", or what it returns."""
+
+    def models(self) -> Any:
+        if self.kind == "raise":
+            raise RuntimeError("no model\n  configured")
+        return {
+            "str": "judge-model",
+            "none": None,
+            "ints": [1, 2],
+            "one": ["judge-y"],
+            "two": ["judge-y", "judge-z"],
+        }[self.kind]
+
+    async def verify(self, problem: Problem, candidates: Sequence[CandidateView]) -> list[Verdict]:
+        found: list[Verdict] = _verdicts("spends-unnamed", len(candidates))
+        return found
+
+
+class _Hanging(Misbehaving):
+    """Never answers: ``hang`` within its own timeout_s, ``hang-default`` within the
+    panel's; ``timeout-KIND`` has the bad timeout_s KIND."""
+
+    @property
+    def timeout_s(self) -> Any:
+        if self.kind == "hang-default":
+            raise AttributeError("timeout_s")  # as a verifier that sets none
+        return {"hang": 0.2, "timeout-negative": -1.0, "timeout-str": "10"}[self.kind]
+
+    async def verify(self, problem: Problem, candidates: Sequence[CandidateView]) -> list[Verdict]:
+        await anyio.sleep(3600)
+        return []
+
+
+class _Reversing(Misbehaving):
+    """Reverses the candidates it is given in place (to read them last first)."""
+
+    async def verify(self, problem: Problem, candidates: Sequence[CandidateView]) -> list[Verdict]:
+        assert isinstance(candidates, list)
+        candidates.reverse()
+        return [Verdict(score=0.5) for _ in candidates]
+
+
+class _PrefersA(Misbehaving):
+    """Scores the candidates that answer A 1, the others 0."""
+
+    async def verify(self, problem: Problem, candidates: Sequence[CandidateView]) -> list[Verdict]:
+        return [Verdict(score=1.0 if c.answer == "A" else 0.0) for c in candidates]
+
+
+class _Pick(Misbehaving):
+    """Scores the candidate at place ``kind`` 1, the others 0."""
+
+    async def verify(self, problem: Problem, candidates: Sequence[CandidateView]) -> list[Verdict]:
+        return [Verdict(score=float(i == int(self.kind))) for i in range(len(candidates))]
+
+
+def misbehave(arg: str | None, setup: VerifierSetup) -> Any:
+    if arg and arg.startswith("pick-"):
+        return _Pick(arg.removeprefix("pick-"))
+    if arg == "reverses":
+        return _Reversing("ok")
+    if arg == "prefers-a":
+        return _PrefersA("ok")
+    if arg == "not-async":
+        return _NotAsync()
+    if arg and arg.startswith(("hang", "timeout-")):
+        return _Hanging(arg)
+    if arg and arg.startswith("models-"):
+        return _Models(arg.removeprefix("models-"))
     return Misbehaving(arg or "ok")
+
+
+def _check_arg(arg: str | None) -> None:
+    if arg == "check-raises":
+        raise ValueError("the check\n  exploded")
+
+
+misbehave.check = _check_arg  # type: ignore[attr-defined]
 
 
 class _RaisingClose(Misbehaving):

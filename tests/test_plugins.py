@@ -118,5 +118,9 @@ def test_a_run_uses_the_plugins_verifier_and_strategy_by_name(
                         "--out", "r3", cwd=tmp_path)  # fmt: skip
         assert bad.returncode == 2 and "shortest:SCALE must be positive" in bad.stderr
         assert not (tmp_path / "r3").exists()
+        nan = thinktree(plugin_path, "run", str(data), *common, "--verifier", "shortest:nan",
+                        "--out", "r4", cwd=tmp_path)  # fmt: skip
+        assert nan.returncode == 2 and "shortest:SCALE must be positive" in nan.stderr
+        assert not (tmp_path / "r4").exists()
         unknown = thinktree(None, "run", str(data), *common, "--mode", "quick", cwd=tmp_path)
         assert unknown.returncode == 2 and "unknown mode 'quick'" in unknown.stderr

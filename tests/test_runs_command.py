@@ -230,12 +230,24 @@ def test_runs_prices_a_judge_s_tokens_at_the_judge_model_s_price(tmp_path: Path)
     assert rows["priced"]["note"] == ""
     # the run gave no cost for its judge: neither does the list, and it says why
     assert rows["unpriced"]["cost"] == "—"
-    assert rows["unpriced"]["note"] == "no price for a verifier's model"
+    assert rows["unpriced"]["note"] == "no price for a verifier's model: judge-model"
     # each run is priced as it was made (its run.json keeps its prices), not at today's
     (tmp_path / "thinktree.toml").write_text(
         '[prices]\n"fake-model" = { prompt = 50.0, completion = 50.0 }\n'
     )
     assert _listed(tmp_path)["priced"]["cost"] == f"${reported:.4f}"
+    # a price given since for the judge's model prices the run made without one: its
+    # verdicts record their model (its solver's price is still the one it recorded)
+    (tmp_path / "thinktree.toml").write_text(
+        '[prices]\n"fake-model" = { prompt = 50.0, completion = 50.0 }\n' + judge_price
+    )
+    m = json.loads((tmp_path / "runs" / "unpriced" / "results.json").read_text())["metrics"]
+    judged = m["verifier"]
+    assert judged["cost_usd"] is None and judged["prompt_tokens"]
+    judge_cost = (judged["prompt_tokens"] * 100.0 + judged["completion_tokens"] * 200.0) / 1e6
+    rows = _listed(tmp_path)
+    assert rows["unpriced"]["cost"] == f"${m['cost_usd'] + judge_cost:.4f}"
+    assert rows["unpriced"]["note"] == ""
 
 
 def _listed(cwd: Path) -> dict[str, dict[str, str]]:

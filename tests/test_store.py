@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sqlite3
@@ -681,6 +682,26 @@ async def test_list_runs_counts_verdicts_at_their_own_cost_and_says_a_damaged_on
     solver = price.cost(solo.prompt_tokens, solo.completion_tokens)
     assert solo.cost_usd(price) == pytest.approx(solver + 0.5)
     assert solo.cost_usd(None) is None
+
+    # verdicts recorded at no price are priced by their model's price, given later
+    repriced = tmp_path / "elsewhere" / "repriced"
+    repriced.mkdir(parents=True)
+    unpriced = [
+        dataclasses.replace(v, node_id=f"{v.node_id}/{model}", cost_usd=None, model=model)
+        for v in verdicts
+        for model in ("judge-x", None)
+    ]
+    with RunStore(repriced / STORE_NAME) as store:
+        feed(store, [*events, *unpriced, finished])
+    (repriced / "run.json").write_text("{}")
+    (repriced / "results.json").write_text('{"status": "completed"}')
+    (summary,) = list_runs(repriced.parent)
+    assert summary.cost_usd(price, {"judge-x": price}) is None  # one recorded no model
+    assert summary.unpriced_models({"judge-x": price}) == ["not recorded"]
+    assert summary.unpriced_models({}) == ["judge-x", "not recorded"]
+    only_x = dataclasses.replace(summary, verifier_unpriced={"judge-x": (60, 4)})
+    assert only_x.cost_usd(price, {"judge-x": price}) == pytest.approx(solver + price.cost(60, 4))
+    assert only_x.cost_usd(price) is None
 
     conn = sqlite3.connect(folder / STORE_NAME)
     with conn:

@@ -319,3 +319,23 @@ def test_runs_without_answers_or_gold_say_so(runs: list[Path], tmp_path: Path) -
         cli("verifier", "eval", str(model), str(nogold), cwd=tmp_path),
         "no graded candidates (problems need gold answers): nothing to evaluate",
     )
+
+
+def test_a_path_of_the_wrong_kind_says_what_it_is(runs: list[Path], tmp_path: Path) -> None:
+    # a verifier file given where a run folder goes, and a run folder where the file goes
+    model = tmp_path / "v.json"
+    train_file(runs[:1], model)
+    why = f"{model} is a file, not a run folder; give the folders of finished runs"
+    with pytest.raises(ConfigError) as caught:
+        train_file([model], tmp_path / "again.json")
+    assert str(caught.value) == why
+    with pytest.raises(ConfigError) as caught:
+        evaluate(model, [model])
+    assert str(caught.value) == why
+    with pytest.raises(ConfigError) as caught:
+        load_model(runs[0])
+    assert str(caught.value) == (
+        f"{runs[0]} is a folder, not a verifier file; give the file "
+        "`thinktree verifier train --out` wrote"
+    )
+    assert not (tmp_path / "again.json").exists()

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from structlog.testing import capture_logs
 
@@ -21,6 +22,7 @@ from thinktree.errors import ConfigError
 from thinktree.orchestrator.events import NodeKind, NodeStatus
 from thinktree.orchestrator.run import RunResult, RunSettings, execute
 from thinktree.orchestrator.store import StoreReader
+from thinktree.pricing import Price
 from thinktree.problems import AnswerType, Problem
 from thinktree.testing.fake_server import FakeBehaviour, FakeServer
 
@@ -38,7 +40,10 @@ def _reply(body: dict[str, Any], index: int) -> str:
 
 
 async def _run(
-    tmp_path: Path, verifiers: tuple[str, ...], aggregate: str | None = None
+    tmp_path: Path,
+    verifiers: tuple[str, ...],
+    aggregate: str | None = None,
+    prices: dict[str, Price] | None = None,
 ) -> RunResult:
     async with FakeServer(FakeBehaviour(reply=_reply)) as server:
         endpoint = EndpointConfig(name="fake", base_url=server.base_url, model="fake-model")
@@ -47,6 +52,7 @@ async def _run(
             verifiers=verifiers,
             aggregate=aggregate,
             out=tmp_path / "run",
+            prices=prices or {},
         )
         return await execute([PROBLEM], endpoint, settings)
 
@@ -71,10 +77,17 @@ BAD_VERDICTS = {
     "tokens": "gave prompt_tokens that is not a count: 'ten' (str)",
     "rationale": "gave a rationale that is not text",
     "cost": "gave cost_usd that is not a finite amount: nan (float)",
+    "huge-score": "gave a score too large to add up (1e+308); scale scores to about [0, 1]",
+    "huge-cost": "gave cost_usd that is not a finite amount: 1e+308 (float)",
+    "huge-tokens": "gave prompt_tokens 100000000000000000000, more than any call spends",
     "raise": "failed: boom from a verifier",
     "failed": "cannot tell",
     "scored-error": "judge timed out; score is a guess",  # an error fails it, score or not
     "multiline-error": "judge said: no answer in time",  # one line, as every error
+    "none": "verifier misbehave:none returned None, not a list of verdicts",
+    "model-int": "gave a model that is not a name: 7 (int)",
+    "not-async": "verifier misbehave:not-async returned a list, not an awaitable: "
+    "define its verify with async def",
 }
 
 
@@ -133,6 +146,147 @@ async def test_a_valid_verifier_alongside_a_failing_one_still_decides(tmp_path: 
     assert tree.vote is not None and tree.vote.rule == "best-of-n"
     assert tree.answer == "B"
     assert tree.nodes["q1/b2/think"].scores == {"misbehave:negative": -1.0}
+
+
+@pytest.mark.anyio
+async def test_numpy_scores_and_counts_are_valid(tmp_path: Path) -> None:
+    # a model's outputs are numpy numbers: a float32 score and int64 token counts count
+    result = await _run(tmp_path, ("misbehave:numpy",), "best-of-n")
+    tree = result.trees[0]
+    verdicts = tree.of_kind(NodeKind.VERDICT)
+    assert [v.status for v in verdicts] == [NodeStatus.DONE] * 4, verdicts[0].error
+    assert tree.vote is not None and tree.vote.rule == "best-of-n"
+    assert tree.vote.winner_node == "q1/b4/think"  # scored 3, the highest
+    results = _results(result)
+    assert [b["score"] for b in results["problems"][0]["vote"]["ballots"]] == [0, 1, 2, 3]
+    m = result.metrics.verifier
+    assert m is not None and m.prompt_tokens == 12
+
+
+@pytest.mark.anyio
+async def test_a_check_that_raises_is_one_line_before_the_run_folder(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        await _run(tmp_path, ("misbehave:check-raises",))
+    why = "verifier 'misbehave:check-raises' refused its argument: the check exploded"
+    assert str(caught.value) == why
+    assert not (tmp_path / "run").exists()
+
+
+MODELS_ERRORS = {
+    "raise": "verifier misbehave:models-raise could not name its models: no model configured",
+    "str": "verifier misbehave:models-str gave models() 'judge-model' (str); "
+    "return a list of model names",
+    "none": "verifier misbehave:models-none gave models() None (NoneType); "
+    "return a list of model names",
+    "ints": "verifier misbehave:models-ints gave models() [1, 2] (list); "
+    "return a list of model names",
+}
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", list(MODELS_ERRORS))
+async def test_bad_models_is_one_line_before_the_run_folder(tmp_path: Path, kind: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        await _run(tmp_path, (f"misbehave:models-{kind}",))
+    assert str(caught.value) == MODELS_ERRORS[kind]
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("kind", ["hang", "hang-default"])
+async def test_a_verifier_that_hangs_fails_its_verdicts_in_time(
+    tmp_path: Path, kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from thinktree.verifiers import panel
+
+    monkeypatch.setattr(panel, "VERIFY_TIMEOUT_S", 0.2)  # the default, for "hang-default"
+    with anyio.fail_after(30):
+        result = await _run(tmp_path, (f"misbehave:{kind}",), "best-of-n")
+    tree = result.trees[0]
+    verdicts = tree.of_kind(NodeKind.VERDICT)
+    why = (
+        f"verifier misbehave:{kind} took longer than 0.2 s on 4 candidates; "
+        "give it a longer timeout_s (None: no limit)"
+    )
+    assert [v.error for v in verdicts] == [why] * 4
+    assert tree.vote is not None and tree.vote.rule == "majority" and tree.answer == "B"
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("kind", "shown"), [("negative", "-1.0"), ("str", "'10'")])
+async def test_a_bad_timeout_is_one_line_before_the_run_folder(
+    tmp_path: Path, kind: str, shown: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        await _run(tmp_path, (f"misbehave:timeout-{kind}",))
+    why = (
+        f"verifier misbehave:timeout-{kind} has timeout_s {shown}; give seconds above 0, "
+        "or None for no limit"
+    )
+    assert str(caught.value) == why
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.anyio
+async def test_a_verifier_that_reorders_its_candidates_leaves_the_others_theirs(
+    tmp_path: Path,
+) -> None:
+    # the first verifier reverses the list it was given; the second still gets the
+    # candidates in order, and its top score goes to the one that answers A, not to the
+    # candidate at its place in the reversed list
+    result = await _run(tmp_path, ("misbehave:reverses", "misbehave:prefers-a"), "best-of-n")
+    tree = result.trees[0]
+    assert tree.vote is not None and tree.vote.winner_node == "q1/b1/think"
+    assert tree.answer == "A"
+    scored = [(v.candidate_node, v.node_id) for v in tree.verdicts]
+    assert all(node_id.startswith(f"{candidate}/") for candidate, node_id in scored)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("k", range(4))
+@pytest.mark.parametrize("aggregate", ["best-of-n", "verifier-weighted", "verifier-tiebreak"])
+async def test_the_candidate_a_verifier_scores_highest_wins(
+    tmp_path: Path, aggregate: str, k: int
+) -> None:
+    # candidates answer A, B, B, B; the verifier scores candidate k 1 and the others 0:
+    # k wins, except under the tiebreak rule, where the majority (B) still does
+    result = await _run(tmp_path, (f"misbehave:pick-{k}",), aggregate)
+    tree = result.trees[0]
+    assert tree.vote is not None and tree.vote.rule == aggregate
+    tiebreak_lost = aggregate == "verifier-tiebreak" and k == 0
+    assert tree.vote.winner_node == ("q1/b2/think" if tiebreak_lost else f"q1/b{k + 1}/think")
+    assert tree.answer == ("A" if k == 0 and not tiebreak_lost else "B")
+
+
+PRICE = Price(prompt_per_m=1.0, completion_per_m=2.0)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("kind", "model"),
+    [("spends", "judge-x"), ("models-one", "judge-y"), ("models-two", None), ("ok", None)],
+)
+async def test_a_verdict_records_its_model_and_is_priced_at_it(
+    tmp_path: Path, kind: str, model: str | None
+) -> None:
+    # a plugin without models() names the model of its verdicts, or its models() names
+    # the one model they are all priced at; the run prices them and keeps that price
+    prices = {"fake-model": PRICE, "judge-x": PRICE, "judge-y": PRICE, "judge-z": PRICE}
+    result = await _run(tmp_path, (f"misbehave:{kind}",), "best-of-n", prices)
+    with StoreReader.open(result.folder / "run.sqlite") as store:
+        verdicts = store.verdicts()
+    assert [v["model"] for v in verdicts] == [model] * 4
+    spent = kind != "ok"
+    each = PRICE.cost(100, 10) if model is not None else None
+    assert [v["cost_usd"] for v in verdicts] == [each if spent else None] * 4
+    m = result.metrics.verifier
+    assert m is not None
+    assert m.cost_usd == (None if each is None else pytest.approx(4 * each))
+    manifest = json.loads((result.folder / "run.json").read_text())
+    recorded = {"fake-model", *([model] if model else []), *(["judge-z"] if "two" in kind else [])}
+    if kind == "models-two":
+        recorded.add("judge-y")
+    assert set(manifest["prices"]) == recorded
 
 
 @pytest.mark.anyio

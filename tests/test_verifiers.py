@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from thinktree.agents.aggregators import Vote, verifier_tiebreak
 from thinktree.agents.endpoint import EndpointConfig
@@ -818,3 +819,53 @@ async def test_a_run_records_its_judges_price_and_a_resume_at_another_is_refused
     assert first.metrics.verifier.cost_usd is not None and first.metrics.cost_usd is not None
     assert again.metrics.verifier.cost_usd == first.metrics.verifier.cost_usd
     assert again.metrics.cost_usd == first.metrics.cost_usd
+
+
+def _installed(monkeypatch: pytest.MonkeyPatch, *points: tuple[str, str]) -> None:
+    """Entry points of the verifier group as installed plugins would register them."""
+    from importlib.metadata import EntryPoint
+
+    from thinktree.verifiers import registry
+
+    found = [EntryPoint(name, value, registry.VERIFIER_GROUP) for name, value in points]
+    monkeypatch.setattr(
+        registry, "entry_points", lambda group: [p for p in found if p.group == group]
+    )
+
+
+def test_a_name_two_plugins_register_is_one_line_naming_both(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # one of them would have won silently, whichever was installed last
+    _installed(
+        monkeypatch,
+        ("mine", "tests_a:make"),
+        ("mine", "tests_b:make"),
+        ("mine", "tests_a:make"),  # the same one, found twice on the path: no conflict
+        ("other", "tests_c:make"),
+    )
+    with pytest.raises(ConfigError) as caught:
+        check_verifiers(["mine"])
+    assert str(caught.value) == (
+        "verifier 'mine' is registered by 2 plugins (tests_a:make, tests_b:make); "
+        "uninstall one or rename its entry point"
+    )
+    assert verifier_names() == [*BUILTIN_VERIFIERS, "mine", "other"]
+
+
+def test_a_plugin_named_as_a_built_in_is_said_to_be_hidden(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # --verifier reward runs the built-in: the plugin's author is told, not left guessing
+    _installed(monkeypatch, ("reward", "my_rm:make"))
+    with capture_logs() as logs:
+        check_verifiers(["reward:http://127.0.0.1:9/v1"])
+    hidden = [e for e in logs if e["event"].startswith("a plugin's verifier is hidden")]
+    assert hidden and hidden[0]["plugin"] == "my_rm:make" and hidden[0]["verifier"] == "reward"
+    from typer.testing import CliRunner
+
+    from thinktree.cli import app
+
+    listed = CliRunner().invoke(app, ["verifier", "list"])
+    assert listed.exit_code == 0, listed.output
+    assert "reward           plugin my_rm:make, hidden by the built-in" in listed.output

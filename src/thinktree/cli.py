@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from thinktree.agents.endpoint import EndpointConfig
     from thinktree.orchestrator.run import ResumeState, RunResult, RunSettings
     from thinktree.orchestrator.store import RunSummary
+    from thinktree.pricing import Price
     from thinktree.problems import Problem
 
 
@@ -816,7 +817,9 @@ def runs(
         colour = colours.get(run.status, "red")
         # the price the run was made at (its run.json keeps it), else today's config's
         model = run.model or ""
-        price = recorded_prices(run.folder).get(model) or prices.get(model)
+        recorded = recorded_prices(run.folder)
+        price = recorded.get(model) or prices.get(model)
+        known = {**prices, **recorded}  # its verifiers' models' prices, found the same way
         table.add_row(
             printable(run.folder.name),
             f"[{colour}]{printable(run.status)}[/]",
@@ -826,8 +829,8 @@ def runs(
             f"{run.problems_done}/{run.problems_total}",
             str(run.problems_correct),
             str(run.tokens),
-            _cost(run.cost_usd(price)),
-            printable(_run_note(run, priced=price is not None)),
+            _cost(run.cost_usd(price, known)),
+            printable(_run_note(run, priced=price is not None, prices=known)),
         )
     out.print(table)
 
@@ -838,15 +841,17 @@ def _cannot(exc: OSError, path: Path) -> str:
     return f"{where}: {(exc.strerror or str(exc)).lower()}"
 
 
-def _run_note(run: RunSummary, *, priced: bool) -> str:
+def _run_note(run: RunSummary, *, priced: bool, prices: dict[str, Price]) -> str:
     """Why a run is unreadable or damaged, what of it failed, and why a priced model's
-    run has no cost."""
+    run has no cost (which of its verifiers' models ``prices`` has no price for)."""
     failed = []
     if run.problems_failed:
         failed.append(f"{run.problems_failed} problem(s) failed")
     if run.calls_failed:
         failed.append(f"{run.calls_failed} model call(s) failed")
-    unpriced = "no price for a verifier's model" if priced and run.verifier_cost_usd is None else ""
+    unpriced = ""
+    if priced and run.verifier_cost(prices) is None:
+        unpriced = f"no price for a verifier's model: {', '.join(run.unpriced_models(prices))}"
     return "; ".join(part for part in (run.error, ", ".join(failed), unpriced) if part)
 
 

@@ -299,6 +299,8 @@ class CandidateScored(Event):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float | None = None
+    model: str | None = None
+    """The model its tokens were spent on (None: not known), which prices them later."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -416,6 +416,8 @@ async def _execute(
                 if panel is not None:
                     with anyio.CancelScope(shield=True):
                         await panel.aclose()
+            if panel is not None:  # the models its verdicts named, priced: kept with the run
+                save_prices(folder, used_prices(settings, model, panel.models()))
             if store.error:
                 log.warning("run store incomplete", error=store.error)
 

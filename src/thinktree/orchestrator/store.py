@@ -34,7 +34,7 @@ import types
 import typing
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -1190,10 +1190,17 @@ class StoreReader:
         # the verifiers' tokens and cost as the run's metrics count them: from every verdict
         # (a failed one's node holds none), each priced at its own model's price
         try:
-            verdicts = [_spent(v) for v in self.verdicts()]
+            found = self.verdicts()
+            verdicts = [_spent(v) for v in found]
+            models = [_model(v) for v in found]
         except (ValueError, TypeError, AttributeError):
             raise StoreError(f"{self.path} is a damaged run store: a verdict is damaged") from None
         unpriced = any(cost is None and (p or c) for p, c, cost in verdicts)
+        at_no_price: dict[str | None, tuple[int, int]] = {}  # by model, to price them later
+        for (p, c, cost), model in zip(verdicts, models, strict=True):
+            if cost is None and (p or c):
+                was = at_no_price.get(model, (0, 0))
+                at_no_price[model] = (was[0] + p, was[1] + c)
         return RunSummary(
             run_id=row["run_id"] or self.path.parent.name,
             folder=self.path.parent,
@@ -1216,7 +1223,17 @@ class StoreReader:
             verifier_cost_usd=None
             if unpriced
             else math.fsum(cost for _, _, cost in verdicts if cost is not None),
+            verifier_priced_usd=math.fsum(cost for _, _, cost in verdicts if cost is not None),
+            verifier_unpriced=at_no_price,
         )
+
+
+def _model(verdict: dict[str, Any]) -> str | None:
+    """The model a verdict's tokens were spent on (None: not recorded)."""
+    model = verdict.get("model")
+    if model is not None and not isinstance(model, str):
+        raise TypeError("a verdict's model is not a name")
+    return model
 
 
 def _spent(verdict: dict[str, Any]) -> tuple[int, int, float | None]:
@@ -1257,6 +1274,32 @@ class RunSummary:
     verifier_prompt_tokens: int = 0
     verifier_completion_tokens: int = 0
     verifier_cost_usd: float | None = 0.0  # None: a verdict spent tokens at no known price
+    verifier_priced_usd: float = 0.0  # what the verdicts recorded a cost for cost
+    verifier_unpriced: dict[str | None, tuple[int, int]] = field(default_factory=dict)
+    """Prompt and completion tokens of the verdicts recorded at no price, by their model
+    (None: not recorded), for :meth:`verifier_cost` to price."""
+
+    def verifier_cost(self, prices: Mapping[str, Price] | None = None) -> float | None:
+        """What the verifiers cost: as recorded, else with the tokens recorded at no price
+        priced at their model's price in ``prices``; None where one has none."""
+        if self.verifier_cost_usd is not None:
+            return self.verifier_cost_usd
+        total = [self.verifier_priced_usd]
+        for model, (p, c) in self.verifier_unpriced.items():
+            price = (prices or {}).get(model) if model is not None else None
+            if price is None:
+                return None
+            total.append(price.cost(p, c))
+        return math.fsum(total)
+
+    def unpriced_models(self, prices: Mapping[str, Price] | None = None) -> list[str]:
+        """The verifier models whose tokens ``prices`` cannot price ("not recorded" where
+        a verdict recorded none: a run from before verdicts recorded their model)."""
+        return [
+            model or "not recorded"
+            for model in self.verifier_unpriced
+            if model is None or model not in (prices or {})
+        ]
 
     @property
     def tokens(self) -> int:
@@ -1268,12 +1311,16 @@ class RunSummary:
             + self.verifier_completion_tokens
         )
 
-    def cost_usd(self, price: Price | None) -> float | None:
+    def cost_usd(
+        self, price: Price | None, prices: Mapping[str, Price] | None = None
+    ) -> float | None:
         """What the run cost, its solver's tokens at ``price`` (its model's) and its
-        verifiers' at their own models' prices; None where either price is unknown."""
-        if price is None or self.verifier_cost_usd is None:
+        verifiers' at their own models' prices (:meth:`verifier_cost`); None where either
+        price is unknown."""
+        verifiers = self.verifier_cost(prices)
+        if price is None or verifiers is None:
             return None
-        return price.cost(self.prompt_tokens, self.completion_tokens) + self.verifier_cost_usd
+        return price.cost(self.prompt_tokens, self.completion_tokens) + verifiers
 
 
 # A run folder's other files, as orchestrator.run names them (it imports this module).

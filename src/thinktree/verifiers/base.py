@@ -1,8 +1,9 @@
 """The verifier protocol: given a problem and its candidates, a verdict per candidate.
 
 A verifier is any object with ``async verify(problem, candidates) -> list[Verdict]``
-(and optionally ``async aclose()``, and ``models()``: the models its calls are priced by,
-whose prices its run records). Scores are floats where higher means more likely
+(and optionally ``async aclose()``, ``models()``: the models its calls are priced by,
+whose prices its run records, and ``timeout_s``: how long one ``verify`` may take, None
+for no limit). Scores are floats where higher means more likely
 right, by convention in [0, 1]; a verdict that could not be reached has ``score=None``
 and says why in ``error``: the run goes on without it. A verdict with an error has
 failed, whatever its score. Verifiers never see the gold.
@@ -44,7 +45,8 @@ class CandidateView:
 @dataclass(slots=True)
 class Verdict:
     """One candidate's score, rationale and cost; failed (not scored) where ``score`` is
-    None or ``error`` gives a reason."""
+    None or ``error`` gives a reason. ``model``: the model its tokens were spent on, which
+    prices them (None: the one its verifier's ``models()`` names, where it names one)."""
 
     score: float | None
     rationale: str = ""
@@ -52,6 +54,7 @@ class Verdict:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float | None = None
+    model: str | None = None
 
     @classmethod
     def failed(
@@ -61,6 +64,7 @@ class Verdict:
         prompt_tokens: int = 0,
         completion_tokens: int = 0,
         cost_usd: float | None = None,
+        model: str | None = None,
     ) -> Verdict:
         """No score, with the reason; what reaching it spent still counts."""
         return cls(
@@ -69,6 +73,7 @@ class Verdict:
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             cost_usd=cost_usd,
+            model=model,
         )
 
 

@@ -29,15 +29,23 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
 def list_verifiers() -> None:
     """The verifier names --verifier accepts: the built-ins and installed plugins."""
     from thinktree.errors import ThinktreeError
-    from thinktree.verifiers.registry import BUILTIN_VERIFIERS, strategy_names, verifier_names
+    from thinktree.verifiers.registry import (
+        BUILTIN_VERIFIERS,
+        hidden_plugins,
+        strategy_names,
+        verifier_names,
+    )
 
     try:
         names = verifier_names()
         strategies = strategy_names()
+        hidden = hidden_plugins()
     except ThinktreeError as exc:
         raise _fail(str(exc)) from None
     for name in names:
         typer.echo(f"{name:16} {'built-in' if name in BUILTIN_VERIFIERS else 'plugin'}")
+    for name, target in hidden.items():
+        typer.echo(f"{name:16} plugin {target}, hidden by the built-in: rename its entry point")
     for name in strategies:
         typer.echo(f"{name:16} strategy plugin (--mode {name})")
 

@@ -276,6 +276,8 @@ async def token_probs(
 class PointwiseJudge:
     """Asks the judge of each candidate on its own: is its final answer correct?"""
 
+    timeout_s = None  # its calls have their endpoint's timeouts, and wait on the run's limits
+
     def __init__(self, arg: str | None, setup: VerifierSetup) -> None:
         self.judge = JudgeEndpoint(arg, setup)
 
@@ -319,7 +321,7 @@ class PointwiseJudge:
             )
         except (EndpointError, RunLimitReached) as exc:
             return Verdict.failed(f"{JUDGE_CALL_FAILED}{exc}")
-        spent = {"prompt_tokens": prompt, "completion_tokens": completion}
+        spent: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion}
         if not probs:
             return Verdict.failed(
                 "the judge put neither Yes nor No among its top tokens",
@@ -354,7 +356,7 @@ class PointwiseJudge:
         except (EndpointError, RunLimitReached) as exc:
             return Verdict.failed(f"{JUDGE_CALL_FAILED}{exc}")
         text = result.choices[0].text if result.choices else ""
-        spent = {
+        spent: dict[str, Any] = {
             "prompt_tokens": result.prompt_tokens,
             "completion_tokens": result.completion_tokens,
         }

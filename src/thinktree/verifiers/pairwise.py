@@ -103,6 +103,8 @@ class MatchFailed(Exception):
 
 
 class PairwiseJudge:
+    timeout_s = None  # its calls have their endpoint's timeouts, and wait on the run's limits
+
     def __init__(self, arg: str | None, setup: VerifierSetup) -> None:
         self.judge = JudgeEndpoint(arg, setup)
 

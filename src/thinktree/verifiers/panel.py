@@ -14,11 +14,12 @@ the problem's pool says so: the problem was stopped by the limit.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 import numbers
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import anyio
 import structlog
@@ -34,20 +35,36 @@ from thinktree.orchestrator.events import (
     NodeStarted,
 )
 from thinktree.orchestrator.ledger import Budget
+from thinktree.pricing import Price
+from thinktree.problems import Problem
 from thinktree.verifiers.base import CandidateView, Spending, Verdict
 from thinktree.verifiers.registry import NamedVerifier
 
 log = structlog.get_logger(__name__)
+
+VERIFY_TIMEOUT_S = 600.0
+"""How long one ``verify`` call of a verifier that sets no ``timeout_s`` may take."""
+LARGEST = 1e300
+"""The largest score or cost a verdict may give: the sums of a run's stay finite."""
+MOST_TOKENS = 10**12
+"""The most tokens a verdict may say it spent: the sums of a run's fit its store."""
 
 
 class VerifierPanel:
     """Runs every verifier of a run on one problem's candidates at a time."""
 
     def __init__(
-        self, verifiers: Sequence[NamedVerifier], spending: Spending | None = None
+        self,
+        verifiers: Sequence[NamedVerifier],
+        spending: Spending | None = None,
+        prices: Mapping[str, Price] | None = None,
     ) -> None:
         self.verifiers = list(verifiers)
         self.spending = spending
+        self.prices = dict(prices or {})
+        """The run's prices, which price a verdict's tokens where it gave no cost."""
+        self._models: dict[str, list[str]] | None = None  # each verifier's, once prepared
+        self._seen: set[str] = set()  # the models verdicts named
 
     async def prepare(self) -> None:
         """Run every verifier's ``prepare`` (async or not) where it has one, before the run
@@ -55,6 +72,7 @@ class VerifierPanel:
         probe comes before the run's limits and a failing one stops the run before its
         folder exists. An error there is a one-line :class:`ConfigError`."""
         for named in self.verifiers:
+            _check_timeout(named)
             prepare = getattr(named.verifier, "prepare", None)
             if prepare is None:
                 continue
@@ -68,16 +86,14 @@ class VerifierPanel:
                 detail = " ".join(str(exc).split()) or type(exc).__name__
                 reason = f"verifier {named.name} could not be prepared: {detail}"
                 raise ConfigError(reason) from None
+        self._models = {named.name: _models(named) for named in self.verifiers}
 
     def models(self) -> set[str]:
         """The models the verifiers' calls are priced by, where a prepared verifier names
-        them (its ``models()``, as the built-in judges and scorers have)."""
-        found: set[str] = set()
-        for named in self.verifiers:
-            models = getattr(named.verifier, "models", None)
-            if callable(models):
-                found.update(str(model) for model in models())
-        return found
+        them (its ``models()``, as the built-in judges and scorers have), and those its
+        verdicts named so far."""
+        declared = {model for named in self.verifiers for model in self._declared(named)}
+        return declared | self._seen
 
     async def aclose(self) -> None:
         """Close every verifier that has ``aclose`` (async or not); a failure is logged.
@@ -143,20 +159,32 @@ class VerifierPanel:
                 )
             )
         try:
-            verdicts = list(await named.verifier.verify(problem, views))
-            if len(verdicts) != len(views):
-                raise ValueError(f"returned {len(verdicts)} verdicts for {len(views)} candidates")
+            with anyio.fail_after(_timeout(named)):
+                found = await _verify(named, problem, views)
+            if len(found) != len(views):
+                raise ValueError(f"returned {len(found)} verdicts for {len(views)} candidates")
         except (anyio.get_cancelled_exc_class(), RunStopping):  # the run stops: so does this
             with anyio.CancelScope(shield=True):
                 for node_id in ids:
                     await bus.emit(NodeFailed(node_id=node_id, error="cancelled: the run stopped"))
             raise
+        except TimeoutError:
+            reason = (
+                f"verifier {named.name} took longer than {_timeout(named):g} s on "
+                f"{len(views)} candidates; give it a longer timeout_s (None: no limit)"
+            )
+            log.warning("verifier failed", verifier=named.name, problem=problem.id, error=reason)
+            found = [Verdict.failed(reason) for _ in views]
         except Exception as exc:  # a verifier's failure fails its verdicts, not the run
             detail = " ".join(str(exc).split()) or type(exc).__name__
-            reason = f"verifier {named.name} failed: {detail}"
+            reason = (
+                detail
+                if isinstance(exc, _NotVerdicts)
+                else f"verifier {named.name} failed: {detail}"
+            )
             log.warning("verifier failed", verifier=named.name, problem=problem.id, error=reason)
-            verdicts = [Verdict.failed(reason) for _ in views]
-        verdicts = [_checked(named.name, verdict) for verdict in verdicts]
+            found = [Verdict.failed(reason) for _ in views]
+        verdicts = [self._priced(named, _checked(named.name, verdict)) for verdict in found]
         for view, node_id, verdict in zip(views, ids, verdicts, strict=True):
             score = verdict.score
             error = verdict.error
@@ -186,9 +214,99 @@ class VerifierPanel:
                     prompt_tokens=verdict.prompt_tokens,
                     completion_tokens=verdict.completion_tokens,
                     cost_usd=verdict.cost_usd,
+                    model=verdict.model,
                 )
             )
         return verdicts
+
+    def _priced(self, named: NamedVerifier, verdict: Verdict) -> Verdict:
+        """``verdict`` with its model (the verifier's one model where it names none) and,
+        where it spent tokens at no cost it gave, their cost at that model's price."""
+        model = verdict.model
+        if model is None:
+            models = self._declared(named)
+            model = models[0] if len(models) == 1 else None
+        cost = verdict.cost_usd
+        price = self.prices.get(model) if model is not None else None
+        if (
+            cost is None
+            and price is not None
+            and (verdict.prompt_tokens or verdict.completion_tokens)
+        ):
+            cost = price.cost(verdict.prompt_tokens, verdict.completion_tokens)
+        if model is not None:
+            self._seen.add(model)
+        return dataclasses.replace(verdict, model=model, cost_usd=cost)
+
+    def _declared(self, named: NamedVerifier) -> list[str]:
+        if self._models is None:
+            self._models = {n.name: _models(n) for n in self.verifiers}
+        return self._models[named.name]
+
+
+async def _verify(
+    named: NamedVerifier, problem: Problem, views: list[CandidateView]
+) -> list[object]:
+    """What ``verify`` returned, as a list; a ValueError says how it is not one."""
+    verifying = named.verifier.verify(problem, list(views))  # its own: it may reorder it
+    if not inspect.isawaitable(verifying):
+        kind = type(verifying).__name__
+        raise _NotVerdicts(
+            f"verifier {named.name} returned a {kind}, not an awaitable: "
+            "define its verify with async def"
+        )
+    found = await verifying
+    if found is None or isinstance(found, str | bytes) or not isinstance(found, Iterable):
+        kind = "None" if found is None else f"a {type(found).__name__}"
+        raise _NotVerdicts(f"verifier {named.name} returned {kind}, not a list of verdicts")
+    return list(found)
+
+
+def _models(named: NamedVerifier) -> list[str]:
+    """The models ``named`` says its calls are priced by (none without ``models()``); a
+    one-line ConfigError where ``models()`` raises or gives what is not a list of names."""
+    models = getattr(named.verifier, "models", None)
+    if not callable(models):
+        return []
+    try:
+        found = models()
+    except ThinktreeError:
+        raise
+    except Exception as exc:  # a plugin's bug is the user's to fix, in one line
+        detail = " ".join(str(exc).split()) or type(exc).__name__
+        raise ConfigError(f"verifier {named.name} could not name its models: {detail}") from None
+    if isinstance(found, Iterable) and not isinstance(found, str | bytes):
+        found = list(found)
+        if all(isinstance(model, str) for model in found):
+            return found
+    raise ConfigError(
+        f"verifier {named.name} gave models() {found!r} ({type(found).__name__}); "
+        "return a list of model names"
+    )
+
+
+def _check_timeout(named: NamedVerifier) -> None:
+    """A one-line ConfigError where the verifier's ``timeout_s`` is not None or seconds."""
+    timeout = _timeout(named)
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real) or not timeout > 0:
+        raise ConfigError(
+            f"verifier {named.name} has timeout_s {timeout!r}; give seconds above 0, "
+            "or None for no limit"
+        )
+
+
+def _timeout(named: NamedVerifier) -> float | None:
+    """How long one ``verify`` may take: the verifier's ``timeout_s`` where it has one
+    (None: no limit, as for the built-ins, whose model calls have their own), else
+    :data:`VERIFY_TIMEOUT_S`."""
+    found: float | None = getattr(named.verifier, "timeout_s", VERIFY_TIMEOUT_S)
+    return found
+
+
+class _NotVerdicts(ValueError):
+    """A verifier's ``verify`` broke the protocol: the message says how, whole."""
 
 
 def _view(c: Candidate) -> CandidateView:
@@ -220,29 +338,44 @@ def _checked(name: str, verdict: object) -> Verdict:
         score = float(score)
         if not math.isfinite(score):
             return Verdict.failed(f"verifier {name} gave a non-finite score ({score})")
-    tokens = (verdict.prompt_tokens, verdict.completion_tokens)
-    for field, count in zip(("prompt_tokens", "completion_tokens"), tokens, strict=True):
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+        if abs(score) > LARGEST:
+            return Verdict.failed(
+                f"verifier {name} gave a score too large to add up ({score:g}); "
+                "scale scores to about [0, 1]"
+            )
+    counts = (verdict.prompt_tokens, verdict.completion_tokens)
+    for field, count in zip(("prompt_tokens", "completion_tokens"), counts, strict=True):
+        if isinstance(count, bool) or not isinstance(count, numbers.Integral) or count < 0:
             return bad(f"{field} that is not a count:", count)
+        if count > MOST_TOKENS:
+            return Verdict.failed(
+                f"verifier {name} gave {field} {count}, more than any call spends"
+            )
+    tokens = (int(counts[0]), int(counts[1]))  # a numpy integer is a count too
     if cost is not None:
         if isinstance(cost, bool) or not isinstance(cost, numbers.Real):
             return bad("cost_usd that is not a number:", cost)
         cost = float(cost)
-        if not math.isfinite(cost) or cost < 0:
+        if not math.isfinite(cost) or not 0 <= cost <= LARGEST:
             return bad("cost_usd that is not a finite amount:", cost)
 
-    def failed(reason: str) -> Verdict:  # what was spent still counts
+    def failed(reason: str, model: str | None = None) -> Verdict:  # what was spent counts
         return Verdict.failed(
-            reason, prompt_tokens=tokens[0], completion_tokens=tokens[1], cost_usd=cost
+            reason, prompt_tokens=tokens[0], completion_tokens=tokens[1], cost_usd=cost, model=model
         )
 
+    model = verdict.model
+    if model is not None and (not isinstance(model, str) or not model.strip()):
+        return failed(
+            f"verifier {name} gave a model that is not a name: {model!r} ({type(model).__name__})"
+        )
     if not isinstance(verdict.rationale, str):
         return failed(f"verifier {name} gave a rationale that is not text")
     if verdict.error is not None and not isinstance(verdict.error, str):
         return failed(f"verifier {name} gave an error that is not text")
     error = " ".join((verdict.error or "").split())  # one line, as every error
     if score is None or error:  # failed by the verifier itself, whatever it scored
-        return failed(error or "no score")
+        return failed(error or "no score", model)
     return Verdict(
         score=score,
         rationale=verdict.rationale,
@@ -250,4 +383,5 @@ def _checked(name: str, verdict: object) -> Verdict:
         prompt_tokens=tokens[0],
         completion_tokens=tokens[1],
         cost_usd=cost,
+        model=model,
     )

@@ -63,16 +63,43 @@ def _plugins(group: str) -> dict[str, Any]:
     return {ep.name: ep for ep in entry_points(group=group)}
 
 
+def _plugin(group: str, name: str) -> Any:
+    """The entry point registered as ``name`` (None if none); a one-line ConfigError where
+    plugins register it at different targets, one of which would win unsaid."""
+    targets = {ep.value: ep for ep in entry_points(group=group) if ep.name == name}
+    if len(targets) > 1:
+        kind = "verifier" if group == VERIFIER_GROUP else "strategy"
+        raise ConfigError(
+            f"{kind} '{name}' is registered by {len(targets)} plugins "
+            f"({', '.join(targets)}); uninstall one or rename its entry point"
+        )
+    return next(iter(targets.values()), None)
+
+
 def verifier_names() -> list[str]:
     """Every verifier name this installation knows: built-ins, then plugins."""
     return [*BUILTIN_VERIFIERS, *sorted(set(_plugins(VERIFIER_GROUP)) - set(BUILTIN_VERIFIERS))]
 
 
+def hidden_plugins() -> dict[str, str]:
+    """The verifier plugins registered under a built-in's name (never used), by name."""
+    return {
+        name: ep.value for name, ep in _plugins(VERIFIER_GROUP).items() if name in BUILTIN_VERIFIERS
+    }
+
+
 def _factory(name: str) -> VerifierFactory:
     if name in BUILTIN_VERIFIERS:
+        hidden = _plugins(VERIFIER_GROUP).get(name)
+        if hidden is not None:
+            log.warning(
+                "a plugin's verifier is hidden by the built-in of its name; rename its entry point",
+                verifier=name,
+                plugin=hidden.value,
+            )
         found: VerifierFactory = _load(BUILTIN_VERIFIERS[name])
         return found
-    plugin = _plugins(VERIFIER_GROUP).get(name)
+    plugin = _plugin(VERIFIER_GROUP, name)
     if plugin is None:
         raise ConfigError(
             f"unknown verifier '{name}'; available: {', '.join(verifier_names())} "
@@ -99,8 +126,15 @@ def check_verifiers(specs: tuple[str, ...] | list[str]) -> None:
     for spec in specs:
         name, arg = split_spec(spec)
         check: Callable[[str | None], None] | None = getattr(_factory(name), "check", None)
-        if check is not None:
+        if check is None:
+            continue
+        try:
             check(arg)
+        except ThinktreeError:
+            raise
+        except Exception as exc:  # a plugin's check that raises is the user's to fix
+            detail = " ".join(str(exc).split()) or type(exc).__name__
+            raise ConfigError(f"verifier '{spec}' refused its argument: {detail}") from None
 
 
 def build_verifiers(
@@ -156,7 +190,7 @@ def strategy_names() -> list[str]:
 
 def plugin_strategy(name: str) -> Callable[[Any], Any] | None:
     """The factory a plugin registered for mode ``name`` (called with the ModeSettings)."""
-    plugin = _plugins(STRATEGY_GROUP).get(name)
+    plugin = _plugin(STRATEGY_GROUP, name)
     if plugin is None:
         return None
     try:

@@ -183,6 +183,8 @@ class RewardClient:
 class RewardModel:
     """Scores each whole response (outcome reward)."""
 
+    timeout_s = None  # its calls have their endpoint's timeouts, and wait on the run's limits
+
     def __init__(self, arg: str | None, setup: VerifierSetup) -> None:
         self.client = RewardClient(arg, setup, verifier="reward")
 
@@ -218,6 +220,8 @@ class RewardModel:
 
 class ProcessReward:
     """Scores each step of each response and aggregates the step scores."""
+
+    timeout_s = None  # its calls have their endpoint's timeouts, and wait on the run's limits
 
     def __init__(self, arg: str | None, setup: VerifierSetup) -> None:
         self.how = options(arg).get("agg", "min")

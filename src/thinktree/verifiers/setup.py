@@ -51,7 +51,7 @@ async def open_panel(
         spending=spending,
         checked=checked or CheckedOnce(),
     )
-    panel = VerifierPanel(build_verifiers(settings.verifiers, setup), spending)
+    panel = VerifierPanel(build_verifiers(settings.verifiers, setup), spending, setup.prices)
     try:
         await panel.prepare()
     except BaseException:

@@ -95,6 +95,11 @@ def load_model(path: Path) -> TrainedModel:
     """Read a verifier file; a one-line ConfigError when it is missing, corrupt or too new."""
     if not path.exists():
         raise ConfigError(f"trained verifier file {path} does not exist")
+    if path.is_dir():
+        raise ConfigError(
+            f"{path} is a folder, not a verifier file; give the file "
+            "`thinktree verifier train --out` wrote"
+        )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
@@ -150,6 +155,8 @@ def _read_json(path: Path, what: str) -> Any:
 
 def examples(run: Path) -> tuple[list[list[float]], list[bool], int]:
     """Feature rows and labels (candidate right?) of every graded candidate in ``run``."""
+    if run.exists() and not run.is_dir():
+        raise ConfigError(f"{run} is a file, not a run folder; give the folders of finished runs")
     if not run.is_dir():
         raise ConfigError(f"no run folder at {run}")
     manifest = _read_json(run / "run.json", "not a run folder")
