@@ -33,6 +33,8 @@ from thinktree.agents.endpoint import (
     MissingUsage,
     RetryHandler,
     RetryKind,
+    before_resend,
+    call_tally,
     classify,
     fingerprint,
     request_json,
@@ -275,7 +277,10 @@ class EndpointPool(EndpointClient):
             hit = await cache.lookup(fp)
             if hit is not None:
                 return hit
-        result = await self._route(call)
+        with call_tally() as tally:
+            result = await self._route(call)
+            if tally is not None:
+                tally.add_to(result)
         if cache is not None:
             await cache.record(fp, route, text, result, key)
         return result
@@ -292,6 +297,8 @@ class EndpointPool(EndpointClient):
             member = await self._pick()
             if waited and attempts == 0 and sent:  # the pool is back: sent again after it
                 await self._retried(sent, 0.0, "sent again after the pool came back")
+            if sent:
+                await before_resend()
             attempts += 1
             sent += 1
             member.outstanding += 1
