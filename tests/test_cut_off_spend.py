@@ -175,3 +175,33 @@ async def test_the_call_store_keeps_what_cut_off_attempts_spent(tmp_path: Path) 
     with sqlite3.connect(result.folder / "calls.sqlite") as conn:
         stored = conn.execute("SELECT sum(completion_tokens) FROM responses").fetchone()[0]
     assert stored == server.completion_tokens_billed
+
+
+class ShortOnce(FakeServer):
+    """Its first request of ``n`` > 1 choices is answered with one choice fewer (and the
+    usage of those it sent), as a server whose sample failed answers."""
+
+    def _plan(self, body: Any, *, chat: bool) -> Any:
+        choices, prompt = super()._plan(body, chat=chat)
+        if len(choices) > 1 and not getattr(self, "shorted", False):
+            self.shorted = True
+            return choices[:-1], prompt
+        return choices, prompt
+
+
+async def test_a_reply_short_of_a_choice_counts_what_it_billed(tmp_path: Path) -> None:
+    """The short reply is asked again whole; what the server generated for it (its usage
+    says) counts in the call's figures and under the run's limits."""
+    async with ShortOnce(FakeBehaviour(reply=LONG)) as server:
+        cfg = EndpointConfig(
+            name="fake", base_url=server.base_url, model="fake-model", max_backoff_s=0.01
+        )
+        client = EndpointClient(cfg)
+        try:
+            result = await client.chat(MSGS, max_tokens=16, n=3)
+        finally:
+            await client.aclose()
+    assert result.attempts == 2
+    assert server.completion_tokens_billed == 2 * 16 + 3 * 16
+    assert result.completion_tokens == server.completion_tokens_billed
+    assert result.prompt_tokens == server.prompt_tokens_billed

@@ -192,6 +192,15 @@ class IncompleteResponse(Exception):
     """The server ended a response without its choices or its usage."""
 
 
+class ShortReply(IncompleteResponse):
+    """A reply that finished fewer choices than asked for: ``tokens``, per choice, what its
+    usage says the server generated for it (nothing where it carried no usage)."""
+
+    def __init__(self, message: str, tokens: list[int]) -> None:
+        super().__init__(message)
+        self.tokens = tokens
+
+
 class MissingUsage(IncompleteResponse):
     """A reply without token usage: its tokens cannot be counted (never taken as 0)."""
 
@@ -315,7 +324,8 @@ class CutOffs:
     the cut, and the call is sent again whole: each such attempt counts its prompt (the
     one the answering attempt's usage counts) and the tokens its stream carried (each
     choice's token ids or logprobs where sent, else one per chunk of text: a server
-    streams a token a chunk). An attempt that failed before any text came back (an error
+    streams a token a chunk). So does a reply short of a choice (:class:`ShortReply`),
+    at what its usage says. An attempt that failed before any text came back (an error
     status, a timeout before the first token, a reply read whole) counts at nothing.
 
     ``on_resend`` is told the tokens of a cut-off attempt, per choice, before the call is
@@ -992,7 +1002,11 @@ class EndpointClient:
             finish[i] = choice.finish_reason
             if "top_logprobs" in kwargs:
                 tops[i] = _first_token_tops(choice.logprobs)
-        result = _assemble(texts, reasoning, counted, finish, resp.usage, resp.id, n)
+        try:
+            result = _assemble(texts, reasoning, counted, finish, resp.usage, resp.id, n)
+        except ShortReply as exc:
+            note_cut_off(exc.tokens)
+            raise
         if "top_logprobs" in kwargs:  # the choices made are those that finished, in order
             made = [top for top, f in zip(tops, finish, strict=True) if f is not None]
             for c, top in zip(result.choices, made, strict=True):
@@ -1011,7 +1025,11 @@ class EndpointClient:
             texts[i] = choice.text or ""
             counted[i] = _tokens_of(choice)
             finish[i] = choice.finish_reason
-        return _assemble(texts, [""] * n, counted, finish, resp.usage, resp.id, n)
+        try:
+            return _assemble(texts, [""] * n, counted, finish, resp.usage, resp.id, n)
+        except ShortReply as exc:
+            note_cut_off(exc.tokens)
+            raise
 
     async def _stream_chat(
         self, kwargs: dict[str, Any], n: int, on_delta: DeltaHandler | None
@@ -1051,6 +1069,9 @@ class EndpointClient:
                         if choice.finish_reason:
                             finish[i] = choice.finish_reason
             return _assemble(texts, reasoning, counted, finish, usage, request_id, n)
+        except ShortReply as exc:
+            note_cut_off(exc.tokens)
+            raise
         except BaseException:
             note_cut_off([max(c, p) for c, p in zip(counted, pieces, strict=True)])
             raise
@@ -1086,6 +1107,9 @@ class EndpointClient:
                         if choice.finish_reason:
                             finish[i] = choice.finish_reason
             return _assemble(texts, [""] * n, counted, finish, usage, request_id, n)
+        except ShortReply as exc:
+            note_cut_off(exc.tokens)
+            raise
         except BaseException:
             note_cut_off([max(c, p) for c, p in zip(counted, pieces, strict=True)])
             raise
@@ -1164,8 +1188,12 @@ def _assemble(
         raise IncompleteResponse("the stream ended without a finished choice")
     if got < n and not _SHORT_REPLIES.get():
         # a sample short: asked again whole, never recorded short (or shifted onto the
-        # wrong node by the choices that follow it)
-        raise IncompleteResponse(f"the reply finished {got} of the {n} choices asked for")
+        # wrong node by the choices that follow it); what it generated was spent
+        done = getattr(usage, "completion_tokens", None)
+        spent = [0] * n
+        if is_token_count(done):
+            spent = counted if sum(counted) == done else _apportion(done, counted, texts)
+        raise ShortReply(f"the reply finished {got} of the {n} choices asked for", spent)
     if usage is None:  # the prompt's tokens are unknown, and never counted as 0
         raise MissingUsage("the reply carried no token usage")
     prompt_tokens = _count(usage, "prompt_tokens")
