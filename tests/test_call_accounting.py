@@ -138,6 +138,34 @@ IMPOSSIBLE = [
 ]
 
 
+class OneSamplesUsage(FakeServer):
+    """Replies of n samples whose usage counts the first sample's tokens only."""
+
+    def _response(
+        self, body: Any, rid: str, choices: Any, usage: dict[str, int], *, chat: bool
+    ) -> bytes:
+        data = orjson.loads(super()._response(body, rid, choices, usage, chat=chat))
+        if len(choices) > 1:
+            data["usage"]["completion_tokens"] = len(choices[0].pieces)
+        return orjson.dumps(data)
+
+
+@pytest.mark.parametrize("token_ids", [False, True])
+async def test_usage_that_counts_fewer_tokens_than_the_samples_carry_is_not_taken(
+    token_ids: bool,
+) -> None:
+    """Each of the 3 samples carries 10 tokens (its token ids or logprobs count them); the
+    usage says 10 in all. The call counts the 30 it was sent, not a third of each."""
+    async with OneSamplesUsage(FakeBehaviour(reply=REPLY)) as server:
+        client = EndpointClient(config(server))
+        try:
+            result = await client.chat(MSGS, max_tokens=16, n=3, token_ids=token_ids)
+        finally:
+            await client.aclose()
+    assert [c.completion_tokens for c in result.choices] == [len(REPLY.split())] * 3
+    assert result.completion_tokens == server.completion_tokens_billed == 3 * len(REPLY.split())
+
+
 @pytest.mark.parametrize(("field", "value"), IMPOSSIBLE)
 async def test_an_endpoint_that_reports_impossible_usage_is_refused_before_the_run(
     tmp_path: Path, field: str, value: object

@@ -1204,8 +1204,15 @@ def _assemble(
         raise UnusableUsage(_not_a_count("reasoning_tokens", thought))
     if n == 1:
         per_choice = [completion_tokens]
-    elif sum(counted) == completion_tokens:
+    elif sum(counted) >= completion_tokens:  # never fewer than the choices were sent with
+        if sum(counted) > completion_tokens:
+            log.warning(
+                "the reply's usage counts fewer tokens than its choices carry; counted those",
+                usage=completion_tokens,
+                carried=sum(counted),
+            )
         per_choice = counted
+        completion_tokens = sum(counted)
     else:
         per_choice = _apportion(completion_tokens, counted, texts)
     choices = [
