@@ -205,3 +205,42 @@ async def test_a_reply_short_of_a_choice_counts_what_it_billed(tmp_path: Path) -
     assert server.completion_tokens_billed == 2 * 16 + 3 * 16
     assert result.completion_tokens == server.completion_tokens_billed
     assert result.prompt_tokens == server.prompt_tokens_billed
+
+
+async def test_a_resumed_run_reads_back_calls_sent_again_and_pays_nothing_again(
+    tmp_path: Path,
+) -> None:
+    """Budget mode extends the thinking by what its first call left: a resumed run that
+    read that call back at its cut-off attempts' tokens too would ask less, find no
+    recorded call, and pay again. It asks as the first session did, counting the same."""
+    from thinktree.orchestrator.run import load_resume
+
+    short = "one two three four five six seven eight nine ten.\nAnswer: yes"
+    folder = tmp_path / "run"
+    async with FakeServer(FakeBehaviour(reply=short), faults=every_first_attempt_cut) as server:
+        endpoint = EndpointConfig(
+            name="fake",
+            base_url=server.base_url,
+            model="fake-model",
+            continuation="chat",
+            max_backoff_s=0.01,
+        )
+        settings = RunSettings(
+            modes=ModeSettings(mode="budget", budget=64, min_thinking=40),
+            concurrency=1,
+            out=folder,
+            trace_deltas=True,
+            max_run_tokens=10_000,
+        )
+        caps = Capabilities(continuation="chat")
+        first = await execute(PROBLEMS[:2], endpoint, settings, capabilities=caps)
+        before = json.loads((folder / "results.json").read_text())["metrics"]
+        sent = server.requests
+        (folder / "results.json").unlink()  # as if killed before its end
+        state = load_resume(folder)
+        again = await execute(state.problems, endpoint, state.settings, resume=state)
+    after = json.loads((folder / "results.json").read_text())["metrics"]
+    assert server.requests == sent  # nothing paid for again
+    assert again.cached_calls == first.metrics.calls
+    assert after["completion_tokens"] == before["completion_tokens"]
+    assert after["prompt_tokens"] == before["prompt_tokens"]

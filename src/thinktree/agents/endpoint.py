@@ -279,6 +279,9 @@ class Choice:
     top_logprobs: dict[str, float] | None = None
     """The first token's most likely alternatives and their logprobs, when asked for
     (``chat(top_logprobs=k)``): what a judge reads its P("Yes") from."""
+    cut_off_tokens: int = 0
+    """Of ``completion_tokens``, those its call's attempts cut off mid-stream streamed
+    (see :class:`CutOffs`): spent, but no part of its text."""
 
 
 @dataclass(slots=True)
@@ -372,7 +375,9 @@ class CutOffs:
         choices = result.choices
         for i, extra in enumerate(self.tokens):
             if choices:  # a choice the answer lacks: its tokens go to the last one
-                choices[min(i, len(choices) - 1)].completion_tokens += extra
+                choice = choices[min(i, len(choices) - 1)]
+                choice.completion_tokens += extra
+                choice.cut_off_tokens += extra
 
 
 _CUT_OFFS: ContextVar[CutOffs | None] = ContextVar("thinktree_cut_offs", default=None)

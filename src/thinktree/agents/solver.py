@@ -203,7 +203,7 @@ class Solver:
             await self._cancelled([(req, grant)], str(exc), spent)
             raise
         choice = result.choices[0]
-        req.budget.commit(grant, spent.text(0, choice.completion_tokens))
+        req.budget.commit(grant, spent.text(0, choice.completion_tokens, choice))
         _apply(branch, mode, messages, prefix, req, _with_thinking(choice, self.caps))
         return await self._finish(branch, req, result, 0, result.prompt_tokens)
 
@@ -301,7 +301,7 @@ class Solver:
             thought = total if not content else min(total, think_grant)
         thought = min(thought, total)
         think.budget.commit(think_grant, thought)
-        answer.budget.commit(answer_grant, spent.text(0, total - thought))
+        answer.budget.commit(answer_grant, spent.text(0, total - thought, choice))
         _apply(branch, mode, messages, prefix, think, _with_thinking(choice, self.caps))
         finished = []
         for req, text, tokens, prompt, source in (
@@ -420,7 +420,7 @@ class Solver:
                     (Segment(node_id=r.node_id, failed=True, error=error), branch.fork())
                 )
                 continue
-            r.budget.commit(grant, spent.text(i, choice.completion_tokens))
+            r.budget.commit(grant, spent.text(i, choice.completion_tokens, choice))
             own = branch.fork()
             _apply(own, mode, messages, prefix, r, _with_thinking(choice, self.caps))
             prompt_tokens = result.prompt_tokens if i == 0 else 0
@@ -792,10 +792,14 @@ class _CutOffSpend:
         for i, counted in enumerate(tokens):
             self.counted[min(i, len(self.counted) - 1)] += counted
 
-    def text(self, index: int, tokens: int) -> int:
-        """Of choice ``index``'s ``tokens`` (its attempts cut off mid-stream counted in
-        them), those of the text it answered with."""
-        return max(tokens - self.counted[index], 0)
+    def text(self, index: int, tokens: int, choice: Choice) -> int:
+        """Of ``tokens``, choice ``index``'s (``choice``'s) count with its attempts cut off
+        mid-stream in it, those of the text it answered with; what those attempts spent is
+        in the run's pool (a call read back from the run's call store: from now on)."""
+        unseen = choice.cut_off_tokens - self.counted[index]
+        if unseen > 0:
+            spend_in_run(self.pools[0], unseen, check=False)
+        return max(tokens - choice.cut_off_tokens, 0)
 
     def spend_unsent(self) -> list[int]:
         """Count what the last attempt, cut off mid-stream and not sent again, streamed, as
