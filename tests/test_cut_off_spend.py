@@ -141,8 +141,8 @@ async def test_a_pool_counts_attempts_cut_off_on_its_members_in_the_call() -> No
 async def test_a_call_every_attempt_of_which_is_cut_off_counts_what_they_streamed(
     tmp_path: Path,
 ) -> None:
-    """Two attempts, both cut off at 8 tokens: the call fails, its node says it spent 16,
-    and so do the run's figures, its token ledger and its call store's absence of it."""
+    """Two attempts, both cut off at 8 tokens: the call fails, and its node, so the run's
+    figures, count the 16 they streamed."""
     async with FakeServer(FakeBehaviour(reply=LONG), faults=lambda i: Fault.RESET) as server:
         endpoint = EndpointConfig(
             name="fake",
