@@ -454,6 +454,7 @@ class EndpointClient:
         self._answered_at = 0.0  # when the endpoint last answered such a wait's check
         self._gave_up: tuple[float, EndpointDown] | None = None  # when a wait ran out
         self.sent_usage = False  # whether any reply has come back (each carries usage)
+        self.past_cap = False  # whether a reply counted more than its max_tokens allowed
         self._cap_field = (
             "max_tokens" if config.max_tokens_field == "auto" else config.max_tokens_field
         )
@@ -724,6 +725,8 @@ class EndpointClient:
             result = await self._attempts(attempt, timed=timed)
             if tally is not None:
                 tally.add_to(result)
+                if not self.past_cap:  # once: it is the server's way, not one call's
+                    self.past_cap = warn_past_cap(result, request, self.config.name)
         result.call_id = new_call_id()
         if cache is not None:
             await cache.record(fp, route, text, result, key)
@@ -1118,6 +1121,28 @@ class EndpointClient:
         except BaseException:
             note_cut_off([max(c, p) for c, p in zip(counted, pieces, strict=True)])
             raise
+
+
+def warn_past_cap(result: Completion, request: dict[str, Any], endpoint: str) -> bool:
+    """Warn where the server counted more completion tokens than the request's
+    ``max_tokens`` allowed its choices (a server whose cap leaves its thinking out): the
+    run's token and money limits, which grant each call its ``max_tokens``, cannot hold
+    such calls, and the run's figures show them passed. Whether it warned."""
+    cap = request.get("max_tokens")
+    if type(cap) is not int:
+        return False
+    allowed = cap * int(request.get("n") or 1)
+    counted = sum(c.completion_tokens - c.cut_off_tokens for c in result.choices)
+    if counted > allowed:
+        log.warning(
+            "the endpoint counted more completion tokens than max_tokens allowed; the run's "
+            "token and money limits cannot hold its calls",
+            endpoint=endpoint,
+            counted=counted,
+            allowed=allowed,
+        )
+        return True
+    return False
 
 
 def _tokens_of(choice: Any) -> int:

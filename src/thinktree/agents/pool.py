@@ -39,6 +39,7 @@ from thinktree.agents.endpoint import (
     fingerprint,
     request_json,
     server_name,
+    warn_past_cap,
 )
 from thinktree.agents.limiter import AdaptiveLimiter
 from thinktree.errors import EndpointDown, EndpointError
@@ -127,6 +128,7 @@ class EndpointPool(EndpointClient):
         self._all_down_since: float | None = None  # when calls began to wait for any member
         self._pool_gave_up: EndpointDown | None = None  # the wait ran out: the run stops
         self.sent_usage = False
+        self.past_cap = False  # whether a reply counted more than its max_tokens allowed
 
     async def aclose(self) -> None:
         for member in self.members:
@@ -281,6 +283,8 @@ class EndpointPool(EndpointClient):
             result = await self._route(call)
             if tally is not None:
                 tally.add_to(result)
+                if not self.past_cap:  # once: it is the servers' way, not one call's
+                    self.past_cap = warn_past_cap(result, request, self.config.name)
         if cache is not None:
             await cache.record(fp, route, text, result, key)
         return result
