@@ -244,3 +244,27 @@ async def test_a_resumed_run_reads_back_calls_sent_again_and_pays_nothing_again(
     assert again.cached_calls == first.metrics.calls
     assert after["completion_tokens"] == before["completion_tokens"]
     assert after["prompt_tokens"] == before["prompt_tokens"]
+
+
+async def test_a_resumed_run_holds_cut_off_tokens_in_the_runs_pool_only(tmp_path: Path) -> None:
+    """A recorded call's tokens are held until it is read back: all of them in the run's
+    pool, and in its problem's only those of its text, as each counted them when made."""
+    from thinktree.agents.endpoint import Choice, Completion
+    from thinktree.orchestrator.call_cache import SqliteCallCache, solver_call
+    from thinktree.orchestrator.ledger import Budget, RecordedCalls
+
+    spent = Completion([Choice("text", "stop", 7 + 5, cut_off_tokens=5)], 20, 12, 0.1)
+    cache = SqliteCallCache(tmp_path / "calls.sqlite")
+    try:
+        with solver_call():
+            await cache.record("fp1", "chat", '{"max_tokens": 12}', spent, "q0/b1/think")
+        usage = cache.recorded_usage()
+    finally:
+        cache.close()
+    run = Budget(name="run", limit=100, stops_run=True)
+    problem = run.child("q0", 50)
+    recorded = RecordedCalls(usage, run)
+    recorded.problem_pool("q0", problem)
+    assert (run.held, problem.held) == (12, 7)
+    recorded.release("q0/b1/think")
+    assert (run.held, problem.held) == (0, 0)

@@ -228,9 +228,9 @@ class RecordedCalls:
         self._same_limits = same_limits
         self._by_problem: dict[str, int] = {}
         for key, call in self._recorded.items():
-            if not call.verifier:
+            if not call.verifier:  # its text's: a problem's limit never counted the rest
                 problem = problem_of(key)
-                done = self._by_problem.get(problem, 0) + call.completion_tokens
+                done = self._by_problem.get(problem, 0) + call.completion_tokens - call.cut_off
                 self._by_problem[problem] = done
             if money is not None:
                 money.hold_recorded(call.prompt_tokens, call.completion_tokens)
@@ -263,9 +263,9 @@ class RecordedCalls:
         if call is None:
             return ()
         problem = None if call.verifier else self._problems.get(problem_of(key))
-        for pool in (problem, self._run):
-            if pool is not None:
-                pool.held = max(0, pool.held - call.completion_tokens)
+        if problem is not None:
+            problem.held = max(0, problem.held - (call.completion_tokens - call.cut_off))
+        self._run.held = max(0, self._run.held - call.completion_tokens)
         if self._money is not None:
             self._money.release_recorded(call.prompt_tokens, call.completion_tokens)
         return call.cut
