@@ -268,3 +268,39 @@ async def test_a_resumed_run_holds_cut_off_tokens_in_the_runs_pool_only(tmp_path
     assert (run.held, problem.held) == (12, 7)
     recorded.release("q0/b1/think")
     assert (run.held, problem.held) == (0, 0)
+
+
+async def test_a_stream_that_times_out_mid_way_counts_what_it_streamed() -> None:
+    """Each attempt streams a token every 50 ms and times out at 0.3 s: what each streamed
+    is counted (the first as the call is sent again, the last when it fails)."""
+    from thinktree.agents.endpoint import CutOffs, counting_cut_offs
+    from thinktree.errors import EndpointError
+
+    resent: list[list[int]] = []
+
+    async def on_resend(tokens: list[int]) -> None:
+        resent.append(tokens)
+
+    async with FakeServer(FakeBehaviour(reply=LONG, chunk_delay_s=0.05)) as server:
+        cfg = EndpointConfig(
+            name="fake",
+            base_url=server.base_url,
+            model="fake-model",
+            max_backoff_s=0.01,
+            max_attempts=2,
+            timeout_s=0.3,
+            outage_wait_s=0.0,
+        )
+        client = EndpointClient(cfg)
+
+        async def on_delta(index: int, text: str, *, first: bool) -> None:
+            pass
+
+        tally = CutOffs(on_resend=on_resend)
+        try:
+            with counting_cut_offs(tally), pytest.raises(EndpointError):
+                await client.chat(MSGS, max_tokens=16, on_delta=on_delta)
+        finally:
+            await client.aclose()
+    assert len(resent) == 1 and 0 < resent[0][0] < 16
+    assert tally.attempts == 1 and tally.last is not None and 0 < tally.last[0] < 16
