@@ -304,3 +304,33 @@ async def test_a_stream_that_times_out_mid_way_counts_what_it_streamed() -> None
             await client.aclose()
     assert len(resent) == 1 and 0 < resent[0][0] < 16
     assert tally.attempts == 1 and tally.last is not None and 0 < tally.last[0] < 16
+
+
+async def test_attempts_cut_off_never_shorten_the_thinking(tmp_path: Path) -> None:
+    """Budget mode extends the thinking by what its text left of the budget: a run whose
+    calls were cut off mid-stream and sent again asks each extension for what a run with
+    none asks."""
+    short = "one two three four five six seven eight nine ten.\nAnswer: yes"
+
+    async def asks(faults: Any, out: Path) -> list[int]:
+        behaviour = FakeBehaviour(reply=short)
+        async with FakeServer(behaviour, faults=faults, record_bodies=True) as server:
+            endpoint = EndpointConfig(
+                name="fake",
+                base_url=server.base_url,
+                model="fake-model",
+                continuation="chat",
+                max_backoff_s=0.01,
+            )
+            settings = RunSettings(
+                modes=ModeSettings(mode="budget", budget=64, min_thinking=40),
+                concurrency=1,
+                out=out,
+                trace_deltas=True,
+            )
+            caps = Capabilities(continuation="chat")
+            await execute(PROBLEMS[:1], endpoint, settings, capabilities=caps)
+        sent = [b["max_tokens"] for b in server.bodies]
+        return [m for i, m in enumerate(sent) if i % 2 or faults == ()]  # each once
+
+    assert await asks(every_first_attempt_cut, tmp_path / "a") == await asks((), tmp_path / "b")

@@ -290,7 +290,7 @@ class Solver:
             raise
         choice = result.choices[0]
         thinking, content = _split_thinking(choice, self.caps.think_end)
-        total = choice.completion_tokens
+        total = choice.completion_tokens - choice.cut_off_tokens  # the text's
         thought = result.reasoning_tokens
         if not thought and thinking:
             # vLLM counts reasoning tokens only after a <think> in the output; where the
@@ -301,12 +301,14 @@ class Solver:
             thought = total if not content else min(total, think_grant)
         thought = min(thought, total)
         think.budget.commit(think_grant, thought)
-        answer.budget.commit(answer_grant, spent.text(0, total - thought, choice))
+        # the answer's node counts what attempts cut off mid-stream spent (see CutOffs)
+        answered = total - thought + choice.cut_off_tokens
+        answer.budget.commit(answer_grant, spent.text(0, answered, choice))
         _apply(branch, mode, messages, prefix, think, _with_thinking(choice, self.caps))
         finished = []
         for req, text, tokens, prompt, source in (
             (think, thinking, thought, result.prompt_tokens, thinking),
-            (answer, content, total - thought, 0, content),
+            (answer, content, answered, 0, content),
         ):
             found = extract_answer(source, self.problem)
             await self.bus.emit(
@@ -328,7 +330,7 @@ class Solver:
                     node_id=req.node_id,
                     text=text,
                     finish_reason=choice.finish_reason,
-                    completion_tokens=tokens,
+                    completion_tokens=tokens - (choice.cut_off_tokens if req is answer else 0),
                     answer=found.answer if found else None,
                 )
             )
@@ -760,7 +762,8 @@ class Solver:
             node_id=req.node_id,
             text=choice.text,
             finish_reason=choice.finish_reason,
-            completion_tokens=choice.completion_tokens,
+            # the text's: what the mode's budgets count (the node says what was spent)
+            completion_tokens=choice.completion_tokens - choice.cut_off_tokens,
             answer=answer,
         )
 
