@@ -138,6 +138,66 @@ IMPOSSIBLE = [
 ]
 
 
+class OneSamplesUsage(FakeServer):
+    """Replies of n samples whose usage counts the first sample's tokens only."""
+
+    def _response(
+        self, body: Any, rid: str, choices: Any, usage: dict[str, int], *, chat: bool
+    ) -> bytes:
+        data = orjson.loads(super()._response(body, rid, choices, usage, chat=chat))
+        if len(choices) > 1:
+            data["usage"]["completion_tokens"] = len(choices[0].pieces)
+        return orjson.dumps(data)
+
+
+@pytest.mark.parametrize("token_ids", [False, True])
+async def test_usage_that_counts_fewer_tokens_than_the_samples_carry_is_not_taken(
+    token_ids: bool,
+) -> None:
+    """Each of the 3 samples carries 10 tokens (its token ids or logprobs count them); the
+    usage says 10 in all. The call counts the 30 it was sent, not a third of each."""
+    async with OneSamplesUsage(FakeBehaviour(reply=REPLY)) as server:
+        client = EndpointClient(config(server))
+        try:
+            result = await client.chat(MSGS, max_tokens=16, n=3, token_ids=token_ids)
+        finally:
+            await client.aclose()
+    assert [c.completion_tokens for c in result.choices] == [len(REPLY.split())] * 3
+    assert result.completion_tokens == server.completion_tokens_billed == 3 * len(REPLY.split())
+
+
+class TenfoldUsage(FakeServer):
+    """Replies whose usage counts ten times the tokens they carry."""
+
+    def _response(
+        self, body: Any, rid: str, choices: Any, usage: dict[str, int], *, chat: bool
+    ) -> bytes:
+        data = orjson.loads(super()._response(body, rid, choices, usage, chat=chat))
+        data["usage"]["completion_tokens"] *= 10
+        return orjson.dumps(data)
+
+
+async def test_usage_past_what_max_tokens_allowed_is_said_not_passed_over() -> None:
+    """A server that counts more than ``max_tokens`` let it generate (one whose cap leaves
+    its thinking out) takes the run past its limits: the run says so, it is not silent."""
+    from structlog.testing import capture_logs
+
+    async with TenfoldUsage(FakeBehaviour(reply=REPLY)) as server:
+        client = EndpointClient(config(server))
+        try:
+            with capture_logs() as logs:
+                within = await client.chat(MSGS, max_tokens=100)
+                assert not [e for e in logs if "max_tokens allowed" in e["event"]]
+                past = await client.chat(MSGS, max_tokens=16, n=2)
+                await client.chat(MSGS, max_tokens=16, n=2)  # said once, not per call
+        finally:
+            await client.aclose()
+    assert within.completion_tokens == 10 * len(REPLY.split())
+    assert past.completion_tokens == 2 * 10 * len(REPLY.split())
+    warned = [e for e in logs if "max_tokens allowed" in e["event"]]
+    assert [(e["counted"], e["allowed"]) for e in warned] == [(past.completion_tokens, 32)]
+
+
 @pytest.mark.parametrize(("field", "value"), IMPOSSIBLE)
 async def test_an_endpoint_that_reports_impossible_usage_is_refused_before_the_run(
     tmp_path: Path, field: str, value: object

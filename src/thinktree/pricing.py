@@ -132,14 +132,27 @@ class Bill:
     max_tokens: int  # per choice: what the call may be sent with
     held: float
     open: bool = True
+    cut_attempts: int = 0  # attempts cut off mid-stream and counted (see charge)
+    cut_tokens: int = 0  # the completion tokens they streamed
+    charged: float = 0.0  # what they were counted at, the prompt at its bound
+
+    def charge(self, completion_tokens: int) -> None:
+        """An attempt cut off mid-stream after ``completion_tokens`` is to be sent again:
+        count what it cost (its prompt at the bound held for it), where the limit also
+        holds another attempt (else :class:`~thinktree.errors.RunLimitReached`)."""
+        self.limit.charge(self, completion_tokens)
 
     def settle(self, prompt_tokens: int, completion_tokens: int) -> None:
-        """The call came back: it costs what its usage says."""
+        """The call came back: it costs what its usage says (with its attempts cut off
+        mid-stream: the call's result counts them)."""
         self.limit.settle(self, prompt_tokens, completion_tokens)
 
-    def release(self) -> None:
-        """The call failed or was cut off: it counts at nothing (as in the token ledger)."""
-        self.limit.settle(self, 0, 0)
+    def release(self, cut_tokens: int = 0) -> None:
+        """The call failed or was cut off: it costs what its attempts cut off mid-stream
+        streamed (``cut_tokens``: the last one's, not sent again), each with its prompt at
+        its bound; one that streamed nothing costs nothing."""
+        attempts = self.cut_attempts + (1 if cut_tokens else 0)
+        self.limit.settle(self, self.prompt_tokens * attempts, self.cut_tokens + cut_tokens)
 
 
 class MoneyLimit:
@@ -202,21 +215,36 @@ class MoneyLimit:
             self.cut = True
             return self._held(price, prompt, most, price.cost(prompt, choices * most))
 
+    def charge(self, bill: Bill, completion_tokens: int) -> None:
+        """Count an attempt of ``bill``'s call cut off mid-stream (see :meth:`Bill.charge`)."""
+        cost = bill.price.cost(bill.prompt_tokens, completion_tokens)
+        left = self.limit - self.spent - self.held - self.recorded
+        if cost > left + _ROUNDING:  # its own hold stays for the attempt sent again
+            raise RunLimitReached(
+                self._reached(cost, left) + "; a call cut off mid-stream cannot be sent again"
+            )
+        self.spent += cost
+        bill.charged += cost
+        bill.cut_attempts += 1
+        bill.cut_tokens += completion_tokens
+
     def settle(self, bill: Bill, prompt_tokens: int, completion_tokens: int) -> None:
-        """Turn ``bill``'s hold into what the call cost (once; a second settle is ignored)."""
+        """Turn ``bill``'s hold into what the call cost (once; a second settle is ignored),
+        its attempts cut off mid-stream included (what they were charged is taken back)."""
         if not bill.open:
             return
         bill.open = False
         self.calls -= 1
         self.held = self.held - bill.held if self.calls else 0.0
-        self.spent += bill.price.cost(prompt_tokens, completion_tokens)
-        if prompt_tokens > bill.prompt_tokens:  # the template added more than allowed for
+        self.spent += bill.price.cost(prompt_tokens, completion_tokens) - bill.charged
+        each = prompt_tokens // (1 + bill.cut_attempts)  # the prompt, once per attempt
+        if each > bill.prompt_tokens:  # the template added more than allowed for
             log.warning(
                 "the endpoint counted more prompt tokens than the money limit held for",
-                counted=prompt_tokens,
+                counted=each,
                 held_for=bill.prompt_tokens,
             )
-            self.excess = max(self.excess, bill.excess + prompt_tokens - bill.prompt_tokens)
+            self.excess = max(self.excess, bill.excess + each - bill.prompt_tokens)
         if self._released is not None:
             self._released.set()
             self._released = None

@@ -40,7 +40,7 @@ from tenacity import (
 from thinktree._json import dumps_sorted, loads
 from thinktree.agents.limiter import AdaptiveLimiter
 from thinktree.agents.transport import Transport, parse
-from thinktree.errors import EndpointDown, EndpointError
+from thinktree.errors import EndpointDown, EndpointError, ThinktreeError
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
@@ -192,6 +192,15 @@ class IncompleteResponse(Exception):
     """The server ended a response without its choices or its usage."""
 
 
+class ShortReply(IncompleteResponse):
+    """A reply that finished fewer choices than asked for: ``tokens``, per choice, what its
+    usage says the server generated for it (nothing where it carried no usage)."""
+
+    def __init__(self, message: str, tokens: list[int]) -> None:
+        super().__init__(message)
+        self.tokens = tokens
+
+
 class MissingUsage(IncompleteResponse):
     """A reply without token usage: its tokens cannot be counted (never taken as 0)."""
 
@@ -270,6 +279,9 @@ class Choice:
     top_logprobs: dict[str, float] | None = None
     """The first token's most likely alternatives and their logprobs, when asked for
     (``chat(top_logprobs=k)``): what a judge reads its P("Yes") from."""
+    cut_off_tokens: int = 0
+    """Of ``completion_tokens``, those its call's attempts cut off mid-stream streamed
+    (see :class:`CutOffs`): spent, but no part of its text."""
 
 
 @dataclass(slots=True)
@@ -307,6 +319,112 @@ def new_call_id() -> str:
     return f"{_THIS_PROCESS}-{next(_CALLS_MADE)}"
 
 
+@dataclass(slots=True)
+class CutOffs:
+    """What the attempts at one call that were cut off mid-stream spent.
+
+    The server generated (and an API bills) the prompt and every token it streamed before
+    the cut, and the call is sent again whole: each such attempt counts its prompt (the
+    one the answering attempt's usage counts) and the tokens its stream carried (each
+    choice's token ids or logprobs where sent, else one per chunk of text: a server
+    streams a token a chunk). So does a reply short of a choice (:class:`ShortReply`),
+    at what its usage says. An attempt that failed before any text came back (an error
+    status, a timeout before the first token, a reply read whole) counts at nothing.
+
+    ``on_resend`` is told the tokens of a cut-off attempt, per choice, before the call is
+    sent again: it counts them (they are spent), or raises where a limit could not hold
+    both them and another attempt, and the call is not sent again.
+    """
+
+    on_resend: Callable[[list[int]], Awaitable[None]] | None = None
+    attempts: int = 0
+    """Cut-off attempts counted so far (each was sent again)."""
+    tokens: list[int] = field(default_factory=list)
+    """Per choice, the tokens of the attempts counted so far."""
+    last: list[int] | None = None
+    """Per choice, the tokens of the latest cut-off attempt, until it is sent again: where
+    the call ends without that, what its caller counts on top."""
+    open: bool = False
+    """Whether a call counts in it now (a pool's attempts add to their call's)."""
+
+    def cut(self, tokens: list[int]) -> None:
+        """An attempt was cut off after streaming ``tokens`` (per choice)."""
+        if any(tokens):
+            self.last = tokens
+
+    async def resend(self) -> None:
+        """Before the call is sent again: count the latest cut-off attempt (``on_resend``
+        first, which may refuse it)."""
+        last = self.last
+        if last is None:
+            return
+        if self.on_resend is not None:
+            await self.on_resend(last)
+        self.last = None
+        self.attempts += 1
+        padded = self.tokens + [0] * (len(last) - len(self.tokens))
+        self.tokens = [a + b for a, b in zip(padded, last + [0] * len(padded), strict=False)]
+
+    def add_to(self, result: Completion) -> None:
+        """Count the attempts counted so far in the call's ``result`` (its answering
+        attempt's): its prompt once more for each, their tokens in its choices'."""
+        if not self.attempts:
+            return
+        result.prompt_tokens += self.attempts * result.prompt_tokens
+        result.completion_tokens += sum(self.tokens)
+        choices = result.choices
+        for i, extra in enumerate(self.tokens):
+            if choices:  # a choice the answer lacks: its tokens go to the last one
+                choice = choices[min(i, len(choices) - 1)]
+                choice.completion_tokens += extra
+                choice.cut_off_tokens += extra
+
+
+_CUT_OFFS: ContextVar[CutOffs | None] = ContextVar("thinktree_cut_offs", default=None)
+
+
+@contextmanager
+def counting_cut_offs(tally: CutOffs) -> Iterator[CutOffs]:
+    """The call made inside counts its cut-off attempts in ``tally`` (see :class:`CutOffs`)."""
+    token = _CUT_OFFS.set(tally)
+    try:
+        yield tally
+    finally:
+        _CUT_OFFS.reset(token)
+
+
+@contextmanager
+def call_tally() -> Iterator[CutOffs | None]:
+    """The tally of a call being made (its caller's, see :func:`counting_cut_offs`, or a
+    new one), which its result counts; None where the call is one attempt of an outer
+    call (a pool's), whose result counts it."""
+    tally = _CUT_OFFS.get()
+    if tally is not None and tally.open:
+        yield None
+        return
+    tally = tally or CutOffs()
+    tally.open = True
+    try:
+        with counting_cut_offs(tally):
+            yield tally
+    finally:
+        tally.open = False
+
+
+def note_cut_off(tokens: list[int]) -> None:
+    """An attempt of the call being made was cut off after streaming ``tokens``."""
+    tally = _CUT_OFFS.get()
+    if tally is not None:
+        tally.cut(tokens)
+
+
+async def before_resend() -> None:
+    """The call being made is about to be sent again (see :meth:`CutOffs.resend`)."""
+    tally = _CUT_OFFS.get()
+    if tally is not None:
+        await tally.resend()
+
+
 class EndpointClient:
     """Calls one endpoint. Create inside a run and close with ``aclose``.
 
@@ -336,6 +454,7 @@ class EndpointClient:
         self._answered_at = 0.0  # when the endpoint last answered such a wait's check
         self._gave_up: tuple[float, EndpointDown] | None = None  # when a wait ran out
         self.sent_usage = False  # whether any reply has come back (each carries usage)
+        self.past_cap = False  # whether a reply counted more than its max_tokens allowed
         self._cap_field = (
             "max_tokens" if config.max_tokens_field == "auto" else config.max_tokens_field
         )
@@ -602,7 +721,12 @@ class EndpointClient:
             hit = await cache.lookup(fp)
             if hit is not None:
                 return hit
-        result = await self._attempts(attempt, timed=timed)
+        with call_tally() as tally:
+            result = await self._attempts(attempt, timed=timed)
+            if tally is not None:
+                tally.add_to(result)
+                if not self.past_cap:  # once: it is the server's way, not one call's
+                    self.past_cap = warn_past_cap(result, request, self.config.name)
         result.call_id = new_call_id()
         if cache is not None:
             await cache.record(fp, route, text, result, key)
@@ -685,6 +809,7 @@ class EndpointClient:
             nonlocal sent
             if replay:
                 raise replay.pop()
+            await before_resend()
             sent += 1
             return await self._once(attempt, timed)
 
@@ -694,6 +819,8 @@ class EndpointClient:
                     result = await again()
                     result.attempts = sent
                     return result
+        except ThinktreeError:  # a limit refused to send it again (see CutOffs)
+            raise
         except Exception as exc:
             if waited or classify(exc) not in OUTAGE:
                 raise self._user_error(exc) from exc
@@ -883,7 +1010,11 @@ class EndpointClient:
             finish[i] = choice.finish_reason
             if "top_logprobs" in kwargs:
                 tops[i] = _first_token_tops(choice.logprobs)
-        result = _assemble(texts, reasoning, counted, finish, resp.usage, resp.id, n)
+        try:
+            result = _assemble(texts, reasoning, counted, finish, resp.usage, resp.id, n)
+        except ShortReply as exc:
+            note_cut_off(exc.tokens)
+            raise
         if "top_logprobs" in kwargs:  # the choices made are those that finished, in order
             made = [top for top, f in zip(tops, finish, strict=True) if f is not None]
             for c, top in zip(result.choices, made, strict=True):
@@ -902,7 +1033,11 @@ class EndpointClient:
             texts[i] = choice.text or ""
             counted[i] = _tokens_of(choice)
             finish[i] = choice.finish_reason
-        return _assemble(texts, [""] * n, counted, finish, resp.usage, resp.id, n)
+        try:
+            return _assemble(texts, [""] * n, counted, finish, resp.usage, resp.id, n)
+        except ShortReply as exc:
+            note_cut_off(exc.tokens)
+            raise
 
     async def _stream_chat(
         self, kwargs: dict[str, Any], n: int, on_delta: DeltaHandler | None
@@ -913,31 +1048,41 @@ class EndpointClient:
         finish: list[str | None] = [None] * n
         usage = None
         request_id = None
+        pieces = [0] * n  # chunks that carried text, per choice
         stream = self.transport.stream("chat/completions", self.chat_body(kwargs))
-        async with aclosing(stream):
-            async for data in stream:
-                chunk = parse(_ChatCompletionChunk, data, self.transport.base_url)
-                request_id = request_id or chunk.id
-                if chunk.usage is not None:
-                    usage = chunk.usage
-                for choice in chunk.choices:
-                    i = choice.index
-                    if i >= n:
-                        continue
-                    delta = choice.delta
-                    if delta is not None:
-                        if delta.content:
-                            first = not texts[i]
-                            texts[i] += delta.content
-                            if on_delta is not None:
-                                await on_delta(i, delta.content, first=first)
-                        think = _reasoning_of(delta)
-                        if isinstance(think, str) and think:
-                            reasoning[i] += think
-                    counted[i] += _tokens_of(choice)
-                    if choice.finish_reason:
-                        finish[i] = choice.finish_reason
-        return _assemble(texts, reasoning, counted, finish, usage, request_id, n)
+        try:
+            async with aclosing(stream):
+                async for data in stream:
+                    chunk = parse(_ChatCompletionChunk, data, self.transport.base_url)
+                    request_id = request_id or chunk.id
+                    if chunk.usage is not None:
+                        usage = chunk.usage
+                    for choice in chunk.choices:
+                        i = choice.index
+                        if i >= n:
+                            continue
+                        delta = choice.delta
+                        if delta is not None:
+                            think = _reasoning_of(delta)
+                            if isinstance(think, str) and think:
+                                reasoning[i] += think
+                                pieces[i] += 1
+                            if delta.content:
+                                first = not texts[i]
+                                texts[i] += delta.content
+                                pieces[i] += not think
+                                if on_delta is not None:
+                                    await on_delta(i, delta.content, first=first)
+                        counted[i] += _tokens_of(choice)
+                        if choice.finish_reason:
+                            finish[i] = choice.finish_reason
+            return _assemble(texts, reasoning, counted, finish, usage, request_id, n)
+        except ShortReply as exc:
+            note_cut_off(exc.tokens)
+            raise
+        except BaseException:
+            note_cut_off([max(c, p) for c, p in zip(counted, pieces, strict=True)])
+            raise
 
     async def _stream_completion(
         self, kwargs: dict[str, Any], n: int, on_delta: DeltaHandler | None
@@ -947,26 +1092,57 @@ class EndpointClient:
         finish: list[str | None] = [None] * n
         usage = None
         request_id = None
+        pieces = [0] * n  # chunks that carried text, per choice
         stream = self.transport.stream("completions", _wire(kwargs))
-        async with aclosing(stream):
-            async for data in stream:
-                chunk = parse(_TextCompletionChunk, data, self.transport.base_url)
-                request_id = request_id or chunk.id
-                if chunk.usage is not None:
-                    usage = chunk.usage
-                for choice in chunk.choices:
-                    i = choice.index
-                    if i >= n:
-                        continue
-                    if choice.text:
-                        first = not texts[i]
-                        texts[i] += choice.text
-                        if on_delta is not None:
-                            await on_delta(i, choice.text, first=first)
-                    counted[i] += _tokens_of(choice)
-                    if choice.finish_reason:
-                        finish[i] = choice.finish_reason
-        return _assemble(texts, [""] * n, counted, finish, usage, request_id, n)
+        try:
+            async with aclosing(stream):
+                async for data in stream:
+                    chunk = parse(_TextCompletionChunk, data, self.transport.base_url)
+                    request_id = request_id or chunk.id
+                    if chunk.usage is not None:
+                        usage = chunk.usage
+                    for choice in chunk.choices:
+                        i = choice.index
+                        if i >= n:
+                            continue
+                        if choice.text:
+                            first = not texts[i]
+                            texts[i] += choice.text
+                            pieces[i] += 1
+                            if on_delta is not None:
+                                await on_delta(i, choice.text, first=first)
+                        counted[i] += _tokens_of(choice)
+                        if choice.finish_reason:
+                            finish[i] = choice.finish_reason
+            return _assemble(texts, [""] * n, counted, finish, usage, request_id, n)
+        except ShortReply as exc:
+            note_cut_off(exc.tokens)
+            raise
+        except BaseException:
+            note_cut_off([max(c, p) for c, p in zip(counted, pieces, strict=True)])
+            raise
+
+
+def warn_past_cap(result: Completion, request: dict[str, Any], endpoint: str) -> bool:
+    """Warn where the server counted more completion tokens than the request's
+    ``max_tokens`` allowed its choices (a server whose cap leaves its thinking out): the
+    run's token and money limits, which grant each call its ``max_tokens``, cannot hold
+    such calls, and the run's figures show them passed. Whether it warned."""
+    cap = request.get("max_tokens")
+    if type(cap) is not int:
+        return False
+    allowed = cap * int(request.get("n") or 1)
+    counted = sum(c.completion_tokens - c.cut_off_tokens for c in result.choices)
+    if counted > allowed:
+        log.warning(
+            "the endpoint counted more completion tokens than max_tokens allowed; the run's "
+            "token and money limits cannot hold its calls",
+            endpoint=endpoint,
+            counted=counted,
+            allowed=allowed,
+        )
+        return True
+    return False
 
 
 def _tokens_of(choice: Any) -> int:
@@ -1042,8 +1218,12 @@ def _assemble(
         raise IncompleteResponse("the stream ended without a finished choice")
     if got < n and not _SHORT_REPLIES.get():
         # a sample short: asked again whole, never recorded short (or shifted onto the
-        # wrong node by the choices that follow it)
-        raise IncompleteResponse(f"the reply finished {got} of the {n} choices asked for")
+        # wrong node by the choices that follow it); what it generated was spent
+        done = getattr(usage, "completion_tokens", None)
+        spent = [0] * n
+        if is_token_count(done):
+            spent = counted if sum(counted) == done else _apportion(done, counted, texts)
+        raise ShortReply(f"the reply finished {got} of the {n} choices asked for", spent)
     if usage is None:  # the prompt's tokens are unknown, and never counted as 0
         raise MissingUsage("the reply carried no token usage")
     prompt_tokens = _count(usage, "prompt_tokens")
@@ -1054,8 +1234,15 @@ def _assemble(
         raise UnusableUsage(_not_a_count("reasoning_tokens", thought))
     if n == 1:
         per_choice = [completion_tokens]
-    elif sum(counted) == completion_tokens:
+    elif sum(counted) >= completion_tokens:  # never fewer than the choices were sent with
+        if sum(counted) > completion_tokens:
+            log.warning(
+                "the reply's usage counts fewer tokens than its choices carry; counted those",
+                usage=completion_tokens,
+                carried=sum(counted),
+            )
         per_choice = counted
+        completion_tokens = sum(counted)
     else:
         per_choice = _apportion(completion_tokens, counted, texts)
     choices = [

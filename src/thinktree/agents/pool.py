@@ -33,10 +33,13 @@ from thinktree.agents.endpoint import (
     MissingUsage,
     RetryHandler,
     RetryKind,
+    before_resend,
+    call_tally,
     classify,
     fingerprint,
     request_json,
     server_name,
+    warn_past_cap,
 )
 from thinktree.agents.limiter import AdaptiveLimiter
 from thinktree.errors import EndpointDown, EndpointError
@@ -125,6 +128,7 @@ class EndpointPool(EndpointClient):
         self._all_down_since: float | None = None  # when calls began to wait for any member
         self._pool_gave_up: EndpointDown | None = None  # the wait ran out: the run stops
         self.sent_usage = False
+        self.past_cap = False  # whether a reply counted more than its max_tokens allowed
 
     async def aclose(self) -> None:
         for member in self.members:
@@ -275,7 +279,12 @@ class EndpointPool(EndpointClient):
             hit = await cache.lookup(fp)
             if hit is not None:
                 return hit
-        result = await self._route(call)
+        with call_tally() as tally:
+            result = await self._route(call)
+            if tally is not None:
+                tally.add_to(result)
+                if not self.past_cap:  # once: it is the servers' way, not one call's
+                    self.past_cap = warn_past_cap(result, request, self.config.name)
         if cache is not None:
             await cache.record(fp, route, text, result, key)
         return result
@@ -292,6 +301,8 @@ class EndpointPool(EndpointClient):
             member = await self._pick()
             if waited and attempts == 0 and sent:  # the pool is back: sent again after it
                 await self._retried(sent, 0.0, "sent again after the pool came back")
+            if sent:
+                await before_resend()
             attempts += 1
             sent += 1
             member.outstanding += 1

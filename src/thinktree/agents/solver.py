@@ -16,7 +16,15 @@ import structlog
 
 from thinktree.agents.capabilities import Capabilities, client_template
 from thinktree.agents.chat_template import generation_opener, render_continuation
-from thinktree.agents.endpoint import Choice, Completion, DeltaHandler, EndpointClient, Message
+from thinktree.agents.endpoint import (
+    Choice,
+    Completion,
+    CutOffs,
+    DeltaHandler,
+    EndpointClient,
+    Message,
+    counting_cut_offs,
+)
 from thinktree.agents.structured import AnswerFormat, Constraint, validate
 from thinktree.errors import BudgetExhausted, EndpointError, RunLimitReached, RunStopping
 from thinktree.extraction import extract_answer
@@ -30,7 +38,13 @@ from thinktree.orchestrator.events import (
     NodeKind,
     NodeStarted,
 )
-from thinktree.orchestrator.ledger import Budget, LimitHeld, RecordedCalls, token_cut
+from thinktree.orchestrator.ledger import (
+    Budget,
+    LimitHeld,
+    RecordedCalls,
+    spend_in_run,
+    token_cut,
+)
 from thinktree.pricing import Bill, MoneyLimit, prompt_bound
 from thinktree.problems import Problem
 
@@ -156,28 +170,40 @@ class Solver:
         except BaseException:
             _unsent(bill)
             raise
+        spent = _CutOffSpend([req.budget], [grant], bill)
         try:
             with solver_call(cut):
                 result = recorded or await self._request(
-                    mode, messages, prefix, grant, 1, req.node_id, [req], bill=bill
+                    mode, messages, prefix, grant, 1, req.node_id, [req], bill=bill, spent=spent
                 )
+        except (BudgetExhausted, RunLimitReached) as exc:  # a limit refused to send it again
+            await self._cancelled([(req, grant)], str(exc), spent)
+            raise
         except EndpointError as exc:
             req.budget.commit(grant, 0)
+            (streamed,) = spent.spend_unsent()
             error = str(exc)
             if req.constraint is not None and req.constraint.dialect and "(400)" in error:
                 error = f"{CONSTRAINT_REFUSED}: {error}"  # the answer is asked for freely
             else:
                 self.failures.append(error)
-            await self.bus.emit(NodeFailed(node_id=req.node_id, error=error, call_id=req.node_id))
+            await self.bus.emit(
+                NodeFailed(
+                    node_id=req.node_id,
+                    error=error,
+                    call_id=req.node_id,
+                    completion_tokens=streamed,
+                )
+            )
             return Segment(node_id=req.node_id, failed=True, error=error)
         except anyio.get_cancelled_exc_class():
-            await self._cancelled([(req, grant)])
+            await self._cancelled([(req, grant)], spent=spent)
             raise
         except RunStopping as exc:  # the endpoint stayed down, the files cannot be written
-            await self._cancelled([(req, grant)], str(exc))
+            await self._cancelled([(req, grant)], str(exc), spent)
             raise
         choice = result.choices[0]
-        req.budget.commit(grant, choice.completion_tokens)
+        req.budget.commit(grant, spent.text(0, choice.completion_tokens, choice))
         _apply(branch, mode, messages, prefix, req, _with_thinking(choice, self.caps))
         return await self._finish(branch, req, result, 0, result.prompt_tokens)
 
@@ -219,6 +245,8 @@ class Solver:
         except BaseException:
             _unsent(bill)
             raise
+        # its text's tokens, and so its attempts cut off mid-stream, count as the answer's
+        spent = _CutOffSpend([answer.budget], [think_grant + answer_grant], bill)
         try:
             # recorded as the solver's: only its whole ask is read back (see _recorded)
             with solver_call():
@@ -232,27 +260,37 @@ class Solver:
                     [think],
                     extra={"thinking_token_budget": think_grant},
                     bill=bill,
+                    spent=spent,
                 )
+        except (BudgetExhausted, RunLimitReached) as exc:  # a limit refused to send it again
+            await self._cancelled([(think, think_grant), (answer, answer_grant)], str(exc), spent)
+            raise
         except EndpointError as exc:
             segments = []
             think.budget.commit(think_grant, 0)  # both first: announcing may fail
             answer.budget.commit(answer_grant, 0)
+            (streamed,) = spent.spend_unsent()
             self.failures.append(str(exc))
-            for req in (think, answer):
+            for req, tokens in ((think, 0), (answer, streamed)):  # the answer's, as above
                 await self.bus.emit(
-                    NodeFailed(node_id=req.node_id, error=str(exc), call_id=think.node_id)
+                    NodeFailed(
+                        node_id=req.node_id,
+                        error=str(exc),
+                        call_id=think.node_id,
+                        completion_tokens=tokens,
+                    )
                 )
                 segments.append(Segment(node_id=req.node_id, failed=True, error=str(exc)))
             return segments[0], segments[1]
         except anyio.get_cancelled_exc_class():
-            await self._cancelled([(think, think_grant), (answer, answer_grant)])
+            await self._cancelled([(think, think_grant), (answer, answer_grant)], spent=spent)
             raise
         except RunStopping as exc:
-            await self._cancelled([(think, think_grant), (answer, answer_grant)], str(exc))
+            await self._cancelled([(think, think_grant), (answer, answer_grant)], str(exc), spent)
             raise
         choice = result.choices[0]
         thinking, content = _split_thinking(choice, self.caps.think_end)
-        total = choice.completion_tokens
+        total = choice.completion_tokens - choice.cut_off_tokens  # the text's
         thought = result.reasoning_tokens
         if not thought and thinking:
             # vLLM counts reasoning tokens only after a <think> in the output; where the
@@ -263,12 +301,14 @@ class Solver:
             thought = total if not content else min(total, think_grant)
         thought = min(thought, total)
         think.budget.commit(think_grant, thought)
-        answer.budget.commit(answer_grant, total - thought)
+        # the answer's node counts what attempts cut off mid-stream spent (see CutOffs)
+        answered = total - thought + choice.cut_off_tokens
+        answer.budget.commit(answer_grant, spent.text(0, answered, choice))
         _apply(branch, mode, messages, prefix, think, _with_thinking(choice, self.caps))
         finished = []
         for req, text, tokens, prompt, source in (
             (think, thinking, thought, result.prompt_tokens, thinking),
-            (answer, content, total - thought, 0, content),
+            (answer, content, answered, 0, content),
         ):
             found = extract_answer(source, self.problem)
             await self.bus.emit(
@@ -290,7 +330,7 @@ class Solver:
                     node_id=req.node_id,
                     text=text,
                     finish_reason=choice.finish_reason,
-                    completion_tokens=tokens,
+                    completion_tokens=tokens - (choice.cut_off_tokens if req is answer else 0),
                     answer=found.answer if found else None,
                 )
             )
@@ -328,25 +368,40 @@ class Solver:
         except BaseException:
             _unsent(bill)
             raise
+        spent = _CutOffSpend([r.budget for r in reqs], [grant] * len(reqs), bill)
         try:
             with solver_call(cut):
                 result = recorded or await self._request(
-                    mode, messages, prefix, grant, len(reqs), reqs[0].node_id, reqs, bill=bill
+                    mode,
+                    messages,
+                    prefix,
+                    grant,
+                    len(reqs),
+                    reqs[0].node_id,
+                    reqs,
+                    bill=bill,
+                    spent=spent,
                 )
         except anyio.get_cancelled_exc_class():
-            await self._cancelled([(r, grant) for r in reqs])
+            await self._cancelled([(r, grant) for r in reqs], spent=spent)
             raise
-        except RunStopping as exc:
-            await self._cancelled([(r, grant) for r in reqs], str(exc))
+        except (BudgetExhausted, RunLimitReached, RunStopping) as exc:
+            await self._cancelled([(r, grant) for r in reqs], str(exc), spent)
             raise
         except EndpointError as exc:
             out = []
             for r in reqs:  # all first: announcing one may fail
                 r.budget.commit(grant, 0)
+            streamed = spent.spend_unsent()
             self.failures.append(str(exc))
-            for r in reqs:
+            for r, tokens in zip(reqs, streamed, strict=True):
                 await self.bus.emit(
-                    NodeFailed(node_id=r.node_id, error=str(exc), call_id=reqs[0].node_id)
+                    NodeFailed(
+                        node_id=r.node_id,
+                        error=str(exc),
+                        call_id=reqs[0].node_id,
+                        completion_tokens=tokens,
+                    )
                 )
                 out.append((Segment(node_id=r.node_id, failed=True, error=str(exc)), branch.fork()))
             return out
@@ -367,7 +422,7 @@ class Solver:
                     (Segment(node_id=r.node_id, failed=True, error=error), branch.fork())
                 )
                 continue
-            r.budget.commit(grant, choice.completion_tokens)
+            r.budget.commit(grant, spent.text(i, choice.completion_tokens, choice))
             own = branch.fork()
             _apply(own, mode, messages, prefix, r, _with_thinking(choice, self.caps))
             prompt_tokens = result.prompt_tokens if i == 0 else 0
@@ -455,16 +510,25 @@ class Solver:
         self,
         calls: list[tuple[SegmentRequest, int]],
         reason: str = "cancelled in flight: the run stopped",
+        spent: _CutOffSpend | None = None,
     ) -> None:
-        """Record calls cut off in flight (the run stopped), each with its grant: released,
-        marked failed with ``reason``, so none is left running. All are released first:
-        announcing one may fail (the bus closed), and must not keep the others' tokens."""
+        """Record calls cut off in flight (the run stopped, a limit refused to send them
+        again), each with its grant: released, but for what an attempt cut off mid-stream
+        and never sent again streamed (``spent``), marked failed with ``reason``, so none
+        is left running. All are released first: announcing one may fail (the bus
+        closed), and must not keep the others' tokens."""
         for r, grant in calls:
             r.budget.commit(grant, 0)
+        streamed = spent.spend_unsent() if spent is not None else []
+        streamed = [0] * (len(calls) - len(streamed)) + streamed  # a thinking's: its answer's
         sent_as = calls[0][0].node_id  # the request they were sent in
         with anyio.CancelScope(shield=True):
-            for r, _ in calls:
-                await self.bus.emit(NodeFailed(node_id=r.node_id, error=reason, call_id=sent_as))
+            for (r, _), tokens in zip(calls, streamed, strict=True):
+                await self.bus.emit(
+                    NodeFailed(
+                        node_id=r.node_id, error=reason, call_id=sent_as, completion_tokens=tokens
+                    )
+                )
 
     def _shape(self, branch: Branch, req: SegmentRequest) -> tuple[str, list[Message], str]:
         """How to send ``req``: the continuation mode, the messages and the assistant prefix.
@@ -542,13 +606,20 @@ class Solver:
         extra: dict[str, Any] | None = None,
         *,
         bill: Bill | None = None,
+        spent: _CutOffSpend | None = None,
     ) -> Completion:
-        """Send the call; ``bill`` (the money it holds) settles at what it cost, or at
-        nothing where it fails or is cut off."""
+        """Send the call; ``bill`` (the money it holds) settles at what it cost, or, where
+        it fails or is cut off, at what its attempts cut off mid-stream cost (``spent``
+        counts those under the limits)."""
+        tally = spent.tally if spent is not None else CutOffs()
         try:
-            result = await self._ask(mode, messages, prefix, max_tokens, n, first_node, reqs, extra)
+            with counting_cut_offs(tally):
+                result = await self._ask(
+                    mode, messages, prefix, max_tokens, n, first_node, reqs, extra
+                )
         except BaseException:
-            _unsent(bill)
+            if bill is not None:
+                bill.release(sum(tally.last or ()))
             raise
         if bill is not None:
             bill.settle(result.prompt_tokens, result.completion_tokens)
@@ -691,9 +762,59 @@ class Solver:
             node_id=req.node_id,
             text=choice.text,
             finish_reason=choice.finish_reason,
-            completion_tokens=choice.completion_tokens,
+            # the text's: what the mode's budgets count (the node says what was spent)
+            completion_tokens=choice.completion_tokens - choice.cut_off_tokens,
             answer=answer,
         )
+
+
+class _CutOffSpend:
+    """Counts a call's attempts cut off mid-stream (see
+    :class:`~thinktree.agents.endpoint.CutOffs`) under the run's limits: each as the call
+    is sent again, where they hold another attempt too (else the call is not sent again);
+    the last one, which nothing followed, when the call ends (:meth:`spend_unsent`). The
+    pools under the run's count the text the call answered with (:meth:`text`).
+
+    ``pools[i]``, ``grants[i]``: the pool choice ``i``'s tokens count in, its grant.
+    """
+
+    def __init__(self, pools: list[Budget], grants: list[int], bill: Bill | None) -> None:
+        self.pools = pools
+        self.grants = grants
+        self.bill = bill
+        self.counted = [0] * len(pools)
+        """Per choice, tokens of attempts sent again: spent in the run's pool already."""
+        self.tally = CutOffs(on_resend=self._resend)
+
+    async def _resend(self, tokens: list[int]) -> None:
+        total = sum(tokens)
+        spend_in_run(self.pools[0], total, count=False)  # the money's check last: it counts
+        if self.bill is not None:
+            self.bill.charge(total)
+        spend_in_run(self.pools[0], total, check=False)
+        for i, counted in enumerate(tokens):
+            self.counted[min(i, len(self.counted) - 1)] += counted
+
+    def text(self, index: int, tokens: int, choice: Choice) -> int:
+        """Of ``tokens``, choice ``index``'s (``choice``'s) count with its attempts cut off
+        mid-stream in it, those of the text it answered with; what those attempts spent is
+        in the run's pool (a call read back from the run's call store: from now on)."""
+        unseen = choice.cut_off_tokens - self.counted[index]
+        if unseen > 0:
+            spend_in_run(self.pools[0], unseen, check=False)
+        return max(tokens - choice.cut_off_tokens, 0)
+
+    def spend_unsent(self) -> list[int]:
+        """Count what the last attempt, cut off mid-stream and not sent again, streamed, as
+        spent in the run's pool, once the call's grants are given back (it is within them);
+        per choice, the tokens the call's attempts streamed (what its failed node spent)."""
+        streamed = list(self.counted)
+        for i, tokens in enumerate(self.tally.last or ()):
+            j = min(i, len(streamed) - 1)
+            streamed[j] += min(tokens, self.grants[j])
+        self.tally.last = None
+        spend_in_run(self.pools[0], sum(streamed) - sum(self.counted), check=False)
+        return streamed
 
 
 async def _reserved(asks: list[tuple[Budget, int]]) -> list[int]:

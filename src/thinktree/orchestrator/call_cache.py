@@ -78,6 +78,9 @@ class Recorded:
     grant: int | None = None
     cut: tuple[tuple[str, str], ...] = ()
     verifier: bool = False
+    cut_off: int = 0
+    """Of ``completion_tokens``, those its attempts cut off mid-stream streamed: the run's
+    limit counted them, its problem's did not (see :class:`~thinktree.agents.endpoint.CutOffs`)."""
 
 
 VERIFIER_MARK = ("verifier", "run")
@@ -97,12 +100,15 @@ def _marks(cut: str | None) -> tuple[tuple[str, str], ...]:
         return ()
 
 
-def _recorded(prompt: int, done: int, grant: object, cut: str | None) -> Recorded:
+def _recorded(
+    prompt: int, done: int, grant: object, cut: str | None, cut_off: object = 0
+) -> Recorded:
     """One row of :meth:`SqliteCallCache.recorded_usage` as what the call spent and was granted."""
     marks = _marks(cut)
     verifier = VERIFIER_MARK in marks
     marks = tuple(mark for mark in marks if mark != VERIFIER_MARK)
-    return Recorded(prompt, done, _grant(grant), marks, verifier)
+    lost = cut_off if type(cut_off) is int and 0 <= cut_off <= done else 0
+    return Recorded(prompt, done, _grant(grant), marks, verifier, lost)
 
 
 class NotRecorded(Exception):  # a state, not a failure: the call is to be made
@@ -315,12 +321,17 @@ class SqliteCallCache:
         :class:`~thinktree.orchestrator.ledger.RecordedCalls`)."""
         rows = self._conn.execute(  # the latest of a node's calls last: it is the one kept
             "SELECT node_key, prompt_tokens, completion_tokens, "
-            "json_extract(request, '$.max_tokens'), cut FROM responses "
+            "json_extract(request, '$.max_tokens'), cut, "
+            # a scan for a count past 0 first: most calls had no attempt cut off, and
+            # parsing every response (their texts) would slow the resume of a large run
+            "CASE WHEN response GLOB '*\"cut_off_tokens\":[1-9]*' THEN "
+            "(SELECT sum(json_extract(value, '$.cut_off_tokens')) "
+            "FROM json_each(response, '$.choices')) ELSE 0 END FROM responses "
             "WHERE node_key IS NOT NULL ORDER BY created"
         )
         return {
-            str(key): _recorded(int(prompt), int(done), grant, cut)
-            for key, prompt, done, grant, cut in rows
+            str(key): _recorded(int(prompt), int(done), grant, cut, cut_off)
+            for key, prompt, done, grant, cut, cut_off in rows
             if is_token_count(prompt) and is_token_count(done)  # else not recorded, see lookup
         }
 

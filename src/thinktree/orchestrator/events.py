@@ -240,6 +240,10 @@ class NodeFailed(Event):
     call_id: str | None = None
     """The request the node was sent in (shared by the nodes of one request); None for a
     node never sent."""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    """What its call's attempts cut off mid-stream streamed for it before the call failed
+    (their prompts are unknown: no usage came back for them)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -177,6 +177,27 @@ class Budget:
         return None if not self.limit else self.used / self.limit
 
 
+def spend_in_run(pool: Budget, tokens: int, *, check: bool = True, count: bool = True) -> None:
+    """Count ``tokens`` generated for no answer (by attempts cut off mid-stream) as spent
+    in the run's pool, the outermost one above ``pool``: the run's limit counts what was
+    spent, while the pools under it (a problem's, its mode's budgets) count the text each
+    call answered with. With ``check``, only where the run's limit also still holds what
+    calls under way reserved, so that the call may be sent again; else
+    :class:`~thinktree.errors.RunLimitReached`, and nothing is counted. ``count=False``
+    checks only."""
+    run = pool
+    while run.parent is not None:
+        run = run.parent
+    if check and run.limit is not None and run.limit - run.used - run.reserved - run.held < tokens:
+        raise RunLimitReached(
+            f"run stopped: its token limit of {run.limit} is reached "
+            f"({run.used + run.held} spent; a call cut off mid-stream cannot be sent again "
+            "within it)"
+        )
+    if count:
+        run.used += tokens
+
+
 class RecordedCalls:
     """The calls a resumed run's own call store recorded (the solver's, and a judge's on the
     run's endpoint), held under its token limits until the run reaches them.
@@ -207,9 +228,9 @@ class RecordedCalls:
         self._same_limits = same_limits
         self._by_problem: dict[str, int] = {}
         for key, call in self._recorded.items():
-            if not call.verifier:
+            if not call.verifier:  # its text's: a problem's limit never counted the rest
                 problem = problem_of(key)
-                done = self._by_problem.get(problem, 0) + call.completion_tokens
+                done = self._by_problem.get(problem, 0) + call.completion_tokens - call.cut_off
                 self._by_problem[problem] = done
             if money is not None:
                 money.hold_recorded(call.prompt_tokens, call.completion_tokens)
@@ -242,9 +263,9 @@ class RecordedCalls:
         if call is None:
             return ()
         problem = None if call.verifier else self._problems.get(problem_of(key))
-        for pool in (problem, self._run):
-            if pool is not None:
-                pool.held = max(0, pool.held - call.completion_tokens)
+        if problem is not None:
+            problem.held = max(0, problem.held - (call.completion_tokens - call.cut_off))
+        self._run.held = max(0, self._run.held - call.completion_tokens)
         if self._money is not None:
             self._money.release_recorded(call.prompt_tokens, call.completion_tokens)
         return call.cut

@@ -740,7 +740,12 @@ class _Projection:
                 error = str(p["error"])
                 status = "cancelled" if error.startswith("cancelled") else "failed"
                 row.update(
-                    status=status, error=error, finished_at=p["at"], call_id=p.get("call_id")
+                    status=status,
+                    error=error,
+                    finished_at=p["at"],
+                    call_id=p.get("call_id"),
+                    prompt_tokens=p.get("prompt_tokens") or 0,
+                    completion_tokens=p.get("completion_tokens") or 0,
                 )
                 self._ended(p["node_id"], row)
             case "problem-started":

@@ -195,6 +195,8 @@ class RunTree:
                 )
                 node.error = err
                 node.call_id = event.call_id
+                node.prompt_tokens = event.prompt_tokens
+                node.completion_tokens = event.completion_tokens
                 node.finished_at = event.at
             case VoteCast():
                 self.problems[event.problem_id].vote = event

@@ -208,6 +208,12 @@ class FakeServer:
         self.answered = 0
         """Generation requests answered successfully (faulted ones excluded)."""
         self.faulted: Counter[Fault] = Counter()
+        self.prompt_tokens_billed = 0
+        """Prompt tokens of the requests it began to answer (an API bills them, even for a
+        reply cut off or never read), counted as its usage counts them."""
+        self.completion_tokens_billed = 0
+        """Completion tokens it generated: a plain reply's all (sent whole or not), a
+        stream's those it sent before it was cut off."""
         self.in_flight = 0
         """Generation requests being answered now."""
         self.peak_in_flight = 0
@@ -377,6 +383,7 @@ class FakeServer:
                 choices = []
 
         completion_tokens = sum(len(c.pieces) for c in choices)
+        self.prompt_tokens_billed += prompt_tokens
         usage = {
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
@@ -384,8 +391,9 @@ class FakeServer:
         }
         rid = f"{'chatcmpl' if chat else 'cmpl'}-{self.id_prefix}-{index}"
         if body.get("stream"):
-            head, content, tail = self._events(body, rid, choices, usage, chat=chat)
-            return await self._send_stream(request, head, content, tail, fault)
+            head, content, tail, sizes = self._events(body, rid, choices, usage, chat=chat)
+            return await self._send_stream(request, head, content, tail, fault, sizes)
+        self.completion_tokens_billed += completion_tokens
         payload = self._response(body, rid, choices, usage, chat=chat)
         return await self._send_plain(request, payload, fault)
 
@@ -488,8 +496,9 @@ class FakeServer:
 
     def _events(
         self, body: Body, rid: str, choices: list[_Choice], usage: dict[str, int], *, chat: bool
-    ) -> tuple[list[bytes], list[bytes], list[bytes]]:
-        """SSE events of a stream: the opening, the content and the closing events.
+    ) -> tuple[list[bytes], list[bytes], list[bytes], list[int]]:
+        """SSE events of a stream: the opening, the content and the closing events, and the
+        tokens each content event carries.
 
         Chunks are assembled from byte templates (only the texts are JSON-encoded per
         chunk); this is the hot path of a streaming benchmark.
@@ -517,6 +526,7 @@ class FakeServer:
         rounds = max(map(len, groups), default=0)
         head: list[bytes] = []
         content: list[bytes] = []
+        sizes: list[int] = []
         tail: list[bytes] = []
         with_ids = self._with_token_ids(body)
 
@@ -535,6 +545,7 @@ class FakeServer:
                     if k < len(cg):
                         group = cg[k]
                         logprobs = _dumps(_chat_logprobs(group)) if want_logprobs else b"null"
+                        sizes.append(len(group))
                         content.append(
                             prefix + b'{"index":%d,"delta":{"content":%s},"logprobs":%s,%s'
                             b'"finish_reason":null}]}\n\n'
@@ -558,6 +569,7 @@ class FakeServer:
                             _dumps(_text_logprobs(group, offsets[j])) if want_logprobs else b"null"
                         )
                         offsets[j] += len(text)
+                        sizes.append(len(group))
                         content.append(
                             prefix
                             + b'{"index":%d,"text":%s,"logprobs":%s,%s"finish_reason":null}]}\n\n'
@@ -571,10 +583,11 @@ class FakeServer:
                 )
         if not choices:
             content.append(prefix + b"]}\n\n")
+            sizes.append(0)
         if with_usage:
             tail.append(meta + b'"choices":[],"usage":%s}\n\n' % _dumps(usage))
         tail.append(_DONE)
-        return head, content, tail
+        return head, content, tail, sizes
 
     # -- sending ---------------------------------------------------------------------
 
@@ -602,12 +615,14 @@ class FakeServer:
         content: list[bytes],
         tail: list[bytes],
         fault: Fault | None,
+        sizes: list[int],
     ) -> web.StreamResponse:
         if fault is Fault.INVALID_JSON:
-            content = [b'data: {"id": "fake", "choices": [ this is not JSON\n\n']
+            content, sizes = [b'data: {"id": "fake", "choices": [ this is not JSON\n\n'], [0]
         if fault in (Fault.TRUNCATED, Fault.RESET):
             content = content[: (len(content) + 1) // 2]
             tail = []
+        self.completion_tokens_billed += sum(sizes[: len(content)])
         events = head + content + tail
         delay = self.behaviour.chunk_delay_s
         if fault is not Fault.RESET and delay <= 0:

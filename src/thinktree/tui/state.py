@@ -220,9 +220,9 @@ class RunView:
             case NodeStarted():
                 self.newest_node = event.node_id
                 changes.nodes.add(event.node_id)
-            case NodeDelta() | NodeFailed():
+            case NodeDelta():
                 changes.nodes.add(event.node_id)
-            case NodeFinished():
+            case NodeFinished() | NodeFailed():
                 # the solver's, as the run's summary counts them (not its verifiers')
                 if self.tree.node(event.node_id).kind != NodeKind.VERDICT:
                     self.completion_tokens += event.completion_tokens
