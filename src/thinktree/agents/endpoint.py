@@ -383,32 +383,48 @@ class CutOffs:
 _CUT_OFFS: ContextVar[CutOffs | None] = ContextVar("thinktree_cut_offs", default=None)
 
 
-@contextmanager
-def counting_cut_offs(tally: CutOffs) -> Iterator[CutOffs]:
-    """The call made inside counts its cut-off attempts in ``tally`` (see :class:`CutOffs`)."""
-    token = _CUT_OFFS.set(tally)
-    try:
-        yield tally
-    finally:
-        _CUT_OFFS.reset(token)
+class counting_cut_offs:  # lower case: used as a function, ``with counting_cut_offs(t):``
+    """The call made inside counts its cut-off attempts in ``tally`` (see :class:`CutOffs`).
+
+    A class, not a generator: it is entered on every model call, where
+    :func:`contextlib.contextmanager`'s generator costs several times as much.
+    """
+
+    __slots__ = ("_tally", "_token")
+
+    def __init__(self, tally: CutOffs) -> None:
+        self._tally = tally
+
+    def __enter__(self) -> CutOffs:
+        self._token = _CUT_OFFS.set(self._tally)
+        return self._tally
+
+    def __exit__(self, *_: object) -> None:
+        _CUT_OFFS.reset(self._token)
 
 
-@contextmanager
-def call_tally() -> Iterator[CutOffs | None]:
+class call_tally:  # lower case: used as a function, ``with call_tally() as tally:``
     """The tally of a call being made (its caller's, see :func:`counting_cut_offs`, or a
     new one), which its result counts; None where the call is one attempt of an outer
     call (a pool's), whose result counts it."""
-    tally = _CUT_OFFS.get()
-    if tally is not None and tally.open:
-        yield None
-        return
-    tally = tally or CutOffs()
-    tally.open = True
-    try:
-        with counting_cut_offs(tally):
-            yield tally
-    finally:
-        tally.open = False
+
+    __slots__ = ("_tally", "_token")
+
+    def __enter__(self) -> CutOffs | None:
+        tally = _CUT_OFFS.get()
+        if tally is not None and tally.open:
+            self._tally = None
+            return None
+        tally = self._tally = tally or CutOffs()
+        tally.open = True
+        self._token = _CUT_OFFS.set(tally)
+        return tally
+
+    def __exit__(self, *_: object) -> None:
+        tally = self._tally
+        if tally is not None:
+            _CUT_OFFS.reset(self._token)
+            tally.open = False
 
 
 def note_cut_off(tokens: list[int]) -> None:
@@ -1132,7 +1148,9 @@ def warn_past_cap(result: Completion, request: dict[str, Any], endpoint: str) ->
     if type(cap) is not int:
         return False
     allowed = cap * int(request.get("n") or 1)
-    counted = sum(c.completion_tokens - c.cut_off_tokens for c in result.choices)
+    counted = 0
+    for choice in result.choices:  # a loop: this runs on every call
+        counted += choice.completion_tokens - choice.cut_off_tokens
     if counted > allowed:
         log.warning(
             "the endpoint counted more completion tokens than max_tokens allowed; the run's "
