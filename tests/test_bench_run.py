@@ -739,6 +739,18 @@ async def test_merged_shards_allow_the_tokens_one_run_allows(tmp_path: Path) -> 
         ("", '[grid]\nmode = ["budget", "budget"]', "mode lists the same value twice ('budget')"),
         (
             "",
+            "[grid]\nmin_thinking = [16]\nmin-thinking = [32]",
+            "[grid] gives min-thinking twice (min_thinking and min-thinking)",
+        ),
+        (
+            "",
+            "[run]\ntotal_budget = 100\ntotal-budget = 200",
+            "[run] gives total-budget twice (total_budget and total-budget)",
+        ),
+        ("", "[run]\nbugdet = 3", "[run] unknown key 'bugdet'; valid keys: "),
+        ("", "[grid]\nbugdet = [3]", "[grid] unknown key 'bugdet'; valid keys: "),
+        (
+            "",
             '[prices]\n"m" = { prompt = nan, completion = 1 }',
             'price of "m": prompt must be a number of USD per million tokens',
         ),
