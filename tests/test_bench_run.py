@@ -31,7 +31,7 @@ from thinktree.bench.runner import run_bench
 from thinktree.bench.sharding import SHARDS, ShardReport, ShardSpec
 from thinktree.errors import ConfigError
 from thinktree.orchestrator.run import run_outcome
-from thinktree.testing.fake_server import FakeBehaviour, FakeServer, fake_server_in_thread
+from thinktree.testing.fake_server import FakeBehaviour, FakeServer, Fault, fake_server_in_thread
 
 
 def write_config(folder: Path, url: str, grid: str) -> Path:
@@ -166,6 +166,81 @@ def test_cells_that_make_the_same_calls_share_them(tmp_path: Path) -> None:
     ]
     assert results[0]["metrics"]["completion_tokens"] == results[1]["metrics"]["completion_tokens"]
     assert "calls from the cache" in err
+
+
+def test_a_cell_that_reads_back_another_cells_calls_did_not_spend_them(tmp_path: Path) -> None:
+    """The second aggregate reads every call back from the first cell's: its cost, latency
+    and retries are not its own (the first cell's call took a retry), they are read back;
+    its tokens are still those its answers took. A resume of it says the same."""
+    SEEN.clear()
+
+    def faults(request: int) -> Fault | None:  # the probes' seven requests come first
+        return Fault.SERVER_ERROR if request == 7 else None
+
+    with fake_server_in_thread(FakeBehaviour(reply=reply, delay_s=0.02), faults=faults) as server:
+        config = write_config(
+            tmp_path,
+            server.base_url,
+            'mode = ["parallel"]\naggregate = ["majority", "length-weighted"]',
+        )
+        text = config.read_text().replace('[[datasets]]\npath = "two.jsonl"\nlimit = 2\n', "")
+        config.write_text(text + '[prices]\n"fake-model" = { prompt = 1.0, completion = 2.0 }\n')
+        proc = cli("bench", str(config), "--out", "out", cwd=tmp_path)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, out + err
+        made, reused = sorted((tmp_path / "out").glob("*/results.json"))
+        (tmp_path / "out" / reused.parent.name / "results.json").unlink()  # resumed: read back
+        proc = cli("bench", str(config), "--out", "out", cwd=tmp_path)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, out + err
+    spent = json.loads(made.read_text())["metrics"]
+    read = json.loads(reused.read_text())["metrics"]
+    assert spent["retries"] == 1 and spent["cost_usd"] > 0 and spent["latency_p50_s"] > 0
+    assert read["completion_tokens"] == spent["completion_tokens"] and read["calls"] == 2
+    assert read["cost_usd"] == 0 and read["retries"] == 0
+    assert read["latency_p50_s"] is None and read["latency_p95_s"] is None
+    assert spent["read_back"] is None
+    assert read["read_back"] == {
+        "calls": 2,
+        "prompt_tokens": spent["prompt_tokens"],
+        "completion_tokens": spent["completion_tokens"],
+        "cost_usd": spent["cost_usd"],
+    }
+    proc = cli("report", "out", cwd=tmp_path)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out + err
+    report = (tmp_path / "out" / "report.md").read_text()
+    row = next(line for line in report.splitlines() if "length-weighted" in line)
+    assert f"2 calls, ${spent['cost_usd']:.4f}" in row and "$0.0000" in row, row
+    out, err = cli("runs", "out", cwd=tmp_path).communicate(timeout=120)
+    row = next(line for line in out.splitlines() if "length-weighted" in line)
+    assert "$0.0000" in row and "2 calls read back from another run's" in row, out + err
+
+
+def test_a_sharded_cell_keeps_the_calls_it_read_back_apart(tmp_path: Path) -> None:
+    """Each shard of the second aggregate reads its calls back from the first cell's: the
+    merged cell says so, as an unsharded one does."""
+    with fake_server_in_thread(FakeBehaviour(reply=reply)) as server:
+        config = write_config(
+            tmp_path,
+            server.base_url,
+            'mode = ["parallel"]\naggregate = ["majority", "length-weighted"]',
+        )
+        config.write_text(
+            config.read_text() + '[prices]\n"fake-model" = { prompt = 1.0, completion = 2.0 }\n'
+        )
+        _bench_in_shards(config, "nowhere")
+    cells = sorted((tmp_path / "out").glob("*/results.json"))
+    made, reused = (json.loads(path.read_text())["metrics"] for path in cells[:2])
+    assert made["cost_usd"] > 0
+    assert reused["cost_usd"] == 0 and reused["latency_p50_s"] is None
+    assert made["read_back"] is None
+    assert reused["read_back"]["calls"] == 2 and reused["read_back"]["cost_usd"] == made["cost_usd"]
+    shared = sqlite3.connect(tmp_path / "out" / "calls.sqlite")
+    try:  # the bench's own store keeps no call as read back
+        assert shared.execute("SELECT count(*) FROM read_back").fetchone() == (0,)
+    finally:
+        shared.close()
 
 
 def test_bad_bench_configs_fail_in_one_line_before_anything_runs(tmp_path: Path) -> None:

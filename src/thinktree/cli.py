@@ -845,7 +845,13 @@ def _run_note(run: RunSummary, *, priced: bool) -> str:
     if run.calls_failed:
         failed.append(f"{run.calls_failed} model call(s) failed")
     unpriced = "no price for a verifier's model" if priced and run.verifier_cost_usd is None else ""
-    return "; ".join(part for part in (run.error, ", ".join(failed), unpriced) if part)
+    calls = run.read_back_calls
+    read_back = (
+        f"{calls} call{'s' if calls != 1 else ''} read back from another run's, not paid here"
+        if calls
+        else ""
+    )
+    return "; ".join(part for part in (run.error, ", ".join(failed), unpriced, read_back) if part)
 
 
 def _cost(cost: float | None) -> str:

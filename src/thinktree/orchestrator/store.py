@@ -1194,6 +1194,7 @@ class StoreReader:
         except (ValueError, TypeError, AttributeError):
             raise StoreError(f"{self.path} is a damaged run store: a verdict is damaged") from None
         unpriced = any(cost is None and (p or c) for p, c, cost in verdicts)
+        borrowed = self._read_back()
         return RunSummary(
             run_id=row["run_id"] or self.path.parent.name,
             folder=self.path.parent,
@@ -1216,7 +1217,28 @@ class StoreReader:
             verifier_cost_usd=None
             if unpriced
             else math.fsum(cost for _, _, cost in verdicts if cost is not None),
+            read_back_calls=len({call_id for call_id, _, _ in borrowed}),
+            read_back_prompt_tokens=sum(p for _, p, _ in borrowed),
+            read_back_completion_tokens=sum(c for _, _, c in borrowed),
         )
+
+    def _read_back(self) -> list[tuple[str, int, int]]:
+        """The call id and tokens of each node whose call the run read back from another
+        run's (a bench cell's, see :func:`~thinktree.orchestrator.call_cache.read_back_calls`)."""
+        from thinktree.orchestrator.call_cache import read_back_calls
+
+        ids = read_back_calls(self.path.parent / _CALLS)
+        if not ids:
+            return []
+        rows = self._query(
+            "SELECT call_id, prompt_tokens, completion_tokens FROM nodes "
+            "WHERE kind != 'verdict' AND call_id IS NOT NULL"
+        )
+        return [
+            (str(r["call_id"]), int(r["prompt_tokens"] or 0), int(r["completion_tokens"] or 0))
+            for r in rows
+            if r["call_id"] in ids
+        ]
 
 
 def _spent(verdict: dict[str, Any]) -> tuple[int, int, float | None]:
@@ -1257,6 +1279,11 @@ class RunSummary:
     verifier_prompt_tokens: int = 0
     verifier_completion_tokens: int = 0
     verifier_cost_usd: float | None = 0.0  # None: a verdict spent tokens at no known price
+    # of the solver's calls and tokens above, those read back from another run's calls (a
+    # bench cell's): that run paid for them
+    read_back_calls: int = 0
+    read_back_prompt_tokens: int = 0
+    read_back_completion_tokens: int = 0
 
     @property
     def tokens(self) -> int:
@@ -1270,15 +1297,19 @@ class RunSummary:
 
     def cost_usd(self, price: Price | None) -> float | None:
         """What the run cost, its solver's tokens at ``price`` (its model's) and its
-        verifiers' at their own models' prices; None where either price is unknown."""
+        verifiers' at their own models' prices; None where either price is unknown. The
+        calls it read back from another run's cost it nothing: that run paid for them."""
         if price is None or self.verifier_cost_usd is None:
             return None
-        return price.cost(self.prompt_tokens, self.completion_tokens) + self.verifier_cost_usd
+        prompt = self.prompt_tokens - self.read_back_prompt_tokens
+        completion = self.completion_tokens - self.read_back_completion_tokens
+        return price.cost(prompt, completion) + self.verifier_cost_usd
 
 
 # A run folder's other files, as orchestrator.run names them (it imports this module).
 _MANIFEST: Final = "run.json"  # written first: what makes a folder a run folder
 _RESULTS: Final = "results.json"  # written last, whole: its presence means the run ended
+_CALLS: Final = "calls.sqlite"  # the run's own call store
 _ENDED: Final = ("completed", "stopped")  # a run that ended so has written its results
 
 
