@@ -875,6 +875,62 @@ def test_a_damaged_shared_call_store_says_so_and_what_moving_it_loses(tmp_path: 
     assert {p: p.read_bytes() for p in bench.rglob("*") if p.is_file()} == before
 
 
+@pytest.mark.parametrize("damage", ["not json", '{"choices": [], "bogus": 1}', "[1, 2]"])
+def test_a_call_that_cannot_be_read_back_is_made_again(tmp_path: Path, damage: str) -> None:
+    """A shared store's row (or a cell's own) whose reply is unreadable (damaged, or
+    written by another version) is taken as never recorded: the call is made again."""
+    with fake_server_in_thread(FakeBehaviour(reply=reply)) as server:
+        config = write_config(
+            tmp_path,
+            server.base_url,
+            'mode = ["parallel"]\naggregate = ["majority", "length-weighted"]',
+        )
+        assert _bench(config, tmp_path)[0] == 0
+        bench = tmp_path / "out"
+        shutil.rmtree(bench / "002_one_mode-parallel_aggregate-length-weighted")
+        (bench / "001_one_mode-parallel_aggregate-majority" / "results.json").unlink()
+        for store in (bench / "calls.sqlite", *bench.glob("001_*/calls.sqlite")):
+            conn = sqlite3.connect(store)
+            try:
+                conn.execute("UPDATE responses SET response = ?", (damage,))
+                conn.commit()
+            finally:
+                conn.close()
+        SEEN.clear()
+        code, out, err = _bench(config, tmp_path)
+        again = [key for key in SEEN if "Which one" in key]
+    assert code == 0 and "Traceback" not in err, out + err
+    assert len(again) == 2, again  # the first dataset's two problems, once for both cells
+    for cell in bench.glob("00[12]_*/results.json"):
+        saved = json.loads(cell.read_text())
+        assert saved["metrics"]["answered"] == 2 and saved["metrics"]["failed"] == 0
+
+
+def test_a_call_read_back_once_and_made_again_is_the_cell_s_own(tmp_path: Path) -> None:
+    """A cell that read its calls back, then found them unreadable on a resume, made them
+    itself: they are no longer reported as read back."""
+    with fake_server_in_thread(FakeBehaviour(reply=reply)) as server:
+        config = write_config(
+            tmp_path,
+            server.base_url,
+            'mode = ["parallel"]\naggregate = ["majority", "length-weighted"]',
+        )
+        assert _bench(config, tmp_path)[0] == 0
+        cell = tmp_path / "out" / "002_one_mode-parallel_aggregate-length-weighted"
+        assert json.loads((cell / "results.json").read_text())["metrics"]["read_back"]
+        (cell / "results.json").unlink()
+        for store in (tmp_path / "out" / "calls.sqlite", cell / "calls.sqlite"):
+            conn = sqlite3.connect(store)
+            try:
+                conn.execute("UPDATE responses SET response = 'damaged'")
+                conn.commit()
+            finally:
+                conn.close()
+        assert _bench(config, tmp_path)[0] == 0
+    metrics = json.loads((cell / "results.json").read_text())["metrics"]
+    assert metrics["read_back"] is None and metrics["latency_p50_s"] is not None
+
+
 def test_a_bench_checks_its_verifiers_and_prices_before_it_makes_its_folder(
     tmp_path: Path,
 ) -> None:

@@ -221,6 +221,18 @@ def completion_from_json(text: str, fingerprint: str | None = None) -> Completio
     return completion
 
 
+def _readable(text: str, fingerprint: str) -> Completion | None:
+    """A recorded completion as it was stored; None where it cannot be read back (a
+    damaged row, or one another version wrote) or its token counts are no counts: the
+    call is then taken as never recorded, and made again."""
+    try:
+        completion = completion_from_json(text, fingerprint)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        log.warning("unreadable recorded call: made again", fingerprint=fingerprint, error=str(exc))
+        return None
+    return completion if _counts_tokens(completion) else None
+
+
 def _counts_tokens(completion: Completion) -> bool:
     """Whether a recorded call's token counts are counts (a store written before replies'
     usage was checked may hold one that is below 0 or impossibly large): one that is not
@@ -342,8 +354,8 @@ class SqliteCallCache:
             return None
         async with self._lock:
             row = await anyio.to_thread.run_sync(self._get, fingerprint)
-        completion = None if row is None else completion_from_json(row, fingerprint)
-        if completion is None or not _counts_tokens(completion):
+        completion = None if row is None else _readable(row, fingerprint)
+        if completion is None:
             if _ONLY_RECORDED.get():
                 raise NotRecorded
             return None
@@ -480,8 +492,8 @@ class SharedCallCache:
             row = await anyio.to_thread.run_sync(self.shared._row, fingerprint)
         if row is None:
             return None
-        completion = completion_from_json(row[3], fingerprint)
-        if not _counts_tokens(completion):
+        completion = _readable(row[3], fingerprint)
+        if completion is None:
             return None
         # kept as read back: another run made it, with its retries, and paid for it
         async with self.own._lock:
