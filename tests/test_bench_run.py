@@ -616,6 +616,22 @@ def test_a_sharded_cell_with_failed_calls_sends_them_again_on_the_next_bench(
     assert not (cell / SHARDS).exists()
 
 
+def test_a_cell_left_in_shards_whose_dataset_changed_is_refused_in_one_line(
+    tmp_path: Path,
+) -> None:
+    """Its shards hold the problems they started with: resuming them on an edited dataset
+    would leave the merge without the cell's problems."""
+    with fake_server_in_thread(FakeBehaviour(reply=reply)) as server:
+        config = write_config(tmp_path, server.base_url, 'mode = ["budget"]')
+        _bench_in_shards(config, "before the merge")
+        write_choice_problems(tmp_path / "one.jsonl", "z")  # edited meanwhile
+        before = {p: p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()}
+        code, _out, err = _bench(config, tmp_path)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "cell 001_one_mode-budget was left in shards on other problems" in err, err
+    assert {p: p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()} == before
+
+
 def _limited(config: Path, text: str, limit: int) -> None:
     """Write ``text`` (a config from ``write_config``) with budget 16 and a problem limit."""
     config.write_text(
