@@ -111,6 +111,12 @@ def _read_back_text(cell: CellResult) -> str:
     return calls if cost is None else f"{calls}, ${cost:.4f}"
 
 
+def _problems_text(cell: CellResult) -> str:
+    """A cell's problems, and how many of them ran where its limit left some unrun."""
+    total = len(cell.problems)
+    return str(total) if cell.problems_run == total else f"{cell.problems_run} of {total} ran"
+
+
 def cells_table(loaded: Loaded, keys: Sequence[str]) -> Table:
     borrowed = any(cell.read_back is not None for cell in loaded.cells)
     rows = []
@@ -121,7 +127,7 @@ def cells_table(loaded: Loaded, keys: Sequence[str]) -> Table:
         rows.append(
             [
                 label(cell, keys) + flag,
-                str(len(cell.problems)),
+                _problems_text(cell),
                 _ci_text(accuracy_ci(cell)),
                 pct(cell.coverage),
                 f"{m['answered']}/{m['problems']}",
