@@ -153,7 +153,8 @@ def cells_table(loaded: Loaded, keys: Sequence[str]) -> Table:
         note += (
             " Cost, latency and retries are what a cell's own calls spent; read back: the "
             "calls it reused from another cell (the bench's shared call store) and their "
-            "price, which that cell paid. Their tokens count in both cells."
+            "price, which that cell paid. Their tokens count in both cells, and the cost "
+            "plot prices every call a cell's answers took, read back or not."
         )
     return Table(
         "Cells",
