@@ -31,7 +31,7 @@ from thinktree.bench.runner import run_bench
 from thinktree.bench.sharding import SHARDS, ShardReport, ShardSpec
 from thinktree.errors import ConfigError
 from thinktree.orchestrator.run import run_outcome
-from thinktree.testing.fake_server import FakeBehaviour, FakeServer, fake_server_in_thread
+from thinktree.testing.fake_server import FakeBehaviour, FakeServer, Fault, fake_server_in_thread
 
 
 def write_config(folder: Path, url: str, grid: str) -> Path:
@@ -166,6 +166,81 @@ def test_cells_that_make_the_same_calls_share_them(tmp_path: Path) -> None:
     ]
     assert results[0]["metrics"]["completion_tokens"] == results[1]["metrics"]["completion_tokens"]
     assert "calls from the cache" in err
+
+
+def test_a_cell_that_reads_back_another_cells_calls_did_not_spend_them(tmp_path: Path) -> None:
+    """The second aggregate reads every call back from the first cell's: its cost, latency
+    and retries are not its own (the first cell's call took a retry), they are read back;
+    its tokens are still those its answers took. A resume of it says the same."""
+    SEEN.clear()
+
+    def faults(request: int) -> Fault | None:  # the probes' seven requests come first
+        return Fault.SERVER_ERROR if request == 7 else None
+
+    with fake_server_in_thread(FakeBehaviour(reply=reply, delay_s=0.02), faults=faults) as server:
+        config = write_config(
+            tmp_path,
+            server.base_url,
+            'mode = ["parallel"]\naggregate = ["majority", "length-weighted"]',
+        )
+        text = config.read_text().replace('[[datasets]]\npath = "two.jsonl"\nlimit = 2\n', "")
+        config.write_text(text + '[prices]\n"fake-model" = { prompt = 1.0, completion = 2.0 }\n')
+        proc = cli("bench", str(config), "--out", "out", cwd=tmp_path)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, out + err
+        made, reused = sorted((tmp_path / "out").glob("*/results.json"))
+        (tmp_path / "out" / reused.parent.name / "results.json").unlink()  # resumed: read back
+        proc = cli("bench", str(config), "--out", "out", cwd=tmp_path)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, out + err
+    spent = json.loads(made.read_text())["metrics"]
+    read = json.loads(reused.read_text())["metrics"]
+    assert spent["retries"] == 1 and spent["cost_usd"] > 0 and spent["latency_p50_s"] > 0
+    assert read["completion_tokens"] == spent["completion_tokens"] and read["calls"] == 2
+    assert read["cost_usd"] == 0 and read["retries"] == 0
+    assert read["latency_p50_s"] is None and read["latency_p95_s"] is None
+    assert spent["read_back"] is None
+    assert read["read_back"] == {
+        "calls": 2,
+        "prompt_tokens": spent["prompt_tokens"],
+        "completion_tokens": spent["completion_tokens"],
+        "cost_usd": spent["cost_usd"],
+    }
+    proc = cli("report", "out", cwd=tmp_path)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out + err
+    report = (tmp_path / "out" / "report.md").read_text()
+    row = next(line for line in report.splitlines() if "length-weighted" in line)
+    assert f"2 calls, ${spent['cost_usd']:.4f}" in row and "$0.0000" in row, row
+    out, err = cli("runs", "out", cwd=tmp_path).communicate(timeout=120)
+    row = next(line for line in out.splitlines() if "length-weighted" in line)
+    assert "$0.0000" in row and "2 calls read back from another run's" in row, out + err
+
+
+def test_a_sharded_cell_keeps_the_calls_it_read_back_apart(tmp_path: Path) -> None:
+    """Each shard of the second aggregate reads its calls back from the first cell's: the
+    merged cell says so, as an unsharded one does."""
+    with fake_server_in_thread(FakeBehaviour(reply=reply)) as server:
+        config = write_config(
+            tmp_path,
+            server.base_url,
+            'mode = ["parallel"]\naggregate = ["majority", "length-weighted"]',
+        )
+        config.write_text(
+            config.read_text() + '[prices]\n"fake-model" = { prompt = 1.0, completion = 2.0 }\n'
+        )
+        _bench_in_shards(config, "nowhere")
+    cells = sorted((tmp_path / "out").glob("*/results.json"))
+    made, reused = (json.loads(path.read_text())["metrics"] for path in cells[:2])
+    assert made["cost_usd"] > 0
+    assert reused["cost_usd"] == 0 and reused["latency_p50_s"] is None
+    assert made["read_back"] is None
+    assert reused["read_back"]["calls"] == 2 and reused["read_back"]["cost_usd"] == made["cost_usd"]
+    shared = sqlite3.connect(tmp_path / "out" / "calls.sqlite")
+    try:  # the bench's own store keeps no call as read back
+        assert shared.execute("SELECT count(*) FROM read_back").fetchone() == (0,)
+    finally:
+        shared.close()
 
 
 def test_bad_bench_configs_fail_in_one_line_before_anything_runs(tmp_path: Path) -> None:
@@ -541,6 +616,22 @@ def test_a_sharded_cell_with_failed_calls_sends_them_again_on_the_next_bench(
     assert not (cell / SHARDS).exists()
 
 
+def test_a_cell_left_in_shards_whose_dataset_changed_is_refused_in_one_line(
+    tmp_path: Path,
+) -> None:
+    """Its shards hold the problems they started with: resuming them on an edited dataset
+    would leave the merge without the cell's problems."""
+    with fake_server_in_thread(FakeBehaviour(reply=reply)) as server:
+        config = write_config(tmp_path, server.base_url, 'mode = ["budget"]')
+        _bench_in_shards(config, "before the merge")
+        write_choice_problems(tmp_path / "one.jsonl", "z")  # edited meanwhile
+        before = {p: p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()}
+        code, _out, err = _bench(config, tmp_path)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "cell 001_one_mode-budget was left in shards on other problems" in err, err
+    assert {p: p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()} == before
+
+
 def _limited(config: Path, text: str, limit: int) -> None:
     """Write ``text`` (a config from ``write_config``) with budget 16 and a problem limit."""
     config.write_text(
@@ -739,6 +830,18 @@ async def test_merged_shards_allow_the_tokens_one_run_allows(tmp_path: Path) -> 
         ("", '[grid]\nmode = ["budget", "budget"]', "mode lists the same value twice ('budget')"),
         (
             "",
+            "[grid]\nmin_thinking = [16]\nmin-thinking = [32]",
+            "[grid] gives min-thinking twice (min_thinking and min-thinking)",
+        ),
+        (
+            "",
+            "[run]\ntotal_budget = 100\ntotal-budget = 200",
+            "[run] gives total-budget twice (total_budget and total-budget)",
+        ),
+        ("", "[run]\nbugdet = 3", "[run] unknown key 'bugdet'; valid keys: "),
+        ("", "[grid]\nbugdet = [3]", "[grid] unknown key 'bugdet'; valid keys: "),
+        (
+            "",
             '[prices]\n"m" = { prompt = nan, completion = 1 }',
             'price of "m": prompt must be a number of USD per million tokens',
         ),
@@ -786,6 +889,62 @@ def test_a_damaged_shared_call_store_says_so_and_what_moving_it_loses(tmp_path: 
     assert "the call store out/calls.sqlite is damaged or no database" in err, err
     assert "move it aside" in err and "only reading back the calls it holds is lost" in err
     assert {p: p.read_bytes() for p in bench.rglob("*") if p.is_file()} == before
+
+
+@pytest.mark.parametrize("damage", ["not json", '{"choices": [], "bogus": 1}', "[1, 2]"])
+def test_a_call_that_cannot_be_read_back_is_made_again(tmp_path: Path, damage: str) -> None:
+    """A shared store's row (or a cell's own) whose reply is unreadable (damaged, or
+    written by another version) is taken as never recorded: the call is made again."""
+    with fake_server_in_thread(FakeBehaviour(reply=reply)) as server:
+        config = write_config(
+            tmp_path,
+            server.base_url,
+            'mode = ["parallel"]\naggregate = ["majority", "length-weighted"]',
+        )
+        assert _bench(config, tmp_path)[0] == 0
+        bench = tmp_path / "out"
+        shutil.rmtree(bench / "002_one_mode-parallel_aggregate-length-weighted")
+        (bench / "001_one_mode-parallel_aggregate-majority" / "results.json").unlink()
+        for store in (bench / "calls.sqlite", *bench.glob("001_*/calls.sqlite")):
+            conn = sqlite3.connect(store)
+            try:
+                conn.execute("UPDATE responses SET response = ?", (damage,))
+                conn.commit()
+            finally:
+                conn.close()
+        SEEN.clear()
+        code, out, err = _bench(config, tmp_path)
+        again = [key for key in SEEN if "Which one" in key]
+    assert code == 0 and "Traceback" not in err, out + err
+    assert len(again) == 2, again  # the first dataset's two problems, once for both cells
+    for cell in bench.glob("00[12]_*/results.json"):
+        saved = json.loads(cell.read_text())
+        assert saved["metrics"]["answered"] == 2 and saved["metrics"]["failed"] == 0
+
+
+def test_a_call_read_back_once_and_made_again_is_the_cell_s_own(tmp_path: Path) -> None:
+    """A cell that read its calls back, then found them unreadable on a resume, made them
+    itself: they are no longer reported as read back."""
+    with fake_server_in_thread(FakeBehaviour(reply=reply)) as server:
+        config = write_config(
+            tmp_path,
+            server.base_url,
+            'mode = ["parallel"]\naggregate = ["majority", "length-weighted"]',
+        )
+        assert _bench(config, tmp_path)[0] == 0
+        cell = tmp_path / "out" / "002_one_mode-parallel_aggregate-length-weighted"
+        assert json.loads((cell / "results.json").read_text())["metrics"]["read_back"]
+        (cell / "results.json").unlink()
+        for store in (tmp_path / "out" / "calls.sqlite", cell / "calls.sqlite"):
+            conn = sqlite3.connect(store)
+            try:
+                conn.execute("UPDATE responses SET response = 'damaged'")
+                conn.commit()
+            finally:
+                conn.close()
+        assert _bench(config, tmp_path)[0] == 0
+    metrics = json.loads((cell / "results.json").read_text())["metrics"]
+    assert metrics["read_back"] is None and metrics["latency_p50_s"] is not None
 
 
 def test_a_bench_checks_its_verifiers_and_prices_before_it_makes_its_folder(

@@ -380,3 +380,6 @@ async def test_a_cell_its_limit_stopped_counts_per_problem_over_the_problems_tha
     # still flagged as stopped, its tok/problem the whole run's
     assert stopped_row[0].endswith("(stopped)") and "Stopped by their limit" in md["stopped"]
     assert stopped_row[8] == whole_row[8] == f"{whole.tokens_per_problem:,.1f}"
+    # how many of its problems ran, beside how many it has (a whole run's: all of them)
+    assert stopped_row[1] == f"{len(ran)} of {len(stopped.problems)} ran"
+    assert whole_row[1] == str(len(whole.problems))

@@ -852,7 +852,13 @@ def _run_note(run: RunSummary, *, priced: bool, prices: dict[str, Price]) -> str
     unpriced = ""
     if priced and run.verifier_cost(prices) is None:
         unpriced = f"no price for a verifier's model: {', '.join(run.unpriced_models(prices))}"
-    return "; ".join(part for part in (run.error, ", ".join(failed), unpriced) if part)
+    calls = run.read_back_calls
+    read_back = (
+        f"{calls} call{'s' if calls != 1 else ''} read back from another run's, not paid here"
+        if calls
+        else ""
+    )
+    return "; ".join(part for part in (run.error, ", ".join(failed), unpriced, read_back) if part)
 
 
 def _cost(cost: float | None) -> str:

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from thinktree.orchestrator.events import NodeKind, NodeStatus
-from thinktree.orchestrator.tree import ProblemTree
+from thinktree.orchestrator.tree import Node, ProblemTree
 from thinktree.pricing import Price
 
 _STRUCTURAL = {NodeKind.PROBLEM, NodeKind.BRANCH, NodeKind.VOTE, NodeKind.VERDICT}
@@ -35,9 +35,22 @@ class Metrics:
     latency_p95_s: float | None
     cost_usd: float | None = None  # None when the model has no price
     verifier: VerifierMetrics | None = None  # None when no verifier ran
+    read_back: ReadBack | None = None  # None when the run read back no other run's call
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class ReadBack:
+    """The calls a run read back from a call store it shares with other runs (a bench's):
+    another run made them and paid for them. Their tokens count among the run's (its
+    answers took them), but not its cost, latency or retries; ``cost_usd`` is their price."""
+
+    calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,9 +186,17 @@ def tokens_allowed(
 
 
 def compute(
-    trees: list[ProblemTree], *, tokens_allowed: int, retries: int = 0, price: Price | None = None
+    trees: list[ProblemTree],
+    *,
+    tokens_allowed: int,
+    retries: int = 0,
+    price: Price | None = None,
+    read_back: frozenset[str] = frozenset(),
 ) -> Metrics:
     """The run's metrics; ``tokens_allowed`` is the whole run's (see :func:`tokens_allowed`).
+
+    ``read_back``: the ids of the calls the run read back from another run's (see
+    :class:`ReadBack`): their tokens count, their cost and latency are not the run's.
 
     A call is one request: the n samples of one request, or the thinking and answer of
     one, are one call, with one latency. A node never sent (a limit refused it, the run
@@ -190,9 +211,15 @@ def compute(
     answered_calls = {
         n.call_id or n.id: n.latency_s
         for n in calls
-        if n.status == NodeStatus.DONE and n.error is None and n.latency_s > 0
+        if n.status == NodeStatus.DONE
+        and n.error is None
+        and n.latency_s > 0
+        and n.call_id not in read_back
     }
     completion = sum(n.completion_tokens for n in calls)
+    borrowed = [n for n in calls if n.call_id is not None and n.call_id in read_back]
+    prompt_spent = sum(n.prompt_tokens for n in calls) - sum(n.prompt_tokens for n in borrowed)
+    completion_spent = completion - sum(n.completion_tokens for n in borrowed)
     latencies = sorted(answered_calls.values())
     return Metrics(
         problems=len(trees),
@@ -211,8 +238,19 @@ def compute(
         retries=retries,
         latency_p50_s=percentile(latencies, 50),
         latency_p95_s=percentile(latencies, 95),
-        cost_usd=None
-        if price is None
-        else round(price.cost(sum(n.prompt_tokens for n in calls), completion), 6),
+        cost_usd=None if price is None else round(price.cost(prompt_spent, completion_spent), 6),
         verifier=verifier_metrics(trees),
+        read_back=_read_back(borrowed, price) if borrowed else None,
+    )
+
+
+def _read_back(nodes: list[Node], price: Price | None) -> ReadBack:
+    """The :class:`ReadBack` of the call nodes a run read back from another run's calls."""
+    prompt = sum(n.prompt_tokens for n in nodes)
+    completion = sum(n.completion_tokens for n in nodes)
+    return ReadBack(
+        calls=len({n.call_id for n in nodes}),
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        cost_usd=None if price is None else round(price.cost(prompt, completion), 6),
     )

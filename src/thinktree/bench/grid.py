@@ -288,10 +288,11 @@ def load_bench_config(path: Path) -> BenchConfig:
     if not isinstance(grid_raw, dict) or not grid_raw:
         raise ConfigError(f"{path}: [grid] needs at least one key with a list of values")
     grid: dict[str, list[Any]] = {}
+    names = _canonical_keys(path, "[grid]", grid_raw)
     for key, values in grid_raw.items():
         if not isinstance(values, list) or not values:
             raise ConfigError(f"{path}: [grid] {key} must be a non-empty list of values")
-        name = _canonical(key)
+        name = names[key]
         for value in values:
             _check_bench_key(path, name, value)
         _refuse_twice(path, name, values)
@@ -299,7 +300,8 @@ def load_bench_config(path: Path) -> BenchConfig:
     run_raw = raw.get("run") or {}
     if not isinstance(run_raw, dict):
         raise ConfigError(f"{path}: [run] must be a table of run options, not {run_raw!r}")
-    fixed = {_canonical(k): v for k, v in run_raw.items()}
+    names = _canonical_keys(path, "[run]", run_raw)
+    fixed = {names[k]: v for k, v in run_raw.items()}
     for key, value in fixed.items():
         _check_bench_key(path, key, value)
     both = set(grid) & set(fixed)
@@ -359,6 +361,25 @@ def _refuse_twice(path: Path, key: str, values: list[Any]) -> None:
                     f"{path}: [grid] {key} lists the same value twice ({shown}); "
                     "the two cells would be one run"
                 )
+
+
+def _canonical_keys(path: Path, table: str, keys: dict[str, Any]) -> dict[str, str]:
+    """Each key of ``table`` by its canonical name; a one-line ConfigError naming the file
+    and table for an unknown key, or one option given twice (``min_thinking`` beside
+    ``min-thinking``: one of them would be dropped unsaid)."""
+    names: dict[str, str] = {}
+    for key in keys:
+        try:
+            name = _canonical(key)
+        except ConfigError as exc:
+            raise ConfigError(f"{path}: {table} {exc}") from None
+        same = [k for k, n in names.items() if n == name]
+        if same:
+            raise ConfigError(
+                f"{path}: {table} gives {name} twice ({same[0]} and {key}); keep one of them"
+            )
+        names[key] = name
+    return names
 
 
 def _canonical(key: str) -> str:

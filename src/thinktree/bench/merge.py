@@ -49,13 +49,14 @@ class MergeError(ThinktreeError):
     """Shard folders that cannot be merged (one missing or unfinished)."""
 
 
-def copy_calls(sources: Sequence[Path], target: Path) -> int:
+def copy_calls(sources: Sequence[Path], target: Path, *, read_back: bool = True) -> int:
     """Add every call of ``sources`` to the call store ``target``; returns how many it holds.
 
     A call is keyed by its fingerprint, so a call two shards (or a shard and an earlier
-    cell) both hold is kept once.
+    cell) both hold is kept once. ``read_back``: which calls the sources read back from
+    another run's are kept as such (a cell's merge); the bench's shared store keeps none.
     """
-    SqliteCallCache(target).close()  # creates the file and its table if needed
+    SqliteCallCache(target).close()  # creates the file and its tables if needed
     conn = sqlite3.connect(target, timeout=30.0)
     try:
         for i, source in enumerate(sources):
@@ -63,11 +64,19 @@ def copy_calls(sources: Sequence[Path], target: Path) -> int:
                 continue
             conn.execute(f"ATTACH DATABASE ? AS s{i}", (str(source),))
             conn.execute(f"INSERT OR IGNORE INTO responses SELECT * FROM s{i}.responses")
+            if read_back and _has_read_back(conn, f"s{i}"):  # a store from before has none
+                conn.execute(f"INSERT OR IGNORE INTO read_back SELECT * FROM s{i}.read_back")
             conn.commit()
             conn.execute(f"DETACH DATABASE s{i}")
         return int(conn.execute("SELECT count(*) FROM responses").fetchone()[0])
     finally:
         conn.close()
+
+
+def _has_read_back(conn: sqlite3.Connection, schema: str) -> bool:
+    """Whether the attached call store ``schema`` keeps which calls it read back."""
+    query = f"SELECT count(*) FROM {schema}.sqlite_master WHERE type = 'table' AND name = ?"
+    return bool(conn.execute(query, ("read_back",)).fetchone()[0])
 
 
 def _clear(folder: Path) -> None:
@@ -106,7 +115,7 @@ def _start(
     _clear(folder)
     copy_calls([s / CALLS for s in shards], folder / CALLS)
     if shared_calls is not None:
-        copy_calls([folder / CALLS], shared_calls)
+        copy_calls([folder / CALLS], shared_calls, read_back=False)
     first = _read_json(shards[0] / MANIFEST)
     manifest = {
         **first,

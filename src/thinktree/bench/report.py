@@ -101,7 +101,24 @@ def _ci_text(ci: tuple[float, float, float] | None) -> str:
     return f"{100 * est:.1f} % [{100 * low:.0f}–{100 * high:.0f}]"
 
 
+def _read_back_text(cell: CellResult) -> str:
+    """The calls a cell read back from another cell's, and their price ("—": none)."""
+    read_back = cell.read_back
+    if read_back is None:
+        return "—"
+    cost = read_back.get("cost_usd")
+    calls = f"{read_back['calls']:,} call{'s' if read_back['calls'] != 1 else ''}"
+    return calls if cost is None else f"{calls}, ${cost:.4f}"
+
+
+def _problems_text(cell: CellResult) -> str:
+    """A cell's problems, and how many of them ran where its limit left some unrun."""
+    total = len(cell.problems)
+    return str(total) if cell.problems_run == total else f"{cell.problems_run} of {total} ran"
+
+
 def cells_table(loaded: Loaded, keys: Sequence[str]) -> Table:
+    borrowed = any(cell.read_back is not None for cell in loaded.cells)
     rows = []
     for cell in loaded.cells:
         m = cell.metrics
@@ -110,7 +127,7 @@ def cells_table(loaded: Loaded, keys: Sequence[str]) -> Table:
         rows.append(
             [
                 label(cell, keys) + flag,
-                str(len(cell.problems)),
+                _problems_text(cell),
                 _ci_text(accuracy_ci(cell)),
                 pct(cell.coverage),
                 f"{m['answered']}/{m['problems']}",
@@ -123,7 +140,21 @@ def cells_table(loaded: Loaded, keys: Sequence[str]) -> Table:
                 _num(m.get("latency_p50_s")),
                 _num(m.get("latency_p95_s")),
                 "n/a" if cost is None else f"${cost:.4f}",
+                *([_read_back_text(cell)] if borrowed else []),
             ]
+        )
+    note = (
+        "Accuracy intervals: percentile bootstrap over problems (10,000 resamples). "
+        "Tokens are totals over the cell's problems; tok/problem is mean completion tokens "
+        "per problem that ran (a stopped cell's problems its limit left unrun are left out); "
+        "utilisation is completion tokens over the tokens the mode allowed."
+    )
+    if borrowed:
+        note += (
+            " Cost, latency and retries are what a cell's own calls spent; read back: the "
+            "calls it reused from another cell (the bench's shared call store) and their "
+            "price, which that cell paid. Their tokens count in both cells, and the cost "
+            "plot prices every call a cell's answers took, read back or not."
         )
     return Table(
         "Cells",
@@ -142,12 +173,10 @@ def cells_table(loaded: Loaded, keys: Sequence[str]) -> Table:
             "p50 s",
             "p95 s",
             "cost",
+            *(["read back"] if borrowed else []),
         ],
         rows,
-        note="Accuracy intervals: percentile bootstrap over problems (10,000 resamples). "
-        "Tokens are totals over the cell's problems; tok/problem is mean completion tokens "
-        "per problem that ran (a stopped cell's problems its limit left unrun are left out); "
-        "utilisation is completion tokens over the tokens the mode allowed.",
+        note=note,
     )
 
 

@@ -78,9 +78,22 @@ class CellResult:
         return float(self.metrics["completion_tokens"]) / max(1, self.problems_run)
 
     @property
+    def read_back(self) -> dict[str, Any] | None:
+        """The calls the cell read back from another cell's (None: none), which that cell
+        made and paid for: in its tokens, not in its cost, latency or retries."""
+        value = self.metrics.get("read_back")
+        return value if isinstance(value, dict) else None
+
+    @property
     def cost_per_problem(self) -> float | None:
-        """Mean cost per problem that ran (see :attr:`tokens_per_problem`)."""
+        """Mean price per problem that ran of the calls its answers took: those it paid for
+        and those it read back from another cell's, so that a cell that reused another's
+        samples compares with one that made them (see :attr:`tokens_per_problem`)."""
         cost = self.metrics.get("cost_usd")
+        read_back = self.read_back
+        if read_back is not None:
+            borrowed = read_back.get("cost_usd")
+            cost = None if cost is None or borrowed is None else cost + borrowed
         return None if cost is None else float(cost) / max(1, self.problems_run)
 
     @property
@@ -219,6 +232,7 @@ _COUNTS = (
 _FIGURES = ("accuracy", "coverage", "utilisation", "latency_p50_s", "latency_p95_s", "cost_usd")
 _VERIFIER_COUNTS = ("problems", "verdicts", "failed_verdicts", "prompt_tokens", "completion_tokens")
 _VERIFIER_FIGURES = ("pick_accuracy", "vote_accuracy", "oracle", "auroc", "cost_usd")
+_READ_BACK_COUNTS = ("calls", "prompt_tokens", "completion_tokens")
 _SHARES = frozenset({"accuracy", "coverage", "pick_accuracy", "vote_accuracy", "oracle", "auroc"})
 
 
@@ -233,6 +247,14 @@ def _metrics(value: Any) -> dict[str, Any]:
             "metrics.verifier",
             _VERIFIER_COUNTS,
             _VERIFIER_FIGURES,
+        )
+    read_back = metrics.get("read_back")
+    if read_back is not None:
+        _numbers(
+            _object(read_back, "metrics.read_back"),
+            "metrics.read_back",
+            _READ_BACK_COUNTS,
+            ("cost_usd",),
         )
     return metrics
 

@@ -36,6 +36,7 @@ from thinktree.bench.sharding import (
     ShardSpec,
     attempts,
     check_shardable,
+    shard_folder,
     snapshot_calls,
     split,
 )
@@ -341,6 +342,30 @@ async def _check_cells(
             money_limit(settings, state.endpoint["model"])
             if target is not None:
                 await _check_verifiers(target, settings, state.capabilities, plan)
+        if (folder / SHARDS).is_dir():
+            _check_shards(config, cell, folder, plan)
+
+
+def _check_shards(config: BenchConfig, cell: Cell, folder: Path, plan: BenchPlan) -> None:
+    """One-line ConfigError when a cell left in shards would resume on other problems than
+    its shards started with (its dataset was edited meanwhile): their merge could not
+    put the cell's problems together."""
+    problems, _settings = _fresh_cell(config, cell, folder, plan.prices, plan.problems)
+    count = _planned(folder / SHARDS / PLAN)
+    if count is None or count < 1:
+        return
+    for index, part in enumerate(split(problems, count)):
+        manifest = shard_folder(folder, index) / MANIFEST
+        try:
+            started = [str(p["id"]) for p in json.loads(manifest.read_text("utf-8"))["problems"]]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not started (it starts on these problems), or its resume says why
+        if started != [p.id for p in part]:
+            raise ConfigError(
+                f"cell {cell.name} was left in shards on other problems than its dataset "
+                f"gives now (was it edited?); put the dataset back as it was, or remove "
+                f"{folder} to run the cell anew"
+            )
 
 
 async def _check_cell(target: EndpointConfig, settings: RunSettings, plan: BenchPlan) -> None:

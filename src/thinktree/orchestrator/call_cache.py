@@ -11,14 +11,17 @@ again, in every session), so a resumed run counts those of calls it makes again 
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import anyio
 import anyio.to_thread
@@ -39,6 +42,7 @@ __all__ = [
     "completion_from_json",
     "completion_to_json",
     "only_recorded",
+    "read_back_calls",
     "solver_call",
     "verifier_call",
 ]
@@ -173,6 +177,12 @@ CREATE TABLE IF NOT EXISTS retries (
 """
 _TALLY = "INSERT OR REPLACE INTO retries VALUES (1, ?)"
 
+# The calls a run's own store holds that the run read back from a store several runs share
+# (a bench's), which another run made and paid for: the run reports them as read back,
+# not as spent (see :func:`read_back_calls`).
+_READ_BACK_SCHEMA = "CREATE TABLE IF NOT EXISTS read_back (fingerprint TEXT PRIMARY KEY)"
+_READ_BACK = "INSERT OR IGNORE INTO read_back VALUES (?)"
+
 
 def completion_to_json(completion: Completion) -> str:
     """The completion and its choices as JSON objects of their fields (orjson writes
@@ -215,6 +225,18 @@ def completion_from_json(text: str, fingerprint: str | None = None) -> Completio
     if completion.call_id is None:
         completion.call_id = fingerprint
     return completion
+
+
+def _readable(text: str, fingerprint: str) -> Completion | None:
+    """A recorded completion as it was stored; None where it cannot be read back (a
+    damaged row, or one another version wrote) or its token counts are no counts: the
+    call is then taken as never recorded, and made again."""
+    try:
+        completion = completion_from_json(text, fingerprint)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        log.warning("unreadable recorded call: made again", fingerprint=fingerprint, error=str(exc))
+        return None
+    return completion if _counts_tokens(completion) else None
 
 
 def _counts_tokens(completion: Completion) -> bool:
@@ -266,6 +288,7 @@ class SqliteCallCache:
                 if column not in columns:  # a store from before it
                     self._conn.execute(f"ALTER TABLE responses ADD COLUMN {column} TEXT")
             self._conn.execute(_RETRIES_SCHEMA)
+            self._conn.execute(_READ_BACK_SCHEMA)
             self._conn.commit()
             self._known = {
                 str(r[0]) for r in self._conn.execute("SELECT fingerprint FROM responses")
@@ -274,8 +297,6 @@ class SqliteCallCache:
         except sqlite3.Error as exc:
             raise _unopenable(path, exc) from None
         self.hits = 0
-        self.hit_retries = 0
-        """Retries behind the calls read back from another run's store (a bench's)."""
         self.session_retries: Callable[[], int] | None = None
         """This session's retries so far (its run's count); None: keep no count here."""
         self._batch = _Batch()
@@ -285,20 +306,22 @@ class SqliteCallCache:
         """The retries earlier sessions counted; for a store from before they were kept
         (or one filled by copying calls), the retries behind the calls it holds."""
         row = self._conn.execute("SELECT total FROM retries WHERE id = 1").fetchone()
-        if row is None:
+        if row is None:  # those of the calls it read back another run made
             row = self._conn.execute(
-                "SELECT coalesce(sum(max(attempts - 1, 0)), 0) FROM responses"
+                "SELECT coalesce(sum(max(attempts - 1, 0)), 0) FROM responses "
+                "WHERE fingerprint NOT IN (SELECT fingerprint FROM read_back)"
             ).fetchone()
         return int(row[0])
 
     def retries_total(self) -> int:
-        """The run's retries: earlier sessions', this session's and those read back."""
+        """The run's retries: earlier sessions' and this session's (not those behind the
+        calls it read back from another run's store: that run made them)."""
         mine = self.session_retries() if self.session_retries is not None else 0
-        return self.retries_before + self.hit_retries + mine
+        return self.retries_before + mine
 
     def carried_retries(self) -> int:
         """The run's retries that this session's own retry events do not show."""
-        return self.retries_before + self.hit_retries
+        return self.retries_before
 
     def close(self) -> None:
         """Close the store, writing the run's retries last (see :attr:`session_retries`)."""
@@ -342,8 +365,8 @@ class SqliteCallCache:
             return None
         async with self._lock:
             row = await anyio.to_thread.run_sync(self._get, fingerprint)
-        completion = None if row is None else completion_from_json(row, fingerprint)
-        if completion is None or not _counts_tokens(completion):
+        completion = None if row is None else _readable(row, fingerprint)
+        if completion is None:
             if _ONLY_RECORDED.get():
                 raise NotRecorded
             return None
@@ -401,13 +424,17 @@ class SqliteCallCache:
         finally:
             self._writing = False
 
-    def _put(self, rows: list[tuple[Any, ...]]) -> None:
-        """Commit ``rows``, and the run's retries so far where this store keeps them."""
+    def _put(self, rows: list[tuple[Any, ...]], *, read_back: bool = False) -> None:
+        """Commit ``rows``, and the run's retries so far where this store keeps them;
+        ``read_back``: the rows are calls another run made (see :func:`read_back_calls`)."""
         tally = self.retries_total() if self.session_retries is not None else None
         try:
             self._conn.executemany(
                 "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
             )
+            # a call made again (one read back that could not be read once more) is its own
+            marked = _READ_BACK if read_back else "DELETE FROM read_back WHERE fingerprint = ?"
+            self._conn.executemany(marked, [(row[0],) for row in rows])
             if tally is not None:
                 self._conn.execute(_TALLY, (tally,))
             self._conn.commit()
@@ -476,15 +503,14 @@ class SharedCallCache:
             row = await anyio.to_thread.run_sync(self.shared._row, fingerprint)
         if row is None:
             return None
-        completion = completion_from_json(row[3], fingerprint)
-        if not _counts_tokens(completion):
+        completion = _readable(row[3], fingerprint)
+        if completion is None:
             return None
-        # another run's retries, counted as this run's from now (in its own store's tally)
-        self.own.hit_retries += max(0, completion.attempts - 1)
+        # kept as read back: another run made it, with its retries, and paid for it
         async with self.own._lock:
             with anyio.CancelScope(shield=True):
                 try:
-                    await anyio.to_thread.run_sync(self.own._put, [row])
+                    await anyio.to_thread.run_sync(partial(self.own._put, [row], read_back=True))
                 except (sqlite3.Error, OSError) as exc:
                     raise self.own.unwritable(exc) from None
         self.own._known.add(fingerprint)
@@ -503,3 +529,27 @@ class SharedCallCache:
         row = call_row(fingerprint, route, request, completion, key)  # made once, kept twice
         await self.own.put(row)
         await self.shared.put(row)
+
+
+def read_back_calls(path: Path) -> frozenset[str]:
+    """The ids of the calls the run store at ``path`` read back from a store several runs
+    share (a bench's): another run made them and paid for them. Empty for a store without
+    any, one from before they were kept, or none at all."""
+    if not path.is_file():
+        return frozenset()
+    # a closed store (no -wal beside it) is read as immutable: SQLite then leaves no -wal
+    # and -shm behind in the run folder; one a writer left a WAL to is read through it
+    live = os.path.lexists(f"{path}-wal")
+    uri = f"file:{quote(str(path.absolute()))}?mode=ro{'' if live else '&immutable=1'}"
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=30.0)
+        try:
+            rows = conn.execute(
+                "SELECT r.fingerprint, json_extract(r.response, '$.call_id') "
+                "FROM responses r JOIN read_back b ON b.fingerprint = r.fingerprint"
+            ).fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error:  # a store from before read-back calls were kept: none marked
+        return frozenset()
+    return frozenset(str(call_id or fingerprint) for fingerprint, call_id in rows)

@@ -52,7 +52,7 @@ from thinktree.hints import CONFIG_FILE, read_manifest
 from thinktree.metrics import Metrics, compute, tokens_allowed
 from thinktree.open_files import make_room
 from thinktree.orchestrator.bus import EventBus, Subscriber, event_bus
-from thinktree.orchestrator.call_cache import SharedCallCache, SqliteCallCache
+from thinktree.orchestrator.call_cache import SharedCallCache, SqliteCallCache, read_back_calls
 from thinktree.orchestrator.events import (
     CallRetried,
     RunFinished,
@@ -469,6 +469,7 @@ def conclude(
         ),
         retries=recorder.retries + read_back_retries,
         price=settings.prices.get(facts.model),
+        read_back=read_back_calls(folder / CALLS),
     )
     write_results(folder / RESULTS, facts, metrics, trees, stopped_by=stopped, servers=servers)
     return RunResult(

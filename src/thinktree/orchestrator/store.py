@@ -1206,6 +1206,7 @@ class StoreReader:
             if cost is None and (p or c):
                 was = at_no_price.get(model, (0, 0))
                 at_no_price[model] = (was[0] + p, was[1] + c)
+        borrowed = self._read_back()
         return RunSummary(
             run_id=row["run_id"] or self.path.parent.name,
             folder=self.path.parent,
@@ -1230,7 +1231,28 @@ class StoreReader:
             else math.fsum(cost for _, _, cost in verdicts if cost is not None),
             verifier_priced_usd=math.fsum(cost for _, _, cost in verdicts if cost is not None),
             verifier_unpriced=at_no_price,
+            read_back_calls=len({call_id for call_id, _, _ in borrowed}),
+            read_back_prompt_tokens=sum(p for _, p, _ in borrowed),
+            read_back_completion_tokens=sum(c for _, _, c in borrowed),
         )
+
+    def _read_back(self) -> list[tuple[str, int, int]]:
+        """The call id and tokens of each node whose call the run read back from another
+        run's (a bench cell's, see :func:`~thinktree.orchestrator.call_cache.read_back_calls`)."""
+        from thinktree.orchestrator.call_cache import read_back_calls
+
+        ids = read_back_calls(self.path.parent / _CALLS)
+        if not ids:
+            return []
+        rows = self._query(
+            "SELECT call_id, prompt_tokens, completion_tokens FROM nodes "
+            "WHERE kind != 'verdict' AND call_id IS NOT NULL"
+        )
+        return [
+            (str(r["call_id"]), int(r["prompt_tokens"] or 0), int(r["completion_tokens"] or 0))
+            for r in rows
+            if r["call_id"] in ids
+        ]
 
 
 def _model(verdict: dict[str, Any]) -> str | None:
@@ -1306,6 +1328,12 @@ class RunSummary:
             if model is None or model not in (prices or {})
         ]
 
+    # of the solver's calls and tokens above, those read back from another run's calls (a
+    # bench cell's): that run paid for them
+    read_back_calls: int = 0
+    read_back_prompt_tokens: int = 0
+    read_back_completion_tokens: int = 0
+
     @property
     def tokens(self) -> int:
         """Every token the run spent: the solver's and its verifiers'."""
@@ -1321,16 +1349,20 @@ class RunSummary:
     ) -> float | None:
         """What the run cost, its solver's tokens at ``price`` (its model's) and its
         verifiers' at their own models' prices (:meth:`verifier_cost`); None where either
-        price is unknown."""
+        price is unknown. The calls it read back from another run's cost it nothing: that
+        run paid for them."""
         verifiers = self.verifier_cost(prices)
         if price is None or verifiers is None:
             return None
-        return price.cost(self.prompt_tokens, self.completion_tokens) + verifiers
+        prompt = self.prompt_tokens - self.read_back_prompt_tokens
+        completion = self.completion_tokens - self.read_back_completion_tokens
+        return price.cost(prompt, completion) + verifiers
 
 
 # A run folder's other files, as orchestrator.run names them (it imports this module).
 _MANIFEST: Final = "run.json"  # written first: what makes a folder a run folder
 _RESULTS: Final = "results.json"  # written last, whole: its presence means the run ended
+_CALLS: Final = "calls.sqlite"  # the run's own call store
 _ENDED: Final = ("completed", "stopped")  # a run that ended so has written its results
 
 
