@@ -1066,7 +1066,7 @@ class EndpointClient:
         request_id = None
         pieces = [0] * n  # chunks that carried text, per choice
         stream = self.transport.stream("chat/completions", self.chat_body(kwargs))
-        try:
+        with _NotingCutOff(counted, pieces):
             async with aclosing(stream):
                 async for data in stream:
                     chunk = parse(_ChatCompletionChunk, data, self.transport.base_url)
@@ -1093,12 +1093,6 @@ class EndpointClient:
                         if choice.finish_reason:
                             finish[i] = choice.finish_reason
             return _assemble(texts, reasoning, counted, finish, usage, request_id, n)
-        except ShortReply as exc:
-            note_cut_off(exc.tokens)
-            raise
-        except BaseException:
-            note_cut_off([max(c, p) for c, p in zip(counted, pieces, strict=True)])
-            raise
 
     async def _stream_completion(
         self, kwargs: dict[str, Any], n: int, on_delta: DeltaHandler | None
@@ -1110,7 +1104,7 @@ class EndpointClient:
         request_id = None
         pieces = [0] * n  # chunks that carried text, per choice
         stream = self.transport.stream("completions", _wire(kwargs))
-        try:
+        with _NotingCutOff(counted, pieces):
             async with aclosing(stream):
                 async for data in stream:
                     chunk = parse(_TextCompletionChunk, data, self.transport.base_url)
@@ -1131,12 +1125,28 @@ class EndpointClient:
                         if choice.finish_reason:
                             finish[i] = choice.finish_reason
             return _assemble(texts, [""] * n, counted, finish, usage, request_id, n)
-        except ShortReply as exc:
+
+
+class _NotingCutOff:
+    """Around a stream: where it ends without a whole reply, what it carried so far is
+    noted as the attempt's (:func:`note_cut_off`), per choice its token ids or logprobs
+    (``counted``) or, where it sent none, its chunks of text (``pieces``); a reply short of
+    a choice, at what its usage says."""
+
+    __slots__ = ("_counted", "_pieces")
+
+    def __init__(self, counted: list[int], pieces: list[int]) -> None:
+        self._counted = counted
+        self._pieces = pieces
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, _: object, exc: BaseException | None, __: object) -> None:
+        if isinstance(exc, ShortReply):
             note_cut_off(exc.tokens)
-            raise
-        except BaseException:
-            note_cut_off([max(c, p) for c, p in zip(counted, pieces, strict=True)])
-            raise
+        elif exc is not None:
+            note_cut_off([max(c, p) for c, p in zip(self._counted, self._pieces, strict=True)])
 
 
 def warn_past_cap(result: Completion, request: dict[str, Any], endpoint: str) -> bool:
