@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Iterator
 from contextlib import aclosing, contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal, Protocol, TypeGuard, TypeVar
@@ -412,19 +412,23 @@ class call_tally:  # lower case: used as a function, ``with call_tally() as tall
 
     def __enter__(self) -> CutOffs | None:
         tally = _CUT_OFFS.get()
+        self._token: Token[CutOffs | None] | None = None
         if tally is not None and tally.open:
             self._tally = None
             return None
-        tally = self._tally = tally or CutOffs()
+        if tally is None:  # a call of no caller's tally (a judge's, the probe's): its own
+            tally = CutOffs()
+            self._token = _CUT_OFFS.set(tally)
+        self._tally = tally
         tally.open = True
-        self._token = _CUT_OFFS.set(tally)
         return tally
 
     def __exit__(self, *_: object) -> None:
         tally = self._tally
         if tally is not None:
-            _CUT_OFFS.reset(self._token)
             tally.open = False
+        if self._token is not None:
+            _CUT_OFFS.reset(self._token)
 
 
 def note_cut_off(tokens: list[int]) -> None:
