@@ -138,3 +138,8 @@ def test_report_shows_a_models_name_inert(tmp_path: Path) -> None:
     assert reported.returncode == 0, reported.stdout + reported.stderr
     assert "model(s) m␛[2J␛]0;owned␇" in reported.stdout, reported.stdout
     assert_inert(reported.stdout + reported.stderr)
+    # the files it writes are shown with `cat` too
+    written = {name: (tmp_path / "r" / name).read_text() for name in ("report.md", "report.html")}
+    assert "m␛[2J␛]0;owned␇" in written["report.md"]
+    for text in written.values():
+        assert_inert(text)

@@ -42,7 +42,7 @@ def markdown(report: Report, folder: Path) -> str:
         for caption, image in section.images:
             rel = Path(os.path.relpath(image, folder)).as_posix()
             lines += [f"![{caption}]({rel})", ""]
-    return "\n".join(lines).rstrip() + "\n"
+    return clean("\n".join(lines).rstrip() + "\n")  # `cat report.md` must not drive a terminal
 
 
 _STYLE = """
@@ -88,7 +88,7 @@ def html_page(report: Report) -> str:
                 f"<figcaption>{html.escape(caption)}</figcaption></figure>"
             )
     parts.append("</body></html>")
-    return "\n".join(parts)
+    return clean("\n".join(parts))  # nor `cat report.html`
 
 
 def terminal(report: Report, console: Console) -> None:
