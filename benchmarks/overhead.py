@@ -146,30 +146,55 @@ async def case_bare(url: str, problems: int, _: Path) -> tuple[int, int, str]:
     return calls, calls, f"{_votes(answers, problems)}/{problems} right"
 
 
-async def case_bare_lean(url: str, problems: int, _: Path) -> tuple[int, int, str]:
-    """The limit of thinktree's own HTTP client: its lean HTTP/1.1 pool, nothing else."""
+async def _bare_lean(url: str, problems: int, n: int) -> tuple[int, int, str]:
+    """thinktree's lean HTTP/1.1 pool and nothing else: ``problems x SAMPLES / n`` requests
+    of ``n`` samples each, every sample's answer read with a regex, a majority vote."""
     import json
 
     from thinktree.agents.http1 import ConnectionPool
 
-    body = json.dumps(
-        {"model": MODEL, "messages": _messages(), "max_tokens": MAX_TOKENS, "temperature": 0.7}
-    ).encode()
-    calls = problems * SAMPLES
+    request: dict[str, Any] = {
+        "model": MODEL,
+        "messages": _messages(),
+        "max_tokens": MAX_TOKENS,
+        "temperature": 0.7,
+    }
+    if n > 1:
+        request["n"] = n
+    body = json.dumps(request).encode()
+    calls = problems * SAMPLES // n
     headers = {"Content-Type": "application/json"}
     pool = ConnectionPool(url, headers=headers, limit=IN_FLIGHT, timeout_s=60)
     try:
 
-        async def one(_: int) -> str | None:
+        async def one(_: int) -> list[str | None]:
             answer = await pool.request("POST", "chat/completions", body)
             if answer.status != 200:
                 raise RuntimeError(f"status {answer.status}")
-            return _answer(json.loads(answer.body)["choices"][0]["message"]["content"])
+            choices = json.loads(answer.body)["choices"]
+            return [_answer(choice["message"]["content"]) for choice in choices]
 
-        answers = await _bounded(calls, one)
+        sem = asyncio.Semaphore(IN_FLIGHT)
+
+        async def go(i: int) -> list[str | None]:
+            async with sem:
+                return await one(i)
+
+        replies = await asyncio.gather(*(go(i) for i in range(calls)))
     finally:
         await pool.aclose()
-    return calls, calls, f"{_votes(answers, problems)}/{problems} right"
+    answers = [a for reply in replies for a in reply]
+    return calls, len(answers), f"{_votes(answers, problems)}/{problems} right"
+
+
+async def case_bare_lean(url: str, problems: int, _: Path) -> tuple[int, int, str]:
+    """The limit of thinktree's own HTTP client: its lean HTTP/1.1 pool, nothing else."""
+    return await _bare_lean(url, problems, 1)
+
+
+async def case_bare_lean_n16(url: str, problems: int, _: Path) -> tuple[int, int, str]:
+    """The same limit with one request of ``n=16`` per problem: what tt16 could reach."""
+    return await _bare_lean(url, problems, SAMPLES)
 
 
 async def _sdk(
@@ -372,6 +397,7 @@ CASES: dict[str, tuple[str, Case, str]] = {
     "bare": ("bare aiohttp (limit)", case_bare, "asyncio"),
     "bare-uvloop": ("bare aiohttp, uvloop (limit)", case_bare, "uvloop"),
     "bare-lean": ("bare lean HTTP/1.1 (thinktree's)", case_bare_lean, "thinktree"),
+    "bare-lean-n16": ("bare lean HTTP/1.1, n=16", case_bare_lean_n16, "thinktree"),
     "sdk-httpx": ("openai SDK, httpx", case_sdk_httpx, "asyncio"),
     "sdk-aiohttp": ("openai SDK, aiohttp", case_sdk_aiohttp, "asyncio"),
     "sdk-aiohttp-stream": ("openai SDK, aiohttp, stream", case_sdk_aiohttp_stream, "asyncio"),
@@ -512,7 +538,7 @@ def worker(args: argparse.Namespace) -> None:
             importlib.import_module("thinktree.orchestrator.run")
         elif args.worker.startswith("itshub"):
             importlib.import_module("its_hub.core.lms.openai_lm")
-        elif args.worker == "bare-lean":
+        elif args.worker.startswith("bare-lean"):
             importlib.import_module("thinktree.agents.http1")
             importlib.import_module("thinktree.agents.prompts")
         else:
@@ -669,6 +695,32 @@ def _fmt_ratio(found: tuple[float, float, float] | None, target: float, label: s
     return f"  {label}: {mean:.2f}x (rounds {lo:.2f}-{hi:.2f}); target >= {target:g}x: {verdict}"
 
 
+def _n16_context(totals: dict[str, Totals], hub: str, loop: str) -> None:
+    """What the n=16 target asks for next to what the transport alone allows."""
+    if "tt16" not in totals or "bare-lean-n16" not in totals:
+        return
+    found = _ratio(totals, "tt16", "bare-lean-n16", "samples_s")
+    print(
+        _fmt_ratio(found, 0.0, f"thinktree n=16 vs bare lean n=16, samples/s ({loop} both)").split(
+            "; target"
+        )[0]
+    )
+    if hub in totals:
+        limit = _ratio(totals, "bare-lean-n16", hub, "samples_s")
+        assert limit is not None
+        print(f"    (bare lean n=16 itself is {limit[0]:.1f}x its-hub's samples/s)")
+    tt16, lean = totals["tt16"], totals["bare-lean-n16"]
+    per_sample = 1e6 * (tt16._sum("cpu_s") - lean._sum("cpu_s")) / tt16._sum("samples")
+    line = (
+        f"  thinktree n=16 CPU per sample beyond its HTTP client and a regex: {per_sample:.0f} us"
+    )
+    if hub in totals:
+        # samples/s >= 5x its-hub's means a sample's whole wall time within this
+        wanted = 1e6 / (5 * totals[hub].samples_s)
+        line += f"; 5x its-hub leaves {wanted:.0f} us of wall time per sample in all"
+    print(line)
+
+
 def driver(args: argparse.Namespace) -> int:
     calls = args.problems * SAMPLES
     print(
@@ -784,6 +836,7 @@ def driver(args: argparse.Namespace) -> int:
             f"thinktree n=16 vs its-hub, samples/s ({loop} both)",
         )
     )
+    _n16_context(totals, hub, loop)
     for a, b, label in (
         ("tt1", "itshub", f"thinktree 1/call ({loop}) vs its-hub as its users run it (asyncio)"),
         ("tt1-asyncio", "itshub", "thinktree 1/call vs its-hub, both on asyncio"),
