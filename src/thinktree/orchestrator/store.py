@@ -492,6 +492,32 @@ _TABLED: frozenset[type[Event]] = frozenset(
 LIVE_AFTER_S: Final = 1.0
 
 
+# A node's row as it starts: every column of _NODE_WRITE, in its order (those that name
+# the node, None here, are filled in for each node).
+_NEW_NODE: Final[_Row] = {
+    "id": None,
+    "problem_id": None,
+    "parent_id": None,
+    "kind": None,
+    "label": None,
+    "status": "running",
+    "text": "",
+    "max_tokens": None,
+    "continuation": None,
+    "prompt_tokens": 0,
+    "completion_tokens": 0,
+    "answer": None,
+    "extraction": None,
+    "finish_reason": None,
+    "latency_s": 0.0,
+    "call_id": None,
+    "error": None,
+    "started_at": None,
+    "finished_at": None,
+    "rowid": None,
+}
+
+
 class _Projection:
     """The writer thread's side: events in, rows out, one transaction per batch.
 
@@ -701,28 +727,14 @@ class _Projection:
         self, at: float, nid: str, pid: str, parent: str | None, kind: str, label: str
     ) -> _Row:
         self._started += 1
-        row: _Row = {  # every column of _NODE_WRITE, in its order
-            "id": nid,
-            "problem_id": pid,
-            "parent_id": parent,
-            "kind": kind,
-            "label": label,
-            "status": "running",
-            "text": "",
-            "max_tokens": None,
-            "continuation": None,
-            "prompt_tokens": 0,
-            "completion_tokens": 0,
-            "answer": None,
-            "extraction": None,
-            "finish_reason": None,
-            "latency_s": 0.0,
-            "call_id": None,
-            "error": None,
-            "started_at": at,
-            "finished_at": None,
-            "rowid": self._started,
-        }
+        row = _NEW_NODE.copy()  # a copy of a dict is one block copied, not 20 insertions
+        row["id"] = nid
+        row["problem_id"] = pid
+        row["parent_id"] = parent
+        row["kind"] = kind
+        row["label"] = label
+        row["started_at"] = at
+        row["rowid"] = self._started
         if nid not in self.nodes:
             self.problem_nodes.setdefault(pid, []).append(nid)
         self.nodes[nid] = row
