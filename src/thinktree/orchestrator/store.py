@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import fcntl
 import functools
+import itertools
 import json
 import math
 import operator
@@ -253,7 +254,7 @@ def _insert(
         while size > len(rows) - start:
             size >>= 1
         chunk = rows[start : start + size]
-        conn.execute(_insert_sql(table, columns, size, upsert), [v for row in chunk for v in row])
+        conn.execute(_insert_sql(table, columns, size, upsert), list(_flat(chunk)))
         start += size
 
 
@@ -267,6 +268,7 @@ _VOTE_ROW = operator.itemgetter(*_VOTE_COLUMNS)
 _UPDATE_RUN = f"UPDATE run SET {', '.join(f'{c} = :{c}' for c in _RUN_COLUMNS)} WHERE id = 1"
 
 _dumps = dumps
+_flat = itertools.chain.from_iterable
 
 
 class StoreError(ThinktreeError):
@@ -633,9 +635,9 @@ class _Projection:
 
     def _node_started(self, e: NodeStarted) -> None:
         pid, parent = e.problem_id, e.parent_id
-        if self._problem(pid) is None:
+        if pid not in self.problems and self._problem(pid) is None:
             return self._skip(e.type, f"no problem {pid}")
-        if parent is None or self._node(parent) is None:
+        if parent is None or (parent not in self.nodes and self._node(parent) is None):
             return self._skip(e.type, f"no parent node {parent}")
         row = self._new_node(e.at, e.node_id, pid, parent, str(e.kind), e.label)
         row["max_tokens"] = e.max_tokens
@@ -644,7 +646,7 @@ class _Projection:
 
     def _node_finished(self, e: NodeFinished) -> None:
         nid = e.node_id
-        row = self._node(nid)
+        row = self.nodes.get(nid) or self._node(nid)  # read back only if not in memory
         if row is None:
             return self._skip(e.type, f"no node {nid}")
         row["text"] = e.text
