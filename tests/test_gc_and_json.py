@@ -123,3 +123,38 @@ def test_dump_bytes_via_writes_each_dataclass_as_convert_says() -> None:
         "odd": "<set>",
         "n": 5,
     }
+
+
+def test_every_event_class_writes_type_then_its_fields_in_order() -> None:
+    from thinktree.orchestrator import events as ev
+
+    samples: list[ev.Event] = [
+        ev.RunStarted(run_id="r", mode="m", endpoint="e", model="x", problems=1, settings={1: 2}),
+        ev.ProblemStarted(problem_id="p", node_id="p", question="q é", gold=None, options={}),
+        ev.NodeStarted(
+            node_id="p/b", problem_id="p", parent_id="p", kind=ev.NodeKind.BRANCH, label="b"
+        ),
+        ev.NodeDelta(node_id="p/b", text="t", restart=True),
+        ev.NodeFinished(
+            node_id="p/b", text="\u2028", finish_reason=None, prompt_tokens=1, completion_tokens=2
+        ),
+        ev.NodeFailed(node_id="p/b", error="boom", call_id="c"),
+        ev.CallRetried(endpoint="e", attempt=1, wait_s=float("inf"), reason="r"),
+        ev.VoteCast(
+            problem_id="p", node_id="p", rule="r", answer=None, winner_node=None, counts={}
+        ),
+        ev.CandidateScored(
+            problem_id="p", node_id="v", candidate_node="p/b", verifier="v", score=0.5
+        ),
+        ev.StrategyChosen(problem_id="p", node_id="p", mode="m", budget=1, reason="r"),
+        ev.ProblemFinished(problem_id="p", answer="B", correct=True, covered=None),
+        ev.RunFinished(run_id="r", status="completed", read_back_retries=1),
+    ]
+    # (by name: a slotted dataclass replaces the class it was declared as)
+    assert {type(e).__name__ for e in samples} == {c.__name__ for c in ev.Event.__subclasses__()}
+    for event in samples:
+        names = [f.name for f in dataclasses.fields(event)]
+        # what orjson writes for the dataclass itself, with the type spliced in first
+        expected = b'{"type":' + dump_bytes(event.type) + b"," + dump_bytes(event)[1:] + b"\n"
+        assert event.json_line() == expected
+        assert list(loads(event.json_line())) == ["type", *names]

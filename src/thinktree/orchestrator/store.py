@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import fcntl
 import functools
+import itertools
 import json
 import math
 import operator
@@ -253,7 +254,7 @@ def _insert(
         while size > len(rows) - start:
             size >>= 1
         chunk = rows[start : start + size]
-        conn.execute(_insert_sql(table, columns, size, upsert), [v for row in chunk for v in row])
+        conn.execute(_insert_sql(table, columns, size, upsert), list(_flat(chunk)))
         start += size
 
 
@@ -267,6 +268,7 @@ _VOTE_ROW = operator.itemgetter(*_VOTE_COLUMNS)
 _UPDATE_RUN = f"UPDATE run SET {', '.join(f'{c} = :{c}' for c in _RUN_COLUMNS)} WHERE id = 1"
 
 _dumps = dumps
+_flat = itertools.chain.from_iterable
 
 
 class StoreError(ThinktreeError):
@@ -492,6 +494,32 @@ _TABLED: frozenset[type[Event]] = frozenset(
 LIVE_AFTER_S: Final = 1.0
 
 
+# A node's row as it starts: every column of _NODE_WRITE, in its order (those that name
+# the node, None here, are filled in for each node).
+_NEW_NODE: Final[_Row] = {
+    "id": None,
+    "problem_id": None,
+    "parent_id": None,
+    "kind": None,
+    "label": None,
+    "status": "running",
+    "text": "",
+    "max_tokens": None,
+    "continuation": None,
+    "prompt_tokens": 0,
+    "completion_tokens": 0,
+    "answer": None,
+    "extraction": None,
+    "finish_reason": None,
+    "latency_s": 0.0,
+    "call_id": None,
+    "error": None,
+    "started_at": None,
+    "finished_at": None,
+    "rowid": None,
+}
+
+
 class _Projection:
     """The writer thread's side: events in, rows out, one transaction per batch.
 
@@ -607,9 +635,9 @@ class _Projection:
 
     def _node_started(self, e: NodeStarted) -> None:
         pid, parent = e.problem_id, e.parent_id
-        if self._problem(pid) is None:
+        if pid not in self.problems and self._problem(pid) is None:
             return self._skip(e.type, f"no problem {pid}")
-        if parent is None or self._node(parent) is None:
+        if parent is None or (parent not in self.nodes and self._node(parent) is None):
             return self._skip(e.type, f"no parent node {parent}")
         row = self._new_node(e.at, e.node_id, pid, parent, str(e.kind), e.label)
         row["max_tokens"] = e.max_tokens
@@ -618,7 +646,7 @@ class _Projection:
 
     def _node_finished(self, e: NodeFinished) -> None:
         nid = e.node_id
-        row = self._node(nid)
+        row = self.nodes.get(nid) or self._node(nid)  # read back only if not in memory
         if row is None:
             return self._skip(e.type, f"no node {nid}")
         row["text"] = e.text
@@ -701,28 +729,14 @@ class _Projection:
         self, at: float, nid: str, pid: str, parent: str | None, kind: str, label: str
     ) -> _Row:
         self._started += 1
-        row: _Row = {  # every column of _NODE_WRITE, in its order
-            "id": nid,
-            "problem_id": pid,
-            "parent_id": parent,
-            "kind": kind,
-            "label": label,
-            "status": "running",
-            "text": "",
-            "max_tokens": None,
-            "continuation": None,
-            "prompt_tokens": 0,
-            "completion_tokens": 0,
-            "answer": None,
-            "extraction": None,
-            "finish_reason": None,
-            "latency_s": 0.0,
-            "call_id": None,
-            "error": None,
-            "started_at": at,
-            "finished_at": None,
-            "rowid": self._started,
-        }
+        row = _NEW_NODE.copy()  # a copy of a dict is one block copied, not 20 insertions
+        row["id"] = nid
+        row["problem_id"] = pid
+        row["parent_id"] = parent
+        row["kind"] = kind
+        row["label"] = label
+        row["started_at"] = at
+        row["rowid"] = self._started
         if nid not in self.nodes:
             self.problem_nodes.setdefault(pid, []).append(nid)
         self.nodes[nid] = row

@@ -69,10 +69,19 @@ class TraceWriter:
         self.handle_batch((event,))
 
     def handle_batch(self, events: Sequence[Event]) -> None:
+        """Write each event's line as it is made, then flush the batch.
+
+        A line goes into the file's buffer at once rather than into a list joined later:
+        orjson allocates each line at its working buffer's size (then shrinks it), and
+        holding a batch of those grows the heap (page faults); written at once, each line's
+        memory is reused by the next.
+        """
         deltas = self.wants_deltas
-        lines = b"".join([e.json_line() for e in events if deltas or type(e) is not NodeDelta])
+        write = self._file.write
         try:
-            self._file.write(lines)
+            for event in events:
+                if deltas or type(event) is not NodeDelta:
+                    write(event.json_line())
             self._file.flush()  # `thinktree watch` follows the file as the run writes it
         except OSError as exc:
             raise self._unwritable(exc) from None
