@@ -1127,7 +1127,9 @@ def _problem_results(t: ProblemTree) -> dict[str, Any]:
             "agreement": t.decision.agreement,
             "utilisation": t.decision.utilisation,
         },
-        "nodes": t.walk(),  # each node's dict is made as it is written
+        # made here, not by the encoder's fallback for each node (a call back into Python
+        # per node): held for one problem at a time, as it is written
+        "nodes": [node.to_dict() for node in t.walk()],
     }
 
 
