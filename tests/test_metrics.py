@@ -17,6 +17,7 @@ from thinktree.orchestrator.events import NodeKind, NodeStatus, failed_calls_in
 from thinktree.orchestrator.run import RunSettings, execute
 from thinktree.orchestrator.store import list_runs
 from thinktree.orchestrator.tree import Node, ProblemTree
+from thinktree.pricing import Price
 from thinktree.problems import AnswerType, Problem
 from thinktree.testing.fake_server import FakeBehaviour, FakeServer
 
@@ -100,6 +101,30 @@ def test_a_call_is_one_request_with_one_latency() -> None:
     assert metrics.latency_p50_s == pytest.approx(0.001)
     assert metrics.latency_p95_s is not None and metrics.latency_p95_s > 0.4
     assert metrics.completion_tokens == 80
+
+
+def test_calls_read_back_count_their_tokens_but_not_their_cost_or_latency() -> None:
+    """A call read back from another run's store: its tokens are the run's (its answer
+    took them), its cost and latency are not; it is still one of the run's calls."""
+    tree = _tree("a", True, True)
+    nodes = [_call_node(f"a/b{i}/think", "borrowed", NodeStatus.DONE, 0.9) for i in range(2)]
+    nodes += [_call_node("a/own/think", "own", NodeStatus.DONE, 0.1)]
+    nodes += [_call_node("a/plan", None, NodeStatus.DONE, 0.2)]  # a call with no call id
+    nodes[-1].prompt_tokens = 5
+    for node in nodes:
+        node.prompt_tokens += 100
+    nodes.append(Node(id="a/b0", problem_id="a", parent_id="a", kind=NodeKind.BRANCH, label="b0"))
+    tree.nodes = {n.id: n for n in nodes}
+    price = Price(prompt_per_m=1_000_000, completion_per_m=2_000_000)  # 1 USD a prompt token
+    metrics = compute([tree], tokens_allowed=1000, price=price, read_back=frozenset({"borrowed"}))
+    assert (metrics.calls, metrics.prompt_tokens, metrics.completion_tokens) == (3, 405, 40)
+    assert metrics.thinking_tokens == 40
+    assert metrics.latency_p50_s == pytest.approx(0.15)  # the two own calls' only
+    assert metrics.cost_usd == pytest.approx(205 + 2 * 20)
+    assert metrics.read_back is not None
+    assert (metrics.read_back.calls, metrics.read_back.prompt_tokens) == (1, 200)
+    assert metrics.read_back.completion_tokens == 20
+    assert metrics.read_back.cost_usd == pytest.approx(200 + 2 * 20)
 
 
 def test_failed_counts_problems_an_error_left_ungraded() -> None:

@@ -206,35 +206,27 @@ def compute(
     """
     # one denominator for accuracy and coverage, so that accuracy never exceeds coverage
     graded = [t for t in trees if t.correct is not None and t.covered is not None]
-    calls = [n for t in trees for n in t.nodes.values() if n.kind not in _STRUCTURAL]
-    sent = {n.call_id or n.id: n for n in calls if n.status == NodeStatus.DONE or n.call_id}
-    answered_calls = {
-        n.call_id or n.id: n.latency_s
-        for n in calls
-        if n.status == NodeStatus.DONE
-        and n.error is None
-        and n.latency_s > 0
-        and n.call_id not in read_back
-    }
-    completion = sum(n.completion_tokens for n in calls)
-    borrowed = [n for n in calls if n.call_id is not None and n.call_id in read_back]
-    prompt_spent = sum(n.prompt_tokens for n in calls) - sum(n.prompt_tokens for n in borrowed)
+    right = sum(1 for t in graded if t.correct)
+    calls = _tally_calls(trees, read_back)
+    completion = calls.completion_tokens
+    borrowed = calls.borrowed
+    prompt_spent = calls.prompt_tokens - sum(n.prompt_tokens for n in borrowed)
     completion_spent = completion - sum(n.completion_tokens for n in borrowed)
-    latencies = sorted(answered_calls.values())
+    latencies = sorted(calls.latencies.values())
     return Metrics(
         problems=len(trees),
         answered=sum(1 for t in trees if t.answer is not None),
         graded=len(graded),
-        correct=sum(1 for t in graded if t.correct),
-        accuracy=(sum(1 for t in graded if t.correct) / len(graded)) if graded else None,
+        correct=right,
+        accuracy=(right / len(graded)) if graded else None,
         coverage=(sum(1 for t in graded if t.covered) / len(graded)) if graded else None,
         failed=sum(1 for t in trees if t.error and t.correct is None),
-        prompt_tokens=sum(n.prompt_tokens for n in calls),
+        prompt_tokens=calls.prompt_tokens,
         completion_tokens=completion,
-        thinking_tokens=sum(n.completion_tokens for n in calls if n.kind in _THINKING),
+        thinking_tokens=calls.thinking_tokens,
         tokens_allowed=tokens_allowed,
         utilisation=(completion / tokens_allowed) if tokens_allowed else None,
-        calls=len(sent),
+        calls=len(calls.sent),
         retries=retries,
         latency_p50_s=percentile(latencies, 50),
         latency_p95_s=percentile(latencies, 95),
@@ -242,6 +234,45 @@ def compute(
         verifier=verifier_metrics(trees),
         read_back=_read_back(borrowed, price) if borrowed else None,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Calls:
+    """What :func:`compute` counts over the call nodes (every node but the structural)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    thinking_tokens: int
+    sent: set[str]  # each request sent, by its call id (a node's own id where it has none)
+    latencies: dict[str, float]  # each answered request's latency, by the same key
+    borrowed: list[Node]  # the nodes of the calls read back from another run's
+
+
+def _tally_calls(trees: list[ProblemTree], read_back: frozenset[str]) -> _Calls:
+    """The call nodes' figures for :func:`compute`, in one pass over every node (a run's
+    end walks each of its nodes once, not once per figure)."""
+    sent: set[str] = set()
+    latencies: dict[str, float] = {}
+    borrowed: list[Node] = []
+    prompt = completion = thinking = 0
+    for tree in trees:
+        for n in tree.nodes.values():
+            kind = n.kind
+            if kind in _STRUCTURAL:
+                continue
+            prompt += n.prompt_tokens
+            completion += n.completion_tokens
+            if kind in _THINKING:
+                thinking += n.completion_tokens
+            call_id = n.call_id
+            done = n.status == NodeStatus.DONE
+            if done or call_id:
+                sent.add(call_id or n.id)
+            if call_id is not None and call_id in read_back:
+                borrowed.append(n)
+            elif done and n.error is None and n.latency_s > 0:
+                latencies[call_id or n.id] = n.latency_s  # one request's n samples: one call
+    return _Calls(prompt, completion, thinking, sent, latencies, borrowed)
 
 
 def _read_back(nodes: list[Node], price: Price | None) -> ReadBack:

@@ -429,6 +429,8 @@ async def _execute(
             servers=client.figures() if isinstance(client, EndpointPool) else None,
             cached_calls=cache.hits,
             read_back_retries=cache.carried_retries(),
+            # only a store shared with other runs, now or in an earlier session, lends calls
+            read_back=None if resume is not None or shared_calls is not None else frozenset(),
         )
     log.info(
         "run finished",
@@ -449,13 +451,16 @@ def conclude(
     servers: list[dict[str, Any]] | None,
     cached_calls: int = 0,
     read_back_retries: int = 0,
+    read_back: frozenset[str] | None = None,
 ) -> RunResult:
     """A finished run's trees and metrics from its recorder, written to ``results.json``
     (also for a sharded cell, whose events were replayed into ``recorder``).
 
     ``read_back_retries``: the run's retries its recorder did not see (those of a resumed
     run's earlier sessions, those behind calls read back from a bench's call store),
-    counted with this session's own."""
+    counted with this session's own. ``read_back``: the ids of the calls the run read
+    back from a store it shares with other runs, where the caller knows them (a fresh
+    run that shares none has none); None reads them from the run's call store."""
     trees = [recorder.tree.problems[p.id] for p in problems]
     stopped = _stopped_by(recorder)
     settings = facts.settings
@@ -469,7 +474,7 @@ def conclude(
         ),
         retries=recorder.retries + read_back_retries,
         price=settings.prices.get(facts.model),
-        read_back=read_back_calls(folder / CALLS),
+        read_back=read_back_calls(folder / CALLS) if read_back is None else read_back,
     )
     write_results(folder / RESULTS, facts, metrics, trees, stopped_by=stopped, servers=servers)
     return RunResult(
@@ -1127,7 +1132,9 @@ def _problem_results(t: ProblemTree) -> dict[str, Any]:
             "agreement": t.decision.agreement,
             "utilisation": t.decision.utilisation,
         },
-        "nodes": t.walk(),  # each node's dict is made as it is written
+        # made here, not by the encoder's fallback for each node (a call back into Python
+        # per node): held for one problem at a time, as it is written
+        "nodes": [node.to_dict() for node in t.walk()],
     }
 
 
