@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -633,7 +634,27 @@ class Solver:
             bill.settle(result.prompt_tokens, result.completion_tokens)
         return result
 
-    async def _ask(
+    def _ask(
+        self,
+        mode: str,
+        messages: list[Message],
+        prefix: str,
+        max_tokens: int,
+        n: int,
+        first_node: str,
+        reqs: list[SegmentRequest],
+        extra: dict[str, Any] | None = None,
+    ) -> Awaitable[Completion]:
+        """The call, to await: where nobody watches the text grow, the client's own.
+
+        Neither this nor :meth:`_send` is a coroutine: a frame between the caller and
+        the client would be resumed on every wake-up of every call (the reply's bytes).
+        """
+        if not self.bus.wants_deltas:
+            return self._send(mode, messages, prefix, max_tokens, n, first_node, reqs, extra)
+        return self._ask_shown(mode, messages, prefix, max_tokens, n, first_node, reqs, extra)
+
+    async def _ask_shown(
         self,
         mode: str,
         messages: list[Message],
@@ -644,6 +665,7 @@ class Solver:
         reqs: list[SegmentRequest],
         extra: dict[str, Any] | None = None,
     ) -> Completion:
+        """The call, its text shown as it grows (streamed) or when it arrives."""
         on_delta = None
         node_ids = [r.node_id for r in reqs]
         if self.bus.wants_deltas and self.caps.stream_usage:
@@ -670,7 +692,7 @@ class Solver:
             mode, messages, prefix, max_tokens, n, first_node, reqs, extra, on_delta
         )
 
-    async def _send(
+    def _send(
         self,
         mode: str,
         messages: list[Message],
@@ -681,8 +703,8 @@ class Solver:
         reqs: list[SegmentRequest],
         extra: dict[str, Any] | None,
         on_delta: DeltaHandler | None = None,
-    ) -> Completion:
-
+    ) -> Awaitable[Completion]:
+        """The client's call for it, to await (see :meth:`_ask`)."""
         seed = self.seed_for(first_node)
         temperature = self.sampling.temperature
         key = ",".join(r.node_id for r in reqs)
@@ -694,7 +716,7 @@ class Solver:
             if template is None:
                 raise EndpointError("continuation over /v1/completions needs a chat template")
             prompt = render_continuation(template, messages, prefix)
-            return await self.client.complete(
+            return self.client.complete(
                 prompt,
                 max_tokens=max_tokens,
                 n=n,
@@ -708,7 +730,7 @@ class Solver:
         convo = messages
         if mode == "chat":
             convo = [*messages, {"role": "assistant", "content": prefix}]
-        return await self.client.chat(
+        return self.client.chat(
             convo,
             max_tokens=max_tokens,
             n=n,
