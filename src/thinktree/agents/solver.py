@@ -63,9 +63,13 @@ class Branch:
         return Branch(messages=list(self.messages), assistant=self.assistant)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SegmentRequest:
-    """One call to make: which node it becomes, what it may spend, how to continue."""
+    """One call to make: which node it becomes, what it may spend, how to continue.
+
+    Treat it as read-only once made. It is not frozen only because one is made per
+    sample, and a frozen dataclass's ``__init__`` costs three times a plain one's.
+    """
 
     node_id: str
     parent_id: str
