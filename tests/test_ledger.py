@@ -242,3 +242,66 @@ async def test_the_money_limit_cuts_what_it_cannot_pay_and_learns_a_longer_promp
     assert later.prompt_tokens == 30 and later.held == pytest.approx(0.004)
     later.release()  # a call that failed costs nothing
     assert money.spent == pytest.approx(0.021) and money.held == 0 and money.calls == 0
+
+
+@pytest.mark.anyio
+async def test_n_samples_in_one_request_keep_the_smallest_grant_and_give_back_the_rest() -> None:
+    """Branches whose pools grant different tokens share one request's ``max_tokens``:
+    each keeps the smallest grant, gives back what it was granted past that, and spends
+    what its own choice counted."""
+    from types import SimpleNamespace
+    from typing import Any
+
+    from thinktree.agents.capabilities import Capabilities
+    from thinktree.agents.endpoint import Choice, Completion
+    from thinktree.agents.solver import Branch, SegmentRequest, Solver
+    from thinktree.orchestrator.events import NodeFinished, NodeKind, NodeStarted
+    from thinktree.problems import Problem
+
+    class Bus:
+        wants_deltas = False
+
+        def __init__(self) -> None:
+            self.events: list[object] = []
+
+        async def emit(self, event: object) -> None:
+            self.events.append(event)
+
+    asked: list[int] = []
+
+    async def chat(messages: Any, *, max_tokens: int, n: int = 1, **_: Any) -> Completion:
+        asked.append(max_tokens)
+        choices = [Choice("Answer: B", "stop", 3 + i) for i in range(n)]
+        return Completion(choices, prompt_tokens=5, completion_tokens=7, latency_s=0.0)
+
+    run = Budget("run", 100, stops_run=True)
+    problem = run.child("q0", None)
+    bus = Bus()
+    solver = Solver(
+        problem=Problem(id="q0", question="Which?", answer="B"),
+        client=SimpleNamespace(config=SimpleNamespace(chat_template=None), chat=chat),  # type: ignore[arg-type]
+        caps=Capabilities(continuation="chat", native_n=True),
+        bus=bus,  # type: ignore[arg-type]
+    )
+    pools = [problem.child("q0/b1", 32), problem.child("q0/b2", 8)]
+    reqs = [
+        SegmentRequest(
+            node_id=f"q0/b{i}/think",
+            parent_id=f"q0/b{i}",
+            kind=NodeKind.GENERATION,
+            label="thinking",
+            budget=pool,
+            max_tokens=32,
+        )
+        for i, pool in enumerate(pools, start=1)
+    ]
+    grown = await solver.segments_n(Branch([]), reqs)
+    assert asked == [8]
+    started = [e.max_tokens for e in bus.events if isinstance(e, NodeStarted)]
+    assert started == [8, 8]
+    finished = [(e.node_id, e.completion_tokens) for e in bus.events if isinstance(e, NodeFinished)]
+    assert finished == [("q0/b1/think", 3), ("q0/b2/think", 4)]
+    assert [seg.answer for seg, _ in grown] == ["B", "B"]
+    assert [(p.reserved, p.used) for p in pools] == [(0, 3), (0, 4)]
+    assert (problem.reserved, problem.used) == (0, 7) and (run.reserved, run.used) == (0, 7)
+    assert pools[1].cut and not pools[0].cut

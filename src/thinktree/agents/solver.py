@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,9 +63,13 @@ class Branch:
         return Branch(messages=list(self.messages), assistant=self.assistant)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class SegmentRequest:
-    """One call to make: which node it becomes, what it may spend, how to continue."""
+    """One call to make: which node it becomes, what it may spend, how to continue.
+
+    Treat it as read-only once made. It is not frozen only because one is made per
+    sample, and a frozen dataclass's ``__init__`` costs three times a plain one's.
+    """
 
     node_id: str
     parent_id: str
@@ -204,8 +209,11 @@ class Solver:
             raise
         choice = result.choices[0]
         req.budget.commit(grant, spent.text(0, choice.completion_tokens, choice))
-        _apply(branch, mode, messages, prefix, req, _with_thinking(choice, self.caps))
-        return await self._finish(branch, req, result, 0, result.prompt_tokens)
+        text = _with_thinking(choice, self.caps)
+        _apply(branch, mode, messages, prefix, req, text)
+        event, seg = self._finished(branch, req, result, choice, text, result.prompt_tokens)
+        await self.bus.emit(event)
+        return seg
 
     async def think_and_answer(
         self, branch: Branch, think: SegmentRequest, answer: SegmentRequest
@@ -354,11 +362,12 @@ class Solver:
             (recorded, grant), bill = read_back, None
         else:
             grants = await _reserved([(r.budget, r.max_tokens) for r in reqs])
-            for r, g in zip(reqs, grants, strict=True):
-                r.budget.commit(g, 0)
             grant = min(grants)
-            for r in reqs:
-                r.budget.reserve(grant)
+            for r, g in zip(reqs, grants, strict=True):
+                # each keeps the smallest grant: what it was granted past that is given
+                # back (a commit, so that calls waiting on its pools look again, as they
+                # would after any settling, even of nothing)
+                r.budget.commit(g - grant, 0)
             asks = [(r.budget, grant) for r in reqs]
             grants, bill = await self._afford(asks, len(reqs), messages, prefix, reqs[0].constraint)
             grant = grants[0]
@@ -407,10 +416,9 @@ class Solver:
             return out
         segments: list[tuple[Segment, Branch]] = []
         short = len(self.failures)
-        by_index = dict(enumerate(result.choices))
+        choices, emit, caps = result.choices, self.bus.emit, self.caps
         for i, r in enumerate(reqs):
-            choice = by_index.get(i)
-            if choice is None:
+            if i >= len(choices):
                 r.budget.commit(grant, 0)
                 error = "the server returned fewer choices than asked for"
                 if error not in self.failures[short:]:  # once for the request
@@ -422,11 +430,15 @@ class Solver:
                     (Segment(node_id=r.node_id, failed=True, error=error), branch.fork())
                 )
                 continue
+            choice = choices[i]
             r.budget.commit(grant, spent.text(i, choice.completion_tokens, choice))
             own = branch.fork()
-            _apply(own, mode, messages, prefix, r, _with_thinking(choice, self.caps))
+            text = _with_thinking(choice, caps)
+            _apply(own, mode, messages, prefix, r, text)
             prompt_tokens = result.prompt_tokens if i == 0 else 0
-            segments.append((await self._finish(own, r, result, i, prompt_tokens), own))
+            event, seg = self._finished(own, r, result, choice, text, prompt_tokens)
+            await emit(event)
+            segments.append((seg, own))
         return segments
 
     async def _recorded(
@@ -484,12 +496,13 @@ class Solver:
         reason: none is sent, and none may be left running.
         """
         announced = 0
+        emit, problem_id = self.bus.emit, self.problem.id
         try:
             for r, grant in calls:
-                await self.bus.emit(
+                await emit(
                     NodeStarted(
                         node_id=r.node_id,
-                        problem_id=self.problem.id,
+                        problem_id=problem_id,
                         parent_id=r.parent_id,
                         kind=r.kind,
                         label=r.label,
@@ -625,7 +638,27 @@ class Solver:
             bill.settle(result.prompt_tokens, result.completion_tokens)
         return result
 
-    async def _ask(
+    def _ask(
+        self,
+        mode: str,
+        messages: list[Message],
+        prefix: str,
+        max_tokens: int,
+        n: int,
+        first_node: str,
+        reqs: list[SegmentRequest],
+        extra: dict[str, Any] | None = None,
+    ) -> Awaitable[Completion]:
+        """The call, to await: where nobody watches the text grow, the client's own.
+
+        Neither this nor :meth:`_send` is a coroutine: a frame between the caller and
+        the client would be resumed on every wake-up of every call (the reply's bytes).
+        """
+        if not self.bus.wants_deltas:
+            return self._send(mode, messages, prefix, max_tokens, n, first_node, reqs, extra)
+        return self._ask_shown(mode, messages, prefix, max_tokens, n, first_node, reqs, extra)
+
+    async def _ask_shown(
         self,
         mode: str,
         messages: list[Message],
@@ -636,6 +669,7 @@ class Solver:
         reqs: list[SegmentRequest],
         extra: dict[str, Any] | None = None,
     ) -> Completion:
+        """The call, its text shown as it grows (streamed) or when it arrives."""
         on_delta = None
         node_ids = [r.node_id for r in reqs]
         if self.bus.wants_deltas and self.caps.stream_usage:
@@ -662,7 +696,7 @@ class Solver:
             mode, messages, prefix, max_tokens, n, first_node, reqs, extra, on_delta
         )
 
-    async def _send(
+    def _send(
         self,
         mode: str,
         messages: list[Message],
@@ -673,8 +707,8 @@ class Solver:
         reqs: list[SegmentRequest],
         extra: dict[str, Any] | None,
         on_delta: DeltaHandler | None = None,
-    ) -> Completion:
-
+    ) -> Awaitable[Completion]:
+        """The client's call for it, to await (see :meth:`_ask`)."""
         seed = self.seed_for(first_node)
         temperature = self.sampling.temperature
         key = ",".join(r.node_id for r in reqs)
@@ -686,7 +720,7 @@ class Solver:
             if template is None:
                 raise EndpointError("continuation over /v1/completions needs a chat template")
             prompt = render_continuation(template, messages, prefix)
-            return await self.client.complete(
+            return self.client.complete(
                 prompt,
                 max_tokens=max_tokens,
                 n=n,
@@ -700,7 +734,7 @@ class Solver:
         convo = messages
         if mode == "chat":
             convo = [*messages, {"role": "assistant", "content": prefix}]
-        return await self.client.chat(
+        return self.client.chat(
             convo,
             max_tokens=max_tokens,
             n=n,
@@ -713,15 +747,17 @@ class Solver:
             token_ids=self.caps.token_ids,
         )
 
-    async def _finish(
+    def _finished(
         self,
         branch: Branch,
         req: SegmentRequest,
         result: Completion,
-        index: int,
+        choice: Choice,
+        text: str,
         prompt_tokens: int,
-    ) -> Segment:
-        choice = result.choices[index]
+    ) -> tuple[NodeFinished, Segment]:
+        """The node a call's ``choice`` (its text with its thinking: ``text``) ends, and
+        the segment it grew: built, not emitted, so that n choices cost no coroutine each."""
         if req.extract_from == "message":
             source = branch.assistant
         elif req.extract_from == "cue":
@@ -744,21 +780,19 @@ class Solver:
                     dialect=req.constraint.dialect,
                     text=choice.text[:80],
                 )
-        await self.bus.emit(
-            NodeFinished(
-                node_id=req.node_id,
-                text=_with_thinking(choice, self.caps),
-                finish_reason=choice.finish_reason,
-                prompt_tokens=prompt_tokens,
-                completion_tokens=choice.completion_tokens,
-                answer=answer,
-                extraction=method,
-                latency_s=result.latency_s,
-                call_id=result.call_id,
-                request_id=result.request_id,
-            )
+        event = NodeFinished(
+            node_id=req.node_id,
+            text=text,
+            finish_reason=choice.finish_reason,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=choice.completion_tokens,
+            answer=answer,
+            extraction=method,
+            latency_s=result.latency_s,
+            call_id=result.call_id,
+            request_id=result.request_id,
         )
-        return Segment(
+        return event, Segment(
             node_id=req.node_id,
             text=choice.text,
             finish_reason=choice.finish_reason,

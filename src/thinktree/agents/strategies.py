@@ -319,11 +319,12 @@ class Parallel:
             share = pool.limit // self.n
         ids = [f"{parent}/b{i}" for i in range(self.start, self.start + self.n)]
         pools = [pool.child(node_id, share) for node_id in ids]
+        emit, problem_id = solver.bus.emit, solver.problem.id
         for i, node_id in enumerate(ids, start=self.start):
-            await solver.bus.emit(
+            await emit(
                 NodeStarted(
                     node_id=node_id,
-                    problem_id=solver.problem.id,
+                    problem_id=problem_id,
                     parent_id=parent,
                     kind=NodeKind.BRANCH,
                     label=f"branch {i}",
@@ -368,35 +369,22 @@ class Parallel:
                     await solver.bus.emit(NodeFailed(node_id=ids[i], error=_ended_by(exc)))
                     ended.add(i)
                 raise
-            await finished(i)
-
-        async def finished(i: int) -> None:
-            best = results[i][-1] if results[i] else None
-            await solver.bus.emit(
-                NodeFinished(
-                    node_id=ids[i],
-                    text="",
-                    finish_reason=None,
-                    prompt_tokens=0,
-                    completion_tokens=0,
-                    answer=best.answer if best else None,
-                    extraction="branch",
-                )
-            )
+            await emit(_branch_finished(ids[i], results[i]))
             ended.add(i)
 
         # asyncio's own task group: a branch task costs a fifth of an anyio one, and a
         # run's every task runs on asyncio (anyio's cancel scopes work inside it).
+        settle = self.inner.settle
         try:
             async with asyncio.TaskGroup() as tg:
-                for i in range(self.n):
-                    first_i = firsts[i]
-                    settled = None if first_i is None else self.inner.settle(solver, first_i)
+                for i, first_i in enumerate(firsts):
+                    settled = None if first_i is None else settle(solver, first_i)
                     if settled is None:
                         tg.create_task(grow(i))
                     else:
                         results[i] = settled
-                        await finished(i)
+                        await emit(_branch_finished(ids[i], settled))
+                        ended.add(i)
         except BaseException as exc:
             # a branch task cancelled before it ran ends here, not left "running"
             with anyio.CancelScope(shield=True):
@@ -406,6 +394,20 @@ class Parallel:
         if share is not None and any(p.cut for p in pools):
             pool.cut = True  # a branch's share of the limit cut it: the limit did
         return [c for branch_candidates in results for c in branch_candidates]
+
+
+def _branch_finished(node_id: str, candidates: list[Candidate]) -> NodeFinished:
+    """The end of a branch: its node carries its last candidate's answer."""
+    best = candidates[-1] if candidates else None
+    return NodeFinished(
+        node_id=node_id,
+        text="",
+        finish_reason=None,
+        prompt_tokens=0,
+        completion_tokens=0,
+        answer=best.answer if best else None,
+        extraction="branch",
+    )
 
 
 def _ended_by(exc: BaseException) -> str:

@@ -16,7 +16,7 @@ that is not the JSON it should be.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable
 from typing import Any, Final, TypeVar
 
 import aiohttp
@@ -99,30 +99,33 @@ class Transport:
             await self._session.close()
             self._session = None
 
-    async def post(self, route: str, body: dict[str, Any]) -> bytes:
-        """POST ``body`` as JSON to ``route``; the answer's raw bytes (status < 400)."""
-        return await self._fetch("POST", route, dump_bytes(body))
+    def post(self, route: str, body: dict[str, Any]) -> Awaitable[bytes]:
+        """POST ``body`` as JSON to ``route``; the answer's raw bytes (status < 400).
 
-    async def get(self, route: str) -> bytes:
+        Not a coroutine itself (nor :meth:`get`): a frame of its own above the request
+        would be resumed on every wake-up of every call."""
+        return self._fetch("POST", route, dump_bytes(body))
+
+    def get(self, route: str) -> Awaitable[bytes]:
         """GET ``route``; the answer's raw bytes (status < 400)."""
-        return await self._fetch("GET", route, None)
+        return self._fetch("GET", route, None)
 
     async def _fetch(self, method: str, route: str, data: bytes | None) -> bytes:
-        url = f"{self.base_url}/{route}"
         headers: Any
         try:
-            if self._pool is not None:
+            if self._pool is not None:  # it takes the route: the URL is for errors only
                 answer = await self._pool.request(method, route, data)
                 status, headers, raw = answer.status, answer.headers, answer.body
             else:
+                url = f"{self.base_url}/{route}"
                 request = self._open().request(method, url, data=data, headers=self._headers)
                 async with request as resp:
                     raw = await resp.read()
                     status, headers = resp.status, resp.headers
         except (aiohttp.ClientError, OSError) as exc:
-            raise _connection_error(url, exc) from exc
+            raise _connection_error(f"{self.base_url}/{route}", exc) from exc
         if status >= 400 or (status >= 300 and self._pool is not None):  # aiohttp redirects
-            raise _status_error(url, status, dict(headers), raw)
+            raise _status_error(f"{self.base_url}/{route}", status, dict(headers), raw)
         return raw
 
     async def stream(self, route: str, body: dict[str, Any]) -> AsyncGenerator[bytes, None]:
