@@ -65,6 +65,8 @@ _LATEX_SUBSTITUTIONS: tuple[tuple[re.Pattern[str], str], ...] = (
 _MARKUP = _LATEX_SUBSTITUTIONS[-1][0]
 _BOLD = re.compile(r"\*\*|__")
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_BRACE = re.compile(r"[{}]")
+_SPARSE_BRACES = 8  # at most one character in this many is a brace
 _THINK_END = "</think>"
 _NON_SPACE = re.compile(r"\S")
 # Answers are short: a phrase body or boxed content is read up to this length, which also keeps
@@ -210,7 +212,17 @@ def _boxed_contents(text: str) -> list[str]:
         return []
     closing: dict[int, int] = {}  # index after an opening brace -> index of its closing brace
     open_braces: list[int] = []
-    for index, char in enumerate(text):
+    # The brace that closes an opening one depends on what follows it alone, so the walk
+    # starts at the first box. Where braces are few it goes from brace to brace; where they
+    # are many, a step over each character costs less than a search for each brace.
+    first = starts[0] - 1
+    braces = text.count("{", first) + text.count("}", first)
+    walk: Iterable[tuple[int, str]] = (
+        enumerate(text[first:], first)
+        if braces * _SPARSE_BRACES > len(text) - first
+        else ((brace.start(), brace[0]) for brace in _BRACE.finditer(text, first))
+    )
+    for index, char in walk:
         if char == "{":
             open_braces.append(index + 1)
         elif char == "}" and open_braces:
