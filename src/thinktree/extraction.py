@@ -427,14 +427,9 @@ def _word_before(text: str, position: int) -> tuple[int, int] | None:
     if i == position:
         return None
     end = i
-    while i > 0 and _is_word_char(text[i - 1]):
+    while i > 0 and ((char := text[i - 1]).isalnum() or char == "_"):  # what \w matches
         i -= 1
     return None if i == end else (i, end)
-
-
-def _is_word_char(char: str) -> bool:
-    """What ``\\w`` matches in a ``str`` pattern."""
-    return char.isalnum() or char == "_"
 
 
 def _body_at(text: str, position: int) -> str | None:
