@@ -543,6 +543,9 @@ def test_phrase_bodies_come_last_first_as_scans_order_them(pieces: list[str]) ->
         "Final Answer\nB\nI choose C. The correct answer is not clear.\nAnswer: let's see",
         "The most likely answer is A; I would go with B, my final answer: C\nFinal Answer\n",
         "the correct option is B " * 3 + "answer: " * 3,
+        "Option A is wrong, the best choice is C.\nFinal answer: B",
+        "Answer: B. I choose C",
+        "The answer is not clear. Option C fits.\nFinal Answer\nAnswer: let's see",
     ],
 )
 def test_phrase_bodies_of_mixed_phrases_come_last_first(text: str) -> None:

@@ -20,6 +20,7 @@ with None. When the text has a ``</think>`` block, the part after it is read fir
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -111,6 +112,8 @@ _CORRECT_OPTION = re.compile(
 # the pattern is tried only there: a scan of every position of a long text cost it most.
 _OPTION_WORDS = ("option", "choice", "response", "select", "choose", "pick")
 _GO_WITH = re.compile(r"go\s+with")  # searched in lower-cased text
+# A word that every heading (see _FINAL_HEADING) or option phrase has.
+_OTHER_WORDS = ("final", "go", *_OPTION_WORDS)
 # Characters that IGNORECASE takes for an ASCII letter though their lower case is none
 # (dotless i, long s) or is two characters (dotted capital I). A text without them has
 # each word of the patterns, case ignored, where its lower case has the word.
@@ -241,20 +244,38 @@ def _phrase_bodies(text: str) -> Iterator[tuple[str, str]]:
     # casefolded text has each word wherever IGNORECASE finds it (and some more).
     lowered = _lowered(text)
     keys = text.casefold() if lowered is None else lowered
-    others: list[_Phrase] = []  # headings and option phrases, in the order they are found
-    if "answer" in keys:
-        answers = _answer_spans(text, lowered)
-        if "final" in keys:
-            others += [(m.start(), m.end(), "final-answer") for m in _FINAL_HEADING.finditer(text)]
-    else:
-        answers = iter(())
-    if _has_option_word(keys):
-        others += [(m.start(), m.end(), "correct-option") for m in _correct_options(text, lowered)]
-    others.sort(key=_start, reverse=True)
+    answers = _answer_spans(text, lowered) if "answer" in keys else iter(())
+    headings = "answer" in keys and "final" in keys
+    options = _has_option_word(keys)
+    if (headings or options) and lowered is not None:
+        # Headings and option phrases start at or before a word of theirs: the answer phrases
+        # from the last of those words on come first (as :func:`_merged` orders them), and
+        # are read before the others are sought.
+        pending = next(answers, None)
+        if pending is not None:
+            latest = max(map(lowered.rfind, _OTHER_WORDS))
+            while pending is not None and pending[0] >= latest:
+                if body := _body_at(text, pending[1]):
+                    yield pending[2], body
+                pending = next(answers, None)
+            if pending is not None:
+                answers = itertools.chain((pending,), answers)
+    others = _other_phrases(text, lowered, headings, options)
     for _, end, method in _merged(answers, others) if others else answers:
         body = _body_at(text, end)
         if body:
             yield method, body
+
+
+def _other_phrases(text: str, lowered: str | None, headings: bool, options: bool) -> list[_Phrase]:
+    """The "Final Answer" headings and the option phrases of ``text`` (where sought), last first."""
+    others: list[_Phrase] = []  # in the order they are found, for the sort to keep
+    if headings:
+        others += [(m.start(), m.end(), "final-answer") for m in _FINAL_HEADING.finditer(text)]
+    if options:
+        others += [(m.start(), m.end(), "correct-option") for m in _correct_options(text, lowered)]
+    others.sort(key=_start, reverse=True)
+    return others
 
 
 _Phrase = tuple[int, int, str]  # start, end and method of an answer phrase
