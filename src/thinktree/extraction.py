@@ -330,12 +330,15 @@ def _matches_at(
             yield match
 
 
-def _found(lowered: str, word: str) -> Iterator[int]:
-    """Where ``word`` starts in ``lowered``."""
-    at = lowered.find(word)
-    while at >= 0:
-        yield at
-        at = lowered.find(word, at + 1)
+def _found(lowered: str, words: tuple[str, ...]) -> list[int]:
+    """Where each of ``words`` starts in ``lowered``."""
+    found: list[int] = []
+    for word in words:
+        at = lowered.find(word)
+        while at >= 0:
+            found.append(at)
+            at = lowered.find(word, at + 1)
+    return found
 
 
 def _correct_options(text: str, lowered: str | None) -> Iterator[re.Match[str]]:
@@ -343,8 +346,9 @@ def _correct_options(text: str, lowered: str | None) -> Iterator[re.Match[str]]:
     if lowered is None:
         yield from _CORRECT_OPTION.finditer(text)
         return
-    words = [at for word in _OPTION_WORDS for at in _found(lowered, word)]
-    words += [go.start() for go in _GO_WITH.finditer(lowered)]
+    words = _found(lowered, _OPTION_WORDS)
+    if "go" in lowered:  # where "go with" may be
+        words += [go.start() for go in _GO_WITH.finditer(lowered)]
     starts: list[int] = []
     for at in words:
         before = _word_before(text, at)
