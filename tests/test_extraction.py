@@ -500,3 +500,79 @@ def test_tail_lines_are_the_last_non_empty_lines(text: str) -> None:
     every = [line for line in every if line]
     for count in (1, 2, 3):
         assert x._tail_lines(text, count) == every[-count:]
+
+
+# Phrases are found from the last "answer" back, as far as their bodies are read: they must
+# come in the order, and with the methods, that scans of every position give them.
+_BODY_PIECES = [
+    "B", "C.", "(D) Hypotonic upper lip", "not clear", "not A, it is C", "let's see", "42",
+    "\nFinal Answer\n", "\n**Final Answer**\n\n", "\n", "**", "I choose ", "the correct option is ",
+]  # fmt: skip
+
+
+def _scanned_bodies(text: str) -> list[tuple[str, str]]:
+    from thinktree import extraction as x
+
+    found: dict[int, tuple[int, str]] = {}
+    for m in x._ANSWER_IS.finditer(text):
+        final = "final" in m["qualifiers"].lower()
+        found[m.end()] = (m.start(), "final-answer" if final else "answer-is")
+    for m in x._ANSWER_LABEL.finditer(text):
+        found[m.end()] = (m.start(), "final-answer" if m["final"] else "answer-label")
+    for m in x._FINAL_HEADING.finditer(text):
+        found[m.end()] = (m.start(), "final-answer")
+    for m in x._CORRECT_OPTION.finditer(text):
+        found[m.end()] = (m.start(), "correct-option")
+    last_first = sorted(found.items(), key=lambda item: item[1][0], reverse=True)
+    return [(method, body) for end, (_, method) in last_first if (body := x._body_at(text, end))]
+
+
+@settings(max_examples=300)
+@given(st.lists(st.sampled_from(_PHRASE_PIECES + _BODY_PIECES + _UNICODE_PIECES), max_size=40))
+def test_phrase_bodies_come_last_first_as_scans_order_them(pieces: list[str]) -> None:
+    from thinktree import extraction as x
+
+    text = "".join(pieces)
+    assert list(x._phrase_bodies(text)) == _scanned_bodies(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "The answer is B.\nAnswer: C",
+        "Final Answer\nB\nI choose C. The correct answer is not clear.\nAnswer: let's see",
+        "The most likely answer is A; I would go with B, my final answer: C\nFinal Answer\n",
+        "the correct option is B " * 3 + "answer: " * 3,
+        "Option A is wrong, the best choice is C.\nFinal answer: B",
+        "Answer: B. I choose C",
+        "The answer is not clear. Option C fits.\nFinal Answer\nAnswer: let's see",
+    ],
+)
+def test_phrase_bodies_of_mixed_phrases_come_last_first(text: str) -> None:
+    from thinktree import extraction as x
+
+    assert list(x._phrase_bodies(text)) == _scanned_bodies(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{" * 50 + "\\boxed{B}" + "}" * 50,
+        "x {a} " * 40 + "\\boxed{\\text{B}} then \\boxed{C",
+        "\\boxed{1} " + "{a}" * 40 + " \\fbox {D}",
+        "} \\boxed{{B}} {",
+        "word " * 30 + "\\boxed{\\frac{1}{2}} and {x} " + "word " * 30 + "\\boxed{2",
+    ],
+)
+def test_boxed_contents_pair_braces_as_a_walk_over_every_character_does(text: str) -> None:
+    from thinktree import extraction as x
+
+    closing: dict[int, int] = {}
+    open_braces: list[int] = []
+    for index, char in enumerate(text):
+        if char == "{":
+            open_braces.append(index + 1)
+        elif char == "}" and open_braces:
+            closing[open_braces.pop()] = index
+    starts = [m.end() for m in x._BOXED.finditer(text)]
+    assert x._boxed_contents(text) == [text[s : closing[s]] for s in starts if s in closing]

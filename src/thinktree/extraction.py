@@ -20,6 +20,7 @@ with None. When the text has a ``</think>`` block, the part after it is read fir
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -65,6 +66,8 @@ _LATEX_SUBSTITUTIONS: tuple[tuple[re.Pattern[str], str], ...] = (
 _MARKUP = _LATEX_SUBSTITUTIONS[-1][0]
 _BOLD = re.compile(r"\*\*|__")
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_BRACE = re.compile(r"[{}]")
+_SPARSE_BRACES = 8  # at most one character in this many is a brace
 _THINK_END = "</think>"
 _NON_SPACE = re.compile(r"\S")
 # Answers are short: a phrase body or boxed content is read up to this length, which also keeps
@@ -89,7 +92,8 @@ _ANSWER_AT = re.compile(
     rf"\banswer(?:(?P<is>(?:\s+to\s+(?:this|the)\s+question)?\s+{_IS})|[*_]*\s*[:：])",
     re.IGNORECASE,
 )
-_QUALIFIER = re.compile(r"correct|final|best|right|likely|true", re.IGNORECASE)
+_QUALIFIER_WORDS = ("correct", "final", "best", "right", "likely", "true")
+_QUALIFIER = re.compile("|".join(_QUALIFIER_WORDS), re.IGNORECASE)
 _LIKELY = re.compile("likely", re.IGNORECASE)
 _MOST = re.compile("most", re.IGNORECASE)
 _FINAL = re.compile("final", re.IGNORECASE)
@@ -107,8 +111,9 @@ _CORRECT_OPTION = re.compile(
 # ("selection" holds "select"; "go" is only one where "with" follows). As with "answer",
 # the pattern is tried only there: a scan of every position of a long text cost it most.
 _OPTION_WORDS = ("option", "choice", "response", "select", "choose", "pick")
-_OPTION_WORD = re.compile("|".join(_OPTION_WORDS))  # searched in casefolded text
 _GO_WITH = re.compile(r"go\s+with")  # searched in lower-cased text
+# A word that every heading (see _FINAL_HEADING) or option phrase has.
+_OTHER_WORDS = ("final", "go", *_OPTION_WORDS)
 # Characters that IGNORECASE takes for an ASCII letter though their lower case is none
 # (dotless i, long s) or is two characters (dotted capital I). A text without them has
 # each word of the patterns, case ignored, where its lower case has the word.
@@ -210,7 +215,17 @@ def _boxed_contents(text: str) -> list[str]:
         return []
     closing: dict[int, int] = {}  # index after an opening brace -> index of its closing brace
     open_braces: list[int] = []
-    for index, char in enumerate(text):
+    # The brace that closes an opening one depends on what follows it alone, so the walk
+    # starts at the first box. Where braces are few it goes from brace to brace; where they
+    # are many, a step over each character costs less than a search for each brace.
+    first = starts[0] - 1
+    braces = text.count("{", first) + text.count("}", first)
+    walk: Iterable[tuple[int, str]] = (
+        enumerate(text[first:], first)
+        if braces * _SPARSE_BRACES > len(text) - first
+        else ((brace.start(), brace[0]) for brace in _BRACE.finditer(text, first))
+    )
+    for index, char in walk:
         if char == "{":
             open_braces.append(index + 1)
         elif char == "}" and open_braces:
@@ -219,30 +234,80 @@ def _boxed_contents(text: str) -> list[str]:
 
 
 def _phrase_bodies(text: str) -> Iterator[tuple[str, str]]:
-    """(method, prepared body) of each answer phrase, last first; bodies saying nothing skipped."""
-    found: dict[int, tuple[int, str]] = {}
+    """(method, prepared body) of each answer phrase, last first; bodies saying nothing skipped.
+
+    The last phrase usually says the answer, so the "answer" phrases are found from the end
+    and only as far back as their bodies are read."""
     # Each phrase has a word it cannot do without: a pattern runs only where its word is
-    # (casefold, as the patterns' IGNORECASE folds case), which spares most of the scans.
-    folded = text.casefold()
+    # (as the patterns' IGNORECASE finds it), which spares most of the scans. The lower-cased
+    # text has each word just where IGNORECASE finds it, where :func:`_lowered` gives it; the
+    # casefolded text has each word wherever IGNORECASE finds it (and some more).
     lowered = _lowered(text)
-    if "answer" in folded:
-        answer_is, answer_label = _answer_phrases(text, lowered)
-        for match in answer_is:
-            final = "final" in match["qualifiers"].lower()
-            found[match.end()] = (match.start(), "final-answer" if final else "answer-is")
-        for match in answer_label:
-            method = "final-answer" if match["final"] else "answer-label"
-            found[match.end()] = (match.start(), method)
-        if "final" in folded:
-            for match in _FINAL_HEADING.finditer(text):
-                found[match.end()] = (match.start(), "final-answer")
-    if _OPTION_WORD.search(folded) or ("go" in folded and "with" in folded):
-        for match in _correct_options(text, lowered):
-            found[match.end()] = (match.start(), "correct-option")
-    for end, (_, method) in sorted(found.items(), key=lambda item: item[1][0], reverse=True):
+    keys = text.casefold() if lowered is None else lowered
+    answers = _answer_spans(text, lowered) if "answer" in keys else iter(())
+    headings = "answer" in keys and "final" in keys
+    options = _has_option_word(keys)
+    if (headings or options) and lowered is not None:
+        # Headings and option phrases start at or before a word of theirs: the answer phrases
+        # from the last of those words on come first (as :func:`_merged` orders them), and
+        # are read before the others are sought.
+        pending = next(answers, None)
+        if pending is not None:
+            latest = max(map(lowered.rfind, _OTHER_WORDS))
+            while pending is not None and pending[0] >= latest:
+                if body := _body_at(text, pending[1]):
+                    yield pending[2], body
+                pending = next(answers, None)
+            if pending is not None:
+                answers = itertools.chain((pending,), answers)
+    others = _other_phrases(text, lowered, headings, options)
+    for _, end, method in _merged(answers, others) if others else answers:
         body = _body_at(text, end)
         if body:
             yield method, body
+
+
+def _other_phrases(text: str, lowered: str | None, headings: bool, options: bool) -> list[_Phrase]:
+    """The "Final Answer" headings and the option phrases of ``text`` (where sought), last first."""
+    others: list[_Phrase] = []  # in the order they are found, for the sort to keep
+    if headings:
+        others += [(m.start(), m.end(), "final-answer") for m in _FINAL_HEADING.finditer(text)]
+    if options:
+        others += [(m.start(), m.end(), "correct-option") for m in _correct_options(text, lowered)]
+    others.sort(key=_start, reverse=True)
+    return others
+
+
+_Phrase = tuple[int, int, str]  # start, end and method of an answer phrase
+
+
+def _start(phrase: _Phrase) -> int:
+    return phrase[0]
+
+
+def _has_option_word(keys: str) -> bool:
+    """Whether ``keys`` has a word that every :data:`_CORRECT_OPTION` match has (a search for
+    each word is quicker than one of a pattern of them all)."""
+    for word in _OPTION_WORDS:
+        if word in keys:
+            return True
+    return "go" in keys and "with" in keys
+
+
+def _merged(answers: Iterator[_Phrase], others: list[_Phrase]) -> Iterator[_Phrase]:
+    """The phrases of ``answers`` and ``others``, each last first, in one order, last first.
+
+    No two phrases start at one place (each starts at a word of its own, or a heading at
+    its line's start); an answer phrase would come first."""
+    pending = next(answers, None)
+    for other in others:
+        while pending is not None and pending[0] >= other[0]:
+            yield pending
+            pending = next(answers, None)
+        yield other
+    if pending is not None:
+        yield pending
+        yield from answers
 
 
 def _lowered(text: str) -> str | None:
@@ -265,12 +330,15 @@ def _matches_at(
             yield match
 
 
-def _found(lowered: str, word: str) -> Iterator[int]:
-    """Where ``word`` starts in ``lowered``."""
-    at = lowered.find(word)
-    while at >= 0:
-        yield at
-        at = lowered.find(word, at + 1)
+def _found(lowered: str, words: tuple[str, ...]) -> list[int]:
+    """Where each of ``words`` starts in ``lowered``."""
+    found: list[int] = []
+    for word in words:
+        at = lowered.find(word)
+        while at >= 0:
+            found.append(at)
+            at = lowered.find(word, at + 1)
+    return found
 
 
 def _correct_options(text: str, lowered: str | None) -> Iterator[re.Match[str]]:
@@ -278,85 +346,115 @@ def _correct_options(text: str, lowered: str | None) -> Iterator[re.Match[str]]:
     if lowered is None:
         yield from _CORRECT_OPTION.finditer(text)
         return
-    words = [at for word in _OPTION_WORDS for at in _found(lowered, word)]
-    words += [go.start() for go in _GO_WITH.finditer(lowered)]
+    words = _found(lowered, _OPTION_WORDS)
+    if "go" in lowered:  # where "go with" may be
+        words += [go.start() for go in _GO_WITH.finditer(lowered)]
     starts: list[int] = []
     for at in words:
-        before = _word_before(text, at, 0)
+        before = _word_before(text, at)
         if before is not None:
             starts.append(before[0])
-            second = _word_before(text, before[0], 0)
+            second = _word_before(text, before[0])
             if second is not None:
                 starts.append(second[0])
     yield from _matches_at(_CORRECT_OPTION, text, starts)
 
 
+def _answer_spans(text: str, lowered: str | None) -> Iterator[_Phrase]:
+    """Each match of :data:`_ANSWER_IS` and of :data:`_ANSWER_LABEL`, last first.
+
+    Each "answer" that :data:`_ANSWER_AT` matches ends one match of them, one of
+    :data:`_ANSWER_IS` where it can, which starts where the qualifiers before it start. A
+    match ends in "is", "be", "=", ":" or spaces, none of which goes on a run of qualifiers,
+    so one match never bounds another: each "answer" is read alone, from the last."""
+    for found in _answers_last_first(text, lowered):
+        answer = found.start()
+        if found["is"] is not None:
+            start = _qualifiers_start(text, lowered, answer)
+            final = "final" in text[start:answer].lower()  # what the qualifiers group holds
+            yield start, found.end(), "final-answer" if final else "answer-is"
+        else:
+            start = _final_start(text, lowered, answer)
+            yield start, found.end(), "answer-label" if start == answer else "final-answer"
+
+
+def _answers_last_first(text: str, lowered: str | None) -> Iterator[re.Match[str]]:
+    """The matches of :data:`_ANSWER_AT` in ``text``, last first (none holds another "answer")."""
+    if lowered is None:
+        yield from reversed(list(_ANSWER_AT.finditer(text)))
+        return
+    at = lowered.rfind("answer")
+    while at >= 0:
+        if (found := _ANSWER_AT.match(text, at)) is not None:
+            yield found
+        at = lowered.rfind("answer", 0, at)
+
+
 def _answer_phrases(
     text: str, lowered: str | None
 ) -> tuple[list[re.Match[str]], list[re.Match[str]]]:
-    """``_ANSWER_IS.finditer(text)`` and ``_ANSWER_LABEL.finditer(text)``, as lists."""
+    """``_ANSWER_IS.finditer(text)`` and ``_ANSWER_LABEL.finditer(text)``, as lists: the
+    matches where :func:`_answer_spans` finds them, in the order a scan finds them."""
     answer_is: list[re.Match[str]] = []
     answer_label: list[re.Match[str]] = []
-    answers = (
-        _ANSWER_AT.finditer(text)
-        if lowered is None
-        else _matches_at(_ANSWER_AT, text, _found(lowered, "answer"))
-    )
-    for found in answers:
-        answer = found.start()
-        if found["is"] is not None:  # the scan of each pattern resumes after its last match
-            floor = answer_is[-1].end() if answer_is else 0
-            match = _ANSWER_IS.match(text, _qualifiers_start(text, answer, floor))
-            matches = answer_is
-        else:
-            floor = answer_label[-1].end() if answer_label else 0
-            match = _ANSWER_LABEL.match(text, _final_start(text, answer, floor))
-            matches = answer_label
-        if match is not None:
-            matches.append(match)
+    for start, _, _ in reversed(list(_answer_spans(text, lowered))):
+        if (match := _ANSWER_IS.match(text, start)) is not None:
+            answer_is.append(match)
+        elif (match := _ANSWER_LABEL.match(text, start)) is not None:
+            answer_label.append(match)
     return answer_is, answer_label
 
 
-def _qualifiers_start(text: str, answer: int, floor: int) -> int:
+def _qualifiers_start(text: str, lowered: str | None, answer: int) -> int:
     """Where the run of :data:`_ANSWER_IS`'s qualifiers that ends at ``answer`` starts."""
+    if not _may_follow(text, lowered, answer, _QUALIFIER_WORDS):
+        return answer
     start = answer
-    while (word := _word_before(text, start, floor)) is not None:
+    while (word := _word_before(text, start)) is not None:
         if not _QUALIFIER.fullmatch(text, *word):
             break
         word_start = word[0]
         if _LIKELY.fullmatch(text, *word):  # "most likely" is one qualifier
-            most = _word_before(text, word_start, floor)
+            most = _word_before(text, word_start)
             if most is not None and _MOST.fullmatch(text, *most):
                 word_start = most[0]
         start = word_start
     return start
 
 
-def _final_start(text: str, answer: int, floor: int) -> int:
+def _final_start(text: str, lowered: str | None, answer: int) -> int:
     """Where the "final" of :data:`_ANSWER_LABEL` before ``answer`` starts, if it is there."""
-    word = _word_before(text, answer, floor)
+    if not _may_follow(text, lowered, answer, ("final",)):
+        return answer
+    word = _word_before(text, answer)
     return word[0] if word is not None and _FINAL.fullmatch(text, *word) else answer
 
 
-def _word_before(text: str, position: int, floor: int) -> tuple[int, int] | None:
-    """Start and end of the whole word (``\\w+``) that whitespace (``\\s+``) separates from
-    ``position``, at or above ``floor``; None when there is none."""
+def _may_follow(text: str, lowered: str | None, position: int, words: tuple[str, ...]) -> bool:
+    """False where the word :func:`_word_before` finds is surely none of ``words``.
+
+    Most phrases have no qualifier ("The answer is"): this spares them the walk over the word
+    before. ``lowered`` (see :func:`_lowered`) ends with a word where IGNORECASE finds it."""
+    if lowered is None:
+        return True
     i = position
-    while i > floor and text[i - 1].isspace():
+    while i > 0 and text[i - 1].isspace():
+        i -= 1
+    return i < position and lowered.endswith(words, 0, i)
+
+
+def _word_before(text: str, position: int) -> tuple[int, int] | None:
+    """Start and end of the whole word (``\\w+``) that whitespace (``\\s+``) separates from
+    ``position``; None when there is none."""
+    i = position
+    while i > 0 and text[i - 1].isspace():
         i -= 1
     if i == position:
         return None
     end = i
-    while i > floor and _is_word_char(text[i - 1]):
+    while i > 0 and ((char := text[i - 1]).isalnum() or char == "_"):  # what \w matches
         i -= 1
-    if i == end or (i > 0 and _is_word_char(text[i - 1])):
-        return None  # no word, or one that goes on below the floor
-    return i, end
-
-
-def _is_word_char(char: str) -> bool:
-    """What ``\\w`` matches in a ``str`` pattern."""
-    return char.isalnum() or char == "_"
+    return None if i == end else (i, end)
 
 
 def _body_at(text: str, position: int) -> str | None:
