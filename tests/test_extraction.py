@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import string
 
 import pytest
@@ -430,10 +431,25 @@ _UNICODE_PIECES = [
 ]  # fmt: skip
 
 
+def _answer_phrases(text: str) -> tuple[list[re.Match[str]], list[re.Match[str]]]:
+    """The matches of ``_ANSWER_IS`` and ``_ANSWER_LABEL`` where the module's phrase finder
+    finds them, in the order a scan of the text finds them."""
+    from thinktree import extraction as x
+
+    answer_is: list[re.Match[str]] = []
+    answer_label: list[re.Match[str]] = []
+    for start, _, _ in reversed(list(x._answer_spans(text, x._lowered(text)))):
+        if (match := x._ANSWER_IS.match(text, start)) is not None:
+            answer_is.append(match)
+        elif (match := x._ANSWER_LABEL.match(text, start)) is not None:
+            answer_label.append(match)
+    return answer_is, answer_label
+
+
 def _finds(text: str) -> list[tuple[str, int, int, dict[str, str | None]]]:
     from thinktree import extraction as x
 
-    answer_is, answer_label = x._answer_phrases(text, x._lowered(text))
+    answer_is, answer_label = _answer_phrases(text)
     return [
         (name, m.start(), m.end(), m.groupdict())
         for name, matches in (

@@ -390,21 +390,6 @@ def _answers_last_first(text: str, lowered: str | None) -> Iterator[re.Match[str
         at = lowered.rfind("answer", 0, at)
 
 
-def _answer_phrases(
-    text: str, lowered: str | None
-) -> tuple[list[re.Match[str]], list[re.Match[str]]]:
-    """``_ANSWER_IS.finditer(text)`` and ``_ANSWER_LABEL.finditer(text)``, as lists: the
-    matches where :func:`_answer_spans` finds them, in the order a scan finds them."""
-    answer_is: list[re.Match[str]] = []
-    answer_label: list[re.Match[str]] = []
-    for start, _, _ in reversed(list(_answer_spans(text, lowered))):
-        if (match := _ANSWER_IS.match(text, start)) is not None:
-            answer_is.append(match)
-        elif (match := _ANSWER_LABEL.match(text, start)) is not None:
-            answer_label.append(match)
-    return answer_is, answer_label
-
-
 def _qualifiers_start(text: str, lowered: str | None, answer: int) -> int:
     """Where the run of :data:`_ANSWER_IS`'s qualifiers that ends at ``answer`` starts."""
     if not _may_follow(text, lowered, answer, _QUALIFIER_WORDS):
