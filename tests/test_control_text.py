@@ -143,3 +143,25 @@ def test_report_shows_a_models_name_inert(tmp_path: Path) -> None:
     assert "m␛[2J␛]0;owned␇" in written["report.md"]
     for text in written.values():
         assert_inert(text)
+
+
+def test_log_lines_show_model_text_inert_and_hide_only_secrets() -> None:
+    """The CLI's log lines may carry model output (a reply that fails its answer format)
+    or server text: the console renderer writes string values as they are, so they are
+    cleaned first. Keys that name secrets are hidden, token counts are not."""
+    code = (
+        "import structlog\n"
+        "from thinktree.logging_setup import configure\n"
+        "configure()\n"
+        "structlog.get_logger().warning('reply not in its format' + TEXT, text=TEXT,"
+        " token_ids=True, completion_tokens=7, api_key='k-1', access_token='t-2',"
+        " error='refused: Bearer abcdefgh12345')\n"
+    ).replace("TEXT", repr(HOSTILE))
+    ran = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=60, check=False)
+    shown = ran.stderr.decode("utf-8", "replace")
+    assert ran.returncode == 0, shown
+    assert "text='␛[2J␛]0;owned␇" in shown and "format␛[2J" in shown, shown
+    assert_inert(shown)
+    assert "token_ids=True" in shown and "completion_tokens=7" in shown, shown
+    assert "k-1" not in shown and "t-2" not in shown, shown
+    assert "abcdefgh12345" not in shown and "Bearer [redacted]" in shown, shown

@@ -9,13 +9,29 @@ from typing import TextIO
 
 import structlog
 
-_SECRET_KEYS = ("api_key", "authorization", "token", "password", "secret")
+from thinktree.orchestrator.store import REDACTED, is_secret, scrub
+from thinktree.sanitize import UNSAFE, clean
 
 
 def _redact(_: object, __: str, event: structlog.types.EventDict) -> structlog.types.EventDict:
-    for key in list(event):
-        if any(s in key.lower() for s in _SECRET_KEYS):
-            event[key] = "***"
+    """Credentials out of a log line, by the rules the run store keeps them out by: a key
+    named like one (``api_key``, ``access_token``; not ``completion_tokens``) loses its
+    value, and text shaped like one (``Bearer …``, ``sk-…``, ``?key=``) is masked."""
+    for key, value in event.items():
+        if is_secret(key, value):
+            event[key] = REDACTED
+        elif isinstance(value, str):
+            event[key] = scrub(value)
+    return event
+
+
+def _printable(_: object, __: str, event: structlog.types.EventDict) -> structlog.types.EventDict:
+    """Control characters in a line for the terminal shown as stand-ins (``␛``): a log
+    line may carry model output or a server's error text, and the console renderer
+    writes string values as they are (an ESC sequence in one would reach the terminal)."""
+    for key, value in event.items():
+        if isinstance(value, str) and UNSAFE.search(value):
+            event[key] = clean(value)
     return event
 
 
@@ -50,7 +66,7 @@ def configure(*, verbose: bool = False, json_file: Path | None = None) -> None:
         level = logging.DEBUG if verbose else logging.INFO
     else:
         stream = sys.stderr
-        processors.append(structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()))
+        processors += [_printable, structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())]
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(level),

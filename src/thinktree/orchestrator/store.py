@@ -71,8 +71,10 @@ __all__ = [
     "RunSummary",
     "StoreError",
     "StoreReader",
+    "is_secret",
     "list_runs",
     "redact",
+    "scrub",
 ]
 
 STORE_NAME: Final = "run.sqlite"
@@ -299,14 +301,15 @@ _TEXT_FIELDS = frozenset({"error", "reason", "endpoint"})
 _MODEL_OUTPUT_FIELDS = frozenset({"counts", "scores", "ballots"})
 
 
-def _scrub(text: str) -> str:
+def scrub(text: str) -> str:
     """``text`` with anything shaped like a credential (bearer token, sk-…, ?key=) masked."""
     for pattern, replacement in _SECRET_TEXT:
         text = pattern.sub(replacement, text)
     return text
 
 
-def _is_secret(key: object, value: object) -> bool:
+def is_secret(key: object, value: object) -> bool:
+    """Whether ``value`` under ``key`` is a credential to mask (numbers never are)."""
     if not isinstance(key, str) or value is None or isinstance(value, bool | int | float):
         return False
     return _SECRET_KEY.search(key.replace("-", "_")) is not None
@@ -319,11 +322,11 @@ def redact(value: Any) -> Any:
     (numbers are kept: ``max_tokens`` is data, not a credential).
     """
     if isinstance(value, Mapping):
-        return {k: REDACTED if _is_secret(k, v) else redact(v) for k, v in value.items()}
+        return {k: REDACTED if is_secret(k, v) else redact(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [redact(v) for v in value]
     if isinstance(value, str):
-        return _scrub(value)
+        return scrub(value)
     return value
 
 
@@ -385,7 +388,7 @@ def _payload(event: Event) -> dict[str, Any]:
     for i in shape.scrub:
         name = shape.names[i]
         if isinstance(data[name], str):
-            data[name] = _scrub(data[name])
+            data[name] = scrub(data[name])
     data["type"] = shape.kind
     return data
 
