@@ -155,10 +155,11 @@ def _one_line_error(proc: subprocess.CompletedProcess[str], text: str) -> None:
 
 
 def test_cli_train_eval_and_its_errors(runs: list[Path], tmp_path: Path) -> None:
-    out = tmp_path / "cli.json"
+    out = tmp_path / "cli\x1b[2J.json"  # a name that would clear the screen, shown inert
     proc = cli("verifier", "train", str(runs[0]), str(runs[1]), "--out", str(out), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "training AUROC 1.000" in proc.stdout
+    assert "cli␛[2J.json" in proc.stdout and "\x1b" not in proc.stdout, proc.stdout
     proc = cli("verifier", "eval", str(out), str(runs[2]), cwd=tmp_path)
     assert proc.returncode == 0 and "AUROC 1.000 over 16 candidates" in proc.stdout
     _one_line_error(

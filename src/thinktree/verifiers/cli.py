@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from thinktree.sanitize import printable
+from thinktree.sanitize import clean, printable
 
 verifier_app = typer.Typer(
     help="Verifiers: list the available ones, train one from runs with gold answers.",
@@ -43,11 +43,14 @@ def list_verifiers() -> None:
     except ThinktreeError as exc:
         raise _fail(str(exc)) from None
     for name in names:
-        typer.echo(f"{name:16} {'built-in' if name in BUILTIN_VERIFIERS else 'plugin'}")
+        kind = "built-in" if name in BUILTIN_VERIFIERS else "plugin"
+        typer.echo(clean(f"{name:16} {kind}"))
     for name, target in hidden.items():
-        typer.echo(f"{name:16} plugin {target}, hidden by the built-in: rename its entry point")
+        typer.echo(
+            clean(f"{name:16} plugin {target}, hidden by the built-in: rename its entry point")
+        )
     for name in strategies:
-        typer.echo(f"{name:16} strategy plugin (--mode {name})")
+        typer.echo(clean(f"{name:16} strategy plugin (--mode {name})"))
 
 
 @verifier_app.command("train")
@@ -68,7 +71,7 @@ def train(
         summary = train_file(runs, out_file)
     except ThinktreeError as exc:
         raise _fail(str(exc)) from None
-    out.print(summary, markup=False)
+    out.print(clean(summary), markup=False)  # it names the runs and the file
 
 
 @verifier_app.command("eval")
