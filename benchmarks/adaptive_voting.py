@@ -18,21 +18,29 @@ clairvoyant rule that knew the full vote would spend.
 calls) and prints agreement and tokens for each: the trade-off to choose a level from.
 Without --base-url it starts the embedded server (or reuses one from `thinktree serve`).
 Without --data it uses the built-in demo set.
+--simulate SHARE runs both against a simulated model instead (a local OpenAI-compatible
+server, choice problems only): it answers each question right with probability SHARE
+and otherwise with another option at random, drawn from each request's seed. How much
+adaptive saves depends on how much a model's answers concentrate; this shows it for a
+model as decided as asked.
 """
 
 from __future__ import annotations
 
 import argparse
+import random
 import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import anyio
 
 from thinktree.agents.endpoint import EndpointConfig
 from thinktree.agents.modes import ModeSettings, build_strategy
+from thinktree.agents.prompts import messages_for
 from thinktree.config import url_option
 from thinktree.datasets import load_demo, load_problems
 from thinktree.embedded import embedded_server
@@ -41,7 +49,8 @@ from thinktree.orchestrator.call_cache import SqliteCallCache
 from thinktree.orchestrator.events import NodeKind
 from thinktree.orchestrator.run import CALLS, RunResult, RunSettings, execute
 from thinktree.orchestrator.tree import ProblemTree
-from thinktree.problems import Problem
+from thinktree.problems import AnswerType, Problem
+from thinktree.testing.fake_server import FakeBehaviour, FakeServer
 
 
 async def _run(
@@ -252,6 +261,38 @@ def _levels(text: str) -> tuple[float, ...]:
     return levels
 
 
+def simulated_model(problems: list[Problem], share: float) -> FakeBehaviour:
+    """A model that answers each of ``problems`` right with probability ``share``, and
+    otherwise names another of its options at random, drawn from the request's seed."""
+    options: dict[str, tuple[str, list[str]]] = {}
+    for problem in problems:
+        asked = next(m["content"] for m in messages_for(problem) if m["role"] == "user")
+        right = str(problem.answer)  # every problem has one (main checks)
+        options[asked] = (right, [letter for letter in problem.options or {} if letter != right])
+
+    def reply(body: dict[str, Any], index: int) -> str:
+        asked = next((m["content"] for m in body["messages"] if m["role"] == "user"), "")
+        if asked not in options:  # the endpoint's probe: any plain text does
+            return "one two three four five six seven eight nine ten"
+        right, others = options[asked]
+        draw = random.Random(f"{body.get('seed')}/{index}")
+        answer = right if draw.random() < share or not others else draw.choice(others)
+        return f"Let me think it through. The answer is {answer}.\nAnswer: {answer}"
+
+    return FakeBehaviour(model="simulated", reply=reply, native_n=False)
+
+
+def _share(text: str) -> float:
+    """``--simulate``: the share of answers that are right, in (0, 1]."""
+    try:
+        share = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < share <= 1:
+        raise argparse.ArgumentTypeError(f"a share of answers is in (0, 1], not {share:g}")
+    return share
+
+
 def _problems(args: argparse.Namespace) -> list[Problem]:
     items = load_demo() if args.data is None else load_problems(args.data)
     return list(items)[args.offset : args.offset + args.limit]
@@ -282,10 +323,31 @@ async def main() -> int:
     parser.add_argument("--concurrency", type=int, default=2, help="problems at once")
     parser.add_argument("--in-flight", type=int, default=8, help="calls in flight at most")
     parser.add_argument("--base-url", type=url_option)
+    parser.add_argument(
+        "--simulate",
+        type=_share,
+        metavar="SHARE",
+        help="a simulated model right SHARE of the time instead of the embedded one",
+    )
     args = parser.parse_args()
     problems = _problems(args)
     if not problems:
         parser.error("no problems selected: check --data, --limit and --offset")
+    if args.simulate is not None:
+        if args.base_url:
+            parser.error("--simulate and --base-url exclude each other")
+        if any(
+            p.answer_type != AnswerType.CHOICE or not p.options or p.answer is None
+            for p in problems
+        ):
+            parser.error("--simulate needs choice problems with options and gold (e.g. medmcqa)")
+        async with FakeServer(simulated_model(problems, args.simulate)) as simulated:
+            print(
+                f"a simulated model, right on {args.simulate:.0%} of its answers "
+                "(the rest spread over the other options)"
+            )
+            await measure(simulated.base_url, problems, args)
+        return 0
     if args.base_url:
         await measure(args.base_url, problems, args)
         return 0

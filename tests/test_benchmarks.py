@@ -6,6 +6,7 @@ script completes and prints the lines that carry its figures, so the scripts can
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -86,6 +87,48 @@ def test_adaptive_voting_prints_agreement_and_tokens(embedded_url: str) -> None:
     assert "tokens spent vs majority@4:" in out
     assert re.search(r"replayed on majority@4's own samples .* (\d+) of \1\)", out)
     assert re.search(r"clairvoyant rule .* would spend \d+\.\d% of its tokens", out)
+
+
+def test_adaptive_voting_on_a_simulated_model_that_is_always_right(tmp_path: Path) -> None:
+    """A model whose every answer is the same: adaptive stops after its first wave, agrees
+    on every problem and spends a wave's share of the tokens (4 of 16 samples)."""
+    data = tmp_path / "choice.jsonl"
+    data.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "id": f"q{i}",
+                    "question": f"Question {i}?",
+                    "options": {"A": "one", "B": "two", "C": "three", "D": "four"},
+                    "answer": "ABCD"[i % 4],
+                    "answer_type": "choice",
+                }
+            )
+            + "\n"
+            for i in range(3)
+        )
+    )
+    out = _run("adaptive_voting.py", "--data", str(data), "--simulate", "1")
+    assert "a simulated model, right on 100% of its answers" in out
+    assert "replayed: agreement with majority@16: 3/3 = 100.0%; target >= 98%: MET" in out
+    assert "replayed: tokens spent vs majority@16: 25.0%; target <= 50%: MET" in out
+    assert "samples drawn per problem: mean 4.0 of 16" in out
+
+
+def test_adaptive_voting_simulates_choice_problems_only() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "adaptive_voting.py"), "--simulate", "0.5"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .endswith("--simulate needs choice problems with options and gold (e.g. medmcqa)")
+    )
 
 
 @pytest.mark.slow
