@@ -891,6 +891,17 @@ def test_a_damaged_shared_call_store_says_so_and_what_moving_it_loses(tmp_path: 
     assert {p: p.read_bytes() for p in bench.rglob("*") if p.is_file()} == before
 
 
+def _damage_replies(stores: list[Path], damage: str) -> None:
+    """Every recorded reply in ``stores`` overwritten with ``damage``."""
+    for store in stores:
+        conn = sqlite3.connect(store)
+        try:
+            conn.execute("UPDATE responses SET response = ?", (damage,))
+            conn.commit()
+        finally:
+            conn.close()
+
+
 @pytest.mark.parametrize("damage", ["not json", '{"choices": [], "bogus": 1}', "[1, 2]"])
 def test_a_call_that_cannot_be_read_back_is_made_again(tmp_path: Path, damage: str) -> None:
     """A shared store's row (or a cell's own) whose reply is unreadable (damaged, or
@@ -905,13 +916,7 @@ def test_a_call_that_cannot_be_read_back_is_made_again(tmp_path: Path, damage: s
         bench = tmp_path / "out"
         shutil.rmtree(bench / "002_one_mode-parallel_aggregate-length-weighted")
         (bench / "001_one_mode-parallel_aggregate-majority" / "results.json").unlink()
-        for store in (bench / "calls.sqlite", *bench.glob("001_*/calls.sqlite")):
-            conn = sqlite3.connect(store)
-            try:
-                conn.execute("UPDATE responses SET response = ?", (damage,))
-                conn.commit()
-            finally:
-                conn.close()
+        _damage_replies([bench / "calls.sqlite", *bench.glob("001_*/calls.sqlite")], damage)
         SEEN.clear()
         code, out, err = _bench(config, tmp_path)
         again = [key for key in SEEN if "Which one" in key]
@@ -935,13 +940,7 @@ def test_a_call_read_back_once_and_made_again_is_the_cell_s_own(tmp_path: Path) 
         cell = tmp_path / "out" / "002_one_mode-parallel_aggregate-length-weighted"
         assert json.loads((cell / "results.json").read_text())["metrics"]["read_back"]
         (cell / "results.json").unlink()
-        for store in (tmp_path / "out" / "calls.sqlite", cell / "calls.sqlite"):
-            conn = sqlite3.connect(store)
-            try:
-                conn.execute("UPDATE responses SET response = 'damaged'")
-                conn.commit()
-            finally:
-                conn.close()
+        _damage_replies([tmp_path / "out" / "calls.sqlite", cell / "calls.sqlite"], "damaged")
         assert _bench(config, tmp_path)[0] == 0
     metrics = json.loads((cell / "results.json").read_text())["metrics"]
     assert metrics["read_back"] is None and metrics["latency_p50_s"] is not None

@@ -240,22 +240,13 @@ def _metrics(value: Any) -> dict[str, Any]:
     """A results file's metrics, each figure a report reads checked to be a number."""
     metrics = _object(value, "metrics")
     _numbers(metrics, "metrics", _COUNTS, _FIGURES)
-    verifier = metrics.get("verifier")
-    if verifier is not None:
-        _numbers(
-            _object(verifier, "metrics.verifier"),
-            "metrics.verifier",
-            _VERIFIER_COUNTS,
-            _VERIFIER_FIGURES,
-        )
-    read_back = metrics.get("read_back")
-    if read_back is not None:
-        _numbers(
-            _object(read_back, "metrics.read_back"),
-            "metrics.read_back",
-            _READ_BACK_COUNTS,
-            ("cost_usd",),
-        )
+    for block, counts, figures in (
+        ("verifier", _VERIFIER_COUNTS, _VERIFIER_FIGURES),
+        ("read_back", _READ_BACK_COUNTS, ("cost_usd",)),
+    ):
+        if (value := metrics.get(block)) is not None:  # each block only where a run has it
+            where = f"metrics.{block}"
+            _numbers(_object(value, where), where, counts, figures)
     return metrics
 
 
