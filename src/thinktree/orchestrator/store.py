@@ -34,7 +34,7 @@ import time
 import types
 import typing
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -241,7 +241,7 @@ def _insert(
     conn: sqlite3.Connection,
     table: str,
     columns: tuple[str, ...],
-    rows: Sequence[Sequence[Any]],
+    rows: Sequence[Iterable[Any]],
     *,
     upsert: bool = True,
 ) -> None:
@@ -263,7 +263,6 @@ def _insert(
 # A node's row is written with its rowid: the order nodes started in, whenever the row
 # itself is written (a quick child's row goes in before its parent's).
 _NODE_WRITE = (*_NODE_COLUMNS, "rowid")
-_NODE_ROW = operator.itemgetter(*_NODE_WRITE)
 _PROBLEM_ROW = operator.itemgetter(*_PROBLEM_COLUMNS)
 _CALL_ROW = operator.itemgetter(*_CALL_COLUMNS)
 _VOTE_ROW = operator.itemgetter(*_VOTE_COLUMNS)
@@ -498,7 +497,9 @@ LIVE_AFTER_S: Final = 1.0
 
 
 # A node's row as it starts: every column of _NODE_WRITE, in its order (those that name
-# the node, None here, are filled in for each node).
+# the node, None here, are filled in for each node). Every node row in memory is a copy
+# of this one or read back in this order (see _Projection._node), and only ever has its
+# values changed, so its values() are its INSERT's values, in order.
 _NEW_NODE: Final[_Row] = {
     "id": None,
     "problem_id": None,
@@ -553,6 +554,7 @@ class _Projection:
         # Running nodes whose rows are not written yet, oldest first: when first seen, row.
         self._unwritten: dict[str, tuple[float, _Row]] = {}
         self._started = 0  # nodes started so far: the next one's rowid
+        self._now = 0.0  # time.monotonic() as the batch being written began
         self._calls_dirty: dict[str, _Row] = {}
         self._votes: dict[str, _Row] = {}
         self._done: list[str] = []
@@ -562,12 +564,16 @@ class _Projection:
 
         ``final``: the last write; every node is written as it stands.
         """
+        # when this batch's nodes were first seen: a batch is written in milliseconds, so one
+        # reading serves them all (LIVE_AFTER_S is a second)
+        self._now = time.monotonic()
         logged: list[tuple[Any, ...]] = []
+        node_started, node_finished = self._node_started, self._node_finished
         for event in events:
             if isinstance(event, NodeStarted):
-                self._node_started(event)
+                node_started(event)
             elif isinstance(event, NodeFinished):
-                self._node_finished(event)
+                node_finished(event)
             else:
                 payload = _payload(event)
                 self._apply(payload)
@@ -583,7 +589,7 @@ class _Projection:
             _insert(conn, "events", _EVENT_COLUMNS, logged, upsert=False)
             problems = self._problems_dirty.values()
             _insert(conn, "problems", _PROBLEM_COLUMNS, list(map(_PROBLEM_ROW, problems)))
-            _insert(conn, "nodes", _NODE_WRITE, list(map(_NODE_ROW, nodes)))
+            _insert(conn, "nodes", _NODE_WRITE, list(map(dict.values, nodes)))
             calls = [{**c, "node_ids": _dumps(c["node_ids"])} for c in self._calls_dirty.values()]
             _insert(conn, "calls", _CALL_COLUMNS, list(map(_CALL_ROW, calls)))
             _insert(conn, "votes", _VOTE_COLUMNS, list(map(_VOTE_ROW, self._votes.values())))
@@ -642,9 +648,9 @@ class _Projection:
             return self._skip(e.type, f"no problem {pid}")
         if parent is None or (parent not in self.nodes and self._node(parent) is None):
             return self._skip(e.type, f"no parent node {parent}")
-        row = self._new_node(e.at, e.node_id, pid, parent, str(e.kind), e.label)
-        row["max_tokens"] = e.max_tokens
-        row["continuation"] = e.continuation
+        self._new_node(
+            e.at, e.node_id, pid, parent, str(e.kind), e.label, e.max_tokens, e.continuation
+        )
         return None
 
     def _node_finished(self, e: NodeFinished) -> None:
@@ -662,20 +668,14 @@ class _Projection:
         row["call_id"] = e.call_id
         row["status"] = "done"
         row["finished_at"] = e.at
-        self._ended(nid, row)
+        self._nodes_dirty[nid] = row  # as _ended does
+        self._unwritten.pop(nid, None)
         if e.call_id is not None or row["kind"] not in _STRUCTURAL:
-            self._add_call(
-                e.call_id or nid,
-                row["problem_id"],
-                nid,
-                e.prompt_tokens,
-                e.completion_tokens,
-                e.latency_s,
-                e.at,
-            )
+            self._add_call(e.call_id or nid, row["problem_id"], nid, e)
         return None
 
     def _ended(self, nid: str, row: _Row) -> None:
+        """Write a node's row with the next batch, whether or not it was ever running."""
         self._nodes_dirty[nid] = row
         self._unwritten.pop(nid, None)
 
@@ -690,10 +690,11 @@ class _Projection:
 
     # -- rows, from memory or read back --
 
-    def _load(self, table: str, key: str, value: str) -> _Row | None:
-        cursor = self.conn.execute(
-            f"SELECT rowid AS rowid, * FROM {table} WHERE {key} = ?", (value,)
-        )
+    def _load(self, table: str, key: str, value: str, columns: Sequence[str] = ()) -> _Row | None:
+        """The row whose ``key`` is ``value``, with ``columns`` in their order (every
+        column, after the rowid, when none are named), or None."""
+        names = ", ".join(columns) if columns else "rowid AS rowid, *"
+        cursor = self.conn.execute(f"SELECT {names} FROM {table} WHERE {key} = ?", (value,))
         row = cursor.fetchone()
         if row is None:
             return None
@@ -707,7 +708,7 @@ class _Projection:
 
     def _node(self, nid: str) -> _Row | None:
         row = self.nodes.get(nid)
-        if row is None and (row := self._load("nodes", "id", nid)) is not None:
+        if row is None and (row := self._load("nodes", "id", nid, _NODE_WRITE)) is not None:
             self.nodes[nid] = row
             self.problem_nodes.setdefault(row["problem_id"], []).append(nid)
         return row
@@ -729,8 +730,16 @@ class _Projection:
         log.warning("run store: event does not fit the tree so far", event_type=event_type, why=why)
 
     def _new_node(
-        self, at: float, nid: str, pid: str, parent: str | None, kind: str, label: str
-    ) -> _Row:
+        self,
+        at: float,
+        nid: str,
+        pid: str,
+        parent: str | None,
+        kind: str,
+        label: str,
+        max_tokens: int | None = None,
+        continuation: str | None = None,
+    ) -> None:
         self._started += 1
         row = _NEW_NODE.copy()  # a copy of a dict is one block copied, not 20 insertions
         row["id"] = nid
@@ -738,13 +747,18 @@ class _Projection:
         row["parent_id"] = parent
         row["kind"] = kind
         row["label"] = label
+        row["max_tokens"] = max_tokens
+        row["continuation"] = continuation
         row["started_at"] = at
         row["rowid"] = self._started
-        if nid not in self.nodes:
-            self.problem_nodes.setdefault(pid, []).append(nid)
-        self.nodes[nid] = row
-        self._unwritten[nid] = (time.monotonic(), row)
-        return row
+        nodes = self.nodes
+        if nid not in nodes:
+            if (siblings := self.problem_nodes.get(pid)) is None:
+                self.problem_nodes[pid] = [nid]
+            else:
+                siblings.append(nid)
+        nodes[nid] = row
+        self._unwritten[nid] = (self._now, row)
 
     # -- events --
 
@@ -824,18 +838,10 @@ class _Projection:
                 pass
         return None
 
-    def _add_call(
-        self,
-        cid: str,
-        pid: str,
-        nid: str,
-        prompt_tokens: int,
-        completion_tokens: int,
-        latency_s: float,
-        at: float,
-    ) -> None:
+    def _add_call(self, cid: str, pid: str, nid: str, e: NodeFinished) -> None:
         """Count a finished node's tokens into its call (one call may serve n nodes)."""
-        call = self._call(cid)
+        at = e.at
+        call = self.calls.get(cid) or self._call(cid)  # read back only if not in memory
         if call is None:
             call = {  # every column of _CALL_COLUMNS
                 "call_id": cid,
@@ -849,12 +855,16 @@ class _Projection:
             self.calls[cid] = call
             self.call_ids.add(cid)
             self.problem_calls.setdefault(pid, []).append(cid)
-        if nid not in call["node_ids"]:
-            call["node_ids"].append(nid)
-            call["prompt_tokens"] += prompt_tokens
-            call["completion_tokens"] += completion_tokens
-        call["latency_s"] = max(call["latency_s"], latency_s)
-        call["finished_at"] = max(call["finished_at"], at)
+        node_ids = call["node_ids"]
+        if nid not in node_ids:
+            node_ids.append(nid)
+            call["prompt_tokens"] += e.prompt_tokens
+            call["completion_tokens"] += e.completion_tokens
+        # the later and the longer, as max() keeps them (the first of equals)
+        if e.latency_s > call["latency_s"]:
+            call["latency_s"] = e.latency_s
+        if at > call["finished_at"]:
+            call["finished_at"] = at
         self._calls_dirty[cid] = call
 
 
@@ -1034,9 +1044,10 @@ class RunStore:
                 self._projection.write(events, final=final or len(events) < len(batch))
             except Exception as exc:
                 self._fail(exc)
-        for item in batch:
-            if isinstance(item, threading.Event):
-                item.set()
+        if len(events) < len(batch):  # flush markers to set (no event is one)
+            for item in batch:
+                if isinstance(item, threading.Event):
+                    item.set()
 
     def _fail(self, exc: BaseException) -> None:
         if self.error is None:
