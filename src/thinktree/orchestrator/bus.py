@@ -96,10 +96,12 @@ class EventBus:
             await self._room.wait()
         if self._closed:
             raise anyio.ClosedResourceError
-        self._queue.append(event)
-        ready = self._ready
-        if not ready.is_set():
-            ready.set()
+        queue = self._queue
+        queue.append(event)
+        # The dispatcher waits on a fresh ``_ready`` only while the queue is empty, so
+        # only the event that ends that wait needs to set it (the others find it set).
+        if len(queue) == 1:
+            self._ready.set()
 
     def _close(self) -> None:
         self._closed = True

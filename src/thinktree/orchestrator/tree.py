@@ -59,6 +59,7 @@ class Node:
         return statistics.fmean(self.scores.values()) if self.scores else None
 
     def to_dict(self) -> dict[str, Any]:
+        latency = self.latency_s
         return {
             "id": self.id,
             "parent": self.parent_id,
@@ -73,12 +74,13 @@ class Node:
             "answer": self.answer,
             "extraction": self.extraction,
             "finish_reason": self.finish_reason,
-            "latency_s": round(self.latency_s, 4),
+            # rounding is slow, and half a run's nodes (its branches) took no time
+            "latency_s": round(latency, 4) if latency else latency,
             "error": self.error,
             "call_id": self.call_id,
-            "children": list(self.children),
+            "children": self.children.copy(),
             "score": self.score,
-            "scores": dict(self.scores),
+            "scores": self.scores.copy(),
         }
 
 
@@ -144,7 +146,40 @@ class RunTree:
         return self._node_problem.get(node_id)
 
     def apply(self, event: Event) -> None:
+        # Each case is an isinstance check, made in turn: a node's start and end come
+        # first, being most of a run's events (no event class derives from another).
         match event:
+            case NodeFinished():
+                nid = event.node_id
+                node = self.problems[self._node_problem[nid]].nodes[nid]
+                node.status = NodeStatus.DONE
+                node.text = event.text
+                node.finish_reason = event.finish_reason
+                node.prompt_tokens = event.prompt_tokens
+                node.completion_tokens = event.completion_tokens
+                node.answer = event.answer
+                node.extraction = event.extraction
+                node.latency_s = event.latency_s
+                node.call_id = event.call_id
+                node.finished_at = event.at
+            case NodeStarted():
+                nid, pid = event.node_id, event.problem_id
+                nodes = self.problems[pid].nodes
+                nodes[nid] = Node(
+                    id=nid,
+                    problem_id=pid,
+                    parent_id=event.parent_id,
+                    kind=event.kind,
+                    label=event.label,
+                    max_tokens=event.max_tokens,
+                    continuation=event.continuation,
+                    started_at=event.at,
+                )
+                nodes[event.parent_id].children.append(nid)
+                self._node_problem[nid] = pid
+            case NodeDelta(node_id=nid, text=text, restart=restart):
+                node = self.node(nid)
+                node.text = text if restart else node.text + text
             case ProblemStarted(problem_id=pid, node_id=nid, question=q, gold=g):
                 tree = ProblemTree(
                     problem_id=pid, root_id=nid, question=q, gold=g, options=event.options
@@ -159,35 +194,6 @@ class RunTree:
                 )
                 self.problems[pid] = tree
                 self._node_problem[nid] = pid
-            case NodeStarted():
-                tree = self.problems[event.problem_id]
-                tree.nodes[event.node_id] = Node(
-                    id=event.node_id,
-                    problem_id=event.problem_id,
-                    parent_id=event.parent_id,
-                    kind=event.kind,
-                    label=event.label,
-                    max_tokens=event.max_tokens,
-                    continuation=event.continuation,
-                    started_at=event.at,
-                )
-                tree.nodes[event.parent_id].children.append(event.node_id)
-                self._node_problem[event.node_id] = event.problem_id
-            case NodeDelta(node_id=nid, text=text, restart=restart):
-                node = self.node(nid)
-                node.text = text if restart else node.text + text
-            case NodeFinished():
-                node = self.node(event.node_id)
-                node.status = NodeStatus.DONE
-                node.text = event.text
-                node.finish_reason = event.finish_reason
-                node.prompt_tokens = event.prompt_tokens
-                node.completion_tokens = event.completion_tokens
-                node.answer = event.answer
-                node.extraction = event.extraction
-                node.latency_s = event.latency_s
-                node.call_id = event.call_id
-                node.finished_at = event.at
             case NodeFailed(node_id=nid, error=err):
                 node = self.node(nid)
                 node.status = (
