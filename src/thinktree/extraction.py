@@ -260,7 +260,7 @@ def _phrase_bodies(text: str) -> Iterator[tuple[str, str]]:
                 pending = next(answers, None)
             if pending is not None:
                 answers = itertools.chain((pending,), answers)
-    others = _other_phrases(text, lowered, headings, options)
+    others = _other_phrases(text, lowered, headings, options) if headings or options else []
     for _, end, method in _merged(answers, others) if others else answers:
         body = _body_at(text, end)
         if body:
