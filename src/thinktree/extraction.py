@@ -244,8 +244,9 @@ def _phrase_bodies(text: str) -> Iterator[tuple[str, str]]:
     # casefolded text has each word wherever IGNORECASE finds it (and some more).
     lowered = _lowered(text)
     keys = text.casefold() if lowered is None else lowered
-    answers = _answer_spans(text, lowered) if "answer" in keys else iter(())
-    headings = "answer" in keys and "final" in keys
+    said = "answer" in keys  # one search of the text for both
+    answers = _answer_spans(text, lowered) if said else iter(())
+    headings = said and "final" in keys
     options = _has_option_word(keys)
     if (headings or options) and lowered is not None:
         # Headings and option phrases start at or before a word of theirs: the answer phrases
@@ -260,7 +261,7 @@ def _phrase_bodies(text: str) -> Iterator[tuple[str, str]]:
                 pending = next(answers, None)
             if pending is not None:
                 answers = itertools.chain((pending,), answers)
-    others = _other_phrases(text, lowered, headings, options)
+    others = _other_phrases(text, lowered, headings, options) if headings or options else []
     for _, end, method in _merged(answers, others) if others else answers:
         body = _body_at(text, end)
         if body:

@@ -60,7 +60,7 @@ class Branch:
     assistant: str = ""
 
     def fork(self) -> Branch:
-        return Branch(messages=list(self.messages), assistant=self.assistant)
+        return Branch(list(self.messages), self.assistant)  # positional: one per sample
 
 
 @dataclass(slots=True)

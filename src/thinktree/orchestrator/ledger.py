@@ -60,7 +60,7 @@ class Budget:
         a finished branch's pools are freed at once)."""
         if cap is not None:
             limit = cap if limit is None else min(limit, cap)
-        return Budget(name=name, limit=limit, parent=self)
+        return Budget(name, limit, self)  # positional: two per sample
 
     def available(self) -> int | None:
         """Tokens still grantable here and in every enclosing pool (None: unlimited)."""
@@ -87,15 +87,17 @@ class Budget:
         """
         if wanted <= 0:
             raise ValueError("a reservation must ask for at least one token")
-        short: list[tuple[Budget, int]] = []  # pools that cannot grant the whole ask now
+        short: list[tuple[Budget, int]] | None = None  # pools that cannot grant it all now
         pool: Budget | None = self
         while pool is not None:
             if pool.limit is not None:
                 left = pool.limit - pool.used - pool.reserved - pool.held
                 if left < wanted:
+                    if short is None:  # made only where needed: most asks fit
+                        short = []
                     short.append((pool, left))
             pool = pool.parent
-        if short:
+        if short is not None:
             free = [(p, left) for p, left in short if p.reserved == 0]  # what is left stays
             most = min((left for _, left in free), default=wanted)
             for held, left in short:
