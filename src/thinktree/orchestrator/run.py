@@ -799,7 +799,7 @@ def save_limits(folder: Path, settings: RunSettings) -> None:
         max_cost=settings.max_cost,
     )
     try:
-        atomic_write(path, json.dumps(data, indent=1, ensure_ascii=False))
+        atomic_write(path, manifest_text(data))
     except OSError as exc:
         raise RecordingError(f"cannot write {path}: {exc.strerror or exc}") from None
 
@@ -816,7 +816,7 @@ def save_prices(folder: Path, prices: dict[str, Price]) -> None:
         return
     data[PRICES] = table
     try:
-        atomic_write(path, json.dumps(data, indent=1, ensure_ascii=False))
+        atomic_write(path, manifest_text(data))
     except OSError as exc:
         raise RecordingError(f"cannot write {path}: {exc.strerror or exc}") from None
 
@@ -838,6 +838,28 @@ def _check_calls(path: Path) -> None:
         raise ConfigError(f"cannot resume: {path} is not a readable call store ({exc})") from None
     if tables and "responses" not in tables:
         raise ConfigError(f"cannot resume: {path} is a SQLite file but not thinktree's call store")
+
+
+_ONE_LINE = json.JSONEncoder(ensure_ascii=False)
+
+
+def manifest_text(manifest: dict[str, Any]) -> str:
+    """``run.json``'s text: indented for people to read, each of its problems on one line.
+
+    The standard library's indented encoder is pure Python, and a run's problems are most
+    of its manifest: each is written by the C encoder instead (the same JSON values, the
+    same floats, the same errors as ``json.dumps``), one problem a line.
+    """
+    parts = []
+    for key, value in manifest.items():
+        name = _ONE_LINE.encode(key)
+        if key == "problems" and isinstance(value, list) and value:
+            lines = ",\n  ".join(map(_ONE_LINE.encode, value))
+            parts.append(f" {name}: [\n  {lines}\n ]")
+        else:  # a value's own lines, one level in (no JSON string holds a line break)
+            text = json.dumps(value, indent=1, ensure_ascii=False).replace("\n", "\n ")
+            parts.append(f" {name}: {text}")
+    return "{\n" + ",\n".join(parts) + "\n}" if parts else "{}"
 
 
 def _create_folder(
@@ -874,7 +896,7 @@ def _create_folder(
         "problems": [p.model_dump(mode="json") for p in problems],
     }
     try:
-        atomic_write(folder / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False))
+        atomic_write(folder / MANIFEST, manifest_text(manifest))
     except OSError as exc:
         shutil.rmtree(folder, ignore_errors=True)  # a folder without its manifest is no run
         raise RecordingError(f"cannot write run folder {folder}: {exc.strerror or exc}") from None
