@@ -270,7 +270,10 @@ class EndpointConfig:
         return f"'{self.name}'" if same else f"'{self.name}' ({self.base_url})"
 
 
-@dataclass(slots=True)
+# Choice and Completion keep their fields in a __dict__ (no slots): orjson writes such a
+# dataclass from its __dict__, several times faster than one with slots, and every call
+# is written to the call store (``call_cache.completion_to_json``), the same bytes either way.
+@dataclass
 class Choice:
     text: str
     finish_reason: str | None
@@ -284,7 +287,7 @@ class Choice:
     (see :class:`CutOffs`): spent, but no part of its text."""
 
 
-@dataclass(slots=True)
+@dataclass  # no slots: see Choice
 class Completion:
     """One model call's result: its choices and the server's usage."""
 
