@@ -270,7 +270,10 @@ class EndpointConfig:
         return f"'{self.name}'" if same else f"'{self.name}' ({self.base_url})"
 
 
-@dataclass(slots=True)
+# Choice and Completion keep their fields in a __dict__ (no slots): orjson writes such a
+# dataclass from its __dict__, several times faster than one with slots, and every call
+# is written to the call store (``call_cache.completion_to_json``), the same bytes either way.
+@dataclass
 class Choice:
     text: str
     finish_reason: str | None
@@ -284,7 +287,7 @@ class Choice:
     (see :class:`CutOffs`): spent, but no part of its text."""
 
 
-@dataclass(slots=True)
+@dataclass  # no slots: see Choice
 class Completion:
     """One model call's result: its choices and the server's usage."""
 
@@ -999,6 +1002,7 @@ class EndpointClient:
     async def _plain_chat(self, kwargs: dict[str, Any], n: int) -> Completion:
         raw = await self.transport.post("chat/completions", self.chat_body(kwargs))
         counted = [0] * n
+        want_tops = "top_logprobs" in kwargs  # asked once here, not once per choice
         if n > 1:  # count each choice's tokens, then drop what they were counted from
             data = loads(raw)
             data.pop("prompt_token_ids", None)
@@ -1010,7 +1014,7 @@ class EndpointClient:
                         counted[i] = len(ids)
                     elif isinstance(logprobs, dict):
                         counted[i] = len(logprobs.get("content") or ())
-                if "top_logprobs" not in kwargs:
+                if not want_tops:
                     choice["logprobs"] = None
             resp = parse(_ChatCompletion, data, self.transport.base_url)
         else:
@@ -1023,19 +1027,20 @@ class EndpointClient:
             if i >= n:
                 continue
             message = choice.message
-            texts[i] = (message.content or "") if message is not None else ""
-            think = _reasoning_of(message)
-            if isinstance(think, str):
-                reasoning[i] = think
+            if message is not None:
+                texts[i] = message.content or ""
+                think = _reasoning_of(message)
+                if isinstance(think, str):
+                    reasoning[i] = think
             finish[i] = choice.finish_reason
-            if "top_logprobs" in kwargs:
+            if want_tops:
                 tops[i] = _first_token_tops(choice.logprobs)
         try:
             result = _assemble(texts, reasoning, counted, finish, resp.usage, resp.id, n)
         except ShortReply as exc:
             note_cut_off(exc.tokens)
             raise
-        if "top_logprobs" in kwargs:  # the choices made are those that finished, in order
+        if want_tops:  # the choices made are those that finished, in order
             made = [top for top, f in zip(tops, finish, strict=True) if f is not None]
             for c, top in zip(result.choices, made, strict=True):
                 c.top_logprobs = top
@@ -1245,7 +1250,7 @@ def _assemble(
     request_id: str | None,
     n: int,
 ) -> Completion:
-    got = sum(1 for f in finish if f is not None)
+    got = len(finish) - finish.count(None)  # the choices that finished
     if got == 0:
         raise IncompleteResponse("the stream ended without a finished choice")
     if got < n and not _SHORT_REPLIES.get():
@@ -1277,15 +1282,11 @@ def _assemble(
         completion_tokens = sum(counted)
     else:
         per_choice = _apportion(completion_tokens, counted, texts)
+    # positional (text, finish_reason, completion_tokens, reasoning): n objects a call
     choices = [
-        Choice(
-            text=texts[i],
-            finish_reason=finish[i],
-            completion_tokens=per_choice[i],
-            reasoning=reasoning[i],
-        )
-        for i in range(n)
-        if finish[i] is not None
+        Choice(text, reason, tokens, thought)
+        for text, reason, tokens, thought in zip(texts, finish, per_choice, reasoning, strict=True)
+        if reason is not None
     ]
     return Completion(
         choices=choices,
@@ -1367,8 +1368,13 @@ def _reasoning_of(message: Any) -> object:
     """
     if message is None:
         return None
-    for fields in (message.__dict__, message.model_extra or {}):  # declared, then extra
-        think = fields.get("reasoning_content") or fields.get("reasoning")
+    declared = message.__dict__  # a later SDK may declare them
+    think = declared.get("reasoning_content") or declared.get("reasoning")
+    if think:
+        return think
+    extra = message.__pydantic_extra__  # what ``model_extra`` returns, without its property
+    if extra:
+        think = extra.get("reasoning_content") or extra.get("reasoning")
         if think:
             return think
     return None

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import anyio
+import orjson
 import structlog
 from pydantic import ValidationError
 from structlog.contextvars import bound_contextvars
@@ -799,7 +800,7 @@ def save_limits(folder: Path, settings: RunSettings) -> None:
         max_cost=settings.max_cost,
     )
     try:
-        atomic_write(path, json.dumps(data, indent=1, ensure_ascii=False))
+        atomic_write(path, manifest_text(data))
     except OSError as exc:
         raise RecordingError(f"cannot write {path}: {exc.strerror or exc}") from None
 
@@ -816,7 +817,7 @@ def save_prices(folder: Path, prices: dict[str, Price]) -> None:
         return
     data[PRICES] = table
     try:
-        atomic_write(path, json.dumps(data, indent=1, ensure_ascii=False))
+        atomic_write(path, manifest_text(data))
     except OSError as exc:
         raise RecordingError(f"cannot write {path}: {exc.strerror or exc}") from None
 
@@ -838,6 +839,28 @@ def _check_calls(path: Path) -> None:
         raise ConfigError(f"cannot resume: {path} is not a readable call store ({exc})") from None
     if tables and "responses" not in tables:
         raise ConfigError(f"cannot resume: {path} is a SQLite file but not thinktree's call store")
+
+
+_ONE_LINE = json.JSONEncoder(ensure_ascii=False)
+
+
+def manifest_text(manifest: dict[str, Any]) -> str:
+    """``run.json``'s text: indented for people to read, each of its problems on one line.
+
+    The standard library's indented encoder is pure Python, and a run's problems are most
+    of its manifest: each is written by the C encoder instead (the same JSON values, the
+    same floats, the same errors as ``json.dumps``), one problem a line.
+    """
+    parts = []
+    for key, value in manifest.items():
+        name = _ONE_LINE.encode(key)
+        if key == "problems" and isinstance(value, list) and value:
+            lines = ",\n  ".join(map(_ONE_LINE.encode, value))
+            parts.append(f" {name}: [\n  {lines}\n ]")
+        else:  # a value's own lines, one level in (no JSON string holds a line break)
+            text = json.dumps(value, indent=1, ensure_ascii=False).replace("\n", "\n ")
+            parts.append(f" {name}: {text}")
+    return "{\n" + ",\n".join(parts) + "\n}" if parts else "{}"
 
 
 def _create_folder(
@@ -874,7 +897,7 @@ def _create_folder(
         "problems": [p.model_dump(mode="json") for p in problems],
     }
     try:
-        atomic_write(folder / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False))
+        atomic_write(folder / MANIFEST, manifest_text(manifest))
     except OSError as exc:
         shutil.rmtree(folder, ignore_errors=True)  # a folder without its manifest is no run
         raise RecordingError(f"cannot write run folder {folder}: {exc.strerror or exc}") from None
@@ -1090,16 +1113,32 @@ def _write_results(
     servers: list[dict[str, Any]] | None,
 ) -> None:
     with atomic_file(path) as f:
-        f.write(dump_bytes_via(head, _results_value)[:-1])  # the object stays open
+        f.write(_results_bytes(head)[:-1])  # the object stays open
         f.write(b',"problems":[')
         for i, tree in enumerate(trees):
             if i:
                 f.write(b",")
-            f.write(dump_bytes_via(_problem_results(tree), _results_value))
+            f.write(_results_bytes(_problem_results(tree)))
         f.write(b"]")
         if servers is not None:  # per pool member: calls, failovers, tokens, busy time
-            f.write(b',"servers":' + dump_bytes_via(servers, _results_value))
+            f.write(b',"servers":' + _results_bytes(servers))
         f.write(b"}")
+
+
+_STR_KEYS_ONLY = orjson.OPT_PASSTHROUGH_DATACLASS
+
+
+def _results_bytes(value: Any) -> bytes:
+    """``value`` as :func:`dump_bytes_via` writes it for ``results.json``.
+
+    Tried first without orjson's option for keys that are no strings (it slows the
+    writing of every dict by about a third); a value with such a key, which orjson then
+    refuses, is written again with it. The bytes are the same either way.
+    """
+    try:
+        return orjson.dumps(value, default=_results_value, option=_STR_KEYS_ONLY)
+    except TypeError:
+        return dump_bytes_via(value, _results_value)
 
 
 def _problem_results(t: ProblemTree) -> dict[str, Any]:
