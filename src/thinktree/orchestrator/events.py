@@ -14,8 +14,6 @@ from dataclasses import MISSING, dataclass, field
 from enum import StrEnum
 from typing import Any, ClassVar, TypeVar
 
-import orjson
-
 from thinktree._json import dump_line
 
 
@@ -170,25 +168,7 @@ class Event:
         as_dict = _LINE_DICTS.get(type(self))
         if as_dict is None:
             as_dict = _LINE_DICTS[type(self)] = _line_dict(type(self))
-        data = as_dict(self)
-        try:  # _dump_line's, inline: a line per event, and most of a trace's time
-            return _orjson_dumps(data, default=str, option=_STR_KEYS_LINE)
-        except orjson.JSONEncodeError:
-            return dump_line(data)
-
-
-_orjson_dumps = orjson.dumps
-_STR_KEYS_LINE = orjson.OPT_APPEND_NEWLINE
-
-
-def _dump_line(data: dict[str, Any]) -> bytes:
-    """``dump_line(data)``, sooner when every key in it is a string (as in nearly every
-    event): orjson's option for keys of other types slows the writing of every dict, so
-    it is used only for a line that needs it (orjson refuses the line without it)."""
-    try:
-        return _orjson_dumps(data, default=str, option=_STR_KEYS_LINE)
-    except orjson.JSONEncodeError:
-        return dump_line(data)
+        return dump_line(as_dict(self))
 
 
 _LINE_DICTS: dict[type[Event], Callable[[Any], dict[str, Any]]] = {}
@@ -296,7 +276,7 @@ class NodeDelta(Event):
     def json_line(self) -> bytes:
         if self.restart:
             return Event.json_line(self)
-        return _dump_line(
+        return dump_line(
             {"type": self.type, "at": self.at, "node_id": self.node_id, "text": self.text}
         )
 

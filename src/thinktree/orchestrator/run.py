@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import anyio
-import orjson
 import structlog
 from pydantic import ValidationError
 from structlog.contextvars import bound_contextvars
@@ -1113,32 +1112,16 @@ def _write_results(
     servers: list[dict[str, Any]] | None,
 ) -> None:
     with atomic_file(path) as f:
-        f.write(_results_bytes(head)[:-1])  # the object stays open
+        f.write(dump_bytes_via(head, _results_value)[:-1])  # the object stays open
         f.write(b',"problems":[')
         for i, tree in enumerate(trees):
             if i:
                 f.write(b",")
-            f.write(_results_bytes(_problem_results(tree)))
+            f.write(dump_bytes_via(_problem_results(tree), _results_value))
         f.write(b"]")
         if servers is not None:  # per pool member: calls, failovers, tokens, busy time
-            f.write(b',"servers":' + _results_bytes(servers))
+            f.write(b',"servers":' + dump_bytes_via(servers, _results_value))
         f.write(b"}")
-
-
-_STR_KEYS_ONLY = orjson.OPT_PASSTHROUGH_DATACLASS
-
-
-def _results_bytes(value: Any) -> bytes:
-    """``value`` as :func:`dump_bytes_via` writes it for ``results.json``.
-
-    Tried first without orjson's option for keys that are no strings (it slows the
-    writing of every dict by about a third); a value with such a key, which orjson then
-    refuses, is written again with it. The bytes are the same either way.
-    """
-    try:
-        return orjson.dumps(value, default=_results_value, option=_STR_KEYS_ONLY)
-    except TypeError:
-        return dump_bytes_via(value, _results_value)
 
 
 def _problem_results(t: ProblemTree) -> dict[str, Any]:
