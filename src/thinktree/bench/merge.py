@@ -35,6 +35,7 @@ from thinktree.orchestrator.run import (
     RunResult,
     RunSettings,
     conclude,
+    manifest_text,
     save_limits,
 )
 from thinktree.orchestrator.store import STORE_NAME, RunStore
@@ -123,7 +124,7 @@ def _start(
         "problems": [p.model_dump(mode="json") for p in problems],
         "shards": len(shards),
     }
-    atomic_write(folder / MANIFEST, json.dumps(manifest, indent=1, ensure_ascii=False))
+    atomic_write(folder / MANIFEST, manifest_text(manifest))
     save_limits(folder, settings)  # what the cell ran under, as cell_done compares
     return first, [_read_json(s / "results.json") for s in shards]
 
