@@ -2,13 +2,46 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import Any
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from thinktree.agents.capabilities import Capabilities
+from thinktree.agents.solver import Branch, SegmentRequest, Solver
 from thinktree.errors import BudgetExhausted, RunLimitReached
+from thinktree.orchestrator.events import NodeKind
 from thinktree.orchestrator.ledger import Budget, LimitHeld
 from thinktree.pricing import MoneyLimit, Price
+from thinktree.problems import Problem
+
+
+def _thinking_solver(bus: object, *, native_n: bool, chat: object = None) -> Solver:
+    """A solver for problem q0 on a chat endpoint whose client is ``chat`` alone."""
+    client = SimpleNamespace(config=SimpleNamespace(chat_template=None), chat=chat)
+    return Solver(
+        problem=Problem(id="q0", question="Which?", answer="B"),
+        client=client,  # type: ignore[arg-type]
+        caps=Capabilities(continuation="chat", native_n=native_n),
+        bus=bus,  # type: ignore[arg-type]
+    )
+
+
+def _thinking_requests(pools: dict[str, Budget]) -> list[SegmentRequest]:
+    """A 32-token thinking call under each branch (its id: its pool)."""
+    return [
+        SegmentRequest(
+            node_id=f"{branch}/think",
+            parent_id=branch,
+            kind=NodeKind.GENERATION,
+            label="thinking",
+            budget=pool,
+            max_tokens=32,
+        )
+        for branch, pool in pools.items()
+    ]
 
 
 def test_grant_is_capped_by_every_enclosing_pool() -> None:
@@ -143,12 +176,6 @@ async def test_a_call_cut_off_before_it_is_sent_gives_back_its_reservation(
     """The run stops while a call is being announced (the bus full, the task cancelled):
     what it reserved goes back, or the run's pool would stay held and a call waiting on it
     would wait forever."""
-    from types import SimpleNamespace
-
-    from thinktree.agents.capabilities import Capabilities
-    from thinktree.agents.solver import Branch, SegmentRequest, Solver
-    from thinktree.orchestrator.events import NodeKind
-    from thinktree.problems import Problem
 
     class StoppingBus:
         wants_deltas = False
@@ -157,23 +184,8 @@ async def test_a_call_cut_off_before_it_is_sent_gives_back_its_reservation(
             raise RuntimeError("the run stops")
 
     run = Budget("run", 100, stops_run=True)
-    solver = Solver(
-        problem=Problem(id="q0", question="Which?", answer="B"),
-        client=SimpleNamespace(config=SimpleNamespace(chat_template=None)),  # type: ignore[arg-type]
-        caps=Capabilities(continuation="chat", native_n=native_n),
-        bus=StoppingBus(),  # type: ignore[arg-type]
-    )
-    reqs = [
-        SegmentRequest(
-            node_id=f"q0/b{i}/think",
-            parent_id=f"q0/b{i}",
-            kind=NodeKind.GENERATION,
-            label="thinking",
-            budget=run.child(f"q0/b{i}", 32),
-            max_tokens=32,
-        )
-        for i in range(2)
-    ]
+    solver = _thinking_solver(StoppingBus(), native_n=native_n)
+    reqs = _thinking_requests({f"q0/b{i}": run.child(f"q0/b{i}", 32) for i in range(2)})
     with pytest.raises(RuntimeError, match="the run stops"):
         if native_n:
             await solver.segments_n(Branch([]), reqs)
@@ -249,14 +261,8 @@ async def test_n_samples_in_one_request_keep_the_smallest_grant_and_give_back_th
     """Branches whose pools grant different tokens share one request's ``max_tokens``:
     each keeps the smallest grant, gives back what it was granted past that, and spends
     what its own choice counted."""
-    from types import SimpleNamespace
-    from typing import Any
-
-    from thinktree.agents.capabilities import Capabilities
     from thinktree.agents.endpoint import Choice, Completion
-    from thinktree.agents.solver import Branch, SegmentRequest, Solver
-    from thinktree.orchestrator.events import NodeFinished, NodeKind, NodeStarted
-    from thinktree.problems import Problem
+    from thinktree.orchestrator.events import NodeFinished, NodeStarted
 
     class Bus:
         wants_deltas = False
@@ -277,24 +283,9 @@ async def test_n_samples_in_one_request_keep_the_smallest_grant_and_give_back_th
     run = Budget("run", 100, stops_run=True)
     problem = run.child("q0", None)
     bus = Bus()
-    solver = Solver(
-        problem=Problem(id="q0", question="Which?", answer="B"),
-        client=SimpleNamespace(config=SimpleNamespace(chat_template=None), chat=chat),  # type: ignore[arg-type]
-        caps=Capabilities(continuation="chat", native_n=True),
-        bus=bus,  # type: ignore[arg-type]
-    )
+    solver = _thinking_solver(bus, native_n=True, chat=chat)
     pools = [problem.child("q0/b1", 32), problem.child("q0/b2", 8)]
-    reqs = [
-        SegmentRequest(
-            node_id=f"q0/b{i}/think",
-            parent_id=f"q0/b{i}",
-            kind=NodeKind.GENERATION,
-            label="thinking",
-            budget=pool,
-            max_tokens=32,
-        )
-        for i, pool in enumerate(pools, start=1)
-    ]
+    reqs = _thinking_requests({"q0/b1": pools[0], "q0/b2": pools[1]})
     grown = await solver.segments_n(Branch([]), reqs)
     assert asked == [8]
     started = [e.max_tokens for e in bus.events if isinstance(e, NodeStarted)]
