@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -385,23 +386,28 @@ async def test_closed_without_run_finished_is_interrupted(store: RunStore, db_pa
     assert not (db_path.parent / f"{STORE_NAME}-lock").exists()
 
 
-def test_a_writer_that_died_reads_as_interrupted(db_path: Path) -> None:
-    script = f"""
-import os, anyio
+_DYING_RUN = """
+import os, signal, sys, anyio
 from pathlib import Path
 from thinktree.orchestrator.events import ProblemStarted, RunStarted
 from thinktree.orchestrator.store import RunStore
 
 async def main():
-    store = RunStore(Path({str(db_path)!r}))
+    store = RunStore(Path(sys.argv[1]))
     store.handle(RunStarted(run_id="r", mode="budget", endpoint="e", model="m", problems=1))
     store.handle(ProblemStarted(problem_id="p", node_id="p", question="q", gold=None))
     await store.flush()
-    os._exit(0)  # no close: as if the process were killed
+    if sys.argv[2] == "writer":
+        os.kill(store._proc.pid, signal.SIGKILL)  # the writer dies first
+        store._proc.wait()
+    os._exit(0)  # no close: as if the run's process were killed
 
 anyio.run(main)
 """
-    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+
+
+def test_a_writer_that_died_reads_as_interrupted(db_path: Path) -> None:
+    subprocess.run([sys.executable, "-c", _DYING_RUN, db_path, "writer"], check=True, timeout=60)
     assert query(db_path, "SELECT status FROM run") == [("running",)]
     with RunStore.open_readonly(db_path) as reader:
         assert reader.status() == "interrupted"
@@ -410,6 +416,36 @@ anyio.run(main)
     (db_path.parent / "run.json").write_text("{}")  # a run's folder holds its manifest too
     (summary,) = list_runs(db_path.parent.parent)
     assert summary.status == "interrupted"
+
+
+def test_a_killed_run_leaves_its_writer_to_finish_the_store(db_path: Path) -> None:
+    subprocess.run([sys.executable, "-c", _DYING_RUN, db_path, "run"], check=True, timeout=60)
+    for _ in range(500):  # the writer commits what it was given, then lets go of the lock
+        if not (db_path.parent / f"{STORE_NAME}-lock").exists():
+            break
+        time.sleep(0.01)
+    assert query(db_path, "SELECT status FROM run") == [("interrupted",)]
+    with RunStore.open_readonly(db_path) as reader:
+        assert reader.status() == "interrupted"
+        assert [p["id"] for p in reader.problems()] == ["p"]
+
+
+async def test_a_writer_killed_mid_run_stops_the_store_not_the_run(
+    store: RunStore, db_path: Path
+) -> None:
+    store.handle(run_started())
+    await store.flush()
+    assert store._proc is not None
+    store._proc.kill()
+    store.handle(ProblemStarted(at=1, problem_id="p1", node_id="p1", question="q", gold=None))
+    with anyio.fail_after(10):
+        await store.flush()  # does not hang, does not raise
+        await store.aclose()
+    ended = "its writer ended with exit code -9"
+    assert store.error == f"run store {db_path} stopped recording: {ended}"
+    with RunStore.open_readonly(db_path) as reader:
+        assert reader.problems() == []
+        assert reader.status() == "interrupted"
 
 
 # --- live reading -------------------------------------------------------------------------
@@ -587,13 +623,13 @@ def test_a_full_disk_at_creation_leaves_nothing(
     assert os.listdir(db_path.parent) == []
 
 
-async def test_a_full_disk_mid_run_stops_the_store_not_the_run(
-    store: RunStore, db_path: Path
-) -> None:
+async def test_a_full_disk_mid_run_stops_the_store_not_the_run(db_path: Path) -> None:
+    store = RunStore(db_path, writer="thread")  # whose connection the test can reach
     store.handle(run_started())
     await store.flush()
     (pages,) = query(db_path, "PRAGMA page_count")[0]
-    store._conn.execute(f"PRAGMA max_page_count = {pages}")  # the disk is now full
+    assert store._inline is not None
+    store._inline.conn.execute(f"PRAGMA max_page_count = {pages}")  # the disk is now full
     big = "x" * 200_000
     store.handle(ProblemStarted(at=1, problem_id="p1", node_id="p1", question=big, gold=None))
     await store.flush()  # does not raise
@@ -778,12 +814,13 @@ def synthetic(count: int) -> list[Event]:
 async def test_a_quick_node_is_written_when_it_ends_a_slow_one_while_it_runs(
     db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from thinktree.orchestrator import store as store_module
+    from thinktree.orchestrator import store_writer
 
-    monkeypatch.setattr(store_module, "LIVE_AFTER_S", 0.3)
-    store = RunStore(db_path, interval_s=0.01)
+    monkeypatch.setattr(store_writer, "LIVE_AFTER_S", 0.3)
+    store = RunStore(db_path, interval_s=0.01, writer="thread")  # its statements can be seen
     written: list[tuple[object, ...]] = []
-    conn = store._conn
+    assert store._inline is not None
+    conn = store._inline.conn
     conn.set_trace_callback(lambda sql: written.append((sql,)) if "INTO nodes" in sql else None)
     feed(store, [run_started(), *problem_events()[:2]])  # p1 and its branch p1/b0, running
     await anyio.sleep(0.1)

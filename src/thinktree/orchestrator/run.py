@@ -359,7 +359,7 @@ async def _execute(
             sampling = Sampling(temperature=settings.temperature_for_mode(), seed=settings.seed)
             status = "failed"
             try:
-                async with event_bus([recorder, trace, store, *subscribers]) as bus:
+                async with event_bus([recorder, trace, *subscribers]) as bus:
                     bus_holder.append(bus)
                     await bus.emit(
                         RunStarted(
@@ -413,8 +413,9 @@ async def _execute(
                             )
             finally:
                 cache.close()
-                if panel is not None:
-                    with anyio.CancelScope(shield=True):
+                with anyio.CancelScope(shield=True):
+                    await store.aclose()  # after the bus: every line the trace fed it
+                    if panel is not None:
                         await panel.aclose()
             if panel is not None:  # the models its verdicts named, priced: kept with the run
                 save_prices(folder, used_prices(settings, model, panel.models()))
@@ -921,7 +922,8 @@ def _open_records(
             _discard_store(store_path)
         store = RunStore(store_path)
         opened.append(store.close)
-        trace = TraceWriter(folder / "trace.jsonl", deltas=settings.trace_deltas)
+        # the store is fed the trace's lines: each event is made into JSON once
+        trace = TraceWriter(folder / "trace.jsonl", deltas=settings.trace_deltas, also=store.feed)
     except BaseException as exc:
         for close in reversed(opened):
             with contextlib.suppress(Exception):

@@ -24,22 +24,20 @@ import functools
 import itertools
 import json
 import math
-import operator
 import os
-import re
 import sqlite3
 import stat
+import subprocess
+import sys
 import threading
-import time
 import types
 import typing
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final
+from typing import IO, Any, Final, Literal
 from urllib.parse import quote
 
 import anyio
@@ -47,24 +45,34 @@ import structlog
 
 from thinktree import __version__
 from thinktree._files import held, in_use
-from thinktree._json import dumps
+from thinktree._json import dumps, loads
 from thinktree.errors import ThinktreeError
+from thinktree.orchestrator import store_writer
 from thinktree.orchestrator.events import (
     Event,
     NodeDelta,
-    NodeFailed,
-    NodeFinished,
-    NodeKind,
-    NodeStarted,
-    ProblemFinished,
-    ProblemStarted,
     failed_call,
+)
+from thinktree.orchestrator.store_writer import (
+    MODEL_OUTPUT_FIELDS,
+    REDACTED,
+    SCHEMA,
+    SCHEMA_VERSION,
+    TABLES,
+    TEXT_FIELDS,
+    is_secret,
+    lock_path,
+    now_utc,
+    reason,
+    redact,
+    scrub,
 )
 from thinktree.pricing import Price
 
 log = structlog.get_logger(__name__)
 
 __all__ = [
+    "REDACTED",
     "SCHEMA_VERSION",
     "STORE_NAME",
     "RunStore",
@@ -78,255 +86,12 @@ __all__ = [
 ]
 
 STORE_NAME: Final = "run.sqlite"
-SCHEMA_VERSION: Final = 1
-REDACTED: Final = "[redacted]"
-LOCK_SUFFIX: Final = "-lock"
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
-_TABLES = ("meta", "run", "problems", "nodes", "calls", "votes", "events")
-_SCHEMA: tuple[str, ...] = (
-    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
-    """CREATE TABLE run (
-        id INTEGER PRIMARY KEY CHECK (id = 1),
-        run_id TEXT,
-        mode TEXT,
-        endpoint TEXT,
-        model TEXT,
-        problems_total INTEGER,
-        settings TEXT NOT NULL DEFAULT '{}',
-        status TEXT NOT NULL DEFAULT 'running',
-        retries INTEGER NOT NULL DEFAULT 0,
-        created_utc TEXT NOT NULL,
-        started_utc TEXT,
-        finished_utc TEXT,
-        finished_at REAL
-    )""",
-    """CREATE TABLE problems (
-        id TEXT PRIMARY KEY,
-        node_id TEXT NOT NULL,
-        question TEXT NOT NULL,
-        gold TEXT,
-        status TEXT NOT NULL DEFAULT 'running',
-        answer TEXT,
-        correct INTEGER,
-        covered INTEGER,
-        error TEXT,
-        started_at REAL NOT NULL,
-        finished_at REAL
-    )""",
-    """CREATE TABLE nodes (
-        id TEXT PRIMARY KEY,
-        problem_id TEXT NOT NULL REFERENCES problems (id),
-        parent_id TEXT REFERENCES nodes (id),
-        kind TEXT NOT NULL,
-        label TEXT NOT NULL,
-        status TEXT NOT NULL DEFAULT 'running',
-        text TEXT NOT NULL DEFAULT '',
-        max_tokens INTEGER,
-        continuation TEXT,
-        prompt_tokens INTEGER NOT NULL DEFAULT 0,
-        completion_tokens INTEGER NOT NULL DEFAULT 0,
-        answer TEXT,
-        extraction TEXT,
-        finish_reason TEXT,
-        latency_s REAL NOT NULL DEFAULT 0,
-        call_id TEXT,
-        error TEXT,
-        started_at REAL NOT NULL,
-        finished_at REAL
-    )""",
-    "CREATE INDEX nodes_problem ON nodes (problem_id)",
-    """CREATE TABLE calls (
-        call_id TEXT PRIMARY KEY,
-        problem_id TEXT,
-        node_ids TEXT NOT NULL,
-        prompt_tokens INTEGER NOT NULL,
-        completion_tokens INTEGER NOT NULL,
-        latency_s REAL NOT NULL,
-        finished_at REAL NOT NULL
-    )""",
-    """CREATE TABLE votes (
-        problem_id TEXT PRIMARY KEY REFERENCES problems (id),
-        node_id TEXT NOT NULL,
-        rule TEXT NOT NULL,
-        answer TEXT,
-        winner_node TEXT,
-        counts TEXT NOT NULL,
-        at REAL NOT NULL
-    )""",
-    # ``id`` is the rowid, so the table itself is the index on events(id).
-    """CREATE TABLE events (
-        id INTEGER PRIMARY KEY,
-        type TEXT NOT NULL,
-        at REAL NOT NULL,
-        payload TEXT NOT NULL
-    )""",
-)
-
-_NODE_COLUMNS = (
-    "id",
-    "problem_id",
-    "parent_id",
-    "kind",
-    "label",
-    "status",
-    "text",
-    "max_tokens",
-    "continuation",
-    "prompt_tokens",
-    "completion_tokens",
-    "answer",
-    "extraction",
-    "finish_reason",
-    "latency_s",
-    "call_id",
-    "error",
-    "started_at",
-    "finished_at",
-)
-_PROBLEM_COLUMNS = (
-    "id",
-    "node_id",
-    "question",
-    "gold",
-    "status",
-    "answer",
-    "correct",
-    "covered",
-    "error",
-    "started_at",
-    "finished_at",
-)
-_CALL_COLUMNS = (
-    "call_id",
-    "problem_id",
-    "node_ids",
-    "prompt_tokens",
-    "completion_tokens",
-    "latency_s",
-    "finished_at",
-)
-_EVENT_COLUMNS = ("type", "at", "payload")
-_VOTE_COLUMNS = ("problem_id", "node_id", "rule", "answer", "winner_node", "counts", "at")
-_RUN_COLUMNS = (
-    "run_id",
-    "mode",
-    "endpoint",
-    "model",
-    "problems_total",
-    "settings",
-    "status",
-    "retries",
-    "started_utc",
-    "finished_utc",
-    "finished_at",
-)
-
-
-_VARIABLES = 999  # the lowest limit on ? per statement that any SQLite build has
-
-
-@functools.cache
-def _insert_sql(table: str, columns: tuple[str, ...], rows: int, upsert: bool) -> str:
-    """INSERT of ``rows`` whole rows; with ``upsert``, a row whose key exists is updated."""
-    one = f"({', '.join('?' * len(columns))})"
-    sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES {', '.join([one] * rows)}"
-    if upsert:
-        update = ", ".join(f"{c} = excluded.{c}" for c in columns[1:])
-        sql += f" ON CONFLICT ({columns[0]}) DO UPDATE SET {update}"
-    return sql
-
-
-def _insert(
-    conn: sqlite3.Connection,
-    table: str,
-    columns: tuple[str, ...],
-    rows: Sequence[Iterable[Any]],
-    *,
-    upsert: bool = True,
-) -> None:
-    """Insert ``rows`` with few statements (each statement lets go of the GIL once).
-
-    Rows go in chunks whose sizes are powers of two, so a handful of statements cover
-    every batch size and stay in the connection's statement cache.
-    """
-    size = 1 << ((_VARIABLES // len(columns)).bit_length() - 1)
-    start = 0
-    while start < len(rows):
-        while size > len(rows) - start:
-            size >>= 1
-        chunk = rows[start : start + size]
-        conn.execute(_insert_sql(table, columns, size, upsert), list(_flat(chunk)))
-        start += size
-
-
-# A node's row is written with its rowid: the order nodes started in, whenever the row
-# itself is written (a quick child's row goes in before its parent's).
-_NODE_WRITE = (*_NODE_COLUMNS, "rowid")
-_PROBLEM_ROW = operator.itemgetter(*_PROBLEM_COLUMNS)
-_CALL_ROW = operator.itemgetter(*_CALL_COLUMNS)
-_VOTE_ROW = operator.itemgetter(*_VOTE_COLUMNS)
-_UPDATE_RUN = f"UPDATE run SET {', '.join(f'{c} = :{c}' for c in _RUN_COLUMNS)} WHERE id = 1"
-
-_dumps = dumps
-_flat = itertools.chain.from_iterable
 
 
 class StoreError(ThinktreeError):
     """A run store that cannot be created, opened or read; the message says why."""
-
-
-# --- redaction ---------------------------------------------------------------------------
-
-_SECRET_KEY = re.compile(
-    r"api_?key|authori[sz]ation|secret|passw(?:or)?d|credential|private_?key|cookie"
-    r"|(?:^|_)(?:token|auth|bearer)$",
-    re.IGNORECASE,
-)
-_SECRET_TEXT: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]{8,}"), r"\1 " + REDACTED),
-    (re.compile(r"\b(sk|hf|ghp|xox[abp])([-_])[A-Za-z0-9_-]{8,}"), r"\1\2" + REDACTED),
-    (
-        re.compile(
-            r"(?i)([?&](?:api[_-]?key|key|token|access_token|auth|secret|password)=)[^&#\s]+"
-        ),
-        r"\1" + REDACTED,
-    ),
-    (re.compile(r"(://[^/\s:@]+:)[^/\s@]+@"), r"\1" + REDACTED + "@"),
-)
-_TEXT_FIELDS = frozenset({"error", "reason", "endpoint"})
-# What the model said and how it was counted (a vote's counts, scores and ballots): kept
-# as said, like a node's text; scrubbing every ballot cost more than the rest of a vote.
-_MODEL_OUTPUT_FIELDS = frozenset({"counts", "scores", "ballots"})
-
-
-def scrub(text: str) -> str:
-    """``text`` with anything shaped like a credential (bearer token, sk-…, ?key=) masked."""
-    for pattern, replacement in _SECRET_TEXT:
-        text = pattern.sub(replacement, text)
-    return text
-
-
-def is_secret(key: object, value: object) -> bool:
-    """Whether ``value`` under ``key`` is a credential to mask (numbers never are)."""
-    if not isinstance(key, str) or value is None or isinstance(value, bool | int | float):
-        return False
-    return _SECRET_KEY.search(key.replace("-", "_")) is not None
-
-
-def redact(value: Any) -> Any:
-    """A copy of ``value`` with credential-like keys masked and credential-like text scrubbed.
-
-    Keys named like api_key, authorization, secret, password or token lose their value
-    (numbers are kept: ``max_tokens`` is data, not a credential).
-    """
-    if isinstance(value, Mapping):
-        return {k: REDACTED if is_secret(k, v) else redact(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [redact(v) for v in value]
-    if isinstance(value, str):
-        return scrub(value)
-    return value
 
 
 _PLAIN = (str, int, float, bool, type(None))
@@ -339,79 +104,12 @@ def _plain(hint: Any) -> bool:
     return isinstance(hint, type) and issubclass(hint, _PLAIN)
 
 
-@dataclass(frozen=True, slots=True)
-class _Shape:
-    """How to turn one event class into its stored payload, worked out once."""
-
-    kind: str
-    names: tuple[str, ...]
-    values: Callable[[Event], tuple[Any, ...]]
-    redact: tuple[int, ...]  # fields that may hold dicts or lists
-    scrub: tuple[int, ...]  # free-text fields that may quote a credential
-
-    @classmethod
-    def of(cls, event_type: type[Event]) -> _Shape:
-        try:
-            hints = typing.get_type_hints(event_type)
-        except (NameError, TypeError):
-            hints = {}
-        fields = dataclasses.fields(event_type)
-        names = tuple(f.name for f in fields)
-        getter = operator.attrgetter(*names)
-        values = getter if len(names) > 1 else lambda event: (getter(event),)
-        return cls(
-            kind=event_type.type,
-            names=names,
-            values=values,
-            redact=tuple(
-                i
-                for i, n in enumerate(names)
-                if n not in _MODEL_OUTPUT_FIELDS and not _plain(hints.get(n, object))
-            ),
-            scrub=tuple(i for i, n in enumerate(names) if n in _TEXT_FIELDS),
-        )
-
-
-_SHAPES: dict[type[Event], _Shape] = {}
-
-
-def _payload(event: Event) -> dict[str, Any]:
-    """The event as ``to_dict`` gives it, redacted, without deep-copying every field."""
-    shape = _SHAPES.get(type(event))
-    if shape is None:
-        shape = _SHAPES[type(event)] = _Shape.of(type(event))
-    data = dict(zip(shape.names, shape.values(event), strict=True))
-    for i in shape.redact:
-        name = shape.names[i]
-        data[name] = redact(data[name])
-    for i in shape.scrub:
-        name = shape.names[i]
-        if isinstance(data[name], str):
-            data[name] = scrub(data[name])
-    data["type"] = shape.kind
-    return data
-
-
 # --- shared helpers ----------------------------------------------------------------------
-
-
-def _now_utc() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
-
-
-def _lock_path(path: Path) -> Path:
-    return path.with_name(path.name + LOCK_SUFFIX)
 
 
 def _writer_alive(path: Path) -> bool:
     """Whether a live writer holds the store's lock (read-only: takes no lasting lock)."""
-    return held(_lock_path(path))
-
-
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror.lower()
-    return " ".join(str(exc).split()) or type(exc).__name__
+    return held(lock_path(path))
 
 
 def _open_checked(path: Path) -> sqlite3.Connection:
@@ -424,7 +122,7 @@ def _open_checked(path: Path) -> sqlite3.Connection:
     except FileNotFoundError:
         raise StoreError(f"no run store at {path}") from None
     except OSError as exc:
-        raise StoreError(f"cannot read run store {path}: {_reason(exc)}") from None
+        raise StoreError(f"cannot read run store {path}: {reason(exc)}") from None
     if not stat.S_ISREG(info.st_mode):
         raise StoreError(f"{path} is not a file, so not a run store")
     if info.st_size == 0:
@@ -433,7 +131,7 @@ def _open_checked(path: Path) -> sqlite3.Connection:
         with path.open("rb") as file:
             head = file.read(len(_SQLITE_MAGIC))
     except OSError as exc:
-        raise StoreError(f"cannot read run store {path}: {_reason(exc)}") from None
+        raise StoreError(f"cannot read run store {path}: {reason(exc)}") from None
     if head != _SQLITE_MAGIC:
         raise StoreError(f"{path} is not a SQLite database, so not a run store")
     # A store with no -wal beside it is closed: read it as immutable, so that SQLite does
@@ -444,7 +142,7 @@ def _open_checked(path: Path) -> sqlite3.Connection:
     try:
         conn = sqlite3.connect(uri, uri=True, timeout=5.0, check_same_thread=False)
     except sqlite3.Error as exc:
-        raise StoreError(f"cannot open run store {path}: {_reason(exc)}") from None
+        raise StoreError(f"cannot open run store {path}: {reason(exc)}") from None
     try:
         tables = {
             row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
@@ -469,7 +167,7 @@ def _open_checked(path: Path) -> sqlite3.Connection:
                 f"{path} was written by an older thinktree ({writer}, store schema {version}); "
                 f"this one reads schema {SCHEMA_VERSION}"
             )
-        missing = [t for t in _TABLES if t not in tables]
+        missing = [t for t in TABLES if t not in tables]
         if missing:
             raise StoreError(f"{path} is a damaged run store: no {', '.join(missing)} table")
     except StoreError:
@@ -477,433 +175,72 @@ def _open_checked(path: Path) -> sqlite3.Connection:
         raise
     except sqlite3.Error as exc:
         conn.close()
-        raise StoreError(f"{path} cannot be read as a run store: {_reason(exc)}") from None
+        raise StoreError(f"{path} cannot be read as a run store: {reason(exc)}") from None
     return conn
-
-
-# --- the writer --------------------------------------------------------------------------
-
-_Row = dict[str, Any]
-
-
-# Events the tables hold whole (every field is a column): the ``events`` table leaves them
-# out. A run's complete event log is its trace.jsonl.
-_TABLED: frozenset[type[Event]] = frozenset(
-    {NodeStarted, NodeFinished, NodeFailed, ProblemStarted, ProblemFinished}
-)
-# A node still running is written once it has run this long (seconds), so a reader sees
-# slow calls live; a quick node is written once, when it ends.
-LIVE_AFTER_S: Final = 1.0
-
-
-# A node's row as it starts: every column of _NODE_WRITE, in its order (those that name
-# the node, None here, are filled in for each node). Every node row in memory is a copy
-# of this one or read back in this order (see _Projection._node), and only ever has its
-# values changed, so its values() are its INSERT's values, in order.
-_NEW_NODE: Final[_Row] = {
-    "id": None,
-    "problem_id": None,
-    "parent_id": None,
-    "kind": None,
-    "label": None,
-    "status": "running",
-    "text": "",
-    "max_tokens": None,
-    "continuation": None,
-    "prompt_tokens": 0,
-    "completion_tokens": 0,
-    "answer": None,
-    "extraction": None,
-    "finish_reason": None,
-    "latency_s": 0.0,
-    "call_id": None,
-    "error": None,
-    "started_at": None,
-    "finished_at": None,
-    "rowid": None,
-}
-
-
-class _Projection:
-    """The writer thread's side: events in, rows out, one transaction per batch.
-
-    Rows that may still change (those of problems not finished yet) are kept in memory
-    and written whole, each at most once per batch, by a few multi-row INSERTs per table;
-    a row no longer in memory is read back from the database when a late event needs it.
-    A node's row is written when it ends, or once it has been running for
-    :data:`LIVE_AFTER_S`, or when the store closes. An event that does not fit the tree
-    so far (a node of an unknown problem or parent) is skipped by the tables, and counted
-    in :attr:`skipped`.
-    """
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-        self.skipped = 0
-        self.run_finished = False
-        self.run: _Row = {c: None for c in _RUN_COLUMNS}
-        self.run.update(settings="{}", status="running", retries=0)
-        self.problems: dict[str, _Row] = {}
-        self.nodes: dict[str, _Row] = {}
-        self.calls: dict[str, _Row] = {}
-        self.problem_nodes: dict[str, list[str]] = {}
-        self.problem_calls: dict[str, list[str]] = {}
-        self.call_ids: set[str] = set()  # every call written so far (a miss is a new call)
-        self._run_dirty = False
-        self._problems_dirty: dict[str, _Row] = {}
-        self._nodes_dirty: dict[str, _Row] = {}  # rows to write with the next batch
-        # Running nodes whose rows are not written yet, oldest first: when first seen, row.
-        self._unwritten: dict[str, tuple[float, _Row]] = {}
-        self._started = 0  # nodes started so far: the next one's rowid
-        self._now = 0.0  # time.monotonic() as the batch being written began
-        self._calls_dirty: dict[str, _Row] = {}
-        self._votes: dict[str, _Row] = {}
-        self._done: list[str] = []
-
-    def write(self, events: list[Event], *, final: bool = False) -> None:
-        """Store ``events`` and their effect on the tables in one transaction.
-
-        ``final``: the last write; every node is written as it stands.
-        """
-        # when this batch's nodes were first seen: a batch is written in milliseconds, so one
-        # reading serves them all (LIVE_AFTER_S is a second)
-        self._now = time.monotonic()
-        logged: list[tuple[Any, ...]] = []
-        node_started, node_finished = self._node_started, self._node_finished
-        for event in events:
-            if isinstance(event, NodeStarted):
-                node_started(event)
-            elif isinstance(event, NodeFinished):
-                node_finished(event)
-            else:
-                payload = _payload(event)
-                self._apply(payload)
-                if type(event) not in _TABLED:
-                    logged.append((payload["type"], payload["at"], _dumps(payload)))
-        nodes = self._due_nodes(final)
-        tables = (self._problems_dirty, self._calls_dirty, self._votes)
-        if not (logged or nodes or self._run_dirty or any(tables)):
-            return  # quick nodes still running: nothing to commit yet
-        conn = self.conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            _insert(conn, "events", _EVENT_COLUMNS, logged, upsert=False)
-            problems = self._problems_dirty.values()
-            _insert(conn, "problems", _PROBLEM_COLUMNS, list(map(_PROBLEM_ROW, problems)))
-            _insert(conn, "nodes", _NODE_WRITE, list(map(dict.values, nodes)))
-            calls = [{**c, "node_ids": _dumps(c["node_ids"])} for c in self._calls_dirty.values()]
-            _insert(conn, "calls", _CALL_COLUMNS, list(map(_CALL_ROW, calls)))
-            _insert(conn, "votes", _VOTE_COLUMNS, list(map(_VOTE_ROW, self._votes.values())))
-            if self._run_dirty:
-                conn.execute(_UPDATE_RUN, self.run)
-            conn.execute("COMMIT")
-        finally:
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            self._run_dirty = False
-            self._problems_dirty.clear()
-            self._calls_dirty.clear()
-            self._votes.clear()
-        for pid in self._done:  # a finished problem's rows are final: let them go
-            self.problems.pop(pid, None)
-            for nid in self.problem_nodes.pop(pid, ()):
-                self.nodes.pop(nid, None)
-            for cid in self.problem_calls.pop(pid, ()):
-                self.calls.pop(cid, None)
-        self._done.clear()
-
-    @property
-    def waiting(self) -> bool:
-        """Whether node rows wait to be written (a quick running node, see ``write``)."""
-        return bool(self._nodes_dirty or self._unwritten)
-
-    def _due_nodes(self, final: bool) -> list[_Row]:
-        """The node rows to write now: those that changed since written, and running nodes
-        that have run :data:`LIVE_AFTER_S`, belong to a finished problem, or ``final``."""
-        due = list(self._nodes_dirty.values())
-        self._nodes_dirty = {}
-        unwritten = self._unwritten
-        if final:
-            due.extend(row for _, row in unwritten.values())
-            unwritten.clear()
-            return due
-        for pid in self._done:  # its rows leave memory after this batch: write them all
-            for nid in self.problem_nodes.get(pid, ()):
-                left = unwritten.pop(nid, None)
-                if left is not None:
-                    due.append(left[1])
-        cutoff = time.monotonic() - LIVE_AFTER_S
-        while unwritten:  # oldest first: stop at the first one still quick
-            nid = next(iter(unwritten))
-            since, row = unwritten[nid]
-            if since > cutoff:
-                break
-            del unwritten[nid]
-            due.append(row)
-        return due
-
-    def _node_started(self, e: NodeStarted) -> None:
-        pid, parent = e.problem_id, e.parent_id
-        if pid not in self.problems and self._problem(pid) is None:
-            return self._skip(e.type, f"no problem {pid}")
-        if parent is None or (parent not in self.nodes and self._node(parent) is None):
-            return self._skip(e.type, f"no parent node {parent}")
-        self._new_node(
-            e.at, e.node_id, pid, parent, str(e.kind), e.label, e.max_tokens, e.continuation
-        )
-        return None
-
-    def _node_finished(self, e: NodeFinished) -> None:
-        nid = e.node_id
-        row = self.nodes.get(nid) or self._node(nid)  # read back only if not in memory
-        if row is None:
-            return self._skip(e.type, f"no node {nid}")
-        row["text"] = e.text
-        row["finish_reason"] = e.finish_reason
-        row["prompt_tokens"] = e.prompt_tokens
-        row["completion_tokens"] = e.completion_tokens
-        row["answer"] = e.answer
-        row["extraction"] = e.extraction
-        row["latency_s"] = e.latency_s
-        row["call_id"] = e.call_id
-        row["status"] = "done"
-        row["finished_at"] = e.at
-        self._nodes_dirty[nid] = row  # as _ended does
-        self._unwritten.pop(nid, None)
-        if e.call_id is not None or row["kind"] not in _STRUCTURAL:
-            self._add_call(e.call_id or nid, row["problem_id"], nid, e)
-        return None
-
-    def _ended(self, nid: str, row: _Row) -> None:
-        """Write a node's row with the next batch, whether or not it was ever running."""
-        self._nodes_dirty[nid] = row
-        self._unwritten.pop(nid, None)
-
-    def interrupted(self) -> None:
-        """Record that the writer stops before the run finished."""
-        if not self.run_finished:
-            self.conn.execute(
-                "UPDATE run SET status = 'interrupted', finished_utc = ? "
-                "WHERE id = 1 AND status = 'running'",
-                (_now_utc(),),
-            )
-
-    # -- rows, from memory or read back --
-
-    def _load(self, table: str, key: str, value: str, columns: Sequence[str] = ()) -> _Row | None:
-        """The row whose ``key`` is ``value``, with ``columns`` in their order (every
-        column, after the rowid, when none are named), or None."""
-        names = ", ".join(columns) if columns else "rowid AS rowid, *"
-        cursor = self.conn.execute(f"SELECT {names} FROM {table} WHERE {key} = ?", (value,))
-        row = cursor.fetchone()
-        if row is None:
-            return None
-        return dict(zip([d[0] for d in cursor.description], row, strict=True))
-
-    def _problem(self, pid: str) -> _Row | None:
-        row = self.problems.get(pid)
-        if row is None and (row := self._load("problems", "id", pid)) is not None:
-            self.problems[pid] = row
-        return row
-
-    def _node(self, nid: str) -> _Row | None:
-        row = self.nodes.get(nid)
-        if row is None and (row := self._load("nodes", "id", nid, _NODE_WRITE)) is not None:
-            self.nodes[nid] = row
-            self.problem_nodes.setdefault(row["problem_id"], []).append(nid)
-        return row
-
-    def _call(self, cid: str) -> _Row | None:
-        row = self.calls.get(cid)
-        if (
-            row is None
-            and cid in self.call_ids
-            and (row := self._load("calls", "call_id", cid)) is not None
-        ):
-            row["node_ids"] = json.loads(row["node_ids"])
-            self.calls[cid] = row
-            self.problem_calls.setdefault(row["problem_id"], []).append(cid)
-        return row
-
-    def _skip(self, event_type: str, why: str) -> None:
-        self.skipped += 1
-        log.warning("run store: event does not fit the tree so far", event_type=event_type, why=why)
-
-    def _new_node(
-        self,
-        at: float,
-        nid: str,
-        pid: str,
-        parent: str | None,
-        kind: str,
-        label: str,
-        max_tokens: int | None = None,
-        continuation: str | None = None,
-    ) -> None:
-        self._started += 1
-        row = _NEW_NODE.copy()  # a copy of a dict is one block copied, not 20 insertions
-        row["id"] = nid
-        row["problem_id"] = pid
-        row["parent_id"] = parent
-        row["kind"] = kind
-        row["label"] = label
-        row["max_tokens"] = max_tokens
-        row["continuation"] = continuation
-        row["started_at"] = at
-        row["rowid"] = self._started
-        nodes = self.nodes
-        if nid not in nodes:
-            if (siblings := self.problem_nodes.get(pid)) is None:
-                self.problem_nodes[pid] = [nid]
-            else:
-                siblings.append(nid)
-        nodes[nid] = row
-        self._unwritten[nid] = (self._now, row)
-
-    # -- events --
-
-    def _apply(self, p: _Row) -> None:
-        match p["type"]:
-            case "node-failed":
-                row = self._node(p["node_id"])
-                if row is None:
-                    return self._skip(p["type"], f"no node {p['node_id']}")
-                error = str(p["error"])
-                status = "cancelled" if error.startswith("cancelled") else "failed"
-                row.update(
-                    status=status,
-                    error=error,
-                    finished_at=p["at"],
-                    call_id=p.get("call_id"),
-                    prompt_tokens=p.get("prompt_tokens") or 0,
-                    completion_tokens=p.get("completion_tokens") or 0,
-                )
-                self._ended(p["node_id"], row)
-            case "problem-started":
-                pid, nid = p["problem_id"], p["node_id"]
-                problem: _Row = dict.fromkeys(_PROBLEM_COLUMNS)
-                problem.update(
-                    id=pid,
-                    node_id=nid,
-                    question=p["question"],
-                    gold=p["gold"],
-                    status="running",
-                    started_at=p["at"],
-                )
-                self.problems[pid] = self._problems_dirty[pid] = problem
-                self._new_node(p["at"], nid, pid, None, "problem", pid)
-            case "vote-cast":
-                pid = p["problem_id"]
-                if self._problem(pid) is None:
-                    return self._skip(p["type"], f"no problem {pid}")
-                self._votes[pid] = {c: p[c] for c in _VOTE_COLUMNS if c != "counts"}
-                self._votes[pid]["counts"] = _dumps(p["counts"])
-            case "problem-finished":
-                pid = p["problem_id"]
-                problem_row = self._problem(pid)
-                if problem_row is None:
-                    return self._skip(p["type"], f"no problem {pid}")
-                status = "failed" if p["error"] else "done"
-                outcome = {"answer": p["answer"], "error": p["error"], "finished_at": p["at"]}
-                problem_row.update(outcome, status=status)
-                problem_row.update(correct=p["correct"], covered=p["covered"])
-                self._problems_dirty[pid] = problem_row
-                root = self._node(problem_row["node_id"])
-                if root is not None:
-                    root.update(outcome, status=status)
-                    self._ended(root["id"], root)
-                self._done.append(pid)
-            case "call-retried":
-                self.run["retries"] += p["attempt"] > 0  # attempt 0: a wait, nothing sent
-                self._run_dirty = True
-            case "run-started":
-                self.run.update(
-                    run_id=p["run_id"],
-                    mode=p["mode"],
-                    endpoint=p["endpoint"],
-                    model=p["model"],
-                    problems_total=p["problems"],
-                    settings=_dumps(p["settings"]),
-                    status="running",
-                    started_utc=_now_utc(),
-                )
-                self._run_dirty = True
-            case "run-finished":
-                self.run_finished = True
-                self.run.update(status=p["status"], finished_at=p["at"], finished_utc=_now_utc())
-                # the retries behind calls read back, as results.json counts them
-                self.run["retries"] += p.get("read_back_retries", 0)
-                self._run_dirty = True
-            case _:
-                pass
-        return None
-
-    def _add_call(self, cid: str, pid: str, nid: str, e: NodeFinished) -> None:
-        """Count a finished node's tokens into its call (one call may serve n nodes)."""
-        at = e.at
-        call = self.calls.get(cid) or self._call(cid)  # read back only if not in memory
-        if call is None:
-            call = {  # every column of _CALL_COLUMNS
-                "call_id": cid,
-                "problem_id": pid,
-                "node_ids": [],
-                "prompt_tokens": 0,
-                "completion_tokens": 0,
-                "latency_s": 0.0,
-                "finished_at": at,
-            }
-            self.calls[cid] = call
-            self.call_ids.add(cid)
-            self.problem_calls.setdefault(pid, []).append(cid)
-        node_ids = call["node_ids"]
-        if nid not in node_ids:
-            node_ids.append(nid)
-            call["prompt_tokens"] += e.prompt_tokens
-            call["completion_tokens"] += e.completion_tokens
-        # the later and the longer, as max() keeps them (the first of equals)
-        if e.latency_s > call["latency_s"]:
-            call["latency_s"] = e.latency_s
-        if at > call["finished_at"]:
-            call["finished_at"] = at
-        self._calls_dirty[cid] = call
-
-
-# Nodes that only group others: their NodeFinished is no model call unless it names one.
-_STRUCTURAL = frozenset(
-    str(k) for k in (NodeKind.PROBLEM, NodeKind.BRANCH, NodeKind.VOTE, NodeKind.VERDICT)
-)
 
 
 class RunStore:
     """Writes a run's events into a new ``run.sqlite``: a bus subscriber that never blocks.
 
-    ``handle`` appends to a queue; a writer thread commits the queue in batches, one
-    transaction per batch, at least every ``interval_s`` or as soon as ``batch_events``
-    are waiting. A store that fails while the run goes on (a full disk) logs it once,
-    keeps the message in :attr:`error`, and drops what follows: its run then reads as
-    ``"interrupted"``. Nothing here raises into the run after creation.
+    The rows are made by a writer of their own (:mod:`store_writer`) from the events' JSON
+    lines. By default the writer is a process of its own, so its work (mostly Python,
+    holding the GIL) takes nothing from the run's event loop; ``writer="thread"`` keeps it
+    in this process, for hosts that may not start one.
+
+    Events reach the writer two ways: :meth:`handle_batch` (as a bus subscriber) writes
+    their lines itself, and :meth:`feed` takes lines made already (the trace writer's,
+    see :class:`~thinktree.orchestrator.subscribers.TraceWriter`). Either only queues the
+    bytes; a feeder thread hands them on. The writer commits in batches, one transaction
+    per batch, at least every ``interval_s`` or as soon as ``batch_events`` are waiting.
+    A store that fails while the run goes on (a full disk) logs it once, keeps the
+    message in :attr:`error`, and drops what follows: its run then reads as
+    ``"interrupted"``. Nothing here raises into the run after creation. If the run's
+    process dies, a writer process still commits every line it was given.
     """
 
     wants_deltas: bool = False
 
-    def __init__(self, path: Path, *, interval_s: float = 0.2, batch_events: int = 2000) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        interval_s: float = 0.2,
+        batch_events: int = 2000,
+        writer: Literal["process", "thread"] = "process",
+    ) -> None:
         """Create the store at ``path`` (which must not exist yet) and start its writer.
 
         Raises :class:`StoreError` when ``path`` exists (the file is left untouched) or
-        cannot be created (missing or read-only folder, full disk).
+        cannot be created (missing or read-only folder, full disk), or when its writer
+        cannot be started.
         """
         self.path = Path(path)
         self.error: str | None = None
-        self._interval = interval_s
-        self._batch_events = max(1, batch_events)
-        self._queue: deque[Event | threading.Event] = deque()
-        self._wake = threading.Event()
+        self._skipped = 0
         self._closed = False
-        self._stopping = False
-        self._lock_fd, self._conn = self._create()
-        self._projection = _Projection(self._conn)
-        self._thread = threading.Thread(target=self._run, name="thinktree-store", daemon=True)
-        self._thread.start()
+        self._out: deque[bytes] = deque()  # bytes for the writer, in order
+        self._wake = threading.Event()
+        self._flushes = itertools.count(1)
+        self._flushed: dict[int, threading.Event] = {}
+        self._done = threading.Event()  # the writer has ended
+        # The creating connection stays open, idle, until the writer has ended: with it the
+        # -wal file stays too, so readers opened meanwhile read the live database.
+        lock_fd, self._conn = self._create()
+        settings = (interval_s, batch_events)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._inline: store_writer.Writer | None = None
+        try:
+            if writer == "process":
+                self._send = self._start_process(lock_fd, *settings)
+            else:
+                self._send = self._start_thread(lock_fd, *settings)
+        except OSError as exc:
+            os.close(lock_fd)
+            self._conn.close()
+            why = reason(exc)
+            raise StoreError(f"cannot start the writer of run store {path}: {why}") from None
+        self._feeder = threading.Thread(target=self._feed, name="thinktree-store-feed", daemon=True)
+        self._feeder.start()
 
     @staticmethod
     def open_readonly(path: Path) -> StoreReader:
@@ -912,10 +249,12 @@ class RunStore:
 
     @property
     def skipped(self) -> int:
-        """Events stored but left out of the tables because they did not fit the tree."""
-        return self._projection.skipped
+        """Events stored but left out of the tables because they did not fit the tree
+        (as far as the writer has said: exact after :meth:`flush` or :meth:`close`)."""
+        return self._skipped
 
     def _create(self) -> tuple[int, sqlite3.Connection]:
+        """Create the database with its tables; the fd holding its lock, and the connection."""
         path = self.path
         if os.path.lexists(path):
             with contextlib.closing(_open_checked(path)):
@@ -923,11 +262,11 @@ class RunStore:
             raise StoreError(f"run store {path} already exists; a run writes a new store")
         if not path.parent.is_dir():
             raise StoreError(f"cannot create run store {path}: folder {path.parent} does not exist")
-        lock = _lock_path(path)
+        lock = lock_path(path)
         try:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise StoreError(f"cannot create run store {path}: {_reason(exc)}") from None
+            raise StoreError(f"cannot create run store {path}: {reason(exc)}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -935,21 +274,20 @@ class RunStore:
             raise StoreError(f"run store {path} is being written by another process") from None
         conn: sqlite3.Connection | None = None
         try:
-            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            conn = sqlite3.connect(path, isolation_level=None)
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise sqlite3.OperationalError(f"the file system does not allow WAL ({mode})")
-            conn.execute("PRAGMA synchronous=NORMAL")
             # No foreign-key enforcement: a node's row may be written before its parent's
             # (a quick child ends first); the projection itself keeps every row in a tree.
             conn.execute("BEGIN IMMEDIATE")
-            for statement in _SCHEMA:
+            for statement in SCHEMA:
                 conn.execute(statement)
             conn.executemany(
                 "INSERT INTO meta (key, value) VALUES (?, ?)",
                 [("schema_version", str(SCHEMA_VERSION)), ("thinktree_version", __version__)],
             )
-            conn.execute("INSERT INTO run (id, created_utc) VALUES (1, ?)", (_now_utc(),))
+            conn.execute("INSERT INTO run (id, created_utc) VALUES (1, ?)", (now_utc(),))
             conn.execute("COMMIT")
         except (OSError, sqlite3.Error) as exc:
             if conn is not None:
@@ -958,8 +296,88 @@ class RunStore:
                 leftover.unlink(missing_ok=True)
             lock.unlink(missing_ok=True)
             os.close(fd)
-            raise StoreError(f"cannot create run store {path}: {_reason(exc)}") from None
+            raise StoreError(f"cannot create run store {path}: {reason(exc)}") from None
         return fd, conn
+
+    def _start_process(
+        self, lock_fd: int, interval_s: float, batch_events: int
+    ) -> Callable[[bytes], None]:
+        """Start the writer process (it takes over the lock); return how to send to it."""
+        proc = self._proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                store_writer.__name__,
+                str(self.path),
+                str(lock_fd),
+                str(interval_s),
+                str(batch_events),
+                dumps(_event_shapes()),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            pass_fds=(lock_fd,),
+            start_new_session=True,  # a Ctrl-C for the run is not one for its store
+        )
+        os.close(lock_fd)  # the writer holds the lock now, for as long as it lives
+        assert proc.stdin is not None and proc.stdout is not None
+        stdin, stdout = proc.stdin, proc.stdout
+        threading.Thread(
+            target=self._listen, args=(stdout,), name="thinktree-store-listen", daemon=True
+        ).start()
+
+        def send(data: bytes) -> None:
+            stdin.write(data)
+            stdin.flush()
+
+        return send
+
+    def _start_thread(
+        self, lock_fd: int, interval_s: float, batch_events: int
+    ) -> Callable[[bytes], None]:
+        """Start the writer in a thread of this process; return how to send to it."""
+        chunks: deque[bytes | None] = deque()  # None: the end
+        ready = threading.Event()
+
+        def read(timeout: float) -> bytes | None:
+            if not chunks and not ready.wait(timeout):
+                return b""
+            ready.clear()
+            data: list[bytes] = []
+            while chunks:
+                chunk = chunks.popleft()
+                if chunk is None:
+                    if not data:
+                        return None
+                    chunks.appendleft(None)  # the end, once what came before is read
+                    ready.set()
+                    break
+                data.append(chunk)
+            return b"".join(data)
+
+        writer = self._inline = store_writer.Writer(
+            self.path,
+            lock_fd,
+            store_writer.Shapes(_event_shapes()),
+            self._heard,
+            interval_s=interval_s,
+            batch_events=batch_events,
+        )
+
+        def serve() -> None:
+            try:
+                writer.serve(read)
+            finally:
+                self._writer_ended()
+
+        threading.Thread(target=serve, name="thinktree-store", daemon=True).start()
+
+        def send(data: bytes) -> None:
+            chunks.append(data or None)  # b"" is the end
+            ready.set()
+
+        return send
 
     # -- the subscriber side (the event loop's thread) --
 
@@ -969,35 +387,53 @@ class RunStore:
 
     def handle_batch(self, events: Sequence[Event]) -> None:
         """Queue ``events`` for the writer, in order (streamed deltas are not stored)."""
+        lines = [e.json_line() for e in events if type(e) is not NodeDelta]
+        if lines:
+            self.feed(b"".join(lines))
+
+    def feed(self, lines: bytes) -> None:
+        """Queue events' JSON lines, as :meth:`Event.json_line` makes them, for the writer
+        (delta lines among them are left out)."""
         if self._closed:
             return
-        queue = self._queue
-        queue.extend([e for e in events if type(e) is not NodeDelta])
-        if len(queue) >= self._batch_events and not self._wake.is_set():
+        self._out.append(lines)
+        if not self._wake.is_set():
             self._wake.set()
 
     async def flush(self) -> None:
         """Wait until every event handled so far is committed (or dropped after a failure)."""
         if self._closed:
-            await anyio.to_thread.run_sync(self._thread.join)
+            await anyio.to_thread.run_sync(self._done.wait)
             return
-        marker = threading.Event()
-        self._queue.append(marker)
-        self._wake.set()
-        await anyio.to_thread.run_sync(self._wait, marker)
+        number = next(self._flushes)
+        flushed = self._flushed[number] = threading.Event()
+        self.feed(b"!flush %d\n" % number)
+        await anyio.to_thread.run_sync(self._wait, flushed)
 
-    def _wait(self, marker: threading.Event) -> None:
-        while not marker.wait(0.1):
-            if not self._thread.is_alive():
+    def _wait(self, flushed: threading.Event) -> None:
+        while not flushed.wait(0.1):
+            if self._done.is_set():
                 return
 
     def close(self) -> None:
         """Commit everything queued, mark an unfinished run interrupted, and close."""
         if not self._closed:
             self._closed = True
-            self._stopping = True
+            self._out.append(b"")  # the end
             self._wake.set()
-        self._thread.join()
+        self._feeder.join()
+        self._done.wait()
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.close()  # the last connection: the -wal file goes with it
+        if self._proc is not None:
+            code = self._proc.wait()
+            if code != 0 and self.error is None:
+                self._heard(
+                    {
+                        "error": f"run store {self.path} stopped recording: its writer "
+                        f"ended with exit code {code}"
+                    }
+                )
 
     async def aclose(self) -> None:
         """:meth:`close` without blocking the event loop."""
@@ -1014,65 +450,82 @@ class RunStore:
     ) -> None:
         self.close()
 
-    # -- the writer thread --
+    # -- the feeder and listener threads --
 
-    def _run(self) -> None:
+    def _feed(self) -> None:
+        """Hand the queued bytes to the writer, in order; the empty bytes end its input."""
+        out, send = self._out, self._send
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            while out:
+                data = out.popleft()
+                try:
+                    send(data)
+                    if not data:
+                        self._end_input()
+                        return
+                except OSError:  # the writer is gone: what it was sent is all it stored
+                    out.clear()
+                    if self._closed:
+                        return
+
+    def _end_input(self) -> None:
+        if self._proc is not None and self._proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self._proc.stdin.close()
+
+    def _listen(self, stdout: IO[bytes]) -> None:
+        """Read the writer process's reports until it ends."""
         try:
-            while True:
-                self._wake.wait(self._interval)
-                self._wake.clear()
-                stopping = self._stopping
-                batch: list[Event | threading.Event] = []
-                queue = self._queue
-                while queue:
-                    batch.append(queue.popleft())
-                if batch or self._projection.waiting:
-                    self._write(batch, final=stopping)
-                if stopping and not queue:
-                    break
-            if self.error is None:
-                self._projection.interrupted()
-        except BaseException as exc:  # the writer must never die quietly
-            self._fail(exc)
+            for line in stdout:
+                with contextlib.suppress(ValueError):
+                    self._heard(loads(line))
         finally:
-            self._release()
+            self._writer_ended()
 
-    def _write(self, batch: list[Event | threading.Event], *, final: bool) -> None:
-        events = [item for item in batch if isinstance(item, Event)]
-        if self.error is None:
-            try:  # a flush (a marker in the batch) writes every node as it stands
-                self._projection.write(events, final=final or len(events) < len(batch))
-            except Exception as exc:
-                self._fail(exc)
-        if len(events) < len(batch):  # flush markers to set (no event is one)
-            for item in batch:
-                if isinstance(item, threading.Event):
-                    item.set()
-
-    def _fail(self, exc: BaseException) -> None:
-        if self.error is None:
-            self.error = f"run store {self.path} stopped recording: {_reason(exc)}"
+    def _heard(self, report: dict[str, Any]) -> None:
+        """Act on one report of the writer (see :mod:`store_writer`)."""
+        if "flushed" in report:
+            flushed = self._flushed.pop(report["flushed"], None)
+            if flushed is not None:
+                flushed.set()
+        elif "skip" in report:
+            self._skipped += 1
+            event_type, why = report["skip"]
+            log.warning(
+                "run store: event does not fit the tree so far", event_type=event_type, why=why
+            )
+        elif "error" in report and self.error is None:
+            self.error = str(report["error"])
             log.error("run store failed; the run goes on without it", error=self.error)
 
-    def _release(self) -> None:
-        """Close the database, then the lock: from here on readers see the final status.
+    def _writer_ended(self) -> None:
+        self._done.set()
+        for flushed in list(self._flushed.values()):
+            flushed.set()
 
-        The WAL is checkpointed first, so run.sqlite alone holds the whole run even when
-        a reader still has it open (and SQLite therefore keeps the -wal file).
-        """
+
+@functools.cache
+def _event_shapes() -> dict[str, tuple[list[str], list[str]]]:
+    """For each event type, the fields to redact and those to scrub (see ``Shapes``)."""
+    shapes: dict[str, tuple[list[str], list[str]]] = {}
+    classes: list[type[Event]] = [Event]
+    while classes:
+        cls = classes.pop()
+        classes.extend(cls.__subclasses__())
+        if cls is Event:
+            continue
         try:
-            with contextlib.suppress(sqlite3.Error):
-                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            self._conn.close()
-        except sqlite3.Error as exc:
-            self._fail(exc)
-        finally:
-            self._closed = True
-            for item in list(self._queue):
-                if isinstance(item, threading.Event):
-                    item.set()
-            _lock_path(self.path).unlink(missing_ok=True)
-            os.close(self._lock_fd)
+            hints = typing.get_type_hints(cls)
+        except (NameError, TypeError):
+            hints = {}
+        names = [f.name for f in dataclasses.fields(cls)]
+        shapes[cls.type] = (
+            [n for n in names if n not in MODEL_OUTPUT_FIELDS and not _plain(hints.get(n, object))],
+            [n for n in names if n in TEXT_FIELDS],
+        )
+    return shapes
 
 
 # --- the reader --------------------------------------------------------------------------
@@ -1123,7 +576,7 @@ class StoreReader:
             try:
                 return _rows(self._conn.execute(sql, params))
             except sqlite3.Error as exc:
-                raise StoreError(f"cannot read run store {self.path}: {_reason(exc)}") from None
+                raise StoreError(f"cannot read run store {self.path}: {reason(exc)}") from None
 
     def status(self) -> str:
         """running, completed, failed, cancelled or interrupted (ended without RunFinished)."""
@@ -1430,7 +883,7 @@ def list_runs(root: Path) -> list[RunSummary]:
             with StoreReader.open(path) as reader:
                 summary = reader.summary()
         except (StoreError, sqlite3.Error, OSError) as exc:
-            message = str(exc) if isinstance(exc, StoreError) else _reason(exc)
+            message = str(exc) if isinstance(exc, StoreError) else reason(exc)
             summary = RunSummary(
                 run_id=folder.name, folder=folder, status="unreadable", error=message
             )
@@ -1519,7 +972,7 @@ def _not_whole(path: Path) -> str | None:
     except FileNotFoundError:
         return _MISSING
     except OSError as exc:
-        return f"cannot be read ({_reason(exc)})"
+        return f"cannot be read ({reason(exc)})"
     if not stat.S_ISREG(info.st_mode):
         return "is not a file"
     if info.st_size == 0:
@@ -1530,7 +983,7 @@ def _not_whole(path: Path) -> str | None:
             file.seek(max(info.st_size - _EDGE, 0))
             tail = file.read()
     except OSError as exc:
-        return f"cannot be read ({_reason(exc)})"
+        return f"cannot be read ({reason(exc)})"
     if not head.lstrip().startswith(b"{") or not tail.rstrip().endswith(b"}"):
         return "is cut off or damaged (not a whole JSON object)"
     return None

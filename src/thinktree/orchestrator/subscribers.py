@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -57,11 +57,19 @@ class TreeRecorder:
 
 
 class TraceWriter:
-    """Appends every event as one JSON line (streamed deltas only when asked for)."""
+    """Appends every event as one JSON line (streamed deltas only when asked for).
 
-    def __init__(self, path: Path, *, deltas: bool = False) -> None:
+    ``also``: given each batch's lines once they are written (the run store's writer is
+    fed so, instead of making every line a second time).
+    """
+
+    def __init__(
+        self, path: Path, *, deltas: bool = False, also: Callable[[bytes], None] | None = None
+    ) -> None:
         self.wants_deltas = deltas
         self.path = path
+        self._also = also
+        self._copy = bytearray()
         try:
             self._file: IO[bytes] = path.open("wb", buffering=1 << 16)
         except OSError as exc:
@@ -80,13 +88,26 @@ class TraceWriter:
         """
         deltas = self.wants_deltas
         write = self._file.write
+        copy = self._copy
+        also = self._also
         try:
-            for event in events:
-                if deltas or type(event) is not NodeDelta:
-                    write(event.json_line())
+            if also is None:
+                for event in events:
+                    if deltas or type(event) is not NodeDelta:
+                        write(event.json_line())
+            else:
+                for event in events:
+                    if deltas or type(event) is not NodeDelta:
+                        line = event.json_line()
+                        write(line)
+                        copy += line
             self._file.flush()  # `thinktree watch` follows the file as the run writes it
         except OSError as exc:
+            copy.clear()
             raise self._unwritable(exc) from None
+        if copy and also is not None:
+            also(bytes(copy))
+            copy.clear()
 
     async def aclose(self) -> None:
         try:
