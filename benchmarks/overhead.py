@@ -501,12 +501,13 @@ async def case_bus(events_wanted: int, tmp: Path, *, trace: bool) -> tuple[int, 
     events = _synthetic_events(events_wanted)
     recorder = TreeRecorder()
     store = RunStore(tmp / "run.sqlite")
-    subs: list[Subscriber] = [recorder, store]
-    if trace:
-        subs.append(TraceWriter(tmp / "trace.jsonl"))
-    async with event_bus(subs) as bus:  # on exit every event is delivered and committed
+    # as a run has them: the trace feeds the store its lines; without it the store makes them
+    subs: list[Subscriber] = [recorder]
+    subs.append(TraceWriter(tmp / "trace.jsonl", also=store.feed) if trace else store)
+    async with event_bus(subs) as bus:  # on exit every event is delivered
         for event in events:
             await bus.emit(event)
+    await store.aclose()  # and committed
     if store.error:
         raise RuntimeError(f"run store failed: {store.error}")
     return len(events), len(events), f"{len(recorder.tree.problems)} problems in the tree"

@@ -1,12 +1,13 @@
 """The run store: one SQLite database per run (``run.sqlite``), written from its events.
 
-:class:`RunStore` is a bus subscriber. ``handle`` only appends the event to an
-in-memory queue; one writer thread drains the queue and commits each batch in a single
-transaction, so the store never holds up the run. The database keeps the run's config,
-every problem, every node of every tree, every model call, the votes and the outcomes,
-the run's status, and the events no table holds whole (verifier verdicts, strategy
-choices, retries, votes, the run's start and end). The run's complete event log is its
-``trace.jsonl``: a node's start and finish live in its row, not twice.
+:class:`RunStore` takes the run's events as JSON lines (from the trace writer, or made
+by its own ``handle`` as a bus subscriber) and only queues them; a writer process
+(:mod:`~thinktree.orchestrator.store_writer`) turns them into rows and commits each
+batch in a single transaction, so the store never holds up the run. The database keeps
+the run's config, every problem, every node of every tree, every model call, the votes
+and the outcomes, the run's status, and the events no table holds whole (verifier
+verdicts, strategy choices, retries, votes, the run's start and end). The run's complete
+event log is its ``trace.jsonl``: a node's start and finish live in its row, not twice.
 
 Readers open the file read-only (:meth:`RunStore.open_readonly`, :func:`list_runs`) and
 may do so while the run is still being written. A run whose store never saw
@@ -230,7 +231,7 @@ class RunStore:
         self._proc: subprocess.Popen[bytes] | None = None
         self._inline: store_writer.Writer | None = None
         try:
-            if writer == "process":
+            if writer == "process" and sys.executable:  # an embedded interpreter may have none
                 self._send = self._start_process(lock_fd, *settings)
             else:
                 self._send = self._start_thread(lock_fd, *settings)
@@ -306,8 +307,8 @@ class RunStore:
         proc = self._proc = subprocess.Popen(
             [
                 sys.executable,
-                "-m",
-                store_writer.__name__,
+                "-P",  # not the script's folder first on sys.path: it holds a trace.py
+                store_writer.__file__,
                 str(self.path),
                 str(lock_fd),
                 str(interval_s),

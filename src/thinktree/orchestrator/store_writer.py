@@ -1,10 +1,11 @@
 """The run store's writer: events as JSON lines in, rows of ``run.sqlite`` out.
 
-It runs in a process of its own (``python -m thinktree.orchestrator.store_writer``,
-started by :class:`~thinktree.orchestrator.store.RunStore`), so that its work, most of
-it Python holding the GIL, takes nothing from the event loop's thread: the run's process
-only hands it the bytes of the lines the trace already holds. It imports the standard
-library and orjson only, so that it starts in a few tens of milliseconds.
+It runs in a process of its own (this file run as a script, started by
+:class:`~thinktree.orchestrator.store.RunStore`), so that its work, most of it Python
+holding the GIL, takes nothing from the event loop's thread: the run's process only hands
+it the bytes of the lines the trace already holds. It imports the standard library and
+orjson only, nothing of thinktree, so that it starts in a few tens of milliseconds and
+runs the same code as the run whatever the run's ``sys.path``.
 
 On its standard input it reads event lines (JSON objects, one per line, as the trace
 writes them) and commands (``!flush N``: commit all so far, then answer). On its
@@ -32,7 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from thinktree._json import dump_line, dumps, loads
+import orjson
 
 __all__ = ["LIVE_AFTER_S", "REDACTED", "SCHEMA_VERSION", "Writer", "is_secret", "redact", "scrub"]
 
@@ -225,7 +226,14 @@ _CALL_ROW = operator.itemgetter(*_CALL_COLUMNS)
 _VOTE_ROW = operator.itemgetter(*_VOTE_COLUMNS)
 _UPDATE_RUN = f"UPDATE run SET {', '.join(f'{c} = :{c}' for c in _RUN_COLUMNS)} WHERE id = 1"
 
-_dumps = dumps
+loads = orjson.loads
+
+
+def _dumps(obj: Any) -> str:
+    """Compact JSON text of what ``loads`` read (so every key is a string)."""
+    return orjson.dumps(obj, default=str).decode()
+
+
 _flat = itertools.chain.from_iterable
 
 # --- redaction ---------------------------------------------------------------------------
@@ -848,7 +856,7 @@ def main(argv: Sequence[str]) -> int:
 
     def report(message: _Row) -> None:
         with contextlib.suppress(OSError):  # the run's process is gone: nobody to tell
-            out.write(dump_line(message))
+            out.write(orjson.dumps(message, option=orjson.OPT_APPEND_NEWLINE))
             out.flush()
 
     writer = Writer(
