@@ -111,11 +111,13 @@ class ProblemTree:
     def walk(self, node_id: str | None = None) -> list[Node]:
         """Nodes in depth-first order, starting at ``node_id`` (default: the root)."""
         out: list[Node] = []
+        nodes = self.nodes
         stack = [node_id or self.root_id]
         while stack:
-            node = self.nodes[stack.pop()]
+            node = nodes[stack.pop()]
             out.append(node)
-            stack.extend(reversed(node.children))
+            if node.children:  # most are leaves (a call's node)
+                stack.extend(reversed(node.children))
         return out
 
     def of_kind(self, *kinds: NodeKind) -> list[Node]:
