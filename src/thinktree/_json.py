@@ -52,7 +52,11 @@ def dump_bytes_via(obj: Any, convert: Callable[[Any], Any]) -> bytes:
 
 def dump_line(obj: Any) -> bytes:
     """``obj`` as one line of JSON Lines: :func:`dump_bytes` and a newline."""
-    return _dump(obj, str, _LINE)
+    # :func:`_dump` written out: a trace writes several lines per sample
+    try:
+        return orjson.dumps(obj, default=str, option=_LINE)
+    except orjson.JSONEncodeError:
+        return orjson.dumps(obj, default=str, option=_LINE | _NON_STR)
 
 
 def dumps(obj: Any) -> str:

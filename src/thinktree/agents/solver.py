@@ -792,13 +792,15 @@ class Solver:
             call_id=result.call_id,
             request_id=result.request_id,
         )
+        # positional (node_id, text, finish_reason, completion_tokens, answer): one per
+        # sample; its tokens are the text's, what the mode's budgets count (the node says
+        # what was spent)
         return event, Segment(
-            node_id=req.node_id,
-            text=choice.text,
-            finish_reason=choice.finish_reason,
-            # the text's: what the mode's budgets count (the node says what was spent)
-            completion_tokens=choice.completion_tokens - choice.cut_off_tokens,
-            answer=answer,
+            req.node_id,
+            choice.text,
+            choice.finish_reason,
+            choice.completion_tokens - choice.cut_off_tokens,
+            answer,
         )
 
 

@@ -105,13 +105,9 @@ class BudgetForcing:
 
     def first_request(self, parent: str, pool: Budget) -> SegmentRequest:
         thinking = pool.child(f"{parent} thinking", self.budget)
+        # positional (node_id, parent_id, kind, label, budget, max_tokens): one per sample
         return SegmentRequest(
-            node_id=f"{parent}/think",
-            parent_id=parent,
-            kind=NodeKind.GENERATION,
-            label="thinking",
-            budget=thinking,
-            max_tokens=self.budget,
+            f"{parent}/think", parent, NodeKind.GENERATION, "thinking", thinking, self.budget
         )
 
     async def run(

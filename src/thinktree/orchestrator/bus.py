@@ -52,6 +52,7 @@ def _deliverer(subscriber: Subscriber) -> Callable[[Sequence[Event]], None]:
 
 _TICK_NS = 100_000  # an event's time stamp is in steps of 0.1 ms
 _TICKS_PER_S = 10_000
+_monotonic_ns = time.monotonic_ns
 # Sets a (frozen) event's ``at`` through its slot, without object.__setattr__'s lookup.
 _set_at: Callable[[Event, float], None] = vars(Event)["at"].__set__
 
@@ -69,7 +70,8 @@ class EventBus:
         self._subscribers = list(subscribers)
         self._deliver = [_deliverer(s) for s in self._subscribers]
         self._started = started
-        self._started_ns = round(started * 1e9)  # the same instant, for emit's integer clock
+        # the same instant, for emit's integer clock, half a tick early: a stamp rounds
+        self._rounded_from_ns = round(started * 1e9) - _TICK_NS // 2
         self._buffer = buffer
         self._queue: deque[Event] = deque()
         self._ready = anyio.Event()  # set when the queue has something (or closed)
@@ -88,15 +90,16 @@ class EventBus:
     async def emit(self, event: Event) -> None:
         # Seconds since the start to 4 places, worked out in whole nanoseconds: rounding a
         # float to places costs more than the rest of an emit.
-        ticks = (time.monotonic_ns() - self._started_ns + _TICK_NS // 2) // _TICK_NS
+        ticks = (_monotonic_ns() - self._rounded_from_ns) // _TICK_NS
         _set_at(event, ticks / _TICKS_PER_S)
-        while len(self._queue) >= self._buffer and not self._stopped:
+        queue = self._queue
+        while len(queue) >= self._buffer and not self._stopped:
             if self._closed:
                 raise anyio.ClosedResourceError
             await self._room.wait()
+            queue = self._queue  # the dispatcher took the one that was full
         if self._closed:
             raise anyio.ClosedResourceError
-        queue = self._queue
         queue.append(event)
         # The dispatcher waits on a fresh ``_ready`` only while the queue is empty, so
         # only the event that ends that wait needs to set it (the others find it set).

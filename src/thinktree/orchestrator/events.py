@@ -100,7 +100,7 @@ _FACTORY: Any = _Factory()
 
 def _slot_init(cls: type[_E]) -> type[_E]:
     """Give the frozen dataclass ``cls`` an ``__init__`` that sets each field through
-    its slot's setter.
+    its slot's setter, and a :meth:`Event.json_line` of its own (:func:`_line_writer`).
 
     dataclass's own sets each field with ``object.__setattr__(self, name, value)`` (a
     frozen class's ``__setattr__`` refuses), which finds the slot by name every time: for
@@ -136,6 +136,8 @@ def _slot_init(cls: type[_E]) -> type[_E]:
     init.__qualname__ = f"{cls.__qualname__}.__init__"
     init.__module__ = cls.__module__
     setattr(cls, "__init__", init)  # noqa: B010 (mypy refuses assigning to a method)
+    if "json_line" not in vars(cls):  # a class that writes its own line keeps it
+        setattr(cls, "json_line", _line_writer(cls))  # noqa: B010
     return cls
 
 
@@ -186,6 +188,21 @@ def _line_dict(cls: type[Event]) -> Callable[[Any], dict[str, Any]]:
     source = f"lambda event: {{'type': {cls.type!r}, {', '.join(items)}}}"
     as_dict: Callable[[Any], dict[str, Any]] = eval(source, {})
     return as_dict
+
+
+def _line_writer(cls: type[Event]) -> Callable[[Any], bytes]:
+    """:meth:`Event.json_line` for ``cls``, compiled once: what :func:`_line_dict`'s
+    function builds, written at once, without a look-up of it and a call for each event."""
+    items = [f"{name!r}: self.{name}" for name in (f.name for f in dataclasses.fields(cls))]
+    line = f"{{'type': {cls.type!r}, {', '.join(items)}}}"
+    source = f"def json_line(self):\n    return _dump_line({line})"
+    env: dict[str, Any] = {"_dump_line": dump_line}
+    exec(source, env)
+    json_line: Callable[[Any], bytes] = env["json_line"]
+    json_line.__doc__ = Event.json_line.__doc__
+    json_line.__qualname__ = f"{cls.__qualname__}.json_line"
+    json_line.__module__ = cls.__module__
+    return json_line
 
 
 _Shape = tuple[tuple[str, ...], Callable[[Any], tuple[Any, ...]], tuple[str, ...]]

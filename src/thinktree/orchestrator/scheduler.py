@@ -78,10 +78,8 @@ async def solve_problem(
     scores: list[float | None] = [None] * len(candidates)
     if verify is not None:
         scores = await verify(solver, candidates, pool)
-    votes = [
-        Vote(answer=c.answer, reasoning_tokens=c.reasoning_tokens, score=s)
-        for c, s in zip(candidates, scores, strict=True)
-    ]
+    # positional (answer, reasoning_tokens, score): one per sample
+    votes = [Vote(c.answer, c.reasoning_tokens, s) for c, s in zip(candidates, scores, strict=True)]
     try:
         decision = aggregate(votes)
     except MissingScores:  # every verdict failed: the plain vote decides, and says so

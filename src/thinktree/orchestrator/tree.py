@@ -111,11 +111,13 @@ class ProblemTree:
     def walk(self, node_id: str | None = None) -> list[Node]:
         """Nodes in depth-first order, starting at ``node_id`` (default: the root)."""
         out: list[Node] = []
+        nodes = self.nodes
         stack = [node_id or self.root_id]
         while stack:
-            node = self.nodes[stack.pop()]
+            node = nodes[stack.pop()]
             out.append(node)
-            stack.extend(reversed(node.children))
+            if node.children:  # most are leaves (a call's node)
+                stack.extend(reversed(node.children))
         return out
 
     def of_kind(self, *kinds: NodeKind) -> list[Node]:
@@ -165,15 +167,25 @@ class RunTree:
             case NodeStarted():
                 nid, pid = event.node_id, event.problem_id
                 nodes = self.problems[pid].nodes
+                # positional, up to started_at (keywords cost half as much again): two per
+                # sample
                 nodes[nid] = Node(
-                    id=nid,
-                    problem_id=pid,
-                    parent_id=event.parent_id,
-                    kind=event.kind,
-                    label=event.label,
-                    max_tokens=event.max_tokens,
-                    continuation=event.continuation,
-                    started_at=event.at,
+                    nid,
+                    pid,
+                    event.parent_id,
+                    event.kind,
+                    event.label,
+                    NodeStatus.RUNNING,  # status
+                    "",  # text
+                    event.max_tokens,
+                    event.continuation,
+                    0,  # prompt_tokens
+                    0,  # completion_tokens
+                    None,  # answer
+                    None,  # extraction
+                    None,  # finish_reason
+                    0.0,  # latency_s
+                    event.at,  # started_at
                 )
                 nodes[event.parent_id].children.append(nid)
                 self._node_problem[nid] = pid
