@@ -226,6 +226,14 @@ def _copy(value: Any) -> Any:
 _ATOMS = (str, int, float, bool, type(None))
 
 
+def container_fields(cls: type[Event]) -> tuple[str, ...]:
+    """The fields of ``cls`` that may hold dicts or lists (the others hold scalars)."""
+    shape = _SHAPES.get(cls)
+    if shape is None:
+        shape = _SHAPES[cls] = _shape(cls)
+    return shape[2]
+
+
 def _shape(cls: type[Event]) -> _Shape:
     """Field names, a getter of their values, and the fields that may hold containers."""
     fields = dataclasses.fields(cls)

@@ -31,8 +31,6 @@ import stat
 import subprocess
 import sys
 import threading
-import types
-import typing
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,11 +47,7 @@ from thinktree._files import held, in_use
 from thinktree._json import dumps, loads
 from thinktree.errors import ThinktreeError
 from thinktree.orchestrator import store_writer
-from thinktree.orchestrator.events import (
-    Event,
-    NodeDelta,
-    failed_call,
-)
+from thinktree.orchestrator.events import Event, NodeDelta, container_fields, failed_call
 from thinktree.orchestrator.store_writer import (
     MODEL_OUTPUT_FIELDS,
     REDACTED,
@@ -93,16 +87,6 @@ _SQLITE_MAGIC = b"SQLite format 3\x00"
 
 class StoreError(ThinktreeError):
     """A run store that cannot be created, opened or read; the message says why."""
-
-
-_PLAIN = (str, int, float, bool, type(None))
-
-
-def _plain(hint: Any) -> bool:
-    """Whether a field of this type can only hold a scalar (nothing to redact inside)."""
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        return all(_plain(arg) for arg in typing.get_args(hint))
-    return isinstance(hint, type) and issubclass(hint, _PLAIN)
 
 
 # --- shared helpers ----------------------------------------------------------------------
@@ -180,6 +164,13 @@ def _open_checked(path: Path) -> sqlite3.Connection:
     return conn
 
 
+FEED_EVERY_S: Final = 0.01
+"""How often the feeder thread hands the queued lines to the writer (and at most how long
+a line waits for it)..."""
+FEED_BYTES: Final = 1 << 18
+"""...or as soon as this many bytes wait."""
+
+
 class RunStore:
     """Writes a run's events into a new ``run.sqlite``: a bus subscriber that never blocks.
 
@@ -220,6 +211,7 @@ class RunStore:
         self._skipped = 0
         self._closed = False
         self._out: deque[bytes] = deque()  # bytes for the writer, in order
+        self._queued = 0  # about how many bytes wait in _out
         self._wake = threading.Event()
         self._flushes = itertools.count(1)
         self._flushed: dict[int, threading.Event] = {}
@@ -303,7 +295,8 @@ class RunStore:
     def _start_process(
         self, lock_fd: int, interval_s: float, batch_events: int
     ) -> Callable[[bytes], None]:
-        """Start the writer process (it takes over the lock); return how to send to it."""
+        """Start the writer process (it takes over the lock); return how to send to it
+        (``b""`` ends its input)."""
         proc = self._proc = subprocess.Popen(
             [
                 sys.executable,
@@ -325,19 +318,23 @@ class RunStore:
         assert proc.stdin is not None and proc.stdout is not None
         stdin, stdout = proc.stdin, proc.stdout
         threading.Thread(
-            target=self._listen, args=(stdout,), name="thinktree-store-listen", daemon=True
+            target=self._listen, args=(proc, stdout), name="thinktree-store-listen", daemon=True
         ).start()
 
         def send(data: bytes) -> None:
-            stdin.write(data)
-            stdin.flush()
+            if data:
+                stdin.write(data)
+                stdin.flush()
+            else:  # the end
+                stdin.close()
 
         return send
 
     def _start_thread(
         self, lock_fd: int, interval_s: float, batch_events: int
     ) -> Callable[[bytes], None]:
-        """Start the writer in a thread of this process; return how to send to it."""
+        """Start the writer in a thread of this process; return how to send to it
+        (``b""`` ends its input)."""
         chunks: deque[bytes | None] = deque()  # None: the end
         ready = threading.Event()
 
@@ -398,7 +395,10 @@ class RunStore:
         if self._closed:
             return
         self._out.append(lines)
-        if not self._wake.is_set():
+        # The feeder takes what is queued every FEED_EVERY_S: waking it for every batch
+        # would hand the GIL back and forth thousands of times a second.
+        self._queued += len(lines)  # a guide only (the feeder resets it from its thread)
+        if self._queued >= FEED_BYTES and not self._wake.is_set():
             self._wake.set()
 
     async def flush(self) -> None:
@@ -409,6 +409,7 @@ class RunStore:
         number = next(self._flushes)
         flushed = self._flushed[number] = threading.Event()
         self.feed(b"!flush %d\n" % number)
+        self._wake.set()
         await anyio.to_thread.run_sync(self._wait, flushed)
 
     def _wait(self, flushed: threading.Event) -> None:
@@ -426,15 +427,6 @@ class RunStore:
         self._done.wait()
         with contextlib.suppress(sqlite3.Error):
             self._conn.close()  # the last connection: the -wal file goes with it
-        if self._proc is not None:
-            code = self._proc.wait()
-            if code != 0 and self.error is None:
-                self._heard(
-                    {
-                        "error": f"run store {self.path} stopped recording: its writer "
-                        f"ended with exit code {code}"
-                    }
-                )
 
     async def aclose(self) -> None:
         """:meth:`close` without blocking the event loop."""
@@ -455,33 +447,34 @@ class RunStore:
 
     def _feed(self) -> None:
         """Hand the queued bytes to the writer, in order; the empty bytes end its input."""
-        out, send = self._out, self._send
+        out, send, wake = self._out, self._send, self._wake
         while True:
-            self._wake.wait()
-            self._wake.clear()
-            while out:
-                data = out.popleft()
-                try:
-                    send(data)
-                    if not data:
-                        self._end_input()
-                        return
-                except OSError:  # the writer is gone: what it was sent is all it stored
-                    out.clear()
-                    if self._closed:
-                        return
-
-    def _end_input(self) -> None:
-        if self._proc is not None and self._proc.stdin is not None:
+            wake.wait(FEED_EVERY_S)
+            wake.clear()
+            if not out:
+                continue
+            chunks = [out.popleft() for _ in range(len(out))]
+            self._queued = 0
+            end = not chunks[-1]  # b"" (the end) is the last thing ever queued
+            # if the writer is gone, what it was sent is all it stored
             with contextlib.suppress(OSError):
-                self._proc.stdin.close()
+                if data := b"".join(chunks):
+                    send(data)
+            if end:
+                with contextlib.suppress(OSError):
+                    send(b"")
+                return
 
-    def _listen(self, stdout: IO[bytes]) -> None:
+    def _listen(self, proc: subprocess.Popen[bytes], stdout: IO[bytes]) -> None:
         """Read the writer process's reports until it ends."""
         try:
             for line in stdout:
                 with contextlib.suppress(ValueError):
                     self._heard(loads(line))
+            code = proc.wait()
+            if code != 0 and not self._done.is_set():
+                ended = f"its writer ended with exit code {code}"
+                self._heard({"error": f"run store {self.path} stopped recording: {ended}"})
         finally:
             self._writer_ended()
 
@@ -497,6 +490,8 @@ class RunStore:
             log.warning(
                 "run store: event does not fit the tree so far", event_type=event_type, why=why
             )
+        elif "done" in report:  # closed: the process itself may take a while to go
+            self._writer_ended()
         elif "error" in report and self.error is None:
             self.error = str(report["error"])
             log.error("run store failed; the run goes on without it", error=self.error)
@@ -517,13 +512,10 @@ def _event_shapes() -> dict[str, tuple[list[str], list[str]]]:
         classes.extend(cls.__subclasses__())
         if cls is Event:
             continue
-        try:
-            hints = typing.get_type_hints(cls)
-        except (NameError, TypeError):
-            hints = {}
+        containers = container_fields(cls)
         names = [f.name for f in dataclasses.fields(cls)]
         shapes[cls.type] = (
-            [n for n in names if n not in MODEL_OUTPUT_FIELDS and not _plain(hints.get(n, object))],
+            [n for n in names if n in containers and n not in MODEL_OUTPUT_FIELDS],
             [n for n in names if n in TEXT_FIELDS],
         )
     return shapes
