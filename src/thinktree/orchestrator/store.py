@@ -40,6 +40,7 @@ from typing import IO, Any, Final, Literal
 from urllib.parse import quote
 
 import anyio
+import orjson
 import structlog
 
 from thinktree import __version__
@@ -164,6 +165,11 @@ def _open_checked(path: Path) -> sqlite3.Connection:
     return conn
 
 
+# Runs the writer's file as a script, with orjson's folder last on its sys.path.
+_LAUNCH: Final = (
+    "import runpy, sys; del sys.argv[0]; sys.path.append(sys.argv.pop(0)); "
+    "runpy.run_path(sys.argv[0], run_name='__main__')"
+)
 FEED_EVERY_S: Final = 0.01
 """How often the feeder thread hands the queued lines to the writer (and at most how long
 a line waits for it)..."""
@@ -300,7 +306,11 @@ class RunStore:
         proc = self._proc = subprocess.Popen(
             [
                 sys.executable,
-                "-P",  # not the script's folder first on sys.path: it holds a trace.py
+                "-S",  # no site: the writer needs orjson's folder only, and starts sooner
+                "-P",  # nor the script's folder first on sys.path: it holds a trace.py
+                "-c",
+                _LAUNCH,
+                str(Path(orjson.__file__).parents[1]),
                 store_writer.__file__,
                 str(self.path),
                 str(lock_fd),

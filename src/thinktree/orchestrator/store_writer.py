@@ -775,6 +775,7 @@ class Writer:
         self._batch = max(1, batch_events)
         self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.execute("PRAGMA wal_autocheckpoint=128")
         self.projection = _Projection(self.conn, shapes, report)
 
     def serve(self, read: Read) -> None:
