@@ -791,11 +791,15 @@ class Writer:
             self._report({"done": True})
 
     def _serve(self, projection: _Projection, read: Read) -> None:
+        """Commit what came in once no more is waiting (the writer keeps up, so little is
+        left to commit when the input ends), once ``batch_events`` wait, and at least
+        every ``interval_s`` while nodes still run."""
         pending: list[_Row] = []
         rest = b""
         last = time.monotonic()
         while True:
-            data = read(max(0.0, self._interval - (time.monotonic() - last)))
+            wait = 0.0 if pending else max(0.0, self._interval - (time.monotonic() - last))
+            data = read(wait)
             if data is None:
                 break  # a line cut off at the end (a writer killed mid-line) is no event
             if data:
@@ -810,11 +814,14 @@ class Writer:
                         pending = []
                         last = time.monotonic()
                         self._report({"flushed": int(line[len(_FLUSH) :])})
-            if len(pending) >= self._batch or time.monotonic() - last >= self._interval:
-                if pending or projection.waiting:
-                    self._write(pending, final=False)
-                    pending = []
-                last = time.monotonic()
+                if len(pending) < self._batch:
+                    continue  # read on while more is waiting
+            elif not pending and time.monotonic() - last < self._interval:
+                continue
+            if pending or projection.waiting:
+                self._write(pending, final=False)
+                pending = []
+            last = time.monotonic()
         self._write(pending, final=True)
 
     def _write(self, events: list[_Row], *, final: bool) -> None:
