@@ -380,7 +380,7 @@ _NEW_NODE: Final[_Row] = {
 
 
 class _Projection:
-    """The writer thread's side: events in, rows out, one transaction per batch.
+    """The writer's tables: events in, rows out, one transaction per batch.
 
     Rows that may still change (those of problems not finished yet) are kept in memory
     and written whole, each at most once per batch, by a few multi-row INSERTs per table;
