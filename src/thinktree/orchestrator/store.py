@@ -227,6 +227,7 @@ class RunStore:
         lock_fd, self._conn = self._create()
         settings = (interval_s, batch_events)
         self._proc: subprocess.Popen[bytes] | None = None
+        self._listener: threading.Thread | None = None
         self._inline: store_writer.Writer | None = None
         try:
             if writer == "process" and sys.executable:  # an embedded interpreter may have none
@@ -327,9 +328,10 @@ class RunStore:
         os.close(lock_fd)  # the writer holds the lock now, for as long as it lives
         assert proc.stdin is not None and proc.stdout is not None
         stdin, stdout = proc.stdin, proc.stdout
-        threading.Thread(
+        self._listener = threading.Thread(
             target=self._listen, args=(proc, stdout), name="thinktree-store-listen", daemon=True
-        ).start()
+        )
+        self._listener.start()
 
         def send(data: bytes) -> None:
             if data:
@@ -437,6 +439,8 @@ class RunStore:
         self._done.wait()
         with contextlib.suppress(sqlite3.Error):
             self._conn.close()  # the last connection: the -wal file goes with it
+        if self._listener is not None:
+            self._listener.join()  # the writer process has exited and been reaped
 
     async def aclose(self) -> None:
         """:meth:`close` without blocking the event loop."""
