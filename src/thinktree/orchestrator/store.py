@@ -234,8 +234,9 @@ class RunStore:
                 self._send = self._start_process(lock_fd, *settings)
             else:
                 self._send = self._start_thread(lock_fd, *settings)
-        except OSError as exc:
-            os.close(lock_fd)
+        except (OSError, sqlite3.Error) as exc:
+            if self._proc is None:  # a started writer process holds the lock itself
+                os.close(lock_fd)
             self._conn.close()
             why = reason(exc)
             raise StoreError(f"cannot start the writer of run store {path}: {why}") from None
