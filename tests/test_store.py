@@ -41,6 +41,7 @@ from thinktree.orchestrator.store import (
     StoreError,
     list_runs,
     redact,
+    wait_for_writer,
 )
 from thinktree.pricing import Price
 
@@ -428,6 +429,27 @@ def test_a_killed_run_leaves_its_writer_to_finish_the_store(db_path: Path) -> No
     with RunStore.open_readonly(db_path) as reader:
         assert reader.status() == "interrupted"
         assert [p["id"] for p in reader.problems()] == ["p"]
+
+
+def test_a_store_is_replaced_only_once_a_killed_runs_writer_has_finished(db_path: Path) -> None:
+    subprocess.run([sys.executable, "-c", _DYING_RUN, db_path, "run"], check=True, timeout=60)
+    wait_for_writer(db_path)  # as a resume does before it discards the store
+    assert not (db_path.parent / f"{STORE_NAME}-lock").exists()
+    assert query(db_path, "SELECT status FROM run") == [("interrupted",)]
+
+
+def test_waiting_for_a_writer_that_does_not_end_gives_up_in_one_line(db_path: Path) -> None:
+    store = RunStore(db_path)
+    try:
+        with pytest.raises(StoreError) as caught:
+            wait_for_writer(db_path, timeout_s=0.2)
+        assert str(caught.value) == (
+            f"run store {db_path} is still being written by another process; "
+            "try again once that process has ended"
+        )
+    finally:
+        store.close()
+    wait_for_writer(db_path, timeout_s=0.2)  # closed: nothing to wait for
 
 
 async def test_a_writer_killed_mid_run_stops_the_store_not_the_run(

@@ -64,7 +64,7 @@ from thinktree.orchestrator.events import (
 from thinktree.orchestrator.gc_tuning import run_gc
 from thinktree.orchestrator.ledger import Budget, RecordedCalls
 from thinktree.orchestrator.scheduler import run_problems
-from thinktree.orchestrator.store import STORE_NAME, RunStore
+from thinktree.orchestrator.store import STORE_NAME, RunStore, wait_for_writer
 from thinktree.orchestrator.subscribers import TraceWriter, TreeRecorder
 from thinktree.orchestrator.tree import Node, ProblemTree
 from thinktree.pricing import (
@@ -945,8 +945,10 @@ def _discard_store(path: Path) -> None:
     """A resumed run rebuilds its store from scratch (the calls come from the cache).
 
     A store the run was killed while creating (empty, or a database without tables yet)
-    is discarded too; anything else that is not a run store is refused.
+    is discarded too; anything else that is not a run store is refused. A killed run's
+    writer still finishing the store is waited for first.
     """
+    wait_for_writer(path)
     if path.exists() and not _never_written(path):
         with contextlib.closing(RunStore.open_readonly(path)):
             pass  # raises a one-line StoreError for a foreign or damaged file

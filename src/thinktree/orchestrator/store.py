@@ -31,6 +31,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -79,6 +80,7 @@ __all__ = [
     "list_runs",
     "redact",
     "scrub",
+    "wait_for_writer",
 ]
 
 STORE_NAME: Final = "run.sqlite"
@@ -96,6 +98,23 @@ class StoreError(ThinktreeError):
 def _writer_alive(path: Path) -> bool:
     """Whether a live writer holds the store's lock (read-only: takes no lasting lock)."""
     return held(lock_path(path))
+
+
+def wait_for_writer(path: Path, timeout_s: float = 30.0) -> None:
+    """Wait until no writer holds the store at ``path``.
+
+    A run killed a moment ago leaves its writer process to commit the events it was
+    handed, which takes moments; a store must not be replaced under it. Raises
+    :class:`StoreError` when a writer still holds it after ``timeout_s``.
+    """
+    deadline = time.monotonic() + timeout_s
+    while _writer_alive(path):
+        if time.monotonic() > deadline:
+            raise StoreError(
+                f"run store {path} is still being written by another process; "
+                "try again once that process has ended"
+            )
+        time.sleep(0.01)
 
 
 def _open_checked(path: Path) -> sqlite3.Connection:
