@@ -307,7 +307,7 @@ def reason(exc: BaseException) -> str:
 class Shapes:
     """Which fields of each event type to redact (those that may hold dicts or lists) and
     to scrub (free text that may quote a credential), as :class:`RunStore` worked them out
-    from the event classes' type hints.
+    from the event classes' field types.
 
     A type not named (an event class made after the store started) has every field but
     ``at`` redacted, model output aside: more than needed rather than a credential kept.

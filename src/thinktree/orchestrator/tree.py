@@ -167,25 +167,15 @@ class RunTree:
             case NodeStarted():
                 nid, pid = event.node_id, event.problem_id
                 nodes = self.problems[pid].nodes
-                # positional, up to started_at (keywords cost half as much again): two per
-                # sample
                 nodes[nid] = Node(
-                    nid,
-                    pid,
-                    event.parent_id,
-                    event.kind,
-                    event.label,
-                    NodeStatus.RUNNING,  # status
-                    "",  # text
-                    event.max_tokens,
-                    event.continuation,
-                    0,  # prompt_tokens
-                    0,  # completion_tokens
-                    None,  # answer
-                    None,  # extraction
-                    None,  # finish_reason
-                    0.0,  # latency_s
-                    event.at,  # started_at
+                    id=nid,
+                    problem_id=pid,
+                    parent_id=event.parent_id,
+                    kind=event.kind,
+                    label=event.label,
+                    max_tokens=event.max_tokens,
+                    continuation=event.continuation,
+                    started_at=event.at,
                 )
                 nodes[event.parent_id].children.append(nid)
                 self._node_problem[nid] = pid
