@@ -16,6 +16,9 @@ from pathlib import Path
 import anyio
 import pytest
 
+from choice_set import beta_problems
+from thinktree.agents.endpoint import EndpointConfig
+from thinktree.agents.modes import ModeSettings
 from thinktree.errors import ThinktreeError
 from thinktree.orchestrator.bus import Subscriber, event_bus
 from thinktree.orchestrator.events import (
@@ -33,6 +36,7 @@ from thinktree.orchestrator.events import (
     RunStarted,
     VoteCast,
 )
+from thinktree.orchestrator.run import RunSettings, execute
 from thinktree.orchestrator.store import (
     REDACTED,
     SCHEMA_VERSION,
@@ -44,6 +48,7 @@ from thinktree.orchestrator.store import (
     wait_for_writer,
 )
 from thinktree.pricing import Price
+from thinktree.testing.fake_server import FakeBehaviour, FakeServer
 
 pytestmark = pytest.mark.anyio
 
@@ -378,6 +383,21 @@ async def test_a_closed_store_is_whole_without_its_wal(
     reader.close()
 
 
+async def test_finish_ends_the_input_and_the_writer_completes_meanwhile(
+    store: RunStore, db_path: Path
+) -> None:
+    feed(store, full_run())
+    store.finish()  # returns at once: the run goes on to its results
+    late = ProblemStarted(at=4.0, problem_id="late", node_id="late", question="q", gold=None)
+    store.handle(late)  # after the end: dropped, not an error
+    await store.aclose()
+    await store.aclose()  # closing again is harmless
+    assert query(db_path, "SELECT status FROM run") == [("completed",)]
+    assert query(db_path, "SELECT count(*) FROM events") == [(EVENTS_STORED,)]
+    assert query(db_path, "SELECT id FROM problems ORDER BY id") == [("p1",), ("p2",)]
+    assert not (db_path.parent / f"{STORE_NAME}-lock").exists()
+
+
 async def test_closed_without_run_finished_is_interrupted(store: RunStore, db_path: Path) -> None:
     feed(store, [run_started(), *problem_events()[:6]])
     await store.aclose()
@@ -385,6 +405,30 @@ async def test_closed_without_run_finished_is_interrupted(store: RunStore, db_pa
     with RunStore.open_readonly(db_path) as reader:
         assert reader.status() == "interrupted"
     assert not (db_path.parent / f"{STORE_NAME}-lock").exists()
+
+
+async def test_a_runs_results_appear_only_once_its_store_is_finished(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the store's writer finishes while the results are made; results.json is still the
+    # run's last file, so whoever sees it finds the store complete
+    folder = tmp_path / "run"
+    seen: list[tuple[object, bool]] = []
+    replace = os.replace
+
+    def spying(src: str | Path, dst: str | Path) -> None:
+        if Path(dst) == folder / "results.json":
+            status = query(folder / STORE_NAME, "SELECT status FROM run")
+            seen.append((status, (folder / f"{STORE_NAME}-lock").exists()))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", spying)
+    modes = ModeSettings(mode="parallel", n=4, budget=16)
+    async with FakeServer(FakeBehaviour(reply="Thinking. Answer: B")) as server:
+        endpoint = EndpointConfig(name="fake", base_url=server.base_url, continuation="chat")
+        result = await execute(beta_problems(6), endpoint, RunSettings(modes=modes, out=folder))
+    assert result.metrics.correct == 6
+    assert seen == [([("completed",)], False)]  # written, and its writer gone
 
 
 _DYING_RUN = """

@@ -359,80 +359,89 @@ async def _execute(
             sampling = Sampling(temperature=settings.temperature_for_mode(), seed=settings.seed)
             status = "failed"
             try:
-                async with event_bus([recorder, trace, *subscribers]) as bus:
-                    bus_holder.append(bus)
-                    await bus.emit(
-                        RunStarted(
-                            run_id=run_id,
-                            mode=settings.modes.mode,
-                            endpoint=endpoint.name,
-                            model=model,
-                            problems=len(problems),
-                            settings=_settings_dict(settings, aggregate_name),
-                        )
-                    )
-
-                    def make_solver(problem: Problem) -> Solver:
-                        return Solver(
-                            problem=problem,
-                            client=client,
-                            caps=caps,
-                            bus=bus,
-                            sampling=sampling,
-                            money=money,
-                            answer_format=check_format(settings.answer_format),
-                            recorded=recorded,
-                        )
-
-                    try:
-                        await run_problems(
-                            problems,
-                            strategy,
-                            aggregate,
-                            make_solver,
-                            bus,
-                            concurrency=settings.concurrency,
-                            run_pool=run_pool,
-                            problem_limit=settings.max_problem_tokens,
-                            verify=panel.score if panel is not None else None,
-                        )
-                        stopped = _stopped_by(recorder)
-                        status = "stopped" if stopped else "completed"
-                    except (anyio.get_cancelled_exc_class(), KeyboardInterrupt):
-                        status = "cancelled"  # resumable: its finished calls are kept
-                        raise
-                    finally:
-                        # bounded, so a full buffer cannot hang the shutdown
-                        with anyio.move_on_after(2, shield=True):
-                            await bus.emit(
-                                RunFinished(
-                                    run_id=run_id,
-                                    status=status,
-                                    read_back_retries=cache.carried_retries(),
-                                )
+                try:
+                    async with event_bus([recorder, trace, *subscribers]) as bus:
+                        bus_holder.append(bus)
+                        await bus.emit(
+                            RunStarted(
+                                run_id=run_id,
+                                mode=settings.modes.mode,
+                                endpoint=endpoint.name,
+                                model=model,
+                                problems=len(problems),
+                                settings=_settings_dict(settings, aggregate_name),
                             )
-            finally:
-                cache.close()
-                with anyio.CancelScope(shield=True):
-                    await store.aclose()  # after the bus: every line the trace fed it
+                        )
+
+                        def make_solver(problem: Problem) -> Solver:
+                            return Solver(
+                                problem=problem,
+                                client=client,
+                                caps=caps,
+                                bus=bus,
+                                sampling=sampling,
+                                money=money,
+                                answer_format=check_format(settings.answer_format),
+                                recorded=recorded,
+                            )
+
+                        try:
+                            await run_problems(
+                                problems,
+                                strategy,
+                                aggregate,
+                                make_solver,
+                                bus,
+                                concurrency=settings.concurrency,
+                                run_pool=run_pool,
+                                problem_limit=settings.max_problem_tokens,
+                                verify=panel.score if panel is not None else None,
+                            )
+                            stopped = _stopped_by(recorder)
+                            status = "stopped" if stopped else "completed"
+                        except (anyio.get_cancelled_exc_class(), KeyboardInterrupt):
+                            status = "cancelled"  # resumable: its finished calls are kept
+                            raise
+                        finally:
+                            # bounded, so a full buffer cannot hang the shutdown
+                            with anyio.move_on_after(2, shield=True):
+                                await bus.emit(
+                                    RunFinished(
+                                        run_id=run_id,
+                                        status=status,
+                                        read_back_retries=cache.carried_retries(),
+                                    )
+                                )
+                finally:
+                    cache.close()
+                    # after the bus: the trace has fed it every line. Its writer commits
+                    # the last of them while the results are made (published once it ends)
+                    store.finish()
                     if panel is not None:
-                        await panel.aclose()
-            if panel is not None:  # the models its verdicts named, priced: kept with the run
-                save_prices(folder, used_prices(settings, model, panel.models()))
+                        with anyio.CancelScope(shield=True):
+                            await panel.aclose()
+                if panel is not None:  # the models its verdicts named, priced: kept with the run
+                    save_prices(folder, used_prices(settings, model, panel.models()))
+                result = conclude(
+                    folder,
+                    facts,
+                    problems,
+                    recorder,
+                    servers=client.figures() if isinstance(client, EndpointPool) else None,
+                    cached_calls=cache.hits,
+                    read_back_retries=cache.carried_retries(),
+                    # only a store shared with other runs, now or in an earlier session,
+                    # lends calls
+                    read_back=None
+                    if resume is not None or shared_calls is not None
+                    else frozenset(),
+                    before_publish=store.close,  # results.json is the run's last file
+                )
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await store.aclose()
             if store.error:
                 log.warning("run store incomplete", error=store.error)
-
-        result = conclude(
-            folder,
-            facts,
-            problems,
-            recorder,
-            servers=client.figures() if isinstance(client, EndpointPool) else None,
-            cached_calls=cache.hits,
-            read_back_retries=cache.carried_retries(),
-            # only a store shared with other runs, now or in an earlier session, lends calls
-            read_back=None if resume is not None or shared_calls is not None else frozenset(),
-        )
     log.info(
         "run finished",
         run_id=run_id,
@@ -453,6 +462,7 @@ def conclude(
     cached_calls: int = 0,
     read_back_retries: int = 0,
     read_back: frozenset[str] | None = None,
+    before_publish: Callable[[], None] | None = None,
 ) -> RunResult:
     """A finished run's trees and metrics from its recorder, written to ``results.json``
     (also for a sharded cell, whose events were replayed into ``recorder``).
@@ -461,7 +471,8 @@ def conclude(
     run's earlier sessions, those behind calls read back from a bench's call store),
     counted with this session's own. ``read_back``: the ids of the calls the run read
     back from a store it shares with other runs, where the caller knows them (a fresh
-    run that shares none has none); None reads them from the run's call store."""
+    run that shares none has none); None reads them from the run's call store.
+    ``before_publish`` runs once the results are written, before they take their name."""
     trees = [recorder.tree.problems[p.id] for p in problems]
     stopped = _stopped_by(recorder)
     settings = facts.settings
@@ -477,7 +488,15 @@ def conclude(
         price=settings.prices.get(facts.model),
         read_back=read_back_calls(folder / CALLS) if read_back is None else read_back,
     )
-    write_results(folder / RESULTS, facts, metrics, trees, stopped_by=stopped, servers=servers)
+    write_results(
+        folder / RESULTS,
+        facts,
+        metrics,
+        trees,
+        stopped_by=stopped,
+        servers=servers,
+        before_publish=before_publish,
+    )
     return RunResult(
         run_id=facts.run_id,
         folder=folder,
@@ -1086,11 +1105,14 @@ def write_results(
     *,
     stopped_by: str | None,
     servers: list[dict[str, Any]] | None = None,
+    before_publish: Callable[[], None] | None = None,
 ) -> None:
     """Write ``results.json`` atomically (its presence means the run completed).
 
     It is written a problem at a time, so a run of a million samples never holds its
-    whole results file, or a dict per node, in memory at once.
+    whole results file, or a dict per node, in memory at once. ``before_publish`` runs
+    once it is written, before it takes its name (the run store's writer is waited for
+    there, so the results are the run's last file while the two are made side by side).
     """
     head: dict[str, Any] = {
         "thinktree": __version__,
@@ -1104,7 +1126,7 @@ def write_results(
         "metrics": metrics.to_dict(),
     }
     try:
-        _write_results(path, head, trees, servers)
+        _write_results(path, head, trees, servers, before_publish)
     except OSError as exc:
         raise RecordingError(f"cannot write {path}: {exc.strerror or exc}") from None
 
@@ -1114,6 +1136,7 @@ def _write_results(
     head: dict[str, Any],
     trees: list[ProblemTree],
     servers: list[dict[str, Any]] | None,
+    before_publish: Callable[[], None] | None,
 ) -> None:
     with atomic_file(path) as f:
         f.write(dump_bytes_via(head, _results_value)[:-1])  # the object stays open
@@ -1126,6 +1149,8 @@ def _write_results(
         if servers is not None:  # per pool member: calls, failovers, tokens, busy time
             f.write(b',"servers":' + dump_bytes_via(servers, _results_value))
         f.write(b"}")
+        if before_publish is not None:
+            before_publish()
 
 
 def _problem_results(t: ProblemTree) -> dict[str, Any]:

@@ -449,12 +449,18 @@ class RunStore:
             if self._done.is_set():
                 return
 
-    def close(self) -> None:
-        """Commit everything queued, mark an unfinished run interrupted, and close."""
+    def finish(self) -> None:
+        """End the writer's input without waiting: it commits what it was handed and marks
+        an unfinished run interrupted while the caller goes on (:meth:`close` then waits
+        for it). Events handed in later are dropped."""
         if not self._closed:
             self._closed = True
             self._out.append(b"")  # the end
             self._wake.set()
+
+    def close(self) -> None:
+        """Commit everything queued, mark an unfinished run interrupted, and close."""
+        self.finish()
         self._feeder.join()
         self._done.wait()
         with contextlib.suppress(sqlite3.Error):
