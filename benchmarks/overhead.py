@@ -50,6 +50,8 @@ MODEL = "fake-model"
 QUESTION = "Which letter comes right after A in the alphabet? Options: A, B, C, D."
 ANSWER_RE = r"Answer:\s*(\w+)"
 
+Outcome = tuple[int, int, str]  # what a case made: calls, samples and a note
+
 SERVER_CODE = """
 import asyncio, sys
 try:
@@ -135,7 +137,7 @@ def _votes(answers: list[str | None], problems: int) -> int:
     return right
 
 
-async def case_bare(url: str, problems: int, _: Path) -> tuple[int, int, str]:
+async def case_bare(url: str, problems: int, _: Path) -> Outcome:
     import aiohttp
 
     body = {"model": MODEL, "messages": _messages(), "max_tokens": MAX_TOKENS, "temperature": 0.7}
@@ -153,7 +155,7 @@ async def case_bare(url: str, problems: int, _: Path) -> tuple[int, int, str]:
     return calls, calls, f"{_votes(answers, problems)}/{problems} right"
 
 
-async def _bare_lean(url: str, problems: int, n: int) -> tuple[int, int, str]:
+async def _bare_lean(url: str, problems: int, n: int) -> Outcome:
     """thinktree's lean HTTP/1.1 pool and nothing else: ``problems x SAMPLES / n`` requests
     of ``n`` samples each, every sample's answer read with a regex, a majority vote."""
     import json
@@ -194,19 +196,17 @@ async def _bare_lean(url: str, problems: int, n: int) -> tuple[int, int, str]:
     return calls, len(answers), f"{_votes(answers, problems)}/{problems} right"
 
 
-async def case_bare_lean(url: str, problems: int, _: Path) -> tuple[int, int, str]:
+async def case_bare_lean(url: str, problems: int, _: Path) -> Outcome:
     """The limit of thinktree's own HTTP client: its lean HTTP/1.1 pool, nothing else."""
     return await _bare_lean(url, problems, 1)
 
 
-async def case_bare_lean_n16(url: str, problems: int, _: Path) -> tuple[int, int, str]:
+async def case_bare_lean_n16(url: str, problems: int, _: Path) -> Outcome:
     """The same limit with one request of ``n=16`` per problem: what tt16 could reach."""
     return await _bare_lean(url, problems, SAMPLES)
 
 
-async def _sdk(
-    url: str, problems: int, *, aiohttp_transport: bool, stream: bool
-) -> tuple[int, int, str]:
+async def _sdk(url: str, problems: int, *, aiohttp_transport: bool, stream: bool) -> Outcome:
     import openai
 
     http_client = openai.DefaultAioHttpClient() if aiohttp_transport else None
@@ -247,19 +247,19 @@ async def _sdk(
     return calls, calls, f"{_votes(answers, problems)}/{problems} right"
 
 
-async def case_sdk_httpx(url: str, problems: int, _: Path) -> tuple[int, int, str]:
+async def case_sdk_httpx(url: str, problems: int, _: Path) -> Outcome:
     return await _sdk(url, problems, aiohttp_transport=False, stream=False)
 
 
-async def case_sdk_aiohttp(url: str, problems: int, _: Path) -> tuple[int, int, str]:
+async def case_sdk_aiohttp(url: str, problems: int, _: Path) -> Outcome:
     return await _sdk(url, problems, aiohttp_transport=True, stream=False)
 
 
-async def case_sdk_aiohttp_stream(url: str, problems: int, _: Path) -> tuple[int, int, str]:
+async def case_sdk_aiohttp_stream(url: str, problems: int, _: Path) -> Outcome:
     return await _sdk(url, problems, aiohttp_transport=True, stream=True)
 
 
-async def case_itshub(url: str, problems: int, _: Path) -> tuple[int, int, str]:
+async def case_itshub(url: str, problems: int, _: Path) -> Outcome:
     import logging
 
     its_hub = importlib.import_module("its_hub")
@@ -325,7 +325,9 @@ async def _thinktree(
     in_flight: int = IN_FLIGHT,
     watch: InFlight | None = None,
     http_client: Literal["auto", "aiohttp"] = "auto",
-) -> tuple[int, int, str]:
+) -> Callable[[], Outcome]:
+    """Run the problems as ``thinktree run`` would; what checks the run's files afterwards
+    (the samples in its trees, the calls in its call store), left for after the clock."""
     from rich.console import Console
 
     from thinktree.agents.endpoint import EndpointConfig
@@ -357,44 +359,49 @@ async def _thinktree(
     bar = ConsoleProgress(Console(file=io.StringIO(), force_terminal=True, width=100))
     subscribers: list[Subscriber] = [bar, *([watch] if watch else [])]
     result = await execute(items, endpoint, settings, subscribers=subscribers)
-    samples = sum(
-        1
-        for tree in result.trees
-        for node in tree.walk()
-        if node.kind == NodeKind.GENERATION and node.status == NodeStatus.DONE
-    )
-    conn = sqlite3.connect(result.folder / CALLS)
-    try:
-        calls = int(conn.execute("SELECT count(*) FROM responses").fetchone()[0])
-    finally:
-        conn.close()
-    right = sum(1 for t in result.trees if t.correct)
-    return calls, samples, f"{right}/{problems} right"
+
+    def check() -> Outcome:
+        samples = sum(
+            1
+            for tree in result.trees
+            for node in tree.walk()
+            if node.kind == NodeKind.GENERATION and node.status == NodeStatus.DONE
+        )
+        conn = sqlite3.connect(result.folder / CALLS)
+        try:
+            calls = int(conn.execute("SELECT count(*) FROM responses").fetchone()[0])
+        finally:
+            conn.close()
+        right = sum(1 for t in result.trees if t.correct)
+        return calls, samples, f"{right}/{problems} right"
+
+    return check
 
 
-async def case_tt1(url: str, problems: int, tmp: Path) -> tuple[int, int, str]:
+async def case_tt1(url: str, problems: int, tmp: Path) -> Callable[[], Outcome]:
     return await _thinktree(url, problems, tmp, native_n=False)
 
 
-async def case_tt1_aiohttp(url: str, problems: int, tmp: Path) -> tuple[int, int, str]:
+async def case_tt1_aiohttp(url: str, problems: int, tmp: Path) -> Callable[[], Outcome]:
     return await _thinktree(url, problems, tmp, native_n=False, http_client="aiohttp")
 
 
-async def case_tt16(url: str, problems: int, tmp: Path) -> tuple[int, int, str]:
+async def case_tt16(url: str, problems: int, tmp: Path) -> Callable[[], Outcome]:
     return await _thinktree(url, problems, tmp, native_n=True)
 
 
-async def case_many(url: str, in_flight: int, tmp: Path) -> tuple[int, int, str]:
+async def case_many(url: str, in_flight: int, tmp: Path) -> Outcome:
     """thinktree 1/call with ``in_flight`` calls allowed at once, on enough problems to fill it."""
     watch = InFlight()
     problems = max(2, -(-2 * in_flight // SAMPLES))
-    calls, samples, note = await _thinktree(
-        url, problems, tmp, native_n=False, in_flight=in_flight, watch=watch
-    )
+    check = await _thinktree(url, problems, tmp, native_n=False, in_flight=in_flight, watch=watch)
+    calls, samples, note = check()
     return calls, samples, f"peak {watch.peak} in flight, {watch.failed} failed, {note}"
 
 
-Case = Callable[[str, int, Path], Awaitable[tuple[int, int, str]]]
+# A case's outcome: calls, samples and a note; or what works it out from the files the case
+# left, so that reading them back is not timed as the client's work
+Case = Callable[[str, int, Path], Awaitable[Outcome | Callable[[], Outcome]]]
 
 # name -> (label, client, event loop). Peers run on asyncio's own loop, as their users
 # run them; thinktree on the loop its CLI starts (thinktree.event_loop: uvloop where
@@ -500,7 +507,7 @@ def _synthetic_events(count: int) -> list[Any]:
     return events
 
 
-async def case_bus(events_wanted: int, tmp: Path, *, trace: bool) -> tuple[int, int, str]:
+async def case_bus(events_wanted: int, tmp: Path, *, trace: bool) -> Outcome:
     from thinktree.orchestrator.bus import Subscriber, event_bus
     from thinktree.orchestrator.store import RunStore
     from thinktree.orchestrator.subscribers import TraceWriter, TreeRecorder
@@ -530,7 +537,7 @@ def worker(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="tt-overhead-") as tmp_name:
         tmp = Path(tmp_name)
 
-        async def main() -> tuple[int, int, str]:
+        async def main() -> Outcome | Callable[[], Outcome]:
             if args.worker in ("bus", "bus-trace"):
                 return await case_bus(args.bus_events, tmp, trace=args.worker == "bus-trace")
             if args.worker == "many":
@@ -566,8 +573,9 @@ def worker(args: argparse.Namespace) -> None:
             )
             profiler.start()
         options = {"use_uvloop": loop == "uvloop"}
-        calls, samples, note = anyio.run(main, backend="asyncio", backend_options=options)
+        outcome = anyio.run(main, backend="asyncio", backend_options=options)
         wall, cpu = time.perf_counter() - wall0, _client_cpu_s() - cpu0
+        calls, samples, note = outcome() if callable(outcome) else outcome
         if args.profile:
             profiler.stop()
             Path(args.profile).write_text(
