@@ -166,33 +166,27 @@ class Event:
         return data
 
     def json_line(self) -> bytes:
-        """The event as one line of JSON Lines: ``to_dict()``'s keys (``type`` first)."""
-        as_dict = _LINE_DICTS.get(type(self))
-        if as_dict is None:
-            as_dict = _LINE_DICTS[type(self)] = _line_dict(type(self))
-        return dump_line(as_dict(self))
+        """The event as one line of JSON Lines: ``to_dict()``'s keys (``type`` first).
+
+        Each event class gets its own, compiled (:func:`_line_writer`); this one serves a
+        subclass that writes its line otherwise only in some cases (``NodeDelta``)."""
+        write = _LINE_WRITERS.get(type(self))
+        if write is None:
+            write = _LINE_WRITERS[type(self)] = _line_writer(type(self))
+        return write(self)
 
 
-_LINE_DICTS: dict[type[Event], Callable[[Any], dict[str, Any]]] = {}
-
-
-def _line_dict(cls: type[Event]) -> Callable[[Any], dict[str, Any]]:
-    """A function from an event of ``cls`` to its trace line's dict: ``type``, then every
-    field in order, the values shared (orjson writes the dict at once).
-
-    It is one dict display, compiled once per class: orjson writes a slotted dataclass
-    several times slower than a dict (it looks each field up by name), and building the
-    dict any other way (``zip`` over a getter's values) costs more than that saves.
-    """
-    items = [f"{name!r}: event.{name}" for name in (f.name for f in dataclasses.fields(cls))]
-    source = f"lambda event: {{'type': {cls.type!r}, {', '.join(items)}}}"
-    as_dict: Callable[[Any], dict[str, Any]] = eval(source, {})
-    return as_dict
+_LINE_WRITERS: dict[type[Event], Callable[[Any], bytes]] = {}
 
 
 def _line_writer(cls: type[Event]) -> Callable[[Any], bytes]:
-    """:meth:`Event.json_line` for ``cls``, compiled once: what :func:`_line_dict`'s
-    function builds, written at once, without a look-up of it and a call for each event."""
+    """:meth:`Event.json_line` for ``cls``, compiled once: ``type``, then every field in
+    order, the values shared, in one dict display written at once.
+
+    orjson writes a slotted dataclass several times slower than a dict (it looks each
+    field up by name), and building the dict any other way (``zip`` over a getter's
+    values) costs more than that saves.
+    """
     items = [f"{name!r}: self.{name}" for name in (f.name for f in dataclasses.fields(cls))]
     line = f"{{'type': {cls.type!r}, {', '.join(items)}}}"
     source = f"def json_line(self):\n    return _dump_line({line})"
