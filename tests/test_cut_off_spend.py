@@ -8,7 +8,9 @@ never take past them.
 
 from __future__ import annotations
 
+import gc
 import json
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,8 @@ import pytest
 from thinktree.agents.capabilities import Capabilities
 from thinktree.agents.endpoint import EndpointClient, EndpointConfig
 from thinktree.agents.modes import ModeSettings
+from thinktree.agents.solver import _CutOffSpend
+from thinktree.orchestrator.ledger import Budget
 from thinktree.orchestrator.run import RunResult, RunSettings, execute
 from thinktree.pricing import Price
 from thinktree.problems import AnswerType, Problem
@@ -334,3 +338,16 @@ async def test_attempts_cut_off_never_shorten_the_thinking(tmp_path: Path) -> No
         return [m for i, m in enumerate(sent) if i % 2 or faults == ()]  # each once
 
     assert await asks(every_first_attempt_cut, tmp_path / "a") == await asks((), tmp_path / "b")
+
+
+async def test_a_calls_spend_is_freed_as_soon_as_it_is_dropped() -> None:
+    """No reference cycle per call: reference counting frees a call's spend (and the pools
+    it holds) at once, with no garbage collection to wait for."""
+    spend = _CutOffSpend([Budget("problem", None)], [10], None)
+    gone = weakref.ref(spend)
+    gc.disable()
+    try:
+        del spend
+        assert gone() is None
+    finally:
+        gc.enable()

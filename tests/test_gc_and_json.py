@@ -6,6 +6,7 @@ import dataclasses
 import enum
 import gc
 import json
+import weakref
 from pathlib import Path
 
 from thinktree._json import dump_bytes, dump_bytes_via, dumps, dumps_sorted, loads
@@ -22,6 +23,24 @@ def test_run_gc_collects_less_and_restores_settings_when_the_outermost_run_ends(
         assert gc.get_threshold()[0] >= YOUNG_THRESHOLD
     assert gc.get_threshold() == before
     assert gc.get_freeze_count() == 0
+
+
+class _Cyclic:
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_what_a_run_still_holds_joins_the_oldest_generation_as_it_ends() -> None:
+    # a young collection at the run's end would walk all of it only to find it alive
+    with run_gc():
+        held = [[i] for i in range(1000)]
+        left = weakref.ref(_Cyclic())  # garbage in a cycle, as a run may leave
+    young = gc.get_objects(generation=0) + gc.get_objects(generation=1)
+    assert not any(obj is held for obj in young)
+    assert any(obj is held for obj in gc.get_objects(generation=2))
+    assert left() is not None
+    gc.collect()  # the next full collection finds the cycle
+    assert left() is None
 
 
 def test_run_gc_restores_settings_when_the_run_fails() -> None:

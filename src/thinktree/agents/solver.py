@@ -6,6 +6,7 @@ events; the ledger grants each call its tokens before it is sent.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Awaitable
@@ -820,16 +821,11 @@ class _CutOffSpend:
         self.bill = bill
         self.counted = [0] * len(pools)
         """Per choice, tokens of attempts sent again: spent in the run's pool already."""
-        self.tally = CutOffs(on_resend=self._resend)
-
-    async def _resend(self, tokens: list[int]) -> None:
-        total = sum(tokens)
-        spend_in_run(self.pools[0], total, count=False)  # the money's check last: it counts
-        if self.bill is not None:
-            self.bill.charge(total)
-        spend_in_run(self.pools[0], total, check=False)
-        for i, counted in enumerate(tokens):
-            self.counted[min(i, len(self.counted) - 1)] += counted
+        # told by a function, not by a bound method of this spend: the two would hold each
+        # other, a cycle per call left for the garbage collector to find
+        self.tally = CutOffs(
+            on_resend=functools.partial(_count_resent, pools[0], bill, self.counted)
+        )
 
     def text(self, index: int, tokens: int, choice: Choice) -> int:
         """Of ``tokens``, choice ``index``'s (``choice``'s) count with its attempts cut off
@@ -851,6 +847,20 @@ class _CutOffSpend:
         self.tally.last = None
         spend_in_run(self.pools[0], sum(streamed) - sum(self.counted), check=False)
         return streamed
+
+
+async def _count_resent(
+    pool: Budget, bill: Bill | None, counted: list[int], tokens: list[int]
+) -> None:
+    """Count a cut-off attempt's ``tokens`` (per choice) as spent in the run's pool above
+    ``pool`` (and on ``bill``) as its call is sent again, and in ``counted``, per choice."""
+    total = sum(tokens)
+    spend_in_run(pool, total, count=False)  # the money's check last: it counts
+    if bill is not None:
+        bill.charge(total)
+    spend_in_run(pool, total, check=False)
+    for i, choice_tokens in enumerate(tokens):
+        counted[min(i, len(counted) - 1)] += choice_tokens
 
 
 async def _reserved(asks: list[tuple[Budget, int]]) -> list[int]:

@@ -8,6 +8,12 @@ overhead benchmark, about a third of thinktree's CPU per call. While a run is go
 what existed before it (modules, configuration) is frozen out of the collector and young
 collections run every 200,000 allocations; both are restored when the last run ends.
 Reference counting frees acyclic garbage as before, so memory is not held longer.
+
+What the run made and still holds as it ends (its trees, above all) joins the oldest
+generation then, beside what existed before it: the young collection that the restored
+threshold would start at once walks all of it only to find it alive (5-9 ms at the end of
+a 3,200-sample run). Garbage cycles the run left wait for the next full collection; a
+run leaves few (its connections', each a protocol and its parser).
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ def run_gc() -> Iterator[None]:
     finally:
         _depth -= 1
         if _depth == 0 and _saved is not None:
+            gc.freeze()  # what the run made and still holds: to the oldest generation
             gc.set_threshold(*_saved)
             gc.unfreeze()
             _saved = None
