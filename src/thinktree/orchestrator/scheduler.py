@@ -10,7 +10,6 @@ import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-import anyio
 import structlog
 from structlog.contextvars import bind_contextvars
 
@@ -151,23 +150,26 @@ async def run_problems(
     ``run_pool`` caps the tokens of the whole run: once it is spent no call starts,
     calls in flight finish, and every problem not done ends with the reason.
     """
-    limiter = anyio.CapacityLimiter(concurrency)
     pool = run_pool or Budget(name="run", limit=None)
+    waiting = iter(problems)
 
-    async def one(problem: Problem) -> None:
-        async with limiter:
-            # the problem's task has a context of its own, and nothing logs in it after the
-            # problem: binding is enough (a bound_contextvars block costs five times as much)
+    async def worker() -> None:
+        # Each worker takes the next problem as it finishes one: problems start in order,
+        # at most ``concurrency`` at once, and one waiting costs nothing (no task of its own
+        # parked on a limiter). The first starts as soon as its worker does.
+        for problem in waiting:
+            # nothing logs in the worker's context between two problems: binding is enough
+            # (a bound_contextvars block costs five times as much)
             bind_contextvars(problem=problem.id)
             await solve_problem(
                 problem, strategy, aggregate, make_solver, bus, pool, problem_limit, verify
             )
 
-    # asyncio's own task group: a problem's task costs a third of an anyio one, and every
-    # task of a run runs on asyncio (anyio's cancel scopes work inside it, see Parallel)
+    # asyncio's own task group: a task costs a third of an anyio one, and every task of a
+    # run runs on asyncio (anyio's cancel scopes work inside it, see Parallel)
     async with asyncio.TaskGroup() as tg:
-        for problem in problems:
-            tg.create_task(one(problem))
+        for _ in range(min(concurrency, len(problems))):
+            tg.create_task(worker())
 
 
 async def _unanswered(bus: EventBus, problem: Problem, error: str) -> None:
