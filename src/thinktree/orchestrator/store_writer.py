@@ -1,6 +1,6 @@
 """The run store's writer: events as JSON lines in, rows of ``run.sqlite`` out.
 
-It runs in a process of its own (this file run as a script, started by
+It runs in a process of its own (this module imported from its own folder, started by
 :class:`~thinktree.orchestrator.store.RunStore`), so that its work, most of it Python
 holding the GIL, takes nothing from the event loop's thread: the run's process only hands
 it the bytes of the lines the trace already holds. It imports the standard library and
@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, NoReturn
 
 import orjson
 
@@ -883,6 +883,11 @@ def main(argv: Sequence[str]) -> int:
     return 0
 
 
+def serve_process(argv: Sequence[str]) -> NoReturn:
+    """The writer process: :func:`main`, then exit at once (all is written and said: no
+    interpreter teardown for the run to wait on)."""
+    os._exit(main(argv))
+
+
 if __name__ == "__main__":
-    code = main(sys.argv[1:])
-    os._exit(code)  # all is written and said: no interpreter teardown for the run to wait on
+    serve_process(sys.argv[1:])
