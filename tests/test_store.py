@@ -383,6 +383,15 @@ async def test_a_closed_store_is_whole_without_its_wal(
     reader.close()
 
 
+async def test_a_store_closed_from_a_worker_thread_leaves_its_file_alone(
+    store: RunStore, db_path: Path
+) -> None:
+    feed(store, full_run())
+    await store.aclose()  # close() in a worker thread, the creating connection's too
+    assert sorted(os.listdir(db_path.parent)) == [db_path.name]  # no -wal, -shm or lock
+    assert query(db_path, "SELECT status FROM run") == [("completed",)]
+
+
 async def test_finish_ends_the_input_and_the_writer_completes_meanwhile(
     store: RunStore, db_path: Path
 ) -> None:

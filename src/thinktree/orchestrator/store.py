@@ -296,7 +296,8 @@ class RunStore:
             raise StoreError(f"run store {path} is being written by another process") from None
         conn: sqlite3.Connection | None = None
         try:
-            conn = sqlite3.connect(path, isolation_level=None)
+            # idle once made, and closed by whichever thread closes the store (aclose's)
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise sqlite3.OperationalError(f"the file system does not allow WAL ({mode})")
