@@ -421,14 +421,16 @@ async def test_a_runs_results_appear_only_once_its_store_is_finished(
 ) -> None:
     # the store's writer finishes while the results are made; results.json is still the
     # run's last file, so whoever sees it finds the store complete
+    # (in a worker thread: the event loop stays free meanwhile)
     folder = tmp_path / "run"
-    seen: list[tuple[object, bool]] = []
+    seen: list[tuple[object, bool, bool]] = []
     replace = os.replace
 
     def spying(src: str | Path, dst: str | Path) -> None:
         if Path(dst) == folder / "results.json":
             status = query(folder / STORE_NAME, "SELECT status FROM run")
-            seen.append((status, (folder / f"{STORE_NAME}-lock").exists()))
+            on_loop = threading.current_thread() is threading.main_thread()
+            seen.append((status, (folder / f"{STORE_NAME}-lock").exists(), on_loop))
         replace(src, dst)
 
     monkeypatch.setattr(os, "replace", spying)
@@ -437,7 +439,7 @@ async def test_a_runs_results_appear_only_once_its_store_is_finished(
         endpoint = EndpointConfig(name="fake", base_url=server.base_url, continuation="chat")
         result = await execute(beta_problems(6), endpoint, RunSettings(modes=modes, out=folder))
     assert result.metrics.correct == 6
-    assert seen == [([("completed",)], False)]  # written, and its writer gone
+    assert seen == [([("completed",)], False, False)]  # written, and its writer gone
 
 
 _DYING_RUN = """

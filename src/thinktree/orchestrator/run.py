@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import shutil
@@ -422,20 +423,25 @@ async def _execute(
                             await panel.aclose()
                 if panel is not None:  # the models its verdicts named, priced: kept with the run
                     save_prices(folder, used_prices(settings, model, panel.models()))
-                result = conclude(
-                    folder,
-                    facts,
-                    problems,
-                    recorder,
-                    servers=client.figures() if isinstance(client, EndpointPool) else None,
-                    cached_calls=cache.hits,
-                    read_back_retries=cache.carried_retries(),
-                    # only a store shared with other runs, now or in an earlier session,
-                    # lends calls
-                    read_back=None
-                    if resume is not None or shared_calls is not None
-                    else frozenset(),
-                    before_publish=store.close,  # results.json is the run's last file
+                # In a worker thread: a large run's results take seconds to write (and the
+                # store its last commit), while the loop, a terminal view's, stays live.
+                result = await anyio.to_thread.run_sync(
+                    functools.partial(
+                        conclude,
+                        folder,
+                        facts,
+                        problems,
+                        recorder,
+                        servers=client.figures() if isinstance(client, EndpointPool) else None,
+                        cached_calls=cache.hits,
+                        read_back_retries=cache.carried_retries(),
+                        # only a store shared with other runs, now or in an earlier session,
+                        # lends calls
+                        read_back=None
+                        if resume is not None or shared_calls is not None
+                        else frozenset(),
+                        before_publish=store.close,  # results.json is the run's last file
+                    )
                 )
             finally:
                 with anyio.CancelScope(shield=True):
