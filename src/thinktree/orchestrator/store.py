@@ -186,7 +186,7 @@ def _open_checked(path: Path) -> sqlite3.Connection:
 
 # Imports the writer as a module of its own folder, which goes on its sys.path after the
 # standard library's and before orjson's: its bytecode comes from the cache (run as a
-# script it was compiled afresh, with runpy's imports, about 10 ms of every start).
+# script it was compiled afresh, with runpy's imports: about 6 ms of every start).
 _LAUNCH: Final = (
     "import sys; sys.path += sys.argv[1:3]; import store_writer; "
     "store_writer.serve_process(sys.argv[3:])"

@@ -33,8 +33,8 @@ from datetime import UTC, datetime
 
 import orjson
 
-# Named for the type checker only: the writer process imports neither typing nor pathlib
-# (nor json), which took about a fifth of its start.
+# Named for the type checker only: the writer process imports neither typing nor pathlib,
+# which took about a sixth of its start.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from pathlib import Path
