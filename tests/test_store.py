@@ -21,6 +21,7 @@ from thinktree.agents.endpoint import EndpointConfig
 from thinktree.agents.modes import ModeSettings
 from thinktree.errors import ThinktreeError
 from thinktree.orchestrator.bus import Subscriber, event_bus
+from thinktree.orchestrator.call_cache import SqliteCallCache
 from thinktree.orchestrator.events import (
     CallRetried,
     CandidateScored,
@@ -419,27 +420,37 @@ async def test_closed_without_run_finished_is_interrupted(store: RunStore, db_pa
 async def test_a_runs_results_appear_only_once_its_store_is_finished(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # the store's writer finishes while the results are made; results.json is still the
-    # run's last file, so whoever sees it finds the store complete
-    # (in a worker thread: the event loop stays free meanwhile)
+    # the store's writer, and the call store's close (slowed here), finish while the
+    # results are made; results.json is still the run's last file, so whoever sees it
+    # finds both stores complete (in worker threads: the event loop stays free meanwhile)
     folder = tmp_path / "run"
-    seen: list[tuple[object, bool, bool]] = []
+    seen: list[tuple[object, bool, bool, bool]] = []
     replace = os.replace
+    close_calls = SqliteCallCache.close
+    calls_closed: list[bool] = []
+
+    def slow_close(cache: SqliteCallCache) -> None:
+        time.sleep(0.3)
+        close_calls(cache)
+        calls_closed.append(threading.current_thread() is threading.main_thread())
 
     def spying(src: str | Path, dst: str | Path) -> None:
         if Path(dst) == folder / "results.json":
             status = query(folder / STORE_NAME, "SELECT status FROM run")
             on_loop = threading.current_thread() is threading.main_thread()
-            seen.append((status, (folder / f"{STORE_NAME}-lock").exists(), on_loop))
+            lock = (folder / f"{STORE_NAME}-lock").exists()
+            seen.append((status, lock, calls_closed == [False], on_loop))
         replace(src, dst)
 
     monkeypatch.setattr(os, "replace", spying)
+    monkeypatch.setattr(SqliteCallCache, "close", slow_close)
     modes = ModeSettings(mode="parallel", n=4, budget=16)
     async with FakeServer(FakeBehaviour(reply="Thinking. Answer: B")) as server:
         endpoint = EndpointConfig(name="fake", base_url=server.base_url, continuation="chat")
         result = await execute(beta_problems(6), endpoint, RunSettings(modes=modes, out=folder))
     assert result.metrics.correct == 6
-    assert seen == [([("completed",)], False, False)]  # written, and its writer gone
+    # written, its writer gone, the call store closed (off the loop's thread)
+    assert seen == [([("completed",)], False, True, False)]
 
 
 _DYING_RUN = """
