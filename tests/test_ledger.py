@@ -183,6 +183,9 @@ async def test_a_call_cut_off_before_it_is_sent_gives_back_its_reservation(
         async def emit(self, event: object) -> None:
             raise RuntimeError("the run stops")
 
+        async def emit_all(self, events: object) -> None:
+            raise RuntimeError("the run stops")
+
     run = Budget("run", 100, stops_run=True)
     solver = _thinking_solver(StoppingBus(), native_n=native_n)
     reqs = _thinking_requests({f"q0/b{i}": run.child(f"q0/b{i}", 32) for i in range(2)})
@@ -272,6 +275,9 @@ async def test_n_samples_in_one_request_keep_the_smallest_grant_and_give_back_th
 
         async def emit(self, event: object) -> None:
             self.events.append(event)
+
+        async def emit_all(self, events: list[object]) -> None:
+            self.events.extend(events)
 
     asked: list[int] = []
 

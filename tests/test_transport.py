@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import sqlite3
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from thinktree.agents.endpoint import (
 )
 from thinktree.agents.transport import Transport, parse
 from thinktree.errors import RecordingError
-from thinktree.orchestrator.bus import BatchSubscriber, event_bus
+from thinktree.orchestrator.bus import BatchSubscriber, EventBus, event_bus
 from thinktree.orchestrator.call_cache import SqliteCallCache
 from thinktree.orchestrator.events import Event, NodeDelta, RunFinished
 from thinktree.orchestrator.subscribers import TraceWriter
@@ -325,6 +326,38 @@ async def test_the_bus_delivers_everything_in_order_and_bounds_its_queue() -> No
             longest = max(longest, len(bus._queue))
     assert [e.run_id for e in sub.seen] == [e.run_id for e in events]  # type: ignore[attr-defined]
     assert longest <= 64
+
+
+async def test_events_emitted_together_keep_their_order_among_others_and_one_time() -> None:
+    # a request's n nodes: queued together, in order, among events emitted one by one,
+    # with one time stamp; the queue is bounded but for the last batch let in
+    sub = _Slow()
+    events = [RunFinished(run_id=str(i), status="completed") for i in range(5000)]
+    longest = 0
+    async with event_bus([sub], buffer=64) as bus:
+        for start in range(0, len(events), 20):
+            await bus.emit(events[start])
+            await bus.emit_all(events[start + 1 : start + 20])
+            longest = max(longest, len(bus._queue))
+    assert sub.seen == events
+    assert longest < 64 + 19
+    assert all(len({e.at for e in events[s + 1 : s + 20]}) == 1 for s in range(0, 5000, 20))
+
+
+async def test_events_emitted_together_go_in_all_or_none() -> None:
+    # the run stops while the batch waits for room, or the bus is closed: none of them is
+    # queued (the nodes of one request are never announced in part)
+    bus = EventBus([_Slow()], time.monotonic(), buffer=1)  # no dispatcher takes its queue
+    first = RunFinished(run_id="0", status="completed")
+    batch = [RunFinished(run_id=str(i), status="completed") for i in (1, 2)]
+    await bus.emit(first)
+    with anyio.move_on_after(0.1) as waited:
+        await bus.emit_all(batch)
+    assert waited.cancelled_caught and list(bus._queue) == [first]
+    bus._close()
+    with pytest.raises(anyio.ClosedResourceError):
+        await bus.emit_all(batch)
+    assert list(bus._queue) == [first]
 
 
 class _Batches(_Slow):

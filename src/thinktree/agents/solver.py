@@ -34,6 +34,7 @@ from thinktree.orchestrator.bus import EventBus
 from thinktree.orchestrator.call_cache import NotRecorded, only_recorded, solver_call
 from thinktree.orchestrator.events import (
     CONSTRAINT_REFUSED,
+    Event,
     NodeDelta,
     NodeFailed,
     NodeFinished,
@@ -416,17 +417,16 @@ class Solver:
                 out.append((Segment(node_id=r.node_id, failed=True, error=str(exc)), branch.fork()))
             return out
         segments: list[tuple[Segment, Branch]] = []
+        ends: list[Event] = []  # the nodes' ends, emitted together
         short = len(self.failures)
-        choices, emit, caps = result.choices, self.bus.emit, self.caps
+        choices, caps = result.choices, self.caps
         for i, r in enumerate(reqs):
             if i >= len(choices):
                 r.budget.commit(grant, 0)
                 error = "the server returned fewer choices than asked for"
                 if error not in self.failures[short:]:  # once for the request
                     self.failures.append(error)
-                await self.bus.emit(
-                    NodeFailed(node_id=r.node_id, error=error, call_id=result.call_id)
-                )
+                ends.append(NodeFailed(node_id=r.node_id, error=error, call_id=result.call_id))
                 segments.append(
                     (Segment(node_id=r.node_id, failed=True, error=error), branch.fork())
                 )
@@ -438,8 +438,9 @@ class Solver:
             _apply(own, mode, messages, prefix, r, text)
             prompt_tokens = result.prompt_tokens if i == 0 else 0
             event, seg = self._finished(own, r, result, choice, text, prompt_tokens)
-            await emit(event)
+            ends.append(event)
             segments.append((seg, own))
+        await self.bus.emit_all(ends)
         return segments
 
     async def _recorded(
@@ -491,16 +492,15 @@ class Solver:
     async def _start(self, calls: list[tuple[SegmentRequest, int]], mode: str) -> None:
         """Announce the calls about to be sent, each with its grant.
 
-        If that is cut off (the run stops), every call gives back what it reserved (a
-        reservation never settled would hold its pools for good, and a call waiting on the
-        run's pool would wait forever), and those already announced end failed with the
-        reason: none is sent, and none may be left running.
+        They are announced together or not at all. If that is cut off (the run stops),
+        none is sent, and every call gives back what it reserved (a reservation never
+        settled would hold its pools for good, and a call waiting on the run's pool would
+        wait forever).
         """
-        announced = 0
-        emit, problem_id = self.bus.emit, self.problem.id
+        problem_id = self.problem.id
         try:
-            for r, grant in calls:
-                await emit(
+            await self.bus.emit_all(
+                [
                     NodeStarted(
                         node_id=r.node_id,
                         problem_id=problem_id,
@@ -510,14 +510,12 @@ class Solver:
                         max_tokens=grant,
                         continuation=mode,
                     )
-                )
-                announced += 1
-        except BaseException as exc:
+                    for r, grant in calls
+                ]
+            )
+        except BaseException:
             for r, grant in calls:
                 r.budget.commit(grant, 0)
-            with anyio.CancelScope(shield=True):
-                for r, _ in calls[:announced]:
-                    await self.bus.emit(NodeFailed(node_id=r.node_id, error=_unsent_because(exc)))
             raise
 
     async def _cancelled(
@@ -959,13 +957,6 @@ def _mark(budget: Budget, marks: tuple[tuple[str, str], ...]) -> None:
         if pool.name in cut:
             pool.cut = True
         pool = pool.parent
-
-
-def _unsent_because(exc: BaseException) -> str:
-    """Why an announced call was never sent, as its node says."""
-    if isinstance(exc, anyio.get_cancelled_exc_class()):
-        return "cancelled before it was sent: the run stopped"
-    return str(exc) or f"not sent: {type(exc).__name__}"
 
 
 def _unsent(bill: Bill | None) -> None:

@@ -316,8 +316,8 @@ class Parallel:
         ids = [f"{parent}/b{i}" for i in range(self.start, self.start + self.n)]
         pools = [pool.child(node_id, share) for node_id in ids]
         emit, problem_id = solver.bus.emit, solver.problem.id
-        for i, node_id in enumerate(ids, start=self.start):
-            await emit(
+        await solver.bus.emit_all(
+            [
                 NodeStarted(
                     node_id=node_id,
                     problem_id=problem_id,
@@ -326,7 +326,9 @@ class Parallel:
                     label=f"branch {i}",
                     max_tokens=share,
                 )
-            )
+                for i, node_id in enumerate(ids, start=self.start)
+            ]
+        )
         firsts: list[First | None] = [None] * self.n
         if solver.caps.native_n and self.n > 1 and not _server_thinking(self.inner, solver):
             reqs = [self.inner.first_request(b, p) for b, p in zip(ids, pools, strict=True)]
@@ -373,14 +375,18 @@ class Parallel:
         settle = self.inner.settle
         try:
             async with asyncio.TaskGroup() as tg:
+                settled_now: list[int] = []  # branches whose first call settled them
                 for i, first_i in enumerate(firsts):
                     settled = None if first_i is None else settle(solver, first_i)
                     if settled is None:
                         tg.create_task(grow(i))
                     else:
                         results[i] = settled
-                        await emit(_branch_finished(ids[i], settled))
-                        ended.add(i)
+                        settled_now.append(i)
+                await solver.bus.emit_all(
+                    [_branch_finished(ids[i], results[i]) for i in settled_now]
+                )
+                ended.update(settled_now)
         except BaseException as exc:
             # a branch task cancelled before it ran ends here, not left "running"
             with anyio.CancelScope(shield=True):

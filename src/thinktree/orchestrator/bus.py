@@ -93,18 +93,44 @@ class EventBus:
         ticks = (_monotonic_ns() - self._rounded_from_ns) // _TICK_NS
         _set_at(event, ticks / _TICKS_PER_S)
         queue = self._queue
-        while len(queue) >= self._buffer and not self._stopped:
-            if self._closed:
-                raise anyio.ClosedResourceError
-            await self._room.wait()
-            queue = self._queue  # the dispatcher took the one that was full
-        if self._closed:
-            raise anyio.ClosedResourceError
+        if len(queue) >= self._buffer or self._closed:
+            queue = await self._room_in_queue()
         queue.append(event)
         # The dispatcher waits on a fresh ``_ready`` only while the queue is empty, so
         # only the event that ends that wait needs to set it (the others find it set).
         if len(queue) == 1:
             self._ready.set()
+
+    async def emit_all(self, events: Sequence[Event]) -> None:
+        """Emit ``events`` in order, as one: one time stamp, one look for room.
+
+        They go into the queue together or not at all (the bus closed, the wait for room
+        cancelled), so the nodes of one request are announced, or ended, together, never
+        some of them. A batch may take the queue past its bound by its own length.
+        """
+        if not events:
+            return
+        at = ((_monotonic_ns() - self._rounded_from_ns) // _TICK_NS) / _TICKS_PER_S
+        for event in events:
+            _set_at(event, at)
+        queue = self._queue
+        if len(queue) >= self._buffer or self._closed:
+            queue = await self._room_in_queue()
+        ready = not queue
+        queue.extend(events)
+        if ready:
+            self._ready.set()
+
+    async def _room_in_queue(self) -> deque[Event]:
+        """Wait until the queue has room (or nobody takes it any more); the queue then.
+        Raises ``ClosedResourceError`` once the bus is closed."""
+        while len(self._queue) >= self._buffer and not self._stopped:
+            if self._closed:
+                raise anyio.ClosedResourceError
+            await self._room.wait()  # the dispatcher takes the queue that was full
+        if self._closed:
+            raise anyio.ClosedResourceError
+        return self._queue
 
     def _close(self) -> None:
         self._closed = True
