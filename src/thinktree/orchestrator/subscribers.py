@@ -147,10 +147,11 @@ class ConsoleProgress:
 
     def handle(self, event: Event) -> None:
         if isinstance(event, RunStarted):
-            self._progress.start()
+            # the task first: the bar's first frame shows it (and is its only one now)
             self._task = self._progress.add_task(
                 printable(f"{event.mode} · {event.model}"), total=event.problems, status=""
             )
+            self._progress.start()
         elif self._task is None:
             return
         elif isinstance(event, ProblemFinished):

@@ -59,13 +59,16 @@ class Node:
         return statistics.fmean(self.scores.values()) if self.scores else None
 
     def to_dict(self) -> dict[str, Any]:
+        """The node as ``results.json`` holds it. Made for each node of a run as its
+        results are written, so nothing is copied: its kind and status are the enums
+        themselves (strings), and its children and scores the node's own."""
         latency = self.latency_s
         return {
             "id": self.id,
             "parent": self.parent_id,
-            "kind": str(self.kind),
+            "kind": self.kind,
             "label": self.label,
-            "status": str(self.status),
+            "status": self.status,
             "text": self.text,
             "max_tokens": self.max_tokens,
             "continuation": self.continuation,
@@ -78,9 +81,9 @@ class Node:
             "latency_s": round(latency, 4) if latency else latency,
             "error": self.error,
             "call_id": self.call_id,
-            "children": self.children.copy(),
+            "children": self.children,
             "score": self.score,
-            "scores": self.scores.copy(),
+            "scores": self.scores,
         }
 
 
