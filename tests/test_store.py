@@ -426,7 +426,7 @@ async def test_a_runs_results_appear_only_once_its_store_is_finished(
     folder = tmp_path / "run"
     seen: list[tuple[object, bool, bool, bool]] = []
     replace = os.replace
-    close_calls = SqliteCallCache.close
+    close_calls = SqliteCallCache._close
     calls_closed: list[bool] = []
 
     def slow_close(cache: SqliteCallCache) -> None:
@@ -443,7 +443,7 @@ async def test_a_runs_results_appear_only_once_its_store_is_finished(
         replace(src, dst)
 
     monkeypatch.setattr(os, "replace", spying)
-    monkeypatch.setattr(SqliteCallCache, "close", slow_close)
+    monkeypatch.setattr(SqliteCallCache, "_close", slow_close)
     modes = ModeSettings(mode="parallel", n=4, budget=16)
     async with FakeServer(FakeBehaviour(reply="Thinking. Answer: B")) as server:
         endpoint = EndpointConfig(name="fake", base_url=server.base_url, continuation="chat")

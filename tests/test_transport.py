@@ -300,6 +300,32 @@ async def test_a_failed_commit_fails_every_caller_of_its_batch(tmp_path: Path) -
     assert len(failures) == 20
 
 
+def test_a_call_store_closed_aside_is_closed_once_close_returns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a run's end: finish() closes the store in a thread while the results are made, and
+    # close() waits for it, with the run's retries written and the WAL folded in
+    cache = SqliteCallCache(tmp_path / "calls.sqlite")
+    cache.session_retries = lambda: 3
+    cache.finish()
+    cache.close()
+    assert not cache.closing and not (tmp_path / "calls.sqlite-wal").exists()
+    reopened = SqliteCallCache(tmp_path / "calls.sqlite")
+    assert reopened.retries_before == 3
+    reopened.close()
+    # what closing it aside raised is raised by the close() that waits for it, once
+    failing = SqliteCallCache(tmp_path / "calls.sqlite")
+
+    def fails() -> None:
+        raise RecordingError("the disk is full")
+
+    monkeypatch.setattr(failing, "_close", fails)
+    failing.finish()
+    with pytest.raises(RecordingError, match="the disk is full"):
+        failing.close()
+    failing.close()
+
+
 # -- the bus: order, bounds, delivery ------------------------------------------------------
 
 

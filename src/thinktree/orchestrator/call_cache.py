@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -301,6 +302,8 @@ class SqliteCallCache:
         """This session's retries so far (its run's count); None: keep no count here."""
         self._batch = _Batch()
         self._writing = False
+        self._closer: threading.Thread | None = None  # see finish()
+        self._close_error: BaseException | None = None
 
     def _retries_so_far(self) -> int:
         """The retries earlier sessions counted; for a store from before they were kept
@@ -323,8 +326,37 @@ class SqliteCallCache:
         """The run's retries that this session's own retry events do not show."""
         return self.retries_before
 
+    def finish(self) -> None:
+        """Start closing the store in a thread of its own: its last commit and checkpoint
+        are mostly waits on the disk, which the caller's own work (a run's results) goes
+        on beside. :meth:`close` waits for it."""
+        if self._closer is None:
+            self._closer = threading.Thread(target=self._close_aside, name="thinktree-calls")
+            self._closer.start()
+
+    @property
+    def closing(self) -> bool:
+        """Whether the close :meth:`finish` started is still under way."""
+        return self._closer is not None and self._closer.is_alive()
+
     def close(self) -> None:
-        """Close the store, writing the run's retries last (see :attr:`session_retries`)."""
+        """Close the store, writing the run's retries last (see :attr:`session_retries`);
+        after :meth:`finish`, wait for that close, and raise what it raised (once)."""
+        if self._closer is None:
+            self._close()
+            return
+        self._closer.join()
+        error, self._close_error = self._close_error, None
+        if error is not None:
+            raise error
+
+    def _close_aside(self) -> None:
+        try:
+            self._close()
+        except BaseException as exc:  # raised where close() waits for it, not printed here
+            self._close_error = exc
+
+    def _close(self) -> None:
         try:
             if self.session_retries is not None:
                 self._conn.execute(_TALLY, (self.retries_total(),))

@@ -15,7 +15,6 @@ import json
 import math
 import shutil
 import sqlite3
-import threading
 import types
 import typing
 import uuid
@@ -360,9 +359,6 @@ async def _execute(
                 on_started(folder)
             sampling = Sampling(temperature=settings.temperature_for_mode(), seed=settings.seed)
             status = "failed"
-            # the call store's last commit and checkpoint (disk waits) made in a thread of
-            # their own, beside the results
-            calls_closed = _Aside(cache.close, "thinktree-calls-close")
             try:
                 try:
                     async with event_bus([recorder, trace, *subscribers]) as bus:
@@ -418,9 +414,10 @@ async def _execute(
                                     )
                                 )
                 finally:
-                    calls_closed.start()
-                    # after the bus: the trace has fed it every line. Its writer commits
-                    # the last of them while the results are made
+                    # Both stores finish while the results are made: the call store in a
+                    # thread of its own, the run store (after the bus: the trace has fed it
+                    # every line) by its writer.
+                    cache.finish()
                     store.finish()
                     if panel is not None:
                         with anyio.CancelScope(shield=True):
@@ -445,15 +442,15 @@ async def _execute(
                         if resume is not None or shared_calls is not None
                         else frozenset(),
                         # results.json is the run's last file: both stores end first
-                        before_publish=functools.partial(_stores_closed, store, calls_closed),
+                        before_publish=functools.partial(_stores_closed, store, cache),
                     )
                 )
             finally:
                 with anyio.CancelScope(shield=True):
                     await store.aclose()
-                    if calls_closed.running():  # the run failed before its results
+                    if cache.closing:  # the run failed before its results
                         with contextlib.suppress(Exception):  # it has its own error
-                            await anyio.to_thread.run_sync(calls_closed.wait)
+                            await anyio.to_thread.run_sync(cache.close)
             if store.error:
                 log.warning("run store incomplete", error=store.error)
     log.info(
@@ -466,38 +463,9 @@ async def _execute(
     return result
 
 
-class _Aside:
-    """``work`` to run in a thread of its own once :meth:`start` is called; :meth:`wait`
-    waits for it and raises what it raised (once)."""
-
-    def __init__(self, work: Callable[[], object], name: str) -> None:
-        self._error: BaseException | None = None
-
-        def run() -> None:
-            try:
-                work()
-            except BaseException as exc:  # raised where it is waited for, not printed here
-                self._error = exc
-
-        self._thread = threading.Thread(target=run, name=name)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def running(self) -> bool:
-        return self._thread.is_alive()
-
-    def wait(self) -> None:
-        if self._thread.ident is not None:  # started
-            self._thread.join()
-        error, self._error = self._error, None
-        if error is not None:
-            raise error
-
-
-def _stores_closed(store: RunStore, calls_closed: _Aside) -> None:
+def _stores_closed(store: RunStore, cache: SqliteCallCache) -> None:
     store.close()
-    calls_closed.wait()
+    cache.close()
 
 
 def conclude(
