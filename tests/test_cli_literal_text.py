@@ -90,6 +90,21 @@ def test_run_runs_and_report_show_ids_models_and_folders_as_written(tmp_path: Pa
     assert "wrote root/r[red]x/report.md" in reported.stdout
 
 
+def test_run_and_runs_show_emoji_codes_in_a_model_and_a_folder_as_written(
+    tmp_path: Path,
+) -> None:
+    data = write_problems(tmp_path / "d.jsonl", ["a"])
+    with fake_server_in_thread(FakeBehaviour(reply="Answer: yes", model="m:cat:")) as server:
+        ran = cli("run", str(data), "--endpoint", server.base_url, "--out", "r:dog:", cwd=tmp_path)
+    assert_ok(ran)
+    assert "m:cat:" in ran.stdout and "run folder          r:dog:" in ran.stdout, ran.stdout
+    listed = cli("runs", ".", cwd=tmp_path)
+    assert_ok(listed)
+    assert "│ r:dog: " in listed.stdout and "│ m:cat: " in listed.stdout, listed.stdout
+    failed = cli("run", "missing:cat:.jsonl", cwd=tmp_path)
+    assert failed.returncode == 2 and "missing:cat:.jsonl" in failed.stderr, failed.stderr
+
+
 def test_an_out_folder_with_a_closing_tag_does_not_crash_the_summary(tmp_path: Path) -> None:
     data = write_problems(tmp_path / "d.jsonl", ["a"])
     with fake_server_in_thread(FakeBehaviour(reply="Answer: yes")) as server:
@@ -155,7 +170,9 @@ def test_an_error_line_shows_a_path_as_written(tmp_path: Path) -> None:
     )
 
 
-RETRIED = CallRetried(endpoint="e", attempt=1, wait_s=2, reason="429: slow [/] down [bold]now")
+RETRIED = CallRetried(
+    endpoint="e", attempt=1, wait_s=2, reason="429: slow [/] down [bold]now :warning:"
+)
 
 
 def terminal() -> tuple[Console, io.StringIO]:
@@ -171,7 +188,19 @@ async def test_the_run_progress_bar_shows_a_model_and_a_retry_reason_as_written(
     bar.handle(RETRIED)
     await bar.aclose()  # draws the bar a last time
     assert "budget · m[/]x[bold]" in shown.getvalue()
-    assert "waiting 2 s: 429: slow [/] down [bold]now" in shown.getvalue()
+    assert "waiting 2 s: 429: slow [/] down [bold]now :warning:" in shown.getvalue()
+
+
+@pytest.mark.anyio
+async def test_the_run_progress_bar_shows_emoji_codes_as_written() -> None:
+    """An emoji code (":cat:") in a model's name or a retry's reason is text."""
+    console, shown = terminal()
+    bar = ConsoleProgress(console)
+    bar.handle(RunStarted(run_id="r", mode="budget", endpoint="e", model="org/m:cat:", problems=2))
+    bar.handle(CallRetried(endpoint="e", attempt=1, wait_s=2, reason="503 :warning: busy"))
+    await bar.aclose()
+    assert "budget · org/m:cat:" in shown.getvalue()
+    assert "waiting 2 s: 503 :warning: busy" in shown.getvalue()
 
 
 def test_the_bench_progress_bar_shows_a_retry_reason_as_written() -> None:
@@ -179,7 +208,7 @@ def test_the_bench_progress_bar_shows_a_retry_reason_as_written() -> None:
     cell = Cell(index=1, dataset=DatasetSpec(name="d"), options={})
     with BenchProgress(console, cells=1) as view:
         view.cell_started(cell, 1, 1).handle(RETRIED)
-    assert "waiting 2 s: 429: slow [/] down [bold]now" in shown.getvalue()
+    assert "waiting 2 s: 429: slow [/] down [bold]now :warning:" in shown.getvalue()
 
 
 def test_commands_printed_for_the_user_paste_back_into_a_shell() -> None:

@@ -36,8 +36,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
-err = Console(stderr=True)
+# No emoji codes: thinktree prints none, and ":cat:" in a model's name or a path is text.
+out = Console(emoji=False)
+err = Console(stderr=True, emoji=False)
 # Rich reads a printed str, and a table's cells and titles, as markup: text from a user, a
 # dataset, a file path, a server or a model goes through printable() (or is printed with
 # markup=False after clean()), so "[/]" in it cannot crash a command, "[bold]" in it is shown

@@ -16,7 +16,7 @@ from thinktree.bench.grid import Cell
 from thinktree.bench.runner import CellOutcome, CellWatcher
 from thinktree.orchestrator.bus import Subscriber
 from thinktree.orchestrator.events import CallRetried, Event, ProblemFinished, RunStarted
-from thinktree.sanitize import printable
+from thinktree.sanitize import clean, printable
 
 
 class _CellEvents:
@@ -40,7 +40,7 @@ class _CellEvents:
             status = f"{self._correct}/{self._graded} right" if self._graded else ""
             progress.update(task, advance=1, status=status)
         elif isinstance(event, CallRetried):
-            progress.update(task, status=f"waiting {event.wait_s:.0f} s: {printable(event.reason)}")
+            progress.update(task, status=f"waiting {event.wait_s:.0f} s: {clean(event.reason)}")
 
     async def aclose(self) -> None:
         return None
@@ -52,10 +52,11 @@ class BenchProgress(CellWatcher):
     def __init__(self, console: Console, cells: int, done: int = 0) -> None:
         self.console = console
         self.progress = Progress(
-            TextColumn("[bold]{task.description}", table_column=None),
+            # as written: no markup, no emoji codes
+            TextColumn("{task.description}", style="bold", markup=False, table_column=None),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("{task.fields[status]}"),
+            TextColumn("{task.fields[status]}", markup=False),
             TimeElapsedColumn(),
             console=console,
             transient=True,
@@ -75,10 +76,7 @@ class BenchProgress(CellWatcher):
         self.progress.stop()
 
     def cell_started(self, cell: Cell, position: int, total: int) -> Subscriber:
-        # the columns read their text as markup
-        self.progress.update(
-            self.cell_task, description=printable(cell.name), completed=0, total=None
-        )
+        self.progress.update(self.cell_task, description=clean(cell.name), completed=0, total=None)
         self.progress.update(self.bench_task, status=f"cell {position}/{total}")
         return _CellEvents(self)
 

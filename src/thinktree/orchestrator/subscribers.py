@@ -25,7 +25,7 @@ from thinktree.orchestrator.events import (
     RunStarted,
 )
 from thinktree.orchestrator.tree import RunTree
-from thinktree.sanitize import printable
+from thinktree.sanitize import clean
 
 
 class TreeRecorder:
@@ -126,10 +126,11 @@ class ConsoleProgress:
 
     def __init__(self, console: Console) -> None:
         self._progress = Progress(
-            TextColumn("[bold]{task.description}"),
+            # as written: no markup, no emoji codes (":cat:" in a model's name stays so)
+            TextColumn("{task.description}", style="bold", markup=False),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("{task.fields[status]}"),
+            TextColumn("{task.fields[status]}", markup=False),
             TimeElapsedColumn(),
             console=console,
             transient=True,
@@ -149,7 +150,7 @@ class ConsoleProgress:
         if isinstance(event, RunStarted):
             # the task first: the bar's first frame shows it (and is its only one now)
             self._task = self._progress.add_task(
-                printable(f"{event.mode} · {event.model}"), total=event.problems, status=""
+                clean(f"{event.mode} · {event.model}"), total=event.problems, status=""
             )
             self._progress.start()
         elif self._task is None:
@@ -162,7 +163,7 @@ class ConsoleProgress:
             self._progress.update(self._task, advance=1, status=status)
         elif isinstance(event, CallRetried):
             self._progress.update(
-                self._task, status=f"waiting {event.wait_s:.0f} s: {printable(event.reason)}"
+                self._task, status=f"waiting {event.wait_s:.0f} s: {clean(event.reason)}"
             )
 
     async def aclose(self) -> None:

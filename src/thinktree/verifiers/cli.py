@@ -14,8 +14,8 @@ verifier_app = typer.Typer(
     help="Verifiers: list the available ones, train one from runs with gold answers.",
     no_args_is_help=True,
 )
-out = Console()
-err = Console(stderr=True)
+out = Console(emoji=False)  # ":cat:" in a path is text (see thinktree.cli)
+err = Console(stderr=True, emoji=False)
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
