@@ -39,6 +39,7 @@ from thinktree.orchestrator.events import (
 )
 from thinktree.orchestrator.run import RunSettings, execute
 from thinktree.orchestrator.store import (
+    _LAUNCH,
     REDACTED,
     SCHEMA_VERSION,
     STORE_NAME,
@@ -471,6 +472,36 @@ async def main():
 
 anyio.run(main)
 """
+
+
+@pytest.mark.anyio
+async def test_the_writer_process_yields_the_cpu_to_the_run(db_path: Path) -> None:
+    """It lowers its priority as it starts, before its imports (most of its start)."""
+    store = RunStore(db_path)
+    try:
+        await store.flush()  # it has started, and answered
+        assert store._proc is not None
+        own = os.getpriority(os.PRIO_PROCESS, 0)
+        assert os.getpriority(os.PRIO_PROCESS, store._proc.pid) == min(own + 10, 19)
+    finally:
+        store.close()
+    assert query(db_path, "SELECT status FROM run") == [("interrupted",)]
+
+
+def test_the_writer_lowers_its_priority_before_its_imports(tmp_path: Path) -> None:
+    """The launcher nices the process first: a stand-in writer module finds it so."""
+    (tmp_path / "store_writer.py").write_text(
+        "import os\nprint(os.getpriority(os.PRIO_PROCESS, 0))\n"
+        "def serve_process(argv):\n    raise SystemExit(0)\n"
+    )
+    launched = subprocess.run(
+        [sys.executable, "-S", "-P", "-c", _LAUNCH, str(tmp_path), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert int(launched.stdout) == min(os.getpriority(os.PRIO_PROCESS, 0) + 10, 19)
 
 
 def test_a_writer_that_died_reads_as_interrupted(db_path: Path) -> None:

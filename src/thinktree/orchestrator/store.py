@@ -188,8 +188,11 @@ def _open_checked(path: Path) -> sqlite3.Connection:
 # standard library's and before orjson's: its bytecode comes from the cache (run as a
 # script it was compiled afresh, with runpy's imports: about 6 ms of every start).
 _LAUNCH: Final = (
-    "import sys; sys.path += sys.argv[1:3]; import store_writer; "
-    "store_writer.serve_process(sys.argv[3:])"
+    # niced first, so that its imports, most of its start, already yield the CPU to the
+    # run's own start (and to a local model server's)
+    "import os, sys\n"
+    "try:\n os.nice(10)\nexcept OSError:\n pass\n"
+    "sys.path += sys.argv[1:3]\nimport store_writer\nstore_writer.serve_process(sys.argv[3:])"
 )
 FEED_EVERY_S: Final = 0.01
 """How often the feeder thread hands the queued lines to the writer (and at most how long

@@ -868,8 +868,6 @@ def _read_stdin(timeout: float) -> bytes | None:
 def main(argv: Sequence[str]) -> int:
     """``PATH LOCK_FD INTERVAL_S BATCH_EVENTS SHAPES`` (SHAPES: JSON, see :class:`Shapes`)."""
     path, lock_fd, interval_s, batch_events, shapes = argv
-    with contextlib.suppress(OSError):
-        os.nice(10)  # behind the run's own processes (a local model server) for the CPU
     out = sys.stdout.buffer
 
     def report(message: _Row) -> None:
@@ -891,9 +889,12 @@ def main(argv: Sequence[str]) -> int:
 
 def serve_process(argv: Sequence[str]) -> NoReturn:
     """The writer process: :func:`main`, then exit at once (all is written and said: no
-    interpreter teardown for the run to wait on)."""
+    interpreter teardown for the run to wait on). Its launcher lowers its priority first
+    (``nice``), behind the run's own processes (a local model server) for the CPU."""
     os._exit(main(argv))
 
 
 if __name__ == "__main__":
+    with contextlib.suppress(OSError):
+        os.nice(10)
     serve_process(sys.argv[1:])
