@@ -273,6 +273,31 @@ def test_atexit_stops_a_server_left_running(tmp_path: Path) -> None:
         _kill_group(server_pid)
 
 
+def test_the_gguf_chat_template_is_cached_once_per_install(
+    tmp_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Read from the GGUF once and kept; a reinstalled package (a new file time) reads it
+    afresh, and the copy of the install before goes."""
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF")
+    reads: list[Path] = []
+
+    def read(source: Path) -> tuple[str, str, str]:
+        reads.append(source)
+        return "{{ messages }}", "<s>", "</s>"
+
+    monkeypatch.setattr(embedded, "gguf_path", lambda: gguf)
+    monkeypatch.setattr(embedded.llamacpp, "gguf_chat_template", read)
+    assert embedded._gguf_template() == "{{ messages }}"
+    assert embedded._gguf_template() == "{{ messages }}"
+    assert len(reads) == 1
+    os.utime(gguf, (1_000_000, 1_000_000))  # installed again
+    assert embedded._gguf_template() == "{{ messages }}"
+    assert len(reads) == 2
+    (kept,) = tmp_cache.glob("embedded-chat-template-*.jinja")
+    assert kept.name == "embedded-chat-template-4-1000000.jinja"
+
+
 def test_stale_state_file_is_ignored_and_removed(tmp_cache: Path) -> None:
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

@@ -273,11 +273,18 @@ def endpoint_for(server: ServerHandle) -> EndpointConfig:
     )
 
 
+_TEMPLATE_PREFIX = "embedded-chat-template-"
+
+
 def _gguf_template() -> str | None:
-    """The shipped GGUF's chat template, read once and kept in the cache (reading is slow)."""
+    """The shipped GGUF's chat template, read once and kept in the cache (reading is slow).
+
+    The copy is named for the file's size and time, so a reinstalled package reads it
+    afresh; the copies of earlier installs go then.
+    """
     source = gguf_path()
     stamp = f"{source.stat().st_size}-{int(source.stat().st_mtime)}"
-    cached = _cache_dir() / f"embedded-chat-template-{stamp}.jinja"
+    cached = _cache_dir() / f"{_TEMPLATE_PREFIX}{stamp}.jinja"
     if cached.is_file():
         return cached.read_text(encoding="utf-8")
     found = llamacpp.gguf_chat_template(source)
@@ -285,6 +292,9 @@ def _gguf_template() -> str | None:
         return None
     cached.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(cached, found[0])
+    for stale in cached.parent.glob(f"{_TEMPLATE_PREFIX}*.jinja"):
+        if stale != cached:
+            stale.unlink(missing_ok=True)
     return found[0]
 
 
