@@ -316,6 +316,27 @@ class InFlight:
         return None
 
 
+# When the run's first event (RunStarted) and its last (RunFinished) reached the
+# subscribers, by time.perf_counter(): what came before the one and after the other is
+# the run's work once per run (probe, run folder, stores; results.json, the stores' end).
+_PHASES: dict[str, float] = {}
+
+
+class Phases:
+    """A subscriber noting when the run started and finished (into ``_PHASES``)."""
+
+    wants_deltas = False
+
+    def handle(self, event: Any) -> None:
+        from thinktree.orchestrator.events import RunFinished, RunStarted
+
+        if isinstance(event, RunStarted | RunFinished):
+            _PHASES[event.type] = time.perf_counter()
+
+    async def aclose(self) -> None:
+        return None
+
+
 async def _thinktree(
     url: str,
     problems: int,
@@ -357,7 +378,7 @@ async def _thinktree(
     )
     # the CLI's progress bar, drawn as in a terminal (10 times a second), into memory
     bar = ConsoleProgress(Console(file=io.StringIO(), force_terminal=True, width=100))
-    subscribers: list[Subscriber] = [bar, *([watch] if watch else [])]
+    subscribers: list[Subscriber] = [bar, Phases(), *([watch] if watch else [])]
     result = await execute(items, endpoint, settings, subscribers=subscribers)
 
     def check() -> Outcome:
@@ -582,6 +603,9 @@ def worker(args: argparse.Namespace) -> None:
                 profiler.output_text(unicode=False, show_all=False, color=False)
             )
     sample = Sample(args.worker, calls, samples, wall, cpu, _maxrss_mib(), base_rss, note)
+    if {"run-started", "run-finished"} <= _PHASES.keys():
+        sample.extra["setup_s"] = _PHASES["run-started"] - wall0
+        sample.extra["finish_s"] = wall0 + wall - _PHASES["run-finished"]
     Path(args.result).write_text(json.dumps(sample.__dict__))
 
 
@@ -735,6 +759,31 @@ def _n16_context(totals: dict[str, Totals], hub: str, loop: str) -> None:
         wanted = 1e6 / (5 * totals[hub].samples_s)
         line += f"; 5x its-hub leaves {wanted:.0f} us of wall time per sample in all"
     print(line)
+    if all("setup_s" in r.extra for r in tt16.runs):
+        _once_per_run(tt16, totals.get(hub))
+
+
+def _once_per_run(tt16: Totals, hub: Totals | None) -> None:
+    """How much of thinktree's n=16 wall time is its work once per run, before its first
+    event and after its last, and its rate over the rest: where the n=16 target's gap is."""
+    setup = statistics.median(1000 * r.extra["setup_s"] for r in tt16.runs)
+    finish = statistics.median(1000 * r.extra["finish_s"] for r in tt16.runs)
+    wall = statistics.median(1000 * r.wall_s for r in tt16.runs)
+    print(
+        f"  thinktree n=16, once per run: {setup:.0f} ms before its first event (the probe, "
+        f"the run folder, its stores) and {finish:.0f} ms after its last (results.json, the "
+        f"stores' end), of {wall:.0f} ms (medians)"
+    )
+    if hub is None:
+        return
+    between = [
+        (r.samples / (r.wall_s - r.extra["setup_s"] - r.extra["finish_s"])) / (h.samples / h.wall_s)
+        for r, h in zip(tt16.runs, hub.runs, strict=False)
+    ]
+    print(
+        f"    between its first and last events: {statistics.fmean(between):.2f}x its-hub's "
+        f"samples/s (rounds {min(between):.2f}-{max(between):.2f}; context, not the target)"
+    )
 
 
 def driver(args: argparse.Namespace) -> int:

@@ -56,6 +56,7 @@ def test_overhead_prints_every_case_and_ratio() -> None:
         "bare lean HTTP/1.1, n=16",
         "thinktree n=16 vs bare lean n=16, samples/s (",
         "thinktree n=16 CPU per sample beyond its HTTP client and a regex: ",
+        "thinktree n=16, once per run: ",
         "event bus: tree + store ",
         "thinktree 1/call vs bare aiohttp, calls/s (",
         "thinktree 1/call vs bare aiohttp, both on asyncio",
@@ -67,6 +68,10 @@ def test_overhead_prints_every_case_and_ratio() -> None:
         assert line in out, f"missing {line!r} in:\n{out}"
     # its-hub is a benchmark-only extra: measured when installed, else said so
     assert "its-hub self-consistency" in out or "its-hub: not measured" in out
+    if "its-hub self-consistency" in out:
+        assert "between its first and last events: " in out
+    once = re.search(r"once per run: (\d+) ms before .* and (\d+) ms after .*, of (\d+) ms", out)
+    assert once is not None and int(once[1]) + int(once[2]) <= int(once[3]), out
 
 
 def test_tui_replay_prints_its_latencies() -> None:
