@@ -476,7 +476,7 @@ anyio.run(main)
 
 @pytest.mark.anyio
 async def test_the_writer_process_yields_the_cpu_to_the_run(db_path: Path) -> None:
-    """It lowers its priority as it starts, before its imports (most of its start)."""
+    """It runs ten steps of priority below the run (as far as the lowest)."""
     store = RunStore(db_path)
     try:
         await store.flush()  # it has started, and answered
