@@ -225,7 +225,9 @@ async def test_reset(stream: bool) -> None:
 
 
 async def test_slow_times_out() -> None:
-    async with FakeServer(faults=[Fault.SLOW], slow_s=5) as s, client(s, timeout=0.3) as c:
+    # time enough for the request to reach the server on a busy machine (at 0.3 s it once
+    # timed out before the server had read it), far less than the server waits
+    async with FakeServer(faults=[Fault.SLOW], slow_s=5) as s, client(s, timeout=1.0) as c:
         with pytest.raises(openai.APITimeoutError):
             await c.chat.completions.create(model="fake-model", messages=MESSAGES)
     assert (s.answered, s.faulted[Fault.SLOW]) == (0, 1)
