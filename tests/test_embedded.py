@@ -317,11 +317,16 @@ class _SharedServer:
     def __init__(self) -> None:
         self._stack = AsyncExitStack()
         self.handle: ServerHandle | None = None
+        self.starts_said = 0  # how often embedded_server said it was starting the server
+
+    def _starting(self) -> None:
+        assert self.handle is None  # said before the start, not once it is up
+        self.starts_said += 1
 
     async def start(self) -> ServerHandle:
         started = time.monotonic()
         self.handle = await self._stack.enter_async_context(
-            embedded_server(reuse=False, record_state=True)
+            embedded_server(reuse=False, record_state=True, on_starting=self._starting)
         )
         print(f"embedded server ready in {time.monotonic() - started:.1f} s")
         return self.handle
@@ -411,11 +416,14 @@ async def test_recorded_server_is_reused(shared: _SharedServer) -> None:
         shared.handle.pid,
         False,
     )
-    async with embedded_server(reuse=True) as reused:
+    said: list[str] = []
+    async with embedded_server(reuse=True, on_starting=lambda: said.append("starting")) as reused:
         assert not reused.owned
         assert reused.base_url == shared.handle.base_url
         assert reused.pid == shared.handle.pid
     assert shared.handle.pid is not None and embedded._pid_alive(shared.handle.pid)
+    # a server reused is not said to be starting; the one started was, once
+    assert said == [] and shared.starts_said == 1
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -110,3 +111,44 @@ async def test_streamed_choices_are_counted_by_their_token_ids(embedded_url: str
     assert seen  # the first call streamed
     # the same seeded request, counted by token ids while streaming and by logprobs whole
     assert counts[0] == counts[1]
+
+
+def _says_it_uses_the_served_model(stderr: str, embedded_url: str) -> None:
+    said = [line for line in stderr.splitlines() if line.strip()]
+    assert said[0] == (
+        f"using the embedded model server (vLLM) that `thinktree serve` runs at {embedded_url}"
+    ), stderr
+    assert "starting the embedded model server" not in stderr
+
+
+def test_probe_without_an_endpoint_says_it_uses_the_served_model(embedded_url: str) -> None:
+    """With no endpoint, a command uses the embedded model's server that `thinktree serve`
+    runs (the session's), and says so, not that it is starting one (which takes a while)."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "thinktree.cli", "probe", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["endpoint"] == embedded_url
+    _says_it_uses_the_served_model(proc.stderr, embedded_url)
+
+
+def test_a_run_without_an_endpoint_says_it_uses_the_served_model(
+    embedded_url: str, tmp_path: Path
+) -> None:
+    proc = subprocess.run(
+        [
+            *(sys.executable, "-m", "thinktree.cli", "run", "--limit", "1"),
+            *("--budget", "8", "--answer-tokens", "8", "--out", str(tmp_path / "run")),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "COLUMNS": "160"},
+    )
+    assert proc.returncode in (0, 3), proc.stderr  # 3: the tiny model stated no answer
+    _says_it_uses_the_served_model(proc.stderr, embedded_url)
+    run = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert run["endpoint"]["base_url"] == embedded_url

@@ -311,6 +311,7 @@ async def embedded_server(
     startup_timeout: float = 600,
     n_threads: int | None = None,
     host: str = launcher.LOOPBACK,
+    on_starting: Callable[[], None] | None = None,
 ) -> AsyncIterator[ServerHandle]:
     """Serve the embedded model with ``engine`` for the duration of the block.
 
@@ -319,7 +320,9 @@ async def embedded_server(
     With ``reuse``, a healthy server recorded by ``thinktree serve`` for the same engine (on
     ``port``, when one is given) is used as is and left running. Otherwise the server is
     started on ``port`` (a free one by default) and stopped when the block ends, however it
-    ends. ``record_state`` records the server for other runs to reuse.
+    ends. ``record_state`` records the server for other runs to reuse. ``on_starting`` is
+    called once a server is to be started, before its start (which takes a while), and
+    never for one reused.
     """
     if engine not in ENGINES:
         raise EmbeddedServerError(f"unknown engine '{engine}'; choose one of: {', '.join(ENGINES)}")
@@ -329,6 +332,8 @@ async def embedded_server(
             log.info("reusing embedded server", base_url=running.base_url, pid=running.pid)
             yield running
             return
+    if on_starting is not None:
+        on_starting()
     if port is not None:
         launcher.check_port_free(port, host)
     spec = await anyio.to_thread.run_sync(lambda: _spec(engine, n_threads=n_threads, host=host))
