@@ -87,3 +87,31 @@ seed = 0
     for name in ("scaling", "budget", "coverage", "cost"):
         assert (bench / "plots" / f"{name}.png").stat().st_size > 10_000
     assert (bench / "report.html").read_text().count("data:image/png;base64,") == 4
+
+
+def test_a_bench_on_the_embedded_default_says_it_uses_the_served_model(
+    embedded_url: str, tmp_path: Path
+) -> None:
+    """With no endpoint, the bench's cells run on the embedded model: the server that
+    `thinktree serve` runs (the session's), which it names, instead of starting one."""
+    config = tmp_path / "bench.toml"
+    config.write_text(
+        f"""
+[[datasets]]
+path = "{SHARED_DATA / "medqa.sample.jsonl"}"
+limit = 1
+
+[grid]
+budget = [8]
+
+[run]
+answer_tokens = 8
+"""
+    )
+    proc = cli("bench", str(config), "--out", str(tmp_path / "b"), cwd=tmp_path)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out + err
+    said = f"using the embedded model server (vLLM) that `thinktree serve` runs at {embedded_url}"
+    assert said in err.splitlines() and "starting the embedded model server" not in err
+    (cell,) = (tmp_path / "b").glob("*/results.json")
+    assert json.loads(cell.read_text())["endpoint"]["base_url"] == embedded_url

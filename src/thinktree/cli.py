@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -52,7 +51,6 @@ if TYPE_CHECKING:
     from thinktree.orchestrator.store import RunSummary
     from thinktree.pricing import Price
     from thinktree.problems import Problem
-    from thinktree.serving.launcher import ServerHandle
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
@@ -96,28 +94,9 @@ def _run_async(fn: Callable[[], Awaitable[T]], *, ctrl_c_stops: bool = False) ->
         raise _fail(str(user).splitlines()[0] if str(user) else type(user).__name__, code) from None
 
 
-@contextlib.asynccontextmanager
-async def _embedded_model(engine: str) -> AsyncIterator[ServerHandle]:
-    """The embedded model's server for a command, with a line on stderr that says whether
-    it starts one (which takes a while) or uses the one ``thinktree serve`` runs."""
-    from thinktree.embedded import embedded_server
-
-    name = "llama.cpp" if engine == "llamacpp" else "vLLM"
-
-    def starting() -> None:
-        err.print(f"[dim]starting the embedded model server ({name}, SmolLM2-135M)…[/]")
-
-    async with embedded_server(engine=engine, on_starting=starting) as server:
-        if not server.owned:
-            err.print(
-                f"using the embedded model server ({name}) that `thinktree serve` runs "
-                f"at {clean(server.base_url)}",
-                style="dim",
-                markup=False,
-                highlight=False,
-                soft_wrap=True,  # the address stays whole, to copy
-            )
-        yield server
+def _say_dim(text: str) -> None:
+    """A line of progress on stderr, shown as written (a URL stays whole, to copy)."""
+    err.print(clean(text), style="dim", markup=False, highlight=False, soft_wrap=True)
 
 
 UNWRITABLE = 74  # sysexits' EX_IOERR: the run's own files could not be written
@@ -398,12 +377,12 @@ def _execute(
             raise _fail("view closed; the run was stopped", 130) from None
 
     async def main() -> None:
-        from thinktree.embedded import endpoint_for
+        from thinktree.embedded import announced_server, endpoint_for
 
         if target is not None:
             result = await go(target)
         else:
-            async with _embedded_model(engine) as server:
+            async with announced_server(engine, say=_say_dim) as server:
                 result = await go(endpoint_for(server))
         _print_results(result)
         failed = [node.error or "failed" for node in result.failed_calls()]
@@ -698,7 +677,7 @@ def probe(
     async def main() -> None:
         from thinktree.agents.capabilities import probe as run_probe
         from thinktree.agents.pool import client_for
-        from thinktree.embedded import endpoint_for
+        from thinktree.embedded import announced_server, endpoint_for
 
         async def go(cfg: EndpointConfig) -> None:
             cfg = dataclasses.replace(cfg, max_attempts=2)
@@ -757,7 +736,7 @@ def probe(
         if target is not None:
             await go(target)
         else:
-            async with _embedded_model(engine) as server:
+            async with announced_server(engine, say=_say_dim) as server:
                 await go(endpoint_for(server))
 
     _run_async(main)

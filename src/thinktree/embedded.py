@@ -345,3 +345,20 @@ async def embedded_server(
         preexec_factory=lambda: _death_signal_preexec(),
     ) as handle:
         yield handle
+
+
+@asynccontextmanager
+async def announced_server(
+    engine: str = "vllm", *, say: Callable[[str], None]
+) -> AsyncIterator[ServerHandle]:
+    """:func:`embedded_server` for a command: ``say`` is told, in a line, that the server is
+    starting (which takes a while), or which running one it uses (``thinktree serve``'s)."""
+    name = "llama.cpp" if engine == "llamacpp" else "vLLM"
+    starting = f"starting the embedded model server ({name}, SmolLM2-135M)…"
+    async with embedded_server(engine=engine, on_starting=lambda: say(starting)) as server:
+        if not server.owned:
+            say(
+                f"using the embedded model server ({name}) that `thinktree serve` runs "
+                f"at {server.base_url}"
+            )
+        yield server

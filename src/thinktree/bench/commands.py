@@ -50,7 +50,10 @@ def bench_main(
 
     async def main() -> int:
         from thinktree.bench.cluster import RayCluster
-        from thinktree.embedded import embedded_server
+        from thinktree.embedded import announced_server
+
+        def say(text: str) -> None:
+            err.print(clean(text), style="dim", markup=False, highlight=False, soft_wrap=True)
 
         cluster = None
         if ray is not None:
@@ -72,7 +75,7 @@ def bench_main(
                     config,
                     out_dir,
                     watcher=view,
-                    embedded=embedded_server,
+                    embedded=lambda: announced_server(say=say),
                     shards=cluster,
                     shard_count=shards,
                     plan=plan,
