@@ -165,7 +165,19 @@ def test_cells_that_make_the_same_calls_share_them(tmp_path: Path) -> None:
         "length-weighted",
     ]
     assert results[0]["metrics"]["completion_tokens"] == results[1]["metrics"]["completion_tokens"]
-    assert "calls from the cache" in err
+    assert err.count(", 2 calls from the cache") == 2  # each length-weighted cell: 2 problems
+
+
+def test_a_cell_that_reads_back_one_call_says_one_call(tmp_path: Path) -> None:
+    with fake_server_in_thread(FakeBehaviour(reply=reply)) as server:
+        grid = 'mode = ["parallel"]\naggregate = ["majority", "length-weighted"]'
+        config = write_config(tmp_path, server.base_url, grid)
+        text = config.read_text().replace('path = "one.jsonl"\n', 'path = "one.jsonl"\nlimit = 1\n')
+        config.write_text(text.replace("limit = 2", "limit = 1"))  # one problem each
+        proc = cli("bench", str(config), "--out", "out", cwd=tmp_path)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, out + err
+    assert err.count(", 1 call from the cache") == 2 and "1 calls" not in err
 
 
 def test_a_cell_that_reads_back_another_cells_calls_did_not_spend_them(tmp_path: Path) -> None:

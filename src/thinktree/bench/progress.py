@@ -87,7 +87,8 @@ class BenchProgress(CellWatcher):
             return
         m = result.metrics
         acc = "n/a" if m.accuracy is None else f"{100 * m.accuracy:.0f} %"
-        cached = f", {result.cached_calls} calls from the cache" if result.cached_calls else ""
+        hits = result.cached_calls
+        cached = f", {hits} call{'' if hits == 1 else 's'} from the cache" if hits else ""
         note = f"; {outcome.note}" if outcome.note else ""
         failed = result.failed_requests()
         if result.stopped_by:  # what it shows covers only what ran
