@@ -145,8 +145,8 @@ def bench(tmp_path: Path) -> Path:
     return folder
 
 
-def report(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "250"}
+def report(*args: str, cwd: Path, columns: int = 250) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": str(columns)}
     return subprocess.run(
         [sys.executable, "-m", "thinktree.cli", "report", *args],
         cwd=cwd,
@@ -235,6 +235,27 @@ def test_report_tables_hold_the_right_numbers(bench: Path) -> None:
     assert "80.0 % [" in html and "&lt;" not in html.split("<body>")[0]
     # the terminal shows the same tables, and the scaling curve in characters
     assert "80.0 % [" in proc.stdout and "tokens" in proc.stdout and "┤" in proc.stdout
+
+
+def test_an_80_column_terminal_gets_every_table_in_parts_with_its_figures_whole(
+    bench: Path,
+) -> None:
+    proc = report(str(bench), cwd=bench.parent, columns=80)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    md = (bench / "report.md").read_text()
+    cells = md_rows(md, "Cells")
+    # the accuracy with its interval, the tokens and the cost of every cell, each on one line
+    for row in cells:
+        for figure in (row[2], row[5], row[13]):
+            assert any(figure in line for line in lines), figure
+    assert "Cells (1/" in proc.stdout  # 15 columns do not fit in 80
+    # prose breaks between words only
+    decisions = md_rows(md, "Decisions · mode=auto · budget=64 · perturbation=none")
+    reasons = {row[5] for row in decisions}
+    words = {word for line in lines for word in line.replace("│", " ").split()}
+    assert reasons and all(set(reason.split()) <= words for reason in reasons)
 
 
 def test_report_of_a_single_run_and_of_nothing(bench: Path, tmp_path: Path) -> None:

@@ -260,3 +260,30 @@ def _listed(cwd: Path) -> dict[str, dict[str, str]]:
         cells[0]: dict(zip(columns, cells, strict=True))
         for cells in ([c.strip() for c in line.split("│")[1:-1]] for line in lines)
     }
+
+
+def test_runs_in_an_80_column_terminal_shows_each_word_whole(tmp_path: Path) -> None:
+    data = tmp_path / "d.jsonl"
+    problem = {"id": "q", "question": "Q?", "answer_type": "yesno", "answer": "yes"}
+    data.write_text(json.dumps(problem) + "\n")
+    folder = "runs/001_pubmedqa_mode-parallel_budget-1024"  # whole: under half the width
+    with fake_server_in_thread(FakeBehaviour(reply="Answer: yes")) as server:
+        ran = cli("run", str(data), "--endpoint", server.base_url, "--out", folder, cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    env = {**os.environ, "COLUMNS": "80"}
+    listed = subprocess.run(
+        [sys.executable, "-m", "thinktree.cli", "runs"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    words = {word for line in lines for word in line.replace("│", " ").split()}
+    assert {"completed", "budget", "fake-model", "1/1"} <= words  # never "complet" over "ed"
+    assert "runs in runs (1/" in listed.stdout  # in parts, each with the run's name
+    name = folder.removeprefix("runs/")
+    assert sum(line.count(name) for line in lines) == listed.stdout.count("runs in runs (")

@@ -15,6 +15,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from thinktree import event_loop
 from thinktree.datasets import DatasetError, load_demo, load_problems, select
@@ -27,7 +28,8 @@ from thinktree.errors import (
 )
 from thinktree.hints import hint_config, resume_command, shell_command
 from thinktree.logging_setup import configure
-from thinktree.sanitize import clean, printable
+from thinktree.sanitize import clean, literal, printable
+from thinktree.terminal_tables import Column, fitted
 
 # typer shows help texts as Rich markup: brackets in one go through escape()
 app = typer.Typer(
@@ -796,20 +798,12 @@ def runs(
     if not found:
         out.print(f"no runs in {clean(str(root))}", markup=False)
         return
-    table = Table(title=printable(f"runs in {root}"))
-    for column in (
-        "run",
-        "status",
-        "mode",
-        "endpoint",
-        "model",
-        "progress",
-        "right",
-        "tokens",
-        "cost",
-        "note",
-    ):
-        table.add_column(column, overflow="fold")
+    columns = [
+        *(Column(name, "left") for name in ("run", "status", "mode", "endpoint", "model")),
+        *(Column(name) for name in ("progress", "right", "tokens", "cost")),
+        Column("note", "left"),
+    ]
+    rows: list[list[str | Text]] = []
     colours = {
         "completed": "green",
         "running": "cyan",
@@ -824,19 +818,22 @@ def runs(
         recorded = recorded_prices(run.folder)
         price = recorded.get(model) or prices.get(model)
         known = {**prices, **recorded}  # its verifiers' models' prices, found the same way
-        table.add_row(
-            printable(run.folder.name),
-            f"[{colour}]{printable(run.status)}[/]",
-            printable(run.mode or "—"),
-            printable(run.endpoint or "—"),
-            printable(run.model or "—"),
-            f"{run.problems_done}/{run.problems_total}",
-            str(run.problems_correct),
-            str(run.tokens),
-            _cost(run.cost_usd(price, known)),
-            printable(_run_note(run, priced=price is not None, prices=known)),
+        rows.append(
+            [
+                run.folder.name,
+                literal(run.status, colour),
+                run.mode or "—",
+                run.endpoint or "—",
+                run.model or "—",
+                f"{run.problems_done}/{run.problems_total}",
+                str(run.problems_correct),
+                str(run.tokens),
+                _cost(run.cost_usd(price, known)),
+                _run_note(run, priced=price is not None, prices=known),
+            ]
         )
-    out.print(table)
+    for table in fitted(f"runs in {root}", columns, rows, out.width):
+        out.print(table)
 
 
 def _cannot(exc: OSError, path: Path) -> str:

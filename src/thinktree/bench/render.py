@@ -8,10 +8,10 @@ import os
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table as RichTable
 
 from thinktree.bench.report import Report, Table
 from thinktree.sanitize import clean, printable
+from thinktree.terminal_tables import Column, fitted
 
 
 def _md_cell(text: str) -> str:
@@ -92,7 +92,8 @@ def html_page(report: Report) -> str:
 
 
 def terminal(report: Report, console: Console) -> None:
-    """The report's text and tables in the terminal (plots are named, not drawn).
+    """The report's text and tables in the terminal (plots are named, not drawn); a table
+    too wide for it is shown in parts that fit (see :func:`~thinktree.terminal_tables.fitted`).
 
     Everything in a report (dataset, cell and model names, run folders) is shown as written,
     never read as Rich markup, and with its control characters made visible.
@@ -105,18 +106,13 @@ def terminal(report: Report, console: Console) -> None:
         for paragraph in section.text:
             console.print(clean(paragraph), highlight=False, markup=False)
         for table in section.tables:
-            rich = RichTable(
-                title=printable(table.title),
-                caption=printable(table.note) if table.note else None,
-                caption_justify="left",
-            )
-            for i, header in enumerate(table.headers):
-                rich.add_column(
-                    printable(header), justify="left" if i == 0 else "right", overflow="fold"
-                )
-            for row in table.rows:
-                rich.add_row(*(printable(cell) for cell in row))
-            console.print(rich)
+            columns = [
+                Column(header, "left" if i == 0 else "right")
+                for i, header in enumerate(table.headers)
+            ]
+            note = table.note or None
+            for part in fitted(table.title, columns, table.rows, console.width, caption=note):
+                console.print(part)
         for caption, image in section.images:
             console.print(clean(f"{caption}: {image}"), highlight=False, markup=False)
 
