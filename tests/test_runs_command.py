@@ -14,8 +14,8 @@ from thinktree.testing.fake_server import FakeBehaviour, fake_server_in_thread
 KEY = "sk-planted-4f9b2c7e1d"
 
 
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "OPENAI_API_KEY": KEY, "COLUMNS": "200"}
+def cli(*args: str, cwd: Path, columns: int = 200) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "OPENAI_API_KEY": KEY, "COLUMNS": str(columns)}
     env.pop("OPENAI_BASE_URL", None)
     return subprocess.run(
         [sys.executable, "-m", "thinktree.cli", *args],
@@ -270,15 +270,7 @@ def test_runs_in_an_80_column_terminal_shows_each_word_whole(tmp_path: Path) -> 
     with fake_server_in_thread(FakeBehaviour(reply="Answer: yes")) as server:
         ran = cli("run", str(data), "--endpoint", server.base_url, "--out", folder, cwd=tmp_path)
     assert ran.returncode == 0, ran.stderr
-    env = {**os.environ, "COLUMNS": "80"}
-    listed = subprocess.run(
-        [sys.executable, "-m", "thinktree.cli", "runs"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    listed = cli("runs", cwd=tmp_path, columns=80)
     assert listed.returncode == 0, listed.stderr
     lines = listed.stdout.splitlines()
     assert max(len(line) for line in lines) <= 80
