@@ -64,3 +64,14 @@ def test_a_terminal_narrower_than_a_figure_still_gets_lines_that_fit() -> None:
     text = shown(COLUMNS, ROWS, 30)
     assert max(len(line) for line in text.splitlines()) <= 30
     assert "Cells (1/" in text
+
+
+def test_the_parts_are_as_even_as_their_number_allows() -> None:
+    """Fourteen columns of one width that need two parts go seven and seven, not as many
+    as fit and then the rest."""
+    columns = [Column("name", "left"), *(Column(f"c{i:02d}") for i in range(14))]
+    rows: list[list[str | Text]] = [["row", *(f"{i:010d}" for i in range(14))]]
+    text = shown(columns, rows, 160)
+    heads = [line for line in text.splitlines() if " c0" in line or " c1" in line]
+    assert [line.count(" c") for line in heads] == [7, 7]
+    assert "Cells (2/2)" in text and "Cells (3/" not in text

@@ -112,16 +112,19 @@ def _grouped(measures: list[_Measure], width: int) -> tuple[list[list[int]], lis
     # never less than its longest word unless that is more than half of it
     label = min(first.natural, max(min(first.least, width // 2), width // 3))
     room = width - _EDGE - (label + _PER_COLUMN)
-    groups: list[list[int]] = []
-    used = room + 1
-    for j, m in enumerate(measures[1:], start=1):
-        need = min(m.least, max(room - _PER_COLUMN, 1)) + _PER_COLUMN
-        if used + need > room:
-            groups.append([])
-            used = 0
-        groups[-1].append(j)
-        used += need
     widths = [label] + [min(m.least, max(room - _PER_COLUMN, 1)) for m in measures[1:]]
+    needs = {j: widths[j] + _PER_COLUMN for j in range(1, len(measures))}
+    # as few groups as fit, and as even as they can be: the least room per group that
+    # still packs them into that many
+    fewest = len(_packed(needs, room))
+    low, high = min(max(needs.values()), room), room
+    while low < high:
+        middle = (low + high) // 2
+        if len(_packed(needs, middle)) <= fewest:
+            high = middle
+        else:
+            low = middle + 1
+    groups = _packed(needs, max(low, 1))
     for group in groups:  # the room a group leaves goes to its columns that would widen
         slack = room - sum(widths[j] + _PER_COLUMN for j in group)
         wanting = sorted(group, key=lambda j: measures[j].natural - widths[j])
@@ -130,6 +133,20 @@ def _grouped(measures: list[_Measure], width: int) -> tuple[list[list[int]], lis
             widths[j] += give
             slack -= give
     return groups, widths
+
+
+def _packed(needs: dict[int, int], room: int) -> list[list[int]]:
+    """The columns in order, in groups of at most ``room`` cells each (a column wider than
+    that, alone)."""
+    groups: list[list[int]] = []
+    used = room + 1
+    for j, need in needs.items():
+        if used + need > room:
+            groups.append([])
+            used = 0
+        groups[-1].append(j)
+        used += need
+    return groups
 
 
 def _header(text: str, width: int) -> Text:
