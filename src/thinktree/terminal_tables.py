@@ -1,7 +1,8 @@
 """Tables that fit the terminal they are printed on.
 
 A table wider than the terminal is shown as several, each beginning with the table's
-first column (what its rows are) and taking as many of the other columns as fit. Figures
+first column (what its rows are) and taking its share of the others: as few parts as fit,
+and as even as their number allows. Figures
 are never cut in two: only the first column and prose (cells longer than
 :data:`PROSE_AFTER` characters) break, and then between words. Rich alone squeezes every
 column of a wide table, so at 80 columns ``33.3 %`` read ``33.`` over ``3 %``.
