@@ -6,8 +6,10 @@ factories and closes that fail) usable in-process, as a plugin's entry point wou
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio
 import pytest
@@ -74,11 +76,40 @@ class Misbehaving:
         return found
 
 
-class _NotAsync:
-    """A verify written without ``async``."""
+class Plain:
+    """A verify written without ``async``, which blocks as a model's forward pass would:
+    ``plain`` for a while, then scores 0.5; ``plain-raise`` raises; ``plain-hang`` until
+    :data:`RELEASE` is set (its timeout_s is 0.2). Notes where and how many at once ran."""
+
+    threads: ClassVar[list[int]] = []  # the threads its calls ran in
+    most_at_once = 0
+    _now = 0
+    _lock = threading.Lock()
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        if kind == "plain-hang":
+            self.timeout_s = 0.2
 
     def verify(self, problem: Problem, candidates: Sequence[CandidateView]) -> list[Verdict]:
-        return [Verdict(score=0.5) for _ in candidates]
+        with Plain._lock:
+            Plain._now += 1
+            Plain.most_at_once = max(Plain.most_at_once, Plain._now)
+            Plain.threads.append(threading.get_ident())
+        try:
+            if self.kind == "plain-raise":
+                raise RuntimeError("boom from a verifier")
+            if self.kind == "plain-hang":
+                RELEASE.wait(60)
+            time.sleep(0.02)  # long enough for the other problems' calls to overlap it
+            return [Verdict(score=0.5) for _ in candidates]
+        finally:
+            with Plain._lock:
+                Plain._now -= 1
+
+
+RELEASE = threading.Event()
+"""Ends every ``plain-hang`` verify still blocking."""
 
 
 class _Models(Misbehaving):
@@ -145,8 +176,8 @@ def misbehave(arg: str | None, setup: VerifierSetup) -> Any:
         return _Reversing("ok")
     if arg == "prefers-a":
         return _PrefersA("ok")
-    if arg == "not-async":
-        return _NotAsync()
+    if arg and arg.startswith("plain"):
+        return Plain(arg)
     if arg and arg.startswith(("hang", "timeout-")):
         return _Hanging(arg)
     if arg and arg.startswith("models-"):

@@ -8,6 +8,7 @@ candidates answer A, B, B, B (the gold is B).
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import anyio
 import pytest
 from structlog.testing import capture_logs
 
-from misbehaving import PlainClose, register
+from misbehaving import RELEASE, Plain, PlainClose, register
 from thinktree.agents.endpoint import EndpointConfig
 from thinktree.agents.modes import ModeSettings
 from thinktree.errors import ConfigError
@@ -44,7 +45,9 @@ async def _run(
     verifiers: tuple[str, ...],
     aggregate: str | None = None,
     prices: dict[str, Price] | None = None,
+    problems: int = 1,
 ) -> RunResult:
+    many = [PROBLEM.model_copy(update={"id": f"q{i + 1}"}) for i in range(problems)]
     async with FakeServer(FakeBehaviour(reply=_reply)) as server:
         endpoint = EndpointConfig(name="fake", base_url=server.base_url, model="fake-model")
         settings = RunSettings(
@@ -54,7 +57,7 @@ async def _run(
             out=tmp_path / "run",
             prices=prices or {},
         )
-        return await execute([PROBLEM], endpoint, settings)
+        return await execute(many, endpoint, settings)
 
 
 def _results(result: RunResult) -> dict[str, Any]:
@@ -86,8 +89,7 @@ BAD_VERDICTS = {
     "multiline-error": "judge said: no answer in time",  # one line, as every error
     "none": "verifier misbehave:none returned None, not a list of verdicts",
     "model-int": "gave a model that is not a name: 7 (int)",
-    "not-async": "verifier misbehave:not-async returned a list, not an awaitable: "
-    "define its verify with async def",
+    "plain-raise": "failed: boom from a verifier",  # a plain def verify's, from its thread
 }
 
 
@@ -210,6 +212,41 @@ async def test_a_verifier_that_hangs_fails_its_verdicts_in_time(
     )
     assert [v.error for v in verdicts] == [why] * 4
     assert tree.vote is not None and tree.vote.rule == "majority" and tree.answer == "B"
+
+
+@pytest.mark.anyio
+async def test_a_plain_def_verify_runs_off_the_loop_one_call_at_a_time(tmp_path: Path) -> None:
+    Plain.threads.clear()
+    Plain.most_at_once = 0
+    result = await _run(tmp_path, ("misbehave:plain",), "best-of-n", problems=6)
+    assert len(Plain.threads) == 6  # one call per problem
+    assert threading.get_ident() not in Plain.threads  # none on the loop's thread
+    assert Plain.most_at_once == 1  # six problems at once, but never two calls
+    for tree in result.trees:
+        verdicts = tree.of_kind(NodeKind.VERDICT)
+        assert [v.status for v in verdicts] == [NodeStatus.DONE] * 4
+        assert [v.score for v in verdicts] == [0.5] * 4
+        assert tree.vote is not None and tree.vote.rule == "best-of-n"
+    m = result.metrics.verifier
+    assert m is not None and m.failed_verdicts == 0
+
+
+@pytest.mark.anyio
+async def test_a_plain_def_verify_that_blocks_fails_its_verdicts_in_time(tmp_path: Path) -> None:
+    # it blocks for up to a minute, in its thread: the run goes on, and its timeout holds
+    RELEASE.clear()
+    try:
+        with anyio.fail_after(30):
+            result = await _run(tmp_path, ("misbehave:plain-hang",), "best-of-n", problems=2)
+    finally:
+        RELEASE.set()
+    why = (
+        "verifier misbehave:plain-hang took longer than 0.2 s on 4 candidates; "
+        "give it a longer timeout_s (None: no limit)"
+    )
+    for tree in result.trees:
+        assert [v.error for v in tree.of_kind(NodeKind.VERDICT)] == [why] * 4
+        assert tree.vote is not None and tree.vote.rule == "majority" and tree.answer == "B"
 
 
 @pytest.mark.anyio

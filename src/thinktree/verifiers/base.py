@@ -1,12 +1,13 @@
 """The verifier protocol: given a problem and its candidates, a verdict per candidate.
 
-A verifier is any object with ``async verify(problem, candidates) -> list[Verdict]``
-(and optionally ``async aclose()``, ``models()``: the models its calls are priced by,
-whose prices its run records, and ``timeout_s``: how long one ``verify`` may take, None
-for no limit). Scores are floats where higher means more likely
-right, by convention in [0, 1]; a verdict that could not be reached has ``score=None``
-and says why in ``error``: the run goes on without it. A verdict with an error has
-failed, whatever its score. Verifiers never see the gold.
+A verifier is any object with ``verify(problem, candidates) -> list[Verdict]``, async or
+a plain ``def`` (run in a thread of its own, so it may block), and optionally
+``aclose()``, ``models()`` (the models its calls are priced by, whose prices its run
+records) and ``timeout_s`` (how long one ``verify`` may take, None for no limit). Scores
+are floats where higher means more likely right, by convention in [0, 1]; a verdict that
+could not be reached has ``score=None`` and says why in ``error``: the run goes on
+without it. A verdict with an error has failed, whatever its score. Verifiers never see
+the gold.
 """
 
 from __future__ import annotations
@@ -81,9 +82,9 @@ class Verdict:
 class Verifier(Protocol):
     """Scores candidates; returns one verdict per candidate, in order."""
 
-    async def verify(
+    def verify(
         self, problem: Problem, candidates: Sequence[CandidateView]
-    ) -> list[Verdict]: ...
+    ) -> list[Verdict] | Awaitable[list[Verdict]]: ...
 
 
 @dataclass(slots=True)

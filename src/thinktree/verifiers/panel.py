@@ -5,7 +5,9 @@ started under the candidate before the verifier runs and finished (or failed, wi
 reason) after; a :class:`CandidateScored` event carries the score. A verifier that
 raises, or returns what is not a verdict (a score that is not a finite number, a token
 count that is not a count, …), fails its verdicts with a one-line reason; the run goes on.
-A verdict that carries an error has failed, whatever score it also carries.
+A verdict that carries an error has failed, whatever score it also carries. A ``verify``
+written as a plain ``def`` (a model's forward pass, say) runs in a thread of its own, one
+call at a time for each verifier, so it may block without holding up the run.
 A candidate's combined score is the mean of its verifiers' valid scores; one whose every
 verdict failed has none (None) and ranks below every scored candidate. Where the run's
 limits cut or refused a verifier's call (see :class:`~thinktree.verifiers.base.Spending`),
@@ -14,12 +16,18 @@ the problem's pool says so: the problem was stopped by the limit.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import contextvars
 import dataclasses
+import functools
 import inspect
 import math
 import numbers
 import statistics
-from collections.abc import Iterable, Mapping, Sequence
+import threading
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, cast
 
 import anyio
 import structlog
@@ -65,6 +73,7 @@ class VerifierPanel:
         """The run's prices, which price a verdict's tokens where it gave no cost."""
         self._models: dict[str, list[str]] | None = None  # each verifier's, once prepared
         self._seen: set[str] = set()  # the models verdicts named
+        self._turns: dict[str, anyio.Lock] = {}  # a plain verify's: one call at a time
 
     async def prepare(self) -> None:
         """Run every verifier's ``prepare`` (async or not) where it has one, before the run
@@ -159,8 +168,7 @@ class VerifierPanel:
                 )
             )
         try:
-            with anyio.fail_after(_timeout(named)):
-                found = await _verify(named, problem, views)
+            found = await self._verify(named, problem, views)
             if len(found) != len(views):
                 raise ValueError(f"returned {len(found)} verdicts for {len(views)} candidates")
         except (anyio.get_cancelled_exc_class(), RunStopping):  # the run stops: so does this
@@ -243,19 +251,60 @@ class VerifierPanel:
             self._models = {n.name: _models(n) for n in self.verifiers}
         return self._models[named.name]
 
+    async def _verify(
+        self, named: NamedVerifier, problem: Problem, views: list[CandidateView]
+    ) -> list[object]:
+        """What ``verify`` returned within its timeout, as a list (a ValueError says how
+        it is not one). A plain ``def verify`` runs in a thread of its own, after the
+        verifier's calls before it: its timeout counts from its own start."""
+        verify = named.verifier.verify
+        call = functools.partial(verify, problem, list(views))  # its own: it may reorder it
+        if inspect.iscoroutinefunction(verify):
+            with anyio.fail_after(_timeout(named)):
+                return _as_list(named, await cast("Awaitable[object]", call()))
+        turn = self._turns.setdefault(named.name, anyio.Lock())
+        async with turn:
+            with anyio.fail_after(_timeout(named)):
+                found = await _in_own_thread(call)
+                if inspect.isawaitable(found):  # an async verify that does not look like one
+                    found = await found
+        return _as_list(named, found)
 
-async def _verify(
-    named: NamedVerifier, problem: Problem, views: list[CandidateView]
-) -> list[object]:
+
+async def _in_own_thread(call: Callable[[], Any]) -> Any:
+    """What ``call()`` returns (or raises), run in a daemon thread of its own.
+
+    Cancelled, or timed out, the call is left to finish in the background and what it
+    returns is dropped: a plugin's blocking code cannot be interrupted, and a daemon
+    thread does not keep the process from exiting after the run."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[Any] = loop.create_future()
+    context = contextvars.copy_context()  # its log lines carry the run's bound fields
+
+    def settle(value: Any, error: BaseException | None) -> None:
+        if done.done():  # cancelled: nobody waits for it
+            return
+        if error is None:
+            done.set_result(value)
+        else:
+            done.set_exception(error)
+
+    def work() -> None:
+        value: Any = None
+        error: BaseException | None = None
+        try:
+            value = context.run(call)
+        except BaseException as exc:  # handed over to the loop, as it is
+            error = exc
+        with contextlib.suppress(RuntimeError):  # a closed loop: the run ended without it
+            loop.call_soon_threadsafe(settle, value, error)
+
+    threading.Thread(target=work, name="thinktree verifier", daemon=True).start()
+    return await done
+
+
+def _as_list(named: NamedVerifier, found: object) -> list[object]:
     """What ``verify`` returned, as a list; a ValueError says how it is not one."""
-    verifying = named.verifier.verify(problem, list(views))  # its own: it may reorder it
-    if not inspect.isawaitable(verifying):
-        kind = type(verifying).__name__
-        raise _NotVerdicts(
-            f"verifier {named.name} returned a {kind}, not an awaitable: "
-            "define its verify with async def"
-        )
-    found = await verifying
     if found is None or isinstance(found, str | bytes) or not isinstance(found, Iterable):
         kind = "None" if found is None else f"a {type(found).__name__}"
         raise _NotVerdicts(f"verifier {named.name} returned {kind}, not a list of verdicts")

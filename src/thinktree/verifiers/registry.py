@@ -153,7 +153,7 @@ def build_verifiers(
             detail = " ".join(str(exc).split()) or type(exc).__name__
             raise ConfigError(f"verifier '{spec}' could not be built: {detail}") from None
         if not isinstance(verifier, Verifier):
-            raise ConfigError(f"verifier '{name}' has no async verify(problem, candidates) method")
+            raise ConfigError(f"verifier '{name}' has no verify(problem, candidates) method")
         built.append(NamedVerifier(name=label, verifier=verifier))
     return built
 
