@@ -75,3 +75,14 @@ def test_the_parts_are_as_even_as_their_number_allows() -> None:
     heads = [line for line in text.splitlines() if " c0" in line or " c1" in line]
     assert [line.count(" c") for line in heads] == [7, 7]
     assert "Cells (2/2)" in text and "Cells (3/" not in text
+
+
+def test_a_header_breaks_between_words_but_never_inside_its_brackets() -> None:
+    # the report's comparison table: its figures are about as wide as its headers' words
+    columns = [Column("cell", "left"), *(Column(f"A{i} − B, points [95 % CI]") for i in range(6))]
+    rows: list[list[str | Text]] = [["c1", *(f"+{i}.0 [-1.0, 2.0]" for i in range(6))]]
+    for width in (60, 80):
+        lines = shown(columns, rows, width).splitlines()
+        assert max(len(line) for line in lines) <= width
+        assert sum(line.count("[95 % CI]") for line in lines) == 6  # whole, once per column
+        assert not any("[95 %" in line and "[95 % CI]" not in line for line in lines)

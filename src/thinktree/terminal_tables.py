@@ -4,12 +4,14 @@ A table wider than the terminal is shown as several, each beginning with the tab
 first column (what its rows are) and taking its share of the others: as few parts as fit,
 and as even as their number allows. Figures
 are never cut in two: only the first column and prose (cells longer than
-:data:`PROSE_AFTER` characters) break, and then between words. Rich alone squeezes every
+:data:`PROSE_AFTER` characters) break, and then between words; headers break between
+words too, but never inside a bracketed aside such as ``[95 % CI]``. Rich alone squeezes every
 column of a wide table, so at 80 columns ``33.3 %`` read ``33.`` over ``3 %``.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -103,7 +105,15 @@ def _measure(header: str, cells: list[str], *, first: bool) -> _Measure:
 
 
 def _longest_word(text: str) -> int:
-    return max((cell_len(word) for word in text.split()), default=0)
+    return max((cell_len(word) for word in _words(text)), default=0)
+
+
+_HEADER_WORD = re.compile(r"\[[^\]]*\]|\S+")
+"""A header's unit: a bracketed aside (``[95 % CI]``) is kept whole, as a word is."""
+
+
+def _words(header: str) -> list[str]:
+    return _HEADER_WORD.findall(header)
 
 
 def _grouped(measures: list[_Measure], width: int) -> tuple[list[list[int]], list[int]]:
@@ -151,9 +161,10 @@ def _packed(needs: dict[int, int], room: int) -> list[list[int]]:
 
 
 def _header(text: str, width: int) -> Text:
-    """``text`` broken between words into lines of at most ``width`` cells."""
+    """``text`` broken between words (a bracketed aside is one) into lines of at most
+    ``width`` cells."""
     lines: list[str] = []
-    for word in text.split():
+    for word in _words(text):
         if lines and cell_len(lines[-1]) + 1 + cell_len(word) <= width:
             lines[-1] += " " + word
         else:
