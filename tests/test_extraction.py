@@ -250,6 +250,10 @@ CASES: list[tuple[str, str, str | None, str | None]] = [
         "yesno-word",
     ),
     ("pubmedqa", "The answer is not yes, but rather maybe.", "maybe", "answer-is"),
+    ("pubmedqa", "Yes, yes, yes.", "yes", "yesno-word"),
+    # a final line that names two is no answer: it lists them, or says one and hedges
+    ("pubmedqa", "Yes, no, maybe.", None, None),
+    ("pubmedqa", "No, it is too early to say yes.", None, None),
     (
         "pubmedqa",
         "We must decide whether the answer is yes or no.\n\nThe readmission rates were "

@@ -622,10 +622,11 @@ def _read_yesno(body: str, problem: Problem) -> _Reading:
 
 
 def _yesno_fallback(text: str, problem: Problem) -> Extraction | None:
-    """The last yes/no/maybe word of the final line."""
+    """The yes/no/maybe word of the final line, where it names only one: a line that names
+    two ("Yes, no, maybe.", "No, it is too early to say yes") is no answer."""
     tail = _tail_lines(text, 1)
-    words = _YESNO_WORD.findall(tail[-1]) if tail else []
-    return Extraction(words[-1].lower(), "yesno-word") if words else None
+    words = {word.lower() for word in _YESNO_WORD.findall(tail[-1])} if tail else set()
+    return Extraction(words.pop(), "yesno-word") if len(words) == 1 else None
 
 
 # --- numeric ---------------------------------------------------------------------------------
