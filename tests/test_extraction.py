@@ -302,6 +302,12 @@ CASES: list[tuple[str, str, str | None, str | None]] = [
     ("medcalc", "The answer is 12%.", "12", "answer-is"),
     ("medcalc", "$\\boxed{1.2 \\times 10^{3}}$", "1200", "boxed"),
     ("medcalc", "Answer: 3-4 points", None, None),
+    # a list's item number is no answer, where the reply stops in its list
+    ("medcalc", "1. No history of PE.\n2. Not pregnant.\n5. She has no history of", None, None),
+    ("medcalc", "Steps:\n(2) the heart rate", None, None),
+    ("medcalc", "Steps first.\n**3.** Add the points", None, None),
+    ("medcalc", "The score:\n10.", "10", "number"),  # a number alone is one
+    ("medcalc", "It adds up to 5 points", "5", "number"),
     ("medcalc", "The answer is 1,5 L", None, None),
     (
         "medcalc",

@@ -161,6 +161,7 @@ _SENTENCE_END = re.compile(r"[.;!?\n]")
 # --- numeric -------------------------------------------------------------------------------
 
 _RESULT_SEPARATOR = re.compile(r"=|≈")
+_LIST_ITEM = re.compile(r"[*_\s]*\(?\d{1,3}[.)][*_]*\s+[^\W\d]")  # "5. She…", "(2) the…"
 _STATEMENT_SEPARATOR = re.compile(r"=|≈|:|\b(?:is|was|are)\b", re.IGNORECASE)
 
 
@@ -648,7 +649,8 @@ def _first_number(segment: str) -> _Reading:
 
 
 def _numeric_fallback(text: str, problem: Problem) -> Extraction | _Verdict | None:
-    """The number stated at the end of the final line ("... is 1.71"), or its only number."""
+    """The number stated at the end of the final line ("... is 1.71"), or its only number
+    (unless that numbers the line as a list's item: "5. She has no history of ...")."""
     tail = _tail_lines(text, 1)
     if not tail:
         return None
@@ -656,7 +658,7 @@ def _numeric_fallback(text: str, problem: Problem) -> Extraction | _Verdict | No
     separators = list(_STATEMENT_SEPARATOR.finditer(line))
     if separators:
         reading = _first_number(line[separators[-1].end() :])
-    elif len(NUMBER_TOKEN.findall(line)) == 1:
+    elif len(NUMBER_TOKEN.findall(line)) == 1 and not _LIST_ITEM.match(line):
         reading = _first_number(line)
     else:
         reading = None
