@@ -26,9 +26,10 @@ from bench_data import write_choice_problems
 from choice_set import beta_problems
 from request_keys import SEEN, reply, request_key
 from thinktree.bench.cluster import InProcessShards, ShardRunner
-from thinktree.bench.grid import load_bench_config
-from thinktree.bench.runner import run_bench
+from thinktree.bench.grid import DatasetSpec, load_bench_config
+from thinktree.bench.runner import load_cell_problems, run_bench
 from thinktree.bench.sharding import SHARDS, ShardReport, ShardSpec
+from thinktree.datasets import DatasetError
 from thinktree.errors import ConfigError
 from thinktree.orchestrator.run import run_outcome
 from thinktree.testing.fake_server import FakeBehaviour, FakeServer, Fault, fake_server_in_thread
@@ -338,6 +339,23 @@ def test_a_bench_dataset_checks_the_range_of_its_limit_and_offset(tmp_path: Path
     )
     with pytest.raises(ConfigError, match=f"{key} must be a whole number from"):
         load_bench_config(config)
+
+
+@pytest.mark.parametrize(
+    ("offset", "limit", "why"),
+    [
+        (2, None, "dataset 'one' holds 2 problems: offset 2 leaves none; give an offset below 2"),
+        (0, 0, "dataset 'one' has no problems after offset/limit"),
+    ],
+)
+def test_a_bench_dataset_sliced_to_nothing_says_why(
+    tmp_path: Path, offset: int, limit: int | None, why: str
+) -> None:
+    write_choice_problems(tmp_path / "one.jsonl", "p")
+    spec = DatasetSpec(name="one", path=tmp_path / "one.jsonl", offset=offset, limit=limit)
+    with pytest.raises(DatasetError) as caught:
+        load_cell_problems(spec, "none")
+    assert str(caught.value) == why
 
 
 def test_a_verifier_grid_shares_the_samples_it_judges(tmp_path: Path) -> None:

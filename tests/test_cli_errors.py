@@ -94,6 +94,7 @@ HUGE = "100000000000000000000"  # past the 64-bit integers a run's records hold
         (["--max-problem-tokens", HUGE], ["--max-problem-tokens must be at most"]),
         (["--limit", HUGE], ["limit must be at most"]),
         (["--offset", HUGE], ["offset must be at most"]),
+        (["--offset", "2"], ["data.jsonl holds 2 problems: --offset 2 leaves none", "below 2"]),
         # each setting in range, their product not
         (
             ["--mode", "parallel", "--n", "10000", "--budget", "1000000000"],
@@ -119,6 +120,10 @@ def test_settings_out_of_range_fail_before_the_run_folder_exists(
         (["--offset", "-3"], ["offset must be 0 or more, not -3"]),
         (["--limit", "-1"], ["--limit must be positive"]),
         (["--offset", HUGE], ["offset must be at most"]),
+        (
+            ["--offset", "20"],
+            ["the demo set holds 20 problems: --offset 20 leaves none; give an offset below 20"],
+        ),
     ],
 )
 def test_the_demo_set_checks_offset_and_limit_as_a_dataset_does(

@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from thinktree import event_loop
-from thinktree.datasets import DatasetError, load_demo, load_problems, select
+from thinktree.datasets import DatasetError, load_demo, load_problems, none_left, select
 from thinktree.errors import (
     ConfigError,
     EndpointDown,
@@ -302,8 +302,9 @@ def run(
             problems = select(load_demo(), limit=limit, offset=offset)
         else:
             problems = load_problems(dataset, limit=limit, offset=offset)
-        if not problems:
-            raise _fail("no problems left after --offset/--limit")
+        if not problems:  # the limit is positive: the offset is past the end
+            every = load_demo() if dataset is None else load_problems(dataset)
+            raise _fail(none_left(str(dataset or "the demo set"), len(every), offset))
         target = endpoint_from(endpoint, model=model, config=cfg)
     except (ThinktreeError, DatasetError) as exc:
         raise _fail(str(exc)) from None

@@ -66,6 +66,12 @@ def select(problems: list[Problem], *, limit: int | None, offset: int = 0) -> li
     return problems[offset:end]
 
 
+def none_left(source: str, total: int, offset: int, *, option: str = "--offset") -> str:
+    """The one-line error for an ``offset`` that leaves none of ``source``'s ``total``."""
+    held = f"{total} problem{'s' if total != 1 else ''}"
+    return f"{source} holds {held}: {option} {offset} leaves none; give an offset below {total}"
+
+
 def load_demo() -> list[Problem]:
     """Load the built-in demo set shipped in ``thinktree/data/demo.jsonl``."""
     resource = files("thinktree") / DEMO_RESOURCE

@@ -41,7 +41,7 @@ from thinktree.bench.sharding import (
     split,
 )
 from thinktree.config import endpoint_from, endpoint_tables, load_config
-from thinktree.datasets import DatasetError, load_problems
+from thinktree.datasets import DatasetError, load_problems, none_left
 from thinktree.errors import ConfigError
 from thinktree.orchestrator.bus import Subscriber
 from thinktree.orchestrator.call_cache import SqliteCallCache, check_call_store
@@ -115,6 +115,11 @@ def load_cell_problems(spec: DatasetSpec, perturbation: str) -> list[Problem]:
 
         assert spec.hub is not None
         problems = load_hub(spec.hub, split=spec.split, limit=spec.limit, offset=spec.offset)
+    if not problems and spec.offset and spec.path is not None:
+        total = len(load_problems(spec.path))
+        if spec.offset >= total:
+            source = f"dataset '{spec.name}'"
+            raise DatasetError(none_left(source, total, spec.offset, option="offset"))
     if not problems:
         raise DatasetError(f"dataset '{spec.name}' has no problems after offset/limit")
     return perturb(problems, perturbation)
