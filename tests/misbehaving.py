@@ -6,6 +6,7 @@ factories and closes that fail) usable in-process, as a plugin's entry point wou
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -22,6 +23,8 @@ from thinktree.verifiers.registry import BUILTIN_VERIFIERS
 def _verdicts(kind: str, n: int) -> Any:
     if kind == "raise":
         raise RuntimeError("boom from a verifier")
+    if kind == "exit":
+        raise SystemExit(3)
     bad: dict[str, Any] = {
         "nan": Verdict(score=float("nan")),
         "inf": Verdict(score=float("-inf")),
@@ -99,6 +102,8 @@ class Plain:
         try:
             if self.kind == "plain-raise":
                 raise RuntimeError("boom from a verifier")
+            if self.kind == "plain-exit":
+                sys.exit("the scorer gave up")
             if self.kind == "plain-hang":
                 RELEASE.wait(60)
             time.sleep(0.02)  # long enough for the other problems' calls to overlap it

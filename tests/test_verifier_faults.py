@@ -90,6 +90,8 @@ BAD_VERDICTS = {
     "none": "verifier misbehave:none returned None, not a list of verdicts",
     "model-int": "gave a model that is not a name: 7 (int)",
     "plain-raise": "failed: boom from a verifier",  # a plain def verify's, from its thread
+    "exit": "verifier misbehave:exit failed: it called sys.exit(3)",  # not the run's end
+    "plain-exit": "failed: it called sys.exit('the scorer gave up')",
 }
 
 

@@ -183,8 +183,13 @@ class VerifierPanel:
             )
             log.warning("verifier failed", verifier=named.name, problem=problem.id, error=reason)
             found = [Verdict.failed(reason) for _ in views]
-        except Exception as exc:  # a verifier's failure fails its verdicts, not the run
-            detail = " ".join(str(exc).split()) or type(exc).__name__
+        except (Exception, SystemExit) as exc:  # a verifier's failure fails its verdicts,
+            # not the run: a sys.exit() in a plugin's code too
+            detail = (
+                f"it called sys.exit({exc.code!r})"
+                if isinstance(exc, SystemExit)
+                else " ".join(str(exc).split()) or type(exc).__name__
+            )
             reason = (
                 detail
                 if isinstance(exc, _NotVerdicts)
