@@ -16,6 +16,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -379,6 +380,56 @@ async def test_a_server_that_wants_an_api_key_is_refused_at_once(tmp_path: Path)
     message = str(info.value)
     assert "asks for an API key (it answered 401 to /v1/models)" in message
     assert "leave out --api-key" in message and "\n" not in message
+
+
+_SOCKETS_LIKE_VLLM = textwrap.dedent(
+    """
+    import os, socket, sys, tempfile, uuid
+    # as vLLM's processes do: a Unix socket where VLLM_RPC_BASE_PATH says, never removed
+    folder = os.environ.get("VLLM_RPC_BASE_PATH", tempfile.gettempdir())
+    ipc = socket.socket(socket.AF_UNIX)
+    ipc.bind(os.path.join(folder, str(uuid.uuid4())))
+    with open(sys.argv[3], "w") as f:
+        f.write(folder)
+    """
+)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("named", [False, True])
+async def test_a_vllm_server_leaves_no_sockets_behind(tmp_path: Path, named: bool) -> None:
+    where = tmp_path / "where"
+    chosen = tmp_path / "chosen"
+    chosen.mkdir()
+    env = {**os.environ, **({"VLLM_RPC_BASE_PATH": str(chosen)} if named else {})}
+    spec = ServerSpec(
+        engine="vLLM",
+        model="m",
+        command=lambda port: [
+            sys.executable,
+            "-c",
+            _SOCKETS_LIKE_VLLM + _STAND_IN,
+            "127.0.0.1",
+            str(port),
+            str(where),
+        ],
+        env=env,
+        log_dir=tmp_path,
+        log_stem="sockets",
+    )
+    async with launcher.launch(spec, startup_timeout=30):
+        folder = Path(where.read_text())
+        assert _sockets(folder) == 1
+        assert folder == chosen if named else folder.parent == Path(tempfile.gettempdir())
+    # its own folder goes with the server; one the environment named is left as it is
+    assert _sockets(folder) == (1 if named else None)
+
+
+def _sockets(folder: Path) -> int | None:
+    """How many Unix sockets ``folder`` holds; None where it is gone."""
+    if not folder.exists():
+        return None
+    return sum(p.is_socket() for p in folder.iterdir())
 
 
 def _ipv6_loopback() -> bool:

@@ -21,10 +21,12 @@ import ipaddress
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -355,6 +357,9 @@ def death_signal_preexec() -> Callable[[], None] | None:
     return preexec
 
 
+RPC_FOLDER_ENV = "VLLM_RPC_BASE_PATH"
+"""Where a vLLM server's processes make the Unix sockets they talk over."""
+
 _owned: dict[int, subprocess.Popen[bytes]] = {}
 _owned_lock = threading.Lock()
 
@@ -648,9 +653,14 @@ async def launch(
     command = spec.command(port)
     base_url = server_url(connect_host(spec.host), port)
     started = time.monotonic()
-    proc, log_path = spawn(
-        command, spec.env, spec.log_dir, spec.log_stem, spec.engine, preexec_factory()
-    )
+    env, sockets = _own_socket_folder(spec)
+    try:
+        proc, log_path = spawn(
+            command, env, spec.log_dir, spec.log_stem, spec.engine, preexec_factory()
+        )
+    except BaseException:
+        _remove(sockets)
+        raise
     log.info(
         "starting model server",
         engine=spec.engine,
@@ -686,3 +696,23 @@ async def launch(
             if record_state and spec.state_path is not None:
                 remove_state(spec.state_path, proc.pid)
             await stop(proc)
+            _remove(sockets)
+
+
+def _own_socket_folder(spec: ServerSpec) -> tuple[dict[str, str], Path | None]:
+    """``spec``'s environment, with a folder of its own for a vLLM server's sockets.
+
+    vLLM's processes talk over Unix sockets made where ``VLLM_RPC_BASE_PATH`` says, the
+    temporary folder by default, and a stopped server leaves them there: seven for each
+    start. In a folder of its own, removed once the server stopped, none are left. (Where
+    the environment names a folder already, it is used as it is.)
+    """
+    if spec.engine_key != "vllm" or RPC_FOLDER_ENV in spec.env:
+        return spec.env, None
+    folder = Path(tempfile.mkdtemp(prefix="thinktree-vllm-"))
+    return {**spec.env, RPC_FOLDER_ENV: str(folder)}, folder
+
+
+def _remove(folder: Path | None) -> None:
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
