@@ -899,7 +899,7 @@ def bench(
     from thinktree.bench.commands import bench_main
 
     try:
-        main = bench_main(config, out_dir, out, err, ray=ray, shards=shards)
+        main = bench_main(config, out_dir, out, err, ray=ray, shards=shards, say=_say_dim)
     except (ThinktreeError, DatasetError) as exc:
         raise _fail(str(exc)) from None
     try:

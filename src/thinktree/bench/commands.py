@@ -27,12 +27,14 @@ def bench_main(
     *,
     ray: str | None = None,
     shards: int | None = None,
+    say: Callable[[str], None],
 ) -> Callable[[], Awaitable[int]]:
     """Check the config now (bad input fails before anything exists); return the bench to run,
     which returns how many of its cells' model calls failed (a run again sends those).
 
     ``ray``: run each cell's problems in shards on a Ray cluster, ``LOCAL_RAY`` for one
     started here (see :mod:`thinktree.bench.cluster`); ``shards``: how many per cell.
+    ``say``: where a line of progress goes (which embedded server the cells use).
     """
     from thinktree.bench.progress import BenchProgress
     from thinktree.bench.runner import cell_stopped, failed_calls, plan_bench, run_bench
@@ -51,9 +53,6 @@ def bench_main(
     async def main() -> int:
         from thinktree.bench.cluster import RayCluster
         from thinktree.embedded import announced_server
-
-        def say(text: str) -> None:
-            err.print(clean(text), style="dim", markup=False, highlight=False, soft_wrap=True)
 
         cluster = None
         if ray is not None:
