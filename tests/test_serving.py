@@ -9,9 +9,11 @@ the tests and two unused special tokens renamed `<think>`/`</think>` (no new wei
 
 from __future__ import annotations
 
+import getpass
 import itertools
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -382,33 +384,34 @@ async def test_a_server_that_wants_an_api_key_is_refused_at_once(tmp_path: Path)
     assert "leave out --api-key" in message and "\n" not in message
 
 
-_SOCKETS_LIKE_VLLM = textwrap.dedent(
+_TEMP_FILES_LIKE_VLLM = textwrap.dedent(
     """
-    import os, socket, sys, tempfile, uuid
-    # as vLLM's processes do: a Unix socket where VLLM_RPC_BASE_PATH says, never removed
+    import json, os, socket, sys, tempfile, uuid
+    # as vLLM's processes do: a Unix socket where VLLM_RPC_BASE_PATH says, and
+    # torch.distributed's start file in the temporary folder, neither ever removed
     folder = os.environ.get("VLLM_RPC_BASE_PATH", tempfile.gettempdir())
     ipc = socket.socket(socket.AF_UNIX)
     ipc.bind(os.path.join(folder, str(uuid.uuid4())))
+    start_file = os.path.join(tempfile.gettempdir(), "vllm_dist_" + uuid.uuid4().hex)
+    open(start_file, "w").close()
     with open(sys.argv[3], "w") as f:
-        f.write(folder)
+        json.dump({
+            "sockets": folder,
+            "start_file": start_file,
+            "compile_cache": os.environ.get("TORCHINDUCTOR_CACHE_DIR"),
+        }, f)
     """
 )
 
 
-@pytest.mark.anyio
-@pytest.mark.parametrize("named", [False, True])
-async def test_a_vllm_server_leaves_no_sockets_behind(tmp_path: Path, named: bool) -> None:
-    where = tmp_path / "where"
-    chosen = tmp_path / "chosen"
-    chosen.mkdir()
-    env = {**os.environ, **({"VLLM_RPC_BASE_PATH": str(chosen)} if named else {})}
-    spec = ServerSpec(
+def _vllm_like_spec(tmp_path: Path, where: Path, env: dict[str, str]) -> ServerSpec:
+    return ServerSpec(
         engine="vLLM",
         model="m",
         command=lambda port: [
             sys.executable,
             "-c",
-            _SOCKETS_LIKE_VLLM + _STAND_IN,
+            _TEMP_FILES_LIKE_VLLM + _STAND_IN,
             "127.0.0.1",
             str(port),
             str(where),
@@ -417,12 +420,65 @@ async def test_a_vllm_server_leaves_no_sockets_behind(tmp_path: Path, named: boo
         log_dir=tmp_path,
         log_stem="sockets",
     )
-    async with launcher.launch(spec, startup_timeout=30):
-        folder = Path(where.read_text())
-        assert _sockets(folder) == 1
-        assert folder == chosen if named else folder.parent == Path(tempfile.gettempdir())
-    # its own folder goes with the server; one the environment named is left as it is
-    assert _sockets(folder) == (1 if named else None)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("named", [False, True])
+async def test_a_vllm_server_leaves_no_temporary_files_behind(tmp_path: Path, named: bool) -> None:
+    where = tmp_path / "where"
+    chosen = tmp_path / "chosen"
+    chosen.mkdir()
+    env = {**os.environ, **({"VLLM_RPC_BASE_PATH": str(chosen)} if named else {})}
+    env.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    async with launcher.launch(_vllm_like_spec(tmp_path, where, env), startup_timeout=30):
+        seen = json.loads(where.read_text())
+        sockets, start_file = Path(seen["sockets"]), Path(seen["start_file"])
+        assert _sockets(sockets) == 1 and _present(start_file) == [True]
+        own = start_file.parent
+        assert own.parent == Path(tempfile.gettempdir()) and own.name.startswith(
+            f"thinktree-vllm-{os.getpid()}-"
+        )
+        assert sockets == (chosen if named else own)
+        # torch's compile cache stays where torch keeps it by default, outside that folder
+        user = getpass.getuser()
+        assert seen["compile_cache"] == os.path.join(tempfile.gettempdir(), f"torchinductor_{user}")
+    # its own folder goes with the server; a socket folder the environment named stays
+    assert _present(own) == [False]
+    assert _sockets(sockets) == (1 if named else None)
+
+
+@pytest.mark.anyio
+async def test_a_killed_launchers_folder_is_removed_by_the_next_launch(tmp_path: Path) -> None:
+    dead_pid = _a_dead_pid()
+    orphan = Path(tempfile.mkdtemp(prefix=f"thinktree-vllm-{dead_pid}-"))
+    (orphan / "vllm_dist_0").write_text("left by a launcher killed outright")
+    alive = Path(tempfile.mkdtemp(prefix=f"thinktree-vllm-{os.getpid()}-"))
+    unlike = Path(tempfile.mkdtemp(prefix=f"thinktree-vllm-{dead_pid}x"))
+    try:
+        where = tmp_path / "where"
+        async with launcher.launch(
+            _vllm_like_spec(tmp_path, where, dict(os.environ)), startup_timeout=30
+        ):
+            assert _present(orphan) == [False]
+        assert _present(alive, unlike) == [True, True]  # a live launcher's; no such name
+    finally:
+        for folder in (orphan, alive, unlike):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _a_dead_pid() -> int:
+    """The id of a process that has ended."""
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return int(gone.stdout)
+
+
+def _present(*paths: Path) -> list[bool]:
+    return [path.exists() for path in paths]
 
 
 def _sockets(folder: Path) -> int | None:

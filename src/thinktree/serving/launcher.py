@@ -17,6 +17,7 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import getpass
 import ipaddress
 import json
 import os
@@ -359,8 +360,15 @@ def death_signal_preexec() -> Callable[[], None] | None:
 
 RPC_FOLDER_ENV = "VLLM_RPC_BASE_PATH"
 """Where a vLLM server's processes make the Unix sockets they talk over."""
+COMPILE_CACHE_ENV = "TORCHINDUCTOR_CACHE_DIR"
+"""Where torch keeps the kernels it compiled."""
+_TEMP_PREFIX = "thinktree-vllm-"
+_TEMP_FOLDER = re.compile(re.escape(_TEMP_PREFIX) + r"(\d+)-[^-]+")
+"""A vLLM server's temporary folder: the id of the process that launched it, then mkdtemp's."""
 
 _owned: dict[int, subprocess.Popen[bytes]] = {}
+_folders: dict[int, Path] = {}
+"""The temporary folder of each server in ``_owned`` that has one."""
 _owned_lock = threading.Lock()
 
 
@@ -368,9 +376,13 @@ def _stop_owned_at_exit() -> None:
     """atexit fallback: stop every server this process started and has not stopped yet."""
     with _owned_lock:
         procs = list(_owned.values())
+        folders = list(_folders.values())
         _owned.clear()
+        _folders.clear()
     for proc in procs:
         stop_sync(proc)
+    for folder in folders:
+        _remove(folder)
 
 
 atexit.register(_stop_owned_at_exit)
@@ -653,14 +665,17 @@ async def launch(
     command = spec.command(port)
     base_url = server_url(connect_host(spec.host), port)
     started = time.monotonic()
-    env, sockets = _own_socket_folder(spec)
+    env, folder = _own_temp_folder(spec)
     try:
         proc, log_path = spawn(
             command, env, spec.log_dir, spec.log_stem, spec.engine, preexec_factory()
         )
     except BaseException:
-        _remove(sockets)
+        _remove(folder)
         raise
+    if folder is not None:
+        with _owned_lock:
+            _folders[proc.pid] = folder
     log.info(
         "starting model server",
         engine=spec.engine,
@@ -696,21 +711,54 @@ async def launch(
             if record_state and spec.state_path is not None:
                 remove_state(spec.state_path, proc.pid)
             await stop(proc)
-            _remove(sockets)
+            with _owned_lock:
+                _folders.pop(proc.pid, None)
+            _remove(folder)
 
 
-def _own_socket_folder(spec: ServerSpec) -> tuple[dict[str, str], Path | None]:
-    """``spec``'s environment, with a folder of its own for a vLLM server's sockets.
+def _own_temp_folder(spec: ServerSpec) -> tuple[dict[str, str], Path | None]:
+    """``spec``'s environment, with a temporary folder of its own for a vLLM server.
 
-    vLLM's processes talk over Unix sockets made where ``VLLM_RPC_BASE_PATH`` says, the
-    temporary folder by default, and a stopped server leaves them there: seven for each
-    start. In a folder of its own, removed once the server stopped, none are left. (Where
-    the environment names a folder already, it is used as it is.)
+    vLLM leaves files in the temporary folder at each start: the Unix sockets its processes
+    talk over (seven, where ``VLLM_RPC_BASE_PATH`` says) and torch.distributed's start file
+    (``vllm_dist_*``, where ``TMPDIR`` says). Both go in a folder of its own, removed once the
+    server stopped. Torch's compile cache, which lives in the temporary folder and makes
+    later starts faster, stays where it was. A socket folder the environment names is used
+    as it is. The folder's name holds this process's id, so that the next launch removes
+    the folder of a process that was killed before it could.
     """
-    if spec.engine_key != "vllm" or RPC_FOLDER_ENV in spec.env:
+    if spec.engine_key != "vllm":
         return spec.env, None
-    folder = Path(tempfile.mkdtemp(prefix="thinktree-vllm-"))
-    return {**spec.env, RPC_FOLDER_ENV: str(folder)}, folder
+    _remove_orphaned_folders()
+    folder = Path(tempfile.mkdtemp(prefix=f"{_TEMP_PREFIX}{os.getpid()}-"))
+    env = {**spec.env, "TMPDIR": str(folder)}
+    env.setdefault(RPC_FOLDER_ENV, str(folder))
+    env.setdefault(COMPILE_CACHE_ENV, _default_compile_cache())
+    return env, folder
+
+
+def _remove_orphaned_folders() -> None:
+    """Remove the temporary folders of vLLM servers whose launching process is gone."""
+    try:
+        entries = list(Path(tempfile.gettempdir()).iterdir())
+    except OSError:
+        return
+    for entry in entries:
+        match = _TEMP_FOLDER.fullmatch(entry.name)
+        if match and not pid_alive(int(match[1])) and entry.is_dir():
+            log.debug("removing an orphaned server folder", folder=str(entry))
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _default_compile_cache() -> str:
+    """Where torch keeps its compile cache when ``TORCHINDUCTOR_CACHE_DIR`` names none."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, ModuleNotFoundError, OSError):
+        user = f"uid_{os.getuid()}"
+    return os.path.join(
+        tempfile.gettempdir(), "torchinductor_" + re.sub(r'[\\/:*?"<>|]', "_", user)
+    )
 
 
 def _remove(folder: Path | None) -> None:
