@@ -1,4 +1,4 @@
-"""Help texts are shown as written: typer reads them as Rich markup, which ate "[prices]"."""
+"""Help texts are shown as written, and whole in an 80-column terminal."""
 
 from __future__ import annotations
 
@@ -38,11 +38,12 @@ def test_help_texts_keep_their_brackets(tmp_path: Path) -> None:
     bench_help = cli("bench", "--help", cwd=tmp_path)
     assert_ok(run_help)
     assert_ok(bench_help)
-    assert "(needs [prices] for the model)" in run_help.stdout, run_help.stdout
-    assert "auto [default: budget]" in run_help.stdout
-    assert "bench config (TOML): [[datasets]] and [grid]" in bench_help.stdout, bench_help.stdout
-    assert "(needs thinktree[ray])" in bench_help.stdout
-    assert "shards per cell with --ray [default: the cluster's CPUs]" in bench_help.stdout
+    run_text, bench_text = (" ".join(p.stdout.split()) for p in (run_help, bench_help))  # unwrapped
+    assert "(needs [prices] for the model)" in run_text, run_help.stdout
+    assert "auto [default: budget]" in run_text
+    assert "bench config (TOML): [[datasets]] and [grid]" in bench_text, bench_help.stdout
+    assert "(needs thinktree[ray])" in bench_text
+    assert "shards per cell with --ray [default: the cluster's CPUs]" in bench_text
 
 
 def _commands(command: Any, path: list[str]) -> Iterator[tuple[list[str], Any]]:
@@ -52,13 +53,30 @@ def _commands(command: Any, path: list[str]) -> Iterator[tuple[list[str], Any]]:
 
 
 def test_every_help_text_is_shown_as_written() -> None:
-    def words(text: str) -> str:
-        return " ".join(text.replace("│", " ").split())
+    def letters(text: str) -> str:  # wrapped anywhere, even after a hyphen, it reads the same
+        return "".join(text.split())
 
     runner = CliRunner()
     for path, command in _commands(typer.main.get_command(app), []):
         shown = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "400"})
         assert shown.exit_code == 0, shown.output
         texts = [command.help or "", *(getattr(p, "help", None) or "" for p in command.params)]
-        for text in texts:  # a bracket escaped for typer's markup is shown without the "\\"
-            assert words(text.replace("\\[", "[")) in words(shown.output), (path, text)
+        for text in texts:
+            assert letters(text) in letters(shown.output), (path, text)
+
+
+def test_help_fits_an_80_column_terminal() -> None:
+    runner = CliRunner()
+    for path, command in _commands(typer.main.get_command(app), []):
+        shown = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "80"})
+        assert shown.exit_code == 0, shown.output
+        lines = shown.output.splitlines()
+        assert max(len(line) for line in lines) <= 80, (path, shown.output)
+        words = shown.output.split()
+        for param in command.params:  # every option's name whole, as a word of its own
+            for name in (*param.opts, *param.secondary_opts):
+                if name.startswith("-"):
+                    assert any(w.strip(",") == name for w in words), (path, name, shown.output)
+        for name, sub in getattr(command, "commands", {}).items():  # and what each command does
+            line = next(line for line in lines if line.split()[:1] == [name])
+            assert sub.get_short_help_str(limit=1000) in line, (path, line)

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 import anyio
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -31,9 +30,11 @@ from thinktree.logging_setup import configure
 from thinktree.sanitize import clean, literal, printable
 from thinktree.terminal_tables import Column, fitted
 
-# typer shows help texts as Rich markup: brackets in one go through escape()
+# Plain help (click's), not typer's Rich panels: in an 80-column terminal those squeeze the
+# descriptions to a few words a line and cut long option names short.
 app = typer.Typer(
     help="Test-time scaling for language models, with every branch and revision on view.",
+    rich_markup_mode=None,
     no_args_is_help=False,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -131,7 +132,7 @@ async def _stopping_on_sigterm(fn: Callable[[], Awaitable[T]]) -> T:
     return outcome[0]
 
 
-@app.command()
+@app.command(short_help="Run a dataset under one scaling mode; print its results table.")
 def run(
     ctx: typer.Context,
     dataset: Annotated[
@@ -140,9 +141,7 @@ def run(
     mode: Annotated[
         str | None,
         typer.Option(
-            help=escape(
-                "budget | sequential | parallel | hybrid | adaptive | auto [default: budget]"
-            )
+            help="budget | sequential | parallel | hybrid | adaptive | auto [default: budget]"
         ),
     ] = None,
     n: Annotated[int, typer.Option(help="parallel samples / hybrid branches / adaptive most")] = 4,
@@ -196,9 +195,7 @@ def run(
     ] = None,
     max_cost: Annotated[
         float | None,
-        typer.Option(
-            help=escape("stop the run at this cost in USD (needs [prices] for the model)")
-        ),
+        typer.Option(help="stop the run at this cost in USD (needs [prices] for the model)"),
     ] = None,
     resume: Annotated[
         Path | None,
@@ -654,7 +651,7 @@ def _print_results(result: object) -> None:
         )
 
 
-@app.command()
+@app.command(short_help="Try an endpoint's capabilities for real; print what it can do.")
 def probe(
     endpoint: Annotated[
         str | None, typer.Argument(help="URL or name (default: the embedded model)")
@@ -745,7 +742,7 @@ def probe(
     _run_async(main)
 
 
-@app.command()
+@app.command(short_help="Browse a run in the terminal view, live while it is written.")
 def watch(
     path: Annotated[
         Path, typer.Argument(help="run folder, its trace.jsonl, or a folder of runs (newest)")
@@ -867,11 +864,9 @@ def _cost(cost: float | None) -> str:
     return "—" if cost is None else f"${cost:.4f}"
 
 
-@app.command()
+@app.command(short_help="Run a grid of runs (datasets × modes × budgets …) in one folder.")
 def bench(
-    config: Annotated[
-        Path, typer.Argument(help=escape("bench config (TOML): [[datasets]] and [grid]"))
-    ],
+    config: Annotated[Path, typer.Argument(help="bench config (TOML): [[datasets]] and [grid]")],
     out_dir: Annotated[
         Path, typer.Option("--out", help="bench folder; the same folder again resumes it")
     ],
@@ -880,7 +875,7 @@ def bench(
         typer.Option(
             "--ray",
             metavar="[ADDRESS]",
-            help=escape(
+            help=(
                 "split each cell's problems across a Ray cluster: alone, a local one started "
                 "for this command; or HOST:PORT, ray://HOST:PORT, auto (needs thinktree[ray])"
             ),
@@ -888,9 +883,7 @@ def bench(
     ] = None,
     shards: Annotated[
         int | None,
-        typer.Option(
-            "--shards", help=escape("shards per cell with --ray [default: the cluster's CPUs]")
-        ),
+        typer.Option("--shards", help="shards per cell with --ray [default: the cluster's CPUs]"),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
 ) -> None:
@@ -917,7 +910,7 @@ def bench(
         raise typer.Exit(INCOMPLETE)
 
 
-@app.command()
+@app.command(short_help="Tables, paired comparisons and plots: report.md, report.html.")
 def report(
     path: Annotated[Path, typer.Argument(help="a run folder or a bench folder")],
     out_dir: Annotated[
@@ -940,7 +933,10 @@ def report(
         raise _fail(_cannot(exc, path)) from None
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(
+    short_help="Serve a model until Ctrl-C (runs reuse the embedded one).",
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
 def serve(
     ctx: typer.Context,
     engine: Annotated[str, typer.Argument(help="vllm | llamacpp")] = "vllm",

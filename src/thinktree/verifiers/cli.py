@@ -12,6 +12,7 @@ from thinktree.sanitize import clean, printable
 
 verifier_app = typer.Typer(
     help="Verifiers: list the available ones, train one from runs with gold answers.",
+    short_help="List the verifiers; train or evaluate one from finished runs.",
     no_args_is_help=True,
 )
 out = Console(emoji=False)  # ":cat:" in a path is text (see thinktree.cli)
@@ -25,7 +26,9 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-@verifier_app.command("list")
+@verifier_app.command(
+    "list", short_help="The verifier names --verifier accepts: built-ins and plugins."
+)
 def list_verifiers() -> None:
     """The verifier names --verifier accepts: the built-ins and installed plugins."""
     from thinktree.errors import ThinktreeError
@@ -53,7 +56,9 @@ def list_verifiers() -> None:
         typer.echo(clean(f"{name:16} strategy plugin (--mode {name})"))
 
 
-@verifier_app.command("train")
+@verifier_app.command(
+    "train", short_help="Fit a verifier on finished runs (--verifier trained:FILE)."
+)
 def train(
     runs: Annotated[
         list[Path], typer.Argument(help="run folders whose problems have gold answers")
@@ -74,7 +79,9 @@ def train(
     out.print(clean(summary), markup=False)  # it names the runs and the file
 
 
-@verifier_app.command("eval")
+@verifier_app.command(
+    "eval", short_help="AUROC of a trained verifier on finished runs' candidates."
+)
 def evaluate(
     verifier_file: Annotated[Path, typer.Argument(help="a file from `thinktree verifier train`")],
     runs: Annotated[list[Path], typer.Argument(help="finished run folders to score")],
