@@ -308,6 +308,12 @@ CASES: list[tuple[str, str, str | None, str | None]] = [
     ("medcalc", "Steps first.\n**3.** Add the points", None, None),
     ("medcalc", "The score:\n10.", "10", "number"),  # a number alone is one
     ("medcalc", "It adds up to 5 points", "5", "number"),
+    ("medcalc", "So the score is about **7** points.", "7", "number"),
+    ("medcalc", "Hence the deficit was therefore −2.5 L", "-2.5", "number"),
+    ("medcalc", "The estimated GFR is: $62$ mL/min", "62", "number"),
+    # the number must follow its "is": none is stated here
+    ("medcalc", "The criteria used here is a 2015 World Health Organization standard", None, None),
+    ("medcalc", "The result is not clear from 3 readings", None, None),
     ("medcalc", "The answer is 1,5 L", None, None),
     (
         "medcalc",

@@ -163,6 +163,12 @@ _SENTENCE_END = re.compile(r"[.;!?\n]")
 _RESULT_SEPARATOR = re.compile(r"=|≈")
 _LIST_ITEM = re.compile(r"[*_\s]*\(?\d{1,3}[.)][*_]*\s+[^\W\d]")  # "5. She…", "(2) the…"
 _STATEMENT_SEPARATOR = re.compile(r"=|≈|:|\b(?:is|was|are)\b", re.IGNORECASE)
+_STATED_NUMBER = re.compile(  # what may stand between "is" and its number: "is about **12**"
+    r"(?:[\s*_:~≈\"'(\[$]|\b(?:therefore|thus|then|approximately|approx|about|around|roughly"
+    r"|nearly|almost|estimated|calculated|computed|found|equal|to|be|at|as)\b\.?)*"
+    r"(?=[+−–-]?\.?\d)",
+    re.IGNORECASE,
+)
 
 
 def extract_answer(text: str, problem: Problem) -> Extraction | None:
@@ -649,15 +655,20 @@ def _first_number(segment: str) -> _Reading:
 
 
 def _numeric_fallback(text: str, problem: Problem) -> Extraction | _Verdict | None:
-    """The number stated at the end of the final line ("... is 1.71"), or its only number
-    (unless that numbers the line as a list's item: "5. She has no history of ...")."""
+    """The number stated at the end of the final line ("... is about 1.71"), or its only
+    number (unless that numbers the line as a list's item: "5. She has no history of ...").
+
+    The stated number must follow its "is" or "=": "... which is a 2015 study" states none.
+    """
     tail = _tail_lines(text, 1)
     if not tail:
         return None
     line = tail[-1]
     separators = list(_STATEMENT_SEPARATOR.finditer(line))
     if separators:
-        reading = _first_number(line[separators[-1].end() :])
+        stated = line[separators[-1].end() :]
+        lead = _STATED_NUMBER.match(stated)
+        reading = None if lead is None else _first_number(stated[lead.end() :])
     elif len(NUMBER_TOKEN.findall(line)) == 1 and not _LIST_ITEM.match(line):
         reading = _first_number(line)
     else:
