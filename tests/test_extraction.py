@@ -232,6 +232,9 @@ CASES: list[tuple[str, str, str | None, str | None]] = [
         "option-text",
     ),
     ("medxpert", "Answer: I think it could be several of these.", None, None),
+    # a reply that stops in its list names no option by its text
+    ("medxpert", "Options to weigh:\n1. Supportive therapy\n2. Methadone", None, None),
+    ("medxpert", "* 9. Methadone can be misread as a cause of withdrawal", None, None),
     # --- yes / no / maybe (PubMedQA) ---
     ("pubmedqa", "**Answer:** Yes", "yes", "answer-label"),
     (

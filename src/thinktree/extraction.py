@@ -595,7 +595,8 @@ def _normalise(text: str) -> str:
 
 
 def _choice_fallback(text: str, problem: Problem) -> Extraction | _Verdict | None:
-    """A lone letter (or "(C)", "C.", "C)" at line start) near the end, else an option's text."""
+    """A lone letter (or "(C)", "C.", "C)" at line start) near the end, else an option's text
+    on the final line (unless that numbers the line as a list's item)."""
     options = problem.options or {}
     tail = _tail_lines(text, _TAIL_LINES)
     own_line = {m[1] for line in tail if (m := _OWN_LINE_LETTER.fullmatch(line))}
@@ -605,7 +606,7 @@ def _choice_fallback(text: str, problem: Problem) -> Extraction | _Verdict | Non
             return Extraction(letters.pop(), "bare-letter")
         if letters:
             return _REJECT
-    if not tail:
+    if not tail or _LIST_ITEM.match(tail[-1]):  # a list's item names no answer: "2. Methadone"
         return None
     last = _normalise(tail[-1])
     for letter, option in options.items():
