@@ -236,6 +236,10 @@ CASES: list[tuple[str, str, str | None, str | None]] = [
     ("medxpert", "Options to weigh:\n1. Supportive therapy\n2. Methadone", None, None),
     ("medxpert", "* 9. Methadone can be misread as a cause of withdrawal", None, None),
     # --- yes / no / maybe (PubMedQA) ---
+    # the last item of a list of the possible answers is no answer
+    ("pubmedqa", "Possible answers:\n\nA) Yes\nB) No", None, None),
+    ("pubmedqa", "The choices:\n1. yes\n2. no\n3. maybe", None, None),
+    ("pubmedqa", "Steps:\n1. Read the abstract.\n2. No", "no", "yesno-word"),
     ("pubmedqa", "**Answer:** Yes", "yes", "answer-label"),
     (
         "pubmedqa",

@@ -157,6 +157,7 @@ _MIN_CONTAINED_OPTION = 4
 _YESNO_WORD = re.compile(r"\b(yes|no|maybe)\b", re.IGNORECASE)
 _YESNO_FIRST = re.compile(r"(yes|no|maybe)\b(?!\s*(?:or|/|,)\s*(?:yes|no|maybe)\b)", re.I)
 _SENTENCE_END = re.compile(r"[.;!?\n]")
+_ITEM = re.compile(r"\(?(?:\d{1,3}|[A-Za-z])[.)]\s")  # a line that is a list's item: "B) No"
 
 # --- numeric -------------------------------------------------------------------------------
 
@@ -625,16 +626,28 @@ def _read_yesno(body: str, problem: Problem) -> _Reading:
     if first is not None:
         return first[1].lower()
     sentence = _SENTENCE_END.split(body, maxsplit=1)[0]
-    words = {word.lower() for word in _YESNO_WORD.findall(sentence)}
+    words = _yesno_words(sentence)
     return words.pop() if len(words) == 1 else None
 
 
 def _yesno_fallback(text: str, problem: Problem) -> Extraction | None:
     """The yes/no/maybe word of the final line, where it names only one: a line that names
-    two ("Yes, no, maybe.", "No, it is too early to say yes") is no answer."""
-    tail = _tail_lines(text, 1)
-    words = {word.lower() for word in _YESNO_WORD.findall(tail[-1])} if tail else set()
-    return Extraction(words.pop(), "yesno-word") if len(words) == 1 else None
+    two ("Yes, no, maybe.", "No, it is too early to say yes") is no answer, nor is the last
+    item of a list whose items name others ("A) Yes", "B) No")."""
+    tail = _tail_lines(text, _TAIL_LINES)
+    words = _yesno_words(tail[-1]) if tail else set()
+    if len(words) != 1:
+        return None
+    for line in reversed(tail[:-1] if _ITEM.match(tail[-1]) else []):
+        if not _ITEM.match(line):
+            break
+        if _yesno_words(line) - words:
+            return None
+    return Extraction(words.pop(), "yesno-word")
+
+
+def _yesno_words(line: str) -> set[str]:
+    return {word.lower() for word in _YESNO_WORD.findall(line)}
 
 
 # --- numeric ---------------------------------------------------------------------------------
