@@ -235,6 +235,14 @@ CASES: list[tuple[str, str, str | None, str | None]] = [
     # a reply that stops in its list names no option by its text
     ("medxpert", "Options to weigh:\n1. Supportive therapy\n2. Methadone", None, None),
     ("medxpert", "* 9. Methadone can be misread as a cause of withdrawal", None, None),
+    # an option's text against another option's letter is no answer
+    (
+        "medxpert",
+        "Methadone is the only one that fits, which is why option J is right.",
+        None,
+        None,
+    ),
+    ("medxpert", "Methadone (B) is the best choice here.", "B", "option-text"),
     # --- yes / no / maybe (PubMedQA) ---
     # the last item of a list of the possible answers is no answer
     ("pubmedqa", "Possible answers:\n\nA) Yes\nB) No", None, None),

@@ -597,7 +597,8 @@ def _normalise(text: str) -> str:
 
 def _choice_fallback(text: str, problem: Problem) -> Extraction | _Verdict | None:
     """A lone letter (or "(C)", "C.", "C)" at line start) near the end, else an option's text
-    on the final line (unless that numbers the line as a list's item)."""
+    on the final line (unless that numbers the line as a list's item, or names another
+    option by its letter)."""
     options = problem.options or {}
     tail = _tail_lines(text, _TAIL_LINES)
     own_line = {m[1] for line in tail if (m := _OWN_LINE_LETTER.fullmatch(line))}
@@ -614,7 +615,10 @@ def _choice_fallback(text: str, problem: Problem) -> Extraction | _Verdict | Non
         if last == _normalise(option):
             return Extraction(letter, "option-text")
     contained = _only_contained_option(last, options)
-    return None if contained is None else Extraction(contained, "option-text")
+    named = {m[1] or m[2] for m in _MENTIONED_LETTER.finditer(tail[-1])} & options.keys()
+    if contained is None or named - {contained}:  # "Amino acid …, so option D is right"
+        return None
+    return Extraction(contained, "option-text")
 
 
 # --- yes / no / maybe ------------------------------------------------------------------------
