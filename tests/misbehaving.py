@@ -82,7 +82,8 @@ class Misbehaving:
 class Plain:
     """A verify written without ``async``, which blocks as a model's forward pass would:
     ``plain`` for a while, then scores 0.5; ``plain-raise`` raises; ``plain-hang`` until
-    :data:`RELEASE` is set (its timeout_s is 0.2). Notes where and how many at once ran."""
+    :data:`RELEASE` is set (its timeout_s is 0.2); ``plain-slow-once`` blocks 0.7 s in its
+    first call (its timeout_s is 0.5). Notes where and how many at once ran."""
 
     threads: ClassVar[list[int]] = []  # the threads its calls ran in
     most_at_once = 0
@@ -91,15 +92,21 @@ class Plain:
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
+        self.calls = 0
         if kind == "plain-hang":
             self.timeout_s = 0.2
+        if kind == "plain-slow-once":
+            self.timeout_s = 0.5
 
     def verify(self, problem: Problem, candidates: Sequence[CandidateView]) -> list[Verdict]:
         with Plain._lock:
             Plain._now += 1
             Plain.most_at_once = max(Plain.most_at_once, Plain._now)
             Plain.threads.append(threading.get_ident())
+            self.calls += 1
         try:
+            if self.kind == "plain-slow-once" and self.calls == 1:
+                time.sleep(0.7)
             if self.kind == "plain-raise":
                 raise RuntimeError("boom from a verifier")
             if self.kind == "plain-exit":

@@ -235,20 +235,42 @@ async def test_a_plain_def_verify_runs_off_the_loop_one_call_at_a_time(tmp_path:
 
 @pytest.mark.anyio
 async def test_a_plain_def_verify_that_blocks_fails_its_verdicts_in_time(tmp_path: Path) -> None:
-    # it blocks for up to a minute, in its thread: the run goes on, and its timeout holds
+    # it blocks for up to a minute, in its thread: the run goes on, and its timeout holds;
+    # the next problem's call does not start beside the one left running
     RELEASE.clear()
+    Plain.most_at_once = 0
     try:
         with anyio.fail_after(30):
             result = await _run(tmp_path, ("misbehave:plain-hang",), "best-of-n", problems=2)
     finally:
         RELEASE.set()
-    why = (
+    timed_out = (
         "verifier misbehave:plain-hang took longer than 0.2 s on 4 candidates; "
         "give it a longer timeout_s (None: no limit)"
     )
+    kept_out = (
+        "verifier misbehave:plain-hang was still running a call that had timed out 0.2 s "
+        "later; give it a longer timeout_s (None: no limit)"
+    )
+    errors = sorted(  # the verdicts of each problem fail alike
+        error
+        for tree in result.trees
+        for error in {v.error for v in tree.of_kind(NodeKind.VERDICT)}
+    )
+    assert errors == [timed_out, kept_out]
+    assert Plain.most_at_once == 1
     for tree in result.trees:
-        assert [v.error for v in tree.of_kind(NodeKind.VERDICT)] == [why] * 4
         assert tree.vote is not None and tree.vote.rule == "majority" and tree.answer == "B"
+
+
+@pytest.mark.anyio
+async def test_a_plain_def_verify_waits_for_its_call_that_timed_out(tmp_path: Path) -> None:
+    # the first call takes 0.7 s against a timeout of 0.5: the next waits for it, then runs
+    Plain.most_at_once = 0
+    result = await _run(tmp_path, ("misbehave:plain-slow-once",), "best-of-n", problems=2)
+    assert Plain.most_at_once == 1
+    statuses = sorted([v.status for v in tree.of_kind(NodeKind.VERDICT)] for tree in result.trees)
+    assert statuses == [[NodeStatus.DONE] * 4, [NodeStatus.FAILED] * 4]
 
 
 @pytest.mark.anyio

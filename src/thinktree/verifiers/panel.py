@@ -74,6 +74,7 @@ class VerifierPanel:
         self._models: dict[str, list[str]] | None = None  # each verifier's, once prepared
         self._seen: set[str] = set()  # the models verdicts named
         self._turns: dict[str, anyio.Lock] = {}  # a plain verify's: one call at a time
+        self._ended: dict[str, anyio.Event] = {}  # set once its last call's thread ended
 
     async def prepare(self) -> None:
         """Run every verifier's ``prepare`` (async or not) where it has one, before the run
@@ -192,7 +193,7 @@ class VerifierPanel:
             )
             reason = (
                 detail
-                if isinstance(exc, _NotVerdicts)
+                if isinstance(exc, _NotVerdicts | _StillRunning)
                 else f"verifier {named.name} failed: {detail}"
             )
             log.warning("verifier failed", verifier=named.name, problem=problem.id, error=reason)
@@ -260,24 +261,39 @@ class VerifierPanel:
         self, named: NamedVerifier, problem: Problem, views: list[CandidateView]
     ) -> list[object]:
         """What ``verify`` returned within its timeout, as a list (a ValueError says how
-        it is not one). A plain ``def verify`` runs in a thread of its own, after the
-        verifier's calls before it: its timeout counts from its own start."""
+        it is not one).
+
+        A plain ``def verify`` runs in a thread of its own, once the verifier's call before
+        it has ended, even one that timed out and was left running: never two at once. It
+        waits for that one at most its timeout, and its own timeout counts from its start.
+        """
         verify = named.verifier.verify
         call = functools.partial(verify, problem, list(views))  # its own: it may reorder it
+        timeout = _timeout(named)
         if inspect.iscoroutinefunction(verify):
-            with anyio.fail_after(_timeout(named)):
+            with anyio.fail_after(timeout):
                 return _as_list(named, await cast("Awaitable[object]", call()))
-        turn = self._turns.setdefault(named.name, anyio.Lock())
-        async with turn:
-            with anyio.fail_after(_timeout(named)):
-                found = await _in_own_thread(call)
+        async with self._turns.setdefault(named.name, anyio.Lock()):
+            before = self._ended.get(named.name)
+            if before is not None and not before.is_set():  # one that timed out still runs
+                with anyio.move_on_after(timeout):
+                    await before.wait()
+                if not before.is_set():
+                    raise _StillRunning(
+                        f"verifier {named.name} was still running a call that had timed out "
+                        f"{timeout:g} s later; give it a longer timeout_s (None: no limit)"
+                    )
+            ended = self._ended[named.name] = anyio.Event()
+            with anyio.fail_after(timeout):
+                found = await _in_own_thread(call, ended.set)
                 if inspect.isawaitable(found):  # an async verify that does not look like one
                     found = await found
         return _as_list(named, found)
 
 
-async def _in_own_thread(call: Callable[[], Any]) -> Any:
-    """What ``call()`` returns (or raises), run in a daemon thread of its own.
+async def _in_own_thread(call: Callable[[], Any], ended: Callable[[], object]) -> Any:
+    """What ``call()`` returns (or raises), run in a daemon thread of its own; ``ended()``
+    is called on the loop once the thread is done, whether anyone still waits or not.
 
     Cancelled, or timed out, the call is left to finish in the background and what it
     returns is dropped: a plugin's blocking code cannot be interrupted, and a daemon
@@ -287,6 +303,7 @@ async def _in_own_thread(call: Callable[[], Any]) -> Any:
     context = contextvars.copy_context()  # its log lines carry the run's bound fields
 
     def settle(value: Any, error: BaseException | None) -> None:
+        ended()
         if done.done():  # cancelled: nobody waits for it
             return
         if error is None:
@@ -361,6 +378,11 @@ def _timeout(named: NamedVerifier) -> float | None:
 
 class _NotVerdicts(ValueError):
     """A verifier's ``verify`` broke the protocol: the message says how, whole."""
+
+
+class _StillRunning(RuntimeError):
+    """A plain ``verify``'s call that timed out kept the next from starting: the message
+    says so, whole."""
 
 
 def _view(c: Candidate) -> CandidateView:
