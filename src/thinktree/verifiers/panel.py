@@ -280,8 +280,9 @@ class VerifierPanel:
                     await before.wait()
                 if not before.is_set():
                     raise _StillRunning(
-                        f"verifier {named.name} was still running a call that had timed out "
-                        f"{timeout:g} s later; give it a longer timeout_s (None: no limit)"
+                        f"a call of verifier {named.name} that timed out was still running "
+                        f"{timeout:g} s later, so this one could not start; give it a longer "
+                        "timeout_s (None: no limit)"
                     )
             ended = self._ended[named.name] = anyio.Event()
             with anyio.fail_after(timeout):
