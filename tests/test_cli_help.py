@@ -80,3 +80,12 @@ def test_help_fits_an_80_column_terminal() -> None:
         for name, sub in getattr(command, "commands", {}).items():  # and what each command does
             line = next(line for line in lines if line.split()[:1] == [name])
             assert sub.get_short_help_str(limit=1000) in line, (path, line)
+
+
+def test_no_default_is_shown_twice() -> None:
+    # an option whose help names its default in words does not also get click's [default: …]
+    for path, command in _commands(typer.main.get_command(app), []):
+        for param in command.params:
+            says = "(default" in (getattr(param, "help", None) or "")
+            shown = getattr(param, "show_default", False) and param.default is not None
+            assert not (says and shown), (path, param.name)

@@ -224,6 +224,7 @@ def run(
         typer.Option(
             "--watch/--no-tui",
             help="watch the tree grow live in a terminal view (default: plain progress)",
+            show_default=False,  # the help says it, in words
         ),
     ] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="debug logging")] = False,
