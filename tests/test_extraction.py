@@ -150,6 +150,20 @@ CASES: list[tuple[str, str, str | None, str | None]] = [
         "option-text",
     ),
     ("medqa", "Final answer: Factor XII", "D", "final-answer"),
+    # the letter before its phrase: "option D is the correct answer"
+    (
+        "medqa",
+        "Factor IX is wrong here, which is why option D is the correct answer.",
+        "D",
+        "correct-option",
+    ),
+    (
+        "medqa",
+        "The answer is C.\nOn reflection, option D is the right answer.",
+        "D",
+        "correct-option",
+    ),
+    ("medxpert", "Methadone fits best, so choice B is the best one.", "B", "correct-option"),
     ("medqa", "## Final Answer\n\n**B. Factor VIII**", "B", "final-answer"),
     ("medqa", "Answer:\n\nC", "C", "answer-label"),
     ("medqa", "**Answer: C**", "C", "answer-label"),
@@ -455,6 +469,7 @@ _PHRASE_PIECES = [
     "question", "B", "(C)", "not", ".", ",", " ", " ", "  ", "\n", "\t", "\x1c",
     "option", "Option", "choice", "CHOICE", "response", "selection", "select", "choose", "pick",
     "go", "with", "go with", "I", "i", "my", "My", "would", "will", "appropriate", "adoption",
+    "D", "one", "was", "is the correct answer", " D is the right one",
 ]  # fmt: skip
 _UNICODE_PIECES = [
     "anſwer", "beſt", "li\u212aely", "İ", "ı", "ß", "：", "\u00a0", "\u2003", "é", "\u0301",
@@ -487,6 +502,7 @@ def _finds(text: str) -> list[tuple[str, int, int, dict[str, str | None]]]:
             ("is", answer_is),
             ("label", answer_label),
             ("option", list(x._correct_options(text, x._lowered(text)))),
+            ("named", list(x._options_named(text, x._lowered(text)))),
         )
         for m in matches
     ]
@@ -501,6 +517,7 @@ def _scanned(text: str) -> list[tuple[str, int, int, dict[str, str | None]]]:
             ("is", x._ANSWER_IS),
             ("label", x._ANSWER_LABEL),
             ("option", x._CORRECT_OPTION),
+            ("named", x._OPTION_IS_CORRECT),
         )
         for m in pattern.finditer(text)
     ]
@@ -568,8 +585,9 @@ def _scanned_bodies(text: str) -> list[tuple[str, str]]:
         found[m.end()] = (m.start(), "final-answer" if m["final"] else "answer-label")
     for m in x._FINAL_HEADING.finditer(text):
         found[m.end()] = (m.start(), "final-answer")
-    for m in x._CORRECT_OPTION.finditer(text):
-        found[m.end()] = (m.start(), "correct-option")
+    for pattern in (x._CORRECT_OPTION, x._OPTION_IS_CORRECT):
+        for m in pattern.finditer(text):
+            found[m.end()] = (m.start(), "correct-option")
     last_first = sorted(found.items(), key=lambda item: item[1][0], reverse=True)
     return [(method, body) for end, (_, method) in last_first if (body := x._body_at(text, end))]
 
@@ -593,6 +611,8 @@ def test_phrase_bodies_come_last_first_as_scans_order_them(pieces: list[str]) ->
         "Option A is wrong, the best choice is C.\nFinal answer: B",
         "Answer: B. I choose C",
         "The answer is not clear. Option C fits.\nFinal Answer\nAnswer: let's see",
+        "The correct option is B, but option D is the correct answer.\nAnswer: C",
+        "Adoption D is the correct answer; Choice  D was the best one",
     ],
 )
 def test_phrase_bodies_of_mixed_phrases_come_last_first(text: str) -> None:

@@ -106,6 +106,12 @@ _CORRECT_OPTION = re.compile(
     r"|I\s+(?:would\s+|will\s+)?(?:choose|select|pick|go\s+with)\b)",
     re.IGNORECASE,
 )
+# "option D is the correct answer": the letter comes first, so the phrase ends before it
+_OPTION_IS_CORRECT = re.compile(
+    r"\b(?i:option|choice)\s+(?=[A-Z]\s+(?i:is|was)\s+(?i:the\s+)?"
+    r"(?i:correct|right|best|most\s+likely)\s+(?i:answer|option|choice|one)\b)"
+)
+_LETTER_OPTION_WORDS = ("option", "choice")
 
 # Every _CORRECT_OPTION match has one of these words, one or two words after its start
 # ("selection" holds "select"; "go" is only one where "with" follows). As with "answer",
@@ -283,6 +289,7 @@ def _other_phrases(text: str, lowered: str | None, headings: bool, options: bool
         others += [(m.start(), m.end(), "final-answer") for m in _FINAL_HEADING.finditer(text)]
     if options:
         others += [(m.start(), m.end(), "correct-option") for m in _correct_options(text, lowered)]
+        others += [(m.start(), m.end(), "correct-option") for m in _options_named(text, lowered)]
     others.sort(key=_start, reverse=True)
     return others
 
@@ -367,6 +374,13 @@ def _correct_options(text: str, lowered: str | None) -> Iterator[re.Match[str]]:
             if second is not None:
                 starts.append(second[0])
     yield from _matches_at(_CORRECT_OPTION, text, starts)
+
+
+def _options_named(text: str, lowered: str | None) -> Iterator[re.Match[str]]:
+    """``_OPTION_IS_CORRECT.finditer(text)``, tried only where its words are."""
+    if lowered is None:
+        return _OPTION_IS_CORRECT.finditer(text)
+    return _matches_at(_OPTION_IS_CORRECT, text, _found(lowered, _LETTER_OPTION_WORDS))
 
 
 def _answer_spans(text: str, lowered: str | None) -> Iterator[_Phrase]:
