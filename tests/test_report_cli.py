@@ -190,12 +190,7 @@ def test_report_tables_hold_the_right_numbers(bench: Path) -> None:
     assert b[13] == f"${(1000 * 1.0 + 900 * 2.0) / 1e6:.4f}"
     assert "Not finished, left out: 005_unfinished" in md
 
-    pairs = {
-        (row[0], row[1], row[2], row[3]): row
-        for row in md_rows(
-            md, "Paired comparisons (cells that differ in one option, on the same problems)"
-        )
-    }
+    pairs = {(row[0], row[1], row[2], row[3]): row for row in md_rows(md, "Paired comparisons")}
     budget = pairs[("mode=budget · perturbation=none", "budget", "128", "64")]
     # B right and A wrong on q2..q8 (7), A right and B wrong on q1 (1): exact p = 2·9/256
     assert budget[4:7] == ["10", "80.0 %", "20.0 %"]

@@ -281,7 +281,7 @@ def comparisons_table(found: list[Paired], keys: Sequence[str]) -> Table:
         for p in found
     ]
     return Table(
-        "Paired comparisons (cells that differ in one option, on the same problems)",
+        "Paired comparisons",  # short: a part's "(1/2)" stays on the title's line at 80
         [
             "cells",
             "varies",
@@ -296,7 +296,8 @@ def comparisons_table(found: list[Paired], keys: Sequence[str]) -> Table:
             "tok/problem A / B",
         ],
         rows,
-        note="McNemar: exact binomial test below 25 discordant problems, else chi-square "
+        note="Each pair: two cells that differ in one option, on the same problems. "
+        "McNemar: exact binomial test below 25 discordant problems, else chi-square "
         "with continuity correction. Bootstrap: paired over problems, two-sided.",
     )
 
