@@ -226,7 +226,7 @@ def test_runs_prices_a_judge_s_tokens_at_the_judge_model_s_price(tmp_path: Path)
     assert re.search(rf"^verifier tokens .* \${judged['cost_usd']:.4f}", said, re.MULTILINE)
     assert rows["priced"]["cost"] == f"${reported:.4f}"
     spent = sum(m[k] + judged[k] for k in ("prompt_tokens", "completion_tokens"))
-    assert rows["priced"]["tokens"] == str(spent)
+    assert rows["priced"]["tokens"] == f"{spent:,}"
     assert rows["priced"]["note"] == ""
     # the run gave no cost for its judge: neither does the list, and it says why
     assert rows["unpriced"]["cost"] == "—"
@@ -279,3 +279,21 @@ def test_runs_in_an_80_column_terminal_shows_each_word_whole(tmp_path: Path) -> 
     assert "runs in runs (1/" in listed.stdout  # in parts, each with the run's name
     name = folder.removeprefix("runs/")
     assert sum(line.count(name) for line in lines) == listed.stdout.count("runs in runs (")
+
+
+def test_token_counts_are_grouped_by_thousands_as_in_the_terminal_view(tmp_path: Path) -> None:
+    """The run's summary and ``runs`` print 1,234 as the terminal view and report do."""
+    data = tmp_path / "d.jsonl"
+    question = " ".join(["word"] * 1500) + "?"  # the fake server counts a token a word
+    problem = {"id": "q", "question": question, "answer_type": "yesno", "answer": "yes"}
+    data.write_text(json.dumps(problem) + "\n")
+    with fake_server_in_thread(FakeBehaviour(reply="Answer: yes")) as server:
+        ran = cli("run", str(data), "--endpoint", server.base_url, "--out", "runs/r", cwd=tmp_path)
+    assert ran.returncode == 0, ran.stderr
+    m = json.loads((tmp_path / "runs" / "r" / "results.json").read_text())["metrics"]
+    assert m["prompt_tokens"] >= 1000
+    summary = re.search(r"^tokens +prompt (\S+) ", ran.stdout, re.MULTILINE)
+    assert summary is not None, ran.stdout
+    assert summary[1] == f"{m['prompt_tokens']:,}"
+    spent = m["prompt_tokens"] + m["completion_tokens"]
+    assert _listed(tmp_path)["r"]["tokens"] == f"{spent:,}"

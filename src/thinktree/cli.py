@@ -609,7 +609,7 @@ def _print_results(result: object) -> None:
             printable(tree.answer or "—"),
             printable(tree.gold or "—"),
             mark,
-            str(tree.completion_tokens()),
+            f"{tree.completion_tokens():,}",
         )
     out.print(table)
     m = result.metrics
@@ -628,10 +628,10 @@ def _print_results(result: object) -> None:
     summary.add_row("answered", f"{m.answered}/{m.problems}")
     summary.add_row(
         "tokens",
-        f"prompt {m.prompt_tokens} · completion {m.completion_tokens} · "
-        f"thinking {m.thinking_tokens}",
+        f"prompt {m.prompt_tokens:,} · completion {m.completion_tokens:,} · "
+        f"thinking {m.thinking_tokens:,}",
     )
-    summary.add_row("budget utilisation", f"{pct(m.utilisation)} of {m.tokens_allowed}")
+    summary.add_row("budget utilisation", f"{pct(m.utilisation)} of {m.tokens_allowed:,}")
     summary.add_row("calls", f"{m.calls} ({m.retries} retries)")
     if m.cost_usd is not None:
         summary.add_row("cost", f"${m.cost_usd:.4f}")
@@ -826,7 +826,7 @@ def runs(
                 run.model or "—",
                 f"{run.problems_done}/{run.problems_total}",
                 str(run.problems_correct),
-                str(run.tokens),
+                f"{run.tokens:,}",
                 _cost(run.cost_usd(price, known)),
                 _run_note(run, priced=price is not None, prices=known),
             ]

@@ -99,7 +99,7 @@ class BenchProgress(CellWatcher):
             mark = "[green]✓[/]"
         self.console.print(
             f"{mark} {printable(outcome.cell.name)} ({outcome.status}): accuracy {acc} "
-            f"({m.correct}/{m.graded}), {m.completion_tokens} completion tokens, "
+            f"({m.correct}/{m.graded}), {m.completion_tokens:,} completion tokens, "
             f"{outcome.seconds:.1f} s{cached}{printable(note)}",
             highlight=False,
         )

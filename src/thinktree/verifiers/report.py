@@ -12,7 +12,7 @@ def _pct(x: float | None) -> str:
 def verifier_rows(m: VerifierMetrics) -> list[tuple[str, str]]:
     """(name, value) rows: pick vs vote vs oracle, AUROC, what the verifiers spent."""
     auroc = "n/a" if m.auroc is None else f"{m.auroc:.3f}"
-    spent = f"prompt {m.prompt_tokens} · completion {m.completion_tokens}"
+    spent = f"prompt {m.prompt_tokens:,} · completion {m.completion_tokens:,}"
     if m.cost_usd is not None:
         spent += f" · ${m.cost_usd:.4f}"
     return [
