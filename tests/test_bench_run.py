@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -1262,3 +1263,28 @@ async def test_a_plugin_verifier_is_prepared_per_cell_and_checks_once(
         outcomes = await run_bench(load_bench_config(config), tmp_path / "out")
     assert [o.status for o in outcomes] == ["ran"] * 4
     assert ["prepared", "checked", *["prepared"] * 4] == misbehaving.PREPARED
+
+
+def test_progress_lines_off_a_terminal_are_one_line_each_whatever_the_width(
+    tmp_path: Path,
+) -> None:
+    """Piped into a log at a narrow width, a cell's line and the closing command stay whole."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    env["COLUMNS"] = "60"
+    out_dir = "benches/a-bench-folder-whose-name-is-long"
+    with fake_server_in_thread(FakeBehaviour(reply=reply)) as server:
+        config = write_config(tmp_path, server.base_url, 'mode = ["budget", "parallel"]')
+        proc = subprocess.run(
+            [sys.executable, "-m", "thinktree.cli", "bench", str(config), "--out", out_dir],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    cells = [line for line in proc.stderr.splitlines() if line.startswith("✓ ")]
+    assert len(cells) == 4, proc.stderr
+    for line in cells:
+        assert re.fullmatch(r"✓ \S+ \(ran\): accuracy .* completion tokens, [\d.]+ s", line), line
+    assert f"report with: thinktree report {out_dir}\n" in proc.stdout

@@ -231,7 +231,9 @@ def run(
 ) -> None:
     """Run a dataset under one scaling mode and print the results table."""
     if watch and not _terminal():
-        err.print("[yellow]--watch needs a terminal; showing plain progress instead[/]")
+        err.print(
+            "[yellow]--watch needs a terminal; showing plain progress instead[/]", soft_wrap=True
+        )
         watch = False
     # While the view owns the terminal, logs go to a file.
     configure(verbose=verbose, json_file=_watch_log() if watch else None)
@@ -371,7 +373,7 @@ def _execute(
                 folder=lambda: folder[-1] if folder else None,
                 config=config,
                 on_keep=lambda: err.print(
-                    "[dim]view closed; the run goes on — results when it ends[/]"
+                    "[dim]view closed; the run goes on — results when it ends[/]", soft_wrap=True
                 ),
             )
         except WatchQuit:
@@ -649,6 +651,7 @@ def _print_results(result: object) -> None:
             f"[yellow]{printable(result.stopped_by)}[/]; the problems it cut short or left "
             "unfinished say so in the results",
             highlight=False,
+            soft_wrap=True,
         )
 
 
@@ -795,7 +798,7 @@ def runs(
     except OSError as exc:
         raise _fail(f"cannot read {_cannot(exc, root)}") from None
     if not found:
-        out.print(f"no runs in {clean(str(root))}", markup=False)
+        out.print(f"no runs in {clean(str(root))}", markup=False, soft_wrap=True)
         return
     columns = [
         *(Column(name, "left") for name in ("run", "status", "mode", "endpoint", "model")),

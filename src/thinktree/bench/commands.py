@@ -68,7 +68,10 @@ def bench_main(
             done = len(cells) - len(plan.todo)
             if done:
                 where = printable(str(out_dir))
-                err.print(f"[dim]resuming {where}: {done}/{len(cells)} cells already done[/]")
+                err.print(
+                    f"[dim]resuming {where}: {done}/{len(cells)} cells already done[/]",
+                    soft_wrap=True,
+                )
             with BenchProgress(err, len(cells), done) as view:
                 outcomes = await run_bench(
                     config,
@@ -88,6 +91,7 @@ def bench_main(
             f"report with: {shell_command('thinktree', 'report', out_dir)}",
             highlight=False,
             markup=False,
+            soft_wrap=True,  # the command stays whole, to copy
         )
         if stopped:
             err.print(
@@ -133,7 +137,7 @@ def report_main(
 
         out.print(scaling_curve(loaded), highlight=False, markup=False)
     md, page = render.write(report, folder)
-    out.print(clean(f"wrote {md} and {page}"), highlight=False, markup=False)
+    out.print(clean(f"wrote {md} and {page}"), highlight=False, markup=False, soft_wrap=True)
 
 
 def _check_out(out_dir: Path) -> None:

@@ -102,4 +102,5 @@ class BenchProgress(CellWatcher):
             f"({m.correct}/{m.graded}), {m.completion_tokens:,} completion tokens, "
             f"{outcome.seconds:.1f} s{cached}{printable(note)}",
             highlight=False,
+            soft_wrap=True,  # one line a cell, also in a log file
         )

@@ -76,7 +76,7 @@ def train(
         summary = train_file(runs, out_file)
     except ThinktreeError as exc:
         raise _fail(str(exc)) from None
-    out.print(clean(summary), markup=False)  # it names the runs and the file
+    out.print(clean(summary), markup=False, soft_wrap=True)  # it names the runs and the file
 
 
 @verifier_app.command(
@@ -99,4 +99,8 @@ def evaluate(
         if found is None
         else (f"{found:.3f}")
     )
-    out.print(f"AUROC {shown} over {candidates} candidates in {len(runs)} run(s)", markup=False)
+    out.print(
+        f"AUROC {shown} over {candidates} candidates in {len(runs)} run(s)",
+        markup=False,
+        soft_wrap=True,
+    )
