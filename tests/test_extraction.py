@@ -331,6 +331,21 @@ CASES: list[tuple[str, str, str | None, str | None]] = [
     ("medcalc", "The answer is 12%.", "12", "answer-is"),
     ("medcalc", "$\\boxed{1.2 \\times 10^{3}}$", "1200", "boxed"),
     ("medcalc", "Answer: 3-4 points", None, None),
+    # a sentence with several numbers states the one its "is" leads to
+    (
+        "medcalc",
+        "Final Answer:\nThe corrected QT interval for a heart rate of 74 bpm and a QT interval "
+        "of 330 msec is 359 msec.",
+        "359",
+        "final-answer",
+    ),
+    ("medcalc", "Answer: In the 2015 guideline the dose is 5 mg.", "5", "answer-label"),
+    ("medcalc", "Answer: Based on the 2 criteria met, the Wells score: 3.", "3", "answer-label"),
+    # where no "is" leads to one, its first; a leading number is the one stated
+    ("medcalc", "Answer: a score of 4 (2 for age, 2 for HR)", "4", "answer-label"),
+    ("medcalc", "The answer is 3 points: 1 for age, 2 for HR.", "3", "answer-is"),
+    ("medcalc", "Answer: about 7 points, as 3 + 4 is 7", "7", "answer-label"),
+    ("medcalc", "Answer: The QTc of 412 msec is normal.", "412", "answer-label"),
     # a list's item number is no answer, where the reply stops in its list
     ("medcalc", "1. No history of PE.\n2. Not pregnant.\n5. She has no history of", None, None),
     ("medcalc", "Steps:\n(2) the heart rate", None, None),

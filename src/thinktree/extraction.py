@@ -672,10 +672,20 @@ def _yesno_words(line: str) -> set[str]:
 
 
 def _read_numeric(body: str, problem: Problem) -> _Reading:
-    """The first number of ``body`` (after its last ``=``, when that part holds one)."""
+    """The number ``body`` states: the first after its last ``=``, where that part holds one;
+    else its leading number ("about 7 points"). A sentence with several numbers states the
+    first that an "is" or ":" leads to ("… a heart rate of 74 bpm … is 330 msec": 330), or,
+    where none does, its first ("a score of 4 (2 for age, 2 for HR)": 4)."""
     pieces = _RESULT_SEPARATOR.split(body)
-    segment = pieces[-1] if NUMBER_TOKEN.search(pieces[-1]) else body
-    return _first_number(segment)
+    if len(pieces) > 1 and NUMBER_TOKEN.search(pieces[-1]):
+        return _first_number(pieces[-1])
+    lead = _STATED_NUMBER.match(body)
+    if lead is None and len(NUMBER_TOKEN.findall(body)) > 1:
+        for separator in _STATEMENT_SEPARATOR.finditer(body):
+            stated = _STATED_NUMBER.match(body, separator.end())
+            if stated is not None:
+                return _first_number(body[stated.end() :])
+    return _first_number(body)
 
 
 def _first_number(segment: str) -> _Reading:
