@@ -257,6 +257,18 @@ CASES: list[tuple[str, str, str | None, str | None]] = [
         None,
     ),
     ("medxpert", "Methadone (B) is the best choice here.", "B", "option-text"),
+    # a final phrase over a list of options names none of them, and no rule picks from it
+    ("medxpert", "Final Answer:\nA. Acetaminophen\nB. Methadone\nC. Referral", None, None),
+    ("medxpert", "Final Answer: A. Acetaminophen for symptomatic relief\nB. Methadone", None, None),
+    ("medxpert", "The answer is B.\n\nFinal Answer:\n(A) Acetaminophen\n(B) Methadone", None, None),
+    ("medcalc", "Final Answer: 1. 192.1 kg x 2.118 = 398.27 kg\n2. 40.32 kg", None, None),
+    ("pubmedqa", "Final Answer: 1. Yes, there is a need.\n2. No, not all animals", None, None),
+    # an item alone, or items that do not follow one another, are no list
+    ("medxpert", "The correct answer is:\nB. Methadone\n\nIt treats withdrawal.", "B", "answer-is"),
+    ("medxpert", "Final Answer:\nB. Methadone\nD. is wrong: tapering is slow", "B", "final-answer"),
+    # a lone letter after the item of the letter before it is the list going on, cut off
+    ("medxpert", "F. Supportive therapy\nG. Naloxone administration\nH", None, None),
+    ("medxpert", "F. Supportive therapy\nG. Naloxone administration\n\nB", "B", "bare-letter"),
     # --- yes / no / maybe (PubMedQA) ---
     # the last item of a list of the possible answers is no answer
     ("pubmedqa", "Possible answers:\n\nA) Yes\nB) No", None, None),

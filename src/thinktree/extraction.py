@@ -154,6 +154,8 @@ _MENTIONED_LETTER = re.compile(
 )
 _OWN_LINE_LETTER = re.compile(r"[(\[]?([A-Z])[)\]]?[.:]?")
 _LINE_START_LETTER = re.compile(r"(?:\(([A-Z])\)|([A-Z])[.)])(?=\s|$)")
+# a list item's marker at a line's start: "A. …", "(B) …", "3) …", "**C.** …"
+_ITEM_MARKER = re.compile(r"[ \t*_]*(?:\(([A-Z]|\d{1,3})\)|([A-Z]|\d{1,3})[.)])[*_]*(?=\s|$)")
 _LINE_DECORATION = re.compile(r"^(?:[\s>#*_]|-(?=\s))+|[\s*_]+$")
 _TAIL_LINES = 3
 _MIN_CONTAINED_OPTION = 4
@@ -204,6 +206,8 @@ def _extract(text: str, problem: Problem) -> Extraction | _Verdict | None:
             return _result(reading, "boxed")
     unbolded = _BOLD.sub("", text) if "**" in text or "__" in text else text
     for method, body in _phrase_bodies(unbolded):
+        if body is _REJECT:  # the last phrase names a list: no rule below may pick from it
+            return _REJECT
         reading = read(body, problem)
         if reading is not None:
             return _result(reading, method)
@@ -247,8 +251,9 @@ def _boxed_contents(text: str) -> list[str]:
     return [text[start : closing[start]] for start in starts if start in closing]
 
 
-def _phrase_bodies(text: str) -> Iterator[tuple[str, str]]:
-    """(method, prepared body) of each answer phrase, last first; bodies saying nothing skipped.
+def _phrase_bodies(text: str) -> Iterator[tuple[str, str | _Verdict]]:
+    """(method, prepared body) of each answer phrase, last first; bodies saying nothing skipped,
+    and :data:`_REJECT` for a phrase over a list.
 
     The last phrase usually says the answer, so the "answer" phrases are found from the end
     and only as far back as their bodies are read."""
@@ -465,15 +470,42 @@ def _word_before(text: str, position: int) -> tuple[int, int] | None:
     return None if i == end else (i, end)
 
 
-def _body_at(text: str, position: int) -> str | None:
-    """The answer after a phrase: the rest of its line, or the next non-empty line."""
+def _body_at(text: str, position: int) -> str | _Verdict | None:
+    """The answer after a phrase: the rest of its line, or the next non-empty line;
+    :data:`_REJECT` where that line is an item of a list ("Final Answer:" over "A. …" and
+    "B. …"): the phrase names no one answer, and none of the list's items is it."""
     body = _prepare(_line_from(text, position))
     if body == "":
         line_end = text.find("\n", position, position + _MAX_BODY)
         following = _NON_SPACE.search(text, line_end) if line_end >= 0 else None
-        if following is not None:
-            return _prepare(_line_from(text, following.start()))
+        if following is None:
+            return body
+        position = following.start()
+        body = _prepare(_line_from(text, position))
+    if body and _opens_list(text, position):
+        return _REJECT
     return body
+
+
+def _opens_list(text: str, position: int) -> bool:
+    """Whether the line from ``position`` is a list's item ("A. …", "(2) …") and the next
+    non-empty line the item after it: a phrase over a list names no one answer."""
+    item = _ITEM_MARKER.match(text, position)
+    if item is None:
+        return False
+    line_end = text.find("\n", position)
+    following = _NON_SPACE.search(text, line_end) if line_end >= 0 else None
+    after = None if following is None else _ITEM_MARKER.match(text, following.start())
+    return after is not None and _marker(after) == _next_marker(_marker(item))
+
+
+def _marker(item: re.Match[str]) -> str:
+    return item[1] or item[2]
+
+
+def _next_marker(marker: str) -> str:
+    """The marker of the item after ``marker``'s: "B" after "A", "3" after "2"."""
+    return str(int(marker) + 1) if marker.isdigit() else chr(ord(marker) + 1)
 
 
 def _line_from(text: str, position: int) -> str:
@@ -612,10 +644,15 @@ def _normalise(text: str) -> str:
 def _choice_fallback(text: str, problem: Problem) -> Extraction | _Verdict | None:
     """A lone letter (or "(C)", "C.", "C)" at line start) near the end, else an option's text
     on the final line (unless that numbers the line as a list's item, or names another
-    option by its letter)."""
+    option by its letter). A lone letter right after the item of the letter before it
+    ("H. Colonoscopy now" then "I") is the list going on, cut off: no answer."""
     options = problem.options or {}
     tail = _tail_lines(text, _TAIL_LINES)
-    own_line = {m[1] for line in tail if (m := _OWN_LINE_LETTER.fullmatch(line))}
+    own_line = {
+        m[1]
+        for i, line in enumerate(tail)
+        if (m := _OWN_LINE_LETTER.fullmatch(line)) and not _continues_list(tail, i, m[1])
+    }
     line_start = {m[1] or m[2] for line in tail if (m := _LINE_START_LETTER.match(line))}
     for letters in (own_line & options.keys(), line_start & options.keys()):
         if len(letters) == 1:
@@ -633,6 +670,14 @@ def _choice_fallback(text: str, problem: Problem) -> Extraction | _Verdict | Non
     if contained is None or named - {contained}:  # "Amino acid …, so option D is right"
         return None
     return Extraction(contained, "option-text")
+
+
+def _continues_list(tail: list[str], index: int, letter: str) -> bool:
+    """Whether the line before ``tail[index]`` (a lone ``letter``) is the item before it."""
+    if index == 0 or letter == "A":
+        return False
+    before = _LINE_START_LETTER.match(tail[index - 1])
+    return before is not None and (before[1] or before[2]) == chr(ord(letter) - 1)
 
 
 # --- yes / no / maybe ------------------------------------------------------------------------
