@@ -160,6 +160,78 @@ def test_decide_names_the_current_majority_and_stops_only_for_a_reason(
         assert decision.rule == "undecided" and decision.posterior < confidence
 
 
+def _strict_majority(votes: list[str | None]) -> str | None:
+    """The answer with more votes than any other; None where two tie at the top."""
+    top = Counter(v for v in votes if v is not None).most_common(2)
+    return top[0][0] if top and (len(top) == 1 or top[0][1] > top[1][1]) else None
+
+
+@settings(max_examples=300)
+@given(st.lists(ANSWERS, max_size=16), st.integers(0, 16), st.data())
+def test_where_ties_are_not_the_first_seen_s_an_unbeatable_leader_wins_outright(
+    votes: list[str | None], remaining: int, data: st.DataObject
+) -> None:
+    """Under shortest-majority a tie turns on lengths not known yet: unbeatable means
+    ahead of every rival, however the rest vote."""
+    decision = decide(votes, remaining, confidence=0.999999, ties_to_first=False)
+    if decision.rule != "unbeatable":
+        return
+    rest = data.draw(st.lists(st.sampled_from(["A", "B", "C", "D", None]), min_size=remaining))
+    assert _strict_majority(votes + rest[:remaining]) == decision.leader
+
+
+def test_a_tie_within_reach_settles_majority_but_not_shortest_majority() -> None:
+    votes = ["D"] * 5 + ["B", "C", None]  # B taking the 4 left ends level with D
+    assert decide(votes, 4, 0.95).rule == "unbeatable"  # ties go to D, seen first
+    undecided = decide(votes, 4, 0.95, ties_to_first=False)
+    assert undecided.rule != "unbeatable"
+    assert leader_holds(votes, 4, ties_to_first=False) < leader_holds(votes, 4)
+    # a new answer taking all that is left would tie too: not settled either
+    assert decide(["A"] * 4, 4, 0.95).rule == "unbeatable"
+    assert decide(["A"] * 4, 4, 0.95, ties_to_first=False).rule != "unbeatable"
+
+
+@settings(max_examples=120, deadline=None)
+@given(st.lists(ANSWERS, min_size=1, max_size=6), st.integers(0, 4))
+def test_leader_holds_without_ties_never_overstates_an_outright_win(
+    votes: list[str | None], remaining: int
+) -> None:
+    leader = _majority(votes)
+    bound = leader_holds(votes, remaining, ties_to_first=False)
+    if leader is None:
+        assert bound == 0.0
+        return
+    weights = {v: Fraction(votes.count(v)) for v in dict.fromkeys(votes)}
+    exact = Fraction(0)
+    for p, end in _urn(weights, remaining, new_weight=Fraction(1)):
+        tallies = [(k, int(w)) for k, w in end.items() if k is not None]
+        if _strict_majority([k for k, w in tallies for _ in range(w)]) == leader:
+            exact += p
+    assert 0.0 <= bound <= float(exact) + 1e-12
+
+
+@pytest.mark.parametrize(
+    ("aggregate", "ties_to_first"),
+    [("majority", True), ("shortest-majority", False), ("verifier-tiebreak", False)],
+)
+def test_adaptive_decides_the_run_s_own_vote(aggregate: str, ties_to_first: bool) -> None:
+    strategy = build_strategy(ModeSettings(mode="adaptive"), aggregate)
+    assert isinstance(strategy, Adaptive) and strategy.ties_to_first is ties_to_first
+
+
+@pytest.mark.parametrize("aggregate", ["length-weighted", "best-of-n", "verifier-weighted"])
+def test_adaptive_refuses_a_vote_that_is_no_count(aggregate: str) -> None:
+    with pytest.raises(ConfigError, match=f"--aggregate {aggregate} is not a count of votes"):
+        build_strategy(ModeSettings(mode="adaptive"), aggregate)
+
+
+def test_adaptive_with_a_verifier_breaks_ties_with_it_by_default() -> None:
+    with_verifier = RunSettings(modes=ModeSettings(mode="adaptive"), verifiers=("judge",))
+    assert with_verifier.aggregate_name() == "verifier-tiebreak"
+    parallel = RunSettings(modes=ModeSettings(mode="parallel"), verifiers=("judge",))
+    assert parallel.aggregate_name() == "verifier-weighted"
+
+
 def test_all_abstaining_never_stops_early() -> None:
     decision = decide([None] * 8, 8, 0.95)
     assert not decision.stop and decision.leader is None

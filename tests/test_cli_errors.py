@@ -204,6 +204,11 @@ def test_defaults_a_mode_does_not_use_are_not_refused(
         # 1 token a step: no step could state an answer, and the model would be blamed
         (["--mode", "hybrid", "--total-budget", "10"], ["too small", "would get 1 token(s)"]),
         (["--aggregate", "loudest"], ["unknown aggregator 'loudest'"]),
+        # adaptive stops on a count of votes: a weighted vote could turn on samples not drawn
+        (
+            ["--mode", "adaptive", "--aggregate", "length-weighted"],
+            ["--aggregate length-weighted is not a count of votes", "--mode parallel"],
+        ),
         (["--min-thinking", "5000", "--budget", "100"], ["--min-thinking"]),
         (["--limit", "0"], ["--limit"]),
         (["--endpoint", "nowhere"], ["unknown endpoint 'nowhere'"]),

@@ -15,7 +15,8 @@ Rules are tried in priority order, and each rule reads the LAST of its occurrenc
 Nothing is guessed. An occurrence that says nothing readable ("the answer is not clear") is
 skipped for the one before it; an occurrence that clearly names something invalid (a letter that
 is not an option, an ambiguous number such as ``3-4``, two different bare letters, a list of
-options under the last phrase) ends the search with None. When the text has a ``</think>`` block, the part after it is read first.
+options under the last phrase) ends the search with None. When the text has a ``</think>``
+block, the part after it is read first.
 """
 
 from __future__ import annotations

@@ -4,8 +4,10 @@ After each wave the votes so far are checked against two rules, and sampling sto
 the first that holds:
 
 - **unbeatable**: no rival, not even one taking every sample still to come, can end
-  ahead of the leader (or level with it and seen first, as ties go to the answer seen
-  first), so no outcome of the rest can change the majority;
+  ahead of the leader (or level with it: under ``majority`` a tie goes to the answer seen
+  first, so only a rival seen first wins it; under ``shortest-majority`` and
+  ``verifier-tiebreak`` what breaks a tie is not known before the samples are, so no
+  tie may be within reach), so no outcome of the rest can change the vote;
 - **posterior**: the probability that the full vote (all ``n`` samples) would elect the
   leader is at least ``confidence``. The samples still to come are predicted from those
   drawn so far by a Dirichlet process (a Chinese restaurant process with concentration
@@ -15,6 +17,9 @@ the first that holds:
 
 A wave whose samples a token or money limit refuses stops the sampling too (rule
 ``limit``): a later wave would be refused as well, and the samples drawn decide.
+
+The rules decide a count of votes, so the run's rule must be one (:data:`COUNTED_RULES`):
+a length-weighted or verifier-scored vote could turn on samples never drawn.
 
 Samples that state no answer abstain: they count as spent, not as votes. Each wave is
 one request with ``n`` choices where the endpoint allows it (as in ``parallel``);
@@ -35,7 +40,18 @@ from thinktree.errors import ConfigError
 from thinktree.orchestrator.events import NodeFinished, NodeKind, NodeStarted
 from thinktree.orchestrator.ledger import Budget
 
-__all__ = ["Adaptive", "Decision", "decide", "leader_holds", "overtake_probability"]
+__all__ = [
+    "COUNTED_RULES",
+    "Adaptive",
+    "Decision",
+    "decide",
+    "leader_holds",
+    "overtake_probability",
+]
+
+COUNTED_RULES = {"majority": True, "shortest-majority": False, "verifier-tiebreak": False}
+"""The voting rules the stop rules decide, each with whether its ties go to the answer seen
+first (``majority``'s do; the others' turn on the samples' lengths or scores)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,16 +111,18 @@ def overtake_probability(
     return min(probability, 1.0)
 
 
-def leader_holds(answers: Sequence[str | None], remaining: int) -> float:
+def leader_holds(
+    answers: Sequence[str | None], remaining: int, *, ties_to_first: bool = True
+) -> float:
     """A lower bound on P(the vote of these and ``remaining`` more samples elects the leader).
 
     The leader is the answer with most votes, ties going to the one seen first (as in
-    ``majority``). The chance that it loses is at most the sum, over each rival, of the
-    chance that this rival alone ends level with or ahead of it (exact, by
-    :func:`overtake_probability`); the answers not seen yet count as one rival holding
-    every new answer's votes, which never has fewer than any one of them. Abstentions
-    weigh like any answer in the prediction (they recur) but elect nobody. 0 when there
-    is no leader.
+    ``majority``); without ``ties_to_first`` a tie at the end counts as lost. The chance
+    that it loses is at most the sum, over each rival, of the chance that this rival alone
+    ends level with or ahead of it (exact, by :func:`overtake_probability`); the answers
+    not seen yet count as one rival holding every new answer's votes, which never has
+    fewer than any one of them. Abstentions weigh like any answer in the prediction (they
+    recur) but elect nobody. 0 when there is no leader.
     """
     counts = Counter(a for a in answers if a is not None)
     if not counts:
@@ -120,44 +138,58 @@ def leader_holds(answers: Sequence[str | None], remaining: int) -> float:
                 votes,
                 drawn - top - votes + NEW_ANSWER_WEIGHT,
                 remaining,
-                leader_wins_ties=order[leader] < order[answer],
+                leader_wins_ties=ties_to_first and order[leader] < order[answer],
             )
     lose += overtake_probability(  # every answer not seen yet, together
-        top, 0, drawn - top, remaining, leader_wins_ties=True, rival_weight=NEW_ANSWER_WEIGHT
+        top,
+        0,
+        drawn - top,
+        remaining,
+        leader_wins_ties=ties_to_first,
+        rival_weight=NEW_ANSWER_WEIGHT,
     )
     return max(0.0, 1.0 - lose)
 
 
-def decide(answers: Sequence[str | None], remaining: int, confidence: float) -> Decision:
+def decide(
+    answers: Sequence[str | None],
+    remaining: int,
+    confidence: float,
+    *,
+    ties_to_first: bool = True,
+) -> Decision:
     """Whether the votes ``answers`` (None abstains) settle the majority vote.
 
     ``remaining`` is how many samples could still be drawn. The leader is the answer
-    with most votes, ties going to the one seen first (as in ``majority``).
+    with most votes, ties going to the one seen first (as in ``majority``); without
+    ``ties_to_first`` (see :data:`COUNTED_RULES`) a tie within reach is not settled.
     """
     counts = Counter(a for a in answers if a is not None)
     leader = counts.most_common(1)[0][0] if counts else None  # ties: the first seen
     if remaining <= 0:
         return Decision(True, leader, "exhausted", 1.0 if leader is not None else 0.0)
-    if leader is not None and _unbeatable(counts, leader, remaining):
+    if leader is not None and _unbeatable(counts, leader, remaining, ties_to_first):
         return Decision(True, leader, "unbeatable", 1.0)
-    posterior = leader_holds(answers, remaining)
+    posterior = leader_holds(answers, remaining, ties_to_first=ties_to_first)
     if leader is not None and posterior >= confidence:
         return Decision(True, leader, "posterior", posterior)
     return Decision(False, leader, "undecided", posterior)
 
 
-def _unbeatable(counts: Counter[str], leader: str, remaining: int) -> bool:
+def _unbeatable(counts: Counter[str], leader: str, remaining: int, ties_to_first: bool) -> bool:
     """Whether no rival taking all ``remaining`` samples could win the vote from ``leader``."""
     top = counts[leader]
-    if remaining > top:  # an answer not seen yet could outnumber it
-        return False
-    seen_before = True  # answers counted before the leader win a tie against it
+    if remaining > top or (remaining == top and not ties_to_first):
+        return False  # an answer not seen yet could outnumber it (or tie it)
+    # a rival seen before the leader wins a tie against it; where ties do not go to the
+    # first seen, a tie is not the leader's either
+    wins_tie = True
     for answer, votes in counts.items():  # first-seen order
         if answer == leader:
-            seen_before = False
+            wins_tie = not ties_to_first
             continue
         reach = votes + remaining
-        if reach > top or (reach == top and seen_before):
+        if reach > top or (reach == top and wins_tie):
             return False
     return True
 
@@ -171,6 +203,8 @@ class Adaptive:
     confidence: float = 0.95
     inner: Strategy = field(default_factory=BudgetForcing)
     name: str = "adaptive"
+    ties_to_first: bool = True
+    """Whether the run's vote gives a tie to the answer seen first (:data:`COUNTED_RULES`)."""
 
     def __post_init__(self) -> None:
         if self.n <= 0:
@@ -211,10 +245,13 @@ class Adaptive:
             if not drew or pool.run_stopped is not None:
                 # a limit refused samples of this wave: every later one would be refused
                 # too, so the samples drawn decide
-                decision = _limited([c.answer for c in candidates], self.n)
+                decision = _limited([c.answer for c in candidates], self.n, self.ties_to_first)
                 drawn = len(candidates)
                 break
-            decision = decide([c.answer for c in candidates], self.n - drawn, self.confidence)
+            answers = [c.answer for c in candidates]
+            decision = decide(
+                answers, self.n - drawn, self.confidence, ties_to_first=self.ties_to_first
+            )
             if decision.stop:
                 break
         if candidates:  # none: not one sample could be drawn, nothing to say
@@ -222,11 +259,12 @@ class Adaptive:
         return candidates
 
 
-def _limited(answers: Sequence[str | None], most: int) -> Decision:
+def _limited(answers: Sequence[str | None], most: int, ties_to_first: bool) -> Decision:
     """Sampling stopped by a token or money limit after ``answers`` of ``most`` samples."""
     counts = Counter(a for a in answers if a is not None)
     leader = counts.most_common(1)[0][0] if counts else None  # ties: the first seen
-    return Decision(True, leader, "limit", leader_holds(answers, most - len(answers)))
+    held = leader_holds(answers, most - len(answers), ties_to_first=ties_to_first)
+    return Decision(True, leader, "limit", held)
 
 
 async def _record_stop(

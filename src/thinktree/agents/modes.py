@@ -95,8 +95,9 @@ MOST_SAMPLES = 10_000
 so a slip of the keyboard (``--n 100000000``) would fill the machine's memory."""
 
 
-def build_strategy(s: ModeSettings) -> Strategy:
-    """The strategy for ``s.mode``; a one-line ConfigError for any bad knob."""
+def build_strategy(s: ModeSettings, aggregate: str | None = None) -> Strategy:
+    """The strategy for ``s.mode``; a one-line ConfigError for any bad knob. ``aggregate``:
+    the run's voting rule (default: the mode's), which ``adaptive``'s stop rules decide."""
     if s.n > MOST_SAMPLES:
         raise ConfigError(f"--n must be at most {MOST_SAMPLES:,} samples per problem, not {s.n}")
     for name, value in (
@@ -111,7 +112,7 @@ def build_strategy(s: ModeSettings) -> Strategy:
         if value is not None and abs(value) > LARGEST_SETTING:
             bound = f"at most {LARGEST_SETTING}" if value > 0 else "a positive number"
             raise ConfigError(f"--{name} must be {bound}, not {value}")
-    strategy = _strategy(s)
+    strategy = _strategy(s, aggregate or DEFAULT_AGGREGATE.get(s.mode, "majority"))
     allowed = strategy.allowed_tokens()
     if allowed > LARGEST_SETTING:
         raise ConfigError(
@@ -121,7 +122,7 @@ def build_strategy(s: ModeSettings) -> Strategy:
     return strategy
 
 
-def _strategy(s: ModeSettings) -> Strategy:
+def _strategy(s: ModeSettings, aggregate: str) -> Strategy:
     if s.mode not in MODES:
         from thinktree.verifiers.registry import plugin_strategy, strategy_names
 
@@ -154,12 +155,25 @@ def _strategy(s: ModeSettings) -> Strategy:
         )
         return Parallel(n=s.n, inner=inner)
     if s.mode == "adaptive":
-        from thinktree.agents.adaptive import Adaptive
+        from thinktree.agents.adaptive import COUNTED_RULES, Adaptive
 
+        if aggregate not in COUNTED_RULES:
+            rules = ", ".join(COUNTED_RULES)
+            raise ConfigError(
+                f"--aggregate {aggregate} is not a count of votes, which is what adaptive "
+                f"stops on (samples it never draws could change a {aggregate} vote); use "
+                f"{rules}, or --mode parallel"
+            )
         inner = BudgetForcing(
             budget=s.budget or 1024, min_thinking=s.min_thinking, answer_tokens=s.answer_tokens
         )
-        return Adaptive(n=s.n, wave=min(s.wave, s.n), confidence=s.confidence, inner=inner)
+        return Adaptive(
+            n=s.n,
+            wave=min(s.wave, s.n),
+            confidence=s.confidence,
+            inner=inner,
+            ties_to_first=COUNTED_RULES[aggregate],
+        )
     if s.mode == "auto":
         return Auto(budget=s.budget or 512, n=s.n, steps=s.steps, answer_tokens=s.answer_tokens)
     total = s.total_budget or (s.budget or 512) * s.n * s.steps

@@ -107,11 +107,12 @@ class RunSettings:
     config_file: Path | None = None
 
     def aggregate_name(self) -> str:
-        """The rule: as given, else verifier-weighted with verifiers, else the mode's."""
+        """The rule: as given, else verifier-weighted with verifiers (verifier-tiebreak in
+        adaptive, whose stop rules decide a count of votes), else the mode's."""
         if self.aggregate is not None:
             return self.aggregate
         if self.verifiers:
-            return "verifier-weighted"
+            return "verifier-tiebreak" if self.modes.mode == "adaptive" else "verifier-weighted"
         return DEFAULT_AGGREGATE.get(self.modes.mode, "majority")  # a plugin's mode: majority
 
     def temperature_for_mode(self) -> float:
@@ -183,13 +184,13 @@ def check_values(settings: RunSettings) -> None:
     """The checks of :func:`validate` on what the settings hold themselves: the mode and its
     numbers, the answer format, the rule, the limits, concurrency, seed and temperature
     (not the verifiers, prices or run folder, which come from outside a run's manifest)."""
-    build_strategy(settings.modes)
-    check_format(settings.answer_format)
     aggregate = settings.aggregate_name()
     try:
         get_aggregator(aggregate)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    build_strategy(settings.modes, aggregate)
+    check_format(settings.answer_format)
     if aggregate in VERIFIER_RULES and not settings.verifiers:
         raise ConfigError(
             f"--aggregate {aggregate} needs a verifier (--verifier NAME); without one use "
@@ -291,9 +292,9 @@ async def _execute(
     if resume is not None:
         _check_temperature(settings, endpoint)
     settings = _on_endpoint(settings, endpoint)
-    strategy = build_strategy(settings.modes)
     aggregate_name = settings.aggregate_name()
     aggregate = get_aggregator(aggregate_name)
+    strategy = build_strategy(settings.modes, aggregate_name)
     if resume is None:
         run_id = datetime.now(UTC).strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         folder = settings.out or Path("runs") / run_id
