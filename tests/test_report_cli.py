@@ -237,8 +237,10 @@ def test_an_80_column_terminal_gets_every_table_in_parts_with_its_figures_whole(
 ) -> None:
     proc = report(str(bench), cwd=bench.parent, columns=80)
     assert proc.returncode == 0, proc.stderr
-    lines = proc.stdout.splitlines()
+    *lines, wrote = proc.stdout.splitlines()
     assert max(len(line) for line in lines) <= 80
+    # the closing line names the files whole, to copy, however long their paths
+    assert wrote == f"wrote {bench / 'report.md'} and {bench / 'report.html'}"
     md = (bench / "report.md").read_text()
     cells = md_rows(md, "Cells")
     # the accuracy with its interval, the tokens and the cost of every cell, each on one line
