@@ -299,6 +299,24 @@ def test_a_bench_config_checks_the_range_of_its_settings(
         load_bench_config(config)
 
 
+def test_a_grid_cell_that_cannot_run_is_named_a_shared_setting_is_not(tmp_path: Path) -> None:
+    write_choice_problems(tmp_path / "one.jsonl", "p")
+    config = tmp_path / "c.toml"
+    grid = '[grid]\nmode = ["parallel", "adaptive"]\naggregate = ["majority", "length-weighted"]'
+    config.write_text(f'[[datasets]]\npath = "one.jsonl"\n{grid}\n')
+    with pytest.raises(ConfigError) as refused:
+        load_bench_config(config)
+    assert str(refused.value).startswith(
+        f"{config}: cell 004_one_mode-adaptive_aggregate-length-weighted: --aggregate "
+        "length-weighted is not a count of votes"
+    )
+    shared_seed = '[grid]\nmode = ["parallel", "adaptive"]\n[run]\nseed = -99999999999999999999'
+    config.write_text(f'[[datasets]]\npath = "one.jsonl"\n{shared_seed}\n')
+    with pytest.raises(ConfigError, match="seed must be between") as shared:
+        load_bench_config(config)
+    assert str(shared.value).startswith(f"{config}: --seed must be between")
+
+
 @pytest.mark.parametrize(
     ("tables", "cell", "where"),
     [

@@ -313,14 +313,26 @@ def load_bench_config(path: Path) -> BenchConfig:
                 f"{path}: unknown perturbation '{name}'; choose from: {', '.join(PERTURBATIONS)}"
             )
     config = BenchConfig(path=path, datasets=datasets, grid=grid, fixed=fixed, raw=raw)
-    try:
-        for cell in config.cells():
+    cells = config.cells()
+    for cell in cells:
+        try:
             validate(config.settings_for(cell))
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    for cell in config.cells():
+        except ConfigError as exc:
+            # a combination of grid values that cannot run (adaptive under a weighted vote)
+            # is named; a setting every cell shares is not pinned on the first
+            where = f"cell {cell.name}: " if any(_valid(config, c) for c in cells) else ""
+            raise ConfigError(f"{path}: {where}{exc}") from None
+    for cell in cells:
         _check_wave(config, cell)
     return config
+
+
+def _valid(config: BenchConfig, cell: Cell) -> bool:
+    try:
+        validate(config.settings_for(cell))
+    except ConfigError:
+        return False
+    return True
 
 
 def _check_wave(config: BenchConfig, cell: Cell) -> None:
