@@ -86,3 +86,17 @@ def test_a_header_breaks_between_words_but_never_inside_its_brackets() -> None:
         assert max(len(line) for line in lines) <= width
         assert sum(line.count("[95 % CI]") for line in lines) == 6  # whole, once per column
         assert not any("[95 %" in line and "[95 % CI]" not in line for line in lines)
+
+
+def test_a_bench_cell_s_run_folder_stays_whole_in_80_columns() -> None:
+    """A cell's folder name is one long word, which the user copies into ``report``."""
+    name = "007_pubmedqa_mode-parallel_endpoint-embedded"  # 44 characters
+    headers = ("status", "mode", "endpoint", "model", "progress", "tokens")
+    columns = [Column("run", "left"), *(Column(c) for c in headers)]
+    rows: list[list[str | Text]] = [
+        [name, "completed", "parallel", "embedded", "smollm2", "6/6", "1,455"]
+    ]
+    text = shown(columns, rows, 80)
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "(1/" in text  # in parts, each led by the name
+    assert text.count(name) == text.count("(") and "1,455" in text

@@ -120,8 +120,10 @@ def _grouped(measures: list[_Measure], width: int) -> tuple[list[list[int]], lis
     """The other columns in groups that fit beside the first; every column's width."""
     first = measures[0]
     # the first column: whole where it can be, else a third of the terminal at least, and
-    # never less than its longest word unless that is more than half of it
-    label = min(first.natural, max(min(first.least, width // 2), width // 3))
+    # never less than its longest word unless that is more than three fifths of it (a
+    # bench cell's run folder, one word of some 45 characters, stays whole at 80 columns,
+    # to read and to copy)
+    label = min(first.natural, max(min(first.least, width * 3 // 5), width // 3))
     room = width - _EDGE - (label + _PER_COLUMN)
     widths = [label] + [min(m.least, max(room - _PER_COLUMN, 1)) for m in measures[1:]]
     needs = {j: widths[j] + _PER_COLUMN for j in range(1, len(measures))}
