@@ -403,6 +403,22 @@ def test_extract_answer(
     assert extract_answer(text, PROBLEMS[problem_key]) == expected
 
 
+@pytest.mark.parametrize(
+    ("text", "answer"),
+    [
+        ("The answer is: X = 1.2\n\nThe answer is: X = 1", "1.2"),  # "1" of "1.2", cut
+        ("The answer is 7", None),  # 7 or 75: the cap does not say
+        ("The answer is 1.2 mg", "1.2"),  # a number the text goes on after is whole
+        ("The answer is 1.", None),
+    ],
+)
+def test_a_number_the_token_cap_cut_short_is_not_read(text: str, answer: str | None) -> None:
+    found = extract_answer(text, MEDCALC, cut_off=True)
+    assert (found.answer if found else None) == answer
+    assert extract_answer(text, MEDCALC) is not None  # not cut off: read as it stands
+    assert extract_answer("Answer: B", MEDQA, cut_off=True) == Extraction("B", "answer-label")
+
+
 def test_extraction_is_frozen() -> None:
     extraction = Extraction("B", "boxed")
     with pytest.raises(AttributeError):

@@ -590,3 +590,21 @@ async def test_auto_under_the_run_limit_keeps_answers_and_ends_the_pilot(tmp_pat
     assert pilot["status"] == "failed" and "token limit of 36" in pilot["error"]
     assert q1["decision"] is None
     _stopped_by_the_run(results, "token limit of 36")
+
+
+async def test_a_forced_answer_cut_inside_its_number_is_read_from_before_the_cut(
+    tmp_path: Path,
+) -> None:
+    """The answer's token cap ends "X = 1.25" at "X = 1": the whole 1.2 stated before stands."""
+    problem = Problem(id="calc", question="Compute X.", answer_type="numeric", answer="1.2")
+
+    def reply(body: dict[str, Any], index: int) -> str:
+        if "Final Answer:" in _last_assistant(body):  # the forced answer: cut at 10 words
+            return "The answer is X = 1.2 so X = 1.25 indeed"
+        return "thinking " * 40  # past the thinking budget
+
+    modes = ModeSettings(mode="budget", budget=16, answer_tokens=10)
+    results = await run(tmp_path, modes, FakeBehaviour(reply=reply), [problem])
+    forced = nodes_of(results["problems"][0])["calc/answer"]
+    assert forced["finish_reason"] == "length" and forced["text"].endswith("= 1.25")
+    assert forced["answer"] == "1.2" and results["problems"][0]["correct"] is True

@@ -70,6 +70,7 @@ _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _BRACE = re.compile(r"[{}]")
 _SPARSE_BRACES = 8  # at most one character in this many is a brace
 _THINK_END = "</think>"
+_CUT_NUMBER = re.compile(r"[\d.,]*\d[.,]?\Z")  # a number the text ends in, touching its end
 _NON_SPACE = re.compile(r"\S")
 # Answers are short: a phrase body or boxed content is read up to this length, which also keeps
 # extraction linear in the length of pathological outputs.
@@ -181,8 +182,13 @@ _STATED_NUMBER = re.compile(  # what may stand between "is" and its number: "is 
 )
 
 
-def extract_answer(text: str, problem: Problem) -> Extraction | None:
-    """The final answer in ``text`` normalised for ``problem.answer_type``, or None if unclear."""
+def extract_answer(text: str, problem: Problem, *, cut_off: bool = False) -> Extraction | None:
+    """The final answer in ``text`` normalised for ``problem.answer_type``, or None if unclear.
+
+    ``cut_off``: the text ended at its token cap, so a number it ends with may be cut short
+    ("X = 1" of "X = 1.2") and is not read."""
+    if cut_off and problem.answer_type is AnswerType.NUMERIC:
+        text = _CUT_NUMBER.sub("", text)
     if not text.strip():
         return None
     think_end = text.rfind(_THINK_END)

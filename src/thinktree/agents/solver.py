@@ -320,7 +320,8 @@ class Solver:
             (think, thinking, thought, result.prompt_tokens, thinking),
             (answer, content, answered, 0, content),
         ):
-            found = extract_answer(source, self.problem)
+            cut_off = req is answer and choice.finish_reason == "length"
+            found = extract_answer(source, self.problem, cut_off=cut_off)
             await self.bus.emit(
                 NodeFinished(
                     node_id=req.node_id,
@@ -763,7 +764,7 @@ class Solver:
             source = req.cue.strip() + " " + choice.text
         else:
             source = choice.text
-        found = extract_answer(source, self.problem)
+        found = extract_answer(source, self.problem, cut_off=choice.finish_reason == "length")
         answer, method = (found.answer, found.method) if found else (None, None)
         if req.constraint is not None and req.constraint.dialect is None:
             method = f"fallback: {method or 'nothing'} ({req.constraint.unavailable})"
