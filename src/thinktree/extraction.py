@@ -70,7 +70,7 @@ _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _BRACE = re.compile(r"[{}]")
 _SPARSE_BRACES = 8  # at most one character in this many is a brace
 _THINK_END = "</think>"
-_CUT_NUMBER = re.compile(r"[\d.,]*\d[.,]?\Z")  # a number the text ends in, touching its end
+_NUMBER_CHARACTERS = "0123456789.,"  # what a number the text ends in, touching its end, holds
 _NON_SPACE = re.compile(r"\S")
 # Answers are short: a phrase body or boxed content is read up to this length, which also keeps
 # extraction linear in the length of pathological outputs.
@@ -188,7 +188,9 @@ def extract_answer(text: str, problem: Problem, *, cut_off: bool = False) -> Ext
     ``cut_off``: the text ended at its token cap, so a number it ends with may be cut short
     ("X = 1" of "X = 1.2") and is not read."""
     if cut_off and problem.answer_type is AnswerType.NUMERIC:
-        text = _CUT_NUMBER.sub("", text)
+        kept = text.rstrip(_NUMBER_CHARACTERS)  # linear, where a pattern would backtrack
+        if any(char.isdigit() for char in text[len(kept) :]):
+            text = kept
     if not text.strip():
         return None
     think_end = text.rfind(_THINK_END)
@@ -681,10 +683,8 @@ def _choice_fallback(text: str, problem: Problem) -> Extraction | _Verdict | Non
 
 def _continues_list(tail: list[str], index: int, letter: str) -> bool:
     """Whether the line before ``tail[index]`` (a lone ``letter``) is the item before it."""
-    if index == 0 or letter == "A":
-        return False
-    before = _LINE_START_LETTER.match(tail[index - 1])
-    return before is not None and (before[1] or before[2]) == chr(ord(letter) - 1)
+    before = _LINE_START_LETTER.match(tail[index - 1]) if index else None
+    return before is not None and _next_marker(_marker(before)) == letter
 
 
 # --- yes / no / maybe ------------------------------------------------------------------------
