@@ -608,3 +608,29 @@ async def test_a_forced_answer_cut_inside_its_number_is_read_from_before_the_cut
     forced = nodes_of(results["problems"][0])["calc/answer"]
     assert forced["finish_reason"] == "length" and forced["text"].endswith("= 1.25")
     assert forced["answer"] == "1.2" and results["problems"][0]["correct"] is True
+
+
+async def test_a_step_that_adds_nothing_keeps_the_answer_its_message_stands_on(
+    tmp_path: Path,
+) -> None:
+    """Step 2 answers "Wait." with nothing: the answer standing at its end is step 1's,
+    which only the last line states (an option's text), not the "Wait." cue after it."""
+    problem = Problem(
+        id="drug",
+        question="Which drug?",
+        answer_type="choice",
+        options={"A": "Aspirin", "B": "Heparin"},
+        answer="B",
+    )
+
+    def reply(body: dict[str, Any], index: int) -> str:
+        return "" if _last_assistant(body).endswith("Wait.") else "I would give heparin here."
+
+    modes = ModeSettings(mode="sequential", steps=2, budget=16, answer_tokens=8)
+    results = await run(tmp_path, modes, FakeBehaviour(reply=reply), [problem])
+    nodes = nodes_of(results["problems"][0])
+    assert nodes["drug/step1"]["answer"] == "B"
+    assert nodes["drug/step2"]["text"] == "" and nodes["drug/step2"]["status"] == "done"
+    assert nodes["drug/step2"]["answer"] == "B"
+    assert results["problems"][0]["answer"] == "B"
+
