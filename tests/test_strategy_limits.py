@@ -634,3 +634,28 @@ async def test_a_step_that_adds_nothing_keeps_the_answer_its_message_stands_on(
     assert nodes["drug/step2"]["answer"] == "B"
     assert results["problems"][0]["answer"] == "B"
 
+
+async def test_a_wait_cut_inside_its_number_leaves_the_answer_stated_before(
+    tmp_path: Path,
+) -> None:
+    """Below --min-thinking, "Wait" goes on to its cap, which ends "The answer is X = 1.25"
+    at "1.25"; the forced answer states none, so the message's answer stands: 1.2, stated
+    before the cut, not the number the cap may have cut short."""
+    problem = Problem(id="calc", question="Compute X.", answer_type="numeric", answer="1.2")
+
+    def reply(body: dict[str, Any], index: int) -> str:
+        prefix = _last_assistant(body)
+        if prefix.endswith("Final Answer:"):
+            return " unclear"
+        if prefix.endswith("Wait"):  # 10 words of it are left: cut right after "1.25"
+            return " a b c d The answer is X = 1.25 more"
+        return "The answer is X = 1.2."
+
+    modes = ModeSettings(mode="budget", budget=16, min_thinking=16, answer_tokens=8)
+    results = await run(tmp_path, modes, FakeBehaviour(reply=reply), [problem])
+    (solved,) = results["problems"]
+    nodes = nodes_of(solved)
+    assert nodes["calc/wait1"]["finish_reason"] == "length"
+    assert nodes["calc/wait1"]["text"].endswith("X = 1.25")
+    assert nodes["calc/answer"]["answer"] is None
+    assert solved["answer"] == "1.2" and solved["correct"] is True

@@ -174,7 +174,11 @@ class BudgetForcing:
         if last.failed:
             return [Candidate(last.node_id, None, used, branch.assistant, extensions)]
         # the last segment's answer came from this very text when it is the whole message
-        answer = last.answer if last.text == branch.assistant else _latest_answer(solver, branch)
+        answer = (
+            last.answer
+            if last.text == branch.assistant
+            else _latest_answer(solver, branch, cut_off=last.capped)
+        )
         if answer is not None and not last.capped and not solver.constrains:
             return [Candidate(last.node_id, answer, used, branch.assistant, extensions)]
         forced = await _force_answer(solver, branch, parent, pool, self.answer_tokens)
@@ -506,10 +510,12 @@ def _refused(pool: Budget, exc: BudgetExhausted | RunLimitReached) -> None:
         pool.stopped_by_run(str(exc))
 
 
-def _latest_answer(solver: Solver, branch: Branch) -> str | None:
+def _latest_answer(solver: Solver, branch: Branch, *, cut_off: bool = False) -> str | None:
+    """The answer the branch's whole message states; ``cut_off``: its last call ended at
+    its token cap, so a number the message ends with may be cut short (not read)."""
     from thinktree.extraction import extract_answer
 
-    found = extract_answer(branch.assistant, solver.problem)
+    found = extract_answer(branch.assistant, solver.problem, cut_off=cut_off)
     return found.answer if found else None
 
 
