@@ -348,6 +348,32 @@ def test_a_bench_refuses_a_wave_above_its_n(
     assert not (tmp_path / "never").exists()
 
 
+@pytest.mark.parametrize(
+    ("tables", "where"),
+    [
+        ('[grid]\nmodel = ["gpt-x", "llama-y"]', "cell 001_one_model-gpt-x: "),
+        ('[grid]\nendpoint = ["embedded", "nope"]', "cell 002_one_endpoint-nope: "),
+        ('[grid]\nmode = ["budget", "parallel"]\n[run]\nmodel = "gpt-x"', ""),
+    ],
+)
+def test_a_bench_names_the_cell_whose_endpoint_or_model_cannot_be_had(
+    tmp_path: Path, tables: str, where: str
+) -> None:
+    """A model the embedded endpoint does not serve would run the embedded model under its
+    name (model = ["gpt-x", "llama-y"] compared it with itself): refused before anything
+    runs, naming the cell the grid gave it, or no cell for a setting every cell shares."""
+    write_choice_problems(tmp_path / "one.jsonl", "p")
+    config = tmp_path / "c.toml"
+    config.write_text(f'[[datasets]]\npath = "one.jsonl"\n{tables}\n')
+    proc = cli("bench", str(config), "--out", "never", cwd=tmp_path)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"error: {config}: {where}"), err
+    assert ("the embedded endpoint serves smollm2 only" in err) is ("nope" not in tables), err
+    assert not (tmp_path / "never").exists()
+
+
 @pytest.mark.parametrize("key", ["limit", "offset"])
 def test_a_bench_dataset_checks_the_range_of_its_limit_and_offset(tmp_path: Path, key: str) -> None:
     write_choice_problems(tmp_path / "one.jsonl", "p")

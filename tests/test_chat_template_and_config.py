@@ -52,6 +52,18 @@ def test_no_endpoint_means_embedded_unless_env_names_one(monkeypatch: pytest.Mon
     assert cfg is not None and cfg.base_url == "http://127.0.0.1:7/v1"
 
 
+def test_a_model_the_embedded_endpoint_does_not_serve_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The embedded endpoint serves one model: another model's name would label its answers
+    as that model's (a bench's model = ["a", "b"] compared the embedded model with itself)."""
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    for spec in (None, "embedded"):
+        assert endpoint_from(spec, model="smollm2", config={}) is None
+        with pytest.raises(ConfigError, match="'gpt-x': the embedded endpoint serves smollm2"):
+            endpoint_from(spec, model="gpt-x", config={})
+
+
 def test_named_endpoint_from_toml(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "thinktree.toml"
     path.write_text(

@@ -173,6 +173,24 @@ def test_an_option_the_mode_does_not_use_is_refused(
     assert_nothing_written(work)
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["run", "--model", "gpt-x"],
+        ["run", "--endpoint", "embedded", "--model", "gpt-x"],
+        ["probe", "--model", "gpt-x"],
+    ],
+)
+def test_a_model_the_embedded_endpoint_does_not_serve_is_refused(
+    work: Path, args: list[str]
+) -> None:
+    """Run on the embedded model, its answers would be recorded as gpt-x's."""
+    out = ["--out", str(work / "run")] if args[0] == "run" else []
+    proc = thinktree(*args, *out, cwd=work, timeout=60)
+    assert_one_line_error(proc, "model 'gpt-x': the embedded endpoint serves smollm2 only")
+    assert_nothing_written(work)
+
+
 def test_defaults_a_mode_does_not_use_are_not_refused(
     work: Path, tmp_path: Path, fake_url: str
 ) -> None:

@@ -171,10 +171,10 @@ def endpoint_from(
     if spec is None:
         env_url = os.environ.get("OPENAI_BASE_URL")
         if not env_url:
-            return None
+            return _embedded(model)
         spec, given = env_url, "OPENAI_BASE_URL"
     if spec == "embedded":
-        return None
+        return _embedded(model)
     if spec.startswith(("http://", "https://")):
         base_url = check_url(spec, f"{given} {spec!r}")
         return EndpointConfig(
@@ -202,6 +202,20 @@ def endpoint_from(
             f"or a name from thinktree.toml ({names})"
         )
     return _from_table(spec, table, model)
+
+
+def _embedded(model: str | None) -> None:
+    """The embedded endpoint (None), for no model or its own: another model's name would
+    label the embedded model's answers as that model's."""
+    from thinktree.embedded import EMBEDDED_MODEL
+
+    if model is not None and model != EMBEDDED_MODEL:
+        raise ConfigError(
+            f"model {model!r}: the embedded endpoint serves {EMBEDDED_MODEL} only; give the "
+            "endpoint that serves it (a URL or a name from thinktree.toml), or leave the "
+            "model out"
+        )
+    return None
 
 
 def endpoint_tables(config: dict[str, Any]) -> dict[str, dict[str, Any]]:

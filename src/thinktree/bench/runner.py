@@ -241,9 +241,13 @@ def resolve_endpoints(config: BenchConfig, cells: list[Cell]) -> dict[str, Endpo
     for cell in cells:
         options = {**config.fixed, **cell.options}
         spec = options.get("endpoint")
-        out[cell.name] = endpoint_from(
-            None if spec is None else str(spec), model=options.get("model"), config=merged
-        )
+        try:
+            out[cell.name] = endpoint_from(
+                None if spec is None else str(spec), model=options.get("model"), config=merged
+            )
+        except ConfigError as exc:  # named where the grid gave the cell its endpoint or model
+            where = f"cell {cell.name}: " if {"endpoint", "model"} & cell.options.keys() else ""
+            raise ConfigError(f"{config.path}: {where}{exc}") from None
     return out
 
 
