@@ -171,10 +171,12 @@ def endpoint_from(
     if spec is None:
         env_url = os.environ.get("OPENAI_BASE_URL")
         if not env_url:
-            return _embedded(model)
+            _check_embedded(model)
+            return None
         spec, given = env_url, "OPENAI_BASE_URL"
     if spec == "embedded":
-        return _embedded(model)
+        _check_embedded(model)
+        return None
     if spec.startswith(("http://", "https://")):
         base_url = check_url(spec, f"{given} {spec!r}")
         return EndpointConfig(
@@ -204,9 +206,9 @@ def endpoint_from(
     return _from_table(spec, table, model)
 
 
-def _embedded(model: str | None) -> None:
-    """The embedded endpoint (None), for no model or its own: another model's name would
-    label the embedded model's answers as that model's."""
+def _check_embedded(model: str | None) -> None:
+    """A one-line ConfigError for a model the embedded endpoint does not serve: the run
+    would label the embedded model's answers as that model's."""
     from thinktree.embedded import EMBEDDED_MODEL
 
     if model is not None and model != EMBEDDED_MODEL:
@@ -215,7 +217,6 @@ def _embedded(model: str | None) -> None:
             "endpoint that serves it (a URL or a name from thinktree.toml), or leave the "
             "model out"
         )
-    return None
 
 
 def endpoint_tables(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
