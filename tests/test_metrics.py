@@ -12,7 +12,7 @@ import pytest
 from choice_set import case_problems
 from thinktree.agents.endpoint import EndpointConfig
 from thinktree.agents.modes import ModeSettings
-from thinktree.metrics import compute, tokens_allowed
+from thinktree.metrics import accuracy_by_step, compute, tokens_allowed
 from thinktree.orchestrator.events import NodeKind, NodeStatus, failed_calls_in
 from thinktree.orchestrator.run import RunSettings, execute
 from thinktree.orchestrator.store import list_runs
@@ -41,6 +41,43 @@ def test_accuracy_and_coverage_share_one_denominator() -> None:
     assert metrics.graded == 3
     assert metrics.accuracy == pytest.approx(1 / 3)
     assert metrics.coverage == pytest.approx(2 / 3)
+
+
+def _stepped(pid: str, answers: list[str | None], forced: str | None = None) -> ProblemTree:
+    """A sequential problem whose steps stated ``answers`` (gold "B"), graded on its answer:
+    the last stated, or ``forced`` after its steps."""
+    tree = _tree(pid, None, None)
+    root = Node(id=pid, problem_id=pid, parent_id=None, kind=NodeKind.PROBLEM, label=pid)
+    tree.nodes[pid] = root
+    kinds = [(NodeKind.STEP, a) for a in answers]
+    kinds += [(NodeKind.FORCED_ANSWER, forced)] if forced else []
+    for i, (kind, answer) in enumerate(kinds, 1):
+        node_id = f"{pid}/step{i}" if kind == NodeKind.STEP else f"{pid}/answer"
+        root.children.append(node_id)
+        tree.nodes[node_id] = Node(
+            id=node_id, problem_id=pid, parent_id=pid, kind=kind, label="", answer=answer
+        )
+    final = forced or next((a for a in reversed(answers) if a is not None), None)
+    tree.answer, tree.correct, tree.covered = final, final == "B", final == "B"
+    return tree
+
+
+def test_accuracy_by_step_grades_the_answer_standing_after_each_step() -> None:
+    problems = [
+        Problem(id=p, question="?", options={"A": "a", "B": "b"}, answer="B") for p in "uvwxyz"
+    ]
+    trees = [
+        _stepped("w", ["A", "B", "B"]),  # revised into the right answer at step 2
+        _stepped("x", ["B", None, "A"]),  # step 2 stated nothing: B stands until step 3
+        _stepped("y", ["B"]),  # its line ended after step 1 (a failed call): B stands
+        _stepped("z", [None, None, None], forced="B"),  # only the forced answer is right
+    ]
+    assert compute(trees, tokens_allowed=1).accuracy == 3 / 4
+    assert accuracy_by_step(trees, problems) == [2 / 4, 3 / 4, 2 / 4]
+    ungraded = _stepped("u", ["B"])
+    ungraded.correct = None  # a problem the run did not grade counts in neither
+    assert accuracy_by_step([*trees, ungraded], problems) == [2 / 4, 3 / 4, 2 / 4]
+    assert accuracy_by_step([_stepped("v", [], forced="B")], problems) is None  # no step ran
 
 
 async def test_a_gold_that_cannot_be_graded_counts_in_neither_metric(tmp_path: Path) -> None:

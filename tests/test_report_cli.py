@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from choice_set import case_problems
+from choice_set import case_problems, write_dataset
 from thinktree.agents.endpoint import EndpointConfig
 from thinktree.agents.modes import ModeSettings
 from thinktree.bench.results import load
@@ -301,6 +301,14 @@ def test_report_out_that_is_a_file_is_refused_before_anything_is_written(
         (lambda r: r["metrics"].update(accuracy=-1), "metrics.accuracy is -1, not a share from 0"),
         (lambda r: r["metrics"].pop("calls"), "no metrics.calls"),
         (lambda r: r["metrics"].update(verifier="x"), "metrics.verifier is 'x', not an object"),
+        (
+            lambda r: r["metrics"].update(accuracy_by_step=[0.5, 2]),
+            "metrics.accuracy_by_step holds 2, not a share from 0 to 1",
+        ),
+        (
+            lambda r: r["metrics"].update(accuracy_by_step=0.5),
+            "metrics.accuracy_by_step is 0.5, not a list",
+        ),
         (lambda r: r.update(problems=5), "problems is 5, not a list"),
         (lambda r: r["problems"].append("q10"), "a problem is 'q10', not an object"),
         (lambda r: r["problems"][0].update(nodes="x"), "a problem's nodes is 'x', not a list"),
@@ -401,3 +409,52 @@ async def test_a_cell_its_limit_stopped_counts_per_problem_over_the_problems_tha
     # how many of its problems ran, beside how many it has (a whole run's: all of them)
     assert stopped_row[1] == f"{len(ran)} of {len(stopped.problems)} ran"
     assert whole_row[1] == str(len(whole.problems))
+
+
+def test_a_sequential_run_shows_its_accuracy_after_each_step(tmp_path: Path) -> None:
+    """q1 revises A into the right B at step 2, q0 keeps A: 0 % after step 1, 50 % after
+    step 2, in the run's summary, its results and its report."""
+    from thinktree.testing.fake_server import fake_server_in_thread
+
+    def reply(body: dict[str, Any], index: int) -> str:
+        messages = body.get("messages") or []
+        revising = bool(messages) and str(messages[-1].get("content", "")).endswith("Wait.")
+        if not revising:
+            return "Answer: A"
+        return " Answer: B" if "Case 1?" in json.dumps(messages) else ""
+
+    data = tmp_path / "data.jsonl"
+    write_dataset(data, case_problems(2))
+    with fake_server_in_thread(FakeBehaviour(reply=reply)) as server:
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "thinktree.cli",
+                "run",
+                str(data),
+                "--endpoint",
+                server.base_url,
+                "--mode",
+                "sequential",
+                "--steps",
+                "2",
+                "--budget",
+                "16",
+                "--out",
+                "seq",
+            ],
+            cwd=tmp_path,
+            env={**os.environ, "COLUMNS": "100"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert run.returncode == 0, run.stderr
+    assert "after each step   1: 0.0 % · 2: 50.0 %" in run.stdout, run.stdout
+    results = json.loads((tmp_path / "seq" / "results.json").read_text())
+    assert results["metrics"]["accuracy_by_step"] == [0.0, 0.5]
+    proc = report("seq", "--no-plots", "--out", "r", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    rows = md_rows((tmp_path / "r" / "report.md").read_text(), "Accuracy after each step")
+    assert rows == [["seq", "0.0 %", "50.0 %", "50.0 %"]]

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from thinktree.grading import grade
 from thinktree.orchestrator.events import NodeKind, NodeStatus
 from thinktree.orchestrator.tree import Node, ProblemTree
 from thinktree.pricing import Price
+from thinktree.problems import Problem
 
 _STRUCTURAL = {NodeKind.PROBLEM, NodeKind.BRANCH, NodeKind.VOTE, NodeKind.VERDICT}
 _THINKING = {NodeKind.GENERATION, NodeKind.EXTENSION, NodeKind.STEP}
@@ -36,6 +39,7 @@ class Metrics:
     cost_usd: float | None = None  # None when the model has no price
     verifier: VerifierMetrics | None = None  # None when no verifier ran
     read_back: ReadBack | None = None  # None when the run read back no other run's call
+    accuracy_by_step: list[float] | None = None  # a sequential run's, see accuracy_by_step()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -160,6 +164,35 @@ def verifier_metrics(trees: list[ProblemTree]) -> VerifierMetrics | None:
         completion_tokens=sum(v.completion_tokens for v in verdicts),
         cost_usd=None if unpriced or not costs else round(math.fsum(costs), 6),
     )
+
+
+def accuracy_by_step(
+    trees: Sequence[ProblemTree], problems: Sequence[Problem]
+) -> list[float] | None:
+    """A sequential run's accuracy after each step: after step k, the answer standing is
+    the last one its steps up to k stated (before any forced answer), graded as the run's
+    answers are, over the problems the run graded (its accuracy's). A line that ended
+    early (a failed call, a limit) keeps its last answer. None when no step ran."""
+    gold = {p.id: p for p in problems}
+    marks: list[list[bool]] = []
+    for tree in trees:
+        if tree.correct is None or tree.covered is None:  # ungraded: as in compute()
+            continue
+        standing: str | None = None
+        right: list[bool] = []
+        for node_id in tree.root.children:
+            node = tree.nodes[node_id]
+            if node.kind == NodeKind.STEP:
+                standing = node.answer if node.answer is not None else standing
+                right.append(grade(standing, gold[tree.problem_id]) is True)
+        marks.append(right)
+    steps = max(map(len, marks), default=0)
+    if steps == 0:
+        return None
+    return [
+        sum(1 for right in marks if right and right[min(k, len(right) - 1)]) / len(marks)
+        for k in range(steps)
+    ]
 
 
 def percentile(values: list[float], q: float) -> float | None:

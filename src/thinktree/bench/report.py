@@ -517,6 +517,26 @@ def verifier_table(loaded: Loaded, keys: Sequence[str]) -> Table | None:
     )
 
 
+def steps_table(loaded: Loaded, keys: Sequence[str]) -> Table | None:
+    """Each sequential cell's accuracy after each of its steps, beside its final accuracy."""
+    cells = [c for c in loaded.cells if c.metrics.get("accuracy_by_step")]
+    if not cells:
+        return None
+    steps = max(len(c.metrics["accuracy_by_step"]) for c in cells)
+    rows = []
+    for cell in cells:
+        by_step = cell.metrics["accuracy_by_step"]
+        shown = [pct(by_step[k]) if k < len(by_step) else "—" for k in range(steps)]
+        rows.append([label(cell, keys), *shown, pct(cell.accuracy)])
+    return Table(
+        "Accuracy after each step",
+        ["cell", *(f"step {k}" for k in range(1, steps + 1)), "final"],
+        rows,
+        note="After step k, the answer standing is the last one its steps up to k stated, "
+        "before any forced answer; final: the cell's accuracy, forced answers included.",
+    )
+
+
 def build(
     loaded: Loaded,
     plot_dir: Path | None,
@@ -557,9 +577,9 @@ def build(
         )
     plots = make_plots(loaded, plot_dir) if make_plots and plot_dir else {}
     sections = [Section("Cells", tables=[cells_table(loaded, keys)])]
-    judged = verifier_table(loaded, keys)
-    if judged is not None:
-        sections[0].tables.append(judged)
+    for extra_table in (steps_table(loaded, keys), verifier_table(loaded, keys)):
+        if extra_table is not None:
+            sections[0].tables.append(extra_table)
     pictures = Section("Plots")
     for name in ("scaling", "budget", "coverage", "cost", "robustness"):
         if name in plots:

@@ -247,6 +247,12 @@ def _metrics(value: Any) -> dict[str, Any]:
         if (value := metrics.get(block)) is not None:  # each block only where a run has it
             where = f"metrics.{block}"
             _numbers(_object(value, where), where, counts, figures)
+    if (by_step := metrics.get("accuracy_by_step")) is not None:  # a sequential run's
+        for share in _list(by_step, "metrics.accuracy_by_step"):
+            if isinstance(share, bool) or not isinstance(share, int | float) or not 0 <= share <= 1:
+                raise ValueError(
+                    f"metrics.accuracy_by_step holds {share!r:.40}, not a share from 0 to 1"
+                )
     return metrics
 
 

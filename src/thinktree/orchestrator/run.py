@@ -50,7 +50,7 @@ from thinktree.errors import (
     find_error,
 )
 from thinktree.hints import CONFIG_FILE, read_manifest
-from thinktree.metrics import Metrics, compute, tokens_allowed
+from thinktree.metrics import Metrics, accuracy_by_step, compute, tokens_allowed
 from thinktree.open_files import make_room
 from thinktree.orchestrator.bus import EventBus, Subscriber, event_bus
 from thinktree.orchestrator.call_cache import SharedCallCache, SqliteCallCache, read_back_calls
@@ -505,6 +505,8 @@ def conclude(
         price=settings.prices.get(facts.model),
         read_back=read_back_calls(folder / CALLS) if read_back is None else read_back,
     )
+    if settings.modes.mode == "sequential":
+        metrics = dataclasses.replace(metrics, accuracy_by_step=accuracy_by_step(trees, problems))
     write_results(
         folder / RESULTS,
         facts,
