@@ -860,8 +860,10 @@ def test_a_plugin_named_as_a_built_in_is_said_to_be_hidden(
     _installed(monkeypatch, ("reward", "my_rm:make"))
     with capture_logs() as logs:
         check_verifiers(["reward:http://127.0.0.1:9/v1"])
+        check_verifiers(["reward:http://127.0.0.1:9/v1"])  # a run checks, then builds: said once
     hidden = [e for e in logs if e["event"].startswith("a plugin's verifier is hidden")]
-    assert hidden and hidden[0]["plugin"] == "my_rm:make" and hidden[0]["verifier"] == "reward"
+    assert len(hidden) == 1, hidden
+    assert hidden[0]["plugin"] == "my_rm:make" and hidden[0]["verifier"] == "reward"
     from typer.testing import CliRunner
 
     from thinktree.cli import app

@@ -8,6 +8,7 @@ then usable as ``--verifier NAME[:ARG]`` (``--mode NAME``). A factory may carry 
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -88,15 +89,20 @@ def hidden_plugins() -> dict[str, str]:
     }
 
 
+@functools.cache  # once a process: a run checks its verifiers, then builds them
+def _say_hidden(name: str, plugin: str) -> None:
+    log.warning(
+        "a plugin's verifier is hidden by the built-in of its name; rename its entry point",
+        verifier=name,
+        plugin=plugin,
+    )
+
+
 def _factory(name: str) -> VerifierFactory:
     if name in BUILTIN_VERIFIERS:
         hidden = _plugins(VERIFIER_GROUP).get(name)
         if hidden is not None:
-            log.warning(
-                "a plugin's verifier is hidden by the built-in of its name; rename its entry point",
-                verifier=name,
-                plugin=hidden.value,
-            )
+            _say_hidden(name, hidden.value)
         found: VerifierFactory = _load(BUILTIN_VERIFIERS[name])
         return found
     plugin = _plugin(VERIFIER_GROUP, name)
