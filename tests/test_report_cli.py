@@ -426,24 +426,10 @@ def test_a_sequential_run_shows_its_accuracy_after_each_step(tmp_path: Path) -> 
     data = tmp_path / "data.jsonl"
     write_dataset(data, case_problems(2))
     with fake_server_in_thread(FakeBehaviour(reply=reply)) as server:
+        cli = [sys.executable, "-m", "thinktree.cli", "run", str(data), "--endpoint"]
+        sequential = ["--mode", "sequential", "--steps", "2", "--budget", "16", "--out", "seq"]
         run = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "thinktree.cli",
-                "run",
-                str(data),
-                "--endpoint",
-                server.base_url,
-                "--mode",
-                "sequential",
-                "--steps",
-                "2",
-                "--budget",
-                "16",
-                "--out",
-                "seq",
-            ],
+            [*cli, server.base_url, *sequential],
             cwd=tmp_path,
             env={**os.environ, "COLUMNS": "100"},
             capture_output=True,
