@@ -80,6 +80,39 @@ def test_accuracy_by_step_grades_the_answer_standing_after_each_step() -> None:
     assert accuracy_by_step([_stepped("v", [], forced="B")], problems) is None  # no step ran
 
 
+def test_accuracy_by_step_of_branches_votes_their_answers_standing_after_each_step() -> None:
+    """Hybrid: after step k each branch's standing answer is a ballot (its tokens up to k),
+    and the run's vote decides; a verifier's vote, which only scored the final candidates,
+    cannot (None)."""
+    from thinktree.agents.aggregators import majority, shortest_majority
+
+    problems = [Problem(id="h", question="?", options={"A": "a", "B": "b"}, answer="B")]
+    tree = _stepped("h", [])
+    for b, (answers, tokens) in enumerate([(["A", "A"], 9), (["B", "B"], 1)], 1):
+        branch = f"h/b{b}"
+        tree.root.children.append(branch)
+        tree.nodes[branch] = Node(
+            id=branch, problem_id="h", parent_id="h", kind=NodeKind.BRANCH, label=""
+        )
+        for k, answer in enumerate(answers, 1):
+            step = f"{branch}/step{k}"
+            tree.nodes[branch].children.append(step)
+            tree.nodes[step] = Node(
+                id=step,
+                problem_id="h",
+                parent_id=branch,
+                kind=NodeKind.STEP,
+                label="",
+                answer=answer,
+                completion_tokens=tokens,
+            )
+    tree.correct, tree.covered = True, True
+    # a tie: majority goes to A (seen first), shortest-majority to B (1 token, not 9)
+    assert accuracy_by_step([tree], problems, majority) == [0.0, 0.0]
+    assert accuracy_by_step([tree], problems, shortest_majority) == [1.0, 1.0]
+    assert accuracy_by_step([tree], problems, None) is None
+
+
 async def test_a_gold_that_cannot_be_graded_counts_in_neither_metric(tmp_path: Path) -> None:
     # datasets refuse such a gold; a problem built in code can still carry one
     ungradable = Problem.model_construct(

@@ -411,9 +411,20 @@ async def test_a_cell_its_limit_stopped_counts_per_problem_over_the_problems_tha
     assert whole_row[1] == str(len(whole.problems))
 
 
-def test_a_sequential_run_shows_its_accuracy_after_each_step(tmp_path: Path) -> None:
-    """q1 revises A into the right B at step 2, q0 keeps A: 0 % after step 1, 50 % after
-    step 2, in the run's summary, its results and its report."""
+@pytest.mark.parametrize(
+    "mode",
+    [
+        ["--mode", "sequential", "--steps", "2", "--budget", "16"],
+        ["--mode", "hybrid", "--n", "2", "--steps", "2", "--total-budget", "64"],
+    ],
+    ids=["sequential", "hybrid"],
+)
+def test_a_run_of_revisions_shows_its_accuracy_after_each_step(
+    tmp_path: Path, mode: list[str]
+) -> None:
+    """q1 revises A into the right B at step 2 (in each branch), q0 keeps A: 0 % after
+    step 1, 50 % after step 2 (the run's accuracy), in the run's summary, its results and
+    its report."""
     from thinktree.testing.fake_server import fake_server_in_thread
 
     def reply(body: dict[str, Any], index: int) -> str:
@@ -427,9 +438,8 @@ def test_a_sequential_run_shows_its_accuracy_after_each_step(tmp_path: Path) -> 
     write_dataset(data, case_problems(2))
     with fake_server_in_thread(FakeBehaviour(reply=reply)) as server:
         cli = [sys.executable, "-m", "thinktree.cli", "run", str(data), "--endpoint"]
-        sequential = ["--mode", "sequential", "--steps", "2", "--budget", "16", "--out", "seq"]
         run = subprocess.run(
-            [*cli, server.base_url, *sequential],
+            [*cli, server.base_url, *mode, "--out", "seq"],
             cwd=tmp_path,
             env={**os.environ, "COLUMNS": "100"},
             capture_output=True,
@@ -439,7 +449,8 @@ def test_a_sequential_run_shows_its_accuracy_after_each_step(tmp_path: Path) -> 
     assert run.returncode == 0, run.stderr
     assert "after each step   1: 0.0 % · 2: 50.0 %" in run.stdout, run.stdout
     results = json.loads((tmp_path / "seq" / "results.json").read_text())
-    assert results["metrics"]["accuracy_by_step"] == [0.0, 0.5]
+    assert results["metrics"]["accuracy_by_step"] == [0.0, results["metrics"]["accuracy"]]
+    assert results["metrics"]["accuracy"] == 0.5
     proc = report("seq", "--no-plots", "--out", "r", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     rows = md_rows((tmp_path / "r" / "report.md").read_text(), "Accuracy after each step")

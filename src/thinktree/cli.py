@@ -626,7 +626,7 @@ def _print_results(result: object) -> None:
         return "n/a" if x is None else f"{x:.2f} s"
 
     summary.add_row("accuracy", f"{pct(m.accuracy)}  ({m.correct}/{m.graded})")
-    if m.accuracy_by_step:  # a sequential run: the answer standing after each step
+    if m.accuracy_by_step:  # a sequential or hybrid run's, after each step of revision
         steps = enumerate(m.accuracy_by_step, 1)
         summary.add_row("  after each step", " · ".join(f"{k}: {pct(a)}" for k, a in steps))
     summary.add_row("coverage", pct(m.coverage))

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from thinktree.agents.aggregators import Aggregator, Vote
 from thinktree.grading import grade
 from thinktree.orchestrator.events import NodeKind, NodeStatus
 from thinktree.orchestrator.tree import Node, ProblemTree
@@ -39,7 +40,7 @@ class Metrics:
     cost_usd: float | None = None  # None when the model has no price
     verifier: VerifierMetrics | None = None  # None when no verifier ran
     read_back: ReadBack | None = None  # None when the run read back no other run's call
-    accuracy_by_step: list[float] | None = None  # a sequential run's, see accuracy_by_step()
+    accuracy_by_step: list[float] | None = None  # sequential, hybrid: see accuracy_by_step()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -167,24 +168,28 @@ def verifier_metrics(trees: list[ProblemTree]) -> VerifierMetrics | None:
 
 
 def accuracy_by_step(
-    trees: Sequence[ProblemTree], problems: Sequence[Problem]
+    trees: Sequence[ProblemTree], problems: Sequence[Problem], vote: Aggregator | None = None
 ) -> list[float] | None:
-    """A sequential run's accuracy after each step: after step k, the answer standing is
-    the last one its steps up to k stated (before any forced answer), graded as the run's
-    answers are, over the problems the run graded (its accuracy's). A line that ended
-    early (a failed call, a limit) keeps its last answer. None when no step ran."""
+    """A run's accuracy after each step of its lines of revisions (a sequential problem's
+    one line, a hybrid problem's line in each branch), over the problems the run graded
+    (its accuracy's). After step k, a line's answer is the last one its steps up to k
+    stated (before any forced answer), and a problem's, its lines' answers under ``vote``
+    (each line's tokens up to k). A line that ended early (a failed call, a limit) keeps
+    its last answer. None when no step ran, or where lines are many and no ``vote`` can
+    count them (a verifier's vote scores only the final candidates)."""
     gold = {p.id: p for p in problems}
     marks: list[list[bool]] = []
     for tree in trees:
         if tree.correct is None or tree.covered is None:  # ungraded: as in compute()
             continue
-        standing: str | None = None
+        lines = _lines(tree)
+        if len(lines) > 1 and vote is None:
+            return None
         right: list[bool] = []
-        for node_id in tree.root.children:
-            node = tree.nodes[node_id]
-            if node.kind == NodeKind.STEP:
-                standing = node.answer if node.answer is not None else standing
-                right.append(grade(standing, gold[tree.problem_id]) is True)
+        for k in range(max(map(len, lines), default=0)):
+            ballots = [_standing(line[: k + 1]) for line in lines]
+            answer = ballots[0].answer if vote is None else vote(ballots).answer
+            right.append(grade(answer, gold[tree.problem_id]) is True)
         marks.append(right)
     steps = max(map(len, marks), default=0)
     if steps == 0:
@@ -193,6 +198,24 @@ def accuracy_by_step(
         sum(1 for right in marks if right and right[min(k, len(right) - 1)]) / len(marks)
         for k in range(steps)
     ]
+
+
+def _lines(tree: ProblemTree) -> list[list[Node]]:
+    """The steps of each line of revisions in ``tree``: the root's own, or each branch's."""
+    children = [tree.nodes[c] for c in tree.root.children]
+    if any(node.kind == NodeKind.STEP for node in children):
+        return [[node for node in children if node.kind == NodeKind.STEP]]
+    return [
+        [step for c in branch.children if (step := tree.nodes[c]).kind == NodeKind.STEP]
+        for branch in children
+        if branch.kind == NodeKind.BRANCH
+    ]
+
+
+def _standing(steps: list[Node]) -> Vote:
+    """A line's ballot after ``steps``: the last answer they stated, and their tokens."""
+    answer = next((n.answer for n in reversed(steps) if n.answer is not None), None)
+    return Vote(answer, sum(n.completion_tokens for n in steps))
 
 
 def percentile(values: list[float], q: float) -> float | None:

@@ -518,7 +518,7 @@ def verifier_table(loaded: Loaded, keys: Sequence[str]) -> Table | None:
 
 
 def steps_table(loaded: Loaded, keys: Sequence[str]) -> Table | None:
-    """Each sequential cell's accuracy after each of its steps, beside its final accuracy."""
+    """Each sequential or hybrid cell's accuracy after each step, beside its final one."""
     cells = [c for c in loaded.cells if c.metrics.get("accuracy_by_step")]
     if not cells:
         return None
@@ -532,8 +532,9 @@ def steps_table(loaded: Loaded, keys: Sequence[str]) -> Table | None:
         "Accuracy after each step",
         ["cell", *(f"step {k}" for k in range(1, steps + 1)), "final"],
         rows,
-        note="After step k, the answer standing is the last one its steps up to k stated, "
-        "before any forced answer; final: the cell's accuracy, forced answers included.",
+        note="After step k, a line of revisions' answer is the last one its steps up to k "
+        "stated, before any forced answer (a hybrid cell's branches vote on theirs); final: "
+        "the cell's accuracy, forced answers included.",
     )
 
 

@@ -247,7 +247,7 @@ def _metrics(value: Any) -> dict[str, Any]:
         if (value := metrics.get(block)) is not None:  # each block only where a run has it
             where = f"metrics.{block}"
             _numbers(_object(value, where), where, counts, figures)
-    if (by_step := metrics.get("accuracy_by_step")) is not None:  # a sequential run's
+    if (by_step := metrics.get("accuracy_by_step")) is not None:  # a run of revisions'
         for share in _list(by_step, "metrics.accuracy_by_step"):
             if isinstance(share, bool) or not isinstance(share, int | float) or not 0 <= share <= 1:
                 raise ValueError(

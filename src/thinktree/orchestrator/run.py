@@ -505,8 +505,10 @@ def conclude(
         price=settings.prices.get(facts.model),
         read_back=read_back_calls(folder / CALLS) if read_back is None else read_back,
     )
-    if settings.modes.mode == "sequential":
-        metrics = dataclasses.replace(metrics, accuracy_by_step=accuracy_by_step(trees, problems))
+    if settings.modes.mode in ("sequential", "hybrid"):  # lines of revisions, step by step
+        vote = None if facts.aggregate in VERIFIER_RULES else get_aggregator(facts.aggregate)
+        by_step = accuracy_by_step(trees, problems, vote)
+        metrics = dataclasses.replace(metrics, accuracy_by_step=by_step)
     write_results(
         folder / RESULTS,
         facts,
