@@ -245,9 +245,9 @@ def resolve_endpoints(config: BenchConfig, cells: list[Cell]) -> dict[str, Endpo
             out[cell.name] = endpoint_from(
                 None if spec is None else str(spec), model=options.get("model"), config=merged
             )
-        except ConfigError as exc:  # named where the grid gave the cell its endpoint or model
-            where = f"cell {cell.name}: " if {"endpoint", "model"} & cell.options.keys() else ""
-            raise ConfigError(f"{config.path}: {where}{exc}") from None
+        except ConfigError as exc:
+            # it names the endpoint or model; not the cell, whose name could hold a password
+            raise ConfigError(f"{config.path}: {exc}") from None
     return out
 
 
