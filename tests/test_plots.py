@@ -55,3 +55,25 @@ def test_a_log_axis_of_dollars_reads_below_one() -> None:
     assert [plots._tick(v) for v in (0.01, 0.1, 0.2, 0.5, 1, 2, 50, 1500)] == [
         "0.01", "0.1", "0.2", "0.5", "1", "2", "50", "1,500",
     ]  # fmt: skip
+
+
+def test_the_steps_plot_draws_each_cell_of_two_steps_or_more(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A line per sequential or hybrid cell that revised, its accuracy after each step; a
+    cell of one step is a point the table shows, and without any revising cell no plot."""
+    cells = [_cell(f"{i}", "e1", 64, 2) for i in range(3)]
+    for cell in cells:  # what the other plots of make_plots read
+        cell.metrics["prompt_tokens"] = 40
+    cells[0].metrics["accuracy_by_step"] = [0.25, 0.5, 0.75]
+    cells[1].metrics["accuracy_by_step"] = [0.5]  # one step: nothing to draw
+    loaded = Loaded(kind="bench", path=tmp_path, cells=cells)
+    drawn: list[Any] = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.append(fig) or path)
+    assert plots.steps(loaded, tmp_path / "steps.png") == tmp_path / "steps.png"
+    (line,) = drawn[0].axes[0].get_lines()
+    assert list(line.get_xdata()) == [1, 2, 3] and list(line.get_ydata()) == [25, 50, 75]
+    assert "steps" in plots.make_plots(loaded, tmp_path)
+    del cells[0].metrics["accuracy_by_step"]
+    assert plots.steps(loaded, tmp_path / "steps.png") is None
+    assert "steps" not in plots.make_plots(loaded, tmp_path)

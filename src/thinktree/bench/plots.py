@@ -5,7 +5,8 @@
 - ``budget``: accuracy and budget utilisation vs the tokens each mode was allowed;
 - ``coverage``: coverage vs accuracy per cell (the gap is what a better selector gains);
 - ``cost``: accuracy vs cost per problem, per endpoint (tokens when prices are unknown);
-- ``robustness``: accuracy per mode on original and perturbed problems.
+- ``robustness``: accuracy per mode on original and perturbed problems;
+- ``steps``: a sequential or hybrid cell's accuracy after each step of revision.
 """
 
 from __future__ import annotations
@@ -17,10 +18,16 @@ from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
 from thinktree.bench.grid import show
-from thinktree.bench.report import COMPUTE_KEYS, accuracy_ci, robustness_rows, varying_keys
+from thinktree.bench.report import (
+    COMPUTE_KEYS,
+    accuracy_ci,
+    label,
+    robustness_rows,
+    varying_keys,
+)
 from thinktree.bench.results import CellResult, Loaded
 
 _MODE_COLOURS = {
@@ -69,8 +76,11 @@ def _baseline(loaded: Loaded) -> list[CellResult]:
     return plain or loaded.cells
 
 
-def _shared_legend(fig: Figure, axes: Sequence[Axes], title: str) -> None:
-    """One legend under the panels, with every label any panel drew."""
+def _shared_legend(
+    fig: Figure, axes: Sequence[Axes], title: str, *, columns: int | None = None
+) -> None:
+    """One legend under the panels, with every label any panel drew (in ``columns``, or
+    as many as short labels fit)."""
     seen: dict[str, Artist] = {}
     for ax in axes:
         for handle, text in zip(*ax.get_legend_handles_labels(), strict=True):
@@ -80,7 +90,7 @@ def _shared_legend(fig: Figure, axes: Sequence[Axes], title: str) -> None:
             list(seen.values()),
             list(seen),
             loc="outside lower center",
-            ncols=min(4 if max(map(len, seen)) < 28 else 2, len(seen)),
+            ncols=min(columns or (4 if max(map(len, seen)) < 28 else 2), len(seen)),
             title=title,
             fontsize=9,
             title_fontsize=9,
@@ -318,6 +328,35 @@ def robustness(loaded: Loaded, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def steps(loaded: Loaded, path: Path) -> Path | None:
+    """Accuracy after each step, a line per sequential or hybrid cell of two steps or more,
+    a panel per dataset (None without such a cell): whether revising ("Wait.") helped."""
+    stepped = [c for c in loaded.cells if len(c.metrics.get("accuracy_by_step") or ()) > 1]
+    if not stepped:
+        return None
+    keys = varying_keys(loaded)
+    datasets = list(dict.fromkeys(c.dataset for c in stepped))
+    fig, axes = _figure(len(datasets), "Accuracy after each step of revision")
+    for ax, dataset in zip(axes, datasets, strict=True):
+        cells = [c for c in stepped if c.dataset == dataset]
+        for i, cell in enumerate(cells):
+            by_step = cell.metrics["accuracy_by_step"]
+            ax.plot(
+                range(1, len(by_step) + 1),
+                [100 * a for a in by_step],
+                marker=_MARKERS[i % len(_MARKERS)],
+                linestyle=_LINE_STYLES[i // len(_MARKERS) % len(_LINE_STYLES)],
+                color=colour(cell.mode),
+                label=label(cell, [k for k in keys if k != "dataset"]) or cell.mode,
+            )
+        ax.set_title(dataset, fontsize=10)
+        ax.set_xlabel("step (the answer standing after it, before any forced answer)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _accuracy_axis(ax)
+    _shared_legend(fig, axes, "cell", columns=2)  # a cell's label is its options
+    return _save(fig, path)
+
+
 def make_plots(loaded: Loaded, folder: Path) -> dict[str, tuple[str, Path]]:
     """Draw every plot that applies; returns name → (caption, PNG path)."""
     out: dict[str, tuple[str, Path]] = {
@@ -329,4 +368,7 @@ def make_plots(loaded: Loaded, folder: Path) -> dict[str, tuple[str, Path]]:
     drawn = robustness(loaded, folder / "robustness.png")
     if drawn is not None:
         out["robustness"] = ("Accuracy under perturbations", drawn)
+    drawn = steps(loaded, folder / "steps.png")
+    if drawn is not None:
+        out["steps"] = ("Accuracy after each step of revision", drawn)
     return out

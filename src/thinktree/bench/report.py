@@ -582,7 +582,7 @@ def build(
         if extra_table is not None:
             sections[0].tables.append(extra_table)
     pictures = Section("Plots")
-    for name in ("scaling", "budget", "coverage", "cost", "robustness"):
+    for name in ("scaling", "budget", "coverage", "cost", "robustness", "steps"):
         if name in plots:
             pictures.images.append(plots[name])
     if pictures.images:
