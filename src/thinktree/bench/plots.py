@@ -347,7 +347,7 @@ def steps(loaded: Loaded, path: Path) -> Path | None:
                 marker=_MARKERS[i % len(_MARKERS)],
                 linestyle=_LINE_STYLES[i // len(_MARKERS) % len(_LINE_STYLES)],
                 color=colour(cell.mode),
-                label=label(cell, [k for k in keys if k != "dataset"]) or cell.mode,
+                label=label(cell, [k for k in keys if k != "dataset"]),
             )
         ax.set_title(dataset, fontsize=10)
         ax.set_xlabel("step (the answer standing after it, before any forced answer)")
