@@ -522,6 +522,23 @@ def test_resuming_on_a_malformed_url_fails_in_one_line(
     assert sorted(p.name for p in folder.iterdir()) == before
 
 
+def test_resuming_on_the_embedded_endpoint_a_run_of_another_model_fails_in_one_line(
+    work: Path, tmp_path: Path, fake_url: str
+) -> None:
+    """It would go on with the embedded model, under the run's model's name."""
+    data = write_dataset(tmp_path / "data.jsonl", beta_problems(1))
+    folder = tmp_path / "run"
+    done = thinktree("run", str(data), "--endpoint", fake_url, "--out", str(folder), cwd=work)
+    assert done.returncode == 0, done.stderr
+    (folder / "results.json").unlink()  # as a killed run leaves it
+    before = sorted(p.name for p in folder.iterdir())
+    proc = thinktree("run", "--resume", str(folder), "--endpoint", "embedded", cwd=work)
+    assert_one_line_error(
+        proc, "was made with model 'fake-model', which the embedded endpoint does not serve"
+    )
+    assert sorted(p.name for p in folder.iterdir()) == before
+
+
 @pytest.mark.parametrize(
     ("table", "says"),
     [
