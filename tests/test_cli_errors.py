@@ -506,8 +506,17 @@ def test_a_url_with_a_password_fails_in_one_line_that_does_not_repeat_it(
     assert_nothing_written(work)
 
 
-def test_resuming_on_a_malformed_url_fails_in_one_line(
-    work: Path, tmp_path: Path, fake_url: str
+@pytest.mark.parametrize(
+    ("endpoint", "says"),
+    [
+        ("http://127.0.0.1:99999/v1", "endpoint URL 'http://127.0.0.1:99999/v1': the port must be"),
+        # it would go on with the embedded model, under the run's model's name
+        ("embedded", "model 'fake-model': the embedded endpoint serves smollm2 only"),
+    ],
+    ids=["malformed-url", "embedded-of-another-model"],
+)
+def test_resuming_on_an_endpoint_it_cannot_go_on_with_fails_in_one_line(
+    work: Path, tmp_path: Path, fake_url: str, endpoint: str, says: str
 ) -> None:
     data = write_dataset(tmp_path / "data.jsonl", beta_problems(1))
     folder = tmp_path / "run"
@@ -515,27 +524,9 @@ def test_resuming_on_a_malformed_url_fails_in_one_line(
     assert done.returncode == 0, done.stderr
     (folder / "results.json").unlink()  # as a killed run leaves it
     before = sorted(p.name for p in folder.iterdir())
-    bad = "http://127.0.0.1:99999/v1"
-    proc = thinktree("run", "--resume", str(folder), "--endpoint", bad, cwd=work)
+    proc = thinktree("run", "--resume", str(folder), "--endpoint", endpoint, cwd=work)
     assert proc.returncode == 2
-    assert_one_line_error(proc, f"endpoint URL '{bad}': the port must be")
-    assert sorted(p.name for p in folder.iterdir()) == before
-
-
-def test_resuming_on_the_embedded_endpoint_a_run_of_another_model_fails_in_one_line(
-    work: Path, tmp_path: Path, fake_url: str
-) -> None:
-    """It would go on with the embedded model, under the run's model's name."""
-    data = write_dataset(tmp_path / "data.jsonl", beta_problems(1))
-    folder = tmp_path / "run"
-    done = thinktree("run", str(data), "--endpoint", fake_url, "--out", str(folder), cwd=work)
-    assert done.returncode == 0, done.stderr
-    (folder / "results.json").unlink()  # as a killed run leaves it
-    before = sorted(p.name for p in folder.iterdir())
-    proc = thinktree("run", "--resume", str(folder), "--endpoint", "embedded", cwd=work)
-    assert_one_line_error(
-        proc, "was made with model 'fake-model', which the embedded endpoint does not serve"
-    )
+    assert_one_line_error(proc, says)
     assert sorted(p.name for p in folder.iterdir()) == before
 
 

@@ -506,7 +506,6 @@ def _resume(
     changes no answer, as every node has its own seed)."""
     from thinktree.agents.endpoint import EndpointConfig
     from thinktree.config import endpoint_from, load_config
-    from thinktree.embedded import EMBEDDED_MODEL
     from thinktree.orchestrator.run import load_resume, validate
     from thinktree.pricing import prices_from_config
 
@@ -539,12 +538,6 @@ def _resume(
             )
         saved = state.endpoint
         target: EndpointConfig | None = None
-        if endpoint == "embedded" and saved["model"] != EMBEDDED_MODEL:
-            raise ConfigError(
-                f"run {folder} was made with model '{saved['model']}', which the embedded "
-                "endpoint does not serve; resume it with --endpoint URL of a server that "
-                "serves that model"
-            )
         if endpoint is not None:  # the server moved: the run goes on with the model it had
             target = endpoint_from(endpoint, model=saved["model"], config=load_config(config))
         elif saved["name"] not in ("embedded", "embedded-llamacpp"):

@@ -214,8 +214,7 @@ def _check_embedded(model: str | None) -> None:
     if model is not None and model != EMBEDDED_MODEL:
         raise ConfigError(
             f"model {model!r}: the embedded endpoint serves {EMBEDDED_MODEL} only; give the "
-            "endpoint that serves it (a URL or a name from thinktree.toml), or leave the "
-            "model out"
+            "endpoint that serves it (a URL or a name from thinktree.toml)"
         )
 
 
