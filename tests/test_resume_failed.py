@@ -197,9 +197,12 @@ def test_the_command_says_how_to_send_failed_calls_again(tmp_path: Path) -> None
     # the results are written but incomplete: a script or CI job can tell from the status
     assert first.returncode == 4, first.stderr
     assert f"send them again with: thinktree run --resume {out}" in first.stderr
+    # and why they failed, which the table does not show (a resume may not mend it)
+    assert "1 model call(s) failed, the first with: " in first.stderr
+    assert "the model is being reloaded" in first.stderr
     assert resumed.returncode == 0, resumed.stderr
     assert "completed with 1 failed model call(s): sending those again" in resumed.stderr
-    assert "failed; once the cause is fixed" not in resumed.stderr
+    assert "once the cause is fixed" not in resumed.stderr
     assert done.returncode == 2
     assert done.stderr.strip().endswith("with no failed model call; nothing to resume")
 

@@ -392,8 +392,9 @@ def _execute(
         requests = result.failed_requests()
         if failed and result.metrics.answered:
             err.print(
-                f"{requests} model call(s) failed; once the cause is fixed, send them "
-                f"again with: {resume_command(result.folder, config)}",
+                f"{requests} model call(s) failed, the first with: {clean(failed[0])}; once "
+                f"the cause is fixed, send them again with: "
+                f"{resume_command(result.folder, config)}",
                 highlight=False,
                 markup=False,
                 soft_wrap=True,

@@ -37,7 +37,13 @@ def bench_main(
     ``say``: where a line of progress goes (which embedded server the cells use).
     """
     from thinktree.bench.progress import BenchProgress
-    from thinktree.bench.runner import cell_stopped, failed_calls, plan_bench, run_bench
+    from thinktree.bench.runner import (
+        cell_stopped,
+        failed_calls,
+        first_failure,
+        plan_bench,
+        run_bench,
+    )
     from thinktree.bench.sharding import check_shardable
 
     config = load_bench_config(config_path)
@@ -103,9 +109,11 @@ def bench_main(
             )
         calls = sum(n for _, n in failing)
         if failing:
+            cause = first_failure([o for o, _ in failing])
+            why = f" (the first with: {printable(cause)})" if cause else ""
             err.print(
-                f"[yellow]{len(failing)} cell(s) finished with {calls} failed model call(s)[/]; "
-                "once the cause is fixed, the same command again sends only those",
+                f"[yellow]{len(failing)} cell(s) finished with {calls} failed model call(s)[/]"
+                f"{why}; once the cause is fixed, the same command again sends only those",
                 highlight=False,
                 soft_wrap=True,
             )

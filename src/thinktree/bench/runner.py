@@ -14,7 +14,7 @@ import dataclasses
 import json
 import shutil
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -511,6 +511,16 @@ def failed_calls(outcome: CellOutcome) -> int:
         return outcome.result.failed_requests()
     results = outcome.folder / RESULTS
     return run_outcome(results)[1] if results.is_file() else 0
+
+
+def first_failure(outcomes: Sequence[CellOutcome]) -> str | None:
+    """The error of the first failed solver call among the cells run in this invocation
+    (None if none failed): what a user must fix before sending them again."""
+    for outcome in outcomes:
+        failed = outcome.result.failed_calls() if outcome.result is not None else []
+        if failed:
+            return failed[0].error or "failed"
+    return None
 
 
 def cell_stopped(folder: Path) -> str | None:
