@@ -759,19 +759,47 @@ async def test_a_retried_nodes_text_starts_afresh_in_replay(tmp_path: Path) -> N
         assert "CUT-OFF" not in app.detail.text
 
 
+def _header_lines(app: ThinktreeApp) -> list[str]:
+    header = app.header
+    return [
+        "".join(s.text for s in strip).rstrip()
+        for strip in header.render_lines(header.region.reset_offset)
+    ]
+
+
 @pytest.mark.parametrize("size", [(80, 24), (100, 30)])
 async def test_each_header_line_is_cut_never_wrapped(tmp_path: Path, size: tuple[int, int]) -> None:
-    app = replay(tmp_path, 3, 2, run_id="20250101-000000-a-rather-long-run-name-to-show")
+    run_id = "20250101-000000-a-rather-long-run-name-to-show"
+    app = replay(tmp_path, 3, 2, run_id=run_id)
     async with app.run_test(size=size) as pilot:
         await settle(app, pilot)
-        header = app.header
-        lines = [
-            "".join(s.text for s in strip).rstrip()
-            for strip in header.render_lines(header.region.reset_offset)
-        ]
-        assert len(lines) == 2
-        assert lines[0].startswith(" thinktree") and lines[0].endswith("…")
+        lines = _header_lines(app)
+        assert len(lines) == 2 and all(len(line) <= size[0] for line in lines)
+        # the run's id gives way (cut in its middle), not the mode at the line's end
+        assert lines[0].startswith(" thinktree   run 20") and "show  endpoint" in lines[0]
+        assert "…" in lines[0]
+        assert lines[0].endswith("  endpoint synthetic  model toy-model-1  mode parallel")
         assert lines[1].startswith(" problems 3/3")  # the progress line is always in view
+        assert run_id in app.header.plain  # what the header says, uncut
+
+
+async def test_a_narrow_header_keeps_the_mode_and_whether_the_run_is_over(tmp_path: Path) -> None:
+    app = replay(tmp_path, 3, 2)
+    async with app.run_test(size=(50, 24)) as pilot:
+        await settle(app, pilot)
+        wide = app.header.plain.splitlines()
+        assert "tokens" in wide[1] and "run completed" in wide[1]
+        lines = _header_lines(app)
+        assert all(len(line) <= 50 for line in lines)
+        # no room for the labels: the mode first, then what serves it
+        assert lines[0] == " thinktree   parallel · toy-model-1 · synthetic"
+        # the token count and the clock give way to how far the run got and its state
+        assert lines[1].startswith(" problems 3/3  ✓ ")
+        assert lines[1].endswith("  ·  replay  run completed")
+        assert "tokens" not in lines[1] and "⏱" not in lines[1]
+        await pilot.resize_terminal(120, 24)  # wider again: everything is back
+        await pilot.pause()
+        assert _header_lines(app) == wide
 
 
 async def test_esc_goes_back_from_the_tree_to_the_problem_list(tmp_path: Path) -> None:

@@ -300,6 +300,42 @@ def test_pieces_left_out_leave_one_mark_where_they_were() -> None:
     assert fitted.fit(9).plain == "✓ p1  → …"
 
 
+def test_a_labelled_piece_left_out_leaves_no_label_without_its_value() -> None:
+    from thinktree.tui.rows import RowBuilder
+
+    row = RowBuilder()
+    row.add("p1")
+    tokens = row.add("1,234 / 9,000", "bold", lead="  ", label="tokens ", least=0)
+    clock = row.add("1:15", "bold", lead="  ", label="⏱ ", least=0)
+    row.add("live", "cyan", lead="  ", label="·  ")
+    fitted = row.row((tokens, 0), (clock, 0))
+    assert fitted.plain == fitted.fit(41).plain == "p1  tokens 1,234 / 9,000  ⏱ 1:15  ·  live"
+    whole = fitted.fit(41)
+    styles = [(whole.plain[s.start : s.end], str(s.style)) for s in whole.spans]
+    assert styles[:3] == [("  tokens ", "dim"), ("1,234 / 9,000", "bold"), ("  ⏱ ", "dim")]
+    assert fitted.fit(30).plain == "p1  …  ⏱ 1:15  ·  live"  # the label went with its value
+    assert fitted.fit(16).plain == "p1  …  ·  live"
+    assert fitted.fits(14) and not fitted.fits(13)  # the row's end would be cut below it
+
+
+def test_a_narrow_header_keeps_the_mode_and_the_runs_state() -> None:
+    view = view_of(3, 2)
+    top = header(view, elapsed=75.0, source="replay")
+    assert top.fit().plain == top.plain  # whole where there is no width
+    lines = {width: top.fit(width).plain.splitlines() for width in range(20, 121)}
+    for width, (run, progress) in lines.items():
+        assert len(run) <= width and len(progress) <= width
+        assert progress.startswith(" problems 3/3")
+    assert lines[120][0].endswith("  endpoint synthetic  model toy-model-1  mode parallel")
+    # the run's id gives way first, then the labels: the mode, then the model and endpoint
+    assert "run 2025…" in lines[80][0] and lines[80][0].endswith("mode parallel")
+    assert lines[50][0] == " thinktree   parallel · toy-model-1 · synthetic"
+    assert lines[36][0].startswith(" thinktree   parallel · toy")
+    # the tokens and the clock give way to whether the run is live, replayed or over
+    assert "tokens 129 / 1,728  ⏱ 1:15" in lines[80][1]
+    assert lines[50][1].endswith("  ·  replay  run completed") and "⏱" not in lines[50][1]
+
+
 def test_tree_lines_cut_to_a_pane_keep_their_status_and_answer() -> None:
     view = view_of(3, 3)
     problem = view.tree.problems["p1"]

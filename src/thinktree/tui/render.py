@@ -7,6 +7,7 @@ Everything that came from the model or the data goes through :mod:`sanitize` and
 from __future__ import annotations
 
 from collections.abc import Hashable
+from dataclasses import dataclass
 
 from rich.text import Text
 
@@ -46,66 +47,129 @@ def clock(seconds: float) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
 
 
-def header(view: RunView, *, elapsed: float, source: str, hint: str | None = None) -> Text:
+@dataclass(frozen=True, slots=True)
+class Header:
+    """The header's two lines, each fitted to the width it is drawn in (:meth:`fit`).
+
+    ``run`` says which run this is with a label before each part; where it does not fit
+    even without the run's id (its folder has it), ``compact`` says it without labels,
+    the mode first (never cut), then the model's and the endpoint's names. ``progress``
+    gives way in this order: the hint, a retry's reason, the retries, the tokens, then the
+    clock; how far the run has got and whether it is live, replayed or over stay.
+    """
+
+    run: Row
+    compact: Row
+    progress: Row
+
+    @property
+    def plain(self) -> str:
+        """Everything the header says, uncut."""
+        return f"{self.run.plain}\n{self.progress.plain}"
+
+    def fit(self, width: int | None = None) -> Text:
+        """Both lines in at most ``width`` cells each (None: whole)."""
+        run = self.run if width is None or self.run.fits(width) else self.compact
+        text = run.fit(width)
+        text.append("\n")
+        text.append_text(self.progress.fit(width))
+        return text
+
+
+def header(view: RunView, *, elapsed: float, source: str, hint: str | None = None) -> Header:
     """Two lines: what run this is, then how far it has got (and ``hint``: what to do
     next, last)."""
-    text = Text(no_wrap=True, overflow="ellipsis")
-    text.append(" thinktree ", style="bold reverse")
+    run, compact = _run_lines(view)
+    return Header(run, compact, _progress_line(view, elapsed=elapsed, source=source, hint=hint))
+
+
+def _run_lines(view: RunView) -> tuple[Row, Row]:
+    """The header's first line with labels, and without (see :class:`Header`)."""
+    run, compact = RowBuilder(), RowBuilder()
+    for row in (run, compact):
+        row.add(" thinktree ", "bold reverse")
     started = view.started
-    if started is None and view.ended is None:
-        text.append("  waiting for the run to start…", style="dim")
-    elif started is None:
-        text.append("  the run ended before it started", style="dim")
-    else:
-        for label, value in (
-            ("run", started.run_id),
-            ("endpoint", started.endpoint),
-            ("model", started.model),
-            ("mode", started.mode),
-        ):
-            text.append(f"  {label} ", style="dim")
-            text.append(one_line(value, 40), style="bold")
-    text.append("\n")
+    if started is None:
+        said = (
+            "waiting for the run to start…"
+            if view.ended is None
+            else "the run ended before it started"
+        )
+        run.add(said, "dim", lead="  ")
+        return run.row(), run.row()
+    run_id = run.add(
+        one_line(started.run_id, 200), "bold", lead="  ", label="run ", least=8, middle=True
+    )
+    for label, value in (
+        ("endpoint", started.endpoint),
+        ("model", started.model),
+        ("mode", started.mode),
+    ):
+        run.add(one_line(value, 200), "bold", lead="  ", label=f"{label} ")
+    compact.add(one_line(started.mode, 200), "bold", lead="  ")  # never cut
+    model = compact.add(one_line(started.model, 200), "bold", lead=" · ")
+    endpoint = compact.add(one_line(started.endpoint, 200), "bold", lead=" · ")
+    return run.row((run_id, 0)), compact.row(
+        (endpoint, 12), (model, 16), (endpoint, 6), (model, 8), (endpoint, 0), (model, 0)
+    )
+
+
+def _progress_line(view: RunView, *, elapsed: float, source: str, hint: str | None) -> Row:
+    row = RowBuilder()
+    row.add(f"{view.done}/{view.total}", "bold", lead=" ", label="problems ")
     running = view.outcomes[Outcome.RUNNING]
-    text.append(" problems ", style="dim")
-    text.append(f"{view.done}/{view.total}", style="bold")
     if running:
-        text.append(f" ({running} running)", style="yellow")
+        row.add(f" ({running} running)", "yellow")
     stopped = view.outcomes[Outcome.STOPPED]
     if stopped:
-        text.append(f" ({stopped} stopped)", style="dim")
+        row.add(f" ({stopped} stopped)", "dim")
     right, wrong = view.outcomes[Outcome.RIGHT], view.outcomes[Outcome.WRONG]
     if right or wrong:
-        text.append("  ")
-        text.append(f"✓ {right}", style="green")
-        text.append(" ")
-        text.append(f"✗ {wrong}", style="red")
+        row.add("  ")
+        row.add(f"✓ {right}", "green")
+        row.add(" ")
+        row.add(f"✗ {wrong}", "red")
     failed = view.outcomes[Outcome.FAILED]
     if failed:
-        text.append(f"  ! {failed} failed", style="bold red")
-    text.append("  tokens ", style="dim")
-    text.append(f"{view.completion_tokens:,}", style="bold")
+        row.add(f"  ! {failed} failed", "bold red")
+    # whole or not at all: a count cut short would read as another count (and the tokens
+    # allowed are one piece with the tokens spent, never shown without them)
+    spent = f"{view.completion_tokens:,}"
     if view.allowed_tokens:
-        text.append(f" / {view.allowed_tokens:,}")
-    text.append("  ⏱ ", style="dim")
-    text.append(clock(elapsed), style="bold")
+        spent += f" / {view.allowed_tokens:,}"
+    tokens = row.add(spent, "bold", lead="  ", label="tokens ", least=0)
+    ticking = row.add(clock(elapsed), "bold", lead="  ", label="⏱ ", least=0)
+    retries = None
     if view.retries:
-        text.append(f"  retries {view.retries}", style="magenta")
+        retries = row.add(f"retries {view.retries}", "magenta", lead="  ", least=0)
+    waiting = None
     retry = view.last_retry
     if retry is not None and view.ended is None and elapsed < retry.at + retry.wait_s:
         left = retry.at + retry.wait_s - elapsed
-        text.append(f"  waiting {left:.0f} s: {one_line(retry.reason, 40)}", style="bold magenta")
-    text.append("  ·  ", style="dim")
-    text.append(source, style="cyan")
+        waiting = row.add(
+            f"waiting {left:.0f} s: {one_line(retry.reason, 40)}",
+            "bold magenta",
+            lead="  ",
+            least=12,
+        )
+    row.add(source, "cyan", lead="  ", label="·  ")
     ended = view.ended
     if ended is not None:
         style = "green" if ended == "completed" else "bold red"
-        text.append(f"  run {one_line(ended, 20)}", style=style)
+        row.add(f"  run {one_line(ended, 20)}", style)
+    error = None
     if view.error:
-        text.append(f"  {one_line(view.error, 80)}", style="bold red")
-    if hint:
-        text.append(f"  {one_line(hint)}", style="yellow")
-    return text
+        error = row.add(one_line(view.error, 80), "bold red", lead="  ", least=20)
+    said = row.add(one_line(hint), "yellow", lead="  ") if hint else None
+    return row.row(
+        (said, 24),
+        (error, 20),
+        (waiting, 12),
+        (retries, 0),
+        (tokens, 0),
+        (said, 0),
+        (ticking, 0),
+    )
 
 
 def problem_row(problem: ProblemTree, width: int | None = None) -> Text:

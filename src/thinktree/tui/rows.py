@@ -38,6 +38,10 @@ class Piece:
     least: int = 1
     middle: bool = False
     """Cut in the middle ("case-0…0417"): for ids, which often share a long prefix."""
+    label: str = ""
+    """Said before the text, after the lead (both in ``label_style``), only while the text
+    is shown: a piece left out leaves its lead and "…", never a label with no value."""
+    label_style: str = "dim"
 
     def shown_in(self, cells: int) -> str | None:
         """Its text in at most ``cells`` cells: whole, cut with "…", or None (left out)."""
@@ -63,10 +67,28 @@ class Row:
 
     @property
     def plain(self) -> str:
-        return "".join(p.lead + p.text for p in self.pieces)
+        return "".join(p.lead + p.label + p.text for p in self.pieces)
 
     def fit(self, width: int | None = None) -> Text:
         """The row in at most ``width`` cells (None: whole)."""
+        shown, marked = self._fitted(width)
+        if width is not None and self._cells(shown, marked) > width:
+            marked = False  # the pieces never cut, too wide: the line's end is cut below
+        text = Text(no_wrap=True, overflow="ellipsis")
+        for part, style in self._parts(shown, marked):
+            text.append(part, style=style)
+        if width is not None and text.cell_len > width:
+            text.truncate(max(width, 0), overflow="ellipsis")
+        return text
+
+    def fits(self, width: int) -> bool:
+        """Whether its cut steps bring the row within ``width`` cells (else :meth:`fit`
+        cuts its end)."""
+        return self._cells(*self._fitted(width)) <= width
+
+    def _fitted(self, width: int | None) -> tuple[list[str | None], bool]:
+        """What :meth:`fit` shows of each piece (None: left out) once its cut steps have
+        been taken as far as ``width`` needs, and whether left-out pieces leave a "…"."""
         pieces = self.pieces
         shown: list[str | None] = [p.text for p in pieces]
         marked = True
@@ -95,14 +117,7 @@ class Row:
                 grown = piece.shown_in(room)
                 if grown is not None and (now is None or cell_len(grown) > cell_len(now)):
                     shown[index] = grown
-            if self._cells(shown, marked) > width:  # the pieces never cut, too wide
-                marked = False
-        text = Text(no_wrap=True, overflow="ellipsis")
-        for part, style in self._parts(shown, marked):
-            text.append(part, style=style)
-        if width is not None and text.cell_len > width:
-            text.truncate(max(width, 0), overflow="ellipsis")
-        return text
+        return shown, marked
 
     def _parts(self, shown: list[str | None], marked: bool) -> list[tuple[str, str]]:
         """What is drawn of each piece, ``shown`` (None: left out), in its style; with
@@ -116,7 +131,11 @@ class Row:
                 left_out = True
                 continue
             left_out = False
-            if part or piece.lead:
+            if piece.label:
+                parts.append((piece.lead + piece.label, piece.label_style))
+                if part:
+                    parts.append((part, piece.style))
+            elif part or piece.lead:
                 parts.append((piece.lead + part, piece.style))
         return parts
 
@@ -131,7 +150,7 @@ class Row:
                     total += cell_len(piece.lead) + _ELLIPSIS_CELLS
                 left_out = True
             else:
-                total += cell_len(piece.lead) + cell_len(part)
+                total += cell_len(piece.lead) + cell_len(piece.label) + cell_len(part)
                 left_out = False
         return total
 
@@ -143,9 +162,16 @@ class RowBuilder:
         self.pieces: list[Piece] = []
 
     def add(
-        self, text: str, style: str = "", *, lead: str = "", least: int = 1, middle: bool = False
+        self,
+        text: str,
+        style: str = "",
+        *,
+        lead: str = "",
+        least: int = 1,
+        middle: bool = False,
+        label: str = "",
     ) -> int:
-        self.pieces.append(Piece(text, style, lead, least, middle))
+        self.pieces.append(Piece(text, style, lead, least, middle, label))
         return len(self.pieces) - 1
 
     def row(self, *cuts: tuple[int | None, int]) -> Row:
