@@ -480,3 +480,45 @@ async def test_a_probe_whose_answers_are_all_configured_sends_nothing() -> None:
             await client.aclose()
     assert (caps.native_n, caps.continuation, caps.thinking_budget) == (False, "chat", "cue")
     assert server.requests == 0
+
+
+async def test_a_probe_asks_at_once_what_needs_no_other_finding_and_the_seed_alone() -> None:
+    """A round trip to a remote API costs as much for five requests as for one: the probe
+    sends what needs no other finding together. The seed's two requests compare their
+    replies, so each goes with nothing else in flight (a server that batches requests may
+    answer one differently in other company)."""
+    from thinktree.agents.capabilities import probe
+    from thinktree.agents.endpoint import EndpointClient
+
+    seed_company: list[int] = []
+
+    def reply(body: dict[str, Any], index: int) -> str:
+        if "seed" in body:
+            seed_company.append(server.in_flight)
+        return "one two three four"
+
+    server = FakeServer(FakeBehaviour(reply=reply, delay_s=0.05))
+    async with server:
+        config = EndpointConfig(name="fake", base_url=server.base_url, model="fake-model")
+        client = EndpointClient(config)
+        try:
+            caps = await probe(client)
+        finally:
+            await client.aclose()
+    # the first round: /v1/completions, n, continuation, stream usage and logprobs at once
+    assert server.peak_in_flight >= 5
+    assert seed_company == [1, 1] and caps.seed
+    assert caps.native_n and caps.token_ids and caps.continuation == "chat"
+    # the notes in one order, whichever request answered first
+    assert list(caps.notes) == [
+        "completions",
+        "n",
+        "token_ids",
+        "continuation",
+        "stream_usage",
+        "logprobs",
+        "seed",
+        "reasoning",
+        "thinking",
+        "constraints",
+    ]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import asdict, dataclass, field
@@ -117,6 +116,13 @@ async def probe(client: EndpointClient, *, what: set[str] | None = None) -> Capa
     ``what`` limits the probe to some of "n", "continuation", "completions", "logprobs",
     "seed", "reasoning", "constraints", "thinking" (how budget mode ends the thinking),
     "stream_usage"; settings forced in the endpoint's config are taken as given.
+
+    After a plain chat request (:func:`check_generates`), what needs no other finding is
+    asked at once, in two rounds (the continuation decides how the reasoning and the
+    constraints are asked); a round trip to a remote API costs the same for five requests
+    as for one. The seed and the thinking budget are asked alone, after them: each
+    compares two replies, which a server that batches requests together (vLLM's CPU
+    build) may answer differently when other requests share their batch.
     """
     want = what or {
         "n",
@@ -130,88 +136,168 @@ async def probe(client: EndpointClient, *, what: set[str] | None = None) -> Capa
     }
     checked = False
 
-    async def asked(step: Awaitable[T]) -> T:
-        """``step``, one of the probe's requests: the first goes after the plain chat check
-        (a probe whose every answer is set in the endpoint's config sends nothing at all)."""
+    async def asked(steps: list[Callable[[], Awaitable[None]]]) -> None:
+        """``steps``, at once: the first of the probe's requests go after the plain chat
+        check (a probe whose every answer is set in the endpoint's config sends nothing
+        at all)."""
         nonlocal checked
+        if not steps:
+            return
         if not checked:
-            try:
-                await check_generates(client)
-            except BaseException:
-                if inspect.iscoroutine(step):
-                    step.close()  # never sent
-                raise
+            await check_generates(client)
             checked = True
-        return await step
+        await _at_once(steps)
 
     caps = Capabilities()
     cfg = client.config
     if "thinking" in want and cfg.thinking == "auto":
         want = want | {"reasoning", "continuation"}
     msgs = [{"role": "user", "content": _PROBE_USER}]
+    first: list[Callable[[], Awaitable[None]]] = []
 
     if "completions" in want or cfg.continuation in ("auto", "completions"):
-        caps.completions, caps.notes["completions"] = await asked(_try_completions(client))
+
+        async def completions() -> None:
+            caps.completions, caps.notes["completions"] = await _try_completions(client)
+
+        first.append(completions)
 
     if "n" in want:
+
+        async def n() -> None:
+            if cfg.native_n == "auto":
+                caps.native_n, caps.notes["n"] = await _try_n(client, msgs)
+            if caps.native_n:
+                caps.token_ids, caps.notes["token_ids"] = await _try_token_ids(client, msgs)
+
         if cfg.native_n != "auto":
             caps.native_n = cfg.native_n == "yes"
             caps.notes["n"] = "set in the endpoint config"
-        else:
-            caps.native_n, caps.notes["n"] = await asked(_try_n(client, msgs))
-        if caps.native_n:
-            caps.token_ids, caps.notes["token_ids"] = await asked(_try_token_ids(client, msgs))
+        if cfg.native_n == "auto" or caps.native_n:
+            first.append(n)
 
+    chat_continues: list[tuple[bool, str]] = []
     if "continuation" in want:
         if cfg.continuation != "auto":
             caps.continuation = cfg.continuation
             caps.notes["continuation"] = "set in the endpoint config"
         else:
-            chat_ok, note = await asked(_try_chat_continuation(client, msgs))
-            if chat_ok:
-                caps.continuation = "chat"
-            elif caps.completions and cfg.chat_template:
-                caps.continuation = "completions"
-                note += "; using /v1/completions with the configured chat template"
-            else:
-                caps.continuation = "revision"
-                note += "; sequential revision falls back to a new user turn"
-            caps.notes["continuation"] = note
+
+            async def continuation() -> None:
+                chat_continues.append(await _try_chat_continuation(client, msgs))
+
+            first.append(continuation)
 
     if "stream_usage" in want:
-        caps.stream_usage, caps.notes["stream_usage"] = await asked(_try_stream_usage(client, msgs))
+
+        async def stream_usage() -> None:
+            caps.stream_usage, caps.notes["stream_usage"] = await _try_stream_usage(client, msgs)
+
+        first.append(stream_usage)
     if "logprobs" in want:
-        caps.logprobs, caps.notes["logprobs"] = await asked(_try_logprobs(client, msgs))
-    if "seed" in want:
-        caps.seed, caps.notes["seed"] = await asked(_try_seed(client, msgs))
+
+        async def logprobs() -> None:
+            caps.logprobs, caps.notes["logprobs"] = await _try_logprobs(client, msgs)
+
+        first.append(logprobs)
+    await asked(first)
+
+    if chat_continues:
+        ((chat_ok, note),) = chat_continues
+        if chat_ok:
+            caps.continuation = "chat"
+        elif caps.completions and cfg.chat_template:
+            caps.continuation = "completions"
+            note += "; using /v1/completions with the configured chat template"
+        else:
+            caps.continuation = "revision"
+            note += "; sequential revision falls back to a new user turn"
+        caps.notes["continuation"] = note
+
+    second: list[Callable[[], Awaitable[None]]] = []
+    budget_set = False
     if "thinking" in want and cfg.thinking != "auto":
+        budget_set = True
         caps.thinking_budget = cfg.thinking
         caps.think_end = cfg.think_end if cfg.thinking != "cue" else ""
         caps.notes["thinking"] = "set in the endpoint config"
     elif "reasoning" in want:
-        caps.reasoning, caps.notes["reasoning"] = await asked(_try_reasoning(client, caps))
-        if caps.reasoning != "none":
-            caps.think_end = cfg.think_end
-        if "thinking" in want or what is None:
-            caps.thinking_budget, caps.notes["thinking"] = await asked(
-                try_thinking_budget(client, caps)
-            )
+
+        async def reasoning() -> None:
+            caps.reasoning, caps.notes["reasoning"] = await _try_reasoning(client, caps)
+            if caps.reasoning != "none":
+                caps.think_end = cfg.think_end
+
+        second.append(reasoning)
     if "constraints" in want:
-        # answers go where the continuation does: over /v1/completions, that path must
-        # honour the constraint too
-        caps.constraints, caps.notes["constraints"] = await asked(
-            try_constraints(
+
+        async def constraints() -> None:
+            # answers go where the continuation does: over /v1/completions, that path must
+            # honour the constraint too
+            caps.constraints, caps.notes["constraints"] = await try_constraints(
                 client,
                 lambda path, body: _post(client, body, path=path),
                 over_completions=caps.continuation == "completions",
             )
-        )
+
+        second.append(constraints)
+    await asked(second)
+
+    if "seed" in want:
+
+        async def seed() -> None:
+            caps.seed, caps.notes["seed"] = await _try_seed(client, msgs)
+
+        await asked([seed])
+    if not budget_set and "reasoning" in want and ("thinking" in want or what is None):
+
+        async def thinking() -> None:
+            caps.thinking_budget, caps.notes["thinking"] = await try_thinking_budget(client, caps)
+
+        await asked([thinking])
+    # the notes in one order, whichever request answered first
+    caps.notes = {key: caps.notes[key] for key in _NOTE_ORDER if key in caps.notes}
     log.info(
         "probed endpoint",
         endpoint=cfg.name,
         **{k: v for k, v in caps.to_dict().items() if k != "notes"},
     )
     return caps
+
+
+_NOTE_ORDER = (
+    "completions",
+    "n",
+    "token_ids",
+    "continuation",
+    "stream_usage",
+    "logprobs",
+    "seed",
+    "reasoning",
+    "thinking",
+    "constraints",
+)
+
+
+async def _at_once(steps: list[Callable[[], Awaitable[None]]]) -> None:
+    """Run ``steps`` at once. One that fails raises its own exception (not a group of
+    them), as it would have alone, once the others have ended."""
+    if len(steps) == 1:
+        await steps[0]()
+        return
+    failed: list[Exception] = []
+
+    async def run(step: Callable[[], Awaitable[None]]) -> None:
+        try:
+            await step()
+        except Exception as exc:  # raised again below, unwrapped
+            failed.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        for step in steps:
+            tg.start_soon(run, step)
+    if failed:
+        raise failed[0]
 
 
 async def _try_n(client: EndpointClient, msgs: list[dict[str, str]]) -> tuple[bool, str]:

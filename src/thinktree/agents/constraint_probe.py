@@ -12,6 +12,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
+import anyio
 import openai
 from pydantic import BaseModel
 
@@ -62,11 +63,13 @@ async def try_constraints(
     JSON. With ``over_completions`` (answers continue over ``/v1/completions``) a dialect
     counts only when that path honours it too: some servers constrain chat requests only.
     """
-    honoured: list[str] = []
-    seen: list[str] = []
-    for dialect in DIALECTS:
+    # outlines takes about a second to import: not on the event loop, where the probe's
+    # other requests are under way
+    fields = await anyio.to_thread.run_sync(lambda: {d: _fields(d) for d in DIALECTS})
+    verdicts: dict[str, str] = {}
+
+    async def one(dialect: Dialect) -> None:
         paths = ["chat/completions", "completions"] if over_completions else ["chat/completions"]
-        verdict = ""
         for path in paths:
             body: dict[str, Any] = {"model": client.model, "max_tokens": 24, "temperature": 0.0}
             if path == "completions":
@@ -74,19 +77,22 @@ async def try_constraints(
             else:
                 body["messages"] = _MESSAGES
             try:
-                data = await post(path, {**body, **_fields(dialect)})
+                data = await post(path, {**body, **fields[dialect]})
             except (openai.APIError, EndpointError, ValueError) as exc:
-                verdict = f"{dialect} refused{_on(path)} ({_reason(exc)})"
-                break
+                verdicts[dialect] = f"{dialect} refused{_on(path)} ({_reason(exc)})"
+                return
             text = _text(data, path)
             if not _honoured(dialect, text):
-                verdict = f"{dialect} ignored{_on(path)} (got {text[:30]!r})"
-                break
-        if verdict:
-            seen.append(verdict)
-        else:
-            honoured.append(dialect)
-            seen.append(f"{dialect} honoured")
+                verdicts[dialect] = f"{dialect} ignored{_on(path)} (got {text[:30]!r})"
+                return
+
+    # each dialect on its own, all at once (a made-up token cannot come out by chance,
+    # however the server batches them)
+    async with anyio.create_task_group() as tg:
+        for dialect in DIALECTS:
+            tg.start_soon(one, dialect)
+    honoured: list[str] = [d for d in DIALECTS if d not in verdicts]
+    seen = [verdicts.get(d, f"{d} honoured") for d in DIALECTS]
     return honoured, "; ".join(seen)
 
 
