@@ -120,7 +120,7 @@ async def probe(client: EndpointClient, *, what: set[str] | None = None) -> Capa
     After a plain chat request (:func:`check_generates`), what needs no other finding is
     asked at once, in two rounds (the continuation decides how the reasoning and the
     constraints are asked); a round trip to a remote API costs the same for five requests
-    as for one. The seed and the thinking budget are asked alone, after them: each
+    as for one. The seed (first) and the thinking budget (last) are asked alone: each
     compares two replies, which a server that batches requests together (vLLM's CPU
     build) may answer differently when other requests share their batch.
     """
@@ -153,6 +153,14 @@ async def probe(client: EndpointClient, *, what: set[str] | None = None) -> Capa
     if "thinking" in want and cfg.thinking == "auto":
         want = want | {"reasoning", "continuation"}
     msgs = [{"role": "user", "content": _PROBE_USER}]
+    if "seed" in want:
+        # alone, and right after the plain check: a server that caches prompts (llama.cpp)
+        # then answers both requests from the same cache, as it does the check's prompt
+
+        async def seed() -> None:
+            caps.seed, caps.notes["seed"] = await _try_seed(client, msgs)
+
+        await asked([seed])
     first: list[Callable[[], Awaitable[None]]] = []
 
     if "completions" in want or cfg.continuation in ("auto", "completions"):
@@ -243,12 +251,6 @@ async def probe(client: EndpointClient, *, what: set[str] | None = None) -> Capa
         second.append(constraints)
     await asked(second)
 
-    if "seed" in want:
-
-        async def seed() -> None:
-            caps.seed, caps.notes["seed"] = await _try_seed(client, msgs)
-
-        await asked([seed])
     if not budget_set and "reasoning" in want and ("thinking" in want or what is None):
 
         async def thinking() -> None:
