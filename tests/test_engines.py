@@ -74,6 +74,15 @@ async def reality(url: str) -> dict[str, Any]:
             model="smollm2", messages=ASK, max_tokens=4, n=3, temperature=1.0
         )  # type: ignore[call-overload]
         seen["native_n"] = len(many.choices) == 3
+        # the same seed twice, the prompt just asked (a server that caches prompts answers
+        # both from its cache, as it does the probe's, asked right after its plain check)
+        seeded = [
+            await client.chat.completions.create(
+                model="smollm2", messages=ASK, max_tokens=8, temperature=1.0, seed=1234
+            )  # type: ignore[call-overload]
+            for _ in range(2)
+        ]
+        seen["seed"] = seeded[0].choices[0].message.content == seeded[1].choices[0].message.content
         prefix = [*ASK, {"role": "assistant", "content": "one two three"}]
         closed = await client.chat.completions.create(
             model="smollm2", messages=prefix, max_tokens=2
@@ -137,6 +146,7 @@ async def test_probe_matches_reality_on_llamacpp(llamacpp_url: str) -> None:
     assert "json_object ignored over /v1/completions" in found["notes"]["constraints"]
     assert found["completions"] is True
     assert found["thinking_budget"] == "cue"
+    assert found["seed"] is seen["seed"] is True, found["notes"]["seed"]
 
 
 async def test_probe_matches_reality_on_vllm(embedded_url: str) -> None:
@@ -149,6 +159,7 @@ async def test_probe_matches_reality_on_vllm(embedded_url: str) -> None:
     assert seen["structured"][0] == ("json_schema", "ok")
     assert "json_schema" in found["constraints"]
     assert found["thinking_budget"] == "cue"
+    assert found["seed"] is seen["seed"] is True, found["notes"]["seed"]
 
 
 async def test_engine_endpoint_continues_over_completions_on_llamacpp(llamacpp_url: str) -> None:
