@@ -334,6 +334,18 @@ def test_a_narrow_header_keeps_the_mode_and_the_runs_state() -> None:
     # the tokens and the clock give way to whether the run is live, replayed or over
     assert "tokens 129 / 1,728  ⏱ 1:15" in lines[80][1]
     assert lines[50][1].endswith("  ·  replay  run completed") and "⏱" not in lines[50][1]
+    # a hint is cut at its end (the folder) first, and never short of its command
+    hint = "resume with: thinktree run --resume runs/20250101-000000-synth"
+    hinted = header(view, elapsed=75.0, source="replay", hint=hint)
+    assert hinted.fit(200).plain.endswith(hint)
+    for width in range(50, 200):  # the run's state in view (see above)
+        progress = hinted.fit(width).plain.splitlines()[1]
+        assert len(progress) <= width
+        _, state, shown = progress.rpartition("run completed")
+        assert state, (width, progress)
+        assert shown in ("", "  …", f"  {hint}") or (
+            shown.startswith("  resume with: thinktree run --resume ") and shown.endswith("…")
+        ), (width, shown)
 
 
 def test_tree_lines_cut_to_a_pane_keep_their_status_and_answer() -> None:

@@ -54,8 +54,9 @@ class Header:
     ``run`` says which run this is with a label before each part; where it does not fit
     even without the run's id (its folder has it), ``compact`` says it without labels,
     the mode first (never cut), then the model's and the endpoint's names. ``progress``
-    gives way in this order: the hint, a retry's reason, the retries, the tokens, then the
-    clock; how far the run has got and whether it is live, replayed or over stay.
+    gives way in this order: the hint's end (the folder of a command to resume), a retry's
+    reason, the retries, the tokens, the clock, then the rest of the hint; how far the run
+    has got and whether it is live, replayed or over stay.
     """
 
     run: Row
@@ -114,6 +115,9 @@ def _run_lines(view: RunView) -> tuple[Row, Row]:
     )
 
 
+_HINT_KEPT = len("resume with: thinktree run --resume …")
+
+
 def _progress_line(view: RunView, *, elapsed: float, source: str, hint: str | None) -> Row:
     row = RowBuilder()
     row.add(f"{view.done}/{view.total}", "bold", lead=" ", label="problems ")
@@ -145,12 +149,13 @@ def _progress_line(view: RunView, *, elapsed: float, source: str, hint: str | No
     waiting = None
     retry = view.last_retry
     if retry is not None and view.ended is None and elapsed < retry.at + retry.wait_s:
-        left = retry.at + retry.wait_s - elapsed
+        waited = f"waiting {retry.at + retry.wait_s - elapsed:.0f} s"
+        # cut, its reason gives way: the countdown stays whole
         waiting = row.add(
-            f"waiting {left:.0f} s: {one_line(retry.reason, 40)}",
+            f"{waited}: {one_line(retry.reason, 40)}",
             "bold magenta",
             lead="  ",
-            least=12,
+            least=len(waited) + 1,
         )
     row.add(source, "cyan", lead="  ", label="·  ")
     ended = view.ended
@@ -160,15 +165,16 @@ def _progress_line(view: RunView, *, elapsed: float, source: str, hint: str | No
     error = None
     if view.error:
         error = row.add(one_line(view.error, 80), "bold red", lead="  ", least=20)
-    said = row.add(one_line(hint), "yellow", lead="  ") if hint else None
+    # what to do next: its end (a folder) gives way first, then the figures, then the rest
+    said = row.add(one_line(hint), "yellow", lead="  ", least=_HINT_KEPT) if hint else None
     return row.row(
-        (said, 24),
+        (said, _HINT_KEPT),
         (error, 20),
-        (waiting, 12),
+        (waiting, 0),
         (retries, 0),
         (tokens, 0),
-        (said, 0),
         (ticking, 0),
+        (said, 0),
     )
 
 
