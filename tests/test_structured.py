@@ -18,7 +18,7 @@ from thinktree.agents.endpoint import EndpointClient, EndpointConfig
 from thinktree.agents.modes import ModeSettings
 from thinktree.agents.structured import check_format, constraint_for, validate
 from thinktree.errors import ConfigError
-from thinktree.orchestrator.events import CONSTRAINT_REFUSED, NodeKind
+from thinktree.orchestrator.events import CONSTRAINT_REFUSED, PAST_CONTEXT, NodeKind
 from thinktree.orchestrator.run import RunSettings, execute, run_outcome
 from thinktree.problems import AnswerType, Problem
 from thinktree.testing.fake_server import FakeBehaviour, FakeServer
@@ -199,6 +199,32 @@ async def test_a_refused_constraint_falls_back_and_the_run_goes_on(tmp_path: Pat
     assert data["problems"][0]["answer"] == "A"
     # answered as documented: not a failed call that a resume would send again, forever
     assert refused["error"].startswith(CONSTRAINT_REFUSED)
+    assert run_outcome(tmp_path / "run" / "results.json") == (None, 0)
+
+
+@pytest.mark.anyio
+async def test_an_answer_past_the_context_is_not_asked_again_without_its_constraint(
+    tmp_path: Path,
+) -> None:
+    """A 400 for a prompt past the model's context is no refused constraint: asking the
+    answer freely would pass it as well. The thinking's own answer stands, and the run has
+    no failed call for a resume to send again."""
+
+    def past_context(body: dict[str, Any]) -> str | None:
+        so = body.get("structured_outputs")
+        if so and "kiwi" not in str(so):  # the run's answer call, not the probe's
+            return "This model's maximum context length is 4096 tokens. However, you requested 4200"
+        return None
+
+    behaviour = FakeBehaviour(reply=_honouring, reject=past_context)
+    async with FakeServer(behaviour) as server:
+        data = await _run(server, tmp_path)
+    nodes = data["problems"][0]["nodes"]
+    refused = next(n for n in nodes if n["id"].endswith("/answer"))
+    assert refused["status"] == "failed" and refused["error"].startswith(PAST_CONTEXT)
+    assert not any(n["id"].endswith("/answer-free") for n in nodes)
+    assert data["problems"][0]["answer"] == "A"  # "Let me think. Answer: A"
+    assert data["metrics"]["past_context"] == 1
     assert run_outcome(tmp_path / "run" / "results.json") == (None, 0)
 
 

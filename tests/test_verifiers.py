@@ -24,7 +24,7 @@ from thinktree.agents.endpoint import EndpointConfig
 from thinktree.agents.modes import ModeSettings
 from thinktree.errors import ConfigError
 from thinktree.metrics import auroc
-from thinktree.orchestrator.events import NodeKind, NodeStatus
+from thinktree.orchestrator.events import PAST_CONTEXT, NodeKind, NodeStatus
 from thinktree.orchestrator.run import CALLS, RunResult, RunSettings, execute, validate
 from thinktree.orchestrator.store import StoreReader
 from thinktree.pricing import Price
@@ -241,6 +241,27 @@ async def test_a_judge_endpoint_that_refuses_fails_the_verdicts(tmp_path: Path) 
     assert all("judge call failed" in (v.error or "") for v in verdicts)
     assert "400" in (verdicts[0].error or "")
     assert result.trees[0].answer == "A"  # the majority stands when the verifier fails
+
+
+@pytest.mark.anyio
+async def test_a_judge_prompt_past_the_context_fails_its_verdict_for_good(
+    tmp_path: Path,
+) -> None:
+    """A candidate too long for the judge's context: its verdict fails, the vote goes on,
+    and it is no judge call a resume would send again (the same 400 would come back)."""
+
+    def refuse(body: dict[str, Any]) -> str | None:
+        messages = body.get("messages") or []
+        if messages and messages[0].get("content") == JUDGE_SYSTEM:
+            return "This model's maximum context length is 2048 tokens. However, you requested 2100"
+        return None
+
+    behaviour = FakeBehaviour(reply=_judging({}), reject=refuse)
+    result = await _run(tmp_path, behaviour, ("judge:score=rating",), "verifier-tiebreak")
+    verdicts = result.trees[0].of_kind(NodeKind.VERDICT)
+    assert verdicts and all((v.error or "").startswith(PAST_CONTEXT) for v in verdicts)
+    assert result.trees[0].answer == "A"
+    assert result.failed_calls() == []
 
 
 @pytest.mark.anyio

@@ -381,6 +381,7 @@ def _execute(
 
     async def main() -> None:
         from thinktree.embedded import announced_server, endpoint_for
+        from thinktree.orchestrator.events import PAST_CONTEXT
 
         if target is not None:
             result = await go(target)
@@ -388,6 +389,17 @@ def _execute(
             async with announced_server(engine, say=_say_dim) as server:
                 result = await go(endpoint_for(server))
         _print_results(result)
+        past = result.first_past_context()
+        if past is not None:  # not sent again: say so, and what would help
+            err.print(
+                f"{result.metrics.past_context} model call(s) {PAST_CONTEXT} and will not be "
+                f"sent again, the first with: {clean(past)}; their lines kept the answers "
+                "they had (shorten those prompts, or use a model or server with a longer "
+                "context)",
+                highlight=False,
+                markup=False,
+                soft_wrap=True,
+            )
         failed = [node.error or "failed" for node in result.failed_calls()]
         requests = result.failed_requests()
         if failed and result.metrics.answered:
@@ -638,7 +650,8 @@ def _print_results(result: object) -> None:
         f"thinking {m.thinking_tokens:,}",
     )
     summary.add_row("budget utilisation", f"{pct(m.utilisation)} of {m.tokens_allowed:,}")
-    summary.add_row("calls", f"{m.calls} ({m.retries} retries)")
+    past = f", {m.past_context} past the model's context" if m.past_context else ""
+    summary.add_row("calls", f"{m.calls} ({m.retries} retries{past})")
     if m.cost_usd is not None:
         summary.add_row("cost", f"${m.cost_usd:.4f}")
     summary.add_row("latency", f"p50 {secs(m.latency_p50_s)} · p95 {secs(m.latency_p95_s)}")

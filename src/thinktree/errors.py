@@ -32,6 +32,11 @@ class EndpointError(ThinktreeError):
     """An endpoint that cannot be reached, refuses the request or does not serve the model."""
 
 
+class ContextExceeded(EndpointError):
+    """The endpoint refused a prompt longer than the model's context: the same request
+    would be refused again, so no retry or resume sends it (its line keeps what it had)."""
+
+
 class BudgetExhausted(ThinktreeError):
     """A request would pass a token budget."""
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from thinktree.agents.aggregators import Aggregator, Vote
 from thinktree.grading import grade
-from thinktree.orchestrator.events import NodeKind, NodeStatus
+from thinktree.orchestrator.events import PAST_CONTEXT, NodeKind, NodeStatus
 from thinktree.orchestrator.tree import Node, ProblemTree
 from thinktree.pricing import Price
 from thinktree.problems import Problem
@@ -28,6 +28,7 @@ class Metrics:
     accuracy: float | None
     coverage: float | None
     failed: int
+    past_context: int  # requests refused as longer than the model's context (not resent)
     prompt_tokens: int
     completion_tokens: int
     thinking_tokens: int
@@ -277,6 +278,7 @@ def compute(
         accuracy=(right / len(graded)) if graded else None,
         coverage=(sum(1 for t in graded if t.covered) / len(graded)) if graded else None,
         failed=sum(1 for t in trees if t.error and t.correct is None),
+        past_context=len(calls.past_context),
         prompt_tokens=calls.prompt_tokens,
         completion_tokens=completion,
         thinking_tokens=calls.thinking_tokens,
@@ -302,6 +304,7 @@ class _Calls:
     sent: set[str]  # each request sent, by its call id (a node's own id where it has none)
     latencies: dict[str, float]  # each answered request's latency, by the same key
     borrowed: list[Node]  # the nodes of the calls read back from another run's
+    past_context: set[str]  # the requests refused as longer than the model's context
 
 
 def _tally_calls(trees: list[ProblemTree], read_back: frozenset[str]) -> _Calls:
@@ -310,6 +313,7 @@ def _tally_calls(trees: list[ProblemTree], read_back: frozenset[str]) -> _Calls:
     sent: set[str] = set()
     latencies: dict[str, float] = {}
     borrowed: list[Node] = []
+    past_context: set[str] = set()
     prompt = completion = thinking = 0
     for tree in trees:
         for n in tree.nodes.values():
@@ -328,7 +332,9 @@ def _tally_calls(trees: list[ProblemTree], read_back: frozenset[str]) -> _Calls:
                 borrowed.append(n)
             elif done and n.error is None and n.latency_s > 0:
                 latencies[call_id or n.id] = n.latency_s  # one request's n samples: one call
-    return _Calls(prompt, completion, thinking, sent, latencies, borrowed)
+            elif not done and n.error is not None and n.error.startswith(PAST_CONTEXT):
+                past_context.add(call_id or n.id)
+    return _Calls(prompt, completion, thinking, sent, latencies, borrowed, past_context)
 
 
 def _read_back(nodes: list[Node], price: Price | None) -> ReadBack:

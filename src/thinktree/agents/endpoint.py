@@ -19,7 +19,7 @@ from contextlib import aclosing, contextmanager
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Literal, Protocol, TypeGuard, TypeVar
+from typing import Any, Final, Literal, Protocol, TypeGuard, TypeVar
 from urllib.parse import urlsplit
 
 import anyio
@@ -40,7 +40,7 @@ from tenacity import (
 from thinktree._json import dumps_sorted, loads
 from thinktree.agents.limiter import AdaptiveLimiter
 from thinktree.agents.transport import Transport, parse
-from thinktree.errors import EndpointDown, EndpointError, ThinktreeError
+from thinktree.errors import ContextExceeded, EndpointDown, EndpointError, ThinktreeError
 
 T = TypeVar("T")
 log = structlog.get_logger(__name__)
@@ -128,6 +128,19 @@ _OUTAGE_POLL_S = 5.0
 # OpenAI's refusal of any temperature but a reasoning model's own: "Unsupported value:
 # 'temperature' does not support 0.7 with this model. Only the default (1) value is supported."
 _ONLY_TEMPERATURE = re.compile(r"only the default \(([\d.]+)\)", re.IGNORECASE)
+# How servers refuse a prompt longer than the model's context: vLLM and OpenAI ("This
+# model's maximum context length is ...", code context_length_exceeded), vLLM's V1 engine
+# ("... is longer than the maximum model length of ..."), llama.cpp ("the request exceeds
+# the available context size", exceed_context_size_error), TGI ("`inputs` tokens +
+# `max_new_tokens` must be <= ...") and others ("prompt is too long", "context window").
+_PAST_CONTEXT = re.compile(
+    r"maximum context length|context_length_exceeded|longer than the maximum model length"
+    r"|exceeds? the available context|exceed_context_size|`inputs` tokens \+ `max_new_tokens`"
+    r"|(?:prompt|input) is too long|(?:exceeds?|longer than) the (?:model's )?context window",
+    re.IGNORECASE,
+)
+# the statuses servers refuse such a prompt with (TGI: 422)
+_PAST_CONTEXT_STATUS: Final = frozenset({400, 413, 422})
 
 
 def classify(exc: BaseException) -> RetryKind | None:
@@ -955,8 +968,15 @@ class EndpointClient:
             )
         if isinstance(exc, openai.AuthenticationError):
             return EndpointError(f"endpoint {where} rejected the API key (401): check the key")
+        if isinstance(exc, openai.APIStatusError) and exc.status_code in _PAST_CONTEXT_STATUS:
+            detail = _status_detail(exc)
+            if _PAST_CONTEXT.search(detail):
+                return ContextExceeded(
+                    f"endpoint {where} refused a prompt longer than the model's context "
+                    f"({exc.status_code}): {detail}"
+                )
         if isinstance(exc, openai.BadRequestError):
-            detail = _one_line(str(exc.message))
+            detail = _status_detail(exc)
             said = f"endpoint {where} rejected the request (400): {detail}"
             return EndpointError(said + self._temperature_hint(detail))
         if isinstance(exc, UnusableUsage):
@@ -981,8 +1001,7 @@ class EndpointClient:
             )
         if isinstance(exc, openai.APIStatusError):
             said = f"endpoint {where} answered HTTP {exc.status_code}"
-            detail = str(exc.message).removeprefix(f"Error code: {exc.status_code}")
-            detail = _one_line(detail.strip().removeprefix("-"))
+            detail = _status_detail(exc)
             return EndpointError(f"{said}: {detail}" if detail else said)
         return EndpointError(f"call to endpoint {where} failed: {_one_line(repr(exc))}")
 
@@ -1353,6 +1372,13 @@ def _retry_after(value: str | None) -> float | None:
         except (TypeError, ValueError):
             return None
         return max(when.timestamp() - time.time(), 0.0)
+
+
+def _status_detail(exc: openai.APIStatusError) -> str:
+    """What the server said with an error status, on one line, without the SDK's
+    "Error code: N - " before it (the line names the status already)."""
+    detail = str(exc.message).removeprefix(f"Error code: {exc.status_code}")
+    return _one_line(detail.strip().removeprefix("-").strip())
 
 
 def _one_line(text: str) -> str:

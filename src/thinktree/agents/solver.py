@@ -28,12 +28,19 @@ from thinktree.agents.endpoint import (
     counting_cut_offs,
 )
 from thinktree.agents.structured import AnswerFormat, Constraint, validate
-from thinktree.errors import BudgetExhausted, EndpointError, RunLimitReached, RunStopping
+from thinktree.errors import (
+    BudgetExhausted,
+    ContextExceeded,
+    EndpointError,
+    RunLimitReached,
+    RunStopping,
+)
 from thinktree.extraction import extract_answer
 from thinktree.orchestrator.bus import EventBus
 from thinktree.orchestrator.call_cache import NotRecorded, only_recorded, solver_call
 from thinktree.orchestrator.events import (
     CONSTRAINT_REFUSED,
+    PAST_CONTEXT,
     Event,
     NodeDelta,
     NodeFailed,
@@ -136,11 +143,23 @@ class Solver:
     failures: list[str] = field(default_factory=list)
     """The errors of this problem's calls that failed and a resume sends again, one per
     request: where no candidate states an answer, they, not the model, are why."""
+    past_context: list[str] = field(default_factory=list)
+    """The errors of its requests refused as longer than the model's context, one per
+    request: no resume sends them again, and their lines keep what they had."""
 
     @property
     def constrains(self) -> bool:
         """Whether every candidate's final answer is produced under a constraint."""
         return self.answer_format != "free"
+
+    def _failed(self, exc: EndpointError) -> str:
+        """A failed request's error for its nodes, noted with the problem's failures
+        (sent again by a resume) or, refused as longer than the model's context, apart."""
+        if isinstance(exc, ContextExceeded):
+            self.past_context.append(str(exc))
+            return f"{PAST_CONTEXT}: {exc}"
+        self.failures.append(str(exc))
+        return str(exc)
 
     def seed_for(self, node_id: str) -> int | None:
         """A seed per node, stable across runs and resumes (None when unseeded)."""
@@ -189,11 +208,11 @@ class Solver:
         except EndpointError as exc:
             req.budget.commit(grant, 0)
             (streamed,) = spent.spend_unsent()
-            error = str(exc)
-            if req.constraint is not None and req.constraint.dialect and "(400)" in error:
-                error = f"{CONSTRAINT_REFUSED}: {error}"  # the answer is asked for freely
+            constrained = req.constraint is not None and bool(req.constraint.dialect)
+            if constrained and "(400)" in str(exc) and not isinstance(exc, ContextExceeded):
+                error = f"{CONSTRAINT_REFUSED}: {exc}"  # the answer is asked for freely
             else:
-                self.failures.append(error)
+                error = self._failed(exc)
             await self.bus.emit(
                 NodeFailed(
                     node_id=req.node_id,
@@ -280,17 +299,17 @@ class Solver:
             think.budget.commit(think_grant, 0)  # both first: announcing may fail
             answer.budget.commit(answer_grant, 0)
             (streamed,) = spent.spend_unsent()
-            self.failures.append(str(exc))
+            error = self._failed(exc)
             for req, tokens in ((think, 0), (answer, streamed)):  # the answer's, as above
                 await self.bus.emit(
                     NodeFailed(
                         node_id=req.node_id,
-                        error=str(exc),
+                        error=error,
                         call_id=think.node_id,
                         completion_tokens=tokens,
                     )
                 )
-                segments.append(Segment(node_id=req.node_id, failed=True, error=str(exc)))
+                segments.append(Segment(node_id=req.node_id, failed=True, error=error))
             return segments[0], segments[1]
         except anyio.get_cancelled_exc_class():
             await self._cancelled([(think, think_grant), (answer, answer_grant)], spent=spent)
@@ -405,17 +424,17 @@ class Solver:
             for r in reqs:  # all first: announcing one may fail
                 r.budget.commit(grant, 0)
             streamed = spent.spend_unsent()
-            self.failures.append(str(exc))
+            error = self._failed(exc)
             for r, tokens in zip(reqs, streamed, strict=True):
                 await self.bus.emit(
                     NodeFailed(
                         node_id=r.node_id,
-                        error=str(exc),
+                        error=error,
                         call_id=reqs[0].node_id,
                         completion_tokens=tokens,
                     )
                 )
-                out.append((Segment(node_id=r.node_id, failed=True, error=str(exc)), branch.fork()))
+                out.append((Segment(node_id=r.node_id, failed=True, error=error), branch.fork()))
             return out
         segments: list[tuple[Segment, Branch]] = []
         ends: list[Event] = []  # the nodes' ends, emitted together

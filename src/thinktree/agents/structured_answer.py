@@ -6,7 +6,7 @@ from thinktree.agents.prompts import FORCE_ANSWER_CUE
 from thinktree.agents.solver import Branch, Segment, SegmentRequest, Solver
 from thinktree.agents.structured import Constraint, constraint_for, unconstrained
 from thinktree.errors import BudgetExhausted, RunLimitReached
-from thinktree.orchestrator.events import NodeKind
+from thinktree.orchestrator.events import CONSTRAINT_REFUSED, NodeKind
 from thinktree.orchestrator.ledger import Budget
 
 ANSWER_PROMPT = "Stop here and state your final answer now."
@@ -31,12 +31,7 @@ async def constrained_answer(
             problem, "the endpoint honours no constraint dialect", answer_tokens
         )
     seg = await _answer(solver, branch, parent, pool, constraint, answer_tokens, "answer")
-    if (
-        seg is not None
-        and seg.failed
-        and constraint.dialect is not None
-        and "(400)" in (seg.error or "")
-    ):
+    if seg is not None and seg.failed and (seg.error or "").startswith(CONSTRAINT_REFUSED):
         why = f"the endpoint refused the {constraint.dialect} constraint"
         free = unconstrained(problem, why, answer_tokens)
         seg = await _answer(solver, branch, parent, pool, free, answer_tokens, "answer-free")

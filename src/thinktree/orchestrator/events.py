@@ -41,6 +41,10 @@ CALL_KINDS = frozenset(NodeKind) - {
 #: How a call's error starts when the endpoint refused its answer constraint: the answer
 #: was then asked for without it, so the call is not one to send again.
 CONSTRAINT_REFUSED = "refused its constraint, answered without it"
+#: How a call's error starts when the endpoint refused its prompt as longer than the
+#: model's context: the same request would be refused again, so no resume sends it, and
+#: its line keeps the answer it had.
+PAST_CONTEXT = "passed the model's context"
 
 
 #: How a judge's verdict error starts when its model call failed (its retries spent):
@@ -58,7 +62,7 @@ def failed_call(kind: str, status: str, error: str | None) -> bool:
     error = error or ""
     if kind == NodeKind.VERDICT:
         return error.startswith(JUDGE_CALL_FAILED) and not error.startswith(_REFUSED_BY_LIMIT)
-    return kind in CALL_KINDS and not error.startswith(CONSTRAINT_REFUSED)
+    return kind in CALL_KINDS and not error.startswith((CONSTRAINT_REFUSED, PAST_CONTEXT))
 
 
 def failed_calls_in(problems: Iterable[dict[str, Any]]) -> int:

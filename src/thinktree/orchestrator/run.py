@@ -55,6 +55,7 @@ from thinktree.open_files import make_room
 from thinktree.orchestrator.bus import EventBus, Subscriber, event_bus
 from thinktree.orchestrator.call_cache import SharedCallCache, SqliteCallCache, read_back_calls
 from thinktree.orchestrator.events import (
+    PAST_CONTEXT,
     CallRetried,
     RunFinished,
     RunStarted,
@@ -162,6 +163,15 @@ class RunResult:
     def failed_requests(self) -> int:
         """How many of the solver's requests failed (one of n samples counts once)."""
         return requests_of((node.id, node.call_id) for node in self.failed_calls())
+
+    def first_past_context(self) -> str | None:
+        """Why the endpoint refused the first of the requests it took for longer than the
+        model's context (``metrics.past_context`` counts them); None when it refused none."""
+        for tree in self.trees:
+            for node in tree.walk():
+                if node.status == "failed" and (node.error or "").startswith(PAST_CONTEXT):
+                    return (node.error or "").removeprefix(PAST_CONTEXT).removeprefix(": ")
+        return None
 
 
 def validate(settings: RunSettings, *, resuming: bool = False) -> None:

@@ -20,7 +20,12 @@ from thinktree.agents.strategies import Strategy
 from thinktree.errors import RunLimitReached, RunStopping, ThinktreeError, find_error
 from thinktree.grading import grade
 from thinktree.orchestrator.bus import EventBus
-from thinktree.orchestrator.events import ProblemFinished, ProblemStarted, VoteCast
+from thinktree.orchestrator.events import (
+    PAST_CONTEXT,
+    ProblemFinished,
+    ProblemStarted,
+    VoteCast,
+)
 from thinktree.orchestrator.ledger import Budget
 from thinktree.problems import Problem
 
@@ -121,6 +126,10 @@ async def solve_problem(
             # under a higher limit asks it again
             error = f"no answer before {stopped}"
             correct = covered = None
+        elif solver.past_context:
+            # graded, as wrong: the model cannot read it, and no resume changes that
+            count, first = len(solver.past_context), solver.past_context[0]
+            error = f"{error}: {count} model call(s) {PAST_CONTEXT}, the first with: {first}"
     await bus.emit(
         ProblemFinished(
             problem_id=problem.id,

@@ -23,9 +23,9 @@ import anyio
 
 from thinktree.agents.capabilities import Capabilities, probe
 from thinktree.agents.endpoint import Completion, EndpointClient, Message
-from thinktree.errors import ConfigError, EndpointError, RunLimitReached
+from thinktree.errors import ConfigError, ContextExceeded, EndpointError, RunLimitReached
 from thinktree.orchestrator.call_cache import verifier_call
-from thinktree.orchestrator.events import JUDGE_CALL_FAILED
+from thinktree.orchestrator.events import JUDGE_CALL_FAILED, PAST_CONTEXT
 from thinktree.pricing import Price
 from thinktree.problems import Problem
 from thinktree.verifiers.base import (
@@ -320,7 +320,7 @@ class PointwiseJudge:
                 client, messages, fields, ("Yes", "No"), key=f"{view.node_id}/judge"
             )
         except (EndpointError, RunLimitReached) as exc:
-            return Verdict.failed(f"{JUDGE_CALL_FAILED}{exc}")
+            return _call_failed(exc)
         spent: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": completion}
         if not probs:
             return Verdict.failed(
@@ -354,7 +354,7 @@ class PointwiseJudge:
                 key=f"{view.node_id}/judge",
             )
         except (EndpointError, RunLimitReached) as exc:
-            return Verdict.failed(f"{JUDGE_CALL_FAILED}{exc}")
+            return _call_failed(exc)
         text = result.choices[0].text if result.choices else ""
         spent: dict[str, Any] = {
             "prompt_tokens": result.prompt_tokens,
@@ -395,3 +395,11 @@ def check_options(arg: str | None) -> None:
 
 
 pointwise.check = check_options  # type: ignore[attr-defined]
+
+
+def _call_failed(exc: EndpointError | RunLimitReached) -> Verdict:
+    """The verdict of a judge call that failed: one a resume asks again, unless the
+    endpoint refused its prompt as longer than the model's context (it would again)."""
+    if isinstance(exc, ContextExceeded):
+        return Verdict.failed(f"{PAST_CONTEXT}: {exc}")
+    return Verdict.failed(f"{JUDGE_CALL_FAILED}{exc}")
