@@ -527,6 +527,28 @@ def test_running_a_bench_again_sends_only_the_calls_that_failed(tmp_path: Path) 
         assert saved["metrics"]["answered"] == saved["metrics"]["problems"]
 
 
+def test_a_bench_says_which_calls_passed_the_context_and_never_sends_them_again(
+    tmp_path: Path,
+) -> None:
+    def too_long(body: dict[str, object]) -> str | None:
+        if "p case 1" in json.dumps(body.get("messages")):
+            return "This model's maximum context length is 2048 tokens. However, you requested 3000"
+        return None
+
+    with fake_server_in_thread(FakeBehaviour(reply=reply, reject=too_long)) as server:
+        config = write_config(tmp_path, server.base_url, 'mode = ["budget"]')
+        code, out, err = _bench(config, tmp_path)
+        SEEN.clear()
+        again = _bench(config, tmp_path)
+    assert code == 0, out + err  # complete: nothing a resume could mend
+    assert "; 1 model call(s) past the model's context" in err
+    assert "1 cell(s) had 1 model call(s) refused as longer than the model's context" in err
+    assert "maximum context length is 2048 tokens" in err
+    assert "failed model call" not in out + err
+    assert again[0] == 0 and "2 of 2 cells done (0 run now)" in again[1]
+    assert not [key for key in SEEN if "Which one" in key]  # not sent again
+
+
 def _bench(config: Path, cwd: Path, out: str = "out") -> tuple[int, str, str]:
     proc = cli("bench", str(config), "--out", out, cwd=cwd)
     stdout, stderr = proc.communicate(timeout=120)

@@ -107,6 +107,18 @@ def bench_main(
                 highlight=False,
                 soft_wrap=True,
             )
+        past = [r for o in outcomes if (r := o.result) is not None and r.metrics.past_context]
+        if past:
+            firsts = [said for r in past if (said := r.first_past_context())]
+            why = f" (the first with: {printable(firsts[0])})" if firsts else ""
+            err.print(
+                f"[yellow]{len(past)} cell(s) had "
+                f"{sum(r.metrics.past_context for r in past)} model call(s) refused as longer "
+                f"than the model's context[/]{why}; no resume sends them again: shorten those "
+                "prompts, or use a model or server with a longer context",
+                highlight=False,
+                soft_wrap=True,
+            )
         calls = sum(n for _, n in failing)
         if failing:
             cause = first_failure([o for o, _ in failing])

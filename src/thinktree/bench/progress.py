@@ -97,6 +97,8 @@ class BenchProgress(CellWatcher):
             mark, note = "[yellow]![/]", f"{note}; {failed} model call(s) failed"
         else:
             mark = "[green]✓[/]"
+        if m.past_context:  # complete all the same: no resume sends them again
+            note = f"{note}; {m.past_context} model call(s) past the model's context"
         self.console.print(
             f"{mark} {printable(outcome.cell.name)} ({outcome.status}): accuracy {acc} "
             f"({m.correct}/{m.graded}), {m.completion_tokens:,} completion tokens, "
