@@ -130,6 +130,22 @@ CASES: list[tuple[str, str, str | None, str | None]] = [
         "answer-is",
     ),
     ("medqa", "The answer is not A, it is B.", "B", "answer-is"),
+    # a letter set off by commas after a qualified "answer" (read before an option's text
+    # later in the sentence, which once read another option's letter)
+    (
+        "medqa",
+        "Hemophilia is ruled out, so the correct answer, D, Factor XII, fits the labs.",
+        "D",
+        "answer-is",
+    ),
+    (
+        "medqa",
+        "The most likely answer, B, is wrong; the correct answer, (D), is right.",
+        "D",
+        "answer-is",
+    ),
+    ("medqa", "The final answer, C, stands.", "C", "final-answer"),
+    ("medqa", "So the answer, A, is tempting.", None, None),  # no qualifier: no answer said
     (
         "medqa",
         "The contact pathway factor is the one that is defective here.\n\nD",

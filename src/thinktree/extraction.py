@@ -5,7 +5,8 @@ Rules are tried in priority order, and each rule reads the LAST of its occurrenc
 1. ``boxed``: the content of ``\\boxed{...}`` (nested braces and ``\\text{...}`` allowed).
 2. Answer phrases, one tier ordered by position: ``final-answer`` ("Final Answer: X", "the final
    answer is X", a "Final Answer" heading with X below it), ``answer-label`` ("Answer: X"),
-   ``answer-is`` ("the (correct) answer is X", "the answer is not A, it is B") and
+   ``answer-is`` ("the (correct) answer is X", "the answer is not A, it is B", "the
+   correct answer, X, ...") and
    ``correct-option`` ("the correct option is X", "my choice is X", "I would choose X").
    A choice answer is read as a leading letter ("(B) ...", "B.", "B"), a leading option text,
    the only "(X)"/"option X" in the phrase, or the only option text it contains.
@@ -91,7 +92,9 @@ _ANSWER_LABEL = re.compile(r"\b(?P<final>final\s+)?answer[*_]*\s*[:：]", re.IGN
 # the cost of a long one: this pattern finds each "answer" that ends a match first, and the
 # match is then taken from where its words start.
 _ANSWER_AT = re.compile(
-    rf"\banswer(?:(?P<is>(?:\s+to\s+(?:this|the)\s+question)?\s+{_IS})|[*_]*\s*[:：])",
+    rf"\banswer(?:(?P<is>(?:\s+to\s+(?:this|the)\s+question)?\s+{_IS})|[*_]*\s*[:：]"
+    # "the correct answer, D, ...": a letter set off by commas after a qualified answer
+    r"|(?P<aside>\s*,\s*)(?=\(?[A-Z]\)?\s*,))",
     re.IGNORECASE,
 )
 _QUALIFIER_WORDS = ("correct", "final", "best", "right", "likely", "true")
@@ -406,7 +409,12 @@ def _answer_spans(text: str, lowered: str | None) -> Iterator[_Phrase]:
     so one match never bounds another: each "answer" is read alone, from the last."""
     for found in _answers_last_first(text, lowered):
         answer = found.start()
-        if found["is"] is not None:
+        if found["aside"] is not None:
+            start = _qualifiers_start(text, lowered, answer)
+            if start < answer:  # "the correct answer, D, ...", never a bare "answer, A,"
+                final = "final" in text[start:answer].lower()
+                yield start, found.end(), "final-answer" if final else "answer-is"
+        elif found["is"] is not None:
             start = _qualifiers_start(text, lowered, answer)
             final = "final" in text[start:answer].lower()  # what the qualifiers group holds
             yield start, found.end(), "final-answer" if final else "answer-is"
