@@ -237,10 +237,8 @@ def run(
         watch = False
     # While the view owns the terminal, logs go to a file.
     configure(verbose=verbose, json_file=_watch_log() if watch else None)
-    from thinktree.agents.modes import ModeSettings, check_given
+    from thinktree.api import run_settings
     from thinktree.config import endpoint_from, load_config
-    from thinktree.orchestrator.run import RunSettings, validate
-    from thinktree.pricing import prices_from_config
 
     if engine not in ("vllm", "llamacpp"):
         raise _fail(f"unknown engine '{engine}'; choose vllm or llamacpp")
@@ -264,38 +262,35 @@ def run(
             concurrency=at_once,
         )
         return
-    settings = RunSettings(
-        modes=ModeSettings(
-            mode=mode or "budget",
-            budget=budget,
-            min_thinking=min_thinking,
-            answer_tokens=answer_tokens,
-            n=n,
-            steps=steps,
-            total_budget=total_budget,
-            wave=wave,
-            confidence=stop_confidence,
-        ),
-        aggregate=aggregate,
-        temperature=temperature,
-        seed=seed,
-        concurrency=concurrency,
-        out=out_dir,
-        max_run_tokens=max_tokens,
-        max_problem_tokens=max_problem_tokens,
-        max_cost=max_cost,
-        trace_deltas=trace_deltas,
-        answer_format=answer_format,
-        verifiers=tuple(verifier or ()),
-    )
+    modes = {
+        "n": n,
+        "wave": wave,
+        "confidence": stop_confidence,
+        "steps": steps,
+        "budget": budget,
+        "total_budget": total_budget,
+        "min_thinking": min_thinking,
+    }
     try:
-        explicit = [p.replace("_", "-") for p in _MODE_PARAMS if _given(ctx, p)]
-        check_given(settings.modes, explicit)
         cfg = load_config(config)
-        settings = dataclasses.replace(
-            settings, prices=prices_from_config(cfg), config=cfg, config_file=config
+        settings = run_settings(
+            {k: v if _given(ctx, _MODE_PARAMS.get(k, k)) else None for k, v in modes.items()},
+            mode=mode or "budget",
+            answer_tokens=answer_tokens,
+            config=cfg,
+            config_file=config,
+            aggregate=aggregate,
+            temperature=temperature,
+            seed=seed,
+            concurrency=concurrency,
+            out=out_dir,
+            max_run_tokens=max_tokens,
+            max_problem_tokens=max_problem_tokens,
+            max_cost=max_cost,
+            trace_deltas=trace_deltas,
+            answer_format=answer_format,
+            verifiers=tuple(verifier or ()),
         )
-        validate(settings)
         if limit is not None and limit <= 0:
             raise _fail(f"--limit must be positive, not {limit}")
         if dataset is None:
@@ -476,7 +471,8 @@ _SETTINGS_PARAMS = (
     "engine",
 )
 # the mode options, which a mode that does not read them refuses when given
-_MODE_PARAMS = ("n", "wave", "stop_confidence", "steps", "budget", "total_budget", "min_thinking")
+# the mode options (ModeSettings' names) and the run command's parameters that give them
+_MODE_PARAMS = {"confidence": "stop_confidence"}
 _LIMIT_PARAMS = {
     "max_run_tokens": "max_tokens",
     "max_problem_tokens": "max_problem_tokens",

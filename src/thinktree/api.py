@@ -1,0 +1,215 @@
+"""thinktree from Python: a run of ``thinktree run``, its options as keyword arguments.
+
+    import thinktree
+
+    result = thinktree.run("data.jsonl", mode="parallel", n=8)  # the embedded model
+    print(result.metrics.accuracy, result.folder)
+
+A run made here is the command's: the same checks before anything is written (a
+:class:`~thinktree.errors.ThinktreeError` or :class:`~thinktree.datasets.DatasetError`
+whose one-line message says what to fix), the same run folder (``thinktree watch``,
+``runs``, ``report`` and ``run --resume`` take it), and the same
+:class:`~thinktree.orchestrator.run.RunResult` the command prints its table from.
+Nothing here configures logging: that is the calling program's to do (structlog's).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from thinktree import event_loop
+from thinktree.agents.endpoint import EndpointConfig
+from thinktree.agents.modes import ModeSettings, check_given
+from thinktree.config import endpoint_from, load_config
+from thinktree.datasets import (
+    DatasetError,
+    load_demo,
+    load_problems,
+    none_left,
+    parse_problems,
+    select,
+)
+from thinktree.errors import ConfigError
+from thinktree.orchestrator.bus import Subscriber
+from thinktree.orchestrator.run import RunResult, RunSettings, execute, validate
+from thinktree.pricing import prices_from_config
+from thinktree.problems import Problem
+
+__all__ = ["Problems", "arun", "run", "run_settings"]
+
+log = structlog.get_logger(__name__)
+
+Problems = str | os.PathLike[str] | Iterable[Problem | Mapping[str, Any]] | None
+"""A JSONL file's path, problems (or mappings in the dataset schema), or None: the demo set."""
+
+# The mode options and their defaults: None in a call means "not given" (the default),
+# and only options given are checked against the mode (a mode that ignores one refuses it).
+_MODE_DEFAULTS: dict[str, Any] = {
+    "n": 4,
+    "wave": 4,
+    "confidence": 0.95,
+    "steps": 2,
+    "budget": None,
+    "total_budget": None,
+    "min_thinking": 0,
+}
+_CLI_NAMES = {"confidence": "stop-confidence"}
+
+
+def run(problems: Problems = None, **options: Any) -> RunResult:
+    """Run ``problems`` and return the result, on an event loop of its own (:func:`arun`
+    takes the same arguments, inside one that runs already)."""
+    return event_loop.run(lambda: arun(problems, **options))
+
+
+async def arun(
+    problems: Problems = None,
+    *,
+    mode: str = "budget",
+    n: int | None = None,
+    wave: int | None = None,
+    stop_confidence: float | None = None,
+    steps: int | None = None,
+    budget: int | None = None,
+    total_budget: int | None = None,
+    min_thinking: int | None = None,
+    answer_tokens: int = 64,
+    aggregate: str | None = None,
+    temperature: float | None = None,
+    endpoint: str | EndpointConfig | None = None,
+    model: str | None = None,
+    engine: str = "vllm",
+    config: str | os.PathLike[str] | None = None,
+    limit: int | None = None,
+    offset: int = 0,
+    seed: int = 0,
+    concurrency: int = 8,
+    out: str | os.PathLike[str] | None = None,
+    max_tokens: int | None = None,
+    max_problem_tokens: int | None = None,
+    max_cost: float | None = None,
+    answer_format: str = "free",
+    verifiers: Sequence[str] = (),
+    trace_deltas: bool = False,
+    subscribers: Sequence[Subscriber] = (),
+) -> RunResult:
+    """Run ``problems`` as ``thinktree run`` would, and return its result.
+
+    The options are the command's, spelt with underscores (``stop_confidence``,
+    ``max_tokens``; ``verifiers`` is the repeated ``--verifier``). ``endpoint`` is a URL,
+    a name from the config (``config``, else ``thinktree.toml`` in the working folder),
+    ``"openai"``, an :class:`EndpointConfig`, or None (``"embedded"``): the embedded model,
+    whose server is started for the run unless ``thinktree serve`` runs one.
+    ``subscribers`` receive the run's events as the terminal view does
+    (:class:`~thinktree.orchestrator.bus.Subscriber`).
+
+    The result says how the run went: ``failed_requests()`` counts the model calls that
+    failed (``thinktree run --resume FOLDER`` sends only those again) and ``stopped_by``
+    names the limit that stopped it.
+    """
+    loaded = _problems(problems, limit=limit, offset=offset)
+    cfg = load_config(None if config is None else Path(config))
+    settings = run_settings(
+        {
+            "n": n,
+            "wave": wave,
+            "confidence": stop_confidence,
+            "steps": steps,
+            "budget": budget,
+            "total_budget": total_budget,
+            "min_thinking": min_thinking,
+        },
+        mode=mode,
+        answer_tokens=answer_tokens,
+        config=cfg,
+        config_file=None if config is None else Path(config),
+        aggregate=aggregate,
+        temperature=temperature,
+        seed=seed,
+        concurrency=concurrency,
+        out=None if out is None else Path(out),
+        max_run_tokens=max_tokens,
+        max_problem_tokens=max_problem_tokens,
+        max_cost=max_cost,
+        trace_deltas=trace_deltas,
+        answer_format=answer_format,
+        verifiers=tuple(verifiers),
+    )
+    if engine not in ("vllm", "llamacpp"):
+        raise ConfigError(f"unknown engine '{engine}'; choose vllm or llamacpp")
+    if isinstance(endpoint, EndpointConfig):
+        if model is not None:
+            endpoint = dataclasses.replace(endpoint, model=model)
+        return await execute(loaded, endpoint, settings, subscribers=subscribers)
+    target = endpoint_from(endpoint, model=model, config=cfg)
+    if target is not None:
+        return await execute(loaded, target, settings, subscribers=subscribers)
+    from thinktree.embedded import announced_server, endpoint_for
+
+    async with announced_server(engine, say=lambda line: log.info(line)) as server:
+        return await execute(loaded, endpoint_for(server), settings, subscribers=subscribers)
+
+
+def run_settings(
+    modes: Mapping[str, Any],
+    *,
+    mode: str,
+    answer_tokens: int,
+    config: dict[str, Any],
+    config_file: Path | None,
+    **fields: Any,
+) -> RunSettings:
+    """A new run's checked settings: ``modes`` holds the mode options given (None where
+    left at the default, see ``_MODE_DEFAULTS``), ``fields`` the other
+    :class:`RunSettings` fields; the config's ``[prices]`` are taken, and every value is
+    checked as a run checks it (a one-line :class:`ConfigError`)."""
+    given = {k: v for k, v in modes.items() if v is not None}
+    settings = RunSettings(
+        modes=ModeSettings(mode=mode, answer_tokens=answer_tokens, **{**_MODE_DEFAULTS, **given}),
+        prices=prices_from_config(config),
+        config=config,
+        config_file=config_file,
+        **fields,
+    )
+    check_given(settings.modes, [_CLI_NAMES.get(k, k).replace("_", "-") for k in given])
+    validate(settings)
+    return settings
+
+
+def _problems(given: Problems, *, limit: int | None, offset: int) -> list[Problem]:
+    """The problems to run: a file's, those given (each checked as a dataset's line is),
+    or the demo set's; sliced by ``offset`` and ``limit`` (a positive one)."""
+    if limit is not None and limit <= 0:
+        raise DatasetError(f"limit must be positive, not {limit}")
+    if given is None:
+        every, source = load_demo(), "the demo set"
+    elif isinstance(given, (str, os.PathLike)):
+        every, source = load_problems(given), os.fspath(given)
+    else:
+        every, source = _given_problems(given), "the problems given"
+    chosen = select(every, limit=limit, offset=offset)
+    if not chosen:
+        raise DatasetError(none_left(source, len(every), offset, option="offset"))
+    return chosen
+
+
+def _given_problems(given: Iterable[Problem | Mapping[str, Any]]) -> list[Problem]:
+    """Problems given in Python, each checked as a dataset's line is (ids unique too);
+    an error names the problem by its place, counted from 1."""
+    lines: list[str] = []
+    for number, problem in enumerate(given, start=1):
+        record = problem.model_dump(mode="json") if isinstance(problem, Problem) else problem
+        try:
+            lines.append(json.dumps(dict(record), allow_nan=False))
+        except (TypeError, ValueError) as exc:  # a value JSON has no form for
+            raise DatasetError(f"problems:{number}: no JSON holds it ({exc})") from None
+    if not lines:
+        raise DatasetError("no problems given: give at least one (or None for the demo set)")
+    return parse_problems("\n".join(lines).encode(), source="problems")

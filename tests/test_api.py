@@ -1,0 +1,121 @@
+"""thinktree from Python: ``thinktree.run`` / ``arun`` make the run ``thinktree run`` makes.
+
+The endpoints are real: an HTTP server on 127.0.0.1 answering as an OpenAI-compatible one,
+and the embedded model's vLLM server (marked slow).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import thinktree
+from choice_set import beta_problems, write_dataset
+from thinktree.agents.endpoint import EndpointConfig
+from thinktree.datasets import DatasetError
+from thinktree.errors import ConfigError
+from thinktree.orchestrator.run import load_resume
+from thinktree.testing.fake_server import FakeBehaviour, FakeServer, fake_server_in_thread
+
+REPLY = "It is beta. Answer: B"
+
+
+@pytest.mark.anyio
+async def test_arun_makes_the_run_the_command_makes(tmp_path: Path) -> None:
+    folder = tmp_path / "run"
+    async with FakeServer(FakeBehaviour(reply=REPLY), record_bodies=True) as server:
+        result = await thinktree.arun(
+            beta_problems(3),
+            endpoint=server.base_url,
+            mode="parallel",
+            n=2,
+            budget=32,
+            seed=5,
+            out=folder,
+        )
+        asked = [b for b in server.bodies if "Question" in json.dumps(b.get("messages"))]
+    assert isinstance(result, thinktree.RunResult)
+    assert result.folder == folder and (folder / "results.json").is_file()
+    assert (result.metrics.problems, result.metrics.correct) == (3, 3)
+    assert result.failed_requests() == 0 and result.stopped_by is None
+    assert {b.get("max_completion_tokens", b.get("max_tokens")) for b in asked} == {32}
+    assert {b["n"] for b in asked} == {2}
+    manifest = json.loads((folder / "run.json").read_text())
+    assert manifest["settings"]["mode"] == "parallel"
+    assert manifest["settings"]["n"] == 2 and manifest["settings"]["seed"] == 5
+    with pytest.raises(ConfigError, match="already completed"):
+        load_resume(folder)  # a run folder like any other
+
+
+def test_run_takes_a_file_or_mappings_and_an_endpoint_config(tmp_path: Path) -> None:
+    data = write_dataset(tmp_path / "data.jsonl", beta_problems(4))
+    rows: list[dict[str, Any]] = [
+        {"id": "m1", "question": "Is it?", "answer_type": "yesno", "answer": "yes"},
+        {
+            "id": "m2",
+            "question": "Which?",
+            "answer_type": "choice",
+            "options": {"A": "x", "B": "y"},
+            "answer": "B",
+        },
+    ]
+    with fake_server_in_thread(FakeBehaviour(reply=REPLY)) as server:
+        from_file = thinktree.run(
+            data, endpoint=server.base_url, limit=2, offset=1, out=tmp_path / "a"
+        )
+        config = EndpointConfig(name="mine", base_url=server.base_url, continuation="chat")
+        from_rows = thinktree.run(rows, endpoint=config, out=tmp_path / "b")
+    assert [t.problem_id for t in from_file.trees] == ["q1", "q2"]
+    assert [t.problem_id for t in from_rows.trees] == ["m1", "m2"]
+    assert [t.answer for t in from_rows.trees] == [None, "B"]  # "beta" says no yes or no
+    assert json.loads((tmp_path / "b" / "run.json").read_text())["endpoint"]["name"] == "mine"
+
+
+@pytest.mark.parametrize(
+    ("problems", "options", "error", "message"),
+    [
+        (
+            [{"id": "a", "question": "Q?", "answer": "B"}, {"id": "a", "question": "R?"}],
+            {},
+            DatasetError,
+            "problems:2: duplicate id 'a' (first on line 1)",
+        ),
+        ([{"id": "a", "question": "Q?", "answr": "B"}], {}, DatasetError, "did you mean 'answer'"),
+        ([], {}, DatasetError, "no problems given"),
+        (None, {"offset": 99}, DatasetError, "offset 99 leaves none"),
+        (None, {"mode": "parallel", "steps": 3}, ConfigError, "--steps is not used in mode"),
+        (None, {"mode": "paralel"}, ConfigError, "paralel"),
+        (None, {"budget": -5}, ConfigError, "budget"),
+        (None, {"engine": "tgi"}, ConfigError, "unknown engine 'tgi'"),
+    ],
+)
+def test_bad_input_is_refused_in_one_line_before_anything_is_written(
+    tmp_path: Path,
+    problems: Any,
+    options: dict[str, Any],
+    error: type[Exception],
+    message: str,
+) -> None:
+    folder = tmp_path / "run"
+    with fake_server_in_thread(FakeBehaviour(reply=REPLY)) as server:
+        with pytest.raises(error) as caught:
+            thinktree.run(problems, endpoint=server.base_url, out=folder, **options)
+        asked = server.requests
+    said = str(caught.value)
+    assert message in said and "\n" not in said
+    assert not folder.exists() and asked == 0
+
+
+@pytest.mark.slow
+def test_run_on_the_embedded_model(embedded_url: str, tmp_path: Path) -> None:
+    """No endpoint: the embedded model (the server `thinktree serve` runs here)."""
+    result = thinktree.run(limit=2, mode="budget", budget=32, out=tmp_path / "run")
+    assert result.model == "smollm2"
+    assert result.metrics.problems == 2 and result.metrics.calls >= 2
+    assert result.failed_requests() == 0
+    assert all(t.root.status == "done" for t in result.trees)
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert saved["endpoint"]["base_url"] == embedded_url
