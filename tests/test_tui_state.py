@@ -188,23 +188,35 @@ def test_a_finished_run_leaves_nothing_running() -> None:
     assert problem_row(view.tree.problems["p3"]).plain.startswith("⊘ p3")
 
 
-def test_failed_problems_count_as_failed_not_wrong() -> None:
+def test_problems_an_error_left_ungraded_count_as_failed_unanswered_ones_as_wrong() -> None:
+    """As results.json counts them: a problem whose calls failed is not graded (failed);
+    one the model left without an answer is graded, as wrong, its error saying why."""
     view = RunView()
-    view.apply(RunStarted(run_id="r", mode="parallel", endpoint="e", model="m", problems=2))
-    for pid in ("q1", "q2"):
+    view.apply(RunStarted(run_id="r", mode="parallel", endpoint="e", model="m", problems=3))
+    for pid in ("q1", "q2", "q3"):
         view.apply(ProblemStarted(problem_id=pid, node_id=pid, question="?", gold="yes"))
-    # what the scheduler reports when no candidate stated an answer: graded wrong, failed
-    error = "no candidate stated an answer"
+    calls = "1 model call(s) failed, the first with: endpoint 'e' answered HTTP 500"
     view.apply(
-        ProblemFinished(problem_id="q1", answer=None, correct=False, covered=False, error=error)
+        ProblemFinished(problem_id="q1", answer=None, correct=None, covered=None, error=calls)
     )
-    view.apply(ProblemFinished(problem_id="q2", answer="yes", correct=True, covered=True))
-    assert outcome(view.tree.problems["q1"]) is Outcome.FAILED
-    assert view.outcomes[Outcome.FAILED] == 1 and view.outcomes[Outcome.WRONG] == 0
+    unanswered = "no candidate stated an answer"
+    view.apply(
+        ProblemFinished(
+            problem_id="q2", answer=None, correct=False, covered=False, error=unanswered
+        )
+    )
+    view.apply(ProblemFinished(problem_id="q3", answer="yes", correct=True, covered=True))
+    problems = view.tree.problems
+    assert [outcome(problems[p]) for p in ("q1", "q2", "q3")] == [
+        Outcome.FAILED,
+        Outcome.WRONG,
+        Outcome.RIGHT,
+    ]
     line = header(view, elapsed=1.0, source="replay").plain.splitlines()[1]
-    assert "✓ 1 ✗ 0" in line and "! 1 failed" in line
-    assert problem_row(view.tree.problems["q1"]).plain.startswith("! q1")
-    assert view.problems_in("wrong") == ["q1"]  # the wrong filter still shows it
+    assert "✓ 1 ✗ 1" in line and "! 1 failed" in line
+    assert problem_row(problems["q1"]).plain.startswith("! q1")
+    assert problem_row(problems["q2"]).plain.startswith("✗ q2")
+    assert view.problems_in("wrong") == ["q1", "q2"]  # the wrong filter shows both
 
 
 def test_a_choice_problems_detail_shows_its_options() -> None:

@@ -36,7 +36,7 @@ class Outcome(StrEnum):
     RIGHT = "right"
     WRONG = "wrong"
     DONE = "done"  # finished, no gold to grade against
-    FAILED = "failed"  # finished with an error (results.json counts it as failed)
+    FAILED = "failed"  # left ungraded by an error (results.json counts it as failed)
     STOPPED = "stopped"  # the run ended (stopped, cancelled, failed) before it finished
 
 
@@ -53,7 +53,7 @@ def outcome(problem: ProblemTree) -> Outcome:
     if not problem.finished:
         stopped = problem.root.status is NodeStatus.CANCELLED
         return Outcome.STOPPED if stopped else Outcome.RUNNING
-    if problem.error:  # graded wrong too when it has a gold, but failed first of all
+    if problem.error and problem.correct is None:  # its calls failed, or a limit came first
         return Outcome.FAILED
     if problem.correct is True:
         return Outcome.RIGHT
