@@ -109,6 +109,12 @@ def test_bad_input_is_refused_in_one_line_before_anything_is_written(
     assert not folder.exists() and asked == 0
 
 
+@pytest.mark.anyio
+async def test_run_inside_a_running_event_loop_says_to_await_arun() -> None:
+    with pytest.raises(ConfigError, match=r"use `await thinktree.arun\(...\)` instead"):
+        thinktree.run(None, limit=1)
+
+
 @pytest.mark.slow
 def test_run_on_the_embedded_model(embedded_url: str, tmp_path: Path) -> None:
     """No endpoint: the embedded model (the server `thinktree serve` runs here)."""

@@ -15,6 +15,7 @@ Nothing here configures logging: that is the calling program's to do (structlog'
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
@@ -66,7 +67,14 @@ _CLI_NAMES = {"confidence": "stop-confidence"}
 def run(problems: Problems = None, **options: Any) -> RunResult:
     """Run ``problems`` and return the result, on an event loop of its own (:func:`arun`
     takes the same arguments, inside one that runs already)."""
-    return event_loop.run(lambda: arun(problems, **options))
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # none runs here: the run gets its own
+        return event_loop.run(lambda: arun(problems, **options))
+    raise ConfigError(
+        "thinktree.run starts an event loop, and one runs here already (a notebook's, "
+        "say): use `await thinktree.arun(...)` instead, with the same arguments"
+    )
 
 
 async def arun(
