@@ -59,25 +59,23 @@ def _too_long(marker: str, message: str = VLLM) -> Any:
 async def test_each_servers_refusal_of_a_prompt_past_the_context_is_told_apart(
     status: int, message: str
 ) -> None:
-    behaviour = FakeBehaviour(reject=_too_long("Question 1?", message), reject_status=status)
-    async with FakeServer(behaviour) as server:
-        client = EndpointClient(
-            EndpointConfig(name="fake", base_url=server.base_url, model="fake-model")
-        )
-        try:
-            with pytest.raises(ContextExceeded) as caught:
-                await client.chat(MSGS, max_tokens=16)
-            asked = server.requests
-        finally:
-            await client.aclose()
-    said = str(caught.value)
+    refused, asked = await _refusal(message, status)
+    said = str(refused)
+    assert isinstance(refused, ContextExceeded)
     assert said.startswith("endpoint 'fake' ") and "longer than the model's context" in said
     assert f"({status}): {message[:40]}" in said  # the server's words, without "Error code"
     assert asked == 1  # never retried
 
 
 async def test_another_refusal_is_no_prompt_past_the_context() -> None:
-    behaviour = FakeBehaviour(reject=_too_long("Question 1?", "'context' is not a valid field"))
+    refused, _ = await _refusal("'context' is not a valid field", 400)
+    assert not isinstance(refused, ContextExceeded)
+    assert "rejected the request (400): 'context' is not a valid field" in str(refused)
+
+
+async def _refusal(message: str, status: int) -> tuple[EndpointError, int]:
+    """The error of one call that a server refuses with ``message``, and its requests."""
+    behaviour = FakeBehaviour(reject=_too_long("Question 1?", message), reject_status=status)
     async with FakeServer(behaviour) as server:
         client = EndpointClient(
             EndpointConfig(name="fake", base_url=server.base_url, model="fake-model")
@@ -87,8 +85,7 @@ async def test_another_refusal_is_no_prompt_past_the_context() -> None:
                 await client.chat(MSGS, max_tokens=16)
         finally:
             await client.aclose()
-    assert not isinstance(caught.value, ContextExceeded)
-    assert "rejected the request (400): 'context' is not a valid field" in str(caught.value)
+        return caught.value, server.requests
 
 
 async def test_a_question_past_the_context_is_answered_by_nobody_and_not_sent_again(

@@ -43,25 +43,17 @@ from thinktree.orchestrator.run import RunResult, RunSettings, execute, validate
 from thinktree.pricing import prices_from_config
 from thinktree.problems import Problem
 
-__all__ = ["Problems", "arun", "run", "run_settings"]
+__all__ = ["MODE_OPTIONS", "Problems", "arun", "run", "run_settings"]
 
 log = structlog.get_logger(__name__)
 
 Problems = str | os.PathLike[str] | Iterable[Problem | Mapping[str, Any]] | None
 """A JSONL file's path, problems (or mappings in the dataset schema), or None: the demo set."""
 
-# The mode options and their defaults: None in a call means "not given" (the default),
-# and only options given are checked against the mode (a mode that ignores one refuses it).
-_MODE_DEFAULTS: dict[str, Any] = {
-    "n": 4,
-    "wave": 4,
-    "confidence": 0.95,
-    "steps": 2,
-    "budget": None,
-    "total_budget": None,
-    "min_thinking": 0,
-}
-_CLI_NAMES = {"confidence": "stop-confidence"}
+MODE_OPTIONS = ("n", "wave", "stop_confidence", "steps", "budget", "total_budget", "min_thinking")
+"""The mode options of a run (``thinktree run``'s, underscored): only those given are
+checked against the mode, which refuses one it would ignore."""
+_SETTING = {"stop_confidence": "confidence"}  # ModeSettings' name, where it has another
 
 
 def run(problems: Problems = None, **options: Any) -> RunResult:
@@ -124,16 +116,17 @@ async def arun(
     """
     loaded = _problems(problems, limit=limit, offset=offset)
     cfg = load_config(None if config is None else Path(config))
+    modes = {
+        "n": n,
+        "wave": wave,
+        "stop_confidence": stop_confidence,
+        "steps": steps,
+        "budget": budget,
+        "total_budget": total_budget,
+        "min_thinking": min_thinking,
+    }
     settings = run_settings(
-        {
-            "n": n,
-            "wave": wave,
-            "confidence": stop_confidence,
-            "steps": steps,
-            "budget": budget,
-            "total_budget": total_budget,
-            "min_thinking": min_thinking,
-        },
+        {k: v for k, v in modes.items() if v is not None},
         mode=mode,
         answer_tokens=answer_tokens,
         config=cfg,
@@ -174,19 +167,22 @@ def run_settings(
     config_file: Path | None,
     **fields: Any,
 ) -> RunSettings:
-    """A new run's checked settings: ``modes`` holds the mode options given (None where
-    left at the default, see ``_MODE_DEFAULTS``), ``fields`` the other
+    """A new run's checked settings: ``modes`` holds the mode options given (of
+    :data:`MODE_OPTIONS`; the others keep their defaults), ``fields`` the other
     :class:`RunSettings` fields; the config's ``[prices]`` are taken, and every value is
     checked as a run checks it (a one-line :class:`ConfigError`)."""
-    given = {k: v for k, v in modes.items() if v is not None}
     settings = RunSettings(
-        modes=ModeSettings(mode=mode, answer_tokens=answer_tokens, **{**_MODE_DEFAULTS, **given}),
+        modes=ModeSettings(
+            mode=mode,
+            answer_tokens=answer_tokens,
+            **{_SETTING.get(k, k): v for k, v in modes.items()},
+        ),
         prices=prices_from_config(config),
         config=config,
         config_file=config_file,
         **fields,
     )
-    check_given(settings.modes, [_CLI_NAMES.get(k, k).replace("_", "-") for k in given])
+    check_given(settings.modes, [k.replace("_", "-") for k in modes])
     validate(settings)
     return settings
 

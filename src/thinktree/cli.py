@@ -237,7 +237,7 @@ def run(
         watch = False
     # While the view owns the terminal, logs go to a file.
     configure(verbose=verbose, json_file=_watch_log() if watch else None)
-    from thinktree.api import run_settings
+    from thinktree.api import MODE_OPTIONS, run_settings
     from thinktree.config import endpoint_from, load_config
 
     if engine not in ("vllm", "llamacpp"):
@@ -262,19 +262,10 @@ def run(
             concurrency=at_once,
         )
         return
-    modes = {
-        "n": n,
-        "wave": wave,
-        "confidence": stop_confidence,
-        "steps": steps,
-        "budget": budget,
-        "total_budget": total_budget,
-        "min_thinking": min_thinking,
-    }
     try:
         cfg = load_config(config)
         settings = run_settings(
-            {k: v if _given(ctx, _MODE_PARAMS.get(k, k)) else None for k, v in modes.items()},
+            {p: ctx.params[p] for p in MODE_OPTIONS if _given(ctx, p)},
             mode=mode or "budget",
             answer_tokens=answer_tokens,
             config=cfg,
@@ -470,9 +461,6 @@ _SETTINGS_PARAMS = (
     "model",
     "engine",
 )
-# the mode options, which a mode that does not read them refuses when given
-# the mode options (ModeSettings' names) and the run command's parameters that give them
-_MODE_PARAMS = {"confidence": "stop_confidence"}
 _LIMIT_PARAMS = {
     "max_run_tokens": "max_tokens",
     "max_problem_tokens": "max_problem_tokens",
