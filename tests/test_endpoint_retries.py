@@ -40,6 +40,8 @@ def client_for(server: FakeServer, **kw: float) -> tuple[EndpointClient, list[tu
     "fault",
     [
         Fault.RATE_LIMIT,
+        Fault.REQUEST_TIMEOUT,
+        Fault.CONFLICT,
         Fault.SERVER_ERROR,
         Fault.BAD_GATEWAY,
         Fault.UNAVAILABLE,

@@ -147,8 +147,9 @@ def classify(exc: BaseException) -> RetryKind | None:
     """Which kind of retry an error deserves, or None when retrying cannot help."""
     if isinstance(exc, openai.RateLimitError):
         return RetryKind.RATE_LIMIT
-    if isinstance(exc, openai.APIStatusError):
-        return RetryKind.TRANSIENT if exc.status_code >= 500 else None
+    if isinstance(exc, openai.APIStatusError):  # as the openai SDK retries: 408, 409, 5xx
+        code = exc.status_code
+        return RetryKind.TRANSIENT if code >= 500 or code in (408, 409) else None
     if isinstance(exc, openai.APITimeoutError | TimeoutError):
         return RetryKind.TIMEOUT
     if isinstance(exc, openai.APIConnectionError):

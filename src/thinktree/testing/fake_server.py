@@ -132,6 +132,8 @@ class Fault(StrEnum):
     """A scheduled misbehaviour of one generation request."""
 
     RATE_LIMIT = "429"
+    REQUEST_TIMEOUT = "408"
+    CONFLICT = "409"
     SERVER_ERROR = "500"
     BAD_GATEWAY = "502"
     UNAVAILABLE = "503"
@@ -149,6 +151,8 @@ class Fault(StrEnum):
 
 _STATUS: dict[Fault, tuple[int, str, str]] = {
     Fault.RATE_LIMIT: (429, "RateLimitError", "Rate limit reached (fake)."),
+    Fault.REQUEST_TIMEOUT: (408, "RequestTimeout", "Request timed out (fake)."),
+    Fault.CONFLICT: (409, "ConflictError", "Conflict (fake)."),
     Fault.SERVER_ERROR: (500, "InternalServerError", "Internal server error (fake)."),
     Fault.BAD_GATEWAY: (502, "BadGateway", "Bad gateway (fake)."),
     Fault.UNAVAILABLE: (503, "ServiceUnavailableError", "Service unavailable (fake)."),
