@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import structlog
 
@@ -46,6 +47,8 @@ from thinktree.problems import Problem
 __all__ = ["MODE_OPTIONS", "Problems", "arun", "run", "run_settings"]
 
 log = structlog.get_logger(__name__)
+P = ParamSpec("P")
+T = TypeVar("T")
 
 Problems = str | os.PathLike[str] | Iterable[Problem | Mapping[str, Any]] | None
 """A JSONL file's path, problems (or mappings in the dataset schema), or None: the demo set."""
@@ -54,19 +57,6 @@ MODE_OPTIONS = ("n", "wave", "stop_confidence", "steps", "budget", "total_budget
 """The mode options of a run (``thinktree run``'s, underscored): only those given are
 checked against the mode, which refuses one it would ignore."""
 _SETTING = {"stop_confidence": "confidence"}  # ModeSettings' name, where it has another
-
-
-def run(problems: Problems = None, **options: Any) -> RunResult:
-    """Run ``problems`` and return the result, on an event loop of its own (:func:`arun`
-    takes the same arguments, inside one that runs already)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:  # none runs here: the run gets its own
-        return event_loop.run(lambda: arun(problems, **options))
-    raise ConfigError(
-        "thinktree.run starts an event loop, and one runs here already (a notebook's, "
-        "say): use `await thinktree.arun(...)` instead, with the same arguments"
-    )
 
 
 async def arun(
@@ -217,3 +207,28 @@ def _given_problems(given: Iterable[Problem | Mapping[str, Any]]) -> list[Proble
     if not lines:
         raise DatasetError("no problems given: give at least one (or None for the demo set)")
     return parse_problems("\n".join(lines).encode(), source="problems")
+
+
+def _on_a_loop_of_its_own(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, T]:
+    """``fn`` run to its end on an event loop of its own (:func:`event_loop.run`)."""
+
+    @functools.wraps(fn)
+    def sync(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # none runs here: the run gets its own
+            return event_loop.run(lambda: fn(*args, **kwargs))
+        raise ConfigError(
+            "thinktree.run starts an event loop, and one runs here already (a notebook's, "
+            "say): use `await thinktree.arun(...)` instead, with the same arguments"
+        )
+
+    sync.__name__ = sync.__qualname__ = "run"
+    sync.__doc__ = (
+        "Run ``problems`` and return the result, as :func:`arun` does, on an event loop of "
+        "its own (inside one that runs already, ``await arun(...)``)."
+    )
+    return sync
+
+
+run = _on_a_loop_of_its_own(arun)
