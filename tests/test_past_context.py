@@ -160,3 +160,14 @@ def test_the_command_says_which_calls_passed_the_context_and_completes(tmp_path:
     assert "maximum context length is 4096 tokens" in line
     assert "--resume" not in done.stderr
     assert "(0 retries, 1 past the model's context)" in done.stdout
+    listed = subprocess.run(
+        [sys.executable, "-m", "thinktree.cli", "runs", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**env, "COLUMNS": "250"},
+    )
+    assert listed.returncode == 0, listed.stderr
+    (row,) = [line for line in listed.stdout.splitlines() if line.startswith("│ run ")]
+    assert "completed" in row and "1 model call(s) past the model's context" in row
+    assert "failed" not in row

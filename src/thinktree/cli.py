@@ -853,6 +853,8 @@ def _run_note(run: RunSummary, *, priced: bool, prices: dict[str, Price]) -> str
         failed.append(f"{run.problems_failed} problem(s) failed")
     if run.calls_failed:
         failed.append(f"{run.calls_failed} model call(s) failed")
+    if run.calls_past_context:  # no failure to resend: the model cannot read them
+        failed.append(f"{run.calls_past_context} model call(s) past the model's context")
     unpriced = ""
     if priced and run.verifier_cost(prices) is None:
         unpriced = f"no price for a verifier's model: {', '.join(run.unpriced_models(prices))}"

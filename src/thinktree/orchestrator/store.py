@@ -49,7 +49,13 @@ from thinktree._files import held, in_use
 from thinktree._json import dumps, loads
 from thinktree.errors import ThinktreeError
 from thinktree.orchestrator import store_writer
-from thinktree.orchestrator.events import Event, NodeDelta, container_fields, failed_call
+from thinktree.orchestrator.events import (
+    PAST_CONTEXT,
+    Event,
+    NodeDelta,
+    container_fields,
+    failed_call,
+)
 from thinktree.orchestrator.store_writer import (
     MODEL_OUTPUT_FIELDS,
     REDACTED,
@@ -706,8 +712,11 @@ class StoreReader:
                 (SELECT count(*) FROM problems WHERE error IS NOT NULL AND correct IS NULL)
                     AS problems_failed,
                 (SELECT count(DISTINCT coalesce(call_id, id)) FROM nodes
-                    WHERE failed_call(kind, status, error)) AS calls_failed
-            FROM run AS r WHERE r.id = 1"""
+                    WHERE failed_call(kind, status, error)) AS calls_failed,
+                (SELECT count(DISTINCT coalesce(call_id, id)) FROM nodes
+                    WHERE status = 'failed' AND instr(error, ?) = 1) AS calls_past_context
+            FROM run AS r WHERE r.id = 1""",
+            (PAST_CONTEXT,),
         )
         if not rows:
             raise StoreError(f"{self.path} is a damaged run store: no run row")
@@ -744,6 +753,7 @@ class StoreReader:
             started=row["started"],
             problems_failed=row["problems_failed"],
             calls_failed=row["calls_failed"],
+            calls_past_context=row["calls_past_context"],
             verifier_prompt_tokens=sum(p for p, _, _ in verdicts),
             verifier_completion_tokens=sum(c for _, c, _ in verdicts),
             verifier_cost_usd=None
@@ -817,6 +827,7 @@ class RunSummary:
     error: str | None = None
     problems_failed: int = 0  # an error left them ungraded (failed calls, a limit's stop)
     calls_failed: int = 0  # the solver's model calls (requests) that failed
+    calls_past_context: int = 0  # requests refused as longer than the model's context
     # the verifiers' own, on top of the solver's tokens above (as in the run's metrics)
     verifier_prompt_tokens: int = 0
     verifier_completion_tokens: int = 0
