@@ -547,6 +547,17 @@ def test_a_bench_says_which_calls_passed_the_context_and_never_sends_them_again(
     assert "failed model call" not in out + err
     assert again[0] == 0 and "2 of 2 cells done (0 run now)" in again[1]
     assert not [key for key in SEEN if "Which one" in key]  # not sent again
+    report = subprocess.run(
+        [sys.executable, "-m", "thinktree.cli", "report", "out", "--no-plots"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert report.returncode == 0, report.stderr
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "With model calls refused as longer than the model's context" in md
+    assert "failed model calls" not in md
 
 
 def _bench(config: Path, cwd: Path, out: str = "out") -> tuple[int, str, str]:

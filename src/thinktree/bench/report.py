@@ -117,6 +117,13 @@ def _problems_text(cell: CellResult) -> str:
     return str(total) if cell.problems_run == total else f"{cell.problems_run} of {total} ran"
 
 
+def _past_context(cell: CellResult) -> int:
+    """How many of a cell's requests passed the model's context (none in results.json
+    files from before they were counted)."""
+    count = cell.metrics.get("past_context")
+    return count if isinstance(count, int) and not isinstance(count, bool) else 0
+
+
 def cells_table(loaded: Loaded, keys: Sequence[str]) -> Table:
     borrowed = any(cell.read_back is not None for cell in loaded.cells)
     rows = []
@@ -575,6 +582,14 @@ def build(
             "unanswered where all did): "
             + ", ".join(f"{label(c, keys)} ({c.failed_calls})" for c in failing)
             + " (run again to send them)."
+        )
+    past = [(c, n) for c in loaded.cells if (n := _past_context(c))]
+    if past:
+        intro.append(
+            "With model calls refused as longer than the model's context (their lines kept "
+            "what they had; no run sends them again): "
+            + ", ".join(f"{label(c, keys)} ({n})" for c, n in past)
+            + "."
         )
     plots = make_plots(loaded, plot_dir) if make_plots and plot_dir else {}
     sections = [Section("Cells", tables=[cells_table(loaded, keys)])]
