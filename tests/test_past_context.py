@@ -51,6 +51,11 @@ def _too_long(marker: str, message: str = VLLM) -> Any:
     [
         (400, VLLM),
         (400, "The decoder prompt (length 5000) is longer than the maximum model length of 4096."),
+        (
+            400,
+            "'max_tokens' or 'max_completion_tokens' is too large: 4000. This model's maximum "
+            "context length is 4096 tokens and your request has 200 input tokens",
+        ),
         (400, "context_length_exceeded: please reduce the length of the messages"),
         (400, "the request exceeds the available context size, try increasing it"),
         (422, "Input validation error: `inputs` tokens + `max_new_tokens` must be <= 2048."),

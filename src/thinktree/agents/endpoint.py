@@ -616,6 +616,9 @@ class EndpointClient:
             self.config.max_tokens_field != "auto"
             or not isinstance(exc, openai.BadRequestError)
             or "max_completion_tokens" not in str(exc.message)
+            # vLLM's "'max_tokens' or 'max_completion_tokens' is too large: ... maximum
+            # context length ...": the cap passes the context, the field is fine
+            or _PAST_CONTEXT.search(str(exc.message))
         ):
             return False
         if self._cap_field == "max_tokens":
