@@ -23,9 +23,26 @@ from thinktree.testing.fake_server import FakeBehaviour, FakeServer, fake_server
 REPLY = "It is beta. Answer: B"
 
 
+class Seen:
+    """A subscriber of the caller's own: the types of the events it was handed."""
+
+    wants_deltas = False
+
+    def __init__(self) -> None:
+        self.types: list[str] = []
+        self.closed = False
+
+    def handle(self, event: Any) -> None:
+        self.types.append(event.type)
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
 @pytest.mark.anyio
 async def test_arun_makes_the_run_the_command_makes(tmp_path: Path) -> None:
     folder = tmp_path / "run"
+    seen = Seen()
     async with FakeServer(FakeBehaviour(reply=REPLY), record_bodies=True) as server:
         result = await thinktree.arun(
             beta_problems(3),
@@ -35,6 +52,7 @@ async def test_arun_makes_the_run_the_command_makes(tmp_path: Path) -> None:
             budget=32,
             seed=5,
             out=folder,
+            subscribers=[seen],
         )
         asked = [b for b in server.bodies if "Question" in json.dumps(b.get("messages"))]
     assert isinstance(result, thinktree.RunResult)
@@ -48,6 +66,8 @@ async def test_arun_makes_the_run_the_command_makes(tmp_path: Path) -> None:
     assert manifest["settings"]["n"] == 2 and manifest["settings"]["seed"] == 5
     with pytest.raises(ConfigError, match="already completed"):
         load_resume(folder)  # a run folder like any other
+    assert seen.types[0] == "run-started" and seen.types[-1] == "run-finished"
+    assert seen.types.count("problem-finished") == 3 and seen.closed
 
 
 def test_run_takes_a_file_or_mappings_and_an_endpoint_config(tmp_path: Path) -> None:
