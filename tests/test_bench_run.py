@@ -421,15 +421,7 @@ def test_a_verifier_grid_shares_the_samples_it_judges(tmp_path: Path) -> None:
     # the samples were drawn once per problem; the judge's own calls come on top
     sampled = [json.loads(k) for k in SEEN if "Which one" in k]
     assert sum(1 for request in sampled if request[4] == 2) == 4  # one n=2 request a problem
-    report = subprocess.run(
-        [sys.executable, "-m", "thinktree.cli", "report", "out", "--no-plots"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert report.returncode == 0, report.stderr
-    md = (tmp_path / "out" / "report.md").read_text()
+    md = _report_md(tmp_path)
     verifier = results["002_one_verifier-judge"]["metrics"]["verifier"]
     pick = verifier["pick_accuracy"]
     shown = "n/a" if pick is None else f"{100 * pick:.1f} %"
@@ -467,15 +459,7 @@ base_url = "{two.base_url}"
         expected = (m["prompt_tokens"] * price[0] + m["completion_tokens"] * price[1]) / 1e6
         assert m["cost_usd"] == pytest.approx(expected, abs=1e-6)
         assert results["endpoint"]["name"] in path.parent.name
-    report = subprocess.run(
-        [sys.executable, "-m", "thinktree.cli", "report", "out", "--no-plots"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert report.returncode == 0, report.stderr
-    md = (tmp_path / "out" / "report.md").read_text()
+    md = _report_md(tmp_path)
     assert "| one · endpoint=open | 2 |" in md and "| two · endpoint=paid | 2 |" in md
     assert "| one | endpoint | open | paid | 2 |" in md
 
@@ -547,17 +531,22 @@ def test_a_bench_says_which_calls_passed_the_context_and_never_sends_them_again(
     assert "failed model call" not in out + err
     assert again[0] == 0 and "2 of 2 cells done (0 run now)" in again[1]
     assert not [key for key in SEEN if "Which one" in key]  # not sent again
+    md = _report_md(tmp_path)
+    assert "With model calls refused as longer than the model's context" in md
+    assert "failed model calls" not in md
+
+
+def _report_md(cwd: Path) -> str:
+    """``thinktree report out --no-plots`` in ``cwd``: the report.md it wrote."""
     report = subprocess.run(
         [sys.executable, "-m", "thinktree.cli", "report", "out", "--no-plots"],
-        cwd=tmp_path,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert report.returncode == 0, report.stderr
-    md = (tmp_path / "out" / "report.md").read_text()
-    assert "With model calls refused as longer than the model's context" in md
-    assert "failed model calls" not in md
+    return (cwd / "out" / "report.md").read_text()
 
 
 def _bench(config: Path, cwd: Path, out: str = "out") -> tuple[int, str, str]:
