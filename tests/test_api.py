@@ -110,6 +110,7 @@ def test_run_takes_a_file_or_mappings_and_an_endpoint_config(tmp_path: Path) -> 
         (None, {"mode": "paralel"}, ConfigError, "paralel"),
         (None, {"budget": -5}, ConfigError, "budget"),
         (None, {"engine": "tgi"}, ConfigError, "unknown engine 'tgi'"),
+        (None, {"engine": "llamacpp"}, ConfigError, "changes nothing for endpoint"),
     ],
 )
 def test_bad_input_is_refused_in_one_line_before_anything_is_written(

@@ -105,7 +105,8 @@ async def arun(
     names the limit that stopped it.
     """
     loaded = _problems(problems, limit=limit, offset=offset)
-    cfg = load_config(None if config is None else Path(config))
+    config_file = None if config is None else Path(config)
+    cfg = load_config(config_file)
     modes = {
         "n": n,
         "wave": wave,
@@ -120,7 +121,7 @@ async def arun(
         mode=mode,
         answer_tokens=answer_tokens,
         config=cfg,
-        config_file=None if config is None else Path(config),
+        config_file=config_file,
         aggregate=aggregate,
         temperature=temperature,
         seed=seed,
@@ -135,12 +136,17 @@ async def arun(
     )
     if engine not in ("vllm", "llamacpp"):
         raise ConfigError(f"unknown engine '{engine}'; choose vllm or llamacpp")
+    target: EndpointConfig | None
     if isinstance(endpoint, EndpointConfig):
-        if model is not None:
-            endpoint = dataclasses.replace(endpoint, model=model)
-        return await execute(loaded, endpoint, settings, subscribers=subscribers)
-    target = endpoint_from(endpoint, model=model, config=cfg)
+        target = endpoint if model is None else dataclasses.replace(endpoint, model=model)
+    else:
+        target = endpoint_from(endpoint, model=model, config=cfg)
     if target is not None:
+        if engine != "vllm":  # as the command refuses --engine with an endpoint
+            raise ConfigError(
+                f"engine picks the embedded model's engine; it changes nothing for endpoint "
+                f"'{target.name}': leave it out"
+            )
         return await execute(loaded, target, settings, subscribers=subscribers)
     from thinktree.embedded import announced_server, endpoint_for
 
