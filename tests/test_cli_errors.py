@@ -305,6 +305,15 @@ def test_endpoint_that_refuses_connections(work: Path) -> None:
     assert_nothing_written(work)
 
 
+@pytest.mark.parametrize("model", [[], ["--model", "fake-model"]])
+def test_a_url_without_its_v1_says_to_try_it(work: Path, fake_url: str, model: list[str]) -> None:
+    """A server's root, not its API's: /models (or, with --model, the chat) is a 404."""
+    root = fake_url.removesuffix("/v1")
+    proc = thinktree("run", "--endpoint", root, *model, "--out", str(work / "run"), cwd=work)
+    assert_one_line_error(proc, "404", f"usually ends in /v1 (is it {root}/v1?)")
+    assert_nothing_written(work)
+
+
 def test_existing_run_folder_is_not_overwritten(work: Path) -> None:
     (work / "run").mkdir()
     (work / "run" / "results.json").write_text("{}")

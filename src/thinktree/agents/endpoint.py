@@ -525,6 +525,14 @@ class EndpointClient:
             f"{self._slow_hint()}"
         )
 
+    def _v1_hint(self, exc: openai.APIStatusError, otherwise: str) -> str:
+        """What to fix: for a 404 from a URL that does not end in /v1, where
+        OpenAI-compatible servers serve their API, that URL first; then ``otherwise``."""
+        base = self.config.base_url.rstrip("/")
+        if exc.status_code != 404 or base.endswith("/v1"):
+            return otherwise.removeprefix("else ")
+        return f"an OpenAI-compatible API's URL usually ends in /v1 (is it {base}/v1?); {otherwise}"
+
     async def _connects(self) -> bool:
         """Whether a TCP connection to the endpoint's host opens (within a few seconds)."""
         parts = urlsplit(self.config.base_url)
@@ -560,7 +568,7 @@ class EndpointClient:
                 return self.model
             raise EndpointError(
                 f"endpoint {self.config.describe()} cannot list its models "
-                f"(HTTP {exc.status_code}); pass --model"
+                f"(HTTP {exc.status_code}); {self._v1_hint(exc, 'else pass --model')}"
             ) from None
         except openai.APIConnectionError:
             raise EndpointError(
@@ -968,7 +976,8 @@ class EndpointClient:
         kind = classify(exc)
         if isinstance(exc, openai.NotFoundError):
             return EndpointError(
-                f"endpoint {where} answered 404 for model '{self.model}': check --model and the URL"
+                f"endpoint {where} answered 404 for model '{self.model}': "
+                + self._v1_hint(exc, "else check --model and the URL")
             )
         if isinstance(exc, openai.AuthenticationError):
             return EndpointError(f"endpoint {where} rejected the API key (401): check the key")
