@@ -7,6 +7,7 @@ and the embedded model's vLLM server (marked slow).
 from __future__ import annotations
 
 import json
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from thinktree.agents.endpoint import EndpointConfig
 from thinktree.datasets import DatasetError
 from thinktree.errors import ConfigError
 from thinktree.orchestrator.run import load_resume
+from thinktree.problems import Problem
 from thinktree.testing.fake_server import FakeBehaviour, FakeServer, fake_server_in_thread
 
 REPLY = "It is beta. Answer: B"
@@ -106,7 +108,31 @@ def test_run_takes_a_file_or_mappings_and_an_endpoint_config(tmp_path: Path) -> 
         ([{"id": "a", "question": "Q?", "answr": "B"}], {}, DatasetError, "did you mean 'answer'"),
         ([], {}, DatasetError, "no problems given"),
         (None, {"offset": 99}, DatasetError, "offset 99 leaves none"),
-        (None, {"mode": "parallel", "steps": 3}, ConfigError, "--steps is not used in mode"),
+        # options are named as the arguments they are here, not as the command's
+        (None, {"mode": "parallel", "steps": 3}, ConfigError, "error: steps is not used in mode"),
+        (None, {"aggregate": "verifier-weighted"}, ConfigError, "a verifier (verifiers=[NAME])"),
+        # each argument of the wrong type, where it would fail mid-run or on resume
+        (None, {"mode": "sequential", "steps": 2.0}, ConfigError, "steps must be a whole number"),
+        (None, {"budget": 1.5}, ConfigError, "budget must be a whole number or None, not 1.5"),
+        (None, {"max_tokens": True}, ConfigError, "max_tokens must be a whole number"),
+        (None, {"temperature": "hot"}, ConfigError, "temperature must be a number or None"),
+        (None, {"limit": 1.5}, ConfigError, "limit must be a whole number or None, not 1.5"),
+        (
+            None,
+            {"verifiers": "judge"},
+            ConfigError,
+            "verifiers must be a list of names, not 'judge'",
+        ),
+        (None, {"subscribers": Seen()}, ConfigError, "subscribers must be a list of subscribers"),
+        (None, {"subscribers": [object()]}, ConfigError, "subscribers[0] must be a subscriber"),
+        ({"id": "a", "question": "Q?"}, {}, DatasetError, "problems must be a dataset file's path"),
+        # a Problem made without an answer_type is checked as a line without one is
+        (
+            [Problem(id="a", question="2 + 10?", answer="12")],
+            {},
+            DatasetError,
+            "problems:1: the answer '12' is a number but the line has no 'answer_type'",
+        ),
         (None, {"mode": "paralel"}, ConfigError, "paralel"),
         (None, {"budget": -5}, ConfigError, "budget"),
         (None, {"engine": "tgi"}, ConfigError, "unknown engine 'tgi'"),
@@ -125,9 +151,33 @@ def test_bad_input_is_refused_in_one_line_before_anything_is_written(
         with pytest.raises(error) as caught:
             thinktree.run(problems, endpoint=server.base_url, out=folder, **options)
         asked = server.requests
-    said = str(caught.value)
+    said = f"error: {caught.value}"
     assert message in said and "\n" not in said
     assert not folder.exists() and asked == 0
+    # raised as itself, not while handling the check for a running event loop
+    assert "no running event loop" not in "".join(traceback.format_exception(caught.value))
+
+
+class Breaking(Seen):
+    def handle(self, event: Any) -> None:
+        if event.type == "problem-finished":
+            raise ValueError("my subscriber broke")
+
+
+def test_an_error_that_stops_a_run_is_raised_as_itself(tmp_path: Path) -> None:
+    """Not inside the exception groups of the run's task groups: ``except ValueError``
+    catches a subscriber's."""
+    with (
+        fake_server_in_thread(FakeBehaviour(reply=REPLY)) as server,
+        pytest.raises(ValueError, match="my subscriber broke"),
+    ):
+        thinktree.run(
+            beta_problems(2),
+            endpoint=server.base_url,
+            out=tmp_path / "run",
+            subscribers=[Breaking()],
+        )
+    assert not (tmp_path / "run" / "results.json").exists()
 
 
 @pytest.mark.anyio

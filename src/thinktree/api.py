@@ -18,8 +18,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import inspect
 import json
 import os
+import re
+import types
+import typing
 from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -38,7 +42,7 @@ from thinktree.datasets import (
     parse_problems,
     select,
 )
-from thinktree.errors import ConfigError
+from thinktree.errors import ConfigError, ThinktreeError
 from thinktree.orchestrator.bus import Subscriber
 from thinktree.orchestrator.run import RunResult, RunSettings, execute, validate
 from thinktree.pricing import prices_from_config
@@ -59,6 +63,33 @@ checked against the mode, which refuses one it would ignore."""
 _SETTING = {"stop_confidence": "confidence"}  # ModeSettings' name, where it has another
 
 
+def _checked(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, Coroutine[Any, Any, T]]:
+    """``fn`` with its arguments checked against its type hints first (a one-line error
+    naming the argument), its errors spelling options as its arguments are spelt, and an
+    error that stopped the run raised as itself, not inside the task groups' groups."""
+
+    @functools.wraps(fn)
+    async def checked(*args: P.args, **kwargs: P.kwargs) -> T:
+        bound = inspect.signature(fn).bind(*args, **kwargs)
+        bound.apply_defaults()
+        hints = typing.get_type_hints(fn)
+        for name, value in bound.arguments.items():
+            _check_argument(name, value, hints[name])
+        try:
+            return await fn(*args, **kwargs)
+        except (ThinktreeError, DatasetError) as exc:
+            _spell_as_arguments(exc, bound.arguments)
+            raise
+        except ExceptionGroup as group:
+            leaves = _leaves(group)
+            if len(leaves) != 1:
+                raise
+            raise leaves[0] from None
+
+    return checked
+
+
+@_checked
 async def arun(
     problems: Problems = None,
     *,
@@ -95,8 +126,11 @@ async def arun(
     The options are the command's, spelt with underscores (``stop_confidence``,
     ``max_tokens``; ``verifiers`` is the repeated ``--verifier``). ``endpoint`` is a URL,
     a name from the config (``config``, else ``thinktree.toml`` in the working folder),
-    ``"openai"``, an :class:`EndpointConfig`, or None (``"embedded"``): the embedded model,
-    whose server is started for the run unless ``thinktree serve`` runs one.
+    ``"openai"``, an :class:`EndpointConfig`, or None: as for the command, the endpoint
+    ``OPENAI_BASE_URL`` names where the environment sets it, else the embedded model (whose
+    server is started for the run unless ``thinktree serve`` runs one).
+    Each argument is checked against its type first (``n=2.0`` is refused, in one line),
+    and an error names the arguments as they are spelt here.
     ``subscribers`` receive the run's events as the terminal view does
     (:class:`~thinktree.orchestrator.bus.Subscriber`).
 
@@ -205,7 +239,13 @@ def _given_problems(given: Iterable[Problem | Mapping[str, Any]]) -> list[Proble
     an error names the problem by its place, counted from 1."""
     lines: list[str] = []
     for number, problem in enumerate(given, start=1):
-        record = problem.model_dump(mode="json") if isinstance(problem, Problem) else problem
+        # a Problem's line holds what was given to it: one made without an answer_type
+        # is refused where its answer or options say it is no free-text problem
+        record = (
+            problem.model_dump(mode="json", exclude_unset=True)
+            if isinstance(problem, Problem)
+            else problem
+        )
         try:
             lines.append(json.dumps(dict(record), allow_nan=False))
         except (TypeError, ValueError) as exc:  # a value JSON has no form for
@@ -215,6 +255,112 @@ def _given_problems(given: Iterable[Problem | Mapping[str, Any]]) -> list[Proble
     return parse_problems("\n".join(lines).encode(), source="problems")
 
 
+_WORDS: dict[Any, str] = {
+    int: "a whole number",
+    float: "a number",
+    str: "text",
+    bool: "True or False",
+    type(None): "None",
+    os.PathLike: "a path",
+    Iterable: "a list of problems",
+    EndpointConfig: "an EndpointConfig",
+}
+
+
+_PROBLEMS = "a dataset file's path, a list of problems (or of mappings) or None (the demo set)"
+
+
+def _check_argument(name: str, value: Any, hint: Any) -> None:
+    """A one-line error (DatasetError for ``problems``, else ConfigError) where ``value``
+    is not of type ``hint``: ``n=2.0`` or ``verifiers="judge"`` would be taken apart or
+    sent as they are, and fail mid-run or on resume."""
+    error = DatasetError if name == "problems" else ConfigError
+    if not _accepts(value, hint):
+        kind = _PROBLEMS if name == "problems" else _words(hint)
+        raise error(f"{name} must be {kind}, not {_shown(value)}")
+    if typing.get_origin(hint) is not Sequence:
+        return
+    (item,) = typing.get_args(hint)
+    for index, each in enumerate(value):
+        if not _accepts(each, item):
+            raise error(f"{name}[{index}] must be {_words(item)}, not {_shown(each)}")
+
+
+def _accepts(value: Any, hint: Any) -> bool:
+    """Whether ``value`` is of type ``hint`` (one of :func:`arun`'s; a Sequence's items are
+    checked apart). A bool is no number, and a float no whole number."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts(value, each) for each in typing.get_args(hint))
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is type(None):
+        return value is None
+    if hint is Subscriber:  # a protocol that isinstance cannot check
+        return all(hasattr(value, part) for part in ("wants_deltas", "handle", "aclose"))
+    if origin is Sequence:
+        return isinstance(value, (list, tuple))
+    if origin is Iterable:  # one problem, or one mapping, is not a list of them
+        return isinstance(value, Iterable) and not isinstance(value, (str, bytes, Mapping, Problem))
+    return isinstance(value, origin or hint)
+
+
+def _words(hint: Any) -> str:
+    """``hint`` in words: "a whole number or None"."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        parts = [_words(each) for each in typing.get_args(hint)]
+        return ", ".join(parts[:-1]) + " or " + parts[-1]
+    if hint is Subscriber:
+        return "a subscriber (with wants_deltas, handle and aclose)"
+    origin = typing.get_origin(hint) or hint
+    if origin is Sequence:
+        (item,) = typing.get_args(hint)
+        return "a list of subscribers" if item is Subscriber else "a list of names"
+    return _WORDS.get(origin) or f"a {getattr(origin, '__name__', origin)}"
+
+
+def _shown(value: Any) -> str:
+    """``value`` as an error shows it: its repr if short and plain, else its type."""
+    if isinstance(value, (str, bytes, int, float)):
+        return f"{value!r:.60}"
+    return type(value).__name__
+
+
+def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
+    """The exceptions inside ``group`` and inside the groups within it."""
+    return [
+        leaf
+        for inner in group.exceptions
+        for leaf in (_leaves(inner) if isinstance(inner, BaseExceptionGroup) else [inner])
+    ]
+
+
+# a command's option, the word that asks for it and the placeholder of its value
+_OPTION = re.compile(r"(\b(?:pass|with|another|give|use) )?--([a-z][a-z-]*)( [A-Z][A-Z_]*\b)?")
+
+
+def _spell_as_arguments(exc: BaseException, arguments: Mapping[str, Any]) -> None:
+    """``exc``'s message with the command's options spelt as the arguments they are here
+    (``--stop-confidence`` as ``stop_confidence``, ``pass --model`` as ``pass model=``);
+    a message that says which command to run (``thinktree run --resume …``) is kept."""
+    if len(exc.args) != 1 or not isinstance(exc.args[0], str) or "thinktree " in exc.args[0]:
+        return
+
+    def spelt(option: re.Match[str]) -> str:
+        asking, name, value = option[1] or "", option[2].replace("-", "_"), option[3]
+        name = "verifiers" if name == "verifier" else name
+        if name not in arguments:
+            return option[0]
+        if value:
+            value = value.strip()
+            return asking + (f"verifiers=[{value}]" if name == "verifiers" else f"{name}={value}")
+        return f"{asking}{name}=" if asking else name
+
+    exc.args = (_OPTION.sub(spelt, exc.args[0]),)
+
+
 def _on_a_loop_of_its_own(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, T]:
     """``fn`` run to its end on an event loop of its own (:func:`event_loop.run`)."""
 
@@ -222,12 +368,15 @@ def _on_a_loop_of_its_own(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P
     def sync(*args: P.args, **kwargs: P.kwargs) -> T:
         try:
             asyncio.get_running_loop()
-        except RuntimeError:  # none runs here: the run gets its own
-            return event_loop.run(lambda: fn(*args, **kwargs))
-        raise ConfigError(
-            "thinktree.run starts an event loop, and one runs here already (a notebook's, "
-            "say): use `await thinktree.arun(...)` instead, with the same arguments"
-        )
+        except RuntimeError:  # none runs here: the run gets its own (outside this block,
+            pass  # or every error of the run would print as raised while handling this one)
+        else:
+            raise ConfigError(
+                "thinktree.run starts an event loop, and one runs here already (a "
+                "notebook's, say): use `await thinktree.arun(...)` instead, with the same "
+                "arguments"
+            )
+        return event_loop.run(lambda: fn(*args, **kwargs))
 
     sync.__name__ = sync.__qualname__ = "run"
     sync.__doc__ = (
