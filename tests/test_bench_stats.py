@@ -12,6 +12,7 @@ from thinktree.bench.stats import (
     mcnemar,
     mcnemar_counts,
     paired_bootstrap,
+    sign_flip_p,
 )
 
 
@@ -93,5 +94,20 @@ def test_paired_bootstrap_false_positive_rate_and_power() -> None:
     assert result.difference == pytest.approx(a.mean() - b.mean())
     assert result.low > 0 and result.p_value < 0.001
     assert paired_bootstrap([1, 0, 1], [1, 0, 1]).p_value == 1.0
+
+
+def test_the_paired_p_value_is_a_permutation_tests_and_never_0_on_few_problems() -> None:
+    """Every problem going one way is no evidence on three problems: the share of
+    resampled means past zero said p < 0.001 there."""
+    assert paired_bootstrap([0, 0, 0], [1, 1, 1]).p_value == 0.25  # 2 of 8 sign patterns
+    assert paired_bootstrap([0], [1]).p_value == 1.0
+    assert sign_flip_p([1.0, 0.0, -0.5, 2.0]) == 0.5  # 4 of 8 patterns sum as far from 0
+    # on right/wrong outcomes it is McNemar's exact test (9 discordant: 7 to 2)
+    a = [True] * 7 + [False] * 2 + [True] * 5
+    b = [False] * 7 + [True] * 2 + [True] * 5
+    assert paired_bootstrap(a, b).p_value == pytest.approx(mcnemar(a, b).p_value)
+    # past 16 pairs that differ, from random patterns, and never 0
+    many = paired_bootstrap([1] * 40, [0] * 40, resamples=1000).p_value
+    assert many == pytest.approx(1 / 1001)
     with pytest.raises(ValueError, match="length"):
         paired_bootstrap([1, 0], [1])

@@ -3,7 +3,8 @@
 :func:`build` turns loaded cells into a :class:`Report` (sections of text, tables and
 plots); :mod:`thinktree.bench.render` writes it as Markdown, HTML or terminal tables.
 Accuracy intervals are percentile bootstraps over problems; "A beats B" comes from
-McNemar's test on the problems both were graded on, with a paired bootstrap beside it.
+McNemar's test on the problems both were graded on, the difference's interval from a
+paired bootstrap.
 """
 
 from __future__ import annotations
@@ -200,7 +201,6 @@ class Paired:
     high: float
     mcnemar_p: float
     mcnemar_method: str
-    bootstrap_p: float
 
 
 def paired(a: CellResult, b: CellResult, key: str, seed: int = 0) -> Paired | None:
@@ -225,7 +225,6 @@ def paired(a: CellResult, b: CellResult, key: str, seed: int = 0) -> Paired | No
         high=boot.high,
         mcnemar_p=test.p_value,
         mcnemar_method=test.method,
-        bootstrap_p=boot.p_value,
     )
 
 
@@ -282,7 +281,6 @@ def comparisons_table(found: list[Paired], keys: Sequence[str]) -> Table:
             pct(p.acc_b),
             f"{100 * p.diff:+.1f} [{100 * p.low:+.0f}, {100 * p.high:+.0f}]",
             f"{pvalue(p.mcnemar_p)} ({p.mcnemar_method.split(' ')[0]})",
-            pvalue(p.bootstrap_p),
             f"{p.a.tokens_per_problem:,.0f} / {p.b.tokens_per_problem:,.0f}",
         ]
         for p in found
@@ -299,13 +297,12 @@ def comparisons_table(found: list[Paired], keys: Sequence[str]) -> Table:
             "acc B",
             "A − B, points [95 % CI]",
             "McNemar p",
-            "bootstrap p",
             "tok/problem A / B",
         ],
         rows,
         note="Each pair: two cells that differ in one option, on the same problems. "
         "McNemar: exact binomial test below 25 discordant problems, else chi-square "
-        "with continuity correction. Bootstrap: paired over problems, two-sided.",
+        "with continuity correction. The interval: a paired bootstrap over problems.",
     )
 
 

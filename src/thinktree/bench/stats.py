@@ -54,7 +54,7 @@ class McNemar:
     method: str  # "exact" or "chi-square (continuity-corrected)"
 
 
-def _array(values: Sequence[float] | Sequence[bool]) -> np.ndarray:
+def _array(values: Sequence[float] | Sequence[bool] | np.ndarray) -> np.ndarray:
     data = np.asarray(values, dtype=float)
     if data.ndim != 1:
         raise ValueError("expected a flat sequence of numbers")
@@ -93,10 +93,11 @@ def paired_bootstrap(
     resamples: int = RESAMPLES,
     seed: int = 0,
 ) -> PairedDifference:
-    """mean(a) − mean(b) on the same problems, resampling problems with their pairs.
+    """mean(a) − mean(b) on the same problems: its interval resamples problems with their
+    pairs; its p-value is :func:`sign_flip_p`'s.
 
-    The p-value is two-sided: twice the smaller share of resampled differences on either
-    side of zero (capped at 1); a difference that is zero in every resample gives 1.
+    (The share of resampled means on the far side of zero is no p-value: where every pair
+    that differs differs one way, it is 0 at any size, "<0.001" for three problems.)
     """
     _check_confidence(confidence)
     x, y = _array(a), _array(b)
@@ -109,10 +110,44 @@ def paired_bootstrap(
     means = diff[rng.integers(0, diff.size, size=(resamples, diff.size))].mean(axis=1)
     tail = (1 - confidence) / 2
     low, high = np.quantile(means, [tail, 1 - tail])
-    at_or_below = float(np.mean(means <= 0))
-    at_or_above = float(np.mean(means >= 0))
-    p = min(1.0, 2 * min(at_or_below, at_or_above))
+    p = sign_flip_p(diff, resamples=resamples, seed=seed)
     return PairedDifference(float(diff.mean()), float(low), float(high), p, int(diff.size))
+
+
+EXACT_FLIPS = 16  # up to this many pairs that differ, every one of the 2**k sign patterns
+
+
+def sign_flip_p(
+    differences: Sequence[float] | np.ndarray, *, resamples: int = RESAMPLES, seed: int = 0
+) -> float:
+    """The two-sided p-value of a paired permutation test: under "A and B are alike", each
+    pair's difference is as likely to have either sign, so p is the share of sign patterns
+    whose mean is at least as far from zero as the observed one.
+
+    Exact (every pattern) for up to :data:`EXACT_FLIPS` non-zero differences, else from
+    ``resamples`` random patterns, counted as (1 + k) / (1 + resamples) so it is never 0.
+    On right/wrong outcomes it is McNemar's exact test; three problems that all go one way
+    give 0.25, one gives 1.
+    """
+    diff = _array(differences)
+    diff = diff[diff != 0]  # a zero difference is the same under either sign
+    if diff.size == 0:
+        return 1.0
+    observed = abs(float(diff.sum())) * (1 - 1e-9)  # "as far", not lost to rounding
+    if diff.size <= EXACT_FLIPS:
+        patterns = np.arange(2**diff.size)[:, None] >> np.arange(diff.size) & 1
+        sums = np.abs(np.where(patterns == 1, -diff, diff).sum(axis=1))
+        return float(np.mean(sums >= observed))
+    rng = np.random.default_rng(seed)
+    as_far = 0
+    for start in range(0, resamples, _FLIPS_AT_ONCE):  # memory: a batch of patterns at a time
+        count = min(_FLIPS_AT_ONCE, resamples - start)
+        signs = rng.choice(np.array([-1.0, 1.0]), size=(count, diff.size))
+        as_far += int(np.count_nonzero(np.abs(signs @ diff) >= observed))
+    return (1 + as_far) / (1 + resamples)
+
+
+_FLIPS_AT_ONCE = 500
 
 
 def mcnemar(a: Sequence[bool], b: Sequence[bool]) -> McNemar:
