@@ -574,6 +574,39 @@ def test_a_bench_run_again_with_other_run_settings_is_refused(tmp_path: Path) ->
     assert json.loads((tmp_path / "out" / "bench.json").read_text())["run"]["concurrency"] == 3
 
 
+def test_a_bench_whose_endpoint_now_serves_another_model_is_refused(tmp_path: Path) -> None:
+    """A cell cut off mid-run, or one not started, would run on the model the endpoint
+    serves now: the report would pair two models as one endpoint."""
+    first = FakeBehaviour(reply=reply, model="open-7b")
+    other = FakeBehaviour(reply=reply, model="paid-large")
+    with fake_server_in_thread(first) as one, fake_server_in_thread(other) as two:
+        config = write_config(tmp_path, one.base_url, 'mode = ["budget"]')
+        named = config.read_text().replace(f'endpoint = "{one.base_url}"', 'endpoint = "api"')
+        config.write_text(named + f'[endpoints.api]\nbase_url = "{one.base_url}"\n')
+        assert _bench(config, tmp_path)[0] == 0
+        cut, done = sorted(p.parent for p in (tmp_path / "out").glob("*/run.json"))
+        (cut / "results.json").unlink()  # the bench was cut off in its first cell
+        config.write_text(config.read_text().replace(one.base_url, two.base_url))
+
+        def refused(*needles: str) -> None:
+            code, _, err = _bench(config, tmp_path)
+            errors = [line for line in err.splitlines() if line.startswith("error: ")]
+            assert code == 2 and len(errors) == 1, err
+            assert all(needle in errors[0] for needle in needles), err
+            assert not (cut / "results.json").exists()
+
+        # the cut-off cell finds the model its endpoint serves now
+        refused(f"was made on model 'open-7b', and endpoint 'api' ({two.base_url}) serves")
+        shutil.rmtree(done)  # not started: refused before anything runs
+        refused(f"cell {done.name} would run on model 'paid-large' of endpoint 'api', where cell")
+        config.write_text(config.read_text() + 'model = "paid-large"\n')
+        refused(f"cell {cut.name} was started on model 'open-7b'; endpoint 'api' now names")
+        shutil.rmtree(cut)  # no cell left on the old model: the bench starts anew
+        assert _bench(config, tmp_path)[0] == 0
+    ran = {json.loads(p.read_text())["model"] for p in (tmp_path / "out").glob("*/results.json")}
+    assert ran == {"paid-large"}
+
+
 def test_a_cell_its_limit_stopped_goes_on_when_the_bench_raises_it(tmp_path: Path) -> None:
     with fake_server_in_thread(FakeBehaviour(reply=reply)) as server:
         config = write_config(tmp_path, server.base_url, 'mode = ["budget"]')

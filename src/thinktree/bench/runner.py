@@ -43,6 +43,7 @@ from thinktree.bench.sharding import (
 from thinktree.config import endpoint_from, endpoint_tables, load_config
 from thinktree.datasets import DatasetError, load_problems, none_left
 from thinktree.errors import ConfigError
+from thinktree.hints import read_manifest
 from thinktree.orchestrator.bus import Subscriber
 from thinktree.orchestrator.call_cache import SqliteCallCache, check_call_store
 from thinktree.orchestrator.events import RunStarted
@@ -338,18 +339,22 @@ async def _check_cells(
 ) -> None:
     """Check what each of ``cells`` needs to run (see :func:`plan_bench`); ``local``: the
     embedded model's endpoint, once it is up (a cell on it is checked only then)."""
+    used = _models_used(config, out, plan.cells)
     for cell in cells:
         folder = out / cell.name
         target = plan.endpoints[cell.name] or local
         if not (folder / MANIFEST).is_file():
             _problems, settings = _fresh_cell(config, cell, folder, plan.prices, plan.problems)
             if target is not None:
-                await _check_cell(target, settings, plan)
+                model = await _check_cell(target, settings, plan)
+                _same_model(config, cell, target.name, model, used)
         elif not (folder / SHARDS).is_dir():  # resumed from its own run folder: read it now
             state = load_resume(folder, prices=plan.prices, new_limits=True)
             settings = _resumed_settings(config, cell, state)
             money_limit(settings, state.endpoint["model"])
             if target is not None:
+                if target.model is not None:  # else the run checks the model it finds
+                    _same_model(config, cell, target.name, target.model, used)
                 await _check_verifiers(target, settings, state.capabilities, plan)
         if (folder / SHARDS).is_dir():
             _check_shards(config, cell, folder, plan)
@@ -377,14 +382,58 @@ def _check_shards(config: BenchConfig, cell: Cell, folder: Path, plan: BenchPlan
             )
 
 
-async def _check_cell(target: EndpointConfig, settings: RunSettings, plan: BenchPlan) -> None:
+async def _check_cell(target: EndpointConfig, settings: RunSettings, plan: BenchPlan) -> str:
     """Probe ``target`` for a fresh cell (once per endpoint), check it has a price where the
-    cell has a money limit, and check the cell's verifiers."""
+    cell has a money limit, and check the cell's verifiers; the model it serves."""
     model = await _probe(target, settings, plan.probes)
     money_limit(settings, model)
     caps = plan.probes.get(target, probe_needs(settings, ()))
     assert caps is not None  # _probe found them
     await _check_verifiers(target, settings, caps, plan)
+    return model
+
+
+# (endpoint name, the model a cell's options ask for) -> (the model it ran on, the cell)
+ModelsUsed = dict[tuple[str, Any], tuple[str, str]]
+
+
+def _models_used(config: BenchConfig, out: Path, cells: list[Cell]) -> ModelsUsed:
+    """The model each endpoint ran of those started (asked for by a grid's ``model``, or
+    by none), as the first cell's run folder records it."""
+    used: ModelsUsed = {}
+    for cell in cells:
+        try:
+            endpoint = read_manifest(out / cell.name)["endpoint"]
+            key = (str(endpoint["name"]), _asked_model(config, cell))
+            used.setdefault(key, (str(endpoint["model"]), cell.name))
+        except (ValueError, KeyError, TypeError):  # not started, or its resume says why
+            continue
+    return used
+
+
+def _asked_model(config: BenchConfig, cell: Cell) -> Any:
+    return {**config.fixed, **cell.options}.get("model")
+
+
+def _same_model(
+    config: BenchConfig, cell: Cell, endpoint: str, model: str, used: ModelsUsed
+) -> None:
+    """One-line ConfigError where ``cell`` would run on another model of ``endpoint`` than
+    the bench's cells started on it did (its config now names another model or server):
+    the report would pair two models as one endpoint, and a cut-off cell would go on with
+    another model than it started with."""
+    was, first = used.get((endpoint, _asked_model(config, cell)), (model, cell.name))
+    if model != was and first == cell.name:
+        raise ConfigError(
+            f"cell {cell.name} was started on model '{was}'; endpoint '{endpoint}' now names "
+            f"'{model}': give {config.path} the endpoint it was started with, or another --out"
+        )
+    if model != was:
+        raise ConfigError(
+            f"cell {cell.name} would run on model '{model}' of endpoint '{endpoint}', where "
+            f"cell {first} ran on '{was}': give {config.path} the endpoint it was started "
+            "with, or another --out"
+        )
 
 
 async def _check_verifiers(

@@ -326,6 +326,12 @@ async def _execute(
         client.on_retry = on_retry
         with bound_contextvars(run_id=run_id):
             model = await client.resolve_model()
+            if resume is not None and model != resume.endpoint["model"]:
+                raise ConfigError(
+                    f"run {folder} was made on model '{resume.endpoint['model']}', and endpoint "
+                    f"{endpoint.describe()} serves '{model}': a run goes on with the model it "
+                    "was made on (give it an endpoint that serves that one)"
+                )
             money = money_limit(settings, model)
             if resume is not None:
                 needs = probe_needs(settings, subscribers)
