@@ -14,7 +14,7 @@ from thinktree.agents.solver import Branch, SegmentRequest, Solver
 from thinktree.errors import BudgetExhausted, RunLimitReached
 from thinktree.orchestrator.events import NodeKind
 from thinktree.orchestrator.ledger import Budget, LimitHeld
-from thinktree.pricing import MoneyLimit, Price
+from thinktree.pricing import MoneyLimit, Price, usd
 from thinktree.problems import Problem
 
 
@@ -240,6 +240,33 @@ async def test_the_money_limit_holds_the_worst_case_and_waits_for_calls_under_wa
     assert money.spent == pytest.approx(0.0128 + 0.0168) and money.held == 0
     with pytest.raises(RunLimitReached, match=r"the \$0.0004 left is less than"):
         await money.hold(10, 16)  # the prompt alone may cost 0.001
+
+
+@pytest.mark.anyio
+async def test_the_money_limit_says_at_the_end_what_was_spent_in_all() -> None:
+    """A call the limit refuses says what was spent then; a cheaper one that still fits
+    goes on after it, so the run's reason, given at its end, says what it spent in all.
+    Below a cent, amounts keep three figures ($0.00045, not $0.0005)."""
+    money = MoneyLimit(0.0005, Price(prompt_per_m=0.0, completion_per_m=10.0))
+    (await money.hold(0, 40)).settle(0, 40)  # $0.0004
+    with pytest.raises(RunLimitReached) as refused:
+        await money.hold(0, 40, least=20)  # 10 tokens left, fewer than the 20 it needs
+    assert "($0.0004 spent; the $0.0001 left is less than the next call may cost" in str(
+        refused.value
+    )
+    (await money.hold(0, 5)).settle(0, 5)  # a short call fits in what is left
+    assert money.final_reason() == (
+        "run stopped: its money limit of $0.0005 is reached ($0.00045 spent; "
+        "the $0.00005 left paid for none of the calls it had left)"
+    )
+    assert [usd(x) for x in (0, 0.00008, 0.000247, 0.5, 0.999, 12.345)] == [
+        "$0.00",
+        "$0.00008",
+        "$0.000247",
+        "$0.50",
+        "$0.999",
+        "$12.35",
+    ]
 
 
 @pytest.mark.anyio

@@ -20,7 +20,7 @@ from thinktree.agents.modes import ModeSettings
 from thinktree.errors import ConfigError
 from thinktree.orchestrator.events import NodeKind
 from thinktree.orchestrator.run import RunResult, RunSettings, execute
-from thinktree.pricing import Price
+from thinktree.pricing import Price, usd
 from thinktree.problems import Problem
 from thinktree.testing.fake_server import FakeBehaviour, FakeServer, fake_server_in_thread
 
@@ -430,7 +430,7 @@ PRICES = {"fake-model": Price(prompt_per_m=0.0, completion_per_m=1000.0)}  # 12 
     ("limits", "raised", "stopped"),
     [
         ({"max_run_tokens": 38}, {"max_run_tokens": 100}, "token limit of 38"),
-        ({"max_cost": 0.038, "prices": PRICES}, {"max_cost": 1.0}, "money limit of $0.0380"),
+        ({"max_cost": 0.038, "prices": PRICES}, {"max_cost": 1.0}, "money limit of $0.038"),
     ],
 )
 async def test_a_call_the_run_limit_cuts_short_stops_the_run_and_is_asked_again(
@@ -490,8 +490,35 @@ async def test_the_money_limit_holds_calls_under_way_and_is_never_passed(
     prices = {"fake-model": Price(prompt_per_m=10.0, completion_per_m=1000.0)}
     result = await _parallel_under(tmp_path, native_n, concurrency=8, max_cost=0.018, prices=prices)
     results = json.loads((result.folder / "results.json").read_text())
-    assert results["status"] == "stopped" and "money limit of $0.0180" in result.stopped_by
+    assert results["status"] == "stopped" and "money limit of $0.018" in result.stopped_by
     assert 0 < results["metrics"]["cost_usd"] <= 0.018 + 1e-12
+    # what it spent in all, as its results count it (not what it had spent when the
+    # first call was refused: calls that fit in what was left went on)
+    assert f"is reached ({usd(results['metrics']['cost_usd'])} spent;" in result.stopped_by
+
+
+async def test_the_money_limit_s_reason_counts_what_later_calls_spent(tmp_path: Path) -> None:
+    """The second problem's long prompt is more than what is left can pay: the limit
+    refuses it and says what was spent then. The third's short prompt still fits, and
+    spends more: the run's reason, said once it ends, counts that too."""
+    long = Problem(id="long", question="Which letter? " + "Think it over. " * 300)
+    problems = [PROBLEMS[0], long, PROBLEMS[1]]
+    prices = {"fake-model": Price(prompt_per_m=1000.0, completion_per_m=1000.0)}
+    async with FakeServer(FakeBehaviour()) as server:
+        cfg = EndpointConfig(name="fake", base_url=server.base_url, continuation="chat")
+        settings = RunSettings(
+            modes=ModeSettings(mode="budget", budget=16),
+            concurrency=1,
+            out=tmp_path / "run",
+            max_cost=1.5,
+            prices=prices,
+        )
+        result = await execute(problems, cfg, settings)
+    refused = result.trees[1].error or ""
+    assert refused.startswith("run stopped: its money limit of $1.50 is reached (")
+    cost = json.loads((result.folder / "results.json").read_text())["metrics"]["cost_usd"]
+    assert result.trees[2].completion_tokens() > 0 and f"({usd(cost)} spent" not in refused
+    assert result.stopped_by is not None and f"is reached ({usd(cost)} spent" in result.stopped_by
 
 
 async def test_a_money_limit_that_makes_calls_wait_but_cuts_none_stops_nothing(

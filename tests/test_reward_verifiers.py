@@ -190,8 +190,8 @@ async def test_a_priced_scorer_counts_under_the_money_limit(tmp_path: Path) -> N
         first = await execute([PROBLEM], endpoint, settings)
         assert len(scorer.requests) == 1  # only the check before the run, unmetered
         verdicts = first.trees[0].of_kind(NodeKind.VERDICT)
-        assert all("money limit of $0.0010 is reached" in str(v.error) for v in verdicts)
-        assert first.stopped_by is not None and "money limit of $0.0010" in first.stopped_by
+        assert all("money limit of $0.001 is reached" in str(v.error) for v in verdicts)
+        assert first.stopped_by is not None and "money limit of $0.001" in first.stopped_by
         state = load_resume(first.folder, prices=prices, new_limits=True)
         raised = dataclasses.replace(state.settings, max_cost=1.0)
         again = await execute(state.problems, endpoint, raised, resume=state)

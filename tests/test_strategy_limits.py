@@ -95,7 +95,7 @@ async def test_a_wait_the_model_answers_with_nothing_ends_the_extending(
 PRICES = {"fake-model": Price(prompt_per_m=0.0, completion_per_m=1000.0)}  # 12 tokens: $0.012
 RUN_LIMITS = [
     pytest.param({"max_run_tokens": 36}, "token limit of 36", id="tokens"),
-    pytest.param({"max_cost": 0.036, "prices": PRICES}, "money limit of $0.0360", id="money"),
+    pytest.param({"max_cost": 0.036, "prices": PRICES}, "money limit of $0.036", id="money"),
 ]
 
 
@@ -149,7 +149,7 @@ async def test_a_wait_the_run_limit_refuses_keeps_the_thinking_and_its_answer(
     ("limits", "limit"),
     [
         pytest.param({"max_run_tokens": 12}, "token limit of 12", id="tokens"),
-        pytest.param({"max_cost": 0.012, "prices": PRICES}, "money limit of $0.0120", id="money"),
+        pytest.param({"max_cost": 0.012, "prices": PRICES}, "money limit of $0.012", id="money"),
     ],
 )
 async def test_a_constrained_answer_the_run_limit_refuses_leaves_the_thinking_answer(
@@ -368,7 +368,7 @@ async def test_a_branch_the_run_limit_refuses_ends_itself_and_its_siblings_call_
     from thinktree.errors import RunLimitReached
     from thinktree.orchestrator.ledger import Budget
 
-    reason = "run stopped: its money limit of $0.0030 is reached ($0.0040 spent)"
+    reason = "run stopped: its money limit of $0.003 is reached ($0.004 spent)"
     bus = _Bus()
     solver = _StubSolver(
         {"q0/b1/think": RunLimitReached(reason), "q0/b2/think": (0.2, "Hmm. Answer: B")}, bus
@@ -442,7 +442,7 @@ async def test_the_money_limit_reached_by_one_branch_lets_its_siblings_calls_fin
             first = await execute(PROBLEMS[:1], cfg, settings)
         results = json.loads((first.folder / "results.json").read_text())
         (problem,) = results["problems"]
-        why = "run stopped: its money limit of $0.0660 cut calls short"
+        why = "run stopped: its money limit of $0.066 cut calls short"
         assert problem["answer"] == "B" and problem["stopped"] == why
         thinking = [n for n in problem["nodes"] if n["kind"] == "generation"]
         assert all(n["status"] == "done" for n in problem["nodes"]), problem["nodes"]
@@ -475,7 +475,7 @@ def _alternating(first: str, second: str) -> Any:
     [
         pytest.param({"max_run_tokens": 6}, "token limit of 6", 3, 4, id="tokens"),
         pytest.param(
-            {"max_cost": 0.006, "prices": PRICES}, "money limit of $0.0060", 3, 4, id="money"
+            {"max_cost": 0.006, "prices": PRICES}, "money limit of $0.006", 3, 4, id="money"
         ),
     ],
 )

@@ -426,7 +426,7 @@ async def test_failed_judge_verdicts_still_cost_what_they_spent(tmp_path: Path) 
     ("limits", "raised", "limit"),
     [
         ({"max_run_tokens": 45}, {"max_run_tokens": 1000}, "token limit of 45"),
-        ({"max_cost": 0.045}, {"max_cost": 1.0}, "money limit of $0.0450"),
+        ({"max_cost": 0.045}, {"max_cost": 1.0}, "money limit of $0.045"),
     ],
 )
 async def test_judge_calls_count_under_the_run_limits(
@@ -522,7 +522,7 @@ def _judge_usage(server: FakeServer) -> tuple[int, int]:
     ("samples", "limits", "limit"),
     [
         (3, {"max_run_tokens": 14}, "token limit of 14"),
-        (3, {"max_cost": 0.014}, "money limit of $0.0140"),
+        (3, {"max_cost": 0.014}, "money limit of $0.014"),
         (4, {"max_run_tokens": 19}, "token limit of 19"),
     ],
 )

@@ -15,9 +15,10 @@ case before it is sent and settles at what it cost (see :class:`MoneyLimit`).
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import anyio
 import structlog
@@ -155,6 +156,20 @@ class Bill:
         self.limit.settle(self, self.prompt_tokens * attempts, self.cut_tokens + cut_tokens)
 
 
+MONEY_STOP: Final = "run stopped: its money limit of"
+MONEY_REACHED: Final = re.compile(r"run stopped: its money limit of \$[\d.,]+ is reached \(")
+
+
+def usd(amount: float) -> str:
+    """``amount`` in dollars, to the cent from $1 on and to three figures below it
+    ("$0.000247", not "$0.0002"; "$0.00008", not "$0.0001"), no exponent."""
+    if amount >= 1 or amount <= 0:
+        return f"${max(amount, 0.0):,.2f}"
+    places = max(2, 2 - math.floor(math.log10(amount)))
+    whole, cents = f"{amount:.{places}f}".split(".")
+    return f"${whole}.{cents[:2]}{cents[2:].rstrip('0')}"
+
+
 class MoneyLimit:
     """The run's money limit, never passed by calls under way.
 
@@ -178,7 +193,15 @@ class MoneyLimit:
 
     @property
     def cut_reason(self) -> str:
-        return f"run stopped: its money limit of ${self.limit:.4f} cut calls short"
+        return f"{MONEY_STOP} {usd(self.limit)} cut calls short"
+
+    def final_reason(self) -> str:
+        """Why the run stopped, as it ended: the first call the limit refused said what was
+        spent then, but calls that fit in what was left went on after it."""
+        spent = self.spent + self.recorded
+        left = max(0.0, self.limit - spent)
+        rest = f"; the {usd(left)} left paid for none of the calls it had left" if left else ""
+        return f"{MONEY_STOP} {usd(self.limit)} is reached ({usd(spent)} spent{rest})"
 
     async def hold(
         self,
@@ -263,10 +286,10 @@ class MoneyLimit:
         self.spent += self.price.cost(prompt_tokens, completion_tokens)
 
     def _reached(self, least: float, left: float) -> str:
-        spent = f"${self.spent + self.recorded:.4f} spent"  # recorded calls were spent too
+        spent = f"{usd(self.spent + self.recorded)} spent"  # recorded calls were spent too
         if left > _ROUNDING:  # some is left, but not what the next call may cost
-            spent += f"; the ${left:.4f} left is less than the next call may cost, ${least:.4f}"
-        return f"run stopped: its money limit of ${self.limit:.4f} is reached ({spent})"
+            spent += f"; the {usd(left)} left is less than the next call may cost, {usd(least)}"
+        return f"{MONEY_STOP} {usd(self.limit)} is reached ({spent})"
 
     def _held(self, price: Price, prompt_tokens: int, max_tokens: int, cost: float) -> Bill:
         self.held += cost

@@ -70,6 +70,7 @@ from thinktree.orchestrator.store import STORE_NAME, RunStore, wait_for_writer
 from thinktree.orchestrator.subscribers import TraceWriter, TreeRecorder
 from thinktree.orchestrator.tree import Node, ProblemTree
 from thinktree.pricing import (
+    MONEY_REACHED,
     MoneyLimit,
     Price,
     changed_prices,
@@ -452,6 +453,7 @@ async def _execute(
                         recorder,
                         servers=client.figures() if isinstance(client, EndpointPool) else None,
                         cached_calls=cache.hits,
+                        money=money,
                         read_back_retries=cache.carried_retries(),
                         # only a store shared with other runs, now or in an earlier session,
                         # lends calls
@@ -493,6 +495,7 @@ def conclude(
     *,
     servers: list[dict[str, Any]] | None,
     cached_calls: int = 0,
+    money: MoneyLimit | None = None,
     read_back_retries: int = 0,
     read_back: frozenset[str] | None = None,
     before_publish: Callable[[], None] | None = None,
@@ -505,9 +508,12 @@ def conclude(
     counted with this session's own. ``read_back``: the ids of the calls the run read
     back from a store it shares with other runs, where the caller knows them (a fresh
     run that shares none has none); None reads them from the run's call store.
-    ``before_publish`` runs once the results are written, before they take their name."""
+    ``before_publish`` runs once the results are written, before they take their name.
+    ``money``: the run's money limit, which says what it spent in all where it stopped it."""
     trees = [recorder.tree.problems[p.id] for p in problems]
     stopped = _stopped_by(recorder)
+    if stopped is not None and money is not None and MONEY_REACHED.match(stopped):
+        stopped = money.final_reason()  # the first refusal's figures are those of its time
     settings = facts.settings
     metrics = compute(
         trees,
