@@ -158,6 +158,22 @@ class _Hanging(Misbehaving):
         return []
 
 
+class _OwnTimeout(Misbehaving):
+    """Raises a TimeoutError of its own (its call to a scorer timed out) within moments:
+    ``own-timeout`` with no timeout_s of the panel's (None), ``own-timeout-default``
+    under the panel's."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        if kind == "own-timeout":
+            self.timeout_s = None
+
+    async def verify(self, problem: Problem, candidates: Sequence[CandidateView]) -> list[Verdict]:
+        with anyio.fail_after(0.01):
+            await anyio.sleep(5)
+        return []
+
+
 class _Reversing(Misbehaving):
     """Reverses the candidates it is given in place (to read them last first)."""
 
@@ -190,6 +206,8 @@ def misbehave(arg: str | None, setup: VerifierSetup) -> Any:
         return _PrefersA("ok")
     if arg and arg.startswith("plain"):
         return Plain(arg)
+    if arg and arg.startswith("own-timeout"):
+        return _OwnTimeout(arg)
     if arg and arg.startswith(("hang", "timeout-")):
         return _Hanging(arg)
     if arg and arg.startswith("models-"):

@@ -92,6 +92,10 @@ BAD_VERDICTS = {
     "plain-raise": "failed: boom from a verifier",  # a plain def verify's, from its thread
     "exit": "verifier misbehave:exit failed: it called sys.exit(3)",  # not the run's end
     "plain-exit": "failed: it called sys.exit('the scorer gave up')",
+    # a TimeoutError of its own is its failure, not the panel's timeout (with none, the
+    # run crashed formatting it)
+    "own-timeout": "verifier misbehave:own-timeout failed: TimeoutError",
+    "own-timeout-default": "verifier misbehave:own-timeout-default failed: TimeoutError",
 }
 
 

@@ -26,7 +26,7 @@ import math
 import numbers
 import statistics
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, cast
 
 import anyio
@@ -177,9 +177,9 @@ class VerifierPanel:
                 for node_id in ids:
                     await bus.emit(NodeFailed(node_id=node_id, error="cancelled: the run stopped"))
             raise
-        except TimeoutError:
+        except _TimedOut as late:
             reason = (
-                f"verifier {named.name} took longer than {_timeout(named):g} s on "
+                f"verifier {named.name} took longer than {late.timeout:g} s on "
                 f"{len(views)} candidates; give it a longer timeout_s (None: no limit)"
             )
             log.warning("verifier failed", verifier=named.name, problem=problem.id, error=reason)
@@ -271,7 +271,7 @@ class VerifierPanel:
         call = functools.partial(verify, problem, list(views))  # its own: it may reorder it
         timeout = _timeout(named)
         if inspect.iscoroutinefunction(verify):
-            with anyio.fail_after(timeout):
+            with _within(timeout):
                 return _as_list(named, await cast("Awaitable[object]", call()))
         async with self._turns.setdefault(named.name, anyio.Lock()):
             before = self._ended.get(named.name)
@@ -285,7 +285,7 @@ class VerifierPanel:
                         "timeout_s (None: no limit)"
                     )
             ended = self._ended[named.name] = anyio.Event()
-            with anyio.fail_after(timeout):
+            with _within(timeout):
                 found = await _in_own_thread(call, ended.set)
                 if inspect.isawaitable(found):  # an async verify that does not look like one
                     found = await found
@@ -375,6 +375,28 @@ def _timeout(named: NamedVerifier) -> float | None:
     :data:`VERIFY_TIMEOUT_S`."""
     found: float | None = getattr(named.verifier, "timeout_s", VERIFY_TIMEOUT_S)
     return found
+
+
+class _TimedOut(Exception):
+    """A verifier's call ran past its ``timeout_s`` (not a TimeoutError of its own)."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(timeout)
+        self.timeout = timeout
+
+
+@contextlib.contextmanager
+def _within(timeout: float | None) -> Iterator[None]:
+    """``anyio.fail_after(timeout)``, whose own timeout raises :class:`_TimedOut`: a
+    TimeoutError the verifier raised itself (its own call to a server timing out) is a
+    failure of its own, not one of taking too long."""
+    try:
+        with anyio.fail_after(timeout) as scope:
+            yield
+    except TimeoutError:
+        if timeout is None or not scope.cancel_called:
+            raise
+        raise _TimedOut(timeout) from None
 
 
 class _NotVerdicts(ValueError):
