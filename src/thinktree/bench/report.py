@@ -514,10 +514,22 @@ def verifier_table(loaded: Loaded, keys: Sequence[str]) -> Table | None:
         return None
     return Table(
         "Verifiers",
-        ["cell", "problems", "pick", "vote", "oracle", "AUROC", "verdicts", "tokens", "cost"],
+        [
+            "cell",
+            "problems",
+            "best-scored",
+            "majority",
+            "oracle",
+            "AUROC",
+            "verdicts",
+            "tokens",
+            "cost",
+        ],
         rows,
-        note="pick: the verifiers' top candidate is right; vote: the plain majority of the same "
-        "candidates; oracle: any candidate is right. Tokens and cost are the verifiers' own.",
+        note="best-scored: the verifiers' top candidate is right (best-of-n, whatever rule the "
+        "cell's vote used: its accuracy is the cell's own); majority: the plain majority of "
+        "the same candidates; oracle: any candidate is right. Tokens and cost are the "
+        "verifiers' own.",
     )
 
 

@@ -10,16 +10,17 @@ def _pct(x: float | None) -> str:
 
 
 def verifier_rows(m: VerifierMetrics) -> list[tuple[str, str]]:
-    """(name, value) rows: pick vs vote vs oracle, AUROC, what the verifiers spent."""
+    """(name, value) rows: the best-scored pick vs the plain majority vs the oracle, AUROC,
+    what the verifiers spent."""
     auroc = "n/a" if m.auroc is None else f"{m.auroc:.3f}"
     spent = f"prompt {m.prompt_tokens:,} · completion {m.completion_tokens:,}"
     if m.cost_usd is not None:
         spent += f" · ${m.cost_usd:.4f}"
     return [
         (
-            "verifier pick",
-            f"{_pct(m.pick_accuracy)}  (vote {_pct(m.vote_accuracy)} · oracle {_pct(m.oracle)}"
-            f" · {m.problems} problems)",
+            "best-scored pick",  # the verifiers alone (best-of-n), whatever the vote's rule
+            f"{_pct(m.pick_accuracy)}  (plain majority {_pct(m.vote_accuracy)} · oracle "
+            f"{_pct(m.oracle)} · {m.problems} problems)",
         ),
         ("verifier AUROC", auroc),
         ("verdicts", f"{m.verdicts} ({m.failed_verdicts} failed)"),
