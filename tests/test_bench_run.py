@@ -971,6 +971,10 @@ async def test_merged_shards_allow_the_tokens_one_run_allows(tmp_path: Path) -> 
         ),
         ("", "[run]\nbugdet = 3", "[run] unknown key 'bugdet'; valid keys: "),
         ("", "[grid]\nbugdet = [3]", "[grid] unknown key 'bugdet'; valid keys: "),
+        # a setting a bench decides itself: a cell named for a file it never read
+        ("", '[grid]\nconfig-file = ["x.toml"]', "[grid] unknown key 'config-file'"),
+        # the keys listed are run's options, each once (no settings' names beside them)
+        ("", "[run]\nbugdet = 3", "max-problem-tokens, max-tokens, min-thinking, mode, model"),
         (
             "",
             '[prices]\n"m" = { prompt = nan, completion = 1 }',

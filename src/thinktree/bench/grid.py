@@ -54,7 +54,7 @@ ALIASES = {
     "stop_confidence": "confidence",
 }
 #: Settings that a bench decides itself, never a grid.
-_NOT_OPTIONS = {"modes", "out", "prices", "trace_deltas", "config"}
+_NOT_OPTIONS = {"modes", "out", "prices", "trace_deltas", "config", "config_file"}
 _DATASET_KEYS = {"path", "hub", "split", "name", "limit", "offset"}
 
 
@@ -68,9 +68,11 @@ def _run_fields() -> dict[str, Any]:
 
 
 def valid_keys() -> list[str]:
-    """Every key a grid or ``[run]`` table may hold, in CLI spelling."""
-    names = [*BENCH_KEYS, *_mode_fields(), *_run_fields(), *ALIASES]
-    return sorted({n.replace("_", "-") for n in names})
+    """Every key a grid or ``[run]`` table may hold, as ``thinktree run`` spells its
+    option (its settings' own names for them are taken too, but not listed)."""
+    spelt = {field: option for option, field in ALIASES.items()}
+    names = [*BENCH_KEYS, *_mode_fields(), *_run_fields()]
+    return sorted({spelt.get(n, n).replace("_", "-") for n in names})
 
 
 def field_name(key: str) -> str:
