@@ -201,7 +201,7 @@ def endpoint_from(
             )
         raise ConfigError(
             f"unknown endpoint '{spec}': give a URL (http://host:port/v1), 'embedded', "
-            f"or a name from thinktree.toml ({names})"
+            f"or a name from the config's [endpoints] ({names})"
         )
     return _from_table(spec, table, model)
 

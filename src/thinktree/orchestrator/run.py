@@ -569,7 +569,8 @@ def money_limit(settings: RunSettings, model: str) -> MoneyLimit | None:
     price = settings.prices.get(model)
     if price is None:
         raise ConfigError(
-            f"--max-cost needs a price for model '{model}': add it under [prices] in thinktree.toml"
+            f"--max-cost needs a price for model '{model}': add it under [prices] in the "
+            "config (thinktree.toml, the --config file, or a bench's own)"
         )
     return MoneyLimit(settings.max_cost, price)
 
