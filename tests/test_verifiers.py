@@ -872,6 +872,17 @@ def test_a_name_two_plugins_register_is_one_line_naming_both(
         "uninstall one or rename its entry point"
     )
     assert verifier_names() == [*BUILTIN_VERIFIERS, "mine", "other"]
+    from typer.testing import CliRunner
+
+    from thinktree.cli import app
+
+    listed = CliRunner().invoke(app, ["verifier", "list"])  # it says so too, not only a run
+    assert listed.exit_code == 0, listed.output
+    assert (
+        "mine             plugin registered by 2 plugins (tests_a:make, tests_b:make): "
+        "uninstall one or rename its entry point"
+    ) in listed.output
+    assert "other            plugin\n" in listed.output
 
 
 def test_a_plugin_named_as_a_built_in_is_said_to_be_hidden(

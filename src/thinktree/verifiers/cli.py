@@ -34,6 +34,7 @@ def list_verifiers() -> None:
     from thinktree.errors import ThinktreeError
     from thinktree.verifiers.registry import (
         BUILTIN_VERIFIERS,
+        clashing_plugins,
         hidden_plugins,
         strategy_names,
         verifier_names,
@@ -43,10 +44,16 @@ def list_verifiers() -> None:
         names = verifier_names()
         strategies = strategy_names()
         hidden = hidden_plugins()
+        clashing = clashing_plugins()
     except ThinktreeError as exc:
         raise _fail(str(exc)) from None
     for name in names:
         kind = "built-in" if name in BUILTIN_VERIFIERS else "plugin"
+        if name in clashing and name not in BUILTIN_VERIFIERS:  # --verifier refuses it
+            kind += (
+                f" registered by {len(clashing[name])} plugins ({', '.join(clashing[name])}): "
+                "uninstall one or rename its entry point"
+            )
         typer.echo(clean(f"{name:16} {kind}"))
     for name, target in hidden.items():
         typer.echo(

@@ -82,6 +82,15 @@ def verifier_names() -> list[str]:
     return [*BUILTIN_VERIFIERS, *sorted(set(_plugins(VERIFIER_GROUP)) - set(BUILTIN_VERIFIERS))]
 
 
+def clashing_plugins() -> dict[str, list[str]]:
+    """The verifier names plugins register at more than one target (``--verifier`` refuses
+    them, see :func:`_plugin`), with their targets."""
+    targets: dict[str, set[str]] = {}
+    for ep in entry_points(group=VERIFIER_GROUP):
+        targets.setdefault(ep.name, set()).add(ep.value)
+    return {name: sorted(found) for name, found in targets.items() if len(found) > 1}
+
+
 def hidden_plugins() -> dict[str, str]:
     """The verifier plugins registered under a built-in's name (never used), by name."""
     return {
