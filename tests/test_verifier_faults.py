@@ -99,17 +99,24 @@ BAD_VERDICTS = {
 }
 
 
+FAILED_ITSELF = {"failed", "scored-error", "multiline-error"}  # Verdicts with an error
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("kind", list(BAD_VERDICTS))
 async def test_a_bad_verdict_fails_with_its_reason_and_the_majority_decides(
     tmp_path: Path, kind: str
 ) -> None:
-    result = await _run(tmp_path, (f"misbehave:{kind}",))
+    with capture_logs() as logs:
+        result = await _run(tmp_path, (f"misbehave:{kind}",))
     tree = result.trees[0]
     verdicts = tree.of_kind(NodeKind.VERDICT)
     assert len(verdicts) == 4
     assert all(v.status is NodeStatus.FAILED for v in verdicts)
     assert all(BAD_VERDICTS[kind] in (v.error or "") for v in verdicts), verdicts[0].error
+    # said once, as a warning, unless the verifier failed its verdicts itself
+    warned = [e["error"] for e in logs if e["event"] == "verifier failed"]
+    assert warned == ([] if kind in FAILED_ITSELF else [verdicts[0].error]), warned
     assert all("\n" not in (v.error or "") for v in verdicts)
     # no valid verdict: the plain vote decides, recorded as such
     assert tree.vote is not None and tree.vote.rule == "majority"

@@ -198,7 +198,15 @@ class VerifierPanel:
             )
             log.warning("verifier failed", verifier=named.name, problem=problem.id, error=reason)
             found = [Verdict.failed(reason) for _ in views]
-        verdicts = [self._priced(named, _checked(named.name, verdict)) for verdict in found]
+        checked = [_checked(named.name, verdict) for verdict in found]
+        broke = [  # what it returned broke the protocol (not a verdict it failed itself)
+            after.error
+            for before, after in zip(found, checked, strict=True)
+            if after.error is not None and not (isinstance(before, Verdict) and before.error)
+        ]
+        if broke:  # said once for the call, as a verifier that raises is
+            log.warning("verifier failed", verifier=named.name, problem=problem.id, error=broke[0])
+        verdicts = [self._priced(named, verdict) for verdict in checked]
         for view, node_id, verdict in zip(views, ids, verdicts, strict=True):
             score = verdict.score
             error = verdict.error
