@@ -461,6 +461,8 @@ base_url = "{two.base_url}"
         assert results["endpoint"]["name"] in path.parent.name
     md = _report_md(tmp_path)
     assert "| one · endpoint=open | 2 |" in md and "| two · endpoint=paid | 2 |" in md
+    # [run]'s n = 2 is read by no cell (each is in budget mode): not said to be shared
+    assert "Shared options: concurrency=1, seed=2\n" in md
     assert "| one | endpoint | open | paid | 2 |" in md
 
 

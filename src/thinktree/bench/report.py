@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from thinktree.agents.modes import unread
 from thinktree.bench.grid import show
 from thinktree.bench.results import CellResult, Loaded
 from thinktree.bench.stats import bootstrap_ci, mcnemar, paired_bootstrap
@@ -568,10 +569,13 @@ def build(
         f"{len(loaded.cells)} finished cell(s), "
         f"{sum(len(c.problems) for c in loaded.cells)} problem runs, model(s) {', '.join(models)}.",
     ]
-    if loaded.fixed:
-        intro.append(
-            "Shared options: " + ", ".join(f"{k}={v}" for k, v in sorted(loaded.fixed.items()))
-        )
+    shared = {  # those no cell's mode reads said nothing about its figures
+        k: v
+        for k, v in loaded.fixed.items()
+        if not loaded.cells or any(not unread(c.mode, [k.replace("_", "-")]) for c in loaded.cells)
+    }
+    if shared:
+        intro.append("Shared options: " + ", ".join(f"{k}={v}" for k, v in sorted(shared.items())))
     if loaded.unfinished:
         intro.append(
             f"Not finished, left out: {', '.join(loaded.unfinished)} "
