@@ -23,7 +23,7 @@ from thinktree.metrics import auroc
 from thinktree.orchestrator.events import NodeKind, NodeStatus
 from thinktree.orchestrator.run import RunSettings, execute
 from thinktree.problems import AnswerType, Problem
-from thinktree.testing.fake_server import FakeBehaviour, FakeServer
+from thinktree.testing.fake_server import FakeBehaviour, FakeServer, fake_server_in_thread
 from thinktree.verifiers.base import CandidateView
 from thinktree.verifiers.trained import FEATURES, evaluate, features, load_model, train_file
 
@@ -178,9 +178,33 @@ def test_cli_train_eval_and_its_errors(runs: list[Path], tmp_path: Path) -> None
     assert not (tmp_path / "x.json").exists()
     _one_line_error(
         cli("run", "--verifier", "trained:missing.json", "--out", "r", cwd=tmp_path),
-        "trained verifier file missing.json does not exist",
+        f"trained verifier file {tmp_path / 'missing.json'} does not exist",
     )
     assert not (tmp_path / "r").exists()
+
+
+def test_a_run_records_its_verifier_file_by_its_absolute_path(
+    runs: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """So `run --resume` finds it from another folder; its verdicts keep the file's name."""
+    import thinktree
+
+    train_file(runs[:2], tmp_path / "v.json")
+    monkeypatch.chdir(tmp_path)
+    with fake_server_in_thread(FakeBehaviour(reply=_reply)) as server:
+        result = thinktree.run(
+            PROBLEMS,
+            endpoint=server.base_url,
+            mode="parallel",
+            n=4,
+            budget=32,
+            verifiers=["trained:v.json"],
+            out="scored",
+        )
+    saved = json.loads((tmp_path / "scored" / "run.json").read_text())["settings"]
+    assert saved["verifiers"] == [f"trained:{tmp_path / 'v.json'}"]
+    verdicts = result.trees[0].of_kind(NodeKind.VERDICT)
+    assert {v.label for v in verdicts} == {"trained:v.json"}
 
 
 def _weights(mean: list[float], scale: list[float], coef: list[float]) -> dict[str, Any]:

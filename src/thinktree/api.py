@@ -47,6 +47,7 @@ from thinktree.orchestrator.bus import Subscriber
 from thinktree.orchestrator.run import RunResult, RunSettings, execute, validate
 from thinktree.pricing import prices_from_config
 from thinktree.problems import Problem
+from thinktree.verifiers.registry import recorded_specs
 
 __all__ = ["MODE_OPTIONS", "Problems", "arun", "run", "run_settings"]
 
@@ -201,6 +202,8 @@ def run_settings(
     :data:`MODE_OPTIONS`; the others keep their defaults), ``fields`` the other
     :class:`RunSettings` fields; the config's ``[prices]`` are taken, and every value is
     checked as a run checks it (a one-line :class:`ConfigError`)."""
+    if "verifiers" in fields:  # a file a verifier reads, by its absolute path
+        fields["verifiers"] = recorded_specs(fields["verifiers"])
     settings = RunSettings(
         modes=ModeSettings(
             mode=mode,

@@ -173,6 +173,22 @@ def build_verifiers(
     return built
 
 
+def recorded_specs(specs: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """``specs`` as a new run records them: a built-in's argument as its ``recorded`` says
+    (``trained:FILE``'s file made absolute, so that ``run --resume`` from another folder
+    finds it; its label stays the file's name)."""
+    out = []
+    for spec in specs:
+        name, arg = split_spec(spec)
+        recorded = (
+            getattr(_load(BUILTIN_VERIFIERS[name]), "recorded", None)
+            if name in BUILTIN_VERIFIERS and arg
+            else None
+        )
+        out.append(spec if recorded is None else f"{name}:{recorded(arg)}")
+    return tuple(out)
+
+
 def labels(specs: tuple[str, ...] | list[str]) -> list[str]:
     """Each spec's label, distinct: a path argument by its file name unless two share it.
 

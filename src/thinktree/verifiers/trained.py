@@ -357,3 +357,4 @@ def _check(arg: str | None) -> None:
 
 
 trained.check = _check  # type: ignore[attr-defined]
+trained.recorded = lambda arg: str(_path(arg).absolute())  # type: ignore[attr-defined]
