@@ -81,7 +81,22 @@ FREE = Problem(
     id="free-1", question="Name the most likely diagnosis.", answer="Hirschsprung disease"
 )
 
+INFECTION = Problem(  # real options of the kind MedXpertQA and MedQA carry
+    id="infection-1",
+    question="Which organism most likely caused this patient's diarrhea?",
+    answer_type=AnswerType.CHOICE,
+    options={
+        "A": "Crohn’s disease",
+        "B": "*E. coli* O157:H7",
+        "C": "C. difficile colitis",
+        "D": "Ménière disease",
+        "E": "Entamoeba histolytica",
+    },
+    answer="B",
+)
+
 PROBLEMS = {
+    "infection": INFECTION,
     "medqa": MEDQA,
     "medmcqa": MEDMCQA,
     "medbullets": MEDBULLETS,
@@ -400,6 +415,34 @@ CASES: list[tuple[str, str, str | None, str | None]] = [
         "9",
         "number",
     ),
+    # a "no" or "yes" used as a word of a sentence is no answer (real smollm2 replies)
+    ("pubmedqa", "There is no doubt that the treatment improves survival.", None, None),
+    ("pubmedqa", "The study found no significant difference between the groups.", None, None),
+    ("pubmedqa", "The data do not support a yes answer.", None, None),
+    (
+        "pubmedqa",
+        "I chose to answer this question with no answer as there is no answer provided.",
+        None,
+        None,
+    ),
+    ("pubmedqa", "I would say no because the effect was small.", "no", "yesno-word"),
+    ("pubmedqa", "Yes it does.", "yes", "yesno-word"),
+    # an "=" in an explanation of the number stated is not the answer's (MedCalc-Bench)
+    ("medcalc", "Answer: 356.25 msec (QTc = QT + 1.75 × (HR − 60))", "356.25", "answer-label"),
+    ("medcalc", "Answer: 4 (confusion = 1, urea = 1, RR = 1, age = 1)", "4", "answer-label"),
+    ("medcalc", "The patient's BMI is 24.2 kg/m², given weight = 70 kg.", "24.2", "number"),
+    ("medcalc", "The QTc is 356 msec, calculated as QTc = 330 + 1.75 × 15.", "356", "number"),
+    ("medcalc", "Answer: 70 / 1.75^2 = 22.9", "22.9", "answer-label"),  # a sum worked out
+    ("medcalc", "The BMI is calculated as 70/1.75^2 = 22.9", "22.9", "number"),
+    # option texts match across curly and straight apostrophes, accents and markdown
+    ("infection", "The most likely diagnosis is Crohn's disease.", "A", "option-text"),
+    ("infection", "Answer: Meniere disease", "D", "answer-label"),
+    ("infection", "Answer: *Entamoeba histolytica*", "E", "answer-label"),
+    # a genus written short is no option letter ("E. coli" is not E)
+    ("infection", "Answer: E. coli", None, None),
+    ("infection", "The answer is C. difficile colitis.", "C", "answer-is"),
+    ("infection", "The correct answer is H. pylori.", None, None),
+    ("infection", "Answer: E. Entamoeba histolytica", "E", "answer-label"),
     # --- free text ---
     ("free", "Answer: Hirschsprung disease.", "Hirschsprung disease", "answer-label"),
     ("free", "Hirschsprung disease", "Hirschsprung disease", "whole-text"),

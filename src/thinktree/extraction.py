@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from enum import Enum
@@ -147,7 +148,18 @@ _NOT_AN_ANSWER = re.compile(
 # --- choice --------------------------------------------------------------------------------
 
 _PAREN_LETTER = re.compile(r"[(\[]\s*([A-Za-z])\s*[)\]]")
-_PUNCT_LETTER = re.compile(r"([A-Z])(?=\s*$|[.:;,)\]]+(?:\s|$)|\s+[(\[\-–—:])")
+# a microbe's genus written short ("E. coli", "C. difficile", "H. pylori") names no option
+_SPECIES = (
+    r"(?!\.\s*(?:coli|difficile|pylori|aureus|epidermidis|saprophyticus|pneumoniae|pyogenes"
+    r"|agalactiae|influenzae|gonorrhoeae|meningitidis|tuberculosis|leprae|trachomatis|pallidum"
+    r"|burgdorferi|albicans|fumigatus|neoformans|jejuni|typhi|enterica|cholerae|vulnificus"
+    r"|aeruginosa|monocytogenes|perfringens|botulinum|tetani|anthracis|cereus|faecalis|faecium"
+    r"|mutans|vaginalis|lamblia|histolytica|falciparum|vivax|ovale|malariae|gondii|jirovecii"
+    r"|pertussis|diphtheriae|israelii|marcescens|mirabilis|baumannii|henselae|rickettsii"
+    r"|burnetii|psittaci|capsulatum|dermatitidis|immitis|solium|saginata|stercoralis"
+    r"|lumbricoides|mansoni|haematobium|sapiens|elegans|melanogaster)\b)"
+)
+_PUNCT_LETTER = re.compile(rf"([A-Z]){_SPECIES}(?=\s*$|[.:;,)\]]+(?:\s|$)|\s+[(\[\-–—:])")
 _SPACED_LETTER = re.compile(r"([A-Z])\s+(\S.*)", re.DOTALL)
 _LETTER_VERB = re.compile(r"(?:is|was|would|seems|appears|because|since)\b")
 _LONE_LOWER_LETTER = re.compile(r"([a-z])[.)]?\s*")
@@ -158,7 +170,7 @@ _MENTIONED_LETTER = re.compile(
     r"[(\[]([A-Z])[)\]]|\b(?:[Oo]ption|[Cc]hoice)\s+([A-Z])\b(?![-'’]\w)"
 )
 _OWN_LINE_LETTER = re.compile(r"[(\[]?([A-Z])[)\]]?[.:]?")
-_LINE_START_LETTER = re.compile(r"(?:\(([A-Z])\)|([A-Z])[.)])(?=\s|$)")
+_LINE_START_LETTER = re.compile(rf"(?:\(([A-Z])\)|([A-Z]){_SPECIES}[.)])(?=\s|$)")
 # a list item's marker at a line's start: "A. …", "(B) …", "3) …", "**C.** …"
 _ITEM_MARKER = re.compile(r"[ \t*_]*(?:\(([A-Z]|\d{1,3})\)|([A-Z]|\d{1,3})[.)])[*_]*(?=\s|$)")
 _LINE_DECORATION = re.compile(r"^(?:[\s>#*_]|-(?=\s))+|[\s*_]+$")
@@ -170,6 +182,12 @@ _MIN_CONTAINED_OPTION = 4
 _YESNO_WORD = re.compile(r"\b(yes|no|maybe)\b", re.IGNORECASE)
 _YESNO_FIRST = re.compile(r"(yes|no|maybe)\b(?!\s*(?:or|/|,)\s*(?:yes|no|maybe)\b)", re.I)
 _SENTENCE_END = re.compile(r"[.;!?\n]")
+_WORD_BEFORE = re.compile(r"[^\W\d_]\s+$")  # a yes/no word in a sentence's middle …
+_WORD_AFTER = re.compile(  # … before a word of it, not a reason
+    r"\s+(?!(?:because|since|as|so|given|but|and|although|though|based|according|due|for)\b)"
+    r"[^\W\d_]",
+    re.IGNORECASE,
+)
 _ITEM = re.compile(r"\(?(?:\d{1,3}|[A-Za-z])[.)]\s")  # a line that is a list's item: "B) No"
 
 # --- numeric -------------------------------------------------------------------------------
@@ -654,8 +672,21 @@ def _starts_with_phrase(text: str, phrase: str) -> bool:
 
 
 def _normalise(text: str) -> str:
-    """Case-folded text with single spaces and no trailing full stop."""
+    """Case-folded text with single spaces and no trailing full stop, where a curly
+    apostrophe or quote is a straight one, a dash a hyphen, an accented letter the plain
+    one, and markdown's emphasis is gone ("Crohn’s" is "crohn's", "*Campylobacter*"
+    "campylobacter", "Ménière" "meniere")."""
+    if not text.isascii():
+        text = unicodedata.normalize("NFKD", text.translate(_FOLDED))
+        text = "".join(char for char in text if not unicodedata.combining(char))
+    if "*" in text or "`" in text:
+        text = text.replace("*", "").replace("`", "")
     return " ".join(text.split()).casefold().rstrip(".").strip()
+
+
+_FOLDED = str.maketrans(
+    {"’": "'", "‘": "'", "ʼ": "'", "“": '"', "”": '"', "–": "-", "—": "-", "‐": "-", "‑": "-"}
+)
 
 
 def _choice_fallback(text: str, problem: Problem) -> Extraction | _Verdict | None:
@@ -725,7 +756,16 @@ def _yesno_fallback(text: str, problem: Problem) -> Extraction | None:
 
 
 def _yesno_words(line: str) -> set[str]:
-    return {word.lower() for word in _YESNO_WORD.findall(line)}
+    """The yes/no/maybe words ``line`` answers with: not one used as a word of its sentence,
+    between a word and a word ("there is no doubt", "found no significant difference", "a
+    yes answer"), unless a reason follows it ("I would say no because …")."""
+    return {
+        match[1].lower()
+        for match in _YESNO_WORD.finditer(line)
+        if not (
+            _WORD_BEFORE.search(line, 0, match.start()) and _WORD_AFTER.match(line, match.end())
+        )
+    }
 
 
 # --- numeric ---------------------------------------------------------------------------------
@@ -736,16 +776,29 @@ def _read_numeric(body: str, problem: Problem) -> _Reading:
     else its leading number ("about 7 points"). A sentence with several numbers states the
     first that an "is" or ":" leads to ("… a heart rate of 74 bpm … is 330 msec": 330), or,
     where none does, its first ("a score of 4 (2 for age, 2 for HR)": 4)."""
-    pieces = _RESULT_SEPARATOR.split(body)
-    if len(pieces) > 1 and NUMBER_TOKEN.search(pieces[-1]):
-        return _first_number(pieces[-1])
     lead = _STATED_NUMBER.match(body)
+    result = _RESULT_SEPARATOR.search(body)
+    if result is not None and not (lead is not None and _explains(body, result.start())):
+        pieces = _RESULT_SEPARATOR.split(body)
+        if NUMBER_TOKEN.search(pieces[-1]):
+            return _first_number(pieces[-1])
     if lead is None and len(NUMBER_TOKEN.findall(body)) > 1:
         for separator in _STATEMENT_SEPARATOR.finditer(body):
             stated = _STATED_NUMBER.match(body, separator.end())
             if stated is not None:
                 return _first_number(body[stated.end() :])
     return _first_number(body)
+
+
+def _explains(text: str, at: int) -> bool:
+    """Whether the ``=`` at ``at`` is in an explanation of a number stated before it, in
+    brackets or after a comma ("356 msec (QTc = QT + 1.75 × 15)", "24.2, given weight =
+    70 kg"), not the result of a sum the text works out ("70 / 1.75² = 22.9")."""
+    before = text[:at]
+    if before.count("(") + before.count("[") > before.count(")") + before.count("]"):
+        return True
+    clause = max(before.rfind(","), before.rfind(";"))
+    return clause >= 0 and NUMBER_TOKEN.search(before, 0, clause) is not None
 
 
 def _first_number(segment: str) -> _Reading:
@@ -766,7 +819,11 @@ def _numeric_fallback(text: str, problem: Problem) -> Extraction | _Verdict | No
     if not tail:
         return None
     line = tail[-1]
-    separators = list(_STATEMENT_SEPARATOR.finditer(line))
+    separators = [  # an "=" that explains a number stated before it states none
+        s
+        for s in _STATEMENT_SEPARATOR.finditer(line)
+        if not (_RESULT_SEPARATOR.fullmatch(s[0]) and _explains(line, s.start()))
+    ]
     if separators:
         stated = line[separators[-1].end() :]
         lead = _STATED_NUMBER.match(stated)
