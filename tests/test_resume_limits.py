@@ -178,6 +178,37 @@ async def test_a_raised_limit_reads_back_what_it_did_not_cut_and_is_never_passed
     assert paid(again.folder) <= 64 + sum(tokens for _, tokens in cut.values())
 
 
+async def test_a_limit_below_what_the_run_spent_is_refused_before_anything_changes(
+    tmp_path: Path,
+) -> None:
+    """Resumed under --max-tokens lower than what it spent, the run went on past that limit
+    and dropped answers it had paid for; now it is refused in one line, its run.json as it
+    was, and no request sent. Under what it spent, it goes on."""
+    async with FakeServer(FakeBehaviour(reply=reply, delay_s=0.01)) as server:
+        cfg = EndpointConfig(name="fake", base_url=server.base_url, continuation="chat")
+        modes = ModeSettings(mode="sequential", steps=2, budget=16)
+        settings = RunSettings(modes=modes, seed=3, out=tmp_path / "run", max_run_tokens=60)
+        first = await execute(problems(8), cfg, settings)
+        spent = paid(first.folder)
+        manifest = (first.folder / "run.json").read_text()
+        sent = server.requests
+        state = load_resume(first.folder, new_limits=True)
+        lower = dataclasses.replace(state.settings, max_run_tokens=spent - 1)
+        with pytest.raises(ConfigError) as refused:
+            await execute(state.problems, cfg, lower, resume=state)
+        assert server.requests == sent
+        assert (first.folder / "run.json").read_text() == manifest
+        enough = dataclasses.replace(state.settings, max_run_tokens=spent)
+        again = await execute(state.problems, cfg, enough, resume=state)
+    assert str(refused.value) == (
+        f"run {first.folder} has spent {spent} completion tokens already: --max-tokens "
+        f"{spent - 1} is below that; give at least {spent}, or leave --max-tokens out to "
+        "keep its own"
+    )
+    assert again.metrics.completion_tokens <= spent
+    assert [t.answer for t in again.trees] == [t.answer for t in first.trees]
+
+
 def test_a_call_store_from_before_node_keys_opens_and_holds_nothing(tmp_path: Path) -> None:
     """A store written before calls kept their node key gains the columns on opening; its
     calls still read back by fingerprint, and none is held (nothing says whose it is)."""

@@ -563,6 +563,29 @@ class SharedCallCache:
         await self.shared.put(row)
 
 
+def recorded_completion_tokens(path: Path) -> int:
+    """The completion tokens of the calls the call store at ``path`` recorded (the solver's
+    and a judge's on the run's endpoint): what a resumed run has spent under its token
+    limit already (0 for no store, or one that cannot be read: its resume says why)."""
+    if not path.is_file():
+        return 0
+    live = os.path.lexists(f"{path}-wal")
+    uri = f"file:{quote(str(path.absolute()))}?mode=ro{'' if live else '&immutable=1'}"
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=30.0)
+        try:
+            row = conn.execute(
+                "SELECT coalesce(sum(completion_tokens), 0) FROM responses "
+                "WHERE node_key IS NOT NULL AND typeof(completion_tokens) = 'integer' "
+                "AND completion_tokens >= 0"
+            ).fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return 0
+    return int(row[0])
+
+
 def read_back_calls(path: Path) -> frozenset[str]:
     """The ids of the calls the run store at ``path`` read back from a store several runs
     share (a bench's): another run made them and paid for them. Empty for a store without

@@ -53,7 +53,12 @@ from thinktree.hints import CONFIG_FILE, read_manifest
 from thinktree.metrics import Metrics, accuracy_by_step, compute, tokens_allowed
 from thinktree.open_files import make_room
 from thinktree.orchestrator.bus import EventBus, Subscriber, event_bus
-from thinktree.orchestrator.call_cache import SharedCallCache, SqliteCallCache, read_back_calls
+from thinktree.orchestrator.call_cache import (
+    SharedCallCache,
+    SqliteCallCache,
+    read_back_calls,
+    recorded_completion_tokens,
+)
 from thinktree.orchestrator.events import (
     PAST_CONTEXT,
     CallRetried,
@@ -355,6 +360,7 @@ async def _execute(
                 else:
                     same_limits = limits_of(settings) == run_limits(folder)
                     if not same_limits:
+                        _check_limit_covers_spent(folder, settings)
                         save_limits(folder, settings)  # it goes on under these, and keeps them
                     save_prices(folder, priced)  # those it had none for, kept from now on
                 cache, store, trace = _open_records(folder, settings, fresh=resume is None)
@@ -850,6 +856,21 @@ def run_outcome(results: Path) -> tuple[str | None, int]:
             f"cannot resume {results.parent}: {RESULTS} is unreadable ({exc})"
         ) from None
     return stopped_by, failed
+
+
+def _check_limit_covers_spent(folder: Path, settings: RunSettings) -> None:
+    """One-line ConfigError for a token limit below what the run has spent already: it
+    would go on past its limit, and the calls it paid for that no longer fit would not be
+    read back (their answers lost)."""
+    limit = settings.max_run_tokens
+    if limit is None:
+        return
+    spent = recorded_completion_tokens(folder / CALLS)
+    if limit < spent:
+        raise ConfigError(
+            f"run {folder} has spent {spent} completion tokens already: --max-tokens {limit} "
+            f"is below that; give at least {spent}, or leave --max-tokens out to keep its own"
+        )
 
 
 def save_limits(folder: Path, settings: RunSettings) -> None:
