@@ -245,6 +245,21 @@ def test_a_choice_problems_detail_shows_its_options() -> None:
     assert node_detail(old_tree, old_tree.root)[1].plain == "Old?"
 
 
+def test_a_problem_a_limit_cut_short_says_so_in_its_detail() -> None:
+    """It showed only its answer and grade, as if it had run all its steps."""
+    from thinktree.tui.render import node_detail
+
+    view = RunView()
+    view.apply(RunStarted(run_id="r", mode="sequential", endpoint="e", model="m", problems=1))
+    view.apply(ProblemStarted(problem_id="q", node_id="q", question="Which?", gold="B"))
+    why = "run stopped: its token limit of 500 is reached (453 spent)"
+    view.apply(
+        ProblemFinished(problem_id="q", answer="C", correct=False, covered=False, stopped=why)
+    )
+    tree = view.tree.problems["q"]
+    assert f"stopped {why}" in node_detail(tree, tree.root)[0].plain
+
+
 def test_a_long_node_id_in_the_detail_keeps_its_tail() -> None:
     """A node's id starts with its problem's: cut at its end, a long one lost the part
     that says which node it is."""

@@ -390,6 +390,9 @@ def _problem_meta(meta: Text, problem: ProblemTree) -> Text:
         if vote.winner_node:
             meta.append("\n")
             _field(meta, "winner", one_line(vote.winner_node, 60), "bold green")
+    if problem.stopped and problem.stopped != problem.error:  # a limit cut it short
+        meta.append("\nstopped ", style="bold yellow")
+        meta.append(clean(problem.stopped), style="yellow")
     if problem.error:
         meta.append("\nerror ", style="bold red")
         meta.append(clean(problem.error), style="red")
