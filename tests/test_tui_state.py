@@ -216,7 +216,9 @@ def test_problems_an_error_left_ungraded_count_as_failed_unanswered_ones_as_wron
     assert "✓ 1 ✗ 1" in line and "! 1 failed" in line
     assert problem_row(problems["q1"]).plain.startswith("! q1")
     assert problem_row(problems["q2"]).plain.startswith("✗ q2")
-    assert view.problems_in("wrong") == ["q1", "q2"]  # the wrong filter shows both
+    # the wrong filter lists what the header counts as wrong; a failed one is done
+    assert view.problems_in("wrong") == ["q2"]
+    assert view.problems_in("done") == ["q1", "q2", "q3"]
 
 
 def test_a_choice_problems_detail_shows_its_options() -> None:

@@ -369,8 +369,7 @@ class ThinktreeApp(App[None]):
         self.problem_list.set_rows(rows)
         # "all" counts the run's every problem, the ones yet to start too (not listed yet)
         count = max(self.view.total, len(rows)) if self.filter == "all" else len(rows)
-        shown = "wrong or failed" if self.filter == "wrong" else self.filter  # as it lists
-        self.problem_list.border_title = f"problems · {shown} {count}"
+        self.problem_list.border_title = f"problems · {self.filter} {count}"
 
     def _problem(self) -> ProblemTree | None:
         if self.selected_problem is None:
