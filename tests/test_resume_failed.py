@@ -269,7 +269,7 @@ def test_a_run_its_limit_stopped_goes_on_under_a_higher_one(tmp_path: Path) -> N
     assert first["status"] == "stopped" and first["metrics"]["answered"] < len(problems)
     assert refused.returncode == 2
     assert "was stopped by its limit" in refused.stderr and "higher --max-tokens" in refused.stderr
-    assert changed.returncode == 2 and "--n cannot change when resuming" in changed.stderr
+    assert changed.returncode == 2 and "--n is not taken when resuming" in changed.stderr
     assert wrong_mode.returncode == 2 and "cannot be resumed as 'parallel'" in wrong_mode.stderr
     assert unreachable.returncode != 0 and "cannot connect" in unreachable.stderr
     assert busy.returncode == 2 and "being written by another thinktree" in busy.stderr
@@ -311,7 +311,7 @@ def test_resume_refuses_another_model_or_engine_but_takes_a_moved_endpoint(
     for flag, proc in refused.items():
         assert proc.returncode == 2, proc.stderr
         lines = proc.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith(f"error: {flag} cannot change"), lines
+        assert len(lines) == 1 and lines[0].startswith(f"error: {flag} is not taken"), lines
     assert moved.returncode == 0, moved.stderr
     assert sent > 0  # the refused attempts sent nothing; this one finished the run
     saved = json.loads((out / "results.json").read_text())

@@ -480,10 +480,10 @@ def _refuse_new_settings(ctx: typer.Context, folder: Path) -> None:
         if param.name in _SETTINGS_PARAMS and _given(ctx, param.name):
             flag = max(param.opts, key=len)
             raise _fail(
-                f"{flag} cannot change when resuming {folder}: a resumed run keeps the "
-                "settings it was started with (its run.json); start a new run to change it "
-                "(only --endpoint, --concurrency and the limits --max-tokens, "
-                "--max-problem-tokens and --max-cost can)"
+                f"{flag} is not taken when resuming {folder}: a resumed run keeps the "
+                "settings it was started with (its run.json), so leave it out, or start a "
+                "new run to change it (only --endpoint, --concurrency and the limits "
+                "--max-tokens, --max-problem-tokens and --max-cost are taken)"
             )
 
 
