@@ -347,6 +347,17 @@ def test_a_labelled_piece_left_out_leaves_no_label_without_its_value() -> None:
     assert fitted.fits(14) and not fitted.fits(13)  # the row's end would be cut below it
 
 
+def test_an_interrupted_runs_header_says_so_at_60_columns() -> None:
+    """'its process ended  run interr…': the source gives way to the run's end, which
+    says the same and more."""
+    view = view_of(6, 2, running=2)
+    view.interrupt()
+    hint = "resume with: thinktree run --resume runs/20250101-000000-synth"
+    top = header(view, elapsed=75.0, source="its process ended", hint=hint)
+    assert "run interrupted" in top.fit(60).plain.splitlines()[1]
+    assert "its process ended  run interrupted" in top.fit(80).plain
+
+
 def test_a_narrow_header_keeps_the_mode_and_the_runs_state() -> None:
     view = view_of(3, 2)
     top = header(view, elapsed=75.0, source="replay")

@@ -157,7 +157,7 @@ def _progress_line(view: RunView, *, elapsed: float, source: str, hint: str | No
             lead="  ",
             least=len(waited) + 1,
         )
-    row.add(source, "cyan", lead="  ", label="·  ")
+    shown = row.add(source, "cyan", lead="  ", label="·  ")
     ended = view.ended
     if ended is not None:
         style = "green" if ended == "completed" else "bold red"
@@ -175,6 +175,9 @@ def _progress_line(view: RunView, *, elapsed: float, source: str, hint: str | No
         (tokens, 0),
         (ticking, 0),
         (said, 0),
+        # where the run's end is said ("run interrupted"), the source ("its process
+        # ended") says no more, and gives way last, after the marks of what went
+        *([(DROP_MARKS, 0), (shown, 0)] if ended is not None else []),
     )
 
 
