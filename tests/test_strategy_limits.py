@@ -457,6 +457,36 @@ async def test_the_money_limit_reached_by_one_branch_lets_its_siblings_calls_fin
     assert again.stopped_by is None and again.cached_calls == 5
 
 
+async def test_adaptive_sampling_that_drew_every_sample_says_so_whatever_a_limit_refused() -> None:
+    """Both samples are drawn; the run's limit then refuses b2's forced answer. The stop
+    node said a limit refused more samples ("after 2 of 2"): none was left to refuse."""
+    from thinktree.agents.adaptive import Adaptive
+    from thinktree.agents.solver import Branch
+    from thinktree.agents.strategies import BudgetForcing
+    from thinktree.errors import RunLimitReached
+    from thinktree.orchestrator.ledger import Budget
+
+    reason = "run stopped: its token limit of 40 is reached (40 spent)"
+    bus = _Bus()
+    solver = _StubSolver(
+        {
+            "q0/b1/think": (0, "Answer: B"),
+            "q0/b2/think": (0, "Hmm, let me think"),  # no answer: one is asked for
+            "q0/b2/answer": RunLimitReached(reason),
+        },
+        bus,
+    )
+    pool = Budget("q0", None, parent=Budget("run", None, stops_run=True))
+    strategy = Adaptive(n=2, wave=2, inner=BudgetForcing(budget=32, answer_tokens=8))
+    with anyio.fail_after(5):
+        candidates = await strategy.run(solver, Branch([]), "q0", pool)  # type: ignore[arg-type]
+    assert len(candidates) == 2 and pool.run_stopped == reason
+    stop = next(
+        e for e in bus.events if getattr(e, "node_id", "") == "q0/stop" and hasattr(e, "text")
+    )
+    assert stop.text.endswith("every sample drawn"), stop.text
+
+
 def _alternating(first: str, second: str) -> Any:
     """A reply that states ``first``, then ``second``, in turn (2 tokens each)."""
     said: list[str] = []

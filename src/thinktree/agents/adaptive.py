@@ -242,9 +242,9 @@ class Adaptive:
             drew = await wave.run(solver, branch, parent, pool)
             candidates += drew
             drawn += size
-            if not drew or pool.run_stopped is not None:
+            if not drew or (pool.run_stopped is not None and len(candidates) < self.n):
                 # a limit refused samples of this wave: every later one would be refused
-                # too, so the samples drawn decide
+                # too, so the samples drawn decide (all of them drawn, none was refused)
                 decision = _limited([c.answer for c in candidates], self.n, self.ties_to_first)
                 drawn = len(candidates)
                 break
