@@ -567,31 +567,31 @@ def recorded_completion_tokens(path: Path) -> int:
     """The completion tokens of the calls the call store at ``path`` recorded (the solver's
     and a judge's on the run's endpoint): what a resumed run has spent under its token
     limit already (0 for no store, or one that cannot be read: its resume says why)."""
-    if not path.is_file():
-        return 0
-    live = os.path.lexists(f"{path}-wal")
-    uri = f"file:{quote(str(path.absolute()))}?mode=ro{'' if live else '&immutable=1'}"
-    try:
-        conn = sqlite3.connect(uri, uri=True, timeout=30.0)
-        try:
-            row = conn.execute(
-                "SELECT coalesce(sum(completion_tokens), 0) FROM responses "
-                "WHERE node_key IS NOT NULL AND typeof(completion_tokens) = 'integer' "
-                "AND completion_tokens >= 0"
-            ).fetchone()
-        finally:
-            conn.close()
-    except sqlite3.Error:
-        return 0
-    return int(row[0])
+    rows = _read_only(
+        path,
+        "SELECT coalesce(sum(completion_tokens), 0) FROM responses WHERE node_key IS NOT NULL "
+        "AND typeof(completion_tokens) = 'integer' AND completion_tokens >= 0",
+    )
+    return int(rows[0][0]) if rows else 0
 
 
 def read_back_calls(path: Path) -> frozenset[str]:
     """The ids of the calls the run store at ``path`` read back from a store several runs
     share (a bench's): another run made them and paid for them. Empty for a store without
     any, one from before they were kept, or none at all."""
+    rows = _read_only(
+        path,
+        "SELECT r.fingerprint, json_extract(r.response, '$.call_id') "
+        "FROM responses r JOIN read_back b ON b.fingerprint = r.fingerprint",
+    )
+    return frozenset(str(call_id or fingerprint) for fingerprint, call_id in rows)
+
+
+def _read_only(path: Path, query: str) -> list[Any]:
+    """``query``'s rows from the call store at ``path``, opened read-only; none where there
+    is no store, or it cannot answer (one from before a table was kept)."""
     if not path.is_file():
-        return frozenset()
+        return []
     # a closed store (no -wal beside it) is read as immutable: SQLite then leaves no -wal
     # and -shm behind in the run folder; one a writer left a WAL to is read through it
     live = os.path.lexists(f"{path}-wal")
@@ -599,12 +599,8 @@ def read_back_calls(path: Path) -> frozenset[str]:
     try:
         conn = sqlite3.connect(uri, uri=True, timeout=30.0)
         try:
-            rows = conn.execute(
-                "SELECT r.fingerprint, json_extract(r.response, '$.call_id') "
-                "FROM responses r JOIN read_back b ON b.fingerprint = r.fingerprint"
-            ).fetchall()
+            return conn.execute(query).fetchall()
         finally:
             conn.close()
-    except sqlite3.Error:  # a store from before read-back calls were kept: none marked
-        return frozenset()
-    return frozenset(str(call_id or fingerprint) for fingerprint, call_id in rows)
+    except sqlite3.Error:
+        return []
