@@ -200,7 +200,11 @@ class MoneyLimit:
         spent then, but calls that fit in what was left went on after it."""
         spent = self.spent + self.recorded
         left = max(0.0, self.limit - spent)
-        rest = f"; the {usd(left)} left paid for none of the calls it had left" if left else ""
+        rest = (  # what sums of float costs leave of an amount spent whole is nothing
+            f"; the {usd(left)} left paid for none of the calls it had left"
+            if left > _ROUNDING
+            else ""
+        )
         return f"{MONEY_STOP} {usd(self.limit)} is reached ({usd(spent)} spent{rest})"
 
     async def hold(
