@@ -24,6 +24,18 @@ def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
+# a rollback journal's header, as SQLite writes it before any page: its magic, no pages,
+# a nonce, the database's size before (0 pages), the sector size and the page size
+HOT_JOURNAL = (
+    bytes.fromhex("d9d505f920a163d7")
+    + (0).to_bytes(4, "big")
+    + bytes.fromhex("5f89f739")
+    + (0).to_bytes(4, "big")
+    + (512).to_bytes(4, "big")
+    + (4096).to_bytes(4, "big")
+).ljust(512, b"\0")
+
+
 def test_resume_discards_a_store_cut_off_at_creation_but_not_a_foreign_file(
     tmp_path: Path,
 ) -> None:
@@ -36,13 +48,18 @@ def test_resume_discards_a_store_cut_off_at_creation_but_not_a_foreign_file(
         assert first.returncode == 0, first.stderr
         folder = tmp_path / "r"
         store = folder / "run.sqlite"
-        for cut in ("empty", "no tables"):
+        for cut in ("empty", "no tables", "journal mode half changed"):
             (folder / "results.json").unlink()
             store.unlink()
             if cut == "empty":
                 store.write_bytes(b"")
-            else:
+            elif cut == "no tables":
                 sqlite3.connect(store).execute("PRAGMA journal_mode=WAL").close()
+            else:  # killed as it switched to WAL: a hot rollback journal beside page 1
+                with sqlite3.connect(store) as conn:
+                    conn.execute("VACUUM")
+                conn.close()
+                Path(f"{store}-journal").write_bytes(HOT_JOURNAL)
             resumed = cli("run", "--resume", "r", cwd=tmp_path)
             assert resumed.returncode == 0, (cut, resumed.stderr)
             assert json.loads((folder / "results.json").read_text())["problems"][0]["correct"]

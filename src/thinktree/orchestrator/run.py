@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import json
 import math
+import os
 import shutil
 import sqlite3
 import types
@@ -24,6 +25,7 @@ from dataclasses import asdict, dataclass, field, is_dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote
 
 import anyio
 import structlog
@@ -1036,21 +1038,27 @@ def _discard_store(path: Path) -> None:
     if path.exists() and not _never_written(path):
         with contextlib.closing(RunStore.open_readonly(path)):
             pass  # raises a one-line StoreError for a foreign or damaged file
-    for leftover in (path, *(Path(f"{path}{s}") for s in ("-wal", "-shm", "-lock"))):
+    for leftover in (path, *(Path(f"{path}{s}") for s in ("-wal", "-shm", "-lock", "-journal"))):
         leftover.unlink(missing_ok=True)
 
 
 def _never_written(path: Path) -> bool:
-    """Whether ``path`` is a store cut off at its creation: empty, or SQLite with no tables."""
+    """Whether ``path`` is a store cut off at its creation: empty, or SQLite with no tables.
+
+    Read as the store's own reader reads it: through its WAL where it has one (a writer
+    killed mid-write leaves one to recover: waited for, rather than a busy database taken
+    for a written one), else as it is. A store is written in WAL mode only, so a rollback
+    journal beside it is one its creation left, killed while it changed the journal mode
+    (a read-only connection would have to roll it back, and fails)."""
     if path.stat().st_size == 0:
         return True
+    live = os.path.lexists(f"{path}-wal")
+    uri = f"file:{quote(str(path.absolute()))}?mode=ro{'' if live else '&immutable=1'}"
     try:
         with path.open("rb") as f:
             if f.read(16) != b"SQLite format 3\x00":
                 return False
-        # a writer killed mid-write leaves a WAL to recover: wait for that, as the store's
-        # own reader does, rather than take a busy database for a written one
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+        conn = sqlite3.connect(uri, uri=True, timeout=5.0)
         try:
             return int(conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]) == 0
         finally:
