@@ -8,6 +8,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
+from urllib.parse import quote
 
 from thinktree.errors import ConfigError
 
@@ -92,3 +93,12 @@ def held(lock_file: Path) -> bool:
     finally:
         os.close(fd)
     return False
+
+
+def read_only_uri(path: Path) -> str:
+    """The SQLite URI that reads the database at ``path`` without writing anything beside
+    it. One with no -wal is closed: read as immutable, so SQLite leaves no -wal or -shm
+    behind (and a rollback journal a creation cut off is not rolled back). One with a -wal
+    has a live writer (or one that died): read through the WAL, as any reader would."""
+    live = os.path.lexists(f"{path}-wal")
+    return f"file:{quote(str(path.absolute()))}?mode=ro{'' if live else '&immutable=1'}"

@@ -11,7 +11,6 @@ again, in every session), so a resumed run counts those of calls it makes again 
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import threading
 import time
@@ -22,12 +21,12 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import anyio
 import anyio.to_thread
 import structlog
 
+from thinktree._files import read_only_uri
 from thinktree._json import dumps, loads
 from thinktree.agents.endpoint import Choice, Completion, is_token_count
 from thinktree.errors import ConfigError, RecordingError
@@ -592,12 +591,8 @@ def _read_only(path: Path, query: str) -> list[Any]:
     is no store, or it cannot answer (one from before a table was kept)."""
     if not path.is_file():
         return []
-    # a closed store (no -wal beside it) is read as immutable: SQLite then leaves no -wal
-    # and -shm behind in the run folder; one a writer left a WAL to is read through it
-    live = os.path.lexists(f"{path}-wal")
-    uri = f"file:{quote(str(path.absolute()))}?mode=ro{'' if live else '&immutable=1'}"
     try:
-        conn = sqlite3.connect(uri, uri=True, timeout=30.0)
+        conn = sqlite3.connect(read_only_uri(path), uri=True, timeout=30.0)
         try:
             return conn.execute(query).fetchall()
         finally:

@@ -13,7 +13,6 @@ import dataclasses
 import functools
 import json
 import math
-import os
 import shutil
 import sqlite3
 import types
@@ -25,7 +24,6 @@ from dataclasses import asdict, dataclass, field, is_dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import quote
 
 import anyio
 import structlog
@@ -33,7 +31,7 @@ from pydantic import ValidationError
 from structlog.contextvars import bound_contextvars
 
 from thinktree import __version__
-from thinktree._files import atomic_file, atomic_write, folder_lock
+from thinktree._files import atomic_file, atomic_write, folder_lock, read_only_uri
 from thinktree._json import dump_bytes_via
 from thinktree._numbers import LARGEST_SETTING, SEED_RANGE
 from thinktree.agents.aggregators import VERIFIER_RULES, get_aggregator
@@ -1052,13 +1050,11 @@ def _never_written(path: Path) -> bool:
     (a read-only connection would have to roll it back, and fails)."""
     if path.stat().st_size == 0:
         return True
-    live = os.path.lexists(f"{path}-wal")
-    uri = f"file:{quote(str(path.absolute()))}?mode=ro{'' if live else '&immutable=1'}"
     try:
         with path.open("rb") as f:
             if f.read(16) != b"SQLite format 3\x00":
                 return False
-        conn = sqlite3.connect(uri, uri=True, timeout=5.0)
+        conn = sqlite3.connect(read_only_uri(path), uri=True, timeout=5.0)
         try:
             return int(conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]) == 0
         finally:

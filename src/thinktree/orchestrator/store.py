@@ -38,14 +38,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Final, Literal
-from urllib.parse import quote
 
 import anyio
 import orjson
 import structlog
 
 from thinktree import __version__
-from thinktree._files import held, in_use
+from thinktree._files import held, in_use, read_only_uri
 from thinktree._json import dumps, loads
 from thinktree.errors import ThinktreeError
 from thinktree.orchestrator import store_writer
@@ -145,13 +144,8 @@ def _open_checked(path: Path) -> sqlite3.Connection:
         raise StoreError(f"cannot read run store {path}: {reason(exc)}") from None
     if head != _SQLITE_MAGIC:
         raise StoreError(f"{path} is not a SQLite database, so not a run store")
-    # A store with no -wal beside it is closed: read it as immutable, so that SQLite does
-    # not leave a -wal and a -shm behind. With a -wal, a writer is live (or died): read
-    # through the WAL as any reader would.
-    live = os.path.lexists(f"{path}-wal")
-    uri = f"file:{quote(str(path.absolute()))}?mode=ro{'' if live else '&immutable=1'}"
     try:
-        conn = sqlite3.connect(uri, uri=True, timeout=5.0, check_same_thread=False)
+        conn = sqlite3.connect(read_only_uri(path), uri=True, timeout=5.0, check_same_thread=False)
     except sqlite3.Error as exc:
         raise StoreError(f"cannot open run store {path}: {reason(exc)}") from None
     try:
