@@ -195,6 +195,19 @@ CASES: list[tuple[str, str, str | None, str | None]] = [
         "correct-option",
     ),
     ("medxpert", "Methadone fits best, so choice B is the best one.", "B", "correct-option"),
+    ("medqa", "Only the contact pathway fits. Option D is correct.", "D", "correct-option"),
+    ("medqa", "Option D is correct\nsince the PTT alone is long.", "D", "correct-option"),
+    ("medqa", "Option D is correct for the PTT, not the bleeding.", None, None),
+    # a last line that names its letter first, or a lone letter after "Therefore,"
+    ("medqa", "Only the contact pathway fits.\nD is the correct answer.", "D", "bare-letter"),
+    ("medqa", "Hemophilia is ruled out. So, (D) is the right one", "D", "bare-letter"),
+    ("medqa", "Hemophilia is ruled out.\nTherefore, D.", "D", "bare-letter"),
+    ("medqa", "Hemophilia is ruled out.\nE is the correct answer.", None, None),
+    ("medqa", "Vitamin K is the correct answer.", None, None),  # no option's letter
+    # "I would say" is no option I (ten options)
+    ("medxpert", "The answer is I would say B.", "B", "answer-is"),
+    ("medxpert", "Answer: I think it is Methadone", "B", "answer-label"),
+    ("medxpert", "The answer is I.", "I", "answer-is"),
     ("medqa", "## Final Answer\n\n**B. Factor VIII**", "B", "final-answer"),
     ("medqa", "Answer:\n\nC", "C", "answer-label"),
     ("medqa", "**Answer: C**", "C", "answer-label"),
@@ -283,9 +296,16 @@ CASES: list[tuple[str, str, str | None, str | None]] = [
     # an option's text against another option's letter is no answer
     (
         "medxpert",
+        "Methadone is the only one that fits, which is why option J says so.",
+        None,
+        None,
+    ),
+    # "option J is right" says which is: its letter, whatever option text is beside it
+    (
+        "medxpert",
         "Methadone is the only one that fits, which is why option J is right.",
-        None,
-        None,
+        "J",
+        "correct-option",
     ),
     ("medxpert", "Methadone (B) is the best choice here.", "B", "option-text"),
     # a final phrase over a list of options names none of them, and no rule picks from it

@@ -7,10 +7,13 @@ Rules are tried in priority order, and each rule reads the LAST of its occurrenc
    answer is X", a "Final Answer" heading with X below it), ``answer-label`` ("Answer: X"),
    ``answer-is`` ("the (correct) answer is X", "the answer is not A, it is B", "the
    correct answer, X, ...") and
-   ``correct-option`` ("the correct option is X", "my choice is X", "I would choose X").
+   ``correct-option`` ("the correct option is X", "my choice is X", "I would choose X",
+   "option X is correct").
    A choice answer is read as a leading letter ("(B) ...", "B.", "B"), a leading option text,
    the only "(X)"/"option X" in the phrase, or the only option text it contains.
-3. Fallbacks by answer type: ``bare-letter`` then ``option-text`` (choice), ``yesno-word``
+3. Fallbacks by answer type: ``bare-letter`` (a letter alone on a line near the end, at a
+   line's start as "(C)" or "C.", or first in the last line's last sentence that says it is
+   right: "So, C is the correct answer.") then ``option-text`` (choice), ``yesno-word``
    (yesno), ``number`` (numeric), ``whole-text`` (free).
 
 Nothing is guessed. An occurrence that says nothing readable ("the answer is not clear") is
@@ -113,10 +116,11 @@ _CORRECT_OPTION = re.compile(
     re.IGNORECASE,
 )
 # "option D is the correct answer": the letter comes first, so the phrase ends before it
-_OPTION_IS_CORRECT = re.compile(
-    r"\b(?i:option|choice)\s+(?=[A-Z]\s+(?i:is|was)\s+(?i:the\s+)?"
-    r"(?i:correct|right|best|most\s+likely)\s+(?i:answer|option|choice|one)\b)"
+_IS_CORRECT = (
+    r"\s+(?i:is|was)\s+(?:(?i:the\s+)?(?i:correct|right|best|most\s+likely)"
+    r"\s+(?i:answer|option|choice|one)\b|(?i:correct|right)(?=[ \t]*(?:[.!;,]|(?m:$))))"
 )
+_OPTION_IS_CORRECT = re.compile(rf"\b(?i:option|choice)\s+(?=[A-Z]{_IS_CORRECT})")
 _LETTER_OPTION_WORDS = ("option", "choice")
 
 # Every _CORRECT_OPTION match has one of these words, one or two words after its start
@@ -134,7 +138,7 @@ _ODD_CASES = ("\u0131", "\u017f", "\u0130")
 _LEADING_FILLER = re.compile(
     r"^(?:[\s:：,>*_—]+|(?:therefore|thus|hence|so|then|likely|probably|most\s+likely|indeed"
     r"|clearly|definitely|certainly|actually|still|simply|rather|instead|option|choice|letter"
-    r"|to\s+be|it\s+is|it's|it’s)\b)+",
+    r"|to\s+be|it\s+is|it's|it’s|i\s+(?:would\s+)?(?:say|think|believe|guess))\b)+",
     re.IGNORECASE,
 )
 _NEGATION = re.compile(r"^not\b", re.IGNORECASE)
@@ -162,6 +166,7 @@ _SPECIES = (
 _PUNCT_LETTER = re.compile(rf"([A-Z]){_SPECIES}(?=\s*$|[.:;,)\]]+(?:\s|$)|\s+[(\[\-–—:])")
 _SPACED_LETTER = re.compile(r"([A-Z])\s+(\S.*)", re.DOTALL)
 _LETTER_VERB = re.compile(r"(?:is|was|would|seems|appears|because|since)\b")
+_PRONOUN_VERB = re.compile(r"would\b")  # "I would say B": "I" is no option's letter there
 _LONE_LOWER_LETTER = re.compile(r"([a-z])[.)]?\s*")
 _SECOND_LETTER = re.compile(
     r"\s*(?:,|/|&|\bor\b|\band\b)\s*(?:option\s+|choice\s+)?[(\[]?[A-Z][)\]]?(?!\w)"
@@ -170,6 +175,9 @@ _MENTIONED_LETTER = re.compile(
     r"[(\[]([A-Z])[)\]]|\b(?:[Oo]ption|[Cc]hoice)\s+([A-Z])\b(?![-'’]\w)"
 )
 _OWN_LINE_LETTER = re.compile(r"[(\[]?([A-Z])[)\]]?[.:]?")
+# a sentence of the last line that names its letter first: "So, B is the correct answer."
+_CLAIMED_LETTER = re.compile(rf"(?:(?i:option|choice)\s+)?[(\[]?([A-Z])[)\]]?{_IS_CORRECT}")
+_SENTENCE_START = re.compile(r"(?:^|(?<=[.!?;])\s+)(?=\S)")
 _LINE_START_LETTER = re.compile(rf"(?:\(([A-Z])\)|([A-Z]){_SPECIES}[.)])(?=\s|$)")
 # a list item's marker at a line's start: "A. …", "(B) …", "3) …", "**C.** …"
 _ITEM_MARKER = re.compile(r"[ \t*_]*(?:\(([A-Z]|\d{1,3})\)|([A-Z]|\d{1,3})[.)])[*_]*(?=\s|$)")
@@ -614,6 +622,8 @@ def _spaced_letter(body: str, options: dict[str, str]) -> re.Match[str] | None:
     if match is None:
         return None
     rest = _normalise(match[2])
+    if match[1] == "I" and _PRONOUN_VERB.match(rest):
+        return None
     option = options.get(match[1])
     if _LETTER_VERB.match(rest) or (option is not None and rest.startswith(_normalise(option))):
         return match
@@ -699,7 +709,8 @@ def _choice_fallback(text: str, problem: Problem) -> Extraction | _Verdict | Non
     own_line = {
         m[1]
         for i, line in enumerate(tail)
-        if (m := _OWN_LINE_LETTER.fullmatch(line)) and not _continues_list(tail, i, m[1])
+        if (m := _OWN_LINE_LETTER.fullmatch(_LEADING_FILLER.sub("", line)))
+        and not _continues_list(tail, i, m[1])
     }
     line_start = {m[1] or m[2] for line in tail if (m := _LINE_START_LETTER.match(line))}
     for letters in (own_line & options.keys(), line_start & options.keys()):
@@ -709,6 +720,9 @@ def _choice_fallback(text: str, problem: Problem) -> Extraction | _Verdict | Non
             return _REJECT
     if not tail or _LIST_ITEM.match(tail[-1]):  # a list's item names no answer: "2. Methadone"
         return None
+    claimed = _claimed_letter(tail[-1])
+    if claimed is not None:
+        return Extraction(claimed, "bare-letter") if claimed in options else _REJECT
     last = _normalise(tail[-1])
     for letter, option in options.items():
         if last == _normalise(option):
@@ -718,6 +732,17 @@ def _choice_fallback(text: str, problem: Problem) -> Extraction | _Verdict | Non
     if contained is None or named - {contained}:  # "Amino acid …, so option D is right"
         return None
     return Extraction(contained, "option-text")
+
+
+def _claimed_letter(line: str) -> str | None:
+    """The letter the last sentence of ``line`` that starts with one says is right
+    ("B is the correct answer.", "Therefore, option C is correct.")."""
+    claimed = None
+    for start in _SENTENCE_START.finditer(line):
+        sentence = _LEADING_FILLER.sub("", line[start.end() :])
+        if (match := _CLAIMED_LETTER.match(sentence)) is not None:
+            claimed = match[1]
+    return claimed
 
 
 def _continues_list(tail: list[str], index: int, letter: str) -> bool:
