@@ -6,6 +6,7 @@ and the embedded model's vLLM server (marked slow).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import traceback
 from pathlib import Path
@@ -156,6 +157,37 @@ def test_bad_input_is_refused_in_one_line_before_anything_is_written(
     assert not folder.exists() and asked == 0
     # raised as itself, not while handling the check for a running event loop
     assert "no running event loop" not in "".join(traceback.format_exception(caught.value))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"max_attempts": 0},
+            "endpoint 'mine': max_attempts must be a whole number of attempts from 1 to 100, not 0",
+        ),
+        ({"timeout_s": -1.0}, "endpoint 'mine': timeout_s must be a number of seconds above 0"),
+        ({"max_connections": 2.5}, "max_connections must be a whole number of calls"),
+        ({"continuation": "chatt"}, "endpoint 'mine': continuation must be one of 'auto'"),
+        ({"model": 3}, "endpoint 'mine': model must be text, not 3"),
+        ({"base_url": "ftp://127.0.0.1/v1"}, "endpoint 'mine': base_url 'ftp://127.0.0.1/v1'"),
+        ({"continuation": "completions"}, "give it as chat_template"),
+    ],
+)
+def test_an_endpoint_config_is_checked_as_its_config_table_would_be(
+    tmp_path: Path, change: dict[str, Any], message: str
+) -> None:
+    """An EndpointConfig made in Python was taken as it was: max_attempts=0 made no call
+    at all, and each problem failed; now it is refused in one line before anything runs."""
+    folder = tmp_path / "run"
+    with fake_server_in_thread(FakeBehaviour(reply=REPLY)) as server:
+        config = EndpointConfig(name="mine", base_url=server.base_url)
+        with pytest.raises(ConfigError) as caught:
+            thinktree.run(None, endpoint=dataclasses.replace(config, **change), out=folder)
+        asked = server.requests
+    said = f"error: {caught.value}"
+    assert message in said and "\n" not in said
+    assert not folder.exists() and asked == 0
 
 
 class Breaking(Seen):

@@ -33,7 +33,7 @@ import structlog
 from thinktree import event_loop
 from thinktree.agents.endpoint import EndpointConfig
 from thinktree.agents.modes import ModeSettings, check_given
-from thinktree.config import endpoint_from, load_config
+from thinktree.config import check_endpoint, endpoint_from, load_config
 from thinktree.datasets import (
     DatasetError,
     load_demo,
@@ -173,7 +173,9 @@ async def arun(
         raise ConfigError(f"unknown engine '{engine}'; choose vllm or llamacpp")
     target: EndpointConfig | None
     if isinstance(endpoint, EndpointConfig):
-        target = endpoint if model is None else dataclasses.replace(endpoint, model=model)
+        target = check_endpoint(endpoint)
+        if model is not None:
+            target = dataclasses.replace(target, model=model)
     else:
         target = endpoint_from(endpoint, model=model, config=cfg)
     if target is not None:

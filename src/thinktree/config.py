@@ -16,6 +16,7 @@ api_key_env = "OPENAI_API_KEY"   # the key itself never goes in the file
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import re
@@ -263,23 +264,7 @@ def _from_table(name: str, table: dict[str, Any], model: str | None) -> Endpoint
     url = f"pool:{name}"  # a pool's calls go to its members
     if "base_url" in table:
         url = check_url(table["base_url"], f"endpoint '{name}': base_url {table['base_url']!r}")
-    if "chat_template" in table and (problem := template_error(table["chat_template"])):
-        raise ConfigError(f"endpoint '{name}': chat_template does not parse: {problem}")
-    # one that parses may still fail on every call of the run: render a conversation like
-    # the run's now, before a run folder exists, rather than fail in the middle of the run
-    if table.get("chat_template") and (problem := render_error(table["chat_template"])):
-        raise ConfigError(
-            f"endpoint '{name}': chat_template fails on a conversation like a run's "
-            f"(system, user, the assistant's text to continue): {problem}"
-        )
-    # the probe takes a template from the config only: without one, every call that
-    # continues over /v1/completions would fail in the middle of the run
-    if table.get("continuation") == "completions" and not table.get("chat_template"):
-        raise ConfigError(
-            f"endpoint '{name}': continuation = \"completions\" renders prompts with the "
-            "model's chat template: give it as chat_template, or choose continuation "
-            '"auto", "chat" or "revision"'
-        )
+    _check_template(name, table.get("chat_template"), table.get("continuation"))
     for key, number in _NUMBERS.items():
         value = table.get(key)
         if value is not None:
@@ -317,6 +302,63 @@ def _from_table(name: str, table: dict[str, Any], model: str | None) -> Endpoint
         )
     except TypeError as exc:
         raise ConfigError(f"endpoint '{name}': {exc}") from None
+
+
+def _check_template(name: str, template: str | None, continuation: str | None) -> None:
+    """Refuse endpoint ``name``'s chat template where it does not parse, or fails on a
+    conversation like a run's; and continuation over /v1/completions without one."""
+    if template is not None and (problem := template_error(template)):
+        raise ConfigError(f"endpoint '{name}': chat_template does not parse: {problem}")
+    # one that parses may still fail on every call of the run: render a conversation like
+    # the run's now, before a run folder exists, rather than fail in the middle of the run
+    if template and (problem := render_error(template)):
+        raise ConfigError(
+            f"endpoint '{name}': chat_template fails on a conversation like a run's "
+            f"(system, user, the assistant's text to continue): {problem}"
+        )
+    # the probe takes a template from the config only: without one, every call that
+    # continues over /v1/completions would fail in the middle of the run
+    if continuation == "completions" and not template:
+        raise ConfigError(
+            f"endpoint '{name}': continuation = \"completions\" renders prompts with the "
+            "model's chat template: give it as chat_template, or choose continuation "
+            '"auto", "chat" or "revision"'
+        )
+
+
+def check_endpoint(endpoint: EndpointConfig) -> EndpointConfig:
+    """``endpoint``, made in Python (given to :func:`thinktree.run`), with its URLs as the
+    HTTP clients take them; refused where its config table would be: a value out of its
+    range or of the wrong type, a URL that is none, a chat template that fails."""
+    name = endpoint.name
+    for key, words in _CHOICES.items():
+        if (value := getattr(endpoint, key)) not in words:
+            raise ConfigError(
+                f"endpoint '{name}': {key} must be one of {', '.join(map(repr, words))}, "
+                f"not {value!r}"
+            )
+    for key in ("name", "base_url", "think_end", "model", "api_key", "chat_template", "cache_as"):
+        value = getattr(endpoint, key)
+        if not isinstance(value, str) and (value is not None or key in _REQUIRED_TEXTS):
+            raise ConfigError(f"endpoint '{name}': {key} must be text, not {value!r}")
+    for key, number in _NUMBERS.items():
+        if (value := getattr(endpoint, key)) is not None:
+            check_number(name, key, value, number)
+    members = []
+    for member in endpoint.members:
+        what = f"member {member.base_url}: "
+        limit = _NUMBERS["max_connections"]
+        check_number(name, "max_connections", member.max_connections, limit, what=what)
+        url = check_url(member.base_url, f"endpoint '{name}': {what}base_url {member.base_url!r}")
+        members.append(PoolMember(url.rstrip("/"), member.max_connections))
+    base_url = endpoint.base_url
+    if not members:
+        base_url = check_url(base_url, f"endpoint '{name}': base_url {base_url!r}").rstrip("/")
+    _check_template(name, endpoint.chat_template, endpoint.continuation)
+    return dataclasses.replace(endpoint, base_url=base_url, members=tuple(members))
+
+
+_REQUIRED_TEXTS = ("name", "base_url", "think_end")
 
 
 def check_number(name: str, key: str, value: object, number: _Number, *, what: str = "") -> None:
