@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from thinktree.datasets import DatasetError, load_demo, load_problems, select
-from thinktree.problems import AnswerType
+from thinktree.problems import AnswerType, Problem
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 SHARED_FILES = sorted(SHARED_DATA.glob("*.jsonl")) if SHARED_DATA.is_dir() else []
@@ -252,6 +253,15 @@ def test_fields_of_a_datasets_own_are_still_ignored(tmp_path: Path, own: dict[st
     path = write(tmp_path, record("a") | own)
     (problem,) = load_problems(path)
     assert problem.answer == "A" and problem.question == "Question a?"
+
+
+def test_a_problem_made_in_python_with_a_misspelt_key_is_refused() -> None:
+    """``Problem(anwser="B")`` dropped the key as a dataset's own: a problem without its
+    gold, graded as having none. Fields of a dataset's own are still taken and ignored."""
+    with pytest.raises(ValidationError) as caught:
+        Problem(id="a", question="Q?", anwser="B")  # type: ignore[call-arg]
+    assert "unknown key 'anwser' — did you mean 'answer'?" in str(caught.value)
+    assert Problem(id="a", question="Q?", answer_idx=0).answer is None  # type: ignore[call-arg]
 
 
 def untyped(line: dict[str, Any]) -> dict[str, Any]:

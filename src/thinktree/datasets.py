@@ -6,8 +6,6 @@ The whole file is validated before anything is returned. Every failure raises
 
 from __future__ import annotations
 
-import difflib
-import functools
 import json
 import os
 from importlib.resources import files
@@ -17,7 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from thinktree._numbers import LARGEST_SETTING, is_bare_number
-from thinktree.problems import YESNO_ANSWERS, AnswerType, Problem
+from thinktree.problems import YESNO_ANSWERS, AnswerType, Problem, misspelt_key
 
 DEMO_RESOURCE = "data/demo.jsonl"
 """Where the built-in demo set lives inside the ``thinktree`` package."""
@@ -184,41 +182,6 @@ def _unclear_answer_type(problem: Problem, *, given: bool) -> str | None:
             """"answer_type": "numeric" (or "free" if it really is free text)"""
         )
     return None
-
-
-def misspelt_key(record: dict[str, Any]) -> tuple[str, str] | None:
-    """An unknown key of ``record`` and the known key it looks like a misspelling of, where
-    the record lacks that known key; None when it has no such key.
-
-    A line may carry fields of its own, which loading ignores; but one that is a known key
-    misspelt (``anwser``, ``questoin``, ``Options``) would leave a problem without its gold,
-    options or context, and change the run's accuracy without a word.
-    """
-    unknown = [key for key in record if key not in _KNOWN]
-    if not unknown:
-        return None
-    missing = tuple(key for key in _KNOWN_KEYS if key not in record)
-    for key in unknown:
-        meant = _looks_like(key, missing)
-        if meant is not None:
-            return key, meant
-    return None
-
-
-_KNOWN_KEYS = tuple(Problem.model_fields)
-_KNOWN = frozenset(_KNOWN_KEYS)
-# how alike a key and a known one must be (difflib's ratio): one letter missing, added,
-# swapped or changed in a key of 5 letters or more, or the same key in other capitals; not
-# "text" for "context" (0.73) or "answer_idx" for "answer" (0.75)
-_ALIKE = 0.8
-
-
-@functools.lru_cache(maxsize=4096)
-def _looks_like(key: str, missing: tuple[str, ...]) -> str | None:
-    """The known key among ``missing`` that ``key`` is most like, if alike enough (cached:
-    the lines of a dataset mostly carry the same keys)."""
-    close = difflib.get_close_matches(key.lower(), missing, n=1, cutoff=_ALIKE)
-    return close[0] if close else None
 
 
 def describe_validation_error(exc: ValidationError) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import functools
 from enum import StrEnum
 from typing import Any
 
@@ -38,6 +40,20 @@ class Problem(BaseModel):
     upper_limit: float | None = Field(default=None, allow_inf_nan=False)
     benchmark: str | None = None
     meta: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_misspelt_key(cls, value: Any) -> Any:
+        # other keys are a dataset's own and ignored; one like a missing field's name
+        # ("anwser") would leave the problem without its gold, options or context
+        misspelt = misspelt_key(value) if isinstance(value, dict) else None
+        if misspelt is not None:
+            key, meant = misspelt
+            raise ValueError(
+                f"unknown key {key!r} — did you mean {meant!r}? (a field of the dataset's "
+                "own that is meant to be there can go under 'meta')"
+            )
+        return value
 
     @field_validator("id")
     @classmethod
@@ -115,3 +131,38 @@ class Problem(BaseModel):
                 f"[{self.lower_limit}, {self.upper_limit}]: the gold itself would be graded wrong"
             )
         return self
+
+
+def misspelt_key(record: dict[str, Any]) -> tuple[str, str] | None:
+    """An unknown key of ``record`` and the known key it looks like a misspelling of, where
+    the record lacks that known key; None when it has no such key.
+
+    A line may carry fields of its own, which loading ignores; but one that is a known key
+    misspelt (``anwser``, ``questoin``, ``Options``) would leave a problem without its gold,
+    options or context, and change the run's accuracy without a word.
+    """
+    unknown = [key for key in record if key not in _KNOWN]
+    if not unknown:
+        return None
+    missing = tuple(key for key in _KNOWN_KEYS if key not in record)
+    for key in unknown:
+        meant = _looks_like(key, missing)
+        if meant is not None:
+            return key, meant
+    return None
+
+
+_KNOWN_KEYS = tuple(Problem.model_fields)
+_KNOWN = frozenset(_KNOWN_KEYS)
+# how alike a key and a known one must be (difflib's ratio): one letter missing, added,
+# swapped or changed in a key of 5 letters or more, or the same key in other capitals; not
+# "text" for "context" (0.73) or "answer_idx" for "answer" (0.75)
+_ALIKE = 0.8
+
+
+@functools.lru_cache(maxsize=4096)
+def _looks_like(key: str, missing: tuple[str, ...]) -> str | None:
+    """The known key among ``missing`` that ``key`` is most like, if alike enough (cached:
+    the lines of a dataset mostly carry the same keys)."""
+    close = difflib.get_close_matches(key.lower(), missing, n=1, cutoff=_ALIKE)
+    return close[0] if close else None
