@@ -184,6 +184,43 @@ async def _run(
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize(
+    "samples",
+    [
+        # two abstain, one says B: abstentions never win
+        ["I cannot tell.", "Hard to say.", "It is beta. Answer: B"],
+        # a tie of one A and one B: it went to the first seen, not the shorter reasoning
+        ["Let me weigh alpha against beta and gamma at length. Answer: A", "Answer: B"],
+    ],
+)
+async def test_the_plain_vote_beside_a_verifier_counts_as_the_runs_default_vote(
+    tmp_path: Path, samples: list[str]
+) -> None:
+    """The verifier figures' plain vote is the unweighted shortest-majority vote of the
+    same candidates, as the run's default vote decides: B here, right. A tie went to the
+    answer seen first."""
+
+    def reply(body: dict[str, Any], index: int) -> str:
+        messages = body.get("messages") or []
+        if messages and messages[0].get("content") == JUDGE_SYSTEM:
+            return "5"
+        return samples[index % len(samples)]  # one request of n, as the server allows
+
+    async with FakeServer(FakeBehaviour(reply=reply)) as server:
+        endpoint = EndpointConfig(name="fake", base_url=server.base_url, model="fake-model")
+        settings = RunSettings(
+            modes=ModeSettings(mode="parallel", n=len(samples), budget=32),
+            verifiers=("judge:score=rating",),
+            aggregate="verifier-weighted",
+            out=tmp_path / "run",
+        )
+        result = await execute([PROBLEM], endpoint, settings)
+    m = result.metrics.verifier
+    assert m is not None and m.problems == 1
+    assert m.vote_accuracy == 1.0
+
+
+@pytest.mark.anyio
 async def test_judge_verdicts_are_nodes_events_and_rerank_the_vote(tmp_path: Path) -> None:
     behaviour = FakeBehaviour(reply=_judging({"A": "1", "B": "9"}))
     result = await _run(tmp_path, behaviour, ("judge:score=rating",), None)

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from thinktree.agents.aggregators import Aggregator, Vote
+from thinktree.agents.aggregators import Aggregator, Vote, shortest_majority
 from thinktree.grading import grade
 from thinktree.orchestrator.events import PAST_CONTEXT, NodeKind, NodeStatus
 from thinktree.orchestrator.tree import Node, ProblemTree
@@ -61,15 +61,17 @@ class ReadBack:
 
 @dataclass(frozen=True, slots=True)
 class VerifierMetrics:
-    """How well the verifiers picked, over problems with a gold answer and scored candidates.
+    """How well the verifiers picked, over problems with a gold answer and scored
+    candidates.
 
-    ``pick_accuracy``: the best-scored candidate's answer is right; ``vote_accuracy``: the
-    plain majority of the same candidates is right; ``oracle``: any candidate is right
-    (coverage). ``auroc``: how well a candidate's combined score separates right from
-    wrong answers (None when only one kind was seen). Candidates whose every verdict
-    failed have no score: they count in neither, and a problem without a scored
-    candidate counts in none of the figures. Tokens and cost are the verifiers'
-    own, on top of the solver's.
+    ``pick_accuracy``: the best-scored candidate's answer is right; ``vote_accuracy``:
+    the plain vote of the same candidates, unweighted (``shortest-majority``, the run's
+    default: abstentions never win, a tie goes to the shortest reasoning), is right;
+    ``oracle``: any candidate is right (coverage). ``auroc``: how well a candidate's
+    combined score separates right from wrong answers (None when only one kind was
+    seen). Candidates whose every verdict failed have no score: they count in neither,
+    and a problem without a scored candidate counts in none of the figures. Tokens and
+    cost are the verifiers' own, on top of the solver's.
     """
 
     problems: int
@@ -124,23 +126,15 @@ def verifier_metrics(trees: list[ProblemTree]) -> VerifierMetrics | None:
             seen.setdefault(v.candidate_node, (v.answer, v.correct))
         if not seen or any(correct is None for _, correct in seen.values()):
             continue
-        rows = [
-            (answer, bool(correct), tree.nodes[node].combined_score)
-            for node, (answer, correct) in seen.items()
-            if node in tree.nodes
-        ]
+        nodes = [node for node in seen if node in tree.nodes]
+        rows = [(seen[n][0], bool(seen[n][1]), tree.nodes[n].combined_score) for n in nodes]
         scored = [(i, score) for i, (_, _, score) in enumerate(rows) if score is not None]
         if not scored:
             continue  # every verdict failed: the verifiers picked nothing here
         best = max(scored, key=lambda item: (item[1], -item[0]))[0]
         picks.append(rows[best][1])
-        counts: dict[str | None, int] = {}
-        right: dict[str | None, bool] = {}
-        for answer, correct, _ in rows:
-            counts[answer] = counts.get(answer, 0) + 1
-            right[answer] = correct
-        top = max(counts, key=lambda a: counts[a])  # ties: first seen
-        votes.append(right[top])
+        plain = shortest_majority([Vote(seen[n][0], _reasoned(tree, n)) for n in nodes])
+        votes.append(plain.winner is not None and rows[plain.winner][1])
         oracle.append(any(correct for _, correct, _ in rows))
         all_scores += [score for _, _, score in rows if score is not None]
         all_labels += [correct for _, correct, score in rows if score is not None]
@@ -217,6 +211,16 @@ def _standing(steps: list[Node]) -> Vote:
     """A line's ballot after ``steps``: the last answer they stated, and their tokens."""
     answer = next((n.answer for n in reversed(steps) if n.answer is not None), None)
     return Vote(answer, sum(n.completion_tokens for n in steps))
+
+
+def _reasoned(tree: ProblemTree, node: str) -> int:
+    """The tokens candidate ``node`` reasoned with, as the problem's vote counted them (its
+    node's own where the vote has no ballot of it)."""
+    ballots = tree.vote.ballots if tree.vote is not None else []
+    tokens = next((b.get("reasoning_tokens") for b in ballots if b.get("node") == node), None)
+    if type(tokens) is int and tokens >= 0:
+        return tokens
+    return tree.nodes[node].completion_tokens
 
 
 def percentile(values: list[float], q: float) -> float | None:

@@ -528,9 +528,9 @@ def verifier_table(loaded: Loaded, keys: Sequence[str]) -> Table | None:
         ],
         rows,
         note="best-scored: the verifiers' top candidate is right (best-of-n, whatever rule the "
-        "cell's vote used: its accuracy is the cell's own); majority: the plain majority of "
-        "the same candidates; oracle: any candidate is right. Tokens and cost are the "
-        "verifiers' own.",
+        "cell's vote used: its accuracy is the cell's own); majority: the plain vote of the "
+        "same candidates (shortest-majority, unweighted); oracle: any candidate is right. "
+        "Tokens and cost are the verifiers' own.",
     )
 
 
