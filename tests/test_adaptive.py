@@ -353,6 +353,39 @@ async def test_a_divided_vote_draws_more_and_agrees_with_the_full_vote(tmp_path:
     assert adaptive.metrics.completion_tokens < full.metrics.completion_tokens
 
 
+def test_a_tie_the_vote_breaks_by_length_has_no_leader() -> None:
+    """Under majority a tie is the first seen's; under shortest-majority no count says
+    whose it is, so the stop names none (it named the first seen, against the vote)."""
+    assert decide(["A", "B"], 0, 0.95).leader == "A"
+    tied = decide(["A", "B", None], 0, 0.95, ties_to_first=False)
+    assert tied.stop and tied.rule == "exhausted" and tied.leader is None
+    assert tied.posterior == 0.0
+    assert decide(["A", "B", "B"], 0, 0.95, ties_to_first=False).leader == "B"
+
+
+@pytest.mark.anyio
+async def test_the_stop_node_never_names_an_answer_the_vote_did_not_elect(tmp_path: Path) -> None:
+    samples = ["Weighing every option at length, it is alpha. Answer: A", "Answer: B"]
+
+    def reply(body: dict[str, Any], index: int) -> str:
+        return samples[index % 2]
+
+    async with FakeServer(FakeBehaviour(reply=reply)) as server:
+        endpoint = EndpointConfig(name="fake", base_url=server.base_url, native_n="yes")
+        problem = Problem(id="q", question="Which?", options={"A": "a", "B": "b"}, answer="B")
+        settings = RunSettings(
+            modes=ModeSettings(mode="adaptive", n=2, wave=2, budget=32),
+            aggregate="shortest-majority",
+            out=tmp_path / "run",
+        )
+        result = await execute([problem], endpoint, settings)
+    (tree,) = result.trees
+    assert tree.answer == "B"  # the shorter of the tied two
+    stop = tree.nodes["q/stop"]
+    assert stop.finish_reason == "exhausted" and stop.answer is None
+    assert "the run's vote breaks the tie" in stop.text
+
+
 def test_the_cli_runs_adaptive_mode(tmp_path: Path) -> None:
     with fake_server_in_thread(FakeBehaviour(reply=_reply_by_seed(0))) as server:
         data = tmp_path / "d.jsonl"

@@ -23,8 +23,11 @@ a length-weighted or verifier-scored vote could turn on samples never drawn.
 
 Samples that state no answer abstain: they count as spent, not as votes. Each wave is
 one request with ``n`` choices where the endpoint allows it (as in ``parallel``);
-branches keep the node ids ``b1, b2, …`` that ``parallel`` gives them, so with per-node
-seeds the first k samples of an adaptive run are the first k of a parallel one.
+branches keep the node ids ``b1, b2, …`` that ``parallel`` gives them. Where each sample
+is a request of its own, its node's seed makes the first k samples of an adaptive run
+the first k of a parallel one; a request with ``n`` choices is sent with its first
+node's seed, so there only the first wave's samples are parallel's (a later wave's
+request starts at another node's seed).
 """
 
 from __future__ import annotations
@@ -165,7 +168,7 @@ def decide(
     ``ties_to_first`` (see :data:`COUNTED_RULES`) a tie within reach is not settled.
     """
     counts = Counter(a for a in answers if a is not None)
-    leader = counts.most_common(1)[0][0] if counts else None  # ties: the first seen
+    leader = _leader(counts, ties_to_first)
     if remaining <= 0:
         return Decision(True, leader, "exhausted", 1.0 if leader is not None else 0.0)
     if leader is not None and _unbeatable(counts, leader, remaining, ties_to_first):
@@ -174,6 +177,16 @@ def decide(
     if leader is not None and posterior >= confidence:
         return Decision(True, leader, "posterior", posterior)
     return Decision(False, leader, "undecided", posterior)
+
+
+def _leader(counts: Counter[str], ties_to_first: bool) -> str | None:
+    """The answer with most votes; of several level, the first seen where the run's vote
+    gives it a tie, else none (the vote breaks it by what the counts do not hold: lengths,
+    scores)."""
+    top = counts.most_common(2)
+    if not top or (len(top) == 2 and top[0][1] == top[1][1] and not ties_to_first):
+        return None
+    return top[0][0]  # stable: ties go to the first seen
 
 
 def _unbeatable(counts: Counter[str], leader: str, remaining: int, ties_to_first: bool) -> bool:
@@ -261,10 +274,9 @@ class Adaptive:
 
 def _limited(answers: Sequence[str | None], most: int, ties_to_first: bool) -> Decision:
     """Sampling stopped by a token or money limit after ``answers`` of ``most`` samples."""
-    counts = Counter(a for a in answers if a is not None)
-    leader = counts.most_common(1)[0][0] if counts else None  # ties: the first seen
+    leader = _leader(Counter(a for a in answers if a is not None), ties_to_first)
     held = leader_holds(answers, most - len(answers), ties_to_first=ties_to_first)
-    return Decision(True, leader, "limit", held)
+    return Decision(True, leader, "limit", held if leader is not None else 0.0)
 
 
 async def _record_stop(
@@ -278,6 +290,8 @@ async def _record_stop(
         "exhausted": "every sample drawn",
         "limit": "a token or money limit refused more samples",
     }.get(decision.rule, decision.rule)
+    if decision.leader is None and drawn:
+        why += " (no one answer leads: the run's vote breaks the tie)"
     await solver.bus.emit(
         NodeStarted(
             node_id=node_id,
