@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -392,6 +393,17 @@ def test_a_model_that_never_answers_fails_the_command(tmp_path: Path) -> None:
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["metrics"]["answered"] == 0
     assert all(p["error"] == "no candidate stated an answer" for p in results["problems"])
+    # graded, as wrong, and done: not failed, which an error that left it ungraded is
+    assert results["metrics"]["failed"] == 0
+    assert all(p["correct"] is False for p in results["problems"])
+    roots = [n for p in results["problems"] for n in p["nodes"] if n["kind"] == "problem"]
+    assert [n["status"] for n in roots] == ["done"] * 3
+    conn = sqlite3.connect(tmp_path / "run" / "run.sqlite")
+    try:
+        statuses = conn.execute("SELECT status FROM problems").fetchall()
+    finally:
+        conn.close()
+    assert statuses == [("done",)] * 3
 
 
 @pytest.mark.parametrize(("reply", "budget", "forced"), [(None, 64, False), (LONG, 8, True)])

@@ -678,7 +678,8 @@ class _Projection:
                 problem_row = self._problem(pid)
                 if problem_row is None:
                     return self._skip(p["type"], f"no problem {pid}")
-                status = "failed" if p["error"] else "done"
+                # failed as the tree says (an error left it ungraded), else done
+                status = "failed" if p["error"] and p["correct"] is None else "done"
                 outcome = {"answer": p["answer"], "error": p["error"], "finished_at": p["at"]}
                 problem_row.update(outcome, status=status)
                 problem_row.update(correct=p["correct"], covered=p["covered"])

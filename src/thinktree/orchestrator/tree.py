@@ -230,7 +230,10 @@ class RunTree:
                 tree.stopped = event.stopped
                 tree.finished = True
                 root = tree.root
-                root.status = NodeStatus.FAILED if event.error else NodeStatus.DONE
+                # failed: an error left it ungraded (as the metrics count it); one the
+                # model left without an answer is graded, wrong, and done
+                failed = event.error and event.correct is None
+                root.status = NodeStatus.FAILED if failed else NodeStatus.DONE
                 root.answer = event.answer
                 root.error = event.error
                 root.finished_at = event.at
