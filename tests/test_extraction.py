@@ -369,6 +369,12 @@ CASES: list[tuple[str, str, str | None, str | None]] = [
     # --- numeric (MedCalc-Bench) ---
     ("medcalc", "answer: 1,234.5 mL", "1234.5", "answer-label"),
     ("medcalc", "The answer is -1.39 L", "-1.39", "answer-is"),
+    # a formula's first term is no answer; nor is what a "wrong answer" says
+    ("medcalc", "Final Answer: 3.14 * (QT2 - QT1) + 1", None, None),
+    ("medcalc", "The answer is -1.39 + (0.2 × 3) L", None, None),
+    ("medcalc", "FWD = -1.39 L.\n3. Wrong answer: The patient has Stage 2 AUD", None, None),
+    ("medcalc", "The answer is -1.39 L; the incorrect answer is 5 L.", "-1.39", "answer-is"),
+    ("medcalc", "The answer is *-1.39* L", "-1.39", "answer-is"),
     (
         "medcalc",
         "Total body water = 0.5 × 70 kg = 35 L.\nFWD = 35 × (136/140 − 1) = −1.0 L\n\n"
@@ -586,6 +592,7 @@ def test_stated_number_grades_correct(x: float) -> None:
 # finds, Unicode's case folding and spaces included.
 _PHRASE_PIECES = [
     "answer", "Answer", "ANSWER", "answers", "unanswered", "final", "Final", "FINAL",
+    "wrong", "Incorrect", "FALSE",
     "correct", "most", "likely", "most likely", "almost", "best", "right", "true",
     "x_final", "final_", "9", "is", "would be", "=", ":", "*", "_", "to", "the", "this",
     "question", "B", "(C)", "not", ".", ",", " ", " ", "  ", "\n", "\t", "\x1c",

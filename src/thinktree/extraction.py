@@ -84,19 +84,21 @@ _MAX_BODY = 500
 # --- answer phrases ------------------------------------------------------------------------
 
 _IS = r"(?:is|would\s+be|should\s+be|must\s+be|will\s+be|=)(?![\w'’])\s*[:：]?"
+# "Wrong answer: …", "the incorrect answer is …" name what the answer is not
+_NOT_WRONG = r"(?<!wrong\s)(?<!incorrect\s)(?<!false\s)"
 _ANSWER_IS = re.compile(
     r"\b(?P<qualifiers>(?:(?:correct|final|best|right|most\s+likely|likely|true)\s+)*)"
-    rf"answer(?:\s+to\s+(?:this|the)\s+question)?\s+{_IS}",
+    rf"{_NOT_WRONG}answer(?:\s+to\s+(?:this|the)\s+question)?\s+{_IS}",
     re.IGNORECASE,
 )
-_ANSWER_LABEL = re.compile(r"\b(?P<final>final\s+)?answer[*_]*\s*[:：]", re.IGNORECASE)
+_ANSWER_LABEL = re.compile(rf"\b(?P<final>final\s+)?{_NOT_WRONG}answer[*_]*\s*[:：]", re.IGNORECASE)
 # Every match of the two patterns above is some words, then "answer" at a word's start, and
 # an "answer" ends a match of one of them at most. Python's regex engine tries a pattern that
 # opens with optional words at every position of a text, which made those two scans most of
 # the cost of a long one: this pattern finds each "answer" that ends a match first, and the
 # match is then taken from where its words start.
 _ANSWER_AT = re.compile(
-    rf"\banswer(?:(?P<is>(?:\s+to\s+(?:this|the)\s+question)?\s+{_IS})|[*_]*\s*[:：]"
+    rf"\b{_NOT_WRONG}answer(?:(?P<is>(?:\s+to\s+(?:this|the)\s+question)?\s+{_IS})|[*_]*\s*[:：]"
     # "the correct answer, D, ...": a letter set off by commas after a qualified answer
     r"|(?P<aside>\s*,\s*)(?=\(?[A-Z]\)?\s*,))",
     re.IGNORECASE,
