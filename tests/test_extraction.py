@@ -504,6 +504,34 @@ def test_a_number_the_token_cap_cut_short_is_not_read(text: str, answer: str | N
     assert extract_answer("Answer: B", MEDQA, cut_off=True) == Extraction("B", "answer-label")
 
 
+@pytest.mark.parametrize(
+    ("problem_key", "text", "answer"),
+    [
+        # the start of "yes, no, maybe" cut off: the list's first word is no answer
+        ("pubmedqa", "The answer is yes, no, maybe. The answer is yes,", None),
+        ("pubmedqa", "The answer is yes, no or", None),
+        ("pubmedqa", "Weighing it all, no. The answer is yes", "yes"),  # nothing goes on
+        ("pubmedqa", "The answer is no.\nSo the study, and", "no"),
+        ("medqa", "The answer is D or", None),
+        ("medqa", "The answer is (D), (C),", None),
+        ("medqa", "The answer is D. Then C,", "D"),
+    ],
+)
+def test_a_list_the_token_cap_cut_short_is_not_read(
+    problem_key: str, text: str, answer: str | None
+) -> None:
+    found = extract_answer(text, PROBLEMS[problem_key], cut_off=True)
+    assert (found.answer if found else None) == answer
+
+
+@given(st.text(alphabet="ab1_ \t\n.é", max_size=12), st.integers(0, 12))
+def test_a_word_before_is_found_as_the_pattern_found_it(line: str, at: int) -> None:
+    from thinktree import extraction as x
+
+    at = min(at, len(line))
+    assert x._word_ends_at(line, at) == bool(re.search(r"[^\W\d_]\s+$", line[:at]))
+
+
 def test_extraction_is_frozen() -> None:
     extraction = Extraction("B", "boxed")
     with pytest.raises(AttributeError):

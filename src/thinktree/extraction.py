@@ -192,8 +192,7 @@ _MIN_CONTAINED_OPTION = 4
 _YESNO_WORD = re.compile(r"\b(yes|no|maybe)\b", re.IGNORECASE)
 _YESNO_FIRST = re.compile(r"(yes|no|maybe)\b(?!\s*(?:or|/|,)\s*(?:yes|no|maybe)\b)", re.I)
 _SENTENCE_END = re.compile(r"[.;!?\n]")
-_WORD_BEFORE = re.compile(r"[^\W\d_]\s+$")  # a yes/no word in a sentence's middle …
-_WORD_AFTER = re.compile(  # … before a word of it, not a reason
+_WORD_AFTER = re.compile(  # a yes/no word before a word of its sentence, not a reason
     r"\s+(?!(?:because|since|as|so|given|but|and|although|though|based|according|due|for)\b)"
     r"[^\W\d_]",
     re.IGNORECASE,
@@ -217,11 +216,14 @@ def extract_answer(text: str, problem: Problem, *, cut_off: bool = False) -> Ext
     """The final answer in ``text`` normalised for ``problem.answer_type``, or None if unclear.
 
     ``cut_off``: the text ended at its token cap, so a number it ends with may be cut short
-    ("X = 1" of "X = 1.2") and is not read."""
+    ("X = 1" of "X = 1.2") and is not read, nor a list it ends in ("The answer is yes,"
+    of "yes, no, maybe")."""
     if cut_off and problem.answer_type is AnswerType.NUMERIC:
         kept = text.rstrip(_NUMBER_CHARACTERS)  # linear, where a pattern would backtrack
         if any(char.isdigit() for char in text[len(kept) :]):
             text = kept
+    elif cut_off and (cut := _cut_list(text, problem.answer_type)) is not None:
+        text = text[:cut]  # "The answer is yes," of "yes, no, maybe": not an answer
     if not text.strip():
         return None
     think_end = text.rfind(_THINK_END)
@@ -233,6 +235,22 @@ def extract_answer(text: str, problem: Problem, *, cut_off: bool = False) -> Ext
                 return found if isinstance(found, Extraction) else None
     found = _extract(text, problem)
     return found if isinstance(found, Extraction) else None
+
+
+# what a text cut off at its token cap may end in that starts a list: an answer and a
+# separator after it, with nothing after that ("yes, no, maybe", "B or C" cut short)
+_GOES_ON = r"\s*(?:[,/;&]|\b(?i:or|and)\b)\s*"
+_CUT_LIST = {
+    AnswerType.YESNO: re.compile(rf"(?:\b(?i:yes|no|maybe)\b{_GOES_ON})+\Z"),
+    AnswerType.CHOICE: re.compile(rf"(?:[(\[]?\b[A-Z][)\]]?{_GOES_ON})+\Z"),
+}
+
+
+def _cut_list(text: str, answer_type: AnswerType) -> int | None:
+    """Where a list that ``text`` ends in starts, for answers of ``answer_type``."""
+    pattern = _CUT_LIST.get(answer_type)
+    found = None if pattern is None else pattern.search(text, max(0, len(text) - _MAX_BODY))
+    return None if found is None else found.start()
 
 
 def _extract(text: str, problem: Problem) -> Extraction | _Verdict | None:
@@ -789,10 +807,17 @@ def _yesno_words(line: str) -> set[str]:
     return {
         match[1].lower()
         for match in _YESNO_WORD.finditer(line)
-        if not (
-            _WORD_BEFORE.search(line, 0, match.start()) and _WORD_AFTER.match(line, match.end())
-        )
+        if not (_word_ends_at(line, match.start()) and _WORD_AFTER.match(line, match.end()))
     }
+
+
+def _word_ends_at(line: str, at: int) -> bool:
+    """Whether a word and spaces end at ``at`` (a scan back over the spaces alone, where a
+    search of the line up to each yes/no word took time of the line's length squared)."""
+    start = at
+    while start > 0 and line[start - 1].isspace():
+        start -= 1
+    return 0 < start < at and line[start - 1].isalpha()
 
 
 # --- numeric ---------------------------------------------------------------------------------
