@@ -369,6 +369,11 @@ CASES: list[tuple[str, str, str | None, str | None]] = [
     # --- numeric (MedCalc-Bench) ---
     ("medcalc", "answer: 1,234.5 mL", "1234.5", "answer-label"),
     ("medcalc", "The answer is -1.39 L", "-1.39", "answer-is"),
+    # a yes/no alone on a line near the end, the reason for it after
+    ("pubmedqa", "No.\nThe study found no difference.", "no", "yesno-word"),
+    ("pubmedqa", "**Maybe**\n\nThe trial was too small to say.", "maybe", "yesno-word"),
+    ("pubmedqa", "Yes.\nNo.\nThe data are mixed.", None, None),
+    ("pubmedqa", "It helps.\nThe study found no difference.", None, None),
     # a formula's first term is no answer; nor is what a "wrong answer" says
     ("medcalc", "Final Answer: 3.14 * (QT2 - QT1) + 1", None, None),
     ("medcalc", "The answer is -1.39 + (0.2 × 3) L", None, None),

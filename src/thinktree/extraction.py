@@ -197,6 +197,7 @@ _WORD_AFTER = re.compile(  # a yes/no word before a word of its sentence, not a 
     r"[^\W\d_]",
     re.IGNORECASE,
 )
+_YESNO_ALONE = re.compile(r"(yes|no|maybe)[.!]?", re.IGNORECASE)  # a line near the end
 _ITEM = re.compile(r"\(?(?:\d{1,3}|[A-Za-z])[.)]\s")  # a line that is a list's item: "B) No"
 
 # --- numeric -------------------------------------------------------------------------------
@@ -787,9 +788,13 @@ def _read_yesno(body: str, problem: Problem) -> _Reading:
 def _yesno_fallback(text: str, problem: Problem) -> Extraction | None:
     """The yes/no/maybe word of the final line, where it names only one: a line that names
     two ("Yes, no, maybe.", "No, it is too early to say yes") is no answer, nor is the last
-    item of a list whose items name others ("A) Yes", "B) No")."""
+    item of a list whose items name others ("A) Yes", "B) No"). A final line naming none
+    leaves a line near the end that is the word alone ("No." over the reason for it)."""
     tail = _tail_lines(text, _TAIL_LINES)
     words = _yesno_words(tail[-1]) if tail else set()
+    if not words:  # "No.\nThe study found no difference.": a line of the word alone
+        alone = {m[1].lower() for line in tail if (m := _YESNO_ALONE.fullmatch(line))}
+        return Extraction(alone.pop(), "yesno-word") if len(alone) == 1 else None
     if len(words) != 1:
         return None
     for line in reversed(tail[:-1] if _ITEM.match(tail[-1]) else []):
