@@ -899,10 +899,12 @@ async def test_watch_says_in_one_line_what_it_cannot_read(tmp_path: Path) -> Non
     cases: list[tuple[Path, str]] = []
     trace.unlink()
     trace.mkdir()  # a folder where the trace should be
-    cases += [(folder, "no trace.jsonl at"), (trace, "no trace.jsonl at")]
+    cases += [(folder, f"no trace.jsonl in {folder} nor in a run folder in it")]
+    cases += [(trace, f"no trace.jsonl in {trace}")]
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)  # reading it would wait for a writer for ever
-    cases.append((fifo, "no trace.jsonl at"))
+    cases.append((fifo, f"{fifo} is not a run folder or a trace"))
+    cases.append((tmp_path / "gone", "no run folder at"))
     for name, content in [
         ("latin1.jsonl", b'{"type": "run-started", "run_id": "\xff\xfe"}\n'),
         ("nested.jsonl", b"[" * 100_000 + b"]" * 100_000 + b"\n"),

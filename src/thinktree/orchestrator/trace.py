@@ -333,9 +333,15 @@ def resolve_trace(path: Path) -> Path:
             for p in path.parent.glob(f".{path.name}.*.partial")
             if (p / TRACE_NAME).is_file()
         ]
-    if not candidates:
-        raise FileNotFoundError(f"no {TRACE_NAME} at {path}")
-    return max(candidates, key=lambda p: p.stat().st_mtime)
+    if candidates:
+        return max(candidates, key=lambda p: p.stat().st_mtime)
+    if path.is_dir():
+        raise FileNotFoundError(f"no {TRACE_NAME} in {path} nor in a run folder in it")
+    if path.exists():  # a FIFO, a device: nothing a trace is read from
+        raise FileNotFoundError(f"{path} is not a run folder or a trace")
+    raise FileNotFoundError(
+        f"no run folder at {path}; give a run folder, its {TRACE_NAME} or a folder of runs"
+    )
 
 
 def run_folder(trace: Path) -> Path | None:
