@@ -318,6 +318,37 @@ def test_resume_refuses_another_model_or_engine_but_takes_a_moved_endpoint(
     assert saved["status"] == "completed" and saved["model"] == "fake-model"
 
 
+def test_a_resumed_run_keeps_streaming_its_text_and_takes_trace_deltas(tmp_path: Path) -> None:
+    """A run started with --trace-deltas went on without them when resumed (its run.json
+    did not keep them), and --trace-deltas was refused with --resume; streaming changes
+    no call's fingerprint, so a resume may now ask for it too."""
+    data = write_dataset(tmp_path / "data.jsonl", beta_problems(6))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "thinktree.cli", "run", *args]
+        return subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+
+    def deltas(folder: Path) -> int:
+        lines = (folder / "trace.jsonl").read_text().splitlines()
+        return sum(1 for line in lines if json.loads(line)["type"] == "node-delta")
+
+    with fake_server_in_thread(FakeBehaviour(reply="It is beta. Answer: B")) as server:
+        where = ["--endpoint", server.base_url, "--concurrency", "1", "--budget", "16"]
+        for name, flags in (("kept", ["--trace-deltas"]), ("asked", [])):
+            out = tmp_path / name
+            stopped = cli(str(data), *where, *flags, "--max-tokens", "12", "--out", str(out))
+            assert stopped.returncode == 0 and "stopped" in stopped.stderr, stopped.stderr
+            assert json.loads((out / "run.json").read_text())["settings"]["trace_deltas"] == (
+                name == "kept"
+            )
+            before = deltas(out)
+            again = ["--trace-deltas"] if name == "asked" else []
+            resumed = cli("--resume", str(out), "--max-tokens", "1000", *again)
+            assert resumed.returncode == 0, resumed.stderr
+            assert deltas(out) > before  # the resumed session's text streamed in
+
+
 async def test_a_resumed_run_counts_the_retries_behind_the_calls_it_reads_back(
     tmp_path: Path,
 ) -> None:

@@ -260,6 +260,7 @@ def run(
             watch=watch,
             limits=given,
             concurrency=at_once,
+            trace_deltas=trace_deltas,
         )
         return
     try:
@@ -455,7 +456,6 @@ _SETTINGS_PARAMS = (
     "offset",
     "seed",
     "out_dir",
-    "trace_deltas",
     "answer_format",
     "verifier",
     "model",
@@ -482,8 +482,8 @@ def _refuse_new_settings(ctx: typer.Context, folder: Path) -> None:
             raise _fail(
                 f"{flag} is not taken when resuming {folder}: a resumed run keeps the "
                 "settings it was started with (its run.json), so leave it out, or start a "
-                "new run to change it (only --endpoint, --concurrency and the limits "
-                "--max-tokens, --max-problem-tokens and --max-cost are taken)"
+                "new run to change it (only --endpoint, --concurrency, --trace-deltas and the "
+                "limits --max-tokens, --max-problem-tokens and --max-cost are taken)"
             )
 
 
@@ -497,10 +497,12 @@ def _resume(
     watch: bool = False,
     limits: dict[str, Any] | None = None,
     concurrency: int | None = None,
+    trace_deltas: bool = False,
 ) -> None:
     """Continue a killed run with the settings and problems it was started with (and,
     where given, new token or money limits, or more or fewer problems at once: that
-    changes no answer, as every node has its own seed)."""
+    changes no answer, as every node has its own seed; or its text streamed into the
+    trace, which changes no call's fingerprint)."""
     from thinktree.agents.endpoint import EndpointConfig
     from thinktree.config import endpoint_from, load_config
     from thinktree.orchestrator.run import load_resume, validate
@@ -510,6 +512,8 @@ def _resume(
         prices = prices_from_config(load_config(config))
         state = load_resume(folder, prices=prices, new_limits=bool(limits))
         settings = dataclasses.replace(state.settings, config=load_config(config))
+        if trace_deltas:
+            settings = dataclasses.replace(settings, trace_deltas=True)
         if concurrency is not None:
             settings = dataclasses.replace(settings, concurrency=concurrency)
             validate(settings, resuming=True)

@@ -657,6 +657,7 @@ def load_resume(
             prices=_resumed_prices(folder, data, prices or {}),
             answer_format=s.get("answer_format", "free"),
             verifiers=tuple(s.get("verifiers", ())),
+            trace_deltas=s.get("trace_deltas", False),
         )
         _check_fields("capabilities", data["capabilities"], typing.get_type_hints(Capabilities))
         caps = Capabilities(**data["capabilities"])
@@ -737,6 +738,7 @@ _RUN_FIELDS = {
     "max_cost": float | None,
     "answer_format": str,
     "verifiers": list[str],
+    "trace_deltas": bool,
 }
 
 
@@ -1154,6 +1156,7 @@ def _settings_dict(settings: RunSettings, aggregate: str) -> dict[str, Any]:
         "max_cost": settings.max_cost,
         "answer_format": settings.answer_format,
         "verifiers": list(settings.verifiers),
+        "trace_deltas": settings.trace_deltas,
     }
 
 
