@@ -20,6 +20,7 @@ from thinktree.agents.capabilities import Capabilities
 from thinktree.agents.endpoint import EndpointClient, EndpointConfig
 from thinktree.agents.modes import ModeSettings
 from thinktree.agents.solver import _CutOffSpend
+from thinktree.orchestrator.events import CALL_KINDS
 from thinktree.orchestrator.ledger import Budget
 from thinktree.orchestrator.run import RunResult, RunSettings, execute
 from thinktree.pricing import Price
@@ -101,6 +102,20 @@ async def test_the_token_limit_is_never_passed_by_calls_sent_again(tmp_path: Pat
     assert server.completion_tokens_billed <= 60
     assert results["metrics"]["completion_tokens"] == server.completion_tokens_billed
     assert results["status"] == "stopped" and "token limit of 60" in str(result.stopped_by)
+    _refused_resend_is_no_retry_and_no_failed_call(result, results, server)
+
+
+def _refused_resend_is_no_retry_and_no_failed_call(
+    result: RunResult, results: dict[str, Any], server: FakeServer
+) -> None:
+    """The call the limit would not send again was reported as retried (a retry event, a
+    count) and counted as a failed call (exit 4, "send them again"); it is neither: the
+    limit stopped it, as the run's status says."""
+    calls = {
+        n["call_id"] for p in results["problems"] for n in p["nodes"] if n["kind"] in CALL_KINDS
+    }
+    assert results["metrics"]["retries"] == server.requests - len(calls - {None})
+    assert result.failed_requests() == 0
 
 
 async def test_the_money_limit_is_never_passed_by_calls_sent_again(tmp_path: Path) -> None:
@@ -110,6 +125,7 @@ async def test_the_money_limit_is_never_passed_by_calls_sent_again(tmp_path: Pat
     assert spent <= 0.06 + 1e-12
     assert results["metrics"]["cost_usd"] == pytest.approx(spent)
     assert results["status"] == "stopped" and "money limit" in str(result.stopped_by)
+    _refused_resend_is_no_retry_and_no_failed_call(result, results, server)
 
 
 async def test_a_pool_counts_attempts_cut_off_on_its_members_in_the_call() -> None:
@@ -236,7 +252,9 @@ async def test_a_resumed_run_reads_back_calls_sent_again_and_pays_nothing_again(
             trace_deltas=True,
             max_run_tokens=10_000,
         )
-        caps = Capabilities(continuation="chat")
+        # streams carry usage, as a probe found: the resumed run, which streams as its
+        # first session did, has nothing to probe
+        caps = Capabilities(continuation="chat", notes={"stream_usage": "probed"})
         first = await execute(PROBLEMS[:2], endpoint, settings, capabilities=caps)
         before = json.loads((folder / "results.json").read_text())["metrics"]
         sent = server.requests

@@ -857,7 +857,7 @@ class EndpointClient:
             nonlocal sent
             if replay:
                 raise replay.pop()
-            await before_resend()
+            await before_resend()  # counted before its retry was reported: nothing left
             sent += 1
             return await self._once(attempt, timed)
 
@@ -946,6 +946,9 @@ class EndpointClient:
         """The endpoint's retry policy (how long to wait, how often) for errors of ``kinds``."""
 
         async def before_sleep(state: RetryCallState) -> None:
+            # a cut-off attempt counts before the call is sent again, where a limit may
+            # refuse to: then it is not sent, and no retry is reported
+            await before_resend()
             exc = state.outcome.exception() if state.outcome else None
             kind = classify(exc) if exc else None
             wait = state.next_action.sleep if state.next_action else 0.0

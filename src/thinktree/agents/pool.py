@@ -299,10 +299,10 @@ class EndpointPool(EndpointClient):
         limit = self.config.max_attempts + len(self.members)
         while True:
             member = await self._pick()
+            if sent:  # a cut-off attempt counts before the call is sent again (see CutOffs)
+                await before_resend()
             if waited and attempts == 0 and sent:  # the pool is back: sent again after it
                 await self._retried(sent, 0.0, "sent again after the pool came back")
-            if sent:
-                await before_resend()
             attempts += 1
             sent += 1
             member.outstanding += 1
@@ -331,6 +331,7 @@ class EndpointPool(EndpointClient):
                         f"attempts on its members"
                     ) from cause
                 wait = 0.0 if kind in _FAILOVER else _backoff(cause, attempts - failovers)
+                await before_resend()  # where a limit refuses it, no retry is reported
                 await self._retried(attempts, wait, f"{kind} on {member.client.config.base_url}")
                 if wait:
                     await anyio.sleep(wait)

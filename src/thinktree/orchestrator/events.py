@@ -50,8 +50,12 @@ PAST_CONTEXT = "passed the model's context"
 #: How a judge's verdict error starts when its model call failed (its retries spent):
 #: not the judge's answer, so a resume sends the call again.
 JUDGE_CALL_FAILED = "judge call failed: "
+#: How the error of a call a token or money limit refused starts: one cut off mid-stream
+#: that the limit could not send again. A resume under a higher limit asks it again, as it
+#: does every call a limit stopped; not a failed call.
+LIMIT_STOPPED = "run stopped"
 #: ... unless a limit refused it (a resume under a higher one asks it again anyway).
-_REFUSED_BY_LIMIT = JUDGE_CALL_FAILED + "run stopped"
+_REFUSED_BY_LIMIT = JUDGE_CALL_FAILED + LIMIT_STOPPED
 
 
 def failed_call(kind: str, status: str, error: str | None) -> bool:
@@ -62,7 +66,9 @@ def failed_call(kind: str, status: str, error: str | None) -> bool:
     error = error or ""
     if kind == NodeKind.VERDICT:
         return error.startswith(JUDGE_CALL_FAILED) and not error.startswith(_REFUSED_BY_LIMIT)
-    return kind in CALL_KINDS and not error.startswith((CONSTRAINT_REFUSED, PAST_CONTEXT))
+    return kind in CALL_KINDS and not error.startswith(
+        (CONSTRAINT_REFUSED, PAST_CONTEXT, LIMIT_STOPPED)
+    )
 
 
 def failed_calls_in(problems: Iterable[dict[str, Any]]) -> int:
