@@ -227,6 +227,47 @@ async def test_a_reply_short_of_a_choice_counts_what_it_billed(tmp_path: Path) -
     assert result.prompt_tokens == server.prompt_tokens_billed
 
 
+class AlwaysShort(FakeServer):
+    """Every request of ``n`` > 1 choices is answered with one choice fewer (and usage)."""
+
+    def _plan(self, body: Any, *, chat: bool) -> Any:
+        choices, prompt = super()._plan(body, chat=chat)
+        return (choices[:-1] if len(choices) > 1 else choices), prompt
+
+
+async def test_a_call_that_fails_short_of_a_choice_counts_the_prompts_it_was_billed(
+    tmp_path: Path,
+) -> None:
+    """Every attempt's usage said its prompt's tokens, yet the failed nodes counted none
+    of them (their completion tokens only): the run's prompt tokens and cost read 0."""
+    problems = PROBLEMS[:2]
+    async with AlwaysShort(FakeBehaviour(reply=LONG)) as server:
+        endpoint = EndpointConfig(
+            name="fake",
+            base_url=server.base_url,
+            model="fake-model",
+            continuation="chat",
+            native_n="yes",
+            max_attempts=2,
+            max_backoff_s=0.01,
+        )
+        prices = {"fake-model": Price(prompt_per_m=100.0, completion_per_m=1000.0)}
+        settings = RunSettings(
+            modes=ModeSettings(mode="parallel", n=3, budget=16),
+            concurrency=1,
+            out=tmp_path / "r",
+            prices=prices,
+        )
+        caps = Capabilities(continuation="chat", native_n=True)
+        result = await execute(problems, endpoint, settings, capabilities=caps)
+    metrics = json.loads((result.folder / "results.json").read_text())["metrics"]
+    assert result.failed_requests() == len(problems)  # each call failed, short every time
+    assert metrics["completion_tokens"] == server.completion_tokens_billed > 0
+    assert metrics["prompt_tokens"] == server.prompt_tokens_billed > 0
+    billed = prices["fake-model"].cost(server.prompt_tokens_billed, server.completion_tokens_billed)
+    assert metrics["cost_usd"] == pytest.approx(billed)
+
+
 async def test_a_resumed_run_reads_back_calls_sent_again_and_pays_nothing_again(
     tmp_path: Path,
 ) -> None:

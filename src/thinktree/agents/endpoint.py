@@ -210,9 +210,11 @@ class ShortReply(IncompleteResponse):
     """A reply that finished fewer choices than asked for: ``tokens``, per choice, what its
     usage says the server generated for it (nothing where it carried no usage)."""
 
-    def __init__(self, message: str, tokens: list[int]) -> None:
+    def __init__(self, message: str, tokens: list[int], prompt_tokens: int = 0) -> None:
         super().__init__(message)
         self.tokens = tokens
+        self.prompt_tokens = prompt_tokens
+        """The prompt's tokens, as its usage says (0 where it carried none)."""
 
 
 class MissingUsage(IncompleteResponse):
@@ -363,9 +365,15 @@ class CutOffs:
     the call ends without that, what its caller counts on top."""
     open: bool = False
     """Whether a call counts in it now (a pool's attempts add to their call's)."""
+    failed_prompts: int = 0
+    """The prompt tokens the usage of its attempts short of a choice said: what a call
+    that fails in the end spent on prompts (one that answers counts each attempt's prompt
+    at its answering attempt's; a stream cut off carries no usage)."""
 
-    def cut(self, tokens: list[int]) -> None:
-        """An attempt was cut off after streaming ``tokens`` (per choice)."""
+    def cut(self, tokens: list[int], prompt_tokens: int = 0) -> None:
+        """An attempt was cut off after streaming ``tokens`` (per choice), its usage saying
+        ``prompt_tokens`` where it had one."""
+        self.failed_prompts += prompt_tokens
         if any(tokens):
             self.last = tokens
 
@@ -448,11 +456,12 @@ class call_tally:  # lower case: used as a function, ``with call_tally() as tall
             _CUT_OFFS.reset(self._token)
 
 
-def note_cut_off(tokens: list[int]) -> None:
-    """An attempt of the call being made was cut off after streaming ``tokens``."""
+def note_cut_off(tokens: list[int], prompt_tokens: int = 0) -> None:
+    """An attempt of the call being made was cut off after streaming ``tokens`` (a reply
+    short of a choice: generating them, its usage says, for a prompt of ``prompt_tokens``)."""
     tally = _CUT_OFFS.get()
     if tally is not None:
-        tally.cut(tokens)
+        tally.cut(tokens, prompt_tokens)
 
 
 async def before_resend() -> None:
@@ -1073,7 +1082,7 @@ class EndpointClient:
         try:
             result = _assemble(texts, reasoning, counted, finish, resp.usage, resp.id, n)
         except ShortReply as exc:
-            note_cut_off(exc.tokens)
+            note_cut_off(exc.tokens, exc.prompt_tokens)
             raise
         if want_tops:  # the choices made are those that finished, in order
             made = [top for top, f in zip(tops, finish, strict=True) if f is not None]
@@ -1096,7 +1105,7 @@ class EndpointClient:
         try:
             return _assemble(texts, [""] * n, counted, finish, resp.usage, resp.id, n)
         except ShortReply as exc:
-            note_cut_off(exc.tokens)
+            note_cut_off(exc.tokens, exc.prompt_tokens)
             raise
 
     async def _stream_chat(
@@ -1188,7 +1197,7 @@ class _NotingCutOff:
 
     def __exit__(self, _: object, exc: BaseException | None, __: object) -> None:
         if isinstance(exc, ShortReply):
-            note_cut_off(exc.tokens)
+            note_cut_off(exc.tokens, exc.prompt_tokens)
         elif exc is not None:
             note_cut_off([max(c, p) for c, p in zip(self._counted, self._pieces, strict=True)])
 
@@ -1295,7 +1304,12 @@ def _assemble(
         spent = [0] * n
         if is_token_count(done):
             spent = counted if sum(counted) == done else _apportion(done, counted, texts)
-        raise ShortReply(f"the reply finished {got} of the {n} choices asked for", spent)
+        prompt = getattr(usage, "prompt_tokens", None)
+        raise ShortReply(
+            f"the reply finished {got} of the {n} choices asked for",
+            spent,
+            prompt if is_token_count(prompt) else 0,
+        )
     if usage is None:  # the prompt's tokens are unknown, and never counted as 0
         raise MissingUsage("the reply carried no token usage")
     prompt_tokens = _count(usage, "prompt_tokens")

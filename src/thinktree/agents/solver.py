@@ -218,6 +218,7 @@ class Solver:
                     node_id=req.node_id,
                     error=error,
                     call_id=req.node_id,
+                    prompt_tokens=spent.tally.failed_prompts,
                     completion_tokens=streamed,
                 )
             )
@@ -300,12 +301,14 @@ class Solver:
             answer.budget.commit(answer_grant, 0)
             (streamed,) = spent.spend_unsent()
             error = self._failed(exc)
-            for req, tokens in ((think, 0), (answer, streamed)):  # the answer's, as above
-                await self.bus.emit(
+            prompts = spent.tally.failed_prompts
+            for req, tokens, prompt in ((think, 0, prompts), (answer, streamed, 0)):
+                await self.bus.emit(  # the streamed tokens the answer's, as above
                     NodeFailed(
                         node_id=req.node_id,
                         error=error,
                         call_id=think.node_id,
+                        prompt_tokens=prompt,
                         completion_tokens=tokens,
                     )
                 )
@@ -425,12 +428,13 @@ class Solver:
                 r.budget.commit(grant, 0)
             streamed = spent.spend_unsent()
             error = self._failed(exc)
-            for r, tokens in zip(reqs, streamed, strict=True):
+            for i, (r, tokens) in enumerate(zip(reqs, streamed, strict=True)):
                 await self.bus.emit(
                     NodeFailed(
                         node_id=r.node_id,
                         error=error,
                         call_id=reqs[0].node_id,
+                        prompt_tokens=spent.tally.failed_prompts if i == 0 else 0,
                         completion_tokens=tokens,
                     )
                 )

@@ -339,9 +339,11 @@ class NodeFailed(Event):
     """The request the node was sent in (shared by the nodes of one request); None for a
     node never sent."""
     prompt_tokens: int = 0
+    """The prompts of its call's replies short of a choice, as their usage said (those of
+    attempts cut off mid-stream are unknown: no usage came back for them)."""
     completion_tokens: int = 0
-    """What its call's attempts cut off mid-stream streamed for it before the call failed
-    (their prompts are unknown: no usage came back for them)."""
+    """What its call's attempts cut off mid-stream streamed for it before the call failed,
+    and what its replies short of a choice generated, as their usage said."""
 
 
 @_slot_init
