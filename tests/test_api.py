@@ -190,6 +190,35 @@ def test_an_endpoint_config_is_checked_as_its_config_table_would_be(
     assert not folder.exists() and asked == 0
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"budget": 4096}, "budget: a call of this run asks for up to 4096 tokens, and model "),
+        ({"answer_tokens": 5000}, "answer_tokens: a call of this run asks for up to 5000"),
+        (
+            {"mode": "hybrid", "n": 2, "steps": 2, "total_budget": 20000},
+            "total_budget: a call of this run asks for up to 5000 tokens (total_budget 20000",
+        ),
+    ],
+)
+def test_a_call_past_the_models_context_is_refused_before_anything_runs(
+    tmp_path: Path, options: dict[str, Any], message: str
+) -> None:
+    """The server refuses every request whose max_tokens passes the model's context (vLLM
+    lists it as max_model_len): the run was made, failed every call, and no resume could
+    change its budget. Within the context, it runs."""
+    behaviour = FakeBehaviour(reply=REPLY, max_model_len=4096)
+    with fake_server_in_thread(behaviour) as server:
+        with pytest.raises(ConfigError) as caught:
+            thinktree.run(None, endpoint=server.base_url, out=tmp_path / "past", **options)
+        asked = server.requests
+        fits = thinktree.run(None, endpoint=server.base_url, out=tmp_path / "fits", budget=4000)
+    said = str(caught.value)
+    assert message in said and "holds 4096 in all, its prompt included" in said
+    assert not (tmp_path / "past").exists() and asked == 0
+    assert fits.metrics.calls > 0
+
+
 class Breaking(Seen):
     def handle(self, event: Any) -> None:
         if event.type == "problem-finished":

@@ -495,6 +495,8 @@ class EndpointClient:
         self.limiter = AdaptiveLimiter(config.max_connections, name=config.name)
         self.on_retry = on_retry
         self.model: str = config.model or ""
+        self.context_length: int | None = None
+        """The model's context in tokens, where its ``/models`` entry says (vLLM's does)."""
         self.cache: CallCache | None = None
         self._outage = anyio.Lock()  # one call at a time waits for the endpoint to come back
         self._answered_at = 0.0  # when the endpoint last answered such a wait's check
@@ -563,7 +565,8 @@ class EndpointClient:
         try:
             with anyio.fail_after(limit):
                 listing = await self.transport.get("models")
-            served = _model_ids(listing)
+            contexts = _listed(listing)
+            served = list(contexts)
         except (TimeoutError, openai.APITimeoutError):  # a connection error, but a timeout
             raise await self._silence(limit) from None
         except ValueError:
@@ -598,6 +601,7 @@ class EndpointClient:
             raise EndpointError(
                 f"endpoint {self.config.describe()} serves {listed}; choose one with --model"
             )
+        self.context_length = contexts.get(self.model)
         return self.model
 
     def cap_field(self) -> str:
@@ -1247,12 +1251,19 @@ def _first_token_tops(logprobs: Any) -> dict[str, float]:
     return {top.token: float(top.logprob) for top in content[0].top_logprobs or ()}
 
 
-def _model_ids(raw: bytes) -> list[str]:
-    """The ids in a ``/models`` answer (raises ValueError when it is not one)."""
+def _listed(raw: bytes) -> dict[str, int | None]:
+    """The ids in a ``/models`` answer, each with its context length where the entry says
+    it (vLLM's ``max_model_len``, others' ``context_length``); a ValueError when it is
+    no such answer."""
     data = json.loads(raw).get("data")
     if not isinstance(data, list):
         raise ValueError("no model list")
-    return [str(m["id"]) for m in data if isinstance(m, dict) and "id" in m]
+    listed: dict[str, int | None] = {}
+    for entry in data:
+        if isinstance(entry, dict) and "id" in entry:
+            length = entry.get("max_model_len", entry.get("context_length"))
+            listed[str(entry["id"])] = length if is_token_count(length) and length else None
+    return listed
 
 
 def _wire(kwargs: dict[str, Any]) -> dict[str, Any]:

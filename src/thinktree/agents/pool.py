@@ -120,6 +120,7 @@ class EndpointPool(EndpointClient):
         self.limiter = AdaptiveLimiter(sum(m.limit for m in self.members), name=config.name)
         self.on_retry = on_retry
         self.model = config.model or ""
+        self.context_length: int | None = None
         self.cache = None
         # the first member's: the probe sends a few requests through it
         self.transport = self.members[0].client.transport
@@ -176,6 +177,8 @@ class EndpointPool(EndpointClient):
         self.model = names.pop()
         for member in self.members:
             member.client.model = self.model
+        lengths = [m.client.context_length for m in self.members if m.client.context_length]
+        self.context_length = min(lengths) if lengths else None  # a call may go to any
         return self.model
 
     async def chat(

@@ -40,6 +40,7 @@ from thinktree.agents.endpoint import EndpointClient, EndpointConfig, server_nam
 from thinktree.agents.modes import DEFAULT_AGGREGATE, MODES, ModeSettings, build_strategy
 from thinktree.agents.pool import EndpointPool, client_for
 from thinktree.agents.solver import Sampling, Solver
+from thinktree.agents.strategies import Strategy
 from thinktree.agents.structured import check_format
 from thinktree.datasets import describe_validation_error
 from thinktree.errors import (
@@ -332,6 +333,7 @@ async def _execute(
         client.on_retry = on_retry
         with bound_contextvars(run_id=run_id):
             model = await client.resolve_model()
+            _check_fits_context(settings.modes, strategy, client.context_length, model, endpoint)
             if resume is not None and model != resume.endpoint["model"]:
                 raise ConfigError(
                     f"run {folder} was made on model '{resume.endpoint['model']}', and endpoint "
@@ -1096,6 +1098,34 @@ async def probe_endpoint(endpoint: EndpointConfig, settings: RunSettings) -> Pro
         caps = await probe(client, what=probe_needs(settings, ()))
         servers = client.figures() if isinstance(client, EndpointPool) else None
         return Probed(model, caps, servers)
+
+
+def _check_fits_context(
+    modes: ModeSettings,
+    strategy: Strategy,
+    context: int | None,
+    model: str,
+    endpoint: EndpointConfig,
+) -> None:
+    """A one-line ConfigError where one call of the run would ask for at least as many
+    tokens as the model's whole context (``context``, where the endpoint lists it): the
+    server refuses every such request, and no resume could change its ask."""
+    if context is None or modes.mode not in MODES:
+        return
+    per_call = strategy.first_request("check", Budget(name="check", limit=None)).max_tokens
+    asks = [("--answer-tokens", modes.answer_tokens, "")]
+    if modes.mode == "hybrid" and modes.total_budget is not None:
+        shared = f" (--total-budget {modes.total_budget} gives each step that many)"
+        asks.append(("--total-budget", per_call, shared))
+    else:
+        asks.append(("--budget", max(per_call, modes.budget or 0), ""))
+    for option, ask, how in asks:
+        if ask >= context:
+            raise ConfigError(
+                f"{option}: a call of this run asks for up to {ask} tokens{how}, and model "
+                f"'{model}' on endpoint {endpoint.describe()} holds {context} in all, its "
+                f"prompt included: give a smaller {option}"
+            )
 
 
 def _check_temperature(settings: RunSettings, endpoint: EndpointConfig) -> None:

@@ -102,6 +102,8 @@ class FakeBehaviour:
     """What a healthy fake server answers."""
 
     model: str = "fake-model"
+    max_model_len: int | None = None
+    """The model's context, listed in ``/models`` as vLLM lists it (None: not listed)."""
     native_n: bool = True
     """False: ignore ``n`` and return one choice (like llama.cpp)."""
     continuation: bool = True
@@ -307,7 +309,9 @@ class FakeServer:
         return web.Response(status=200)
 
     async def _models(self, request: web.BaseRequest) -> web.Response:
-        model = {"id": self.behaviour.model, "object": "model", "owned_by": "fake"}
+        model: dict[str, Any] = {"id": self.behaviour.model, "object": "model", "owned_by": "fake"}
+        if self.behaviour.max_model_len is not None:
+            model["max_model_len"] = self.behaviour.max_model_len
         body = {"object": "list", "data": [model]}
         return web.Response(body=_dumps(body), content_type=_JSON)
 
