@@ -422,6 +422,23 @@ def test_judge_options_without_an_endpoint_read_as_documented() -> None:
         check_verifiers(["judge,score=rating", "judge:score=rating"])
 
 
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ("judge,scroe=rating", "--verifier judge takes no option 'scroe'; its options: "),
+        ("pairwise:http://127.0.0.1:1/v1,agg=min", "--verifier pairwise takes no option 'agg'"),
+        ("reward:http://127.0.0.1:1/v1,agg=min", "--verifier reward takes no option 'agg'"),
+        ("prm:http://127.0.0.1:1/v1,lable=1", "--verifier prm takes no option 'lable'"),
+    ],
+)
+def test_an_option_a_verifier_does_not_take_is_refused(spec: str, message: str) -> None:
+    """A misspelt option was ignored: the verifier ran on its default, without a word."""
+    with pytest.raises(ConfigError) as caught:
+        check_verifiers([spec])
+    assert str(caught.value).startswith(message)
+    check_verifiers(["prm:http://127.0.0.1:1/v1,agg=min,label=1", "pairwise,score=rating"])
+
+
 def test_verifiers_on_files_of_the_same_name_get_distinct_labels() -> None:
     found = labels(["trained:d1/my.json", "trained:d2/my.json", "trained:other/v.json"])
     assert found == ["trained:d1/my.json", "trained:d2/my.json", "trained:v.json"]

@@ -12,7 +12,7 @@ the gold.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Hashable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, runtime_checkable
@@ -21,7 +21,7 @@ import structlog
 
 from thinktree.agents.capabilities import Capabilities
 from thinktree.agents.endpoint import Completion, EndpointClient, EndpointConfig
-from thinktree.errors import RunLimitReached
+from thinktree.errors import ConfigError, RunLimitReached
 from thinktree.orchestrator.call_cache import NotRecorded, only_recorded
 from thinktree.orchestrator.ledger import Budget, LimitHeld, RecordedCalls, token_cut
 from thinktree.pricing import Bill, MoneyLimit, Price, prompt_bound
@@ -298,6 +298,19 @@ def options(arg: str | None) -> dict[str, str]:
             found[""] = item.strip()
         else:
             found[item.strip()] = ""
+    return found
+
+
+def known_options(verifier: str, arg: str | None, known: Collection[str]) -> dict[str, str]:
+    """``options(arg)``, refused in one line where it holds an option ``verifier`` does not
+    take (``judge,scroe=rating`` was taken as ``judge``, its default score without a word);
+    ``""`` in ``known`` takes a bare first item."""
+    found = options(arg)
+    for key in found:
+        if key not in known:
+            names = ", ".join(k for k in known if k)
+            what = f"option '{key}'" if key else f"bare argument '{found[key]}'"
+            raise ConfigError(f"--verifier {verifier} takes no {what}; its options: {names}")
     return found
 
 

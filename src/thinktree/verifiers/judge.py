@@ -34,6 +34,7 @@ from thinktree.verifiers.base import (
     Verdict,
     VerifierSetup,
     cost,
+    known_options,
     options,
 )
 
@@ -387,9 +388,14 @@ def pointwise(arg: str | None, setup: VerifierSetup) -> PointwiseJudge:
     return PointwiseJudge(arg, setup)
 
 
-def check_options(arg: str | None) -> None:
-    """Check a judge's ``score=`` option before the run starts."""
-    score = options(arg).get("score", "auto")
+#: The options a judge (``judge``, ``pairwise``) takes: its endpoint, bare or named, and
+#: how it scores.
+JUDGE_OPTIONS = ("", "endpoint", "score")
+
+
+def check_options(arg: str | None, verifier: str = "judge") -> None:
+    """Check a judge's options (``score=`` among them) before the run starts."""
+    score = known_options(verifier, arg, JUDGE_OPTIONS).get("score", "auto")
     if score not in _SCORES:
         raise ConfigError(f"judge score '{score}' is unknown; use {', '.join(_SCORES)}")
 

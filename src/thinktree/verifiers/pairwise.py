@@ -320,4 +320,8 @@ def pairwise(arg: str | None, setup: VerifierSetup) -> PairwiseJudge:
     return PairwiseJudge(arg, setup)
 
 
-pairwise.check = check_options  # type: ignore[attr-defined]
+def _check(arg: str | None) -> None:
+    check_options(arg, "pairwise")
+
+
+pairwise.check = _check  # type: ignore[attr-defined]

@@ -32,6 +32,7 @@ from thinktree.verifiers.base import (
     Verdict,
     VerifierSetup,
     cost,
+    known_options,
     options,
 )
 from thinktree.verifiers.judge import question_block, response_block
@@ -271,8 +272,13 @@ def _split(total: int, parts: int) -> list[int]:
     return [base + (1 if i < extra else 0) for i in range(parts)]
 
 
-def _check(arg: str | None) -> None:
-    opts = options(arg)
+#: The options of ``reward`` (its scorer, bare or as ``url=``); ``prm`` takes ``agg`` too.
+REWARD_OPTIONS = ("", "url", "route", "model", "label")
+
+
+def _check(arg: str | None, verifier: str = "reward") -> None:
+    known = (*REWARD_OPTIONS, "agg") if verifier == "prm" else REWARD_OPTIONS
+    opts = known_options(verifier, arg, known)
     if not (opts.get("") or opts.get("url")):
         raise ConfigError("a reward verifier needs its scorer: reward:URL or prm:URL")
     if opts.get("route", "classify") not in ROUTES:
@@ -299,4 +305,4 @@ def process_reward(arg: str | None, setup: VerifierSetup) -> ProcessReward:
 
 
 reward.check = _check  # type: ignore[attr-defined]
-process_reward.check = _check  # type: ignore[attr-defined]
+process_reward.check = lambda arg: _check(arg, "prm")  # type: ignore[attr-defined]
