@@ -111,7 +111,13 @@ def test_run_takes_a_file_or_mappings_and_an_endpoint_config(tmp_path: Path) -> 
         (None, {"offset": 99}, DatasetError, "offset 99 leaves none"),
         # options are named as the arguments they are here, not as the command's
         (None, {"mode": "parallel", "steps": 3}, ConfigError, "error: steps is not used in mode"),
-        (None, {"aggregate": "verifier-weighted"}, ConfigError, "a verifier (verifiers=[NAME])"),
+        (
+            None,
+            {"mode": "parallel", "aggregate": "verifier-weighted"},
+            ConfigError,
+            "a verifier (verifiers=[NAME])",
+        ),
+        (None, {"aggregate": "majority"}, ConfigError, "aggregate is not used in mode 'budget'"),
         # each argument of the wrong type, where it would fail mid-run or on resume
         (None, {"mode": "sequential", "steps": 2.0}, ConfigError, "steps must be a whole number"),
         (None, {"budget": 1.5}, ConfigError, "budget must be a whole number or None, not 1.5"),

@@ -221,7 +221,10 @@ def test_defaults_a_mode_does_not_use_are_not_refused(
         (["--mode", "hybrid", "--n", "8", "--steps", "8", "--total-budget", "10"], ["too small"]),
         # 1 token a step: no step could state an answer, and the model would be blamed
         (["--mode", "hybrid", "--total-budget", "10"], ["too small", "would get 1 token(s)"]),
-        (["--aggregate", "loudest"], ["unknown aggregator 'loudest'"]),
+        (["--mode", "parallel", "--aggregate", "loudest"], ["unknown aggregator 'loudest'"]),
+        # one candidate a problem: every vote elects it
+        (["--aggregate", "length-weighted"], ["--aggregate is not used in mode 'budget'"]),
+        (["--mode", "sequential", "--aggregate", "majority"], ["not used in mode 'sequential'"]),
         # adaptive stops on a count of votes: a weighted vote could turn on samples not drawn
         (
             ["--mode", "adaptive", "--aggregate", "length-weighted"],

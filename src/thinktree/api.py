@@ -217,7 +217,10 @@ def run_settings(
         config_file=config_file,
         **fields,
     )
-    check_given(settings.modes, [k.replace("_", "-") for k in modes])
+    given = [k.replace("_", "-") for k in modes]
+    if fields.get("aggregate") is not None:
+        given.append("aggregate")
+    check_given(settings.modes, given)
     validate(settings)
     return settings
 

@@ -29,6 +29,8 @@ USED_BY: dict[str, tuple[str, ...]] = {
     "stop-confidence": ("adaptive",),
     "total-budget": ("hybrid",),
     "min-thinking": ("budget", "parallel", "adaptive"),
+    # budget and sequential end with one candidate a problem: every vote elects it
+    "aggregate": ("parallel", "hybrid", "adaptive", "auto"),
 }
 
 
