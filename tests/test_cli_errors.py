@@ -857,3 +857,36 @@ def test_a_misspelt_table_of_a_config_is_refused(
         run, f"{config}: unknown table(s) {misspelt}; a config has [endpoints] and [prices]"
     )
     assert_nothing_written(work)
+
+
+@pytest.mark.parametrize("command", ["run", "runs"])
+def test_output_to_a_reader_that_went_away_ends_quietly(
+    work: Path, fake_url: str, command: str
+) -> None:
+    """``thinktree run … | head -1``: the table's print found the pipe closed, and an
+    exception group's traceback of some 90 lines followed. It ends quietly, status 1, and
+    the run's results are written all the same."""
+    data = write_dataset(work / "data.jsonl", beta_problems(2))
+    made = thinktree("run", str(data), "--endpoint", fake_url, "--out", "r1", cwd=work)
+    assert made.returncode == 0, made.stderr
+    args = [str(data), "--endpoint", fake_url, "--out", "r2"] if command == "run" else ["."]
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "thinktree.cli", command, *args],
+            cwd=work,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(write)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and "Exception" not in proc.stderr, proc.stderr
+    if command == "run":
+        assert (work / "r2" / "results.json").is_file()

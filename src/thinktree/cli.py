@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import signal
 import sys
 from collections.abc import Awaitable, Callable
@@ -89,6 +90,13 @@ def _run_async(fn: Callable[[], Awaitable[T]], *, ctrl_c_stops: bool = False) ->
             raise interrupted() from None
         if find_error(exc, _Terminated) is not None:
             raise _fail("terminated (SIGTERM)", TERMINATED) from None
+        # the reader of its output went away (`| head`): rich's console exits when a print
+        # finds the pipe closed, the plain streams raise; either is the end, quietly
+        if find_error(exc, BrokenPipeError) is not None:
+            raise BrokenPipeError from None
+        exited = find_error(exc, SystemExit)
+        if exited is not None:
+            raise exited from None
         user = find_error(exc, (ThinktreeError, DatasetError))
         if user is None:
             raise
@@ -1092,6 +1100,8 @@ def main() -> None:
     try:
         code = app(args=_ray_alone(sys.argv[1:]), standalone_mode=False)
     except BrokenPipeError:
+        # what is left in stdout's buffer would fail again as the interpreter exits
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(1)
     except usage_error as exc:
         # a bad flag or value is one line, as every other error: what is wrong, and where
