@@ -287,6 +287,29 @@ def test_a_free_problem_with_options_is_refused(tmp_path: Path) -> None:
     assert '"answer_type": "choice"' in message and "drop 'options'" in message
 
 
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        (record("b", answer_type="yesno", answer="yes"), "a 'yesno' problem has 'options'"),
+        (
+            record("b", lower_limit=1, upper_limit=3),
+            "a 'choice' problem has 'lower_limit' and 'upper_limit', which only a numeric",
+        ),
+        (
+            record("b", options=None, answer_type="free", answer="x", lower_limit=1, upper_limit=2),
+            "a 'free' problem has 'lower_limit'",
+        ),
+    ],
+)
+def test_fields_the_grading_of_a_line_never_reads_are_refused(
+    tmp_path: Path, line: dict[str, Any], says: str
+) -> None:
+    """Options on a yes/no problem, limits on any but a numeric one: each was taken and
+    never read, as options on a free one (refused already) would be."""
+    path = write(tmp_path, record("a"), line)
+    assert error_of(path).startswith(f"{path}:2: {says}")
+
+
 @pytest.mark.parametrize("gold", ["yes", "no", "maybe", "Yes", " MAYBE ", "No"])
 def test_a_yes_no_gold_without_an_answer_type_is_refused(tmp_path: Path, gold: str) -> None:
     """Graded as free text, "Yes, it does." would not match the gold "yes"; whether the

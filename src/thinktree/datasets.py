@@ -165,6 +165,17 @@ def _unclear_answer_type(problem: Problem, *, given: bool) -> str | None:
             "a 'free' problem has 'options', which free-text grading never reads; "
             """make it "answer_type": "choice", or drop 'options'"""
         )
+    if problem.options and problem.answer_type is AnswerType.YESNO:
+        return (
+            "a 'yesno' problem has 'options', which its grading never reads (its answer "
+            """is yes, no or maybe); make it "answer_type": "choice", or drop 'options'"""
+        )
+    if given and problem.lower_limit is not None and problem.answer_type is not AnswerType.NUMERIC:
+        return (
+            f"a '{problem.answer_type}' problem has 'lower_limit' and 'upper_limit', which "
+            """only a numeric answer is graded by; make it "answer_type": "numeric", or """
+            "drop them"
+        )
     if not given and problem.answer is not None and problem.answer.strip().lower() in YESNO_ANSWERS:
         return (
             f"the answer {problem.answer!r} reads as yes/no/maybe but the line has no "
