@@ -801,6 +801,9 @@ async def test_list_runs_mixes_good_and_bad_folders(tmp_path: Path) -> None:
         assert runs[name].status == "unreadable"
         assert runs[name].error and "\n" not in runs[name].error
     assert list_runs(tmp_path / "no-such-root") == []
+    # a run folder given itself (`thinktree runs runs/ID`) is that run; it said "no runs"
+    (alone,) = list_runs(root / "a-done")
+    assert alone.folder == root / "a-done" and alone.status == good_run.status
 
 
 async def test_list_runs_counts_verdicts_at_their_own_cost_and_says_a_damaged_one(

@@ -892,24 +892,32 @@ _ENDED: Final = ("completed", "stopped")  # a run that ended so has written its 
 
 
 def _run_folders(root: Path) -> Iterator[Path]:
-    """The folders in ``root`` that hold a run store or a run manifest (a run begun);
-    none when there is no folder ``root``."""
+    """The folders in ``root`` that hold a run store or a run manifest (a run begun), or
+    ``root`` alone where it is such a folder; none when there is no folder ``root``."""
+    if _is_run_folder(root):
+        yield root
+        return
     try:
         folders = sorted(root.iterdir())
     except (FileNotFoundError, NotADirectoryError):
         return
     for folder in folders:
-        try:
-            if folder.is_dir() and any(
-                os.path.lexists(folder / name) for name in (STORE_NAME, _MANIFEST)
-            ):
-                yield folder
-        except OSError:
-            continue
+        if _is_run_folder(folder):
+            yield folder
+
+
+def _is_run_folder(folder: Path) -> bool:
+    try:
+        return folder.is_dir() and any(
+            os.path.lexists(folder / name) for name in (STORE_NAME, _MANIFEST)
+        )
+    except OSError:
+        return False
 
 
 def list_runs(root: Path) -> list[RunSummary]:
-    """Every run folder in ``root`` (runs in progress included), oldest first.
+    """Every run folder in ``root`` (runs in progress included), oldest first; ``root``
+    alone where it is a run folder.
 
     Opens each store read-only; a store that cannot be read is listed as "unreadable".
     A run whose process is gone is checked against its other files: a run that ended
