@@ -195,9 +195,50 @@ CASES: list[tuple[str, str, str | None, str | None]] = [
         "correct-option",
     ),
     ("medxpert", "Methadone fits best, so choice B is the best one.", "B", "correct-option"),
-    ("medqa", "Only the contact pathway fits. Option D is correct.", "D", "correct-option"),
-    ("medqa", "Option D is correct\nsince the PTT alone is long.", "D", "correct-option"),
+    ("medqa", "Only the contact pathway fits. Option D is correct.", "D", "bare-letter"),
     ("medqa", "Option D is correct for the PTT, not the bleeding.", None, None),
+    # "option B is correct" said in passing, as a condition, or taken back: no answer; the
+    # one that follows stands
+    (
+        "medqa",
+        "At first I thought option B was correct, but low bradykinin points to the contact "
+        "pathway.\n\nD",
+        "D",
+        "bare-letter",
+    ),
+    (
+        "medqa",
+        "If option B is correct, he would bleed. He does not.\nFactor XII",
+        "D",
+        "option-text",
+    ),
+    ("medqa", "Hmm, option B is correct. Wait, no.\n\n**D. Factor XII**", "D", "bare-letter"),
+    ("medqa", "Option B is correct, as is option D.", None, None),
+    (
+        "medqa",
+        "B is the correct answer for hemophilia A, but here low bradykinin fits Factor XII.",
+        "D",
+        "option-text",
+    ),
+    # "I was right" is the writer, not option I; "Option D:" heads a line of its own
+    (
+        "medqa",
+        "Factor XII deficiency explains the low bradykinin. So I was right.",
+        "D",
+        "option-text",
+    ),
+    (
+        "medxpert",
+        "It is treated with an opioid agonist: Methadone. I was right.",
+        "B",
+        "option-text",
+    ),
+    (
+        "medbullets",
+        "**Option C:**\nFluconazole is for candida.\n\n**Option D:**\nIt is for BV.",
+        None,
+        None,
+    ),
     # a last line that names its letter first, or a lone letter after "Therefore,"
     ("medqa", "Only the contact pathway fits.\nD is the correct answer.", "D", "bare-letter"),
     ("medqa", "Hemophilia is ruled out. So, (D) is the right one", "D", "bare-letter"),
@@ -296,16 +337,9 @@ CASES: list[tuple[str, str, str | None, str | None]] = [
     # an option's text against another option's letter is no answer
     (
         "medxpert",
-        "Methadone is the only one that fits, which is why option J says so.",
-        None,
-        None,
-    ),
-    # "option J is right" says which is: its letter, whatever option text is beside it
-    (
-        "medxpert",
         "Methadone is the only one that fits, which is why option J is right.",
-        "J",
-        "correct-option",
+        None,
+        None,
     ),
     ("medxpert", "Methadone (B) is the best choice here.", "B", "option-text"),
     # a final phrase over a list of options names none of them, and no rule picks from it
@@ -380,6 +414,9 @@ CASES: list[tuple[str, str, str | None, str | None]] = [
     ("medcalc", "FWD = -1.39 L.\n3. Wrong answer: The patient has Stage 2 AUD", None, None),
     ("medcalc", "The answer is -1.39 L; the incorrect answer is 5 L.", "-1.39", "answer-is"),
     ("medcalc", "The answer is *-1.39* L", "-1.39", "answer-is"),
+    # markdown's italics after a number are no formula
+    ("medcalc", "**Answer:** -1.39 *(free water deficit)*", "-1.39", "answer-label"),
+    ("medcalc", "The deficit is -1.39 *(Adrogue formula)*.", "-1.39", "number"),
     (
         "medcalc",
         "Total body water = 0.5 × 70 kg = 35 L.\nFWD = 35 × (136/140 − 1) = −1.0 L\n\n"
@@ -517,6 +554,9 @@ def test_a_number_the_token_cap_cut_short_is_not_read(text: str, answer: str | N
         ("pubmedqa", "The answer is yes, no or", None),
         ("pubmedqa", "Weighing it all, no. The answer is yes", "yes"),  # nothing goes on
         ("pubmedqa", "The answer is no.\nSo the study, and", "no"),
+        # one answer said again and again is no list to read on
+        ("pubmedqa", "Yes, yes, yes,", "yes"),
+        ("pubmedqa", "Answer: No, no, no, no,", "no"),
         ("medqa", "The answer is D or", None),
         ("medqa", "The answer is (D), (C),", None),
         ("medqa", "The answer is D. Then C,", "D"),

@@ -48,8 +48,9 @@ NUMBER_TOKEN = re.compile(
 )
 
 # What may not directly follow a number: another digit, a separator joining it to a digit,
-# or an operator of a formula it is a term of ("3.14 * (QT2 - QT1)", "12 + (4 × 2)").
-_BAD_TAIL = re.compile(r"\s*\d|[,./:\-−–+]\d|\s*[×*·^]\s*[\d(]|\s+\+\s+[\d(]")
+# or an operator of a formula it is a term of ("3.14 * (QT2 - QT1)", "12 + (4 × 2)"; not
+# markdown's italics after it: "1 *(hemoptysis)*").
+_BAD_TAIL = re.compile(r"\s*\d|[,./:\-−–+]\d|\s*[×*·^]\s*\d|\s*[×·^]\s*\(|\s*\*\s+\(|\s+\+\s+[\d(]")
 _PREFIX = re.compile(
     r"\s*(?:≈|~|∼|≃|=|about\b|approx(?:imately\b|\.|\b)|around\b|roughly\b|circa\b|ca\.)?\s*",
     re.IGNORECASE,

@@ -119,8 +119,8 @@ _CORRECT_OPTION = re.compile(
 )
 # "option D is the correct answer": the letter comes first, so the phrase ends before it
 _IS_CORRECT = (
-    r"\s+(?i:is|was)\s+(?:(?i:the\s+)?(?i:correct|right|best|most\s+likely)"
-    r"\s+(?i:answer|option|choice|one)\b|(?i:correct|right)(?=[ \t]*(?:[.!;,]|(?m:$))))"
+    r"\s+(?P<verb>(?i:is|was))\s+(?P<noun>(?i:the\s+)?(?i:correct|right|best|most\s+likely)"
+    r"\s+(?i:answer|option|choice|one)\b)"
 )
 _OPTION_IS_CORRECT = re.compile(rf"\b(?i:option|choice)\s+(?=[A-Z]{_IS_CORRECT})")
 _LETTER_OPTION_WORDS = ("option", "choice")
@@ -177,8 +177,17 @@ _MENTIONED_LETTER = re.compile(
     r"[(\[]([A-Z])[)\]]|\b(?:[Oo]ption|[Cc]hoice)\s+([A-Z])\b(?![-'’]\w)"
 )
 _OWN_LINE_LETTER = re.compile(r"[(\[]?([A-Z])[)\]]?[.:]?")
-# a sentence of the last line that names its letter first: "So, B is the correct answer."
-_CLAIMED_LETTER = re.compile(rf"(?:(?i:option|choice)\s+)?[(\[]?([A-Z])[)\]]?{_IS_CORRECT}")
+# the last sentence of the last line, all of it naming its letter as right: "So, B is the
+# correct answer.", "Option C is correct." (not "If option B is correct, …": a condition)
+_CLAIMED_LETTER = re.compile(
+    r"(?P<option>(?i:option|choice)\s+)?[(\[]?([A-Z])[)\]]?\s+(?P<verb>(?i:is|was))\s+"
+    r"(?P<noun>(?i:the\s+)?(?i:correct|right|best|most\s+likely)\s+(?i:answer|option|choice|one)"
+    r"|(?i:correct|right))\s*[.!]?\s*\Z"
+)
+# a line that concludes with a letter alone: "Therefore, B." (not "Option D:", a heading)
+_CONCLUDED_LETTER = re.compile(
+    r"(?i:therefore|thus|hence|so|finally)\b[\s,:]*[(\[]?([A-Z])[)\]]?\.?", re.ASCII
+)
 _SENTENCE_START = re.compile(r"(?:^|(?<=[.!?;])\s+)(?=\S)")
 _LINE_START_LETTER = re.compile(rf"(?:\(([A-Z])\)|([A-Z]){_SPECIES}[.)])(?=\s|$)")
 # a list item's marker at a line's start: "A. …", "(B) …", "3) …", "**C.** …"
@@ -245,13 +254,18 @@ _CUT_LIST = {
     AnswerType.YESNO: re.compile(rf"(?:\b(?i:yes|no|maybe)\b{_GOES_ON})+\Z"),
     AnswerType.CHOICE: re.compile(rf"(?:[(\[]?\b[A-Z][)\]]?{_GOES_ON})+\Z"),
 }
+_LISTED = re.compile(r"\b(?:yes|no|maybe|[A-Z])\b")
 
 
 def _cut_list(text: str, answer_type: AnswerType) -> int | None:
-    """Where a list that ``text`` ends in starts, for answers of ``answer_type``."""
+    """Where a list that ``text`` ends in starts, for answers of ``answer_type``: one
+    answer, or several that differ; not one said again and again ("Yes, yes, yes,")."""
     pattern = _CUT_LIST.get(answer_type)
     found = None if pattern is None else pattern.search(text, max(0, len(text) - _MAX_BODY))
-    return None if found is None else found.start()
+    if found is None:
+        return None
+    said = _LISTED.findall(found[0].lower() if answer_type is AnswerType.YESNO else found[0])
+    return None if len(said) > 1 and len(set(said)) == 1 else found.start()
 
 
 def _extract(text: str, problem: Problem) -> Extraction | _Verdict | None:
@@ -730,7 +744,7 @@ def _choice_fallback(text: str, problem: Problem) -> Extraction | _Verdict | Non
     own_line = {
         m[1]
         for i, line in enumerate(tail)
-        if (m := _OWN_LINE_LETTER.fullmatch(_LEADING_FILLER.sub("", line)))
+        if (m := _OWN_LINE_LETTER.fullmatch(line) or _CONCLUDED_LETTER.fullmatch(line))
         and not _continues_list(tail, i, m[1])
     }
     line_start = {m[1] or m[2] for line in tail if (m := _LINE_START_LETTER.match(line))}
@@ -756,14 +770,19 @@ def _choice_fallback(text: str, problem: Problem) -> Extraction | _Verdict | Non
 
 
 def _claimed_letter(line: str) -> str | None:
-    """The letter the last sentence of ``line`` that starts with one says is right
-    ("B is the correct answer.", "Therefore, option C is correct.")."""
-    claimed = None
+    """The letter the last sentence of ``line``, all of it, says is right ("B is the
+    correct answer.", "Therefore, option C is correct.")."""
     for start in _SENTENCE_START.finditer(line):
         sentence = _LEADING_FILLER.sub("", line[start.end() :])
-        if (match := _CLAIMED_LETTER.match(sentence)) is not None:
-            claimed = match[1]
-    return claimed
+        match = _CLAIMED_LETTER.match(sentence)
+        # "I was right", "I was correct": the one who wrote it, not option I
+        if match is not None and not (
+            match[2] == "I"
+            and not match["option"]
+            and (match["verb"].lower() == "was" or not match["noun"].lower().startswith("the"))
+        ):
+            return match[2]
+    return None
 
 
 def _continues_list(tail: list[str], index: int, letter: str) -> bool:
