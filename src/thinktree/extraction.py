@@ -8,12 +8,13 @@ Rules are tried in priority order, and each rule reads the LAST of its occurrenc
    ``answer-is`` ("the (correct) answer is X", "the answer is not A, it is B", "the
    correct answer, X, ...") and
    ``correct-option`` ("the correct option is X", "my choice is X", "I would choose X",
-   "option X is correct").
+   "option X is the correct answer").
    A choice answer is read as a leading letter ("(B) ...", "B.", "B"), a leading option text,
    the only "(X)"/"option X" in the phrase, or the only option text it contains.
-3. Fallbacks by answer type: ``bare-letter`` (a letter alone on a line near the end, at a
-   line's start as "(C)" or "C.", or first in the last line's last sentence that says it is
-   right: "So, C is the correct answer.") then ``option-text`` (choice), ``yesno-word``
+3. Fallbacks by answer type: ``bare-letter`` (a letter alone on a line near the end, or
+   after "Therefore,"; at a line's start as "(C)" or "C."; or the last line's last sentence
+   saying it is right, all of it: "So, C is the correct answer.", "Option C is correct.")
+   then ``option-text`` (choice), ``yesno-word``
    (yesno), ``number`` (numeric), ``whole-text`` (free).
 
 Nothing is guessed. An occurrence that says nothing readable ("the answer is not clear") is
