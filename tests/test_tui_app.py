@@ -102,6 +102,19 @@ async def test_keys_typed_fast_build_only_the_tree_they_stop_on(tmp_path: Path) 
         assert shown == ["p2", "p5"]  # the first key at once, then where the keys stopped
 
 
+async def test_a_filter_right_after_fast_keys_selects_none_it_leaves_out(tmp_path: Path) -> None:
+    """ "j j 2" typed fast: the moves' settling selected, after the filter, the problem
+    they stopped on, which "running" leaves out (a finished run has none running)."""
+    app = replay(tmp_path, 5, 3)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        app.clock = lambda: 1000.0  # the keys come at once, however slow the machine
+        await pilot.press("j", "j", "2")
+        await pilot.pause(KEYS_SETTLE_S * 2)
+        assert app.filter == "running" and app.problem_list.rows == []
+        assert app.selected_problem is None
+
+
 async def test_tree_opens_nodes_and_expands_and_collapses(tmp_path: Path) -> None:
     app = replay(tmp_path, 3, 3)
     async with app.run_test(size=SIZE) as pilot:

@@ -557,6 +557,8 @@ class ThinktreeApp(App[None]):
     def action_filter(self, name: str) -> None:
         """Show only the problems that are running / done / right / wrong (or all)."""
         self.filter = name
+        # a move still settling would select, after the filter, a problem it leaves out
+        self._cancel_settle()
         self._set_rows()
         highlighted = self.problem_list.highlighted
         if highlighted != self.selected_problem:
