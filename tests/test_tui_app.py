@@ -346,8 +346,7 @@ async def test_filters_show_problems_by_status(tmp_path: Path) -> None:
 
 
 async def test_all_counts_the_problems_yet_to_start_too(tmp_path: Path) -> None:
-    """The run-started event says how many problems the run has: "all" says how many of
-    them it lists (those started; it said "all 10" over four)."""
+    """The run-started event says how many problems the run has: "all" counts them all."""
     events = synthetic_run(10, 2, running=7)
     fifth = next(
         i for i, e in enumerate(events) if isinstance(e, ProblemStarted) and e.problem_id == "p05"
@@ -357,19 +356,19 @@ async def test_all_counts_the_problems_yet_to_start_too(tmp_path: Path) -> None:
     async with app.run_test(size=SIZE) as pilot:
         await settle(app, pilot)
         assert app.problem_list.rows == ["p01", "p02", "p03", "p04"]
-        assert app.problem_list.border_title == "problems · all 4 of 10"
+        assert app.problem_list.border_title == "problems · all 10"
         await pilot.press("2")
         assert app.problem_list.border_title == "problems · running 1"
         await pilot.press("3")
         assert app.problem_list.border_title == "problems · done 3"
         await pilot.press("1")
-        assert app.problem_list.border_title == "problems · all 4 of 10"
+        assert app.problem_list.border_title == "problems · all 10"
     before_any = write_trace(events[:1], tmp_path / "started.jsonl")  # the run-started only
     app = ThinktreeApp(ReplaySource(before_any), refresh_hz=0.001)
     async with app.run_test(size=SIZE) as pilot:
         await settle(app, pilot)
         assert app.problem_list.rows == []
-        assert app.problem_list.border_title == "problems · all 0 of 10"
+        assert app.problem_list.border_title == "problems · all 10"
 
 
 async def test_follow_tracks_the_newest_node_of_a_live_run() -> None:

@@ -367,10 +367,8 @@ class ThinktreeApp(App[None]):
     def _set_rows(self) -> None:
         rows = self.view.problems_in(self.filter)
         self.problem_list.set_rows(rows)
-        # "all" lists the problems started, of the run's every problem: "all 4 of 10"
-        count = f"{len(rows)}"
-        if self.filter == "all" and self.view.total > len(rows):
-            count = f"{len(rows)} of {self.view.total}"
+        # "all" counts the run's every problem, the ones yet to start too (not listed yet)
+        count = max(self.view.total, len(rows)) if self.filter == "all" else len(rows)
         self.problem_list.border_title = f"problems · {self.filter} {count}"
 
     def _problem(self) -> ProblemTree | None:
