@@ -755,6 +755,17 @@ async def test_the_quit_dialog_shows_its_text_and_its_keys(
         assert not isinstance(app.screen, QuitLiveRun)
 
 
+def test_the_quit_dialog_before_the_run_begins_offers_no_resume() -> None:
+    """It said "resume later with: thinktree run --resume RUN_DIR", a folder that never
+    was: stopped before it begins, a run leaves nothing to resume."""
+    from thinktree.tui.quit_dialog import quit_message
+
+    said = quit_message(None).plain
+    assert "RUN_DIR" not in said and "--resume" not in said
+    assert "it has not started yet: nothing to resume" in said
+    assert "thinktree run --resume runs/r1" in quit_message("runs/r1").plain
+
+
 async def test_a_retried_nodes_text_starts_afresh_in_replay(tmp_path: Path) -> None:
     events = synthetic_run(1, 1, running=1)
     first = next(e for e in events if isinstance(e, NodeDelta))

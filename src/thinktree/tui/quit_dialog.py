@@ -20,15 +20,17 @@ QuitChoice = Literal["keep", "stop"]
 def quit_message(folder: str | None, config: Path | str | None = None) -> Text:
     """What the dialog says; ``folder`` is the run folder to resume, when known, and
     ``config`` the config file the run's endpoint was named in."""
-    resume = resume_command(folder or "RUN_DIR", config)
     text = Text()
     text.append("The run is still going.\n\n", style="bold")
     text.append("[k]", style="bold")
     text.append(" keep it running without the view\n")
     text.append("[s]", style="bold")
-    text.append(" stop it (resume later with: ")
-    text.append(resume)  # a path is plain text, never markup
-    text.append(")\n")
+    if folder is None:  # it has not begun: stopped now, it leaves nothing to resume
+        text.append(" stop it (it has not started yet: nothing to resume)\n")
+    else:
+        text.append(" stop it (resume later with: ")
+        text.append(resume_command(folder, config))  # a path is plain text, never markup
+        text.append(")\n")
     text.append("[esc]", style="bold")
     text.append(" back")
     return text
