@@ -388,6 +388,19 @@ def test_a_narrow_header_keeps_the_mode_and_the_runs_state() -> None:
         ), (width, shown)
 
 
+def test_a_live_runs_narrow_header_marks_what_it_leaves_out() -> None:
+    """At 60 columns a live run's header dropped the tokens and the clock with no "…" in
+    their place: the source, never cut, pushed the line past the pane, and its end was cut
+    with the marks. The source gives way at its end now, keeping "live run"."""
+    view = view_of(4, 2, running=1)
+    top = header(view, elapsed=75.0, source="live run · following…")
+    for width in range(52, 100):  # the counts, a "…", "·  " and "live run…" take 52
+        progress = top.fit(width).plain.splitlines()[1]
+        assert len(progress) <= width and "live run" in progress, (width, progress)
+        if "⏱" not in progress:
+            assert "  …  " in progress, (width, progress)
+
+
 def test_tree_lines_cut_to_a_pane_keep_their_status_and_answer() -> None:
     view = view_of(3, 3)
     problem = view.tree.problems["p1"]

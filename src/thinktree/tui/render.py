@@ -118,6 +118,9 @@ def _run_lines(view: RunView) -> tuple[Row, Row]:
 _HINT_KEPT = len("resume with: thinktree run --resume …")
 
 
+_SOURCE_KEPT = len("live run") + 1  # and its "…"
+
+
 def _progress_line(view: RunView, *, elapsed: float, source: str, hint: str | None) -> Row:
     row = RowBuilder()
     row.add(f"{view.done}/{view.total}", "bold", lead=" ", label="problems ")
@@ -178,6 +181,9 @@ def _progress_line(view: RunView, *, elapsed: float, source: str, hint: str | No
         # where the run's end is said ("run interrupted"), the source ("its process
         # ended") says no more, and gives way last, after the marks of what went
         *([(DROP_MARKS, 0), (shown, 0)] if ended is not None else []),
+        # a run still going keeps the start of what its source says ("live run …"), not
+        # the "…" of the counts left out, which a cut of the line's end would take too
+        *([(shown, _SOURCE_KEPT)] if ended is None else []),
     )
 
 
