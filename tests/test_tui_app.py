@@ -115,6 +115,31 @@ async def test_a_filter_right_after_fast_keys_selects_none_it_leaves_out(tmp_pat
         assert app.selected_problem is None
 
 
+async def test_a_problem_that_leaves_the_filtered_list_leaves_the_tree(tmp_path: Path) -> None:
+    """Under "running", the selected problem finished and left the list, yet the tree
+    kept showing it (and went on showing it once the list was empty)."""
+    events = synthetic_run(3, 2)
+    first_done = next(
+        i for i, e in enumerate(events) if isinstance(e, ProblemFinished) and e.problem_id == "p1"
+    )
+    send, receive = anyio.create_memory_object_stream[Event](10_000)
+    app = ThinktreeApp(LiveSource(receive), refresh_hz=0.001)
+    async with app.run_test(size=SIZE) as pilot:
+        for event in events[:first_done]:
+            await send.send(event)
+        await settle(app, pilot, first_done)
+        await pilot.press("2")
+        assert "p1" in app.problem_list.rows
+        app.problem_list.select("p1")
+        app._select_problem("p1")
+        for event in events[first_done:]:
+            await send.send(event)
+        await settle(app, pilot, len(events))
+        assert app.problem_list.rows == []
+        assert app.selected_problem is None
+        send.close()
+
+
 async def test_tree_opens_nodes_and_expands_and_collapses(tmp_path: Path) -> None:
     app = replay(tmp_path, 3, 3)
     async with app.run_test(size=SIZE) as pilot:

@@ -351,6 +351,14 @@ class ThinktreeApp(App[None]):
             self._follow_newest()
         if self.selected_problem is None and self.problem_list.highlighted is not None:
             self._select_problem(self.problem_list.highlighted)
+        elif (
+            self.filter != "all"  # which lists every problem started
+            and self.selected_problem is not None
+            and self.selected_problem not in self.problem_list.rows
+        ):
+            # it left the filtered list (a running problem finished): the tree follows the
+            # list's cursor, or shows none where the list is empty
+            self._select_problem(self.problem_list.highlighted)
         problem = self._problem()
         if problem is not None and problem.problem_id in changes.problems:
             self.problem_tree.sync(problem)
