@@ -36,6 +36,8 @@ def _verdicts(kind: str, n: int) -> Any:
         "rationale": Verdict(score=0.5, rationale=None),  # type: ignore[arg-type]
         "cost": Verdict(score=0.5, cost_usd=float("nan")),
         "huge-score": Verdict(score=1e308),  # finite, but sums of such overflow
+        "negative-score": Verdict(score=-0.3),  # votes add scores up: it would count against
+        "above-one": Verdict(score=1.5),
         "huge-cost": Verdict(score=0.5, cost_usd=1e308),
         "huge-tokens": Verdict(score=0.5, prompt_tokens=10**20),  # no store holds it
         "failed": Verdict.failed("cannot tell"),
@@ -50,23 +52,25 @@ def _verdicts(kind: str, n: int) -> Any:
         import numpy as np
 
         return [
-            Verdict(score=np.float32(i), prompt_tokens=np.int64(3), completion_tokens=np.int32(0))
+            Verdict(
+                score=np.float32(i / 4), prompt_tokens=np.int64(3), completion_tokens=np.int32(0)
+            )
             for i in range(n)
         ]
     if kind == "spends":  # tokens on a model it names, at no cost it knows
         return [
-            Verdict(score=float(i), prompt_tokens=100, completion_tokens=10, model="judge-x")
+            Verdict(score=i / 4, prompt_tokens=100, completion_tokens=10, model="judge-x")
             for i in range(n)
         ]
     if kind == "spends-unnamed":  # tokens, but no model named: its models() says
-        return [Verdict(score=float(i), prompt_tokens=100, completion_tokens=10) for i in range(n)]
+        return [Verdict(score=i / 4, prompt_tokens=100, completion_tokens=10) for i in range(n)]
     if kind == "model-int":
         return [Verdict(score=0.5, model=7) for _ in range(n)]  # type: ignore[arg-type]
-    if kind == "negative":  # the first candidate fails, the others score below zero
-        return [Verdict.failed("cannot tell") if i == 0 else Verdict(score=-1.0) for i in range(n)]
-    if kind == "negative-scored-error":  # as "negative", the failure carrying a top score
+    if kind == "lowest":  # the first candidate fails, the others score the lowest score, 0
+        return [Verdict.failed("cannot tell") if i == 0 else Verdict(score=0.0) for i in range(n)]
+    if kind == "lowest-scored-error":  # as "lowest", the failure carrying a top score
         first = Verdict(score=1.0, error="cannot tell")
-        return [first if i == 0 else Verdict(score=-1.0) for i in range(n)]
+        return [first if i == 0 else Verdict(score=0.0) for i in range(n)]
     return [Verdict(score=0.5) for _ in range(n)]
 
 

@@ -218,3 +218,49 @@ async def test_a_scorer_that_cannot_score_stops_the_run_before_its_folder(
     assert message.startswith("the scorer at http://127.0.0.1:") and "cannot score" in message
     assert "\n" not in message
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("outputs", "scores"),
+    [
+        # raw rewards, one value each: all through the sigmoid, in their order (a value
+        # already in [0, 1] was kept as it was, so 0.2 outranked -1 but not 0.27, -1's)
+        ([[0.2], [-1.0], [1.5], [0.9]], [0.5498, 0.2689, 0.8176, 0.7109]),
+        ([0.2, -1.0], [0.5498, 0.2689]),  # a bare number per text
+        ([[-800.0], [800.0]], [0.0, 1.0]),  # no overflow at either end
+        # a process reward model's class probabilities per step: the last step's positive
+        ([[[0.7, 0.3], [0.4, 0.6]], [[0.1, 0.9]]], [0.6, 0.9]),
+    ],
+)
+async def test_pooling_outputs_are_read_by_their_shape_not_their_value(
+    outputs: list[Any], scores: list[float]
+) -> None:
+    from thinktree.verifiers.reward import _pooled
+
+    assert [round(_pooled(o), 4) for o in outputs] == scores
+
+
+async def test_pooling_values_that_are_neither_a_reward_nor_probabilities_are_refused() -> None:
+    from thinktree.verifiers.reward import _pooled
+
+    with pytest.raises(ValueError, match=r"ends in \[2.0, 3.0\]: neither one reward nor class"):
+        _pooled([[2.0, 3.0]])
+
+
+async def test_a_score_route_value_outside_0_1_fails_the_verdicts(tmp_path: Path) -> None:
+    # a /score that gives logits: -0.2 for the right answer and -0.3 for the others would
+    # have been added up as they came, so that the answer with more votes lost
+    calls = iter(range(100))
+
+    def logits(text: str) -> float:
+        return 0.5 if next(calls) == 0 else -0.2  # the scorer's check sees 0.5
+
+    async with RewardServer(logits) as scorer:
+        result = await _run(tmp_path, f"reward:{scorer.url},route=score", "verifier-weighted")
+    verdicts = result.trees[0].of_kind(NodeKind.VERDICT)
+    assert [v.status for v in verdicts] == [NodeStatus.FAILED] * 3
+    assert verdicts[0].error == (
+        "reward model: the scorer's score -0.2 is outside [0, 1]: the score route reads a "
+        "probability (a cross-encoder's)"
+    )
+    assert result.trees[0].vote is not None and result.trees[0].vote.rule == "majority"

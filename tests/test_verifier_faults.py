@@ -80,7 +80,9 @@ BAD_VERDICTS = {
     "tokens": "gave prompt_tokens that is not a count: 'ten' (str)",
     "rationale": "gave a rationale that is not text",
     "cost": "gave cost_usd that is not a finite amount: nan (float)",
-    "huge-score": "gave a score too large to add up (1e+308); scale scores to about [0, 1]",
+    "huge-score": "gave score 1e+308, outside [0, 1]; scale its scores into [0, 1]",
+    "negative-score": "gave score -0.3, outside [0, 1]; scale its scores into [0, 1]",
+    "above-one": "gave score 1.5, outside [0, 1]; scale its scores into [0, 1]",
     "huge-cost": "gave cost_usd that is not a finite amount: 1e+308 (float)",
     "huge-tokens": "gave prompt_tokens 100000000000000000000, more than any call spends",
     "raise": "failed: boom from a verifier",
@@ -134,13 +136,13 @@ async def test_a_bad_verdict_fails_with_its_reason_and_the_majority_decides(
 
 
 @pytest.mark.anyio
-@pytest.mark.parametrize("kind", ["negative", "negative-scored-error"])
+@pytest.mark.parametrize("kind", ["lowest", "lowest-scored-error"])
 @pytest.mark.parametrize("aggregate", ["best-of-n", "verifier-weighted", "verifier-tiebreak"])
-async def test_a_failed_verdict_ranks_below_negative_scores(
+async def test_a_failed_verdict_ranks_below_the_lowest_scores(
     tmp_path: Path, aggregate: str, kind: str
 ) -> None:
     # A's verdict fails (with no score, or an error beside a score of 1); B's three score
-    # -1: a failure is no better than any score
+    # 0: a failure is no better than any score
     result = await _run(tmp_path, (f"misbehave:{kind}",), aggregate)
     tree = result.trees[0]
     assert tree.vote is not None and tree.vote.rule == aggregate
@@ -156,11 +158,11 @@ async def test_a_failed_verdict_ranks_below_negative_scores(
 
 @pytest.mark.anyio
 async def test_a_valid_verifier_alongside_a_failing_one_still_decides(tmp_path: Path) -> None:
-    result = await _run(tmp_path, ("misbehave:nan", "misbehave:negative"), "best-of-n")
+    result = await _run(tmp_path, ("misbehave:nan", "misbehave:lowest"), "best-of-n")
     tree = result.trees[0]
     assert tree.vote is not None and tree.vote.rule == "best-of-n"
     assert tree.answer == "B"
-    assert tree.nodes["q1/b2/think"].scores == {"misbehave:negative": -1.0}
+    assert tree.nodes["q1/b2/think"].scores == {"misbehave:lowest": 0.0}
 
 
 @pytest.mark.anyio
@@ -171,9 +173,9 @@ async def test_numpy_scores_and_counts_are_valid(tmp_path: Path) -> None:
     verdicts = tree.of_kind(NodeKind.VERDICT)
     assert [v.status for v in verdicts] == [NodeStatus.DONE] * 4, verdicts[0].error
     assert tree.vote is not None and tree.vote.rule == "best-of-n"
-    assert tree.vote.winner_node == "q1/b4/think"  # scored 3, the highest
+    assert tree.vote.winner_node == "q1/b4/think"  # scored 0.75, the highest
     results = _results(result)
-    assert [b["score"] for b in results["problems"][0]["vote"]["ballots"]] == [0, 1, 2, 3]
+    assert [b["score"] for b in results["problems"][0]["vote"]["ballots"]] == [0, 0.25, 0.5, 0.75]
     m = result.metrics.verifier
     assert m is not None and m.prompt_tokens == 12
 

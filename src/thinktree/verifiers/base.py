@@ -4,7 +4,7 @@ A verifier is any object with ``verify(problem, candidates) -> list[Verdict]``, 
 a plain ``def`` (run in a thread of its own, so it may block), and optionally
 ``aclose()``, ``models()`` (the models its calls are priced by, whose prices its run
 records) and ``timeout_s`` (how long one ``verify`` may take, None for no limit). Scores
-are floats where higher means more likely right, by convention in [0, 1]; a verdict that
+are floats in [0, 1] where higher means more likely right (votes add them up); a verdict that
 could not be reached has ``score=None`` and says why in ``error``: the run goes on
 without it. A verdict with an error has failed, whatever its score. Verifiers never see
 the gold.

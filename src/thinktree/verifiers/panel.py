@@ -445,10 +445,10 @@ def _checked(name: str, verdict: object) -> Verdict:
         score = float(score)
         if not math.isfinite(score):
             return Verdict.failed(f"verifier {name} gave a non-finite score ({score})")
-        if abs(score) > LARGEST:
+        if not 0.0 <= score <= 1.0:  # votes add scores up: a negative one would count against
             return Verdict.failed(
-                f"verifier {name} gave a score too large to add up ({score:g}); "
-                "scale scores to about [0, 1]"
+                f"verifier {name} gave score {score:g}, outside [0, 1]; scale its scores into "
+                "[0, 1] (a raw reward through a sigmoid, say)"
             )
     counts = (verdict.prompt_tokens, verdict.completion_tokens)
     for field, count in zip(("prompt_tokens", "completion_tokens"), counts, strict=True):

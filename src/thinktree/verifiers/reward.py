@@ -3,9 +3,10 @@ scorer with the same shape (``/classify``, ``/pooling`` or ``/score``).
 
 ``--verifier reward:URL[,route=classify|pooling|score][,model=NAME][,label=K]`` scores
 each whole response (the question, the reasoning, the final answer). ``classify`` takes
-the probability of class ``label`` (default: the last); ``pooling`` the last value,
-squashed by a sigmoid when it is not already in [0, 1]; ``score`` the pair score of
-(question, response). URL is the server (with or without ``/v1``) or a name from
+the probability of class ``label`` (default: the last); ``pooling`` the last output: a
+raw reward (one value) through a sigmoid, or class probabilities (two or more values, as a
+process reward model's) the last one's; ``score`` the pair score of (question, response),
+which must be in [0, 1] (a cross-encoder's probability). URL is the server (with or without ``/v1``) or a name from
 thinktree.toml; the model is the one it serves unless ``model=`` says. Where the model has
 a price, its prompt tokens count under the run's money limit.
 
@@ -60,8 +61,30 @@ def aggregate_steps(scores: Sequence[float], how: str) -> float:
             return math.fsum(scores) / len(scores)
 
 
-def _squash(value: float) -> float:
-    return value if 0.0 <= value <= 1.0 else 1.0 / (1.0 + math.exp(-value))
+def _sigmoid(value: float) -> float:
+    return 0.5 * (1.0 + math.tanh(0.5 * value))  # no overflow at either end
+
+
+def _pooled(values: Any) -> float:
+    """A ``/pooling`` output's score: its last output (the last token's, the last step's).
+
+    One value is a raw reward, squashed by a sigmoid; two or more are class probabilities,
+    of which the last (the positive class) is the score. Decided by the output's shape,
+    never by its value, so every candidate's score goes through the same map and their
+    order is kept (a rule by value kept 0.2 as 0.2 and made -1 into 0.27)."""
+    while isinstance(values, list) and values and isinstance(values[-1], list):
+        values = values[-1]
+    if not isinstance(values, list):
+        return _sigmoid(float(values))
+    if len(values) == 1:
+        return _sigmoid(float(values[0]))
+    probability = float(values[-1]) if values else math.nan
+    if not 0.0 <= probability <= 1.0:
+        raise ValueError(
+            f"the scorer's pooling output ends in {values[-3:]}: neither one reward nor "
+            "class probabilities"
+        )
+    return probability
 
 
 #: What a scoring request may fail with: the server, a reply that does not parse, or the
@@ -171,11 +194,14 @@ class RewardClient:
         if self.route == "classify":
             return float(row["probs"][self.label])
         if self.route == "score":
-            return float(row["score"])
-        values = row["data"]
-        while isinstance(values, list):
-            values = values[-1]
-        return _squash(float(values))
+            score = float(row["score"])
+            if not 0.0 <= score <= 1.0:
+                raise ValueError(
+                    f"the scorer's score {score:g} is outside [0, 1]: the score route reads "
+                    "a probability (a cross-encoder's)"
+                )
+            return score
+        return _pooled(row["data"])
 
     def cost(self, prompt_tokens: int) -> float | None:
         return cost(self.prices.get(self.model or ""), prompt_tokens, 0)
