@@ -36,7 +36,7 @@ from thinktree.testing.fake_server import (
     fake_server_in_thread,
 )
 from thinktree.verifiers.base import options
-from thinktree.verifiers.judge import JUDGE_SYSTEM
+from thinktree.verifiers.judge import JUDGE_SYSTEM, read_rating
 from thinktree.verifiers.registry import (
     BUILTIN_VERIFIERS,
     check_verifiers,
@@ -247,6 +247,37 @@ async def test_judge_verdicts_are_nodes_events_and_rerank_the_vote(tmp_path: Pat
     results = json.loads((result.folder / "results.json").read_text())
     assert results["metrics"]["verifier"]["pick_accuracy"] == 1.0
     assert [b["score"] for b in results["problems"][0]["vote"]["ballots"]] == [0.1, 0.9, 0.1]
+
+
+@pytest.mark.anyio
+async def test_a_rating_is_read_past_the_scale_the_judge_restates(tmp_path: Path) -> None:
+    """"On a scale of 0 to 10: 9" was read as 0, the first number; "7.5" as 7."""
+    ratings = {"A": "On a scale of 0 to 10: 2", "B": "7.5/10"}
+    behaviour = FakeBehaviour(reply=_judging(ratings))
+    result = await _run(tmp_path, behaviour, ("judge:score=rating",), None)
+    verdicts = result.trees[0].of_kind(NodeKind.VERDICT)
+    assert [(v.score, v.text) for v in verdicts] == [
+        (0.2, "rating 2/10"),
+        (0.75, "rating 7.5/10"),
+        (0.2, "rating 2/10"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "rating"),
+    [
+        ("9", 9.0),
+        ("8 out of 10", 8.0),
+        ("0-10: 4", 4.0),
+        ("10", 10.0),
+        ("Rating: 0.", 0.0),
+        ("-3", None),  # not a rating of 3
+        ("100", None),
+        ("no idea", None),
+    ],
+)
+def test_read_rating(text: str, rating: float | None) -> None:
+    assert read_rating(text) == rating
 
 
 @pytest.mark.anyio

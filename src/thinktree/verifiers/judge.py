@@ -40,9 +40,19 @@ from thinktree.verifiers.base import (
 
 JUDGE_SYSTEM = "You are a strict and careful grader of answers to exam questions."
 MAX_CANDIDATE_CHARS = 4000
-_RATING = re.compile(r"\b(10|[0-9])\b")
+# a rating from 0 to 10, decimals allowed; never a part of a longer number or a negative one
+_RATING = re.compile(r"(?<![\d.\-])(10(?:\.0+)?|\d(?:\.\d+)?)(?![\d.]*\d)")
+# the scale the judge may restate around its rating: "0 to 10", "0-10", "/10", "out of 10"
+_SCALE = re.compile(r"\b0\s*(?:to|-|–)\s*10\b|/\s*10\b|\bout\s+of\s+10\b", re.IGNORECASE)
 _SCORES = ("auto", "yes-prob", "rating")
 _TOP_TOKENS = 10  # first-token alternatives a judge's P("Yes") is read from
+
+
+def read_rating(text: str) -> float | None:
+    """The judge's rating from 0 to 10 in ``text`` (its first, the scale it restates left
+    out: "On a scale of 0 to 10: 9" is 9, "8/10" is 8), or None where it gives none."""
+    found = _RATING.search(_SCALE.sub(" ", text))
+    return None if found is None else float(found.group(1))
 
 
 def question_block(problem: Problem) -> str:
@@ -361,17 +371,16 @@ class PointwiseJudge:
             "prompt_tokens": result.prompt_tokens,
             "completion_tokens": result.completion_tokens,
         }
-        found = _RATING.search(read_choice(text, fields))
-        if found is None:
+        rating = read_rating(read_choice(text, fields))
+        if rating is None:
             return Verdict.failed(
                 f"the judge's rating is unreadable: {text[:60]!r}",
                 **spent,
                 cost_usd=self.judge.cost(result.prompt_tokens, result.completion_tokens),
             )
-        rating = int(found.group(1))
         return Verdict(
             score=rating / 10,
-            rationale=f"rating {rating}/10",
+            rationale=f"rating {rating:g}/10",
             prompt_tokens=result.prompt_tokens,
             completion_tokens=result.completion_tokens,
             cost_usd=self.judge.cost(result.prompt_tokens, result.completion_tokens),
