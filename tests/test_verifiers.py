@@ -251,7 +251,7 @@ async def test_judge_verdicts_are_nodes_events_and_rerank_the_vote(tmp_path: Pat
 
 @pytest.mark.anyio
 async def test_a_rating_is_read_past_the_scale_the_judge_restates(tmp_path: Path) -> None:
-    """"On a scale of 0 to 10: 9" was read as 0, the first number; "7.5" as 7."""
+    """A rating 'On a scale of 0 to 10: 9' was read as 0, the first number; '7.5' as 7."""
     ratings = {"A": "On a scale of 0 to 10: 2", "B": "7.5/10"}
     behaviour = FakeBehaviour(reply=_judging(ratings))
     result = await _run(tmp_path, behaviour, ("judge:score=rating",), None)

@@ -6,9 +6,10 @@ each whole response (the question, the reasoning, the final answer). ``classify`
 the probability of class ``label`` (default: the last); ``pooling`` the last output: a
 raw reward (one value) through a sigmoid, or class probabilities (two or more values, as a
 process reward model's) the last one's; ``score`` the pair score of (question, response),
-which must be in [0, 1] (a cross-encoder's probability). URL is the server (with or without ``/v1``) or a name from
-thinktree.toml; the model is the one it serves unless ``model=`` says. Where the model has
-a price, its prompt tokens count under the run's money limit.
+which must be in [0, 1] (a cross-encoder's probability). URL is the server (with or
+without ``/v1``) or a name from thinktree.toml; the model is the one it serves unless
+``model=`` says. Where the model has a price, its prompt tokens count under the run's
+money limit.
 
 ``--verifier prm:URL[,agg=min|last|product|mean][,…]`` is the process-reward variant:
 the response is split into steps on blank lines, every prefix (the question and steps
