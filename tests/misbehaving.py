@@ -20,9 +20,15 @@ from thinktree.verifiers.base import CandidateView, Verdict, VerifierSetup
 from thinktree.verifiers.registry import BUILTIN_VERIFIERS
 
 
+class OwnBaseException(BaseException):
+    """A plugin's own exception outside Exception (as some libraries' are)."""
+
+
 def _verdicts(kind: str, n: int) -> Any:
     if kind == "raise":
         raise RuntimeError("boom from a verifier")
+    if kind == "base-exception":
+        raise OwnBaseException("the scorer broke")
     if kind == "exit":
         raise SystemExit(3)
     bad: dict[str, Any] = {
@@ -115,6 +121,8 @@ class Plain:
                 raise RuntimeError("boom from a verifier")
             if self.kind == "plain-exit":
                 sys.exit("the scorer gave up")
+            if self.kind == "plain-base-exception":
+                raise OwnBaseException("the scorer broke")
             if self.kind == "plain-hang":
                 RELEASE.wait(60)
             time.sleep(0.02)  # long enough for the other problems' calls to overlap it

@@ -94,6 +94,9 @@ BAD_VERDICTS = {
     "plain-raise": "failed: boom from a verifier",  # a plain def verify's, from its thread
     "exit": "verifier misbehave:exit failed: it called sys.exit(3)",  # not the run's end
     "plain-exit": "failed: it called sys.exit('the scorer gave up')",
+    # outside Exception, and not the run stopping: the run crashed with a traceback
+    "base-exception": "verifier misbehave:base-exception failed: the scorer broke",
+    "plain-base-exception": "failed: the scorer broke",
     # a TimeoutError of its own is its failure, not the panel's timeout (with none, the
     # run crashed formatting it)
     "own-timeout": "verifier misbehave:own-timeout failed: TimeoutError",

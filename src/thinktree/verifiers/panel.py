@@ -184,8 +184,10 @@ class VerifierPanel:
             )
             log.warning("verifier failed", verifier=named.name, problem=problem.id, error=reason)
             found = [Verdict.failed(reason) for _ in views]
-        except (Exception, SystemExit) as exc:  # a verifier's failure fails its verdicts,
-            # not the run: a sys.exit() in a plugin's code too
+        except BaseException as exc:  # a verifier's failure fails its verdicts, not the run:
+            # a sys.exit() or an exception of its own outside Exception in a plugin's code too
+            if _stops_the_run(exc):
+                raise
             detail = (
                 f"it called sys.exit({exc.code!r})"
                 if isinstance(exc, SystemExit)
@@ -425,6 +427,15 @@ def _view(c: Candidate) -> CandidateView:
         revisions=c.revisions,
         forced=c.forced,
     )
+
+
+def _stops_the_run(exc: BaseException) -> bool:
+    """Whether ``exc`` (or one in its group) is the run stopping, not the verifier failing:
+    a cancellation, Ctrl-C, a limit that stops the run, or a generator closed."""
+    stops = (anyio.get_cancelled_exc_class(), KeyboardInterrupt, GeneratorExit, RunStopping)
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.subgroup(lambda e: isinstance(e, stops)) is not None
+    return isinstance(exc, stops)
 
 
 def _checked(name: str, verdict: object) -> Verdict:
