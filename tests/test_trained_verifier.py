@@ -230,6 +230,20 @@ def test_weights_that_overflow_are_a_damaged_file(tmp_path: Path) -> None:
     tiny = _weights([0.0] * 5, [1e-300, 1e-300, 1, 1, 1], [1e10, -1e10, 0, 0, 0])
     with pytest.raises(ConfigError, match=r"damaged verifier file .*overflow"):
         load_model(_write(tmp_path / "tiny.json", tiny))
+    # an integer no float holds: it crashed with a traceback
+    huge = {**_weights([0.0] * 5, [1.0] * 5, [1.0] * 5), "intercept": int("9" * 400)}
+    with pytest.raises(ConfigError, match=r"damaged verifier file \(OverflowError: int too large"):
+        load_model(_write(tmp_path / "huge.json", huge))
+
+
+@pytest.mark.parametrize("version", ["1", 1.0, True, None])
+def test_a_version_that_is_no_whole_number_is_a_damaged_file(
+    tmp_path: Path, version: object
+) -> None:
+    # it said the file was "written by thinktree ? in verifier format 1" and to retrain it
+    data = {**_weights([0.0] * 5, [1.0] * 5, [1.0] * 5), "version": version}
+    with pytest.raises(ConfigError, match=r"damaged verifier file \(its version is "):
+        load_model(_write(tmp_path / "v.json", data))
 
 
 # finite and loadable, yet every candidate's score is inf - inf: NaN

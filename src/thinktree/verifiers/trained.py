@@ -108,6 +108,8 @@ def load_model(path: Path) -> TrainedModel:
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ConfigError(f"{path} is not a thinktree verifier file (no '{FORMAT}' header)")
     version = data.get("version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise ConfigError(f"{path} is a damaged verifier file (its version is {version!r})")
     if version != FORMAT_VERSION:
         raise ConfigError(
             f"{path} was written by thinktree {data.get('thinktree', '?')} in verifier format "
@@ -119,7 +121,7 @@ def load_model(path: Path) -> TrainedModel:
         mean, scale, coef = (tuple(float(x) for x in data[k]) for k in ("mean", "scale", "coef"))
         intercept = float(data["intercept"])
         meta = dict(data.get("meta") or {})
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:  # an integer past a float
         raise ConfigError(
             f"{path} is a damaged verifier file ({type(exc).__name__}: {exc})"
         ) from None
