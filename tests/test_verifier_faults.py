@@ -413,21 +413,30 @@ async def test_a_plain_close_is_called(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
-async def test_a_judge_call_that_failed_is_sent_again_on_resume(tmp_path: Path) -> None:
+@pytest.mark.parametrize("verifier", ["judge:score=yes-prob", "pairwise:score=rating"])
+async def test_a_judge_call_that_failed_is_sent_again_on_resume(
+    tmp_path: Path, verifier: str
+) -> None:
     """The judge's endpoint refused its calls (retries spent): the run says its calls
     failed and resumes, scoring them then (it said none failed and refused to resume,
-    so the judge's work was lost for good)."""
+    so the judge's work was lost for good; the pairwise judge's, until now)."""
     from thinktree.orchestrator.run import load_resume
     from thinktree.orchestrator.store import list_runs
+    from thinktree.verifiers.judge import JUDGE_SYSTEM
 
     judging = {"down": True}
 
+    def judged(body: dict[str, Any]) -> bool:
+        messages = body.get("messages") or []
+        return bool(messages) and messages[0].get("content") == JUDGE_SYSTEM
+
     def judge_down(body: dict[str, Any]) -> str | None:
-        asked = json.dumps(body.get("messages"))
-        return "reloading" if judging["down"] and "Reply Yes or No" in asked else None
+        return "reloading" if judging["down"] and judged(body) else None
 
     def reply(body: dict[str, Any], index: int) -> str:
-        return "Yes" if "Reply Yes or No" in json.dumps(body.get("messages")) else "Answer: B"
+        if judged(body):  # P("Yes") for the judge; the first response for the pairwise one
+            return "Yes" if verifier.startswith("judge") else "1"
+        return "Answer: B" if verifier.startswith("judge") or index else "Answer: A"
 
     problems = [
         Problem(
@@ -445,7 +454,7 @@ async def test_a_judge_call_that_failed_is_sent_again_on_resume(tmp_path: Path) 
         settings = RunSettings(
             modes=ModeSettings(mode="parallel", n=2, budget=16),
             out=tmp_path / "run",
-            verifiers=("judge:score=yes-prob",),
+            verifiers=(verifier,),
         )
         first = await execute(problems, cfg, settings)
         assert first.failed_requests() == 4  # two candidates of two problems

@@ -35,7 +35,8 @@ import anyio
 
 from thinktree.agents.capabilities import Capabilities
 from thinktree.agents.endpoint import Message
-from thinktree.errors import EndpointError, RunLimitReached
+from thinktree.errors import ContextExceeded, EndpointError, RunLimitReached
+from thinktree.orchestrator.events import JUDGE_CALL_FAILED
 from thinktree.problems import Problem
 from thinktree.verifiers.base import CandidateView, Verdict, VerifierSetup
 from thinktree.verifiers.judge import (
@@ -91,6 +92,7 @@ class _Cut:
     round: int
     reason: str
     limit: bool
+    call_failed: bool = False  # a judge's call failed for good: a resume asks it again
 
 
 class MatchFailed(Exception):
@@ -138,7 +140,11 @@ class PairwiseJudge:
         use_logprobs = self.judge.uses_logprobs(caps)
         cut = await self._tournament(client, caps, use_logprobs, problem, candidates, groups)
         if cut is not None and all(g.reached == 1 for g in groups.values()):
-            return self._failed(candidates, groups, f"no pairwise match was judged: {cut.reason}")
+            # a failed call is said as the pointwise judge's is: the run counts it as a
+            # failed call (its exit status says so) and a resume asks the matches again
+            said = JUDGE_CALL_FAILED if cut.call_failed else ""
+            why = f"{said}no pairwise match was judged: {cut.reason}"
+            return self._failed(candidates, groups, why)
         rounds = knockout_rounds(len(groups))
         verdicts: list[Verdict] = [Verdict(score=None)] * len(candidates)
         for group in groups.values():
@@ -225,7 +231,10 @@ class PairwiseJudge:
                 else:
                     why = str(result) or type(result).__name__
                     if cut is None or (isinstance(result, RunLimitReached) and not cut.limit):
-                        cut = _Cut(round_, why, isinstance(result, RunLimitReached))
+                        failed = isinstance(result, EndpointError) and not isinstance(
+                            result, ContextExceeded
+                        )
+                        cut = _Cut(round_, why, isinstance(result, RunLimitReached), failed)
                     line = f"round {round_}: {a.answer} vs {b.answer}: not judged: {why}"
                     a.notes.append(line)
                     b.notes.append(line)
