@@ -356,3 +356,21 @@ async def test_held_text_of_a_cut_off_attempt_gives_way_to_the_retrys() -> None:
         await subscriber.aclose()
     deltas = [e for e in got if isinstance(e, NodeDelta)]
     assert [(e.text, e.restart) for e in deltas] == [("fresh text", True)]
+
+
+@pytest.mark.parametrize(
+    ("given", "slower", "faster"),
+    [(0.1, 0.1, 0.25), (0.25, 0.25, 0.5), (1.0, 0.5, 2.0), (3.0, 2.0, 4.0)],
+)
+def test_replay_speed_keys_move_from_the_speed_given(
+    tmp_path: Path, given: float, slower: float, faster: float
+) -> None:
+    """'-' on a replay started below the slowest listed speed made it faster (0.1x to 0.25x)."""
+    from thinktree.tui.sources import ReplaySource
+
+    source = ReplaySource(tmp_path / "t.jsonl", speed=given)
+    source.slower()
+    assert source.speed == slower
+    source.speed = given
+    source.faster()
+    assert source.speed == faster

@@ -99,7 +99,8 @@ class ReplaySource:
         self.speed = next((s for s in SPEEDS if s > self.speed), SPEEDS[-1])
 
     def slower(self) -> None:
-        self.speed = next((s for s in reversed(SPEEDS) if s < self.speed), SPEEDS[0])
+        # a speed given below the slowest listed one stays (it went up to 0.25x)
+        self.speed = next((s for s in reversed(SPEEDS) if s < self.speed), self.speed)
 
     def toggle_pause(self) -> None:
         self.paused = not self.paused
