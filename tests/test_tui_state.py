@@ -262,6 +262,36 @@ def test_a_problem_a_limit_cut_short_says_so_in_its_detail() -> None:
     assert f"stopped {why}" in node_detail(tree, tree.root)[0].plain
 
 
+def test_a_problem_detail_shows_the_auto_choice_and_a_score_votes_scores() -> None:
+    """Neither was shown: an auto problem's chosen mode and its reason, nor the scores that
+    decided a verifier's vote (its counts, a tie, hid why the winner won)."""
+    from thinktree.orchestrator.events import StrategyChosen, VoteCast
+    from thinktree.tui.render import node_detail
+
+    view = RunView()
+    view.apply(RunStarted(run_id="r", mode="auto", endpoint="e", model="m", problems=1))
+    view.apply(ProblemStarted(problem_id="q", node_id="q", question="Which?", gold="B"))
+    why = "the pilot's samples disagree (A, B): hard; they used 78% of their budget, so 2x budget"
+    view.apply(
+        StrategyChosen(problem_id="q", node_id="q/pilot", mode="sequential", budget=128, reason=why)
+    )
+    scores = {"A": 0.132964228, "B": 0.132964238}
+    view.apply(
+        VoteCast(
+            problem_id="q",
+            node_id="q",
+            rule="verifier-weighted",
+            answer="B",
+            winner_node="q/b2",
+            counts={"A": 1, "B": 1},
+            scores=scores,
+        )
+    )
+    meta = node_detail(view.tree.problems["q"], view.tree.problems["q"].root)[0].plain
+    assert "chose sequential at budget 128" in meta and f"because {why}" in meta
+    assert "vote verifier-weighted: A×1, B×1" in meta and "scores B 0.133, A 0.133" in meta
+
+
 def test_a_long_node_id_in_the_detail_keeps_its_tail() -> None:
     """A node's id starts with its problem's: cut at its end, a long one lost the part
     that says which node it is."""

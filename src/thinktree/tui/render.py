@@ -389,6 +389,12 @@ def _problem_meta(meta: Text, problem: ProblemTree) -> Text:
         if problem.covered is not None:
             _field(meta, "covered", "yes" if problem.covered else "no")
     _field(meta, "tokens", f"{problem.completion_tokens():,}")
+    if problem.decision is not None:  # the auto mode's choice, and why
+        chosen = problem.decision
+        meta.append("\n")
+        _field(meta, "chose", f"{one_line(chosen.mode, 20)} at budget {chosen.budget:,}")
+        meta.append("\n")
+        _field(meta, "because", one_line(chosen.reason, 200))
     vote = problem.vote
     if vote is not None:
         meta.append("\n")
@@ -396,6 +402,11 @@ def _problem_meta(meta: Text, problem: ProblemTree) -> Text:
             f"{one_line(k, 20)}×{v}" for k, v in sorted(vote.counts.items(), key=lambda kv: -kv[1])
         )
         _field(meta, "vote", f"{one_line(vote.rule, 20)}: {counts or '—'}")
+        if vote.scores and any(vote.scores.get(k) != float(v) for k, v in vote.counts.items()):
+            # a score rule (a verifier's): what decided it, not only the counts
+            ranked = sorted(vote.scores.items(), key=lambda kv: -kv[1])
+            meta.append("\n")
+            _field(meta, "scores", ", ".join(f"{one_line(k, 20)} {v:.4g}" for k, v in ranked))
         if vote.winner_node:
             meta.append("\n")
             _field(meta, "winner", one_line(vote.winner_node, 60), "bold green")
