@@ -205,6 +205,12 @@ def test_an_endpoint_config_is_checked_as_its_config_table_would_be(
             {"mode": "hybrid", "n": 2, "steps": 2, "total_budget": 20000},
             "total_budget: a call of this run asks for up to 5000 tokens (total_budget 20000",
         ),
+        # the pilot's calls fit; the mode it picks, at twice the budget, would not
+        (
+            {"mode": "auto", "budget": 2100},
+            "budget: a call of this run asks for up to 4200 tokens (auto gives the mode it "
+            "picks 2× budget), and model ",
+        ),
     ],
 )
 def test_a_call_past_the_models_context_is_refused_before_anything_runs(

@@ -658,6 +658,30 @@ def test_a_bench_checks_every_cell_before_it_makes_its_folder(tmp_path: Path) ->
             assert not [key for key in SEEN if "Which one" in key], name  # no cell ran
 
 
+@pytest.mark.parametrize("mode", ["budget", "auto"])
+def test_a_cell_past_the_models_context_is_refused_before_the_folder(
+    tmp_path: Path, mode: str
+) -> None:
+    """The run refused it, but only once the bench had made its folder, which then held
+    the bench's grid and refused the fixed config as another bench. auto's pilot fits: the
+    mode it picks, at twice the budget, would not."""
+    write_choice_problems(tmp_path / "one.jsonl", "p")
+    behaviour = FakeBehaviour(reply=reply, max_model_len=4096)
+    with fake_server_in_thread(behaviour) as server:
+        config = tmp_path / "c.toml"
+        for budget in (2100 if mode == "auto" else 100_000, 32):
+            config.write_text(
+                f'[[datasets]]\npath = "one.jsonl"\n[grid]\nmode = ["{mode}"]\n'
+                f'budget = [{budget}]\n[run]\nendpoint = "{server.base_url}"\nconcurrency = 1\n'
+            )
+            code, _out, err = _bench(config, tmp_path, out="b")
+            if budget != 32:
+                assert code == 2 and len(err.strip().splitlines()) == 1, err
+                assert "holds 4096 in all, its prompt included: give a smaller --budget" in err
+                assert not (tmp_path / "b").exists()
+    assert code == 0, err  # the fixed config runs in the same folder
+
+
 def test_a_bench_folder_is_written_by_one_bench_at_a_time(tmp_path: Path) -> None:
     from thinktree._files import folder_lock
 

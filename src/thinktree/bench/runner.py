@@ -53,6 +53,7 @@ from thinktree.orchestrator.run import (
     ResumeState,
     RunResult,
     RunSettings,
+    check_fits_context,
     execute,
     going_on,
     load_resume,
@@ -267,6 +268,7 @@ class ProbeMemo:
         self._found: dict[tuple[str, str, str | None], list[tuple[frozenset[str], Capabilities]]]
         self._found = {}
         self._models: dict[tuple[str, str, str | None], str] = {}
+        self._contexts: dict[tuple[str, str, str | None], int | None] = {}
 
     @staticmethod
     def _key(target: EndpointConfig) -> tuple[str, str, str | None]:
@@ -279,11 +281,21 @@ class ProbeMemo:
         return None
 
     def add(
-        self, target: EndpointConfig, needs: set[str], caps: Capabilities, model: str | None = None
+        self,
+        target: EndpointConfig,
+        needs: set[str],
+        caps: Capabilities,
+        model: str | None = None,
+        context: int | None = None,
     ) -> None:
         self._found.setdefault(self._key(target), []).append((frozenset(needs), caps))
         if model is not None:
             self._models[self._key(target)] = model
+            self._contexts[self._key(target)] = context
+
+    def context(self, target: EndpointConfig) -> int | None:
+        """The context of the model ``target`` serves, where a probe here found it listed."""
+        return self._contexts.get(self._key(target))
 
     def model(self, target: EndpointConfig) -> str | None:
         """The model ``target`` was found to serve, where a probe here found it."""
@@ -386,6 +398,8 @@ async def _check_cell(target: EndpointConfig, settings: RunSettings, plan: Bench
     """Probe ``target`` for a fresh cell (once per endpoint), check it has a price where the
     cell has a money limit, and check the cell's verifiers; the model it serves."""
     model = await _probe(target, settings, plan.probes)
+    # a budget past the model's context: refused now, not by the cell once the folder is made
+    check_fits_context(settings, plan.probes.context(target), model, target)
     money_limit(settings, model)
     caps = plan.probes.get(target, probe_needs(settings, ()))
     assert caps is not None  # _probe found them
@@ -609,7 +623,7 @@ async def _probe(target: EndpointConfig, settings: RunSettings, probes: ProbeMem
     model = probes.model(target)
     if probes.get(target, needs) is None or model is None:
         probed = await probe_endpoint(target, settings)
-        probes.add(target, needs, probed.capabilities, probed.model)
+        probes.add(target, needs, probed.capabilities, probed.model, probed.context_length)
         model = probed.model
     return model
 

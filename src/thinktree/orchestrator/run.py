@@ -35,12 +35,12 @@ from thinktree._files import atomic_file, atomic_write, folder_lock, read_only_u
 from thinktree._json import dump_bytes_via
 from thinktree._numbers import LARGEST_SETTING, SEED_RANGE
 from thinktree.agents.aggregators import VERIFIER_RULES, get_aggregator
+from thinktree.agents.auto import Auto
 from thinktree.agents.capabilities import Capabilities, probe, probe_unprobed
 from thinktree.agents.endpoint import EndpointClient, EndpointConfig, server_name
 from thinktree.agents.modes import DEFAULT_AGGREGATE, MODES, ModeSettings, build_strategy
 from thinktree.agents.pool import EndpointPool, client_for
 from thinktree.agents.solver import Sampling, Solver
-from thinktree.agents.strategies import Strategy
 from thinktree.agents.structured import check_format
 from thinktree.datasets import describe_validation_error
 from thinktree.errors import (
@@ -333,7 +333,7 @@ async def _execute(
         client.on_retry = on_retry
         with bound_contextvars(run_id=run_id):
             model = await client.resolve_model()
-            _check_fits_context(settings.modes, strategy, client.context_length, model, endpoint)
+            check_fits_context(settings, client.context_length, model, endpoint)
             if resume is not None and model != resume.endpoint["model"]:
                 raise ConfigError(
                     f"run {folder} was made on model '{resume.endpoint['model']}', and endpoint "
@@ -1085,6 +1085,7 @@ class Probed:
     model: str
     capabilities: Capabilities
     servers: list[dict[str, Any]] | None = None
+    context_length: int | None = None  # the model's whole context, where the endpoint lists it
 
 
 async def probe_endpoint(endpoint: EndpointConfig, settings: RunSettings) -> Probed:
@@ -1097,26 +1098,28 @@ async def probe_endpoint(endpoint: EndpointConfig, settings: RunSettings) -> Pro
         model = await client.resolve_model()
         caps = await probe(client, what=probe_needs(settings, ()))
         servers = client.figures() if isinstance(client, EndpointPool) else None
-        return Probed(model, caps, servers)
+        return Probed(model, caps, servers, client.context_length)
 
 
-def _check_fits_context(
-    modes: ModeSettings,
-    strategy: Strategy,
-    context: int | None,
-    model: str,
-    endpoint: EndpointConfig,
+def check_fits_context(
+    settings: RunSettings, context: int | None, model: str, endpoint: EndpointConfig
 ) -> None:
     """A one-line ConfigError where one call of the run would ask for at least as many
     tokens as the model's whole context (``context``, where the endpoint lists it): the
-    server refuses every such request, and no resume could change its ask."""
+    server refuses every such request, and no resume could change its ask. A bench checks
+    each cell so before its folder is made."""
+    modes = settings.modes
     if context is None or modes.mode not in MODES:
         return
+    strategy = build_strategy(modes, settings.aggregate_name())
     per_call = strategy.first_request("check", Budget(name="check", limit=None)).max_tokens
     asks = [("--answer-tokens", modes.answer_tokens, "")]
     if modes.mode == "hybrid" and modes.total_budget is not None:
         shared = f" (--total-budget {modes.total_budget} gives each step that many)"
         asks.append(("--total-budget", per_call, shared))
+    elif isinstance(strategy, Auto):  # the mode it picks may have its budget scaled up
+        scaled = f" (auto gives the mode it picks {strategy.scale}× --budget)"
+        asks.append(("--budget", max(per_call, strategy.budget * strategy.scale), scaled))
     else:
         asks.append(("--budget", max(per_call, modes.budget or 0), ""))
     for option, ask, how in asks:
