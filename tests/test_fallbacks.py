@@ -374,6 +374,35 @@ def test_model_not_served_is_one_line(tmp_path: Path) -> None:
     assert not (tmp_path / "run").exists()
 
 
+def test_a_run_whose_every_call_failed_says_how_to_resume_it(tmp_path: Path) -> None:
+    """No problem answered because every call failed: exit 4, a run to resume, with the
+    command that does (it exited 3, as a model that answers nothing, and said no more)."""
+
+    def refuse(body: dict[str, Any]) -> str | None:  # the probe's short calls go through
+        return "overloaded, try later" if body.get("max_tokens", 0) >= 32 else None
+
+    behaviour = FakeBehaviour(reply="It is B.\nAnswer: B", reject=refuse)
+    with fake_server_in_thread(behaviour) as server:
+        proc = cli(
+            "run",
+            "--endpoint",
+            server.base_url,
+            "--limit",
+            "2",
+            "--budget",
+            "64",
+            "--out",
+            str(tmp_path / "run"),
+        )
+    assert proc.returncode == 4, proc.stderr
+    said = proc.stderr.strip()
+    assert said.startswith("error: no problem was answered: 2 model call(s) failed, the first ")
+    assert "overloaded, try later" in said and "\n" not in said
+    assert said.endswith(
+        f"once the cause is fixed, send them again with: thinktree run --resume {tmp_path / 'run'}"
+    )
+
+
 def test_a_model_that_never_answers_fails_the_command(tmp_path: Path) -> None:
     silent = FakeBehaviour(reply="I am not sure what to say about this at all.")
     with fake_server_in_thread(silent) as server:

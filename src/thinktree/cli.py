@@ -415,11 +415,13 @@ def _execute(
                     "(or --max-problem-tokens, --max-cost)",
                     NOTHING_ANSWERED,
                 )
-            if failed:  # the calls failed (a refused request): say so, not "no answer"
+            if failed:  # the calls failed (a refused request): say so, not "no answer",
+                # and that a resume sends them again, as for a run that answered some
                 raise _fail(
                     f"no problem was answered: {requests} model call(s) failed, the first "
-                    f"with: {failed[0]} (run folder {result.folder})",
-                    NOTHING_ANSWERED,
+                    f"with: {clean(failed[0])}; once the cause is fixed, send them again "
+                    f"with: {resume_command(result.folder, config)}",
+                    INCOMPLETE,
                 )
             raise _fail(
                 f"the model stated no answer on any of the {result.metrics.problems} problems "
