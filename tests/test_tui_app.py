@@ -8,6 +8,7 @@ import html
 import json
 import os
 import re
+import time
 from pathlib import Path
 
 import anyio
@@ -577,7 +578,12 @@ def assert_interrupted(app: ThinktreeApp, source: FollowSource) -> None:
     app.refresh_view()
     assert "run interrupted" in app.header.plain and "running" not in app.header.plain
     assert f"resume with: thinktree run --resume {source.folder}" in app.header.plain
-    assert app.elapsed() == app.view.elapsed  # the clock no longer ticks
+    # the clock no longer ticks, and stays where it was when the end was found: it went
+    # back to the run's last event
+    stopped = app.elapsed()
+    time.sleep(0.05)
+    assert app.elapsed() == stopped
+    assert stopped > app.view.elapsed
 
 
 async def test_watching_a_run_whose_process_died_says_it_was_interrupted(tmp_path: Path) -> None:

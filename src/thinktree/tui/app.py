@@ -131,6 +131,7 @@ class ThinktreeApp(App[None]):
         self._refresh_hz = refresh_hz
         self._followed: str | None = None
         self._last_event_wall = time.monotonic()
+        self._source_ended_wall = self._last_event_wall  # when the source gave out
         self._rows_stale = True
         self._budget_asked = False
         self._highlighted: str | None = None  # the list's cursor, which the tree follows
@@ -226,6 +227,7 @@ class ThinktreeApp(App[None]):
             if isinstance(source, FollowSource) and source.interrupted:
                 self._interrupted(source)
         finally:
+            self._source_ended_wall = time.monotonic()
             self.source_done.set()
         if isinstance(source, FollowSource):  # a resume may write the trace anew
             await source.until_rewritten()
@@ -325,9 +327,12 @@ class ThinktreeApp(App[None]):
         source = self.source
         if isinstance(source, ReplaySource):
             return view.elapsed if source.speed == math.inf else max(view.elapsed, source.clock)
-        if view.started is None or view.finished is not None or self.source_done.is_set():
+        if view.started is None or view.finished is not None:
             return view.elapsed
-        return view.elapsed + time.monotonic() - self._last_event_wall
+        # a run that ended without its last event (its process died): the clock stops where
+        # it was when that was found, not back at its last event
+        now = self._source_ended_wall if self.source_done.is_set() else time.monotonic()
+        return view.elapsed + max(0.0, now - self._last_event_wall)
 
     def source_status(self) -> str:
         status = self.source.status
