@@ -143,6 +143,50 @@ async def test_a_scorer_that_breaks_mid_run_fails_the_verdicts_not_the_run(
     assert result.trees[0].answer == "A"  # the majority stands
 
 
+@pytest.mark.parametrize("spec", ["reward", "prm"])
+async def test_a_scorer_that_is_down_fails_its_verdicts_as_calls_a_resume_makes_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, spec: str
+) -> None:
+    """The scorer answers 503 once the run has begun: each request is sent again a few
+    times, then its verdicts fail as calls that failed, so the run says calls failed and a
+    resume scores them. They failed once, for good: exit 0, and nothing to resume."""
+    from thinktree.orchestrator.run import load_resume
+    from thinktree.verifiers import reward
+
+    monkeypatch.setattr(reward, "_WAIT_S", 0.001)
+    scorers: list[RewardServer] = []
+    breaking = [True]
+
+    def down_after_the_check(text: str) -> float:
+        scorers[0].down = breaking[0]
+        return _process(text) if spec == "prm" else _outcome(text)
+
+    async with (
+        RewardServer(down_after_the_check) as scorer,
+        FakeServer(FakeBehaviour(reply=_solver)) as server,
+    ):
+        scorers.append(scorer)
+        endpoint = EndpointConfig(name="fake", base_url=server.base_url, model="fake-model")
+        settings = RunSettings(
+            modes=ModeSettings(mode="parallel", n=3, budget=64),
+            verifiers=(f"{spec}:{scorer.url}",),
+            out=tmp_path / "run",
+        )
+        first = await execute([PROBLEM], endpoint, settings)
+        assert len(scorer.requests) == 1 + reward._ATTEMPTS  # the check, then each attempt
+        verdicts = first.trees[0].of_kind(NodeKind.VERDICT)
+        assert [v.status for v in verdicts] == [NodeStatus.FAILED] * 3
+        assert (verdicts[0].error or "").startswith("judge call failed: ")
+        assert "the scorer answered HTTP 503 on /classify, 4 times" in (verdicts[0].error or "")
+        assert first.failed_requests() == 3
+        scorer.down = breaking[0] = False
+        state = load_resume(first.folder)
+        again = await execute(state.problems, endpoint, state.settings, resume=state)
+    assert again.failed_calls() == []
+    assert [v.status for v in again.trees[0].of_kind(NodeKind.VERDICT)] == [NodeStatus.DONE] * 3
+    assert again.trees[0].vote is not None and again.trees[0].vote.rule == "verifier-weighted"
+
+
 def test_bad_reward_arguments_are_one_line() -> None:
     with pytest.raises(ConfigError, match="needs its scorer"):
         check_verifiers(["reward"])

@@ -4,7 +4,7 @@ It answers ``POST /classify`` (``{"model", "input"}`` → ``data[i].probs``), ``
 (→ ``data[i].data``, a list of floats), ``POST /score`` (``{"model", "text_1", "text_2"}``
 → ``data[i].score``), ``GET /v1/models`` and ``GET /health``, scoring each text with a
 function the test gives. ``malformed=True`` answers every scoring request with a body
-that lacks ``data``. Prompt tokens are counted as words.
+that lacks ``data``; ``down = True``, with HTTP 503. Prompt tokens are counted as words.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ class RewardServer:
         self.score = score
         self.model = model
         self.malformed = malformed
+        self.down = False  # True: every scoring request answers 503, as a server restarting
         self.requests: list[tuple[str, dict[str, Any]]] = []
         self._runner: web.AppRunner | None = None
         self._port = 0
@@ -73,6 +74,8 @@ class RewardServer:
         async def handle(request: web.Request) -> web.Response:
             body = await request.json()
             self.requests.append((route, body))
+            if self.down:
+                return web.json_response({"error": {"message": "restarting"}}, status=503)
             if body.get("model") != self.model:
                 return web.json_response(
                     {"error": {"message": f"model {body.get('model')!r} not served"}}, status=404

@@ -24,9 +24,11 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import httpx
 
 from thinktree.errors import ConfigError, EndpointError, RunLimitReached
+from thinktree.orchestrator.events import JUDGE_CALL_FAILED
 from thinktree.problems import Problem
 from thinktree.verifiers.base import (
     CandidateView,
@@ -88,9 +90,33 @@ def _pooled(values: Any) -> float:
     return probability
 
 
+class ScorerDown(Exception):
+    """The scorer could not be reached, or kept answering an error it may get over (429,
+    5xx), after every attempt: its verdicts fail as calls a resume makes again."""
+
+
 #: What a scoring request may fail with: the server, a reply that does not parse, or the
 #: run's limit refusing it. Each fails the verdicts with the reason; the run goes on.
-_SCORING_FAILED = (httpx.HTTPError, ValueError, KeyError, TypeError, IndexError, RunLimitReached)
+_SCORING_FAILED = (
+    httpx.HTTPError,
+    ValueError,
+    KeyError,
+    TypeError,
+    IndexError,
+    RunLimitReached,
+    ScorerDown,
+)
+#: How often a scoring request is sent before the scorer counts as down, and the waits
+#: between (an outage of a few seconds, a server restarting, is ridden out)
+_ATTEMPTS = 4
+_WAIT_S = 0.5
+_PASSING = frozenset({408, 429, 500, 502, 503, 504})  # statuses a later attempt may not get
+
+
+def _failed(what: str, exc: BaseException) -> Verdict:
+    """A verdict failed by ``exc``: one a resume asks again where the scorer was down."""
+    said = JUDGE_CALL_FAILED if isinstance(exc, ScorerDown) else ""
+    return Verdict.failed(f"{said}{what}: {' '.join(str(exc).split()) or type(exc).__name__}")
 
 
 class RewardClient:
@@ -168,9 +194,7 @@ class RewardClient:
                 raise ValueError("the score route takes one question per request")
         else:
             body = {"model": model, "input": [f"{q}\n\n{r}" for q, r in pairs]}
-        resp = await self.http.post(f"{self.root}/{self.route}", json=body)
-        if resp.status_code != 200:
-            raise ValueError(f"the scorer answered HTTP {resp.status_code} on /{self.route}")
+        resp = await self._send(body)
         data = resp.json()
         usage = data.get("usage") or {}
         tokens = int(usage.get("prompt_tokens") or 0)
@@ -178,6 +202,24 @@ class RewardClient:
         if len(rows) != len(pairs):
             raise ValueError(f"the scorer returned {len(rows)} scores for {len(pairs)} texts")
         return [self._read(row) for row in rows], tokens
+
+    async def _send(self, body: dict[str, Any]) -> httpx.Response:
+        """POST ``body`` to the route, again after an error a later attempt may not get."""
+        url = f"{self.root}/{self.route}"
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                resp = await self.http.post(url, json=body)
+            except httpx.TransportError as exc:
+                why = f"the scorer at {self.root} cannot be reached ({type(exc).__name__})"
+            else:
+                if resp.status_code == 200:
+                    return resp
+                why = f"the scorer answered HTTP {resp.status_code} on /{self.route}"
+                if resp.status_code not in _PASSING:
+                    raise ValueError(why)  # the same request would get the same answer
+            if attempt < _ATTEMPTS:
+                await anyio.sleep(_WAIT_S * 2 ** (attempt - 1))
+        raise ScorerDown(f"{why}, {_ATTEMPTS} times")
 
     @asynccontextmanager
     async def _metered(
@@ -232,8 +274,7 @@ class RewardModel:
                 [(question, response_block(c)) for c in candidates], problem.id
             )
         except _SCORING_FAILED as exc:
-            reason = f"reward model: {' '.join(str(exc).split()) or type(exc).__name__}"
-            return [Verdict.failed(reason) for _ in candidates]
+            return [_failed("reward model", exc) for _ in candidates]
         shares = _split(tokens, len(candidates))
         return [
             Verdict(
@@ -273,8 +314,7 @@ class ProcessReward:
         try:
             flat, tokens = await self.client.score(pairs, problem.id)
         except _SCORING_FAILED as exc:
-            reason = f"process reward model: {' '.join(str(exc).split()) or type(exc).__name__}"
-            return [Verdict.failed(reason) for _ in candidates]
+            return [_failed("process reward model", exc) for _ in candidates]
         verdicts: list[Verdict] = []
         start = 0
         shares = _split(tokens, len(candidates))
