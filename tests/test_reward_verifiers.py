@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -247,14 +248,18 @@ async def test_a_priced_scorer_counts_under_the_money_limit(tmp_path: Path) -> N
     assert spent is not None and 0.001 < spent < 0.07
 
 
-@pytest.mark.parametrize("broken", ["malformed", "unreachable", "not a scorer"])
+@pytest.mark.parametrize("broken", ["malformed", "unreachable", "not a scorer", "nan"])
 async def test_a_scorer_that_cannot_score_stops_the_run_before_its_folder(
     tmp_path: Path, broken: str
 ) -> None:
     """Every verdict would fail and the vote fall back to majority, unnoticed: the run
-    is refused in one line, as for a judge whose endpoint cannot be probed."""
-    async with RewardServer(_outcome, malformed=broken == "malformed") as scorer:
-        url = {"malformed": scorer.url, "unreachable": "http://127.0.0.1:9"}.get(broken)
+    is refused in one line, as for a judge whose endpoint cannot be probed (a scorer that
+    gave nan passed the check, and failed every verdict)."""
+    score = (lambda text: math.nan) if broken == "nan" else _outcome
+    async with RewardServer(score, malformed=broken == "malformed") as scorer:
+        url = {"malformed": scorer.url, "nan": scorer.url, "unreachable": "http://127.0.0.1:9"}.get(
+            broken
+        )
         async with FakeServer(FakeBehaviour(reply=_solver)) as solver:
             with pytest.raises(EndpointError) as raised:
                 await _run(tmp_path, f"prm:{url or solver.base_url}")
@@ -262,6 +267,8 @@ async def test_a_scorer_that_cannot_score_stops_the_run_before_its_folder(
     assert message.startswith("the scorer at http://127.0.0.1:") and "cannot score" in message
     assert "\n" not in message
     assert not (tmp_path / "run").exists()
+    if broken == "nan":
+        assert message.endswith("cannot score: it gave a test pair nan, no score in [0, 1]")
 
 
 @pytest.mark.parametrize(

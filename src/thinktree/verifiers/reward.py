@@ -150,7 +150,7 @@ class RewardClient:
         if self.model is None:
             resp = await self.http.get(f"{self.root}/v1/models")
             resp.raise_for_status()
-            served = [m["id"] for m in resp.json().get("data", [])]
+            served = [m["id"] for m in _object(resp).get("data", [])]
             if len(served) != 1:
                 raise ValueError(f"the scorer serves {served or 'no model'}; pass model=NAME")
             self.model = served[0]
@@ -170,7 +170,9 @@ class RewardClient:
 
     async def _try(self) -> str:
         model = await self._model()
-        await self._post(model, [("Is this a test?", "Yes.")])
+        (score,), _tokens = await self._post(model, [("Is this a test?", "Yes.")])
+        if not 0.0 <= score <= 1.0:  # nan too
+            raise ValueError(f"it gave a test pair {score:g}, no score in [0, 1]")
         return model
 
     async def score(
@@ -195,7 +197,7 @@ class RewardClient:
         else:
             body = {"model": model, "input": [f"{q}\n\n{r}" for q, r in pairs]}
         resp = await self._send(body)
-        data = resp.json()
+        data = _object(resp)
         usage = data.get("usage") or {}
         tokens = int(usage.get("prompt_tokens") or 0)
         rows = sorted(data.get("data") or [], key=lambda d: d.get("index", 0))
@@ -235,7 +237,7 @@ class RewardClient:
 
     def _read(self, row: dict[str, Any]) -> float:
         if self.route == "classify":
-            return float(row["probs"][self.label])
+            return float(row["probs"][self.label])  # a bad one fails its verdict alone
         if self.route == "score":
             score = float(row["score"])
             if not 0.0 <= score <= 1.0:
@@ -332,6 +334,14 @@ class ProcessReward:
                 )
             )
         return verdicts
+
+
+def _object(resp: httpx.Response) -> dict[str, Any]:
+    """The JSON object a scorer answered; a ValueError for any other JSON."""
+    data = resp.json()
+    if not isinstance(data, dict):
+        raise ValueError(f"the scorer answered {type(data).__name__} JSON, not an object")
+    return data
 
 
 def _split(total: int, parts: int) -> list[int]:
