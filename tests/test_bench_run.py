@@ -299,6 +299,31 @@ def test_a_bench_config_checks_the_range_of_its_settings(
         load_bench_config(config)
 
 
+@pytest.mark.parametrize(
+    ("grid", "message"),
+    [
+        ('mode = ["budget"]\nn = [4]', "[grid] n is not used in mode budget; leave it out"),
+        ("n = [4]", "[grid] n is not used in mode budget"),  # budget: the default mode
+        ('mode = ["parallel"]\nwave = [2]', "[grid] wave is not used in mode parallel"),
+    ],
+)
+def test_a_grid_value_no_cell_reads_is_refused_as_run_refuses_it(
+    tmp_path: Path, grid: str, message: str
+) -> None:
+    """It ran, named the cells after it (001_one_mode-budget_n-4) and changed nothing."""
+    write_choice_problems(tmp_path / "one.jsonl", "p")
+    config = tmp_path / "c.toml"
+    config.write_text(f'[[datasets]]\npath = "one.jsonl"\n[grid]\n{grid}\n')
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_bench_config(config)
+    # one mode of the grid reads it: the cells it runs in use it
+    key = grid.split("\n")[-1]
+    config.write_text(
+        f'[[datasets]]\npath = "one.jsonl"\n[grid]\nmode = ["budget", "adaptive"]\n{key}\n'
+    )
+    assert len(load_bench_config(config).cells()) == 2
+
+
 def test_a_grid_cell_that_cannot_run_is_named_a_shared_setting_is_not(tmp_path: Path) -> None:
     write_choice_problems(tmp_path / "one.jsonl", "p")
     config = tmp_path / "c.toml"

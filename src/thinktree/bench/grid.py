@@ -315,6 +315,7 @@ def load_bench_config(path: Path) -> BenchConfig:
                 f"{path}: unknown perturbation '{name}'; choose from: {', '.join(PERTURBATIONS)}"
             )
     config = BenchConfig(path=path, datasets=datasets, grid=grid, fixed=fixed, raw=raw)
+    _refuse_never_read(config)
     cells = config.cells()
     for cell in cells:
         try:
@@ -327,6 +328,31 @@ def load_bench_config(path: Path) -> BenchConfig:
     for cell in cells:
         _check_wave(config, cell)
     return config
+
+
+def _refuse_never_read(config: BenchConfig) -> None:
+    """One-line ConfigError for a grid key of one value that no cell's mode reads (``n``
+    where every mode is ``budget``), as ``run`` refuses an option its mode does not use:
+    the bench ran it, named its cells after it, and it changed nothing. (Several values
+    no mode reads make one cell, run once: :meth:`BenchConfig.unread_note` says so.)"""
+    combos = [
+        dict(zip(config.grid, combo, strict=True))
+        for combo in itertools.product(*config.grid.values())
+    ]
+    for key in [k for k, values in config.grid.items() if len(values) == 1]:
+        modes: list[str] = []
+        for options in combos:
+            mode = config._mode(options)
+            both = [flag_name(k) for k in {**config.fixed, **options}]
+            if flag_name(key) not in unread(mode, both):
+                break  # a cell reads it
+            if mode not in modes:
+                modes.append(mode)
+        else:
+            raise ConfigError(
+                f"{config.path}: [grid] {key} is not used in mode {', '.join(modes)}; "
+                "leave it out, or add a mode that uses it"
+            )
 
 
 def _valid(config: BenchConfig, cell: Cell) -> bool:
