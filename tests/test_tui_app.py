@@ -34,7 +34,7 @@ from thinktree.orchestrator.events import (
 )
 from thinktree.tui.app import KEYS_SETTLE_S, ThinktreeApp
 from thinktree.tui.quit_dialog import QuitLiveRun
-from thinktree.tui.sources import FollowSource, LiveSource, ReplaySource
+from thinktree.tui.sources import FollowSource, LiveSource, ReplaySource, source_for
 from thinktree.tui.state import Outcome
 from thinktree.tui.synthetic import synthetic_run, write_trace
 
@@ -555,6 +555,27 @@ async def test_a_follower_says_when_the_run_it_showed_is_resumed(tmp_path: Path)
             while "out of date" not in source.status:
                 await pilot.pause(0.02)
         assert "the run was resumed" in source.status
+
+
+async def test_a_replayed_run_says_when_it_is_resumed(tmp_path: Path) -> None:
+    """A cancelled run is replayed (its trace has its end); a resume writes the trace anew
+    and the view says it is out of date. It said 'run cancelled' for ever."""
+    events = synthetic_run(2, 2)
+    path = tmp_path / "trace.jsonl"
+    write_trace(events, path)
+    source = source_for(path)
+    assert isinstance(source, ReplaySource)
+    source.poll_s = 0.02
+    app = ThinktreeApp(source, refresh_hz=0.001)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot)
+        assert source.status == "replay"
+        path.write_bytes(path.read_bytes()[:100])  # the resume truncates it, then writes
+        with anyio.fail_after(5):
+            while "out of date" not in source.status:
+                await pilot.pause(0.02)
+        app.refresh_view()
+        assert "the run was resumed: this view is out of date" in app.header.plain
 
 
 def run_folder(tmp_path: Path, events: list[Event]) -> Path:

@@ -229,7 +229,7 @@ class ThinktreeApp(App[None]):
         finally:
             self._source_ended_wall = time.monotonic()
             self.source_done.set()
-        if isinstance(source, FollowSource):  # a resume may write the trace anew
+        if isinstance(source, FollowSource | ReplaySource):  # a resume may write the trace anew
             await source.until_rewritten()
 
     def notify(

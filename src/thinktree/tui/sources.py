@@ -11,7 +11,7 @@ import os
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import anyio
 import anyio.lowlevel
@@ -88,12 +88,23 @@ class ReplaySource:
         self.speed = speed
         self.paused = False
         self.clock = 0.0  # the replay's position, in seconds of the recorded run
+        self.poll_s = 0.25
+        self.rewritten = False  # a resume of the run wrote its trace anew since
+        self._read = 0  # bytes of the trace read
+        self._inode = 0
 
     @property
     def status(self) -> str:
+        if self.rewritten:
+            return REWRITTEN
         if self.paused:
             return "replay paused"
         return "replay" if self.speed == math.inf else f"replay {self.speed:g}×"
+
+    async def until_rewritten(self) -> None:
+        """Once replayed, wait while the trace stays as read: a cancelled, failed or
+        stopped run may be resumed, which writes its trace anew; the view then says so."""
+        self.rewritten = await _rewritten(self.path, self._read, self._inode, self.poll_s)
 
     def faster(self) -> None:
         self.speed = next((s for s in SPEEDS if s > self.speed), SPEEDS[-1])
@@ -108,7 +119,7 @@ class ReplaySource:
     async def batches(self) -> AsyncIterator[list[Event]]:
         pending: deque[Event] = deque()
         started = False
-        async for chunk in _decoded_chunks(self.path):
+        async for chunk in _decoded_chunks(self.path, self):
             pending.extend(chunk)
             if not started and pending:
                 self.clock, started = pending[0].at, True
@@ -133,14 +144,17 @@ class ReplaySource:
                 self.clock += step * self.speed
 
 
-async def _decoded_chunks(path: Path) -> AsyncIterator[list[Event]]:
-    """The events of a whole trace file, a chunk at a time, decoded off the event loop.
+async def _decoded_chunks(path: Path, source: ReplaySource) -> AsyncIterator[list[Event]]:
+    """The events of a whole trace file, a chunk at a time, decoded off the event loop
+    (the bytes read and the file's inode noted on ``source``).
 
     A line that is no event raises :class:`TraceError` once the events before it are given.
     """
     decoder = TraceDecoder(str(path))
     async with await anyio.open_file(path, "rb") as file:
+        source._inode = os.fstat(file.wrapped.fileno()).st_ino
         while chunk := await file.read(_READ):
+            source._read += len(chunk)
             try:
                 events = await anyio.to_thread.run_sync(decoder.feed, chunk)
             except TraceError as exc:
@@ -213,15 +227,24 @@ class FollowSource:
         resume of the run writes it anew, and this view then says it is out of date."""
         if self.state not in ("finished", self.GONE):
             return
-        while True:
-            await anyio.sleep(self.poll_s)
-            try:
-                stat = self.path.stat()
-            except OSError:
-                return
-            if stat.st_size < self._read or stat.st_ino != self._inode:
-                self.state = "the run was resumed: this view is out of date (watch it again)"
-                return
+        if await _rewritten(self.path, self._read, self._inode, self.poll_s):
+            self.state = REWRITTEN
+
+
+REWRITTEN: Final = "the run was resumed: this view is out of date (watch it again)"
+
+
+async def _rewritten(path: Path, read: int, inode: int, poll_s: float) -> bool:
+    """Wait until the trace at ``path`` is no longer the one read (``read`` bytes of file
+    ``inode``): True once a resume wrote it anew, False once it is gone."""
+    while True:
+        await anyio.sleep(poll_s)
+        try:
+            stat = await anyio.Path(path).stat()
+        except OSError:
+            return False
+        if stat.st_size < read or stat.st_ino != inode:
+            return True
 
 
 Source = LiveSource | ReplaySource | FollowSource
