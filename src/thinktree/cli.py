@@ -175,7 +175,8 @@ def run(
         str | None,
         typer.Option(
             help="majority | shortest-majority | length-weighted; with --verifier also "
-            "best-of-n | verifier-weighted (its default) | verifier-tiebreak"
+            "best-of-n | verifier-weighted (its default; adaptive's: verifier-tiebreak) | "
+            "verifier-tiebreak"
         ),
     ] = None,
     temperature: Annotated[float | None, typer.Option(help="sampling temperature")] = None,
