@@ -561,6 +561,9 @@ async def test_a_replayed_run_says_when_it_is_resumed(tmp_path: Path) -> None:
     """A cancelled run is replayed (its trace has its end); a resume writes the trace anew
     and the view says it is out of date. It said 'run cancelled' for ever."""
     events = synthetic_run(2, 2)
+    end = events[-1]
+    assert isinstance(end, RunFinished)
+    events[-1] = dataclasses.replace(end, status="cancelled")
     path = tmp_path / "trace.jsonl"
     write_trace(events, path)
     source = source_for(path)

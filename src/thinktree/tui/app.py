@@ -229,7 +229,14 @@ class ThinktreeApp(App[None]):
         finally:
             self._source_ended_wall = time.monotonic()
             self.source_done.set()
-        if isinstance(source, FollowSource | ReplaySource):  # a resume may write the trace anew
+        # a resume may write the trace anew: of a run followed, or of one replayed that a
+        # resume goes on with (cancelled, failed or stopped; a completed one is done)
+        finished = self.view.finished
+        if isinstance(source, FollowSource) or (
+            isinstance(source, ReplaySource)
+            and finished is not None
+            and finished.status != "completed"
+        ):
             await source.until_rewritten()
 
     def notify(
