@@ -1018,6 +1018,14 @@ async def test_a_broken_line_stops_the_view_after_what_came_before_it(
         said = f"{trace}:10: bad node-finished event: at is text, not a number"
         assert app.source_error == said
         assert said[:40] in app.header.plain
+        # nothing more will come: what was open is shown stopped, not running
+        assert app.view.outcomes[Outcome.RUNNING] == 0 and "running" not in app.header.plain
+        assert not [
+            node
+            for problem in app.view.tree.problems.values()
+            for node in problem.nodes.values()
+            if node.status is NodeStatus.RUNNING
+        ]
     if follow:
         assert source.status == "stopped reading" and not source.interrupted
 

@@ -229,6 +229,7 @@ class ThinktreeApp(App[None]):
         finally:
             self._source_ended_wall = time.monotonic()
             self.source_done.set()
+            self.refresh_bindings()  # a replay's keys go once it has played
         # a resume may write the trace anew: of a run followed, or of one replayed that a
         # resume goes on with (cancelled, failed or stopped; a completed one is done)
         finished = self.view.finished
@@ -263,6 +264,7 @@ class ThinktreeApp(App[None]):
         else:
             message = str(exc) or type(exc).__name__
         self.source_error = self.view.error = message
+        self.view.stop_reading()
         self.notify(
             message, title="the trace cannot be read on", severity="error", timeout=30, markup=False
         )
@@ -510,8 +512,8 @@ class ThinktreeApp(App[None]):
     # ── actions ─────────────────────────────────────────────────────────────────
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action in ("pause", "faster", "slower"):
-            return isinstance(self.source, ReplaySource)
+        if action in ("pause", "faster", "slower"):  # while a replay has more to play
+            return isinstance(self.source, ReplaySource) and not self.source_done.is_set()
         return True
 
     async def action_quit(self) -> None:

@@ -264,6 +264,13 @@ class RunView:
             self._changes.header = True
             self._stop_unfinished()
 
+    def stop_reading(self) -> None:
+        """The trace cannot be read on (a damaged line): nothing more will come, so what
+        is open is shown stopped, not running as if more were on its way."""
+        if self.finished is None:
+            self._changes.header = True
+            self._stop_unfinished()
+
     def _recount(self, before: Outcome | None, after: Outcome) -> None:
         if before is not after:
             if before is not None:
