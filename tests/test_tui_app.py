@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import html
 import json
+import math
 import os
 import re
 import time
@@ -497,13 +498,17 @@ async def test_replay_speed_and_pause(tmp_path: Path) -> None:
         seen, clock = app.view.events, source.clock
         await pilot.pause(0.2)
         assert (app.view.events, source.clock) == (seen, clock)
-        await pilot.press("space")
-        assert not source.paused
-        for _ in range(8):
+        for _ in range(8):  # paused, so the replay cannot end meanwhile
             await pilot.press("plus")
-        assert source.status == "replay"  # as fast as it goes
+        assert source.speed == math.inf  # as fast as it goes
+        await pilot.press("space")
+        assert not source.paused and source.status == "replay"
         await settle(app, pilot)
         assert app.view.done == 3
+        # once it has played, its keys leave the footer and do nothing
+        assert not app.check_action("faster", ()) and not app.check_action("pause", ())
+        await pilot.press("space")
+        assert not source.paused
 
 
 async def test_a_live_only_view_hides_replay_keys() -> None:
@@ -555,6 +560,21 @@ async def test_a_follower_says_when_the_run_it_showed_is_resumed(tmp_path: Path)
             while "out of date" not in source.status:
                 await pilot.pause(0.02)
         assert "the run was resumed" in source.status
+
+
+async def test_following_the_newest_node_of_a_followed_trace_is_said_once(
+    tmp_path: Path,
+) -> None:
+    """It read 'following · following newest', and kept the words once the run was gone."""
+    path = write_trace(synthetic_run(2, 2, running=1), tmp_path / "trace.jsonl")
+    source = FollowSource(path, poll_s=0.02)
+    app = ThinktreeApp(source, refresh_hz=0.001)
+    async with app.run_test(size=SIZE) as pilot:
+        await settle(app, pilot, len(synthetic_run(2, 2, running=1)))
+        app.follow = True
+        assert app.source_status() == "following newest"
+        app.source_done.set()  # as when its process is found gone
+        assert app.source_status() == "following"
 
 
 async def test_a_replayed_run_says_when_it_is_resumed(tmp_path: Path) -> None:

@@ -229,7 +229,8 @@ class ThinktreeApp(App[None]):
         finally:
             self._source_ended_wall = time.monotonic()
             self.source_done.set()
-            self.refresh_bindings()  # a replay's keys go once it has played
+            if self.screen_stack:  # (none while the app closes)
+                self.refresh_bindings()  # a replay's keys go once it has played
         # a resume may write the trace anew: of a run followed, or of one replayed that a
         # resume goes on with (cancelled, failed or stopped; a completed one is done)
         finished = self.view.finished
@@ -317,7 +318,9 @@ class ThinktreeApp(App[None]):
                 self.exit()
                 return
             message = one_line(str(exc) or type(exc).__name__, 200)
-            self.view.error = f"run failed: {message}"
+            finished = self.view.finished  # its end already says "run failed": not twice
+            said = finished is not None and finished.status == "failed"
+            self.view.error = message if said else f"run failed: {message}"
             self.notify(message, title="the run failed", severity="error", timeout=30, markup=False)
         finally:
             self.engine_running = False
@@ -347,7 +350,9 @@ class ThinktreeApp(App[None]):
         status = self.source.status
         if self.engine_running:
             status = "live run"
-        return f"{status} · following newest" if self.follow else status
+        if not self.follow or self.source_done.is_set():  # nothing newer will come
+            return status
+        return "following newest" if status == "following" else f"{status} · following newest"
 
     def refresh_view(self) -> None:
         """Bring every widget up to date with what changed since the last call."""
