@@ -77,3 +77,16 @@ def test_the_steps_plot_draws_each_cell_of_two_steps_or_more(
     del cells[0].metrics["accuracy_by_step"]
     assert plots.steps(loaded, tmp_path / "steps.png") is None
     assert "steps" not in plots.make_plots(loaded, tmp_path)
+
+
+def test_a_dataset_named_in_a_script_the_font_lacks_warns_nothing(
+    tmp_path: Path, recwarn: pytest.WarningsRecorder
+) -> None:
+    """matplotlib warned twice a glyph on stderr (its boxes stand in for them)."""
+    import dataclasses
+
+    cells = [dataclasses.replace(_cell(f"{i}", "e", b, r), dataset="日本語") for i, (b, r) in
+             enumerate([(64, 1), (128, 2)])]  # fmt: skip
+    path = plots.scaling(Loaded(kind="bench", path=tmp_path, cells=cells), tmp_path / "s.png")
+    assert path.stat().st_size > 0
+    assert not [w for w in recwarn if "missing from font" in str(w.message)]

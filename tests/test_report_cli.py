@@ -455,3 +455,16 @@ def test_a_run_of_revisions_shows_its_accuracy_after_each_step(
     assert proc.returncode == 0, proc.stderr
     rows = md_rows((tmp_path / "r" / "report.md").read_text(), "Accuracy after each step")
     assert rows == [["seq", "0.0 %", "50.0 %", "50.0 %"]]
+
+
+def test_the_terminal_curve_shows_a_dataset_names_control_characters(bench: Path) -> None:
+    """report --plot-terminal printed them raw, as the terminal's own escapes, while its
+    tables showed them as stand-ins."""
+    manifest = json.loads((bench / "bench.json").read_text())
+    for cell in manifest["cells"]:
+        cell["dataset"] = "x \x1b[31m"
+    (bench / "bench.json").write_text(json.dumps(manifest))
+    proc = report(str(bench), "--no-plots", "--plot-terminal", cwd=bench.parent)
+    assert proc.returncode == 0, proc.stderr
+    assert "\x1b" not in proc.stdout
+    assert "x ␛[31m: accuracy (%) vs completion tokens per problem" in proc.stdout

@@ -155,7 +155,8 @@ def report_main(
     if plot_terminal:
         from thinktree.bench.termplot import scaling_curve
 
-        out.print(scaling_curve(loaded), highlight=False, markup=False)
+        # a dataset's name is the bench config's: its control characters are shown, not sent
+        out.print(clean(scaling_curve(loaded)), highlight=False, markup=False)
     md, page = render.write(report, folder)
     out.print(clean(f"wrote {md} and {page}"), highlight=False, markup=False, soft_wrap=True)
 

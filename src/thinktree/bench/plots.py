@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -62,7 +63,9 @@ def _figure(panels: int, title: str) -> tuple[Figure, list[Axes]]:
 
 def _save(fig: Figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
+    with warnings.catch_warnings():  # a name in a script the font lacks: boxes, not stderr
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from font")
+        fig.savefig(path, format="png")
     return path
 
 
