@@ -211,9 +211,14 @@ class BenchConfig:
         """The keys of a combination of grid values (``options``) with more than one value
         in the grid that its mode does not read, with the ``[run]`` table's keys in view
         (``total-budget`` there leaves ``budget`` unread in mode ``hybrid``)."""
-        both = {**self.fixed, **options}
-        skipped = unread(self._mode(options), [flag_name(k) for k in both])
+        skipped = self.skipped(options)
         return [k for k in options if len(self.grid[k]) > 1 and flag_name(k) in skipped]
+
+    def skipped(self, options: Mapping[str, Any]) -> set[str]:
+        """The flags of the options (the ``[run]`` table's and ``options``) that the mode
+        of the combination ``options`` does not read."""
+        both = {**self.fixed, **options}
+        return set(unread(self._mode(options), [flag_name(k) for k in both]))
 
     def unread_note(self) -> str | None:
         """One line on the grid combinations run once as one cell (None: there are none)."""
@@ -342,11 +347,9 @@ def _refuse_never_read(config: BenchConfig) -> None:
     for key in [k for k, values in config.grid.items() if len(values) == 1]:
         modes: list[str] = []
         for options in combos:
-            mode = config._mode(options)
-            both = [flag_name(k) for k in {**config.fixed, **options}]
-            if flag_name(key) not in unread(mode, both):
+            if flag_name(key) not in config.skipped(options):
                 break  # a cell reads it
-            if mode not in modes:
+            if (mode := config._mode(options)) not in modes:
                 modes.append(mode)
         else:
             raise ConfigError(
