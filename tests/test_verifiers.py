@@ -618,12 +618,13 @@ async def test_a_limit_refusing_a_pairwise_match_keeps_the_matches_judged(
     thousandths of a dollar (a token costs $0.001), which leaves the judge (one token a
     call, P("1") from logprobs) two (three).
 
-    Three answers: round 1 (A vs B, B wins; C has a bye) is judged, the final is refused.
-    Four: both round-1 matches start at once; one is judged, the other's swapped call is
-    refused. The match judged keeps its verdict; the refused one says why; a group scores
-    the round its judged wins took it to, so the winner B, never the loser A, is picked
-    (a failed verdict for B would rank it below A). The problem reads stopped, and the
-    verdicts count every token the judge spent."""
+    Three answers: round 1 (B vs C, B wins; A, the top seed, has the bye) is judged, the
+    final A vs B is refused. Four: both round-1 matches (A vs B, C vs D) start at once;
+    A vs B is judged, the other's swapped call is refused. The match judged keeps its
+    verdict; the refused one says why; a group scores the round its judged wins took it
+    to, so the winner B always outranks the loser (a failed verdict for B would rank it
+    below the loser). The problem reads stopped, and the verdicts count every token the
+    judge spent."""
     prices = {"fake-model": Price(prompt_per_m=0.0, completion_per_m=1000.0)}
     behaviour = FakeBehaviour(reply=_preferring("BCDA", samples))
     async with FakeServer(behaviour, record_bodies=True) as server:
@@ -641,15 +642,19 @@ async def test_a_limit_refusing_a_pairwise_match_keeps_the_matches_judged(
     assert result.stopped_by == tree.stopped
     verdicts = {v.parent_id: v for v in tree.of_kind(NodeKind.VERDICT)}
     assert all(v.status is NodeStatus.DONE for v in verdicts.values())
-    a, b = verdicts["q1/b1/think"], verdicts["q1/b2/think"]
-    assert "round 1: A vs B: P(A better) = 0.00" in a.text and a.score == 0.0
+    a, b, c = (verdicts[f"q1/b{i}/think"] for i in (1, 2, 3))
     assert b.score == 0.5 and "not decided: a run limit stopped the tournament" in b.text
-    refused = "round 2: B vs C" if samples == 3 else "round 1: C vs D"
-    assert f"{refused}: not judged: run stopped: its {limit} is reached" in b.text + str(
-        verdicts["q1/b3/think"].text
-    )
-    assert verdicts["q1/b3/think"].score == (0.5 if samples == 3 else 0.0)  # a bye in round 1
-    assert tree.answer == "B" and tree.vote is not None and tree.vote.rule == "verifier-weighted"
+    refused = "round 2: A vs B" if samples == 3 else "round 1: C vs D"
+    assert f"{refused}: not judged: run stopped: its {limit} is reached" in b.text + c.text
+    if samples == 3:  # C lost round 1; A sat it out, and the final that would decide is refused
+        assert "round 1: B vs C: P(B better) = 1.00" in c.text and c.score == 0.0
+        assert a.score == 0.5 and "round 1" not in a.text
+        assert tree.answer == "A"  # A and B tie at 0.5: the tie goes to the answer seen first
+    else:  # A lost round 1; C and D stayed in it
+        assert "round 1: A vs B: P(A better) = 0.00" in a.text and a.score == 0.0
+        assert c.score == 0.0
+        assert tree.answer == "B"
+    assert tree.vote is not None and tree.vote.rule == "verifier-weighted"
     m = result.metrics.verifier
     assert m is not None and (m.prompt_tokens, m.completion_tokens) == _judge_usage(server)
     assert m.failed_verdicts == 0
@@ -705,23 +710,24 @@ def _unreadable_for(answer: str, samples: int) -> Any:
 
 @pytest.mark.anyio
 async def test_an_unreadable_pairwise_match_keeps_the_matches_judged(tmp_path: Path) -> None:
-    """Round 1 (A vs B, B wins; C has a bye) is judged; the final's choice is unreadable.
-    That match is undecided, as one a limit refused: the tournament ends there, A keeps
-    the round it lost in, B and C score the round they reached, and their rationale says
-    which match was not judged and why. The verdicts still carry every token the judge
-    spent, and the problem is not stopped (no limit refused anything)."""
-    async with FakeServer(FakeBehaviour(reply=_unreadable_for("C", 3)), record_bodies=True) as s:
+    """Round 1 (B vs C, B wins; A, the top seed, has the bye) is judged; the final's
+    choice (A vs B) is unreadable. That match is undecided, as one a limit refused: the
+    tournament ends there, C keeps the round it lost in, A and B score the round they
+    reached, and their rationale says which match was not judged and why. The verdicts
+    still carry every token the judge spent, and the problem is not stopped (no limit
+    refused anything)."""
+    async with FakeServer(FakeBehaviour(reply=_unreadable_for("A", 3)), record_bodies=True) as s:
         result = await _pairwise_four(s, tmp_path)
     tree = result.trees[0]
     verdicts = {v.parent_id: v for v in tree.of_kind(NodeKind.VERDICT)}
     assert all(v.status is NodeStatus.DONE for v in verdicts.values())
     a, b, c = (verdicts[f"q1/b{i}/think"] for i in (1, 2, 3))
-    assert (a.score, b.score, c.score) == (0.0, 0.5, 0.5)
-    assert "round 1: A vs B: P(A better) = 0.00" in a.text
-    unreadable = "round 2: B vs C: not judged: the judge's choice is unreadable: 'neither'"
+    assert (a.score, b.score, c.score) == (0.5, 0.5, 0.0)
+    assert "round 1: B vs C: P(B better) = 1.00" in c.text
+    unreadable = "round 2: A vs B: not judged: the judge's choice is unreadable: 'neither'"
     ended = "not decided: the tournament ended in round 2, where a match was not judged"
-    assert unreadable in b.text and unreadable in c.text
-    assert ended in b.text and ended in c.text and "not decided" not in a.text
+    assert unreadable in a.text and unreadable in b.text
+    assert ended in a.text and ended in b.text and "not decided" not in c.text
     assert tree.stopped is None and result.stopped_by is None
     assert tree.vote is not None and tree.vote.rule == "verifier-weighted"
     m = result.metrics.verifier
@@ -779,6 +785,37 @@ async def test_pairwise_verdicts_count_every_token_the_judge_spent(tmp_path: Pat
     assert result.trees[0].answer == "B"
     m = result.metrics.verifier
     assert m is not None and (m.prompt_tokens, m.completion_tokens) == _judge_usage(server)
+
+
+@pytest.mark.anyio
+async def test_pairwise_gives_the_bye_to_the_most_voted_answer(tmp_path: Path) -> None:
+    """Samples A, B, C, C: C has the most votes, so it is the top seed and sits round 1
+    out (groups are seeded by votes); A meets B there, and A, whom the judge prefers to
+    every other, beats C in the final. C reaches the final: 0.5, where the bye going to
+    the least-voted answer had C meet A in round 1 and score 0."""
+    samples = ["Surely A. Answer: A", "Surely B. Answer: B", *["Maybe C. Answer: C"] * 2]
+    judge = _preferring("ABCD", 4)
+
+    def reply(body: dict[str, Any], index: int) -> str:
+        messages = body.get("messages") or []
+        if messages and messages[0].get("content") == JUDGE_SYSTEM:
+            return str(judge(body, index))
+        return samples[index % 4]
+
+    async with FakeServer(FakeBehaviour(reply=reply)) as server:
+        endpoint = EndpointConfig(name="fake", base_url=server.base_url, model="fake-model")
+        settings = RunSettings(
+            modes=ModeSettings(mode="parallel", n=4, budget=4),
+            verifiers=("pairwise:score=rating",),
+            out=tmp_path / "run",
+        )
+        result = await execute([FOUR], endpoint, settings)
+    verdicts = {v.parent_id: v for v in result.trees[0].of_kind(NodeKind.VERDICT)}
+    scores = [verdicts[f"q1/b{i}/think"].score for i in (1, 2, 3, 4)]
+    assert scores == [1.0, 0.0, 0.5, 0.5]
+    c = verdicts["q1/b3/think"].text  # C's representative: the first of its equal two
+    assert "round 1" not in c and "round 2: C vs A: P(C better) = 0.00" in c, c
+    assert "round 1: A vs B: P(A better) = 1.00" in verdicts["q1/b2/think"].text
 
 
 @pytest.mark.anyio

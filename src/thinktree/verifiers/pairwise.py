@@ -1,7 +1,8 @@
 """The pairwise LLM judge: a knockout tournament among the distinct answers.
 
 Each distinct answer is represented by its group's shortest candidate. Groups are seeded
-by votes (most first) and paired off round by round (an odd one out gets a bye); every
+by votes (most first, ties by first seen) and paired off round by round in seed order;
+where a round has an odd number, the top seed gets the bye (it sits the round out); every
 match is judged twice, with the two responses swapped, and the two verdicts averaged, so
 a judge that favours the first (or second) position cancels out. The judge's preference
 is P("1") vs P("2") from its logprobs where the endpoint returns them, else its
@@ -203,8 +204,10 @@ class PairwiseJudge:
         round_ = 0
         while len(alive) > 1:
             round_ += 1
-            byes: list[_Group] = [alive[-1]] if len(alive) % 2 else []
-            pairs = list(zip(alive[0::2], alive[1::2], strict=False))
+            # an odd one out: the top seed (most votes) sits the round out, the rest pair off
+            byes: list[_Group] = alive[:1] if len(alive) % 2 else []
+            rest = alive[len(byes) :]
+            pairs = list(zip(rest[0::2], rest[1::2], strict=True))
             outcome: list[_Group | Exception | None] = [None] * len(pairs)
 
             async def play(
@@ -242,7 +245,7 @@ class PairwiseJudge:
                 return cut
             for bye in byes:
                 bye.reached = round_ + 1
-            alive = [*won, *byes]
+            alive = [*byes, *won]  # still in seed order: the top seed stays on top
         return None
 
     async def _match(
