@@ -660,6 +660,30 @@ def test_a_cell_its_limit_stopped_goes_on_when_the_bench_raises_it(tmp_path: Pat
         )
 
 
+def test_a_report_says_the_limits_each_cell_ran_under(tmp_path: Path) -> None:
+    """bench.json keeps the limits last given, also when no cell ran under them: the
+    report said a bench run again with a new limit, and nothing left to do, ran under it."""
+    with fake_server_in_thread(FakeBehaviour(reply=reply)) as server:
+        config = write_config(tmp_path, server.base_url, 'mode = ["budget"]')
+        text = config.read_text()
+        config.write_text(text.replace("[run]\n", "[run]\nmax-tokens = 5000\n"))
+        assert _bench(config, tmp_path)[0] == 0
+        config.write_text(text.replace("[run]\n", "[run]\nmax-tokens = 6000\n"))
+        code, _, err = _bench(config, tmp_path)
+        assert code == 0 and "2/2 cells already done" in err, err
+        shared = _report_md(tmp_path).split("Shared options: ")[1].split("\n")[0]
+        assert "max-tokens=5000" in shared and "6000" not in shared
+        _, cut = sorted(p.parent for p in (tmp_path / "out").glob("*/results.json"))
+        (cut / "results.json").unlink()  # cut off: it goes on under the new limit
+        assert _bench(config, tmp_path)[0] == 0
+    md = _report_md(tmp_path)
+    assert "max-tokens" not in md.split("Shared options: ")[1].split("\n")[0]
+    assert (
+        "Not every cell ran under the same max-tokens (the bench ran again with another): "
+        "5000 for one; 6000 for two.\n" in md
+    ), md
+
+
 def test_a_bench_checks_every_cell_before_it_makes_its_folder(tmp_path: Path) -> None:
     write_choice_problems(tmp_path / "one.jsonl", "p")
     (tmp_path / "bad.jsonl").write_text('{"id": "x", "question": "?"\n')

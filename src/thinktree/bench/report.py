@@ -12,14 +12,15 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from thinktree.agents.modes import unread
-from thinktree.bench.grid import show
+from thinktree.bench.grid import field_name, flag_name, show
 from thinktree.bench.results import CellResult, Loaded
 from thinktree.bench.stats import bootstrap_ci, mcnemar, paired_bootstrap
+from thinktree.orchestrator.run import MAY_CHANGE, RunSettings
 
 #: Options that set how much compute a cell spends (they vary along a scaling curve).
 COMPUTE_KEYS = ("mode", "budget", "n", "steps", "total-budget", "min-thinking", "answer-tokens")
@@ -555,6 +556,52 @@ def steps_table(loaded: Loaded, keys: Sequence[str]) -> Table | None:
     )
 
 
+_DEFAULTS = {f.name: f for f in fields(RunSettings)}
+
+
+def _shared_options(loaded: Loaded, keys: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
+    """The options every cell ran under, and a line for each limit they ran under apart.
+
+    A bench's limits and concurrency may change from one of its runs to the next, and its
+    ``bench.json`` keeps the last ones given: a cell finished before ran under others. So
+    those are read from what each cell's results say it ran under, never from the bench's
+    ``[run]`` table."""
+    shared = {  # those no cell's mode reads said nothing about its figures
+        k: v
+        for k, v in loaded.fixed.items()
+        if field_name(k) not in MAY_CHANGE
+        and (
+            not loaded.cells or any(not unread(c.mode, [k.replace("_", "-")]) for c in loaded.cells)
+        )
+    }
+    if loaded.kind != "bench":
+        return shared, []
+    in_grid = {field_name(k) for k in loaded.grid}
+    apart: list[str] = []
+    for name in MAY_CHANGE:
+        if name in in_grid:
+            continue  # a grid key: the cells' labels say it
+        by_value: dict[Any, list[str]] = {}
+        for cell in loaded.cells:
+            by_value.setdefault(cell.settings.get(name), []).append(label(cell, keys))
+        if len(by_value) == 1:
+            (value,) = by_value
+            given = any(field_name(k) == name for k in loaded.fixed)
+            if value is not None and (given or value != _DEFAULTS[name].default):
+                shared[flag_name(name)] = value
+        elif by_value:
+            apart.append(
+                f"Not every cell ran under the same {flag_name(name)} (the bench ran again "
+                "with another): "
+                + "; ".join(
+                    f"{'none' if value is None else value} for {', '.join(cells)}"
+                    for value, cells in by_value.items()
+                )
+                + "."
+            )
+    return shared, apart
+
+
 def build(
     loaded: Loaded,
     plot_dir: Path | None,
@@ -569,13 +616,10 @@ def build(
         f"{len(loaded.cells)} finished cell(s), "
         f"{sum(len(c.problems) for c in loaded.cells)} problem runs, model(s) {', '.join(models)}.",
     ]
-    shared = {  # those no cell's mode reads said nothing about its figures
-        k: v
-        for k, v in loaded.fixed.items()
-        if not loaded.cells or any(not unread(c.mode, [k.replace("_", "-")]) for c in loaded.cells)
-    }
+    shared, apart = _shared_options(loaded, keys)
     if shared:
         intro.append("Shared options: " + ", ".join(f"{k}={v}" for k, v in sorted(shared.items())))
+    intro.extend(apart)
     if loaded.unfinished:
         intro.append(
             f"Not finished, left out: {', '.join(loaded.unfinished)} "
