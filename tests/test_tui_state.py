@@ -431,6 +431,29 @@ def test_a_live_runs_narrow_header_marks_what_it_leaves_out() -> None:
             assert "  …  " in progress, (width, progress)
 
 
+def test_a_narrow_header_keeps_whether_the_run_is_live_replayed_or_over() -> None:
+    """Below 47 columns the counts of right and wrong, never cut, pushed the line past the
+    pane and its end was cut: 'live run', 'replay' or 'run completed' went first."""
+    going, ended, interrupted = view_of(3, 2, running=1), view_of(3, 2), view_of(3, 2, running=1)
+    interrupted.interrupt()
+    hint = "resume with: thinktree run --resume runs/20250101-000000-synth"
+    cases = [
+        (going, "live run", "live run"),
+        (going, "following", "following"),
+        (ended, "replay", "run completed"),
+        (ended, "finished", "run completed"),
+        (interrupted, "its process ended", "run interrupted"),
+    ]
+    for view, source, state in cases:
+        top = header(view, elapsed=75.0, source=source, hint=hint)
+        for width in range(32, 121):
+            progress = top.fit(width).plain.splitlines()[1]
+            assert len(progress) <= width and progress.startswith(" problems ")
+            assert state in progress, (source, width, progress)
+            # the counts give way whole: never "✗ 1" without its "✓ 2"
+            assert "✗" not in progress or "✓" in progress, (source, width, progress)
+
+
 def test_tree_lines_cut_to_a_pane_keep_their_status_and_answer() -> None:
     view = view_of(3, 3)
     problem = view.tree.problems["p1"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 from dataclasses import dataclass
 
+from rich.cells import cell_len
 from rich.text import Text
 
 from thinktree.orchestrator.events import NodeKind, NodeStatus
@@ -55,8 +56,9 @@ class Header:
     even without the run's id (its folder has it), ``compact`` says it without labels,
     the mode first (never cut), then the model's and the endpoint's names. ``progress``
     gives way in this order: the hint's end (the folder of a command to resume), a retry's
-    reason, the retries, the tokens, the clock, then the rest of the hint; how far the run
-    has got and whether it is live, replayed or over stay.
+    reason, the retries, the tokens, the clock, the rest of the hint, then the counts of
+    problems right, wrong, stopped, running and failed; how far the run has got and whether
+    it is live, replayed or over stay.
     """
 
     run: Row
@@ -118,27 +120,23 @@ def _run_lines(view: RunView) -> tuple[Row, Row]:
 _HINT_KEPT = len("resume with: thinktree run --resume …")
 
 
-_SOURCE_KEPT = len("live run") + 1  # and its "…"
-
-
 def _progress_line(view: RunView, *, elapsed: float, source: str, hint: str | None) -> Row:
     row = RowBuilder()
     row.add(f"{view.done}/{view.total}", "bold", lead=" ", label="problems ")
-    running = view.outcomes[Outcome.RUNNING]
-    if running:
-        row.add(f" ({running} running)", "yellow")
-    stopped = view.outcomes[Outcome.STOPPED]
-    if stopped:
-        row.add(f" ({stopped} stopped)", "dim")
-    right, wrong = view.outcomes[Outcome.RIGHT], view.outcomes[Outcome.WRONG]
-    if right or wrong:
-        row.add("  ")
-        row.add(f"✓ {right}", "green")
-        row.add(" ")
-        row.add(f"✗ {wrong}", "red")
-    failed = view.outcomes[Outcome.FAILED]
-    if failed:
-        row.add(f"  ! {failed} failed", "bold red")
+    # the counts by outcome, each whole or not at all: they give way before the run's state
+    running = stopped = right = wrong = failed = None
+    if count := view.outcomes[Outcome.RUNNING]:
+        running = row.add(f"({count} running)", "yellow", lead=" ", least=0)
+    if count := view.outcomes[Outcome.STOPPED]:
+        stopped = row.add(f"({count} stopped)", "dim", lead=" ", least=0)
+    if view.outcomes[Outcome.RIGHT] or view.outcomes[Outcome.WRONG]:
+        right = row.add(f"✓ {view.outcomes[Outcome.RIGHT]}", "green", lead="  ", least=0)
+        wrong = row.add(
+            f"✗ {view.outcomes[Outcome.WRONG]}", "red", lead=" ", least=0, with_previous=True
+        )
+    if count := view.outcomes[Outcome.FAILED]:
+        failed = row.add(f"! {count} failed", "bold red", lead="  ", least=0)
+    counts = [(wrong, 0), (right, 0), (stopped, 0), (running, 0), (failed, 0)]
     # whole or not at all: a count cut short would read as another count (and the tokens
     # allowed are one piece with the tokens spent, never shown without them)
     spent = f"{view.completion_tokens:,}"
@@ -161,6 +159,7 @@ def _progress_line(view: RunView, *, elapsed: float, source: str, hint: str | No
             least=len(waited) + 1,
         )
     shown = row.add(source, "cyan", lead="  ", label="·  ")
+    kept = cell_len(source.split(" · ")[0]) + 1  # "live run", "replay 4×", and a "…"
     ended = view.ended
     if ended is not None:
         style = "green" if ended == "completed" else "bold red"
@@ -178,12 +177,13 @@ def _progress_line(view: RunView, *, elapsed: float, source: str, hint: str | No
         (tokens, 0),
         (ticking, 0),
         (said, 0),
+        # a run still going keeps the start of what its source says ("live run …"), not
+        # the "…" of the counts left out, which a cut of the line's end would take too
+        *([(shown, kept)] if ended is None else []),
+        *counts,
         # where the run's end is said ("run interrupted"), the source ("its process
         # ended") says no more, and gives way last, after the marks of what went
         *([(DROP_MARKS, 0), (shown, 0)] if ended is not None else []),
-        # a run still going keeps the start of what its source says ("live run …"), not
-        # the "…" of the counts left out, which a cut of the line's end would take too
-        *([(shown, _SOURCE_KEPT)] if ended is None else []),
     )
 
 

@@ -42,6 +42,8 @@ class Piece:
     """Said before the text, after the lead (both in ``label_style``), only while the text
     is shown: a piece left out leaves its lead and "…", never a label with no value."""
     label_style: str = "dim"
+    with_previous: bool = False
+    """Shown only with the piece before it (cut steps must leave this one out first)."""
 
     def shown_in(self, cells: int) -> str | None:
         """Its text in at most ``cells`` cells: whole, cut with "…", or None (left out)."""
@@ -112,6 +114,8 @@ class Row:
                 if self._cells(shown, marked) >= width:
                     break
                 piece, now = pieces[index], shown[index]
+                if piece.with_previous and shown[index - 1] is None:
+                    continue  # never "✗ 1" back without its "✓ 2"
                 # the room its text has once shown (a left-out piece frees its "…")
                 room = width - self._cells([*shown[:index], "", *shown[index + 1 :]], marked)
                 grown = piece.shown_in(room)
@@ -170,8 +174,11 @@ class RowBuilder:
         least: int = 1,
         middle: bool = False,
         label: str = "",
+        with_previous: bool = False,
     ) -> int:
-        self.pieces.append(Piece(text, style, lead, least, middle, label))
+        self.pieces.append(
+            Piece(text, style, lead, least, middle, label, with_previous=with_previous)
+        )
         return len(self.pieces) - 1
 
     def row(self, *cuts: tuple[int | None, int]) -> Row:
