@@ -17,7 +17,14 @@ from thinktree.orchestrator.events import (
     RunFinished,
     RunStarted,
 )
-from thinktree.tui.render import header, node_label, problem_row, subtree_tokens, winner_path
+from thinktree.tui.render import (
+    header,
+    node_detail,
+    node_label,
+    problem_row,
+    subtree_tokens,
+    winner_path,
+)
 from thinktree.tui.state import Outcome, RunView, allowed_tokens, outcome
 from thinktree.tui.synthetic import synthetic_run
 
@@ -216,6 +223,11 @@ def test_problems_an_error_left_ungraded_count_as_failed_unanswered_ones_as_wron
     assert "✓ 1 ✗ 1" in line and "! 1 failed" in line
     assert problem_row(problems["q1"]).plain.startswith("! q1")
     assert problem_row(problems["q2"]).plain.startswith("✗ q2")
+    # its tree's root and its detail mark it as the list does: "✗" there read as wrong
+    q1 = problems["q1"]
+    assert node_label(q1, q1.root, 0, set()).plain.startswith("! q1")
+    assert node_detail(q1, q1.root)[0].plain.startswith("! failed")
+    assert node_label(problems["q2"], problems["q2"].root, 0, set()).plain.startswith("✓ q2")
     # the wrong filter lists what the header counts as wrong; a failed one is done
     assert view.problems_in("wrong") == ["q2"]
     assert view.problems_in("done") == ["q1", "q2", "q3"]

@@ -34,6 +34,14 @@ OUTCOME_MARKS: dict[Outcome, tuple[str, str]] = {
     Outcome.STOPPED: ("⊘", "dim"),
 }
 WINNER_STYLE = "bold black on green"
+
+
+def status_mark(node: Node) -> tuple[str, str]:
+    """``node``'s mark and style; a failed problem's is the problem list's ("!"), not a
+    failed call's ("✗", which beside a problem reads as an answer graded wrong)."""
+    if node.kind is NodeKind.PROBLEM and node.status is NodeStatus.FAILED:
+        return OUTCOME_MARKS[Outcome.FAILED]
+    return STATUS_MARKS[node.status]
 #: Characters of a node's text the detail pane lays out: its start and its end, half each.
 #: The pane lays out all it holds on each change, so a text of megabytes would stall the
 #: view for seconds per keypress; the trace keeps every character.
@@ -293,7 +301,7 @@ def node_row(problem: ProblemTree, node: Node, tokens: int, winners: set[str]) -
 
 def _problem_line(problem: ProblemTree, node: Node, tokens: int) -> Row:
     """The problem's own tree line: the question gives way first, then the counts."""
-    mark, style = STATUS_MARKS[node.status]
+    mark, style = status_mark(node)
     row = RowBuilder()
     row.add(mark, style)
     row.add(" ")
@@ -338,7 +346,7 @@ def _field(text: Text, name: str, value: str, style: str = "") -> None:
 def node_detail(problem: ProblemTree, node: Node) -> tuple[Text, Text]:
     """The detail pane: a few lines about ``node``, then its full text, literally."""
     meta = Text()
-    mark, style = STATUS_MARKS[node.status]
+    mark, style = status_mark(node)
     meta.append(f"{mark} {node.status}", style=style)
     meta.append(f"  {node.kind}  ", style="dim")
     meta.append(middle_cut(one_line(node.id), 80), style="bold")  # its tail says which node
