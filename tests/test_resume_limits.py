@@ -21,7 +21,7 @@ from thinktree.agents.modes import ModeSettings
 from thinktree.errors import ConfigError
 from thinktree.orchestrator.events import NodeKind
 from thinktree.orchestrator.run import RunResult, RunSettings, execute, load_resume
-from thinktree.pricing import Price
+from thinktree.pricing import Price, usd
 from thinktree.problems import AnswerType, Problem
 from thinktree.testing.fake_server import FakeBehaviour, FakeServer
 from thinktree.verifiers.judge import JUDGE_SYSTEM
@@ -206,6 +206,46 @@ async def test_a_limit_below_what_the_run_spent_is_refused_before_anything_chang
         "keep its own"
     )
     assert again.metrics.completion_tokens <= spent
+    assert [t.answer for t in again.trees] == [t.answer for t in first.trees]
+
+
+async def test_a_money_limit_below_what_the_run_spent_is_refused_before_anything_changes(
+    tmp_path: Path,
+) -> None:
+    """Resumed under --max-cost lower than what its recorded calls cost, the run was
+    stopped by that limit at once and dropped answers it had paid for; now it is refused
+    in one line, as a --max-tokens below its spend is, with the least it may give."""
+    async with FakeServer(FakeBehaviour(reply=reply, delay_s=0.01)) as server:
+        cfg = EndpointConfig(name="fake", base_url=server.base_url, continuation="chat")
+        modes = ModeSettings(mode="sequential", steps=2, budget=16)
+        settings = RunSettings(
+            modes=modes, seed=3, out=tmp_path / "run", max_cost=0.06, prices=PRICES
+        )
+        first = await execute(problems(8), cfg, settings)
+        conn = sqlite3.connect(first.folder / "calls.sqlite")
+        try:
+            prompt, completion = conn.execute(
+                "SELECT sum(prompt_tokens), sum(completion_tokens) FROM responses"
+            ).fetchone()
+        finally:
+            conn.close()
+        cost = PRICES["fake-model"].cost(prompt, completion)
+        manifest = (first.folder / "run.json").read_text()
+        sent = server.requests
+        state = load_resume(first.folder, prices=PRICES, new_limits=True)
+        lower = dataclasses.replace(state.settings, max_cost=cost * 0.9)
+        with pytest.raises(ConfigError) as refused:
+            await execute(state.problems, cfg, lower, resume=state)
+        assert server.requests == sent
+        assert (first.folder / "run.json").read_text() == manifest
+        least = float(str(refused.value).split("give at least $")[1].split(",")[0])
+        assert cost <= least < cost * 1.01
+        enough = dataclasses.replace(state.settings, max_cost=least)
+        again = await execute(state.problems, cfg, enough, resume=state)
+    assert str(refused.value).startswith(
+        f"run {first.folder} has spent {usd(cost)} already (its calls at the price of "
+        f"fake-model): --max-cost {usd(cost * 0.9)} is below that; give at least $"
+    )
     assert [t.answer for t in again.trees] == [t.answer for t in first.trees]
 
 

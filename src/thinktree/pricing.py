@@ -31,7 +31,7 @@ log = structlog.get_logger(__name__)
 #: system prompt): per request, and per message.
 TEMPLATE_TOKENS = 256
 MESSAGE_TOKENS = 16
-_ROUNDING = 1e-12  # USD: sums of float costs are exact to far less than this
+ROUNDING = 1e-12  # USD: sums of float costs are exact to far less than this
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +170,16 @@ def usd(amount: float) -> str:
     return f"${whole}.{cents[:2]}{cents[2:].rstrip('0')}"
 
 
+def at_least(amount: float) -> float:
+    """``amount`` rounded up to the places :func:`usd` shows it with: a figure to give
+    that is not below it once shown ("$1.24" for $1.2301, where usd shows "$1.23")."""
+    if amount <= 0:
+        return 0.0
+    places = 2 if amount >= 1 else max(2, 2 - math.floor(math.log10(amount)))
+    scale = 10.0**places
+    return math.ceil(round(amount * scale, 6)) / scale
+
+
 class MoneyLimit:
     """The run's money limit, never passed by calls under way.
 
@@ -202,7 +212,7 @@ class MoneyLimit:
         left = max(0.0, self.limit - spent)
         rest = (  # what sums of float costs leave of an amount spent whole is nothing
             f"; the {usd(left)} left paid for none of the calls it had left"
-            if left > _ROUNDING
+            if left > ROUNDING
             else ""
         )
         return f"{MONEY_STOP} {usd(self.limit)} is reached ({usd(spent)} spent{rest})"
@@ -229,7 +239,7 @@ class MoneyLimit:
             prompt = prompt_tokens + self.excess
             left = self.limit - self.spent - self.held - self.recorded
             need = price.cost(prompt, choices * max_tokens)
-            if need <= left + _ROUNDING:
+            if need <= left + ROUNDING:
                 return self._held(price, prompt, max_tokens, need)
             if self.calls:  # calls under way hold some: they may leave enough
                 if self._released is None:
@@ -246,7 +256,7 @@ class MoneyLimit:
         """Count an attempt of ``bill``'s call cut off mid-stream (see :meth:`Bill.charge`)."""
         cost = bill.price.cost(bill.prompt_tokens, completion_tokens)
         left = self.limit - self.spent - self.held - self.recorded
-        if cost > left + _ROUNDING:  # its own hold stays for the attempt sent again
+        if cost > left + ROUNDING:  # its own hold stays for the attempt sent again
             raise RunLimitReached(
                 self._reached(cost, left) + "; a call cut off mid-stream cannot be sent again"
             )
@@ -291,7 +301,7 @@ class MoneyLimit:
 
     def _reached(self, least: float, left: float) -> str:
         spent = f"{usd(self.spent + self.recorded)} spent"  # recorded calls were spent too
-        if left > _ROUNDING:  # some is left, but not what the next call may cost
+        if left > ROUNDING:  # some is left, but not what the next call may cost
             spent += f"; the {usd(left)} left is less than the next call may cost, {usd(least)}"
         return f"{MONEY_STOP} {usd(self.limit)} is reached ({spent})"
 
@@ -305,12 +315,12 @@ def _affords(price: Price, left: float, prompt_tokens: int, choices: int, asked:
     """The most completion tokens per choice (at most ``asked``) ``left`` pays for on a
     prompt of ``prompt_tokens``; None where it cannot pay for the prompt."""
     rest = left - price.cost(prompt_tokens, 0)
-    if rest + _ROUNDING < 0:
+    if rest + ROUNDING < 0:
         return None
     per_token = choices * price.completion_per_m / 1e6
     if per_token == 0:
         return asked
     most = min(asked, math.floor(rest / per_token + 1e-9))
-    while most > 0 and price.cost(prompt_tokens, choices * most) > left + _ROUNDING:
+    while most > 0 and price.cost(prompt_tokens, choices * most) > left + ROUNDING:
         most -= 1
     return max(most, 0)

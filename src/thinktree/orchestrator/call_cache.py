@@ -562,16 +562,19 @@ class SharedCallCache:
         await self.shared.put(row)
 
 
-def recorded_completion_tokens(path: Path) -> int:
-    """The completion tokens of the calls the call store at ``path`` recorded (the solver's
-    and a judge's on the run's endpoint): what a resumed run has spent under its token
-    limit already (0 for no store, or one that cannot be read: its resume says why)."""
+def recorded_tokens(path: Path) -> tuple[int, int]:
+    """The prompt and completion tokens of the calls the call store at ``path`` recorded
+    (the solver's and a judge's on the run's endpoint): what a resumed run has spent under
+    its limits already ((0, 0) for no store, or one that cannot be read: its resume says
+    why)."""
+    counted = "CASE WHEN typeof({0}) = 'integer' AND {0} >= 0 THEN {0} ELSE 0 END"
     rows = _read_only(
         path,
-        "SELECT coalesce(sum(completion_tokens), 0) FROM responses WHERE node_key IS NOT NULL "
-        "AND typeof(completion_tokens) = 'integer' AND completion_tokens >= 0",
+        f"SELECT coalesce(sum({counted.format('prompt_tokens')}), 0), "
+        f"coalesce(sum({counted.format('completion_tokens')}), 0) "
+        "FROM responses WHERE node_key IS NOT NULL",
     )
-    return int(rows[0][0]) if rows else 0
+    return (int(rows[0][0]), int(rows[0][1])) if rows else (0, 0)
 
 
 def read_back_calls(path: Path) -> frozenset[str]:

@@ -58,7 +58,7 @@ from thinktree.orchestrator.call_cache import (
     SharedCallCache,
     SqliteCallCache,
     read_back_calls,
-    recorded_completion_tokens,
+    recorded_tokens,
 )
 from thinktree.orchestrator.events import (
     PAST_CONTEXT,
@@ -77,12 +77,15 @@ from thinktree.orchestrator.subscribers import TraceWriter, TreeRecorder
 from thinktree.orchestrator.tree import Node, ProblemTree
 from thinktree.pricing import (
     MONEY_REACHED,
+    ROUNDING,
     MoneyLimit,
     Price,
+    at_least,
     changed_prices,
     check_prices,
     price_table,
     prices_from_config,
+    usd,
 )
 from thinktree.problems import Problem
 from thinktree.verifiers.base import CheckedOnce, Spending
@@ -362,7 +365,7 @@ async def _execute(
                 else:
                     same_limits = limits_of(settings) == run_limits(folder)
                     if not same_limits:
-                        _check_limit_covers_spent(folder, settings)
+                        _check_limit_covers_spent(folder, settings, model, money)
                         save_limits(folder, settings)  # it goes on under these, and keeps them
                     save_prices(folder, priced)  # those it had none for, kept from now on
                 cache, store, trace = _open_records(folder, settings, fresh=resume is None)
@@ -862,18 +865,28 @@ def run_outcome(results: Path) -> tuple[str | None, int]:
     return stopped_by, failed
 
 
-def _check_limit_covers_spent(folder: Path, settings: RunSettings) -> None:
-    """One-line ConfigError for a token limit below what the run has spent already: it
-    would go on past its limit, and the calls it paid for that no longer fit would not be
-    read back (their answers lost)."""
+def _check_limit_covers_spent(
+    folder: Path, settings: RunSettings, model: str, money: MoneyLimit | None
+) -> None:
+    """One-line ConfigError for a token or money limit below what the run has spent
+    already: it would go on past its limit, and the calls it paid for that no longer fit
+    would not be read back (their answers lost)."""
     limit = settings.max_run_tokens
-    if limit is None:
+    if limit is None and money is None:
         return
-    spent = recorded_completion_tokens(folder / CALLS)
-    if limit < spent:
+    prompt, completion = recorded_tokens(folder / CALLS)
+    if limit is not None and limit < completion:
         raise ConfigError(
-            f"run {folder} has spent {spent} completion tokens already: --max-tokens {limit} "
-            f"is below that; give at least {spent}, or leave --max-tokens out to keep its own"
+            f"run {folder} has spent {completion} completion tokens already: --max-tokens "
+            f"{limit} is below that; give at least {completion}, or leave --max-tokens out to "
+            "keep its own"
+        )
+    cost = 0.0 if money is None else money.price.cost(prompt, completion)
+    if money is not None and money.limit < cost - ROUNDING:
+        raise ConfigError(
+            f"run {folder} has spent {usd(cost)} already (its calls at the price of {model}): "
+            f"--max-cost {usd(money.limit)} is below that; give at least {usd(at_least(cost))}, "
+            "or leave --max-cost out to keep its own"
         )
 
 
