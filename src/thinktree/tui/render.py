@@ -42,6 +42,8 @@ def status_mark(node: Node) -> tuple[str, str]:
     if node.kind is NodeKind.PROBLEM and node.status is NodeStatus.FAILED:
         return OUTCOME_MARKS[Outcome.FAILED]
     return STATUS_MARKS[node.status]
+
+
 #: Characters of a node's text the detail pane lays out: its start and its end, half each.
 #: The pane lays out all it holds on each change, so a text of megabytes would stall the
 #: view for seconds per keypress; the trace keeps every character.
