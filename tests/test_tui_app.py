@@ -969,6 +969,39 @@ async def test_a_narrow_terminal_shows_one_pane_at_a_time(tmp_path: Path) -> Non
         assert shown() == list(panes)  # wide again: side by side
 
 
+async def test_a_narrow_terminals_keys_act_on_the_pane_shown(tmp_path: Path) -> None:
+    """One pane at a time, the filter keys changed the hidden list under the tree, `e`/`c`
+    the hidden tree under the list, and `f` followed out of sight: a pane's keys now work
+    (and show in the footer) only while it is shown, and `f` shows the newest text."""
+    app = replay(tmp_path, 3, 2)
+    async with app.run_test(size=(60, 16)) as pilot:
+        await settle(app, pilot)
+
+        def enabled() -> dict[str, bool]:
+            return {
+                name: bool(app.check_action(name, params))
+                for name, params in (("filter", ("done",)), ("expand", ()), ("collapse", ()))
+            }
+
+        def footer_keys() -> set[str]:
+            return {key for key, active in app.screen.active_bindings.items() if active.enabled}
+
+        assert app.focused is app.problem_list
+        assert enabled() == {"filter": True, "expand": False, "collapse": False}
+        assert "3" in footer_keys() and "e" not in footer_keys()
+        await pilot.press("enter")  # into the tree: the list is hidden
+        assert app.problem_tree.display and not app.problem_list.display
+        assert enabled() == {"filter": False, "expand": True, "collapse": True}
+        assert "3" not in footer_keys() and "e" in footer_keys()
+        await pilot.press("3")
+        assert app.filter == "all"  # the hidden list was not filtered
+        await pilot.press("escape", "f")  # from the list: following shows the newest text
+        assert app.follow and app.detail.display and app.focused is app.detail
+        await pilot.resize_terminal(120, 40)  # wide: every pane shown, every key on
+        await pilot.pause()
+        assert enabled() == {"filter": True, "expand": True, "collapse": True}
+
+
 async def test_a_problem_shown_before_its_text_was_laid_out_still_opens_at_its_top() -> None:
     send, receive = anyio.create_memory_object_stream[Event](10_000)
     app = ThinktreeApp(LiveSource(receive), refresh_hz=0.001)

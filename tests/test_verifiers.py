@@ -736,25 +736,71 @@ async def test_an_unreadable_pairwise_match_keeps_the_matches_judged(tmp_path: P
 
 
 @pytest.mark.anyio
-async def test_a_pairwise_match_that_fails_leaves_the_other_matches_of_its_round(
+async def test_a_pairwise_match_whose_call_fails_is_played_again_on_resume(
     tmp_path: Path,
 ) -> None:
-    """Four answers: round 1 is A vs B and C vs D. A vs B is judged (B wins); every call of
-    C vs D fails for good (the server refuses it). B scores the round it won, C and D the
-    round they stayed in, A the one it lost: B is picked."""
+    """Four answers: round 1 is A vs B and C vs D. A vs B is judged (B wins); C vs D's call
+    fails for good (the server refuses it). The tournament is not finished and a resume can
+    finish it, so every verdict fails as a failed judge call, the matches judged
+    notwithstanding (they were recorded done, and a resume never revisited them): the plain
+    vote decides, and the run counts failed calls. Resumed, with the server judging again,
+    the tournament is played out, A vs B read back from the call store, and B wins."""
+    from thinktree.orchestrator.run import load_resume
+
+    judging = {"refused": True}
+
+    def refuse(body: dict[str, Any]) -> str | None:
+        text = json.dumps(body.get("messages"))
+        judged_d = JUDGE_SYSTEM in text and "Final answer: D" in text
+        return "no judging of D" if judging["refused"] and judged_d else None
+
+    behaviour = FakeBehaviour(reply=_preferring("BCDA", 4), reject=refuse)
+    async with FakeServer(behaviour, record_bodies=True) as server:
+        first = await _pairwise_four(server, tmp_path, samples=4)
+        tree = first.trees[0]
+        verdicts = {v.parent_id: v for v in tree.of_kind(NodeKind.VERDICT)}
+        assert [v.status for v in verdicts.values()] == [NodeStatus.FAILED] * 4
+        why = "judge call failed: the tournament stopped in round 1, where C vs D was not judged"
+        assert all(str(v.error).startswith(why) for v in verdicts.values()), verdicts
+        assert "no judging of D" in str(verdicts["q1/b4/think"].error)
+        assert tree.vote is not None and tree.vote.rule == "majority"
+        assert len(first.failed_calls()) == 4
+        m = first.metrics.verifier  # A vs B's two calls (a token each) count, though failed
+        assert m is not None and m.completion_tokens == 2 and m.prompt_tokens > 0
+
+        judging["refused"] = False
+        sent = len(server.bodies)
+        state = load_resume(first.folder)
+        assert state.retrying > 0
+        endpoint = EndpointConfig(name="fake", base_url=server.base_url, model="fake-model")
+        again = await execute(state.problems, endpoint, state.settings, resume=state)
+        resent = [json.dumps(body.get("messages")) for body in server.bodies[sent:]]
+    assert again.failed_calls() == []
+    tree = again.trees[0]
+    verdicts = {v.parent_id: v for v in tree.of_kind(NodeKind.VERDICT)}
+    assert [verdicts[f"q1/b{i}/think"].score for i in (1, 2, 3, 4)] == [0.0, 1.0, 0.5, 0.0]
+    assert tree.answer == "B" and tree.vote is not None and tree.vote.rule == "verifier-weighted"
+    assert not any(JUDGE_SYSTEM in text and "Final answer: A" in text for text in resent)
+
+
+@pytest.mark.anyio
+async def test_a_failed_pairwise_call_is_said_beside_an_unreadable_match(tmp_path: Path) -> None:
+    """Round 1: A vs B's choice is unreadable, C vs D's call fails. No match was judged;
+    the failed call is what the verdicts say (the unreadable match came first, and hid it),
+    so the run counts failed calls and a resume asks the judge again."""
 
     def refuse(body: dict[str, Any]) -> str | None:
         text = json.dumps(body.get("messages"))
         return "no judging of D" if JUDGE_SYSTEM in text and "Final answer: D" in text else None
 
-    async with FakeServer(FakeBehaviour(reply=_preferring("BCDA", 4), reject=refuse)) as server:
+    behaviour = FakeBehaviour(reply=_unreadable_for("A", 4), reject=refuse)
+    async with FakeServer(behaviour) as server:
         result = await _pairwise_four(server, tmp_path, samples=4)
-    tree = result.trees[0]
-    verdicts = {v.parent_id: v for v in tree.of_kind(NodeKind.VERDICT)}
-    assert [verdicts[f"q1/b{i}/think"].score for i in (1, 2, 3, 4)] == [0.0, 0.5, 0.0, 0.0]
-    d = verdicts["q1/b4/think"].text
-    assert "round 1: C vs D: not judged: " in d and "no judging of D" in d, d
-    assert tree.answer == "B" and tree.stopped is None
+    verdicts = result.trees[0].of_kind(NodeKind.VERDICT)
+    why = "judge call failed: no pairwise match was judged: "
+    assert all(str(v.error).startswith(why) for v in verdicts), [v.error for v in verdicts]
+    assert all("no judging of D" in str(v.error) for v in verdicts)
+    assert len(result.failed_calls()) == 4
 
 
 @pytest.mark.anyio

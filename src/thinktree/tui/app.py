@@ -143,6 +143,7 @@ class ThinktreeApp(App[None]):
         self.problem_tree = ProblemTreeView(id="tree")
         self.detail = DetailPane(id="detail")
         self._pane: Widget = self.problem_list  # the one shown on a narrow terminal
+        self._narrow = False  # one pane at a time: the others' keys are left out
 
     # ── layout ──────────────────────────────────────────────────────────────────
 
@@ -185,6 +186,9 @@ class ThinktreeApp(App[None]):
         for pane in panes:
             pane.display = not narrow or pane is self._pane
         self.problem_list.set_class(narrow, "-narrow")
+        self._narrow = narrow
+        if self.screen_stack:
+            self.refresh_bindings()  # a hidden pane's keys leave the footer
 
     def _show_pane(self, pane: Widget) -> None:
         """Move to ``pane`` (the only one shown, on a narrow terminal)."""
@@ -519,6 +523,11 @@ class ThinktreeApp(App[None]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in ("pause", "faster", "slower"):  # while a replay has more to play
             return isinstance(self.source, ReplaySource) and not self.source_done.is_set()
+        # one pane at a time (narrow): a pane's own keys only while it is the one shown
+        if action == "filter":
+            return not self._narrow or self._pane is self.problem_list
+        if action in ("expand", "collapse"):
+            return not self._narrow or self._pane is self.problem_tree
         return True
 
     async def action_quit(self) -> None:
@@ -558,12 +567,15 @@ class ThinktreeApp(App[None]):
         self.exit()
 
     def action_follow(self) -> None:
-        """Toggle following the newest node (its problem, its tree line, its text)."""
+        """Toggle following the newest node (its problem, its tree line, its text); one
+        pane at a time (narrow), its text is shown, as it arrives."""
         self.follow = not self.follow
         self._followed = None
         if self.follow:
             self._cancel_settle()
             self._follow_newest()
+            if self._narrow:
+                self._show_pane(self.detail)
         self.refresh_view()
 
     def action_expand(self) -> None:

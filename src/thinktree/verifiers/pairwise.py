@@ -10,8 +10,8 @@ constrained choice. A group's score is how far it got: a first-round loser 0, th
 champion 1; every candidate of a group gets its group's score.
 
 Where the run's limits refuse a match (:class:`~thinktree.errors.RunLimitReached`), or
-a match cannot be judged (a call that fails for good, a reply that names neither
-response), that match is undecided: the other matches of its round still finish (their
+a match cannot be judged (a reply that names neither response, a prompt past the judge's
+context), that match is undecided: the other matches of its round still finish (their
 calls count), and no later round is played. Every group then scores the round it is
 known to have reached: a group a judged match eliminated keeps its score, one still in
 scores the round its judged wins took it to (a bye or an undecided match in the last
@@ -21,6 +21,14 @@ each below every loser, those it beat included (a failed verdict ranks below eve
 one), and one unreadable reply would throw away every match judged. Where no match was
 judged at all, nothing was decided: every verdict fails with the reason, and the plain
 vote decides. Where a limit refused a match, the problem reads stopped.
+
+Where a judge's call failed for good (its retries spent), the tournament is not finished
+either, but unlike the cases above a resume can finish it: every verdict fails as a
+pointwise judge's failed call does (:data:`JUDGE_CALL_FAILED`), however many matches were
+judged, so the run counts failed calls (and exits 4) and ``run --resume`` plays the
+tournament again, the judged matches' calls read back from the call store where the judge
+is on the run's own endpoint. Scoring the groups by the rounds they reached would record
+the problem as decided, and a resume would never revisit it.
 
 ``--verifier pairwise[:ENDPOINT][,score=auto|yes-prob|rating]`` (as for ``judge``;
 ``rating`` here means the constrained choice, without logprobs).
@@ -87,13 +95,15 @@ def knockout_rounds(groups: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class _Cut:
-    """The round a match went undecided in (the last played), and why: a run limit
-    refused it (``limit``), or it could not be judged."""
+    """The round a match went undecided in (the last played), and why: a judge's call
+    failed for good (``call_failed``: a resume asks it again), a run limit refused it
+    (``limit``), or it could not be judged; ``match`` names it."""
 
     round: int
     reason: str
     limit: bool
-    call_failed: bool = False  # a judge's call failed for good: a resume asks it again
+    call_failed: bool = False
+    match: str = ""
 
 
 class MatchFailed(Exception):
@@ -140,12 +150,19 @@ class PairwiseJudge:
         client = self.judge.calls_for(problem, endpoint)
         use_logprobs = self.judge.uses_logprobs(caps)
         cut = await self._tournament(client, caps, use_logprobs, problem, candidates, groups)
-        if cut is not None and all(g.reached == 1 for g in groups.values()):
-            # a failed call is said as the pointwise judge's is: the run counts it as a
-            # failed call (its exit status says so) and a resume asks the matches again
-            said = JUDGE_CALL_FAILED if cut.call_failed else ""
-            why = f"{said}no pairwise match was judged: {cut.reason}"
-            return self._failed(candidates, groups, why)
+        judged = any(g.reached > 1 for g in groups.values())
+        if cut is not None and cut.call_failed:
+            # said as the pointwise judge's failed call is, even after matches were judged:
+            # the run counts it as a failed call (its exit status says so) and a resume
+            # plays the tournament again
+            where = (
+                f"the tournament stopped in round {cut.round}, where {cut.match} was not judged"
+                if judged
+                else "no pairwise match was judged"
+            )
+            return self._failed(candidates, groups, f"{JUDGE_CALL_FAILED}{where}: {cut.reason}")
+        if cut is not None and not judged:
+            return self._failed(candidates, groups, f"no pairwise match was judged: {cut.reason}")
         rounds = knockout_rounds(len(groups))
         verdicts: list[Verdict] = [Verdict(score=None)] * len(candidates)
         for group in groups.values():
@@ -233,11 +250,15 @@ class PairwiseJudge:
                     won.append(result)
                 else:
                     why = str(result) or type(result).__name__
-                    if cut is None or (isinstance(result, RunLimitReached) and not cut.limit):
-                        failed = isinstance(result, EndpointError) and not isinstance(
-                            result, ContextExceeded
-                        )
-                        cut = _Cut(round_, why, isinstance(result, RunLimitReached), failed)
+                    limit = isinstance(result, RunLimitReached)
+                    failed = isinstance(result, EndpointError) and not isinstance(
+                        result, ContextExceeded
+                    )
+                    # the cut says a failed call first (a resume plays the tournament
+                    # again), then a limit (the problem reads stopped)
+                    rank = (failed, limit)
+                    if cut is None or rank > (cut.call_failed, cut.limit):
+                        cut = _Cut(round_, why, limit, failed, f"{a.answer} vs {b.answer}")
                     line = f"round {round_}: {a.answer} vs {b.answer}: not judged: {why}"
                     a.notes.append(line)
                     b.notes.append(line)
