@@ -1083,6 +1083,22 @@ async def test_a_broken_line_stops_the_view_after_what_came_before_it(
         assert source.status == "stopped reading" and not source.interrupted
 
 
+async def test_watching_a_run_that_failed_says_how_to_resume_it(tmp_path: Path) -> None:
+    """A run that stopped failed (its files could not be written: exit status 74, or its
+    endpoint went away) is resumed as an interrupted one is: the view said neither."""
+    events = synthetic_run(3, 2, running=1)
+    events.append(RunFinished(at=events[-1].at + 1, run_id="r1", status="failed"))
+    folder = run_folder(tmp_path, events)
+    source = source_for(folder)
+    app = ThinktreeApp(source, refresh_hz=0.001)
+    async with app.run_test(size=SIZE) as pilot:
+        with anyio.fail_after(5):
+            await settle(app, pilot)
+        app.refresh_view()
+        assert "run failed" in app.header.plain
+        assert f"resume with: thinktree run --resume {folder}" in app.header.plain
+
+
 async def test_an_interrupted_runs_hint_names_the_config_it_was_started_with(
     tmp_path: Path,
 ) -> None:

@@ -10,6 +10,7 @@ import pytest
 from textual.pilot import Pilot
 from textual.widgets import Static
 
+from thinktree.errors import RecordingError
 from thinktree.hints import resume_command
 from thinktree.orchestrator.bus import Subscriber, event_bus
 from thinktree.orchestrator.events import Event, NodeDelta, NodeFinished, RunFinished
@@ -303,6 +304,36 @@ async def test_a_run_failing_midway_keeps_the_view_open_then_raises() -> None:
 
     with pytest.raises(RuntimeError, match="went away"):
         await watch_run(half, headless=True, auto_pilot=look_then_quit)
+
+
+async def test_a_run_that_cannot_write_its_files_says_why_and_how_to_resume(
+    tmp_path: Path,
+) -> None:
+    """Exit status 74: the view said the error but not that the run goes on with a resume
+    once there is room, as it says of an interrupted run."""
+    folder = tmp_path / "r1"
+    full = "cannot record a model call in calls.sqlite: database or disk is full"
+
+    async def half(subscriber: TuiSubscriber) -> str:
+        async with event_bus([subscriber]) as bus:
+            for event in synthetic_run(3, 2, running=2)[:-1]:
+                await bus.emit(event)
+            await bus.emit(RunFinished(run_id="r1", status="failed"))
+        raise RecordingError(full)
+
+    async def look_then_quit(pilot: Pilot[object]) -> None:
+        app = pilot.app
+        assert isinstance(app, ThinktreeApp)
+        await app.source_done.wait()
+        while app.engine_running:
+            await pilot.pause(0.01)
+        app.refresh_view()
+        assert "run failed" in app.header.plain and full in app.header.plain
+        assert f"resume with: {resume_command(folder)}" in app.header.plain
+        await pilot.press("q")
+
+    with pytest.raises(RecordingError):
+        await watch_run(half, headless=True, auto_pilot=look_then_quit, folder=lambda: folder)
 
 
 @pytest.mark.parametrize("keys", [("ctrl+c",), ("q", "ctrl+c")])

@@ -30,15 +30,17 @@ from textual.timer import Timer
 from textual.widget import Widget
 from textual.widgets import Footer, Tree
 
+from thinktree.errors import RunStopping
 from thinktree.hints import recorded_config, resume_command
 from thinktree.orchestrator.events import Event, NodeKind, NodeStatus, RunStarted
-from thinktree.orchestrator.trace import TraceError
+from thinktree.orchestrator.trace import TraceError, run_folder
 from thinktree.orchestrator.tree import ProblemTree
 from thinktree.sanitize import clean, one_line
 from thinktree.tui import render
 from thinktree.tui.messages import ProblemHighlighted, ProblemOpened, UserNavigated
 from thinktree.tui.quit_dialog import QuitChoice, QuitLiveRun
 from thinktree.tui.sources import (
+    REWRITTEN,
     FollowSource,
     LiveSource,
     ReplaySource,
@@ -230,6 +232,8 @@ class ThinktreeApp(App[None]):
         else:
             if isinstance(source, FollowSource) and source.interrupted:
                 self._interrupted(source)
+            elif isinstance(source, ReplaySource | FollowSource) and self._failed_recorded(source):
+                self._advise_resume(run_folder(source.path))
         finally:
             self._source_ended_wall = time.monotonic()
             self.source_done.set()
@@ -277,13 +281,7 @@ class ThinktreeApp(App[None]):
     def _interrupted(self, source: FollowSource) -> None:
         """The followed run's process ended before the run did: say so, and how to go on."""
         self.view.interrupt()
-        if source.folder is not None:  # its manifest read once: the hint is drawn per frame
-            try:
-                config = recorded_config(source.folder)
-            except ValueError as exc:
-                self._resume_advice = f"it cannot be resumed: {exc}"
-            else:
-                self._resume_advice = f"resume with: {resume_command(source.folder, config)}"
+        self._advise_resume(source.folder)
         self.notify(
             f"its process ended before the run did; {self._resume_hint()}",
             title="the run was interrupted",
@@ -292,12 +290,39 @@ class ThinktreeApp(App[None]):
             markup=False,
         )
 
+    def _advise_resume(self, folder: Path | None) -> None:
+        """Work out how to resume the run in ``folder`` (its manifest read once: the hint
+        is drawn per frame)."""
+        if folder is None:
+            return
+        try:
+            config = recorded_config(folder)
+        except ValueError as exc:
+            self._resume_advice = f"it cannot be resumed: {exc}"
+        else:
+            self._resume_advice = f"resume with: {resume_command(folder, config)}"
+
+    def _failed_recorded(self, source: Source) -> bool:
+        """Whether ``source`` is a trace whose run ended failed (its files could not be
+        written, its endpoint went away: a resume goes on with it)."""
+        finished = self.view.finished
+        return (
+            isinstance(source, ReplaySource | FollowSource)
+            and finished is not None
+            and finished.status == "failed"
+        )
+
     def _resume_hint(self) -> str | None:
-        """How to resume the run shown, while it is interrupted and not resumed yet."""
+        """How to resume the run shown, while it is interrupted or failed and not resumed
+        yet."""
         source = self.source
-        if not isinstance(source, FollowSource) or source.state != source.GONE:
+        if isinstance(source, LiveSource):
+            return self._resume_advice  # set once the run has stopped on an error
+        if source.status == REWRITTEN:
             return None
-        return self._resume_advice
+        if isinstance(source, FollowSource) and source.state == source.GONE:
+            return self._resume_advice
+        return self._resume_advice if self._failed_recorded(source) else None
 
     @work(thread=True, group="budget")
     def _work_out_budget(self, started: RunStarted) -> None:
@@ -325,6 +350,15 @@ class ThinktreeApp(App[None]):
             finished = self.view.finished  # its end already says "run failed": not twice
             said = finished is not None and finished.status == "failed"
             self.view.error = message if said else f"run failed: {message}"
+            source = self.source
+            if isinstance(exc, RunStopping) and isinstance(source, LiveSource) and source.folder:
+                # it stopped whole (its files cannot be written, its endpoint went away):
+                # what it finished is kept, and a resume goes on once the cause is fixed
+                folder = source.folder()
+                if folder is not None:
+                    advice = f"resume with: {resume_command(folder, source.config)}"
+                    self._resume_advice = advice
+                    message = f"{message}; {advice}"
             self.notify(message, title="the run failed", severity="error", timeout=30, markup=False)
         finally:
             self.engine_running = False
