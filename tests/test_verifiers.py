@@ -453,6 +453,79 @@ def test_judge_options_without_an_endpoint_read_as_documented() -> None:
         check_verifiers(["judge,score=rating", "judge:score=rating"])
 
 
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "specs",
+    [
+        # the run's own endpoint named beside it, as judge:embedded beside judge on embedded
+        ("judge:{url}", "judge"),
+        ("judge", "judge:grader"),  # a named endpoint at the run's URL, the same model
+        ("judge", "judge,score=yes-prob"),  # auto reads P("Yes") where logprobs come back
+        ("pairwise:grader,score=rating", "pairwise:{url}/,score=rating"),
+    ],
+)
+async def test_the_same_judge_given_twice_is_refused_before_the_run(
+    tmp_path: Path, specs: tuple[str, str]
+) -> None:
+    """Two specs that are one judge (its kind, server, model and way of scoring) would
+    ask the same and count twice in each candidate's mean score: one line, no folder."""
+    async with FakeServer(FakeBehaviour(reply=_judging({}))) as server:
+        url = server.base_url
+        given = tuple(spec.format(url=url) for spec in specs)
+        endpoint = EndpointConfig(name="fake", base_url=url, model="fake-model")
+        settings = RunSettings(
+            modes=ModeSettings(mode="parallel", n=3, budget=32),
+            verifiers=given,
+            out=tmp_path / "run",
+            config={"endpoints": {"grader": {"base_url": url}}},
+        )
+        with pytest.raises(ConfigError) as caught:
+            await execute([PROBLEM], endpoint, settings)
+    message = str(caught.value)
+    said = f"--verifier {given[1]} is the same judge as --verifier {given[0]} (model 'fake-model'"
+    assert message.startswith(said), message
+    assert message.endswith("give one of them") and "\n" not in message
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.anyio
+async def test_judges_that_differ_each_give_their_verdicts(tmp_path: Path) -> None:
+    """Another kind of judge on the same endpoint, another way of scoring, or another
+    model: each is a judge of its own."""
+    behaviour = FakeBehaviour(reply=_judging({"A": "2", "B": "9"}))
+    judging = FakeBehaviour(reply=_judging({"A": "2", "B": "9"}), model="judge-model")
+    async with FakeServer(behaviour) as server, FakeServer(judging) as judge_server:
+        endpoint = EndpointConfig(name="fake", base_url=server.base_url, model="fake-model")
+        verifiers = ("judge", "judge:score=rating", "pairwise", "judge:grader")
+        settings = RunSettings(
+            modes=ModeSettings(mode="parallel", n=3, budget=32),
+            verifiers=verifiers,
+            out=tmp_path / "run",
+            config={"endpoints": {"grader": {"base_url": judge_server.base_url}}},
+        )
+        result = await execute([PROBLEM], endpoint, settings)
+    labels_seen = sorted({v.label for v in result.trees[0].of_kind(NodeKind.VERDICT)})
+    assert labels_seen == sorted(verifiers)
+
+
+def test_cli_refuses_the_same_judge_twice_in_one_line(tmp_path: Path) -> None:
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps(PROBLEM.model_dump(mode="json")) + "\n")
+    with fake_server_in_thread(FakeBehaviour(reply=_judging({}))) as server:
+        url = server.base_url
+        args = ("run", str(data), "--endpoint", url, "--mode", "parallel", "--n", "2")
+        judges = ("--verifier", f"judge:{url}", "--verifier", "judge")
+        proc = cli(*args, *judges, "--out", "r", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert (
+        len(lines) == 1
+        and f"--verifier judge is the same judge as --verifier judge:{url}" in (lines[0])
+    ), proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "r").exists()
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import anyio
 
 from thinktree.agents.capabilities import Capabilities, probe
-from thinktree.agents.endpoint import Completion, EndpointClient, Message
+from thinktree.agents.endpoint import Completion, EndpointClient, Message, server_name
 from thinktree.errors import ConfigError, ContextExceeded, EndpointError, RunLimitReached
 from thinktree.orchestrator.call_cache import verifier_call
 from thinktree.orchestrator.events import JUDGE_CALL_FAILED, PAST_CONTEXT
@@ -183,6 +183,19 @@ class JudgeEndpoint:
         _, caps = await self.ready()
         self.uses_logprobs(caps)
 
+    async def identity(self) -> tuple[str, str | None, float | None, bool]:
+        """What decides the judge's calls, its endpoint probed (:meth:`ready`): the server
+        (as the call store names it), the model, a temperature the endpoint fixes, and
+        whether it reads P("Yes") from logprobs or asks for a rating (``score=auto`` is one
+        of the two). Two judges of one kind that share it ask the same and score the same."""
+        client, caps = await self.ready()
+        server = server_name(client.config).rstrip("/")
+        return server, client.model, client.config.temperature, self.uses_logprobs(caps)
+
+    def describe(self) -> str:
+        """The judge's model and endpoint, for a message."""
+        return f"model '{self.client.model}' on {self.client.config.describe()}"
+
     def calls_for(self, problem: Problem, client: EndpointClient) -> JudgeClient:
         """``client`` (from :meth:`ready`) as the judge's calls for ``problem`` go through:
         counted under the run's limits where it has them."""
@@ -287,6 +300,7 @@ async def token_probs(
 class PointwiseJudge:
     """Asks the judge of each candidate on its own: is its final answer correct?"""
 
+    kind = "judge"
     timeout_s = None  # its calls have their endpoint's timeouts, and wait on the run's limits
 
     def __init__(self, arg: str | None, setup: VerifierSetup) -> None:

@@ -116,6 +116,7 @@ class MatchFailed(Exception):
 
 
 class PairwiseJudge:
+    kind = "pairwise"
     timeout_s = None  # its calls have their endpoint's timeouts, and wait on the run's limits
 
     def __init__(self, arg: str | None, setup: VerifierSetup) -> None:

@@ -10,6 +10,8 @@ from thinktree.agents.capabilities import Capabilities
 from thinktree.agents.endpoint import EndpointClient, EndpointConfig
 from thinktree.errors import ConfigError
 from thinktree.verifiers.base import CheckedOnce, Spending, VerifierSetup
+from thinktree.verifiers.judge import PointwiseJudge
+from thinktree.verifiers.pairwise import PairwiseJudge
 from thinktree.verifiers.panel import VerifierPanel
 from thinktree.verifiers.registry import build_verifiers
 
@@ -54,8 +56,30 @@ async def open_panel(
     panel = VerifierPanel(build_verifiers(settings.verifiers, setup), spending, setup.prices)
     try:
         await panel.prepare()
+        await _refuse_same_judge(settings.verifiers, panel)
     except BaseException:
         with anyio.CancelScope(shield=True):
             await panel.aclose()
         raise
     return panel
+
+
+async def _refuse_same_judge(specs: tuple[str, ...], panel: VerifierPanel) -> None:
+    """A one-line ConfigError where two specs are the same judge: one kind (``judge``,
+    ``pairwise``) on the same server and model, scoring the same way (``judge:embedded``
+    beside ``judge`` on the embedded model, a named endpoint beside its URL). Its calls and
+    scores would be the same, and count twice in each candidate's mean score. Judges on
+    other models, or scoring otherwise (``score=rating`` beside P("Yes")), are distinct."""
+    seen: dict[tuple[object, ...], str] = {}
+    for spec, named in zip(specs, panel.verifiers, strict=True):
+        verifier = named.verifier
+        if not isinstance(verifier, PointwiseJudge | PairwiseJudge):
+            continue
+        key = (verifier.kind, *await verifier.judge.identity())
+        if key in seen:
+            raise ConfigError(
+                f"--verifier {spec} is the same judge as --verifier {seen[key]} "
+                f"({verifier.judge.describe()}, scored the same way): it would count twice "
+                "in each candidate's score; give one of them"
+            )
+        seen[key] = spec
