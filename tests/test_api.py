@@ -19,7 +19,7 @@ from choice_set import beta_problems, write_dataset
 from thinktree.agents.endpoint import EndpointConfig
 from thinktree.datasets import DatasetError
 from thinktree.errors import ConfigError
-from thinktree.orchestrator.run import load_resume
+from thinktree.orchestrator.run import execute, load_resume
 from thinktree.problems import Problem
 from thinktree.testing.fake_server import FakeBehaviour, FakeServer, fake_server_in_thread
 
@@ -269,3 +269,36 @@ def test_run_on_the_embedded_model(embedded_url: str, tmp_path: Path) -> None:
     assert all(t.root.status == "done" for t in result.trees)
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     assert saved["endpoint"]["base_url"] == embedded_url
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    ("options", "budget"),
+    [
+        ({"mode": "budget"}, 1024),
+        ({"mode": "sequential", "steps": 2}, 512),
+        ({"mode": "hybrid", "n": 2, "steps": 2}, 512),
+        ({"mode": "hybrid", "n": 2, "steps": 2, "total_budget": 96}, None),  # the total says
+    ],
+)
+async def test_a_run_records_the_budget_its_mode_took_and_resumes_under_it(
+    tmp_path: Path, options: dict[str, Any], budget: int | None
+) -> None:
+    """Without --budget a run recorded its budget as null: its run.json and results.json
+    did not say what it ran under. A resume runs under the recorded one, asking the very
+    same calls (all read back)."""
+    folder = tmp_path / "run"
+    async with FakeServer(FakeBehaviour(reply=REPLY)) as server:
+        first = await thinktree.arun(
+            beta_problems(2), endpoint=server.base_url, seed=5, out=folder, **options
+        )
+        for name in ("run.json", "results.json"):
+            assert json.loads((folder / name).read_text())["settings"]["budget"] == budget
+        (folder / "results.json").unlink()  # cut off before its end
+        state = load_resume(folder)
+        assert state.settings.modes.budget == budget
+        sent = server.requests
+        cfg = EndpointConfig(name="fake", base_url=server.base_url)
+        again = await execute(state.problems, cfg, state.settings, resume=state)
+        assert server.requests == sent
+    assert [t.answer for t in again.trees] == [t.answer for t in first.trees]

@@ -162,8 +162,8 @@ def run(
     budget: Annotated[
         int | None,
         typer.Option(
-            help="thinking tokens (budget, parallel; default 1024) or tokens per "
-            "step (sequential; default 512)"
+            help="thinking tokens (budget, parallel, adaptive; default 1024), tokens per "
+            "step (sequential, hybrid; default 512), or auto's to start from (default 512)"
         ),
     ] = None,
     total_budget: Annotated[

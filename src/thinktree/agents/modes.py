@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Collection
 from dataclasses import dataclass
 
@@ -33,6 +34,17 @@ USED_BY: dict[str, tuple[str, ...]] = {
     "aggregate": ("parallel", "hybrid", "adaptive", "auto"),
 }
 
+#: ``--budget`` where none is given: thinking tokens (budget, parallel, adaptive), tokens
+#: per step (sequential, hybrid), or what auto's pilot and the mode it picks start from.
+DEFAULT_BUDGET = {
+    "budget": 1024,
+    "sequential": 512,
+    "parallel": 1024,
+    "hybrid": 512,
+    "adaptive": 1024,
+    "auto": 512,
+}
+
 
 @dataclass(frozen=True, slots=True)
 class ModeSettings:
@@ -47,6 +59,17 @@ class ModeSettings:
     total_budget: int | None = None
     wave: int = 4  # adaptive: samples per wave
     confidence: float = 0.95  # adaptive: stop once P(the full vote elects the leader) reaches it
+
+
+def with_default_budget(s: ModeSettings) -> ModeSettings:
+    """``s`` with the budget its mode takes where none is given (:data:`DEFAULT_BUDGET`):
+    what a run records is what it ran under. A plugin's mode, and hybrid under a
+    ``--total-budget`` (which alone sets its budget), keep none."""
+    if s.budget is not None or s.mode not in DEFAULT_BUDGET:
+        return s
+    if s.mode == "hybrid" and s.total_budget is not None:
+        return s
+    return dataclasses.replace(s, budget=DEFAULT_BUDGET[s.mode])
 
 
 def check_given(s: ModeSettings, given: Collection[str]) -> None:
@@ -145,15 +168,16 @@ def _strategy(s: ModeSettings, aggregate: str) -> Strategy:
         )
     if s.min_thinking < 0:
         raise ConfigError(f"--min-thinking must be zero or more, not {s.min_thinking}")
+    budget = s.budget or DEFAULT_BUDGET.get(s.mode, DEFAULT_BUDGET["hybrid"])
     if s.mode == "budget":
         return BudgetForcing(
-            budget=s.budget or 1024, min_thinking=s.min_thinking, answer_tokens=s.answer_tokens
+            budget=budget, min_thinking=s.min_thinking, answer_tokens=s.answer_tokens
         )
     if s.mode == "sequential":
-        return Sequential(steps=s.steps, step_tokens=s.budget or 512, answer_tokens=s.answer_tokens)
+        return Sequential(steps=s.steps, step_tokens=budget, answer_tokens=s.answer_tokens)
     if s.mode == "parallel":
         inner = BudgetForcing(
-            budget=s.budget or 1024, min_thinking=s.min_thinking, answer_tokens=s.answer_tokens
+            budget=budget, min_thinking=s.min_thinking, answer_tokens=s.answer_tokens
         )
         return Parallel(n=s.n, inner=inner)
     if s.mode == "adaptive":
@@ -167,7 +191,7 @@ def _strategy(s: ModeSettings, aggregate: str) -> Strategy:
                 f"{rules}, or --mode parallel"
             )
         inner = BudgetForcing(
-            budget=s.budget or 1024, min_thinking=s.min_thinking, answer_tokens=s.answer_tokens
+            budget=budget, min_thinking=s.min_thinking, answer_tokens=s.answer_tokens
         )
         return Adaptive(
             n=s.n,
@@ -177,6 +201,6 @@ def _strategy(s: ModeSettings, aggregate: str) -> Strategy:
             ties_to_first=COUNTED_RULES[aggregate],
         )
     if s.mode == "auto":
-        return Auto(budget=s.budget or 512, n=s.n, steps=s.steps, answer_tokens=s.answer_tokens)
-    total = s.total_budget or (s.budget or 512) * s.n * s.steps
+        return Auto(budget=budget, n=s.n, steps=s.steps, answer_tokens=s.answer_tokens)
+    total = s.total_budget or budget * s.n * s.steps
     return hybrid(s.n, s.steps, total, answer_tokens=s.answer_tokens)

@@ -38,7 +38,13 @@ from thinktree.agents.aggregators import VERIFIER_RULES, get_aggregator
 from thinktree.agents.auto import Auto
 from thinktree.agents.capabilities import Capabilities, probe, probe_unprobed
 from thinktree.agents.endpoint import EndpointClient, EndpointConfig, server_name
-from thinktree.agents.modes import DEFAULT_AGGREGATE, MODES, ModeSettings, build_strategy
+from thinktree.agents.modes import (
+    DEFAULT_AGGREGATE,
+    MODES,
+    ModeSettings,
+    build_strategy,
+    with_default_budget,
+)
 from thinktree.agents.pool import EndpointPool, client_for
 from thinktree.agents.solver import Sampling, Solver
 from thinktree.agents.structured import check_format
@@ -1192,7 +1198,7 @@ def probe_needs(settings: RunSettings, subscribers: Sequence[Subscriber]) -> set
 
 def _settings_dict(settings: RunSettings, aggregate: str) -> dict[str, Any]:
     return {
-        **asdict(settings.modes),
+        **asdict(with_default_budget(settings.modes)),  # the budget it ran under, given or not
         "aggregate": aggregate,
         "temperature": settings.temperature_for_mode(),
         "seed": settings.seed,
