@@ -28,6 +28,7 @@ from thinktree.orchestrator.events import CallRetried, Event, RunFinished, RunSt
 from thinktree.orchestrator.run import RunResult, RunSettings, execute, load_resume
 from thinktree.orchestrator.store import RunStore, StoreReader
 from thinktree.orchestrator.subscribers import TreeRecorder
+from thinktree.orchestrator.trace import read_trace
 from thinktree.testing.fake_server import FakeBehaviour, FakeServer, fake_server_in_thread
 from thinktree.tui.render import header
 from thinktree.tui.state import RunView
@@ -109,6 +110,14 @@ async def test_a_server_that_stays_down_stops_the_run_which_resumes_later(
         with pytest.raises(EndpointDown, match=r"did not come back within 1 s \(outage_wait_s\)"):
             await execute(PROBLEMS, endpoint(first, outage_wait_s=1), settings)
     assert not (folder / "results.json").exists()
+    # its trace says why it failed, and a view of it (thinktree watch) shows that
+    ended = json.loads((folder / "trace.jsonl").read_text().splitlines()[-1])
+    assert (ended["type"], ended["status"]) == ("run-finished", "failed")
+    assert "did not come back within 1 s (outage_wait_s)" in ended["error"]
+    view = RunView()
+    view.apply_batch(list(read_trace(folder / "trace.jsonl")))
+    shown = header(view, elapsed=1.0, source="replay").plain
+    assert "run failed  endpoint 'restarting'" in shown and "stopped answering" in shown, shown
     with StoreReader.open(folder / "run.sqlite") as store:  # the calls it stopped ended too
         calls = [
             n for p in store.problems() for n in store.nodes(p["id"]) if n["kind"] == "generation"

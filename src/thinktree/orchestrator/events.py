@@ -443,9 +443,12 @@ class RunFinished(Event):
     """The run's end. ``read_back_retries``: the retries the results count beside the
     session's own :class:`CallRetried`: those an earlier session of a resumed run made
     (whatever became of their calls), and those behind calls read back from another run's
-    call store (a bench's); traces written before the field existed read as 0."""
+    call store (a bench's); traces written before the field existed read as 0.
+    ``error``: why a failed run failed, in one line (None otherwise, and in traces
+    written before the field existed)."""
 
     type: ClassVar[str] = "run-finished"
     run_id: str
     status: str  # "completed", "failed", "cancelled"
     read_back_retries: int = 0
+    error: str | None = None

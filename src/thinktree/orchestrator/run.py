@@ -393,7 +393,7 @@ async def _execute(
             if on_started is not None:
                 on_started(folder)
             sampling = Sampling(temperature=settings.temperature_for_mode(), seed=settings.seed)
-            status = "failed"
+            status, failure = "failed", None
             try:
                 try:
                     async with event_bus([recorder, trace, *subscribers]) as bus:
@@ -438,6 +438,9 @@ async def _execute(
                         except (anyio.get_cancelled_exc_class(), KeyboardInterrupt):
                             status = "cancelled"  # resumable: its finished calls are kept
                             raise
+                        except BaseException as exc:
+                            failure = _failure(exc)  # a view of its trace says why
+                            raise
                         finally:
                             # bounded, so a full buffer cannot hang the shutdown
                             with anyio.move_on_after(2, shield=True):
@@ -446,6 +449,7 @@ async def _execute(
                                         run_id=run_id,
                                         status=status,
                                         read_back_retries=cache.carried_retries(),
+                                        error=failure,
                                     )
                                 )
                 finally:
@@ -497,6 +501,16 @@ async def _execute(
         cached_calls=cache.hits,
     )
     return result
+
+
+def _failure(exc: BaseException) -> str:
+    """Why a run failed: what stopped it whole (its files cannot be written, its endpoint
+    went away) where that is in ``exc``, else the first of thinktree's errors, else
+    ``exc`` itself (a view of its trace cleans it for the screen)."""
+    cause = find_error(exc, RunStopping) or find_error(exc, ThinktreeError)
+    if cause is not None:
+        return str(cause)
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _stores_closed(store: RunStore, cache: SqliteCallCache) -> None:

@@ -206,6 +206,8 @@ class RunView:
             case RunFinished():
                 self.finished = event
                 self.retries += event.read_back_retries  # as the results count them
+                if event.error and self.error is None:  # why it failed, as its trace says
+                    self.error = event.error
                 self._stop_unfinished()
             case CallRetried():
                 self.retries += event.resent  # a wait for the endpoint sends nothing
