@@ -272,6 +272,45 @@ async def test_a_scorer_that_cannot_score_stops_the_run_before_its_folder(
 
 
 @pytest.mark.parametrize(
+    ("first", "second", "same"),
+    [
+        ("reward:{url}", "reward:{root}/", True),  # the same server, spelt with and without /v1
+        ("prm:{url}", "prm:{url},agg=min", True),  # min is prm's default
+        ("reward:{url}", "reward:{url},route=score", False),  # another route reads otherwise
+        ("prm:{url}", "prm:{url},agg=mean", False),  # the steps' scores pooled otherwise
+        ("reward:{url}", "prm:{url}", False),  # a whole response vs its steps
+    ],
+)
+async def test_the_same_scorer_given_twice_is_refused_before_the_run(
+    tmp_path: Path, first: str, second: str, same: bool
+) -> None:
+    """As for a judge: the same scorer asked the same way would count twice in each
+    candidate's mean score. One line, no folder; scorers that differ each give theirs."""
+    async with RewardServer(_outcome) as scorer, FakeServer(FakeBehaviour(reply=_solver)) as solver:
+        root = scorer.url.removesuffix("/v1")
+        specs = tuple(spec.format(url=scorer.url, root=root) for spec in (first, second))
+        endpoint = EndpointConfig(name="fake", base_url=solver.base_url, model="fake-model")
+        settings = RunSettings(
+            modes=ModeSettings(mode="parallel", n=3, budget=64),
+            verifiers=specs,
+            out=tmp_path / "run",
+        )
+        if not same:
+            result = await execute([PROBLEM], endpoint, settings)
+            labels = {v.label for v in result.trees[0].of_kind(NodeKind.VERDICT)}
+            assert len(labels) == 2, labels
+            return
+        with pytest.raises(ConfigError) as caught:
+            await execute([PROBLEM], endpoint, settings)
+    message = str(caught.value)
+    assert message.startswith(
+        f"--verifier {specs[1]} is the same verifier as --verifier {specs[0]}"
+    )
+    assert message.endswith("give one of them") and "\n" not in message
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
     ("outputs", "scores"),
     [
         # raw rewards, one value each: all through the sigmoid, in their order (a value

@@ -482,7 +482,8 @@ async def test_the_same_judge_given_twice_is_refused_before_the_run(
         with pytest.raises(ConfigError) as caught:
             await execute([PROBLEM], endpoint, settings)
     message = str(caught.value)
-    said = f"--verifier {given[1]} is the same judge as --verifier {given[0]} (model 'fake-model'"
+    said = f"--verifier {given[1]} is the same verifier as --verifier {given[0]} "
+    said += "(model 'fake-model'"
     assert message.startswith(said), message
     assert message.endswith("give one of them") and "\n" not in message
     assert not (tmp_path / "run").exists()
@@ -520,7 +521,7 @@ def test_cli_refuses_the_same_judge_twice_in_one_line(tmp_path: Path) -> None:
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert (
         len(lines) == 1
-        and f"--verifier judge is the same judge as --verifier judge:{url}" in (lines[0])
+        and f"--verifier judge is the same verifier as --verifier judge:{url}" in (lines[0])
     ), proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "r").exists()

@@ -142,6 +142,15 @@ class RewardClient:
     async def aclose(self) -> None:
         await self.http.aclose()
 
+    def identity(self) -> tuple[object, ...]:
+        """What decides the scores, once :meth:`ready` found the model: the server, its
+        route, the model and the class read. Two scorers that share it score the same."""
+        return self.root, self.route, self.model, self.label
+
+    def describe(self) -> str:
+        """The scorer's model and server, for a message."""
+        return f"model '{self.model}' at {self.root}, route {self.route}"
+
     def models(self) -> list[str]:
         """The scorer's model, which its calls are priced by, once :meth:`ready` found it."""
         return [self.model] if self.model else []
@@ -257,8 +266,16 @@ class RewardModel:
 
     timeout_s = None  # its calls have their endpoint's timeouts, and wait on the run's limits
 
+    kind = "reward"
+
     def __init__(self, arg: str | None, setup: VerifierSetup) -> None:
         self.client = RewardClient(arg, setup, verifier="reward")
+
+    async def identity(self) -> tuple[object, ...]:
+        return self.client.identity()
+
+    def describe(self) -> str:
+        return self.client.describe()
 
     async def prepare(self) -> None:
         await self.client.ready()
@@ -299,6 +316,14 @@ class ProcessReward:
         if self.how not in AGGREGATES:
             raise ConfigError(f"prm agg '{self.how}' is unknown; use {', '.join(AGGREGATES)}")
         self.client = RewardClient(arg, setup, verifier="prm")
+
+    kind = "prm"
+
+    async def identity(self) -> tuple[object, ...]:
+        return (*self.client.identity(), self.how)
+
+    def describe(self) -> str:
+        return f"{self.client.describe()}, steps by {self.how}"
 
     async def prepare(self) -> None:
         await self.client.ready()

@@ -14,6 +14,7 @@ from thinktree.verifiers.judge import PointwiseJudge
 from thinktree.verifiers.pairwise import PairwiseJudge
 from thinktree.verifiers.panel import VerifierPanel
 from thinktree.verifiers.registry import build_verifiers
+from thinktree.verifiers.reward import ProcessReward, RewardModel
 
 if TYPE_CHECKING:
     from thinktree.orchestrator.run import RunSettings
@@ -65,21 +66,29 @@ async def open_panel(
 
 
 async def _refuse_same_judge(specs: tuple[str, ...], panel: VerifierPanel) -> None:
-    """A one-line ConfigError where two specs are the same judge: one kind (``judge``,
-    ``pairwise``) on the same server and model, scoring the same way (``judge:embedded``
-    beside ``judge`` on the embedded model, a named endpoint beside its URL). Its calls and
-    scores would be the same, and count twice in each candidate's mean score. Judges on
-    other models, or scoring otherwise (``score=rating`` beside P("Yes")), are distinct."""
+    """A one-line ConfigError where two specs are the same verifier: one kind (``judge``,
+    ``pairwise``, ``reward``, ``prm``) asking the same server and model the same way
+    (``judge:embedded`` beside ``judge`` on the embedded model, a named endpoint beside its
+    URL, a scorer's URL with and without its ``/v1``). Its calls and scores would be the
+    same, and count twice in each candidate's mean score. Judges on other models, or
+    scoring otherwise (``score=rating`` beside P("Yes"), another route or class), are
+    distinct; a plugin is its own to tell."""
     seen: dict[tuple[object, ...], str] = {}
     for spec, named in zip(specs, panel.verifiers, strict=True):
         verifier = named.verifier
-        if not isinstance(verifier, PointwiseJudge | PairwiseJudge):
+        key: tuple[object, ...]
+        if isinstance(verifier, PointwiseJudge | PairwiseJudge):
+            key = (verifier.kind, *await verifier.judge.identity())
+            said = verifier.judge.describe()
+        elif isinstance(verifier, RewardModel | ProcessReward):
+            key = (verifier.kind, *await verifier.identity())
+            said = verifier.describe()
+        else:
             continue
-        key = (verifier.kind, *await verifier.judge.identity())
         if key in seen:
             raise ConfigError(
-                f"--verifier {spec} is the same judge as --verifier {seen[key]} "
-                f"({verifier.judge.describe()}, scored the same way): it would count twice "
-                "in each candidate's score; give one of them"
+                f"--verifier {spec} is the same verifier as --verifier {seen[key]} "
+                f"({said}, scored the same way): it would count twice in each candidate's "
+                "score; give one of them"
             )
         seen[key] = spec
