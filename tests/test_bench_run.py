@@ -673,6 +673,7 @@ def test_a_report_says_the_limits_each_cell_ran_under(tmp_path: Path) -> None:
         assert code == 0 and "2/2 cells already done" in err, err
         shared = _report_md(tmp_path).split("Shared options: ")[1].split("\n")[0]
         assert "max-tokens=5000" in shared and "6000" not in shared
+        assert "mode=budget" in shared  # the grid's key of one value: every cell's
         _, cut = sorted(p.parent for p in (tmp_path / "out").glob("*/results.json"))
         (cut / "results.json").unlink()  # cut off: it goes on under the new limit
         assert _bench(config, tmp_path)[0] == 0

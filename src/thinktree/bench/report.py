@@ -560,7 +560,8 @@ _DEFAULTS = {f.name: f for f in fields(RunSettings)}
 
 
 def _shared_options(loaded: Loaded, keys: Sequence[str]) -> tuple[dict[str, Any], list[str]]:
-    """The options every cell ran under, and a line for each limit they ran under apart.
+    """The options every cell ran under (a grid key of one value among them), and a line
+    for each limit they ran under apart.
 
     A bench's limits and concurrency may change from one of its runs to the next, and its
     ``bench.json`` keeps the last ones given: a cell finished before ran under others. So
@@ -576,6 +577,13 @@ def _shared_options(loaded: Loaded, keys: Sequence[str]) -> tuple[dict[str, Any]
     }
     if loaded.kind != "bench":
         return shared, []
+    for key, values in loaded.grid.items():  # a grid key of one value: every cell's
+        if (
+            isinstance(values, list)
+            and len(values) == 1
+            and any(key in c.options for c in loaded.cells)
+        ):
+            shared[key] = values[0]
     in_grid = {field_name(k) for k in loaded.grid}
     apart: list[str] = []
     for name in MAY_CHANGE:
