@@ -660,6 +660,29 @@ def test_a_cell_its_limit_stopped_goes_on_when_the_bench_raises_it(tmp_path: Pat
         )
 
 
+def test_a_bench_refuses_the_same_judge_twice_before_it_makes_its_folder(
+    tmp_path: Path,
+) -> None:
+    """Its check before the folder saw the run's own endpoint before the run had looked
+    up its model, so the judge on it and the same judge named by its URL differed: the
+    first cell ran (and was paid for), then the second was refused, its folder left."""
+    write_choice_problems(tmp_path / "one.jsonl", "p")
+    with fake_server_in_thread(FakeBehaviour(reply=reply)) as server:
+        url = server.base_url
+        config = tmp_path / "c.toml"
+        config.write_text(
+            '[[datasets]]\npath = "one.jsonl"\n[grid]\n'
+            f'verifier = [["judge"], ["judge", "judge:{url}"]]\n'
+            f'[run]\nendpoint = "{url}"\nmode = "parallel"\nn = 2\n'
+        )
+        SEEN.clear()
+        code, _out, err = _bench(config, tmp_path, out="never")
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"--verifier judge:{url} is the same verifier as --verifier judge" in err
+    assert not (tmp_path / "never").exists()
+    assert not [key for key in SEEN if "Which one" in key]  # no cell ran
+
+
 def test_a_report_says_the_limits_each_cell_ran_under(tmp_path: Path) -> None:
     """bench.json keeps the limits last given, also when no cell ran under them: the
     report said a bench run again with a new limit, and nothing left to do, ran under it."""

@@ -190,7 +190,9 @@ class JudgeEndpoint:
         of the two). Two judges of one kind that share it ask the same and score the same."""
         client, caps = await self.ready()
         server = server_name(client.config).rstrip("/")
-        return server, client.model, client.config.temperature, self.uses_logprobs(caps)
+        # the run's own client has its model once the run looked (a bench's check, not yet)
+        model = client.model or await client.resolve_model()
+        return server, model, client.config.temperature, self.uses_logprobs(caps)
 
     def describe(self) -> str:
         """The judge's model and endpoint, for a message."""
