@@ -1087,7 +1087,8 @@ async def test_watching_a_run_that_failed_says_how_to_resume_it(tmp_path: Path) 
     """A run that stopped failed (its files could not be written: exit status 74, or its
     endpoint went away) is resumed as an interrupted one is: the view said neither."""
     events = synthetic_run(3, 2, running=1)
-    events.append(RunFinished(at=events[-1].at + 1, run_id="r1", status="failed"))
+    why = "endpoint 'e' (http://127.0.0.1:9/v1) stopped answering and did not come back"
+    events.append(RunFinished(at=events[-1].at + 1, run_id="r1", status="failed", error=why))
     folder = run_folder(tmp_path, events)
     source = source_for(folder)
     app = ThinktreeApp(source, refresh_hz=0.001)
@@ -1097,6 +1098,12 @@ async def test_watching_a_run_that_failed_says_how_to_resume_it(tmp_path: Path) 
         app.refresh_view()
         assert "run failed" in app.header.plain
         assert f"resume with: thinktree run --resume {folder}" in app.header.plain
+        # the header may have no room for the reason and the command: a notice says both
+        notices = [(n.title, n.message) for n in app._notifications]
+        assert (
+            "the run failed",
+            f"{why}; resume with: thinktree run --resume {folder}",
+        ) in notices, notices
 
 
 async def test_an_interrupted_runs_hint_names_the_config_it_was_started_with(

@@ -234,6 +234,7 @@ class ThinktreeApp(App[None]):
                 self._interrupted(source)
             elif isinstance(source, ReplaySource | FollowSource) and self._failed_recorded(source):
                 self._advise_resume(run_folder(source.path))
+                self._failed_notice()
         finally:
             self._source_ended_wall = time.monotonic()
             self.source_done.set()
@@ -286,6 +287,20 @@ class ThinktreeApp(App[None]):
             f"its process ended before the run did; {self._resume_hint()}",
             title="the run was interrupted",
             severity="warning",
+            timeout=30,
+            markup=False,
+        )
+
+    def _failed_notice(self) -> None:
+        """Say why the run shown failed, as its trace's end says, and how to resume it: the
+        header may have no room for either (as an interrupted run's notice does)."""
+        finished = self.view.finished
+        why = finished.error if finished is not None and finished.error else "it failed"
+        hint = self._resume_hint()
+        self.notify(
+            one_line(why, 300) + (f"; {hint}" if hint else ""),
+            title="the run failed",
+            severity="error",
             timeout=30,
             markup=False,
         )
