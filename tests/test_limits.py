@@ -437,9 +437,10 @@ async def test_a_call_the_run_limit_cuts_short_stops_the_run_and_is_asked_again(
     tmp_path: Path, limits: dict[str, Any], raised: dict[str, Any], stopped: str
 ) -> None:
     """The third problem's call finds 14 of its 16 tokens left (38 tokens, or $0.038 at
-    $0.001 a token): it gets 14, and its reply still fits, but the run's limit cut it.
-    The run says so ('stopped', not 'completed'), the problem too, and a resume under a
-    higher limit asks that call again whole, reading the other two back."""
+    $0.001 a token): it gets 14, and its reply still fits, but the run's limit cut its
+    grant. The run says so ('stopped', not 'completed'), the problem too. A resume under
+    a higher limit reads all three back: the third's reply ended by itself, as it does
+    under a larger grant (it was asked again whole, and paid for twice)."""
     from thinktree.orchestrator.run import load_resume
 
     async with FakeServer(FakeBehaviour()) as server:
@@ -454,9 +455,32 @@ async def test_a_call_the_run_limit_cuts_short_stops_the_run_and_is_asked_again(
         state = load_resume(first.folder, prices=PRICES, new_limits=True)
         raised_settings = dataclasses.replace(state.settings, **raised)
         again = await execute(state.problems, cfg, raised_settings, resume=state)
-    assert again.stopped_by is None and again.cached_calls == 2
+    assert again.stopped_by is None and again.cached_calls == 3
     saved = json.loads((again.folder / "results.json").read_text())
-    assert saved["status"] == "completed"
+    assert saved["status"] == "completed" and saved["problems"][2]["stopped"] is None
+    assert again.trees[2].nodes["q2/think"].max_tokens == 14
+
+
+async def test_a_reply_the_run_limit_cut_at_its_grant_is_asked_again_whole(
+    tmp_path: Path,
+) -> None:
+    """The third problem's call finds 6 of its 16 tokens left: its 12-token reply stops
+    at 6. A resume under a higher limit asks that call again whole, reading the other
+    two back."""
+    from thinktree.orchestrator.run import load_resume
+
+    async with FakeServer(FakeBehaviour()) as server:
+        cfg = EndpointConfig(name="fake", base_url=server.base_url, continuation="chat")
+        first, results = await _budget_under(tmp_path, cfg, max_run_tokens=30)
+        assert results["problems"][2]["stopped"] == first.stopped_by is not None
+        q2 = first.trees[2].nodes["q2/think"]
+        assert (q2.max_tokens, q2.completion_tokens, q2.finish_reason) == (6, 6, "length")
+        sent = server.requests
+        state = load_resume(first.folder, new_limits=True)
+        raised = dataclasses.replace(state.settings, max_run_tokens=100)
+        again = await execute(state.problems, cfg, raised, resume=state)
+        assert server.requests > sent
+    assert again.stopped_by is None and again.cached_calls == 2
     assert again.trees[2].nodes["q2/think"].max_tokens == 16
 
 

@@ -209,6 +209,30 @@ async def test_a_limit_below_what_the_run_spent_is_refused_before_anything_chang
     assert [t.answer for t in again.trees] == [t.answer for t in first.trees]
 
 
+async def test_a_reply_that_ended_by_itself_under_a_cut_grant_is_read_back_under_a_raised_limit(
+    tmp_path: Path,
+) -> None:
+    """A run limit below the mode's budget grants every call less than it asks, though
+    each reply ends by itself far below that: resumed under a raised limit, those calls
+    were asked again whole, and paid for twice. A reply that ended by itself is the one a
+    larger grant gets: it is read back, nothing is sent, and the run ends completed."""
+    async with FakeServer(FakeBehaviour(reply="Weighing it. Answer: B")) as server:
+        cfg = EndpointConfig(name="fake", base_url=server.base_url, continuation="chat")
+        modes = ModeSettings(mode="budget")  # 1024 tokens a call, a reply takes 4
+        settings = RunSettings(modes=modes, seed=3, out=tmp_path / "run", max_run_tokens=30)
+        first = await execute(problems(3), cfg, settings)
+        assert first.stopped_by is not None  # its grants were cut, whatever the replies did
+        paid_for = paid(first.folder)
+        sent = server.requests
+        state = load_resume(first.folder, new_limits=True)
+        raised = dataclasses.replace(state.settings, max_run_tokens=5000)
+        again = await execute(state.problems, cfg, raised, resume=state)
+        assert server.requests == sent
+    assert paid(again.folder) == paid_for
+    assert again.stopped_by is None and [t.answer for t in again.trees] == ["B"] * 3
+    assert again.cached_calls == len(first.trees)
+
+
 async def test_a_money_limit_below_what_the_run_spent_is_refused_before_anything_changes(
     tmp_path: Path,
 ) -> None:

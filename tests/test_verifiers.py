@@ -596,7 +596,8 @@ async def test_judge_calls_count_under_the_run_limits(
     samples leave 5: its first verdict gets them, its second the 1 left, its third none.
     Solver and judge together stay within the limit (the judge's calls used to come on
     top), the run says the limit stopped it, and a resume under a higher one judges again
-    what the limit cut or refused, reading the rest back."""
+    what the limit cut short or refused, reading the rest back: the first verdict's reply
+    ended by itself within the 5 tokens it got, as under a larger grant."""
     from thinktree.orchestrator.run import load_resume
 
     prices = {"fake-model": Price(prompt_per_m=0.0, completion_per_m=1000.0)}
@@ -635,8 +636,9 @@ async def test_judge_calls_count_under_the_run_limits(
         again = await execute(
             state.problems, endpoint, dataclasses.replace(state.settings, **raised), resume=state
         )
-    # read back: each problem's samples (one request of three), the first one's verdicts
-    assert again.stopped_by is None and again.cached_calls == 2 + 3
+    # read back: each problem's samples (one request of three), the first one's verdicts,
+    # and the second one's first verdict
+    assert again.stopped_by is None and again.cached_calls == 2 + 3 + 1
     verdicts = [n for t in again.trees for n in t.of_kind(NodeKind.VERDICT)]
     assert len(verdicts) == 6 and all(n.status is NodeStatus.DONE for n in verdicts)
     assert again.metrics.verifier is not None and again.metrics.verifier.completion_tokens == 24

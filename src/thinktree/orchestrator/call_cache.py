@@ -85,7 +85,13 @@ class Recorded:
     cut_off: int = 0
     """Of ``completion_tokens``, those its attempts cut off mid-stream streamed: the run's
     limit counted them, its problem's did not (see :class:`~thinktree.agents.endpoint.CutOffs`)."""
+    ended: bool = False
+    """Every choice ended by itself (none at its ``max_tokens``): the reply is the one a
+    larger grant gets, so a limit that granted less cut nothing."""
 
+
+_AT_CAP = '"finish_reason":"length"'
+"""A recorded response's mark of a choice that stopped at its ``max_tokens``."""
 
 VERIFIER_MARK = ("verifier", "run")
 """Kept with a verifier's call's marks: it counts under the run's limits only."""
@@ -105,14 +111,20 @@ def _marks(cut: str | None) -> tuple[tuple[str, str], ...]:
 
 
 def _recorded(
-    prompt: int, done: int, grant: object, cut: str | None, cut_off: object = 0
+    prompt: int,
+    done: int,
+    grant: object,
+    cut: str | None,
+    cut_off: object = 0,
+    at_cap: object = 1,
 ) -> Recorded:
-    """One row of :meth:`SqliteCallCache.recorded_usage` as what the call spent and was granted."""
+    """One row of :meth:`SqliteCallCache.recorded_usage` as what the call spent and was
+    granted (``at_cap``: whether a choice of it stopped at its ``max_tokens``)."""
     marks = _marks(cut)
     verifier = VERIFIER_MARK in marks
     marks = tuple(mark for mark in marks if mark != VERIFIER_MARK)
     lost = cut_off if type(cut_off) is int and 0 <= cut_off <= done else 0
-    return Recorded(prompt, done, _grant(grant), marks, verifier, lost)
+    return Recorded(prompt, done, _grant(grant), marks, verifier, lost, ended=at_cap == 0)
 
 
 class NotRecorded(Exception):  # a state, not a failure: the call is to be made
@@ -380,12 +392,15 @@ class SqliteCallCache:
             # parsing every response (their texts) would slow the resume of a large run
             "CASE WHEN response GLOB '*\"cut_off_tokens\":[1-9]*' THEN "
             "(SELECT sum(json_extract(value, '$.cut_off_tokens')) "
-            "FROM json_each(response, '$.choices')) ELSE 0 END FROM responses "
+            "FROM json_each(response, '$.choices')) ELSE 0 END, "
+            # whether a choice stopped at its max_tokens (a text that quotes the mark
+            # reads as one: asked again, never read back for a reply it is not)
+            f"response GLOB '*{_AT_CAP}*' FROM responses "
             "WHERE node_key IS NOT NULL ORDER BY created"
         )
         return {
-            str(key): _recorded(int(prompt), int(done), grant, cut, cut_off)
-            for key, prompt, done, grant, cut, cut_off in rows
+            str(key): _recorded(int(prompt), int(done), grant, cut, cut_off, at_cap)
+            for key, prompt, done, grant, cut, cut_off, at_cap in rows
             if is_token_count(prompt) and is_token_count(done)  # else not recorded, see lookup
         }
 

@@ -210,12 +210,14 @@ class RecordedCalls:
     on new calls before reaching it (its answer lost). Instead each recorded call's
     tokens stay held in the run's pool and its problem's until its node(s) ask again:
     then it is read back whatever is left (:meth:`Budget.reserve_recorded`), at its
-    whole ask, or, under the limits it was made under (``same_limits``), at the grant
-    one of them cut it to. Not found, its hold goes and it asks as a new call does (one
-    a limit cut short, asked again whole under a raised limit). New calls never take
-    what recorded ones will need, so no limit is passed; recorded calls never reached
-    stay counted, as they were paid for. A verifier's call counts under the run's limits
-    only, so only they hold it (its problem's pool never counted it).
+    whole ask, or at the grant a limit cut it to: under the limits it was made under
+    (``same_limits``), or where its reply ended by itself within that grant (a larger one
+    gets the same reply; no limit cut it in effect). Not found, its hold goes and it asks
+    as a new call does (one a limit cut short, asked again whole under a raised limit).
+    New calls never take what recorded ones will need, so no limit is passed; recorded
+    calls never reached stay counted, as they were paid for. A verifier's call counts
+    under the run's limits only, so only they hold it (its problem's pool never counted
+    it).
     """
 
     def __init__(
@@ -249,8 +251,10 @@ class RecordedCalls:
         call = self._recorded.get(key)
         if call is None:
             return []
-        if self._same_limits and call.grant is not None and call.grant < ask:
-            return [ask, call.grant]  # a limit that is still there cut it
+        if call.grant is not None and call.grant < ask and (self._same_limits or call.ended):
+            # a limit that is still there cut it; or the reply ended by itself, as it would
+            # have under a larger grant: read back, not paid for again
+            return [ask, call.grant]
         return [ask]
 
     def problem_pool(self, problem: str, pool: Budget) -> None:
@@ -270,7 +274,8 @@ class RecordedCalls:
         self._run.held = max(0, self._run.held - call.completion_tokens)
         if self._money is not None:
             self._money.release_recorded(call.prompt_tokens, call.completion_tokens)
-        return call.cut
+        # under other limits, a reply that ended by itself was cut by none of them
+        return call.cut if self._same_limits or not call.ended else ()
 
 
 def problem_of(key: str) -> str:
