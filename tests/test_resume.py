@@ -321,6 +321,10 @@ def _files(folder: Path) -> dict[str, bytes]:
         ),
         (lambda m: m["settings"].update(verifiers="judge"), "settings.verifiers"),
         (lambda m: m["settings"].pop("seed"), "settings: no seed"),
+        # each went on at its default: a sequential run as budget, a money limit as none
+        (lambda m: m["settings"].pop("mode"), "settings: no mode"),
+        (lambda m: m["settings"].pop("budget"), "settings: no budget"),
+        (lambda m: m["settings"].pop("max_cost"), "settings: no max_cost"),
         (lambda m: m["capabilities"].update(continuation=3), "capabilities.continuation"),
         (lambda m: m["endpoint"].pop("base_url"), "endpoint: no base_url"),
         (lambda m: m.update(settings="x"), "settings: expected an object"),

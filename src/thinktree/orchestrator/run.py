@@ -666,7 +666,8 @@ def load_resume(
             "settings",
             s,
             {**typing.get_type_hints(ModeSettings), **_RUN_FIELDS},
-            required=("aggregate", "temperature", "seed", "concurrency"),
+            required=_REQUIRED
+            + (_ADAPTIVE if isinstance(s, dict) and s.get("mode") == "adaptive" else ()),
         )
         modes = ModeSettings(**{k: s[k] for k in ModeSettings.__dataclass_fields__ if k in s})
         settings = RunSettings(
@@ -753,6 +754,15 @@ def _per_m(price: Price) -> str:
 
 
 #: The settings a manifest records beside the modes', by type.
+#: The settings every manifest has held (a missing one would resume the run otherwise:
+#: sequential as budget, a money limit as none), and those of adaptive since it came.
+_REQUIRED = (
+    *("mode", "budget", "min_thinking", "answer_tokens", "n", "steps", "total_budget"),
+    *("aggregate", "temperature", "seed", "concurrency"),
+    *("max_run_tokens", "max_problem_tokens", "max_cost"),
+)
+_ADAPTIVE = ("wave", "confidence")
+
 _RUN_FIELDS = {
     "aggregate": str,
     "temperature": float,
