@@ -233,6 +233,40 @@ async def test_a_reply_that_ended_by_itself_under_a_cut_grant_is_read_back_under
     assert again.cached_calls == len(first.trees)
 
 
+async def test_a_problem_limit_below_what_a_problem_spent_is_refused_before_anything_changes(
+    tmp_path: Path,
+) -> None:
+    """Resumed under --max-problem-tokens lower than a problem had spent, the run kept
+    that problem's calls past its limit (a utilisation above 100 %) and cut every other
+    problem short; now it is refused in one line, as the run's own limits are."""
+    async with FakeServer(FakeBehaviour(reply=reply, delay_s=0.01)) as server:
+        cfg = EndpointConfig(name="fake", base_url=server.base_url, continuation="chat")
+        modes = ModeSettings(mode="sequential", steps=2, budget=16)
+        settings = RunSettings(modes=modes, seed=3, out=tmp_path / "run", max_run_tokens=60)
+        first = await execute(problems(8), cfg, settings)
+        spent = {t.problem_id: sum(n.completion_tokens for n in t.walk()) for t in first.trees}
+        most = max(spent.values())
+        manifest = (first.folder / "run.json").read_text()
+        sent = server.requests
+        state = load_resume(first.folder, new_limits=True)
+        lower = dataclasses.replace(
+            state.settings, max_problem_tokens=most - 1, max_run_tokens=None
+        )
+        with pytest.raises(ConfigError) as refused:
+            await execute(state.problems, cfg, lower, resume=state)
+        assert server.requests == sent
+        assert (first.folder / "run.json").read_text() == manifest
+        enough = dataclasses.replace(lower, max_problem_tokens=most)
+        again = await execute(state.problems, cfg, enough, resume=state)
+    which = next(p for p, tokens in spent.items() if tokens == most)
+    assert str(refused.value) == (
+        f"run {first.folder} has spent {most} completion tokens on problem {which!r} "
+        f"already: --max-problem-tokens {most - 1} is below that; give at least {most}, or "
+        "leave --max-problem-tokens out to keep its own"
+    )
+    assert again.metrics.utilisation is None or again.metrics.utilisation <= 1
+
+
 async def test_a_money_limit_below_what_the_run_spent_is_refused_before_anything_changes(
     tmp_path: Path,
 ) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -385,24 +385,7 @@ class SqliteCallCache:
         """Each recorded solver or verifier call by its node key: what a resumed run holds
         under its limits for the calls it may read back (see
         :class:`~thinktree.orchestrator.ledger.RecordedCalls`)."""
-        rows = self._conn.execute(  # the latest of a node's calls last: it is the one kept
-            "SELECT node_key, prompt_tokens, completion_tokens, "
-            "json_extract(request, '$.max_tokens'), cut, "
-            # a scan for a count past 0 first: most calls had no attempt cut off, and
-            # parsing every response (their texts) would slow the resume of a large run
-            "CASE WHEN response GLOB '*\"cut_off_tokens\":[1-9]*' THEN "
-            "(SELECT sum(json_extract(value, '$.cut_off_tokens')) "
-            "FROM json_each(response, '$.choices')) ELSE 0 END, "
-            # whether a choice stopped at its max_tokens (a text that quotes the mark
-            # reads as one: asked again, never read back for a reply it is not)
-            f"response GLOB '*{_AT_CAP}*' FROM responses "
-            "WHERE node_key IS NOT NULL ORDER BY created"
-        )
-        return {
-            str(key): _recorded(int(prompt), int(done), grant, cut, cut_off, at_cap)
-            for key, prompt, done, grant, cut, cut_off, at_cap in rows
-            if is_token_count(prompt) and is_token_count(done)  # else not recorded, see lookup
-        }
+        return _recorded_calls(self._conn.execute(_RECORDED_USAGE))
 
     async def lookup(self, fingerprint: str) -> Completion | None:
         if fingerprint not in self._known:
@@ -575,6 +558,38 @@ class SharedCallCache:
         row = call_row(fingerprint, route, request, completion, key)  # made once, kept twice
         await self.own.put(row)
         await self.shared.put(row)
+
+
+#: Each recorded call's node key, tokens, grant, limits' marks, the tokens its attempts
+#: cut off mid-stream streamed, and whether a choice of it stopped at its ``max_tokens``;
+#: the latest of a node's calls last (it is the one kept).
+_RECORDED_USAGE = (
+    "SELECT node_key, prompt_tokens, completion_tokens, "
+    "json_extract(request, '$.max_tokens'), cut, "
+    # a scan for a count past 0 first: most calls had no attempt cut off, and parsing
+    # every response (their texts) would slow the resume of a large run
+    "CASE WHEN response GLOB '*\"cut_off_tokens\":[1-9]*' THEN "
+    "(SELECT sum(json_extract(value, '$.cut_off_tokens')) "
+    "FROM json_each(response, '$.choices')) ELSE 0 END, "
+    # a text that quotes the mark reads as one: asked again, never read back for a reply
+    # it is not
+    f"response GLOB '*{_AT_CAP}*' FROM responses "
+    "WHERE node_key IS NOT NULL ORDER BY created"
+)
+
+
+def _recorded_calls(rows: Iterable[Any]) -> dict[str, Recorded]:
+    return {
+        str(key): _recorded(int(prompt), int(done), grant, cut, cut_off, at_cap)
+        for key, prompt, done, grant, cut, cut_off, at_cap in rows
+        if is_token_count(prompt) and is_token_count(done)  # else not recorded, see lookup
+    }
+
+
+def recorded_calls(path: Path) -> dict[str, Recorded]:
+    """:meth:`SqliteCallCache.recorded_usage` of the call store at ``path``, opened
+    read-only (none for no store, or one that cannot be read: its resume says why)."""
+    return _recorded_calls(_read_only(path, _RECORDED_USAGE))
 
 
 def recorded_tokens(path: Path) -> tuple[int, int]:

@@ -64,6 +64,7 @@ from thinktree.orchestrator.call_cache import (
     SharedCallCache,
     SqliteCallCache,
     read_back_calls,
+    recorded_calls,
     recorded_tokens,
 )
 from thinktree.orchestrator.events import (
@@ -76,7 +77,7 @@ from thinktree.orchestrator.events import (
     requests_of,
 )
 from thinktree.orchestrator.gc_tuning import run_gc
-from thinktree.orchestrator.ledger import Budget, RecordedCalls
+from thinktree.orchestrator.ledger import Budget, RecordedCalls, problem_of
 from thinktree.orchestrator.scheduler import run_problems
 from thinktree.orchestrator.store import STORE_NAME, RunStore, wait_for_writer
 from thinktree.orchestrator.subscribers import TraceWriter, TreeRecorder
@@ -901,6 +902,7 @@ def _check_limit_covers_spent(
     """One-line ConfigError for a token or money limit below what the run has spent
     already: it would go on past its limit, and the calls it paid for that no longer fit
     would not be read back (their answers lost)."""
+    _check_problem_limit_covers_spent(folder, settings.max_problem_tokens)
     limit = settings.max_run_tokens
     if limit is None and money is None:
         return
@@ -917,6 +919,26 @@ def _check_limit_covers_spent(
             f"run {folder} has spent {usd(cost)} already (its calls at the price of {model}): "
             f"--max-cost {usd(money.limit)} is below that; give at least {usd(at_least(cost))}, "
             "or leave --max-cost out to keep its own"
+        )
+
+
+def _check_problem_limit_covers_spent(folder: Path, limit: int | None) -> None:
+    """One-line ConfigError for a ``--max-problem-tokens`` below what a problem of the run
+    has spent already (its solver's calls, as its limit counts them)."""
+    if limit is None:
+        return
+    spent: dict[str, int] = {}
+    for key, call in recorded_calls(folder / CALLS).items():
+        if not call.verifier:
+            problem = problem_of(key)
+            spent[problem] = spent.get(problem, 0) + call.completion_tokens - call.cut_off
+    most = max(spent.values(), default=0)
+    if limit < most:
+        which = next(problem for problem, tokens in spent.items() if tokens == most)
+        raise ConfigError(
+            f"run {folder} has spent {most} completion tokens on problem {which!r} already: "
+            f"--max-problem-tokens {limit} is below that; give at least {most}, or leave "
+            "--max-problem-tokens out to keep its own"
         )
 
 
