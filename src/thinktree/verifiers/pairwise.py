@@ -23,12 +23,13 @@ judged at all, nothing was decided: every verdict fails with the reason, and the
 vote decides. Where a limit refused a match, the problem reads stopped.
 
 Where a judge's call failed for good (its retries spent), the tournament is not finished
-either, but unlike the cases above a resume can finish it: every verdict fails as a
-pointwise judge's failed call does (:data:`JUDGE_CALL_FAILED`), however many matches were
-judged, so the run counts failed calls (and exits 4) and ``run --resume`` plays the
-tournament again, the judged matches' calls read back from the call store where the judge
-is on the run's own endpoint. Scoring the groups by the rounds they reached would record
-the problem as decided, and a resume would never revisit it.
+either, but unlike the cases above a resume can finish it: every verdict fails, however
+many matches were judged, as many of them as a pointwise judge's failed call does
+(:data:`JUDGE_CALL_FAILED`) as calls failed, so the run counts its failed calls (and
+exits 4) and ``run --resume`` plays the tournament again, the judged matches' calls
+read back from the call store where the judge is on the run's own endpoint. Scoring the
+groups by the rounds they reached would record the problem as decided, and a resume
+would never revisit it.
 
 ``--verifier pairwise[:ENDPOINT][,score=auto|yes-prob|rating]`` (as for ``judge``;
 ``rating`` here means the constrained choice, without logprobs).
@@ -36,6 +37,7 @@ the problem as decided, and a resume would never revisit it.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -104,6 +106,7 @@ class _Cut:
     limit: bool
     call_failed: bool = False
     match: str = ""
+    failed_calls: int = 0  # matches of its round whose judge's call failed for good
 
 
 class MatchFailed(Exception):
@@ -161,7 +164,13 @@ class PairwiseJudge:
                 if judged
                 else "no pairwise match was judged"
             )
-            return self._failed(candidates, groups, f"{JUDGE_CALL_FAILED}{where}: {cut.reason}")
+            # as many verdicts say a call failed as calls did (a run counts failed calls by
+            # them); the others fail with the same reason
+            said = f"{where}: {cut.reason}"
+            failed = self._failed(candidates, groups, said)
+            for i in range(min(cut.failed_calls, len(failed))):
+                failed[i] = dataclasses.replace(failed[i], error=f"{JUDGE_CALL_FAILED}{said}")
+            return failed
         if cut is not None and not judged:
             return self._failed(candidates, groups, f"no pairwise match was judged: {cut.reason}")
         rounds = knockout_rounds(len(groups))
@@ -243,6 +252,7 @@ class PairwiseJudge:
                     tg.start_soon(play, k, a, b, round_, outcome)
             won: list[_Group] = []
             cut: _Cut | None = None
+            failed_calls = 0
             for (a, b), result in zip(pairs, outcome, strict=True):
                 if isinstance(result, _Group):
                     loser = b if result is a else a
@@ -258,13 +268,14 @@ class PairwiseJudge:
                     # the cut says a failed call first (a resume plays the tournament
                     # again), then a limit (the problem reads stopped)
                     rank = (failed, limit)
+                    failed_calls += failed
                     if cut is None or rank > (cut.call_failed, cut.limit):
                         cut = _Cut(round_, why, limit, failed, f"{a.answer} vs {b.answer}")
                     line = f"round {round_}: {a.answer} vs {b.answer}: not judged: {why}"
                     a.notes.append(line)
                     b.notes.append(line)
             if cut is not None:
-                return cut
+                return dataclasses.replace(cut, failed_calls=failed_calls)
             for bye in byes:
                 bye.reached = round_ + 1
             alive = [*byes, *won]  # still in seed order: the top seed stays on top
