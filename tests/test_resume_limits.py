@@ -262,7 +262,7 @@ async def test_a_problem_limit_below_what_a_problem_spent_is_refused_before_anyt
     assert str(refused.value) == (
         f"run {first.folder} has spent {most} completion tokens on problem {which!r} "
         f"already: --max-problem-tokens {most - 1} is below that; give at least {most}, or "
-        "leave --max-problem-tokens out to keep its own"
+        "leave --max-problem-tokens out (the run has none)"
     )
     assert again.metrics.utilisation is None or again.metrics.utilisation <= 1
 
@@ -288,6 +288,8 @@ async def test_a_money_limit_below_what_the_run_spent_is_refused_before_anything
         finally:
             conn.close()
         cost = PRICES["fake-model"].cost(prompt, completion)
+        with pytest.raises(ConfigError, match=r"resume it with a higher --max-cost$"):
+            load_resume(first.folder, prices=PRICES)  # the limit that stopped it, no other
         manifest = (first.folder / "run.json").read_text()
         sent = server.requests
         state = load_resume(first.folder, prices=PRICES, new_limits=True)

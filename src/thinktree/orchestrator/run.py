@@ -84,6 +84,7 @@ from thinktree.orchestrator.subscribers import TraceWriter, TreeRecorder
 from thinktree.orchestrator.tree import Node, ProblemTree
 from thinktree.pricing import (
     MONEY_REACHED,
+    MONEY_STOP,
     ROUNDING,
     MoneyLimit,
     Price,
@@ -653,7 +654,7 @@ def load_resume(
         if stopped_by is not None and not new_limits and not retrying:
             raise ConfigError(
                 f"run {folder} was stopped by its limit ({stopped_by}); to go on, resume it "
-                "with a higher --max-tokens, --max-problem-tokens or --max-cost"
+                f"with a higher {_limit_flag(stopped_by)}"
             )
         if stopped_by is None and not retrying:
             raise ConfigError(
@@ -712,6 +713,13 @@ def load_resume(
         settings=settings,
         retrying=retrying,
     )
+
+
+def _limit_flag(stopped_by: str) -> str:
+    """The option of the limit that ``stopped_by`` (a run's reason) names."""
+    if stopped_by.startswith(MONEY_STOP):
+        return "--max-cost"
+    return "--max-tokens" if stopped_by.startswith("run stopped") else "--max-problem-tokens"
 
 
 def _resumed_prices(
@@ -910,15 +918,15 @@ def _check_limit_covers_spent(
     if limit is not None and limit < completion:
         raise ConfigError(
             f"run {folder} has spent {completion} completion tokens already: --max-tokens "
-            f"{limit} is below that; give at least {completion}, or leave --max-tokens out to "
-            "keep its own"
+            f"{limit} is below that; give at least {completion}, or leave --max-tokens out "
+            f"{_its_own(folder, 0)}"
         )
     cost = 0.0 if money is None else money.price.cost(prompt, completion)
     if money is not None and money.limit < cost - ROUNDING:
         raise ConfigError(
             f"run {folder} has spent {usd(cost)} already (its calls at the price of {model}): "
             f"--max-cost {usd(money.limit)} is below that; give at least {usd(at_least(cost))}, "
-            "or leave --max-cost out to keep its own"
+            f"or leave --max-cost out {_its_own(folder, 2)}"
         )
 
 
@@ -938,8 +946,14 @@ def _check_problem_limit_covers_spent(folder: Path, limit: int | None) -> None:
         raise ConfigError(
             f"run {folder} has spent {most} completion tokens on problem {which!r} already: "
             f"--max-problem-tokens {limit} is below that; give at least {most}, or leave "
-            "--max-problem-tokens out to keep its own"
+            f"--max-problem-tokens out {_its_own(folder, 1)}"
         )
+
+
+def _its_own(folder: Path, which: int) -> str:
+    """What leaving a limit out does on resume: the run keeps its own, where it has one
+    (``which``: its place in :func:`run_limits`)."""
+    return "to keep its own" if run_limits(folder)[which] is not None else "(the run has none)"
 
 
 def save_limits(folder: Path, settings: RunSettings) -> None:
