@@ -24,9 +24,9 @@ vote decides. Where a limit refused a match, the problem reads stopped.
 
 Where a judge's call failed for good (its retries spent), the tournament is not finished
 either, but unlike the cases above a resume can finish it: every verdict fails, however
-many matches were judged, as many of them as a pointwise judge's failed call does
-(:data:`JUDGE_CALL_FAILED`) as calls failed, so the run counts its failed calls (and
-exits 4) and ``run --resume`` plays the tournament again, the judged matches' calls
+many matches were judged, and as many of them as calls failed say so as a pointwise
+judge's failed call does (:data:`JUDGE_CALL_FAILED`), so the run counts its failed calls
+(and exits 4) and ``run --resume`` plays the tournament again, the judged matches' calls
 read back from the call store where the judge is on the run's own endpoint. Scoring the
 groups by the rounds they reached would record the problem as decided, and a resume
 would never revisit it.
