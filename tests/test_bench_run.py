@@ -231,6 +231,51 @@ def test_a_cell_that_reads_back_another_cells_calls_did_not_spend_them(tmp_path:
     assert "$0.0000" in row and "2 calls read back from another run's" in row, out + err
 
 
+def test_a_cell_that_reads_back_another_cells_judge_calls_did_not_pay_for_them(
+    tmp_path: Path,
+) -> None:
+    """A judge on the run's endpoint reads its calls back from the bench's store as the
+    solver does: the second cell's verdicts take their tokens, not their cost, and
+    `runs` and the report say what was read back (it was counted as paid twice)."""
+    with fake_server_in_thread(FakeBehaviour(reply=reply)) as server:
+        config = write_config(
+            tmp_path,
+            server.base_url,
+            'mode = ["parallel"]\naggregate = ["majority", "length-weighted"]\n'
+            'verifier = ["judge"]',
+        )
+        text = config.read_text().replace('[[datasets]]\npath = "two.jsonl"\nlimit = 2\n', "")
+        config.write_text(text + '[prices]\n"fake-model" = { prompt = 1.0, completion = 2.0 }\n')
+        proc = cli("bench", str(config), "--out", "out", cwd=tmp_path)
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, out + err
+    made, reused = (
+        json.loads(path.read_text())["metrics"]
+        for path in sorted((tmp_path / "out").glob("*/results.json"))
+    )
+    paid, judged = made["verifier"], reused["verifier"]
+    assert paid["cost_usd"] > 0 and paid["read_back"] is None
+    assert judged["verdicts"] == paid["verdicts"] == 4
+    assert judged["prompt_tokens"] == paid["prompt_tokens"] > 0  # the answers took them
+    assert judged["cost_usd"] == 0
+    assert judged["read_back"] == {
+        "calls": 4,
+        "prompt_tokens": paid["prompt_tokens"],
+        "completion_tokens": paid["completion_tokens"],
+        "cost_usd": paid["cost_usd"],
+    }
+    out, err = cli("runs", "out", cwd=tmp_path).communicate(timeout=120)
+    row = next(line for line in out.splitlines() if "length-weighted" in line)
+    assert "$0.0000" in row and "6 calls read back from another run's" in row, out + err
+    proc = cli("report", "out", cwd=tmp_path)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out + err
+    report = (tmp_path / "out" / "report.md").read_text()
+    verifiers = report[report.index("Verifiers") :]
+    row = next(line for line in verifiers.splitlines() if "length-weighted" in line)
+    assert f"4 calls, ${paid['cost_usd']:.4f}" in row and "$0.0000" in row, row
+
+
 def test_a_sharded_cell_keeps_the_calls_it_read_back_apart(tmp_path: Path) -> None:
     """Each shard of the second aggregate reads its calls back from the first cell's: the
     merged cell says so, as an unsharded one does."""

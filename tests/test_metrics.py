@@ -12,8 +12,8 @@ import pytest
 from choice_set import case_problems
 from thinktree.agents.endpoint import EndpointConfig
 from thinktree.agents.modes import ModeSettings
-from thinktree.metrics import accuracy_by_step, compute, tokens_allowed
-from thinktree.orchestrator.events import NodeKind, NodeStatus, failed_calls_in
+from thinktree.metrics import ReadBack, accuracy_by_step, compute, tokens_allowed
+from thinktree.orchestrator.events import CandidateScored, NodeKind, NodeStatus, failed_calls_in
 from thinktree.orchestrator.run import RunSettings, execute
 from thinktree.orchestrator.store import list_runs
 from thinktree.orchestrator.tree import Node, ProblemTree
@@ -186,7 +186,8 @@ def test_calls_read_back_count_their_tokens_but_not_their_cost_or_latency() -> N
     nodes.append(Node(id="a/b0", problem_id="a", parent_id="a", kind=NodeKind.BRANCH, label="b0"))
     tree.nodes = {n.id: n for n in nodes}
     price = Price(prompt_per_m=1_000_000, completion_per_m=2_000_000)  # 1 USD a prompt token
-    metrics = compute([tree], tokens_allowed=1000, price=price, read_back=frozenset({"borrowed"}))
+    read_back = {"borrowed": (200, 20)}
+    metrics = compute([tree], tokens_allowed=1000, price=price, read_back=read_back)
     assert (metrics.calls, metrics.prompt_tokens, metrics.completion_tokens) == (3, 405, 40)
     assert metrics.thinking_tokens == 40
     assert metrics.latency_p50_s == pytest.approx(0.15)  # the two own calls' only
@@ -195,6 +196,36 @@ def test_calls_read_back_count_their_tokens_but_not_their_cost_or_latency() -> N
     assert (metrics.read_back.calls, metrics.read_back.prompt_tokens) == (1, 200)
     assert metrics.read_back.completion_tokens == 20
     assert metrics.read_back.cost_usd == pytest.approx(200 + 2 * 20)
+
+
+def test_judge_calls_read_back_count_their_tokens_but_not_their_cost() -> None:
+    """A read-back call that no solver node made is a judge's: the verdicts keep their
+    tokens, and their cost is what was left after the calls another run paid for."""
+    tree = _tree("a", True, True)
+    tree.nodes["a/own/think"] = _call_node("a/own/think", "own", NodeStatus.DONE, 0.1)
+    price = Price(prompt_per_m=1_000_000, completion_per_m=2_000_000)  # 1 USD a prompt token
+    for i, cost in enumerate((12.0, 7.0)):
+        tree.verdicts.append(
+            CandidateScored(
+                problem_id="a",
+                node_id=f"a/own/think/judge{i}",
+                candidate_node="a/own/think",
+                verifier="judge",
+                score=0.5,
+                prompt_tokens=10 if i == 0 else 5,
+                completion_tokens=1,
+                cost_usd=cost,
+            )
+        )
+    metrics = compute([tree], tokens_allowed=1000, price=price, read_back={"judged": (5, 1)})
+    assert metrics.read_back is None  # no solver call was read back
+    assert metrics.cost_usd == pytest.approx(2 * 10)  # the solver's own call
+    verifier = metrics.verifier
+    assert verifier is not None and (verifier.prompt_tokens, verifier.completion_tokens) == (15, 2)
+    assert verifier.cost_usd == pytest.approx(12.0)
+    assert verifier.read_back == ReadBack(calls=1, prompt_tokens=5, completion_tokens=1, cost_usd=7)
+    unpriced = compute([tree], tokens_allowed=1000, read_back={"judged": (5, 1)}).verifier
+    assert unpriced is not None and unpriced.cost_usd is None  # what was paid is not known
 
 
 def test_failed_counts_problems_an_error_left_ungraded() -> None:

@@ -873,7 +873,7 @@ def _run_note(run: RunSummary, *, priced: bool, prices: dict[str, Price]) -> str
     unpriced = ""
     if priced and run.verifier_cost(prices) is None:
         unpriced = f"no price for a verifier's model: {', '.join(run.unpriced_models(prices))}"
-    calls = run.read_back_calls
+    calls = run.read_back_calls + run.verifier_read_back_calls
     read_back = (
         f"{calls} call{'s' if calls != 1 else ''} read back from another run's, not paid here"
         if calls

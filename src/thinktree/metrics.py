@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -71,7 +71,8 @@ class VerifierMetrics:
     combined score separates right from wrong answers (None when only one kind was
     seen). Candidates whose every verdict failed have no score: they count in neither,
     and a problem without a scored candidate counts in none of the figures. Tokens and
-    cost are the verifiers' own, on top of the solver's.
+    cost are the verifiers' own, on top of the solver's; as the solver's, the judge calls
+    read back from another run's (``read_back``) count in the tokens, not in the cost.
     """
 
     problems: int
@@ -84,6 +85,7 @@ class VerifierMetrics:
     prompt_tokens: int
     completion_tokens: int
     cost_usd: float | None
+    read_back: ReadBack | None = None  # None when no judge call was read back
 
 
 def auroc(scores: list[float], labels: list[bool]) -> float | None:
@@ -109,8 +111,16 @@ def auroc(scores: list[float], labels: list[bool]) -> float | None:
     return (total - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg))
 
 
-def verifier_metrics(trees: list[ProblemTree]) -> VerifierMetrics | None:
-    """The verifier block of the metrics, from each tree's verdicts (None without any)."""
+def verifier_metrics(
+    trees: list[ProblemTree],
+    read_back: Mapping[str, tuple[int, int]] | None = None,
+    price: Price | None = None,
+) -> VerifierMetrics | None:
+    """The verifier block of the metrics, from each tree's verdicts (None without any).
+
+    ``read_back``: the judge calls the run read back from another run's, with their
+    prompt and completion tokens; only a judge on the run's own endpoint reads calls
+    back, so ``price``, its model's, prices them."""
     if not any(t.verdicts for t in trees):
         return None
     verdicts = [v for t in trees for v in t.verdicts]
@@ -144,6 +154,7 @@ def verifier_metrics(trees: list[ProblemTree]) -> VerifierMetrics | None:
         v.cost_usd is None and (v.prompt_tokens or v.completion_tokens) for v in verdicts
     )
     costs = [v.cost_usd for v in verdicts if v.cost_usd is not None]
+    borrowed = _read_back(len(read_back), read_back.values(), price) if read_back else None
 
     def share(xs: list[bool]) -> float | None:
         return sum(xs) / len(xs) if xs else None
@@ -158,8 +169,19 @@ def verifier_metrics(trees: list[ProblemTree]) -> VerifierMetrics | None:
         failed_verdicts=sum(1 for v in verdicts if v.score is None),
         prompt_tokens=sum(v.prompt_tokens for v in verdicts),
         completion_tokens=sum(v.completion_tokens for v in verdicts),
-        cost_usd=None if unpriced or not costs else round(math.fsum(costs), 6),
+        cost_usd=None if unpriced or not costs else _own_cost(costs, borrowed),
+        read_back=borrowed,
     )
+
+
+def _own_cost(costs: list[float], borrowed: ReadBack | None) -> float | None:
+    """What the verdicts cost less what the calls read back behind them cost (another
+    run paid for those); None where those have no price."""
+    if borrowed is None:
+        return round(math.fsum(costs), 6)
+    if borrowed.cost_usd is None:
+        return None
+    return max(0.0, round(math.fsum(costs) - borrowed.cost_usd, 6))
 
 
 def accuracy_by_step(
@@ -252,12 +274,14 @@ def compute(
     tokens_allowed: int,
     retries: int = 0,
     price: Price | None = None,
-    read_back: frozenset[str] = frozenset(),
+    read_back: Mapping[str, tuple[int, int]] | None = None,
 ) -> Metrics:
     """The run's metrics; ``tokens_allowed`` is the whole run's (see :func:`tokens_allowed`).
 
-    ``read_back``: the ids of the calls the run read back from another run's (see
-    :class:`ReadBack`): their tokens count, their cost and latency are not the run's.
+    ``read_back``: the calls the run read back from another run's, by id, with their
+    prompt and completion tokens (see :class:`ReadBack`): their tokens count, their cost
+    and latency are not the run's. Those no node made are a judge's (see
+    :func:`verifier_metrics`).
 
     A call is one request: the n samples of one request, or the thinking and answer of
     one, are one call, with one latency. A node never sent (a limit refused it, the run
@@ -268,6 +292,7 @@ def compute(
     # one denominator for accuracy and coverage, so that accuracy never exceeds coverage
     graded = [t for t in trees if t.correct is not None and t.covered is not None]
     right = sum(1 for t in graded if t.correct)
+    read_back = read_back or {}
     calls = _tally_calls(trees, read_back)
     completion = calls.completion_tokens
     borrowed = calls.borrowed
@@ -293,8 +318,16 @@ def compute(
         latency_p50_s=percentile(latencies, 50),
         latency_p95_s=percentile(latencies, 95),
         cost_usd=None if price is None else round(price.cost(prompt_spent, completion_spent), 6),
-        verifier=verifier_metrics(trees),
-        read_back=_read_back(borrowed, price) if borrowed else None,
+        verifier=verifier_metrics(
+            trees, {k: v for k, v in read_back.items() if k not in calls.sent}, price
+        ),
+        read_back=_read_back(
+            len({n.call_id for n in borrowed}),
+            [(n.prompt_tokens, n.completion_tokens) for n in borrowed],
+            price,
+        )
+        if borrowed
+        else None,
     )
 
 
@@ -311,7 +344,7 @@ class _Calls:
     past_context: set[str]  # the requests refused as longer than the model's context
 
 
-def _tally_calls(trees: list[ProblemTree], read_back: frozenset[str]) -> _Calls:
+def _tally_calls(trees: list[ProblemTree], read_back: Mapping[str, tuple[int, int]]) -> _Calls:
     """The call nodes' figures for :func:`compute`, in one pass over every node (a run's
     end walks each of its nodes once, not once per figure)."""
     sent: set[str] = set()
@@ -341,12 +374,14 @@ def _tally_calls(trees: list[ProblemTree], read_back: frozenset[str]) -> _Calls:
     return _Calls(prompt, completion, thinking, sent, latencies, borrowed, past_context)
 
 
-def _read_back(nodes: list[Node], price: Price | None) -> ReadBack:
-    """The :class:`ReadBack` of the call nodes a run read back from another run's calls."""
-    prompt = sum(n.prompt_tokens for n in nodes)
-    completion = sum(n.completion_tokens for n in nodes)
+def _read_back(calls: int, spent: Iterable[tuple[int, int]], price: Price | None) -> ReadBack:
+    """The :class:`ReadBack` of ``calls`` calls a run read back from another run's, whose
+    nodes (or calls) spent ``spent``: prompt and completion tokens."""
+    spent = list(spent)
+    prompt = sum(p for p, _ in spent)
+    completion = sum(c for _, c in spent)
     return ReadBack(
-        calls=len({n.call_id for n in nodes}),
+        calls=calls,
         prompt_tokens=prompt,
         completion_tokens=completion,
         cost_usd=None if price is None else round(price.cost(prompt, completion), 6),

@@ -104,9 +104,8 @@ def _ci_text(ci: tuple[float, float, float] | None) -> str:
     return f"{100 * est:.1f} % [{100 * low:.0f}–{100 * high:.0f}]"
 
 
-def _read_back_text(cell: CellResult) -> str:
+def _read_back_text(read_back: dict[str, Any] | None) -> str:
     """The calls a cell read back from another cell's, and their price ("—": none)."""
-    read_back = cell.read_back
     if read_back is None:
         return "—"
     cost = read_back.get("cost_usd")
@@ -150,7 +149,7 @@ def cells_table(loaded: Loaded, keys: Sequence[str]) -> Table:
                 _num(m.get("latency_p50_s")),
                 _num(m.get("latency_p95_s")),
                 "n/a" if cost is None else f"${cost:.4f}",
-                *([_read_back_text(cell)] if borrowed else []),
+                *([_read_back_text(cell.read_back)] if borrowed else []),
             ]
         )
     note = (
@@ -493,6 +492,7 @@ def robustness_section(loaded: Loaded, keys: Sequence[str]) -> Section | None:
 def verifier_table(loaded: Loaded, keys: Sequence[str]) -> Table | None:
     """How each cell's verifiers picked (cells that ran one), beside its vote and oracle."""
     rows = []
+    borrowed = any(_judged(cell) is not None for cell in loaded.cells)
     for cell in loaded.cells:
         v = cell.metrics.get("verifier")
         if not v:
@@ -510,6 +510,7 @@ def verifier_table(loaded: Loaded, keys: Sequence[str]) -> Table | None:
                 f"{v['verdicts']} ({v['failed_verdicts']} failed)",
                 _num(v["prompt_tokens"] + v["completion_tokens"]),
                 "n/a" if cost is None else f"${cost:.4f}",
+                *([_read_back_text(_judged(cell))] if borrowed else []),
             ]
         )
     if not rows:
@@ -526,13 +527,27 @@ def verifier_table(loaded: Loaded, keys: Sequence[str]) -> Table | None:
             "verdicts",
             "tokens",
             "cost",
+            *(["read back"] if borrowed else []),
         ],
         rows,
         note="best-scored: the verifiers' top candidate is right (best-of-n, whatever rule the "
         "cell's vote used: its accuracy is the cell's own); majority: the plain vote of the "
         "same candidates (shortest-majority, unweighted); oracle: any candidate is right. "
-        "Tokens and cost are the verifiers' own.",
+        "Tokens and cost are the verifiers' own"
+        + (
+            "; read back: the judge calls a cell reused from another cell, in its tokens, "
+            "not its cost (that cell paid for them)."
+            if borrowed
+            else "."
+        ),
     )
+
+
+def _judged(cell: CellResult) -> dict[str, Any] | None:
+    """The judge calls a cell read back from another cell's (None: none)."""
+    verifier = cell.metrics.get("verifier")
+    read_back = verifier.get("read_back") if isinstance(verifier, dict) else None
+    return read_back if isinstance(read_back, dict) else None
 
 
 def steps_table(loaded: Loaded, keys: Sequence[str]) -> Table | None:

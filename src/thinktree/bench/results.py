@@ -247,6 +247,10 @@ def _metrics(value: Any) -> dict[str, Any]:
         if (value := metrics.get(block)) is not None:  # each block only where a run has it
             where = f"metrics.{block}"
             _numbers(_object(value, where), where, counts, figures)
+    verifier = metrics.get("verifier")
+    if verifier is not None and (judged := verifier.get("read_back")) is not None:
+        where = "metrics.verifier.read_back"
+        _numbers(_object(judged, where), where, _READ_BACK_COUNTS, ("cost_usd",))
     if (by_step := metrics.get("accuracy_by_step")) is not None:  # a run of revisions'
         for share in _list(by_step, "metrics.accuracy_by_step"):
             if isinstance(share, bool) or not isinstance(share, int | float) or not 0 <= share <= 1:

@@ -607,16 +607,27 @@ def recorded_tokens(path: Path) -> tuple[int, int]:
     return (int(rows[0][0]), int(rows[0][1])) if rows else (0, 0)
 
 
-def read_back_calls(path: Path) -> frozenset[str]:
-    """The ids of the calls the run store at ``path`` read back from a store several runs
-    share (a bench's): another run made them and paid for them. Empty for a store without
-    any, one from before they were kept, or none at all."""
+def read_back_calls(path: Path) -> dict[str, tuple[int, int]]:
+    """The calls the call store at ``path`` read back from a store several runs share (a
+    bench's), by id, with their prompt and completion tokens: another run made them and
+    paid for them (the solver's and a judge's on the run's endpoint). Empty for a store
+    without any, one from before they were kept, or none at all."""
     rows = _read_only(
         path,
-        "SELECT r.fingerprint, json_extract(r.response, '$.call_id') "
+        "SELECT r.fingerprint, json_extract(r.response, '$.call_id'), "
+        "r.prompt_tokens, r.completion_tokens "
         "FROM responses r JOIN read_back b ON b.fingerprint = r.fingerprint",
     )
-    return frozenset(str(call_id or fingerprint) for fingerprint, call_id in rows)
+    return {
+        str(call_id or fingerprint): (_count(prompt), _count(completion))
+        for fingerprint, call_id, prompt, completion in rows
+    }
+
+
+def _count(value: object) -> int:
+    """A recorded token count, 0 where the row's is damaged (its call was never read back
+    for its reply, see :func:`_readable`)."""
+    return value if is_token_count(value) else 0
 
 
 def _read_only(path: Path, query: str) -> list[Any]:

@@ -18,7 +18,7 @@ import sqlite3
 import types
 import typing
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field, is_dataclass
 from datetime import UTC, datetime
@@ -480,9 +480,7 @@ async def _execute(
                         read_back_retries=cache.carried_retries(),
                         # only a store shared with other runs, now or in an earlier session,
                         # lends calls
-                        read_back=None
-                        if resume is not None or shared_calls is not None
-                        else frozenset(),
+                        read_back=None if resume is not None or shared_calls is not None else {},
                         # results.json is the run's last file: both stores end first
                         before_publish=functools.partial(_stores_closed, store, cache),
                     )
@@ -530,7 +528,7 @@ def conclude(
     cached_calls: int = 0,
     money: MoneyLimit | None = None,
     read_back_retries: int = 0,
-    read_back: frozenset[str] | None = None,
+    read_back: Mapping[str, tuple[int, int]] | None = None,
     before_publish: Callable[[], None] | None = None,
 ) -> RunResult:
     """A finished run's trees and metrics from its recorder, written to ``results.json``
@@ -538,9 +536,9 @@ def conclude(
 
     ``read_back_retries``: the run's retries its recorder did not see (those of a resumed
     run's earlier sessions, those behind calls read back from a bench's call store),
-    counted with this session's own. ``read_back``: the ids of the calls the run read
-    back from a store it shares with other runs, where the caller knows them (a fresh
-    run that shares none has none); None reads them from the run's call store.
+    counted with this session's own. ``read_back``: the calls the run read back from a
+    store it shares with other runs, by id with their tokens, where the caller knows them
+    (a fresh run that shares none has none); None reads them from the run's call store.
     ``before_publish`` runs once the results are written, before they take their name.
     ``money``: the run's money limit, which says what it spent in all where it stopped it."""
     trees = [recorder.tree.problems[p.id] for p in problems]

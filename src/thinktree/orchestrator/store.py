@@ -729,7 +729,7 @@ class StoreReader:
             if cost is None and (p or c):
                 was = at_no_price.get(model, (0, 0))
                 at_no_price[model] = (was[0] + p, was[1] + c)
-        borrowed = self._read_back()
+        borrowed, judged = self._read_back()
         return RunSummary(
             run_id=row["run_id"] or self.path.parent.name,
             folder=self.path.parent,
@@ -758,25 +758,32 @@ class StoreReader:
             read_back_calls=len({call_id for call_id, _, _ in borrowed}),
             read_back_prompt_tokens=sum(p for _, p, _ in borrowed),
             read_back_completion_tokens=sum(c for _, _, c in borrowed),
+            verifier_read_back_calls=len(judged),
+            verifier_read_back_prompt_tokens=sum(p for p, _ in judged),
+            verifier_read_back_completion_tokens=sum(c for _, c in judged),
         )
 
-    def _read_back(self) -> list[tuple[str, int, int]]:
-        """The call id and tokens of each node whose call the run read back from another
-        run's (a bench cell's, see :func:`~thinktree.orchestrator.call_cache.read_back_calls`)."""
+    def _read_back(self) -> tuple[list[tuple[str, int, int]], list[tuple[int, int]]]:
+        """What the run read back from another run's calls (a bench cell's, see
+        :func:`~thinktree.orchestrator.call_cache.read_back_calls`): the call id and tokens
+        of each solver node whose call it was, and the tokens of each judge call (a call
+        no solver node made)."""
         from thinktree.orchestrator.call_cache import read_back_calls
 
-        ids = read_back_calls(self.path.parent / _CALLS)
-        if not ids:
-            return []
+        calls = read_back_calls(self.path.parent / _CALLS)
+        if not calls:
+            return [], []
         rows = self._query(
             "SELECT call_id, prompt_tokens, completion_tokens FROM nodes "
             "WHERE kind != 'verdict' AND call_id IS NOT NULL"
         )
-        return [
+        solver = [
             (str(r["call_id"]), int(r["prompt_tokens"] or 0), int(r["completion_tokens"] or 0))
             for r in rows
-            if r["call_id"] in ids
+            if r["call_id"] in calls
         ]
+        made = {call_id for call_id, _, _ in solver}
+        return solver, [spent for call_id, spent in calls.items() if call_id not in made]
 
 
 def _model(verdict: dict[str, Any]) -> str | None:
@@ -858,6 +865,10 @@ class RunSummary:
     read_back_calls: int = 0
     read_back_prompt_tokens: int = 0
     read_back_completion_tokens: int = 0
+    # of the verifiers' tokens above, those of the judge calls read back in the same way
+    verifier_read_back_calls: int = 0
+    verifier_read_back_prompt_tokens: int = 0
+    verifier_read_back_completion_tokens: int = 0
 
     @property
     def tokens(self) -> int:
@@ -875,13 +886,17 @@ class RunSummary:
         """What the run cost, its solver's tokens at ``price`` (its model's) and its
         verifiers' at their own models' prices (:meth:`verifier_cost`); None where either
         price is unknown. The calls it read back from another run's cost it nothing: that
-        run paid for them."""
+        run paid for them (a judge reads calls back only on the run's own endpoint, so its
+        model's ``price`` prices those)."""
         verifiers = self.verifier_cost(prices)
         if price is None or verifiers is None:
             return None
         prompt = self.prompt_tokens - self.read_back_prompt_tokens
         completion = self.completion_tokens - self.read_back_completion_tokens
-        return price.cost(prompt, completion) + verifiers
+        judged = price.cost(
+            self.verifier_read_back_prompt_tokens, self.verifier_read_back_completion_tokens
+        )
+        return price.cost(prompt, completion) + max(0.0, verifiers - judged)
 
 
 # A run folder's other files, as orchestrator.run names them (it imports this module).

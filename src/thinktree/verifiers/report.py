@@ -16,6 +16,9 @@ def verifier_rows(m: VerifierMetrics) -> list[tuple[str, str]]:
     spent = f"prompt {m.prompt_tokens:,} · completion {m.completion_tokens:,}"
     if m.cost_usd is not None:
         spent += f" · ${m.cost_usd:.4f}"
+    if m.read_back is not None:  # another run paid for them: in the tokens, not the cost
+        calls = m.read_back.calls
+        spent += f" · {calls} call{'s' if calls != 1 else ''} read back from another run's"
     return [
         (
             "best-scored pick",  # the verifiers alone (best-of-n), whatever the vote's rule
