@@ -302,6 +302,23 @@ def test_a_sharded_cell_keeps_the_calls_it_read_back_apart(tmp_path: Path) -> No
         shared.close()
 
 
+def test_a_bench_with_no_finished_cell_is_told_to_go_on_with_its_config(tmp_path: Path) -> None:
+    """The report of a bench whose cells have not finished names the config the bench was
+    last run with (it said CONFIG), and a config renamed since is the one it names."""
+    from thinktree.bench.runner import prepare
+
+    config = write_config(tmp_path, "http://127.0.0.1:9/v1", 'mode = ["budget"]')
+    prepare(load_bench_config(config), tmp_path / "out")
+    renamed = config.rename(tmp_path / "renamed.toml")
+    prepare(load_bench_config(renamed), tmp_path / "out")
+    proc = cli("report", "out", cwd=tmp_path)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "has no finished cell yet" in err, err
+    assert f"thinktree bench {renamed} --out out" in err, err
+    manifest = json.loads((tmp_path / "out" / "bench.json").read_text())
+    assert manifest["config_file"] == str(renamed)
+
+
 def test_bad_bench_configs_fail_in_one_line_before_anything_runs(tmp_path: Path) -> None:
     write_choice_problems(tmp_path / "one.jsonl", "p")
     cases = {

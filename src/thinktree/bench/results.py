@@ -163,9 +163,11 @@ def _load_bench(path: Path) -> Loaded:
             continue
         cells.append(_load_cell(folder, name=name, dataset=dataset, options=options))
     if not cells:
+        config = manifest.get("config_file")  # the config it was last run with
+        config = config if isinstance(config, str) and config else "CONFIG"
         raise ConfigError(
             f"bench {path} has no finished cell yet; run "
-            f"`{shell_command('thinktree', 'bench', 'CONFIG', '--out', path)}` "
+            f"`{shell_command('thinktree', 'bench', config, '--out', path)}` "
             "to go on"
         )
     return Loaded(

@@ -192,9 +192,10 @@ def prepare(config: BenchConfig, out: Path) -> list[Cell]:
     stored = _stored_bench(config, out)
     manifest = out / BENCH_MANIFEST
     if stored is not None:
-        if stored.get("run") != config.fixed:  # new limits or concurrency: kept from now on
-            stored["run"] = config.fixed
-            atomic_write(manifest, json.dumps(stored, indent=1, ensure_ascii=False))
+        # new limits or concurrency, or the config under another name: kept from now on
+        now = {"run": config.fixed, "config_file": str(config.path)}
+        if any(stored.get(key) != value for key, value in now.items()):
+            atomic_write(manifest, json.dumps(stored | now, indent=1, ensure_ascii=False))
         return cells
     try:
         out.mkdir(parents=True, exist_ok=True)
