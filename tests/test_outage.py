@@ -26,7 +26,7 @@ from thinktree.agents.modes import ModeSettings
 from thinktree.errors import EndpointDown
 from thinktree.orchestrator.events import CallRetried, Event, RunFinished, RunStarted
 from thinktree.orchestrator.run import RunResult, RunSettings, execute, load_resume
-from thinktree.orchestrator.store import RunStore, StoreReader
+from thinktree.orchestrator.store import RunStore, StoreReader, list_runs
 from thinktree.orchestrator.subscribers import TreeRecorder
 from thinktree.orchestrator.trace import read_trace
 from thinktree.testing.fake_server import FakeBehaviour, FakeServer, fake_server_in_thread
@@ -118,6 +118,10 @@ async def test_a_server_that_stays_down_stops_the_run_which_resumes_later(
     view.apply_batch(list(read_trace(folder / "trace.jsonl")))
     shown = header(view, elapsed=1.0, source="replay").plain
     assert "run failed  endpoint 'restarting'" in shown and "stopped answering" in shown, shown
+    (listed,) = list_runs(folder.parent)  # and thinktree runs says why, in its note
+    assert listed.status == "failed" and listed.error is not None
+    assert listed.error.startswith("failed: endpoint 'restarting'"), listed.error
+    assert "did not come back within 1 s (outage_wait_s)" in listed.error
     with StoreReader.open(folder / "run.sqlite") as store:  # the calls it stopped ended too
         calls = [
             n for p in store.problems() for n in store.nodes(p["id"]) if n["kind"] == "generation"

@@ -730,10 +730,12 @@ class StoreReader:
                 was = at_no_price.get(model, (0, 0))
                 at_no_price[model] = (was[0] + p, was[1] + c)
         borrowed, judged = self._read_back()
+        status = self.status()
         return RunSummary(
             run_id=row["run_id"] or self.path.parent.name,
             folder=self.path.parent,
-            status=self.status(),
+            status=status,
+            error=self._failure() if status == "failed" else None,
             mode=row["mode"],
             endpoint=row["endpoint"],
             model=row["model"],
@@ -762,6 +764,19 @@ class StoreReader:
             verifier_read_back_prompt_tokens=sum(p for p, _ in judged),
             verifier_read_back_completion_tokens=sum(c for _, c in judged),
         )
+
+    def _failure(self) -> str | None:
+        """Why the run failed, as its end says (None: a run from before it said)."""
+        rows = self._query(
+            "SELECT payload FROM events WHERE type = 'run-finished' ORDER BY id DESC LIMIT 1"
+        )
+        try:
+            error = json.loads(rows[0]["payload"]).get("error") if rows else None
+        except (ValueError, TypeError, AttributeError):
+            return None  # only the reason is lost: the status says it failed
+        if not isinstance(error, str) or not error.strip():
+            return None
+        return f"failed: {error.strip().splitlines()[0]}"  # a note's one line
 
     def _read_back(self) -> tuple[list[tuple[str, int, int]], list[tuple[int, int]]]:
         """What the run read back from another run's calls (a bench cell's, see
@@ -966,7 +981,8 @@ def _checked(summary: RunSummary) -> RunSummary:
     folder = summary.folder
     if summary.status == "running" or in_use(folder):
         return summary  # its files are still being written
-    status, notes = summary.status, []
+    status, notes = summary.status, [summary.error] if summary.error else []
+    known = len(notes)
     if (broken := _not_whole(folder / _MANIFEST)) is not None:
         status = "damaged"
         notes.append(f"{_MANIFEST} {broken}: it cannot be resumed")
@@ -977,7 +993,7 @@ def _checked(summary: RunSummary) -> RunSummary:
         else:
             status = "damaged"
             notes.append(f"{_RESULTS} {broken}")
-    if not notes:
+    if len(notes) == known:
         return summary
     return dataclasses.replace(summary, status=status, error="; ".join(notes))
 
