@@ -695,12 +695,12 @@ async def test_a_limit_refusing_a_pairwise_match_keeps_the_matches_judged(
     call, P("1") from logprobs) two (three).
 
     Three answers: round 1 (B vs C, B wins; A, the top seed, has the bye) is judged, the
-    final A vs B is refused. Four: both round-1 matches (A vs B, C vs D) start at once;
-    A vs B is judged, the other's swapped call is refused. The match judged keeps its
-    verdict; the refused one says why; a group scores the round its judged wins took it
-    to, so the winner B always outranks the loser (a failed verdict for B would rank it
-    below the loser). The problem reads stopped, and the verdicts count every token the
-    judge spent."""
+    final A vs B is refused. Four (seeded A, B, C, D): both round-1 matches (A vs D,
+    B vs C) start at once; A vs D is judged (D wins), the other's swapped call is refused.
+    The match judged keeps its verdict; the refused one says why; a group scores the round
+    its judged wins took it to, so the winner (B, D) always outranks the loser (a failed
+    verdict for it would rank it below the loser). The problem reads stopped, and the
+    verdicts count every token the judge spent."""
     prices = {"fake-model": Price(prompt_per_m=0.0, completion_per_m=1000.0)}
     behaviour = FakeBehaviour(reply=_preferring("BCDA", samples))
     async with FakeServer(behaviour, record_bodies=True) as server:
@@ -719,17 +719,18 @@ async def test_a_limit_refusing_a_pairwise_match_keeps_the_matches_judged(
     verdicts = {v.parent_id: v for v in tree.of_kind(NodeKind.VERDICT)}
     assert all(v.status is NodeStatus.DONE for v in verdicts.values())
     a, b, c = (verdicts[f"q1/b{i}/think"] for i in (1, 2, 3))
-    assert b.score == 0.5 and "not decided: a run limit stopped the tournament" in b.text
-    refused = "round 2: A vs B" if samples == 3 else "round 1: C vs D"
+    won = b if samples == 3 else verdicts["q1/b4/think"]
+    assert won.score == 0.5 and "not decided: a run limit stopped the tournament" in won.text
+    refused = "round 2: A vs B" if samples == 3 else "round 1: B vs C"
     assert f"{refused}: not judged: run stopped: its {limit} is reached" in b.text + c.text
     if samples == 3:  # C lost round 1; A sat it out, and the final that would decide is refused
         assert "round 1: B vs C: P(B better) = 1.00" in c.text and c.score == 0.0
-        assert a.score == 0.5 and "round 1" not in a.text
+        assert a.score == 0.5 and a.text.startswith("round 1: a bye"), a.text
         assert tree.answer == "A"  # A and B tie at 0.5: the tie goes to the answer seen first
-    else:  # A lost round 1; C and D stayed in it
-        assert "round 1: A vs B: P(A better) = 0.00" in a.text and a.score == 0.0
-        assert c.score == 0.0
-        assert tree.answer == "B"
+    else:  # A lost round 1 to D; B and C stayed in it
+        assert "round 1: A vs D: P(A better) = 0.00" in a.text and a.score == 0.0
+        assert b.score == c.score == 0.0
+        assert tree.answer == "D"
     assert tree.vote is not None and tree.vote.rule == "verifier-weighted"
     m = result.metrics.verifier
     assert m is not None and (m.prompt_tokens, m.completion_tokens) == _judge_usage(server)
@@ -815,21 +816,21 @@ async def test_an_unreadable_pairwise_match_keeps_the_matches_judged(tmp_path: P
 async def test_a_pairwise_match_whose_call_fails_is_played_again_on_resume(
     tmp_path: Path,
 ) -> None:
-    """Four answers: round 1 is A vs B and C vs D. A vs B is judged (B wins); C vs D's call
-    fails for good (the server refuses it). The tournament is not finished and a resume can
-    finish it, so every verdict fails, one of them as the failed judge call it was, the
-    matches judged notwithstanding (they were recorded done, and a resume never revisited
-    them): the plain vote decides, and the run counts one failed call (it counted one per
-    candidate). Resumed, with the server judging again, the tournament is played out, A vs
-    B read back from the call store, and B wins."""
+    """Four answers, seeded A, B, C, D: round 1 is A vs D and B vs C. A vs D is judged (D
+    wins); B vs C's call fails for good (the server refuses it). The tournament is not
+    finished and a resume can finish it, so every verdict fails, one of them as the failed
+    judge call it was, the matches judged notwithstanding (they were recorded done, and a
+    resume never revisited them): the plain vote decides, and the run counts one failed
+    call (it counted one per candidate). Resumed, with the server judging again, the
+    tournament is played out, A vs D read back from the call store, and B beats D."""
     from thinktree.orchestrator.run import load_resume
 
     judging = {"refused": True}
 
     def refuse(body: dict[str, Any]) -> str | None:
         text = json.dumps(body.get("messages"))
-        judged_d = JUDGE_SYSTEM in text and "Final answer: D" in text
-        return "no judging of D" if judging["refused"] and judged_d else None
+        judged_c = JUDGE_SYSTEM in text and "Final answer: C" in text
+        return "no judging of C" if judging["refused"] and judged_c else None
 
     behaviour = FakeBehaviour(reply=_preferring("BCDA", 4), reject=refuse)
     async with FakeServer(behaviour, record_bodies=True) as server:
@@ -837,14 +838,14 @@ async def test_a_pairwise_match_whose_call_fails_is_played_again_on_resume(
         tree = first.trees[0]
         verdicts = {v.parent_id: v for v in tree.of_kind(NodeKind.VERDICT)}
         assert [v.status for v in verdicts.values()] == [NodeStatus.FAILED] * 4
-        why = "the tournament stopped in round 1, where C vs D was not judged"
+        why = "the tournament stopped in round 1, where B vs C was not judged"
         errors = [str(v.error) for v in verdicts.values()]
-        assert [e.startswith(f"judge call failed: {why}") for e in errors] == [1, 0, 0, 0]
-        assert all(why in e and "no judging of D" in e for e in errors), errors
+        assert sum(e.startswith(f"judge call failed: {why}") for e in errors) == 1, errors
+        assert all(why in e and "no judging of C" in e for e in errors), errors
         assert tree.vote is not None and tree.vote.rule == "majority"
         assert len(first.failed_calls()) == 1 and first.metrics.verifier is not None
         assert first.metrics.verifier.failed_verdicts == 4
-        m = first.metrics.verifier  # A vs B's two calls (a token each) count, though failed
+        m = first.metrics.verifier  # A vs D's two calls (a token each) count, though failed
         assert m is not None and m.completion_tokens == 2 and m.prompt_tokens > 0
 
         judging["refused"] = False
@@ -857,20 +858,20 @@ async def test_a_pairwise_match_whose_call_fails_is_played_again_on_resume(
     assert again.failed_calls() == []
     tree = again.trees[0]
     verdicts = {v.parent_id: v for v in tree.of_kind(NodeKind.VERDICT)}
-    assert [verdicts[f"q1/b{i}/think"].score for i in (1, 2, 3, 4)] == [0.0, 1.0, 0.5, 0.0]
+    assert [verdicts[f"q1/b{i}/think"].score for i in (1, 2, 3, 4)] == [0.0, 1.0, 0.0, 0.5]
     assert tree.answer == "B" and tree.vote is not None and tree.vote.rule == "verifier-weighted"
     assert not any(JUDGE_SYSTEM in text and "Final answer: A" in text for text in resent)
 
 
 @pytest.mark.anyio
 async def test_a_failed_pairwise_call_is_said_beside_an_unreadable_match(tmp_path: Path) -> None:
-    """Round 1: A vs B's choice is unreadable, C vs D's call fails. No match was judged;
+    """Round 1: A vs D's choice is unreadable, B vs C's call fails. No match was judged;
     the failed call is what the verdicts say (the unreadable match came first, and hid it),
     so the run counts failed calls and a resume asks the judge again."""
 
     def refuse(body: dict[str, Any]) -> str | None:
         text = json.dumps(body.get("messages"))
-        return "no judging of D" if JUDGE_SYSTEM in text and "Final answer: D" in text else None
+        return "no judging of C" if JUDGE_SYSTEM in text and "Final answer: C" in text else None
 
     behaviour = FakeBehaviour(reply=_unreadable_for("A", 4), reject=refuse)
     async with FakeServer(behaviour) as server:
@@ -878,8 +879,8 @@ async def test_a_failed_pairwise_call_is_said_beside_an_unreadable_match(tmp_pat
     verdicts = result.trees[0].of_kind(NodeKind.VERDICT)
     errors = [str(v.error) for v in verdicts]
     why = "no pairwise match was judged: "
-    assert [e.startswith(f"judge call failed: {why}") for e in errors] == [1, 0, 0, 0], errors
-    assert all(why in e and "no judging of D" in e for e in errors)
+    assert sum(e.startswith(f"judge call failed: {why}") for e in errors) == 1, errors
+    assert all(why in e and "no judging of C" in e for e in errors)
     assert len(result.failed_calls()) == 1  # one match's call failed
 
 
@@ -914,6 +915,21 @@ async def test_pairwise_verdicts_count_every_token_the_judge_spent(tmp_path: Pat
 
 
 @pytest.mark.anyio
+async def test_pairwise_draws_the_top_seed_against_the_bottom_one(tmp_path: Path) -> None:
+    """Four answers of one vote each, seeded A, B, C, D (first seen first): round 1 is
+    A vs D and B vs C, as in a seeded draw, so the two top seeds can meet only in the
+    final (pairing neighbours had A meet B, the second seed, in round 1)."""
+    async with FakeServer(FakeBehaviour(reply=_preferring("BCDA", 4))) as server:
+        result = await _pairwise_four(server, tmp_path, samples=4)
+    verdicts = {v.parent_id: v for v in result.trees[0].of_kind(NodeKind.VERDICT)}
+    assert "round 1: A vs D: P(A better) = 0.00" in verdicts["q1/b1/think"].text
+    assert "round 1: B vs C: P(B better) = 1.00" in verdicts["q1/b3/think"].text
+    assert "round 2: B vs D: P(B better) = 1.00" in verdicts["q1/b4/think"].text  # B: seed 2
+    scores = [verdicts[f"q1/b{i}/think"].score for i in (1, 2, 3, 4)]
+    assert scores == [0.0, 1.0, 0.0, 0.5] and result.trees[0].answer == "B"
+
+
+@pytest.mark.anyio
 async def test_pairwise_gives_the_bye_to_the_most_voted_answer(tmp_path: Path) -> None:
     """Samples A, B, C, C: C has the most votes, so it is the top seed and sits round 1
     out (groups are seeded by votes); A meets B there, and A, whom the judge prefers to
@@ -940,7 +956,8 @@ async def test_pairwise_gives_the_bye_to_the_most_voted_answer(tmp_path: Path) -
     scores = [verdicts[f"q1/b{i}/think"].score for i in (1, 2, 3, 4)]
     assert scores == [1.0, 0.0, 0.5, 0.5]
     c = verdicts["q1/b3/think"].text  # C's representative: the first of its equal two
-    assert "round 1" not in c and "round 2: C vs A: P(C better) = 0.00" in c, c
+    assert "round 1: a bye (the top seed sits out an odd round)" in c, c
+    assert "round 1: A vs" not in c and "round 2: C vs A: P(C better) = 0.00" in c, c
     assert "round 1: A vs B: P(A better) = 1.00" in verdicts["q1/b2/think"].text
 
 

@@ -1,10 +1,13 @@
 """The pairwise LLM judge: a knockout tournament among the distinct answers.
 
 Each distinct answer is represented by its group's shortest candidate. Groups are seeded
-by votes (most first, ties by first seen) and paired off round by round in seed order;
-where a round has an odd number, the top seed gets the bye (it sits the round out); every
-match is judged twice, with the two responses swapped, and the two verdicts averaged, so
-a judge that favours the first (or second) position cancels out. The judge's preference
+by votes (most first, ties by first seen), and each round is drawn from the groups still
+in, in seed order, as a seeded draw is: the top seed against the bottom one (with 4:
+1 v 4, 2 v 3), so the most-voted answers meet last; where a round has an odd number, the
+top seed gets the bye (it sits the round out). A match names the better seed first, and
+a tie goes to it. Every match is judged twice, with the two responses swapped, and the
+two verdicts averaged, so a judge that favours the first (or second) position cancels
+out. The judge's preference
 is P("1") vs P("2") from its logprobs where the endpoint returns them, else its
 constrained choice. A group's score is how far it got: a first-round loser 0, the
 champion 1; every candidate of a group gets its group's score.
@@ -228,13 +231,17 @@ class PairwiseJudge:
         match went undecided (a run limit refused it, or it could not be judged): the round
         it came in is then the last played."""
         alive = sorted(groups.values(), key=lambda g: -len(g.members))  # stable: first seen
+        seed = {id(g): k for k, g in enumerate(alive)}
         round_ = 0
         while len(alive) > 1:
             round_ += 1
-            # an odd one out: the top seed (most votes) sits the round out, the rest pair off
+            # an odd one out: the top seed (most votes) sits the round out; the rest pair
+            # off as a seeded draw does, the top seed left against the bottom one, so the
+            # most-voted answers meet last (the better seed first: a tie goes to it)
             byes: list[_Group] = alive[:1] if len(alive) % 2 else []
             rest = alive[len(byes) :]
-            pairs = list(zip(rest[0::2], rest[1::2], strict=True))
+            half = len(rest) // 2
+            pairs = list(zip(rest[:half], reversed(rest[half:]), strict=True))
             outcome: list[_Group | Exception | None] = [None] * len(pairs)
 
             async def play(
@@ -278,7 +285,8 @@ class PairwiseJudge:
                 return dataclasses.replace(cut, failed_calls=failed_calls)
             for bye in byes:
                 bye.reached = round_ + 1
-            alive = [*byes, *won]  # still in seed order: the top seed stays on top
+                bye.notes.append(f"round {round_}: a bye (the top seed sits out an odd round)")
+            alive = sorted([*byes, *won], key=lambda g: seed[id(g)])  # seeded again
         return None
 
     async def _match(
