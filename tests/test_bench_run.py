@@ -182,6 +182,19 @@ def test_a_cell_that_reads_back_one_call_says_one_call(tmp_path: Path) -> None:
     assert err.count(", 1 call from the cache") == 2 and "1 calls" not in err
 
 
+def _priced_aggregates(folder: Path, url: str, more: str = "") -> Path:
+    """Bench a priced grid over two aggregates (the second cell reads every call back from
+    the first's) on one dataset into ``out``; its config."""
+    grid = 'mode = ["parallel"]\naggregate = ["majority", "length-weighted"]\n' + more
+    config = write_config(folder, url, grid)
+    text = config.read_text().replace('[[datasets]]\npath = "two.jsonl"\nlimit = 2\n', "")
+    config.write_text(text + '[prices]\n"fake-model" = { prompt = 1.0, completion = 2.0 }\n')
+    proc = cli("bench", str(config), "--out", "out", cwd=folder)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out + err
+    return config
+
+
 def test_a_cell_that_reads_back_another_cells_calls_did_not_spend_them(tmp_path: Path) -> None:
     """The second aggregate reads every call back from the first cell's: its cost, latency
     and retries are not its own (the first cell's call took a retry), they are read back;
@@ -192,16 +205,7 @@ def test_a_cell_that_reads_back_another_cells_calls_did_not_spend_them(tmp_path:
         return Fault.SERVER_ERROR if request == 7 else None
 
     with fake_server_in_thread(FakeBehaviour(reply=reply, delay_s=0.02), faults=faults) as server:
-        config = write_config(
-            tmp_path,
-            server.base_url,
-            'mode = ["parallel"]\naggregate = ["majority", "length-weighted"]',
-        )
-        text = config.read_text().replace('[[datasets]]\npath = "two.jsonl"\nlimit = 2\n', "")
-        config.write_text(text + '[prices]\n"fake-model" = { prompt = 1.0, completion = 2.0 }\n')
-        proc = cli("bench", str(config), "--out", "out", cwd=tmp_path)
-        out, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, out + err
+        config = _priced_aggregates(tmp_path, server.base_url)
         made, reused = sorted((tmp_path / "out").glob("*/results.json"))
         (tmp_path / "out" / reused.parent.name / "results.json").unlink()  # resumed: read back
         proc = cli("bench", str(config), "--out", "out", cwd=tmp_path)
@@ -238,17 +242,7 @@ def test_a_cell_that_reads_back_another_cells_judge_calls_did_not_pay_for_them(
     solver does: the second cell's verdicts take their tokens, not their cost, and
     `runs` and the report say what was read back (it was counted as paid twice)."""
     with fake_server_in_thread(FakeBehaviour(reply=reply)) as server:
-        config = write_config(
-            tmp_path,
-            server.base_url,
-            'mode = ["parallel"]\naggregate = ["majority", "length-weighted"]\n'
-            'verifier = ["judge"]',
-        )
-        text = config.read_text().replace('[[datasets]]\npath = "two.jsonl"\nlimit = 2\n', "")
-        config.write_text(text + '[prices]\n"fake-model" = { prompt = 1.0, completion = 2.0 }\n')
-        proc = cli("bench", str(config), "--out", "out", cwd=tmp_path)
-        out, err = proc.communicate(timeout=120)
-        assert proc.returncode == 0, out + err
+        _priced_aggregates(tmp_path, server.base_url, 'verifier = ["judge"]')
     made, reused = (
         json.loads(path.read_text())["metrics"]
         for path in sorted((tmp_path / "out").glob("*/results.json"))
