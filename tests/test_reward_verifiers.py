@@ -275,6 +275,7 @@ async def test_a_scorer_that_cannot_score_stops_the_run_before_its_folder(
     ("first", "second", "same"),
     [
         ("reward:{url}", "reward:{root}/", True),  # the same server, spelt with and without /v1
+        ("reward:{url}", "reward:{localhost}", True),  # loopback as localhost or 127.0.0.1
         ("prm:{url}", "prm:{url},agg=min", True),  # min is prm's default
         ("reward:{url}", "reward:{url},route=score", False),  # another route reads otherwise
         ("prm:{url}", "prm:{url},agg=mean", False),  # the steps' scores pooled otherwise
@@ -288,7 +289,10 @@ async def test_the_same_scorer_given_twice_is_refused_before_the_run(
     candidate's mean score. One line, no folder; scorers that differ each give theirs."""
     async with RewardServer(_outcome) as scorer, FakeServer(FakeBehaviour(reply=_solver)) as solver:
         root = scorer.url.removesuffix("/v1")
-        specs = tuple(spec.format(url=scorer.url, root=root) for spec in (first, second))
+        localhost = scorer.url.replace("127.0.0.1", "localhost")
+        specs = tuple(
+            spec.format(url=scorer.url, root=root, localhost=localhost) for spec in (first, second)
+        )
         endpoint = EndpointConfig(name="fake", base_url=solver.base_url, model="fake-model")
         settings = RunSettings(
             modes=ModeSettings(mode="parallel", n=3, budget=64),

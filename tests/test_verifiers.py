@@ -462,6 +462,7 @@ def test_judge_options_without_an_endpoint_read_as_documented() -> None:
         ("judge", "judge:grader"),  # a named endpoint at the run's URL, the same model
         ("judge", "judge,score=yes-prob"),  # auto reads P("Yes") where logprobs come back
         ("pairwise:grader,score=rating", "pairwise:{url}/,score=rating"),
+        ("judge:{url}", "judge:{localhost}"),  # one loopback server, under two names
     ],
 )
 async def test_the_same_judge_given_twice_is_refused_before_the_run(
@@ -471,7 +472,8 @@ async def test_the_same_judge_given_twice_is_refused_before_the_run(
     ask the same and count twice in each candidate's mean score: one line, no folder."""
     async with FakeServer(FakeBehaviour(reply=_judging({}))) as server:
         url = server.base_url
-        given = tuple(spec.format(url=url) for spec in specs)
+        localhost = url.replace("127.0.0.1", "localhost")
+        given = tuple(spec.format(url=url, localhost=localhost) for spec in specs)
         endpoint = EndpointConfig(name="fake", base_url=url, model="fake-model")
         settings = RunSettings(
             modes=ModeSettings(mode="parallel", n=3, budget=32),

@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Hash
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, runtime_checkable
+from urllib.parse import urlsplit, urlunsplit
 
 import structlog
 
@@ -312,6 +313,30 @@ def known_options(verifier: str, arg: str | None, known: Collection[str]) -> dic
             what = f"option '{key}'" if key else f"bare argument '{found[key]}'"
             raise ConfigError(f"--verifier {verifier} takes no {what}; its options: {names}")
     return found
+
+
+_LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def same_server(url: str) -> str:
+    """``url`` as two verifiers' identities compare it: the scheme and host in lower case,
+    a loopback host (``localhost``, ``127.0.0.1``, ``[::1]``) as one, the scheme's default
+    port left out and no trailing slash. Anything but an http(s) URL (a pool's name) is
+    kept as it is."""
+    try:
+        parts = urlsplit(url.rstrip("/"))
+        port = parts.port
+    except ValueError:
+        return url.rstrip("/")
+    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+    if scheme not in _DEFAULT_PORTS or not host:
+        return url.rstrip("/")
+    host = "127.0.0.1" if host in _LOOPBACK else host
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = host if port in (None, _DEFAULT_PORTS[scheme]) else f"{host}:{port}"
+    return urlunsplit((scheme, netloc, parts.path, parts.query, ""))
 
 
 def cost(price: Price | None, prompt_tokens: int, completion_tokens: int) -> float | None:

@@ -36,6 +36,7 @@ from thinktree.verifiers.base import (
     cost,
     known_options,
     options,
+    same_server,
 )
 
 JUDGE_SYSTEM = "You are a strict and careful grader of answers to exam questions."
@@ -189,7 +190,7 @@ class JudgeEndpoint:
         whether it reads P("Yes") from logprobs or asks for a rating (``score=auto`` is one
         of the two). Two judges of one kind that share it ask the same and score the same."""
         client, caps = await self.ready()
-        server = server_name(client.config).rstrip("/")
+        server = same_server(server_name(client.config))
         # the run's own client has its model once the run looked (a bench's check, not yet)
         model = client.model or await client.resolve_model()
         return server, model, client.config.temperature, self.uses_logprobs(caps)

@@ -38,6 +38,7 @@ from thinktree.verifiers.base import (
     cost,
     known_options,
     options,
+    same_server,
 )
 from thinktree.verifiers.judge import question_block, response_block
 
@@ -145,7 +146,7 @@ class RewardClient:
     def identity(self) -> tuple[object, ...]:
         """What decides the scores, once :meth:`ready` found the model: the server, its
         route, the model and the class read. Two scorers that share it score the same."""
-        return self.root, self.route, self.model, self.label
+        return same_server(self.root), self.route, self.model, self.label
 
     def describe(self) -> str:
         """The scorer's model and server, for a message."""
