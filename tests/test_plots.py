@@ -90,3 +90,27 @@ def test_a_dataset_named_in_a_script_the_font_lacks_warns_nothing(
     path = plots.scaling(Loaded(kind="bench", path=tmp_path, cells=cells), tmp_path / "s.png")
     assert path.stat().st_size > 0
     assert not [w for w in recwarn if "missing from font" in str(w.message)]
+
+
+def test_the_cost_plot_has_a_panel_per_dataset(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Accuracies on two datasets do not compare: each has its panel, with its own cells,
+    and the endpoints' colours and the modes' markers are one legend for all."""
+    cells = [_cell(f"{i}", endpoint, 64, right) for i, (endpoint, right) in enumerate(
+        [("e1", 1), ("e2", 2), ("e1", 3)]
+    )]  # fmt: skip
+    cells[2].dataset = "other"
+    for cell in cells:
+        cell.metrics["prompt_tokens"] = 40
+    loaded = Loaded(kind="bench", path=tmp_path, cells=cells)
+    drawn: list[Any] = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.append(fig) or path)
+    plots.cost(loaded, tmp_path / "cost.png")
+    panels = drawn[0].axes
+    assert [ax.get_title() for ax in panels] == ["d", "other"]
+    points = [[tuple(c.get_offsets()[0]) for c in ax.collections if len(c.get_offsets())]
+              for ax in panels]  # fmt: skip
+    assert [[y for _, y in panel] for panel in points] == [[25.0, 50.0], [75.0]]
+    (legend,) = drawn[0].legends
+    assert [t.get_text() for t in legend.get_texts()] == ["e1 · m", "e2 · m", "budget"]

@@ -251,47 +251,52 @@ def coverage(loaded: Loaded, path: Path) -> Path:
 
 
 def cost(loaded: Loaded, path: Path) -> Path:
-    cells = _baseline(loaded)
-    priced = all(c.cost_per_problem is not None for c in cells)
+    """Accuracy vs cost per problem, a panel per dataset (accuracies on two datasets do
+    not compare), the endpoint as colour and the mode as marker."""
+    cells = [c for c in _baseline(loaded) if c.accuracy is not None]
+    priced = all(c.cost_per_problem is not None for c in _baseline(loaded))
     title = "Accuracy vs cost across endpoints" + ("" if priced else " (no prices: tokens)")
-    fig, axes = _figure(1, title)
-    ax = axes[0]
+    datasets = list(dict.fromkeys(c.dataset for c in _baseline(loaded)))
+    fig, axes = _figure(len(datasets), title)
     endpoints = list(dict.fromkeys(f"{c.endpoint} · {c.model}" for c in cells))
     modes = list(dict.fromkeys(c.mode for c in cells))
     palette = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"]
-    xs: list[float] = []
-    for cell in cells:
-        if cell.accuracy is None:
-            continue
-        where = f"{cell.endpoint} · {cell.model}"
-        x = (
-            1000 * float(cell.cost_per_problem or 0)
+    for ax, dataset in zip(axes, datasets, strict=True):
+        xs: list[float] = []
+        for cell in (c for c in cells if c.dataset == dataset):
+            where = f"{cell.endpoint} · {cell.model}"
+            x = (
+                1000 * float(cell.cost_per_problem or 0)
+                if priced
+                else (cell.metrics["prompt_tokens"] + cell.metrics["completion_tokens"])
+                / max(1, cell.problems_run)
+            )
+            xs.append(x)
+            ax.scatter(
+                [x],
+                [100 * float(cell.accuracy or 0)],
+                color=palette[endpoints.index(where) % len(palette)],
+                marker=_MARKERS[modes.index(cell.mode) % len(_MARKERS)],
+                s=60,
+                edgecolors="black",
+                linewidths=0.5,
+                zorder=3,
+            )
+        _maybe_log(ax, xs)
+        ax.set_xlabel(
+            "cost per 1,000 problems (USD, prices from the config)"
             if priced
-            else (cell.metrics["prompt_tokens"] + cell.metrics["completion_tokens"])
-            / max(1, cell.problems_run)
+            else "tokens per problem (prompt + completion)"
         )
-        xs.append(x)
-        ax.scatter(
-            [x],
-            [100 * cell.accuracy],
-            color=palette[endpoints.index(where) % len(palette)],
-            marker=_MARKERS[modes.index(cell.mode) % len(_MARKERS)],
-            s=60,
-            edgecolors="black",
-            linewidths=0.5,
-            zorder=3,
-        )
-    for i, where in enumerate(endpoints):
-        ax.scatter([], [], color=palette[i % len(palette)], marker="o", label=where)
+        _accuracy_axis(ax)
+        if len(datasets) > 1:
+            ax.set_title(dataset)
+    for i, where in enumerate(endpoints):  # the legend's entries, drawn once
+        axes[0].scatter([], [], color=palette[i % len(palette)], marker="o", label=where)
     for i, mode in enumerate(modes):
-        ax.scatter([], [], color="white", edgecolors="black", marker=_MARKERS[i % 8], label=mode)
-    _maybe_log(ax, xs)
-    ax.set_xlabel(
-        "cost per 1,000 problems (USD, prices from the config)"
-        if priced
-        else "tokens per problem (prompt + completion)"
-    )
-    _accuracy_axis(ax)
+        axes[0].scatter(
+            [], [], color="white", edgecolors="black", marker=_MARKERS[i % 8], label=mode
+        )
     _shared_legend(fig, axes, "colour: endpoint · marker: mode")
     return _save(fig, path)
 
