@@ -17,10 +17,10 @@ from thinktree.orchestrator.store import StoreReader
 from thinktree.orchestrator.trace import read_trace
 from thinktree.problems import AnswerType, Problem
 from thinktree.testing.fake_server import FakeBehaviour, FakeServer, Fault
-from thinktree.tui.app import ThinktreeApp
 from thinktree.tui.render import header
 from thinktree.tui.state import RunView
 from thinktree.tui.subscriber import TuiSubscriber, watch_run
+from tui_pilot import engine_ended
 
 pytestmark = pytest.mark.anyio
 
@@ -42,12 +42,7 @@ async def test_run_watch_shows_exactly_what_the_engine_did(tmp_path: Path) -> No
     seen: dict[str, RunView] = {}
 
     async def look_then_quit(pilot: Pilot[object]) -> None:
-        app = pilot.app
-        assert isinstance(app, ThinktreeApp)
-        await app.source_done.wait()
-        while app.engine_running:
-            await pilot.pause(0.01)
-        app.refresh_view()
+        app = await engine_ended(pilot)
         await pilot.pause()
         assert app.engine_error is None
         assert "problems 4/4" in app.header.plain and "live run" not in app.header.plain

@@ -18,6 +18,7 @@ from thinktree.tui.app import ThinktreeApp
 from thinktree.tui.quit_dialog import QuitLiveRun
 from thinktree.tui.subscriber import TuiSubscriber, WatchQuit, watch_run
 from thinktree.tui.synthetic import synthetic_run
+from tui_pilot import engine_ended
 
 pytestmark = pytest.mark.anyio
 
@@ -266,11 +267,7 @@ async def test_keep_lets_the_run_finish_without_the_view() -> None:
 
 async def test_a_finished_live_run_quits_without_asking() -> None:
     async def quit_when_done(pilot: Pilot[object]) -> None:
-        app = pilot.app
-        assert isinstance(app, ThinktreeApp)
-        await app.source_done.wait()
-        while app.engine_running:
-            await pilot.pause(0.01)
+        await engine_ended(pilot, refresh=False)
         await pilot.press("q")
 
     assert await watch_run(_emit_synthetic, headless=True, auto_pilot=quit_when_done) == "result"
@@ -292,12 +289,7 @@ async def test_a_run_failing_midway_keeps_the_view_open_then_raises() -> None:
         raise RuntimeError("the endpoint went away [bold]unclosed[/")
 
     async def look_then_quit(pilot: Pilot[object]) -> None:
-        app = pilot.app
-        assert isinstance(app, ThinktreeApp)
-        await app.source_done.wait()
-        while app.engine_running:
-            await pilot.pause(0.01)
-        app.refresh_view()
+        app = await engine_ended(pilot)
         assert "run failed: the endpoint went away" in app.header.plain
         assert app.view.done == 1
         await pilot.press("q")
@@ -322,12 +314,7 @@ async def test_a_run_that_cannot_write_its_files_says_why_and_how_to_resume(
         raise RecordingError(full)
 
     async def look_then_quit(pilot: Pilot[object]) -> None:
-        app = pilot.app
-        assert isinstance(app, ThinktreeApp)
-        await app.source_done.wait()
-        while app.engine_running:
-            await pilot.pause(0.01)
-        app.refresh_view()
+        app = await engine_ended(pilot)
         assert "run failed" in app.header.plain and full in app.header.plain
         assert f"resume with: {resume_command(folder)}" in app.header.plain
         await pilot.press("q")
