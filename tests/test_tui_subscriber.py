@@ -267,7 +267,7 @@ async def test_keep_lets_the_run_finish_without_the_view() -> None:
 
 async def test_a_finished_live_run_quits_without_asking() -> None:
     async def quit_when_done(pilot: Pilot[object]) -> None:
-        await engine_ended(pilot, refresh=False)
+        await engine_ended(pilot)
         await pilot.press("q")
 
     assert await watch_run(_emit_synthetic, headless=True, auto_pilot=quit_when_done) == "result"

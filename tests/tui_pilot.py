@@ -7,14 +7,13 @@ from textual.pilot import Pilot
 from thinktree.tui.app import ThinktreeApp
 
 
-async def engine_ended(pilot: Pilot[object], *, refresh: bool = True) -> ThinktreeApp:
-    """The pilot's app once its run's events are all in and its engine has ended; with
-    ``refresh``, its view redrawn from them."""
+async def engine_ended(pilot: Pilot[object]) -> ThinktreeApp:
+    """The pilot's app once its run's events are all in and its engine has ended, its view
+    redrawn from them."""
     app = pilot.app
     assert isinstance(app, ThinktreeApp)
     await app.source_done.wait()
     while app.engine_running:
         await pilot.pause(0.01)
-    if refresh:
-        app.refresh_view()
+    app.refresh_view()
     return app
