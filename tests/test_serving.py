@@ -634,6 +634,61 @@ def test_serve_stops_on_ctrl_c_without_orphans(tmp_path: Path) -> None:
     assert not any(launcher.pid_alive(p) for p in children)
 
 
+# what `thinktree serve` does once its server is up: wait until it is told to stop
+_UNTIL_TERMINATED = """
+import anyio
+from thinktree import cli
+
+anyio.run(cli._until_terminated)
+print("stopped", flush=True)
+"""
+
+
+def _caught_signals(pid: int) -> int:
+    """The signals process ``pid`` has handlers for, as a bit mask (bit n-1: signal n)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(ln for ln in status.splitlines() if ln.startswith("SigCgt:")).split()[1], 16)
+
+
+def _bit(sig: signal.Signals) -> int:
+    return 1 << (int(sig) - 1)
+
+
+@pytest.mark.parametrize("nohup", [False, True], ids=["from-a-terminal", "under-nohup"])
+def test_serve_stops_on_hangup_unless_started_under_nohup(nohup: bool) -> None:
+    """`thinktree serve` stops when its terminal closes (SIGHUP), as a command in it does;
+    started under `nohup` it goes on serving: its handler for SIGHUP used to undo nohup's
+    ignoring the signal, so the server stopped at logout all the same. SIGTERM stops both."""
+
+    def start_as() -> None:  # SIGHUP as nohup leaves it, or as a terminal's command has it
+        signal.signal(signal.SIGHUP, signal.SIG_IGN if nohup else signal.SIG_DFL)
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _UNTIL_TERMINATED],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=start_as,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not _caught_signals(proc.pid) & _bit(signal.SIGTERM):  # it waits for a stop
+            assert proc.poll() is None and time.monotonic() < deadline, "it never waited"
+            time.sleep(0.05)
+        assert bool(_caught_signals(proc.pid) & _bit(signal.SIGHUP)) is not nohup
+        proc.send_signal(signal.SIGHUP)
+        if nohup:
+            time.sleep(0.5)
+            assert proc.poll() is None  # the hangup did not stop it
+            proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0 and out.strip().endswith("stopped"), out
+
+
 def _llamacpp_installed() -> bool:
     from thinktree.serving import llamacpp
 

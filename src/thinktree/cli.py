@@ -1057,10 +1057,14 @@ def serve(
 
 
 async def _until_terminated() -> None:
-    """Return on SIGTERM or SIGHUP (Ctrl-C raises KeyboardInterrupt as usual)."""
+    """Return on SIGTERM, or on SIGHUP (its terminal closed) unless it was started immune
+    to hangups (``nohup``: it goes on serving); Ctrl-C raises KeyboardInterrupt as usual."""
     import signal
 
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP) as signals:
+    stops = [signal.SIGTERM]
+    if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN:  # a handler would undo nohup's
+        stops.append(signal.SIGHUP)
+    with anyio.open_signal_receiver(*stops) as signals:
         async for _ in signals:
             return
 
