@@ -21,6 +21,19 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Children started by the tests take Ctrl-C as a terminal's foreground process does.
+
+    A suite started in the background by a shell without job control (``nohup pytest &``)
+    inherits SIGINT ignored, and every process it starts would inherit that too: the tests
+    that press Ctrl-C on a child (a run, a bench, ``thinktree serve``) would find it deaf
+    and fail, and the session's servers would each wait out their stop before being killed.
+    A handled signal is reset to its default in a child, so handling it here is enough.
+    """
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 @pytest.fixture(scope="session")
 def anyio_backend() -> str:
     return "asyncio"
