@@ -59,7 +59,9 @@ def _verdicts(kind: str, n: int) -> Any:
 
         return [
             Verdict(
-                score=np.float32(i / 4), prompt_tokens=np.int64(3), completion_tokens=np.int32(0)
+                score=np.float32(i / 4),  # type: ignore[arg-type]  # numpy's, on purpose
+                prompt_tokens=np.int64(3),  # type: ignore[arg-type]
+                completion_tokens=np.int32(0),  # type: ignore[arg-type]
             )
             for i in range(n)
         ]

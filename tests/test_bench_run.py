@@ -1415,7 +1415,7 @@ def test_a_bench_folder_of_format_1_resumes_unless_its_cells_are_now_one(tmp_pat
         bench = load_bench_config(config)
         out = tmp_path / f"out-{resumes}"
         out.mkdir()
-        old = {
+        old: dict[str, Any] = {
             "bench_version": 1,
             "thinktree": "0.0.9",
             "grid": bench.grid,

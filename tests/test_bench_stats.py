@@ -56,7 +56,7 @@ def test_bootstrap_ci_covers_the_true_accuracy_about_95_percent_of_the_time() ->
     rng = np.random.default_rng(1)
     truth, trials, hits = 0.7, 400, 0
     for trial in range(trials):
-        sample = rng.random(120) < truth
+        sample = (rng.random(120) < truth).tolist()
         ci = bootstrap_ci(sample, resamples=2000, seed=trial)
         assert ci.low <= ci.estimate <= ci.high
         hits += ci.low <= truth <= ci.high
@@ -67,8 +67,8 @@ def test_bootstrap_ci_covers_the_true_accuracy_about_95_percent_of_the_time() ->
 
 def test_bootstrap_ci_narrows_with_more_problems_and_is_deterministic() -> None:
     rng = np.random.default_rng(2)
-    small = bootstrap_ci(rng.random(20) < 0.5)
-    large = bootstrap_ci(rng.random(2000) < 0.5)
+    small = bootstrap_ci((rng.random(20) < 0.5).tolist())
+    large = bootstrap_ci((rng.random(2000) < 0.5).tolist())
     assert (large.high - large.low) < (small.high - small.low) / 5
     data = [1, 0, 1, 1, 0]
     assert bootstrap_ci(data, seed=3) == bootstrap_ci(data, seed=3)
@@ -82,16 +82,16 @@ def test_paired_bootstrap_false_positive_rate_and_power() -> None:
     rng = np.random.default_rng(4)
     false_positives = 0
     for trial in range(200):
-        a = rng.random(80) < 0.6
-        b = rng.random(80) < 0.6
+        a = (rng.random(80) < 0.6).tolist()
+        b = (rng.random(80) < 0.6).tolist()
         false_positives += paired_bootstrap(a, b, resamples=2000, seed=trial).p_value < 0.05
     assert false_positives / 200 <= 0.10
 
     easy = rng.random(200)
-    a = easy < 0.8  # A is right wherever B is, and more often
-    b = easy < 0.5
-    result = paired_bootstrap(a, b, seed=0)
-    assert result.difference == pytest.approx(a.mean() - b.mean())
+    right_a = (easy < 0.8).tolist()  # A is right wherever B is, and more often
+    right_b = (easy < 0.5).tolist()
+    result = paired_bootstrap(right_a, right_b, seed=0)
+    assert result.difference == pytest.approx(np.mean(right_a) - np.mean(right_b))
     assert result.low > 0 and result.p_value < 0.001
     assert paired_bootstrap([1, 0, 1], [1, 0, 1]).p_value == 1.0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -317,7 +318,7 @@ def test_a_url_with_a_user_or_password_is_refused_without_repeating_it(
     """No request could be sent with them (the key goes as a bearer token, and aiohttp
     refuses both at once), and the URL shows in messages and run.json."""
     monkeypatch.setenv("OPENAI_BASE_URL", url)
-    givens = [
+    givens: list[tuple[str | None, dict[str, Any], str]] = [
         (url, {}, f"endpoint URL {shown!r}"),
         (None, {}, f"OPENAI_BASE_URL {shown!r}"),
         ("gpu", {"endpoints": {"gpu": {"base_url": url}}}, f"endpoint 'gpu': base_url {shown!r}"),

@@ -467,7 +467,7 @@ def test_selecting_from_the_demo_set_checks_as_loading_a_file_does(
     kwargs: dict[str, int], expected: str
 ) -> None:
     with pytest.raises(DatasetError, match=re.escape(expected)):
-        select(load_demo(), **{"limit": None, **kwargs})
+        select(load_demo(), limit=kwargs.get("limit"), offset=kwargs.get("offset", 0))
     assert [p.id for p in select(load_demo(), limit=2, offset=18)] == [
         p.id for p in load_demo()[18:]
     ]

@@ -27,7 +27,7 @@ from openai import AsyncOpenAI
 
 from thinktree import embedded
 from thinktree.embedded import EmbeddedServerError, ServerHandle, embedded_server
-from thinktree.serving import launcher
+from thinktree.serving import launcher, llamacpp
 
 pytestmark = pytest.mark.anyio
 
@@ -287,7 +287,7 @@ def test_the_gguf_chat_template_is_cached_once_per_install(
         return "{{ messages }}", "<s>", "</s>"
 
     monkeypatch.setattr(embedded, "gguf_path", lambda: gguf)
-    monkeypatch.setattr(embedded.llamacpp, "gguf_chat_template", read)
+    monkeypatch.setattr(llamacpp, "gguf_chat_template", read)
     assert embedded._gguf_template() == "{{ messages }}"
     assert embedded._gguf_template() == "{{ messages }}"
     assert len(reads) == 1

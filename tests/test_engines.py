@@ -18,6 +18,7 @@ from typing import Any
 
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from thinktree import embedded
 from thinktree.agents.endpoint import EndpointConfig
@@ -29,7 +30,9 @@ from thinktree.serving.launcher import ServerHandle
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
-ASK = [{"role": "user", "content": "Count from one to ten in words."}]
+ASK: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "Count from one to ten in words."}
+]
 SCHEMA = {
     "type": "object",
     "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}},
@@ -72,27 +75,31 @@ async def reality(url: str) -> dict[str, Any]:
     try:
         many = await client.chat.completions.create(
             model="smollm2", messages=ASK, max_tokens=4, n=3, temperature=1.0
-        )  # type: ignore[call-overload]
+        )
         seen["native_n"] = len(many.choices) == 3
         # the same seed twice, the prompt just asked (a server that caches prompts answers
         # both from its cache, as it does the probe's, asked right after its plain check)
         seeded = [
             await client.chat.completions.create(
                 model="smollm2", messages=ASK, max_tokens=8, temperature=1.0, seed=1234
-            )  # type: ignore[call-overload]
+            )
             for _ in range(2)
         ]
         seen["seed"] = seeded[0].choices[0].message.content == seeded[1].choices[0].message.content
-        prefix = [*ASK, {"role": "assistant", "content": "one two three"}]
+        prefix: list[ChatCompletionMessageParam] = [
+            *ASK,
+            {"role": "assistant", "content": "one two three"},
+        ]
         closed = await client.chat.completions.create(
             model="smollm2", messages=prefix, max_tokens=2
-        )  # type: ignore[call-overload]
+        )
         cont = await client.chat.completions.create(
             model="smollm2",
             messages=prefix,
             max_tokens=2,
             extra_body={"continue_final_message": True, "add_generation_prompt": False},
-        )  # type: ignore[call-overload]
+        )
+        assert cont.usage is not None and closed.usage is not None
         seen["chat_continuation"] = cont.usage.prompt_tokens < closed.usage.prompt_tokens
         stream = await client.chat.completions.create(
             model="smollm2",
@@ -100,7 +107,7 @@ async def reality(url: str) -> dict[str, Any]:
             max_tokens=3,
             stream=True,
             stream_options={"include_usage": True},
-        )  # type: ignore[call-overload]
+        )
         seen["stream_usage"] = any([chunk.usage is not None async for chunk in stream])
         structured = []
         for kind in ("json_schema", "json_object"):

@@ -776,7 +776,8 @@ _BODY_PIECES = [
 ]  # fmt: skip
 
 
-def _scanned_bodies(text: str) -> list[tuple[str, str]]:
+def _scanned_bodies(text: str) -> list[tuple[str, object]]:
+    """(method, body) as :func:`_phrase_bodies` yields them: a body may be its _REJECT."""
     from thinktree import extraction as x
 
     found: dict[int, tuple[int, str]] = {}

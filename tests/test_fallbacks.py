@@ -289,7 +289,7 @@ def test_a_refused_temperature_fails_in_one_line_that_names_the_key_to_set(
     behaviour = FakeBehaviour(reply="It is.\nAnswer: yes", reject=_only_temperature_one)
     with fake_server_in_thread(behaviour) as server:
         table = f'[endpoints.o]\nbase_url = "{server.base_url}"\ncontinuation = "chat"\n'
-        runs = []
+        runs: list[subprocess.CompletedProcess[str]] = []
         for extra in ("", "temperature = 1\n"):
             config.write_text(table + extra)
             out = tmp_path / f"runs{len(runs)}"

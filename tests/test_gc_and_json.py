@@ -106,7 +106,8 @@ def test_an_events_json_line_holds_what_to_dict_holds() -> None:
             endpoint="e",
             model="m",
             problems=1,
-            settings={"n": 4, 7: [1, {"path": Path("/x")}], "none": None},
+            # an int key and a Path, on purpose: what JSON has no type for
+            settings={"n": 4, 7: [1, {"path": Path("/x")}], "none": None},  # type: ignore[dict-item]
         ),
         VoteCast(
             problem_id="p",
@@ -148,7 +149,14 @@ def test_every_event_class_writes_type_then_its_fields_in_order() -> None:
     from thinktree.orchestrator import events as ev
 
     samples: list[ev.Event] = [
-        ev.RunStarted(run_id="r", mode="m", endpoint="e", model="x", problems=1, settings={1: 2}),
+        ev.RunStarted(
+            run_id="r",
+            mode="m",
+            endpoint="e",
+            model="x",
+            problems=1,
+            settings={1: 2},  # type: ignore[dict-item]
+        ),
         ev.ProblemStarted(problem_id="p", node_id="p", question="q é", gold=None, options={}),
         ev.NodeStarted(
             node_id="p/b", problem_id="p", parent_id="p", kind=ev.NodeKind.BRANCH, label="b"

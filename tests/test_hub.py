@@ -46,7 +46,7 @@ MEDMCQA = {
     "subject_name": "Anatomy",
     "topic_name": "Urinary tract",
 }
-MEDBULLETS = {
+MEDBULLETS: dict[str, Any] = {
     "idx": "17",
     "question": "A 45-year-old man presents with chest pain. What is the next step?",
     "options": {"A": "ECG", "B": "CT", "C": "Troponin", "D": "Aspirin", "E": None},

@@ -6,13 +6,13 @@ Retry-After) to a request arriving while its limit of requests is already in fli
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import anyio
 import pytest
 
 from choice_set import beta_problems
-from thinktree.agents import limiter as limiter_module
 from thinktree.agents.endpoint import EndpointConfig
 from thinktree.agents.limiter import AdaptiveLimiter
 from thinktree.agents.modes import ModeSettings
@@ -26,7 +26,7 @@ async def test_429s_halve_the_limit_once_a_round_trip_and_answers_grow_it_back(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     now = [100.0]
-    monkeypatch.setattr(limiter_module.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(time, "monotonic", lambda: now[0])  # the clock the limiter reads
     limiter = AdaptiveLimiter(16)
     for _ in range(10):  # calls sent at the same time, refused together: one signal
         limiter.rate_limited(sent_at=99.0)

@@ -35,7 +35,7 @@ def _run(
     """``thinktree run`` of 24 problems x 16 samples, every one a request of its own, all
     at once, against an endpoint allowed ``CONNECTIONS`` connections."""
     data = tmp_path / "d.jsonl"
-    line = {"question": "Which letter?", "answer_type": "choice", "answer": "B"}
+    line: dict[str, object] = {"question": "Which letter?", "answer_type": "choice", "answer": "B"}
     line["options"] = {"A": "a", "B": "b"}
     data.write_text("".join(json.dumps({**line, "id": f"q{i}"}) + "\n" for i in range(24)))
     (tmp_path / "thinktree.toml").write_text(

@@ -7,26 +7,23 @@ import pytest
 from thinktree.bench.perturb import perturb, wrong_answer
 from thinktree.errors import ConfigError
 from thinktree.grading import grade
-from thinktree.problems import Problem
+from thinktree.problems import AnswerType, Problem
 
+DRUGS = {"A": "aspirin", "B": "heparin", "C": "warfarin", "D": "statin"}
 CHOICE = Problem(
-    id="c1",
-    question="Which drug?",
-    answer_type="choice",
-    options={"A": "aspirin", "B": "heparin", "C": "warfarin", "D": "statin"},
-    answer="C",
+    id="c1", question="Which drug?", answer_type=AnswerType.CHOICE, options=DRUGS, answer="C"
 )
-YESNO = Problem(id="y1", question="Does it work?", answer_type="yesno", answer="maybe")
-NUMERIC = Problem(id="n1", question="What dose?", answer_type="numeric", answer="12.5")
+YESNO = Problem(id="y1", question="Does it work?", answer_type=AnswerType.YESNO, answer="maybe")
+NUMERIC = Problem(id="n1", question="What dose?", answer_type=AnswerType.NUMERIC, answer="12.5")
 FREE = Problem(id="f1", question="Name it.", answer="fever")
 
 
 def test_misleading_and_expert_hints_name_a_wrong_answer_stably() -> None:
     (misled,) = perturb([CHOICE], "misleading")
     hinted = misled.meta["hinted"]
-    assert hinted in CHOICE.options and hinted != "C"
+    assert hinted in DRUGS and hinted != "C"
     assert misled.question.startswith("Which drug?\n\n")
-    assert f"believes the answer is {hinted}. {CHOICE.options[hinted]}" in misled.question
+    assert f"believes the answer is {hinted}. {DRUGS[hinted]}" in misled.question
     assert misled.answer == "C" and misled.options == CHOICE.options and misled.id == "c1"
     assert perturb([CHOICE], "misleading") == [misled]  # the same every time
     (expert,) = perturb([CHOICE], "expert-hint")
@@ -48,8 +45,8 @@ def test_shuffle_moves_the_gold_with_its_text() -> None:
     moved = 0
     for before, after in zip(problems, shuffled, strict=True):
         assert list(after.options or {}) == ["A", "B", "C", "D"]
-        assert sorted((after.options or {}).values()) == sorted(CHOICE.options.values())
-        assert after.options[after.answer or ""] == "warfarin"
+        assert sorted((after.options or {}).values()) == sorted(DRUGS.values())
+        assert (after.options or {})[after.answer or ""] == "warfarin"
         assert after.options != before.options
         moved += after.answer != "C"
     assert moved >= 10  # the gold letter really moves

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -9,6 +10,16 @@ import pytest
 
 from thinktree.bench import plots
 from thinktree.bench.results import CellResult, Loaded, ProblemOutcome
+
+
+def _saved_into(drawn: list[Any]) -> Callable[[Any, Path], Path]:
+    """A stand-in for the plots' save: each figure is kept in ``drawn``, not drawn."""
+
+    def save(fig: Any, path: Path) -> Path:
+        drawn.append(fig)
+        return path
+
+    return save
 
 
 def _cell(name: str, endpoint: str, budget: int, right: int) -> CellResult:
@@ -43,7 +54,7 @@ def test_lines_of_one_mode_on_two_endpoints_are_drawn_apart(
     ]
     loaded = Loaded(kind="bench", path=tmp_path, cells=cells)
     drawn: list[Any] = []
-    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.append(fig) or path)
+    monkeypatch.setattr(plots, "_save", _saved_into(drawn))
     plots.scaling(loaded, tmp_path / "scaling.png")
     lines = [line for line in drawn[0].axes[0].get_lines() if line.get_linestyle() != "None"]
     assert len(lines) == 2
@@ -69,7 +80,7 @@ def test_the_steps_plot_draws_each_cell_of_two_steps_or_more(
     cells[1].metrics["accuracy_by_step"] = [0.5]  # one step: nothing to draw
     loaded = Loaded(kind="bench", path=tmp_path, cells=cells)
     drawn: list[Any] = []
-    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.append(fig) or path)
+    monkeypatch.setattr(plots, "_save", _saved_into(drawn))
     assert plots.steps(loaded, tmp_path / "steps.png") == tmp_path / "steps.png"
     (line,) = drawn[0].axes[0].get_lines()
     assert list(line.get_xdata()) == [1, 2, 3] and list(line.get_ydata()) == [25, 50, 75]
@@ -105,7 +116,7 @@ def test_the_cost_plot_has_a_panel_per_dataset(
         cell.metrics["prompt_tokens"] = 40
     loaded = Loaded(kind="bench", path=tmp_path, cells=cells)
     drawn: list[Any] = []
-    monkeypatch.setattr(plots, "_save", lambda fig, path: drawn.append(fig) or path)
+    monkeypatch.setattr(plots, "_save", _saved_into(drawn))
     plots.cost(loaded, tmp_path / "cost.png")
     panels = drawn[0].axes
     assert [ax.get_title() for ax in panels] == ["d", "other"]

@@ -91,7 +91,8 @@ def bench(tmp_path: Path) -> Path:
     folder = tmp_path / "bench"
     folder.mkdir()
     reason = "the pilot's two samples disagree: hard"
-    cells = {
+    # name -> (options, the problems right, tokens, decisions)
+    cells: dict[str, tuple[dict[str, Any], set[int], int, Any]] = {
         "001_a": ({"mode": "budget", "budget": 64, "perturbation": "none"}, {0, 1}, 30, None),
         "002_b": (
             {"mode": "budget", "budget": 128, "perturbation": "none"},

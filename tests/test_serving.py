@@ -766,7 +766,7 @@ async def test_the_embedded_model_under_another_name_is_served_under_that_name(
         embedded_calls.append(kwargs)
         yield ServerHandle("http://127.0.0.1:1/v1", embedded.EMBEDDED_MODEL, None, True, None)
 
-    monkeypatch.setattr(commands.launcher, "launch", launch)
+    monkeypatch.setattr(launcher, "launch", launch)  # as the commands module calls it
     monkeypatch.setattr(embedded, "embedded_server", embedded_server)
 
     async with commands.serve_until_stopped(ServeRequest(engine=engine, served_name="x")) as s:

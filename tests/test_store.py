@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -95,7 +96,9 @@ def node(nid: str, parent: str, kind: NodeKind, at: float, pid: str = "p1") -> N
     )
 
 
-def done(nid: str, at: float, call: str | None, prompt: int, completion: int, **kw: object):
+def done(
+    nid: str, at: float, call: str | None, prompt: int, completion: int, **kw: Any
+) -> NodeFinished:
     return NodeFinished(
         at=at,
         node_id=nid,
@@ -103,9 +106,9 @@ def done(nid: str, at: float, call: str | None, prompt: int, completion: int, **
         finish_reason=str(kw.get("finish_reason", "length")),
         prompt_tokens=prompt,
         completion_tokens=completion,
-        answer=kw.get("answer"),  # type: ignore[arg-type]
-        extraction=kw.get("extraction"),  # type: ignore[arg-type]
-        latency_s=float(kw.get("latency_s", 0.5)),  # type: ignore[arg-type]
+        answer=kw.get("answer"),
+        extraction=kw.get("extraction"),
+        latency_s=float(kw.get("latency_s", 0.5)),
         call_id=call,
     )
 
@@ -240,7 +243,7 @@ async def test_a_run_lands_in_the_tables(store: RunStore, db_path: Path) -> None
     assert run == ("20250101-000000-abcdef", "hybrid", "embedded", "toy-1", 2, "completed", 1, 3.7)
     (settings,) = query(db_path, "SELECT settings FROM run")[0]
     assert json.loads(str(settings))["max_tokens"] == 256
-    assert dict(query(db_path, "SELECT key, value FROM meta")) == {
+    assert {row[0]: row[1] for row in query(db_path, "SELECT key, value FROM meta")} == {
         "schema_version": str(SCHEMA_VERSION),
         "thinktree_version": "0.1.0",
     }
@@ -294,11 +297,11 @@ async def test_a_run_lands_in_the_tables(store: RunStore, db_path: Path) -> None
         ("call-3", "p1", ["p1/b0/answer"], 220, 8, 0.2),
     ]
 
-    (vote,) = query(
+    (vote_row,) = query(
         db_path, "SELECT problem_id, node_id, rule, answer, winner_node, counts FROM votes"
     )
-    assert vote[:5] == ("p1", "p1", "shortest-majority", "4", "p1/b0/answer")
-    assert json.loads(str(vote[5])) == {"4": 1, "secret": 1}  # counts are data, kept
+    assert vote_row[:5] == ("p1", "p1", "shortest-majority", "4", "p1/b0/answer")
+    assert json.loads(str(vote_row[5])) == {"4": 1, "secret": 1}  # counts are data, kept
 
     stored = query(db_path, "SELECT id, type, at, payload FROM events ORDER BY id")
     expected = logged(events)
@@ -730,8 +733,8 @@ def test_a_full_disk_at_creation_leaves_nothing(
 ) -> None:
     real = sqlite3.connect
 
-    def full(*args: object, **kwargs: object) -> sqlite3.Connection:
-        conn = real(*args, **kwargs)  # type: ignore[arg-type]
+    def full(*args: Any, **kwargs: Any) -> sqlite3.Connection:
+        conn: sqlite3.Connection = real(*args, **kwargs)
         conn.execute("PRAGMA max_page_count = 1")  # SQLite's own "disk is full"
         return conn
 
@@ -799,7 +802,8 @@ async def test_list_runs_mixes_good_and_bad_folders(tmp_path: Path) -> None:
     assert (cut_run.problems_done, cut_run.problems_total) == (0, 5)
     for name in ("c-garbage", "d-foreign", "e-newer"):
         assert runs[name].status == "unreadable"
-        assert runs[name].error and "\n" not in runs[name].error
+        error = runs[name].error
+        assert error and "\n" not in error
     assert list_runs(tmp_path / "no-such-root") == []
     # a run folder given itself (`thinktree runs runs/ID`) is that run; it said "no runs"
     (alone,) = list_runs(root / "a-done")

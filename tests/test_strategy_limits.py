@@ -18,7 +18,7 @@ from thinktree.agents.modes import ModeSettings
 from thinktree.errors import RecordingError
 from thinktree.orchestrator.run import RunSettings, execute
 from thinktree.pricing import Price
-from thinktree.problems import Problem
+from thinktree.problems import AnswerType, Problem
 from thinktree.testing.fake_server import DEFAULT_REPLY, FakeBehaviour, FakeServer
 
 pytestmark = pytest.mark.anyio
@@ -626,7 +626,9 @@ async def test_a_forced_answer_cut_inside_its_number_is_read_from_before_the_cut
     tmp_path: Path,
 ) -> None:
     """The answer's token cap ends "X = 1.25" at "X = 1": the whole 1.2 stated before stands."""
-    problem = Problem(id="calc", question="Compute X.", answer_type="numeric", answer="1.2")
+    problem = Problem(
+        id="calc", question="Compute X.", answer_type=AnswerType.NUMERIC, answer="1.2"
+    )
 
     def reply(body: dict[str, Any], index: int) -> str:
         if "Final Answer:" in _last_assistant(body):  # the forced answer: cut at 10 words
@@ -648,7 +650,7 @@ async def test_a_step_that_adds_nothing_keeps_the_answer_its_message_stands_on(
     problem = Problem(
         id="drug",
         question="Which drug?",
-        answer_type="choice",
+        answer_type=AnswerType.CHOICE,
         options={"A": "Aspirin", "B": "Heparin"},
         answer="B",
     )
@@ -671,7 +673,9 @@ async def test_a_wait_cut_inside_its_number_leaves_the_answer_stated_before(
     """Below --min-thinking, "Wait" goes on to its cap, which ends "The answer is X = 1.25"
     at "1.25"; the forced answer states none, so the message's answer stands: 1.2, stated
     before the cut, not the number the cap may have cut short."""
-    problem = Problem(id="calc", question="Compute X.", answer_type="numeric", answer="1.2")
+    problem = Problem(
+        id="calc", question="Compute X.", answer_type=AnswerType.NUMERIC, answer="1.2"
+    )
 
     def reply(body: dict[str, Any], index: int) -> str:
         prefix = _last_assistant(body)

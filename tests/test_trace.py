@@ -10,7 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from thinktree.orchestrator.events import NodeDelta, NodeKind, NodeStarted, RunFinished
+from thinktree.orchestrator.events import (
+    NodeDelta,
+    NodeFinished,
+    NodeKind,
+    NodeStarted,
+    RunFinished,
+)
 from thinktree.orchestrator.trace import (
     EVENT_TYPES,
     TraceDecoder,
@@ -214,7 +220,8 @@ def test_an_event_whose_fields_have_the_wrong_type_is_a_broken_line(
         "prompt_tokens": 3,
         "completion_tokens": 2,
     }
-    assert event_from_dict({**finished, "prompt_tokens": 3.0}).prompt_tokens == 3  # a number
+    read = event_from_dict({**finished, "prompt_tokens": 3.0})
+    assert isinstance(read, NodeFinished) and read.prompt_tokens == 3  # a number
     with pytest.raises(ValueError, match=re.escape(says)):
         event_from_dict({**finished, **change})
     decoder = TraceDecoder("t.jsonl")

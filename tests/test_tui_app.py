@@ -33,6 +33,7 @@ from thinktree.orchestrator.events import (
     RunStarted,
     VoteCast,
 )
+from thinktree.orchestrator.tree import ProblemTree
 from thinktree.tui.app import KEYS_SETTLE_S, ThinktreeApp
 from thinktree.tui.quit_dialog import QuitLiveRun
 from thinktree.tui.sources import FollowSource, LiveSource, ReplaySource, source_for
@@ -47,6 +48,12 @@ NASTY = "[bold red]not bold[/] \x1b[2J\x1b]0;pwned\x07 :smile: [link=http://x]y[
 def replay(tmp_path: Path, *args: int, **kwargs: object) -> ThinktreeApp:
     trace = write_trace(synthetic_run(*args, **kwargs), tmp_path / "trace.jsonl")  # type: ignore[arg-type]
     return ThinktreeApp(ReplaySource(trace), refresh_hz=0.001)
+
+
+def focused(app: ThinktreeApp) -> Widget | None:
+    """The widget with the focus now (read through a call: an attribute read would keep,
+    for the type checker, what an earlier assert found, past the keys that move it)."""
+    return app.focused
 
 
 async def settle(app: ThinktreeApp, pilot: Pilot[None], events: int | None = None) -> None:
@@ -92,10 +99,12 @@ async def test_keys_typed_fast_build_only_the_tree_they_stop_on(tmp_path: Path) 
         await settle(app, pilot)
         shown: list[str | None] = []
         build = app.problem_tree.show
-        app.problem_tree.show = lambda problem: (  # type: ignore[method-assign]
-            shown.append(None if problem is None else problem.problem_id),
-            build(problem),
-        )[-1]
+
+        def show(problem: ProblemTree | None) -> None:
+            shown.append(None if problem is None else problem.problem_id)
+            build(problem)
+
+        app.problem_tree.show = show  # type: ignore[method-assign]
         app.clock = lambda: 1000.0  # however slowly the test machine delivers them
         await pilot.press("j", "j", "j", "j")
         assert app.problem_list.highlighted == "p5"
@@ -148,7 +157,7 @@ async def test_tree_opens_nodes_and_expands_and_collapses(tmp_path: Path) -> Non
         await settle(app, pilot)
         await pilot.press("enter")  # open the problem: focus moves to its tree
         tree = app.problem_tree
-        assert app.focused is tree
+        assert focused(app) is tree
         branches = list(tree.root.children)
         assert len(branches) == 3 and all(b.is_expanded for b in branches)
         await pilot.press("c")
@@ -162,10 +171,10 @@ async def test_tree_opens_nodes_and_expands_and_collapses(tmp_path: Path) -> Non
         await pilot.press("k", "c")  # collapse just branch 1
         assert not branches[0].is_expanded and branches[1].is_expanded
         await pilot.press("e", "j", "enter")
-        assert app.focused is app.detail
+        assert focused(app) is app.detail
         assert app.detail.node_id == "p1/b1/think"
         await pilot.press("escape")
-        assert app.focused is tree
+        assert focused(app) is tree
 
 
 LONG_ID = "arithmetic-word-problem-0001-with-a-long-identifier"
@@ -461,7 +470,8 @@ async def test_streamed_text_shows_on_the_next_redraw_not_per_token() -> None:
         app.refresh_view()
         await pilot.pause()
         assert "tok0 tok1 " in app.detail.text and "tok199" in app.detail.text
-        assert "streaming" in str(app.problem_tree.item(started.node_id).label)
+        item = app.problem_tree.item(started.node_id)
+        assert item is not None and "streaming" in str(item.label)
 
 
 async def test_model_text_is_shown_literally(tmp_path: Path) -> None:
@@ -908,23 +918,25 @@ async def test_esc_goes_back_from_the_tree_to_the_problem_list(tmp_path: Path) -
         await pilot.press("j")
         await pilot.pause(KEYS_SETTLE_S * 2)
         await pilot.press("enter")
-        assert app.focused is app.problem_tree
+        assert focused(app) is app.problem_tree
         await pilot.pause()
         assert "Back" in screen_text(app)  # the footer says esc goes back
         await pilot.press("escape")
-        assert app.focused is app.problem_list
+        assert focused(app) is app.problem_list
         assert app.selected_problem == "p2"  # back where the user was
         await pilot.press("enter", "j", "enter", "escape", "escape")  # detail → tree → list
-        assert app.focused is app.problem_list
+        assert focused(app) is app.problem_list
 
 
 async def test_a_running_problems_detail_opens_at_its_top(tmp_path: Path) -> None:
     events = synthetic_run(2, 2, running=1)
     long = "A 45-year-old presents with a long history. " * 60 + "Which is most likely?"
-    at = next(
-        i for i, e in enumerate(events) if isinstance(e, ProblemStarted) and e.problem_id == "p2"
+    at, started = next(
+        (i, e)
+        for i, e in enumerate(events)
+        if isinstance(e, ProblemStarted) and e.problem_id == "p2"
     )
-    events[at] = dataclasses.replace(events[at], question=long)
+    events[at] = dataclasses.replace(started, question=long)
     trace = write_trace(events, tmp_path / "trace.jsonl")
     app = ThinktreeApp(ReplaySource(trace), refresh_hz=0.001)
     async with app.run_test(size=(120, 24)) as pilot:
@@ -954,16 +966,16 @@ async def test_a_narrow_terminal_shows_one_pane_at_a_time(tmp_path: Path) -> Non
 
         assert shown() == [app.problem_list] and app.problem_list.region.width == 40
         await pilot.press("enter")
-        assert shown() == [app.problem_tree] and app.focused is app.problem_tree
+        assert shown() == [app.problem_tree] and focused(app) is app.problem_tree
         await pilot.press("j", "enter")
-        assert shown() == [app.detail] and app.focused is app.detail
+        assert shown() == [app.detail] and focused(app) is app.detail
         assert app.detail.region.width == 40
         lines = [line for line in screen_text(app).splitlines() if line.strip()]
         assert lines  # text reads across the width, not a letter a line
         await pilot.press("escape")
         assert shown() == [app.problem_tree]
         await pilot.press("escape")
-        assert shown() == [app.problem_list] and app.focused is app.problem_list
+        assert shown() == [app.problem_list] and focused(app) is app.problem_list
         await pilot.resize_terminal(120, 40)
         await pilot.pause()
         assert shown() == list(panes)  # wide again: side by side
@@ -986,7 +998,7 @@ async def test_a_narrow_terminals_keys_act_on_the_pane_shown(tmp_path: Path) -> 
         def footer_keys() -> set[str]:
             return {key for key, active in app.screen.active_bindings.items() if active.enabled}
 
-        assert app.focused is app.problem_list
+        assert focused(app) is app.problem_list
         assert enabled() == {"filter": True, "expand": False, "collapse": False}
         assert "3" in footer_keys() and "e" not in footer_keys()
         await pilot.press("enter")  # into the tree: the list is hidden
@@ -996,7 +1008,7 @@ async def test_a_narrow_terminals_keys_act_on_the_pane_shown(tmp_path: Path) -> 
         await pilot.press("3")
         assert app.filter == "all"  # the hidden list was not filtered
         await pilot.press("escape", "f")  # from the list: following shows the newest text
-        assert app.follow and app.detail.display and app.focused is app.detail
+        assert app.follow and app.detail.display and focused(app) is app.detail
         await pilot.resize_terminal(120, 40)  # wide: every pane shown, every key on
         await pilot.pause()
         assert enabled() == {"filter": True, "expand": True, "collapse": True}
@@ -1007,8 +1019,9 @@ async def test_a_problem_shown_before_its_text_was_laid_out_still_opens_at_its_t
     app = ThinktreeApp(LiveSource(receive), refresh_hz=0.001)
     events = synthetic_run(1, 2, running=1)
     long = "A 45-year-old presents with a long history. " * 60 + "Which is most likely?"
-    events[1] = dataclasses.replace(events[1], question=long)
-    assert isinstance(events[1], ProblemStarted)
+    started = events[1]
+    assert isinstance(started, ProblemStarted)
+    events[1] = dataclasses.replace(started, question=long)
     async with app.run_test(size=(80, 24)) as pilot:
         await feed(send, events[:2])
         await settle(app, pilot, 2)  # shown at once, before the pane has laid the text out
@@ -1080,6 +1093,7 @@ async def test_a_broken_line_stops_the_view_after_what_came_before_it(
             if node.status is NodeStatus.RUNNING
         ]
     if follow:
+        assert isinstance(source, FollowSource)
         assert source.status == "stopped reading" and not source.interrupted
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import anyio
 import anyio.lowlevel
 import pytest
+from anyio.streams.memory import MemoryObjectReceiveStream
 from textual.pilot import Pilot
 from textual.widgets import Static
 
@@ -23,7 +24,7 @@ from tui_pilot import engine_ended
 pytestmark = pytest.mark.anyio
 
 
-def _drain(receive: anyio.abc.ObjectReceiveStream[Event]) -> list[Event]:
+def _drain(receive: MemoryObjectReceiveStream[Event]) -> list[Event]:
     out: list[Event] = []
     while True:
         try:

@@ -269,7 +269,7 @@ async def test_a_plain_def_verify_that_blocks_fails_its_verdicts_in_time(tmp_pat
         "later, so this one could not start; give it a longer timeout_s (None: no limit)"
     )
     errors = sorted(  # the verdicts of each problem fail alike
-        error
+        str(error)
         for tree in result.trees
         for error in {v.error for v in tree.of_kind(NodeKind.VERDICT)}
     )

@@ -13,6 +13,7 @@ import re
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -650,7 +651,10 @@ FOUR = PROBLEM.model_copy(update={"options": {"A": "alpha", "B": "beta", "C": "g
 SAMPLES = ["Surely A. Answer: A", "Surely B. Answer: B", "Maybe C. Answer: C", "Maybe D. Answer: D"]
 
 
-def _preferring(order: str, samples: int, second: str = "2") -> Any:
+Reply = Callable[[dict[str, Any], int], str]  # a fake server's reply to a request
+
+
+def _preferring(order: str, samples: int, second: str = "2") -> Reply:
     """Solver replies A, B, C… by choice index; the judge prefers answers in ``order``,
     saying "1" or ``second``."""
 
@@ -773,7 +777,7 @@ async def _pairwise_four(server: FakeServer, tmp_path: Path, samples: int = 3) -
     return await execute([FOUR], endpoint, settings)
 
 
-def _unreadable_for(answer: str, samples: int) -> Any:
+def _unreadable_for(answer: str, samples: int) -> Reply:
     """As ``_preferring("BCDA", samples)``, but a match with ``answer`` gets "neither"."""
 
     def reply(body: dict[str, Any], index: int) -> str:
