@@ -622,6 +622,8 @@ def test_serve_stops_on_ctrl_c_without_orphans(tmp_path: Path) -> None:
     assert proc.stdout is not None
     line = proc.stdout.readline()
     assert line.startswith("serving "), line + proc.stdout.read()
+    # started with no terminal: Ctrl-C cannot reach it, and it says what does
+    assert line.rstrip().endswith(f"stop it with: kill {proc.pid}"), line
     children = _group_members(proc.pid)
     assert len(children) >= 2  # thinktree and its server
     os.killpg(proc.pid, signal.SIGINT)
@@ -687,6 +689,59 @@ def test_serve_stops_on_hangup_unless_started_under_nohup(nohup: bool) -> None:
             proc.kill()
             proc.wait()
     assert proc.returncode == 0 and out.strip().endswith("stopped"), out
+
+
+# what `thinktree serve` says stops it, asked of a process placed as argv[1] says
+_HOW_TO_STOP = """
+import os, pty, signal, sys
+from pathlib import Path
+
+case, out = sys.argv[1], sys.argv[2]
+
+
+def report():
+    from thinktree import cli
+
+    Path(out).write_text(cli._how_to_stop())
+
+
+if case == "no-terminal":  # started in a session of its own: no terminal at all
+    report()
+    sys.exit(0)
+pid, master = pty.fork()
+if pid == 0:  # a session of its own with the pty as its terminal, in its foreground
+    if case == "ctrl-c-ignored":  # as a shell without job control starts `cmd &`
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if case == "background":  # a process group of its own: `cmd &` in an interactive shell
+        child = os.fork()
+        if child:
+            os.waitpid(child, 0)
+            os._exit(0)
+        os.setpgid(0, 0)
+    report()
+    os._exit(0)
+os.waitpid(pid, 0)
+os.close(master)
+"""
+
+
+@pytest.mark.parametrize("case", ["foreground", "background", "ctrl-c-ignored", "no-terminal"])
+def test_serve_says_ctrl_c_stops_it_only_where_ctrl_c_reaches_it(case: str, tmp_path: Path) -> None:
+    """In a terminal's foreground Ctrl-C stops `serve`; started in the background, with
+    Ctrl-C ignored, or with no terminal, it cannot: it said "Ctrl-C to stop" all the same,
+    and now names the signal that does."""
+    out = tmp_path / "said"
+    subprocess.run(
+        [sys.executable, "-c", _HOW_TO_STOP, case, str(out)],
+        check=True,
+        timeout=60,
+        start_new_session=case == "no-terminal",
+    )
+    said = out.read_text()
+    if case == "foreground":
+        assert said == "Ctrl-C to stop"
+    else:
+        assert said.startswith("stop it with: kill ") and int(said.split()[-1]) > 1, said
 
 
 def _llamacpp_installed() -> bool:

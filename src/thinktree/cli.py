@@ -1039,8 +1039,7 @@ def serve(
                     where += f"; from other machines: {printable(server.remote_url)}"
             out.print(
                 f"serving [bold]{printable(server.model)}[/] with {request.engine} at "
-                f"{where}{took}; log: {printable(str(server.log_path))}; "
-                "Ctrl-C to stop",
+                f"{where}{took}; log: {printable(str(server.log_path))}; {_how_to_stop()}",
                 soft_wrap=True,
                 highlight=False,
             )
@@ -1054,6 +1053,30 @@ def serve(
             err.print("stopped")
             raise typer.Exit(0) from None
         raise
+
+
+def _how_to_stop() -> str:
+    """How the user stops ``serve``: Ctrl-C where it reaches it (run in the foreground of a
+    terminal, Ctrl-C not ignored); else the signal that does (started with ``&``, under
+    ``nohup``, or with no terminal at all)."""
+    if signal.getsignal(signal.SIGINT) != signal.SIG_IGN and _in_terminal_foreground():
+        return "Ctrl-C to stop"
+    return f"stop it with: kill {os.getpid()}"
+
+
+def _in_terminal_foreground() -> bool:
+    """Whether this process is in the foreground of its controlling terminal (where the
+    terminal's Ctrl-C goes); False with no terminal."""
+    try:
+        fd = os.open("/dev/tty", os.O_RDONLY | os.O_NOCTTY)
+    except OSError:
+        return False
+    try:
+        return os.tcgetpgrp(fd) == os.getpgrp()
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 async def _until_terminated() -> None:
