@@ -253,6 +253,18 @@ CASES: list[tuple[str, str, str | None, str | None]] = [
     ("medqa", "Answer:\n\nC", "C", "answer-label"),
     ("medqa", "**Answer: C**", "C", "answer-label"),
     ("medqa", "The correct option is B.", "B", "correct-option"),
+    # the option phrases as labels ("Correct option: D"), as an answer label is written
+    ("medmcqa", "Correct option: D", "D", "correct-option"),
+    (
+        "medmcqa",
+        "Upper lip is short.\n**Correct Option:** (D) Hypotonic upper lip",
+        "D",
+        "correct-option",
+    ),
+    ("medqa", "Selected choice: C", "C", "correct-option"),
+    ("medqa", "The chosen option: Factor IX", "C", "correct-option"),
+    ("medqa", "Correct option: E", None, None),  # no such option: nothing else is read
+    ("medqa", "The correct option: it depends on the mixing study.", None, None),
     ("medqa", "$\\boxed{\\text{(C) Factor IX}}$", "C", "boxed"),
     ("medqa", "Answer: The most likely option is (C)", "C", "correct-option"),
     ("medqa", "Weighing everything, my choice is option C.", "C", "correct-option"),
@@ -671,7 +683,7 @@ _PHRASE_PIECES = [
     "question", "B", "(C)", "not", ".", ",", " ", " ", "  ", "\n", "\t", "\x1c",
     "option", "Option", "choice", "CHOICE", "response", "selection", "select", "choose", "pick",
     "go", "with", "go with", "I", "i", "my", "My", "would", "will", "appropriate", "adoption",
-    "D", "one", "was", "is the correct answer", " D is the right one",
+    "D", "one", "was", "is the correct answer", " D is the right one", "selected", "chosen",
 ]  # fmt: skip
 _UNICODE_PIECES = [
     "anſwer", "beſt", "li\u212aely", "İ", "ı", "ß", "：", "\u00a0", "\u2003", "é", "\u0301",

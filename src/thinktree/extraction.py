@@ -7,8 +7,8 @@ Rules are tried in priority order, and each rule reads the LAST of its occurrenc
    answer is X", a "Final Answer" heading with X below it), ``answer-label`` ("Answer: X"),
    ``answer-is`` ("the (correct) answer is X", "the answer is not A, it is B", "the
    correct answer, X, ...") and
-   ``correct-option`` ("the correct option is X", "my choice is X", "I would choose X",
-   "option X is the correct answer").
+   ``correct-option`` ("the correct option is X", "Correct option: X", "my choice is X",
+   "I would choose X", "option X is the correct answer").
    A choice answer is read as a leading letter ("(B) ...", "B.", "B"), a leading option text,
    the only "(X)"/"option X" in the phrase, or the only option text it contains.
 3. Fallbacks by answer type: ``bare-letter`` (a letter alone on a line near the end, or
@@ -113,8 +113,10 @@ _FINAL_HEADING = re.compile(
     r"^[ \t>#*_]*(?:the\s+)?final\s+answer[ \t*_]*$", re.IGNORECASE | re.MULTILINE
 )
 _CORRECT_OPTION = re.compile(
-    r"\b(?:(?:correct|right|best|most\s+appropriate|most\s+likely)\s+(?:option|choice|response)"
-    rf"\s+{_IS}|my\s+(?:final\s+)?(?:choice|selection)\s+{_IS}"
+    r"\b(?:(?:correct|right|best|most\s+appropriate|most\s+likely|selected|chosen)\s+"
+    # "the correct option is X", or as a label: "Correct option: X", "Selected choice: (X)"
+    rf"(?:option|choice|response)(?:\s+{_IS}|[*_]*\s*[:：])"
+    rf"|my\s+(?:final\s+)?(?:choice|selection)\s+{_IS}"
     r"|I\s+(?:would\s+|will\s+)?(?:choose|select|pick|go\s+with)\b)",
     re.IGNORECASE,
 )
