@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import math
+from dataclasses import astuple
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from thinktree.bench.report import accuracy_ci
+from thinktree.bench.results import CellResult, ProblemOutcome
 from thinktree.bench.stats import (
     bootstrap_ci,
     mcnemar,
     mcnemar_counts,
     paired_bootstrap,
     sign_flip_p,
+    unanimous_ci,
 )
 
 
@@ -76,6 +81,63 @@ def test_bootstrap_ci_narrows_with_more_problems_and_is_deterministic() -> None:
     assert bootstrap_ci([1, 1, 1]).low == 1.0
     with pytest.raises(ValueError, match="no values"):
         bootstrap_ci([])
+
+
+def test_unanimous_ci_is_the_exact_binomial_interval() -> None:
+    # Clopper-Pearson: 20 of 20 right gives [83.16 %, 100 %], 0 of 4 gives [0, 60.24 %]
+    all_right = unanimous_ci(20, True)
+    assert (all_right.estimate, all_right.high, all_right.confidence) == (1.0, 1.0, 0.95)
+    assert all_right.low == pytest.approx(0.8316, abs=5e-5)
+    assert all_right.low**20 == pytest.approx(0.025)  # all 20 right at its bound: 2.5 %
+    none_right = unanimous_ci(4, False)
+    assert (none_right.estimate, none_right.low) == (0.0, 0.0)
+    assert none_right.high == pytest.approx(0.6024, abs=5e-5)
+    assert unanimous_ci(200, True).low > unanimous_ci(20, True).low  # more problems, narrower
+    with pytest.raises(ValueError, match="no problems"):
+        unanimous_ci(0, True)
+    with pytest.raises(ValueError, match="confidence"):
+        unanimous_ci(5, True, confidence=1.0)
+
+
+def _cell(outcomes: list[bool]) -> CellResult:
+    problems = [
+        ProblemOutcome(f"q{i}", right, right, True, 10, 10) for i, right in enumerate(outcomes)
+    ]
+    return CellResult(
+        name="cell",
+        folder=Path("unused"),
+        dataset="d",
+        options={},
+        mode="budget",
+        model="m",
+        endpoint="e",
+        settings={},
+        metrics={"accuracy": sum(outcomes) / len(outcomes), "completion_tokens": 10},
+        problems=problems,
+        tokens_allowed_per_problem=64,
+    )
+
+
+def test_a_reports_accuracy_interval_covers_a_high_accuracy_on_few_problems() -> None:
+    """At 95 % on 20 problems, about a third of cells get every problem right: a bootstrap
+    interval is then [100-100] and misses the truth, and its coverage falls to about two
+    thirds; the report's interval is the exact one there."""
+    rng = np.random.default_rng(5)
+    truth, trials, hits, unanimous = 0.95, 300, 0, 0
+    for trial in range(trials):
+        outcomes = (rng.random(20) < truth).tolist()
+        found = accuracy_ci(_cell(outcomes), seed=trial)
+        assert found is not None
+        estimate, low, high = found
+        assert low <= estimate <= high
+        hits += low <= truth <= high
+        unanimous += all(outcomes)
+    assert 70 <= unanimous <= 150  # the case is common (0.95**20: 36 %)
+    assert hits / trials >= 0.9, hits / trials
+    assert accuracy_ci(_cell([False] * 4)) == pytest.approx((0.0, 0.0, 0.6024), abs=5e-5)
+    assert accuracy_ci(_cell([True, False, True])) == pytest.approx(
+        astuple(bootstrap_ci([1, 0, 1]))[:3]
+    )
 
 
 def test_paired_bootstrap_false_positive_rate_and_power() -> None:

@@ -2,7 +2,8 @@
 
 :func:`build` turns loaded cells into a :class:`Report` (sections of text, tables and
 plots); :mod:`thinktree.bench.render` writes it as Markdown, HTML or terminal tables.
-Accuracy intervals are percentile bootstraps over problems; "A beats B" comes from
+Accuracy intervals are percentile bootstraps over problems (exact binomial ones for a
+cell whose problems all went one way); "A beats B" comes from
 McNemar's test on the problems both were graded on, the difference's interval from a
 paired bootstrap.
 """
@@ -19,7 +20,7 @@ from typing import Any
 from thinktree.agents.modes import unread
 from thinktree.bench.grid import field_name, flag_name, show
 from thinktree.bench.results import CellResult, Loaded
-from thinktree.bench.stats import bootstrap_ci, mcnemar, paired_bootstrap
+from thinktree.bench.stats import bootstrap_ci, mcnemar, paired_bootstrap, unanimous_ci
 from thinktree.orchestrator.run import MAY_CHANGE, RunSettings
 
 #: Options that set how much compute a cell spends (they vary along a scaling curve).
@@ -90,10 +91,16 @@ def _values(dataset: str, options: dict[str, Any], keys: Sequence[str]) -> str:
 
 
 def accuracy_ci(cell: CellResult, seed: int = 0) -> tuple[float, float, float] | None:
+    """A cell's accuracy and its 95 % interval (None: no problem graded): a percentile
+    bootstrap over problems, or, where they all went one way, the exact binomial one (see
+    :func:`~thinktree.bench.stats.unanimous_ci`)."""
     graded = [bool(p.correct) for p in cell.graded]
     if not graded:
         return None
-    ci = bootstrap_ci(graded, seed=seed)
+    if all(graded) or not any(graded):
+        ci = unanimous_ci(len(graded), graded[0])
+    else:
+        ci = bootstrap_ci(graded, seed=seed)
     return ci.estimate, ci.low, ci.high
 
 
@@ -153,7 +160,9 @@ def cells_table(loaded: Loaded, keys: Sequence[str]) -> Table:
             ]
         )
     note = (
-        "Accuracy intervals: percentile bootstrap over problems (10,000 resamples). "
+        "Accuracy intervals: percentile bootstrap over problems (10,000 resamples); a cell "
+        "whose problems all went one way (all right, or all wrong) gives resampling nothing "
+        "to vary, and has the exact binomial (Clopper–Pearson) interval instead. "
         "Tokens are totals over the cell's problems; tok/problem is mean completion tokens "
         "per problem that ran (a stopped cell's problems its limit left unrun are left out); "
         "utilisation is completion tokens over the tokens the mode allowed."

@@ -1,6 +1,8 @@
 """Statistics for comparing runs on the same problems.
 
 - :func:`bootstrap_ci`: a percentile bootstrap interval for a mean over problems.
+- :func:`unanimous_ci`: the exact binomial interval for an accuracy of all or none, where
+  resampling has nothing to vary.
 - :func:`paired_bootstrap`: the difference of two means on the same problems, resampling
   problems (pairs stay together), with an interval and a two-sided p-value.
 - :func:`mcnemar`: McNemar's test on paired right/wrong outcomes: the exact binomial test
@@ -83,6 +85,23 @@ def bootstrap_ci(
     tail = (1 - confidence) / 2
     low, high = np.quantile(means, [tail, 1 - tail])
     return Interval(float(data.mean()), float(low), float(high), confidence)
+
+
+def unanimous_ci(problems: int, right: bool, *, confidence: float = 0.95) -> Interval:
+    """The exact binomial (Clopper–Pearson) interval for ``problems`` all right (``right``)
+    or all wrong.
+
+    Resampling problems that all went one way gives them back the same way every time, so
+    a bootstrap's interval is the one point, as though the accuracy were known exactly:
+    20 of 20 right reads [100–100] where the exact interval is [83–100].
+    """
+    _check_confidence(confidence)
+    if problems <= 0:
+        raise ValueError("no problems to bound")
+    bound = ((1 - confidence) / 2) ** (1 / problems)
+    if right:
+        return Interval(1.0, bound, 1.0, confidence)
+    return Interval(0.0, 0.0, 1 - bound, confidence)
 
 
 def paired_bootstrap(
