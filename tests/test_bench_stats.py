@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from thinktree.bench.report import accuracy_ci
+from thinktree.bench.report import accuracy_ci, paired
 from thinktree.bench.results import CellResult, ProblemOutcome
 from thinktree.bench.stats import (
     bootstrap_ci,
@@ -138,6 +138,21 @@ def test_a_reports_accuracy_interval_covers_a_high_accuracy_on_few_problems() ->
     assert accuracy_ci(_cell([True, False, True])) == pytest.approx(
         astuple(bootstrap_ci([1, 0, 1]))[:3]
     )
+
+
+def test_a_reports_difference_of_cells_that_went_alike_on_every_problem_is_not_zero_wide() -> None:
+    """Where A and B went the same way on every problem a bootstrap's interval is [0, 0],
+    as though they were known to be equal; the report's bounds the share that could differ."""
+    same = paired(_cell([True, True, False]), _cell([True, True, False]), "mode")
+    assert same is not None
+    assert (same.diff, same.mcnemar_p) == (0.0, 1.0)
+    assert (same.low, same.high) == pytest.approx((-0.7076, 0.7076), abs=5e-5)  # 1 - 0.025^(1/3)
+    many = paired(_cell([True] * 60 + [False] * 40), _cell([True] * 60 + [False] * 40), "mode")
+    assert many is not None and 0 < many.high < same.high
+    a, b = [True, True, False, True], [True, False, False, False]
+    differ = paired(_cell(a), _cell(b), "mode")
+    boot = paired_bootstrap(a, b)
+    assert differ is not None and (differ.low, differ.high) == (boot.low, boot.high)
 
 
 def test_paired_bootstrap_false_positive_rate_and_power() -> None:

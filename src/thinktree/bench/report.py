@@ -223,6 +223,9 @@ def paired(a: CellResult, b: CellResult, key: str, seed: int = 0) -> Paired | No
     ys = [y for _, y in pairs]
     test = mcnemar(xs, ys)
     boot = paired_bootstrap(xs, ys, seed=seed)
+    low, high = boot.low, boot.high
+    if xs == ys:  # no problem went otherwise: resampling has nothing to vary (accuracy_ci)
+        low, high = _unanimous_difference(len(pairs))
     return Paired(
         a=a,
         b=b,
@@ -231,11 +234,19 @@ def paired(a: CellResult, b: CellResult, key: str, seed: int = 0) -> Paired | No
         acc_a=sum(xs) / len(xs),
         acc_b=sum(ys) / len(ys),
         diff=boot.difference,
-        low=boot.low,
-        high=boot.high,
+        low=low,
+        high=high,
         mcnemar_p=test.p_value,
         mcnemar_method=test.method,
     )
+
+
+def _unanimous_difference(problems: int) -> tuple[float, float]:
+    """The interval of A − B where the two went the same way on every one of ``problems``:
+    ± the exact binomial bound on the share of problems on which they could differ (the
+    difference is never larger than that share), not a bootstrap's [0, 0]."""
+    bound = unanimous_ci(problems, False).high
+    return -bound, bound
 
 
 def _differs_in_one(a: CellResult, b: CellResult) -> str | None:
@@ -312,7 +323,9 @@ def comparisons_table(found: list[Paired], keys: Sequence[str]) -> Table:
         rows,
         note="Each pair: two cells that differ in one option, on the same problems. "
         "McNemar: exact binomial test below 25 discordant problems, else chi-square "
-        "with continuity correction. The interval: a paired bootstrap over problems.",
+        "with continuity correction. The interval: a paired bootstrap over problems; where "
+        "no problem went otherwise in A than in B, ± the exact binomial bound on the share "
+        "of problems on which they could.",
     )
 
 
@@ -465,6 +478,7 @@ def robustness_section(loaded: Loaded, keys: Sequence[str]) -> Section | None:
                 ]
                 for base, cell, p in found
             ],
+            note="Δ's interval: a paired bootstrap over problems, as in the paired comparisons.",
         )
     )
     groups: dict[tuple[str, str], list[tuple[CellResult, Paired]]] = {}
