@@ -125,3 +125,31 @@ def test_the_cost_plot_has_a_panel_per_dataset(
     assert [[y for _, y in panel] for panel in points] == [[25.0, 50.0], [75.0]]
     (legend,) = drawn[0].legends
     assert [t.get_text() for t in legend.get_texts()] == ["e1 · m", "e2 · m", "budget"]
+
+
+def test_lines_whose_points_fall_on_one_another_are_named_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Parallel and adaptive that spent alike and scored alike: the mark drawn last hid the
+    other's, and the panel showed one line of two with nothing to say so."""
+    import dataclasses
+
+    def of_mode(cell: CellResult, mode: str) -> CellResult:
+        return dataclasses.replace(cell, mode=mode, options={**cell.options, "mode": mode})
+
+    cells = [
+        _cell("0", "e", 64, 1),
+        of_mode(_cell("1", "e", 256, 3), "parallel"),
+        of_mode(_cell("2", "e", 256, 3), "adaptive"),
+        of_mode(_cell("3", "e", 256, 1), "hybrid"),  # the same tokens, another accuracy
+    ]
+    drawn: list[Any] = []
+    monkeypatch.setattr(plots, "_save", _saved_into(drawn))
+    plots.scaling(Loaded(kind="bench", path=tmp_path, cells=cells), tmp_path / "s.png")
+    (ax,) = drawn[0].axes
+    (named,) = ax.texts
+    assert named.get_text() == "parallel / adaptive"
+    assert named.xy == (128.0, 75.0)
+    drawn.clear()
+    plots.scaling(Loaded(kind="bench", path=tmp_path, cells=cells[:2]), tmp_path / "s.png")
+    assert not drawn[0].axes[0].texts

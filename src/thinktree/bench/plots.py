@@ -146,6 +146,7 @@ def scaling(loaded: Loaded, path: Path) -> Path:
     for ax, dataset in zip(axes, datasets, strict=True):
         cells = [c for c in _baseline(loaded) if c.dataset == dataset and c.accuracy is not None]
         of_mode: dict[str, int] = {}  # lines of one mode (other endpoints, …) so far
+        points: list[tuple[float, float, str]] = []  # every line's, in the order drawn
         for name, group in _lines(cells, keys).items():
             k = of_mode[group[0].mode] = of_mode.get(group[0].mode, -1) + 1
             group.sort(key=lambda c: c.tokens_per_problem)
@@ -164,12 +165,50 @@ def scaling(loaded: Loaded, path: Path) -> Path:
                 color=colour(group[0].mode),
                 label=name,
             )
+            points.extend((x, y, name) for x, y in zip(xs, ys, strict=True))
         _maybe_log(ax, [c.tokens_per_problem for c in cells])
         ax.set_xlabel("completion tokens per problem (mean)")
         _accuracy_axis(ax)
+        _name_shared_points(ax, points)
         ax.set_title(dataset)
-    _shared_legend(fig, axes, "mode (error bars: 95 % bootstrap CI over problems)")
+    _shared_legend(fig, axes, "mode (error bars: 95 % CI over problems)")
     return _save(fig, path)
+
+
+# How near two points are drawn on one another: about a marker's width, as a share of
+# the panel's width and height.
+_ONE_POINT = 0.018
+
+
+def _name_shared_points(ax: Axes, points: Sequence[tuple[float, float, str]]) -> None:
+    """Name the lines whose points fall on one another's (parallel and adaptive that spent
+    alike): each mark drawn hides the one under it, and a line would be missing from the
+    panel with only its legend entry to show for it."""
+    if len(points) < 2:
+        return
+    ax.autoscale_view()  # the limits the panel is drawn with, to place its points
+    places = ax.transLimits.transform(ax.transScale.transform([(x, y) for x, y, _ in points]))
+    spots: list[tuple[float, float, float, float, dict[str, None]]] = []
+    for (x, y, name), (fx, fy) in zip(points, places, strict=True):
+        for spot in spots:
+            if abs(spot[2] - fx) < _ONE_POINT and abs(spot[3] - fy) < _ONE_POINT:
+                spot[4][name] = None
+                break
+        else:
+            spots.append((x, y, fx, fy, {name: None}))
+    for x, y, fx, fy, names in spots:
+        if len(names) > 1:  # beside the point, on the side of the panel with room
+            left, low = fx > 0.5, fy > 0.9
+            ax.annotate(
+                " / ".join(names),
+                (x, y),
+                xytext=(-5 if left else 5, -5 if low else 5),
+                textcoords="offset points",
+                ha="right" if left else "left",
+                va="top" if low else "bottom",
+                fontsize=7.5,
+                color="0.25",
+            )
 
 
 def budget(loaded: Loaded, path: Path) -> Path:
