@@ -108,6 +108,14 @@ PROBLEMS = {
 
 # (problem, model output, expected answer or None, expected method or None)
 CASES: list[tuple[str, str, str | None, str | None]] = [
+    # --- a letter and another option's text: two answers, and which it means it does not say
+    ("medqa", "The PTT is prolonged.\n\nThe correct answer is A. Factor XII.", None, None),
+    ("medqa", "Answer: A. Factor VIII", None, None),  # A is Factor VII: VIII is B's
+    ("medqa", "Answer: (C) Factor VII", None, None),
+    ("medqa", "Answer: A. Factor VII deficiency", "A", "answer-label"),  # its own, and more
+    ("medqa", "Answer: B, Factor VIII", "B", "answer-label"),
+    ("medmcqa", "Class II division 1 has a short lip.\nD. Hypertonic Lower Lip", None, None),
+    ("medbullets", "The most accurate test:\nD. Rectal suction biopsy", "D", "bare-letter"),
     # --- multiple choice, 4 options (MedQA) ---
     (
         "medqa",

@@ -19,8 +19,9 @@ Rules are tried in priority order, and each rule reads the LAST of its occurrenc
 
 Nothing is guessed. An occurrence that says nothing readable ("the answer is not clear") is
 skipped for the one before it; an occurrence that clearly names something invalid (a letter that
-is not an option, an ambiguous number such as ``3-4``, two different bare letters, a list of
-options under the last phrase) ends the search with None. When the text has a ``</think>``
+is not an option, a letter followed by another option's text ("A. Guanine" where Guanine
+is B), an ambiguous number such as ``3-4``, two different bare letters, a list of options
+under the last phrase) ends the search with None. When the text has a ``</think>``
 block, the part after it is read first.
 """
 
@@ -198,6 +199,7 @@ _ITEM_MARKER = re.compile(r"[ \t*_]*(?:\(([A-Z]|\d{1,3})\)|([A-Z]|\d{1,3})[.)])[
 _LINE_DECORATION = re.compile(r"^(?:[\s>#*_]|-(?=\s))+|[\s*_]+$")
 _TAIL_LINES = 3
 _MIN_CONTAINED_OPTION = 4
+_AFTER_LETTER = " \t.:;,-–—()[]"  # what may stand between a letter and its option's text
 
 # --- yes / no / maybe ----------------------------------------------------------------------
 
@@ -651,7 +653,27 @@ def _letter_in(body: str, options: dict[str, str]) -> _Reading:
     if _SECOND_LETTER.match(body, match.end()):
         return None
     letter = match[1].upper()
-    return letter if letter in options else _REJECT
+    if letter not in options or _names_another(body[match.end() :], letter, options):
+        return _REJECT
+    return letter
+
+
+def _names_another(rest: str, letter: str, options: dict[str, str]) -> bool:
+    """Whether ``rest``, what follows an option's letter, starts with another option's text
+    and not its own: "A. Guanine" where Guanine is B says two answers, and which one it
+    means it does not say."""
+    text = _normalise(rest.lstrip(_AFTER_LETTER))
+    if not text or _starts_with_phrase(text, _normalise(options[letter])):
+        return False
+    for other, option in options.items():
+        norm = _normalise(option)
+        if (
+            other != letter
+            and len(norm) >= _MIN_CONTAINED_OPTION
+            and _starts_with_phrase(text, norm)
+        ):
+            return True
+    return False
 
 
 def _spaced_letter(body: str, options: dict[str, str]) -> re.Match[str] | None:
@@ -750,10 +772,15 @@ def _choice_fallback(text: str, problem: Problem) -> Extraction | _Verdict | Non
         if (m := _OWN_LINE_LETTER.fullmatch(line) or _CONCLUDED_LETTER.fullmatch(line))
         and not _continues_list(tail, i, m[1])
     }
-    line_start = {m[1] or m[2] for line in tail if (m := _LINE_START_LETTER.match(line))}
-    for letters in (own_line & options.keys(), line_start & options.keys()):
+    line_start = {  # each letter with what follows it on its (last) line
+        m[1] or m[2]: line[m.end() :] for line in tail if (m := _LINE_START_LETTER.match(line))
+    }
+    for letters in (own_line & options.keys(), line_start.keys() & options.keys()):
         if len(letters) == 1:
-            return Extraction(letters.pop(), "bare-letter")
+            letter = letters.pop()
+            if _names_another(line_start.get(letter, ""), letter, options):
+                return _REJECT  # "D. Fibula" where Fibula is C
+            return Extraction(letter, "bare-letter")
         if letters:
             return _REJECT
     if not tail or _LIST_ITEM.match(tail[-1]):  # a list's item names no answer: "2. Methadone"
