@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import astuple
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from cell_results import cell_result
 from thinktree.bench.report import accuracy_ci, paired
-from thinktree.bench.results import CellResult, ProblemOutcome
 from thinktree.bench.stats import (
     bootstrap_ci,
     mcnemar,
@@ -99,25 +98,6 @@ def test_unanimous_ci_is_the_exact_binomial_interval() -> None:
         unanimous_ci(5, True, confidence=1.0)
 
 
-def _cell(outcomes: list[bool]) -> CellResult:
-    problems = [
-        ProblemOutcome(f"q{i}", right, right, True, 10, 10) for i, right in enumerate(outcomes)
-    ]
-    return CellResult(
-        name="cell",
-        folder=Path("unused"),
-        dataset="d",
-        options={},
-        mode="budget",
-        model="m",
-        endpoint="e",
-        settings={},
-        metrics={"accuracy": sum(outcomes) / len(outcomes), "completion_tokens": 10},
-        problems=problems,
-        tokens_allowed_per_problem=64,
-    )
-
-
 def test_a_reports_accuracy_interval_covers_a_high_accuracy_on_few_problems() -> None:
     """At 95 % on 20 problems, about a third of cells get every problem right: a bootstrap
     interval is then [100-100] and misses the truth, and its coverage falls to about two
@@ -126,7 +106,7 @@ def test_a_reports_accuracy_interval_covers_a_high_accuracy_on_few_problems() ->
     truth, trials, hits, unanimous = 0.95, 300, 0, 0
     for trial in range(trials):
         outcomes = (rng.random(20) < truth).tolist()
-        found = accuracy_ci(_cell(outcomes), seed=trial)
+        found = accuracy_ci(cell_result(outcomes), seed=trial)
         assert found is not None
         estimate, low, high = found
         assert low <= estimate <= high
@@ -134,8 +114,8 @@ def test_a_reports_accuracy_interval_covers_a_high_accuracy_on_few_problems() ->
         unanimous += all(outcomes)
     assert 70 <= unanimous <= 150  # the case is common (0.95**20: 36 %)
     assert hits / trials >= 0.9, hits / trials
-    assert accuracy_ci(_cell([False] * 4)) == pytest.approx((0.0, 0.0, 0.6024), abs=5e-5)
-    assert accuracy_ci(_cell([True, False, True])) == pytest.approx(
+    assert accuracy_ci(cell_result([False] * 4)) == pytest.approx((0.0, 0.0, 0.6024), abs=5e-5)
+    assert accuracy_ci(cell_result([True, False, True])) == pytest.approx(
         astuple(bootstrap_ci([1, 0, 1]))[:3]
     )
 
@@ -143,14 +123,16 @@ def test_a_reports_accuracy_interval_covers_a_high_accuracy_on_few_problems() ->
 def test_a_reports_difference_of_cells_that_went_alike_on_every_problem_is_not_zero_wide() -> None:
     """Where A and B went the same way on every problem a bootstrap's interval is [0, 0],
     as though they were known to be equal; the report's bounds the share that could differ."""
-    same = paired(_cell([True, True, False]), _cell([True, True, False]), "mode")
+    same = paired(cell_result([True, True, False]), cell_result([True, True, False]), "mode")
     assert same is not None
     assert (same.diff, same.mcnemar_p) == (0.0, 1.0)
     assert (same.low, same.high) == pytest.approx((-0.7076, 0.7076), abs=5e-5)  # 1 - 0.025^(1/3)
-    many = paired(_cell([True] * 60 + [False] * 40), _cell([True] * 60 + [False] * 40), "mode")
+    many = paired(
+        cell_result([True] * 60 + [False] * 40), cell_result([True] * 60 + [False] * 40), "mode"
+    )
     assert many is not None and 0 < many.high < same.high
     a, b = [True, True, False, True], [True, False, False, False]
-    differ = paired(_cell(a), _cell(b), "mode")
+    differ = paired(cell_result(a), cell_result(b), "mode")
     boot = paired_bootstrap(a, b)
     assert differ is not None and (differ.low, differ.high) == (boot.low, boot.high)
 

@@ -4,35 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from thinktree.bench.results import CellResult, Loaded, ProblemOutcome
+from cell_results import cell_result
+from thinktree.bench.results import CellResult, Loaded
 from thinktree.bench.termplot import scaling_curve
 
 
-def cell(mode: str, accuracy: float, completion_tokens: int, problems: int = 4) -> CellResult:
-    outcomes = [
-        ProblemOutcome(
-            id=f"q{i}",
-            correct=i < accuracy * problems,
-            covered=True,
-            answered=True,
-            prompt_tokens=10,
-            completion_tokens=completion_tokens // problems,
-        )
-        for i in range(problems)
-    ]
-    return CellResult(
-        name=f"{mode}-{completion_tokens}",
-        folder=Path("unused"),
-        dataset="medqa",
-        options={"mode": mode},
-        mode=mode,
-        model="m",
-        endpoint="e",
-        settings={},
-        metrics={"accuracy": accuracy, "completion_tokens": completion_tokens},
-        problems=outcomes,
-        tokens_allowed_per_problem=256,
-    )
+def cell(mode: str, accuracy: float, completion_tokens: int) -> CellResult:
+    """A cell of four problems, ``accuracy`` of them right."""
+    outcomes = [i < accuracy * 4 for i in range(4)]
+    return cell_result(outcomes, mode=mode, completion_tokens=completion_tokens, dataset="medqa")
 
 
 def plot_rows(text: str) -> list[str]:
