@@ -95,7 +95,16 @@ INFECTION = Problem(  # real options of the kind MedXpertQA and MedQA carry
     answer="B",
 )
 
+ANTIPLATELET = Problem(  # one option's text starts another's, as in many real sets
+    id="antiplatelet-1",
+    question="Which regimen is most appropriate after this patient's stent placement?",
+    answer_type=AnswerType.CHOICE,
+    options={"A": "Aspirin", "B": "Aspirin and clopidogrel", "C": "Warfarin", "D": "Heparin"},
+    answer="B",
+)
+
 PROBLEMS = {
+    "antiplatelet": ANTIPLATELET,
     "infection": INFECTION,
     "medqa": MEDQA,
     "medmcqa": MEDMCQA,
@@ -116,6 +125,9 @@ CASES: list[tuple[str, str, str | None, str | None]] = [
     ("medqa", "Answer: B, Factor VIII", "B", "answer-label"),
     ("medmcqa", "Class II division 1 has a short lip.\nD. Hypertonic Lower Lip", None, None),
     ("medbullets", "The most accurate test:\nD. Rectal suction biopsy", "D", "bare-letter"),
+    ("antiplatelet", "Answer: B. Aspirin plus clopidogrel", "B", "answer-label"),  # B, reworded
+    ("antiplatelet", "Answer: C. Aspirin", None, None),
+    ("antiplatelet", "Answer: A. Aspirin and clopidogrel", "A", "answer-label"),  # starts its own
     # --- multiple choice, 4 options (MedQA) ---
     (
         "medqa",

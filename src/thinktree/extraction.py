@@ -661,9 +661,12 @@ def _letter_in(body: str, options: dict[str, str]) -> _Reading:
 def _names_another(rest: str, letter: str, options: dict[str, str]) -> bool:
     """Whether ``rest``, what follows an option's letter, starts with another option's text
     and not its own: "A. Guanine" where Guanine is B says two answers, and which one it
-    means it does not say."""
+    means it does not say. Another option whose text starts its own does not count: "B.
+    Aspirin plus clopidogrel" where B is "Aspirin and clopidogrel" and A "Aspirin" is B
+    said in other words."""
     text = _normalise(rest.lstrip(_AFTER_LETTER))
-    if not text or _starts_with_phrase(text, _normalise(options[letter])):
+    own = _normalise(options[letter])
+    if not text or _starts_with_phrase(text, own):
         return False
     for other, option in options.items():
         norm = _normalise(option)
@@ -671,6 +674,7 @@ def _names_another(rest: str, letter: str, options: dict[str, str]) -> bool:
             other != letter
             and len(norm) >= _MIN_CONTAINED_OPTION
             and _starts_with_phrase(text, norm)
+            and not _starts_with_phrase(own, norm)
         ):
             return True
     return False
