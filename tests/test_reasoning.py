@@ -19,6 +19,7 @@ import pytest
 
 from thinktree.agents.endpoint import EndpointConfig
 from thinktree.agents.modes import ModeSettings
+from thinktree.agents.prompts import FORCE_ANSWER_CUE
 from thinktree.datasets import load_demo
 from thinktree.orchestrator.events import NodeKind, NodeStatus
 from thinktree.orchestrator.run import RunResult, RunSettings, execute
@@ -56,7 +57,7 @@ def _thinking_template_endpoint(base_url: str, **kw: str) -> EndpointConfig:
 
 
 def _answers_when_forced(body: dict[str, object], index: int) -> str:
-    forced = str(body.get("prompt", "")).endswith("Final Answer:")
+    forced = str(body.get("prompt", "")).endswith(FORCE_ANSWER_CUE)
     return " B" if forced else DEFAULT_REPLY
 
 
@@ -80,7 +81,7 @@ async def test_client_side_forcing_closes_with_the_models_own_marker(tmp_path: P
     # the thinking started inside the template's <think>; the forced answer closes it
     think_prompt, forced_prompt = bodies[-2]["prompt"], bodies[-1]["prompt"]
     assert think_prompt.endswith("<|im_start|>assistant\n<think>\n")
-    assert forced_prompt == think_prompt + think.text + "\n</think>\n\nFinal Answer:"
+    assert forced_prompt == think_prompt + think.text + "\n</think>" + FORCE_ANSWER_CUE
     assert forced_prompt.count("</think>") == 1
     assert tree.answer == "B"
 
@@ -110,7 +111,7 @@ async def test_a_model_that_does_not_think_apart_gets_the_answer_cue(tmp_path: P
         last = server.bodies[-1]
     assert result.capabilities.thinking_budget == "cue"
     assert result.capabilities.think_end == ""
-    assert last["messages"][-1]["content"].endswith("\n\nFinal Answer:")
+    assert last["messages"][-1]["content"].endswith(FORCE_ANSWER_CUE)
     assert "</think>" not in last["messages"][-1]["content"]
 
 

@@ -24,6 +24,7 @@ from thinktree._files import folder_lock
 from thinktree.agents.capabilities import Capabilities
 from thinktree.agents.endpoint import EndpointConfig
 from thinktree.agents.modes import ModeSettings
+from thinktree.agents.prompts import FORCE_ANSWER_CUE
 from thinktree.errors import ConfigError
 from thinktree.orchestrator.call_cache import SqliteCallCache
 from thinktree.orchestrator.run import RunSettings, execute, load_resume
@@ -161,7 +162,7 @@ async def test_after_a_failed_wait_the_answer_is_forced_after_the_thinking(
     def reply(body: dict[str, Any], index: int) -> str:
         last = body["messages"][-1]
         asked.append(last["content"] if last["role"] == "assistant" else "")
-        return " B" if asked[-1].endswith("Final Answer:") else "Let me think about it."
+        return " B" if asked[-1].endswith(FORCE_ANSWER_CUE) else "Let me think about it."
 
     behaviour = FakeBehaviour(reply=reply, reject=wait.reject, reject_status=500)
     async with FakeServer(behaviour) as server:
@@ -175,7 +176,7 @@ async def test_after_a_failed_wait_the_answer_is_forced_after_the_thinking(
     (tree,) = result.trees
     assert tree.answer == "B" and tree.vote is not None
     assert tree.vote.winner_node == "q0/answer"
-    assert asked == ["", "Let me think about it.\n\nFinal Answer:"]
+    assert asked == ["", "Let me think about it." + FORCE_ANSWER_CUE]
     assert [n.id for n in result.failed_calls()] == ["q0/wait1"]
 
 

@@ -15,6 +15,7 @@ import pytest
 from choice_set import case_problems
 from thinktree.agents.endpoint import EndpointConfig
 from thinktree.agents.modes import ModeSettings
+from thinktree.agents.prompts import FORCE_ANSWER_CUE
 from thinktree.errors import RecordingError
 from thinktree.orchestrator.run import RunSettings, execute
 from thinktree.pricing import Price
@@ -75,7 +76,7 @@ async def test_a_wait_the_model_answers_with_nothing_ends_the_extending(
             sent.append(prefix)
         if prefix.rstrip().endswith("Wait"):
             return ""
-        if prefix.endswith("Final Answer:"):
+        if prefix.endswith(FORCE_ANSWER_CUE):
             return " B"
         return "Let me think. Answer: B" if states_answer else "Let me think about it."
 
@@ -89,7 +90,7 @@ async def test_a_wait_the_model_answers_with_nothing_ends_the_extending(
     assert ("q0/answer" in nodes) is not states_answer
     assert len(sent) == (2 if states_answer else 3)
     if not states_answer:  # the answer is forced after the thinking, not after "Wait"
-        assert sent[-1] == "Let me think about it.\n\nFinal Answer:"
+        assert sent[-1] == "Let me think about it." + FORCE_ANSWER_CUE
 
 
 PRICES = {"fake-model": Price(prompt_per_m=0.0, completion_per_m=1000.0)}  # 12 tokens: $0.012
@@ -631,7 +632,7 @@ async def test_a_forced_answer_cut_inside_its_number_is_read_from_before_the_cut
     )
 
     def reply(body: dict[str, Any], index: int) -> str:
-        if "Final Answer:" in _last_assistant(body):  # the forced answer: cut at 10 words
+        if FORCE_ANSWER_CUE in _last_assistant(body):  # the forced answer: cut at 10 words
             return "The answer is X = 1.2 so X = 1.25 indeed"
         return "thinking " * 40  # past the thinking budget
 
@@ -679,7 +680,7 @@ async def test_a_wait_cut_inside_its_number_leaves_the_answer_stated_before(
 
     def reply(body: dict[str, Any], index: int) -> str:
         prefix = _last_assistant(body)
-        if prefix.endswith("Final Answer:"):
+        if prefix.endswith(FORCE_ANSWER_CUE):
             return " unclear"
         if prefix.endswith("Wait"):  # 10 words of it are left: cut right after "1.25"
             return " a b c d The answer is X = 1.25 more"

@@ -10,7 +10,15 @@ SYSTEM_PROMPT = (
 
 WAIT_CUE = "\n\nWait."
 EXTEND_CUE = "\nWait"
-FORCE_ANSWER_CUE = "\n\nFinal Answer:"
+# The answer forced at the end of the thinking is a sentence the model completes. After a
+# bare "Final Answer:" heading the embedded model ended its message at once in half of the
+# forced answers (53 of 106, on 160 problems of the six sample sets); after this sentence
+# it ended none at once and 69 of the 106 stated an answer, against 30.
+FORCE_ANSWER_CUE = "\n\nThe final answer is"
+# What an answer asked for in a turn of its own (where the endpoint cannot continue an
+# assistant message) is read under, and what a constrained answer follows: there the
+# model cannot end before its answer.
+ANSWER_HEADING = "Final Answer:"
 REVISION_PROMPT = (
     "Re-check your reasoning above step by step. If you find a mistake, correct it. "
     "Then give your final answer on its own line as 'Answer: ...'."

@@ -27,6 +27,7 @@ from thinktree.agents.endpoint import (
     Message,
     counting_cut_offs,
 )
+from thinktree.agents.prompts import ANSWER_HEADING
 from thinktree.agents.structured import AnswerFormat, Constraint, validate
 from thinktree.errors import (
     BudgetExhausted,
@@ -233,7 +234,9 @@ class Solver:
         req.budget.commit(grant, spent.text(0, choice.completion_tokens, choice))
         text = _with_thinking(choice, self.caps)
         _apply(branch, mode, messages, prefix, req, text)
-        event, seg = self._finished(branch, req, result, choice, text, result.prompt_tokens)
+        event, seg = self._finished(
+            branch, req, result, choice, text, result.prompt_tokens, continued=mode != "revision"
+        )
         await self.bus.emit(event)
         return seg
 
@@ -461,7 +464,9 @@ class Solver:
             text = _with_thinking(choice, caps)
             _apply(own, mode, messages, prefix, r, text)
             prompt_tokens = result.prompt_tokens if i == 0 else 0
-            event, seg = self._finished(own, r, result, choice, text, prompt_tokens)
+            event, seg = self._finished(
+                own, r, result, choice, text, prompt_tokens, continued=mode != "revision"
+            )
             ends.append(event)
             segments.append((seg, own))
         await self.bus.emit_all(ends)
@@ -778,9 +783,13 @@ class Solver:
         choice: Choice,
         text: str,
         prompt_tokens: int,
+        *,
+        continued: bool,
     ) -> tuple[NodeFinished, Segment]:
         """The node a call's ``choice`` (its text with its thinking: ``text``) ends, and
-        the segment it grew: built, not emitted, so that n choices cost no coroutine each."""
+        the segment it grew: built, not emitted, so that n choices cost no coroutine each.
+        ``continued``: the call went on from the branch's own message (and its cue), not
+        in a turn of its own."""
         if req.extract_from == "message":
             source = branch.assistant
             written = req.cue + text
@@ -789,7 +798,10 @@ class Solver:
                 # stands is the one before it, which a last-line rule would miss behind it
                 source = source[: len(source) - len(written)]
         elif req.extract_from == "cue":
-            source = req.cue.strip() + " " + choice.text
+            # the answer read after what the model answered: the cue it went on from, or
+            # (asked in a turn of its own, which never showed it the cue) a heading
+            lead = req.cue.strip() if continued else ANSWER_HEADING
+            source = lead + " " + choice.text
         else:
             source = choice.text
         found = extract_answer(source, self.problem, cut_off=choice.finish_reason == "length")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from thinktree.agents.prompts import FORCE_ANSWER_CUE
+from thinktree.agents.prompts import ANSWER_HEADING, FORCE_ANSWER_CUE
 from thinktree.agents.solver import Branch, Segment, SegmentRequest, Solver
 from thinktree.agents.structured import Constraint, constraint_for, unconstrained
 from thinktree.errors import BudgetExhausted, RunLimitReached
@@ -56,7 +56,8 @@ async def _answer(
         label=label,
         budget=pool.child(f"{parent} {name}", answer_tokens),
         max_tokens=cap,
-        cue=FORCE_ANSWER_CUE,
+        # under a constraint the model cannot end before its answer: the heading will do
+        cue=f"\n\n{ANSWER_HEADING}" if constraint.dialect else FORCE_ANSWER_CUE,
         revision_prompt=ANSWER_PROMPT,
         extract_from="cue",
         constraint=constraint,
