@@ -17,7 +17,9 @@ clairvoyant rule that knew the full vote would spend.
 --levels 0.9,0.98 also replays the rule at those stop levels on the same samples (no new
 calls) and prints agreement and tokens for each: the trade-off to choose a level from.
 Without --base-url it starts the embedded server (or reuses one from `thinktree serve`).
-Without --data it uses the built-in demo set.
+Without --data it uses the built-in demo set; a --data file that is not found where it is
+named is looked for among the sample sets beside the repository (``shared/data``), so
+``--data medmcqa.sample.jsonl`` names that set.
 --simulate SHARE runs both against a simulated model instead (a local OpenAI-compatible
 server, choice problems only): it answers each question right with probability SHARE
 and otherwise with another option at random, drawn from each request's seed. How much
@@ -42,7 +44,7 @@ from thinktree.agents.endpoint import EndpointConfig
 from thinktree.agents.modes import ModeSettings, build_strategy
 from thinktree.agents.prompts import messages_for
 from thinktree.config import url_option
-from thinktree.datasets import load_demo, load_problems
+from thinktree.datasets import DatasetError, load_demo, load_problems
 from thinktree.embedded import embedded_server
 from thinktree.errors import ConfigError
 from thinktree.orchestrator.call_cache import SqliteCallCache
@@ -293,9 +295,17 @@ def _share(text: str) -> float:
     return share
 
 
+SAMPLE_SETS = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
 def _problems(args: argparse.Namespace) -> list[Problem]:
-    items = load_demo() if args.data is None else load_problems(args.data)
-    return list(items)[args.offset : args.offset + args.limit]
+    """The problems ``--data`` names (a sample set's file name will do); raises DatasetError."""
+    if args.data is None:
+        return load_demo()[args.offset : args.offset + args.limit]
+    path = args.data
+    if not path.exists() and not path.is_absolute() and (SAMPLE_SETS / path).is_file():
+        path = SAMPLE_SETS / path
+    return load_problems(path, limit=args.limit, offset=args.offset)
 
 
 async def main() -> int:
@@ -330,7 +340,10 @@ async def main() -> int:
         help="a simulated model right SHARE of the time instead of the embedded one",
     )
     args = parser.parse_args()
-    problems = _problems(args)
+    try:
+        problems = _problems(args)
+    except DatasetError as exc:
+        parser.error(str(exc))
     if not problems:
         parser.error("no problems selected: check --data, --limit and --offset")
     if args.simulate is not None:

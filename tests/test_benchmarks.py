@@ -136,6 +136,36 @@ def test_adaptive_voting_simulates_choice_problems_only() -> None:
     )
 
 
+def test_adaptive_voting_reads_a_sample_set_by_its_file_name() -> None:
+    """The README's command names a sample set by its file name alone, from the repository
+    root; the script finds it among the sample sets beside the repository."""
+    name = "medmcqa.sample.jsonl"
+    assert (DATA / name).is_file() and not (BENCH.parent / name).exists()
+    args = ["--data", name, "--limit", "3", "--simulate", "1"]
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "adaptive_voting.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=BENCH.parent,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "agreement with majority@16: 3/3 = 100.0%" in proc.stdout
+
+
+def test_adaptive_voting_names_a_missing_dataset_in_one_line() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "adaptive_voting.py"), "--data", "no-such-set.jsonl"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].endswith("dataset not found: no-such-set.jsonl")
+
+
 @pytest.mark.slow
 def test_embedded_throughput_prints_its_four_measurements(embedded_url: str) -> None:
     out = _run(
