@@ -18,14 +18,21 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-def _run(script: str, *args: str, timeout: float = 600) -> str:
-    proc = subprocess.run(
+def _started(
+    script: str, *args: str, timeout: float = 600, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [sys.executable, str(BENCH / script), *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         check=False,
+        cwd=cwd,
     )
+
+
+def _run(script: str, *args: str, timeout: float = 600) -> str:
+    proc = _started(script, *args, timeout=timeout)
     assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout
 
@@ -121,13 +128,7 @@ def test_adaptive_voting_on_a_simulated_model_that_is_always_right(tmp_path: Pat
 
 
 def test_adaptive_voting_simulates_choice_problems_only() -> None:
-    proc = subprocess.run(
-        [sys.executable, str(BENCH / "adaptive_voting.py"), "--simulate", "0.5"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = _started("adaptive_voting.py", "--simulate", "0.5", timeout=120)
     assert proc.returncode == 2
     assert (
         proc.stderr.strip()
@@ -141,27 +142,14 @@ def test_adaptive_voting_reads_a_sample_set_by_its_file_name() -> None:
     root; the script finds it among the sample sets beside the repository."""
     name = "medmcqa.sample.jsonl"
     assert (DATA / name).is_file() and not (BENCH.parent / name).exists()
-    args = ["--data", name, "--limit", "3", "--simulate", "1"]
-    proc = subprocess.run(
-        [sys.executable, str(BENCH / "adaptive_voting.py"), *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        cwd=BENCH.parent,
-    )
+    args = ("--data", name, "--limit", "3", "--simulate", "1")
+    proc = _started("adaptive_voting.py", *args, timeout=120, cwd=BENCH.parent)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "agreement with majority@16: 3/3 = 100.0%" in proc.stdout
 
 
 def test_adaptive_voting_names_a_missing_dataset_in_one_line() -> None:
-    proc = subprocess.run(
-        [sys.executable, str(BENCH / "adaptive_voting.py"), "--data", "no-such-set.jsonl"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = _started("adaptive_voting.py", "--data", "no-such-set.jsonl", timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].endswith("dataset not found: no-such-set.jsonl")
 

@@ -11,11 +11,13 @@ shows on the embedded model what the cue is for.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from choice_set import beta_problems
 from conftest import SHARED_DATA
 from thinktree.agents.capabilities import Capabilities
 from thinktree.agents.endpoint import EndpointConfig
@@ -24,18 +26,11 @@ from thinktree.agents.strategies import FORCE_PROMPT
 from thinktree.datasets import load_problems
 from thinktree.orchestrator.events import NodeKind
 from thinktree.orchestrator.run import RunResult, RunSettings, execute
-from thinktree.problems import AnswerType, Problem
 from thinktree.testing.fake_server import FakeBehaviour, FakeServer
 
 pytestmark = pytest.mark.anyio
 
-CHOICE = Problem(
-    id="c1",
-    question="Which?",
-    answer_type=AnswerType.CHOICE,
-    options={"A": "alpha", "B": "beta", "C": "gamma"},
-    answer="B",
-)
+CHOICE = beta_problems(1)[0]  # options A (alpha) and B (beta), answer B
 THINKING = "thinking " * 40  # past any budget here: the answer is forced
 
 
@@ -43,6 +38,22 @@ def _last(body: dict[str, Any]) -> dict[str, Any]:
     messages = body.get("messages") or [{}]
     last: dict[str, Any] = messages[-1]
     return last
+
+
+def _thinks_then_answers(
+    prefixes: list[str], answer: Callable[[dict[str, Any]], str]
+) -> FakeBehaviour:
+    """A server whose thinking runs past the budget, and which answers a continued
+    assistant message (its prefix kept in ``prefixes``) with ``answer(body)``."""
+
+    def reply(body: dict[str, Any], index: int) -> str:
+        last = _last(body)
+        if last.get("role") != "assistant":
+            return THINKING
+        prefixes.append(str(last["content"]))
+        return answer(body)
+
+    return FakeBehaviour(reply=reply)
 
 
 async def _budget_run(
@@ -63,15 +74,7 @@ def _forced(result: RunResult) -> Any:
 
 async def test_the_forced_answer_is_a_sentence_the_model_completes(tmp_path: Path) -> None:
     prefixes: list[str] = []
-
-    def reply(body: dict[str, Any], index: int) -> str:
-        last = _last(body)
-        if last.get("role") != "assistant":
-            return THINKING
-        prefixes.append(str(last["content"]))
-        return " B."
-
-    async with FakeServer(FakeBehaviour(reply=reply)) as server:
+    async with FakeServer(_thinks_then_answers(prefixes, lambda body: " B.")) as server:
         result = await _budget_run(server, tmp_path, caps=Capabilities(continuation="chat"))
     tree, node = _forced(result)
     assert len(prefixes) == 1 and prefixes[0].endswith("thinking\n\nThe final answer is")
@@ -108,14 +111,10 @@ async def test_a_constrained_answer_follows_the_heading(tmp_path: Path) -> None:
     the "Final Answer:" heading; where the endpoint constrains nothing, the sentence."""
     prefixes: list[str] = []
 
-    def reply(body: dict[str, Any], index: int) -> str:
-        last = _last(body)
-        if last.get("role") != "assistant":
-            return THINKING
-        prefixes.append(str(last["content"]))
+    def answer(body: dict[str, Any]) -> str:
         return "B" if body.get("structured_outputs") else " B"
 
-    async with FakeServer(FakeBehaviour(reply=reply)) as server:
+    async with FakeServer(_thinks_then_answers(prefixes, answer)) as server:
         constrained = Capabilities(continuation="chat", constraints=["vllm"])
         result = await _budget_run(server, tmp_path / "vllm", caps=constrained, fmt="constrained")
         _, node = _forced(result)
