@@ -23,10 +23,10 @@ CHATML = (
 
 def test_continuation_prompt_stops_inside_the_assistant_turn() -> None:
     prompt = render_continuation(
-        CHATML, [{"role": "user", "content": "2+2?"}], "Let me think. 2+2 is\n\nWait."
+        CHATML, [{"role": "user", "content": "2+2?"}], "Let me think. 2+2 is\n\nWait"
     )
     assert prompt == (
-        "<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\nLet me think. 2+2 is\n\nWait."
+        "<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\nLet me think. 2+2 is\n\nWait"
     )
     assert not prompt.endswith("<|im_end|>\n")
 

@@ -13,9 +13,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from conftest import SHARED_DATA
 from thinktree.agents.endpoint import EndpointConfig
 from thinktree.agents.modes import ModeSettings
-from thinktree.datasets import load_demo
+from thinktree.datasets import load_demo, load_problems
 from thinktree.orchestrator.events import NodeKind
 from thinktree.orchestrator.run import RunResult, RunSettings, execute
 from thinktree.orchestrator.tree import ProblemTree
@@ -102,10 +103,26 @@ async def test_sequential_continues_one_assistant_message(
         for before, after in itertools.pairwise(nodes):
             assert after.completion_tokens <= per_step
             # The continued prompt holds the whole message so far: it grows by at least
-            # the previous step's tokens (plus the "Wait." cue).
+            # the previous step's tokens (plus the "Wait" cue).
             assert after.prompt_tokens >= before.prompt_tokens + before.completion_tokens
         # each step records the answer extracted at its end (None when it states none)
         assert all(n.extraction is not None or n.answer is None for n in nodes)
+
+
+async def test_sequential_revision_steps_go_on_after_the_cue(
+    embedded_url: str, tmp_path: Path
+) -> None:
+    """The cue invites the model to go on: after "Wait." (a finished sentence) the
+    embedded model ended its message at once in all 16 of these revision steps, so they
+    added nothing; after "Wait" it ends none of them at once."""
+    problems = load_problems(SHARED_DATA / "medqa.sample.jsonl", limit=16)
+    endpoint = EndpointConfig(name="embedded", base_url=embedded_url)
+    modes = ModeSettings(mode="sequential", steps=2, budget=64)
+    result = await execute(problems, endpoint, RunSettings(modes=modes, out=tmp_path / "run"))
+    revisions = [tree.nodes[f"{tree.problem_id}/step2"] for tree in result.trees]
+    assert all(n.continuation == "chat" for n in revisions)
+    at_once = [n.id for n in revisions if n.completion_tokens <= 1]
+    assert len(at_once) <= len(revisions) // 8, f"revision steps that added nothing: {at_once}"
 
 
 async def test_parallel_samples_n_candidates_and_votes(embedded_url: str, tmp_path: Path) -> None:

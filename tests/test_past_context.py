@@ -22,6 +22,7 @@ from choice_set import beta_problems, write_dataset
 from thinktree.agents.capabilities import Capabilities
 from thinktree.agents.endpoint import EndpointClient, EndpointConfig
 from thinktree.agents.modes import ModeSettings
+from thinktree.agents.prompts import WAIT_CUE
 from thinktree.errors import ConfigError, ContextExceeded, EndpointError
 from thinktree.orchestrator.events import PAST_CONTEXT
 from thinktree.orchestrator.run import RunSettings, execute, load_resume
@@ -129,10 +130,10 @@ async def test_a_question_past_the_context_is_answered_by_nobody_and_not_sent_ag
 
 
 async def test_a_line_that_outgrows_the_context_keeps_its_last_answer(tmp_path: Path) -> None:
-    """sequential: step 1 states B; the conversation with "Wait." passes the context. The
+    """sequential: step 1 states B; the conversation with "Wait" passes the context. The
     line ends at step 1 with its answer, nothing is forced (B stands), and no call is left
     for a resume."""
-    behaviour = FakeBehaviour(reply="It is beta. Answer: B", reject=_too_long("Wait."))
+    behaviour = FakeBehaviour(reply="It is beta. Answer: B", reject=_too_long(WAIT_CUE.strip()))
     async with FakeServer(behaviour) as server:
         endpoint = EndpointConfig(name="fake", base_url=server.base_url, continuation="chat")
         modes = ModeSettings(mode="sequential", steps=3, budget=32)

@@ -14,6 +14,7 @@ import pytest
 from choice_set import case_problems, write_dataset
 from thinktree.agents.endpoint import EndpointConfig
 from thinktree.agents.modes import ModeSettings
+from thinktree.agents.prompts import WAIT_CUE
 from thinktree.bench.results import load
 from thinktree.bench.stats import bootstrap_ci
 from thinktree.orchestrator.run import RunSettings, execute
@@ -433,7 +434,7 @@ def test_a_run_of_revisions_shows_its_accuracy_after_each_step(
 
     def reply(body: dict[str, Any], index: int) -> str:
         messages = body.get("messages") or []
-        revising = bool(messages) and str(messages[-1].get("content", "")).endswith("Wait.")
+        revising = bool(messages) and str(messages[-1].get("content", "")).endswith(WAIT_CUE)
         if not revising:
             return "Answer: A"
         return " Answer: B" if "Case 1?" in json.dumps(messages) else ""

@@ -24,7 +24,7 @@ from thinktree._files import folder_lock
 from thinktree.agents.capabilities import Capabilities
 from thinktree.agents.endpoint import EndpointConfig
 from thinktree.agents.modes import ModeSettings
-from thinktree.agents.prompts import FORCE_ANSWER_CUE
+from thinktree.agents.prompts import FORCE_ANSWER_CUE, WAIT_CUE
 from thinktree.errors import ConfigError
 from thinktree.orchestrator.call_cache import SqliteCallCache
 from thinktree.orchestrator.run import RunSettings, execute, load_resume
@@ -378,7 +378,7 @@ async def test_a_failed_revision_step_leaves_the_line_ending_at_the_last_step_ba
     down = [True]
 
     def reject(body: dict[str, Any]) -> str | None:
-        revising = str(body["messages"][-1].get("content", "")).endswith("Wait.")
+        revising = str(body["messages"][-1].get("content", "")).endswith(WAIT_CUE)
         return "the server broke" if down[0] and revising else None
 
     folder = tmp_path / "run"

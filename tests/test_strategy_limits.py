@@ -15,7 +15,7 @@ import pytest
 from choice_set import case_problems
 from thinktree.agents.endpoint import EndpointConfig
 from thinktree.agents.modes import ModeSettings
-from thinktree.agents.prompts import FORCE_ANSWER_CUE
+from thinktree.agents.prompts import FORCE_ANSWER_CUE, WAIT_CUE
 from thinktree.errors import RecordingError
 from thinktree.orchestrator.run import RunSettings, execute
 from thinktree.pricing import Price
@@ -646,8 +646,8 @@ async def test_a_forced_answer_cut_inside_its_number_is_read_from_before_the_cut
 async def test_a_step_that_adds_nothing_keeps_the_answer_its_message_stands_on(
     tmp_path: Path,
 ) -> None:
-    """Step 2 answers "Wait." with nothing: the answer standing at its end is step 1's,
-    which only the last line states (an option's text), not the "Wait." cue after it."""
+    """Step 2 answers "Wait" with nothing: the answer standing at its end is step 1's,
+    which only the last line states (an option's text), not the "Wait" cue after it."""
     problem = Problem(
         id="drug",
         question="Which drug?",
@@ -657,7 +657,7 @@ async def test_a_step_that_adds_nothing_keeps_the_answer_its_message_stands_on(
     )
 
     def reply(body: dict[str, Any], index: int) -> str:
-        return "" if _last_assistant(body).endswith("Wait.") else "I would give heparin here."
+        return "" if _last_assistant(body).endswith(WAIT_CUE) else "I would give heparin here."
 
     modes = ModeSettings(mode="sequential", steps=2, budget=16, answer_tokens=8)
     results = await run(tmp_path, modes, FakeBehaviour(reply=reply), [problem])

@@ -22,7 +22,7 @@ _SAMPLE_RUN = [
     {"role": "user", "content": "Question: Is 17 a prime number?"},
 ]
 _SAMPLE_PROBE = [{"role": "user", "content": "Is 17 a prime number? Think briefly."}]
-_SAMPLE_PREFIX = "17 has no divisor but 1 and itself.\n\nWait."
+_SAMPLE_PREFIX = "17 has no divisor but 1 and itself.\n\nWait"
 
 
 def _raise_exception(message: str) -> NoReturn:

@@ -8,7 +8,11 @@ SYSTEM_PROMPT = (
     "You are a careful expert. Reason step by step, then give your final answer on its own line."
 )
 
-WAIT_CUE = "\n\nWait."
+# The sequential mode's revision cue: the bare word, as s1 appends it. After "Wait." (a
+# finished sentence) the embedded model ended its message at once in 42 of 96 revision
+# steps (3 steps of 128 tokens on 16 problems each of MedQA, MedMCQA and PubMedQA), so
+# they added nothing; after "Wait" in none of them.
+WAIT_CUE = "\n\nWait"
 EXTEND_CUE = "\nWait"
 # The answer forced at the end of the thinking is a sentence the model completes. After a
 # bare "Final Answer:" heading the embedded model ended its message at once in half of the

@@ -794,7 +794,7 @@ class Solver:
             source = branch.assistant
             written = req.cue + text
             if req.cue and not text.strip() and source.endswith(written):
-                # the step wrote nothing after thinktree's cue ("Wait."): the answer that
+                # the step wrote nothing after thinktree's cue ("Wait"): the answer that
                 # stands is the one before it, which a last-line rule would miss behind it
                 source = source[: len(source) - len(written)]
         elif req.extract_from == "cue":

@@ -190,7 +190,7 @@ class BudgetForcing:
 
 @dataclass(frozen=True, slots=True)
 class Sequential:
-    """``steps`` revisions of one line of thought: after each, "Wait." and go on.
+    """``steps`` revisions of one line of thought: after each, "Wait" and go on.
 
     Every step extracts the answer standing at its end, so accuracy by step comes for
     free. Where the endpoint cannot continue a message, each step after the first is a

@@ -377,7 +377,7 @@ def robustness(loaded: Loaded, path: Path) -> Path | None:
 
 def steps(loaded: Loaded, path: Path) -> Path | None:
     """Accuracy after each step, a line per sequential or hybrid cell of two steps or more,
-    a panel per dataset (None without such a cell): whether revising ("Wait.") helped."""
+    a panel per dataset (None without such a cell): whether revising ("Wait") helped."""
     stepped = [c for c in loaded.cells if len(c.metrics.get("accuracy_by_step") or ()) > 1]
     if not stepped:
         return None
