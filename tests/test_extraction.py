@@ -543,6 +543,15 @@ CASES: list[tuple[str, str, str | None, str | None]] = [
     ("infection", "The answer is C. difficile colitis.", "C", "answer-is"),
     ("infection", "The correct answer is H. pylori.", None, None),
     ("infection", "Answer: E. Entamoeba histolytica", "E", "answer-label"),
+    # a letter in quotes, as the embedded model completes a forced answer's sentence; two
+    # letters in quotes are two answers
+    ("medqa", "The final answer is 'D'", "D", "final-answer"),
+    ("medqa", 'The final answer is "C."', "C", "final-answer"),
+    ("medqa", "The final answer is “D”, Factor XII.", "D", "final-answer"),
+    ("medqa", "Answer: 'D. Factor XII'", "D", "answer-label"),
+    ("medqa", "The answer is 'D', since bradykinin is low.", "D", "answer-is"),
+    ("medqa", "The answer is 'B' or 'D'", None, None),
+    ("medqa", "The answer is 'D. Factor IX'", None, None),  # D with C's text
     # --- free text ---
     ("free", "Answer: Hirschsprung disease.", "Hirschsprung disease", "answer-label"),
     ("free", "Hirschsprung disease", "Hirschsprung disease", "whole-text"),

@@ -174,8 +174,10 @@ _SPACED_LETTER = re.compile(r"([A-Z])\s+(\S.*)", re.DOTALL)
 _LETTER_VERB = re.compile(r"(?:is|was|would|seems|appears|because|since)\b")
 _PRONOUN_VERB = re.compile(r"would\b")  # "I would say B": "I" is no option's letter there
 _LONE_LOWER_LETTER = re.compile(r"([a-z])[.)]?\s*")
+# what a body starts with in quotes: the forced answer's "The final answer is 'D'"
+_QUOTED = re.compile(r"[\'\"“‘«]([^\'\"“”‘’«»\n]+)[\'\"”’»](?!\w)")
 _SECOND_LETTER = re.compile(
-    r"\s*(?:,|/|&|\bor\b|\band\b)\s*(?:option\s+|choice\s+)?[(\[]?[A-Z][)\]]?(?!\w)"
+    r"\s*(?:,|/|&|\bor\b|\band\b)\s*(?:option\s+|choice\s+)?[(\[\'\"“‘]?[A-Z][)\]]?(?!\w)"
 )
 _MENTIONED_LETTER = re.compile(
     r"[(\[]([A-Z])[)\]]|\b(?:[Oo]ption|[Cc]hoice)\s+([A-Z])\b(?![-'’]\w)"
@@ -629,6 +631,8 @@ def _tail_lines(text: str, count: int) -> list[str]:
 def _read_choice(body: str, problem: Problem) -> _Reading:
     """The option letter that ``body`` names, tried in the order of the module docstring."""
     options = problem.options or {}
+    if quoted := _QUOTED.match(body):  # "'D'", "“C.”": the quotes name no option
+        body = quoted[1] + body[quoted.end() :]
     letter = _letter_in(body, options)
     if letter is not None:
         return letter
