@@ -264,6 +264,13 @@ CASES: list[tuple[str, str, str | None, str | None]] = [
     ("medqa", "Hemophilia is ruled out. So, (D) is the right one", "D", "bare-letter"),
     ("medqa", "Hemophilia is ruled out.\nTherefore, D.", "D", "bare-letter"),
     ("medqa", "Hemophilia is ruled out.\nE is the correct answer.", None, None),
+    # the claim names what the question asks for, the letter first or last
+    ("medqa", "Bradykinin is low.\nD is the most likely diagnosis.", "D", "bare-letter"),
+    ("medqa", "Bradykinin is low. The most likely deficiency is D.", "D", "bare-letter"),
+    ("medqa", "So the best next step in management is option (C).", "C", "bare-letter"),
+    ("medqa", "The most likely diagnosis is E.", None, None),  # no such option
+    ("medqa", "If the most likely deficiency is D, the PTT is long.", None, None),
+    ("medqa", "The most likely deficiency is not D.", None, None),
     ("medqa", "Vitamin K is the correct answer.", None, None),  # no option's letter
     # "I would say" is no option I (ten options)
     ("medxpert", "The answer is I would say B.", "B", "answer-is"),

@@ -9,11 +9,12 @@ Rules are tried in priority order, and each rule reads the LAST of its occurrenc
    correct answer, X, ...") and
    ``correct-option`` ("the correct option is X", "Correct option: X", "my choice is X",
    "I would choose X", "option X is the correct answer").
-   A choice answer is read as a leading letter ("(B) ...", "B.", "B"), a leading option text,
-   the only "(X)"/"option X" in the phrase, or the only option text it contains.
+   A choice answer is read as a leading letter ("(B) ...", "B.", "B", "'B'"), a leading
+   option text, the only "(X)"/"option X" in the phrase, or the only option text it contains.
 3. Fallbacks by answer type: ``bare-letter`` (a letter alone on a line near the end, or
    after "Therefore,"; at a line's start as "(C)" or "C."; or the last line's last sentence
-   saying it is right, all of it: "So, C is the correct answer.", "Option C is correct.")
+   saying it is right, all of it: "So, C is the correct answer.", "Option C is correct.",
+   "The most likely diagnosis is C.")
    then ``option-text`` (choice), ``yesno-word``
    (yesno), ``number`` (numeric), ``whole-text`` (free).
 
@@ -185,10 +186,21 @@ _MENTIONED_LETTER = re.compile(
 _OWN_LINE_LETTER = re.compile(r"[(\[]?([A-Z])[)\]]?[.:]?")
 # the last sentence of the last line, all of it naming its letter as right: "So, B is the
 # correct answer.", "Option C is correct." (not "If option B is correct, …": a condition)
+# What a question asks for, named right: "the correct answer", "the most likely diagnosis",
+# "the best next step in management" (a few words, as the question names it)
+_RIGHT_ONE = (
+    r"(?i:the\s+)?(?i:correct|right|best|most\s+(?:likely|appropriate|accurate))"
+    r"(?:\s+[a-zA-Z-]+){1,4}?"
+)
 _CLAIMED_LETTER = re.compile(
     r"(?P<option>(?i:option|choice)\s+)?[(\[]?([A-Z])[)\]]?\s+(?P<verb>(?i:is|was))\s+"
-    r"(?P<noun>(?i:the\s+)?(?i:correct|right|best|most\s+likely)\s+(?i:answer|option|choice|one)"
-    r"|(?i:correct|right))\s*[.!]?\s*\Z"
+    rf"(?P<noun>{_RIGHT_ONE}|(?i:correct|right))\s*[.!]?\s*\Z"
+)
+# the same claim with its letter last: "The most likely diagnosis is A.", "The best next
+# step is option C."
+_LETTER_CLAIMED = re.compile(
+    rf"{_RIGHT_ONE}\s+(?i:is|would\s+be)\s+(?:(?i:option|choice)\s+)?[(\[]?([A-Z])[)\]]?"
+    r"\s*[.!]?\s*\Z"
 )
 # a line that concludes with a letter alone: "Therefore, B." (not "Option D:", a heading)
 _CONCLUDED_LETTER = re.compile(
@@ -812,6 +824,8 @@ def _claimed_letter(line: str) -> str | None:
     correct answer.", "Therefore, option C is correct.")."""
     for start in _SENTENCE_START.finditer(line):
         sentence = _LEADING_FILLER.sub("", line[start.end() :])
+        if (last := _LETTER_CLAIMED.match(sentence)) is not None:
+            return last[1]
         match = _CLAIMED_LETTER.match(sentence)
         # "I was right", "I was correct": the one who wrote it, not option I
         if match is not None and not (
