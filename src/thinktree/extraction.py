@@ -176,22 +176,22 @@ _LETTER_VERB = re.compile(r"(?:is|was|would|seems|appears|because|since)\b")
 _PRONOUN_VERB = re.compile(r"would\b")  # "I would say B": "I" is no option's letter there
 _LONE_LOWER_LETTER = re.compile(r"([a-z])[.)]?\s*")
 # what a body starts with in quotes: the forced answer's "The final answer is 'D'"
-_QUOTED = re.compile(r"[\'\"“‘«]([^\'\"“”‘’«»\n]+)[\'\"”’»](?!\w)")
+_QUOTED = re.compile(r"""['"“‘«]([^'"“”‘’«»\n]+)['"”’»](?!\w)""")
 _SECOND_LETTER = re.compile(
-    r"\s*(?:,|/|&|\bor\b|\band\b)\s*(?:option\s+|choice\s+)?[(\[\'\"“‘]?[A-Z][)\]]?(?!\w)"
+    r"""\s*(?:,|/|&|\bor\b|\band\b)\s*(?:option\s+|choice\s+)?[(\['"“‘]?[A-Z][)\]]?(?!\w)"""
 )
 _MENTIONED_LETTER = re.compile(
     r"[(\[]([A-Z])[)\]]|\b(?:[Oo]ption|[Cc]hoice)\s+([A-Z])\b(?![-'’]\w)"
 )
 _OWN_LINE_LETTER = re.compile(r"[(\[]?([A-Z])[)\]]?[.:]?")
-# the last sentence of the last line, all of it naming its letter as right: "So, B is the
-# correct answer.", "Option C is correct." (not "If option B is correct, …": a condition)
-# What a question asks for, named right: "the correct answer", "the most likely diagnosis",
+# what a question asks for, named right: "the correct answer", "the most likely diagnosis",
 # "the best next step in management" (a few words, as the question names it)
 _RIGHT_ONE = (
     r"(?i:the\s+)?(?i:correct|right|best|most\s+(?:likely|appropriate|accurate))"
     r"(?:\s+[a-zA-Z-]+){1,4}?"
 )
+# the last sentence of the last line, all of it naming its letter as right: "So, B is the
+# correct answer.", "Option C is correct." (not "If option B is correct, …": a condition)
 _CLAIMED_LETTER = re.compile(
     r"(?P<option>(?i:option|choice)\s+)?[(\[]?([A-Z])[)\]]?\s+(?P<verb>(?i:is|was))\s+"
     rf"(?P<noun>{_RIGHT_ONE}|(?i:correct|right))\s*[.!]?\s*\Z"
