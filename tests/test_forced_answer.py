@@ -22,6 +22,7 @@ from conftest import SHARED_DATA
 from thinktree.agents.capabilities import Capabilities
 from thinktree.agents.endpoint import EndpointConfig
 from thinktree.agents.modes import ModeSettings
+from thinktree.agents.prompts import FORCE_ANSWER_CUE
 from thinktree.agents.strategies import FORCE_PROMPT
 from thinktree.datasets import load_problems
 from thinktree.orchestrator.events import NodeKind
@@ -81,6 +82,15 @@ async def test_the_forced_answer_is_a_sentence_the_model_completes(tmp_path: Pat
     assert node.text == " B." and node.continuation == "chat"
     assert (node.answer, node.extraction) == ("B", "final-answer")
     assert tree.answer == "B"
+    # the text goes on from the cue, and the node says so (a view shows the two together),
+    # in the trace too; the thinking continued nothing
+    assert node.cue == FORCE_ANSWER_CUE and tree.nodes[f"{CHOICE.id}/think"].cue == ""
+    started = [
+        line
+        for line in map(json.loads, (result.folder / "trace.jsonl").read_text().splitlines())
+        if line["type"] == "node-started" and line["node_id"] == node.id
+    ]
+    assert [line["cue"] for line in started] == [FORCE_ANSWER_CUE]
 
 
 async def test_an_answer_asked_in_a_turn_of_its_own_is_read_under_a_heading(
@@ -101,7 +111,7 @@ async def test_an_answer_asked_in_a_turn_of_its_own_is_read_under_a_heading(
     async with FakeServer(FakeBehaviour(reply=reply)) as server:
         result = await _budget_run(server, tmp_path, caps=Capabilities(continuation="revision"))
     tree, node = _forced(result)
-    assert asked == ["user"] and node.continuation == "revision"
+    assert asked == ["user"] and node.continuation == "revision" and node.cue == ""
     assert (node.answer, node.extraction) == ("B", "answer-label")
     assert tree.answer == "B"
 

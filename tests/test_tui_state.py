@@ -259,6 +259,68 @@ def test_a_choice_problems_detail_shows_its_options() -> None:
     assert node_detail(old_tree, old_tree.root)[1].plain == "Old?"
 
 
+def test_a_node_that_goes_on_from_a_cue_shows_the_cue_before_its_text() -> None:
+    """A revision step's text goes on from thinktree's "Wait" (", what's that?"): its
+    detail, and its branch's line of thought, show the cue first, dimmed, as the model
+    read it. A trace written before cues were recorded reads as a node without one."""
+    from thinktree.orchestrator.trace import event_from_dict
+    from thinktree.tui.render import CUE_STYLE
+
+    view = RunView()
+    view.apply(RunStarted(run_id="r", mode="hybrid", endpoint="e", model="m", problems=1))
+    view.apply(ProblemStarted(problem_id="q", node_id="q", question="Which?", gold="B"))
+    view.apply(
+        NodeStarted(node_id="q/b1", problem_id="q", parent_id="q", kind=NodeKind.BRANCH, label="b1")
+    )
+    steps = [
+        ("q/b1/step1", "", "B, I think."),
+        ("q/b1/step2", "\n\nWait", ", what's that? B."),
+        ("q/b1/step3", "\n\nWait", ""),
+    ]
+    for node_id, cue, text in steps:
+        view.apply(
+            NodeStarted(
+                node_id=node_id,
+                problem_id="q",
+                parent_id="q/b1",
+                kind=NodeKind.STEP,
+                label=node_id.rsplit("/", 1)[1],
+                continuation="chat" if cue else "new",
+                cue=cue,
+            )
+        )
+        view.apply(
+            NodeFinished(
+                node_id=node_id,
+                text=text,
+                finish_reason="stop",
+                prompt_tokens=5,
+                completion_tokens=len(text.split()),
+            )
+        )
+    old = {
+        "type": "node-started",
+        "problem_id": "q",
+        "node_id": "q/old",
+        "parent_id": "q",
+        "kind": "step",
+        "label": "old",
+        "continuation": "chat",
+    }
+    view.apply(event_from_dict(old))
+    tree = view.tree.problems["q"]
+    first, second, third = (tree.nodes[f"q/b1/step{i}"] for i in (1, 2, 3))
+    body = node_detail(tree, second)[1]
+    assert body.plain == "Wait, what's that? B."
+    assert (body.spans[0].start, body.spans[0].end, body.spans[0].style) == (0, 4, CUE_STYLE)
+    assert node_detail(tree, first)[1].plain == "B, I think."
+    assert node_detail(tree, third)[1].plain == "Wait (no text)"
+    before = tree.nodes["q/old"]
+    assert before.cue == "" and node_detail(tree, before)[1].plain == "(streaming…)"
+    thread = node_detail(tree, tree.nodes["q/b1"])[1].plain
+    assert thread == "── step1 ──\nB, I think.\n── step2 ──\nWait, what's that? B.\n"
+
+
 def test_a_problem_a_limit_cut_short_says_so_in_its_detail() -> None:
     """It showed only its answer and grade, as if it had run all its steps."""
     from thinktree.tui.render import node_detail

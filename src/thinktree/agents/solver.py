@@ -527,6 +527,7 @@ class Solver:
         wait forever).
         """
         problem_id = self.problem.id
+        continues = mode not in ("new", "revision")  # the cue is sent: the text goes on from it
         try:
             await self.bus.emit_all(
                 [
@@ -538,6 +539,7 @@ class Solver:
                         label=r.label,
                         max_tokens=grant,
                         continuation=mode,
+                        cue=r.cue if continues else "",
                     )
                     for r, grant in calls
                 ]

@@ -276,6 +276,11 @@ class ProblemStarted(Event):
 @_slot_init
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NodeStarted(Event):
+    """A node begins. ``cue``: what thinktree appended to the message the call goes on
+    from ("Wait", "The final answer is"), which the node's text continues; empty for a
+    call that continues nothing or asks in a turn of its own (traces written before the
+    field existed read as empty)."""
+
     type: ClassVar[str] = "node-started"
     node_id: str
     problem_id: str
@@ -284,6 +289,7 @@ class NodeStarted(Event):
     label: str
     max_tokens: int | None = None
     continuation: str | None = None
+    cue: str = ""
 
 
 @_slot_init

@@ -49,6 +49,7 @@ class Node:
     finished_at: float | None = None
     error: str | None = None
     call_id: str | None = None
+    cue: str = ""  # what its text continues (see NodeStarted.cue)
     children: list[str] = field(default_factory=list)
     score: float | None = None  # a verdict node: its verifier's score
     scores: dict[str, float] = field(default_factory=dict)  # a candidate: score per verifier
@@ -72,6 +73,7 @@ class Node:
             "text": self.text,
             "max_tokens": self.max_tokens,
             "continuation": self.continuation,
+            "cue": self.cue,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "answer": self.answer,
@@ -179,6 +181,7 @@ class RunTree:
                     max_tokens=event.max_tokens,
                     continuation=event.continuation,
                     started_at=event.at,
+                    cue=event.cue,
                 )
                 nodes[event.parent_id].children.append(nid)
                 self._node_problem[nid] = pid

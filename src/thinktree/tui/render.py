@@ -34,6 +34,7 @@ OUTCOME_MARKS: dict[Outcome, tuple[str, str]] = {
     Outcome.STOPPED: ("⊘", "dim"),
 }
 WINNER_STYLE = "bold black on green"
+CUE_STYLE = "dim italic"  # thinktree's cue before the text that goes on from it
 
 
 def status_mark(node: Node) -> tuple[str, str]:
@@ -386,7 +387,8 @@ def node_detail(problem: ProblemTree, node: Node) -> tuple[Text, Text]:
     meta.rstrip()
     if node.kind is NodeKind.BRANCH or (not node.text and node.children):
         return meta, _thread(problem, node)
-    return meta, literal_body(node.text, running=node.status is NodeStatus.RUNNING)
+    running = node.status is NodeStatus.RUNNING
+    return meta, literal_body(node.text, running=running, cue=node.cue)
 
 
 def _problem_meta(meta: Text, problem: ProblemTree) -> Text:
@@ -435,6 +437,7 @@ def _thread(problem: ProblemTree, node: Node) -> Text:
     steps = [child for child in problem.walk(node.id)[1:] if child.text]
     for child in steps:
         body.append(f"── {one_line(child.label, 40)} ──\n", style="dim")
+        _append_cue(body, child.cue)
         _append_bounded(body, child.text, max(TEXT_SHOWN // len(steps), 2000))
         body.append("\n")
     if not body:
@@ -450,15 +453,25 @@ def problem_text(problem: ProblemTree) -> str:
     return f"{problem.question}\n\n{options}"
 
 
-def literal_body(text: str, *, running: bool = False) -> Text:
-    """The node's text exactly as the model wrote it (controls made visible)."""
-    if not text:
-        return Text("(streaming…)" if running else "(no text)", style="dim")
+def literal_body(text: str, *, running: bool = False, cue: str = "") -> Text:
+    """The node's text exactly as the model wrote it (controls made visible), after the
+    cue it went on from, dimmed: thinktree's words, not the model's."""
     body = Text()
+    _append_cue(body, cue)
+    if not text:
+        lead = " " if body else ""
+        body.append(lead + ("(streaming…)" if running else "(no text)"), style="dim")
+        return body
     _append_bounded(body, text, TEXT_SHOWN)
     if running:
         body.append(" ▌", style="yellow")
     return body
+
+
+def _append_cue(body: Text, cue: str) -> None:
+    """The cue a node's text goes on from ("Wait", "The final answer is"), dimmed."""
+    if cue.strip():
+        body.append(clean(cue.strip()), style=CUE_STYLE)
 
 
 def _append_bounded(body: Text, text: str, limit: int) -> None:
