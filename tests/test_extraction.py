@@ -264,6 +264,31 @@ CASES: list[tuple[str, str, str | None, str | None]] = [
     ("medqa", "Hemophilia is ruled out. So, (D) is the right one", "D", "bare-letter"),
     ("medqa", "Hemophilia is ruled out.\nTherefore, D.", "D", "bare-letter"),
     ("medqa", "Hemophilia is ruled out.\nE is the correct answer.", None, None),
+    # an option named alone on a line: with a full stop, or after "Therefore,"
+    ("medqa", "The PTT alone is long.\nOption D.", "D", "bare-letter"),
+    ("medqa", "The PTT alone is long.\n**Option D.**", "D", "bare-letter"),
+    ("medqa", "The PTT alone is long.\nTherefore, option D.", "D", "bare-letter"),
+    ("medqa", "The PTT alone is long.\nThus, choice D", "D", "bare-letter"),
+    ("medqa", "The PTT alone is long.\nTherefore, option E.", None, None),  # no such option
+    # without its full stop, "Option C" may head a paragraph on C, as "Option C:" does
+    ("medqa", "Factor IX is in hemophilia B.\nOption D", None, None),
+    (
+        "medqa",
+        "Option C\nFactor IX is in hemophilia B.\nOption D\nIt is the contact one.",
+        None,
+        None,
+    ),
+    # the writer's own choice, made: all of the last sentence, not a choice gone back on
+    ("medqa", "The PTT alone is long. I chose option D.", "D", "bare-letter"),
+    ("medqa", "The PTT alone is long.\nSo, I went with (D).", "D", "bare-letter"),
+    ("medqa", "I selected D!", "D", "bare-letter"),
+    ("medqa", "I chose D at first.", None, None),
+    ("medqa", "I chose D, but the PT rules it out.", None, None),
+    ("medqa", "I picked E.", None, None),  # no such option
+    # a choice to make, contracted: "I'll", "I'd"
+    ("medqa", "All told, I'll go with option D.", "D", "correct-option"),
+    ("medqa", "I’d choose (D) here.", "D", "correct-option"),
+    ("medqa", "I'd pick Factor XII", "D", "correct-option"),
     # the claim names what the question asks for, the letter first or last
     ("medqa", "Bradykinin is low.\nD is the most likely diagnosis.", "D", "bare-letter"),
     ("medqa", "Bradykinin is low. The most likely deficiency is D.", "D", "bare-letter"),
@@ -720,6 +745,7 @@ _PHRASE_PIECES = [
     "option", "Option", "choice", "CHOICE", "response", "selection", "select", "choose", "pick",
     "go", "with", "go with", "I", "i", "my", "My", "would", "will", "appropriate", "adoption",
     "D", "one", "was", "is the correct answer", " D is the right one", "selected", "chosen",
+    "I'll", "I’d", "i'", "'", "’", "ll", "d", "Hawai'i",
 ]  # fmt: skip
 _UNICODE_PIECES = [
     "anſwer", "beſt", "li\u212aely", "İ", "ı", "ß", "：", "\u00a0", "\u2003", "é", "\u0301",

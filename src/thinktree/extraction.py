@@ -8,13 +8,14 @@ Rules are tried in priority order, and each rule reads the LAST of its occurrenc
    ``answer-is`` ("the (correct) answer is X", "the answer is not A, it is B", "the
    correct answer, X, ...") and
    ``correct-option`` ("the correct option is X", "Correct option: X", "my choice is X",
-   "I would choose X", "option X is the correct answer").
+   "I would choose X", "I'll go with X", "option X is the correct answer").
    A choice answer is read as a leading letter ("(B) ...", "B.", "B", "'B'"), a leading
    option text, the only "(X)"/"option X" in the phrase, or the only option text it contains.
 3. Fallbacks by answer type: ``bare-letter`` (a letter alone on a line near the end, or
-   after "Therefore,"; at a line's start as "(C)" or "C."; or the last line's last sentence
-   saying it is right, all of it: "So, C is the correct answer.", "Option C is correct.",
-   "The most likely diagnosis is C.")
+   as "Option C.", or after "Therefore,": "Therefore, option C"; at a line's start as "(C)"
+   or "C."; or the last line's last sentence saying it is right, all of it: "So, C is the
+   correct answer.", "Option C is correct.", "The most likely diagnosis is C.", "I chose
+   option C.")
    then ``option-text`` (choice), ``yesno-word``
    (yesno), ``number`` (numeric), ``whole-text`` (free).
 
@@ -119,7 +120,7 @@ _CORRECT_OPTION = re.compile(
     # "the correct option is X", or as a label: "Correct option: X", "Selected choice: (X)"
     rf"(?:option|choice|response)(?:\s+{_IS}|[*_]*\s*[:：])"
     rf"|my\s+(?:final\s+)?(?:choice|selection)\s+{_IS}"
-    r"|I\s+(?:would\s+|will\s+)?(?:choose|select|pick|go\s+with)\b)",
+    r"|I(?:\s+would|\s+will|['’](?:ll|d))?\s+(?:choose|select|pick|go\s+with)\b)",
     re.IGNORECASE,
 )
 # "option D is the correct answer": the letter comes first, so the phrase ends before it
@@ -135,6 +136,7 @@ _LETTER_OPTION_WORDS = ("option", "choice")
 # the pattern is tried only there: a scan of every position of a long text cost it most.
 _OPTION_WORDS = ("option", "choice", "response", "select", "choose", "pick")
 _GO_WITH = re.compile(r"go\s+with")  # searched in lower-cased text
+_CONTRACTED_I = ("i'", "i’")  # "I'll", "I'd": where such a phrase may start
 # A word that every heading (see _FINAL_HEADING) or option phrase has.
 _OTHER_WORDS = ("final", "go", *_OPTION_WORDS)
 # Characters that IGNORECASE takes for an ASCII letter though their lower case is none
@@ -183,7 +185,11 @@ _SECOND_LETTER = re.compile(
 _MENTIONED_LETTER = re.compile(
     r"[(\[]([A-Z])[)\]]|\b(?:[Oo]ption|[Cc]hoice)\s+([A-Z])\b(?![-'’]\w)"
 )
-_OWN_LINE_LETTER = re.compile(r"[(\[]?([A-Z])[)\]]?[.:]?")
+# a line that is a letter alone ("C", "(C)", "C."), or an option named with a full stop
+# ("Option C."; without one, "Option C" may head a paragraph on it, as "Option C:" does)
+_OWN_LINE_LETTER = re.compile(
+    r"[(\[]?([A-Z])[)\]]?[.:]?|(?i:option|choice)\s+[(\[]?([A-Z])[)\]]?\.", re.ASCII
+)
 # what a question asks for, named right: "the correct answer", "the most likely diagnosis",
 # "the best next step in management" (a few words, as the question names it)
 _RIGHT_ONE = (
@@ -202,9 +208,18 @@ _LETTER_CLAIMED = re.compile(
     rf"{_RIGHT_ONE}\s+(?i:is|would\s+be)\s+(?:(?i:option|choice)\s+)?[(\[]?([A-Z])[)\]]?"
     r"\s*[.!]?\s*\Z"
 )
-# a line that concludes with a letter alone: "Therefore, B." (not "Option D:", a heading)
+# the writer's own choice, made, all of the last sentence: "I chose option B.", "I went
+# with C." (not "I chose B at first", a choice it may go back on)
+_LETTER_CHOSEN = re.compile(
+    r"I\s+(?i:chose|selected|picked|went\s+with)\s+(?:(?i:option|choice)\s+)?"
+    r"[(\[]?([A-Z])[)\]]?\s*[.!]?\s*\Z"
+)
+# a line that concludes with a letter alone: "Therefore, B.", "Thus, option C" (not
+# "Option D:", a heading)
 _CONCLUDED_LETTER = re.compile(
-    r"(?i:therefore|thus|hence|so|finally)\b[\s,:]*[(\[]?([A-Z])[)\]]?\.?", re.ASCII
+    r"(?i:therefore|thus|hence|so|finally)\b[\s,:]*(?:(?i:option|choice)\s+)?"
+    r"[(\[]?([A-Z])[)\]]?\.?",
+    re.ASCII,
 )
 _SENTENCE_START = re.compile(r"(?:^|(?<=[.!?;])\s+)(?=\S)")
 _LINE_START_LETTER = re.compile(rf"(?:\(([A-Z])\)|([A-Z]){_SPECIES}[.)])(?=\s|$)")
@@ -462,7 +477,8 @@ def _correct_options(text: str, lowered: str | None) -> Iterator[re.Match[str]]:
     words = _found(lowered, _OPTION_WORDS)
     if "go" in lowered:  # where "go with" may be
         words += [go.start() for go in _GO_WITH.finditer(lowered)]
-    starts: list[int] = []
+    # "I'll choose", "I'd go with": the word before the verb is "ll" or "d", after a quote
+    starts: list[int] = _found(lowered, _CONTRACTED_I)
     for at in words:
         before = _word_before(text, at)
         if before is not None:
@@ -787,10 +803,10 @@ def _choice_fallback(text: str, problem: Problem) -> Extraction | _Verdict | Non
     options = problem.options or {}
     tail = _tail_lines(text, _TAIL_LINES)
     own_line = {
-        m[1]
+        letter
         for i, line in enumerate(tail)
         if (m := _OWN_LINE_LETTER.fullmatch(line) or _CONCLUDED_LETTER.fullmatch(line))
-        and not _continues_list(tail, i, m[1])
+        and not _continues_list(tail, i, letter := m[m.lastindex or 0])
     }
     line_start = {  # each letter with what follows it on its (last) line
         m[1] or m[2]: line[m.end() :] for line in tail if (m := _LINE_START_LETTER.match(line))
@@ -824,7 +840,7 @@ def _claimed_letter(line: str) -> str | None:
     correct answer.", "Therefore, option C is correct.")."""
     for start in _SENTENCE_START.finditer(line):
         sentence = _LEADING_FILLER.sub("", line[start.end() :])
-        if (last := _LETTER_CLAIMED.match(sentence)) is not None:
+        if (last := _LETTER_CLAIMED.match(sentence) or _LETTER_CHOSEN.match(sentence)) is not None:
             return last[1]
         match = _CLAIMED_LETTER.match(sentence)
         # "I was right", "I was correct": the one who wrote it, not option I
