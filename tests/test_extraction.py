@@ -320,6 +320,9 @@ CASES: list[tuple[str, str, str | None, str | None]] = [
     ("medqa", "$\\boxed{\\text{(C) Factor IX}}$", "C", "boxed"),
     ("medqa", "Answer: The most likely option is (C)", "C", "correct-option"),
     ("medqa", "Weighing everything, my choice is option C.", "C", "correct-option"),
+    ("medqa", "Weighing everything.\nMy choice: C", "C", "correct-option"),
+    ("medqa", "**My final choice:** (C) Factor IX", "C", "correct-option"),
+    ("medqa", "My selection: E", None, None),  # no such option
     ("medqa", "Answer: the defect is in (D), since the PT is normal.", "D", "answer-label"),
     (
         "medqa",

@@ -8,7 +8,7 @@ Rules are tried in priority order, and each rule reads the LAST of its occurrenc
    ``answer-is`` ("the (correct) answer is X", "the answer is not A, it is B", "the
    correct answer, X, ...") and
    ``correct-option`` ("the correct option is X", "Correct option: X", "my choice is X",
-   "I would choose X", "I'll go with X", "option X is the correct answer").
+   "My choice: X", "I would choose X", "I'll go with X", "option X is the correct answer").
    A choice answer is read as a leading letter ("(B) ...", "B.", "B", "'B'"), a leading
    option text, the only "(X)"/"option X" in the phrase, or the only option text it contains.
 3. Fallbacks by answer type: ``bare-letter`` (a letter alone on a line near the end, or
@@ -119,7 +119,8 @@ _CORRECT_OPTION = re.compile(
     r"\b(?:(?:correct|right|best|most\s+appropriate|most\s+likely|selected|chosen)\s+"
     # "the correct option is X", or as a label: "Correct option: X", "Selected choice: (X)"
     rf"(?:option|choice|response)(?:\s+{_IS}|[*_]*\s*[:：])"
-    rf"|my\s+(?:final\s+)?(?:choice|selection)\s+{_IS}"
+    # "my choice is X", or as a label: "My final choice: X"
+    rf"|my\s+(?:final\s+)?(?:choice|selection)(?:\s+{_IS}|[*_]*\s*[:：])"
     r"|I(?:\s+would|\s+will|['’](?:ll|d))?\s+(?:choose|select|pick|go\s+with)\b)",
     re.IGNORECASE,
 )
