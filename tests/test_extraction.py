@@ -269,6 +269,13 @@ CASES: list[tuple[str, str, str | None, str | None]] = [
     ("medqa", "The PTT alone is long.\n**Option D.**", "D", "bare-letter"),
     ("medqa", "The PTT alone is long.\nTherefore, option D.", "D", "bare-letter"),
     ("medqa", "The PTT alone is long.\nThus, choice D", "D", "bare-letter"),
+    (
+        "medqa",
+        "Factor IX is in hemophilia B.\nFinally, option D\nIt is the contact one.",
+        None,
+        None,
+    ),
+    ("medqa", "The PTT alone is long.\nFinally, D.", "D", "bare-letter"),
     ("medqa", "The PTT alone is long.\nTherefore, option E.", None, None),  # no such option
     # without its full stop, "Option C" may head a paragraph on C, as "Option C:" does
     ("medqa", "Factor IX is in hemophilia B.\nOption D", None, None),

@@ -216,9 +216,10 @@ _LETTER_CHOSEN = re.compile(
     r"[(\[]?([A-Z])[)\]]?\s*[.!]?\s*\Z"
 )
 # a line that concludes with a letter alone: "Therefore, B.", "Thus, option C" (not
-# "Option D:", a heading)
+# "Option D:", a heading; nor "Finally, option D", which may head the last of a walk
+# through the options)
 _CONCLUDED_LETTER = re.compile(
-    r"(?i:therefore|thus|hence|so|finally)\b[\s,:]*(?:(?i:option|choice)\s+)?"
+    r"(?:(?i:therefore|thus|hence|so)\b[\s,:]*(?:(?i:option|choice)\s+)?|(?i:finally)\b[\s,:]*)"
     r"[(\[]?([A-Z])[)\]]?\.?",
     re.ASCII,
 )
