@@ -594,6 +594,19 @@ CASES: list[tuple[str, str, str | None, str | None]] = [
     ("medqa", "The answer is 'D', since bradykinin is low.", "D", "answer-is"),
     ("medqa", "The answer is 'B' or 'D'", None, None),
     ("medqa", "The answer is 'D. Factor IX'", None, None),  # D with C's text
+    # the prompt's "Answer: X" written as it was shown (the embedded model on MedCalc-Bench):
+    # no answer, and what the text stated before it is read
+    ("medcalc", "The Fibrosis-4 index is approximately 2.9.\n\nAnswer: X", "2.9", "number"),
+    ("medcalc", "The patient's Fibrosis-4 (FIB-4) index is 1.\n\nThe answer is: X", "1", "number"),
+    ("medcalc", "Score = 3\n**Answer:** X\n", "3", "number"),
+    ("medcalc", ":\nAnswer: X", None, None),
+    ("medcalc", "Answer: X\n\nThe answer is: 3.91", "3.91", "answer-is"),
+    ("medqa", "The answer is B.\nAnswer: X", "B", "answer-is"),
+    ("medqa", "B\nAnswer: (X)", "B", "bare-letter"),
+    ("medqa", "Answer: X", None, None),
+    ("medqa", "Answer: X. Factor VII", None, None),  # a letter that is no option, and A's text
+    ("pubmedqa", "So yes, it is.\nAnswer: X", "yes", "yesno-word"),
+    ("free", "Answer: X", "X", "answer-label"),  # a free answer may be X (the chromosome)
     # --- free text ---
     ("free", "Answer: Hirschsprung disease.", "Hirschsprung disease", "answer-label"),
     ("free", "Hirschsprung disease", "Hirschsprung disease", "whole-text"),
@@ -930,3 +943,16 @@ def test_boxed_contents_pair_braces_as_a_walk_over_every_character_does(text: st
             closing[open_braces.pop()] = index
     starts = [m.end() for m in x._BOXED.finditer(text)]
     assert x._boxed_contents(text) == [text[s : closing[s]] for s in starts if s in closing]
+
+
+def test_x_answers_a_choice_that_has_an_option_x() -> None:
+    """Where X is an option, "Answer: X" is an answer, not the prompt's placeholder."""
+    letters = [chr(ord("A") + i) for i in range(24)]
+    problem = Problem(
+        id="many-options",
+        question="Which?",
+        answer_type=AnswerType.CHOICE,
+        options={letter: f"option {letter}" for letter in letters},
+        answer="X",
+    )
+    assert extract_answer("The answer is B.\nAnswer: X", problem) == Extraction("X", "answer-label")

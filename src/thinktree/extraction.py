@@ -19,12 +19,13 @@ Rules are tried in priority order, and each rule reads the LAST of its occurrenc
    then ``option-text`` (choice), ``yesno-word``
    (yesno), ``number`` (numeric), ``whole-text`` (free).
 
-Nothing is guessed. An occurrence that says nothing readable ("the answer is not clear") is
-skipped for the one before it; an occurrence that clearly names something invalid (a letter that
-is not an option, a letter followed by another option's text ("A. Guanine" where Guanine
-is B), an ambiguous number such as ``3-4``, two different bare letters, a list of options
-under the last phrase) ends the search with None. When the text has a ``</think>``
-block, the part after it is read first.
+Nothing is guessed. An occurrence that says nothing readable ("the answer is not clear", or
+the prompt's own "Answer: X" written as it was shown) is skipped for the one before it (a
+last line of that placeholder is left out of the fallbacks too); an occurrence that clearly
+names something invalid (a letter that is not an option, a letter followed by another
+option's text ("A. Guanine" where Guanine is B), an ambiguous number such as ``3-4``, two
+different bare letters, a list of options under the last phrase) ends the search with None.
+When the text has a ``</think>`` block, the part after it is read first.
 """
 
 from __future__ import annotations
@@ -314,13 +315,44 @@ def _extract(text: str, problem: Problem) -> Extraction | _Verdict | None:
         if reading is not None:
             return _result(reading, "boxed")
     unbolded = _BOLD.sub("", text) if "**" in text or "__" in text else text
+    placeholder = _placeholder_is_no_answer(problem)
     for method, body in _phrase_bodies(unbolded):
         if body is _REJECT:  # the last phrase names a list: no rule below may pick from it
             return _REJECT
+        if placeholder and _PLACEHOLDER.fullmatch(body):
+            continue  # the prompt's "Answer: X" said again: no answer, nor a wrong one
         reading = read(body, problem)
         if reading is not None:
             return _result(reading, method)
+    if placeholder:
+        text = _without_placeholder_line(text)
     return _FALLBACKS[problem.answer_type](text, problem)
+
+
+# The prompt asks for "a line 'Answer: X' where X is ..."; a model that writes that line
+# as it was shown ("The index is 1.\n\nAnswer: X") has stated its answer before it, if
+# at all: the line is read as saying nothing, and the fallbacks read the text above it.
+_PLACEHOLDER = re.compile(r"[(\[\"'“‘`*_]*X[)\]\"'”’`*_]*\.?")
+_PLACEHOLDER_LINE = re.compile(
+    r"[ \t>#*_-]*(?i:(?:the\s+)?(?:final\s+)?answer(?:\s+is)?)[ \t*_]*[:=]?[ \t*_]*"
+    + _PLACEHOLDER.pattern
+    + r"\s*"
+)
+
+
+def _placeholder_is_no_answer(problem: Problem) -> bool:
+    """Whether a lone "X" cannot answer ``problem``: a number, yes or no, or a choice
+    without an option X (a free answer may be "X": the chromosome)."""
+    kind = problem.answer_type
+    if kind is AnswerType.CHOICE:
+        return "X" not in (problem.options or {})
+    return kind is not AnswerType.FREE
+
+
+def _without_placeholder_line(text: str) -> str:
+    """``text`` without its last line where that line is "Answer: X" as the prompt put it."""
+    start = text.rfind("\n", 0, len(text.rstrip())) + 1
+    return text[:start] if _PLACEHOLDER_LINE.fullmatch(text, start) else text
 
 
 def _result(reading: str | _Verdict, method: str) -> Extraction | _Verdict:
