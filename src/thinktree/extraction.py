@@ -333,10 +333,10 @@ def _extract(text: str, problem: Problem) -> Extraction | _Verdict | None:
 # as it was shown ("The index is 1.\n\nAnswer: X") has stated its answer before it, if
 # at all: the line is read as saying nothing, and the fallbacks read the text above it.
 _PLACEHOLDER = re.compile(r"[(\[\"'“‘`*_]*X[)\]\"'”’`*_]*\.?")
+# no two repeats next to each other share a character: linear on any line
 _PLACEHOLDER_LINE = re.compile(
-    r"[ \t>#*_-]*(?i:(?:the\s+)?(?:final\s+)?answer(?:\s+is)?)[ \t*_]*[:=]?[ \t*_]*"
-    + _PLACEHOLDER.pattern
-    + r"\s*"
+    r"[ \t>#*_-]*(?i:(?:the[ \t]+)?(?:final[ \t]+)?answer(?:[ \t]+is)?)"
+    r"[ \t*_]*(?:[:=][ \t*_]*)?[(\[\"'“‘`]*X[)\]\"'”’`*_]*\.?\s*"
 )
 
 
