@@ -956,3 +956,16 @@ def test_x_answers_a_choice_that_has_an_option_x() -> None:
         answer="X",
     )
     assert extract_answer("The answer is B.\nAnswer: X", problem) == Extraction("X", "answer-label")
+
+
+_DECORATED_LINE = re.compile(r"^(?:[\s>#*_]|-(?=\s))+|[\s*_]+$")  # what the rule was
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=" \t\u00a0\u2003*_->#aB1.", max_size=16))
+def test_a_line_loses_its_decoration_as_one_pattern_took_it(line: str) -> None:
+    """The end's decoration is taken by a walk back over it (a pattern for the end tried
+    every start of a long run of spaces: seconds for a model's line of 20,000)."""
+    from thinktree import extraction as x
+
+    assert x._undecorated(line) == _DECORATED_LINE.sub("", line)

@@ -228,7 +228,8 @@ _SENTENCE_START = re.compile(r"(?:^|(?<=[.!?;])\s+)(?=\S)")
 _LINE_START_LETTER = re.compile(rf"(?:\(([A-Z])\)|([A-Z]){_SPECIES}[.)])(?=\s|$)")
 # a list item's marker at a line's start: "A. …", "(B) …", "3) …", "**C.** …"
 _ITEM_MARKER = re.compile(r"[ \t*_]*(?:\(([A-Z]|\d{1,3})\)|([A-Z]|\d{1,3})[.)])[*_]*(?=\s|$)")
-_LINE_DECORATION = re.compile(r"^(?:[\s>#*_]|-(?=\s))+|[\s*_]+$")
+_LINE_DECORATION = re.compile(r"(?:[\s>#*_]|-(?=\s))+")  # at a line's start (and its end:
+# _undecorated; a pattern for the end would try every start in a long run of spaces)
 _TAIL_LINES = 3
 _MIN_CONTAINED_OPTION = 4
 _AFTER_LETTER = " \t.:;,-–—()[]"  # what may stand between a letter and its option's text
@@ -675,11 +676,21 @@ def _prepare(raw: str) -> str | None:
     return body.strip()
 
 
+def _undecorated(line: str) -> str:
+    """``line`` without markdown decoration (spaces, quote marks, bullets, bold) around it."""
+    start = _LINE_DECORATION.match(line)
+    line = line[start.end() :] if start else line
+    end = len(line)
+    while end and (line[end - 1].isspace() or line[end - 1] in "*_"):
+        end -= 1
+    return line[:end]
+
+
 def _tail_lines(text: str, count: int) -> list[str]:
     """The last ``count`` non-empty lines of ``text`` without markdown decoration."""
     tail: list[str] = []
     for line in reversed(text.splitlines()):
-        if cleaned := _LINE_DECORATION.sub("", _clean(line)):
+        if cleaned := _undecorated(_clean(line)):
             tail.append(cleaned)
             if len(tail) == count:
                 break
