@@ -126,6 +126,40 @@ async def test_parallel_uses_one_request_with_n_where_supported(tmp_path: Path) 
     assert all(b.get("return_token_ids") is True and "logprobs" not in b for b in sampled)
 
 
+async def test_the_choices_of_one_request_that_say_the_same_are_read_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from thinktree.agents import solver
+    from thinktree.extraction import extract_answer
+
+    read: list[str] = []
+
+    def counted(text: str, problem: Problem, *, cut_off: bool = False) -> Any:
+        read.append(text)
+        return extract_answer(text, problem, cut_off=cut_off)
+
+    monkeypatch.setattr(solver, "extract_answer", counted)
+
+    def reply(body: dict[str, Any], index: int) -> str:
+        return "Thinking it over. Answer: " + "BCB"[index % 3]  # B, C, B, B, C, B
+
+    async with FakeServer(FakeBehaviour(reply=reply)) as server:
+        result = await _run(
+            server, tmp_path, ModeSettings(mode="parallel", n=6, budget=64), continuation="chat"
+        )
+    for tree in result.trees:
+        thinks = tree.of_kind(NodeKind.GENERATION)
+        assert len({t.call_id for t in thinks}) == 1  # one request of n=6
+        # each choice has its own text's answer: a text said again is read once, not once
+        # for all
+        assert [t.answer for t in thinks] == list("BCBBCB")
+        assert all(t.text.endswith(t.answer or "?") for t in thinks)
+        assert tree.answer == "B"
+    assert sorted(read) == sorted(
+        ["Thinking it over. Answer: B", "Thinking it over. Answer: C"] * 3
+    )
+
+
 # what OpenAI's reasoning models answer a chat request with ``max_tokens``
 _NO_MAX_TOKENS = (
     "Unsupported parameter: 'max_tokens' is not supported with this model. "

@@ -36,7 +36,7 @@ from thinktree.errors import (
     RunLimitReached,
     RunStopping,
 )
-from thinktree.extraction import extract_answer
+from thinktree.extraction import Extraction, extract_answer
 from thinktree.orchestrator.bus import EventBus
 from thinktree.orchestrator.call_cache import NotRecorded, only_recorded, solver_call
 from thinktree.orchestrator.events import (
@@ -447,6 +447,7 @@ class Solver:
         ends: list[Event] = []  # the nodes' ends, emitted together
         short = len(self.failures)
         choices, caps = result.choices, self.caps
+        readings: dict[tuple[str, bool], Extraction | None] = {}  # choices that say the same
         for i, r in enumerate(reqs):
             if i >= len(choices):
                 r.budget.commit(grant, 0)
@@ -465,7 +466,14 @@ class Solver:
             _apply(own, mode, messages, prefix, r, text)
             prompt_tokens = result.prompt_tokens if i == 0 else 0
             event, seg = self._finished(
-                own, r, result, choice, text, prompt_tokens, continued=mode != "revision"
+                own,
+                r,
+                result,
+                choice,
+                text,
+                prompt_tokens,
+                continued=mode != "revision",
+                readings=readings,
             )
             ends.append(event)
             segments.append((seg, own))
@@ -787,11 +795,14 @@ class Solver:
         prompt_tokens: int,
         *,
         continued: bool,
+        readings: dict[tuple[str, bool], Extraction | None] | None = None,
     ) -> tuple[NodeFinished, Segment]:
         """The node a call's ``choice`` (its text with its thinking: ``text``) ends, and
         the segment it grew: built, not emitted, so that n choices cost no coroutine each.
         ``continued``: the call went on from the branch's own message (and its cue), not
-        in a turn of its own."""
+        in a turn of its own. ``readings``: the answers read from the texts of the call's
+        other choices, by text and cut-off: a text said again (a short or structured
+        answer, a model sure of itself) is read once."""
         if req.extract_from == "message":
             source = branch.assistant
             written = req.cue + text
@@ -806,7 +817,13 @@ class Solver:
             source = lead + " " + choice.text
         else:
             source = choice.text
-        found = extract_answer(source, self.problem, cut_off=choice.finish_reason == "length")
+        cut_off = choice.finish_reason == "length"
+        if readings is None:
+            found = extract_answer(source, self.problem, cut_off=cut_off)
+        elif (key := (source, cut_off)) in readings:
+            found = readings[key]
+        else:
+            found = readings[key] = extract_answer(source, self.problem, cut_off=cut_off)
         answer, method = (found.answer, found.method) if found else (None, None)
         if req.constraint is not None and req.constraint.dialect is None:
             method = f"fallback: {method or 'nothing'} ({req.constraint.unavailable})"
