@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from serving_fixtures import llamacpp_url, think_server  # noqa: F401  (session fixtures)
+from terminal import tmux  # noqa: F401  (a tmux server of each test's own)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -6,19 +6,14 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from test_tui_tmux_e2e import SOCKET, tmux, wait_for
+from terminal import Tmux
 from thinktree.tui.synthetic import synthetic_run
 
 
-@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
-def test_watch_shows_a_broken_trace_then_ends_with_its_error(tmp_path: Path) -> None:
+def test_watch_shows_a_broken_trace_then_ends_with_its_error(tmp_path: Path, tmux: Tmux) -> None:
     folder = tmp_path / "r1"
     folder.mkdir()
     (folder / "run.json").write_text("{}")
@@ -53,14 +48,11 @@ def test_watch_shows_a_broken_trace_then_ends_with_its_error(tmp_path: Path) -> 
         str(tmp_path),
         f"{command}; echo EXIT=$?; sleep 600",
     )
-    try:
-        wait_for(session, "run 20250101-000000-synth", timeout=60)  # what came before it
-        wait_for(session, "bad node-finished event", timeout=10)  # in the header, and told
-        tmux("send-keys", "-t", session, "q")
-        after, _ = wait_for(session, "EXIT=", timeout=30)
-        assert "EXIT=2" in after
-        said = "error: r1/trace.jsonl:7: bad node-finished event: at is text, not a number"
-        assert said in after
-        assert "Traceback" not in after
-    finally:
-        subprocess.run(["tmux", "-L", SOCKET, "kill-server"], capture_output=True)
+    tmux.wait_for(session, "run 20250101-000000-synth", timeout=60)  # what came before it
+    tmux.wait_for(session, "bad node-finished event", timeout=10)  # in the header, and told
+    tmux("send-keys", "-t", session, "q")
+    after, _ = tmux.wait_for(session, "EXIT=", timeout=30)
+    assert "EXIT=2" in after
+    said = "error: r1/trace.jsonl:7: bad node-finished event: at is text, not a number"
+    assert said in after
+    assert "Traceback" not in after
