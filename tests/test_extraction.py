@@ -264,6 +264,16 @@ CASES: list[tuple[str, str, str | None, str | None]] = [
     ("medqa", "Hemophilia is ruled out. So, (D) is the right one", "D", "bare-letter"),
     ("medqa", "Hemophilia is ruled out.\nTherefore, D.", "D", "bare-letter"),
     ("medqa", "Hemophilia is ruled out.\nE is the correct answer.", None, None),
+    # the option named as the answer's: "answer option D is correct"
+    (
+        "medqa",
+        "The PTT alone is long.\nSo, answer option D is the most likely deficiency.",
+        "D",
+        "bare-letter",
+    ),
+    ("medqa", "Bradykinin is low. Therefore, answer option D is correct.", "D", "bare-letter"),
+    ("medqa", "If the answer option B is correct, he would bleed.", None, None),
+    ("medqa", "Answer option E is correct.", None, None),  # no such option
     # an option named alone on a line: with a full stop, or after "Therefore,"
     ("medqa", "The PTT alone is long.\nOption D.", "D", "bare-letter"),
     ("medqa", "The PTT alone is long.\n**Option D.**", "D", "bare-letter"),

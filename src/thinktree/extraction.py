@@ -14,8 +14,8 @@ Rules are tried in priority order, and each rule reads the LAST of its occurrenc
 3. Fallbacks by answer type: ``bare-letter`` (a letter alone on a line near the end, or
    as "Option C.", or after "Therefore,": "Therefore, option C"; at a line's start as "(C)"
    or "C."; or the last line's last sentence saying it is right, all of it: "So, C is the
-   correct answer.", "Option C is correct.", "The most likely diagnosis is C.", "I chose
-   option C.")
+   correct answer.", "Option C is correct.", "The answer option C is correct.", "The most
+   likely diagnosis is C.", "I chose option C.")
    then ``option-text`` (choice), ``yesno-word``
    (yesno), ``number`` (numeric), ``whole-text`` (free).
 
@@ -199,9 +199,11 @@ _RIGHT_ONE = (
     r"(?:\s+[a-zA-Z-]+){1,4}?"
 )
 # the last sentence of the last line, all of it naming its letter as right: "So, B is the
-# correct answer.", "Option C is correct." (not "If option B is correct, …": a condition)
+# correct answer.", "Option C is correct.", "The answer option C is correct." (not "If
+# option B is correct, …": a condition)
 _CLAIMED_LETTER = re.compile(
-    r"(?P<option>(?i:option|choice)\s+)?[(\[]?([A-Z])[)\]]?\s+(?P<verb>(?i:is|was))\s+"
+    r"(?P<option>(?:(?i:the\s+)?(?i:answer)\s+)?(?i:option|choice)\s+)?"
+    r"[(\[]?([A-Z])[)\]]?\s+(?P<verb>(?i:is|was))\s+"
     rf"(?P<noun>{_RIGHT_ONE}|(?i:correct|right))\s*[.!]?\s*\Z"
 )
 # the same claim with its letter last: "The most likely diagnosis is A.", "The best next
