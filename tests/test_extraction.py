@@ -274,6 +274,17 @@ CASES: list[tuple[str, str, str | None, str | None]] = [
     ("medqa", "Bradykinin is low. Therefore, answer option D is correct.", "D", "bare-letter"),
     ("medqa", "If the answer option B is correct, he would bleed.", None, None),
     ("medqa", "Answer option E is correct.", None, None),  # no such option
+    # two items on their lines, the last saying it is right: that one
+    (
+        "medqa",
+        "C. Factor IX is in hemophilia B.\n\nD. Factor XII is the correct answer.",
+        "D",
+        "bare-letter",
+    ),
+    ("medqa", "(C) Factor IX\n(D) Factor XII was the right one!", "D", "bare-letter"),
+    ("medqa", "C. Factor IX\nD. Factor XII is the correct answer, not C.", None, None),
+    ("medqa", "C. Factor IX\nD. Factor VII is the correct answer.", None, None),  # A's text
+    ("medqa", "C. Factor IX\nD. Factor XII", None, None),
     # an option named alone on a line: with a full stop, or after "Therefore,"
     ("medqa", "The PTT alone is long.\nOption D.", "D", "bare-letter"),
     ("medqa", "The PTT alone is long.\n**Option D.**", "D", "bare-letter"),

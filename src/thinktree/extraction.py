@@ -13,9 +13,10 @@ Rules are tried in priority order, and each rule reads the LAST of its occurrenc
    option text, the only "(X)"/"option X" in the phrase, or the only option text it contains.
 3. Fallbacks by answer type: ``bare-letter`` (a letter alone on a line near the end, or
    as "Option C.", or after "Therefore,": "Therefore, option C"; at a line's start as "(C)"
-   or "C."; or the last line's last sentence saying it is right, all of it: "So, C is the
-   correct answer.", "Option C is correct.", "The answer option C is correct.", "The most
-   likely diagnosis is C.", "I chose option C.")
+   or "C." (of several such lines, the last where it is an item saying it is right: "D.
+   Factor XII is the correct answer."); or the last line's last sentence saying it is
+   right, all of it: "So, C is the correct answer.", "Option C is correct.", "The answer
+   option C is correct.", "The most likely diagnosis is C.", "I chose option C.")
    then ``option-text`` (choice), ``yesno-word``
    (yesno), ``number`` (numeric), ``whole-text`` (free).
 
@@ -212,6 +213,9 @@ _LETTER_CLAIMED = re.compile(
     rf"{_RIGHT_ONE}\s+(?i:is|would\s+be)\s+(?:(?i:option|choice)\s+)?[(\[]?([A-Z])[)\]]?"
     r"\s*[.!]?\s*\Z"
 )
+# what follows an option's text in an item that says it is right: " is the correct answer"
+# (read in normalised text: case-folded, its full stop gone)
+_ITEM_CLAIMED = re.compile(rf"\s+(?:is|was)\s+(?:{_RIGHT_ONE}|correct|right)\s*!?\s*")
 # the writer's own choice, made, all of the last sentence: "I chose option B.", "I went
 # with C." (not "I chose B at first", a choice it may go back on)
 _LETTER_CHOSEN = re.compile(
@@ -864,8 +868,9 @@ def _choice_fallback(text: str, problem: Problem) -> Extraction | _Verdict | Non
             if _names_another(line_start.get(letter, ""), letter, options):
                 return _REJECT  # "D. Fibula" where Fibula is C
             return Extraction(letter, "bare-letter")
-        if letters:
-            return _REJECT
+        if letters:  # several, unless the last line is an item that says it is right
+            claimed = _claimed_item(tail[-1], options)
+            return _REJECT if claimed is None else Extraction(claimed, "bare-letter")
     if not tail or _LIST_ITEM.match(tail[-1]):  # a list's item names no answer: "2. Methadone"
         return None
     claimed = _claimed_letter(tail[-1])
@@ -898,6 +903,19 @@ def _claimed_letter(line: str) -> str | None:
         ):
             return match[2]
     return None
+
+
+def _claimed_item(line: str, options: dict[str, str]) -> str | None:
+    """The letter of ``line`` where all of it is an option's item saying it is right: "D.
+    Olecranon fracture is the correct answer." under "C. Monteggia fracture" names D."""
+    marker = _LINE_START_LETTER.match(line)
+    if marker is None or (letter := marker[1] or marker[2]) not in options:
+        return None
+    rest = _normalise(line[marker.end() :].lstrip(_AFTER_LETTER))
+    own = _normalise(options[letter])
+    if not own or not _starts_with_phrase(rest, own):
+        return None
+    return letter if _ITEM_CLAIMED.fullmatch(rest, len(own)) else None
 
 
 def _continues_list(tail: list[str], index: int, letter: str) -> bool:
