@@ -298,6 +298,18 @@ CASES: list[tuple[str, str, str | None, str | None]] = [
     ),
     ("medqa", "The PTT alone is long.\nFinally, D.", "D", "bare-letter"),
     ("medqa", "The PTT alone is long.\nTherefore, option E.", None, None),  # no such option
+    # the last line, a letter under a label; a label that says it is the answer, anywhere
+    ("medqa", "The PTT alone is long.\nChoice: D", "D", "bare-letter"),
+    ("medqa", "The PTT alone is long.\n**Option:** (D)", "D", "bare-letter"),
+    ("medqa", "The PTT alone is long.\nChoice: E", None, None),  # no such option
+    # higher up, such lines may walk through the options
+    ("medqa", "Option: C\nWrong: IX is B.\nOption: D\nRight: XII.", None, None),
+    ("medqa", "Answer choice: D, since the PTT alone is long.", "D", "correct-option"),
+    ("medqa", "Final choice: (D)\nThe contact pathway is the one.", "D", "correct-option"),
+    ("medqa", "Answer option: Factor XII", "D", "correct-option"),
+    ("medqa", "Wrong answer choice: C\nD", "D", "bare-letter"),
+    # the last of a list, not a choice: "the final option is D"
+    ("medqa", "The final option is D, a factor of the contact pathway.", None, None),
     # without its full stop, "Option C" may head a paragraph on C, as "Option C:" does
     ("medqa", "Factor IX is in hemophilia B.\nOption D", None, None),
     (

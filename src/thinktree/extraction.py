@@ -8,16 +8,17 @@ Rules are tried in priority order, and each rule reads the LAST of its occurrenc
    ``answer-is`` ("the (correct) answer is X", "the answer is not A, it is B", "the
    correct answer, X, ...") and
    ``correct-option`` ("the correct option is X", "Correct option: X", "my choice is X",
-   "My choice: X", "I would choose X", "I'll go with X", "option X is the correct answer").
+   "My choice: X", "Final choice: X", "Answer option: X", "I would choose X", "I'll go
+   with X", "option X is the correct answer").
    A choice answer is read as a leading letter ("(B) ...", "B.", "B", "'B'"), a leading
    option text, the only "(X)"/"option X" in the phrase, or the only option text it contains.
 3. Fallbacks by answer type: ``bare-letter`` (a letter alone on a line near the end, or
-   as "Option C.", or after "Therefore,": "Therefore, option C"; at a line's start as "(C)"
-   or "C." (of several such lines, the last where it is an item saying it is right: "D.
-   Factor XII is the correct answer."); or the last line's last sentence saying it is
-   right, all of it: "So, C is the correct answer.", "Option C is correct.", "The answer
-   option C is correct.", "The most likely diagnosis is C.", "I chose option C.")
-   then ``option-text`` (choice), ``yesno-word``
+   as "Option C.", or after "Therefore,": "Therefore, option C"; the last line as
+   "Choice: C"; at a line's start as "(C)" or "C." (of several such lines, the last
+   where it is an item saying it is right: "D. Factor XII is the correct answer."); or
+   the last line's last sentence saying it is right, all of it: "So, C is the correct
+   answer.", "Option C is correct.", "The answer option C is correct.", "The most likely
+   diagnosis is C.", "I chose option C.") then ``option-text`` (choice), ``yesno-word``
    (yesno), ``number`` (numeric), ``whole-text`` (free).
 
 Nothing is guessed. An occurrence that says nothing readable ("the answer is not clear", or
@@ -121,6 +122,9 @@ _CORRECT_OPTION = re.compile(
     r"\b(?:(?:correct|right|best|most\s+appropriate|most\s+likely|selected|chosen)\s+"
     # "the correct option is X", or as a label: "Correct option: X", "Selected choice: (X)"
     rf"(?:option|choice|response)(?:\s+{_IS}|[*_]*\s*[:：])"
+    # a label only: "Final choice: (X)", "Answer option: X" (not "the final option is X",
+    # the last of a list)
+    rf"|{_NOT_WRONG}(?:final|answer)\s+(?:option|choice)[*_]*\s*[:：]"
     # "my choice is X", or as a label: "My final choice: X"
     rf"|my\s+(?:final\s+)?(?:choice|selection)(?:\s+{_IS}|[*_]*\s*[:：])"
     r"|I(?:\s+would|\s+will|['’](?:ll|d))?\s+(?:choose|select|pick|go\s+with)\b)",
@@ -193,6 +197,9 @@ _MENTIONED_LETTER = re.compile(
 _OWN_LINE_LETTER = re.compile(
     r"[(\[]?([A-Z])[)\]]?[.:]?|(?i:option|choice)\s+[(\[]?([A-Z])[)\]]?\.", re.ASCII
 )
+# the last line, a letter under a label: "Choice: C", "Option: (C)" (higher up, such lines
+# may walk through the options: "Option: A" over what is wrong with A)
+_LABELLED_LETTER = re.compile(r"(?i:option|choice)[*_]*\s*[:：]\s*[(\[]?([A-Z])[)\]]?\.?")
 # what a question asks for, named right: "the correct answer", "the most likely diagnosis",
 # "the best next step in management" (a few words, as the question names it)
 _RIGHT_ONE = (
@@ -859,6 +866,8 @@ def _choice_fallback(text: str, problem: Problem) -> Extraction | _Verdict | Non
         if (m := _OWN_LINE_LETTER.fullmatch(line) or _CONCLUDED_LETTER.fullmatch(line))
         and not _continues_list(tail, i, letter := m[m.lastindex or 0])
     }
+    if tail and (labelled := _LABELLED_LETTER.fullmatch(tail[-1])):
+        own_line.add(labelled[1])
     line_start = {  # each letter with what follows it on its (last) line
         m[1] or m[2]: line[m.end() :] for line in tail if (m := _LINE_START_LETTER.match(line))
     }
