@@ -48,7 +48,6 @@ from thinktree.datasets import DatasetError, load_demo, load_problems
 from thinktree.embedded import embedded_server
 from thinktree.errors import ConfigError
 from thinktree.orchestrator.call_cache import SqliteCallCache
-from thinktree.orchestrator.events import NodeKind
 from thinktree.orchestrator.run import CALLS, RunResult, RunSettings, execute
 from thinktree.orchestrator.tree import ProblemTree
 from thinktree.problems import AnswerType, Problem
@@ -164,15 +163,20 @@ def _standing(adaptive: RunResult, full: RunResult) -> tuple[int, float, float]:
     agree = sum(a.answer == f.answer for a, f in zip(adaptive.trees, full.trees, strict=True))
     tokens_full = full.metrics.completion_tokens
     share = adaptive.metrics.completion_tokens / tokens_full if tokens_full else float("nan")
-    drawn = [len(t.of_kind(NodeKind.BRANCH)) for t in adaptive.trees]
+    drawn = _drawn(adaptive)
     return agree, share, sum(drawn) / len(drawn)
+
+
+def _drawn(run: RunResult) -> list[int]:
+    """The samples each problem drew: the candidates its vote counted (one per sample)."""
+    return [len(t.vote.ballots) if t.vote is not None else 0 for t in run.trees]
 
 
 def _report(label: str, adaptive: RunResult, full: RunResult, args: argparse.Namespace) -> None:
     """Agreement, tokens and stops of one adaptive run against majority@n."""
     count = len(full.trees)
     agree, share, mean_drawn = _standing(adaptive, full)
-    drawn = [len(t.of_kind(NodeKind.BRANCH)) for t in adaptive.trees]
+    drawn = _drawn(adaptive)
     rules = Counter(
         t.nodes[f"{t.root_id}/stop"].finish_reason
         for t in adaptive.trees
@@ -204,9 +208,14 @@ def clairvoyant_tokens(trees: list[ProblemTree], n: int, wave: int) -> float:
     spent = total = 0
     for tree in trees:
         branches = [f"{tree.root_id}/b{i}" for i in range(1, n + 1)]
-        answers = [tree.nodes[b].answer if b in tree.nodes else None for b in branches]
+        # a branch's answer is its candidate's (its node, or one under it: a forced answer)
+        stated = {
+            "/".join(str(ballot["node"]).split("/")[:2]): ballot["answer"]
+            for ballot in (tree.vote.ballots if tree.vote is not None else [])
+        }
+        answers = [stated.get(b) for b in branches]
         tokens = [
-            sum(node.completion_tokens for node in tree.walk() if node.id.startswith(b + "/"))
+            sum(node.completion_tokens for node in tree.walk(b)) if b in tree.nodes else 0
             for b in branches
         ]
         final = _leader(answers)

@@ -455,7 +455,8 @@ CASES: dict[str, tuple[str, Case, str]] = {
 
 
 def _synthetic_events(count: int) -> list[Any]:
-    """A run's event mix: per problem 1 start, 16 x (2 starts, 2 finishes), vote, finish."""
+    """A parallel run's event mix: per problem 1 start, 16 x (start, finish), vote, finish
+    (each sample is its branch: one node, its call's)."""
     from thinktree.orchestrator.events import (
         NodeFinished,
         NodeKind,
@@ -482,24 +483,15 @@ def _synthetic_events(count: int) -> list[Any]:
                     node_id=branch,
                     problem_id=pid,
                     parent_id=pid,
-                    kind=NodeKind.BRANCH,
-                    label=f"branch {b}",
-                )
-            )
-            events.append(
-                NodeStarted(
-                    node_id=f"{branch}/think",
-                    problem_id=pid,
-                    parent_id=branch,
                     kind=NodeKind.GENERATION,
-                    label="thinking",
+                    label=f"branch {b}",
                     max_tokens=MAX_TOKENS,
                     continuation="new",
                 )
             )
             events.append(
                 NodeFinished(
-                    node_id=f"{branch}/think",
+                    node_id=branch,
                     text=text,
                     finish_reason="stop",
                     prompt_tokens=40,
@@ -510,24 +502,13 @@ def _synthetic_events(count: int) -> list[Any]:
                     call_id=f"{pid}-{b}",
                 )
             )
-            events.append(
-                NodeFinished(
-                    node_id=branch,
-                    text="",
-                    finish_reason=None,
-                    prompt_tokens=0,
-                    completion_tokens=0,
-                    answer="B",
-                    extraction="branch",
-                )
-            )
         events.append(
             VoteCast(
                 problem_id=pid,
                 node_id=pid,
                 rule="majority",
                 answer="B",
-                winner_node=f"{pid}/b1/think",
+                winner_node=f"{pid}/b1",
                 counts={"B": SAMPLES},
             )
         )

@@ -320,10 +320,13 @@ async def test_a_unanimous_vote_stops_after_the_first_wave(tmp_path: Path) -> No
     async with FakeServer(FakeBehaviour(reply=_reply_by_seed(0))) as server:
         result = await _run(server, tmp_path, n=16, wave=4, native_n="yes")
     for tree in result.trees:
-        branches = tree.of_kind(NodeKind.BRANCH)
-        assert [b.id for b in branches] == [f"{tree.problem_id}/b{i}" for i in range(1, 5)]
+        # a sample is its branch: its call's node, under the problem
+        samples = tree.of_kind(NodeKind.GENERATION)
+        assert [s.id for s in samples] == [f"{tree.problem_id}/b{i}" for i in range(1, 5)]
+        assert {s.parent_id for s in samples} == {tree.root_id}
+        assert not tree.of_kind(NodeKind.BRANCH)
         # one wave is one request with n=4
-        calls = {tree.nodes[f"{b.id}/think"].call_id for b in branches}
+        calls = {s.call_id for s in samples}
         assert len(calls) == 1
         stop = tree.nodes[f"{tree.problem_id}/stop"]
         assert stop.kind is NodeKind.VOTE and stop.finish_reason == "posterior"
@@ -339,12 +342,12 @@ async def test_a_divided_vote_draws_more_and_agrees_with_the_full_vote(tmp_path:
         full = await _run(server, tmp_path, n=16, wave=16, native_n="no", name="full")
     drawn = []
     for a, f in zip(adaptive.trees, full.trees, strict=True):
-        branches = a.of_kind(NodeKind.BRANCH)
-        drawn.append(len(branches))
-        assert len(f.of_kind(NodeKind.BRANCH)) == 16
+        samples = a.of_kind(NodeKind.GENERATION)
+        drawn.append(len(samples))
+        assert len(f.of_kind(NodeKind.GENERATION)) == 16
         # per-node seeds: adaptive's samples are the full run's first samples
-        for b in branches:
-            assert a.nodes[f"{b.id}/think"].text == f.nodes[f"{b.id}/think"].text
+        for sample in samples:
+            assert sample.text == f.nodes[sample.id].text
         rule = a.nodes[f"{a.problem_id}/stop"].finish_reason
         if rule in ("unbeatable", "exhausted"):
             assert a.answer == f.answer

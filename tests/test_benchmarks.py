@@ -125,6 +125,10 @@ def test_adaptive_voting_on_a_simulated_model_that_is_always_right(tmp_path: Pat
     assert "replayed: agreement with majority@16: 3/3 = 100.0%; target >= 98%: MET" in out
     assert "replayed: tokens spent vs majority@16: 25.0%; target <= 50%: MET" in out
     assert "samples drawn per problem: mean 4.0 of 16" in out
+    # a rule that knows the full vote stops at the first wave too: each sample's tokens
+    # are its branch's (its call's node and what hangs under it)
+    assert "a clairvoyant rule that stops at the first wave whose leader is majority@16's " in out
+    assert "answer would spend 25.0% of its tokens" in out
 
 
 def test_adaptive_voting_simulates_choice_problems_only() -> None:

@@ -480,10 +480,13 @@ async def test_n_choice_branches_settle_or_go_on_to_a_forced_answer(
             server, tmp_path, ModeSettings(mode="parallel", n=4, budget=budget), continuation="chat"
         )
     for tree in result.trees:
-        branches = tree.of_kind(NodeKind.BRANCH)
-        assert len(branches) == 4
-        assert all(b.status == NodeStatus.DONE and b.answer == "B" for b in branches)
-        assert len(tree.of_kind(NodeKind.FORCED_ANSWER)) == (4 if forced else 0)
+        # a branch is its first call's node, and a forced answer hangs under it
+        branches = [tree.nodes[c] for c in tree.root.children]
+        assert [b.id for b in branches] == [f"{tree.problem_id}/b{i}" for i in range(1, 5)]
+        assert all(b.kind is NodeKind.GENERATION and b.status == NodeStatus.DONE for b in branches)
+        answers = tree.of_kind(NodeKind.FORCED_ANSWER)
+        assert [a.parent_id for a in answers] == ([b.id for b in branches] if forced else [])
+        assert all(n.answer == "B" for n in (answers if forced else branches))
         assert tree.vote is not None and tree.vote.counts == {"B": 4}
         assert tree.answer == "B"
 

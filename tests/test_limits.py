@@ -68,9 +68,18 @@ async def test_run_token_limit_is_never_passed_and_stops_the_run(tmp_path: Path)
     calls = dict(
         conn.execute(
             "SELECT status, count(*) FROM nodes WHERE kind NOT IN ('problem', 'branch') "
-            "GROUP BY status"
+            "AND (status != 'failed' OR call_id IS NOT NULL) GROUP BY status"
         ).fetchall()
     )
+    # a branch whose first call the limit refused is a node that made no call, and says why
+    refused = conn.execute(
+        "SELECT label, error, completion_tokens FROM nodes WHERE status = 'failed' "
+        "AND call_id IS NULL AND kind NOT IN ('problem', 'branch')"
+    ).fetchall()
+    assert all(
+        label.startswith("branch ") and error.startswith("run stopped") and tokens == 0
+        for label, error, tokens in refused
+    ), refused
     running = conn.execute("SELECT count(*) FROM nodes WHERE status = 'running'").fetchone()[0]
     conn.close()
     assert status == "stopped"
@@ -95,7 +104,9 @@ async def test_a_branch_the_problem_limit_leaves_nothing_does_not_sink_the_other
     for problem in results["problems"]:
         assert sum(n["completion_tokens"] for n in problem["nodes"]) <= 40
         assert problem["answer"] == "B" and problem["error"] is None
-        branches = [n for n in problem["nodes"] if n["kind"] == "branch"]
+        # each branch is its first call's node, under the problem (a starved one too)
+        branches = [n for n in problem["nodes"] if n["parent"] == problem["id"]]
+        assert len(branches) == 4
         assert sum(n["status"] == "done" for n in branches) >= 2
         starved = [n for n in branches if n["status"] == "failed"]
         assert all(n["error"].startswith("no tokens left") for n in starved)
@@ -209,7 +220,7 @@ async def test_a_run_its_limit_stopped_leaves_no_node_running(tmp_path: Path) ->
     assert results["status"] == "stopped"
     nodes = [n for p in results["problems"] for n in p["nodes"]]
     assert not [n["id"] for n in nodes if n["status"] == "running"]
-    stopped = [n for n in nodes if n["kind"] == "branch" and n["status"] == "failed"]
+    stopped = [n for n in nodes if n["label"].startswith("branch ") and n["status"] == "failed"]
     assert stopped and all("token limit of 60" in n["error"] for n in stopped)
 
 

@@ -130,13 +130,15 @@ async def test_parallel_samples_n_candidates_and_votes(embedded_url: str, tmp_pa
     result = await _run(embedded_url, tmp_path, ModeSettings(mode="parallel", n=n, budget=16))
     assert result.capabilities.native_n
     for tree in result.trees:
-        branches = tree.of_kind(NodeKind.BRANCH)
-        assert len(branches) == n
-        firsts = [tree.nodes[f"{b.id}/think"] for b in branches]
+        # each branch is its first call's node, under the problem
+        branches = [tree.nodes[c] for c in tree.root.children]
+        assert [b.id for b in branches] == [f"{tree.problem_id}/b{i}" for i in range(1, n + 1)]
+        assert not tree.of_kind(NodeKind.BRANCH)
         # one request with n=4 for the first call of every branch
-        assert len({f.call_id for f in firsts}) == 1
+        assert len({b.call_id for b in branches}) == 1
         assert tree.vote is not None and tree.vote.rule == "shortest-majority"
-        answered = [b.answer for b in branches if b.answer is not None]
+        assert len(tree.vote.ballots) == n
+        answered = [b["answer"] for b in tree.vote.ballots if b["answer"] is not None]
         assert sum(tree.vote.counts.values()) == len(answered)
         assert tree.answer == tree.vote.answer
 

@@ -22,6 +22,7 @@ import pytest
 
 from bench_data import without_timing
 from request_keys import request_key
+from thinktree.orchestrator.run import MANIFEST_VERSION
 from thinktree.testing.fake_server import FakeBehaviour, fake_server_in_thread
 
 REPLY_WORDS = ["Let", "me", "weigh", "each", "option", "in", "turn", "before", "deciding"]
@@ -253,7 +254,7 @@ def test_resume_refuses_foreign_and_finished_folders(tmp_path: Path) -> None:
     proc = run("--resume", str(bad))
     assert proc.returncode != 0 and "format 99" in proc.stderr
 
-    (bad / "run.json").write_text(json.dumps({"manifest_version": 1}))
+    (bad / "run.json").write_text(json.dumps({"manifest_version": MANIFEST_VERSION}))
     (bad / "calls.sqlite").write_bytes(b"not a database at all, just text")
     before = (bad / "calls.sqlite").read_bytes()
     proc = run("--resume", str(bad))

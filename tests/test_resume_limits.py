@@ -394,7 +394,7 @@ def verdicts(result: RunResult) -> dict[str, tuple[str, str | None, float | None
     ("limits", "cut"),
     [
         pytest.param({"max_run_tokens": 400}, False, id="run-limit"),
-        pytest.param({"max_run_tokens": 500}, True, id="run-limit-cut"),
+        pytest.param({"max_run_tokens": 480}, True, id="run-limit-cut"),
         pytest.param({"max_cost": 0.4, "prices": PRICES}, False, id="money-limit"),
         pytest.param({"max_cost": 0.35, "prices": PRICES}, True, id="money-limit-cut"),
     ],

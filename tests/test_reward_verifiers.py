@@ -84,7 +84,7 @@ async def test_reward_model_scores_every_candidate(tmp_path: Path, route: str) -
     assert [v.score for v in verdicts] == pytest.approx([0.2, 0.9, 0.2])
     assert all(v.status is NodeStatus.DONE and v.prompt_tokens > 0 for v in verdicts)
     assert tree.answer == "B" and tree.vote is not None
-    assert tree.vote.winner_node == "q1/b2/think"
+    assert tree.vote.winner_node == "q1/b2"
     with StoreReader.open(result.folder / "run.sqlite") as store:
         assert [round(v["score"], 3) for v in store.verdicts()] == [0.2, 0.9, 0.2]
     m = result.metrics.verifier

@@ -17,6 +17,7 @@ from thinktree.agents.endpoint import EndpointConfig
 from thinktree.agents.modes import ModeSettings
 from thinktree.agents.prompts import FORCE_ANSWER_CUE, WAIT_CUE
 from thinktree.errors import RecordingError
+from thinktree.orchestrator.ledger import Budget
 from thinktree.orchestrator.run import RunSettings, execute
 from thinktree.pricing import Price
 from thinktree.problems import AnswerType, Problem
@@ -109,7 +110,14 @@ def _stopped_by_the_run(results: dict[str, Any], limit: str) -> None:
         and last["error"].startswith("run stopped")
         and limit in last["error"]
     )
-    assert not [n for n in last["nodes"] if n["kind"] not in ("problem", "branch")]
+    # no call was sent: a parallel branch the limit refused is its first call's node, ended
+    # with the reason
+    calls = [n for n in last["nodes"] if n["kind"] not in ("problem", "branch")]
+    assert all(
+        n["status"] == "failed" and n["call_id"] is None and n["completion_tokens"] == 0
+        for n in calls
+    )
+    assert all(limit in n["error"] for n in calls)
 
 
 @pytest.mark.parametrize(("limits", "limit"), RUN_LIMITS)
@@ -298,21 +306,20 @@ async def test_a_thinking_whose_answer_cannot_be_announced_does_not_stay_running
 
 async def test_n_samples_whose_last_cannot_be_announced_leave_none_running() -> None:
     """The branches' first calls go out as one request with n choices; announcing the
-    second fails: neither call is announced (they are, together or not at all), and both
-    branches end failed with the reason."""
+    second fails: neither call is announced (they are, together or not at all), so no
+    branch has a node (each is its first call's), and what they held is given back."""
     from thinktree.agents.solver import Branch
     from thinktree.agents.strategies import BudgetForcing, Parallel
     from thinktree.orchestrator.ledger import Budget
 
     error = RecordingError("the run store stopped recording")
-    bus = _StartRefused("q0/b2/think", error)
+    bus = _StartRefused("q0/b2", error)
     pool = Budget("q0", 80)
     solver = _solver(bus, native_n=True)
     strategy = Parallel(n=2, inner=BudgetForcing(budget=32, answer_tokens=8))
     with pytest.raises(RecordingError), anyio.fail_after(5):
         await strategy.run(solver, Branch([]), "q0", pool)
-    assert bus.ended() == {n: str(error) for n in ("q0/b1", "q0/b2")}
-    assert not bus.running() and pool.reserved == 0
+    assert bus.events == [] and not bus.running() and pool.reserved == 0
 
 
 class _ClosedAtFailure(_Bus):
@@ -371,25 +378,64 @@ async def test_a_branch_the_run_limit_refuses_ends_itself_and_its_siblings_call_
 
     reason = "run stopped: its money limit of $0.003 is reached ($0.004 spent)"
     bus = _Bus()
-    solver = _StubSolver(
-        {"q0/b1/think": RunLimitReached(reason), "q0/b2/think": (0.2, "Hmm. Answer: B")}, bus
-    )
+    solver = _StubSolver({"q0/b1": RunLimitReached(reason), "q0/b2": (0.2, "Hmm. Answer: B")}, bus)
     pool = Budget("q0", None, parent=Budget("run", None, stops_run=True))
     strategy = Parallel(n=2, inner=BudgetForcing(budget=32, answer_tokens=8))
     with anyio.fail_after(5):
         candidates = await strategy.run(solver, Branch([]), "q0", pool)  # type: ignore[arg-type]
-    assert [(c.node_id, c.answer) for c in candidates] == [("q0/b2/think", "B")]
-    assert solver.finished == ["q0/b2/think"]
-    assert bus.ended() == {"q0/b1": reason, "q0/b2": "done"}
+    assert [(c.node_id, c.answer) for c in candidates] == [("q0/b2", "B")]
+    assert solver.finished == ["q0/b2"]
+    # each branch is its call's node, which the solver announces and ends: the strategy
+    # announces nothing of its own (the solver's refused node is checked below)
+    assert bus.events == []
     assert pool.run_stopped == reason
 
 
-async def test_a_branch_task_cancelled_before_it_ran_does_not_stay_running() -> None:
-    """The branches' first calls went out as one request; b1 needs more calls (a task of
-    its own), b2 is settled at once, and recording b2's end fails: the problem ends with
-    the error, and b1, whose task never ran, ends with it too, not left 'running'."""
+@pytest.mark.parametrize(
+    ("pool", "error"),
+    [
+        pytest.param(Budget("q0", 0), "no tokens left: budget 'q0", id="problem"),
+        pytest.param(
+            Budget("q0", None, parent=Budget("run", 0, stops_run=True)),
+            "run stopped: its token limit of 0 is reached",
+            id="run",
+        ),
+    ],
+)
+async def test_a_branch_call_a_limit_refuses_still_leaves_its_node(pool: Any, error: str) -> None:
+    """A branch's first call that a limit refuses before it starts: its node (which is the
+    branch) is announced and ends failed with the reason, so the tree shows every branch;
+    it made no call, so it is no failed call either. Another call leaves no node."""
     from thinktree.agents.solver import Branch
-    from thinktree.agents.strategies import BudgetForcing, Parallel
+    from thinktree.agents.strategies import BudgetForcing
+    from thinktree.errors import BudgetExhausted, RunLimitReached
+    from thinktree.orchestrator.events import NodeKind, failed_call
+
+    bus = _Bus()
+    solver = _solver(bus)
+    req = BudgetForcing(budget=32, answer_tokens=8).first_request("q0/b1", pool)
+    req.node_id, req.parent_id, req.label, req.branch = "q0/b1", "q0", "branch 1", True
+    with pytest.raises((BudgetExhausted, RunLimitReached)), anyio.fail_after(5):
+        await solver.segment(Branch([]), req)
+    started, failed = bus.events
+    assert (started.node_id, started.parent_id, started.kind) == ("q0/b1", "q0", "generation")
+    assert started.label == "branch 1" and failed.node_id == "q0/b1"
+    assert failed.error.startswith(error), failed.error
+    assert not failed_call(NodeKind.GENERATION, "failed", failed.error)
+    bus.events.clear()
+    req.branch = False  # a later call of a line (a "Wait", a forced answer)
+    with pytest.raises((BudgetExhausted, RunLimitReached)), anyio.fail_after(5):
+        await solver.segment(Branch([]), req)
+    assert bus.events == []
+
+
+async def test_a_branch_task_cancelled_before_it_ran_does_not_stay_running() -> None:
+    """The branches (nodes of their own, as hybrid's are) had their first calls go out as
+    one request; b1 needs more calls (a task of its own), b2 is settled at once, and
+    recording b2's end fails: the problem ends with the error, and b1, whose task never
+    ran, ends with it too, not left 'running'."""
+    from thinktree.agents.solver import Branch
+    from thinktree.agents.strategies import BudgetForcing, _Hybrid
     from thinktree.errors import RecordingError
     from thinktree.orchestrator.ledger import Budget
 
@@ -397,7 +443,7 @@ async def test_a_branch_task_cancelled_before_it_ran_does_not_stay_running() -> 
     solver = _StubSolver(
         {"q0/b1/think": (0, "Hmm."), "q0/b2/think": (0, "Answer: B")}, bus, native_n=True
     )
-    strategy = Parallel(n=2, inner=BudgetForcing(budget=32, answer_tokens=8))
+    strategy = _Hybrid(n=2, inner=BudgetForcing(budget=32, answer_tokens=8))
     with pytest.raises(BaseExceptionGroup) as raised, anyio.fail_after(5):
         await strategy.run(solver, Branch([]), "q0", Budget("q0", None))  # type: ignore[arg-type]
     assert raised.group_contains(RecordingError)
@@ -471,8 +517,8 @@ async def test_adaptive_sampling_that_drew_every_sample_says_so_whatever_a_limit
     bus = _Bus()
     solver = _StubSolver(
         {
-            "q0/b1/think": (0, "Answer: B"),
-            "q0/b2/think": (0, "Hmm, let me think"),  # no answer: one is asked for
+            "q0/b1": (0, "Answer: B"),
+            "q0/b2": (0, "Hmm, let me think"),  # no answer: one is asked for
             "q0/b2/answer": RunLimitReached(reason),
         },
         bus,
@@ -523,7 +569,8 @@ async def test_adaptive_sampling_the_run_limit_stops_keeps_the_samples_drawn(
     q0, _ = results["problems"]
     assert q0["answer"] == "B" and q0["stopped"].startswith("run stopped")
     nodes = nodes_of(q0)
-    sampled = [n for n in nodes.values() if n["kind"] == "branch"]
+    # each sample is its branch's first call's node, under the problem (a refused one too)
+    sampled = [n for n in nodes.values() if n["parent"] == "q0" and n["id"] != "q0/stop"]
     assert [n["id"] for n in sampled] == [f"q0/b{i}" for i in range(1, branches + 1)]
     refused = [n for n in sampled if n["status"] == "failed"]
     assert len(refused) == branches - drawn
@@ -563,15 +610,12 @@ async def test_a_pilot_that_raises_ends_its_node_with_the_reason() -> None:
 
     down = EndpointDown("the endpoint stopped answering")
     bus = _Bus()
-    solver = _StubSolver({"q0/pilot/b1/think": down, "q0/pilot/b2/think": down}, bus)
+    solver = _StubSolver({"q0/pilot/b1": down, "q0/pilot/b2": down}, bus)
     with pytest.raises(BaseExceptionGroup) as raised, anyio.fail_after(5):
         await Auto(budget=16, n=2).run(solver, Branch([]), "q0", Budget("q0", None))  # type: ignore[arg-type]
     assert raised.group_contains(EndpointDown)
-    assert bus.ended() == {
-        "q0/pilot/b1": str(down),
-        "q0/pilot/b2": str(down),
-        "q0/pilot": str(down),
-    }
+    # the pilot's samples are their calls' nodes, which the solver ends (not this stub)
+    assert bus.ended() == {"q0/pilot": str(down)}
 
 
 @pytest.mark.parametrize(

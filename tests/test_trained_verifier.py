@@ -281,7 +281,7 @@ async def test_two_files_of_the_same_name_both_score(runs: list[Path], tmp_path:
     result = await _make_run(tmp_path / "scored", verifiers=specs)
     tree = result.trees[0]
     assert len(tree.of_kind(NodeKind.VERDICT)) == 8  # 4 candidates, 2 verifiers
-    assert sorted(tree.nodes["q0/b1/think"].scores) == sorted(specs)
+    assert sorted(tree.nodes["q0/b1"].scores) == sorted(specs)
 
 
 def _edited(run: Path, to: Path, edit: Any, name: str = "results.json") -> Path:

@@ -46,7 +46,7 @@ async def test_run_watch_shows_exactly_what_the_engine_did(tmp_path: Path) -> No
         await pilot.pause()
         assert app.engine_error is None
         assert "problems 4/4" in app.header.plain and "live run" not in app.header.plain
-        app.problem_tree.focus_node("q0/b1/think")
+        app.problem_tree.focus_node("q0/b1")
         await pilot.pause()
         assert "Think [bold red]loud[/] ␛[2J and on." in app.detail.text
         seen["view"] = app.view

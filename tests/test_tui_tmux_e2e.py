@@ -68,7 +68,6 @@ def test_run_watch_shows_the_tree_and_the_vote(
         "branch 1",
         "branch 2",
         "branch 3",
-        "thinking",
         "shortest-majority",
         "★",
     ):

@@ -149,11 +149,11 @@ async def test_a_failed_verdict_ranks_below_the_lowest_scores(
     result = await _run(tmp_path, (f"misbehave:{kind}",), aggregate)
     tree = result.trees[0]
     assert tree.vote is not None and tree.vote.rule == aggregate
-    assert tree.answer == "B" and tree.vote.winner_node == "q1/b2/think"
+    assert tree.answer == "B" and tree.vote.winner_node == "q1/b2"
     assert "A" not in tree.vote.scores
-    assert tree.nodes["q1/b1/think"].combined_score is None
+    assert tree.nodes["q1/b1"].combined_score is None
     failed = [v for v in tree.of_kind(NodeKind.VERDICT) if v.status is NodeStatus.FAILED]
-    assert [v.parent_id for v in failed] == ["q1/b1/think"] and failed[0].error == "cannot tell"
+    assert [v.parent_id for v in failed] == ["q1/b1"] and failed[0].error == "cannot tell"
     m = result.metrics.verifier
     assert m is not None and m.pick_accuracy == 1.0 and m.failed_verdicts == 1
     assert m.auroc is None  # the scored candidates are all right: no AUROC
@@ -165,7 +165,7 @@ async def test_a_valid_verifier_alongside_a_failing_one_still_decides(tmp_path: 
     tree = result.trees[0]
     assert tree.vote is not None and tree.vote.rule == "best-of-n"
     assert tree.answer == "B"
-    assert tree.nodes["q1/b2/think"].scores == {"misbehave:lowest": 0.0}
+    assert tree.nodes["q1/b2"].scores == {"misbehave:lowest": 0.0}
 
 
 @pytest.mark.anyio
@@ -176,7 +176,7 @@ async def test_numpy_scores_and_counts_are_valid(tmp_path: Path) -> None:
     verdicts = tree.of_kind(NodeKind.VERDICT)
     assert [v.status for v in verdicts] == [NodeStatus.DONE] * 4, verdicts[0].error
     assert tree.vote is not None and tree.vote.rule == "best-of-n"
-    assert tree.vote.winner_node == "q1/b4/think"  # scored 0.75, the highest
+    assert tree.vote.winner_node == "q1/b4"  # scored 0.75, the highest
     results = _results(result)
     assert [b["score"] for b in results["problems"][0]["vote"]["ballots"]] == [0, 0.25, 0.5, 0.75]
     m = result.metrics.verifier
@@ -313,7 +313,7 @@ async def test_a_verifier_that_reorders_its_candidates_leaves_the_others_theirs(
     # candidate at its place in the reversed list
     result = await _run(tmp_path, ("misbehave:reverses", "misbehave:prefers-a"), "best-of-n")
     tree = result.trees[0]
-    assert tree.vote is not None and tree.vote.winner_node == "q1/b1/think"
+    assert tree.vote is not None and tree.vote.winner_node == "q1/b1"
     assert tree.answer == "A"
     scored = [(v.candidate_node, v.node_id) for v in tree.verdicts]
     assert all(node_id.startswith(f"{candidate}/") for candidate, node_id in scored)
@@ -331,7 +331,7 @@ async def test_the_candidate_a_verifier_scores_highest_wins(
     tree = result.trees[0]
     assert tree.vote is not None and tree.vote.rule == aggregate
     tiebreak_lost = aggregate == "verifier-tiebreak" and k == 0
-    assert tree.vote.winner_node == ("q1/b2/think" if tiebreak_lost else f"q1/b{k + 1}/think")
+    assert tree.vote.winner_node == ("q1/b2" if tiebreak_lost else f"q1/b{k + 1}")
     assert tree.answer == ("A" if k == 0 and not tiebreak_lost else "B")
 
 

@@ -228,13 +228,13 @@ async def test_judge_verdicts_are_nodes_events_and_rerank_the_vote(tmp_path: Pat
     tree = result.trees[0]
     assert tree.vote is not None and tree.vote.rule == "verifier-weighted"
     assert tree.answer == "B" and tree.correct  # majority would have said A
-    assert tree.vote.winner_node == "q1/b2/think"
+    assert tree.vote.winner_node == "q1/b2"
     assert tree.vote.scores == pytest.approx({"A": 0.2, "B": 0.9})
     verdicts = tree.of_kind(NodeKind.VERDICT)
-    assert [v.parent_id for v in verdicts] == ["q1/b1/think", "q1/b2/think", "q1/b3/think"]
+    assert [v.parent_id for v in verdicts] == ["q1/b1", "q1/b2", "q1/b3"]
     assert [v.score for v in verdicts] == [0.1, 0.9, 0.1]
     assert all(v.status is NodeStatus.DONE and v.prompt_tokens > 0 for v in verdicts)
-    assert tree.nodes["q1/b2/think"].scores == {"judge:score=rating": 0.9}
+    assert tree.nodes["q1/b2"].scores == {"judge:score=rating": 0.9}
     m = result.metrics.verifier
     assert m is not None
     assert (m.pick_accuracy, m.vote_accuracy, m.oracle, m.auroc) == (1.0, 0.0, 1.0, 1.0)
@@ -244,7 +244,7 @@ async def test_judge_verdicts_are_nodes_events_and_rerank_the_vote(tmp_path: Pat
         stored = store.verdicts()
         nodes = {n["id"]: n for n in store.nodes("q1")}
     assert [v["score"] for v in stored] == [0.1, 0.9, 0.1]
-    assert nodes["q1/b2/think/verdict:judge:score=rating"]["kind"] == "verdict"
+    assert nodes["q1/b2/verdict:judge:score=rating"]["kind"] == "verdict"
     results = json.loads((result.folder / "results.json").read_text())
     assert results["metrics"]["verifier"]["pick_accuracy"] == 1.0
     assert [b["score"] for b in results["problems"][0]["vote"]["ballots"]] == [0.1, 0.9, 0.1]
@@ -404,16 +404,16 @@ async def test_pairwise_knockout_swaps_positions_and_scores_groups(tmp_path: Pat
     tree = result.trees[0]
     verdicts = {v.parent_id: v for v in tree.of_kind(NodeKind.VERDICT)}
     assert {k: v.score for k, v in verdicts.items()} == {
-        "q1/b1/think": 0.0,
-        "q1/b2/think": 1.0,
-        "q1/b3/think": 0.0,
+        "q1/b1": 0.0,
+        "q1/b2": 1.0,
+        "q1/b3": 0.0,
     }
     assert tree.answer == "B" and tree.vote is not None
-    assert tree.vote.winner_node == "q1/b2/think"
+    assert tree.vote.winner_node == "q1/b2"
     # one match, judged in both orders; A's shortest candidate represents it
-    assert "A vs B: P(A better) = 0.00" in verdicts["q1/b3/think"].text
-    assert "representative, q1/b3/think" in verdicts["q1/b1/think"].text
-    assert verdicts["q1/b3/think"].prompt_tokens > 0
+    assert "A vs B: P(A better) = 0.00" in verdicts["q1/b3"].text
+    assert "representative, q1/b3" in verdicts["q1/b1"].text
+    assert verdicts["q1/b3"].prompt_tokens > 0
 
 
 @pytest.mark.anyio
@@ -434,9 +434,9 @@ async def test_the_live_view_labels_show_the_scores(tmp_path: Path) -> None:
     tree = result.trees[0]
     tokens = subtree_tokens(tree)
     winners = winner_path(tree)
-    verdict = tree.nodes["q1/b2/think/verdict:judge:score=rating"]
+    verdict = tree.nodes["q1/b2/verdict:judge:score=rating"]
     assert "score 0.90" in node_label(tree, verdict, tokens[verdict.id], winners).plain
-    candidate = tree.nodes["q1/b2/think"]
+    candidate = tree.nodes["q1/b2"]
     label = node_label(tree, candidate, tokens[candidate.id], winners).plain
     assert "★" in label and "score 0.90" in label
 
@@ -559,7 +559,7 @@ async def test_a_judge_given_options_without_an_endpoint_judges(tmp_path: Path) 
     result = await _run(tmp_path, behaviour, ("judge,score=rating",), None)
     tree = result.trees[0]
     assert tree.answer == "B"
-    assert tree.nodes["q1/b2/think"].scores == {"judge:score=rating": 0.9}
+    assert tree.nodes["q1/b2"].scores == {"judge:score=rating": 0.9}
 
 
 @pytest.mark.anyio
@@ -724,8 +724,8 @@ async def test_a_limit_refusing_a_pairwise_match_keeps_the_matches_judged(
     assert result.stopped_by == tree.stopped
     verdicts = {v.parent_id: v for v in tree.of_kind(NodeKind.VERDICT)}
     assert all(v.status is NodeStatus.DONE for v in verdicts.values())
-    a, b, c = (verdicts[f"q1/b{i}/think"] for i in (1, 2, 3))
-    won = b if samples == 3 else verdicts["q1/b4/think"]
+    a, b, c = (verdicts[f"q1/b{i}"] for i in (1, 2, 3))
+    won = b if samples == 3 else verdicts["q1/b4"]
     assert won.score == 0.5 and "not decided: a run limit stopped the tournament" in won.text
     refused = "round 2: A vs B" if samples == 3 else "round 1: B vs C"
     assert f"{refused}: not judged: run stopped: its {limit} is reached" in b.text + c.text
@@ -804,7 +804,7 @@ async def test_an_unreadable_pairwise_match_keeps_the_matches_judged(tmp_path: P
     tree = result.trees[0]
     verdicts = {v.parent_id: v for v in tree.of_kind(NodeKind.VERDICT)}
     assert all(v.status is NodeStatus.DONE for v in verdicts.values())
-    a, b, c = (verdicts[f"q1/b{i}/think"] for i in (1, 2, 3))
+    a, b, c = (verdicts[f"q1/b{i}"] for i in (1, 2, 3))
     assert (a.score, b.score, c.score) == (0.5, 0.5, 0.0)
     assert "round 1: B vs C: P(B better) = 1.00" in c.text
     unreadable = "round 2: A vs B: not judged: the judge's choice is unreadable: 'neither'"
@@ -864,7 +864,7 @@ async def test_a_pairwise_match_whose_call_fails_is_played_again_on_resume(
     assert again.failed_calls() == []
     tree = again.trees[0]
     verdicts = {v.parent_id: v for v in tree.of_kind(NodeKind.VERDICT)}
-    assert [verdicts[f"q1/b{i}/think"].score for i in (1, 2, 3, 4)] == [0.0, 1.0, 0.0, 0.5]
+    assert [verdicts[f"q1/b{i}"].score for i in (1, 2, 3, 4)] == [0.0, 1.0, 0.0, 0.5]
     assert tree.answer == "B" and tree.vote is not None and tree.vote.rule == "verifier-weighted"
     assert not any(JUDGE_SYSTEM in text and "Final answer: A" in text for text in resent)
 
@@ -928,10 +928,10 @@ async def test_pairwise_draws_the_top_seed_against_the_bottom_one(tmp_path: Path
     async with FakeServer(FakeBehaviour(reply=_preferring("BCDA", 4))) as server:
         result = await _pairwise_four(server, tmp_path, samples=4)
     verdicts = {v.parent_id: v for v in result.trees[0].of_kind(NodeKind.VERDICT)}
-    assert "round 1: A vs D: P(A better) = 0.00" in verdicts["q1/b1/think"].text
-    assert "round 1: B vs C: P(B better) = 1.00" in verdicts["q1/b3/think"].text
-    assert "round 2: B vs D: P(B better) = 1.00" in verdicts["q1/b4/think"].text  # B: seed 2
-    scores = [verdicts[f"q1/b{i}/think"].score for i in (1, 2, 3, 4)]
+    assert "round 1: A vs D: P(A better) = 0.00" in verdicts["q1/b1"].text
+    assert "round 1: B vs C: P(B better) = 1.00" in verdicts["q1/b3"].text
+    assert "round 2: B vs D: P(B better) = 1.00" in verdicts["q1/b4"].text  # B: seed 2
+    scores = [verdicts[f"q1/b{i}"].score for i in (1, 2, 3, 4)]
     assert scores == [0.0, 1.0, 0.0, 0.5] and result.trees[0].answer == "B"
 
 
@@ -959,12 +959,12 @@ async def test_pairwise_gives_the_bye_to_the_most_voted_answer(tmp_path: Path) -
         )
         result = await execute([FOUR], endpoint, settings)
     verdicts = {v.parent_id: v for v in result.trees[0].of_kind(NodeKind.VERDICT)}
-    scores = [verdicts[f"q1/b{i}/think"].score for i in (1, 2, 3, 4)]
+    scores = [verdicts[f"q1/b{i}"].score for i in (1, 2, 3, 4)]
     assert scores == [1.0, 0.0, 0.5, 0.5]
-    c = verdicts["q1/b3/think"].text  # C's representative: the first of its equal two
+    c = verdicts["q1/b3"].text  # C's representative: the first of its equal two
     assert "round 1: a bye (the top seed sits out an odd round)" in c, c
     assert "round 1: A vs" not in c and "round 2: C vs A: P(C better) = 0.00" in c, c
-    assert "round 1: A vs B: P(A better) = 1.00" in verdicts["q1/b2/think"].text
+    assert "round 1: A vs B: P(A better) = 1.00" in verdicts["q1/b2"].text
 
 
 @pytest.mark.anyio

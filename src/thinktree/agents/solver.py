@@ -41,6 +41,7 @@ from thinktree.orchestrator.bus import EventBus
 from thinktree.orchestrator.call_cache import NotRecorded, only_recorded, solver_call
 from thinktree.orchestrator.events import (
     CONSTRAINT_REFUSED,
+    NO_TOKENS_LEFT,
     PAST_CONTEXT,
     Event,
     NodeDelta,
@@ -91,6 +92,9 @@ class SegmentRequest:
     revision_prompt: str | None = None  # the user turn used where continuation is impossible
     extract_from: str = "segment"  # "segment", "message" (the whole assistant text) or "cue"
     constraint: Constraint | None = None  # the answer is generated under this constraint
+    # a parallel branch's first call, whose node stands for the branch: a limit that refuses
+    # it before it starts still leaves its node (failed, with the reason)
+    branch: bool = False
 
 
 @dataclass(slots=True)
@@ -187,10 +191,14 @@ class Solver:
         if read_back is not None:
             (recorded, grant), bill = read_back, None
         else:
-            grant = (await _reserved([(req.budget, req.max_tokens)]))[0]
-            (grant,), bill = await self._afford(
-                [(req.budget, grant)], 1, messages, prefix, req.constraint
-            )
+            try:
+                grant = (await _reserved([(req.budget, req.max_tokens)]))[0]
+                (grant,), bill = await self._afford(
+                    [(req.budget, grant)], 1, messages, prefix, req.constraint
+                )
+            except (BudgetExhausted, RunLimitReached) as exc:
+                await self._refused([req], exc)
+                raise
             cut = _marks([req]) if grant < req.max_tokens else cut
         try:
             await self._start([(req, grant)], mode)
@@ -389,15 +397,21 @@ class Solver:
         if read_back is not None:
             (recorded, grant), bill = read_back, None
         else:
-            grants = await _reserved([(r.budget, r.max_tokens) for r in reqs])
-            grant = min(grants)
-            for r, g in zip(reqs, grants, strict=True):
-                # each keeps the smallest grant: what it was granted past that is given
-                # back (a commit, so that calls waiting on its pools look again, as they
-                # would after any settling, even of nothing)
-                r.budget.commit(g - grant, 0)
-            asks = [(r.budget, grant) for r in reqs]
-            grants, bill = await self._afford(asks, len(reqs), messages, prefix, reqs[0].constraint)
+            try:
+                grants = await _reserved([(r.budget, r.max_tokens) for r in reqs])
+                grant = min(grants)
+                for r, g in zip(reqs, grants, strict=True):
+                    # each keeps the smallest grant: what it was granted past that is given
+                    # back (a commit, so that calls waiting on its pools look again, as they
+                    # would after any settling, even of nothing)
+                    r.budget.commit(g - grant, 0)
+                asks = [(r.budget, grant) for r in reqs]
+                grants, bill = await self._afford(
+                    asks, len(reqs), messages, prefix, reqs[0].constraint
+                )
+            except (BudgetExhausted, RunLimitReached) as exc:
+                await self._refused(reqs, exc)
+                raise
             grant = grants[0]
             cut = _marks(reqs) if grant < ask else cut
         try:
@@ -525,6 +539,31 @@ class Solver:
             return found, grant
         self.recorded.release(key)
         return None
+
+    async def _refused(
+        self, reqs: list[SegmentRequest], exc: BudgetExhausted | RunLimitReached
+    ) -> None:
+        """Calls a limit refused before they started: a branch's first call still gets its
+        node, failed with the reason, so that the tree shows every branch, and why one has
+        no answer (other calls leave none; their strategy goes on with what it has)."""
+        shown = [r for r in reqs if r.branch]
+        if not shown:
+            return
+        error, problem_id = refusal(exc), self.problem.id
+        events: list[Event] = []
+        for r in shown:
+            events.append(
+                NodeStarted(
+                    node_id=r.node_id,
+                    problem_id=problem_id,
+                    parent_id=r.parent_id,
+                    kind=r.kind,
+                    label=r.label,
+                    max_tokens=r.max_tokens,
+                )
+            )
+            events.append(NodeFailed(node_id=r.node_id, error=error))
+        await self.bus.emit_all(events)
 
     async def _start(self, calls: list[tuple[SegmentRequest, int]], mode: str) -> None:
         """Announce the calls about to be sent, each with its grant.
@@ -1069,3 +1108,8 @@ def _apply(
         branch.assistant = prefix + text  # the template's opener, if it has one
     else:
         branch.assistant = prefix + text
+
+
+def refusal(exc: BudgetExhausted | RunLimitReached) -> str:
+    """Why a call a limit refused has no answer, as its node says."""
+    return f"{NO_TOKENS_LEFT}: {exc}" if isinstance(exc, BudgetExhausted) else str(exc)

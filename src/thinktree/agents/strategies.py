@@ -9,12 +9,19 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import anyio
 
 from thinktree.agents.prompts import EXTEND_CUE, FORCE_ANSWER_CUE, REVISION_PROMPT, WAIT_CUE
-from thinktree.agents.solver import Branch, Candidate, Segment, SegmentRequest, Solver
+from thinktree.agents.solver import (
+    Branch,
+    Candidate,
+    Segment,
+    SegmentRequest,
+    Solver,
+    refusal,
+)
 from thinktree.agents.structured_answer import constrained_answer
 from thinktree.errors import BudgetExhausted, ConfigError, RunLimitReached
 from thinktree.orchestrator.events import NodeFailed, NodeFinished, NodeKind, NodeStarted
@@ -284,7 +291,9 @@ class Parallel:
     """``n`` independent branches of ``inner``; the run aggregates their candidates.
 
     When the endpoint returns ``n`` choices in one request, the branches' first calls
-    go out as one request; otherwise they fan out as separate requests.
+    go out as one request; otherwise they fan out as separate requests. A branch's node
+    is its first call's (``<parent>/b<i>``, labelled "branch i"), with the calls it adds
+    later under it; where :attr:`branch_nodes` (hybrid), each branch is a node of its own.
     """
 
     n: int = 4
@@ -292,6 +301,7 @@ class Parallel:
     split_budget: bool = False  # give each branch an equal share of the pool
     name: str = "parallel"
     start: int = 1  # the first branch's number (a later wave of adaptive sampling)
+    branch_nodes: ClassVar[bool] = False  # each branch a node of its own (see run)
 
     def __post_init__(self) -> None:
         if self.n <= 0:
@@ -319,33 +329,48 @@ class Parallel:
             share = pool.limit // self.n
         ids = [f"{parent}/b{i}" for i in range(self.start, self.start + self.n)]
         pools = [pool.child(node_id, share) for node_id in ids]
+        server = _server_thinking(self.inner, solver)
+        # A branch is a node of its own where it is a line of several calls from the start
+        # (hybrid's revisions, a reasoning server's thinking and answer); otherwise its first
+        # call's node is the branch, and what the branch adds later (a "Wait", a forced
+        # answer) hangs under that node. Half a parallel run's nodes and events were branch
+        # nodes that only repeated their one call's answer.
+        grouped = self.branch_nodes or server
         emit, problem_id = solver.bus.emit, solver.problem.id
-        await solver.bus.emit_all(
-            [
-                NodeStarted(
-                    node_id=node_id,
-                    problem_id=problem_id,
-                    parent_id=parent,
-                    kind=NodeKind.BRANCH,
-                    label=f"branch {i}",
-                    max_tokens=share,
-                )
-                for i, node_id in enumerate(ids, start=self.start)
-            ]
-        )
-        firsts: list[First | None] = [None] * self.n
-        if solver.caps.native_n and self.n > 1 and not _server_thinking(self.inner, solver):
+        if grouped:
+            await solver.bus.emit_all(
+                [
+                    NodeStarted(
+                        node_id=node_id,
+                        problem_id=problem_id,
+                        parent_id=parent,
+                        kind=NodeKind.BRANCH,
+                        label=f"branch {i}",
+                        max_tokens=share,
+                    )
+                    for i, node_id in enumerate(ids, start=self.start)
+                ]
+            )
+        reqs: list[SegmentRequest] = []  # the branches' first calls (made here unless grouped)
+        if not server:
             reqs = [self.inner.first_request(b, p) for b, p in zip(ids, pools, strict=True)]
+            if not grouped:
+                for i, req in enumerate(reqs, start=self.start):
+                    req.node_id, req.parent_id, req.label = f"{parent}/b{i}", parent, f"branch {i}"
+                    req.branch = True
+        firsts: list[First | None] = [None] * self.n
+        if solver.caps.native_n and self.n > 1 and not server:
             try:
                 grown = await solver.segments_n(branch, reqs)
             except BaseException as exc:
                 # no branch could start (the run stopped, a limit is spent): each ends
                 # with the reason, none is left "running"
                 refused = exc if isinstance(exc, (BudgetExhausted, RunLimitReached)) else None
-                error = _ended_by(exc) if refused is None else _refusal(refused)
-                with anyio.CancelScope(shield=True):
-                    for node_id in ids:
-                        await solver.bus.emit(NodeFailed(node_id=node_id, error=error))
+                error = _ended_by(exc) if refused is None else refusal(refused)
+                if grouped:
+                    with anyio.CancelScope(shield=True):
+                        for node_id in ids:
+                            await solver.bus.emit(NodeFailed(node_id=node_id, error=error))
                 if refused is None:
                     raise
                 _refused(pool, refused)
@@ -353,30 +378,42 @@ class Parallel:
             firsts = [(r, seg, own) for r, (seg, own) in zip(reqs, grown, strict=True)]
         results: list[list[Candidate]] = [[] for _ in range(self.n)]
         ended: set[int] = set()  # the branches whose node has ended
+        settle = self.inner.settle
 
         async def grow(i: int) -> None:
             own = branch.fork()
+            first_i = firsts[i]
             try:
-                results[i] = await self.inner.run(solver, own, ids[i], pools[i], firsts[i])
+                if first_i is None and not grouped:
+                    req = reqs[i]
+                    # the branch's first call is its node: made here, as one of n would be
+                    first_i = (req, await solver.segment(own, req), own)
+                    settled = settle(solver, first_i)
+                    if settled is not None:
+                        results[i] = settled
+                        return
+                results[i] = await self.inner.run(solver, own, ids[i], pools[i], first_i)
             except (BudgetExhausted, RunLimitReached) as exc:
                 # a limit left this branch no call: it has no candidate, and the other
                 # branches (their calls under way finish and count) still decide the problem
                 _refused(pool, exc)
-                await solver.bus.emit(NodeFailed(node_id=ids[i], error=_refusal(exc)))
+                if grouped:
+                    await solver.bus.emit(NodeFailed(node_id=ids[i], error=refusal(exc)))
                 ended.add(i)
                 return
             except BaseException as exc:
                 # the branch ends with the reason (a stopped run, a cancelled sibling)
                 with anyio.CancelScope(shield=True):
-                    await solver.bus.emit(NodeFailed(node_id=ids[i], error=_ended_by(exc)))
+                    if grouped:
+                        await solver.bus.emit(NodeFailed(node_id=ids[i], error=_ended_by(exc)))
                     ended.add(i)
                 raise
-            await emit(_branch_finished(ids[i], results[i]))
+            if grouped:
+                await emit(_branch_finished(ids[i], results[i]))
             ended.add(i)
 
         # asyncio's own task group: a branch task costs a fifth of an anyio one, and a
         # run's every task runs on asyncio (anyio's cancel scopes work inside it).
-        settle = self.inner.settle
         try:
             async with asyncio.TaskGroup() as tg:
                 settled_now: list[int] = []  # branches whose first call settled them
@@ -387,15 +424,17 @@ class Parallel:
                     else:
                         results[i] = settled
                         settled_now.append(i)
-                await solver.bus.emit_all(
-                    [_branch_finished(ids[i], results[i]) for i in settled_now]
-                )
+                if grouped:
+                    await solver.bus.emit_all(
+                        [_branch_finished(ids[i], results[i]) for i in settled_now]
+                    )
                 ended.update(settled_now)
         except BaseException as exc:
             # a branch task cancelled before it ran ends here, not left "running"
-            with anyio.CancelScope(shield=True):
-                for i in sorted(set(range(self.n)) - ended):
-                    await solver.bus.emit(NodeFailed(node_id=ids[i], error=_ended_by(exc)))
+            if grouped:
+                with anyio.CancelScope(shield=True):
+                    for i in sorted(set(range(self.n)) - ended):
+                        await solver.bus.emit(NodeFailed(node_id=ids[i], error=_ended_by(exc)))
             raise
         if share is not None and any(p.cut for p in pools):
             pool.cut = True  # a branch's share of the limit cut it: the limit did
@@ -423,11 +462,6 @@ def _ended_by(exc: BaseException) -> str:
     if isinstance(exc, anyio.get_cancelled_exc_class()):
         return "cancelled: the run stopped"
     return str(exc) or type(exc).__name__
-
-
-def _refusal(exc: BudgetExhausted | RunLimitReached) -> str:
-    """Why a branch a limit left no call ends, as its node says."""
-    return f"no tokens left: {exc}" if isinstance(exc, BudgetExhausted) else str(exc)
 
 
 _LEAST_STEP_TOKENS = 4
@@ -469,6 +503,7 @@ class _Hybrid(Parallel):
 
     total: int = 0
     name: str = "hybrid"
+    branch_nodes: ClassVar[bool] = True  # a branch is a line of revisions
 
     def allowed_tokens(self) -> int:
         return self.total

@@ -54,6 +54,9 @@ JUDGE_CALL_FAILED = "judge call failed: "
 #: that the limit could not send again. A resume under a higher limit asks it again, as it
 #: does every call a limit stopped; not a failed call.
 LIMIT_STOPPED = "run stopped"
+#: How the error of a parallel branch starts when its problem's (or branch's) token limit
+#: left its first call nothing: the call was never sent, so not a failed call either.
+NO_TOKENS_LEFT = "no tokens left"
 #: ... unless a limit refused it (a resume under a higher one asks it again anyway).
 _REFUSED_BY_LIMIT = JUDGE_CALL_FAILED + LIMIT_STOPPED
 
@@ -67,7 +70,7 @@ def failed_call(kind: str, status: str, error: str | None) -> bool:
     if kind == NodeKind.VERDICT:
         return error.startswith(JUDGE_CALL_FAILED) and not error.startswith(_REFUSED_BY_LIMIT)
     return kind in CALL_KINDS and not error.startswith(
-        (CONSTRAINT_REFUSED, PAST_CONTEXT, LIMIT_STOPPED)
+        (CONSTRAINT_REFUSED, PAST_CONTEXT, LIMIT_STOPPED, NO_TOKENS_LEFT)
     )
 
 

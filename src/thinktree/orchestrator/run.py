@@ -253,7 +253,10 @@ MANIFEST = "run.json"
 PRICES = "prices"  # the manifest's table of the prices the run's calls count at
 CALLS = "calls.sqlite"
 RESULTS = "results.json"
-MANIFEST_VERSION = 1
+# 2: a parallel branch's first call is the branch's node (it had a node of its own, and
+# the call a node under it): a run of format 1 would find none of its parallel calls to
+# read back, and pay for them again
+MANIFEST_VERSION = 2
 
 
 async def execute(
