@@ -351,15 +351,16 @@ class Parallel:
                     for i, node_id in enumerate(ids, start=self.start)
                 ]
             )
-        reqs: list[SegmentRequest] = []  # the branches' first calls (made here unless grouped)
-        if not server:
+        native = solver.caps.native_n and self.n > 1 and not server
+        reqs: list[SegmentRequest] = []  # the branches' first calls, where made here
+        if native or not grouped:  # (a grouped branch's inner makes its own first call)
             reqs = [self.inner.first_request(b, p) for b, p in zip(ids, pools, strict=True)]
             if not grouped:
                 for i, req in enumerate(reqs, start=self.start):
                     req.node_id, req.parent_id, req.label = f"{parent}/b{i}", parent, f"branch {i}"
                     req.branch = True
         firsts: list[First | None] = [None] * self.n
-        if solver.caps.native_n and self.n > 1 and not server:
+        if native:
             try:
                 grown = await solver.segments_n(branch, reqs)
             except BaseException as exc:
