@@ -100,7 +100,7 @@ def test_read_trace_skips_unknown_types_and_reports_broken_lines(tmp_path: Path)
 
 
 def test_decoder_handles_any_chunking_even_inside_a_utf8_character(tmp_path: Path) -> None:
-    events = synthetic_run(2, 2, texts={"p1/b1/think": "Schätzung: ½ · 猫 — Answer: 1"})
+    events = synthetic_run(2, 2, texts={"p1/b1": "Schätzung: ½ · 猫 — Answer: 1"})
     data = write_trace(events, tmp_path / "trace.jsonl").read_bytes()
     for size in (1, 3, 7, 1000):
         decoder = TraceDecoder()

@@ -159,20 +159,26 @@ async def test_tree_opens_nodes_and_expands_and_collapses(tmp_path: Path) -> Non
         tree = app.problem_tree
         assert focused(app) is tree
         branches = list(tree.root.children)
-        assert len(branches) == 3 and all(b.is_expanded for b in branches)
+        assert len(branches) == 3
+        # branch 1 had a "Wait" and branch 2 a forced answer, under them; branch 3 is its call
+        assert [len(b.children) for b in branches] == [1, 1, 0]
+        assert all(b.is_expanded for b in branches[:2])
         await pilot.press("c")
-        assert all(not b.is_expanded for b in branches)
+        assert not any(b.is_expanded for b in branches)
         assert tree.root.is_expanded
         await pilot.press("e")
-        assert all(b.is_expanded for b in branches)
-        await pilot.press("j", "j")  # root → branch 1 → its thinking
-        assert app.detail.node_id == "p1/b1/think"
+        assert all(b.is_expanded for b in branches[:2])
+        await pilot.press("j")  # root → branch 1, its first call
+        assert app.detail.node_id == "p1/b1"
         assert "We need" in app.detail.text
+        await pilot.press("j")  # → the "Wait" under it
+        assert app.detail.node_id == "p1/b1/wait1"
+        assert "Let me check again" in app.detail.text
         await pilot.press("k", "c")  # collapse just branch 1
         assert not branches[0].is_expanded and branches[1].is_expanded
         await pilot.press("e", "j", "enter")
         assert focused(app) is app.detail
-        assert app.detail.node_id == "p1/b1/think"
+        assert app.detail.node_id == "p1/b1/wait1"
         await pilot.press("escape")
         assert focused(app) is tree
 
@@ -301,7 +307,8 @@ async def test_lines_fit_beside_the_scrollbar(tmp_path: Path) -> None:
         # branch 1's answer, whole; its count left out, and no room for the "…" beside a
         # label that is cut already; where there is room, the "…" stands for the count
         assert lines[1] == "├── ▼ ✓ ★ branc…  → 122"
-        assert "│   ├── ✓ thinking  …" in lines
+        assert lines[0] == "▼ ✓ p1  → 122 ✓  …"
+        assert "├── ✓ branch 3  → 112" in lines  # whole, with no room left for the "…"
 
 
 SHARED_START = "medqa-test-us-4-option-shared-by-every-problem-of-the-dataset"
@@ -411,6 +418,7 @@ async def test_follow_tracks_the_newest_node_of_a_live_run() -> None:
     send, receive = anyio.create_memory_object_stream[Event](10_000)
     app = ThinktreeApp(LiveSource(receive), refresh_hz=0.001)
     events = synthetic_run(4, 2)
+    later = len(events) - 20  # far into the run, with nodes still to come
     async with app.run_test(size=SIZE) as pilot:
         await feed(send, events[:30])
         await settle(app, pilot, 30)
@@ -421,8 +429,8 @@ async def test_follow_tracks_the_newest_node_of_a_live_run() -> None:
         assert app.problem_tree.cursor_node is not None
         assert app.problem_tree.cursor_node.data == newest
         assert app.detail.node_id == newest
-        await feed(send, events[30:120])
-        await settle(app, pilot, 120)
+        await feed(send, events[30:later])
+        await settle(app, pilot, later)
         newest = app.view.newest_node
         assert newest is not None
         assert app.selected_problem == app.view.tree.node(newest).problem_id
@@ -430,7 +438,7 @@ async def test_follow_tracks_the_newest_node_of_a_live_run() -> None:
         assert "following newest" in app.header.plain
         await pilot.press("k")  # moving by hand stops following
         assert not app.follow
-        await feed(send, events[120:])
+        await feed(send, events[later:])
         await settle(app, pilot, len(events))
         assert app.detail.node_id != app.view.newest_node
 
@@ -450,7 +458,7 @@ async def test_streamed_text_shows_on_the_next_redraw_not_per_token() -> None:
     send, receive = anyio.create_memory_object_stream[Event](10_000)
     app = ThinktreeApp(LiveSource(receive), refresh_hz=0.001)
     events = synthetic_run(1, 1, running=1)
-    started = next(e for e in events if isinstance(e, NodeStarted) and e.node_id.endswith("think"))
+    started = next(e for e in events if isinstance(e, NodeStarted) and e.node_id.endswith("b1"))
     upto = events.index(started) + 1
     async with app.run_test(size=SIZE) as pilot:
         await feed(send, events[:upto])
@@ -475,10 +483,10 @@ async def test_streamed_text_shows_on_the_next_redraw_not_per_token() -> None:
 
 
 async def test_model_text_is_shown_literally(tmp_path: Path) -> None:
-    app = replay(tmp_path, 2, 2, texts={"p1/b1/think": NASTY})
+    app = replay(tmp_path, 2, 2, texts={"p1/b1": NASTY})
     async with app.run_test(size=SIZE) as pilot:
         await settle(app, pilot)
-        app.problem_tree.focus_node("p1/b1/think")
+        app.problem_tree.focus_node("p1/b1")
         await pilot.pause()
         shown = app.detail.text
         assert "[bold red]not bold[/]" in shown
@@ -1177,7 +1185,8 @@ async def test_a_line_that_never_ends_is_not_held_without_bound(
     from thinktree.orchestrator import trace as trace_module
 
     monkeypatch.setattr(trace_module, "MAX_LINE", 1 << 20, raising=False)
-    folder = run_folder(tmp_path, synthetic_run(2, 1, running=1))
+    events = synthetic_run(2, 1, running=1)
+    folder = run_folder(tmp_path, events)
     trace = folder / "trace.jsonl"
     with trace.open("ab") as file:
         file.write(b'{"type": "node-delta", "text": "' + b"x" * (3 << 20))
@@ -1189,4 +1198,5 @@ async def test_a_line_that_never_ends_is_not_held_without_bound(
             assert app.view.started is not None  # what came before it is shown
             assert app.source_error is not None, source
             said = app.source_error
-            assert said.endswith(":26: a line over 1 MiB long, not an event"), said
+            last = len(events) + 1  # the line after the events
+            assert said.endswith(f":{last}: a line over 1 MiB long, not an event"), said

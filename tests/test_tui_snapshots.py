@@ -19,7 +19,7 @@ Snap = Callable[..., bool]
 
 
 def app_for(tmp_path: Path) -> ThinktreeApp:
-    events = synthetic_run(8, 3, running=2, texts={"p4/b1/think": NASTY})
+    events = synthetic_run(8, 3, running=2, texts={"p4/b1": NASTY})
     trace = write_trace(events, tmp_path / "trace.jsonl")
     return ThinktreeApp(ReplaySource(trace), refresh_hz=0.001)  # drawn when the test says
 
@@ -50,8 +50,8 @@ def test_node_detail(snap_compare: Snap, tmp_path: Path) -> None:
 
     async def open_node(app: ThinktreeApp, pilot: Pilot[Any]) -> None:
         await pilot.press("j", "j", "j", "enter")  # p4, and into its tree
-        await pilot.press("j", "j", "enter")  # branch 1 → its thinking, opened
-        assert app.detail.node_id == "p4/b1/think"
+        await pilot.press("j", "enter")  # branch 1, its first call, opened
+        assert app.detail.node_id == "p4/b1"
 
     assert snap_compare(app_for(tmp_path), terminal_size=SIZE, run_before=settled(open_node))
 
@@ -69,7 +69,7 @@ def test_running_problem(snap_compare: Snap, tmp_path: Path) -> None:
     """A problem mid-way: running marks, streamed characters, the text so far."""
 
     async def running(app: ThinktreeApp, pilot: Pilot[Any]) -> None:
-        await pilot.press("end", "enter", "j", "j")
-        assert app.detail.node_id == "p8/b1/think"
+        await pilot.press("end", "enter", "j")
+        assert app.detail.node_id == "p8/b1"
 
     assert snap_compare(app_for(tmp_path), terminal_size=SIZE, run_before=settled(running))

@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 
 from thinktree.orchestrator.events import (
+    Event,
     NodeDelta,
     NodeFinished,
     NodeKind,
@@ -16,9 +17,11 @@ from thinktree.orchestrator.events import (
     ProblemStarted,
     RunFinished,
     RunStarted,
+    VoteCast,
 )
 from thinktree.tui.render import (
     header,
+    line_answer,
     node_detail,
     node_label,
     problem_row,
@@ -108,9 +111,9 @@ def test_changes_say_what_to_redraw_and_reset() -> None:
     assert changes.problem_list and changes.header
     assert changes.problems == {"p1", "p2"}
     assert view.take_changes().problems == set()
-    view.apply(NodeDelta(node_id="p1/b1/think", text="more"))
+    view.apply(NodeDelta(node_id="p1/b1", text="more"))
     changes = view.take_changes()
-    assert changes.problems == {"p1"} and changes.nodes == {"p1/b1/think"}
+    assert changes.problems == {"p1"} and changes.nodes == {"p1/b1"}
     assert not changes.problem_list
 
 
@@ -141,9 +144,12 @@ def test_labels_show_status_tokens_answers_and_the_winner() -> None:
     label = node_label(problem, winner, tokens[winner.id], winners)
     # laid out as any other line: the label right after the star, the answer 2 later
     assert label.plain.startswith(f"✓ ★ {winner.label}  → {winner.answer}")
+    # the winner is a "Wait" under its branch's first call: the branch's line shows the
+    # answer its branch was counted with, which its first call did not state
     branch = problem.nodes[winner.parent_id or ""]
+    assert branch.kind is NodeKind.GENERATION and branch.answer is None
     assert node_label(problem, branch, tokens[branch.id], winners).plain.startswith(
-        f"✓ ★ {branch.label}  → {branch.answer}"
+        f"✓ ★ {branch.label}  → {winner.answer}"
     )
     root = node_label(problem, problem.root, tokens["p1"], winners)
     assert "What is" in root.plain and f"→ {problem.answer}" in root.plain
@@ -620,20 +626,93 @@ def test_events_that_do_not_fit_the_tree_are_skipped_not_looped_on() -> None:
     assert view.tree.problems["p1"].question == "again"
 
 
+def _call(node_id: str, parent: str, kind: NodeKind, answer: str | None) -> list[Event]:
+    return [
+        NodeStarted(node_id=node_id, problem_id="q", parent_id=parent, kind=kind, label=node_id),
+        NodeFinished(
+            node_id=node_id,
+            text="…",
+            finish_reason="stop",
+            prompt_tokens=1,
+            completion_tokens=1,
+            answer=answer,
+        ),
+    ]
+
+
+def test_a_branch_line_shows_the_answer_its_branch_ended_with_not_its_first_calls() -> None:
+    """A parallel branch's node is its first call; a "Wait" or a forced answer under it
+    can change the branch's answer, and the branch's line (all a folded tree shows) says
+    the branch's, as the vote counted it."""
+    view = RunView()
+    for event in [
+        ProblemStarted(problem_id="q", node_id="q", question="?", gold="B"),
+        *_call("q/b1", "q", NodeKind.GENERATION, "A"),
+        *_call("q/b1/wait1", "q/b1", NodeKind.EXTENSION, "B"),
+        *_call("q/b1/answer", "q/b1", NodeKind.FORCED_ANSWER, None),  # said nothing
+        *_call("q/b2", "q", NodeKind.GENERATION, "C"),
+        *_call("q/b2/v", "q/b2", NodeKind.VERDICT, "D"),  # a verifier's, not the branch's
+    ]:
+        view.apply(event)
+    tree = view.tree.problems["q"]
+    first, second = tree.nodes["q/b1"], tree.nodes["q/b2"]
+    assert line_answer(tree, first) == "B"  # the last of its calls to state one
+    assert line_answer(tree, tree.nodes["q/b1/wait1"]) == "B"
+    assert line_answer(tree, second) == "C"
+    assert node_label(tree, first, 3, set()).plain.startswith("✓ q/b1  → B")
+    # once the vote is in, the branch's ballot says (here read from the whole text)
+    view.apply(
+        VoteCast(
+            problem_id="q",
+            node_id="q",
+            rule="majority",
+            answer="A",
+            winner_node="q/b1/answer",
+            counts={"A": 1, "C": 1},
+            ballots=[{"node": "q/b1/answer", "answer": "A"}, {"node": "q/b2", "answer": "C"}],
+        )
+    )
+    assert line_answer(tree, first) == "A" and line_answer(tree, second) == "C"
+
+
 def test_a_text_of_megabytes_is_shown_by_its_start_and_end() -> None:
     """The pane lays out all it is given on every change: a node's text of megabytes
     (or a branch of many long steps) stalled the view for seconds a keypress."""
     from thinktree.tui.render import node_detail
 
     huge = "START " + "reasoning, " * 200_000 + "Answer: B END"
-    texts = {"p1/b1/think": huge}
+    texts = {"p1/b1": huge}
     view = RunView()
     for event in synthetic_run(1, 2, texts=texts, deltas=False):
         view.apply(event)
+    # a branch of steps (hybrid's): its node shows its steps' texts one after another
+    view.apply(
+        NodeStarted(
+            node_id="p1/h1", problem_id="p1", parent_id="p1", kind=NodeKind.BRANCH, label="h1"
+        )
+    )
+    view.apply(
+        NodeStarted(
+            node_id="p1/h1/step1",
+            problem_id="p1",
+            parent_id="p1/h1",
+            kind=NodeKind.STEP,
+            label="step 1",
+        )
+    )
+    view.apply(
+        NodeFinished(
+            node_id="p1/h1/step1",
+            text=huge,
+            finish_reason="stop",
+            prompt_tokens=1,
+            completion_tokens=1,
+        )
+    )
     tree = view.tree.problems["p1"]
-    node = tree.nodes["p1/b1/think"]
+    node = tree.nodes["p1/b1"]
     assert node.text == huge  # the state keeps it all; only what is laid out is bounded
-    for shown in (node, tree.nodes["p1/b1"]):  # the node, and its branch's thread
+    for shown in (node, tree.nodes["p1/h1"]):  # the node, and a branch's thread
         body = node_detail(tree, shown)[1].plain
         assert len(body) < 50_000, (shown.id, len(body))
         assert "START reasoning" in body and "Answer: B END" in body, shown.id

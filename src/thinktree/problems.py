@@ -58,7 +58,7 @@ class Problem(BaseModel):
     @field_validator("id")
     @classmethod
     def _id_names_no_path(cls, value: str) -> str:
-        # a node is named by its path under the problem ("q1/b2/think"): an id holding
+        # a node is named by its path under the problem ("q1/b2/wait1"): an id holding
         # "/" could name another problem's node, whose records it would overwrite
         if "/" in value:
             raise ValueError(

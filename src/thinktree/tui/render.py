@@ -240,6 +240,37 @@ def winner_path(problem: ProblemTree) -> set[str]:
     return path
 
 
+_LATER_CALLS = frozenset({NodeKind.EXTENSION, NodeKind.FORCED_ANSWER})
+
+
+def line_answer(problem: ProblemTree, node: Node) -> str | None:
+    """The answer ``node``'s line ended with, for its tree line.
+
+    A parallel branch's node is its first call, and what the branch added later (a
+    "Wait", a forced answer) hangs under it: the branch's answer is the one the vote
+    counted for it, and before the vote the last of its calls to state one. Any other
+    node's is its own.
+    """
+    later = [
+        child
+        for child in (problem.nodes.get(child_id) for child_id in node.children)
+        if child is not None and child.kind in _LATER_CALLS
+    ]
+    if not later:
+        return node.answer
+    line = {node.id, *(child.id for child in later)}
+    if problem.vote is not None:
+        for ballot in problem.vote.ballots:
+            if ballot.get("node") in line:
+                answer = ballot.get("answer")
+                return answer if isinstance(answer, str) else None
+    answer = node.answer
+    for child in later:
+        if child.answer is not None:
+            answer = child.answer
+    return answer
+
+
 def node_label(
     problem: ProblemTree, node: Node, tokens: int, winners: set[str], width: int | None = None
 ) -> Text:
@@ -266,8 +297,9 @@ def node_row(problem: ProblemTree, node: Node, tokens: int, winners: set[str]) -
         label_style = "bold" if node.kind is NodeKind.BRANCH else ""
     label = row.add(one_line(node.label, 40), label_style)
     answer = None
-    if node.answer is not None:
-        answer = row.add(one_line(node.answer, 30), lead="  → ")
+    said = line_answer(problem, node)
+    if said is not None:
+        answer = row.add(one_line(said, 30), lead="  → ")
     score = node.score if node.score is not None else node.combined_score
     scored = None
     if score is not None:

@@ -61,6 +61,8 @@ def synthetic_run(
 ) -> list[Event]:
     """Events of a parallel run of ``problems`` sums × ``branches`` samples.
 
+    As in ``parallel``, a branch's node is its first call's (``p1/b2``), and what the
+    branch adds later hangs under it (``p1/b2/wait1``, ``p1/b2/answer``).
     Some branches get a "wait" extension or a forced answer; every fifth problem has no
     gold; every seventh (from the fourth) loses its last branch to a failed call; every
     fourth (from the third) is answered wrong. The last ``running`` problems are left
@@ -148,11 +150,10 @@ def synthetic_run(
             )
         finish = i < problems - running
         candidates: list[tuple[str, str]] = []
+        for j in range(1, branches + 1):  # the branches' first calls go out together
+            node(pid, f"{pid}/b{j}", pid, NodeKind.GENERATION, f"branch {j}", BUDGET)
         for j in range(1, branches + 1):
-            bid = f"{pid}/b{j}"
-            node(pid, bid, pid, NodeKind.BRANCH, f"branch {j}", BUDGET + ANSWER_TOKENS)
-        for j in range(1, branches + 1):
-            bid = f"{pid}/b{j}"
+            bid = f"{pid}/b{j}"  # the branch's node is its first call's
             right = rng.random() < (0.0 if i % 4 == 2 else 0.7)
             answer = str(a + b) if right else str(a + b + rng.choice((-10, 1, 10)))
             forced = j % 4 == 2
@@ -163,28 +164,14 @@ def synthetic_run(
             )
             if not forced and not wait:
                 think += f"\nAnswer: {answer}"
-            node(pid, f"{bid}/think", bid, NodeKind.GENERATION, "thinking", BUDGET)
             if finish and i % 7 == 3 and j == branches > 1:
-                stream(f"{bid}/think", think, finish=False)
-                out.append(
-                    NodeFailed(at=clock.tick(), node_id=f"{bid}/think", error="HTTP 500: upstream")
-                )
-                out.append(
-                    NodeFinished(
-                        at=clock.tick(),
-                        node_id=bid,
-                        text="",
-                        finish_reason=None,
-                        prompt_tokens=0,
-                        completion_tokens=0,
-                        extraction="branch",
-                    )
-                )
+                stream(bid, think, finish=False)
+                out.append(NodeFailed(at=clock.tick(), node_id=bid, error="HTTP 500: upstream"))
                 continue
-            stream(f"{bid}/think", think, finish=finish, answer=None if forced or wait else answer)
+            stream(bid, think, finish=finish, answer=None if forced or wait else answer)
             if not finish:
                 continue
-            last = f"{bid}/think"
+            last = bid
             if wait:
                 last = f"{bid}/wait1"
                 node(pid, last, bid, NodeKind.EXTENSION, "wait 1", BUDGET // 2)
@@ -199,18 +186,6 @@ def synthetic_run(
                 node(pid, last, bid, NodeKind.FORCED_ANSWER, "forced answer", ANSWER_TOKENS)
                 stream(last, f" {answer}", finish=True, answer=answer)
             candidates.append((last, answer))
-            out.append(
-                NodeFinished(
-                    at=clock.tick(),
-                    node_id=bid,
-                    text="",
-                    finish_reason=None,
-                    prompt_tokens=0,
-                    completion_tokens=0,
-                    answer=answer,
-                    extraction="branch",
-                )
-            )
         if not finish:
             continue
         counts = Counter(answer for _, answer in candidates)
@@ -225,6 +200,7 @@ def synthetic_run(
                 answer=best,
                 winner_node=winner,
                 counts=dict(counts),
+                ballots=[{"node": nid, "answer": answer} for nid, answer in candidates],
             )
         )
         out.append(
