@@ -2,6 +2,7 @@
 
 Run: .venv/bin/python benchmarks/adaptive_voting.py --data FILE.jsonl [--limit 32]
      [--n 16] [--wave 4] [--budget 32] [--confidence 0.95] [--levels 0.9,0.99]
+     [--waves 1,2]
      [--base-url URL]
 
 Both modes run as ordinary thinktree runs on the same problems, with the same seed and
@@ -16,6 +17,8 @@ majority@N's (target >= 98 %), its completion tokens as a share of majority@N's
 clairvoyant rule that knew the full vote would spend.
 --levels 0.9,0.98 also replays the rule at those stop levels on the same samples (no new
 calls) and prints agreement and tokens for each: the trade-off to choose a level from.
+--waves 1,2 does the same at those wave sizes (at every level): smaller waves stop sooner
+after the vote is decided, at the price of more rounds of requests one after another.
 Without --base-url it starts the embedded server (or reuses one from `thinktree serve`).
 Without --data it uses the built-in demo set; a --data file that is not found where it is
 named is looked for among the sample sets beside the repository (``shared/data``), so
@@ -93,32 +96,34 @@ async def _run(
 async def measure(url: str, problems: list[Problem], args: argparse.Namespace) -> None:
     common = {"n": args.n, "budget": args.budget, "answer_tokens": args.answer_tokens}
 
-    def adaptive(level: float) -> ModeSettings:
-        return ModeSettings(mode="adaptive", wave=args.wave, confidence=level, **common)
+    def adaptive(level: float, wave: int) -> ModeSettings:
+        return ModeSettings(mode="adaptive", wave=wave, confidence=level, **common)
 
     levels = sorted({args.confidence, *args.levels})
+    waves = sorted({args.wave, *args.waves})
     with tempfile.TemporaryDirectory(prefix="tt-adaptive-") as tmp:
         full_folder = Path(tmp) / "full"
         full, full_s = await _run(
             url, problems, ModeSettings(mode="parallel", **common), full_folder, args
         )
         live, live_s = await _run(
-            url, problems, adaptive(args.confidence), Path(tmp) / "live", args
+            url, problems, adaptive(args.confidence, args.wave), Path(tmp) / "live", args
         )
         replays = {
-            level: (
+            (wave, level): (
                 await _run(
                     url,
                     problems,
-                    adaptive(level),
-                    Path(tmp) / f"replayed-{level}",
+                    adaptive(level, wave),
+                    Path(tmp) / f"replayed-{wave}-{level}",
                     args,
                     full_folder / CALLS,
                 )
             )[0]
+            for wave in waves
             for level in levels
         }
-    replayed = replays[args.confidence]
+    replayed = replays[args.wave, args.confidence]
     count = len(problems)
     print(
         f"workload: {count} problems, majority@{args.n} vs adaptive (waves of {args.wave}, "
@@ -143,19 +148,25 @@ async def measure(url: str, problems: list[Problem], args: argparse.Namespace) -
     _report("replayed", replayed, full, args)
     for line in _disagreements(replayed, full, args.n):
         print(f"  replayed: {line}")
-    if len(levels) > 1:
-        print(f"  replayed at each stop level (agreement with majority@{args.n}, tokens spent):")
-        for level, run in replays.items():
+    if len(replays) > 1:
+        print(
+            f"  replayed at each wave size and stop level (agreement with majority@{args.n}, "
+            "tokens spent):"
+        )
+        for (wave, level), run in replays.items():
             agree, share, drawn = _standing(run, full)
             print(
-                f"    {level:<6g} {agree}/{len(full.trees)} = {agree / len(full.trees):6.1%}, "
-                f"tokens {share:6.1%}, samples drawn per problem {drawn:.1f}"
+                f"    waves of {wave:<3d} {level:<6g} {agree}/{len(full.trees)} = "
+                f"{agree / len(full.trees):6.1%}, tokens {share:6.1%}, "
+                f"samples drawn per problem {drawn:.1f}"
             )
-    floor = clairvoyant_tokens(full.trees, args.n, args.wave)
-    print(
-        f"the floor for this model: a clairvoyant rule that stops at the first wave whose "
-        f"leader is majority@{args.n}'s answer would spend {floor:.1%} of its tokens"
-    )
+    for wave in waves:
+        floor = clairvoyant_tokens(full.trees, args.n, wave)
+        print(
+            f"the floor for this model, waves of {wave}: a clairvoyant rule that stops at the "
+            f"first wave whose leader is majority@{args.n}'s answer would spend {floor:.1%} "
+            "of its tokens"
+        )
 
 
 def _standing(adaptive: RunResult, full: RunResult) -> tuple[int, float, float]:
@@ -272,6 +283,17 @@ def _levels(text: str) -> tuple[float, ...]:
     return levels
 
 
+def _waves(text: str) -> tuple[int, ...]:
+    """``--waves``: wave sizes, comma-separated (each a positive number of samples)."""
+    try:
+        waves = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of whole numbers: {text!r}") from None
+    if any(wave <= 0 for wave in waves):
+        raise argparse.ArgumentTypeError(f"a wave is a positive number of samples: {text!r}")
+    return waves
+
+
 def simulated_model(problems: list[Problem], share: float) -> FakeBehaviour:
     """A model that answers each of ``problems`` right with probability ``share``, and
     otherwise names another of its options at random, drawn from the request's seed."""
@@ -336,6 +358,12 @@ async def main() -> int:
         default=(),
         help="more stop levels to replay on majority@n's samples, comma-separated",
     )
+    parser.add_argument(
+        "--waves",
+        type=_waves,
+        default=(),
+        help="more wave sizes to replay on majority@n's samples, comma-separated",
+    )
     parser.add_argument("--temperature", type=float, default=0.7, help="sampling temperature")
     parser.add_argument("--budget", type=int, default=32, help="thinking tokens per sample")
     parser.add_argument("--answer-tokens", type=int, default=16)
@@ -349,6 +377,8 @@ async def main() -> int:
         help="a simulated model right SHARE of the time instead of the embedded one",
     )
     args = parser.parse_args()
+    if not 0 < args.wave <= args.n or any(wave > args.n for wave in args.waves):
+        parser.error(f"--wave and --waves must be between 1 and --n ({args.n})")
     try:
         problems = _problems(args)
     except DatasetError as exc:

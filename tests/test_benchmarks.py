@@ -94,7 +94,9 @@ def test_adaptive_voting_prints_agreement_and_tokens(embedded_url: str) -> None:
         *("--budget", "8", "--answer-tokens", "8", "--levels", "0.6,0.99"),
     )
     assert "agreement with majority@4:" in out
-    levels = re.findall(r"^ +(0\.\d+) +\d/2 = .*, tokens .*%, samples drawn", out, re.MULTILINE)
+    levels = re.findall(
+        r"^ +waves of 2 +(0\.\d+) +\d/2 = .*, tokens .*%, samples drawn", out, re.MULTILINE
+    )
     assert levels == ["0.6", "0.95", "0.99"]  # the extra levels and --confidence's, in order
     assert "tokens spent vs majority@4:" in out
     assert re.search(r"replayed on majority@4's own samples .* (\d+) of \1\)", out)
@@ -129,6 +131,37 @@ def test_adaptive_voting_on_a_simulated_model_that_is_always_right(tmp_path: Pat
     # are its branch's (its call's node and what hangs under it)
     assert "a clairvoyant rule that stops at the first wave whose leader is majority@16's " in out
     assert "answer would spend 25.0% of its tokens" in out
+
+
+def test_adaptive_voting_replays_other_wave_sizes_on_the_same_samples(tmp_path: Path) -> None:
+    """--waves replays the rule at more wave sizes without new calls: on a model whose
+    every answer is the same, a clairvoyant rule stops after one sample in waves of 1."""
+    data = tmp_path / "choice.jsonl"
+    data.write_text(
+        json.dumps(
+            {
+                "id": "q1",
+                "question": "Question?",
+                "options": {"A": "one", "B": "two"},
+                "answer": "B",
+                "answer_type": "choice",
+            }
+        )
+        + "\n"
+    )
+    out = _run("adaptive_voting.py", "--data", str(data), "--simulate", "1", "--waves", "1,2")
+    rows = re.findall(r"^ +waves of (\d+) +0\.95 +1/1 = 100\.0%, tokens", out, re.MULTILINE)
+    assert rows == ["1", "2", "4"]  # --wave's own among them, in order
+    assert "the floor for this model, waves of 1: a clairvoyant rule" in out
+    assert re.search(r"waves of 1: .* would spend 6\.2% of its tokens", out)  # 1 of 16
+    assert re.search(r"waves of 4: .* would spend 25\.0% of its tokens", out)
+    proc = _started("adaptive_voting.py", "--simulate", "1", "--waves", "32", timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .endswith("--wave and --waves must be between 1 and --n (16)")
+    )
 
 
 def test_adaptive_voting_simulates_choice_problems_only() -> None:
