@@ -626,12 +626,18 @@ def test_events_that_do_not_fit_the_tree_are_skipped_not_looped_on() -> None:
     assert view.tree.problems["p1"].question == "again"
 
 
-def _call(node_id: str, parent: str, kind: NodeKind, answer: str | None) -> list[Event]:
+def _call(
+    node_id: str, parent: str, kind: NodeKind, answer: str | None, text: str = "…"
+) -> list[Event]:
+    """A node's start and end, under the problem its parent's id starts with."""
+    problem = parent.split("/")[0]
     return [
-        NodeStarted(node_id=node_id, problem_id="q", parent_id=parent, kind=kind, label=node_id),
+        NodeStarted(
+            node_id=node_id, problem_id=problem, parent_id=parent, kind=kind, label=node_id
+        ),
         NodeFinished(
             node_id=node_id,
-            text="…",
+            text=text,
             finish_reason="stop",
             prompt_tokens=1,
             completion_tokens=1,
@@ -686,29 +692,11 @@ def test_a_text_of_megabytes_is_shown_by_its_start_and_end() -> None:
     for event in synthetic_run(1, 2, texts=texts, deltas=False):
         view.apply(event)
     # a branch of steps (hybrid's): its node shows its steps' texts one after another
-    view.apply(
-        NodeStarted(
-            node_id="p1/h1", problem_id="p1", parent_id="p1", kind=NodeKind.BRANCH, label="h1"
-        )
-    )
-    view.apply(
-        NodeStarted(
-            node_id="p1/h1/step1",
-            problem_id="p1",
-            parent_id="p1/h1",
-            kind=NodeKind.STEP,
-            label="step 1",
-        )
-    )
-    view.apply(
-        NodeFinished(
-            node_id="p1/h1/step1",
-            text=huge,
-            finish_reason="stop",
-            prompt_tokens=1,
-            completion_tokens=1,
-        )
-    )
+    for event in [
+        *_call("p1/h1", "p1", NodeKind.BRANCH, None, text=""),
+        *_call("p1/h1/step1", "p1/h1", NodeKind.STEP, None, text=huge),
+    ]:
+        view.apply(event)
     tree = view.tree.problems["p1"]
     node = tree.nodes["p1/b1"]
     assert node.text == huge  # the state keeps it all; only what is laid out is bounded
