@@ -150,6 +150,9 @@ _OTHER_WORDS = ("final", "go", *_OPTION_WORDS)
 # (dotless i, long s) or is two characters (dotted capital I). A text without them has
 # each word of the patterns, case ignored, where its lower case has the word.
 _ODD_CASES = ("\u0131", "\u017f", "\u0130")
+# Those characters as the ASCII letters IGNORECASE takes them for: casefold() leaves a
+# dotless i as it is ("choıce" would hide the "choice" a pattern finds in it).
+_ODD_AS_ASCII = str.maketrans({"\u0131": "i", "\u017f": "s", "\u0130": "i"})
 
 _LEADING_FILLER = re.compile(
     r"^(?:[\s:：,>*_—]+|(?:therefore|thus|hence|so|then|likely|probably|most\s+likely|indeed"
@@ -417,7 +420,7 @@ def _phrase_bodies(text: str) -> Iterator[tuple[str, str | _Verdict]]:
     # text has each word just where IGNORECASE finds it, where :func:`_lowered` gives it; the
     # casefolded text has each word wherever IGNORECASE finds it (and some more).
     lowered = _lowered(text)
-    keys = text.casefold() if lowered is None else lowered
+    keys = text.translate(_ODD_AS_ASCII).casefold() if lowered is None else lowered
     said = "answer" in keys  # one search of the text for both
     answers = _answer_spans(text, lowered) if said else iter(())
     headings = said and "final" in keys
