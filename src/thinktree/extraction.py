@@ -149,10 +149,10 @@ _OTHER_WORDS = ("final", "go", *_OPTION_WORDS)
 # Characters that IGNORECASE takes for an ASCII letter though their lower case is none
 # (dotless i, long s) or is two characters (dotted capital I). A text without them has
 # each word of the patterns, case ignored, where its lower case has the word.
-_ODD_CASES = ("\u0131", "\u017f", "\u0130")
-# Those characters as the ASCII letters IGNORECASE takes them for: casefold() leaves a
-# dotless i as it is ("choıce" would hide the "choice" a pattern finds in it).
-_ODD_AS_ASCII = str.maketrans({"\u0131": "i", "\u017f": "s", "\u0130": "i"})
+# Each maps to the ASCII letter IGNORECASE takes it for: casefold() leaves a dotless i as
+# it is ("choıce" would hide the "choice" a pattern finds in it).
+_ODD_CASES = {"\u0131": "i", "\u017f": "s", "\u0130": "i"}
+_ODD_AS_ASCII = str.maketrans(_ODD_CASES)
 
 _LEADING_FILLER = re.compile(
     r"^(?:[\s:：,>*_—]+|(?:therefore|thus|hence|so|then|likely|probably|most\s+likely|indeed"
