@@ -100,7 +100,17 @@ class Plain:
     threads: ClassVar[list[int]] = []  # the threads its calls ran in
     most_at_once = 0
     _now = 0
-    _lock = threading.Lock()
+    _lock = threading.Condition()
+
+    @classmethod
+    def reset(cls) -> None:
+        """Forget earlier tests' calls, once those still running in their threads (a hang
+        :data:`RELEASE` ended, one that timed out) have ended: they would count as at once."""
+        with cls._lock:
+            if not cls._lock.wait_for(lambda: cls._now == 0, timeout=10):
+                raise AssertionError(f"{cls._now} plain verify calls still running")
+            cls.most_at_once = 0
+            cls.threads.clear()
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
@@ -132,6 +142,7 @@ class Plain:
         finally:
             with Plain._lock:
                 Plain._now -= 1
+                Plain._lock.notify_all()
 
 
 RELEASE = threading.Event()

@@ -234,8 +234,7 @@ async def test_a_verifier_that_hangs_fails_its_verdicts_in_time(
 
 @pytest.mark.anyio
 async def test_a_plain_def_verify_runs_off_the_loop_one_call_at_a_time(tmp_path: Path) -> None:
-    Plain.threads.clear()
-    Plain.most_at_once = 0
+    Plain.reset()
     result = await _run(tmp_path, ("misbehave:plain",), "best-of-n", problems=6)
     assert len(Plain.threads) == 6  # one call per problem
     assert threading.get_ident() not in Plain.threads  # none on the loop's thread
@@ -253,8 +252,8 @@ async def test_a_plain_def_verify_runs_off_the_loop_one_call_at_a_time(tmp_path:
 async def test_a_plain_def_verify_that_blocks_fails_its_verdicts_in_time(tmp_path: Path) -> None:
     # it blocks for up to a minute, in its thread: the run goes on, and its timeout holds;
     # the next problem's call does not start beside the one left running
+    Plain.reset()
     RELEASE.clear()
-    Plain.most_at_once = 0
     try:
         with anyio.fail_after(30):
             result = await _run(tmp_path, ("misbehave:plain-hang",), "best-of-n", problems=2)
@@ -282,7 +281,7 @@ async def test_a_plain_def_verify_that_blocks_fails_its_verdicts_in_time(tmp_pat
 @pytest.mark.anyio
 async def test_a_plain_def_verify_waits_for_its_call_that_timed_out(tmp_path: Path) -> None:
     # the first call takes 0.7 s against a timeout of 0.5: the next waits for it, then runs
-    Plain.most_at_once = 0
+    Plain.reset()  # the hang left running before has ended
     result = await _run(tmp_path, ("misbehave:plain-slow-once",), "best-of-n", problems=2)
     assert Plain.most_at_once == 1
     statuses = sorted([v.status for v in tree.of_kind(NodeKind.VERDICT)] for tree in result.trees)
