@@ -17,8 +17,10 @@ majority@N's (target >= 98 %), its completion tokens as a share of majority@N's
 clairvoyant rule that knew the full vote would spend.
 --levels 0.9,0.98 also replays the rule at those stop levels on the same samples (no new
 calls) and prints agreement and tokens for each: the trade-off to choose a level from.
---waves 1,2 does the same at those wave sizes (at every level): smaller waves stop sooner
-after the vote is decided, at the price of more rounds of requests one after another.
+--waves 1,2 does the same at those wave sizes (at every level). A wave size is the first
+wave's and the most a later one draws (each later one draws the fewest samples that could
+decide the vote): a smaller first wave can stop sooner, at the price of more rounds of
+requests one after another.
 Without --base-url it starts the embedded server (or reuses one from `thinktree serve`).
 Without --data it uses the built-in demo set; a --data file that is not found where it is
 named is looked for among the sample sets beside the repository (``shared/data``), so
@@ -164,8 +166,8 @@ async def measure(url: str, problems: list[Problem], args: argparse.Namespace) -
         floor = clairvoyant_tokens(full.trees, args.n, wave)
         print(
             f"the floor for this model, waves of {wave}: a clairvoyant rule that stops at the "
-            f"first wave whose leader is majority@{args.n}'s answer would spend {floor:.1%} "
-            "of its tokens"
+            f"first sample from the first wave on after which the leader is majority@{args.n}'s "
+            f"answer would spend {floor:.1%} of its tokens"
         )
 
 
@@ -212,9 +214,10 @@ def _report(label: str, adaptive: RunResult, full: RunResult, args: argparse.Nam
 def clairvoyant_tokens(trees: list[ProblemTree], n: int, wave: int) -> float:
     """Tokens of a stop rule that knows the full vote, as a share of the full vote's.
 
-    It reads majority@n's own samples in branch order and stops at the first wave whose
-    leader is the final answer: no rule that sees only the votes so far can stop sooner
-    and still agree on every problem.
+    It reads majority@n's own samples in branch order and stops at the first sample, from
+    the end of the first wave (``wave`` samples) on, after which the leader is the final
+    answer: no rule that sees only the votes so far can stop sooner and still agree on
+    every problem (adaptive's later waves may be smaller than the first).
     """
     spent = total = 0
     for tree in trees:
@@ -230,9 +233,7 @@ def clairvoyant_tokens(trees: list[ProblemTree], n: int, wave: int) -> float:
             for b in branches
         ]
         final = _leader(answers)
-        stop = next(
-            (k for k in range(wave, n + wave, wave) if _leader(answers[: min(k, n)]) == final), n
-        )
+        stop = next((k for k in range(min(wave, n), n + 1) if _leader(answers[:k]) == final), n)
         spent += sum(tokens[: min(stop, n)])
         total += sum(tokens)
     return spent / total if total else float("nan")
@@ -345,7 +346,7 @@ async def main() -> int:
     parser.add_argument("--limit", type=int, default=32)
     parser.add_argument("--offset", type=int, default=0)
     parser.add_argument("--n", type=int, default=16, help="samples of the full vote")
-    parser.add_argument("--wave", type=int, default=4, help="adaptive samples per wave")
+    parser.add_argument("--wave", type=int, default=4, help="adaptive samples per wave, at most")
     parser.add_argument(
         "--confidence",
         type=_level,

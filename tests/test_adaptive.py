@@ -14,7 +14,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from thinktree.agents.adaptive import Adaptive, decide, leader_holds, overtake_probability
+from thinktree.agents.adaptive import (
+    Adaptive,
+    decide,
+    leader_holds,
+    next_wave,
+    overtake_probability,
+)
 from thinktree.agents.endpoint import EndpointConfig
 from thinktree.agents.modes import MODES, USED_BY, ModeSettings, build_strategy, check_given
 from thinktree.errors import ConfigError
@@ -354,6 +360,63 @@ async def test_a_divided_vote_draws_more_and_agrees_with_the_full_vote(tmp_path:
     assert max(drawn) > 4  # a split vote needs more than one small wave
     assert sum(drawn) < 16 * len(drawn)
     assert adaptive.metrics.completion_tokens < full.metrics.completion_tokens
+
+
+@given(
+    st.lists(st.sampled_from(["A", "B", "C", None]), min_size=1, max_size=15),
+    st.integers(min_value=1, max_value=8),
+    st.sampled_from([0.8, 0.9, 0.95, 0.99]),
+    st.booleans(),
+)
+@settings(max_examples=300, deadline=None)
+def test_a_later_wave_is_the_fewest_samples_that_could_decide(
+    answers: list[str | None], most: int, confidence: float, ties_to_first: bool
+) -> None:
+    remaining = 16 - len(answers)
+    size = next_wave(answers, remaining, confidence, most, ties_to_first=ties_to_first)
+    cap = min(most, remaining)
+    assert 1 <= size <= cap
+    leader = decide(answers, remaining, confidence, ties_to_first=ties_to_first).leader
+    if leader is None:  # nothing says which answer's votes would decide it
+        assert size == cap
+        return
+
+    def stops(k: int) -> bool:
+        votes = [*answers, *[leader] * k]
+        return decide(votes, remaining - k, confidence, ties_to_first=ties_to_first).stop
+
+    assert not any(stops(k) for k in range(1, size))  # fewer could not stop it
+    assert stops(size) or size == cap
+
+
+def test_a_later_wave_sizes_by_the_vote_so_far() -> None:
+    assert next_wave(["B", "B", "B", "C"], 12, 0.95, 4) == 1  # one more B decides it
+    assert next_wave(["B", "B", "B", "C"], 12, 0.99, 4) == 3
+    assert next_wave(["B", "C", "B", "C"], 12, 0.99, 4) == 4  # the cap
+    assert next_wave([None, None, None, None], 12, 0.95, 4) == 4  # no leader
+    assert next_wave([None, None], 2, 0.95, 4) == 2  # no more than are left
+
+
+@pytest.mark.anyio
+async def test_a_wave_after_the_first_draws_only_what_could_decide(tmp_path: Path) -> None:
+    def reply(body: dict[str, Any], index: int) -> str:  # the first wave: B, B, B, C
+        return f"Thinking it over. Answer: {'C' if body.get('n') == 4 and index == 3 else 'B'}"
+
+    async with FakeServer(FakeBehaviour(reply=reply), record_bodies=True) as server:
+        endpoint = EndpointConfig(
+            name="fake", base_url=server.base_url, native_n="yes", continuation="chat"
+        )
+        problem = Problem(id="q", question="Which letter?", options={"B": "b", "C": "c"})
+        settings = RunSettings(
+            modes=ModeSettings(mode="adaptive", n=16, wave=4, budget=32), out=tmp_path / "run"
+        )
+        result = await execute([problem], endpoint, settings)
+    asked = [b.get("n", 1) for b in server.bodies if "Which letter?" in json.dumps(b)]
+    assert asked == [4, 1]  # waves of 4 would have drawn 8: 4 more after 3 to 1
+    (tree,) = result.trees
+    assert tree.vote is not None and tree.vote.counts == {"B": 4, "C": 1}
+    stop = tree.nodes["q/stop"]
+    assert stop.label == "stopped at 5/16" and stop.finish_reason == "posterior"
 
 
 def test_a_tie_the_vote_breaks_by_length_has_no_leader() -> None:

@@ -129,8 +129,8 @@ def test_adaptive_voting_on_a_simulated_model_that_is_always_right(tmp_path: Pat
     assert "samples drawn per problem: mean 4.0 of 16" in out
     # a rule that knows the full vote stops at the first wave too: each sample's tokens
     # are its branch's (its call's node and what hangs under it)
-    assert "a clairvoyant rule that stops at the first wave whose leader is majority@16's " in out
-    assert "answer would spend 25.0% of its tokens" in out
+    assert "a clairvoyant rule that stops at the first sample from the first wave on " in out
+    assert "majority@16's answer would spend 25.0% of its tokens" in out
 
 
 def test_adaptive_voting_replays_other_wave_sizes_on_the_same_samples(tmp_path: Path) -> None:

@@ -153,7 +153,9 @@ def run(
         ),
     ] = None,
     n: Annotated[int, typer.Option(help="parallel samples / hybrid branches / adaptive most")] = 4,
-    wave: Annotated[int, typer.Option(help="adaptive: samples drawn per wave")] = 4,
+    wave: Annotated[
+        int, typer.Option(help="adaptive: the first wave's samples, the most a later one draws")
+    ] = 4,
     stop_confidence: Annotated[
         float,
         typer.Option(help="adaptive: stop once P(the full vote elects the leader) reaches it"),

