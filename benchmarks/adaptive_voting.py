@@ -45,6 +45,7 @@ from typing import Any
 
 import anyio
 
+from thinktree.agents.adaptive import decide, next_wave
 from thinktree.agents.endpoint import EndpointConfig
 from thinktree.agents.modes import ModeSettings, build_strategy
 from thinktree.agents.prompts import messages_for
@@ -157,10 +158,21 @@ async def measure(url: str, problems: list[Problem], args: argparse.Namespace) -
         )
         for (wave, level), run in replays.items():
             agree, share, drawn = _standing(run, full)
+            rounds = offline(full.trees, args.n, wave, level, fixed=False)[2]
             print(
                 f"    waves of {wave:<3d} {level:<6g} {agree}/{len(full.trees)} = "
                 f"{agree / len(full.trees):6.1%}, tokens {share:6.1%}, "
-                f"samples drawn per problem {drawn:.1f}"
+                f"samples drawn per problem {drawn:.1f}, rounds {rounds:.1f}"
+            )
+        print(
+            "  the same rule in fixed waves (each wave all its samples, however near the vote "
+            "is to decided), on the same samples:"
+        )
+        for wave, level in replays:
+            agree, share, rounds = offline(full.trees, args.n, wave, level, fixed=True)
+            print(
+                f"    fixed waves of {wave:<3d} {level:<6g} {agree}/{len(full.trees)} = "
+                f"{agree / len(full.trees):6.1%}, tokens {share:6.1%}, rounds {rounds:.1f}"
             )
     for wave in waves:
         floor = clairvoyant_tokens(full.trees, args.n, wave)
@@ -211,6 +223,25 @@ def _report(label: str, adaptive: RunResult, full: RunResult, args: argparse.Nam
     )
 
 
+def _samples(trees: list[ProblemTree], n: int) -> list[tuple[list[str | None], list[int]]]:
+    """Each problem's ``n`` samples of majority@n in branch order: their answers (None
+    abstains) and completion tokens."""
+    found = []
+    for tree in trees:
+        branches = [f"{tree.root_id}/b{i}" for i in range(1, n + 1)]
+        # a branch's answer is its candidate's (its node, or one under it: a forced answer)
+        stated = {
+            "/".join(str(ballot["node"]).split("/")[:2]): ballot["answer"]
+            for ballot in (tree.vote.ballots if tree.vote is not None else [])
+        }
+        tokens = [
+            sum(node.completion_tokens for node in tree.walk(b)) if b in tree.nodes else 0
+            for b in branches
+        ]
+        found.append(([stated.get(b) for b in branches], tokens))
+    return found
+
+
 def clairvoyant_tokens(trees: list[ProblemTree], n: int, wave: int) -> float:
     """Tokens of a stop rule that knows the full vote, as a share of the full vote's.
 
@@ -220,23 +251,35 @@ def clairvoyant_tokens(trees: list[ProblemTree], n: int, wave: int) -> float:
     every problem (adaptive's later waves may be smaller than the first).
     """
     spent = total = 0
-    for tree in trees:
-        branches = [f"{tree.root_id}/b{i}" for i in range(1, n + 1)]
-        # a branch's answer is its candidate's (its node, or one under it: a forced answer)
-        stated = {
-            "/".join(str(ballot["node"]).split("/")[:2]): ballot["answer"]
-            for ballot in (tree.vote.ballots if tree.vote is not None else [])
-        }
-        answers = [stated.get(b) for b in branches]
-        tokens = [
-            sum(node.completion_tokens for node in tree.walk(b)) if b in tree.nodes else 0
-            for b in branches
-        ]
+    for answers, tokens in _samples(trees, n):
         final = _leader(answers)
         stop = next((k for k in range(min(wave, n), n + 1) if _leader(answers[:k]) == final), n)
-        spent += sum(tokens[: min(stop, n)])
+        spent += sum(tokens[:stop])
         total += sum(tokens)
     return spent / total if total else float("nan")
+
+
+def offline(
+    trees: list[ProblemTree], n: int, wave: int, level: float, *, fixed: bool
+) -> tuple[int, float, float]:
+    """The stop rule at ``level`` replayed here on majority@n's samples, in waves sized as
+    adaptive sizes them (:func:`next_wave`) or ``fixed`` (every wave ``wave`` samples):
+    problems agreeing with majority@n, the share of its tokens, rounds per problem."""
+    agree = spent = total = rounds = 0
+    for answers, tokens in _samples(trees, n):
+        drawn = count = 0
+        stop = False
+        leader = None
+        while drawn < n and not stop:
+            size = (
+                wave if fixed or not drawn else next_wave(answers[:drawn], n - drawn, level, wave)
+            )
+            drawn, count = min(drawn + size, n), count + 1
+            decision = decide(answers[:drawn], n - drawn, level)
+            stop, leader = decision.stop, decision.leader
+        agree += leader == _leader(answers)
+        spent, total, rounds = spent + sum(tokens[:drawn]), total + sum(tokens), rounds + count
+    return agree, spent / total if total else float("nan"), rounds / max(len(trees), 1)
 
 
 def _disagreements(adaptive: RunResult, full: RunResult, n: int) -> list[str]:

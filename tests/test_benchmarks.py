@@ -152,6 +152,13 @@ def test_adaptive_voting_replays_other_wave_sizes_on_the_same_samples(tmp_path: 
     out = _run("adaptive_voting.py", "--data", str(data), "--simulate", "1", "--waves", "1,2")
     rows = re.findall(r"^ +waves of (\d+) +0\.95 +1/1 = 100\.0%, tokens", out, re.MULTILINE)
     assert rows == ["1", "2", "4"]  # --wave's own among them, in order
+    # four votes of four decide it at 0.95: one round of 4, two of 2, four of 1
+    fixed = re.findall(
+        r"^ +fixed waves of (\d+) +0\.95 +1/1 = 100\.0%, tokens +25\.0%, rounds (\S+)$",
+        out,
+        re.MULTILINE,
+    )
+    assert fixed == [("1", "4.0"), ("2", "2.0"), ("4", "1.0")]
     assert "the floor for this model, waves of 1: a clairvoyant rule" in out
     assert re.search(r"waves of 1: .* would spend 6\.2% of its tokens", out)  # 1 of 16
     assert re.search(r"waves of 4: .* would spend 25\.0% of its tokens", out)
