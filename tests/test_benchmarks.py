@@ -6,13 +6,19 @@ script completes and prints the lines that carry its figures, so the scripts can
 
 from __future__ import annotations
 
+import importlib
+import itertools
 import json
+import math
 import re
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -42,6 +48,7 @@ def test_every_script_is_covered_here() -> None:
         "overhead.py",
         "tui_replay.py",
         "adaptive_voting.py",
+        "adaptive_floor.py",
         "embedded_throughput.py",
         "answer_formats.py",
         "engines.py",
@@ -196,6 +203,105 @@ def test_adaptive_voting_names_a_missing_dataset_in_one_line() -> None:
     proc = _started("adaptive_voting.py", "--data", "no-such-set.jsonl", timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].endswith("dataset not found: no-such-set.jsonl")
+
+
+def _choice_set(path: Path, count: int) -> Path:
+    """``count`` four-option choice problems, each with its gold answer."""
+    path.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "id": f"q{i}",
+                    "question": f"Question {i}?",
+                    "options": {"A": "one", "B": "two", "C": "three", "D": "four"},
+                    "answer": "ABCD"[i % 4],
+                    "answer_type": "choice",
+                }
+            )
+            + "\n"
+            for i in range(count)
+        )
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def adaptive_floor() -> ModuleType:
+    """benchmarks/adaptive_floor.py as a module (it imports adaptive_voting beside it)."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        return importlib.import_module("adaptive_floor")
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+KEYS = ["A", "B", "C", None]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    prefix=st.lists(st.sampled_from(KEYS), min_size=1, max_size=6).filter(
+        lambda votes: any(v is not None for v in votes)
+    ),
+    remaining=st.integers(0, 5),
+    weights=st.lists(st.floats(0.01, 1.0), min_size=5, max_size=5),
+)
+def test_the_informed_rule_is_exact(
+    adaptive_floor: ModuleType, prefix: list[str | None], remaining: int, weights: list[float]
+) -> None:
+    """informed_holds equals the chance, summed over every sequence of the samples left,
+    that the vote (ties to the answer seen first) elects today's leader; the answer none
+    of the samples says is one more rival, not seen yet."""
+    keys = [*KEYS, adaptive_floor.UNSEEN]
+    shares = {key: w / sum(weights) for key, w in zip(keys, weights, strict=True)}
+    leader = adaptive_floor._leader(prefix)
+    brute = sum(
+        math.prod(shares[k] for k in rest)
+        for rest in itertools.product(keys, repeat=remaining)
+        if adaptive_floor._leader([*prefix, *rest]) == leader
+    )
+    assert adaptive_floor.informed_holds(prefix, remaining, shares) == pytest.approx(brute)
+
+
+def test_adaptive_floor_on_a_simulated_model_that_is_always_right(tmp_path: Path) -> None:
+    """Every vote unanimous: every rule, the clairvoyant one too, stops after the first wave
+    (4 of 16 samples), agrees on every block, and the target is within reach."""
+    data = _choice_set(tmp_path / "choice.jsonl", 3)
+    out = _run("adaptive_floor.py", "--data", str(data), "--simulate", "1")
+    assert "3 problems, parallel@48" in out
+    assert "the leader holds 16.0 of 16 on average and more than half on 100% of blocks" in out
+    assert re.search(
+        r"^  0\.9 +9/9 = 100\.0%, tokens +25\.0% +9/9 = 100\.0%, tokens +25\.0%", out, re.M
+    )
+    assert out.count("clairvoyant: 9/9") == 2
+    assert "informed rule: fewest tokens at >= 98% agreement: 25.0% (at 0.9)" in out
+    assert "informed rule: fewest samples at >= 98% agreement: 25.0% (at 0.9)" in out
+    assert "within reach on this model (the informed rule: 25.0%)" in out
+
+
+def test_adaptive_floor_needs_two_blocks(tmp_path: Path) -> None:
+    data = _choice_set(tmp_path / "choice.jsonl", 1)
+    proc = _started("adaptive_floor.py", "--data", str(data), "--simulate", "1", "--blocks", "1")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .endswith("--blocks must be at least 2: the others estimate each block's distribution")
+    )
+
+
+@pytest.mark.slow
+def test_adaptive_floor_prints_each_rule_on_the_embedded_model(embedded_url: str) -> None:
+    out = _run(
+        "adaptive_floor.py",
+        *("--base-url", embedded_url, "--data", str(DATA / "medmcqa.sample.jsonl")),
+        *("--limit", "2", "--n", "4", "--blocks", "2", "--wave", "2"),
+        *("--budget", "8", "--answer-tokens", "8", "--levels", "0.9,0.99"),
+    )
+    assert "on the model's own samples (4 blocks)" in out
+    assert re.search(r"^  0\.99 +\d/4 = .*, tokens .*%", out, re.M)
+    assert "adaptive's rule: fewest tokens at >= 98% agreement:" in out
+    assert re.search(r"^tokens <= 50 % of majority@4's at >= 98% agreement: ", out, re.M)
 
 
 @pytest.mark.slow
