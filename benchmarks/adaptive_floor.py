@@ -49,14 +49,20 @@ from pathlib import Path
 import anyio
 import numpy as np
 
-from adaptive_voting import SAMPLE_SETS, _leader, _levels, _run, _samples, _share, simulated_model
+from adaptive_voting import (
+    SAMPLE_SETS,
+    _leader,
+    _levels,
+    _run,
+    _samples,
+    _share,
+    on_the_chosen_model,
+)
 from thinktree.agents.adaptive import decide
 from thinktree.agents.modes import ModeSettings
 from thinktree.config import url_option
-from thinktree.datasets import DatasetError, load_problems
-from thinktree.embedded import embedded_server
-from thinktree.problems import AnswerType, Problem
-from thinktree.testing.fake_server import FakeServer
+from thinktree.datasets import load_problems
+from thinktree.problems import Problem
 
 TARGET_AGREEMENT = 0.98
 UNSEEN = "\x00unseen"
@@ -342,29 +348,7 @@ async def main() -> int:
         parser.error("--blocks must be at least 2: the others estimate each block's distribution")
     if not args.levels:
         parser.error("--levels names no level")
-    try:
-        problems = _problems(args)
-    except DatasetError as exc:
-        parser.error(str(exc))
-    if not problems:
-        parser.error("no problems selected: check --data and --limit")
-    if args.simulate is not None:
-        if args.base_url:
-            parser.error("--simulate and --base-url exclude each other")
-        if any(
-            p.answer_type != AnswerType.CHOICE or not p.options or p.answer is None
-            for p in problems
-        ):
-            parser.error("--simulate needs choice problems with options and gold (e.g. medmcqa)")
-        async with FakeServer(simulated_model(problems, args.simulate)) as simulated:
-            print(f"a simulated model, right on {args.simulate:.0%} of its answers")
-            await measure(simulated.base_url, problems, args)
-        return 0
-    if args.base_url:
-        await measure(args.base_url, problems, args)
-        return 0
-    async with embedded_server() as server:
-        await measure(server.base_url, problems, args)
+    await on_the_chosen_model(parser, args, _problems, measure)
     return 0
 
 

@@ -40,6 +40,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -370,6 +371,45 @@ def _share(text: str) -> float:
     return share
 
 
+Measure = Callable[[str, list[Problem], argparse.Namespace], Awaitable[None]]
+
+
+async def on_the_chosen_model(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    select: Callable[[argparse.Namespace], list[Problem]],
+    measure: Measure,
+) -> None:
+    """Run ``measure`` on the problems ``select`` reads, against the model the options
+    name: a simulated one right on ``--simulate`` of its answers, the endpoint at
+    ``--base-url``, or the embedded model. A problem in the options is a one-line error."""
+    try:
+        problems = select(args)
+    except DatasetError as exc:
+        parser.error(str(exc))
+    if not problems:
+        parser.error("no problems selected: check --data and --limit")
+    if args.simulate is not None:
+        if args.base_url:
+            parser.error("--simulate and --base-url exclude each other")
+        if any(
+            p.answer_type != AnswerType.CHOICE or not p.options or p.answer is None
+            for p in problems
+        ):
+            parser.error("--simulate needs choice problems with options and gold (e.g. medmcqa)")
+        async with FakeServer(simulated_model(problems, args.simulate)) as simulated:
+            print(
+                f"a simulated model, right on {args.simulate:.0%} of its answers "
+                "(the rest spread over the other options)"
+            )
+            await measure(simulated.base_url, problems, args)
+    elif args.base_url:
+        await measure(args.base_url, problems, args)
+    else:
+        async with embedded_server() as server:
+            await measure(server.base_url, problems, args)
+
+
 SAMPLE_SETS = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
@@ -423,32 +463,7 @@ async def main() -> int:
     args = parser.parse_args()
     if not 0 < args.wave <= args.n or any(wave > args.n for wave in args.waves):
         parser.error(f"--wave and --waves must be between 1 and --n ({args.n})")
-    try:
-        problems = _problems(args)
-    except DatasetError as exc:
-        parser.error(str(exc))
-    if not problems:
-        parser.error("no problems selected: check --data, --limit and --offset")
-    if args.simulate is not None:
-        if args.base_url:
-            parser.error("--simulate and --base-url exclude each other")
-        if any(
-            p.answer_type != AnswerType.CHOICE or not p.options or p.answer is None
-            for p in problems
-        ):
-            parser.error("--simulate needs choice problems with options and gold (e.g. medmcqa)")
-        async with FakeServer(simulated_model(problems, args.simulate)) as simulated:
-            print(
-                f"a simulated model, right on {args.simulate:.0%} of its answers "
-                "(the rest spread over the other options)"
-            )
-            await measure(simulated.base_url, problems, args)
-        return 0
-    if args.base_url:
-        await measure(args.base_url, problems, args)
-        return 0
-    async with embedded_server() as server:
-        await measure(server.base_url, problems, args)
+    await on_the_chosen_model(parser, args, _problems, measure)
     return 0
 
 

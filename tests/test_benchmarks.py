@@ -113,22 +113,7 @@ def test_adaptive_voting_prints_agreement_and_tokens(embedded_url: str) -> None:
 def test_adaptive_voting_on_a_simulated_model_that_is_always_right(tmp_path: Path) -> None:
     """A model whose every answer is the same: adaptive stops after its first wave, agrees
     on every problem and spends a wave's share of the tokens (4 of 16 samples)."""
-    data = tmp_path / "choice.jsonl"
-    data.write_text(
-        "".join(
-            json.dumps(
-                {
-                    "id": f"q{i}",
-                    "question": f"Question {i}?",
-                    "options": {"A": "one", "B": "two", "C": "three", "D": "four"},
-                    "answer": "ABCD"[i % 4],
-                    "answer_type": "choice",
-                }
-            )
-            + "\n"
-            for i in range(3)
-        )
-    )
+    data = _choice_set(tmp_path / "choice.jsonl", 3)
     out = _run("adaptive_voting.py", "--data", str(data), "--simulate", "1")
     assert "a simulated model, right on 100% of its answers" in out
     assert "replayed: agreement with majority@16: 3/3 = 100.0%; target >= 98%: MET" in out
