@@ -382,13 +382,14 @@ async def on_the_chosen_model(
 ) -> None:
     """Run ``measure`` on the problems ``select`` reads, against the model the options
     name: a simulated one right on ``--simulate`` of its answers, the endpoint at
-    ``--base-url``, or the embedded model. A problem in the options is a one-line error."""
+    ``--base-url``, or the embedded model. A mistake in the options is a one-line error."""
     try:
         problems = select(args)
     except DatasetError as exc:
         parser.error(str(exc))
     if not problems:
-        parser.error("no problems selected: check --data and --limit")
+        narrowing = "--limit and --offset" if hasattr(args, "offset") else "--limit"
+        parser.error(f"no problems selected: check --data and {narrowing}")
     if args.simulate is not None:
         if args.base_url:
             parser.error("--simulate and --base-url exclude each other")
