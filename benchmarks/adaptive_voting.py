@@ -388,8 +388,9 @@ async def on_the_chosen_model(
     except DatasetError as exc:
         parser.error(str(exc))
     if not problems:
-        narrowing = "--limit and --offset" if hasattr(args, "offset") else "--limit"
-        parser.error(f"no problems selected: check --data and {narrowing}")
+        offset = hasattr(args, "offset")
+        options = "--data, --limit and --offset" if offset else "--data and --limit"
+        parser.error(f"no problems selected: check {options}")
     if args.simulate is not None:
         if args.base_url:
             parser.error("--simulate and --base-url exclude each other")
