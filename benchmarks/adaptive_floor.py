@@ -3,7 +3,7 @@ told each problem's answer distribution, and a clairvoyant one.
 
 Run: .venv/bin/python benchmarks/adaptive_floor.py --data FILE.jsonl [--data FILE ...]
      [--limit 20] [--n 16] [--blocks 3] [--wave 4] [--levels 0.9,0.95,0.97,0.98,0.99,0.995]
-     [--base-url URL | --simulate SHARE]
+     [--base-url URL | --simulate SHARE] [--save-samples FILE | --load-samples FILE]
 
 adaptive_voting.py measures the rule; this asks how much better any rule could do on the
 same model. One parallel run draws ``n x blocks`` samples of each problem (48 by default,
@@ -32,11 +32,15 @@ agrees on >= 98 % of problems (issue's target: <= 50 %).
 --simulate SHARE runs against a simulated model instead (choice problems only) that
 answers right with probability SHARE and otherwise with another option at random.
 Without --base-url it starts the embedded server (or reuses one from `thinktree serve`).
+--save-samples FILE writes the samples drawn (each problem's answers and tokens, JSONL) so
+that other rules can be studied on them offline; --load-samples FILE reads such a file
+instead of drawing (no model, no calls).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import random
 import sys
@@ -225,7 +229,7 @@ def report(title: str, blocks: Sequence[Block], args: argparse.Namespace, unit: 
     return min(met) if met else math.nan
 
 
-def real_blocks(samples: list[tuple[list[str | None], list[int]]], n: int) -> list[Block]:
+def real_blocks(samples: Samples, n: int) -> list[Block]:
     """Each problem's samples cut into blocks of ``n``; each block's distribution is
     estimated from the problem's other blocks."""
     blocks = []
@@ -243,9 +247,7 @@ def real_blocks(samples: list[tuple[list[str | None], list[int]]], n: int) -> li
     return blocks
 
 
-def simulated_blocks(
-    samples: list[tuple[list[str | None], list[int]]], n: int, blocks: int
-) -> list[Block]:
+def simulated_blocks(samples: Samples, n: int, blocks: int) -> list[Block]:
     """Blocks drawn from each problem's distribution (all its samples), which the informed
     rule is told exactly; each sample one token (so shares are of samples)."""
     draw = random.Random(0)
@@ -261,6 +263,10 @@ def simulated_blocks(
     return made
 
 
+Samples = list[tuple[list[str | None], list[int]]]
+"""Each problem's samples in order: their answers (None abstains) and completion tokens."""
+
+
 async def measure(url: str, problems: list[Problem], args: argparse.Namespace) -> None:
     total = args.n * args.blocks
     modes = ModeSettings(
@@ -269,15 +275,69 @@ async def measure(url: str, problems: list[Problem], args: argparse.Namespace) -
     with tempfile.TemporaryDirectory(prefix="tt-floor-") as tmp:
         run, seconds = await _run(url, problems, modes, Path(tmp) / "samples", args)
     samples = _samples(run.trees, total)
-    votes = [answers[s : s + args.n] for answers, _ in samples for s in range(0, total, args.n)]
-    tops = [max(Counter(a for a in v if a is not None).values(), default=0) for v in votes]
-    abstain = sum(a is None for v in votes for a in v) / max(sum(len(v) for v in votes), 1)
+    if args.save_samples is not None:
+        save_samples(args.save_samples, problems, samples, args)
     print(
         f"workload: {len(problems)} problems, parallel@{total} ({run.metrics.calls} calls, "
         f"{seconds:.0f} s), {args.budget}-token thinking cap, temperature {args.temperature}, "
         f"seed 0; {args.blocks} blocks of {args.n} a problem, each in turn majority@{args.n}'s "
         f"vote and the others its answer distribution; rules from the first wave of {args.wave}"
     )
+    analyse(samples, args)
+
+
+def save_samples(
+    path: Path, problems: Sequence[Problem], samples: Samples, args: argparse.Namespace
+) -> None:
+    """One JSON line per problem: its id, answers and tokens, and how they were drawn."""
+    drawn = {"temperature": args.temperature, "budget": args.budget, "seed": 0}
+    lines = [
+        json.dumps({"id": problem.id, "answers": answers, "tokens": tokens, **drawn})
+        for problem, (answers, tokens) in zip(problems, samples, strict=True)
+    ]
+    partial = path.with_name(f"{path.name}.partial")  # a reader never finds half a file
+    partial.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+    partial.replace(path)
+
+
+class SamplesError(ValueError):
+    """A --load-samples file that cannot be read; its message says what to fix."""
+
+
+def load_samples(path: Path, total: int) -> Samples:
+    """The samples ``save_samples`` wrote, each problem's first ``total`` of them."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SamplesError(f"cannot read --load-samples {path}: {exc.strerror}") from None
+    samples: Samples = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            answers, tokens = list(row["answers"]), [int(t) for t in row["tokens"]]
+        except (ValueError, KeyError, TypeError):
+            raise SamplesError(
+                f"{path}:{number}: not a line --save-samples writes (answers, tokens)"
+            ) from None
+        if len(answers) != len(tokens) or len(answers) < total:
+            raise SamplesError(
+                f"{path}:{number}: {len(answers)} answers and {len(tokens)} tokens, but "
+                f"--n x --blocks asks for {total} samples a problem"
+            )
+        samples.append(([None if a is None else str(a) for a in answers[:total]], tokens[:total]))
+    if not samples:
+        raise SamplesError(f"{path} holds no samples")
+    return samples
+
+
+def analyse(samples: Samples, args: argparse.Namespace) -> None:
+    """What the model's votes look like, each rule's standing, and the verdict."""
+    total = args.n * args.blocks
+    votes = [answers[s : s + args.n] for answers, _ in samples for s in range(0, total, args.n)]
+    tops = [max(Counter(a for a in v if a is not None).values(), default=0) for v in votes]
+    abstain = sum(a is None for v in votes for a in v) / max(sum(len(v) for v in votes), 1)
     print(
         f"the model's votes: the leader holds {sum(tops) / len(tops):.1f} of {args.n} on average "
         f"and more than half on {sum(t > args.n / 2 for t in tops) / len(tops):.0%} of blocks; "
@@ -327,7 +387,7 @@ def _problems(args: argparse.Namespace) -> list[Problem]:
 async def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument(
-        "--data", type=Path, action="append", required=True, help="JSONL problems (repeatable)"
+        "--data", type=Path, action="append", default=[], help="JSONL problems (repeatable)"
     )
     parser.add_argument("--limit", type=int, default=20, help="problems of each --data file")
     parser.add_argument("--n", type=int, default=16, help="samples of the full vote")
@@ -341,6 +401,10 @@ async def main() -> int:
     parser.add_argument("--in-flight", type=int, default=16, help="calls in flight at most")
     parser.add_argument("--base-url", type=url_option)
     parser.add_argument("--simulate", type=_share, metavar="SHARE")
+    parser.add_argument("--save-samples", type=Path, metavar="FILE", help="write the samples")
+    parser.add_argument(
+        "--load-samples", type=Path, metavar="FILE", help="read saved samples, draw none"
+    )
     args = parser.parse_args()
     if args.n <= 0 or not 0 < args.wave <= args.n:
         parser.error("--n must be positive and --wave between 1 and --n")
@@ -348,6 +412,22 @@ async def main() -> int:
         parser.error("--blocks must be at least 2: the others estimate each block's distribution")
     if not args.levels:
         parser.error("--levels names no level")
+    if args.load_samples is not None:
+        if args.save_samples or args.base_url or args.simulate is not None:
+            parser.error(
+                "--load-samples draws no samples: drop --save-samples, --base-url and --simulate"
+            )
+        try:
+            samples = load_samples(args.load_samples, args.n * args.blocks)
+        except SamplesError as exc:
+            parser.error(str(exc))
+        print(f"workload: {len(samples)} problems' samples read from {args.load_samples}")
+        analyse(samples, args)
+        return 0
+    if not args.data:
+        parser.error("name the problems with --data (or saved samples with --load-samples)")
+    if args.save_samples is not None and not args.save_samples.parent.is_dir():
+        parser.error(f"--save-samples {args.save_samples}: no such folder to write it in")
     await on_the_chosen_model(parser, args, _problems, measure)
     return 0
 

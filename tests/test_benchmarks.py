@@ -275,6 +275,61 @@ def test_adaptive_floor_needs_two_blocks(tmp_path: Path) -> None:
     )
 
 
+def _after_workload(out: str) -> str:
+    """A report from the line after its workload line on (how the samples were had)."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("workload: "))
+    return "\n".join(lines[start + 1 :])
+
+
+def test_adaptive_floor_reads_back_the_samples_it_saved(tmp_path: Path) -> None:
+    """Samples saved from a run give the same report when read back, without a model."""
+    data = _choice_set(tmp_path / "choice.jsonl", 3)
+    saved = tmp_path / "samples.jsonl"
+    drawn = _run(
+        "adaptive_floor.py", "--data", str(data), "--simulate", "0.6", "--save-samples", str(saved)
+    )
+    rows = [json.loads(line) for line in saved.read_text().splitlines()]
+    assert [row["id"] for row in rows] == ["q0", "q1", "q2"]
+    assert all(len(row["answers"]) == len(row["tokens"]) == 48 for row in rows)
+    assert len({a for row in rows for a in row["answers"]}) > 1  # a varied model: a real check
+    read = _run("adaptive_floor.py", "--load-samples", str(saved))
+    assert f"workload: 3 problems' samples read from {saved}" in read
+    assert _after_workload(read) == _after_workload(drawn)
+    assert "on the model's own samples (9 blocks)" in read
+
+
+@pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        ('{"answers": ["A"]}', "not a line --save-samples writes (answers, tokens)"),
+        ("not json", "not a line --save-samples writes (answers, tokens)"),
+        (
+            '{"answers": ["A", "B"], "tokens": [3, 4]}',
+            "2 answers and 2 tokens, but --n x --blocks asks for 48 samples a problem",
+        ),
+    ],
+)
+def test_adaptive_floor_refuses_a_samples_file_it_did_not_write(
+    tmp_path: Path, line: str, says: str
+) -> None:
+    saved = tmp_path / "samples.jsonl"
+    saved.write_text(line + "\n")
+    proc = _started("adaptive_floor.py", "--load-samples", str(saved))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].endswith(f"{saved}:1: {says}")
+
+
+def test_adaptive_floor_needs_problems_or_saved_samples(tmp_path: Path) -> None:
+    proc = _started("adaptive_floor.py")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.endswith("name the problems with --data (or saved samples with --load-samples)")
+    missing = _started("adaptive_floor.py", "--load-samples", str(tmp_path / "none.jsonl"))
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr
+    assert "cannot read --load-samples" in missing.stderr.strip().splitlines()[-1]
+
+
 @pytest.mark.slow
 def test_adaptive_floor_prints_each_rule_on_the_embedded_model(embedded_url: str) -> None:
     out = _run(
