@@ -1,5 +1,6 @@
 """The least tokens any stop rule could spend on a model: adaptive voting's rule beside one
-told each problem's answer distribution, and a clairvoyant one.
+told each problem's answer distribution, one with a prior pooled across problems, and a
+clairvoyant one.
 
 Run: .venv/bin/python benchmarks/adaptive_floor.py --data FILE.jsonl [--data FILE ...]
      [--limit 20] [--n 16] [--blocks 3] [--wave 4] [--levels 0.9,0.95,0.97,0.98,0.99,0.995]
@@ -21,6 +22,14 @@ the rules read its samples in order, stopping at the first sample (from the firs
   independently given that distribution, so nothing a rule could read from the samples
   drawn (their text, their logprobs) predicts the rest better: at a given agreement it
   spends about the least any rule can that stops on its confidence.
+- the pooled-prior rule: adaptive's question asked with a prior learnt from the run
+  instead of the Dirichlet process's: each other problem of the same benchmark is one
+  profile (from all of its samples: more than a run could know of them, so the prior is
+  an optimistic one), its answers' shares in order of size and the share that
+  abstains; which profile the problem has, and which of its answers takes which share,
+  follow from the samples drawn, and the rest of the vote is simulated from that
+  posterior (:data:`PATHS` paths, seeded). It asks whether knowing how decided a run's
+  problems tend to be (empirical Bayes) is worth more than the urn's caution.
 - with the distribution known exactly: the same rules on problems simulated from each
   problem's distribution (all its samples), which removes the estimate's own error.
 - clairvoyant: stops at the first sample after which the leader is the full vote's
@@ -40,6 +49,7 @@ instead of drawing (no model, no calls).
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import random
@@ -72,16 +82,23 @@ TARGET_AGREEMENT = 0.98
 UNSEEN = "\x00unseen"
 """The key of "an answer none of the problem's samples says" in a distribution."""
 PSEUDO_VOTES = 0.5
+RANKS = 6
+"""Answers a profile of the pooled prior tells apart; a vote showing more is never stopped
+by that rule."""
+PATHS = 4000
+"""Simulated ends of the vote per decision of the pooled-prior rule."""
 
 
 @dataclass(frozen=True, slots=True)
 class Block:
-    """One full vote: its ``n`` samples in order (None abstains), their tokens, and the
-    problem's answer distribution as the informed rule is told it."""
+    """One full vote: its ``n`` samples in order (None abstains), their tokens, the
+    problem's answer distribution as the informed rule is told it, and the profiles of
+    the pooled prior (one row each, see :func:`profile`)."""
 
     answers: list[str | None]
     tokens: list[int]
     distribution: dict[str | None, float]
+    prior: np.ndarray
 
 
 def distribution(samples: Sequence[str | None], known: Sequence[str]) -> dict[str | None, float]:
@@ -135,6 +152,78 @@ def informed_holds(
             product = np.convolve(product, terms)[: rest + 1]
         total += facts[remaining] * p_lead**gain / facts[gain] * product[rest]
     return float(min(total, 1.0))
+
+
+def profile(answers: Sequence[str | None]) -> np.ndarray:
+    """The share that abstains, then the answers' shares largest first (:data:`RANKS` of
+    them), each count with :data:`PSEUDO_VOTES` added so no share is nought."""
+    counts = sorted(Counter(a for a in answers if a is not None).values(), reverse=True)
+    ranked = [*counts[:RANKS], *[0] * (RANKS - len(counts[:RANKS]))]
+    weights = np.array([sum(a is None for a in answers), *ranked], dtype=float) + PSEUDO_VOTES
+    shares: np.ndarray = weights / weights.sum()
+    return shares
+
+
+def pooled_priors(samples: Samples, groups: Sequence[str]) -> list[np.ndarray]:
+    """Each problem's pooled prior: the profiles of the other problems of its group (of
+    every other problem where its group has none; a flat one where there is no other)."""
+    profiles = np.array([profile(answers) for answers, _ in samples])
+    priors = []
+    for i, group in enumerate(groups):
+        others = [j for j in range(len(samples)) if j != i]
+        same = [j for j in others if groups[j] == group]
+        rows = profiles[same or others]
+        priors.append(rows if len(rows) else np.full((1, RANKS + 1), 1 / (RANKS + 1)))
+    return priors
+
+
+_ASSIGNMENTS = {
+    seen: np.array(list(itertools.permutations(range(RANKS), seen)), dtype=int)
+    for seen in range(1, RANKS + 1)
+}
+"""For each number of answers seen, every way to give them distinct ranks of a profile."""
+
+
+def pooled_holds(
+    answers: Sequence[str | None], remaining: int, prior: np.ndarray, seed: int
+) -> float:
+    """P(the vote of ``answers`` and ``remaining`` more elects today's leader) where the
+    problem's distribution is one of ``prior``'s profiles, its ranks given to the answers
+    in some order, equally likely before the samples; estimated on :data:`PATHS` simulated
+    ends drawn from the posterior. Ties go to the answer seen first."""
+    counts = Counter(a for a in answers if a is not None)
+    if not counts:
+        return 0.0
+    if remaining <= 0:
+        return 1.0
+    labels = list(counts)  # first-seen order
+    if len(labels) > RANKS:
+        return 0.0
+    leader = labels.index(counts.most_common(1)[0][0])  # stable: the first seen of the top
+    votes = np.array([counts[label] for label in labels], dtype=float)
+    orders = _ASSIGNMENTS[len(labels)]  # (orders, seen)
+    logs = np.log(prior)
+    # the log-likelihood of each profile and order: abstentions, then each answer's votes
+    fit = sum(a is None for a in answers) * logs[:, :1] + (logs[:, 1:][:, orders] * votes).sum(
+        axis=2
+    )
+    weight = np.exp(fit - fit.max()).ravel()
+    rng = np.random.default_rng(seed)
+    pick = rng.choice(weight.size, size=PATHS, p=weight / weight.sum())
+    rows, order = np.divmod(pick, len(orders))
+    shares = prior[rows]
+    given = orders[order]
+    seen = np.take_along_axis(shares[:, 1:], given, axis=1)
+    unseen = shares[:, 1:].copy()  # ranks no answer seen holds: answers not seen yet
+    np.put_along_axis(unseen, given, 0.0, axis=1)
+    ends = rng.multinomial(remaining, np.concatenate([shares[:, :1], seen, unseen], axis=1))
+    final = ends[:, 1 : 1 + len(labels)] + votes
+    top = final[:, leader]
+    holds = (ends[:, 1 + len(labels) :] <= top[:, None]).all(axis=1)  # seen after it
+    for i in range(len(labels)):
+        if i != leader:  # one seen before the leader wins a tie against it
+            holds &= final[:, i] < top if i < leader else final[:, i] <= top
+    return float(holds.mean())
 
 
 def adaptive_holds(answers: Sequence[str | None], remaining: int) -> float:
@@ -197,7 +286,7 @@ def fewest(levels: Sequence[float], found: Sequence[Standing], count: int) -> st
 
 
 def report(title: str, blocks: Sequence[Block], args: argparse.Namespace, unit: str) -> float:
-    """Both rules at each level and the clairvoyant one; returns the informed rule's
+    """Each rule at each level and the clairvoyant one; returns the informed rule's
     fewest share at >= 98 % agreement (nan where it never agrees that often)."""
     levels, count = args.levels, len(blocks)
 
@@ -207,7 +296,10 @@ def report(title: str, blocks: Sequence[Block], args: argparse.Namespace, unit: 
     def adaptive(block: Block, k: int) -> float:
         return adaptive_holds(block.answers[:k], len(block.answers) - k)
 
-    rules = {"adaptive's rule": adaptive, "informed rule": informed}
+    def pooled(block: Block, k: int) -> float:
+        return pooled_holds(block.answers[:k], len(block.answers) - k, block.prior, seed=k)
+
+    rules = {"adaptive's rule": adaptive, "informed rule": informed, "pooled-prior rule": pooled}
     found = {
         name: standings(blocks, [stops(block, rule, levels, args.wave) for block in blocks])
         for name, rule in rules.items()
@@ -229,11 +321,11 @@ def report(title: str, blocks: Sequence[Block], args: argparse.Namespace, unit: 
     return min(met) if met else math.nan
 
 
-def real_blocks(samples: Samples, n: int) -> list[Block]:
+def real_blocks(samples: Samples, n: int, priors: Sequence[np.ndarray]) -> list[Block]:
     """Each problem's samples cut into blocks of ``n``; each block's distribution is
     estimated from the problem's other blocks."""
     blocks = []
-    for answers, tokens in samples:
+    for (answers, tokens), prior in zip(samples, priors, strict=True):
         known = [a for a in answers if a is not None]
         for start in range(0, len(answers) - n + 1, n):
             others = answers[:start] + answers[start + n :]
@@ -242,24 +334,27 @@ def real_blocks(samples: Samples, n: int) -> list[Block]:
                     answers[start : start + n],
                     tokens[start : start + n],
                     distribution(others, known),
+                    prior,
                 )
             )
     return blocks
 
 
-def simulated_blocks(samples: Samples, n: int, blocks: int) -> list[Block]:
+def simulated_blocks(
+    samples: Samples, n: int, blocks: int, priors: Sequence[np.ndarray]
+) -> list[Block]:
     """Blocks drawn from each problem's distribution (all its samples), which the informed
     rule is told exactly; each sample one token (so shares are of samples)."""
     draw = random.Random(0)
     made = []
-    for answers, _ in samples:
+    for (answers, _), prior in zip(samples, priors, strict=True):
         shares = distribution(answers, [a for a in answers if a is not None])
         shares.pop(UNSEEN)  # an answer never seen: a simulated sample can only say a known one
         keys, weights = list(shares), list(shares.values())
         norm = sum(weights)
         shares = {key: weight / norm for key, weight in shares.items()}
         for _ in range(blocks):
-            made.append(Block(draw.choices(keys, weights, k=n), [1] * n, shares))
+            made.append(Block(draw.choices(keys, weights, k=n), [1] * n, shares, prior))
     return made
 
 
@@ -277,22 +372,32 @@ async def measure(url: str, problems: list[Problem], args: argparse.Namespace) -
     samples = _samples(run.trees, total)
     if args.save_samples is not None:
         save_samples(args.save_samples, problems, samples, args)
+    groups = [problem.benchmark or "" for problem in problems]
     print(
         f"workload: {len(problems)} problems, parallel@{total} ({run.metrics.calls} calls, "
         f"{seconds:.0f} s), {args.budget}-token thinking cap, temperature {args.temperature}, "
         f"seed 0; {args.blocks} blocks of {args.n} a problem, each in turn majority@{args.n}'s "
         f"vote and the others its answer distribution; rules from the first wave of {args.wave}"
     )
-    analyse(samples, args)
+    analyse(samples, groups, args)
 
 
 def save_samples(
     path: Path, problems: Sequence[Problem], samples: Samples, args: argparse.Namespace
 ) -> None:
-    """One JSON line per problem: its id, answers and tokens, and how they were drawn."""
+    """One JSON line per problem: its id and benchmark, answers and tokens, and how they
+    were drawn."""
     drawn = {"temperature": args.temperature, "budget": args.budget, "seed": 0}
     lines = [
-        json.dumps({"id": problem.id, "answers": answers, "tokens": tokens, **drawn})
+        json.dumps(
+            {
+                "id": problem.id,
+                "benchmark": problem.benchmark,
+                "answers": answers,
+                "tokens": tokens,
+                **drawn,
+            }
+        )
         for problem, (answers, tokens) in zip(problems, samples, strict=True)
     ]
     partial = path.with_name(f"{path.name}.partial")  # a reader never finds half a file
@@ -304,19 +409,22 @@ class SamplesError(ValueError):
     """A --load-samples file that cannot be read; its message says what to fix."""
 
 
-def load_samples(path: Path, total: int) -> Samples:
-    """The samples ``save_samples`` wrote, each problem's first ``total`` of them."""
+def load_samples(path: Path, total: int) -> tuple[Samples, list[str]]:
+    """The samples ``save_samples`` wrote, each problem's first ``total`` of them, and
+    each problem's benchmark ("" where the line names none)."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise SamplesError(f"cannot read --load-samples {path}: {exc.strerror}") from None
     samples: Samples = []
+    groups: list[str] = []
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
             answers, tokens = list(row["answers"]), [int(t) for t in row["tokens"]]
+            group = str(row.get("benchmark") or "")
         except (ValueError, KeyError, TypeError):
             raise SamplesError(
                 f"{path}:{number}: not a line --save-samples writes (answers, tokens)"
@@ -327,17 +435,20 @@ def load_samples(path: Path, total: int) -> Samples:
                 f"--n x --blocks asks for {total} samples a problem"
             )
         samples.append(([None if a is None else str(a) for a in answers[:total]], tokens[:total]))
+        groups.append(group)
     if not samples:
         raise SamplesError(f"{path} holds no samples")
-    return samples
+    return samples, groups
 
 
-def analyse(samples: Samples, args: argparse.Namespace) -> None:
-    """What the model's votes look like, each rule's standing, and the verdict."""
+def analyse(samples: Samples, groups: Sequence[str], args: argparse.Namespace) -> None:
+    """What the model's votes look like, each rule's standing, and the verdict;
+    ``groups`` names each problem's benchmark (the pooled prior's problems)."""
     total = args.n * args.blocks
     votes = [answers[s : s + args.n] for answers, _ in samples for s in range(0, total, args.n)]
     tops = [max(Counter(a for a in v if a is not None).values(), default=0) for v in votes]
     abstain = sum(a is None for v in votes for a in v) / max(sum(len(v) for v in votes), 1)
+    priors = pooled_priors(samples, groups)
     print(
         f"the model's votes: the leader holds {sum(tops) / len(tops):.1f} of {args.n} on average "
         f"and more than half on {sum(t > args.n / 2 for t in tops) / len(tops):.0%} of blocks; "
@@ -346,14 +457,14 @@ def analyse(samples: Samples, args: argparse.Namespace) -> None:
     informed = report(
         f"on the model's own samples ({len(votes)} blocks): agreement with majority@{args.n}, "
         "tokens spent",
-        real_blocks(samples, args.n),
+        real_blocks(samples, args.n, priors),
         args,
         "tokens",
     )
     exact = report(
         f"on problems simulated from each one's {total} answers, the distribution known "
         f"exactly ({len(votes)} blocks): agreement, samples drawn",
-        simulated_blocks(samples, args.n, args.blocks),
+        simulated_blocks(samples, args.n, args.blocks, priors),
         args,
         "samples",
     )
@@ -418,11 +529,11 @@ async def main() -> int:
                 "--load-samples draws no samples: drop --save-samples, --base-url and --simulate"
             )
         try:
-            samples = load_samples(args.load_samples, args.n * args.blocks)
+            samples, groups = load_samples(args.load_samples, args.n * args.blocks)
         except SamplesError as exc:
             parser.error(str(exc))
         print(f"workload: {len(samples)} problems' samples read from {args.load_samples}")
-        analyse(samples, args)
+        analyse(samples, groups, args)
         return 0
     if not args.data:
         parser.error("name the problems with --data (or saved samples with --load-samples)")
