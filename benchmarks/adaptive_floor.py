@@ -89,6 +89,10 @@ PATHS = 4000
 """Simulated ends of the vote per decision of the pooled-prior rule."""
 
 
+Samples = list[tuple[list[str | None], list[int]]]
+"""Each problem's samples in order: their answers (None abstains) and completion tokens."""
+
+
 @dataclass(frozen=True, slots=True)
 class Block:
     """One full vote: its ``n`` samples in order (None abstains), their tokens, the
@@ -358,10 +362,6 @@ def simulated_blocks(
     return made
 
 
-Samples = list[tuple[list[str | None], list[int]]]
-"""Each problem's samples in order: their answers (None abstains) and completion tokens."""
-
-
 async def measure(url: str, problems: list[Problem], args: argparse.Namespace) -> None:
     total = args.n * args.blocks
     modes = ModeSettings(
@@ -524,9 +524,10 @@ async def main() -> int:
     if not args.levels:
         parser.error("--levels names no level")
     if args.load_samples is not None:
-        if args.save_samples or args.base_url or args.simulate is not None:
+        if args.data or args.save_samples or args.base_url or args.simulate is not None:
             parser.error(
-                "--load-samples draws no samples: drop --save-samples, --base-url and --simulate"
+                "--load-samples draws no samples: drop --data, --save-samples, --base-url "
+                "and --simulate"
             )
         try:
             samples, groups = load_samples(args.load_samples, args.n * args.blocks)

@@ -391,6 +391,9 @@ def test_adaptive_floor_needs_problems_or_saved_samples(tmp_path: Path) -> None:
     missing = _started("adaptive_floor.py", "--load-samples", str(tmp_path / "none.jsonl"))
     assert missing.returncode == 2 and "Traceback" not in missing.stderr
     assert "cannot read --load-samples" in missing.stderr.strip().splitlines()[-1]
+    both = _started("adaptive_floor.py", "--load-samples", "x.jsonl", "--data", "y.jsonl")
+    assert both.returncode == 2 and "Traceback" not in both.stderr
+    assert "--load-samples draws no samples: drop --data" in both.stderr.strip().splitlines()[-1]
 
 
 @pytest.mark.slow
