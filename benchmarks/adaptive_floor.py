@@ -37,7 +37,8 @@ the rules read its samples in order, stopping at the first sample (from the firs
 
 Printed for each level: agreement with majority@n and the share of its tokens (of its
 samples, for the simulated problems), and for each rule the fewest tokens at which it
-agrees on >= 98 % of problems (issue's target: <= 50 %).
+agrees on >= 98 % of problems (issue's target: <= 50 %); the last line says whether
+adaptive's rule meets that target on the model's own samples.
 --simulate SHARE runs against a simulated model instead (choice problems only) that
 answers right with probability SHARE and otherwise with another option at random.
 Without --base-url it starts the embedded server (or reuses one from `thinktree serve`).
@@ -289,9 +290,11 @@ def fewest(levels: Sequence[float], found: Sequence[Standing], count: int) -> st
     return f"{share:.1%} (at {level:g})"
 
 
-def report(title: str, blocks: Sequence[Block], args: argparse.Namespace, unit: str) -> float:
-    """Each rule at each level and the clairvoyant one; returns the informed rule's
-    fewest share at >= 98 % agreement (nan where it never agrees that often)."""
+def report(
+    title: str, blocks: Sequence[Block], args: argparse.Namespace, unit: str
+) -> dict[str, float]:
+    """Each rule at each level and the clairvoyant one; returns each rule's fewest share
+    at >= 98 % agreement (nan where it never agrees that often)."""
     levels, count = args.levels, len(blocks)
 
     def informed(block: Block, k: int) -> float:
@@ -321,8 +324,13 @@ def report(title: str, blocks: Sequence[Block], args: argparse.Namespace, unit: 
     for name in rules:
         least = fewest(levels, found[name], count)
         print(f"  {name}: fewest {unit} at >= {TARGET_AGREEMENT:.0%} agreement: {least}")
-    met = [s.share for s in found["informed rule"] if s.agree >= TARGET_AGREEMENT * count]
-    return min(met) if met else math.nan
+    return {
+        name: min(
+            (s.share for s in found[name] if s.agree >= TARGET_AGREEMENT * count),
+            default=math.nan,
+        )
+        for name in rules
+    }
 
 
 def real_blocks(samples: Samples, n: int, priors: Sequence[np.ndarray]) -> list[Block]:
@@ -454,7 +462,7 @@ def analyse(samples: Samples, groups: Sequence[str], args: argparse.Namespace) -
         f"and more than half on {sum(t > args.n / 2 for t in tops) / len(tops):.0%} of blocks; "
         f"{abstain:.1%} of samples abstain"
     )
-    informed = report(
+    own = report(
         f"on the model's own samples ({len(votes)} blocks): agreement with majority@{args.n}, "
         "tokens spent",
         real_blocks(samples, args.n, priors),
@@ -468,7 +476,8 @@ def analyse(samples: Samples, groups: Sequence[str], args: argparse.Namespace) -
         args,
         "samples",
     )
-    floor = min((share for share in (informed, exact) if not math.isnan(share)), default=math.nan)
+    found = [own["informed rule"], exact["informed rule"]]
+    floor = min((share for share in found if not math.isnan(share)), default=math.nan)
     reachable = floor <= 0.5
     print(
         f"tokens <= 50 % of majority@{args.n}'s at >= {TARGET_AGREEMENT:.0%} agreement: "
@@ -481,6 +490,16 @@ def analyse(samples: Samples, groups: Sequence[str], args: argparse.Namespace) -
                 if not math.isnan(floor)
                 else f"none reached {TARGET_AGREEMENT:.0%} at these levels"
             )
+        )
+    )
+    adaptive = own["adaptive's rule"]
+    print(
+        "adaptive's rule on the model's own samples: "
+        + (
+            f"never >= {TARGET_AGREEMENT:.0%} at these levels"
+            if math.isnan(adaptive)
+            else f"{adaptive:.1%} of the tokens at >= {TARGET_AGREEMENT:.0%} agreement, "
+            + ("the target met" if adaptive <= 0.5 else "the target not met")
         )
     )
 

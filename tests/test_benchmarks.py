@@ -325,6 +325,10 @@ def test_adaptive_floor_on_a_simulated_model_that_is_always_right(tmp_path: Path
     assert "informed rule: fewest tokens at >= 98% agreement: 25.0% (at 0.9)" in out
     assert "informed rule: fewest samples at >= 98% agreement: 25.0% (at 0.9)" in out
     assert "within reach on this model (the informed rule: 25.0%)" in out
+    assert (
+        "adaptive's rule on the model's own samples: 25.0% of the tokens at >= 98% "
+        "agreement, the target met" in out
+    )
 
 
 def test_adaptive_floor_needs_two_blocks(tmp_path: Path) -> None:
@@ -360,6 +364,19 @@ def test_adaptive_floor_reads_back_the_samples_it_saved(tmp_path: Path) -> None:
     assert f"workload: 3 problems' samples read from {saved}" in read
     assert _after_workload(read) == _after_workload(drawn)
     assert "on the model's own samples (9 blocks)" in read
+
+
+def test_adaptive_floor_says_when_adaptive_misses_the_target(tmp_path: Path) -> None:
+    """Votes split evenly four ways: the rule draws nearly all 16 samples before it may
+    stop, and the verdict says that the target is not met."""
+    saved = tmp_path / "samples.jsonl"
+    row = {"answers": list("ABCD") * 12, "tokens": [10] * 48}
+    saved.write_text("".join(json.dumps({**row, "id": f"q{i}"}) + "\n" for i in range(3)))
+    out = _run("adaptive_floor.py", "--load-samples", str(saved))
+    verdict = out.strip().splitlines()[-1]
+    assert verdict.startswith("adaptive's rule on the model's own samples: ")
+    share = float(verdict.split(": ")[1].split("%")[0])
+    assert share > 50 and verdict.endswith("the target not met")
 
 
 @pytest.mark.parametrize(
@@ -408,6 +425,7 @@ def test_adaptive_floor_prints_each_rule_on_the_embedded_model(embedded_url: str
     assert re.search(r"^  0\.99 +\d/4 = .*, tokens .*%", out, re.M)
     assert "adaptive's rule: fewest tokens at >= 98% agreement:" in out
     assert re.search(r"^tokens <= 50 % of majority@4's at >= 98% agreement: ", out, re.M)
+    assert re.search(r"^adaptive's rule on the model's own samples: (never|\d)", out, re.M)
 
 
 @pytest.mark.slow
