@@ -367,7 +367,7 @@ def test_adaptive_floor_reads_back_the_samples_it_saved(tmp_path: Path) -> None:
 
 
 def test_adaptive_floor_says_when_adaptive_misses_the_target(tmp_path: Path) -> None:
-    """Votes split evenly four ways: the rule draws nearly all 16 samples before it may
+    """Votes split evenly four ways: the rule draws all 16 samples before it may
     stop, and the verdict says that the target is not met."""
     saved = tmp_path / "samples.jsonl"
     row = {"answers": list("ABCD") * 12, "tokens": [10] * 48}
