@@ -277,17 +277,20 @@ def standings(blocks: Sequence[Block], drawn: Sequence[Sequence[int]]) -> list[S
     return found
 
 
-def fewest(levels: Sequence[float], found: Sequence[Standing], count: int) -> str:
-    """The lowest share of tokens at which a rule agrees on >= 98 % of ``count`` blocks."""
+def fewest(
+    levels: Sequence[float], found: Sequence[Standing], count: int
+) -> tuple[float, float] | None:
+    """The lowest share of tokens at which a rule agrees on >= 98 % of ``count`` blocks,
+    and its level; None where it never agrees that often."""
     met = [
         (s.share, level)
         for level, s in zip(levels, found, strict=True)
         if s.agree >= TARGET_AGREEMENT * count
     ]
-    if not met:
-        return f"never >= {TARGET_AGREEMENT:.0%} at these levels"
-    share, level = min(met)
-    return f"{share:.1%} (at {level:g})"
+    return min(met, default=None)
+
+
+NEVER = f"never >= {TARGET_AGREEMENT:.0%} at these levels"
 
 
 def report(
@@ -321,16 +324,11 @@ def report(
         )
         print(f"  {level:<7g}{cells}")
     print(f"  clairvoyant: {clairvoyant.agree}/{count}, {unit} {clairvoyant.share:.1%}")
-    for name in rules:
-        least = fewest(levels, found[name], count)
-        print(f"  {name}: fewest {unit} at >= {TARGET_AGREEMENT:.0%} agreement: {least}")
-    return {
-        name: min(
-            (s.share for s in found[name] if s.agree >= TARGET_AGREEMENT * count),
-            default=math.nan,
-        )
-        for name in rules
-    }
+    least = {name: fewest(levels, found[name], count) for name in rules}
+    for name, met in least.items():
+        said = NEVER if met is None else f"{met[0]:.1%} (at {met[1]:g})"
+        print(f"  {name}: fewest {unit} at >= {TARGET_AGREEMENT:.0%} agreement: {said}")
+    return {name: math.nan if met is None else met[0] for name, met in least.items()}
 
 
 def real_blocks(samples: Samples, n: int, priors: Sequence[np.ndarray]) -> list[Block]:
@@ -496,7 +494,7 @@ def analyse(samples: Samples, groups: Sequence[str], args: argparse.Namespace) -
     print(
         "adaptive's rule on the model's own samples: "
         + (
-            f"never >= {TARGET_AGREEMENT:.0%} at these levels"
+            NEVER
             if math.isnan(adaptive)
             else f"{adaptive:.1%} of the tokens at >= {TARGET_AGREEMENT:.0%} agreement, "
             + ("the target met" if adaptive <= 0.5 else "the target not met")
