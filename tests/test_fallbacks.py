@@ -16,6 +16,7 @@ from typing import Any
 
 import anyio
 import pytest
+from structlog.testing import capture_logs
 
 from thinktree.agents.endpoint import EndpointConfig
 from thinktree.agents.modes import ModeSettings
@@ -553,11 +554,26 @@ async def test_a_probe_whose_answers_are_all_configured_sends_nothing() -> None:
         )
         client = EndpointClient(config)
         try:
-            caps = await probe(client, what={"n", "continuation", "thinking"})
+            with capture_logs() as logs:
+                caps = await probe(client, what={"n", "continuation", "thinking"})
         finally:
             await client.aclose()
     assert (caps.native_n, caps.continuation, caps.thinking_budget) == (False, "chat", "cue")
     assert server.requests == 0
+    # the log says what was set and what was not probed, not the defaults as findings
+    (logged,) = [e for e in logs if e["event"] == "probed endpoint"]
+    said = {"native_n": False, "continuation": "chat", "thinking_budget": "cue", "think_end": ""}
+    assert {k: logged[k] for k in said} == said
+    assert "logprobs" not in logged and "seed" not in logged
+    assert logged["unprobed"] == [
+        "token_ids",
+        "completions",
+        "logprobs",
+        "seed",
+        "reasoning",
+        "constraints",
+        "stream_usage",
+    ]
 
 
 async def test_a_probe_asks_at_once_what_needs_no_other_finding_and_the_seed_alone() -> None:
@@ -580,9 +596,12 @@ async def test_a_probe_asks_at_once_what_needs_no_other_finding_and_the_seed_alo
         config = EndpointConfig(name="fake", base_url=server.base_url, model="fake-model")
         client = EndpointClient(config)
         try:
-            caps = await probe(client)
+            with capture_logs() as logs:
+                caps = await probe(client)
         finally:
             await client.aclose()
+    (logged,) = [e for e in logs if e["event"] == "probed endpoint"]
+    assert logged["unprobed"] == [] and logged["logprobs"] is caps.logprobs is True
     # the first round: /v1/completions, n, continuation, stream usage and logprobs at once
     assert server.peak_in_flight >= 5
     assert seed_company == [1, 1] and caps.seed

@@ -259,12 +259,31 @@ async def probe(client: EndpointClient, *, what: set[str] | None = None) -> Capa
         await asked([thinking])
     # the notes in one order, whichever request answered first
     caps.notes = {key: caps.notes[key] for key in _NOTE_ORDER if key in caps.notes}
+    found = caps.to_dict()
     log.info(
         "probed endpoint",
         endpoint=cfg.name,
-        **{k: v for k, v in caps.to_dict().items() if k != "notes"},
+        **{name: found[name] for name, keys in _NOTED_BY.items() if keys & caps.notes.keys()},
+        unprobed=[name for name, keys in _NOTED_BY.items() if not keys & caps.notes.keys()],
     )
     return caps
+
+
+_NOTED_BY = {
+    "native_n": {"n"},
+    "token_ids": {"token_ids"},
+    "continuation": {"continuation"},
+    "completions": {"completions"},
+    "logprobs": {"logprobs"},
+    "seed": {"seed"},
+    "reasoning": {"reasoning"},
+    "constraints": {"constraints"},
+    "stream_usage": {"stream_usage"},
+    "thinking_budget": {"thinking"},
+    "think_end": {"reasoning", "thinking"},
+}
+"""Each finding and the notes that say it was probed (or set in the endpoint's config):
+one without them holds its default, which the log names as unprobed, not as found."""
 
 
 _NOTE_ORDER = (
