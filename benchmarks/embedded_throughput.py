@@ -145,9 +145,12 @@ async def measure(base_url: str, model: str, args: argparse.Namespace) -> None:
                 f"{TEMPERATURE}, {args.rounds} rounds alternating"
             )
             ours, theirs = _thinktree(client, args.tokens), _raw(raw, client.model, args.tokens)
-            await _bounded(_requests(problems, 2), 2, theirs)  # warm-up
             # 1. the same requests through thinktree and through the raw client
             same = _requests(problems, args.requests)
+            # warm-up: every prompt once, so the server's prefix cache holds each of them
+            # before either client is timed (else the first case of the first round pays
+            # for every prompt's prefill, and the other case never does)
+            await _bounded(same, 8, _raw(raw, client.model, 1))
             seen: dict[str, list[tuple[int, float]]] = {"raw": [], "thinktree": []}
             for r in range(args.rounds):
                 order = ["raw", "thinktree"] if r % 2 == 0 else ["thinktree", "raw"]
