@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from collections import Counter
@@ -82,6 +83,100 @@ def test_overtaking_is_the_exact_urn_sum(
     )
     found = overtake_probability(leader, rival, rest, remaining, leader_wins_ties=wins_ties)
     assert found == pytest.approx(float(exact), abs=1e-12)
+
+
+def _rising(x: Fraction, k: int) -> Fraction:
+    """x (x + 1) ... (x + k - 1)."""
+    out = Fraction(1)
+    for i in range(k):
+        out *= x + i
+    return out
+
+
+def _dirichlet_multinomial_overtake(
+    leader: int, rival: int, weight: Fraction, rest: Fraction, remaining: int, wins_ties: bool
+) -> Fraction:
+    """P(the rival ends level with or ahead), summed over every pair of gains (a, b) of the
+    three-way Dirichlet-multinomial, in exact rationals."""
+    total = Fraction(leader) + weight + rest
+    norm = _rising(total, remaining)
+    found = Fraction(0)
+    for a in range(remaining + 1):
+        for b in range(remaining - a + 1):
+            c = remaining - a - b
+            ahead = rival + b > leader + a or (rival + b == leader + a and not wins_ties)
+            if not ahead or (c and rest == 0):
+                continue
+            ways = Fraction(math.factorial(remaining), math.factorial(a) * math.factorial(b))
+            ways /= math.factorial(c)
+            found += (
+                ways * _rising(Fraction(leader), a) * _rising(weight, b) * _rising(rest, c) / norm
+            )
+    return found
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.integers(1, 12),
+    st.integers(0, 12),
+    st.fractions(0, 6, max_denominator=4),
+    st.integers(0, 30),
+    st.booleans(),
+    st.none() | st.fractions(Fraction(1, 4), 4, max_denominator=4),
+)
+def test_overtaking_over_many_samples_matches_the_sum_over_every_pair_of_gains(
+    leader: int,
+    rival: int,
+    rest: Fraction,
+    remaining: int,
+    wins_ties: bool,
+    weight: Fraction | None,
+) -> None:
+    """The one-pass sum, at sizes the urn's enumeration cannot reach, and with weights that
+    are not counts (as the answers not seen yet weigh)."""
+    exact = _dirichlet_multinomial_overtake(
+        leader,
+        rival,
+        Fraction(rival) if weight is None else weight,
+        rest,
+        remaining,
+        wins_ties,
+    )
+    found = overtake_probability(
+        leader,
+        rival,
+        float(rest),
+        remaining,
+        leader_wins_ties=wins_ties,
+        rival_weight=None if weight is None else float(weight),
+    )
+    assert found == pytest.approx(float(exact), abs=1e-12)
+
+
+def test_overtaking_over_hundreds_of_samples() -> None:
+    """At ``--n`` in the hundreds: against the sum over every pair of gains, and a level
+    pair's symmetry."""
+    exact = _dirichlet_multinomial_overtake(30, 10, Fraction(10), Fraction(5), 200, wins_ties=True)
+    found = overtake_probability(30, 10, 5, 200, leader_wins_ties=True)
+    assert found == pytest.approx(float(exact), abs=1e-12)
+    assert 0.0 < found < 0.5
+    # two answers level at 7 votes and nothing else drawn: by symmetry the rival ends
+    # ahead as often as behind, so the two rules differ by exactly the chance of a tie
+    level = overtake_probability(7, 7, 0, 300, leader_wins_ties=False)
+    ahead = overtake_probability(7, 7, 0, 300, leader_wins_ties=True)
+    assert level + ahead == pytest.approx(1.0, abs=1e-12)
+    assert level - ahead == pytest.approx(float(_level_end(7, 300)), abs=1e-12)
+
+
+def _level_end(votes: int, remaining: int) -> Fraction:
+    """P(two answers level at ``votes`` each end level after ``remaining`` draws between
+    them alone): each split of a two-colour urn from equal counts."""
+    if remaining % 2:
+        return Fraction(0)
+    half = remaining // 2
+    ways = Fraction(math.factorial(remaining), math.factorial(half) ** 2)
+    start = Fraction(votes)
+    return ways * _rising(start, half) ** 2 / _rising(2 * start, remaining)
 
 
 def _exact_hold(votes: list[str | None], remaining: int) -> Fraction:

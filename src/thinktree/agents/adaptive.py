@@ -94,33 +94,75 @@ def overtake_probability(
     ``leader`` and ``rival`` are their votes so far. The next samples fall to the leader,
     the rival or anything else like draws from a Pólya urn holding ``leader``,
     ``rival_weight`` (default: ``rival``) and ``rest`` balls, each draw adding a ball of
-    its colour, so the gains follow a three-way Dirichlet-multinomial, summed here
-    exactly. A final tie counts against the leader unless it wins ties.
+    its colour, so the gains follow a three-way Dirichlet-multinomial. A final tie counts
+    against the leader unless it wins ties.
+
+    Exact, in one pass over ``t``, what the two gain together: ``t`` is beta-binomial
+    (the two's balls against the rest's), and given ``t`` the rival's share of it is
+    beta-binomial too (the same urn with the two colours alone). The chance that the
+    share reaches what overtaking needs is carried from one ``t`` to the next, so the
+    cost grows with ``remaining``, not with its square (a sum over every pair of gains
+    took a second a wave at ``--n 1024``).
     """
     weight = rival if rival_weight is None else rival_weight
     if leader <= 0 or rival < 0 or weight < 0 or rest < 0 or remaining < 0:
         raise ValueError("the leader needs a vote, and counts and weights cannot be negative")
     if weight == 0:
         return 0.0  # the rival is never drawn
-    total = leader + weight + rest
-    span = range(remaining + 1)
-    # log of each factor of the pmf, per gain k: factorials and rising factorials
-    fact = [math.lgamma(k + 1) for k in span]
-    lead = [math.lgamma(leader + k) - math.lgamma(leader) for k in span]
-    riv = [math.lgamma(weight + k) - math.lgamma(weight) for k in span]
-    if rest > 0:
-        other = [math.lgamma(rest + k) - math.lgamma(rest) - fact[k] for k in span]
-    else:  # nothing else can be drawn: every gain goes to the two
-        other = [0.0] + [-math.inf] * remaining
-    scale = fact[remaining] + math.lgamma(total) - math.lgamma(total + remaining)
-    margin = leader - rival + (1 if leader_wins_ties else 0)  # the rival's gain must beat this
-    probability = 0.0
-    for a in span:  # the leader's gain
-        for b in range(max(0, margin + a), remaining - a + 1):  # the rival's
-            c = remaining - a - b
-            if other[c] != -math.inf:
-                probability += math.exp(scale + lead[a] - fact[a] + riv[b] - fact[b] + other[c])
-    return min(probability, 1.0)
+    pair = leader + weight  # the two's balls
+    margin = leader - rival + (1 if leader_wins_ties else 0)  # b - a must reach this
+    if margin > remaining:
+        return 0.0  # not even every sample left would do it
+    lg = math.lgamma
+    span = range(remaining + 2)
+    fact = [lg(j + 1) for j in span]  # log j!
+    rising_rival = [lg(j + weight) for j in span]  # log Γ(j + weight), and so on
+    rising_leader = [lg(j + leader) for j in span]
+    rising_pair = [lg(j + pair) for j in span]
+    share_scale = lg(pair) - lg(weight) - lg(leader)
+
+    def share(t: int, b: int) -> float:
+        """P(the rival takes b of t draws between the two)."""
+        if b < 0 or b > t:
+            return 0.0
+        return math.exp(
+            share_scale
+            + fact[t]
+            - fact[b]
+            - fact[t - b]
+            + rising_rival[b]
+            + rising_leader[t - b]
+            - rising_pair[t]
+        )
+
+    if rest > 0:  # P(the two gain t of the remaining samples): beta-binomial
+        rising_rest = [lg(j + rest) for j in span]
+        scale = fact[remaining] + lg(pair + rest) - lg(pair) - lg(rest)
+        scale -= lg(remaining + pair + rest)
+        together = [
+            math.exp(
+                scale - fact[t] - fact[remaining - t] + rising_pair[t] + rising_rest[remaining - t]
+            )
+            for t in range(remaining + 1)
+        ]
+    else:  # nothing else can be drawn: every sample goes to the two
+        together = [0.0] * remaining + [1.0]
+
+    # k: the fewest of t draws between the two that the rival must take, b - (t - b) >=
+    # margin; below t = margin it would need more than all t, so the sum starts there
+    start = max(margin, 0)
+    k = start if margin > 0 else 0
+    reach = share(start, k)  # P(the rival's share of t draws >= k): all of them, or any
+    probability = together[start] * reach
+    for t in range(start, remaining):
+        # one more draw between the two: the rival's share reaches k from k - 1
+        if k > 0:
+            reach += share(t, k - 1) * (weight + k - 1) / (pair + t)
+        if (t + 1 + margin + 1) // 2 > k:  # it needs one more now
+            reach -= share(t + 1, k)
+            k += 1
+        probability += together[t + 1] * max(reach, 0.0)
+    return min(max(probability, 0.0), 1.0)
 
 
 def leader_holds(
