@@ -50,6 +50,7 @@ def test_every_script_is_covered_here() -> None:
         "tui_replay.py",
         "adaptive_voting.py",
         "adaptive_floor.py",
+        "adaptive_decide.py",
         "embedded_throughput.py",
         "answer_formats.py",
         "engines.py",
@@ -453,6 +454,20 @@ def test_engines_prints_both_engines(embedded_url: str, llamacpp_url: str) -> No
     out = _run("engines.py", "--tokens", "4", "--rounds", "1")
     assert "vllm      reused at" in out and "llamacpp  reused at" in out
     assert "1 in flight: vLLM" in out and "4 in flight: vLLM" in out
+
+
+def test_adaptive_decide_prints_both_sums_per_size() -> None:
+    out = _run("adaptive_decide.py", "--n", "16,64", "--problems", "2", "--rounds", "1")
+    rows = [line for line in out.splitlines() if line.startswith("--n ")]
+    assert [row.split(":")[0].split()[-1] for row in rows] == ["16", "64"]
+    for row in rows:
+        found = re.search(
+            r"direct sum +[\d.]+ ms, +[\d.]+x\); largest difference in chance (\S+)", row
+        )
+        assert found is not None, row
+        assert float(found.group(1)) < 1e-9  # the two sums agree
+    bad = _started("adaptive_decide.py", "--n", "16,x")
+    assert bad.returncode == 2 and "--n takes numbers" in bad.stderr
 
 
 def test_rate_limit_prints_both_runs() -> None:
