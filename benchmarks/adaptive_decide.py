@@ -23,6 +23,7 @@ import sys
 import time
 from collections.abc import Callable
 
+from adaptive_voting import replay_waves
 from thinktree.agents import adaptive
 
 SHARES = {"A": 0.45, "B": 0.25, "C": 0.12, "D": 0.07, None: 0.11}
@@ -70,24 +71,6 @@ def votes_for(n: int, problems: int, seed: int) -> list[list[str | None]]:
     return [rng.choices(options, weights, k=n) for _ in range(problems)]
 
 
-def replay(votes: list[str | None], wave: int) -> tuple[int, list[float]]:
-    """Adaptive's loop on one problem's votes: its waves and each decision's chance."""
-    n, drawn, waves, chances = len(votes), 0, 0, []
-    while drawn < n:
-        size = (
-            min(wave, n)
-            if not drawn
-            else adaptive.next_wave(votes[:drawn], n - drawn, CONFIDENCE, wave)
-        )
-        drawn += size
-        waves += 1
-        decision = adaptive.decide(votes[:drawn], n - drawn, CONFIDENCE)
-        chances.append(decision.posterior)
-        if decision.stop:
-            break
-    return waves, chances
-
-
 def timed(
     sets: list[list[str | None]], wave: int, overtake: Callable[..., float]
 ) -> tuple[float, int, list[float]]:
@@ -98,9 +81,9 @@ def timed(
         started = time.process_time()
         waves, chances = 0, []
         for votes in sets:
-            w, c = replay(votes, wave)
-            waves += w
-            chances += c
+            _, decisions = replay_waves(votes, wave, CONFIDENCE)
+            waves += len(decisions)
+            chances += [d.posterior for d in decisions]
         return time.process_time() - started, waves, chances
     finally:
         adaptive.overtake_probability = kept

@@ -40,13 +40,13 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from thinktree.agents.adaptive import decide, next_wave
+from thinktree.agents.adaptive import Decision, decide, next_wave
 from thinktree.agents.endpoint import EndpointConfig
 from thinktree.agents.modes import ModeSettings, build_strategy
 from thinktree.agents.prompts import messages_for
@@ -268,19 +268,26 @@ def offline(
     problems agreeing with majority@n, the share of its tokens, rounds per problem."""
     agree = spent = total = rounds = 0
     for answers, tokens in _samples(trees, n):
-        drawn = count = 0
-        stop = False
-        leader = None
-        while drawn < n and not stop:
-            size = (
-                wave if fixed or not drawn else next_wave(answers[:drawn], n - drawn, level, wave)
-            )
-            drawn, count = min(drawn + size, n), count + 1
-            decision = decide(answers[:drawn], n - drawn, level)
-            stop, leader = decision.stop, decision.leader
-        agree += leader == _leader(answers)
-        spent, total, rounds = spent + sum(tokens[:drawn]), total + sum(tokens), rounds + count
+        drawn, decisions = replay_waves(answers, wave, level, fixed=fixed)
+        agree += decisions[-1].leader == _leader(answers)
+        spent, total = spent + sum(tokens[:drawn]), total + sum(tokens)
+        rounds += len(decisions)
     return agree, spent / total if total else float("nan"), rounds / max(len(trees), 1)
+
+
+def replay_waves(
+    answers: Sequence[str | None], wave: int, level: float, *, fixed: bool = False
+) -> tuple[int, list[Decision]]:
+    """Adaptive's loop on one problem's samples in order, ``len(answers)`` at most: the
+    samples it draws, and its decision after each wave (sized as adaptive sizes them, or
+    ``fixed``: every wave ``wave`` samples)."""
+    n, drawn = len(answers), 0
+    decisions: list[Decision] = []
+    while drawn < n and not (decisions and decisions[-1].stop):
+        size = wave if fixed or not drawn else next_wave(answers[:drawn], n - drawn, level, wave)
+        drawn = min(drawn + size, n)
+        decisions.append(decide(answers[:drawn], n - drawn, level))
+    return drawn, decisions
 
 
 def _disagreements(adaptive: RunResult, full: RunResult, n: int) -> list[str]:
